@@ -1,0 +1,417 @@
+//! The node's shared state: the session registry, the subscription index, retained
+//! messages, and the routing of a publish to every matching session.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use skein_storage::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster_handle::ClusterHandle;
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::config::Config;
+use crate::ids::ClientId;
+use crate::message::{now_ms, Message};
+use crate::retained::RetainedStore;
+use crate::session::{Delivery, EnqueueOutcome, Session, Subscription};
+use crate::topic::{self, TopicTree};
+
+/// A session as a key of the subscription index: equal when the client ids are.
+#[derive(Clone)]
+pub struct SessionRef(pub Arc<Session>);
+
+impl PartialEq for SessionRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+impl Eq for SessionRef {}
+impl Hash for SessionRef {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.client_id.hash(state)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SubEntry {
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+/// What routing a publish did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RouteOutcome {
+    pub matched: usize,
+    /// Something was written to storage for an offline session: flush before acknowledging.
+    pub stored_offline: bool,
+}
+
+pub struct Broker {
+    pub config: Config,
+    pub store: Store,
+    pub cluster: Arc<dyn ClusterHandle>,
+    sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
+    subscriptions: RwLock<TopicTree<SessionRef, SubEntry>>,
+    pub retained: RetainedStore,
+    next_connection_id: AtomicU64,
+    next_assigned_id: AtomicU64,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl Broker {
+    pub fn new(
+        config: Config,
+        store: Store,
+        cluster: Arc<dyn ClusterHandle>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Broker>, skein_storage::StorageError> {
+        let retained = RetainedStore::load(store.clone())?;
+        let broker = Arc::new(Broker {
+            config,
+            store,
+            cluster,
+            sessions: Mutex::new(HashMap::new()),
+            subscriptions: RwLock::new(TopicTree::new()),
+            retained,
+            next_connection_id: AtomicU64::new(1),
+            next_assigned_id: AtomicU64::new(1),
+            shutdown,
+            tasks: TaskTracker::new(),
+        });
+        broker.restore_sessions()?;
+        Ok(broker)
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A client id for a client that sent an empty one; unique on this node and across restarts.
+    pub fn assign_client_id(&self) -> String {
+        let n = self.next_assigned_id.fetch_add(1, Ordering::Relaxed);
+        format!("skein-{}-{:x}-{n}", self.config.node_id, now_ms())
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.registry().len()
+    }
+
+    pub fn get_or_create_session(&self, client_id: &ClientId) -> Arc<Session> {
+        self.registry()
+            .entry(client_id.clone())
+            .or_insert_with(|| Session::new(client_id.clone()))
+            .clone()
+    }
+
+    pub fn find_session(&self, client_id: &ClientId) -> Option<Arc<Session>> {
+        self.registry().get(client_id).cloned()
+    }
+
+    fn restore_sessions(self: &Arc<Self>) -> Result<(), skein_storage::StorageError> {
+        let now = now_ms();
+        for stored in self.store.sessions()? {
+            let id = stored.client_id.clone();
+            let session = Session::restore(
+                &stored,
+                self.store.queue_load(&id)?,
+                self.store.inflight_load(&id)?,
+                self.store.incoming_load(&id)?,
+                now,
+            );
+            let subs: Vec<(String, Subscription)> = session
+                .state()
+                .subscriptions
+                .iter()
+                .map(|(f, s)| (f.clone(), s.clone()))
+                .collect();
+            for (filter, sub) in subs {
+                self.index_subscription(&session, &filter, &sub);
+            }
+            self.registry().insert(session.client_id.clone(), session.clone());
+            let elapsed_ms = now.saturating_sub(stored.disconnected_at_ms.unwrap_or(now));
+            let generation = session.state().generation;
+            self.schedule_expiry(
+                &session,
+                generation,
+                stored.session_expiry_interval,
+                elapsed_ms,
+            );
+        }
+        tracing::info!(sessions = self.session_count(), "restored persistent sessions");
+        Ok(())
+    }
+
+    /// Adds the subscription to the index; true if it replaced an existing one.
+    fn index_subscription(&self, session: &Arc<Session>, filter: &str, sub: &Subscription) -> bool {
+        let Ok((group, inner)) = topic::parse_subscription(filter) else {
+            return false;
+        };
+        let mut tree = self.subscriptions.write().unwrap_or_else(|e| e.into_inner());
+        tree.subscribe(
+            inner,
+            group,
+            SessionRef(session.clone()),
+            SubEntry {
+                options: sub.options,
+                subscription_id: sub.subscription_id,
+            },
+        )
+        .is_some()
+    }
+
+    fn unindex_subscription(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let Ok((group, inner)) = topic::parse_subscription(filter) else {
+            return false;
+        };
+        let mut tree = self.subscriptions.write().unwrap_or_else(|e| e.into_inner());
+        tree.unsubscribe(inner, group, &SessionRef(session.clone()))
+            .is_some()
+    }
+
+    /// Subscribes `session` to a validated `filter`; true if it already had that subscription.
+    pub fn subscribe(&self, session: &Arc<Session>, filter: &str, sub: Subscription) -> bool {
+        let existed = self.index_subscription(session, filter, &sub);
+        let mut st = session.state();
+        st.subscriptions.insert(filter.to_owned(), sub);
+        if st.is_persistent() {
+            self.persist_session_locked(session, &st);
+        }
+        existed
+    }
+
+    /// True if the subscription existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let removed = self.unindex_subscription(session, filter);
+        let mut st = session.state();
+        let existed = st.subscriptions.remove(filter).is_some() || removed;
+        if st.is_persistent() {
+            self.persist_session_locked(session, &st);
+        }
+        existed
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    pub fn persist_session_locked(&self, session: &Session, st: &crate::session::SessionState) {
+        if let Err(e) = self.store.put_session(&st.to_stored(&session.client_id)) {
+            tracing::error!(client_id = %session.client_id, error = %e, "cannot persist session");
+        }
+    }
+
+    /// Ends a session: its subscriptions, queue and stored state are removed. The caller
+    /// holds the session's lifecycle lock.
+    pub fn end_session(&self, session: &Arc<Session>) {
+        let filters: Vec<String> = {
+            let mut st = session.state();
+            st.removed = true;
+            let filters = st.subscriptions.keys().cloned().collect();
+            st.clear();
+            st.removed = true;
+            filters
+        };
+        for f in filters {
+            self.unindex_subscription(session, &f);
+        }
+        {
+            let mut reg = self.registry();
+            if reg
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                reg.remove(&session.client_id);
+            }
+        }
+        if let Err(e) = self.store.delete_session(session.client_id.as_str()) {
+            tracing::error!(client_id = %session.client_id, error = %e, "cannot delete stored session");
+        }
+    }
+
+    /// Clean Start on an existing session: drops its subscriptions, queue and stored state
+    /// but keeps the session object (the caller holds its lifecycle lock).
+    pub fn clear_session(&self, session: &Arc<Session>) {
+        let filters: Vec<String> = {
+            let mut st = session.state();
+            let filters = st.subscriptions.keys().cloned().collect();
+            st.clear();
+            filters
+        };
+        for f in filters {
+            self.unindex_subscription(session, &f);
+        }
+        if let Err(e) = self.store.delete_session(session.client_id.as_str()) {
+            tracing::error!(client_id = %session.client_id, error = %e, "cannot delete stored session");
+        }
+    }
+
+    /// Publishes the offline session's will after `delay_s` unless it reconnects first.
+    pub fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, generation: u64, delay_s: u32) {
+        let broker = self.clone();
+        let session = session.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(delay_s as u64)) => {}
+                _ = broker.shutdown.cancelled() => return,
+            }
+            let _lifecycle = session.lifecycle.lock().await;
+            let will = {
+                let mut st = session.state();
+                if st.generation == generation && !st.is_online() && !st.removed {
+                    st.will.take()
+                } else {
+                    None
+                }
+            };
+            if let Some(will) = will {
+                broker.publish_will(&session.client_id, will);
+            }
+        });
+    }
+
+    /// Arms the session-expiry timer of an offline session (`elapsed_ms` already passed).
+    pub fn schedule_expiry(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        generation: u64,
+        expiry_interval: u32,
+        elapsed_ms: u64,
+    ) {
+        if expiry_interval == u32::MAX {
+            return;
+        }
+        let delay = Duration::from_millis((expiry_interval as u64 * 1000).saturating_sub(elapsed_ms));
+        let broker = self.clone();
+        let session = session.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = broker.shutdown.cancelled() => return,
+            }
+            let _lifecycle = session.lifecycle.lock().await;
+            let (still_offline, will) = {
+                let mut st = session.state();
+                let same = st.generation == generation && !st.is_online() && !st.removed;
+                (same, if same { st.will.take() } else { None })
+            };
+            if still_offline {
+                tracing::debug!(client_id = %session.client_id, "session expired");
+                if let Some(will) = will {
+                    broker.publish_will(&session.client_id, will);
+                }
+                broker.end_session(&session);
+            }
+        });
+    }
+
+    pub fn publish_will(&self, client_id: &ClientId, will: crate::codec::Will) {
+        let message = Message::from_will(will, client_id.clone());
+        tracing::debug!(%client_id, topic = %message.topic, "publishing will");
+        self.route(Arc::new(message));
+    }
+
+    /// Routes a publish to every matching session on this node; never blocks.
+    pub fn route(&self, message: Arc<Message>) -> RouteOutcome {
+        if message.retain {
+            self.retained.update(&message);
+        }
+        let mut targets: Vec<(Arc<Session>, Delivery)> = Vec::new();
+        // Non-shared matches of one session merge into one delivery (highest QoS, all ids).
+        let mut by_session: HashMap<usize, usize> = HashMap::new();
+        {
+            let tree = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+            tree.matches(
+                &message.topic,
+                |k: &SessionRef| k.0.state().is_online(),
+                |k: &SessionRef, v: &SubEntry, shared: Option<&str>| {
+                    let is_publisher = message
+                        .publisher
+                        .as_ref()
+                        .is_some_and(|p| *p == k.0.client_id);
+                    if v.options.no_local && is_publisher && shared.is_none() {
+                        return;
+                    }
+                    let qos = message.qos.min(v.options.qos);
+                    let retain = message.retain && v.options.retain_as_published;
+                    let key = Arc::as_ptr(&k.0) as usize;
+                    if shared.is_none() {
+                        if let Some(&i) = by_session.get(&key) {
+                            let d = &mut targets[i].1;
+                            d.qos = d.qos.max(qos);
+                            d.retain |= retain;
+                            d.subscription_ids.extend(v.subscription_id);
+                            return;
+                        }
+                        by_session.insert(key, targets.len());
+                    }
+                    targets.push((
+                        k.0.clone(),
+                        Delivery {
+                            message: message.clone(),
+                            qos,
+                            retain,
+                            subscription_ids: v.subscription_id.into_iter().collect(),
+                        },
+                    ));
+                },
+            );
+        }
+        let mut outcome = RouteOutcome {
+            matched: targets.len(),
+            stored_offline: false,
+        };
+        let now = now_ms();
+        for (session, delivery) in targets {
+            match session.enqueue(delivery, self.config.max_queued_messages, &self.store, now) {
+                EnqueueOutcome::Queued => {}
+                EnqueueOutcome::StoredOffline => outcome.stored_offline = true,
+                EnqueueOutcome::Dropped(reason) => {
+                    metrics::counter!("skein_messages_dropped_total", "reason" => reason.as_str())
+                        .increment(1);
+                    tracing::debug!(client_id = %session.client_id, reason = reason.as_str(), "message dropped");
+                }
+            }
+        }
+        if outcome.matched == 0 {
+            metrics::counter!("skein_messages_dropped_total", "reason" => "no_subscribers")
+                .increment(1);
+        }
+        outcome
+    }
+
+    /// Queues the retained messages matching `filter` for `session` (on subscribe).
+    pub fn deliver_retained(&self, session: &Arc<Session>, filter: &str, sub: &Subscription) {
+        let now = now_ms();
+        for message in self.retained.matching(filter, now) {
+            let delivery = Delivery {
+                qos: message.qos.min(sub.options.qos),
+                message,
+                retain: true,
+                subscription_ids: sub.subscription_id.into_iter().collect(),
+            };
+            if let EnqueueOutcome::Dropped(reason) =
+                session.enqueue(delivery, self.config.max_queued_messages, &self.store, now)
+            {
+                metrics::counter!("skein_messages_dropped_total", "reason" => reason.as_str())
+                    .increment(1);
+            }
+        }
+    }
+
+    /// QoS the broker grants for a requested one (all three are supported).
+    pub fn granted_qos(&self, requested: QoS) -> QoS {
+        requested
+    }
+}

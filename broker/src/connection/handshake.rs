@@ -1,0 +1,362 @@
+//! CONNECT → CONNACK: validation, session attach and takeover; and the detach at the end.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{Close, Connection, DisconnectReason, Socket};
+use crate::broker::Broker;
+use crate::codec::{
+    self, connack_v3, reason as rc, ConnAck, Connect, DecodeError, Packet, Properties,
+    ProtocolVersion,
+};
+use crate::ids::ClientId;
+use crate::message::now_ms;
+use crate::session::{Attachment, Kick, Session};
+use crate::topic;
+
+/// How long a new connection waits for the old one's session during a takeover.
+const LIFECYCLE_WAIT: Duration = Duration::from_secs(10);
+
+/// Reads CONNECT and answers it. None when the connection was refused (and closed).
+pub(super) async fn accept(
+    broker: Arc<Broker>,
+    mut socket: Socket,
+    id: u64,
+    peer: SocketAddr,
+    has_capacity: bool,
+) -> Option<Connection> {
+    let first = tokio::time::timeout(broker.config.connect_timeout(), read_first(&broker, &mut socket)).await;
+    let connect = match first {
+        Err(_) => {
+            tracing::debug!("no CONNECT within the connect timeout");
+            count_refusal(DisconnectReason::ProtocolError);
+            return None;
+        }
+        Ok(Err(refusal)) => {
+            refuse(&mut socket, refusal).await;
+            return None;
+        }
+        Ok(Ok(connect)) => connect,
+    };
+    let protocol = connect.protocol;
+    if !has_capacity {
+        let refusal = Refusal::connack(protocol, rc::QUOTA_EXCEEDED, connack_v3::SERVER_UNAVAILABLE, DisconnectReason::TooManyConnection, "node at its connection limit");
+        refuse(&mut socket, refusal).await;
+        return None;
+    }
+    match attach(&broker, socket, id, peer, *connect).await {
+        Ok(conn) => Some(conn),
+        Err((mut socket, refusal)) => {
+            refuse(&mut socket, refusal).await;
+            None
+        }
+    }
+}
+
+/// Why a connection is refused before a session exists.
+struct Refusal {
+    reason: DisconnectReason,
+    /// The CONNACK to send, if any (with the protocol to encode it in).
+    connack: Option<(ProtocolVersion, u8)>,
+    detail: String,
+}
+
+impl Refusal {
+    fn connack(protocol: ProtocolVersion, v5: u8, v3: u8, reason: DisconnectReason, detail: &str) -> Refusal {
+        let code = if protocol.is_v5() { v5 } else { v3 };
+        Refusal { reason, connack: Some((protocol, code)), detail: detail.to_owned() }
+    }
+
+    fn close(reason: DisconnectReason, detail: impl Into<String>) -> Refusal {
+        Refusal { reason, connack: None, detail: detail.into() }
+    }
+}
+
+fn count_refusal(reason: DisconnectReason) {
+    metrics::counter!("skein_connects_refused_total", "reason" => reason.as_str()).increment(1);
+}
+
+async fn refuse(socket: &mut Socket, refusal: Refusal) {
+    tracing::info!(reason = refusal.reason.as_str(), detail = %refusal.detail, "connection refused");
+    count_refusal(refusal.reason);
+    if let Some((protocol, code)) = refusal.connack {
+        let properties = Properties {
+            reason_string: protocol.is_v5().then(|| refusal.detail.clone()),
+            ..Properties::default()
+        };
+        let packet = Packet::ConnAck(ConnAck { session_present: false, code, properties });
+        codec::encode(&packet, protocol, &mut socket.wbuf);
+        let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
+    }
+    use tokio::io::AsyncWriteExt;
+    let _ = socket.writer.shutdown().await;
+}
+
+async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>, Refusal> {
+    let max = broker.config.max_packet_size as usize;
+    loop {
+        match codec::decode(&mut socket.rbuf, ProtocolVersion::V311, max) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(Packet::PingReq)) => {
+                return Err(Refusal::close(DisconnectReason::PingWithoutConnect, "PINGREQ before CONNECT"))
+            }
+            Ok(Some(other)) => {
+                return Err(Refusal::close(DisconnectReason::ProtocolError, format!("{} before CONNECT", other.name())))
+            }
+            Ok(None) => {}
+            Err(DecodeError::UnsupportedProtocolVersion(level)) => {
+                let protocol = if level >= 5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
+                return Err(Refusal::connack(
+                    protocol,
+                    rc::UNSUPPORTED_PROTOCOL_VERSION,
+                    connack_v3::UNACCEPTABLE_PROTOCOL_VERSION,
+                    DisconnectReason::ProtocolError,
+                    &format!("unsupported protocol level {level}"),
+                ));
+            }
+            Err(e) => {
+                metrics::counter!("skein_packet_decode_errors_total").increment(1);
+                return Err(Refusal::close(DisconnectReason::ProtocolError, e.to_string()));
+            }
+        }
+        match socket.fill().await {
+            Ok(true) => {}
+            Ok(false) => return Err(Refusal::close(DisconnectReason::TcpClosed, "closed before CONNECT")),
+            Err(e) => return Err(Refusal::close(DisconnectReason::TcpClosed, format!("read failed: {e}"))),
+        }
+    }
+}
+
+/// The checks on CONNECT that need no session.
+fn validate(broker: &Broker, c: &Connect) -> Result<(), Refusal> {
+    let p = c.protocol;
+    if c.properties.authentication_method.is_some() {
+        return Err(Refusal::connack(p, rc::BAD_AUTHENTICATION_METHOD, connack_v3::NOT_AUTHORIZED, DisconnectReason::NotAuthenticated, "enhanced authentication is not supported"));
+    }
+    if c.client_id.len() > broker.config.max_client_id_len {
+        return Err(Refusal::connack(p, rc::CLIENT_IDENTIFIER_NOT_VALID, connack_v3::IDENTIFIER_REJECTED, DisconnectReason::ClientIdTooLong, "client id longer than the configured limit"));
+    }
+    if c.client_id.is_empty() && requested_expiry(c) > 0 {
+        return Err(Refusal::connack(p, rc::CLIENT_IDENTIFIER_NOT_VALID, connack_v3::IDENTIFIER_REJECTED, DisconnectReason::ClientIdRequired, "an empty client id needs a clean session"));
+    }
+    if let Some(will) = &c.will {
+        if !topic::valid_topic_name(&will.topic) {
+            return Err(match p {
+                ProtocolVersion::V5 => Refusal::connack(p, rc::TOPIC_NAME_INVALID, 0, DisconnectReason::BadWillMessage, "invalid will topic"),
+                _ => Refusal::close(DisconnectReason::BadWillMessage, "invalid will topic"),
+            });
+        }
+        if will.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&will.payload).is_err() {
+            return Err(Refusal::connack(p, rc::PAYLOAD_FORMAT_INVALID, 0, DisconnectReason::BadWillMessage, "will payload is not UTF-8"));
+        }
+        if will.retain && !broker.config.retain_available {
+            return Err(Refusal::connack(p, rc::RETAIN_NOT_SUPPORTED, 0, DisconnectReason::BadWillMessage, "retain is not available"));
+        }
+    }
+    Ok(())
+}
+
+/// Session Expiry Interval as the client asked it; 3.x persistent sessions never expire.
+fn requested_expiry(c: &Connect) -> u32 {
+    match c.protocol {
+        ProtocolVersion::V5 => c.properties.session_expiry_interval.unwrap_or(0),
+        _ if c.clean_start => 0,
+        _ => u32::MAX,
+    }
+}
+
+async fn attach(
+    broker: &Arc<Broker>,
+    mut socket: Socket,
+    id: u64,
+    peer: SocketAddr,
+    mut c: Connect,
+) -> Result<Connection, (Socket, Refusal)> {
+    if let Err(r) = validate(broker, &c) {
+        return Err((socket, r));
+    }
+    let protocol = c.protocol;
+    let assigned = c.client_id.is_empty();
+    if assigned {
+        c.client_id = broker.assign_client_id();
+    }
+    let client_id = ClientId::new(&c.client_id);
+    let requested = requested_expiry(&c);
+    let expiry = requested.min(broker.config.max_session_expiry_interval);
+
+    let registration = match broker.cluster.register_client(&client_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            let r = Refusal::connack(protocol, rc::SERVER_UNAVAILABLE, connack_v3::SERVER_UNAVAILABLE, DisconnectReason::ServerInternalError, &e.to_string());
+            return Err((socket, r));
+        }
+    };
+    let (kick_tx, kick_rx) = mpsc::channel(1);
+
+    // Look the session up until we hold the lifecycle lock of one still in the registry.
+    let (session, session_present) = loop {
+        let existed = broker.find_session(&client_id).is_some();
+        let session = broker.get_or_create_session(&client_id);
+        let Ok(guard) = tokio::time::timeout(LIFECYCLE_WAIT, session.lifecycle.lock()).await else {
+            let r = Refusal::connack(protocol, rc::SERVER_BUSY, connack_v3::SERVER_UNAVAILABLE, DisconnectReason::ServerInternalError, "session busy");
+            return Err((socket, r));
+        };
+        let (removed, old_attachment, pending_will) = {
+            let mut st = session.state();
+            if st.removed {
+                (true, None, None)
+            } else {
+                (false, st.attachment.take(), st.will.take())
+            }
+        };
+        if removed {
+            drop(guard);
+            continue;
+        }
+        if let Some(old) = old_attachment {
+            tracing::info!(old_connection = old.connection_id, "taking over the session from an existing connection");
+            let _ = old.kick.try_send(Kick::TakenOver);
+        }
+        // A will of the previous connection: it goes out now unless the session resumes
+        // before its delay (then it is cancelled).
+        if let Some(will) = pending_will {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            if delay == 0 || c.clean_start {
+                broker.publish_will(&client_id, will);
+            }
+        }
+        let mut present = existed;
+        if c.clean_start || !existed {
+            let had_state = { let st = session.state(); !st.subscriptions.is_empty() || !st.queue.is_empty() || !st.inflight.is_empty() };
+            if had_state || existed {
+                broker.clear_session(&session);
+            }
+            present = false;
+        }
+        {
+            let mut st = session.state();
+            st.protocol_level = protocol.level();
+            st.expiry_interval = expiry;
+            st.will = c.will.take();
+            st.generation += 1;
+            st.disconnected_at_ms = None;
+            st.attachment = Some(Attachment { connection_id: id, kick: kick_tx.clone() });
+            if st.is_persistent() {
+                broker.persist_session_locked(&session, &st);
+            } else if present {
+                // It was persistent and is not any more: a crash must not bring it back.
+                if let Err(e) = broker.store.delete_session(client_id.as_str()) {
+                    tracing::error!(error = %e, "cannot delete stored session");
+                }
+            }
+        }
+        drop(guard);
+        break (session, present);
+    };
+
+    let config = &broker.config;
+    let mut keep_alive = c.keep_alive;
+    let mut props = Properties::default();
+    if protocol.is_v5() {
+        if keep_alive > config.max_keepalive || (keep_alive == 0 && config.max_keepalive < u16::MAX) {
+            keep_alive = config.max_keepalive;
+            props.server_keep_alive = Some(keep_alive);
+        }
+        if assigned {
+            props.assigned_client_identifier = Some(c.client_id.clone());
+        }
+        if requested != expiry {
+            props.session_expiry_interval = Some(expiry);
+        }
+        if config.max_inflight < u16::MAX {
+            props.receive_maximum = Some(config.max_inflight);
+        }
+        props.maximum_packet_size = Some(config.max_packet_size);
+        if config.max_topic_alias > 0 {
+            props.topic_alias_maximum = Some(config.max_topic_alias);
+        }
+        if !config.retain_available {
+            props.retain_available = Some(0);
+        }
+    }
+    let connack = Packet::ConnAck(ConnAck { session_present, code: 0, properties: props });
+    codec::encode(&connack, protocol, &mut socket.wbuf);
+    metrics::counter!("skein_connects_total", "protocol" => protocol.level().to_string()).increment(1);
+    tracing::debug!(%peer, session_present, keep_alive, "client connected");
+
+    let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+    Ok(Connection {
+        broker: broker.clone(),
+        id,
+        socket,
+        protocol,
+        client_id,
+        session,
+        epoch: registration.epoch,
+        kick_rx,
+        keep_alive: Duration::from_secs(keep_alive as u64),
+        last_rx: Instant::now(),
+        connect_session_expiry: requested,
+        send_window: client_receive_max.min(config.max_inflight).max(1) as usize,
+        client_max_packet_size: c.properties.maximum_packet_size.map(|m| m as usize).unwrap_or(usize::MAX),
+        client_topic_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
+        aliases_in: HashMap::new(),
+        aliases_out: HashMap::new(),
+        will_on_disconnect: false,
+    })
+}
+
+/// Detaches a finished connection from its session (if it is still the attached one):
+/// publishes or schedules the will, ends or keeps the session.
+pub(super) async fn detach(
+    broker: &Arc<Broker>,
+    session: &Arc<Session>,
+    connection_id: u64,
+    epoch: u64,
+    close: &Close,
+    will_on_disconnect: bool,
+) {
+    let _guard = session.lifecycle.lock().await;
+    let (generation, expiry, will) = {
+        let mut st = session.state();
+        if !st.is_attached_to(connection_id) {
+            return;
+        }
+        st.attachment = None;
+        st.generation += 1;
+        st.disconnected_at_ms = Some(now_ms());
+        let will = match close.reason {
+            DisconnectReason::Normal if !will_on_disconnect => {
+                st.will = None;
+                None
+            }
+            // The node going away is not the client's failure.
+            DisconnectReason::GoAway => None,
+            _ => st.will.take(),
+        };
+        if st.is_persistent() {
+            broker.persist_session_locked(session, &st);
+        }
+        (st.generation, st.expiry_interval, will)
+    };
+    if let Some(will) = will {
+        let delay = will.properties.will_delay_interval.unwrap_or(0);
+        if delay == 0 || expiry == 0 {
+            broker.publish_will(&session.client_id, will);
+        } else {
+            session.state().will = Some(will);
+            broker.schedule_will(session, generation, delay.min(expiry));
+        }
+    }
+    if expiry == 0 {
+        broker.end_session(session);
+    } else if close.reason != DisconnectReason::GoAway {
+        broker.schedule_expiry(session, generation, expiry, 0);
+    }
+    let _ = broker.cluster.unregister_client(&session.client_id, epoch).await;
+}

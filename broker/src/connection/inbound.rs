@@ -1,0 +1,289 @@
+//! Packets from the client after CONNECT.
+
+use std::sync::Arc;
+
+use super::{Close, Connection, DisconnectReason};
+use crate::codec::{
+    reason as rc, Ack, Disconnect, Packet, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    Properties,
+};
+use crate::message::Message;
+use crate::session::{InflightState, Subscription};
+use crate::topic;
+
+impl Connection {
+    pub(super) async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::PubAck(a) => {
+                self.on_outgoing_done(a.packet_id, false);
+                Ok(())
+            }
+            Packet::PubRec(a) => self.on_pubrec(a),
+            Packet::PubComp(a) => {
+                self.on_outgoing_done(a.packet_id, true);
+                Ok(())
+            }
+            Packet::PubRel(a) => self.on_pubrel(a),
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(self.on_disconnect(d)),
+            Packet::Connect(_) => Err(Close::protocol("second CONNECT")),
+            Packet::Auth(_) => Err(Close::protocol("AUTH without enhanced authentication")),
+            other => Err(Close::protocol(format!("{} is not sent by clients", other.name()))),
+        }
+    }
+
+    async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
+        metrics::counter!("skein_messages_received_total", "qos" => qos_label(p.qos)).increment(1);
+        let topic = self.resolve_topic(&mut p)?;
+        if p.retain && !self.broker.config.retain_available {
+            return Err(Close::with_code(rc::RETAIN_NOT_SUPPORTED, "retain is not available"));
+        }
+        let invalid_payload = p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err();
+        if p.qos == QoS::ExactlyOnce {
+            let (duplicate, full) = {
+                let st = self.session.state();
+                (
+                    st.incoming_qos2.contains(&p.packet_id),
+                    st.incoming_qos2.len() >= self.broker.config.max_inflight as usize,
+                )
+            };
+            if duplicate {
+                // Already routed once; the client did not get our PUBREC.
+                self.send(&Packet::PubRec(Ack::new(p.packet_id)));
+                return Ok(());
+            }
+            if full {
+                return Err(Close::with_code(rc::RECEIVE_MAXIMUM_EXCEEDED, "more unacknowledged QoS 2 publishes than Receive Maximum"));
+            }
+        }
+        if invalid_payload {
+            if p.qos == QoS::AtMostOnce {
+                return Err(Close::with_code(rc::PAYLOAD_FORMAT_INVALID, "payload is not UTF-8"));
+            }
+            self.ack_publish(&p, rc::PAYLOAD_FORMAT_INVALID);
+            return Ok(());
+        }
+        let message = Arc::new(Message::from_publish(&p, topic, Some(self.client_id.clone())));
+        let outcome = self.broker.route(message);
+        if outcome.stored_offline && p.qos != QoS::AtMostOnce {
+            // The message is acknowledged only once it is on disk for the offline session.
+            if let Err(e) = self.broker.store.flush().await {
+                tracing::error!(error = %e, "storage flush failed");
+                return Err(Close::internal("storage failure"));
+            }
+        }
+        let code = if outcome.matched == 0 && self.protocol.is_v5() { rc::NO_MATCHING_SUBSCRIBERS } else { rc::SUCCESS };
+        if p.qos == QoS::ExactlyOnce {
+            let persistent = {
+                let mut st = self.session.state();
+                st.incoming_qos2.insert(p.packet_id);
+                st.is_persistent()
+            };
+            if persistent {
+                if let Err(e) = self.broker.store.incoming_put(self.client_id.as_str(), p.packet_id) {
+                    tracing::error!(error = %e, "cannot store incoming QoS 2 id");
+                }
+            }
+        }
+        self.ack_publish(&p, code);
+        Ok(())
+    }
+
+    fn ack_publish(&mut self, p: &Publish, code: u8) {
+        let ack = Ack { packet_id: p.packet_id, reason: code, properties: Properties::default() };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.send(&Packet::PubRec(ack)),
+        }
+    }
+
+    /// The topic of an incoming PUBLISH, after MQTT 5 topic alias handling and validation.
+    fn resolve_topic(&mut self, p: &mut Publish) -> Result<Arc<str>, Close> {
+        if let Some(alias) = p.properties.topic_alias.take() {
+            if !self.protocol.is_v5() {
+                return Err(Close::protocol("topic alias in MQTT 3"));
+            }
+            if alias == 0 || alias > self.broker.config.max_topic_alias {
+                return Err(Close::with_code(rc::TOPIC_ALIAS_INVALID, format!("topic alias {alias} out of range")));
+            }
+            if p.topic.is_empty() {
+                return match self.aliases_in.get(&alias) {
+                    Some(t) => Ok(t.clone()),
+                    None => Err(Close::protocol(format!("unknown topic alias {alias}"))),
+                };
+            }
+            self.check_topic(&p.topic)?;
+            let t: Arc<str> = Arc::from(p.topic.as_str());
+            self.aliases_in.insert(alias, t.clone());
+            return Ok(t);
+        }
+        self.check_topic(&p.topic)?;
+        Ok(Arc::from(p.topic.as_str()))
+    }
+
+    fn check_topic(&self, name: &str) -> Result<(), Close> {
+        if topic::valid_topic_name(name) {
+            Ok(())
+        } else {
+            Err(Close::with_code(rc::TOPIC_NAME_INVALID, format!("invalid topic name {name:?}")))
+        }
+    }
+
+    fn on_pubrel(&mut self, a: Ack) -> Result<(), Close> {
+        let (found, persistent) = {
+            let mut st = self.session.state();
+            (st.incoming_qos2.remove(&a.packet_id), st.is_persistent())
+        };
+        if found && persistent {
+            if let Err(e) = self.broker.store.incoming_remove(self.client_id.as_str(), a.packet_id) {
+                tracing::error!(error = %e, "cannot remove incoming QoS 2 id");
+            }
+        }
+        let reason = if found || !self.protocol.is_v5() { rc::SUCCESS } else { rc::PACKET_IDENTIFIER_NOT_FOUND };
+        self.send(&Packet::PubComp(Ack { packet_id: a.packet_id, reason, properties: Properties::default() }));
+        Ok(())
+    }
+
+    fn on_pubrec(&mut self, a: Ack) -> Result<(), Close> {
+        if a.reason >= 0x80 {
+            // The client refused the message: the QoS 2 flow ends here.
+            self.on_outgoing_done(a.packet_id, false);
+            return Ok(());
+        }
+        let session = self.session.clone();
+        let mut st = session.state();
+        let persistent = st.is_persistent();
+        let Some(f) = st.inflight.iter_mut().find(|f| f.packet_id == a.packet_id) else {
+            drop(st);
+            // Answer anyway so the client's flow completes.
+            let reason = if self.protocol.is_v5() { rc::PACKET_IDENTIFIER_NOT_FOUND } else { rc::SUCCESS };
+            self.send(&Packet::PubRel(Ack { packet_id: a.packet_id, reason, properties: Properties::default() }));
+            return Ok(());
+        };
+        if f.delivery.qos != QoS::ExactlyOnce {
+            return Err(Close::protocol("PUBREC for a QoS 1 message"));
+        }
+        f.state = InflightState::Released;
+        if persistent {
+            let stored = skein_storage::StoredInflight {
+                packet_id: f.packet_id,
+                seq: f.seq,
+                message: crate::session::to_stored_delivery(&f.delivery),
+                released: true,
+            };
+            if let Err(e) = self.broker.store.inflight_put(self.client_id.as_str(), &stored) {
+                tracing::error!(error = %e, "cannot store inflight state");
+            }
+        }
+        drop(st);
+        self.send(&Packet::PubRel(Ack::new(a.packet_id)));
+        Ok(())
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is delivered.
+    fn on_outgoing_done(&mut self, packet_id: u16, is_pubcomp: bool) {
+        let mut st = self.session.state();
+        let Some(pos) = st.inflight.iter().position(|f| f.packet_id == packet_id) else {
+            return;
+        };
+        let f = &st.inflight[pos];
+        let expected = if is_pubcomp { f.state == InflightState::Released } else { true };
+        if !expected {
+            return;
+        }
+        let persistent = st.is_persistent();
+        st.inflight.remove(pos);
+        drop(st);
+        metrics::counter!("skein_messages_acked_total").increment(1);
+        if persistent {
+            if let Err(e) = self.broker.store.inflight_remove(self.client_id.as_str(), packet_id) {
+                tracing::error!(error = %e, "cannot remove inflight message");
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let v5 = self.protocol.is_v5();
+        let invalid = if v5 { rc::TOPIC_FILTER_INVALID } else { 0x80 };
+        let subscription_id = s.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for (filter, options) in &s.filters {
+            let Ok((group, inner)) = topic::parse_subscription(filter) else {
+                codes.push(invalid);
+                continue;
+            };
+            if group.is_some() && options.no_local {
+                return Err(Close::protocol("No Local on a shared subscription"));
+            }
+            let mut options = *options;
+            options.qos = self.broker.granted_qos(options.qos);
+            let sub = Subscription { options, subscription_id };
+            let existed = self.broker.subscribe(&self.session, filter, sub.clone());
+            codes.push(options.qos as u8);
+            let wants_retained = match options.retain_handling {
+                0 => true,
+                1 => !existed,
+                _ => false,
+            };
+            if group.is_none() && wants_retained {
+                retained.push((inner.to_owned(), sub));
+            }
+        }
+        self.send(&Packet::SubAck(SubAck { packet_id: s.packet_id, reason_codes: codes, properties: Properties::default() }));
+        for (filter, sub) in retained {
+            self.broker.deliver_retained(&self.session, &filter, &sub);
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+        let codes = u
+            .filters
+            .iter()
+            .map(|filter| {
+                if topic::parse_subscription(filter).is_err() {
+                    rc::TOPIC_FILTER_INVALID
+                } else if self.broker.unsubscribe(&self.session, filter) {
+                    rc::SUCCESS
+                } else {
+                    rc::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        self.send(&Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, reason_codes: codes, properties: Properties::default() }));
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Close {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.connect_session_expiry == 0 && expiry != 0 {
+                return Close::protocol("Session Expiry Interval set on DISCONNECT after 0 in CONNECT");
+            }
+            let capped = expiry.min(self.broker.config.max_session_expiry_interval);
+            let mut st = self.session.state();
+            st.expiry_interval = capped;
+            if st.is_persistent() {
+                self.broker.persist_session_locked(&self.session, &st);
+            }
+        }
+        self.will_on_disconnect = d.reason == rc::DISCONNECT_WITH_WILL;
+        Close::silent(DisconnectReason::Normal, format!("DISCONNECT reason 0x{:02x}", d.reason))
+    }
+}
+
+pub(super) fn qos_label(qos: QoS) -> &'static str {
+    match qos {
+        QoS::AtMostOnce => "0",
+        QoS::AtLeastOnce => "1",
+        QoS::ExactlyOnce => "2",
+    }
+}

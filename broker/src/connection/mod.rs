@@ -1,0 +1,233 @@
+//! One task per client connection: read → session → write, keepalive, limits.
+
+mod handshake;
+mod inbound;
+mod outbound;
+pub mod reason;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::broker::Broker;
+use crate::codec::{self, reason as rc, Disconnect, Packet, Properties, ProtocolVersion};
+use crate::ids::ClientId;
+use crate::session::{Kick, Session};
+pub use reason::{Close, DisconnectReason};
+
+/// Writes are flushed to the socket once this much is buffered, even mid-batch.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+const READ_CHUNK: usize = 4096;
+
+/// A socket before CONNECT: the read and write halves and what has been read so far.
+pub struct Socket {
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl Socket {
+    fn new(stream: TcpStream) -> Socket {
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        Socket {
+            reader,
+            writer,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+        }
+    }
+
+    /// Reads more bytes; Ok(false) on end of stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        Ok(self.reader.read_buf(&mut self.rbuf).await? > 0)
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.writer.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+            if self.wbuf.capacity() > 4 * WRITE_BATCH_BYTES {
+                // A burst grew the buffer; don't keep it for an idle connection.
+                self.wbuf = BytesMut::new();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The state of a connection after a successful CONNECT.
+pub struct Connection {
+    broker: Arc<Broker>,
+    id: u64,
+    socket: Socket,
+    protocol: ProtocolVersion,
+    client_id: ClientId,
+    session: Arc<Session>,
+    epoch: u64,
+    kick_rx: mpsc::Receiver<Kick>,
+    keep_alive: Duration,
+    last_rx: Instant,
+    /// The session expiry the client asked for in CONNECT (DISCONNECT may change it).
+    connect_session_expiry: u32,
+    /// How many QoS 1/2 messages may be unacknowledged towards the client.
+    send_window: usize,
+    client_max_packet_size: usize,
+    client_topic_alias_max: u16,
+    aliases_in: HashMap<u16, Arc<str>>,
+    aliases_out: HashMap<Arc<str>, u16>,
+    /// Set once the client sent DISCONNECT with reason 0x04 (publish the will anyway).
+    will_on_disconnect: bool,
+}
+
+/// Serves one accepted TCP connection to its end. `permit` is None when the node is at its
+/// connection limit: the client then gets a CONNACK refusal.
+pub async fn serve(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let connection_id = broker.next_connection_id();
+    let span = tracing::info_span!("connection", id = connection_id, %peer, client_id = tracing::field::Empty);
+    async move {
+        let socket = Socket::new(stream);
+        let Some(mut conn) = handshake::accept(broker, socket, connection_id, peer, permit.is_some()).await else {
+            return;
+        };
+        tracing::Span::current().record("client_id", conn.client_id.as_str());
+        let close = conn.run().await;
+        conn.finish(close).await;
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+impl Connection {
+    async fn run(&mut self) -> Close {
+        if let Err(close) = self.resume() {
+            return close;
+        }
+        let timeout = self.keep_alive.mul_f32(1.5);
+        let keepalive = tokio::time::sleep(timeout);
+        tokio::pin!(keepalive);
+        let shutdown = self.broker.shutdown.clone();
+        loop {
+            if let Err(close) = self.pump() {
+                return close;
+            }
+            if !self.socket.wbuf.is_empty() {
+                let flushed = tokio::select! {
+                    r = self.socket.flush() => r,
+                    _ = shutdown.cancelled() => return go_away(),
+                    kick = self.kick_rx.recv() => return kicked(kick),
+                };
+                if let Err(e) = flushed {
+                    return Close::silent(DisconnectReason::TcpClosed, format!("write failed: {e}"));
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return go_away(),
+                kick = self.kick_rx.recv() => return kicked(kick),
+                read = self.socket.fill() => match read {
+                    Ok(true) => {
+                        self.last_rx = Instant::now();
+                        if let Err(close) = self.process_input().await {
+                            return close;
+                        }
+                    }
+                    Ok(false) => return Close::silent(DisconnectReason::TcpClosed, "socket closed by the client"),
+                    Err(e) => return Close::silent(DisconnectReason::TcpClosed, format!("read failed: {e}")),
+                },
+                _ = self.session.wake.notified() => {}
+                _ = &mut keepalive, if !self.keep_alive.is_zero() => {
+                    let deadline = self.last_rx + timeout;
+                    if Instant::now() >= deadline {
+                        return Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "no packet within 1.5 x keepalive");
+                    }
+                    keepalive.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+
+    /// Decodes and handles every whole packet in the read buffer.
+    async fn process_input(&mut self) -> Result<(), Close> {
+        loop {
+            let max = self.broker.config.max_packet_size as usize;
+            let packet = match codec::decode(&mut self.socket.rbuf, self.protocol, max) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    metrics::counter!("skein_packet_decode_errors_total").increment(1);
+                    return Err(Close::with_code(e.reason_code(), e.to_string()));
+                }
+            };
+            self.handle(packet).await?;
+            if self.socket.wbuf.len() >= WRITE_BATCH_BYTES {
+                self.socket.flush().await.map_err(|e| {
+                    Close::silent(DisconnectReason::TcpClosed, format!("write failed: {e}"))
+                })?;
+            }
+        }
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        codec::encode(packet, self.protocol, &mut self.socket.wbuf);
+    }
+
+    /// Ends the connection: tells a v5 client why, then detaches from the session.
+    async fn finish(mut self, close: Close) {
+        let level = match close.reason {
+            DisconnectReason::Normal | DisconnectReason::TcpClosed | DisconnectReason::GoAway => tracing::Level::DEBUG,
+            _ => tracing::Level::INFO,
+        };
+        if level == tracing::Level::INFO {
+            tracing::info!(reason = close.reason.as_str(), detail = %close.detail, "connection closed");
+        } else {
+            tracing::debug!(reason = close.reason.as_str(), detail = %close.detail, "connection closed");
+        }
+        metrics::counter!("skein_disconnects_total", "reason" => close.reason.as_str()).increment(1);
+        if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
+            let packet = Packet::Disconnect(Disconnect {
+                reason: code,
+                properties: Properties {
+                    reason_string: Some(close.detail.clone()).filter(|s| !s.is_empty()),
+                    ..Properties::default()
+                },
+            });
+            self.send(&packet);
+        }
+        if close.reason != DisconnectReason::TcpClosed {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.flush()).await;
+            let _ = self.socket.writer.shutdown().await;
+        }
+        handshake::detach(&self.broker, &self.session, self.id, self.epoch, &close, self.will_on_disconnect).await;
+    }
+}
+
+fn go_away() -> Close {
+    Close::new(DisconnectReason::GoAway, Some(rc::SERVER_SHUTTING_DOWN), "server shutting down")
+}
+
+fn kicked(kick: Option<Kick>) -> Close {
+    match kick {
+        Some(Kick::Administrative) => Close::new(DisconnectReason::Kicked, Some(rc::ADMINISTRATIVE_ACTION), "kicked by an operator"),
+        _ => Close::new(DisconnectReason::Takeovered, Some(rc::SESSION_TAKEN_OVER), "session taken over"),
+    }
+}

@@ -1,0 +1,89 @@
+//! Why a connection ended, in the canonical vocabulary of the events contract.
+
+use crate::codec::reason as rc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT.
+    Normal,
+    TcpClosed,
+    Kicked,
+    Takeovered,
+    KeepaliveTimeout,
+    NotAuthenticated,
+    NotAuthorized,
+    TooManyConnection,
+    GoAway,
+    PingWithoutConnect,
+    ClientIdTooLong,
+    ClientIdRequired,
+    BadWillMessage,
+    ProtocolError,
+    ServerInternalError,
+}
+
+impl DisconnectReason {
+    /// The `$events` dialect name, also used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::Normal => "normal",
+            DisconnectReason::TcpClosed => "tcp_closed",
+            DisconnectReason::Kicked => "kicked",
+            DisconnectReason::Takeovered => "takeovered",
+            DisconnectReason::KeepaliveTimeout => "keepalive_timeout",
+            DisconnectReason::NotAuthenticated => "not_authenticated",
+            DisconnectReason::NotAuthorized => "not_authorized",
+            DisconnectReason::TooManyConnection => "too_many_connection",
+            DisconnectReason::GoAway => "go_away",
+            DisconnectReason::PingWithoutConnect => "ping_without_connect",
+            DisconnectReason::ClientIdTooLong => "client_id_too_long",
+            DisconnectReason::ClientIdRequired => "client_id_required",
+            DisconnectReason::BadWillMessage => "bad_will_message",
+            DisconnectReason::ProtocolError => "protocol_error",
+            DisconnectReason::ServerInternalError => "server_internal_error",
+        }
+    }
+}
+
+/// How a connection is closed: the canonical reason, and the MQTT 5 reason code to send in
+/// the server's DISCONNECT (None: close without one).
+#[derive(Debug, Clone)]
+pub struct Close {
+    pub reason: DisconnectReason,
+    pub code: Option<u8>,
+    pub detail: String,
+}
+
+impl Close {
+    pub fn new(reason: DisconnectReason, code: Option<u8>, detail: impl Into<String>) -> Close {
+        Close {
+            reason,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn protocol(detail: impl Into<String>) -> Close {
+        Close::new(
+            DisconnectReason::ProtocolError,
+            Some(rc::PROTOCOL_ERROR),
+            detail,
+        )
+    }
+
+    pub fn with_code(code: u8, detail: impl Into<String>) -> Close {
+        Close::new(DisconnectReason::ProtocolError, Some(code), detail)
+    }
+
+    pub fn silent(reason: DisconnectReason, detail: impl Into<String>) -> Close {
+        Close::new(reason, None, detail)
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Close {
+        Close::new(
+            DisconnectReason::ServerInternalError,
+            Some(rc::IMPLEMENTATION_SPECIFIC_ERROR),
+            detail,
+        )
+    }
+}

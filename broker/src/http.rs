@@ -1,0 +1,227 @@
+//! HTTP endpoints for orchestrators: liveness (`/healthz`) and readiness (`/readyz`).
+//!
+//! Handlers take their piece of [`AppState`] through `State<T>` with a [`FromRef`] impl, so
+//! adding `/metrics` or `/api/v1/...` means adding a field to `AppState`, a `FromRef` impl
+//! and a `.route(...)` or `.merge(...)` in [`routes`], without touching existing handlers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{FromRef, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// What the HTTP server reports; the broker flips `ready` once it is accepting MQTT
+/// connections and clears it on shutdown.
+#[derive(Clone, Default, Debug)]
+pub struct HealthState {
+    ready: Arc<AtomicBool>,
+}
+
+impl HealthState {
+    /// A new state, not ready: a broker that hasn't bound its listener must not get traffic.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Everything the handlers can reach. Cloned per request, so fields should be cheap handles.
+#[derive(Clone)]
+struct AppState {
+    health: HealthState,
+}
+
+impl FromRef<AppState> for HealthState {
+    fn from_ref(state: &AppState) -> Self {
+        state.health.clone()
+    }
+}
+
+/// The HTTP API: `GET /healthz`, `GET /readyz`, JSON 404/405 for everything else.
+pub fn router(state: HealthState) -> Router {
+    routes().with_state(AppState { health: state })
+}
+
+fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` is cancelled, then stops accepting and
+/// waits for in-flight requests to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HealthState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Liveness: answering at all is the signal, so this never looks at broker state.
+async fn healthz() -> Response {
+    probe(StatusCode::OK, "ok")
+}
+
+async fn readyz(State(health): State<HealthState>) -> Response {
+    if health.is_ready() {
+        probe(StatusCode::OK, "ready")
+    } else {
+        probe(StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    }
+}
+
+fn probe(status: StatusCode, text: &str) -> Response {
+    let mut response = (status, Json(json!({ "status": text }))).into_response();
+    // A cached probe answer would hide the very transitions probes exist to see.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not found")
+}
+
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::JoinHandle;
+
+    struct Server {
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+        task: JoinHandle<std::io::Result<()>>,
+    }
+
+    async fn start(state: HealthState) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, state, shutdown.clone()));
+        Server {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Sends one raw HTTP/1.1 request and returns (status code, headers, body).
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+            .await
+            .expect("response timed out")
+            .unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("no header end");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .expect("no status code");
+        (status, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    fn json_body(body: &str) -> serde_json::Value {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
+    }
+
+    #[tokio::test]
+    async fn healthz_is_ok() {
+        let server = start(HealthState::new()).await;
+        let (status, head, body) = request(server.addr, "GET", "/healthz").await;
+        assert_eq!(status, 200);
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(head.contains("cache-control: no-store"), "{head}");
+        assert_eq!(json_body(&body), json!({ "status": "ok" }));
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_state() {
+        let state = HealthState::new();
+        assert!(!state.is_ready());
+        let server = start(state.clone()).await;
+
+        let (status, _, body) = request(server.addr, "GET", "/readyz").await;
+        assert_eq!(status, 503);
+        assert_eq!(json_body(&body), json!({ "status": "not_ready" }));
+
+        state.set_ready(true);
+        assert!(state.is_ready());
+        let (status, _, body) = request(server.addr, "GET", "/readyz").await;
+        assert_eq!(status, 200);
+        assert_eq!(json_body(&body), json!({ "status": "ready" }));
+
+        state.set_ready(false);
+        let (status, _, _) = request(server.addr, "GET", "/readyz").await;
+        assert_eq!(status, 503);
+    }
+
+    #[tokio::test]
+    async fn unknown_path_and_method_are_json_errors() {
+        let server = start(HealthState::new()).await;
+        let (status, head, body) = request(server.addr, "GET", "/nope").await;
+        assert_eq!(status, 404);
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert_eq!(json_body(&body), json!({ "error": "not found" }));
+
+        let (status, _, body) = request(server.addr, "POST", "/healthz").await;
+        assert_eq!(status, 405);
+        assert_eq!(json_body(&body), json!({ "error": "method not allowed" }));
+    }
+
+    #[tokio::test]
+    async fn head_is_served() {
+        let server = start(HealthState::new()).await;
+        let (status, _, body) = request(server.addr, "HEAD", "/healthz").await;
+        assert_eq!(status, 200);
+        assert!(body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn shuts_down_on_cancel() {
+        let server = start(HealthState::new()).await;
+        // An idle keep-alive connection must not hold shutdown open.
+        let _idle = TcpStream::connect(server.addr).await.unwrap();
+        request(server.addr, "GET", "/healthz").await;
+        server.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(5), server.task)
+            .await
+            .expect("serve didn't stop after cancel")
+            .unwrap();
+        assert!(result.is_ok());
+        assert!(TcpStream::connect(server.addr).await.is_err());
+    }
+}

@@ -1,0 +1,58 @@
+//! Skein broker node: the MQTT codec, sessions, routing, and the glue that runs a node.
+//!
+//! A node is started with [`run`], which takes already-bound listeners and a shutdown
+//! token so tests can bind port 0 and stop the node when they like.
+
+pub mod broker;
+pub mod cluster_handle;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod message;
+pub mod retained;
+mod server;
+pub mod session;
+pub mod topic;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use broker::Broker;
+pub use config::Config;
+pub use error::BrokerError;
+
+use cluster_handle::LocalCluster;
+use ids::NodeId;
+
+/// Runs a node until `shutdown` fires: serves MQTT and HTTP, then drains connections and
+/// flushes storage.
+pub async fn run(
+    config: Config,
+    mqtt: TcpListener,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerError> {
+    let store = skein_storage::Store::open(&config.data_dir)?;
+    let cluster = Arc::new(LocalCluster::new(NodeId(config.node_id)));
+    let broker = Broker::new(config, store.clone(), cluster, shutdown.clone())?;
+    let health = http::HealthState::new();
+    let http_task = tokio::spawn(http::serve(http, health.clone(), shutdown.clone()));
+    health.set_ready(true);
+    server::serve_mqtt(broker.clone(), mqtt).await;
+    health.set_ready(false);
+    broker.tasks.close();
+    broker.tasks.wait().await;
+    store.flush().await?;
+    match http_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "http server failed"),
+        Err(e) => tracing::warn!(error = %e, "http task failed"),
+    }
+    tracing::info!("node stopped");
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! An application message as the router carries it: one shared allocation per publish,
+//! whatever the number of subscribers.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use skein_storage::StoredMessage;
+
+use crate::codec::{Properties, Publish, QoS};
+use crate::ids::ClientId;
+
+/// The MQTT 5 properties that travel with a message from publisher to subscribers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProperties {
+    pub payload_format_indicator: Option<u8>,
+    pub message_expiry_interval: Option<u32>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: MessageProperties,
+    /// Wall-clock receive time, so Message Expiry keeps counting across a restart.
+    pub received_at_ms: u64,
+    pub publisher: Option<ClientId>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Message {
+    pub fn from_publish(publish: &Publish, topic: Arc<str>, publisher: Option<ClientId>) -> Message {
+        let p = &publish.properties;
+        Message {
+            topic,
+            payload: publish.payload.clone(),
+            qos: publish.qos,
+            retain: publish.retain,
+            properties: MessageProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: p.message_expiry_interval,
+                content_type: p.content_type.clone(),
+                response_topic: p.response_topic.clone(),
+                correlation_data: p.correlation_data.clone(),
+                user_properties: p.user_properties.clone(),
+            },
+            received_at_ms: now_ms(),
+            publisher,
+        }
+    }
+
+    /// Seconds of Message Expiry left at `now_ms`: `None` if it never expires, `Some(0)` if expired.
+    pub fn remaining_expiry(&self, now_ms: u64) -> Option<u32> {
+        let interval = self.properties.message_expiry_interval?;
+        let elapsed_s = now_ms.saturating_sub(self.received_at_ms) / 1000;
+        Some((interval as u64).saturating_sub(elapsed_s) as u32)
+    }
+
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        match self.properties.message_expiry_interval {
+            None => false,
+            Some(interval) => now_ms.saturating_sub(self.received_at_ms) >= interval as u64 * 1000,
+        }
+    }
+
+    /// The properties of an outgoing PUBLISH of this message (MQTT 5).
+    pub fn publish_properties(&self, now_ms: u64, subscription_ids: &[u32]) -> Properties {
+        let p = &self.properties;
+        Properties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: self.remaining_expiry(now_ms).map(|s| s.max(1)),
+            content_type: p.content_type.clone(),
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            subscription_identifiers: subscription_ids.to_vec(),
+            ..Properties::default()
+        }
+    }
+
+    pub fn to_stored(&self, subscription_ids: &[u32]) -> StoredMessage {
+        let p = &self.properties;
+        StoredMessage {
+            topic: self.topic.to_string(),
+            payload: self.payload.clone(),
+            qos: self.qos as u8,
+            retain: self.retain,
+            received_at_ms: self.received_at_ms,
+            message_expiry_interval: p.message_expiry_interval,
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.clone(),
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            subscription_identifiers: subscription_ids.to_vec(),
+            publisher: self
+                .publisher
+                .as_ref()
+                .map(|c| c.as_str().to_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn from_stored(s: StoredMessage) -> Message {
+        Message {
+            topic: Arc::from(s.topic.as_str()),
+            payload: s.payload,
+            qos: QoS::from_u8(s.qos).unwrap_or(QoS::AtMostOnce),
+            retain: s.retain,
+            properties: MessageProperties {
+                payload_format_indicator: s.payload_format_indicator,
+                message_expiry_interval: s.message_expiry_interval,
+                content_type: s.content_type,
+                response_topic: s.response_topic,
+                correlation_data: s.correlation_data,
+                user_properties: s.user_properties,
+            },
+            received_at_ms: s.received_at_ms,
+            publisher: if s.publisher.is_empty() {
+                None
+            } else {
+                Some(ClientId::new(&s.publisher))
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_counts_down_in_whole_seconds() {
+        let mut m = Message {
+            topic: Arc::from("t"),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: MessageProperties {
+                message_expiry_interval: Some(10),
+                ..Default::default()
+            },
+            received_at_ms: 1_000,
+            publisher: None,
+        };
+        assert_eq!(m.remaining_expiry(1_000), Some(10));
+        assert_eq!(m.remaining_expiry(4_500), Some(7));
+        assert!(!m.is_expired(10_999));
+        assert!(m.is_expired(11_000));
+        m.properties.message_expiry_interval = None;
+        assert_eq!(m.remaining_expiry(u64::MAX), None);
+        assert!(!m.is_expired(u64::MAX));
+    }
+
+    #[test]
+    fn stored_round_trip_keeps_everything() {
+        let m = Message {
+            topic: Arc::from("a/b"),
+            payload: Bytes::from_static(b"xyz"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties: MessageProperties {
+                payload_format_indicator: Some(1),
+                message_expiry_interval: Some(5),
+                content_type: Some("text/plain".into()),
+                response_topic: Some("r".into()),
+                correlation_data: Some(Bytes::from_static(b"c")),
+                user_properties: vec![("k".into(), "v".into())],
+            },
+            received_at_ms: 42,
+            publisher: Some(ClientId::new("pub")),
+        };
+        assert_eq!(Message::from_stored(m.to_stored(&[3])), m);
+    }
+}
+
+impl Message {
+    pub fn from_will(will: crate::codec::Will, publisher: ClientId) -> Message {
+        let p = will.properties;
+        Message {
+            topic: Arc::from(will.topic.as_str()),
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: MessageProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: p.message_expiry_interval,
+                content_type: p.content_type,
+                response_topic: p.response_topic,
+                correlation_data: p.correlation_data,
+                user_properties: p.user_properties,
+            },
+            received_at_ms: now_ms(),
+            publisher: Some(publisher),
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! A client's session: subscriptions, the queue of messages waiting to be sent, outgoing
+//! in-flight QoS 1/2 messages, incoming QoS 2 ids, and the will. It outlives connections.
+//!
+//! Lifecycle changes (attach, detach, takeover, expiry) are serialised by `lifecycle`, an
+//! async lock; data changes happen under `state`, a short synchronous lock that is never
+//! held across an await.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use skein_storage::{StoredInflight, StoredSession, StoredSubscription, Store};
+use tokio::sync::{mpsc, Notify};
+
+use crate::codec::{QoS, SubscriptionOptions, Will};
+use crate::ids::ClientId;
+use crate::message::Message;
+
+/// A message on its way to one subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// The QoS it goes out at: min(published, granted).
+    pub qos: QoS,
+    /// Retain flag as sent to this subscriber.
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub seq: u64,
+    pub delivery: Delivery,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1 waiting for PUBACK, or QoS 2 waiting for PUBREC.
+    Sent,
+    /// QoS 2: PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub seq: u64,
+    pub packet_id: u16,
+    pub delivery: Delivery,
+    pub state: InflightState,
+}
+
+/// Why a connection is told to go away by someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// The same client id connected again.
+    TakenOver,
+    /// An operator kicked it.
+    Administrative,
+}
+
+/// The link from a session to the connection currently attached to it.
+#[derive(Debug)]
+pub struct Attachment {
+    pub connection_id: u64,
+    pub kick: mpsc::Sender<Kick>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    pub protocol_level: u8,
+    /// Seconds the session lives after its connection ends; 0 = ends with the connection.
+    pub expiry_interval: u32,
+    pub attachment: Option<Attachment>,
+    /// Bumped on every attach and detach, so timers armed for an earlier state do nothing.
+    pub generation: u64,
+    pub disconnected_at_ms: Option<u64>,
+    /// Full filter (with any `$share/group/` prefix) → options.
+    pub subscriptions: HashMap<String, Subscription>,
+    pub queue: VecDeque<Queued>,
+    /// In send order (oldest first), so a resumed session retransmits in order.
+    pub inflight: VecDeque<Inflight>,
+    pub incoming_qos2: HashSet<u16>,
+    pub will: Option<Will>,
+    next_packet_id: u16,
+    next_seq: u64,
+    /// Set when the session has been removed from the registry; a connection that finds
+    /// this after taking the lifecycle lock must look the client id up again.
+    pub removed: bool,
+}
+
+pub struct Session {
+    pub client_id: ClientId,
+    pub lifecycle: tokio::sync::Mutex<()>,
+    state: Mutex<SessionState>,
+    /// Wakes the attached connection when something was queued.
+    pub wake: Notify,
+}
+
+/// What `Session::enqueue` did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    /// Queued for the attached connection.
+    Queued,
+    /// Queued (and written to storage) for an offline session: flush before acknowledging.
+    StoredOffline,
+    Dropped(DropReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    QueueFull,
+    Qos0Offline,
+    Expired,
+    Storage,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Qos0Offline => "qos0_offline",
+            DropReason::Expired => "expired",
+            DropReason::Storage => "storage_error",
+        }
+    }
+}
+
+impl SessionState {
+    fn new() -> SessionState {
+        SessionState {
+            protocol_level: 4,
+            expiry_interval: 0,
+            attachment: None,
+            generation: 0,
+            disconnected_at_ms: None,
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            inflight: VecDeque::new(),
+            incoming_qos2: HashSet::new(),
+            will: None,
+            next_packet_id: 1,
+            next_seq: 1,
+            removed: false,
+        }
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.expiry_interval > 0
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.attachment.is_some()
+    }
+
+    pub fn is_attached_to(&self, connection_id: u64) -> bool {
+        self.attachment
+            .as_ref()
+            .is_some_and(|a| a.connection_id == connection_id)
+    }
+
+    /// Forget everything but the identity (clean start, or the session ended).
+    pub fn clear(&mut self) {
+        let generation = self.generation;
+        let attachment = self.attachment.take();
+        *self = SessionState::new();
+        self.generation = generation;
+        self.attachment = attachment;
+    }
+
+    pub fn next_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    /// A packet id not used by any in-flight message; None when all 65535 are taken.
+    pub fn allocate_packet_id(&mut self) -> Option<u16> {
+        if self.inflight.len() >= u16::MAX as usize {
+            return None;
+        }
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.iter().any(|f| f.packet_id == id) {
+                return Some(id);
+            }
+        }
+    }
+
+    pub fn to_stored(&self, client_id: &ClientId) -> StoredSession {
+        let mut subscriptions: Vec<StoredSubscription> = self
+            .subscriptions
+            .iter()
+            .map(|(filter, s)| StoredSubscription {
+                filter: filter.clone(),
+                qos: s.options.qos as u8,
+                no_local: s.options.no_local,
+                retain_as_published: s.options.retain_as_published,
+                retain_handling: s.options.retain_handling,
+                subscription_identifier: s.subscription_id,
+            })
+            .collect();
+        subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
+        StoredSession {
+            client_id: client_id.as_str().to_owned(),
+            protocol_level: self.protocol_level,
+            session_expiry_interval: self.expiry_interval,
+            disconnected_at_ms: self.disconnected_at_ms,
+            subscriptions,
+            pending_will: None,
+        }
+    }
+}
+
+impl Session {
+    pub fn new(client_id: ClientId) -> Arc<Session> {
+        Arc::new(Session {
+            client_id,
+            lifecycle: tokio::sync::Mutex::new(()),
+            state: Mutex::new(SessionState::new()),
+            wake: Notify::new(),
+        })
+    }
+
+    /// The state lock. A poisoned lock means a panic elsewhere already broke an invariant
+    /// for this one session; its data is still structurally valid, so keep serving.
+    pub fn state(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rebuilds a persistent session from storage after a restart (offline).
+    pub fn restore(
+        stored: &StoredSession,
+        queue: Vec<(u64, skein_storage::StoredMessage)>,
+        inflight: Vec<StoredInflight>,
+        incoming: Vec<u16>,
+        now_ms: u64,
+    ) -> Arc<Session> {
+        let session = Session::new(ClientId::new(&stored.client_id));
+        {
+            let mut st = session.state();
+            st.protocol_level = stored.protocol_level;
+            st.expiry_interval = stored.session_expiry_interval;
+            st.disconnected_at_ms = Some(stored.disconnected_at_ms.unwrap_or(now_ms));
+            for sub in &stored.subscriptions {
+                st.subscriptions.insert(
+                    sub.filter.clone(),
+                    Subscription {
+                        options: SubscriptionOptions {
+                            qos: QoS::from_u8(sub.qos).unwrap_or(QoS::AtMostOnce),
+                            no_local: sub.no_local,
+                            retain_as_published: sub.retain_as_published,
+                            retain_handling: sub.retain_handling,
+                        },
+                        subscription_id: sub.subscription_identifier,
+                    },
+                );
+            }
+            let mut max_seq = 0;
+            for f in inflight {
+                max_seq = max_seq.max(f.seq);
+                let qos = QoS::from_u8(f.message.qos).unwrap_or(QoS::AtLeastOnce);
+                let ids = f.message.subscription_identifiers.clone();
+                let retain = f.message.retain;
+                st.inflight.push_back(Inflight {
+                    seq: f.seq,
+                    packet_id: f.packet_id,
+                    delivery: Delivery {
+                        message: Arc::new(Message::from_stored(f.message)),
+                        qos,
+                        retain,
+                        subscription_ids: ids,
+                    },
+                    state: if f.released {
+                        InflightState::Released
+                    } else {
+                        InflightState::Sent
+                    },
+                });
+            }
+            for (seq, m) in queue {
+                max_seq = max_seq.max(seq);
+                let qos = QoS::from_u8(m.qos).unwrap_or(QoS::AtMostOnce);
+                let ids = m.subscription_identifiers.clone();
+                let retain = m.retain;
+                st.queue.push_back(Queued {
+                    seq,
+                    delivery: Delivery {
+                        message: Arc::new(Message::from_stored(m)),
+                        qos,
+                        retain,
+                        subscription_ids: ids,
+                    },
+                });
+            }
+            st.next_seq = max_seq + 1;
+            st.incoming_qos2 = incoming.into_iter().collect();
+        }
+        session
+    }
+
+    /// Queue a delivery. Never blocks: a full queue drops the new message.
+    pub fn enqueue(
+        &self,
+        delivery: Delivery,
+        max_queued: usize,
+        store: &Store,
+        now_ms: u64,
+    ) -> EnqueueOutcome {
+        let mut st = self.state();
+        if st.removed {
+            return EnqueueOutcome::Dropped(DropReason::Expired);
+        }
+        let online = st.is_online();
+        if !online && delivery.qos == QoS::AtMostOnce {
+            return EnqueueOutcome::Dropped(DropReason::Qos0Offline);
+        }
+        if delivery.message.is_expired(now_ms) {
+            return EnqueueOutcome::Dropped(DropReason::Expired);
+        }
+        if st.queue.len() >= max_queued {
+            return EnqueueOutcome::Dropped(DropReason::QueueFull);
+        }
+        let seq = st.next_seq();
+        if st.is_persistent() && delivery.qos != QoS::AtMostOnce {
+            let stored = to_stored_delivery(&delivery);
+            if let Err(e) = store.queue_push(self.client_id.as_str(), seq, &stored) {
+                tracing::error!(client_id = %self.client_id, error = %e, "cannot store queued message");
+                return EnqueueOutcome::Dropped(DropReason::Storage);
+            }
+        }
+        st.queue.push_back(Queued { seq, delivery });
+        drop(st);
+        if online {
+            self.wake.notify_one();
+            EnqueueOutcome::Queued
+        } else {
+            EnqueueOutcome::StoredOffline
+        }
+    }
+}
+
+/// The stored form of a delivery: the message with the subscriber's QoS, retain flag and ids.
+pub fn to_stored_delivery(d: &Delivery) -> skein_storage::StoredMessage {
+    let mut m = d.message.to_stored(&d.subscription_ids);
+    m.qos = d.qos as u8;
+    m.retain = d.retain;
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: Arc::from("t"),
+                payload: Bytes::from_static(b"p"),
+                qos,
+                retain: false,
+                properties: Default::default(),
+                received_at_ms: 0,
+                publisher: None,
+            }),
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn offline_queue_is_bounded_and_persisted() {
+        let store = Store::open_temporary().unwrap();
+        let s = Session::new(ClientId::new("c"));
+        s.state().expiry_interval = 60;
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce), 2, &store, 0),
+            EnqueueOutcome::Dropped(DropReason::Qos0Offline)
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), 2, &store, 0),
+            EnqueueOutcome::StoredOffline
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::ExactlyOnce), 2, &store, 0),
+            EnqueueOutcome::StoredOffline
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), 2, &store, 0),
+            EnqueueOutcome::Dropped(DropReason::QueueFull)
+        );
+        assert_eq!(store.queue_load("c").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_wrap() {
+        let mut st = SessionState::new();
+        st.next_packet_id = u16::MAX;
+        st.inflight.push_back(Inflight {
+            seq: 1,
+            packet_id: 1,
+            delivery: delivery(QoS::AtLeastOnce),
+            state: InflightState::Sent,
+        });
+        assert_eq!(st.allocate_packet_id(), Some(u16::MAX));
+        assert_eq!(st.allocate_packet_id(), Some(2));
+    }
+}

@@ -1,0 +1,19 @@
+//! MQTT topics: name/filter validation, shared-subscription parsing, and the
+//! subscription index that routes every PUBLISH to its subscribers.
+
+mod error;
+mod naive;
+mod node;
+mod shared;
+mod subscribers;
+mod tree;
+mod validate;
+mod walk;
+
+#[cfg(test)]
+mod proptests;
+
+pub use error::TopicError;
+pub use naive::matches;
+pub use tree::TopicTree;
+pub use validate::{parse_subscription, valid_topic_filter, valid_topic_name, MAX_TOPIC_LEN};

@@ -1,0 +1,41 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong reading or writing the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The underlying database failed (I/O, or sled's own corruption checks).
+    #[error("storage engine error: {0}")]
+    Sled(#[from] sled::Error),
+
+    /// A stored key or value could not be decoded. Never silently dropped: the
+    /// caller decides whether to refuse to start or to delete the record.
+    #[error("corrupt record in tree `{tree}`: {reason}")]
+    Corrupt { tree: &'static str, reason: String },
+
+    /// The store was written by a newer Skein whose format this build cannot
+    /// read. Opening it anyway could misread or overwrite newer records.
+    #[error(
+        "storage schema version {found} is newer than the {supported} this build supports; \
+         upgrade Skein or point it at another data directory"
+    )]
+    SchemaTooNew { found: u32, supported: u32 },
+
+    /// Client ids are part of composite keys separated by NUL, so an id
+    /// containing NUL could read or delete another client's records. MQTT
+    /// forbids U+0000 in strings, so the broker should never produce one.
+    #[error("client id {client_id:?} contains U+0000 and cannot be stored")]
+    InvalidClientId { client_id: String },
+
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result alias used throughout the crate.
+pub type Result<T> = std::result::Result<T, StorageError>;

@@ -1,0 +1,350 @@
+//! [`Store`]: the broker's handle on the sled database.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::time::Instant;
+
+use sled::transaction::{ConflictableTransactionResult, TransactionError, Transactional};
+use sled::{Batch, Db, Tree};
+
+use crate::codec;
+use crate::error::{Result, StorageError};
+use crate::keys;
+use crate::types::{StoredInflight, StoredMessage, StoredSession};
+
+const TREE_META: &str = "meta";
+const TREE_SESSIONS: &str = "sessions";
+const TREE_QUEUE: &str = "queue";
+const TREE_INFLIGHT: &str = "inflight";
+const TREE_INCOMING: &str = "incoming";
+const TREE_RETAINED: &str = "retained";
+
+/// Version of the whole store layout (trees, keys and value formats).
+/// Bumped when an older build could misread what a newer one writes.
+pub(crate) const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+
+/// Durable state of one broker node. Cloning is cheap and clones share the
+/// same database.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+    sessions: Tree,
+    queue: Tree,
+    inflight: Tree,
+    incoming: Tree,
+    retained: Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Tree::len scans the whole tree, so show nothing that needs I/O.
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let db = sled::Config::new().path(dir).open()?;
+        let store = Store::from_db(db)?;
+        tracing::debug!(dir = %dir.display(), "opened store");
+        Ok(store)
+    }
+
+    /// A store that lives in a temporary directory and is deleted on drop.
+    pub fn open_temporary() -> Result<Store> {
+        Store::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(db: Db) -> Result<Store> {
+        let meta = db.open_tree(TREE_META)?;
+        check_schema(&meta)?;
+        Ok(Store {
+            sessions: db.open_tree(TREE_SESSIONS)?,
+            queue: db.open_tree(TREE_QUEUE)?,
+            inflight: db.open_tree(TREE_INFLIGHT)?,
+            incoming: db.open_tree(TREE_INCOMING)?,
+            retained: db.open_tree(TREE_RETAINED)?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable. sled otherwise syncs only every
+    /// 500 ms, so the broker awaits this before acknowledging a message it
+    /// has queued for an offline session.
+    pub async fn flush(&self) -> Result<()> {
+        let start = Instant::now();
+        let bytes = self.db.flush_async().await?;
+        tracing::debug!(bytes, elapsed_us = elapsed_us(start), "flushed store");
+        Ok(())
+    }
+
+    /// [`Store::flush`] for shutdown paths without an async runtime.
+    pub fn flush_blocking(&self) -> Result<()> {
+        let start = Instant::now();
+        let bytes = self.db.flush()?;
+        tracing::debug!(
+            bytes,
+            elapsed_us = elapsed_us(start),
+            "flushed store (blocking)"
+        );
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ sessions
+
+    pub fn put_session(&self, s: &StoredSession) -> Result<()> {
+        keys::check_client_id(&s.client_id)?;
+        self.sessions
+            .insert(s.client_id.as_bytes(), codec::encode_session(s))?;
+        Ok(())
+    }
+
+    pub fn get_session(&self, client_id: &str) -> Result<Option<StoredSession>> {
+        keys::check_client_id(client_id)?;
+        self.sessions
+            .get(client_id.as_bytes())?
+            .map(|v| decode_session(client_id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// All persistent sessions, in client id byte order. A single corrupt
+    /// record fails the whole call rather than silently losing a session.
+    pub fn sessions(&self) -> Result<Vec<StoredSession>> {
+        self.sessions
+            .iter()
+            .map(|entry| {
+                let (k, v) = entry?;
+                decode_session(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Removes the session and its queue, inflight and incoming-QoS 2
+    /// entries in one transaction, so a crash never leaves a half-deleted
+    /// session behind. Entries written for this client while the call runs
+    /// may survive it (transactions cannot scan, so the keys are collected
+    /// first): callers must not write to a client they are deleting.
+    pub fn delete_session(&self, client_id: &str) -> Result<()> {
+        let prefix = keys::client_prefix(client_id)?;
+        // Transactions cannot scan, so collect the keys first.
+        let queue = removal_batch(&self.queue, &prefix)?;
+        let inflight = removal_batch(&self.inflight, &prefix)?;
+        let incoming = removal_batch(&self.incoming, &prefix)?;
+        let result = (&self.sessions, &self.queue, &self.inflight, &self.incoming).transaction(
+            |(sessions, q, f, i)| -> ConflictableTransactionResult<(), Infallible> {
+                sessions.remove(client_id.as_bytes())?;
+                q.apply_batch(&queue)?;
+                f.apply_batch(&inflight)?;
+                i.apply_batch(&incoming)?;
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(never)) => match never {},
+        }
+    }
+
+    // ------------------------------------------------------- offline queue
+
+    pub fn queue_push(&self, client_id: &str, seq: u64, msg: &StoredMessage) -> Result<()> {
+        self.queue
+            .insert(keys::seq_key(client_id, seq)?, codec::encode_message(msg))?;
+        Ok(())
+    }
+
+    pub fn queue_remove(&self, client_id: &str, seq: u64) -> Result<()> {
+        self.queue.remove(keys::seq_key(client_id, seq)?)?;
+        Ok(())
+    }
+
+    /// The client's queued messages in sequence order.
+    pub fn queue_load(&self, client_id: &str) -> Result<Vec<(u64, StoredMessage)>> {
+        let prefix = keys::client_prefix(client_id)?;
+        self.queue
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (k, v) = entry?;
+                let seq = keys::parse_seq(&prefix, &k).map_err(|e| e.in_tree(TREE_QUEUE))?;
+                let msg = codec::decode_message(&v).map_err(|e| e.in_tree(TREE_QUEUE))?;
+                Ok((seq, msg))
+            })
+            .collect()
+    }
+
+    pub fn queue_clear(&self, client_id: &str) -> Result<()> {
+        let prefix = keys::client_prefix(client_id)?;
+        self.queue
+            .apply_batch(removal_batch(&self.queue, &prefix)?)?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------- outgoing inflight
+
+    pub fn inflight_put(&self, client_id: &str, f: &StoredInflight) -> Result<()> {
+        self.inflight.insert(
+            keys::packet_key(client_id, f.packet_id)?,
+            codec::encode_inflight(f),
+        )?;
+        Ok(())
+    }
+
+    pub fn inflight_remove(&self, client_id: &str, packet_id: u16) -> Result<()> {
+        self.inflight
+            .remove(keys::packet_key(client_id, packet_id)?)?;
+        Ok(())
+    }
+
+    /// The client's inflight messages in original send order (`seq`), ties
+    /// broken by packet id.
+    pub fn inflight_load(&self, client_id: &str) -> Result<Vec<StoredInflight>> {
+        let prefix = keys::client_prefix(client_id)?;
+        let mut out = self
+            .inflight
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (k, v) = entry?;
+                let packet_id =
+                    keys::parse_packet_id(&prefix, &k).map_err(|e| e.in_tree(TREE_INFLIGHT))?;
+                codec::decode_inflight(packet_id, &v).map_err(|e| e.in_tree(TREE_INFLIGHT))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Stable sort: the scan already yields packet-id order for equal seqs.
+        out.sort_by_key(|f| f.seq);
+        Ok(out)
+    }
+
+    // ------------------------------------------------------ incoming QoS 2
+
+    pub fn incoming_put(&self, client_id: &str, packet_id: u16) -> Result<()> {
+        self.incoming.insert(
+            keys::packet_key(client_id, packet_id)?,
+            codec::encode_marker(),
+        )?;
+        Ok(())
+    }
+
+    pub fn incoming_remove(&self, client_id: &str, packet_id: u16) -> Result<()> {
+        self.incoming
+            .remove(keys::packet_key(client_id, packet_id)?)?;
+        Ok(())
+    }
+
+    /// The client's packet ids awaiting PUBREL, ascending.
+    pub fn incoming_load(&self, client_id: &str) -> Result<Vec<u16>> {
+        let prefix = keys::client_prefix(client_id)?;
+        self.incoming
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (k, v) = entry?;
+                codec::decode_marker(&v).map_err(|e| e.in_tree(TREE_INCOMING))?;
+                keys::parse_packet_id(&prefix, &k).map_err(|e| e.in_tree(TREE_INCOMING))
+            })
+            .collect()
+    }
+
+    // ------------------------------------------------------------ retained
+
+    /// Stores `msg` as the retained message of its topic, replacing any other.
+    pub fn retained_put(&self, msg: &StoredMessage) -> Result<()> {
+        self.retained
+            .insert(msg.topic.as_bytes(), codec::encode_message(msg))?;
+        Ok(())
+    }
+
+    pub fn retained_delete(&self, topic: &str) -> Result<()> {
+        self.retained.remove(topic.as_bytes())?;
+        Ok(())
+    }
+
+    /// All retained messages, in topic byte order.
+    pub fn retained_load(&self) -> Result<Vec<StoredMessage>> {
+        self.retained
+            .iter()
+            .map(|entry| {
+                let (k, v) = entry?;
+                let msg = codec::decode_message(&v).map_err(|e| e.in_tree(TREE_RETAINED))?;
+                // The key is what retained_delete matches on, so a mismatch
+                // would make the message impossible to clear.
+                if k.as_ref() != msg.topic.as_bytes() {
+                    return Err(corrupt(
+                        TREE_RETAINED,
+                        "key does not match the message topic",
+                    ));
+                }
+                Ok(msg)
+            })
+            .collect()
+    }
+}
+
+/// Writes the schema version into a new store, or checks an existing one.
+fn check_schema(meta: &Tree) -> Result<()> {
+    match meta.get(SCHEMA_VERSION_KEY)? {
+        None => {
+            meta.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+            Ok(())
+        }
+        Some(v) => {
+            let found = <[u8; 4]>::try_from(v.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| {
+                    corrupt(
+                        TREE_META,
+                        format!("schema version is {} bytes, expected 4", v.len()),
+                    )
+                })?;
+            match found {
+                SCHEMA_VERSION => Ok(()),
+                0 => Err(corrupt(TREE_META, "schema version 0")),
+                // Older layouts would be migrated here once there are any.
+                found => Err(StorageError::SchemaTooNew {
+                    found,
+                    supported: SCHEMA_VERSION,
+                }),
+            }
+        }
+    }
+}
+
+fn decode_session(key: &[u8], value: &[u8]) -> Result<StoredSession> {
+    let s = codec::decode_session(value).map_err(|e| e.in_tree(TREE_SESSIONS))?;
+    // A mismatch would mean put/delete by the stored id miss this record.
+    if key != s.client_id.as_bytes() {
+        return Err(corrupt(
+            TREE_SESSIONS,
+            "key does not match the session's client id",
+        ));
+    }
+    Ok(s)
+}
+
+/// A batch removing every key under `prefix`.
+fn removal_batch(tree: &Tree, prefix: &[u8]) -> Result<Batch> {
+    let mut batch = Batch::default();
+    for key in tree.scan_prefix(prefix).keys() {
+        batch.remove(key?);
+    }
+    Ok(batch)
+}
+
+fn corrupt(tree: &'static str, reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        tree,
+        reason: reason.into(),
+    }
+}
+
+fn elapsed_us(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,84 @@
+//! Integration test support for Skein.
+//!
+//! * [`Node`] spawns a real `skein` process (ephemeral ports, own temp data
+//!   dir), waits for its `mqtt listening on` / `http listening on` lines and
+//!   can `kill9()`, `terminate()` (SIGTERM) and `restart()` it.
+//! * [`raw::RawClient`] speaks MQTT byte by byte (for illegal packets and exact
+//!   wire assertions) using the small codec in [`codec`].
+//! * [`clients::v3::Client`] / [`clients::v5::Client`] wrap rumqttc clients.
+//! * [`cli`] runs `mosquitto_pub` / `mosquitto_sub` for interop tests.
+//! * [`wait_until`] polls a condition with a deadline.
+
+pub mod cli;
+pub mod clients;
+pub mod codec;
+#[doc(hidden)]
+pub mod mosq_compat;
+pub mod node;
+pub mod raw;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+pub use codec::{prop, Connect, Packet, PropValue, Props, Proto, Publish, SubFilter, Will};
+pub use node::{Node, NodeBuilder};
+pub use raw::{RawClient, RecvError};
+
+/// Default time to wait for something that should happen promptly.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounded wait used to show that something does NOT happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// Polls `cond` every 10 ms until it is true or `deadline` passes; returns
+/// whether it became true.
+pub async fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Blocking variant of [`wait_until`] for non-async code.
+pub fn wait_until_blocking(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Minimal HTTP/1.1 GET; returns (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(RECV_TIMEOUT, tokio::net::TcpStream::connect(addr)).await??;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(RECV_TIMEOUT, s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {text:?}")))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A client id unique within the test process (prefix + counter).
+pub fn unique_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
+}
