@@ -1013,6 +1013,9 @@ mod tests {
         let file = toml_file("max_keepalive = 10\nmax_keeplive = 10\n");
         let message = error(&["--config", path_of(&file)], &[], "max_keeplive");
         assert!(message.contains("unknown setting"), "{message}");
+        // A quoted key can hold a newline; the message must still be one line.
+        let file = toml_file("\"a\\nb\" = 1\n");
+        error(&["--config", path_of(&file)], &[], "a\\nb");
         let file = toml_file("[mqtt]\nport = 1\n");
         let message = error(&["--config", path_of(&file)], &[], "mqtt");
         assert!(message.contains("(a table)"), "{message}");
