@@ -136,7 +136,8 @@ impl Broker {
             for (filter, sub) in subs {
                 self.index_subscription(&session, &filter, &sub);
             }
-            self.registry().insert(session.client_id.clone(), session.clone());
+            self.registry()
+                .insert(session.client_id.clone(), session.clone());
             let elapsed_ms = now.saturating_sub(stored.disconnected_at_ms.unwrap_or(now));
             let generation = session.state().generation;
             self.schedule_expiry(
@@ -146,7 +147,10 @@ impl Broker {
                 elapsed_ms,
             );
         }
-        tracing::info!(sessions = self.session_count(), "restored persistent sessions");
+        tracing::info!(
+            sessions = self.session_count(),
+            "restored persistent sessions"
+        );
         Ok(())
     }
 
@@ -155,7 +159,10 @@ impl Broker {
         let Ok((group, inner)) = topic::parse_subscription(filter) else {
             return false;
         };
-        let mut tree = self.subscriptions.write().unwrap_or_else(|e| e.into_inner());
+        let mut tree = self
+            .subscriptions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         tree.subscribe(
             inner,
             group,
@@ -172,7 +179,10 @@ impl Broker {
         let Ok((group, inner)) = topic::parse_subscription(filter) else {
             return false;
         };
-        let mut tree = self.subscriptions.write().unwrap_or_else(|e| e.into_inner());
+        let mut tree = self
+            .subscriptions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         tree.unsubscribe(inner, group, &SessionRef(session.clone()))
             .is_some()
     }
@@ -292,7 +302,8 @@ impl Broker {
         if expiry_interval == u32::MAX {
             return;
         }
-        let delay = Duration::from_millis((expiry_interval as u64 * 1000).saturating_sub(elapsed_ms));
+        let delay =
+            Duration::from_millis((expiry_interval as u64 * 1000).saturating_sub(elapsed_ms));
         let broker = self.clone();
         let session = session.clone();
         self.tasks.spawn(async move {
@@ -413,5 +424,150 @@ impl Broker {
     /// QoS the broker grants for a requested one (all three are supported).
     pub fn granted_qos(&self, requested: QoS) -> QoS {
         requested
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster_handle::LocalCluster;
+    use crate::ids::NodeId;
+    use crate::message::MessageProperties;
+    use crate::session::Attachment;
+    use bytes::Bytes;
+
+    fn broker() -> Arc<Broker> {
+        Broker::new(
+            Config::default(),
+            Store::open_temporary().unwrap(),
+            Arc::new(LocalCluster::new(NodeId(1))),
+            CancellationToken::new(),
+        )
+        .unwrap()
+    }
+
+    fn online(b: &Broker, id: &str) -> Arc<Session> {
+        let s = b.get_or_create_session(&ClientId::new(id));
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        s.state().attachment = Some(Attachment {
+            connection_id: 1,
+            kick: tx,
+        });
+        s
+    }
+
+    fn sub(qos: QoS, id: Option<u32>, no_local: bool) -> Subscription {
+        Subscription {
+            options: SubscriptionOptions {
+                qos,
+                no_local,
+                ..Default::default()
+            },
+            subscription_id: id,
+        }
+    }
+
+    fn message(topic: &str, qos: QoS, publisher: &str) -> Arc<Message> {
+        Arc::new(Message {
+            topic: Arc::from(topic),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            properties: MessageProperties::default(),
+            received_at_ms: now_ms(),
+            publisher: Some(ClientId::new(publisher)),
+        })
+    }
+
+    #[test]
+    fn overlapping_subscriptions_deliver_one_copy_at_the_highest_qos() {
+        let b = broker();
+        let s = online(&b, "c");
+        b.subscribe(&s, "a/#", sub(QoS::AtLeastOnce, Some(1), false));
+        b.subscribe(&s, "a/b", sub(QoS::ExactlyOnce, Some(2), false));
+        b.subscribe(&s, "+/b", sub(QoS::AtMostOnce, None, false));
+        let out = b.route(message("a/b", QoS::ExactlyOnce, "p"));
+        assert_eq!(out.matched, 1);
+        let st = s.state();
+        assert_eq!(st.queue.len(), 1);
+        let d = &st.queue[0].delivery;
+        assert_eq!(d.qos, QoS::ExactlyOnce);
+        let mut ids = d.subscription_ids.clone();
+        ids.sort();
+        assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn no_local_skips_the_publisher_only() {
+        let b = broker();
+        let me = online(&b, "me");
+        let other = online(&b, "other");
+        b.subscribe(&me, "t", sub(QoS::AtLeastOnce, None, true));
+        b.subscribe(&other, "t", sub(QoS::AtLeastOnce, None, true));
+        assert_eq!(b.route(message("t", QoS::AtLeastOnce, "me")).matched, 1);
+        assert!(me.state().queue.is_empty());
+        assert_eq!(other.state().queue.len(), 1);
+    }
+
+    #[test]
+    fn shared_group_gets_one_copy_and_a_plain_subscriber_all() {
+        let b = broker();
+        let m1 = online(&b, "m1");
+        let m2 = online(&b, "m2");
+        let plain = online(&b, "plain");
+        b.subscribe(&m1, "$share/g/t", sub(QoS::AtLeastOnce, None, false));
+        b.subscribe(&m2, "$share/g/t", sub(QoS::AtLeastOnce, None, false));
+        b.subscribe(&plain, "t", sub(QoS::AtLeastOnce, None, false));
+        for _ in 0..10 {
+            b.route(message("t", QoS::AtLeastOnce, "p"));
+        }
+        assert_eq!(m1.state().queue.len(), 5);
+        assert_eq!(m2.state().queue.len(), 5);
+        assert_eq!(plain.state().queue.len(), 10);
+    }
+
+    #[test]
+    fn retained_messages_are_stored_replaced_and_deleted() {
+        let b = broker();
+        let mut m = (*message("r/1", QoS::AtLeastOnce, "p")).clone();
+        m.retain = true;
+        b.route(Arc::new(m.clone()));
+        assert_eq!(b.retained.matching("r/#", now_ms()).len(), 1);
+        m.payload = Bytes::new();
+        b.route(Arc::new(m));
+        assert!(b.retained.matching("r/#", now_ms()).is_empty());
+        assert!(b.store.retained_load().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_offline_persistent_session_is_restored_with_its_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let b = Broker::new(
+                Config::default(),
+                store.clone(),
+                Arc::new(LocalCluster::new(NodeId(1))),
+                CancellationToken::new(),
+            )
+            .unwrap();
+            let s = b.get_or_create_session(&ClientId::new("dev"));
+            s.state().expiry_interval = 3600;
+            b.subscribe(&s, "q/#", sub(QoS::AtLeastOnce, None, false));
+            let out = b.route(message("q/1", QoS::AtLeastOnce, "p"));
+            assert!(out.stored_offline);
+            store.flush().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let b = Broker::new(
+            Config::default(),
+            store,
+            Arc::new(LocalCluster::new(NodeId(1))),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let s = b.find_session(&ClientId::new("dev")).expect("restored");
+        assert_eq!(s.state().queue.len(), 1);
+        assert_eq!(b.subscription_count(), 1);
     }
 }

@@ -43,15 +43,23 @@ pub async fn run(
     let health = http::HealthState::new();
     let http_task = tokio::spawn(http::serve(http, health.clone(), shutdown.clone()));
     health.set_ready(true);
+    {
+        // Readiness drops as soon as the drain starts, not when it ends.
+        let (health, shutdown) = (health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            health.set_ready(false);
+        });
+    }
     server::serve_mqtt(broker.clone(), mqtt).await;
-    health.set_ready(false);
     broker.tasks.close();
     broker.tasks.wait().await;
     store.flush().await?;
-    match http_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "http server failed"),
-        Err(e) => tracing::warn!(error = %e, "http task failed"),
+    match tokio::time::timeout(broker.config.shutdown_timeout(), http_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server failed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
+        Err(_) => tracing::warn!("http server still busy after the shutdown timeout"),
     }
     tracing::info!("node stopped");
     Ok(())

@@ -41,7 +41,11 @@ pub fn now_ms() -> u64 {
 }
 
 impl Message {
-    pub fn from_publish(publish: &Publish, topic: Arc<str>, publisher: Option<ClientId>) -> Message {
+    pub fn from_publish(
+        publish: &Publish,
+        topic: Arc<str>,
+        publisher: Option<ClientId>,
+    ) -> Message {
         let p = &publish.properties;
         Message {
             topic,

@@ -52,7 +52,10 @@ impl RetainedStore {
     }
 
     pub fn len(&self) -> usize {
-        self.messages.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.messages
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {

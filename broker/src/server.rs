@@ -33,7 +33,10 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
     drop(listener);
     connections.close();
     let drain = broker.config.shutdown_timeout();
-    if tokio::time::timeout(drain, connections.wait()).await.is_err() {
+    if tokio::time::timeout(drain, connections.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after the shutdown timeout");
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use skein_storage::{StoredInflight, StoredSession, StoredSubscription, Store};
+use skein_storage::{Store, StoredInflight, StoredSession, StoredSubscription};
 use tokio::sync::{mpsc, Notify};
 
 use crate::codec::{QoS, SubscriptionOptions, Will};

@@ -43,6 +43,8 @@ impl std::fmt::Debug for Store {
     }
 }
 
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
@@ -50,7 +52,12 @@ impl Store {
             path: dir.to_owned(),
             source,
         })?;
-        let db = sled::Config::new().path(dir).open()?;
+        // sled's default page cache is 1 GiB; a broker node shares its memory with
+        // connections, and the hot data (sessions, retained) is also held by the broker.
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()?;
         let store = Store::from_db(db)?;
         tracing::debug!(dir = %dir.display(), "opened store");
         Ok(store)

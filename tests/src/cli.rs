@@ -13,7 +13,10 @@ fn require(tool: &str) {
         .stderr(Stdio::null())
         .status()
         .is_ok();
-    assert!(ok, "{tool} not found: install it with `apt-get install -y mosquitto-clients`");
+    assert!(
+        ok,
+        "{tool} not found: install it with `apt-get install -y mosquitto-clients`"
+    );
 }
 
 /// Runs `mosquitto_pub -h <ip> -p <port> <args..>` to completion (10 s

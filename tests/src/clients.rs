@@ -98,7 +98,9 @@ impl<E: Debug> Events<E> {
     }
 }
 
-fn spawn_pump<E, F, Fut>(mut poll: F) -> (mpsc::UnboundedReceiver<Result<E, String>>, JoinHandle<()>)
+fn spawn_pump<E, F, Fut>(
+    mut poll: F,
+) -> (mpsc::UnboundedReceiver<Result<E, String>>, JoinHandle<()>)
 where
     E: Send + 'static,
     F: FnMut() -> Fut + Send + 'static,
@@ -122,8 +124,8 @@ where
 pub mod v3 {
     use super::*;
     pub use rumqttc::{
-        AsyncClient, ConnAck, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
-        Publish, QoS, SubscribeReasonCode,
+        AsyncClient, ConnAck, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing,
+        Packet, Publish, QoS, SubscribeReasonCode,
     };
     use std::sync::Arc;
     use tokio::sync::Mutex;
@@ -194,24 +196,35 @@ pub mod v3 {
 
         /// Subscribes to one filter and returns the SUBACK code.
         pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> SubscribeReasonCode {
-            self.client.subscribe(filter, qos).await.expect("subscribe request");
+            self.client
+                .subscribe(filter, qos)
+                .await
+                .expect("subscribe request");
             self.wait_suback().await.remove(0)
         }
 
         /// Subscribes to several filters in one SUBSCRIBE.
-        pub async fn subscribe_many(&mut self, filters: &[(&str, QoS)]) -> Vec<SubscribeReasonCode> {
+        pub async fn subscribe_many(
+            &mut self,
+            filters: &[(&str, QoS)],
+        ) -> Vec<SubscribeReasonCode> {
             let f: Vec<rumqttc::SubscribeFilter> = filters
                 .iter()
                 .map(|(p, q)| rumqttc::SubscribeFilter::new(p.to_string(), *q))
                 .collect();
-            self.client.subscribe_many(f).await.expect("subscribe request");
+            self.client
+                .subscribe_many(f)
+                .await
+                .expect("subscribe request");
             self.wait_suback().await
         }
 
         async fn wait_suback(&mut self) -> Vec<SubscribeReasonCode> {
             match self
                 .events
-                .wait_for(RECV_TIMEOUT, "SUBACK", |e| matches!(e, Event::Incoming(Packet::SubAck(_))))
+                .wait_for(RECV_TIMEOUT, "SUBACK", |e| {
+                    matches!(e, Event::Incoming(Packet::SubAck(_)))
+                })
                 .await
             {
                 Event::Incoming(Packet::SubAck(s)) => s.return_codes,
@@ -220,38 +233,57 @@ pub mod v3 {
         }
 
         pub async fn unsubscribe(&mut self, filter: &str) {
-            self.client.unsubscribe(filter).await.expect("unsubscribe request");
+            self.client
+                .unsubscribe(filter)
+                .await
+                .expect("unsubscribe request");
             self.events
-                .wait_for(RECV_TIMEOUT, "UNSUBACK", |e| matches!(e, Event::Incoming(Packet::UnsubAck(_))))
+                .wait_for(RECV_TIMEOUT, "UNSUBACK", |e| {
+                    matches!(e, Event::Incoming(Packet::UnsubAck(_)))
+                })
                 .await;
         }
 
         /// Publishes and waits until the flow is complete (sent for QoS 0,
         /// PUBACK for QoS 1, PUBCOMP for QoS 2).
-        pub async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
+        pub async fn publish(
+            &mut self,
+            topic: &str,
+            qos: QoS,
+            retain: bool,
+            payload: impl Into<Vec<u8>>,
+        ) {
             self.client
                 .publish(topic, qos, retain, payload.into())
                 .await
                 .expect("publish request");
             let ev = self
                 .events
-                .wait_for(RECV_TIMEOUT, "outgoing PUBLISH", |e| matches!(e, Event::Outgoing(Outgoing::Publish(_))))
+                .wait_for(RECV_TIMEOUT, "outgoing PUBLISH", |e| {
+                    matches!(e, Event::Outgoing(Outgoing::Publish(_)))
+                })
                 .await;
-            let Event::Outgoing(Outgoing::Publish(pkid)) = ev else { unreachable!() };
+            let Event::Outgoing(Outgoing::Publish(pkid)) = ev else {
+                unreachable!()
+            };
             match qos {
                 QoS::AtMostOnce => {}
                 QoS::AtLeastOnce => {
                     self.events
-                        .wait_for(RECV_TIMEOUT, "PUBACK", |e| {
-                            matches!(e, Event::Incoming(Packet::PubAck(a)) if a.pkid == pkid)
-                        })
+                        .wait_for(
+                            RECV_TIMEOUT,
+                            "PUBACK",
+                            |e| matches!(e, Event::Incoming(Packet::PubAck(a)) if a.pkid == pkid),
+                        )
                         .await;
                 }
                 QoS::ExactlyOnce => {
                     self.events
-                        .wait_for(RECV_TIMEOUT, "PUBCOMP", |e| {
-                            matches!(e, Event::Incoming(Packet::PubComp(a)) if a.pkid == pkid)
-                        })
+                        .wait_for(
+                            RECV_TIMEOUT,
+                            "PUBCOMP",
+                            |e| matches!(e, Event::Incoming(Packet::PubComp(a)) if a.pkid == pkid),
+                        )
                         .await;
                 }
             }
@@ -265,7 +297,9 @@ pub mod v3 {
         pub async fn recv_within(&mut self, timeout: Duration) -> Publish {
             match self
                 .events
-                .wait_for(timeout, "incoming PUBLISH", |e| matches!(e, Event::Incoming(Packet::Publish(_))))
+                .wait_for(timeout, "incoming PUBLISH", |e| {
+                    matches!(e, Event::Incoming(Packet::Publish(_)))
+                })
                 .await
             {
                 Event::Incoming(Packet::Publish(p)) => p,
@@ -285,7 +319,9 @@ pub mod v3 {
         /// Asserts no PUBLISH arrives within `dur` (bounded absence check).
         pub async fn expect_no_publish(&mut self, dur: Duration) {
             self.events
-                .expect_none(dur, "PUBLISH", |e| matches!(e, Event::Incoming(Packet::Publish(_))))
+                .expect_none(dur, "PUBLISH", |e| {
+                    matches!(e, Event::Incoming(Packet::Publish(_)))
+                })
                 .await
         }
 
@@ -334,8 +370,9 @@ pub mod v5 {
     use super::*;
     use bytes::Bytes;
     pub use rumqttc::v5::mqttbytes::v5::{
-        ConnAck, ConnectProperties, ConnectReturnCode, Filter, LastWill, LastWillProperties, Packet, Publish,
-        PublishProperties, RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
+        ConnAck, ConnectProperties, ConnectReturnCode, Filter, LastWill, LastWillProperties,
+        Packet, Publish, PublishProperties, RetainForwardRule, SubscribeProperties,
+        SubscribeReasonCode,
     };
     pub use rumqttc::v5::mqttbytes::QoS;
     pub use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -405,12 +442,19 @@ pub mod v5 {
         }
 
         pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> SubscribeReasonCode {
-            self.client.subscribe(filter, qos).await.expect("subscribe request");
+            self.client
+                .subscribe(filter, qos)
+                .await
+                .expect("subscribe request");
             self.wait_suback().await.remove(0)
         }
 
         /// One SUBSCRIBE with full filter options and an optional subscription identifier.
-        pub async fn subscribe_filters(&mut self, filters: Vec<Filter>, sub_id: Option<usize>) -> Vec<SubscribeReasonCode> {
+        pub async fn subscribe_filters(
+            &mut self,
+            filters: Vec<Filter>,
+            sub_id: Option<usize>,
+        ) -> Vec<SubscribeReasonCode> {
             match sub_id {
                 Some(id) => self
                     .client
@@ -423,7 +467,11 @@ pub mod v5 {
                     )
                     .await
                     .expect("subscribe request"),
-                None => self.client.subscribe_many(filters).await.expect("subscribe request"),
+                None => self
+                    .client
+                    .subscribe_many(filters)
+                    .await
+                    .expect("subscribe request"),
             }
             self.wait_suback().await
         }
@@ -431,7 +479,9 @@ pub mod v5 {
         async fn wait_suback(&mut self) -> Vec<SubscribeReasonCode> {
             match self
                 .events
-                .wait_for(RECV_TIMEOUT, "SUBACK", |e| matches!(e, Event::Incoming(Packet::SubAck(_))))
+                .wait_for(RECV_TIMEOUT, "SUBACK", |e| {
+                    matches!(e, Event::Incoming(Packet::SubAck(_)))
+                })
                 .await
             {
                 Event::Incoming(Packet::SubAck(s)) => s.return_codes,
@@ -440,13 +490,24 @@ pub mod v5 {
         }
 
         pub async fn unsubscribe(&mut self, filter: &str) {
-            self.client.unsubscribe(filter).await.expect("unsubscribe request");
+            self.client
+                .unsubscribe(filter)
+                .await
+                .expect("unsubscribe request");
             self.events
-                .wait_for(RECV_TIMEOUT, "UNSUBACK", |e| matches!(e, Event::Incoming(Packet::UnsubAck(_))))
+                .wait_for(RECV_TIMEOUT, "UNSUBACK", |e| {
+                    matches!(e, Event::Incoming(Packet::UnsubAck(_)))
+                })
                 .await;
         }
 
-        pub async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
+        pub async fn publish(
+            &mut self,
+            topic: &str,
+            qos: QoS,
+            retain: bool,
+            payload: impl Into<Vec<u8>>,
+        ) {
             self.publish_with(topic, qos, retain, payload, None).await
         }
 
@@ -461,29 +522,41 @@ pub mod v5 {
         ) {
             let payload = Bytes::from(payload.into());
             match props {
-                Some(p) => self.client.publish_with_properties(topic, qos, retain, payload, p).await,
+                Some(p) => {
+                    self.client
+                        .publish_with_properties(topic, qos, retain, payload, p)
+                        .await
+                }
                 None => self.client.publish(topic, qos, retain, payload).await,
             }
             .expect("publish request");
             let ev = self
                 .events
-                .wait_for(RECV_TIMEOUT, "outgoing PUBLISH", |e| matches!(e, Event::Outgoing(Outgoing::Publish(_))))
+                .wait_for(RECV_TIMEOUT, "outgoing PUBLISH", |e| {
+                    matches!(e, Event::Outgoing(Outgoing::Publish(_)))
+                })
                 .await;
-            let Event::Outgoing(Outgoing::Publish(pkid)) = ev else { unreachable!() };
+            let Event::Outgoing(Outgoing::Publish(pkid)) = ev else {
+                unreachable!()
+            };
             match qos {
                 QoS::AtMostOnce => {}
                 QoS::AtLeastOnce => {
                     self.events
-                        .wait_for(RECV_TIMEOUT, "PUBACK", |e| {
-                            matches!(e, Event::Incoming(Packet::PubAck(a)) if a.pkid == pkid)
-                        })
+                        .wait_for(
+                            RECV_TIMEOUT,
+                            "PUBACK",
+                            |e| matches!(e, Event::Incoming(Packet::PubAck(a)) if a.pkid == pkid),
+                        )
                         .await;
                 }
                 QoS::ExactlyOnce => {
                     self.events
-                        .wait_for(RECV_TIMEOUT, "PUBCOMP", |e| {
-                            matches!(e, Event::Incoming(Packet::PubComp(a)) if a.pkid == pkid)
-                        })
+                        .wait_for(
+                            RECV_TIMEOUT,
+                            "PUBCOMP",
+                            |e| matches!(e, Event::Incoming(Packet::PubComp(a)) if a.pkid == pkid),
+                        )
                         .await;
                 }
             }
@@ -496,7 +569,9 @@ pub mod v5 {
         pub async fn recv_within(&mut self, timeout: Duration) -> Publish {
             match self
                 .events
-                .wait_for(timeout, "incoming PUBLISH", |e| matches!(e, Event::Incoming(Packet::Publish(_))))
+                .wait_for(timeout, "incoming PUBLISH", |e| {
+                    matches!(e, Event::Incoming(Packet::Publish(_)))
+                })
                 .await
             {
                 Event::Incoming(Packet::Publish(p)) => p,
@@ -514,7 +589,9 @@ pub mod v5 {
 
         pub async fn expect_no_publish(&mut self, dur: Duration) {
             self.events
-                .expect_none(dur, "PUBLISH", |e| matches!(e, Event::Incoming(Packet::Publish(_))))
+                .expect_none(dur, "PUBLISH", |e| {
+                    matches!(e, Event::Incoming(Packet::Publish(_)))
+                })
                 .await
         }
 

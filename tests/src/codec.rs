@@ -348,6 +348,16 @@ impl Connect {
     pub fn session_expiry(self, secs: u32) -> Self {
         self.prop(prop::SESSION_EXPIRY_INTERVAL, PropValue::U32(secs))
     }
+    /// A session that outlives the connection: clean = false and, for v5,
+    /// Session Expiry Interval `v5_expiry_secs`.
+    pub fn persistent(self, v5_expiry_secs: u32) -> Self {
+        let c = self.clean(false);
+        if c.proto.is_v5() {
+            c.session_expiry(v5_expiry_secs)
+        } else {
+            c
+        }
+    }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut b = BytesMut::new();
@@ -565,18 +575,51 @@ pub enum Packet {
         props: Props,
     },
     Publish(Publish),
-    PubAck { pkid: u16, reason: u8, props: Props },
-    PubRec { pkid: u16, reason: u8, props: Props },
-    PubRel { pkid: u16, reason: u8, props: Props },
-    PubComp { pkid: u16, reason: u8, props: Props },
-    SubAck { pkid: u16, codes: Vec<u8>, props: Props },
-    UnsubAck { pkid: u16, codes: Vec<u8>, props: Props },
+    PubAck {
+        pkid: u16,
+        reason: u8,
+        props: Props,
+    },
+    PubRec {
+        pkid: u16,
+        reason: u8,
+        props: Props,
+    },
+    PubRel {
+        pkid: u16,
+        reason: u8,
+        props: Props,
+    },
+    PubComp {
+        pkid: u16,
+        reason: u8,
+        props: Props,
+    },
+    SubAck {
+        pkid: u16,
+        codes: Vec<u8>,
+        props: Props,
+    },
+    UnsubAck {
+        pkid: u16,
+        codes: Vec<u8>,
+        props: Props,
+    },
     PingResp,
     PingReq,
-    Disconnect { reason: u8, props: Props },
-    Auth { reason: u8, props: Props },
+    Disconnect {
+        reason: u8,
+        props: Props,
+    },
+    Auth {
+        reason: u8,
+        props: Props,
+    },
     /// A packet type a server should never send (CONNECT, SUBSCRIBE, ...).
-    Other { first_byte: u8, body: Vec<u8> },
+    Other {
+        first_byte: u8,
+        body: Vec<u8>,
+    },
 }
 
 impl Packet {
@@ -674,17 +717,37 @@ pub fn decode(buf: &mut BytesMut, proto: Proto) -> Result<(Packet, Vec<u8>), Dec
         4..=7 => {
             need(&body, 2)?;
             let pkid = body.get_u16();
-            let reason = if body.has_remaining() { body.get_u8() } else { 0 };
+            let reason = if body.has_remaining() {
+                body.get_u8()
+            } else {
+                0
+            };
             let props = if v5 && body.has_remaining() {
                 Props::decode(&mut body)?
             } else {
                 Props::new()
             };
             match first >> 4 {
-                4 => Packet::PubAck { pkid, reason, props },
-                5 => Packet::PubRec { pkid, reason, props },
-                6 => Packet::PubRel { pkid, reason, props },
-                _ => Packet::PubComp { pkid, reason, props },
+                4 => Packet::PubAck {
+                    pkid,
+                    reason,
+                    props,
+                },
+                5 => Packet::PubRec {
+                    pkid,
+                    reason,
+                    props,
+                },
+                6 => Packet::PubRel {
+                    pkid,
+                    reason,
+                    props,
+                },
+                _ => Packet::PubComp {
+                    pkid,
+                    reason,
+                    props,
+                },
             }
         }
         9 | 11 => {
@@ -705,7 +768,11 @@ pub fn decode(buf: &mut BytesMut, proto: Proto) -> Result<(Packet, Vec<u8>), Dec
         12 => Packet::PingReq,
         13 => Packet::PingResp,
         14 | 15 => {
-            let reason = if body.has_remaining() { body.get_u8() } else { 0 };
+            let reason = if body.has_remaining() {
+                body.get_u8()
+            } else {
+                0
+            };
             let props = if body.has_remaining() {
                 Props::decode(&mut body)?
             } else {

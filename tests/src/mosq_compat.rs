@@ -8,10 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn enabled() -> bool {
-    std::env::var("SKEIN_TEST_AGAINST").map(|v| v == "mosquitto").unwrap_or(false)
+    std::env::var("SKEIN_TEST_AGAINST")
+        .map(|v| v == "mosquitto")
+        .unwrap_or(false)
 }
 
-pub(crate) fn spawn(envs: &[(String, String)], data_dir: &Path, port: u16) -> Result<super::node::ProcParts, String> {
+pub(crate) fn spawn(
+    envs: &[(String, String)],
+    data_dir: &Path,
+    port: u16,
+) -> Result<super::node::ProcParts, String> {
     let port = if port == 0 {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -65,7 +71,10 @@ pub(crate) fn spawn(envs: &[(String, String)], data_dir: &Path, port: u16) -> Re
         }
         if start.elapsed() > Duration::from_secs(5) {
             let _ = child.kill();
-            return Err(format!("mosquitto did not start: {}", stderr.lock().unwrap()));
+            return Err(format!(
+                "mosquitto did not start: {}",
+                stderr.lock().unwrap()
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

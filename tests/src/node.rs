@@ -93,7 +93,10 @@ impl NodeBuilder {
     /// dir is used unless one was given.
     pub fn run_to_exit(self, timeout: Duration) -> ExitOutput {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = self.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().to_path_buf());
         let mut child = self
             .command(&dir, self.mqtt_port.unwrap_or(0))
             .spawn()
@@ -135,10 +138,6 @@ impl NodeBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // Keep logs useful but not huge unless the caller overrides it.
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
@@ -178,7 +177,13 @@ pub(crate) struct ProcParts {
 fn spawn_and_wait(b: &NodeBuilder, data_dir: &Path, port: u16) -> Result<Proc, String> {
     if crate::mosq_compat::enabled() {
         let p = crate::mosq_compat::spawn(&b.envs, data_dir, port)?;
-        return Ok(Proc { child: p.child, mqtt_addr: p.mqtt_addr, http_addr: p.http_addr, stderr: p.stderr, stdout: Default::default() });
+        return Ok(Proc {
+            child: p.child,
+            mqtt_addr: p.mqtt_addr,
+            http_addr: p.http_addr,
+            stderr: p.stderr,
+            stdout: Default::default(),
+        });
     }
     let mut child = b
         .command(data_dir, port)
@@ -220,9 +225,17 @@ fn spawn_and_wait(b: &NodeBuilder, data_dir: &Path, port: u16) -> Result<Proc, S
         match rx.recv_timeout(left) {
             Ok(line) => {
                 if let Some(a) = line.trim().strip_prefix("mqtt listening on ") {
-                    mqtt = Some(a.trim().parse::<SocketAddr>().map_err(|e| format!("bad address in {line:?}: {e}"))?);
+                    mqtt = Some(
+                        a.trim()
+                            .parse::<SocketAddr>()
+                            .map_err(|e| format!("bad address in {line:?}: {e}"))?,
+                    );
                 } else if let Some(a) = line.trim().strip_prefix("http listening on ") {
-                    http = Some(a.trim().parse::<SocketAddr>().map_err(|e| format!("bad address in {line:?}: {e}"))?);
+                    http = Some(
+                        a.trim()
+                            .parse::<SocketAddr>()
+                            .map_err(|e| format!("bad address in {line:?}: {e}"))?,
+                    );
                 }
             }
             Err(e) => {
@@ -286,16 +299,24 @@ impl Node {
     }
     /// Everything the node wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        self.proc.as_ref().map(|p| p.stderr.lock().unwrap().clone()).unwrap_or_default()
+        self.proc
+            .as_ref()
+            .map(|p| p.stderr.lock().unwrap().clone())
+            .unwrap_or_default()
     }
     /// Everything the node wrote to stdout so far.
     pub fn stdout(&self) -> String {
-        self.proc.as_ref().map(|p| p.stdout.lock().unwrap().clone()).unwrap_or_default()
+        self.proc
+            .as_ref()
+            .map(|p| p.stdout.lock().unwrap().clone())
+            .unwrap_or_default()
     }
 
     /// Returns the exit status if the process has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.proc.as_mut().and_then(|p| p.child.try_wait().ok().flatten())
+        self.proc
+            .as_mut()
+            .and_then(|p| p.child.try_wait().ok().flatten())
     }
 
     /// SIGKILL and reap.
@@ -338,7 +359,11 @@ impl Node {
     /// (a still-running process is SIGKILLed first; call `terminate()` first
     /// for a graceful restart).
     pub fn restart(&mut self) {
-        let port = self.proc.as_ref().map(|p| p.mqtt_addr.port()).expect("node never started");
+        let port = self
+            .proc
+            .as_ref()
+            .map(|p| p.mqtt_addr.port())
+            .expect("node never started");
         if let Some(p) = self.proc.as_mut() {
             if p.child.try_wait().ok().flatten().is_none() {
                 let _ = p.child.kill();
@@ -351,7 +376,10 @@ impl Node {
         for _ in 0..10 {
             match spawn_and_wait(&self.builder, &self.data_dir, port) {
                 Ok(p) => {
-                    p.stderr.lock().unwrap().insert_str(0, &format!("{old_err}--- restart ---\n"));
+                    p.stderr
+                        .lock()
+                        .unwrap()
+                        .insert_str(0, &format!("{old_err}--- restart ---\n"));
                     self.proc = Some(p);
                     return;
                 }

@@ -61,7 +61,10 @@ impl RawClient {
 
     /// Connects and asserts CONNACK with code 0; returns the client and the
     /// CONNACK's session-present flag and properties.
-    pub async fn connect_ok(addr: SocketAddr, connect: &Connect) -> (RawClient, bool, codec::Props) {
+    pub async fn connect_ok(
+        addr: SocketAddr,
+        connect: &Connect,
+    ) -> (RawClient, bool, codec::Props) {
         let (c, p) = RawClient::connect(addr, connect).await;
         match p {
             Packet::ConnAck {
@@ -69,13 +72,18 @@ impl RawClient {
                 code: 0,
                 props,
             } => (c, session_present, props),
-            other => panic!("expected CONNACK 0x00 for {:?}, got {other:?}", connect.client_id),
+            other => panic!(
+                "expected CONNACK 0x00 for {:?}, got {other:?}",
+                connect.client_id
+            ),
         }
     }
 
     /// Convenience: v3.1.1 clean-session connection.
     pub async fn v311(addr: SocketAddr, client_id: &str) -> RawClient {
-        RawClient::connect_ok(addr, &Connect::v311(client_id)).await.0
+        RawClient::connect_ok(addr, &Connect::v311(client_id))
+            .await
+            .0
     }
 
     /// Convenience: v5 clean-start connection.
@@ -111,7 +119,10 @@ impl RawClient {
     pub async fn subscribe_bytes(&mut self, pkid: u16, bytes: &[u8]) -> Vec<u8> {
         self.send(bytes).await;
         match self
-            .recv_matching(crate::RECV_TIMEOUT, |p| matches!(p, Packet::SubAck { pkid: id, .. } if *id == pkid))
+            .recv_matching(
+                crate::RECV_TIMEOUT,
+                |p| matches!(p, Packet::SubAck { pkid: id, .. } if *id == pkid),
+            )
             .await
         {
             Packet::SubAck { codes, .. } => codes,
@@ -139,7 +150,10 @@ impl RawClient {
             match decode(&mut self.buf, self.proto) {
                 Ok(p) => return Ok(p),
                 Err(DecodeError::Malformed(m)) => {
-                    return Err(RecvError::Malformed(format!("{m}; buffer: {:02x?}", &self.buf[..])))
+                    return Err(RecvError::Malformed(format!(
+                        "{m}; buffer: {:02x?}",
+                        &self.buf[..]
+                    )))
                 }
                 Err(DecodeError::Incomplete) => {}
             }
@@ -167,7 +181,11 @@ impl RawClient {
 
     /// Returns the first packet satisfying `pred`, stashing the others for
     /// later `recv` calls. Panics on timeout/close.
-    pub async fn recv_matching(&mut self, timeout: Duration, pred: impl Fn(&Packet) -> bool) -> Packet {
+    pub async fn recv_matching(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Packet) -> bool,
+    ) -> Packet {
         if let Some(i) = self.stash.iter().position(&pred) {
             return self.stash.remove(i).unwrap();
         }
@@ -187,7 +205,10 @@ impl RawClient {
 
     /// Waits for the next PUBLISH (other packets are stashed).
     pub async fn expect_publish(&mut self, timeout: Duration) -> Publish {
-        match self.recv_matching(timeout, |p| matches!(p, Packet::Publish(_))).await {
+        match self
+            .recv_matching(timeout, |p| matches!(p, Packet::Publish(_)))
+            .await
+        {
             Packet::Publish(p) => p,
             _ => unreachable!(),
         }
@@ -235,7 +256,11 @@ impl RawClient {
 
     /// Like [`expect_closed`](Self::expect_closed) but also measures how long
     /// the close took, starting from `since`.
-    pub async fn expect_closed_timed(&mut self, since: Instant, deadline: Duration) -> (Vec<Packet>, Duration) {
+    pub async fn expect_closed_timed(
+        &mut self,
+        since: Instant,
+        deadline: Duration,
+    ) -> (Vec<Packet>, Duration) {
         let seen = self.expect_closed(deadline).await;
         (seen, since.elapsed())
     }
@@ -243,7 +268,11 @@ impl RawClient {
     /// Asserts the connection is closed and, if any packet was sent before the
     /// close, that it was a DISCONNECT with one of `reasons` (v5). Returns the
     /// DISCONNECT reason seen, if any.
-    pub async fn expect_disconnect_or_close(&mut self, reasons: &[u8], deadline: Duration) -> Option<u8> {
+    pub async fn expect_disconnect_or_close(
+        &mut self,
+        reasons: &[u8],
+        deadline: Duration,
+    ) -> Option<u8> {
         let seen = self.expect_closed(deadline).await;
         let mut found = None;
         for p in &seen {
@@ -256,7 +285,10 @@ impl RawClient {
                     found = Some(*reason);
                 }
                 // packets legitimately in flight before the error are tolerated
-                Packet::PubAck { .. } | Packet::PubRec { .. } | Packet::PubComp { .. } | Packet::Publish(_) => {}
+                Packet::PubAck { .. }
+                | Packet::PubRec { .. }
+                | Packet::PubComp { .. }
+                | Packet::Publish(_) => {}
                 other => panic!("unexpected packet before close: {other:?}"),
             }
         }
@@ -284,7 +316,8 @@ impl RawClient {
     /// PINGREQ → PINGRESP round trip.
     pub async fn ping(&mut self) {
         self.send(&codec::pingreq()).await;
-        self.recv_matching(crate::RECV_TIMEOUT, |p| matches!(p, Packet::PingResp)).await;
+        self.recv_matching(crate::RECV_TIMEOUT, |p| matches!(p, Packet::PingResp))
+            .await;
     }
 
     /// Sends DISCONNECT (v3 or v5 normal) and closes the socket.

@@ -60,7 +60,10 @@ fn v5_payload_order() {
     let rest = cat(&[
         &props(&[0x11, 0, 0, 0, 10]),
         &s("cid"),
-        &props(&cat(&[&[0x18, 0, 0, 0, 5, 0x01, 1, 0x03], &s("text/plain")])),
+        &props(&cat(&[
+            &[0x18, 0, 0, 0, 5, 0x01, 1, 0x03],
+            &s("text/plain"),
+        ])),
         &s("will/t"),
         &s("bye"),
         &s("user"),
@@ -70,7 +73,10 @@ fn v5_payload_order() {
     assert_eq!(c.properties.session_expiry_interval, Some(10));
     assert_eq!(c.client_id, "cid");
     let will = c.will.expect("will");
-    assert_eq!((will.topic.as_str(), &will.payload[..]), ("will/t", &b"bye"[..]));
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("will/t", &b"bye"[..])
+    );
     assert_eq!((will.qos, will.retain), (QoS::AtLeastOnce, true));
     assert_eq!(will.properties.will_delay_interval, Some(5));
     assert_eq!(will.properties.payload_format_indicator, Some(1));
@@ -81,10 +87,25 @@ fn v5_payload_order() {
 
 #[test]
 fn protocol_name_and_level() {
-    assert_eq!(err(&connect("MQTX", 4, 0, &s("c")), V311), DecodeError::InvalidProtocolName);
-    assert_eq!(err(&connect("mqtt", 4, 0, &s("c")), V311), DecodeError::InvalidProtocolName);
-    assert_eq!(err(&connect("", 4, 0, &s("c")), V311), DecodeError::InvalidProtocolName);
-    for (name, level) in [("MQTT", 3), ("MQTT", 6), ("MQTT", 0x84), ("MQIsdp", 4), ("MQIsdp", 5)] {
+    assert_eq!(
+        err(&connect("MQTX", 4, 0, &s("c")), V311),
+        DecodeError::InvalidProtocolName
+    );
+    assert_eq!(
+        err(&connect("mqtt", 4, 0, &s("c")), V311),
+        DecodeError::InvalidProtocolName
+    );
+    assert_eq!(
+        err(&connect("", 4, 0, &s("c")), V311),
+        DecodeError::InvalidProtocolName
+    );
+    for (name, level) in [
+        ("MQTT", 3),
+        ("MQTT", 6),
+        ("MQTT", 0x84),
+        ("MQIsdp", 4),
+        ("MQIsdp", 5),
+    ] {
         assert_eq!(
             err(&connect(name, level, 0, &s("c")), V311),
             DecodeError::UnsupportedProtocolVersion(level)
@@ -112,15 +133,29 @@ fn will_qos_or_retain_without_will_flag_is_malformed() {
 fn will_qos_3_is_malformed() {
     let will = cat(&[&s("c"), &s("t"), &s("m")]);
     malformed(&connect("MQTT", 4, 0x04 | 0x18, &will), V311);
-    malformed(&connect("MQTT", 5, 0x04 | 0x18, &cat(&[&[0], &s("c"), &[0], &s("t"), &s("m")])), V5);
+    malformed(
+        &connect(
+            "MQTT",
+            5,
+            0x04 | 0x18,
+            &cat(&[&[0], &s("c"), &[0], &s("t"), &s("m")]),
+        ),
+        V5,
+    );
 }
 
 #[test]
 fn password_without_user_name() {
     malformed(&connect("MQTT", 4, 0x40, &cat(&[&s("c"), &s("pw")])), V311);
     malformed(&connect("MQIsdp", 3, 0x40, &cat(&[&s("c"), &s("pw")])), V31);
-    let c = decoded_connect(&connect("MQTT", 5, 0x40, &cat(&[&[0], &s("c"), &s("pw")])), V5);
-    assert_eq!((c.username, c.password.as_deref()), (None, Some(&b"pw"[..])));
+    let c = decoded_connect(
+        &connect("MQTT", 5, 0x40, &cat(&[&[0], &s("c"), &s("pw")])),
+        V5,
+    );
+    assert_eq!(
+        (c.username, c.password.as_deref()),
+        (None, Some(&b"pw"[..]))
+    );
 }
 
 #[test]
@@ -137,7 +172,10 @@ fn connect_extra_or_missing_payload_bytes_are_malformed() {
 
 #[test]
 fn connect_property_rules() {
-    assert!(matches!(ok(&v5_connect_with(&[0x27, 0, 0, 4, 0]), V5), Packet::Connect(_)));
+    assert!(matches!(
+        ok(&v5_connect_with(&[0x27, 0, 0, 4, 0]), V5),
+        Packet::Connect(_)
+    ));
     protocol(&v5_connect_with(&[0x21, 0, 0]), V5); // receive maximum 0
     protocol(&v5_connect_with(&[0x27, 0, 0, 0, 0]), V5); // maximum packet size 0
     protocol(&v5_connect_with(&[0x17, 2]), V5); // request problem information 2
@@ -145,9 +183,12 @@ fn connect_property_rules() {
     protocol(&v5_connect_with(&[0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2]), V5); // twice
     protocol(&v5_connect_with(&[0x23, 0, 1]), V5); // topic alias: PUBLISH only
     protocol(&v5_connect_with(&[0x18, 0, 0, 0, 1]), V5); // will delay: will only
-    // Authentication data needs an authentication method.
+                                                         // Authentication data needs an authentication method.
     protocol(&v5_connect_with(&cat(&[&[0x16], &s("x")])), V5);
-    let c = decoded_connect(&v5_connect_with(&cat(&[&[0x15], &s("m"), &[0x16], &s("x")])), V5);
+    let c = decoded_connect(
+        &v5_connect_with(&cat(&[&[0x15], &s("m"), &[0x16], &s("x")])),
+        V5,
+    );
     assert_eq!(c.properties.authentication_data.as_deref(), Some(&b"x"[..]));
     // User properties may repeat and keep their order.
     let pairs = cat(&[&[0x26], &s("k"), &s("1"), &[0x26], &s("k"), &s("2")]);
@@ -161,7 +202,12 @@ fn connect_property_rules() {
 #[test]
 fn will_property_rules() {
     let with_will_props = |will_props: &[u8]| {
-        connect("MQTT", 5, 0x04, &cat(&[&[0], &s("c"), &props(will_props), &s("t"), &s("m")]))
+        connect(
+            "MQTT",
+            5,
+            0x04,
+            &cat(&[&[0], &s("c"), &props(will_props), &s("t"), &s("m")]),
+        )
     };
     let permitted = cat(&[
         &[0x18, 0, 0, 0, 1, 0x01, 0, 0x02, 0, 0, 0, 9],
@@ -204,8 +250,7 @@ fn unknown_property_identifiers_are_malformed() {
 
 #[test]
 fn publish_property_rules() {
-    let Packet::Publish(p) = ok(&publish_with(&[0x0B, 1, 0x0B, 0xFF, 0x7F, 0x23, 0, 0]), V5)
-    else {
+    let Packet::Publish(p) = ok(&publish_with(&[0x0B, 1, 0x0B, 0xFF, 0x7F, 0x23, 0, 0]), V5) else {
         panic!()
     };
     // Several subscription identifiers; topic alias 0 is left to the broker.
@@ -217,7 +262,7 @@ fn publish_property_rules() {
     protocol(&publish_with(&[0x23, 0, 1, 0x23, 0, 2]), V5); // topic alias twice
     protocol(&publish_with(&[0x11, 0, 0, 0, 1]), V5); // session expiry
     protocol(&publish_with(&[0x1F, 0, 0]), V5); // reason string
-    // Values that run past the property section or hold bad strings.
+                                                // Values that run past the property section or hold bad strings.
     malformed(&publish_with(&[0x02, 0, 0]), V5);
     malformed(&publish_with(&[0x03, 0, 1, 0xFF]), V5);
     malformed(&publish_with(&[0x26, 0, 1, b'k', 0, 1, 0]), V5);
@@ -227,12 +272,17 @@ fn publish_property_rules() {
 #[test]
 fn subscribe_allows_one_subscription_identifier() {
     let sub = |p: &[u8]| frame(0x82, &cat(&[&[0, 1], &props(p), &s("a"), &[0]]));
-    let Packet::Subscribe(s) = ok(&sub(&[0x0B, 5]), V5) else { panic!() };
-    assert_eq!(s.properties.subscription_identifiers, vec![5]);
+    let Packet::Subscribe(decoded) = ok(&sub(&[0x0B, 5]), V5) else {
+        panic!()
+    };
+    assert_eq!(decoded.properties.subscription_identifiers, vec![5]);
     protocol(&sub(&[0x0B, 5, 0x0B, 6]), V5);
     protocol(&sub(&[0x0B, 0]), V5);
     protocol(&sub(&[0x1F, 0, 0]), V5);
-    assert!(matches!(ok(&sub(&cat(&[&[0x26], &s("k"), &s("v")])), V5), Packet::Subscribe(_)));
+    assert!(matches!(
+        ok(&sub(&cat(&[&[0x26], &s("k"), &s("v")])), V5),
+        Packet::Subscribe(_)
+    ));
 }
 
 #[test]
@@ -247,7 +297,10 @@ fn connack_property_rules() {
     let Packet::ConnAck(c) = ok(&connack(&cat(&[&[0x12], &s("gen"), &[0x13, 0, 30]])), V5) else {
         panic!()
     };
-    assert_eq!(c.properties.assigned_client_identifier.as_deref(), Some("gen"));
+    assert_eq!(
+        c.properties.assigned_client_identifier.as_deref(),
+        Some("gen")
+    );
     assert_eq!(c.properties.server_keep_alive, Some(30));
 }
 
@@ -255,7 +308,9 @@ fn connack_property_rules() {
 fn disconnect_and_unsubscribe_property_rules() {
     let disconnect = |p: &[u8]| frame(0xE0, &cat(&[&[0x8B], &props(p)]));
     let permitted = cat(&[&[0x11, 0, 0, 0, 1, 0x1C], &s("other"), &[0x1F], &s("bye")]);
-    let Packet::Disconnect(d) = ok(&disconnect(&permitted), V5) else { panic!() };
+    let Packet::Disconnect(d) = ok(&disconnect(&permitted), V5) else {
+        panic!()
+    };
     assert_eq!(d.properties.server_reference.as_deref(), Some("other"));
     protocol(&disconnect(&[0x18, 0, 0, 0, 1]), V5);
 

@@ -18,7 +18,7 @@ type Result<T> = std::result::Result<T, DecodeError>;
 /// `version` is the connection's negotiated protocol (V311 before CONNECT); a
 /// CONNECT is always parsed by the protocol it names itself. `max_packet_size`
 /// bounds the whole packet and is enforced as soon as the fixed header is
-/// readable, so an oversized packet is refused before any of it is buffered.
+/// readable, so an oversized packet is refused before its body is awaited.
 ///
 /// After an error the contents of `buf` are unspecified; the connection must
 /// be closed.
@@ -44,8 +44,8 @@ pub fn decode(
         });
     }
     if buf.len() < total {
-        // The size is known and acceptable: make room for the rest in one go.
-        buf.reserve(total - buf.len());
+        // No reserve here: a peer could announce large packets it never sends
+        // and pin that memory; the buffer grows only as bytes really arrive.
         return Ok(None);
     }
     let mut frame = buf.split_to(total).freeze();
@@ -235,7 +235,8 @@ fn decode_connack(mut r: Reader, version: ProtocolVersion) -> Result<ConnAck> {
 
 fn decode_publish(flags: u8, mut r: Reader, version: ProtocolVersion) -> Result<Publish> {
     // check_fixed_header already refused QoS 3; this only avoids an unwrap.
-    let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::Malformed("PUBLISH with QoS 3"))?;
+    let qos =
+        QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::Malformed("PUBLISH with QoS 3"))?;
     let topic = r.string()?;
     let packet_id = if qos == QoS::AtMostOnce {
         0

@@ -20,7 +20,10 @@ fn empty_and_partial_input_waits_without_consuming() {
         assert_eq!(&buf[..], &full[..cut], "consumed input at cut {cut}");
     }
     let mut buf = BytesMut::from(&full[..]);
-    assert!(matches!(decode(&mut buf, V311, usize::MAX), Ok(Some(Packet::Publish(_)))));
+    assert!(matches!(
+        decode(&mut buf, V311, usize::MAX),
+        Ok(Some(Packet::Publish(_)))
+    ));
     assert!(buf.is_empty());
 }
 
@@ -30,9 +33,15 @@ fn consumes_exactly_one_packet() {
     bytes.extend(frame(0xE0, &[]));
     bytes.push(0x30); // start of a third packet
     let mut buf = BytesMut::from(&bytes[..]);
-    assert_eq!(decode(&mut buf, V311, usize::MAX), Ok(Some(Packet::PingReq)));
+    assert_eq!(
+        decode(&mut buf, V311, usize::MAX),
+        Ok(Some(Packet::PingReq))
+    );
     assert_eq!(&buf[..], &[0xE0, 0x00, 0x30]);
-    assert!(matches!(decode(&mut buf, V311, usize::MAX), Ok(Some(Packet::Disconnect(_)))));
+    assert!(matches!(
+        decode(&mut buf, V311, usize::MAX),
+        Ok(Some(Packet::Disconnect(_)))
+    ));
     assert_eq!(decode(&mut buf, V311, usize::MAX), Ok(None));
     assert_eq!(&buf[..], &[0x30]);
 }
@@ -120,7 +129,10 @@ fn payloads_are_slices_of_the_input_buffer() {
         panic!("expected PUBLISH");
     };
     assert_eq!(&p.payload[..], b"payload");
-    assert!(range.contains(&(p.payload.as_ptr() as usize)), "payload was copied");
+    assert!(
+        range.contains(&(p.payload.as_ptr() as usize)),
+        "payload was copied"
+    );
 }
 
 // ---- PUBLISH ----
@@ -141,7 +153,10 @@ fn publish_fields_v3_and_v5() {
         })
     );
     // QoS 0 has no packet identifier; v5 adds a property section.
-    let p = ok(&frame(0x30, &cat(&[&s("t"), &props(&[0x23, 0, 7]), b"xy"])), V5);
+    let p = ok(
+        &frame(0x30, &cat(&[&s("t"), &props(&[0x23, 0, 7]), b"xy"])),
+        V5,
+    );
     let Packet::Publish(p) = p else { panic!() };
     assert_eq!((p.packet_id, p.properties.topic_alias), (0, Some(7)));
     assert_eq!(&p.payload[..], b"xy");
@@ -196,7 +211,10 @@ fn publish_v5_property_length_past_end_is_malformed() {
 fn v3_acks_are_exactly_two_bytes() {
     for first in [0x40, 0x50, 0x62, 0x70] {
         for v in [V31, V311] {
-            assert!(matches!(ok(&frame(first, &[0, 9]), v), Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_)));
+            assert!(matches!(
+                ok(&frame(first, &[0, 9]), v),
+                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_)
+            ));
             malformed(&frame(first, &[0, 9, 0]), v);
             malformed(&frame(first, &[0]), v);
         }
@@ -210,15 +228,30 @@ fn v5_ack_short_forms() {
         reason,
         properties: props,
     };
-    assert_eq!(ok(&frame(0x40, &[0, 9]), V5), Packet::PubAck(with(0, Properties::default())));
-    assert_eq!(ok(&frame(0x50, &[0, 9, 0x10]), V5), Packet::PubRec(with(0x10, Properties::default())));
-    assert_eq!(ok(&frame(0x62, &[0, 9, 0x92, 0]), V5), Packet::PubRel(with(0x92, Properties::default())));
+    assert_eq!(
+        ok(&frame(0x40, &[0, 9]), V5),
+        Packet::PubAck(with(0, Properties::default()))
+    );
+    assert_eq!(
+        ok(&frame(0x50, &[0, 9, 0x10]), V5),
+        Packet::PubRec(with(0x10, Properties::default()))
+    );
+    assert_eq!(
+        ok(&frame(0x62, &[0, 9, 0x92, 0]), V5),
+        Packet::PubRel(with(0x92, Properties::default()))
+    );
     let reason_string = Properties {
         reason_string: Some("no".into()),
         ..Properties::default()
     };
     assert_eq!(
-        ok(&frame(0x70, &cat(&[&[0, 9, 0x80], &props(&cat(&[&[0x1F], &s("no")]))])), V5),
+        ok(
+            &frame(
+                0x70,
+                &cat(&[&[0, 9, 0x80], &props(&cat(&[&[0x1F], &s("no")]))])
+            ),
+            V5
+        ),
         Packet::PubComp(with(0x80, reason_string))
     );
     malformed(&frame(0x40, &[0]), V5);
@@ -234,19 +267,31 @@ fn v5_ack_short_forms() {
 
 #[test]
 fn subscribe_fields_v3_keep_v5_options_at_defaults() {
-    let p = ok(&frame(0x82, &cat(&[&[0, 5], &s("a/#"), &[2], &s("b"), &[0]])), V311);
+    let p = ok(
+        &frame(0x82, &cat(&[&[0, 5], &s("a/#"), &[2], &s("b"), &[0]])),
+        V311,
+    );
     let Packet::Subscribe(sub) = p else { panic!() };
     assert_eq!(sub.packet_id, 5);
     let qos2 = SubscriptionOptions {
         qos: QoS::ExactlyOnce,
         ..SubscriptionOptions::default()
     };
-    assert_eq!(sub.filters, vec![("a/#".into(), qos2), ("b".into(), SubscriptionOptions::default())]);
+    assert_eq!(
+        sub.filters,
+        vec![
+            ("a/#".into(), qos2),
+            ("b".into(), SubscriptionOptions::default())
+        ]
+    );
 }
 
 #[test]
 fn subscribe_v5_options() {
-    let p = ok(&frame(0x82, &cat(&[&[0, 5], &[0], &s("a"), &[0b0010_1101]])), V5);
+    let p = ok(
+        &frame(0x82, &cat(&[&[0, 5], &[0], &s("a"), &[0b0010_1101]])),
+        V5,
+    );
     let Packet::Subscribe(sub) = p else { panic!() };
     let expected = SubscriptionOptions {
         qos: QoS::AtLeastOnce,
@@ -319,24 +364,42 @@ fn ping_has_no_body() {
 
 #[test]
 fn disconnect_forms() {
-    assert_eq!(ok(&[0xE0, 0], V311), Packet::Disconnect(Disconnect::default()));
+    assert_eq!(
+        ok(&[0xE0, 0], V311),
+        Packet::Disconnect(Disconnect::default())
+    );
     malformed(&[0xE0, 1, 0], V311);
-    assert_eq!(ok(&[0xE0, 0], V5), Packet::Disconnect(Disconnect::default()));
+    assert_eq!(
+        ok(&[0xE0, 0], V5),
+        Packet::Disconnect(Disconnect::default())
+    );
     let reason_only = Disconnect {
         reason: 0x04,
         properties: Properties::default(),
     };
-    assert_eq!(ok(&[0xE0, 1, 0x04], V5), Packet::Disconnect(reason_only.clone()));
+    assert_eq!(
+        ok(&[0xE0, 1, 0x04], V5),
+        Packet::Disconnect(reason_only.clone())
+    );
     assert_eq!(ok(&[0xE0, 2, 0x04, 0], V5), Packet::Disconnect(reason_only));
     malformed(&[0xE0, 3, 0x04, 0, 0], V5);
 }
 
 #[test]
 fn auth_forms() {
-    let p = ok(&frame(0xF0, &cat(&[&[0x18], &props(&cat(&[&[0x15], &s("SCRAM")]))])), V5);
+    let p = ok(
+        &frame(
+            0xF0,
+            &cat(&[&[0x18], &props(&cat(&[&[0x15], &s("SCRAM")]))]),
+        ),
+        V5,
+    );
     let Packet::Auth(auth) = p else { panic!() };
     assert_eq!(auth.reason, 0x18);
-    assert_eq!(auth.properties.authentication_method.as_deref(), Some("SCRAM"));
+    assert_eq!(
+        auth.properties.authentication_method.as_deref(),
+        Some("SCRAM")
+    );
     // A reason code without a property length is only allowed for DISCONNECT.
     malformed(&[0xF0, 1, 0x18], V5);
     malformed(&[0xF0, 3, 0x18, 0, 0], V5);
@@ -355,7 +418,9 @@ fn connack_forms() {
     malformed(&[0x20, 2, 2, 0], V311);
     malformed(&[0x20, 3, 0, 0, 0], V311);
     // 3.1 had no session present flag.
-    let Packet::ConnAck(c) = ok(&[0x20, 2, 1, 0], V31) else { panic!() };
+    let Packet::ConnAck(c) = ok(&[0x20, 2, 1, 0], V31) else {
+        panic!()
+    };
     assert!(!c.session_present);
     let Packet::ConnAck(c) = ok(&[0x20, 7, 0, 0x86, 4, 0x24, 0x01, 0x28, 0x00], V5) else {
         panic!()
@@ -369,11 +434,15 @@ fn connack_forms() {
 
 #[test]
 fn suback_and_unsuback_forms() {
-    let Packet::SubAck(s) = ok(&[0x90, 4, 0, 7, 0x01, 0x80], V311) else { panic!() };
-    assert_eq!((s.packet_id, s.reason_codes), (7, vec![0x01, 0x80]));
+    let Packet::SubAck(ack) = ok(&[0x90, 4, 0, 7, 0x01, 0x80], V311) else {
+        panic!()
+    };
+    assert_eq!((ack.packet_id, ack.reason_codes), (7, vec![0x01, 0x80]));
     malformed(&[0x90, 2, 0, 7], V311);
-    let Packet::SubAck(s) = ok(&[0x90, 4, 0, 7, 0, 0x97], V5) else { panic!() };
-    assert_eq!(s.reason_codes, vec![0x97]);
+    let Packet::SubAck(ack) = ok(&[0x90, 4, 0, 7, 0, 0x97], V5) else {
+        panic!()
+    };
+    assert_eq!(ack.reason_codes, vec![0x97]);
     protocol(&[0x90, 3, 0, 7, 0], V5);
 
     assert_eq!(
@@ -385,7 +454,9 @@ fn suback_and_unsuback_forms() {
         })
     );
     malformed(&[0xB0, 3, 0, 7, 0], V311);
-    let Packet::UnsubAck(u) = ok(&[0xB0, 5, 0, 7, 0, 0x00, 0x11], V5) else { panic!() };
+    let Packet::UnsubAck(u) = ok(&[0xB0, 5, 0, 7, 0, 0x00, 0x11], V5) else {
+        panic!()
+    };
     assert_eq!(u.reason_codes, vec![0x00, 0x11]);
     protocol(&[0xB0, 3, 0, 7, 0], V5);
 }
@@ -394,9 +465,18 @@ fn suback_and_unsuback_forms() {
 fn error_reason_codes() {
     assert_eq!(DecodeError::Malformed("x").reason_code(), 0x81);
     assert_eq!(DecodeError::Protocol("x").reason_code(), 0x82);
-    assert_eq!(DecodeError::TooLarge { size: 2, max: 1 }.reason_code(), 0x95);
-    assert_eq!(DecodeError::UnsupportedProtocolVersion(6).reason_code(), 0x84);
-    assert_eq!(DecodeError::UnsupportedProtocolVersion(6).connack_v3_code(), Some(1));
+    assert_eq!(
+        DecodeError::TooLarge { size: 2, max: 1 }.reason_code(),
+        0x95
+    );
+    assert_eq!(
+        DecodeError::UnsupportedProtocolVersion(6).reason_code(),
+        0x84
+    );
+    assert_eq!(
+        DecodeError::UnsupportedProtocolVersion(6).connack_v3_code(),
+        Some(1)
+    );
     assert_eq!(DecodeError::Malformed("x").connack_v3_code(), None);
     assert_eq!(
         DecodeError::TooLarge { size: 2, max: 1 }.to_string(),

@@ -27,7 +27,12 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) {
     buf.put_u8(first_byte(packet));
     put_vbi(buf, remaining);
     put_body(packet, version, buf);
-    debug_assert_eq!(buf.len() - start, total, "{} length mismatch", packet.name());
+    debug_assert_eq!(
+        buf.len() - start,
+        total,
+        "{} length mismatch",
+        packet.name()
+    );
 }
 
 /// Size in bytes of `packet` as [`encode`] would write it, fixed header included.
@@ -195,7 +200,12 @@ fn put_body(packet: &Packet, v: ProtocolVersion, buf: &mut BytesMut) {
         }
         Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
             buf.put_u16(a.packet_id);
-            put_tail(buf, ack_tail(v, a.reason, &a.properties), a.reason, &a.properties);
+            put_tail(
+                buf,
+                ack_tail(v, a.reason, &a.properties),
+                a.reason,
+                &a.properties,
+            );
         }
         Packet::Subscribe(s) => {
             buf.put_u16(s.packet_id);
@@ -226,7 +236,12 @@ fn put_body(packet: &Packet, v: ProtocolVersion, buf: &mut BytesMut) {
         }
         Packet::PingReq | Packet::PingResp => {}
         Packet::Disconnect(d) => {
-            put_tail(buf, ack_tail(v, d.reason, &d.properties), d.reason, &d.properties);
+            put_tail(
+                buf,
+                ack_tail(v, d.reason, &d.properties),
+                d.reason,
+                &d.properties,
+            );
         }
         Packet::Auth(a) => put_tail(buf, auth_tail(a), a.reason, &a.properties),
     }

@@ -9,11 +9,15 @@ mod properties;
 mod wire;
 
 #[cfg(test)]
+mod connect_tests;
+#[cfg(test)]
 mod decode_tests;
 #[cfg(test)]
 mod encode_tests;
 #[cfg(test)]
 mod roundtrip_tests;
+#[cfg(test)]
+mod test_support;
 
 pub use decode::decode;
 pub use encode::{encode, encoded_len};

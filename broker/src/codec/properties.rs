@@ -31,7 +31,7 @@ impl PropCtx {
     }
 }
 
-mod id {
+pub(crate) mod id {
     pub const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
     pub const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
     pub const CONTENT_TYPE: u8 = 0x03;
@@ -202,8 +202,7 @@ fn read_value(r: &mut Reader, property: u8, p: &mut Properties) -> Result<(), De
                 flag(r, "subscription identifiers available not 0 or 1")?
         }
         id::SHARED_SUBSCRIPTION_AVAILABLE => {
-            p.shared_subscription_available =
-                flag(r, "shared subscription available not 0 or 1")?
+            p.shared_subscription_available = flag(r, "shared subscription available not 0 or 1")?
         }
         _ => return Err(DecodeError::Malformed("unknown property identifier")),
     }

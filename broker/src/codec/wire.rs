@@ -202,7 +202,16 @@ mod tests {
 
     #[test]
     fn vbi_boundaries_round_trip() {
-        for v in [0usize, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 268_435_455] {
+        for v in [
+            0usize,
+            127,
+            128,
+            16_383,
+            16_384,
+            2_097_151,
+            2_097_152,
+            268_435_455,
+        ] {
             let mut buf = BytesMut::new();
             put_vbi(&mut buf, v);
             assert_eq!(buf.len(), vbi_len(v), "length of {v}");

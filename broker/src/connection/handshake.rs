@@ -30,7 +30,11 @@ pub(super) async fn accept(
     peer: SocketAddr,
     has_capacity: bool,
 ) -> Option<Connection> {
-    let first = tokio::time::timeout(broker.config.connect_timeout(), read_first(&broker, &mut socket)).await;
+    let first = tokio::time::timeout(
+        broker.config.connect_timeout(),
+        read_first(&broker, &mut socket),
+    )
+    .await;
     let connect = match first {
         Err(_) => {
             tracing::debug!("no CONNECT within the connect timeout");
@@ -45,7 +49,13 @@ pub(super) async fn accept(
     };
     let protocol = connect.protocol;
     if !has_capacity {
-        let refusal = Refusal::connack(protocol, rc::QUOTA_EXCEEDED, connack_v3::SERVER_UNAVAILABLE, DisconnectReason::TooManyConnection, "node at its connection limit");
+        let refusal = Refusal::connack(
+            protocol,
+            rc::QUOTA_EXCEEDED,
+            connack_v3::SERVER_UNAVAILABLE,
+            DisconnectReason::TooManyConnection,
+            "node at its connection limit",
+        );
         refuse(&mut socket, refusal).await;
         return None;
     }
@@ -67,13 +77,27 @@ struct Refusal {
 }
 
 impl Refusal {
-    fn connack(protocol: ProtocolVersion, v5: u8, v3: u8, reason: DisconnectReason, detail: &str) -> Refusal {
+    fn connack(
+        protocol: ProtocolVersion,
+        v5: u8,
+        v3: u8,
+        reason: DisconnectReason,
+        detail: &str,
+    ) -> Refusal {
         let code = if protocol.is_v5() { v5 } else { v3 };
-        Refusal { reason, connack: Some((protocol, code)), detail: detail.to_owned() }
+        Refusal {
+            reason,
+            connack: Some((protocol, code)),
+            detail: detail.to_owned(),
+        }
     }
 
     fn close(reason: DisconnectReason, detail: impl Into<String>) -> Refusal {
-        Refusal { reason, connack: None, detail: detail.into() }
+        Refusal {
+            reason,
+            connack: None,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -89,7 +113,11 @@ async fn refuse(socket: &mut Socket, refusal: Refusal) {
             reason_string: protocol.is_v5().then(|| refusal.detail.clone()),
             ..Properties::default()
         };
-        let packet = Packet::ConnAck(ConnAck { session_present: false, code, properties });
+        let packet = Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties,
+        });
         codec::encode(&packet, protocol, &mut socket.wbuf);
         let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
     }
@@ -103,14 +131,24 @@ async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>
         match codec::decode(&mut socket.rbuf, ProtocolVersion::V311, max) {
             Ok(Some(Packet::Connect(c))) => return Ok(c),
             Ok(Some(Packet::PingReq)) => {
-                return Err(Refusal::close(DisconnectReason::PingWithoutConnect, "PINGREQ before CONNECT"))
+                return Err(Refusal::close(
+                    DisconnectReason::PingWithoutConnect,
+                    "PINGREQ before CONNECT",
+                ))
             }
             Ok(Some(other)) => {
-                return Err(Refusal::close(DisconnectReason::ProtocolError, format!("{} before CONNECT", other.name())))
+                return Err(Refusal::close(
+                    DisconnectReason::ProtocolError,
+                    format!("{} before CONNECT", other.name()),
+                ))
             }
             Ok(None) => {}
             Err(DecodeError::UnsupportedProtocolVersion(level)) => {
-                let protocol = if level >= 5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
+                let protocol = if level >= 5 {
+                    ProtocolVersion::V5
+                } else {
+                    ProtocolVersion::V311
+                };
                 return Err(Refusal::connack(
                     protocol,
                     rc::UNSUPPORTED_PROTOCOL_VERSION,
@@ -121,13 +159,26 @@ async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>
             }
             Err(e) => {
                 metrics::counter!("skein_packet_decode_errors_total").increment(1);
-                return Err(Refusal::close(DisconnectReason::ProtocolError, e.to_string()));
+                return Err(Refusal::close(
+                    DisconnectReason::ProtocolError,
+                    e.to_string(),
+                ));
             }
         }
         match socket.fill().await {
             Ok(true) => {}
-            Ok(false) => return Err(Refusal::close(DisconnectReason::TcpClosed, "closed before CONNECT")),
-            Err(e) => return Err(Refusal::close(DisconnectReason::TcpClosed, format!("read failed: {e}"))),
+            Ok(false) => {
+                return Err(Refusal::close(
+                    DisconnectReason::TcpClosed,
+                    "closed before CONNECT",
+                ))
+            }
+            Err(e) => {
+                return Err(Refusal::close(
+                    DisconnectReason::TcpClosed,
+                    format!("read failed: {e}"),
+                ))
+            }
         }
     }
 }
@@ -136,26 +187,64 @@ async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>
 fn validate(broker: &Broker, c: &Connect) -> Result<(), Refusal> {
     let p = c.protocol;
     if c.properties.authentication_method.is_some() {
-        return Err(Refusal::connack(p, rc::BAD_AUTHENTICATION_METHOD, connack_v3::NOT_AUTHORIZED, DisconnectReason::NotAuthenticated, "enhanced authentication is not supported"));
+        return Err(Refusal::connack(
+            p,
+            rc::BAD_AUTHENTICATION_METHOD,
+            connack_v3::NOT_AUTHORIZED,
+            DisconnectReason::NotAuthenticated,
+            "enhanced authentication is not supported",
+        ));
     }
     if c.client_id.len() > broker.config.max_client_id_len {
-        return Err(Refusal::connack(p, rc::CLIENT_IDENTIFIER_NOT_VALID, connack_v3::IDENTIFIER_REJECTED, DisconnectReason::ClientIdTooLong, "client id longer than the configured limit"));
+        return Err(Refusal::connack(
+            p,
+            rc::CLIENT_IDENTIFIER_NOT_VALID,
+            connack_v3::IDENTIFIER_REJECTED,
+            DisconnectReason::ClientIdTooLong,
+            "client id longer than the configured limit",
+        ));
     }
     if c.client_id.is_empty() && requested_expiry(c) > 0 {
-        return Err(Refusal::connack(p, rc::CLIENT_IDENTIFIER_NOT_VALID, connack_v3::IDENTIFIER_REJECTED, DisconnectReason::ClientIdRequired, "an empty client id needs a clean session"));
+        return Err(Refusal::connack(
+            p,
+            rc::CLIENT_IDENTIFIER_NOT_VALID,
+            connack_v3::IDENTIFIER_REJECTED,
+            DisconnectReason::ClientIdRequired,
+            "an empty client id needs a clean session",
+        ));
     }
     if let Some(will) = &c.will {
         if !topic::valid_topic_name(&will.topic) {
             return Err(match p {
-                ProtocolVersion::V5 => Refusal::connack(p, rc::TOPIC_NAME_INVALID, 0, DisconnectReason::BadWillMessage, "invalid will topic"),
+                ProtocolVersion::V5 => Refusal::connack(
+                    p,
+                    rc::TOPIC_NAME_INVALID,
+                    0,
+                    DisconnectReason::BadWillMessage,
+                    "invalid will topic",
+                ),
                 _ => Refusal::close(DisconnectReason::BadWillMessage, "invalid will topic"),
             });
         }
-        if will.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&will.payload).is_err() {
-            return Err(Refusal::connack(p, rc::PAYLOAD_FORMAT_INVALID, 0, DisconnectReason::BadWillMessage, "will payload is not UTF-8"));
+        if will.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&will.payload).is_err()
+        {
+            return Err(Refusal::connack(
+                p,
+                rc::PAYLOAD_FORMAT_INVALID,
+                0,
+                DisconnectReason::BadWillMessage,
+                "will payload is not UTF-8",
+            ));
         }
         if will.retain && !broker.config.retain_available {
-            return Err(Refusal::connack(p, rc::RETAIN_NOT_SUPPORTED, 0, DisconnectReason::BadWillMessage, "retain is not available"));
+            return Err(Refusal::connack(
+                p,
+                rc::RETAIN_NOT_SUPPORTED,
+                0,
+                DisconnectReason::BadWillMessage,
+                "retain is not available",
+            ));
         }
     }
     Ok(())
@@ -192,7 +281,13 @@ async fn attach(
     let registration = match broker.cluster.register_client(&client_id).await {
         Ok(r) => r,
         Err(e) => {
-            let r = Refusal::connack(protocol, rc::SERVER_UNAVAILABLE, connack_v3::SERVER_UNAVAILABLE, DisconnectReason::ServerInternalError, &e.to_string());
+            let r = Refusal::connack(
+                protocol,
+                rc::SERVER_UNAVAILABLE,
+                connack_v3::SERVER_UNAVAILABLE,
+                DisconnectReason::ServerInternalError,
+                &e.to_string(),
+            );
             return Err((socket, r));
         }
     };
@@ -203,7 +298,13 @@ async fn attach(
         let existed = broker.find_session(&client_id).is_some();
         let session = broker.get_or_create_session(&client_id);
         let Ok(guard) = tokio::time::timeout(LIFECYCLE_WAIT, session.lifecycle.lock()).await else {
-            let r = Refusal::connack(protocol, rc::SERVER_BUSY, connack_v3::SERVER_UNAVAILABLE, DisconnectReason::ServerInternalError, "session busy");
+            let r = Refusal::connack(
+                protocol,
+                rc::SERVER_BUSY,
+                connack_v3::SERVER_UNAVAILABLE,
+                DisconnectReason::ServerInternalError,
+                "session busy",
+            );
             return Err((socket, r));
         };
         let (removed, old_attachment, pending_will) = {
@@ -219,7 +320,10 @@ async fn attach(
             continue;
         }
         if let Some(old) = old_attachment {
-            tracing::info!(old_connection = old.connection_id, "taking over the session from an existing connection");
+            tracing::info!(
+                old_connection = old.connection_id,
+                "taking over the session from an existing connection"
+            );
             let _ = old.kick.try_send(Kick::TakenOver);
         }
         // A will of the previous connection: it goes out now unless the session resumes
@@ -232,7 +336,10 @@ async fn attach(
         }
         let mut present = existed;
         if c.clean_start || !existed {
-            let had_state = { let st = session.state(); !st.subscriptions.is_empty() || !st.queue.is_empty() || !st.inflight.is_empty() };
+            let had_state = {
+                let st = session.state();
+                !st.subscriptions.is_empty() || !st.queue.is_empty() || !st.inflight.is_empty()
+            };
             if had_state || existed {
                 broker.clear_session(&session);
             }
@@ -245,7 +352,10 @@ async fn attach(
             st.will = c.will.take();
             st.generation += 1;
             st.disconnected_at_ms = None;
-            st.attachment = Some(Attachment { connection_id: id, kick: kick_tx.clone() });
+            st.attachment = Some(Attachment {
+                connection_id: id,
+                kick: kick_tx.clone(),
+            });
             if st.is_persistent() {
                 broker.persist_session_locked(&session, &st);
             } else if present {
@@ -263,7 +373,8 @@ async fn attach(
     let mut keep_alive = c.keep_alive;
     let mut props = Properties::default();
     if protocol.is_v5() {
-        if keep_alive > config.max_keepalive || (keep_alive == 0 && config.max_keepalive < u16::MAX) {
+        if keep_alive > config.max_keepalive || (keep_alive == 0 && config.max_keepalive < u16::MAX)
+        {
             keep_alive = config.max_keepalive;
             props.server_keep_alive = Some(keep_alive);
         }
@@ -284,9 +395,14 @@ async fn attach(
             props.retain_available = Some(0);
         }
     }
-    let connack = Packet::ConnAck(ConnAck { session_present, code: 0, properties: props });
+    let connack = Packet::ConnAck(ConnAck {
+        session_present,
+        code: 0,
+        properties: props,
+    });
     codec::encode(&connack, protocol, &mut socket.wbuf);
-    metrics::counter!("skein_connects_total", "protocol" => protocol.level().to_string()).increment(1);
+    metrics::counter!("skein_connects_total", "protocol" => protocol.level().to_string())
+        .increment(1);
     tracing::debug!(%peer, session_present, keep_alive, "client connected");
 
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
@@ -303,7 +419,11 @@ async fn attach(
         last_rx: Instant::now(),
         connect_session_expiry: requested,
         send_window: client_receive_max.min(config.max_inflight).max(1) as usize,
-        client_max_packet_size: c.properties.maximum_packet_size.map(|m| m as usize).unwrap_or(usize::MAX),
+        client_max_packet_size: c
+            .properties
+            .maximum_packet_size
+            .map(|m| m as usize)
+            .unwrap_or(usize::MAX),
         client_topic_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
         aliases_in: HashMap::new(),
         aliases_out: HashMap::new(),
@@ -358,5 +478,8 @@ pub(super) async fn detach(
     } else if close.reason != DisconnectReason::GoAway {
         broker.schedule_expiry(session, generation, expiry, 0);
     }
-    let _ = broker.cluster.unregister_client(&session.client_id, epoch).await;
+    let _ = broker
+        .cluster
+        .unregister_client(&session.client_id, epoch)
+        .await;
 }

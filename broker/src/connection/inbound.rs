@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use super::{Close, Connection, DisconnectReason};
 use crate::codec::{
-    reason as rc, Ack, Disconnect, Packet, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
-    Properties,
+    reason as rc, Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
 };
 use crate::message::Message;
 use crate::session::{InflightState, Subscription};
@@ -34,7 +34,10 @@ impl Connection {
             Packet::Disconnect(d) => Err(self.on_disconnect(d)),
             Packet::Connect(_) => Err(Close::protocol("second CONNECT")),
             Packet::Auth(_) => Err(Close::protocol("AUTH without enhanced authentication")),
-            other => Err(Close::protocol(format!("{} is not sent by clients", other.name()))),
+            other => Err(Close::protocol(format!(
+                "{} is not sent by clients",
+                other.name()
+            ))),
         }
     }
 
@@ -42,7 +45,10 @@ impl Connection {
         metrics::counter!("skein_messages_received_total", "qos" => qos_label(p.qos)).increment(1);
         let topic = self.resolve_topic(&mut p)?;
         if p.retain && !self.broker.config.retain_available {
-            return Err(Close::with_code(rc::RETAIN_NOT_SUPPORTED, "retain is not available"));
+            return Err(Close::with_code(
+                rc::RETAIN_NOT_SUPPORTED,
+                "retain is not available",
+            ));
         }
         let invalid_payload = p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err();
@@ -60,17 +66,27 @@ impl Connection {
                 return Ok(());
             }
             if full {
-                return Err(Close::with_code(rc::RECEIVE_MAXIMUM_EXCEEDED, "more unacknowledged QoS 2 publishes than Receive Maximum"));
+                return Err(Close::with_code(
+                    rc::RECEIVE_MAXIMUM_EXCEEDED,
+                    "more unacknowledged QoS 2 publishes than Receive Maximum",
+                ));
             }
         }
         if invalid_payload {
             if p.qos == QoS::AtMostOnce {
-                return Err(Close::with_code(rc::PAYLOAD_FORMAT_INVALID, "payload is not UTF-8"));
+                return Err(Close::with_code(
+                    rc::PAYLOAD_FORMAT_INVALID,
+                    "payload is not UTF-8",
+                ));
             }
             self.ack_publish(&p, rc::PAYLOAD_FORMAT_INVALID);
             return Ok(());
         }
-        let message = Arc::new(Message::from_publish(&p, topic, Some(self.client_id.clone())));
+        let message = Arc::new(Message::from_publish(
+            &p,
+            topic,
+            Some(self.client_id.clone()),
+        ));
         let outcome = self.broker.route(message);
         if outcome.stored_offline && p.qos != QoS::AtMostOnce {
             // The message is acknowledged only once it is on disk for the offline session.
@@ -79,7 +95,11 @@ impl Connection {
                 return Err(Close::internal("storage failure"));
             }
         }
-        let code = if outcome.matched == 0 && self.protocol.is_v5() { rc::NO_MATCHING_SUBSCRIBERS } else { rc::SUCCESS };
+        let code = if outcome.matched == 0 && self.protocol.is_v5() {
+            rc::NO_MATCHING_SUBSCRIBERS
+        } else {
+            rc::SUCCESS
+        };
         if p.qos == QoS::ExactlyOnce {
             let persistent = {
                 let mut st = self.session.state();
@@ -87,7 +107,11 @@ impl Connection {
                 st.is_persistent()
             };
             if persistent {
-                if let Err(e) = self.broker.store.incoming_put(self.client_id.as_str(), p.packet_id) {
+                if let Err(e) = self
+                    .broker
+                    .store
+                    .incoming_put(self.client_id.as_str(), p.packet_id)
+                {
                     tracing::error!(error = %e, "cannot store incoming QoS 2 id");
                 }
             }
@@ -97,7 +121,11 @@ impl Connection {
     }
 
     fn ack_publish(&mut self, p: &Publish, code: u8) {
-        let ack = Ack { packet_id: p.packet_id, reason: code, properties: Properties::default() };
+        let ack = Ack {
+            packet_id: p.packet_id,
+            reason: code,
+            properties: Properties::default(),
+        };
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),
@@ -112,7 +140,10 @@ impl Connection {
                 return Err(Close::protocol("topic alias in MQTT 3"));
             }
             if alias == 0 || alias > self.broker.config.max_topic_alias {
-                return Err(Close::with_code(rc::TOPIC_ALIAS_INVALID, format!("topic alias {alias} out of range")));
+                return Err(Close::with_code(
+                    rc::TOPIC_ALIAS_INVALID,
+                    format!("topic alias {alias} out of range"),
+                ));
             }
             if p.topic.is_empty() {
                 return match self.aliases_in.get(&alias) {
@@ -133,7 +164,10 @@ impl Connection {
         if topic::valid_topic_name(name) {
             Ok(())
         } else {
-            Err(Close::with_code(rc::TOPIC_NAME_INVALID, format!("invalid topic name {name:?}")))
+            Err(Close::with_code(
+                rc::TOPIC_NAME_INVALID,
+                format!("invalid topic name {name:?}"),
+            ))
         }
     }
 
@@ -143,12 +177,24 @@ impl Connection {
             (st.incoming_qos2.remove(&a.packet_id), st.is_persistent())
         };
         if found && persistent {
-            if let Err(e) = self.broker.store.incoming_remove(self.client_id.as_str(), a.packet_id) {
+            if let Err(e) = self
+                .broker
+                .store
+                .incoming_remove(self.client_id.as_str(), a.packet_id)
+            {
                 tracing::error!(error = %e, "cannot remove incoming QoS 2 id");
             }
         }
-        let reason = if found || !self.protocol.is_v5() { rc::SUCCESS } else { rc::PACKET_IDENTIFIER_NOT_FOUND };
-        self.send(&Packet::PubComp(Ack { packet_id: a.packet_id, reason, properties: Properties::default() }));
+        let reason = if found || !self.protocol.is_v5() {
+            rc::SUCCESS
+        } else {
+            rc::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubComp(Ack {
+            packet_id: a.packet_id,
+            reason,
+            properties: Properties::default(),
+        }));
         Ok(())
     }
 
@@ -164,8 +210,16 @@ impl Connection {
         let Some(f) = st.inflight.iter_mut().find(|f| f.packet_id == a.packet_id) else {
             drop(st);
             // Answer anyway so the client's flow completes.
-            let reason = if self.protocol.is_v5() { rc::PACKET_IDENTIFIER_NOT_FOUND } else { rc::SUCCESS };
-            self.send(&Packet::PubRel(Ack { packet_id: a.packet_id, reason, properties: Properties::default() }));
+            let reason = if self.protocol.is_v5() {
+                rc::PACKET_IDENTIFIER_NOT_FOUND
+            } else {
+                rc::SUCCESS
+            };
+            self.send(&Packet::PubRel(Ack {
+                packet_id: a.packet_id,
+                reason,
+                properties: Properties::default(),
+            }));
             return Ok(());
         };
         if f.delivery.qos != QoS::ExactlyOnce {
@@ -179,7 +233,11 @@ impl Connection {
                 message: crate::session::to_stored_delivery(&f.delivery),
                 released: true,
             };
-            if let Err(e) = self.broker.store.inflight_put(self.client_id.as_str(), &stored) {
+            if let Err(e) = self
+                .broker
+                .store
+                .inflight_put(self.client_id.as_str(), &stored)
+            {
                 tracing::error!(error = %e, "cannot store inflight state");
             }
         }
@@ -195,7 +253,11 @@ impl Connection {
             return;
         };
         let f = &st.inflight[pos];
-        let expected = if is_pubcomp { f.state == InflightState::Released } else { true };
+        let expected = if is_pubcomp {
+            f.state == InflightState::Released
+        } else {
+            true
+        };
         if !expected {
             return;
         }
@@ -204,7 +266,11 @@ impl Connection {
         drop(st);
         metrics::counter!("skein_messages_acked_total").increment(1);
         if persistent {
-            if let Err(e) = self.broker.store.inflight_remove(self.client_id.as_str(), packet_id) {
+            if let Err(e) = self
+                .broker
+                .store
+                .inflight_remove(self.client_id.as_str(), packet_id)
+            {
                 tracing::error!(error = %e, "cannot remove inflight message");
             }
         }
@@ -226,7 +292,10 @@ impl Connection {
             }
             let mut options = *options;
             options.qos = self.broker.granted_qos(options.qos);
-            let sub = Subscription { options, subscription_id };
+            let sub = Subscription {
+                options,
+                subscription_id,
+            };
             let existed = self.broker.subscribe(&self.session, filter, sub.clone());
             codes.push(options.qos as u8);
             let wants_retained = match options.retain_handling {
@@ -238,7 +307,11 @@ impl Connection {
                 retained.push((inner.to_owned(), sub));
             }
         }
-        self.send(&Packet::SubAck(SubAck { packet_id: s.packet_id, reason_codes: codes, properties: Properties::default() }));
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        }));
         for (filter, sub) in retained {
             self.broker.deliver_retained(&self.session, &filter, &sub);
         }
@@ -259,14 +332,20 @@ impl Connection {
                 }
             })
             .collect();
-        self.send(&Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, reason_codes: codes, properties: Properties::default() }));
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        }));
         Ok(())
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Close {
         if let Some(expiry) = d.properties.session_expiry_interval {
             if self.connect_session_expiry == 0 && expiry != 0 {
-                return Close::protocol("Session Expiry Interval set on DISCONNECT after 0 in CONNECT");
+                return Close::protocol(
+                    "Session Expiry Interval set on DISCONNECT after 0 in CONNECT",
+                );
             }
             let capped = expiry.min(self.broker.config.max_session_expiry_interval);
             let mut st = self.session.state();
@@ -276,7 +355,10 @@ impl Connection {
             }
         }
         self.will_on_disconnect = d.reason == rc::DISCONNECT_WITH_WILL;
-        Close::silent(DisconnectReason::Normal, format!("DISCONNECT reason 0x{:02x}", d.reason))
+        Close::silent(
+            DisconnectReason::Normal,
+            format!("DISCONNECT reason 0x{:02x}", d.reason),
+        )
     }
 }
 

@@ -105,7 +105,9 @@ pub async fn serve(
     let span = tracing::info_span!("connection", id = connection_id, %peer, client_id = tracing::field::Empty);
     async move {
         let socket = Socket::new(stream);
-        let Some(mut conn) = handshake::accept(broker, socket, connection_id, peer, permit.is_some()).await else {
+        let Some(mut conn) =
+            handshake::accept(broker, socket, connection_id, peer, permit.is_some()).await
+        else {
             return;
         };
         tracing::Span::current().record("client_id", conn.client_id.as_str());
@@ -137,7 +139,10 @@ impl Connection {
                     kick = self.kick_rx.recv() => return kicked(kick),
                 };
                 if let Err(e) = flushed {
-                    return Close::silent(DisconnectReason::TcpClosed, format!("write failed: {e}"));
+                    return Close::silent(
+                        DisconnectReason::TcpClosed,
+                        format!("write failed: {e}"),
+                    );
                 }
             }
             tokio::select! {
@@ -194,7 +199,9 @@ impl Connection {
     /// Ends the connection: tells a v5 client why, then detaches from the session.
     async fn finish(mut self, close: Close) {
         let level = match close.reason {
-            DisconnectReason::Normal | DisconnectReason::TcpClosed | DisconnectReason::GoAway => tracing::Level::DEBUG,
+            DisconnectReason::Normal | DisconnectReason::TcpClosed | DisconnectReason::GoAway => {
+                tracing::Level::DEBUG
+            }
             _ => tracing::Level::INFO,
         };
         if level == tracing::Level::INFO {
@@ -202,7 +209,8 @@ impl Connection {
         } else {
             tracing::debug!(reason = close.reason.as_str(), detail = %close.detail, "connection closed");
         }
-        metrics::counter!("skein_disconnects_total", "reason" => close.reason.as_str()).increment(1);
+        metrics::counter!("skein_disconnects_total", "reason" => close.reason.as_str())
+            .increment(1);
         if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
             let packet = Packet::Disconnect(Disconnect {
                 reason: code,
@@ -217,17 +225,37 @@ impl Connection {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.flush()).await;
             let _ = self.socket.writer.shutdown().await;
         }
-        handshake::detach(&self.broker, &self.session, self.id, self.epoch, &close, self.will_on_disconnect).await;
+        handshake::detach(
+            &self.broker,
+            &self.session,
+            self.id,
+            self.epoch,
+            &close,
+            self.will_on_disconnect,
+        )
+        .await;
     }
 }
 
 fn go_away() -> Close {
-    Close::new(DisconnectReason::GoAway, Some(rc::SERVER_SHUTTING_DOWN), "server shutting down")
+    Close::new(
+        DisconnectReason::GoAway,
+        Some(rc::SERVER_SHUTTING_DOWN),
+        "server shutting down",
+    )
 }
 
 fn kicked(kick: Option<Kick>) -> Close {
     match kick {
-        Some(Kick::Administrative) => Close::new(DisconnectReason::Kicked, Some(rc::ADMINISTRATIVE_ACTION), "kicked by an operator"),
-        _ => Close::new(DisconnectReason::Takeovered, Some(rc::SESSION_TAKEN_OVER), "session taken over"),
+        Some(Kick::Administrative) => Close::new(
+            DisconnectReason::Kicked,
+            Some(rc::ADMINISTRATIVE_ACTION),
+            "kicked by an operator",
+        ),
+        _ => Close::new(
+            DisconnectReason::Takeovered,
+            Some(rc::SESSION_TAKEN_OVER),
+            "session taken over",
+        ),
     }
 }

@@ -16,7 +16,10 @@ impl Connection {
         let session = self.session.clone();
         let st = session.state();
         if !st.is_attached_to(self.id) {
-            return Err(Close::silent(super::DisconnectReason::Takeovered, "taken over during connect"));
+            return Err(Close::silent(
+                super::DisconnectReason::Takeovered,
+                "taken over during connect",
+            ));
         }
         let now = now_ms();
         for f in st.inflight.iter() {
@@ -54,9 +57,14 @@ impl Connection {
             let Some(q) = st.queue.pop_front() else { break };
             let stored = persistent && q.delivery.qos != QoS::AtMostOnce;
             if q.delivery.message.is_expired(now) {
-                metrics::counter!("skein_messages_dropped_total", "reason" => "expired").increment(1);
+                metrics::counter!("skein_messages_dropped_total", "reason" => "expired")
+                    .increment(1);
                 if stored {
-                    self.storage_result(self.broker.store.queue_remove(self.client_id.as_str(), q.seq));
+                    self.storage_result(
+                        self.broker
+                            .store
+                            .queue_remove(self.client_id.as_str(), q.seq),
+                    );
                 }
                 continue;
             }
@@ -75,7 +83,11 @@ impl Connection {
                 // Too big for the client: discarded as if delivered (MQTT 5 §3.1.2.11.4).
                 metrics::counter!("skein_messages_dropped_total", "reason" => "too_large_for_client").increment(1);
                 if stored {
-                    self.storage_result(self.broker.store.queue_remove(self.client_id.as_str(), q.seq));
+                    self.storage_result(
+                        self.broker
+                            .store
+                            .queue_remove(self.client_id.as_str(), q.seq),
+                    );
                 }
                 continue;
             };
@@ -87,12 +99,26 @@ impl Connection {
                         message: to_stored_delivery(&q.delivery),
                         released: false,
                     };
-                    self.storage_result(self.broker.store.inflight_put(self.client_id.as_str(), &record));
-                    self.storage_result(self.broker.store.queue_remove(self.client_id.as_str(), q.seq));
+                    self.storage_result(
+                        self.broker
+                            .store
+                            .inflight_put(self.client_id.as_str(), &record),
+                    );
+                    self.storage_result(
+                        self.broker
+                            .store
+                            .queue_remove(self.client_id.as_str(), q.seq),
+                    );
                 }
-                st.inflight.push_back(Inflight { seq: q.seq, packet_id, delivery: q.delivery, state: InflightState::Sent });
+                st.inflight.push_back(Inflight {
+                    seq: q.seq,
+                    packet_id,
+                    delivery: q.delivery,
+                    state: InflightState::Sent,
+                });
             }
-            metrics::counter!("skein_messages_sent_total", "qos" => qos_label(publish.qos)).increment(1);
+            metrics::counter!("skein_messages_sent_total", "qos" => qos_label(publish.qos))
+                .increment(1);
             self.send(&Packet::Publish(publish));
         }
         Ok(())
@@ -105,7 +131,13 @@ impl Connection {
     }
 
     /// The PUBLISH for `delivery`, or None if it exceeds the client's Maximum Packet Size.
-    fn build_publish(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: u64) -> Option<Publish> {
+    fn build_publish(
+        &mut self,
+        d: &Delivery,
+        packet_id: u16,
+        dup: bool,
+        now: u64,
+    ) -> Option<Publish> {
         let v5 = self.protocol.is_v5();
         let mut publish = Publish {
             dup,
@@ -114,12 +146,19 @@ impl Connection {
             topic: d.message.topic.to_string(),
             packet_id,
             payload: d.message.payload.clone(),
-            properties: if v5 { d.message.publish_properties(now, &d.subscription_ids) } else { Default::default() },
+            properties: if v5 {
+                d.message.publish_properties(now, &d.subscription_ids)
+            } else {
+                Default::default()
+            },
         };
         if v5 && self.client_topic_alias_max > 0 {
             self.apply_alias(&mut publish, &d.message.topic);
         }
-        let fits = |p: &Publish| codec::encoded_len(&Packet::Publish(p.clone()), self.protocol) <= self.client_max_packet_size;
+        let fits = |p: &Publish| {
+            codec::encoded_len(&Packet::Publish(p.clone()), self.protocol)
+                <= self.client_max_packet_size
+        };
         if self.client_max_packet_size == usize::MAX || fits(&publish) {
             return Some(publish);
         }
