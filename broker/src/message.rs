@@ -49,7 +49,9 @@ impl Message {
         let p = &publish.properties;
         Message {
             topic,
-            payload: publish.payload.clone(),
+            // A copy, so a message that waits in a queue doesn't pin the whole read buffer
+            // it was sliced from.
+            payload: Bytes::copy_from_slice(&publish.payload),
             qos: publish.qos,
             retain: publish.retain,
             properties: MessageProperties {

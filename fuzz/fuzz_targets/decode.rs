@@ -26,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
             encode(&packet, version, &mut wire);
             assert_eq!(wire.len(), encoded_len(&packet, version));
             let again = decode(&mut wire, version, usize::MAX);
-            assert_eq!(again, Ok(Some(packet)), "re-encoded packet decoded differently");
+            assert_eq!(
+                again,
+                Ok(Some(packet)),
+                "re-encoded packet decoded differently"
+            );
             assert!(wire.is_empty(), "re-encoded packet left bytes behind");
         }
     }

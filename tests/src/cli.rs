@@ -69,7 +69,21 @@ impl Sub {
     /// do not pass `-v`/`-F`.
     pub fn start(addr: SocketAddr, args: &[&str]) -> Sub {
         require("mosquitto_sub");
-        let mut child = Command::new("mosquitto_sub")
+        // mosquitto_sub's stdout is block-buffered when piped; line-buffer it
+        // with coreutils' stdbuf so the SUBACK line arrives promptly.
+        let mut cmd = if Command::new("stdbuf")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok()
+        {
+            let mut c = Command::new("stdbuf");
+            c.arg("-oL").arg("mosquitto_sub");
+            c
+        } else {
+            Command::new("mosquitto_sub")
+        };
+        let mut child = cmd
             .arg("-h")
             .arg(addr.ip().to_string())
             .arg("-p")

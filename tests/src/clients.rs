@@ -48,7 +48,6 @@ impl<E: Debug> Events<E> {
             return self.stash.remove(i).unwrap();
         }
         let deadline = Instant::now() + timeout;
-        let mut skipped = VecDeque::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let res = match self.error.clone() {
@@ -64,15 +63,37 @@ impl<E: Debug> Events<E> {
                 },
             };
             match res {
-                Ok(e) if pred(&e) => {
-                    self.stash.extend(skipped);
-                    return e;
-                }
-                Ok(e) => skipped.push_back(e),
+                Ok(e) if pred(&e) => return e,
+                // stashed immediately so that cancelling this future loses nothing
+                Ok(e) => self.stash.push_back(e),
                 Err(err) => panic!(
                     "waiting for {what} within {timeout:?}: {err}; other events: {:?}",
-                    self.stash.iter().chain(skipped.iter()).collect::<Vec<_>>()
+                    self.stash
                 ),
+            }
+        }
+    }
+
+    /// Like `wait_for` but returns `None` on timeout or when the connection ended.
+    async fn try_wait_for(&mut self, timeout: Duration, pred: impl Fn(&E) -> bool) -> Option<E> {
+        if let Some(i) = self.stash.iter().position(&pred) {
+            return self.stash.remove(i);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.error.is_some() {
+                return None;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Err(_) => return None,
+                Ok(None) => {
+                    self.error = Some("event loop task ended".into());
+                    return None;
+                }
+                Ok(Some(Ok(e))) if pred(&e) => return Some(e),
+                Ok(Some(Ok(e))) => self.stash.push_back(e),
+                Ok(Some(Err(e))) => self.error = Some(e),
             }
         }
     }
@@ -307,6 +328,20 @@ pub mod v3 {
             }
         }
 
+        /// Next incoming PUBLISH, or `None` if none arrives within `timeout`.
+        pub async fn try_recv_within(&mut self, timeout: Duration) -> Option<Publish> {
+            match self
+                .events
+                .try_wait_for(timeout, |e| {
+                    matches!(e, Event::Incoming(Packet::Publish(_)))
+                })
+                .await
+            {
+                Some(Event::Incoming(Packet::Publish(p))) => Some(p),
+                _ => None,
+            }
+        }
+
         /// Receives `n` publishes.
         pub async fn recv_n(&mut self, n: usize) -> Vec<Publish> {
             let mut v = Vec::new();
@@ -338,7 +373,7 @@ pub mod v3 {
             }
         }
 
-        /// Sends DISCONNECT (flushed) and closes the connection.
+        /// Sends DISCONNECT and waits (deadline) until the server closed the connection.
         pub async fn disconnect(mut self) {
             self.client.disconnect().await.expect("disconnect request");
             self.events
@@ -346,6 +381,10 @@ pub mod v3 {
                     matches!(e, Event::Outgoing(Outgoing::Disconnect))
                 })
                 .await;
+            // The server closes the connection once it has processed the
+            // DISCONNECT; waiting for that makes a following reconnect with
+            // the same client id deterministic (no session takeover race).
+            self.wait_closed(RECV_TIMEOUT).await;
             self.task.abort();
             let _ = (&mut self.task).await;
         }
@@ -579,6 +618,20 @@ pub mod v5 {
             }
         }
 
+        /// Next incoming PUBLISH, or `None` if none arrives within `timeout`.
+        pub async fn try_recv_within(&mut self, timeout: Duration) -> Option<Publish> {
+            match self
+                .events
+                .try_wait_for(timeout, |e| {
+                    matches!(e, Event::Incoming(Packet::Publish(_)))
+                })
+                .await
+            {
+                Some(Event::Incoming(Packet::Publish(p))) => Some(p),
+                _ => None,
+            }
+        }
+
         pub async fn recv_n(&mut self, n: usize) -> Vec<Publish> {
             let mut v = Vec::new();
             for _ in 0..n {
@@ -616,6 +669,10 @@ pub mod v5 {
                     matches!(e, Event::Outgoing(Outgoing::Disconnect))
                 })
                 .await;
+            // The server closes the connection once it has processed the
+            // DISCONNECT; waiting for that makes a following reconnect with
+            // the same client id deterministic (no session takeover race).
+            self.wait_closed(RECV_TIMEOUT).await;
             self.task.abort();
             let _ = (&mut self.task).await;
         }

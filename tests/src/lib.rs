@@ -12,8 +12,6 @@
 pub mod cli;
 pub mod clients;
 pub mod codec;
-#[doc(hidden)]
-pub mod mosq_compat;
 pub mod node;
 pub mod raw;
 

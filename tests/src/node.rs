@@ -138,6 +138,15 @@ impl NodeBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // Settings come only from the test: drop SKEIN_* inherited from the
+        // developer's shell (and the harness's own SKEIN_BIN).
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SKEIN_") {
+                cmd.env_remove(&k);
+            }
+        }
+        // plain (no ANSI colour) logs in failure output
+        cmd.env("NO_COLOR", "1");
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
@@ -167,24 +176,7 @@ struct Proc {
     stdout: Arc<Mutex<String>>,
 }
 
-pub(crate) struct ProcParts {
-    pub child: Child,
-    pub mqtt_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    pub stderr: Arc<Mutex<String>>,
-}
-
 fn spawn_and_wait(b: &NodeBuilder, data_dir: &Path, port: u16) -> Result<Proc, String> {
-    if crate::mosq_compat::enabled() {
-        let p = crate::mosq_compat::spawn(&b.envs, data_dir, port)?;
-        return Ok(Proc {
-            child: p.child,
-            mqtt_addr: p.mqtt_addr,
-            http_addr: p.http_addr,
-            stderr: p.stderr,
-            stdout: Default::default(),
-        });
-    }
     let mut child = b
         .command(data_dir, port)
         .spawn()

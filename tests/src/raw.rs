@@ -320,7 +320,8 @@ impl RawClient {
             .await;
     }
 
-    /// Sends DISCONNECT (v3 or v5 normal) and closes the socket.
+    /// Sends DISCONNECT (v3 or v5 normal), half-closes the socket and waits
+    /// (deadline) until the server has closed the connection.
     pub async fn disconnect(mut self) {
         let bytes = if self.proto.is_v5() {
             codec::disconnect(Some(0), &codec::Props::new())
@@ -329,6 +330,9 @@ impl RawClient {
         };
         let _ = self.try_send(&bytes).await;
         let _ = self.stream.shutdown().await;
+        // Wait for the server to close its side: once it has, the DISCONNECT
+        // was processed, so a reconnect with the same id is not a takeover.
+        self.expect_closed(crate::RECV_TIMEOUT).await;
     }
 
     /// Drops the TCP connection without DISCONNECT (abnormal close).

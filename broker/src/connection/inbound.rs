@@ -43,6 +43,9 @@ impl Connection {
 
     async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
         metrics::counter!("skein_messages_received_total", "qos" => qos_label(p.qos)).increment(1);
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(Close::protocol("Subscription Identifier in a client PUBLISH"));
+        }
         let topic = self.resolve_topic(&mut p)?;
         if p.retain && !self.broker.config.retain_available {
             return Err(Close::with_code(
