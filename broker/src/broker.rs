@@ -46,8 +46,8 @@ pub struct SubEntry {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RouteOutcome {
     pub matched: usize,
-    /// Something was written to storage for an offline session: flush before acknowledging.
-    pub stored_offline: bool,
+    /// Something was written to storage: flush before acknowledging the publisher.
+    pub needs_flush: bool,
 }
 
 pub struct Broker {
@@ -139,13 +139,24 @@ impl Broker {
             self.registry()
                 .insert(session.client_id.clone(), session.clone());
             let elapsed_ms = now.saturating_sub(stored.disconnected_at_ms.unwrap_or(now));
-            let generation = session.state().generation;
-            self.schedule_expiry(
-                &session,
-                generation,
-                stored.session_expiry_interval,
-                elapsed_ms,
-            );
+            let expiry = stored.session_expiry_interval;
+            if expiry != u32::MAX && elapsed_ms >= expiry as u64 * 1000 {
+                // It expired while the node was down: its will is due too.
+                let will = session.state().will.take();
+                if let Some(will) = will {
+                    self.publish_will(&session.client_id, will);
+                }
+                self.end_session(&session);
+                continue;
+            }
+            let (generation, will_due) = {
+                let st = session.state();
+                (st.generation, st.will.as_ref().and(st.will_due_ms))
+            };
+            if let Some(due) = will_due {
+                self.schedule_will(&session, generation, due.saturating_sub(now));
+            }
+            self.schedule_expiry(&session, generation, expiry, elapsed_ms);
         }
         tracing::info!(
             sessions = self.session_count(),
@@ -267,19 +278,22 @@ impl Broker {
         }
     }
 
-    /// Publishes the offline session's will after `delay_s` unless it reconnects first.
-    pub fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, generation: u64, delay_s: u32) {
+    /// Publishes the offline session's will after `delay_ms` unless it reconnects first.
+    pub fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, generation: u64, delay_ms: u64) {
         let broker = self.clone();
         let session = session.clone();
+        let cancel = session.state().timers.clone();
         self.tasks.spawn(async move {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(delay_s as u64)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+                _ = cancel.cancelled() => return,
                 _ = broker.shutdown.cancelled() => return,
             }
             let _lifecycle = session.lifecycle.lock().await;
             let will = {
                 let mut st = session.state();
                 if st.generation == generation && !st.is_online() && !st.removed {
+                    st.will_due_ms = None;
                     st.will.take()
                 } else {
                     None
@@ -287,6 +301,10 @@ impl Broker {
             };
             if let Some(will) = will {
                 broker.publish_will(&session.client_id, will);
+                let st = session.state();
+                if st.is_persistent() {
+                    broker.persist_session_locked(&session, &st);
+                }
             }
         });
     }
@@ -335,9 +353,7 @@ impl Broker {
 
     /// Routes a publish to every matching session on this node; never blocks.
     pub fn route(&self, message: Arc<Message>) -> RouteOutcome {
-        if message.retain {
-            self.retained.update(&message);
-        }
+        let retained_changed = message.retain && self.retained.update(&message);
         let mut targets: Vec<(Arc<Session>, Delivery)> = Vec::new();
         // Non-shared matches of one session merge into one delivery (highest QoS, all ids).
         let mut by_session: HashMap<usize, usize> = HashMap::new();
@@ -381,13 +397,13 @@ impl Broker {
         }
         let mut outcome = RouteOutcome {
             matched: targets.len(),
-            stored_offline: false,
+            needs_flush: retained_changed,
         };
         let now = now_ms();
         for (session, delivery) in targets {
             match session.enqueue(delivery, self.config.max_queued_messages, &self.store, now) {
-                EnqueueOutcome::Queued => {}
-                EnqueueOutcome::StoredOffline => outcome.stored_offline = true,
+                EnqueueOutcome::Queued | EnqueueOutcome::QueuedOffline => {}
+                EnqueueOutcome::Stored => outcome.needs_flush = true,
                 EnqueueOutcome::Dropped(reason) => {
                     metrics::counter!("skein_messages_dropped_total", "reason" => reason.as_str())
                         .increment(1);
@@ -555,7 +571,7 @@ mod tests {
             s.state().expiry_interval = 3600;
             b.subscribe(&s, "q/#", sub(QoS::AtLeastOnce, None, false));
             let out = b.route(message("q/1", QoS::AtLeastOnce, "p"));
-            assert!(out.stored_offline);
+            assert!(out.needs_flush);
             store.flush().await.unwrap();
         }
         let store = Store::open(dir.path()).unwrap();

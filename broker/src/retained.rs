@@ -28,7 +28,8 @@ impl RetainedStore {
     }
 
     /// Stores `message` as the topic's retained message, or deletes it for an empty payload.
-    pub fn update(&self, message: &Arc<Message>) {
+    /// True if storage was written (flush before acknowledging).
+    pub fn update(&self, message: &Arc<Message>) -> bool {
         let mut map = self.messages.write().unwrap_or_else(|e| e.into_inner());
         let result = if message.payload.is_empty() {
             map.remove(&message.topic);
@@ -39,7 +40,9 @@ impl RetainedStore {
         };
         if let Err(e) = result {
             tracing::error!(topic = %message.topic, error = %e, "cannot store retained message");
+            return false;
         }
+        true
     }
 
     /// Unexpired retained messages whose topic matches `filter` (a filter without `$share`).

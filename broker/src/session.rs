@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use skein_storage::{Store, StoredInflight, StoredSession, StoredSubscription};
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::codec::{QoS, SubscriptionOptions, Will};
 use crate::ids::ClientId;
@@ -86,6 +87,10 @@ pub struct SessionState {
     pub inflight: VecDeque<Inflight>,
     pub incoming_qos2: HashSet<u16>,
     pub will: Option<Will>,
+    /// Unix ms when a delayed will of the offline session is due (persisted with it).
+    pub will_due_ms: Option<u64>,
+    /// Cancels the expiry and will timers armed while offline; replaced on every detach.
+    pub timers: CancellationToken,
     next_packet_id: u16,
     next_seq: u64,
     /// Set when the session has been removed from the registry; a connection that finds
@@ -106,8 +111,10 @@ pub struct Session {
 pub enum EnqueueOutcome {
     /// Queued for the attached connection.
     Queued,
-    /// Queued (and written to storage) for an offline session: flush before acknowledging.
-    StoredOffline,
+    /// Queued and written to storage: flush before acknowledging the publisher.
+    Stored,
+    /// Queued (in memory) for an offline session.
+    QueuedOffline,
     Dropped(DropReason),
 }
 
@@ -143,6 +150,8 @@ impl SessionState {
             inflight: VecDeque::new(),
             incoming_qos2: HashSet::new(),
             will: None,
+            will_due_ms: None,
+            timers: CancellationToken::new(),
             next_packet_id: 1,
             next_seq: 1,
             removed: false,
@@ -167,6 +176,8 @@ impl SessionState {
     pub fn clear(&mut self) {
         let generation = self.generation;
         let attachment = self.attachment.take();
+        let timers = std::mem::take(&mut self.timers);
+        timers.cancel();
         *self = SessionState::new();
         self.generation = generation;
         self.attachment = attachment;
@@ -212,7 +223,10 @@ impl SessionState {
             session_expiry_interval: self.expiry_interval,
             disconnected_at_ms: self.disconnected_at_ms,
             subscriptions,
-            pending_will: None,
+            pending_will: match (&self.will, self.will_due_ms) {
+                (Some(will), Some(due)) => Some((will_to_stored(will, client_id), due)),
+                _ => None,
+            },
         }
     }
 }
@@ -300,6 +314,10 @@ impl Session {
             }
             st.next_seq = max_seq + 1;
             st.incoming_qos2 = incoming.into_iter().collect();
+            if let Some((will, due)) = &stored.pending_will {
+                st.will = Some(will_from_stored(will.clone()));
+                st.will_due_ms = Some(*due);
+            }
         }
         session
     }
@@ -327,7 +345,8 @@ impl Session {
             return EnqueueOutcome::Dropped(DropReason::QueueFull);
         }
         let seq = st.next_seq();
-        if st.is_persistent() && delivery.qos != QoS::AtMostOnce {
+        let stored = st.is_persistent() && delivery.qos != QoS::AtMostOnce;
+        if stored {
             let stored = to_stored_delivery(&delivery);
             if let Err(e) = store.queue_push(self.client_id.as_str(), seq, &stored) {
                 tracing::error!(client_id = %self.client_id, error = %e, "cannot store queued message");
@@ -338,10 +357,50 @@ impl Session {
         drop(st);
         if online {
             self.wake.notify_one();
-            EnqueueOutcome::Queued
-        } else {
-            EnqueueOutcome::StoredOffline
         }
+        match (stored, online) {
+            (true, _) => EnqueueOutcome::Stored,
+            (false, true) => EnqueueOutcome::Queued,
+            (false, false) => EnqueueOutcome::QueuedOffline,
+        }
+    }
+}
+
+/// A will waiting for its delay, as stored with the session.
+fn will_to_stored(will: &Will, client_id: &ClientId) -> skein_storage::StoredMessage {
+    let p = &will.properties;
+    skein_storage::StoredMessage {
+        topic: will.topic.clone(),
+        payload: will.payload.clone(),
+        qos: will.qos as u8,
+        retain: will.retain,
+        received_at_ms: 0,
+        message_expiry_interval: p.message_expiry_interval,
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        subscription_identifiers: Vec::new(),
+        publisher: client_id.as_str().to_owned(),
+    }
+}
+
+fn will_from_stored(m: skein_storage::StoredMessage) -> Will {
+    Will {
+        topic: m.topic,
+        payload: m.payload,
+        qos: QoS::from_u8(m.qos).unwrap_or(QoS::AtMostOnce),
+        retain: m.retain,
+        properties: crate::codec::Properties {
+            payload_format_indicator: m.payload_format_indicator,
+            message_expiry_interval: m.message_expiry_interval,
+            content_type: m.content_type,
+            response_topic: m.response_topic,
+            correlation_data: m.correlation_data,
+            user_properties: m.user_properties,
+            ..Default::default()
+        },
     }
 }
 
@@ -386,11 +445,11 @@ mod tests {
         );
         assert_eq!(
             s.enqueue(delivery(QoS::AtLeastOnce), 2, &store, 0),
-            EnqueueOutcome::StoredOffline
+            EnqueueOutcome::Stored
         );
         assert_eq!(
             s.enqueue(delivery(QoS::ExactlyOnce), 2, &store, 0),
-            EnqueueOutcome::StoredOffline
+            EnqueueOutcome::Stored
         );
         assert_eq!(
             s.enqueue(delivery(QoS::AtLeastOnce), 2, &store, 0),

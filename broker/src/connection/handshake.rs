@@ -295,7 +295,6 @@ async fn attach(
 
     // Look the session up until we hold the lifecycle lock of one still in the registry.
     let (session, session_present) = loop {
-        let existed = broker.find_session(&client_id).is_some();
         let session = broker.get_or_create_session(&client_id);
         let Ok(guard) = tokio::time::timeout(LIFECYCLE_WAIT, session.lifecycle.lock()).await else {
             let r = Refusal::connack(
@@ -307,18 +306,19 @@ async fn attach(
             );
             return Err((socket, r));
         };
-        let (removed, old_attachment, pending_will) = {
+        let (old_attachment, pending_will, present) = {
             let mut st = session.state();
             if st.removed {
-                (true, None, None)
-            } else {
-                (false, st.attachment.take(), st.will.take())
+                drop(st);
+                drop(guard);
+                continue;
             }
+            // Only a persistent session outlives its connection; a new one has expiry 0.
+            let present = st.is_persistent() && !c.clean_start;
+            st.timers.cancel();
+            st.will_due_ms = None;
+            (st.attachment.take(), st.will.take(), present)
         };
-        if removed {
-            drop(guard);
-            continue;
-        }
         if let Some(old) = old_attachment {
             tracing::info!(
                 old_connection = old.connection_id,
@@ -326,24 +326,15 @@ async fn attach(
             );
             let _ = old.kick.try_send(Kick::TakenOver);
         }
-        // A will of the previous connection: it goes out now unless the session resumes
-        // before its delay (then it is cancelled).
+        // The will of the previous connection goes out now, unless the session resumes
+        // before its delay is over (then it is cancelled).
         if let Some(will) = pending_will {
-            let delay = will.properties.will_delay_interval.unwrap_or(0);
-            if delay == 0 || c.clean_start {
+            if will.properties.will_delay_interval.unwrap_or(0) == 0 || !present {
                 broker.publish_will(&client_id, will);
             }
         }
-        let mut present = existed;
-        if c.clean_start || !existed {
-            let had_state = {
-                let st = session.state();
-                !st.subscriptions.is_empty() || !st.queue.is_empty() || !st.inflight.is_empty()
-            };
-            if had_state || existed {
-                broker.clear_session(&session);
-            }
-            present = false;
+        if !present {
+            broker.clear_session(&session);
         }
         {
             let mut st = session.state();
@@ -442,40 +433,47 @@ pub(super) async fn detach(
     will_on_disconnect: bool,
 ) {
     let _guard = session.lifecycle.lock().await;
-    let (generation, expiry, will) = {
+    let now = now_ms();
+    let (generation, expiry, will_now, will_delay_ms) = {
         let mut st = session.state();
         if !st.is_attached_to(connection_id) {
             return;
         }
         st.attachment = None;
         st.generation += 1;
-        st.disconnected_at_ms = Some(now_ms());
-        let will = match close.reason {
-            DisconnectReason::Normal if !will_on_disconnect => {
-                st.will = None;
-                None
+        st.disconnected_at_ms = Some(now);
+        st.timers = tokio_util::sync::CancellationToken::new();
+        if close.reason == DisconnectReason::Normal && !will_on_disconnect {
+            st.will = None;
+        }
+        let expiry = st.expiry_interval;
+        // The will goes out at the earlier of its delay and the end of the session.
+        let delay_s = st
+            .will
+            .as_ref()
+            .map(|w| w.properties.will_delay_interval.unwrap_or(0).min(expiry));
+        let (will_now, will_delay_ms) = match delay_s {
+            Some(0) => (st.will.take(), None),
+            Some(d) => {
+                st.will_due_ms = Some(now + d as u64 * 1000);
+                (None, Some(d as u64 * 1000))
             }
-            // The node going away is not the client's failure.
-            DisconnectReason::GoAway => None,
-            _ => st.will.take(),
+            None => (None, None),
         };
         if st.is_persistent() {
             broker.persist_session_locked(session, &st);
         }
-        (st.generation, st.expiry_interval, will)
+        (st.generation, expiry, will_now, will_delay_ms)
     };
-    if let Some(will) = will {
-        let delay = will.properties.will_delay_interval.unwrap_or(0);
-        if delay == 0 || expiry == 0 {
-            broker.publish_will(&session.client_id, will);
-        } else {
-            session.state().will = Some(will);
-            broker.schedule_will(session, generation, delay.min(expiry));
-        }
+    if let Some(will) = will_now {
+        broker.publish_will(&session.client_id, will);
+    }
+    if let Some(delay_ms) = will_delay_ms {
+        broker.schedule_will(session, generation, delay_ms);
     }
     if expiry == 0 {
         broker.end_session(session);
-    } else if close.reason != DisconnectReason::GoAway {
+    } else {
         broker.schedule_expiry(session, generation, expiry, 0);
     }
     let _ = broker

@@ -13,20 +13,28 @@ use crate::topic;
 
 impl Connection {
     pub(super) async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        if !self.session.state().is_attached_to(self.id) {
+            // Taken over: nothing more from this connection may touch the session.
+            return Err(Close::new(
+                DisconnectReason::Takeovered,
+                Some(rc::SESSION_TAKEN_OVER),
+                "session taken over",
+            ));
+        }
         match packet {
             Packet::Publish(p) => self.on_publish(p).await,
             Packet::PubAck(a) => {
                 self.on_outgoing_done(a.packet_id, false);
                 Ok(())
             }
-            Packet::PubRec(a) => self.on_pubrec(a),
+            Packet::PubRec(a) => self.on_pubrec(a).await,
             Packet::PubComp(a) => {
                 self.on_outgoing_done(a.packet_id, true);
                 Ok(())
             }
             Packet::PubRel(a) => self.on_pubrel(a),
-            Packet::Subscribe(s) => self.on_subscribe(s),
-            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
             Packet::PingReq => {
                 self.send(&Packet::PingResp);
                 Ok(())
@@ -44,7 +52,9 @@ impl Connection {
     async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
         metrics::counter!("skein_messages_received_total", "qos" => qos_label(p.qos)).increment(1);
         if !p.properties.subscription_identifiers.is_empty() {
-            return Err(Close::protocol("Subscription Identifier in a client PUBLISH"));
+            return Err(Close::protocol(
+                "Subscription Identifier in a client PUBLISH",
+            ));
         }
         let topic = self.resolve_topic(&mut p)?;
         if p.retain && !self.broker.config.retain_available {
@@ -85,42 +95,46 @@ impl Connection {
             self.ack_publish(&p, rc::PAYLOAD_FORMAT_INVALID);
             return Ok(());
         }
+        // A QoS 2 id is remembered (and stored) before routing, so a resend after a crash
+        // is recognised as a duplicate.
+        let qos2_stored = p.qos == QoS::ExactlyOnce && {
+            let mut st = self.session.state();
+            st.incoming_qos2.insert(p.packet_id);
+            st.is_persistent()
+        };
+        if qos2_stored {
+            if let Err(e) = self
+                .broker
+                .store
+                .incoming_put(self.client_id.as_str(), p.packet_id)
+            {
+                tracing::error!(error = %e, "cannot store incoming QoS 2 id");
+            }
+        }
         let message = Arc::new(Message::from_publish(
             &p,
             topic,
             Some(self.client_id.clone()),
         ));
         let outcome = self.broker.route(message);
-        if outcome.stored_offline && p.qos != QoS::AtMostOnce {
-            // The message is acknowledged only once it is on disk for the offline session.
-            if let Err(e) = self.broker.store.flush().await {
-                tracing::error!(error = %e, "storage flush failed");
-                return Err(Close::internal("storage failure"));
-            }
+        if (outcome.needs_flush || qos2_stored) && p.qos != QoS::AtMostOnce {
+            // Acknowledged only once it is on disk.
+            self.flush_storage().await?;
         }
         let code = if outcome.matched == 0 && self.protocol.is_v5() {
             rc::NO_MATCHING_SUBSCRIBERS
         } else {
             rc::SUCCESS
         };
-        if p.qos == QoS::ExactlyOnce {
-            let persistent = {
-                let mut st = self.session.state();
-                st.incoming_qos2.insert(p.packet_id);
-                st.is_persistent()
-            };
-            if persistent {
-                if let Err(e) = self
-                    .broker
-                    .store
-                    .incoming_put(self.client_id.as_str(), p.packet_id)
-                {
-                    tracing::error!(error = %e, "cannot store incoming QoS 2 id");
-                }
-            }
-        }
         self.ack_publish(&p, code);
         Ok(())
+    }
+
+    async fn flush_storage(&self) -> Result<(), Close> {
+        self.broker.store.flush().await.map_err(|e| {
+            tracing::error!(error = %e, "storage flush failed");
+            Close::internal("storage failure")
+        })
     }
 
     fn ack_publish(&mut self, p: &Publish, code: u8) {
@@ -158,6 +172,9 @@ impl Connection {
             let t: Arc<str> = Arc::from(p.topic.as_str());
             self.aliases_in.insert(alias, t.clone());
             return Ok(t);
+        }
+        if p.topic.is_empty() && self.protocol.is_v5() {
+            return Err(Close::protocol("empty topic name without a topic alias"));
         }
         self.check_topic(&p.topic)?;
         Ok(Arc::from(p.topic.as_str()))
@@ -201,7 +218,7 @@ impl Connection {
         Ok(())
     }
 
-    fn on_pubrec(&mut self, a: Ack) -> Result<(), Close> {
+    async fn on_pubrec(&mut self, a: Ack) -> Result<(), Close> {
         if a.reason >= 0x80 {
             // The client refused the message: the QoS 2 flow ends here.
             self.on_outgoing_done(a.packet_id, false);
@@ -279,7 +296,7 @@ impl Connection {
         }
     }
 
-    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+    async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let v5 = self.protocol.is_v5();
         let invalid = if v5 { rc::TOPIC_FILTER_INVALID } else { 0x80 };
         let subscription_id = s.properties.subscription_identifiers.first().copied();
@@ -310,6 +327,9 @@ impl Connection {
                 retained.push((inner.to_owned(), sub));
             }
         }
+        if self.session.state().is_persistent() {
+            self.flush_storage().await?;
+        }
         self.send(&Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reason_codes: codes,
@@ -321,7 +341,7 @@ impl Connection {
         Ok(())
     }
 
-    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+    async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
         let codes = u
             .filters
             .iter()
@@ -335,6 +355,9 @@ impl Connection {
                 }
             })
             .collect();
+        if self.session.state().is_persistent() {
+            self.flush_storage().await?;
+        }
         self.send(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reason_codes: codes,
@@ -357,7 +380,12 @@ impl Connection {
                 self.broker.persist_session_locked(&self.session, &st);
             }
         }
-        self.will_on_disconnect = d.reason == rc::DISCONNECT_WITH_WILL;
+        // Only a normal disconnection discards the will (MQTT-3.1.2-8), and it must be gone
+        // before a quick reconnect can find it.
+        self.will_on_disconnect = d.reason != rc::NORMAL_DISCONNECTION;
+        if !self.will_on_disconnect {
+            self.session.state().will = None;
+        }
         Close::silent(
             DisconnectReason::Normal,
             format!("DISCONNECT reason 0x{:02x}", d.reason),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -56,14 +56,19 @@ impl Socket {
         Ok(self.reader.read_buf(&mut self.rbuf).await? > 0)
     }
 
+    /// Writes the buffer out. Cancel-safe: what was written is consumed from the buffer, so
+    /// an interrupted flush resumes where it stopped.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.wbuf.is_empty() {
-            self.writer.write_all(&self.wbuf).await?;
-            self.wbuf.clear();
-            if self.wbuf.capacity() > 4 * WRITE_BATCH_BYTES {
-                // A burst grew the buffer; don't keep it for an idle connection.
-                self.wbuf = BytesMut::new();
+        while !self.wbuf.is_empty() {
+            let n = self.writer.write(&self.wbuf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
             }
+            self.wbuf.advance(n);
+        }
+        if self.wbuf.capacity() > 4 * WRITE_BATCH_BYTES {
+            // A burst grew the buffer; don't keep it for an idle connection.
+            self.wbuf = BytesMut::new();
         }
         Ok(())
     }
@@ -111,8 +116,22 @@ pub async fn serve(
             return;
         };
         tracing::Span::current().record("client_id", conn.client_id.as_str());
-        let close = conn.run().await;
-        conn.finish(close).await;
+        let (session, id, epoch) = (conn.session.clone(), conn.id, conn.epoch);
+        let broker = conn.broker.clone();
+        // Its own task, so that a bug that panics still leaves the session detached (and
+        // its will published) instead of "online" forever.
+        let task = tokio::spawn(
+            async move {
+                let close = conn.run().await;
+                conn.finish(close).await;
+            }
+            .in_current_span(),
+        );
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "connection task failed");
+            let close = Close::internal("internal error");
+            handshake::detach(&broker, &session, id, epoch, &close, false).await;
+        }
         drop(permit);
     }
     .instrument(span)
@@ -129,14 +148,26 @@ impl Connection {
         tokio::pin!(keepalive);
         let shutdown = self.broker.shutdown.clone();
         loop {
-            if let Err(close) = self.pump() {
-                return close;
+            match self.pump() {
+                Err(close) => return close,
+                Ok(true) => {
+                    if let Err(e) = self.broker.store.flush().await {
+                        tracing::error!(error = %e, "storage flush failed");
+                        return Close::internal("storage failure");
+                    }
+                }
+                Ok(false) => {}
             }
             if !self.socket.wbuf.is_empty() {
+                // A client that stops reading still gets its keepalive enforced.
+                let write_deadline = self.last_rx + timeout;
                 let flushed = tokio::select! {
                     r = self.socket.flush() => r,
                     _ = shutdown.cancelled() => return go_away(),
                     kick = self.kick_rx.recv() => return kicked(kick),
+                    _ = tokio::time::sleep_until(write_deadline), if !self.keep_alive.is_zero() => {
+                        return Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "client stopped reading");
+                    }
                 };
                 if let Err(e) = flushed {
                     return Close::silent(
@@ -212,13 +243,20 @@ impl Connection {
         metrics::counter!("skein_disconnects_total", "reason" => close.reason.as_str())
             .increment(1);
         if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
-            let packet = Packet::Disconnect(Disconnect {
+            let mut packet = Packet::Disconnect(Disconnect {
                 reason: code,
                 properties: Properties {
-                    reason_string: Some(close.detail.clone()).filter(|s| !s.is_empty()),
+                    reason_string: Some(truncate(&close.detail, MAX_REASON_STRING))
+                        .filter(|s| !s.is_empty()),
                     ..Properties::default()
                 },
             });
+            if codec::encoded_len(&packet, self.protocol) > self.client_max_packet_size {
+                packet = Packet::Disconnect(Disconnect {
+                    reason: code,
+                    properties: Properties::default(),
+                });
+            }
             self.send(&packet);
         }
         if close.reason != DisconnectReason::TcpClosed {
@@ -235,6 +273,20 @@ impl Connection {
         )
         .await;
     }
+}
+
+/// Reason strings carry client input (a topic, say): keep them short.
+const MAX_REASON_STRING: usize = 256;
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 fn go_away() -> Close {

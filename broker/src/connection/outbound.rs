@@ -8,13 +8,14 @@ use skein_storage::StoredInflight;
 use super::{inbound::qos_label, Close, Connection};
 use crate::codec::{self, Ack, Packet, Publish, QoS};
 use crate::message::now_ms;
-use crate::session::{to_stored_delivery, Delivery, Inflight, InflightState};
+use crate::session::{to_stored_delivery, Delivery, Inflight, InflightState, Queued};
 
 impl Connection {
     /// Re-sends what was in flight when the session was last connected, in order, with DUP.
+    /// Messages beyond the client's new Receive Maximum go back to the queue.
     pub(super) fn resume(&mut self) -> Result<(), Close> {
         let session = self.session.clone();
-        let st = session.state();
+        let mut st = session.state();
         if !st.is_attached_to(self.id) {
             return Err(Close::silent(
                 super::DisconnectReason::Takeovered,
@@ -22,29 +23,68 @@ impl Connection {
             ));
         }
         let now = now_ms();
-        for f in st.inflight.iter() {
+        let persistent = st.is_persistent();
+        let inflight = std::mem::take(&mut st.inflight);
+        let mut requeue = Vec::new();
+        for f in inflight {
+            if f.state == InflightState::Sent && st.inflight.len() >= self.send_window {
+                if persistent {
+                    // It goes out again under a new packet id: store it as queued.
+                    let client = self.client_id.as_str();
+                    let store = &self.broker.store;
+                    self.storage_result(store.queue_push(
+                        client,
+                        f.seq,
+                        &to_stored_delivery(&f.delivery),
+                    ));
+                    self.storage_result(store.inflight_remove(client, f.packet_id));
+                }
+                requeue.push(Queued {
+                    seq: f.seq,
+                    delivery: f.delivery,
+                });
+                continue;
+            }
             match f.state {
                 InflightState::Sent => {
-                    if let Some(p) = self.build_publish(&f.delivery, f.packet_id, true, now) {
-                        self.send(&Packet::Publish(p));
+                    match self.build_publish(&f.delivery, f.packet_id, true, now) {
+                        Some(p) => self.send(&Packet::Publish(p)),
+                        None => {
+                            // Too big for this connection's Maximum Packet Size: discarded.
+                            if persistent {
+                                self.storage_result(
+                                    self.broker
+                                        .store
+                                        .inflight_remove(self.client_id.as_str(), f.packet_id),
+                                );
+                            }
+                            continue;
+                        }
                     }
                 }
                 InflightState::Released => self.send(&Packet::PubRel(Ack::new(f.packet_id))),
             }
+            st.inflight.push_back(f);
+        }
+        for q in requeue.into_iter().rev() {
+            st.queue.push_front(q);
         }
         Ok(())
     }
 
     /// Moves queued messages into the write buffer while the in-flight window has room.
-    pub(super) fn pump(&mut self) -> Result<(), Close> {
+    /// Returns true when storage was written (flush before the bytes go out, so a message is
+    /// never re-sent without DUP or under another packet id after a crash).
+    pub(super) fn pump(&mut self) -> Result<bool, Close> {
         let session = self.session.clone();
         let mut st = session.state();
         if !st.is_attached_to(self.id) {
             // Another connection owns the session now; our kick is on its way.
-            return Ok(());
+            return Ok(false);
         }
         let persistent = st.is_persistent();
         let now = now_ms();
+        let mut wrote_storage = false;
         while let Some(front) = st.queue.front() {
             if front.delivery.qos != QoS::AtMostOnce && st.inflight.len() >= self.send_window {
                 break;
@@ -80,8 +120,9 @@ impl Connection {
                 }
             };
             let Some(publish) = self.build_publish(&q.delivery, packet_id, false, now) else {
-                // Too big for the client: discarded as if delivered (MQTT 5 §3.1.2.11.4).
-                metrics::counter!("skein_messages_dropped_total", "reason" => "too_large_for_client").increment(1);
+                // Too big for the client: discarded as if delivered (MQTT-3.1.2-25).
+                metrics::counter!("skein_messages_dropped_total", "reason" => "too_large_for_client")
+                    .increment(1);
                 if stored {
                     self.storage_result(
                         self.broker
@@ -109,6 +150,7 @@ impl Connection {
                             .store
                             .queue_remove(self.client_id.as_str(), q.seq),
                     );
+                    wrote_storage = true;
                 }
                 st.inflight.push_back(Inflight {
                     seq: q.seq,
@@ -121,10 +163,10 @@ impl Connection {
                 .increment(1);
             self.send(&Packet::Publish(publish));
         }
-        Ok(())
+        Ok(wrote_storage)
     }
 
-    fn storage_result(&self, r: skein_storage::Result<()>) {
+    pub(super) fn storage_result(&self, r: skein_storage::Result<()>) {
         if let Err(e) = r {
             tracing::error!(error = %e, "storage write failed");
         }
@@ -152,19 +194,18 @@ impl Connection {
                 Default::default()
             },
         };
+        if self.client_max_packet_size != usize::MAX {
+            // Checked with the full topic, before an alias is registered for a message
+            // that may never be sent.
+            let len = codec::encoded_len(&Packet::Publish(publish.clone()), self.protocol);
+            if len > self.client_max_packet_size {
+                return None;
+            }
+        }
         if v5 && self.client_topic_alias_max > 0 {
             self.apply_alias(&mut publish, &d.message.topic);
         }
-        let fits = |p: &Publish| {
-            codec::encoded_len(&Packet::Publish(p.clone()), self.protocol)
-                <= self.client_max_packet_size
-        };
-        if self.client_max_packet_size == usize::MAX || fits(&publish) {
-            return Some(publish);
-        }
-        // Properties the spec lets us drop to make it fit.
-        publish.properties.user_properties.clear();
-        fits(&publish).then_some(publish)
+        Some(publish)
     }
 
     fn apply_alias(&mut self, publish: &mut Publish, topic: &Arc<str>) {
