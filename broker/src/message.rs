@@ -143,6 +143,28 @@ impl Message {
     }
 }
 
+impl Message {
+    pub fn from_will(will: crate::codec::Will, publisher: ClientId) -> Message {
+        let p = will.properties;
+        Message {
+            topic: Arc::from(will.topic.as_str()),
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: MessageProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: p.message_expiry_interval,
+                content_type: p.content_type,
+                response_topic: p.response_topic,
+                correlation_data: p.correlation_data,
+                user_properties: p.user_properties,
+            },
+            received_at_ms: now_ms(),
+            publisher: Some(publisher),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,27 +211,5 @@ mod tests {
             publisher: Some(ClientId::new("pub")),
         };
         assert_eq!(Message::from_stored(m.to_stored(&[3])), m);
-    }
-}
-
-impl Message {
-    pub fn from_will(will: crate::codec::Will, publisher: ClientId) -> Message {
-        let p = will.properties;
-        Message {
-            topic: Arc::from(will.topic.as_str()),
-            payload: will.payload,
-            qos: will.qos,
-            retain: will.retain,
-            properties: MessageProperties {
-                payload_format_indicator: p.payload_format_indicator,
-                message_expiry_interval: p.message_expiry_interval,
-                content_type: p.content_type,
-                response_topic: p.response_topic,
-                correlation_data: p.correlation_data,
-                user_properties: p.user_properties,
-            },
-            received_at_ms: now_ms(),
-            publisher: Some(publisher),
-        }
     }
 }
