@@ -574,7 +574,15 @@ mod tests {
             assert!(out.needs_flush);
             store.flush().await.unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        // sled releases its lock from a background thread just after the drop above.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
         let b = Broker::new(
             Config::default(),
             store,

@@ -341,7 +341,7 @@ fn state_survives_reopen() {
         store.retained_put(&msg("r/1", b"kept")).unwrap();
         store.flush_blocking().unwrap();
     }
-    let store = Store::open(&path).unwrap();
+    let store = reopen(&path);
     assert_populated(&store, "a");
     assert_empty(&store, "gone");
     assert_eq!(store.sessions().unwrap(), vec![session("a")]);
@@ -361,7 +361,7 @@ async fn async_flush_persists_and_is_send() {
             .unwrap()
             .unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     assert_eq!(
         store.queue_load("c").unwrap(),
         vec![(1, msg("t", b"durable"))]
@@ -380,7 +380,17 @@ fn newer_schema_is_refused() {
             .unwrap();
         store.flush_blocking().unwrap();
     }
-    let err = Store::open(dir.path()).unwrap_err();
+    // Retry past sled's lock release (see `reopen`), until the schema check answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let err = loop {
+        match Store::open(dir.path()) {
+            Err(StorageError::Sled(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => break e,
+            Ok(_) => panic!("a newer schema was accepted"),
+        }
+    };
     assert!(
         matches!(err, StorageError::SchemaTooNew { found, supported } if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
         "{err:?}"
@@ -476,7 +486,23 @@ fn survives_kill_9_after_flush() {
     child.wait().unwrap();
     assert!(ready, "child exited before flushing");
 
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     assert_populated(&store, "a");
     assert_eq!(store.retained_load().unwrap(), vec![msg("r", b"kept")]);
+}
+
+/// Opens a store that was just dropped. sled releases its file lock from a background
+/// thread shortly after the last handle goes, so an immediate reopen can briefly fail.
+fn reopen(path: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(path) {
+            Ok(store) => return store,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopen {}: {e}", path.display()),
+        }
+    }
 }
