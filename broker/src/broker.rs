@@ -351,6 +351,26 @@ impl Broker {
         self.route(Arc::new(message));
     }
 
+    /// Periodically drops retained messages whose expiry has passed, so they don't hold
+    /// memory and disk until someone subscribes.
+    pub fn spawn_retained_sweeper(self: &Arc<Self>, every: Duration) {
+        let broker = self.clone();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = broker.shutdown.cancelled() => return,
+                }
+                let n = broker.retained.remove_expired(now_ms());
+                if n > 0 {
+                    tracing::debug!(removed = n, "expired retained messages removed");
+                }
+            }
+        });
+    }
+
     /// Routes a publish to every matching session on this node; never blocks.
     pub fn route(&self, message: Arc<Message>) -> RouteOutcome {
         let retained_changed = message.retain && self.retained.update(&message);

@@ -56,6 +56,8 @@ pub struct Config {
     pub max_inflight: u16,
     /// Bound on each session's offline message queue (at least 1).
     pub max_queued_messages: usize,
+    /// Bound on the subscriptions one session may hold; more are refused in SUBACK.
+    pub max_subscriptions_per_session: usize,
     /// Longest keep-alive granted, in seconds (at least 1); v5 clients asking for more are
     /// told the Server Keep Alive.
     pub max_keepalive: u16,
@@ -88,6 +90,7 @@ impl Default for Config {
             max_packet_size: 1_048_576,
             max_inflight: 128,
             max_queued_messages: 1000,
+            max_subscriptions_per_session: 10_000,
             max_keepalive: u16::MAX,
             connect_timeout_ms: 10_000,
             max_client_id_len: 65_535,
@@ -650,6 +653,8 @@ settings! {
         "Receive Maximum, and the outgoing QoS 1/2 window per client";
     max_queued_messages: Int { min: 1, max: usize::MAX },
         "Offline message queue bound per session";
+    max_subscriptions_per_session: Int { min: 1, max: usize::MAX },
+        "Subscriptions one session may hold; more are refused (SUBACK 0x97 / 0x80)";
     max_keepalive: Int { min: 1, max: u16::MAX },
         "Longest keep-alive granted, in seconds (v5 clients asking for more get Server Keep Alive)";
     connect_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
@@ -764,6 +769,7 @@ mod tests {
                 max_packet_size: 4096,
                 max_inflight: 10,
                 max_queued_messages: 20,
+                max_subscriptions_per_session: 10_000,
                 max_keepalive: 300,
                 connect_timeout_ms: 2500,
                 max_client_id_len: 23,
@@ -791,6 +797,7 @@ mod tests {
             ("SKEIN_MAX_PACKET_SIZE", "16"),
             ("SKEIN_MAX_INFLIGHT", "3"),
             ("SKEIN_MAX_QUEUED_MESSAGES", "4"),
+            ("SKEIN_MAX_SUBSCRIPTIONS_PER_SESSION", "5"),
             ("SKEIN_MAX_KEEPALIVE", "60"),
             ("SKEIN_CONNECT_TIMEOUT_MS", "5"),
             ("SKEIN_MAX_CLIENT_ID_LEN", "6"),
@@ -813,6 +820,7 @@ mod tests {
                 max_packet_size: 16,
                 max_inflight: 3,
                 max_queued_messages: 4,
+                max_subscriptions_per_session: 5,
                 max_keepalive: 60,
                 connect_timeout_ms: 5,
                 max_client_id_len: 6,

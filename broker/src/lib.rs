@@ -40,6 +40,7 @@ pub async fn run(
     let store = skein_storage::Store::open(&config.data_dir)?;
     let cluster = Arc::new(LocalCluster::new(NodeId(config.node_id)));
     let broker = Broker::new(config, store.clone(), cluster, shutdown.clone())?;
+    broker.spawn_retained_sweeper(std::time::Duration::from_secs(30));
     let health = http::HealthState::new();
     let http_task = tokio::spawn(http::serve(http, health.clone(), shutdown.clone()));
     health.set_ready(true);

@@ -54,6 +54,23 @@ impl RetainedStore {
             .collect()
     }
 
+    /// Deletes retained messages whose Message Expiry has passed; returns how many.
+    pub fn remove_expired(&self, now_ms: u64) -> usize {
+        let mut map = self.messages.write().unwrap_or_else(|e| e.into_inner());
+        let expired: Vec<Arc<str>> = map
+            .values()
+            .filter(|m| m.is_expired(now_ms))
+            .map(|m| m.topic.clone())
+            .collect();
+        for topic in &expired {
+            map.remove(topic);
+            if let Err(e) = self.store.retained_delete(topic) {
+                tracing::error!(%topic, error = %e, "cannot delete expired retained message");
+            }
+        }
+        expired.len()
+    }
+
     pub fn len(&self) -> usize {
         self.messages
             .read()
@@ -63,5 +80,41 @@ impl RetainedStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::QoS;
+    use crate::message::MessageProperties;
+    use bytes::Bytes;
+
+    fn retained(topic: &str, expiry: Option<u32>) -> Arc<Message> {
+        Arc::new(Message {
+            topic: Arc::from(topic),
+            payload: Bytes::from_static(b"v"),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: MessageProperties {
+                message_expiry_interval: expiry,
+                ..Default::default()
+            },
+            received_at_ms: 1_000,
+            publisher: None,
+        })
+    }
+
+    #[test]
+    fn expired_messages_are_swept_from_memory_and_storage() {
+        let store = Store::open_temporary().unwrap();
+        let r = RetainedStore::load(store.clone()).unwrap();
+        r.update(&retained("a", Some(1)));
+        r.update(&retained("b", None));
+        assert_eq!(r.matching("#", 1_500).len(), 2);
+        assert_eq!(r.matching("#", 2_000).len(), 1);
+        assert_eq!(r.remove_expired(2_000), 1);
+        assert_eq!(r.len(), 1);
+        assert_eq!(store.retained_load().unwrap().len(), 1);
     }
 }

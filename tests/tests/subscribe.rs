@@ -303,3 +303,29 @@ async fn shared_subscription_member_leaving_gets_no_more() {
     );
     m2.expect_no_publish(Duration::from_millis(200)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_beyond_the_per_session_limit_are_refused() {
+    let node = Node::builder()
+        .env("SKEIN_MAX_SUBSCRIPTIONS_PER_SESSION", "2")
+        .start();
+    for (proto, refused) in [(Proto::V311, 0x80u8), (Proto::V5, 0x97)] {
+        let (mut c, _, _) =
+            RawClient::connect_ok(node.mqtt_addr(), &Connect::new(proto, "sublimit")).await;
+        let codes = c
+            .subscribe(
+                1,
+                &[
+                    SubFilter::new("l/1", 1),
+                    SubFilter::new("l/2", 1),
+                    SubFilter::new("l/3", 1),
+                ],
+            )
+            .await;
+        assert_eq!(codes, vec![1, 1, refused], "{proto:?}");
+        // Replacing an existing subscription is not a new one.
+        let codes = c.subscribe(2, &[SubFilter::new("l/2", 2)]).await;
+        assert_eq!(codes, vec![2], "{proto:?}");
+        c.disconnect().await;
+    }
+}

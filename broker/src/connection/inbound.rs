@@ -310,6 +310,15 @@ impl Connection {
             if group.is_some() && options.no_local {
                 return Err(Close::protocol("No Local on a shared subscription"));
             }
+            let at_limit = {
+                let st = self.session.state();
+                !st.subscriptions.contains_key(filter)
+                    && st.subscriptions.len() >= self.broker.config.max_subscriptions_per_session
+            };
+            if at_limit {
+                codes.push(if v5 { rc::QUOTA_EXCEEDED } else { 0x80 });
+                continue;
+            }
             let mut options = *options;
             options.qos = self.broker.granted_qos(options.qos);
             let sub = Subscription {
