@@ -119,10 +119,8 @@ async fn refuse(socket: &mut Socket, refusal: Refusal) {
             properties,
         });
         codec::encode(&packet, protocol, &mut socket.wbuf);
-        let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
     }
-    use tokio::io::AsyncWriteExt;
-    let _ = socket.writer.shutdown().await;
+    socket.close_gracefully().await;
 }
 
 async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>, Refusal> {

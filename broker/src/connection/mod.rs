@@ -27,6 +27,9 @@ pub use reason::{Close, DisconnectReason};
 /// Writes are flushed to the socket once this much is buffered, even mid-batch.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 const READ_CHUNK: usize = 4096;
+/// How long, and how much input, a closing connection drains before it is dropped.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_MAX_BYTES: usize = 64 * 1024;
 
 /// A socket before CONNECT: the read and write halves and what has been read so far.
 pub struct Socket {
@@ -54,6 +57,25 @@ impl Socket {
             self.rbuf.reserve(READ_CHUNK);
         }
         Ok(self.reader.read_buf(&mut self.rbuf).await? > 0)
+    }
+
+    /// Flushes what is pending, half-closes, then reads and discards until the client closes
+    /// (bounded). Closing outright with unread input makes the kernel send RST, and a
+    /// client still writing would lose our last packet (a DISCONNECT or CONNACK) with it.
+    async fn close_gracefully(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
+        let _ = self.writer.shutdown().await;
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(LINGER, async {
+            let mut left = LINGER_MAX_BYTES;
+            while left > 0 {
+                match self.reader.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
     }
 
     /// Writes the buffer out. Cancel-safe: what was written is consumed from the buffer, so
@@ -261,7 +283,6 @@ impl Connection {
         }
         if close.reason != DisconnectReason::TcpClosed {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.flush()).await;
-            let _ = self.socket.writer.shutdown().await;
         }
         handshake::detach(
             &self.broker,
@@ -272,6 +293,9 @@ impl Connection {
             self.will_on_disconnect,
         )
         .await;
+        if close.reason != DisconnectReason::TcpClosed {
+            self.socket.close_gracefully().await;
+        }
     }
 }
 
