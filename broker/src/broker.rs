@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster_handle::ClusterHandle;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::Config;
+use crate::events::EventBus;
 use crate::ids::ClientId;
 use crate::message::{now_ms, Message};
 use crate::retained::RetainedStore;
@@ -54,6 +55,7 @@ pub struct Broker {
     pub config: Config,
     pub store: Store,
     pub cluster: Arc<dyn ClusterHandle>,
+    pub events: EventBus,
     sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
     subscriptions: RwLock<TopicTree<SessionRef, SubEntry>>,
     pub retained: RetainedStore,
@@ -68,6 +70,7 @@ impl Broker {
         config: Config,
         store: Store,
         cluster: Arc<dyn ClusterHandle>,
+        events: EventBus,
         shutdown: CancellationToken,
     ) -> Result<Arc<Broker>, skein_storage::StorageError> {
         let retained = RetainedStore::load(store.clone())?;
@@ -75,6 +78,7 @@ impl Broker {
             config,
             store,
             cluster,
+            events,
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(TopicTree::new()),
             retained,
@@ -472,11 +476,20 @@ mod tests {
     use crate::session::Attachment;
     use bytes::Bytes;
 
+    fn test_events() -> EventBus {
+        EventBus::new(crate::events::NodeInfo {
+            node: "127.0.0.1:1883".into(),
+            node_ip: "127.0.0.1".into(),
+            node_name: "test".into(),
+        })
+    }
+
     fn broker() -> Arc<Broker> {
         Broker::new(
             Config::default(),
             Store::open_temporary().unwrap(),
             Arc::new(LocalCluster::new(NodeId(1))),
+            test_events(),
             CancellationToken::new(),
         )
         .unwrap()
@@ -488,6 +501,18 @@ mod tests {
         s.state().attachment = Some(Attachment {
             connection_id: 1,
             kick: tx,
+            info: Arc::new(crate::events::ClientInfo {
+                client_id: ClientId::new(id),
+                username: None,
+                peer: "127.0.0.1:1000".parse().unwrap(),
+                sockname: "127.0.0.1:1883".parse().unwrap(),
+                protocol: crate::codec::ProtocolVersion::V5,
+                transport: crate::events::Transport::Tcp,
+                keepalive: 60,
+                clean_start: true,
+                connected_at_ms: 0,
+                will: None,
+            }),
         });
         s
     }
@@ -584,6 +609,7 @@ mod tests {
                 Config::default(),
                 store.clone(),
                 Arc::new(LocalCluster::new(NodeId(1))),
+                test_events(),
                 CancellationToken::new(),
             )
             .unwrap();
@@ -607,6 +633,7 @@ mod tests {
             Config::default(),
             store,
             Arc::new(LocalCluster::new(NodeId(1))),
+            test_events(),
             CancellationToken::new(),
         )
         .unwrap();

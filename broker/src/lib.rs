@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod ids;
 pub mod message;
@@ -29,6 +30,21 @@ pub use error::BrokerError;
 use cluster_handle::LocalCluster;
 use ids::NodeId;
 
+/// How events name this node: the MQTT listener's address (loopback when it listens on
+/// every interface).
+fn node_info(config: &Config, mqtt: std::net::SocketAddr) -> events::NodeInfo {
+    let ip = if mqtt.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        mqtt.ip()
+    };
+    events::NodeInfo {
+        node: std::net::SocketAddr::new(ip, mqtt.port()).to_string(),
+        node_ip: ip.to_string(),
+        node_name: config.node_name.clone(),
+    }
+}
+
 /// Runs a node until `shutdown` fires: serves MQTT and HTTP, then drains connections and
 /// flushes storage.
 pub async fn run(
@@ -39,7 +55,12 @@ pub async fn run(
 ) -> Result<(), BrokerError> {
     let store = skein_storage::Store::open(&config.data_dir)?;
     let cluster = Arc::new(LocalCluster::new(NodeId(config.node_id)));
-    let broker = Broker::new(config, store.clone(), cluster, shutdown.clone())?;
+    let mqtt_addr = mqtt.local_addr().map_err(|source| BrokerError::Io {
+        context: "MQTT listener address".into(),
+        source,
+    })?;
+    let events = events::EventBus::new(node_info(&config, mqtt_addr));
+    let broker = Broker::new(config, store.clone(), cluster, events, shutdown.clone())?;
     broker.spawn_retained_sweeper(std::time::Duration::from_secs(30));
     let health = http::HealthState::new();
     let http_task = tokio::spawn(http::serve(http, health.clone(), shutdown.clone()));

@@ -63,6 +63,7 @@ pub enum Kick {
 pub struct Attachment {
     pub connection_id: u64,
     pub kick: mpsc::Sender<Kick>,
+    pub info: Arc<crate::events::ClientInfo>,
 }
 
 #[derive(Debug, Clone)]

@@ -14,6 +14,7 @@ use crate::codec::{
     self, connack_v3, reason as rc, ConnAck, Connect, DecodeError, Packet, Properties,
     ProtocolVersion,
 };
+use crate::events::{ClientInfo, Transport, WillInfo};
 use crate::ids::ClientId;
 use crate::message::now_ms;
 use crate::session::{Attachment, Kick, Session};
@@ -27,7 +28,7 @@ pub(super) async fn accept(
     broker: Arc<Broker>,
     mut socket: Socket,
     id: u64,
-    peer: SocketAddr,
+    (peer, sockname): (SocketAddr, SocketAddr),
     has_capacity: bool,
 ) -> Option<Connection> {
     let first = tokio::time::timeout(
@@ -59,7 +60,7 @@ pub(super) async fn accept(
         refuse(&mut socket, refusal).await;
         return None;
     }
-    match attach(&broker, socket, id, peer, *connect).await {
+    match attach(&broker, socket, id, (peer, sockname), *connect).await {
         Ok(conn) => Some(conn),
         Err((mut socket, refusal)) => {
             refuse(&mut socket, refusal).await;
@@ -261,7 +262,7 @@ async fn attach(
     broker: &Arc<Broker>,
     mut socket: Socket,
     id: u64,
-    peer: SocketAddr,
+    (peer, sockname): (SocketAddr, SocketAddr),
     mut c: Connect,
 ) -> Result<Connection, (Socket, Refusal)> {
     if let Err(r) = validate(broker, &c) {
@@ -273,6 +274,23 @@ async fn attach(
         c.client_id = broker.assign_client_id();
     }
     let client_id = ClientId::new(&c.client_id);
+    let info = Arc::new(ClientInfo {
+        client_id: client_id.clone(),
+        username: c.username.clone(),
+        peer,
+        sockname,
+        protocol,
+        transport: Transport::Tcp,
+        keepalive: c.keep_alive,
+        clean_start: c.clean_start,
+        connected_at_ms: now_ms(),
+        will: c.will.as_ref().map(|w| WillInfo {
+            topic: w.topic.clone(),
+            qos: w.qos,
+            retain: w.retain,
+            payload: w.payload.clone(),
+        }),
+    });
     let requested = requested_expiry(&c);
     let expiry = requested.min(broker.config.max_session_expiry_interval);
 
@@ -344,6 +362,7 @@ async fn attach(
             st.attachment = Some(Attachment {
                 connection_id: id,
                 kick: kick_tx.clone(),
+                info: info.clone(),
             });
             if st.is_persistent() {
                 broker.persist_session_locked(&session, &st);
@@ -401,6 +420,7 @@ async fn attach(
         socket,
         protocol,
         client_id,
+        info,
         session,
         epoch: registration.epoch,
         kick_rx,

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::broker::Broker;
 use crate::codec::{self, reason as rc, Disconnect, Packet, Properties, ProtocolVersion};
+use crate::events::ClientInfo;
 use crate::ids::ClientId;
 use crate::session::{Kick, Session};
 pub use reason::{Close, DisconnectReason};
@@ -103,6 +104,8 @@ pub struct Connection {
     socket: Socket,
     protocol: ProtocolVersion,
     client_id: ClientId,
+    /// What events and the admin API say about this connection.
+    info: Arc<ClientInfo>,
     session: Arc<Session>,
     epoch: u64,
     kick_rx: mpsc::Receiver<Kick>,
@@ -130,10 +133,17 @@ pub async fn serve(
 ) {
     let connection_id = broker.next_connection_id();
     let span = tracing::info_span!("connection", id = connection_id, %peer, client_id = tracing::field::Empty);
+    let sockname = stream.local_addr().unwrap_or(peer);
     async move {
         let socket = Socket::new(stream);
-        let Some(mut conn) =
-            handshake::accept(broker, socket, connection_id, peer, permit.is_some()).await
+        let Some(mut conn) = handshake::accept(
+            broker,
+            socket,
+            connection_id,
+            (peer, sockname),
+            permit.is_some(),
+        )
+        .await
         else {
             return;
         };
@@ -161,6 +171,11 @@ pub async fn serve(
 }
 
 impl Connection {
+    /// What is known about the client on this connection.
+    pub fn info(&self) -> &Arc<ClientInfo> {
+        &self.info
+    }
+
     async fn run(&mut self) -> Close {
         if let Err(close) = self.resume() {
             return close;

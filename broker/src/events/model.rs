@@ -1,0 +1,248 @@
+//! The one typed event model every dialect renders from (see shared/EVENTS.md).
+//!
+//! Events are raised at the exact protocol points by the connection and routing code and
+//! handed to the [`super::EventBus`], which never blocks the raiser.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::codec::{ProtocolVersion, QoS};
+use crate::connection::DisconnectReason;
+use crate::ids::ClientId;
+use crate::message::Message;
+
+/// Where this node is, as events name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Advertised MQTT address `ip:port` (the `node` field).
+    pub node: String,
+    /// Advertised IP alone (the `nodeIp` field).
+    pub node_ip: String,
+    /// Configured node name (`node_name` / `nodeName` / stream `instance`).
+    pub node_name: String,
+}
+
+/// The transport a client came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    WebSocket,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WillInfo {
+    pub topic: String,
+    pub qos: QoS,
+    pub retain: bool,
+    pub payload: Bytes,
+}
+
+/// What is known about a client connection. Never holds the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub client_id: ClientId,
+    pub username: Option<String>,
+    /// The client's address (`peername`, `clientIp`, `ipaddress`).
+    pub peer: SocketAddr,
+    /// The listener address it connected to (`sockname`).
+    pub sockname: SocketAddr,
+    pub protocol: ProtocolVersion,
+    pub transport: Transport,
+    pub keepalive: u16,
+    pub clean_start: bool,
+    /// Unix milliseconds of the CONNECT.
+    pub connected_at_ms: u64,
+    pub will: Option<WillInfo>,
+}
+
+/// The canonical event kinds of EVENTS.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    ClientConnect,
+    ClientConnack,
+    ClientConnected,
+    ClientDisconnected,
+    ClientPing,
+    SessionSubscribed,
+    SessionUnsubscribed,
+    MessagePublish,
+    MessageDelivered,
+    MessageAcked,
+    MessageDropped,
+    MessageOffline,
+    CertificateRegistered,
+    CertificateRejected,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 14] = [
+        EventKind::ClientConnect,
+        EventKind::ClientConnack,
+        EventKind::ClientConnected,
+        EventKind::ClientDisconnected,
+        EventKind::ClientPing,
+        EventKind::SessionSubscribed,
+        EventKind::SessionUnsubscribed,
+        EventKind::MessagePublish,
+        EventKind::MessageDelivered,
+        EventKind::MessageAcked,
+        EventKind::MessageDropped,
+        EventKind::MessageOffline,
+        EventKind::CertificateRegistered,
+        EventKind::CertificateRejected,
+    ];
+
+    /// The canonical name, e.g. `client.connected`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ClientConnect => "client.connect",
+            EventKind::ClientConnack => "client.connack",
+            EventKind::ClientConnected => "client.connected",
+            EventKind::ClientDisconnected => "client.disconnected",
+            EventKind::ClientPing => "client.ping",
+            EventKind::SessionSubscribed => "session.subscribed",
+            EventKind::SessionUnsubscribed => "session.unsubscribed",
+            EventKind::MessagePublish => "message.publish",
+            EventKind::MessageDelivered => "message.delivered",
+            EventKind::MessageAcked => "message.acked",
+            EventKind::MessageDropped => "message.dropped",
+            EventKind::MessageOffline => "message.offline",
+            EventKind::CertificateRegistered => "certificate.registered",
+            EventKind::CertificateRejected => "certificate.rejected",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// A bit for kind sets (`KindSet`).
+    pub fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+/// A set of event kinds, as a bit mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KindSet(pub u32);
+
+impl KindSet {
+    pub const NONE: KindSet = KindSet(0);
+    pub fn all() -> KindSet {
+        KindSet(EventKind::ALL.iter().fold(0, |m, k| m | k.bit()))
+    }
+    pub fn of(kinds: &[EventKind]) -> KindSet {
+        KindSet(kinds.iter().fold(0, |m, k| m | k.bit()))
+    }
+    pub fn contains(self, kind: EventKind) -> bool {
+        self.0 & kind.bit() != 0
+    }
+    pub fn union(self, other: KindSet) -> KindSet {
+        KindSet(self.0 | other.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum EventBody {
+    /// CONNECT received, before authentication.
+    Connect,
+    /// CONNACK about to be sent: `code` as on the wire (3.x return code or 5.0 reason code).
+    Connack {
+        code: u8,
+        success: bool,
+    },
+    Connected,
+    /// The connection is gone. `takeover_node` is the `node` of the connection that took
+    /// the session over (takeovered only). `by_disconnect_packet` is true when the client
+    /// sent DISCONNECT (the `$EVENT.DISCONNECT` rendering).
+    Disconnected {
+        reason: DisconnectReason,
+        disconnected_at_ms: u64,
+        takeover_node: Option<String>,
+        by_disconnect_packet: bool,
+    },
+    Ping,
+    Subscribed {
+        filter: String,
+        qos: QoS,
+        packet_id: u16,
+    },
+    Unsubscribed {
+        filter: String,
+        packet_id: u16,
+    },
+    /// A PUBLISH accepted from `client`, before routing.
+    Publish {
+        message: Arc<Message>,
+        packet_id: u16,
+    },
+    /// About to be written to subscriber `client`.
+    Delivered {
+        message: Arc<Message>,
+        packet_id: u16,
+        qos: QoS,
+    },
+    /// Subscriber `client` acknowledged it.
+    Acked {
+        message: Arc<Message>,
+        packet_id: u16,
+        qos: QoS,
+    },
+    /// Dropped on its way to `client` (or, for `no_subscribers`, from publisher `client`).
+    Dropped {
+        message: Arc<Message>,
+        reason: &'static str,
+    },
+    /// Stored for offline persistent session `client`.
+    Offline {
+        message: Arc<Message>,
+        qos: QoS,
+    },
+}
+
+/// One event: what happened, to which client, when.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub timestamp_ms: u64,
+    pub client: Arc<ClientInfo>,
+    pub body: EventBody,
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        match &self.body {
+            EventBody::Connect => EventKind::ClientConnect,
+            EventBody::Connack { .. } => EventKind::ClientConnack,
+            EventBody::Connected => EventKind::ClientConnected,
+            EventBody::Disconnected { .. } => EventKind::ClientDisconnected,
+            EventBody::Ping => EventKind::ClientPing,
+            EventBody::Subscribed { .. } => EventKind::SessionSubscribed,
+            EventBody::Unsubscribed { .. } => EventKind::SessionUnsubscribed,
+            EventBody::Publish { .. } => EventKind::MessagePublish,
+            EventBody::Delivered { .. } => EventKind::MessageDelivered,
+            EventBody::Acked { .. } => EventKind::MessageAcked,
+            EventBody::Dropped { .. } => EventKind::MessageDropped,
+            EventBody::Offline { .. } => EventKind::MessageOffline,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_their_names_and_bits_are_distinct() {
+        let mut seen = 0;
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+            assert_eq!(seen & k.bit(), 0);
+            seen |= k.bit();
+        }
+        assert_eq!(KindSet::all().0, seen);
+        assert!(KindSet::of(&[EventKind::ClientPing]).contains(EventKind::ClientPing));
+        assert!(!KindSet::NONE.contains(EventKind::ClientPing));
+    }
+}
