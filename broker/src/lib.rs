@@ -63,7 +63,8 @@ pub async fn run(
     let broker = Broker::new(config, store.clone(), cluster, events, shutdown.clone())?;
     broker.spawn_retained_sweeper(std::time::Duration::from_secs(30));
     let health = http::HealthState::new();
-    let http_task = tokio::spawn(http::serve(http, health.clone(), shutdown.clone()));
+    let routes = http::compose(vec![http::health_routes(health.clone())]);
+    let http_task = tokio::spawn(http::serve(http, routes, shutdown.clone()));
     health.set_ready(true);
     {
         // Readiness drops as soon as the drain starts, not when it ends.

@@ -1,8 +1,6 @@
-//! HTTP endpoints for orchestrators: liveness (`/healthz`) and readiness (`/readyz`).
-//!
-//! Handlers take their piece of [`AppState`] through `State<T>` with a [`FromRef`] impl, so
-//! adding `/metrics` or `/api/v1/...` means adding a field to `AppState`, a `FromRef` impl
-//! and a `.route(...)` or `.merge(...)` in [`routes`], without touching existing handlers.
+//! The node's HTTP server: liveness (`/healthz`) and readiness (`/readyz`) here; other
+//! features (metrics, the admin API, the event stream) each bring a `Router` with its own
+//! state, and [`compose`] merges them behind one JSON 404/405 fallback.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -49,27 +47,37 @@ impl FromRef<AppState> for HealthState {
     }
 }
 
-/// The HTTP API: `GET /healthz`, `GET /readyz`, JSON 404/405 for everything else.
+/// The probes alone: `GET /healthz`, `GET /readyz`, JSON 404/405 for everything else.
 pub fn router(state: HealthState) -> Router {
-    routes().with_state(AppState { health: state })
+    compose(vec![health_routes(state)])
 }
 
-fn routes() -> Router<AppState> {
+/// `GET /healthz` and `GET /readyz`, without a fallback (see [`compose`]).
+pub fn health_routes(state: HealthState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .with_state(AppState { health: state })
+}
+
+/// Merges feature routers and adds the JSON 404/405 answers. Feature routers must not set
+/// a fallback of their own (axum refuses to merge two).
+pub fn compose(parts: Vec<Router>) -> Router {
+    parts
+        .into_iter()
+        .fold(Router::new(), Router::merge)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-/// Serves [`router`] on `listener` until `shutdown` is cancelled, then stops accepting and
+/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and
 /// waits for in-flight requests to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: HealthState,
+    router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
@@ -104,7 +112,8 @@ async fn method_not_allowed() -> Response {
     error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+/// A JSON error body `{"error": message}` with `status`: every endpoint answers errors so.
+pub fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
@@ -127,7 +136,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, state, shutdown.clone()));
+        let task = tokio::spawn(serve(listener, router(state), shutdown.clone()));
         Server {
             addr,
             shutdown,
