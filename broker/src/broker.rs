@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster_handle::ClusterHandle;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::Config;
-use crate::events::EventBus;
+use crate::events::{raise, EventBus};
 use crate::ids::ClientId;
 use crate::message::{now_ms, Message};
 use crate::retained::RetainedStore;
@@ -118,6 +118,53 @@ impl Broker {
 
     pub fn find_session(&self, client_id: &ClientId) -> Option<Arc<Session>> {
         self.registry().get(client_id).cloned()
+    }
+
+    /// Every session on this node, online or offline (for the admin API); the registry
+    /// lock is held only to clone the handles.
+    pub fn sessions_snapshot(&self) -> Vec<Arc<Session>> {
+        self.registry().values().cloned().collect()
+    }
+
+    /// Tells the connection attached to `client_id` to go away (DISCONNECT 0x98, reason
+    /// `kicked`); the session stays. False if no connection is attached.
+    pub fn kick(&self, client_id: &ClientId) -> bool {
+        let Some(session) = self.find_session(client_id) else {
+            return false;
+        };
+        let st = session.state();
+        st.attachment.as_ref().is_some_and(send_kick)
+    }
+
+    /// Ends `client_id`'s session for an operator. An attached connection is kicked and the
+    /// session ends as it detaches; an offline one ends now, and its pending will goes out
+    /// (a will is due when its session ends). False if there is no such session.
+    pub async fn discard_session(&self, client_id: &ClientId) -> bool {
+        let Some(session) = self.find_session(client_id) else {
+            return false;
+        };
+        let _lifecycle = session.lifecycle.lock().await;
+        let will = {
+            let mut st = session.state();
+            if st.removed {
+                return false;
+            }
+            if let Some(attachment) = &st.attachment {
+                send_kick(attachment);
+                // Detaching ends a session whose expiry is 0. Stored so too: a restart
+                // before the detach must not bring the session back.
+                st.expiry_interval = 0;
+                self.persist_session_locked(&session, &st);
+                return true;
+            }
+            st.will_due_ms = None;
+            st.will.take()
+        };
+        if let Some(will) = will {
+            self.publish_will(client_id, will);
+        }
+        self.end_session(&session);
+        true
     }
 
     fn restore_sessions(self: &Arc<Self>) -> Result<(), skein_storage::StorageError> {
@@ -286,7 +333,7 @@ impl Broker {
     pub fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, generation: u64, delay_ms: u64) {
         let broker = self.clone();
         let session = session.clone();
-        let cancel = session.state().timers.clone();
+        let cancel = session.state().timer_token();
         self.tasks.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
@@ -349,8 +396,8 @@ impl Broker {
         });
     }
 
-    pub fn publish_will(&self, client_id: &ClientId, will: crate::codec::Will) {
-        let message = Message::from_will(will, client_id.clone());
+    pub fn publish_will(&self, client_id: &ClientId, will: Box<crate::codec::Will>) {
+        let message = Message::from_will(*will, client_id.clone());
         tracing::debug!(%client_id, topic = %message.topic, "publishing will");
         self.route(Arc::new(message));
     }
@@ -425,19 +472,24 @@ impl Broker {
         };
         let now = now_ms();
         for (session, delivery) in targets {
+            let qos = delivery.qos;
             match session.enqueue(delivery, self.config.max_queued_messages, &self.store, now) {
-                EnqueueOutcome::Queued | EnqueueOutcome::QueuedOffline => {}
-                EnqueueOutcome::Stored => outcome.needs_flush = true,
+                EnqueueOutcome::Queued => {}
+                EnqueueOutcome::QueuedOffline => raise::offline(&self.events, &session, &message, qos),
+                EnqueueOutcome::Stored => {
+                    outcome.needs_flush = true;
+                    raise::offline(&self.events, &session, &message, qos);
+                }
                 EnqueueOutcome::Dropped(reason) => {
-                    metrics::counter!("skein_messages_dropped_total", "reason" => reason.as_str())
-                        .increment(1);
+                    crate::metrics::message_dropped(reason.as_str());
+                    raise::dropped(&self.events, &session, &message, reason.as_str());
                     tracing::debug!(client_id = %session.client_id, reason = reason.as_str(), "message dropped");
                 }
             }
         }
         if outcome.matched == 0 {
-            metrics::counter!("skein_messages_dropped_total", "reason" => "no_subscribers")
-                .increment(1);
+            crate::metrics::message_dropped("no_subscribers");
+            raise::unrouted(self, &message);
         }
         outcome
     }
@@ -446,6 +498,10 @@ impl Broker {
     pub fn deliver_retained(&self, session: &Arc<Session>, filter: &str, sub: &Subscription) {
         let now = now_ms();
         for message in self.retained.matching(filter, now) {
+            let for_event = self
+                .events
+                .wants(crate::events::EventKind::MessageDropped)
+                .then(|| message.clone());
             let delivery = Delivery {
                 qos: message.qos.min(sub.options.qos),
                 message,
@@ -455,15 +511,38 @@ impl Broker {
             if let EnqueueOutcome::Dropped(reason) =
                 session.enqueue(delivery, self.config.max_queued_messages, &self.store, now)
             {
-                metrics::counter!("skein_messages_dropped_total", "reason" => reason.as_str())
-                    .increment(1);
+                crate::metrics::message_dropped(reason.as_str());
+                if let Some(m) = &for_event {
+                    raise::dropped(&self.events, session, m, reason.as_str());
+                }
             }
         }
+    }
+
+    /// Flushes storage to disk and records how long it took; every flush goes through here.
+    pub async fn flush_storage(&self) -> Result<(), skein_storage::StorageError> {
+        let start = std::time::Instant::now();
+        let result = self.store.flush().await;
+        crate::metrics::storage_flushed(start.elapsed());
+        result
     }
 
     /// QoS the broker grants for a requested one (all three are supported).
     pub fn granted_qos(&self, requested: QoS) -> QoS {
         requested
+    }
+}
+
+/// Asks a connection to go away for an operator. False only when the connection is
+/// already gone; a full channel means a kick is already on its way.
+fn send_kick(attachment: &crate::session::Attachment) -> bool {
+    use tokio::sync::mpsc::error::TrySendError;
+    match attachment
+        .kick
+        .try_send(crate::session::Kick::Administrative)
+    {
+        Ok(()) | Err(TrySendError::Full(_)) => true,
+        Err(TrySendError::Closed(_)) => false,
     }
 }
 

@@ -75,6 +75,8 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// `tracing-subscriber` `EnvFilter` directive; `RUST_LOG` takes precedence over it.
     pub log: String,
+    /// Bearer token the HTTP admin API (`/api/v1/...`) requires; empty: no authentication.
+    pub api_token: Secret,
 }
 
 impl Default for Config {
@@ -99,6 +101,7 @@ impl Default for Config {
             retain_available: true,
             shutdown_timeout_ms: 5000,
             log: String::from("info"),
+            api_token: Secret::default(),
         }
     }
 }
@@ -533,6 +536,55 @@ impl Kind for Text {
     }
 }
 
+/// A value that must not show up in logs or `Debug` output (the admin API token).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself: only for comparing with what a client presents.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(empty)"
+        } else {
+            "Secret(***)"
+        })
+    }
+}
+
+/// Any string, empty included (empty switches the feature off). Surrounding whitespace is
+/// dropped: secrets often come from files that end with a newline.
+struct SecretKind;
+
+impl Kind for SecretKind {
+    type Value = Secret;
+    fn describe(&self) -> String {
+        String::from("a string (empty disables it)")
+    }
+    fn parse_text(&self, text: &str) -> Option<Secret> {
+        Some(Secret::new(text.trim()))
+    }
+    fn parse_toml(&self, value: &toml::Value) -> Option<Secret> {
+        self.parse_text(value.as_str()?)
+    }
+    fn show(&self, value: &Secret) -> String {
+        format!("{value:?}")
+    }
+}
+
 /// A non-empty filesystem path.
 struct PathKind;
 
@@ -671,6 +723,8 @@ settings! {
         "How long shutdown waits for connections to drain, in milliseconds";
     log: Filter,
         "Log filter (tracing EnvFilter syntax); RUST_LOG takes precedence";
+    api_token: SecretKind,
+        "Bearer token required by the HTTP admin API (/api/v1)", default = "empty (no authentication)";
 }
 
 #[cfg(test)]
@@ -754,6 +808,7 @@ mod tests {
             retain_available = false
             shutdown_timeout_ms = 0
             log = "skein_broker=debug,warn"
+            api_token = "t0k"
             "#,
         );
         let config = load(&["--config", path_of(&file)], &[]).unwrap();
@@ -778,6 +833,7 @@ mod tests {
                 retain_available: false,
                 shutdown_timeout_ms: 0,
                 log: "skein_broker=debug,warn".into(),
+                api_token: Secret::new("t0k"),
             }
         );
         assert_eq!(config.connect_timeout(), Duration::from_millis(2500));
@@ -806,6 +862,7 @@ mod tests {
             ("SKEIN_RETAIN_AVAILABLE", "0"),
             ("SKEIN_SHUTDOWN_TIMEOUT_MS", "11"),
             ("SKEIN_LOG", "debug"),
+            ("SKEIN_API_TOKEN", " s3cret\n"),
         ];
         assert_eq!(env.len(), SETTINGS.len());
         assert_eq!(
@@ -829,6 +886,7 @@ mod tests {
                 retain_available: false,
                 shutdown_timeout_ms: 11,
                 log: "debug".into(),
+                api_token: Secret::new("s3cret"),
             }
         );
     }

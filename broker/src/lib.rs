@@ -13,6 +13,7 @@ pub mod events;
 pub mod http;
 pub mod ids;
 pub mod message;
+pub mod metrics;
 pub mod retained;
 mod server;
 pub mod session;
@@ -53,6 +54,8 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
+    // Before anything records: what is counted earlier is lost.
+    let prometheus = metrics::install();
     let store = skein_storage::Store::open(&config.data_dir)?;
     let cluster = Arc::new(LocalCluster::new(NodeId(config.node_id)));
     let mqtt_addr = mqtt.local_addr().map_err(|source| BrokerError::Io {
@@ -63,7 +66,10 @@ pub async fn run(
     let broker = Broker::new(config, store.clone(), cluster, events, shutdown.clone())?;
     broker.spawn_retained_sweeper(std::time::Duration::from_secs(30));
     let health = http::HealthState::new();
-    let routes = http::compose(vec![http::health_routes(health.clone())]);
+    let routes = http::compose(vec![
+        http::health_routes(health.clone()),
+        metrics::router(prometheus, broker.clone()),
+    ]);
     let http_task = tokio::spawn(http::serve(http, routes, shutdown.clone()));
     health.set_ready(true);
     {
@@ -77,7 +83,7 @@ pub async fn run(
     server::serve_mqtt(broker.clone(), mqtt).await;
     broker.tasks.close();
     broker.tasks.wait().await;
-    store.flush().await?;
+    broker.flush_storage().await?;
     match tokio::time::timeout(broker.config.shutdown_timeout(), http_task).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server failed"),

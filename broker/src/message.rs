@@ -81,6 +81,11 @@ impl Message {
         }
     }
 
+    /// Whether an outgoing MQTT 5 PUBLISH of this message carries any property.
+    pub fn has_properties(&self) -> bool {
+        self.properties != MessageProperties::default()
+    }
+
     /// The properties of an outgoing PUBLISH of this message (MQTT 5).
     pub fn publish_properties(&self, now_ms: u64, subscription_ids: &[u32]) -> Properties {
         let p = &self.properties;

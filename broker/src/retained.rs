@@ -54,6 +54,15 @@ impl RetainedStore {
             .collect()
     }
 
+    /// Every unexpired retained message, `$` topics included (for the admin API).
+    pub fn snapshot(&self, now_ms: u64) -> Vec<Arc<Message>> {
+        let map = self.messages.read().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .filter(|m| !m.is_expired(now_ms))
+            .cloned()
+            .collect()
+    }
+
     /// Deletes retained messages whose Message Expiry has passed; returns how many.
     pub fn remove_expired(&self, now_ms: u64) -> usize {
         let mut map = self.messages.write().unwrap_or_else(|e| e.into_inner());

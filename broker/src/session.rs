@@ -87,16 +87,20 @@ pub struct SessionState {
     /// In send order (oldest first), so a resumed session retransmits in order.
     pub inflight: VecDeque<Inflight>,
     pub incoming_qos2: HashSet<u16>,
-    pub will: Option<Will>,
+    pub will: Option<Box<Will>>,
     /// Unix ms when a delayed will of the offline session is due (persisted with it).
     pub will_due_ms: Option<u64>,
-    /// Cancels the expiry and will timers armed while offline; replaced on every detach.
-    pub timers: CancellationToken,
+    /// Cancels the expiry and will timers armed while offline; created when the first is
+    /// armed (most sessions never need one), cancelled and dropped on attach.
+    timers: Option<CancellationToken>,
     next_packet_id: u16,
     next_seq: u64,
     /// Set when the session has been removed from the registry; a connection that finds
     /// this after taking the lifecycle lock must look the client id up again.
     pub removed: bool,
+    /// The client of the last attached connection, for the events of an offline session
+    /// (None after a restart).
+    pub last_info: Option<Arc<crate::events::ClientInfo>>,
 }
 
 pub struct Session {
@@ -152,10 +156,11 @@ impl SessionState {
             incoming_qos2: HashSet::new(),
             will: None,
             will_due_ms: None,
-            timers: CancellationToken::new(),
+            timers: None,
             next_packet_id: 1,
             next_seq: 1,
             removed: false,
+            last_info: None,
         }
     }
 
@@ -177,11 +182,22 @@ impl SessionState {
     pub fn clear(&mut self) {
         let generation = self.generation;
         let attachment = self.attachment.take();
-        let timers = std::mem::take(&mut self.timers);
-        timers.cancel();
+        self.cancel_timers();
         *self = SessionState::new();
         self.generation = generation;
         self.attachment = attachment;
+    }
+
+    /// The token that cancels this offline period's timers.
+    pub fn timer_token(&mut self) -> CancellationToken {
+        self.timers.get_or_insert_with(CancellationToken::new).clone()
+    }
+
+    /// Cancels every timer armed for the session (it is being attached or cleared).
+    pub fn cancel_timers(&mut self) {
+        if let Some(t) = self.timers.take() {
+            t.cancel();
+        }
     }
 
     pub fn next_seq(&mut self) -> u64 {
@@ -316,7 +332,7 @@ impl Session {
             st.next_seq = max_seq + 1;
             st.incoming_qos2 = incoming.into_iter().collect();
             if let Some((will, due)) = &stored.pending_will {
-                st.will = Some(will_from_stored(will.clone()));
+                st.will = Some(Box::new(will_from_stored(will.clone())));
                 st.will_due_ms = Some(*due);
             }
         }

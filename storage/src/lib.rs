@@ -3,9 +3,10 @@
 //! [`Store`] holds persistent MQTT sessions (metadata and subscriptions), the
 //! queue of messages waiting for an offline or slow session, a session's
 //! outgoing QoS 1/2 messages in flight, incoming QoS 2 packet ids awaiting
-//! PUBREL, and retained messages. Everything survives a restart, including
-//! `kill -9`, once [`Store::flush`] has returned; sled otherwise syncs in the
-//! background every 500 ms.
+//! PUBREL, retained messages, and the append-only system event log
+//! ([`EventLog`], whose ids keep increasing across restarts). Everything
+//! survives a restart, including `kill -9`, once [`Store::flush`] has
+//! returned; sled otherwise syncs in the background every 500 ms.
 //!
 //! Each kind of record lives in its own sled tree. Per-client trees are keyed
 //! by `client id ++ 0x00 ++ big-endian number` so a prefix scan returns one
@@ -18,10 +19,12 @@
 
 mod codec;
 mod error;
+mod events;
 mod keys;
 mod store;
 mod types;
 
 pub use error::{Result, StorageError};
+pub use events::EventLog;
 pub use store::Store;
 pub use types::{StoredInflight, StoredMessage, StoredSession, StoredSubscription};

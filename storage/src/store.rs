@@ -9,6 +9,7 @@ use sled::{Batch, Db, Tree};
 
 use crate::codec;
 use crate::error::{Result, StorageError};
+use crate::events::EventLog;
 use crate::keys;
 use crate::types::{StoredInflight, StoredMessage, StoredSession};
 
@@ -34,6 +35,7 @@ pub struct Store {
     inflight: Tree,
     incoming: Tree,
     retained: Tree,
+    events: EventLog,
 }
 
 impl std::fmt::Debug for Store {
@@ -77,6 +79,7 @@ impl Store {
             inflight: db.open_tree(TREE_INFLIGHT)?,
             incoming: db.open_tree(TREE_INCOMING)?,
             retained: db.open_tree(TREE_RETAINED)?,
+            events: EventLog::open(&db)?,
             db,
         })
     }
@@ -84,11 +87,16 @@ impl Store {
     /// Makes every write so far durable. sled otherwise syncs only every
     /// 500 ms, so the broker awaits this before acknowledging a message it
     /// has queued for an offline session.
-    pub async fn flush(&self) -> Result<()> {
-        let start = Instant::now();
-        let bytes = self.db.flush_async().await?;
-        tracing::debug!(bytes, elapsed_us = elapsed_us(start), "flushed store");
-        Ok(())
+    ///
+    /// The future is boxed: callers await it inside long-lived connection tasks, and an
+    /// inline sled flush future would enlarge every idle connection's task.
+    pub fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let bytes = self.db.flush_async().await?;
+            tracing::debug!(bytes, elapsed_us = elapsed_us(start), "flushed store");
+            Ok(())
+        })
     }
 
     /// [`Store::flush`] for shutdown paths without an async runtime.
@@ -101,6 +109,11 @@ impl Store {
             "flushed store (blocking)"
         );
         Ok(())
+    }
+
+    /// The append-only system event log (the broker's stream dialect).
+    pub fn event_log(&self) -> &EventLog {
+        &self.events
     }
 
     // ------------------------------------------------------------ sessions

@@ -283,3 +283,103 @@ fn put_connect(c: &Connect, buf: &mut BytesMut) {
         put_bin(buf, p);
     }
 }
+
+/// A PUBLISH as borrowed parts, so the delivery hot path writes it without building an
+/// owned [`Publish`] (no topic copy, no property struct when there are none).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a str,
+    pub packet_id: u16,
+    pub payload: &'a [u8],
+    /// MQTT 5 properties; None is an empty property section.
+    pub properties: Option<&'a Properties>,
+}
+
+impl PublishRef<'_> {
+    fn remaining_len(&self, version: ProtocolVersion) -> usize {
+        let id = if self.qos == QoS::AtMostOnce { 0 } else { 2 };
+        let props = match (version.is_v5(), self.properties) {
+            (false, _) => 0,
+            (true, None) => 1,
+            (true, Some(p)) => properties_section_len(p),
+        };
+        str_len(self.topic) + id + props + self.payload.len()
+    }
+
+    /// Whole packet size, fixed header included.
+    pub fn encoded_len(&self, version: ProtocolVersion) -> usize {
+        let remaining = self.remaining_len(version);
+        1 + vbi_len(remaining) + remaining
+    }
+
+    /// Appends the PUBLISH to `buf`, byte for byte as [`encode`] of the owned packet.
+    pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) {
+        let remaining = self.remaining_len(version);
+        buf.reserve(1 + vbi_len(remaining) + remaining);
+        buf.put_u8(
+            0x30 | (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain),
+        );
+        put_vbi(buf, remaining);
+        put_str(buf, self.topic);
+        if self.qos != QoS::AtMostOnce {
+            buf.put_u16(self.packet_id);
+        }
+        if version.is_v5() {
+            match self.properties {
+                Some(p) => put_properties(buf, p),
+                None => buf.put_u8(0),
+            }
+        }
+        buf.put_slice(self.payload);
+    }
+}
+
+#[cfg(test)]
+mod publish_ref_tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn borrowed_publish_encodes_like_the_owned_packet() {
+        let props = Properties {
+            user_properties: vec![("k".into(), "v".into())],
+            subscription_identifiers: vec![3],
+            ..Properties::default()
+        };
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            for (qos, properties) in [
+                (QoS::AtMostOnce, None),
+                (QoS::AtLeastOnce, Some(&props)),
+                (QoS::ExactlyOnce, None),
+            ] {
+                let owned = Packet::Publish(Publish {
+                    dup: qos != QoS::AtMostOnce,
+                    qos,
+                    retain: true,
+                    topic: "a/b".into(),
+                    packet_id: if qos == QoS::AtMostOnce { 0 } else { 7 },
+                    payload: Bytes::from_static(b"payload"),
+                    properties: properties.cloned().unwrap_or_default(),
+                });
+                let mut expected = BytesMut::new();
+                encode(&owned, version, &mut expected);
+                let borrowed = PublishRef {
+                    dup: qos != QoS::AtMostOnce,
+                    qos,
+                    retain: true,
+                    topic: "a/b",
+                    packet_id: if qos == QoS::AtMostOnce { 0 } else { 7 },
+                    payload: b"payload",
+                    properties,
+                };
+                let mut got = BytesMut::new();
+                borrowed.encode(version, &mut got);
+                assert_eq!(got, expected, "{version:?} {qos:?}");
+                assert_eq!(borrowed.encoded_len(version), expected.len());
+            }
+        }
+    }
+}

@@ -20,7 +20,7 @@ mod roundtrip_tests;
 mod test_support;
 
 pub use decode::decode;
-pub use encode::{encode, encoded_len};
+pub use encode::{encode, encoded_len, PublishRef};
 pub use error::DecodeError;
 pub use packet::*;
 

@@ -14,7 +14,7 @@ use crate::codec::{
     self, connack_v3, reason as rc, ConnAck, Connect, DecodeError, Packet, Properties,
     ProtocolVersion,
 };
-use crate::events::{ClientInfo, Transport, WillInfo};
+use crate::events::{raise, ClientInfo, EventBody, EventKind, Transport, WillInfo};
 use crate::ids::ClientId;
 use crate::message::now_ms;
 use crate::session::{Attachment, Kick, Session};
@@ -43,12 +43,19 @@ pub(super) async fn accept(
             return None;
         }
         Ok(Err(refusal)) => {
-            refuse(&mut socket, refusal).await;
+            let info = raise::reported_before_connect(refusal.reason)
+                .then(|| raise::before_connect(peer, sockname, refusal.connack.map(|(p, _)| p)));
+            refuse(&broker, &mut socket, refusal, info.as_ref()).await;
             return None;
         }
         Ok(Ok(connect)) => connect,
     };
     let protocol = connect.protocol;
+    // The client id as sent (empty when the broker is to assign one).
+    let info = Arc::new(client_info(&connect, peer, sockname));
+    raise::raise(&broker.events, &info, EventKind::ClientConnect, || {
+        EventBody::Connect
+    });
     if !has_capacity {
         let refusal = Refusal::connack(
             protocol,
@@ -57,13 +64,13 @@ pub(super) async fn accept(
             DisconnectReason::TooManyConnection,
             "node at its connection limit",
         );
-        refuse(&mut socket, refusal).await;
+        refuse(&broker, &mut socket, refusal, Some(&info)).await;
         return None;
     }
-    match attach(&broker, socket, id, (peer, sockname), *connect).await {
+    match attach(&broker, socket, id, info.clone(), *connect).await {
         Ok(conn) => Some(conn),
         Err((mut socket, refusal)) => {
-            refuse(&mut socket, refusal).await;
+            refuse(&broker, &mut socket, refusal, Some(&info)).await;
             None
         }
     }
@@ -103,12 +110,23 @@ impl Refusal {
 }
 
 fn count_refusal(reason: DisconnectReason) {
-    metrics::counter!("skein_connects_refused_total", "reason" => reason.as_str()).increment(1);
+    crate::metrics::connect_refused(reason.as_str());
 }
 
-async fn refuse(socket: &mut Socket, refusal: Refusal) {
+/// Refuses the connection; `client` (None: not worth an event) gets its connack and
+/// disconnected events.
+async fn refuse(
+    broker: &Broker,
+    socket: &mut Socket,
+    refusal: Refusal,
+    client: Option<&Arc<ClientInfo>>,
+) {
     tracing::info!(reason = refusal.reason.as_str(), detail = %refusal.detail, "connection refused");
     count_refusal(refusal.reason);
+    if let Some(client) = client {
+        let code = refusal.connack.map(|(_, code)| code);
+        raise::refused(broker, client, code, refusal.reason);
+    }
     if let Some((protocol, code)) = refusal.connack {
         let properties = Properties {
             reason_string: protocol.is_v5().then(|| refusal.detail.clone()),
@@ -157,7 +175,7 @@ async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>
                 ));
             }
             Err(e) => {
-                metrics::counter!("skein_packet_decode_errors_total").increment(1);
+                crate::metrics::packet_decode_error();
                 return Err(Refusal::close(
                     DisconnectReason::ProtocolError,
                     e.to_string(),
@@ -262,7 +280,7 @@ async fn attach(
     broker: &Arc<Broker>,
     mut socket: Socket,
     id: u64,
-    (peer, sockname): (SocketAddr, SocketAddr),
+    connect_info: Arc<ClientInfo>,
     mut c: Connect,
 ) -> Result<Connection, (Socket, Refusal)> {
     if let Err(r) = validate(broker, &c) {
@@ -274,23 +292,15 @@ async fn attach(
         c.client_id = broker.assign_client_id();
     }
     let client_id = ClientId::new(&c.client_id);
-    let info = Arc::new(ClientInfo {
-        client_id: client_id.clone(),
-        username: c.username.clone(),
-        peer,
-        sockname,
-        protocol,
-        transport: Transport::Tcp,
-        keepalive: c.keep_alive,
-        clean_start: c.clean_start,
-        connected_at_ms: now_ms(),
-        will: c.will.as_ref().map(|w| WillInfo {
-            topic: w.topic.clone(),
-            qos: w.qos,
-            retain: w.retain,
-            payload: w.payload.clone(),
-        }),
-    });
+    let peer = connect_info.peer;
+    let info = if assigned {
+        Arc::new(ClientInfo {
+            client_id: client_id.clone(),
+            ..(*connect_info).clone()
+        })
+    } else {
+        connect_info
+    };
     let requested = requested_expiry(&c);
     let expiry = requested.min(broker.config.max_session_expiry_interval);
 
@@ -331,7 +341,7 @@ async fn attach(
             }
             // Only a persistent session outlives its connection; a new one has expiry 0.
             let present = st.is_persistent() && !c.clean_start;
-            st.timers.cancel();
+            st.cancel_timers();
             st.will_due_ms = None;
             (st.attachment.take(), st.will.take(), present)
         };
@@ -356,7 +366,7 @@ async fn attach(
             let mut st = session.state();
             st.protocol_level = protocol.level();
             st.expiry_interval = expiry;
-            st.will = c.will.take();
+            st.will = c.will.take().map(Box::new);
             st.generation += 1;
             st.disconnected_at_ms = None;
             st.attachment = Some(Attachment {
@@ -364,6 +374,7 @@ async fn attach(
                 kick: kick_tx.clone(),
                 info: info.clone(),
             });
+            st.last_info = Some(info.clone());
             if st.is_persistent() {
                 broker.persist_session_locked(&session, &st);
             } else if present {
@@ -409,8 +420,16 @@ async fn attach(
         properties: props,
     });
     codec::encode(&connack, protocol, &mut socket.wbuf);
-    metrics::counter!("skein_connects_total", "protocol" => protocol.level().to_string())
-        .increment(1);
+    raise::raise(&broker.events, &info, EventKind::ClientConnack, || {
+        EventBody::Connack {
+            code: 0,
+            success: true,
+        }
+    });
+    raise::raise(&broker.events, &info, EventKind::ClientConnected, || {
+        EventBody::Connected
+    });
+    crate::metrics::connect_accepted(protocol);
     tracing::debug!(%peer, session_present, keep_alive, "client connected");
 
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
@@ -440,6 +459,27 @@ async fn attach(
     })
 }
 
+/// What events say about the client of `c` (never its password).
+fn client_info(c: &Connect, peer: SocketAddr, sockname: SocketAddr) -> ClientInfo {
+    ClientInfo {
+        client_id: ClientId::new(&c.client_id),
+        username: c.username.clone(),
+        peer,
+        sockname,
+        protocol: c.protocol,
+        transport: Transport::Tcp,
+        keepalive: c.keep_alive,
+        clean_start: c.clean_start,
+        connected_at_ms: now_ms(),
+        will: c.will.as_ref().map(|w| WillInfo {
+            topic: w.topic.clone(),
+            qos: w.qos,
+            retain: w.retain,
+            payload: w.payload.clone(),
+        }),
+    }
+}
+
 /// Detaches a finished connection from its session (if it is still the attached one):
 /// publishes or schedules the will, ends or keeps the session.
 pub(super) async fn detach(
@@ -460,7 +500,6 @@ pub(super) async fn detach(
         st.attachment = None;
         st.generation += 1;
         st.disconnected_at_ms = Some(now);
-        st.timers = tokio_util::sync::CancellationToken::new();
         if close.reason == DisconnectReason::Normal && !will_on_disconnect {
             st.will = None;
         }

@@ -7,12 +7,23 @@ use crate::codec::{
     reason as rc, Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
+use crate::events::{access, raise, EventBody, EventKind};
 use crate::message::Message;
 use crate::session::{InflightState, Subscription};
 use crate::topic;
 
+/// What must happen after a packet was handled synchronously.
+pub(super) enum After {
+    Nothing,
+    /// Flush storage, then send the packet (an acknowledgement that promises durability).
+    /// Boxed so the waiting state of an idle connection stays small.
+    FlushThenSend(Option<Box<Packet>>),
+}
+
 impl Connection {
-    pub(super) async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+    /// Handles one packet without waiting; anything that must wait for storage comes back
+    /// as [`After`] (keeps this off the connection future's inline state).
+    pub(super) fn handle(&mut self, packet: Packet) -> Result<After, Close> {
         if !self.session.state().is_attached_to(self.id) {
             // Taken over: nothing more from this connection may touch the session.
             return Err(Close::new(
@@ -22,22 +33,25 @@ impl Connection {
             ));
         }
         match packet {
-            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
                 self.on_outgoing_done(a.packet_id, false);
-                Ok(())
+                Ok(After::Nothing)
             }
-            Packet::PubRec(a) => self.on_pubrec(a).await,
+            Packet::PubRec(a) => self.on_pubrec(a),
             Packet::PubComp(a) => {
                 self.on_outgoing_done(a.packet_id, true);
-                Ok(())
+                Ok(After::Nothing)
             }
-            Packet::PubRel(a) => self.on_pubrel(a),
-            Packet::Subscribe(s) => self.on_subscribe(s).await,
-            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            Packet::PubRel(a) => self.on_pubrel(a).map(|()| After::Nothing),
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => {
+                raise::raise(&self.broker.events, &self.info, EventKind::ClientPing, || {
+                    EventBody::Ping
+                });
                 self.send(&Packet::PingResp);
-                Ok(())
+                Ok(After::Nothing)
             }
             Packet::Disconnect(d) => Err(self.on_disconnect(d)),
             Packet::Connect(_) => Err(Close::protocol("second CONNECT")),
@@ -49,8 +63,8 @@ impl Connection {
         }
     }
 
-    async fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
-        metrics::counter!("skein_messages_received_total", "qos" => qos_label(p.qos)).increment(1);
+    fn on_publish(&mut self, mut p: Publish) -> Result<After, Close> {
+        crate::metrics::message_received(p.qos);
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Close::protocol(
                 "Subscription Identifier in a client PUBLISH",
@@ -76,7 +90,7 @@ impl Connection {
             if duplicate {
                 // Already routed once; the client did not get our PUBREC.
                 self.send(&Packet::PubRec(Ack::new(p.packet_id)));
-                return Ok(());
+                return Ok(After::Nothing);
             }
             if full {
                 return Err(Close::with_code(
@@ -93,7 +107,7 @@ impl Connection {
                 ));
             }
             self.ack_publish(&p, rc::PAYLOAD_FORMAT_INVALID);
-            return Ok(());
+            return Ok(After::Nothing);
         }
         // A QoS 2 id is remembered (and stored) before routing, so a resend after a crash
         // is recognised as a duplicate.
@@ -116,37 +130,41 @@ impl Connection {
             topic,
             Some(self.client_id.clone()),
         ));
+        raise::raise_message(
+            &self.broker.events,
+            &self.info,
+            &message,
+            EventKind::MessagePublish,
+            || EventBody::Publish {
+                message: message.clone(),
+                packet_id: p.packet_id,
+            },
+        );
         let outcome = self.broker.route(message);
-        if (outcome.needs_flush || qos2_stored) && p.qos != QoS::AtMostOnce {
-            // Acknowledged only once it is on disk.
-            self.flush_storage().await?;
-        }
         let code = if outcome.matched == 0 && self.protocol.is_v5() {
             rc::NO_MATCHING_SUBSCRIBERS
         } else {
             rc::SUCCESS
         };
+        if (outcome.needs_flush || qos2_stored) && p.qos != QoS::AtMostOnce {
+            // Acknowledged only once it is on disk.
+            return Ok(After::FlushThenSend(publish_ack(&p, code).map(Box::new)));
+        }
         self.ack_publish(&p, code);
-        Ok(())
+        Ok(After::Nothing)
     }
 
-    async fn flush_storage(&self) -> Result<(), Close> {
-        self.broker.store.flush().await.map_err(|e| {
+    /// Flushes storage before a durability-promising acknowledgement goes out.
+    pub(super) async fn flush_storage(&self) -> Result<(), Close> {
+        self.broker.flush_storage().await.map_err(|e| {
             tracing::error!(error = %e, "storage flush failed");
             Close::internal("storage failure")
         })
     }
 
     fn ack_publish(&mut self, p: &Publish, code: u8) {
-        let ack = Ack {
-            packet_id: p.packet_id,
-            reason: code,
-            properties: Properties::default(),
-        };
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),
-            QoS::ExactlyOnce => self.send(&Packet::PubRec(ack)),
+        if let Some(ack) = publish_ack(p, code) {
+            self.send(&ack);
         }
     }
 
@@ -218,11 +236,11 @@ impl Connection {
         Ok(())
     }
 
-    async fn on_pubrec(&mut self, a: Ack) -> Result<(), Close> {
+    fn on_pubrec(&mut self, a: Ack) -> Result<After, Close> {
         if a.reason >= 0x80 {
             // The client refused the message: the QoS 2 flow ends here.
             self.on_outgoing_done(a.packet_id, false);
-            return Ok(());
+            return Ok(After::Nothing);
         }
         let session = self.session.clone();
         let mut st = session.state();
@@ -240,30 +258,37 @@ impl Connection {
                 reason,
                 properties: Properties::default(),
             }));
-            return Ok(());
+            return Ok(After::Nothing);
         };
         if f.delivery.qos != QoS::ExactlyOnce {
             return Err(Close::protocol("PUBREC for a QoS 1 message"));
         }
         f.state = InflightState::Released;
-        if persistent {
-            let stored = skein_storage::StoredInflight {
-                packet_id: f.packet_id,
-                seq: f.seq,
-                message: crate::session::to_stored_delivery(&f.delivery),
-                released: true,
-            };
-            if let Err(e) = self
-                .broker
-                .store
-                .inflight_put(self.client_id.as_str(), &stored)
-            {
-                tracing::error!(error = %e, "cannot store inflight state");
-            }
-        }
+        let stored = persistent.then(|| skein_storage::StoredInflight {
+            packet_id: f.packet_id,
+            seq: f.seq,
+            // Only the id matters once released: the PUBLISH is never sent again.
+            message: skein_storage::StoredMessage {
+                qos: 2,
+                ..Default::default()
+            },
+            released: true,
+        });
         drop(st);
-        self.send(&Packet::PubRel(Ack::new(a.packet_id)));
-        Ok(())
+        let pubrel = Packet::PubRel(Ack::new(a.packet_id));
+        let Some(stored) = stored else {
+            self.send(&pubrel);
+            return Ok(After::Nothing);
+        };
+        if let Err(e) = self
+            .broker
+            .store
+            .inflight_put(self.client_id.as_str(), &stored)
+        {
+            tracing::error!(error = %e, "cannot store inflight state");
+        }
+        // After PUBREL the PUBLISH must never be re-sent, even after a crash.
+        Ok(After::FlushThenSend(Some(Box::new(pubrel))))
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is delivered.
@@ -282,9 +307,19 @@ impl Connection {
             return;
         }
         let persistent = st.is_persistent();
-        st.inflight.remove(pos);
+        let done = st.inflight.remove(pos);
         drop(st);
-        metrics::counter!("skein_messages_acked_total").increment(1);
+        if let Some(f) = done {
+            let m = &f.delivery.message;
+            raise::raise_message(&self.broker.events, &self.info, m, EventKind::MessageAcked, || {
+                EventBody::Acked {
+                    message: m.clone(),
+                    packet_id,
+                    qos: f.delivery.qos,
+                }
+            });
+        }
+        crate::metrics::message_acked();
         if persistent {
             if let Err(e) = self
                 .broker
@@ -296,7 +331,7 @@ impl Connection {
         }
     }
 
-    async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<After, Close> {
         let v5 = self.protocol.is_v5();
         let invalid = if v5 { rc::TOPIC_FILTER_INVALID } else { 0x80 };
         let subscription_id = s.properties.subscription_identifiers.first().copied();
@@ -309,6 +344,15 @@ impl Connection {
             };
             if group.is_some() && options.no_local {
                 return Err(Close::protocol("No Local on a shared subscription"));
+            }
+            let events_allowed = || {
+                let info = &self.info;
+                let allowed = &self.broker.config.events_subscribe_usernames;
+                access::may_subscribe(info.peer.ip(), info.username.as_deref(), allowed)
+            };
+            if access::is_event_filter(inner) && !events_allowed() {
+                codes.push(if v5 { rc::NOT_AUTHORIZED } else { 0x80 });
+                continue;
             }
             let at_limit = {
                 let st = self.session.state();
@@ -326,6 +370,13 @@ impl Connection {
                 subscription_id,
             };
             let existed = self.broker.subscribe(&self.session, filter, sub.clone());
+            raise::raise(&self.broker.events, &self.info, EventKind::SessionSubscribed, || {
+                EventBody::Subscribed {
+                    filter: filter.clone(),
+                    qos: options.qos,
+                    packet_id: s.packet_id,
+                }
+            });
             codes.push(options.qos as u8);
             let wants_retained = match options.retain_handling {
                 0 => true,
@@ -336,21 +387,29 @@ impl Connection {
                 retained.push((inner.to_owned(), sub));
             }
         }
-        if self.session.state().is_persistent() {
-            self.flush_storage().await?;
-        }
-        self.send(&Packet::SubAck(SubAck {
-            packet_id: s.packet_id,
-            reason_codes: codes,
-            properties: Properties::default(),
-        }));
+        // Retained messages are queued now but written by the next pump, after the SUBACK.
         for (filter, sub) in retained {
             self.broker.deliver_retained(&self.session, &filter, &sub);
         }
-        Ok(())
+        let suback = Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        });
+        Ok(self.after_durable(suback))
     }
 
-    async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+    /// Sends `ack` now, or after a storage flush when the session is persistent.
+    fn after_durable(&mut self, ack: Packet) -> After {
+        if self.session.state().is_persistent() {
+            After::FlushThenSend(Some(Box::new(ack)))
+        } else {
+            self.send(&ack);
+            After::Nothing
+        }
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<After, Close> {
         let codes = u
             .filters
             .iter()
@@ -358,21 +417,24 @@ impl Connection {
                 if topic::parse_subscription(filter).is_err() {
                     rc::TOPIC_FILTER_INVALID
                 } else if self.broker.unsubscribe(&self.session, filter) {
+                    raise::raise(&self.broker.events, &self.info, EventKind::SessionUnsubscribed, || {
+                        EventBody::Unsubscribed {
+                            filter: filter.clone(),
+                            packet_id: u.packet_id,
+                        }
+                    });
                     rc::SUCCESS
                 } else {
                     rc::NO_SUBSCRIPTION_EXISTED
                 }
             })
             .collect();
-        if self.session.state().is_persistent() {
-            self.flush_storage().await?;
-        }
-        self.send(&Packet::UnsubAck(UnsubAck {
+        let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reason_codes: codes,
             properties: Properties::default(),
-        }));
-        Ok(())
+        });
+        Ok(self.after_durable(unsuback))
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Close {
@@ -402,10 +464,16 @@ impl Connection {
     }
 }
 
-pub(super) fn qos_label(qos: QoS) -> &'static str {
-    match qos {
-        QoS::AtMostOnce => "0",
-        QoS::AtLeastOnce => "1",
-        QoS::ExactlyOnce => "2",
+/// PUBACK or PUBREC for an incoming PUBLISH; None for QoS 0.
+fn publish_ack(p: &Publish, code: u8) -> Option<Packet> {
+    let ack = Ack {
+        packet_id: p.packet_id,
+        reason: code,
+        properties: Properties::default(),
+    };
+    match p.qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => Some(Packet::PubAck(ack)),
+        QoS::ExactlyOnce => Some(Packet::PubRec(ack)),
     }
 }

@@ -28,6 +28,8 @@ pub use reason::{Close, DisconnectReason};
 /// Writes are flushed to the socket once this much is buffered, even mid-batch.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 const READ_CHUNK: usize = 4096;
+/// A write buffer larger than this is freed once it has been flushed.
+const IDLE_WRITE_CAPACITY: usize = 1024;
 /// How long, and how much input, a closing connection drains before it is dropped.
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_MAX_BYTES: usize = 64 * 1024;
@@ -52,12 +54,49 @@ impl Socket {
         }
     }
 
-    /// Reads more bytes; Ok(false) on end of stream.
+    /// Reads more bytes; Ok(false) on end of stream. Cancel-safe. The read buffer is only
+    /// grown once the socket is readable, so an idle connection holds no buffer.
     async fn fill(&mut self) -> std::io::Result<bool> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-            self.rbuf.reserve(READ_CHUNK);
+        loop {
+            self.reader.readable().await?;
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            match self.reader.try_read_buf(&mut self.rbuf) {
+                Ok(n) => {
+                    crate::metrics::bytes_received(n);
+                    return Ok(n > 0);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
         }
-        Ok(self.reader.read_buf(&mut self.rbuf).await? > 0)
+    }
+
+    /// Writes what the socket takes without waiting.
+    fn try_flush(&mut self) -> std::io::Result<()> {
+        while !self.wbuf.is_empty() {
+            match self.writer.try_write(&self.wbuf) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    crate::metrics::bytes_sent(n);
+                    self.wbuf.advance(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives idle buffers back to the allocator (memory per idle connection).
+    fn release_idle_buffers(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_WRITE_CAPACITY {
+            self.wbuf = BytesMut::new();
+        }
     }
 
     /// Flushes what is pending, half-closes, then reads and discards until the client closes
@@ -88,10 +127,7 @@ impl Socket {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
             self.wbuf.advance(n);
-        }
-        if self.wbuf.capacity() > 4 * WRITE_BATCH_BYTES {
-            // A burst grew the buffer; don't keep it for an idle connection.
-            self.wbuf = BytesMut::new();
+            crate::metrics::bytes_sent(n);
         }
         Ok(())
     }
@@ -136,38 +172,61 @@ pub async fn serve(
     let sockname = stream.local_addr().unwrap_or(peer);
     async move {
         let socket = Socket::new(stream);
-        let Some(mut conn) = handshake::accept(
+        // Boxed, like `finish` below: the handshake's state is freed once it is done.
+        let Some(mut conn) = Box::pin(handshake::accept(
             broker,
             socket,
             connection_id,
             (peer, sockname),
             permit.is_some(),
-        )
+        ))
         .await
         else {
             return;
         };
         tracing::Span::current().record("client_id", conn.client_id.as_str());
-        let (session, id, epoch) = (conn.session.clone(), conn.id, conn.epoch);
-        let broker = conn.broker.clone();
-        // Its own task, so that a bug that panics still leaves the session detached (and
-        // its will published) instead of "online" forever.
-        let task = tokio::spawn(
-            async move {
-                let close = conn.run().await;
-                conn.finish(close).await;
-            }
-            .in_current_span(),
-        );
-        if let Err(e) = task.await {
-            tracing::error!(error = %e, "connection task failed");
-            let close = Close::internal("internal error");
-            handshake::detach(&broker, &session, id, epoch, &close, false).await;
-        }
+        let _connected = crate::metrics::ConnectionGauge::new(conn.protocol);
+        let guard = DetachOnPanic {
+            broker: conn.broker.clone(),
+            session: conn.session.clone(),
+            connection_id: conn.id,
+            epoch: conn.epoch,
+        };
+        let close = conn.run().await;
+        // Boxed: the closing path's state is only allocated when it runs, keeping the
+        // connection task small while it idles in `run`.
+        Box::pin(conn.finish(close)).await;
+        drop(guard);
         drop(permit);
     }
     .instrument(span)
     .await
+}
+
+/// Detaches the session if the connection task unwinds from a panic, so a bug never
+/// leaves a session "online" forever with its will unpublished. Does nothing on a normal end.
+struct DetachOnPanic {
+    broker: Arc<Broker>,
+    session: Arc<Session>,
+    connection_id: u64,
+    epoch: u64,
+}
+
+impl Drop for DetachOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        tracing::error!(connection = self.connection_id, "connection task panicked");
+        let (broker, session) = (self.broker.clone(), self.session.clone());
+        let (id, epoch) = (self.connection_id, self.epoch);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let close = Close::internal("internal error");
+                handshake::detach(&broker, &session, id, epoch, &close, false).await;
+            });
+        }
+    }
 }
 
 impl Connection {
@@ -188,12 +247,16 @@ impl Connection {
             match self.pump() {
                 Err(close) => return close,
                 Ok(true) => {
-                    if let Err(e) = self.broker.store.flush().await {
+                    if let Err(e) = self.broker.flush_storage().await {
                         tracing::error!(error = %e, "storage flush failed");
                         return Close::internal("storage failure");
                     }
                 }
                 Ok(false) => {}
+            }
+            // Most writes complete at once; only a full socket buffer needs the select below.
+            if let Err(e) = self.socket.try_flush() {
+                return Close::silent(DisconnectReason::TcpClosed, format!("write failed: {e}"));
             }
             if !self.socket.wbuf.is_empty() {
                 // A client that stops reading still gets its keepalive enforced.
@@ -213,6 +276,7 @@ impl Connection {
                     );
                 }
             }
+            self.socket.release_idle_buffers();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return go_away(),
@@ -247,11 +311,16 @@ impl Connection {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    metrics::counter!("skein_packet_decode_errors_total").increment(1);
+                    crate::metrics::packet_decode_error();
                     return Err(Close::with_code(e.reason_code(), e.to_string()));
                 }
             };
-            self.handle(packet).await?;
+            if let inbound::After::FlushThenSend(ack) = self.handle(packet)? {
+                self.flush_storage().await?;
+                if let Some(ack) = ack {
+                    self.send(&ack);
+                }
+            }
             if self.socket.wbuf.len() >= WRITE_BATCH_BYTES {
                 self.socket.flush().await.map_err(|e| {
                     Close::silent(DisconnectReason::TcpClosed, format!("write failed: {e}"))
@@ -277,8 +346,8 @@ impl Connection {
         } else {
             tracing::debug!(reason = close.reason.as_str(), detail = %close.detail, "connection closed");
         }
-        metrics::counter!("skein_disconnects_total", "reason" => close.reason.as_str())
-            .increment(1);
+        crate::metrics::disconnected(close.reason.as_str());
+        crate::events::raise::disconnected(&self.broker, &self.info, &close);
         if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
             let mut packet = Packet::Disconnect(Disconnect {
                 reason: code,
@@ -350,3 +419,4 @@ fn kicked(kick: Option<Kick>) -> Close {
         ),
     }
 }
+

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use skein_storage::StoredInflight;
 
-use super::{inbound::qos_label, Close, Connection};
-use crate::codec::{self, Ack, Packet, Publish, QoS};
-use crate::message::now_ms;
+use super::{Close, Connection};
+use crate::codec::{Ack, Packet, Properties, PublishRef, QoS};
+use crate::events::{raise, EventBody, EventKind};
+use crate::message::{now_ms, Message};
 use crate::session::{to_stored_delivery, Delivery, Inflight, InflightState, Queued};
 
 impl Connection {
@@ -47,19 +48,16 @@ impl Connection {
             }
             match f.state {
                 InflightState::Sent => {
-                    match self.build_publish(&f.delivery, f.packet_id, true, now) {
-                        Some(p) => self.send(&Packet::Publish(p)),
-                        None => {
-                            // Too big for this connection's Maximum Packet Size: discarded.
-                            if persistent {
-                                self.storage_result(
-                                    self.broker
-                                        .store
-                                        .inflight_remove(self.client_id.as_str(), f.packet_id),
-                                );
-                            }
-                            continue;
+                    if !self.write_publish(&f.delivery, f.packet_id, true, now) {
+                        // Too big for this connection's Maximum Packet Size: discarded.
+                        if persistent {
+                            self.storage_result(
+                                self.broker
+                                    .store
+                                    .inflight_remove(self.client_id.as_str(), f.packet_id),
+                            );
                         }
+                        continue;
                     }
                 }
                 InflightState::Released => self.send(&Packet::PubRel(Ack::new(f.packet_id))),
@@ -97,8 +95,8 @@ impl Connection {
             let Some(q) = st.queue.pop_front() else { break };
             let stored = persistent && q.delivery.qos != QoS::AtMostOnce;
             if q.delivery.message.is_expired(now) {
-                metrics::counter!("skein_messages_dropped_total", "reason" => "expired")
-                    .increment(1);
+                crate::metrics::message_dropped("expired");
+                self.raise_dropped(&q.delivery.message, "expired");
                 if stored {
                     self.storage_result(
                         self.broker
@@ -119,10 +117,11 @@ impl Connection {
                     }
                 }
             };
-            let Some(publish) = self.build_publish(&q.delivery, packet_id, false, now) else {
+            let q_qos = q.delivery.qos;
+            if !self.write_publish(&q.delivery, packet_id, false, now) {
                 // Too big for the client: discarded as if delivered (MQTT-3.1.2-25).
-                metrics::counter!("skein_messages_dropped_total", "reason" => "too_large_for_client")
-                    .increment(1);
+                crate::metrics::message_dropped("too_large_for_client");
+                self.raise_dropped(&q.delivery.message, "too_large_for_client");
                 if stored {
                     self.storage_result(
                         self.broker
@@ -131,7 +130,15 @@ impl Connection {
                     );
                 }
                 continue;
-            };
+            }
+            let m = &q.delivery.message;
+            raise::raise_message(&self.broker.events, &self.info, m, EventKind::MessageDelivered, || {
+                EventBody::Delivered {
+                    message: m.clone(),
+                    packet_id,
+                    qos: q_qos,
+                }
+            });
             if q.delivery.qos != QoS::AtMostOnce {
                 if stored {
                     let record = StoredInflight {
@@ -159,11 +166,19 @@ impl Connection {
                     state: InflightState::Sent,
                 });
             }
-            metrics::counter!("skein_messages_sent_total", "qos" => qos_label(publish.qos))
-                .increment(1);
-            self.send(&Packet::Publish(publish));
+            crate::metrics::message_sent(q_qos);
         }
         Ok(wrote_storage)
+    }
+
+    /// `message.dropped` for a message on its way to this connection's client.
+    fn raise_dropped(&self, m: &Arc<Message>, reason: &'static str) {
+        raise::raise_message(&self.broker.events, &self.info, m, EventKind::MessageDropped, || {
+            EventBody::Dropped {
+                message: m.clone(),
+                reason,
+            }
+        });
     }
 
     pub(super) fn storage_result(&self, r: skein_storage::Result<()>) {
@@ -172,50 +187,63 @@ impl Connection {
         }
     }
 
-    /// The PUBLISH for `delivery`, or None if it exceeds the client's Maximum Packet Size.
-    fn build_publish(
-        &mut self,
-        d: &Delivery,
-        packet_id: u16,
-        dup: bool,
-        now: u64,
-    ) -> Option<Publish> {
+    /// Writes the PUBLISH of `delivery` into the write buffer; false (nothing written) if it
+    /// exceeds the client's Maximum Packet Size.
+    fn write_publish(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: u64) -> bool {
         let v5 = self.protocol.is_v5();
-        let mut publish = Publish {
-            dup,
-            qos: d.qos,
-            retain: d.retain,
-            topic: d.message.topic.to_string(),
-            packet_id,
-            payload: d.message.payload.clone(),
-            properties: if v5 {
-                d.message.publish_properties(now, &d.subscription_ids)
-            } else {
-                Default::default()
-            },
-        };
-        if self.client_max_packet_size != usize::MAX {
-            // Checked with the full topic, before an alias is registered for a message
-            // that may never be sent.
-            let len = codec::encoded_len(&Packet::Publish(publish.clone()), self.protocol);
-            if len > self.client_max_packet_size {
-                return None;
+        let m = &d.message;
+        let mut properties = (v5 && (m.has_properties() || !d.subscription_ids.is_empty()))
+            .then(|| m.publish_properties(now, &d.subscription_ids));
+        // Checked with the full topic, before an alias is registered for a message that
+        // may never be sent.
+        if publish_ref(d, packet_id, dup, &m.topic, properties.as_ref()).encoded_len(self.protocol)
+            > self.client_max_packet_size
+        {
+            return false;
+        }
+        let mut topic: &str = &m.topic;
+        if v5 && self.client_topic_alias_max > 0 {
+            if let Some((alias, known)) = self.alias_for(&m.topic) {
+                properties.get_or_insert_with(Default::default).topic_alias = Some(alias);
+                if known {
+                    topic = "";
+                }
             }
         }
-        if v5 && self.client_topic_alias_max > 0 {
-            self.apply_alias(&mut publish, &d.message.topic);
-        }
-        Some(publish)
+        publish_ref(d, packet_id, dup, topic, properties.as_ref())
+            .encode(self.protocol, &mut self.socket.wbuf);
+        true
     }
 
-    fn apply_alias(&mut self, publish: &mut Publish, topic: &Arc<str>) {
+    /// The outgoing alias for `topic` and whether the client already knows it; None when
+    /// all aliases the client allows are taken.
+    fn alias_for(&mut self, topic: &Arc<str>) -> Option<(u16, bool)> {
         if let Some(&alias) = self.aliases_out.get(topic) {
-            publish.topic.clear();
-            publish.properties.topic_alias = Some(alias);
-        } else if self.aliases_out.len() < self.client_topic_alias_max as usize {
-            let alias = self.aliases_out.len() as u16 + 1;
-            self.aliases_out.insert(topic.clone(), alias);
-            publish.properties.topic_alias = Some(alias);
+            return Some((alias, true));
         }
+        if self.aliases_out.len() >= self.client_topic_alias_max as usize {
+            return None;
+        }
+        let alias = self.aliases_out.len() as u16 + 1;
+        self.aliases_out.insert(topic.clone(), alias);
+        Some((alias, false))
+    }
+}
+
+fn publish_ref<'a>(
+    d: &'a Delivery,
+    packet_id: u16,
+    dup: bool,
+    topic: &'a str,
+    properties: Option<&'a Properties>,
+) -> PublishRef<'a> {
+    PublishRef {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic,
+        packet_id,
+        payload: &d.message.payload,
+        properties,
     }
 }

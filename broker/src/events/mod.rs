@@ -2,7 +2,14 @@
 //! bounded queue per dialect. Raising never blocks: a full queue drops the event for that
 //! dialect and counts it in `skein_events_dropped_total`.
 
+pub mod access;
+pub mod dollar_event;
+pub mod dollar_events;
 pub mod model;
+pub mod mqtt_out;
+pub mod presence;
+pub mod raise;
+pub mod setup;
 
 use std::sync::Arc;
 
@@ -68,11 +75,11 @@ impl EventBus {
             match sink.tx.try_send(event.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    metrics::counter!("skein_events_dropped_total", "dialect" => sink.dialect, "reason" => "queue_full")
+                    metrics::counter!(crate::metrics::EVENTS_DROPPED, "dialect" => sink.dialect, "reason" => "queue_full")
                         .increment(1);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
-                    metrics::counter!("skein_events_dropped_total", "dialect" => sink.dialect, "reason" => "closed")
+                    metrics::counter!(crate::metrics::EVENTS_DROPPED, "dialect" => sink.dialect, "reason" => "closed")
                         .increment(1);
                 }
             }

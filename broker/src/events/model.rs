@@ -57,6 +57,47 @@ pub struct ClientInfo {
     pub will: Option<WillInfo>,
 }
 
+impl ClientInfo {
+    /// A client known only by its id, e.g. an offline session restored after a restart:
+    /// addresses are the unspecified placeholder (see [`ClientInfo::peer_known`]).
+    pub fn unknown(client_id: ClientId, protocol: ProtocolVersion) -> ClientInfo {
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+        ClientInfo {
+            client_id,
+            username: None,
+            peer: nowhere,
+            sockname: nowhere,
+            protocol,
+            transport: Transport::Tcp,
+            keepalive: 0,
+            clean_start: true,
+            connected_at_ms: 0,
+            will: None,
+        }
+    }
+
+    /// A socket that never sent a valid CONNECT: only its addresses are known.
+    pub fn before_connect(
+        peer: SocketAddr,
+        sockname: SocketAddr,
+        protocol: ProtocolVersion,
+        now_ms: u64,
+    ) -> ClientInfo {
+        ClientInfo {
+            peer,
+            sockname,
+            connected_at_ms: now_ms,
+            ..ClientInfo::unknown(ClientId::new(""), protocol)
+        }
+    }
+
+    /// False for the placeholder addresses of [`ClientInfo::unknown`] (a TCP peer never
+    /// has port 0), so renderers can say "unknown" instead of a fake address.
+    pub fn peer_known(&self) -> bool {
+        self.peer.port() != 0
+    }
+}
+
 /// The canonical event kinds of EVENTS.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {

@@ -1,0 +1,89 @@
+//! The HTTP admin API under `/api/v1`: clients (list, detail, kick), subscriptions,
+//! retained messages, and publishing as the broker. JSON in and out; every error is a
+//! JSON body `{"error": ...}` with a meaningful status (see [`ApiError`]).
+//!
+//! The API sees this node only: the sessions it holds and the retained messages it stores.
+//! With `api_token` set, every route here wants `Authorization: Bearer <token>`
+//! ([`protect`]); the probes and `/metrics` live in other routers and stay open.
+
+mod auth;
+mod clients;
+mod params;
+mod publish;
+mod retained;
+mod subscriptions;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::broker::Broker;
+
+pub use auth::protect;
+
+/// The admin routes, guarded by `token` when it is set and not empty. No fallback: the
+/// router is merged by [`super::compose`].
+pub fn router(broker: Arc<Broker>, token: Option<String>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/clients", get(clients::list))
+        .route(
+            "/api/v1/clients/{id}",
+            get(clients::detail).delete(clients::kick),
+        )
+        .route("/api/v1/subscriptions", get(subscriptions::list))
+        .route("/api/v1/topics/retained", get(retained::list))
+        .route("/api/v1/publish", post(publish::publish))
+        .with_state(broker);
+    protect(api, token)
+}
+
+/// Why an admin request failed; rendered as `{"error": message}` with the status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A bad query parameter, path segment or body.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The body could not be read (too large, say): the extractor's own status.
+    #[error("{1}")]
+    Body(StatusCode, String),
+    #[error("storage failure")]
+    Storage(#[source] skein_storage::StorageError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Body(status, _) => *status,
+            ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Storage(e) = &self {
+            // The cause is for the operator's log, not for the HTTP client.
+            tracing::error!(error = %e, "admin API: storage failure");
+        }
+        let mut response = super::error(self.status(), &self.to_string());
+        if matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"skein\""),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,574 @@
+//! Prometheus metrics: every metric name, its help text and unit, the recorder, and
+//! `GET /metrics`.
+//!
+//! Counters on the message path are bumped through the functions below, which use keys
+//! built at compile time: counting a message costs a registry lookup and an atomic add,
+//! never an allocation. Gauges that are sums over sessions (online/offline sessions,
+//! subscriptions, queued and in-flight messages, retained messages, event queue depths)
+//! are computed from broker state when Prometheus scrapes, so the hot path never
+//! maintains them.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics::{Key, Label, Level, Metadata, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::broker::Broker;
+use crate::codec::{ProtocolVersion, QoS};
+
+// Connections and sessions.
+/// Gauge {protocol}: open MQTT connections past a successful CONNECT.
+pub const CONNECTIONS: &str = "skein_connections";
+/// Counter {protocol}: successful CONNECTs.
+pub const CONNECTS: &str = "skein_connects_total";
+/// Counter {reason}: connections refused before a session was attached.
+pub const CONNECTS_REFUSED: &str = "skein_connects_refused_total";
+/// Counter {reason}: connections ended after a successful CONNECT.
+pub const DISCONNECTS: &str = "skein_disconnects_total";
+/// Gauge {state="online"|"offline"}: sessions on this node.
+pub const SESSIONS: &str = "skein_sessions";
+/// Gauge: subscriptions of all sessions on this node.
+pub const SUBSCRIPTIONS: &str = "skein_subscriptions";
+/// Gauge: retained messages.
+pub const RETAINED_MESSAGES: &str = "skein_retained_messages";
+
+// Messages and bytes.
+/// Counter {qos}: PUBLISH packets received from clients.
+pub const MESSAGES_RECEIVED: &str = "skein_messages_received_total";
+/// Counter {qos}: PUBLISH packets sent to clients.
+pub const MESSAGES_SENT: &str = "skein_messages_sent_total";
+/// Counter: QoS 1/2 deliveries acknowledged by the subscriber.
+pub const MESSAGES_ACKED: &str = "skein_messages_acked_total";
+/// Counter {reason}: messages dropped instead of delivered.
+pub const MESSAGES_DROPPED: &str = "skein_messages_dropped_total";
+/// Gauge: QoS 1/2 messages sent and not yet acknowledged, over all sessions.
+pub const INFLIGHT_MESSAGES: &str = "skein_inflight_messages";
+/// Gauge: messages waiting in session queues, over all sessions.
+pub const QUEUED_MESSAGES: &str = "skein_queued_messages";
+/// Counter: bytes read from MQTT sockets.
+pub const BYTES_RECEIVED: &str = "skein_bytes_received_total";
+/// Counter: bytes written to MQTT sockets.
+pub const BYTES_SENT: &str = "skein_bytes_sent_total";
+/// Counter: packets that failed to decode (the connection is closed).
+pub const PACKET_DECODE_ERRORS: &str = "skein_packet_decode_errors_total";
+
+// Events and their dialects.
+/// Gauge {dialect}: events waiting in a dialect's queue.
+pub const EVENT_QUEUE_DEPTH: &str = "skein_event_queue_depth";
+/// Counter {dialect, reason}: events a dialect did not get.
+pub const EVENTS_DROPPED: &str = "skein_events_dropped_total";
+/// Counter {outcome}: webhook deliveries (recorded by the webhook dialect).
+pub const WEBHOOK_REQUESTS: &str = "skein_webhook_requests_total";
+/// Histogram: webhook request latency (recorded by the webhook dialect).
+pub const WEBHOOK_REQUEST_DURATION: &str = "skein_webhook_request_duration_seconds";
+
+// Storage.
+/// Histogram: time to flush storage to disk.
+pub const STORAGE_FLUSH_DURATION: &str = "skein_storage_flush_duration_seconds";
+
+// Cluster (Raft): constants go here, with their rows in `CLUSTER` below.
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// A metric's name, kind, unit, label names and HELP text.
+#[derive(Debug, Clone, Copy)]
+pub struct Desc {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+const fn desc(
+    name: &'static str,
+    kind: Kind,
+    unit: Unit,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> Desc {
+    Desc {
+        name,
+        kind,
+        unit,
+        labels,
+        help,
+    }
+}
+
+use Kind::{Counter, Gauge, Histogram};
+
+const CONNECTIONS_AND_SESSIONS: &[Desc] = &[
+    desc(
+        CONNECTIONS,
+        Gauge,
+        Unit::Count,
+        &["protocol"],
+        "Open MQTT connections past a successful CONNECT, by protocol level (3, 4, 5).",
+    ),
+    desc(
+        CONNECTS,
+        Counter,
+        Unit::Count,
+        &["protocol"],
+        "Successful CONNECTs, by protocol level (3, 4, 5).",
+    ),
+    desc(
+        CONNECTS_REFUSED,
+        Counter,
+        Unit::Count,
+        &["reason"],
+        "Connections refused before a session was attached, by reason.",
+    ),
+    desc(
+        DISCONNECTS,
+        Counter,
+        Unit::Count,
+        &["reason"],
+        "Connections ended after a successful CONNECT, by reason.",
+    ),
+    desc(
+        SESSIONS,
+        Gauge,
+        Unit::Count,
+        &["state"],
+        "Sessions on this node, online (a connection attached) or offline (persistent, waiting).",
+    ),
+    desc(
+        SUBSCRIPTIONS,
+        Gauge,
+        Unit::Count,
+        &[],
+        "Subscriptions of all sessions on this node.",
+    ),
+    desc(
+        RETAINED_MESSAGES,
+        Gauge,
+        Unit::Count,
+        &[],
+        "Retained messages stored on this node.",
+    ),
+];
+
+const MESSAGES: &[Desc] = &[
+    desc(
+        MESSAGES_RECEIVED,
+        Counter,
+        Unit::Count,
+        &["qos"],
+        "PUBLISH packets received from clients, by QoS.",
+    ),
+    desc(
+        MESSAGES_SENT,
+        Counter,
+        Unit::Count,
+        &["qos"],
+        "PUBLISH packets sent to clients, by QoS.",
+    ),
+    desc(
+        MESSAGES_ACKED,
+        Counter,
+        Unit::Count,
+        &[],
+        "QoS 1/2 deliveries acknowledged by the subscriber.",
+    ),
+    desc(
+        MESSAGES_DROPPED,
+        Counter,
+        Unit::Count,
+        &["reason"],
+        "Messages dropped instead of delivered, by reason.",
+    ),
+    desc(
+        INFLIGHT_MESSAGES,
+        Gauge,
+        Unit::Count,
+        &[],
+        "QoS 1/2 messages sent to clients and not yet acknowledged.",
+    ),
+    desc(
+        QUEUED_MESSAGES,
+        Gauge,
+        Unit::Count,
+        &[],
+        "Messages waiting in session queues.",
+    ),
+    desc(
+        BYTES_RECEIVED,
+        Counter,
+        Unit::Bytes,
+        &[],
+        "Bytes read from MQTT sockets.",
+    ),
+    desc(
+        BYTES_SENT,
+        Counter,
+        Unit::Bytes,
+        &[],
+        "Bytes written to MQTT sockets.",
+    ),
+    desc(
+        PACKET_DECODE_ERRORS,
+        Counter,
+        Unit::Count,
+        &[],
+        "MQTT packets that failed to decode; the connection is closed.",
+    ),
+];
+
+const EVENTS: &[Desc] = &[
+    desc(
+        EVENT_QUEUE_DEPTH,
+        Gauge,
+        Unit::Count,
+        &["dialect"],
+        "Events waiting in a dialect's queue.",
+    ),
+    desc(
+        EVENTS_DROPPED,
+        Counter,
+        Unit::Count,
+        &["dialect", "reason"],
+        "Events a dialect did not get (its queue was full or closed).",
+    ),
+    desc(
+        WEBHOOK_REQUESTS,
+        Counter,
+        Unit::Count,
+        &["outcome"],
+        "Webhook deliveries, by outcome.",
+    ),
+    desc(
+        WEBHOOK_REQUEST_DURATION,
+        Histogram,
+        Unit::Seconds,
+        &[],
+        "Webhook request latency.",
+    ),
+];
+
+const STORAGE: &[Desc] = &[desc(
+    STORAGE_FLUSH_DURATION,
+    Histogram,
+    Unit::Seconds,
+    &[],
+    "Time to flush storage to disk (before acknowledging stored messages, and at shutdown).",
+)];
+
+/// Raft metrics of the cluster (leader changes, terms, log indexes, RPC latencies): their
+/// rows go here, e.g. `skein_raft_leader_changes_total`.
+const CLUSTER: &[Desc] = &[];
+
+/// Every metric this node exports.
+pub const ALL: &[&[Desc]] = &[CONNECTIONS_AND_SESSIONS, MESSAGES, EVENTS, STORAGE, CLUSTER];
+
+/// Every metric, flattened.
+pub fn descriptions() -> impl Iterator<Item = &'static Desc> {
+    ALL.iter().flat_map(|group| group.iter())
+}
+
+/// Histogram buckets in seconds: from sub-millisecond disk flushes to slow web servers.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often histogram samples are folded in when nobody scrapes, so they don't pile up.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Installs the Prometheus recorder for this process and describes every metric. Only the
+/// first call installs; later ones (a second node in one process, unit tests) get the same
+/// handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            match metrics::set_global_recorder(recorder) {
+                Ok(()) => {
+                    describe();
+                    preregister();
+                    spawn_upkeep(handle.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "another metrics recorder is installed: /metrics will be empty")
+                }
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Sends every HELP text and unit to the current recorder.
+pub fn describe() {
+    for d in descriptions() {
+        match d.kind {
+            Kind::Counter => metrics::describe_counter!(d.name, d.unit, d.help),
+            Kind::Gauge => metrics::describe_gauge!(d.name, d.unit, d.help),
+            Kind::Histogram => metrics::describe_histogram!(d.name, d.unit, d.help),
+        }
+    }
+}
+
+/// Creates the series a dashboard expects to see at zero before the first event.
+fn preregister() {
+    for key in RECEIVED.iter().chain(&SENT).chain([&ACKED, &DECODE_ERRORS]) {
+        counter(key).absolute(0);
+    }
+    for key in [&BYTES_IN, &BYTES_OUT] {
+        counter(key).absolute(0);
+    }
+    for key in &CONNECTED {
+        metrics::with_recorder(|r| r.register_gauge(key, &METADATA)).set(0.0);
+    }
+}
+
+/// A thread rather than a task: it must outlive any one runtime (tests start several).
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+    }
+}
+
+// Hot-path recording: compile-time keys, no allocation.
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// Keys of `name` with one label `label` taking each of `values`, in that order.
+macro_rules! keys {
+    ($name:expr, $label:literal, [$($value:literal),+ $(,)?]) => {
+        [$(Key::from_static_parts($name, {
+            static LABELS: [Label; 1] = [Label::from_static_parts($label, $value)];
+            &LABELS
+        })),+]
+    };
+}
+
+static RECEIVED: [Key; 3] = keys!(MESSAGES_RECEIVED, "qos", ["0", "1", "2"]);
+static SENT: [Key; 3] = keys!(MESSAGES_SENT, "qos", ["0", "1", "2"]);
+static ACKED: Key = Key::from_static_name(MESSAGES_ACKED);
+static DECODE_ERRORS: Key = Key::from_static_name(PACKET_DECODE_ERRORS);
+static BYTES_IN: Key = Key::from_static_name(BYTES_RECEIVED);
+static BYTES_OUT: Key = Key::from_static_name(BYTES_SENT);
+static CONNECTED: [Key; 3] = keys!(CONNECTIONS, "protocol", ["3", "4", "5"]);
+static CONNECTS_BY_PROTOCOL: [Key; 3] = keys!(CONNECTS, "protocol", ["3", "4", "5"]);
+/// Every drop reason the broker uses; another one still counts, with an allocation.
+static DROPPED: [Key; 6] = keys!(
+    MESSAGES_DROPPED,
+    "reason",
+    [
+        "no_subscribers",
+        "queue_full",
+        "qos0_offline",
+        "expired",
+        "storage_error",
+        "too_large_for_client",
+    ]
+);
+
+fn counter(key: &Key) -> metrics::Counter {
+    metrics::with_recorder(|r| r.register_counter(key, &METADATA))
+}
+
+fn qos_index(qos: QoS) -> usize {
+    match qos {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+fn protocol_index(protocol: ProtocolVersion) -> usize {
+    match protocol {
+        ProtocolVersion::V31 => 0,
+        ProtocolVersion::V311 => 1,
+        ProtocolVersion::V5 => 2,
+    }
+}
+
+/// A PUBLISH came in from a client.
+pub fn message_received(qos: QoS) {
+    counter(&RECEIVED[qos_index(qos)]).increment(1);
+}
+
+/// A PUBLISH went out to a client.
+pub fn message_sent(qos: QoS) {
+    counter(&SENT[qos_index(qos)]).increment(1);
+}
+
+/// A subscriber acknowledged a QoS 1/2 delivery.
+pub fn message_acked() {
+    counter(&ACKED).increment(1);
+}
+
+/// A message was dropped for `reason` (e.g. `DropReason::as_str()`).
+pub fn message_dropped(reason: &'static str) {
+    let known = DROPPED
+        .iter()
+        .find(|k| k.labels().next().is_some_and(|l| l.value() == reason));
+    match known {
+        Some(key) => counter(key).increment(1),
+        None => metrics::counter!(MESSAGES_DROPPED, "reason" => reason).increment(1),
+    }
+}
+
+/// Bytes read from an MQTT socket.
+pub fn bytes_received(n: usize) {
+    counter(&BYTES_IN).increment(n as u64);
+}
+
+/// Bytes written to an MQTT socket.
+pub fn bytes_sent(n: usize) {
+    counter(&BYTES_OUT).increment(n as u64);
+}
+
+/// A packet failed to decode.
+pub fn packet_decode_error() {
+    counter(&DECODE_ERRORS).increment(1);
+}
+
+/// A CONNECT succeeded (counted once; see [`ConnectionGauge`] for the open connections).
+pub fn connect_accepted(protocol: ProtocolVersion) {
+    counter(&CONNECTS_BY_PROTOCOL[protocol_index(protocol)]).increment(1);
+}
+
+/// A connection was refused before a session was attached.
+pub fn connect_refused(reason: &'static str) {
+    metrics::counter!(CONNECTS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// A connection past CONNECT ended.
+pub fn disconnected(reason: &'static str) {
+    metrics::counter!(DISCONNECTS, "reason" => reason).increment(1);
+}
+
+/// Counts one open connection in [`CONNECTIONS`] for as long as it lives: a guard, so that
+/// a connection task that panics is still subtracted.
+pub struct ConnectionGauge(usize);
+
+impl ConnectionGauge {
+    pub fn new(protocol: ProtocolVersion) -> ConnectionGauge {
+        let i = protocol_index(protocol);
+        gauge(&CONNECTED[i]).increment(1.0);
+        ConnectionGauge(i)
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        gauge(&CONNECTED[self.0]).decrement(1.0);
+    }
+}
+
+fn gauge(key: &Key) -> metrics::Gauge {
+    metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
+}
+
+/// Observes one storage flush.
+pub fn storage_flushed(elapsed: Duration) {
+    metrics::histogram!(STORAGE_FLUSH_DURATION).record(elapsed.as_secs_f64());
+}
+
+// Scrape-time gauges.
+
+/// Sums over the sessions of this node, taken when Prometheus scrapes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTotals {
+    pub online: usize,
+    pub offline: usize,
+    pub subscriptions: usize,
+    pub inflight: usize,
+    pub queued: usize,
+}
+
+/// Walks the session registry. Each session is locked briefly, one at a time; the
+/// registry itself is only held to copy the list.
+pub fn session_totals(broker: &Broker) -> SessionTotals {
+    let mut t = SessionTotals::default();
+    for session in broker.sessions_snapshot() {
+        let st = session.state();
+        if st.removed {
+            continue;
+        }
+        if st.is_online() {
+            t.online += 1;
+        } else {
+            t.offline += 1;
+        }
+        t.subscriptions += st.subscriptions.len();
+        t.inflight += st.inflight.len();
+        t.queued += st.queue.len();
+    }
+    t
+}
+
+/// Sets the gauges that are computed from broker state.
+pub fn record_state(broker: &Broker) {
+    let t = session_totals(broker);
+    metrics::gauge!(SESSIONS, "state" => "online").set(t.online as f64);
+    metrics::gauge!(SESSIONS, "state" => "offline").set(t.offline as f64);
+    metrics::gauge!(SUBSCRIPTIONS).set(t.subscriptions as f64);
+    metrics::gauge!(INFLIGHT_MESSAGES).set(t.inflight as f64);
+    metrics::gauge!(QUEUED_MESSAGES).set(t.queued as f64);
+    metrics::gauge!(RETAINED_MESSAGES).set(broker.retained.len() as f64);
+    for (dialect, depth) in broker.events.queue_depths() {
+        metrics::gauge!(EVENT_QUEUE_DEPTH, "dialect" => dialect).set(depth as f64);
+    }
+}
+
+// HTTP.
+
+#[derive(Clone)]
+struct MetricsState {
+    handle: PrometheusHandle,
+    broker: Arc<Broker>,
+}
+
+/// `GET /metrics` in the Prometheus text format, without a fallback (see
+/// [`crate::http::compose`]).
+pub fn router(handle: PrometheusHandle, broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(MetricsState { handle, broker })
+}
+
+#[tracing::instrument(skip_all)]
+async fn scrape(State(state): State<MetricsState>) -> Response {
+    record_state(&state.broker);
+    let body = state.handle.render();
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    // Every scrape must see current values.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+#[path = "metrics_tests.rs"]
+mod tests;
