@@ -279,8 +279,20 @@ impl Broker {
     }
 
     pub fn persist_session_locked(&self, session: &Session, st: &crate::session::SessionState) {
+        session.mark_stored();
         if let Err(e) = self.store.put_session(&st.to_stored(&session.client_id)) {
             tracing::error!(client_id = %session.client_id, error = %e, "cannot persist session");
+        }
+    }
+
+    /// Deletes the session's stored state, if it ever had any: clean sessions, the common
+    /// case, never touch storage.
+    pub fn forget_stored_session(&self, session: &Session) {
+        if !session.take_stored() {
+            return;
+        }
+        if let Err(e) = self.store.delete_session(session.client_id.as_str()) {
+            tracing::error!(client_id = %session.client_id, error = %e, "cannot delete stored session");
         }
     }
 
@@ -307,9 +319,7 @@ impl Broker {
                 reg.remove(&session.client_id);
             }
         }
-        if let Err(e) = self.store.delete_session(session.client_id.as_str()) {
-            tracing::error!(client_id = %session.client_id, error = %e, "cannot delete stored session");
-        }
+        self.forget_stored_session(session);
     }
 
     /// Clean Start on an existing session: drops its subscriptions, queue and stored state
@@ -324,9 +334,7 @@ impl Broker {
         for f in filters {
             self.unindex_subscription(session, &f);
         }
-        if let Err(e) = self.store.delete_session(session.client_id.as_str()) {
-            tracing::error!(client_id = %session.client_id, error = %e, "cannot delete stored session");
-        }
+        self.forget_stored_session(session);
     }
 
     /// Publishes the offline session's will after `delay_ms` unless it reconnects first.
@@ -475,7 +483,9 @@ impl Broker {
             let qos = delivery.qos;
             match session.enqueue(delivery, self.config.max_queued_messages, &self.store, now) {
                 EnqueueOutcome::Queued => {}
-                EnqueueOutcome::QueuedOffline => raise::offline(&self.events, &session, &message, qos),
+                EnqueueOutcome::QueuedOffline => {
+                    raise::offline(&self.events, &session, &message, qos)
+                }
                 EnqueueOutcome::Stored => {
                     outcome.needs_flush = true;
                     raise::offline(&self.events, &session, &message, qos);

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::events::{dollar_event, dollar_events, EventKind, KindSet};
+
 /// Prefix of every environment variable the broker reads.
 pub const ENV_PREFIX: &str = "SKEIN_";
 
@@ -75,8 +77,49 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// `tracing-subscriber` `EnvFilter` directive; `RUST_LOG` takes precedence over it.
     pub log: String,
+    /// Whether the `$events/...` event topics are published.
+    pub events_dollar_events: bool,
+    /// The canonical event kinds published on `$events/...`.
+    pub events_dollar_events_kinds: KindSet,
+    /// Whether the `$EVENT.*` event topics are published.
+    pub events_dollar_event: bool,
+    /// The canonical event kinds published on `$EVENT.*`.
+    pub events_dollar_event_kinds: KindSet,
+    /// Presence topic template (`{clientid}`, `{username}`, `{node}`); empty: off.
+    pub events_presence_topic: String,
+    /// Whether presence messages are retained.
+    pub events_presence_retain: bool,
+    /// Bound on each event dialect's queue; what overflows is dropped and counted.
+    pub events_queue_capacity: usize,
+    /// Usernames that may subscribe to event topics besides clients on loopback.
+    pub events_subscribe_usernames: Vec<String>,
+    /// QoS of the event messages the node publishes.
+    pub events_qos: u8,
     /// Bearer token the HTTP admin API (`/api/v1/...`) requires; empty: no authentication.
     pub api_token: Secret,
+    /// Webhook URLs (`http://` only), comma-separated; empty: the webhook is off.
+    pub webhook_urls: String,
+    /// Webhook rules as a JSON array (`[{"action": "on_message_publish", "topic": "foo/#"}]`);
+    /// empty: every action.
+    pub webhook_rules: String,
+    /// Bound on one webhook request, in milliseconds.
+    pub webhook_timeout_ms: u64,
+    /// Retries of a webhook request after a 5xx, a timeout or a connection error.
+    pub webhook_max_retries: u32,
+    /// Webhook requests in flight per URL.
+    pub webhook_concurrency: usize,
+    /// Webhook bodies waiting per URL (and events waiting for the webhook); more are dropped.
+    pub webhook_queue_capacity: usize,
+    /// Whether connects/disconnects are appended to the persisted event stream.
+    pub stream_enabled: bool,
+    /// Stream entries older than this many seconds are trimmed; 0: no age limit.
+    pub stream_retention_secs: u64,
+    /// The stream keeps at most this many entries; 0: no limit.
+    pub stream_max_entries: u64,
+    /// Redis to XADD stream entries to (`redis://[[user]:password@]host[:port][/db]`); empty: off.
+    pub redis_url: String,
+    /// The Redis stream is `<prefix>.mqtt`.
+    pub redis_stream_prefix: String,
 }
 
 impl Default for Config {
@@ -101,7 +144,27 @@ impl Default for Config {
             retain_available: true,
             shutdown_timeout_ms: 5000,
             log: String::from("info"),
+            events_dollar_events: true,
+            events_dollar_events_kinds: dollar_events::renders(),
+            events_dollar_event: false,
+            events_dollar_event_kinds: dollar_event::renders(),
+            events_presence_topic: String::new(),
+            events_presence_retain: true,
+            events_queue_capacity: 10_000,
+            events_subscribe_usernames: Vec::new(),
+            events_qos: 0,
             api_token: Secret::default(),
+            webhook_urls: String::new(),
+            webhook_rules: String::new(),
+            webhook_timeout_ms: 5000,
+            webhook_max_retries: 3,
+            webhook_concurrency: 8,
+            webhook_queue_capacity: 10_000,
+            stream_enabled: true,
+            stream_retention_secs: 86_400,
+            stream_max_entries: 1_000_000,
+            redis_url: String::new(),
+            redis_stream_prefix: String::from("skein"),
         }
     }
 }
@@ -585,6 +648,29 @@ impl Kind for SecretKind {
     }
 }
 
+/// A string that `check` accepts; empty is always accepted (it switches the feature off).
+struct Checked {
+    expected: &'static str,
+    check: fn(&str) -> bool,
+}
+
+impl Kind for Checked {
+    type Value = String;
+    fn describe(&self) -> String {
+        String::from(self.expected)
+    }
+    fn parse_text(&self, text: &str) -> Option<String> {
+        let text = text.trim();
+        (text.is_empty() || (self.check)(text)).then(|| text.to_owned())
+    }
+    fn parse_toml(&self, value: &toml::Value) -> Option<String> {
+        self.parse_text(value.as_str()?)
+    }
+    fn show(&self, value: &String) -> String {
+        value.clone()
+    }
+}
+
 /// A non-empty filesystem path.
 struct PathKind;
 
@@ -601,6 +687,115 @@ impl Kind for PathKind {
     }
     fn show(&self, value: &PathBuf) -> String {
         value.display().to_string()
+    }
+}
+
+/// A comma-separated list of canonical event kinds (`client.connected,session.subscribed`),
+/// or a TOML array of them; each must be one the dialect renders. Empty: none.
+struct EventKinds {
+    renders: KindSet,
+}
+
+impl Kind for EventKinds {
+    type Value = KindSet;
+    fn describe(&self) -> String {
+        format!(
+            "a comma-separated list of event kinds out of {}",
+            self.show(&self.renders)
+        )
+    }
+    fn parse_text(&self, text: &str) -> Option<KindSet> {
+        self.parse_names(text.split(','))
+    }
+    fn parse_toml(&self, value: &toml::Value) -> Option<KindSet> {
+        match value {
+            toml::Value::String(s) => self.parse_text(s),
+            toml::Value::Array(a) => {
+                let names: Option<Vec<&str>> = a.iter().map(toml::Value::as_str).collect();
+                self.parse_names(names?.into_iter())
+            }
+            _ => None,
+        }
+    }
+    fn show(&self, value: &KindSet) -> String {
+        let names: Vec<&str> = EventKind::ALL
+            .into_iter()
+            .filter(|k| value.contains(*k))
+            .map(EventKind::as_str)
+            .collect();
+        names.join(",")
+    }
+}
+
+impl EventKinds {
+    fn parse_names<'a>(&self, names: impl Iterator<Item = &'a str>) -> Option<KindSet> {
+        let mut set = KindSet::NONE;
+        for name in names.map(str::trim).filter(|n| !n.is_empty()) {
+            let kind = EventKind::parse(name).filter(|k| self.renders.contains(*k))?;
+            set = set.union(KindSet::of(&[kind]));
+        }
+        Some(set)
+    }
+}
+
+/// A comma-separated list of names (or a TOML array of strings); empty entries are dropped.
+struct Names;
+
+impl Kind for Names {
+    type Value = Vec<String>;
+    fn describe(&self) -> String {
+        String::from("a comma-separated list of names")
+    }
+    fn parse_text(&self, text: &str) -> Option<Vec<String>> {
+        Some(
+            text.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+    fn parse_toml(&self, value: &toml::Value) -> Option<Vec<String>> {
+        match value {
+            toml::Value::String(s) => self.parse_text(s),
+            toml::Value::Array(a) => {
+                let mut names = Vec::new();
+                for v in a {
+                    let name = v.as_str()?.trim();
+                    if !name.is_empty() {
+                        names.push(name.to_owned());
+                    }
+                }
+                Some(names)
+            }
+            _ => None,
+        }
+    }
+    fn show(&self, value: &Vec<String>) -> String {
+        value.join(",")
+    }
+}
+
+/// A presence topic template, or empty for off.
+struct TopicTemplate;
+
+impl Kind for TopicTemplate {
+    type Value = String;
+    fn describe(&self) -> String {
+        String::from(
+            "empty, or a topic name with the placeholders {clientid}, {username}, {node} and no wildcards",
+        )
+    }
+    fn parse_text(&self, text: &str) -> Option<String> {
+        let text = text.trim();
+        let valid = text.is_empty() || crate::events::presence::Template::parse(text).is_ok();
+        valid.then(|| text.to_owned())
+    }
+    fn parse_toml(&self, value: &toml::Value) -> Option<String> {
+        self.parse_text(value.as_str()?)
+    }
+    fn show(&self, value: &String) -> String {
+        value.clone()
     }
 }
 
@@ -723,8 +918,57 @@ settings! {
         "How long shutdown waits for connections to drain, in milliseconds";
     log: Filter,
         "Log filter (tracing EnvFilter syntax); RUST_LOG takes precedence";
+    events_dollar_events: Bool,
+        "Publish the $events/... event topics (client_connected, client_disconnected, session_subscribed, session_unsubscribed)";
+    events_dollar_events_kinds: EventKinds { renders: dollar_events::renders() },
+        "Canonical event kinds published on $events/...";
+    events_dollar_event: Bool,
+        "Publish the $EVENT.* event topics (CONNECT, CLOSE, PUBLISH, ...)";
+    events_dollar_event_kinds: EventKinds { renders: dollar_event::renders() },
+        "Canonical event kinds published on $EVENT.*";
+    events_presence_topic: TopicTemplate,
+        "Presence topic template with {clientid}, {username}, {node}: gets {\"online\": true|false}", default = "empty (off)";
+    events_presence_retain: Bool,
+        "Whether presence messages are retained";
+    events_queue_capacity: Int { min: 1, max: 10_000_000 },
+        "Bound on each event dialect's queue; what overflows is dropped and counted";
+    events_subscribe_usernames: Names,
+        "Usernames allowed to subscribe to $events/# and $EVENT.* besides loopback clients", default = "none";
+    events_qos: Int { min: 0, max: 2 },
+        "QoS of the event messages the node publishes";
     api_token: SecretKind,
         "Bearer token required by the HTTP admin API (/api/v1)", default = "empty (no authentication)";
+    webhook_urls: Checked {
+        expected: "comma-separated http:// URLs",
+        check: |s| crate::events::webhook::parse_urls(s).is_ok(),
+    },
+        "Webhook URLs, comma-separated (http:// only)", default = "empty (off)";
+    webhook_rules: Checked {
+        expected: "a JSON array of rules such as [{\"action\": \"on_message_publish\", \"topic\": \"foo/#\"}]",
+        check: |s| crate::events::webhook::rules::Rules::parse(s).is_ok(),
+    },
+        "Webhook rules: which actions are posted, for which topics", default = "empty (every action)";
+    webhook_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
+        "Bound on one webhook request, in milliseconds";
+    webhook_max_retries: Int { min: 0, max: 100 },
+        "Retries of a webhook request after a 5xx, a timeout or a connection error";
+    webhook_concurrency: Int { min: 1, max: 1024 },
+        "Webhook requests in flight per URL";
+    webhook_queue_capacity: Int { min: 1, max: 10_000_000 },
+        "Webhook bodies waiting per URL; what overflows is dropped and counted";
+    stream_enabled: Bool,
+        "Append connects/disconnects to the persisted event stream (GET /api/v1/events)";
+    stream_retention_secs: Int { min: 0, max: 315_360_000 },
+        "Trim event stream entries older than this many seconds (0: no age limit)";
+    stream_max_entries: Int { min: 0, max: u64::MAX },
+        "Most entries the event stream keeps (0: no limit)";
+    redis_url: Checked {
+        expected: "a redis://[[user]:password@]host[:port][/db] URL",
+        check: |s| crate::events::redis::parse_url(s).is_ok(),
+    },
+        "Redis to XADD event stream entries to", default = "empty (off)";
+    redis_stream_prefix: Text,
+        "Redis stream name prefix: entries go to <prefix>.mqtt";
 }
 
 #[cfg(test)]
@@ -808,6 +1052,26 @@ mod tests {
             retain_available = false
             shutdown_timeout_ms = 0
             log = "skein_broker=debug,warn"
+            webhook_urls = "http://127.0.0.1:9000/hook"
+            webhook_rules = '[{"action": "on_client_connected"}]'
+            webhook_timeout_ms = 100
+            webhook_max_retries = 0
+            webhook_concurrency = 2
+            webhook_queue_capacity = 5
+            stream_enabled = false
+            stream_retention_secs = 60
+            stream_max_entries = 10
+            redis_url = "redis://127.0.0.1:6390"
+            redis_stream_prefix = "supermq"
+            events_dollar_events = false
+            events_dollar_events_kinds = ["client.connected", "session.subscribed"]
+            events_dollar_event = true
+            events_dollar_event_kinds = "client.connect, message.publish"
+            events_presence_topic = "open/KEY/{username}/online"
+            events_presence_retain = false
+            events_queue_capacity = 5
+            events_subscribe_usernames = ["ops", "audit"]
+            events_qos = 1
             api_token = "t0k"
             "#,
         );
@@ -833,6 +1097,32 @@ mod tests {
                 retain_available: false,
                 shutdown_timeout_ms: 0,
                 log: "skein_broker=debug,warn".into(),
+                webhook_urls: "http://127.0.0.1:9000/hook".into(),
+                webhook_rules: r#"[{"action": "on_client_connected"}]"#.into(),
+                webhook_timeout_ms: 100,
+                webhook_max_retries: 0,
+                webhook_concurrency: 2,
+                webhook_queue_capacity: 5,
+                stream_enabled: false,
+                stream_retention_secs: 60,
+                stream_max_entries: 10,
+                redis_url: "redis://127.0.0.1:6390".into(),
+                redis_stream_prefix: "supermq".into(),
+                events_dollar_events: false,
+                events_dollar_events_kinds: KindSet::of(&[
+                    EventKind::ClientConnected,
+                    EventKind::SessionSubscribed
+                ]),
+                events_dollar_event: true,
+                events_dollar_event_kinds: KindSet::of(&[
+                    EventKind::ClientConnect,
+                    EventKind::MessagePublish
+                ]),
+                events_presence_topic: "open/KEY/{username}/online".into(),
+                events_presence_retain: false,
+                events_queue_capacity: 5,
+                events_subscribe_usernames: vec!["ops".into(), "audit".into()],
+                events_qos: 1,
                 api_token: Secret::new("t0k"),
             }
         );
@@ -862,6 +1152,26 @@ mod tests {
             ("SKEIN_RETAIN_AVAILABLE", "0"),
             ("SKEIN_SHUTDOWN_TIMEOUT_MS", "11"),
             ("SKEIN_LOG", "debug"),
+            ("SKEIN_WEBHOOK_URLS", "http://a/1,http://b:81/2"),
+            ("SKEIN_WEBHOOK_RULES", r#"[{"action": "on_message_publish", "topic": "x/#"}]"#),
+            ("SKEIN_WEBHOOK_TIMEOUT_MS", "12"),
+            ("SKEIN_WEBHOOK_MAX_RETRIES", "13"),
+            ("SKEIN_WEBHOOK_CONCURRENCY", "14"),
+            ("SKEIN_WEBHOOK_QUEUE_CAPACITY", "15"),
+            ("SKEIN_STREAM_ENABLED", "false"),
+            ("SKEIN_STREAM_RETENTION_SECS", "16"),
+            ("SKEIN_STREAM_MAX_ENTRIES", "17"),
+            ("SKEIN_REDIS_URL", "redis://h:18/1"),
+            ("SKEIN_REDIS_STREAM_PREFIX", "p19"),
+            ("SKEIN_EVENTS_DOLLAR_EVENTS", "0"),
+            ("SKEIN_EVENTS_DOLLAR_EVENTS_KINDS", "client.disconnected"),
+            ("SKEIN_EVENTS_DOLLAR_EVENT", "1"),
+            ("SKEIN_EVENTS_DOLLAR_EVENT_KINDS", "client.ping,"),
+            ("SKEIN_EVENTS_PRESENCE_TOPIC", "p/{clientid}"),
+            ("SKEIN_EVENTS_PRESENCE_RETAIN", "false"),
+            ("SKEIN_EVENTS_QUEUE_CAPACITY", "12"),
+            ("SKEIN_EVENTS_SUBSCRIBE_USERNAMES", " ops , ,dev"),
+            ("SKEIN_EVENTS_QOS", "2"),
             ("SKEIN_API_TOKEN", " s3cret\n"),
         ];
         assert_eq!(env.len(), SETTINGS.len());
@@ -886,6 +1196,26 @@ mod tests {
                 retain_available: false,
                 shutdown_timeout_ms: 11,
                 log: "debug".into(),
+                webhook_urls: "http://a/1,http://b:81/2".into(),
+                webhook_rules: r#"[{"action": "on_message_publish", "topic": "x/#"}]"#.into(),
+                webhook_timeout_ms: 12,
+                webhook_max_retries: 13,
+                webhook_concurrency: 14,
+                webhook_queue_capacity: 15,
+                stream_enabled: false,
+                stream_retention_secs: 16,
+                stream_max_entries: 17,
+                redis_url: "redis://h:18/1".into(),
+                redis_stream_prefix: "p19".into(),
+                events_dollar_events: false,
+                events_dollar_events_kinds: KindSet::of(&[EventKind::ClientDisconnected]),
+                events_dollar_event: true,
+                events_dollar_event_kinds: KindSet::of(&[EventKind::ClientPing]),
+                events_presence_topic: "p/{clientid}".into(),
+                events_presence_retain: false,
+                events_queue_capacity: 12,
+                events_subscribe_usernames: vec!["ops".into(), "dev".into()],
+                events_qos: 2,
                 api_token: Secret::new("s3cret"),
             }
         );
@@ -1067,6 +1397,69 @@ mod tests {
     }
 
     #[test]
+    fn event_settings() {
+        let config = load(&[], &[]).unwrap();
+        assert!(config.events_dollar_events && !config.events_dollar_event);
+        assert_eq!(config.events_dollar_events_kinds, dollar_events::renders());
+        assert_eq!(config.events_dollar_event_kinds, dollar_event::renders());
+        assert!(config.events_presence_topic.is_empty());
+        assert!(config.events_presence_retain);
+        assert_eq!(config.events_queue_capacity, 10_000);
+        assert!(config.events_subscribe_usernames.is_empty());
+        let config = load(&[], &[("SKEIN_EVENTS_DOLLAR_EVENTS_KINDS", "")]).unwrap();
+        assert_eq!(config.events_dollar_events_kinds, KindSet::NONE);
+
+        let message = error(
+            &[],
+            &[(
+                "SKEIN_EVENTS_DOLLAR_EVENTS_KINDS",
+                "client.connected,client.bogus",
+            )],
+            "events_dollar_events_kinds",
+        );
+        assert!(
+            message.contains("client.connected,client.disconnected"),
+            "{message}"
+        );
+        // A real kind the dialect does not render is refused too.
+        error(
+            &[],
+            &[("SKEIN_EVENTS_DOLLAR_EVENTS_KINDS", "message.publish")],
+            "events_dollar_events_kinds",
+        );
+        error(
+            &[],
+            &[("SKEIN_EVENTS_DOLLAR_EVENT_KINDS", "client.connected")],
+            "events_dollar_event_kinds",
+        );
+        for bad in ["a/+/{clientid}", "a/{nope}", "a/{clientid", "#"] {
+            error(
+                &[],
+                &[("SKEIN_EVENTS_PRESENCE_TOPIC", bad)],
+                "events_presence_topic",
+            );
+        }
+        error(
+            &[],
+            &[("SKEIN_EVENTS_QUEUE_CAPACITY", "0")],
+            "events_queue_capacity",
+        );
+        error(&[], &[("SKEIN_EVENTS_QOS", "3")], "events_qos");
+        let file = toml_file("events_dollar_event_kinds = [\"client.ping\", 1]\n");
+        error(
+            &["--config", path_of(&file)],
+            &[],
+            "events_dollar_event_kinds",
+        );
+        let file = toml_file("events_subscribe_usernames = [\"a\", 2]\n");
+        error(
+            &["--config", path_of(&file)],
+            &[],
+            "events_subscribe_usernames",
+        );
+    }
+
+    #[test]
     fn bad_flag_value() {
         let message = error(&["--mqtt", "nope"], &[], "mqtt");
         assert!(message.ends_with("from --mqtt"), "{message}");
@@ -1181,5 +1574,34 @@ mod tests {
             flag_help("data_dir"),
             "Directory for persistent state [default: ./data] [env: SKEIN_DATA_DIR]"
         );
+    }
+
+    #[test]
+    fn webhook_stream_and_redis_values_are_checked() {
+        let config = load(&[], &[]).unwrap();
+        assert_eq!(config.webhook_urls, "");
+        assert_eq!(config.webhook_rules, "");
+        assert_eq!(config.webhook_timeout_ms, 5000);
+        assert_eq!(config.webhook_max_retries, 3);
+        assert_eq!(config.webhook_concurrency, 8);
+        assert_eq!(config.webhook_queue_capacity, 10_000);
+        assert!(config.stream_enabled);
+        assert_eq!(config.stream_retention_secs, 86_400);
+        assert_eq!(config.stream_max_entries, 1_000_000);
+        assert_eq!(config.redis_url, "");
+        assert_eq!(config.redis_stream_prefix, "skein");
+
+        let message = error(&[], &[("SKEIN_WEBHOOK_URLS", "https://h/x")], "webhook_urls");
+        assert!(message.contains("http:// URLs"), "{message}");
+        error(&[], &[("SKEIN_WEBHOOK_URLS", "http://a/1,ftp://b")], "webhook_urls");
+        error(&[], &[("SKEIN_WEBHOOK_RULES", "[{\"action\": \"on_nope\"}]")], "webhook_rules");
+        error(&[], &[("SKEIN_WEBHOOK_RULES", "not json")], "webhook_rules");
+        error(&[], &[("SKEIN_WEBHOOK_CONCURRENCY", "0")], "webhook_concurrency");
+        error(&[], &[("SKEIN_WEBHOOK_TIMEOUT_MS", "0")], "webhook_timeout_ms");
+        error(&[], &[("SKEIN_REDIS_URL", "http://h")], "redis_url");
+        error(&[], &[("SKEIN_REDIS_URL", "rediss://h")], "redis_url");
+        error(&[], &[("SKEIN_REDIS_STREAM_PREFIX", "")], "redis_stream_prefix");
+        let config = load(&[], &[("SKEIN_WEBHOOK_URLS", " "), ("SKEIN_REDIS_URL", "")]).unwrap();
+        assert_eq!((config.webhook_urls.as_str(), config.redis_url.as_str()), ("", ""));
     }
 }

@@ -31,6 +31,9 @@ pub use error::BrokerError;
 use cluster_handle::LocalCluster;
 use ids::NodeId;
 
+/// How long a shutdown waits for the event dialects to publish what is queued.
+const EVENTS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How events name this node: the MQTT listener's address (loopback when it listens on
 /// every interface).
 fn node_info(config: &Config, mqtt: std::net::SocketAddr) -> events::NodeInfo {
@@ -62,13 +65,30 @@ pub async fn run(
         context: "MQTT listener address".into(),
         source,
     })?;
-    let events = events::EventBus::new(node_info(&config, mqtt_addr));
+    let mut events = events::EventBus::new(node_info(&config, mqtt_addr));
+    let mqtt_dialects = events::setup::register_mqtt_dialects(&mut events, &config);
+    let webhook = events::webhook::register(&mut events, &config);
+    let stream = events::stream::register(&mut events, &config, &store);
+    let redis = events::redis::register(&mut events, &config);
+    let api_token = config.api_token.expose().to_owned();
     let broker = Broker::new(config, store.clone(), cluster, events, shutdown.clone())?;
     broker.spawn_retained_sweeper(std::time::Duration::from_secs(30));
+    let mqtt_dialects = mqtt_dialects.start(&broker);
+    let stream_api = stream.api();
+    let sinks: Vec<events::sink_task::SinkTask> = [
+        webhook.map(|w| w.start()),
+        stream.start(),
+        redis.map(|r| r.start()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let health = http::HealthState::new();
     let routes = http::compose(vec![
         http::health_routes(health.clone()),
         metrics::router(prometheus, broker.clone()),
+        events::stream::router(stream_api, Some(api_token.clone())),
+        http::admin::router(broker.clone(), Some(api_token)),
     ]);
     let http_task = tokio::spawn(http::serve(http, routes, shutdown.clone()));
     health.set_ready(true);
@@ -81,8 +101,19 @@ pub async fn run(
         });
     }
     server::serve_mqtt(broker.clone(), mqtt).await;
+    // The connections' last events (go_away) go out before the node stops.
+    mqtt_dialects.drain(EVENTS_DRAIN).await;
     broker.tasks.close();
     broker.tasks.wait().await;
+    // Every connection has ended: the sinks hand on the last events (and the stream
+    // writes them) before storage is flushed.
+    let finishing: Vec<_> = sinks
+        .into_iter()
+        .map(|sink| tokio::spawn(sink.finish(EVENTS_DRAIN)))
+        .collect();
+    for task in finishing {
+        let _ = task.await;
+    }
     broker.flush_storage().await?;
     match tokio::time::timeout(broker.config.shutdown_timeout(), http_task).await {
         Ok(Ok(Ok(()))) => {}

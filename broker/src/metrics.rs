@@ -52,9 +52,9 @@ pub const INFLIGHT_MESSAGES: &str = "skein_inflight_messages";
 /// Gauge: messages waiting in session queues, over all sessions.
 pub const QUEUED_MESSAGES: &str = "skein_queued_messages";
 /// Counter: bytes read from MQTT sockets.
-pub const BYTES_RECEIVED: &str = "skein_bytes_received_total";
+pub const BYTES_RECEIVED: &str = "skein_received_bytes_total";
 /// Counter: bytes written to MQTT sockets.
-pub const BYTES_SENT: &str = "skein_bytes_sent_total";
+pub const BYTES_SENT: &str = "skein_sent_bytes_total";
 /// Counter: packets that failed to decode (the connection is closed).
 pub const PACKET_DECODE_ERRORS: &str = "skein_packet_decode_errors_total";
 
@@ -67,6 +67,8 @@ pub const EVENTS_DROPPED: &str = "skein_events_dropped_total";
 pub const WEBHOOK_REQUESTS: &str = "skein_webhook_requests_total";
 /// Histogram: webhook request latency (recorded by the webhook dialect).
 pub const WEBHOOK_REQUEST_DURATION: &str = "skein_webhook_request_duration_seconds";
+/// Counter {outcome}: XADDs to Redis (recorded by the stream dialect).
+pub const REDIS_XADD: &str = "skein_redis_xadd_total";
 
 // Storage.
 /// Histogram: time to flush storage to disk.
@@ -256,6 +258,13 @@ const EVENTS: &[Desc] = &[
         Unit::Seconds,
         &[],
         "Webhook request latency.",
+    ),
+    desc(
+        REDIS_XADD,
+        Counter,
+        Unit::Count,
+        &["outcome"],
+        "Events appended to the Redis stream (XADD), by outcome.",
     ),
 ];
 

@@ -124,8 +124,8 @@ fn the_issue_names_are_exported() {
         "skein_messages_sent_total",
         "skein_messages_acked_total",
         "skein_messages_dropped_total",
-        "skein_bytes_received_total",
-        "skein_bytes_sent_total",
+        "skein_received_bytes_total",
+        "skein_sent_bytes_total",
         "skein_inflight_messages",
         "skein_queued_messages",
         "skein_packet_decode_errors_total",
@@ -157,7 +157,7 @@ fn value(text: &str, series: &str) -> Option<f64> {
 fn hot_path_helpers_render_with_help_type_and_static_labels() {
     let recorder = local_recorder();
     let handle = recorder.handle();
-    metrics::with_local_recorder(&recorder, || {
+    let text = metrics::with_local_recorder(&recorder, || {
         describe();
         message_received(QoS::AtMostOnce);
         message_received(QoS::ExactlyOnce);
@@ -177,8 +177,9 @@ fn hot_path_helpers_render_with_help_type_and_static_labels() {
         let _v3 = ConnectionGauge::new(ProtocolVersion::V311);
         let _v3b = ConnectionGauge::new(ProtocolVersion::V311);
         drop(v5);
+        // Before the other two guards go.
+        handle.render()
     });
-    let text = handle.render();
     for (series, want) in [
         ("skein_messages_received_total{qos=\"0\"}", 1.0),
         ("skein_messages_received_total{qos=\"2\"}", 2.0),
@@ -189,8 +190,8 @@ fn hot_path_helpers_render_with_help_type_and_static_labels() {
             "skein_messages_dropped_total{reason=\"something_new\"}",
             1.0,
         ),
-        ("skein_bytes_received_total", 100.0),
-        ("skein_bytes_sent_total", 7.0),
+        ("skein_received_bytes_total", 100.0),
+        ("skein_sent_bytes_total", 7.0),
         ("skein_packet_decode_errors_total", 1.0),
         ("skein_connects_total{protocol=\"5\"}", 1.0),
         (

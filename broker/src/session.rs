@@ -109,6 +109,8 @@ pub struct Session {
     state: Mutex<SessionState>,
     /// Wakes the attached connection when something was queued.
     pub wake: Notify,
+    /// Whether storage may hold a record of this session (so ending it must delete one).
+    stored: std::sync::atomic::AtomicBool,
 }
 
 /// What `Session::enqueue` did with a delivery.
@@ -255,7 +257,19 @@ impl Session {
             lifecycle: tokio::sync::Mutex::new(()),
             state: Mutex::new(SessionState::new()),
             wake: Notify::new(),
+            stored: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    pub fn mark_stored(&self) {
+        self.stored
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Clears the stored mark; true if it was set.
+    pub fn take_stored(&self) -> bool {
+        self.stored
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The state lock. A poisoned lock means a panic elsewhere already broke an invariant
@@ -273,6 +287,7 @@ impl Session {
         now_ms: u64,
     ) -> Arc<Session> {
         let session = Session::new(ClientId::new(&stored.client_id));
+        session.mark_stored();
         {
             let mut st = session.state();
             st.protocol_level = stored.protocol_level;

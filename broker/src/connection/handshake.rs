@@ -377,11 +377,9 @@ async fn attach(
             st.last_info = Some(info.clone());
             if st.is_persistent() {
                 broker.persist_session_locked(&session, &st);
-            } else if present {
+            } else {
                 // It was persistent and is not any more: a crash must not bring it back.
-                if let Err(e) = broker.store.delete_session(client_id.as_str()) {
-                    tracing::error!(error = %e, "cannot delete stored session");
-                }
+                broker.forget_stored_session(&session);
             }
         }
         drop(guard);

@@ -47,9 +47,12 @@ impl Connection {
             Packet::Subscribe(s) => self.on_subscribe(s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => {
-                raise::raise(&self.broker.events, &self.info, EventKind::ClientPing, || {
-                    EventBody::Ping
-                });
+                raise::raise(
+                    &self.broker.events,
+                    &self.info,
+                    EventKind::ClientPing,
+                    || EventBody::Ping,
+                );
                 self.send(&Packet::PingResp);
                 Ok(After::Nothing)
             }
@@ -311,13 +314,17 @@ impl Connection {
         drop(st);
         if let Some(f) = done {
             let m = &f.delivery.message;
-            raise::raise_message(&self.broker.events, &self.info, m, EventKind::MessageAcked, || {
-                EventBody::Acked {
+            raise::raise_message(
+                &self.broker.events,
+                &self.info,
+                m,
+                EventKind::MessageAcked,
+                || EventBody::Acked {
                     message: m.clone(),
                     packet_id,
                     qos: f.delivery.qos,
-                }
-            });
+                },
+            );
         }
         crate::metrics::message_acked();
         if persistent {
@@ -370,13 +377,16 @@ impl Connection {
                 subscription_id,
             };
             let existed = self.broker.subscribe(&self.session, filter, sub.clone());
-            raise::raise(&self.broker.events, &self.info, EventKind::SessionSubscribed, || {
-                EventBody::Subscribed {
+            raise::raise(
+                &self.broker.events,
+                &self.info,
+                EventKind::SessionSubscribed,
+                || EventBody::Subscribed {
                     filter: filter.clone(),
                     qos: options.qos,
                     packet_id: s.packet_id,
-                }
-            });
+                },
+            );
             codes.push(options.qos as u8);
             let wants_retained = match options.retain_handling {
                 0 => true,
@@ -417,12 +427,15 @@ impl Connection {
                 if topic::parse_subscription(filter).is_err() {
                     rc::TOPIC_FILTER_INVALID
                 } else if self.broker.unsubscribe(&self.session, filter) {
-                    raise::raise(&self.broker.events, &self.info, EventKind::SessionUnsubscribed, || {
-                        EventBody::Unsubscribed {
+                    raise::raise(
+                        &self.broker.events,
+                        &self.info,
+                        EventKind::SessionUnsubscribed,
+                        || EventBody::Unsubscribed {
                             filter: filter.clone(),
                             packet_id: u.packet_id,
-                        }
-                    });
+                        },
+                    );
                     rc::SUCCESS
                 } else {
                     rc::NO_SUBSCRIPTION_EXISTED

@@ -67,7 +67,13 @@ impl Socket {
                     crate::metrics::bytes_received(n);
                     return Ok(n > 0);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Stale readiness: don't sit on the buffer while waiting again.
+                    if self.rbuf.is_empty() {
+                        self.rbuf = BytesMut::new();
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -191,6 +197,7 @@ pub async fn serve(
             session: conn.session.clone(),
             connection_id: conn.id,
             epoch: conn.epoch,
+            info: conn.info.clone(),
         };
         let close = conn.run().await;
         // Boxed: the closing path's state is only allocated when it runs, keeping the
@@ -210,6 +217,7 @@ struct DetachOnPanic {
     session: Arc<Session>,
     connection_id: u64,
     epoch: u64,
+    info: Arc<ClientInfo>,
 }
 
 impl Drop for DetachOnPanic {
@@ -218,6 +226,8 @@ impl Drop for DetachOnPanic {
             return;
         }
         tracing::error!(connection = self.connection_id, "connection task panicked");
+        let close = Close::internal("internal error");
+        crate::events::raise::disconnected(&self.broker, &self.info, &close);
         let (broker, session) = (self.broker.clone(), self.session.clone());
         let (id, epoch) = (self.connection_id, self.epoch);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -132,13 +132,17 @@ impl Connection {
                 continue;
             }
             let m = &q.delivery.message;
-            raise::raise_message(&self.broker.events, &self.info, m, EventKind::MessageDelivered, || {
-                EventBody::Delivered {
+            raise::raise_message(
+                &self.broker.events,
+                &self.info,
+                m,
+                EventKind::MessageDelivered,
+                || EventBody::Delivered {
                     message: m.clone(),
                     packet_id,
                     qos: q_qos,
-                }
-            });
+                },
+            );
             if q.delivery.qos != QoS::AtMostOnce {
                 if stored {
                     let record = StoredInflight {
@@ -173,12 +177,16 @@ impl Connection {
 
     /// `message.dropped` for a message on its way to this connection's client.
     fn raise_dropped(&self, m: &Arc<Message>, reason: &'static str) {
-        raise::raise_message(&self.broker.events, &self.info, m, EventKind::MessageDropped, || {
-            EventBody::Dropped {
+        raise::raise_message(
+            &self.broker.events,
+            &self.info,
+            m,
+            EventKind::MessageDropped,
+            || EventBody::Dropped {
                 message: m.clone(),
                 reason,
-            }
-        });
+            },
+        );
     }
 
     pub(super) fn storage_result(&self, r: skein_storage::Result<()>) {

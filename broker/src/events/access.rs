@@ -24,7 +24,9 @@ pub fn may_subscribe(ip: IpAddr, username: Option<&str>, allowed: &[String]) -> 
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -46,7 +48,15 @@ mod tests {
         ] {
             assert!(is_event_filter(f), "{f}");
         }
-        for f in ["#", "+/client_connected", "events/#", "$SYS/#", "a/$events/#", "$eventsx/#", ""] {
+        for f in [
+            "#",
+            "+/client_connected",
+            "events/#",
+            "$SYS/#",
+            "a/$events/#",
+            "$eventsx/#",
+            "",
+        ] {
             assert!(!is_event_filter(f), "{f}");
         }
     }
@@ -58,14 +68,26 @@ mod tests {
         assert!(may_subscribe("127.0.0.1".parse().unwrap(), None, &[]));
         assert!(may_subscribe("127.1.2.3".parse().unwrap(), Some("x"), &[]));
         assert!(may_subscribe("::1".parse().unwrap(), None, &[]));
-        assert!(may_subscribe("::ffff:127.0.0.1".parse().unwrap(), None, &[]));
+        assert!(may_subscribe(
+            "::ffff:127.0.0.1".parse().unwrap(),
+            None,
+            &[]
+        ));
         assert!(may_subscribe(remote, Some("ops"), &allowed));
         assert!(may_subscribe(remote, Some("audit"), &allowed));
         assert!(!may_subscribe(remote, None, &allowed));
         assert!(!may_subscribe(remote, Some("Ops"), &allowed));
         assert!(!may_subscribe(remote, Some("dev"), &allowed));
         assert!(!may_subscribe(remote, Some(""), &allowed));
-        assert!(!may_subscribe("::ffff:10.0.0.7".parse().unwrap(), None, &allowed));
-        assert!(!may_subscribe("192.168.1.1".parse().unwrap(), Some("ops"), &[]));
+        assert!(!may_subscribe(
+            "::ffff:10.0.0.7".parse().unwrap(),
+            None,
+            &allowed
+        ));
+        assert!(!may_subscribe(
+            "192.168.1.1".parse().unwrap(),
+            Some("ops"),
+            &[]
+        ));
     }
 }

@@ -426,7 +426,10 @@ mod tests {
             ]
         );
         assert_common(&v);
-        assert_eq!((v["messageId"].as_u64(), v["qos"].as_u64()), (Some(1), Some(1)));
+        assert_eq!(
+            (v["messageId"].as_u64(), v["qos"].as_u64()),
+            (Some(1), Some(1))
+        );
         assert_eq!(v["topic"], "test");
 
         let (topic, v) = one(EventBody::Unsubscribed {

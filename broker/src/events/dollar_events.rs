@@ -245,7 +245,16 @@ mod tests {
         assert_eq!(topic, "$events/session_subscribed");
         assert_eq!(
             keys(&v),
-            ["clientid", "event", "node", "node_name", "peerhost", "qos", "timestamp", "topic"]
+            [
+                "clientid",
+                "event",
+                "node",
+                "node_name",
+                "peerhost",
+                "qos",
+                "timestamp",
+                "topic"
+            ]
         );
         assert_eq!(v["event"], "client.subscribed");
         assert_eq!(v["peerhost"], "10.0.0.9:5768");
@@ -263,7 +272,16 @@ mod tests {
         assert_eq!(topic, "$events/session_unsubscribed");
         assert_eq!(
             keys(&v),
-            ["clientid", "event", "node", "node_name", "peerhost", "qos", "timestamp", "topic"]
+            [
+                "clientid",
+                "event",
+                "node",
+                "node_name",
+                "peerhost",
+                "qos",
+                "timestamp",
+                "topic"
+            ]
         );
         assert_eq!(v["event"], "client.unsubscribed");
         assert!(v["qos"].is_null());

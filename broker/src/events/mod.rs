@@ -5,11 +5,16 @@
 pub mod access;
 pub mod dollar_event;
 pub mod dollar_events;
+pub mod live;
 pub mod model;
 pub mod mqtt_out;
 pub mod presence;
 pub mod raise;
+pub mod redis;
 pub mod setup;
+pub mod sink_task;
+pub mod stream;
+pub mod webhook;
 
 use std::sync::Arc;
 

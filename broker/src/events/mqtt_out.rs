@@ -62,7 +62,9 @@ impl DialectTasks {
         for handle in self.handles {
             let abort = handle.abort_handle();
             if tokio::time::timeout_at(deadline, handle).await.is_err() {
-                tracing::warn!("event dialect still busy after the drain timeout; its queue is lost");
+                tracing::warn!(
+                    "event dialect still busy after the drain timeout; its queue is lost"
+                );
                 abort.abort();
             }
         }

@@ -123,8 +123,7 @@ impl Presence {
         let c = &event.client;
         let online = match &event.body {
             EventBody::Connected => {
-                self.online
-                    .insert(c.client_id.clone(), Arc::downgrade(c));
+                self.online.insert(c.client_id.clone(), Arc::downgrade(c));
                 true
             }
             EventBody::Disconnected { reason, .. } => {
@@ -214,10 +213,20 @@ mod tests {
         );
         assert_eq!(t.topic(&client("a+b", None), &node()), None);
         assert_eq!(
-            Template::parse("{clientid}").unwrap().topic(&client("x", None), &node()).as_deref(),
+            Template::parse("{clientid}")
+                .unwrap()
+                .topic(&client("x", None), &node())
+                .as_deref(),
             Some("x")
         );
-        for bad in ["a/+/{clientid}", "a/#", "{client}", "a/{clientid", "a/}b", ""] {
+        for bad in [
+            "a/+/{clientid}",
+            "a/#",
+            "{client}",
+            "a/{clientid",
+            "a/}b",
+            "",
+        ] {
             assert!(Template::parse(bad).is_err(), "{bad}");
         }
     }
@@ -241,7 +250,11 @@ mod tests {
             serde_json::json!({ "online": false })
         );
         let mut p = Presence::new(Template::parse("s/{clientid}").unwrap(), false);
-        assert!(!p.render(&event(&c, EventBody::Connected), &node()).unwrap().retain);
+        assert!(
+            !p.render(&event(&c, EventBody::Connected), &node())
+                .unwrap()
+                .retain
+        );
     }
 
     #[test]
@@ -249,8 +262,12 @@ mod tests {
         let mut p = Presence::new(Template::parse("s/{clientid}").unwrap(), true);
         let old = client("dev", None);
         let new = client("dev", None);
-        assert!(p.render(&event(&old, EventBody::Connected), &node()).is_some());
-        assert!(p.render(&event(&new, EventBody::Connected), &node()).is_some());
+        assert!(p
+            .render(&event(&old, EventBody::Connected), &node())
+            .is_some());
+        assert!(p
+            .render(&event(&new, EventBody::Connected), &node())
+            .is_some());
         // The old connection ends after the new one is online: nothing.
         assert!(p
             .render(&event(&old, gone(DisconnectReason::Takeovered)), &node())
@@ -261,7 +278,9 @@ mod tests {
             .is_some());
         // A takeover from elsewhere (the taker's online never came here): nothing either.
         let lone = client("other", None);
-        assert!(p.render(&event(&lone, EventBody::Connected), &node()).is_some());
+        assert!(p
+            .render(&event(&lone, EventBody::Connected), &node())
+            .is_some());
         assert!(p
             .render(&event(&lone, gone(DisconnectReason::Takeovered)), &node())
             .is_none());

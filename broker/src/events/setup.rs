@@ -49,7 +49,12 @@ pub fn register_mqtt_dialects(bus: &mut EventBus, config: &Config) -> MqttDialec
                 let mut presence = Presence::new(template, config.events_presence_retain);
                 let render: Renderer =
                     Box::new(move |e| presence.render(e, &node).into_iter().collect());
-                add(bus, super::presence::DIALECT, super::presence::renders(), render);
+                add(
+                    bus,
+                    super::presence::DIALECT,
+                    super::presence::renders(),
+                    render,
+                );
             }
             // The config loader already refused a bad template; this is a Config built in code.
             Err(e) => tracing::error!(error = %e, "events_presence_topic: presence topics are off"),
@@ -98,7 +103,10 @@ mod tests {
         let d = register_mqtt_dialects(&mut b, &config);
         assert_eq!(d.names(), ["$events"]);
         assert!(b.wants(EventKind::ClientConnected));
-        assert!(!b.wants(EventKind::MessagePublish), "hot-path kinds off by default");
+        assert!(
+            !b.wants(EventKind::MessagePublish),
+            "hot-path kinds off by default"
+        );
         assert!(!b.wants(EventKind::ClientPing));
 
         config.events_dollar_events = false;
@@ -166,9 +174,12 @@ mod tests {
         // No task consumes yet: the queue fills at 3 and further events are dropped at once.
         let started = std::time::Instant::now();
         for _ in 0..10 {
-            crate::events::raise::raise(&broker.events, &client, EventKind::ClientConnected, || {
-                crate::events::EventBody::Connected
-            });
+            crate::events::raise::raise(
+                &broker.events,
+                &client,
+                EventKind::ClientConnected,
+                || crate::events::EventBody::Connected,
+            );
         }
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(broker.events.queue_depths(), vec![("$events", 3)]);

@@ -35,7 +35,11 @@ impl SinkTask {
             Ok(Err(e)) if e.is_panic() => tracing::error!(sink = self.name, "sink task panicked"),
             Ok(Err(_)) => {}
             Err(_) => {
-                tracing::warn!(sink = self.name, ?grace, "sink still busy at shutdown, abandoned");
+                tracing::warn!(
+                    sink = self.name,
+                    ?grace,
+                    "sink still busy at shutdown, abandoned"
+                );
                 abort.abort();
             }
         }

@@ -2,6 +2,8 @@
 //! features (metrics, the admin API, the event stream) each bring a `Router` with its own
 //! state, and [`compose`] merges them behind one JSON 404/405 fallback.
 
+pub mod admin;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 

@@ -377,8 +377,8 @@ mod tests {
                 packet_id: 4,
             },
         );
-        let rules = Rules::parse(r#"[{"action": "on_session_unsubscribed", "topic": "a/+"}]"#)
-            .unwrap();
+        let rules =
+            Rules::parse(r#"[{"action": "on_session_unsubscribed", "topic": "a/+"}]"#).unwrap();
         let bodies = render(&e, &node(), &rules, false);
         assert_eq!(bodies.len(), 1);
         assert_eq!(
@@ -391,8 +391,8 @@ mod tests {
                 "topic": "a/b",
             })
         );
-        let rules = Rules::parse(r#"[{"action": "on_session_unsubscribed", "topic": "x/#"}]"#)
-            .unwrap();
+        let rules =
+            Rules::parse(r#"[{"action": "on_session_unsubscribed", "topic": "x/#"}]"#).unwrap();
         assert!(render(&e, &node(), &rules, false).is_empty());
     }
 
@@ -474,7 +474,13 @@ mod tests {
     #[test]
     fn events_without_a_webhook_action_render_nothing() {
         let c = client(None, ProtocolVersion::V5);
-        assert!(render(&event(c.clone(), EventBody::Ping), &node(), &Rules::all(), false).is_empty());
+        assert!(render(
+            &event(c.clone(), EventBody::Ping),
+            &node(),
+            &Rules::all(),
+            false
+        )
+        .is_empty());
         let offline = EventBody::Offline {
             message: message(b"x"),
             qos: QoS::AtLeastOnce,

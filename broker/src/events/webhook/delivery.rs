@@ -17,12 +17,11 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::metrics::{WEBHOOK_REQUESTS as REQUESTS, WEBHOOK_REQUEST_DURATION as DURATION};
+
 /// First retry delay; doubled for each further retry, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-pub const REQUESTS: &str = "skein_webhook_requests_total";
-pub const DURATION: &str = "skein_webhook_request_duration_seconds";
 
 /// How delivery behaves (from the `webhook_*` settings).
 #[derive(Debug, Clone)]
@@ -163,11 +162,7 @@ pub struct Queues {
 impl Queues {
     /// Starts one worker per URL in `workers`; the workers end once every body queued
     /// before the `Queues` was dropped has been delivered or given up on.
-    pub fn start(
-        urls: &[Uri],
-        settings: &DeliverySettings,
-        workers: &mut JoinSet<()>,
-    ) -> Queues {
+    pub fn start(urls: &[Uri], settings: &DeliverySettings, workers: &mut JoinSet<()>) -> Queues {
         let poster = Poster::new(settings.timeout);
         let senders = urls
             .iter()

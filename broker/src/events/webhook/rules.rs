@@ -73,9 +73,7 @@ impl Action {
             Action::ClientConnect => EventKind::ClientConnect,
             Action::ClientConnack => EventKind::ClientConnack,
             Action::ClientConnected => EventKind::ClientConnected,
-            Action::ClientDisconnected | Action::SessionTerminated => {
-                EventKind::ClientDisconnected
-            }
+            Action::ClientDisconnected | Action::SessionTerminated => EventKind::ClientDisconnected,
             Action::ClientSubscribe | Action::SessionSubscribed => EventKind::SessionSubscribed,
             Action::ClientUnsubscribe | Action::SessionUnsubscribed => {
                 EventKind::SessionUnsubscribed
@@ -160,8 +158,7 @@ impl Rules {
             serde_json::from_str(text).map_err(|e| RulesError::Json(e.to_string()))?;
         let mut rules = Vec::with_capacity(raw.len());
         for r in raw {
-            let action =
-                Action::parse(&r.action).ok_or_else(|| RulesError::UnknownAction(r.action))?;
+            let action = Action::parse(&r.action).ok_or(RulesError::UnknownAction(r.action))?;
             let topic = match r.topic {
                 None => None,
                 Some(_) if !action.has_topic() => {
@@ -179,9 +176,9 @@ impl Rules {
 
     /// The event kinds some rule needs (what the dialect subscribes to on the bus).
     pub fn kinds(&self) -> KindSet {
-        self.rules
-            .iter()
-            .fold(KindSet::NONE, |set, r| set.union(KindSet::of(&[r.action.kind()])))
+        self.rules.iter().fold(KindSet::NONE, |set, r| {
+            set.union(KindSet::of(&[r.action.kind()]))
+        })
     }
 
     /// Whether `action` is wanted for `topic` (a topic name for messages, a subscription

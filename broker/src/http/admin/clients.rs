@@ -129,15 +129,15 @@ pub async fn list(
     let connected = params.flag("connected")?;
     let username = params.get("username");
     let node = broker.events.node();
-    let here = params.get("node").map_or(true, |n| is_this_node(n, node));
+    let here = params.get("node").is_none_or(|n| is_this_node(n, node));
     let mut rows: Vec<Row> = if here {
         broker
             .sessions_snapshot()
             .iter()
             .filter_map(|s| Row::capture(s))
-            .filter(|r| connected.map_or(true, |c| c == r.info.is_some()))
+            .filter(|r| connected.is_none_or(|c| c == r.info.is_some()))
             .filter(|r| {
-                username.map_or(true, |u| {
+                username.is_none_or(|u| {
                     r.info
                         .as_ref()
                         .is_some_and(|i| i.username.as_deref() == Some(u))
@@ -163,6 +163,8 @@ pub async fn detail(
     let row = Row::capture(&session).ok_or_else(not_found)?;
     let subscriptions = SubscriptionView::of_session(&session);
     let mut view = row.view(broker.events.node(), &broker);
+    // Read under a second lock: count what is shown, so the two always agree.
+    view.subscriptions_cnt = subscriptions.len();
     view.subscriptions = Some(subscriptions);
     Ok(Json(view))
 }

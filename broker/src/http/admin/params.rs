@@ -161,9 +161,21 @@ mod tests {
     #[test]
     fn paging_defaults_and_the_limit_cap() {
         let p = params(&[]).unwrap().paging().unwrap();
-        assert_eq!(p, Paging { page: 1, limit: 100 });
+        assert_eq!(
+            p,
+            Paging {
+                page: 1,
+                limit: 100
+            }
+        );
         let p = params(&[("page", "3"), ("limit", "5000")]).unwrap();
-        assert_eq!(p.paging().unwrap(), Paging { page: 3, limit: 1000 });
+        assert_eq!(
+            p.paging().unwrap(),
+            Paging {
+                page: 3,
+                limit: 1000
+            }
+        );
         let p = params(&[("limit", "1000")]).unwrap();
         assert_eq!(p.paging().unwrap().limit, 1000);
     }
@@ -197,7 +209,12 @@ mod tests {
         assert_eq!(l.data, vec![10, 20]);
         assert_eq!(
             l.meta,
-            Meta { page: 1, limit: 2, count: 5, hasnext: true }
+            Meta {
+                page: 1,
+                limit: 2,
+                count: 5,
+                hasnext: true
+            }
         );
         let l = page(3, 2);
         assert_eq!(l.data, vec![50]);

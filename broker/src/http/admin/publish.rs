@@ -101,7 +101,7 @@ pub async fn publish(
     let message = to_message(request, &broker)?;
     let outcome = broker.route(Arc::new(message));
     if outcome.needs_flush {
-        broker.store.flush().await.map_err(ApiError::Storage)?;
+        broker.flush_storage().await.map_err(ApiError::Storage)?;
     }
     tracing::debug!(matched = outcome.matched, "published through the admin API");
     Ok(Json(PublishAnswer {
@@ -145,7 +145,11 @@ fn to_message(request: PublishRequest, broker: &Broker) -> Result<Message, ApiEr
         None | Some(0) => {}
         Some(1) if std::str::from_utf8(&payload).is_ok() => {}
         Some(1) => return bad("payload_format_indicator is 1 but the payload is not UTF-8".into()),
-        Some(other) => return bad(format!("payload_format_indicator must be 0 or 1, not {other}")),
+        Some(other) => {
+            return bad(format!(
+                "payload_format_indicator must be 0 or 1, not {other}"
+            ))
+        }
     }
     if let Some(t) = &p.response_topic {
         if !topic::valid_topic_name(t) {

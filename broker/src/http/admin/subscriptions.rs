@@ -66,7 +66,10 @@ pub async fn list(
     let paging = params.paging()?;
     let topic = params.get("topic");
     let sessions = match params.get("clientid") {
-        Some(id) => broker.find_session(&ClientId::new(id)).into_iter().collect(),
+        Some(id) => broker
+            .find_session(&ClientId::new(id))
+            .into_iter()
+            .collect(),
         None => broker.sessions_snapshot(),
     };
     let mut rows: Vec<(ClientId, String, Subscription)> = Vec::new();

@@ -125,7 +125,11 @@ impl Answer {
 
     fn assert_error(&self, status: u16, contains: &str) {
         assert_eq!(self.status, status, "{}", self.body);
-        assert!(self.head.contains("content-type: application/json"), "{}", self.head);
+        assert!(
+            self.head.contains("content-type: application/json"),
+            "{}",
+            self.head
+        );
         let error = self.json()["error"].as_str().unwrap_or_default().to_owned();
         assert!(error.contains(contains), "{error:?} lacks {contains:?}");
     }
@@ -178,7 +182,13 @@ async fn clients_are_listed_filtered_and_paged() {
     assert_eq!(d["proto_ver"], json!(4));
     assert_eq!(d["expiry_interval"], json!(3600));
     assert_eq!(d["disconnected_at"], json!(1_700_000_000_500u64));
-    for field in ["username", "peername", "keepalive", "clean_start", "connected_at"] {
+    for field in [
+        "username",
+        "peername",
+        "keepalive",
+        "clean_start",
+        "connected_at",
+    ] {
         assert_eq!(d[field], Value::Null, "{field}");
     }
 
@@ -201,13 +211,22 @@ async fn clients_are_listed_filtered_and_paged() {
         assert_eq!(answer.ids(), *want, "{query}");
     }
     let paged = get(addr, "/api/v1/clients?limit=3").await.json();
-    assert_eq!(paged["meta"], json!({"page": 1, "limit": 3, "count": 4, "hasnext": true}));
+    assert_eq!(
+        paged["meta"],
+        json!({"page": 1, "limit": 3, "count": 4, "hasnext": true})
+    );
     let capped = get(addr, "/api/v1/clients?limit=5000").await.json();
     assert_eq!(capped["meta"]["limit"], json!(1000));
 
-    get(addr, "/api/v1/clients?page=0").await.assert_error(400, "\"page\"");
-    get(addr, "/api/v1/clients?connected=maybe").await.assert_error(400, "true or false");
-    get(addr, "/api/v1/clients?clientid=a").await.assert_error(400, "unknown query parameter");
+    get(addr, "/api/v1/clients?page=0")
+        .await
+        .assert_error(400, "\"page\"");
+    get(addr, "/api/v1/clients?connected=maybe")
+        .await
+        .assert_error(400, "true or false");
+    get(addr, "/api/v1/clients?clientid=a")
+        .await
+        .assert_error(400, "unknown query parameter");
 }
 
 #[tokio::test]
@@ -246,7 +265,9 @@ async fn client_detail_has_every_field_and_ids_are_percent_decoded() {
         ])
     );
 
-    get(addr, "/api/v1/clients/nobody").await.assert_error(404, "client not found");
+    get(addr, "/api/v1/clients/nobody")
+        .await
+        .assert_error(404, "client not found");
     // The list answer leaves the subscriptions out.
     let list = get(addr, "/api/v1/clients").await.json();
     assert!(list["data"][0].get("subscriptions").is_none(), "{list}");
@@ -265,24 +286,61 @@ async fn delete_kicks_the_connection_and_clear_session_ends_the_session() {
     let answer = call(addr, "DELETE", "/api/v1/clients/a", &[], "").await;
     assert_eq!(answer.status, 204, "{}", answer.body);
     assert_eq!(a_kicks.try_recv().ok(), Some(Kick::Administrative));
-    assert!(b.find_session(&ClientId::new("a")).is_some(), "a kick keeps the session");
+    assert!(
+        b.find_session(&ClientId::new("a")).is_some(),
+        "a kick keeps the session"
+    );
 
-    call(addr, "DELETE", "/api/v1/clients/d", &[], "").await.assert_error(404, "not connected");
-    call(addr, "DELETE", "/api/v1/clients/zz", &[], "").await.assert_error(404, "not connected");
-    call(addr, "DELETE", "/api/v1/clients/d?clear_session=yes", &[], "")
+    call(addr, "DELETE", "/api/v1/clients/d", &[], "")
         .await
-        .assert_error(400, "clear_session");
+        .assert_error(404, "not connected");
+    call(addr, "DELETE", "/api/v1/clients/zz", &[], "")
+        .await
+        .assert_error(404, "not connected");
+    call(
+        addr,
+        "DELETE",
+        "/api/v1/clients/d?clear_session=yes",
+        &[],
+        "",
+    )
+    .await
+    .assert_error(400, "clear_session");
 
-    let answer = call(addr, "DELETE", "/api/v1/clients/d?clear_session=true", &[], "").await;
+    let answer = call(
+        addr,
+        "DELETE",
+        "/api/v1/clients/d?clear_session=true",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(answer.status, 204, "{}", answer.body);
     assert!(b.find_session(&ClientId::new("d")).is_none());
-    assert_eq!(b.subscription_count(), 1, "d's subscription is gone, a's stays");
-    call(addr, "DELETE", "/api/v1/clients/d?clear_session=true", &[], "")
-        .await
-        .assert_error(404, "no session");
+    assert_eq!(
+        b.subscription_count(),
+        1,
+        "d's subscription is gone, a's stays"
+    );
+    call(
+        addr,
+        "DELETE",
+        "/api/v1/clients/d?clear_session=true",
+        &[],
+        "",
+    )
+    .await
+    .assert_error(404, "no session");
 
     // Online: kicked now, and the session ends when the connection detaches.
-    let answer = call(addr, "DELETE", "/api/v1/clients/c?clear_session=true", &[], "").await;
+    let answer = call(
+        addr,
+        "DELETE",
+        "/api/v1/clients/c?clear_session=true",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(answer.status, 204, "{}", answer.body);
     assert_eq!(c_kicks.try_recv().ok(), Some(Kick::Administrative));
     let c = b.find_session(&ClientId::new("c")).unwrap();
@@ -326,13 +384,19 @@ async fn subscriptions_are_listed_and_filtered() {
 
     let by_client = get(addr, "/api/v1/subscriptions?clientid=c").await.json();
     assert_eq!(rows(by_client), [pair("c", "x/#")]);
-    let by_topic = get(addr, "/api/v1/subscriptions?topic=x%2F%23").await.json();
+    let by_topic = get(addr, "/api/v1/subscriptions?topic=x%2F%23")
+        .await
+        .json();
     assert_eq!(rows(by_topic), [pair("a", "x/#"), pair("c", "x/#")]);
-    let shared = get(addr, "/api/v1/subscriptions?topic=%24share%2Fg%2Fy").await.json();
+    let shared = get(addr, "/api/v1/subscriptions?topic=%24share%2Fg%2Fy")
+        .await
+        .json();
     assert_eq!(rows(shared), [pair("a", "$share/g/y")]);
     let nobody = get(addr, "/api/v1/subscriptions?clientid=zz").await.json();
     assert_eq!(nobody["meta"]["count"], json!(0));
-    let paged = get(addr, "/api/v1/subscriptions?limit=1&page=3").await.json();
+    let paged = get(addr, "/api/v1/subscriptions?limit=1&page=3")
+        .await
+        .json();
     assert_eq!(rows(paged), [pair("c", "x/#")]);
 }
 
@@ -372,7 +436,9 @@ async fn retained_messages_are_listed_by_filter_with_binary_payloads_in_base64()
     assert_eq!(all.status, 200, "{}", all.body);
     assert_eq!(topics(&all.json()), ["$SYS/x", "a/1", "a/2", "b/1"]);
 
-    let a = get(addr, "/api/v1/topics/retained?topic=a/%23").await.json();
+    let a = get(addr, "/api/v1/topics/retained?topic=a/%23")
+        .await
+        .json();
     assert_eq!(topics(&a), ["a/1", "a/2"]);
     assert_eq!(a["meta"]["count"], json!(2));
     let one = &a["data"][0];
@@ -388,7 +454,9 @@ async fn retained_messages_are_listed_by_filter_with_binary_payloads_in_base64()
     assert_eq!(two["payload_encoding"], json!("base64"));
     assert_eq!(two["from_clientid"], Value::Null);
 
-    let plus = get(addr, "/api/v1/topics/retained?topic=%2B/1").await.json();
+    let plus = get(addr, "/api/v1/topics/retained?topic=%2B/1")
+        .await
+        .json();
     assert_eq!(topics(&plus), ["a/1", "b/1"]);
     get(addr, "/api/v1/topics/retained?topic=a/%23/b")
         .await
@@ -429,7 +497,10 @@ async fn publish_routes_like_a_client_publish_and_validates() {
         assert_eq!(p.message_expiry_interval, Some(30));
         assert_eq!(
             p.user_properties,
-            [("k".to_owned(), "v".to_owned()), ("a".to_owned(), "b".to_owned())]
+            [
+                ("k".to_owned(), "v".to_owned()),
+                ("a".to_owned(), "b".to_owned())
+            ]
         );
     }
 
@@ -449,7 +520,10 @@ async fn publish_routes_like_a_client_publish_and_validates() {
         (r#"{"topic":"t/#","payload":"x"}"#, "invalid topic name"),
         (r#"{"topic":"","payload":"x"}"#, "invalid topic name"),
         (r#"{"topic":"t","qos":3}"#, "qos must be 0, 1 or 2"),
-        (r#"{"topic":"t","payload":"!!","payload_encoding":"base64"}"#, "base64"),
+        (
+            r#"{"topic":"t","payload":"!!","payload_encoding":"base64"}"#,
+            "base64",
+        ),
         (r#"{"topic":"t","retained":true}"#, "unknown field"),
         (r#"{"topic":"t","#, "invalid publish request"),
         ("", "invalid publish request"),
@@ -457,13 +531,18 @@ async fn publish_routes_like_a_client_publish_and_validates() {
             r#"{"topic":"t","payload":"/w==","payload_encoding":"base64","properties":{"payload_format_indicator":1}}"#,
             "not UTF-8",
         ),
-        (r#"{"topic":"t","properties":{"response_topic":"a/+"}}"#, "response_topic"),
+        (
+            r#"{"topic":"t","properties":{"response_topic":"a/+"}}"#,
+            "response_topic",
+        ),
     ];
     for (body, error) in cases {
         post(addr, body).await.assert_error(400, error);
     }
     assert_eq!(s.state().queue.len(), 1, "refused publishes are not routed");
-    call(addr, "GET", "/api/v1/publish", &[], "").await.assert_error(405, "method not allowed");
+    call(addr, "GET", "/api/v1/publish", &[], "")
+        .await
+        .assert_error(405, "method not allowed");
 }
 
 #[tokio::test]
@@ -473,17 +552,39 @@ async fn a_token_guards_the_api_but_not_the_probes() {
 
     let refused = get(addr, "/api/v1/clients").await;
     refused.assert_error(401, "bearer token");
-    assert!(refused.head.contains("www-authenticate: bearer"), "{}", refused.head);
-    for header in ["Authorization: Bearer s3creT", "Authorization: Basic czNjcmV0", "Authorization: Bearer"] {
+    assert!(
+        refused.head.contains("www-authenticate: bearer"),
+        "{}",
+        refused.head
+    );
+    for header in [
+        "Authorization: Bearer s3creT",
+        "Authorization: Basic czNjcmV0",
+        "Authorization: Bearer",
+    ] {
         let answer = call(addr, "GET", "/api/v1/clients", &[header], "").await;
         answer.assert_error(401, "bearer token");
     }
     let post_refused = call(addr, "POST", "/api/v1/publish", &[], r#"{"topic":"t"}"#).await;
     post_refused.assert_error(401, "bearer token");
 
-    let ok = call(addr, "GET", "/api/v1/clients", &["Authorization: Bearer s3cret"], "").await;
+    let ok = call(
+        addr,
+        "GET",
+        "/api/v1/clients",
+        &["Authorization: Bearer s3cret"],
+        "",
+    )
+    .await;
     assert_eq!(ok.status, 200, "{}", ok.body);
-    let ok = call(addr, "DELETE", "/api/v1/clients/x", &["authorization: bearer s3cret"], "").await;
+    let ok = call(
+        addr,
+        "DELETE",
+        "/api/v1/clients/x",
+        &["authorization: bearer s3cret"],
+        "",
+    )
+    .await;
     ok.assert_error(404, "not connected");
 
     assert_eq!(get(addr, "/healthz").await.status, 200);

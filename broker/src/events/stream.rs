@@ -1,0 +1,259 @@
+//! The stream dialect (seed 002, "MQTT adapter"): every connect and disconnect is appended
+//! to a persisted log with increasing ids ([`skein_storage::EventLog`]), which consumers
+//! read from any id over HTTP ([`router`]): a page, a long poll, or server-sent events.
+//! Retention (age and length) is enforced by the sink task.
+
+mod api;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use skein_storage::{EventLog, Store};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::live::LiveConnections;
+use super::sink_task::SinkTask;
+use super::{Event, EventBody, EventBus, EventKind, KindSet};
+use crate::config::Config;
+
+pub use api::router;
+
+/// The dialect name on the bus and in `skein_events_dropped_total`.
+pub const DIALECT: &str = "stream";
+
+/// The kinds the stream (and the Redis sink) render.
+pub fn kinds() -> KindSet {
+    KindSet::of(&[EventKind::ClientConnected, EventKind::ClientDisconnected])
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Connect,
+    Disconnect,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Connect => "connect",
+            EventType::Disconnect => "disconnect",
+        }
+    }
+}
+
+/// One entry, as seed 002's MQTT adapter writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub client_id: String,
+    pub event_type: EventType,
+    /// The node name.
+    pub instance: String,
+    /// Nanoseconds since the epoch (the event's millisecond timestamp, scaled).
+    pub occurred_at: u64,
+}
+
+/// Turns events into entries: a `connect` per session that went live, a `disconnect`
+/// when it ends. Connections refused before they had a session (which raise
+/// `client.disconnected` too) write nothing.
+#[derive(Debug, Default)]
+pub struct Entries {
+    live: LiveConnections,
+}
+
+impl Entries {
+    pub fn entry(&mut self, event: &Event, instance: &str) -> Option<Entry> {
+        let (event_type, at_ms) = match &event.body {
+            EventBody::Connected => {
+                self.live.connected(&event.client);
+                (EventType::Connect, event.timestamp_ms)
+            }
+            EventBody::Disconnected {
+                disconnected_at_ms, ..
+            } => {
+                if !self.live.disconnected(&event.client) {
+                    return None;
+                }
+                (EventType::Disconnect, *disconnected_at_ms)
+            }
+            _ => return None,
+        };
+        Some(Entry {
+            client_id: event.client.client_id.as_str().to_owned(),
+            event_type,
+            instance: instance.to_owned(),
+            occurred_at: at_ms.saturating_mul(1_000_000),
+        })
+    }
+}
+
+/// How long and how many entries the log keeps; `None`: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    pub max_entries: Option<u64>,
+}
+
+impl Retention {
+    pub fn from_config(config: &Config) -> Retention {
+        Retention {
+            max_age: (config.stream_retention_secs > 0)
+                .then(|| Duration::from_secs(config.stream_retention_secs)),
+            max_entries: (config.stream_max_entries > 0).then_some(config.stream_max_entries),
+        }
+    }
+
+    /// How often the limits are enforced: often enough that the log overshoots them by
+    /// little, rarely enough to cost nothing.
+    fn interval(&self) -> Duration {
+        let by_age = self.max_age.map_or(MAX_TRIM_INTERVAL, |age| age / 10);
+        by_age.clamp(Duration::from_secs(1), MAX_TRIM_INTERVAL)
+    }
+
+    /// Trims the log to the limits at `now_ns`; returns how many entries went.
+    pub fn enforce(&self, log: &EventLog, now_ns: u64) -> skein_storage::Result<u64> {
+        let mut removed = 0;
+        if let Some(age) = self.max_age {
+            let age_ns = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
+            removed += log.trim_older_than(now_ns.saturating_sub(age_ns))?;
+        }
+        if let Some(max) = self.max_entries {
+            removed += log.trim_to_len(max)?;
+        }
+        Ok(removed)
+    }
+}
+
+const MAX_TRIM_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the HTTP API reads: the log, and the last id written (to wake long polls and
+/// event streams). Cheap to clone.
+#[derive(Clone)]
+pub struct StreamApi {
+    log: Option<EventLog>,
+    last: watch::Receiver<u64>,
+}
+
+/// The registered stream dialect.
+pub struct StreamDialect {
+    events: Option<mpsc::Receiver<Arc<Event>>>,
+    log: EventLog,
+    last: watch::Sender<u64>,
+    instance: String,
+    retention: Retention,
+}
+
+/// Registers the stream on `bus` (unless `stream_enabled` is off) over `store`'s log.
+pub fn register(bus: &mut EventBus, config: &Config, store: &Store) -> StreamDialect {
+    let log = store.event_log().clone();
+    let events = config
+        .stream_enabled
+        .then(|| bus.add_sink(DIALECT, kinds(), config.events_queue_capacity));
+    let (last, _) = watch::channel(log.last_id());
+    StreamDialect {
+        events,
+        log,
+        last,
+        instance: bus.node().node_name.clone(),
+        retention: Retention::from_config(config),
+    }
+}
+
+impl StreamDialect {
+    /// The state [`router`] serves; it answers 404 when the stream is disabled.
+    pub fn api(&self) -> StreamApi {
+        StreamApi {
+            log: self.events.is_some().then(|| self.log.clone()),
+            last: self.last.subscribe(),
+        }
+    }
+
+    /// Starts appending and trimming; `None` when the stream is disabled.
+    pub fn start(self) -> Option<SinkTask> {
+        let events = self.events?;
+        let sink = Sink {
+            log: self.log,
+            last: self.last,
+            instance: self.instance,
+            retention: self.retention,
+            entries: Entries::default(),
+        };
+        Some(SinkTask::spawn(DIALECT, move |stop| sink.run(events, stop)))
+    }
+}
+
+struct Sink {
+    log: EventLog,
+    last: watch::Sender<u64>,
+    instance: String,
+    retention: Retention,
+    entries: Entries,
+}
+
+impl Sink {
+    async fn run(mut self, mut events: mpsc::Receiver<Arc<Event>>, stop: CancellationToken) {
+        self.trim().await;
+        let mut trim = tokio::time::interval(self.retention.interval());
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        trim.reset();
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.append(&event),
+                    None => break,
+                },
+                _ = trim.tick() => self.trim().await,
+                () = stop.cancelled() => {
+                    while let Ok(event) = events.try_recv() {
+                        self.append(&event);
+                    }
+                    break;
+                }
+            }
+        }
+        // Dropping `last` ends the long polls and event streams that wait on it.
+    }
+
+    fn append(&mut self, event: &Event) {
+        let Some(entry) = self.entries.entry(event, &self.instance) else {
+            return;
+        };
+        let appended = serde_json::to_vec(&entry)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| self.log.append(&bytes).map_err(|e| e.to_string()));
+        match appended {
+            Ok(id) => {
+                self.last.send_replace(id);
+            }
+            Err(error) => {
+                metrics::counter!(crate::metrics::EVENTS_DROPPED, "dialect" => DIALECT, "reason" => "storage_error")
+                    .increment(1);
+                tracing::error!(%error, client_id = %entry.client_id, "cannot append to the event log");
+            }
+        }
+    }
+
+    async fn trim(&self) {
+        let (log, retention) = (self.log.clone(), self.retention);
+        // Deleting a large backlog is blocking I/O: keep it off the async workers.
+        let trimmed = tokio::task::spawn_blocking(move || retention.enforce(&log, now_ns())).await;
+        match trimmed {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::debug!(removed, "event log trimmed"),
+            Ok(Err(error)) => tracing::error!(%error, "cannot trim the event log"),
+            Err(error) => tracing::error!(%error, "event log trim task failed"),
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

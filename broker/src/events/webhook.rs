@@ -1,0 +1,170 @@
+//! The webhook dialect (seed 004): each wanted event is POSTed as JSON to every configured
+//! URL, from tasks of its own, so a slow or dead web server never slows MQTT traffic.
+//!
+//! Pipeline: the event bus (bounded, drops counted in `skein_events_dropped_total`) feeds
+//! one dispatcher, which renders the bodies the rules want and queues them per URL
+//! (bounded, drops counted as `skein_webhook_requests_total{outcome="dropped"}`); each
+//! URL's worker posts them (see [`delivery`]).
+
+pub mod body;
+pub mod delivery;
+pub mod rules;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::Uri;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::live::LiveConnections;
+use super::sink_task::SinkTask;
+use super::{ClientInfo, Event, EventBody, EventBus, EventKind, KindSet, NodeInfo};
+use crate::config::Config;
+use crate::connection::DisconnectReason;
+use delivery::{DeliverySettings, Queues};
+use rules::{Action, Rules};
+
+/// The dialect name on the bus and in `skein_events_dropped_total`.
+pub const DIALECT: &str = "webhook";
+
+/// Why a `webhook_urls` setting was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UrlError {
+    #[error("{0:?} is not a URL")]
+    Invalid(String),
+    #[error("{0:?}: https is not supported yet, use http://")]
+    Https(String),
+    #[error("{0:?}: only http:// URLs are supported")]
+    Scheme(String),
+}
+
+/// Parses the comma-separated `webhook_urls` setting (blank entries ignored).
+pub fn parse_urls(text: &str) -> Result<Vec<Uri>, UrlError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let uri: Uri = s.parse().map_err(|_| UrlError::Invalid(s.to_owned()))?;
+            match uri.scheme_str() {
+                Some("http") if uri.authority().is_some() => Ok(uri),
+                Some("http") => Err(UrlError::Invalid(s.to_owned())),
+                Some("https") => Err(UrlError::Https(s.to_owned())),
+                _ => Err(UrlError::Scheme(s.to_owned())),
+            }
+        })
+        .collect()
+}
+
+/// A registered, not yet started webhook dialect.
+pub struct WebhookDialect {
+    events: mpsc::Receiver<Arc<Event>>,
+    node: NodeInfo,
+    rules: Rules,
+    urls: Vec<Uri>,
+    settings: DeliverySettings,
+}
+
+/// Registers the webhook on `bus` when `webhook_urls` is set. The settings were checked
+/// when the configuration was loaded; should they still not parse, the webhook stays off
+/// (and says why) rather than taking the node down.
+pub fn register(bus: &mut EventBus, config: &Config) -> Option<WebhookDialect> {
+    let urls = match parse_urls(&config.webhook_urls) {
+        Ok(urls) if urls.is_empty() => return None,
+        Ok(urls) => urls,
+        Err(e) => {
+            tracing::error!(error = %e, "webhook_urls: webhook disabled");
+            return None;
+        }
+    };
+    let rules = match Rules::parse(&config.webhook_rules) {
+        Ok(rules) => rules,
+        Err(e) => {
+            tracing::error!(error = %e, "webhook_rules: webhook disabled");
+            return None;
+        }
+    };
+    let mut kinds = rules.kinds();
+    if rules.wants(Action::SessionTerminated, None) {
+        // To tell a session's end from a refused connection's.
+        kinds = kinds.union(KindSet::of(&[EventKind::ClientConnected]));
+    }
+    let events = bus.add_sink(DIALECT, kinds, config.webhook_queue_capacity);
+    tracing::info!(urls = urls.len(), "webhook enabled");
+    Some(WebhookDialect {
+        events,
+        node: bus.node().clone(),
+        rules,
+        urls,
+        settings: DeliverySettings {
+            timeout: Duration::from_millis(config.webhook_timeout_ms),
+            max_retries: config.webhook_max_retries,
+            concurrency: config.webhook_concurrency,
+            queue_capacity: config.webhook_queue_capacity,
+        },
+    })
+}
+
+impl WebhookDialect {
+    /// Starts posting. [`SinkTask::finish`] posts what was raised until then, within its
+    /// grace period.
+    pub fn start(self) -> SinkTask {
+        SinkTask::spawn(DIALECT, move |stop| self.run(stop))
+    }
+
+    async fn run(mut self, stop: CancellationToken) {
+        let mut workers = JoinSet::new();
+        let queues = Queues::start(&self.urls, &self.settings, &mut workers);
+        let mut live = LiveConnections::default();
+        loop {
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(event) => self.dispatch(&event, &queues, &mut live),
+                    None => break,
+                },
+                () = stop.cancelled() => {
+                    while let Ok(event) = self.events.try_recv() {
+                        self.dispatch(&event, &queues, &mut live);
+                    }
+                    break;
+                }
+            }
+        }
+        // Closing the queues lets each worker finish what it holds, then end.
+        drop(queues);
+        while workers.join_next().await.is_some() {}
+    }
+
+    fn dispatch(&self, event: &Event, queues: &Queues, live: &mut LiveConnections) {
+        let terminated = match &event.body {
+            EventBody::Connected => {
+                live.connected(&event.client);
+                false
+            }
+            EventBody::Disconnected { reason, .. } => {
+                live.disconnected(&event.client) && ends_session(&event.client, *reason)
+            }
+            _ => false,
+        };
+        for (action, body) in body::render(event, &self.node, &self.rules, terminated) {
+            match serde_json::to_vec(&body) {
+                Ok(bytes) => queues.push(Bytes::from(bytes)),
+                Err(e) => {
+                    tracing::error!(action = action.as_str(), error = %e, "webhook body not serialisable")
+                }
+            }
+        }
+    }
+}
+
+/// Whether the end of this connection ends its session too. Known for MQTT 3.x clean
+/// sessions only: the event model doesn't carry an MQTT 5 Session Expiry Interval. A
+/// session taken over lives on in the new connection.
+fn ends_session(client: &ClientInfo, reason: DisconnectReason) -> bool {
+    !client.protocol.is_v5() && client.clean_start && reason != DisconnectReason::Takeovered
+}
+
+#[cfg(test)]
+mod tests;
