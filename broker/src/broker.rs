@@ -21,6 +21,26 @@ use crate::retained::RetainedStore;
 use crate::session::{Delivery, EnqueueOutcome, Session, Subscription};
 use crate::topic::{self, TopicTree};
 
+/// Merges the non-shared deliveries of one session into one (highest QoS, every
+/// subscription id): overlapping subscriptions deliver one copy. Sorting beats hashing here:
+/// fan-outs are usually small, and it allocates nothing.
+fn merge_per_session(targets: &mut Vec<(Arc<Session>, Delivery, bool)>) {
+    if targets.len() < 2 {
+        return;
+    }
+    targets.sort_unstable_by_key(|(s, _, shared)| (*shared, Arc::as_ptr(s) as usize));
+    targets.dedup_by(|later, kept| {
+        if later.2 || kept.2 || !Arc::ptr_eq(&later.0, &kept.0) {
+            return false;
+        }
+        let (d, from) = (&mut kept.1, &mut later.1);
+        d.qos = d.qos.max(from.qos);
+        d.retain |= from.retain;
+        d.subscription_ids.append(&mut from.subscription_ids);
+        true
+    });
+}
+
 /// A session as a key of the subscription index: equal when the client ids are.
 #[derive(Clone)]
 pub struct SessionRef(pub Arc<Session>);
@@ -56,6 +76,8 @@ pub struct Broker {
     pub store: Store,
     pub cluster: Arc<dyn ClusterHandle>,
     pub events: EventBus,
+    /// Per-message counters, registered once.
+    pub hot: Arc<crate::metrics::HotCounters>,
     sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
     subscriptions: RwLock<TopicTree<SessionRef, SubEntry>>,
     pub retained: RetainedStore,
@@ -79,6 +101,7 @@ impl Broker {
             store,
             cluster,
             events,
+            hot: Arc::new(crate::metrics::HotCounters::register()),
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(TopicTree::new()),
             retained,
@@ -433,9 +456,8 @@ impl Broker {
     /// Routes a publish to every matching session on this node; never blocks.
     pub fn route(&self, message: Arc<Message>) -> RouteOutcome {
         let retained_changed = message.retain && self.retained.update(&message);
-        let mut targets: Vec<(Arc<Session>, Delivery)> = Vec::new();
-        // Non-shared matches of one session merge into one delivery (highest QoS, all ids).
-        let mut by_session: HashMap<usize, usize> = HashMap::new();
+        // (session, delivery, shared): non-shared matches of one session are merged below.
+        let mut targets: Vec<(Arc<Session>, Delivery, bool)> = Vec::new();
         {
             let tree = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
             tree.matches(
@@ -451,17 +473,6 @@ impl Broker {
                     }
                     let qos = message.qos.min(v.options.qos);
                     let retain = message.retain && v.options.retain_as_published;
-                    let key = Arc::as_ptr(&k.0) as usize;
-                    if shared.is_none() {
-                        if let Some(&i) = by_session.get(&key) {
-                            let d = &mut targets[i].1;
-                            d.qos = d.qos.max(qos);
-                            d.retain |= retain;
-                            d.subscription_ids.extend(v.subscription_id);
-                            return;
-                        }
-                        by_session.insert(key, targets.len());
-                    }
                     targets.push((
                         k.0.clone(),
                         Delivery {
@@ -470,25 +481,29 @@ impl Broker {
                             retain,
                             subscription_ids: v.subscription_id.into_iter().collect(),
                         },
+                        shared.is_some(),
                     ));
                 },
             );
         }
+        merge_per_session(&mut targets);
         let mut outcome = RouteOutcome {
             matched: targets.len(),
             needs_flush: retained_changed,
         };
         let now = now_ms();
-        for (session, delivery) in targets {
+        for (session, delivery, _) in targets {
             let qos = delivery.qos;
             match session.enqueue(delivery, self.config.max_queued_messages, &self.store, now) {
                 EnqueueOutcome::Queued => {}
                 EnqueueOutcome::QueuedOffline => {
                     raise::offline(&self.events, &session, &message, qos)
                 }
-                EnqueueOutcome::Stored => {
+                EnqueueOutcome::Stored { online } => {
                     outcome.needs_flush = true;
-                    raise::offline(&self.events, &session, &message, qos);
+                    if !online {
+                        raise::offline(&self.events, &session, &message, qos);
+                    }
                 }
                 EnqueueOutcome::Dropped(reason) => {
                     crate::metrics::message_dropped(reason.as_str());

@@ -417,6 +417,53 @@ fn protocol_index(protocol: ProtocolVersion) -> usize {
     }
 }
 
+/// Handles of the per-message counters, registered once: looking a counter up in the
+/// recorder's registry on every message cost a quarter of the CPU in fan-out benchmarks.
+#[derive(Clone)]
+pub struct HotCounters {
+    received: [metrics::Counter; 3],
+    sent: [metrics::Counter; 3],
+    acked: metrics::Counter,
+    bytes_in: metrics::Counter,
+    bytes_out: metrics::Counter,
+}
+
+impl HotCounters {
+    /// Registers with the installed recorder (a no-op recorder when none is installed).
+    pub fn register() -> HotCounters {
+        HotCounters {
+            received: RECEIVED.each_ref().map(counter),
+            sent: SENT.each_ref().map(counter),
+            acked: counter(&ACKED),
+            bytes_in: counter(&BYTES_IN),
+            bytes_out: counter(&BYTES_OUT),
+        }
+    }
+
+    pub fn received(&self, qos: QoS) {
+        self.received[qos_index(qos)].increment(1);
+    }
+
+    /// `n` PUBLISH packets went out at `qos`.
+    pub fn sent(&self, qos: QoS, n: u64) {
+        if n > 0 {
+            self.sent[qos_index(qos)].increment(n);
+        }
+    }
+
+    pub fn acked(&self) {
+        self.acked.increment(1);
+    }
+
+    pub fn bytes_in(&self, n: usize) {
+        self.bytes_in.increment(n as u64);
+    }
+
+    pub fn bytes_out(&self, n: usize) {
+        self.bytes_out.increment(n as u64);
+    }
+}
+
 /// A PUBLISH came in from a client.
 pub fn message_received(qos: QoS) {
     counter(&RECEIVED[qos_index(qos)]).increment(1);

@@ -254,3 +254,15 @@ async fn the_stream_can_be_switched_off_and_is_behind_the_api_token() {
         .unwrap();
     assert_eq!(status, 401, "auth first: {body}");
 }
+
+#[tokio::test]
+async fn clients_still_connected_at_shutdown_get_their_disconnect_logged() {
+    let mut node = Node::start();
+    let id = unique_id("at-stop");
+    let _c = v3::Client::connect(node.mqtt_addr(), &id).await;
+    entries_of(&node, &id, 1).await;
+    assert!(node.terminate().success());
+    node.restart();
+    let entries = entries_of(&node, &id, 2).await;
+    assert_eq!(entries[1]["event_type"], "disconnect", "{entries:?}");
+}

@@ -67,7 +67,7 @@ impl Connection {
     }
 
     fn on_publish(&mut self, mut p: Publish) -> Result<After, Close> {
-        crate::metrics::message_received(p.qos);
+        self.broker.hot.received(p.qos);
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Close::protocol(
                 "Subscription Identifier in a client PUBLISH",
@@ -310,7 +310,7 @@ impl Connection {
             return;
         }
         let persistent = st.is_persistent();
-        let done = st.inflight.remove(pos);
+        let done = st.remove_inflight(pos);
         drop(st);
         if let Some(f) = done {
             let m = &f.delivery.message;
@@ -326,7 +326,7 @@ impl Connection {
                 },
             );
         }
-        crate::metrics::message_acked();
+        self.broker.hot.acked();
         if persistent {
             if let Err(e) = self
                 .broker

@@ -25,7 +25,7 @@ impl Connection {
         }
         let now = now_ms();
         let persistent = st.is_persistent();
-        let inflight = std::mem::take(&mut st.inflight);
+        let inflight = st.take_inflight();
         let mut requeue = Vec::new();
         for f in inflight {
             if f.state == InflightState::Sent && st.inflight.len() >= self.send_window {
@@ -62,7 +62,7 @@ impl Connection {
                 }
                 InflightState::Released => self.send(&Packet::PubRel(Ack::new(f.packet_id))),
             }
-            st.inflight.push_back(f);
+            st.push_inflight(f);
         }
         for q in requeue.into_iter().rev() {
             st.queue.push_front(q);
@@ -83,6 +83,8 @@ impl Connection {
         let persistent = st.is_persistent();
         let now = now_ms();
         let mut wrote_storage = false;
+        // Counted per batch, not per message.
+        let mut sent = [0u64; 3];
         while let Some(front) = st.queue.front() {
             if front.delivery.qos != QoS::AtMostOnce && st.inflight.len() >= self.send_window {
                 break;
@@ -163,14 +165,18 @@ impl Connection {
                     );
                     wrote_storage = true;
                 }
-                st.inflight.push_back(Inflight {
+                st.push_inflight(Inflight {
                     seq: q.seq,
                     packet_id,
                     delivery: q.delivery,
                     state: InflightState::Sent,
                 });
             }
-            crate::metrics::message_sent(q_qos);
+            sent[q_qos as usize] += 1;
+        }
+        drop(st);
+        for (qos, n) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().zip(sent) {
+            self.broker.hot.sent(qos, n);
         }
         Ok(wrote_storage)
     }
