@@ -249,6 +249,14 @@ mem_total="$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
 cpu_model="$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 elapsed=$(( $(date +%s) - START_TIME ))
 
+# Hand-written notes (the optimisation log, analyses of missed targets) live below this
+# marker in BENCHMARKS.md and survive regeneration.
+MARKER='<!-- notes below are kept when this file is regenerated -->'
+NOTES=""
+if [ -f "$OUT" ] && grep -qF "$MARKER" "$OUT"; then
+  NOTES="$(sed -n "/$MARKER/,\$p" "$OUT")"
+fi
+
 {
   echo "# Benchmarks"
   echo
@@ -380,6 +388,10 @@ elapsed=$(( $(date +%s) - START_TIME ))
   echo
   echo "(For connect, \"lost\" counts failed connections.) Raw JSON lines of every run:"
   echo "\`target/bench-compare/results.tsv\` of the run that wrote this file."
+  if [ -n "$NOTES" ]; then
+    echo
+    printf '%s\n' "$NOTES"
+  fi
 } >"$OUT"
 
 say "wrote $OUT"

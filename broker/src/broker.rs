@@ -561,14 +561,7 @@ impl Broker {
 /// Asks a connection to go away for an operator. False only when the connection is
 /// already gone; a full channel means a kick is already on its way.
 fn send_kick(attachment: &crate::session::Attachment) -> bool {
-    use tokio::sync::mpsc::error::TrySendError;
-    match attachment
-        .kick
-        .try_send(crate::session::Kick::Administrative)
-    {
-        Ok(()) | Err(TrySendError::Full(_)) => true,
-        Err(TrySendError::Closed(_)) => false,
-    }
+    attachment.kick.send(crate::session::Kick::Administrative)
 }
 
 #[cfg(test)]
@@ -601,7 +594,7 @@ mod tests {
 
     fn online(b: &Broker, id: &str) -> Arc<Session> {
         let s = b.get_or_create_session(&ClientId::new(id));
-        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let tx = crate::session::KickSignal::new();
         s.state().attachment = Some(Attachment {
             connection_id: 1,
             kick: tx,

@@ -1153,7 +1153,10 @@ mod tests {
             ("SKEIN_SHUTDOWN_TIMEOUT_MS", "11"),
             ("SKEIN_LOG", "debug"),
             ("SKEIN_WEBHOOK_URLS", "http://a/1,http://b:81/2"),
-            ("SKEIN_WEBHOOK_RULES", r#"[{"action": "on_message_publish", "topic": "x/#"}]"#),
+            (
+                "SKEIN_WEBHOOK_RULES",
+                r#"[{"action": "on_message_publish", "topic": "x/#"}]"#,
+            ),
             ("SKEIN_WEBHOOK_TIMEOUT_MS", "12"),
             ("SKEIN_WEBHOOK_MAX_RETRIES", "13"),
             ("SKEIN_WEBHOOK_CONCURRENCY", "14"),
@@ -1591,17 +1594,44 @@ mod tests {
         assert_eq!(config.redis_url, "");
         assert_eq!(config.redis_stream_prefix, "skein");
 
-        let message = error(&[], &[("SKEIN_WEBHOOK_URLS", "https://h/x")], "webhook_urls");
+        let message = error(
+            &[],
+            &[("SKEIN_WEBHOOK_URLS", "https://h/x")],
+            "webhook_urls",
+        );
         assert!(message.contains("http:// URLs"), "{message}");
-        error(&[], &[("SKEIN_WEBHOOK_URLS", "http://a/1,ftp://b")], "webhook_urls");
-        error(&[], &[("SKEIN_WEBHOOK_RULES", "[{\"action\": \"on_nope\"}]")], "webhook_rules");
+        error(
+            &[],
+            &[("SKEIN_WEBHOOK_URLS", "http://a/1,ftp://b")],
+            "webhook_urls",
+        );
+        error(
+            &[],
+            &[("SKEIN_WEBHOOK_RULES", "[{\"action\": \"on_nope\"}]")],
+            "webhook_rules",
+        );
         error(&[], &[("SKEIN_WEBHOOK_RULES", "not json")], "webhook_rules");
-        error(&[], &[("SKEIN_WEBHOOK_CONCURRENCY", "0")], "webhook_concurrency");
-        error(&[], &[("SKEIN_WEBHOOK_TIMEOUT_MS", "0")], "webhook_timeout_ms");
+        error(
+            &[],
+            &[("SKEIN_WEBHOOK_CONCURRENCY", "0")],
+            "webhook_concurrency",
+        );
+        error(
+            &[],
+            &[("SKEIN_WEBHOOK_TIMEOUT_MS", "0")],
+            "webhook_timeout_ms",
+        );
         error(&[], &[("SKEIN_REDIS_URL", "http://h")], "redis_url");
         error(&[], &[("SKEIN_REDIS_URL", "rediss://h")], "redis_url");
-        error(&[], &[("SKEIN_REDIS_STREAM_PREFIX", "")], "redis_stream_prefix");
+        error(
+            &[],
+            &[("SKEIN_REDIS_STREAM_PREFIX", "")],
+            "redis_stream_prefix",
+        );
         let config = load(&[], &[("SKEIN_WEBHOOK_URLS", " "), ("SKEIN_REDIS_URL", "")]).unwrap();
-        assert_eq!((config.webhook_urls.as_str(), config.redis_url.as_str()), ("", ""));
+        assert_eq!(
+            (config.webhook_urls.as_str(), config.redis_url.as_str()),
+            ("", "")
+        );
     }
 }

@@ -236,7 +236,7 @@ fn test_broker() -> Arc<Broker> {
 }
 
 fn attach(session: &Session, id: &str) {
-    let (kick, _) = tokio::sync::mpsc::channel(1);
+    let kick = crate::session::KickSignal::new();
     session.state().attachment = Some(Attachment {
         connection_id: 1,
         kick,

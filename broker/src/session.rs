@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use skein_storage::{Store, StoredInflight, StoredSession, StoredSubscription};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{QoS, SubscriptionOptions, Will};
@@ -53,16 +53,66 @@ pub struct Inflight {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kick {
     /// The same client id connected again.
-    TakenOver,
+    TakenOver = 0,
     /// An operator kicked it.
-    Administrative,
+    Administrative = 1,
+}
+
+/// Tells one connection to go away. Much smaller than a channel (every connection has one)
+/// and it only ever needs to carry the first reason.
+#[derive(Debug, Default)]
+pub struct KickSignal {
+    /// 0: none yet; otherwise `Kick as u8 + 1`.
+    reason: std::sync::atomic::AtomicU8,
+    notify: Notify,
+}
+
+impl KickSignal {
+    pub fn new() -> Arc<KickSignal> {
+        Arc::new(KickSignal::default())
+    }
+
+    /// False when the connection is already gone (nobody else holds the signal).
+    pub fn send(self: &Arc<Self>, kick: Kick) -> bool {
+        if Arc::strong_count(self) < 2 {
+            return false;
+        }
+        let code = kick as u8 + 1;
+        let _ = self.reason.compare_exchange(
+            0,
+            code,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
+        self.notify.notify_one();
+        true
+    }
+
+    /// The kick, if one was sent.
+    pub fn try_recv(&self) -> Option<Kick> {
+        match self.reason.load(std::sync::atomic::Ordering::Acquire) {
+            1 => Some(Kick::TakenOver),
+            2 => Some(Kick::Administrative),
+            _ => None,
+        }
+    }
+
+    /// Waits for a kick. Cancel-safe: a kick sent meanwhile is kept.
+    pub async fn recv(&self) -> Kick {
+        loop {
+            if let Some(kick) = self.try_recv() {
+                return kick;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// The link from a session to the connection currently attached to it.
 #[derive(Debug)]
 pub struct Attachment {
     pub connection_id: u64,
-    pub kick: mpsc::Sender<Kick>,
+    pub kick: Arc<KickSignal>,
     pub info: Arc<crate::events::ClientInfo>,
 }
 
@@ -124,7 +174,9 @@ pub enum EnqueueOutcome {
     /// Queued for the attached connection.
     Queued,
     /// Queued and written to storage: flush before acknowledging the publisher.
-    Stored { online: bool },
+    Stored {
+        online: bool,
+    },
     /// Queued (in memory) for an offline session.
     QueuedOffline,
     Dropped(DropReason),
@@ -201,7 +253,9 @@ impl SessionState {
 
     /// The token that cancels this offline period's timers.
     pub fn timer_token(&mut self) -> CancellationToken {
-        self.timers.get_or_insert_with(CancellationToken::new).clone()
+        self.timers
+            .get_or_insert_with(CancellationToken::new)
+            .clone()
     }
 
     /// Cancels every timer armed for the session (it is being attached or cleared).
@@ -541,6 +595,18 @@ mod tests {
             EnqueueOutcome::Dropped(DropReason::QueueFull)
         );
         assert_eq!(store.queue_load("c").unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_kick_keeps_its_first_reason_and_fails_once_the_connection_is_gone() {
+        let signal = KickSignal::new();
+        let held = signal.clone();
+        assert_eq!(held.try_recv(), None);
+        assert!(signal.send(Kick::Administrative));
+        assert!(signal.send(Kick::TakenOver));
+        assert_eq!(held.recv().await, Kick::Administrative);
+        drop(held);
+        assert!(!signal.send(Kick::TakenOver));
     }
 
     #[test]

@@ -90,7 +90,9 @@ impl Store {
     ///
     /// The future is boxed: callers await it inside long-lived connection tasks, and an
     /// inline sled flush future would enlarge every idle connection's task.
-    pub fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
+    pub fn flush(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
         Box::pin(async move {
             let start = Instant::now();
             let bytes = self.db.flush_async().await?;

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Close, Connection, DisconnectReason, Socket};
@@ -17,7 +16,7 @@ use crate::codec::{
 use crate::events::{raise, ClientInfo, EventBody, EventKind, Transport, WillInfo};
 use crate::ids::ClientId;
 use crate::message::now_ms;
-use crate::session::{Attachment, Kick, Session};
+use crate::session::{Attachment, Kick, KickSignal, Session};
 use crate::topic;
 
 /// How long a new connection waits for the old one's session during a takeover.
@@ -317,7 +316,7 @@ async fn attach(
             return Err((socket, r));
         }
     };
-    let (kick_tx, kick_rx) = mpsc::channel(1);
+    let kick = KickSignal::new();
 
     // Look the session up until we hold the lifecycle lock of one still in the registry.
     let (session, session_present) = loop {
@@ -350,7 +349,7 @@ async fn attach(
                 old_connection = old.connection_id,
                 "taking over the session from an existing connection"
             );
-            let _ = old.kick.try_send(Kick::TakenOver);
+            old.kick.send(Kick::TakenOver);
         }
         // The will of the previous connection goes out now, unless the session resumes
         // before its delay is over (then it is cancelled).
@@ -371,7 +370,7 @@ async fn attach(
             st.disconnected_at_ms = None;
             st.attachment = Some(Attachment {
                 connection_id: id,
-                kick: kick_tx.clone(),
+                kick: kick.clone(),
                 info: info.clone(),
             });
             st.last_info = Some(info.clone());
@@ -440,7 +439,7 @@ async fn attach(
         info,
         session,
         epoch: registration.epoch,
-        kick_rx,
+        kick_rx: kick,
         keep_alive: Duration::from_secs(keep_alive as u64),
         last_rx: Instant::now(),
         connect_session_expiry: requested,

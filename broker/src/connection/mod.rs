@@ -14,7 +14,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -163,7 +163,7 @@ pub struct Connection {
     info: Arc<ClientInfo>,
     session: Arc<Session>,
     epoch: u64,
-    kick_rx: mpsc::Receiver<Kick>,
+    kick_rx: Arc<crate::session::KickSignal>,
     keep_alive: Duration,
     last_rx: Instant,
     /// The session expiry the client asked for in CONNECT (DISCONNECT may change it).
@@ -287,7 +287,7 @@ impl Connection {
                 let flushed = tokio::select! {
                     r = self.socket.flush() => r,
                     _ = shutdown.cancelled() => return go_away(),
-                    kick = self.kick_rx.recv() => return kicked(kick),
+                    kick = self.kick_rx.recv() => return kicked(Some(kick)),
                     _ = tokio::time::sleep_until(write_deadline), if !self.keep_alive.is_zero() => {
                         return Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "client stopped reading");
                     }
@@ -303,7 +303,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return go_away(),
-                kick = self.kick_rx.recv() => return kicked(kick),
+                kick = self.kick_rx.recv() => return kicked(Some(kick)),
                 read = self.socket.fill() => match read {
                     Ok(true) => {
                         self.last_rx = Instant::now();
@@ -442,4 +442,3 @@ fn kicked(kick: Option<Kick>) -> Close {
         ),
     }
 }
-

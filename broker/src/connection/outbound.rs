@@ -175,7 +175,10 @@ impl Connection {
             sent[q_qos as usize] += 1;
         }
         drop(st);
-        for (qos, n) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().zip(sent) {
+        for (qos, n) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+            .into_iter()
+            .zip(sent)
+        {
             self.broker.hot.sent(qos, n);
         }
         Ok(wrote_storage)

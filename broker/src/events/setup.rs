@@ -129,7 +129,7 @@ mod tests {
     /// routing delivered).
     fn subscriber(broker: &Arc<Broker>, filter: &str) -> Arc<crate::session::Session> {
         let s = broker.get_or_create_session(&ClientId::new("sub"));
-        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let tx = crate::session::KickSignal::new();
         s.state().attachment = Some(Attachment {
             connection_id: 1,
             kick: tx,
