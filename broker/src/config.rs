@@ -16,10 +16,12 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 
+use crate::auth::Passwords;
 use crate::events::{dollar_event, dollar_events, EventKind, KindSet};
 
 /// Prefix of every environment variable the broker reads.
@@ -97,6 +99,12 @@ pub struct Config {
     pub events_qos: u8,
     /// Bearer token the HTTP admin API (`/api/v1/...`) requires; empty: no authentication.
     pub api_token: Secret,
+    /// Whether clients without a username may connect (false needs `password_file`).
+    pub allow_anonymous: bool,
+    /// The password file (`username:sha256:<hash>:<salt>` lines); empty: none.
+    pub password_file: PathBuf,
+    /// The users of `password_file`, read when the configuration is loaded (not a setting).
+    pub passwords: Option<Arc<Passwords>>,
     /// Webhook URLs (`http://` only), comma-separated; empty: the webhook is off.
     pub webhook_urls: String,
     /// Webhook rules as a JSON array (`[{"action": "on_message_publish", "topic": "foo/#"}]`);
@@ -154,6 +162,9 @@ impl Default for Config {
             events_subscribe_usernames: Vec::new(),
             events_qos: 0,
             api_token: Secret::default(),
+            allow_anonymous: true,
+            password_file: PathBuf::new(),
+            passwords: None,
             webhook_urls: String::new(),
             webhook_rules: String::new(),
             webhook_timeout_ms: 5000,
@@ -192,14 +203,17 @@ impl Config {
 
         let mut config = Config::default();
         let mut node_name_given = false;
+        // Where each setting was last set, for the checks made once every layer is applied.
+        let mut origins: HashMap<&'static str, Origin> = HashMap::new();
         let mut apply = |config: &mut Config, setting: &Setting, raw: Raw<'_>, origin: Origin| {
             (setting.apply)(config, raw).map_err(|expected| ConfigError::Invalid {
                 setting: setting.name,
                 value: raw.shown(),
                 expected,
-                origin,
+                origin: origin.clone(),
             })?;
             node_name_given |= setting.name == "node_name";
+            origins.insert(setting.name, origin);
             Ok::<_, ConfigError>(())
         };
 
@@ -239,6 +253,7 @@ impl Config {
         if !node_name_given {
             config.node_name = default_node_name(config.node_id);
         }
+        resolve_auth(&mut config, &origins)?;
         Ok(config)
     }
 
@@ -321,6 +336,14 @@ pub enum ConfigError {
     /// The configuration file has a key that isn't a setting (usually a typo).
     #[error("config error: {}: unknown setting in {}", one_line(key), one_line(path.display()))]
     UnknownKey { key: String, path: PathBuf },
+    /// The password file can't be read or has a bad line (named by number, never quoted:
+    /// it may hold a password).
+    #[error("config error: password_file: {}: {source} (from {origin})", one_line(path.display()))]
+    PasswordFile {
+        path: PathBuf,
+        source: crate::auth::PasswordFileError,
+        origin: Origin,
+    },
     /// A value has the wrong type, doesn't parse, or is out of range.
     #[error("config error: {setting}: invalid value {value} (expected {expected}) from {origin}")]
     Invalid {
@@ -367,6 +390,40 @@ fn one_line(value: impl fmt::Display) -> String {
         }
     }
     out
+}
+
+/// Reads the password file now, so a bad one stops the node at startup with a
+/// configuration error; refuses `allow_anonymous = false` without one (nobody could
+/// connect).
+fn resolve_auth(
+    config: &mut Config,
+    origins: &HashMap<&'static str, Origin>,
+) -> Result<(), ConfigError> {
+    config.passwords = None;
+    match origins.get("password_file") {
+        Some(origin) if !config.password_file.as_os_str().is_empty() => {
+            let passwords = Passwords::load(&config.password_file).map_err(|source| {
+                ConfigError::PasswordFile {
+                    path: config.password_file.clone(),
+                    source,
+                    origin: origin.clone(),
+                }
+            })?;
+            config.passwords = Some(Arc::new(passwords));
+        }
+        _ => {
+            if let (false, Some(origin)) = (config.allow_anonymous, origins.get("allow_anonymous"))
+            {
+                return Err(ConfigError::Invalid {
+                    setting: "allow_anonymous",
+                    value: String::from("false"),
+                    expected: String::from("true when no password_file is set"),
+                    origin: origin.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_toml(path: &Path) -> Result<toml::Table, ConfigError> {
@@ -690,6 +747,25 @@ impl Kind for PathKind {
     }
 }
 
+/// A filesystem path, or empty for none.
+struct OptionalPath;
+
+impl Kind for OptionalPath {
+    type Value = PathBuf;
+    fn describe(&self) -> String {
+        String::from("a path (empty: none)")
+    }
+    fn parse_text(&self, text: &str) -> Option<PathBuf> {
+        Some(PathBuf::from(text.trim()))
+    }
+    fn parse_toml(&self, value: &toml::Value) -> Option<PathBuf> {
+        self.parse_text(value.as_str()?)
+    }
+    fn show(&self, value: &PathBuf) -> String {
+        value.display().to_string()
+    }
+}
+
 /// A comma-separated list of canonical event kinds (`client.connected,session.subscribed`),
 /// or a TOML array of them; each must be one the dialect renders. Empty: none.
 struct EventKinds {
@@ -938,6 +1014,10 @@ settings! {
         "QoS of the event messages the node publishes";
     api_token: SecretKind,
         "Bearer token required by the HTTP admin API (/api/v1)", default = "empty (no authentication)";
+    allow_anonymous: Bool,
+        "Whether clients without a username may connect (false needs password_file)";
+    password_file: OptionalPath,
+        "Password file: one username:sha256:<hash>:<salt> (or username:plain:<password>) line per user", default = "empty (none)";
     webhook_urls: Checked {
         expected: "comma-separated http:// URLs",
         check: |s| crate::events::webhook::parse_urls(s).is_ok(),
@@ -1124,6 +1204,9 @@ mod tests {
                 events_subscribe_usernames: vec!["ops".into(), "audit".into()],
                 events_qos: 1,
                 api_token: Secret::new("t0k"),
+                allow_anonymous: true,
+                password_file: PathBuf::new(),
+                passwords: None,
             }
         );
         assert_eq!(config.connect_timeout(), Duration::from_millis(2500));
@@ -1133,6 +1216,7 @@ mod tests {
     /// Also proves each environment variable lands in its own field.
     #[test]
     fn env_sets_everything() {
+        let passwords = toml_file("u:plain:p\n");
         let env = [
             ("SKEIN_NODE_ID", "9"),
             ("SKEIN_NODE_NAME", "env-node"),
@@ -1176,6 +1260,8 @@ mod tests {
             ("SKEIN_EVENTS_SUBSCRIBE_USERNAMES", " ops , ,dev"),
             ("SKEIN_EVENTS_QOS", "2"),
             ("SKEIN_API_TOKEN", " s3cret\n"),
+            ("SKEIN_ALLOW_ANONYMOUS", "false"),
+            ("SKEIN_PASSWORD_FILE", path_of(&passwords)),
         ];
         assert_eq!(env.len(), SETTINGS.len());
         assert_eq!(
@@ -1220,6 +1306,9 @@ mod tests {
                 events_subscribe_usernames: vec!["ops".into(), "dev".into()],
                 events_qos: 2,
                 api_token: Secret::new("s3cret"),
+                allow_anonymous: false,
+                password_file: passwords.path().to_path_buf(),
+                passwords: Some(Arc::new(Passwords::parse("u:plain:p\n").unwrap())),
             }
         );
     }
@@ -1459,6 +1548,59 @@ mod tests {
             &["--config", path_of(&file)],
             &[],
             "events_subscribe_usernames",
+        );
+    }
+
+    #[test]
+    fn the_password_file_is_read_at_load_and_checked() {
+        let config = load(&[], &[]).unwrap();
+        assert!(config.allow_anonymous);
+        assert!(config.password_file.as_os_str().is_empty() && config.passwords.is_none());
+
+        let file = toml_file("# users\nu:plain:p\n");
+        let config = load(&[], &[("SKEIN_PASSWORD_FILE", path_of(&file))]).unwrap();
+        let passwords = config.passwords.expect("loaded");
+        assert!(passwords.verify("u", b"p"));
+        assert!(config.allow_anonymous);
+
+        let message = error(
+            &[],
+            &[("SKEIN_ALLOW_ANONYMOUS", "false")],
+            "allow_anonymous",
+        );
+        assert!(message.contains("password_file"), "{message}");
+        assert!(message.ends_with("from SKEIN_ALLOW_ANONYMOUS"), "{message}");
+        // An empty path is "none", from any layer.
+        let env = [("SKEIN_ALLOW_ANONYMOUS", "0"), ("SKEIN_PASSWORD_FILE", " ")];
+        error(&[], &env, "allow_anonymous");
+
+        let bad = toml_file("u:plain:p\nv:hunter2\n");
+        let message = error(
+            &[],
+            &[("SKEIN_PASSWORD_FILE", path_of(&bad))],
+            "password_file",
+        );
+        let expected = format!(
+            "config error: password_file: {}: line 2: expected username:sha256:<hash>:<salt> \
+             or username:plain:<password> (from SKEIN_PASSWORD_FILE)",
+            bad.path().display()
+        );
+        assert_eq!(message, expected);
+        assert!(!message.contains("hunter2"));
+
+        let conf = toml_file(&format!("password_file = {:?}\n", path_of(&bad)));
+        let message = error(&["--config", path_of(&conf)], &[], "password_file");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.ends_with(&format!("(from {})", conf.path().display())));
+
+        let message = error(
+            &[],
+            &[("SKEIN_PASSWORD_FILE", "/nonexistent/passwd")],
+            "password_file",
+        );
+        assert!(
+            message.contains("/nonexistent/passwd: cannot read"),
+            "{message}"
         );
     }
 

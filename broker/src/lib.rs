@@ -3,6 +3,7 @@
 //! A node is started with [`run`], which takes already-bound listeners and a shutdown
 //! token so tests can bind port 0 and stop the node when they like.
 
+pub mod auth;
 pub mod broker;
 pub mod cluster_handle;
 pub mod codec;

@@ -211,6 +211,16 @@ fn validate(broker: &Broker, c: &Connect) -> Result<(), Refusal> {
             "enhanced authentication is not supported",
         ));
     }
+    let credentials = (c.username.as_deref(), c.password.as_deref());
+    if let Err(denied) = crate::auth::authenticate(&broker.config, credentials.0, credentials.1) {
+        return Err(Refusal::connack(
+            p,
+            denied.v5_code(),
+            denied.v3_code(),
+            denied.reason(),
+            denied.detail(),
+        ));
+    }
     if c.client_id.len() > broker.config.max_client_id_len {
         return Err(Refusal::connack(
             p,
