@@ -384,7 +384,7 @@ static BYTES_OUT: Key = Key::from_static_name(BYTES_SENT);
 static CONNECTED: [Key; 3] = keys!(CONNECTIONS, "protocol", ["3", "4", "5"]);
 static CONNECTS_BY_PROTOCOL: [Key; 3] = keys!(CONNECTS, "protocol", ["3", "4", "5"]);
 /// Every drop reason the broker uses; another one still counts, with an allocation.
-static DROPPED: [Key; 6] = keys!(
+static DROPPED: [Key; 7] = keys!(
     MESSAGES_DROPPED,
     "reason",
     [
@@ -394,6 +394,7 @@ static DROPPED: [Key; 6] = keys!(
         "expired",
         "storage_error",
         "too_large_for_client",
+        "not_authorized",
     ]
 );
 
@@ -451,8 +452,10 @@ impl HotCounters {
         }
     }
 
-    pub fn acked(&self) {
-        self.acked.increment(1);
+    pub fn acked(&self, n: u64) {
+        if n > 0 {
+            self.acked.increment(n);
+        }
     }
 
     pub fn bytes_in(&self, n: usize) {

@@ -674,3 +674,79 @@ async fn loopback_clients_may_subscribe_to_event_topics() {
     let codes = c.subscribe(1, &[SubFilter::new("$EVENT.CLOSE", 1)]).await;
     assert_eq!(codes, [1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicked_via_the_admin_api_in_both_dialects() {
+    let node = node_with_both_dialects(&[]);
+    let mut w = Watcher::everything(&node).await;
+
+    // MQTT 5: DISCONNECT 0x98 (administrative action), then the close.
+    let id = unique_id("kick5");
+    let mut victim = RawClient::v5(node.mqtt_addr(), &id).await;
+    let path = format!("/api/v1/clients/{id}");
+    let (status, body) = skein_tests::http_request(node.http_addr(), "DELETE", &path, &[], "")
+        .await
+        .expect("DELETE");
+    assert_eq!(status, 204, "{body}");
+    victim.expect_disconnect(0x98, RECV_TIMEOUT).await;
+    let (e, c) = expect_end(&mut w, &id, "kicked", "kicked").await;
+    assert_eq!(e["node"], node.mqtt_addr().to_string().as_str());
+    assert!(e.get("takeover_node").is_none(), "{e}");
+    assert_eq!(c["clientIp"], "127.0.0.1");
+    assert!(c.get("takeoverNode").is_none(), "{c}");
+
+    // MQTT 3.1.1 has no server DISCONNECT: the socket just closes, for the same reason.
+    let id = unique_id("kick3");
+    let mut victim = RawClient::v311(node.mqtt_addr(), &id).await;
+    let path = format!("/api/v1/clients/{id}");
+    let (status, body) = skein_tests::http_request(node.http_addr(), "DELETE", &path, &[], "")
+        .await
+        .expect("DELETE");
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(victim.expect_closed(RECV_TIMEOUT).await, []);
+    expect_end(&mut w, &id, "kicked", "kicked").await;
+
+    // The server's DISCONNECT is not the client's: no $EVENT.DISCONNECT for either.
+    w.expect_none(QUIET, "$EVENT.DISCONNECT", |v| {
+        v["clientId"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("kick"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_forge_events() {
+    let node = Node::builder()
+        .env("SKEIN_EVENTS_DOLLAR_EVENT", "true")
+        .start();
+    let mut watcher = RawClient::v5(node.mqtt_addr(), "forge-watch").await;
+    watcher
+        .subscribe(1, &[SubFilter::new("$events/#", 1), SubFilter::new("$EVENT.CLOSE", 1)])
+        .await;
+    for (proto, expected) in [(Proto::V5, 0x87u8), (Proto::V311, 0x00)] {
+        let (mut forger, _, _) =
+            RawClient::connect_ok(node.mqtt_addr(), &Connect::new(proto, "forger")).await;
+        let fake = br#"{"clientid":"victim","event":"client.disconnected","reason":"kicked"}"#;
+        for topic in ["$events/client_disconnected", "$EVENT.CLOSE"] {
+            forger.publish(&Publish::new(topic, 1, fake)).await;
+            match forger.recv(RECV_TIMEOUT).await {
+                Ok(Packet::PubAck { reason, .. }) => assert_eq!(reason, expected, "{proto:?}"),
+                other => panic!("{proto:?}: expected PUBACK, got {other:?}"),
+            }
+        }
+        forger.disconnect().await;
+    }
+    // The watcher sees the forger's real events, never the forged payload.
+    let deadline = Instant::now() + QUIET;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match watcher.recv(left).await {
+            Ok(Packet::Publish(p)) => {
+                let body = String::from_utf8_lossy(&p.payload);
+                assert!(!body.contains("victim"), "forged event delivered: {body}");
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+}

@@ -463,6 +463,7 @@ async fn attach(
         aliases_in: HashMap::new(),
         aliases_out: HashMap::new(),
         will_on_disconnect: false,
+        acked: 0,
     })
 }
 

@@ -80,6 +80,9 @@ impl Connection {
                 "retain is not available",
             ));
         }
+        if crate::events::access::is_event_filter(&topic) {
+            return Ok(self.refuse_event_publish(&p));
+        }
         let invalid_payload = p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err();
         if p.qos == QoS::ExactlyOnce {
@@ -163,6 +166,24 @@ impl Connection {
             tracing::error!(error = %e, "storage flush failed");
             Close::internal("storage failure")
         })
+    }
+
+    /// Only the node publishes on event topics: a client publish there would forge events.
+    /// MQTT 5 clients get "not authorized"; 3.x acknowledgements can't say no, so the
+    /// message is acknowledged and dropped.
+    fn refuse_event_publish(&mut self, p: &Publish) -> After {
+        crate::metrics::message_dropped("not_authorized");
+        tracing::info!(topic = %p.topic, "refused a client publish to an event topic");
+        if self.protocol.is_v5() {
+            // A PUBREC >= 0x80 ends the QoS 2 flow: no id to remember.
+            self.ack_publish(p, rc::NOT_AUTHORIZED);
+        } else {
+            if p.qos == QoS::ExactlyOnce {
+                self.session.state().incoming_qos2.insert(p.packet_id);
+            }
+            self.ack_publish(p, rc::SUCCESS);
+        }
+        After::Nothing
     }
 
     fn ack_publish(&mut self, p: &Publish, code: u8) {
@@ -326,7 +347,7 @@ impl Connection {
                 },
             );
         }
-        self.broker.hot.acked();
+        self.acked += 1;
         if persistent {
             if let Err(e) = self
                 .broker

@@ -174,6 +174,8 @@ pub struct Connection {
     client_topic_alias_max: u16,
     aliases_in: HashMap<u16, Arc<str>>,
     aliases_out: HashMap<Arc<str>, u16>,
+    /// Acknowledgements counted since the last read batch (metrics are updated per batch).
+    acked: u64,
     /// Set once the client sent DISCONNECT with reason 0x04 (publish the will anyway).
     will_on_disconnect: bool,
 }
@@ -332,7 +334,10 @@ impl Connection {
             let max = self.broker.config.max_packet_size as usize;
             let packet = match codec::decode(&mut self.socket.rbuf, self.protocol, max) {
                 Ok(Some(p)) => p,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    self.broker.hot.acked(std::mem::take(&mut self.acked));
+                    return Ok(());
+                }
                 Err(e) => {
                     crate::metrics::packet_decode_error();
                     return Err(Close::with_code(e.reason_code(), e.to_string()));
