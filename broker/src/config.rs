@@ -52,6 +52,9 @@ pub struct Config {
     pub mqtt: SocketAddr,
     /// Health/metrics HTTP listener address.
     pub http: SocketAddr,
+    /// The MQTT address clients and events name this node by (`node`, `nodeIp`); empty: the
+    /// MQTT listener's address, or the first non-loopback interface when it listens on all.
+    pub advertise_addr: String,
     /// Maximum concurrent client connections (at least 1).
     pub max_connections: usize,
     /// Largest MQTT packet accepted, in bytes (16..=268435455).
@@ -139,6 +142,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             mqtt: SocketAddr::from(([0, 0, 0, 0], 1883)),
             http: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            advertise_addr: String::new(),
             max_connections: 100_000,
             max_packet_size: 1_048_576,
             max_inflight: 128,
@@ -968,6 +972,11 @@ settings! {
         "MQTT listener address";
     http: Addr,
         "HTTP health/metrics listener address";
+    advertise_addr: Checked {
+        expected: "an IP:port address",
+        check: |s| s.parse::<SocketAddr>().is_ok(),
+    },
+        "Address events name this node by (node/nodeIp; the pod IP on Kubernetes)", default = "empty (the MQTT listener's address)";
     max_connections: Int { min: 1, max: usize::MAX },
         "Maximum concurrent client connections";
     max_packet_size: Int { min: 16, max: 268_435_455 },
@@ -1120,6 +1129,7 @@ mod tests {
             data_dir = "/var/lib/skein"
             mqtt = "127.0.0.1:1884"
             http = "[::1]:9090"
+            advertise_addr = "192.0.2.7:1883"
             max_connections = 50
             max_packet_size = 4096
             max_inflight = 10
@@ -1164,6 +1174,7 @@ mod tests {
                 data_dir: "/var/lib/skein".into(),
                 mqtt: "127.0.0.1:1884".parse().unwrap(),
                 http: "[::1]:9090".parse().unwrap(),
+                advertise_addr: "192.0.2.7:1883".into(),
                 max_connections: 50,
                 max_packet_size: 4096,
                 max_inflight: 10,
@@ -1223,6 +1234,7 @@ mod tests {
             ("SKEIN_DATA_DIR", "/data"),
             ("SKEIN_MQTT", "10.0.0.1:1883"),
             ("SKEIN_HTTP", "10.0.0.1:8081"),
+            ("SKEIN_ADVERTISE_ADDR", "10.0.0.1:1883"),
             ("SKEIN_MAX_CONNECTIONS", "2"),
             ("SKEIN_MAX_PACKET_SIZE", "16"),
             ("SKEIN_MAX_INFLIGHT", "3"),
@@ -1272,6 +1284,7 @@ mod tests {
                 data_dir: "/data".into(),
                 mqtt: "10.0.0.1:1883".parse().unwrap(),
                 http: "10.0.0.1:8081".parse().unwrap(),
+                advertise_addr: "10.0.0.1:1883".into(),
                 max_connections: 2,
                 max_packet_size: 16,
                 max_inflight: 3,

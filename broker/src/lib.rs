@@ -38,15 +38,73 @@ const EVENTS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// How events name this node: the MQTT listener's address (loopback when it listens on
 /// every interface).
 fn node_info(config: &Config, mqtt: std::net::SocketAddr) -> events::NodeInfo {
-    let ip = if mqtt.ip().is_unspecified() {
-        std::net::IpAddr::from([127, 0, 0, 1])
-    } else {
-        mqtt.ip()
-    };
+    let node = config
+        .advertise_addr
+        .parse::<std::net::SocketAddr>()
+        .unwrap_or_else(|_| {
+            let ip = if mqtt.ip().is_unspecified() {
+                local_ipv4().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+            } else {
+                mqtt.ip()
+            };
+            std::net::SocketAddr::new(ip, mqtt.port())
+        });
     events::NodeInfo {
-        node: std::net::SocketAddr::new(ip, mqtt.port()).to_string(),
-        node_ip: ip.to_string(),
+        node: node.to_string(),
+        node_ip: node.ip().to_string(),
         node_name: config.node_name.clone(),
+    }
+}
+
+/// The first non-loopback local IPv4 address, from the kernel's routing trie (no network
+/// traffic, no extra dependency); None when there is none or /proc is unavailable.
+fn local_ipv4() -> Option<std::net::IpAddr> {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").ok()?;
+    first_local_ipv4(&trie)
+}
+
+fn first_local_ipv4(trie: &str) -> Option<std::net::IpAddr> {
+    let mut previous: Option<&str> = None;
+    for line in trie.lines() {
+        let line = line.trim();
+        if line.starts_with("/32 host LOCAL") {
+            if let Some(ip) = previous.and_then(|p| p.parse::<std::net::Ipv4Addr>().ok()) {
+                if !ip.is_loopback() {
+                    return Some(ip.into());
+                }
+            }
+        }
+        previous = line.strip_prefix("|-- ").or(previous);
+    }
+    None
+}
+
+#[cfg(test)]
+mod node_info_tests {
+    use super::*;
+
+    #[test]
+    fn the_first_local_non_loopback_address_is_advertised() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.1.2.3\n        /32 host LOCAL\n\
+                    Local:\n     |-- 127.0.0.1\n        /32 host LOCAL\n     |-- 10.1.2.3\n        /32 host LOCAL\n";
+        assert_eq!(
+            first_local_ipv4(trie),
+            Some(std::net::IpAddr::from([10, 1, 2, 3]))
+        );
+        assert_eq!(first_local_ipv4("|-- 127.0.0.1\n   /32 host LOCAL\n"), None);
+    }
+
+    #[test]
+    fn a_configured_advertise_address_wins() {
+        let config = Config {
+            advertise_addr: "192.0.2.7:1883".into(),
+            ..Config::default()
+        };
+        let info = node_info(&config, "0.0.0.0:1883".parse().unwrap());
+        assert_eq!(info.node, "192.0.2.7:1883");
+        assert_eq!(info.node_ip, "192.0.2.7");
+        let loopback = node_info(&Config::default(), "127.0.0.1:2000".parse().unwrap());
+        assert_eq!(loopback.node, "127.0.0.1:2000");
     }
 }
 

@@ -722,7 +722,13 @@ async fn clients_cannot_forge_events() {
         .start();
     let mut watcher = RawClient::v5(node.mqtt_addr(), "forge-watch").await;
     watcher
-        .subscribe(1, &[SubFilter::new("$events/#", 1), SubFilter::new("$EVENT.CLOSE", 1)])
+        .subscribe(
+            1,
+            &[
+                SubFilter::new("$events/#", 1),
+                SubFilter::new("$EVENT.CLOSE", 1),
+            ],
+        )
         .await;
     for (proto, expected) in [(Proto::V5, 0x87u8), (Proto::V311, 0x00)] {
         let (mut forger, _, _) =
