@@ -376,7 +376,11 @@ impl Connection {
             let events_allowed = || {
                 let info = &self.info;
                 let allowed = &self.broker.config.events_subscribe_usernames;
-                access::may_subscribe(info.peer.ip(), info.username.as_deref(), allowed)
+                // A username only counts when it was checked against the password file:
+                // anyone can claim one otherwise.
+                let verified = self.broker.config.passwords.is_some();
+                let username = info.username.as_deref().filter(|_| verified);
+                access::may_subscribe(info.peer.ip(), username, allowed)
             };
             if access::is_event_filter(inner) && !events_allowed() {
                 codes.push(if v5 { rc::NOT_AUTHORIZED } else { 0x80 });

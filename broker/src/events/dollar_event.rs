@@ -269,6 +269,7 @@ mod tests {
     fn render_all(client: ClientInfo, body: EventBody) -> Vec<(String, Value)> {
         let event = Event {
             timestamp_ms: 1_690_599_987_495,
+            timestamp_ns: 1_690_599_987_495_000_000,
             client: Arc::new(client),
             body,
         };

@@ -138,6 +138,7 @@ mod tests {
     fn render_json(body: EventBody, username: Option<&str>) -> (String, Value) {
         let event = Event {
             timestamp_ms: 1_717_651_184_900,
+            timestamp_ns: 1_717_651_184_900_000_000,
             client: client(username),
             body,
         };
@@ -291,6 +292,7 @@ mod tests {
     fn kinds_without_a_topic_render_nothing() {
         let event = Event {
             timestamp_ms: 1,
+            timestamp_ns: 1_000_000,
             client: client(None),
             body: EventBody::Ping,
         };

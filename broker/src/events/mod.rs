@@ -109,6 +109,7 @@ mod tests {
     fn event() -> Event {
         Event {
             timestamp_ms: 1,
+            timestamp_ns: 1_000_000,
             client: Arc::new(ClientInfo {
                 client_id: ClientId::new("c"),
                 username: None,

@@ -115,10 +115,16 @@ pub enum EventKind {
     MessageOffline,
     CertificateRegistered,
     CertificateRejected,
+    /// SUBSCRIBE received, per filter, before any check (seed 004's `client.subscribe`).
+    ClientSubscribe,
+    /// UNSUBSCRIBE received, per filter, whether or not the subscription exists.
+    ClientUnsubscribe,
+    /// A session ended (seed 004's `session.terminated`).
+    SessionTerminated,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::ClientConnect,
         EventKind::ClientConnack,
         EventKind::ClientConnected,
@@ -133,6 +139,9 @@ impl EventKind {
         EventKind::MessageOffline,
         EventKind::CertificateRegistered,
         EventKind::CertificateRejected,
+        EventKind::ClientSubscribe,
+        EventKind::ClientUnsubscribe,
+        EventKind::SessionTerminated,
     ];
 
     /// The canonical name, e.g. `client.connected`.
@@ -152,6 +161,9 @@ impl EventKind {
             EventKind::MessageOffline => "message.offline",
             EventKind::CertificateRegistered => "certificate.registered",
             EventKind::CertificateRejected => "certificate.rejected",
+            EventKind::ClientSubscribe => "client.subscribe",
+            EventKind::ClientUnsubscribe => "client.unsubscribe",
+            EventKind::SessionTerminated => "session.terminated",
         }
     }
 
@@ -210,9 +222,11 @@ pub enum EventBody {
         qos: QoS,
         packet_id: u16,
     },
+    /// A subscription was removed; `qos` is the QoS it had been granted.
     Unsubscribed {
         filter: String,
         packet_id: u16,
+        qos: QoS,
     },
     /// A PUBLISH accepted from `client`, before routing.
     Publish {
@@ -241,12 +255,53 @@ pub enum EventBody {
         message: Arc<Message>,
         qos: QoS,
     },
+    /// One filter of a SUBSCRIBE, as received: `qos` is the requested QoS. Raised before
+    /// any check, so for filters refused later too.
+    SubscribeRequest {
+        filter: String,
+        qos: QoS,
+        packet_id: u16,
+    },
+    /// One filter of an UNSUBSCRIBE, as received, whether or not it was subscribed.
+    UnsubscribeRequest {
+        filter: String,
+        packet_id: u16,
+    },
+    /// The session of `client` ended: its subscriptions and queue are gone.
+    SessionTerminated {
+        reason: SessionEnd,
+    },
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Its connection ended and the session does not outlive it (a clean session, or MQTT 5
+    /// Session Expiry 0): the connection's reason.
+    ConnectionEnded(DisconnectReason),
+    /// A persistent session stayed offline past its expiry interval.
+    Expired,
+    /// An operator discarded the offline session (admin API).
+    Discarded,
+}
+
+impl SessionEnd {
+    /// The reason as events spell it: the disconnect reason, `expired` or `discarded`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::ConnectionEnded(reason) => reason.as_str(),
+            SessionEnd::Expired => "expired",
+            SessionEnd::Discarded => "discarded",
+        }
+    }
 }
 
 /// One event: what happened, to which client, when.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub timestamp_ms: u64,
+    /// Nanoseconds since the epoch, from the same clock reading as `timestamp_ms`.
+    pub timestamp_ns: u64,
     pub client: Arc<ClientInfo>,
     pub body: EventBody,
 }
@@ -266,6 +321,9 @@ impl Event {
             EventBody::Acked { .. } => EventKind::MessageAcked,
             EventBody::Dropped { .. } => EventKind::MessageDropped,
             EventBody::Offline { .. } => EventKind::MessageOffline,
+            EventBody::SubscribeRequest { .. } => EventKind::ClientSubscribe,
+            EventBody::UnsubscribeRequest { .. } => EventKind::ClientUnsubscribe,
+            EventBody::SessionTerminated { .. } => EventKind::SessionTerminated,
         }
     }
 }
@@ -285,5 +343,23 @@ mod tests {
         assert_eq!(KindSet::all().0, seen);
         assert!(KindSet::of(&[EventKind::ClientPing]).contains(EventKind::ClientPing));
         assert!(!KindSet::NONE.contains(EventKind::ClientPing));
+        assert_eq!(
+            EventKind::parse("session.terminated"),
+            Some(EventKind::SessionTerminated)
+        );
+        assert_eq!(
+            EventKind::parse("client.subscribe"),
+            Some(EventKind::ClientSubscribe)
+        );
+    }
+
+    #[test]
+    fn session_end_reasons_are_spelled_like_disconnect_reasons() {
+        assert_eq!(
+            SessionEnd::ConnectionEnded(DisconnectReason::TcpClosed).as_str(),
+            "tcp_closed"
+        );
+        assert_eq!(SessionEnd::Expired.as_str(), "expired");
+        assert_eq!(SessionEnd::Discarded.as_str(), "discarded");
     }
 }

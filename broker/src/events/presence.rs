@@ -184,6 +184,7 @@ mod tests {
     fn event(client: &Arc<ClientInfo>, body: EventBody) -> Event {
         Event {
             timestamp_ms: 1,
+            timestamp_ns: 1_000_000,
             client: client.clone(),
             body,
         }

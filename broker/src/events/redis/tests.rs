@@ -77,6 +77,7 @@ fn client(id: &str) -> Arc<ClientInfo> {
 fn connected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
     Event {
         timestamp_ms: at_ms,
+        timestamp_ns: at_ms * 1_000_000,
         client: c.clone(),
         body: EventBody::Connected,
     }
@@ -85,6 +86,7 @@ fn connected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
 fn disconnected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
     Event {
         timestamp_ms: at_ms,
+        timestamp_ns: at_ms * 1_000_000,
         client: c.clone(),
         body: EventBody::Disconnected {
             reason: DisconnectReason::TcpClosed,

@@ -29,6 +29,7 @@ fn client(id: &str, connected_at_ms: u64) -> Arc<ClientInfo> {
 fn connected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
     Event {
         timestamp_ms: at_ms,
+        timestamp_ns: at_ms * 1_000_000,
         client: c.clone(),
         body: EventBody::Connected,
     }
@@ -37,6 +38,7 @@ fn connected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
 fn disconnected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
     Event {
         timestamp_ms: at_ms,
+        timestamp_ns: at_ms * 1_000_000,
         client: c.clone(),
         body: EventBody::Disconnected {
             reason: DisconnectReason::Normal,
@@ -73,6 +75,7 @@ fn entries_pair_connects_with_disconnects() {
         .is_none());
     let ping = Event {
         timestamp_ms: 1,
+        timestamp_ns: 1_000_000,
         client: a.clone(),
         body: EventBody::Ping,
     };

@@ -238,6 +238,7 @@ mod tests {
     fn event(client: Arc<ClientInfo>, body: EventBody) -> Event {
         Event {
             timestamp_ms: 1_700_000_200_000,
+            timestamp_ns: 1_700_000_200_000_000_000,
             client,
             body,
         }

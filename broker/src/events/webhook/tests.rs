@@ -95,6 +95,7 @@ fn client(id: &str, protocol: ProtocolVersion) -> Arc<ClientInfo> {
 fn event(client: &Arc<ClientInfo>, body: EventBody) -> Event {
     Event {
         timestamp_ms: 1_700_000_001_000,
+        timestamp_ns: 1_700_000_001_000_000_000,
         client: client.clone(),
         body,
     }
