@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster_handle::ClusterHandle;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::Config;
-use crate::events::{raise, EventBus};
+use crate::events::{raise, EventBus, SessionEnd};
 use crate::ids::ClientId;
 use crate::message::{now_ms, Message};
 use crate::retained::RetainedStore;
@@ -186,7 +186,7 @@ impl Broker {
         if let Some(will) = will {
             self.publish_will(client_id, will);
         }
-        self.end_session(&session);
+        self.end_session(&session, SessionEnd::Discarded);
         true
     }
 
@@ -220,7 +220,7 @@ impl Broker {
                 if let Some(will) = will {
                     self.publish_will(&session.client_id, will);
                 }
-                self.end_session(&session);
+                self.end_session(&session, SessionEnd::Expired);
                 continue;
             }
             let (generation, will_due) = {
@@ -260,16 +260,15 @@ impl Broker {
         .is_some()
     }
 
-    fn unindex_subscription(&self, session: &Arc<Session>, filter: &str) -> bool {
-        let Ok((group, inner)) = topic::parse_subscription(filter) else {
-            return false;
-        };
+    /// Removes the subscription from the index; the QoS it had, if it was there.
+    fn unindex_subscription(&self, session: &Arc<Session>, filter: &str) -> Option<QoS> {
+        let (group, inner) = topic::parse_subscription(filter).ok()?;
         let mut tree = self
             .subscriptions
             .write()
             .unwrap_or_else(|e| e.into_inner());
         tree.unsubscribe(inner, group, &SessionRef(session.clone()))
-            .is_some()
+            .map(|entry| entry.options.qos)
     }
 
     /// Subscribes `session` to a validated `filter`; true if it already had that subscription.
@@ -283,15 +282,19 @@ impl Broker {
         existed
     }
 
-    /// True if the subscription existed.
-    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
-        let removed = self.unindex_subscription(session, filter);
+    /// The QoS the removed subscription had been granted; None if it did not exist.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> Option<QoS> {
+        let unindexed = self.unindex_subscription(session, filter);
         let mut st = session.state();
-        let existed = st.subscriptions.remove(filter).is_some() || removed;
+        let removed = st
+            .subscriptions
+            .remove(filter)
+            .map(|sub| sub.options.qos)
+            .or(unindexed);
         if st.is_persistent() {
             self.persist_session_locked(session, &st);
         }
-        existed
+        removed
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -319,9 +322,13 @@ impl Broker {
         }
     }
 
-    /// Ends a session: its subscriptions, queue and stored state are removed. The caller
-    /// holds the session's lifecycle lock.
-    pub fn end_session(&self, session: &Arc<Session>) {
+    /// Ends a session: its subscriptions, queue and stored state are removed, and
+    /// `session.terminated` is raised (once). The caller holds the session's lifecycle lock.
+    pub fn end_session(&self, session: &Arc<Session>, why: SessionEnd) {
+        if !session.state().removed {
+            // Before the state is cleared: the event names the session's last connection.
+            raise::session_terminated(&self.events, session, why);
+        }
         let filters: Vec<String> = {
             let mut st = session.state();
             st.removed = true;
@@ -422,13 +429,14 @@ impl Broker {
                 if let Some(will) = will {
                     broker.publish_will(&session.client_id, will);
                 }
-                broker.end_session(&session);
+                broker.end_session(&session, SessionEnd::Expired);
             }
         });
     }
 
     pub fn publish_will(&self, client_id: &ClientId, will: Box<crate::codec::Will>) {
-        let message = Message::from_will(*will, client_id.clone());
+        let username = raise::will_publisher_username(self, client_id);
+        let message = Message::from_will(*will, client_id.clone(), username);
         tracing::debug!(%client_id, topic = %message.topic, "publishing will");
         self.route(Arc::new(message));
     }
@@ -634,6 +642,7 @@ mod tests {
             properties: MessageProperties::default(),
             received_at_ms: now_ms(),
             publisher: Some(ClientId::new(publisher)),
+            publisher_username: None,
         })
     }
 

@@ -79,35 +79,6 @@ fn first_local_ipv4(trie: &str) -> Option<std::net::IpAddr> {
     None
 }
 
-#[cfg(test)]
-mod node_info_tests {
-    use super::*;
-
-    #[test]
-    fn the_first_local_non_loopback_address_is_advertised() {
-        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.1.2.3\n        /32 host LOCAL\n\
-                    Local:\n     |-- 127.0.0.1\n        /32 host LOCAL\n     |-- 10.1.2.3\n        /32 host LOCAL\n";
-        assert_eq!(
-            first_local_ipv4(trie),
-            Some(std::net::IpAddr::from([10, 1, 2, 3]))
-        );
-        assert_eq!(first_local_ipv4("|-- 127.0.0.1\n   /32 host LOCAL\n"), None);
-    }
-
-    #[test]
-    fn a_configured_advertise_address_wins() {
-        let config = Config {
-            advertise_addr: "192.0.2.7:1883".into(),
-            ..Config::default()
-        };
-        let info = node_info(&config, "0.0.0.0:1883".parse().unwrap());
-        assert_eq!(info.node, "192.0.2.7:1883");
-        assert_eq!(info.node_ip, "192.0.2.7");
-        let loopback = node_info(&Config::default(), "127.0.0.1:2000".parse().unwrap());
-        assert_eq!(loopback.node, "127.0.0.1:2000");
-    }
-}
-
 /// Runs a node until `shutdown` fires: serves MQTT and HTTP, then drains connections and
 /// flushes storage.
 pub async fn run(
@@ -182,4 +153,33 @@ pub async fn run(
     }
     tracing::info!("node stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod node_info_tests {
+    use super::*;
+
+    #[test]
+    fn the_first_local_non_loopback_address_is_advertised() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.1.2.3\n        /32 host LOCAL\n\
+                    Local:\n     |-- 127.0.0.1\n        /32 host LOCAL\n     |-- 10.1.2.3\n        /32 host LOCAL\n";
+        assert_eq!(
+            first_local_ipv4(trie),
+            Some(std::net::IpAddr::from([10, 1, 2, 3]))
+        );
+        assert_eq!(first_local_ipv4("|-- 127.0.0.1\n   /32 host LOCAL\n"), None);
+    }
+
+    #[test]
+    fn a_configured_advertise_address_wins() {
+        let config = Config {
+            advertise_addr: "192.0.2.7:1883".into(),
+            ..Config::default()
+        };
+        let info = node_info(&config, "0.0.0.0:1883".parse().unwrap());
+        assert_eq!(info.node, "192.0.2.7:1883");
+        assert_eq!(info.node_ip, "192.0.2.7");
+        let loopback = node_info(&Config::default(), "127.0.0.1:2000".parse().unwrap());
+        assert_eq!(loopback.node, "127.0.0.1:2000");
+    }
 }

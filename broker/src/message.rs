@@ -31,6 +31,9 @@ pub struct Message {
     /// Wall-clock receive time, so Message Expiry keeps counting across a restart.
     pub received_at_ms: u64,
     pub publisher: Option<ClientId>,
+    /// The publisher's username, for events that name it (`from_username`). Set only while
+    /// a dialect renders message events; not stored, so lost across a restart.
+    pub publisher_username: Option<Arc<str>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -45,6 +48,7 @@ impl Message {
         publish: &Publish,
         topic: Arc<str>,
         publisher: Option<ClientId>,
+        publisher_username: Option<Arc<str>>,
     ) -> Message {
         let p = &publish.properties;
         Message {
@@ -64,6 +68,7 @@ impl Message {
             },
             received_at_ms: now_ms(),
             publisher,
+            publisher_username,
         }
     }
 
@@ -144,12 +149,17 @@ impl Message {
             } else {
                 Some(ClientId::new(&s.publisher))
             },
+            publisher_username: None,
         }
     }
 }
 
 impl Message {
-    pub fn from_will(will: crate::codec::Will, publisher: ClientId) -> Message {
+    pub fn from_will(
+        will: crate::codec::Will,
+        publisher: ClientId,
+        publisher_username: Option<Arc<str>>,
+    ) -> Message {
         let p = will.properties;
         Message {
             topic: Arc::from(will.topic.as_str()),
@@ -166,6 +176,7 @@ impl Message {
             },
             received_at_ms: now_ms(),
             publisher: Some(publisher),
+            publisher_username,
         }
     }
 }
@@ -187,6 +198,7 @@ mod tests {
             },
             received_at_ms: 1_000,
             publisher: None,
+            publisher_username: None,
         };
         assert_eq!(m.remaining_expiry(1_000), Some(10));
         assert_eq!(m.remaining_expiry(4_500), Some(7));
@@ -214,7 +226,29 @@ mod tests {
             },
             received_at_ms: 42,
             publisher: Some(ClientId::new("pub")),
+            publisher_username: None,
         };
         assert_eq!(Message::from_stored(m.to_stored(&[3])), m);
+    }
+
+    #[test]
+    fn a_publish_carries_its_publishers_username() {
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: 1,
+            payload: Bytes::from_static(b"x"),
+            properties: Properties::default(),
+        };
+        let m = Message::from_publish(
+            &publish,
+            Arc::from("t"),
+            Some(ClientId::new("c")),
+            Some(Arc::from("alice")),
+        );
+        assert_eq!(m.publisher_username.as_deref(), Some("alice"));
+        assert_eq!(m.publisher.as_ref().map(ClientId::as_str), Some("c"));
     }
 }

@@ -274,6 +274,7 @@ fn message(topic: &str, retain: bool) -> Arc<Message> {
         properties: MessageProperties::default(),
         received_at_ms: now_ms(),
         publisher: Some(ClientId::new("p")),
+        publisher_username: None,
     })
 }
 

@@ -111,6 +111,7 @@ mod tests {
             },
             received_at_ms: 1_000,
             publisher: None,
+            publisher_username: None,
         })
     }
 

@@ -566,6 +566,7 @@ mod tests {
                 properties: Default::default(),
                 received_at_ms: 0,
                 publisher: None,
+                publisher_username: None,
             }),
             qos,
             retain: false,

@@ -222,7 +222,7 @@ async fn dollar_events_connected_subscribed_unsubscribed_fields_and_no_password(
     let v = w.about("$events/session_unsubscribed", &id).await;
     assert_eq!(v["event"], "client.unsubscribed");
     assert_eq!(v["topic"], "home/#");
-    assert!(v["qos"].is_null());
+    assert_eq!(v["qos"], 1, "the QoS of the removed subscription");
     let v = w.about("$EVENT.UNSUBSCRIBE", &id).await;
     assert_eq!(v["messageId"], 10);
     assert_eq!(v["topic"], "home/#");
@@ -464,6 +464,8 @@ async fn dollar_event_message_events_ping_ack_and_offline() {
     let v = w.wait("$EVENT.PUBLISH", |v| v["topic"] == "m/2").await;
     assert_eq!(v["payload"], "3q2+7w==");
     assert_eq!(v["payloadEncoding"], "base64");
+    assert_eq!(v["qos"], 0);
+    assert!(v["messageId"].is_null(), "QoS 0 has no packet id: {v}");
 
     publ.publish(&Publish::new("o/1", 1, b"hello").pkid(8))
         .await;
@@ -755,4 +757,121 @@ async fn clients_cannot_forge_events() {
             Err(_) => break,
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_is_the_one_in_force() {
+    let node = node_with_both_dialects(&[("SKEIN_MAX_KEEPALIVE", "20")]);
+    let mut w = Watcher::everything(&node).await;
+    // MQTT 5 clients asking for more (or for none) get the cap as Server Keep Alive.
+    for asked in [100, 0] {
+        let id = unique_id("capped");
+        let connect = Connect::v5(&id).keep_alive(asked);
+        let (_c, _, props) = RawClient::connect_ok(node.mqtt_addr(), &connect).await;
+        assert_eq!(props.int(codec::prop::SERVER_KEEP_ALIVE), Some(20));
+        let v = w.about("$events/client_connected", &id).await;
+        assert_eq!(v["keepalive"], 20, "asked {asked}");
+        let v = w.about("$EVENT.CONNECT", &id).await;
+        assert_eq!(v["keepalive"], 20, "asked {asked}");
+    }
+    // Within the cap: as asked. A 3.x client can't be told: as asked too.
+    for connect in [
+        Connect::v5("within").keep_alive(15),
+        Connect::v311("old").keep_alive(100),
+    ] {
+        let (_c, _, _) = RawClient::connect_ok(node.mqtt_addr(), &connect).await;
+        let v = w
+            .about("$events/client_connected", &connect.client_id)
+            .await;
+        assert_eq!(v["keepalive"], connect.keep_alive);
+    }
+}
+
+/// CONNECT bytes with the connect flags byte replaced (`level` 4 or 5 right after "MQTT").
+fn with_flags(connect: &Connect, flags: impl Fn(u8) -> u8) -> Vec<u8> {
+    let mut bytes = connect.encode();
+    assert!(bytes[1] < 0x80, "one-byte remaining length");
+    // type, length, 00 04 'M' 'Q' 'T' 'T', level, flags
+    bytes[9] = flags(bytes[9]);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_wills_are_bad_will_message() {
+    let node = node_with_both_dialects(&[]);
+    let addr = node.mqtt_addr();
+    let mut w = Watcher::everything(&node).await;
+
+    // MQTT 5, will QoS 3: CONNACK 0x81, then the connection is closed.
+    let v5 = Connect::v5(&unique_id("qos3")).will(Will::new("w/t", b"x").qos(3));
+    let mut raw = RawClient::tcp(addr, Proto::V5).await;
+    raw.send(&v5.encode()).await;
+    let seen = raw.expect_closed(RECV_TIMEOUT).await;
+    assert!(
+        matches!(seen.as_slice(), [Packet::ConnAck { code: 0x81, .. }]),
+        "{seen:?}"
+    );
+    let (e, _) = expect_end(&mut w, "", "bad_will_message", "kicked").await;
+    assert!(e["peername"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    // MQTT 5, a will property that is not allowed there (Topic Alias).
+    let mut will = Will::new("w/t", b"x");
+    will.props
+        .push(codec::prop::TOPIC_ALIAS, skein_tests::PropValue::U16(1));
+    let mut raw = RawClient::tcp(addr, Proto::V5).await;
+    raw.send(&Connect::v5(&unique_id("wprops")).will(will).encode())
+        .await;
+    let seen = raw.expect_closed(RECV_TIMEOUT).await;
+    assert!(
+        matches!(seen.as_slice(), [Packet::ConnAck { code: 0x81, .. }]),
+        "{seen:?}"
+    );
+    expect_end(&mut w, "", "bad_will_message", "kicked").await;
+
+    // MQTT 3.1.1, will retain without the will flag: closed without a CONNACK.
+    let v3 = with_flags(&Connect::v311(&unique_id("noflag")), |f| f | 0x20);
+    let mut raw = RawClient::tcp(addr, Proto::V311).await;
+    raw.send(&v3).await;
+    let seen = raw.expect_closed(RECV_TIMEOUT).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    expect_end(&mut w, "", "bad_will_message", "kicked").await;
+
+    // Other malformed CONNECTs are still protocol errors.
+    let mut raw = RawClient::tcp(addr, Proto::V311).await;
+    raw.send(&with_flags(&Connect::v311("reserved"), |f| f | 0x01))
+        .await;
+    raw.expect_closed(RECV_TIMEOUT).await;
+    expect_end(&mut w, "", "protocol_error", "kicked").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_kinds_warn_that_nothing_raises_them() {
+    let node = node_with_both_dialects(&[(
+        "SKEIN_EVENTS_DOLLAR_EVENTS_KINDS",
+        "client.connected,certificate.registered",
+    )]);
+    let found = skein_tests::wait_until(RECV_TIMEOUT, || {
+        node.stderr().contains("certificate.registered")
+    })
+    .await;
+    let log = node.stderr();
+    assert!(found, "no warning about certificate kinds:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("certificate.registered"))
+        .unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("TLS"), "{line}");
+
+    // The default names no certificate kind: no warning.
+    let quiet = node_with_both_dialects(&[]);
+    RawClient::v5(quiet.mqtt_addr(), &unique_id("probe"))
+        .await
+        .disconnect()
+        .await;
+    assert!(
+        !quiet.stderr().contains("certificate."),
+        "{}",
+        quiet.stderr()
+    );
 }

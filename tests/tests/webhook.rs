@@ -10,7 +10,11 @@ use axum::routing::post;
 use axum::Router;
 use serde_json::Value;
 use skein_tests::clients::v3;
-use skein_tests::{http_get, unique_id, Node};
+use skein_tests::codec::{self, ack};
+use skein_tests::{
+    http_get, http_request, unique_id, Connect, Node, Packet, Publish, RawClient, SubFilter, QUIET,
+    RECV_TIMEOUT,
+};
 
 /// A web server on 127.0.0.1 that keeps every JSON body POSTed to `/hook`.
 #[derive(Clone, Default)]
@@ -60,6 +64,24 @@ impl Hook {
         })
         .await
     }
+
+    /// Every body received so far for which `pick` holds, in arrival order.
+    fn all(&self, pick: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let bodies = self.bodies.lock().unwrap();
+        bodies.iter().filter(|v| pick(v)).cloned().collect()
+    }
+
+    /// Actions about `client_id` so far, in arrival order.
+    fn actions_of(&self, client_id: &str) -> Vec<String> {
+        self.all(|v| v["clientid"] == client_id)
+            .iter()
+            .map(|v| v["action"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+}
+
+fn hook_node(addr: SocketAddr) -> skein_tests::NodeBuilder {
+    Node::builder().env("SKEIN_WEBHOOK_URLS", format!("http://{addr}/hook"))
 }
 
 /// Asserts `body` has exactly these keys.
@@ -89,7 +111,9 @@ async fn bodies_follow_real_clients_field_by_field() {
     opts.set_credentials("alice", "secret");
     let mut sub = v3::Client::connect_with(opts).await;
     sub.subscribe("wh/#", v3::QoS::AtLeastOnce).await;
-    let mut publisher = v3::Client::connect(node.mqtt_addr(), &pub_id).await;
+    let mut opts = v3::options(node.mqtt_addr(), &pub_id);
+    opts.set_credentials("bob", "secret");
+    let mut publisher = v3::Client::connect_with(opts).await;
     publisher
         .publish("wh/t", v3::QoS::AtLeastOnce, false, "hello")
         .await;
@@ -145,7 +169,9 @@ async fn bodies_follow_real_clients_field_by_field() {
             "connected_at",
         ],
     );
-    assert_eq!(v["username"], "undefined", "no username: \"undefined\"");
+    assert_eq!(v["username"], "bob");
+    let v = hook.action("client_connected", "clientid", &sub_id).await;
+    assert_eq!(v["username"], "alice");
     let connected_at = v["connected_at"]
         .as_u64()
         .expect("connected_at is an integer");
@@ -186,7 +212,7 @@ async fn bodies_follow_real_clients_field_by_field() {
             "ts",
         ],
     );
-    assert_eq!(v["from_username"], "undefined");
+    assert_eq!(v["from_username"], "bob");
     assert_eq!(v["topic"], "wh/t");
     assert_eq!(v["qos"], 1);
     assert_eq!(v["retain"], false);
@@ -213,6 +239,7 @@ async fn bodies_follow_real_clients_field_by_field() {
     );
     assert_eq!(v["username"], "alice");
     assert_eq!(v["from_client_id"], pub_id.as_str());
+    assert_eq!(v["from_username"], "bob", "the publisher's username");
     assert_eq!(v["payload"], "hello");
     assert_eq!(v["ts"], ts);
 
@@ -233,6 +260,7 @@ async fn bodies_follow_real_clients_field_by_field() {
         ],
     );
     assert_eq!(v["from_client_id"], pub_id.as_str());
+    assert_eq!(v["from_username"], "bob", "the publisher's username");
     assert_eq!(v["qos"], 1);
 
     sub.unsubscribe("wh/#").await;
@@ -358,5 +386,272 @@ async fn a_web_server_that_never_answers_does_not_slow_mqtt() {
             "outcomes not counted:\n{metrics}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn anonymous_publishers_are_undefined() {
+    let (hook, addr) = Hook::start().await;
+    let node = hook_node(addr).start();
+    let (sub_id, pub_id) = (unique_id("wh-anon-sub"), unique_id("wh-anon-pub"));
+    let mut sub = v3::Client::connect(node.mqtt_addr(), &sub_id).await;
+    sub.subscribe("anon/#", v3::QoS::AtLeastOnce).await;
+    let mut publisher = v3::Client::connect(node.mqtt_addr(), &pub_id).await;
+    publisher
+        .publish("anon/t", v3::QoS::AtLeastOnce, false, "x")
+        .await;
+    sub.recv().await;
+    for action in ["message_publish", "message_delivered", "message_acked"] {
+        let v = hook
+            .find(action, |v| {
+                v["action"] == action && v["from_client_id"] == pub_id.as_str()
+            })
+            .await;
+        assert_eq!(v["from_username"], "undefined", "{action}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn subscribe_and_unsubscribe_requests_are_reported_at_receipt_refused_or_not() {
+    let (hook, addr) = Hook::start().await;
+    let node = hook_node(addr).start();
+    let id = unique_id("wh-req");
+    let (mut c, _, _) = RawClient::connect_ok(node.mqtt_addr(), &Connect::v5(&id)).await;
+    let codes = c
+        .subscribe(
+            1,
+            &[SubFilter::new("ok/1", 1), SubFilter::new("bad/#/x", 2)],
+        )
+        .await;
+    assert_eq!(codes, [1, 0x8F], "the second filter is invalid");
+
+    let v = hook
+        .find("client_subscribe of bad/#/x", |v| {
+            v["action"] == "client_subscribe" && v["topic"] == "bad/#/x"
+        })
+        .await;
+    keys(
+        &v,
+        &["action", "node", "clientid", "username", "topic", "opts"],
+    );
+    assert_eq!(v["clientid"], id.as_str());
+    assert_eq!(v["username"], "undefined");
+    assert_eq!(v["opts"]["qos"], 2, "the requested QoS");
+    let v = hook
+        .find("client_subscribe of ok/1", |v| {
+            v["action"] == "client_subscribe" && v["topic"] == "ok/1"
+        })
+        .await;
+    assert_eq!(v["opts"]["qos"], 1);
+    let v = hook.action("session_subscribed", "clientid", &id).await;
+    assert_eq!(v["topic"], "ok/1");
+
+    // Unsubscribing from something never subscribed: requested, but nothing removed.
+    c.send(&codec::unsubscribe(
+        skein_tests::Proto::V5,
+        2,
+        &["never/there"],
+    ))
+    .await;
+    let unsuback = c
+        .recv_matching(RECV_TIMEOUT, |p| matches!(p, Packet::UnsubAck { .. }))
+        .await;
+    assert!(
+        matches!(&unsuback, Packet::UnsubAck { codes, .. } if codes == &[0x11]),
+        "{unsuback:?}"
+    );
+    let v = hook.action("client_unsubscribe", "clientid", &id).await;
+    keys(&v, &["action", "node", "clientid", "username", "topic"]);
+    assert_eq!(v["topic"], "never/there");
+    tokio::time::sleep(QUIET).await;
+    assert!(
+        hook.all(|v| v["action"] == "session_subscribed" && v["topic"] == "bad/#/x")
+            .is_empty(),
+        "a refused filter is no session subscription"
+    );
+    assert!(
+        hook.all(|v| v["action"] == "session_unsubscribed" && v["clientid"] == id.as_str())
+            .is_empty(),
+        "nothing was unsubscribed"
+    );
+    // Requests come before their results (one client's requests arrive in order).
+    let actions = hook.actions_of(&id);
+    let first = |a: &str| actions.iter().position(|x| x == a).unwrap();
+    assert!(
+        first("client_subscribe") < first("session_subscribed"),
+        "{actions:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_end_of_a_session_is_reported_once_with_its_reason() {
+    let (hook, addr) = Hook::start().await;
+    let node = hook_node(addr).start();
+    let (mqtt, http) = (node.mqtt_addr(), node.http_addr());
+    let terminated = |id: &str| {
+        let id = id.to_owned();
+        move |v: &Value| v["action"] == "session_terminated" && v["clientid"] == id.as_str()
+    };
+
+    // MQTT 5, Session Expiry 0: the session ends with the connection.
+    let v5_id = unique_id("wh-end-v5");
+    RawClient::connect_ok(mqtt, &Connect::v5(&v5_id))
+        .await
+        .0
+        .disconnect()
+        .await;
+    let v = hook
+        .find("session_terminated (v5)", terminated(&v5_id))
+        .await;
+    keys(&v, &["action", "node", "clientid", "username", "reason"]);
+    assert_eq!(v["reason"], "normal");
+
+    // A clean 3.1.1 session whose socket just closed.
+    let closed_id = unique_id("wh-end-closed");
+    RawClient::v311(mqtt, &closed_id).await.drop_connection();
+    let v = hook
+        .find("session_terminated (closed)", terminated(&closed_id))
+        .await;
+    assert_eq!(v["reason"], "tcp_closed");
+
+    // A persistent session that expires a second after its connection ended.
+    let expiring = unique_id("wh-end-expiry");
+    let mut connect = Connect::v5(&expiring).persistent(1);
+    connect.username = Some("carol".into());
+    RawClient::connect_ok(mqtt, &connect)
+        .await
+        .0
+        .disconnect()
+        .await;
+    hook.action("client_disconnected", "clientid", &expiring)
+        .await;
+    assert!(
+        hook.all(terminated(&expiring)).is_empty(),
+        "ended before it expired"
+    );
+    let v = hook
+        .find("session_terminated (expired)", terminated(&expiring))
+        .await;
+    assert_eq!(v["reason"], "expired");
+    assert_eq!(v["username"], "carol", "named by its last connection");
+
+    // An offline persistent session discarded through the admin API.
+    let discarded = unique_id("wh-end-discard");
+    RawClient::connect_ok(mqtt, &Connect::v311(&discarded).clean(false))
+        .await
+        .0
+        .disconnect()
+        .await;
+    hook.action("client_disconnected", "clientid", &discarded)
+        .await;
+    let path = format!("/api/v1/clients/{discarded}?clear_session=true");
+    let (status, body) = http_request(http, "DELETE", &path, &[], "").await.unwrap();
+    assert_eq!(status, 204, "{body}");
+    let v = hook
+        .find("session_terminated (discarded)", terminated(&discarded))
+        .await;
+    assert_eq!(v["reason"], "discarded");
+
+    // A session taken over lives on: the old connection's end is no session end.
+    let twin = unique_id("wh-end-twin");
+    let mut old = RawClient::connect_ok(mqtt, &Connect::v311(&twin).clean(false))
+        .await
+        .0;
+    let new = RawClient::connect_ok(mqtt, &Connect::v311(&twin).clean(false))
+        .await
+        .0;
+    old.expect_closed(RECV_TIMEOUT).await;
+    hook.find("takeover", |v| {
+        v["action"] == "client_disconnected" && v["clientid"] == twin.as_str()
+    })
+    .await;
+    new.disconnect().await;
+
+    tokio::time::sleep(QUIET).await;
+    for id in [&v5_id, &closed_id, &expiring, &discarded] {
+        assert_eq!(hook.all(terminated(id)).len(), 1, "{id}: exactly once");
+    }
+    assert!(
+        hook.all(terminated(&twin)).is_empty(),
+        "persistent: lives on"
+    );
+}
+
+#[tokio::test]
+async fn a_negative_acknowledgement_is_a_drop_not_an_ack() {
+    let (hook, addr) = Hook::start().await;
+    let node = hook_node(addr).start();
+    let mqtt = node.mqtt_addr();
+    let sub_id = unique_id("wh-nack-sub");
+    let (mut sub, _, _) = RawClient::connect_ok(mqtt, &Connect::v5(&sub_id)).await;
+    sub.subscribe(1, &[SubFilter::new("nack/#", 2)]).await;
+    let mut publisher = RawClient::v5(mqtt, &unique_id("wh-nack-pub")).await;
+
+    // QoS 1: PUBACK 0x80 (unspecified error).
+    publisher
+        .publish(&Publish::new("nack/1", 1, b"one").pkid(1))
+        .await;
+    let p = sub.expect_publish(RECV_TIMEOUT).await;
+    sub.send(&nack(0x40, p.pkid, 0x80)).await;
+    // QoS 2: PUBREC 0x87 (not authorized) ends the flow.
+    publisher
+        .publish(&Publish::new("nack/2", 2, b"two").pkid(2))
+        .await;
+    let p = sub.expect_publish(RECV_TIMEOUT).await;
+    sub.send(&nack(0x50, p.pkid, 0x87)).await;
+    // A positive acknowledgement still counts as one.
+    publisher
+        .publish(&Publish::new("nack/3", 1, b"three").pkid(3))
+        .await;
+    let p = sub.expect_publish(RECV_TIMEOUT).await;
+    sub.send(&ack(0x40, p.pkid)).await;
+
+    for topic in ["nack/1", "nack/2"] {
+        let v = hook
+            .find(&format!("message_dropped of {topic}"), |v| {
+                v["action"] == "message_dropped" && v["topic"] == topic
+            })
+            .await;
+        assert_eq!(v["reason"], "rejected_by_client", "{v}");
+    }
+    hook.find("message_acked of nack/3", |v| {
+        v["action"] == "message_acked" && v["topic"] == "nack/3"
+    })
+    .await;
+    tokio::time::sleep(QUIET).await;
+    let acked: Vec<Value> = hook.all(|v| v["action"] == "message_acked");
+    assert_eq!(acked.len(), 1, "only nack/3 was acknowledged: {acked:#?}");
+}
+
+/// An MQTT 5 PUBACK (0x40) or PUBREC (0x50) with a reason code.
+fn nack(first_byte: u8, pkid: u16, reason: u8) -> Vec<u8> {
+    let [hi, lo] = pkid.to_be_bytes();
+    codec::frame(first_byte, &[hi, lo, reason])
+}
+
+#[tokio::test]
+async fn one_clients_requests_arrive_in_order_with_concurrent_requests() {
+    let (hook, addr) = Hook::start().await;
+    let node = hook_node(addr)
+        .env("SKEIN_WEBHOOK_CONCURRENCY", "8")
+        .start();
+    let ids: Vec<String> = (0..8).map(|_| unique_id("wh-order")).collect();
+    for id in &ids {
+        let mut c = v3::Client::connect(node.mqtt_addr(), id).await;
+        c.subscribe("order/#", v3::QoS::AtMostOnce).await;
+        c.disconnect().await;
+    }
+    let expected = [
+        "client_connect",
+        "client_connack",
+        "client_connected",
+        "client_subscribe",
+        "session_subscribed",
+        "client_disconnected",
+        "session_terminated",
+    ];
+    for id in &ids {
+        hook.action("session_terminated", "clientid", id).await;
+        assert_eq!(hook.actions_of(id), expected, "{id}");
     }
 }

@@ -122,18 +122,18 @@ fn reserved_connect_flag_is_malformed() {
 }
 
 #[test]
-fn will_qos_or_retain_without_will_flag_is_malformed() {
+fn will_qos_or_retain_without_will_flag_is_a_bad_will() {
     for flags in [0x08, 0x10, 0x20] {
-        malformed(&connect("MQTT", 4, flags, &s("c")), V311);
-        malformed(&connect("MQTT", 5, flags, &cat(&[&[0], &s("c")])), V5);
+        bad_will(&connect("MQTT", 4, flags, &s("c")), V311);
+        bad_will(&connect("MQTT", 5, flags, &cat(&[&[0], &s("c")])), V5);
     }
 }
 
 #[test]
-fn will_qos_3_is_malformed() {
+fn will_qos_3_is_a_bad_will() {
     let will = cat(&[&s("c"), &s("t"), &s("m")]);
-    malformed(&connect("MQTT", 4, 0x04 | 0x18, &will), V311);
-    malformed(
+    bad_will(&connect("MQTT", 4, 0x04 | 0x18, &will), V311);
+    bad_will(
         &connect(
             "MQTT",
             5,
@@ -226,10 +226,46 @@ fn will_property_rules() {
     assert_eq!(w.response_topic.as_deref(), Some("rt"));
     assert_eq!(w.correlation_data.as_deref(), Some(&b"cd"[..]));
     assert_eq!(w.message_expiry_interval, Some(9));
-    protocol(&with_will_props(&[0x11, 0, 0, 0, 1]), V5); // session expiry
-    protocol(&with_will_props(&[0x23, 0, 1]), V5); // topic alias
-    protocol(&with_will_props(&[0x0B, 1]), V5); // subscription identifier
-    protocol(&with_will_props(&[0x01, 2]), V5); // payload format 2
+    bad_will(&with_will_props(&[0x11, 0, 0, 0, 1]), V5); // session expiry
+    bad_will(&with_will_props(&[0x23, 0, 1]), V5); // topic alias
+    bad_will(&with_will_props(&[0x0B, 1]), V5); // subscription identifier
+    bad_will(&with_will_props(&[0x01, 2]), V5); // payload format 2
+    bad_will(&with_will_props(&[0x7F]), V5); // unknown property
+}
+
+#[test]
+fn a_will_topic_that_is_no_valid_string_is_a_bad_will_but_truncation_stays_malformed() {
+    let will = |topic: &[u8]| {
+        let mut field = u16::try_from(topic.len()).unwrap().to_be_bytes().to_vec();
+        field.extend_from_slice(topic);
+        connect("MQTT", 4, 0x04, &cat(&[&s("c"), &field, &s("m")]))
+    };
+    bad_will(&will(b"a\xffb"), V311); // not UTF-8
+    bad_will(&will(b"a\0b"), V311); // U+0000
+                                    // The packet ends inside the will: a framing problem, not a will problem.
+    malformed(&connect("MQTT", 4, 0x04, &cat(&[&s("c"), &s("t")])), V311);
+    malformed(&connect("MQTT", 5, 0x04, &cat(&[&[0], &s("c"), &[5]])), V5);
+    // The client id before the will still decodes in a good CONNECT with the same will.
+    let c = decoded_connect(&will(b"w/t"), V311);
+    assert_eq!(c.will.expect("will").topic, "w/t");
+}
+
+#[test]
+fn the_protocol_of_a_connect_is_told_before_it_decodes() {
+    let v5 = connect("MQTT", 5, 0x04 | 0x18, &cat(&[&[0], &s("c")]));
+    assert_eq!(connect_protocol(&v5), Some(V5));
+    assert_eq!(
+        connect_protocol(&connect("MQTT", 4, 0, &s("c"))),
+        Some(V311)
+    );
+    assert_eq!(
+        connect_protocol(&connect("MQIsdp", 3, 0, &s("c"))),
+        Some(V31)
+    );
+    assert_eq!(connect_protocol(&connect("MQTT", 9, 0, &s("c"))), None);
+    assert_eq!(connect_protocol(&v5[..6]), None, "level not there yet");
+    assert_eq!(connect_protocol(&[0xC0, 0]), None, "PINGREQ");
+    assert_eq!(connect_protocol(&[]), None);
 }
 
 // ---- properties in other packets ----

@@ -5,7 +5,7 @@ use bytes::{Buf, BytesMut};
 use super::error::DecodeError;
 use super::packet::*;
 use super::properties::{decode_properties, PropCtx};
-use super::wire::{parse_vbi, Reader};
+use super::wire::{parse_vbi, Reader, TRUNCATED};
 
 type Result<T> = std::result::Result<T, DecodeError>;
 
@@ -152,11 +152,11 @@ fn decode_connect(mut r: Reader) -> Result<Packet> {
     let password_flag = flags & 0b0100_0000 != 0;
     let username_flag = flags & 0b1000_0000 != 0;
     if !will_flag && (will_qos != 0 || will_retain) {
-        return Err(DecodeError::Malformed(
+        return Err(DecodeError::BadWill(
             "will QoS or will retain set without the will flag",
         ));
     }
-    let will_qos = QoS::from_u8(will_qos).ok_or(DecodeError::Malformed("will QoS 3"))?;
+    let will_qos = QoS::from_u8(will_qos).ok_or(DecodeError::BadWill("will QoS 3"))?;
     // 3.1 and 3.1.1 require a user name with a password; 5.0 dropped that.
     if !protocol.is_v5() && password_flag && !username_flag {
         return Err(DecodeError::Malformed(
@@ -174,8 +174,8 @@ fn decode_connect(mut r: Reader) -> Result<Packet> {
 
     let client_id = r.string()?;
     let will = if will_flag {
-        let properties = props_if_v5(&mut r, protocol, PropCtx::Will)?;
-        let topic = r.string()?;
+        let properties = props_if_v5(&mut r, protocol, PropCtx::Will).map_err(bad_will)?;
+        let topic = r.string().map_err(bad_will)?;
         let payload = r.binary()?;
         Some(Will {
             topic,
@@ -209,6 +209,35 @@ fn decode_connect(mut r: Reader) -> Result<Packet> {
         password,
         properties,
     })))
+}
+
+/// An error inside the will is a bad will; a packet that ends too early stays malformed
+/// (the damage is the framing, not the will).
+fn bad_will(e: DecodeError) -> DecodeError {
+    match e {
+        e if e == TRUNCATED => e,
+        DecodeError::Malformed(what) | DecodeError::Protocol(what) => DecodeError::BadWill(what),
+        other => other,
+    }
+}
+
+/// The protocol a CONNECT at the front of `buf` names, as soon as enough of it is there to
+/// tell (None otherwise, or if it is no CONNECT): lets a refusal of a CONNECT that fails
+/// to decode answer in the client's protocol.
+pub fn connect_protocol(buf: &[u8]) -> Option<ProtocolVersion> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let (_, len_bytes) = parse_vbi(&buf[1..]).ok()??;
+    let rest = &buf[1 + len_bytes..];
+    let name_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+    let name = rest.get(2..2 + name_len)?;
+    match (name, *rest.get(2 + name_len)?) {
+        (b"MQTT", 4) => Some(ProtocolVersion::V311),
+        (b"MQTT", 5) => Some(ProtocolVersion::V5),
+        (b"MQIsdp", 3) => Some(ProtocolVersion::V31),
+        _ => None,
+    }
 }
 
 fn decode_connack(mut r: Reader, version: ProtocolVersion) -> Result<ConnAck> {

@@ -24,13 +24,18 @@ pub enum DecodeError {
     /// CONNECT names a protocol other than `MQTT` / `MQIsdp`.
     #[error("invalid protocol name in CONNECT")]
     InvalidProtocolName,
+    /// CONNECT's will is malformed or illegal (will QoS 3, will QoS or retain without the
+    /// will flag, a will topic that is not a valid string, will properties not allowed).
+    /// Events report it as `bad_will_message`, not as a protocol error.
+    #[error("malformed will: {0}")]
+    BadWill(&'static str),
 }
 
 impl DecodeError {
     /// The MQTT 5 reason code for a CONNACK or DISCONNECT reporting this error.
     pub fn reason_code(&self) -> u8 {
         match self {
-            DecodeError::Malformed(_) => reason::MALFORMED_PACKET,
+            DecodeError::Malformed(_) | DecodeError::BadWill(_) => reason::MALFORMED_PACKET,
             DecodeError::Protocol(_) => reason::PROTOCOL_ERROR,
             DecodeError::TooLarge { .. } => reason::PACKET_TOO_LARGE,
             // A foreign protocol name is as unusable as an unknown level; the
@@ -51,5 +56,18 @@ impl DecodeError {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_will_is_a_malformed_packet_on_the_wire() {
+        let e = DecodeError::BadWill("will QoS 3");
+        assert_eq!(e.reason_code(), reason::MALFORMED_PACKET);
+        assert_eq!(e.connack_v3_code(), None);
+        assert_eq!(e.to_string(), "malformed will: will QoS 3");
     }
 }

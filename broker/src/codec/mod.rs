@@ -19,7 +19,7 @@ mod roundtrip_tests;
 #[cfg(test)]
 mod test_support;
 
-pub use decode::decode;
+pub use decode::{connect_protocol, decode};
 pub use encode::{encode, encoded_len, PublishRef};
 pub use error::DecodeError;
 pub use packet::*;

@@ -66,6 +66,15 @@ pub(super) fn protocol(bytes: &[u8], v: ProtocolVersion) {
     );
 }
 
+#[track_caller]
+pub(super) fn bad_will(bytes: &[u8], v: ProtocolVersion) {
+    let e = err(bytes, v);
+    assert!(
+        matches!(e, DecodeError::BadWill(_)),
+        "expected BadWill from {bytes:02x?} ({v:?}), got {e:?}"
+    );
+}
+
 /// Malformed before MQTT 5 (`v3` bytes), a protocol error in MQTT 5 (`v5`
 /// bytes, which differ by the property section).
 #[track_caller]

@@ -11,7 +11,8 @@ pub(crate) const VBI_MAX: u32 = 268_435_455;
 /// Largest length a two-byte length prefix can announce.
 const PREFIXED_MAX: usize = u16::MAX as usize;
 
-const TRUNCATED: DecodeError = DecodeError::Malformed("field runs past the end of the packet");
+pub(crate) const TRUNCATED: DecodeError =
+    DecodeError::Malformed("field runs past the end of the packet");
 
 /// Bytes needed to encode `v` as a variable byte integer.
 pub(crate) fn vbi_len(v: usize) -> usize {

@@ -13,7 +13,7 @@ use crate::codec::{
     self, connack_v3, reason as rc, ConnAck, Connect, DecodeError, Packet, Properties,
     ProtocolVersion,
 };
-use crate::events::{raise, ClientInfo, EventBody, EventKind, Transport, WillInfo};
+use crate::events::{raise, ClientInfo, EventBody, EventKind, SessionEnd, Transport, WillInfo};
 use crate::ids::ClientId;
 use crate::message::now_ms;
 use crate::session::{Attachment, Kick, KickSignal, Session};
@@ -51,7 +51,12 @@ pub(super) async fn accept(
     };
     let protocol = connect.protocol;
     // The client id as sent (empty when the broker is to assign one).
-    let info = Arc::new(client_info(&connect, peer, sockname));
+    let info = Arc::new(client_info(
+        &connect,
+        peer,
+        sockname,
+        broker.config.max_keepalive,
+    ));
     raise::raise(&broker.events, &info, EventKind::ClientConnect, || {
         EventBody::Connect
     });
@@ -144,6 +149,8 @@ async fn refuse(
 async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>, Refusal> {
     let max = broker.config.max_packet_size as usize;
     loop {
+        // Read before decoding, which consumes the packet even when it fails.
+        let named = codec::connect_protocol(&socket.rbuf);
         match codec::decode(&mut socket.rbuf, ProtocolVersion::V311, max) {
             Ok(Some(Packet::Connect(c))) => return Ok(c),
             Ok(Some(Packet::PingReq)) => {
@@ -172,6 +179,20 @@ async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>
                     DisconnectReason::ProtocolError,
                     &format!("unsupported protocol level {level}"),
                 ));
+            }
+            Err(DecodeError::BadWill(what)) => {
+                crate::metrics::packet_decode_error();
+                // MQTT 5 can say why before closing (CONNACK 0x81); 3.x just closes.
+                return Err(match named {
+                    Some(p) if p.is_v5() => Refusal::connack(
+                        p,
+                        rc::MALFORMED_PACKET,
+                        0,
+                        DisconnectReason::BadWillMessage,
+                        what,
+                    ),
+                    _ => Refusal::close(DisconnectReason::BadWillMessage, what),
+                });
             }
             Err(e) => {
                 crate::metrics::packet_decode_error();
@@ -396,14 +417,12 @@ async fn attach(
     };
 
     let config = &broker.config;
-    let mut keep_alive = c.keep_alive;
-    let mut props = Properties::default();
+    let mut props = Properties {
+        server_keep_alive: server_keep_alive(&c, config.max_keepalive),
+        ..Properties::default()
+    };
+    let keep_alive = props.server_keep_alive.unwrap_or(c.keep_alive);
     if protocol.is_v5() {
-        if keep_alive > config.max_keepalive || (keep_alive == 0 && config.max_keepalive < u16::MAX)
-        {
-            keep_alive = config.max_keepalive;
-            props.server_keep_alive = Some(keep_alive);
-        }
         if assigned {
             props.assigned_client_identifier = Some(c.client_id.clone());
         }
@@ -467,8 +486,22 @@ async fn attach(
     })
 }
 
-/// What events say about the client of `c` (never its password).
-fn client_info(c: &Connect, peer: SocketAddr, sockname: SocketAddr) -> ClientInfo {
+/// The Server Keep Alive an MQTT 5 client is told when it asked for more than the cap
+/// (or for none while there is a cap). A 3.x client can't be told: its own stands.
+fn server_keep_alive(c: &Connect, max_keepalive: u16) -> Option<u16> {
+    let asked = c.keep_alive;
+    let capped = asked > max_keepalive || (asked == 0 && max_keepalive < u16::MAX);
+    (c.protocol.is_v5() && capped).then_some(max_keepalive)
+}
+
+/// What events say about the client of `c` (never its password); the keep alive is the
+/// one in force.
+fn client_info(
+    c: &Connect,
+    peer: SocketAddr,
+    sockname: SocketAddr,
+    max_keepalive: u16,
+) -> ClientInfo {
     ClientInfo {
         client_id: ClientId::new(&c.client_id),
         username: c.username.clone(),
@@ -476,7 +509,7 @@ fn client_info(c: &Connect, peer: SocketAddr, sockname: SocketAddr) -> ClientInf
         sockname,
         protocol: c.protocol,
         transport: Transport::Tcp,
-        keepalive: c.keep_alive,
+        keepalive: server_keep_alive(c, max_keepalive).unwrap_or(c.keep_alive),
         clean_start: c.clean_start,
         connected_at_ms: now_ms(),
         will: c.will.as_ref().map(|w| WillInfo {
@@ -537,7 +570,7 @@ pub(super) async fn detach(
         broker.schedule_will(session, generation, delay_ms);
     }
     if expiry == 0 {
-        broker.end_session(session);
+        broker.end_session(session, SessionEnd::ConnectionEnded(close.reason));
     } else {
         broker.schedule_expiry(session, generation, expiry, 0);
     }

@@ -35,12 +35,12 @@ impl Connection {
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
-                self.on_outgoing_done(a.packet_id, false);
+                self.on_outgoing_done(a.packet_id, false, a.reason >= 0x80);
                 Ok(After::Nothing)
             }
             Packet::PubRec(a) => self.on_pubrec(a),
             Packet::PubComp(a) => {
-                self.on_outgoing_done(a.packet_id, true);
+                self.on_outgoing_done(a.packet_id, true, false);
                 Ok(After::Nothing)
             }
             Packet::PubRel(a) => self.on_pubrel(a).map(|()| After::Nothing),
@@ -135,6 +135,7 @@ impl Connection {
             &p,
             topic,
             Some(self.client_id.clone()),
+            raise::publisher_username(&self.broker.events, &self.info),
         ));
         raise::raise_message(
             &self.broker.events,
@@ -263,7 +264,7 @@ impl Connection {
     fn on_pubrec(&mut self, a: Ack) -> Result<After, Close> {
         if a.reason >= 0x80 {
             // The client refused the message: the QoS 2 flow ends here.
-            self.on_outgoing_done(a.packet_id, false);
+            self.on_outgoing_done(a.packet_id, false, true);
             return Ok(After::Nothing);
         }
         let session = self.session.clone();
@@ -315,8 +316,9 @@ impl Connection {
         Ok(After::FlushThenSend(Some(Box::new(pubrel))))
     }
 
-    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is delivered.
-    fn on_outgoing_done(&mut self, packet_id: u16, is_pubcomp: bool) {
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is delivered; or a PUBACK / PUBREC
+    /// with a failure reason (MQTT 5, `refused`): the client rejected it, and it is dropped.
+    fn on_outgoing_done(&mut self, packet_id: u16, is_pubcomp: bool, refused: bool) {
         let mut st = self.session.state();
         let Some(pos) = st.inflight.iter().position(|f| f.packet_id == packet_id) else {
             return;
@@ -335,19 +337,34 @@ impl Connection {
         drop(st);
         if let Some(f) = done {
             let m = &f.delivery.message;
-            raise::raise_message(
-                &self.broker.events,
-                &self.info,
-                m,
-                EventKind::MessageAcked,
-                || EventBody::Acked {
-                    message: m.clone(),
-                    packet_id,
-                    qos: f.delivery.qos,
-                },
-            );
+            if refused {
+                crate::metrics::message_dropped("rejected_by_client");
+                raise::raise_message(
+                    &self.broker.events,
+                    &self.info,
+                    m,
+                    EventKind::MessageDropped,
+                    || EventBody::Dropped {
+                        message: m.clone(),
+                        reason: "rejected_by_client",
+                    },
+                );
+            } else {
+                raise::raise_message(
+                    &self.broker.events,
+                    &self.info,
+                    m,
+                    EventKind::MessageAcked,
+                    || EventBody::Acked {
+                        message: m.clone(),
+                        packet_id,
+                        qos: f.delivery.qos,
+                    },
+                );
+            }
         }
-        self.acked += 1;
+        // A rejection is counted as a drop above, not as an acknowledgement.
+        self.acked += u64::from(!refused);
         if persistent {
             if let Err(e) = self
                 .broker
@@ -363,6 +380,19 @@ impl Connection {
         let v5 = self.protocol.is_v5();
         let invalid = if v5 { rc::TOPIC_FILTER_INVALID } else { 0x80 };
         let subscription_id = s.properties.subscription_identifiers.first().copied();
+        for (filter, options) in &s.filters {
+            // At receipt, before any check: refused filters are reported too.
+            raise::raise(
+                &self.broker.events,
+                &self.info,
+                EventKind::ClientSubscribe,
+                || EventBody::SubscribeRequest {
+                    filter: filter.clone(),
+                    qos: options.qos,
+                    packet_id: s.packet_id,
+                },
+            );
+        }
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         for (filter, options) in &s.filters {
@@ -445,26 +475,39 @@ impl Connection {
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<After, Close> {
+        for filter in &u.filters {
+            // At receipt: filters that were never subscribed are reported too.
+            raise::raise(
+                &self.broker.events,
+                &self.info,
+                EventKind::ClientUnsubscribe,
+                || EventBody::UnsubscribeRequest {
+                    filter: filter.clone(),
+                    packet_id: u.packet_id,
+                },
+            );
+        }
         let codes = u
             .filters
             .iter()
             .map(|filter| {
                 if topic::parse_subscription(filter).is_err() {
-                    rc::TOPIC_FILTER_INVALID
-                } else if self.broker.unsubscribe(&self.session, filter) {
-                    raise::raise(
-                        &self.broker.events,
-                        &self.info,
-                        EventKind::SessionUnsubscribed,
-                        || EventBody::Unsubscribed {
-                            filter: filter.clone(),
-                            packet_id: u.packet_id,
-                        },
-                    );
-                    rc::SUCCESS
-                } else {
-                    rc::NO_SUBSCRIPTION_EXISTED
+                    return rc::TOPIC_FILTER_INVALID;
                 }
+                let Some(qos) = self.broker.unsubscribe(&self.session, filter) else {
+                    return rc::NO_SUBSCRIPTION_EXISTED;
+                };
+                raise::raise(
+                    &self.broker.events,
+                    &self.info,
+                    EventKind::SessionUnsubscribed,
+                    || EventBody::Unsubscribed {
+                        filter: filter.clone(),
+                        packet_id: u.packet_id,
+                        qos,
+                    },
+                );
+                rc::SUCCESS
             })
             .collect();
         let unsuback = Packet::UnsubAck(UnsubAck {

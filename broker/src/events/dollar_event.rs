@@ -4,8 +4,8 @@
 //! `nodeName` (EVENTS.md) and `takeoverNode` on `other_kicked`.
 //!
 //! `$EVENT.DISCONNECT` is the client's DISCONNECT packet; `$EVENT.CLOSE` is every end of a
-//! connection. A seed field the broker has no value for (`messageId` of a close or of an
-//! offline message, which has no packet id yet) is present with `null`, as are an unknown
+//! connection. A seed field the broker has no value for (`messageId` of a close, of a QoS 0
+//! publish, or of an offline message, which has no packet id yet) is present with `null`, as are an unknown
 //! `clientIp` and an absent username. Timestamps are numbers everywhere (the seed's ACK
 //! example shows a string; one type per field is kinder to consumers). `auth` carries the
 //! username only: a password never leaves the broker.
@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::mqtt_out::Outgoing;
 use super::{ClientInfo, Event, EventBody, EventKind, KindSet, NodeInfo, Transport};
-use crate::codec::ProtocolVersion;
+use crate::codec::{ProtocolVersion, QoS};
 use crate::connection::DisconnectReason;
 
 pub const DIALECT: &str = "$EVENT";
@@ -80,9 +80,11 @@ pub fn render(event: &Event, node: &NodeInfo) -> Vec<Outgoing> {
             }),
         )),
         EventBody::Publish { message, packet_id } => {
+            // A QoS 0 PUBLISH has no packet id: null, like the other id-less messages.
+            let id = (message.qos != QoS::AtMostOnce).then_some(*packet_id);
             let mut v = json!({
                 "protocol": protocol(c),
-                "messageId": packet_id,
+                "messageId": id,
                 "topic": &*message.topic,
                 "qos": message.qos as u8,
                 "retain": message.retain,
@@ -103,7 +105,9 @@ pub fn render(event: &Event, node: &NodeInfo) -> Vec<Outgoing> {
                 "qos": *qos as u8,
             }),
         )),
-        EventBody::Unsubscribed { filter, packet_id } => out.push((
+        EventBody::Unsubscribed {
+            filter, packet_id, ..
+        } => out.push((
             "$EVENT.UNSUBSCRIBE",
             json!({
                 "protocol": protocol(c),
@@ -263,6 +267,7 @@ mod tests {
             properties: Default::default(),
             received_at_ms: 0,
             publisher: Some(ClientId::new("dev1212313")),
+            publisher_username: None,
         })
     }
 
@@ -402,6 +407,16 @@ mod tests {
         });
         assert_eq!(v["payload"], "3q2+7w==");
         assert_eq!(v["payloadEncoding"], "base64");
+
+        // QoS 0 has no packet id.
+        let mut m = (*message(b"0")).clone();
+        m.qos = QoS::AtMostOnce;
+        let (_, v) = one(EventBody::Publish {
+            message: Arc::new(m),
+            packet_id: 0,
+        });
+        assert!(v["messageId"].is_null(), "{v}");
+        assert_eq!(v["qos"], 0);
     }
 
     #[test]
@@ -436,6 +451,7 @@ mod tests {
         let (topic, v) = one(EventBody::Unsubscribed {
             filter: "test".into(),
             packet_id: 4,
+            qos: QoS::AtLeastOnce,
         });
         assert_eq!(topic, "$EVENT.UNSUBSCRIBE");
         assert_eq!(

@@ -1,9 +1,8 @@
 //! Dialect `$events` (seed 001): `$events/client_connected`, `$events/client_disconnected`,
 //! `$events/session_subscribed`, `$events/session_unsubscribed` with the seed's snake_case
 //! fields. Each message carries exactly the fields of the seed's table for its topic, plus
-//! `node_name` (EVENTS.md) and, on a takeover, `takeover_node`. A field the seed lists but
-//! the broker cannot know (the QoS of a removed subscription) is present with `null`; so is
-//! `username` when the client sent none, and an address that is unknown.
+//! `node_name` (EVENTS.md) and, on a takeover, `takeover_node`. `username` is `null` when
+//! the client sent none, and so is an address that is unknown.
 
 use serde_json::{json, Map, Value};
 
@@ -13,16 +12,36 @@ use super::{ClientInfo, Event, EventBody, EventKind, KindSet, NodeInfo};
 pub const DIALECT: &str = "$events";
 
 /// The canonical kinds this dialect renders. The certificate kinds are accepted in the
-/// config so a config can name them already; nothing raises them until TLS exists.
+/// config so a config can name them already; nothing raises them until TLS exists (see
+/// [`never_raised`]).
 pub fn renders() -> KindSet {
+    default_kinds().union(KindSet::of(&[
+        EventKind::CertificateRegistered,
+        EventKind::CertificateRejected,
+    ]))
+}
+
+/// The kinds published by default: those something raises.
+pub fn default_kinds() -> KindSet {
     KindSet::of(&[
         EventKind::ClientConnected,
         EventKind::ClientDisconnected,
         EventKind::SessionSubscribed,
         EventKind::SessionUnsubscribed,
+    ])
+}
+
+/// The names of the kinds in `kinds` that nothing raises yet: the certificate kinds,
+/// until the broker terminates TLS. Configuring them is allowed but publishes nothing.
+pub fn never_raised(kinds: KindSet) -> Vec<&'static str> {
+    [
         EventKind::CertificateRegistered,
         EventKind::CertificateRejected,
-    ])
+    ]
+    .into_iter()
+    .filter(|k| kinds.contains(*k))
+    .map(EventKind::as_str)
+    .collect()
 }
 
 /// The message for `event`, if this dialect has a topic for it.
@@ -73,14 +92,14 @@ pub fn render(event: &Event, node: &NodeInfo) -> Option<Outgoing> {
                 "topic": filter,
             }),
         ),
-        EventBody::Unsubscribed { filter, .. } => (
+        EventBody::Unsubscribed { filter, qos, .. } => (
             "$events/session_unsubscribed",
             json!({
                 "clientid": c.client_id.as_str(),
                 "event": "client.unsubscribed",
                 "peerhost": peername(c),
-                // The model does not carry the removed subscription's QoS.
-                "qos": null,
+                // The QoS the removed subscription had been granted.
+                "qos": *qos as u8,
                 "timestamp": event.timestamp_ms,
                 "topic": filter,
             }),
@@ -267,6 +286,7 @@ mod tests {
             EventBody::Unsubscribed {
                 filter: "home/#".into(),
                 packet_id: 8,
+                qos: QoS::ExactlyOnce,
             },
             None,
         );
@@ -285,7 +305,26 @@ mod tests {
             ]
         );
         assert_eq!(v["event"], "client.unsubscribed");
-        assert!(v["qos"].is_null());
+        assert_eq!(v["qos"], 2, "the removed subscription's QoS");
+    }
+
+    #[test]
+    fn certificate_kinds_are_accepted_but_not_default_and_reported_as_never_raised() {
+        assert!(renders().contains(EventKind::CertificateRegistered));
+        assert!(!default_kinds().contains(EventKind::CertificateRegistered));
+        assert!(!default_kinds().contains(EventKind::CertificateRejected));
+        assert!(never_raised(default_kinds()).is_empty());
+        assert_eq!(
+            never_raised(renders()),
+            ["certificate.registered", "certificate.rejected"]
+        );
+        assert_eq!(
+            never_raised(KindSet::of(&[
+                EventKind::ClientConnected,
+                EventKind::CertificateRejected
+            ])),
+            ["certificate.rejected"]
+        );
     }
 
     #[test]

@@ -66,6 +66,11 @@ impl EventBus {
         self.wanted.contains(kind)
     }
 
+    /// Whether any dialect wants any of `kinds`.
+    pub fn wants_any(&self, kinds: KindSet) -> bool {
+        self.wanted.0 & kinds.0 != 0
+    }
+
     /// Hands the event to every dialect that wants it, without waiting.
     pub fn emit(&self, event: Event) {
         let kind = event.kind();
@@ -137,6 +142,11 @@ mod tests {
         let mut none = bus.add_sink("b", KindSet::of(&[EventKind::ClientConnected]), 1);
         assert!(bus.wants(EventKind::ClientPing));
         assert!(!bus.wants(EventKind::MessagePublish));
+        assert!(bus.wants_any(KindSet::of(&[
+            EventKind::MessagePublish,
+            EventKind::ClientPing
+        ])));
+        assert!(!bus.wants_any(KindSet::of(&[EventKind::MessagePublish])));
         bus.emit(event());
         bus.emit(event());
         assert_eq!(bus.queue_depths(), vec![("a", 1), ("b", 0)]);

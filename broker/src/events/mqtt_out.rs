@@ -118,6 +118,7 @@ fn publish(d: &mut Dialect, broker: &Weak<Broker>, qos: QoS, event: &Event) {
             properties: Default::default(),
             received_at_ms: now_ms(),
             publisher: None,
+            publisher_username: None,
         }));
     }
 }

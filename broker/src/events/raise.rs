@@ -7,11 +7,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{ClientInfo, Event, EventBody, EventBus, EventKind};
+use super::{ClientInfo, Event, EventBody, EventBus, EventKind, KindSet, SessionEnd};
 use crate::broker::Broker;
 use crate::codec::{ProtocolVersion, QoS};
 use crate::connection::{Close, DisconnectReason};
+use crate::ids::ClientId;
 use crate::message::{now_ms, Message};
 use crate::session::Session;
 
@@ -29,13 +31,66 @@ pub fn raise(
 }
 
 fn emit(bus: &EventBus, client: Arc<ClientInfo>, body: EventBody) {
+    let timestamp_ns = now_ns();
     let event = Event {
-        timestamp_ms: now_ms(),
+        timestamp_ms: timestamp_ns / 1_000_000,
+        timestamp_ns,
         client,
         body,
     };
     debug_assert!(bus.wants(event.kind()), "raised under another kind's check");
     bus.emit(event);
+}
+
+/// Unix nanoseconds (the stream dialect's `occurred_at` needs them; the others take the
+/// milliseconds of the same reading).
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The kinds whose renderings name a message's publisher by username.
+fn names_publisher() -> KindSet {
+    KindSet::of(&[
+        EventKind::MessageDelivered,
+        EventKind::MessageAcked,
+        EventKind::MessageDropped,
+        EventKind::MessagePublish,
+    ])
+}
+
+/// The username to carry on a message published by `client`: only when a dialect renders
+/// message events, so the hot path allocates nothing for it otherwise.
+#[inline]
+pub fn publisher_username(bus: &EventBus, client: &ClientInfo) -> Option<Arc<str>> {
+    if bus.wants_any(names_publisher()) {
+        client.username.as_deref().map(Arc::from)
+    } else {
+        None
+    }
+}
+
+/// The username of the last connection of `client_id`'s session (for its will), if a
+/// dialect renders message events.
+pub fn will_publisher_username(broker: &Broker, client_id: &ClientId) -> Option<Arc<str>> {
+    if !broker.events.wants_any(names_publisher()) {
+        return None;
+    }
+    let session = broker.find_session(client_id)?;
+    let info = session.state().last_info.clone()?;
+    info.username.as_deref().map(Arc::from)
+}
+
+/// `session.terminated`: `session` ended for `reason`. Called before its state is cleared,
+/// while it still knows its last connection.
+pub fn session_terminated(bus: &EventBus, session: &Session, reason: SessionEnd) {
+    if !bus.wants(EventKind::SessionTerminated) {
+        return;
+    }
+    let (client, _) = session_client(session);
+    emit(bus, client, EventBody::SessionTerminated { reason });
 }
 
 /// Raises a `message.*` event, except for the node's own messages (no publisher).
@@ -105,7 +160,9 @@ pub fn refused(
 pub fn reported_before_connect(reason: DisconnectReason) -> bool {
     matches!(
         reason,
-        DisconnectReason::PingWithoutConnect | DisconnectReason::ProtocolError
+        DisconnectReason::PingWithoutConnect
+            | DisconnectReason::ProtocolError
+            | DisconnectReason::BadWillMessage
     )
 }
 
@@ -236,6 +293,7 @@ mod tests {
             properties: Default::default(),
             received_at_ms: 0,
             publisher: publisher.map(ClientId::new),
+            publisher_username: None,
         })
     }
 

@@ -32,6 +32,13 @@ pub fn register_mqtt_dialects(bus: &mut EventBus, config: &Config) -> MqttDialec
     if config.events_dollar_events {
         let node = bus.node().clone();
         let kinds = KindSet(config.events_dollar_events_kinds.0 & dollar_events::renders().0);
+        let idle = dollar_events::never_raised(kinds);
+        if !idle.is_empty() {
+            tracing::warn!(
+                kinds = %idle.join(","),
+                "events_dollar_events_kinds: nothing raises certificate events yet (no TLS), these kinds publish nothing"
+            );
+        }
         let render: Renderer =
             Box::new(move |e| dollar_events::render(e, &node).into_iter().collect());
         add(bus, dollar_events::DIALECT, kinds, render);

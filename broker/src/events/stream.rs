@@ -51,7 +51,7 @@ pub struct Entry {
     pub event_type: EventType,
     /// The node name.
     pub instance: String,
-    /// Nanoseconds since the epoch (the event's millisecond timestamp, scaled).
+    /// Nanoseconds since the epoch, when the event was raised.
     pub occurred_at: u64,
 }
 
@@ -65,18 +65,16 @@ pub struct Entries {
 
 impl Entries {
     pub fn entry(&mut self, event: &Event, instance: &str) -> Option<Entry> {
-        let (event_type, at_ms) = match &event.body {
+        let event_type = match &event.body {
             EventBody::Connected => {
                 self.live.connected(&event.client);
-                (EventType::Connect, event.timestamp_ms)
+                EventType::Connect
             }
-            EventBody::Disconnected {
-                disconnected_at_ms, ..
-            } => {
+            EventBody::Disconnected { .. } => {
                 if !self.live.disconnected(&event.client) {
                     return None;
                 }
-                (EventType::Disconnect, *disconnected_at_ms)
+                EventType::Disconnect
             }
             _ => return None,
         };
@@ -84,7 +82,7 @@ impl Entries {
             client_id: event.client.client_id.as_str().to_owned(),
             event_type,
             instance: instance.to_owned(),
-            occurred_at: at_ms.saturating_mul(1_000_000),
+            occurred_at: event.timestamp_ns,
         })
     }
 }

@@ -2,9 +2,11 @@
 //! URL, from tasks of its own, so a slow or dead web server never slows MQTT traffic.
 //!
 //! Pipeline: the event bus (bounded, drops counted in `skein_events_dropped_total`) feeds
-//! one dispatcher, which renders the bodies the rules want and queues them per URL
-//! (bounded, drops counted as `skein_webhook_requests_total{outcome="dropped"}`); each
-//! URL's worker posts them (see [`delivery`]).
+//! one dispatcher, which renders the bodies the rules want and queues them per URL on the
+//! lane of their client (bounded, drops counted as
+//! `skein_webhook_requests_total{outcome="dropped"}`); each lane posts its bodies one after
+//! another, so a client's requests arrive in the order its events happened (see
+//! [`delivery`]).
 
 pub mod body;
 pub mod delivery;
@@ -19,13 +21,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::live::LiveConnections;
 use super::sink_task::SinkTask;
-use super::{ClientInfo, Event, EventBody, EventBus, EventKind, KindSet, NodeInfo};
+use super::{Event, EventBus, NodeInfo};
 use crate::config::Config;
-use crate::connection::DisconnectReason;
 use delivery::{DeliverySettings, Queues};
-use rules::{Action, Rules};
+use rules::Rules;
 
 /// The dialect name on the bus and in `skein_events_dropped_total`.
 pub const DIALECT: &str = "webhook";
@@ -86,12 +86,7 @@ pub fn register(bus: &mut EventBus, config: &Config) -> Option<WebhookDialect> {
             return None;
         }
     };
-    let mut kinds = rules.kinds();
-    if rules.wants(Action::SessionTerminated, None) {
-        // To tell a session's end from a refused connection's.
-        kinds = kinds.union(KindSet::of(&[EventKind::ClientConnected]));
-    }
-    let events = bus.add_sink(DIALECT, kinds, config.webhook_queue_capacity);
+    let events = bus.add_sink(DIALECT, rules.kinds(), config.webhook_queue_capacity);
     tracing::info!(urls = urls.len(), "webhook enabled");
     Some(WebhookDialect {
         events,
@@ -117,16 +112,15 @@ impl WebhookDialect {
     async fn run(mut self, stop: CancellationToken) {
         let mut workers = JoinSet::new();
         let queues = Queues::start(&self.urls, &self.settings, &mut workers);
-        let mut live = LiveConnections::default();
         loop {
             tokio::select! {
                 event = self.events.recv() => match event {
-                    Some(event) => self.dispatch(&event, &queues, &mut live),
+                    Some(event) => self.dispatch(&event, &queues),
                     None => break,
                 },
                 () = stop.cancelled() => {
                     while let Ok(event) = self.events.try_recv() {
-                        self.dispatch(&event, &queues, &mut live);
+                        self.dispatch(&event, &queues);
                     }
                     break;
                 }
@@ -137,33 +131,16 @@ impl WebhookDialect {
         while workers.join_next().await.is_some() {}
     }
 
-    fn dispatch(&self, event: &Event, queues: &Queues, live: &mut LiveConnections) {
-        let terminated = match &event.body {
-            EventBody::Connected => {
-                live.connected(&event.client);
-                false
-            }
-            EventBody::Disconnected { reason, .. } => {
-                live.disconnected(&event.client) && ends_session(&event.client, *reason)
-            }
-            _ => false,
-        };
-        for (action, body) in body::render(event, &self.node, &self.rules, terminated) {
+    fn dispatch(&self, event: &Event, queues: &Queues) {
+        for (action, body) in body::render(event, &self.node, &self.rules) {
             match serde_json::to_vec(&body) {
-                Ok(bytes) => queues.push(Bytes::from(bytes)),
+                Ok(bytes) => queues.push(event.client.client_id.as_str(), Bytes::from(bytes)),
                 Err(e) => {
                     tracing::error!(action = action.as_str(), error = %e, "webhook body not serialisable")
                 }
             }
         }
     }
-}
-
-/// Whether the end of this connection ends its session too. Known for MQTT 3.x clean
-/// sessions only: the event model doesn't carry an MQTT 5 Session Expiry Interval. A
-/// session taken over lives on in the new connection.
-fn ends_session(client: &ClientInfo, reason: DisconnectReason) -> bool {
-    !client.protocol.is_v5() && client.clean_start && reason != DisconnectReason::Takeovered
 }
 
 #[cfg(test)]

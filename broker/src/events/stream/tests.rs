@@ -83,6 +83,20 @@ fn entries_pair_connects_with_disconnects() {
 }
 
 #[test]
+fn occurred_at_is_the_events_own_nanosecond_clock() {
+    let mut entries = Entries::default();
+    let c = client("ns", 1);
+    let mut event = connected(&c, 1_700_000_000_123);
+    event.timestamp_ns = 1_700_000_000_123_456_789;
+    let e = entries.entry(&event, "n").unwrap();
+    assert_eq!(e.occurred_at, 1_700_000_000_123_456_789);
+    let mut event = disconnected(&c, 1_700_000_000_124);
+    event.timestamp_ns = 1_700_000_000_124_000_001;
+    let e = entries.entry(&event, "n").unwrap();
+    assert_eq!(e.occurred_at, 1_700_000_000_124_000_001);
+}
+
+#[test]
 fn retention_trims_by_age_and_length() {
     let store = Store::open_temporary().unwrap();
     let log = store.event_log();

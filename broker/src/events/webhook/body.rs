@@ -4,23 +4,16 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::rules::{Action, Rules};
-use crate::codec::{connack_v3, reason as rc, ProtocolVersion};
-use crate::connection::DisconnectReason;
+use crate::codec::{connack_v3, reason as rc, ProtocolVersion, QoS};
 use crate::events::{ClientInfo, Event, EventBody, NodeInfo};
 use crate::message::Message;
 
 /// What seed 004 puts where a username is absent.
 const UNDEFINED: &str = "undefined";
 
-/// The bodies `event` renders to under `rules`: one per wanted action (a subscription is
-/// both `client_subscribe` and `session_subscribed`). `terminated` says whether a
-/// disconnect also ends the session (`session_terminated`).
-pub fn render(
-    event: &Event,
-    node: &NodeInfo,
-    rules: &Rules,
-    terminated: bool,
-) -> Vec<(Action, Value)> {
+/// The bodies `event` renders to under `rules`: one per wanted action (at most one today;
+/// a list so an event may feed several actions).
+pub fn render(event: &Event, node: &NodeInfo, rules: &Rules) -> Vec<(Action, Value)> {
     let c = &*event.client;
     let mut out = Vec::new();
     let mut add = |action: Action, topic: Option<&str>, fields: &dyn Fn() -> Value| {
@@ -46,35 +39,31 @@ pub fn render(
             v["connected_at"] = (c.connected_at_ms / 1000).into();
             v
         }),
-        EventBody::Disconnected { reason, .. } => {
-            let fields = || ended(c, *reason);
-            add(Action::ClientDisconnected, None, &fields);
-            if terminated {
-                add(Action::SessionTerminated, None, &fields);
-            }
+        EventBody::Disconnected { reason, .. } => add(Action::ClientDisconnected, None, &|| {
+            ended(c, reason.as_str())
+        }),
+        EventBody::SessionTerminated { reason } => add(Action::SessionTerminated, None, &|| {
+            ended(c, reason.as_str())
+        }),
+        EventBody::SubscribeRequest { filter, qos, .. } => {
+            add(Action::ClientSubscribe, Some(filter), &|| {
+                subscription(c, filter, Some(*qos))
+            })
         }
         EventBody::Subscribed { filter, qos, .. } => {
-            let fields = || {
-                json!({
-                    "clientid": c.client_id.as_str(),
-                    "username": username(c.username.as_deref()),
-                    "topic": filter,
-                    "opts": { "qos": *qos as u8 },
-                })
-            };
-            add(Action::ClientSubscribe, Some(filter), &fields);
-            add(Action::SessionSubscribed, Some(filter), &fields);
+            add(Action::SessionSubscribed, Some(filter), &|| {
+                subscription(c, filter, Some(*qos))
+            })
+        }
+        EventBody::UnsubscribeRequest { filter, .. } => {
+            add(Action::ClientUnsubscribe, Some(filter), &|| {
+                subscription(c, filter, None)
+            })
         }
         EventBody::Unsubscribed { filter, .. } => {
-            let fields = || {
-                json!({
-                    "clientid": c.client_id.as_str(),
-                    "username": username(c.username.as_deref()),
-                    "topic": filter,
-                })
-            };
-            add(Action::ClientUnsubscribe, Some(filter), &fields);
-            add(Action::SessionUnsubscribed, Some(filter), &fields);
+            add(Action::SessionUnsubscribed, Some(filter), &|| {
+                subscription(c, filter, None)
+            })
         }
         EventBody::Publish { message, .. } => {
             add(Action::MessagePublish, Some(&message.topic), &|| {
@@ -84,7 +73,8 @@ pub fn render(
         }
         EventBody::Delivered { message, qos, .. } => {
             add(Action::MessageDelivered, Some(&message.topic), &|| {
-                let mut v = message_fields(message, *qos as u8, None);
+                let from = message.publisher_username.as_deref();
+                let mut v = message_fields(message, *qos as u8, from);
                 v["clientid"] = c.client_id.as_str().into();
                 v["username"] = username(c.username.as_deref()).into();
                 v
@@ -92,14 +82,16 @@ pub fn render(
         }
         EventBody::Acked { message, qos, .. } => {
             add(Action::MessageAcked, Some(&message.topic), &|| {
-                let mut v = message_fields(message, *qos as u8, None);
+                let from = message.publisher_username.as_deref();
+                let mut v = message_fields(message, *qos as u8, from);
                 v["clientid"] = c.client_id.as_str().into();
                 v
             })
         }
         EventBody::Dropped { message, reason } => {
             add(Action::MessageDropped, Some(&message.topic), &|| {
-                let mut v = message_fields(message, message.qos as u8, None);
+                let from = message.publisher_username.as_deref();
+                let mut v = message_fields(message, message.qos as u8, from);
                 v["reason"] = (*reason).into();
                 v
             })
@@ -107,6 +99,19 @@ pub fn render(
         EventBody::Ping | EventBody::Offline { .. } => {}
     }
     out
+}
+
+/// Fields of the subscribe actions (`opts` for subscribes only).
+fn subscription(c: &ClientInfo, filter: &str, qos: Option<QoS>) -> Value {
+    let mut v = json!({
+        "clientid": c.client_id.as_str(),
+        "username": username(c.username.as_deref()),
+        "topic": filter,
+    });
+    if let Some(qos) = qos {
+        v["opts"] = json!({ "qos": qos as u8 });
+    }
+    v
 }
 
 fn username(name: Option<&str>) -> &str {
@@ -125,17 +130,15 @@ fn connection(c: &ClientInfo) -> Value {
 }
 
 /// Fields of `client_disconnected` and `session_terminated`.
-fn ended(c: &ClientInfo, reason: DisconnectReason) -> Value {
+fn ended(c: &ClientInfo, reason: &str) -> Value {
     json!({
         "clientid": c.client_id.as_str(),
         "username": username(c.username.as_deref()),
-        "reason": reason.as_str(),
+        "reason": reason,
     })
 }
 
-/// Fields every `message_*` action has. The event model carries the publisher's client
-/// id with the message but not its username: `from_username` is known only for
-/// `message_publish` (`publisher_username`), "undefined" elsewhere.
+/// Fields every `message_*` action has; `publisher_username` becomes `from_username`.
 fn message_fields(m: &Message, qos: u8, publisher_username: Option<&str>) -> Value {
     let mut v = json!({
         "from_client_id": m.publisher.as_ref().map_or(UNDEFINED, |p| p.as_str()),
@@ -206,8 +209,8 @@ pub fn conn_ack(protocol: ProtocolVersion, code: u8, success: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::QoS;
-    use crate::events::Transport;
+    use crate::connection::DisconnectReason;
+    use crate::events::{SessionEnd, Transport};
     use crate::ids::ClientId;
     use bytes::Bytes;
     use std::sync::Arc;
@@ -253,11 +256,12 @@ mod tests {
             properties: Default::default(),
             received_at_ms: 1_700_000_300_000,
             publisher: Some(ClientId::new("pub-1")),
+            publisher_username: Some(Arc::from("bob")),
         })
     }
 
     fn one(event: &Event) -> Value {
-        let mut bodies = render(event, &node(), &Rules::all(), false);
+        let mut bodies = render(event, &node(), &Rules::all());
         assert_eq!(bodies.len(), 1, "{bodies:?}");
         bodies.remove(0).1
     }
@@ -339,29 +343,81 @@ mod tests {
             "reason": "keepalive_timeout",
         });
         assert_eq!(one(&e), expected);
-        let bodies = render(&e, &node(), &Rules::all(), true);
-        assert_eq!(bodies.len(), 2);
-        assert_eq!(bodies[0].1, expected);
-        assert_eq!(bodies[1].0, Action::SessionTerminated);
-        assert_eq!(bodies[1].1["action"], "session_terminated");
-        assert_eq!(bodies[1].1["reason"], "keepalive_timeout");
+
+        // The end of a session is an event of its own, whatever ended it.
+        let terminated = |reason| {
+            one(&event(
+                client(Some("u"), ProtocolVersion::V5),
+                EventBody::SessionTerminated { reason },
+            ))
+        };
+        assert_eq!(
+            terminated(SessionEnd::Expired),
+            json!({
+                "action": "session_terminated",
+                "node": "10.0.0.1:1883",
+                "clientid": "dev-1",
+                "username": "u",
+                "reason": "expired",
+            })
+        );
+        let v = terminated(SessionEnd::ConnectionEnded(DisconnectReason::Normal));
+        assert_eq!(v["reason"], "normal");
+        assert_eq!(terminated(SessionEnd::Discarded)["reason"], "discarded");
     }
 
     #[test]
-    fn subscription_actions_render_twice_and_follow_topic_rules() {
+    fn requests_and_results_of_subscriptions_are_separate_actions_and_follow_topic_rules() {
+        let c = client(Some("u"), ProtocolVersion::V5);
+        let request = event(
+            c.clone(),
+            EventBody::SubscribeRequest {
+                filter: "foo/#".into(),
+                qos: QoS::ExactlyOnce,
+                packet_id: 3,
+            },
+        );
+        assert_eq!(
+            one(&request),
+            json!({
+                "action": "client_subscribe",
+                "node": "10.0.0.1:1883",
+                "clientid": "dev-1",
+                "username": "u",
+                "topic": "foo/#",
+                "opts": { "qos": 2 },
+            })
+        );
+        let unsubscribe = event(
+            c.clone(),
+            EventBody::UnsubscribeRequest {
+                filter: "never/subscribed".into(),
+                packet_id: 5,
+            },
+        );
+        assert_eq!(
+            one(&unsubscribe),
+            json!({
+                "action": "client_unsubscribe",
+                "node": "10.0.0.1:1883",
+                "clientid": "dev-1",
+                "username": "u",
+                "topic": "never/subscribed",
+            })
+        );
         let e = event(
-            client(Some("u"), ProtocolVersion::V5),
+            c,
             EventBody::Subscribed {
                 filter: "foo/#".into(),
                 qos: QoS::AtLeastOnce,
                 packet_id: 3,
             },
         );
-        let bodies = render(&e, &node(), &Rules::all(), false);
+        let bodies = render(&e, &node(), &Rules::all());
         let actions: Vec<_> = bodies.iter().map(|(a, _)| a.as_str()).collect();
-        assert_eq!(actions, ["client_subscribe", "session_subscribed"]);
+        assert_eq!(actions, ["session_subscribed"]);
         assert_eq!(
-            bodies[1].1,
+            bodies[0].1,
             json!({
                 "action": "session_subscribed",
                 "node": "10.0.0.1:1883",
@@ -376,11 +432,12 @@ mod tests {
             EventBody::Unsubscribed {
                 filter: "a/b".into(),
                 packet_id: 4,
+                qos: QoS::AtLeastOnce,
             },
         );
         let rules =
             Rules::parse(r#"[{"action": "on_session_unsubscribed", "topic": "a/+"}]"#).unwrap();
-        let bodies = render(&e, &node(), &rules, false);
+        let bodies = render(&e, &node(), &rules);
         assert_eq!(bodies.len(), 1);
         assert_eq!(
             bodies[0].1,
@@ -394,7 +451,7 @@ mod tests {
         );
         let rules =
             Rules::parse(r#"[{"action": "on_session_unsubscribed", "topic": "x/#"}]"#).unwrap();
-        assert!(render(&e, &node(), &rules, false).is_empty());
+        assert!(render(&e, &node(), &rules).is_empty());
     }
 
     #[test]
@@ -438,7 +495,7 @@ mod tests {
                 "clientid": "dev-1",
                 "username": "undefined",
                 "from_client_id": "pub-1",
-                "from_username": "undefined",
+                "from_username": "bob",
                 "topic": "foo/bar",
                 "qos": 1,
                 "retain": true,
@@ -457,6 +514,7 @@ mod tests {
         assert_eq!(v["action"], "message_acked");
         assert_eq!(v["clientid"], "dev-1");
         assert!(v.get("username").is_none(), "seed 004 has none for acked");
+        assert_eq!(v["from_username"], "bob");
         assert_eq!(v["qos"], 1);
         let v = one(&event(
             subscriber,
@@ -470,22 +528,30 @@ mod tests {
         assert_eq!(v["payload"], "/wA=");
         assert_eq!(v["payload_encoding"], "base64");
         assert_eq!(v["qos"], 2);
+        assert_eq!(v["from_username"], "bob");
+
+        // A publisher without a username.
+        let mut anonymous = (*message(b"x")).clone();
+        anonymous.publisher_username = None;
+        let v = one(&event(
+            client(None, ProtocolVersion::V5),
+            EventBody::Delivered {
+                message: Arc::new(anonymous),
+                packet_id: 1,
+                qos: QoS::AtMostOnce,
+            },
+        ));
+        assert_eq!(v["from_username"], "undefined");
     }
 
     #[test]
     fn events_without_a_webhook_action_render_nothing() {
         let c = client(None, ProtocolVersion::V5);
-        assert!(render(
-            &event(c.clone(), EventBody::Ping),
-            &node(),
-            &Rules::all(),
-            false
-        )
-        .is_empty());
+        assert!(render(&event(c.clone(), EventBody::Ping), &node(), &Rules::all()).is_empty());
         let offline = EventBody::Offline {
             message: message(b"x"),
             qos: QoS::AtLeastOnce,
         };
-        assert!(render(&event(c, offline), &node(), &Rules::all(), false).is_empty());
+        assert!(render(&event(c, offline), &node(), &Rules::all()).is_empty());
     }
 }

@@ -1,11 +1,16 @@
-//! Posting webhook bodies: one bounded queue and one worker per URL, at most
-//! `concurrency` requests in flight per URL, retries with exponential backoff on 5xx,
-//! timeouts and connection errors. Every attempt is counted by outcome.
+//! Posting webhook bodies: per URL, `concurrency` lanes, each a bounded queue with one
+//! worker that posts its bodies one after another (retries included), so at most
+//! `concurrency` requests are in flight per URL. A body goes to the lane its client id
+//! hashes to: the requests of one client arrive in order (a receiver never sees
+//! `client_connected` before `client_connect`), those of different clients in parallel.
+//! Retries with exponential backoff on 5xx, timeouts and connection errors; a body that
+//! is being retried holds up the later bodies of its lane. Every attempt is counted by
+//! outcome.
 //!
 //! HTTP client: hyper-util's pooled client over plain TCP (`http://` only; TLS is not
 //! built in yet).
 
-use std::sync::Arc;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use axum::http::{header, Request, Uri};
@@ -14,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::metrics::{WEBHOOK_REQUESTS as REQUESTS, WEBHOOK_REQUEST_DURATION as DURATION};
@@ -30,9 +35,9 @@ pub struct DeliverySettings {
     pub timeout: Duration,
     /// Attempts after the first one.
     pub max_retries: u32,
-    /// Requests in flight per URL.
+    /// Requests in flight per URL: its number of lanes.
     pub concurrency: usize,
-    /// Bodies waiting per URL; more are dropped and counted.
+    /// Bodies waiting per URL, shared evenly by its lanes; more are dropped and counted.
     pub queue_capacity: usize,
 }
 
@@ -154,35 +159,38 @@ async fn deliver(poster: &Poster, uri: &Uri, body: Bytes, max_retries: u32) -> O
     }
 }
 
-/// Sends to every URL's queue without waiting; a full queue drops (and counts) the body.
+/// Sends to every URL's lanes without waiting; a full lane drops (and counts) the body.
 pub struct Queues {
-    senders: Vec<mpsc::Sender<Bytes>>,
+    /// Per URL, the senders of its lanes.
+    urls: Vec<Vec<mpsc::Sender<Bytes>>>,
 }
 
 impl Queues {
-    /// Starts one worker per URL in `workers`; the workers end once every body queued
-    /// before the `Queues` was dropped has been delivered or given up on.
+    /// Starts the lanes of every URL in `workers`; they end once every body queued before
+    /// the `Queues` was dropped has been delivered or given up on.
     pub fn start(urls: &[Uri], settings: &DeliverySettings, workers: &mut JoinSet<()>) -> Queues {
         let poster = Poster::new(settings.timeout);
-        let senders = urls
+        let lanes = settings.concurrency.max(1);
+        let capacity = settings.queue_capacity.max(1).div_ceil(lanes);
+        let urls = urls
             .iter()
             .map(|uri| {
-                let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
-                workers.spawn(worker(
-                    uri.clone(),
-                    rx,
-                    poster.clone(),
-                    settings.concurrency.max(1),
-                    settings.max_retries,
-                ));
-                tx
+                (0..lanes)
+                    .map(|_| {
+                        let (tx, rx) = mpsc::channel(capacity);
+                        workers.spawn(lane(uri.clone(), rx, poster.clone(), settings.max_retries));
+                        tx
+                    })
+                    .collect()
             })
             .collect();
-        Queues { senders }
+        Queues { urls }
     }
 
-    pub fn push(&self, body: Bytes) {
-        for tx in &self.senders {
+    /// Queues `body` for every URL, on the lane of `client_id`.
+    pub fn push(&self, client_id: &str, body: Bytes) {
+        for lanes in &self.urls {
+            let tx = &lanes[lane_of(client_id, lanes.len())];
             if tx.try_send(body.clone()).is_err() {
                 count_dropped(1);
             }
@@ -190,27 +198,18 @@ impl Queues {
     }
 }
 
-async fn worker(
-    uri: Uri,
-    mut jobs: mpsc::Receiver<Bytes>,
-    poster: Poster,
-    concurrency: usize,
-    max_retries: u32,
-) {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let mut inflight = JoinSet::new();
+/// The lane of `client_id` among `lanes`: always the same one for a client.
+pub fn lane_of(client_id: &str, lanes: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    client_id.hash(&mut hasher);
+    (hasher.finish() % lanes.max(1) as u64) as usize
+}
+
+/// One lane: posts its bodies strictly one after another.
+async fn lane(uri: Uri, mut jobs: mpsc::Receiver<Bytes>, poster: Poster, max_retries: u32) {
     while let Some(body) = jobs.recv().await {
-        while inflight.try_join_next().is_some() {}
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let (poster, uri) = (poster.clone(), uri.clone());
-        inflight.spawn(async move {
-            deliver(&poster, &uri, body, max_retries).await;
-            drop(permit);
-        });
+        deliver(&poster, &uri, body, max_retries).await;
     }
-    while inflight.join_next().await.is_some() {}
 }
 
 #[cfg(test)]
@@ -233,5 +232,15 @@ mod tests {
         assert!(Outcome::HttpError(503).retryable());
         assert!(Outcome::Timeout.retryable());
         assert!(Outcome::ConnectError.retryable());
+    }
+
+    #[test]
+    fn a_client_always_gets_the_same_lane_and_clients_spread() {
+        assert_eq!(lane_of("dev-1", 4), lane_of("dev-1", 4));
+        assert_eq!(lane_of("anything", 1), 0);
+        assert_eq!(lane_of("anything", 0), 0);
+        let used: std::collections::HashSet<usize> =
+            (0..64).map(|i| lane_of(&format!("c{i}"), 4)).collect();
+        assert_eq!(used.len(), 4, "64 clients over 4 lanes use them all");
     }
 }

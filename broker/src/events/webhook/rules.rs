@@ -73,11 +73,12 @@ impl Action {
             Action::ClientConnect => EventKind::ClientConnect,
             Action::ClientConnack => EventKind::ClientConnack,
             Action::ClientConnected => EventKind::ClientConnected,
-            Action::ClientDisconnected | Action::SessionTerminated => EventKind::ClientDisconnected,
-            Action::ClientSubscribe | Action::SessionSubscribed => EventKind::SessionSubscribed,
-            Action::ClientUnsubscribe | Action::SessionUnsubscribed => {
-                EventKind::SessionUnsubscribed
-            }
+            Action::ClientDisconnected => EventKind::ClientDisconnected,
+            Action::SessionTerminated => EventKind::SessionTerminated,
+            Action::ClientSubscribe => EventKind::ClientSubscribe,
+            Action::SessionSubscribed => EventKind::SessionSubscribed,
+            Action::ClientUnsubscribe => EventKind::ClientUnsubscribe,
+            Action::SessionUnsubscribed => EventKind::SessionUnsubscribed,
             Action::MessagePublish => EventKind::MessagePublish,
             Action::MessageDelivered => EventKind::MessageDelivered,
             Action::MessageAcked => EventKind::MessageAcked,

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::codec::{ProtocolVersion, QoS};
-use crate::events::Transport;
+use crate::connection::DisconnectReason;
+use crate::events::{ClientInfo, EventBody, EventKind, SessionEnd, Transport};
 use crate::ids::ClientId;
 use crate::message::Message;
 
@@ -113,6 +114,7 @@ fn publish(client: &Arc<ClientInfo>, topic: &str) -> Event {
                 properties: Default::default(),
                 received_at_ms: 1_700_000_002_000,
                 publisher: Some(client.client_id.clone()),
+                publisher_username: None,
             }),
             packet_id: 1,
         },
@@ -162,10 +164,13 @@ fn off_without_urls_and_subscribes_only_to_what_rules_need() {
     assert!(!b.wants(EventKind::MessageDelivered));
 
     let mut b = bus();
-    let rules = r#"[{"action": "on_session_terminated"}]"#;
+    let rules = r#"[{"action": "on_session_terminated"}, {"action": "on_client_subscribe"}]"#;
     register(&mut b, &config("http://127.0.0.1:9/h".into(), rules)).unwrap();
-    assert!(b.wants(EventKind::ClientDisconnected));
-    assert!(b.wants(EventKind::ClientConnected), "tracks live sessions");
+    assert!(b.wants(EventKind::SessionTerminated));
+    assert!(b.wants(EventKind::ClientSubscribe));
+    assert!(!b.wants(EventKind::ClientDisconnected));
+    assert!(!b.wants(EventKind::ClientConnected));
+    assert!(!b.wants(EventKind::SessionSubscribed));
 }
 
 #[tokio::test]
@@ -187,8 +192,12 @@ async fn posts_bodies_for_the_rules_to_every_url() {
     bus.emit(publish(&v3, "bar/1"));
     bus.emit(publish(&v3, "foo/1"));
     bus.emit(disconnected(&v3));
-    // A connection refused before it had a session: no session_terminated.
-    bus.emit(disconnected(&client("refused", ProtocolVersion::V311)));
+    bus.emit(event(
+        &v3,
+        EventBody::SessionTerminated {
+            reason: SessionEnd::ConnectionEnded(DisconnectReason::TcpClosed),
+        },
+    ));
 
     for hook in [&a, &b] {
         let mut bodies = hook.wait_for(3).await;
@@ -346,4 +355,131 @@ async fn finish_posts_what_was_raised_before_it() {
     }
     task.finish(Duration::from_secs(5)).await;
     assert_eq!(hook.bodies().len(), 20);
+}
+
+/// A server that records bodies in arrival order and answers the first request about
+/// `slow_action` after `delay`, with 503 (`fail`) or 200.
+#[derive(Clone)]
+struct SlowFirst {
+    bodies: Arc<Mutex<Vec<Value>>>,
+    slowed: Arc<AtomicUsize>,
+    slow_action: &'static str,
+    delay: Duration,
+    fail: bool,
+}
+
+async fn receive_slow_first(State(hook): State<SlowFirst>, body: String) -> StatusCode {
+    let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    if value["action"] == hook.slow_action && hook.slowed.fetch_add(1, Ordering::SeqCst) == 0 {
+        tokio::time::sleep(hook.delay).await;
+        if hook.fail {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+    }
+    hook.bodies.lock().unwrap().push(value);
+    StatusCode::OK
+}
+
+async fn serve_slow_first(hook: SlowFirst) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route("/hook", post(receive_slow_first))
+        .with_state(hook);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+async fn order_of_one_client(fail: bool) -> Vec<String> {
+    let hook = SlowFirst {
+        bodies: Arc::default(),
+        slowed: Arc::default(),
+        slow_action: "client_connect",
+        delay: Duration::from_millis(300),
+        fail,
+    };
+    let urls = format!("http://{}/hook", serve_slow_first(hook.clone()).await);
+    let mut bus = bus();
+    let config = Config {
+        webhook_concurrency: 4,
+        webhook_max_retries: 3,
+        ..config(urls, "")
+    };
+    let task = register(&mut bus, &config).unwrap().start();
+    let c = client("ordered", ProtocolVersion::V5);
+    bus.emit(event(&c, EventBody::Connect));
+    bus.emit(event(
+        &c,
+        EventBody::Connack {
+            code: 0,
+            success: true,
+        },
+    ));
+    bus.emit(event(&c, EventBody::Connected));
+    task.finish(Duration::from_secs(10)).await;
+    let bodies = hook.bodies.lock().unwrap().clone();
+    bodies
+        .iter()
+        .map(|v| v["action"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn one_clients_requests_arrive_in_order_even_when_the_first_is_slow() {
+    assert_eq!(
+        order_of_one_client(false).await,
+        ["client_connect", "client_connack", "client_connected"]
+    );
+}
+
+#[tokio::test]
+async fn one_clients_requests_arrive_in_order_even_when_the_first_is_retried() {
+    assert_eq!(
+        order_of_one_client(true).await,
+        ["client_connect", "client_connack", "client_connected"]
+    );
+}
+
+#[tokio::test]
+async fn a_slow_client_does_not_hold_up_clients_on_other_lanes() {
+    let hook = SlowFirst {
+        bodies: Arc::default(),
+        slowed: Arc::default(),
+        slow_action: "client_connect",
+        delay: Duration::from_millis(2_000),
+        fail: false,
+    };
+    let urls = format!("http://{}/hook", serve_slow_first(hook.clone()).await);
+    let mut bus = bus();
+    let config = Config {
+        webhook_concurrency: 4,
+        ..config(urls, "")
+    };
+    let task = register(&mut bus, &config).unwrap().start();
+    let slow = client("slow", ProtocolVersion::V5);
+    let lane = delivery::lane_of("slow", 4);
+    let other = (0..)
+        .map(|i| format!("other-{i}"))
+        .find(|id| delivery::lane_of(id, 4) != lane)
+        .unwrap();
+    bus.emit(event(&slow, EventBody::Connect));
+    bus.emit(event(
+        &client(&other, ProtocolVersion::V5),
+        EventBody::Connected,
+    ));
+    // The other client's body arrives while the slow one is still being answered.
+    let deadline = Instant::now() + Duration::from_millis(1_500);
+    loop {
+        let seen = hook.bodies.lock().unwrap().clone();
+        if seen.iter().any(|v| v["clientid"] == other.as_str()) {
+            assert!(
+                seen.iter().all(|v| v["clientid"] != "slow"),
+                "the slow body was answered first: {seen:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "held up by the slow client");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.finish(Duration::from_secs(5)).await;
 }

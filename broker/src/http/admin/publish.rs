@@ -171,6 +171,7 @@ fn to_message(request: PublishRequest, broker: &Broker) -> Result<Message, ApiEr
         },
         received_at_ms: now_ms(),
         publisher: None,
+        publisher_username: None,
     })
 }
 

@@ -1,0 +1,722 @@
+//! Broker configuration.
+//!
+//! Layers, lowest to highest precedence: built-in defaults, the TOML file named by
+//! `--config` (or `SKEIN_CONFIG`), `SKEIN_<SETTING>` environment variables, command-line
+//! flags. Every setting is declared once, in [`SETTINGS`]; that table drives the TOML keys,
+//! the environment variable names, flag handling, error messages and the `--help` listing,
+//! so those can't drift apart.
+//!
+//! The overlay is hand-rolled rather than using clap's `env` feature or serde
+//! `deny_unknown_fields` on the whole struct: clap can't see the TOML layer, and both would
+//! produce their own multi-line messages instead of one line naming the setting.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::auth::Passwords;
+use crate::events::{dollar_event, dollar_events, KindSet};
+
+mod kinds;
+#[cfg(test)]
+mod tests;
+
+pub use kinds::Secret;
+use kinds::*;
+
+/// Prefix of every environment variable the broker reads.
+pub const ENV_PREFIX: &str = "SKEIN_";
+
+/// Environment variable naming the TOML file when `--config` isn't given; Kubernetes
+/// deployments mount the file and can't always edit the container's arguments.
+pub const CONFIG_ENV: &str = "SKEIN_CONFIG";
+
+/// Exit status for configuration errors (the same one clap uses for usage errors).
+pub const EXIT_CODE: i32 = 2;
+
+/// Upper bound for millisecond timeouts. Much larger values are surely typos, and
+/// `Instant + Duration` panics on overflow in code that doesn't use checked arithmetic.
+const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Fully resolved broker configuration. Field names are the TOML keys; the environment
+/// variable for each is `SKEIN_` plus the uppercased name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Numeric identity of this node, unique within a cluster.
+    pub node_id: u64,
+    /// Human-readable node name; defaults to `skein-<node_id>`.
+    pub node_name: String,
+    /// Directory for persistent state.
+    pub data_dir: PathBuf,
+    /// MQTT listener address.
+    pub mqtt: SocketAddr,
+    /// Health/metrics HTTP listener address.
+    pub http: SocketAddr,
+    /// The MQTT address clients and events name this node by (`node`, `nodeIp`); empty: the
+    /// MQTT listener's address, or the first non-loopback interface when it listens on all.
+    pub advertise_addr: String,
+    /// Maximum concurrent client connections (at least 1).
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted, in bytes (16..=268435455).
+    pub max_packet_size: u32,
+    /// The server's Receive Maximum and the outgoing QoS 1/2 window per client (at least 1).
+    pub max_inflight: u16,
+    /// Bound on each session's offline message queue (at least 1).
+    pub max_queued_messages: usize,
+    /// Bound on the subscriptions one session may hold; more are refused in SUBACK.
+    pub max_subscriptions_per_session: usize,
+    /// Longest keep-alive granted, in seconds (at least 1); v5 clients asking for more are
+    /// told the Server Keep Alive.
+    pub max_keepalive: u16,
+    /// A socket that sends no CONNECT within this many milliseconds is closed.
+    pub connect_timeout_ms: u64,
+    /// Longest client identifier accepted (1..=65535).
+    pub max_client_id_len: usize,
+    /// The server's Topic Alias Maximum; 0 disables topic aliases.
+    pub max_topic_alias: u16,
+    /// Cap on the session expiry interval clients may request, in seconds.
+    pub max_session_expiry_interval: u32,
+    /// Whether retained messages are supported.
+    pub retain_available: bool,
+    /// How long shutdown waits for connections to drain, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+    /// `tracing-subscriber` `EnvFilter` directive; `RUST_LOG` takes precedence over it.
+    pub log: String,
+    /// Whether the `$events/...` event topics are published.
+    pub events_dollar_events: bool,
+    /// The canonical event kinds published on `$events/...`.
+    pub events_dollar_events_kinds: KindSet,
+    /// Whether the `$EVENT.*` event topics are published.
+    pub events_dollar_event: bool,
+    /// The canonical event kinds published on `$EVENT.*`.
+    pub events_dollar_event_kinds: KindSet,
+    /// Presence topic template (`{clientid}`, `{username}`, `{node}`); empty: off.
+    pub events_presence_topic: String,
+    /// Whether presence messages are retained.
+    pub events_presence_retain: bool,
+    /// Bound on each event dialect's queue; what overflows is dropped and counted.
+    pub events_queue_capacity: usize,
+    /// Usernames that may subscribe to event topics besides clients on loopback.
+    pub events_subscribe_usernames: Vec<String>,
+    /// QoS of the event messages the node publishes.
+    pub events_qos: u8,
+    /// Bearer token the HTTP admin API (`/api/v1/...`) requires; empty: no authentication.
+    pub api_token: Secret,
+    /// Whether clients without a username may connect (false needs `password_file`).
+    pub allow_anonymous: bool,
+    /// The password file (`username:sha256:<hash>:<salt>` lines); empty: none.
+    pub password_file: PathBuf,
+    /// The users of `password_file`, read when the configuration is loaded (not a setting).
+    pub passwords: Option<Arc<Passwords>>,
+    /// Webhook URLs (`http://` only), comma-separated; empty: the webhook is off.
+    pub webhook_urls: String,
+    /// Webhook rules as a JSON array (`[{"action": "on_message_publish", "topic": "foo/#"}]`);
+    /// empty: every action.
+    pub webhook_rules: String,
+    /// Bound on one webhook request, in milliseconds.
+    pub webhook_timeout_ms: u64,
+    /// Retries of a webhook request after a 5xx, a timeout or a connection error.
+    pub webhook_max_retries: u32,
+    /// Webhook requests in flight per URL.
+    pub webhook_concurrency: usize,
+    /// Webhook bodies waiting per URL (and events waiting for the webhook); more are dropped.
+    pub webhook_queue_capacity: usize,
+    /// Whether connects/disconnects are appended to the persisted event stream.
+    pub stream_enabled: bool,
+    /// Stream entries older than this many seconds are trimmed; 0: no age limit.
+    pub stream_retention_secs: u64,
+    /// The stream keeps at most this many entries; 0: no limit.
+    pub stream_max_entries: u64,
+    /// Redis to XADD stream entries to (`redis://[[user]:password@]host[:port][/db]`); empty: off.
+    pub redis_url: String,
+    /// The Redis stream is `<prefix>.mqtt`.
+    pub redis_stream_prefix: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        const NODE_ID: u64 = 1;
+        Self {
+            node_id: NODE_ID,
+            node_name: default_node_name(NODE_ID),
+            data_dir: PathBuf::from("./data"),
+            mqtt: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            http: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            advertise_addr: String::new(),
+            max_connections: 100_000,
+            max_packet_size: 1_048_576,
+            max_inflight: 128,
+            max_queued_messages: 1000,
+            max_subscriptions_per_session: 10_000,
+            max_keepalive: u16::MAX,
+            connect_timeout_ms: 10_000,
+            max_client_id_len: 65_535,
+            max_topic_alias: u16::MAX,
+            max_session_expiry_interval: u32::MAX,
+            retain_available: true,
+            shutdown_timeout_ms: 5000,
+            log: String::from("info"),
+            events_dollar_events: true,
+            events_dollar_events_kinds: dollar_events::default_kinds(),
+            events_dollar_event: false,
+            events_dollar_event_kinds: dollar_event::renders(),
+            events_presence_topic: String::new(),
+            events_presence_retain: true,
+            events_queue_capacity: 10_000,
+            events_subscribe_usernames: Vec::new(),
+            events_qos: 0,
+            api_token: Secret::default(),
+            allow_anonymous: true,
+            password_file: PathBuf::new(),
+            passwords: None,
+            webhook_urls: String::new(),
+            webhook_rules: String::new(),
+            webhook_timeout_ms: 5000,
+            webhook_max_retries: 3,
+            webhook_concurrency: 8,
+            webhook_queue_capacity: 10_000,
+            stream_enabled: true,
+            stream_retention_secs: 86_400,
+            stream_max_entries: 1_000_000,
+            redis_url: String::new(),
+            redis_stream_prefix: String::from("skein"),
+        }
+    }
+}
+
+fn default_node_name(node_id: u64) -> String {
+    format!("skein-{node_id}")
+}
+
+impl Config {
+    /// Resolves the configuration from command-line `args` (including the program name, as
+    /// `std::env::args_os()` yields them), environment `env`, and the TOML file named by
+    /// `--config` or `SKEIN_CONFIG`. Taking both as parameters keeps tests hermetic.
+    pub fn load<I, T, E>(args: I, env: E) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+        E: IntoIterator<Item = (String, String)>,
+    {
+        // Parse flags first so --help and --version work even when the rest is broken.
+        let cli = Cli::try_parse_from(args).map_err(ConfigError::Clap)?;
+        let env: HashMap<String, String> = env
+            .into_iter()
+            .filter(|(key, _)| key.starts_with(ENV_PREFIX))
+            .collect();
+
+        let mut config = Config::default();
+        let mut node_name_given = false;
+        // Where each setting was last set, for the checks made once every layer is applied.
+        let mut origins: HashMap<&'static str, Origin> = HashMap::new();
+        let mut apply = |config: &mut Config, setting: &Setting, raw: Raw<'_>, origin: Origin| {
+            (setting.apply)(config, raw).map_err(|expected| ConfigError::Invalid {
+                setting: setting.name,
+                value: raw.shown(),
+                expected,
+                origin: origin.clone(),
+            })?;
+            node_name_given |= setting.name == "node_name";
+            origins.insert(setting.name, origin);
+            Ok::<_, ConfigError>(())
+        };
+
+        let file = cli
+            .config
+            .clone()
+            .or_else(|| env.get(CONFIG_ENV).map(PathBuf::from));
+        if let Some(path) = file {
+            let table = read_toml(&path)?;
+            for (key, value) in &table {
+                let setting = find_setting(key).ok_or_else(|| ConfigError::UnknownKey {
+                    key: key.clone(),
+                    path: path.clone(),
+                })?;
+                apply(
+                    &mut config,
+                    setting,
+                    Raw::Toml(value),
+                    Origin::File(path.clone()),
+                )?;
+            }
+        }
+        for setting in SETTINGS {
+            let var = env_var_name(setting.name);
+            if let Some(value) = env.get(&var) {
+                apply(&mut config, setting, Raw::Text(value), Origin::Env(var))?;
+            }
+        }
+        for setting in SETTINGS {
+            if let Some(value) = cli.flag(setting.name) {
+                let flag = format!("--{}", setting.name.replace('_', "-"));
+                apply(&mut config, setting, Raw::Text(value), Origin::Flag(flag))?;
+            }
+        }
+
+        // The default name follows the *resolved* id, so `--node-id 3` alone yields skein-3.
+        if !node_name_given {
+            config.node_name = default_node_name(config.node_id);
+        }
+        resolve_auth(&mut config, &origins)?;
+        Ok(config)
+    }
+
+    /// `Config::load(std::env::args_os(), std::env::vars())`, except that environment
+    /// variables that aren't valid Unicode are skipped instead of panicking, or reported
+    /// when they'd be one of ours.
+    pub fn from_process() -> Result<Config, ConfigError> {
+        let mut env = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            // A non-Unicode name can't be one of our settings.
+            let Ok(key) = key.into_string() else { continue };
+            match value.into_string() {
+                Ok(value) => env.push((key, value)),
+                Err(value) => {
+                    let setting = SETTINGS
+                        .iter()
+                        .map(|s| s.name)
+                        .chain(Some("config"))
+                        .find(|name| env_var_name(name) == key);
+                    if let Some(setting) = setting {
+                        return Err(ConfigError::Invalid {
+                            setting,
+                            value: format!("{value:?}"),
+                            expected: String::from("valid UTF-8"),
+                            origin: Origin::Env(key),
+                        });
+                    }
+                }
+            }
+        }
+        Config::load(std::env::args_os(), env)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// Where a setting's value came from, so an error points at the right place to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The TOML configuration file.
+    File(PathBuf),
+    /// An environment variable, by name.
+    Env(String),
+    /// A command-line flag, spelled as typed (`--node-id`).
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(path) => f.write_str(&one_line(path.display())),
+            Origin::Env(name) | Origin::Flag(name) => f.write_str(&one_line(name)),
+        }
+    }
+}
+
+/// Why the configuration couldn't be resolved. Apart from [`ConfigError::Clap`], `Display`
+/// is the single line to print before exiting with [`EXIT_CODE`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--help`, `--version` or a command-line usage error. Call `clap::Error::exit` (or
+    /// [`ConfigError::exit`]) so clap prints it with its own formatting and exit status.
+    #[error("{0}")]
+    Clap(clap::Error),
+    /// The configuration file couldn't be read.
+    #[error("config error: config: cannot read {}: {source}", one_line(path.display()))]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The configuration file isn't valid TOML.
+    #[error("config error: config: invalid TOML in {}: {message}", one_line(path.display()))]
+    Syntax { path: PathBuf, message: String },
+    /// The configuration file has a key that isn't a setting (usually a typo).
+    #[error("config error: {}: unknown setting in {}", one_line(key), one_line(path.display()))]
+    UnknownKey { key: String, path: PathBuf },
+    /// The password file can't be read or has a bad line (named by number, never quoted:
+    /// it may hold a password).
+    #[error("config error: password_file: {}: {source} (from {origin})", one_line(path.display()))]
+    PasswordFile {
+        path: PathBuf,
+        source: crate::auth::PasswordFileError,
+        origin: Origin,
+    },
+    /// A value has the wrong type, doesn't parse, or is out of range.
+    #[error("config error: {setting}: invalid value {value} (expected {expected}) from {origin}")]
+    Invalid {
+        setting: &'static str,
+        /// The offending value, quoted or rendered so it fits on one line.
+        value: String,
+        expected: String,
+        origin: Origin,
+    },
+}
+
+impl ConfigError {
+    /// The process exit status for this error: clap's for help/version/usage (0 or 2),
+    /// [`EXIT_CODE`] otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ConfigError::Clap(e) => e.exit_code(),
+            _ => EXIT_CODE,
+        }
+    }
+
+    /// Prints the error the way users expect (clap's help/usage output, or the one-line
+    /// message on stderr) and exits with [`ConfigError::exit_code`].
+    pub fn exit(self) -> ! {
+        match self {
+            ConfigError::Clap(e) => e.exit(),
+            other => {
+                eprintln!("{other}");
+                std::process::exit(other.exit_code())
+            }
+        }
+    }
+}
+
+/// Escapes control characters so a hostile or mistyped value can't break the one-line
+/// promise of error messages.
+fn one_line(value: impl fmt::Display) -> String {
+    let mut out = String::new();
+    for c in value.to_string().chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Reads the password file now, so a bad one stops the node at startup with a
+/// configuration error; refuses `allow_anonymous = false` without one (nobody could
+/// connect).
+fn resolve_auth(
+    config: &mut Config,
+    origins: &HashMap<&'static str, Origin>,
+) -> Result<(), ConfigError> {
+    config.passwords = None;
+    match origins.get("password_file") {
+        Some(origin) if !config.password_file.as_os_str().is_empty() => {
+            let passwords = Passwords::load(&config.password_file).map_err(|source| {
+                ConfigError::PasswordFile {
+                    path: config.password_file.clone(),
+                    source,
+                    origin: origin.clone(),
+                }
+            })?;
+            config.passwords = Some(Arc::new(passwords));
+        }
+        _ => {
+            if let (false, Some(origin)) = (config.allow_anonymous, origins.get("allow_anonymous"))
+            {
+                return Err(ConfigError::Invalid {
+                    setting: "allow_anonymous",
+                    value: String::from("false"),
+                    expected: String::from("true when no password_file is set"),
+                    origin: origin.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_toml(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.parse::<toml::Table>()
+        .map_err(|error| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: describe_toml_error(&text, &error),
+        })
+}
+
+/// toml's own `Display` draws a multi-line source snippet; we want `line L, column C: msg`.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let Some(before) = error.span().and_then(|span| text.get(..span.start)) else {
+        return one_line(message);
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    one_line(format!("line {line}, column {column}: {message}"))
+}
+
+/// The command line. Setting flags are taken as strings and parsed through [`SETTINGS`], so
+/// a bad `--mqtt` gets the same one-line message as a bad `SKEIN_MQTT`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "skein",
+    version,
+    about = "Skein MQTT broker",
+    after_help = format!("{} Run with --help for the full list of settings.", overview()),
+    after_long_help = format!("{}\n\n{}", overview(), settings_help()),
+)]
+struct Cli {
+    /// TOML configuration file (also SKEIN_CONFIG).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[arg(long, value_name = "ID", help = flag_help("node_id"))]
+    node_id: Option<String>,
+    #[arg(long, value_name = "NAME", help = flag_help("node_name"))]
+    node_name: Option<String>,
+    #[arg(long, value_name = "DIR", help = flag_help("data_dir"))]
+    data_dir: Option<String>,
+    #[arg(long, value_name = "ADDR", help = flag_help("mqtt"))]
+    mqtt: Option<String>,
+    #[arg(long, value_name = "ADDR", help = flag_help("http"))]
+    http: Option<String>,
+}
+
+impl Cli {
+    /// The flag's value for a setting, if that setting has a flag and it was given.
+    fn flag(&self, setting: &str) -> Option<&str> {
+        let value = match setting {
+            "node_id" => &self.node_id,
+            "node_name" => &self.node_name,
+            "data_dir" => &self.data_dir,
+            "mqtt" => &self.mqtt,
+            "http" => &self.http,
+            _ => return None,
+        };
+        value.as_deref()
+    }
+}
+
+fn overview() -> String {
+    format!(
+        "Every setting can also be given as a key in the TOML file named by --config (or \
+         {CONFIG_ENV}) and as the environment variable {ENV_PREFIX}<SETTING>, e.g. \
+         SKEIN_MAX_KEEPALIVE=60. Precedence: flag > environment > file > default."
+    )
+}
+
+fn flag_help(name: &str) -> String {
+    match find_setting(name) {
+        Some(setting) => format!(
+            "{} [default: {}] [env: {}]",
+            setting.help,
+            (setting.default)(),
+            env_var_name(setting.name)
+        ),
+        None => String::new(),
+    }
+}
+
+fn settings_help() -> String {
+    let mut out = String::from("Settings (TOML key, environment variable):");
+    for setting in SETTINGS {
+        out.push_str(&format!(
+            "\n  {}, {}\n          {}. Expected {}; default {}.",
+            setting.name,
+            env_var_name(setting.name),
+            setting.help,
+            (setting.describe)(),
+            (setting.default)(),
+        ));
+    }
+    out
+}
+
+fn env_var_name(setting: &str) -> String {
+    format!("{ENV_PREFIX}{}", setting.to_ascii_uppercase())
+}
+
+fn find_setting(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|setting| setting.name == name)
+}
+
+/// A value as it arrived: text from a flag or environment variable, or a typed TOML value.
+#[derive(Clone, Copy)]
+enum Raw<'a> {
+    Text(&'a str),
+    Toml(&'a toml::Value),
+}
+
+impl Raw<'_> {
+    fn parse<K: Kind>(self, kind: &K) -> Option<K::Value> {
+        match self {
+            Raw::Text(text) => kind.parse_text(text),
+            Raw::Toml(value) => kind.parse_toml(value),
+        }
+    }
+
+    /// Renders the value for an error message, on one line.
+    fn shown(self) -> String {
+        match self {
+            Raw::Text(text) => format!("{text:?}"),
+            Raw::Toml(value) => match value {
+                toml::Value::String(s) => format!("{s:?}"),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(x) => x.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Datetime(d) => d.to_string(),
+                // Contents could be long or multi-line; the type is what's wrong anyway.
+                toml::Value::Array(_) => String::from("[...] (an array)"),
+                toml::Value::Table(_) => String::from("{...} (a table)"),
+            },
+        }
+    }
+}
+
+/// One configurable setting. Type-erased through function pointers so all settings fit in
+/// one table regardless of their Rust type.
+struct Setting {
+    /// TOML key and `Config` field name.
+    name: &'static str,
+    help: &'static str,
+    /// Parses `raw` into the field; on failure returns what was expected.
+    apply: fn(&mut Config, Raw<'_>) -> Result<(), String>,
+    describe: fn() -> String,
+    default: fn() -> String,
+}
+
+/// Declares the settings table: `field: kind, "help"` with an optional
+/// `default = "..."` when the default isn't a constant.
+macro_rules! settings {
+    ($($name:ident: $kind:expr, $help:literal $(, default = $shown:literal)?;)*) => {
+        static SETTINGS: &[Setting] = &[$(
+            Setting {
+                name: stringify!($name),
+                help: $help,
+                apply: |config, raw| {
+                    let kind = $kind;
+                    let value = raw.parse(&kind).ok_or_else(|| kind.describe())?;
+                    config.$name = value;
+                    Ok(())
+                },
+                describe: || $kind.describe(),
+                default: || settings!(@default $name, $kind $(, $shown)?),
+            },
+        )*];
+    };
+    (@default $name:ident, $kind:expr) => {
+        $kind.show(&Config::default().$name)
+    };
+    (@default $name:ident, $kind:expr, $shown:literal) => {
+        String::from($shown)
+    };
+}
+
+settings! {
+    node_id: Int { min: 0, max: u64::MAX },
+        "Numeric node id, unique within a cluster";
+    node_name: Text,
+        "Human-readable node name", default = "skein-<node_id>";
+    data_dir: PathKind,
+        "Directory for persistent state";
+    mqtt: Addr,
+        "MQTT listener address";
+    http: Addr,
+        "HTTP health/metrics listener address";
+    advertise_addr: Checked {
+        expected: "an IP:port address",
+        check: |s| s.parse::<SocketAddr>().is_ok(),
+    },
+        "Address events name this node by (node/nodeIp; the pod IP on Kubernetes)", default = "empty (the MQTT listener's address)";
+    max_connections: Int { min: 1, max: usize::MAX },
+        "Maximum concurrent client connections";
+    max_packet_size: Int { min: 16, max: 268_435_455 },
+        "Largest MQTT packet accepted, in bytes";
+    max_inflight: Int { min: 1, max: u16::MAX },
+        "Receive Maximum, and the outgoing QoS 1/2 window per client";
+    max_queued_messages: Int { min: 1, max: usize::MAX },
+        "Offline message queue bound per session";
+    max_subscriptions_per_session: Int { min: 1, max: usize::MAX },
+        "Subscriptions one session may hold; more are refused (SUBACK 0x97 / 0x80)";
+    max_keepalive: Int { min: 1, max: u16::MAX },
+        "Longest keep-alive granted, in seconds (v5 clients asking for more get Server Keep Alive)";
+    connect_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
+        "Close sockets that send no CONNECT within this many milliseconds";
+    max_client_id_len: Int { min: 1, max: 65_535 },
+        "Longest client identifier accepted";
+    max_topic_alias: Int { min: 0, max: u16::MAX },
+        "Topic Alias Maximum offered to clients (0 disables aliases)";
+    max_session_expiry_interval: Int { min: 0, max: u32::MAX },
+        "Cap on the session expiry interval clients may request, in seconds";
+    retain_available: Bool,
+        "Whether retained messages are supported";
+    shutdown_timeout_ms: Int { min: 0, max: MAX_TIMEOUT_MS },
+        "How long shutdown waits for connections to drain, in milliseconds";
+    log: Filter,
+        "Log filter (tracing EnvFilter syntax); RUST_LOG takes precedence";
+    events_dollar_events: Bool,
+        "Publish the $events/... event topics (client_connected, client_disconnected, session_subscribed, session_unsubscribed)";
+    events_dollar_events_kinds: EventKinds { renders: dollar_events::renders() },
+        "Canonical event kinds published on $events/...";
+    events_dollar_event: Bool,
+        "Publish the $EVENT.* event topics (CONNECT, CLOSE, PUBLISH, ...)";
+    events_dollar_event_kinds: EventKinds { renders: dollar_event::renders() },
+        "Canonical event kinds published on $EVENT.*";
+    events_presence_topic: TopicTemplate,
+        "Presence topic template with {clientid}, {username}, {node}: gets {\"online\": true|false}", default = "empty (off)";
+    events_presence_retain: Bool,
+        "Whether presence messages are retained";
+    events_queue_capacity: Int { min: 1, max: 10_000_000 },
+        "Bound on each event dialect's queue; what overflows is dropped and counted";
+    events_subscribe_usernames: Names,
+        "Usernames allowed to subscribe to $events/# and $EVENT.* besides loopback clients", default = "none";
+    events_qos: Int { min: 0, max: 2 },
+        "QoS of the event messages the node publishes";
+    api_token: SecretKind,
+        "Bearer token required by the HTTP admin API (/api/v1)", default = "empty (no authentication)";
+    allow_anonymous: Bool,
+        "Whether clients without a username may connect (false needs password_file)";
+    password_file: OptionalPath,
+        "Password file: one username:sha256:<hash>:<salt> (or username:plain:<password>) line per user", default = "empty (none)";
+    webhook_urls: Checked {
+        expected: "comma-separated http:// URLs",
+        check: |s| crate::events::webhook::parse_urls(s).is_ok(),
+    },
+        "Webhook URLs, comma-separated (http:// only)", default = "empty (off)";
+    webhook_rules: Checked {
+        expected: "a JSON array of rules such as [{\"action\": \"on_message_publish\", \"topic\": \"foo/#\"}]",
+        check: |s| crate::events::webhook::rules::Rules::parse(s).is_ok(),
+    },
+        "Webhook rules: which actions are posted, for which topics", default = "empty (every action)";
+    webhook_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
+        "Bound on one webhook request, in milliseconds";
+    webhook_max_retries: Int { min: 0, max: 100 },
+        "Retries of a webhook request after a 5xx, a timeout or a connection error";
+    webhook_concurrency: Int { min: 1, max: 1024 },
+        "Webhook requests in flight per URL";
+    webhook_queue_capacity: Int { min: 1, max: 10_000_000 },
+        "Webhook bodies waiting per URL; what overflows is dropped and counted";
+    stream_enabled: Bool,
+        "Append connects/disconnects to the persisted event stream (GET /api/v1/events)";
+    stream_retention_secs: Int { min: 0, max: 315_360_000 },
+        "Trim event stream entries older than this many seconds (0: no age limit)";
+    stream_max_entries: Int { min: 0, max: u64::MAX },
+        "Most entries the event stream keeps (0: no limit)";
+    redis_url: Checked {
+        expected: "a redis://[[user]:password@]host[:port][/db] URL",
+        check: |s| crate::events::redis::parse_url(s).is_ok(),
+    },
+        "Redis to XADD event stream entries to", default = "empty (off)";
+    redis_stream_prefix: Text,
+        "Redis stream name prefix: entries go to <prefix>.mqtt";
+}
