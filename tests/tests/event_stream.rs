@@ -285,3 +285,19 @@ async fn clients_still_connected_at_shutdown_get_their_disconnect_logged() {
     let entries = entries_of(&node, &id, 2).await;
     assert_eq!(entries[1]["event_type"], "disconnect", "{entries:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_kinds_choose_what_is_recorded() {
+    let node = Node::builder()
+        .env("SKEIN_STREAM_KINDS", "client.disconnected")
+        .start();
+    let id = unique_id("kinds");
+    let c = v3::Client::connect(node.mqtt_addr(), &id).await;
+    c.disconnect().await;
+    let entries = entries_of(&node, &id, 1).await;
+    // The disconnect is there; give a stray connect entry no chance to be missed.
+    let again = entries_of(&node, &id, 1).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(entries[0]["event_type"], "disconnect", "{entries:?}");
+}

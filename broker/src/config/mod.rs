@@ -99,6 +99,8 @@ pub struct Config {
     pub events_dollar_event_kinds: KindSet,
     /// Presence topic template (`{clientid}`, `{username}`, `{node}`); empty: off.
     pub events_presence_topic: String,
+    /// Which of client.connected / client.disconnected publish presence messages.
+    pub events_presence_kinds: KindSet,
     /// Whether presence messages are retained.
     pub events_presence_retain: bool,
     /// Bound on each event dialect's queue; what overflows is dropped and counted.
@@ -130,6 +132,8 @@ pub struct Config {
     pub webhook_queue_capacity: usize,
     /// Whether connects/disconnects are appended to the persisted event stream.
     pub stream_enabled: bool,
+    /// Which of client.connected / client.disconnected the stream (and Redis) records.
+    pub stream_kinds: KindSet,
     /// Stream entries older than this many seconds are trimmed; 0: no age limit.
     pub stream_retention_secs: u64,
     /// The stream keeps at most this many entries; 0: no limit.
@@ -168,6 +172,7 @@ impl Default for Config {
             events_dollar_event: false,
             events_dollar_event_kinds: dollar_event::renders(),
             events_presence_topic: String::new(),
+            events_presence_kinds: crate::events::presence::renders(),
             events_presence_retain: true,
             events_queue_capacity: 10_000,
             events_subscribe_usernames: Vec::new(),
@@ -183,6 +188,7 @@ impl Default for Config {
             webhook_concurrency: 8,
             webhook_queue_capacity: 10_000,
             stream_enabled: true,
+            stream_kinds: crate::events::stream::kinds(),
             stream_retention_secs: 86_400,
             stream_max_entries: 1_000_000,
             redis_url: String::new(),
@@ -674,6 +680,8 @@ settings! {
         "Canonical event kinds published on $EVENT.*";
     events_presence_topic: TopicTemplate,
         "Presence topic template with {clientid}, {username}, {node}: gets {\"online\": true|false}", default = "empty (off)";
+    events_presence_kinds: EventKinds { renders: crate::events::presence::renders() },
+        "Which of client.connected, client.disconnected publish presence messages";
     events_presence_retain: Bool,
         "Whether presence messages are retained";
     events_queue_capacity: Int { min: 1, max: 10_000_000 },
@@ -708,6 +716,8 @@ settings! {
         "Webhook bodies waiting per URL; what overflows is dropped and counted";
     stream_enabled: Bool,
         "Append connects/disconnects to the persisted event stream (GET /api/v1/events)";
+    stream_kinds: EventKinds { renders: crate::events::stream::kinds() },
+        "Which of client.connected, client.disconnected the stream and Redis record";
     stream_retention_secs: Int { min: 0, max: 315_360_000 },
         "Trim event stream entries older than this many seconds (0: no age limit)";
     stream_max_entries: Int { min: 0, max: u64::MAX },

@@ -88,6 +88,7 @@ fn toml_file_sets_everything() {
         webhook_concurrency = 2
         webhook_queue_capacity = 5
         stream_enabled = false
+        stream_kinds = ["client.disconnected"]
         stream_retention_secs = 60
         stream_max_entries = 10
         redis_url = "redis://127.0.0.1:6390"
@@ -97,6 +98,7 @@ fn toml_file_sets_everything() {
         events_dollar_event = true
         events_dollar_event_kinds = "client.connect, message.publish"
         events_presence_topic = "open/KEY/{username}/online"
+        events_presence_kinds = "client.connected"
         events_presence_retain = false
         events_queue_capacity = 5
         events_subscribe_usernames = ["ops", "audit"]
@@ -134,6 +136,7 @@ fn toml_file_sets_everything() {
             webhook_concurrency: 2,
             webhook_queue_capacity: 5,
             stream_enabled: false,
+            stream_kinds: KindSet::of(&[EventKind::ClientDisconnected]),
             stream_retention_secs: 60,
             stream_max_entries: 10,
             redis_url: "redis://127.0.0.1:6390".into(),
@@ -149,6 +152,7 @@ fn toml_file_sets_everything() {
                 EventKind::MessagePublish
             ]),
             events_presence_topic: "open/KEY/{username}/online".into(),
+            events_presence_kinds: KindSet::of(&[EventKind::ClientConnected]),
             events_presence_retain: false,
             events_queue_capacity: 5,
             events_subscribe_usernames: vec!["ops".into(), "audit".into()],
@@ -197,6 +201,7 @@ fn env_sets_everything() {
         ("SKEIN_WEBHOOK_CONCURRENCY", "14"),
         ("SKEIN_WEBHOOK_QUEUE_CAPACITY", "15"),
         ("SKEIN_STREAM_ENABLED", "false"),
+        ("SKEIN_STREAM_KINDS", "client.connected"),
         ("SKEIN_STREAM_RETENTION_SECS", "16"),
         ("SKEIN_STREAM_MAX_ENTRIES", "17"),
         ("SKEIN_REDIS_URL", "redis://h:18/1"),
@@ -206,6 +211,7 @@ fn env_sets_everything() {
         ("SKEIN_EVENTS_DOLLAR_EVENT", "1"),
         ("SKEIN_EVENTS_DOLLAR_EVENT_KINDS", "client.ping,"),
         ("SKEIN_EVENTS_PRESENCE_TOPIC", "p/{clientid}"),
+        ("SKEIN_EVENTS_PRESENCE_KINDS", "client.disconnected"),
         ("SKEIN_EVENTS_PRESENCE_RETAIN", "false"),
         ("SKEIN_EVENTS_QUEUE_CAPACITY", "12"),
         ("SKEIN_EVENTS_SUBSCRIBE_USERNAMES", " ops , ,dev"),
@@ -244,6 +250,7 @@ fn env_sets_everything() {
             webhook_concurrency: 14,
             webhook_queue_capacity: 15,
             stream_enabled: false,
+            stream_kinds: KindSet::of(&[EventKind::ClientConnected]),
             stream_retention_secs: 16,
             stream_max_entries: 17,
             redis_url: "redis://h:18/1".into(),
@@ -253,6 +260,7 @@ fn env_sets_everything() {
             events_dollar_event: true,
             events_dollar_event_kinds: KindSet::of(&[EventKind::ClientPing]),
             events_presence_topic: "p/{clientid}".into(),
+            events_presence_kinds: KindSet::of(&[EventKind::ClientDisconnected]),
             events_presence_retain: false,
             events_queue_capacity: 12,
             events_subscribe_usernames: vec!["ops".into(), "dev".into()],

@@ -42,6 +42,8 @@ pub struct RedisDialect {
     target: Target,
     key: String,
     instance: String,
+    /// Which kinds become entries (`stream_kinds`).
+    record: super::KindSet,
 }
 
 /// Registers the sink when `redis_url` is set (checked when the config was loaded; a URL
@@ -65,6 +67,7 @@ pub fn register(bus: &mut EventBus, config: &Config) -> Option<RedisDialect> {
         target,
         key,
         instance: bus.node().node_name.clone(),
+        record: config.stream_kinds,
     })
 }
 
@@ -81,7 +84,7 @@ impl RedisDialect {
     }
 
     async fn run(mut self, stop: CancellationToken) {
-        let mut entries = Entries::default();
+        let mut entries = Entries::new(self.record);
         let mut pending: VecDeque<Entry> = VecDeque::new();
         let mut conn: Option<Connection> = None;
         let mut failures = 0u32;

@@ -59,7 +59,7 @@ pub fn register_mqtt_dialects(bus: &mut EventBus, config: &Config) -> MqttDialec
                 add(
                     bus,
                     super::presence::DIALECT,
-                    super::presence::renders(),
+                    KindSet(config.events_presence_kinds.0 & super::presence::renders().0),
                     render,
                 );
             }

@@ -58,13 +58,30 @@ pub struct Entry {
 /// Turns events into entries: a `connect` per session that went live, a `disconnect`
 /// when it ends. Connections refused before they had a session (which raise
 /// `client.disconnected` too) write nothing.
-#[derive(Debug, Default)]
+/// Both kinds always reach it (a disconnect is only recorded for a connection that went
+/// live); `record` says which of them become entries (`stream_kinds`).
+#[derive(Debug)]
 pub struct Entries {
     live: LiveConnections,
+    record: KindSet,
+}
+
+impl Default for Entries {
+    fn default() -> Entries {
+        Entries::new(kinds())
+    }
 }
 
 impl Entries {
+    pub fn new(record: KindSet) -> Entries {
+        Entries {
+            live: LiveConnections::default(),
+            record,
+        }
+    }
+
     pub fn entry(&mut self, event: &Event, instance: &str) -> Option<Entry> {
+        let kind = event.kind();
         let event_type = match &event.body {
             EventBody::Connected => {
                 self.live.connected(&event.client);
@@ -78,6 +95,9 @@ impl Entries {
             }
             _ => return None,
         };
+        if !self.record.contains(kind) {
+            return None;
+        }
         Some(Entry {
             client_id: event.client.client_id.as_str().to_owned(),
             event_type,
@@ -141,6 +161,8 @@ pub struct StreamDialect {
     last: watch::Sender<u64>,
     instance: String,
     retention: Retention,
+    /// Which kinds become entries (`stream_kinds`).
+    record: KindSet,
 }
 
 /// Registers the stream on `bus` (unless `stream_enabled` is off) over `store`'s log.
@@ -156,6 +178,7 @@ pub fn register(bus: &mut EventBus, config: &Config, store: &Store) -> StreamDia
         last,
         instance: bus.node().node_name.clone(),
         retention: Retention::from_config(config),
+        record: config.stream_kinds,
     }
 }
 
@@ -176,7 +199,7 @@ impl StreamDialect {
             last: self.last,
             instance: self.instance,
             retention: self.retention,
-            entries: Entries::default(),
+            entries: Entries::new(self.record),
         };
         Some(SinkTask::spawn(DIALECT, move |stop| sink.run(events, stop)))
     }
