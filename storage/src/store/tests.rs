@@ -435,15 +435,11 @@ fn clones_share_the_database() {
 const KILL_CHILD_DIR_ENV: &str = "SKEIN_STORAGE_KILL_CHILD_DIR";
 const KILL_CHILD_READY: &str = "skein-storage-child: flushed";
 
-/// Run in a child process by `survives_kill_9_after_flush`: writes, flushes,
-/// reports, then waits to be killed without any chance to clean up.
-#[test]
-#[ignore = "helper process for survives_kill_9_after_flush"]
-fn kill_child() {
-    let Some(dir) = std::env::var_os(KILL_CHILD_DIR_ENV) else {
-        return;
-    };
-    let store = Store::open(std::path::Path::new(&dir)).unwrap();
+/// The child half of `survives_kill_9_after_flush` (the same test re-run in a child
+/// process with the directory in the environment): writes, flushes, says so, and waits
+/// to be killed without dropping the store.
+fn kill_child(dir: &std::ffi::OsStr) -> ! {
+    let store = Store::open(std::path::Path::new(dir)).unwrap();
     populate(&store, "a");
     store.retained_put(&msg("r", b"kept")).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -452,8 +448,7 @@ fn kill_child() {
     rt.block_on(store.flush()).unwrap();
     println!("{KILL_CHILD_READY}");
     std::thread::sleep(std::time::Duration::from_secs(60));
-    // Keep the store alive (not dropped, so not flushed on drop) until killed.
-    drop(store);
+    std::process::exit(1)
 }
 
 #[cfg(unix)]
@@ -462,12 +457,14 @@ fn survives_kill_9_after_flush() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
+    if let Some(dir) = std::env::var_os(KILL_CHILD_DIR_ENV) {
+        kill_child(&dir);
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
-            "store::tests::kill_child",
+            "store::tests::survives_kill_9_after_flush",
             "--exact",
-            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
