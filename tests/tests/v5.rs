@@ -546,3 +546,43 @@ async fn protocol_errors_disconnect_0x82() {
     ok.ping().await;
     ok.expect_no_publish(QUIET).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_alias_never_pushes_a_publish_past_the_client_maximum() {
+    let node = Node::start();
+    let (mut tight, _, _) = RawClient::connect_ok(
+        node.mqtt_addr(),
+        &Connect::v5("alias-tight")
+            .prop(prop::MAXIMUM_PACKET_SIZE, PropValue::U32(50))
+            .prop(prop::TOPIC_ALIAS_MAXIMUM, PropValue::U16(10)),
+    )
+    .await;
+    tight.subscribe(1, &[SubFilter::new("t/x", 0)]).await;
+    let mut publ = RawClient::v5(node.mqtt_addr(), "alias-pub").await;
+    // 1 + 1 + (2 + 3) + 1 + 42 = 50 bytes without an alias; a Topic Alias property would
+    // make it 53.
+    publ.publish(&Publish::new("t/x", 0, &[b'a'; 42])).await;
+    publ.publish(&Publish::new("t/x", 0, b"small")).await;
+    publ.publish(&Publish::new("t/x", 0, b"again")).await;
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let (packet, raw) = tight.recv_raw(RECV_TIMEOUT).await.expect("a PUBLISH");
+        if let Packet::Publish(p) = packet {
+            assert!(
+                raw.len() <= 50,
+                "{} bytes sent to a client allowing 50",
+                raw.len()
+            );
+            seen.push((
+                p.topic.clone(),
+                p.props.int(prop::TOPIC_ALIAS),
+                p.payload.len(),
+            ));
+        }
+    }
+    assert_eq!(seen[0], ("t/x".to_string(), None, 42), "{seen:?}");
+    // The alias is only introduced once it fits, then used with an empty topic.
+    assert_eq!(seen[1], ("t/x".to_string(), Some(1), 5), "{seen:?}");
+    assert_eq!(seen[2], (String::new(), Some(1), 5), "{seen:?}");
+}

@@ -43,7 +43,7 @@ impl Connection {
                 self.on_outgoing_done(a.packet_id, true, false);
                 Ok(After::Nothing)
             }
-            Packet::PubRel(a) => self.on_pubrel(a).map(|()| After::Nothing),
+            Packet::PubRel(a) => self.on_pubrel(a),
             Packet::Subscribe(s) => self.on_subscribe(s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => {
@@ -94,9 +94,10 @@ impl Connection {
                 )
             };
             if duplicate {
-                // Already routed once; the client did not get our PUBREC.
-                self.send(&Packet::PubRec(Ack::new(p.packet_id)));
-                return Ok(After::Nothing);
+                // Already routed once; the client did not get our PUBREC. (Flushed first for
+                // a persistent session: the first copy may have been handled by a connection
+                // that was taken over before its flush.)
+                return Ok(self.after_durable(Packet::PubRec(Ack::new(p.packet_id))));
             }
             if full {
                 return Err(Close::with_code(
@@ -118,19 +119,22 @@ impl Connection {
         // A QoS 2 id is remembered (and stored) before routing, so a resend after a crash
         // is recognised as a duplicate.
         let qos2_stored = p.qos == QoS::ExactlyOnce && {
+            // Stored under the session lock, so a takeover can't clear the session between
+            // the memory and the storage update.
             let mut st = self.session.state();
             st.incoming_qos2.insert(p.packet_id);
-            st.is_persistent()
-        };
-        if qos2_stored {
-            if let Err(e) = self
-                .broker
-                .store
-                .incoming_put(self.client_id.as_str(), p.packet_id)
-            {
-                tracing::error!(error = %e, "cannot store incoming QoS 2 id");
+            let persistent = st.is_persistent();
+            if persistent {
+                if let Err(e) = self
+                    .broker
+                    .store
+                    .incoming_put(self.client_id.as_str(), p.packet_id)
+                {
+                    tracing::error!(error = %e, "cannot store incoming QoS 2 id");
+                }
             }
-        }
+            persistent
+        };
         let message = Arc::new(Message::from_publish(
             &p,
             topic,
@@ -234,7 +238,7 @@ impl Connection {
         }
     }
 
-    fn on_pubrel(&mut self, a: Ack) -> Result<(), Close> {
+    fn on_pubrel(&mut self, a: Ack) -> Result<After, Close> {
         let (found, persistent) = {
             let mut st = self.session.state();
             (st.incoming_qos2.remove(&a.packet_id), st.is_persistent())
@@ -253,12 +257,17 @@ impl Connection {
         } else {
             rc::PACKET_IDENTIFIER_NOT_FOUND
         };
-        self.send(&Packet::PubComp(Ack {
+        let pubcomp = Packet::PubComp(Ack {
             packet_id: a.packet_id,
             reason,
             properties: Properties::default(),
-        }));
-        Ok(())
+        });
+        // A stale stored id would swallow the next QoS 2 PUBLISH that reuses it after a crash.
+        if found && persistent {
+            return Ok(After::FlushThenSend(Some(Box::new(pubcomp))));
+        }
+        self.send(&pubcomp);
+        Ok(After::Nothing)
     }
 
     fn on_pubrec(&mut self, a: Ack) -> Result<After, Close> {

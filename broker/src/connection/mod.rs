@@ -261,20 +261,38 @@ impl Connection {
     }
 
     async fn run(&mut self) -> Close {
-        if let Err(close) = self.resume() {
-            return close;
+        match self.resume() {
+            Err(close) => return close,
+            // What a previous connection wrote may not be on disk yet: flush before this
+            // one re-sends PUBLISH/PUBREL that promise it.
+            Ok(true) => {
+                if let Err(close) = self.flush_storage().await {
+                    self.socket.wbuf.clear();
+                    return close;
+                }
+            }
+            Ok(false) => {}
         }
         let timeout = self.keep_alive.mul_f32(1.5);
         let keepalive = tokio::time::sleep(timeout);
         tokio::pin!(keepalive);
         let shutdown = self.broker.shutdown.clone();
+        let mut input_pending = false;
         loop {
+            if input_pending {
+                match self.process_input().await {
+                    Ok(more) => input_pending = more,
+                    Err(close) => return close,
+                }
+            }
+            let before_pump = self.socket.wbuf.len();
             match self.pump() {
                 Err(close) => return close,
                 Ok(true) => {
-                    if let Err(e) = self.broker.flush_storage().await {
-                        tracing::error!(error = %e, "storage flush failed");
-                        return Close::internal("storage failure");
+                    if let Err(close) = self.flush_storage().await {
+                        // Those PUBLISHes were promised by records that may not be durable.
+                        self.socket.wbuf.truncate(before_pump);
+                        return close;
                     }
                 }
                 Ok(false) => {}
@@ -301,6 +319,9 @@ impl Connection {
                     );
                 }
             }
+            if input_pending {
+                continue;
+            }
             self.socket.release_idle_buffers();
             tokio::select! {
                 biased;
@@ -309,8 +330,9 @@ impl Connection {
                 read = self.socket.fill() => match read {
                     Ok(true) => {
                         self.last_rx = Instant::now();
-                        if let Err(close) = self.process_input().await {
-                            return close;
+                        match self.process_input().await {
+                            Ok(more) => input_pending = more,
+                            Err(close) => return close,
                         }
                     }
                     Ok(false) => return Close::silent(DisconnectReason::TcpClosed, "socket closed by the client"),
@@ -329,14 +351,17 @@ impl Connection {
     }
 
     /// Decodes and handles every whole packet in the read buffer.
-    async fn process_input(&mut self) -> Result<(), Close> {
+    /// Handles the whole packets in the read buffer. Ok(true) when it stopped early because
+    /// a batch of output is waiting: the caller writes it (bounded by keepalive, kicks and
+    /// shutdown) and calls again before reading more.
+    async fn process_input(&mut self) -> Result<bool, Close> {
         loop {
             let max = self.broker.config.max_packet_size as usize;
             let packet = match codec::decode(&mut self.socket.rbuf, self.protocol, max) {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     self.broker.hot.acked(std::mem::take(&mut self.acked));
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(e) => {
                     crate::metrics::packet_decode_error();
@@ -350,9 +375,8 @@ impl Connection {
                 }
             }
             if self.socket.wbuf.len() >= WRITE_BATCH_BYTES {
-                self.socket.flush().await.map_err(|e| {
-                    Close::silent(DisconnectReason::TcpClosed, format!("write failed: {e}"))
-                })?;
+                self.broker.hot.acked(std::mem::take(&mut self.acked));
+                return Ok(true);
             }
         }
     }
@@ -363,6 +387,7 @@ impl Connection {
 
     /// Ends the connection: tells a v5 client why, then detaches from the session.
     async fn finish(mut self, close: Close) {
+        self.broker.hot.acked(std::mem::take(&mut self.acked));
         let level = match close.reason {
             DisconnectReason::Normal | DisconnectReason::TcpClosed | DisconnectReason::GoAway => {
                 tracing::Level::DEBUG

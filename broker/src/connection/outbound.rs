@@ -14,7 +14,8 @@ use crate::session::{to_stored_delivery, Delivery, Inflight, InflightState, Queu
 impl Connection {
     /// Re-sends what was in flight when the session was last connected, in order, with DUP.
     /// Messages beyond the client's new Receive Maximum go back to the queue.
-    pub(super) fn resume(&mut self) -> Result<(), Close> {
+    /// True when storage must be flushed before these packets go out.
+    pub(super) fn resume(&mut self) -> Result<bool, Close> {
         let session = self.session.clone();
         let mut st = session.state();
         if !st.is_attached_to(self.id) {
@@ -67,7 +68,7 @@ impl Connection {
         for q in requeue.into_iter().rev() {
             st.queue.push_front(q);
         }
-        Ok(())
+        Ok(persistent && !st.inflight.is_empty())
     }
 
     /// Moves queued messages into the write buffer while the in-flight window has room.
@@ -221,9 +222,18 @@ impl Connection {
         let mut topic: &str = &m.topic;
         if v5 && self.client_topic_alias_max > 0 {
             if let Some((alias, known)) = self.alias_for(&m.topic) {
-                properties.get_or_insert_with(Default::default).topic_alias = Some(alias);
-                if known {
-                    topic = "";
+                let mut aliased = properties.clone().unwrap_or_default();
+                aliased.topic_alias = Some(alias);
+                let alias_topic = if known { "" } else { topic };
+                let len = publish_ref(d, packet_id, dup, alias_topic, Some(&aliased))
+                    .encoded_len(self.protocol);
+                if len <= self.client_max_packet_size {
+                    properties = Some(aliased);
+                    topic = alias_topic;
+                } else if !known {
+                    // The alias property would push it past the client's maximum: send the
+                    // full topic (which fits) and keep the alias for a later message.
+                    self.aliases_out.remove(&m.topic);
                 }
             }
         }
