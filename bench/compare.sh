@@ -121,6 +121,8 @@ port_of() {
 }
 
 BROKER_PID=""
+BROKER_WRAP=""
+BENCH_WRAP=""
 
 start_broker() {
   local b="$1" log="$WORK/logs/$1.log" port
@@ -132,10 +134,12 @@ start_broker() {
     skein)
       rm -rf "$WORK/skein-data"
       # shellcheck disable=SC2086
-      env $SKEIN_ENV $(skein_cmd) >>"$log" 2>&1 &
+      env $SKEIN_ENV $BROKER_WRAP $(skein_cmd) >>"$log" 2>&1 &
       ;;
-    mosquitto) $(mosq_cmd) >>"$log" 2>&1 & ;;
-    rumqttd) $(rumq_cmd) >>"$log" 2>&1 & ;;
+    # shellcheck disable=SC2086
+    mosquitto) $BROKER_WRAP $(mosq_cmd) >>"$log" 2>&1 & ;;
+    # shellcheck disable=SC2086
+    rumqttd) $BROKER_WRAP $(rumq_cmd) >>"$log" 2>&1 & ;;
   esac
   BROKER_PID=$!
   for _ in $(seq 1 200); do
@@ -173,6 +177,7 @@ SCENARIOS=(
   "pairs-q0|100 pairs x $((200 * S)), QoS 0|pairs --pairs 100 --count $((200 * S)) --qos 0"
   "pairs-q1|100 pairs x $((200 * S)), QoS 1 (window 100)|pairs --pairs 100 --count $((200 * S)) --qos 1 --inflight 100"
   "rate-q1|100 pairs x $((200 * S)) at 10k msg/s total, QoS 1|pairs --pairs 100 --count $((200 * S)) --qos 1 --rate 10000"
+  "rate-q1-pinned|the same, broker pinned to CPU 0 and the load generator to CPU 1|pairs --pairs 100 --count $((200 * S)) --qos 1 --rate 10000"
   "connect|connect $((1000 * S)) connections, 100 at a time|connect --connections $((1000 * S)) --concurrency 100"
 )
 
@@ -190,6 +195,12 @@ run_one() { # run_one SCENARIO_ID BROKER RUN ARGS...
     printf '%s\t%s\t%s\tSKIPPED\n' "$id" "$b" "$run" >>"$RESULTS"
     return 0
   fi
+  # "-pinned" scenarios keep the broker and the load generator off each other's core, so
+  # the latency measured is the broker's and not the two fighting over two cores.
+  BROKER_WRAP=""; BENCH_WRAP=""
+  if [[ "$id" == *-pinned ]] && command -v taskset >/dev/null 2>&1; then
+    BROKER_WRAP="taskset -c 0"; BENCH_WRAP="taskset -c 1"
+  fi
   if ! start_broker "$b"; then
     printf '%s\t%s\t%s\tNOSTART\n' "$id" "$b" "$run" >>"$RESULTS"
     return 0
@@ -197,7 +208,8 @@ run_one() { # run_one SCENARIO_ID BROKER RUN ARGS...
   local extra=()
   [ "$id" = connect ] && extra=(--broker-pid "$BROKER_PID")
   local line rc=0
-  line=$("$BENCH_BIN" "$@" "${extra[@]}" --port "$(port_of "$b")" --broker "$b" \
+  # shellcheck disable=SC2086
+  line=$($BENCH_WRAP "$BENCH_BIN" "$@" "${extra[@]}" --port "$(port_of "$b")" --broker "$b" \
     --timeout "$TIMEOUT" --json 2>>"$WORK/logs/bench-stderr.log") || rc=$?
   stop_broker
   line=$(printf '%s\n' "$line" | grep '^{' | tail -n1 || true)
