@@ -350,7 +350,11 @@ impl SessionState {
             disconnected_at_ms: self.disconnected_at_ms,
             subscriptions,
             pending_will: match (&self.will, self.will_due_ms) {
-                (Some(will), Some(due)) => Some((will_to_stored(will, client_id), due)),
+                (Some(will), Some(due)) => {
+                    // A will waiting for its delay is stored as the message it will become.
+                    let message = Message::from_will((**will).clone(), client_id.clone(), None);
+                    Some((message.to_stored(&[]), due))
+                }
                 _ => None,
             },
         }
@@ -502,26 +506,6 @@ impl Session {
             (false, true) => EnqueueOutcome::Queued,
             (false, false) => EnqueueOutcome::QueuedOffline,
         }
-    }
-}
-
-/// A will waiting for its delay, as stored with the session.
-fn will_to_stored(will: &Will, client_id: &ClientId) -> skein_storage::StoredMessage {
-    let p = &will.properties;
-    skein_storage::StoredMessage {
-        topic: will.topic.clone(),
-        payload: will.payload.clone(),
-        qos: will.qos as u8,
-        retain: will.retain,
-        received_at_ms: 0,
-        message_expiry_interval: p.message_expiry_interval,
-        payload_format_indicator: p.payload_format_indicator,
-        content_type: p.content_type.clone(),
-        response_topic: p.response_topic.clone(),
-        correlation_data: p.correlation_data.clone(),
-        user_properties: p.user_properties.clone(),
-        subscription_identifiers: Vec::new(),
-        publisher: client_id.as_str().to_owned(),
     }
 }
 

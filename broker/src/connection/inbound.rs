@@ -347,17 +347,7 @@ impl Connection {
         if let Some(f) = done {
             let m = &f.delivery.message;
             if refused {
-                crate::metrics::message_dropped("rejected_by_client");
-                raise::raise_message(
-                    &self.broker.events,
-                    &self.info,
-                    m,
-                    EventKind::MessageDropped,
-                    || EventBody::Dropped {
-                        message: m.clone(),
-                        reason: "rejected_by_client",
-                    },
-                );
+                self.raise_dropped(m, "rejected_by_client");
             } else {
                 raise::raise_message(
                     &self.broker.events,

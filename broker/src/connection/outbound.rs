@@ -98,15 +98,7 @@ impl Connection {
             let Some(q) = st.queue.pop_front() else { break };
             let stored = persistent && q.delivery.qos != QoS::AtMostOnce;
             if q.delivery.message.is_expired(now) {
-                crate::metrics::message_dropped("expired");
-                self.raise_dropped(&q.delivery.message, "expired");
-                if stored {
-                    self.storage_result(
-                        self.broker
-                            .store
-                            .queue_remove(self.client_id.as_str(), q.seq),
-                    );
-                }
+                self.drop_queued(&q, stored, "expired");
                 continue;
             }
             let packet_id = if q.delivery.qos == QoS::AtMostOnce {
@@ -123,15 +115,7 @@ impl Connection {
             let q_qos = q.delivery.qos;
             if !self.write_publish(&q.delivery, packet_id, false, now) {
                 // Too big for the client: discarded as if delivered (MQTT-3.1.2-25).
-                crate::metrics::message_dropped("too_large_for_client");
-                self.raise_dropped(&q.delivery.message, "too_large_for_client");
-                if stored {
-                    self.storage_result(
-                        self.broker
-                            .store
-                            .queue_remove(self.client_id.as_str(), q.seq),
-                    );
-                }
+                self.drop_queued(&q, stored, "too_large_for_client");
                 continue;
             }
             let m = &q.delivery.message;
@@ -185,8 +169,23 @@ impl Connection {
         Ok(wrote_storage)
     }
 
-    /// `message.dropped` for a message on its way to this connection's client.
-    fn raise_dropped(&self, m: &Arc<Message>, reason: &'static str) {
+    /// Drops a message taken off the queue: counted, reported, and removed from storage
+    /// when it was stored there.
+    fn drop_queued(&self, q: &Queued, stored: bool, reason: &'static str) {
+        self.raise_dropped(&q.delivery.message, reason);
+        if stored {
+            self.storage_result(
+                self.broker
+                    .store
+                    .queue_remove(self.client_id.as_str(), q.seq),
+            );
+        }
+    }
+
+    /// `message.dropped` (event and metric) for a message on its way to this connection's
+    /// client.
+    pub(super) fn raise_dropped(&self, m: &Arc<Message>, reason: &'static str) {
+        crate::metrics::message_dropped(reason);
         raise::raise_message(
             &self.broker.events,
             &self.info,
