@@ -140,7 +140,7 @@ async fn v5_will_delay_fires_after_delay() {
     let took = dropped.elapsed();
     assert_eq!(&p.payload[..], b"finally");
     assert!(
-        took >= Duration::from_millis(1800) && took <= Duration::from_millis(4000),
+        took >= Duration::from_millis(1800) && took <= Duration::from_millis(5500),
         "will with 2 s delay published after {took:?}"
     );
 }
@@ -162,7 +162,7 @@ async fn v5_will_published_at_session_end_when_expiry_shorter_than_delay() {
     let took = dropped.elapsed();
     assert_eq!(&p.payload[..], b"session over");
     assert!(
-        took >= Duration::from_millis(800) && took <= Duration::from_millis(3500),
+        took >= Duration::from_millis(800) && took <= Duration::from_millis(5500),
         "session expiry 1 s < will delay 10 s: will expected at ~1 s, got {took:?}"
     );
 }
