@@ -9,7 +9,9 @@ async fn retained_message_delivered_on_subscribe_with_retain_flag() {
     let mut publ = v3::Client::connect(node.mqtt_addr(), "rpub").await;
     publ.publish("r/1", v3::QoS::AtLeastOnce, true, "kept")
         .await;
-    publ.publish("r/2", v3::QoS::AtMostOnce, false, "not kept")
+    // QoS 1 so the broker has handled it (PUBACK) before the subscriber subscribes;
+    // a QoS 0 publish could still be in flight and be delivered live.
+    publ.publish("r/2", v3::QoS::AtLeastOnce, false, "not kept")
         .await;
 
     let mut sub = v3::Client::connect(node.mqtt_addr(), "rsub").await;
