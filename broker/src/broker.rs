@@ -159,6 +159,22 @@ impl Broker {
         st.attachment.as_ref().is_some_and(send_kick)
     }
 
+    /// Tells every attached connection that the node is shutting down (they end with
+    /// `go_away`). Connections still in their handshake look at the shutdown token once
+    /// attached. Returns how many were told.
+    pub fn kick_all_for_shutdown(&self) -> usize {
+        let sessions: Vec<Arc<Session>> = self.registry().values().cloned().collect();
+        sessions
+            .iter()
+            .filter(|s| {
+                s.state()
+                    .attachment
+                    .as_ref()
+                    .is_some_and(|a| a.kick.send(crate::session::Kick::ShuttingDown))
+            })
+            .count()
+    }
+
     /// Ends `client_id`'s session for an operator. An attached connection is kicked and the
     /// session ends as it detaches; an offline one ends now, and its pending will goes out
     /// (a will is due when its session ends). False if there is no such session.

@@ -31,6 +31,11 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
         connections.spawn(connection::serve(broker.clone(), stream, peer, permit));
     }
     drop(listener);
+    let told = broker.kick_all_for_shutdown();
+    tracing::debug!(
+        connections = told,
+        "told connections the node is shutting down"
+    );
     connections.close();
     let drain = broker.config.shutdown_timeout();
     if tokio::time::timeout(drain, connections.wait())

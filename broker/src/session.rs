@@ -56,10 +56,13 @@ pub enum Kick {
     TakenOver = 0,
     /// An operator kicked it.
     Administrative = 1,
+    /// The node is shutting down.
+    ShuttingDown = 2,
 }
 
-/// Tells one connection to go away. Much smaller than a channel (every connection has one)
-/// and it only ever needs to carry the first reason.
+/// The one thing an idle connection waits on besides its socket and keepalive: told to go
+/// away (with the first reason only), or woken because its session queued something.
+/// One signal for both keeps every idle connection's task small.
 #[derive(Debug, Default)]
 pub struct KickSignal {
     /// 0: none yet; otherwise `Kick as u8 + 1`.
@@ -88,16 +91,30 @@ impl KickSignal {
         true
     }
 
+    /// Wakes the connection to send what its session queued. A wake-up sent while the
+    /// connection is busy is kept (one at most).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Completes on the next kick or wake-up (or at once for one sent meanwhile); check
+    /// `try_recv` to tell them apart.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
     /// The kick, if one was sent.
     pub fn try_recv(&self) -> Option<Kick> {
         match self.reason.load(std::sync::atomic::Ordering::Acquire) {
             1 => Some(Kick::TakenOver),
             2 => Some(Kick::Administrative),
+            3 => Some(Kick::ShuttingDown),
             _ => None,
         }
     }
 
-    /// Waits for a kick. Cancel-safe: a kick sent meanwhile is kept.
+    /// Waits for a kick. Cancel-safe: a kick sent meanwhile is kept. Wake-ups that arrive
+    /// meanwhile are spent, so the caller must look at its session's queue afterwards.
     pub async fn recv(&self) -> Kick {
         loop {
             if let Some(kick) = self.try_recv() {
@@ -162,8 +179,6 @@ pub struct Session {
     pub client_id: ClientId,
     pub lifecycle: tokio::sync::Mutex<()>,
     state: Mutex<SessionState>,
-    /// Wakes the attached connection when something was queued.
-    pub wake: Notify,
     /// Whether storage may hold a record of this session (so ending it must delete one).
     stored: std::sync::atomic::AtomicBool,
 }
@@ -367,7 +382,6 @@ impl Session {
             client_id,
             lifecycle: tokio::sync::Mutex::new(()),
             state: Mutex::new(SessionState::new()),
-            wake: Notify::new(),
             stored: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -497,10 +511,10 @@ impl Session {
             }
         }
         st.queue.push_back(Queued { seq, delivery });
-        drop(st);
-        if online {
-            self.wake.notify_one();
+        if let Some(attached) = &st.attachment {
+            attached.kick.wake();
         }
+        drop(st);
         match (stored, online) {
             (true, online) => EnqueueOutcome::Stored { online },
             (false, true) => EnqueueOutcome::Queued,

@@ -1,6 +1,5 @@
 //! CONNECT → CONNACK: validation, session attach and takeover; and the detach at the end.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -415,6 +414,10 @@ async fn attach(
         drop(guard);
         break (session, present);
     };
+    // The shutdown sweep may have run before this attachment existed.
+    if broker.shutdown.is_cancelled() {
+        kick.send(Kick::ShuttingDown);
+    }
 
     let config = &broker.config;
     let mut props = Properties {
@@ -479,8 +482,7 @@ async fn attach(
             .map(|m| m as usize)
             .unwrap_or(usize::MAX),
         client_topic_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
-        aliases_in: HashMap::new(),
-        aliases_out: HashMap::new(),
+        aliases: None,
         will_on_disconnect: false,
         acked: 0,
     })

@@ -210,14 +210,14 @@ impl Connection {
                 ));
             }
             if p.topic.is_empty() {
-                return match self.aliases_in.get(&alias) {
+                return match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                     Some(t) => Ok(t.clone()),
                     None => Err(Close::protocol(format!("unknown topic alias {alias}"))),
                 };
             }
             self.check_topic(&p.topic)?;
             let t: Arc<str> = Arc::from(p.topic.as_str());
-            self.aliases_in.insert(alias, t.clone());
+            self.aliases().inbound.insert(alias, t.clone());
             return Ok(t);
         }
         if p.topic.is_empty() && self.protocol.is_v5() {

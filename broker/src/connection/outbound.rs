@@ -92,7 +92,7 @@ impl Connection {
             }
             if self.socket.wbuf.len() >= super::WRITE_BATCH_BYTES {
                 // Flush first; the loop comes back here.
-                session.wake.notify_one();
+                self.kick_rx.wake();
                 break;
             }
             let Some(q) = st.queue.pop_front() else { break };
@@ -232,7 +232,7 @@ impl Connection {
                 } else if !known {
                     // The alias property would push it past the client's maximum: send the
                     // full topic (which fits) and keep the alias for a later message.
-                    self.aliases_out.remove(&m.topic);
+                    self.aliases().outbound.remove(&m.topic);
                 }
             }
         }
@@ -244,14 +244,16 @@ impl Connection {
     /// The outgoing alias for `topic` and whether the client already knows it; None when
     /// all aliases the client allows are taken.
     fn alias_for(&mut self, topic: &Arc<str>) -> Option<(u16, bool)> {
-        if let Some(&alias) = self.aliases_out.get(topic) {
+        let max = self.client_topic_alias_max as usize;
+        let aliases = &mut self.aliases().outbound;
+        if let Some(&alias) = aliases.get(topic) {
             return Some((alias, true));
         }
-        if self.aliases_out.len() >= self.client_topic_alias_max as usize {
+        if aliases.len() >= max {
             return None;
         }
-        let alias = self.aliases_out.len() as u16 + 1;
-        self.aliases_out.insert(topic.clone(), alias);
+        let alias = aliases.len() as u16 + 1;
+        aliases.insert(topic.clone(), alias);
         Some((alias, false))
     }
 }
