@@ -124,7 +124,13 @@ async fn refuse(
     refusal: Refusal,
     client: Option<&Arc<ClientInfo>>,
 ) {
-    tracing::info!(reason = refusal.reason.as_str(), detail = %refusal.detail, "connection refused");
+    tracing::info!(
+        client_id = client.map(|c| c.client_id.as_str()),
+        peer = client.map(|c| tracing::field::display(c.peer)),
+        reason = refusal.reason.as_str(),
+        detail = %refusal.detail,
+        "connection refused"
+    );
     count_refusal(refusal.reason);
     if let Some(client) = client {
         let code = refusal.connack.map(|(_, code)| code);
@@ -376,6 +382,8 @@ async fn attach(
         };
         if let Some(old) = old_attachment {
             tracing::info!(
+                client_id = %client_id,
+                new_connection = id,
                 old_connection = old.connection_id,
                 "taking over the session from an existing connection"
             );

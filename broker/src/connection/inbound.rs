@@ -118,23 +118,24 @@ impl Connection {
         }
         // A QoS 2 id is remembered (and stored) before routing, so a resend after a crash
         // is recognised as a duplicate.
-        let qos2_stored = p.qos == QoS::ExactlyOnce && {
-            // Stored under the session lock, so a takeover can't clear the session between
-            // the memory and the storage update.
-            let mut st = self.session.state();
-            st.incoming_qos2.insert(p.packet_id);
-            let persistent = st.is_persistent();
-            if persistent {
-                if let Err(e) = self
-                    .broker
-                    .store
-                    .incoming_put(self.client_id.as_str(), p.packet_id)
-                {
-                    tracing::error!(error = %e, "cannot store incoming QoS 2 id");
+        let qos2_stored = p.qos == QoS::ExactlyOnce
+            && {
+                // Stored under the session lock, so a takeover can't clear the session between
+                // the memory and the storage update.
+                let mut st = self.session.state();
+                st.incoming_qos2.insert(p.packet_id);
+                let persistent = st.is_persistent();
+                if persistent {
+                    if let Err(e) = self
+                        .broker
+                        .store
+                        .incoming_put(self.client_id.as_str(), p.packet_id)
+                    {
+                        tracing::error!(client_id = %self.client_id, error = %e, "cannot store incoming QoS 2 id");
+                    }
                 }
-            }
-            persistent
-        };
+                persistent
+            };
         let message = Arc::new(Message::from_publish(
             &p,
             topic,
@@ -168,7 +169,7 @@ impl Connection {
     /// Flushes storage before a durability-promising acknowledgement goes out.
     pub(super) async fn flush_storage(&self) -> Result<(), Close> {
         self.broker.flush_storage().await.map_err(|e| {
-            tracing::error!(error = %e, "storage flush failed");
+            tracing::error!(client_id = %self.client_id, error = %e, "storage flush failed");
             Close::internal("storage failure")
         })
     }
@@ -178,7 +179,7 @@ impl Connection {
     /// message is acknowledged and dropped.
     fn refuse_event_publish(&mut self, p: &Publish) -> After {
         crate::metrics::message_dropped("not_authorized");
-        tracing::info!(topic = %p.topic, "refused a client publish to an event topic");
+        tracing::info!(client_id = %self.client_id, topic = %p.topic, "refused a client publish to an event topic");
         if self.protocol.is_v5() {
             // A PUBREC >= 0x80 ends the QoS 2 flow: no id to remember.
             self.ack_publish(p, rc::NOT_AUTHORIZED);
@@ -249,7 +250,7 @@ impl Connection {
                 .store
                 .incoming_remove(self.client_id.as_str(), a.packet_id)
             {
-                tracing::error!(error = %e, "cannot remove incoming QoS 2 id");
+                tracing::error!(client_id = %self.client_id, error = %e, "cannot remove incoming QoS 2 id");
             }
         }
         let reason = if found || !self.protocol.is_v5() {
@@ -319,7 +320,7 @@ impl Connection {
             .store
             .inflight_put(self.client_id.as_str(), &stored)
         {
-            tracing::error!(error = %e, "cannot store inflight state");
+            tracing::error!(client_id = %self.client_id, error = %e, "cannot store inflight state");
         }
         // After PUBREL the PUBLISH must never be re-sent, even after a crash.
         Ok(After::FlushThenSend(Some(Box::new(pubrel))))
@@ -370,7 +371,7 @@ impl Connection {
                 .store
                 .inflight_remove(self.client_id.as_str(), packet_id)
             {
-                tracing::error!(error = %e, "cannot remove inflight message");
+                tracing::error!(client_id = %self.client_id, error = %e, "cannot remove inflight message");
             }
         }
     }

@@ -200,7 +200,7 @@ impl Connection {
 
     pub(super) fn storage_result(&self, r: skein_storage::Result<()>) {
         if let Err(e) = r {
-            tracing::error!(error = %e, "storage write failed");
+            tracing::error!(client_id = %self.client_id, error = %e, "storage write failed");
         }
     }
 
