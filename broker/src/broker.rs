@@ -85,6 +85,9 @@ pub struct Broker {
     next_assigned_id: AtomicU64,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// Every connection task (the listener's and resumed parked ones), drained on shutdown.
+    pub connections: TaskTracker,
+    pub parker: crate::connection::park::Parker,
 }
 
 impl Broker {
@@ -96,6 +99,8 @@ impl Broker {
         shutdown: CancellationToken,
     ) -> Result<Arc<Broker>, skein_storage::StorageError> {
         let retained = RetainedStore::load(store.clone())?;
+        let connections = TaskTracker::new();
+        let park_after = config.park_idle();
         let broker = Arc::new(Broker {
             config,
             store,
@@ -109,6 +114,8 @@ impl Broker {
             next_assigned_id: AtomicU64::new(1),
             shutdown,
             tasks: TaskTracker::new(),
+            parker: crate::connection::park::Parker::new(park_after, connections.clone()),
+            connections,
         });
         broker.restore_sessions()?;
         Ok(broker)

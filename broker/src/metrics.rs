@@ -25,6 +25,10 @@ use crate::codec::{ProtocolVersion, QoS};
 // Connections and sessions.
 /// Gauge {protocol}: open MQTT connections past a successful CONNECT.
 pub const CONNECTIONS: &str = "skein_connections";
+/// Gauge: connections parked (idle, waiting without a task).
+pub const CONNECTIONS_PARKED: &str = "skein_connections_parked";
+/// Counter: times a connection parked.
+pub const CONNECTION_PARKS: &str = "skein_connection_parks_total";
 /// Counter {protocol}: successful CONNECTs.
 pub const CONNECTS: &str = "skein_connects_total";
 /// Counter {reason}: connections refused before a session was attached.
@@ -119,6 +123,20 @@ const CONNECTIONS_AND_SESSIONS: &[Desc] = &[
         Unit::Count,
         &["protocol"],
         "Open MQTT connections past a successful CONNECT, by protocol level (3, 4, 5).",
+    ),
+    desc(
+        CONNECTIONS_PARKED,
+        Gauge,
+        Unit::Count,
+        &[],
+        "Connections parked: idle, holding no task until their socket, session or keepalive needs them.",
+    ),
+    desc(
+        CONNECTION_PARKS,
+        Counter,
+        Unit::Count,
+        &[],
+        "Times an idle connection parked.",
     ),
     desc(
         CONNECTS,
@@ -545,6 +563,11 @@ fn gauge(key: &Key) -> metrics::Gauge {
     metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
 }
 
+/// One connection parked.
+pub fn connection_parked() {
+    metrics::counter!(CONNECTION_PARKS).increment(1);
+}
+
 /// Observes one storage flush.
 pub fn storage_flushed(elapsed: Duration) {
     metrics::histogram!(STORAGE_FLUSH_DURATION).record(elapsed.as_secs_f64());
@@ -592,6 +615,7 @@ pub fn record_state(broker: &Broker) {
     metrics::gauge!(INFLIGHT_MESSAGES).set(t.inflight as f64);
     metrics::gauge!(QUEUED_MESSAGES).set(t.queued as f64);
     metrics::gauge!(RETAINED_MESSAGES).set(broker.retained.len() as f64);
+    metrics::gauge!(CONNECTIONS_PARKED).set(broker.parker.parked() as f64);
     for (dialect, depth) in broker.events.queue_depths() {
         metrics::gauge!(EVENT_QUEUE_DEPTH, "dialect" => dialect).set(depth as f64);
     }

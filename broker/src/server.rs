@@ -12,7 +12,7 @@ use crate::connection;
 /// Accepts until the broker's shutdown token fires, then waits for every connection task.
 pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
     let permits = Arc::new(Semaphore::new(broker.config.max_connections));
-    let connections = tokio_util::task::TaskTracker::new();
+    let connections = &broker.connections;
     loop {
         let accepted = tokio::select! {
             _ = broker.shutdown.cancelled() => break,

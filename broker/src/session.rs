@@ -67,6 +67,12 @@ pub enum Kick {
 pub struct KickSignal {
     /// 0: none yet; otherwise `Kick as u8 + 1`.
     reason: std::sync::atomic::AtomicU8,
+    /// A wake-up was sent since the connection last looked (see `take_pending`).
+    pending: std::sync::atomic::AtomicBool,
+    /// The connection's key in the parker while it is parked; 0 otherwise.
+    parked: std::sync::atomic::AtomicU64,
+    /// Set when the connection first parks.
+    parker: std::sync::OnceLock<crate::connection::park::ParkerHandle>,
     notify: Notify,
 }
 
@@ -81,20 +87,61 @@ impl KickSignal {
             return false;
         }
         let code = kick as u8 + 1;
+        // SeqCst (here and in `wake`): a parking connection stores its key and then
+        // reads these; whichever side is second sees the other.
         let _ = self.reason.compare_exchange(
             0,
             code,
-            std::sync::atomic::Ordering::AcqRel,
-            std::sync::atomic::Ordering::Acquire,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
         );
         self.notify.notify_one();
+        self.resume_if_parked();
         true
     }
 
     /// Wakes the connection to send what its session queued. A wake-up sent while the
-    /// connection is busy is kept (one at most).
+    /// connection is busy is kept (one at most); a parked connection is resumed.
     pub fn wake(&self) {
+        self.pending
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.notify.notify_one();
+        self.resume_if_parked();
+    }
+
+    fn resume_if_parked(&self) {
+        let key = self.parked.load(std::sync::atomic::Ordering::SeqCst);
+        if key != 0 {
+            if let Some(parker) = self.parker.get() {
+                parker.unpark(key, "signal");
+            }
+        }
+    }
+
+    /// Whether a wake-up arrived since the last call (the connection calls it before it
+    /// looks at its session's queue).
+    pub fn take_pending(&self) -> bool {
+        self.pending
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A kick or an unseen wake-up: a connection about to park must not sleep on it.
+    pub fn needs_attention(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.reason.load(SeqCst) != 0 || self.pending.load(SeqCst)
+    }
+
+    pub(crate) fn set_parked(&self, key: u64, parker: &crate::connection::park::ParkerHandle) {
+        let _ = self.parker.get_or_init(|| parker.clone());
+        self.parked.store(key, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn clear_parked(&self) {
+        self.parked.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn parked_key(&self) -> u64 {
+        self.parked.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Completes on the next kick or wake-up (or at once for one sent meanwhile); check

@@ -147,6 +147,11 @@ impl NodeBuilder {
         }
         // plain (no ANSI colour) logs in failure output
         cmd.env("NO_COLOR", "1");
+        // SKEIN_TEST_PARK_IDLE_MS=N runs every node with that park_idle_ms unless the test
+        // sets one: the whole suite then exercises parked connections.
+        if let Some(ms) = std::env::var_os("SKEIN_TEST_PARK_IDLE_MS") {
+            cmd.env("SKEIN_PARK_IDLE_MS", ms);
+        }
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }

@@ -77,6 +77,9 @@ pub struct Config {
     pub max_keepalive: u16,
     /// A socket that sends no CONNECT within this many milliseconds is closed.
     pub connect_timeout_ms: u64,
+    /// A connection with nothing to do for this many milliseconds gives up its task and
+    /// waits in the shared parker until its socket, session or keepalive needs it; 0: never.
+    pub park_idle_ms: u64,
     /// Longest client identifier accepted (1..=65535).
     pub max_client_id_len: usize,
     /// The server's Topic Alias Maximum; 0 disables topic aliases.
@@ -161,6 +164,7 @@ impl Default for Config {
             max_subscriptions_per_session: 10_000,
             max_keepalive: u16::MAX,
             connect_timeout_ms: 10_000,
+            park_idle_ms: 2_000,
             max_client_id_len: 65_535,
             max_topic_alias: u16::MAX,
             max_session_expiry_interval: u32::MAX,
@@ -306,6 +310,11 @@ impl Config {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// How long a connection idles before it parks (None: never).
+    pub fn park_idle(&self) -> Option<Duration> {
+        (self.park_idle_ms > 0).then(|| Duration::from_millis(self.park_idle_ms))
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
@@ -658,6 +667,8 @@ settings! {
         "Longest keep-alive granted, in seconds (v5 clients asking for more get Server Keep Alive)";
     connect_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
         "Close sockets that send no CONNECT within this many milliseconds";
+    park_idle_ms: Int { min: 0, max: MAX_TIMEOUT_MS },
+        "Park connections idle this many milliseconds (no task until input, a message or keepalive); 0: never";
     max_client_id_len: Int { min: 1, max: 65_535 },
         "Longest client identifier accepted";
     max_topic_alias: Int { min: 0, max: u16::MAX },

@@ -75,6 +75,7 @@ fn toml_file_sets_everything() {
         max_queued_messages = 20
         max_keepalive = 300
         connect_timeout_ms = 2500
+        park_idle_ms = 0
         max_client_id_len = 23
         max_topic_alias = 0
         max_session_expiry_interval = 3600
@@ -123,6 +124,7 @@ fn toml_file_sets_everything() {
             max_subscriptions_per_session: 10_000,
             max_keepalive: 300,
             connect_timeout_ms: 2500,
+            park_idle_ms: 0,
             max_client_id_len: 23,
             max_topic_alias: 0,
             max_session_expiry_interval: 3600,
@@ -185,6 +187,7 @@ fn env_sets_everything() {
         ("SKEIN_MAX_SUBSCRIPTIONS_PER_SESSION", "5"),
         ("SKEIN_MAX_KEEPALIVE", "60"),
         ("SKEIN_CONNECT_TIMEOUT_MS", "5"),
+        ("SKEIN_PARK_IDLE_MS", "9"),
         ("SKEIN_MAX_CLIENT_ID_LEN", "6"),
         ("SKEIN_MAX_TOPIC_ALIAS", "7"),
         ("SKEIN_MAX_SESSION_EXPIRY_INTERVAL", "8"),
@@ -237,6 +240,7 @@ fn env_sets_everything() {
             max_subscriptions_per_session: 5,
             max_keepalive: 60,
             connect_timeout_ms: 5,
+            park_idle_ms: 9,
             max_client_id_len: 6,
             max_topic_alias: 7,
             max_session_expiry_interval: 8,

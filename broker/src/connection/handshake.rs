@@ -493,6 +493,8 @@ async fn attach(
         aliases: None,
         will_on_disconnect: false,
         acked: 0,
+        _gauge: crate::metrics::ConnectionGauge::new(protocol),
+        permit: None,
     })
 }
 

@@ -3,16 +3,15 @@
 mod handshake;
 mod inbound;
 mod outbound;
+pub mod park;
 pub mod reason;
+mod socket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -24,140 +23,10 @@ use crate::events::ClientInfo;
 use crate::ids::ClientId;
 use crate::session::{Kick, Session};
 pub use reason::{Close, DisconnectReason};
+pub use socket::Socket;
 
 /// Writes are flushed to the socket once this much is buffered, even mid-batch.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
-const READ_CHUNK: usize = 4096;
-/// A write buffer larger than this is freed once it has been flushed.
-const IDLE_WRITE_CAPACITY: usize = 1024;
-/// How long, and how much input, a closing connection drains before it is dropped.
-const LINGER: Duration = Duration::from_millis(500);
-const LINGER_MAX_BYTES: usize = 64 * 1024;
-
-/// A socket before CONNECT: the read and write halves and what has been read so far.
-pub struct Socket {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-    counters: Arc<crate::metrics::HotCounters>,
-    /// A large read or write happened since the buffers were last considered idle.
-    busy: bool,
-}
-
-impl Socket {
-    fn new(stream: TcpStream, counters: Arc<crate::metrics::HotCounters>) -> Socket {
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
-        Socket {
-            reader,
-            writer,
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            counters,
-            busy: false,
-        }
-    }
-
-    /// Reads what the socket has without waiting: Ok(Some(false)) on end of stream,
-    /// Ok(None) when nothing is there. The read buffer is only grown when a read is tried,
-    /// and given back when that finds nothing, so an idle connection holds no buffer.
-    fn try_fill(&mut self) -> std::io::Result<Option<bool>> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-            self.rbuf.reserve(READ_CHUNK);
-        }
-        match self.reader.try_read_buf(&mut self.rbuf) {
-            Ok(n) => {
-                self.counters.bytes_in(n);
-                self.busy |= n >= READ_CHUNK / 2;
-                Ok(Some(n > 0))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if self.rbuf.is_empty() {
-                    self.rbuf = BytesMut::new();
-                }
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Waits for and reads more bytes; Ok(false) on end of stream. Cancel-safe.
-    async fn fill(&mut self) -> std::io::Result<bool> {
-        loop {
-            self.reader.readable().await?;
-            if let Some(more) = self.try_fill()? {
-                return Ok(more);
-            }
-        }
-    }
-
-    /// Writes what the socket takes without waiting.
-    fn try_flush(&mut self) -> std::io::Result<()> {
-        while !self.wbuf.is_empty() {
-            match self.writer.try_write(&self.wbuf) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.counters.bytes_out(n);
-                    self.busy |= n >= IDLE_WRITE_CAPACITY;
-                    self.wbuf.advance(n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Gives idle buffers back to the allocator (memory per idle connection).
-    /// Buffers survive one loop iteration after a large read or write, so a streaming
-    /// connection keeps them (re-growing them every batch cost a tenth of the CPU).
-    fn release_idle_buffers(&mut self) {
-        if std::mem::take(&mut self.busy) {
-            return;
-        }
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-            self.rbuf = BytesMut::new();
-        }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_WRITE_CAPACITY {
-            self.wbuf = BytesMut::new();
-        }
-    }
-
-    /// Flushes what is pending, half-closes, then reads and discards until the client closes
-    /// (bounded). Closing outright with unread input makes the kernel send RST, and a
-    /// client still writing would lose our last packet (a DISCONNECT or CONNACK) with it.
-    async fn close_gracefully(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
-        let _ = self.writer.shutdown().await;
-        let mut sink = [0u8; 1024];
-        let _ = tokio::time::timeout(LINGER, async {
-            let mut left = LINGER_MAX_BYTES;
-            while left > 0 {
-                match self.reader.read(&mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => left = left.saturating_sub(n),
-                }
-            }
-        })
-        .await;
-    }
-
-    /// Writes the buffer out. Cancel-safe: what was written is consumed from the buffer, so
-    /// an interrupted flush resumes where it stopped.
-    async fn flush(&mut self) -> std::io::Result<()> {
-        while !self.wbuf.is_empty() {
-            let n = self.writer.write(&self.wbuf).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            self.wbuf.advance(n);
-            self.counters.bytes_out(n);
-            self.busy |= n >= IDLE_WRITE_CAPACITY;
-        }
-        Ok(())
-    }
-}
 
 /// The state of a connection after a successful CONNECT.
 pub struct Connection {
@@ -185,6 +54,17 @@ pub struct Connection {
     acked: u64,
     /// Set once the client sent DISCONNECT with reason 0x04 (publish the will anyway).
     will_on_disconnect: bool,
+    /// Counts the connection in `skein_connections` while it lives (parked or not).
+    _gauge: crate::metrics::ConnectionGauge,
+    /// Its place under the node's connection limit.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// How `run` ended.
+enum Outcome {
+    Closed(Close),
+    /// Idle long enough: park it.
+    Park,
 }
 
 /// Why an idle connection woke up.
@@ -217,9 +97,7 @@ pub fn serve(
     permit: Option<OwnedSemaphorePermit>,
 ) -> impl std::future::Future<Output = ()> + Send {
     let connection_id = broker.next_connection_id();
-    // DEBUG, not INFO: an enabled span is kept by the subscriber for the connection's life
-    // (about 340 B per connection); the INFO and above events here name the client instead.
-    let span = tracing::debug_span!("connection", id = connection_id, %peer, client_id = tracing::field::Empty);
+    let span = connection_span(connection_id, peer, None);
     let sockname = stream.local_addr().unwrap_or(peer);
     let socket = Socket::new(stream, broker.hot.clone());
     // Boxed, like `finish` below: the handshake's state is freed once it is done.
@@ -231,18 +109,58 @@ pub fn serve(
         permit.is_some(),
     ));
     async move {
-        let Some(mut conn) = handshake.await else {
+        // Boxed at once: an unboxed local would keep its slot in the task for good.
+        let Some(mut conn) = handshake.await.map(Box::new) else {
             return;
         };
         tracing::Span::current().record("client_id", conn.client_id.as_str());
-        let _connected = crate::metrics::ConnectionGauge::new(conn.protocol);
-        let close = conn.run().await;
-        // Boxed: the closing path's state is only allocated when it runs, keeping the
-        // connection task small while it idles in `run`.
-        Box::pin(conn.finish(close)).await;
-        drop(permit);
+        conn.permit = permit;
+        if let Err(close) = Box::pin(conn.start()).await {
+            Box::pin(conn.finish(close)).await;
+            return;
+        }
+        drive(conn).await;
     }
     .instrument(span)
+}
+
+/// DEBUG, not INFO: an enabled span is kept by the subscriber for the connection's life
+/// (about 340 B per connection); the INFO and above events here name the client instead.
+fn connection_span(id: u64, peer: SocketAddr, client_id: Option<&ClientId>) -> tracing::Span {
+    tracing::debug_span!(
+        "connection",
+        id,
+        %peer,
+        client_id = client_id.map(|c| c.as_str())
+    )
+}
+
+/// Runs an attached connection until it ends or parks (the parker resumes it here).
+async fn drive(mut conn: Box<Connection>) {
+    let close = match conn.run().await {
+        Outcome::Closed(close) => close,
+        Outcome::Park => {
+            let parker = conn.broker.parker.handle();
+            let due = (!conn.keep_alive.is_zero()).then(|| conn.keepalive_deadline());
+            match parker.park(conn, due) {
+                Ok(()) => return,
+                // Could not park: carry on in this task (boxed: this is the rare path).
+                Err(conn) => return Box::pin(drive_unparked(conn)).await,
+            }
+        }
+    };
+    // Boxed: the closing path's state is only allocated when it runs, keeping the
+    // connection task small while it idles in `run`.
+    Box::pin(conn.finish(close)).await;
+}
+
+/// `drive` for a connection that failed to park: it never tries again.
+async fn drive_unparked(mut conn: Box<Connection>) {
+    loop {
+        if let Outcome::Closed(close) = conn.run().await {
+            return conn.finish(close).await;
+        }
+    }
 }
 
 /// Detaches the session if the connection task unwinds from a panic, so a bug never
@@ -280,40 +198,70 @@ impl Connection {
     /// work itself runs in a boxed future that exists only while there is work. A task's
     /// size is fixed at spawn by its largest state, so keeping the processing states out
     /// of it is what keeps an idle connection small.
-    async fn run(&mut self) -> Close {
-        if let Err(close) = Box::pin(self.start()).await {
-            return close;
-        }
-        let timeout = self.keep_alive.mul_f32(1.5);
-        let keepalive = tokio::time::sleep(timeout);
-        tokio::pin!(keepalive);
+    async fn run(&mut self) -> Outcome {
+        let timeout = self.keep_alive_timeout();
+        let park_after = self.broker.parker.park_after();
+        let mut idle_since = Instant::now();
+        let first = [
+            (!self.keep_alive.is_zero()).then(|| self.last_rx + timeout),
+            park_after.map(|p| idle_since + p),
+        ];
+        let timer =
+            tokio::time::sleep_until(first.into_iter().flatten().min().unwrap_or_else(far_future));
+        tokio::pin!(timer);
         let mut wake = Wake::Queued;
         loop {
             if let Err(close) = Box::pin(self.work(wake, timeout)).await {
-                return close;
+                return Outcome::Closed(close);
             }
             self.socket.release_idle_buffers();
-            let reader = &self.socket.reader;
-            wake = tokio::select! {
-                biased;
-                _ = self.kick_rx.notified() => match self.kick_rx.try_recv() {
-                    Some(kick) => return kicked(Some(kick)),
-                    None => Wake::Queued,
-                },
-                ready = std::future::poll_fn(|cx| reader.as_ref().poll_read_ready(cx)) => match ready {
-                    Ok(()) => Wake::Readable,
-                    Err(e) => return Close::silent(DisconnectReason::TcpClosed, format!("read failed: {e}")),
-                },
-                _ = &mut keepalive, if !self.keep_alive.is_zero() => {
-                    let deadline = self.last_rx + timeout;
-                    if Instant::now() >= deadline {
-                        return Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "no packet within 1.5 x keepalive");
+            if park_after.is_some() {
+                idle_since = Instant::now();
+            }
+            // Only the work above makes the connection busy: waiting (and the timer
+            // firing) doesn't.
+            wake = loop {
+                let socket = &self.socket;
+                tokio::select! {
+                    biased;
+                    _ = self.kick_rx.notified() => match self.kick_rx.try_recv() {
+                        Some(kick) => return Outcome::Closed(kicked(Some(kick))),
+                        None => break Wake::Queued,
+                    },
+                    ready = std::future::poll_fn(|cx| socket.poll_read_ready(cx)) => match ready {
+                        Ok(()) => break Wake::Readable,
+                        Err(e) => return Outcome::Closed(Close::silent(DisconnectReason::TcpClosed, format!("read failed: {e}"))),
+                    },
+                    _ = &mut timer, if !self.keep_alive.is_zero() || park_after.is_some() => {
+                        let now = Instant::now();
+                        let deadline = (!self.keep_alive.is_zero()).then(|| self.keepalive_deadline());
+                        if deadline.is_some_and(|d| now >= d) {
+                            return Outcome::Closed(Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "no packet within 1.5 x keepalive"));
+                        }
+                        let park_at = park_after.map(|p| idle_since + p);
+                        if park_at.is_some_and(|p| now >= p) {
+                            if self.kick_rx.needs_attention() {
+                                // A wake-up whose notification was spent elsewhere.
+                                break Wake::Queued;
+                            }
+                            self.socket.release_buffers();
+                            return Outcome::Park;
+                        }
+                        let next = [deadline, park_at].into_iter().flatten().min().unwrap_or_else(far_future);
+                        timer.as_mut().reset(next);
                     }
-                    keepalive.as_mut().reset(deadline);
-                    continue;
                 }
             };
         }
+    }
+
+    fn keep_alive_timeout(&self) -> Duration {
+        self.keep_alive.mul_f32(1.5)
+    }
+
+    /// When the client must have sent something by (meaningless with keep alive 0).
+    fn keepalive_deadline(&self) -> Instant {
+        self.last_rx + self.keep_alive_timeout()
     }
 
     /// Re-sends what a previous connection left in flight.
@@ -337,6 +285,8 @@ impl Connection {
             if input_pending {
                 input_pending = self.process_input().await?;
             }
+            // Before the queue is looked at: a wake-up after this is one for later.
+            self.kick_rx.take_pending();
             let before_pump = self.socket.wbuf.len();
             if self.pump()? {
                 if let Err(close) = self.flush_storage().await {
@@ -495,6 +445,11 @@ impl Connection {
     }
 }
 
+/// A timer that does not fire (tokio's own "far future" is about 30 years).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365 * 30)
+}
+
 /// Reason strings carry client input (a topic, say): keep them short.
 const MAX_REASON_STRING: usize = 256;
 
@@ -564,8 +519,9 @@ mod size_tests {
             std::mem::size_of::<Connection>(),
         );
         eprintln!("connection task future: {task} B, Connection: {conn} B");
-        // 1384 B before the processing states were boxed; measured 584 / 240 since.
-        assert!(task <= 640, "connection task future grew to {task} B");
-        assert!(conn <= 256, "Connection grew to {conn} B");
+        // 1384 B with Connection inline before the processing states were boxed; since
+        // then 464 B plus the boxed Connection (280 B). A parked connection has no task.
+        assert!(task <= 512, "connection task future grew to {task} B");
+        assert!(conn <= 320, "Connection grew to {conn} B");
     }
 }

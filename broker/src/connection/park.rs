@@ -1,0 +1,314 @@
+//! Parking idle connections. A connection that has had nothing to do for `park_idle_ms`
+//! gives up its tokio task and its tokio I/O registration (together most of what an idle
+//! connection costs) and waits in one shared epoll set instead, owned by a parker thread.
+//! Input on its socket, a wake-up or kick on its signal, or its keepalive deadline resumes
+//! it in a new task, which carries on exactly where the old one stopped.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::Connection;
+
+const WAKER: Token = Token(usize::MAX);
+
+/// The broker's parker. Dropping it stops the parker thread.
+pub struct Parker {
+    shared: Arc<Shared>,
+}
+
+/// What a connection's signal holds to resume the connection while it is parked.
+#[derive(Clone)]
+pub struct ParkerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ParkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkerHandle").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    park_after: Option<Duration>,
+    /// Made, with the thread, when the first connection parks.
+    started: OnceLock<Started>,
+    starting: Mutex<()>,
+    /// The listener's tracker: a resumed connection is drained on shutdown like any other.
+    tracker: TaskTracker,
+    state: Mutex<State>,
+    base: Instant,
+    stopped: AtomicBool,
+}
+
+struct Started {
+    registry: mio::Registry,
+    waker: Waker,
+    /// The runtime resumed connections are spawned on (the one the first parker ran on).
+    runtime: tokio::runtime::Handle,
+}
+
+#[derive(Default)]
+struct State {
+    /// Keys are never reused, so a late wake-up for a resumed connection finds nothing.
+    next_key: u64,
+    parked: HashMap<u64, Parked>,
+    /// (ms since `base`, key): when a parked connection must be resumed without input.
+    due: BTreeSet<(u64, u64)>,
+    /// When the thread looks at `due` next without being woken (None: not before an event).
+    thread_wakes_at: Option<u64>,
+}
+
+struct Parked {
+    conn: Box<Connection>,
+    stream: std::net::TcpStream,
+    due_ms: Option<u64>,
+}
+
+impl Parker {
+    /// `park_after`: how long a connection is idle before it parks (None: never).
+    pub fn new(park_after: Option<Duration>, tracker: TaskTracker) -> Parker {
+        Parker {
+            shared: Arc::new(Shared {
+                park_after,
+                started: OnceLock::new(),
+                starting: Mutex::new(()),
+                tracker,
+                state: Mutex::new(State {
+                    next_key: 1,
+                    ..State::default()
+                }),
+                base: Instant::now(),
+                stopped: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn handle(&self) -> ParkerHandle {
+        ParkerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    pub fn park_after(&self) -> Option<Duration> {
+        self.shared.park_after
+    }
+
+    /// Connections parked now.
+    pub fn parked(&self) -> usize {
+        self.shared.state().parked.len()
+    }
+}
+
+impl Drop for Parker {
+    fn drop(&mut self) {
+        self.shared.stopped.store(true, Ordering::Release);
+        if let Some(started) = self.shared.started.get() {
+            let _ = started.waker.wake();
+        }
+    }
+}
+
+impl ParkerHandle {
+    /// Parks `conn` until its socket has input, its signal fires or `due` passes. Err gives
+    /// the connection back when it could not be parked; it still has its socket unless
+    /// that was lost on the way (then its next read fails and it ends as closed).
+    pub(super) fn park(
+        &self,
+        mut conn: Box<Connection>,
+        due: Option<Instant>,
+    ) -> Result<(), Box<Connection>> {
+        let shared = &self.shared;
+        let started = match shared.start() {
+            Ok(started) => started,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the parker thread; connections stay unparked");
+                return Err(conn);
+            }
+        };
+        let Some(stream) = conn.socket.take_stream() else {
+            return Err(conn);
+        };
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(client_id = %conn.client_id, error = %e, "cannot park: socket lost");
+                return Err(conn);
+            }
+        };
+        let signal = conn.kick_rx.clone();
+        let due_ms = due.map(|d| shared.ms(d));
+        {
+            let mut st = shared.state();
+            let key = st.next_key;
+            let registered = started.registry.register(
+                &mut SourceFd(&stream.as_raw_fd()),
+                Token(key as usize),
+                Interest::READABLE,
+            );
+            if let Err(e) = registered {
+                drop(st);
+                tracing::warn!(client_id = %conn.client_id, error = %e, "cannot park");
+                match tokio::net::TcpStream::from_std(stream) {
+                    Ok(s) => conn.socket.put_stream(s),
+                    Err(e) => tracing::warn!(error = %e, "socket lost while parking"),
+                }
+                return Err(conn);
+            }
+            st.next_key += 1;
+            if let Some(ms) = due_ms {
+                st.due.insert((ms, key));
+                if st.thread_wakes_at.is_none_or(|at| ms < at) {
+                    st.thread_wakes_at = Some(ms);
+                    let _ = started.waker.wake();
+                }
+            }
+            st.parked.insert(
+                key,
+                Parked {
+                    conn,
+                    stream,
+                    due_ms,
+                },
+            );
+            // Under the lock, so a resume (which takes it too) can't be overtaken by this.
+            signal.set_parked(key, self);
+        }
+        crate::metrics::connection_parked();
+        tracing::debug!(key = signal.parked_key(), "parked");
+        // A wake-up or kick sent before the key was visible found nobody to resume.
+        if signal.needs_attention() {
+            self.unpark(signal.parked_key(), "signalled while parking");
+        }
+        Ok(())
+    }
+
+    /// Resumes the connection parked under `key`, if it still is.
+    pub(crate) fn unpark(&self, key: u64, why: &'static str) {
+        self.shared.unpark(key, why);
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Starts the thread once; later calls return what the first one made.
+    fn start(self: &Arc<Self>) -> io::Result<&Started> {
+        if let Some(started) = self.started.get() {
+            return Ok(started);
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        let _once = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(started) = self.started.get() {
+            return Ok(started);
+        }
+        let poll = Poll::new()?;
+        let started = Started {
+            registry: poll.registry().try_clone()?,
+            waker: Waker::new(poll.registry(), WAKER)?,
+            runtime,
+        };
+        let shared = self.clone();
+        std::thread::Builder::new()
+            .name("skein-parker".into())
+            .spawn(move || shared.run(poll))?;
+        Ok(self.started.get_or_init(|| started))
+    }
+
+    fn unpark(&self, key: u64, why: &'static str) {
+        // Nothing is parked before the thread started.
+        let Some(started) = self.started.get() else {
+            return;
+        };
+        let parked = {
+            let mut st = self.state();
+            let Some(p) = st.parked.remove(&key) else {
+                return;
+            };
+            if let Some(ms) = p.due_ms {
+                st.due.remove(&(ms, key));
+            }
+            p.conn.kick_rx.clear_parked();
+            p
+        };
+        let _ = started
+            .registry
+            .deregister(&mut SourceFd(&parked.stream.as_raw_fd()));
+        let Parked {
+            mut conn, stream, ..
+        } = parked;
+        tracing::debug!(connection = conn.id, client_id = %conn.client_id, key, why, "resuming");
+        let span = super::connection_span(conn.id, conn.info.peer, Some(&conn.client_id));
+        self.tracker.spawn_on(
+            async move {
+                match tokio::net::TcpStream::from_std(stream) {
+                    Ok(s) => conn.socket.put_stream(s),
+                    // The connection then ends as closed on its first read.
+                    Err(e) => tracing::warn!(error = %e, "cannot resume a parked socket"),
+                }
+                super::drive(conn).await;
+            }
+            .instrument(span),
+            &started.runtime,
+        );
+    }
+
+    /// The parker thread: resumes connections whose socket reports something or whose
+    /// deadline passed.
+    fn run(self: Arc<Self>, mut poll: Poll) {
+        let mut events = Events::with_capacity(256);
+        let mut resume: Vec<(u64, &'static str)> = Vec::new();
+        loop {
+            let timeout = {
+                let mut st = self.state();
+                let next = st.due.first().map(|&(ms, _)| ms);
+                st.thread_wakes_at = next;
+                let now = self.ms(Instant::now());
+                next.map(|ms| Duration::from_millis(ms.saturating_sub(now)))
+            };
+            if let Err(e) = poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "parker poll failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            resume.extend(
+                events
+                    .iter()
+                    .filter(|e| e.token() != WAKER)
+                    .map(|e| (e.token().0 as u64, "socket")),
+            );
+            {
+                let st = self.state();
+                let now = self.ms(Instant::now());
+                resume.extend(
+                    st.due
+                        .iter()
+                        .take_while(|&&(ms, _)| ms <= now)
+                        .map(|&(_, key)| (key, "deadline")),
+                );
+            }
+            for (key, why) in resume.drain(..) {
+                self.unpark(key, why);
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! A connection's socket and its read and write buffers.
+
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const READ_CHUNK: usize = 4096;
+/// A write buffer larger than this is freed once it has been flushed.
+const IDLE_WRITE_CAPACITY: usize = 1024;
+/// How long, and how much input, a closing connection drains before it is dropped.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_MAX_BYTES: usize = 64 * 1024;
+
+/// The socket of a connection and what has been read from and is to be written to it.
+/// The stream is absent only while the connection is parked (the parker holds it then).
+pub struct Socket {
+    stream: Option<TcpStream>,
+    pub(super) rbuf: BytesMut,
+    pub(super) wbuf: BytesMut,
+    counters: Arc<crate::metrics::HotCounters>,
+    /// A large read or write happened since the buffers were last considered idle.
+    busy: bool,
+}
+
+fn parked() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket is parked")
+}
+
+impl Socket {
+    pub(super) fn new(stream: TcpStream, counters: Arc<crate::metrics::HotCounters>) -> Socket {
+        let _ = stream.set_nodelay(true);
+        Socket {
+            stream: Some(stream),
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            counters,
+            busy: false,
+        }
+    }
+
+    fn io(&self) -> io::Result<&TcpStream> {
+        self.stream.as_ref().ok_or_else(parked)
+    }
+
+    fn io_mut(&mut self) -> io::Result<&mut TcpStream> {
+        self.stream.as_mut().ok_or_else(parked)
+    }
+
+    /// Hands the stream over (to park the connection), leaving the socket without one.
+    pub(super) fn take_stream(&mut self) -> Option<TcpStream> {
+        self.stream.take()
+    }
+
+    /// Gives the socket its stream back (when the connection is resumed).
+    pub(super) fn put_stream(&mut self, stream: TcpStream) {
+        self.stream = Some(stream);
+    }
+
+    /// Ready when the socket has input, an error or end of stream to report. Needs no
+    /// state of its own, so waiting on it costs an idle connection nothing.
+    pub(super) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.stream {
+            Some(stream) => stream.poll_read_ready(cx),
+            None => Poll::Ready(Err(parked())),
+        }
+    }
+
+    /// Reads what the socket has without waiting: Ok(Some(false)) on end of stream,
+    /// Ok(None) when nothing is there. The read buffer is only grown when a read is tried,
+    /// and given back when that finds nothing, so an idle connection holds no buffer.
+    pub(super) fn try_fill(&mut self) -> io::Result<Option<bool>> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        let read = match &self.stream {
+            Some(stream) => stream.try_read_buf(&mut self.rbuf),
+            None => Err(parked()),
+        };
+        match read {
+            Ok(n) => {
+                self.counters.bytes_in(n);
+                self.busy |= n >= READ_CHUNK / 2;
+                Ok(Some(n > 0))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if self.rbuf.is_empty() {
+                    self.rbuf = BytesMut::new();
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits for and reads more bytes; Ok(false) on end of stream. Cancel-safe.
+    pub(super) async fn fill(&mut self) -> io::Result<bool> {
+        loop {
+            self.io()?.readable().await?;
+            if let Some(more) = self.try_fill()? {
+                return Ok(more);
+            }
+        }
+    }
+
+    /// Writes what the socket takes without waiting.
+    pub(super) fn try_flush(&mut self) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            match self.io()?.try_write(&self.wbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.counters.bytes_out(n);
+                    self.busy |= n >= IDLE_WRITE_CAPACITY;
+                    self.wbuf.advance(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives idle buffers back to the allocator (memory per idle connection).
+    /// Buffers survive one loop iteration after a large read or write, so a streaming
+    /// connection keeps them (re-growing them every batch cost a tenth of the CPU).
+    pub(super) fn release_idle_buffers(&mut self) {
+        if std::mem::take(&mut self.busy) {
+            return;
+        }
+        self.release_buffers();
+    }
+
+    /// Gives back whatever buffer is empty, busy or not.
+    pub(super) fn release_buffers(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_WRITE_CAPACITY {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
+    /// Flushes what is pending, half-closes, then reads and discards until the client closes
+    /// (bounded). Closing outright with unread input makes the kernel send RST, and a
+    /// client still writing would lose our last packet (a DISCONNECT or CONNACK) with it.
+    pub(super) async fn close_gracefully(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
+        let Ok(stream) = self.io_mut() else { return };
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(LINGER, async {
+            let mut left = LINGER_MAX_BYTES;
+            while left > 0 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Writes the buffer out. Cancel-safe: what was written is consumed from the buffer, so
+    /// an interrupted flush resumes where it stopped.
+    pub(super) async fn flush(&mut self) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            let stream = self.stream.as_mut().ok_or_else(parked)?;
+            let n = stream.write(&self.wbuf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.wbuf.advance(n);
+            self.counters.bytes_out(n);
+            self.busy |= n >= IDLE_WRITE_CAPACITY;
+        }
+        Ok(())
+    }
+}
