@@ -20,6 +20,13 @@ use tracing::Instrument;
 use super::Connection;
 
 const WAKER: Token = Token(usize::MAX);
+/// The thread looks at the time (due connections, trimming) at least this often.
+const TICK: Duration = Duration::from_secs(1);
+/// Freed memory is handed back once at least this many connections parked since the
+/// last time, and parking has been quiet for `TRIM_QUIET` (or `TRIM_EVERY` passed).
+const TRIM_AFTER_PARKS: u64 = 256;
+const TRIM_QUIET: Duration = Duration::from_secs(1);
+const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 /// The broker's parker. Dropping it stops the parker thread.
 pub struct Parker {
@@ -66,6 +73,8 @@ struct State {
     due: BTreeSet<(u64, u64)>,
     /// When the thread looks at `due` next without being woken (None: not before an event).
     thread_wakes_at: Option<u64>,
+    parks_since_trim: u64,
+    last_park: Option<Instant>,
 }
 
 struct Parked {
@@ -165,6 +174,8 @@ impl ParkerHandle {
                 return Err(conn);
             }
             st.next_key += 1;
+            st.parks_since_trim += 1;
+            st.last_park = Some(Instant::now());
             if let Some(ms) = due_ms {
                 st.due.insert((ms, key));
                 if st.thread_wakes_at.is_none_or(|at| ms < at) {
@@ -273,14 +284,17 @@ impl Shared {
     fn run(self: Arc<Self>, mut poll: Poll) {
         let mut events = Events::with_capacity(256);
         let mut resume: Vec<(u64, &'static str)> = Vec::new();
+        let mut last_trim = Instant::now();
         loop {
             let timeout = {
                 let mut st = self.state();
-                let next = st.due.first().map(|&(ms, _)| ms);
-                st.thread_wakes_at = next;
                 let now = self.ms(Instant::now());
-                next.map(|ms| Duration::from_millis(ms.saturating_sub(now)))
+                let tick = now.saturating_add(TICK.as_millis() as u64);
+                let next = st.due.first().map_or(tick, |&(ms, _)| ms.min(tick));
+                st.thread_wakes_at = Some(next);
+                Duration::from_millis(next.saturating_sub(now))
             };
+            let timeout = Some(timeout);
             if let Err(e) = poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(error = %e, "parker poll failed");
@@ -309,6 +323,28 @@ impl Shared {
             for (key, why) in resume.drain(..) {
                 self.unpark(key, why);
             }
+            if self.trim_due(last_trim) {
+                last_trim = Instant::now();
+                let released = crate::memory::release_freed_heap();
+                tracing::debug!(
+                    released,
+                    elapsed_us = last_trim.elapsed().as_micros() as u64,
+                    "gave freed memory back after parking"
+                );
+            }
         }
+    }
+
+    /// Whether enough connections parked, and parking has settled, to give their freed
+    /// tasks back to the operating system now (resets the count when it is).
+    fn trim_due(&self, last_trim: Instant) -> bool {
+        let mut st = self.state();
+        let settled = st.last_park.is_some_and(|t| t.elapsed() >= TRIM_QUIET);
+        let due = st.parks_since_trim >= TRIM_AFTER_PARKS
+            && (settled || last_trim.elapsed() >= TRIM_EVERY);
+        if due {
+            st.parks_since_trim = 0;
+        }
+        due
     }
 }
