@@ -5,7 +5,7 @@
 //! async lock; data changes happen under `state`, a short synchronous lock that is never
 //! held across an await.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use skein_storage::{Store, StoredInflight, StoredSession, StoredSubscription};
@@ -205,7 +205,8 @@ pub struct SessionState {
     /// Which packet ids are in flight, once there are many (a scan of a large window per
     /// message was a tenth of the CPU in fan-out benchmarks).
     ids_in_use: Option<Box<[u64; 1024]>>,
-    pub incoming_qos2: HashSet<u16>,
+    /// A B-tree, not a hash set: 24 bytes instead of 48 in every session, and small.
+    pub incoming_qos2: BTreeSet<u16>,
     pub will: Option<Box<Will>>,
     /// Unix ms when a delayed will of the offline session is due (persisted with it).
     pub will_due_ms: Option<u64>,
@@ -278,7 +279,7 @@ impl SessionState {
             queue: VecDeque::new(),
             inflight: VecDeque::new(),
             ids_in_use: None,
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: BTreeSet::new(),
             will: None,
             will_due_ms: None,
             timers: None,

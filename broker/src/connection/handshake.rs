@@ -475,7 +475,6 @@ async fn attach(
         id,
         socket,
         protocol,
-        client_id,
         info,
         session,
         epoch: registration.epoch,
@@ -524,11 +523,13 @@ fn client_info(
         keepalive: server_keep_alive(c, max_keepalive).unwrap_or(c.keep_alive),
         clean_start: c.clean_start,
         connected_at_ms: now_ms(),
-        will: c.will.as_ref().map(|w| WillInfo {
-            topic: w.topic.clone(),
-            qos: w.qos,
-            retain: w.retain,
-            payload: w.payload.clone(),
+        will: c.will.as_ref().map(|w| {
+            Box::new(WillInfo {
+                topic: w.topic.clone(),
+                qos: w.qos,
+                retain: w.retain,
+                payload: w.payload.clone(),
+            })
         }),
     }
 }

@@ -129,9 +129,9 @@ impl Connection {
                     if let Err(e) = self
                         .broker
                         .store
-                        .incoming_put(self.client_id.as_str(), p.packet_id)
+                        .incoming_put(self.info.client_id.as_str(), p.packet_id)
                     {
-                        tracing::error!(client_id = %self.client_id, error = %e, "cannot store incoming QoS 2 id");
+                        tracing::error!(client_id = %self.info.client_id, error = %e, "cannot store incoming QoS 2 id");
                     }
                 }
                 persistent
@@ -139,7 +139,7 @@ impl Connection {
         let message = Arc::new(Message::from_publish(
             &p,
             topic,
-            Some(self.client_id.clone()),
+            Some(self.info.client_id.clone()),
             raise::publisher_username(&self.broker.events, &self.info),
         ));
         raise::raise_message(
@@ -169,7 +169,7 @@ impl Connection {
     /// Flushes storage before a durability-promising acknowledgement goes out.
     pub(super) async fn flush_storage(&self) -> Result<(), Close> {
         self.broker.flush_storage().await.map_err(|e| {
-            tracing::error!(client_id = %self.client_id, error = %e, "storage flush failed");
+            tracing::error!(client_id = %self.info.client_id, error = %e, "storage flush failed");
             Close::internal("storage failure")
         })
     }
@@ -179,7 +179,7 @@ impl Connection {
     /// message is acknowledged and dropped.
     fn refuse_event_publish(&mut self, p: &Publish) -> After {
         crate::metrics::message_dropped("not_authorized");
-        tracing::info!(client_id = %self.client_id, topic = %p.topic, "refused a client publish to an event topic");
+        tracing::info!(client_id = %self.info.client_id, topic = %p.topic, "refused a client publish to an event topic");
         if self.protocol.is_v5() {
             // A PUBREC >= 0x80 ends the QoS 2 flow: no id to remember.
             self.ack_publish(p, rc::NOT_AUTHORIZED);
@@ -248,9 +248,9 @@ impl Connection {
             if let Err(e) = self
                 .broker
                 .store
-                .incoming_remove(self.client_id.as_str(), a.packet_id)
+                .incoming_remove(self.info.client_id.as_str(), a.packet_id)
             {
-                tracing::error!(client_id = %self.client_id, error = %e, "cannot remove incoming QoS 2 id");
+                tracing::error!(client_id = %self.info.client_id, error = %e, "cannot remove incoming QoS 2 id");
             }
         }
         let reason = if found || !self.protocol.is_v5() {
@@ -318,9 +318,9 @@ impl Connection {
         if let Err(e) = self
             .broker
             .store
-            .inflight_put(self.client_id.as_str(), &stored)
+            .inflight_put(self.info.client_id.as_str(), &stored)
         {
-            tracing::error!(client_id = %self.client_id, error = %e, "cannot store inflight state");
+            tracing::error!(client_id = %self.info.client_id, error = %e, "cannot store inflight state");
         }
         // After PUBREL the PUBLISH must never be re-sent, even after a crash.
         Ok(After::FlushThenSend(Some(Box::new(pubrel))))
@@ -369,9 +369,9 @@ impl Connection {
             if let Err(e) = self
                 .broker
                 .store
-                .inflight_remove(self.client_id.as_str(), packet_id)
+                .inflight_remove(self.info.client_id.as_str(), packet_id)
             {
-                tracing::error!(client_id = %self.client_id, error = %e, "cannot remove inflight message");
+                tracing::error!(client_id = %self.info.client_id, error = %e, "cannot remove inflight message");
             }
         }
     }

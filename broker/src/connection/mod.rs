@@ -34,8 +34,7 @@ pub struct Connection {
     id: u64,
     socket: Socket,
     protocol: ProtocolVersion,
-    client_id: ClientId,
-    /// What events and the admin API say about this connection.
+    /// What events and the admin API say about this connection (and its client id).
     info: Arc<ClientInfo>,
     session: Arc<Session>,
     epoch: u64,
@@ -113,7 +112,7 @@ pub fn serve(
         let Some(mut conn) = handshake.await.map(Box::new) else {
             return;
         };
-        tracing::Span::current().record("client_id", conn.client_id.as_str());
+        tracing::Span::current().record("client_id", conn.info.client_id.as_str());
         conn.permit = permit;
         if let Err(close) = Box::pin(conn.start()).await {
             Box::pin(conn.finish(close)).await;
@@ -172,7 +171,7 @@ impl Drop for Connection {
         if !std::thread::panicking() {
             return;
         }
-        tracing::error!(connection = self.id, client_id = %self.client_id, "connection task panicked");
+        tracing::error!(connection = self.id, client_id = %self.info.client_id, "connection task panicked");
         let close = Close::internal("internal error");
         crate::events::raise::disconnected(&self.broker, &self.info, &close);
         let (broker, session) = (self.broker.clone(), self.session.clone());
@@ -404,7 +403,7 @@ impl Connection {
             _ => tracing::Level::INFO,
         };
         if level == tracing::Level::INFO {
-            tracing::info!(client_id = %self.client_id, peer = %self.info.peer, reason = close.reason.as_str(), detail = %close.detail, "connection closed");
+            tracing::info!(client_id = %self.info.client_id, peer = %self.info.peer, reason = close.reason.as_str(), detail = %close.detail, "connection closed");
         } else {
             tracing::debug!(reason = close.reason.as_str(), detail = %close.detail, "connection closed");
         }

@@ -32,7 +32,7 @@ impl Connection {
             if f.state == InflightState::Sent && st.inflight.len() >= self.send_window {
                 if persistent {
                     // It goes out again under a new packet id: store it as queued.
-                    let client = self.client_id.as_str();
+                    let client = self.info.client_id.as_str();
                     let store = &self.broker.store;
                     self.storage_result(store.queue_push(
                         client,
@@ -55,7 +55,7 @@ impl Connection {
                             self.storage_result(
                                 self.broker
                                     .store
-                                    .inflight_remove(self.client_id.as_str(), f.packet_id),
+                                    .inflight_remove(self.info.client_id.as_str(), f.packet_id),
                             );
                         }
                         continue;
@@ -141,12 +141,12 @@ impl Connection {
                     self.storage_result(
                         self.broker
                             .store
-                            .inflight_put(self.client_id.as_str(), &record),
+                            .inflight_put(self.info.client_id.as_str(), &record),
                     );
                     self.storage_result(
                         self.broker
                             .store
-                            .queue_remove(self.client_id.as_str(), q.seq),
+                            .queue_remove(self.info.client_id.as_str(), q.seq),
                     );
                     wrote_storage = true;
                 }
@@ -177,7 +177,7 @@ impl Connection {
             self.storage_result(
                 self.broker
                     .store
-                    .queue_remove(self.client_id.as_str(), q.seq),
+                    .queue_remove(self.info.client_id.as_str(), q.seq),
             );
         }
     }
@@ -200,7 +200,7 @@ impl Connection {
 
     pub(super) fn storage_result(&self, r: skein_storage::Result<()>) {
         if let Err(e) = r {
-            tracing::error!(client_id = %self.client_id, error = %e, "storage write failed");
+            tracing::error!(client_id = %self.info.client_id, error = %e, "storage write failed");
         }
     }
 

@@ -150,7 +150,7 @@ impl ParkerHandle {
         let stream = match stream.into_std() {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(client_id = %conn.client_id, error = %e, "cannot park: socket lost");
+                tracing::warn!(client_id = %conn.info.client_id, error = %e, "cannot park: socket lost");
                 return Err(conn);
             }
         };
@@ -166,7 +166,7 @@ impl ParkerHandle {
             );
             if let Err(e) = registered {
                 drop(st);
-                tracing::warn!(client_id = %conn.client_id, error = %e, "cannot park");
+                tracing::warn!(client_id = %conn.info.client_id, error = %e, "cannot park");
                 match tokio::net::TcpStream::from_std(stream) {
                     Ok(s) => conn.socket.put_stream(s),
                     Err(e) => tracing::warn!(error = %e, "socket lost while parking"),
@@ -263,8 +263,8 @@ impl Shared {
         let Parked {
             mut conn, stream, ..
         } = parked;
-        tracing::debug!(connection = conn.id, client_id = %conn.client_id, key, why, "resuming");
-        let span = super::connection_span(conn.id, conn.info.peer, Some(&conn.client_id));
+        tracing::debug!(connection = conn.id, client_id = %conn.info.client_id, key, why, "resuming");
+        let span = super::connection_span(conn.id, conn.info.peer, Some(&conn.info.client_id));
         self.tracker.spawn_on(
             async move {
                 match tokio::net::TcpStream::from_std(stream) {

@@ -249,12 +249,12 @@ mod tests {
             keepalive: 120,
             clean_start: false,
             connected_at_ms: 1,
-            will: Some(WillInfo {
+            will: Some(Box::new(WillInfo {
                 topic: "willTest".into(),
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 payload: Bytes::new(),
-            }),
+            })),
         }
     }
 
@@ -342,12 +342,12 @@ mod tests {
         c.protocol = ProtocolVersion::V5;
         c.username = None;
         c.transport = Transport::WebSocket;
-        c.will = Some(WillInfo {
+        c.will = Some(Box::new(WillInfo {
             topic: "w".into(),
             qos: QoS::ExactlyOnce,
             retain: true,
             payload: Bytes::from_static(&[0xff, 0x00]),
-        });
+        }));
         let v = &render_all(c.clone(), EventBody::Connect)[0].1;
         assert_eq!(v["version"], "MQTT_5");
         assert_eq!(v["protocol"], "WS");

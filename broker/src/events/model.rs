@@ -54,7 +54,8 @@ pub struct ClientInfo {
     pub clean_start: bool,
     /// Unix milliseconds of the CONNECT.
     pub connected_at_ms: u64,
-    pub will: Option<WillInfo>,
+    /// Boxed: most clients have none, and every connection holds one of these.
+    pub will: Option<Box<WillInfo>>,
 }
 
 impl ClientInfo {
