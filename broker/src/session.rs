@@ -103,8 +103,13 @@ impl KickSignal {
     /// Wakes the connection to send what its session queued. A wake-up sent while the
     /// connection is busy is kept (one at most); a parked connection is resumed.
     pub fn wake(&self) {
-        self.pending
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        use std::sync::atomic::Ordering::SeqCst;
+        // Written only when it changes: the connection's thread uses this line too, and a
+        // store per delivered message bounced it between cores. (A SeqCst load is a plain
+        // load on x86 and keeps the argument in `send`.)
+        if !self.pending.load(SeqCst) {
+            self.pending.store(true, SeqCst);
+        }
         self.notify.notify_one();
         self.resume_if_parked();
     }
@@ -121,8 +126,9 @@ impl KickSignal {
     /// Whether a wake-up arrived since the last call (the connection calls it before it
     /// looks at its session's queue).
     pub fn take_pending(&self) -> bool {
-        self.pending
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        use std::sync::atomic::Ordering::SeqCst;
+        // Only written when set, for the same reason as in `wake`.
+        self.pending.load(SeqCst) && self.pending.swap(false, SeqCst)
     }
 
     /// A kick or an unseen wake-up: a connection about to park must not sleep on it.
