@@ -178,7 +178,7 @@ SCENARIOS=(
   "pairs-q1|100 pairs x $((200 * S)), QoS 1 (window 100)|pairs --pairs 100 --count $((200 * S)) --qos 1 --inflight 100"
   "rate-q1|100 pairs x $((200 * S)) at 10k msg/s total, QoS 1|pairs --pairs 100 --count $((200 * S)) --qos 1 --rate 10000"
   "rate-q1-pinned|the same, broker pinned to CPU 0 and the load generator to CPU 1|pairs --pairs 100 --count $((200 * S)) --qos 1 --rate 10000"
-  "connect|connect $((1000 * S)) connections, 100 at a time|connect --connections $((1000 * S)) --concurrency 100"
+  "connect|connect $((1000 * S)) connections, 100 at a time, held 5 s|connect --connections $((1000 * S)) --concurrency 100 --hold 5"
 )
 
 json_field() { # json_field NAME < line
