@@ -143,6 +143,18 @@ impl Conn {
     }
 
     /// Sends DISCONNECT and closes, without waiting long for a stuck peer.
+    /// Sends DISCONNECT and resets the socket instead of closing it: no TIME_WAIT is left
+    /// behind. The connect scenario closes 10k connections a run, and the sockets a
+    /// previous run left in TIME_WAIT made the next run's connects measurably slower
+    /// (ephemeral port search), whichever broker came next.
+    pub async fn close_without_time_wait(mut self) {
+        mqtt::encode_disconnect(&mut self.wbuf);
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.flush()).await;
+        // Deprecated because a non-zero linger blocks in close(); zero does not.
+        #[allow(deprecated)]
+        let _ = self.stream.set_linger(Some(Duration::ZERO));
+    }
+
     pub async fn close(mut self) {
         mqtt::encode_disconnect(&mut self.wbuf);
         let _ = tokio::time::timeout(Duration::from_millis(500), async {

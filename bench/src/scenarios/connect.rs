@@ -85,7 +85,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<ConnectReport> {
                             if !conn.idle(keepalive, &mut stop_rx).await {
                                 dropped.fetch_add(1, Ordering::Relaxed);
                             }
-                            conn.close().await;
+                            conn.close_without_time_wait().await;
                         }));
                         let _ = held_tx.send(());
                     }
