@@ -71,14 +71,22 @@ pub struct KickSignal {
     pending: std::sync::atomic::AtomicBool,
     /// The connection's key in the parker while it is parked; 0 otherwise.
     parked: std::sync::atomic::AtomicU64,
-    /// Set when the connection first parks.
-    parker: std::sync::OnceLock<crate::connection::park::ParkerHandle>,
+    /// Where the connection parks (None: it never does, e.g. in unit tests).
+    parker: Option<crate::connection::park::ParkerHandle>,
     notify: Notify,
 }
 
 impl KickSignal {
     pub fn new() -> Arc<KickSignal> {
         Arc::new(KickSignal::default())
+    }
+
+    /// The signal of a connection that may park with `parker`.
+    pub fn with_parker(parker: crate::connection::park::ParkerHandle) -> Arc<KickSignal> {
+        Arc::new(KickSignal {
+            parker: Some(parker),
+            ..KickSignal::default()
+        })
     }
 
     /// False when the connection is already gone (nobody else holds the signal).
@@ -117,7 +125,7 @@ impl KickSignal {
     fn resume_if_parked(&self) {
         let key = self.parked.load(std::sync::atomic::Ordering::SeqCst);
         if key != 0 {
-            if let Some(parker) = self.parker.get() {
+            if let Some(parker) = &self.parker {
                 parker.unpark(key, "signal");
             }
         }
@@ -137,9 +145,13 @@ impl KickSignal {
         self.reason.load(SeqCst) != 0 || self.pending.load(SeqCst)
     }
 
-    pub(crate) fn set_parked(&self, key: u64, parker: &crate::connection::park::ParkerHandle) {
-        let _ = self.parker.get_or_init(|| parker.clone());
+    pub(crate) fn set_parked(&self, key: u64) {
         self.parked.store(key, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a parked connection could be resumed through this signal.
+    pub(crate) fn can_park(&self) -> bool {
+        self.parker.is_some()
     }
 
     pub(crate) fn clear_parked(&self) {

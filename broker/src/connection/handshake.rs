@@ -326,7 +326,12 @@ async fn attach(
     if assigned {
         c.client_id = broker.assign_client_id();
     }
-    let client_id = ClientId::new(&c.client_id);
+    // The id CONNECT carried is already allocated in the client info: share it.
+    let client_id = if assigned {
+        ClientId::new(&c.client_id)
+    } else {
+        connect_info.client_id.clone()
+    };
     let peer = connect_info.peer;
     let info = if assigned {
         Arc::new(ClientInfo {
@@ -352,7 +357,7 @@ async fn attach(
             return Err((socket, r));
         }
     };
-    let kick = KickSignal::new();
+    let kick = KickSignal::with_parker(broker.parker.handle());
 
     // Look the session up until we hold the lifecycle lock of one still in the registry.
     let (session, session_present) = loop {
@@ -479,15 +484,11 @@ async fn attach(
         session,
         epoch: registration.epoch,
         kick_rx: kick,
-        keep_alive: Duration::from_secs(keep_alive as u64),
+        keep_alive,
         last_rx: Instant::now(),
         connect_session_expiry: requested,
-        send_window: client_receive_max.min(config.max_inflight).max(1) as usize,
-        client_max_packet_size: c
-            .properties
-            .maximum_packet_size
-            .map(|m| m as usize)
-            .unwrap_or(usize::MAX),
+        send_window: client_receive_max.min(config.max_inflight).max(1),
+        client_max_packet_size: c.properties.maximum_packet_size.unwrap_or(u32::MAX),
         client_topic_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
         aliases: None,
         will_on_disconnect: false,

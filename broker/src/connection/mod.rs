@@ -39,13 +39,14 @@ pub struct Connection {
     session: Arc<Session>,
     epoch: u64,
     kick_rx: Arc<crate::session::KickSignal>,
-    keep_alive: Duration,
+    /// Seconds (0: none). Compact types here: every connection holds one of these.
+    keep_alive: u16,
     last_rx: Instant,
     /// The session expiry the client asked for in CONNECT (DISCONNECT may change it).
     connect_session_expiry: u32,
     /// How many QoS 1/2 messages may be unacknowledged towards the client.
-    send_window: usize,
-    client_max_packet_size: usize,
+    send_window: u16,
+    client_max_packet_size: u32,
     client_topic_alias_max: u16,
     /// Created by the first topic alias either way (most connections never use one).
     aliases: Option<Box<TopicAliases>>,
@@ -140,7 +141,7 @@ async fn drive(mut conn: Box<Connection>) {
         Outcome::Closed(close) => close,
         Outcome::Park => {
             let parker = conn.broker.parker.handle();
-            let due = (!conn.keep_alive.is_zero()).then(|| conn.keepalive_deadline());
+            let due = (conn.keep_alive != 0).then(|| conn.keepalive_deadline());
             match parker.park(conn, due) {
                 Ok(()) => return,
                 // Could not park: carry on in this task (boxed: this is the rare path).
@@ -200,7 +201,7 @@ impl Connection {
         let park_after = self.broker.parker.park_after();
         let mut idle_since = Instant::now();
         let first = [
-            (!self.keep_alive.is_zero()).then(|| self.last_rx + timeout),
+            (self.keep_alive != 0).then(|| self.last_rx + timeout),
             park_after.map(|p| idle_since + p),
         ];
         let timer =
@@ -231,9 +232,9 @@ impl Connection {
                         Ok(()) => break Wake::Readable,
                         Err(e) => return Outcome::Closed(Close::silent(DisconnectReason::TcpClosed, format!("read failed: {e}"))),
                     },
-                    _ = &mut timer, if !self.keep_alive.is_zero() || park_after.is_some() => {
+                    _ = &mut timer, if self.keep_alive != 0 || park_after.is_some() => {
                         let now = Instant::now();
-                        let deadline = (!self.keep_alive.is_zero()).then(|| self.keepalive_deadline());
+                        let deadline = (self.keep_alive != 0).then(|| self.keepalive_deadline());
                         if deadline.is_some_and(|d| now >= d) {
                             return Outcome::Closed(Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "no packet within 1.5 x keepalive"));
                         }
@@ -255,7 +256,7 @@ impl Connection {
     }
 
     fn keep_alive_timeout(&self) -> Duration {
-        self.keep_alive.mul_f32(1.5)
+        Duration::from_secs(u64::from(self.keep_alive)).mul_f32(1.5)
     }
 
     /// When the client must have sent something by (meaningless with keep alive 0).
@@ -347,7 +348,7 @@ impl Connection {
         let flushed = tokio::select! {
             r = self.socket.flush() => r,
             kick = self.kick_rx.recv() => return Err(kicked(Some(kick))),
-            _ = tokio::time::sleep_until(write_deadline), if !self.keep_alive.is_zero() => {
+            _ = tokio::time::sleep_until(write_deadline), if self.keep_alive != 0 => {
                 return Err(Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "client stopped reading"));
             }
         };
@@ -419,7 +420,7 @@ impl Connection {
                     ..Properties::default()
                 },
             });
-            if codec::encoded_len(&packet, self.protocol) > self.client_max_packet_size {
+            if codec::encoded_len(&packet, self.protocol) > self.client_max_packet_size as usize {
                 packet = Packet::Disconnect(Disconnect {
                     reason: code,
                     properties: Properties::default(),

@@ -29,7 +29,8 @@ impl Connection {
         let inflight = st.take_inflight();
         let mut requeue = Vec::new();
         for f in inflight {
-            if f.state == InflightState::Sent && st.inflight.len() >= self.send_window {
+            if f.state == InflightState::Sent && st.inflight.len() >= usize::from(self.send_window)
+            {
                 if persistent {
                     // It goes out again under a new packet id: store it as queued.
                     let client = self.info.client_id.as_str();
@@ -87,7 +88,9 @@ impl Connection {
         // Counted per batch, not per message.
         let mut sent = [0u64; 3];
         while let Some(front) = st.queue.front() {
-            if front.delivery.qos != QoS::AtMostOnce && st.inflight.len() >= self.send_window {
+            if front.delivery.qos != QoS::AtMostOnce
+                && st.inflight.len() >= usize::from(self.send_window)
+            {
                 break;
             }
             if self.socket.wbuf.len() >= super::WRITE_BATCH_BYTES {
@@ -214,7 +217,7 @@ impl Connection {
         // Checked with the full topic, before an alias is registered for a message that
         // may never be sent.
         if publish_ref(d, packet_id, dup, &m.topic, properties.as_ref()).encoded_len(self.protocol)
-            > self.client_max_packet_size
+            > self.client_max_packet_size as usize
         {
             return false;
         }
@@ -226,7 +229,7 @@ impl Connection {
                 let alias_topic = if known { "" } else { topic };
                 let len = publish_ref(d, packet_id, dup, alias_topic, Some(&aliased))
                     .encoded_len(self.protocol);
-                if len <= self.client_max_packet_size {
+                if len <= self.client_max_packet_size as usize {
                     properties = Some(aliased);
                     topic = alias_topic;
                 } else if !known {
