@@ -80,8 +80,11 @@ struct State {
 struct Parked {
     conn: Box<Connection>,
     stream: std::net::TcpStream,
-    /// 0: none (keep alive 0). A plain u64 keeps the entry at 24 bytes.
+    /// 0: none (keep alive 0).
     due_ms: u64,
+    /// Counts the parked connection as a task of the listener's tracker, so a shutdown
+    /// drain never finishes while one is parked (the shutdown sweep resumes them all).
+    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 impl Parker {
@@ -193,6 +196,8 @@ impl ParkerHandle {
                     conn,
                     stream,
                     due_ms: due_ms.unwrap_or(0),
+                    // Taken while this connection's task still runs: no gap in the count.
+                    _tracked: shared.tracker.token(),
                 },
             );
             // Under the lock, so a resume (which takes it too) can't be overtaken by this.
@@ -265,7 +270,10 @@ impl Shared {
             .registry
             .deregister(&mut SourceFd(&parked.stream.as_raw_fd()));
         let Parked {
-            mut conn, stream, ..
+            mut conn,
+            stream,
+            _tracked,
+            ..
         } = parked;
         tracing::debug!(connection = conn.id, client_id = %conn.info.client_id, key, why, "resuming");
         let span = super::connection_span(conn.id, conn.info.peer, Some(&conn.info.client_id));
@@ -281,6 +289,8 @@ impl Shared {
             .instrument(span),
             &started.runtime,
         );
+        // Only now that the resumed task is tracked.
+        drop(_tracked);
     }
 
     /// The parker thread: resumes connections whose socket reports something or whose
