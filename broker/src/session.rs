@@ -674,6 +674,31 @@ mod tests {
         assert!(!signal.send(Kick::TakenOver));
     }
 
+    #[tokio::test]
+    async fn a_wake_up_is_kept_until_taken_and_wakes_a_waiter() {
+        let signal = KickSignal::new();
+        assert!(!signal.needs_attention());
+        // Sent while nobody waits: kept, both as the flag a parking connection checks and
+        // as the permit its idle wait consumes.
+        signal.wake();
+        signal.wake();
+        assert!(signal.needs_attention());
+        tokio::time::timeout(std::time::Duration::from_secs(5), signal.notified())
+            .await
+            .expect("the stored wake-up completes the wait");
+        assert_eq!(signal.try_recv(), None, "a wake-up is not a kick");
+        assert!(signal.take_pending());
+        assert!(!signal.take_pending(), "taken once");
+        assert!(!signal.needs_attention());
+        // A kick needs attention even after its wake-up was spent.
+        let held = signal.clone();
+        assert!(signal.send(Kick::ShuttingDown));
+        assert!(held.needs_attention());
+        assert_eq!(held.try_recv(), Some(Kick::ShuttingDown));
+        // Without a parker nothing can resume it, so it must not park.
+        assert!(!held.can_park());
+    }
+
     #[test]
     fn a_large_window_tracks_ids_in_a_bitmap_consistently() {
         let mut st = SessionState::new();
