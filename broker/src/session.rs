@@ -158,10 +158,6 @@ impl KickSignal {
         self.parked.store(0, std::sync::atomic::Ordering::SeqCst);
     }
 
-    pub(crate) fn parked_key(&self) -> u64 {
-        self.parked.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
     /// Completes on the next kick or wake-up (or at once for one sent meanwhile); check
     /// `try_recv` to tell them apart.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {

@@ -135,32 +135,26 @@ fn connection_span(id: u64, peer: SocketAddr, client_id: Option<&ClientId>) -> t
     )
 }
 
-/// Runs an attached connection until it ends or parks (the parker resumes it here).
+/// Runs an attached connection until it ends or parks (the parker resumes it here). One
+/// that could not park carries on in this task and does not try again.
 async fn drive(mut conn: Box<Connection>) {
-    let close = match conn.run().await {
-        Outcome::Closed(close) => close,
-        Outcome::Park => {
-            let parker = conn.broker.parker.handle();
-            let due = (conn.keep_alive != 0).then(|| conn.keepalive_deadline());
-            match parker.park(conn, due) {
-                Ok(()) => return,
-                // Could not park: carry on in this task (boxed: this is the rare path).
-                Err(conn) => return Box::pin(drive_unparked(conn)).await,
+    let mut may_park = true;
+    let close = loop {
+        match conn.run().await {
+            Outcome::Closed(close) => break close,
+            Outcome::Park if may_park => {
+                let due = conn.keepalive_deadline();
+                match conn.broker.parker.handle().park(conn, due) {
+                    Ok(()) => return,
+                    Err(back) => (conn, may_park) = (back, false),
+                }
             }
+            Outcome::Park => {}
         }
     };
     // Boxed: the closing path's state is only allocated when it runs, keeping the
     // connection task small while it idles in `run`.
     Box::pin(conn.finish(close)).await;
-}
-
-/// `drive` for a connection that failed to park: it never tries again.
-async fn drive_unparked(mut conn: Box<Connection>) {
-    loop {
-        if let Outcome::Closed(close) = conn.run().await {
-            return conn.finish(close).await;
-        }
-    }
 }
 
 /// Detaches the session if the connection task unwinds from a panic, so a bug never
@@ -197,21 +191,15 @@ impl Connection {
     /// timer (keepalive, parking). A task's size is fixed at spawn by its largest state,
     /// so the rare large states (a blocked write, the handshake, closing) are boxed.
     async fn run(&mut self) -> Outcome {
-        let timeout = self.keep_alive_timeout();
         let park_after = self.broker.parker.park_after();
         let mut idle_since = Instant::now();
-        let first = [
-            (self.keep_alive != 0).then(|| self.last_rx + timeout),
-            park_after.map(|p| idle_since + p),
-        ];
-        let timer =
-            tokio::time::sleep_until(first.into_iter().flatten().min().unwrap_or_else(far_future));
+        let timer = tokio::time::sleep_until(self.next_timer(park_after.map(|p| idle_since + p)));
         tokio::pin!(timer);
         let mut wake = Wake::Queued;
         loop {
             // Inline, not boxed: an idle connection parks and drops its task anyway, and
             // boxing cost an allocation per wake-up.
-            if let Err(close) = self.work(wake, timeout).await {
+            if let Err(close) = self.work(wake).await {
                 return Outcome::Closed(close);
             }
             self.socket.release_idle_buffers();
@@ -234,8 +222,7 @@ impl Connection {
                     },
                     _ = &mut timer, if self.keep_alive != 0 || park_after.is_some() => {
                         let now = Instant::now();
-                        let deadline = (self.keep_alive != 0).then(|| self.keepalive_deadline());
-                        if deadline.is_some_and(|d| now >= d) {
+                        if self.keepalive_deadline().is_some_and(|d| now >= d) {
                             return Outcome::Closed(Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "no packet within 1.5 x keepalive"));
                         }
                         let park_at = park_after.map(|p| idle_since + p);
@@ -247,21 +234,26 @@ impl Connection {
                             self.socket.release_buffers();
                             return Outcome::Park;
                         }
-                        let next = [deadline, park_at].into_iter().flatten().min().unwrap_or_else(far_future);
-                        timer.as_mut().reset(next);
+                        timer.as_mut().reset(self.next_timer(park_at));
                     }
                 }
             };
         }
     }
 
-    fn keep_alive_timeout(&self) -> Duration {
-        Duration::from_secs(u64::from(self.keep_alive)).mul_f32(1.5)
+    /// When the client must have sent something by; None with keep alive 0.
+    fn keepalive_deadline(&self) -> Option<Instant> {
+        (self.keep_alive != 0)
+            .then(|| self.last_rx + Duration::from_secs(u64::from(self.keep_alive)).mul_f32(1.5))
     }
 
-    /// When the client must have sent something by (meaningless with keep alive 0).
-    fn keepalive_deadline(&self) -> Instant {
-        self.last_rx + self.keep_alive_timeout()
+    /// When `run`'s one timer must fire next: the keepalive deadline or `park_at`.
+    fn next_timer(&self, park_at: Option<Instant>) -> Instant {
+        [self.keepalive_deadline(), park_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(far_future)
     }
 
     /// Re-sends what a previous connection left in flight.
@@ -279,7 +271,7 @@ impl Connection {
 
     /// Reads, handles and writes until there is nothing left to do without waiting for
     /// the client or the session.
-    async fn work(&mut self, wake: Wake, timeout: Duration) -> Result<(), Close> {
+    async fn work(&mut self, wake: Wake) -> Result<(), Close> {
         let mut input_pending = wake == Wake::Readable && self.read_available().await?;
         loop {
             if input_pending {
@@ -304,7 +296,7 @@ impl Connection {
             }
             if !self.socket.wbuf.is_empty() {
                 // Boxed: a full socket buffer is the rare case, and its select is large.
-                Box::pin(self.flush_blocked(timeout)).await?;
+                Box::pin(self.flush_blocked()).await?;
                 // Messages queued meanwhile may have spent their wake-up: pump again.
                 continue;
             }
@@ -343,12 +335,12 @@ impl Connection {
 
     /// Writes out a buffer the socket did not take at once. A client that stops reading
     /// still gets its keepalive enforced.
-    async fn flush_blocked(&mut self, timeout: Duration) -> Result<(), Close> {
-        let write_deadline = self.last_rx + timeout;
+    async fn flush_blocked(&mut self) -> Result<(), Close> {
+        let write_deadline = self.keepalive_deadline();
         let flushed = tokio::select! {
             r = self.socket.flush() => r,
             kick = self.kick_rx.recv() => return Err(kicked(Some(kick))),
-            _ = tokio::time::sleep_until(write_deadline), if self.keep_alive != 0 => {
+            _ = tokio::time::sleep_until(write_deadline.unwrap_or_else(far_future)), if write_deadline.is_some() => {
                 return Err(Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "client stopped reading"));
             }
         };
@@ -356,7 +348,6 @@ impl Connection {
             .map_err(|e| Close::silent(DisconnectReason::TcpClosed, format!("write failed: {e}")))
     }
 
-    /// Decodes and handles every whole packet in the read buffer.
     /// Handles the whole packets in the read buffer. Ok(true) when it stopped early because
     /// a batch of output is waiting: the caller writes it (bounded by keepalive, kicks and
     /// shutdown) and calls again before reading more.
@@ -521,7 +512,7 @@ mod size_tests {
         );
         eprintln!("connection task future: {task} B, Connection: {conn} B");
         // 1384 B with Connection inline before the rare states were boxed; since then
-        // 608 B plus the boxed Connection (264 B). A parked connection has no task.
+        // 528 B plus the boxed Connection (240 B). A parked connection has no task.
         assert!(task <= 640, "connection task future grew to {task} B");
         assert!(conn <= 320, "Connection grew to {conn} B");
     }

@@ -163,7 +163,7 @@ impl ParkerHandle {
         };
         let signal = conn.kick_rx.clone();
         let due_ms = due.map(|d| shared.ms(d).max(1));
-        {
+        let key = {
             let mut st = shared.state();
             let key = st.next_key;
             let registered = started.registry.register(
@@ -202,12 +202,13 @@ impl ParkerHandle {
             );
             // Under the lock, so a resume (which takes it too) can't be overtaken by this.
             signal.set_parked(key);
-        }
+            key
+        };
         crate::metrics::connection_parked();
-        tracing::debug!(key = signal.parked_key(), "parked");
+        tracing::debug!(key, "parked");
         // A wake-up or kick sent before the key was visible found nobody to resume.
         if signal.needs_attention() {
-            self.unpark(signal.parked_key(), "signalled while parking");
+            self.unpark(key, "signalled while parking");
         }
         Ok(())
     }
