@@ -170,8 +170,7 @@ impl Broker {
     /// `go_away`). Connections still in their handshake look at the shutdown token once
     /// attached. Returns how many were told.
     pub fn kick_all_for_shutdown(&self) -> usize {
-        let sessions: Vec<Arc<Session>> = self.registry().values().cloned().collect();
-        sessions
+        self.sessions_snapshot()
             .iter()
             .filter(|s| {
                 s.state()
