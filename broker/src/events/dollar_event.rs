@@ -224,6 +224,7 @@ fn put_bytes(v: &mut Value, key: &str, encoding_key: &str, bytes: &[u8], as_json
 mod tests {
     use super::*;
     use crate::codec::QoS;
+    use crate::events::test_support::keys;
     use crate::events::WillInfo;
     use crate::ids::ClientId;
     use crate::message::Message;
@@ -291,12 +292,6 @@ mod tests {
         let mut all = render_all(client(), body);
         assert_eq!(all.len(), 1, "{all:?}");
         all.remove(0)
-    }
-
-    fn keys(v: &Value) -> Vec<&str> {
-        let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        k.sort();
-        k
     }
 
     fn assert_common(v: &Value) {

@@ -127,17 +127,10 @@ mod tests {
     use super::*;
     use crate::codec::{ProtocolVersion, QoS};
     use crate::connection::DisconnectReason;
+    use crate::events::test_support::{event_at, keys, node};
     use crate::events::Transport;
     use crate::ids::ClientId;
     use std::sync::Arc;
-
-    fn node() -> NodeInfo {
-        NodeInfo {
-            node: "10.0.0.1:1883".into(),
-            node_ip: "10.0.0.1".into(),
-            node_name: "edge-1".into(),
-        }
-    }
 
     fn client(username: Option<&str>) -> Arc<ClientInfo> {
         Arc::new(ClientInfo {
@@ -155,21 +148,10 @@ mod tests {
     }
 
     fn render_json(body: EventBody, username: Option<&str>) -> (String, Value) {
-        let event = Event {
-            timestamp_ms: 1_717_651_184_900,
-            timestamp_ns: 1_717_651_184_900_000_000,
-            client: client(username),
-            body,
-        };
+        let event = event_at(&client(username), 1_717_651_184_900, body);
         let out = render(&event, &node()).expect("rendered");
         assert!(!out.retain);
         (out.topic, serde_json::from_slice(&out.payload).unwrap())
-    }
-
-    fn keys(v: &Value) -> Vec<&str> {
-        let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        k.sort();
-        k
     }
 
     #[test]
@@ -329,12 +311,7 @@ mod tests {
 
     #[test]
     fn kinds_without_a_topic_render_nothing() {
-        let event = Event {
-            timestamp_ms: 1,
-            timestamp_ns: 1_000_000,
-            client: client(None),
-            body: EventBody::Ping,
-        };
+        let event = event_at(&client(None), 1, EventBody::Ping);
         assert!(render(&event, &node()).is_none());
     }
 }

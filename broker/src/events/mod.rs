@@ -14,6 +14,8 @@ pub mod redis;
 pub mod setup;
 pub mod sink_task;
 pub mod stream;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod webhook;
 
 use std::sync::Arc;

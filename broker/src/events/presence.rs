@@ -164,14 +164,7 @@ impl Presence {
 mod tests {
     use super::*;
     use crate::codec::ProtocolVersion;
-
-    fn node() -> NodeInfo {
-        NodeInfo {
-            node: "10.0.0.1:1883".into(),
-            node_ip: "10.0.0.1".into(),
-            node_name: "edge-1".into(),
-        }
-    }
+    use crate::events::test_support::{event_at, node};
 
     fn client(id: &str, username: Option<&str>) -> Arc<ClientInfo> {
         Arc::new(ClientInfo {
@@ -182,12 +175,7 @@ mod tests {
     }
 
     fn event(client: &Arc<ClientInfo>, body: EventBody) -> Event {
-        Event {
-            timestamp_ms: 1,
-            timestamp_ns: 1_000_000,
-            client: client.clone(),
-            body,
-        }
+        event_at(client, 1, body)
     }
 
     fn gone(reason: DisconnectReason) -> EventBody {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::codec::ProtocolVersion;
 use crate::connection::DisconnectReason;
+use crate::events::test_support::{connected, event_at};
 use crate::events::{ClientInfo, EventBody, EventKind, NodeInfo};
 use crate::ids::ClientId;
 
@@ -74,27 +75,17 @@ fn client(id: &str) -> Arc<ClientInfo> {
     })
 }
 
-fn connected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
-    Event {
-        timestamp_ms: at_ms,
-        timestamp_ns: at_ms * 1_000_000,
-        client: c.clone(),
-        body: EventBody::Connected,
-    }
-}
-
 fn disconnected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
-    Event {
-        timestamp_ms: at_ms,
-        timestamp_ns: at_ms * 1_000_000,
-        client: c.clone(),
-        body: EventBody::Disconnected {
+    event_at(
+        c,
+        at_ms,
+        EventBody::Disconnected {
             reason: DisconnectReason::TcpClosed,
             disconnected_at_ms: at_ms,
             takeover_node: None,
             by_disconnect_packet: false,
         },
-    }
+    )
 }
 
 /// XRANGE key - + as (id, [(field, value)]).

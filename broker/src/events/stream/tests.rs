@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 use super::*;
 use crate::codec::ProtocolVersion;
 use crate::connection::DisconnectReason;
+use crate::events::test_support::{connected, event_at};
 use crate::events::{ClientInfo, NodeInfo};
 use crate::ids::ClientId;
 
@@ -26,27 +27,17 @@ fn client(id: &str, connected_at_ms: u64) -> Arc<ClientInfo> {
     })
 }
 
-fn connected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
-    Event {
-        timestamp_ms: at_ms,
-        timestamp_ns: at_ms * 1_000_000,
-        client: c.clone(),
-        body: EventBody::Connected,
-    }
-}
-
 fn disconnected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
-    Event {
-        timestamp_ms: at_ms,
-        timestamp_ns: at_ms * 1_000_000,
-        client: c.clone(),
-        body: EventBody::Disconnected {
+    event_at(
+        c,
+        at_ms,
+        EventBody::Disconnected {
             reason: DisconnectReason::Normal,
             disconnected_at_ms: at_ms,
             takeover_node: None,
             by_disconnect_packet: true,
         },
-    }
+    )
 }
 
 #[test]
@@ -73,12 +64,7 @@ fn entries_pair_connects_with_disconnects() {
     assert!(entries
         .entry(&disconnected(&client("refused", 9), 2), "n")
         .is_none());
-    let ping = Event {
-        timestamp_ms: 1,
-        timestamp_ns: 1_000_000,
-        client: a.clone(),
-        body: EventBody::Ping,
-    };
+    let ping = event_at(&a, 1, EventBody::Ping);
     assert!(entries.entry(&ping, "n").is_none());
 }
 

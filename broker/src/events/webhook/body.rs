@@ -210,18 +210,11 @@ pub fn conn_ack(protocol: ProtocolVersion, code: u8, success: bool) -> String {
 mod tests {
     use super::*;
     use crate::connection::DisconnectReason;
+    use crate::events::test_support::{event_at, node};
     use crate::events::{SessionEnd, Transport};
     use crate::ids::ClientId;
     use bytes::Bytes;
     use std::sync::Arc;
-
-    fn node() -> NodeInfo {
-        NodeInfo {
-            node: "10.0.0.1:1883".into(),
-            node_ip: "10.0.0.1".into(),
-            node_name: "edge-1".into(),
-        }
-    }
 
     fn client(username: Option<&str>, protocol: ProtocolVersion) -> Arc<ClientInfo> {
         Arc::new(ClientInfo {
@@ -239,12 +232,7 @@ mod tests {
     }
 
     fn event(client: Arc<ClientInfo>, body: EventBody) -> Event {
-        Event {
-            timestamp_ms: 1_700_000_200_000,
-            timestamp_ns: 1_700_000_200_000_000_000,
-            client,
-            body,
-        }
+        event_at(&client, 1_700_000_200_000, body)
     }
 
     fn message(payload: &'static [u8]) -> Arc<Message> {

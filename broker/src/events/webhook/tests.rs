@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::codec::{ProtocolVersion, QoS};
 use crate::connection::DisconnectReason;
+use crate::events::test_support::event_at;
 use crate::events::{ClientInfo, EventBody, EventKind, SessionEnd, Transport};
 use crate::ids::ClientId;
 use crate::message::Message;
@@ -94,12 +95,7 @@ fn client(id: &str, protocol: ProtocolVersion) -> Arc<ClientInfo> {
 }
 
 fn event(client: &Arc<ClientInfo>, body: EventBody) -> Event {
-    Event {
-        timestamp_ms: 1_700_000_001_000,
-        timestamp_ns: 1_700_000_001_000_000_000,
-        client: client.clone(),
-        body,
-    }
+    event_at(client, 1_700_000_001_000, body)
 }
 
 fn publish(client: &Arc<ClientInfo>, topic: &str) -> Event {
