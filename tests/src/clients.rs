@@ -98,6 +98,20 @@ impl<E: Debug> Events<E> {
         }
     }
 
+    /// Waits until the event loop reports an error (connection closed /
+    /// server DISCONNECT) and returns its description.
+    async fn wait_closed(&mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Ok(_) => continue,
+                Err(e) if e == "timeout" => panic!("connection not closed within {timeout:?}"),
+                Err(e) => return e,
+            }
+        }
+    }
+
     /// Asserts no event matching `pred` shows up within `dur`.
     async fn expect_none(&mut self, dur: Duration, what: &str, pred: impl Fn(&E) -> bool) {
         if let Some(e) = self.stash.iter().find(|e| pred(e)) {
@@ -119,11 +133,14 @@ impl<E: Debug> Events<E> {
     }
 }
 
-fn spawn_pump<E, F, Fut>(
+/// Runs `poll` in its own task until it fails and waits for the CONNACK, which
+/// `connack` picks out (events before it are dropped).
+async fn start<E, C, F, Fut>(
     mut poll: F,
-) -> (mpsc::UnboundedReceiver<Result<E, String>>, JoinHandle<()>)
+    connack: impl Fn(E) -> Option<C>,
+) -> Result<(Events<E>, JoinHandle<()>, C), String>
 where
-    E: Send + 'static,
+    E: Debug + Send + 'static,
     F: FnMut() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<E, String>> + Send,
 {
@@ -137,7 +154,24 @@ where
             }
         }
     });
-    (rx, task)
+    let mut events = Events {
+        rx,
+        stash: VecDeque::new(),
+        error: None,
+    };
+    loop {
+        match events.next(RECV_TIMEOUT).await {
+            Ok(e) => {
+                if let Some(c) = connack(e) {
+                    return Ok((events, task, c));
+                }
+            }
+            Err(e) => {
+                task.abort();
+                return Err(e);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------- MQTT 3.1.1
@@ -184,25 +218,17 @@ pub mod v3 {
         pub async fn try_connect(opts: MqttOptions) -> Result<Client, String> {
             let (client, el) = AsyncClient::new(opts, 100);
             let el = Arc::new(Mutex::new(el));
-            let (rx, task) = spawn_pump(move || {
-                let el = el.clone();
-                async move { el.lock().await.poll().await.map_err(|e| format!("{e:?}")) }
-            });
-            let mut events = Events {
-                rx,
-                stash: VecDeque::new(),
-                error: None,
-            };
-            let connack = loop {
-                match events.next(RECV_TIMEOUT).await {
-                    Ok(Event::Incoming(Packet::ConnAck(c))) => break c,
-                    Ok(_) => continue,
-                    Err(e) => {
-                        task.abort();
-                        return Err(e);
-                    }
-                }
-            };
+            let (events, task, connack) = start(
+                move || {
+                    let el = el.clone();
+                    async move { el.lock().await.poll().await.map_err(|e| format!("{e:?}")) }
+                },
+                |e| match e {
+                    Event::Incoming(Packet::ConnAck(c)) => Some(c),
+                    _ => None,
+                },
+            )
+            .await?;
             Ok(Client {
                 client,
                 connack,
@@ -362,15 +388,7 @@ pub mod v3 {
 
         /// Waits until the event loop reports an error (connection closed).
         pub async fn wait_closed(&mut self, timeout: Duration) -> String {
-            let deadline = Instant::now() + timeout;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.events.next(left).await {
-                    Ok(_) => continue,
-                    Err(e) if e == "timeout" => panic!("connection not closed within {timeout:?}"),
-                    Err(e) => return e,
-                }
-            }
+            self.events.wait_closed(timeout).await
         }
 
         /// Sends DISCONNECT and waits (deadline) until the server closed the connection.
@@ -449,25 +467,17 @@ pub mod v5 {
         pub async fn try_connect(opts: MqttOptions) -> Result<Client, String> {
             let (client, el) = AsyncClient::new(opts, 100);
             let el = Arc::new(Mutex::new(el));
-            let (rx, task) = spawn_pump(move || {
-                let el = el.clone();
-                async move { el.lock().await.poll().await.map_err(|e| format!("{e:?}")) }
-            });
-            let mut events = Events {
-                rx,
-                stash: VecDeque::new(),
-                error: None,
-            };
-            let connack = loop {
-                match events.next(RECV_TIMEOUT).await {
-                    Ok(Event::Incoming(Packet::ConnAck(c))) => break c,
-                    Ok(_) => continue,
-                    Err(e) => {
-                        task.abort();
-                        return Err(e);
-                    }
-                }
-            };
+            let (events, task, connack) = start(
+                move || {
+                    let el = el.clone();
+                    async move { el.lock().await.poll().await.map_err(|e| format!("{e:?}")) }
+                },
+                |e| match e {
+                    Event::Incoming(Packet::ConnAck(c)) => Some(c),
+                    _ => None,
+                },
+            )
+            .await?;
             Ok(Client {
                 client,
                 connack,
@@ -651,15 +661,7 @@ pub mod v5 {
         /// Waits until the event loop reports an error (connection closed /
         /// server DISCONNECT) and returns its description.
         pub async fn wait_closed(&mut self, timeout: Duration) -> String {
-            let deadline = Instant::now() + timeout;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.events.next(left).await {
-                    Ok(_) => continue,
-                    Err(e) if e == "timeout" => panic!("connection not closed within {timeout:?}"),
-                    Err(e) => return e,
-                }
-            }
+            self.events.wait_closed(timeout).await
         }
 
         pub async fn disconnect(mut self) {

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use skein_tests::clients::{v3, v5};
-use skein_tests::{unique_id, Connect, Node, Packet, Proto, RawClient, SubFilter, RECV_TIMEOUT};
+use skein_tests::{
+    metric_sum, unique_id, Connect, Node, Packet, Proto, RawClient, SubFilter, RECV_TIMEOUT,
+};
 
 /// `alice` / `s3cret`, as the README's `printf ... | sha256sum` recipe writes the line.
 const ALICE: &str = "alice:sha256:\
@@ -210,18 +212,6 @@ impl Events {
     }
 }
 
-/// The series `name{...}` whose labels contain `label`.
-async fn metric(node: &Node, name: &str, label: &str) -> f64 {
-    let (status, body) = skein_tests::http_get(node.http_addr(), "/metrics")
-        .await
-        .expect("GET /metrics");
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_disconnect_events_with_their_reasons() {
     let n = node(&[
@@ -308,19 +298,19 @@ async fn refusals_are_disconnect_events_with_their_reasons() {
         }
     }
     assert_eq!(
-        metric(
-            node,
+        metric_sum(
+            node.http_addr(),
             "skein_connects_refused_total",
-            "reason=\"not_authenticated\""
+            &["reason=\"not_authenticated\""]
         )
         .await,
         2.0
     );
     assert_eq!(
-        metric(
-            node,
+        metric_sum(
+            node.http_addr(),
             "skein_connects_refused_total",
-            "reason=\"not_authorized\""
+            &["reason=\"not_authorized\""]
         )
         .await,
         1.0

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use skein_tests::codec;
 use skein_tests::{
-    unique_id, Connect, Node, Packet, Proto, Publish, RawClient, RecvError, SubFilter, Will, QUIET,
-    RECV_TIMEOUT,
+    metric_sum, unique_id, Connect, Node, Packet, Proto, Publish, RawClient, RecvError, SubFilter,
+    Will, QUIET, RECV_TIMEOUT,
 };
 
 /// Every `$EVENT` topic (each is one topic level: there is no wildcard for them).
@@ -586,19 +586,6 @@ async fn disabled_dialects_and_kinds_publish_nothing() {
     );
 }
 
-/// The value of the series `name{...}` whose labels contain every one of `labels`.
-async fn metric(node: &Node, name: &str, labels: &[&str]) -> f64 {
-    let (status, body) = skein_tests::http_get(node.http_addr(), "/metrics")
-        .await
-        .expect("GET /metrics");
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_event_queue_drops_and_counts_without_blocking() {
     let node = Node::builder()
@@ -617,7 +604,7 @@ async fn a_full_event_queue_drops_and_counts_without_blocking() {
     // waits for the dialect, so most are dropped; every one is either published or counted.
     // (Retried with fresh filters in the unlikely case the dialect kept up with a burst.)
     for round in 0..5 {
-        let before = metric(&node, series, &labels).await;
+        let before = metric_sum(node.http_addr(), series, &labels).await;
         let filters: Vec<SubFilter> = (0..N)
             .map(|i| SubFilter::new(&format!("f{round}/{i}"), 0))
             .collect();
@@ -638,7 +625,7 @@ async fn a_full_event_queue_drops_and_counts_without_blocking() {
                         && v["topic"].as_str().is_some_and(|x| x.starts_with(&prefix))
                 })
                 .count();
-            dropped = metric(&node, series, &labels).await - before;
+            dropped = metric_sum(node.http_addr(), series, &labels).await - before;
             if received + dropped as usize == N {
                 break;
             }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use skein_tests::codec::{self, SubFilter};
 use skein_tests::{http_request, Connect, Node, Packet, Proto, Publish, RawClient, Will};
-use skein_tests::{unique_id, RECV_TIMEOUT};
+use skein_tests::{metric_sum, unique_id, RECV_TIMEOUT};
 
 const PARK_MS: u64 = 50;
 
@@ -16,22 +16,11 @@ fn node() -> Node {
         .start()
 }
 
-async fn metric(node: &Node, name: &str) -> f64 {
-    let (status, body) = skein_tests::http_get(node.http_addr(), "/metrics")
-        .await
-        .expect("GET /metrics");
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| l.split([' ', '{']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits until at least `n` connections are parked.
 async fn wait_parked(node: &Node, n: usize) {
     let deadline = Instant::now() + RECV_TIMEOUT;
     loop {
-        let parked = metric(node, "skein_connections_parked").await;
+        let parked = metric_sum(node.http_addr(), "skein_connections_parked", &[]).await;
         if parked >= n as f64 {
             return;
         }
@@ -57,7 +46,7 @@ async fn a_parked_subscriber_receives_what_is_published_and_acks_it() {
     let mut sub = subscriber(&node, Proto::V5, &unique_id("psub"), "park/t", 1).await;
     let mut publ = RawClient::v5(node.mqtt_addr(), &unique_id("ppub")).await;
     wait_parked(&node, 2).await;
-    assert!(metric(&node, "skein_connection_parks_total").await >= 2.0);
+    assert!(metric_sum(node.http_addr(), "skein_connection_parks_total", &[]).await >= 2.0);
 
     // QoS 1 each way: the PUBLISH resumes the publisher (input), the delivery resumes
     // the subscriber (its session wakes it), and the PUBACKs reach parked peers again.
