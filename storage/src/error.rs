@@ -28,6 +28,18 @@ pub enum StorageError {
     #[error("client id {client_id:?} contains U+0000 and cannot be stored")]
     InvalidClientId { client_id: String },
 
+    /// A file of the event log could not be read, written, created or removed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An event log entry is larger than the log accepts (see `EventLog::append`).
+    #[error("event log entry of {len} bytes exceeds the maximum of {max}")]
+    EntryTooLarge { len: usize, max: usize },
+
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     CreateDir {

@@ -6,9 +6,12 @@
 //! PUBREL, retained messages, and the append-only system event log
 //! ([`EventLog`], whose ids keep increasing across restarts). Everything
 //! survives a restart, including `kill -9`, once [`Store::flush`] has
-//! returned; sled otherwise syncs in the background every 500 ms.
+//! returned (the event log: once [`EventLog::sync`] has); sled otherwise syncs
+//! in the background every 500 ms.
 //!
-//! Each kind of record lives in its own sled tree. Per-client trees are keyed
+//! Each kind of record lives in its own sled tree, except the event log's
+//! entries: they go to append-only segment files (see `events/mod.rs`), as sled
+//! keeps hundreds of bytes in memory per small record. Per-client trees are keyed
 //! by `client id ++ 0x00 ++ big-endian number` so a prefix scan returns one
 //! client's entries in order (see `keys.rs`); values use a versioned,
 //! append-only binary format (see `codec.rs`). A `meta` tree records the

@@ -62,6 +62,9 @@ impl std::fmt::Debug for Store {
 
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The event log's segment files, inside the store's directory (beside sled's files).
+const EVENT_LOG_DIR: &str = "event_log";
+
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
@@ -75,17 +78,21 @@ impl Store {
             .path(dir)
             .cache_capacity(SLED_CACHE_BYTES)
             .open()?;
-        let store = Store::from_db(db)?;
+        let store = Store::from_db(db, |db| EventLog::open(db, &dir.join(EVENT_LOG_DIR)))?;
         tracing::debug!(dir = %dir.display(), "opened store");
         Ok(store)
     }
 
-    /// A store that lives in a temporary directory and is deleted on drop.
+    /// A store that lives in temporary directories and is deleted when the last clone
+    /// (of the store or its event log) is dropped.
     pub fn open_temporary() -> Result<Store> {
-        Store::from_db(sled::Config::new().temporary(true).open()?)
+        Store::from_db(
+            sled::Config::new().temporary(true).open()?,
+            EventLog::open_temporary,
+        )
     }
 
-    fn from_db(db: Db) -> Result<Store> {
+    fn from_db(db: Db, open_events: impl FnOnce(&Db) -> Result<EventLog>) -> Result<Store> {
         let meta = db.open_tree(TREE_META)?;
         check_schema(&meta)?;
         Ok(Store {
@@ -94,15 +101,15 @@ impl Store {
             inflight: db.open_tree(TREE_INFLIGHT)?,
             incoming: db.open_tree(TREE_INCOMING)?,
             retained: db.open_tree(TREE_RETAINED)?,
-            events: EventLog::open(&db)?,
+            events: open_events(&db)?,
             flushes: Default::default(),
             db,
         })
     }
 
-    /// Makes every write so far durable. sled otherwise syncs only every
-    /// 500 ms, so the broker awaits this before acknowledging a message it
-    /// has queued for an offline session.
+    /// Makes every write so far durable, except the event log's (see
+    /// [`EventLog::sync`]). sled otherwise syncs only every 500 ms, so the broker
+    /// awaits this before acknowledging a message it has queued for an offline session.
     ///
     /// The future is boxed: callers await it inside long-lived connection tasks, and an
     /// inline sled flush future would enlarge every idle connection's task.
@@ -140,9 +147,11 @@ impl Store {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// [`Store::flush`] for shutdown paths without an async runtime.
+    /// [`Store::flush`] for shutdown paths without an async runtime; it also syncs the
+    /// event log.
     pub fn flush_blocking(&self) -> Result<()> {
         let start = Instant::now();
+        self.events.sync()?;
         let bytes = self.db.flush()?;
         tracing::debug!(
             bytes,

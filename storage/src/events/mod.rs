@@ -1,0 +1,688 @@
+//! [`EventLog`]: an append-only log of opaque entries with increasing `u64` ids, the
+//! persisted form of the broker's "stream" event dialect.
+//!
+//! # Layout
+//!
+//! Entries live in append-only segment files in the log's directory (`event_log/` in the
+//! store's), each named by the first id it may hold, zero-padded so that name order is id
+//! order (`00000000000000000001.seg`). See `segment.rs` for the file format: a versioned
+//! header, then records of length, crc32, id, append time (ns since the epoch, what
+//! [`EventLog::trim_older_than`] compares) and the entry bytes. The newest segment takes
+//! the appends; once it reaches the segment size a new one starts. Memory per segment is
+//! its bounds plus a sparse index (one record position every few KiB), never per entry:
+//! sled kept hundreds of bytes resident per entry, hundreds of MB at the default retention.
+//!
+//! Trimming moves a watermark (the first live id) and deletes the segment files wholly
+//! below it, never the newest. Sled tree `event_log_meta` holds `first` = the watermark,
+//! so trimmed entries stay trimmed across a restart, and `reserved` = the highest id
+//! handed out or about to be, both u64 big-endian. Ids are taken from a block reserved
+//! (and flushed) ahead of use, so an id is never handed out twice even when a crash loses
+//! the unsynced tail of the log or every entry was trimmed: after a restart ids continue
+//! above the reservation, leaving a gap. Consumers must treat ids as increasing, not
+//! contiguous.
+//!
+//! Appends reach the file before they return (readable at once) but are durable only
+//! after [`EventLog::sync`]. On open the segments are scanned to rebuild the index; a torn
+//! record at the end of the newest segment (a crash mid-write) is cut off. A bad record
+//! anywhere else is damage, not a crash: reads reaching it fail with
+//! [`StorageError::Corrupt`] until trimming passes it, which drops the rest of its segment
+//! (unreadable anyway). Older builds kept the entries in sled tree `event_log`; they are
+//! moved into segments on open.
+
+mod recovery;
+mod segment;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sled::{Db, Tree};
+
+use self::segment::{corrupt, io_error, Cursor, Segment, Step, HEADER_LEN, MAX_ENTRY_LEN};
+use crate::error::{Result, StorageError};
+
+/// Name of the log in errors, and of the sled tree older builds kept it in.
+const LOG_NAME: &str = "event_log";
+const TREE_LOG_META: &str = "event_log_meta";
+const RESERVED_KEY: &[u8] = b"reserved";
+const FIRST_KEY: &[u8] = b"first";
+
+/// How many ids one reservation covers: one sled flush per this many appends.
+const RESERVE_BLOCK: u64 = 1024;
+
+#[derive(Clone, Copy, Debug)]
+struct Options {
+    /// A segment takes appends until the next would take it past this size.
+    segment_bytes: u64,
+    /// Distance in bytes between sparse index points: what a read scans at most to find
+    /// its first entry, against 16 bytes of memory per point.
+    index_every: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            segment_bytes: 8 << 20,
+            index_every: 8 << 10,
+        }
+    }
+}
+
+/// Handle on the log. Cloning is cheap; clones share everything.
+#[derive(Clone)]
+pub struct EventLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    db: Db,
+    meta: Tree,
+    options: Options,
+    /// Appends and trims are serialised: ids are allocated and written in order, so a
+    /// reader that saw id N never later finds a smaller new id. Taken before `state`.
+    writer: Mutex<Writer>,
+    /// What readers need; held only to snapshot or publish, never during I/O.
+    state: RwLock<State>,
+    /// Live entries, kept up to date so `len` and trimming to a length need no scan.
+    len: AtomicU64,
+    /// The highest id written so far (0: none yet).
+    last: AtomicU64,
+    /// Something was written since the last sync.
+    dirty: AtomicBool,
+    /// `dir` is a private temporary directory, removed with the last handle.
+    temporary: bool,
+}
+
+struct Writer {
+    next: u64,
+    reserved: u64,
+    /// The watermark as last stored in `event_log_meta`.
+    stored_first: u64,
+}
+
+struct State {
+    /// Oldest first; the last one takes appends. Empty until the first append.
+    segments: VecDeque<Segment>,
+    /// Watermark: every live id is at least this, and while the log is not empty it is
+    /// the first live id.
+    first: u64,
+    /// Offset of the first live record in `segments[0]` (its end when none is live).
+    head_offset: u64,
+    /// Records of `segments[0]` before `head_offset`, i.e. trimmed.
+    head_skipped: u64,
+}
+
+/// What a reader snapshots of one segment before reading it without the lock.
+struct Span {
+    file: Arc<fs::File>,
+    path: Arc<Path>,
+    offset: u64,
+    end: u64,
+    last_id: u64,
+    bad: Option<Arc<str>>,
+}
+
+/// A snapshot of the oldest segment and the head of the log in it.
+struct Head {
+    file: Arc<fs::File>,
+    path: Arc<Path>,
+    /// Where the first live record is (or `end`).
+    offset: u64,
+    end: u64,
+    count: u64,
+    skipped: u64,
+    last_id: u64,
+    newest: bool,
+    bad: bool,
+    /// The log's watermark.
+    first: u64,
+}
+
+/// How far a trim goes.
+#[derive(Clone, Copy)]
+enum Until {
+    /// Ids below this.
+    Id(u64),
+    /// Entries appended before this (ns since the epoch).
+    Age(u64),
+    /// This many entries.
+    Count(u64),
+    /// Until at most this many are left (turned into `Count` under the writer lock).
+    Len(u64),
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("len", &self.len())
+            .field("last_id", &self.last_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLog {
+    /// Opens (creating if needed) the log in `dir`, with its metadata in `db`.
+    pub(crate) fn open(db: &Db, dir: &Path) -> Result<EventLog> {
+        EventLog::open_with(db, dir, Options::default(), false)
+    }
+
+    /// A log in a new private directory under the system's temporary directory, removed
+    /// when the last handle is dropped.
+    pub(crate) fn open_temporary(db: &Db) -> Result<EventLog> {
+        let dir = create_temp_dir()?;
+        EventLog::open_with(db, &dir, Options::default(), true).inspect_err(|_| {
+            let _ = fs::remove_dir_all(&dir);
+        })
+    }
+
+    fn open_with(db: &Db, dir: &Path, options: Options, temporary: bool) -> Result<EventLog> {
+        fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let meta = db.open_tree(TREE_LOG_META)?;
+        let reserved = get_u64(&meta, RESERVED_KEY)?.unwrap_or(0);
+        let watermark = get_u64(&meta, FIRST_KEY)?.unwrap_or(0);
+        let state = recovery::recover(dir, watermark, options)?;
+        let len = state
+            .segments
+            .iter()
+            .map(|s| s.count)
+            .sum::<u64>()
+            .saturating_sub(state.head_skipped);
+        let last = state
+            .segments
+            .iter()
+            .rev()
+            .find(|s| s.count > 0)
+            .map_or(0, |s| s.last_id);
+        let next = last.max(reserved).saturating_add(1);
+        let log = EventLog {
+            shared: Arc::new(Shared {
+                dir: dir.to_owned(),
+                db: db.clone(),
+                meta,
+                options,
+                // Reserved up to `next - 1`: the first append reserves a new block.
+                writer: Mutex::new(Writer {
+                    next,
+                    reserved: next - 1,
+                    stored_first: watermark,
+                }),
+                state: RwLock::new(state),
+                len: AtomicU64::new(len),
+                last: AtomicU64::new(last),
+                dirty: AtomicBool::new(false),
+                temporary,
+            }),
+        };
+        log.migrate_from_sled()?;
+        Ok(log)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.shared.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.shared.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
+        self.shared.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `entry`, stamped with the current time; returns its id.
+    pub fn append(&self, entry: &[u8]) -> Result<u64> {
+        self.append_at(now_ns(), entry)
+    }
+
+    /// Appends `entry` stamped with `at_ns` (nanoseconds since the epoch); returns its id,
+    /// greater than every id returned before, in this process or an earlier one.
+    pub fn append_at(&self, at_ns: u64, entry: &[u8]) -> Result<u64> {
+        self.append_batch(&[(at_ns, entry)])
+    }
+
+    /// Appends `(at_ns, entry)` pairs in order with one write; returns the id of the last.
+    /// The batch's ids are consecutive, so the first is the returned id minus the batch
+    /// length plus one. An empty batch appends nothing and returns [`EventLog::last_id`].
+    /// Entries over 16 MiB are refused (the whole batch, before anything is written).
+    pub fn append_batch(&self, entries: &[(u64, &[u8])]) -> Result<u64> {
+        if let Some((_, big)) = entries.iter().find(|(_, e)| e.len() > MAX_ENTRY_LEN) {
+            return Err(StorageError::EntryTooLarge {
+                len: big.len(),
+                max: MAX_ENTRY_LEN,
+            });
+        }
+        let mut writer = self.writer();
+        if entries.is_empty() {
+            return Ok(self.last_id());
+        }
+        let first = writer.next;
+        let last = first.saturating_add(entries.len() as u64 - 1);
+        if last > writer.reserved {
+            let reserved = last.saturating_add(RESERVE_BLOCK - 1);
+            self.shared
+                .meta
+                .insert(RESERVED_KEY, &reserved.to_be_bytes())?;
+            // The reservation must be durable before any id under it is used.
+            self.shared.db.flush()?;
+            writer.reserved = reserved;
+        }
+        let size = entries
+            .iter()
+            .map(|(_, e)| segment::RECORD_HEADER_LEN + e.len())
+            .sum();
+        let mut buf = Vec::with_capacity(size);
+        let mut records = Vec::with_capacity(entries.len());
+        for (id, (at_ns, entry)) in (first..).zip(entries) {
+            records.push((id, buf.len() as u64));
+            segment::encode_record(&mut buf, id, *at_ns, entry)?;
+        }
+        // Burnt even if the write fails: a partial write may have reached the disk.
+        writer.next = last.saturating_add(1);
+        self.write_records(&buf, &records)?;
+        Ok(last)
+    }
+
+    /// Writes encoded records (`records`: id and offset in `buf` of each, ids increasing
+    /// and above every id in the files) to the newest segment, starting a new one first if
+    /// it is full, then makes them visible. The caller holds the writer lock.
+    fn write_records(&self, buf: &[u8], records: &[(u64, u64)]) -> Result<()> {
+        let (Some(&(first_id, _)), Some(&(last_id, _))) = (records.first(), records.last()) else {
+            return Ok(());
+        };
+        let full = {
+            let state = self.state();
+            match state.segments.back() {
+                None => Some(None),
+                // A segment damaged before the last restart takes no more appends: its
+                // unreadable tail would hide them.
+                Some(seg) => (seg.bad.is_some()
+                    || seg.count > 0
+                        && seg.len + buf.len() as u64 > self.shared.options.segment_bytes)
+                    .then(|| Some((seg.file.clone(), seg.path.clone()))),
+            }
+        };
+        if let Some(previous) = full {
+            self.start_segment(first_id, previous)?;
+        }
+        let (file, path, offset) = {
+            let state = self.state();
+            let Some(seg) = state.segments.back() else {
+                return Ok(());
+            };
+            (seg.file.clone(), seg.path.clone(), seg.len)
+        };
+        segment::write_at(&file, &path, offset, buf)?;
+        self.shared.dirty.store(true, Ordering::Release);
+
+        let mut state = self.state_mut();
+        let was_empty = self.is_empty();
+        let index_every = self.shared.options.index_every;
+        if let Some(seg) = state.segments.back_mut() {
+            for &(id, at) in records {
+                seg.note_record(id, offset + at, index_every);
+            }
+            seg.len = offset + buf.len() as u64;
+        }
+        if was_empty {
+            state.first = first_id;
+        }
+        self.shared
+            .len
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.shared.last.store(last_id, Ordering::Release);
+        Ok(())
+    }
+
+    /// Starts the segment whose first id is `first_id`, after syncing the one it succeeds
+    /// (so [`EventLog::sync`] only ever needs to sync the newest).
+    fn start_segment(
+        &self,
+        first_id: u64,
+        previous: Option<(Arc<fs::File>, Arc<Path>)>,
+    ) -> Result<()> {
+        let dir = &self.shared.dir;
+        if let Some((file, path)) = previous {
+            file.sync_data().map_err(io_error(&path))?;
+        }
+        let seg = Segment::create(dir, first_id)?;
+        // The new file's directory entry must be durable before its records are.
+        sync_dir(dir)?;
+        self.state_mut().segments.push_back(seg);
+        Ok(())
+    }
+
+    /// Makes every append so far durable (fsync of the newest segment; older ones were
+    /// synced when they filled). Returns at once when nothing was appended since the last.
+    pub fn sync(&self) -> Result<()> {
+        if !self.shared.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let newest = self
+            .state()
+            .segments
+            .back()
+            .map(|s| (s.file.clone(), s.path.clone()));
+        if let Some((file, path)) = newest {
+            if let Err(e) = file.sync_data() {
+                self.shared.dirty.store(true, Ordering::Release);
+                return Err(io_error(&path)(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` entries with an id greater than `after`, in id order.
+    pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let Some(mut from) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        while out.len() < limit {
+            let Some((span, start)) = self.span(from) else {
+                break;
+            };
+            let mut cursor = Cursor::new(&span.file, span.offset, span.end);
+            while out.len() < limit {
+                match cursor.next().map_err(io_error(&span.path))? {
+                    Step::Record(r) if r.id >= start => out.push((r.id, r.entry.to_vec())),
+                    Step::Record(_) => {}
+                    Step::End => break,
+                    Step::Bad(reason) => return Err(corrupt(&span.path, cursor.offset(), reason)),
+                }
+            }
+            if out.len() == limit {
+                break;
+            }
+            if let Some(reason) = span.bad {
+                return Err(corrupt(&span.path, span.end, reason));
+            }
+            match span.last_id.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The segment holding the first live id at or above `from`, where to start reading it,
+    /// and the id to start from.
+    fn span(&self, from: u64) -> Option<(Span, u64)> {
+        let state = self.state();
+        let start = from.max(state.first);
+        let i = state.segments.partition_point(|s| s.last_id < start);
+        let seg = state.segments.get(i)?;
+        let mut offset = seg.offset_for(start);
+        if i == 0 {
+            offset = offset.max(state.head_offset);
+        }
+        let span = Span {
+            file: seg.file.clone(),
+            path: seg.path.clone(),
+            offset,
+            end: seg.len,
+            last_id: seg.last_id,
+            bad: seg.bad.clone(),
+        };
+        Some((span, start))
+    }
+
+    /// What trimming needs to know of the head segment.
+    fn head(&self) -> Option<Head> {
+        let state = self.state();
+        let seg = state.segments.front()?;
+        Some(Head {
+            file: seg.file.clone(),
+            path: seg.path.clone(),
+            offset: state.head_offset,
+            end: seg.len,
+            count: seg.count,
+            skipped: state.head_skipped,
+            last_id: seg.last_id,
+            newest: state.segments.len() == 1,
+            bad: seg.bad.is_some(),
+            first: state.first,
+        })
+    }
+
+    /// The highest id written so far, by this process or an earlier one (0 when none is
+    /// left in the files). It may already be trimmed; entries after it don't exist yet.
+    pub fn last_id(&self) -> u64 {
+        self.shared.last.load(Ordering::Acquire)
+    }
+
+    /// The oldest id still in the log.
+    pub fn first_id(&self) -> Result<Option<u64>> {
+        let state = self.state();
+        Ok((!self.is_empty()).then_some(state.first))
+    }
+
+    /// Entries currently in the log.
+    pub fn len(&self) -> u64 {
+        self.shared.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes every entry with an id below `id`; returns how many were removed.
+    pub fn trim_before(&self, id: u64) -> Result<u64> {
+        self.trim(Until::Id(id))
+    }
+
+    /// Removes the entries appended before `cutoff_ns` (nanoseconds since the epoch);
+    /// returns how many were removed. Stops at the first newer entry: entries are appended
+    /// in time order, give or take a clock step back, and a stray older entry behind a
+    /// newer one goes with the next trim.
+    pub fn trim_older_than(&self, cutoff_ns: u64) -> Result<u64> {
+        self.trim(Until::Age(cutoff_ns))
+    }
+
+    /// Removes the oldest entries until at most `max` remain; returns how many went.
+    pub fn trim_to_len(&self, max: u64) -> Result<u64> {
+        self.trim(Until::Len(max))
+    }
+
+    fn trim(&self, until: Until) -> Result<u64> {
+        let mut writer = self.writer();
+        let until = match until {
+            Until::Len(max) => Until::Count(self.len().saturating_sub(max)),
+            until => until,
+        };
+        let mut removed = 0;
+        let mut doomed = Vec::new();
+        let trimmed = self.advance_head(until, &mut removed, &mut doomed);
+        // Even after an error what was removed stays removed: store the watermark, then
+        // delete the files below it (a crash in between leaves them to the next open).
+        let first = self.state().first;
+        if (removed > 0 || !doomed.is_empty()) && first != writer.stored_first {
+            self.shared.meta.insert(FIRST_KEY, &first.to_be_bytes())?;
+            self.shared.db.flush()?;
+            writer.stored_first = first;
+        }
+        for path in doomed {
+            remove_segment(&path);
+        }
+        if removed > 0 {
+            tracing::debug!(removed, "trimmed event log");
+        }
+        trimmed.map(|()| removed)
+    }
+
+    /// Moves the head of the log forward as `until` says, counting entries into `removed`
+    /// and segments wholly behind the head into `doomed`. Whole segments are dropped
+    /// without reading them when their bounds decide; otherwise records are scanned from
+    /// the head.
+    fn advance_head(
+        &self,
+        until: Until,
+        removed: &mut u64,
+        doomed: &mut Vec<Arc<Path>>,
+    ) -> Result<()> {
+        loop {
+            let Some(head) = self.head() else {
+                return Ok(());
+            };
+            let live = head.count.saturating_sub(head.skipped);
+            let (whole, done) = match until {
+                Until::Id(id) => (head.last_id < id, head.first >= id),
+                Until::Count(n) => (n.saturating_sub(*removed) >= live, *removed >= n),
+                Until::Age(_) | Until::Len(_) => (false, false),
+            };
+            let whole = whole || live == 0;
+            if done && !whole {
+                return Ok(());
+            }
+            let mut stop = None;
+            if !whole {
+                let mut cursor = Cursor::new(&head.file, head.offset, head.end);
+                let mut gone = 0;
+                loop {
+                    match cursor.next().map_err(io_error(&head.path))? {
+                        Step::Record(r) => {
+                            let remove = match until {
+                                Until::Id(id) => r.id < id,
+                                Until::Age(cutoff) => r.at_ns < cutoff,
+                                Until::Count(n) => *removed + gone < n,
+                                Until::Len(_) => false,
+                            };
+                            if !remove {
+                                stop = Some((r.offset, r.id, gone));
+                                break;
+                            }
+                            gone += 1;
+                        }
+                        Step::End => break,
+                        Step::Bad(reason) => {
+                            return Err(corrupt(&head.path, cursor.offset(), reason));
+                        }
+                    }
+                }
+            }
+
+            let mut state = self.state_mut();
+            if let Some((offset, id, gone)) = stop {
+                state.head_offset = offset;
+                state.head_skipped += gone;
+                state.first = id;
+                *removed += gone;
+                self.shared.len.fetch_sub(gone, Ordering::Relaxed);
+                return Ok(());
+            }
+            // Every live record of the head segment goes.
+            *removed += live;
+            self.shared.len.fetch_sub(live, Ordering::Relaxed);
+            if head.newest {
+                state.head_offset = head.end;
+                state.head_skipped = head.count;
+                state.first = state.first.max(head.last_id.saturating_add(1));
+                return Ok(());
+            }
+            if head.bad {
+                // Its unreadable tail goes too: it was older than what is kept.
+                tracing::warn!(path = %head.path.display(), "dropped a corrupt event log segment");
+            }
+            state.segments.pop_front();
+            doomed.push(head.path);
+            state.head_offset = HEADER_LEN;
+            state.head_skipped = 0;
+            if let Some(next) = state.segments.front() {
+                let next_first = next.first_record_id().unwrap_or(next.first_id);
+                state.first = state.first.max(next_first);
+            }
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if self.temporary {
+            if let Err(error) = fs::remove_dir_all(&self.dir) {
+                tracing::debug!(%error, dir = %self.dir.display(), "cannot remove temporary event log");
+            }
+            return;
+        }
+        // A clean shutdown loses nothing even if the last sync was skipped.
+        if *self.dirty.get_mut() {
+            let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+            if let Some(seg) = state.segments.back() {
+                if let Err(error) = seg.sync() {
+                    tracing::warn!(%error, "cannot sync the event log on close");
+                }
+            }
+        }
+    }
+}
+
+fn remove_segment(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // Harmless: it is below the stored watermark, so the next open removes it.
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(), "cannot delete event log segment")
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// A new, unique directory for a temporary log. Tests open many at once, in one process
+/// and in several, hence process id, counter and clock in the name.
+fn create_temp_dir() -> Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let base = std::env::temp_dir();
+    let mut attempt = 0;
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = base.join(format!(
+            "skein-events-{}-{n}-{}",
+            std::process::id(),
+            now_ns()
+        ));
+        match fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                attempt += 1;
+            }
+            Err(source) => return Err(StorageError::CreateDir { path, source }),
+        }
+    }
+}
+
+fn get_u64(tree: &Tree, key: &[u8]) -> Result<Option<u64>> {
+    tree.get(key)?
+        .map(|v| {
+            <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt {
+                    tree: TREE_LOG_META,
+                    reason: format!(
+                        "{} of {} bytes, expected 8",
+                        String::from_utf8_lossy(key),
+                        v.len()
+                    ),
+                })
+        })
+        .transpose()
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

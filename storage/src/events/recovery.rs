@@ -1,0 +1,164 @@
+//! Opening the log: rebuilding the in-memory state from the segment files, and moving
+//! the entries of older builds out of sled.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::path::Path;
+
+use super::segment::{self, corrupt, io_error, Segment, HEADER_LEN};
+use super::{remove_segment, EventLog, Options, State, LOG_NAME};
+use crate::error::{Result, StorageError};
+
+/// Bytes of old entries copied per write while migrating from sled.
+const MIGRATE_BATCH_BYTES: usize = 1 << 20;
+
+impl EventLog {
+    /// Moves the entries an older build kept in sled tree `event_log` into the segment
+    /// files, with their ids and times, then drops the tree. Idempotent: after a crash
+    /// mid-way the entries already copied (ids up to the files' last) are skipped.
+    pub(super) fn migrate_from_sled(&self) -> Result<()> {
+        let db = &self.shared.db;
+        if !db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == LOG_NAME.as_bytes())
+        {
+            return Ok(());
+        }
+        let old = db.open_tree(LOG_NAME)?;
+        let mut writer = self.writer();
+        let mut copied = 0u64;
+        let (mut buf, mut records) = (Vec::new(), Vec::new());
+        for item in old.iter() {
+            let (key, value) = item?;
+            let id = decode_old_id(&key)?;
+            if id <= self.last_id() {
+                continue;
+            }
+            let (at_ns, entry) = decode_old_value(&value)?;
+            records.push((id, buf.len() as u64));
+            segment::encode_record(&mut buf, id, at_ns, entry)?;
+            copied += 1;
+            if buf.len() >= MIGRATE_BATCH_BYTES {
+                self.write_records(&buf, &records)?;
+                buf.clear();
+                records.clear();
+            }
+        }
+        self.write_records(&buf, &records)?;
+        self.sync()?;
+        writer.next = writer.next.max(self.last_id().saturating_add(1));
+        // Only now that the copies are durable may the originals go.
+        db.drop_tree(LOG_NAME)?;
+        db.flush()?;
+        if copied > 0 {
+            tracing::info!(copied, "moved the event log from sled into segment files");
+        }
+        Ok(())
+    }
+}
+
+/// Scans the segment files in `dir` and deletes those wholly below the watermark.
+pub(super) fn recover(dir: &Path, watermark: u64, options: Options) -> Result<State> {
+    let names = list_segments(dir)?;
+    let mut state = State {
+        segments: VecDeque::with_capacity(names.len()),
+        first: watermark,
+        head_offset: HEADER_LEN,
+        head_skipped: 0,
+    };
+    let mut head_id = None;
+    for (i, &first_id) in names.iter().enumerate() {
+        let next_name = names.get(i + 1).copied();
+        let path = dir.join(segment::file_name(first_id));
+        // Every id in a segment is below the next one's name.
+        if next_name.is_some_and(|n| n <= watermark) {
+            remove_segment(&path);
+            continue;
+        }
+        let opened = Segment::open(
+            dir,
+            first_id,
+            next_name.is_none(),
+            watermark,
+            options.index_every,
+        )?;
+        let Some(opened) = opened.filter(|o| next_name.is_some() || o.segment.count > 0) else {
+            // An empty newest segment: the next append starts a fresh one named by its id.
+            remove_segment(&path);
+            continue;
+        };
+        let seg = opened.segment;
+        if let Some(prev) = state.segments.back() {
+            if seg.count > 0 && prev.last_id >= first_id {
+                return Err(corrupt(
+                    &path,
+                    0,
+                    format!(
+                        "segment starts at id {first_id} but the previous one reaches {}",
+                        prev.last_id
+                    ),
+                ));
+            }
+        }
+        if state.segments.is_empty() {
+            (state.head_offset, state.head_skipped) = match opened.head {
+                Some((offset, _)) => (offset, opened.below),
+                None => (seg.len, seg.count),
+            };
+            head_id = opened.head.map(|(_, id)| id);
+        } else if head_id.is_none() {
+            head_id = seg.first_record_id();
+        }
+        state.segments.push_back(seg);
+    }
+    if let Some(id) = head_id {
+        state.first = id;
+    }
+    Ok(state)
+}
+
+/// First ids of the segment files in `dir`, ascending.
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        if let Some(first_id) = entry
+            .file_name()
+            .to_str()
+            .and_then(segment::parse_file_name)
+        {
+            names.push(first_id);
+        }
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// Version byte of the values older builds wrote to sled tree `event_log`.
+pub(super) const OLD_FORMAT_VERSION: u8 = 1;
+
+fn decode_old_id(bytes: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| old_corrupt(format!("id of {} bytes, expected 8", bytes.len())))
+}
+
+/// (append time in ns, entry bytes) of an old sled value: version byte, u64 BE, entry.
+fn decode_old_value(value: &[u8]) -> Result<(u64, &[u8])> {
+    match value.split_first() {
+        Some((&OLD_FORMAT_VERSION, rest)) => match rest.split_first_chunk::<8>() {
+            Some((at, entry)) => Ok((u64::from_be_bytes(*at), entry)),
+            None => Err(old_corrupt("truncated header")),
+        },
+        Some((version, _)) => Err(old_corrupt(format!("unknown format version {version}"))),
+        None => Err(old_corrupt("empty value")),
+    }
+}
+
+fn old_corrupt(reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        tree: LOG_NAME,
+        reason: reason.into(),
+    }
+}
