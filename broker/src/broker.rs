@@ -18,7 +18,7 @@ use crate::events::{raise, EventBus, SessionEnd};
 use crate::ids::ClientId;
 use crate::message::{now_ms, Message};
 use crate::retained::RetainedStore;
-use crate::session::{Delivery, EnqueueOutcome, Session, Subscription};
+use crate::session::{Delivery, EnqueueOutcome, OptionalMs, Session, Subscription};
 use crate::topic::{self, TopicTree};
 
 /// Merges the non-shared deliveries of one session into one (highest QoS, every
@@ -202,7 +202,7 @@ impl Broker {
                 self.persist_session_locked(&session, &st);
                 return true;
             }
-            st.will_due_ms = None;
+            st.will_due_ms = OptionalMs::NONE;
             st.will.take()
         };
         if let Some(will) = will {
@@ -247,7 +247,7 @@ impl Broker {
             }
             let (generation, will_due) = {
                 let st = session.state();
-                (st.generation, st.will.as_ref().and(st.will_due_ms))
+                (st.generation, st.will.as_ref().and(st.will_due_ms.get()))
             };
             if let Some(due) = will_due {
                 self.schedule_will(&session, generation, due.saturating_sub(now));
@@ -404,7 +404,7 @@ impl Broker {
             let will = {
                 let mut st = session.state();
                 if st.generation == generation && !st.is_online() && !st.removed {
-                    st.will_due_ms = None;
+                    st.will_due_ms = OptionalMs::NONE;
                     st.will.take()
                 } else {
                     None
@@ -632,7 +632,7 @@ mod tests {
                 client_id: ClientId::new(id),
                 username: None,
                 peer: "127.0.0.1:1000".parse().unwrap(),
-                sockname: "127.0.0.1:1883".parse().unwrap(),
+                sockname: std::sync::Arc::new("127.0.0.1:1883".parse().unwrap()),
                 protocol: crate::codec::ProtocolVersion::V5,
                 transport: crate::events::Transport::Tcp,
                 keepalive: 60,

@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod ids;
+pub mod lazy_box;
 pub mod memory;
 pub mod message;
 pub mod metrics;

@@ -543,19 +543,19 @@ pub fn disconnected(reason: &'static str) {
 
 /// Counts one open connection in [`CONNECTIONS`] for as long as it lives: a guard, so that
 /// a connection task that panics is still subtracted.
-pub struct ConnectionGauge(usize);
+pub struct ConnectionGauge(u8);
 
 impl ConnectionGauge {
     pub fn new(protocol: ProtocolVersion) -> ConnectionGauge {
         let i = protocol_index(protocol);
         gauge(&CONNECTED[i]).increment(1.0);
-        ConnectionGauge(i)
+        ConnectionGauge(i as u8)
     }
 }
 
 impl Drop for ConnectionGauge {
     fn drop(&mut self) {
-        gauge(&CONNECTED[self.0]).decrement(1.0);
+        gauge(&CONNECTED[usize::from(self.0)]).decrement(1.0);
     }
 }
 

@@ -244,7 +244,7 @@ fn attach(session: &Session, id: &str) {
             client_id: ClientId::new(id),
             username: None,
             peer: "127.0.0.1:1000".parse().expect("addr"),
-            sockname: "127.0.0.1:1883".parse().expect("addr"),
+            sockname: std::sync::Arc::new("127.0.0.1:1883".parse().expect("addr")),
             protocol: ProtocolVersion::V5,
             transport: Transport::Tcp,
             keepalive: 60,

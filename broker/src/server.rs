@@ -1,6 +1,7 @@
 //! The MQTT listener: accepts connections, enforces the connection limit, and drains on
 //! shutdown.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -13,6 +14,7 @@ use crate::connection;
 pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
     let permits = Arc::new(Semaphore::new(broker.config.max_connections));
     let connections = &broker.connections;
+    let mut socknames = SocknameCache::default();
     loop {
         let accepted = tokio::select! {
             _ = broker.shutdown.cancelled() => break,
@@ -28,7 +30,13 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
             }
         };
         let permit = permits.clone().try_acquire_owned().ok();
-        connections.spawn(connection::serve(broker.clone(), stream, peer, permit));
+        let sockname = socknames.get(stream.local_addr().unwrap_or(peer));
+        connections.spawn(connection::serve(
+            broker.clone(),
+            stream,
+            (peer, sockname),
+            permit,
+        ));
     }
     drop(listener);
     let told = broker.kick_all_for_shutdown();
@@ -43,5 +51,51 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
         .is_err()
     {
         tracing::warn!("connections still open after the shutdown timeout");
+    }
+}
+
+/// The local addresses connections were accepted on, one allocation per address instead
+/// of one per connection (a listener on a wildcard address sees a few: one per interface).
+#[derive(Default)]
+struct SocknameCache {
+    recent: Vec<Arc<SocketAddr>>,
+}
+
+/// Distinct addresses kept; beyond that the oldest is forgotten (still correct, only
+/// shared less).
+const SOCKNAMES_KEPT: usize = 8;
+
+impl SocknameCache {
+    fn get(&mut self, addr: SocketAddr) -> Arc<SocketAddr> {
+        if let Some(known) = self.recent.iter().find(|a| ***a == addr) {
+            return known.clone();
+        }
+        if self.recent.len() == SOCKNAMES_KEPT {
+            self.recent.remove(0);
+        }
+        let shared = Arc::new(addr);
+        self.recent.push(shared.clone());
+        shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_on_one_address_share_its_allocation() {
+        let mut cache = SocknameCache::default();
+        let a: SocketAddr = "10.0.0.1:1883".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        let first = cache.get(a);
+        assert!(Arc::ptr_eq(&first, &cache.get(a)));
+        assert_eq!(*cache.get(b), b);
+        assert!(Arc::ptr_eq(&first, &cache.get(a)));
+        for port in 0..SOCKNAMES_KEPT as u16 {
+            cache.get(SocketAddr::from(([10, 0, 0, 2], port)));
+        }
+        assert_eq!(cache.recent.len(), SOCKNAMES_KEPT);
+        assert_eq!(*cache.get(a), a);
     }
 }

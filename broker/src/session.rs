@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{QoS, SubscriptionOptions, Will};
 use crate::ids::ClientId;
+use crate::lazy_box::LazyBox;
 use crate::message::Message;
 
 /// A message on its way to one subscriber.
@@ -200,6 +201,23 @@ pub struct Subscription {
     pub subscription_id: Option<u32>,
 }
 
+/// An optional Unix-milliseconds timestamp in 8 bytes instead of 16 (every session holds
+/// two). A real timestamp is never 0; one that is, is stored as 1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OptionalMs(Option<std::num::NonZeroU64>);
+
+impl OptionalMs {
+    pub const NONE: OptionalMs = OptionalMs(None);
+
+    pub fn at(ms: u64) -> OptionalMs {
+        OptionalMs(std::num::NonZeroU64::new(ms.max(1)))
+    }
+
+    pub fn get(self) -> Option<u64> {
+        self.0.map(std::num::NonZeroU64::get)
+    }
+}
+
 #[derive(Debug)]
 pub struct SessionState {
     pub protocol_level: u8,
@@ -208,22 +226,22 @@ pub struct SessionState {
     pub attachment: Option<Attachment>,
     /// Bumped on every attach and detach, so timers armed for an earlier state do nothing.
     pub generation: u64,
-    pub disconnected_at_ms: Option<u64>,
+    pub disconnected_at_ms: OptionalMs,
     /// Full filter (with any `$share/group/` prefix) → options.
     pub subscriptions: HashMap<String, Subscription>,
-    pub queue: VecDeque<Queued>,
+    pub queue: LazyBox<VecDeque<Queued>>,
     /// In send order (oldest first), so a resumed session retransmits in order. Mutate it
     /// only through `push_inflight` / `remove_inflight` / `take_inflight`, which keep
     /// `ids_in_use` in step.
-    pub inflight: VecDeque<Inflight>,
+    pub inflight: LazyBox<VecDeque<Inflight>>,
     /// Which packet ids are in flight, once there are many (a scan of a large window per
     /// message was a tenth of the CPU in fan-out benchmarks).
     ids_in_use: Option<Box<[u64; 1024]>>,
     /// A B-tree, not a hash set: 24 bytes instead of 48 in every session, and small.
-    pub incoming_qos2: BTreeSet<u16>,
+    pub incoming_qos2: LazyBox<BTreeSet<u16>>,
     pub will: Option<Box<Will>>,
     /// Unix ms when a delayed will of the offline session is due (persisted with it).
-    pub will_due_ms: Option<u64>,
+    pub will_due_ms: OptionalMs,
     /// Cancels the expiry and will timers armed while offline; created when the first is
     /// armed (most sessions never need one), cancelled and dropped on attach.
     timers: Option<CancellationToken>,
@@ -288,14 +306,14 @@ impl SessionState {
             expiry_interval: 0,
             attachment: None,
             generation: 0,
-            disconnected_at_ms: None,
+            disconnected_at_ms: OptionalMs::NONE,
             subscriptions: HashMap::new(),
-            queue: VecDeque::new(),
-            inflight: VecDeque::new(),
+            queue: LazyBox::new(),
+            inflight: LazyBox::new(),
             ids_in_use: None,
-            incoming_qos2: BTreeSet::new(),
+            incoming_qos2: LazyBox::new(),
             will: None,
-            will_due_ms: None,
+            will_due_ms: OptionalMs::NONE,
             timers: None,
             next_packet_id: 1,
             next_seq: 1,
@@ -383,7 +401,7 @@ impl SessionState {
     pub fn push_inflight(&mut self, f: Inflight) {
         if self.ids_in_use.is_none() && self.inflight.len() >= ID_BITMAP_FROM {
             let mut bits = Box::new([0u64; 1024]);
-            for g in &self.inflight {
+            for g in self.inflight.iter() {
                 bits[g.packet_id as usize / 64] |= 1 << (g.packet_id % 64);
             }
             self.ids_in_use = Some(bits);
@@ -403,7 +421,14 @@ impl SessionState {
 
     pub fn take_inflight(&mut self) -> VecDeque<Inflight> {
         self.ids_in_use = None;
-        std::mem::take(&mut self.inflight)
+        self.inflight.take()
+    }
+
+    /// Gives back the memory of empty queues (the connection is going idle or away).
+    pub fn release_idle_memory(&mut self) {
+        self.queue.release_if_empty();
+        self.inflight.release_if_empty();
+        self.incoming_qos2.release_if_empty();
     }
 
     pub fn to_stored(&self, client_id: &ClientId) -> StoredSession {
@@ -424,9 +449,9 @@ impl SessionState {
             client_id: client_id.as_str().to_owned(),
             protocol_level: self.protocol_level,
             session_expiry_interval: self.expiry_interval,
-            disconnected_at_ms: self.disconnected_at_ms,
+            disconnected_at_ms: self.disconnected_at_ms.get(),
             subscriptions,
-            pending_will: match (&self.will, self.will_due_ms) {
+            pending_will: match (&self.will, self.will_due_ms.get()) {
                 (Some(will), Some(due)) => {
                     // A will waiting for its delay is stored as the message it will become.
                     let message = Message::from_will((**will).clone(), client_id.clone(), None);
@@ -479,7 +504,7 @@ impl Session {
             let mut st = session.state();
             st.protocol_level = stored.protocol_level;
             st.expiry_interval = stored.session_expiry_interval;
-            st.disconnected_at_ms = Some(stored.disconnected_at_ms.unwrap_or(now_ms));
+            st.disconnected_at_ms = OptionalMs::at(stored.disconnected_at_ms.unwrap_or(now_ms));
             for sub in &stored.subscriptions {
                 st.subscriptions.insert(
                     sub.filter.clone(),
@@ -532,10 +557,10 @@ impl Session {
                 });
             }
             st.next_seq = max_seq + 1;
-            st.incoming_qos2 = incoming.into_iter().collect();
+            st.incoming_qos2 = incoming.into_iter().collect::<BTreeSet<u16>>().into();
             if let Some((will, due)) = &stored.pending_will {
                 st.will = Some(Box::new(will_from_stored(will.clone())));
-                st.will_due_ms = Some(*due);
+                st.will_due_ms = OptionalMs::at(*due);
             }
         }
         session

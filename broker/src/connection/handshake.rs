@@ -15,7 +15,7 @@ use crate::codec::{
 use crate::events::{raise, ClientInfo, EventBody, EventKind, SessionEnd, Transport, WillInfo};
 use crate::ids::ClientId;
 use crate::message::now_ms;
-use crate::session::{Attachment, Kick, KickSignal, Session};
+use crate::session::{Attachment, Kick, KickSignal, OptionalMs, Session};
 use crate::topic;
 
 /// How long a new connection waits for the old one's session during a takeover.
@@ -26,7 +26,7 @@ pub(super) async fn accept(
     broker: Arc<Broker>,
     mut socket: Socket,
     id: u64,
-    (peer, sockname): (SocketAddr, SocketAddr),
+    (peer, sockname): (SocketAddr, Arc<SocketAddr>),
     has_capacity: bool,
 ) -> Option<Connection> {
     let first = tokio::time::timeout(
@@ -146,7 +146,7 @@ async fn refuse(
             code,
             properties,
         });
-        codec::encode(&packet, protocol, &mut socket.wbuf);
+        codec::encode(&packet, protocol, socket.wbuf());
     }
     socket.close_gracefully().await;
 }
@@ -155,8 +155,8 @@ async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>
     let max = broker.config.max_packet_size as usize;
     loop {
         // Read before decoding, which consumes the packet even when it fails.
-        let named = codec::connect_protocol(&socket.rbuf);
-        match codec::decode(&mut socket.rbuf, ProtocolVersion::V311, max) {
+        let named = codec::connect_protocol(socket.rbuf());
+        match codec::decode(socket.rbuf(), ProtocolVersion::V311, max) {
             Ok(Some(Packet::Connect(c))) => return Ok(c),
             Ok(Some(Packet::PingReq)) => {
                 return Err(Refusal::close(
@@ -382,7 +382,7 @@ async fn attach(
             // Only a persistent session outlives its connection; a new one has expiry 0.
             let present = st.is_persistent() && !c.clean_start;
             st.cancel_timers();
-            st.will_due_ms = None;
+            st.will_due_ms = OptionalMs::NONE;
             (st.attachment.take(), st.will.take(), present)
         };
         if let Some(old) = old_attachment {
@@ -410,7 +410,7 @@ async fn attach(
             st.expiry_interval = expiry;
             st.will = c.will.take().map(Box::new);
             st.generation += 1;
-            st.disconnected_at_ms = None;
+            st.disconnected_at_ms = OptionalMs::NONE;
             st.attachment = Some(Attachment {
                 connection_id: id,
                 kick: kick.clone(),
@@ -461,7 +461,7 @@ async fn attach(
         code: 0,
         properties: props,
     });
-    codec::encode(&connack, protocol, &mut socket.wbuf);
+    codec::encode(&connack, protocol, socket.wbuf());
     raise::raise(&broker.events, &info, EventKind::ClientConnack, || {
         EventBody::Connack {
             code: 0,
@@ -511,7 +511,7 @@ fn server_keep_alive(c: &Connect, max_keepalive: u16) -> Option<u16> {
 fn client_info(
     c: &Connect,
     peer: SocketAddr,
-    sockname: SocketAddr,
+    sockname: Arc<SocketAddr>,
     max_keepalive: u16,
 ) -> ClientInfo {
     ClientInfo {
@@ -554,7 +554,8 @@ pub(super) async fn detach(
         }
         st.attachment = None;
         st.generation += 1;
-        st.disconnected_at_ms = Some(now);
+        st.release_idle_memory();
+        st.disconnected_at_ms = OptionalMs::at(now);
         if close.reason == DisconnectReason::Normal && !will_on_disconnect {
             st.will = None;
         }
@@ -567,7 +568,7 @@ pub(super) async fn detach(
         let (will_now, will_delay_ms) = match delay_s {
             Some(0) => (st.will.take(), None),
             Some(d) => {
-                st.will_due_ms = Some(now + d as u64 * 1000);
+                st.will_due_ms = OptionalMs::at(now + d as u64 * 1000);
                 (None, Some(d as u64 * 1000))
             }
             None => (None, None),

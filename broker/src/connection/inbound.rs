@@ -364,7 +364,7 @@ impl Connection {
             }
         }
         // A rejection is counted as a drop above, not as an acknowledgement.
-        self.acked += u64::from(!refused);
+        self.acked = self.acked.saturating_add(u32::from(!refused));
         if persistent {
             if let Err(e) = self
                 .broker

@@ -51,7 +51,7 @@ pub struct Connection {
     /// Created by the first topic alias either way (most connections never use one).
     aliases: Option<Box<TopicAliases>>,
     /// Acknowledgements counted since the last read batch (metrics are updated per batch).
-    acked: u64,
+    acked: u32,
     /// Set once the client sent DISCONNECT with reason 0x04 (publish the will anyway).
     will_on_disconnect: bool,
     /// Counts the connection in `skein_connections` while it lives (parked or not).
@@ -93,12 +93,11 @@ struct TopicAliases {
 pub fn serve(
     broker: Arc<Broker>,
     stream: TcpStream,
-    peer: SocketAddr,
+    (peer, sockname): (SocketAddr, Arc<SocketAddr>),
     permit: Option<OwnedSemaphorePermit>,
 ) -> impl std::future::Future<Output = ()> + Send {
     let connection_id = broker.next_connection_id();
     let span = connection_span(connection_id, peer, None);
-    let sockname = stream.local_addr().unwrap_or(peer);
     let socket = Socket::new(stream, broker.hot.clone());
     // Boxed, like `finish` below: the handshake's state is freed once it is done.
     let handshake = Box::pin(handshake::accept(
@@ -262,7 +261,7 @@ impl Connection {
         // one re-sends PUBLISH/PUBREL that promise it.
         if self.resume()? {
             if let Err(close) = self.flush_storage().await {
-                self.socket.wbuf.clear();
+                self.socket.wbuf().clear();
                 return Err(close);
             }
         }
@@ -279,11 +278,11 @@ impl Connection {
             }
             // Before the queue is looked at: a wake-up after this is one for later.
             self.kick_rx.take_pending();
-            let before_pump = self.socket.wbuf.len();
+            let before_pump = self.socket.pending_out();
             if self.pump()? {
                 if let Err(close) = self.flush_storage().await {
                     // Those PUBLISHes were promised by records that may not be durable.
-                    self.socket.wbuf.truncate(before_pump);
+                    self.socket.wbuf().truncate(before_pump);
                     return Err(close);
                 }
             }
@@ -294,7 +293,7 @@ impl Connection {
                     format!("write failed: {e}"),
                 ));
             }
-            if !self.socket.wbuf.is_empty() {
+            if self.socket.pending_out() > 0 {
                 // Boxed: a full socket buffer is the rare case, and its select is large.
                 Box::pin(self.flush_blocked()).await?;
                 // Messages queued meanwhile may have spent their wake-up: pump again.
@@ -354,10 +353,12 @@ impl Connection {
     async fn process_input(&mut self) -> Result<bool, Close> {
         loop {
             let max = self.broker.config.max_packet_size as usize;
-            let packet = match codec::decode(&mut self.socket.rbuf, self.protocol, max) {
+            let packet = match codec::decode(self.socket.rbuf(), self.protocol, max) {
                 Ok(Some(p)) => p,
                 Ok(None) => {
-                    self.broker.hot.acked(std::mem::take(&mut self.acked));
+                    self.broker
+                        .hot
+                        .acked(u64::from(std::mem::take(&mut self.acked)));
                     return Ok(false);
                 }
                 Err(e) => {
@@ -371,8 +372,10 @@ impl Connection {
                     self.send(&ack);
                 }
             }
-            if self.socket.wbuf.len() >= WRITE_BATCH_BYTES {
-                self.broker.hot.acked(std::mem::take(&mut self.acked));
+            if self.socket.pending_out() >= WRITE_BATCH_BYTES {
+                self.broker
+                    .hot
+                    .acked(u64::from(std::mem::take(&mut self.acked)));
                 return Ok(true);
             }
         }
@@ -383,12 +386,14 @@ impl Connection {
     }
 
     fn send(&mut self, packet: &Packet) {
-        codec::encode(packet, self.protocol, &mut self.socket.wbuf);
+        codec::encode(packet, self.protocol, self.socket.wbuf());
     }
 
     /// Ends the connection: tells a v5 client why, then detaches from the session.
     async fn finish(mut self, close: Close) {
-        self.broker.hot.acked(std::mem::take(&mut self.acked));
+        self.broker
+            .hot
+            .acked(u64::from(std::mem::take(&mut self.acked)));
         let level = match close.reason {
             DisconnectReason::Normal | DisconnectReason::TcpClosed | DisconnectReason::GoAway => {
                 tracing::Level::DEBUG
@@ -505,7 +510,7 @@ mod size_tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stream = TcpStream::connect(addr).await.unwrap();
-        let task = serve(broker, stream, addr, None);
+        let task = serve(broker, stream, (addr, Arc::new(addr)), None);
         let (task, conn) = (
             std::mem::size_of_val(&task),
             std::mem::size_of::<Connection>(),

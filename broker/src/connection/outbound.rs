@@ -93,7 +93,7 @@ impl Connection {
             {
                 break;
             }
-            if self.socket.wbuf.len() >= super::WRITE_BATCH_BYTES {
+            if self.socket.pending_out() >= super::WRITE_BATCH_BYTES {
                 // Flush first; the loop comes back here.
                 self.kick_rx.wake();
                 break;
@@ -240,7 +240,7 @@ impl Connection {
             }
         }
         publish_ref(d, packet_id, dup, topic, properties.as_ref())
-            .encode(self.protocol, &mut self.socket.wbuf);
+            .encode(self.protocol, self.socket.wbuf());
         true
     }
 

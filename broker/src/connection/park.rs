@@ -154,6 +154,9 @@ impl ParkerHandle {
         let Some(stream) = conn.socket.take_stream() else {
             return Err(conn);
         };
+        // What a parked connection keeps is what every idle client costs the node.
+        conn.socket.drop_empty_buffers();
+        conn.session.state().release_idle_memory();
         let stream = match stream.into_std() {
             Ok(s) => s,
             Err(e) => {

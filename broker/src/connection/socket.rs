@@ -20,11 +20,18 @@ const LINGER_MAX_BYTES: usize = 64 * 1024;
 /// The stream is absent only while the connection is parked (the parker holds it then).
 pub struct Socket {
     stream: Option<TcpStream>,
-    pub(super) rbuf: BytesMut,
-    pub(super) wbuf: BytesMut,
+    /// Boxed and created on demand: an idle connection holds no buffers, not even their
+    /// 64 bytes of empty headers.
+    buffers: Option<Box<Buffers>>,
     counters: Arc<crate::metrics::HotCounters>,
     /// A large read or write happened since the buffers were last considered idle.
     busy: bool,
+}
+
+#[derive(Default)]
+struct Buffers {
+    read: BytesMut,
+    write: BytesMut,
 }
 
 fn parked() -> io::Error {
@@ -36,11 +43,29 @@ impl Socket {
         let _ = stream.set_nodelay(true);
         Socket {
             stream: Some(stream),
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
+            buffers: None,
             counters,
             busy: false,
         }
+    }
+
+    fn buffers(&mut self) -> &mut Buffers {
+        self.buffers.get_or_insert_with(Box::default)
+    }
+
+    /// What has been read and not yet decoded.
+    pub(super) fn rbuf(&mut self) -> &mut BytesMut {
+        &mut self.buffers().read
+    }
+
+    /// What is to be written.
+    pub(super) fn wbuf(&mut self) -> &mut BytesMut {
+        &mut self.buffers().write
+    }
+
+    /// Bytes waiting to be written (without creating a buffer to find out).
+    pub(super) fn pending_out(&self) -> usize {
+        self.buffers.as_ref().map_or(0, |b| b.write.len())
     }
 
     fn io(&self) -> io::Result<&TcpStream> {
@@ -74,13 +99,14 @@ impl Socket {
     /// Ok(None) when nothing is there. The read buffer is only grown when a read is tried,
     /// and given back when that finds nothing, so an idle connection holds no buffer.
     pub(super) fn try_fill(&mut self) -> io::Result<Option<bool>> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-            self.rbuf.reserve(READ_CHUNK);
-        }
-        let read = match &self.stream {
-            Some(stream) => stream.try_read_buf(&mut self.rbuf),
-            None => Err(parked()),
+        let Some(stream) = &self.stream else {
+            return Err(parked());
         };
+        let rbuf = &mut self.buffers.get_or_insert_with(Box::default).read;
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        let read = stream.try_read_buf(rbuf);
         match read {
             Ok(n) => {
                 self.counters.bytes_in(n);
@@ -88,8 +114,8 @@ impl Socket {
                 Ok(Some(n > 0))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if self.rbuf.is_empty() {
-                    self.rbuf = BytesMut::new();
+                if rbuf.is_empty() {
+                    *rbuf = BytesMut::new();
                 }
                 Ok(None)
             }
@@ -109,13 +135,17 @@ impl Socket {
 
     /// Writes what the socket takes without waiting.
     pub(super) fn try_flush(&mut self) -> io::Result<()> {
-        while !self.wbuf.is_empty() {
-            match self.io()?.try_write(&self.wbuf) {
+        let Some(buffers) = self.buffers.as_deref_mut() else {
+            return Ok(());
+        };
+        while !buffers.write.is_empty() {
+            let stream = self.stream.as_ref().ok_or_else(parked)?;
+            match stream.try_write(&buffers.write) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.counters.bytes_out(n);
                     self.busy |= n >= IDLE_WRITE_CAPACITY;
-                    self.wbuf.advance(n);
+                    buffers.write.advance(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
@@ -136,11 +166,25 @@ impl Socket {
 
     /// Gives back whatever buffer is empty, busy or not.
     pub(super) fn release_buffers(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-            self.rbuf = BytesMut::new();
+        let Some(buffers) = self.buffers.as_deref_mut() else {
+            return;
+        };
+        if buffers.read.is_empty() && buffers.read.capacity() > 0 {
+            buffers.read = BytesMut::new();
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_WRITE_CAPACITY {
-            self.wbuf = BytesMut::new();
+        if buffers.write.is_empty() && buffers.write.capacity() > IDLE_WRITE_CAPACITY {
+            buffers.write = BytesMut::new();
+        }
+    }
+
+    /// Frees the buffers altogether if they hold nothing (the connection is parking).
+    pub(super) fn drop_empty_buffers(&mut self) {
+        if self
+            .buffers
+            .as_ref()
+            .is_some_and(|b| b.read.is_empty() && b.write.is_empty())
+        {
+            self.buffers = None;
         }
     }
 
@@ -167,13 +211,16 @@ impl Socket {
     /// Writes the buffer out. Cancel-safe: what was written is consumed from the buffer, so
     /// an interrupted flush resumes where it stopped.
     pub(super) async fn flush(&mut self) -> io::Result<()> {
-        while !self.wbuf.is_empty() {
+        let Some(buffers) = self.buffers.as_deref_mut() else {
+            return Ok(());
+        };
+        while !buffers.write.is_empty() {
             let stream = self.stream.as_mut().ok_or_else(parked)?;
-            let n = stream.write(&self.wbuf).await?;
+            let n = stream.write(&buffers.write).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            self.wbuf.advance(n);
+            buffers.write.advance(n);
             self.counters.bytes_out(n);
             self.busy |= n >= IDLE_WRITE_CAPACITY;
         }

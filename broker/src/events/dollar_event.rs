@@ -244,7 +244,7 @@ mod tests {
             client_id: ClientId::new("dev1212313"),
             username: Some("fluxmq".into()),
             peer: "183.136.225.31:40000".parse().unwrap(),
-            sockname: "192.168.0.1:1883".parse().unwrap(),
+            sockname: std::sync::Arc::new("192.168.0.1:1883".parse().unwrap()),
             protocol: ProtocolVersion::V31,
             transport: Transport::Tcp,
             keepalive: 120,
@@ -482,6 +482,7 @@ mod tests {
                 disconnected_at_ms: 5,
                 takeover_node: None,
                 by_disconnect_packet: true,
+                had_session: true,
             },
         );
         assert_eq!(all.len(), 2);
@@ -515,6 +516,7 @@ mod tests {
             disconnected_at_ms: 5,
             takeover_node: Some("192.168.0.2:1883".into()),
             by_disconnect_packet: false,
+            had_session: true,
         });
         assert_eq!(topic, "$EVENT.CLOSE");
         assert_eq!(v["reason"], "other_kicked");

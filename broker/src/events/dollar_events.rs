@@ -73,7 +73,7 @@ pub fn render(event: &Event, node: &NodeInfo) -> Option<Outgoing> {
                 "event": "client.disconnected",
                 "reason": reason.as_str(),
                 "peername": peername(c),
-                "sockname": known(c.sockname),
+                "sockname": known(*c.sockname),
                 "disconnected_at": disconnected_at_ms,
             });
             if let Some(n) = takeover_node {
@@ -137,7 +137,7 @@ mod tests {
             client_id: ClientId::new("306520284186458"),
             username: username.map(str::to_owned),
             peer: "10.0.0.9:5768".parse().unwrap(),
-            sockname: "10.0.0.1:1883".parse().unwrap(),
+            sockname: std::sync::Arc::new("10.0.0.1:1883".parse().unwrap()),
             protocol: ProtocolVersion::V311,
             transport: Transport::Tcp,
             keepalive: 60,
@@ -195,6 +195,7 @@ mod tests {
                 disconnected_at_ms: 1_724_136_603_064,
                 takeover_node: None,
                 by_disconnect_packet: false,
+                had_session: true,
             },
             Some("sample-user"),
         );
@@ -226,6 +227,7 @@ mod tests {
                 disconnected_at_ms: 1,
                 takeover_node: Some("10.0.0.2:1883".into()),
                 by_disconnect_packet: false,
+                had_session: true,
             },
             None,
         );

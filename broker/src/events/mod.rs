@@ -5,7 +5,6 @@
 pub mod access;
 pub mod dollar_event;
 pub mod dollar_events;
-pub mod live;
 pub mod model;
 pub mod mqtt_out;
 pub mod presence;
@@ -121,7 +120,7 @@ mod tests {
                 client_id: ClientId::new("c"),
                 username: None,
                 peer: "127.0.0.1:1000".parse().unwrap(),
-                sockname: "127.0.0.1:1883".parse().unwrap(),
+                sockname: std::sync::Arc::new("127.0.0.1:1883".parse().unwrap()),
                 protocol: ProtocolVersion::V5,
                 transport: Transport::Tcp,
                 keepalive: 60,

@@ -46,8 +46,9 @@ pub struct ClientInfo {
     pub username: Option<String>,
     /// The client's address (`peername`, `clientIp`, `ipaddress`).
     pub peer: SocketAddr,
-    /// The listener address it connected to (`sockname`).
-    pub sockname: SocketAddr,
+    /// The listener address it connected to (`sockname`). Shared by the connections
+    /// accepted on the same address: 24 bytes less in every connection's info.
+    pub sockname: Arc<SocketAddr>,
     pub protocol: ProtocolVersion,
     pub transport: Transport,
     pub keepalive: u16,
@@ -67,7 +68,7 @@ impl ClientInfo {
             client_id,
             username: None,
             peer: nowhere,
-            sockname: nowhere,
+            sockname: Arc::new(nowhere),
             protocol,
             transport: Transport::Tcp,
             keepalive: 0,
@@ -80,7 +81,7 @@ impl ClientInfo {
     /// A socket that never sent a valid CONNECT: only its addresses are known.
     pub fn before_connect(
         peer: SocketAddr,
-        sockname: SocketAddr,
+        sockname: Arc<SocketAddr>,
         protocol: ProtocolVersion,
         now_ms: u64,
     ) -> ClientInfo {
@@ -216,6 +217,9 @@ pub enum EventBody {
         disconnected_at_ms: u64,
         takeover_node: Option<String>,
         by_disconnect_packet: bool,
+        /// The connection had gone live (raised `client.connected`); false for one refused
+        /// before it had a session, which raises `client.disconnected` too.
+        had_session: bool,
     },
     Ping,
     Subscribed {

@@ -184,6 +184,7 @@ mod tests {
             disconnected_at_ms: 2,
             takeover_node: None,
             by_disconnect_packet: false,
+            had_session: true,
         }
     }
 

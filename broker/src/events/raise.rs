@@ -120,6 +120,7 @@ pub fn disconnected(broker: &Broker, client: &Arc<ClientInfo>, close: &Close) {
             takeover_node: (close.reason == DisconnectReason::Takeovered)
                 .then(|| broker.events.node().node.clone()),
             by_disconnect_packet: close.reason == DisconnectReason::Normal,
+            had_session: true,
         },
     );
 }
@@ -149,6 +150,7 @@ pub fn refused(
             disconnected_at_ms: now_ms(),
             takeover_node: None,
             by_disconnect_packet: false,
+            had_session: false,
         },
     );
 }
@@ -169,7 +171,7 @@ pub fn reported_before_connect(reason: DisconnectReason) -> bool {
 /// The ClientInfo of a socket refused before a valid CONNECT.
 pub fn before_connect(
     peer: SocketAddr,
-    sockname: SocketAddr,
+    sockname: Arc<SocketAddr>,
     protocol: Option<ProtocolVersion>,
 ) -> Arc<ClientInfo> {
     Arc::new(ClientInfo::before_connect(

@@ -84,7 +84,7 @@ impl RedisDialect {
     }
 
     async fn run(mut self, stop: CancellationToken) {
-        let mut entries = Entries::new(self.record);
+        let entries = Entries::new(self.record);
         let mut pending: VecDeque<Entry> = VecDeque::new();
         let mut conn: Option<Connection> = None;
         let mut failures = 0u32;

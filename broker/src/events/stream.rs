@@ -13,7 +13,6 @@ use skein_storage::{EventLog, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::live::LiveConnections;
 use super::sink_task::SinkTask;
 use super::{Event, EventBody, EventBus, EventKind, KindSet};
 use crate::config::Config;
@@ -58,11 +57,9 @@ pub struct Entry {
 /// Turns events into entries: a `connect` per session that went live, a `disconnect`
 /// when it ends. Connections refused before they had a session (which raise
 /// `client.disconnected` too) write nothing.
-/// Both kinds always reach it (a disconnect is only recorded for a connection that went
-/// live); `record` says which of them become entries (`stream_kinds`).
+/// `record` says which of the two kinds become entries (`stream_kinds`).
 #[derive(Debug)]
 pub struct Entries {
-    live: LiveConnections,
     record: KindSet,
 }
 
@@ -74,28 +71,18 @@ impl Default for Entries {
 
 impl Entries {
     pub fn new(record: KindSet) -> Entries {
-        Entries {
-            live: LiveConnections::default(),
-            record,
-        }
+        Entries { record }
     }
 
-    pub fn entry(&mut self, event: &Event, instance: &str) -> Option<Entry> {
-        let kind = event.kind();
+    pub fn entry(&self, event: &Event, instance: &str) -> Option<Entry> {
         let event_type = match &event.body {
-            EventBody::Connected => {
-                self.live.connected(&event.client);
-                EventType::Connect
-            }
-            EventBody::Disconnected { .. } => {
-                if !self.live.disconnected(&event.client) {
-                    return None;
-                }
-                EventType::Disconnect
-            }
+            EventBody::Connected => EventType::Connect,
+            // The event says whether the connection went live: no per-connection map to
+            // pair disconnects with connects (it cost every connected client ~50 bytes).
+            EventBody::Disconnected { had_session, .. } if *had_session => EventType::Disconnect,
             _ => return None,
         };
-        if !self.record.contains(kind) {
+        if !self.record.contains(event.kind()) {
             return None;
         }
         Some(Entry {

@@ -76,6 +76,11 @@ fn client(id: &str) -> Arc<ClientInfo> {
 }
 
 fn disconnected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
+    ended(c, at_ms, true)
+}
+
+/// `client.disconnected`; `had_session` false: refused before it went live.
+fn ended(c: &Arc<ClientInfo>, at_ms: u64, had_session: bool) -> Event {
     event_at(
         c,
         at_ms,
@@ -84,6 +89,7 @@ fn disconnected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
             disconnected_at_ms: at_ms,
             takeover_node: None,
             by_disconnect_packet: false,
+            had_session,
         },
     )
 }
@@ -157,7 +163,7 @@ async fn entries_are_xadded_with_the_seed_fields_in_order() {
     let task = register(&mut bus, &config(redis.url())).unwrap().start();
     let a = client("dev-a");
     bus.emit(connected(&a, 1_700_000_000_001));
-    bus.emit(disconnected(&client("refused"), 1));
+    bus.emit(ended(&client("refused"), 1, false));
     bus.emit(disconnected(&a, 1_700_000_000_002));
     let entries = wait_for_len(&redis.url(), "test.mqtt", 2).await;
     assert_eq!(entries.len(), 2, "{entries:?}");

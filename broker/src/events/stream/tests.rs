@@ -36,13 +36,14 @@ fn disconnected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
             disconnected_at_ms: at_ms,
             takeover_node: None,
             by_disconnect_packet: true,
+            had_session: true,
         },
     )
 }
 
 #[test]
 fn entries_pair_connects_with_disconnects() {
-    let mut entries = Entries::default();
+    let entries = Entries::default();
     let a = client("a", 1);
     let e = entries
         .entry(&connected(&a, 1_700_000_000_123), "n")
@@ -61,16 +62,25 @@ fn entries_pair_connects_with_disconnects() {
         .unwrap();
     assert_eq!(e.event_type, EventType::Disconnect);
     assert_eq!(e.occurred_at, 1_700_000_000_456_000_000);
-    assert!(entries
-        .entry(&disconnected(&client("refused", 9), 2), "n")
-        .is_none());
+    let refused = event_at(
+        &client("refused", 9),
+        2,
+        EventBody::Disconnected {
+            reason: DisconnectReason::NotAuthorized,
+            disconnected_at_ms: 2,
+            takeover_node: None,
+            by_disconnect_packet: false,
+            had_session: false,
+        },
+    );
+    assert!(entries.entry(&refused, "n").is_none());
     let ping = event_at(&a, 1, EventBody::Ping);
     assert!(entries.entry(&ping, "n").is_none());
 }
 
 #[test]
 fn occurred_at_is_the_events_own_nanosecond_clock() {
-    let mut entries = Entries::default();
+    let entries = Entries::default();
     let c = client("ns", 1);
     let mut event = connected(&c, 1_700_000_000_123);
     event.timestamp_ns = 1_700_000_000_123_456_789;

@@ -221,7 +221,7 @@ mod tests {
             client_id: ClientId::new("dev-1"),
             username: username.map(str::to_owned),
             peer: "192.168.1.7:50123".parse().unwrap(),
-            sockname: "10.0.0.1:1883".parse().unwrap(),
+            sockname: std::sync::Arc::new("10.0.0.1:1883".parse().unwrap()),
             protocol,
             transport: Transport::Tcp,
             keepalive: 60,
@@ -321,6 +321,7 @@ mod tests {
                 disconnected_at_ms: 1,
                 takeover_node: None,
                 by_disconnect_packet: false,
+                had_session: true,
             },
         );
         let expected = json!({

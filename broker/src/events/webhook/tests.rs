@@ -84,7 +84,7 @@ fn client(id: &str, protocol: ProtocolVersion) -> Arc<ClientInfo> {
         client_id: ClientId::new(id),
         username: Some("user".into()),
         peer: "127.0.0.1:40000".parse().unwrap(),
-        sockname: "127.0.0.1:1883".parse().unwrap(),
+        sockname: std::sync::Arc::new("127.0.0.1:1883".parse().unwrap()),
         protocol,
         transport: Transport::Tcp,
         keepalive: 30,
@@ -125,6 +125,7 @@ fn disconnected(client: &Arc<ClientInfo>) -> Event {
             disconnected_at_ms: 1_700_000_003_000,
             takeover_node: None,
             by_disconnect_packet: false,
+            had_session: true,
         },
     )
 }

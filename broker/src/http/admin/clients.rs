@@ -79,7 +79,7 @@ impl Row {
             info: st.attachment.as_ref().map(|a| a.info.clone()),
             protocol_level: st.protocol_level,
             expiry_interval: st.expiry_interval,
-            disconnected_at_ms: st.disconnected_at_ms,
+            disconnected_at_ms: st.disconnected_at_ms.get(),
             inflight: st.inflight.len(),
             queued: st.queue.len(),
             subscriptions: st.subscriptions.len(),

@@ -54,7 +54,7 @@ fn online(b: &Broker, id: &str, username: Option<&str>) -> (Arc<Session>, Arc<Ki
             client_id: ClientId::new(id),
             username: username.map(str::to_owned),
             peer: "10.1.2.3:4567".parse().unwrap(),
-            sockname: "127.0.0.1:1883".parse().unwrap(),
+            sockname: std::sync::Arc::new("127.0.0.1:1883".parse().unwrap()),
             protocol: ProtocolVersion::V5,
             transport: Transport::Tcp,
             keepalive: 30,
@@ -73,7 +73,7 @@ fn offline(b: &Broker, id: &str) -> Arc<Session> {
     let mut st = s.state();
     st.protocol_level = 4;
     st.expiry_interval = 3600;
-    st.disconnected_at_ms = Some(1_700_000_000_500);
+    st.disconnected_at_ms = crate::session::OptionalMs::at(1_700_000_000_500);
     drop(st);
     s
 }
