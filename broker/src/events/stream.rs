@@ -200,46 +200,89 @@ struct Sink {
     entries: Entries,
 }
 
+/// Most events appended in one write.
+const APPEND_BATCH: usize = 256;
+
+/// How often appended entries are made durable: sled's own default window, which the
+/// log had when it lived in sled.
+const SYNC_INTERVAL: Duration = Duration::from_millis(500);
+
 impl Sink {
     async fn run(mut self, mut events: mpsc::Receiver<Arc<Event>>, stop: CancellationToken) {
         self.trim().await;
         let mut trim = tokio::time::interval(self.retention.interval());
         trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         trim.reset();
+        let mut sync = tokio::time::interval(SYNC_INTERVAL);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(APPEND_BATCH);
+        let mut unsynced = false;
         loop {
             tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => self.append(&event),
-                    None => break,
-                },
+                received = events.recv_many(&mut batch, APPEND_BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    unsynced |= self.append(&batch);
+                    batch.clear();
+                }
+                _ = sync.tick(), if unsynced => {
+                    unsynced = false;
+                    self.sync().await;
+                }
                 _ = trim.tick() => self.trim().await,
                 () = stop.cancelled() => {
                     while let Ok(event) = events.try_recv() {
-                        self.append(&event);
+                        batch.push(event);
+                        if batch.len() == APPEND_BATCH {
+                            self.append(&batch);
+                            batch.clear();
+                        }
                     }
+                    self.append(&batch);
                     break;
                 }
             }
         }
+        self.sync().await;
         // Dropping `last` ends the long polls and event streams that wait on it.
     }
 
-    fn append(&mut self, event: &Event) {
-        let Some(entry) = self.entries.entry(event, &self.instance) else {
-            return;
-        };
-        let appended = serde_json::to_vec(&entry)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| self.log.append(&bytes).map_err(|e| e.to_string()));
-        match appended {
-            Ok(id) => {
-                self.last.send_replace(id);
+    /// Appends the entries of `events` in one write; true if any was appended.
+    fn append(&mut self, events: &[Arc<Event>]) -> bool {
+        let mut encoded: Vec<(u64, Vec<u8>)> = Vec::with_capacity(events.len());
+        let now = now_ns();
+        for event in events {
+            let Some(entry) = self.entries.entry(event, &self.instance) else {
+                continue;
+            };
+            match serde_json::to_vec(&entry) {
+                Ok(bytes) => encoded.push((now, bytes)),
+                Err(error) => dropped(1, &error.to_string()),
+            }
+        }
+        if encoded.is_empty() {
+            return false;
+        }
+        let records: Vec<(u64, &[u8])> = encoded.iter().map(|(at, e)| (*at, &e[..])).collect();
+        match self.log.append_batch(&records) {
+            Ok(last) => {
+                self.last.send_replace(last);
+                true
             }
             Err(error) => {
-                metrics::counter!(crate::metrics::EVENTS_DROPPED, "dialect" => DIALECT, "reason" => "storage_error")
-                    .increment(1);
-                tracing::error!(%error, client_id = %entry.client_id, "cannot append to the event log");
+                dropped(records.len(), &error.to_string());
+                false
             }
+        }
+    }
+
+    async fn sync(&self) {
+        let log = self.log.clone();
+        match tokio::task::spawn_blocking(move || log.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "cannot sync the event log"),
+            Err(error) => tracing::error!(%error, "event log sync task failed"),
         }
     }
 
@@ -254,6 +297,13 @@ impl Sink {
             Err(error) => tracing::error!(%error, "event log trim task failed"),
         }
     }
+}
+
+/// Counts and logs `n` entries the log could not take.
+fn dropped(n: usize, error: &str) {
+    metrics::counter!(crate::metrics::EVENTS_DROPPED, "dialect" => DIALECT, "reason" => "storage_error")
+        .increment(n as u64);
+    tracing::error!(%error, entries = n, "cannot append to the event log");
 }
 
 fn now_ns() -> u64 {

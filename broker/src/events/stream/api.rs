@@ -87,6 +87,9 @@ enum ApiError {
     Disabled,
     #[error("storage failure")]
     Storage(#[source] skein_storage::StorageError),
+    /// The blocking read task failed (panicked or was cancelled at shutdown).
+    #[error("read task failed")]
+    ReadTask(#[source] tokio::task::JoinError),
 }
 
 impl IntoResponse for ApiError {
@@ -98,6 +101,10 @@ impl IntoResponse for ApiError {
                 tracing::error!(%error, "cannot read the event log");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            ApiError::ReadTask(error) => {
+                tracing::error!(%error, "event log read task failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         http::error(status, &self.to_string())
     }
@@ -107,9 +114,14 @@ fn param(params: &[(String, u64)], name: &str) -> Option<u64> {
     params.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
 }
 
-/// Entries after `after` as JSON objects with their `id`.
-fn read(log: &EventLog, after: u64, limit: usize) -> Result<Vec<(u64, Value)>, ApiError> {
-    let entries = log.read_after(after, limit).map_err(ApiError::Storage)?;
+/// Entries after `after` as JSON objects with their `id`. The log is read on the blocking
+/// pool: old entries come from disk, not from memory.
+async fn read(log: &EventLog, after: u64, limit: usize) -> Result<Vec<(u64, Value)>, ApiError> {
+    let log = log.clone();
+    let entries = tokio::task::spawn_blocking(move || log.read_after(after, limit))
+        .await
+        .map_err(ApiError::ReadTask)?
+        .map_err(ApiError::Storage)?;
     Ok(entries
         .into_iter()
         .map(|(id, bytes)| (id, with_id(id, &bytes)))
@@ -150,7 +162,7 @@ async fn list(State(api): State<StreamApi>, query: RawQuery) -> Response {
     let entries = loop {
         // Marked seen before reading: an append after this wakes `changed` below.
         last.borrow_and_update();
-        let entries = match read(&log, after, limit) {
+        let entries = match read(&log, after, limit).await {
             Ok(entries) => entries,
             Err(e) => return e.into_response(),
         };
@@ -219,7 +231,7 @@ async fn stream(State(api): State<StreamApi>, headers: HeaderMap, query: RawQuer
                 return Some((Ok::<_, Infallible>(event), c));
             }
             c.last.borrow_and_update();
-            match read(&c.log, c.after, STREAM_BATCH) {
+            match read(&c.log, c.after, STREAM_BATCH).await {
                 Ok(entries) if !entries.is_empty() => {
                     c.ready.extend(entries);
                     continue;
