@@ -88,6 +88,11 @@ pub struct Broker {
     /// Every connection task (the listener's and resumed parked ones), drained on shutdown.
     pub connections: TaskTracker,
     pub parker: crate::connection::park::Parker,
+    /// The node's connection limit (`max_connections`): the listener takes a slot per
+    /// accepted socket; a connection gives it back when it ends.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// Where tasks wait for a session's lifecycle lock.
+    pub lifecycle_waiters: crate::lifecycle_lock::LifecycleWaiters,
 }
 
 impl Broker {
@@ -101,7 +106,9 @@ impl Broker {
         let retained = RetainedStore::load(store.clone())?;
         let connections = TaskTracker::new();
         let park_after = config.park_idle();
+        let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let broker = Arc::new(Broker {
+            connection_slots,
             config,
             store,
             cluster,
@@ -116,6 +123,7 @@ impl Broker {
             tasks: TaskTracker::new(),
             parker: crate::connection::park::Parker::new(park_after, connections.clone()),
             connections,
+            lifecycle_waiters: Default::default(),
         });
         broker.restore_sessions()?;
         Ok(broker)
@@ -188,7 +196,7 @@ impl Broker {
         let Some(session) = self.find_session(client_id) else {
             return false;
         };
-        let _lifecycle = session.lifecycle.lock().await;
+        let _lifecycle = session.lifecycle.lock(&self.lifecycle_waiters).await;
         let will = {
             let mut st = session.state();
             if st.removed {
@@ -400,7 +408,7 @@ impl Broker {
                 _ = cancel.cancelled() => return,
                 _ = broker.shutdown.cancelled() => return,
             }
-            let _lifecycle = session.lifecycle.lock().await;
+            let _lifecycle = session.lifecycle.lock(&broker.lifecycle_waiters).await;
             let will = {
                 let mut st = session.state();
                 if st.generation == generation && !st.is_online() && !st.removed {
@@ -440,7 +448,7 @@ impl Broker {
                 _ = tokio::time::sleep(delay) => {}
                 _ = broker.shutdown.cancelled() => return,
             }
-            let _lifecycle = session.lifecycle.lock().await;
+            let _lifecycle = session.lifecycle.lock(&broker.lifecycle_waiters).await;
             let (still_offline, will) = {
                 let mut st = session.state();
                 let same = st.generation == generation && !st.is_online() && !st.removed;

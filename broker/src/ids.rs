@@ -1,15 +1,16 @@
 //! Identifier newtypes, so a client id is never confused with a topic or a node name.
 
 use std::fmt;
-use std::sync::Arc;
 
-/// An MQTT client identifier; cheap to clone (shared string).
+use arcstr::ArcStr;
+
+/// An MQTT client identifier; cheap to clone (shared string behind a thin pointer).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(Arc<str>);
+pub struct ClientId(ArcStr);
 
 impl ClientId {
     pub fn new(id: &str) -> ClientId {
-        ClientId(Arc::from(id))
+        ClientId(ArcStr::from(id))
     }
 
     pub fn as_str(&self) -> &str {

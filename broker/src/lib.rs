@@ -14,6 +14,7 @@ pub mod events;
 pub mod http;
 pub mod ids;
 pub mod lazy_box;
+pub mod lifecycle_lock;
 pub mod memory;
 pub mod message;
 pub mod metrics;

@@ -5,14 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::broker::Broker;
 use crate::connection;
 
 /// Accepts until the broker's shutdown token fires, then waits for every connection task.
 pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
-    let permits = Arc::new(Semaphore::new(broker.config.max_connections));
     let connections = &broker.connections;
     let mut socknames = SocknameCache::default();
     loop {
@@ -29,7 +27,7 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
                 continue;
             }
         };
-        let permit = permits.clone().try_acquire_owned().ok();
+        let permit = broker.connection_slots.clone().try_acquire_owned().ok();
         let sockname = socknames.get(stream.local_addr().unwrap_or(peer));
         connections.spawn(connection::serve(
             broker.clone(),

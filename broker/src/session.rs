@@ -201,6 +201,21 @@ pub struct Subscription {
     pub subscription_id: Option<u32>,
 }
 
+/// SipHash with keys drawn once per process, shared by every session's subscription map:
+/// `RandomState` would keep its 16 bytes of keys in each of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessRandomState;
+
+impl std::hash::BuildHasher for ProcessRandomState {
+    type Hasher = std::collections::hash_map::DefaultHasher;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        KEYS.get_or_init(Default::default).build_hasher()
+    }
+}
+
 /// An optional Unix-milliseconds timestamp in 8 bytes instead of 16 (every session holds
 /// two). A real timestamp is never 0; one that is, is stored as 1.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -228,7 +243,7 @@ pub struct SessionState {
     pub generation: u64,
     pub disconnected_at_ms: OptionalMs,
     /// Full filter (with any `$share/group/` prefix) → options.
-    pub subscriptions: HashMap<String, Subscription>,
+    pub subscriptions: HashMap<String, Subscription, ProcessRandomState>,
     pub queue: LazyBox<VecDeque<Queued>>,
     /// In send order (oldest first), so a resumed session retransmits in order. Mutate it
     /// only through `push_inflight` / `remove_inflight` / `take_inflight`, which keep
@@ -257,7 +272,7 @@ pub struct SessionState {
 
 pub struct Session {
     pub client_id: ClientId,
-    pub lifecycle: tokio::sync::Mutex<()>,
+    pub lifecycle: crate::lifecycle_lock::LifecycleLock,
     state: Mutex<SessionState>,
     /// Whether storage may hold a record of this session (so ending it must delete one).
     stored: std::sync::atomic::AtomicBool,
@@ -307,7 +322,7 @@ impl SessionState {
             attachment: None,
             generation: 0,
             disconnected_at_ms: OptionalMs::NONE,
-            subscriptions: HashMap::new(),
+            subscriptions: HashMap::default(),
             queue: LazyBox::new(),
             inflight: LazyBox::new(),
             ids_in_use: None,
@@ -467,7 +482,7 @@ impl Session {
     pub fn new(client_id: ClientId) -> Arc<Session> {
         Arc::new(Session {
             client_id,
-            lifecycle: tokio::sync::Mutex::new(()),
+            lifecycle: Default::default(),
             state: Mutex::new(SessionState::new()),
             stored: std::sync::atomic::AtomicBool::new(false),
         })

@@ -148,7 +148,7 @@ async fn refuse(
         });
         codec::encode(&packet, protocol, socket.wbuf());
     }
-    socket.close_gracefully().await;
+    socket.close_gracefully(&broker.hot).await;
 }
 
 async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>, Refusal> {
@@ -207,7 +207,7 @@ async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>
                 ));
             }
         }
-        match socket.fill().await {
+        match socket.fill(&broker.hot).await {
             Ok(true) => {}
             Ok(false) => {
                 return Err(Refusal::close(
@@ -362,7 +362,12 @@ async fn attach(
     // Look the session up until we hold the lifecycle lock of one still in the registry.
     let (session, session_present) = loop {
         let session = broker.get_or_create_session(&client_id);
-        let Ok(guard) = tokio::time::timeout(LIFECYCLE_WAIT, session.lifecycle.lock()).await else {
+        let Ok(guard) = tokio::time::timeout(
+            LIFECYCLE_WAIT,
+            session.lifecycle.lock(&broker.lifecycle_waiters),
+        )
+        .await
+        else {
             let r = Refusal::connack(
                 protocol,
                 rc::SERVER_BUSY,
@@ -494,7 +499,7 @@ async fn attach(
         will_on_disconnect: false,
         acked: 0,
         _gauge: crate::metrics::ConnectionGauge::new(protocol),
-        permit: None,
+        holds_slot: false,
     })
 }
 
@@ -545,7 +550,7 @@ pub(super) async fn detach(
     close: &Close,
     will_on_disconnect: bool,
 ) {
-    let _guard = session.lifecycle.lock().await;
+    let _guard = session.lifecycle.lock(&broker.lifecycle_waiters).await;
     let now = now_ms();
     let (generation, expiry, will_now, will_delay_ms) = {
         let mut st = session.state();

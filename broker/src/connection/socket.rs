@@ -1,13 +1,14 @@
 //! A connection's socket and its read and write buffers.
 
 use std::io;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::metrics::HotCounters;
 
 const READ_CHUNK: usize = 4096;
 /// A write buffer larger than this is freed once it has been flushed.
@@ -23,15 +24,14 @@ pub struct Socket {
     /// Boxed and created on demand: an idle connection holds no buffers, not even their
     /// 64 bytes of empty headers.
     buffers: Option<Box<Buffers>>,
-    counters: Arc<crate::metrics::HotCounters>,
-    /// A large read or write happened since the buffers were last considered idle.
-    busy: bool,
 }
 
 #[derive(Default)]
 struct Buffers {
     read: BytesMut,
     write: BytesMut,
+    /// A large read or write happened since the buffers were last considered idle.
+    busy: bool,
 }
 
 fn parked() -> io::Error {
@@ -39,13 +39,11 @@ fn parked() -> io::Error {
 }
 
 impl Socket {
-    pub(super) fn new(stream: TcpStream, counters: Arc<crate::metrics::HotCounters>) -> Socket {
+    pub(super) fn new(stream: TcpStream) -> Socket {
         let _ = stream.set_nodelay(true);
         Socket {
             stream: Some(stream),
             buffers: None,
-            counters,
-            busy: false,
         }
     }
 
@@ -98,19 +96,20 @@ impl Socket {
     /// Reads what the socket has without waiting: Ok(Some(false)) on end of stream,
     /// Ok(None) when nothing is there. The read buffer is only grown when a read is tried,
     /// and given back when that finds nothing, so an idle connection holds no buffer.
-    pub(super) fn try_fill(&mut self) -> io::Result<Option<bool>> {
+    pub(super) fn try_fill(&mut self, counters: &HotCounters) -> io::Result<Option<bool>> {
         let Some(stream) = &self.stream else {
             return Err(parked());
         };
-        let rbuf = &mut self.buffers.get_or_insert_with(Box::default).read;
+        let buffers = self.buffers.get_or_insert_with(Box::default);
+        let rbuf = &mut buffers.read;
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
         }
         let read = stream.try_read_buf(rbuf);
         match read {
             Ok(n) => {
-                self.counters.bytes_in(n);
-                self.busy |= n >= READ_CHUNK / 2;
+                counters.bytes_in(n);
+                buffers.busy |= n >= READ_CHUNK / 2;
                 Ok(Some(n > 0))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -124,17 +123,17 @@ impl Socket {
     }
 
     /// Waits for and reads more bytes; Ok(false) on end of stream. Cancel-safe.
-    pub(super) async fn fill(&mut self) -> io::Result<bool> {
+    pub(super) async fn fill(&mut self, counters: &HotCounters) -> io::Result<bool> {
         loop {
             self.io()?.readable().await?;
-            if let Some(more) = self.try_fill()? {
+            if let Some(more) = self.try_fill(counters)? {
                 return Ok(more);
             }
         }
     }
 
     /// Writes what the socket takes without waiting.
-    pub(super) fn try_flush(&mut self) -> io::Result<()> {
+    pub(super) fn try_flush(&mut self, counters: &HotCounters) -> io::Result<()> {
         let Some(buffers) = self.buffers.as_deref_mut() else {
             return Ok(());
         };
@@ -143,8 +142,8 @@ impl Socket {
             match stream.try_write(&buffers.write) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    self.counters.bytes_out(n);
-                    self.busy |= n >= IDLE_WRITE_CAPACITY;
+                    counters.bytes_out(n);
+                    buffers.busy |= n >= IDLE_WRITE_CAPACITY;
                     buffers.write.advance(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -158,8 +157,10 @@ impl Socket {
     /// Buffers survive one loop iteration after a large read or write, so a streaming
     /// connection keeps them (re-growing them every batch cost a tenth of the CPU).
     pub(super) fn release_idle_buffers(&mut self) {
-        if std::mem::take(&mut self.busy) {
-            return;
+        if let Some(buffers) = self.buffers.as_deref_mut() {
+            if std::mem::take(&mut buffers.busy) {
+                return;
+            }
         }
         self.release_buffers();
     }
@@ -191,8 +192,8 @@ impl Socket {
     /// Flushes what is pending, half-closes, then reads and discards until the client closes
     /// (bounded). Closing outright with unread input makes the kernel send RST, and a
     /// client still writing would lose our last packet (a DISCONNECT or CONNACK) with it.
-    pub(super) async fn close_gracefully(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
+    pub(super) async fn close_gracefully(&mut self, counters: &HotCounters) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.flush(counters)).await;
         let Ok(stream) = self.io_mut() else { return };
         let _ = stream.shutdown().await;
         let mut sink = [0u8; 1024];
@@ -210,7 +211,7 @@ impl Socket {
 
     /// Writes the buffer out. Cancel-safe: what was written is consumed from the buffer, so
     /// an interrupted flush resumes where it stopped.
-    pub(super) async fn flush(&mut self) -> io::Result<()> {
+    pub(super) async fn flush(&mut self, counters: &HotCounters) -> io::Result<()> {
         let Some(buffers) = self.buffers.as_deref_mut() else {
             return Ok(());
         };
@@ -221,8 +222,8 @@ impl Socket {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             buffers.write.advance(n);
-            self.counters.bytes_out(n);
-            self.busy |= n >= IDLE_WRITE_CAPACITY;
+            counters.bytes_out(n);
+            buffers.busy |= n >= IDLE_WRITE_CAPACITY;
         }
         Ok(())
     }
