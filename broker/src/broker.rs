@@ -398,7 +398,7 @@ impl Broker {
     }
 
     /// Publishes the offline session's will after `delay_ms` unless it reconnects first.
-    pub fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, generation: u64, delay_ms: u64) {
+    pub fn schedule_will(self: &Arc<Self>, session: &Arc<Session>, generation: u32, delay_ms: u64) {
         let broker = self.clone();
         let session = session.clone();
         let cancel = session.state().timer_token();
@@ -432,7 +432,7 @@ impl Broker {
     pub fn schedule_expiry(
         self: &Arc<Self>,
         session: &Arc<Session>,
-        generation: u64,
+        generation: u32,
         expiry_interval: u32,
         elapsed_ms: u64,
     ) {
@@ -633,10 +633,12 @@ mod tests {
     fn online(b: &Broker, id: &str) -> Arc<Session> {
         let s = b.get_or_create_session(&ClientId::new(id));
         let tx = crate::session::KickSignal::new();
-        s.state().attachment = Some(Attachment {
-            connection_id: 1,
-            kick: tx,
-            info: Arc::new(crate::events::ClientInfo {
+        s.state().attach(
+            Attachment {
+                connection_id: 1,
+                kick: tx,
+            },
+            Arc::new(crate::events::ClientInfo {
                 client_id: ClientId::new(id),
                 username: None,
                 peer: "127.0.0.1:1000".parse().unwrap(),
@@ -648,7 +650,7 @@ mod tests {
                 connected_at_ms: 0,
                 will: None,
             }),
-        });
+        );
         s
     }
 

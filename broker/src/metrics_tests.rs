@@ -237,10 +237,12 @@ fn test_broker() -> Arc<Broker> {
 
 fn attach(session: &Session, id: &str) {
     let kick = crate::session::KickSignal::new();
-    session.state().attachment = Some(Attachment {
-        connection_id: 1,
-        kick,
-        info: Arc::new(ClientInfo {
+    session.state().attach(
+        Attachment {
+            connection_id: 1,
+            kick,
+        },
+        Arc::new(ClientInfo {
             client_id: ClientId::new(id),
             username: None,
             peer: "127.0.0.1:1000".parse().expect("addr"),
@@ -252,7 +254,7 @@ fn attach(session: &Session, id: &str) {
             connected_at_ms: 0,
             will: None,
         }),
-    });
+    );
 }
 
 fn subscription(qos: QoS) -> Subscription {

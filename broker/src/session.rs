@@ -192,7 +192,6 @@ impl KickSignal {
 pub struct Attachment {
     pub connection_id: u64,
     pub kick: Arc<KickSignal>,
-    pub info: Arc<crate::events::ClientInfo>,
 }
 
 #[derive(Debug, Clone)]
@@ -239,8 +238,9 @@ pub struct SessionState {
     /// Seconds the session lives after its connection ends; 0 = ends with the connection.
     pub expiry_interval: u32,
     pub attachment: Option<Attachment>,
-    /// Bumped on every attach and detach, so timers armed for an earlier state do nothing.
-    pub generation: u64,
+    /// Bumped on every attach and detach, so timers armed for an earlier state do nothing
+    /// (compared for equality only, so it may wrap).
+    pub generation: u32,
     pub disconnected_at_ms: OptionalMs,
     /// Full filter (with any `$share/group/` prefix) → options.
     pub subscriptions: HashMap<String, Subscription, ProcessRandomState>,
@@ -265,8 +265,8 @@ pub struct SessionState {
     /// Set when the session has been removed from the registry; a connection that finds
     /// this after taking the lifecycle lock must look the client id up again.
     pub removed: bool,
-    /// The client of the last attached connection, for the events of an offline session
-    /// (None after a restart).
+    /// The client of the attached connection, else of the last one, for the events of
+    /// an offline session (None after a restart).
     pub last_info: Option<Arc<crate::events::ClientInfo>>,
 }
 
@@ -341,6 +341,17 @@ impl SessionState {
         self.expiry_interval > 0
     }
 
+    /// Attaches the connection described by `info`.
+    pub fn attach(&mut self, attachment: Attachment, info: Arc<crate::events::ClientInfo>) {
+        self.attachment = Some(attachment);
+        self.last_info = Some(info);
+    }
+
+    /// The attached connection's client.
+    pub fn attached_info(&self) -> Option<&Arc<crate::events::ClientInfo>> {
+        self.attachment.as_ref().and(self.last_info.as_ref())
+    }
+
     pub fn is_online(&self) -> bool {
         self.attachment.is_some()
     }
@@ -355,10 +366,13 @@ impl SessionState {
     pub fn clear(&mut self) {
         let generation = self.generation;
         let attachment = self.attachment.take();
+        let last_info = self.last_info.take();
         self.cancel_timers();
         *self = SessionState::new();
         self.generation = generation;
         self.attachment = attachment;
+        // Describes the attached connection (or the last one): not session state.
+        self.last_info = last_info;
     }
 
     /// The token that cancels this offline period's timers.

@@ -414,14 +414,15 @@ async fn attach(
             st.protocol_level = protocol.level();
             st.expiry_interval = expiry;
             st.will = c.will.take().map(Box::new);
-            st.generation += 1;
+            st.generation = st.generation.wrapping_add(1);
             st.disconnected_at_ms = OptionalMs::NONE;
-            st.attachment = Some(Attachment {
-                connection_id: id,
-                kick: kick.clone(),
-                info: info.clone(),
-            });
-            st.last_info = Some(info.clone());
+            st.attach(
+                Attachment {
+                    connection_id: id,
+                    kick: kick.clone(),
+                },
+                info.clone(),
+            );
             if st.is_persistent() {
                 broker.persist_session_locked(&session, &st);
             } else {
@@ -521,7 +522,7 @@ fn client_info(
 ) -> ClientInfo {
     ClientInfo {
         client_id: ClientId::new(&c.client_id),
-        username: c.username.clone(),
+        username: c.username.as_deref().map(Arc::from),
         peer,
         sockname,
         protocol: c.protocol,
@@ -558,7 +559,7 @@ pub(super) async fn detach(
             return;
         }
         st.attachment = None;
-        st.generation += 1;
+        st.generation = st.generation.wrapping_add(1);
         st.release_idle_memory();
         st.disconnected_at_ms = OptionalMs::at(now);
         if close.reason == DisconnectReason::Normal && !will_on_disconnect {

@@ -67,7 +67,7 @@ pub fn render(event: &Event, node: &NodeInfo) -> Vec<Outgoing> {
                 "version": version(c.protocol),
                 "keepalive": c.keepalive,
                 "cleanSession": c.clean_start,
-                "auth": { "username": c.username },
+                "auth": { "username": c.username.as_deref() },
                 "will": c.will.as_ref().map(|w| {
                     let mut will = json!({
                         "isRetain": w.retain,

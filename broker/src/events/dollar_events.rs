@@ -52,7 +52,7 @@ pub fn render(event: &Event, node: &NodeInfo) -> Option<Outgoing> {
             "$events/client_connected",
             json!({
                 "clientid": c.client_id.as_str(),
-                "username": c.username,
+                "username": c.username.as_deref(),
                 "event": "client.connected",
                 "clean_start": c.clean_start,
                 "connected_at": c.connected_at_ms,
@@ -69,7 +69,7 @@ pub fn render(event: &Event, node: &NodeInfo) -> Option<Outgoing> {
         } => {
             let mut fields = json!({
                 "clientid": c.client_id.as_str(),
-                "username": c.username,
+                "username": c.username.as_deref(),
                 "event": "client.disconnected",
                 "reason": reason.as_str(),
                 "peername": peername(c),
@@ -135,7 +135,7 @@ mod tests {
     fn client(username: Option<&str>) -> Arc<ClientInfo> {
         Arc::new(ClientInfo {
             client_id: ClientId::new("306520284186458"),
-            username: username.map(str::to_owned),
+            username: username.map(std::sync::Arc::from),
             peer: "10.0.0.9:5768".parse().unwrap(),
             sockname: std::sync::Arc::new("10.0.0.1:1883".parse().unwrap()),
             protocol: ProtocolVersion::V311,

@@ -43,7 +43,7 @@ pub struct WillInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
     pub client_id: ClientId,
-    pub username: Option<String>,
+    pub username: Option<Arc<str>>,
     /// The client's address (`peername`, `clientIp`, `ipaddress`).
     pub peer: SocketAddr,
     /// The listener address it connected to (`sockname`). Shared by the connections

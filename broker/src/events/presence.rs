@@ -168,7 +168,7 @@ mod tests {
 
     fn client(id: &str, username: Option<&str>) -> Arc<ClientInfo> {
         Arc::new(ClientInfo {
-            username: username.map(str::to_owned),
+            username: username.map(std::sync::Arc::from),
             peer: "10.0.0.9:4000".parse().unwrap(),
             ..ClientInfo::unknown(ClientId::new(id), ProtocolVersion::V5)
         })

@@ -66,7 +66,7 @@ fn names_publisher() -> KindSet {
 #[inline]
 pub fn publisher_username(bus: &EventBus, client: &ClientInfo) -> Option<Arc<str>> {
     if bus.wants_any(names_publisher()) {
-        client.username.as_deref().map(Arc::from)
+        client.username.clone()
     } else {
         None
     }
@@ -80,7 +80,7 @@ pub fn will_publisher_username(broker: &Broker, client_id: &ClientId) -> Option<
     }
     let session = broker.find_session(client_id)?;
     let info = session.state().last_info.clone()?;
-    info.username.as_deref().map(Arc::from)
+    info.username.clone()
 }
 
 /// `session.terminated`: `session` ended for `reason`. Called before its state is cleared,
@@ -186,8 +186,8 @@ pub fn before_connect(
 /// seen, else (restored after a restart) only its id. Also whether it is online.
 pub fn session_client(session: &Session) -> (Arc<ClientInfo>, bool) {
     let st = session.state();
-    if let Some(a) = &st.attachment {
-        return (a.info.clone(), true);
+    if let Some(info) = st.attached_info() {
+        return (info.clone(), true);
     }
     let info = st.last_info.clone().unwrap_or_else(|| {
         Arc::new(ClientInfo::unknown(

@@ -137,14 +137,16 @@ mod tests {
     fn subscriber(broker: &Arc<Broker>, filter: &str) -> Arc<crate::session::Session> {
         let s = broker.get_or_create_session(&ClientId::new("sub"));
         let tx = crate::session::KickSignal::new();
-        s.state().attachment = Some(Attachment {
-            connection_id: 1,
-            kick: tx,
-            info: Arc::new(ClientInfo::unknown(
+        s.state().attach(
+            Attachment {
+                connection_id: 1,
+                kick: tx,
+            },
+            Arc::new(ClientInfo::unknown(
                 ClientId::new("sub"),
                 crate::codec::ProtocolVersion::V5,
             )),
-        });
+        );
         broker.subscribe(
             &s,
             filter,

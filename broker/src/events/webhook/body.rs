@@ -219,7 +219,7 @@ mod tests {
     fn client(username: Option<&str>, protocol: ProtocolVersion) -> Arc<ClientInfo> {
         Arc::new(ClientInfo {
             client_id: ClientId::new("dev-1"),
-            username: username.map(str::to_owned),
+            username: username.map(std::sync::Arc::from),
             peer: "192.168.1.7:50123".parse().unwrap(),
             sockname: std::sync::Arc::new("10.0.0.1:1883".parse().unwrap()),
             protocol,

@@ -76,7 +76,7 @@ impl Row {
         }
         Some(Row {
             client_id: session.client_id.clone(),
-            info: st.attachment.as_ref().map(|a| a.info.clone()),
+            info: st.attached_info().cloned(),
             protocol_level: st.protocol_level,
             expiry_interval: st.expiry_interval,
             disconnected_at_ms: st.disconnected_at_ms.get(),
@@ -90,7 +90,7 @@ impl Row {
         let info = self.info.as_deref();
         ClientView {
             clientid: self.client_id.as_str().to_owned(),
-            username: info.and_then(|i| i.username.clone()),
+            username: info.and_then(|i| i.username.as_deref().map(str::to_owned)),
             node: node.node_name.clone(),
             node_ip: node.node_ip.clone(),
             peername: info.map(|i| i.peer.to_string()),

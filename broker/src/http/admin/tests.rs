@@ -47,12 +47,14 @@ fn online(b: &Broker, id: &str, username: Option<&str>) -> (Arc<Session>, Arc<Ki
     let tx = rx.clone();
     let mut st = s.state();
     st.protocol_level = 5;
-    st.attachment = Some(Attachment {
-        connection_id: 1,
-        kick: tx,
-        info: Arc::new(ClientInfo {
+    st.attach(
+        Attachment {
+            connection_id: 1,
+            kick: tx,
+        },
+        Arc::new(ClientInfo {
             client_id: ClientId::new(id),
-            username: username.map(str::to_owned),
+            username: username.map(std::sync::Arc::from),
             peer: "10.1.2.3:4567".parse().unwrap(),
             sockname: std::sync::Arc::new("127.0.0.1:1883".parse().unwrap()),
             protocol: ProtocolVersion::V5,
@@ -62,7 +64,7 @@ fn online(b: &Broker, id: &str, username: Option<&str>) -> (Arc<Session>, Arc<Ki
             connected_at_ms: 1_700_000_000_000,
             will: None,
         }),
-    });
+    );
     drop(st);
     (s.clone(), rx)
 }
