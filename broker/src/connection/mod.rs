@@ -3,6 +3,7 @@
 mod handshake;
 mod inbound;
 mod outbound;
+mod paged_slab;
 pub mod park;
 pub mod reason;
 mod socket;

@@ -4,7 +4,7 @@
 //! Input on its socket, a wake-up or kick on its signal, or its keepalive deadline resumes
 //! it in a new task, which carries on exactly where the old one stopped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::paged_slab::{Key, PagedSlab};
 use super::Connection;
 
 const WAKER: Token = Token(usize::MAX);
@@ -66,11 +67,11 @@ struct Started {
 
 #[derive(Default)]
 struct State {
-    /// Keys are never reused, so a late wake-up for a resumed connection finds nothing.
-    next_key: u64,
-    parked: HashMap<u64, Parked>,
+    /// Keys are not reused (a generation in each), so a late wake-up for a resumed
+    /// connection finds nothing.
+    parked: PagedSlab<Parked>,
     /// (ms since `base`, key): when a parked connection must be resumed without input.
-    due: BTreeSet<(u64, u64)>,
+    due: BTreeSet<(u64, Key)>,
     /// When the thread looks at `due` next without being woken (None: not before an event).
     thread_wakes_at: Option<u64>,
     parks_since_trim: u64,
@@ -96,10 +97,7 @@ impl Parker {
                 started: OnceLock::new(),
                 starting: Mutex::new(()),
                 tracker,
-                state: Mutex::new(State {
-                    next_key: 1,
-                    ..State::default()
-                }),
+                state: Mutex::new(State::default()),
                 base: Instant::now(),
                 stopped: AtomicBool::new(false),
             }),
@@ -168,7 +166,7 @@ impl ParkerHandle {
         let due_ms = due.map(|d| shared.ms(d).max(1));
         let key = {
             let mut st = shared.state();
-            let key = st.next_key;
+            let key = st.parked.next_key();
             let registered = started.registry.register(
                 &mut SourceFd(&stream.as_raw_fd()),
                 Token(key as usize),
@@ -183,7 +181,6 @@ impl ParkerHandle {
                 }
                 return Err(conn);
             }
-            st.next_key += 1;
             st.parks_since_trim += 1;
             st.last_park = Some(Instant::now());
             if let Some(ms) = due_ms {
@@ -193,16 +190,15 @@ impl ParkerHandle {
                     let _ = started.waker.wake();
                 }
             }
-            st.parked.insert(
-                key,
-                Parked {
-                    conn,
-                    stream,
-                    due_ms: due_ms.unwrap_or(0),
-                    // Taken while this connection's task still runs: no gap in the count.
-                    _tracked: shared.tracker.token(),
-                },
-            );
+            let inserted = st.parked.insert(Parked {
+                conn,
+                stream,
+                due_ms: due_ms.unwrap_or(0),
+                // Taken while this connection's task still runs: no gap in the count.
+                _tracked: shared.tracker.token(),
+            });
+            // Nothing touched the slab since `next_key`, under the same lock.
+            debug_assert_eq!(inserted, key);
             // Under the lock, so a resume (which takes it too) can't be overtaken by this.
             signal.set_parked(key);
             key
@@ -261,7 +257,7 @@ impl Shared {
         };
         let parked = {
             let mut st = self.state();
-            let Some(p) = st.parked.remove(&key) else {
+            let Some(p) = st.parked.remove(key) else {
                 return;
             };
             if p.due_ms != 0 {
