@@ -92,7 +92,14 @@ pub async fn run(
 ) -> Result<(), BrokerError> {
     // Before anything records: what is counted earlier is lost.
     let prometheus = metrics::install();
-    let store = skein_storage::Store::open(&config.data_dir)?;
+    // Opening scans the event log's segments: blocking I/O, off the async workers.
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || skein_storage::Store::open(&data_dir))
+        .await
+        .map_err(|e| BrokerError::Io {
+            context: "opening the store".into(),
+            source: std::io::Error::other(e),
+        })??;
     let cluster = Arc::new(LocalCluster::new(NodeId(config.node_id)));
     let mqtt_addr = mqtt.local_addr().map_err(|source| BrokerError::Io {
         context: "MQTT listener address".into(),
@@ -148,6 +155,13 @@ pub async fn run(
         let _ = task.await;
     }
     broker.flush_storage().await?;
+    // The stream sink syncs the event log when it finishes, unless it overran its drain.
+    let log = broker.store.event_log().clone();
+    match tokio::task::spawn_blocking(move || log.sync()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot sync the event log"),
+        Err(e) => tracing::error!(error = %e, "event log sync task failed"),
+    }
     match tokio::time::timeout(broker.config.shutdown_timeout(), http_task).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server failed"),

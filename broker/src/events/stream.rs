@@ -139,7 +139,13 @@ const MAX_TRIM_INTERVAL: Duration = Duration::from_secs(60);
 pub struct StreamApi {
     log: Option<EventLog>,
     last: watch::Receiver<u64>,
+    /// Bounds the reads running on the blocking pool: every long poll and event stream
+    /// reads on every append.
+    reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Log reads on the blocking pool at a time, over all consumers.
+const CONCURRENT_READS: usize = 4;
 
 /// The registered stream dialect.
 pub struct StreamDialect {
@@ -175,6 +181,7 @@ impl StreamDialect {
         StreamApi {
             log: self.events.is_some().then(|| self.log.clone()),
             last: self.last.subscribe(),
+            reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_READS)),
         }
     }
 
@@ -223,23 +230,23 @@ impl Sink {
                     if received == 0 {
                         break;
                     }
-                    unsynced |= self.append(&batch);
+                    unsynced |= self.append(&batch).await;
                     batch.clear();
                 }
                 _ = sync.tick(), if unsynced => {
-                    unsynced = false;
-                    self.sync().await;
+                    // Retried on the next tick when it fails.
+                    unsynced = !self.sync().await;
                 }
                 _ = trim.tick() => self.trim().await,
                 () = stop.cancelled() => {
                     while let Ok(event) = events.try_recv() {
                         batch.push(event);
                         if batch.len() == APPEND_BATCH {
-                            self.append(&batch);
+                            self.append(&batch).await;
                             batch.clear();
                         }
                     }
-                    self.append(&batch);
+                    self.append(&batch).await;
                     break;
                 }
             }
@@ -248,8 +255,10 @@ impl Sink {
         // Dropping `last` ends the long polls and event streams that wait on it.
     }
 
-    /// Appends the entries of `events` in one write; true if any was appended.
-    fn append(&mut self, events: &[Arc<Event>]) -> bool {
+    /// Appends the entries of `events` in one write; true if any was appended. The write
+    /// runs on the blocking pool: it may rotate a segment or flush an id reservation, both
+    /// fsyncs.
+    async fn append(&mut self, events: &[Arc<Event>]) -> bool {
         let mut encoded: Vec<(u64, Vec<u8>)> = Vec::with_capacity(events.len());
         let now = now_ns();
         for event in events {
@@ -264,25 +273,39 @@ impl Sink {
         if encoded.is_empty() {
             return false;
         }
-        let records: Vec<(u64, &[u8])> = encoded.iter().map(|(at, e)| (*at, &e[..])).collect();
-        match self.log.append_batch(&records) {
+        let count = encoded.len();
+        let log = self.log.clone();
+        let appended = tokio::task::spawn_blocking(move || {
+            let records: Vec<(u64, &[u8])> = encoded.iter().map(|(at, e)| (*at, &e[..])).collect();
+            log.append_batch(&records).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match appended {
             Ok(last) => {
                 self.last.send_replace(last);
                 true
             }
             Err(error) => {
-                dropped(records.len(), &error.to_string());
+                dropped(count, &error);
                 false
             }
         }
     }
 
-    async fn sync(&self) {
+    /// Makes what was appended durable; false if that failed.
+    async fn sync(&self) -> bool {
         let log = self.log.clone();
         match tokio::task::spawn_blocking(move || log.sync()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "cannot sync the event log"),
-            Err(error) => tracing::error!(%error, "event log sync task failed"),
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot sync the event log");
+                false
+            }
+            Err(error) => {
+                tracing::error!(%error, "event log sync task failed");
+                false
+            }
         }
     }
 

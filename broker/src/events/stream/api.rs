@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -23,7 +24,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
 use skein_storage::EventLog;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use super::StreamApi;
 use crate::http;
@@ -116,7 +117,14 @@ fn param(params: &[(String, u64)], name: &str) -> Option<u64> {
 
 /// Entries after `after` as JSON objects with their `id`. The log is read on the blocking
 /// pool: old entries come from disk, not from memory.
-async fn read(log: &EventLog, after: u64, limit: usize) -> Result<Vec<(u64, Value)>, ApiError> {
+async fn read(
+    log: &EventLog,
+    reads: &Semaphore,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Value)>, ApiError> {
+    // Never closed, so acquiring only waits.
+    let _permit = reads.acquire().await.ok();
     let log = log.clone();
     let entries = tokio::task::spawn_blocking(move || log.read_after(after, limit))
         .await
@@ -162,7 +170,7 @@ async fn list(State(api): State<StreamApi>, query: RawQuery) -> Response {
     let entries = loop {
         // Marked seen before reading: an append after this wakes `changed` below.
         last.borrow_and_update();
-        let entries = match read(&log, after, limit).await {
+        let entries = match read(&log, &api.reads, after, limit).await {
             Ok(entries) => entries,
             Err(e) => return e.into_response(),
         };
@@ -197,6 +205,7 @@ fn resume_from(headers: &HeaderMap, after: Option<u64>) -> Result<u64, ApiError>
 
 struct Cursor {
     log: EventLog,
+    reads: Arc<Semaphore>,
     last: watch::Receiver<u64>,
     after: u64,
     ready: VecDeque<(u64, Value)>,
@@ -218,6 +227,7 @@ async fn stream(State(api): State<StreamApi>, headers: HeaderMap, query: RawQuer
     let cursor = Cursor {
         log,
         last: api.last,
+        reads: api.reads,
         after,
         ready: VecDeque::new(),
     };
@@ -231,7 +241,7 @@ async fn stream(State(api): State<StreamApi>, headers: HeaderMap, query: RawQuer
                 return Some((Ok::<_, Infallible>(event), c));
             }
             c.last.borrow_and_update();
-            match read(&c.log, c.after, STREAM_BATCH).await {
+            match read(&c.log, &c.reads, c.after, STREAM_BATCH).await {
                 Ok(entries) if !entries.is_empty() => {
                     c.ready.extend(entries);
                     continue;
