@@ -30,6 +30,24 @@ pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
     parse_vm_rss(&status).with_context(|| format!("no VmRSS line in {path}"))
 }
 
+/// The broker's RSS once it stops changing: a broker that has just opened its port may
+/// still be starting (seen: Skein 6.4 MB at its listening log line, 8.2 MB 0.3 s later), and
+/// a baseline taken mid-start charges the rest of its start-up to the connections.
+/// Samples every 200 ms until two agree within 16 KiB, for at most 3 s.
+async fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let give_up = Instant::now() + Duration::from_secs(3);
+    let mut last = vm_rss_kib(pid)?;
+    while Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = vm_rss_kib(pid)?;
+        if now.abs_diff(last) <= 16 {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
 struct Worker {
     latency: Latency,
     first_attempt: Option<Instant>,
@@ -39,7 +57,7 @@ struct Worker {
 pub async fn run(s: &Settings) -> anyhow::Result<ConnectReport> {
     let deadline = Instant::now() + s.timeout;
     let pid = s.broker_pid.context("connect needs --broker-pid")?;
-    let rss_before = vm_rss_kib(pid)?;
+    let rss_before = settled_rss_kib(pid).await?;
     let nonce = format!(
         "{}-{}",
         std::process::id(),

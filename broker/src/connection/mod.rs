@@ -1,5 +1,6 @@
 //! One task per client connection: read → session → write, keepalive, limits.
 
+mod deadlines;
 mod handshake;
 mod inbound;
 mod outbound;

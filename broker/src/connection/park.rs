@@ -4,7 +4,6 @@
 //! Input on its socket, a wake-up or kick on its signal, or its keepalive deadline resumes
 //! it in a new task, which carries on exactly where the old one stopped.
 
-use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::deadlines::Deadlines;
 use super::paged_slab::{Key, PagedSlab};
 use super::Connection;
 
@@ -70,8 +70,8 @@ struct State {
     /// Keys are not reused (a generation in each), so a late wake-up for a resumed
     /// connection finds nothing.
     parked: PagedSlab<Parked>,
-    /// (ms since `base`, key): when a parked connection must be resumed without input.
-    due: BTreeSet<(u64, Key)>,
+    /// When parked connections must be resumed without input (ms since `base`).
+    due: Deadlines,
     /// When the thread looks at `due` next without being woken (None: not before an event).
     thread_wakes_at: Option<u64>,
     parks_since_trim: u64,
@@ -81,8 +81,6 @@ struct State {
 struct Parked {
     conn: Box<Connection>,
     stream: std::net::TcpStream,
-    /// 0: none (keep alive 0).
-    due_ms: u64,
     /// Counts the parked connection as a task of the listener's tracker, so a shutdown
     /// drain never finishes while one is parked (the shutdown sweep resumes them all).
     _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
@@ -184,16 +182,16 @@ impl ParkerHandle {
             st.parks_since_trim += 1;
             st.last_park = Some(Instant::now());
             if let Some(ms) = due_ms {
-                st.due.insert((ms, key));
-                if st.thread_wakes_at.is_none_or(|at| ms < at) {
-                    st.thread_wakes_at = Some(ms);
+                st.due.insert(ms, key);
+                let look_at = st.due.next_due().unwrap_or(ms);
+                if st.thread_wakes_at.is_none_or(|at| look_at < at) {
+                    st.thread_wakes_at = Some(look_at);
                     let _ = started.waker.wake();
                 }
             }
             let inserted = st.parked.insert(Parked {
                 conn,
                 stream,
-                due_ms: due_ms.unwrap_or(0),
                 // Taken while this connection's task still runs: no gap in the count.
                 _tracked: shared.tracker.token(),
             });
@@ -260,9 +258,6 @@ impl Shared {
             let Some(p) = st.parked.remove(key) else {
                 return;
             };
-            if p.due_ms != 0 {
-                st.due.remove(&(p.due_ms, key));
-            }
             p.conn.kick_rx.clear_parked();
             p
         };
@@ -298,13 +293,14 @@ impl Shared {
     fn run(self: Arc<Self>, mut poll: Poll) {
         let mut events = Events::with_capacity(256);
         let mut resume: Vec<(u64, &'static str)> = Vec::new();
+        let mut due: Vec<Key> = Vec::new();
         let mut last_trim = Instant::now();
         loop {
             let timeout = {
                 let mut st = self.state();
                 let now = self.ms(Instant::now());
                 let tick = now.saturating_add(TICK.as_millis() as u64);
-                let next = st.due.first().map_or(tick, |&(ms, _)| ms.min(tick));
+                let next = st.due.next_due().map_or(tick, |ms| ms.min(tick));
                 st.thread_wakes_at = Some(next);
                 Duration::from_millis(next.saturating_sub(now))
             };
@@ -325,15 +321,12 @@ impl Shared {
                     .map(|e| (e.token().0 as u64, "socket")),
             );
             {
-                let st = self.state();
+                let mut st = self.state();
                 let now = self.ms(Instant::now());
-                resume.extend(
-                    st.due
-                        .iter()
-                        .take_while(|&&(ms, _)| ms <= now)
-                        .map(|&(_, key)| (key, "deadline")),
-                );
+                // Keys of connections resumed since find nothing in `unpark`.
+                st.due.take_due(now, &mut due);
             }
+            resume.extend(due.drain(..).map(|key| (key, "deadline")));
             for (key, why) in resume.drain(..) {
                 self.unpark(key, why);
             }
