@@ -23,7 +23,10 @@ pub struct Deadlines {
 
 impl Deadlines {
     pub fn insert(&mut self, due_ms: u64, key: Key) {
-        self.buckets.entry(due_ms / BUCKET_MS).or_default().push(key);
+        self.buckets
+            .entry(due_ms / BUCKET_MS)
+            .or_default()
+            .push(key);
     }
 
     /// When the earliest bucket ends (the time to look again), if any.
@@ -82,7 +85,10 @@ mod tests {
             let mut d = Deadlines::default();
             d.insert(due, 7);
             let fires = d.next_due().unwrap();
-            assert!(fires > due && fires <= due + BUCKET_MS, "{due} fires at {fires}");
+            assert!(
+                fires > due && fires <= due + BUCKET_MS,
+                "{due} fires at {fires}"
+            );
         }
     }
 }

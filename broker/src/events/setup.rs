@@ -22,12 +22,21 @@ pub struct MqttDialects {
 pub fn register_mqtt_dialects(bus: &mut EventBus, config: &Config) -> MqttDialects {
     let capacity = config.events_queue_capacity;
     let mut dialects = Vec::new();
-    let mut add = |bus: &mut EventBus, name: &'static str, kinds: KindSet, render: Renderer| {
+    let mut add = |bus: &mut EventBus,
+                   name: &'static str,
+                   kinds: KindSet,
+                   render: Renderer,
+                   dollar_topics_only: bool| {
         if kinds == KindSet::NONE {
             return;
         }
         let rx = bus.add_sink(name, kinds, capacity);
-        dialects.push(Dialect { name, rx, render });
+        dialects.push(Dialect {
+            name,
+            rx,
+            render,
+            dollar_topics_only,
+        });
     };
     if config.events_dollar_events {
         let node = bus.node().clone();
@@ -41,13 +50,13 @@ pub fn register_mqtt_dialects(bus: &mut EventBus, config: &Config) -> MqttDialec
         }
         let render: Renderer =
             Box::new(move |e| dollar_events::render(e, &node).into_iter().collect());
-        add(bus, dollar_events::DIALECT, kinds, render);
+        add(bus, dollar_events::DIALECT, kinds, render, true);
     }
     if config.events_dollar_event {
         let node = bus.node().clone();
         let kinds = KindSet(config.events_dollar_event_kinds.0 & dollar_event::renders().0);
         let render: Renderer = Box::new(move |e| dollar_event::render(e, &node));
-        add(bus, dollar_event::DIALECT, kinds, render);
+        add(bus, dollar_event::DIALECT, kinds, render, true);
     }
     if !config.events_presence_topic.is_empty() {
         match Template::parse(&config.events_presence_topic) {
@@ -61,6 +70,8 @@ pub fn register_mqtt_dialects(bus: &mut EventBus, config: &Config) -> MqttDialec
                     super::presence::DIALECT,
                     KindSet(config.events_presence_kinds.0 & super::presence::renders().0),
                     render,
+                    // Any topic, possibly retained.
+                    false,
                 );
             }
             // The config loader already refused a bad template; this is a Config built in code.

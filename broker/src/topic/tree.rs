@@ -16,6 +16,9 @@ use super::validate::{valid_share_group, valid_topic_filter};
 pub struct TopicTree<K, V> {
     pub(super) root: Node<K, V>,
     len: usize,
+    /// Subscriptions whose filter starts with `$` (the only ones that can match a `$`
+    /// topic): while there are none, the event dialects skip rendering their `$` topics.
+    dollar_len: usize,
 }
 
 /// Only the size: dumping a whole index would flood logs, and derived Debug would recurse per level.
@@ -32,6 +35,7 @@ impl<K, V> Default for TopicTree<K, V> {
         Self {
             root: Node::new(),
             len: 0,
+            dollar_len: 0,
         }
     }
 }
@@ -58,6 +62,7 @@ impl<K: Eq + Hash + Clone, V> TopicTree<K, V> {
         let previous = self.slot_or_insert(filter).insert(share_group, key, value);
         if previous.is_none() {
             self.len += 1;
+            self.dollar_len += usize::from(filter.starts_with('$'));
         }
         previous
     }
@@ -72,6 +77,7 @@ impl<K: Eq + Hash + Clone, V> TopicTree<K, V> {
         let removed = slot.remove(share_group, key)?;
         let emptied = slot.is_empty();
         self.len -= 1;
+        self.dollar_len -= usize::from(filter.starts_with('$'));
         if emptied {
             self.prune(filter);
         }
@@ -87,6 +93,13 @@ impl<K: Eq + Hash + Clone, V> TopicTree<K, V> {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Whether any subscription could match a topic starting with `$` (MQTT-4.7.2-1:
+    /// filters starting with a wildcard never do).
+    #[must_use]
+    pub fn has_dollar_filters(&self) -> bool {
+        self.dollar_len > 0
     }
 
     /// All subscriptions as (filter, group, key, value), in no particular order.
@@ -254,6 +267,23 @@ mod tests {
         let mut all = tree.subscriptions();
         all.sort();
         all
+    }
+
+    #[test]
+    fn dollar_filters_are_counted_once_each() {
+        let mut tree = TopicTree::new();
+        tree.subscribe("#", None, 1, "all");
+        tree.subscribe("+/x", None, 1, "one");
+        assert!(!tree.has_dollar_filters(), "wildcards never match $ topics");
+        tree.subscribe("$events/#", None, 1, "a");
+        tree.subscribe("$events/#", None, 1, "replaced");
+        tree.subscribe("$EVENT.CONNECT", Some("g"), 2, "b");
+        assert!(tree.has_dollar_filters());
+        assert_eq!(tree.unsubscribe("$events/#", None, &1), Some("replaced"));
+        assert_eq!(tree.unsubscribe("$events/#", None, &1), None);
+        assert!(tree.has_dollar_filters());
+        tree.unsubscribe("$EVENT.CONNECT", Some("g"), &2);
+        assert!(!tree.has_dollar_filters());
     }
 
     #[test]
