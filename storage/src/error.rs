@@ -40,6 +40,25 @@ pub enum StorageError {
     #[error("event log entry of {len} bytes exceeds the maximum of {max}")]
     EntryTooLarge { len: usize, max: usize },
 
+    /// An event log segment file was written by a newer Skein in a format this build
+    /// cannot read. Distinct from [`StorageError::SchemaTooNew`] so the message names the
+    /// file, not the whole store.
+    #[error(
+        "event log segment {path} has format version {found}, newer than the {supported} \
+         this build supports; upgrade Skein or point it at another data directory"
+    )]
+    EventLogFormatTooNew {
+        path: PathBuf,
+        found: u8,
+        supported: u8,
+    },
+
+    /// The event log has handed out every id up to `u64::MAX`. Never reached by counting
+    /// up; a corrupt stored reservation can get here, and reusing or wrapping ids would
+    /// break the promise that they increase.
+    #[error("event log ids are exhausted (the id counter reached u64::MAX)")]
+    IdsExhausted,
+
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     CreateDir {

@@ -151,8 +151,12 @@ impl Store {
     /// event log.
     pub fn flush_blocking(&self) -> Result<()> {
         let start = Instant::now();
-        self.events.sync()?;
-        let bytes = self.db.flush()?;
+        // Both run whatever the other did: a failed event log sync must not also leave
+        // the sessions and queues unflushed. The first error is reported.
+        let synced = self.events.sync();
+        let flushed = self.db.flush();
+        synced?;
+        let bytes = flushed?;
         tracing::debug!(
             bytes,
             elapsed_us = elapsed_us(start),

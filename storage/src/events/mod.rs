@@ -19,20 +19,44 @@
 //! (and flushed) ahead of use, so an id is never handed out twice even when a crash loses
 //! the unsynced tail of the log or every entry was trimmed: after a restart ids continue
 //! above the reservation, leaving a gap. Consumers must treat ids as increasing, not
-//! contiguous.
+//! contiguous. Ids never wrap: once `u64::MAX` is handed out (only a corrupt reservation
+//! gets near it) appends fail with [`StorageError::IdsExhausted`].
+//!
+//! # Crashes and damage
 //!
 //! Appends reach the file before they return (readable at once) but are durable only
-//! after [`EventLog::sync`]. On open the segments are scanned to rebuild the index; a torn
-//! record at the end of the newest segment (a crash mid-write) is cut off. A bad record
-//! anywhere else is damage, not a crash: reads reaching it fail with
-//! [`StorageError::Corrupt`] until trimming passes it, which drops the rest of its segment
-//! (unreadable anyway). Older builds kept the entries in sled tree `event_log`; they are
-//! moved into segments on open.
+//! after [`EventLog::sync`], which also notes in `event_log_meta` (`synced`: the newest
+//! segment's first id and synced length, u64 big-endian each) how far that segment is
+//! durable. The note reaches the disk with sled's next flush, so it may lag: it is a
+//! lower bound. Older segments were synced when they filled.
+//!
+//! On open the segments are scanned to rebuild the index. A bad record in the newest
+//! segment at or past its synced length is a write torn by a crash: the file is cut off
+//! there. A bad record anywhere else is damage, not a crash, and nothing is cut off: the
+//! segment keeps its readable prefix, takes no more appends (the next append starts a new
+//! segment), and its unreadable tail may hold any id below the next segment's name (any
+//! id at all while it is the newest). Reads reaching that tail fail with
+//! [`StorageError::Corrupt`], as does [`EventLog::first_id`] while the tail is the head
+//! of the log; reads starting past it work. [`EventLog::len`] counts readable entries
+//! only.
+//!
+//! A trim drops a damaged segment, tail and all, only when it provably reaches past the
+//! tail, judged by what follows it: trimming by id, when the next segment's name (its
+//! first id) is at most the cutoff; by age, when the next segment's first record is older
+//! than the cutoff; by length, when more entries must go than the damaged segment's
+//! readable live ones (the tail's entries go uncounted: they were never in `len`). A trim
+//! that cannot prove it stops at the damage and returns `Ok` with what it removed before
+//! it, so that retention keeps running; as the log moves on, a later trim passes it. The
+//! newest segment is never dropped, damaged or not.
+//!
+//! Older builds kept the entries in sled tree `event_log`; they are moved into segments
+//! on open.
 
 mod recovery;
 mod segment;
 #[cfg(test)]
 mod tests;
+mod trim;
 
 use std::collections::VecDeque;
 use std::fs;
@@ -43,7 +67,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sled::{Db, Tree};
 
-use self::segment::{corrupt, io_error, Cursor, Segment, Step, HEADER_LEN, MAX_ENTRY_LEN};
+use self::segment::{corrupt, io_error, Cursor, Segment, Step, MAX_ENTRY_LEN};
 use crate::error::{Result, StorageError};
 
 /// Name of the log in errors, and of the sled tree older builds kept it in.
@@ -51,6 +75,7 @@ const LOG_NAME: &str = "event_log";
 const TREE_LOG_META: &str = "event_log_meta";
 const RESERVED_KEY: &[u8] = b"reserved";
 const FIRST_KEY: &[u8] = b"first";
+const SYNCED_KEY: &[u8] = b"synced";
 
 /// How many ids one reservation covers: one sled flush per this many appends.
 const RESERVE_BLOCK: u64 = 1024;
@@ -89,7 +114,8 @@ struct Shared {
     writer: Mutex<Writer>,
     /// What readers need; held only to snapshot or publish, never during I/O.
     state: RwLock<State>,
-    /// Live entries, kept up to date so `len` and trimming to a length need no scan.
+    /// Readable live entries, kept up to date so `len` and trimming to a length need no
+    /// scan.
     len: AtomicU64,
     /// The highest id written so far (0: none yet).
     last: AtomicU64,
@@ -100,22 +126,52 @@ struct Shared {
 }
 
 struct Writer {
-    next: u64,
+    /// The next id to hand out; `None` once `u64::MAX` has been.
+    next: Option<u64>,
     reserved: u64,
     /// The watermark as last stored in `event_log_meta`.
     stored_first: u64,
+    /// Segment files trimmed away but not deleted yet. A file goes only once the
+    /// watermark above it is stored (else a restart would find its entries live again
+    /// with the file gone); a failed store or deletion is retried by the next trim.
+    doomed: Vec<Arc<Path>>,
 }
 
 struct State {
     /// Oldest first; the last one takes appends. Empty until the first append.
     segments: VecDeque<Segment>,
-    /// Watermark: every live id is at least this, and while the log is not empty it is
-    /// the first live id.
+    /// Watermark: every live id is at least this. While the log is not empty it is the
+    /// first live id, unless the head of the log is a damaged segment's unreadable tail.
     first: u64,
     /// Offset of the first live record in `segments[0]` (its end when none is live).
     head_offset: u64,
     /// Records of `segments[0]` before `head_offset`, i.e. trimmed.
     head_skipped: u64,
+}
+
+/// How far the newest segment is known to be durable: its first id and synced length.
+/// Stored under `synced` as both u64 big-endian, so byte order is field order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Synced {
+    first_id: u64,
+    len: u64,
+}
+
+impl Synced {
+    fn encode(self) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.first_id.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.len.to_be_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Synced> {
+        let (first_id, len) = bytes.split_first_chunk::<8>()?;
+        Some(Synced {
+            first_id: u64::from_be_bytes(*first_id),
+            len: u64::from_be_bytes(<[u8; 8]>::try_from(len).ok()?),
+        })
+    }
 }
 
 /// What a reader snapshots of one segment before reading it without the lock.
@@ -126,35 +182,6 @@ struct Span {
     end: u64,
     last_id: u64,
     bad: Option<Arc<str>>,
-}
-
-/// A snapshot of the oldest segment and the head of the log in it.
-struct Head {
-    file: Arc<fs::File>,
-    path: Arc<Path>,
-    /// Where the first live record is (or `end`).
-    offset: u64,
-    end: u64,
-    count: u64,
-    skipped: u64,
-    last_id: u64,
-    newest: bool,
-    bad: bool,
-    /// The log's watermark.
-    first: u64,
-}
-
-/// How far a trim goes.
-#[derive(Clone, Copy)]
-enum Until {
-    /// Ids below this.
-    Id(u64),
-    /// Entries appended before this (ns since the epoch).
-    Age(u64),
-    /// This many entries.
-    Count(u64),
-    /// Until at most this many are left (turned into `Count` under the writer lock).
-    Len(u64),
 }
 
 impl std::fmt::Debug for EventLog {
@@ -182,14 +209,12 @@ impl EventLog {
     }
 
     fn open_with(db: &Db, dir: &Path, options: Options, temporary: bool) -> Result<EventLog> {
-        fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+        create_dir_durably(dir)?;
         let meta = db.open_tree(TREE_LOG_META)?;
         let reserved = get_u64(&meta, RESERVED_KEY)?.unwrap_or(0);
         let watermark = get_u64(&meta, FIRST_KEY)?.unwrap_or(0);
-        let state = recovery::recover(dir, watermark, options)?;
+        let synced = get_synced(&meta)?;
+        let state = recovery::recover(dir, watermark, synced, options)?;
         let len = state
             .segments
             .iter()
@@ -202,18 +227,19 @@ impl EventLog {
             .rev()
             .find(|s| s.count > 0)
             .map_or(0, |s| s.last_id);
-        let next = last.max(reserved).saturating_add(1);
+        let top = last.max(reserved);
         let log = EventLog {
             shared: Arc::new(Shared {
                 dir: dir.to_owned(),
                 db: db.clone(),
                 meta,
                 options,
-                // Reserved up to `next - 1`: the first append reserves a new block.
+                // Reserved up to `top`: the first append reserves a new block.
                 writer: Mutex::new(Writer {
-                    next,
-                    reserved: next - 1,
+                    next: top.checked_add(1),
+                    reserved: top,
                     stored_first: watermark,
+                    doomed: Vec::new(),
                 }),
                 state: RwLock::new(state),
                 len: AtomicU64::new(len),
@@ -252,7 +278,8 @@ impl EventLog {
     /// Appends `(at_ns, entry)` pairs in order with one write; returns the id of the last.
     /// The batch's ids are consecutive, so the first is the returned id minus the batch
     /// length plus one. An empty batch appends nothing and returns [`EventLog::last_id`].
-    /// Entries over 16 MiB are refused (the whole batch, before anything is written).
+    /// Entries over 16 MiB are refused (the whole batch, before anything is written), and
+    /// so is a batch that would need ids past `u64::MAX` ([`StorageError::IdsExhausted`]).
     pub fn append_batch(&self, entries: &[(u64, &[u8])]) -> Result<u64> {
         if let Some((_, big)) = entries.iter().find(|(_, e)| e.len() > MAX_ENTRY_LEN) {
             return Err(StorageError::EntryTooLarge {
@@ -264,9 +291,12 @@ impl EventLog {
         if entries.is_empty() {
             return Ok(self.last_id());
         }
-        let first = writer.next;
-        let last = first.saturating_add(entries.len() as u64 - 1);
+        let first = writer.next.ok_or(StorageError::IdsExhausted)?;
+        let last = first
+            .checked_add(entries.len() as u64 - 1)
+            .ok_or(StorageError::IdsExhausted)?;
         if last > writer.reserved {
+            // Saturating: near `u64::MAX` a shorter block is all there is to reserve.
             let reserved = last.saturating_add(RESERVE_BLOCK - 1);
             self.shared
                 .meta
@@ -281,12 +311,14 @@ impl EventLog {
             .sum();
         let mut buf = Vec::with_capacity(size);
         let mut records = Vec::with_capacity(entries.len());
-        for (id, (at_ns, entry)) in (first..).zip(entries) {
+        for (i, (at_ns, entry)) in entries.iter().enumerate() {
+            // No overflow: `first + len - 1` was checked above.
+            let id = first + i as u64;
             records.push((id, buf.len() as u64));
             segment::encode_record(&mut buf, id, *at_ns, entry)?;
         }
         // Burnt even if the write fails: a partial write may have reached the disk.
-        writer.next = last.saturating_add(1);
+        writer.next = last.checked_add(1);
         self.write_records(&buf, &records)?;
         Ok(last)
     }
@@ -324,7 +356,9 @@ impl EventLog {
         self.shared.dirty.store(true, Ordering::Release);
 
         let mut state = self.state_mut();
-        let was_empty = self.is_empty();
+        // A damaged segment still in the list has a live unreadable tail: the watermark
+        // must stay below it, or reads from the start would skip it without a word.
+        let head_moves_to_new = self.is_empty() && state.segments.iter().all(|s| s.bad.is_none());
         let index_every = self.shared.options.index_every;
         if let Some(seg) = state.segments.back_mut() {
             for &(id, at) in records {
@@ -332,7 +366,7 @@ impl EventLog {
             }
             seg.len = offset + buf.len() as u64;
         }
-        if was_empty {
+        if head_moves_to_new {
             state.first = first_id;
         }
         self.shared
@@ -366,18 +400,38 @@ impl EventLog {
         if !self.shared.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let newest = self
-            .state()
-            .segments
-            .back()
-            .map(|s| (s.file.clone(), s.path.clone()));
-        if let Some((file, path)) = newest {
+        let newest = self.state().segments.back().map(|s| {
+            let synced = Synced {
+                first_id: s.first_id,
+                len: s.len,
+            };
+            (s.file.clone(), s.path.clone(), synced)
+        });
+        if let Some((file, path, synced)) = newest {
             if let Err(e) = file.sync_data() {
                 self.shared.dirty.store(true, Ordering::Release);
                 return Err(io_error(&path)(e));
             }
+            self.note_synced(synced);
         }
         Ok(())
+    }
+
+    /// Records how far the newest segment is durable, so that the next open tells damage
+    /// in synced data from a torn tail instead of cutting both off.
+    fn note_synced(&self, synced: Synced) {
+        // Syncs run concurrently and may finish out of order: keep the furthest.
+        let update = self.shared.meta.fetch_and_update(SYNCED_KEY, |old| {
+            match old.and_then(Synced::decode) {
+                Some(stored) if stored >= synced => Some(stored.encode().to_vec()),
+                _ => Some(synced.encode().to_vec()),
+            }
+        });
+        // Not the sync's failure: the entries are durable. A stale note only makes the
+        // next open treat more of the segment as a possibly torn tail, as before it.
+        if let Err(error) = update {
+            tracing::warn!(%error, "cannot note how far the event log is synced");
+        }
     }
 
     /// Up to `limit` entries with an id greater than `after`, in id order.
@@ -387,7 +441,7 @@ impl EventLog {
             return Ok(out);
         };
         while out.len() < limit {
-            let Some((span, start)) = self.span(from) else {
+            let Some((span, start)) = self.span(from)? else {
                 break;
             };
             let mut cursor = Cursor::new(&span.file, span.offset, span.end);
@@ -414,12 +468,26 @@ impl EventLog {
     }
 
     /// The segment holding the first live id at or above `from`, where to start reading it,
-    /// and the id to start from.
-    fn span(&self, from: u64) -> Option<(Span, u64)> {
+    /// and the id to start from. Corrupt when that id may be in a damaged segment's
+    /// unreadable tail.
+    fn span(&self, from: u64) -> Result<Option<(Span, u64)>> {
         let state = self.state();
         let start = from.max(state.first);
         let i = state.segments.partition_point(|s| s.last_id < start);
-        let seg = state.segments.get(i)?;
+        // `start` is past the readable records of the segment before `i`; if that one is
+        // damaged, ids up to the next segment's name may be in its tail.
+        if let Some(prev) = i.checked_sub(1).and_then(|p| state.segments.get(p)) {
+            let in_tail = match state.segments.get(i) {
+                Some(next) => start < next.first_id,
+                None => true,
+            };
+            if let (Some(reason), true) = (&prev.bad, in_tail) {
+                return Err(corrupt(&prev.path, prev.len, reason));
+            }
+        }
+        let Some(seg) = state.segments.get(i) else {
+            return Ok(None);
+        };
         let mut offset = seg.offset_for(start);
         if i == 0 {
             offset = offset.max(state.head_offset);
@@ -432,25 +500,7 @@ impl EventLog {
             last_id: seg.last_id,
             bad: seg.bad.clone(),
         };
-        Some((span, start))
-    }
-
-    /// What trimming needs to know of the head segment.
-    fn head(&self) -> Option<Head> {
-        let state = self.state();
-        let seg = state.segments.front()?;
-        Some(Head {
-            file: seg.file.clone(),
-            path: seg.path.clone(),
-            offset: state.head_offset,
-            end: seg.len,
-            count: seg.count,
-            skipped: state.head_skipped,
-            last_id: seg.last_id,
-            newest: state.segments.len() == 1,
-            bad: seg.bad.is_some(),
-            first: state.first,
-        })
+        Ok(Some((span, start)))
     }
 
     /// The highest id written so far, by this process or an earlier one (0 when none is
@@ -459,147 +509,29 @@ impl EventLog {
         self.shared.last.load(Ordering::Acquire)
     }
 
-    /// The oldest id still in the log.
+    /// The oldest id still in the log. Corrupt while the head of the log is a damaged
+    /// segment's unreadable tail: the oldest id is unknown then.
     pub fn first_id(&self) -> Result<Option<u64>> {
         let state = self.state();
+        for (i, seg) in state.segments.iter().enumerate() {
+            let trimmed = if i == 0 { state.head_skipped } else { 0 };
+            if seg.count > trimmed {
+                break;
+            }
+            if let Some(reason) = &seg.bad {
+                return Err(corrupt(&seg.path, seg.len, reason));
+            }
+        }
         Ok((!self.is_empty()).then_some(state.first))
     }
 
-    /// Entries currently in the log.
+    /// Readable entries currently in the log (a damaged segment's tail is not counted).
     pub fn len(&self) -> u64 {
         self.shared.len.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Removes every entry with an id below `id`; returns how many were removed.
-    pub fn trim_before(&self, id: u64) -> Result<u64> {
-        self.trim(Until::Id(id))
-    }
-
-    /// Removes the entries appended before `cutoff_ns` (nanoseconds since the epoch);
-    /// returns how many were removed. Stops at the first newer entry: entries are appended
-    /// in time order, give or take a clock step back, and a stray older entry behind a
-    /// newer one goes with the next trim.
-    pub fn trim_older_than(&self, cutoff_ns: u64) -> Result<u64> {
-        self.trim(Until::Age(cutoff_ns))
-    }
-
-    /// Removes the oldest entries until at most `max` remain; returns how many went.
-    pub fn trim_to_len(&self, max: u64) -> Result<u64> {
-        self.trim(Until::Len(max))
-    }
-
-    fn trim(&self, until: Until) -> Result<u64> {
-        let mut writer = self.writer();
-        let until = match until {
-            Until::Len(max) => Until::Count(self.len().saturating_sub(max)),
-            until => until,
-        };
-        let mut removed = 0;
-        let mut doomed = Vec::new();
-        let trimmed = self.advance_head(until, &mut removed, &mut doomed);
-        // Even after an error what was removed stays removed: store the watermark, then
-        // delete the files below it (a crash in between leaves them to the next open).
-        let first = self.state().first;
-        if (removed > 0 || !doomed.is_empty()) && first != writer.stored_first {
-            self.shared.meta.insert(FIRST_KEY, &first.to_be_bytes())?;
-            self.shared.db.flush()?;
-            writer.stored_first = first;
-        }
-        for path in doomed {
-            remove_segment(&path);
-        }
-        if removed > 0 {
-            tracing::debug!(removed, "trimmed event log");
-        }
-        trimmed.map(|()| removed)
-    }
-
-    /// Moves the head of the log forward as `until` says, counting entries into `removed`
-    /// and segments wholly behind the head into `doomed`. Whole segments are dropped
-    /// without reading them when their bounds decide; otherwise records are scanned from
-    /// the head.
-    fn advance_head(
-        &self,
-        until: Until,
-        removed: &mut u64,
-        doomed: &mut Vec<Arc<Path>>,
-    ) -> Result<()> {
-        loop {
-            let Some(head) = self.head() else {
-                return Ok(());
-            };
-            let live = head.count.saturating_sub(head.skipped);
-            let (whole, done) = match until {
-                Until::Id(id) => (head.last_id < id, head.first >= id),
-                Until::Count(n) => (n.saturating_sub(*removed) >= live, *removed >= n),
-                Until::Age(_) | Until::Len(_) => (false, false),
-            };
-            let whole = whole || live == 0;
-            if done && !whole {
-                return Ok(());
-            }
-            let mut stop = None;
-            if !whole {
-                let mut cursor = Cursor::new(&head.file, head.offset, head.end);
-                let mut gone = 0;
-                loop {
-                    match cursor.next().map_err(io_error(&head.path))? {
-                        Step::Record(r) => {
-                            let remove = match until {
-                                Until::Id(id) => r.id < id,
-                                Until::Age(cutoff) => r.at_ns < cutoff,
-                                Until::Count(n) => *removed + gone < n,
-                                Until::Len(_) => false,
-                            };
-                            if !remove {
-                                stop = Some((r.offset, r.id, gone));
-                                break;
-                            }
-                            gone += 1;
-                        }
-                        Step::End => break,
-                        Step::Bad(reason) => {
-                            return Err(corrupt(&head.path, cursor.offset(), reason));
-                        }
-                    }
-                }
-            }
-
-            let mut state = self.state_mut();
-            if let Some((offset, id, gone)) = stop {
-                state.head_offset = offset;
-                state.head_skipped += gone;
-                state.first = id;
-                *removed += gone;
-                self.shared.len.fetch_sub(gone, Ordering::Relaxed);
-                return Ok(());
-            }
-            // Every live record of the head segment goes.
-            *removed += live;
-            self.shared.len.fetch_sub(live, Ordering::Relaxed);
-            if head.newest {
-                state.head_offset = head.end;
-                state.head_skipped = head.count;
-                state.first = state.first.max(head.last_id.saturating_add(1));
-                return Ok(());
-            }
-            if head.bad {
-                // Its unreadable tail goes too: it was older than what is kept.
-                tracing::warn!(path = %head.path.display(), "dropped a corrupt event log segment");
-            }
-            state.segments.pop_front();
-            doomed.push(head.path);
-            state.head_offset = HEADER_LEN;
-            state.head_skipped = 0;
-            if let Some(next) = state.segments.front() {
-                let next_first = next.first_record_id().unwrap_or(next.first_id);
-                state.first = state.first.max(next_first);
-            }
-        }
     }
 }
 
@@ -623,15 +555,39 @@ impl Drop for Shared {
     }
 }
 
-fn remove_segment(path: &Path) {
+/// Deletes a segment file below the stored watermark; whether it is gone.
+fn remove_segment(path: &Path) -> bool {
     match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         // Harmless: it is below the stored watermark, so the next open removes it.
         Err(error) => {
-            tracing::warn!(%error, path = %path.display(), "cannot delete event log segment")
+            tracing::warn!(%error, path = %path.display(), "cannot delete event log segment");
+            false
         }
     }
+}
+
+/// Creates `dir` and its missing parents, syncing the directory above each one created:
+/// a new directory's entry is durable only once its parent is synced, and segment files
+/// in a directory lost to a crash would be lost with it. Returns the directories synced.
+fn create_dir_durably(dir: &Path) -> Result<Vec<PathBuf>> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|p| !p.exists()).collect();
+    fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut synced = Vec::new();
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => continue,
+        };
+        sync_dir(parent)?;
+        synced.push(parent.to_owned());
+    }
+    Ok(synced)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -678,6 +634,22 @@ fn get_u64(tree: &Tree, key: &[u8]) -> Result<Option<u64>> {
                 })
         })
         .transpose()
+}
+
+/// The `synced` note. Advisory, so a malformed one is ignored (with a warning): without it
+/// the newest segment is scanned as it was before the note existed.
+fn get_synced(tree: &Tree) -> Result<Option<Synced>> {
+    let Some(bytes) = tree.get(SYNCED_KEY)? else {
+        return Ok(None);
+    };
+    let synced = Synced::decode(&bytes);
+    if synced.is_none() {
+        tracing::warn!(
+            len = bytes.len(),
+            "ignoring a malformed event log sync note"
+        );
+    }
+    Ok(synced)
 }
 
 fn now_ns() -> u64 {

@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::fs;
 use std::path::Path;
 
-use super::segment::{self, corrupt, io_error, Segment, HEADER_LEN};
-use super::{remove_segment, EventLog, Options, State, LOG_NAME};
+use super::segment::{self, corrupt, io_error, Opened, Segment, HEADER_LEN};
+use super::{remove_segment, EventLog, Options, State, Synced, LOG_NAME};
 use crate::error::{Result, StorageError};
 
 /// Bytes of old entries copied per write while migrating from sled.
@@ -47,7 +47,10 @@ impl EventLog {
         }
         self.write_records(&buf, &records)?;
         self.sync()?;
-        writer.next = writer.next.max(self.last_id().saturating_add(1));
+        // Once exhausted, ids must not start over.
+        writer.next = writer
+            .next
+            .and_then(|next| Some(next.max(self.last_id().checked_add(1)?)));
         // Only now that the copies are durable may the originals go.
         db.drop_tree(LOG_NAME)?;
         db.flush()?;
@@ -59,7 +62,13 @@ impl EventLog {
 }
 
 /// Scans the segment files in `dir` and deletes those wholly below the watermark.
-pub(super) fn recover(dir: &Path, watermark: u64, options: Options) -> Result<State> {
+/// `synced`: how much of which segment a sync is known to have made durable.
+pub(super) fn recover(
+    dir: &Path,
+    watermark: u64,
+    synced: Option<Synced>,
+    options: Options,
+) -> Result<State> {
     let names = list_segments(dir)?;
     let mut state = State {
         segments: VecDeque::with_capacity(names.len()),
@@ -68,6 +77,10 @@ pub(super) fn recover(dir: &Path, watermark: u64, options: Options) -> Result<St
         head_skipped: 0,
     };
     let mut head_id = None;
+    // Whether the first live record may still be in a later segment. A damaged segment
+    // ends the search: ids in its unreadable tail may be live, and taking the next
+    // segment's first id as the head would skip them without a word.
+    let mut searching = true;
     for (i, &first_id) in names.iter().enumerate() {
         let next_name = names.get(i + 1).copied();
         let path = dir.join(segment::file_name(first_id));
@@ -76,14 +89,16 @@ pub(super) fn recover(dir: &Path, watermark: u64, options: Options) -> Result<St
             remove_segment(&path);
             continue;
         }
-        let opened = Segment::open(
-            dir,
-            first_id,
-            next_name.is_none(),
-            watermark,
-            options.index_every,
-        )?;
-        let Some(opened) = opened.filter(|o| next_name.is_some() || o.segment.count > 0) else {
+        let durable = match (next_name, synced) {
+            // Older segments were synced when the next one started.
+            (Some(_), _) => u64::MAX,
+            (None, Some(s)) if s.first_id == first_id => s.len,
+            (None, _) => 0,
+        };
+        let opened = Segment::open(dir, first_id, durable, watermark, options.index_every)?;
+        let keep =
+            |o: &Opened| next_name.is_some() || o.segment.count > 0 || o.segment.bad.is_some();
+        let Some(opened) = opened.filter(keep) else {
             // An empty newest segment: the next append starts a fresh one named by its id.
             remove_segment(&path);
             continue;
@@ -107,9 +122,10 @@ pub(super) fn recover(dir: &Path, watermark: u64, options: Options) -> Result<St
                 None => (seg.len, seg.count),
             };
             head_id = opened.head.map(|(_, id)| id);
-        } else if head_id.is_none() {
+        } else if searching {
             head_id = seg.first_record_id();
         }
+        searching = searching && head_id.is_none() && seg.bad.is_none();
         state.segments.push_back(seg);
     }
     if let Some(id) = head_id {

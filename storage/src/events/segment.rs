@@ -130,8 +130,9 @@ pub(super) struct Segment {
     /// The last record's id; `first_id - 1` while empty, so ids stay ordered across a
     /// list of segments.
     pub(super) last_id: u64,
-    /// Why the bytes after `len` can't be read. Only an older segment found damaged on
-    /// open has this: the newest one is truncated at a bad record instead.
+    /// Why the bytes after `len` can't be read: the segment was found damaged on open.
+    /// Such a segment takes no more appends, and its unreadable tail may hold any ids
+    /// between `last_id` and the next segment's `first_id`.
     pub(super) bad: Option<Arc<str>>,
     /// Always holds the first record, then one record every `index_every` bytes or so.
     index: Vec<IndexPoint>,
@@ -173,16 +174,18 @@ impl Segment {
         }
     }
 
-    /// Opens and scans an existing segment. A bad record in the `newest` segment is a
-    /// write torn by a crash: the file is truncated there. In an older one it is damage:
-    /// the segment keeps its readable prefix and remembers why the rest is not.
+    /// Opens and scans an existing segment. `durable` is how many of its bytes are known
+    /// to have been synced (`u64::MAX` for an older segment: it was synced when it
+    /// filled). A bad record at or past `durable` is a write torn by a crash: the file is
+    /// truncated there. Below it, it is damage: the segment keeps its readable prefix and
+    /// remembers why the rest is not, and nothing is thrown away.
     ///
-    /// `None`: the newest segment's header itself was torn (a crash right after the
-    /// segment was created), so it holds nothing.
+    /// `None`: the header itself was torn (a crash right after the segment was created,
+    /// before anything in it was synced), so it holds nothing.
     pub(super) fn open(
         dir: &Path,
         first_id: u64,
-        newest: bool,
+        durable: u64,
         watermark: u64,
         index_every: u64,
     ) -> Result<Option<Opened>> {
@@ -200,7 +203,7 @@ impl Segment {
         // Short or never written (zeros): a crash before the new segment's first sync, so
         // none of its records were durable either.
         if file_len < HEADER_LEN || h == [0; HEADER_LEN as usize] {
-            if newest {
+            if durable < HEADER_LEN {
                 tracing::warn!(path = %path.display(), "discarding a torn new event log segment");
                 return Ok(None);
             }
@@ -236,7 +239,7 @@ impl Segment {
         };
         if let Some(reason) = problem {
             let (offset, dropped) = (segment.len, file_len - segment.len);
-            if newest {
+            if offset >= durable {
                 tracing::warn!(
                     path = %path.display(), offset, dropped, %reason,
                     "truncating a torn record at the end of the event log"
@@ -250,6 +253,13 @@ impl Segment {
                 );
                 segment.bad = Some(reason.into());
             }
+        } else if segment.len < durable && durable != u64::MAX {
+            // Nothing to repair, but synced entries are gone (the file was cut short
+            // behind the log's back): say so rather than lose them silently.
+            tracing::warn!(
+                path = %path.display(), len = segment.len, synced = durable,
+                "event log segment is shorter than its last sync: synced entries are lost"
+            );
         }
         Ok(Some(Opened {
             segment,
@@ -319,9 +329,10 @@ fn check_header(h: &[u8], path: &Path) -> Result<()> {
     }
     match version.first().copied() {
         Some(FORMAT_VERSION) => Ok(()),
-        Some(found) if found > FORMAT_VERSION => Err(StorageError::SchemaTooNew {
-            found: found.into(),
-            supported: FORMAT_VERSION.into(),
+        Some(found) if found > FORMAT_VERSION => Err(StorageError::EventLogFormatTooNew {
+            path: path.to_owned(),
+            found,
+            supported: FORMAT_VERSION,
         }),
         found => Err(corrupt(
             path,

@@ -3,8 +3,12 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::AtomicBool;
 
 use super::recovery::OLD_FORMAT_VERSION;
-use super::segment::RECORD_HEADER_LEN;
+use super::segment::{HEADER_LEN, RECORD_HEADER_LEN};
 use super::*;
+
+/// Damage, torn writes and failures: what the log does when its files or its metadata
+/// are not what it wrote.
+mod damage;
 
 /// Segments of a few records each, and an index point every record or two.
 const TINY: Options = Options {
@@ -211,73 +215,6 @@ fn ids_are_not_reused_when_unsynced_entries_are_lost() {
 }
 
 #[test]
-fn corrupt_records_are_errors_not_panics() {
-    let (dir, log) = temporary_with(Options::default());
-    let a = log.append_at(1, b"first").unwrap();
-    log.append_at(2, b"second").unwrap();
-    log.append_at(3, b"third").unwrap();
-    let [file] = &segment_files(dir.path())[..] else {
-        panic!("one segment expected");
-    };
-    let second = HEADER_LEN + (RECORD_HEADER_LEN + 5) as u64;
-    // A bad checksum (entry bytes changed).
-    overwrite(file, second + RECORD_HEADER_LEN as u64, b"XX");
-    assert!(is_corrupt(log.read_after(0, 10)));
-    assert!(is_corrupt(log.read_after(a, 10)));
-    assert_eq!(ids_of(&log.read_after(0, 1).unwrap()), vec![a]);
-    assert!(is_corrupt(log.trim_older_than(10)));
-    // A length running past the end, then one over the maximum.
-    overwrite(file, second, &1_000u32.to_le_bytes());
-    assert!(is_corrupt(log.read_after(0, 10)));
-    overwrite(file, second, &u32::MAX.to_le_bytes());
-    assert!(is_corrupt(log.read_after(0, 10)));
-    assert!(is_corrupt(log.trim_to_len(1)));
-    // The error names the file and the offset.
-    let err = log.read_after(a, 10).unwrap_err().to_string();
-    assert!(err.contains(&format!("offset {second}")), "{err}");
-    assert!(is_corrupt(log.trim_before(a + 1)));
-    // A failed trim removes nothing; trimming whole segments needs no reading, so the
-    // damaged entries can still be trimmed away.
-    assert_eq!(log.len(), 3);
-    assert_eq!(log.trim_before(u64::MAX).unwrap(), 3);
-    assert!(log.read_after(0, 10).unwrap().is_empty());
-}
-
-#[test]
-fn unknown_format_versions_and_foreign_files_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (db, log) = open(dir.path());
-    log.append(b"x").unwrap();
-    drop((db, log));
-    let file = segment_files(dir.path()).remove(0);
-
-    overwrite(&file, 7, &[segment::FORMAT_VERSION + 1]);
-    let db = sled::open(dir.path().join("db-2")).unwrap();
-    let err = EventLog::open(&db, &log_dir(dir.path())).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StorageError::SchemaTooNew {
-                found: 2,
-                supported: 1
-            }
-        ),
-        "{err:?}"
-    );
-    overwrite(&file, 7, &[0]);
-    assert!(is_corrupt(EventLog::open(&db, &log_dir(dir.path()))));
-    overwrite(&file, 0, b"NOTSKEIN");
-    assert!(is_corrupt(EventLog::open(&db, &log_dir(dir.path()))));
-    // Other files in the directory are none of the log's business.
-    fs::remove_file(&file).unwrap();
-    fs::write(log_dir(dir.path()).join("notes.txt"), b"hello").unwrap();
-    fs::write(log_dir(dir.path()).join("1.seg"), b"short name").unwrap();
-    assert!(EventLog::open(&db, &log_dir(dir.path()))
-        .unwrap()
-        .is_empty());
-}
-
-#[test]
 fn reads_span_segment_boundaries() {
     let (dir, log) = temporary_with(TINY);
     let ids: Vec<u64> = (0..100u64)
@@ -365,128 +302,6 @@ fn the_watermark_survives_reopen() {
         assert_eq!(ids_of(&log.read_after(0, 100).unwrap()), ids[27..]);
         assert_eq!(log.len(), 3);
     }
-}
-
-#[test]
-fn a_torn_tail_is_cut_off_on_reopen_and_ids_continue_above_it() {
-    type Tear = fn(&Path, u64);
-    let tears: [(&str, Tear); 4] = [
-        ("short record", |f, len| {
-            OpenOptions::new()
-                .write(true)
-                .open(f)
-                .unwrap()
-                .set_len(len - 3)
-                .unwrap()
-        }),
-        ("short header", |f, len| {
-            let cut = len - (RECORD_HEADER_LEN + 4) as u64 + 10;
-            OpenOptions::new()
-                .write(true)
-                .open(f)
-                .unwrap()
-                .set_len(cut)
-                .unwrap()
-        }),
-        ("bad checksum", |f, len| overwrite(f, len - 1, b"!")),
-        ("zeros", |f, len| {
-            overwrite(f, len - (RECORD_HEADER_LEN + 4) as u64, &[0; 28])
-        }),
-    ];
-    for (what, tear) in tears {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, log) = open(dir.path());
-        let kept = log.append(b"kept").unwrap();
-        let torn = log.append(b"torn").unwrap();
-        drop((db, log));
-        let file = segment_files(dir.path()).remove(0);
-        let full = file_len(&file);
-        tear(&file, full);
-
-        let (db, log) = open(dir.path());
-        assert_eq!(
-            log.read_after(0, 10).unwrap(),
-            vec![(kept, b"kept".to_vec())],
-            "{what}"
-        );
-        assert_eq!(
-            file_len(&file),
-            full - (RECORD_HEADER_LEN + 4) as u64,
-            "{what}"
-        );
-        let next = log.append(b"next").unwrap();
-        assert!(next > torn, "{what}");
-        assert_eq!(
-            ids_of(&log.read_after(0, 10).unwrap()),
-            vec![kept, next],
-            "{what}"
-        );
-        drop((db, log));
-        let (_db, log) = open(dir.path());
-        assert_eq!(
-            ids_of(&log.read_after(0, 10).unwrap()),
-            vec![kept, next],
-            "{what}"
-        );
-    }
-}
-
-#[test]
-fn a_torn_new_segment_is_discarded_on_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let (db, log) = open_with(dir.path(), TINY);
-    let ids: Vec<u64> = (0..20).map(|_| log.append(&[1; 30]).unwrap()).collect();
-    drop((db, log));
-    // A crash right after a segment file was created.
-    let torn = log_dir(dir.path()).join(segment::file_name(ids[19] + 1));
-    for torn_bytes in [&b"SKE"[..], &[0; 100]] {
-        fs::write(&torn, torn_bytes).unwrap();
-        let (db, log) = open_with(dir.path(), TINY);
-        assert!(!torn.exists());
-        assert_eq!(ids_of(&log.read_after(0, 100).unwrap()), ids);
-        drop((db, log));
-    }
-    let (_db, log) = open_with(dir.path(), TINY);
-    assert!(log.append(b"more").unwrap() > ids[19]);
-}
-
-#[test]
-fn damage_inside_an_older_segment_fails_reads_until_trimmed_away() {
-    let dir = tempfile::tempdir().unwrap();
-    let (db, log) = open_with(dir.path(), TINY);
-    let ids: Vec<u64> = (0..40u64)
-        .map(|i| log.append_at(i, &[i as u8; 30]).unwrap())
-        .collect();
-    drop((db, log));
-    let files = segment_files(dir.path());
-    // The second record of the second segment.
-    let offset = HEADER_LEN + (RECORD_HEADER_LEN + 30) as u64 + 5;
-    overwrite(&files[1], offset, b"garbage");
-    let second_segment_len = file_len(&files[1]);
-
-    let (_db, log) = open_with(dir.path(), TINY);
-    // Nothing was truncated: only the newest segment's tail can be torn.
-    assert_eq!(file_len(&files[1]), second_segment_len);
-    assert!(is_corrupt(log.read_after(0, 100)));
-    let per_segment = 40 / files.len();
-    assert_eq!(log.read_after(0, per_segment).unwrap().len(), per_segment);
-    // Past the damaged segment reads work.
-    let third = ids[2 * per_segment];
-    assert_eq!(
-        log.read_after(third - 1, 100).unwrap().len(),
-        40 - 2 * per_segment
-    );
-    // Trimming by age past it drops its unreadable tail.
-    let third_at_ns = (2 * per_segment) as u64;
-    assert_eq!(
-        log.trim_older_than(third_at_ns).unwrap(),
-        (per_segment + 1) as u64
-    );
-    assert_eq!(
-        ids_of(&log.read_after(0, 100).unwrap()),
-        ids[2 * per_segment..]
-    );
-    assert!(!files[1].exists());
 }
 
 #[test]
@@ -783,4 +598,26 @@ fn the_store_keeps_the_log_in_its_directory() {
     let dirs: std::collections::HashSet<_> = stores.iter().map(|(d, _)| d.clone()).collect();
     assert_eq!(dirs.len(), 32);
     assert!(stores.iter().all(|(_, s)| s.event_log().len() == 1));
+}
+
+#[test]
+fn creating_the_directory_syncs_the_parent_of_each_level_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("a").join("b");
+    assert_eq!(
+        create_dir_durably(&log_dir).unwrap(),
+        vec![dir.path().to_owned(), dir.path().join("a")]
+    );
+    assert!(log_dir.is_dir());
+    assert!(create_dir_durably(&log_dir).unwrap().is_empty());
+}
+
+impl EventLog {
+    /// Makes syncing the newest segment fail from now on: its handle becomes a socket,
+    /// which refuses fsync (EINVAL).
+    pub(crate) fn fail_syncs(&self) {
+        let (socket, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        let file = fs::File::from(std::os::fd::OwnedFd::from(socket));
+        self.state_mut().segments.back_mut().unwrap().file = Arc::new(file);
+    }
 }

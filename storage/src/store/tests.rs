@@ -541,3 +541,24 @@ fn concurrent_flushes_share_one_sled_flush_and_each_covers_its_writes() {
     let store = reopen(dir.path());
     assert_eq!(store.queue_load("c").unwrap().len(), 100);
 }
+
+#[test]
+fn flush_blocking_flushes_sled_even_when_the_event_log_cannot_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    // No background flusher: what sled has flushed, `flush_blocking` flushed.
+    let db = sled::Config::new()
+        .path(dir.path().join("db"))
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
+    let store = Store::from_db(db, |db| EventLog::open(db, &dir.path().join("event_log"))).unwrap();
+    store.event_log().append(b"x").unwrap();
+    store.event_log().fail_syncs();
+    store.put_session(&session("a")).unwrap();
+    let flushed = store.flush_blocking();
+    assert!(
+        matches!(flushed, Err(StorageError::Io { .. })),
+        "{flushed:?}"
+    );
+    assert_eq!(store.db.flush().unwrap(), 0, "sled was left unflushed");
+}
