@@ -21,6 +21,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::broker::Broker;
 use crate::codec::{ProtocolVersion, QoS};
+use crate::connection::DisconnectReason;
 
 // Connections and sessions.
 /// Gauge {protocol}: open MQTT connections past a successful CONNECT.
@@ -439,12 +440,18 @@ fn protocol_index(protocol: ProtocolVersion) -> usize {
 /// Handles of the per-message counters, registered once: looking a counter up in the
 /// recorder's registry on every message cost a quarter of the CPU in fan-out benchmarks.
 #[derive(Clone)]
+/// The per-connection ones too: registering a handle allocates, and six registrations
+/// per connection were a sixth of a connect's allocations.
 pub struct HotCounters {
     received: [metrics::Counter; 3],
     sent: [metrics::Counter; 3],
     acked: metrics::Counter,
     bytes_in: metrics::Counter,
     bytes_out: metrics::Counter,
+    connects: [metrics::Counter; 3],
+    connected: [metrics::Gauge; 3],
+    /// By [`DisconnectReason::index`].
+    disconnects: Vec<metrics::Counter>,
 }
 
 impl HotCounters {
@@ -456,6 +463,37 @@ impl HotCounters {
             acked: counter(&ACKED),
             bytes_in: counter(&BYTES_IN),
             bytes_out: counter(&BYTES_OUT),
+            connects: CONNECTS_BY_PROTOCOL.each_ref().map(counter),
+            connected: CONNECTED.each_ref().map(gauge),
+            disconnects: DisconnectReason::ALL
+                .iter()
+                .map(|r| {
+                    let labels = vec![Label::new("reason", r.as_str())];
+                    counter(&Key::from_parts(DISCONNECTS, labels))
+                })
+                .collect(),
+        }
+    }
+
+    /// A CONNECT succeeded (counted once; see `connection_opened` for the open ones).
+    pub fn connect_accepted(&self, protocol: ProtocolVersion) {
+        self.connects[protocol_index(protocol)].increment(1);
+    }
+
+    /// A connection past CONNECT opened: counted in [`CONNECTIONS`] until
+    /// [`HotCounters::connection_closed`].
+    pub fn connection_opened(&self, protocol: ProtocolVersion) {
+        self.connected[protocol_index(protocol)].increment(1.0);
+    }
+
+    pub fn connection_closed(&self, protocol: ProtocolVersion) {
+        self.connected[protocol_index(protocol)].decrement(1.0);
+    }
+
+    /// A connection past CONNECT ended.
+    pub fn disconnected(&self, reason: DisconnectReason) {
+        if let Some(counter) = self.disconnects.get(reason.index()) {
+            counter.increment(1);
         }
     }
 
@@ -526,37 +564,9 @@ pub fn packet_decode_error() {
     counter(&DECODE_ERRORS).increment(1);
 }
 
-/// A CONNECT succeeded (counted once; see [`ConnectionGauge`] for the open connections).
-pub fn connect_accepted(protocol: ProtocolVersion) {
-    counter(&CONNECTS_BY_PROTOCOL[protocol_index(protocol)]).increment(1);
-}
-
 /// A connection was refused before a session was attached.
 pub fn connect_refused(reason: &'static str) {
     metrics::counter!(CONNECTS_REFUSED, "reason" => reason).increment(1);
-}
-
-/// A connection past CONNECT ended.
-pub fn disconnected(reason: &'static str) {
-    metrics::counter!(DISCONNECTS, "reason" => reason).increment(1);
-}
-
-/// Counts one open connection in [`CONNECTIONS`] for as long as it lives: a guard, so that
-/// a connection task that panics is still subtracted.
-pub struct ConnectionGauge(u8);
-
-impl ConnectionGauge {
-    pub fn new(protocol: ProtocolVersion) -> ConnectionGauge {
-        let i = protocol_index(protocol);
-        gauge(&CONNECTED[i]).increment(1.0);
-        ConnectionGauge(i as u8)
-    }
-}
-
-impl Drop for ConnectionGauge {
-    fn drop(&mut self) {
-        gauge(&CONNECTED[usize::from(self.0)]).decrement(1.0);
-    }
 }
 
 fn gauge(key: &Key) -> metrics::Gauge {

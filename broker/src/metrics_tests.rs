@@ -169,15 +169,15 @@ fn hot_path_helpers_render_with_help_type_and_static_labels() {
         bytes_received(100);
         bytes_sent(7);
         packet_decode_error();
-        connect_accepted(ProtocolVersion::V5);
+        let hot = HotCounters::register();
+        hot.connect_accepted(ProtocolVersion::V5);
         connect_refused("protocol_error");
-        disconnected("normal");
+        hot.disconnected(crate::connection::DisconnectReason::Normal);
         storage_flushed(Duration::from_millis(3));
-        let v5 = ConnectionGauge::new(ProtocolVersion::V5);
-        let _v3 = ConnectionGauge::new(ProtocolVersion::V311);
-        let _v3b = ConnectionGauge::new(ProtocolVersion::V311);
-        drop(v5);
-        // Before the other two guards go.
+        hot.connection_opened(ProtocolVersion::V5);
+        hot.connection_opened(ProtocolVersion::V311);
+        hot.connection_opened(ProtocolVersion::V311);
+        hot.connection_closed(ProtocolVersion::V5);
         handle.render()
     });
     for (series, want) in [

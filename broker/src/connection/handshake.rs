@@ -477,7 +477,8 @@ async fn attach(
     raise::raise(&broker.events, &info, EventKind::ClientConnected, || {
         EventBody::Connected
     });
-    crate::metrics::connect_accepted(protocol);
+    broker.hot.connect_accepted(protocol);
+    broker.hot.connection_opened(protocol);
     tracing::debug!(%peer, session_present, keep_alive, "client connected");
 
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
@@ -499,7 +500,6 @@ async fn attach(
         aliases: None,
         will_on_disconnect: false,
         acked: 0,
-        _gauge: crate::metrics::ConnectionGauge::new(protocol),
         holds_slot: false,
     })
 }

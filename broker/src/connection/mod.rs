@@ -56,8 +56,6 @@ pub struct Connection {
     acked: u32,
     /// Set once the client sent DISCONNECT with reason 0x04 (publish the will anyway).
     will_on_disconnect: bool,
-    /// Counts the connection in `skein_connections` while it lives (parked or not).
-    _gauge: crate::metrics::ConnectionGauge,
     /// Holds one of `broker.connection_slots` (given back on drop). A flag, not the
     /// permit itself: 16 bytes less in every connection.
     holds_slot: bool,
@@ -168,6 +166,9 @@ async fn drive(mut conn: Box<Connection>) {
 /// connection's task counts.)
 impl Drop for Connection {
     fn drop(&mut self) {
+        // Counted in `skein_connections` from CONNACK to here, parked or not; here also
+        // when the task unwinds from a panic.
+        self.broker.hot.connection_closed(self.protocol);
         if std::mem::take(&mut self.holds_slot) {
             self.broker.connection_slots.add_permits(1);
         }
@@ -414,7 +415,7 @@ impl Connection {
         } else {
             tracing::debug!(reason = close.reason.as_str(), detail = %close.detail, "connection closed");
         }
-        crate::metrics::disconnected(close.reason.as_str());
+        self.broker.hot.disconnected(close.reason);
         crate::events::raise::disconnected(&self.broker, &self.info, &close);
         if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
             let mut packet = Packet::Disconnect(Disconnect {

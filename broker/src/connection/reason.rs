@@ -23,6 +23,29 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
+    pub const ALL: [DisconnectReason; 15] = [
+        DisconnectReason::Normal,
+        DisconnectReason::TcpClosed,
+        DisconnectReason::Kicked,
+        DisconnectReason::Takeovered,
+        DisconnectReason::KeepaliveTimeout,
+        DisconnectReason::NotAuthenticated,
+        DisconnectReason::NotAuthorized,
+        DisconnectReason::TooManyConnection,
+        DisconnectReason::GoAway,
+        DisconnectReason::PingWithoutConnect,
+        DisconnectReason::ClientIdTooLong,
+        DisconnectReason::ClientIdRequired,
+        DisconnectReason::BadWillMessage,
+        DisconnectReason::ProtocolError,
+        DisconnectReason::ServerInternalError,
+    ];
+
+    /// Its position in [`DisconnectReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The `$events` dialect name, also used in logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -85,5 +108,21 @@ impl Close {
             Some(rc::IMPLEMENTATION_SPECIFIC_ERROR),
             detail,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_listed_once_at_its_index() {
+        for (i, reason) in DisconnectReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason:?}");
+        }
+        let mut names: Vec<&str> = DisconnectReason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DisconnectReason::ALL.len());
     }
 }
