@@ -278,16 +278,20 @@ impl Broker {
             .subscriptions
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        tree.subscribe(
-            inner,
-            group,
-            SessionRef(session.clone()),
-            SubEntry {
-                options: sub.options,
-                subscription_id: sub.subscription_id,
-            },
-        )
-        .is_some()
+        let replaced = tree
+            .subscribe(
+                inner,
+                group,
+                SessionRef(session.clone()),
+                SubEntry {
+                    options: sub.options,
+                    subscription_id: sub.subscription_id,
+                },
+            )
+            .is_some();
+        // Under the index's lock: set before the SUBACK, never behind a later change.
+        self.events.set_dollar_receivers(tree.has_dollar_filters());
+        replaced
     }
 
     /// Removes the subscription from the index; the QoS it had, if it was there.
@@ -297,8 +301,11 @@ impl Broker {
             .subscriptions
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        tree.unsubscribe(inner, group, &SessionRef(session.clone()))
-            .map(|entry| entry.options.qos)
+        let removed = tree
+            .unsubscribe(inner, group, &SessionRef(session.clone()))
+            .map(|entry| entry.options.qos);
+        self.events.set_dollar_receivers(tree.has_dollar_filters());
+        removed
     }
 
     /// Subscribes `session` to a validated `filter`; true if it already had that subscription.

@@ -13,6 +13,13 @@ use crate::connection;
 pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
     let connections = &broker.connections;
     let mut socknames = SocknameCache::default();
+    // Bound to one address, every connection's local address is that one: no
+    // getsockname per accept. On a wildcard address it depends on the interface.
+    let fixed_sockname = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified())
+        .map(Arc::new);
     loop {
         let accepted = tokio::select! {
             _ = broker.shutdown.cancelled() => break,
@@ -28,7 +35,10 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
             }
         };
         let permit = broker.connection_slots.clone().try_acquire_owned().ok();
-        let sockname = socknames.get(stream.local_addr().unwrap_or(peer));
+        let sockname = match &fixed_sockname {
+            Some(addr) => addr.clone(),
+            None => socknames.get(stream.local_addr().unwrap_or(peer)),
+        };
         connections.spawn(connection::serve(
             broker.clone(),
             stream,

@@ -17,6 +17,7 @@ pub mod stream;
 pub(crate) mod test_support;
 pub mod webhook;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -27,13 +28,23 @@ struct Sink {
     dialect: &'static str,
     kinds: KindSet,
     tx: mpsc::Sender<Arc<Event>>,
+    /// Only publishes on `$` topics: gets events only while some subscription starts
+    /// with `$` (see [`EventBus::set_dollar_receivers`]).
+    dollar_only: bool,
 }
 
 /// Where events go. Built at startup from the config; dialect tasks hold the receivers.
 pub struct EventBus {
     node: NodeInfo,
     sinks: Vec<Sink>,
+    /// Kinds some sink always wants.
     wanted: KindSet,
+    /// Kinds only `$`-only sinks want.
+    wanted_by_dollar_only: KindSet,
+    /// Whether a subscription starting with `$` exists. Without one, events for the
+    /// `$`-only sinks are not even built: queueing three events per connect to tasks that
+    /// drop them cost a task wake-up each.
+    dollar_receivers: AtomicBool,
 }
 
 impl EventBus {
@@ -42,6 +53,8 @@ impl EventBus {
             node,
             sinks: Vec::new(),
             wanted: KindSet::NONE,
+            wanted_by_dollar_only: KindSet::NONE,
+            dollar_receivers: AtomicBool::new(false),
         }
     }
 
@@ -56,20 +69,68 @@ impl EventBus {
         kinds: KindSet,
         capacity: usize,
     ) -> mpsc::Receiver<Arc<Event>> {
+        self.add(dialect, kinds, capacity, false)
+    }
+
+    /// Registers a dialect whose every message goes to a `$` topic (never retained): it
+    /// gets events only while a subscription starting with `$` exists.
+    pub fn add_dollar_sink(
+        &mut self,
+        dialect: &'static str,
+        kinds: KindSet,
+        capacity: usize,
+    ) -> mpsc::Receiver<Arc<Event>> {
+        self.add(dialect, kinds, capacity, true)
+    }
+
+    fn add(
+        &mut self,
+        dialect: &'static str,
+        kinds: KindSet,
+        capacity: usize,
+        dollar_only: bool,
+    ) -> mpsc::Receiver<Arc<Event>> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        self.sinks.push(Sink { dialect, kinds, tx });
-        self.wanted = self.wanted.union(kinds);
+        self.sinks.push(Sink {
+            dialect,
+            kinds,
+            tx,
+            dollar_only,
+        });
+        if dollar_only {
+            self.wanted_by_dollar_only = self.wanted_by_dollar_only.union(kinds);
+        } else {
+            self.wanted = self.wanted.union(kinds);
+        }
         rx
     }
 
-    /// Whether any dialect wants `kind`: check before building an expensive event.
-    pub fn wants(&self, kind: EventKind) -> bool {
-        self.wanted.contains(kind)
+    /// Whether a subscription starting with `$` exists (kept up to date by the broker
+    /// under its subscription index's lock).
+    pub fn set_dollar_receivers(&self, present: bool) {
+        self.dollar_receivers.store(present, Ordering::Release);
     }
 
-    /// Whether any dialect wants any of `kinds`.
+    fn dollar_receivers(&self) -> bool {
+        self.dollar_receivers.load(Ordering::Acquire)
+    }
+
+    fn wanted_now(&self) -> KindSet {
+        if self.dollar_receivers() {
+            self.wanted.union(self.wanted_by_dollar_only)
+        } else {
+            self.wanted
+        }
+    }
+
+    /// Whether any dialect wants `kind` now: check before building an expensive event.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.wanted_now().contains(kind)
+    }
+
+    /// Whether any dialect wants any of `kinds` now.
     pub fn wants_any(&self, kinds: KindSet) -> bool {
-        self.wanted.0 & kinds.0 != 0
+        self.wanted_now().0 & kinds.0 != 0
     }
 
     /// Hands the event to every dialect that wants it, without waiting.
@@ -79,8 +140,9 @@ impl EventBus {
             return;
         }
         let event = Arc::new(event);
+        let dollar_receivers = self.dollar_receivers();
         for sink in &self.sinks {
-            if !sink.kinds.contains(kind) {
+            if !sink.kinds.contains(kind) || (sink.dollar_only && !dollar_receivers) {
                 continue;
             }
             match sink.tx.try_send(event.clone()) {
@@ -130,6 +192,28 @@ mod tests {
             }),
             body: EventBody::Ping,
         }
+    }
+
+    #[test]
+    fn dollar_sinks_get_events_only_while_a_dollar_subscription_exists() {
+        let mut bus = EventBus::new(NodeInfo {
+            node: "127.0.0.1:1883".into(),
+            node_ip: "127.0.0.1".into(),
+            node_name: "n".into(),
+        });
+        let pings = KindSet::of(&[EventKind::ClientPing]);
+        let mut dollar = bus.add_dollar_sink("d", pings, 8);
+        let mut plain = bus.add_sink("p", pings, 8);
+        bus.emit(event());
+        assert!(dollar.try_recv().is_err());
+        assert!(plain.try_recv().is_ok());
+        bus.set_dollar_receivers(true);
+        bus.emit(event());
+        assert!(dollar.try_recv().is_ok());
+        assert!(plain.try_recv().is_ok());
+        bus.set_dollar_receivers(false);
+        bus.emit(event());
+        assert!(dollar.try_recv().is_err());
     }
 
     #[test]

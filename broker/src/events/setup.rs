@@ -30,7 +30,11 @@ pub fn register_mqtt_dialects(bus: &mut EventBus, config: &Config) -> MqttDialec
         if kinds == KindSet::NONE {
             return;
         }
-        let rx = bus.add_sink(name, kinds, capacity);
+        let rx = if dollar_topics_only {
+            bus.add_dollar_sink(name, kinds, capacity)
+        } else {
+            bus.add_sink(name, kinds, capacity)
+        };
         dialects.push(Dialect {
             name,
             rx,
@@ -120,6 +124,11 @@ mod tests {
         let mut b = bus();
         let d = register_mqtt_dialects(&mut b, &config);
         assert_eq!(d.names(), ["$events"]);
+        assert!(
+            !b.wants(EventKind::ClientConnected),
+            "nobody could receive a $ topic yet"
+        );
+        b.set_dollar_receivers(true);
         assert!(b.wants(EventKind::ClientConnected));
         assert!(
             !b.wants(EventKind::MessagePublish),
@@ -138,6 +147,9 @@ mod tests {
         let mut b = bus();
         let d = register_mqtt_dialects(&mut b, &config);
         assert_eq!(d.names(), ["$EVENT", "presence"]);
+        assert!(!b.wants(EventKind::ClientPing), "only $EVENT renders pings");
+        assert!(b.wants(EventKind::ClientConnected), "presence: any topic");
+        b.set_dollar_receivers(true);
         assert!(b.wants(EventKind::ClientPing));
         assert!(!b.wants(EventKind::MessagePublish));
         assert!(b.wants(EventKind::ClientDisconnected));

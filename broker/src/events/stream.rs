@@ -210,6 +210,9 @@ struct Sink {
 /// Most events appended in one write.
 const APPEND_BATCH: usize = 256;
 
+/// How long the sink waits for more events after the first of a batch.
+const GATHER: Duration = Duration::from_millis(5);
+
 /// How often appended entries are made durable: sled's own default window, which the
 /// log had when it lived in sled.
 const SYNC_INTERVAL: Duration = Duration::from_millis(500);
@@ -229,6 +232,17 @@ impl Sink {
                 received = events.recv_many(&mut batch, APPEND_BATCH) => {
                     if received == 0 {
                         break;
+                    }
+                    if batch.len() < APPEND_BATCH {
+                        // Let a burst (a wave of connects) gather: one write and one
+                        // blocking-pool hand-off per few ms instead of per event.
+                        tokio::time::sleep(GATHER).await;
+                        while batch.len() < APPEND_BATCH {
+                            match events.try_recv() {
+                                Ok(event) => batch.push(event),
+                                Err(_) => break,
+                            }
+                        }
                     }
                     unsynced |= self.append(&batch).await;
                     batch.clear();
