@@ -597,14 +597,6 @@ impl Broker {
         result
     }
 
-    /// Whether any subscription could receive a message on a `$` topic.
-    pub fn has_dollar_subscriptions(&self) -> bool {
-        self.subscriptions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .has_dollar_filters()
-    }
-
     /// QoS the broker grants for a requested one (all three are supported).
     pub fn granted_qos(&self, requested: QoS) -> QoS {
         requested

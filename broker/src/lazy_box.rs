@@ -55,6 +55,12 @@ impl<T: EmptyCollection> LazyBox<T> {
         }
     }
 
+    /// The collection, if allocated: for changes that have nothing to do on an empty one
+    /// (removing), without allocating one.
+    pub fn get_mut(&mut self) -> Option<&mut T> {
+        self.0.as_deref_mut()
+    }
+
     /// Takes the collection out, leaving nothing allocated.
     pub fn take(&mut self) -> T {
         self.0.take().map_or_else(T::new_empty, |b| *b)

@@ -7,6 +7,11 @@
 //! and every release wakes that queue's waiters to try again. Waiters of other sessions
 //! on the same queue wake for nothing, which costs a retry, never a wrong result, and
 //! never makes one session wait for another's lock.
+//!
+//! Not fair: a release frees the lock rather than handing it to the oldest waiter, so a
+//! task that locks again at once can overtake a woken one. The broker holds these locks
+//! briefly and never re-locks in a loop; a connect that still waits `LIFECYCLE_WAIT` gets
+//! "server busy" rather than hanging.
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -439,9 +439,9 @@ fn protocol_index(protocol: ProtocolVersion) -> usize {
 
 /// Handles of the per-message counters, registered once: looking a counter up in the
 /// recorder's registry on every message cost a quarter of the CPU in fan-out benchmarks.
-#[derive(Clone)]
 /// The per-connection ones too: registering a handle allocates, and six registrations
 /// per connection were a sixth of a connect's allocations.
+#[derive(Clone)]
 pub struct HotCounters {
     received: [metrics::Counter; 3],
     sent: [metrics::Counter; 3],

@@ -242,7 +242,12 @@ impl Connection {
     fn on_pubrel(&mut self, a: Ack) -> Result<After, Close> {
         let (found, persistent) = {
             let mut st = self.session.state();
-            (st.incoming_qos2.remove(&a.packet_id), st.is_persistent())
+            (
+                st.incoming_qos2
+                    .get_mut()
+                    .is_some_and(|ids| ids.remove(&a.packet_id)),
+                st.is_persistent(),
+            )
         };
         if found && persistent {
             if let Err(e) = self
@@ -280,7 +285,11 @@ impl Connection {
         let session = self.session.clone();
         let mut st = session.state();
         let persistent = st.is_persistent();
-        let Some(f) = st.inflight.iter_mut().find(|f| f.packet_id == a.packet_id) else {
+        let found = st
+            .inflight
+            .get_mut()
+            .and_then(|q| q.iter_mut().find(|f| f.packet_id == a.packet_id));
+        let Some(f) = found else {
             drop(st);
             // Answer anyway so the client's flow completes.
             let reason = if self.protocol.is_v5() {

@@ -160,10 +160,10 @@ async fn drive(mut conn: Box<Connection>) {
     Box::pin(conn.finish(close)).await;
 }
 
-/// Detaches the session if the connection task unwinds from a panic, so a bug never
-/// leaves a session "online" forever with its will unpublished. Does nothing on a normal
-/// end. (On the connection itself rather than a guard beside it: every byte of an idle
-/// connection's task counts.)
+/// Uncounts the connection (gauge, connection-limit slot) however it ends, and detaches
+/// the session if the connection task unwinds from a panic, so a bug never leaves a
+/// session "online" forever with its will unpublished. (On the connection itself rather
+/// than guards beside it: every byte of an idle connection counts.)
 impl Drop for Connection {
     fn drop(&mut self) {
         // Counted in `skein_connections` from CONNACK to here, parked or not; here also

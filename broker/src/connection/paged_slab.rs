@@ -9,8 +9,8 @@
 const PAGE: usize = 256;
 
 /// A key: the slot's index in the low 32 bits, and a generation in the high 32 bits so
-/// that the key of a value already taken out never finds a later value in that slot.
-/// Never 0.
+/// that the key of a value already taken out does not find a later value in that slot
+/// (the generation wraps after 2^32 inserts). Never 0.
 pub type Key = u64;
 
 pub struct PagedSlab<T> {
@@ -124,6 +124,16 @@ impl<T> PagedSlab<T> {
             self.with_room.insert(page as u32);
         }
         Some(value)
+    }
+
+    /// Whether a value is stored under `key`.
+    pub fn contains(&self, key: Key) -> bool {
+        let (page, slot) = split(key);
+        self.pages
+            .get(page)
+            .and_then(Option::as_ref)
+            .and_then(|p| p.slots.get(slot))
+            .is_some_and(|entry| entry.as_ref().is_some_and(|(k, _)| *k == key))
     }
 
     /// The value stored under `key`, if any.

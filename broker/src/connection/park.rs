@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::deadlines::Deadlines;
+use super::deadlines::{compact_if_stale, Deadlines};
 use super::paged_slab::{Key, PagedSlab};
 use super::Connection;
 
@@ -67,8 +67,8 @@ struct Started {
 
 #[derive(Default)]
 struct State {
-    /// Keys are not reused (a generation in each), so a late wake-up for a resumed
-    /// connection finds nothing.
+    /// Keys carry a 32-bit generation, so a late wake-up for a resumed connection finds
+    /// nothing (barring 2^32 parks in between: then a spurious resume, which is harmless).
     parked: PagedSlab<Parked>,
     /// When parked connections must be resumed without input (ms since `base`).
     due: Deadlines,
@@ -197,6 +197,8 @@ impl ParkerHandle {
             });
             // Nothing touched the slab since `next_key`, under the same lock.
             debug_assert_eq!(inserted, key);
+            let State { parked, due, .. } = &mut *st;
+            compact_if_stale(due, parked);
             // Under the lock, so a resume (which takes it too) can't be overtaken by this.
             signal.set_parked(key);
             key

@@ -21,8 +21,8 @@ const LINGER_MAX_BYTES: usize = 64 * 1024;
 /// The stream is absent only while the connection is parked (the parker holds it then).
 pub struct Socket {
     stream: Option<TcpStream>,
-    /// Boxed and created on demand: an idle connection holds no buffers, not even their
-    /// 64 bytes of empty headers.
+    /// Boxed and created on demand, freed when the connection parks: a parked connection
+    /// holds no buffers, not even their 64 bytes of empty headers.
     buffers: Option<Box<Buffers>>,
 }
 

@@ -108,7 +108,15 @@ impl EventBus {
     /// Whether a subscription starting with `$` exists (kept up to date by the broker
     /// under its subscription index's lock).
     pub fn set_dollar_receivers(&self, present: bool) {
-        self.dollar_receivers.store(present, Ordering::Release);
+        // Only on a change: every `wants` reads this line.
+        if self.dollar_receivers.load(Ordering::Relaxed) != present {
+            self.dollar_receivers.store(present, Ordering::Release);
+        }
+    }
+
+    /// Whether a subscription starting with `$` exists.
+    pub fn has_dollar_receivers(&self) -> bool {
+        self.dollar_receivers()
     }
 
     fn dollar_receivers(&self) -> bool {
@@ -121,6 +129,11 @@ impl EventBus {
         } else {
             self.wanted
         }
+    }
+
+    /// Whether some dialect could ever want `kind`, whatever the subscriptions.
+    pub fn could_want(&self, kind: EventKind) -> bool {
+        self.wanted.union(self.wanted_by_dollar_only).contains(kind)
     }
 
     /// Whether any dialect wants `kind` now: check before building an expensive event.

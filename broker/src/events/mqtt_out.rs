@@ -109,7 +109,7 @@ fn publish(d: &mut Dialect, broker: &Weak<Broker>, qos: QoS, event: &Event) {
     let Some(broker) = broker.upgrade() else {
         return;
     };
-    if d.dollar_topics_only && !broker.has_dollar_subscriptions() {
+    if d.dollar_topics_only && !broker.events.has_dollar_receivers() {
         return;
     }
     let out = (d.render)(event);

@@ -59,7 +59,11 @@ pub fn register(bus: &mut EventBus, config: &Config) -> Option<RedisDialect> {
             return None;
         }
     };
-    let events = bus.add_sink(DIALECT, stream::kinds(), config.events_queue_capacity);
+    let events = bus.add_sink(
+        DIALECT,
+        stream::recorded(config),
+        config.events_queue_capacity,
+    );
     let key = stream_key(&config.redis_stream_prefix);
     tracing::info!(addr = %target.addr, %key, "Redis stream sink enabled");
     Some(RedisDialect {

@@ -22,6 +22,12 @@ pub use api::router;
 /// The dialect name on the bus and in `skein_events_dropped_total`.
 pub const DIALECT: &str = "stream";
 
+/// The kinds the stream (or the Redis sink) is to record: the rendered ones `stream_kinds`
+/// asks for.
+pub fn recorded(config: &Config) -> KindSet {
+    KindSet(kinds().0 & config.stream_kinds.0)
+}
+
 /// The kinds the stream (and the Redis sink) render.
 pub fn kinds() -> KindSet {
     KindSet::of(&[EventKind::ClientConnected, EventKind::ClientDisconnected])
@@ -163,7 +169,7 @@ pub fn register(bus: &mut EventBus, config: &Config, store: &Store) -> StreamDia
     let log = store.event_log().clone();
     let events = config
         .stream_enabled
-        .then(|| bus.add_sink(DIALECT, kinds(), config.events_queue_capacity));
+        .then(|| bus.add_sink(DIALECT, recorded(config), config.events_queue_capacity));
     let (last, _) = watch::channel(log.last_id());
     StreamDialect {
         events,

@@ -119,17 +119,21 @@ fn param(params: &[(String, u64)], name: &str) -> Option<u64> {
 /// pool: old entries come from disk, not from memory.
 async fn read(
     log: &EventLog,
-    reads: &Semaphore,
+    reads: &Arc<Semaphore>,
     after: u64,
     limit: usize,
 ) -> Result<Vec<(u64, Value)>, ApiError> {
-    // Never closed, so acquiring only waits.
-    let _permit = reads.acquire().await.ok();
+    // Never closed, so acquiring only waits. Held by the blocking task: a request
+    // dropped mid-read must not free its place while the read still runs.
+    let permit = reads.clone().acquire_owned().await.ok();
     let log = log.clone();
-    let entries = tokio::task::spawn_blocking(move || log.read_after(after, limit))
-        .await
-        .map_err(ApiError::ReadTask)?
-        .map_err(ApiError::Storage)?;
+    let entries = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        log.read_after(after, limit)
+    })
+    .await
+    .map_err(ApiError::ReadTask)?
+    .map_err(ApiError::Storage)?;
     Ok(entries
         .into_iter()
         .map(|(id, bytes)| (id, with_id(id, &bytes)))
