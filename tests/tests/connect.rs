@@ -361,3 +361,39 @@ async fn v5_connect_properties_are_accepted() {
     let (mut c, _, _) = RawClient::connect_ok(node.mqtt_addr(), &connect).await;
     c.ping().await;
 }
+
+/// MQTT-3.1.4 allows packets right after CONNECT without waiting for CONNACK: a
+/// SUBSCRIBE in the same TCP segment as the CONNECT is answered too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_sent_with_the_connect_is_answered() {
+    let node = Node::start();
+    for proto in [Proto::V311, Proto::V5] {
+        let connect = match proto {
+            Proto::V5 => Connect::v5("pipelined-5"),
+            _ => Connect::v311("pipelined-4"),
+        };
+        let mut bytes = connect.encode();
+        bytes.extend(codec::subscribe(
+            proto,
+            7,
+            &[skein_tests::SubFilter::new("p/#", 1)],
+            &codec::Props::new(),
+        ));
+        let mut c = RawClient::tcp(node.mqtt_addr(), proto).await;
+        c.send(&bytes).await;
+        let suback = c
+            .recv_matching(RECV_TIMEOUT, |p| {
+                matches!(p, Packet::SubAck { pkid: 7, .. })
+            })
+            .await;
+        assert!(
+            matches!(suback, Packet::SubAck { ref codes, .. } if codes == &[1]),
+            "{suback:?}"
+        );
+        assert!(
+            matches!(c.stashed().front(), Some(Packet::ConnAck { .. })),
+            "CONNACK first: {:?}",
+            c.stashed()
+        );
+    }
+}

@@ -281,7 +281,11 @@ impl Connection {
     /// Reads, handles and writes until there is nothing left to do without waiting for
     /// the client or the session.
     async fn work(&mut self, wake: Wake) -> Result<(), Close> {
-        let mut input_pending = wake == Wake::Readable && self.read_available().await?;
+        // Input may already be buffered without the socket being readable: packets the
+        // client sent right behind its CONNECT (MQTT-3.1.4 allows it) arrive in the same
+        // read as the CONNECT and wait in the buffer when the connection starts.
+        let read = wake == Wake::Readable && self.read_available().await?;
+        let mut input_pending = read || self.socket.has_unread_input();
         loop {
             if input_pending {
                 input_pending = self.process_input().await?;

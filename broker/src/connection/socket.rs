@@ -61,6 +61,11 @@ impl Socket {
         &mut self.buffers().write
     }
 
+    /// Whether bytes were read that are not decoded yet.
+    pub(super) fn has_unread_input(&self) -> bool {
+        self.buffers.as_ref().is_some_and(|b| !b.read.is_empty())
+    }
+
     /// Bytes waiting to be written (without creating a buffer to find out).
     pub(super) fn pending_out(&self) -> usize {
         self.buffers.as_ref().map_or(0, |b| b.write.len())
