@@ -114,11 +114,6 @@ impl EventBus {
         }
     }
 
-    /// Whether a subscription starting with `$` exists.
-    pub fn has_dollar_receivers(&self) -> bool {
-        self.dollar_receivers()
-    }
-
     fn dollar_receivers(&self) -> bool {
         self.dollar_receivers.load(Ordering::Acquire)
     }
@@ -209,11 +204,7 @@ mod tests {
 
     #[test]
     fn dollar_sinks_get_events_only_while_a_dollar_subscription_exists() {
-        let mut bus = EventBus::new(NodeInfo {
-            node: "127.0.0.1:1883".into(),
-            node_ip: "127.0.0.1".into(),
-            node_name: "n".into(),
-        });
+        let mut bus = EventBus::new(crate::events::test_support::node());
         let pings = KindSet::of(&[EventKind::ClientPing]);
         let mut dollar = bus.add_dollar_sink("d", pings, 8);
         let mut plain = bus.add_sink("p", pings, 8);
@@ -231,11 +222,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_instead_of_blocking_and_only_wanted_kinds_are_queued() {
-        let mut bus = EventBus::new(NodeInfo {
-            node: "127.0.0.1:1883".into(),
-            node_ip: "127.0.0.1".into(),
-            node_name: "n".into(),
-        });
+        let mut bus = EventBus::new(crate::events::test_support::node());
         let mut pings = bus.add_sink("a", KindSet::of(&[EventKind::ClientPing]), 1);
         let mut none = bus.add_sink("b", KindSet::of(&[EventKind::ClientConnected]), 1);
         assert!(bus.wants(EventKind::ClientPing));

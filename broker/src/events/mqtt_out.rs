@@ -45,10 +45,6 @@ pub struct Dialect {
     pub name: &'static str,
     pub rx: mpsc::Receiver<Arc<Event>>,
     pub render: Renderer,
-    /// Every message it renders is on a `$` topic and not retained: while no filter
-    /// starts with `$` nobody can receive one, and rendering is skipped (the JSON of
-    /// three events per connection was a few percent of a connect's CPU).
-    pub dollar_topics_only: bool,
 }
 
 /// The running dialect tasks, to drain at shutdown.
@@ -109,9 +105,6 @@ fn publish(d: &mut Dialect, broker: &Weak<Broker>, qos: QoS, event: &Event) {
     let Some(broker) = broker.upgrade() else {
         return;
     };
-    if d.dollar_topics_only && !broker.events.has_dollar_receivers() {
-        return;
-    }
     let out = (d.render)(event);
     if out.is_empty() {
         return;

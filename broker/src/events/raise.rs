@@ -47,7 +47,7 @@ fn emit(bus: &EventBus, client: Arc<ClientInfo>, body: EventBody) {
 
 /// Unix nanoseconds (the stream dialect's `occurred_at` needs them; the others take the
 /// milliseconds of the same reading).
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -275,17 +275,13 @@ pub fn unrouted(broker: &Broker, message: &Arc<Message>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{KindSet, NodeInfo};
+    use crate::events::KindSet;
     use crate::ids::ClientId;
     use bytes::Bytes;
 
     #[test]
     fn the_dollar_gate_closing_while_an_event_is_built_is_not_a_bug() {
-        let mut bus = EventBus::new(NodeInfo {
-            node: "127.0.0.1:1883".into(),
-            node_ip: "127.0.0.1".into(),
-            node_name: "n".into(),
-        });
+        let mut bus = EventBus::new(crate::events::test_support::node());
         let mut rx = bus.add_dollar_sink("d", KindSet::of(&[EventKind::ClientPing]), 8);
         bus.set_dollar_receivers(true);
         let client = Arc::new(ClientInfo::unknown(
@@ -300,11 +296,7 @@ mod tests {
     }
 
     fn bus(kinds: &[EventKind]) -> (EventBus, tokio::sync::mpsc::Receiver<Arc<Event>>) {
-        let mut bus = EventBus::new(NodeInfo {
-            node: "127.0.0.1:1883".into(),
-            node_ip: "127.0.0.1".into(),
-            node_name: "n".into(),
-        });
+        let mut bus = EventBus::new(crate::events::test_support::node());
         let rx = bus.add_sink("t", KindSet::of(kinds), 16);
         (bus, rx)
     }

@@ -26,6 +26,8 @@ pub fn register_mqtt_dialects(bus: &mut EventBus, config: &Config) -> MqttDialec
                    name: &'static str,
                    kinds: KindSet,
                    render: Renderer,
+                   // Every message on a `$` topic, never retained: the bus queues it
+                   // events only while a subscription could receive them.
                    dollar_topics_only: bool| {
         if kinds == KindSet::NONE {
             return;
@@ -35,12 +37,7 @@ pub fn register_mqtt_dialects(bus: &mut EventBus, config: &Config) -> MqttDialec
         } else {
             bus.add_sink(name, kinds, capacity)
         };
-        dialects.push(Dialect {
-            name,
-            rx,
-            render,
-            dollar_topics_only,
-        });
+        dialects.push(Dialect { name, rx, render });
     };
     if config.events_dollar_events {
         let node = bus.node().clone();

@@ -6,13 +6,14 @@
 mod api;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use skein_storage::{EventLog, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::raise::now_ns;
 use super::sink_task::SinkTask;
 use super::{Event, EventBody, EventBus, EventKind, KindSet};
 use crate::config::Config;
@@ -347,13 +348,6 @@ fn dropped(n: usize, error: &str) {
     metrics::counter!(crate::metrics::EVENTS_DROPPED, "dialect" => DIALECT, "reason" => "storage_error")
         .increment(n as u64);
     tracing::error!(%error, entries = n, "cannot append to the event log");
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
