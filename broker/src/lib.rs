@@ -156,12 +156,7 @@ pub async fn run(
     }
     broker.flush_storage().await?;
     // The stream sink syncs the event log when it finishes, unless it overran its drain.
-    let log = broker.store.event_log().clone();
-    match tokio::task::spawn_blocking(move || log.sync()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot sync the event log"),
-        Err(e) => tracing::error!(error = %e, "event log sync task failed"),
-    }
+    events::stream::sync_log(broker.store.event_log().clone()).await;
     match tokio::time::timeout(broker.config.shutdown_timeout(), http_task).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server failed"),

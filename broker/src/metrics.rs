@@ -451,7 +451,7 @@ pub struct HotCounters {
     connects: [metrics::Counter; 3],
     connected: [metrics::Gauge; 3],
     /// By [`DisconnectReason::index`].
-    disconnects: Vec<metrics::Counter>,
+    disconnects: [metrics::Counter; DisconnectReason::ALL.len()],
 }
 
 impl HotCounters {
@@ -465,13 +465,10 @@ impl HotCounters {
             bytes_out: counter(&BYTES_OUT),
             connects: CONNECTS_BY_PROTOCOL.each_ref().map(counter),
             connected: CONNECTED.each_ref().map(gauge),
-            disconnects: DisconnectReason::ALL
-                .iter()
-                .map(|r| {
-                    let labels = vec![Label::new("reason", r.as_str())];
-                    counter(&Key::from_parts(DISCONNECTS, labels))
-                })
-                .collect(),
+            disconnects: DisconnectReason::ALL.map(|r| {
+                let labels = vec![Label::new("reason", r.as_str())];
+                counter(&Key::from_parts(DISCONNECTS, labels))
+            }),
         }
     }
 
@@ -492,9 +489,7 @@ impl HotCounters {
 
     /// A connection past CONNECT ended.
     pub fn disconnected(&self, reason: DisconnectReason) {
-        if let Some(counter) = self.disconnects.get(reason.index()) {
-            counter.increment(1);
-        }
+        self.disconnects[reason.index()].increment(1);
     }
 
     pub fn received(&self, qos: QoS) {
@@ -571,11 +566,6 @@ pub fn connect_refused(reason: &'static str) {
 
 fn gauge(key: &Key) -> metrics::Gauge {
     metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
-}
-
-/// One connection parked.
-pub fn connection_parked() {
-    metrics::counter!(CONNECTION_PARKS).increment(1);
 }
 
 /// Observes one storage flush.

@@ -56,6 +56,9 @@ struct Shared {
     state: Mutex<State>,
     base: Instant,
     stopped: AtomicBool,
+    /// `skein_connection_parks_total`, registered once: a connection parks again after
+    /// every resume.
+    parks: metrics::Counter,
 }
 
 struct Started {
@@ -98,6 +101,7 @@ impl Parker {
                 state: Mutex::new(State::default()),
                 base: Instant::now(),
                 stopped: AtomicBool::new(false),
+                parks: metrics::counter!(crate::metrics::CONNECTION_PARKS),
             }),
         }
     }
@@ -203,7 +207,7 @@ impl ParkerHandle {
             signal.set_parked(key);
             key
         };
-        crate::metrics::connection_parked();
+        shared.parks.increment(1);
         tracing::debug!(key, "parked");
         // A wake-up or kick sent before the key was visible found nobody to resume.
         if signal.needs_attention() {

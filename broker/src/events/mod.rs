@@ -83,7 +83,8 @@ impl EventBus {
         self.add(dialect, kinds, capacity, true)
     }
 
-    fn add(
+    /// Registers a dialect (see [`EventBus::add_dollar_sink`] for `dollar_only`).
+    pub(crate) fn add(
         &mut self,
         dialect: &'static str,
         kinds: KindSet,

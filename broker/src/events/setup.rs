@@ -32,11 +32,7 @@ pub fn register_mqtt_dialects(bus: &mut EventBus, config: &Config) -> MqttDialec
         if kinds == KindSet::NONE {
             return;
         }
-        let rx = if dollar_topics_only {
-            bus.add_dollar_sink(name, kinds, capacity)
-        } else {
-            bus.add_sink(name, kinds, capacity)
-        };
+        let rx = bus.add(name, kinds, capacity, dollar_topics_only);
         dialects.push(Dialect { name, rx, render });
     };
     if config.events_dollar_events {

@@ -314,20 +314,8 @@ impl Sink {
         }
     }
 
-    /// Makes what was appended durable; false if that failed.
     async fn sync(&self) -> bool {
-        let log = self.log.clone();
-        match tokio::task::spawn_blocking(move || log.sync()).await {
-            Ok(Ok(())) => true,
-            Ok(Err(error)) => {
-                tracing::error!(%error, "cannot sync the event log");
-                false
-            }
-            Err(error) => {
-                tracing::error!(%error, "event log sync task failed");
-                false
-            }
-        }
+        sync_log(self.log.clone()).await
     }
 
     async fn trim(&self) {
@@ -339,6 +327,22 @@ impl Sink {
             Ok(Ok(removed)) => tracing::debug!(removed, "event log trimmed"),
             Ok(Err(error)) => tracing::error!(%error, "cannot trim the event log"),
             Err(error) => tracing::error!(%error, "event log trim task failed"),
+        }
+    }
+}
+
+/// Makes what was appended to `log` durable (on the blocking pool: an fsync); false if
+/// that failed, which is logged.
+pub(crate) async fn sync_log(log: EventLog) -> bool {
+    match tokio::task::spawn_blocking(move || log.sync()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::error!(%error, "cannot sync the event log");
+            false
+        }
+        Err(error) => {
+            tracing::error!(%error, "event log sync task failed");
+            false
         }
     }
 }
