@@ -222,7 +222,7 @@ impl Connection {
                 tokio::select! {
                     biased;
                     _ = self.kick_rx.notified() => match self.kick_rx.try_recv() {
-                        Some(kick) => return Outcome::Closed(kicked(Some(kick))),
+                        Some(kick) => return Outcome::Closed(kicked(kick)),
                         None => break Wake::Queued,
                     },
                     ready = std::future::poll_fn(|cx| socket.poll_read_ready(cx)) => match ready {
@@ -352,7 +352,7 @@ impl Connection {
         let write_deadline = self.keepalive_deadline();
         let flushed = tokio::select! {
             r = self.socket.flush(&self.broker.hot) => r,
-            kick = self.kick_rx.recv() => return Err(kicked(Some(kick))),
+            kick = self.kick_rx.recv() => return Err(kicked(kick)),
             _ = tokio::time::sleep_until(write_deadline.unwrap_or_else(far_future)), if write_deadline.is_some() => {
                 return Err(Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "client stopped reading"));
             }
@@ -485,15 +485,15 @@ fn go_away() -> Close {
     )
 }
 
-fn kicked(kick: Option<Kick>) -> Close {
+fn kicked(kick: Kick) -> Close {
     match kick {
-        Some(Kick::ShuttingDown) => go_away(),
-        Some(Kick::Administrative) => Close::new(
+        Kick::ShuttingDown => go_away(),
+        Kick::Administrative => Close::new(
             DisconnectReason::Kicked,
             Some(rc::ADMINISTRATIVE_ACTION),
             "kicked by an operator",
         ),
-        _ => Close::new(
+        Kick::TakenOver => Close::new(
             DisconnectReason::Takeovered,
             Some(rc::SESSION_TAKEN_OVER),
             "session taken over",

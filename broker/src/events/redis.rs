@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::sink_task::SinkTask;
-use super::stream::{self, Entries, Entry};
+use super::stream::{self, Entry};
 use super::{Event, EventBus};
 use crate::config::Config;
 use crate::metrics::REDIS_XADD as XADD_TOTAL;
@@ -42,8 +42,6 @@ pub struct RedisDialect {
     target: Target,
     key: String,
     instance: String,
-    /// Which kinds become entries (`stream_kinds`).
-    record: super::KindSet,
 }
 
 /// Registers the sink when `redis_url` is set (checked when the config was loaded; a URL
@@ -71,7 +69,6 @@ pub fn register(bus: &mut EventBus, config: &Config) -> Option<RedisDialect> {
         target,
         key,
         instance: bus.node().node_name.clone(),
-        record: config.stream_kinds,
     })
 }
 
@@ -88,7 +85,6 @@ impl RedisDialect {
     }
 
     async fn run(mut self, stop: CancellationToken) {
-        let entries = Entries::new(self.record);
         let mut pending: VecDeque<Entry> = VecDeque::new();
         let mut conn: Option<Connection> = None;
         let mut failures = 0u32;
@@ -97,7 +93,7 @@ impl RedisDialect {
             if pending.is_empty() && !stopping {
                 tokio::select! {
                     event = self.events.recv() => match event {
-                        Some(event) => pending.extend(entries.entry(&event, &self.instance)),
+                        Some(event) => pending.extend(stream::entry(&event, &self.instance)),
                         None => stopping = true,
                     },
                     () = stop.cancelled() => stopping = true,
@@ -106,7 +102,7 @@ impl RedisDialect {
             // Take what else is queued, so a burst goes out in few round trips.
             while pending.len() < BATCH {
                 match self.events.try_recv() {
-                    Ok(event) => pending.extend(entries.entry(&event, &self.instance)),
+                    Ok(event) => pending.extend(stream::entry(&event, &self.instance)),
                     Err(_) => break,
                 }
             }

@@ -61,44 +61,24 @@ pub struct Entry {
     pub occurred_at: u64,
 }
 
-/// Turns events into entries: a `connect` per session that went live, a `disconnect`
-/// when it ends. Connections refused before they had a session (which raise
-/// `client.disconnected` too) write nothing.
-/// `record` says which of the two kinds become entries (`stream_kinds`).
-#[derive(Debug)]
-pub struct Entries {
-    record: KindSet,
-}
-
-impl Default for Entries {
-    fn default() -> Entries {
-        Entries::new(kinds())
-    }
-}
-
-impl Entries {
-    pub fn new(record: KindSet) -> Entries {
-        Entries { record }
-    }
-
-    pub fn entry(&self, event: &Event, instance: &str) -> Option<Entry> {
-        let event_type = match &event.body {
-            EventBody::Connected => EventType::Connect,
-            // The event says whether the connection went live: no per-connection map to
-            // pair disconnects with connects (it cost every connected client ~50 bytes).
-            EventBody::Disconnected { had_session, .. } if *had_session => EventType::Disconnect,
-            _ => return None,
-        };
-        if !self.record.contains(event.kind()) {
-            return None;
-        }
-        Some(Entry {
-            client_id: event.client.client_id.as_str().to_owned(),
-            event_type,
-            instance: instance.to_owned(),
-            occurred_at: event.timestamp_ns,
-        })
-    }
+/// The entry for `event`: a `connect` per session that went live, a `disconnect` when it
+/// ends. Connections refused before they had a session (which raise `client.disconnected`
+/// too) write nothing. Which of the two kinds are recorded (`stream_kinds`) is decided
+/// where the sink is registered ([`recorded`]): the bus queues it nothing else.
+pub fn entry(event: &Event, instance: &str) -> Option<Entry> {
+    let event_type = match &event.body {
+        EventBody::Connected => EventType::Connect,
+        // The event says whether the connection went live: no per-connection map to
+        // pair disconnects with connects (it cost every connected client ~50 bytes).
+        EventBody::Disconnected { had_session, .. } if *had_session => EventType::Disconnect,
+        _ => return None,
+    };
+    Some(Entry {
+        client_id: event.client.client_id.as_str().to_owned(),
+        event_type,
+        instance: instance.to_owned(),
+        occurred_at: event.timestamp_ns,
+    })
 }
 
 /// How long and how many entries the log keeps; `None`: no limit.
@@ -161,8 +141,6 @@ pub struct StreamDialect {
     last: watch::Sender<u64>,
     instance: String,
     retention: Retention,
-    /// Which kinds become entries (`stream_kinds`).
-    record: KindSet,
 }
 
 /// Registers the stream on `bus` (unless `stream_enabled` is off) over `store`'s log.
@@ -178,7 +156,6 @@ pub fn register(bus: &mut EventBus, config: &Config, store: &Store) -> StreamDia
         last,
         instance: bus.node().node_name.clone(),
         retention: Retention::from_config(config),
-        record: config.stream_kinds,
     }
 }
 
@@ -200,7 +177,6 @@ impl StreamDialect {
             last: self.last,
             instance: self.instance,
             retention: self.retention,
-            entries: Entries::new(self.record),
         };
         Some(SinkTask::spawn(DIALECT, move |stop| sink.run(events, stop)))
     }
@@ -211,7 +187,6 @@ struct Sink {
     last: watch::Sender<u64>,
     instance: String,
     retention: Retention,
-    entries: Entries,
 }
 
 /// Most events appended in one write.
@@ -283,7 +258,7 @@ impl Sink {
         let mut encoded: Vec<(u64, Vec<u8>)> = Vec::with_capacity(events.len());
         let now = now_ns();
         for event in events {
-            let Some(entry) = self.entries.entry(event, &self.instance) else {
+            let Some(entry) = entry(event, &self.instance) else {
                 continue;
             };
             match serde_json::to_vec(&entry) {

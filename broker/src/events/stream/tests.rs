@@ -43,11 +43,8 @@ fn disconnected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
 
 #[test]
 fn entries_pair_connects_with_disconnects() {
-    let entries = Entries::default();
     let a = client("a", 1);
-    let e = entries
-        .entry(&connected(&a, 1_700_000_000_123), "n")
-        .unwrap();
+    let e = entry(&connected(&a, 1_700_000_000_123), "n").unwrap();
     assert_eq!(
         serde_json::to_value(&e).unwrap(),
         json!({
@@ -57,9 +54,7 @@ fn entries_pair_connects_with_disconnects() {
             "occurred_at": 1_700_000_000_123_000_000u64,
         })
     );
-    let e = entries
-        .entry(&disconnected(&a, 1_700_000_000_456), "n")
-        .unwrap();
+    let e = entry(&disconnected(&a, 1_700_000_000_456), "n").unwrap();
     assert_eq!(e.event_type, EventType::Disconnect);
     assert_eq!(e.occurred_at, 1_700_000_000_456_000_000);
     let refused = event_at(
@@ -73,22 +68,21 @@ fn entries_pair_connects_with_disconnects() {
             had_session: false,
         },
     );
-    assert!(entries.entry(&refused, "n").is_none());
+    assert!(entry(&refused, "n").is_none());
     let ping = event_at(&a, 1, EventBody::Ping);
-    assert!(entries.entry(&ping, "n").is_none());
+    assert!(entry(&ping, "n").is_none());
 }
 
 #[test]
 fn occurred_at_is_the_events_own_nanosecond_clock() {
-    let entries = Entries::default();
     let c = client("ns", 1);
     let mut event = connected(&c, 1_700_000_000_123);
     event.timestamp_ns = 1_700_000_000_123_456_789;
-    let e = entries.entry(&event, "n").unwrap();
+    let e = entry(&event, "n").unwrap();
     assert_eq!(e.occurred_at, 1_700_000_000_123_456_789);
     let mut event = disconnected(&c, 1_700_000_000_124);
     event.timestamp_ns = 1_700_000_000_124_000_001;
-    let e = entries.entry(&event, "n").unwrap();
+    let e = entry(&event, "n").unwrap();
     assert_eq!(e.occurred_at, 1_700_000_000_124_000_001);
 }
 
