@@ -217,19 +217,12 @@ impl Socket {
     /// Writes the buffer out. Cancel-safe: what was written is consumed from the buffer, so
     /// an interrupted flush resumes where it stopped.
     pub(super) async fn flush(&mut self, counters: &HotCounters) -> io::Result<()> {
-        let Some(buffers) = self.buffers.as_deref_mut() else {
-            return Ok(());
-        };
-        while !buffers.write.is_empty() {
-            let stream = self.stream.as_mut().ok_or_else(parked)?;
-            let n = stream.write(&buffers.write).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+        loop {
+            self.try_flush(counters)?;
+            if self.pending_out() == 0 {
+                return Ok(());
             }
-            buffers.write.advance(n);
-            counters.bytes_out(n);
-            buffers.busy |= n >= IDLE_WRITE_CAPACITY;
+            self.io()?.writable().await?;
         }
-        Ok(())
     }
 }
