@@ -66,6 +66,7 @@ impl<T: EmptyCollection> LazyBox<T> {
         self.0.take().map_or_else(T::new_empty, |b| *b)
     }
 
+    #[cfg(test)]
     pub fn is_allocated(&self) -> bool {
         self.0.is_some()
     }

@@ -80,6 +80,7 @@ impl LifecycleLock {
         }
     }
 
+    #[cfg(test)]
     pub fn is_locked(&self) -> bool {
         self.locked.load(Ordering::Relaxed)
     }
