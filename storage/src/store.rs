@@ -409,7 +409,7 @@ fn removal_batch(tree: &Tree, prefix: &[u8]) -> Result<Batch> {
     Ok(batch)
 }
 
-fn corrupt(tree: &'static str, reason: impl Into<String>) -> StorageError {
+pub(crate) fn corrupt(tree: &'static str, reason: impl Into<String>) -> StorageError {
     StorageError::Corrupt {
         tree,
         reason: reason.into(),

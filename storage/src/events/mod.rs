@@ -67,7 +67,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sled::{Db, Tree};
 
-use self::segment::{corrupt, io_error, Cursor, Segment, Step, MAX_ENTRY_LEN};
+use self::segment::{corrupt, io_error, Cursor, Segment, Step, HEADER_LEN, MAX_ENTRY_LEN};
 use crate::error::{Result, StorageError};
 
 /// Name of the log in errors, and of the sled tree older builds kept it in.
@@ -330,27 +330,29 @@ impl EventLog {
         let (Some(&(first_id, _)), Some(&(last_id, _))) = (records.first(), records.last()) else {
             return Ok(());
         };
-        let full = {
+        // One snapshot suffices: the caller holds the writer lock, and only writer-lock
+        // holders change `segments`.
+        let (newest, needs_new) = {
             let state = self.state();
             match state.segments.back() {
-                None => Some(None),
+                None => (None, true),
                 // A segment damaged before the last restart takes no more appends: its
                 // unreadable tail would hide them.
-                Some(seg) => (seg.bad.is_some()
-                    || seg.count > 0
-                        && seg.len + buf.len() as u64 > self.shared.options.segment_bytes)
-                    .then(|| Some((seg.file.clone(), seg.path.clone()))),
+                Some(seg) => (
+                    Some((seg.file.clone(), seg.path.clone(), seg.len)),
+                    seg.bad.is_some()
+                        || seg.count > 0
+                            && seg.len + buf.len() as u64 > self.shared.options.segment_bytes,
+                ),
             }
         };
-        if let Some(previous) = full {
-            self.start_segment(first_id, previous)?;
-        }
-        let (file, path, offset) = {
-            let state = self.state();
-            let Some(seg) = state.segments.back() else {
-                return Ok(());
-            };
-            (seg.file.clone(), seg.path.clone(), seg.len)
+        let (file, path, offset) = match newest {
+            Some((file, path, len)) if !needs_new => (file, path, len),
+            previous => {
+                let (file, path) =
+                    self.start_segment(first_id, previous.map(|(file, path, _)| (file, path)))?;
+                (file, path, HEADER_LEN)
+            }
         };
         segment::write_at(&file, &path, offset, buf)?;
         self.shared.dirty.store(true, Ordering::Release);
@@ -377,12 +379,12 @@ impl EventLog {
     }
 
     /// Starts the segment whose first id is `first_id`, after syncing the one it succeeds
-    /// (so [`EventLog::sync`] only ever needs to sync the newest).
+    /// (so [`EventLog::sync`] only ever needs to sync the newest). Returns the new file and path.
     fn start_segment(
         &self,
         first_id: u64,
         previous: Option<(Arc<fs::File>, Arc<Path>)>,
-    ) -> Result<()> {
+    ) -> Result<(Arc<fs::File>, Arc<Path>)> {
         let dir = &self.shared.dir;
         if let Some((file, path)) = previous {
             file.sync_data().map_err(io_error(&path))?;
@@ -390,8 +392,9 @@ impl EventLog {
         let seg = Segment::create(dir, first_id)?;
         // The new file's directory entry must be durable before its records are.
         sync_dir(dir)?;
+        let newest = (seg.file.clone(), seg.path.clone());
         self.state_mut().segments.push_back(seg);
-        Ok(())
+        Ok(newest)
     }
 
     /// Makes every append so far durable (fsync of the newest segment; older ones were

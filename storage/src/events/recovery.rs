@@ -7,7 +7,8 @@ use std::path::Path;
 
 use super::segment::{self, corrupt, io_error, Opened, Segment, HEADER_LEN};
 use super::{remove_segment, EventLog, Options, State, Synced, LOG_NAME};
-use crate::error::{Result, StorageError};
+use crate::error::Result;
+use crate::store;
 
 /// Bytes of old entries copied per write while migrating from sled.
 const MIGRATE_BATCH_BYTES: usize = 1 << 20;
@@ -157,7 +158,7 @@ pub(super) const OLD_FORMAT_VERSION: u8 = 1;
 fn decode_old_id(bytes: &[u8]) -> Result<u64> {
     <[u8; 8]>::try_from(bytes)
         .map(u64::from_be_bytes)
-        .map_err(|_| old_corrupt(format!("id of {} bytes, expected 8", bytes.len())))
+        .map_err(|_| store::corrupt(LOG_NAME, format!("id of {} bytes, expected 8", bytes.len())))
 }
 
 /// (append time in ns, entry bytes) of an old sled value: version byte, u64 BE, entry.
@@ -165,16 +166,12 @@ fn decode_old_value(value: &[u8]) -> Result<(u64, &[u8])> {
     match value.split_first() {
         Some((&OLD_FORMAT_VERSION, rest)) => match rest.split_first_chunk::<8>() {
             Some((at, entry)) => Ok((u64::from_be_bytes(*at), entry)),
-            None => Err(old_corrupt("truncated header")),
+            None => Err(store::corrupt(LOG_NAME, "truncated header")),
         },
-        Some((version, _)) => Err(old_corrupt(format!("unknown format version {version}"))),
-        None => Err(old_corrupt("empty value")),
-    }
-}
-
-fn old_corrupt(reason: impl Into<String>) -> StorageError {
-    StorageError::Corrupt {
-        tree: LOG_NAME,
-        reason: reason.into(),
+        Some((version, _)) => Err(store::corrupt(
+            LOG_NAME,
+            format!("unknown format version {version}"),
+        )),
+        None => Err(store::corrupt(LOG_NAME, "empty value")),
     }
 }

@@ -79,6 +79,11 @@ fn overwrite(path: &Path, offset: u64, bytes: &[u8]) {
     file.write_all_at(bytes, offset).unwrap();
 }
 
+fn truncate(path: &Path, len: u64) {
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    file.set_len(len).unwrap();
+}
+
 fn is_corrupt<T: std::fmt::Debug>(result: Result<T>) -> bool {
     matches!(result, Err(StorageError::Corrupt { .. }))
 }
@@ -201,12 +206,7 @@ fn ids_are_not_reused_when_unsynced_entries_are_lost() {
     let lost = log.append(b"lost").unwrap();
     drop((db, log));
     // Simulate a crash that lost the newest entry but not its reservation.
-    OpenOptions::new()
-        .write(true)
-        .open(file)
-        .unwrap()
-        .set_len(synced)
-        .unwrap();
+    truncate(file, synced);
 
     let (_db, log) = open(dir.path());
     assert_eq!(ids_of(&log.read_after(0, 10).unwrap()), vec![a]);

@@ -18,8 +18,6 @@ enum Until {
     Age(u64),
     /// This many entries.
     Count(u64),
-    /// Until at most this many are left (turned into `Count` under the writer lock).
-    Len(u64),
 }
 
 /// A snapshot of the oldest segment and the head of the log in it.
@@ -52,7 +50,7 @@ impl EventLog {
     /// Removes every entry with an id below `id`; returns how many were removed. See the
     /// module doc for how a trim treats a damaged segment.
     pub fn trim_before(&self, id: u64) -> Result<u64> {
-        self.trim(Until::Id(id))
+        self.trim(|| Until::Id(id))
     }
 
     /// Removes the entries appended before `cutoff_ns` (nanoseconds since the epoch);
@@ -60,20 +58,19 @@ impl EventLog {
     /// in time order, give or take a clock step back, and a stray older entry behind a
     /// newer one goes with the next trim.
     pub fn trim_older_than(&self, cutoff_ns: u64) -> Result<u64> {
-        self.trim(Until::Age(cutoff_ns))
+        self.trim(|| Until::Age(cutoff_ns))
     }
 
     /// Removes the oldest entries until at most `max` remain; returns how many went.
     pub fn trim_to_len(&self, max: u64) -> Result<u64> {
-        self.trim(Until::Len(max))
+        // The length is read once the writer lock is held.
+        self.trim(|| Until::Count(self.len().saturating_sub(max)))
     }
 
-    fn trim(&self, until: Until) -> Result<u64> {
+    /// Trims as far as `until` says, evaluated under the writer lock.
+    fn trim(&self, until: impl FnOnce() -> Until) -> Result<u64> {
         let mut writer = self.writer();
-        let until = match until {
-            Until::Len(max) => Until::Count(self.len().saturating_sub(max)),
-            until => until,
-        };
+        let until = until();
         let mut removed = 0;
         let trimmed = self.advance_head(until, &mut removed, &mut writer.doomed);
         // Even after an error what was removed stays removed: store the watermark, then
@@ -140,13 +137,13 @@ impl EventLog {
                     || match until {
                         Until::Id(id) => head.last_id < id,
                         Until::Count(n) => n.saturating_sub(*removed) >= live,
-                        Until::Age(_) | Until::Len(_) => false,
+                        Until::Age(_) => false,
                     }
             };
             let done = match until {
                 Until::Id(id) => head.first >= id,
                 Until::Count(n) => *removed >= n,
-                Until::Age(_) | Until::Len(_) => false,
+                Until::Age(_) => false,
             };
             if done && !whole {
                 return Ok(());
@@ -162,7 +159,6 @@ impl EventLog {
                                 Until::Id(id) => r.id < id,
                                 Until::Age(cutoff) => r.at_ns < cutoff,
                                 Until::Count(n) => *removed + gone < n,
-                                Until::Len(_) => false,
                             };
                             if !remove {
                                 stop = Some((r.offset, r.id, gone));
@@ -234,6 +230,5 @@ fn passes_damage(until: Until, head: &Head, live: u64, removed: u64) -> Result<b
                 Step::Bad(reason) => return Err(corrupt(&next.path, cursor.offset(), reason)),
             }
         }
-        Until::Len(_) => false,
     })
 }

@@ -76,22 +76,10 @@ fn unknown_format_versions_and_foreign_files_are_refused() {
 fn a_torn_tail_is_cut_off_on_reopen_and_ids_continue_above_it() {
     type Tear = fn(&Path, u64);
     let tears: [(&str, Tear); 4] = [
-        ("short record", |f, len| {
-            OpenOptions::new()
-                .write(true)
-                .open(f)
-                .unwrap()
-                .set_len(len - 3)
-                .unwrap()
-        }),
+        ("short record", |f, len| truncate(f, len - 3)),
         ("short header", |f, len| {
             let cut = len - (RECORD_HEADER_LEN + 4) as u64 + 10;
-            OpenOptions::new()
-                .write(true)
-                .open(f)
-                .unwrap()
-                .set_len(cut)
-                .unwrap()
+            truncate(f, cut)
         }),
         ("bad checksum", |f, len| overwrite(f, len - 1, b"!")),
         ("zeros", |f, len| {
@@ -158,12 +146,7 @@ fn a_torn_new_segment_is_discarded_on_reopen() {
 #[test]
 fn damage_inside_an_older_segment_fails_reads_until_trimmed_away() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, log) = open_with(dir.path(), TINY);
-    let ids: Vec<u64> = (0..40u64)
-        .map(|i| log.append_at(i, &[i as u8; 30]).unwrap())
-        .collect();
-    drop((db, log));
-    let files = segment_files(dir.path());
+    let (ids, files) = forty_tiny_entries(dir.path());
     // The second record of the second segment.
     let offset = HEADER_LEN + (RECORD_HEADER_LEN + 30) as u64 + 5;
     overwrite(&files[1], offset, b"garbage");
@@ -207,12 +190,7 @@ fn damage_inside_an_older_segment_fails_reads_until_trimmed_away() {
 #[test]
 fn reads_do_not_skip_a_damaged_segment_tail() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, log) = open_with(dir.path(), TINY);
-    let ids: Vec<u64> = (0..40u64)
-        .map(|i| log.append_at(i, &[i as u8; 30]).unwrap())
-        .collect();
-    drop((db, log));
-    let files = segment_files(dir.path());
+    let (ids, files) = forty_tiny_entries(dir.path());
     let per_segment = 40 / files.len();
     overwrite(
         &files[1],
@@ -235,12 +213,7 @@ fn reads_do_not_skip_a_damaged_segment_tail() {
 #[test]
 fn a_noop_trim_keeps_a_damaged_head_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, log) = open_with(dir.path(), TINY);
-    for i in 0..40u64 {
-        log.append_at(i, &[i as u8; 30]).unwrap();
-    }
-    drop((db, log));
-    let files = segment_files(dir.path());
+    let (_, files) = forty_tiny_entries(dir.path());
     overwrite(&files[0], HEADER_LEN + RECORD_HEADER_LEN as u64, b"garbage");
     let (_db, log) = open_with(dir.path(), TINY);
     let read = log.read_after(0, 100);
@@ -254,12 +227,7 @@ fn a_noop_trim_keeps_a_damaged_head_segment() {
 #[test]
 fn trims_pass_a_damaged_head_segment_only_when_they_provably_reach_past_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, log) = open_with(dir.path(), TINY);
-    let ids: Vec<u64> = (0..40u64)
-        .map(|i| log.append_at(i, &[i as u8; 30]).unwrap())
-        .collect();
-    drop((db, log));
-    let files = segment_files(dir.path());
+    let (ids, files) = forty_tiny_entries(dir.path());
     let per_segment = 40 / files.len();
     // The first record of the first segment: nothing of it is readable.
     overwrite(&files[0], HEADER_LEN + RECORD_HEADER_LEN as u64, b"garbage");
@@ -291,12 +259,7 @@ fn trims_pass_a_damaged_head_segment_only_when_they_provably_reach_past_it() {
     // first entry. On a log damaged the same way.
     for by_len in [true, false] {
         let dir = tempfile::tempdir().unwrap();
-        let (db, log) = open_with(dir.path(), TINY);
-        for i in 0..40u64 {
-            log.append_at(i, &[i as u8; 30]).unwrap();
-        }
-        drop((db, log));
-        let files = segment_files(dir.path());
+        let (_, files) = forty_tiny_entries(dir.path());
         overwrite(&files[0], HEADER_LEN + RECORD_HEADER_LEN as u64, b"garbage");
         let (_db, log) = open_with(dir.path(), TINY);
         let removed = if by_len {
@@ -413,15 +376,8 @@ fn an_append_after_damage_does_not_move_the_head_past_it() {
 #[test]
 fn ids_never_wrap_or_repeat_at_the_end_of_the_id_space() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        // A corrupt reservation, one short of the last id.
-        let db = sled::open(dir.path().join("db")).unwrap();
-        db.open_tree(TREE_LOG_META)
-            .unwrap()
-            .insert(RESERVED_KEY, &(u64::MAX - 1).to_be_bytes())
-            .unwrap();
-        db.flush().unwrap();
-    }
+    // A corrupt reservation, one short of the last id.
+    seed_reserved(dir.path(), u64::MAX - 1);
     let (db, log) = open(dir.path());
     let results: Vec<Result<u64>> = (0..3).map(|_| log.append(b"x")).collect();
     let ids: Vec<u64> = results
@@ -448,14 +404,7 @@ fn ids_never_wrap_or_repeat_at_the_end_of_the_id_space() {
 
     // A batch that would cross the end is refused whole.
     let dir = tempfile::tempdir().unwrap();
-    {
-        let db = sled::open(dir.path().join("db")).unwrap();
-        db.open_tree(TREE_LOG_META)
-            .unwrap()
-            .insert(RESERVED_KEY, &(u64::MAX - 2).to_be_bytes())
-            .unwrap();
-        db.flush().unwrap();
-    }
+    seed_reserved(dir.path(), u64::MAX - 2);
     let (_db, log) = open(dir.path());
     let batch: [(u64, &[u8]); 3] = [(0, b"a"), (0, b"b"), (0, b"c")];
     assert!(matches!(
@@ -496,4 +445,25 @@ fn a_watermark_that_could_not_be_stored_is_stored_by_the_next_trim() {
         ids_of(&log.read_after(0, 100).unwrap()),
         ids[5 * per_segment..]
     );
+}
+
+/// Appends 40 entries of 30 bytes, stamped 0 to 39, to a [`TINY`] log in `dir`, then
+/// closes it. Returns their ids and the segment files.
+fn forty_tiny_entries(dir: &Path) -> (Vec<u64>, Vec<PathBuf>) {
+    let (db, log) = open_with(dir, TINY);
+    let ids: Vec<u64> = (0..40u64)
+        .map(|i| log.append_at(i, &[i as u8; 30]).unwrap())
+        .collect();
+    drop((db, log));
+    (ids, segment_files(dir))
+}
+
+/// Stores `reserved` as the id reservation of the log in `dir`, before it is opened.
+fn seed_reserved(dir: &Path, reserved: u64) {
+    let db = sled::open(dir.join("db")).unwrap();
+    db.open_tree(TREE_LOG_META)
+        .unwrap()
+        .insert(RESERVED_KEY, &reserved.to_be_bytes())
+        .unwrap();
+    db.flush().unwrap();
 }
