@@ -397,3 +397,20 @@ async fn a_subscribe_sent_with_the_connect_is_answered() {
         );
     }
 }
+
+/// A packet read by the last read of a batch is answered at once: its answer is written
+/// without waiting for another wake-up. (Those answers once waited in the write buffer
+/// until a spurious readiness wake-up flushed them, or forever once wake-ups were exact.)
+/// A persistent session's SUBSCRIBE is answered after a storage flush, which widens the
+/// window; many rounds make hitting it near certain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_read_at_the_end_of_a_batch_is_answered() {
+    let node = Node::start();
+    for round in 0..200 {
+        let connect = Connect::v5(&format!("batch-end-{round}")).persistent(600);
+        let (mut c, _, _) = RawClient::connect_ok(node.mqtt_addr(), &connect).await;
+        let filters = [skein_tests::SubFilter::new("b/#", 1)];
+        assert_eq!(c.subscribe(1, &filters).await, [1], "round {round}");
+        c.ping().await;
+    }
+}

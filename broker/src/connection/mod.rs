@@ -284,7 +284,7 @@ impl Connection {
         // Input may already be buffered without the socket being readable: packets the
         // client sent right behind its CONNECT (MQTT-3.1.4 allows it) arrive in the same
         // read as the CONNECT and wait in the buffer when the connection starts.
-        let read = wake == Wake::Readable && self.read_available().await?;
+        let read = wake == Wake::Readable && self.read_available()?;
         let mut input_pending = read || self.socket.has_unread_input();
         loop {
             if input_pending {
@@ -318,7 +318,7 @@ impl Connection {
             }
             // What arrived while this batch was handled is read now rather than after a
             // trip through the idle wait.
-            if self.read_available().await? {
+            if self.read_available()? {
                 input_pending = true;
                 continue;
             }
@@ -326,13 +326,15 @@ impl Connection {
         }
     }
 
-    /// Reads what the socket has without waiting and handles it. Ok(false) when there
-    /// was nothing to read; Ok(true) when a batch of output stopped the handling early.
-    async fn read_available(&mut self) -> Result<bool, Close> {
+    /// Reads what the socket has without waiting. Ok(true) when something was read: the
+    /// caller handles it and then writes what that produced. (Handling it here and
+    /// returning whether output is pending lost the answers to packets read by the last
+    /// read of a batch, until a stale readiness wake-up happened to flush them.)
+    fn read_available(&mut self) -> Result<bool, Close> {
         match self.socket.try_fill(&self.broker.hot) {
             Ok(Some(true)) => {
                 self.last_rx = Instant::now();
-                self.process_input().await
+                Ok(true)
             }
             Ok(None) => Ok(false),
             Ok(Some(false)) => Err(Close::silent(

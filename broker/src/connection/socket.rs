@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::metrics::HotCounters;
@@ -110,7 +110,23 @@ impl Socket {
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
         }
-        let read = stream.try_read_buf(rbuf);
+        let spare = rbuf.capacity() - rbuf.len();
+        let mut got = None;
+        // A read that leaves spare room has drained the socket: clear tokio's readiness
+        // then (as its own poll_read does), or the next wake-up would be spurious and
+        // cost a recv failing with EAGAIN.
+        let read = stream.try_io(Interest::READABLE, || {
+            let n = stream.try_read_buf(&mut *rbuf)?;
+            got = Some(n);
+            if n > 0 && n < spare {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let read = match (read, got) {
+            (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+            (read, _) => read,
+        };
         match read {
             Ok(n) => {
                 counters.bytes_in(n);
