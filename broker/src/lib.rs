@@ -140,7 +140,13 @@ pub async fn run(
             health.set_ready(false);
         });
     }
-    server::serve_mqtt(broker.clone(), mqtt).await;
+    // On a worker, not on whatever thread polls `run` (the binary's main thread, in
+    // `block_on`): a task spawned from a worker starts on that worker's own queue, one
+    // spawned from outside the runtime goes through the shared queue and wakes a worker
+    // thread for every accepted connection.
+    if let Err(e) = tokio::spawn(server::serve_mqtt(broker.clone(), mqtt)).await {
+        tracing::error!(error = %e, "the MQTT listener task failed");
+    }
     // The connections' last events (go_away) go out before the node stops.
     mqtt_dialects.drain(EVENTS_DRAIN).await;
     broker.tasks.close();

@@ -454,7 +454,13 @@ impl Connection {
             self.will_on_disconnect,
         )
         .await;
-        if close.reason != DisconnectReason::TcpClosed {
+        // The linger protects what the broker said last from a reset by input it did not
+        // read. After the client's DISCONNECT the client sends nothing more and expects
+        // nothing more (MQTT-3.14.4): closing outright saves a shutdown and a read.
+        if !matches!(
+            close.reason,
+            DisconnectReason::TcpClosed | DisconnectReason::Normal
+        ) {
             self.socket.close_gracefully(&self.broker.hot).await;
         }
     }
