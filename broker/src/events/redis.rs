@@ -93,7 +93,7 @@ impl RedisDialect {
             if pending.is_empty() && !stopping {
                 tokio::select! {
                     event = self.events.recv() => match event {
-                        Some(event) => pending.extend(stream::entry(&event, &self.instance)),
+                        Some(event) => pending.extend(stream::entry(&event, &self.instance).map(|e| e.to_owned())),
                         None => stopping = true,
                     },
                     () = stop.cancelled() => stopping = true,
@@ -102,7 +102,9 @@ impl RedisDialect {
             // Take what else is queued, so a burst goes out in few round trips.
             while pending.len() < BATCH {
                 match self.events.try_recv() {
-                    Ok(event) => pending.extend(stream::entry(&event, &self.instance)),
+                    Ok(event) => {
+                        pending.extend(stream::entry(&event, &self.instance).map(|e| e.to_owned()))
+                    }
                     Err(_) => break,
                 }
             }

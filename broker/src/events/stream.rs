@@ -50,22 +50,34 @@ impl EventType {
     }
 }
 
-/// One entry, as seed 002's MQTT adapter writes it.
+/// One entry, as seed 002's MQTT adapter writes it. The sink serializes entries that
+/// borrow from the event (`Entry<&str>`): no copies of the strings per event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    pub client_id: String,
+pub struct Entry<S = String> {
+    pub client_id: S,
     pub event_type: EventType,
     /// The node name.
-    pub instance: String,
+    pub instance: S,
     /// Nanoseconds since the epoch, when the event was raised.
     pub occurred_at: u64,
+}
+
+impl Entry<&str> {
+    pub fn to_owned(&self) -> Entry {
+        Entry {
+            client_id: self.client_id.to_owned(),
+            event_type: self.event_type,
+            instance: self.instance.to_owned(),
+            occurred_at: self.occurred_at,
+        }
+    }
 }
 
 /// The entry for `event`: a `connect` per session that went live, a `disconnect` when it
 /// ends. Connections refused before they had a session (which raise `client.disconnected`
 /// too) write nothing. Which of the two kinds are recorded (`stream_kinds`) is decided
 /// where the sink is registered ([`recorded`]): the bus queues it nothing else.
-pub fn entry(event: &Event, instance: &str) -> Option<Entry> {
+pub fn entry<'a>(event: &'a Event, instance: &'a str) -> Option<Entry<&'a str>> {
     let event_type = match &event.body {
         EventBody::Connected => EventType::Connect,
         // The event says whether the connection went live: no per-connection map to
@@ -74,9 +86,9 @@ pub fn entry(event: &Event, instance: &str) -> Option<Entry> {
         _ => return None,
     };
     Some(Entry {
-        client_id: event.client.client_id.as_str().to_owned(),
+        client_id: event.client.client_id.as_str(),
         event_type,
-        instance: instance.to_owned(),
+        instance,
         occurred_at: event.timestamp_ns,
     })
 }
@@ -177,6 +189,7 @@ impl StreamDialect {
             last: self.last,
             instance: self.instance,
             retention: self.retention,
+            scratch: Vec::new(),
         };
         Some(SinkTask::spawn(DIALECT, move |stop| sink.run(events, stop)))
     }
@@ -187,7 +200,12 @@ struct Sink {
     last: watch::Sender<u64>,
     instance: String,
     retention: Retention,
+    /// The serialized entries of a batch (reused: no allocation per entry or batch).
+    scratch: Vec<u8>,
 }
+
+/// A batch buffer larger than this (client ids can be long) is not kept.
+const MAX_SCRATCH: usize = 256 * 1024;
 
 /// Most events appended in one write.
 const APPEND_BATCH: usize = 256;
@@ -255,28 +273,48 @@ impl Sink {
     /// runs on the blocking pool: it may rotate a segment or flush an id reservation, both
     /// fsyncs.
     async fn append(&mut self, events: &[Arc<Event>]) -> bool {
-        let mut encoded: Vec<(u64, Vec<u8>)> = Vec::with_capacity(events.len());
         let now = now_ns();
+        // Every entry of the batch in one buffer, kept between batches.
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let mut ends = Vec::with_capacity(events.len());
         for event in events {
             let Some(entry) = entry(event, &self.instance) else {
                 continue;
             };
-            match serde_json::to_vec(&entry) {
-                Ok(bytes) => encoded.push((now, bytes)),
-                Err(error) => dropped(1, &error.to_string()),
+            let start = buf.len();
+            match serde_json::to_writer(&mut buf, &entry) {
+                Ok(()) => ends.push(buf.len()),
+                Err(error) => {
+                    buf.truncate(start);
+                    dropped(1, &error.to_string());
+                }
             }
         }
-        if encoded.is_empty() {
+        if ends.is_empty() {
+            self.keep_scratch(buf);
             return false;
         }
-        let count = encoded.len();
+        let count = ends.len();
         let log = self.log.clone();
         let appended = tokio::task::spawn_blocking(move || {
-            let records: Vec<(u64, &[u8])> = encoded.iter().map(|(at, e)| (*at, &e[..])).collect();
-            log.append_batch(&records).map_err(|e| e.to_string())
+            let mut start = 0;
+            let records: Vec<(u64, &[u8])> = ends
+                .iter()
+                .map(|&end| (now, &buf[std::mem::replace(&mut start, end)..end]))
+                .collect();
+            let appended = log.append_batch(&records).map_err(|e| e.to_string());
+            drop(records);
+            (appended, buf)
         })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        .await;
+        let appended = match appended {
+            Ok((appended, buf)) => {
+                self.keep_scratch(buf);
+                appended
+            }
+            Err(e) => Err(e.to_string()),
+        };
         match appended {
             Ok(last) => {
                 self.last.send_replace(last);
@@ -286,6 +324,13 @@ impl Sink {
                 dropped(count, &error);
                 false
             }
+        }
+    }
+
+    /// Keeps the batch buffer for the next batch, unless an unusual batch made it large.
+    fn keep_scratch(&mut self, buf: Vec<u8>) {
+        if buf.capacity() <= MAX_SCRATCH {
+            self.scratch = buf;
         }
     }
 

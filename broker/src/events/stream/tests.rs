@@ -44,7 +44,8 @@ fn disconnected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
 #[test]
 fn entries_pair_connects_with_disconnects() {
     let a = client("a", 1);
-    let e = entry(&connected(&a, 1_700_000_000_123), "n").unwrap();
+    let event = connected(&a, 1_700_000_000_123);
+    let e = entry(&event, "n").unwrap();
     assert_eq!(
         serde_json::to_value(&e).unwrap(),
         json!({
@@ -54,7 +55,8 @@ fn entries_pair_connects_with_disconnects() {
             "occurred_at": 1_700_000_000_123_000_000u64,
         })
     );
-    let e = entry(&disconnected(&a, 1_700_000_000_456), "n").unwrap();
+    let event = disconnected(&a, 1_700_000_000_456);
+    let e = entry(&event, "n").unwrap();
     assert_eq!(e.event_type, EventType::Disconnect);
     assert_eq!(e.occurred_at, 1_700_000_000_456_000_000);
     let refused = event_at(
