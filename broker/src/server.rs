@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::broker::Broker;
 use crate::connection;
@@ -20,6 +20,7 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
         .ok()
         .filter(|a| !a.ip().is_unspecified())
         .map(Arc::new);
+    let mut nodelay = Nodelay::new(&listener);
     loop {
         let accepted = tokio::select! {
             _ = broker.shutdown.cancelled() => break,
@@ -34,6 +35,7 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
                 continue;
             }
         };
+        nodelay.ensure(&stream);
         let permit = broker.connection_slots.clone().try_acquire_owned().ok();
         let sockname = match &fixed_sockname {
             Some(addr) => addr.clone(),
@@ -59,6 +61,37 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
         .is_err()
     {
         tracing::warn!("connections still open after the shutdown timeout");
+    }
+}
+
+/// Gets TCP_NODELAY onto accepted sockets: writes are batched per wake-up already, and
+/// Nagle's algorithm would hold back acknowledgements behind unacknowledged data. Set on
+/// the listener, Linux hands it down to every accepted socket; whether that happened is
+/// looked at once, on the first socket, and where it did not every socket gets its own
+/// setsockopt as before.
+struct Nodelay {
+    on_listener: bool,
+    inherited: Option<bool>,
+}
+
+impl Nodelay {
+    fn new(listener: &TcpListener) -> Nodelay {
+        Nodelay {
+            on_listener: socket2::SockRef::from(listener)
+                .set_tcp_nodelay(true)
+                .is_ok(),
+            inherited: None,
+        }
+    }
+
+    fn ensure(&mut self, stream: &TcpStream) {
+        let on_listener = self.on_listener;
+        let inherited = *self
+            .inherited
+            .get_or_insert_with(|| on_listener && stream.nodelay().unwrap_or(false));
+        if !inherited {
+            let _ = stream.set_nodelay(true);
+        }
     }
 }
 
@@ -90,6 +123,38 @@ impl SocknameCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn accept_one(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut nodelay = Nodelay::new(&listener);
+        for _ in 0..3 {
+            let (_client, accepted) = accept_one(&listener).await;
+            nodelay.ensure(&accepted);
+            assert!(accepted.nodelay().unwrap());
+        }
+        #[cfg(target_os = "linux")]
+        assert_eq!(nodelay.inherited, Some(true), "Linux hands it down");
+    }
+
+    #[tokio::test]
+    async fn nodelay_is_set_per_socket_when_the_listener_does_not_hand_it_down() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut nodelay = Nodelay {
+            on_listener: false,
+            inherited: None,
+        };
+        let (_client, accepted) = accept_one(&listener).await;
+        nodelay.ensure(&accepted);
+        assert!(accepted.nodelay().unwrap());
+        assert_eq!(nodelay.inherited, Some(false));
+    }
 
     #[test]
     fn connections_on_one_address_share_its_allocation() {

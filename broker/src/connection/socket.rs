@@ -39,8 +39,8 @@ fn parked() -> io::Error {
 }
 
 impl Socket {
+    /// Wraps an accepted stream; the listener has made sure it has TCP_NODELAY.
     pub(super) fn new(stream: TcpStream) -> Socket {
-        let _ = stream.set_nodelay(true);
         Socket {
             stream: Some(stream),
             buffers: None,
