@@ -140,13 +140,13 @@ pub async fn run(
             health.set_ready(false);
         });
     }
-    // On a worker, not on whatever thread polls `run` (the binary's main thread, in
-    // `block_on`): a task spawned from a worker starts on that worker's own queue, one
-    // spawned from outside the runtime goes through the shared queue and wakes a worker
-    // thread for every accepted connection.
-    if let Err(e) = tokio::spawn(server::serve_mqtt(broker.clone(), mqtt)).await {
-        tracing::error!(error = %e, "the MQTT listener task failed");
-    }
+    // Awaited here, on the thread that polls `run` (the binary's main thread, outside the
+    // worker pool), not spawned onto a worker. On a worker it cost 9% less CPU per
+    // connect, but the connection tasks it spawns are allocated by the accepting thread:
+    // from a worker they sat between the sessions and connections that outlive them, and
+    // the holes they left when idle connections parked kept an idle connection at 1.8 kB
+    // of RSS instead of 0.85 kB (glibc with one arena shows the same 1.8 kB either way).
+    server::serve_mqtt(broker.clone(), mqtt).await;
     // The connections' last events (go_away) go out before the node stops.
     mqtt_dialects.drain(EVENTS_DRAIN).await;
     broker.tasks.close();
