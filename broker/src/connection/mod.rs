@@ -368,6 +368,10 @@ impl Connection {
     /// shutdown) and calls again before reading more.
     async fn process_input(&mut self) -> Result<bool, Close> {
         loop {
+            if let Some(handled) = self.handle_short_ack() {
+                handled?;
+                continue;
+            }
             let max = self.broker.config.max_packet_size as usize;
             let packet = match codec::decode(self.socket.rbuf(), self.protocol, max) {
                 Ok(Some(p)) => p,
