@@ -11,6 +11,10 @@ use crate::events::{raise, EventBody, EventKind};
 use crate::message::{now_ms, Message};
 use crate::session::{to_stored_delivery, Delivery, Inflight, InflightState, Queued};
 
+/// A PUBLISH's bytes besides its topic and payload, for sizing the write buffer: fixed
+/// header, topic length, packet id and a short property block.
+const PUBLISH_OVERHEAD: usize = 16;
+
 impl Connection {
     /// Re-sends what was in flight when the session was last connected, in order, with DUP.
     /// Messages beyond the client's new Receive Maximum go back to the queue.
@@ -87,6 +91,16 @@ impl Connection {
         let mut wrote_storage = false;
         // Counted per batch, not per message.
         let mut sent = [0u64; 3];
+        if let Some(front) = st.queue.front() {
+            // Room for the batch at once (estimated from its first message): growing the
+            // buffer by doubling copied it over and over, 5% of a QoS 1 fan-out's work.
+            let m = &front.delivery.message;
+            let each = m.topic.len() + m.payload.len() + PUBLISH_OVERHEAD;
+            let batch = each
+                .saturating_mul(st.queue.len())
+                .min(super::WRITE_BATCH_BYTES);
+            self.socket.wbuf().reserve(batch);
+        }
         while let Some(front) = st.queue.front() {
             if front.delivery.qos != QoS::AtMostOnce
                 && st.inflight.len() >= usize::from(self.send_window)
