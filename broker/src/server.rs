@@ -70,25 +70,25 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
 /// looked at once, on the first socket, and where it did not every socket gets its own
 /// setsockopt as before.
 struct Nodelay {
-    on_listener: bool,
+    /// Whether accepted sockets have it already; None until the first is looked at (false
+    /// from the start when it could not be set on the listener).
     inherited: Option<bool>,
 }
 
 impl Nodelay {
     fn new(listener: &TcpListener) -> Nodelay {
+        let on_listener = socket2::SockRef::from(listener)
+            .set_tcp_nodelay(true)
+            .is_ok();
         Nodelay {
-            on_listener: socket2::SockRef::from(listener)
-                .set_tcp_nodelay(true)
-                .is_ok(),
-            inherited: None,
+            inherited: (!on_listener).then_some(false),
         }
     }
 
     fn ensure(&mut self, stream: &TcpStream) {
-        let on_listener = self.on_listener;
         let inherited = *self
             .inherited
-            .get_or_insert_with(|| on_listener && stream.nodelay().unwrap_or(false));
+            .get_or_insert_with(|| stream.nodelay().unwrap_or(false));
         if !inherited {
             let _ = stream.set_nodelay(true);
         }
@@ -147,8 +147,7 @@ mod tests {
     async fn nodelay_is_set_per_socket_when_the_listener_does_not_hand_it_down() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut nodelay = Nodelay {
-            on_listener: false,
-            inherited: None,
+            inherited: Some(false),
         };
         let (_client, accepted) = accept_one(&listener).await;
         nodelay.ensure(&accepted);

@@ -3,7 +3,7 @@
 use bytes::Buf;
 use std::sync::Arc;
 
-use super::{Close, Connection, DisconnectReason};
+use super::{taken_over, Close, Connection, DisconnectReason};
 use crate::codec::{
     reason as rc, Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
@@ -359,9 +359,8 @@ impl Connection {
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is delivered; or a PUBACK / PUBREC
     /// with a failure reason (MQTT 5, `refused`): the client rejected it, and it is dropped.
-    /// A delivery acknowledged (PUBACK, or PUBCOMP after PUBREL). Checks the attachment
-    /// itself, under the lock it takes anyway: acknowledgements are the most frequent
-    /// packets of a subscriber, and handled without `handle` (see `handle_short_ack`).
+    /// Checks the attachment itself, under the lock it takes anyway: the four-byte
+    /// acknowledgements come here without `handle` (see `handle_short_ack`).
     fn on_outgoing_done(
         &mut self,
         packet_id: u16,
@@ -586,14 +585,6 @@ impl Connection {
             format!("DISCONNECT reason 0x{:02x}", d.reason),
         )
     }
-}
-
-fn taken_over() -> Close {
-    Close::new(
-        DisconnectReason::Takeovered,
-        Some(rc::SESSION_TAKEN_OVER),
-        "session taken over",
-    )
 }
 
 /// PUBACK or PUBREC for an incoming PUBLISH; None for QoS 0.

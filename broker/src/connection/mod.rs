@@ -284,8 +284,10 @@ impl Connection {
         // Input may already be buffered without the socket being readable: packets the
         // client sent right behind its CONNECT (MQTT-3.1.4 allows it) arrive in the same
         // read as the CONNECT and wait in the buffer when the connection starts.
-        let read = wake == Wake::Readable && self.read_available()?;
-        let mut input_pending = read || self.socket.has_unread_input();
+        if wake == Wake::Readable {
+            self.read_available()?;
+        }
+        let mut input_pending = self.socket.has_unread_input();
         loop {
             if input_pending {
                 input_pending = self.process_input().await?;
@@ -505,12 +507,17 @@ fn kicked(kick: Kick) -> Close {
             Some(rc::ADMINISTRATIVE_ACTION),
             "kicked by an operator",
         ),
-        Kick::TakenOver => Close::new(
-            DisconnectReason::Takeovered,
-            Some(rc::SESSION_TAKEN_OVER),
-            "session taken over",
-        ),
+        Kick::TakenOver => taken_over(),
     }
+}
+
+/// Another connection took the session: this one ends, touching it no more.
+fn taken_over() -> Close {
+    Close::new(
+        DisconnectReason::Takeovered,
+        Some(rc::SESSION_TAKEN_OVER),
+        "session taken over",
+    )
 }
 
 #[cfg(test)]

@@ -123,10 +123,8 @@ impl Socket {
             }
             Ok(n)
         });
-        let read = match (read, got) {
-            (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
-            (read, _) => read,
-        };
+        // The closure's WouldBlock after a read only asked for the clearing.
+        let read = got.map_or(read, Ok);
         match read {
             Ok(n) => {
                 counters.bytes_in(n);

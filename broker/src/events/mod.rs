@@ -72,18 +72,9 @@ impl EventBus {
         self.add(dialect, kinds, capacity, false)
     }
 
-    /// Registers a dialect whose every message goes to a `$` topic (never retained): it
-    /// gets events only while a subscription starting with `$` exists.
-    pub fn add_dollar_sink(
-        &mut self,
-        dialect: &'static str,
-        kinds: KindSet,
-        capacity: usize,
-    ) -> mpsc::Receiver<Arc<Event>> {
-        self.add(dialect, kinds, capacity, true)
-    }
-
-    /// Registers a dialect (see [`EventBus::add_dollar_sink`] for `dollar_only`).
+    /// Registers a dialect. One with `dollar_only` (every message it renders goes to a `$`
+    /// topic, never retained) gets events only while a subscription starting with `$`
+    /// exists.
     pub(crate) fn add(
         &mut self,
         dialect: &'static str,
@@ -207,7 +198,7 @@ mod tests {
     fn dollar_sinks_get_events_only_while_a_dollar_subscription_exists() {
         let mut bus = EventBus::new(crate::events::test_support::node());
         let pings = KindSet::of(&[EventKind::ClientPing]);
-        let mut dollar = bus.add_dollar_sink("d", pings, 8);
+        let mut dollar = bus.add("d", pings, 8, true);
         let mut plain = bus.add_sink("p", pings, 8);
         bus.emit(event());
         assert!(dollar.try_recv().is_err());

@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn the_dollar_gate_closing_while_an_event_is_built_is_not_a_bug() {
         let mut bus = EventBus::new(crate::events::test_support::node());
-        let mut rx = bus.add_dollar_sink("d", KindSet::of(&[EventKind::ClientPing]), 8);
+        let mut rx = bus.add("d", KindSet::of(&[EventKind::ClientPing]), 8, true);
         bus.set_dollar_receivers(true);
         let client = Arc::new(ClientInfo::unknown(
             ClientId::new("c"),

@@ -93,7 +93,7 @@ impl RedisDialect {
             if pending.is_empty() && !stopping {
                 tokio::select! {
                     event = self.events.recv() => match event {
-                        Some(event) => pending.extend(stream::entry(&event, &self.instance).map(|e| e.to_owned())),
+                        Some(event) => pending.extend(stream::entry(&event, &self.instance).map(Entry::from)),
                         None => stopping = true,
                     },
                     () = stop.cancelled() => stopping = true,
@@ -103,7 +103,7 @@ impl RedisDialect {
             while pending.len() < BATCH {
                 match self.events.try_recv() {
                     Ok(event) => {
-                        pending.extend(stream::entry(&event, &self.instance).map(|e| e.to_owned()))
+                        pending.extend(stream::entry(&event, &self.instance).map(Entry::from))
                     }
                     Err(_) => break,
                 }

@@ -62,13 +62,13 @@ pub struct Entry<S = String> {
     pub occurred_at: u64,
 }
 
-impl Entry<&str> {
-    pub fn to_owned(&self) -> Entry {
+impl From<Entry<&str>> for Entry {
+    fn from(e: Entry<&str>) -> Entry {
         Entry {
-            client_id: self.client_id.to_owned(),
-            event_type: self.event_type,
-            instance: self.instance.to_owned(),
-            occurred_at: self.occurred_at,
+            client_id: e.client_id.to_owned(),
+            event_type: e.event_type,
+            instance: e.instance.to_owned(),
+            occurred_at: e.occurred_at,
         }
     }
 }
