@@ -1,7 +1,6 @@
 //! The node's shared state: the session registry, the subscription index, retained
 //! messages, and the routing of a publish to every matching session.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,6 +14,7 @@ use crate::cluster_handle::ClusterHandle;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::Config;
 use crate::events::{raise, EventBus, SessionEnd};
+use crate::hash::HashMap;
 use crate::ids::ClientId;
 use crate::message::{now_ms, Message};
 use crate::retained::RetainedStore;
@@ -114,7 +114,7 @@ impl Broker {
             cluster,
             events,
             hot: Arc::new(crate::metrics::HotCounters::register()),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::default()),
             subscriptions: RwLock::new(TopicTree::new()),
             retained,
             next_connection_id: AtomicU64::new(1),

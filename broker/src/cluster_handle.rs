@@ -1,11 +1,11 @@
 //! The seam between a broker node and its cluster. The broker only talks to the cluster
 //! through [`ClusterHandle`]; a single node is a one-member cluster behind the same trait.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 
+use crate::hash::HashMap;
 use crate::ids::{ClientId, NodeId};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -53,7 +53,7 @@ impl LocalCluster {
     pub fn new(node: NodeId) -> LocalCluster {
         LocalCluster {
             node,
-            registry: Mutex::new(HashMap::new()),
+            registry: Mutex::new(HashMap::default()),
             next_epoch: Mutex::new(1),
         }
     }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod events;
+pub mod hash;
 pub mod http;
 pub mod ids;
 pub mod lazy_box;

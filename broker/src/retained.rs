@@ -1,10 +1,10 @@
 //! Retained messages: one per topic, in memory for matching and in storage for restarts.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use skein_storage::Store;
 
+use crate::hash::HashMap;
 use crate::message::Message;
 use crate::topic;
 
@@ -15,7 +15,7 @@ pub struct RetainedStore {
 
 impl RetainedStore {
     pub fn load(store: Store) -> Result<RetainedStore, skein_storage::StorageError> {
-        let mut messages = HashMap::new();
+        let mut messages = HashMap::default();
         for stored in store.retained_load()? {
             let m = Message::from_stored(stored);
             messages.insert(m.topic.clone(), Arc::new(m));

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{QoS, SubscriptionOptions, Will};
+use crate::hash::ProcessRandomState;
 use crate::ids::ClientId;
 use crate::lazy_box::LazyBox;
 use crate::message::Message;
@@ -198,21 +199,6 @@ pub struct Attachment {
 pub struct Subscription {
     pub options: SubscriptionOptions,
     pub subscription_id: Option<u32>,
-}
-
-/// SipHash with keys drawn once per process, shared by every session's subscription map:
-/// `RandomState` would keep its 16 bytes of keys in each of them.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessRandomState;
-
-impl std::hash::BuildHasher for ProcessRandomState {
-    type Hasher = std::collections::hash_map::DefaultHasher;
-
-    fn build_hasher(&self) -> Self::Hasher {
-        static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
-            std::sync::OnceLock::new();
-        KEYS.get_or_init(Default::default).build_hasher()
-    }
 }
 
 /// An optional Unix-milliseconds timestamp in 8 bytes instead of 16 (every session holds

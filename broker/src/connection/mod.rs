@@ -9,7 +9,6 @@ pub mod park;
 pub mod reason;
 mod socket;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use tracing::Instrument;
 use crate::broker::Broker;
 use crate::codec::{self, reason as rc, Disconnect, Packet, Properties, ProtocolVersion};
 use crate::events::ClientInfo;
+use crate::hash::HashMap;
 use crate::ids::ClientId;
 use crate::session::{Kick, Session};
 pub use reason::{Close, DisconnectReason};

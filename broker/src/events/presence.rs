@@ -9,12 +9,12 @@
 //! even pass through this node). A connection that was refused was never online: no
 //! offline either. A template naming `{username}` skips clients without one.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use super::mqtt_out::Outgoing;
 use super::{ClientInfo, Event, EventBody, EventKind, KindSet, NodeInfo};
 use crate::connection::DisconnectReason;
+use crate::hash::HashMap;
 use crate::ids::ClientId;
 use crate::topic;
 
@@ -115,7 +115,7 @@ impl Presence {
         Presence {
             template,
             retain,
-            online: HashMap::new(),
+            online: HashMap::default(),
         }
     }
 

@@ -1,9 +1,10 @@
 //! Trie node of the subscription index: one node per filter level.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 
 use super::subscribers::Subscribers;
+
+use crate::hash::HashMap;
 
 pub(super) struct Node<K, V> {
     pub(super) literal: HashMap<Box<str>, Node<K, V>>,
@@ -17,7 +18,7 @@ pub(super) struct Node<K, V> {
 impl<K, V> Node<K, V> {
     pub(super) fn new() -> Self {
         Self {
-            literal: HashMap::new(),
+            literal: HashMap::default(),
             plus: None,
             multi: None,
             subs: Subscribers::new(),

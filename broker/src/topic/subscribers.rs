@@ -1,10 +1,11 @@
 //! The subscriptions that end at one trie position: plain ones plus shared groups.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 
 use super::node::shrink_if_sparse;
 use super::shared::SharedGroup;
+
+use crate::hash::HashMap;
 
 pub(super) struct Subscribers<K, V> {
     direct: HashMap<K, V>,
@@ -15,7 +16,7 @@ pub(super) struct Subscribers<K, V> {
 impl<K, V> Subscribers<K, V> {
     pub(super) fn new() -> Self {
         Self {
-            direct: HashMap::new(),
+            direct: HashMap::default(),
             shared: Vec::new(),
         }
     }
