@@ -402,3 +402,37 @@ async fn finishing_appends_what_was_raised_and_ends_waiting_readers() {
     assert_eq!(page["events"], json!([]));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn entries_are_written_as_serde_json_writes_them() {
+    let names = [
+        "plain-client-1",
+        "",
+        "quote\"and\\backslash",
+        "control\n\t\u{1}\u{1f}",
+        "unicode-ümlaut-✓-😀",
+        "del\u{7f}",
+    ];
+    for client_id in names {
+        for instance in ["skein-1", "node \"two\""] {
+            for event_type in [EventType::Connect, EventType::Disconnect] {
+                for occurred_at in [0, 7, 1_796_585_916_123_456_789, u64::MAX] {
+                    let entry = Entry {
+                        client_id,
+                        event_type,
+                        instance,
+                        occurred_at,
+                    };
+                    let mut ours = b"prefix".to_vec();
+                    entry.write_json(&mut ours);
+                    let mut theirs = b"prefix".to_vec();
+                    serde_json::to_writer(&mut theirs, &entry).unwrap();
+                    assert_eq!(
+                        String::from_utf8(ours).unwrap(),
+                        String::from_utf8(theirs).unwrap()
+                    );
+                }
+            }
+        }
+    }
+}
