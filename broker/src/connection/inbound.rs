@@ -580,10 +580,11 @@ impl Connection {
         if !self.will_on_disconnect {
             self.session.state().will = None;
         }
-        Close::silent(
-            DisconnectReason::Normal,
-            format!("DISCONNECT reason 0x{:02x}", d.reason),
-        )
+        let detail: std::borrow::Cow<'static, str> = match d.reason {
+            rc::NORMAL_DISCONNECTION => "DISCONNECT reason 0x00".into(),
+            other => format!("DISCONNECT reason 0x{other:02x}").into(),
+        };
+        Close::silent(DisconnectReason::Normal, detail)
     }
 }
 

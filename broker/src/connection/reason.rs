@@ -1,5 +1,8 @@
 //! Why a connection ended, in the canonical vocabulary of the events contract.
 
+use std::borrow::Cow;
+use std::io;
+
 use crate::codec::reason as rc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +77,17 @@ impl DisconnectReason {
 pub struct Close {
     pub reason: DisconnectReason,
     pub code: Option<u8>,
-    pub detail: String,
+    /// For logs and v5 reason strings; static where it can be (no allocation on the
+    /// common ends of a connection).
+    pub detail: Cow<'static, str>,
 }
 
 impl Close {
-    pub fn new(reason: DisconnectReason, code: Option<u8>, detail: impl Into<String>) -> Close {
+    pub fn new(
+        reason: DisconnectReason,
+        code: Option<u8>,
+        detail: impl Into<Cow<'static, str>>,
+    ) -> Close {
         Close {
             reason,
             code,
@@ -86,7 +95,7 @@ impl Close {
         }
     }
 
-    pub fn protocol(detail: impl Into<String>) -> Close {
+    pub fn protocol(detail: impl Into<Cow<'static, str>>) -> Close {
         Close::new(
             DisconnectReason::ProtocolError,
             Some(rc::PROTOCOL_ERROR),
@@ -94,15 +103,28 @@ impl Close {
         )
     }
 
-    pub fn with_code(code: u8, detail: impl Into<String>) -> Close {
+    pub fn with_code(code: u8, detail: impl Into<Cow<'static, str>>) -> Close {
         Close::new(DisconnectReason::ProtocolError, Some(code), detail)
     }
 
-    pub fn silent(reason: DisconnectReason, detail: impl Into<String>) -> Close {
+    pub fn silent(reason: DisconnectReason, detail: impl Into<Cow<'static, str>>) -> Close {
         Close::new(reason, None, detail)
     }
 
-    pub fn internal(detail: impl Into<String>) -> Close {
+    /// The socket failed under a read (`writing` false) or a write: the usual resets and
+    /// broken pipes without formatting the error (which allocates and asks libc for text).
+    pub fn socket_failed(error: &io::Error, writing: bool) -> Close {
+        let detail: Cow<'static, str> = match (error.kind(), writing) {
+            (io::ErrorKind::ConnectionReset, false) => "read failed: connection reset".into(),
+            (io::ErrorKind::ConnectionReset, true) => "write failed: connection reset".into(),
+            (io::ErrorKind::BrokenPipe, _) => "write failed: broken pipe".into(),
+            (_, false) => format!("read failed: {error}").into(),
+            (_, true) => format!("write failed: {error}").into(),
+        };
+        Close::silent(DisconnectReason::TcpClosed, detail)
+    }
+
+    pub fn internal(detail: impl Into<Cow<'static, str>>) -> Close {
         Close::new(
             DisconnectReason::ServerInternalError,
             Some(rc::IMPLEMENTATION_SPECIFIC_ERROR),
@@ -124,5 +146,25 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), DisconnectReason::ALL.len());
+    }
+
+    #[test]
+    fn socket_failures_name_the_direction_and_the_error() {
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        let read = Close::socket_failed(&reset, false);
+        assert_eq!(read.reason, DisconnectReason::TcpClosed);
+        assert_eq!(read.code, None);
+        assert!(matches!(read.detail, Cow::Borrowed(_)));
+        assert_eq!(read.detail, "read failed: connection reset");
+        let pipe = io::Error::from(io::ErrorKind::BrokenPipe);
+        assert_eq!(
+            Close::socket_failed(&pipe, true).detail,
+            "write failed: broken pipe"
+        );
+        let other = io::Error::other("disk on fire");
+        assert_eq!(
+            Close::socket_failed(&other, true).detail,
+            "write failed: disk on fire"
+        );
     }
 }
