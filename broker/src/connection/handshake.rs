@@ -218,7 +218,7 @@ async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>
             Err(e) => {
                 return Err(Refusal::close(
                     DisconnectReason::TcpClosed,
-                    format!("read failed: {e}"),
+                    super::reason::read_failure_detail(&e),
                 ))
             }
         }

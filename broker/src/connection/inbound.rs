@@ -1,6 +1,7 @@
 //! Packets from the client after CONNECT.
 
 use bytes::Buf;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::{taken_over, Close, Connection, DisconnectReason};
@@ -580,7 +581,7 @@ impl Connection {
         if !self.will_on_disconnect {
             self.session.state().will = None;
         }
-        let detail: std::borrow::Cow<'static, str> = match d.reason {
+        let detail: Cow<'static, str> = match d.reason {
             rc::NORMAL_DISCONNECTION => "DISCONNECT reason 0x00".into(),
             other => format!("DISCONNECT reason 0x{other:02x}").into(),
         };

@@ -227,7 +227,7 @@ impl Connection {
                     },
                     ready = std::future::poll_fn(|cx| socket.poll_read_ready(cx)) => match ready {
                         Ok(()) => break Wake::Readable,
-                        Err(e) => return Outcome::Closed(Close::socket_failed(&e, false)),
+                        Err(e) => return Outcome::Closed(Close::read_failed(&e)),
                     },
                     _ = &mut timer, if self.keep_alive != 0 || park_after.is_some() => {
                         let now = Instant::now();
@@ -304,7 +304,7 @@ impl Connection {
             }
             // Most writes complete at once; only a full socket buffer needs the select below.
             if let Err(e) = self.socket.try_flush(&self.broker.hot) {
-                return Err(Close::socket_failed(&e, true));
+                return Err(Close::write_failed(&e));
             }
             if self.socket.pending_out() > 0 {
                 // Boxed: a full socket buffer is the rare case, and its select is large.
@@ -340,7 +340,7 @@ impl Connection {
                 DisconnectReason::TcpClosed,
                 "socket closed by the client",
             )),
-            Err(e) => Err(Close::socket_failed(&e, false)),
+            Err(e) => Err(Close::read_failed(&e)),
         }
     }
 
@@ -355,7 +355,7 @@ impl Connection {
                 return Err(Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "client stopped reading"));
             }
         };
-        flushed.map_err(|e| Close::socket_failed(&e, true))
+        flushed.map_err(|e| Close::write_failed(&e))
     }
 
     /// Handles the whole packets in the read buffer. Ok(true) when it stopped early because

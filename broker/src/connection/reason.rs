@@ -111,15 +111,17 @@ impl Close {
         Close::new(reason, None, detail)
     }
 
-    /// The socket failed under a read (`writing` false) or a write: the usual resets and
-    /// broken pipes without formatting the error (which allocates and asks libc for text).
-    pub fn socket_failed(error: &io::Error, writing: bool) -> Close {
-        let detail: Cow<'static, str> = match (error.kind(), writing) {
-            (io::ErrorKind::ConnectionReset, false) => "read failed: connection reset".into(),
-            (io::ErrorKind::ConnectionReset, true) => "write failed: connection reset".into(),
-            (io::ErrorKind::BrokenPipe, _) => "write failed: broken pipe".into(),
-            (_, false) => format!("read failed: {error}").into(),
-            (_, true) => format!("write failed: {error}").into(),
+    /// A read from the socket failed.
+    pub fn read_failed(error: &io::Error) -> Close {
+        Close::silent(DisconnectReason::TcpClosed, read_failure_detail(error))
+    }
+
+    /// A write to the socket failed.
+    pub fn write_failed(error: &io::Error) -> Close {
+        let detail: Cow<'static, str> = match error.kind() {
+            io::ErrorKind::ConnectionReset => "write failed: connection reset".into(),
+            io::ErrorKind::BrokenPipe => "write failed: broken pipe".into(),
+            _ => format!("write failed: {error}").into(),
         };
         Close::silent(DisconnectReason::TcpClosed, detail)
     }
@@ -130,6 +132,15 @@ impl Close {
             Some(rc::IMPLEMENTATION_SPECIFIC_ERROR),
             detail,
         )
+    }
+}
+
+/// What a failed read is logged and reported as: the usual reset without formatting the
+/// error (which allocates and asks libc for its text).
+pub fn read_failure_detail(error: &io::Error) -> Cow<'static, str> {
+    match error.kind() {
+        io::ErrorKind::ConnectionReset => "read failed: connection reset".into(),
+        _ => format!("read failed: {error}").into(),
     }
 }
 
@@ -151,19 +162,19 @@ mod tests {
     #[test]
     fn socket_failures_name_the_direction_and_the_error() {
         let reset = io::Error::from(io::ErrorKind::ConnectionReset);
-        let read = Close::socket_failed(&reset, false);
+        let read = Close::read_failed(&reset);
         assert_eq!(read.reason, DisconnectReason::TcpClosed);
         assert_eq!(read.code, None);
         assert!(matches!(read.detail, Cow::Borrowed(_)));
         assert_eq!(read.detail, "read failed: connection reset");
         let pipe = io::Error::from(io::ErrorKind::BrokenPipe);
         assert_eq!(
-            Close::socket_failed(&pipe, true).detail,
+            Close::write_failed(&pipe).detail,
             "write failed: broken pipe"
         );
         let other = io::Error::other("disk on fire");
         assert_eq!(
-            Close::socket_failed(&other, true).detail,
+            Close::write_failed(&other).detail,
             "write failed: disk on fire"
         );
     }

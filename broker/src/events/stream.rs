@@ -86,7 +86,7 @@ impl Entry<&str> {
         out.extend_from_slice(b"\",\"instance\":");
         write_json_str(out, self.instance);
         out.extend_from_slice(b",\"occurred_at\":");
-        out.extend_from_slice(itoa_u64(self.occurred_at).as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(self.occurred_at).as_bytes());
         out.push(b'}');
     }
 }
@@ -101,33 +101,6 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     } else {
         // Writing a str into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
-    }
-}
-
-/// The decimal digits of `n`, in a stack buffer.
-fn itoa_u64(mut n: u64) -> Digits {
-    let mut digits = Digits {
-        buf: [0; 20],
-        start: 20,
-    };
-    loop {
-        digits.start -= 1;
-        digits.buf[digits.start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return digits;
-        }
-    }
-}
-
-struct Digits {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Digits {
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[self.start..]
     }
 }
 
