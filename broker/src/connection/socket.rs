@@ -38,7 +38,8 @@ struct Buffers {
     write: BytesMut,
     /// A large read or write happened since the buffers were last considered idle.
     busy: bool,
-    /// The last read filled the read buffer: there may be more, read a whole chunk next.
+    /// A read filled the read buffer since it was last given back: the client streams,
+    /// read whole chunks (cleared with the buffer, when the connection goes quiet).
     streaming: bool,
 }
 
@@ -141,7 +142,7 @@ impl Socket {
         match read {
             Ok(n) => {
                 counters.bytes_in(n);
-                buffers.streaming = n == spare;
+                buffers.streaming |= n == spare;
                 buffers.busy |= n >= READ_CHUNK / 2;
                 Ok(Some(n > 0))
             }
@@ -205,6 +206,7 @@ impl Socket {
         };
         if buffers.read.is_empty() && buffers.read.capacity() > 0 {
             buffers.read = BytesMut::new();
+            buffers.streaming = false;
         }
         if buffers.write.is_empty() && buffers.write.capacity() > IDLE_WRITE_CAPACITY {
             buffers.write = BytesMut::new();
