@@ -18,7 +18,7 @@ use crate::hash::HashMap;
 use crate::ids::ClientId;
 use crate::message::{now_ms, Message};
 use crate::retained::RetainedStore;
-use crate::session::{Delivery, EnqueueOutcome, OptionalMs, Session, Subscription};
+use crate::session::{Delivery, EnqueueOutcome, HeldWakes, OptionalMs, Session, Subscription};
 use crate::topic::{self, TopicTree};
 
 /// Merges the non-shared deliveries of one session into one (highest QoS, every
@@ -500,6 +500,11 @@ impl Broker {
 
     /// Routes a publish to every matching session on this node; never blocks.
     pub fn route(&self, message: Arc<Message>) -> RouteOutcome {
+        self.route_holding_wakes(message, &mut HeldWakes::default())
+    }
+
+    /// Like `route`, with the subscribers' wake-ups held in `held` (see [`HeldWakes`]).
+    pub fn route_holding_wakes(&self, message: Arc<Message>, held: &mut HeldWakes) -> RouteOutcome {
         let retained_changed = message.retain && self.retained.update(&message);
         // (session, delivery, shared): non-shared matches of one session are merged below.
         let mut targets: Vec<(Arc<Session>, Delivery, bool)> = Vec::new();
@@ -539,7 +544,8 @@ impl Broker {
         let now = now_ms();
         for (session, delivery, _) in targets {
             let qos = delivery.qos;
-            match session.enqueue(delivery, self.config.max_queued_messages, &self.store, now) {
+            let max = self.config.max_queued_messages;
+            match session.enqueue_holding_wake(delivery, max, &self.store, now, held) {
                 EnqueueOutcome::Queued => {}
                 EnqueueOutcome::QueuedOffline => {
                     raise::offline(&self.events, &session, &message, qos)

@@ -11,7 +11,7 @@ use crate::codec::{
 };
 use crate::events::{access, raise, EventBody, EventKind};
 use crate::message::Message;
-use crate::session::{InflightState, Subscription};
+use crate::session::{HeldWakes, InflightState, Subscription};
 use crate::topic;
 
 /// What must happen after a packet was handled synchronously.
@@ -24,11 +24,12 @@ pub(super) enum After {
 
 impl Connection {
     /// Handles one packet without waiting; anything that must wait for storage comes back
-    /// as [`After`] (keeps this off the connection future's inline state).
-    pub(super) fn handle(&mut self, packet: Packet) -> Result<After, Close> {
+    /// as [`After`] (keeps this off the connection future's inline state). Subscribers of
+    /// what it publishes are woken when `held` is released.
+    pub(super) fn handle(&mut self, packet: Packet, held: &mut HeldWakes) -> Result<After, Close> {
         self.ensure_attached()?;
         match packet {
-            Packet::Publish(p) => self.on_publish(p),
+            Packet::Publish(p) => self.on_publish(p, held),
             Packet::PubAck(a) => {
                 self.on_outgoing_done(a.packet_id, false, a.reason >= 0x80)?;
                 Ok(After::Nothing)
@@ -89,7 +90,7 @@ impl Connection {
         Some(self.on_outgoing_done(u16::from_be_bytes([high, low]), is_pubcomp, false))
     }
 
-    fn on_publish(&mut self, mut p: Publish) -> Result<After, Close> {
+    fn on_publish(&mut self, mut p: Publish, held: &mut HeldWakes) -> Result<After, Close> {
         self.broker.hot.received(p.qos);
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Close::protocol(
@@ -175,7 +176,7 @@ impl Connection {
                 packet_id: p.packet_id,
             },
         );
-        let outcome = self.broker.route(message);
+        let outcome = self.broker.route_holding_wakes(message, held);
         let code = if outcome.matched == 0 && self.protocol.is_v5() {
             rc::NO_MATCHING_SUBSCRIBERS
         } else {

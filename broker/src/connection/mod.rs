@@ -23,7 +23,7 @@ use crate::codec::{self, reason as rc, Disconnect, Packet, Properties, ProtocolV
 use crate::events::ClientInfo;
 use crate::hash::HashMap;
 use crate::ids::ClientId;
-use crate::session::{Kick, Session};
+use crate::session::{HeldWakes, Kick, Session};
 pub use reason::{Close, DisconnectReason};
 pub use socket::Socket;
 
@@ -362,6 +362,8 @@ impl Connection {
     /// a batch of output is waiting: the caller writes it (bounded by keepalive, kicks and
     /// shutdown) and calls again before reading more.
     async fn process_input(&mut self) -> Result<bool, Close> {
+        // Released (dropped) on every return, and before anything waits.
+        let mut held = HeldWakes::default();
         loop {
             if let Some(handled) = self.handle_short_ack() {
                 handled?;
@@ -381,7 +383,8 @@ impl Connection {
                     return Err(Close::with_code(e.reason_code(), e.to_string()));
                 }
             };
-            if let inbound::After::FlushThenSend(ack) = self.handle(packet)? {
+            if let inbound::After::FlushThenSend(ack) = self.handle(packet, &mut held)? {
+                held.release();
                 self.flush_storage().await?;
                 if let Some(ack) = ack {
                     self.send(&ack);
