@@ -500,11 +500,15 @@ impl Broker {
 
     /// Routes a publish to every matching session on this node; never blocks.
     pub fn route(&self, message: Arc<Message>) -> RouteOutcome {
-        self.route_holding_wakes(message, &mut HeldWakes::default())
+        self.route_inner(message, None)
     }
 
     /// Like `route`, with the subscribers' wake-ups held in `held` (see [`HeldWakes`]).
     pub fn route_holding_wakes(&self, message: Arc<Message>, held: &mut HeldWakes) -> RouteOutcome {
+        self.route_inner(message, Some(held))
+    }
+
+    fn route_inner(&self, message: Arc<Message>, mut held: Option<&mut HeldWakes>) -> RouteOutcome {
         let retained_changed = message.retain && self.retained.update(&message);
         // (session, delivery, shared): non-shared matches of one session are merged below.
         let mut targets: Vec<(Arc<Session>, Delivery, bool)> = Vec::new();
@@ -545,7 +549,11 @@ impl Broker {
         for (session, delivery, _) in targets {
             let qos = delivery.qos;
             let max = self.config.max_queued_messages;
-            match session.enqueue_holding_wake(delivery, max, &self.store, now, held) {
+            let enqueued = match held.as_deref_mut() {
+                Some(held) => session.enqueue_holding_wake(delivery, max, &self.store, now, held),
+                None => session.enqueue(delivery, max, &self.store, now),
+            };
+            match enqueued {
                 EnqueueOutcome::Queued => {}
                 EnqueueOutcome::QueuedOffline => {
                     raise::offline(&self.events, &session, &message, qos)

@@ -357,10 +357,13 @@ impl SessionState {
         let generation = self.generation;
         let attachment = self.attachment.take();
         let last_info = self.last_info.take();
+        // Some holder still lists the session: its release resets this.
+        let wake_held = self.wake_held;
         self.cancel_timers();
         *self = SessionState::new();
         self.generation = generation;
         self.attachment = attachment;
+        self.wake_held = wake_held;
         // Describes the attached connection (or the last one): not session state.
         self.last_info = last_info;
     }
@@ -593,13 +596,7 @@ impl Session {
         store: &Store,
         now_ms: u64,
     ) -> EnqueueOutcome {
-        self.enqueue_holding_wake(
-            delivery,
-            max_queued,
-            store,
-            now_ms,
-            &mut HeldWakes::default(),
-        )
+        self.enqueue_inner(delivery, max_queued, store, now_ms, None)
     }
 
     /// Like `enqueue`, but the attached connection is woken when `held` is released
@@ -611,6 +608,17 @@ impl Session {
         store: &Store,
         now_ms: u64,
         held: &mut HeldWakes,
+    ) -> EnqueueOutcome {
+        self.enqueue_inner(delivery, max_queued, store, now_ms, Some(held))
+    }
+
+    fn enqueue_inner(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        max_queued: usize,
+        store: &Store,
+        now_ms: u64,
+        held: Option<&mut HeldWakes>,
     ) -> EnqueueOutcome {
         let mut st = self.state();
         if st.removed {
@@ -636,9 +644,16 @@ impl Session {
             }
         }
         st.queue.push_back(Queued { seq, delivery });
-        if st.attachment.is_some() && !st.wake_held {
-            st.wake_held = true;
-            held.sessions.push(self.clone());
+        if let Some(attached) = &st.attachment {
+            match held {
+                None => attached.kick.wake(),
+                // Held already (by this batch or another one): that release wakes it.
+                Some(_) if st.wake_held => {}
+                Some(held) => {
+                    st.wake_held = true;
+                    held.sessions.push(self.clone());
+                }
+            }
         }
         drop(st);
         match (stored, online) {
@@ -653,8 +668,9 @@ impl Session {
 /// messages is routed and then sent once per connection. A publisher's read holds dozens
 /// of PUBLISHes: woken per message, a subscriber on the other worker drains each one as
 /// it arrives and writes it alone (fan-out then ran at half speed in one run in two);
-/// woken at the end, it takes the batch in one write. Released on drop, so every early
-/// return still wakes.
+/// woken at the end, it takes the batch in one write. A session held by one batch is not
+/// held again by another: the first release wakes it (a batch is synchronous work on at
+/// most one read, so that is soon). Released on drop, so every early return still wakes.
 #[derive(Default)]
 pub struct HeldWakes {
     sessions: Vec<Arc<Session>>,
@@ -662,13 +678,19 @@ pub struct HeldWakes {
 
 impl HeldWakes {
     /// Wakes the connections attached now (a takeover in between wakes the new one,
-    /// which looks at the queue anyway).
+    /// which looks at the queue anyway). The wake-up itself happens outside the session's
+    /// lock: it may resume a parked connection.
     pub fn release(&mut self) {
-        for session in self.sessions.drain(..) {
-            let mut st = session.state();
-            st.wake_held = false;
-            if let Some(attached) = &st.attachment {
-                attached.kick.wake();
+        // Popped one at a time: should a wake-up panic, the rest stay listed and the
+        // drop during unwinding releases them (their flags would otherwise stay set).
+        while let Some(session) = self.sessions.pop() {
+            let kick = {
+                let mut st = session.state();
+                st.wake_held = false;
+                st.attachment.as_ref().map(|a| a.kick.clone())
+            };
+            if let Some(kick) = kick {
+                kick.wake();
             }
         }
     }
@@ -793,9 +815,24 @@ mod tests {
             assert!(!kicks[0].needs_attention());
         }
         assert!(kicks[0].take_pending());
-        // Without a holder (the plain `enqueue`) the wake-up is immediate.
+        // Without a holder (the plain `enqueue`) the wake-up is immediate, also while
+        // another batch holds the session's.
         b.enqueue(delivery(QoS::AtMostOnce), 10, &store, 0);
         assert!(kicks[1].take_pending());
+        let mut other = HeldWakes::default();
+        a.enqueue_holding_wake(delivery(QoS::AtMostOnce), 10, &store, 0, &mut other);
+        a.enqueue(delivery(QoS::AtMostOnce), 10, &store, 0);
+        assert!(kicks[0].take_pending());
+        // A second holder does not list a session the first one holds; the first's
+        // release wakes it, and a clean start in between keeps the session listed once.
+        let mut second = HeldWakes::default();
+        a.enqueue_holding_wake(delivery(QoS::AtMostOnce), 10, &store, 0, &mut second);
+        assert!(second.sessions.is_empty());
+        a.state().clear();
+        a.enqueue_holding_wake(delivery(QoS::AtMostOnce), 10, &store, 0, &mut second);
+        assert!(second.sessions.is_empty());
+        drop(other);
+        assert!(kicks[0].take_pending());
     }
 
     #[tokio::test]

@@ -304,3 +304,27 @@ async fn publish_to_wildcard_topic_closes_connection() {
             .await;
     }
 }
+
+/// Subscribers' wake-ups are held while one read of PUBLISHes is routed and sent when
+/// the batch ends — also when it ends in a protocol error that closes the publisher: the
+/// messages routed before the bad packet still reach the subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_routed_before_a_bad_packet_in_the_same_read_are_delivered() {
+    let node = Node::start();
+    let mut sub = RawClient::v311(node.mqtt_addr(), "held-sub").await;
+    assert_eq!(sub.subscribe(1, &[SubFilter::new("held/#", 0)]).await, [0]);
+    let mut publ = RawClient::v311(node.mqtt_addr(), "held-pub").await;
+    let mut bytes = Vec::new();
+    for i in 0..20 {
+        bytes.extend(Publish::new(&format!("held/{i}"), 0, b"x").encode(Proto::V311));
+    }
+    // A PUBLISH with a wildcard in its topic name: a protocol error closing the publisher.
+    bytes.extend(Publish::new("held/+", 0, b"bad").encode(Proto::V311));
+    publ.send(&bytes).await;
+    for i in 0..20 {
+        let p = sub.expect_publish(RECV_TIMEOUT).await;
+        assert_eq!(p.topic, format!("held/{i}"));
+    }
+    publ.expect_closed(RECV_TIMEOUT).await;
+    sub.expect_no_publish(QUIET).await;
+}

@@ -25,7 +25,8 @@ pub(super) enum After {
 impl Connection {
     /// Handles one packet without waiting; anything that must wait for storage comes back
     /// as [`After`] (keeps this off the connection future's inline state). Subscribers of
-    /// what it publishes are woken when `held` is released.
+    /// what it publishes are woken when `held` is released (or another batch's holder
+    /// that held them first).
     pub(super) fn handle(&mut self, packet: Packet, held: &mut HeldWakes) -> Result<After, Close> {
         self.ensure_attached()?;
         match packet {
