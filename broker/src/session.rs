@@ -9,7 +9,6 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use skein_storage::{Store, StoredInflight, StoredSession, StoredSubscription};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{QoS, SubscriptionOptions, Will};
@@ -17,6 +16,9 @@ use crate::hash::ProcessRandomState;
 use crate::ids::ClientId;
 use crate::lazy_box::LazyBox;
 use crate::message::Message;
+
+mod signal;
+pub use signal::{HeldWakes, Kick, KickSignal};
 
 /// A message on its way to one subscriber.
 #[derive(Debug, Clone)]
@@ -49,143 +51,6 @@ pub struct Inflight {
     pub packet_id: u16,
     pub delivery: Delivery,
     pub state: InflightState,
-}
-
-/// Why a connection is told to go away by someone else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kick {
-    /// The same client id connected again.
-    TakenOver = 0,
-    /// An operator kicked it.
-    Administrative = 1,
-    /// The node is shutting down.
-    ShuttingDown = 2,
-}
-
-/// The one thing an idle connection waits on besides its socket and keepalive: told to go
-/// away (with the first reason only), or woken because its session queued something.
-/// One signal for both keeps every idle connection's task small.
-#[derive(Debug, Default)]
-pub struct KickSignal {
-    /// 0: none yet; otherwise `Kick as u8 + 1`.
-    reason: std::sync::atomic::AtomicU8,
-    /// A wake-up was sent since the connection last looked (see `take_pending`).
-    pending: std::sync::atomic::AtomicBool,
-    /// The connection's key in the parker while it is parked; 0 otherwise.
-    parked: std::sync::atomic::AtomicU64,
-    /// Where the connection parks (None: it never does, e.g. in unit tests).
-    parker: Option<crate::connection::park::ParkerHandle>,
-    notify: Notify,
-}
-
-impl KickSignal {
-    pub fn new() -> Arc<KickSignal> {
-        Arc::new(KickSignal::default())
-    }
-
-    /// The signal of a connection that may park with `parker`.
-    pub fn with_parker(parker: crate::connection::park::ParkerHandle) -> Arc<KickSignal> {
-        Arc::new(KickSignal {
-            parker: Some(parker),
-            ..KickSignal::default()
-        })
-    }
-
-    /// False when the connection is already gone (nobody else holds the signal).
-    pub fn send(self: &Arc<Self>, kick: Kick) -> bool {
-        if Arc::strong_count(self) < 2 {
-            return false;
-        }
-        let code = kick as u8 + 1;
-        // SeqCst (here and in `wake`): a parking connection stores its key and then
-        // reads these; whichever side is second sees the other.
-        let _ = self.reason.compare_exchange(
-            0,
-            code,
-            std::sync::atomic::Ordering::SeqCst,
-            std::sync::atomic::Ordering::SeqCst,
-        );
-        self.notify.notify_one();
-        self.resume_if_parked();
-        true
-    }
-
-    /// Wakes the connection to send what its session queued. A wake-up sent while the
-    /// connection is busy is kept (one at most); a parked connection is resumed.
-    pub fn wake(&self) {
-        use std::sync::atomic::Ordering::SeqCst;
-        // Written only when it changes: the connection's thread uses this line too, and a
-        // store per delivered message bounced it between cores. (A SeqCst load is a plain
-        // load on x86 and keeps the argument in `send`.)
-        if !self.pending.load(SeqCst) {
-            self.pending.store(true, SeqCst);
-        }
-        self.notify.notify_one();
-        self.resume_if_parked();
-    }
-
-    fn resume_if_parked(&self) {
-        let key = self.parked.load(std::sync::atomic::Ordering::SeqCst);
-        if key != 0 {
-            if let Some(parker) = &self.parker {
-                parker.unpark(key, "signal");
-            }
-        }
-    }
-
-    /// Whether a wake-up arrived since the last call (the connection calls it before it
-    /// looks at its session's queue).
-    pub fn take_pending(&self) -> bool {
-        use std::sync::atomic::Ordering::SeqCst;
-        // Only written when set, for the same reason as in `wake`.
-        self.pending.load(SeqCst) && self.pending.swap(false, SeqCst)
-    }
-
-    /// A kick or an unseen wake-up: a connection about to park must not sleep on it.
-    pub fn needs_attention(&self) -> bool {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.reason.load(SeqCst) != 0 || self.pending.load(SeqCst)
-    }
-
-    pub(crate) fn set_parked(&self, key: u64) {
-        self.parked.store(key, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Whether a parked connection could be resumed through this signal.
-    pub(crate) fn can_park(&self) -> bool {
-        self.parker.is_some()
-    }
-
-    pub(crate) fn clear_parked(&self) {
-        self.parked.store(0, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Completes on the next kick or wake-up (or at once for one sent meanwhile); check
-    /// `try_recv` to tell them apart.
-    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
-    }
-
-    /// The kick, if one was sent.
-    pub fn try_recv(&self) -> Option<Kick> {
-        match self.reason.load(std::sync::atomic::Ordering::Acquire) {
-            1 => Some(Kick::TakenOver),
-            2 => Some(Kick::Administrative),
-            3 => Some(Kick::ShuttingDown),
-            _ => None,
-        }
-    }
-
-    /// Waits for a kick. Cancel-safe: a kick sent meanwhile is kept. Wake-ups that arrive
-    /// meanwhile are spent, so the caller must look at its session's queue afterwards.
-    pub async fn recv(&self) -> Kick {
-        loop {
-            if let Some(kick) = self.try_recv() {
-                return kick;
-            }
-            self.notify.notified().await;
-        }
-    }
 }
 
 /// The link from a session to the connection currently attached to it.
@@ -661,44 +526,6 @@ impl Session {
             (false, true) => EnqueueOutcome::Queued,
             (false, false) => EnqueueOutcome::QueuedOffline,
         }
-    }
-}
-
-/// Wake-ups of connections whose sessions were queued messages, held until a batch of
-/// messages is routed and then sent once per connection. A publisher's read holds dozens
-/// of PUBLISHes: woken per message, a subscriber on the other worker drains each one as
-/// it arrives and writes it alone (fan-out then ran at half speed in one run in two);
-/// woken at the end, it takes the batch in one write. A session held by one batch is not
-/// held again by another: the first release wakes it (a batch is synchronous work on at
-/// most one read, so that is soon). Released on drop, so every early return still wakes.
-#[derive(Default)]
-pub struct HeldWakes {
-    sessions: Vec<Arc<Session>>,
-}
-
-impl HeldWakes {
-    /// Wakes the connections attached now (a takeover in between wakes the new one,
-    /// which looks at the queue anyway). The wake-up itself happens outside the session's
-    /// lock: it may resume a parked connection.
-    pub fn release(&mut self) {
-        // Popped one at a time: should a wake-up panic, the rest stay listed and the
-        // drop during unwinding releases them (their flags would otherwise stay set).
-        while let Some(session) = self.sessions.pop() {
-            let kick = {
-                let mut st = session.state();
-                st.wake_held = false;
-                st.attachment.as_ref().map(|a| a.kick.clone())
-            };
-            if let Some(kick) = kick {
-                kick.wake();
-            }
-        }
-    }
-}
-
-impl Drop for HeldWakes {
-    fn drop(&mut self) {
-        self.release();
     }
 }
 
