@@ -480,6 +480,14 @@ impl Broker {
         });
     }
 
+    /// Flushes storage to disk and records how long it took; every flush goes through here.
+    pub async fn flush_storage(&self) -> Result<(), skein_storage::StorageError> {
+        let start = std::time::Instant::now();
+        let result = self.store.flush().await;
+        crate::metrics::storage_flushed(start.elapsed());
+        result
+    }
+
     /// QoS the broker grants for a requested one (all three are supported).
     pub fn granted_qos(&self, requested: QoS) -> QoS {
         requested

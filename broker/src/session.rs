@@ -461,23 +461,12 @@ impl Session {
         store: &Store,
         now_ms: u64,
     ) -> EnqueueOutcome {
-        self.enqueue_inner(delivery, max_queued, store, now_ms, None)
+        self.enqueue_holding_wake(delivery, max_queued, store, now_ms, None)
     }
 
     /// Like `enqueue`, but the attached connection is woken when `held` is released
-    /// rather than at once.
+    /// rather than at once (None: at once).
     pub fn enqueue_holding_wake(
-        self: &Arc<Self>,
-        delivery: Delivery,
-        max_queued: usize,
-        store: &Store,
-        now_ms: u64,
-        held: &mut HeldWakes,
-    ) -> EnqueueOutcome {
-        self.enqueue_inner(delivery, max_queued, store, now_ms, Some(held))
-    }
-
-    fn enqueue_inner(
         self: &Arc<Self>,
         delivery: Delivery,
         max_queued: usize,
@@ -619,8 +608,13 @@ mod tests {
         let mut held = HeldWakes::default();
         for _ in 0..3 {
             for s in [&a, &b] {
-                let outcome =
-                    s.enqueue_holding_wake(delivery(QoS::AtMostOnce), 10, &store, 0, &mut held);
+                let outcome = s.enqueue_holding_wake(
+                    delivery(QoS::AtMostOnce),
+                    10,
+                    &store,
+                    0,
+                    Some(&mut held),
+                );
                 assert_eq!(outcome, EnqueueOutcome::Queued);
             }
         }
@@ -638,7 +632,7 @@ mod tests {
         // Released: the next message wakes again, and dropping the holder releases too.
         {
             let mut held = HeldWakes::default();
-            a.enqueue_holding_wake(delivery(QoS::AtMostOnce), 10, &store, 0, &mut held);
+            a.enqueue_holding_wake(delivery(QoS::AtMostOnce), 10, &store, 0, Some(&mut held));
             assert!(!kicks[0].needs_attention());
         }
         assert!(kicks[0].take_pending());
@@ -647,16 +641,16 @@ mod tests {
         b.enqueue(delivery(QoS::AtMostOnce), 10, &store, 0);
         assert!(kicks[1].take_pending());
         let mut other = HeldWakes::default();
-        a.enqueue_holding_wake(delivery(QoS::AtMostOnce), 10, &store, 0, &mut other);
+        a.enqueue_holding_wake(delivery(QoS::AtMostOnce), 10, &store, 0, Some(&mut other));
         a.enqueue(delivery(QoS::AtMostOnce), 10, &store, 0);
         assert!(kicks[0].take_pending());
         // A second holder does not list a session the first one holds; the first's
         // release wakes it, and a clean start in between keeps the session listed once.
         let mut second = HeldWakes::default();
-        a.enqueue_holding_wake(delivery(QoS::AtMostOnce), 10, &store, 0, &mut second);
+        a.enqueue_holding_wake(delivery(QoS::AtMostOnce), 10, &store, 0, Some(&mut second));
         assert!(second.sessions.is_empty());
         a.state().clear();
-        a.enqueue_holding_wake(delivery(QoS::AtMostOnce), 10, &store, 0, &mut second);
+        a.enqueue_holding_wake(delivery(QoS::AtMostOnce), 10, &store, 0, Some(&mut second));
         assert!(second.sessions.is_empty());
         drop(other);
         assert!(kicks[0].take_pending());

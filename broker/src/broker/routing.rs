@@ -31,15 +31,16 @@ fn merge_per_session(targets: &mut Vec<(Arc<Session>, Delivery, bool)>) {
 impl Broker {
     /// Routes a publish to every matching session on this node; never blocks.
     pub fn route(&self, message: Arc<Message>) -> RouteOutcome {
-        self.route_inner(message, None)
+        self.route_holding_wakes(message, None)
     }
 
-    /// Like `route`, with the subscribers' wake-ups held in `held` (see [`HeldWakes`]).
-    pub fn route_holding_wakes(&self, message: Arc<Message>, held: &mut HeldWakes) -> RouteOutcome {
-        self.route_inner(message, Some(held))
-    }
-
-    fn route_inner(&self, message: Arc<Message>, mut held: Option<&mut HeldWakes>) -> RouteOutcome {
+    /// Like `route`, with the subscribers' wake-ups held in `held` (see [`HeldWakes`]);
+    /// None wakes them at once.
+    pub fn route_holding_wakes(
+        &self,
+        message: Arc<Message>,
+        mut held: Option<&mut HeldWakes>,
+    ) -> RouteOutcome {
         let retained_changed = message.retain && self.retained.update(&message);
         // (session, delivery, shared): non-shared matches of one session are merged below.
         let mut targets: Vec<(Arc<Session>, Delivery, bool)> = Vec::new();
@@ -76,15 +77,11 @@ impl Broker {
             matched: targets.len(),
             needs_flush: retained_changed,
         };
-        let now = now_ms();
+        let (now, max) = (now_ms(), self.config.max_queued_messages);
         for (session, delivery, _) in targets {
             let qos = delivery.qos;
-            let max = self.config.max_queued_messages;
-            let enqueued = match held.as_deref_mut() {
-                Some(held) => session.enqueue_holding_wake(delivery, max, &self.store, now, held),
-                None => session.enqueue(delivery, max, &self.store, now),
-            };
-            match enqueued {
+            match session.enqueue_holding_wake(delivery, max, &self.store, now, held.as_deref_mut())
+            {
                 EnqueueOutcome::Queued => {}
                 EnqueueOutcome::QueuedOffline => {
                     raise::offline(&self.events, &session, &message, qos)
@@ -132,13 +129,5 @@ impl Broker {
                 }
             }
         }
-    }
-
-    /// Flushes storage to disk and records how long it took; every flush goes through here.
-    pub async fn flush_storage(&self) -> Result<(), skein_storage::StorageError> {
-        let start = std::time::Instant::now();
-        let result = self.store.flush().await;
-        crate::metrics::storage_flushed(start.elapsed());
-        result
     }
 }

@@ -43,7 +43,7 @@ pub(super) async fn accept(
         Ok(Err(refusal)) => {
             let info = raise::reported_before_connect(refusal.reason)
                 .then(|| raise::before_connect(peer, sockname, refusal.connack.map(|(p, _)| p)));
-            Box::pin(refuse(&broker, &mut socket, refusal, info.as_ref())).await;
+            refuse(&broker, &mut socket, refusal, info.as_ref()).await;
             return None;
         }
         Ok(Ok(connect)) => connect,
@@ -67,13 +67,13 @@ pub(super) async fn accept(
             DisconnectReason::TooManyConnection,
             "node at its connection limit",
         );
-        Box::pin(refuse(&broker, &mut socket, refusal, Some(&info))).await;
+        refuse(&broker, &mut socket, refusal, Some(&info)).await;
         return None;
     }
     match attach(&broker, socket, id, info.clone(), connect).await {
         Ok(conn) => Some(conn),
         Err((mut socket, refusal)) => {
-            Box::pin(refuse(&broker, &mut socket, refusal, Some(&info))).await;
+            refuse(&broker, &mut socket, refusal, Some(&info)).await;
             None
         }
     }
@@ -117,8 +117,7 @@ fn count_refusal(reason: DisconnectReason) {
 }
 
 /// Refuses the connection; `client` (None: not worth an event) gets its connack and
-/// disconnected events. Callers box it: its graceful close (a 1 KiB drain buffer, two
-/// timeouts) inline would double the size of every handshake for a rare path.
+/// disconnected events.
 async fn refuse(
     broker: &Broker,
     socket: &mut Socket,
@@ -149,7 +148,9 @@ async fn refuse(
         });
         codec::encode(&packet, protocol, socket.wbuf());
     }
-    socket.close_gracefully(&broker.hot).await;
+    // Boxed: the graceful close (a 1 KiB drain buffer, two timeouts) inline would double
+    // the size of every handshake for a rare path.
+    Box::pin(socket.close_gracefully(&broker.hot)).await;
 }
 
 async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>, Refusal> {

@@ -177,7 +177,7 @@ impl Connection {
                 packet_id: p.packet_id,
             },
         );
-        let outcome = self.broker.route_holding_wakes(message, held);
+        let outcome = self.broker.route_holding_wakes(message, Some(held));
         let code = if outcome.matched == 0 && self.protocol.is_v5() {
             rc::NO_MATCHING_SUBSCRIBERS
         } else {

@@ -381,8 +381,7 @@ impl Connection {
                     if let Some(ack) = ack {
                         self.send(&ack);
                     }
-                    if self.socket.pending_out() >= WRITE_BATCH_BYTES {
-                        self.count_acked();
+                    if self.output_batch_full() {
                         return Ok(true);
                     }
                 }
@@ -415,11 +414,20 @@ impl Connection {
             if let inbound::After::FlushThenSend(ack) = self.handle(packet, &mut held)? {
                 return Ok(Batch::FlushThenSend(ack));
             }
-            if self.socket.pending_out() >= WRITE_BATCH_BYTES {
-                self.count_acked();
+            if self.output_batch_full() {
                 return Ok(Batch::OutputFull);
             }
         }
+    }
+
+    /// Whether a batch of output waits to be written before more input is handled (then
+    /// the acknowledgements handled so far are counted).
+    fn output_batch_full(&mut self) -> bool {
+        let full = self.socket.pending_out() >= WRITE_BATCH_BYTES;
+        if full {
+            self.count_acked();
+        }
+        full
     }
 
     /// Adds the acknowledgements handled since the last call to the acked counter.
