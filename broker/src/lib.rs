@@ -93,6 +93,8 @@ pub async fn run(
 ) -> Result<(), BrokerError> {
     // Before anything records: what is counted earlier is lost.
     let prometheus = metrics::install();
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    ::metrics::gauge!(metrics::RUNTIME_WORKERS).set(workers as f64);
     // Opening scans the event log's segments: blocking I/O, off the async workers.
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || skein_storage::Store::open(&data_dir))

@@ -78,6 +78,8 @@ pub const REDIS_XADD: &str = "skein_redis_xadd_total";
 // Storage.
 /// Histogram: time to flush storage to disk.
 pub const STORAGE_FLUSH_DURATION: &str = "skein_storage_flush_duration_seconds";
+/// Worker threads of the runtime the node runs on (`worker_threads`).
+pub const RUNTIME_WORKERS: &str = "skein_runtime_workers";
 
 // Cluster (Raft): constants go here, with their rows in `CLUSTER` below.
 
@@ -295,12 +297,27 @@ const STORAGE: &[Desc] = &[desc(
     "Time to flush storage to disk (before acknowledging stored messages, and at shutdown).",
 )];
 
+const RUNTIME: &[Desc] = &[desc(
+    RUNTIME_WORKERS,
+    Gauge,
+    Unit::Count,
+    &[],
+    "Worker threads of the async runtime (setting worker_threads; 0 there means one per CPU).",
+)];
+
 /// Raft metrics of the cluster (leader changes, terms, log indexes, RPC latencies): their
 /// rows go here, e.g. `skein_raft_leader_changes_total`.
 const CLUSTER: &[Desc] = &[];
 
 /// Every metric this node exports.
-pub const ALL: &[&[Desc]] = &[CONNECTIONS_AND_SESSIONS, MESSAGES, EVENTS, STORAGE, CLUSTER];
+pub const ALL: &[&[Desc]] = &[
+    CONNECTIONS_AND_SESSIONS,
+    MESSAGES,
+    EVENTS,
+    STORAGE,
+    RUNTIME,
+    CLUSTER,
+];
 
 /// Every metric, flattened.
 pub fn descriptions() -> impl Iterator<Item = &'static Desc> {

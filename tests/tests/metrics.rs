@@ -141,6 +141,21 @@ async fn a_fresh_node_exports_valid_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_sizes_the_runtime() {
+    let default = Node::start();
+    // tokio's default, which the node inherits through the environment like any variable.
+    let cpus = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let s = scrape(default.http_addr()).await;
+    assert_eq!(s.get("skein_runtime_workers"), cpus as f64);
+    let three = Node::builder().env("SKEIN_WORKER_THREADS", 3).start();
+    let s = scrape(three.http_addr()).await;
+    assert_eq!(s.get("skein_runtime_workers"), 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_is_counted_and_the_output_passes_promtool() {
     let node = Node::start();
     let (mqtt, http) = (node.mqtt_addr(), node.http_addr());

@@ -24,7 +24,14 @@ fn main() -> ExitCode {
         // Colour only on a terminal: Kubernetes and log shippers read plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // 0 leaves tokio's default: one worker per CPU the process may use (or
+    // TOKIO_WORKER_THREADS).
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

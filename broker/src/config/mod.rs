@@ -80,6 +80,9 @@ pub struct Config {
     /// A connection with nothing to do for this many milliseconds gives up its task and
     /// waits in the shared parker until its socket, session or keepalive needs it; 0: never.
     pub park_idle_ms: u64,
+    /// Threads that run connections and everything else; 0: one per CPU this process
+    /// may use (its cgroup quota on Kubernetes).
+    pub worker_threads: usize,
     /// Longest client identifier accepted (1..=65535).
     pub max_client_id_len: usize,
     /// The server's Topic Alias Maximum; 0 disables topic aliases.
@@ -165,6 +168,7 @@ impl Default for Config {
             max_keepalive: u16::MAX,
             connect_timeout_ms: 10_000,
             park_idle_ms: 2_000,
+            worker_threads: 0,
             max_client_id_len: 65_535,
             max_topic_alias: u16::MAX,
             max_session_expiry_interval: u32::MAX,
@@ -669,6 +673,8 @@ settings! {
         "Close sockets that send no CONNECT within this many milliseconds";
     park_idle_ms: Int { min: 0, max: MAX_TIMEOUT_MS },
         "Park connections idle this many milliseconds (no task until input, a message or keepalive); 0: never";
+    worker_threads: Int { min: 0, max: 1024 },
+        "Runtime worker threads; 0: one per CPU available to the process";
     max_client_id_len: Int { min: 1, max: 65_535 },
         "Longest client identifier accepted";
     max_topic_alias: Int { min: 0, max: u16::MAX },

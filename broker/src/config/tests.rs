@@ -76,6 +76,7 @@ fn toml_file_sets_everything() {
         max_keepalive = 300
         connect_timeout_ms = 2500
         park_idle_ms = 0
+        worker_threads = 3
         max_client_id_len = 23
         max_topic_alias = 0
         max_session_expiry_interval = 3600
@@ -125,6 +126,7 @@ fn toml_file_sets_everything() {
             max_keepalive: 300,
             connect_timeout_ms: 2500,
             park_idle_ms: 0,
+            worker_threads: 3,
             max_client_id_len: 23,
             max_topic_alias: 0,
             max_session_expiry_interval: 3600,
@@ -188,6 +190,7 @@ fn env_sets_everything() {
         ("SKEIN_MAX_KEEPALIVE", "60"),
         ("SKEIN_CONNECT_TIMEOUT_MS", "5"),
         ("SKEIN_PARK_IDLE_MS", "9"),
+        ("SKEIN_WORKER_THREADS", "10"),
         ("SKEIN_MAX_CLIENT_ID_LEN", "6"),
         ("SKEIN_MAX_TOPIC_ALIAS", "7"),
         ("SKEIN_MAX_SESSION_EXPIRY_INTERVAL", "8"),
@@ -241,6 +244,7 @@ fn env_sets_everything() {
             max_keepalive: 60,
             connect_timeout_ms: 5,
             park_idle_ms: 9,
+            worker_threads: 10,
             max_client_id_len: 6,
             max_topic_alias: 7,
             max_session_expiry_interval: 8,
