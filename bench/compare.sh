@@ -7,7 +7,8 @@
 #
 # Environment: RUNS (default 3), QUICK (0/1), TIMEOUT (seconds per bench run, default 60),
 # BUDGET (seconds for all runs, default 1320: what is left is skipped and said so),
-# PORT_BASE (default 21883; three ports from there), OUT (default BENCHMARKS.md).
+# PORT_BASE (default 21883; three ports from there), OUT (default BENCHMARKS.md),
+# SKEIN_WORKER_THREADS (passed on to skein when set).
 # Every broker is started fresh for every run (a clean process: RSS and queues start
 # empty) and stopped after it.
 set -euo pipefail
@@ -112,6 +113,8 @@ next_connection_delay_ms = 0
 EOF
 
 SKEIN_ENV="SKEIN_MAX_INFLIGHT=$INFLIGHT SKEIN_MAX_QUEUED_MESSAGES=$QUEUED SKEIN_LOG=warn"
+# Passed on when set (the README's worker_threads): the written command line shows it.
+[ -n "${SKEIN_WORKER_THREADS:-}" ] && SKEIN_ENV="$SKEIN_ENV SKEIN_WORKER_THREADS=$SKEIN_WORKER_THREADS"
 skein_cmd() { echo "$SKEIN_BIN --mqtt 127.0.0.1:$SKEIN_PORT --http 127.0.0.1:0 --data-dir $WORK/skein-data"; }
 mosq_cmd() { echo "$MOSQ_BIN -c $MOSQ_CONF"; }
 rumq_cmd() { echo "$RUMQ_BIN -q -c $RUMQ_CONF"; }
