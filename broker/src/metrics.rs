@@ -78,7 +78,9 @@ pub const REDIS_XADD: &str = "skein_redis_xadd_total";
 // Storage.
 /// Histogram: time to flush storage to disk.
 pub const STORAGE_FLUSH_DURATION: &str = "skein_storage_flush_duration_seconds";
-/// Worker threads of the runtime the node runs on (`worker_threads`).
+
+// Runtime.
+/// Gauge: worker threads of the runtime the node runs on (`worker_threads`).
 pub const RUNTIME_WORKERS: &str = "skein_runtime_workers";
 
 // Cluster (Raft): constants go here, with their rows in `CLUSTER` below.

@@ -57,7 +57,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read these two lines to find ports bound as 0.
     println!("mqtt listening on {}", mqtt.local_addr()?);
     println!("http listening on {}", http.local_addr()?);
-    tracing::info!(node_id = config.node_id, node_name = %config.node_name, data_dir = %config.data_dir.display(), "starting skein");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(node_id = config.node_id, node_name = %config.node_name, data_dir = %config.data_dir.display(), workers, "starting skein");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     skein_broker::run(config, mqtt, http, shutdown).await?;
