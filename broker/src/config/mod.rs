@@ -148,6 +148,8 @@ pub struct Config {
     pub redis_url: String,
     /// The Redis stream is `<prefix>.mqtt`.
     pub redis_stream_prefix: String,
+    /// XADD trims the Redis stream to about this many entries (`MAXLEN ~`); 0: no limit.
+    pub redis_stream_maxlen: u64,
 }
 
 impl Default for Config {
@@ -201,6 +203,7 @@ impl Default for Config {
             stream_max_entries: 1_000_000,
             redis_url: String::new(),
             redis_stream_prefix: String::from("skein"),
+            redis_stream_maxlen: 0,
         }
     }
 }
@@ -746,4 +749,6 @@ settings! {
         "Redis to XADD event stream entries to", default = "empty (off)";
     redis_stream_prefix: Text,
         "Redis stream name prefix: entries go to <prefix>.mqtt";
+    redis_stream_maxlen: Int { min: 0, max: u64::MAX },
+        "Trim the Redis stream to about this many entries on every XADD (MAXLEN ~; 0: no limit)";
 }

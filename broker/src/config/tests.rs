@@ -95,6 +95,7 @@ fn toml_file_sets_everything() {
         stream_max_entries = 10
         redis_url = "redis://127.0.0.1:6390"
         redis_stream_prefix = "supermq"
+        redis_stream_maxlen = 5000
         events_dollar_events = false
         events_dollar_events_kinds = ["client.connected", "session.subscribed"]
         events_dollar_event = true
@@ -145,6 +146,7 @@ fn toml_file_sets_everything() {
             stream_max_entries: 10,
             redis_url: "redis://127.0.0.1:6390".into(),
             redis_stream_prefix: "supermq".into(),
+            redis_stream_maxlen: 5000,
             events_dollar_events: false,
             events_dollar_events_kinds: KindSet::of(&[
                 EventKind::ClientConnected,
@@ -212,6 +214,7 @@ fn env_sets_everything() {
         ("SKEIN_STREAM_MAX_ENTRIES", "17"),
         ("SKEIN_REDIS_URL", "redis://h:18/1"),
         ("SKEIN_REDIS_STREAM_PREFIX", "p19"),
+        ("SKEIN_REDIS_STREAM_MAXLEN", "20"),
         ("SKEIN_EVENTS_DOLLAR_EVENTS", "0"),
         ("SKEIN_EVENTS_DOLLAR_EVENTS_KINDS", "client.disconnected"),
         ("SKEIN_EVENTS_DOLLAR_EVENT", "1"),
@@ -263,6 +266,7 @@ fn env_sets_everything() {
             stream_max_entries: 17,
             redis_url: "redis://h:18/1".into(),
             redis_stream_prefix: "p19".into(),
+            redis_stream_maxlen: 20,
             events_dollar_events: false,
             events_dollar_events_kinds: KindSet::of(&[EventKind::ClientDisconnected]),
             events_dollar_event: true,

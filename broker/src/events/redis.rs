@@ -41,6 +41,8 @@ pub struct RedisDialect {
     events: mpsc::Receiver<Arc<Event>>,
     target: Target,
     key: String,
+    /// `MAXLEN ~ <n>` on every XADD; None: the stream is not trimmed.
+    maxlen: Option<String>,
     instance: String,
 }
 
@@ -63,11 +65,13 @@ pub fn register(bus: &mut EventBus, config: &Config) -> Option<RedisDialect> {
         config.events_queue_capacity,
     );
     let key = stream_key(&config.redis_stream_prefix);
-    tracing::info!(addr = %target.addr, %key, "Redis stream sink enabled");
+    let maxlen = (config.redis_stream_maxlen > 0).then(|| config.redis_stream_maxlen.to_string());
+    tracing::info!(addr = %target.addr, %key, maxlen = config.redis_stream_maxlen, "Redis stream sink enabled");
     Some(RedisDialect {
         events,
         target,
         key,
+        maxlen,
         instance: bus.node().node_name.clone(),
     })
 }
@@ -159,7 +163,7 @@ impl RedisDialect {
         let batch: Vec<(&Entry, String)> = batch.map(|e| (e, e.occurred_at.to_string())).collect();
         let commands: Vec<Vec<&[u8]>> = batch
             .iter()
-            .map(|(e, occurred_at)| xadd(&self.key, e, occurred_at))
+            .map(|(e, occurred_at)| xadd(&self.key, self.maxlen.as_deref(), e, occurred_at))
             .collect();
         for reply in c.pipeline(&commands).await? {
             match reply {
@@ -174,12 +178,21 @@ impl RedisDialect {
     }
 }
 
-/// `XADD <key> * client_id .. event_type .. instance .. occurred_at ..` (seed 002's order).
-fn xadd<'a>(key: &'a str, e: &'a Entry, occurred_at: &'a str) -> Vec<&'a [u8]> {
-    vec![
-        b"XADD",
-        key.as_bytes(),
-        b"*",
+/// `XADD <key> [MAXLEN ~ <n>] * client_id .. event_type .. instance .. occurred_at ..`
+/// (seed 002's order). `~` lets Redis trim whole internal nodes only, the cheap way.
+fn xadd<'a>(
+    key: &'a str,
+    maxlen: Option<&'a str>,
+    e: &'a Entry,
+    occurred_at: &'a str,
+) -> Vec<&'a [u8]> {
+    let mut command: Vec<&[u8]> = Vec::with_capacity(14);
+    command.extend([b"XADD" as &[u8], key.as_bytes()]);
+    if let Some(n) = maxlen {
+        command.extend([b"MAXLEN" as &[u8], b"~", n.as_bytes()]);
+    }
+    command.extend([
+        b"*" as &[u8],
         b"client_id",
         e.client_id.as_bytes(),
         b"event_type",
@@ -188,7 +201,8 @@ fn xadd<'a>(key: &'a str, e: &'a Entry, occurred_at: &'a str) -> Vec<&'a [u8]> {
         e.instance.as_bytes(),
         b"occurred_at",
         occurred_at.as_bytes(),
-    ]
+    ]);
+    command
 }
 
 fn backoff(failures: u32) -> Duration {

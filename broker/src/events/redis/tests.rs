@@ -18,9 +18,14 @@ struct RedisServer {
 
 impl RedisServer {
     fn start_on(port: u16) -> RedisServer {
+        RedisServer::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -185,6 +190,41 @@ async fn entries_are_xadded_with_the_seed_fields_in_order() {
             ("occurred_at", "1700000000002000000"),
         ])
     );
+    task.finish(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn redis_stream_maxlen_trims_the_stream_keeping_the_newest() {
+    // Small internal nodes, so that `MAXLEN ~` trims close to the limit.
+    let redis = RedisServer::start_with(free_port(), &["--stream-node-max-entries", "5"]);
+    let mut bus = bus();
+    let config = Config {
+        redis_stream_maxlen: 20,
+        ..config(redis.url())
+    };
+    let task = register(&mut bus, &config).unwrap().start();
+    for i in 0..200 {
+        bus.emit(connected(&client(&format!("c{i}")), i + 1));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let entries = loop {
+        let entries = xrange(&redis.url(), "test.mqtt").await;
+        if entries.last().is_some_and(|(_, f)| f[0].1 == "c199") {
+            break entries;
+        }
+        assert!(Instant::now() < deadline, "c199 never arrived: {entries:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        (20..=25).contains(&entries.len()),
+        "{} entries kept",
+        entries.len()
+    );
+    let ids: Vec<&str> = entries.iter().map(|(_, f)| f[0].1.as_str()).collect();
+    let newest: Vec<String> = (200 - entries.len()..200)
+        .map(|i| format!("c{i}"))
+        .collect();
+    assert_eq!(ids, newest);
     task.finish(Duration::from_secs(5)).await;
 }
 
