@@ -7,6 +7,11 @@ use skein_broker::config::{Config, ConfigError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// tokio's task cells and I/O registrations in chunks of their own (see aligned_pool).
+#[global_allocator]
+static ALLOCATOR: skein_broker::aligned_pool::AlignedPool =
+    skein_broker::aligned_pool::AlignedPool::new();
+
 fn main() -> ExitCode {
     let config = match Config::from_process() {
         Ok(c) => c,
