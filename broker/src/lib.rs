@@ -152,8 +152,11 @@ pub async fn run(
     // binary's allocator (aligned_pool) keeps task cells in chunks of their own.
     let listener = tokio::spawn(server::serve_mqtt(broker.clone(), mqtt)).await;
     if let Err(e) = &listener {
+        // A panic in the accept loop: stop the node as a shutdown would, connections
+        // drained before storage is flushed.
         tracing::error!(error = %e, "the MQTT listener failed; stopping the node");
         shutdown.cancel();
+        server::close_connections(&broker).await;
     }
     // The connections' last events (go_away) go out before the node stops.
     mqtt_dialects.drain(EVENTS_DRAIN).await;

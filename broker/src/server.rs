@@ -49,11 +49,18 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
         ));
     }
     drop(listener);
+    close_connections(&broker).await;
+}
+
+/// Tells every connection the node is going away and waits (bounded) for them to end. Also
+/// what `run` does itself when the accept loop failed before getting here.
+pub(crate) async fn close_connections(broker: &Broker) {
     let told = broker.kick_all_for_shutdown();
     tracing::debug!(
         connections = told,
         "told connections the node is shutting down"
     );
+    let connections = &broker.connections;
     connections.close();
     let drain = broker.config.shutdown_timeout();
     if tokio::time::timeout(drain, connections.wait())
