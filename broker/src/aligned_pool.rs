@@ -374,19 +374,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Chunks currently mapped for `class` that have room, plus the spare.
-    fn chunks(pool: &AlignedPool, class: usize) -> (usize, bool) {
-        let c = pool.lock(class);
-        let mut n = 0;
-        let mut at = c.with_room;
-        while !at.is_null() {
-            n += 1;
-            // SAFETY: listed chunks are mapped; read under the lock.
-            at = unsafe { (*at).next };
-        }
-        (n, !c.spare.is_null())
-    }
-
     #[test]
     fn routes_only_cache_line_aligned_blocks_up_to_4_kib() {
         let l = |size, align| Layout::from_size_align(size, align).unwrap();
@@ -455,37 +442,41 @@ mod tests {
         assert_eq!(chunks(&pool, 0), (0, true));
     }
 
-    /// Checks every class's lists: listed chunks have live blocks and room and link both
-    /// ways; the spare is empty and unlisted. Returns the number of listed chunks.
-    fn check(pool: &AlignedPool) -> usize {
+    /// Checks `class`'s lists: listed chunks have live blocks and room and link both
+    /// ways; the spare is empty and unlisted. Returns the number of listed chunks and
+    /// whether there is a spare.
+    fn chunks(pool: &AlignedPool, class: usize) -> (usize, bool) {
+        let c = pool.lock(class);
+        let block = (class + 1) * SLOT;
         let mut listed = 0;
-        for class in 0..CLASSES {
-            let c = pool.lock(class);
-            let block = (class + 1) * SLOT;
-            let mut prev: *mut Chunk = ptr::null_mut();
-            let mut at = c.with_room;
-            while !at.is_null() {
-                // SAFETY: listed chunks are mapped; read under the lock.
-                unsafe {
-                    assert!((*at).listed);
-                    assert_eq!((*at).prev, prev);
-                    assert_eq!((*at).block, block);
-                    assert!((*at).live > 0);
-                    assert!(!(*at).free.is_null() || (*at).fresh + block <= CHUNK);
-                    prev = at;
-                    at = (*at).next;
-                }
-                listed += 1;
+        let mut prev: *mut Chunk = ptr::null_mut();
+        let mut at = c.with_room;
+        while !at.is_null() {
+            // SAFETY: listed chunks are mapped; read under the lock.
+            unsafe {
+                assert!((*at).listed);
+                assert_eq!((*at).prev, prev);
+                assert_eq!((*at).block, block);
+                assert!((*at).live > 0);
+                assert!(!(*at).free.is_null() || (*at).fresh + block <= CHUNK);
+                prev = at;
+                at = (*at).next;
             }
-            if !c.spare.is_null() {
-                // SAFETY: the spare is mapped; read under the lock.
-                unsafe {
-                    assert_eq!((*c.spare).live, 0);
-                    assert!(!(*c.spare).listed);
-                }
+            listed += 1;
+        }
+        if !c.spare.is_null() {
+            // SAFETY: the spare is mapped; read under the lock.
+            unsafe {
+                assert_eq!((*c.spare).live, 0);
+                assert!(!(*c.spare).listed);
             }
         }
-        listed
+        (listed, !c.spare.is_null())
+    }
+
+    /// [`chunks`] over every class: the number of listed chunks.
+    fn check(pool: &AlignedPool) -> usize {
+        (0..CLASSES).map(|class| chunks(pool, class).0).sum()
     }
 
     #[test]

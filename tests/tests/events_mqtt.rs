@@ -234,11 +234,7 @@ async fn go_away_is_published_before_the_node_stops() {
 
     let (raw, present, _) = RawClient::connect_ok(node.mqtt_addr(), &watcher).await;
     assert!(present, "the watcher's session survived the restart");
-    let mut w = Watcher {
-        raw,
-        seen: Vec::new(),
-        all: Vec::new(),
-    };
+    let mut w = Watcher::on(raw);
     // Acknowledge what arrives, like a real QoS 1 subscriber.
     let (e, c) = expect_end_acked(&mut w, "victim").await;
     assert_eq!(e["reason"], "go_away");

@@ -28,7 +28,7 @@ pub struct Watcher {
     /// (topic, parsed payload, raw payload) not consumed yet.
     pub seen: Vec<(String, Value, String)>,
     /// Every raw payload ever received (for the no-password check).
-    pub all: Vec<String>,
+    all: Vec<String>,
 }
 
 impl Watcher {
@@ -37,6 +37,11 @@ impl Watcher {
         let subs: Vec<SubFilter> = filters.iter().map(|f| SubFilter::new(f, 1)).collect();
         let codes = raw.subscribe(1, &subs).await;
         assert!(codes.iter().all(|c| *c <= 2), "SUBACK {codes:02x?}");
+        Watcher::on(raw)
+    }
+
+    /// A watcher on a client that is already connected and subscribed.
+    pub fn on(raw: RawClient) -> Watcher {
         Watcher {
             raw,
             seen: Vec::new(),
@@ -55,7 +60,7 @@ impl Watcher {
         Watcher::start(node, &filters).await
     }
 
-    pub fn keep(&mut self, p: Publish) {
+    fn keep(&mut self, p: Publish) {
         let text = String::from_utf8(p.payload).expect("event payloads are UTF-8");
         let value: Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{} payload is not JSON ({e}): {text}", p.topic));
@@ -68,7 +73,7 @@ impl Watcher {
         self.wait_within(RECV_TIMEOUT, topic, pred).await
     }
 
-    pub async fn wait_within(
+    async fn wait_within(
         &mut self,
         timeout: Duration,
         topic: &str,
