@@ -10,6 +10,7 @@ pub mod cluster_handle;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod disconnect;
 pub mod error;
 pub mod events;
 pub mod hash;

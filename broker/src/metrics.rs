@@ -21,7 +21,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::broker::Broker;
 use crate::codec::{ProtocolVersion, QoS};
-use crate::connection::DisconnectReason;
+use crate::disconnect::DisconnectReason;
 
 // Connections and sessions.
 /// Gauge {protocol}: open MQTT connections past a successful CONNECT.

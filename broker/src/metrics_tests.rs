@@ -172,7 +172,7 @@ fn hot_path_helpers_render_with_help_type_and_static_labels() {
         let hot = HotCounters::register();
         hot.connect_accepted(ProtocolVersion::V5);
         connect_refused("protocol_error");
-        hot.disconnected(crate::connection::DisconnectReason::Normal);
+        hot.disconnected(crate::disconnect::DisconnectReason::Normal);
         storage_flushed(Duration::from_millis(3));
         hot.connection_opened(ProtocolVersion::V5);
         hot.connection_opened(ProtocolVersion::V311);

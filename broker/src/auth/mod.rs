@@ -8,7 +8,7 @@ pub use password_file::{LineProblem, PasswordFileError, Passwords};
 
 use crate::codec::{connack_v3, reason as rc};
 use crate::config::Config;
-use crate::connection::DisconnectReason;
+use crate::disconnect::DisconnectReason;
 
 /// Why a CONNECT is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -220,7 +220,7 @@ async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>
             Err(e) => {
                 return Err(Refusal::close(
                     DisconnectReason::TcpClosed,
-                    super::reason::read_failure_detail(&e),
+                    crate::disconnect::read_failure_detail(&e),
                 ))
             }
         }

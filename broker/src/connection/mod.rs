@@ -6,7 +6,6 @@ mod inbound;
 mod outbound;
 mod paged_slab;
 pub mod park;
-pub mod reason;
 mod socket;
 
 use std::net::SocketAddr;
@@ -20,11 +19,11 @@ use tracing::Instrument;
 
 use crate::broker::Broker;
 use crate::codec::{self, reason as rc, Disconnect, Packet, Properties, ProtocolVersion};
+use crate::disconnect::{Close, DisconnectReason};
 use crate::events::ClientInfo;
 use crate::hash::HashMap;
 use crate::ids::ClientId;
 use crate::session::{HeldWakes, Kick, Session};
-pub use reason::{Close, DisconnectReason};
 pub use socket::Socket;
 
 /// Writes are flushed to the socket once this much is buffered, even mid-batch.

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use super::mqtt_out::Outgoing;
 use super::{ClientInfo, Event, EventBody, EventKind, KindSet, NodeInfo, Transport};
 use crate::codec::{ProtocolVersion, QoS};
-use crate::connection::DisconnectReason;
+use crate::disconnect::DisconnectReason;
 
 pub const DIALECT: &str = "$EVENT";
 

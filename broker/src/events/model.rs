@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::codec::{ProtocolVersion, QoS};
-use crate::connection::DisconnectReason;
+use crate::disconnect::DisconnectReason;
 use crate::ids::ClientId;
 use crate::message::Message;
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 
 use super::mqtt_out::Outgoing;
 use super::{ClientInfo, Event, EventBody, EventKind, KindSet, NodeInfo};
-use crate::connection::DisconnectReason;
+use crate::disconnect::DisconnectReason;
 use crate::hash::HashMap;
 use crate::ids::ClientId;
 use crate::topic;

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::{ClientInfo, Event, EventBody, EventBus, EventKind, KindSet, SessionEnd};
 use crate::broker::Broker;
 use crate::codec::{ProtocolVersion, QoS};
-use crate::connection::{Close, DisconnectReason};
+use crate::disconnect::{Close, DisconnectReason};
 use crate::ids::ClientId;
 use crate::message::{now_ms, Message};
 use crate::session::Session;

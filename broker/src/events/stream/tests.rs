@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 
 use super::*;
 use crate::codec::ProtocolVersion;
-use crate::connection::DisconnectReason;
+use crate::disconnect::DisconnectReason;
 use crate::events::test_support::{connected, event_at};
 use crate::events::{ClientInfo, NodeInfo};
 use crate::ids::ClientId;
