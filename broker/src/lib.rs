@@ -131,8 +131,8 @@ pub async fn run(
     let health = http::HealthState::new();
     let routes = http::compose(vec![
         http::health_routes(health.clone()),
-        metrics::router(prometheus, broker.clone()),
-        events::stream::router(stream_api, Some(api_token.clone())),
+        http::metrics_endpoint::router(prometheus, broker.clone()),
+        http::event_stream::router(stream_api, Some(api_token.clone())),
         http::admin::router(broker.clone(), Some(api_token)),
     ]);
     let http_task = tokio::spawn(http::serve(http, routes, shutdown.clone()));

@@ -1,9 +1,8 @@
 //! The stream dialect (seed 002, "MQTT adapter"): every connect and disconnect is appended
 //! to a persisted log with increasing ids ([`skein_storage::EventLog`]), which consumers
-//! read from any id over HTTP ([`router`]): a page, a long poll, or server-sent events.
+//! read from any id over HTTP (`http/event_stream.rs`): a page, a long poll, or server-sent
+//! events.
 //! Retention (age and length) is enforced by the sink task.
-
-mod api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +16,6 @@ use super::raise::now_ns;
 use super::sink_task::SinkTask;
 use super::{Event, EventBody, EventBus, EventKind, KindSet};
 use crate::config::Config;
-
-pub use api::router;
 
 /// The dialect name on the bus and in `skein_events_dropped_total`.
 pub const DIALECT: &str = "stream";
@@ -167,11 +164,13 @@ const MAX_TRIM_INTERVAL: Duration = Duration::from_secs(60);
 /// event streams). Cheap to clone.
 #[derive(Clone)]
 pub struct StreamApi {
-    log: Option<EventLog>,
-    last: watch::Receiver<u64>,
+    /// None while the stream is disabled (the API answers 404).
+    pub log: Option<EventLog>,
+    /// The last id written.
+    pub last: watch::Receiver<u64>,
     /// Bounds the reads running on the blocking pool: every long poll and event stream
     /// reads on every append.
-    reads: Arc<tokio::sync::Semaphore>,
+    pub reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Log reads on the blocking pool at a time, over all consumers.
@@ -203,7 +202,7 @@ pub fn register(bus: &mut EventBus, config: &Config, store: &Store) -> StreamDia
 }
 
 impl StreamDialect {
-    /// The state [`router`] serves; it answers 404 when the stream is disabled.
+    /// The state the HTTP API (`http/event_stream.rs`) serves; it answers 404 when the stream is disabled.
     pub fn api(&self) -> StreamApi {
         StreamApi {
             log: self.events.is_some().then(|| self.log.clone()),
@@ -400,4 +399,4 @@ fn dropped(n: usize, error: &str) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

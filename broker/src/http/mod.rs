@@ -3,6 +3,8 @@
 //! state, and [`compose`] merges them behind one JSON 404/405 fallback.
 
 pub mod admin;
+pub mod event_stream;
+pub mod metrics_endpoint;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
