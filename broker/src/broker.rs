@@ -346,7 +346,7 @@ impl Broker {
     pub fn end_session(&self, session: &Arc<Session>, why: SessionEnd) {
         if !session.state().removed {
             // Before the state is cleared: the event names the session's last connection.
-            raise::session_terminated(&self.events, session, why);
+            raise::session_terminated(&self.events, || session.event_client(), why);
         }
         let filters: Vec<String> = {
             let mut st = session.state();
@@ -454,7 +454,9 @@ impl Broker {
     }
 
     pub fn publish_will(&self, client_id: &ClientId, will: Box<crate::codec::Will>) {
-        let username = raise::will_publisher_username(self, client_id);
+        let username = raise::will_publisher_username(&self.events, || {
+            self.find_session(client_id)?.state().last_info.clone()
+        });
         let message = Message::from_will(*will, client_id.clone(), username);
         tracing::debug!(%client_id, topic = %message.topic, "publishing will");
         self.route(Arc::new(message));
@@ -491,6 +493,13 @@ impl Broker {
     /// QoS the broker grants for a requested one (all three are supported).
     pub fn granted_qos(&self, requested: QoS) -> QoS {
         requested
+    }
+}
+
+/// The MQTT-topic event dialects publish through the normal routing.
+impl crate::events::mqtt_out::Publisher for Broker {
+    fn publish(&self, message: Arc<Message>) {
+        self.route(message);
     }
 }
 

@@ -21,6 +21,7 @@ pub mod lifecycle_lock;
 pub mod memory;
 pub mod message;
 pub mod metrics;
+pub mod password_file;
 pub mod retained;
 mod server;
 pub mod session;

@@ -84,24 +84,31 @@ impl Broker {
             {
                 EnqueueOutcome::Queued => {}
                 EnqueueOutcome::QueuedOffline => {
-                    raise::offline(&self.events, &session, &message, qos)
+                    raise::offline(&self.events, || session.event_client(), &message, qos)
                 }
                 EnqueueOutcome::Stored { online } => {
                     outcome.needs_flush = true;
                     if !online {
-                        raise::offline(&self.events, &session, &message, qos);
+                        raise::offline(&self.events, || session.event_client(), &message, qos);
                     }
                 }
                 EnqueueOutcome::Dropped(reason) => {
                     crate::metrics::message_dropped(reason.as_str());
-                    raise::dropped(&self.events, &session, &message, reason.as_str());
+                    raise::dropped(
+                        &self.events,
+                        || session.event_client(),
+                        &message,
+                        reason.as_str(),
+                    );
                     tracing::debug!(client_id = %session.client_id, reason = reason.as_str(), "message dropped");
                 }
             }
         }
         if outcome.matched == 0 {
             crate::metrics::message_dropped("no_subscribers");
-            raise::unrouted(self, &message);
+            raise::unrouted(&self.events, &message, |publisher| {
+                Some(self.find_session(publisher)?.event_client().0)
+            });
         }
         outcome
     }
@@ -125,7 +132,7 @@ impl Broker {
             {
                 crate::metrics::message_dropped(reason.as_str());
                 if let Some(m) = &for_event {
-                    raise::dropped(&self.events, session, m, reason.as_str());
+                    raise::dropped(&self.events, || session.event_client(), m, reason.as_str());
                 }
             }
         }

@@ -1,5 +1,11 @@
 //! Broker configuration.
 //!
+//! Plain data: parsing, checking and defaulting settings, nothing that acts on them. It
+//! uses the vocabulary of the layers below it to type and check values (event kinds, what
+//! each event dialect renders and accepts, the password file) and hands the events their
+//! settings as `EventSettings` (`event_settings.rs`); everything that acts on settings sits
+//! above it.
+//!
 //! Layers, lowest to highest precedence: built-in defaults, the TOML file named by
 //! `--config` (or `SKEIN_CONFIG`), `SKEIN_<SETTING>` environment variables, command-line
 //! flags. Every setting is declared once, in [`SETTINGS`]; that table drives the TOML keys,
@@ -21,9 +27,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::auth::Passwords;
 use crate::events::{dollar_event, dollar_events, KindSet};
+use crate::password_file::Passwords;
 
+mod event_settings;
 mod kinds;
 #[cfg(test)]
 mod tests;
@@ -374,7 +381,7 @@ pub enum ConfigError {
     #[error("config error: password_file: {}: {source} (from {origin})", one_line(path.display()))]
     PasswordFile {
         path: PathBuf,
-        source: crate::auth::PasswordFileError,
+        source: crate::password_file::PasswordFileError,
         origin: Origin,
     },
     /// A value has the wrong type, doesn't parse, or is out of range.

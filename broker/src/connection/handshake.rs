@@ -134,7 +134,7 @@ async fn refuse(
     count_refusal(refusal.reason);
     if let Some(client) = client {
         let code = refusal.connack.map(|(_, code)| code);
-        raise::refused(broker, client, code, refusal.reason);
+        raise::refused(&broker.events, client, code, refusal.reason);
     }
     if let Some((protocol, code)) = refusal.connack {
         let properties = Properties {

@@ -186,7 +186,7 @@ impl Drop for Connection {
         }
         tracing::error!(connection = self.id, client_id = %self.info.client_id, "connection task panicked");
         let close = Close::internal("internal error");
-        crate::events::raise::disconnected(&self.broker, &self.info, &close);
+        crate::events::raise::disconnected(&self.broker.events, &self.info, &close);
         let (broker, session) = (self.broker.clone(), self.session.clone());
         let (id, epoch) = (self.id, self.epoch);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -459,7 +459,7 @@ impl Connection {
             tracing::debug!(reason = close.reason.as_str(), detail = %close.detail, "connection closed");
         }
         self.broker.hot.disconnected(close.reason);
-        crate::events::raise::disconnected(&self.broker, &self.info, &close);
+        crate::events::raise::disconnected(&self.broker.events, &self.info, &close);
         if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
             let mut packet = Packet::Disconnect(Disconnect {
                 reason: code,

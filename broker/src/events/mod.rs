@@ -1,6 +1,11 @@
 //! System events: one typed model ([`model`]), raised at protocol points, fanned out to one
 //! bounded queue per dialect. Raising never blocks: a full queue drops the event for that
 //! dialect and counts it in `skein_events_dropped_total`.
+//!
+//! The events sit below the broker, its sessions and connections, and below `config`:
+//! helpers raise from the bus and a snapshot of the client ([`raise`]), the dialects get
+//! their settings as [`EventSettings`] and publish through [`mqtt_out::Publisher`], which
+//! the broker implements.
 
 pub mod access;
 pub mod dollar_event;
@@ -10,6 +15,7 @@ pub mod mqtt_out;
 pub mod presence;
 pub mod raise;
 pub mod redis;
+pub mod settings;
 pub mod setup;
 pub mod sink_task;
 pub mod stream;
@@ -23,6 +29,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub use model::*;
+pub use settings::EventSettings;
 
 struct Sink {
     dialect: &'static str,

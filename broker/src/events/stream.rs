@@ -14,16 +14,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::raise::now_ns;
 use super::sink_task::SinkTask;
-use super::{Event, EventBody, EventBus, EventKind, KindSet};
-use crate::config::Config;
+use super::{Event, EventBody, EventBus, EventKind, EventSettings, KindSet};
 
 /// The dialect name on the bus and in `skein_events_dropped_total`.
 pub const DIALECT: &str = "stream";
 
 /// The kinds the stream (or the Redis sink) is to record: the rendered ones `stream_kinds`
 /// asks for.
-pub fn recorded(config: &Config) -> KindSet {
-    KindSet(kinds().0 & config.stream_kinds.0)
+pub fn recorded(settings: &EventSettings) -> KindSet {
+    KindSet(kinds().0 & settings.stream_kinds.0)
 }
 
 /// The kinds the stream (and the Redis sink) render.
@@ -129,11 +128,11 @@ pub struct Retention {
 }
 
 impl Retention {
-    pub fn from_config(config: &Config) -> Retention {
+    pub fn from_settings(settings: &EventSettings) -> Retention {
         Retention {
-            max_age: (config.stream_retention_secs > 0)
-                .then(|| Duration::from_secs(config.stream_retention_secs)),
-            max_entries: (config.stream_max_entries > 0).then_some(config.stream_max_entries),
+            max_age: (settings.stream_retention_secs > 0)
+                .then(|| Duration::from_secs(settings.stream_retention_secs)),
+            max_entries: (settings.stream_max_entries > 0).then_some(settings.stream_max_entries),
         }
     }
 
@@ -186,18 +185,24 @@ pub struct StreamDialect {
 }
 
 /// Registers the stream on `bus` (unless `stream_enabled` is off) over `store`'s log.
-pub fn register(bus: &mut EventBus, config: &Config, store: &Store) -> StreamDialect {
+/// `settings`: the event settings, e.g. `&Config`.
+pub fn register(
+    bus: &mut EventBus,
+    settings: impl Into<EventSettings>,
+    store: &Store,
+) -> StreamDialect {
+    let settings = settings.into();
     let log = store.event_log().clone();
-    let events = config
+    let events = settings
         .stream_enabled
-        .then(|| bus.add_sink(DIALECT, recorded(config), config.events_queue_capacity));
+        .then(|| bus.add_sink(DIALECT, recorded(&settings), settings.events_queue_capacity));
     let (last, _) = watch::channel(log.last_id());
     StreamDialect {
         events,
         log,
         last,
         instance: bus.node().node_name.clone(),
-        retention: Retention::from_config(config),
+        retention: Retention::from_settings(&settings),
     }
 }
 

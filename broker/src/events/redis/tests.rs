@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::codec::ProtocolVersion;
+use crate::config::Config;
 use crate::disconnect::DisconnectReason;
 use crate::events::test_support::{connected, event_at};
 use crate::events::{ClientInfo, EventBody, EventKind, NodeInfo};

@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::*;
 use crate::codec::ProtocolVersion;
+use crate::config::Config;
 use crate::disconnect::DisconnectReason;
 use crate::events::test_support::{connected, event_at};
 use crate::events::{ClientInfo, NodeInfo};
@@ -115,8 +116,8 @@ fn retention_trims_by_age_and_length() {
         stream_max_entries: 0,
         ..Config::default()
     };
-    assert_eq!(Retention::from_config(&config), keep_all);
-    let defaults = Retention::from_config(&Config::default());
+    assert_eq!(Retention::from_settings(&(&config).into()), keep_all);
+    let defaults = Retention::from_settings(&(&Config::default()).into());
     assert_eq!(defaults.max_age, Some(Duration::from_secs(86_400)));
     assert_eq!(defaults.max_entries, Some(1_000_000));
     assert_eq!(defaults.interval(), MAX_TRIM_INTERVAL);

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::codec::{ProtocolVersion, QoS};
+use crate::config::Config;
 use crate::disconnect::DisconnectReason;
 use crate::events::test_support::event_at;
 use crate::events::{ClientInfo, EventBody, EventKind, SessionEnd, Transport};
