@@ -104,12 +104,14 @@ pub(super) async fn serve(
 }
 
 /// An open connection: holds its slot and the `skein_http_connections` gauge.
-struct Open(#[allow(dead_code)] OwnedSemaphorePermit);
+struct Open {
+    _slot: OwnedSemaphorePermit,
+}
 
 impl Open {
     fn new(slot: OwnedSemaphorePermit) -> Open {
         ::metrics::gauge!(HTTP_CONNECTIONS).increment(1.0);
-        Open(slot)
+        Open { _slot: slot }
     }
 }
 
