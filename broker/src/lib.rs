@@ -1,8 +1,10 @@
 //! Skein broker node: the MQTT codec, sessions, routing, and the glue that runs a node.
 //!
 //! A node is started with [`run`], which takes already-bound listeners and a shutdown
-//! token so tests can bind port 0 and stop the node when they like.
+//! token so tests can bind port 0 and stop the node when they like. [`run`] is [`open`]
+//! (storage and state: what can fail at startup) followed by [`OpenNode::serve`].
 
+pub mod accept_backoff;
 pub mod aligned_pool;
 pub mod auth;
 pub mod broker;
@@ -18,6 +20,7 @@ pub mod http;
 pub mod ids;
 pub mod lazy_box;
 pub mod lifecycle_lock;
+pub mod log_writer;
 pub mod memory;
 pub mod message;
 pub mod metrics;
@@ -86,14 +89,41 @@ fn first_local_ipv4(trie: &str) -> Option<std::net::IpAddr> {
     None
 }
 
-/// Runs a node until `shutdown` fires: serves MQTT and HTTP, then drains connections and
-/// flushes storage.
+/// Runs a node until `shutdown` fires: [`open`], then [`OpenNode::serve`].
 pub async fn run(
     config: Config,
     mqtt: TcpListener,
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
+    open(config, mqtt, http, shutdown).await?.serve().await
+}
+
+/// A node whose storage is open and whose state is loaded, not serving yet. What can
+/// stop a node at startup (a data directory that is a file or read-only, a store from a
+/// newer version, a corrupt record) has been tried when [`open`] returns, so the binary
+/// says it is listening only once this exists.
+pub struct OpenNode {
+    broker: Arc<Broker>,
+    mqtt: TcpListener,
+    http: TcpListener,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    mqtt_dialects: events::setup::MqttDialects,
+    webhook: Option<events::webhook::WebhookDialect>,
+    stream: events::stream::StreamDialect,
+    redis: Option<events::redis::RedisDialect>,
+    api_token: String,
+    http_limits: http::Limits,
+}
+
+/// Opens storage and loads the node's state (sessions, retained messages) with the
+/// listeners already bound; serves nothing yet.
+pub async fn open(
+    config: Config,
+    mqtt: TcpListener,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<OpenNode, BrokerError> {
     // Before anything records: what is counted earlier is lost.
     let prometheus = metrics::install();
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
@@ -104,12 +134,12 @@ pub async fn run(
         .await
         .map_err(|e| BrokerError::Io {
             context: "opening the store".into(),
-            source: std::io::Error::other(e),
+            cause: std::io::Error::other(e),
         })??;
     let cluster = Arc::new(LocalCluster::new(NodeId(config.node_id)));
-    let mqtt_addr = mqtt.local_addr().map_err(|source| BrokerError::Io {
+    let mqtt_addr = mqtt.local_addr().map_err(|cause| BrokerError::Io {
         context: "MQTT listener address".into(),
-        source,
+        cause,
     })?;
     let mut events = events::EventBus::new(node_info(&config, mqtt_addr));
     let mqtt_dialects = events::setup::register_mqtt_dialects(&mut events, &config);
@@ -117,76 +147,120 @@ pub async fn run(
     let stream = events::stream::register(&mut events, &config, &store);
     let redis = events::redis::register(&mut events, &config);
     let api_token = config.api_token.expose().to_owned();
-    let broker = Broker::new(config, store.clone(), cluster, events, shutdown.clone())?;
-    broker.spawn_retained_sweeper(std::time::Duration::from_secs(30));
-    let mqtt_dialects = mqtt_dialects.start(&broker);
-    let stream_api = stream.api();
-    let sinks: Vec<events::sink_task::SinkTask> = [
-        webhook.map(|w| w.start()),
-        stream.start(),
-        redis.map(|r| r.start()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let health = http::HealthState::new();
-    let routes = http::compose(vec![
-        http::health_routes(health.clone()),
-        http::metrics_endpoint::router(prometheus, broker.clone()),
-        http::event_stream::router(stream_api, Some(api_token.clone())),
-        http::admin::router(broker.clone(), Some(api_token)),
-    ]);
-    let http_task = tokio::spawn(http::serve(http, routes, shutdown.clone()));
-    health.set_ready(true);
-    {
-        // Readiness drops as soon as the drain starts, not when it ends.
-        let (health, shutdown) = (health.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            health.set_ready(false);
-        });
-    }
-    // On a worker, so that a connection task spawned by the accept loop starts on the
-    // accepting worker without waking another thread (less CPU per connect than from the
-    // thread that polls `run`, with half the context switches). With glibc alone the task
-    // cells would share that worker's arena with the connection state that outlives them,
-    // and parking would leave holes (1.8 instead of 0.86 kB per idle connection); the
-    // binary's allocator (aligned_pool) keeps task cells in chunks of their own.
-    let listener = tokio::spawn(server::serve_mqtt(broker.clone(), mqtt)).await;
-    if let Err(e) = &listener {
-        // A panic in the accept loop: stop the node as a shutdown would, connections
-        // drained before storage is flushed.
-        tracing::error!(error = %e, "the MQTT listener failed; stopping the node");
-        shutdown.cancel();
-        server::close_connections(&broker).await;
-    }
-    // The connections' last events (go_away) go out before the node stops.
-    mqtt_dialects.drain(EVENTS_DRAIN).await;
-    broker.tasks.close();
-    broker.tasks.wait().await;
-    // Every connection has ended: the sinks hand on the last events (and the stream
-    // writes them) before storage is flushed.
-    let finishing: Vec<_> = sinks
-        .into_iter()
-        .map(|sink| tokio::spawn(sink.finish(EVENTS_DRAIN)))
-        .collect();
-    for task in finishing {
-        let _ = task.await;
-    }
-    broker.flush_storage().await?;
-    // The stream sink syncs the event log when it finishes, unless it overran its drain.
-    events::stream::sync_log(broker.store.event_log().clone()).await;
-    match tokio::time::timeout(broker.config.shutdown_timeout(), http_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server failed"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
-        Err(_) => tracing::warn!("http server still busy after the shutdown timeout"),
-    }
-    tracing::info!("node stopped");
-    listener.map_err(|e| BrokerError::Io {
-        context: "MQTT listener".into(),
-        source: std::io::Error::other(e),
+    let http_limits = http::Limits::from_config(&config);
+    let broker = Broker::new(config, store, cluster, events, shutdown)?;
+    Ok(OpenNode {
+        broker,
+        mqtt,
+        http,
+        prometheus,
+        mqtt_dialects,
+        webhook,
+        stream,
+        redis,
+        api_token,
+        http_limits,
     })
+}
+
+impl OpenNode {
+    /// The address MQTT clients connect to.
+    pub fn mqtt_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.mqtt.local_addr()
+    }
+
+    /// The address of the HTTP server (probes, metrics, admin API).
+    pub fn http_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.http.local_addr()
+    }
+
+    /// Serves MQTT and HTTP until the shutdown token given to [`open`] fires, then drains
+    /// connections and flushes storage.
+    pub async fn serve(self) -> Result<(), BrokerError> {
+        let OpenNode {
+            broker,
+            mqtt,
+            http,
+            prometheus,
+            mqtt_dialects,
+            webhook,
+            stream,
+            redis,
+            api_token,
+            http_limits,
+        } = self;
+        let shutdown = broker.shutdown.clone();
+        broker.spawn_retained_sweeper(std::time::Duration::from_secs(30));
+        let mqtt_dialects = mqtt_dialects.start(&broker);
+        let stream_api = stream.api();
+        let sinks: Vec<events::sink_task::SinkTask> = [
+            webhook.map(|w| w.start()),
+            stream.start(),
+            redis.map(|r| r.start()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let health = http::HealthState::new();
+        let routes = http::compose(vec![
+            http::health_routes(health.clone()),
+            http::metrics_endpoint::router(prometheus, broker.clone()),
+            http::event_stream::router(stream_api, Some(api_token.clone())),
+            http::admin::router(broker.clone(), Some(api_token)),
+        ]);
+        let http_task = tokio::spawn(http::serve(http, routes, http_limits, shutdown.clone()));
+        health.set_ready(true);
+        {
+            // Readiness drops as soon as the drain starts, not when it ends.
+            let (health, shutdown) = (health.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                health.set_ready(false);
+            });
+        }
+        // On a worker, so that a connection task spawned by the accept loop starts on the
+        // accepting worker without waking another thread (less CPU per connect than from
+        // the thread that polls `run`, with half the context switches). With glibc alone
+        // the task cells would share that worker's arena with the connection state that
+        // outlives them, and parking would leave holes (1.8 instead of 0.86 kB per idle
+        // connection); the binary's allocator (aligned_pool) keeps task cells in chunks
+        // of their own.
+        let listener = tokio::spawn(server::serve_mqtt(broker.clone(), mqtt)).await;
+        if let Err(e) = &listener {
+            // A panic in the accept loop: stop the node as a shutdown would, connections
+            // drained before storage is flushed.
+            tracing::error!(error = %e, "the MQTT listener failed; stopping the node");
+            shutdown.cancel();
+            server::close_connections(&broker).await;
+        }
+        // The connections' last events (go_away) go out before the node stops.
+        mqtt_dialects.drain(EVENTS_DRAIN).await;
+        broker.tasks.close();
+        broker.tasks.wait().await;
+        // Every connection has ended: the sinks hand on the last events (and the stream
+        // writes them) before storage is flushed.
+        let finishing: Vec<_> = sinks
+            .into_iter()
+            .map(|sink| tokio::spawn(sink.finish(EVENTS_DRAIN)))
+            .collect();
+        for task in finishing {
+            let _ = task.await;
+        }
+        broker.flush_storage().await?;
+        // The stream sink syncs the event log when it finishes, unless it overran its drain.
+        events::stream::sync_log(broker.store.event_log().clone()).await;
+        match tokio::time::timeout(broker.config.shutdown_timeout(), http_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
+            Err(_) => tracing::warn!("http server still busy after the shutdown timeout"),
+        }
+        tracing::info!("node stopped");
+        listener.map_err(|e| BrokerError::Io {
+            context: "MQTT listener".into(),
+            cause: std::io::Error::other(e),
+        })
+    }
 }
 
 #[cfg(test)]

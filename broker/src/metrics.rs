@@ -77,6 +77,20 @@ pub const STORAGE_FLUSH_DURATION: &str = "skein_storage_flush_duration_seconds";
 // Runtime.
 /// Gauge: worker threads of the runtime the node runs on (`worker_threads`).
 pub const RUNTIME_WORKERS: &str = "skein_runtime_workers";
+/// Counter {listener}: failed accepts on the MQTT or HTTP listener (each followed by a wait).
+pub const ACCEPT_ERRORS: &str = "skein_accept_errors_total";
+/// Counter: log lines that could not be written (stderr full or closed) and were dropped.
+pub const LOG_LINES_DROPPED: &str = "skein_log_lines_dropped_total";
+
+// The HTTP server.
+/// Gauge: open HTTP connections.
+pub const HTTP_CONNECTIONS: &str = "skein_http_connections";
+/// Counter: HTTP connections closed at once because `http_max_connections` were open.
+pub const HTTP_CONNECTIONS_REFUSED: &str = "skein_http_connections_refused_total";
+/// Counter {phase}: HTTP connections closed, or requests answered 408, for taking too long.
+pub const HTTP_TIMEOUTS: &str = "skein_http_timeouts_total";
+/// Counter: HTTP requests answered 413 (body over `http_max_body_bytes`).
+pub const HTTP_BODIES_TOO_LARGE: &str = "skein_http_bodies_too_large_total";
 
 // Cluster (Raft): constants go here, with their rows in `CLUSTER` below.
 
@@ -294,13 +308,60 @@ const STORAGE: &[Desc] = &[desc(
     "Time to flush storage to disk (before acknowledging stored messages, and at shutdown).",
 )];
 
-const RUNTIME: &[Desc] = &[desc(
-    RUNTIME_WORKERS,
-    Gauge,
-    Unit::Count,
-    &[],
-    "Worker threads of the async runtime (setting worker_threads; 0 there means one per CPU).",
-)];
+const RUNTIME: &[Desc] = &[
+    desc(
+        RUNTIME_WORKERS,
+        Gauge,
+        Unit::Count,
+        &[],
+        "Worker threads of the async runtime (setting worker_threads; 0 there means one per CPU).",
+    ),
+    desc(
+        ACCEPT_ERRORS,
+        Counter,
+        Unit::Count,
+        &["listener"],
+        "Failed accepts (too many open files, say), by listener (mqtt, http); each is followed by a wait of 5 ms doubling to 1 s.",
+    ),
+    desc(
+        LOG_LINES_DROPPED,
+        Counter,
+        Unit::Count,
+        &[],
+        "Log lines that could not be written (stderr full or closed) and were dropped.",
+    ),
+];
+
+const HTTP_SERVER: &[Desc] = &[
+    desc(
+        HTTP_CONNECTIONS,
+        Gauge,
+        Unit::Count,
+        &[],
+        "Open HTTP connections.",
+    ),
+    desc(
+        HTTP_CONNECTIONS_REFUSED,
+        Counter,
+        Unit::Count,
+        &[],
+        "HTTP connections closed at once because http_max_connections were open.",
+    ),
+    desc(
+        HTTP_TIMEOUTS,
+        Counter,
+        Unit::Count,
+        &["phase"],
+        "HTTP connections closed (header, idle, write) or requests answered 408 (body) for taking too long, by phase.",
+    ),
+    desc(
+        HTTP_BODIES_TOO_LARGE,
+        Counter,
+        Unit::Count,
+        &[],
+        "HTTP requests answered 413: a body over http_max_body_bytes.",
+    ),
+];
 
 /// Raft metrics of the cluster (leader changes, terms, log indexes, RPC latencies): their
 /// rows go here, e.g. `skein_raft_leader_changes_total`.
@@ -313,6 +374,7 @@ pub const ALL: &[&[Desc]] = &[
     EVENTS,
     STORAGE,
     RUNTIME,
+    HTTP_SERVER,
     CLUSTER,
 ];
 
@@ -378,6 +440,14 @@ fn preregister() {
     for key in &CONNECTED {
         metrics::with_recorder(|r| r.register_gauge(key, &METADATA)).set(0.0);
     }
+    for name in [
+        LOG_LINES_DROPPED,
+        HTTP_CONNECTIONS_REFUSED,
+        HTTP_BODIES_TOO_LARGE,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::gauge!(HTTP_CONNECTIONS).set(0.0);
 }
 
 /// A thread rather than a task: it must outlive any one runtime (tests start several).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::accept_backoff::AcceptBackoff;
 use crate::broker::Broker;
 use crate::connection;
 
@@ -21,6 +22,7 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
         .filter(|a| !a.ip().is_unspecified())
         .map(Arc::new);
     let mut nodelay = Nodelay::new(&listener);
+    let mut backoff = AcceptBackoff::new("mqtt");
     loop {
         let accepted = tokio::select! {
             _ = broker.shutdown.cancelled() => break,
@@ -29,12 +31,11 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                backoff.failed(&e, &broker.shutdown).await;
                 continue;
             }
         };
+        backoff.succeeded();
         nodelay.ensure(&stream);
         let permit = broker.connection_slots.clone().try_acquire_owned().ok();
         let sockname = match &fixed_sockname {

@@ -43,6 +43,7 @@ pub struct NodeBuilder {
     args: Vec<String>,
     data_dir: Option<PathBuf>,
     mqtt_port: Option<u16>,
+    stderr_path: Option<PathBuf>,
 }
 
 impl NodeBuilder {
@@ -64,6 +65,12 @@ impl NodeBuilder {
     /// Fixed MQTT port (default 0 = ephemeral).
     pub fn mqtt_port(mut self, p: u16) -> Self {
         self.mqtt_port = Some(p);
+        self
+    }
+    /// Sends the node's stderr to this file (opened for writing, e.g. `/dev/full`)
+    /// instead of a pipe the harness reads; [`Node::stderr`] is then empty.
+    pub fn stderr_path(mut self, p: impl AsRef<Path>) -> Self {
+        self.stderr_path = Some(p.as_ref().to_path_buf());
         self
     }
 
@@ -101,9 +108,9 @@ impl NodeBuilder {
             .command(&dir, self.mqtt_port.unwrap_or(0))
             .spawn()
             .expect("spawn skein");
-        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take());
         let out_t = std::thread::spawn(move || read_all(out));
-        let err_t = std::thread::spawn(move || read_all(err));
+        let err_t = std::thread::spawn(move || err.map(read_all).unwrap_or_default());
         let start = Instant::now();
         let status = loop {
             if let Some(st) = child.try_wait().expect("try_wait") {
@@ -137,7 +144,14 @@ impl NodeBuilder {
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(match &self.stderr_path {
+                Some(path) => std::fs::File::options()
+                    .write(true)
+                    .open(path)
+                    .map(Stdio::from)
+                    .unwrap_or_else(|e| panic!("opening {} for stderr: {e}", path.display())),
+                None => Stdio::piped(),
+            });
         // Settings come only from the test: drop SKEIN_* inherited from the
         // developer's shell (and the harness's own SKEIN_BIN).
         for (k, _) in std::env::vars_os() {
@@ -200,8 +214,7 @@ fn spawn_and_wait(b: &NodeBuilder, data_dir: &Path, port: u16) -> Result<Proc, S
             }
         });
     }
-    {
-        let err = child.stderr.take().unwrap();
+    if let Some(err) = child.stderr.take() {
         let stderr = stderr.clone();
         std::thread::spawn(move || {
             let mut r = BufReader::new(err);

@@ -1,9 +1,11 @@
 //! The `skein` binary: one broker node.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use skein_broker::config::{Config, ConfigError};
+use skein_broker::log_writer::DropOnError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +19,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(ConfigError::Clap(e)) => e.exit(),
         Err(e) => {
-            eprintln!("{e}");
+            say_on_stderr(&e.to_string());
             return ExitCode::from(2);
         }
     };
@@ -25,7 +27,9 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // A log line that cannot be written is dropped and counted, never a panic.
+        .with_writer(DropOnError(std::io::stderr))
+        .log_internal_errors(false)
         // Colour only on a terminal: Kubernetes and log shippers read plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -39,14 +43,15 @@ fn main() -> ExitCode {
     let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            say_on_stderr(&format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("skein: {e:#}");
+            // `{:#}`: the causes after the message, each once (see BrokerError).
+            say_on_stderr(&format!("skein: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -59,15 +64,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let http = TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
-    // Tests and scripts read these two lines to find ports bound as 0.
-    println!("mqtt listening on {}", mqtt.local_addr()?);
-    println!("http listening on {}", http.local_addr()?);
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(node_id = config.node_id, node_name = %config.node_name, data_dir = %config.data_dir.display(), workers, "starting skein");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    skein_broker::run(config, mqtt, http, shutdown).await?;
+    let node = skein_broker::open(config, mqtt, http, shutdown).await?;
+    // Tests and scripts read these two lines to find ports bound as 0. Printed once the
+    // node can serve: a node that fails to start never claims to listen.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "mqtt listening on {}", node.mqtt_addr()?);
+    let _ = writeln!(stdout, "http listening on {}", node.http_addr()?);
+    drop(stdout);
+    node.serve().await?;
     Ok(())
+}
+
+/// Writes one line to stderr, ignoring a failure: `eprintln!` would panic (exit 101) when
+/// stderr is full or closed.
+fn say_on_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -66,6 +66,18 @@ pub struct Config {
     pub mqtt: SocketAddr,
     /// Health/metrics HTTP listener address.
     pub http: SocketAddr,
+    /// Open HTTP connections at most; more are closed at once (at least 1).
+    pub http_max_connections: usize,
+    /// An HTTP request's header must arrive within this many milliseconds of its first
+    /// byte (of the connection's opening, for the first request).
+    pub http_header_timeout_ms: u64,
+    /// An HTTP connection with no request for this many milliseconds is closed; also how
+    /// long a response may wait for the client to read it.
+    pub http_idle_timeout_ms: u64,
+    /// An HTTP request's body must arrive within this many milliseconds of its header.
+    pub http_body_timeout_ms: u64,
+    /// Largest HTTP request body accepted, in bytes.
+    pub http_max_body_bytes: u64,
     /// The MQTT address clients and events name this node by (`node`, `nodeIp`); empty: the
     /// MQTT listener's address, or the first non-loopback interface when it listens on all.
     pub advertise_addr: String,
@@ -168,6 +180,11 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             mqtt: SocketAddr::from(([0, 0, 0, 0], 1883)),
             http: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            http_max_connections: 1024,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
+            http_body_timeout_ms: 30_000,
+            http_max_body_bytes: 1_048_576,
             advertise_addr: String::new(),
             max_connections: 100_000,
             max_packet_size: 1_048_576,
@@ -662,6 +679,16 @@ settings! {
         "MQTT listener address";
     http: Addr,
         "HTTP health/metrics listener address";
+    http_max_connections: Int { min: 1, max: 1_000_000 },
+        "Open HTTP connections at most; more are closed at once";
+    http_header_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
+        "Close HTTP connections whose request header takes longer than this many milliseconds";
+    http_idle_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
+        "Close HTTP connections idle (no request, or a response not read) this many milliseconds";
+    http_body_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
+        "Answer 408 to HTTP requests whose body takes longer than this many milliseconds";
+    http_max_body_bytes: Int { min: 1, max: 268_435_455 },
+        "Largest HTTP request body accepted, in bytes (413 beyond)";
     advertise_addr: Checked {
         expected: "an IP:port address",
         check: |s| s.parse::<SocketAddr>().is_ok(),

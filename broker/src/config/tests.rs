@@ -68,6 +68,11 @@ fn toml_file_sets_everything() {
         data_dir = "/var/lib/skein"
         mqtt = "127.0.0.1:1884"
         http = "[::1]:9090"
+        http_max_connections = 21
+        http_header_timeout_ms = 22
+        http_idle_timeout_ms = 23
+        http_body_timeout_ms = 24
+        http_max_body_bytes = 25
         advertise_addr = "192.0.2.7:1883"
         max_connections = 50
         max_packet_size = 4096
@@ -118,6 +123,11 @@ fn toml_file_sets_everything() {
             data_dir: "/var/lib/skein".into(),
             mqtt: "127.0.0.1:1884".parse().unwrap(),
             http: "[::1]:9090".parse().unwrap(),
+            http_max_connections: 21,
+            http_header_timeout_ms: 22,
+            http_idle_timeout_ms: 23,
+            http_body_timeout_ms: 24,
+            http_max_body_bytes: 25,
             advertise_addr: "192.0.2.7:1883".into(),
             max_connections: 50,
             max_packet_size: 4096,
@@ -183,6 +193,11 @@ fn env_sets_everything() {
         ("SKEIN_DATA_DIR", "/data"),
         ("SKEIN_MQTT", "10.0.0.1:1883"),
         ("SKEIN_HTTP", "10.0.0.1:8081"),
+        ("SKEIN_HTTP_MAX_CONNECTIONS", "21"),
+        ("SKEIN_HTTP_HEADER_TIMEOUT_MS", "22"),
+        ("SKEIN_HTTP_IDLE_TIMEOUT_MS", "23"),
+        ("SKEIN_HTTP_BODY_TIMEOUT_MS", "24"),
+        ("SKEIN_HTTP_MAX_BODY_BYTES", "25"),
         ("SKEIN_ADVERTISE_ADDR", "10.0.0.1:1883"),
         ("SKEIN_MAX_CONNECTIONS", "2"),
         ("SKEIN_MAX_PACKET_SIZE", "16"),
@@ -238,6 +253,11 @@ fn env_sets_everything() {
             data_dir: "/data".into(),
             mqtt: "10.0.0.1:1883".parse().unwrap(),
             http: "10.0.0.1:8081".parse().unwrap(),
+            http_max_connections: 21,
+            http_header_timeout_ms: 22,
+            http_idle_timeout_ms: 23,
+            http_body_timeout_ms: 24,
+            http_max_body_bytes: 25,
             advertise_addr: "10.0.0.1:1883".into(),
             max_connections: 2,
             max_packet_size: 16,

@@ -14,8 +14,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::broker::Broker;
 use crate::metrics::{
-    CONNECTIONS_PARKED, EVENT_QUEUE_DEPTH, INFLIGHT_MESSAGES, QUEUED_MESSAGES, RETAINED_MESSAGES,
-    SESSIONS, SUBSCRIPTIONS,
+    CONNECTIONS_PARKED, EVENT_QUEUE_DEPTH, INFLIGHT_MESSAGES, LOG_LINES_DROPPED, QUEUED_MESSAGES,
+    RETAINED_MESSAGES, SESSIONS, SUBSCRIPTIONS,
 };
 
 /// Sums over the sessions of this node, taken when Prometheus scrapes.
@@ -62,6 +62,8 @@ pub fn record_state(broker: &Broker) {
     for (dialect, depth) in broker.events.queue_depths() {
         metrics::gauge!(EVENT_QUEUE_DEPTH, "dialect" => dialect).set(depth as f64);
     }
+    // Counted outside the recorder: logging starts before it is installed.
+    metrics::counter!(LOG_LINES_DROPPED).absolute(crate::log_writer::lines_dropped());
 }
 
 #[derive(Clone)]

@@ -3,8 +3,12 @@
 //! state, and [`compose`] merges them behind one JSON 404/405 fallback.
 
 pub mod admin;
+mod connection;
 pub mod event_stream;
 pub mod metrics_endpoint;
+mod server;
+
+pub use server::{serve, Limits};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 /// What the HTTP server reports; the broker flips `ready` once it is accepting MQTT
 /// connections and clears it on shutdown.
@@ -74,18 +77,6 @@ pub fn compose(parts: Vec<Router>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and
-/// waits for in-flight requests to finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-}
-
 /// Liveness: answering at all is the signal, so this never looks at broker state.
 async fn healthz() -> Response {
     probe(StatusCode::OK, "ok")
@@ -129,6 +120,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::task::JoinHandle;
+    use tokio_util::sync::CancellationToken;
 
     struct Server {
         addr: SocketAddr,
@@ -140,7 +132,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, router(state), shutdown.clone()));
+        let task = tokio::spawn(serve(
+            listener,
+            router(state),
+            Limits::default(),
+            shutdown.clone(),
+        ));
         Server {
             addr,
             shutdown,

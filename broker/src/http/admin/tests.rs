@@ -99,7 +99,12 @@ async fn start(b: Arc<Broker>, token: Option<&str>) -> SocketAddr {
         health_routes(HealthState::new()),
         router(b, token.map(str::to_owned)),
     ]);
-    tokio::spawn(serve(listener, routes, CancellationToken::new()));
+    tokio::spawn(serve(
+        listener,
+        routes,
+        crate::http::Limits::default(),
+        CancellationToken::new(),
+    ));
     addr
 }
 

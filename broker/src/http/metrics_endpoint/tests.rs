@@ -149,7 +149,12 @@ async fn install_is_idempotent_and_the_endpoint_serves_text_format() {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(crate::http::serve(listener, routes, shutdown.clone()));
+    let server = tokio::spawn(crate::http::serve(
+        listener,
+        routes,
+        crate::http::Limits::default(),
+        shutdown.clone(),
+    ));
 
     let (head, body) = get(addr, "/metrics").await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
