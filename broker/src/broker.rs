@@ -69,7 +69,6 @@ pub struct Broker {
     pub tasks: TaskTracker,
     /// Every connection task (the listener's and resumed parked ones), drained on shutdown.
     pub connections: TaskTracker,
-    pub parker: crate::connection::park::Parker,
     /// The node's connection limit (`max_connections`): the listener takes a slot per
     /// accepted socket; a connection gives it back when it ends.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
@@ -87,7 +86,6 @@ impl Broker {
     ) -> Result<Arc<Broker>, skein_storage::StorageError> {
         let retained = RetainedStore::load(store.clone())?;
         let connections = TaskTracker::new();
-        let park_after = config.park_idle();
         let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let broker = Arc::new(Broker {
             connection_slots,
@@ -103,7 +101,6 @@ impl Broker {
             next_assigned_id: AtomicU64::new(1),
             shutdown,
             tasks: TaskTracker::new(),
-            parker: crate::connection::park::Parker::new(park_after, connections.clone()),
             connections,
             lifecycle_waiters: Default::default(),
         });

@@ -201,10 +201,13 @@ impl OpenNode {
         .into_iter()
         .flatten()
         .collect();
+        // Owned by the MQTT server; the /metrics route reads how many connections it holds.
+        let parker =
+            connection::park::Parker::new(broker.config.park_idle(), broker.connections.clone());
         let health = http::HealthState::new();
         let routes = http::compose(vec![
             http::health_routes(health.clone()),
-            http::metrics_endpoint::router(prometheus, broker.clone()),
+            http::metrics_endpoint::router(prometheus, broker.clone(), parker.handle()),
             http::event_stream::router(stream_api, Some(api_token.clone())),
             http::admin::router(broker.clone(), Some(api_token)),
         ]);
@@ -225,7 +228,7 @@ impl OpenNode {
         // outlives them, and parking would leave holes (1.8 instead of 0.86 kB per idle
         // connection); the binary's allocator (aligned_pool) keeps task cells in chunks
         // of their own.
-        let listener = tokio::spawn(server::serve_mqtt(broker.clone(), mqtt)).await;
+        let listener = tokio::spawn(server::serve_mqtt(broker.clone(), parker, mqtt)).await;
         if let Err(e) = &listener {
             // A panic in the accept loop: stop the node as a shutdown would, connections
             // drained before storage is flushed.

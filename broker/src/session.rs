@@ -19,7 +19,7 @@ use crate::lazy_box::LazyBox;
 use crate::message::Message;
 
 mod signal;
-pub use signal::{HeldWakes, Kick, KickSignal};
+pub use signal::{HeldWakes, Kick, KickSignal, Unpark, Unparker};
 
 /// A message on its way to one subscriber.
 #[derive(Debug, Clone)]

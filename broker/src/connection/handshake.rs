@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Close, Connection, DisconnectReason, Socket};
+use super::{Close, Connection, DisconnectReason, ParkerHandle, Socket};
 use crate::broker::Broker;
 use crate::codec::{
     self, connack_v3, reason as rc, ConnAck, Connect, DecodeError, Packet, Properties,
@@ -24,6 +24,7 @@ const LIFECYCLE_WAIT: Duration = Duration::from_secs(10);
 /// Reads CONNECT and answers it. None when the connection was refused (and closed).
 pub(super) async fn accept(
     broker: Arc<Broker>,
+    parker: ParkerHandle,
     mut socket: Socket,
     id: u64,
     (peer, sockname): (SocketAddr, Arc<SocketAddr>),
@@ -70,7 +71,7 @@ pub(super) async fn accept(
         refuse(&broker, &mut socket, refusal, Some(&info)).await;
         return None;
     }
-    match attach(&broker, socket, id, info.clone(), connect).await {
+    match attach(&broker, parker, socket, id, info.clone(), connect).await {
         Ok(conn) => Some(conn),
         Err((mut socket, refusal)) => {
             refuse(&broker, &mut socket, refusal, Some(&info)).await;
@@ -317,6 +318,7 @@ fn requested_expiry(c: &Connect) -> u32 {
 /// held across every await of the handshake.
 async fn attach(
     broker: &Arc<Broker>,
+    parker: ParkerHandle,
     mut socket: Socket,
     id: u64,
     connect_info: Arc<ClientInfo>,
@@ -361,7 +363,7 @@ async fn attach(
             return Err((socket, r));
         }
     };
-    let kick = KickSignal::with_parker(broker.parker.handle());
+    let kick = KickSignal::with_parker(parker.unparker());
 
     // Look the session up until we hold the lifecycle lock of one still in the registry.
     let (session, session_present) = loop {
@@ -488,6 +490,7 @@ async fn attach(
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
     Ok(Connection {
         broker: broker.clone(),
+        parker,
         id,
         socket,
         protocol,

@@ -24,6 +24,7 @@ use crate::events::ClientInfo;
 use crate::hash::HashMap;
 use crate::ids::ClientId;
 use crate::session::{HeldWakes, Kick, Session};
+use park::ParkerHandle;
 pub use socket::Socket;
 
 /// Writes are flushed to the socket once this much is buffered, even mid-batch.
@@ -32,6 +33,8 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// The state of a connection after a successful CONNECT.
 pub struct Connection {
     broker: Arc<Broker>,
+    /// Where it parks when idle (the server's parker).
+    parker: ParkerHandle,
     id: u64,
     socket: Socket,
     protocol: ProtocolVersion,
@@ -102,6 +105,7 @@ enum Batch {
 /// here instead of being kept in the task for its whole life.
 pub fn serve(
     broker: Arc<Broker>,
+    parker: &ParkerHandle,
     stream: TcpStream,
     (peer, sockname): (SocketAddr, Arc<SocketAddr>),
     permit: Option<OwnedSemaphorePermit>,
@@ -112,6 +116,7 @@ pub fn serve(
     // Boxed, like `finish` below: the handshake's state is freed once it is done.
     let handshake = Box::pin(handshake::accept(
         broker,
+        parker.clone(),
         socket,
         connection_id,
         (peer, sockname),
@@ -156,7 +161,8 @@ async fn drive(mut conn: Box<Connection>) {
             Outcome::Closed(close) => break close,
             Outcome::Park if may_park => {
                 let due = conn.keepalive_deadline();
-                match conn.broker.parker.handle().park(conn, due) {
+                let parker = conn.parker.clone();
+                match parker.park(conn, due) {
                     Ok(()) => return,
                     Err(back) => (conn, may_park) = (back, false),
                 }
@@ -209,7 +215,7 @@ impl Connection {
     /// timer (keepalive, parking). A task's size is fixed at spawn by its largest state,
     /// so the rare large states (a blocked write, the handshake, closing) are boxed.
     async fn run(&mut self) -> Outcome {
-        let park_after = self.broker.parker.park_after();
+        let park_after = self.parker.park_after();
         let mut idle_since = Instant::now();
         let timer = tokio::time::sleep_until(self.next_timer(park_after.map(|p| idle_since + p)));
         tokio::pin!(timer);
@@ -559,6 +565,7 @@ mod size_tests {
     /// growth here is memory per connection: keep processing state out of it (boxed).
     #[tokio::test]
     async fn an_idle_connection_task_stays_small() {
+        let parker = park::Parker::new(None, tokio_util::task::TaskTracker::new());
         let broker = crate::broker::Broker::new(
             crate::config::Config::default(),
             skein_storage::Store::open_temporary().unwrap(),
@@ -578,13 +585,20 @@ mod size_tests {
         let stream = TcpStream::connect(addr).await.unwrap();
         let handshake = handshake::accept(
             broker.clone(),
+            parker.handle(),
             Socket::new(TcpStream::connect(addr).await.unwrap()),
             1,
             (addr, Arc::new(addr)),
             true,
         );
         let handshake = std::mem::size_of_val(&handshake);
-        let task = serve(broker, stream, (addr, Arc::new(addr)), None);
+        let task = serve(
+            broker,
+            &parker.handle(),
+            stream,
+            (addr, Arc::new(addr)),
+            None,
+        );
         let (task, conn) = (
             std::mem::size_of_val(&task),
             std::mem::size_of::<Connection>(),

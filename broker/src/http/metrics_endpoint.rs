@@ -13,6 +13,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::broker::Broker;
+use crate::connection::park::ParkerHandle;
 use crate::metrics::{
     CONNECTIONS_PARKED, EVENT_QUEUE_DEPTH, INFLIGHT_MESSAGES, LOG_LINES_DROPPED, QUEUED_MESSAGES,
     RETAINED_MESSAGES, SESSIONS, SUBSCRIPTIONS,
@@ -50,7 +51,7 @@ pub fn session_totals(broker: &Broker) -> SessionTotals {
 }
 
 /// Sets the gauges that are computed from broker state.
-pub fn record_state(broker: &Broker) {
+pub fn record_state(broker: &Broker, parker: &ParkerHandle) {
     let t = session_totals(broker);
     metrics::gauge!(SESSIONS, "state" => "online").set(t.online as f64);
     metrics::gauge!(SESSIONS, "state" => "offline").set(t.offline as f64);
@@ -58,7 +59,7 @@ pub fn record_state(broker: &Broker) {
     metrics::gauge!(INFLIGHT_MESSAGES).set(t.inflight as f64);
     metrics::gauge!(QUEUED_MESSAGES).set(t.queued as f64);
     metrics::gauge!(RETAINED_MESSAGES).set(broker.retained.len() as f64);
-    metrics::gauge!(CONNECTIONS_PARKED).set(broker.parker.parked() as f64);
+    metrics::gauge!(CONNECTIONS_PARKED).set(parker.parked() as f64);
     for (dialect, depth) in broker.events.queue_depths() {
         metrics::gauge!(EVENT_QUEUE_DEPTH, "dialect" => dialect).set(depth as f64);
     }
@@ -70,19 +71,24 @@ pub fn record_state(broker: &Broker) {
 struct MetricsState {
     handle: PrometheusHandle,
     broker: Arc<Broker>,
+    parker: ParkerHandle,
 }
 
 /// `GET /metrics` in the Prometheus text format, without a fallback (see
 /// [`super::compose`]).
-pub fn router(handle: PrometheusHandle, broker: Arc<Broker>) -> Router {
+pub fn router(handle: PrometheusHandle, broker: Arc<Broker>, parker: ParkerHandle) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
-        .with_state(MetricsState { handle, broker })
+        .with_state(MetricsState {
+            handle,
+            broker,
+            parker,
+        })
 }
 
 #[tracing::instrument(skip_all)]
 async fn scrape(State(state): State<MetricsState>) -> Response {
-    record_state(&state.broker);
+    record_state(&state.broker, &state.parker);
     let body = state.handle.render();
     let mut response = body.into_response();
     let headers = response.headers_mut();

@@ -5,11 +5,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use skein_storage::Store;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::*;
 use crate::cluster_handle::LocalCluster;
 use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions};
 use crate::config::Config;
+use crate::connection::park::Parker;
 use crate::events::{ClientInfo, EventBus, NodeInfo, Transport};
 use crate::ids::{ClientId, NodeId};
 use crate::message::{now_ms, Message, MessageProperties};
@@ -105,7 +107,8 @@ fn scrape_time_gauges_sum_over_sessions() {
 
     let recorder = local_recorder();
     let handle = recorder.handle();
-    metrics::with_local_recorder(&recorder, || record_state(&broker));
+    let parker = Parker::new(None, TaskTracker::new());
+    metrics::with_local_recorder(&recorder, || record_state(&broker, &parker.handle()));
     let text = handle.render();
     for (series, want) in [
         ("skein_sessions{state=\"online\"}", 1.0),
@@ -143,7 +146,8 @@ async fn install_is_idempotent_and_the_endpoint_serves_text_format() {
     assert!(first.render().contains("skein_messages_acked_total"));
 
     let broker = test_broker();
-    let routes = crate::http::compose(vec![router(handle, broker)]);
+    let parker = Parker::new(None, TaskTracker::new());
+    let routes = crate::http::compose(vec![router(handle, broker, parker.handle())]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
