@@ -10,17 +10,18 @@ use skein_storage::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster_handle::ClusterHandle;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::Config;
 use crate::events::{raise, EventBus, SessionEnd};
 use crate::hash::HashMap;
-use crate::ids::ClientId;
 use crate::message::{now_ms, Message};
 use crate::retained::RetainedStore;
 use crate::session::{OptionalMs, Session, Subscription};
 use crate::topic::{self, TopicTree};
+use skein_seam::ClientId;
+use skein_seam::ClusterHandle;
 
+mod broker_handle;
 mod routing;
 
 /// A session as a key of the subscription index: equal when the client ids are.
@@ -509,11 +510,11 @@ fn send_kick(attachment: &crate::session::Attachment) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster_handle::LocalCluster;
-    use crate::ids::NodeId;
+    use crate::local_cluster::LocalCluster;
     use crate::message::MessageProperties;
     use crate::session::Attachment;
     use bytes::Bytes;
+    use skein_seam::NodeId;
 
     fn test_events() -> EventBus {
         EventBus::new(crate::events::NodeInfo {

@@ -8,7 +8,6 @@ pub mod accept_backoff;
 pub mod aligned_pool;
 pub mod auth;
 pub mod broker;
-pub mod cluster_handle;
 pub mod codec;
 pub mod config;
 pub mod connection;
@@ -17,9 +16,9 @@ pub mod error;
 pub mod events;
 pub mod hash;
 pub mod http;
-pub mod ids;
 pub mod lazy_box;
 pub mod lifecycle_lock;
+pub mod local_cluster;
 pub mod log_writer;
 pub mod memory;
 pub mod message;
@@ -39,8 +38,8 @@ pub use broker::Broker;
 pub use config::Config;
 pub use error::BrokerError;
 
-use cluster_handle::LocalCluster;
-use ids::NodeId;
+use local_cluster::LocalCluster;
+use skein_seam::NodeId;
 
 /// How long a shutdown waits for the event dialects to publish what is queued.
 const EVENTS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);

@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions, Will};
 use crate::events::ClientInfo;
 use crate::hash::ProcessRandomState;
-use crate::ids::ClientId;
 use crate::lazy_box::LazyBox;
 use crate::message::Message;
+use skein_seam::ClientId;
 
 mod signal;
 pub use signal::{HeldWakes, Kick, KickSignal, Unpark, Unparker};

@@ -13,10 +13,10 @@ use crate::codec::{
     ProtocolVersion,
 };
 use crate::events::{raise, ClientInfo, EventBody, EventKind, SessionEnd, Transport, WillInfo};
-use crate::ids::ClientId;
 use crate::message::now_ms;
 use crate::session::{Attachment, Kick, KickSignal, OptionalMs, Session};
 use crate::topic;
+use skein_seam::ClientId;
 
 /// How long a new connection waits for the old one's session during a takeover.
 const LIFECYCLE_WAIT: Duration = Duration::from_secs(10);

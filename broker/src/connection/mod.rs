@@ -22,9 +22,9 @@ use crate::codec::{self, reason as rc, Disconnect, Packet, Properties, ProtocolV
 use crate::disconnect::{Close, DisconnectReason};
 use crate::events::ClientInfo;
 use crate::hash::HashMap;
-use crate::ids::ClientId;
 use crate::session::{HeldWakes, Kick, Session};
 use park::ParkerHandle;
+use skein_seam::ClientId;
 pub use socket::Socket;
 
 /// Writes are flushed to the socket once this much is buffered, even mid-batch.
@@ -569,9 +569,9 @@ mod size_tests {
         let broker = crate::broker::Broker::new(
             crate::config::Config::default(),
             skein_storage::Store::open_temporary().unwrap(),
-            Arc::new(crate::cluster_handle::LocalCluster::new(
-                crate::ids::NodeId(1),
-            )),
+            Arc::new(crate::local_cluster::LocalCluster::new(skein_seam::NodeId(
+                1,
+            ))),
             crate::events::EventBus::new(crate::events::NodeInfo {
                 node: "127.0.0.1:1883".into(),
                 node_ip: "127.0.0.1".into(),

@@ -226,9 +226,9 @@ mod tests {
     use crate::codec::QoS;
     use crate::events::test_support::keys;
     use crate::events::WillInfo;
-    use crate::ids::ClientId;
     use crate::message::Message;
     use bytes::Bytes;
+    use skein_seam::ClientId;
     use std::sync::Arc;
 
     fn node() -> NodeInfo {

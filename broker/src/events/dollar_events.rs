@@ -129,7 +129,7 @@ mod tests {
     use crate::disconnect::DisconnectReason;
     use crate::events::test_support::{event_at, keys, node};
     use crate::events::Transport;
-    use crate::ids::ClientId;
+    use skein_seam::ClientId;
     use std::sync::Arc;
 
     fn client(username: Option<&str>) -> Arc<ClientInfo> {

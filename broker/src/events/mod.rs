@@ -179,7 +179,7 @@ impl EventBus {
 mod tests {
     use super::*;
     use crate::codec::ProtocolVersion;
-    use crate::ids::ClientId;
+    use skein_seam::ClientId;
 
     fn event() -> Event {
         Event {

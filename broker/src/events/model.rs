@@ -10,8 +10,8 @@ use bytes::Bytes;
 
 use crate::codec::{ProtocolVersion, QoS};
 use crate::disconnect::DisconnectReason;
-use crate::ids::ClientId;
 use crate::message::Message;
+use skein_seam::ClientId;
 
 /// Where this node is, as events name it.
 #[derive(Debug, Clone, PartialEq, Eq)]

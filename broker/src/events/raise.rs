@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::{ClientInfo, Event, EventBody, EventBus, EventKind, KindSet, SessionEnd};
 use crate::codec::{ProtocolVersion, QoS};
 use crate::disconnect::{Close, DisconnectReason};
-use crate::ids::ClientId;
 use crate::message::{now_ms, Message};
+use skein_seam::ClientId;
 
 /// Raises the event `body()` (of `kind`) about `client`, if a dialect wants `kind`.
 #[inline]
@@ -266,8 +266,8 @@ pub fn unrouted(
 mod tests {
     use super::*;
     use crate::events::KindSet;
-    use crate::ids::ClientId;
     use bytes::Bytes;
+    use skein_seam::ClientId;
 
     #[test]
     fn the_dollar_gate_closing_while_an_event_is_built_is_not_a_bug() {

@@ -102,11 +102,11 @@ impl MqttDialects {
 mod tests {
     use super::*;
     use crate::broker::Broker;
-    use crate::cluster_handle::LocalCluster;
     use crate::config::Config;
     use crate::events::{ClientInfo, EventKind, NodeInfo};
-    use crate::ids::{ClientId, NodeId};
+    use crate::local_cluster::LocalCluster;
     use crate::session::{Attachment, Subscription};
+    use skein_seam::{ClientId, NodeId};
     use std::time::Duration;
     use tokio_util::sync::CancellationToken;
 

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::disconnect::DisconnectReason;
 use crate::events::test_support::{connected, event_at};
 use crate::events::{ClientInfo, NodeInfo};
-use crate::ids::ClientId;
+use skein_seam::ClientId;
 
 pub(crate) fn bus() -> EventBus {
     EventBus::new(NodeInfo {

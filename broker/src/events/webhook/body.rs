@@ -212,8 +212,8 @@ mod tests {
     use crate::disconnect::DisconnectReason;
     use crate::events::test_support::{event_at, node};
     use crate::events::{SessionEnd, Transport};
-    use crate::ids::ClientId;
     use bytes::Bytes;
+    use skein_seam::ClientId;
     use std::sync::Arc;
 
     fn client(username: Option<&str>, protocol: ProtocolVersion) -> Arc<ClientInfo> {

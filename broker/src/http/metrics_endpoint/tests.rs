@@ -8,16 +8,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::*;
-use crate::cluster_handle::LocalCluster;
 use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions};
 use crate::config::Config;
 use crate::connection::park::Parker;
 use crate::events::{ClientInfo, EventBus, NodeInfo, Transport};
-use crate::ids::{ClientId, NodeId};
+use crate::local_cluster::LocalCluster;
 use crate::message::{now_ms, Message, MessageProperties};
 use crate::metrics::tests::{local_recorder, value};
 use crate::metrics::{install, message_acked};
 use crate::session::{Attachment, Session, Subscription};
+use skein_seam::{ClientId, NodeId};
 
 fn test_broker() -> Arc<Broker> {
     let events = EventBus::new(NodeInfo {
