@@ -107,7 +107,7 @@ pub struct OpenNode {
     mqtt: TcpListener,
     http: TcpListener,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
-    mqtt_dialects: events::setup::MqttDialects,
+    mqtt_dialects: events::mqtt_dialects::MqttDialects,
     webhook: Option<events::webhook::WebhookDialect>,
     stream: events::stream::StreamDialect,
     redis: Option<events::redis::RedisDialect>,
@@ -141,7 +141,7 @@ pub async fn open(
         cause,
     })?;
     let mut events = events::EventBus::new(node_info(&config, mqtt_addr));
-    let mqtt_dialects = events::setup::register_mqtt_dialects(&mut events, &config);
+    let mqtt_dialects = events::mqtt_dialects::register_mqtt_dialects(&mut events, &config);
     let webhook = events::webhook::register(&mut events, &config);
     let stream = events::stream::register(&mut events, &config, &store);
     let redis = events::redis::register(&mut events, &config);

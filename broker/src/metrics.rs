@@ -658,5 +658,4 @@ pub fn storage_flushed(elapsed: Duration) {
 }
 
 #[cfg(test)]
-#[path = "metrics_tests.rs"]
 pub(crate) mod tests;

@@ -8,15 +8,15 @@
 //! the broker implements.
 
 pub mod access;
-pub mod dollar_event;
-pub mod dollar_events;
+pub mod dollar_event_dot_topics;
+pub mod dollar_events_slash_topics;
 pub mod model;
+pub mod mqtt_dialects;
 pub mod mqtt_out;
 pub mod presence;
 pub mod raise;
 pub mod redis;
 pub mod settings;
-pub mod setup;
 pub mod sink_task;
 pub mod stream;
 #[cfg(test)]

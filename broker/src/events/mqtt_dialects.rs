@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::mqtt_out::{self, Dialect, DialectTasks, Publisher, Renderer};
 use super::presence::{Presence, Template};
 use super::EventSettings;
-use super::{dollar_event, dollar_events, EventBus, KindSet};
+use super::{dollar_event_dot_topics, dollar_events_slash_topics, EventBus, KindSet};
 use crate::codec::QoS;
 
 /// The dialects registered on the bus, waiting for the broker to start their tasks.
@@ -41,23 +41,35 @@ pub fn register_mqtt_dialects(
     };
     if settings.events_dollar_events {
         let node = bus.node().clone();
-        let kinds = KindSet(settings.events_dollar_events_kinds.0 & dollar_events::renders().0);
-        let idle = dollar_events::never_raised(kinds);
+        let kinds = KindSet(
+            settings.events_dollar_events_kinds.0 & dollar_events_slash_topics::renders().0,
+        );
+        let idle = dollar_events_slash_topics::never_raised(kinds);
         if !idle.is_empty() {
             tracing::warn!(
                 kinds = %idle.join(","),
                 "events_dollar_events_kinds: nothing raises certificate events yet (no TLS), these kinds publish nothing"
             );
         }
-        let render: Renderer =
-            Box::new(move |e| dollar_events::render(e, &node).into_iter().collect());
-        add(bus, dollar_events::DIALECT, kinds, render, true);
+        let render: Renderer = Box::new(move |e| {
+            dollar_events_slash_topics::render(e, &node)
+                .into_iter()
+                .collect()
+        });
+        add(
+            bus,
+            dollar_events_slash_topics::DIALECT,
+            kinds,
+            render,
+            true,
+        );
     }
     if settings.events_dollar_event {
         let node = bus.node().clone();
-        let kinds = KindSet(settings.events_dollar_event_kinds.0 & dollar_event::renders().0);
-        let render: Renderer = Box::new(move |e| dollar_event::render(e, &node));
-        add(bus, dollar_event::DIALECT, kinds, render, true);
+        let kinds =
+            KindSet(settings.events_dollar_event_kinds.0 & dollar_event_dot_topics::renders().0);
+        let render: Renderer = Box::new(move |e| dollar_event_dot_topics::render(e, &node));
+        add(bus, dollar_event_dot_topics::DIALECT, kinds, render, true);
     }
     if !settings.events_presence_topic.is_empty() {
         match Template::parse(&settings.events_presence_topic) {

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::events::{dollar_event, dollar_events, KindSet};
+use crate::events::{dollar_event_dot_topics, dollar_events_slash_topics, KindSet};
 use crate::password_file::Passwords;
 
 mod event_settings;
@@ -202,9 +202,9 @@ impl Default for Config {
             shutdown_timeout_ms: 5000,
             log: String::from("info"),
             events_dollar_events: true,
-            events_dollar_events_kinds: dollar_events::default_kinds(),
+            events_dollar_events_kinds: dollar_events_slash_topics::default_kinds(),
             events_dollar_event: false,
-            events_dollar_event_kinds: dollar_event::renders(),
+            events_dollar_event_kinds: dollar_event_dot_topics::renders(),
             events_presence_topic: String::new(),
             events_presence_kinds: crate::events::presence::renders(),
             events_presence_retain: true,
@@ -726,11 +726,11 @@ settings! {
         "Log filter (tracing EnvFilter syntax); RUST_LOG takes precedence";
     events_dollar_events: Bool,
         "Publish the $events/... event topics (client_connected, client_disconnected, session_subscribed, session_unsubscribed)";
-    events_dollar_events_kinds: EventKinds { renders: dollar_events::renders() },
+    events_dollar_events_kinds: EventKinds { renders: dollar_events_slash_topics::renders() },
         "Canonical event kinds published on $events/...";
     events_dollar_event: Bool,
         "Publish the $EVENT.* event topics (CONNECT, CLOSE, PUBLISH, ...)";
-    events_dollar_event_kinds: EventKinds { renders: dollar_event::renders() },
+    events_dollar_event_kinds: EventKinds { renders: dollar_event_dot_topics::renders() },
         "Canonical event kinds published on $EVENT.*";
     events_presence_topic: TopicTemplate,
         "Presence topic template with {clientid}, {username}, {node}: gets {\"online\": true|false}", default = "empty (off)";

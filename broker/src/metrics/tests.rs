@@ -81,7 +81,7 @@ fn every_name_follows_prometheus_conventions() {
 #[test]
 fn every_name_constant_is_described() {
     let described: HashSet<&str> = descriptions().map(|d| d.name).collect();
-    let source = include_str!("metrics.rs");
+    let source = include_str!("../metrics.rs");
     let mut constants = 0;
     for line in source.lines() {
         let Some((_, rest)) = line.split_once(": &str = \"") else {
