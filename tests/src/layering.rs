@@ -220,7 +220,7 @@ pub fn crate_graph(root: &Path, read: Read<'_>) -> Result<CrateGraph, String> {
     let root_toks = outside_inline_modules(&toks, &decls);
     for (i, t) in root_toks.iter().enumerate() {
         let Some(name) = t.ident() else { continue };
-        let starts_path = i == 0 || !root_toks[i - 1].is_punct(':');
+        let starts_path = !after_path_sep(&root_toks, i);
         if starts_path && modules.contains(name) && is_path_sep(&root_toks, i + 1) {
             graph.add(ROOT, name, site(root, t));
         }
@@ -273,6 +273,11 @@ fn site(file: &Path, t: &Token) -> Site {
     }
 }
 
+/// Whether the token at `i` follows a `::` (so it does not start a path).
+fn after_path_sep(toks: &[Token], i: usize) -> bool {
+    i >= 2 && is_path_sep(toks, i - 2)
+}
+
 fn is_path_sep(toks: &[Token], i: usize) -> bool {
     toks.get(i).is_some_and(|t| t.is_punct(':')) && toks.get(i + 1).is_some_and(|t| t.is_punct(':'))
 }
@@ -318,7 +323,7 @@ fn module_declarations(toks: &[Token], file: &Path) -> Result<Vec<ModDecl>, Stri
                 toks[i].line
             ));
         }
-        let is_mod = toks[i].is_ident("mod") && (i == 0 || !toks[i - 1].is_punct(':'));
+        let is_mod = toks[i].is_ident("mod") && !after_path_sep(toks, i);
         let (Some(name), true) = (toks.get(i + 1).and_then(Token::ident), is_mod) else {
             i += 1;
             continue;
@@ -489,7 +494,7 @@ fn collect_references(
     let mut i = 0;
     while i < toks.len() {
         let t = &toks[i];
-        let after_sep = i > 0 && toks[i - 1].is_punct(':');
+        let after_sep = after_path_sep(toks, i);
         if t.is_punct('{') {
             let opens_mod = i >= 2 && toks[i - 2].is_ident("mod");
             braces += 1;

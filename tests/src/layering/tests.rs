@@ -95,7 +95,7 @@ fn groups_pub_use_and_paths_in_expressions_are_imports() {
         ("src/lib.rs", "mod a;\nmod b;\nmod c;\nmod d;\nmod e;\n"),
         (
             "src/a.rs",
-            "use crate::{\n    b,\n    c::{self, Deep},\n};\npub use crate::d::D;\nfn f() -> usize { crate::e::N }\n",
+            "use crate::{\n    b,\n    c::{self, Deep},\n};\npub use crate::d::D;\nstruct S {\n    e: crate::e::E,\n}\n",
         ),
         ("src/b.rs", ""),
         ("src/c.rs", ""),
