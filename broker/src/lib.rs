@@ -3,6 +3,42 @@
 //! A node is started with [`run`], which takes already-bound listeners and a shutdown
 //! token so tests can bind port 0 and stop the node when they like. [`run`] is [`open`]
 //! (storage and state: what can fail at startup) followed by [`OpenNode::serve`].
+//!
+//! The crate's modules in layer order. Direction: each module imports only modules listed
+//! below it (servers -> connection -> broker -> session -> config -> events -> metrics ->
+//! codec); a call upwards goes through a trait defined below (`events::mqtt_out::Publisher`,
+//! `session::Unpark`). The cluster seam (ids, `ClusterHandle`, `BrokerHandle`) is the
+//! `skein-seam` crate.
+//!
+//! - `server`: the MQTT listener: accept loop, connection limit, owns the parker, drains
+//!   connections at shutdown.
+//! - `http`: the HTTP server: probes, `/metrics`, the admin API, the event stream's API.
+//! - `accept_backoff`: backing off when accepting fails, on either port.
+//! - `connection`: one task per client: CONNECT, read -> session -> write, keepalive,
+//!   limits, parking when idle.
+//! - `auth`: the CONNECT policy: anonymous clients, the password file's users.
+//! - `broker`: the node's state: session registry, subscription index, routing; implements
+//!   the seam's `BrokerHandle`.
+//! - `local_cluster`: the cluster of one, the seam's `ClusterHandle` for a single node.
+//! - `session`: a client's session: subscriptions, queue, in-flight messages, will; the
+//!   signal that reaches its connection.
+//! - `retained`: retained messages, in memory and in storage.
+//! - `config`: settings: defaults, TOML/environment/flags, checks, `--help`; hands the
+//!   events their settings.
+//! - `password_file`: the password file's format and its users.
+//! - `events`: system events: the model, the bus, raising them, the dialects.
+//! - `metrics`: metric names, the Prometheus recorder, the counters the hot path bumps.
+//! - `message`: an application message as routing carries it.
+//! - `topic`: topic names and filters, the subscription trie.
+//! - `disconnect`: why a connection ended, as events, metrics and logs name it.
+//! - `codec`: MQTT packets to and from bytes (3.1, 3.1.1, 5.0).
+//! - `log_writer`: log output that drops what it cannot write instead of stopping the node.
+//! - `lifecycle_lock`: the one-byte async lock that serialises a session's lifecycle.
+//! - `lazy_box`: a collection that costs one pointer while it is empty.
+//! - `hash`: the hasher of the node's maps.
+//! - `memory`: giving freed heap back to the operating system.
+//! - `aligned_pool`: the binary's allocator: cache-line-aligned blocks in pages of their own.
+//! - `error`: [`BrokerError`], the crate's error type.
 
 pub mod accept_backoff;
 pub mod aligned_pool;

@@ -19,6 +19,16 @@
 //!
 //! sled stays behind this API: apart from [`StorageError::Sled`], callers
 //! never see its types.
+//!
+//! The crate's modules in layer order. Direction: each module imports only modules
+//! listed below it (the store on top, the error type at the bottom).
+//!
+//! - `store`: [`Store`]: the sled trees, and every read and write of them.
+//! - `events`: [`EventLog`]: the append-only event log in segment files.
+//! - `keys`: the keys of per-client records (`client id ++ 0x00 ++ number`).
+//! - `codec`: the versioned binary format of stored values.
+//! - `types`: the stored records ([`StoredSession`], [`StoredMessage`], ...).
+//! - `error`: [`StorageError`], the crate's error type.
 
 mod codec;
 mod error;

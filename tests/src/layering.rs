@@ -11,6 +11,10 @@
 //! literals. Files are found as rustc finds them (`x.rs` or `x/mod.rs`); `#[path]` and
 //! glob imports of the crate root are refused rather than guessed at.
 //!
+//! Each crate root also opens with a map of the crate: its modules in layer order, one
+//! ``//! - `name`: what it is`` line each. [`CrateGraph::check_order`] holds the map to
+//! the imports, so that it stays true: every module listed, none importing one above it.
+//!
 //! Standard library only: it reads sources with a tiny lexer rather than a Rust parser.
 
 mod lexer;
@@ -64,6 +68,32 @@ impl CrateGraph {
                 .entry(to.to_owned())
                 .or_insert(site);
         }
+    }
+
+    /// How the crate's map (its modules listed in layer order in the root's `//!` docs, see
+    /// [`documented_order`]) disagrees with the graph: a module it does not list, or an
+    /// import of a module listed above the importer. Empty when they agree.
+    pub fn check_order(&self, order: &[String]) -> Vec<String> {
+        let root = self.root.display();
+        let position = |m: &str| order.iter().position(|o| o == m);
+        let mut problems: Vec<String> = self
+            .modules
+            .iter()
+            .filter(|m| position(m).is_none())
+            .map(|m| format!("{root}: module {m} is not in the crate map"))
+            .collect();
+        for (from, to) in &self.edges {
+            for (target, site) in to {
+                if let (Some(a), Some(b)) = (position(from), position(target)) {
+                    if a > b {
+                        problems.push(format!(
+                            "{root}: {from} imports {target} ({site}), which the crate map lists above it"
+                        ));
+                    }
+                }
+            }
+        }
+        problems
     }
 
     /// Every cycle, one per strongly connected group of modules, spelled out with where
@@ -194,6 +224,19 @@ fn strongly_connected(graph: &CrateGraph) -> Vec<BTreeSet<String>> {
         }
     }
     groups
+}
+
+/// The crate map in a crate root's `//!` docs: the modules named by its list items that
+/// start with a module name in backticks (``//! - `server`: the MQTT listener``), in the
+/// order listed, top (imports the most) to bottom. Empty when there is no map.
+pub fn documented_order(root_source: &str) -> Vec<String> {
+    root_source
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("//!"))
+        .filter_map(|l| l.trim_start().strip_prefix("- `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(name, _)| name.to_owned())
+        .collect()
 }
 
 /// Reads a file; None when it does not exist.

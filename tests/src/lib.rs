@@ -10,6 +10,17 @@
 //! * [`wait_until`] polls a condition with a deadline.
 //! * [`http_get`] / [`http_request`] / [`metric_sum`] talk to the HTTP listener.
 //! * [`layering`] checks that no crate's top-level modules import each other in a cycle.
+//!
+//! The crate's modules in layer order. Direction: each module imports only modules listed
+//! below it.
+//!
+//! - `node`: spawning and controlling real `skein` processes.
+//! - `clients`: rumqttc clients whose events tests wait for with deadlines.
+//! - `raw`: the raw-socket MQTT client.
+//! - `cli`: the `mosquitto_pub` / `mosquitto_sub` helpers.
+//! - `layering`: the layering check of `tests/layering.rs`.
+//! - `codec`: the permissive MQTT codec of the raw client.
+//! - `wait`: the default timeouts and waiting on a condition with a deadline.
 
 pub mod cli;
 pub mod clients;

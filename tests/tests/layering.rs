@@ -1,11 +1,12 @@
 //! Layering: no crate of the workspace has an import cycle among the top-level modules of
-//! its `src/` (see `skein_tests::layering` for what counts as an import). Crates are
-//! found from the workspace's manifest, so a new crate is checked as soon as it is a
-//! member.
+//! its `src/` (see `skein_tests::layering` for what counts as an import), and each crate's
+//! map (its modules in layer order, in the `//!` docs of its root) lists every module
+//! above the ones it imports. Crates are found from the workspace's manifest, so a new
+//! crate is checked as soon as it is a member.
 
 use std::path::Path;
 
-use skein_tests::layering::{crate_graph, workspace_crate_roots};
+use skein_tests::layering::{crate_graph, documented_order, workspace_crate_roots};
 
 #[test]
 fn no_crate_has_an_import_cycle_among_its_top_level_modules() {
@@ -36,10 +37,14 @@ fn no_crate_has_an_import_cycle_among_its_top_level_modules() {
             assert!(!graph.edges.is_empty(), "no imports seen in {graph}");
         }
         problems.extend(graph.cycles());
+        if !graph.modules.is_empty() {
+            let source = read(root).unwrap_or_default();
+            problems.extend(graph.check_order(&documented_order(&source)));
+        }
     }
     assert!(
         problems.is_empty(),
-        "import cycles between top-level modules:\n{}",
+        "import cycles, or crate maps that disagree with the imports:\n{}",
         problems.join("\n")
     );
 }

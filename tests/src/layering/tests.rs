@@ -149,6 +149,40 @@ fn names_the_root_re_exports_and_items_the_root_defines_are_edges() {
 }
 
 #[test]
+fn the_crate_map_must_list_every_module_above_what_it_imports() {
+    let lib = "//! A crate.\n//!\n//! - `top`: uses the others\n//! - `middle`: uses `bottom`\n//! - `bottom`: a leaf\n//!\n//! Not a map: - `nothing`\n\nmod bottom;\nmod middle;\nmod top;\n";
+    let files = [
+        ("src/lib.rs", lib),
+        (
+            "src/top.rs",
+            "use crate::middle::M;\nuse crate::bottom::B;\n",
+        ),
+        ("src/middle.rs", "use crate::bottom::B;\n"),
+        ("src/bottom.rs", ""),
+    ];
+    let order = documented_order(lib);
+    assert_eq!(order, ["top", "middle", "bottom"]);
+    assert!(graph(&files).unwrap().check_order(&order).is_empty());
+    let upward = [
+        ("src/lib.rs", lib),
+        ("src/top.rs", ""),
+        ("src/middle.rs", "use crate::top::T;\n"),
+        ("src/bottom.rs", ""),
+    ];
+    assert_eq!(
+        graph(&upward).unwrap().check_order(&order),
+        ["src/lib.rs: middle imports top (src/middle.rs:1), which the crate map lists above it"]
+    );
+    let unlisted = graph(&files)
+        .unwrap()
+        .check_order(&["top".to_owned(), "bottom".to_owned()]);
+    assert_eq!(
+        unlisted,
+        ["src/lib.rs: module middle is not in the crate map"]
+    );
+}
+
+#[test]
 fn what_cannot_be_resolved_is_refused_not_guessed() {
     let path = graph(&[
         ("src/lib.rs", "#[path = \"elsewhere.rs\"]\nmod a;\n"),
