@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use super::{Broker, RouteOutcome, SessionRef, SubEntry};
+use crate::codec::QoS;
 use crate::events::raise;
 use crate::message::{now_ms, Message};
 use crate::session::{Delivery, EnqueueOutcome, HeldWakes, Session, Subscription};
+use crate::storage_refusal::{self, NotStored};
 
 /// Merges the non-shared deliveries of one session into one (highest QoS, every
 /// subscription id): overlapping subscriptions deliver one copy. Sorting beats hashing here:
@@ -28,6 +30,20 @@ fn merge_per_session(targets: &mut Vec<(Arc<Session>, Delivery, bool)>) {
     });
 }
 
+/// Whether storing `message` is part of routing it to `targets`: a QoS 1/2 copy for a
+/// persistent session (its queue is on disk), or a retained message to keep. Deleting a
+/// retained message needs no room. QoS 0 is never refused (there is no acknowledgement to
+/// refuse it with); its retained copy is then not kept.
+fn needs_disk(message: &Message, targets: &[(Arc<Session>, Delivery, bool)]) -> bool {
+    if message.qos == QoS::AtMostOnce {
+        return false;
+    }
+    (message.retain && !message.payload.is_empty())
+        || targets
+            .iter()
+            .any(|(s, d, _)| d.qos != QoS::AtMostOnce && s.state().is_persistent())
+}
+
 impl Broker {
     /// Routes a publish to every matching session on this node; never blocks.
     pub fn route(&self, message: Arc<Message>) -> RouteOutcome {
@@ -41,7 +57,6 @@ impl Broker {
         message: Arc<Message>,
         mut held: Option<&mut HeldWakes>,
     ) -> RouteOutcome {
-        let retained_changed = message.retain && self.retained.update(&message);
         // (session, delivery, shared): non-shared matches of one session are merged below.
         let mut targets: Vec<(Arc<Session>, Delivery, bool)> = Vec::new();
         {
@@ -75,8 +90,32 @@ impl Broker {
         merge_per_session(&mut targets);
         let mut outcome = RouteOutcome {
             matched: targets.len(),
-            needs_flush: retained_changed,
+            ..RouteOutcome::default()
         };
+        // One atomic load while storage is fine; otherwise a message that needs the disk
+        // is refused before any session has it, so that no subscriber gets what its
+        // publisher is told was refused.
+        if let Some(refusal) = NotStored::of_store(self.store.health()) {
+            if needs_disk(&message, &targets) {
+                storage_refusal::publish_refused(refusal, &message.topic, self.store.health());
+                outcome.matched = 0;
+                outcome.not_stored = Some(refusal);
+                return outcome;
+            }
+        }
+        if message.retain {
+            match self.retained.update(&message) {
+                Ok(()) => outcome.needs_flush = true,
+                Err(e) => {
+                    let refusal = NotStored::of(&e);
+                    // A QoS 0 message goes on to its subscribers (nothing to refuse to):
+                    // only its retained copy is lost, and counted.
+                    crate::metrics::message_dropped(refusal.reason());
+                    storage_refusal::write_failed("store a retained message", "", &e);
+                    outcome.not_stored = Some(refusal);
+                }
+            }
+        }
         let (now, max) = (now_ms(), self.config.max_queued_messages);
         for (session, delivery, _) in targets {
             let qos = delivery.qos;
@@ -96,10 +135,16 @@ impl Broker {
                     crate::metrics::message_dropped(reason.as_str());
                     raise::dropped(&self.events, &session, &message, reason.as_str());
                     tracing::debug!(client_id = %session.client_id, reason = reason.as_str(), "message dropped");
+                    if let Some(refusal) = reason.not_stored() {
+                        outcome.not_stored.get_or_insert(refusal);
+                    }
                 }
             }
         }
-        if outcome.matched == 0 {
+        if let (Some(refusal), true) = (outcome.not_stored, message.qos != QoS::AtMostOnce) {
+            storage_refusal::publish_refused(refusal, &message.topic, self.store.health());
+        }
+        if outcome.matched == 0 && outcome.not_stored.is_none() {
             crate::metrics::message_dropped("no_subscribers");
             raise::unrouted(self, &message);
         }
@@ -129,5 +174,145 @@ impl Broker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{message, online, sub, test_events};
+    use super::*;
+    use crate::cluster_handle::LocalCluster;
+    use crate::config::Config;
+    use crate::ids::{ClientId, NodeId};
+    use bytes::Bytes;
+    use skein_storage::{Availability, MinFree, Store};
+    use tokio_util::sync::CancellationToken;
+
+    /// A broker on a real data directory, so the free-space guard measures a real file
+    /// system; `low` sets the guard above the file system's size (or turns it off).
+    struct Node {
+        broker: Arc<Broker>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Node {
+        fn new() -> Node {
+            let dir = tempfile::tempdir().unwrap();
+            let broker = Broker::new(
+                Config::default(),
+                Store::open(dir.path()).unwrap(),
+                Arc::new(LocalCluster::new(NodeId(1))),
+                test_events(),
+                CancellationToken::new(),
+            )
+            .unwrap();
+            let node = Node { broker, _dir: dir };
+            node.low(false);
+            node
+        }
+
+        fn low(&self, low: bool) {
+            let health = self.broker.store.health();
+            health.set_min_free(MinFree::Bytes(if low { u64::MAX } else { 0 }));
+            let want = if low {
+                Availability::LowSpace
+            } else {
+                Availability::Available
+            };
+            assert_eq!(health.check().unwrap(), want);
+        }
+
+        fn offline_persistent(&self, id: &str, filter: &str) -> Arc<Session> {
+            let s = self.broker.get_or_create_session(&ClientId::new(id));
+            s.state().expiry_interval = 3600;
+            self.broker
+                .subscribe(&s, filter, sub(QoS::AtLeastOnce, None, false));
+            s
+        }
+    }
+
+    fn retained(topic: &str, qos: QoS, payload: &'static [u8]) -> Arc<Message> {
+        let mut m = (*message(topic, qos, "p")).clone();
+        m.retain = true;
+        m.payload = Bytes::from_static(payload);
+        Arc::new(m)
+    }
+
+    #[test]
+    fn below_the_guard_a_message_a_persistent_session_needs_is_refused_whole() {
+        let node = Node::new();
+        let b = &node.broker;
+        let stored = node.offline_persistent("stored", "t/#");
+        let live = online(b, "live");
+        b.subscribe(&live, "t/#", sub(QoS::AtLeastOnce, None, false));
+        node.low(true);
+
+        let out = b.route(message("t/1", QoS::AtLeastOnce, "p"));
+        assert_eq!(out.not_stored, Some(NotStored::LowSpace));
+        assert_eq!(out.matched, 0, "refused before any session had it");
+        assert!(stored.state().queue.is_empty());
+        assert!(live.state().queue.is_empty());
+        assert!(b.store.queue_load("stored").unwrap().is_empty());
+
+        // QoS 0 needs no disk: the online session gets it, the offline one never would.
+        let out = b.route(message("t/2", QoS::AtMostOnce, "p"));
+        assert_eq!((out.not_stored, out.matched), (None, 2));
+        assert_eq!(live.state().queue.len(), 1);
+
+        // Room again: stored and acknowledged as usual.
+        node.low(false);
+        let out = b.route(message("t/3", QoS::AtLeastOnce, "p"));
+        assert_eq!(out.not_stored, None);
+        assert!(out.needs_flush);
+        assert_eq!(b.store.queue_load("stored").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn below_the_guard_clean_sessions_still_get_qos_1() {
+        let node = Node::new();
+        let b = &node.broker;
+        let live = online(b, "live");
+        b.subscribe(&live, "t", sub(QoS::AtLeastOnce, None, false));
+        // A persistent session subscribed at QoS 0 stores nothing either.
+        let s = node.offline_persistent("zero", "other");
+        b.subscribe(&s, "t", sub(QoS::AtMostOnce, None, false));
+        node.low(true);
+        let out = b.route(message("t", QoS::AtLeastOnce, "p"));
+        assert_eq!(
+            (out.not_stored, out.matched, out.needs_flush),
+            (None, 2, false)
+        );
+        assert_eq!(live.state().queue.len(), 1);
+    }
+
+    #[test]
+    fn below_the_guard_retained_messages_are_refused_but_deletes_go_through() {
+        let node = Node::new();
+        let b = &node.broker;
+        assert_eq!(
+            b.route(retained("r", QoS::AtLeastOnce, b"old")).not_stored,
+            None
+        );
+        node.low(true);
+        // QoS 1: refused whole; the old retained message stays, in memory and on disk.
+        let out = b.route(retained("r", QoS::AtLeastOnce, b"new"));
+        assert_eq!(out.not_stored, Some(NotStored::LowSpace));
+        // QoS 0: delivered to whoever is online, but its retained copy is not kept.
+        let live = online(b, "live");
+        b.subscribe(&live, "r", sub(QoS::AtMostOnce, None, false));
+        let out = b.route(retained("r", QoS::AtMostOnce, b"new"));
+        assert_eq!(
+            (out.not_stored, out.matched),
+            (Some(NotStored::LowSpace), 1)
+        );
+        let kept = b.retained.matching("r", now_ms());
+        assert_eq!(kept.len(), 1);
+        assert_eq!(&kept[0].payload[..], b"old");
+        assert_eq!(&b.store.retained_load().unwrap()[0].payload[..], b"old");
+        // Deleting frees space: taken.
+        let out = b.route(retained("r", QoS::AtLeastOnce, b""));
+        assert_eq!(out.not_stored, None);
+        assert!(b.retained.is_empty());
+        assert!(b.store.retained_load().unwrap().is_empty());
     }
 }
