@@ -154,8 +154,6 @@ pub enum DropReason {
     Expired,
     /// The write to storage failed.
     Storage,
-    /// Storage takes no new data: free space is below `storage_min_free_bytes`.
-    StorageLowSpace,
 }
 
 impl DropReason {
@@ -165,17 +163,12 @@ impl DropReason {
             DropReason::Qos0Offline => "qos0_offline",
             DropReason::Expired => "expired",
             DropReason::Storage => "storage_error",
-            DropReason::StorageLowSpace => "storage_low_space",
         }
     }
 
     /// Why the message could not be stored, when that is why it was dropped.
     pub fn not_stored(self) -> Option<NotStored> {
-        match self {
-            DropReason::StorageLowSpace => Some(NotStored::LowSpace),
-            DropReason::Storage => Some(NotStored::Failed),
-            _ => None,
-        }
+        (self == DropReason::Storage).then_some(NotStored::Failed)
     }
 }
 
@@ -504,18 +497,13 @@ impl Session {
         }
         let seq = st.next_seq();
         let stored = st.is_persistent() && delivery.qos != QoS::AtMostOnce;
+        // Whether storage takes new data is the caller's decision, once per message (see
+        // `Broker::route`): asking here again could refuse a copy after others were stored.
         if stored {
             let record = to_stored_delivery(&delivery);
-            let written = store
-                .health()
-                .admit()
-                .and_then(|()| store.queue_push(self.client_id.as_str(), seq, &record));
-            if let Err(e) = written {
+            if let Err(e) = store.queue_push(self.client_id.as_str(), seq, &record) {
                 storage_refusal::write_failed("queue a message", self.client_id.as_str(), &e);
-                return EnqueueOutcome::Dropped(match NotStored::of(&e) {
-                    NotStored::LowSpace => DropReason::StorageLowSpace,
-                    NotStored::Failed => DropReason::Storage,
-                });
+                return EnqueueOutcome::Dropped(DropReason::Storage);
             }
         }
         st.queue.push_back(Queued { seq, delivery });
@@ -610,34 +598,6 @@ mod tests {
             EnqueueOutcome::Dropped(DropReason::QueueFull)
         );
         assert_eq!(store.queue_load("c").unwrap().len(), 2);
-    }
-
-    #[test]
-    fn below_the_free_space_guard_nothing_new_is_queued_on_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let s = Session::new(ClientId::new("c"));
-        s.state().expiry_interval = 60;
-        store
-            .health()
-            .set_min_free(skein_storage::MinFree::Bytes(u64::MAX));
-        store.health().check().unwrap();
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), 10, &store, 0),
-            EnqueueOutcome::Dropped(DropReason::StorageLowSpace)
-        );
-        assert!(s.state().queue.is_empty(), "not queued in memory either");
-        assert!(store.queue_load("c").unwrap().is_empty());
-        assert_eq!(
-            DropReason::StorageLowSpace.not_stored(),
-            Some(NotStored::LowSpace)
-        );
-        // A clean session's queue is not on disk: it is served as usual.
-        let clean = Session::new(ClientId::new("clean"));
-        assert_eq!(
-            clean.enqueue(delivery(QoS::AtLeastOnce), 10, &store, 0),
-            EnqueueOutcome::QueuedOffline
-        );
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //!
 //! Reading the state is one atomic load, cheap enough for every publish. Free space is
 //! measured by [`StorageHealth::check`] (a `statvfs` of the data directory), which the
-//! broker calls from a timer, never on the message path.
+//! broker calls from a timer, and which a write calls too once the bytes written since
+//! the last measurement (records, and what sled's flushes wrote) reach a quarter of the
+//! room left above the guard: far from the limit that is rare, near it a fast writer is
+//! measured after every flush instead of writing on past the guard until the next tick
+//! (sled writes several times the size of its records, rewriting whole pages).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -145,6 +149,24 @@ fn classify(space: Space, was_low: bool) -> Availability {
     }
 }
 
+fn log_change(from: Availability, to: Availability, space: Space) {
+    match to {
+        Availability::LowSpace => tracing::warn!(
+            free_bytes = space.free,
+            min_free_bytes = space.min_free,
+            "free space on the data directory is below storage_min_free_bytes: the store \
+             takes no new data until there is room again"
+        ),
+        _ => tracing::info!(
+            free_bytes = space.free,
+            min_free_bytes = space.min_free,
+            was = from.as_str(),
+            "free space on the data directory is above storage_min_free_bytes again: the \
+             store takes new data"
+        ),
+    }
+}
+
 /// The availability of one store, shared by its clones.
 #[derive(Debug)]
 pub struct StorageHealth {
@@ -155,6 +177,8 @@ pub struct StorageHealth {
     free: AtomicU64,
     total: AtomicU64,
     min_free_bytes: AtomicU64,
+    /// Bytes of records written since the last measurement.
+    written: AtomicU64,
     /// What failed, for `/readyz` and the exit message.
     failure: Mutex<Option<String>>,
 }
@@ -168,6 +192,7 @@ impl StorageHealth {
             free: AtomicU64::new(0),
             total: AtomicU64::new(0),
             min_free_bytes: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             failure: Mutex::new(None),
         }
     }
@@ -210,6 +235,8 @@ impl StorageHealth {
         let Some(dir) = &self.dir else {
             return Ok(self.availability());
         };
+        // Taken before measuring: what is written meanwhile counts against this one.
+        self.written.store(0, Ordering::Relaxed);
         let stat = rustix::fs::statvfs(dir)?;
         let block = stat.f_frsize.max(1);
         let total = stat.f_blocks.saturating_mul(block);
@@ -238,9 +265,24 @@ impl StorageHealth {
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, update)
         {
-            Ok(_) => self.availability(),
+            Ok(before) => {
+                // Logged where it changes: a dip shorter than the broker's timer shows too.
+                let now = self.availability();
+                log_change(Availability::from_u8(before), now, space);
+                now
+            }
             Err(unchanged) => Availability::from_u8(unchanged),
         }
+    }
+
+    /// Counts `bytes` written since the last measurement; true when they reach a quarter
+    /// of the room that was left above the guard, so that free space should be measured
+    /// again now. A trigger, not an account: sled reuses its freed segments, so what it
+    /// writes may take no new room at all.
+    pub(crate) fn wrote(&self, bytes: usize) -> bool {
+        let written = self.written.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
+        let space = self.space();
+        space.min_free > 0 && written >= space.free.saturating_sub(space.min_free) / 4
     }
 
     /// Ok when new data may be written; otherwise why not ([`StorageError::LowSpace`] or
@@ -390,6 +432,27 @@ mod tests {
         assert_eq!(health.describe(), None);
         // 0 turns the guard off, even on a full disk.
         assert_eq!(health.apply(space(0, 0)), Availability::Available);
+    }
+
+    #[test]
+    fn a_quarter_of_the_room_above_the_guard_written_asks_for_a_measurement() {
+        let dir = tempfile::tempdir().unwrap();
+        let health = StorageHealth::new(Some(dir.path().to_owned()));
+        // 6 MiB above the guard: measure again after 1.5 MiB.
+        health.apply(space(70 * MIB, 64 * MIB));
+        assert!(!health.wrote(MIB as usize));
+        assert!(health.wrote((MIB / 2) as usize));
+        // A measurement starts the count again.
+        health.set_min_free(MinFree::Bytes(1));
+        health.check().unwrap();
+        assert!(!health.wrote(1024));
+        // Writing is what asks, not the state: it stays as measured.
+        assert_eq!(health.availability(), Availability::Available);
+        // Below the guard, every write asks; with the guard off, none does.
+        health.apply(space(MIB, 2 * MIB));
+        assert!(health.wrote(1));
+        health.apply(space(MIB, 0));
+        assert!(!health.wrote((10 * MIB) as usize));
     }
 
     #[test]

@@ -138,6 +138,7 @@ impl Store {
             let covers = gate.requested.load(Ordering::Acquire);
             let start = Instant::now();
             let bytes = self.written(self.db.flush_async().await)?;
+            self.note_written(bytes);
             gate.performed.fetch_add(1, Ordering::Relaxed);
             gate.completed.fetch_max(covers, Ordering::AcqRel);
             tracing::debug!(
@@ -180,6 +181,17 @@ impl Store {
         &self.health
     }
 
+    /// Counts bytes written for the free-space guard, and measures free space at once
+    /// when they may have taken the store near it (see [`StorageHealth`]): a statvfs, far
+    /// cheaper than the flush that comes with every stored message.
+    fn note_written(&self, bytes: usize) {
+        if self.health.wrote(bytes) {
+            if let Err(error) = self.health.check() {
+                tracing::debug!(%error, "cannot measure free space");
+            }
+        }
+    }
+
     /// A write's result, with an engine error noted in [`Store::health`] (sled fails
     /// every write after its first I/O error, so one is enough to know).
     fn written<T>(&self, result: sled::Result<T>) -> Result<T> {
@@ -198,10 +210,9 @@ impl Store {
 
     pub fn put_session(&self, s: &StoredSession) -> Result<()> {
         keys::check_client_id(&s.client_id)?;
-        self.written(
-            self.sessions
-                .insert(s.client_id.as_bytes(), codec::encode_session(s)),
-        )?;
+        let value = codec::encode_session(s);
+        self.note_written(s.client_id.len() + value.len());
+        self.written(self.sessions.insert(s.client_id.as_bytes(), value))?;
         Ok(())
     }
 
@@ -256,7 +267,9 @@ impl Store {
 
     pub fn queue_push(&self, client_id: &str, seq: u64, msg: &StoredMessage) -> Result<()> {
         let key = keys::seq_key(client_id, seq)?;
-        self.written(self.queue.insert(key, codec::encode_message(msg)))?;
+        let value = codec::encode_message(msg);
+        self.note_written(key.len() + value.len());
+        self.written(self.queue.insert(key, value))?;
         Ok(())
     }
 
@@ -291,7 +304,9 @@ impl Store {
 
     pub fn inflight_put(&self, client_id: &str, f: &StoredInflight) -> Result<()> {
         let key = keys::packet_key(client_id, f.packet_id)?;
-        self.written(self.inflight.insert(key, codec::encode_inflight(f)))?;
+        let value = codec::encode_inflight(f);
+        self.note_written(key.len() + value.len());
+        self.written(self.inflight.insert(key, value))?;
         Ok(())
     }
 
@@ -324,7 +339,9 @@ impl Store {
 
     pub fn incoming_put(&self, client_id: &str, packet_id: u16) -> Result<()> {
         let key = keys::packet_key(client_id, packet_id)?;
-        self.written(self.incoming.insert(key, codec::encode_marker()))?;
+        let value = codec::encode_marker();
+        self.note_written(key.len() + value.len());
+        self.written(self.incoming.insert(key, value))?;
         Ok(())
     }
 
@@ -351,10 +368,9 @@ impl Store {
 
     /// Stores `msg` as the retained message of its topic, replacing any other.
     pub fn retained_put(&self, msg: &StoredMessage) -> Result<()> {
-        self.written(
-            self.retained
-                .insert(msg.topic.as_bytes(), codec::encode_message(msg)),
-        )?;
+        let value = codec::encode_message(msg);
+        self.note_written(msg.topic.len() + value.len());
+        self.written(self.retained.insert(msg.topic.as_bytes(), value))?;
         Ok(())
     }
 

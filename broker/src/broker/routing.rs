@@ -44,18 +44,47 @@ fn needs_disk(message: &Message, targets: &[(Arc<Session>, Delivery, bool)]) -> 
             .any(|(s, d, _)| d.qos != QoS::AtMostOnce && s.state().is_persistent())
 }
 
+/// What routing does with a message that needs the disk while storage takes no new data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenNotStored {
+    /// A publisher waits for the answer: refuse the message whole, before any session has
+    /// it, so that no subscriber gets what its publisher is told was refused.
+    RefuseWhole,
+    /// Nobody to tell (a will, an event): deliver what needs no disk, drop (and count)
+    /// the copies that do.
+    DeliverTheRest,
+}
+
 impl Broker {
-    /// Routes a publish to every matching session on this node; never blocks.
+    /// Routes a message no publisher waits on (a will, an event message) to every
+    /// matching session on this node; never blocks. While storage takes no new data the
+    /// copies that need the disk are dropped and counted, the others delivered.
     pub fn route(&self, message: Arc<Message>) -> RouteOutcome {
-        self.route_holding_wakes(message, None)
+        self.route_with(message, None, WhenNotStored::DeliverTheRest)
     }
 
-    /// Like `route`, with the subscribers' wake-ups held in `held` (see [`HeldWakes`]);
-    /// None wakes them at once.
+    /// Routes a publish whose publisher waits for the answer (the admin API): with
+    /// storage taking no new data, a QoS 1/2 message that needs the disk is refused whole
+    /// (`not_stored`, `matched` 0).
+    pub fn route_or_refuse(&self, message: Arc<Message>) -> RouteOutcome {
+        self.route_with(message, None, WhenNotStored::RefuseWhole)
+    }
+
+    /// [`Broker::route_or_refuse`] for a client's PUBLISH, with the subscribers' wake-ups
+    /// held in `held` (see [`HeldWakes`]); None wakes them at once.
     pub fn route_holding_wakes(
         &self,
         message: Arc<Message>,
+        held: Option<&mut HeldWakes>,
+    ) -> RouteOutcome {
+        self.route_with(message, held, WhenNotStored::RefuseWhole)
+    }
+
+    fn route_with(
+        &self,
+        message: Arc<Message>,
         mut held: Option<&mut HeldWakes>,
+        when_not_stored: WhenNotStored,
     ) -> RouteOutcome {
         // (session, delivery, shared): non-shared matches of one session are merged below.
         let mut targets: Vec<(Arc<Session>, Delivery, bool)> = Vec::new();
@@ -92,11 +121,12 @@ impl Broker {
             matched: targets.len(),
             ..RouteOutcome::default()
         };
-        // One atomic load while storage is fine; otherwise a message that needs the disk
-        // is refused before any session has it, so that no subscriber gets what its
-        // publisher is told was refused.
-        if let Some(refusal) = NotStored::of_store(self.store.health()) {
-            if needs_disk(&message, &targets) {
+        // One atomic load while storage is fine. Otherwise the decision is taken here,
+        // once for the message: asking again per copy could refuse one after others were
+        // stored.
+        let not_storing = NotStored::of_store(self.store.health());
+        if let Some(refusal) = not_storing {
+            if when_not_stored == WhenNotStored::RefuseWhole && needs_disk(&message, &targets) {
                 storage_refusal::publish_refused(refusal, &message.topic, self.store.health());
                 outcome.matched = 0;
                 outcome.not_stored = Some(refusal);
@@ -119,6 +149,14 @@ impl Broker {
         let (now, max) = (now_ms(), self.config.max_queued_messages);
         for (session, delivery, _) in targets {
             let qos = delivery.qos;
+            if let Some(refusal) = not_storing {
+                if qos != QoS::AtMostOnce && session.state().is_persistent() {
+                    crate::metrics::message_dropped(refusal.reason());
+                    raise::dropped(&self.events, &session, &message, refusal.reason());
+                    outcome.not_stored.get_or_insert(refusal);
+                    continue;
+                }
+            }
             match session.enqueue_holding_wake(delivery, max, &self.store, now, held.as_deref_mut())
             {
                 EnqueueOutcome::Queued => {}
@@ -141,8 +179,11 @@ impl Broker {
                 }
             }
         }
-        if let (Some(refusal), true) = (outcome.not_stored, message.qos != QoS::AtMostOnce) {
-            storage_refusal::publish_refused(refusal, &message.topic, self.store.health());
+        let answered = when_not_stored == WhenNotStored::RefuseWhole;
+        if let (Some(refusal), true) = (outcome.not_stored, answered) {
+            if message.qos != QoS::AtMostOnce {
+                storage_refusal::publish_refused(refusal, &message.topic, self.store.health());
+            }
         }
         if outcome.matched == 0 && outcome.not_stored.is_none() {
             crate::metrics::message_dropped("no_subscribers");
@@ -151,9 +192,13 @@ impl Broker {
         outcome
     }
 
-    /// Queues the retained messages matching `filter` for `session` (on subscribe).
+    /// Queues the retained messages matching `filter` for `session` (on subscribe). While
+    /// storage takes no new data, a persistent session gets no QoS 1/2 copies (they are
+    /// counted as dropped); it has them once it subscribes again with room on the disk.
     pub fn deliver_retained(&self, session: &Arc<Session>, filter: &str, sub: &Subscription) {
         let now = now_ms();
+        let refusal = NotStored::of_store(self.store.health())
+            .filter(|_| session.state().is_persistent() && sub.options.qos != QoS::AtMostOnce);
         for message in self.retained.matching(filter, now) {
             let for_event = self
                 .events
@@ -165,12 +210,22 @@ impl Broker {
                 retain: true,
                 subscription_ids: sub.subscription_id.into_iter().collect(),
             };
-            if let EnqueueOutcome::Dropped(reason) =
-                session.enqueue(delivery, self.config.max_queued_messages, &self.store, now)
-            {
-                crate::metrics::message_dropped(reason.as_str());
+            let dropped = match refusal {
+                Some(refusal) if delivery.qos != QoS::AtMostOnce => Some(refusal.reason()),
+                _ => match session.enqueue(
+                    delivery,
+                    self.config.max_queued_messages,
+                    &self.store,
+                    now,
+                ) {
+                    EnqueueOutcome::Dropped(reason) => Some(reason.as_str()),
+                    _ => None,
+                },
+            };
+            if let Some(reason) = dropped {
+                crate::metrics::message_dropped(reason);
                 if let Some(m) = &for_event {
-                    raise::dropped(&self.events, session, m, reason.as_str());
+                    raise::dropped(&self.events, session, m, reason);
                 }
             }
         }
@@ -247,7 +302,7 @@ mod tests {
         b.subscribe(&live, "t/#", sub(QoS::AtLeastOnce, None, false));
         node.low(true);
 
-        let out = b.route(message("t/1", QoS::AtLeastOnce, "p"));
+        let out = b.route_or_refuse(message("t/1", QoS::AtLeastOnce, "p"));
         assert_eq!(out.not_stored, Some(NotStored::LowSpace));
         assert_eq!(out.matched, 0, "refused before any session had it");
         assert!(stored.state().queue.is_empty());
@@ -255,13 +310,22 @@ mod tests {
         assert!(b.store.queue_load("stored").unwrap().is_empty());
 
         // QoS 0 needs no disk: the online session gets it, the offline one never would.
-        let out = b.route(message("t/2", QoS::AtMostOnce, "p"));
+        let out = b.route_or_refuse(message("t/2", QoS::AtMostOnce, "p"));
         assert_eq!((out.not_stored, out.matched), (None, 2));
         assert_eq!(live.state().queue.len(), 1);
 
+        // With nobody to answer (a will, an event) the copies that need no disk go out.
+        let out = b.route(message("t/3", QoS::AtLeastOnce, "p"));
+        assert_eq!(
+            (out.not_stored, out.matched),
+            (Some(NotStored::LowSpace), 2)
+        );
+        assert_eq!(live.state().queue.len(), 2);
+        assert!(stored.state().queue.is_empty());
+
         // Room again: stored and acknowledged as usual.
         node.low(false);
-        let out = b.route(message("t/3", QoS::AtLeastOnce, "p"));
+        let out = b.route_or_refuse(message("t/4", QoS::AtLeastOnce, "p"));
         assert_eq!(out.not_stored, None);
         assert!(out.needs_flush);
         assert_eq!(b.store.queue_load("stored").unwrap().len(), 1);
@@ -277,12 +341,32 @@ mod tests {
         let s = node.offline_persistent("zero", "other");
         b.subscribe(&s, "t", sub(QoS::AtMostOnce, None, false));
         node.low(true);
-        let out = b.route(message("t", QoS::AtLeastOnce, "p"));
+        let out = b.route_or_refuse(message("t", QoS::AtLeastOnce, "p"));
         assert_eq!(
             (out.not_stored, out.matched, out.needs_flush),
             (None, 2, false)
         );
         assert_eq!(live.state().queue.len(), 1);
+    }
+
+    #[test]
+    fn below_the_guard_a_persistent_subscriber_gets_no_retained_copy_to_store() {
+        let node = Node::new();
+        let b = &node.broker;
+        b.route(retained("r/1", QoS::AtLeastOnce, b"one"));
+        let stored = node.offline_persistent("stored", "other");
+        let live = online(b, "live");
+        node.low(true);
+        let qos1 = sub(QoS::AtLeastOnce, None, false);
+        b.deliver_retained(&stored, "r/#", &qos1);
+        assert!(stored.state().queue.is_empty());
+        assert!(b.store.queue_load("stored").unwrap().is_empty());
+        // A clean session keeps nothing on disk: it gets its copy.
+        b.deliver_retained(&live, "r/#", &qos1);
+        assert_eq!(live.state().queue.len(), 1);
+        node.low(false);
+        b.deliver_retained(&stored, "r/#", &qos1);
+        assert_eq!(b.store.queue_load("stored").unwrap().len(), 1);
     }
 
     #[test]
@@ -295,12 +379,12 @@ mod tests {
         );
         node.low(true);
         // QoS 1: refused whole; the old retained message stays, in memory and on disk.
-        let out = b.route(retained("r", QoS::AtLeastOnce, b"new"));
+        let out = b.route_or_refuse(retained("r", QoS::AtLeastOnce, b"new"));
         assert_eq!(out.not_stored, Some(NotStored::LowSpace));
         // QoS 0: delivered to whoever is online, but its retained copy is not kept.
         let live = online(b, "live");
         b.subscribe(&live, "r", sub(QoS::AtMostOnce, None, false));
-        let out = b.route(retained("r", QoS::AtMostOnce, b"new"));
+        let out = b.route_or_refuse(retained("r", QoS::AtMostOnce, b"new"));
         assert_eq!(
             (out.not_stored, out.matched),
             (Some(NotStored::LowSpace), 1)
@@ -310,7 +394,7 @@ mod tests {
         assert_eq!(&kept[0].payload[..], b"old");
         assert_eq!(&b.store.retained_load().unwrap()[0].payload[..], b"old");
         // Deleting frees space: taken.
-        let out = b.route(retained("r", QoS::AtLeastOnce, b""));
+        let out = b.route_or_refuse(retained("r", QoS::AtLeastOnce, b""));
         assert_eq!(out.not_stored, None);
         assert!(b.retained.is_empty());
         assert!(b.store.retained_load().unwrap().is_empty());

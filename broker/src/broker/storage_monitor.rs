@@ -1,6 +1,6 @@
 //! The storage monitor: measures free space on the data directory for the guard
-//! (`storage_min_free_bytes`), logs every change of the storage state, and stops the node
-//! once the storage engine has failed.
+//! (`storage_min_free_bytes`; the store logs each crossing), and stops the node once the
+//! storage engine has failed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,18 +19,12 @@ impl Broker {
     pub(super) fn configure_storage_guard(&self) {
         let health = self.store.health();
         health.set_min_free(self.config.storage_min_free_bytes);
-        match health.check() {
-            Ok(Availability::LowSpace) => {
-                log_change(health, Availability::Available, Availability::LowSpace)
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(%error, "cannot measure free space on the data directory")
-            }
+        if let Err(error) = health.check() {
+            tracing::warn!(%error, "cannot measure free space on the data directory");
         }
     }
 
-    /// Measures free space every [`CHECK_EVERY`] and logs each change of state. Once the
+    /// Measures free space every [`CHECK_EVERY`]. Once the
     /// storage engine has failed, which sled does not recover from in the same process,
     /// it stops the node: the shutdown drains the connections, and `run` then returns
     /// an error, so the process exits non-zero and its supervisor starts it again on the
@@ -39,7 +33,6 @@ impl Broker {
         let broker = self.clone();
         self.tasks.spawn(async move {
             let health = broker.store.health().clone();
-            let mut last = health.availability();
             let mut tick = tokio::time::interval(CHECK_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Set while measuring fails, so that it is logged once, not every tick.
@@ -62,11 +55,8 @@ impl Broker {
                         health.availability()
                     }
                 };
-                if now != last {
-                    log_change(&health, last, now);
-                    last = now;
-                }
                 if now == Availability::Failed {
+                    stop_for_failure(&health);
                     broker.shutdown.cancel();
                     return;
                 }
@@ -75,27 +65,11 @@ impl Broker {
     }
 }
 
-fn log_change(health: &StorageHealth, from: Availability, to: Availability) {
-    let space = health.space();
-    match to {
-        Availability::Available => tracing::info!(
-            free_bytes = space.free,
-            min_free_bytes = space.min_free,
-            was = from.as_str(),
-            "storage takes new data again"
-        ),
-        Availability::LowSpace => tracing::warn!(
-            free_bytes = space.free,
-            min_free_bytes = space.min_free,
-            "free space on the data directory is below storage_min_free_bytes: publishes \
-             that need the disk (QoS 1/2 to persistent sessions, retained) are refused \
-             until there is room again; /readyz answers 503"
-        ),
-        Availability::Failed => tracing::error!(
-            cause = health.failure().unwrap_or_default(),
-            "storage failed: sled refuses every write after an I/O error until the database \
-             is opened again, so the node stops now (exit status 1) for its supervisor to \
-             start it again; nothing acknowledged is lost"
-        ),
-    }
+fn stop_for_failure(health: &StorageHealth) {
+    tracing::error!(
+        cause = health.failure().unwrap_or_default(),
+        "storage failed: sled refuses every write after an I/O error until the database is \
+         opened again, so the node stops now (exit status 1) for its supervisor to start it \
+         again; nothing acknowledged is lost"
+    );
 }

@@ -413,7 +413,11 @@ fn dropped(n: usize, reason: &'static str, error: &str) {
     metrics::counter!(crate::metrics::EVENTS_DROPPED, "dialect" => DIALECT, "reason" => reason)
         .increment(n as u64);
     if let Some(held_back) = LOG.allow() {
-        tracing::error!(%error, entries = n, held_back, "cannot append to the event log");
+        if reason == "storage_low_space" {
+            tracing::warn!(%error, entries = n, held_back, "event log entries dropped");
+        } else {
+            tracing::error!(%error, entries = n, held_back, "cannot append to the event log");
+        }
     }
 }
 

@@ -110,7 +110,7 @@ pub async fn publish(
             return Err(ApiError::NotStored(refusal));
         }
     }
-    let outcome = broker.route(Arc::new(message));
+    let outcome = broker.route_or_refuse(Arc::new(message));
     if let Some(refusal) = outcome.not_stored {
         return Err(ApiError::NotStored(refusal));
     }
