@@ -53,9 +53,9 @@ pub struct RouteOutcome {
     /// Something was written to storage: flush before acknowledging the publisher.
     pub needs_flush: bool,
     /// Something the message needed on disk (a persistent session's copy, the retained
-    /// message) was not stored: the publisher must not be told it was. With the store
-    /// refusing new data, a QoS 1/2 message that needs the disk is refused whole
-    /// (`matched` is 0: no session has it).
+    /// message) was not stored: the publisher must not be told it was. While the store
+    /// takes no new data, `route_or_refuse` refuses such a QoS 1/2 message whole
+    /// (`matched` is 0: no session has it); `route` delivers the copies that need no disk.
     pub not_stored: Option<crate::storage_refusal::NotStored>,
 }
 
