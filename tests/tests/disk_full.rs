@@ -247,6 +247,18 @@ async fn readyz(http: SocketAddr) -> (u16, Value) {
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
+/// Whether `/readyz` answers 200 within 10 s.
+async fn became_ready(http: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if readyz(http).await.0 == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 async fn api_publish(http: SocketAddr, body: Value) -> (u16, Value) {
     let (status, text) = http_request(http, "POST", "/api/v1/publish", &[], &body.to_string())
         .await
@@ -263,7 +275,7 @@ async fn the_guard_refuses_and_recovers(test: &str, proto: Proto, min_free: &str
     let data: PathBuf = fs.path().join("data");
     let mut node = node_on(&data, min_free).start();
     let (addr, http) = (node.mqtt_addr(), node.http_addr());
-    assert_eq!(readyz(http).await.0, 200);
+    assert!(became_ready(http).await, "/readyz never answered 200");
     subscribe_offline(addr, proto).await;
     // A clean subscriber online: its deliveries need no disk.
     let mut live = RawClient::connect_ok(addr, &Connect::new(proto, "live"))
@@ -370,18 +382,8 @@ async fn the_guard_refuses_and_recovers(test: &str, proto: Proto, min_free: &str
 
     // Room again: ready without a restart, and publishes are taken.
     fs.resize("64m");
-    let ready = async {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if readyz(http).await.0 == 200 {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    };
     assert!(
-        ready.await,
+        became_ready(http).await,
         "/readyz did not return to 200 after the tmpfs grew"
     );
     assert_eq!(metric_sum(http, "skein_storage_available", &[]).await, 1.0);
