@@ -19,6 +19,7 @@ pub mod http;
 pub mod ids;
 pub mod lazy_box;
 pub mod lifecycle_lock;
+pub mod log_limit;
 pub mod log_writer;
 pub mod memory;
 pub mod message;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod retained;
 mod server;
 pub mod session;
+pub mod storage_refusal;
 pub mod topic;
 
 use std::sync::Arc;
@@ -189,6 +191,7 @@ impl OpenNode {
         } = self;
         let shutdown = broker.shutdown.clone();
         broker.spawn_retained_sweeper(std::time::Duration::from_secs(30));
+        broker.spawn_storage_monitor();
         let mqtt_dialects = mqtt_dialects.start(&broker);
         let stream_api = stream.api();
         let sinks: Vec<events::sink_task::SinkTask> = [
@@ -199,7 +202,7 @@ impl OpenNode {
         .into_iter()
         .flatten()
         .collect();
-        let health = http::HealthState::new();
+        let health = http::HealthState::new().watching_storage(broker.store.health().clone());
         let routes = http::compose(vec![
             http::health_routes(health.clone()),
             metrics::router(prometheus, broker.clone()),
@@ -244,7 +247,12 @@ impl OpenNode {
         for task in finishing {
             let _ = task.await;
         }
-        broker.flush_storage().await?;
+        if let Err(e) = broker.flush_storage().await {
+            // After a storage failure the node ends with that error, below.
+            if broker.store.health().failure().is_none() {
+                return Err(e.into());
+            }
+        }
         // The stream sink syncs the event log when it finishes, unless it overran its drain.
         events::stream::sync_log(broker.store.event_log().clone()).await;
         match tokio::time::timeout(broker.config.shutdown_timeout(), http_task).await {
@@ -252,6 +260,9 @@ impl OpenNode {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server failed"),
             Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
             Err(_) => tracing::warn!("http server still busy after the shutdown timeout"),
+        }
+        if let Some(cause) = broker.store.health().failure() {
+            return Err(BrokerError::StorageFailed(cause));
         }
         tracing::info!("node stopped");
         listener.map_err(|e| BrokerError::Io {

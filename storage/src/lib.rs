@@ -17,17 +17,23 @@
 //! append-only binary format (see `codec.rs`). A `meta` tree records the
 //! schema version so an older build refuses a store written by a newer one.
 //!
+//! [`StorageHealth`] says whether the store takes new data: the broker refuses what
+//! needs the disk while free space is below its guard or after the storage engine
+//! failed (sled keeps its first I/O error until the database is opened again).
+//!
 //! sled stays behind this API: apart from [`StorageError::Sled`], callers
 //! never see its types.
 
 mod codec;
 mod error;
 mod events;
+mod health;
 mod keys;
 mod store;
 mod types;
 
 pub use error::{Result, StorageError};
 pub use events::EventLog;
+pub use health::{Availability, MinFree, Space, StorageHealth};
 pub use store::Store;
 pub use types::{StoredInflight, StoredMessage, StoredSession, StoredSubscription};
