@@ -59,6 +59,11 @@ pub enum StorageError {
     #[error("event log ids are exhausted (the id counter reached u64::MAX)")]
     IdsExhausted,
 
+    /// A Raft record (log entry, vote, log id, snapshot metadata) could not be serialized,
+    /// so it was not written.
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
+
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     CreateDir {

@@ -17,6 +17,10 @@
 //! append-only binary format (see `codec.rs`). A `meta` tree records the
 //! schema version so an older build refuses a store written by a newer one.
 //!
+//! [`RaftLogStore`] ([`Store::raft_log`]) is a cluster node's openraft log, vote and commit
+//! pointer in the same database, with [`RaftSnapshotSlot`] for its snapshot: entries are
+//! reported durable, and votes and snapshots saved, only after a sled flush (see `raft_log.rs`).
+//!
 //! sled stays behind this API: apart from [`StorageError::Sled`], callers
 //! never see its types.
 
@@ -24,10 +28,12 @@ mod codec;
 mod error;
 mod events;
 mod keys;
+mod raft_log;
 mod store;
 mod types;
 
 pub use error::{Result, StorageError};
 pub use events::EventLog;
+pub use raft_log::{RaftLogStore, RaftSnapshotSlot, StoredSnapshot};
 pub use store::Store;
 pub use types::{StoredInflight, StoredMessage, StoredSession, StoredSubscription};
