@@ -72,6 +72,11 @@ pub enum StorageError {
     #[error("storage failed earlier: {0}")]
     Failed(String),
 
+    /// A Raft record (log entry, vote, log id, snapshot metadata) could not be serialized,
+    /// so it was not written.
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
+
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     CreateDir {

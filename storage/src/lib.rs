@@ -21,6 +21,10 @@
 //! needs the disk while free space is below its guard or after the storage engine
 //! failed (sled keeps its first I/O error until the database is opened again).
 //!
+//! [`RaftLogStore`] ([`Store::raft_log`]) is a cluster node's openraft log, vote and commit
+//! pointer in the same database, with [`RaftSnapshotSlot`] for its snapshot: entries are
+//! reported durable, and votes and snapshots saved, only after a sled flush (see `raft_log.rs`).
+//!
 //! sled stays behind this API: apart from [`StorageError::Sled`], callers
 //! never see its types.
 
@@ -29,11 +33,13 @@ mod error;
 mod events;
 mod health;
 mod keys;
+mod raft_log;
 mod store;
 mod types;
 
 pub use error::{Result, StorageError};
 pub use events::EventLog;
 pub use health::{Availability, MinFree, Space, StorageHealth};
+pub use raft_log::{RaftLogStore, RaftSnapshotSlot, StoredSnapshot};
 pub use store::Store;
 pub use types::{StoredInflight, StoredMessage, StoredSession, StoredSubscription};

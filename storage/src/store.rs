@@ -201,6 +201,12 @@ impl Store {
         })
     }
 
+    /// Opens (creating if needed) a further tree in this database, for records kept beside
+    /// the broker's (the Raft log store's, see `raft_log.rs`).
+    pub(crate) fn open_tree(&self, name: &str) -> Result<Tree> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// The append-only system event log (the broker's stream dialect).
     pub fn event_log(&self) -> &EventLog {
         &self.events
