@@ -23,6 +23,7 @@ use skein_seam::ClusterHandle;
 
 mod broker_handle;
 mod routing;
+mod storage_monitor;
 
 /// A session as a key of the subscription index: equal when the client ids are.
 #[derive(Clone)]
@@ -52,6 +53,11 @@ pub struct RouteOutcome {
     pub matched: usize,
     /// Something was written to storage: flush before acknowledging the publisher.
     pub needs_flush: bool,
+    /// Something the message needed on disk (a persistent session's copy, the retained
+    /// message) was not stored: the publisher must not be told it was. While the store
+    /// takes no new data, `route_or_refuse` refuses such a QoS 1/2 message whole
+    /// (`matched` is 0: no session has it); `route` delivers the copies that need no disk.
+    pub not_stored: Option<crate::storage_refusal::NotStored>,
 }
 
 pub struct Broker {
@@ -105,6 +111,7 @@ impl Broker {
             connections,
             lifecycle_waiters: Default::default(),
         });
+        broker.configure_storage_guard();
         broker.restore_sessions()?;
         Ok(broker)
     }
@@ -324,7 +331,11 @@ impl Broker {
     pub fn persist_session_locked(&self, session: &Session, st: &crate::session::SessionState) {
         session.mark_stored();
         if let Err(e) = self.store.put_session(&st.to_stored(&session.client_id)) {
-            tracing::error!(client_id = %session.client_id, error = %e, "cannot persist session");
+            crate::storage_refusal::write_failed(
+                "persist a session",
+                session.client_id.as_str(),
+                &e,
+            );
         }
     }
 
@@ -335,7 +346,11 @@ impl Broker {
             return;
         }
         if let Err(e) = self.store.delete_session(session.client_id.as_str()) {
-            tracing::error!(client_id = %session.client_id, error = %e, "cannot delete stored session");
+            crate::storage_refusal::write_failed(
+                "delete a stored session",
+                session.client_id.as_str(),
+                &e,
+            );
         }
     }
 
@@ -516,7 +531,7 @@ mod tests {
     use bytes::Bytes;
     use skein_seam::NodeId;
 
-    fn test_events() -> EventBus {
+    pub(super) fn test_events() -> EventBus {
         EventBus::new(crate::events::NodeInfo {
             node: "127.0.0.1:1883".into(),
             node_ip: "127.0.0.1".into(),
@@ -535,7 +550,7 @@ mod tests {
         .unwrap()
     }
 
-    fn online(b: &Broker, id: &str) -> Arc<Session> {
+    pub(super) fn online(b: &Broker, id: &str) -> Arc<Session> {
         let s = b.get_or_create_session(&ClientId::new(id));
         let tx = crate::session::KickSignal::new();
         s.state().attach(
@@ -559,7 +574,7 @@ mod tests {
         s
     }
 
-    fn sub(qos: QoS, id: Option<u32>, no_local: bool) -> Subscription {
+    pub(super) fn sub(qos: QoS, id: Option<u32>, no_local: bool) -> Subscription {
         Subscription {
             options: SubscriptionOptions {
                 qos,
@@ -570,7 +585,7 @@ mod tests {
         }
     }
 
-    fn message(topic: &str, qos: QoS, publisher: &str) -> Arc<Message> {
+    pub(super) fn message(topic: &str, qos: QoS, publisher: &str) -> Arc<Message> {
         Arc::new(Message {
             topic: Arc::from(topic),
             payload: Bytes::from_static(b"x"),

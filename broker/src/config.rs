@@ -62,6 +62,9 @@ pub struct Config {
     pub node_name: String,
     /// Directory for persistent state.
     pub data_dir: PathBuf,
+    /// Free space the data directory's file system must keep; below it, publishes that
+    /// need the disk are refused (a byte count, 0: off, or a percentage).
+    pub storage_min_free_bytes: skein_storage::MinFree,
     /// MQTT listener address.
     pub mqtt: SocketAddr,
     /// Health/metrics HTTP listener address.
@@ -178,6 +181,7 @@ impl Default for Config {
             node_id: NODE_ID,
             node_name: default_node_name(NODE_ID),
             data_dir: PathBuf::from("./data"),
+            storage_min_free_bytes: skein_storage::MinFree::DEFAULT,
             mqtt: SocketAddr::from(([0, 0, 0, 0], 1883)),
             http: SocketAddr::from(([0, 0, 0, 0], 8080)),
             http_max_connections: 1024,
@@ -675,6 +679,8 @@ settings! {
         "Human-readable node name", default = "skein-<node_id>";
     data_dir: PathKind,
         "Directory for persistent state";
+    storage_min_free_bytes: MinFreeKind,
+        "Free space the data directory must keep: below it, publishes that need the disk are refused (QoS 1/2 to persistent sessions, retained) and /readyz answers 503";
     mqtt: Addr,
         "MQTT listener address";
     http: Addr,

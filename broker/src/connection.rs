@@ -58,6 +58,9 @@ pub struct Connection {
     acked: u32,
     /// Set once the client sent DISCONNECT with reason 0x04 (publish the will anyway).
     will_on_disconnect: bool,
+    /// MQTT 5 Request Problem Information: false when the client asked for no Reason
+    /// String on acknowledgements.
+    problem_information: bool,
     /// Holds one of `broker.connection_slots` (given back on drop). A flag, not the
     /// permit itself: 16 bytes less in every connection.
     holds_slot: bool,

@@ -21,16 +21,25 @@ use axum::{Json, Router};
 use serde_json::json;
 
 /// What the HTTP server reports; the broker flips `ready` once it is accepting MQTT
-/// connections and clears it on shutdown.
+/// connections and clears it on shutdown. A node whose storage takes no new data (see
+/// [`HealthState::watching_storage`]) is not ready either.
 #[derive(Clone, Default, Debug)]
 pub struct HealthState {
     ready: Arc<AtomicBool>,
+    storage: Option<Arc<skein_storage::StorageHealth>>,
 }
 
 impl HealthState {
     /// A new state, not ready: a broker that hasn't bound its listener must not get traffic.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Also reports not ready while `storage` takes no new data (free space below the
+    /// guard, or a storage failure), with the reason.
+    pub fn watching_storage(mut self, storage: Arc<skein_storage::StorageHealth>) -> Self {
+        self.storage = Some(storage);
+        self
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -83,15 +92,31 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(health): State<HealthState>) -> Response {
-    if health.is_ready() {
-        probe(StatusCode::OK, "ready")
-    } else {
-        probe(StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    if !health.is_ready() {
+        return probe(StatusCode::SERVICE_UNAVAILABLE, "not_ready");
+    }
+    let storage = health.storage.as_deref();
+    match storage.and_then(|s| Some((s.availability(), s.describe()?))) {
+        None => probe(StatusCode::OK, "ready"),
+        Some((state, detail)) => no_store(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "not_ready",
+                    "reason": format!("storage_{}", state.as_str()),
+                    "detail": detail,
+                })),
+            )
+                .into_response(),
+        ),
     }
 }
 
 fn probe(status: StatusCode, text: &str) -> Response {
-    let mut response = (status, Json(json!({ "status": text }))).into_response();
+    no_store((status, Json(json!({ "status": text }))).into_response())
+}
+
+fn no_store(mut response: Response) -> Response {
     // A cached probe answer would hide the very transitions probes exist to see.
     response
         .headers_mut()
@@ -197,6 +222,40 @@ mod tests {
         state.set_ready(false);
         let (status, _, _) = request(server.addr, "GET", "/readyz").await;
         assert_eq!(status, 503);
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_with_the_reason_while_storage_takes_no_new_data() {
+        use skein_storage::{MinFree, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let storage = store.health().clone();
+        let state = HealthState::new().watching_storage(storage.clone());
+        state.set_ready(true);
+        let server = start(state).await;
+        let (status, _, body) = request(server.addr, "GET", "/readyz").await;
+        assert_eq!(
+            (status, json_body(&body)),
+            (200, json!({ "status": "ready" }))
+        );
+
+        // More free space than the file system has: below the guard.
+        storage.set_min_free(MinFree::Bytes(u64::MAX));
+        storage.check().unwrap();
+        let (status, head, body) = request(server.addr, "GET", "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(head.contains("cache-control: no-store"), "{head}");
+        let body = json_body(&body);
+        assert_eq!(body["status"], "not_ready");
+        assert_eq!(body["reason"], "storage_low_space");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains("storage_min_free_bytes"), "{detail}");
+
+        // Room again: ready, without anything else happening.
+        storage.set_min_free(MinFree::Bytes(0));
+        storage.check().unwrap();
+        let (status, _, _) = request(server.addr, "GET", "/readyz").await;
+        assert_eq!(status, 200);
     }
 
     #[tokio::test]

@@ -23,6 +23,8 @@
 //! - `session`: a client's session: subscriptions, queue, in-flight messages, will; the
 //!   signal that reaches its connection.
 //! - `retained`: retained messages, in memory and in storage.
+//! - `storage_refusal`: what a publish that needed the disk is told while storage takes no
+//!   new data, counted and logged.
 //! - `config`: settings: defaults, TOML/environment/flags, checks, `--help`; hands the
 //!   events their settings.
 //! - `password_file`: the password file's format and its users.
@@ -33,6 +35,7 @@
 //! - `disconnect`: why a connection ended, as events, metrics and logs name it.
 //! - `codec`: MQTT packets to and from bytes (3.1, 3.1.1, 5.0).
 //! - `log_writer`: log output that drops what it cannot write instead of stopping the node.
+//! - `log_limit`: at most one log line per interval for a condition that repeats per message.
 //! - `lifecycle_lock`: the one-byte async lock that serialises a session's lifecycle.
 //! - `lazy_box`: a collection that costs one pointer while it is empty.
 //! - `hash`: the hasher of the node's maps.
@@ -55,6 +58,7 @@ pub mod http;
 pub mod lazy_box;
 pub mod lifecycle_lock;
 pub mod local_cluster;
+pub mod log_limit;
 pub mod log_writer;
 pub mod memory;
 pub mod message;
@@ -63,6 +67,7 @@ pub mod password_file;
 pub mod retained;
 mod server;
 pub mod session;
+pub mod storage_refusal;
 pub mod topic;
 
 use std::sync::Arc;
@@ -226,6 +231,7 @@ impl OpenNode {
         } = self;
         let shutdown = broker.shutdown.clone();
         broker.spawn_retained_sweeper(std::time::Duration::from_secs(30));
+        broker.spawn_storage_monitor();
         let mqtt_dialects = mqtt_dialects.start(&broker);
         let stream_api = stream.api();
         let sinks: Vec<events::sink_task::SinkTask> = [
@@ -239,7 +245,7 @@ impl OpenNode {
         // Owned by the MQTT server; the /metrics route reads how many connections it holds.
         let parker =
             connection::park::Parker::new(broker.config.park_idle(), broker.connections.clone());
-        let health = http::HealthState::new();
+        let health = http::HealthState::new().watching_storage(broker.store.health().clone());
         let routes = http::compose(vec![
             http::health_routes(health.clone()),
             http::metrics_endpoint::router(prometheus, broker.clone(), parker.handle()),
@@ -284,7 +290,12 @@ impl OpenNode {
         for task in finishing {
             let _ = task.await;
         }
-        broker.flush_storage().await?;
+        if let Err(e) = broker.flush_storage().await {
+            // After a storage failure the node ends with that error, below.
+            if broker.store.health().failure().is_none() {
+                return Err(e.into());
+            }
+        }
         // The stream sink syncs the event log when it finishes, unless it overran its drain.
         events::stream::sync_log(broker.store.event_log().clone()).await;
         match tokio::time::timeout(broker.config.shutdown_timeout(), http_task).await {
@@ -292,6 +303,9 @@ impl OpenNode {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server failed"),
             Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
             Err(_) => tracing::warn!("http server still busy after the shutdown timeout"),
+        }
+        if let Some(cause) = broker.store.health().failure() {
+            return Err(BrokerError::StorageFailed(cause));
         }
         tracing::info!("node stopped");
         listener.map_err(|e| BrokerError::Io {

@@ -47,6 +47,9 @@ pub const MESSAGES_SENT: &str = "skein_messages_sent_total";
 pub const MESSAGES_ACKED: &str = "skein_messages_acked_total";
 /// Counter {reason}: messages dropped instead of delivered.
 pub const MESSAGES_DROPPED: &str = "skein_messages_dropped_total";
+/// Counter {reason}: QoS 1/2 publishes refused (failure acknowledgement, 3.x connection
+/// closed, admin API 507/503) because the disk could not take them.
+pub const PUBLISHES_REFUSED: &str = "skein_publishes_refused_total";
 /// Gauge: QoS 1/2 messages sent and not yet acknowledged, over all sessions.
 pub const INFLIGHT_MESSAGES: &str = "skein_inflight_messages";
 /// Gauge: messages waiting in session queues, over all sessions.
@@ -73,6 +76,14 @@ pub const REDIS_XADD: &str = "skein_redis_xadd_total";
 // Storage.
 /// Histogram: time to flush storage to disk.
 pub const STORAGE_FLUSH_DURATION: &str = "skein_storage_flush_duration_seconds";
+/// Gauge: 1 while storage takes new data, 0 below the free-space guard or after a failure.
+pub const STORAGE_AVAILABLE: &str = "skein_storage_available";
+/// Gauge {state="available"|"low_space"|"failed"}: 1 for the storage's current state.
+pub const STORAGE_STATE: &str = "skein_storage_state";
+/// Gauge: free bytes on the data directory's file system, as last measured.
+pub const STORAGE_FREE_BYTES: &str = "skein_storage_free_bytes";
+/// Gauge: the free-space guard in bytes (`storage_min_free_bytes`; 0: off).
+pub const STORAGE_MIN_FREE_BYTES: &str = "skein_storage_min_free_bytes";
 
 // Runtime.
 /// Gauge: worker threads of the runtime the node runs on (`worker_threads`).
@@ -226,6 +237,13 @@ const MESSAGES: &[Desc] = &[
         "Messages dropped instead of delivered, by reason.",
     ),
     desc(
+        PUBLISHES_REFUSED,
+        Counter,
+        Unit::Count,
+        &["reason"],
+        "QoS 1/2 publishes refused because the disk could not take them (storage_low_space, storage_error).",
+    ),
+    desc(
         INFLIGHT_MESSAGES,
         Gauge,
         Unit::Count,
@@ -300,13 +318,43 @@ const EVENTS: &[Desc] = &[
     ),
 ];
 
-const STORAGE: &[Desc] = &[desc(
-    STORAGE_FLUSH_DURATION,
-    Histogram,
-    Unit::Seconds,
-    &[],
-    "Time to flush storage to disk (before acknowledging stored messages, and at shutdown).",
-)];
+const STORAGE: &[Desc] = &[
+    desc(
+        STORAGE_FLUSH_DURATION,
+        Histogram,
+        Unit::Seconds,
+        &[],
+        "Time to flush storage to disk (before acknowledging stored messages, and at shutdown).",
+    ),
+    desc(
+        STORAGE_AVAILABLE,
+        Gauge,
+        Unit::Count,
+        &[],
+        "1 while storage takes new data; 0 below storage_min_free_bytes or after a storage failure.",
+    ),
+    desc(
+        STORAGE_STATE,
+        Gauge,
+        Unit::Count,
+        &["state"],
+        "1 for the storage's current state (available, low_space, failed), 0 for the others.",
+    ),
+    desc(
+        STORAGE_FREE_BYTES,
+        Gauge,
+        Unit::Bytes,
+        &[],
+        "Free bytes on the data directory's file system, as last measured (every 500 ms).",
+    ),
+    desc(
+        STORAGE_MIN_FREE_BYTES,
+        Gauge,
+        Unit::Bytes,
+        &[],
+        "The free-space guard in bytes (storage_min_free_bytes; 0: off).",
+    ),
+];
 
 const RUNTIME: &[Desc] = &[
     desc(
@@ -487,7 +535,7 @@ static BYTES_OUT: Key = Key::from_static_name(BYTES_SENT);
 static CONNECTED: [Key; 3] = keys!(CONNECTIONS, "protocol", ["3", "4", "5"]);
 static CONNECTS_BY_PROTOCOL: [Key; 3] = keys!(CONNECTS, "protocol", ["3", "4", "5"]);
 /// Every drop reason the broker uses; another one still counts, with an allocation.
-static DROPPED: [Key; 7] = keys!(
+static DROPPED: [Key; 8] = keys!(
     MESSAGES_DROPPED,
     "reason",
     [
@@ -496,6 +544,7 @@ static DROPPED: [Key; 7] = keys!(
         "qos0_offline",
         "expired",
         "storage_error",
+        "storage_low_space",
         "too_large_for_client",
         "not_authorized",
     ]
@@ -628,6 +677,12 @@ pub fn message_dropped(reason: &'static str) {
     }
 }
 
+/// A QoS 1/2 publish was refused for `reason` (`NotStored::reason`): storage could not
+/// take it. Rare enough for a lookup by name.
+pub fn publish_refused(reason: &'static str) {
+    metrics::counter!(PUBLISHES_REFUSED, "reason" => reason).increment(1);
+}
+
 /// Bytes read from an MQTT socket.
 pub fn bytes_received(n: usize) {
     counter(&BYTES_IN).increment(n as u64);
@@ -655,6 +710,25 @@ fn gauge(key: &Key) -> metrics::Gauge {
 /// Observes one storage flush.
 pub fn storage_flushed(elapsed: Duration) {
     metrics::histogram!(STORAGE_FLUSH_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// The storage gauges, from the state the storage monitor keeps up to date (set when
+/// Prometheus scrapes, see `http/metrics_endpoint.rs`).
+pub fn record_storage(health: &skein_storage::StorageHealth) {
+    use skein_storage::Availability;
+    let now = health.availability();
+    metrics::gauge!(STORAGE_AVAILABLE).set(f64::from(u8::from(now == Availability::Available)));
+    for state in [
+        Availability::Available,
+        Availability::LowSpace,
+        Availability::Failed,
+    ] {
+        metrics::gauge!(STORAGE_STATE, "state" => state.as_str())
+            .set(f64::from(u8::from(state == now)));
+    }
+    let space = health.space();
+    metrics::gauge!(STORAGE_FREE_BYTES).set(space.free as f64);
+    metrics::gauge!(STORAGE_MIN_FREE_BYTES).set(space.min_free as f64);
 }
 
 #[cfg(test)]

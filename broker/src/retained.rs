@@ -27,22 +27,20 @@ impl RetainedStore {
         })
     }
 
-    /// Stores `message` as the topic's retained message, or deletes it for an empty payload.
-    /// True if storage was written (flush before acknowledging).
-    pub fn update(&self, message: &Arc<Message>) -> bool {
+    /// Stores `message` as the topic's retained message, or deletes it for an empty payload
+    /// (flush before acknowledging). Storage first: when it refuses (no room: only a
+    /// delete is taken then) or fails, the retained message stays what it was.
+    pub fn update(&self, message: &Arc<Message>) -> Result<(), skein_storage::StorageError> {
         let mut map = self.messages.write().unwrap_or_else(|e| e.into_inner());
-        let result = if message.payload.is_empty() {
+        if message.payload.is_empty() {
+            self.store.retained_delete(&message.topic)?;
             map.remove(&message.topic);
-            self.store.retained_delete(&message.topic)
         } else {
+            self.store.health().admit()?;
+            self.store.retained_put(&message.to_stored(&[]))?;
             map.insert(message.topic.clone(), message.clone());
-            self.store.retained_put(&message.to_stored(&[]))
-        };
-        if let Err(e) = result {
-            tracing::error!(topic = %message.topic, error = %e, "cannot store retained message");
-            return false;
         }
-        true
+        Ok(())
     }
 
     /// Unexpired retained messages whose topic matches `filter` (a filter without `$share`).
@@ -119,8 +117,8 @@ mod tests {
     fn expired_messages_are_swept_from_memory_and_storage() {
         let store = Store::open_temporary().unwrap();
         let r = RetainedStore::load(store.clone()).unwrap();
-        r.update(&retained("a", Some(1)));
-        r.update(&retained("b", None));
+        r.update(&retained("a", Some(1))).unwrap();
+        r.update(&retained("b", None)).unwrap();
         assert_eq!(r.matching("#", 1_500).len(), 2);
         assert_eq!(r.matching("#", 2_000).len(), 1);
         assert_eq!(r.remove_expired(2_000), 1);

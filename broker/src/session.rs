@@ -16,6 +16,7 @@ use crate::events::ClientInfo;
 use crate::hash::ProcessRandomState;
 use crate::lazy_box::LazyBox;
 use crate::message::Message;
+use crate::storage_refusal::{self, NotStored};
 use skein_seam::ClientId;
 
 mod signal;
@@ -152,6 +153,7 @@ pub enum DropReason {
     QueueFull,
     Qos0Offline,
     Expired,
+    /// The write to storage failed.
     Storage,
 }
 
@@ -163,6 +165,11 @@ impl DropReason {
             DropReason::Expired => "expired",
             DropReason::Storage => "storage_error",
         }
+    }
+
+    /// Why the message could not be stored, when that is why it was dropped.
+    pub fn not_stored(self) -> Option<NotStored> {
+        (self == DropReason::Storage).then_some(NotStored::Failed)
     }
 }
 
@@ -507,10 +514,12 @@ impl Session {
         }
         let seq = st.next_seq();
         let stored = st.is_persistent() && delivery.qos != QoS::AtMostOnce;
+        // Whether storage takes new data is the caller's decision, once per message (see
+        // `Broker::route`): asking here again could refuse a copy after others were stored.
         if stored {
-            let stored = to_stored_delivery(&delivery);
-            if let Err(e) = store.queue_push(self.client_id.as_str(), seq, &stored) {
-                tracing::error!(client_id = %self.client_id, error = %e, "cannot store queued message");
+            let record = to_stored_delivery(&delivery);
+            if let Err(e) = store.queue_push(self.client_id.as_str(), seq, &record) {
+                storage_refusal::write_failed("queue a message", self.client_id.as_str(), &e);
                 return EnqueueOutcome::Dropped(DropReason::Storage);
             }
         }

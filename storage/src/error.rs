@@ -59,6 +59,24 @@ pub enum StorageError {
     #[error("event log ids are exhausted (the id counter reached u64::MAX)")]
     IdsExhausted,
 
+    /// New data is refused: free space on the data directory's file system is below the
+    /// `storage_min_free_bytes` guard (see [`crate::StorageHealth`]).
+    #[error(
+        "free space on the data directory is below storage_min_free_bytes \
+         ({free} bytes free, {min_free} required)"
+    )]
+    LowSpace { free: u64, min_free: u64 },
+
+    /// An earlier write failed and the storage engine refuses every write since; the
+    /// store must be opened again (the broker restarts).
+    #[error("storage failed earlier: {0}")]
+    Failed(String),
+
+    /// A Raft record (log entry, vote, log id, snapshot metadata) could not be serialized,
+    /// so it was not written.
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
+
     /// The data directory could not be created.
     #[error("cannot create data directory {path}: {source}")]
     CreateDir {

@@ -10,6 +10,7 @@ use sled::{Batch, Db, Tree};
 use crate::codec;
 use crate::error::{corrupt, Result, StorageError};
 use crate::events::EventLog;
+use crate::health::StorageHealth;
 use crate::keys;
 use crate::types::{StoredInflight, StoredMessage, StoredSession};
 
@@ -37,6 +38,7 @@ pub struct Store {
     retained: Tree,
     events: EventLog,
     flushes: std::sync::Arc<FlushGate>,
+    health: std::sync::Arc<StorageHealth>,
 }
 
 /// Group commit: concurrent `flush` calls share one sled flush instead of queueing one
@@ -78,7 +80,9 @@ impl Store {
             .path(dir)
             .cache_capacity(SLED_CACHE_BYTES)
             .open()?;
-        let store = Store::from_db(db, |db| EventLog::open(db, &dir.join(EVENT_LOG_DIR)))?;
+        let store = Store::from_db(db, Some(dir), |db| {
+            EventLog::open(db, &dir.join(EVENT_LOG_DIR))
+        })?;
         tracing::debug!(dir = %dir.display(), "opened store");
         Ok(store)
     }
@@ -88,11 +92,16 @@ impl Store {
     pub fn open_temporary() -> Result<Store> {
         Store::from_db(
             sled::Config::new().temporary(true).open()?,
+            None,
             EventLog::open_temporary,
         )
     }
 
-    fn from_db(db: Db, open_events: impl FnOnce(&Db) -> Result<EventLog>) -> Result<Store> {
+    fn from_db(
+        db: Db,
+        dir: Option<&Path>,
+        open_events: impl FnOnce(&Db) -> Result<EventLog>,
+    ) -> Result<Store> {
         let meta = db.open_tree(TREE_META)?;
         check_schema(&meta)?;
         Ok(Store {
@@ -103,6 +112,7 @@ impl Store {
             retained: db.open_tree(TREE_RETAINED)?,
             events: open_events(&db)?,
             flushes: Default::default(),
+            health: std::sync::Arc::new(StorageHealth::new(dir.map(Path::to_owned))),
             db,
         })
     }
@@ -127,7 +137,8 @@ impl Store {
             // Every ticket taken so far was taken after its writes, so this flush covers it.
             let covers = gate.requested.load(Ordering::Acquire);
             let start = Instant::now();
-            let bytes = self.db.flush_async().await?;
+            let bytes = self.written(self.db.flush_async().await)?;
+            self.note_written(bytes);
             gate.performed.fetch_add(1, Ordering::Relaxed);
             gate.completed.fetch_max(covers, Ordering::AcqRel);
             tracing::debug!(
@@ -154,7 +165,7 @@ impl Store {
         // Both run whatever the other did: a failed event log sync must not also leave
         // the sessions and queues unflushed. The first error is reported.
         let synced = self.events.sync();
-        let flushed = self.db.flush();
+        let flushed = self.written(self.db.flush());
         synced?;
         let bytes = flushed?;
         tracing::debug!(
@@ -163,6 +174,37 @@ impl Store {
             "flushed store (blocking)"
         );
         Ok(())
+    }
+
+    /// Whether the store takes new data (free-space guard, engine failure).
+    pub fn health(&self) -> &std::sync::Arc<StorageHealth> {
+        &self.health
+    }
+
+    /// Counts bytes written for the free-space guard, and measures free space at once
+    /// when they may have taken the store near it (see [`StorageHealth`]): a statvfs, far
+    /// cheaper than the flush that comes with every stored message.
+    fn note_written(&self, bytes: usize) {
+        if self.health.wrote(bytes) {
+            if let Err(error) = self.health.check() {
+                tracing::debug!(%error, "cannot measure free space");
+            }
+        }
+    }
+
+    /// A write's result, with an engine error noted in [`Store::health`] (sled fails
+    /// every write after its first I/O error, so one is enough to know).
+    fn written<T>(&self, result: sled::Result<T>) -> Result<T> {
+        result.map_err(|e| {
+            self.health.record(&e);
+            e.into()
+        })
+    }
+
+    /// Opens (creating if needed) a further tree in this database, for records kept beside
+    /// the broker's (the Raft log store's, see `raft_log.rs`).
+    pub(crate) fn open_tree(&self, name: &str) -> Result<Tree> {
+        Ok(self.db.open_tree(name)?)
     }
 
     /// The append-only system event log (the broker's stream dialect).
@@ -174,8 +216,9 @@ impl Store {
 
     pub fn put_session(&self, s: &StoredSession) -> Result<()> {
         keys::check_client_id(&s.client_id)?;
-        self.sessions
-            .insert(s.client_id.as_bytes(), codec::encode_session(s))?;
+        let value = codec::encode_session(s);
+        self.note_written(s.client_id.len() + value.len());
+        self.written(self.sessions.insert(s.client_id.as_bytes(), value))?;
         Ok(())
     }
 
@@ -221,7 +264,7 @@ impl Store {
         );
         match result {
             Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Storage(e)) => self.written(Err(e)),
             Err(TransactionError::Abort(never)) => match never {},
         }
     }
@@ -229,13 +272,16 @@ impl Store {
     // ------------------------------------------------------- offline queue
 
     pub fn queue_push(&self, client_id: &str, seq: u64, msg: &StoredMessage) -> Result<()> {
-        self.queue
-            .insert(keys::seq_key(client_id, seq)?, codec::encode_message(msg))?;
+        let key = keys::seq_key(client_id, seq)?;
+        let value = codec::encode_message(msg);
+        self.note_written(key.len() + value.len());
+        self.written(self.queue.insert(key, value))?;
         Ok(())
     }
 
     pub fn queue_remove(&self, client_id: &str, seq: u64) -> Result<()> {
-        self.queue.remove(keys::seq_key(client_id, seq)?)?;
+        let key = keys::seq_key(client_id, seq)?;
+        self.written(self.queue.remove(key))?;
         Ok(())
     }
 
@@ -255,24 +301,24 @@ impl Store {
 
     pub fn queue_clear(&self, client_id: &str) -> Result<()> {
         let prefix = keys::client_prefix(client_id)?;
-        self.queue
-            .apply_batch(removal_batch(&self.queue, &prefix)?)?;
+        let batch = removal_batch(&self.queue, &prefix)?;
+        self.written(self.queue.apply_batch(batch))?;
         Ok(())
     }
 
     // ---------------------------------------------------- outgoing inflight
 
     pub fn inflight_put(&self, client_id: &str, f: &StoredInflight) -> Result<()> {
-        self.inflight.insert(
-            keys::packet_key(client_id, f.packet_id)?,
-            codec::encode_inflight(f),
-        )?;
+        let key = keys::packet_key(client_id, f.packet_id)?;
+        let value = codec::encode_inflight(f);
+        self.note_written(key.len() + value.len());
+        self.written(self.inflight.insert(key, value))?;
         Ok(())
     }
 
     pub fn inflight_remove(&self, client_id: &str, packet_id: u16) -> Result<()> {
-        self.inflight
-            .remove(keys::packet_key(client_id, packet_id)?)?;
+        let key = keys::packet_key(client_id, packet_id)?;
+        self.written(self.inflight.remove(key))?;
         Ok(())
     }
 
@@ -298,16 +344,16 @@ impl Store {
     // ------------------------------------------------------ incoming QoS 2
 
     pub fn incoming_put(&self, client_id: &str, packet_id: u16) -> Result<()> {
-        self.incoming.insert(
-            keys::packet_key(client_id, packet_id)?,
-            codec::encode_marker(),
-        )?;
+        let key = keys::packet_key(client_id, packet_id)?;
+        let value = codec::encode_marker();
+        self.note_written(key.len() + value.len());
+        self.written(self.incoming.insert(key, value))?;
         Ok(())
     }
 
     pub fn incoming_remove(&self, client_id: &str, packet_id: u16) -> Result<()> {
-        self.incoming
-            .remove(keys::packet_key(client_id, packet_id)?)?;
+        let key = keys::packet_key(client_id, packet_id)?;
+        self.written(self.incoming.remove(key))?;
         Ok(())
     }
 
@@ -328,13 +374,14 @@ impl Store {
 
     /// Stores `msg` as the retained message of its topic, replacing any other.
     pub fn retained_put(&self, msg: &StoredMessage) -> Result<()> {
-        self.retained
-            .insert(msg.topic.as_bytes(), codec::encode_message(msg))?;
+        let value = codec::encode_message(msg);
+        self.note_written(msg.topic.len() + value.len());
+        self.written(self.retained.insert(msg.topic.as_bytes(), value))?;
         Ok(())
     }
 
     pub fn retained_delete(&self, topic: &str) -> Result<()> {
-        self.retained.remove(topic.as_bytes())?;
+        self.written(self.retained.remove(topic.as_bytes()))?;
         Ok(())
     }
 

@@ -79,6 +79,30 @@ impl RawClient {
         }
     }
 
+    /// Like [`connect_ok`](Self::connect_ok), but reports instead of panicking when the
+    /// node is not there or does not accept (a node that is stopping, say).
+    pub async fn try_connect_ok(addr: SocketAddr, connect: &Connect) -> Result<RawClient, String> {
+        let stream = tokio::time::timeout(crate::RECV_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("TCP connect to {addr} timed out"))?
+            .map_err(|e| format!("TCP connect to {addr}: {e}"))?;
+        stream.set_nodelay(true).ok();
+        let mut c = RawClient {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            stash: VecDeque::new(),
+            proto: connect.proto,
+            closed: false,
+        };
+        c.try_send(&connect.encode())
+            .await
+            .map_err(|e| format!("sending CONNECT: {e}"))?;
+        match c.recv(crate::RECV_TIMEOUT).await {
+            Ok(Packet::ConnAck { code: 0, .. }) => Ok(c),
+            other => Err(format!("CONNECT answered with {other:?}")),
+        }
+    }
+
     /// Convenience: v3.1.1 clean-session connection.
     pub async fn v311(addr: SocketAddr, client_id: &str) -> RawClient {
         RawClient::connect_ok(addr, &Connect::v311(client_id))

@@ -1,5 +1,6 @@
 //! The broker's side of the cluster seam: [`BrokerHandle`], what other nodes ask of this
-//! one, mapped onto the broker's own operations (routing, the kick of the admin API).
+//! one, mapped onto the broker's own operations (routing and storage refusals as for the
+//! admin API's publish, the admin API's kick).
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use super::Broker;
 use crate::codec::QoS;
 use crate::message::{Message, MessageProperties};
 use crate::session::Kick;
+use crate::storage_refusal::{self, NotStored};
 use crate::topic;
 
 impl BrokerHandle for Broker {
@@ -20,15 +22,30 @@ impl BrokerHandle for Broker {
         publish: ForwardedPublish,
     ) -> BoxFuture<'_, Result<usize, BrokerHandleError>> {
         Box::pin(async move {
-            let message = Arc::new(forwarded_message(publish)?);
-            // `route` reaches this node's sessions only: a single node has no peer to
-            // forward to. Once it forwards to peers, this must take its local part alone,
-            // as a forwarded publish is never forwarded again.
-            let outcome = self.route(message);
+            let message = forwarded_message(publish)?;
+            // The publishing node waits for this answer to acknowledge its publisher, as
+            // the admin API's caller does: what needs the disk while storage takes no new
+            // data is refused whole, and a retained message needs it at any QoS.
+            if message.retain && !message.payload.is_empty() {
+                if let Some(refusal) = NotStored::of_store(self.store.health()) {
+                    storage_refusal::publish_refused(refusal, &message.topic, self.store.health());
+                    return Err(BrokerHandleError::Storage(refusal.message().into()));
+                }
+            }
+            // `route_or_refuse` reaches this node's sessions only: a single node has no
+            // peer to forward to. Once routing forwards to peers, this must take its local
+            // part alone, as a forwarded publish is never forwarded again.
+            let outcome = self.route_or_refuse(Arc::new(message));
+            if let Some(refusal) = outcome.not_stored {
+                return Err(BrokerHandleError::Storage(refusal.message().into()));
+            }
             if outcome.needs_flush {
-                self.flush_storage()
-                    .await
-                    .map_err(|e| BrokerHandleError::Storage(e.to_string()))?;
+                if let Err(e) = self.flush_storage().await {
+                    storage_refusal::write_failed("flush", "", &e);
+                    return Err(BrokerHandleError::Storage(
+                        NotStored::Failed.message().into(),
+                    ));
+                }
             }
             Ok(outcome.matched)
         })

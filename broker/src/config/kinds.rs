@@ -178,6 +178,31 @@ impl Kind for PathKind {
     }
 }
 
+/// The free-space guard: a byte count (0 turns it off) or a percentage of the file system.
+pub(super) struct MinFreeKind;
+
+impl Kind for MinFreeKind {
+    type Value = skein_storage::MinFree;
+    fn describe(&self) -> String {
+        String::from(
+            "a byte count (0: off) or a percentage of the file system below 100% such as \"5%\"",
+        )
+    }
+    fn parse_text(&self, text: &str) -> Option<Self::Value> {
+        skein_storage::MinFree::parse(text)
+    }
+    fn parse_toml(&self, value: &toml::Value) -> Option<Self::Value> {
+        match value {
+            toml::Value::Integer(n) => u64::try_from(*n).ok().map(skein_storage::MinFree::Bytes),
+            toml::Value::String(s) => self.parse_text(s),
+            _ => None,
+        }
+    }
+    fn show(&self, value: &Self::Value) -> String {
+        value.to_string()
+    }
+}
+
 /// A filesystem path, or empty for none.
 pub(super) struct OptionalPath;
 

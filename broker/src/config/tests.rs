@@ -3,6 +3,7 @@
 use super::*;
 use crate::events::EventKind;
 use clap::CommandFactory;
+use skein_storage::MinFree;
 use std::io::Write;
 
 fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -66,6 +67,7 @@ fn toml_file_sets_everything() {
         node_id = 7
         node_name = "edge-a"
         data_dir = "/var/lib/skein"
+        storage_min_free_bytes = 1048576
         mqtt = "127.0.0.1:1884"
         http = "[::1]:9090"
         http_max_connections = 21
@@ -121,6 +123,7 @@ fn toml_file_sets_everything() {
             node_id: 7,
             node_name: "edge-a".into(),
             data_dir: "/var/lib/skein".into(),
+            storage_min_free_bytes: MinFree::Bytes(1_048_576),
             mqtt: "127.0.0.1:1884".parse().unwrap(),
             http: "[::1]:9090".parse().unwrap(),
             http_max_connections: 21,
@@ -191,6 +194,7 @@ fn env_sets_everything() {
         ("SKEIN_NODE_ID", "9"),
         ("SKEIN_NODE_NAME", "env-node"),
         ("SKEIN_DATA_DIR", "/data"),
+        ("SKEIN_STORAGE_MIN_FREE_BYTES", "2.5%"),
         ("SKEIN_MQTT", "10.0.0.1:1883"),
         ("SKEIN_HTTP", "10.0.0.1:8081"),
         ("SKEIN_HTTP_MAX_CONNECTIONS", "21"),
@@ -251,6 +255,7 @@ fn env_sets_everything() {
             node_id: 9,
             node_name: "env-node".into(),
             data_dir: "/data".into(),
+            storage_min_free_bytes: MinFree::Percent { hundredths: 250 },
             mqtt: "10.0.0.1:1883".parse().unwrap(),
             http: "10.0.0.1:8081".parse().unwrap(),
             http_max_connections: 21,
@@ -634,6 +639,33 @@ fn bad_type_in_toml() {
     error(&["--config", path_of(&file)], &[], "mqtt");
     let file = toml_file("log = [\"info\"]\n");
     error(&["--config", path_of(&file)], &[], "log");
+}
+
+#[test]
+fn storage_min_free_bytes_is_a_byte_count_or_a_percentage() {
+    assert_eq!(
+        load(&[], &[]).unwrap().storage_min_free_bytes,
+        MinFree::Bytes(64 * 1024 * 1024)
+    );
+    let file = toml_file("storage_min_free_bytes = \"5%\"\n");
+    let config = load(&["--config", path_of(&file)], &[]).unwrap();
+    assert_eq!(
+        config.storage_min_free_bytes,
+        MinFree::Percent { hundredths: 500 }
+    );
+    let file = toml_file("storage_min_free_bytes = 0\n");
+    let config = load(&["--config", path_of(&file)], &[]).unwrap();
+    assert_eq!(config.storage_min_free_bytes, MinFree::Bytes(0));
+    for bad in ["-1", "100%", "64MiB", "5%%", ""] {
+        let message = error(
+            &[],
+            &[("SKEIN_STORAGE_MIN_FREE_BYTES", bad)],
+            "storage_min_free_bytes",
+        );
+        assert!(message.contains("percentage"), "{message}");
+    }
+    let file = toml_file("storage_min_free_bytes = -5\n");
+    error(&["--config", path_of(&file)], &[], "storage_min_free_bytes");
 }
 
 #[test]

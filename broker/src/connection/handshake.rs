@@ -506,6 +506,7 @@ async fn attach(
         client_topic_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
         aliases: None,
         will_on_disconnect: false,
+        problem_information: c.properties.request_problem_information != Some(0),
         acked: 0,
         holds_slot: false,
     })

@@ -12,6 +12,7 @@ use crate::codec::{
 use crate::events::{access, raise, EventBody, EventKind};
 use crate::message::Message;
 use crate::session::{HeldWakes, InflightState, Subscription};
+use crate::storage_refusal::{self, NotStored};
 use crate::topic;
 
 /// What must happen after a packet was handled synchronously.
@@ -143,24 +144,31 @@ impl Connection {
         }
         // A QoS 2 id is remembered (and stored) before routing, so a resend after a crash
         // is recognised as a duplicate.
-        let qos2_stored = p.qos == QoS::ExactlyOnce
-            && {
-                // Stored under the session lock, so a takeover can't clear the session between
-                // the memory and the storage update.
-                let mut st = self.session.state();
-                st.incoming_qos2.insert(p.packet_id);
-                let persistent = st.is_persistent();
-                if persistent {
-                    if let Err(e) = self
-                        .broker
-                        .store
-                        .incoming_put(self.info.client_id.as_str(), p.packet_id)
-                    {
-                        tracing::error!(client_id = %self.info.client_id, error = %e, "cannot store incoming QoS 2 id");
-                    }
+        let qos2_stored = if p.qos == QoS::ExactlyOnce {
+            // Stored under the session lock, so a takeover can't clear the session between
+            // the memory and the storage update.
+            let mut st = self.session.state();
+            let persistent = st.is_persistent();
+            if persistent {
+                let store = &self.broker.store;
+                let client = self.info.client_id.as_str();
+                let written = store
+                    .health()
+                    .admit()
+                    .and_then(|()| store.incoming_put(client, p.packet_id));
+                if let Err(e) = written {
+                    drop(st);
+                    storage_refusal::write_failed("store an incoming QoS 2 id", client, &e);
+                    let refusal = NotStored::of(&e);
+                    storage_refusal::publish_refused(refusal, &topic, store.health());
+                    return self.refuse_unstored(&p, refusal);
                 }
-                persistent
-            };
+            }
+            st.incoming_qos2.insert(p.packet_id);
+            persistent
+        } else {
+            false
+        };
         let message = Arc::new(Message::from_publish(
             &p,
             topic,
@@ -178,6 +186,12 @@ impl Connection {
             },
         );
         let outcome = self.broker.route_holding_wakes(message, Some(held));
+        if let (Some(refusal), false) = (outcome.not_stored, p.qos == QoS::AtMostOnce) {
+            if p.qos == QoS::ExactlyOnce {
+                self.forget_incoming_qos2(p.packet_id, qos2_stored);
+            }
+            return self.refuse_unstored(&p, refusal);
+        }
         let code = if outcome.matched == 0 && self.protocol.is_v5() {
             rc::NO_MATCHING_SUBSCRIBERS
         } else {
@@ -194,9 +208,50 @@ impl Connection {
     /// Flushes storage before a durability-promising acknowledgement goes out.
     pub(super) async fn flush_storage(&self) -> Result<(), Close> {
         self.broker.flush_storage().await.map_err(|e| {
-            tracing::error!(client_id = %self.info.client_id, error = %e, "storage flush failed");
+            storage_refusal::write_failed("flush", self.info.client_id.as_str(), &e);
             Close::internal("storage failure")
         })
+    }
+
+    /// A QoS 1/2 publish whose message was not stored where it had to be: an MQTT 5 client
+    /// gets a failure PUBACK/PUBREC (0x83, and the reason as Reason String unless it asked
+    /// for no problem information); a 3.x acknowledgement cannot say no, so the connection
+    /// closes without one and the client sends the message again when it reconnects.
+    fn refuse_unstored(&mut self, p: &Publish, refusal: NotStored) -> Result<After, Close> {
+        if !self.protocol.is_v5() {
+            return Err(Close::internal(refusal.message()));
+        }
+        let code = rc::IMPLEMENTATION_SPECIFIC_ERROR;
+        let explained = Properties {
+            reason_string: self
+                .problem_information
+                .then(|| refusal.message().to_owned()),
+            ..Properties::default()
+        };
+        let Some(mut ack) = publish_ack_with(p, code, explained) else {
+            return Ok(After::Nothing);
+        };
+        if crate::codec::encoded_len(&ack, self.protocol) > self.client_max_packet_size as usize {
+            if let Some(bare) = publish_ack(p, code) {
+                ack = bare;
+            }
+        }
+        self.send(&ack);
+        Ok(After::Nothing)
+    }
+
+    /// Forgets the id of a QoS 2 publish that was refused (the refusal ends its flow), in
+    /// storage too: a stale stored id would take the client's resend for a duplicate.
+    fn forget_incoming_qos2(&mut self, packet_id: u16, stored: bool) {
+        if let Some(ids) = self.session.state().incoming_qos2.get_mut() {
+            ids.remove(&packet_id);
+        }
+        if stored {
+            let client = self.info.client_id.as_str();
+            if let Err(e) = self.broker.store.incoming_remove(client, packet_id) {
+                storage_refusal::write_failed("forget a refused QoS 2 id", client, &e);
+            }
+        }
     }
 
     /// Only the node publishes on event topics: a client publish there would forge events.
@@ -280,7 +335,11 @@ impl Connection {
                 .store
                 .incoming_remove(self.info.client_id.as_str(), a.packet_id)
             {
-                tracing::error!(client_id = %self.info.client_id, error = %e, "cannot remove incoming QoS 2 id");
+                storage_refusal::write_failed(
+                    "remove an incoming QoS 2 id",
+                    self.info.client_id.as_str(),
+                    &e,
+                );
             }
         }
         let reason = if found || !self.protocol.is_v5() {
@@ -354,7 +413,11 @@ impl Connection {
             .store
             .inflight_put(self.info.client_id.as_str(), &stored)
         {
-            tracing::error!(client_id = %self.info.client_id, error = %e, "cannot store inflight state");
+            storage_refusal::write_failed(
+                "store in-flight state",
+                self.info.client_id.as_str(),
+                &e,
+            );
         }
         // After PUBREL the PUBLISH must never be re-sent, even after a crash.
         Ok(After::FlushThenSend(Some(Box::new(pubrel))))
@@ -415,7 +478,11 @@ impl Connection {
                 .store
                 .inflight_remove(self.info.client_id.as_str(), packet_id)
             {
-                tracing::error!(client_id = %self.info.client_id, error = %e, "cannot remove inflight message");
+                storage_refusal::write_failed(
+                    "remove an in-flight message",
+                    self.info.client_id.as_str(),
+                    &e,
+                );
             }
         }
         Ok(())
@@ -593,10 +660,14 @@ impl Connection {
 
 /// PUBACK or PUBREC for an incoming PUBLISH; None for QoS 0.
 fn publish_ack(p: &Publish, code: u8) -> Option<Packet> {
+    publish_ack_with(p, code, Properties::default())
+}
+
+fn publish_ack_with(p: &Publish, code: u8, properties: Properties) -> Option<Packet> {
     let ack = Ack {
         packet_id: p.packet_id,
         reason: code,
-        properties: Properties::default(),
+        properties,
     };
     match p.qos {
         QoS::AtMostOnce => None,

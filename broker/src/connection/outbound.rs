@@ -36,15 +36,14 @@ impl Connection {
             if f.state == InflightState::Sent && st.inflight.len() >= usize::from(self.send_window)
             {
                 if persistent {
-                    // It goes out again under a new packet id: store it as queued.
+                    // It goes out again under a new packet id: store it as queued (a move,
+                    // not new data: the free-space guard does not apply). The in-flight
+                    // record goes only once the queued one is written.
                     let client = self.info.client_id.as_str();
                     let store = &self.broker.store;
-                    self.storage_result(store.queue_push(
-                        client,
-                        f.seq,
-                        &to_stored_delivery(&f.delivery),
-                    ));
-                    self.storage_result(store.inflight_remove(client, f.packet_id));
+                    let queued = store.queue_push(client, f.seq, &to_stored_delivery(&f.delivery));
+                    let moved = queued.and_then(|()| store.inflight_remove(client, f.packet_id));
+                    self.storage_result(moved);
                 }
                 requeue.push(Queued {
                     seq: f.seq,
@@ -217,7 +216,8 @@ impl Connection {
 
     pub(super) fn storage_result(&self, r: skein_storage::Result<()>) {
         if let Err(e) = r {
-            tracing::error!(client_id = %self.info.client_id, error = %e, "storage write failed");
+            let client = self.info.client_id.as_str();
+            crate::storage_refusal::write_failed("delivery state", client, &e);
         }
     }
 

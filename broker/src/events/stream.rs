@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use skein_storage::{EventLog, Store};
+use skein_storage::{Availability, EventLog, StorageHealth, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -179,6 +179,7 @@ const CONCURRENT_READS: usize = 4;
 pub struct StreamDialect {
     events: Option<mpsc::Receiver<Arc<Event>>>,
     log: EventLog,
+    storage: Arc<StorageHealth>,
     last: watch::Sender<u64>,
     instance: String,
     retention: Retention,
@@ -200,6 +201,7 @@ pub fn register(
     StreamDialect {
         events,
         log,
+        storage: store.health().clone(),
         last,
         instance: bus.node().node_name.clone(),
         retention: Retention::from_settings(&settings),
@@ -221,6 +223,7 @@ impl StreamDialect {
         let events = self.events?;
         let sink = Sink {
             log: self.log,
+            storage: self.storage,
             last: self.last,
             instance: self.instance,
             retention: self.retention,
@@ -232,6 +235,8 @@ impl StreamDialect {
 
 struct Sink {
     log: EventLog,
+    /// Below the free-space guard the log takes nothing: its room is sled's reserve.
+    storage: Arc<StorageHealth>,
     last: watch::Sender<u64>,
     instance: String,
     retention: Retention,
@@ -325,6 +330,15 @@ impl Sink {
             return false;
         }
         let count = ends.len();
+        if self.storage.availability() == Availability::LowSpace {
+            self.keep_scratch(buf);
+            dropped(
+                count,
+                "storage_low_space",
+                "free space is below storage_min_free_bytes",
+            );
+            return false;
+        }
         let log = self.log.clone();
         let appended = tokio::task::spawn_blocking(move || {
             let mut start = 0;
@@ -350,7 +364,7 @@ impl Sink {
                 true
             }
             Err(error) => {
-                dropped(count, &error);
+                dropped(count, "storage_error", &error);
                 false
             }
         }
@@ -396,11 +410,19 @@ pub(crate) async fn sync_log(log: EventLog) -> bool {
     }
 }
 
-/// Counts and logs `n` entries the log could not take.
-fn dropped(n: usize, error: &str) {
-    metrics::counter!(crate::metrics::EVENTS_DROPPED, "dialect" => DIALECT, "reason" => "storage_error")
+/// Counts `n` entries the log could not take, and logs it now and then.
+fn dropped(n: usize, reason: &'static str, error: &str) {
+    static LOG: crate::log_limit::LogLimit =
+        crate::log_limit::LogLimit::new(Duration::from_secs(10));
+    metrics::counter!(crate::metrics::EVENTS_DROPPED, "dialect" => DIALECT, "reason" => reason)
         .increment(n as u64);
-    tracing::error!(%error, entries = n, "cannot append to the event log");
+    if let Some(held_back) = LOG.allow() {
+        if reason == "storage_low_space" {
+            tracing::warn!(%error, entries = n, held_back, "event log entries dropped");
+        } else {
+            tracing::error!(%error, entries = n, held_back, "cannot append to the event log");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -57,6 +57,10 @@ pub enum ApiError {
     Body(StatusCode, String),
     #[error("storage failure")]
     Storage(#[source] skein_storage::StorageError),
+    /// What needed the disk was not stored: 507 below the free-space guard, 503 after a
+    /// storage failure.
+    #[error("{}", .0.message())]
+    NotStored(crate::storage_refusal::NotStored),
 }
 
 impl ApiError {
@@ -67,6 +71,12 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Body(status, _) => *status,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotStored(crate::storage_refusal::NotStored::LowSpace) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            ApiError::NotStored(crate::storage_refusal::NotStored::Failed) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }

@@ -65,6 +65,7 @@ pub fn record_state(broker: &Broker, parker: &ParkerHandle) {
     }
     // Counted outside the recorder: logging starts before it is installed.
     metrics::counter!(LOG_LINES_DROPPED).absolute(crate::log_writer::lines_dropped());
+    crate::metrics::record_storage(broker.store.health());
 }
 
 #[derive(Clone)]

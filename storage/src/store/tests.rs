@@ -551,7 +551,10 @@ fn flush_blocking_flushes_sled_even_when_the_event_log_cannot_sync() {
         .flush_every_ms(None)
         .open()
         .unwrap();
-    let store = Store::from_db(db, |db| EventLog::open(db, &dir.path().join("event_log"))).unwrap();
+    let store = Store::from_db(db, Some(dir.path()), |db| {
+        EventLog::open(db, &dir.path().join("event_log"))
+    })
+    .unwrap();
     store.event_log().append(b"x").unwrap();
     store.event_log().fail_syncs();
     store.put_session(&session("a")).unwrap();

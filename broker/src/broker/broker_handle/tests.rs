@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use skein_seam::{NodeId, PublishProperties};
-use skein_storage::Store;
+use skein_storage::{Availability, MinFree, Store};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -157,4 +157,48 @@ async fn handing_a_session_over_is_not_supported_yet() {
     let result = b.hand_over_session(&ClientId::new("s")).await;
     assert!(matches!(result, Err(BrokerHandleError::NotSupported(_))));
     assert!(b.find_session(&ClientId::new("s")).is_some(), "kept");
+}
+
+#[tokio::test]
+async fn below_the_storage_guard_what_needs_the_disk_is_refused_and_nothing_queued() {
+    // A real data directory, so that the free-space guard measures a real file system.
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::new(
+        Config::default(),
+        Store::open(dir.path()).unwrap(),
+        Arc::new(LocalCluster::new(NodeId(1))),
+        EventBus::new(NodeInfo {
+            node: "127.0.0.1:1883".into(),
+            node_ip: "127.0.0.1".into(),
+            node_name: "test".into(),
+        }),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    let (offline, _) = subscriber(&b, "off", "t/#", true);
+    let health = b.store.health();
+    health.set_min_free(MinFree::Bytes(u64::MAX));
+    assert_eq!(health.check().unwrap(), Availability::LowSpace);
+
+    let refused = b.deliver_forwarded(forwarded("t/1", 1)).await;
+    assert!(
+        matches!(refused, Err(BrokerHandleError::Storage(_))),
+        "{refused:?}"
+    );
+    let mut retained = forwarded("t/r", 0);
+    retained.retain = true;
+    let refused = b.deliver_forwarded(retained).await;
+    assert!(
+        matches!(refused, Err(BrokerHandleError::Storage(_))),
+        "{refused:?}"
+    );
+    assert!(offline.state().queue.is_empty());
+    assert!(b.store.queue_load("off").unwrap().is_empty());
+    // QoS 0 needs no disk.
+    assert_eq!(b.deliver_forwarded(forwarded("t/0", 0)).await, Ok(1));
+
+    health.set_min_free(MinFree::Bytes(0));
+    assert_eq!(health.check().unwrap(), Availability::Available);
+    assert_eq!(b.deliver_forwarded(forwarded("t/2", 1)).await, Ok(1));
+    assert_eq!(b.store.queue_load("off").unwrap().len(), 1);
 }

@@ -1,7 +1,9 @@
 //! `POST /api/v1/publish`: publish a message as the broker itself (no publisher client).
 //! It is routed like a client's publish, so it reaches subscribers, replaces or deletes
 //! the retained message, and is queued for offline persistent sessions; the answer comes
-//! once whatever it wrote to storage is on disk.
+//! once whatever it wrote to storage is on disk. What needed the disk and could not be
+//! stored is answered 507 (free space below `storage_min_free_bytes`) or 503 (storage
+//! failed), never 200.
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use super::ApiError;
 use crate::broker::Broker;
 use crate::codec::QoS;
 use crate::message::{now_ms, Message, MessageProperties};
+use crate::storage_refusal::{self, NotStored};
 use crate::topic;
 
 /// The request body. Unknown fields are refused, so a misspelt one isn't silently lost.
@@ -99,9 +102,23 @@ pub async fn publish(
         .map_err(|e| ApiError::BadRequest(format!("invalid publish request: {e}")))?;
     tracing::Span::current().record("topic", request.topic.as_str());
     let message = to_message(request, &broker)?;
-    let outcome = broker.route(Arc::new(message));
+    // A retained message needs the disk at any QoS: refused whole, as a QoS 1/2 message
+    // that needs it is by routing.
+    if message.retain && !message.payload.is_empty() {
+        if let Some(refusal) = NotStored::of_store(broker.store.health()) {
+            storage_refusal::publish_refused(refusal, &message.topic, broker.store.health());
+            return Err(ApiError::NotStored(refusal));
+        }
+    }
+    let outcome = broker.route_or_refuse(Arc::new(message));
+    if let Some(refusal) = outcome.not_stored {
+        return Err(ApiError::NotStored(refusal));
+    }
     if outcome.needs_flush {
-        broker.flush_storage().await.map_err(ApiError::Storage)?;
+        if let Err(e) = broker.flush_storage().await {
+            storage_refusal::write_failed("flush", "", &e);
+            return Err(ApiError::NotStored(NotStored::Failed));
+        }
     }
     tracing::debug!(matched = outcome.matched, "published through the admin API");
     Ok(Json(PublishAnswer {
