@@ -79,6 +79,9 @@ pub struct Broker {
     /// The node's connection limit (`max_connections`): the listener takes a slot per
     /// accepted socket; a connection gives it back when it ends.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// The MQTT server's parker as new connections' signals hold it, to be resumed when
+    /// parked; set when the server starts (unset: connections never park).
+    parker: std::sync::OnceLock<crate::session::Unparker>,
     /// Where tasks wait for a session's lifecycle lock.
     pub lifecycle_waiters: crate::lifecycle_lock::LifecycleWaiters,
 }
@@ -109,11 +112,22 @@ impl Broker {
             shutdown,
             tasks: TaskTracker::new(),
             connections,
+            parker: std::sync::OnceLock::new(),
             lifecycle_waiters: Default::default(),
         });
         broker.configure_storage_guard();
         broker.restore_sessions()?;
         Ok(broker)
+    }
+
+    /// Registers the MQTT server's parker (once; a second call changes nothing).
+    pub fn set_parker(&self, parker: crate::session::Unparker) {
+        let _ = self.parker.set(parker);
+    }
+
+    /// The parker new connections' signals get; None when no MQTT server runs.
+    pub fn parker(&self) -> Option<&crate::session::Unparker> {
+        self.parker.get()
     }
 
     pub fn next_connection_id(&self) -> u64 {

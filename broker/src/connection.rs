@@ -33,8 +33,6 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// The state of a connection after a successful CONNECT.
 pub struct Connection {
     broker: Arc<Broker>,
-    /// Where it parks when idle (the server's parker).
-    parker: ParkerHandle,
     id: u64,
     socket: Socket,
     protocol: ProtocolVersion,
@@ -108,7 +106,6 @@ enum Batch {
 /// here instead of being kept in the task for its whole life.
 pub fn serve(
     broker: Arc<Broker>,
-    parker: &ParkerHandle,
     stream: TcpStream,
     (peer, sockname): (SocketAddr, Arc<SocketAddr>),
     permit: Option<OwnedSemaphorePermit>,
@@ -119,7 +116,6 @@ pub fn serve(
     // Boxed, like `finish` below: the handshake's state is freed once it is done.
     let handshake = Box::pin(handshake::accept(
         broker,
-        parker.clone(),
         socket,
         connection_id,
         (peer, sockname),
@@ -164,7 +160,12 @@ async fn drive(mut conn: Box<Connection>) {
             Outcome::Closed(close) => break close,
             Outcome::Park if may_park => {
                 let due = conn.keepalive_deadline();
-                let parker = conn.parker.clone();
+                // The server's parker, as the connection's signal holds it.
+                let Some(parker) = conn.kick_rx.unparker().and_then(ParkerHandle::of) else {
+                    // None when no MQTT server runs (unit tests): it never parks.
+                    may_park = false;
+                    continue;
+                };
                 match parker.park(conn, due) {
                     Ok(()) => return,
                     Err(back) => (conn, may_park) = (back, false),
@@ -218,7 +219,8 @@ impl Connection {
     /// timer (keepalive, parking). A task's size is fixed at spawn by its largest state,
     /// so the rare large states (a blocked write, the handshake, closing) are boxed.
     async fn run(&mut self) -> Outcome {
-        let park_after = self.parker.park_after();
+        // The parker was made with the same setting (lib.rs).
+        let park_after = self.broker.config.park_idle();
         let mut idle_since = Instant::now();
         let timer = tokio::time::sleep_until(self.next_timer(park_after.map(|p| idle_since + p)));
         tokio::pin!(timer);
@@ -568,7 +570,6 @@ mod size_tests {
     /// growth here is memory per connection: keep processing state out of it (boxed).
     #[tokio::test]
     async fn an_idle_connection_task_stays_small() {
-        let parker = park::Parker::new(None, tokio_util::task::TaskTracker::new());
         let broker = crate::broker::Broker::new(
             crate::config::Config::default(),
             skein_storage::Store::open_temporary().unwrap(),
@@ -588,20 +589,13 @@ mod size_tests {
         let stream = TcpStream::connect(addr).await.unwrap();
         let handshake = handshake::accept(
             broker.clone(),
-            parker.handle(),
             Socket::new(TcpStream::connect(addr).await.unwrap()),
             1,
             (addr, Arc::new(addr)),
             true,
         );
         let handshake = std::mem::size_of_val(&handshake);
-        let task = serve(
-            broker,
-            &parker.handle(),
-            stream,
-            (addr, Arc::new(addr)),
-            None,
-        );
+        let task = serve(broker, stream, (addr, Arc::new(addr)), None);
         let (task, conn) = (
             std::mem::size_of_val(&task),
             std::mem::size_of::<Connection>(),

@@ -15,7 +15,7 @@ use crate::connection::park::Parker;
 /// Owns the node's parker (idle connections wait there): dropped, it stops its thread
 /// once every connection has ended.
 pub async fn serve_mqtt(broker: Arc<Broker>, parker: Parker, listener: TcpListener) {
-    let parking = parker.handle();
+    broker.set_parker(parker.handle().unparker());
     let connections = &broker.connections;
     let mut socknames = SocknameCache::default();
     // Bound to one address, every connection's local address is that one: no
@@ -48,7 +48,6 @@ pub async fn serve_mqtt(broker: Arc<Broker>, parker: Parker, listener: TcpListen
         };
         connections.spawn(connection::serve(
             broker.clone(),
-            &parking,
             stream,
             (peer, sockname),
             permit,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Close, Connection, DisconnectReason, ParkerHandle, Socket};
+use super::{Close, Connection, DisconnectReason, Socket};
 use crate::broker::Broker;
 use crate::codec::{
     self, connack_v3, reason as rc, ConnAck, Connect, DecodeError, Packet, Properties,
@@ -24,7 +24,6 @@ const LIFECYCLE_WAIT: Duration = Duration::from_secs(10);
 /// Reads CONNECT and answers it. None when the connection was refused (and closed).
 pub(super) async fn accept(
     broker: Arc<Broker>,
-    parker: ParkerHandle,
     mut socket: Socket,
     id: u64,
     (peer, sockname): (SocketAddr, Arc<SocketAddr>),
@@ -71,7 +70,7 @@ pub(super) async fn accept(
         refuse(&broker, &mut socket, refusal, Some(&info)).await;
         return None;
     }
-    match attach(&broker, parker, socket, id, info.clone(), connect).await {
+    match attach(&broker, socket, id, info.clone(), connect).await {
         Ok(conn) => Some(conn),
         Err((mut socket, refusal)) => {
             refuse(&broker, &mut socket, refusal, Some(&info)).await;
@@ -318,7 +317,6 @@ fn requested_expiry(c: &Connect) -> u32 {
 /// held across every await of the handshake.
 async fn attach(
     broker: &Arc<Broker>,
-    parker: ParkerHandle,
     mut socket: Socket,
     id: u64,
     connect_info: Arc<ClientInfo>,
@@ -363,7 +361,10 @@ async fn attach(
             return Err((socket, r));
         }
     };
-    let kick = KickSignal::with_parker(parker.unparker());
+    let kick = match broker.parker() {
+        Some(parker) => KickSignal::with_parker(parker.clone()),
+        None => KickSignal::new(),
+    };
 
     // Look the session up until we hold the lifecycle lock of one still in the registry.
     let (session, session_present) = loop {
@@ -490,7 +491,6 @@ async fn attach(
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
     Ok(Connection {
         broker: broker.clone(),
-        parker,
         id,
         socket,
         protocol,

@@ -35,9 +35,10 @@ pub struct Parker {
     shared: Arc<Shared>,
 }
 
-/// What a connection holds to park itself (and what the `/metrics` route reads the parked
-/// count from). A connection's signal holds the parker as an [`Unparker`] instead (see
-/// [`ParkerHandle::unparker`]).
+/// The parker as a connection parks with it (and as the `/metrics` route reads the parked
+/// count from). A connection reaches it through its signal, which holds the parker as an
+/// [`Unparker`] ([`ParkerHandle::of`]): nothing in the connection itself, as every byte of
+/// an idle connection counts.
 #[derive(Clone)]
 pub struct ParkerHandle {
     shared: Arc<Shared>,
@@ -145,6 +146,14 @@ impl ParkerHandle {
         self.shared.unparker.clone()
     }
 
+    /// The parker behind a connection signal's `unparker`; None once the parker is gone.
+    pub fn of(unparker: &Unparker) -> Option<ParkerHandle> {
+        let weak = unparker.parker().downcast_ref::<Weak<Shared>>()?;
+        Some(ParkerHandle {
+            shared: weak.upgrade()?,
+        })
+    }
+
     /// Parks `conn` until its socket has input, its signal fires or `due` passes. Err gives
     /// the connection back when it could not be parked; it still has its socket unless
     /// that was lost on the way (then its next read fails and it ends as closed).
@@ -236,6 +245,10 @@ impl Unpark for Weak<Shared> {
         if let Some(shared) = self.upgrade() {
             shared.unpark(key, why);
         }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

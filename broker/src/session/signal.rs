@@ -23,9 +23,13 @@ pub enum Kick {
 /// Resumes a parked connection: implemented by the server's parker
 /// (`connection/park.rs`), so that a session's signal can resume its connection without
 /// knowing how parking works.
-pub trait Unpark: Send + Sync {
+pub trait Unpark: Send + Sync + 'static {
     /// Resumes the connection parked under `key`, if it still is.
     fn unpark(&self, key: u64, why: &'static str);
+
+    /// The parker itself, so that a connection can park with the parker its signal holds
+    /// (the connection knows the concrete type).
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// A parker as a connection's signal holds it. One thin pointer (to a boxed `dyn`) rather
@@ -41,6 +45,11 @@ impl Unparker {
 
     fn unpark(&self, key: u64, why: &'static str) {
         self.0.unpark(key, why);
+    }
+
+    /// The parker behind this handle.
+    pub fn parker(&self) -> &dyn std::any::Any {
+        self.0.as_any()
     }
 }
 
@@ -142,6 +151,11 @@ impl KickSignal {
     /// Whether a parked connection could be resumed through this signal.
     pub(crate) fn can_park(&self) -> bool {
         self.parker.is_some()
+    }
+
+    /// The parker the connection parks with, if it may park.
+    pub fn unparker(&self) -> Option<&Unparker> {
+        self.parker.as_ref()
     }
 
     pub(crate) fn clear_parked(&self) {
