@@ -1,8 +1,8 @@
 //! Who is in the cluster: static bootstrap from `--peers`, joining through any member,
 //! keeping this node's record current, and removing members.
 //!
-//! - Bootstrap: with `--peers 1@host:7070,2@host:7071,...` (or none: a cluster of one), the
-//!   node with the lowest id initializes the Raft group with every peer as a voter, and only
+//! - Bootstrap: with `--peers 1@host:7070,2@host:7071,...` (or none and no `--join`: a
+//!   cluster of one), the node with the lowest id initializes the Raft group with every peer as a voter, and only
 //!   when its log and vote are empty (its first start). The others wait to be contacted; a
 //!   restarted node rejoins with the state in its data directory.
 //! - Join (`--join HOST:PORT`, any member): the leader adds the node as a learner, waits

@@ -139,14 +139,17 @@ impl ClusterNode {
             shutdown.clone(),
         ));
 
-        membership::bootstrap(
-            &shared.raft,
-            &mut log,
-            shared.id,
-            &shared.node,
-            &config.peers,
-        )
-        .await?;
+        // A node told to join never initializes a group of its own.
+        if config.join.is_none() {
+            membership::bootstrap(
+                &shared.raft,
+                &mut log,
+                shared.id,
+                &shared.node,
+                &config.peers,
+            )
+            .await?;
+        }
         tasks.spawn(membership::keep_record(
             shared.clone(),
             config.join.clone(),
