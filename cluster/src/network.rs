@@ -3,9 +3,10 @@
 //!
 //! Errors map to what openraft does next: a peer that cannot be reached (connection refused,
 //! name not resolving, connection lost) is [`Unreachable`], so openraft backs off before the
-//! next attempt instead of spinning; a message too large is [`PayloadTooLarge`], so it sends
-//! fewer entries; anything else is a [`NetworkError`], retried at once. A peer whose Raft
-//! has stopped answers `UNAVAILABLE`, which is unreachable too.
+//! next attempt instead of spinning; so is a peer that refuses what we send (a malformed or
+//! unknown message: another version) or whose Raft has stopped (`UNAVAILABLE`). A message
+//! too large is [`PayloadTooLarge`], so it sends fewer entries; a deadline passed is a
+//! [`NetworkError`], retried at once.
 
 // openraft's RPC error type is large (about 300 bytes); it is what the trait returns, so the
 // helpers here build it as is rather than box it only to unbox it at the trait boundary.
@@ -87,13 +88,14 @@ fn rpc_error<E: std::error::Error>(
     entries: usize,
 ) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
     match status.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled => {
-            RPCError::Unreachable(Unreachable::new(&status))
-        }
         Code::ResourceExhausted | Code::OutOfRange if entries > 1 => {
             RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((entries / 2) as u64))
         }
-        _ => RPCError::Network(NetworkError::new(&status)),
+        // openraft already waited for this one; trying again at once is fine.
+        Code::DeadlineExceeded => RPCError::Network(NetworkError::new(&status)),
+        // Down, unreachable, stopped, or refusing what we send (another version): back off
+        // rather than retry in a tight loop.
+        _ => RPCError::Unreachable(Unreachable::new(&status)),
     }
 }
 

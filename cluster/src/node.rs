@@ -25,6 +25,9 @@ use crate::state_machine::{RegistryView, StateMachine};
 use crate::types::{Membership, Node, NodeId, Raft};
 use crate::{metrics, server};
 
+/// How long open gRPC calls and the node's tasks get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// How a node takes part in the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -52,7 +55,8 @@ pub(crate) struct Shared {
     pub(crate) settings: RaftSettings,
 }
 
-/// A running cluster member. Dropping it does not stop it: call [`ClusterNode::shutdown`].
+/// A running cluster member; share it behind an `Arc`. Dropping it does not stop it: call
+/// [`ClusterNode::shutdown`].
 pub struct ClusterNode {
     pub(crate) shared: Arc<Shared>,
     pub(crate) proposer: Proposer,
@@ -60,6 +64,8 @@ pub struct ClusterNode {
     changes: broadcast::Sender<ChangeEvent>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The gRPC server's task, aborted if it outlives the shutdown grace.
+    server: tokio::task::AbortHandle,
     grpc_addr: SocketAddr,
 }
 
@@ -121,14 +127,16 @@ impl ClusterNode {
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        {
+        let server = {
             let (shared, shutdown) = (shared.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                if let Err(e) = server::serve(shared, listener, shutdown).await {
-                    tracing::error!(error = %e, "the cluster's gRPC server stopped");
-                }
-            });
-        }
+            tasks
+                .spawn(async move {
+                    if let Err(e) = server::serve(shared, listener, shutdown).await {
+                        tracing::error!(error = %e, "the cluster's gRPC server stopped");
+                    }
+                })
+                .abort_handle()
+        };
         let (proposer, run_proposer) = Proposer::new(shared.clone(), shutdown.clone());
         tasks.spawn(run_proposer);
         tasks.spawn(metrics::publish(
@@ -163,6 +171,7 @@ impl ClusterNode {
             changes,
             shutdown,
             tasks,
+            server,
             grpc_addr,
         })
     }
@@ -237,14 +246,15 @@ impl ClusterNode {
     /// (waiting callers get [`ClusterError::ShuttingDown`]), then Raft. The store is the
     /// caller's to flush afterwards.
     #[tracing::instrument(level = "info", skip_all, fields(node = self.shared.id))]
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(2), self.tasks.wait())
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
             .await
             .is_err()
         {
-            tracing::warn!("cluster tasks did not stop within 2 s");
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "cluster tasks did not stop in time; closing the gRPC server");
+            self.server.abort();
         }
         if let Err(e) = self.shared.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft did not stop cleanly");
@@ -253,6 +263,10 @@ impl ClusterNode {
 }
 
 /// Applied registry changes, in log order, for the broker to fold into its local views.
+///
+/// To start folding without a gap: take the stream first, then read the registry with
+/// [`RegistryView::read_applied`], and skip events whose `log_index` is not above the index
+/// that read saw.
 /// Bounded: a receiver that falls behind by more than `change_stream_capacity` events gets
 /// [`ChangeEvent::Lagged`] (counted in `skein_cluster_changes_lagged_total`) and must re-read
 /// the registry.

@@ -47,6 +47,13 @@ impl RegistryView {
         f(&self.lock().registry)
     }
 
+    /// Reads the registry together with the index of the last entry applied to it (see
+    /// [`crate::ChangeStream`] for starting to fold changes after such a read).
+    pub fn read_applied<T>(&self, f: impl FnOnce(&Registry, Option<u64>) -> T) -> T {
+        let applied = self.lock();
+        f(&applied.registry, applied.last_applied.map(|id| id.index))
+    }
+
     /// The index of the last entry applied here.
     pub fn last_applied(&self) -> Option<u64> {
         self.lock().last_applied.map(|id| id.index)

@@ -4,8 +4,10 @@
 use openraft::ServerState;
 use skein_proto::v1 as pb;
 
+use crate::error::{ClusterError, Result};
 use crate::metrics::REACHABLE_HEARTBEATS;
 use crate::node::{ClusterNode, Shared};
+use crate::peers::cluster_client;
 use crate::types::{Node, NodeId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +44,68 @@ pub struct ClusterStatus {
 }
 
 impl ClusterNode {
+    /// What this node knows (reachability of every member only if it leads).
     pub fn status(&self) -> ClusterStatus {
         self.shared.cluster_status()
+    }
+
+    /// The leader's status, where every member's reachability is known: this node's own
+    /// when it leads, otherwise asked of the leader over gRPC.
+    pub async fn leader_status(&self) -> Result<ClusterStatus> {
+        let local = self.status();
+        if local.is_leader {
+            return Ok(local);
+        }
+        let wait = self.shared.settings.proposal_timeout();
+        let leader = local.leader_id.ok_or(ClusterError::NoLeader(wait))?;
+        let addr = self
+            .member(leader)
+            .map(|n| n.grpc)
+            .filter(|a| !a.is_empty())
+            .ok_or(ClusterError::NoLeader(wait))?;
+        let channel = self.shared.peers.channel(leader, &addr)?;
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        request.set_timeout(wait);
+        let rpc_error = |status| ClusterError::Rpc {
+            call: "Status",
+            addr: addr.clone(),
+            status: Box::new(status),
+        };
+        let response = tokio::time::timeout(wait, cluster_client(channel).status(request))
+            .await
+            .map_err(|_| ClusterError::Timeout(wait))?
+            .map_err(rpc_error)?;
+        Ok(from_pb(response.into_inner()))
+    }
+}
+
+fn from_pb(s: pb::StatusResponse) -> ClusterStatus {
+    let is_leader = s.state() == pb::ServerState::Leader;
+    ClusterStatus {
+        node_id: s.node_id,
+        node_name: s.node_name,
+        leader_id: s.leader_id,
+        term: s.term,
+        is_leader,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        last_log_index: s.last_log_index,
+        purged_index: s.purged_index,
+        members: s
+            .members
+            .into_iter()
+            .map(|m| MemberStatus {
+                id: m.id,
+                role: if m.role() == pb::Role::Learner {
+                    Role::Learner
+                } else {
+                    Role::Voter
+                },
+                node: m.node.map(Into::into).unwrap_or_default(),
+                reachable: Some(m.reachable),
+                last_contact_ms: m.last_contact_ms,
+            })
+            .collect(),
     }
 }
 
@@ -111,6 +173,7 @@ impl Shared {
             commit_index: s.commit_index,
             applied_index: s.applied_index,
             last_log_index: s.last_log_index,
+            purged_index: s.purged_index,
             state: state as i32,
             members: s
                 .members

@@ -30,6 +30,24 @@ async fn three_members_elect_a_leader_and_apply_the_same_registry() {
     })
     .await;
 
+    // A follower knows only the leader's reachability; it asks the leader for everyone's.
+    let local = cluster.node(follower).status();
+    assert_eq!(local.leader_id, Some(leader));
+    assert!(local.members.iter().any(|m| m.reachable.is_none()));
+    let seen_by_leader = wait_for(WITHIN, "the leader hears from every member", || async {
+        let s = cluster.node(follower).leader_status().await.unwrap();
+        s.members
+            .iter()
+            .all(|m| m.reachable == Some(true) && m.role == Role::Voter)
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(
+        (seen_by_leader.node_id, seen_by_leader.is_leader),
+        (leader, true)
+    );
+    assert_eq!(seen_by_leader.members.len(), 3);
+
     let mut changes_on_leader = cluster.node(leader).changes();
 
     // A follower's proposal goes to the leader and returns once applied here.

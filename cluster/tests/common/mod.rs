@@ -161,6 +161,27 @@ impl TestCluster {
         );
     }
 
+    /// Starts member `id` with neither peers nor a join address: a cluster of one.
+    pub async fn start_alone(&mut self, id: NodeId) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path()).await;
+        let node = ClusterNode::start(self.config(id, addr, None), &store, listener)
+            .await
+            .unwrap();
+        self.members.insert(
+            id,
+            Member {
+                id,
+                addr,
+                dir,
+                node: Some(node),
+                store: Some(store),
+            },
+        );
+    }
+
     pub fn node(&self, id: NodeId) -> &ClusterNode {
         self.members[&id].node()
     }
