@@ -2,7 +2,7 @@
 //!
 //! [`ToPb`] turns an openraft value into its message; [`FromPb`] reads a message back and
 //! refuses one that lacks a required part (a vote without a leader id, an entry without a
-//! payload) with [`Malformed`], never a panic or a default that could change what Raft
+//! payload) with [`ClusterError::Malformed`], never a panic or a default that could change what Raft
 //! decides.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,18 +18,12 @@ use openraft::{
 };
 use skein_proto::v1 as pb;
 
+use crate::error::ClusterError;
 use crate::types::{Entry, LogId, Membership, Node, NodeId, Proto, TypeConfig};
 
 /// A message that cannot stand for the Raft record it claims to be.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed {what}: {reason}")]
-pub struct Malformed {
-    pub what: &'static str,
-    pub reason: &'static str,
-}
-
-fn missing(what: &'static str, reason: &'static str) -> Malformed {
-    Malformed { what, reason }
+fn missing(what: &'static str, reason: &'static str) -> ClusterError {
+    ClusterError::Malformed { what, reason }
 }
 
 /// An openraft value as its protobuf message.
@@ -40,7 +34,7 @@ pub trait ToPb {
 
 /// A protobuf message as the openraft value it stands for.
 pub trait FromPb<T> {
-    fn into_raft(self) -> Result<T, Malformed>;
+    fn into_raft(self) -> Result<T, ClusterError>;
 }
 
 impl ToPb for LeaderId<NodeId> {
@@ -54,7 +48,7 @@ impl ToPb for LeaderId<NodeId> {
 }
 
 impl FromPb<LeaderId<NodeId>> for pb::LeaderId {
-    fn into_raft(self) -> Result<LeaderId<NodeId>, Malformed> {
+    fn into_raft(self) -> Result<LeaderId<NodeId>, ClusterError> {
         Ok(LeaderId::new(self.term, self.node_id))
     }
 }
@@ -70,7 +64,7 @@ impl ToPb for LogId {
 }
 
 impl FromPb<LogId> for pb::LogId {
-    fn into_raft(self) -> Result<LogId, Malformed> {
+    fn into_raft(self) -> Result<LogId, ClusterError> {
         let leader = self
             .leader_id
             .ok_or_else(|| missing("log id", "no leader id"))?;
@@ -87,7 +81,7 @@ impl ToPb for Option<LogId> {
 }
 
 impl FromPb<Option<LogId>> for Option<pb::LogId> {
-    fn into_raft(self) -> Result<Option<LogId>, Malformed> {
+    fn into_raft(self) -> Result<Option<LogId>, ClusterError> {
         self.map(FromPb::into_raft).transpose()
     }
 }
@@ -103,7 +97,7 @@ impl ToPb for Vote<NodeId> {
 }
 
 impl FromPb<Vote<NodeId>> for Option<pb::Vote> {
-    fn into_raft(self) -> Result<Vote<NodeId>, Malformed> {
+    fn into_raft(self) -> Result<Vote<NodeId>, ClusterError> {
         let vote = self.ok_or_else(|| missing("vote", "absent"))?;
         let leader = vote
             .leader_id
@@ -135,7 +129,7 @@ impl ToPb for Membership {
 }
 
 impl FromPb<Membership> for pb::Membership {
-    fn into_raft(self) -> Result<Membership, Malformed> {
+    fn into_raft(self) -> Result<Membership, ClusterError> {
         let configs: Vec<BTreeSet<NodeId>> = self
             .configs
             .into_iter()
@@ -161,7 +155,7 @@ impl ToPb for StoredMembership<NodeId, Node> {
 }
 
 impl FromPb<StoredMembership<NodeId, Node>> for Option<pb::StoredMembership> {
-    fn into_raft(self) -> Result<StoredMembership<NodeId, Node>, Malformed> {
+    fn into_raft(self) -> Result<StoredMembership<NodeId, Node>, ClusterError> {
         let stored = self.ok_or_else(|| missing("stored membership", "absent"))?;
         let membership = stored
             .membership
@@ -190,7 +184,7 @@ impl ToPb for Entry {
 }
 
 impl FromPb<Entry> for pb::Entry {
-    fn into_raft(self) -> Result<Entry, Malformed> {
+    fn into_raft(self) -> Result<Entry, ClusterError> {
         use pb::entry::Payload;
         let log_id = self
             .log_id
@@ -219,7 +213,7 @@ impl ToPb for AppendEntriesRequest<TypeConfig> {
 }
 
 impl FromPb<AppendEntriesRequest<TypeConfig>> for pb::AppendEntriesRequest {
-    fn into_raft(self) -> Result<AppendEntriesRequest<TypeConfig>, Malformed> {
+    fn into_raft(self) -> Result<AppendEntriesRequest<TypeConfig>, ClusterError> {
         Ok(AppendEntriesRequest {
             vote: self.vote.into_raft()?,
             prev_log_id: self.prev_log_id.into_raft()?,
@@ -254,7 +248,7 @@ impl ToPb for AppendEntriesResponse<NodeId> {
 }
 
 impl FromPb<AppendEntriesResponse<NodeId>> for pb::AppendEntriesResponse {
-    fn into_raft(self) -> Result<AppendEntriesResponse<NodeId>, Malformed> {
+    fn into_raft(self) -> Result<AppendEntriesResponse<NodeId>, ClusterError> {
         use pb::append_entries_response::Result as R;
         Ok(match self.result {
             Some(R::Success(_)) => AppendEntriesResponse::Success,
@@ -279,7 +273,7 @@ impl ToPb for VoteRequest<NodeId> {
 }
 
 impl FromPb<VoteRequest<NodeId>> for pb::VoteRequest {
-    fn into_raft(self) -> Result<VoteRequest<NodeId>, Malformed> {
+    fn into_raft(self) -> Result<VoteRequest<NodeId>, ClusterError> {
         Ok(VoteRequest::new(
             self.vote.into_raft()?,
             self.last_log_id.into_raft()?,
@@ -299,7 +293,7 @@ impl ToPb for VoteResponse<NodeId> {
 }
 
 impl FromPb<VoteResponse<NodeId>> for pb::VoteResponse {
-    fn into_raft(self) -> Result<VoteResponse<NodeId>, Malformed> {
+    fn into_raft(self) -> Result<VoteResponse<NodeId>, ClusterError> {
         Ok(VoteResponse {
             vote: self.vote.into_raft()?,
             vote_granted: self.vote_granted,
@@ -320,7 +314,7 @@ impl ToPb for SnapshotMeta<NodeId, Node> {
 }
 
 impl FromPb<SnapshotMeta<NodeId, Node>> for Option<pb::SnapshotMeta> {
-    fn into_raft(self) -> Result<SnapshotMeta<NodeId, Node>, Malformed> {
+    fn into_raft(self) -> Result<SnapshotMeta<NodeId, Node>, ClusterError> {
         let meta = self.ok_or_else(|| missing("snapshot meta", "absent"))?;
         Ok(SnapshotMeta {
             last_log_id: meta.last_log_id.into_raft()?,
@@ -344,7 +338,7 @@ impl ToPb for InstallSnapshotRequest<TypeConfig> {
 }
 
 impl FromPb<InstallSnapshotRequest<TypeConfig>> for pb::InstallSnapshotRequest {
-    fn into_raft(self) -> Result<InstallSnapshotRequest<TypeConfig>, Malformed> {
+    fn into_raft(self) -> Result<InstallSnapshotRequest<TypeConfig>, ClusterError> {
         Ok(InstallSnapshotRequest {
             vote: self.vote.into_raft()?,
             meta: self.meta.into_raft()?,
@@ -362,7 +356,7 @@ fn segment_to_pb(s: &SnapshotSegmentId) -> pb::SnapshotSegmentId {
     }
 }
 
-fn segment_from_pb(s: Option<pb::SnapshotSegmentId>) -> Result<SnapshotSegmentId, Malformed> {
+fn segment_from_pb(s: Option<pb::SnapshotSegmentId>) -> Result<SnapshotSegmentId, ClusterError> {
     let s = s.ok_or_else(|| missing("snapshot mismatch", "no segment id"))?;
     Ok(SnapshotSegmentId {
         id: s.id,
@@ -391,7 +385,7 @@ impl ToPb for InstallSnapshotOutcome {
 }
 
 impl FromPb<InstallSnapshotOutcome> for pb::InstallSnapshotResponse {
-    fn into_raft(self) -> Result<InstallSnapshotOutcome, Malformed> {
+    fn into_raft(self) -> Result<InstallSnapshotOutcome, ClusterError> {
         use pb::install_snapshot_response::Result as R;
         Ok(match self.result {
             Some(R::Vote(v)) => Ok(InstallSnapshotResponse {

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use crate::convert::Malformed;
 use crate::types::NodeId;
 
 /// Everything that can go wrong running a cluster node or asking it for something.
@@ -57,9 +56,16 @@ pub enum ClusterError {
         status: Box<tonic::Status>,
     },
 
-    /// A member answered with a message that breaks the protocol.
-    #[error("bad message from another member: {0}")]
-    Malformed(#[from] Malformed),
+    /// A message from another member lacks a part the protocol requires.
+    #[error("malformed {what} from another member: {reason}")]
+    Malformed {
+        what: &'static str,
+        reason: &'static str,
+    },
+
+    /// Snapshot bytes could not be read (damaged, or written by a newer Skein).
+    #[error("invalid registry snapshot: {0}")]
+    Snapshot(String),
 
     /// openraft refused a membership change (e.g. an unknown node, or one in progress).
     #[error("membership change refused: {0}")]
@@ -121,7 +127,7 @@ impl ClusterError {
             ClusterError::Overloaded(n) => ClusterError::Overloaded(*n),
             ClusterError::ShuttingDown => ClusterError::ShuttingDown,
             ClusterError::Stopped(e) => ClusterError::Stopped(e.clone()),
-            ClusterError::Malformed(e) => ClusterError::Malformed(e.clone()),
+            ClusterError::Malformed { what, reason } => ClusterError::Malformed { what, reason },
             ClusterError::Rpc { call, addr, status } => ClusterError::Rpc {
                 call,
                 addr: addr.clone(),

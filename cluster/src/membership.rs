@@ -300,7 +300,7 @@ async fn ask_leader(
                 reason: format!("{} not answered in time", request.name()),
             })?;
         match answer {
-            Ok(Ok(membership)) => return Ok(membership.into_raft()?),
+            Ok(Ok(membership)) => return membership.into_raft(),
             Ok(Err(pb::NotLeader {
                 leader: Some(leader),
                 ..

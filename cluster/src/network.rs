@@ -100,7 +100,7 @@ fn rpc_error<E: std::error::Error>(
 }
 
 fn malformed<E: std::error::Error>(
-    e: crate::convert::Malformed,
+    e: crate::error::ClusterError,
 ) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
     RPCError::Network(NetworkError::new(&e))
 }

@@ -279,7 +279,7 @@ async fn forward(
     };
     let log_id: LogId = match log_id.map(FromPb::into_raft) {
         Some(Ok(id)) => id,
-        Some(Err(e)) => return Attempt::Done(Err(e.into())),
+        Some(Err(e)) => return Attempt::Done(Err(e)),
         None => {
             return Attempt::Done(Err(ClusterError::Proposal(
                 "committed without a log id".into(),

@@ -47,7 +47,7 @@ fn fatal(e: openraft::error::Fatal<NodeId>) -> Status {
     Status::unavailable(format!("Raft stopped: {e}"))
 }
 
-fn malformed(e: crate::convert::Malformed) -> Status {
+fn malformed(e: crate::error::ClusterError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 

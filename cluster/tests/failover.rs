@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{init_tracing, registry_bytes, test_settings, wait_for, TestCluster};
@@ -21,9 +23,47 @@ async fn a_new_leader_is_elected_and_a_restarted_member_catches_up() {
         .await
         .unwrap();
 
+    // A follower keeps proposing while the leader goes away: every proposal waits for the
+    // new leader and commits; none fails.
+    let proposer = *[1, 2, 3].iter().find(|id| **id != old_leader).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let during = {
+        let (node, done) = (cluster.node(proposer).clone(), done.clone());
+        tokio::spawn(async move {
+            let mut committed = 0;
+            while !done.load(Ordering::Relaxed) {
+                node.register_client(&format!("during-{committed}"), true, 0)
+                    .await
+                    .expect("a proposal across the leader change");
+                committed += 1;
+            }
+            committed
+        })
+    };
+    wait_for(WITHIN, "proposals flow before the stop", || async {
+        cluster
+            .node(proposer)
+            .registry()
+            .read(|r| r.client("during-3").is_some())
+            .then_some(())
+    })
+    .await;
     cluster.stop(old_leader).await;
     let new_leader = cluster.leader(WITHIN).await;
     assert_ne!(new_leader, old_leader);
+    let index = cluster.node(new_leader).status().last_log_index.unwrap();
+    wait_for(WITHIN, "proposals commit under the new leader", || async {
+        cluster
+            .node(new_leader)
+            .status()
+            .commit_index
+            .is_some_and(|c| c >= index + 3)
+            .then_some(())
+    })
+    .await;
+    done.store(true, Ordering::Relaxed);
+    let committed = during.await.unwrap();
+    assert!(committed > 4, "{committed} proposals");
     let survivor = *[1, 2, 3]
         .iter()
         .find(|id| **id != old_leader && **id != new_leader)

@@ -15,10 +15,7 @@ use super::{check_options, ClientEntry, Owner, Registry, Subscription};
 /// The format byte of the snapshots this build writes (and the only one it reads).
 pub const SNAPSHOT_FORMAT: u8 = 1;
 
-/// Why snapshot bytes could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid registry snapshot: {0}")]
-pub struct SnapshotDecodeError(pub String);
+use crate::error::ClusterError;
 
 impl Registry {
     /// The registry as snapshot bytes.
@@ -37,24 +34,24 @@ impl Registry {
     }
 
     /// A registry from snapshot bytes.
-    pub fn from_snapshot(bytes: &[u8]) -> Result<Registry, SnapshotDecodeError> {
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Registry, ClusterError> {
         let body = match bytes.split_first() {
             Some((&SNAPSHOT_FORMAT, body)) => body,
             Some((v, _)) => {
-                return Err(SnapshotDecodeError(format!(
+                return Err(ClusterError::Snapshot(format!(
                     "format {v} is unknown (this build reads {SNAPSHOT_FORMAT}); \
                      written by a newer Skein?"
                 )))
             }
-            None => return Err(SnapshotDecodeError("empty".into())),
+            None => return Err(ClusterError::Snapshot("empty".into())),
         };
-        let message =
-            pb::RegistrySnapshot::decode(body).map_err(|e| SnapshotDecodeError(e.to_string()))?;
+        let message = pb::RegistrySnapshot::decode(body)
+            .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
         let mut registry = Registry::default();
         for record in message.clients {
             let (id, entry) = client_entry(record)?;
             if registry.clients.insert(id.clone(), entry).is_some() {
-                return Err(SnapshotDecodeError(format!("client {id:?} twice")));
+                return Err(ClusterError::Snapshot(format!("client {id:?} twice")));
             }
         }
         registry.rebuild_interest();
@@ -88,11 +85,11 @@ fn client_record(id: &str, entry: &ClientEntry) -> pb::ClientRecord {
     }
 }
 
-fn client_entry(record: pb::ClientRecord) -> Result<(Arc<str>, ClientEntry), SnapshotDecodeError> {
+fn client_entry(record: pb::ClientRecord) -> Result<(Arc<str>, ClientEntry), ClusterError> {
     let mut subscriptions = BTreeMap::new();
     for s in record.subscriptions {
         let options = check_options(s.options.as_ref()).map_err(|r| {
-            SnapshotDecodeError(format!(
+            ClusterError::Snapshot(format!(
                 "client {:?}, filter {:?}: {}",
                 record.client_id, s.filter, r.detail
             ))

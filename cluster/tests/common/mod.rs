@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use skein_cluster::{ClusterConfig, ClusterNode, Node, NodeId, Peer, RaftSettings};
@@ -29,12 +30,12 @@ pub struct Member {
     pub addr: SocketAddr,
     pub dir: TempDir,
     /// `None` while stopped.
-    pub node: Option<ClusterNode>,
+    pub node: Option<Arc<ClusterNode>>,
     pub store: Option<Store>,
 }
 
 impl Member {
-    pub fn node(&self) -> &ClusterNode {
+    pub fn node(&self) -> &Arc<ClusterNode> {
         self.node.as_ref().expect("member is running")
     }
 }
@@ -116,7 +117,7 @@ impl TestCluster {
                     id,
                     addr,
                     dir,
-                    node: Some(node),
+                    node: Some(Arc::new(node)),
                     store: Some(store),
                 },
             );
@@ -155,7 +156,7 @@ impl TestCluster {
                 id,
                 addr,
                 dir,
-                node: Some(node),
+                node: Some(Arc::new(node)),
                 store: Some(store),
             },
         );
@@ -176,17 +177,17 @@ impl TestCluster {
                 id,
                 addr,
                 dir,
-                node: Some(node),
+                node: Some(Arc::new(node)),
                 store: Some(store),
             },
         );
     }
 
-    pub fn node(&self, id: NodeId) -> &ClusterNode {
+    pub fn node(&self, id: NodeId) -> &Arc<ClusterNode> {
         self.members[&id].node()
     }
 
-    pub fn running(&self) -> impl Iterator<Item = &ClusterNode> {
+    pub fn running(&self) -> impl Iterator<Item = &Arc<ClusterNode>> {
         self.members.values().filter_map(|m| m.node.as_ref())
     }
 
@@ -212,7 +213,7 @@ impl TestCluster {
             .await
             .unwrap();
         let member = self.members.get_mut(&id).unwrap();
-        member.node = Some(node);
+        member.node = Some(Arc::new(node));
         member.store = Some(store);
     }
 
