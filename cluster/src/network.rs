@@ -156,3 +156,34 @@ impl RaftNetwork<TypeConfig> for Connection {
         response.into_inner().into_raft().map_err(malformed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::Vote;
+
+    use super::*;
+
+    /// A peer that is down (nothing listens on its port) is unreachable, so openraft backs
+    /// off; the call fails fast instead of hanging.
+    #[tokio::test]
+    async fn a_peer_that_is_down_is_unreachable() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let peers = Arc::new(Peers::new(Duration::from_secs(1)));
+        let node = Node {
+            grpc: addr,
+            ..Node::default()
+        };
+        let mut connection = Network::new(peers.clone()).new_client(2, &node).await;
+        let started = std::time::Instant::now();
+        let request = VoteRequest::new(Vote::new(1, 1), None);
+        let e = connection
+            .vote(request, RPCOption::new(Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RPCError::Unreachable(_)), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(peers.since_contact(2), None, "no contact was made");
+    }
+}

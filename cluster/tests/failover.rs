@@ -137,16 +137,19 @@ async fn a_member_joins_at_runtime_and_another_is_removed() {
     }
     let follower = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
 
-    // Node 4 joins through a follower, which points it at the leader.
+    // Node 4 joins through a follower, which points it at the leader; it is known by a DNS
+    // name (localhost), which the leader resolves when it connects to replicate.
     cluster.join(4, follower).await;
     wait_for(WITHIN, "node 4 is a voter on every member", || async {
         cluster
             .running()
             .all(|n| {
-                n.status()
-                    .members
-                    .iter()
-                    .any(|m| m.id == 4 && m.role == Role::Voter && m.node.name == "node-4")
+                n.status().members.iter().any(|m| {
+                    m.id == 4
+                        && m.role == Role::Voter
+                        && m.node.name == "node-4"
+                        && m.node.grpc.starts_with("localhost:")
+                })
             })
             .then_some(())
     })

@@ -140,16 +140,18 @@ impl TestCluster {
         }
     }
 
-    /// Starts a new member that joins through `via`'s gRPC address.
+    /// Starts a new member that joins through `via`'s gRPC address. Both the address it
+    /// dials and the one it publishes are DNS names (`localhost:PORT`), resolved when the
+    /// channels connect.
     pub async fn join(&mut self, id: NodeId, via: NodeId) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path()).await;
-        let join = Some(self.members[&via].addr.to_string());
-        let node = ClusterNode::start(self.config(id, addr, join), &store, listener)
-            .await
-            .unwrap();
+        let join = Some(format!("localhost:{}", self.members[&via].addr.port()));
+        let mut config = self.config(id, addr, join);
+        config.node.grpc = format!("localhost:{}", addr.port());
+        let node = ClusterNode::start(config, &store, listener).await.unwrap();
         self.members.insert(
             id,
             Member {
