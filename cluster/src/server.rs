@@ -37,7 +37,10 @@ pub(crate) async fn serve(
         .tcp_nodelay(true)
         .add_service(raft)
         .add_service(cluster)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     Ok(())
 }
