@@ -70,9 +70,12 @@ pub enum ChangeEvent {
     /// The changes of one applied entry.
     Applied(Arc<AppliedChanges>),
     /// The registry was replaced wholesale (a snapshot from the leader was installed): read
-    /// it again (see `ClusterNode::registry`) rather than fold changes.
+    /// it again (see `ClusterNode::registry`) rather than fold changes, and disconnect local
+    /// connections it no longer names as owners (as for [`ChangeEvent::Lagged`]).
     Reset { last_applied: Option<u64> },
     /// The receiver fell `missed` events behind and they were dropped (the stream is
-    /// bounded): read the registry again, as for a reset.
+    /// bounded): read the registry again, as for a reset. Takeovers may be among the
+    /// missed events, so the receiver also compares each local connection's (client id,
+    /// epoch) with the registry's owner and disconnects those that lost it.
     Lagged { missed: u64 },
 }
