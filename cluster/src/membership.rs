@@ -372,27 +372,40 @@ pub(crate) async fn keep_record(
             (true, Some(leader)) => Some(leader),
             _ => join.clone(),
         };
-        if let Some(addr) = target {
-            match join_through(&shared, addr.clone()).await {
-                Ok(_) => backoff = Duration::from_millis(200),
-                Err(e) => {
-                    // Concurrent membership changes are refused while one is in progress
-                    // (members publishing their records at start): expected, retried.
-                    let busy = matches!(&e, ClusterError::Rpc { status, .. }
-                        if status.code() == tonic::Code::FailedPrecondition);
-                    if busy {
-                        tracing::info!(node = shared.id, %addr, error = %e, "membership change refused for now; retrying");
-                    } else {
-                        tracing::warn!(node = shared.id, %addr, error = %e, "joining the cluster failed; retrying");
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+        let Some(addr) = target else {
+            // Not a member and nowhere to ask: wait to be added (or for a leader to appear).
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+            continue;
+        };
+        match join_through(&shared, addr.clone()).await {
+            Ok(_) => {
+                backoff = Duration::from_millis(200);
+                // Committed: wait (briefly) for this node to see the new membership.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = metrics.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(backoff) => {}
                 }
             }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(backoff) => {}
+            Err(e) => {
+                // Concurrent membership changes are refused while one is in progress
+                // (members publishing their records at start): expected, retried.
+                let busy = matches!(&e, ClusterError::Rpc { status, .. }
+                    if status.code() == tonic::Code::FailedPrecondition);
+                if busy {
+                    tracing::info!(node = shared.id, %addr, error = %e, "membership change refused for now; retrying");
+                } else {
+                    tracing::warn!(node = shared.id, %addr, error = %e, "joining the cluster failed; retrying");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }

@@ -204,12 +204,9 @@ async fn commit(
             Attempt::Done(results) => return results,
             Attempt::Retry(why) => {
                 tracing::debug!(leader, %why, "retrying a registry proposal");
-                let pause = tokio::time::sleep(backoff);
-                tokio::select! {
-                    _ = pause => {}
-                    _ = metrics.changed() => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
-                }
+                // A backoff, not a wait for the next metrics change: those come with every
+                // append, and a leader that refuses would be asked again in a tight loop.
+                tokio::time::sleep_until(deadline.min(Instant::now() + backoff)).await;
                 backoff = (backoff * 2).min(Duration::from_millis(500));
             }
         }
