@@ -1,4 +1,14 @@
 //! skein-bench: Skein's MQTT load generator. See the README's "Load generator" section.
+//!
+//! The crate's modules in layer order. Direction: each module imports only modules listed
+//! below it (scenarios on top, the MQTT codec at the bottom).
+//!
+//! - `scenarios`: fanin, fanout and pairs (one engine) and connect.
+//! - `cli`: the command line: one scenario and the options that shape it.
+//! - `report`: results: a human summary and exactly one JSON line.
+//! - `stats`: payload headers, loss and duplicate accounting, latency histograms.
+//! - `conn`: one MQTT connection with reusable read and write buffers.
+//! - `mqtt`: a minimal MQTT 3.1.1 codec, just the packets the load generator uses.
 
 mod cli;
 mod conn;

@@ -10,17 +10,18 @@ use skein_storage::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster_handle::ClusterHandle;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::Config;
 use crate::events::{raise, EventBus, SessionEnd};
 use crate::hash::HashMap;
-use crate::ids::ClientId;
 use crate::message::{now_ms, Message};
 use crate::retained::RetainedStore;
 use crate::session::{OptionalMs, Session, Subscription};
 use crate::topic::{self, TopicTree};
+use skein_seam::ClientId;
+use skein_seam::ClusterHandle;
 
+mod broker_handle;
 mod routing;
 mod storage_monitor;
 
@@ -75,7 +76,6 @@ pub struct Broker {
     pub tasks: TaskTracker,
     /// Every connection task (the listener's and resumed parked ones), drained on shutdown.
     pub connections: TaskTracker,
-    pub parker: crate::connection::park::Parker,
     /// The node's connection limit (`max_connections`): the listener takes a slot per
     /// accepted socket; a connection gives it back when it ends.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
@@ -93,7 +93,6 @@ impl Broker {
     ) -> Result<Arc<Broker>, skein_storage::StorageError> {
         let retained = RetainedStore::load(store.clone())?;
         let connections = TaskTracker::new();
-        let park_after = config.park_idle();
         let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let broker = Arc::new(Broker {
             connection_slots,
@@ -109,7 +108,6 @@ impl Broker {
             next_assigned_id: AtomicU64::new(1),
             shutdown,
             tasks: TaskTracker::new(),
-            parker: crate::connection::park::Parker::new(park_after, connections.clone()),
             connections,
             lifecycle_waiters: Default::default(),
         });
@@ -361,7 +359,7 @@ impl Broker {
     pub fn end_session(&self, session: &Arc<Session>, why: SessionEnd) {
         if !session.state().removed {
             // Before the state is cleared: the event names the session's last connection.
-            raise::session_terminated(&self.events, session, why);
+            raise::session_terminated(&self.events, || session.event_client(), why);
         }
         let filters: Vec<String> = {
             let mut st = session.state();
@@ -469,7 +467,9 @@ impl Broker {
     }
 
     pub fn publish_will(&self, client_id: &ClientId, will: Box<crate::codec::Will>) {
-        let username = raise::will_publisher_username(self, client_id);
+        let username = raise::will_publisher_username(&self.events, || {
+            self.find_session(client_id)?.state().last_info.clone()
+        });
         let message = Message::from_will(*will, client_id.clone(), username);
         tracing::debug!(%client_id, topic = %message.topic, "publishing will");
         self.route(Arc::new(message));
@@ -509,6 +509,13 @@ impl Broker {
     }
 }
 
+/// The MQTT-topic event dialects publish through the normal routing.
+impl crate::events::mqtt_out::Publisher for Broker {
+    fn publish(&self, message: Arc<Message>) {
+        self.route(message);
+    }
+}
+
 /// Asks a connection to go away for an operator. False only when the connection is
 /// already gone; a full channel means a kick is already on its way.
 fn send_kick(attachment: &crate::session::Attachment) -> bool {
@@ -518,11 +525,11 @@ fn send_kick(attachment: &crate::session::Attachment) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster_handle::LocalCluster;
-    use crate::ids::NodeId;
+    use crate::local_cluster::LocalCluster;
     use crate::message::MessageProperties;
     use crate::session::Attachment;
     use bytes::Bytes;
+    use skein_seam::NodeId;
 
     pub(super) fn test_events() -> EventBus {
         EventBus::new(crate::events::NodeInfo {

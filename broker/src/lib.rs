@@ -3,27 +3,67 @@
 //! A node is started with [`run`], which takes already-bound listeners and a shutdown
 //! token so tests can bind port 0 and stop the node when they like. [`run`] is [`open`]
 //! (storage and state: what can fail at startup) followed by [`OpenNode::serve`].
+//!
+//! The crate's modules in layer order. Direction: each module imports only modules listed
+//! below it (servers -> connection -> broker -> session -> config -> events -> metrics ->
+//! codec); a call upwards goes through a trait defined below (`events::mqtt_out::Publisher`,
+//! `session::Unpark`). The cluster seam (ids, `ClusterHandle`, `BrokerHandle`) is the
+//! `skein-seam` crate.
+//!
+//! - `server`: the MQTT listener: accept loop, connection limit, owns the parker, drains
+//!   connections at shutdown.
+//! - `http`: the HTTP server: probes, `/metrics`, the admin API, the event stream's API.
+//! - `accept_backoff`: backing off when accepting fails, on either port.
+//! - `connection`: one task per client: CONNECT, read -> session -> write, keepalive,
+//!   limits, parking when idle.
+//! - `auth`: the CONNECT policy: anonymous clients, the password file's users.
+//! - `broker`: the node's state: session registry, subscription index, routing; implements
+//!   the seam's `BrokerHandle`.
+//! - `local_cluster`: the cluster of one, the seam's `ClusterHandle` for a single node.
+//! - `session`: a client's session: subscriptions, queue, in-flight messages, will; the
+//!   signal that reaches its connection.
+//! - `retained`: retained messages, in memory and in storage.
+//! - `storage_refusal`: what a publish that needed the disk is told while storage takes no
+//!   new data, counted and logged.
+//! - `config`: settings: defaults, TOML/environment/flags, checks, `--help`; hands the
+//!   events their settings.
+//! - `password_file`: the password file's format and its users.
+//! - `events`: system events: the model, the bus, raising them, the dialects.
+//! - `metrics`: metric names, the Prometheus recorder, the counters the hot path bumps.
+//! - `message`: an application message as routing carries it.
+//! - `topic`: topic names and filters, the subscription trie.
+//! - `disconnect`: why a connection ended, as events, metrics and logs name it.
+//! - `codec`: MQTT packets to and from bytes (3.1, 3.1.1, 5.0).
+//! - `log_writer`: log output that drops what it cannot write instead of stopping the node.
+//! - `log_limit`: at most one log line per interval for a condition that repeats per message.
+//! - `lifecycle_lock`: the one-byte async lock that serialises a session's lifecycle.
+//! - `lazy_box`: a collection that costs one pointer while it is empty.
+//! - `hash`: the hasher of the node's maps.
+//! - `memory`: giving freed heap back to the operating system.
+//! - `aligned_pool`: the binary's allocator: cache-line-aligned blocks in pages of their own.
+//! - `error`: [`BrokerError`], the crate's error type.
 
 pub mod accept_backoff;
 pub mod aligned_pool;
 pub mod auth;
 pub mod broker;
-pub mod cluster_handle;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod disconnect;
 pub mod error;
 pub mod events;
 pub mod hash;
 pub mod http;
-pub mod ids;
 pub mod lazy_box;
 pub mod lifecycle_lock;
+pub mod local_cluster;
 pub mod log_limit;
 pub mod log_writer;
 pub mod memory;
 pub mod message;
 pub mod metrics;
+pub mod password_file;
 pub mod retained;
 mod server;
 pub mod session;
@@ -39,8 +79,8 @@ pub use broker::Broker;
 pub use config::Config;
 pub use error::BrokerError;
 
-use cluster_handle::LocalCluster;
-use ids::NodeId;
+use local_cluster::LocalCluster;
+use skein_seam::NodeId;
 
 /// How long a shutdown waits for the event dialects to publish what is queued.
 const EVENTS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -108,7 +148,7 @@ pub struct OpenNode {
     mqtt: TcpListener,
     http: TcpListener,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
-    mqtt_dialects: events::setup::MqttDialects,
+    mqtt_dialects: events::mqtt_dialects::MqttDialects,
     webhook: Option<events::webhook::WebhookDialect>,
     stream: events::stream::StreamDialect,
     redis: Option<events::redis::RedisDialect>,
@@ -142,7 +182,7 @@ pub async fn open(
         cause,
     })?;
     let mut events = events::EventBus::new(node_info(&config, mqtt_addr));
-    let mqtt_dialects = events::setup::register_mqtt_dialects(&mut events, &config);
+    let mqtt_dialects = events::mqtt_dialects::register_mqtt_dialects(&mut events, &config);
     let webhook = events::webhook::register(&mut events, &config);
     let stream = events::stream::register(&mut events, &config, &store);
     let redis = events::redis::register(&mut events, &config);
@@ -202,11 +242,14 @@ impl OpenNode {
         .into_iter()
         .flatten()
         .collect();
+        // Owned by the MQTT server; the /metrics route reads how many connections it holds.
+        let parker =
+            connection::park::Parker::new(broker.config.park_idle(), broker.connections.clone());
         let health = http::HealthState::new().watching_storage(broker.store.health().clone());
         let routes = http::compose(vec![
             http::health_routes(health.clone()),
-            metrics::router(prometheus, broker.clone()),
-            events::stream::router(stream_api, Some(api_token.clone())),
+            http::metrics_endpoint::router(prometheus, broker.clone(), parker.handle()),
+            http::event_stream::router(stream_api, Some(api_token.clone())),
             http::admin::router(broker.clone(), Some(api_token)),
         ]);
         let http_task = tokio::spawn(http::serve(http, routes, http_limits, shutdown.clone()));
@@ -226,7 +269,7 @@ impl OpenNode {
         // outlives them, and parking would leave holes (1.8 instead of 0.86 kB per idle
         // connection); the binary's allocator (aligned_pool) keeps task cells in chunks
         // of their own.
-        let listener = tokio::spawn(server::serve_mqtt(broker.clone(), mqtt)).await;
+        let listener = tokio::spawn(server::serve_mqtt(broker.clone(), parker, mqtt)).await;
         if let Err(e) = &listener {
             // A panic in the accept loop: stop the node as a shutdown would, connections
             // drained before storage is flushed.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use skein_storage::StoredMessage;
 
 use crate::codec::{Properties, Publish, QoS};
-use crate::ids::ClientId;
+use skein_seam::ClientId;
 
 /// The MQTT 5 properties that travel with a message from publisher to subscribers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

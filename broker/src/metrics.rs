@@ -1,5 +1,6 @@
-//! Prometheus metrics: every metric name, its help text and unit, the recorder, and
-//! `GET /metrics`.
+//! Prometheus metrics: every metric name, its help text and unit, the recorder, and the
+//! functions that update series. `GET /metrics` and the gauges computed when it is scraped
+//! live in `http/metrics_endpoint.rs`.
 //!
 //! Counters on the message path are bumped through the functions below, which use keys
 //! built at compile time: counting a message costs a registry lookup and an atomic add,
@@ -8,20 +9,14 @@
 //! are computed from broker state when Prometheus scrapes, so the hot path never
 //! maintains them.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use metrics::{Key, Label, Level, Metadata, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::broker::Broker;
 use crate::codec::{ProtocolVersion, QoS};
-use crate::connection::DisconnectReason;
+use crate::disconnect::DisconnectReason;
 
 // Connections and sessions.
 /// Gauge {protocol}: open MQTT connections past a successful CONNECT.
@@ -717,59 +712,9 @@ pub fn storage_flushed(elapsed: Duration) {
     metrics::histogram!(STORAGE_FLUSH_DURATION).record(elapsed.as_secs_f64());
 }
 
-// Scrape-time gauges.
-
-/// Sums over the sessions of this node, taken when Prometheus scrapes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SessionTotals {
-    pub online: usize,
-    pub offline: usize,
-    pub subscriptions: usize,
-    pub inflight: usize,
-    pub queued: usize,
-}
-
-/// Walks the session registry. Each session is locked briefly, one at a time; the
-/// registry itself is only held to copy the list.
-pub fn session_totals(broker: &Broker) -> SessionTotals {
-    let mut t = SessionTotals::default();
-    for session in broker.sessions_snapshot() {
-        let st = session.state();
-        if st.removed {
-            continue;
-        }
-        if st.is_online() {
-            t.online += 1;
-        } else {
-            t.offline += 1;
-        }
-        t.subscriptions += st.subscriptions.len();
-        t.inflight += st.inflight.len();
-        t.queued += st.queue.len();
-    }
-    t
-}
-
-/// Sets the gauges that are computed from broker state.
-pub fn record_state(broker: &Broker) {
-    let t = session_totals(broker);
-    metrics::gauge!(SESSIONS, "state" => "online").set(t.online as f64);
-    metrics::gauge!(SESSIONS, "state" => "offline").set(t.offline as f64);
-    metrics::gauge!(SUBSCRIPTIONS).set(t.subscriptions as f64);
-    metrics::gauge!(INFLIGHT_MESSAGES).set(t.inflight as f64);
-    metrics::gauge!(QUEUED_MESSAGES).set(t.queued as f64);
-    metrics::gauge!(RETAINED_MESSAGES).set(broker.retained.len() as f64);
-    metrics::gauge!(CONNECTIONS_PARKED).set(broker.parker.parked() as f64);
-    for (dialect, depth) in broker.events.queue_depths() {
-        metrics::gauge!(EVENT_QUEUE_DEPTH, "dialect" => dialect).set(depth as f64);
-    }
-    // Counted outside the recorder: logging starts before it is installed.
-    metrics::counter!(LOG_LINES_DROPPED).absolute(crate::log_writer::lines_dropped());
-    record_storage(broker.store.health());
-}
-
-/// The storage gauges, from the state the storage monitor keeps up to date.
-fn record_storage(health: &skein_storage::StorageHealth) {
+/// The storage gauges, from the state the storage monitor keeps up to date (set when
+/// Prometheus scrapes, see `http/metrics_endpoint.rs`).
+pub fn record_storage(health: &skein_storage::StorageHealth) {
     use skein_storage::Availability;
     let now = health.availability();
     metrics::gauge!(STORAGE_AVAILABLE).set(f64::from(u8::from(now == Availability::Available)));
@@ -786,37 +731,5 @@ fn record_storage(health: &skein_storage::StorageHealth) {
     metrics::gauge!(STORAGE_MIN_FREE_BYTES).set(space.min_free as f64);
 }
 
-// HTTP.
-
-#[derive(Clone)]
-struct MetricsState {
-    handle: PrometheusHandle,
-    broker: Arc<Broker>,
-}
-
-/// `GET /metrics` in the Prometheus text format, without a fallback (see
-/// [`crate::http::compose`]).
-pub fn router(handle: PrometheusHandle, broker: Arc<Broker>) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .with_state(MetricsState { handle, broker })
-}
-
-#[tracing::instrument(skip_all)]
-async fn scrape(State(state): State<MetricsState>) -> Response {
-    record_state(&state.broker);
-    let body = state.handle.render();
-    let mut response = body.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    // Every scrape must see current values.
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
 #[cfg(test)]
-#[path = "metrics_tests.rs"]
-mod tests;
+pub(crate) mod tests;

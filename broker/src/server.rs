@@ -9,9 +9,13 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::accept_backoff::AcceptBackoff;
 use crate::broker::Broker;
 use crate::connection;
+use crate::connection::park::Parker;
 
 /// Accepts until the broker's shutdown token fires, then waits for every connection task.
-pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
+/// Owns the node's parker (idle connections wait there): dropped, it stops its thread
+/// once every connection has ended.
+pub async fn serve_mqtt(broker: Arc<Broker>, parker: Parker, listener: TcpListener) {
+    let parking = parker.handle();
     let connections = &broker.connections;
     let mut socknames = SocknameCache::default();
     // Bound to one address, every connection's local address is that one: no
@@ -44,6 +48,7 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
         };
         connections.spawn(connection::serve(
             broker.clone(),
+            &parking,
             stream,
             (peer, sockname),
             permit,
@@ -51,6 +56,7 @@ pub async fn serve_mqtt(broker: Arc<Broker>, listener: TcpListener) {
     }
     drop(listener);
     close_connections(&broker).await;
+    drop(parker);
 }
 
 /// Tells every connection the node is going away and waits (bounded) for them to end. Also

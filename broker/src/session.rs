@@ -11,15 +11,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use skein_storage::{Store, StoredInflight, StoredSession, StoredSubscription};
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{QoS, SubscriptionOptions, Will};
+use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions, Will};
+use crate::events::ClientInfo;
 use crate::hash::ProcessRandomState;
-use crate::ids::ClientId;
 use crate::lazy_box::LazyBox;
 use crate::message::Message;
 use crate::storage_refusal::{self, NotStored};
+use skein_seam::ClientId;
 
 mod signal;
-pub use signal::{HeldWakes, Kick, KickSignal};
+pub use signal::{HeldWakes, Kick, KickSignal, Unpark, Unparker};
 
 /// A message on its way to one subscriber.
 #[derive(Debug, Clone)]
@@ -122,7 +123,7 @@ pub struct SessionState {
     wake_held: bool,
     /// The client of the attached connection, else of the last one, for the events of
     /// an offline session (None after a restart).
-    pub last_info: Option<Arc<crate::events::ClientInfo>>,
+    pub last_info: Option<Arc<ClientInfo>>,
 }
 
 pub struct Session {
@@ -204,13 +205,13 @@ impl SessionState {
     }
 
     /// Attaches the connection described by `info`.
-    pub fn attach(&mut self, attachment: Attachment, info: Arc<crate::events::ClientInfo>) {
+    pub fn attach(&mut self, attachment: Attachment, info: Arc<ClientInfo>) {
         self.attachment = Some(attachment);
         self.last_info = Some(info);
     }
 
     /// The attached connection's client.
-    pub fn attached_info(&self) -> Option<&Arc<crate::events::ClientInfo>> {
+    pub fn attached_info(&self) -> Option<&Arc<ClientInfo>> {
         self.attachment.as_ref().and(self.last_info.as_ref())
     }
 
@@ -384,6 +385,22 @@ impl Session {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What events say about this session's client: its connection's, else the last one
+    /// seen, else (restored after a restart) only its id. Also whether it is online.
+    pub fn event_client(&self) -> (Arc<ClientInfo>, bool) {
+        let st = self.state();
+        if let Some(info) = st.attached_info() {
+            return (info.clone(), true);
+        }
+        let info = st.last_info.clone().unwrap_or_else(|| {
+            Arc::new(ClientInfo::unknown(
+                self.client_id.clone(),
+                protocol_of_level(st.protocol_level),
+            ))
+        });
+        (info, false)
+    }
+
     /// Rebuilds a persistent session from storage after a restart (offline).
     pub fn restore(
         stored: &StoredSession,
@@ -553,10 +570,31 @@ pub fn to_stored_delivery(d: &Delivery) -> skein_storage::StoredMessage {
     m
 }
 
+fn protocol_of_level(level: u8) -> ProtocolVersion {
+    match level {
+        3 => ProtocolVersion::V31,
+        5 => ProtocolVersion::V5,
+        _ => ProtocolVersion::V311,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn an_offline_session_is_described_by_its_last_connection() {
+        let session = Session::new(ClientId::new("c"));
+        let last = Arc::new(ClientInfo {
+            username: Some("u".into()),
+            ..ClientInfo::unknown(ClientId::new("c"), ProtocolVersion::V5)
+        });
+        session.state().last_info = Some(last.clone());
+        let (info, online) = session.event_client();
+        assert!(!online);
+        assert!(Arc::ptr_eq(&info, &last));
+    }
 
     fn delivery(qos: QoS) -> Delivery {
         Delivery {

@@ -88,3 +88,11 @@ pub enum StorageError {
 
 /// Result alias used throughout the crate.
 pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// A record of `tree` that could not be decoded.
+pub(crate) fn corrupt(tree: &'static str, reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        tree,
+        reason: reason.into(),
+    }
+}

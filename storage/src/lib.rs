@@ -10,7 +10,7 @@
 //! in the background every 500 ms.
 //!
 //! Each kind of record lives in its own sled tree, except the event log's
-//! entries: they go to append-only segment files (see `events/mod.rs`), as sled
+//! entries: they go to append-only segment files (see `events.rs`), as sled
 //! keeps hundreds of bytes in memory per small record. Per-client trees are keyed
 //! by `client id ++ 0x00 ++ big-endian number` so a prefix scan returns one
 //! client's entries in order (see `keys.rs`); values use a versioned,
@@ -27,6 +27,20 @@
 //!
 //! sled stays behind this API: apart from [`StorageError::Sled`], callers
 //! never see its types.
+//!
+//! The crate's modules in layer order. Direction: each module imports only modules
+//! listed below it (the store on top, the error type at the bottom).
+//!
+//! - `raft_log`: [`RaftLogStore`] and [`RaftSnapshotSlot`]: a cluster node's Raft log,
+//!   vote and snapshot in the store's database.
+//! - `store`: [`Store`]: the sled trees, and every read and write of them.
+//! - `health`: [`StorageHealth`]: whether the store takes new data (free-space guard,
+//!   a failed engine).
+//! - `events`: [`EventLog`]: the append-only event log in segment files.
+//! - `keys`: the keys of per-client records (`client id ++ 0x00 ++ number`).
+//! - `codec`: the versioned binary format of stored values.
+//! - `types`: the stored records ([`StoredSession`], [`StoredMessage`], ...).
+//! - `error`: [`StorageError`], the crate's error type.
 
 mod codec;
 mod error;

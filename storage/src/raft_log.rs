@@ -52,8 +52,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sled::{Batch, Tree};
 
+use crate::error::corrupt;
 use crate::error::StorageError;
-use crate::store::corrupt;
 use crate::Store;
 
 pub use snapshot::{RaftSnapshotSlot, StoredSnapshot};

@@ -8,7 +8,7 @@ use sled::transaction::{ConflictableTransactionResult, TransactionError, Transac
 use sled::{Batch, Db, Tree};
 
 use crate::codec;
-use crate::error::{Result, StorageError};
+use crate::error::{corrupt, Result, StorageError};
 use crate::events::EventLog;
 use crate::health::StorageHealth;
 use crate::keys;
@@ -454,13 +454,6 @@ fn removal_batch(tree: &Tree, prefix: &[u8]) -> Result<Batch> {
         batch.remove(key?);
     }
     Ok(batch)
-}
-
-pub(crate) fn corrupt(tree: &'static str, reason: impl Into<String>) -> StorageError {
-    StorageError::Corrupt {
-        tree,
-        reason: reason.into(),
-    }
 }
 
 fn elapsed_us(start: Instant) -> u64 {

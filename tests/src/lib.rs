@@ -9,53 +9,33 @@
 //! * [`cli`] runs `mosquitto_pub` / `mosquitto_sub` for interop tests.
 //! * [`wait_until`] polls a condition with a deadline.
 //! * [`http_get`] / [`http_request`] / [`metric_sum`] talk to the HTTP listener.
+//! * [`layering`] checks that no crate's top-level modules import each other in a cycle.
+//!
+//! The crate's modules in layer order. Direction: each module imports only modules listed
+//! below it.
+//!
+//! - `node`: spawning and controlling real `skein` processes.
+//! - `clients`: rumqttc clients whose events tests wait for with deadlines.
+//! - `raw`: the raw-socket MQTT client.
+//! - `cli`: the `mosquitto_pub` / `mosquitto_sub` helpers.
+//! - `layering`: the layering check of `tests/layering.rs`.
+//! - `codec`: the permissive MQTT codec of the raw client.
+//! - `wait`: the default timeouts and waiting on a condition with a deadline.
 
 pub mod cli;
 pub mod clients;
 pub mod codec;
+pub mod layering;
 pub mod node;
 pub mod raw;
+pub mod wait;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 pub use codec::{prop, Connect, Packet, PropValue, Props, Proto, Publish, SubFilter, Will};
 pub use node::{Node, NodeBuilder};
 pub use raw::{RawClient, RecvError};
-
-/// Default time to wait for something that should happen promptly.
-pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bounded wait used to show that something does NOT happen.
-pub const QUIET: Duration = Duration::from_millis(300);
-
-/// Polls `cond` every 10 ms until it is true or `deadline` passes; returns
-/// whether it became true.
-pub async fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Blocking variant of [`wait_until`] for non-async code.
-pub fn wait_until_blocking(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+pub use wait::{wait_until, wait_until_blocking, QUIET, RECV_TIMEOUT};
 
 /// Minimal HTTP/1.1 GET; returns (status code, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {

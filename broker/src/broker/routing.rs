@@ -152,7 +152,12 @@ impl Broker {
             if let Some(refusal) = not_storing {
                 if qos != QoS::AtMostOnce && session.state().is_persistent() {
                     crate::metrics::message_dropped(refusal.reason());
-                    raise::dropped(&self.events, &session, &message, refusal.reason());
+                    raise::dropped(
+                        &self.events,
+                        || session.event_client(),
+                        &message,
+                        refusal.reason(),
+                    );
                     outcome.not_stored.get_or_insert(refusal);
                     continue;
                 }
@@ -161,17 +166,22 @@ impl Broker {
             {
                 EnqueueOutcome::Queued => {}
                 EnqueueOutcome::QueuedOffline => {
-                    raise::offline(&self.events, &session, &message, qos)
+                    raise::offline(&self.events, || session.event_client(), &message, qos)
                 }
                 EnqueueOutcome::Stored { online } => {
                     outcome.needs_flush = true;
                     if !online {
-                        raise::offline(&self.events, &session, &message, qos);
+                        raise::offline(&self.events, || session.event_client(), &message, qos);
                     }
                 }
                 EnqueueOutcome::Dropped(reason) => {
                     crate::metrics::message_dropped(reason.as_str());
-                    raise::dropped(&self.events, &session, &message, reason.as_str());
+                    raise::dropped(
+                        &self.events,
+                        || session.event_client(),
+                        &message,
+                        reason.as_str(),
+                    );
                     tracing::debug!(client_id = %session.client_id, reason = reason.as_str(), "message dropped");
                     if let Some(refusal) = reason.not_stored() {
                         outcome.not_stored.get_or_insert(refusal);
@@ -187,7 +197,9 @@ impl Broker {
         }
         if outcome.matched == 0 && outcome.not_stored.is_none() {
             crate::metrics::message_dropped("no_subscribers");
-            raise::unrouted(self, &message);
+            raise::unrouted(&self.events, &message, |publisher| {
+                Some(self.find_session(publisher)?.event_client().0)
+            });
         }
         outcome
     }
@@ -225,7 +237,7 @@ impl Broker {
             if let Some(reason) = dropped {
                 crate::metrics::message_dropped(reason);
                 if let Some(m) = &for_event {
-                    raise::dropped(&self.events, session, m, reason);
+                    raise::dropped(&self.events, || session.event_client(), m, reason);
                 }
             }
         }
@@ -236,10 +248,10 @@ impl Broker {
 mod tests {
     use super::super::tests::{message, online, sub, test_events};
     use super::*;
-    use crate::cluster_handle::LocalCluster;
     use crate::config::Config;
-    use crate::ids::{ClientId, NodeId};
+    use crate::local_cluster::LocalCluster;
     use bytes::Bytes;
+    use skein_seam::{ClientId, NodeId};
     use skein_storage::{Availability, MinFree, Store};
     use tokio_util::sync::CancellationToken;
 

@@ -491,9 +491,12 @@ fn event_settings() {
     assert!(config.events_dollar_events && !config.events_dollar_event);
     assert_eq!(
         config.events_dollar_events_kinds,
-        dollar_events::default_kinds()
+        dollar_events_slash_topics::default_kinds()
     );
-    assert_eq!(config.events_dollar_event_kinds, dollar_event::renders());
+    assert_eq!(
+        config.events_dollar_event_kinds,
+        dollar_event_dot_topics::renders()
+    );
     assert!(config.events_presence_topic.is_empty());
     assert!(config.events_presence_retain);
     assert_eq!(config.events_queue_capacity, 10_000);

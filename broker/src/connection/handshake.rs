@@ -6,17 +6,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Close, Connection, DisconnectReason, Socket};
+use super::{Close, Connection, DisconnectReason, ParkerHandle, Socket};
 use crate::broker::Broker;
 use crate::codec::{
     self, connack_v3, reason as rc, ConnAck, Connect, DecodeError, Packet, Properties,
     ProtocolVersion,
 };
 use crate::events::{raise, ClientInfo, EventBody, EventKind, SessionEnd, Transport, WillInfo};
-use crate::ids::ClientId;
 use crate::message::now_ms;
 use crate::session::{Attachment, Kick, KickSignal, OptionalMs, Session};
 use crate::topic;
+use skein_seam::ClientId;
 
 /// How long a new connection waits for the old one's session during a takeover.
 const LIFECYCLE_WAIT: Duration = Duration::from_secs(10);
@@ -24,6 +24,7 @@ const LIFECYCLE_WAIT: Duration = Duration::from_secs(10);
 /// Reads CONNECT and answers it. None when the connection was refused (and closed).
 pub(super) async fn accept(
     broker: Arc<Broker>,
+    parker: ParkerHandle,
     mut socket: Socket,
     id: u64,
     (peer, sockname): (SocketAddr, Arc<SocketAddr>),
@@ -70,7 +71,7 @@ pub(super) async fn accept(
         refuse(&broker, &mut socket, refusal, Some(&info)).await;
         return None;
     }
-    match attach(&broker, socket, id, info.clone(), connect).await {
+    match attach(&broker, parker, socket, id, info.clone(), connect).await {
         Ok(conn) => Some(conn),
         Err((mut socket, refusal)) => {
             refuse(&broker, &mut socket, refusal, Some(&info)).await;
@@ -134,7 +135,7 @@ async fn refuse(
     count_refusal(refusal.reason);
     if let Some(client) = client {
         let code = refusal.connack.map(|(_, code)| code);
-        raise::refused(broker, client, code, refusal.reason);
+        raise::refused(&broker.events, client, code, refusal.reason);
     }
     if let Some((protocol, code)) = refusal.connack {
         let properties = Properties {
@@ -220,7 +221,7 @@ async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>
             Err(e) => {
                 return Err(Refusal::close(
                     DisconnectReason::TcpClosed,
-                    super::reason::read_failure_detail(&e),
+                    crate::disconnect::read_failure_detail(&e),
                 ))
             }
         }
@@ -317,6 +318,7 @@ fn requested_expiry(c: &Connect) -> u32 {
 /// held across every await of the handshake.
 async fn attach(
     broker: &Arc<Broker>,
+    parker: ParkerHandle,
     mut socket: Socket,
     id: u64,
     connect_info: Arc<ClientInfo>,
@@ -361,7 +363,7 @@ async fn attach(
             return Err((socket, r));
         }
     };
-    let kick = KickSignal::with_parker(broker.parker.handle());
+    let kick = KickSignal::with_parker(parker.unparker());
 
     // Look the session up until we hold the lifecycle lock of one still in the registry.
     let (session, session_present) = loop {
@@ -488,6 +490,7 @@ async fn attach(
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
     Ok(Connection {
         broker: broker.clone(),
+        parker,
         id,
         socket,
         protocol,

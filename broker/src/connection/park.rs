@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
@@ -19,6 +19,7 @@ use tracing::Instrument;
 use super::deadlines::{compact_if_stale, Deadlines};
 use super::paged_slab::{Key, PagedSlab};
 use super::Connection;
+use crate::session::{Unpark, Unparker};
 
 const WAKER: Token = Token(usize::MAX);
 /// The thread looks at the time (due connections, trimming) at least this often.
@@ -29,12 +30,14 @@ const TRIM_AFTER_PARKS: u64 = 256;
 const TRIM_QUIET: Duration = Duration::from_secs(1);
 const TRIM_EVERY: Duration = Duration::from_secs(60);
 
-/// The broker's parker. Dropping it stops the parker thread.
+/// The node's parker, owned by the MQTT server. Dropping it stops the parker thread.
 pub struct Parker {
     shared: Arc<Shared>,
 }
 
-/// What a connection's signal holds to resume the connection while it is parked.
+/// What a connection holds to park itself (and what the `/metrics` route reads the parked
+/// count from). A connection's signal holds the parker as an [`Unparker`] instead (see
+/// [`ParkerHandle::unparker`]).
 #[derive(Clone)]
 pub struct ParkerHandle {
     shared: Arc<Shared>,
@@ -59,6 +62,9 @@ struct Shared {
     /// `skein_connection_parks_total`, registered once: a connection parks again after
     /// every resume.
     parks: metrics::Counter,
+    /// What connections' signals resume parked connections through; holds the parker
+    /// weakly (it is held by the parker).
+    unparker: Unparker,
 }
 
 struct Started {
@@ -93,7 +99,7 @@ impl Parker {
     /// `park_after`: how long a connection is idle before it parks (None: never).
     pub fn new(park_after: Option<Duration>, tracker: TaskTracker) -> Parker {
         Parker {
-            shared: Arc::new(Shared {
+            shared: Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
                 park_after,
                 started: OnceLock::new(),
                 starting: Mutex::new(()),
@@ -102,6 +108,7 @@ impl Parker {
                 base: Instant::now(),
                 stopped: AtomicBool::new(false),
                 parks: metrics::counter!(crate::metrics::CONNECTION_PARKS),
+                unparker: Unparker::new(weak.clone()),
             }),
         }
     }
@@ -110,15 +117,6 @@ impl Parker {
         ParkerHandle {
             shared: self.shared.clone(),
         }
-    }
-
-    pub fn park_after(&self) -> Option<Duration> {
-        self.shared.park_after
-    }
-
-    /// Connections parked now.
-    pub fn parked(&self) -> usize {
-        self.shared.state().parked.len()
     }
 }
 
@@ -132,6 +130,21 @@ impl Drop for Parker {
 }
 
 impl ParkerHandle {
+    pub fn park_after(&self) -> Option<Duration> {
+        self.shared.park_after
+    }
+
+    /// Connections parked now.
+    pub fn parked(&self) -> usize {
+        self.shared.state().parked.len()
+    }
+
+    /// The parker as a connection's signal holds it, to resume the connection (shared by
+    /// every connection: no allocation per connection).
+    pub fn unparker(&self) -> Unparker {
+        self.shared.unparker.clone()
+    }
+
     /// Parks `conn` until its socket has input, its signal fires or `due` passes. Err gives
     /// the connection back when it could not be parked; it still has its socket unless
     /// that was lost on the way (then its next read fails and it ends as closed).
@@ -211,14 +224,18 @@ impl ParkerHandle {
         tracing::debug!(key, "parked");
         // A wake-up or kick sent before the key was visible found nobody to resume.
         if signal.needs_attention() {
-            self.unpark(key, "signalled while parking");
+            shared.unpark(key, "signalled while parking");
         }
         Ok(())
     }
+}
 
-    /// Resumes the connection parked under `key`, if it still is.
-    pub(crate) fn unpark(&self, key: u64, why: &'static str) {
-        self.shared.unpark(key, why);
+impl Unpark for Weak<Shared> {
+    fn unpark(&self, key: u64, why: &'static str) {
+        // Gone only once nothing is parked any more (the parked connections hold it).
+        if let Some(shared) = self.upgrade() {
+            shared.unpark(key, why);
+        }
     }
 }
 

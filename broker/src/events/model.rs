@@ -9,9 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::codec::{ProtocolVersion, QoS};
-use crate::connection::DisconnectReason;
-use crate::ids::ClientId;
+use crate::disconnect::DisconnectReason;
 use crate::message::Message;
+use skein_seam::ClientId;
 
 /// Where this node is, as events name it.
 #[derive(Debug, Clone, PartialEq, Eq)]

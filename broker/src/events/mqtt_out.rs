@@ -1,6 +1,7 @@
 //! The task behind each MQTT-topic dialect: takes events off its bounded queue, renders
-//! them, and publishes the result through the broker's normal routing, so subscribers on
-//! any node receive them like any other message.
+//! them, and publishes the result through the broker's normal routing (a [`Publisher`],
+//! which the broker implements), so subscribers on any node receive them like any other
+//! message.
 //!
 //! The messages have no publisher: that is how the node's own messages are told apart, and
 //! they raise no `message.*` events of their own (no event storms).
@@ -15,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Event;
-use crate::broker::Broker;
 use crate::codec::QoS;
 use crate::message::{now_ms, Message};
 
@@ -35,6 +35,13 @@ impl Outgoing {
             retain: false,
         }
     }
+}
+
+/// Where the MQTT-topic dialects' messages go: the node's routing. Implemented by the
+/// broker, which sits above the events.
+pub trait Publisher: Send + Sync {
+    /// Routes a message the node publishes itself (no publisher) to its subscribers.
+    fn publish(&self, message: Arc<Message>);
 }
 
 /// Turns one event into the messages a dialect publishes for it (often none).
@@ -71,21 +78,28 @@ impl DialectTasks {
     }
 }
 
-/// Spawns one task per dialect. The tasks hold the broker weakly: the broker owns the
-/// event bus whose senders feed them, and a strong reference would keep both alive.
-pub fn spawn(dialects: Vec<Dialect>, broker: &Arc<Broker>, qos: QoS) -> DialectTasks {
+/// Spawns one task per dialect. The tasks hold the publisher (the broker) weakly: the
+/// broker owns the event bus whose senders feed them, and a strong reference would keep
+/// both alive.
+pub fn spawn<P: Publisher + 'static>(
+    dialects: Vec<Dialect>,
+    publisher: &Arc<P>,
+    qos: QoS,
+) -> DialectTasks {
     let stop = CancellationToken::new();
     let handles = dialects
         .into_iter()
         .map(|d| {
             let span = tracing::info_span!("events", dialect = d.name);
-            tokio::spawn(run(d, Arc::downgrade(broker), qos, stop.clone()).instrument(span))
+            let weak: Weak<P> = Arc::downgrade(publisher);
+            let publisher: Weak<dyn Publisher> = weak;
+            tokio::spawn(run(d, publisher, qos, stop.clone()).instrument(span))
         })
         .collect();
     DialectTasks { stop, handles }
 }
 
-async fn run(mut d: Dialect, broker: Weak<Broker>, qos: QoS, stop: CancellationToken) {
+async fn run(mut d: Dialect, broker: Weak<dyn Publisher>, qos: QoS, stop: CancellationToken) {
     loop {
         // Queued events first, so `stop` is seen only once the queue is empty.
         let event = tokio::select! {
@@ -101,7 +115,7 @@ async fn run(mut d: Dialect, broker: Weak<Broker>, qos: QoS, stop: CancellationT
     }
 }
 
-fn publish(d: &mut Dialect, broker: &Weak<Broker>, qos: QoS, event: &Event) {
+fn publish(d: &mut Dialect, broker: &Weak<dyn Publisher>, qos: QoS, event: &Event) {
     let Some(broker) = broker.upgrade() else {
         return;
     };
@@ -110,7 +124,7 @@ fn publish(d: &mut Dialect, broker: &Weak<Broker>, qos: QoS, event: &Event) {
         return;
     }
     for o in out {
-        broker.route(Arc::new(Message {
+        broker.publish(Arc::new(Message {
             topic: Arc::from(o.topic),
             payload: o.payload,
             qos,

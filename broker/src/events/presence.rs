@@ -13,10 +13,10 @@ use std::sync::{Arc, Weak};
 
 use super::mqtt_out::Outgoing;
 use super::{ClientInfo, Event, EventBody, EventKind, KindSet, NodeInfo};
-use crate::connection::DisconnectReason;
+use crate::disconnect::DisconnectReason;
 use crate::hash::HashMap;
-use crate::ids::ClientId;
 use crate::topic;
+use skein_seam::ClientId;
 
 pub const DIALECT: &str = "presence";
 

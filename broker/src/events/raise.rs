@@ -1,7 +1,9 @@
 //! Raising events from the protocol code: one call per protocol point.
 //!
 //! Every helper checks [`EventBus::wants`] first and builds nothing otherwise, so a kind no
-//! dialect wants costs one branch. Messages the node publishes itself (events, with no
+//! dialect wants costs one branch. Helpers take the bus and what they say about the client
+//! (a snapshot, or a closure that makes one only when the event is wanted): the events
+//! know nothing of the broker, its sessions or connections, which sit above them. Messages the node publishes itself (events, with no
 //! publisher) never raise `message.*` events: rendering an event as a message must not
 //! produce another event about that message.
 
@@ -10,12 +12,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{ClientInfo, Event, EventBody, EventBus, EventKind, KindSet, SessionEnd};
-use crate::broker::Broker;
 use crate::codec::{ProtocolVersion, QoS};
-use crate::connection::{Close, DisconnectReason};
-use crate::ids::ClientId;
+use crate::disconnect::{Close, DisconnectReason};
 use crate::message::{now_ms, Message};
-use crate::session::Session;
+use skein_seam::ClientId;
 
 /// Raises the event `body()` (of `kind`) about `client`, if a dialect wants `kind`.
 #[inline]
@@ -75,24 +75,30 @@ pub fn publisher_username(bus: &EventBus, client: &ClientInfo) -> Option<Arc<str
     }
 }
 
-/// The username of the last connection of `client_id`'s session (for its will), if a
-/// dialect renders message events.
-pub fn will_publisher_username(broker: &Broker, client_id: &ClientId) -> Option<Arc<str>> {
-    if !broker.events.wants_any(names_publisher()) {
+/// The username of the last connection of a will's session (`last_info` looks it up), if
+/// a dialect renders message events.
+pub fn will_publisher_username(
+    bus: &EventBus,
+    last_info: impl FnOnce() -> Option<Arc<ClientInfo>>,
+) -> Option<Arc<str>> {
+    if !bus.wants_any(names_publisher()) {
         return None;
     }
-    let session = broker.find_session(client_id)?;
-    let info = session.state().last_info.clone()?;
-    info.username.clone()
+    last_info()?.username.clone()
 }
 
-/// `session.terminated`: `session` ended for `reason`. Called before its state is cleared,
-/// while it still knows its last connection.
-pub fn session_terminated(bus: &EventBus, session: &Session, reason: SessionEnd) {
+/// `session.terminated`: a session ended for `reason`. `client` describes it (see
+/// `Session::event_client`); called before its state is cleared, while it still knows its
+/// last connection.
+pub fn session_terminated(
+    bus: &EventBus,
+    client: impl FnOnce() -> (Arc<ClientInfo>, bool),
+    reason: SessionEnd,
+) {
     if !bus.wants(EventKind::SessionTerminated) {
         return;
     }
-    let (client, _) = session_client(session);
+    let (client, _) = client();
     emit(bus, client, EventBody::SessionTerminated { reason });
 }
 
@@ -111,51 +117,45 @@ pub fn raise_message(
 }
 
 /// `client.disconnected` for a connection that ended with `close`.
-pub fn disconnected(broker: &Broker, client: &Arc<ClientInfo>, close: &Close) {
-    raise(
-        &broker.events,
-        client,
-        EventKind::ClientDisconnected,
-        || EventBody::Disconnected {
+pub fn disconnected(bus: &EventBus, client: &Arc<ClientInfo>, close: &Close) {
+    raise(bus, client, EventKind::ClientDisconnected, || {
+        EventBody::Disconnected {
             reason: close.reason,
             disconnected_at_ms: now_ms(),
             // One node for now: every takeover is by a connection on this node.
             takeover_node: (close.reason == DisconnectReason::Takeovered)
-                .then(|| broker.events.node().node.clone()),
+                .then(|| bus.node().node.clone()),
             by_disconnect_packet: close.reason == DisconnectReason::Normal,
             had_session: true,
-        },
-    );
+        }
+    });
 }
 
 /// The events of a connection refused before it got a session: the CONNACK (if one is
 /// sent) and the end of the connection.
 pub fn refused(
-    broker: &Broker,
+    bus: &EventBus,
     client: &Arc<ClientInfo>,
     connack_code: Option<u8>,
     reason: DisconnectReason,
 ) {
     if let Some(code) = connack_code {
-        raise(&broker.events, client, EventKind::ClientConnack, || {
+        raise(bus, client, EventKind::ClientConnack, || {
             EventBody::Connack {
                 code,
                 success: false,
             }
         });
     }
-    raise(
-        &broker.events,
-        client,
-        EventKind::ClientDisconnected,
-        || EventBody::Disconnected {
+    raise(bus, client, EventKind::ClientDisconnected, || {
+        EventBody::Disconnected {
             reason,
             disconnected_at_ms: now_ms(),
             takeover_node: None,
             by_disconnect_packet: false,
             had_session: false,
-        },
-    );
+        }
+    });
 }
 
 /// Whether a socket refused before a valid CONNECT is worth an event. Sockets that close
@@ -185,37 +185,19 @@ pub fn before_connect(
     ))
 }
 
-/// What events say about the client of `session`: its connection's, else the last one
-/// seen, else (restored after a restart) only its id. Also whether it is online.
-pub fn session_client(session: &Session) -> (Arc<ClientInfo>, bool) {
-    let st = session.state();
-    if let Some(info) = st.attached_info() {
-        return (info.clone(), true);
-    }
-    let info = st.last_info.clone().unwrap_or_else(|| {
-        Arc::new(ClientInfo::unknown(
-            session.client_id.clone(),
-            protocol_of_level(st.protocol_level),
-        ))
-    });
-    (info, false)
-}
-
-fn protocol_of_level(level: u8) -> ProtocolVersion {
-    match level {
-        3 => ProtocolVersion::V31,
-        5 => ProtocolVersion::V5,
-        _ => ProtocolVersion::V311,
-    }
-}
-
-/// `message.offline` when `message` was queued for `session` while it is offline.
+/// `message.offline` when `message` was queued for a session while it is offline;
+/// `client` describes the session and says whether it is online (`Session::event_client`).
 #[inline]
-pub fn offline(bus: &EventBus, session: &Session, message: &Arc<Message>, qos: QoS) {
+pub fn offline(
+    bus: &EventBus,
+    client: impl FnOnce() -> (Arc<ClientInfo>, bool),
+    message: &Arc<Message>,
+    qos: QoS,
+) {
     if !bus.wants(EventKind::MessageOffline) || message.publisher.is_none() {
         return;
     }
-    let (client, online) = session_client(session);
+    let (client, online) = client();
     if !online {
         emit(
             bus,
@@ -228,13 +210,18 @@ pub fn offline(bus: &EventBus, session: &Session, message: &Arc<Message>, qos: Q
     }
 }
 
-/// `message.dropped` on the way to `session`.
+/// `message.dropped` on the way to the session `client` describes.
 #[inline]
-pub fn dropped(bus: &EventBus, session: &Session, message: &Arc<Message>, reason: &'static str) {
+pub fn dropped(
+    bus: &EventBus,
+    client: impl FnOnce() -> (Arc<ClientInfo>, bool),
+    message: &Arc<Message>,
+    reason: &'static str,
+) {
     if !bus.wants(EventKind::MessageDropped) || message.publisher.is_none() {
         return;
     }
-    let (client, _) = session_client(session);
+    let (client, _) = client();
     emit(
         bus,
         client,
@@ -246,24 +233,27 @@ pub fn dropped(bus: &EventBus, session: &Session, message: &Arc<Message>, reason
 }
 
 /// `message.dropped` for a message that matched no subscriber: the event is about its
-/// publisher.
+/// publisher, as `publisher_client` describes it (None: known by its id only).
 #[inline]
-pub fn unrouted(broker: &Broker, message: &Arc<Message>) {
-    if !broker.events.wants(EventKind::MessageDropped) {
+pub fn unrouted(
+    bus: &EventBus,
+    message: &Arc<Message>,
+    publisher_client: impl FnOnce(&ClientId) -> Option<Arc<ClientInfo>>,
+) {
+    if !bus.wants(EventKind::MessageDropped) {
         return;
     }
     let Some(publisher) = &message.publisher else {
         return;
     };
-    let client = match broker.find_session(publisher) {
-        Some(session) => session_client(&session).0,
-        None => Arc::new(ClientInfo::unknown(
+    let client = publisher_client(publisher).unwrap_or_else(|| {
+        Arc::new(ClientInfo::unknown(
             publisher.clone(),
             ProtocolVersion::V311,
-        )),
-    };
+        ))
+    });
     emit(
-        &broker.events,
+        bus,
         client,
         EventBody::Dropped {
             message: message.clone(),
@@ -276,8 +266,8 @@ pub fn unrouted(broker: &Broker, message: &Arc<Message>) {
 mod tests {
     use super::*;
     use crate::events::KindSet;
-    use crate::ids::ClientId;
     use bytes::Bytes;
+    use skein_seam::ClientId;
 
     #[test]
     fn the_dollar_gate_closing_while_an_event_is_built_is_not_a_bug() {
@@ -328,26 +318,23 @@ mod tests {
             EventKind::MessageOffline,
             || panic!("built an event about the node's own message"),
         );
-        let session = Session::new(ClientId::new("c"));
-        offline(&bus, &session, &message(None), QoS::AtLeastOnce);
+        let session = crate::session::Session::new(ClientId::new("c"));
+        offline(
+            &bus,
+            || session.event_client(),
+            &message(None),
+            QoS::AtLeastOnce,
+        );
         assert!(rx.try_recv().is_err());
-        offline(&bus, &session, &message(Some("p")), QoS::AtLeastOnce);
+        offline(
+            &bus,
+            || session.event_client(),
+            &message(Some("p")),
+            QoS::AtLeastOnce,
+        );
         let event = rx.try_recv().expect("offline event");
         assert_eq!(event.kind(), EventKind::MessageOffline);
         assert_eq!(event.client.client_id.as_str(), "c");
         assert!(!event.client.peer_known());
-    }
-
-    #[test]
-    fn an_offline_session_is_described_by_its_last_connection() {
-        let session = Session::new(ClientId::new("c"));
-        let last = Arc::new(ClientInfo {
-            username: Some("u".into()),
-            ..ClientInfo::unknown(ClientId::new("c"), ProtocolVersion::V5)
-        });
-        session.state().last_info = Some(last.clone());
-        let (info, online) = session_client(&session);
-        assert!(!online);
-        assert!(Arc::ptr_eq(&info, &last));
     }
 }

@@ -19,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sink_task::SinkTask;
 use super::stream::{self, Entry};
-use super::{Event, EventBus};
-use crate::config::Config;
+use super::{Event, EventBus, EventSettings};
 use crate::metrics::REDIS_XADD as XADD_TOTAL;
 use resp::{Connection, Reply, RespError, Target};
 
@@ -48,11 +47,13 @@ pub struct RedisDialect {
 
 /// Registers the sink when `redis_url` is set (checked when the config was loaded; a URL
 /// that still doesn't parse leaves the sink off, logged).
-pub fn register(bus: &mut EventBus, config: &Config) -> Option<RedisDialect> {
-    if config.redis_url.trim().is_empty() {
+/// `settings`: the event settings, e.g. `&Config`.
+pub fn register(bus: &mut EventBus, settings: impl Into<EventSettings>) -> Option<RedisDialect> {
+    let settings = settings.into();
+    if settings.redis_url.trim().is_empty() {
         return None;
     }
-    let target = match parse_url(config.redis_url.trim()) {
+    let target = match parse_url(settings.redis_url.trim()) {
         Ok(target) => target,
         Err(e) => {
             tracing::error!(error = %e, "redis_url: Redis sink disabled");
@@ -61,12 +62,13 @@ pub fn register(bus: &mut EventBus, config: &Config) -> Option<RedisDialect> {
     };
     let events = bus.add_sink(
         DIALECT,
-        stream::recorded(config),
-        config.events_queue_capacity,
+        stream::recorded(&settings),
+        settings.events_queue_capacity,
     );
-    let key = stream_key(&config.redis_stream_prefix);
-    let maxlen = (config.redis_stream_maxlen > 0).then(|| config.redis_stream_maxlen.to_string());
-    tracing::info!(addr = %target.addr, %key, maxlen = config.redis_stream_maxlen, "Redis stream sink enabled");
+    let key = stream_key(&settings.redis_stream_prefix);
+    let maxlen =
+        (settings.redis_stream_maxlen > 0).then(|| settings.redis_stream_maxlen.to_string());
+    tracing::info!(addr = %target.addr, %key, maxlen = settings.redis_stream_maxlen, "Redis stream sink enabled");
     Some(RedisDialect {
         events,
         target,

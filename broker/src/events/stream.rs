@@ -1,9 +1,8 @@
 //! The stream dialect (seed 002, "MQTT adapter"): every connect and disconnect is appended
 //! to a persisted log with increasing ids ([`skein_storage::EventLog`]), which consumers
-//! read from any id over HTTP ([`router`]): a page, a long poll, or server-sent events.
+//! read from any id over HTTP (`http/event_stream.rs`): a page, a long poll, or server-sent
+//! events.
 //! Retention (age and length) is enforced by the sink task.
-
-mod api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,18 +14,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::raise::now_ns;
 use super::sink_task::SinkTask;
-use super::{Event, EventBody, EventBus, EventKind, KindSet};
-use crate::config::Config;
-
-pub use api::router;
+use super::{Event, EventBody, EventBus, EventKind, EventSettings, KindSet};
 
 /// The dialect name on the bus and in `skein_events_dropped_total`.
 pub const DIALECT: &str = "stream";
 
 /// The kinds the stream (or the Redis sink) is to record: the rendered ones `stream_kinds`
 /// asks for.
-pub fn recorded(config: &Config) -> KindSet {
-    KindSet(kinds().0 & config.stream_kinds.0)
+pub fn recorded(settings: &EventSettings) -> KindSet {
+    KindSet(kinds().0 & settings.stream_kinds.0)
 }
 
 /// The kinds the stream (and the Redis sink) render.
@@ -132,11 +128,11 @@ pub struct Retention {
 }
 
 impl Retention {
-    pub fn from_config(config: &Config) -> Retention {
+    pub fn from_settings(settings: &EventSettings) -> Retention {
         Retention {
-            max_age: (config.stream_retention_secs > 0)
-                .then(|| Duration::from_secs(config.stream_retention_secs)),
-            max_entries: (config.stream_max_entries > 0).then_some(config.stream_max_entries),
+            max_age: (settings.stream_retention_secs > 0)
+                .then(|| Duration::from_secs(settings.stream_retention_secs)),
+            max_entries: (settings.stream_max_entries > 0).then_some(settings.stream_max_entries),
         }
     }
 
@@ -167,11 +163,13 @@ const MAX_TRIM_INTERVAL: Duration = Duration::from_secs(60);
 /// event streams). Cheap to clone.
 #[derive(Clone)]
 pub struct StreamApi {
-    log: Option<EventLog>,
-    last: watch::Receiver<u64>,
+    /// None while the stream is disabled (the API answers 404).
+    pub log: Option<EventLog>,
+    /// The last id written.
+    pub last: watch::Receiver<u64>,
     /// Bounds the reads running on the blocking pool: every long poll and event stream
     /// reads on every append.
-    reads: Arc<tokio::sync::Semaphore>,
+    pub reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Log reads on the blocking pool at a time, over all consumers.
@@ -188,11 +186,17 @@ pub struct StreamDialect {
 }
 
 /// Registers the stream on `bus` (unless `stream_enabled` is off) over `store`'s log.
-pub fn register(bus: &mut EventBus, config: &Config, store: &Store) -> StreamDialect {
+/// `settings`: the event settings, e.g. `&Config`.
+pub fn register(
+    bus: &mut EventBus,
+    settings: impl Into<EventSettings>,
+    store: &Store,
+) -> StreamDialect {
+    let settings = settings.into();
     let log = store.event_log().clone();
-    let events = config
+    let events = settings
         .stream_enabled
-        .then(|| bus.add_sink(DIALECT, recorded(config), config.events_queue_capacity));
+        .then(|| bus.add_sink(DIALECT, recorded(&settings), settings.events_queue_capacity));
     let (last, _) = watch::channel(log.last_id());
     StreamDialect {
         events,
@@ -200,12 +204,12 @@ pub fn register(bus: &mut EventBus, config: &Config, store: &Store) -> StreamDia
         storage: store.health().clone(),
         last,
         instance: bus.node().node_name.clone(),
-        retention: Retention::from_config(config),
+        retention: Retention::from_settings(&settings),
     }
 }
 
 impl StreamDialect {
-    /// The state [`router`] serves; it answers 404 when the stream is disabled.
+    /// The state the HTTP API (`http/event_stream.rs`) serves; it answers 404 when the stream is disabled.
     pub fn api(&self) -> StreamApi {
         StreamApi {
             log: self.events.is_some().then(|| self.log.clone()),
@@ -422,4 +426,4 @@ fn dropped(n: usize, reason: &'static str, error: &str) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -22,8 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::sink_task::SinkTask;
-use super::{Event, EventBus, NodeInfo};
-use crate::config::Config;
+use super::{Event, EventBus, EventSettings, NodeInfo};
 use delivery::{DeliverySettings, Queues};
 use rules::Rules;
 
@@ -70,8 +69,10 @@ pub struct WebhookDialect {
 /// Registers the webhook on `bus` when `webhook_urls` is set. The settings were checked
 /// when the configuration was loaded; should they still not parse, the webhook stays off
 /// (and says why) rather than taking the node down.
-pub fn register(bus: &mut EventBus, config: &Config) -> Option<WebhookDialect> {
-    let urls = match parse_urls(&config.webhook_urls) {
+/// `settings`: the event settings, e.g. `&Config`.
+pub fn register(bus: &mut EventBus, settings: impl Into<EventSettings>) -> Option<WebhookDialect> {
+    let settings = settings.into();
+    let urls = match parse_urls(&settings.webhook_urls) {
         Ok(urls) if urls.is_empty() => return None,
         Ok(urls) => urls,
         Err(e) => {
@@ -79,14 +80,14 @@ pub fn register(bus: &mut EventBus, config: &Config) -> Option<WebhookDialect> {
             return None;
         }
     };
-    let rules = match Rules::parse(&config.webhook_rules) {
+    let rules = match Rules::parse(&settings.webhook_rules) {
         Ok(rules) => rules,
         Err(e) => {
             tracing::error!(error = %e, "webhook_rules: webhook disabled");
             return None;
         }
     };
-    let events = bus.add_sink(DIALECT, rules.kinds(), config.webhook_queue_capacity);
+    let events = bus.add_sink(DIALECT, rules.kinds(), settings.webhook_queue_capacity);
     tracing::info!(urls = urls.len(), "webhook enabled");
     Some(WebhookDialect {
         events,
@@ -94,10 +95,10 @@ pub fn register(bus: &mut EventBus, config: &Config) -> Option<WebhookDialect> {
         rules,
         urls,
         settings: DeliverySettings {
-            timeout: Duration::from_millis(config.webhook_timeout_ms),
-            max_retries: config.webhook_max_retries,
-            concurrency: config.webhook_concurrency,
-            queue_capacity: config.webhook_queue_capacity,
+            timeout: Duration::from_millis(settings.webhook_timeout_ms),
+            max_retries: settings.webhook_max_retries,
+            concurrency: settings.webhook_concurrency,
+            queue_capacity: settings.webhook_queue_capacity,
         },
     })
 }

@@ -1,5 +1,7 @@
 //! How a session reaches the connection attached to it: the connection's signal (kicks
-//! and wake-ups) and wake-ups held while a batch of messages is routed.
+//! and wake-ups) and wake-ups held while a batch of messages is routed. A parked
+//! connection is resumed through [`Unpark`], which the server's parker implements: the
+//! sessions sit below the connections and the parker.
 
 use std::sync::Arc;
 
@@ -18,6 +20,36 @@ pub enum Kick {
     ShuttingDown = 2,
 }
 
+/// Resumes a parked connection: implemented by the server's parker
+/// (`connection/park.rs`), so that a session's signal can resume its connection without
+/// knowing how parking works.
+pub trait Unpark: Send + Sync {
+    /// Resumes the connection parked under `key`, if it still is.
+    fn unpark(&self, key: u64, why: &'static str);
+}
+
+/// A parker as a connection's signal holds it. One thin pointer (to a boxed `dyn`) rather
+/// than an `Arc<dyn Unpark>`: the signal is in every connection, and a wide pointer would
+/// move it to a larger allocation.
+#[derive(Clone)]
+pub struct Unparker(Arc<Box<dyn Unpark>>);
+
+impl Unparker {
+    pub fn new(parker: impl Unpark + 'static) -> Unparker {
+        Unparker(Arc::new(Box::new(parker)))
+    }
+
+    fn unpark(&self, key: u64, why: &'static str) {
+        self.0.unpark(key, why);
+    }
+}
+
+impl std::fmt::Debug for Unparker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unparker").finish_non_exhaustive()
+    }
+}
+
 /// The one thing an idle connection waits on besides its socket and keepalive: told to go
 /// away (with the first reason only), or woken because its session queued something.
 /// One signal for both keeps every idle connection's task small.
@@ -30,7 +62,7 @@ pub struct KickSignal {
     /// The connection's key in the parker while it is parked; 0 otherwise.
     parked: std::sync::atomic::AtomicU64,
     /// Where the connection parks (None: it never does, e.g. in unit tests).
-    parker: Option<crate::connection::park::ParkerHandle>,
+    parker: Option<Unparker>,
     notify: Notify,
 }
 
@@ -40,7 +72,7 @@ impl KickSignal {
     }
 
     /// The signal of a connection that may park with `parker`.
-    pub fn with_parker(parker: crate::connection::park::ParkerHandle) -> Arc<KickSignal> {
+    pub fn with_parker(parker: Unparker) -> Arc<KickSignal> {
         Arc::new(KickSignal {
             parker: Some(parker),
             ..KickSignal::default()

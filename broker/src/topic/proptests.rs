@@ -1,4 +1,5 @@
-//! Property tests: the trie against the naive matcher, and churn against a model.
+//! Property tests: the trie against the one-filter matcher (`filter_match`), and churn
+//! against a model.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,7 +40,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn trie_agrees_with_naive_matcher(
+    fn trie_agrees_with_the_one_filter_matcher(
         subs in prop::collection::vec((filter(), group(), 0u8..3), 0..24),
         topics in prop::collection::vec(topic(), 1..8),
     ) {

@@ -111,7 +111,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::topic::naive::tests::CASES;
+    use crate::topic::filter_match::tests::CASES;
 
     fn hits(
         tree: &TopicTree<u32, &'static str>,

@@ -7,8 +7,7 @@ use std::path::Path;
 
 use super::segment::{self, corrupt, io_error, Opened, Segment, HEADER_LEN};
 use super::{remove_segment, EventLog, Options, State, Synced, LOG_NAME};
-use crate::error::Result;
-use crate::store;
+use crate::error::{self, Result};
 
 /// Bytes of old entries copied per write while migrating from sled.
 const MIGRATE_BATCH_BYTES: usize = 1 << 20;
@@ -158,7 +157,7 @@ pub(super) const OLD_FORMAT_VERSION: u8 = 1;
 fn decode_old_id(bytes: &[u8]) -> Result<u64> {
     <[u8; 8]>::try_from(bytes)
         .map(u64::from_be_bytes)
-        .map_err(|_| store::corrupt(LOG_NAME, format!("id of {} bytes, expected 8", bytes.len())))
+        .map_err(|_| error::corrupt(LOG_NAME, format!("id of {} bytes, expected 8", bytes.len())))
 }
 
 /// (append time in ns, entry bytes) of an old sled value: version byte, u64 BE, entry.
@@ -166,12 +165,12 @@ fn decode_old_value(value: &[u8]) -> Result<(u64, &[u8])> {
     match value.split_first() {
         Some((&OLD_FORMAT_VERSION, rest)) => match rest.split_first_chunk::<8>() {
             Some((at, entry)) => Ok((u64::from_be_bytes(*at), entry)),
-            None => Err(store::corrupt(LOG_NAME, "truncated header")),
+            None => Err(error::corrupt(LOG_NAME, "truncated header")),
         },
-        Some((version, _)) => Err(store::corrupt(
+        Some((version, _)) => Err(error::corrupt(
             LOG_NAME,
             format!("unknown format version {version}"),
         )),
-        None => Err(store::corrupt(LOG_NAME, "empty value")),
+        None => Err(error::corrupt(LOG_NAME, "empty value")),
     }
 }

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::codec::ProtocolVersion;
-use crate::connection::DisconnectReason;
+use crate::config::Config;
+use crate::disconnect::DisconnectReason;
 use crate::events::test_support::{connected, event_at};
 use crate::events::{ClientInfo, EventBody, EventKind, NodeInfo};
-use crate::ids::ClientId;
+use skein_seam::ClientId;
 
 struct RedisServer {
     child: Child,

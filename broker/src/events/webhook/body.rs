@@ -209,11 +209,11 @@ pub fn conn_ack(protocol: ProtocolVersion, code: u8, success: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connection::DisconnectReason;
+    use crate::disconnect::DisconnectReason;
     use crate::events::test_support::{event_at, node};
     use crate::events::{SessionEnd, Transport};
-    use crate::ids::ClientId;
     use bytes::Bytes;
+    use skein_seam::ClientId;
     use std::sync::Arc;
 
     fn client(username: Option<&str>, protocol: ProtocolVersion) -> Arc<ClientInfo> {

@@ -13,11 +13,12 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::codec::{ProtocolVersion, QoS};
-use crate::connection::DisconnectReason;
+use crate::config::Config;
+use crate::disconnect::DisconnectReason;
 use crate::events::test_support::event_at;
 use crate::events::{ClientInfo, EventBody, EventKind, SessionEnd, Transport};
-use crate::ids::ClientId;
 use crate::message::Message;
+use skein_seam::ClientId;
 
 /// What the test server saw, and what it answers: `fail_first` requests get 503.
 #[derive(Clone, Default)]

@@ -17,8 +17,8 @@ use super::subscriptions::SubscriptionView;
 use super::ApiError;
 use crate::broker::Broker;
 use crate::events::{ClientInfo, NodeInfo};
-use crate::ids::ClientId;
 use crate::session::Session;
+use skein_seam::ClientId;
 
 const LIST_PARAMS: &[&str] = &["page", "limit", "node", "username", "connected"];
 const KICK_PARAMS: &[&str] = &["clear_session"];

@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::params::{Listing, Params, RawQuery};
 use super::ApiError;
 use crate::broker::Broker;
-use crate::ids::ClientId;
 use crate::session::{Session, Subscription};
+use skein_seam::ClientId;
 
 const PARAMS: &[&str] = &["page", "limit", "clientid", "topic"];
 

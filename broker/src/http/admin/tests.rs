@@ -15,14 +15,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::router;
 use crate::broker::Broker;
-use crate::cluster_handle::LocalCluster;
 use crate::codec::{ProtocolVersion, QoS, SubscriptionOptions};
 use crate::config::Config;
 use crate::events::{ClientInfo, EventBus, NodeInfo, Transport};
 use crate::http::{compose, health_routes, serve, HealthState};
-use crate::ids::{ClientId, NodeId};
+use crate::local_cluster::LocalCluster;
 use crate::message::{now_ms, Message, MessageProperties};
 use crate::session::{Attachment, Kick, KickSignal, Session, Subscription};
+use skein_seam::{ClientId, NodeId};
 
 fn broker() -> Arc<Broker> {
     let events = EventBus::new(NodeInfo {

@@ -1,16 +1,22 @@
 //! System events: one typed model ([`model`]), raised at protocol points, fanned out to one
 //! bounded queue per dialect. Raising never blocks: a full queue drops the event for that
 //! dialect and counts it in `skein_events_dropped_total`.
+//!
+//! The events sit below the broker, its sessions and connections, and below `config`:
+//! helpers raise from the bus and a snapshot of the client ([`raise`]), the dialects get
+//! their settings as [`EventSettings`] and publish through [`mqtt_out::Publisher`], which
+//! the broker implements.
 
 pub mod access;
-pub mod dollar_event;
-pub mod dollar_events;
+pub mod dollar_event_dot_topics;
+pub mod dollar_events_slash_topics;
 pub mod model;
+pub mod mqtt_dialects;
 pub mod mqtt_out;
 pub mod presence;
 pub mod raise;
 pub mod redis;
-pub mod setup;
+pub mod settings;
 pub mod sink_task;
 pub mod stream;
 #[cfg(test)]
@@ -23,6 +29,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub use model::*;
+pub use settings::EventSettings;
 
 struct Sink {
     dialect: &'static str,
@@ -172,7 +179,7 @@ impl EventBus {
 mod tests {
     use super::*;
     use crate::codec::ProtocolVersion;
-    use crate::ids::ClientId;
+    use skein_seam::ClientId;
 
     fn event() -> Event {
         Event {

@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use super::mqtt_out::{self, Dialect, DialectTasks, Renderer};
+use super::mqtt_out::{self, Dialect, DialectTasks, Publisher, Renderer};
 use super::presence::{Presence, Template};
-use super::{dollar_event, dollar_events, EventBus, KindSet};
-use crate::broker::Broker;
+use super::EventSettings;
+use super::{dollar_event_dot_topics, dollar_events_slash_topics, EventBus, KindSet};
 use crate::codec::QoS;
-use crate::config::Config;
 
 /// The dialects registered on the bus, waiting for the broker to start their tasks.
 pub struct MqttDialects {
@@ -19,8 +18,13 @@ pub struct MqttDialects {
 
 /// Registers every MQTT-topic dialect the config enables, with the kinds it asks for
 /// (limited to those the dialect renders).
-pub fn register_mqtt_dialects(bus: &mut EventBus, config: &Config) -> MqttDialects {
-    let capacity = config.events_queue_capacity;
+/// `settings`: the event settings, e.g. `&Config`.
+pub fn register_mqtt_dialects(
+    bus: &mut EventBus,
+    settings: impl Into<EventSettings>,
+) -> MqttDialects {
+    let settings = settings.into();
+    let capacity = settings.events_queue_capacity;
     let mut dialects = Vec::new();
     let mut add = |bus: &mut EventBus,
                    name: &'static str,
@@ -35,49 +39,61 @@ pub fn register_mqtt_dialects(bus: &mut EventBus, config: &Config) -> MqttDialec
         let rx = bus.add(name, kinds, capacity, dollar_topics_only);
         dialects.push(Dialect { name, rx, render });
     };
-    if config.events_dollar_events {
+    if settings.events_dollar_events {
         let node = bus.node().clone();
-        let kinds = KindSet(config.events_dollar_events_kinds.0 & dollar_events::renders().0);
-        let idle = dollar_events::never_raised(kinds);
+        let kinds = KindSet(
+            settings.events_dollar_events_kinds.0 & dollar_events_slash_topics::renders().0,
+        );
+        let idle = dollar_events_slash_topics::never_raised(kinds);
         if !idle.is_empty() {
             tracing::warn!(
                 kinds = %idle.join(","),
                 "events_dollar_events_kinds: nothing raises certificate events yet (no TLS), these kinds publish nothing"
             );
         }
-        let render: Renderer =
-            Box::new(move |e| dollar_events::render(e, &node).into_iter().collect());
-        add(bus, dollar_events::DIALECT, kinds, render, true);
+        let render: Renderer = Box::new(move |e| {
+            dollar_events_slash_topics::render(e, &node)
+                .into_iter()
+                .collect()
+        });
+        add(
+            bus,
+            dollar_events_slash_topics::DIALECT,
+            kinds,
+            render,
+            true,
+        );
     }
-    if config.events_dollar_event {
+    if settings.events_dollar_event {
         let node = bus.node().clone();
-        let kinds = KindSet(config.events_dollar_event_kinds.0 & dollar_event::renders().0);
-        let render: Renderer = Box::new(move |e| dollar_event::render(e, &node));
-        add(bus, dollar_event::DIALECT, kinds, render, true);
+        let kinds =
+            KindSet(settings.events_dollar_event_kinds.0 & dollar_event_dot_topics::renders().0);
+        let render: Renderer = Box::new(move |e| dollar_event_dot_topics::render(e, &node));
+        add(bus, dollar_event_dot_topics::DIALECT, kinds, render, true);
     }
-    if !config.events_presence_topic.is_empty() {
-        match Template::parse(&config.events_presence_topic) {
+    if !settings.events_presence_topic.is_empty() {
+        match Template::parse(&settings.events_presence_topic) {
             Ok(template) => {
                 let node = bus.node().clone();
-                let mut presence = Presence::new(template, config.events_presence_retain);
+                let mut presence = Presence::new(template, settings.events_presence_retain);
                 let render: Renderer =
                     Box::new(move |e| presence.render(e, &node).into_iter().collect());
                 add(
                     bus,
                     super::presence::DIALECT,
-                    KindSet(config.events_presence_kinds.0 & super::presence::renders().0),
+                    KindSet(settings.events_presence_kinds.0 & super::presence::renders().0),
                     render,
                     // Any topic, possibly retained.
                     false,
                 );
             }
-            // The config loader already refused a bad template; this is a Config built in code.
+            // The config loader already refused a bad template; these are settings built in code.
             Err(e) => tracing::error!(error = %e, "events_presence_topic: presence topics are off"),
         }
     }
     MqttDialects {
         dialects,
-        qos: QoS::from_u8(config.events_qos).unwrap_or(QoS::AtMostOnce),
+        qos: QoS::from_u8(settings.events_qos).unwrap_or(QoS::AtMostOnce),
     }
 }
 
@@ -87,19 +103,22 @@ impl MqttDialects {
         self.dialects.iter().map(|d| d.name).collect()
     }
 
-    /// Starts one task per dialect; drain them at shutdown with [`DialectTasks::drain`].
-    pub fn start(self, broker: &Arc<Broker>) -> DialectTasks {
-        mqtt_out::spawn(self.dialects, broker, self.qos)
+    /// Starts one task per dialect, publishing through `publisher` (the broker); drain
+    /// them at shutdown with [`DialectTasks::drain`].
+    pub fn start<P: Publisher + 'static>(self, publisher: &Arc<P>) -> DialectTasks {
+        mqtt_out::spawn(self.dialects, publisher, self.qos)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster_handle::LocalCluster;
+    use crate::broker::Broker;
+    use crate::config::Config;
     use crate::events::{ClientInfo, EventKind, NodeInfo};
-    use crate::ids::{ClientId, NodeId};
+    use crate::local_cluster::LocalCluster;
     use crate::session::{Attachment, Subscription};
+    use skein_seam::{ClientId, NodeId};
     use std::time::Duration;
     use tokio_util::sync::CancellationToken;
 

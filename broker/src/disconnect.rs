@@ -1,4 +1,5 @@
-//! Why a connection ended, in the canonical vocabulary of the events contract.
+//! Why a connection ended, in the canonical vocabulary of the events contract. A leaf (it
+//! needs only the codec's reason codes): connections, auth, metrics and events all speak it.
 
 use std::borrow::Cow;
 use std::io;

@@ -26,8 +26,7 @@ use serde_json::Value;
 use skein_storage::EventLog;
 use tokio::sync::{watch, Semaphore};
 
-use super::StreamApi;
-use crate::http;
+use crate::events::stream::StreamApi;
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
@@ -35,14 +34,14 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Entries read from the log at a time by an event stream.
 const STREAM_BATCH: usize = 100;
 
-/// The stream routes (no fallback: merged by [`http::compose`]), behind the admin API's
+/// The stream routes (no fallback: merged by [`super::compose`]), behind the admin API's
 /// bearer token when `token` is set.
 pub fn router(api: StreamApi, token: Option<String>) -> Router {
     let routes = Router::new()
         .route("/api/v1/events", get(list))
         .route("/api/v1/events/stream", get(stream))
         .with_state(api);
-    http::admin::protect(routes, token)
+    super::admin::protect(routes, token)
 }
 
 #[derive(Serialize)]
@@ -107,7 +106,7 @@ impl IntoResponse for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        http::error(status, &self.to_string())
+        super::error(status, &self.to_string())
     }
 }
 
@@ -262,3 +261,6 @@ async fn stream(State(api): State<StreamApi>, headers: HeaderMap, query: RawQuer
         .keep_alive(KeepAlive::default())
         .into_response()
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,6 @@ mod inbound;
 mod outbound;
 mod paged_slab;
 pub mod park;
-pub mod reason;
 mod socket;
 
 use std::net::SocketAddr;
@@ -20,11 +19,12 @@ use tracing::Instrument;
 
 use crate::broker::Broker;
 use crate::codec::{self, reason as rc, Disconnect, Packet, Properties, ProtocolVersion};
+use crate::disconnect::{Close, DisconnectReason};
 use crate::events::ClientInfo;
 use crate::hash::HashMap;
-use crate::ids::ClientId;
 use crate::session::{HeldWakes, Kick, Session};
-pub use reason::{Close, DisconnectReason};
+use park::ParkerHandle;
+use skein_seam::ClientId;
 pub use socket::Socket;
 
 /// Writes are flushed to the socket once this much is buffered, even mid-batch.
@@ -33,6 +33,8 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// The state of a connection after a successful CONNECT.
 pub struct Connection {
     broker: Arc<Broker>,
+    /// Where it parks when idle (the server's parker).
+    parker: ParkerHandle,
     id: u64,
     socket: Socket,
     protocol: ProtocolVersion,
@@ -106,6 +108,7 @@ enum Batch {
 /// here instead of being kept in the task for its whole life.
 pub fn serve(
     broker: Arc<Broker>,
+    parker: &ParkerHandle,
     stream: TcpStream,
     (peer, sockname): (SocketAddr, Arc<SocketAddr>),
     permit: Option<OwnedSemaphorePermit>,
@@ -116,6 +119,7 @@ pub fn serve(
     // Boxed, like `finish` below: the handshake's state is freed once it is done.
     let handshake = Box::pin(handshake::accept(
         broker,
+        parker.clone(),
         socket,
         connection_id,
         (peer, sockname),
@@ -160,7 +164,8 @@ async fn drive(mut conn: Box<Connection>) {
             Outcome::Closed(close) => break close,
             Outcome::Park if may_park => {
                 let due = conn.keepalive_deadline();
-                match conn.broker.parker.handle().park(conn, due) {
+                let parker = conn.parker.clone();
+                match parker.park(conn, due) {
                     Ok(()) => return,
                     Err(back) => (conn, may_park) = (back, false),
                 }
@@ -190,7 +195,7 @@ impl Drop for Connection {
         }
         tracing::error!(connection = self.id, client_id = %self.info.client_id, "connection task panicked");
         let close = Close::internal("internal error");
-        crate::events::raise::disconnected(&self.broker, &self.info, &close);
+        crate::events::raise::disconnected(&self.broker.events, &self.info, &close);
         let (broker, session) = (self.broker.clone(), self.session.clone());
         let (id, epoch) = (self.id, self.epoch);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -213,7 +218,7 @@ impl Connection {
     /// timer (keepalive, parking). A task's size is fixed at spawn by its largest state,
     /// so the rare large states (a blocked write, the handshake, closing) are boxed.
     async fn run(&mut self) -> Outcome {
-        let park_after = self.broker.parker.park_after();
+        let park_after = self.parker.park_after();
         let mut idle_since = Instant::now();
         let timer = tokio::time::sleep_until(self.next_timer(park_after.map(|p| idle_since + p)));
         tokio::pin!(timer);
@@ -463,7 +468,7 @@ impl Connection {
             tracing::debug!(reason = close.reason.as_str(), detail = %close.detail, "connection closed");
         }
         self.broker.hot.disconnected(close.reason);
-        crate::events::raise::disconnected(&self.broker, &self.info, &close);
+        crate::events::raise::disconnected(&self.broker.events, &self.info, &close);
         if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
             let mut packet = Packet::Disconnect(Disconnect {
                 reason: code,
@@ -563,12 +568,13 @@ mod size_tests {
     /// growth here is memory per connection: keep processing state out of it (boxed).
     #[tokio::test]
     async fn an_idle_connection_task_stays_small() {
+        let parker = park::Parker::new(None, tokio_util::task::TaskTracker::new());
         let broker = crate::broker::Broker::new(
             crate::config::Config::default(),
             skein_storage::Store::open_temporary().unwrap(),
-            Arc::new(crate::cluster_handle::LocalCluster::new(
-                crate::ids::NodeId(1),
-            )),
+            Arc::new(crate::local_cluster::LocalCluster::new(skein_seam::NodeId(
+                1,
+            ))),
             crate::events::EventBus::new(crate::events::NodeInfo {
                 node: "127.0.0.1:1883".into(),
                 node_ip: "127.0.0.1".into(),
@@ -582,13 +588,20 @@ mod size_tests {
         let stream = TcpStream::connect(addr).await.unwrap();
         let handshake = handshake::accept(
             broker.clone(),
+            parker.handle(),
             Socket::new(TcpStream::connect(addr).await.unwrap()),
             1,
             (addr, Arc::new(addr)),
             true,
         );
         let handshake = std::mem::size_of_val(&handshake);
-        let task = serve(broker, stream, (addr, Arc::new(addr)), None);
+        let task = serve(
+            broker,
+            &parker.handle(),
+            stream,
+            (addr, Arc::new(addr)),
+            None,
+        );
         let (task, conn) = (
             std::mem::size_of_val(&task),
             std::mem::size_of::<Connection>(),

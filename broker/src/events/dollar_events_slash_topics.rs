@@ -126,10 +126,10 @@ fn known(addr: std::net::SocketAddr) -> Option<String> {
 mod tests {
     use super::*;
     use crate::codec::{ProtocolVersion, QoS};
-    use crate::connection::DisconnectReason;
+    use crate::disconnect::DisconnectReason;
     use crate::events::test_support::{event_at, keys, node};
     use crate::events::Transport;
-    use crate::ids::ClientId;
+    use skein_seam::ClientId;
     use std::sync::Arc;
 
     fn client(username: Option<&str>) -> Arc<ClientInfo> {

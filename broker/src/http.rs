@@ -4,6 +4,8 @@
 
 pub mod admin;
 mod connection;
+pub mod event_stream;
+pub mod metrics_endpoint;
 mod server;
 
 pub use server::{serve, Limits};

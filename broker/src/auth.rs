@@ -1,14 +1,11 @@
-//! Client authentication at CONNECT: the password file and the anonymous-client policy.
+//! Client authentication at CONNECT: the anonymous-client policy, checked against the
+//! password file the configuration loaded (`password_file.rs`).
 //!
-//! A password never leaves this module: not in logs, errors or events.
-
-pub mod password_file;
-
-pub use password_file::{LineProblem, PasswordFileError, Passwords};
+//! A password never leaves this module and `password_file.rs`: not in logs, errors or events.
 
 use crate::codec::{connack_v3, reason as rc};
 use crate::config::Config;
-use crate::connection::DisconnectReason;
+use crate::disconnect::DisconnectReason;
 
 /// Why a CONNECT is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +76,7 @@ pub fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::password_file::Passwords;
     use std::sync::Arc;
 
     fn config(allow_anonymous: bool, file: Option<&str>) -> Config {

@@ -2,7 +2,7 @@
 //! subscription index that routes every PUBLISH to its subscribers.
 
 mod error;
-mod naive;
+mod filter_match;
 mod node;
 mod shared;
 mod subscribers;
@@ -14,6 +14,6 @@ mod walk;
 mod proptests;
 
 pub use error::TopicError;
-pub use naive::matches;
+pub use filter_match::matches;
 pub use tree::TopicTree;
 pub use validate::{parse_subscription, valid_topic_filter, valid_topic_name, MAX_TOPIC_LEN};

@@ -1,45 +1,11 @@
-//! The seam between a broker node and its cluster. The broker only talks to the cluster
-//! through [`ClusterHandle`]; a single node is a one-member cluster behind the same trait.
+//! The cluster of one: [`LocalCluster`] implements the seam's `ClusterHandle` with a
+//! registry in this process, for a single node and for unit tests.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Mutex;
 
+use skein_seam::{BoxFuture, ClientId, ClusterError, ClusterHandle, NodeId, Registration};
+
 use crate::hash::HashMap;
-use crate::ids::{ClientId, NodeId};
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// The outcome of claiming a client id cluster-wide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Registration {
-    /// Increases with every registration of this client id, so a late unregister of an
-    /// older connection can't remove a newer one.
-    pub epoch: u64,
-    /// The node that held the client id before, if any.
-    pub previous_owner: Option<NodeId>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error("the cluster is unavailable: {0}")]
-    Unavailable(String),
-}
-
-pub trait ClusterHandle: Send + Sync {
-    fn node_id(&self) -> NodeId;
-    /// Claims `client_id` for a connection on this node.
-    fn register_client<'a>(
-        &'a self,
-        client_id: &'a ClientId,
-    ) -> BoxFuture<'a, Result<Registration, ClusterError>>;
-    /// Releases the claim taken with `epoch`; a no-op if a newer claim exists.
-    fn unregister_client<'a>(
-        &'a self,
-        client_id: &'a ClientId,
-        epoch: u64,
-    ) -> BoxFuture<'a, Result<(), ClusterError>>;
-}
 
 /// The cluster of one: the registry lives in this process.
 pub struct LocalCluster {

@@ -1,5 +1,11 @@
 //! Broker configuration.
 //!
+//! Plain data: parsing, checking and defaulting settings, nothing that acts on them. It
+//! uses the vocabulary of the layers below it to type and check values (event kinds, what
+//! each event dialect renders and accepts, the password file) and hands the events their
+//! settings as `EventSettings` (`event_settings.rs`); everything that acts on settings sits
+//! above it.
+//!
 //! Layers, lowest to highest precedence: built-in defaults, the TOML file named by
 //! `--config` (or `SKEIN_CONFIG`), `SKEIN_<SETTING>` environment variables, command-line
 //! flags. Every setting is declared once, in [`SETTINGS`]; that table drives the TOML keys,
@@ -21,9 +27,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::auth::Passwords;
-use crate::events::{dollar_event, dollar_events, KindSet};
+use crate::events::{dollar_event_dot_topics, dollar_events_slash_topics, KindSet};
+use crate::password_file::Passwords;
 
+mod event_settings;
 mod kinds;
 #[cfg(test)]
 mod tests;
@@ -199,9 +206,9 @@ impl Default for Config {
             shutdown_timeout_ms: 5000,
             log: String::from("info"),
             events_dollar_events: true,
-            events_dollar_events_kinds: dollar_events::default_kinds(),
+            events_dollar_events_kinds: dollar_events_slash_topics::default_kinds(),
             events_dollar_event: false,
-            events_dollar_event_kinds: dollar_event::renders(),
+            events_dollar_event_kinds: dollar_event_dot_topics::renders(),
             events_presence_topic: String::new(),
             events_presence_kinds: crate::events::presence::renders(),
             events_presence_retain: true,
@@ -395,7 +402,7 @@ pub enum ConfigError {
     #[error("config error: password_file: {}: {source} (from {origin})", one_line(path.display()))]
     PasswordFile {
         path: PathBuf,
-        source: crate::auth::PasswordFileError,
+        source: crate::password_file::PasswordFileError,
         origin: Origin,
     },
     /// A value has the wrong type, doesn't parse, or is out of range.
@@ -725,11 +732,11 @@ settings! {
         "Log filter (tracing EnvFilter syntax); RUST_LOG takes precedence";
     events_dollar_events: Bool,
         "Publish the $events/... event topics (client_connected, client_disconnected, session_subscribed, session_unsubscribed)";
-    events_dollar_events_kinds: EventKinds { renders: dollar_events::renders() },
+    events_dollar_events_kinds: EventKinds { renders: dollar_events_slash_topics::renders() },
         "Canonical event kinds published on $events/...";
     events_dollar_event: Bool,
         "Publish the $EVENT.* event topics (CONNECT, CLOSE, PUBLISH, ...)";
-    events_dollar_event_kinds: EventKinds { renders: dollar_event::renders() },
+    events_dollar_event_kinds: EventKinds { renders: dollar_event_dot_topics::renders() },
         "Canonical event kinds published on $EVENT.*";
     events_presence_topic: TopicTemplate,
         "Presence topic template with {clientid}, {username}, {node}: gets {\"online\": true|false}", default = "empty (off)";

@@ -1,5 +1,6 @@
-//! Straightforward filter-against-topic matcher: the reference the trie is tested
-//! against, and cheap enough for one-off scans such as retained messages.
+//! One filter against one topic, level by level: how retained messages are matched to a
+//! new subscription and webhook rules to a message's topic, and the reference the
+//! subscription trie (`tree.rs`) is tested against.
 
 /// Whether `filter` (an inner filter, without any `$share/` prefix) matches `topic`.
 ///

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use super::mqtt_out::Outgoing;
 use super::{ClientInfo, Event, EventBody, EventKind, KindSet, NodeInfo, Transport};
 use crate::codec::{ProtocolVersion, QoS};
-use crate::connection::DisconnectReason;
+use crate::disconnect::DisconnectReason;
 
 pub const DIALECT: &str = "$EVENT";
 
@@ -226,9 +226,9 @@ mod tests {
     use crate::codec::QoS;
     use crate::events::test_support::keys;
     use crate::events::WillInfo;
-    use crate::ids::ClientId;
     use crate::message::Message;
     use bytes::Bytes;
+    use skein_seam::ClientId;
     use std::sync::Arc;
 
     fn node() -> NodeInfo {

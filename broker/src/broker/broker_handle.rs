@@ -1,0 +1,117 @@
+//! The broker's side of the cluster seam: [`BrokerHandle`], what other nodes ask of this
+//! one, mapped onto the broker's own operations (routing and storage refusals as for the
+//! admin API's publish, the admin API's kick).
+
+use std::sync::Arc;
+
+use skein_seam::{
+    BoxFuture, BrokerHandle, BrokerHandleError, ClientId, ForwardedPublish, KickReason,
+    SessionHandover,
+};
+
+use super::Broker;
+use crate::codec::QoS;
+use crate::message::{Message, MessageProperties};
+use crate::session::Kick;
+use crate::storage_refusal::{self, NotStored};
+use crate::topic;
+
+impl BrokerHandle for Broker {
+    fn deliver_forwarded(
+        &self,
+        publish: ForwardedPublish,
+    ) -> BoxFuture<'_, Result<usize, BrokerHandleError>> {
+        Box::pin(async move {
+            let message = forwarded_message(publish)?;
+            // The publishing node waits for this answer to acknowledge its publisher, as
+            // the admin API's caller does: what needs the disk while storage takes no new
+            // data is refused whole, and a retained message needs it at any QoS.
+            if message.retain && !message.payload.is_empty() {
+                if let Some(refusal) = NotStored::of_store(self.store.health()) {
+                    storage_refusal::publish_refused(refusal, &message.topic, self.store.health());
+                    return Err(BrokerHandleError::Storage(refusal.message().into()));
+                }
+            }
+            // `route_or_refuse` reaches this node's sessions only: a single node has no
+            // peer to forward to. Once routing forwards to peers, this must take its local
+            // part alone, as a forwarded publish is never forwarded again.
+            let outcome = self.route_or_refuse(Arc::new(message));
+            if let Some(refusal) = outcome.not_stored {
+                return Err(BrokerHandleError::Storage(refusal.message().into()));
+            }
+            if outcome.needs_flush {
+                if let Err(e) = self.flush_storage().await {
+                    storage_refusal::write_failed("flush", "", &e);
+                    return Err(BrokerHandleError::Storage(
+                        NotStored::Failed.message().into(),
+                    ));
+                }
+            }
+            Ok(outcome.matched)
+        })
+    }
+
+    /// An administrative kick is the admin API's (`kicked`, 0x98). A takeover ends the
+    /// connection as a takeover on this node does (`takeovered`, 0x8E); its
+    /// `client.disconnected` event names this node as the taker until the cluster knows
+    /// the other nodes' addresses.
+    fn kick(&self, client_id: &ClientId, reason: KickReason) -> bool {
+        match reason {
+            KickReason::Administrative => Broker::kick(self, client_id),
+            KickReason::TakenOver { by } => {
+                tracing::debug!(%client_id, taken_by = %by, "session taken over by another node");
+                let Some(session) = self.find_session(client_id) else {
+                    return false;
+                };
+                let st = session.state();
+                st.attachment
+                    .as_ref()
+                    .is_some_and(|a| a.kick.send(Kick::TakenOver))
+            }
+        }
+    }
+
+    fn hand_over_session<'a>(
+        &'a self,
+        _client_id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<Option<SessionHandover>, BrokerHandleError>> {
+        Box::pin(async {
+            Err(BrokerHandleError::NotSupported(
+                "handing a session over to another node",
+            ))
+        })
+    }
+}
+
+/// The message a forwarded publish carries, refused if no valid publish could carry it.
+fn forwarded_message(p: ForwardedPublish) -> Result<Message, BrokerHandleError> {
+    let qos =
+        QoS::from_u8(p.qos).ok_or_else(|| BrokerHandleError::Invalid(format!("QoS {}", p.qos)))?;
+    if p.topic.is_empty() || !topic::valid_topic_name(&p.topic) {
+        return Err(BrokerHandleError::Invalid(format!(
+            "topic name {:?}",
+            p.topic
+        )));
+    }
+    let props = p.properties;
+    Ok(Message {
+        topic: Arc::from(p.topic),
+        payload: p.payload,
+        qos,
+        retain: p.retain,
+        properties: MessageProperties {
+            payload_format_indicator: props.payload_format_indicator,
+            message_expiry_interval: props.message_expiry_interval,
+            content_type: props.content_type,
+            response_topic: props.response_topic,
+            correlation_data: props.correlation_data,
+            user_properties: props.user_properties,
+        },
+        received_at_ms: p.received_at_ms,
+        publisher: p.publisher,
+        publisher_username: p.publisher_username.map(Arc::from),
+    })
+}
+
+#[cfg(test)]
+mod tests;

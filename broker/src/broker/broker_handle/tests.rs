@@ -1,0 +1,204 @@
+//! The seam's inbound calls against a real broker (temporary store, sessions without
+//! sockets: their queues and signals show what happened).
+
+use bytes::Bytes;
+use skein_seam::{NodeId, PublishProperties};
+use skein_storage::{Availability, MinFree, Store};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::codec::{ProtocolVersion, SubscriptionOptions};
+use crate::config::Config;
+use crate::events::{ClientInfo, EventBus, NodeInfo};
+use crate::local_cluster::LocalCluster;
+use crate::message::now_ms;
+use crate::session::{Attachment, KickSignal, Session, Subscription};
+
+fn broker() -> Arc<Broker> {
+    let events = EventBus::new(NodeInfo {
+        node: "127.0.0.1:1883".into(),
+        node_ip: "127.0.0.1".into(),
+        node_name: "test".into(),
+    });
+    Broker::new(
+        Config::default(),
+        Store::open_temporary().unwrap(),
+        Arc::new(LocalCluster::new(NodeId(1))),
+        events,
+        CancellationToken::new(),
+    )
+    .unwrap()
+}
+
+/// A session subscribed to `filter` at QoS 1; attached (its signal returned) unless
+/// `persistent`, which leaves it offline with an expiry.
+fn subscriber(
+    b: &Broker,
+    id: &str,
+    filter: &str,
+    persistent: bool,
+) -> (Arc<Session>, Arc<KickSignal>) {
+    let s = b.get_or_create_session(&ClientId::new(id));
+    let signal = KickSignal::new();
+    if persistent {
+        s.state().expiry_interval = 3600;
+    } else {
+        s.state().attach(
+            Attachment {
+                connection_id: 1,
+                kick: signal.clone(),
+            },
+            Arc::new(ClientInfo::unknown(ClientId::new(id), ProtocolVersion::V5)),
+        );
+    }
+    let options = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    };
+    b.subscribe(
+        &s,
+        filter,
+        Subscription {
+            options,
+            subscription_id: None,
+        },
+    );
+    (s, signal)
+}
+
+fn forwarded(topic: &str, qos: u8) -> ForwardedPublish {
+    ForwardedPublish {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"hello"),
+        qos,
+        retain: false,
+        properties: PublishProperties {
+            content_type: Some("text/plain".into()),
+            ..Default::default()
+        },
+        received_at_ms: now_ms(),
+        publisher: Some(ClientId::new("elsewhere")),
+        publisher_username: None,
+    }
+}
+
+#[tokio::test]
+async fn a_forwarded_publish_reaches_online_and_offline_sessions_and_is_stored_first() {
+    let b = broker();
+    let (online, _signal) = subscriber(&b, "on", "t/#", false);
+    let (offline, _) = subscriber(&b, "off", "t/+", true);
+    subscriber(&b, "other", "u/#", false);
+    let flushes = b.store.flushes_performed();
+    let matched = b.deliver_forwarded(forwarded("t/1", 1)).await.unwrap();
+    assert_eq!(matched, 2);
+    let queued = &online.state().queue[0].delivery;
+    assert_eq!(&*queued.message.topic, "t/1");
+    assert_eq!(queued.qos, QoS::AtLeastOnce);
+    assert_eq!(
+        queued.message.properties.content_type.as_deref(),
+        Some("text/plain")
+    );
+    assert_eq!(offline.state().queue.len(), 1);
+    // The offline session's copy is on disk before the call completes.
+    assert_eq!(b.store.queue_load("off").unwrap().len(), 1);
+    assert!(b.store.flushes_performed() > flushes);
+}
+
+#[tokio::test]
+async fn a_forwarded_publish_that_no_publish_could_carry_is_refused() {
+    let b = broker();
+    let (online, _signal) = subscriber(&b, "on", "#", false);
+    for (topic, qos) in [("t", 3), ("t/#", 1), ("t/+", 0), ("", 0)] {
+        let error = b
+            .deliver_forwarded(forwarded(topic, qos))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, BrokerHandleError::Invalid(_)),
+            "{topic:?} {qos}: {error}"
+        );
+    }
+    assert!(online.state().queue.is_empty());
+    assert_eq!(b.deliver_forwarded(forwarded("t", 0)).await, Ok(1));
+}
+
+#[tokio::test]
+async fn kicks_reach_the_attached_connection_with_their_reason() {
+    let b = broker();
+    let (_, taken) = subscriber(&b, "taken", "a", false);
+    let (_, kicked) = subscriber(&b, "kicked", "a", false);
+    subscriber(&b, "offline", "a", true);
+    let by = NodeId(2);
+    assert!(BrokerHandle::kick(
+        &*b,
+        &ClientId::new("taken"),
+        KickReason::TakenOver { by }
+    ));
+    assert_eq!(taken.try_recv(), Some(Kick::TakenOver));
+    assert!(BrokerHandle::kick(
+        &*b,
+        &ClientId::new("kicked"),
+        KickReason::Administrative
+    ));
+    assert_eq!(kicked.try_recv(), Some(Kick::Administrative));
+    for id in ["offline", "unknown"] {
+        assert!(!BrokerHandle::kick(
+            &*b,
+            &ClientId::new(id),
+            KickReason::TakenOver { by }
+        ));
+    }
+}
+
+#[tokio::test]
+async fn handing_a_session_over_is_not_supported_yet() {
+    let b = broker();
+    subscriber(&b, "s", "a", true);
+    let result = b.hand_over_session(&ClientId::new("s")).await;
+    assert!(matches!(result, Err(BrokerHandleError::NotSupported(_))));
+    assert!(b.find_session(&ClientId::new("s")).is_some(), "kept");
+}
+
+#[tokio::test]
+async fn below_the_storage_guard_what_needs_the_disk_is_refused_and_nothing_queued() {
+    // A real data directory, so that the free-space guard measures a real file system.
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::new(
+        Config::default(),
+        Store::open(dir.path()).unwrap(),
+        Arc::new(LocalCluster::new(NodeId(1))),
+        EventBus::new(NodeInfo {
+            node: "127.0.0.1:1883".into(),
+            node_ip: "127.0.0.1".into(),
+            node_name: "test".into(),
+        }),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    let (offline, _) = subscriber(&b, "off", "t/#", true);
+    let health = b.store.health();
+    health.set_min_free(MinFree::Bytes(u64::MAX));
+    assert_eq!(health.check().unwrap(), Availability::LowSpace);
+
+    let refused = b.deliver_forwarded(forwarded("t/1", 1)).await;
+    assert!(
+        matches!(refused, Err(BrokerHandleError::Storage(_))),
+        "{refused:?}"
+    );
+    let mut retained = forwarded("t/r", 0);
+    retained.retain = true;
+    let refused = b.deliver_forwarded(retained).await;
+    assert!(
+        matches!(refused, Err(BrokerHandleError::Storage(_))),
+        "{refused:?}"
+    );
+    assert!(offline.state().queue.is_empty());
+    assert!(b.store.queue_load("off").unwrap().is_empty());
+    // QoS 0 needs no disk.
+    assert_eq!(b.deliver_forwarded(forwarded("t/0", 0)).await, Ok(1));
+
+    health.set_min_free(MinFree::Bytes(0));
+    assert_eq!(health.check().unwrap(), Availability::Available);
+    assert_eq!(b.deliver_forwarded(forwarded("t/2", 1)).await, Ok(1));
+    assert_eq!(b.store.queue_load("off").unwrap().len(), 1);
+}

@@ -1,0 +1,114 @@
+//! The inbound half of the seam: what the cluster asks of the local broker. The broker
+//! implements [`BrokerHandle`]; the cluster's server calls it for what peer nodes send.
+//! Only plain values cross here (no broker types), so that the cluster never needs the
+//! broker crate.
+
+use bytes::Bytes;
+
+use crate::box_future::BoxFuture;
+use crate::ids::{ClientId, NodeId};
+
+/// A publish that another node accepted and forwards to this one, which has matching
+/// subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedPublish {
+    /// A topic name (no wildcards).
+    pub topic: String,
+    pub payload: Bytes,
+    /// 0, 1 or 2, as on the wire.
+    pub qos: u8,
+    pub retain: bool,
+    pub properties: PublishProperties,
+    /// Unix milliseconds when the publishing node received it: Message Expiry counts
+    /// from there.
+    pub received_at_ms: u64,
+    /// The publishing client; None for a message a node published itself (events).
+    pub publisher: Option<ClientId>,
+    /// The publisher's username, for the events that name it.
+    pub publisher_username: Option<String>,
+}
+
+/// The MQTT 5 properties that travel with a message from publisher to subscribers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishProperties {
+    pub payload_format_indicator: Option<u8>,
+    pub message_expiry_interval: Option<u32>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// Why the cluster asks the broker to end a local client's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// The client id connected on node `by`, which took the session over.
+    TakenOver { by: NodeId },
+    /// An operator kicked the client through another node.
+    Administrative,
+}
+
+/// A session's state as its node hands it to the node taking it over: what a client
+/// expects to find again (its subscriptions, the messages waiting for it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionHandover {
+    /// Seconds the session outlives its connection.
+    pub expiry_interval: u32,
+    pub subscriptions: Vec<HandedOverSubscription>,
+    /// Messages waiting for the client, oldest first.
+    pub queued: Vec<ForwardedPublish>,
+}
+
+/// One subscription of a handed-over session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedOverSubscription {
+    /// The full filter, with any `$share/group/` prefix.
+    pub filter: String,
+    /// The granted QoS, 0..=2.
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// 0..=2, as on the wire.
+    pub retain_handling: u8,
+    pub subscription_id: Option<u32>,
+}
+
+/// Why the broker could not do what the cluster asked.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BrokerHandleError {
+    /// What the peer sent cannot be valid (a bad QoS, a topic with wildcards).
+    #[error("invalid request from a peer: {0}")]
+    Invalid(String),
+    /// Storage could not take what delivery needed written: nothing may be acknowledged.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// This broker cannot do it yet.
+    #[error("not supported yet: {0}")]
+    NotSupported(&'static str),
+}
+
+/// Implemented by the broker; called by the cluster.
+pub trait BrokerHandle: Send + Sync {
+    /// Delivers a publish another node accepted to this node's matching sessions, and
+    /// only to them: a forwarded publish is never forwarded again (one hop). Completes once
+    /// every local target has it (written to disk where an offline session needs it), so
+    /// the publishing node may acknowledge. Returns how many local sessions it matched.
+    fn deliver_forwarded(
+        &self,
+        publish: ForwardedPublish,
+    ) -> BoxFuture<'_, Result<usize, BrokerHandleError>>;
+
+    /// Tells the connection of `client_id` on this node to go away for `reason`; its
+    /// session stays. False when no connection of that client is attached here.
+    fn kick(&self, client_id: &ClientId, reason: KickReason) -> bool;
+
+    /// Hands the session of `client_id` over to the node taking it: its state, which this
+    /// node then forgets. None when this node has no such session.
+    fn hand_over_session<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<Option<SessionHandover>, BrokerHandleError>>;
+}
+
+// The cluster holds the broker as a trait object: keep the trait object-safe.
+const _: Option<&dyn BrokerHandle> = None;
