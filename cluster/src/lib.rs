@@ -5,26 +5,29 @@
 //! (`skein-proto` messages only). This crate never imports the broker: the broker holds a
 //! [`ClusterNode`] and folds its [`ChangeStream`] into its local views.
 //!
-//! Map of the crate (one job per module):
-//! - [`node`]: [`ClusterNode`], a running member: start, the handle's reads, removal,
-//!   shutdown; [`ChangeStream`].
+//! The crate's modules in layer order: each imports only modules listed below it.
+//!
 //! - `commands`: the registry commands the broker proposes (register, unregister,
 //!   subscribe, unsubscribe).
-//! - `proposer`: batches concurrent commands into one log entry; forwards to the leader.
-//! - `registry`: the replicated state and its deterministic `apply`; snapshot format;
-//!   the change events.
-//! - `state_machine`: openraft's state machine over the registry; snapshots in the store.
-//! - `log_store`: the storage crate's sled Raft log, noting the commit index.
-//! - `network`, `peers`: the Raft RPC client, one cached lazy gRPC channel per peer.
+//! - `node`: [`ClusterNode`], a running member: start, reads, status, removal, shutdown;
+//!   [`ChangeStream`].
 //! - `server`: the gRPC server (`Raft` and `Cluster` services).
-//! - `membership`: `--peers` bootstrap, join through any member, remove.
+//! - `proposer`: batches concurrent commands into one log entry; forwards to the leader.
+//! - `membership`: `--peers` bootstrap, join through any member, member records, removal.
+//! - `status`: [`ClusterStatus`], this node's or the leader's.
+//! - `shared`: what a member's parts share (identity, Raft, peers, registry view).
+//! - `network`: the Raft RPC client (openraft's network traits over gRPC).
+//! - `state_machine`: openraft's state machine over the registry; snapshots in the store.
+//! - `metrics`: metric names and the task that keeps the Raft gauges current.
+//! - `log_store`: the storage crate's sled Raft log, noting the commit index.
+//! - `peers`: one cached lazy gRPC channel per member, and when each was last heard from.
+//! - `registry`: the replicated state and its deterministic `apply`; snapshot format;
+//!   change events.
 //! - `convert`: openraft records ⇄ protobuf messages.
 //! - `settings`: [`RaftSettings`] (timeouts, batching, compaction).
 //! - `epoch`: connection epochs stamped by the proposer.
-//! - `status`: [`ClusterStatus`].
-//! - [`metrics`]: metric names and the task that keeps the Raft gauges current.
-//! - `types`: the openraft type config, [`Node`], the protobuf app-data wrapper.
 //! - `error`: [`ClusterError`].
+//! - `types`: the openraft type config, [`Node`], the protobuf app-data wrapper.
 
 mod commands;
 mod convert;
@@ -40,6 +43,7 @@ mod proposer;
 mod registry;
 mod server;
 mod settings;
+mod shared;
 mod state_machine;
 mod status;
 mod types;

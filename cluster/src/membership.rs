@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::convert::FromPb;
 use crate::error::{ClusterError, Result};
 use crate::log_store::LogStore;
-use crate::node::Shared;
 use crate::peers::cluster_client;
+use crate::shared::Shared;
 use crate::types::{Membership, Node, NodeId, Raft};
 
 /// One `--peers` entry: a member's id and the gRPC address the others dial.

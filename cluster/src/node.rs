@@ -21,7 +21,9 @@ use crate::peers::Peers;
 use crate::proposer::Proposer;
 use crate::registry::ChangeEvent;
 use crate::settings::RaftSettings;
+use crate::shared::Shared;
 use crate::state_machine::{RegistryView, StateMachine};
+use crate::status::ClusterStatus;
 use crate::types::{Membership, Node, NodeId, Raft};
 use crate::{metrics, server};
 
@@ -42,17 +44,6 @@ pub struct ClusterConfig {
     /// Any member's gRPC address (`--join`): become a member through it.
     pub join: Option<String>,
     pub raft: RaftSettings,
-}
-
-/// What the server, proposer and membership tasks share.
-pub(crate) struct Shared {
-    pub(crate) id: NodeId,
-    pub(crate) node: Node,
-    pub(crate) raft: Raft,
-    pub(crate) peers: Arc<Peers>,
-    pub(crate) view: RegistryView,
-    pub(crate) commit: Arc<CommitIndex>,
-    pub(crate) settings: RaftSettings,
 }
 
 /// A running cluster member; share it behind an `Arc`. Dropping it does not stop it: call
@@ -221,6 +212,17 @@ impl ClusterNode {
     /// The record of member `id`, if it is one.
     pub fn member(&self, id: NodeId) -> Option<Node> {
         self.membership().get_node(&id).cloned()
+    }
+
+    /// What this node knows (reachability of every member only if it leads).
+    pub fn status(&self) -> ClusterStatus {
+        self.shared.cluster_status()
+    }
+
+    /// The leader's status, where every member's reachability is known: this node's own
+    /// when it leads, otherwise asked of the leader over gRPC.
+    pub async fn leader_status(&self) -> Result<ClusterStatus> {
+        self.shared.leader_status().await
     }
 
     /// Removes member `id` (voter or learner) through the leader; returns the membership

@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use crate::convert::FromPb;
 use crate::error::{ClusterError, Result};
 use crate::metrics;
-use crate::node::Shared;
 use crate::peers::cluster_client;
+use crate::shared::Shared;
 use crate::types::{LogId, Proto};
 
 struct Pending {

@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status};
 use crate::convert::{FromPb, InstallSnapshotOutcome, ToPb};
 use crate::error::{ClusterError, Result};
 use crate::membership;
-use crate::node::Shared;
 use crate::peers::MAX_MESSAGE_BYTES;
+use crate::shared::Shared;
 use crate::types::{NodeId, Proto};
 
 /// Serves both services on `listener` until `shutdown` is cancelled.

@@ -6,8 +6,8 @@ use skein_proto::v1 as pb;
 
 use crate::error::{ClusterError, Result};
 use crate::metrics::REACHABLE_HEARTBEATS;
-use crate::node::{ClusterNode, Shared};
 use crate::peers::cluster_client;
+use crate::shared::Shared;
 use crate::types::{Node, NodeId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,27 +43,26 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
 }
 
-impl ClusterNode {
-    /// What this node knows (reachability of every member only if it leads).
-    pub fn status(&self) -> ClusterStatus {
-        self.shared.cluster_status()
-    }
-
-    /// The leader's status, where every member's reachability is known: this node's own
-    /// when it leads, otherwise asked of the leader over gRPC.
-    pub async fn leader_status(&self) -> Result<ClusterStatus> {
-        let local = self.status();
+impl Shared {
+    /// See `ClusterNode::leader_status`.
+    pub(crate) async fn leader_status(&self) -> Result<ClusterStatus> {
+        let local = self.cluster_status();
         if local.is_leader {
             return Ok(local);
         }
-        let wait = self.shared.settings.proposal_timeout();
+        let wait = self.settings.proposal_timeout();
         let leader = local.leader_id.ok_or(ClusterError::NoLeader(wait))?;
         let addr = self
-            .member(leader)
-            .map(|n| n.grpc)
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.grpc.clone())
             .filter(|a| !a.is_empty())
             .ok_or(ClusterError::NoLeader(wait))?;
-        let channel = self.shared.peers.channel(leader, &addr)?;
+        let channel = self.peers.channel(leader, &addr)?;
         let mut request = tonic::Request::new(pb::StatusRequest {});
         request.set_timeout(wait);
         let rpc_error = |status| ClusterError::Rpc {

@@ -4,6 +4,7 @@
 //! The issue asks for 50k cycles; the unit suite runs 5k (the bound does not depend on the
 //! count, and the suite must stay quick on a 2-core machine).
 
+#[path = "support/cluster.rs"]
 mod common;
 
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Faults on real members: the leader stops, a member restarts from its data directory, a
 //! fourth member joins and one is removed, all while proposals keep committing.
 
+#[path = "support/cluster.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};

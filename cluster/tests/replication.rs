@@ -1,6 +1,7 @@
 //! Three members on loopback gRPC: election, replication of registry commands, takeover
 //! changes on every node, batching of concurrent proposals.
 
+#[path = "support/cluster.rs"]
 mod common;
 
 use std::sync::Arc;

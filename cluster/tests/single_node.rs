@@ -2,6 +2,7 @@
 //! Raft gauges and proposal histogram are recorded (one member per process here, so the
 //! process-wide metrics belong to it alone).
 
+#[path = "support/cluster.rs"]
 mod common;
 
 use std::time::Duration;

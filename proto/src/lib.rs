@@ -2,16 +2,16 @@
 //! and tonic generate from them at build time (see `build.rs`; no system `protoc` needed).
 //!
 //! Everything that crosses a node boundary is one of these messages; no Rust-only type does.
-//! One package, `skein.cluster.v1` ([`v1`]):
 //!
-//! - `raft.proto`: the `Raft` service (AppendEntries, Vote, InstallSnapshot) and the Raft
-//!   records it carries (log ids, votes, entries, memberships, snapshot metadata).
-//! - `registry.proto`: the client registry's commands (the Raft log's application data),
-//!   their results, and the state machine's snapshot.
-//! - `cluster.proto`: the `Cluster` admin service (Join, Remove, Status) and `Propose`, the
-//!   way a follower's proposer reaches the leader.
-//! - `dataplane.proto`: `Forward` (batched publish streams between nodes) and `Session`
-//!   (kick a connection), whose servers come with the broker's cluster wiring.
+//! - `v1`: package `skein.cluster.v1`, generated from these files:
+//!   - `raft.proto`: the `Raft` service (AppendEntries, Vote, InstallSnapshot) and the Raft
+//!     records it carries (log ids, votes, entries, memberships, snapshot metadata).
+//!   - `registry.proto`: the client registry's commands (the Raft log's application data),
+//!     their results, and the state machine's snapshot.
+//!   - `cluster.proto`: the `Cluster` admin service (Join, Remove, Status) and `Propose`,
+//!     the way a follower's proposer reaches the leader.
+//!   - `dataplane.proto`: `Forward` (batched publish streams between nodes) and `Session`
+//!     (kick a connection), whose servers come with the broker's cluster wiring.
 //!
 //! Messages are versioned the protobuf way: field numbers are append-only and never reused.
 //! Those stored in the Raft log and snapshots (`registry.proto`) must also give a new field
