@@ -104,8 +104,7 @@ impl ClusterNode {
             log.clone(),
             state_machine,
         )
-        .await
-        .map_err(|e| ClusterError::Proposal(format!("cannot start Raft: {e}")))?;
+        .await?;
 
         let shared = Arc::new(Shared {
             id: config.node_id,
@@ -140,14 +139,23 @@ impl ClusterNode {
 
         // A node told to join never initializes a group of its own.
         if config.join.is_none() {
-            membership::bootstrap(
+            let bootstrapped = membership::bootstrap(
                 &shared.raft,
                 &mut log,
                 shared.id,
                 &shared.node,
                 &config.peers,
             )
-            .await?;
+            .await;
+            if let Err(e) = bootstrapped {
+                // Stop what was started rather than leave a server running unowned.
+                shutdown.cancel();
+                tasks.close();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
+                server.abort();
+                let _ = shared.raft.shutdown().await;
+                return Err(e);
+            }
         }
         tasks.spawn(membership::keep_record(
             shared.clone(),
