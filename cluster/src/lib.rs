@@ -56,7 +56,7 @@ pub use registry::{
     AppliedChanges, Change, ChangeEvent, ClientEntry, Owner, PreviousOwner, Registry, Subscription,
     SubscriptionOptions, SNAPSHOT_FORMAT,
 };
-pub use settings::RaftSettings;
+pub use settings::{RaftSettings, MAX_ENTRIES_PER_APPEND, PURGE_BATCH_ENTRIES};
 pub use state_machine::RegistryView;
 pub use status::{ClusterStatus, MemberStatus, Role};
 pub use types::{Membership, Node, NodeId};

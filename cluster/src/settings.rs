@@ -5,6 +5,12 @@ use std::time::Duration;
 
 use crate::error::{ClusterError, Result};
 
+/// Purged log entries are removed in runs of at least this many.
+pub const PURGE_BATCH_ENTRIES: u64 = 64;
+
+/// The most log entries one AppendEntries carries.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
+
 /// Raft settings of a node. The broker fills `heartbeat_ms` from `raft_heartbeat_ms` and
 /// `election_timeout_ms` from `raft_election_timeout_ms`; the rest keep their defaults unless
 /// a test needs otherwise.
@@ -21,7 +27,9 @@ pub struct RaftSettings {
     /// Build a snapshot (and let the log be purged up to it) every this many applied entries.
     pub snapshot_every_entries: u64,
     /// Entries kept behind a snapshot, so a follower slightly behind catches up from the log
-    /// instead of receiving the whole snapshot.
+    /// instead of receiving the whole snapshot. A member holds at most about
+    /// `snapshot_every_entries + entries_kept_after_snapshot + PURGE_BATCH_ENTRIES +
+    /// MAX_ENTRIES_PER_APPEND` entries, however many were ever written.
     pub entries_kept_after_snapshot: u64,
     /// The most registry commands the proposer puts in one log entry.
     pub max_commands_per_entry: usize,
@@ -100,7 +108,11 @@ impl RaftSettings {
             // A follower further behind than a snapshot's worth gets the snapshot.
             replication_lag_threshold: self.snapshot_every_entries
                 + self.entries_kept_after_snapshot,
-            purge_batch_size: 64,
+            purge_batch_size: PURGE_BATCH_ENTRIES,
+            // Each entry holds up to `max_commands_per_entry` commands: 64 entries keep an
+            // AppendEntries to a few MiB, and bound how far behind a purge can be held
+            // (openraft postpones a purge while a replication RPC carries the entries).
+            max_payload_entries: MAX_ENTRIES_PER_APPEND,
             ..Default::default()
         };
         config

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{init_tracing, registry_bytes, test_settings, TestCluster};
-use skein_cluster::{RaftSettings, SubscriptionOptions};
+use skein_cluster::{
+    RaftSettings, SubscriptionOptions, MAX_ENTRIES_PER_APPEND, PURGE_BATCH_ENTRIES,
+};
 
 const WITHIN: Duration = Duration::from_secs(30);
 const CYCLES: usize = 5_000;
@@ -91,8 +93,9 @@ async fn snapshots_bound_the_log_and_catch_up_a_member_that_was_down() {
         started.elapsed().as_secs_f64()
     );
     assert!(entries > 1_000, "the churn made {entries} entries");
-    // A snapshot every 100 entries, 20 kept behind it, purges in runs of up to 64.
-    let bound = 100 + 20 + 64 + 16;
+    // A snapshot every 100 entries, 20 kept behind it, purges in runs of 64, and a purge
+    // held back while an AppendEntries (up to 64 entries) to a follower carries the entries.
+    let bound = 100 + 20 + PURGE_BATCH_ENTRIES + MAX_ENTRIES_PER_APPEND;
     assert!(
         max_held <= bound,
         "the leader held {max_held} entries (bound {bound})"
