@@ -67,7 +67,12 @@ pub enum ClusterError {
     #[error("invalid registry snapshot: {0}")]
     Snapshot(String),
 
-    /// openraft refused a membership change (e.g. an unknown node, or one in progress).
+    /// Another membership change is still being committed; retry shortly.
+    #[error("a membership change is in progress")]
+    MembershipBusy,
+
+    /// openraft refused a membership change (e.g. an unknown learner, or removing the last
+    /// voter).
     #[error("membership change refused: {0}")]
     Membership(String),
 
@@ -96,6 +101,7 @@ impl ClusterError {
         matches!(
             self,
             ClusterError::NoLeader(_)
+                | ClusterError::MembershipBusy
                 | ClusterError::Timeout(_)
                 | ClusterError::Overloaded(_)
                 | ClusterError::ShuttingDown
@@ -126,6 +132,7 @@ impl ClusterError {
             ClusterError::Timeout(d) => ClusterError::Timeout(*d),
             ClusterError::Overloaded(n) => ClusterError::Overloaded(*n),
             ClusterError::ShuttingDown => ClusterError::ShuttingDown,
+            ClusterError::MembershipBusy => ClusterError::MembershipBusy,
             ClusterError::Stopped(e) => ClusterError::Stopped(e.clone()),
             ClusterError::Malformed { what, reason } => ClusterError::Malformed { what, reason },
             ClusterError::Rpc { call, addr, status } => ClusterError::Rpc {

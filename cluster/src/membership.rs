@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{ChangeMembers, ServerState};
 use skein_proto::v1 as pb;
@@ -145,10 +145,23 @@ fn changed(
             leader_id: f.leader_id,
             leader: f.leader_node.map(Into::into),
         })),
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_),
+        ))) => Err(ClusterError::MembershipBusy),
         Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
             Err(ClusterError::Membership(e.to_string()))
         }
         Err(RaftError::Fatal(e)) => Err(e.into()),
+    }
+}
+
+/// A membership request that may succeed if sent again shortly: another change was in
+/// progress (here or, answered over gRPC as `UNAVAILABLE`, on the leader).
+pub(crate) fn is_busy(e: &ClusterError) -> bool {
+    match e {
+        ClusterError::MembershipBusy => true,
+        ClusterError::Rpc { status, .. } => status.code() == tonic::Code::Unavailable,
+        _ => false,
     }
 }
 
@@ -393,9 +406,7 @@ pub(crate) async fn keep_record(
             Err(e) => {
                 // Concurrent membership changes are refused while one is in progress
                 // (members publishing their records at start): expected, retried.
-                let busy = matches!(&e, ClusterError::Rpc { status, .. }
-                    if status.code() == tonic::Code::FailedPrecondition);
-                if busy {
+                if is_busy(&e) {
                     tracing::info!(node = shared.id, %addr, error = %e, "membership change refused for now; retrying");
                 } else {
                     tracing::warn!(node = shared.id, %addr, error = %e, "joining the cluster failed; retrying");

@@ -237,6 +237,23 @@ impl ClusterNode {
     /// without it. The removed node's process keeps running until it is stopped.
     #[tracing::instrument(level = "info", skip(self), fields(node = self.shared.id))]
     pub async fn remove_member(&self, id: NodeId) -> Result<Membership> {
+        // Another change (a join's promotion, a record update) may still be committing:
+        // retry while it is, up to the proposal timeout.
+        let deadline = tokio::time::Instant::now() + self.shared.settings.proposal_timeout();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.try_remove_member(id).await {
+                Err(e) if membership::is_busy(&e) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(node = id, error = %e, "membership busy; retrying the removal");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn try_remove_member(&self, id: NodeId) -> Result<Membership> {
         match membership::dismiss(&self.shared, id).await? {
             Ok(membership) => Ok(membership),
             Err(not_leader) => {
