@@ -1,0 +1,160 @@
+//! The registry commands the broker proposes: claim a client id, release it, subscribe,
+//! unsubscribe. Each returns once the command is committed and applied on this node; the
+//! proposer stamps the epoch and the time (see `epoch.rs`, `proposer.rs`).
+
+use skein_proto::v1 as pb;
+use skein_proto::v1::command::Command;
+use skein_proto::v1::command_result::Result as Answer;
+
+use crate::epoch::unix_millis;
+use crate::error::{ClusterError, Result};
+use crate::node::ClusterNode;
+use crate::registry::{Owner, PreviousOwner, SubscriptionOptions};
+
+/// What claiming a client id answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    /// This connection's epoch: pass it to every later command of the connection.
+    pub epoch: u64,
+    /// MQTT Session Present.
+    pub session_present: bool,
+    /// Who held the id before: that connection is being disconnected on its node (which
+    /// learns it from its change stream), or that offline session moved here.
+    pub previous: Option<PreviousOwner>,
+}
+
+impl ClusterNode {
+    /// Claims `client_id` for a new connection on this node (MQTT CONNECT): committed
+    /// cluster-wide before this returns, so CONNACK can follow.
+    #[tracing::instrument(level = "debug", skip(self), fields(node = self.id()))]
+    pub async fn register_client(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        session_expiry_secs: u32,
+    ) -> Result<Registration> {
+        let epoch = self.epochs.next();
+        let answer = self
+            .propose(Command::Register(pb::RegisterClient {
+                client_id: client_id.to_owned(),
+                node_id: self.id(),
+                epoch,
+                clean_start,
+                session_expiry_secs,
+                stamped_at_ms: unix_millis(),
+            }))
+            .await?;
+        match answer {
+            Answer::Registered(r) => Ok(Registration {
+                epoch,
+                session_present: r.session_present,
+                previous: r.previous.map(|p| PreviousOwner {
+                    owner: Owner {
+                        node: p.node_id,
+                        epoch: p.epoch,
+                    },
+                    online: p.online,
+                }),
+            }),
+            other => Err(unexpected("register", &other)),
+        }
+    }
+
+    /// Releases the claim of connection `epoch` (the connection ended). With
+    /// `session_ended` (or a session expiry of 0) the client is forgotten; otherwise its
+    /// session stays here, offline. Returns whether the session was kept.
+    #[tracing::instrument(level = "debug", skip(self), fields(node = self.id()))]
+    pub async fn unregister_client(
+        &self,
+        client_id: &str,
+        epoch: u64,
+        session_ended: bool,
+    ) -> Result<bool> {
+        let answer = self
+            .propose(Command::Unregister(pb::UnregisterClient {
+                client_id: client_id.to_owned(),
+                node_id: self.id(),
+                epoch,
+                session_ended,
+                stamped_at_ms: unix_millis(),
+            }))
+            .await?;
+        match answer {
+            Answer::Unregistered(u) => Ok(u.session_kept),
+            other => Err(unexpected("unregister", &other)),
+        }
+    }
+
+    /// Adds (or replaces) a subscription of connection `epoch`: in force cluster-wide once
+    /// this returns, so SUBACK can follow. Returns whether it replaced one.
+    #[tracing::instrument(level = "debug", skip(self, options), fields(node = self.id()))]
+    pub async fn subscribe(
+        &self,
+        client_id: &str,
+        epoch: u64,
+        filter: &str,
+        options: SubscriptionOptions,
+        subscription_id: Option<u32>,
+    ) -> Result<bool> {
+        let answer = self
+            .propose(Command::Subscribe(pb::Subscribe {
+                client_id: client_id.to_owned(),
+                node_id: self.id(),
+                epoch,
+                filter: filter.to_owned(),
+                options: Some(pb::SubscriptionOptions {
+                    qos: options.qos.into(),
+                    no_local: options.no_local,
+                    retain_as_published: options.retain_as_published,
+                    retain_handling: options.retain_handling.into(),
+                }),
+                subscription_id,
+            }))
+            .await?;
+        match answer {
+            Answer::Subscribed(s) => Ok(s.replaced),
+            other => Err(unexpected("subscribe", &other)),
+        }
+    }
+
+    /// Removes a subscription of connection `epoch`; returns whether it existed.
+    #[tracing::instrument(level = "debug", skip(self), fields(node = self.id()))]
+    pub async fn unsubscribe(&self, client_id: &str, epoch: u64, filter: &str) -> Result<bool> {
+        let answer = self
+            .propose(Command::Unsubscribe(pb::Unsubscribe {
+                client_id: client_id.to_owned(),
+                node_id: self.id(),
+                epoch,
+                filter: filter.to_owned(),
+            }))
+            .await?;
+        match answer {
+            Answer::Unsubscribed(u) => Ok(u.existed),
+            other => Err(unexpected("unsubscribe", &other)),
+        }
+    }
+
+    /// Proposes one command and returns its answer; a rejection is an error.
+    async fn propose(&self, command: Command) -> Result<Answer> {
+        let result = self
+            .proposer
+            .propose(pb::Command {
+                command: Some(command),
+            })
+            .await?;
+        match result.result {
+            Some(Answer::Rejected(r)) => Err(ClusterError::Rejected {
+                not_owner: r.reason() == pb::RejectReason::NotOwner,
+                detail: r.detail,
+            }),
+            Some(answer) => Ok(answer),
+            None => Err(ClusterError::Proposal(
+                "the command's result is empty".into(),
+            )),
+        }
+    }
+}
+
+fn unexpected(command: &str, answer: &Answer) -> ClusterError {
+    ClusterError::Proposal(format!("{command} was answered with {answer:?}"))
+}

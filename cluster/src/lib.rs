@@ -1,0 +1,62 @@
+//! Skein's cluster: several broker nodes acting as one. A Raft group (openraft 0.9, storage
+//! in the node's sled store through `skein-storage`) replicates the client registry, the
+//! control plane: who owns each client id, each session's subscriptions, and so which nodes
+//! have interest in which filter. Publishes never go through Raft. Nodes talk gRPC
+//! (`skein-proto` messages only). This crate never imports the broker: the broker holds a
+//! [`ClusterNode`] and folds its [`ChangeStream`] into its local views.
+//!
+//! The crate's modules in layer order: each imports only modules listed below it.
+//!
+//! - `commands`: the registry commands the broker proposes (register, unregister,
+//!   subscribe, unsubscribe).
+//! - `node`: [`ClusterNode`], a running member: start, reads, status, removal, shutdown;
+//!   [`ChangeStream`].
+//! - `server`: the gRPC server (`Raft` and `Cluster` services).
+//! - `proposer`: batches concurrent commands into one log entry; forwards to the leader.
+//! - `membership`: `--peers` bootstrap, join through any member, member records, removal.
+//! - `status`: [`ClusterStatus`], this node's or the leader's.
+//! - `shared`: what a member's parts share (identity, Raft, peers, registry view).
+//! - `network`: the Raft RPC client (openraft's network traits over gRPC).
+//! - `state_machine`: openraft's state machine over the registry; snapshots in the store.
+//! - `metrics`: metric names and the task that keeps the Raft gauges current.
+//! - `log_store`: the storage crate's sled Raft log, noting the commit index.
+//! - `peers`: one cached lazy gRPC channel per member, and when each was last heard from.
+//! - `registry`: the replicated state and its deterministic `apply`; snapshot format;
+//!   change events.
+//! - `convert`: openraft records ⇄ protobuf messages.
+//! - `settings`: [`RaftSettings`] (timeouts, batching, compaction).
+//! - `epoch`: connection epochs stamped by the proposer.
+//! - `error`: [`ClusterError`].
+//! - `types`: the openraft type config, [`Node`], the protobuf app-data wrapper.
+
+mod commands;
+mod convert;
+mod epoch;
+mod error;
+mod log_store;
+mod membership;
+pub mod metrics;
+mod network;
+pub mod node;
+mod peers;
+mod proposer;
+mod registry;
+mod server;
+mod settings;
+mod shared;
+mod state_machine;
+mod status;
+mod types;
+
+pub use commands::Registration;
+pub use error::{ClusterError, Result};
+pub use membership::{parse_peers, Peer};
+pub use node::{ChangeStream, ClusterConfig, ClusterNode};
+pub use registry::{
+    AppliedChanges, Change, ChangeEvent, ClientEntry, Owner, PreviousOwner, Registry, Subscription,
+    SubscriptionOptions, SNAPSHOT_FORMAT,
+};
+pub use settings::{RaftSettings, MAX_ENTRIES_PER_APPEND, PURGE_BATCH_ENTRIES};
+pub use state_machine::RegistryView;
+pub use status::{ClusterStatus, MemberStatus, Role};
+pub use types::{Membership, Node, NodeId};

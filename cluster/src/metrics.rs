@@ -1,0 +1,142 @@
+//! The cluster's metrics, by name, in one place (the `metrics` facade: the broker installs
+//! the Prometheus recorder).
+//!
+//! Fixed by issue 13: `skein_raft_term`, `skein_raft_is_leader`, `skein_raft_commit_index`,
+//! `skein_raft_applied_index`, `skein_raft_leader_changes_total`, `skein_raft_proposal_seconds`,
+//! `skein_cluster_members` (by role and reachability). The rest are this crate's own.
+
+use std::time::Duration;
+
+use openraft::{RaftMetrics, ServerState};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::log_store::CommitIndex;
+use crate::peers::Peers;
+use crate::types::{Node, NodeId};
+
+pub const RAFT_TERM: &str = "skein_raft_term";
+pub const RAFT_IS_LEADER: &str = "skein_raft_is_leader";
+pub const RAFT_COMMIT_INDEX: &str = "skein_raft_commit_index";
+pub const RAFT_APPLIED_INDEX: &str = "skein_raft_applied_index";
+pub const RAFT_LEADER_CHANGES: &str = "skein_raft_leader_changes_total";
+/// From a command's submission to its result (committed and applied here), per command.
+pub const RAFT_PROPOSAL_SECONDS: &str = "skein_raft_proposal_seconds";
+/// Registry commands per log entry the proposer wrote.
+pub const RAFT_PROPOSAL_BATCH_COMMANDS: &str = "skein_raft_proposal_batch_commands";
+/// Proposals that failed, by `reason` (`queue_full`, `timeout`, `no_leader`, `stopped`).
+pub const RAFT_PROPOSALS_FAILED: &str = "skein_raft_proposals_failed_total";
+/// Log entries held (last log index minus last purged): bounded by snapshot compaction.
+pub const RAFT_LOG_ENTRIES: &str = "skein_raft_log_entries";
+pub const RAFT_SNAPSHOTS_BUILT: &str = "skein_raft_snapshots_built_total";
+pub const RAFT_SNAPSHOT_BYTES: &str = "skein_raft_snapshot_bytes";
+/// Members by `role` (`voter`, `learner`) and `reachable` (`true`, `false`, `unknown`).
+pub const CLUSTER_MEMBERS: &str = "skein_cluster_members";
+/// Client ids in the replicated registry (online and offline sessions).
+pub const CLUSTER_REGISTRY_CLIENTS: &str = "skein_cluster_registry_clients";
+/// Change-stream events a slow receiver missed (it then re-reads the registry).
+pub const CLUSTER_CHANGES_LAGGED: &str = "skein_cluster_changes_lagged_total";
+
+pub(crate) fn registry_size(clients: usize) {
+    metrics::gauge!(CLUSTER_REGISTRY_CLIENTS).set(clients as f64);
+}
+
+pub(crate) fn snapshot_built(bytes: usize) {
+    metrics::counter!(RAFT_SNAPSHOTS_BUILT).increment(1);
+    metrics::gauge!(RAFT_SNAPSHOT_BYTES).set(bytes as f64);
+}
+
+pub(crate) fn proposal_done(elapsed: Duration) {
+    metrics::histogram!(RAFT_PROPOSAL_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn proposal_batch(commands: usize) {
+    metrics::histogram!(RAFT_PROPOSAL_BATCH_COMMANDS).record(commands as f64);
+}
+
+pub(crate) fn proposal_failed(reason: &'static str, count: usize) {
+    metrics::counter!(RAFT_PROPOSALS_FAILED, "reason" => reason).increment(count as u64);
+}
+
+pub(crate) fn changes_lagged(missed: u64) {
+    metrics::counter!(CLUSTER_CHANGES_LAGGED).increment(missed);
+}
+
+/// A member counts as reachable when heard from within this many heartbeats.
+pub(crate) const REACHABLE_HEARTBEATS: u32 = 4;
+
+/// Keeps the Raft gauges current: on every change of openraft's metrics, and every second
+/// for the commit index and reachability (which change without a metrics update).
+pub(crate) async fn publish(
+    mut raft_metrics: watch::Receiver<RaftMetrics<NodeId, Node>>,
+    commit: std::sync::Arc<CommitIndex>,
+    peers: std::sync::Arc<Peers>,
+    heartbeat: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut leader: Option<NodeId> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let m = raft_metrics.borrow_and_update().clone();
+        if m.current_leader.is_some() && m.current_leader != leader {
+            metrics::counter!(RAFT_LEADER_CHANGES).increment(1);
+        }
+        leader = m.current_leader;
+        metrics::gauge!(RAFT_TERM).set(m.current_term as f64);
+        let is_leader = m.state == ServerState::Leader;
+        metrics::gauge!(RAFT_IS_LEADER).set(if is_leader { 1.0 } else { 0.0 });
+        if let Some(index) = commit.get() {
+            metrics::gauge!(RAFT_COMMIT_INDEX).set(index as f64);
+        }
+        if let Some(applied) = m.last_applied {
+            metrics::gauge!(RAFT_APPLIED_INDEX).set(applied.index as f64);
+        }
+        let held = match (m.last_log_index, m.purged) {
+            (Some(last), Some(purged)) => last.saturating_sub(purged.index),
+            (Some(last), None) => last + 1,
+            (None, _) => 0,
+        };
+        metrics::gauge!(RAFT_LOG_ENTRIES).set(held as f64);
+        publish_members(&m, &peers, heartbeat);
+
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = raft_metrics.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Members by role and reachability. Only the leader hears from every member (followers
+/// hear from the leader alone), so only the leader reports `reachable` as `true`/`false`;
+/// the others report `unknown`.
+fn publish_members(m: &RaftMetrics<NodeId, Node>, peers: &Peers, heartbeat: Duration) {
+    const REACHABILITY: [&str; 3] = ["true", "false", "unknown"];
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+    let is_leader = m.state == ServerState::Leader;
+    let mut counts = [[0u32; 3]; 2]; // [voter, learner] × REACHABILITY
+    for (id, _) in membership.nodes() {
+        let role = usize::from(!voters.contains(id));
+        let reachability = if *id == m.id {
+            0
+        } else if !is_leader {
+            2
+        } else if peers
+            .since_contact(*id)
+            .is_some_and(|d| d <= heartbeat * REACHABLE_HEARTBEATS)
+        {
+            0
+        } else {
+            1
+        };
+        counts[role][reachability] += 1;
+    }
+    for (r, role) in ["voter", "learner"].into_iter().enumerate() {
+        for (u, reachable) in REACHABILITY.into_iter().enumerate() {
+            metrics::gauge!(CLUSTER_MEMBERS, "role" => role, "reachable" => reachable)
+                .set(f64::from(counts[r][u]));
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The replicated client registry: the Raft state machine's state, and how a command changes
+//! it.
+//!
+//! [`Registry::apply`] is deterministic: it reads the command and the registry, nothing else
+//! (no clock, no randomness, no I/O; the proposer stamps time and epoch into commands), and
+//! iterates only ordered maps, so every member that applies the same log holds the same
+//! registry and produces the same snapshot bytes.
+//!
+//! Rules, in log order:
+//! - register: the id now belongs to (node, epoch), whoever held it. Without clean start the
+//!   session's subscriptions carry over (moving to the new node); with it they are dropped.
+//!   Registering the owner again (a retried proposal) changes nothing.
+//! - unregister, subscribe, unsubscribe: only for the current owner (node, epoch); a late
+//!   command of a connection that was taken over is rejected with `NOT_OWNER`.
+//! - a session ends on an unregister that says so, or at once when its expiry is 0.
+
+mod change;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use skein_proto::v1 as pb;
+
+pub use change::{AppliedChanges, Change, ChangeEvent, PreviousOwner};
+pub use snapshot::SNAPSHOT_FORMAT;
+
+use crate::types::NodeId;
+
+/// The largest MQTT subscription identifier.
+const MAX_SUBSCRIPTION_ID: u32 = 268_435_455;
+
+/// One connection, cluster-wide: the node it is on and its epoch there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Owner {
+    pub node: NodeId,
+    pub epoch: u64,
+}
+
+/// MQTT subscription options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SubscriptionOptions {
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: u8,
+}
+
+/// One subscription of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+/// A client id's entry in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientEntry {
+    pub owner: Owner,
+    pub clean_start: bool,
+    pub session_expiry_secs: u32,
+    /// When the owning connection registered (proposer's clock, ms since the Unix epoch).
+    pub connected_at_ms: u64,
+    /// `None` while a connection holds the id.
+    pub offline_since_ms: Option<u64>,
+    pub subscriptions: BTreeMap<Arc<str>, Subscription>,
+}
+
+impl ClientEntry {
+    pub fn is_online(&self) -> bool {
+        self.offline_since_ms.is_none()
+    }
+}
+
+/// Clients, their subscriptions, and which nodes have interest in which filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registry {
+    clients: BTreeMap<Arc<str>, ClientEntry>,
+    /// filter → node → how many of that node's clients subscribe to it. Derived from
+    /// `clients`; never stored.
+    interest: BTreeMap<Arc<str>, BTreeMap<NodeId, u32>>,
+}
+
+impl Registry {
+    pub fn client(&self, client_id: &str) -> Option<&ClientEntry> {
+        self.clients.get(client_id)
+    }
+
+    pub fn clients(&self) -> impl Iterator<Item = (&Arc<str>, &ClientEntry)> {
+        self.clients.iter()
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Every filter with subscribers, and how many each node has.
+    pub fn interest(&self) -> &BTreeMap<Arc<str>, BTreeMap<NodeId, u32>> {
+        &self.interest
+    }
+
+    /// Applies one command: its result, with the changes it made appended to `changes`.
+    pub fn apply(&mut self, command: &pb::Command, changes: &mut Vec<Change>) -> pb::CommandResult {
+        use pb::command::Command;
+        let result = match &command.command {
+            Some(Command::Register(c)) => self.register(c, changes),
+            Some(Command::Unregister(c)) => self.unregister(c, changes),
+            Some(Command::Subscribe(c)) => self.subscribe(c, changes),
+            Some(Command::Unsubscribe(c)) => self.unsubscribe(c, changes),
+            None => Err(invalid("no command (written by a newer Skein?)")),
+        };
+        let result = result.unwrap_or_else(pb::command_result::Result::Rejected);
+        pb::CommandResult {
+            result: Some(result),
+        }
+    }
+
+    fn register(
+        &mut self,
+        c: &pb::RegisterClient,
+        changes: &mut Vec<Change>,
+    ) -> Result<pb::command_result::Result, pb::Rejected> {
+        check_client_id(&c.client_id)?;
+        let owner = Owner {
+            node: c.node_id,
+            epoch: c.epoch,
+        };
+        let client_id: Arc<str> = Arc::from(c.client_id.as_str());
+        let previous = match self.clients.remove(&client_id) {
+            Some(existing) if existing.owner == owner => {
+                // A retried proposal of the registration that already holds the id.
+                let session_present = !existing.clean_start;
+                self.clients.insert(client_id, existing);
+                return Ok(registered(session_present, None));
+            }
+            other => other,
+        };
+        let session_present = previous.is_some() && !c.clean_start;
+        let replaced = previous.as_ref().map(|old| PreviousOwner {
+            owner: old.owner,
+            online: old.is_online(),
+        });
+        // The takeover first, then the interest it moves, in the same applied batch.
+        changes.push(Change::Registered {
+            client_id: client_id.clone(),
+            owner,
+            previous: replaced,
+            session_present,
+        });
+        let mut subscriptions = BTreeMap::new();
+        if let Some(old) = previous {
+            for filter in old.subscriptions.keys() {
+                self.add_interest(filter, old.owner.node, -1, changes);
+            }
+            if !c.clean_start {
+                for filter in old.subscriptions.keys() {
+                    self.add_interest(filter, owner.node, 1, changes);
+                }
+                subscriptions = old.subscriptions;
+            }
+        }
+        self.clients.insert(
+            client_id,
+            ClientEntry {
+                owner,
+                clean_start: c.clean_start,
+                session_expiry_secs: c.session_expiry_secs,
+                connected_at_ms: c.stamped_at_ms,
+                offline_since_ms: None,
+                subscriptions,
+            },
+        );
+        Ok(registered(session_present, replaced))
+    }
+
+    fn unregister(
+        &mut self,
+        c: &pb::UnregisterClient,
+        changes: &mut Vec<Change>,
+    ) -> Result<pb::command_result::Result, pb::Rejected> {
+        let owner = Owner {
+            node: c.node_id,
+            epoch: c.epoch,
+        };
+        let (client_id, entry) = self.owned_mut(&c.client_id, owner)?;
+        let session_ended = c.session_ended || entry.session_expiry_secs == 0;
+        if session_ended {
+            if let Some(entry) = self.clients.remove(&client_id) {
+                for filter in entry.subscriptions.keys() {
+                    self.add_interest(filter, owner.node, -1, changes);
+                }
+            }
+        } else {
+            entry.offline_since_ms = Some(c.stamped_at_ms);
+        }
+        changes.push(Change::Unregistered {
+            client_id,
+            owner,
+            session_ended,
+        });
+        Ok(pb::command_result::Result::Unregistered(pb::Unregistered {
+            session_kept: !session_ended,
+        }))
+    }
+
+    fn subscribe(
+        &mut self,
+        c: &pb::Subscribe,
+        changes: &mut Vec<Change>,
+    ) -> Result<pb::command_result::Result, pb::Rejected> {
+        check_filter(&c.filter)?;
+        let options = check_options(c.options.as_ref())?;
+        if let Some(id) = c.subscription_id {
+            if id == 0 || id > MAX_SUBSCRIPTION_ID {
+                return Err(invalid(format!(
+                    "subscription identifier {id} out of range"
+                )));
+            }
+        }
+        let owner = Owner {
+            node: c.node_id,
+            epoch: c.epoch,
+        };
+        let (client_id, entry) = self.owned_mut(&c.client_id, owner)?;
+        let filter: Arc<str> = Arc::from(c.filter.as_str());
+        let subscription = Subscription {
+            options,
+            subscription_id: c.subscription_id,
+        };
+        let replaced = entry
+            .subscriptions
+            .insert(filter.clone(), subscription)
+            .is_some();
+        if !replaced {
+            self.add_interest(&filter, owner.node, 1, changes);
+        }
+        changes.push(Change::Subscribed {
+            client_id,
+            node: owner.node,
+            filter,
+            options,
+            subscription_id: c.subscription_id,
+        });
+        Ok(pb::command_result::Result::Subscribed(pb::Subscribed {
+            replaced,
+        }))
+    }
+
+    fn unsubscribe(
+        &mut self,
+        c: &pb::Unsubscribe,
+        changes: &mut Vec<Change>,
+    ) -> Result<pb::command_result::Result, pb::Rejected> {
+        check_filter(&c.filter)?;
+        let owner = Owner {
+            node: c.node_id,
+            epoch: c.epoch,
+        };
+        let (client_id, entry) = self.owned_mut(&c.client_id, owner)?;
+        let removed = entry.subscriptions.remove_entry(c.filter.as_str());
+        let existed = removed.is_some();
+        if let Some((filter, _)) = removed {
+            self.add_interest(&filter, owner.node, -1, changes);
+            changes.push(Change::Unsubscribed {
+                client_id,
+                node: owner.node,
+                filter,
+            });
+        }
+        Ok(pb::command_result::Result::Unsubscribed(pb::Unsubscribed {
+            existed,
+        }))
+    }
+
+    /// The entry of `client_id` (and its shared key) if `owner` holds it.
+    fn owned_mut(
+        &mut self,
+        client_id: &str,
+        owner: Owner,
+    ) -> Result<(Arc<str>, &mut ClientEntry), pb::Rejected> {
+        let key = match self.clients.get_key_value(client_id) {
+            Some((key, entry)) if entry.owner == owner => key.clone(),
+            _ => return Err(not_owner(client_id)),
+        };
+        match self.clients.get_mut(client_id) {
+            Some(entry) => Ok((key, entry)),
+            None => Err(not_owner(client_id)),
+        }
+    }
+
+    /// Adds `delta` (±1) to `node`'s subscriber count for `filter`, recording the new count.
+    fn add_interest(
+        &mut self,
+        filter: &Arc<str>,
+        node: NodeId,
+        delta: i32,
+        changes: &mut Vec<Change>,
+    ) {
+        let nodes = self.interest.entry(filter.clone()).or_default();
+        let count = nodes.entry(node).or_insert(0);
+        *count = count.saturating_add_signed(delta);
+        let subscribers = *count;
+        if subscribers == 0 {
+            nodes.remove(&node);
+            if nodes.is_empty() {
+                self.interest.remove(filter);
+            }
+        }
+        changes.push(Change::Interest {
+            filter: filter.clone(),
+            node,
+            subscribers,
+        });
+    }
+
+    /// Rebuilds the interest index from the clients (after loading a snapshot).
+    fn rebuild_interest(&mut self) {
+        self.interest.clear();
+        for entry in self.clients.values() {
+            for filter in entry.subscriptions.keys() {
+                *self
+                    .interest
+                    .entry(filter.clone())
+                    .or_default()
+                    .entry(entry.owner.node)
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+}
+
+fn registered(
+    session_present: bool,
+    previous: Option<PreviousOwner>,
+) -> pb::command_result::Result {
+    pb::command_result::Result::Registered(pb::Registered {
+        session_present,
+        previous: previous.map(|p| pb::ClientOwner {
+            node_id: p.owner.node,
+            epoch: p.owner.epoch,
+            online: p.online,
+        }),
+    })
+}
+
+fn check_client_id(client_id: &str) -> Result<(), pb::Rejected> {
+    if client_id.is_empty() {
+        return Err(invalid("empty client id"));
+    }
+    Ok(())
+}
+
+fn check_filter(filter: &str) -> Result<(), pb::Rejected> {
+    if filter.is_empty() {
+        return Err(invalid("empty topic filter"));
+    }
+    Ok(())
+}
+
+fn check_options(
+    options: Option<&pb::SubscriptionOptions>,
+) -> Result<SubscriptionOptions, pb::Rejected> {
+    let o = options.ok_or_else(|| invalid("no subscription options"))?;
+    let qos = u8::try_from(o.qos)
+        .ok()
+        .filter(|q| *q <= 2)
+        .ok_or_else(|| invalid(format!("QoS {} out of range", o.qos)))?;
+    let retain_handling = u8::try_from(o.retain_handling)
+        .ok()
+        .filter(|r| *r <= 2)
+        .ok_or_else(|| {
+            invalid(format!(
+                "retain handling {} out of range",
+                o.retain_handling
+            ))
+        })?;
+    Ok(SubscriptionOptions {
+        qos,
+        no_local: o.no_local,
+        retain_as_published: o.retain_as_published,
+        retain_handling,
+    })
+}
+
+fn invalid(detail: impl Into<String>) -> pb::Rejected {
+    pb::Rejected {
+        reason: pb::RejectReason::Invalid as i32,
+        detail: detail.into(),
+    }
+}
+
+fn not_owner(client_id: &str) -> pb::Rejected {
+    pb::Rejected {
+        reason: pb::RejectReason::NotOwner as i32,
+        detail: format!("the connection no longer owns client id {client_id:?}"),
+    }
+}

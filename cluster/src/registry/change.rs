@@ -1,0 +1,81 @@
+//! What applying the log changed, as the broker folds it into its local views.
+
+use std::sync::Arc;
+
+use crate::registry::{Owner, SubscriptionOptions};
+use crate::types::NodeId;
+
+/// The changes one log entry made, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedChanges {
+    /// The index of the entry that made them.
+    pub log_index: u64,
+    pub changes: Vec<Change>,
+}
+
+/// One change to the replicated registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `client_id` now belongs to `owner`. When `previous` was another connection, the node
+    /// holding it disconnects it (taken over by `owner.node`).
+    Registered {
+        client_id: Arc<str>,
+        owner: Owner,
+        /// Who held the id before (online or as an offline session).
+        previous: Option<PreviousOwner>,
+        session_present: bool,
+    },
+    /// The connection `owner` ended; with `session_ended` the client is forgotten, otherwise
+    /// its session stays on `owner.node`, offline.
+    Unregistered {
+        client_id: Arc<str>,
+        owner: Owner,
+        session_ended: bool,
+    },
+    /// A client's subscription was added or replaced.
+    Subscribed {
+        client_id: Arc<str>,
+        node: NodeId,
+        filter: Arc<str>,
+        options: SubscriptionOptions,
+        subscription_id: Option<u32>,
+    },
+    /// A client's subscription was removed by an UNSUBSCRIBE (subscriptions dropped with a
+    /// session are not listed one by one: see [`Change::Interest`]).
+    Unsubscribed {
+        client_id: Arc<str>,
+        node: NodeId,
+        filter: Arc<str>,
+    },
+    /// How many clients of `node` subscribe to `filter` changed; 0 means none do any more.
+    /// The interest index (filter → nodes) is the sum of these.
+    Interest {
+        filter: Arc<str>,
+        node: NodeId,
+        subscribers: u32,
+    },
+}
+
+/// The owner a registration replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviousOwner {
+    pub owner: Owner,
+    /// A connection held it (false: an offline session).
+    pub online: bool,
+}
+
+/// What a receiver of the change stream gets.
+#[derive(Debug, Clone)]
+pub enum ChangeEvent {
+    /// The changes of one applied entry.
+    Applied(Arc<AppliedChanges>),
+    /// The registry was replaced wholesale (a snapshot from the leader was installed): read
+    /// it again (see `ClusterNode::registry`) rather than fold changes, and disconnect local
+    /// connections it no longer names as owners (as for [`ChangeEvent::Lagged`]).
+    Reset { last_applied: Option<u64> },
+    /// The receiver fell `missed` events behind and they were dropped (the stream is
+    /// bounded): read the registry again, as for a reset. Takeovers may be among the
+    /// missed events, so the receiver also compares each local connection's (client id,
+    /// epoch) with the registry's owner and disconnects those that lost it.
+    Lagged { missed: u64 },
+}

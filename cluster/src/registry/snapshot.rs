@@ -1,0 +1,115 @@
+//! The registry's snapshot bytes: a format byte, then a `RegistrySnapshot` protobuf message.
+//!
+//! Clients are written in id order and subscriptions in filter order, so equal registries
+//! give equal bytes. The interest index is not stored: loading rebuilds it from the clients.
+//! A format byte this build does not know is an error naming it, never a guess.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prost::Message;
+use skein_proto::v1 as pb;
+
+use super::{check_options, ClientEntry, Owner, Registry, Subscription};
+
+/// The format byte of the snapshots this build writes (and the only one it reads).
+pub const SNAPSHOT_FORMAT: u8 = 1;
+
+use crate::error::ClusterError;
+
+impl Registry {
+    /// The registry as snapshot bytes.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        let message = pb::RegistrySnapshot {
+            clients: self
+                .clients
+                .iter()
+                .map(|(id, entry)| client_record(id, entry))
+                .collect(),
+        };
+        let mut bytes = Vec::with_capacity(1 + message.encoded_len());
+        bytes.push(SNAPSHOT_FORMAT);
+        message.encode_raw(&mut bytes);
+        bytes
+    }
+
+    /// A registry from snapshot bytes.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Registry, ClusterError> {
+        let body = match bytes.split_first() {
+            Some((&SNAPSHOT_FORMAT, body)) => body,
+            Some((v, _)) => {
+                return Err(ClusterError::Snapshot(format!(
+                    "format {v} is unknown (this build reads {SNAPSHOT_FORMAT}); \
+                     written by a newer Skein?"
+                )))
+            }
+            None => return Err(ClusterError::Snapshot("empty".into())),
+        };
+        let message = pb::RegistrySnapshot::decode(body)
+            .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
+        let mut registry = Registry::default();
+        for record in message.clients {
+            let (id, entry) = client_entry(record)?;
+            if registry.clients.insert(id.clone(), entry).is_some() {
+                return Err(ClusterError::Snapshot(format!("client {id:?} twice")));
+            }
+        }
+        registry.rebuild_interest();
+        Ok(registry)
+    }
+}
+
+fn client_record(id: &str, entry: &ClientEntry) -> pb::ClientRecord {
+    pb::ClientRecord {
+        client_id: id.to_owned(),
+        node_id: entry.owner.node,
+        epoch: entry.owner.epoch,
+        clean_start: entry.clean_start,
+        session_expiry_secs: entry.session_expiry_secs,
+        connected_at_ms: entry.connected_at_ms,
+        offline_since_ms: entry.offline_since_ms,
+        subscriptions: entry
+            .subscriptions
+            .iter()
+            .map(|(filter, s)| pb::SubscriptionRecord {
+                filter: filter.to_string(),
+                options: Some(pb::SubscriptionOptions {
+                    qos: s.options.qos.into(),
+                    no_local: s.options.no_local,
+                    retain_as_published: s.options.retain_as_published,
+                    retain_handling: s.options.retain_handling.into(),
+                }),
+                subscription_id: s.subscription_id,
+            })
+            .collect(),
+    }
+}
+
+fn client_entry(record: pb::ClientRecord) -> Result<(Arc<str>, ClientEntry), ClusterError> {
+    let mut subscriptions = BTreeMap::new();
+    for s in record.subscriptions {
+        let options = check_options(s.options.as_ref()).map_err(|r| {
+            ClusterError::Snapshot(format!(
+                "client {:?}, filter {:?}: {}",
+                record.client_id, s.filter, r.detail
+            ))
+        })?;
+        let subscription = Subscription {
+            options,
+            subscription_id: s.subscription_id,
+        };
+        subscriptions.insert(Arc::from(s.filter), subscription);
+    }
+    let entry = ClientEntry {
+        owner: Owner {
+            node: record.node_id,
+            epoch: record.epoch,
+        },
+        clean_start: record.clean_start,
+        session_expiry_secs: record.session_expiry_secs,
+        connected_at_ms: record.connected_at_ms,
+        offline_since_ms: record.offline_since_ms,
+        subscriptions,
+    };
+    Ok((Arc::from(record.client_id), entry))
+}

@@ -1,0 +1,300 @@
+//! The registry's rules, and that applying is deterministic and snapshots round-trip.
+
+use proptest::prelude::*;
+use skein_proto::v1 as pb;
+use skein_proto::v1::command::Command as C;
+
+use super::*;
+
+fn register(client: &str, node: u64, epoch: u64, clean_start: bool, expiry: u32) -> pb::Command {
+    pb::Command {
+        command: Some(C::Register(pb::RegisterClient {
+            client_id: client.into(),
+            node_id: node,
+            epoch,
+            clean_start,
+            session_expiry_secs: expiry,
+            stamped_at_ms: 1_000 + epoch,
+        })),
+    }
+}
+
+fn unregister(client: &str, node: u64, epoch: u64, session_ended: bool) -> pb::Command {
+    pb::Command {
+        command: Some(C::Unregister(pb::UnregisterClient {
+            client_id: client.into(),
+            node_id: node,
+            epoch,
+            session_ended,
+            stamped_at_ms: 2_000 + epoch,
+        })),
+    }
+}
+
+fn subscribe(client: &str, node: u64, epoch: u64, filter: &str, qos: u32) -> pb::Command {
+    pb::Command {
+        command: Some(C::Subscribe(pb::Subscribe {
+            client_id: client.into(),
+            node_id: node,
+            epoch,
+            filter: filter.into(),
+            options: Some(pb::SubscriptionOptions {
+                qos,
+                ..Default::default()
+            }),
+            subscription_id: Some(7),
+        })),
+    }
+}
+
+fn unsubscribe(client: &str, node: u64, epoch: u64, filter: &str) -> pb::Command {
+    pb::Command {
+        command: Some(C::Unsubscribe(pb::Unsubscribe {
+            client_id: client.into(),
+            node_id: node,
+            epoch,
+            filter: filter.into(),
+        })),
+    }
+}
+
+fn apply(r: &mut Registry, c: pb::Command) -> (pb::command_result::Result, Vec<Change>) {
+    let mut changes = Vec::new();
+    let result = r.apply(&c, &mut changes).result.unwrap();
+    (result, changes)
+}
+
+fn rejected(result: &pb::command_result::Result) -> Option<pb::RejectReason> {
+    match result {
+        pb::command_result::Result::Rejected(r) => Some(r.reason()),
+        _ => None,
+    }
+}
+
+fn interest_of(r: &Registry, filter: &str) -> Vec<(u64, u32)> {
+    r.interest()
+        .get(filter)
+        .map(|nodes| nodes.iter().map(|(n, c)| (*n, *c)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_takeover_moves_the_session_and_its_interest_to_the_new_node() {
+    let mut r = Registry::default();
+    apply(&mut r, register("c", 1, 10, false, 3600));
+    apply(&mut r, subscribe("c", 1, 10, "a/+", 1));
+    assert_eq!(interest_of(&r, "a/+"), [(1, 1)]);
+
+    let (result, changes) = apply(&mut r, register("c", 2, 20, false, 3600));
+    let pb::command_result::Result::Registered(reg) = result else {
+        panic!("{result:?}")
+    };
+    assert!(reg.session_present);
+    assert_eq!(
+        reg.previous,
+        Some(pb::ClientOwner {
+            node_id: 1,
+            epoch: 10,
+            online: true
+        })
+    );
+    assert!(
+        matches!(&changes[0], Change::Registered { previous: Some(p), .. } if p.owner.node == 1)
+    );
+    assert_eq!(interest_of(&r, "a/+"), [(2, 1)]);
+    assert_eq!(r.client("c").unwrap().subscriptions.len(), 1);
+
+    // The old connection's late commands do not touch the new owner's state.
+    for late in [
+        unregister("c", 1, 10, true),
+        subscribe("c", 1, 10, "b", 0),
+        unsubscribe("c", 1, 10, "a/+"),
+    ] {
+        let (result, changes) = apply(&mut r, late);
+        assert_eq!(rejected(&result), Some(pb::RejectReason::NotOwner));
+        assert!(changes.is_empty());
+    }
+    assert_eq!(r.client("c").unwrap().owner, Owner { node: 2, epoch: 20 });
+}
+
+#[test]
+fn clean_start_drops_the_old_subscriptions_and_reports_no_session() {
+    let mut r = Registry::default();
+    apply(&mut r, register("c", 1, 1, false, 60));
+    apply(&mut r, subscribe("c", 1, 1, "x", 0));
+    let (result, _) = apply(&mut r, register("c", 1, 2, true, 60));
+    let pb::command_result::Result::Registered(reg) = result else {
+        panic!()
+    };
+    assert!(!reg.session_present);
+    assert!(r.client("c").unwrap().subscriptions.is_empty());
+    assert!(r.interest().is_empty());
+}
+
+#[test]
+fn unregister_keeps_a_persistent_session_offline_and_ends_the_others() {
+    let mut r = Registry::default();
+    apply(&mut r, register("keep", 1, 1, false, 60));
+    apply(&mut r, subscribe("keep", 1, 1, "k", 1));
+    apply(&mut r, register("gone", 1, 2, false, 0));
+    apply(&mut r, subscribe("gone", 1, 2, "g", 1));
+
+    apply(&mut r, unregister("keep", 1, 1, false));
+    let kept = r.client("keep").unwrap();
+    assert_eq!(kept.offline_since_ms, Some(2_001));
+    assert_eq!(
+        interest_of(&r, "k"),
+        [(1, 1)],
+        "offline sessions still receive"
+    );
+
+    // Expiry 0 ends the session even when the proposer did not say so.
+    let (result, _) = apply(&mut r, unregister("gone", 1, 2, false));
+    assert!(matches!(
+        result,
+        pb::command_result::Result::Unregistered(pb::Unregistered {
+            session_kept: false
+        })
+    ));
+    assert!(r.client("gone").is_none());
+    assert!(interest_of(&r, "g").is_empty());
+
+    // Reconnecting finds the offline session.
+    let (result, _) = apply(&mut r, register("keep", 3, 5, false, 60));
+    let pb::command_result::Result::Registered(reg) = result else {
+        panic!()
+    };
+    assert!(reg.session_present);
+    assert!(!reg.previous.unwrap().online);
+    assert_eq!(interest_of(&r, "k"), [(3, 1)]);
+}
+
+#[test]
+fn a_retried_registration_changes_nothing() {
+    let mut r = Registry::default();
+    apply(&mut r, register("c", 1, 1, false, 60));
+    apply(&mut r, subscribe("c", 1, 1, "x", 0));
+    let before = r.clone();
+    let (result, changes) = apply(&mut r, register("c", 1, 1, false, 60));
+    assert!(matches!(
+        result,
+        pb::command_result::Result::Registered(pb::Registered { previous: None, .. })
+    ));
+    assert!(changes.is_empty());
+    assert_eq!(r, before);
+}
+
+#[test]
+fn malformed_commands_are_rejected_not_applied() {
+    let mut r = Registry::default();
+    apply(&mut r, register("c", 1, 1, false, 60));
+    let before = r.clone();
+    for bad in [
+        pb::Command { command: None },
+        register("", 1, 2, false, 0),
+        subscribe("c", 1, 1, "", 0),
+        subscribe("c", 1, 1, "x", 3),
+        unsubscribe("c", 1, 1, ""),
+        pb::Command {
+            command: Some(C::Subscribe(pb::Subscribe {
+                client_id: "c".into(),
+                node_id: 1,
+                epoch: 1,
+                filter: "x".into(),
+                options: None,
+                subscription_id: None,
+            })),
+        },
+        pb::Command {
+            command: Some(C::Subscribe(pb::Subscribe {
+                client_id: "c".into(),
+                node_id: 1,
+                epoch: 1,
+                filter: "x".into(),
+                options: Some(pb::SubscriptionOptions::default()),
+                subscription_id: Some(0),
+            })),
+        },
+    ] {
+        let (result, changes) = apply(&mut r, bad.clone());
+        assert_eq!(
+            rejected(&result),
+            Some(pb::RejectReason::Invalid),
+            "{bad:?}"
+        );
+        assert!(changes.is_empty());
+    }
+    assert_eq!(r, before);
+}
+
+#[test]
+fn snapshots_round_trip_and_refuse_unknown_formats() {
+    let mut r = Registry::default();
+    apply(&mut r, register("a", 1, 1, false, 60));
+    apply(&mut r, subscribe("a", 1, 1, "t/#", 2));
+    apply(&mut r, register("b", 2, 1, true, 0));
+    apply(&mut r, subscribe("b", 2, 1, "t/#", 0));
+    apply(&mut r, unregister("a", 1, 1, false));
+    let bytes = r.to_snapshot();
+    assert_eq!(bytes[0], SNAPSHOT_FORMAT);
+    let back = Registry::from_snapshot(&bytes).unwrap();
+    assert_eq!(back, r, "the interest index is rebuilt too");
+
+    let mut newer = bytes.clone();
+    newer[0] = 9;
+    let e = Registry::from_snapshot(&newer).unwrap_err();
+    assert!(e.to_string().contains("format 9"), "{e}");
+    assert!(Registry::from_snapshot(&[]).is_err());
+    assert!(Registry::from_snapshot(&bytes[..bytes.len() - 3]).is_err());
+}
+
+fn command_strategy() -> impl Strategy<Value = pb::Command> {
+    let client = prop::sample::select(vec!["a", "b", "c", "d"]);
+    let node = 1u64..4;
+    let epoch = 1u64..5;
+    let filter = prop::sample::select(vec!["x", "x/+", "#", "$share/g/x"]);
+    prop_oneof![
+        (
+            client.clone(),
+            node.clone(),
+            epoch.clone(),
+            any::<bool>(),
+            prop::sample::select(vec![0u32, 60])
+        )
+            .prop_map(|(c, n, e, clean, exp)| register(c, n, e, clean, exp)),
+        (client.clone(), node.clone(), epoch.clone(), any::<bool>())
+            .prop_map(|(c, n, e, end)| unregister(c, n, e, end)),
+        (
+            client.clone(),
+            node.clone(),
+            epoch.clone(),
+            filter.clone(),
+            0u32..4
+        )
+            .prop_map(|(c, n, e, f, q)| subscribe(c, n, e, f, q)),
+        (client, node, epoch, filter).prop_map(|(c, n, e, f)| unsubscribe(c, n, e, f)),
+        Just(pb::Command { command: None }),
+    ]
+}
+
+proptest! {
+    /// Two machines applying the same commands end in identical states, results, change
+    /// lists and snapshot bytes; the interest index always equals one rebuilt from scratch;
+    /// a snapshot restores the same registry.
+    #[test]
+    fn apply_is_deterministic(commands in prop::collection::vec(command_strategy(), 0..120)) {
+        let (mut one, mut two) = (Registry::default(), Registry::default());
+        for c in &commands {
+            let (mut c1, mut c2) = (Vec::new(), Vec::new());
+            let r1 = one.apply(c, &mut c1);
+            let r2 = two.apply(c, &mut c2);
+            prop_assert_eq!(r1, r2);
+            prop_assert_eq!(c1, c2);
+            let mut rebuilt = one.clone();
+            rebuilt.rebuild_interest();
+            prop_assert_eq!(&rebuilt.interest, &one.interest);
+        }
+        prop_assert_eq!(one.to_snapshot(), two.to_snapshot());
+        prop_assert_eq!(Registry::from_snapshot(&one.to_snapshot()).unwrap(), one);
+    }
+}

@@ -1,0 +1,153 @@
+//! [`RaftSettings`]: the Raft timing, batching and compaction knobs, with defaults that hold
+//! on a busy 2-core machine.
+
+use std::time::Duration;
+
+use crate::error::{ClusterError, Result};
+
+/// Purged log entries are removed in runs of at least this many.
+pub const PURGE_BATCH_ENTRIES: u64 = 64;
+
+/// The most log entries one AppendEntries carries.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
+
+/// Raft settings of a node. The broker fills `heartbeat_ms` from `raft_heartbeat_ms` and
+/// `election_timeout_ms` from `raft_election_timeout_ms`; the rest keep their defaults unless
+/// a test needs otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftSettings {
+    /// How often the leader sends heartbeats (ms). openraft's 50 ms default flaps on a loaded
+    /// 2-core machine; 250 ms keeps followers quiet at a few RPCs per second per peer.
+    pub heartbeat_ms: u64,
+    /// A follower that hears nothing from the leader for a random time in
+    /// `[election_timeout_ms, 2 × election_timeout_ms)` starts an election: a leader is
+    /// replaced within about 1-2 s of dying, and a second of scheduling stalls does not
+    /// depose a live one.
+    pub election_timeout_ms: u64,
+    /// Build a snapshot (and let the log be purged up to it) every this many applied entries.
+    pub snapshot_every_entries: u64,
+    /// Entries kept behind a snapshot, so a follower slightly behind catches up from the log
+    /// instead of receiving the whole snapshot. A member holds at most about
+    /// `snapshot_every_entries + entries_kept_after_snapshot + PURGE_BATCH_ENTRIES +
+    /// MAX_ENTRIES_PER_APPEND` entries, however many were ever written.
+    pub entries_kept_after_snapshot: u64,
+    /// The most registry commands the proposer puts in one log entry.
+    pub max_commands_per_entry: usize,
+    /// Commands waiting for the proposer; a full queue refuses new ones at once.
+    pub proposal_queue: usize,
+    /// How long a proposal may wait for a leader and a commit before it fails.
+    pub proposal_timeout_ms: u64,
+    /// Applied-change events kept for slow receivers of the change stream.
+    pub change_stream_capacity: usize,
+    /// Timeout of dialling a peer (ms); an unreachable peer fails fast and is retried later.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_ms: 250,
+            election_timeout_ms: 1000,
+            snapshot_every_entries: 2000,
+            entries_kept_after_snapshot: 500,
+            max_commands_per_entry: 1024,
+            proposal_queue: 8192,
+            proposal_timeout_ms: 5000,
+            change_stream_capacity: 4096,
+            connect_timeout_ms: 1000,
+        }
+    }
+}
+
+impl RaftSettings {
+    pub fn proposal_timeout(&self) -> Duration {
+        Duration::from_millis(self.proposal_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The openraft configuration these settings stand for, checked.
+    pub fn openraft_config(&self) -> Result<openraft::Config> {
+        let invalid = |name, reason: String| ClusterError::InvalidSetting { name, reason };
+        if self.heartbeat_ms == 0 {
+            return Err(invalid("raft_heartbeat_ms", "must be above 0".into()));
+        }
+        if self.election_timeout_ms < 2 * self.heartbeat_ms {
+            return Err(invalid(
+                "raft_election_timeout_ms",
+                format!(
+                    "{} ms must be at least twice raft_heartbeat_ms ({} ms), or followers \
+                     start elections between heartbeats",
+                    self.election_timeout_ms, self.heartbeat_ms
+                ),
+            ));
+        }
+        for (name, value) in [
+            ("max_commands_per_entry", self.max_commands_per_entry),
+            ("proposal_queue", self.proposal_queue),
+            ("change_stream_capacity", self.change_stream_capacity),
+        ] {
+            if value == 0 {
+                return Err(invalid(name, "must be above 0".into()));
+            }
+        }
+        if self.snapshot_every_entries == 0 {
+            return Err(invalid("snapshot_every_entries", "must be above 0".into()));
+        }
+        let config = openraft::Config {
+            cluster_name: "skein".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_ms,
+            election_timeout_max: self.election_timeout_ms * 2,
+            // A snapshot chunk gets the time of a few heartbeats, not openraft's 200 ms.
+            install_snapshot_timeout: (self.heartbeat_ms * 8).max(2000),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.entries_kept_after_snapshot,
+            // A follower further behind than a snapshot's worth gets the snapshot.
+            replication_lag_threshold: self.snapshot_every_entries
+                + self.entries_kept_after_snapshot,
+            purge_batch_size: PURGE_BATCH_ENTRIES,
+            // Each entry holds up to `max_commands_per_entry` commands: 64 entries keep an
+            // AppendEntries to a few MiB, and bound how far behind a purge can be held
+            // (openraft postpones a purge while a replication RPC carries the entries).
+            max_payload_entries: MAX_ENTRIES_PER_APPEND,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| invalid("raft", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_calm() {
+        let config = RaftSettings::default().openraft_config().unwrap();
+        assert_eq!(config.heartbeat_interval, 250);
+        assert_eq!(
+            (config.election_timeout_min, config.election_timeout_max),
+            (1000, 2000)
+        );
+    }
+
+    #[test]
+    fn an_election_timeout_close_to_the_heartbeat_is_refused() {
+        let settings = RaftSettings {
+            heartbeat_ms: 500,
+            election_timeout_ms: 800,
+            ..Default::default()
+        };
+        let e = settings.openraft_config().unwrap_err().to_string();
+        assert!(e.contains("raft_election_timeout_ms"), "{e}");
+        let zero = RaftSettings {
+            proposal_queue: 0,
+            ..Default::default()
+        };
+        assert!(zero.openraft_config().is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! [`Shared`]: what a running member's parts (server, proposer, membership upkeep, status)
+//! share: its identity, its Raft, its peers' channels and its applied registry.
+
+use std::sync::Arc;
+
+use crate::log_store::CommitIndex;
+use crate::peers::Peers;
+use crate::settings::RaftSettings;
+use crate::state_machine::RegistryView;
+use crate::types::{Node, NodeId, Raft};
+
+/// What the server, proposer and membership tasks share.
+pub(crate) struct Shared {
+    pub(crate) id: NodeId,
+    pub(crate) node: Node,
+    pub(crate) raft: Raft,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) view: RegistryView,
+    pub(crate) commit: Arc<CommitIndex>,
+    pub(crate) settings: RaftSettings,
+}

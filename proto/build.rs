@@ -1,0 +1,18 @@
+//! Compiles `proto/**/*.proto` with protox (a protobuf compiler in Rust, so building needs no
+//! system `protoc`) and generates the prost messages and tonic clients and servers.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    const FILES: [&str; 4] = [
+        "proto/skein/cluster/v1/raft.proto",
+        "proto/skein/cluster/v1/registry.proto",
+        "proto/skein/cluster/v1/cluster.proto",
+        "proto/skein/cluster/v1/dataplane.proto",
+    ];
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(FILES, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
