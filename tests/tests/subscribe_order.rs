@@ -1,0 +1,215 @@
+//! Subscriptions take effect in the order packets reach the node: client B sends SUBSCRIBE
+//! without waiting for its SUBACK, then client A (already connected) sends PUBLISH on that
+//! topic. B's SUBSCRIBE reached the node first, so B must get the message, every time:
+//! whether B's or A's connection is running, idle, or parked, at either QoS, for a clean
+//! or a persistent B. Each trial uses fresh clients and a fresh topic, so nothing retained
+//! or left over from an earlier trial can make it pass.
+
+use std::time::{Duration, Instant};
+
+use skein_tests::codec::{self, Props, SubFilter};
+use skein_tests::{metric_sum, unique_id, Connect, Node, Packet, Proto, Publish, RawClient};
+
+const TRIALS: usize = 50;
+/// How long B may take to get the message once A sent it.
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(2);
+const PARK_MS: u64 = 50;
+
+/// Which of the two clients is parked when B subscribes and A publishes.
+#[derive(Debug, Clone, Copy)]
+enum Parked {
+    Subscriber,
+    Publisher,
+    Both,
+}
+
+/// One trial's outcome: None when B got the message, otherwise what went wrong.
+type Failure = Option<String>;
+
+/// B (already connected) subscribes to a fresh topic and, before its SUBACK can have
+/// arrived, A (already connected) publishes on it.
+async fn race(mut b: RawClient, mut a: RawClient, topic: &str, qos: u8) -> Failure {
+    let subscribe = codec::subscribe(b.proto, 1, &[SubFilter::new(topic, 1)], &Props::new());
+    let publish = Publish::new(topic, qos, b"ordered").encode(a.proto);
+    // write_all returns once the kernel has taken the bytes: on loopback they are then in
+    // the node's receive queue for B, before A's PUBLISH is even written.
+    b.send(&subscribe).await;
+    a.send(&publish).await;
+    let failure = match first_publish(&mut b, DELIVERY_DEADLINE).await {
+        Some(p) if p.topic == topic => None,
+        Some(p) => Some(format!("got a PUBLISH on {:?} instead", p.topic)),
+        None => {
+            // What A heard tells routing's view: an MQTT 5 PUBACK says 0x10 "no matching
+            // subscribers" when the PUBLISH was routed before the subscription existed.
+            let puback = match (qos, a.recv(Duration::from_millis(200)).await) {
+                (1, Ok(Packet::PubAck { reason, .. })) => {
+                    format!(", A's PUBACK reason 0x{reason:02x}")
+                }
+                _ => String::new(),
+            };
+            Some(format!("no PUBLISH within {DELIVERY_DEADLINE:?}{puback}"))
+        }
+    };
+    a.disconnect().await;
+    b.disconnect().await;
+    failure
+}
+
+/// The first PUBLISH B receives within `deadline` (its SUBACK and other packets skipped).
+async fn first_publish(c: &mut RawClient, deadline: Duration) -> Option<skein_tests::Publish> {
+    let end = Instant::now() + deadline;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match c.recv(left).await {
+            Ok(Packet::Publish(p)) => return Some(p),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+fn connect(proto: Proto, id: &str, persistent: bool) -> Connect {
+    let c = Connect::new(proto, id);
+    if persistent {
+        c.persistent(3600)
+    } else {
+        c
+    }
+}
+
+/// Fails with every failed trial listed, if there was any.
+fn assert_all_delivered(what: &str, failures: Vec<(usize, String)>) {
+    assert!(
+        failures.is_empty(),
+        "{what}: B got the message in {}/{TRIALS} trials; failed trials: {failures:#?}",
+        TRIALS - failures.len(),
+    );
+}
+
+/// Neither client parks: both connections wait in their tasks.
+async fn running_trials(proto: Proto, qos: u8) {
+    let node = Node::builder().env("SKEIN_PARK_IDLE_MS", 0).start();
+    let mut failures = Vec::new();
+    for i in 0..TRIALS {
+        let persistent = i % 2 == 1;
+        let a = RawClient::connect_ok(node.mqtt_addr(), &Connect::new(proto, &unique_id("oa")))
+            .await
+            .0;
+        let b_id = unique_id("ob");
+        let b = RawClient::connect_ok(node.mqtt_addr(), &connect(proto, &b_id, persistent))
+            .await
+            .0;
+        let topic = format!("order/{}/{qos}/{i}", proto_tag(proto));
+        if let Some(why) = race(b, a, &topic, qos).await {
+            failures.push((i, format!("persistent B: {persistent}: {why}")));
+        }
+    }
+    assert_all_delivered(&format!("{proto:?} QoS {qos} publish"), failures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_that_arrived_first_is_in_force_v311_qos0() {
+    running_trials(Proto::V311, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_that_arrived_first_is_in_force_v311_qos1() {
+    running_trials(Proto::V311, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_that_arrived_first_is_in_force_v5_qos0() {
+    running_trials(Proto::V5, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_that_arrived_first_is_in_force_v5_qos1() {
+    running_trials(Proto::V5, 1).await;
+}
+
+/// Waits until exactly `n` connections are parked.
+async fn wait_parked(node: &Node, n: usize) {
+    let deadline = Instant::now() + skein_tests::RECV_TIMEOUT;
+    loop {
+        let parked = metric_sum(node.http_addr(), "skein_connections_parked", &[]).await;
+        if parked == n as f64 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{parked} connections parked, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One client, the other, or both parked (resumed through the parker's epoll thread, not
+/// tokio's) when B subscribes and A publishes.
+async fn parked_trials(proto: Proto) {
+    let node = Node::builder().env("SKEIN_PARK_IDLE_MS", PARK_MS).start();
+    let addr = node.mqtt_addr();
+    let mut failures = Vec::new();
+    for i in 0..TRIALS {
+        let parked = [Parked::Subscriber, Parked::Publisher, Parked::Both][i % 3];
+        let qos = (i % 2) as u8;
+        let (a_id, b_id) = (unique_id("pa"), unique_id("pb"));
+        // The one to park connects first and parks before the other connects; the other
+        // then races within PARK_MS of its CONNACK, still running.
+        let (a, b) = match parked {
+            Parked::Subscriber => {
+                let b = RawClient::connect_ok(addr, &Connect::new(proto, &b_id))
+                    .await
+                    .0;
+                wait_parked(&node, 1).await;
+                let a = RawClient::connect_ok(addr, &Connect::new(proto, &a_id))
+                    .await
+                    .0;
+                (a, b)
+            }
+            Parked::Publisher => {
+                let a = RawClient::connect_ok(addr, &Connect::new(proto, &a_id))
+                    .await
+                    .0;
+                wait_parked(&node, 1).await;
+                let b = RawClient::connect_ok(addr, &Connect::new(proto, &b_id))
+                    .await
+                    .0;
+                (a, b)
+            }
+            Parked::Both => {
+                let a = RawClient::connect_ok(addr, &Connect::new(proto, &a_id))
+                    .await
+                    .0;
+                let b = RawClient::connect_ok(addr, &Connect::new(proto, &b_id))
+                    .await
+                    .0;
+                wait_parked(&node, 2).await;
+                (a, b)
+            }
+        };
+        let topic = format!("order/parked/{}/{i}", proto_tag(proto));
+        if let Some(why) = race(b, a, &topic, qos).await {
+            failures.push((i, format!("{parked:?} parked, QoS {qos}: {why}")));
+        }
+        wait_parked(&node, 0).await;
+    }
+    assert_all_delivered(&format!("{proto:?} with parking"), failures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_that_arrived_first_is_in_force_when_parked_v311() {
+    parked_trials(Proto::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_that_arrived_first_is_in_force_when_parked_v5() {
+    parked_trials(Proto::V5).await;
+}
+
+fn proto_tag(proto: Proto) -> &'static str {
+    if proto.is_v5() {
+        "v5"
+    } else {
+        "v311"
+    }
+}
