@@ -70,6 +70,9 @@ pub struct Broker {
     /// Every connection task (the listener's and resumed parked ones), drained on shutdown.
     pub connections: TaskTracker,
     pub parker: crate::connection::park::Parker,
+    /// The order in which input reached the node: a publish is routed only after the
+    /// input that reached the node before it (a SUBSCRIBE, say) has been handled.
+    pub input_order: Arc<crate::input_order::InputOrder>,
     /// The node's connection limit (`max_connections`): the listener takes a slot per
     /// accepted socket; a connection gives it back when it ends.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
@@ -89,6 +92,9 @@ impl Broker {
         let connections = TaskTracker::new();
         let park_after = config.park_idle();
         let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        let input_order = Arc::new(crate::input_order::InputOrder::new(metrics::counter!(
+            crate::metrics::PUBLISH_ORDER_WAITS
+        )));
         let broker = Arc::new(Broker {
             connection_slots,
             config,
@@ -103,7 +109,12 @@ impl Broker {
             next_assigned_id: AtomicU64::new(1),
             shutdown,
             tasks: TaskTracker::new(),
-            parker: crate::connection::park::Parker::new(park_after, connections.clone()),
+            parker: crate::connection::park::Parker::new(
+                park_after,
+                connections.clone(),
+                input_order.clone(),
+            ),
+            input_order,
             connections,
             lifecycle_waiters: Default::default(),
         });

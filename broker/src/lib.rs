@@ -15,6 +15,7 @@ pub mod events;
 pub mod hash;
 pub mod http;
 pub mod ids;
+pub mod input_order;
 pub mod lazy_box;
 pub mod lifecycle_lock;
 pub mod memory;

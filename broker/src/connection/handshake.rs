@@ -505,6 +505,7 @@ async fn attach(
         will_on_disconnect: false,
         acked: 0,
         holds_slot: false,
+        input_order: None,
     })
 }
 

@@ -3,6 +3,7 @@
 mod deadlines;
 mod handshake;
 mod inbound;
+mod order;
 mod outbound;
 mod paged_slab;
 pub mod park;
@@ -59,6 +60,8 @@ pub struct Connection {
     /// Holds one of `broker.connection_slots` (given back on drop). A flag, not the
     /// permit itself: 16 bytes less in every connection.
     holds_slot: bool,
+    /// Its place in the node's input order while it has a task (see `order`).
+    input_order: Option<Box<order::InputOrderState>>,
 }
 
 /// How `run` ended.
@@ -94,6 +97,8 @@ enum Batch {
     OutputFull,
     /// Storage must be flushed before this acknowledgement goes out.
     FlushThenSend(Option<Box<Packet>>),
+    /// A PUBLISH is next, and input that reached the node before it is not handled yet.
+    AwaitOrder,
 }
 
 /// Serves one accepted TCP connection to its end. `permit` is None when the node is at its
@@ -156,6 +161,8 @@ async fn drive(mut conn: Box<Connection>) {
         match conn.run().await {
             Outcome::Closed(close) => break close,
             Outcome::Park if may_park => {
+                // The parked socket is watched by the parker, and this task ends.
+                conn.leave_input_order();
                 let due = conn.keepalive_deadline();
                 match conn.broker.parker.handle().park(conn, due) {
                     Ok(()) => return,
@@ -165,6 +172,8 @@ async fn drive(mut conn: Box<Connection>) {
             Outcome::Park => {}
         }
     };
+    // Input arriving while it closes is never handled: publishes must not wait for it.
+    conn.leave_input_order();
     // Boxed: the closing path's state is only allocated when it runs, keeping the
     // connection task small while it idles in `run`.
     Box::pin(conn.finish(close)).await;
@@ -211,6 +220,10 @@ impl Connection {
     /// so the rare large states (a blocked write, the handshake, closing) are boxed.
     async fn run(&mut self) -> Outcome {
         let park_after = self.broker.parker.park_after();
+        self.stamp_input().await;
+        // Before anything is written (a CONNACK, say): input the client sends in answer
+        // is stamped when it arrives.
+        self.watch_input();
         let mut idle_since = Instant::now();
         let timer = tokio::time::sleep_until(self.next_timer(park_after.map(|p| idle_since + p)));
         tokio::pin!(timer);
@@ -221,6 +234,8 @@ impl Connection {
             if let Err(close) = self.work(wake).await {
                 return Outcome::Closed(close);
             }
+            // Everything read is handled (a closing connection lets go in `drive`).
+            self.release_ticket();
             self.socket.release_idle_buffers();
             if park_after.is_some() {
                 idle_since = Instant::now();
@@ -228,14 +243,14 @@ impl Connection {
             // Only the work above makes the connection busy: waiting (and the timer
             // firing) doesn't.
             wake = loop {
-                let socket = &self.socket;
+                let this = &*self;
                 tokio::select! {
                     biased;
                     _ = self.kick_rx.notified() => match self.kick_rx.try_recv() {
                         Some(kick) => return Outcome::Closed(kicked(kick)),
                         None => break Wake::Queued,
                     },
-                    ready = std::future::poll_fn(|cx| socket.poll_read_ready(cx)) => match ready {
+                    ready = std::future::poll_fn(|cx| this.poll_input(cx)) => match ready {
                         Ok(()) => break Wake::Readable,
                         Err(e) => return Outcome::Closed(Close::read_failed(&e)),
                     },
@@ -301,11 +316,16 @@ impl Connection {
         loop {
             if input_pending {
                 input_pending = self.process_input().await?;
+                if !input_pending {
+                    // All that was read is handled: what is read next gets its own place.
+                    self.release_ticket();
+                }
             }
             // Before the queue is looked at: a wake-up after this is one for later.
             self.kick_rx.take_pending();
             let before_pump = self.socket.pending_out();
             if self.pump()? {
+                self.set_input_aside();
                 if let Err(close) = self.flush_storage().await {
                     // Those PUBLISHes were promised by records that may not be durable.
                     self.socket.wbuf().truncate(before_pump);
@@ -317,6 +337,8 @@ impl Connection {
                 return Err(Close::write_failed(&e));
             }
             if self.socket.pending_out() > 0 {
+                // A client that does not read must not hold publishes back.
+                self.set_input_aside();
                 // Boxed: a full socket buffer is the rare case, and its select is large.
                 Box::pin(self.flush_blocked()).await?;
                 // Messages queued meanwhile may have spent their wake-up: pump again.
@@ -340,9 +362,13 @@ impl Connection {
     /// returning whether output is pending lost the answers to packets read by the last
     /// read of a batch, until a stale readiness wake-up happened to flush them.)
     fn read_available(&mut self) -> Result<bool, Close> {
-        match self.socket.try_fill(&self.broker.hot) {
+        self.take_stamp();
+        let read = self.socket.try_fill(&self.broker.hot);
+        self.watch_input();
+        match read {
             Ok(Some(true)) => {
                 self.last_rx = Instant::now();
+                self.place_input();
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -376,7 +402,13 @@ impl Connection {
             match self.handle_batch()? {
                 Batch::Drained => return Ok(false),
                 Batch::OutputFull => return Ok(true),
+                // Boxed: waiting is the rare case, and its state would stay in every
+                // connection task.
+                Batch::AwaitOrder => Box::pin(self.wait_for_earlier_input()).await,
                 Batch::FlushThenSend(ack) => {
+                    // What was handled so far is in force; a flush must not hold
+                    // publishes back.
+                    self.set_input_aside();
                     self.flush_storage().await?;
                     if let Some(ack) = ack {
                         self.send(&ack);
@@ -398,6 +430,10 @@ impl Connection {
             if let Some(handled) = self.handle_short_ack() {
                 handled?;
                 continue;
+            }
+            if !self.next_packet_in_order() {
+                self.count_acked();
+                return Ok(Batch::AwaitOrder);
             }
             let max = self.broker.config.max_packet_size as usize;
             let packet = match codec::decode(self.socket.rbuf(), self.protocol, max) {

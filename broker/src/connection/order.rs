@@ -1,0 +1,195 @@
+//! A connection's part in the node's input order (see [`crate::input_order`]): its
+//! socket's readiness is watched with a [`StampingWaker`], the ticket stamped when the
+//! reactor reported input is held until that input has been handled (up to its first
+//! PUBLISH), and a PUBLISH is routed only once no input reported before it was read (on
+//! any connection) is still unhandled.
+
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use super::Connection;
+use crate::input_order::{StampingWaker, Ticket};
+
+/// A connection's input-order state while it has a task; boxed, and dropped when the
+/// connection parks (a parked connection holds one empty pointer for it).
+pub(super) struct InputOrderState {
+    /// The stamping waker of the task the connection runs in, and the `Waker` made of it.
+    stamper: Option<(Arc<StampingWaker>, Waker)>,
+    /// Covers the input read and not yet handled, if the reactor had reported it.
+    ticket: Option<Ticket>,
+    /// Where the input read last stands: after every input reported before it was read.
+    position: u64,
+    /// Nothing reported before that input is unhandled any more.
+    in_order: bool,
+}
+
+/// Whether the read buffer starts with a PUBLISH (the fixed header's packet type 3).
+fn starts_with_publish(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|b| b >> 4 == 3)
+}
+
+impl Connection {
+    fn input_order_state(&mut self) -> &mut InputOrderState {
+        let order = &self.broker.input_order;
+        // Input read before (behind a CONNECT, say) comes after what is reported by now.
+        self.input_order.get_or_insert_with(|| {
+            Box::new(InputOrderState {
+                stamper: None,
+                ticket: None,
+                position: order.now(),
+                in_order: false,
+            })
+        })
+    }
+
+    /// Makes sure the socket's readiness is watched by a stamper waking the current task
+    /// (a resumed connection runs in a new task).
+    pub(super) async fn stamp_input(&mut self) {
+        std::future::poll_fn(|cx| {
+            self.stamp_input_for(cx.waker());
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    fn stamp_input_for(&mut self, task: &Waker) {
+        let order = self.broker.input_order.clone();
+        let state = self.input_order_state();
+        if let Some((stamper, _)) = &state.stamper {
+            if stamper.wakes(task) {
+                return;
+            }
+            stamper.retire();
+        }
+        state.stamper = Some(StampingWaker::new(order, task));
+    }
+
+    /// Leaves the input order: the connection parks or closes. Its ticket goes, and its
+    /// stamper stamps nothing more (the reactor may keep that waker a little longer, and
+    /// the task it wakes may be gone).
+    pub(super) fn leave_input_order(&mut self) {
+        if let Some(state) = self.input_order.take() {
+            if let Some((stamper, _)) = &state.stamper {
+                stamper.retire();
+            }
+        }
+    }
+
+    /// Readiness of the socket, registering the stamping waker when it is not ready (the
+    /// plain task waker without a stamper).
+    pub(super) fn poll_input(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.input_order.as_ref().and_then(|s| s.stamper.as_ref()) {
+            Some((_, waker)) => self.socket.poll_read_ready(&mut Context::from_waker(waker)),
+            None => self.socket.poll_read_ready(cx),
+        }
+    }
+
+    /// Before a read: input stamped since the last read is covered by that stamp, unless
+    /// an earlier ticket is still held (it covers it as well).
+    pub(super) fn take_stamp(&mut self) {
+        let Some(state) = self.input_order.as_deref_mut() else {
+            return;
+        };
+        let Some(ticket) = state.stamper.as_ref().and_then(|(s, _)| s.take()) else {
+            return;
+        };
+        if state.ticket.is_none() {
+            state.ticket = Some(ticket);
+        }
+    }
+
+    /// After a read that got input: it comes after every input the reactor had reported
+    /// by now. Not after its own stamp only: epoll reports a socket where its first
+    /// unreported event queued it, which may be an event before this input (the socket's
+    /// registration, say), so within one report the order is not the order of arrival.
+    pub(super) fn place_input(&mut self) {
+        let now = self.broker.input_order.now();
+        let state = self.input_order_state();
+        state.position = now;
+        state.in_order = false;
+    }
+
+    /// After a read: watch the socket again, so input arriving while this connection is
+    /// busy is stamped when the reactor reports it, not when the connection reads it.
+    pub(super) fn watch_input(&self) {
+        if let Some((_, waker)) = self.input_order.as_ref().and_then(|s| s.stamper.as_ref()) {
+            // Ready means more input is already there: the next read takes it.
+            let _ = self.socket.poll_read_ready(&mut Context::from_waker(waker));
+        }
+    }
+
+    /// The input read so far is handled: its ticket no longer holds publishes back.
+    pub(super) fn release_ticket(&mut self) {
+        if let Some(state) = self.input_order.as_deref_mut() {
+            state.ticket = None;
+        }
+    }
+
+    /// Before waiting for anything but input (storage, a client that does not read,
+    /// earlier input): neither what was read nor what arrives meanwhile holds publishes
+    /// back. Stamping starts again with the next read.
+    pub(super) fn set_input_aside(&mut self) {
+        if let Some(state) = self.input_order.as_deref_mut() {
+            state.ticket = None;
+            if let Some((stamper, _)) = &state.stamper {
+                stamper.pause();
+            }
+        }
+    }
+
+    /// Back from the parker: takes its socket again with the input that woke it, which
+    /// `ticket` (the parker's, shared by every connection one report resumed) covers.
+    pub(crate) fn resume_socket(&mut self, stream: std::net::TcpStream, ticket: Option<Ticket>) {
+        self.input_order_state().ticket = ticket;
+        match self.socket.resume(stream, &self.broker.hot) {
+            Ok(true) => {
+                self.last_rx = tokio::time::Instant::now();
+                self.place_input();
+            }
+            Ok(false) => {}
+            // The connection then ends as closed on its first read.
+            Err(e) => tracing::warn!(error = %e, "cannot resume a parked socket"),
+        }
+    }
+
+    /// Whether the next packet may be handled now: anything but a PUBLISH may; a PUBLISH
+    /// once no input reported before its own was read is unhandled. What this connection
+    /// handled before it (a SUBSCRIBE, say) is in force then: its own ticket goes, so two
+    /// publishers read at once never wait for each other.
+    pub(super) fn next_packet_in_order(&mut self) -> bool {
+        if !starts_with_publish(self.socket.rbuf()) {
+            return true;
+        }
+        let order = self.broker.input_order.clone();
+        let state = self.input_order_state();
+        if state.in_order {
+            return true;
+        }
+        state.ticket = None;
+        state.in_order = order.is_clear_before(state.position);
+        state.in_order
+    }
+
+    /// Waits until no input reported before this connection's was read is unhandled.
+    pub(super) async fn wait_for_earlier_input(&mut self) {
+        self.set_input_aside();
+        let order = self.broker.input_order.clone();
+        let position = self.input_order_state().position;
+        order.wait_clear_before(position).await;
+        self.input_order_state().in_order = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_publish_waits_for_order() {
+        assert!(starts_with_publish(&[0x30, 0x05]));
+        assert!(starts_with_publish(&[0x3b, 0x05]));
+        assert!(!starts_with_publish(&[0x82, 0x05]));
+        assert!(!starts_with_publish(&[0x40, 0x02]));
+        assert!(!starts_with_publish(&[]));
+    }
+}
