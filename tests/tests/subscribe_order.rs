@@ -213,3 +213,50 @@ fn proto_tag(proto: Proto) -> &'static str {
         "v311"
     }
 }
+
+/// The order never holds a publish back for input that is not there. Publishers that
+/// connect and stream at once run their connection tasks out of tokio's cooperative
+/// budget again and again (tokio then answers a readiness poll with a wake-up of its own)
+/// before they go idle; every publish of every round gets read. Parking is off, so nothing
+/// else would end a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_streaming_at_once_are_not_held_back() {
+    const PUBLISHERS: usize = 8;
+    const EACH: usize = 20_000;
+    const ROUNDS: usize = 3;
+    let node = Node::builder().env("SKEIN_PARK_IDLE_MS", 0).start();
+    let addr = node.mqtt_addr();
+    let burst = Publish::new("stream/t", 0, b"0123456789abcdef")
+        .encode(Proto::V311)
+        .repeat(EACH);
+    for round in 1..=ROUNDS {
+        let streams: Vec<_> = (0..PUBLISHERS)
+            .map(|_| {
+                let burst = burst.clone();
+                tokio::spawn(async move {
+                    let mut c = RawClient::v311(addr, &unique_id("stream")).await;
+                    c.send(&burst).await;
+                    c
+                })
+            })
+            .collect();
+        let mut publishers = Vec::new();
+        for s in streams {
+            publishers.push(s.await.expect("publisher task"));
+        }
+        let total = (round * PUBLISHERS * EACH) as f64;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut received = 0.0;
+        while received < total && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            received = metric_sum(node.http_addr(), "skein_messages_received_total", &[]).await;
+        }
+        assert_eq!(
+            received, total,
+            "round {round}: the node read {received} of {total} publishes within 20 s"
+        );
+        for c in publishers {
+            c.disconnect().await;
+        }
+    }
+}

@@ -75,11 +75,20 @@ impl Connection {
         }
     }
 
+    /// The waker to leave with the socket's readiness: the stamping one, unless the task
+    /// has used up its budget. Then tokio answers a readiness poll by waking the waker it
+    /// was given at once (a forced yield), and that wake-up must not stamp input that is
+    /// not there: the stamp would hold publishes back until the connection reads again.
+    fn stamping_waker(&self) -> Option<&Waker> {
+        let (_, waker) = self.input_order.as_ref()?.stamper.as_ref()?;
+        tokio::task::coop::has_budget_remaining().then_some(waker)
+    }
+
     /// Readiness of the socket, registering the stamping waker when it is not ready (the
-    /// plain task waker without a stamper).
+    /// plain task waker without one).
     pub(super) fn poll_input(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.input_order.as_ref().and_then(|s| s.stamper.as_ref()) {
-            Some((_, waker)) => self.socket.poll_read_ready(&mut Context::from_waker(waker)),
+        match self.stamping_waker() {
+            Some(waker) => self.socket.poll_read_ready(&mut Context::from_waker(waker)),
             None => self.socket.poll_read_ready(cx),
         }
     }
@@ -112,7 +121,7 @@ impl Connection {
     /// After a read: watch the socket again, so input arriving while this connection is
     /// busy is stamped when the reactor reports it, not when the connection reads it.
     pub(super) fn watch_input(&self) {
-        if let Some((_, waker)) = self.input_order.as_ref().and_then(|s| s.stamper.as_ref()) {
+        if let Some(waker) = self.stamping_waker() {
             // Ready means more input is already there: the next read takes it.
             let _ = self.socket.poll_read_ready(&mut Context::from_waker(waker));
         }

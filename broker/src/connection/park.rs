@@ -302,10 +302,15 @@ impl Shared {
         loop {
             // The stamping waker is left with the reactor only here; the guard taken below
             // finds the readiness set and registers nothing.
-            let readable = std::future::poll_fn(|_| {
-                watched
-                    .poll_read_ready(&mut Context::from_waker(&waker))
-                    .map_ok(drop)
+            let readable = std::future::poll_fn(|cx| {
+                // With the budget used up, tokio wakes the waker at once (a forced
+                // yield): that must not stamp (see `Connection::stamping_waker`).
+                let ready = if tokio::task::coop::has_budget_remaining() {
+                    watched.poll_read_ready(&mut Context::from_waker(&waker))
+                } else {
+                    watched.poll_read_ready(cx)
+                };
+                ready.map_ok(drop)
             });
             let ready = tokio::select! {
                 ready = readable => ready,
