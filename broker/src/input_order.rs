@@ -1,16 +1,21 @@
 //! The order in which input reaches the node, so that subscriptions take effect in that
 //! order: a SUBSCRIBE that reached the node before another client's PUBLISH is in force
-//! when that PUBLISH is routed.
+//! for that PUBLISH.
 //!
 //! Connections run in parallel on the runtime's workers, and tokio does not poll woken
 //! tasks in the order they were woken (the task woken last runs first from the worker's
 //! LIFO slot; another worker may steal the others). So the order is taken where it is
 //! still known: when the reactor reports a socket readable, the connection's
 //! [`StampingWaker`] takes a [`Ticket`], a position in one node-wide sequence. The
-//! connection holds it until it has handled the input it then read; before routing a
-//! PUBLISH it waits until no earlier ticket is held ([`InputOrder::wait_clear_before`]).
-//! Waiting goes one way only, towards earlier tickets, so it cannot deadlock; and a
-//! ticket is never held across a wait for anything else (storage, a slow reader).
+//! connection holds it until it has handled the input it then read. A PUBLISH read while
+//! an earlier ticket is still held is routed at once all the same, and also written to
+//! the late log ([`InputOrder::record_late`]): a SUBSCRIBE in that earlier input, once
+//! handled, gets the publishes of the log read after its own input was reported. Only a
+//! PUBLISH that matches nobody yet (the earlier input may be the SUBSCRIBE that it is
+//! for), or one routed while the log is full, waits for the earlier tickets instead
+//! ([`InputOrder::wait_clear_before`]). Waiting goes one way only, towards earlier
+//! tickets, so it cannot deadlock; and a ticket is never held across a wait for anything
+//! else (storage, a slow reader).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,6 +23,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Wake, Waker};
 
 use tokio::sync::Notify;
+
+use crate::message::Message;
+
+mod late_log;
+
+pub use late_log::LateCutoff;
+use late_log::LateLog;
+
+/// A publish read while input reported before it was unhandled: by which connection,
+/// and where in the order (see [`InputOrder::record_late`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LateRead {
+    pub connection: u64,
+    pub position: u64,
+}
 
 /// No ticket is held.
 const NONE_HELD: u64 = u64::MAX;
@@ -35,6 +55,9 @@ pub struct InputOrder {
     released: Notify,
     /// `skein_publish_order_waits_total`.
     waits: metrics::Counter,
+    /// `skein_publish_order_late_deliveries_total`.
+    late_deliveries: metrics::Counter,
+    late: LateLog,
 }
 
 #[derive(Default)]
@@ -47,8 +70,10 @@ struct Held {
 }
 
 impl InputOrder {
-    /// `waits` counts the publishes that had to wait (`skein_publish_order_waits_total`).
-    pub fn new(waits: metrics::Counter) -> InputOrder {
+    /// `waits` counts the publishes that had to wait (`skein_publish_order_waits_total`),
+    /// `late_deliveries` what new subscriptions got from the late log
+    /// (`skein_publish_order_late_deliveries_total`).
+    pub fn new(waits: metrics::Counter, late_deliveries: metrics::Counter) -> InputOrder {
         InputOrder {
             held: Mutex::new(Held {
                 positions: VecDeque::new(),
@@ -59,7 +84,45 @@ impl InputOrder {
             waiters: AtomicUsize::new(0),
             released: Notify::new(),
             waits,
+            late_deliveries,
+            late: LateLog::default(),
         }
+    }
+
+    /// Whether a publish of connection `publisher` may be routed now with input reported
+    /// before it still unhandled (see [`Self::record_late`]): false when its part of the
+    /// late log is full.
+    pub fn may_route_late(&self, publisher: u64) -> bool {
+        self.late.has_room(publisher)
+    }
+
+    /// Writes down a publish routed while input reported before it was unhandled.
+    /// Called while the subscription index is locked for reading, so that the log tells
+    /// the publishes matched before a subscription was added from those matched after
+    /// (see [`Self::late_cutoff`]).
+    pub fn record_late(&self, read: LateRead, message: &Arc<Message>) {
+        self.late
+            .record(read.connection, read.position, message, || {
+                self.oldest.load(Ordering::SeqCst)
+            });
+    }
+
+    /// The end of the late log now. Called while the subscription index is locked for
+    /// writing to add a subscription: the publishes logged before this were matched
+    /// without it, those logged after with it.
+    pub fn late_cutoff(&self) -> LateCutoff {
+        self.late.cutoff()
+    }
+
+    /// A publish from the late log was queued for a new subscription.
+    pub fn late_delivered(&self) {
+        self.late_deliveries.increment(1);
+    }
+
+    /// The logged publishes read after `position` (where the input with a new
+    /// subscription was reported) and matched before `cutoff` (without that subscription).
+    pub fn late_since(&self, position: u64, cutoff: &LateCutoff) -> Vec<Arc<Message>> {
+        self.late.since(position, cutoff)
     }
 
     fn held(&self) -> MutexGuard<'_, Held> {
@@ -107,7 +170,15 @@ impl InputOrder {
             }
             i == 0
         };
-        if was_oldest && self.waiters.load(Ordering::SeqCst) > 0 {
+        if !was_oldest {
+            return;
+        }
+        if self.oldest.load(Ordering::SeqCst) == NONE_HELD {
+            // Quiet: nothing in the late log is needed any more (under load its writers
+            // prune it as they go).
+            self.late.prune_all(|| self.oldest.load(Ordering::SeqCst));
+        }
+        if self.waiters.load(Ordering::SeqCst) > 0 {
             self.released.notify_waiters();
         }
     }
@@ -322,7 +393,10 @@ mod tests {
 
     #[test]
     fn a_position_is_clear_once_every_earlier_ticket_is_released() {
-        let order = Arc::new(InputOrder::new(metrics::Counter::noop()));
+        let order = Arc::new(InputOrder::new(
+            metrics::Counter::noop(),
+            metrics::Counter::noop(),
+        ));
         let first = order.ticket();
         let second = order.ticket();
         let third = order.ticket();
@@ -341,7 +415,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_wakes_when_the_earlier_ticket_is_released() {
-        let order = Arc::new(InputOrder::new(metrics::Counter::noop()));
+        let order = Arc::new(InputOrder::new(
+            metrics::Counter::noop(),
+            metrics::Counter::noop(),
+        ));
         let earlier = order.ticket();
         let mine = order.ticket();
         let waiter = {
@@ -361,7 +438,10 @@ mod tests {
 
     #[test]
     fn a_wake_stamps_once_until_taken_nothing_while_paused_and_nothing_once_retired() {
-        let order = Arc::new(InputOrder::new(metrics::Counter::noop()));
+        let order = Arc::new(InputOrder::new(
+            metrics::Counter::noop(),
+            metrics::Counter::noop(),
+        ));
         let (stamper, waker) = StampingWaker::new(order.clone(), Waker::noop());
         assert!(stamper.take().is_none());
         waker.wake_by_ref();

@@ -1,9 +1,11 @@
 //! Subscriptions take effect in the order packets reach the node: client B sends SUBSCRIBE
 //! without waiting for its SUBACK, then client A (already connected) sends PUBLISH on that
-//! topic. B's SUBSCRIBE reached the node first, so B must get the message, every time:
-//! whether B's or A's connection is running, idle, or parked, at either QoS, for a clean
-//! or a persistent B. Each trial uses fresh clients and a fresh topic, so nothing retained
-//! or left over from an earlier trial can make it pass.
+//! topic. B's SUBSCRIBE reached the node first, so B must get the message, once, every
+//! time: whether B's or A's connection is running, idle, or parked, at either QoS, for a
+//! clean or a persistent B, whether the topic has another subscriber already or not (the
+//! node routes such a publish at once and hands it to B when B's SUBSCRIBE is handled),
+//! and for a retained publish. Each trial uses fresh clients and a fresh topic, so nothing
+//! retained or left over from an earlier trial can make it pass.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,8 @@ use skein_tests::{metric_sum, unique_id, Connect, Node, Packet, Proto, Publish, 
 const TRIALS: usize = 50;
 /// How long B may take to get the message once A sent it.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(2);
+/// How long B is watched for a second copy.
+const SECOND_COPY_WAIT: Duration = Duration::from_millis(100);
 const PARK_MS: u64 = 50;
 
 /// Which of the two clients is parked when B subscribes and A publishes.
@@ -23,25 +27,66 @@ enum Parked {
     Both,
 }
 
-/// One trial's outcome: None when B got the message, otherwise what went wrong.
+/// What one trial publishes, and to whom.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    qos: u8,
+    /// Another client subscribed to the topic before B (so the publish matches someone).
+    witness: bool,
+    /// A retained publish (with a witness: B must get it once, as a plain message).
+    retain: bool,
+}
+
+impl Setup {
+    /// Trial `i`'s variant: plain, with a witness, with a witness and retained.
+    fn nth(i: usize, qos: u8) -> Setup {
+        Setup {
+            qos,
+            witness: !i.is_multiple_of(3),
+            retain: i % 3 == 2,
+        }
+    }
+}
+
+/// One trial's outcome: None when B got the message once, otherwise what went wrong.
 type Failure = Option<String>;
 
 /// B (already connected) subscribes to a fresh topic and, before its SUBACK can have
 /// arrived, A (already connected) publishes on it.
-async fn race(mut b: RawClient, mut a: RawClient, topic: &str, qos: u8) -> Failure {
+async fn race(
+    node: &Node,
+    mut b: RawClient,
+    mut a: RawClient,
+    topic: &str,
+    setup: Setup,
+) -> Failure {
+    let mut witness = match setup.witness {
+        true => {
+            let mut w = RawClient::v311(node.mqtt_addr(), &unique_id("ow")).await;
+            w.subscribe(1, &[SubFilter::new(topic, 1)]).await;
+            Some(w)
+        }
+        false => None,
+    };
     let subscribe = codec::subscribe(b.proto, 1, &[SubFilter::new(topic, 1)], &Props::new());
-    let publish = Publish::new(topic, qos, b"ordered").encode(a.proto);
+    let publish = Publish::new(topic, setup.qos, b"ordered")
+        .retain(setup.retain)
+        .encode(a.proto);
     // write_all returns once the kernel has taken the bytes: on loopback they are then in
     // the node's receive queue for B, before A's PUBLISH is even written.
     b.send(&subscribe).await;
     a.send(&publish).await;
     let failure = match first_publish(&mut b, DELIVERY_DEADLINE).await {
-        Some(p) if p.topic == topic => None,
-        Some(p) => Some(format!("got a PUBLISH on {:?} instead", p.topic)),
+        Some(p) if p.topic != topic => Some(format!("got a PUBLISH on {:?} instead", p.topic)),
+        Some(p) if p.retain => Some("got it as a retained message".to_owned()),
+        Some(_) => match first_publish(&mut b, SECOND_COPY_WAIT).await {
+            Some(p) => Some(format!("got a second copy (retain {})", p.retain)),
+            None => None,
+        },
         None => {
             // What A heard tells routing's view: an MQTT 5 PUBACK says 0x10 "no matching
             // subscribers" when the PUBLISH was routed before the subscription existed.
-            let puback = match (qos, a.recv(Duration::from_millis(200)).await) {
+            let puback = match (setup.qos, a.recv(Duration::from_millis(200)).await) {
                 (1, Ok(Packet::PubAck { reason, .. })) => {
                     format!(", A's PUBACK reason 0x{reason:02x}")
                 }
@@ -50,12 +95,20 @@ async fn race(mut b: RawClient, mut a: RawClient, topic: &str, qos: u8) -> Failu
             Some(format!("no PUBLISH within {DELIVERY_DEADLINE:?}{puback}"))
         }
     };
+    if let Some(w) = &mut witness {
+        if first_publish(w, DELIVERY_DEADLINE).await.is_none() {
+            return Some("the witness got nothing".to_owned());
+        }
+    }
     a.disconnect().await;
     b.disconnect().await;
+    if let Some(w) = witness {
+        w.disconnect().await;
+    }
     failure
 }
 
-/// The first PUBLISH B receives within `deadline` (its SUBACK and other packets skipped).
+/// The first PUBLISH a client receives within `deadline` (other packets skipped).
 async fn first_publish(c: &mut RawClient, deadline: Duration) -> Option<skein_tests::Publish> {
     let end = Instant::now() + deadline;
     loop {
@@ -81,7 +134,7 @@ fn connect(proto: Proto, id: &str, persistent: bool) -> Connect {
 fn assert_all_delivered(what: &str, failures: Vec<(usize, String)>) {
     assert!(
         failures.is_empty(),
-        "{what}: B got the message in {}/{TRIALS} trials; failed trials: {failures:#?}",
+        "{what}: B got the message once in {}/{TRIALS} trials; failed trials: {failures:#?}",
         TRIALS - failures.len(),
     );
 }
@@ -92,6 +145,7 @@ async fn running_trials(proto: Proto, qos: u8) {
     let mut failures = Vec::new();
     for i in 0..TRIALS {
         let persistent = i % 2 == 1;
+        let setup = Setup::nth(i, qos);
         let a = RawClient::connect_ok(node.mqtt_addr(), &Connect::new(proto, &unique_id("oa")))
             .await
             .0;
@@ -100,8 +154,8 @@ async fn running_trials(proto: Proto, qos: u8) {
             .await
             .0;
         let topic = format!("order/{}/{qos}/{i}", proto_tag(proto));
-        if let Some(why) = race(b, a, &topic, qos).await {
-            failures.push((i, format!("persistent B: {persistent}: {why}")));
+        if let Some(why) = race(&node, b, a, &topic, setup).await {
+            failures.push((i, format!("{setup:?}, persistent B: {persistent}: {why}")));
         }
     }
     assert_all_delivered(&format!("{proto:?} QoS {qos} publish"), failures);
@@ -151,7 +205,7 @@ async fn parked_trials(proto: Proto) {
     let mut failures = Vec::new();
     for i in 0..TRIALS {
         let parked = [Parked::Subscriber, Parked::Publisher, Parked::Both][i % 3];
-        let qos = (i % 2) as u8;
+        let setup = Setup::nth(i / 3, (i % 2) as u8);
         let (a_id, b_id) = (unique_id("pa"), unique_id("pb"));
         // The one to park connects first and parks before the other connects; the other
         // then races within PARK_MS of its CONNACK, still running.
@@ -188,8 +242,8 @@ async fn parked_trials(proto: Proto) {
             }
         };
         let topic = format!("order/parked/{}/{i}", proto_tag(proto));
-        if let Some(why) = race(b, a, &topic, qos).await {
-            failures.push((i, format!("{parked:?} parked, QoS {qos}: {why}")));
+        if let Some(why) = race(&node, b, a, &topic, setup).await {
+            failures.push((i, format!("{parked:?} parked, {setup:?}: {why}")));
         }
         wait_parked(&node, 0).await;
     }

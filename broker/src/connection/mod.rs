@@ -97,8 +97,8 @@ enum Batch {
     OutputFull,
     /// Storage must be flushed before this acknowledgement goes out.
     FlushThenSend(Option<Box<Packet>>),
-    /// A PUBLISH is next, and input that reached the node before it is not handled yet.
-    AwaitOrder,
+    /// A PUBLISH waits for the input that reached the node before it.
+    RouteInOrder(Box<inbound::DeferredPublish>),
 }
 
 /// Serves one accepted TCP connection to its end. `permit` is None when the node is at its
@@ -402,23 +402,34 @@ impl Connection {
             match self.handle_batch()? {
                 Batch::Drained => return Ok(false),
                 Batch::OutputFull => return Ok(true),
-                // Boxed: waiting is the rare case, and its state would stay in every
-                // connection task.
-                Batch::AwaitOrder => Box::pin(self.wait_for_earlier_input()).await,
-                Batch::FlushThenSend(ack) => {
-                    // What was handled so far is in force; a flush must not hold
-                    // publishes back.
-                    self.set_input_aside();
-                    self.flush_storage().await?;
-                    if let Some(ack) = ack {
-                        self.send(&ack);
+                Batch::RouteInOrder(deferred) => {
+                    // Boxed: waiting is the rare case, and its state would stay in every
+                    // connection task.
+                    Box::pin(self.wait_for_earlier_input()).await;
+                    if let inbound::After::FlushThenSend(ack) = self.route_deferred(*deferred) {
+                        if self.flush_then_send(ack).await? {
+                            return Ok(true);
+                        }
                     }
-                    if self.output_batch_full() {
+                }
+                Batch::FlushThenSend(ack) => {
+                    if self.flush_then_send(ack).await? {
                         return Ok(true);
                     }
                 }
             }
         }
+    }
+
+    /// Flushes storage, then sends `ack`; Ok(true) when a batch of output is waiting.
+    async fn flush_then_send(&mut self, ack: Option<Box<Packet>>) -> Result<bool, Close> {
+        // What was handled so far is in force; a flush must not hold publishes back.
+        self.set_input_aside();
+        self.flush_storage().await?;
+        if let Some(ack) = ack {
+            self.send(&ack);
+        }
+        Ok(self.output_batch_full())
     }
 
     /// Handles packets from the read buffer until it is drained, output fills a batch, or
@@ -430,10 +441,6 @@ impl Connection {
             if let Some(handled) = self.handle_short_ack() {
                 handled?;
                 continue;
-            }
-            if !self.next_packet_in_order() {
-                self.count_acked();
-                return Ok(Batch::AwaitOrder);
             }
             let max = self.broker.config.max_packet_size as usize;
             let packet = match codec::decode(self.socket.rbuf(), self.protocol, max) {
@@ -447,8 +454,13 @@ impl Connection {
                     return Err(Close::with_code(e.reason_code(), e.to_string()));
                 }
             };
-            if let inbound::After::FlushThenSend(ack) = self.handle(packet, &mut held)? {
-                return Ok(Batch::FlushThenSend(ack));
+            match self.handle(packet, &mut held)? {
+                inbound::After::Nothing => {}
+                inbound::After::FlushThenSend(ack) => return Ok(Batch::FlushThenSend(ack)),
+                inbound::After::RouteInOrder(deferred) => {
+                    self.count_acked();
+                    return Ok(Batch::RouteInOrder(deferred));
+                }
             }
             if self.output_batch_full() {
                 return Ok(Batch::OutputFull);
