@@ -26,6 +26,10 @@ pub enum ClusterError {
     Unavailable(String),
 }
 
+/// Order contract, which an implementation must keep across nodes: a SUBSCRIBE whose
+/// bytes reached a node before another client's PUBLISH reached it is in force for that
+/// PUBLISH (on one node, [`crate::input_order`] does this), and a SUBACK means the
+/// subscription is in force for every publish any node accepts after it was sent.
 pub trait ClusterHandle: Send + Sync {
     fn node_id(&self) -> NodeId;
     /// Claims `client_id` for a connection on this node.
