@@ -13,12 +13,14 @@ use crate::message::Message;
 
 const SHARDS: usize = 8;
 /// A shard's bound: a publish that would go past it waits for the earlier input instead.
-/// Entries leave as soon as the input reported before them has been handled; under load
-/// that can take milliseconds (a worker thread descheduled with a hundred connections'
-/// reports queued on it), and one log of 8192 entries filled in the `pairs` benchmark.
-const SHARD_MAX: usize = 8192;
+/// Entries leave as soon as the input reported before them has been handled, which under
+/// saturation takes milliseconds (a hundred connections' reports queued behind busy
+/// streams). A bound is also back-pressure there: keeping thousands of delivered messages
+/// alive cost more than the waits (the `pairs` benchmark at QoS 0: broker CPU +15% with
+/// 8192 entries a shard, +7% with 256 to 2048; at QoS 1 +8% with 8192, none with 2048).
+const SHARD_MAX: usize = 2048;
 /// The same for the payload bytes a shard keeps alive.
-const SHARD_MAX_BYTES: usize = 8 << 20;
+const SHARD_MAX_BYTES: usize = 4 << 20;
 /// A writer prunes its shard every this many entries.
 const PRUNE_EVERY: u64 = 64;
 
