@@ -268,6 +268,12 @@ const RETIRED: u64 = u64::MAX;
 /// input, it takes a ticket (once until [`Self::take`]) before waking the task, so the
 /// input's place in the order is fixed at the moment the node learns of it, however late
 /// the task runs.
+///
+/// Cache-line aligned so that the node's allocator keeps it in pages of its own (see
+/// `aligned_pool`): one is made per connection task and freed when the connection parks,
+/// and from the general heap those frees left holes among the connection state that
+/// stays (+136 B of RSS per parked connection).
+#[repr(align(64))]
 pub struct StampingWaker {
     order: Arc<InputOrder>,
     task: Waker,

@@ -11,7 +11,9 @@ use super::Connection;
 use crate::input_order::{StampingWaker, Ticket};
 
 /// A connection's input-order state while it has a task; boxed, and dropped when the
-/// connection parks (a parked connection holds one empty pointer for it).
+/// connection parks (a parked connection holds one empty pointer for it). Aligned like
+/// [`StampingWaker`], for the same reason.
+#[repr(align(64))]
 pub(super) struct InputOrderState {
     /// The stamping waker of the task the connection runs in, and the `Waker` made of it.
     stamper: Option<(Arc<StampingWaker>, Waker)>,
