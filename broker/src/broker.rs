@@ -14,6 +14,7 @@ use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::Config;
 use crate::events::{raise, EventBus, SessionEnd};
 use crate::hash::HashMap;
+use crate::input_order::{InputOrder, LateCutoff};
 use crate::message::{now_ms, Message};
 use crate::retained::RetainedStore;
 use crate::session::{OptionalMs, Session, Subscription};
@@ -58,6 +59,20 @@ pub struct RouteOutcome {
     /// takes no new data, `route_or_refuse` refuses such a QoS 1/2 message whole
     /// (`matched` is 0: no session has it); `route` delivers the copies that need no disk.
     pub not_stored: Option<crate::storage_refusal::NotStored>,
+    /// Not routed: it matched nobody while input reported before it was unhandled (see
+    /// [`Broker::route_holding_wakes`]).
+    pub deferred: bool,
+}
+
+/// What adding a subscription found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The session had this subscription already (it was replaced).
+    pub existed: bool,
+    /// The late log's end when it was added (see [`InputOrder::late_cutoff`]).
+    pub late_cutoff: LateCutoff,
+    /// A shared subscription whose group had no other member.
+    pub alone_in_group: bool,
 }
 
 pub struct Broker {
@@ -76,6 +91,9 @@ pub struct Broker {
     pub tasks: TaskTracker,
     /// Every connection task (the listener's and resumed parked ones), drained on shutdown.
     pub connections: TaskTracker,
+    /// The order in which input reached the node: a publish is routed only after the
+    /// input that reached the node before it (a SUBSCRIBE, say) has been handled.
+    pub input_order: Arc<InputOrder>,
     /// The node's connection limit (`max_connections`): the listener takes a slot per
     /// accepted socket; a connection gives it back when it ends.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
@@ -97,6 +115,10 @@ impl Broker {
         let retained = RetainedStore::load(store.clone())?;
         let connections = TaskTracker::new();
         let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        let input_order = Arc::new(InputOrder::new(
+            metrics::counter!(crate::metrics::PUBLISH_ORDER_WAITS),
+            metrics::counter!(crate::metrics::PUBLISH_ORDER_LATE_DELIVERIES),
+        ));
         let broker = Arc::new(Broker {
             connection_slots,
             config,
@@ -111,6 +133,7 @@ impl Broker {
             next_assigned_id: AtomicU64::new(1),
             shutdown,
             tasks: TaskTracker::new(),
+            input_order,
             connections,
             parker: std::sync::OnceLock::new(),
             lifecycle_waiters: Default::default(),
@@ -270,16 +293,21 @@ impl Broker {
         Ok(())
     }
 
-    /// Adds the subscription to the index; true if it replaced an existing one.
-    fn index_subscription(&self, session: &Arc<Session>, filter: &str, sub: &Subscription) -> bool {
+    /// Adds the subscription to the index.
+    fn index_subscription(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        sub: &Subscription,
+    ) -> Subscribed {
         let Ok((group, inner)) = topic::parse_subscription(filter) else {
-            return false;
+            return Subscribed::default();
         };
         let mut tree = self
             .subscriptions
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let replaced = tree
+        let existed = tree
             .subscribe(
                 inner,
                 group,
@@ -292,7 +320,12 @@ impl Broker {
             .is_some();
         // Under the index's lock: set before the SUBACK, never behind a later change.
         self.events.set_dollar_receivers(tree.has_dollar_filters());
-        replaced
+        Subscribed {
+            existed,
+            // Under the index's write lock: publishes are logged under its read lock.
+            late_cutoff: self.input_order.late_cutoff(),
+            alone_in_group: group.is_some_and(|g| tree.group_size(inner, g) == 1),
+        }
     }
 
     /// Removes the subscription from the index; the QoS it had, if it was there.
@@ -309,15 +342,15 @@ impl Broker {
         removed
     }
 
-    /// Subscribes `session` to a validated `filter`; true if it already had that subscription.
-    pub fn subscribe(&self, session: &Arc<Session>, filter: &str, sub: Subscription) -> bool {
-        let existed = self.index_subscription(session, filter, &sub);
+    /// Subscribes `session` to a validated `filter`.
+    pub fn subscribe(&self, session: &Arc<Session>, filter: &str, sub: Subscription) -> Subscribed {
+        let subscribed = self.index_subscription(session, filter, &sub);
         let mut st = session.state();
         st.subscriptions.insert(filter.to_owned(), sub);
         if st.is_persistent() {
             self.persist_session_locked(session, &st);
         }
-        existed
+        subscribed
     }
 
     /// The QoS the removed subscription had been granted; None if it did not exist.
@@ -537,7 +570,7 @@ fn send_kick(attachment: &crate::session::Attachment) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::local_cluster::LocalCluster;
     use crate::message::MessageProperties;
@@ -553,7 +586,7 @@ mod tests {
         })
     }
 
-    fn broker() -> Arc<Broker> {
+    pub(crate) fn broker() -> Arc<Broker> {
         Broker::new(
             Config::default(),
             Store::open_temporary().unwrap(),
@@ -564,7 +597,7 @@ mod tests {
         .unwrap()
     }
 
-    pub(super) fn online(b: &Broker, id: &str) -> Arc<Session> {
+    pub(crate) fn online(b: &Broker, id: &str) -> Arc<Session> {
         let s = b.get_or_create_session(&ClientId::new(id));
         let tx = crate::session::KickSignal::new();
         s.state().attach(
@@ -588,7 +621,7 @@ mod tests {
         s
     }
 
-    pub(super) fn sub(qos: QoS, id: Option<u32>, no_local: bool) -> Subscription {
+    pub(crate) fn sub(qos: QoS, id: Option<u32>, no_local: bool) -> Subscription {
         Subscription {
             options: SubscriptionOptions {
                 qos,
@@ -599,7 +632,7 @@ mod tests {
         }
     }
 
-    pub(super) fn message(topic: &str, qos: QoS, publisher: &str) -> Arc<Message> {
+    pub(crate) fn message(topic: &str, qos: QoS, publisher: &str) -> Arc<Message> {
         Arc::new(Message {
             topic: Arc::from(topic),
             payload: Bytes::from_static(b"x"),

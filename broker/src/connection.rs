@@ -3,6 +3,7 @@
 mod deadlines;
 mod handshake;
 mod inbound;
+mod order;
 mod outbound;
 mod paged_slab;
 pub mod park;
@@ -62,6 +63,8 @@ pub struct Connection {
     /// Holds one of `broker.connection_slots` (given back on drop). A flag, not the
     /// permit itself: 16 bytes less in every connection.
     holds_slot: bool,
+    /// Its place in the node's input order while it has a task (see `order`).
+    input_order: Option<Box<order::InputOrderState>>,
 }
 
 /// How `run` ended.
@@ -97,6 +100,8 @@ enum Batch {
     OutputFull,
     /// Storage must be flushed before this acknowledgement goes out.
     FlushThenSend(Option<Box<Packet>>),
+    /// A PUBLISH waits for the input that reached the node before it.
+    RouteInOrder(Box<inbound::DeferredPublish>),
 }
 
 /// Serves one accepted TCP connection to its end. `permit` is None when the node is at its
@@ -166,6 +171,8 @@ async fn drive(mut conn: Box<Connection>) {
                     may_park = false;
                     continue;
                 };
+                // The parked socket is watched by the parker, and this task ends.
+                conn.leave_input_order();
                 match parker.park(conn, due) {
                     Ok(()) => return,
                     Err(back) => (conn, may_park) = (back, false),
@@ -174,6 +181,8 @@ async fn drive(mut conn: Box<Connection>) {
             Outcome::Park => {}
         }
     };
+    // Input arriving while it closes is never handled: publishes must not wait for it.
+    conn.leave_input_order();
     // Boxed: the closing path's state is only allocated when it runs, keeping the
     // connection task small while it idles in `run`.
     Box::pin(conn.finish(close)).await;
@@ -221,6 +230,10 @@ impl Connection {
     async fn run(&mut self) -> Outcome {
         // The parker was made with the same setting (lib.rs).
         let park_after = self.broker.config.park_idle();
+        self.stamp_input().await;
+        // Before anything is written (a CONNACK, say): input the client sends in answer
+        // is stamped when it arrives.
+        self.watch_input();
         let mut idle_since = Instant::now();
         let timer = tokio::time::sleep_until(self.next_timer(park_after.map(|p| idle_since + p)));
         tokio::pin!(timer);
@@ -231,6 +244,8 @@ impl Connection {
             if let Err(close) = self.work(wake).await {
                 return Outcome::Closed(close);
             }
+            // Everything read is handled (a closing connection lets go in `drive`).
+            self.release_ticket();
             self.socket.release_idle_buffers();
             if park_after.is_some() {
                 idle_since = Instant::now();
@@ -238,14 +253,14 @@ impl Connection {
             // Only the work above makes the connection busy: waiting (and the timer
             // firing) doesn't.
             wake = loop {
-                let socket = &self.socket;
+                let this = &*self;
                 tokio::select! {
                     biased;
                     _ = self.kick_rx.notified() => match self.kick_rx.try_recv() {
                         Some(kick) => return Outcome::Closed(kicked(kick)),
                         None => break Wake::Queued,
                     },
-                    ready = std::future::poll_fn(|cx| socket.poll_read_ready(cx)) => match ready {
+                    ready = std::future::poll_fn(|cx| this.poll_input(cx)) => match ready {
                         Ok(()) => break Wake::Readable,
                         Err(e) => return Outcome::Closed(Close::read_failed(&e)),
                     },
@@ -311,11 +326,16 @@ impl Connection {
         loop {
             if input_pending {
                 input_pending = self.process_input().await?;
+                if !input_pending {
+                    // All that was read is handled: what is read next gets its own place.
+                    self.release_ticket();
+                }
             }
             // Before the queue is looked at: a wake-up after this is one for later.
             self.kick_rx.take_pending();
             let before_pump = self.socket.pending_out();
             if self.pump()? {
+                self.set_input_aside();
                 if let Err(close) = self.flush_storage().await {
                     // Those PUBLISHes were promised by records that may not be durable.
                     self.socket.wbuf().truncate(before_pump);
@@ -327,6 +347,8 @@ impl Connection {
                 return Err(Close::write_failed(&e));
             }
             if self.socket.pending_out() > 0 {
+                // A client that does not read must not hold publishes back.
+                self.set_input_aside();
                 // Boxed: a full socket buffer is the rare case, and its select is large.
                 Box::pin(self.flush_blocked()).await?;
                 // Messages queued meanwhile may have spent their wake-up: pump again.
@@ -350,9 +372,13 @@ impl Connection {
     /// returning whether output is pending lost the answers to packets read by the last
     /// read of a batch, until a stale readiness wake-up happened to flush them.)
     fn read_available(&mut self) -> Result<bool, Close> {
-        match self.socket.try_fill(&self.broker.hot) {
+        self.take_stamp();
+        let read = self.socket.try_fill(&self.broker.hot);
+        self.watch_input();
+        match read {
             Ok(Some(true)) => {
                 self.last_rx = Instant::now();
+                self.place_input();
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -386,17 +412,34 @@ impl Connection {
             match self.handle_batch()? {
                 Batch::Drained => return Ok(false),
                 Batch::OutputFull => return Ok(true),
-                Batch::FlushThenSend(ack) => {
-                    self.flush_storage().await?;
-                    if let Some(ack) = ack {
-                        self.send(&ack);
+                Batch::RouteInOrder(deferred) => {
+                    // Boxed: waiting is the rare case, and its state would stay in every
+                    // connection task.
+                    Box::pin(self.wait_for_earlier_input()).await;
+                    if let inbound::After::FlushThenSend(ack) = self.route_deferred(*deferred)? {
+                        if self.flush_then_send(ack).await? {
+                            return Ok(true);
+                        }
                     }
-                    if self.output_batch_full() {
+                }
+                Batch::FlushThenSend(ack) => {
+                    if self.flush_then_send(ack).await? {
                         return Ok(true);
                     }
                 }
             }
         }
+    }
+
+    /// Flushes storage, then sends `ack`; Ok(true) when a batch of output is waiting.
+    async fn flush_then_send(&mut self, ack: Option<Box<Packet>>) -> Result<bool, Close> {
+        // What was handled so far is in force; a flush must not hold publishes back.
+        self.set_input_aside();
+        self.flush_storage().await?;
+        if let Some(ack) = ack {
+            self.send(&ack);
+        }
+        Ok(self.output_batch_full())
     }
 
     /// Handles packets from the read buffer until it is drained, output fills a batch, or
@@ -421,8 +464,13 @@ impl Connection {
                     return Err(Close::with_code(e.reason_code(), e.to_string()));
                 }
             };
-            if let inbound::After::FlushThenSend(ack) = self.handle(packet, &mut held)? {
-                return Ok(Batch::FlushThenSend(ack));
+            match self.handle(packet, &mut held)? {
+                inbound::After::Nothing => {}
+                inbound::After::FlushThenSend(ack) => return Ok(Batch::FlushThenSend(ack)),
+                inbound::After::RouteInOrder(deferred) => {
+                    self.count_acked();
+                    return Ok(Batch::RouteInOrder(deferred));
+                }
             }
             if self.output_batch_full() {
                 return Ok(Batch::OutputFull);

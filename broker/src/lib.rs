@@ -20,6 +20,9 @@
 //! - `broker`: the node's state: session registry, subscription index, routing; implements
 //!   the seam's `BrokerHandle`.
 //! - `local_cluster`: the cluster of one, the seam's `ClusterHandle` for a single node.
+//! - `input_order`: the node-wide input order: tickets stamped when the reactor reports
+//!   input, publishes held until earlier input is handled, the late log that hands a
+//!   SUBSCRIBE the publishes that overtook it.
 //! - `session`: a client's session: subscriptions, queue, in-flight messages, will; the
 //!   signal that reaches its connection.
 //! - `retained`: retained messages, in memory and in storage.
@@ -55,6 +58,7 @@ pub mod error;
 pub mod events;
 pub mod hash;
 pub mod http;
+pub mod input_order;
 pub mod lazy_box;
 pub mod lifecycle_lock;
 pub mod local_cluster;
@@ -243,8 +247,11 @@ impl OpenNode {
         .flatten()
         .collect();
         // Owned by the MQTT server; the /metrics route reads how many connections it holds.
-        let parker =
-            connection::park::Parker::new(broker.config.park_idle(), broker.connections.clone());
+        let parker = connection::park::Parker::new(
+            broker.config.park_idle(),
+            broker.connections.clone(),
+            broker.input_order.clone(),
+        );
         let health = http::HealthState::new().watching_storage(broker.store.health().clone());
         let routes = http::compose(vec![
             http::health_routes(health.clone()),

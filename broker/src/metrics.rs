@@ -60,6 +60,10 @@ pub const BYTES_RECEIVED: &str = "skein_received_bytes_total";
 pub const BYTES_SENT: &str = "skein_sent_bytes_total";
 /// Counter: packets that failed to decode (the connection is closed).
 pub const PACKET_DECODE_ERRORS: &str = "skein_packet_decode_errors_total";
+/// Counter: publishes that waited for input that reached the node before them.
+pub const PUBLISH_ORDER_WAITS: &str = "skein_publish_order_waits_total";
+/// Counter: deliveries to a new subscription of publishes routed before it was handled.
+pub const PUBLISH_ORDER_LATE_DELIVERIES: &str = "skein_publish_order_late_deliveries_total";
 
 // Events and their dialects.
 /// Gauge {dialect}: events waiting in a dialect's queue.
@@ -277,6 +281,20 @@ const MESSAGES: &[Desc] = &[
         Unit::Count,
         &[],
         "MQTT packets that failed to decode; the connection is closed.",
+    ),
+    desc(
+        PUBLISH_ORDER_WAITS,
+        Counter,
+        Unit::Count,
+        &[],
+        "Client PUBLISHes that waited, before routing, for other connections to handle input that reached the node first (they matched no subscription yet, or the late log was full).",
+    ),
+    desc(
+        PUBLISH_ORDER_LATE_DELIVERIES,
+        Counter,
+        Unit::Count,
+        &[],
+        "Deliveries to a new subscription of publishes that reached the node after its SUBSCRIBE but were routed before the SUBSCRIBE was handled.",
     ),
 ];
 

@@ -28,8 +28,11 @@ pub enum ClusterError {
 /// - One owner: after `register_client` returns, at most one live connection holds the
 ///   client id cluster-wide; a previous owner on another node is told through that node's
 ///   [`crate::BrokerHandle::kick`] ([`crate::KickReason::TakenOver`]).
+/// - Input order: a SUBSCRIBE whose bytes reached a node before another client's PUBLISH
+///   reached it is in force for that PUBLISH (on one node, the broker's `input_order`
+///   module does this).
 /// - A SUBACK means the subscription is in force for every publish any node accepts
-///   afterwards; a PUBACK/PUBREC means every target (local sessions, each peer node with
+///   after it was sent; a PUBACK/PUBREC means every target (local sessions, each peer node with
 ///   interest, the offline queue on disk) has the message.
 pub trait ClusterHandle: Send + Sync {
     fn node_id(&self) -> NodeId;

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
-use super::{Broker, RouteOutcome, SessionRef, SubEntry};
+use super::{Broker, RouteOutcome, SessionRef, SubEntry, Subscribed};
 use crate::codec::QoS;
 use crate::events::raise;
+use crate::input_order::LateRead;
 use crate::message::{now_ms, Message};
 use crate::session::{Delivery, EnqueueOutcome, HeldWakes, Session, Subscription};
 use crate::storage_refusal::{self, NotStored};
+use crate::topic;
 
 /// Merges the non-shared deliveries of one session into one (highest QoS, every
 /// subscription id): overlapping subscriptions deliver one copy. Sorting beats hashing here:
@@ -55,40 +57,64 @@ enum WhenNotStored {
     DeliverTheRest,
 }
 
+/// When and how much [`Broker::enqueue`] may queue: taken once per routed message.
+struct Enqueue {
+    now: u64,
+    max: usize,
+    /// Storage takes no new data: copies that need the disk are dropped.
+    not_storing: Option<NotStored>,
+}
+
 impl Broker {
     /// Routes a message no publisher waits on (a will, an event message) to every
     /// matching session on this node; never blocks. While storage takes no new data the
     /// copies that need the disk are dropped and counted, the others delivered.
     pub fn route(&self, message: Arc<Message>) -> RouteOutcome {
-        self.route_with(message, None, WhenNotStored::DeliverTheRest)
+        self.route_with(message, None, None, WhenNotStored::DeliverTheRest)
     }
 
     /// Routes a publish whose publisher waits for the answer (the admin API): with
     /// storage taking no new data, a QoS 1/2 message that needs the disk is refused whole
     /// (`not_stored`, `matched` 0).
     pub fn route_or_refuse(&self, message: Arc<Message>) -> RouteOutcome {
-        self.route_with(message, None, WhenNotStored::RefuseWhole)
+        self.route_with(message, None, None, WhenNotStored::RefuseWhole)
     }
 
     /// [`Broker::route_or_refuse`] for a client's PUBLISH, with the subscribers' wake-ups
     /// held in `held` (see [`HeldWakes`]); None wakes them at once.
+    ///
+    /// `late`: the publish was read (there) while input reported before it was still
+    /// unhandled. It is routed all the same and written to the late log, for a SUBSCRIBE
+    /// in that input (see [`Self::deliver_late`]); unless it matches nobody: then nothing
+    /// is done (`deferred`), and the caller routes it again once the earlier input is
+    /// handled, so that a subscription in it is in force. Not for a retained publish: a
+    /// subscription added meanwhile would get it twice (routed, and as a retained
+    /// message), so that one waits for the earlier input instead. A publish refused whole
+    /// for want of disk is not logged: no subscriber gets it.
     pub fn route_holding_wakes(
         &self,
         message: Arc<Message>,
         held: Option<&mut HeldWakes>,
+        late: Option<LateRead>,
     ) -> RouteOutcome {
-        self.route_with(message, held, WhenNotStored::RefuseWhole)
+        self.route_with(message, held, late, WhenNotStored::RefuseWhole)
     }
 
     fn route_with(
         &self,
         message: Arc<Message>,
         mut held: Option<&mut HeldWakes>,
+        late: Option<LateRead>,
         when_not_stored: WhenNotStored,
     ) -> RouteOutcome {
+        debug_assert!(late.is_none() || !message.retain);
+        // One atomic load while storage is fine. Otherwise the decision is taken here,
+        // once for the message: asking again per copy could refuse one after others were
+        // stored.
+        let not_storing = NotStored::of_store(self.store.health());
         // (session, delivery, shared): non-shared matches of one session are merged below.
         let mut targets: Vec<(Arc<Session>, Delivery, bool)> = Vec::new();
-        {
+        let refused = {
             let tree = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
             tree.matches(
                 &message.topic,
@@ -115,24 +141,33 @@ impl Broker {
                     ));
                 },
             );
+            if late.is_some() && targets.is_empty() {
+                return RouteOutcome {
+                    deferred: true,
+                    ..RouteOutcome::default()
+                };
+            }
+            let refused = not_storing.filter(|_| {
+                when_not_stored == WhenNotStored::RefuseWhole && needs_disk(&message, &targets)
+            });
+            if let (Some(read), None) = (late, refused) {
+                // Under the index's read lock: see `InputOrder::late_cutoff`.
+                self.input_order.record_late(read, &message);
+            }
+            refused
+        };
+        if let Some(refusal) = refused {
+            storage_refusal::publish_refused(refusal, &message.topic, self.store.health());
+            return RouteOutcome {
+                not_stored: Some(refusal),
+                ..RouteOutcome::default()
+            };
         }
         merge_per_session(&mut targets);
         let mut outcome = RouteOutcome {
             matched: targets.len(),
             ..RouteOutcome::default()
         };
-        // One atomic load while storage is fine. Otherwise the decision is taken here,
-        // once for the message: asking again per copy could refuse one after others were
-        // stored.
-        let not_storing = NotStored::of_store(self.store.health());
-        if let Some(refusal) = not_storing {
-            if when_not_stored == WhenNotStored::RefuseWhole && needs_disk(&message, &targets) {
-                storage_refusal::publish_refused(refusal, &message.topic, self.store.health());
-                outcome.matched = 0;
-                outcome.not_stored = Some(refusal);
-                return outcome;
-            }
-        }
         if message.retain {
             match self.retained.update(&message) {
                 Ok(()) => outcome.needs_flush = true,
@@ -146,48 +181,14 @@ impl Broker {
                 }
             }
         }
-        let (now, max) = (now_ms(), self.config.max_queued_messages);
+        let to = Enqueue {
+            now: now_ms(),
+            max: self.config.max_queued_messages,
+            not_storing,
+        };
         for (session, delivery, _) in targets {
-            let qos = delivery.qos;
-            if let Some(refusal) = not_storing {
-                if qos != QoS::AtMostOnce && session.state().is_persistent() {
-                    crate::metrics::message_dropped(refusal.reason());
-                    raise::dropped(
-                        &self.events,
-                        || session.event_client(),
-                        &message,
-                        refusal.reason(),
-                    );
-                    outcome.not_stored.get_or_insert(refusal);
-                    continue;
-                }
-            }
-            match session.enqueue_holding_wake(delivery, max, &self.store, now, held.as_deref_mut())
-            {
-                EnqueueOutcome::Queued => {}
-                EnqueueOutcome::QueuedOffline => {
-                    raise::offline(&self.events, || session.event_client(), &message, qos)
-                }
-                EnqueueOutcome::Stored { online } => {
-                    outcome.needs_flush = true;
-                    if !online {
-                        raise::offline(&self.events, || session.event_client(), &message, qos);
-                    }
-                }
-                EnqueueOutcome::Dropped(reason) => {
-                    crate::metrics::message_dropped(reason.as_str());
-                    raise::dropped(
-                        &self.events,
-                        || session.event_client(),
-                        &message,
-                        reason.as_str(),
-                    );
-                    tracing::debug!(client_id = %session.client_id, reason = reason.as_str(), "message dropped");
-                    if let Some(refusal) = reason.not_stored() {
-                        outcome.not_stored.get_or_insert(refusal);
-                    }
-                }
-            }
+            let wake = held.as_deref_mut();
+            self.enqueue(&to, &session, &message, delivery, wake, &mut outcome);
         }
         let answered = when_not_stored == WhenNotStored::RefuseWhole;
         if let (Some(refusal), true) = (outcome.not_stored, answered) {
@@ -202,6 +203,134 @@ impl Broker {
             });
         }
         outcome
+    }
+
+    /// Queues one delivery of `message`, noting in `outcome` what was written to storage
+    /// (flush before acknowledging the publisher) and what needed the disk but was not
+    /// stored. While storage takes no new data a copy that needs the disk (QoS 1/2 for a
+    /// persistent session) is dropped and counted instead.
+    fn enqueue(
+        &self,
+        to: &Enqueue,
+        session: &Arc<Session>,
+        message: &Arc<Message>,
+        delivery: Delivery,
+        held: Option<&mut HeldWakes>,
+        outcome: &mut RouteOutcome,
+    ) {
+        let qos = delivery.qos;
+        if let Some(refusal) = to.not_storing {
+            if qos != QoS::AtMostOnce && session.state().is_persistent() {
+                crate::metrics::message_dropped(refusal.reason());
+                raise::dropped(
+                    &self.events,
+                    || session.event_client(),
+                    message,
+                    refusal.reason(),
+                );
+                outcome.not_stored.get_or_insert(refusal);
+                return;
+            }
+        }
+        match session.enqueue_holding_wake(delivery, to.max, &self.store, to.now, held) {
+            EnqueueOutcome::Queued => {}
+            EnqueueOutcome::QueuedOffline => {
+                raise::offline(&self.events, || session.event_client(), message, qos)
+            }
+            EnqueueOutcome::Stored { online } => {
+                outcome.needs_flush = true;
+                if !online {
+                    raise::offline(&self.events, || session.event_client(), message, qos);
+                }
+            }
+            EnqueueOutcome::Dropped(reason) => {
+                crate::metrics::message_dropped(reason.as_str());
+                raise::dropped(
+                    &self.events,
+                    || session.event_client(),
+                    message,
+                    reason.as_str(),
+                );
+                tracing::debug!(client_id = %session.client_id, reason = reason.as_str(), "message dropped");
+                if let Some(refusal) = reason.not_stored() {
+                    outcome.not_stored.get_or_insert(refusal);
+                }
+            }
+        }
+    }
+
+    /// Gives a new subscription the publishes it missed: those read after the input with
+    /// the SUBSCRIBE was reported (at `position` of the input order) but matched without
+    /// the subscription, because they were routed before that input was handled. A
+    /// publish the session got through a subscription it had already is left out, like
+    /// one another member of a shared group got. Appends what it queued to `delivered`
+    /// (a SUBSCRIBE with overlapping filters gets one copy).
+    /// (What it writes to storage for a persistent session is flushed before the SUBACK.)
+    pub fn deliver_late(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        sub: &Subscription,
+        subscribed: &Subscribed,
+        position: u64,
+        delivered: &mut Vec<Arc<Message>>,
+    ) {
+        let Ok((group, inner)) = topic::parse_subscription(filter) else {
+            return;
+        };
+        if subscribed.existed || (group.is_some() && !subscribed.alone_in_group) {
+            return;
+        }
+        let missed = self
+            .input_order
+            .late_since(position, &subscribed.late_cutoff);
+        if missed.is_empty() {
+            return;
+        }
+        // Non-shared subscriptions it had besides this one: a publish that matches one of
+        // them reached the session then.
+        let others: Vec<(String, Subscription)> = session
+            .state()
+            .subscriptions
+            .iter()
+            .filter(|(f, _)| f.as_str() != filter && !f.starts_with("$share/"))
+            .map(|(f, s)| (f.clone(), s.clone()))
+            .collect();
+        // The publishes were acknowledged already: a copy that needs the disk while storage
+        // takes no new data is dropped and counted, as routing does for a will.
+        let to = Enqueue {
+            now: now_ms(),
+            max: self.config.max_queued_messages,
+            not_storing: NotStored::of_store(self.store.health()),
+        };
+        let mut outcome = RouteOutcome::default();
+        for message in missed {
+            let from_self = message
+                .publisher
+                .as_ref()
+                .is_some_and(|p| *p == session.client_id);
+            if !topic::matches(inner, &message.topic)
+                || (from_self && sub.options.no_local && group.is_none())
+                || delivered.iter().any(|d| Arc::ptr_eq(d, &message))
+            {
+                continue;
+            }
+            let got_it = others.iter().any(|(f, s)| {
+                topic::matches(f, &message.topic) && !(from_self && s.options.no_local)
+            });
+            if got_it {
+                continue;
+            }
+            let delivery = Delivery {
+                qos: message.qos.min(sub.options.qos),
+                retain: message.retain && sub.options.retain_as_published,
+                subscription_ids: sub.subscription_id.into_iter().collect(),
+                message: message.clone(),
+            };
+            self.input_order.late_delivered();
+            self.enqueue(&to, session, &message, delivery, None, &mut outcome);
+            delivered.push(message);
+        }
     }
 
     /// Queues the retained messages matching `filter` for `session` (on subscribe). While
@@ -410,5 +539,123 @@ mod tests {
         assert_eq!(out.not_stored, None);
         assert!(b.retained.is_empty());
         assert!(b.store.retained_load().unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod late_tests {
+    use super::super::tests::{broker, message, online, sub};
+    use super::*;
+    use crate::codec::QoS;
+
+    /// Input reported (a ticket taken), then a publish read and routed while that input
+    /// is unhandled; returns the ticket's position.
+    fn route_late(b: &Broker, m: &Arc<Message>) -> (crate::input_order::Ticket, RouteOutcome) {
+        let reported = b.input_order.ticket();
+        let read = LateRead {
+            connection: 7,
+            position: b.input_order.now(),
+        };
+        (reported, b.route_holding_wakes(m.clone(), None, Some(read)))
+    }
+
+    fn queued(s: &Session) -> usize {
+        s.state().queue.len()
+    }
+
+    #[test]
+    fn a_subscription_reported_first_gets_what_was_routed_before_it_once() {
+        let b = broker();
+        let witness = online(&b, "witness");
+        let late = online(&b, "late");
+        b.subscribe(&witness, "t/#", sub(QoS::AtLeastOnce, None, false));
+        let m = message("t/1", QoS::AtLeastOnce, "pub");
+        let (reported, outcome) = route_late(&b, &m);
+        assert_eq!((outcome.matched, outcome.deferred), (1, false));
+        let s = sub(QoS::AtLeastOnce, Some(4), false);
+        let subscribed = b.subscribe(&late, "t/+", s.clone());
+        let mut delivered = Vec::new();
+        let position = reported.position();
+        b.deliver_late(&late, "t/+", &s, &subscribed, position, &mut delivered);
+        assert_eq!(queued(&late), 1);
+        assert_eq!(late.state().queue[0].delivery.subscription_ids, [4]);
+        // An overlapping filter of the same SUBSCRIBE adds no second copy.
+        let also = b.subscribe(&late, "t/#", s.clone());
+        b.deliver_late(&late, "t/#", &s, &also, position, &mut delivered);
+        assert_eq!(queued(&late), 1);
+        // Routed after the subscription was added: routed to it, not given again.
+        let (_, after) = route_late(&b, &message("t/2", QoS::AtLeastOnce, "pub"));
+        assert_eq!(after.matched, 2);
+        let again = b.subscribe(&late, "t/2", s.clone());
+        b.deliver_late(&late, "t/2", &s, &again, position, &mut Vec::new());
+        assert_eq!(queued(&late), 2, "t/2 came by routing only");
+    }
+
+    #[test]
+    fn input_reported_after_the_read_gets_nothing_from_before() {
+        let b = broker();
+        let witness = online(&b, "witness");
+        b.subscribe(&witness, "t", sub(QoS::AtMostOnce, None, false));
+        let (_held, _) = route_late(&b, &message("t", QoS::AtMostOnce, "pub"));
+        let later = b.input_order.ticket();
+        let late = online(&b, "late");
+        let s = sub(QoS::AtMostOnce, None, false);
+        let subscribed = b.subscribe(&late, "t", s.clone());
+        b.deliver_late(
+            &late,
+            "t",
+            &s,
+            &subscribed,
+            later.position(),
+            &mut Vec::new(),
+        );
+        assert_eq!(queued(&late), 0);
+    }
+
+    #[test]
+    fn no_local_a_subscription_it_had_and_a_shared_group_with_members_get_nothing() {
+        let b = broker();
+        let member = online(&b, "member");
+        b.subscribe(&member, "$share/g/t", sub(QoS::AtMostOnce, None, false));
+        let me = online(&b, "me");
+        b.subscribe(&me, "t", sub(QoS::AtMostOnce, None, false));
+        let (reported, _) = route_late(&b, &message("t", QoS::AtMostOnce, "me"));
+        let position = reported.position();
+        // Its own publish, and a No Local subscription: routing would not have given it.
+        let other = online(&b, "other");
+        let no_local = sub(QoS::AtMostOnce, None, true);
+        let s = b.subscribe(&me, "+", no_local.clone());
+        b.deliver_late(&me, "+", &no_local, &s, position, &mut Vec::new());
+        assert_eq!(
+            queued(&me),
+            1,
+            "only what routing gave its plain subscription"
+        );
+        // A second member of a group that got the message already.
+        let plain = sub(QoS::AtMostOnce, None, false);
+        let s = b.subscribe(&other, "$share/g/t", plain.clone());
+        assert!(!s.alone_in_group);
+        b.deliver_late(&other, "$share/g/t", &plain, &s, position, &mut Vec::new());
+        assert_eq!(queued(&other), 0);
+        // The first member of a new group gets it.
+        let s = b.subscribe(&other, "$share/h/t", plain.clone());
+        assert!(s.alone_in_group);
+        b.deliver_late(&other, "$share/h/t", &plain, &s, position, &mut Vec::new());
+        assert_eq!(queued(&other), 1);
+    }
+
+    #[test]
+    fn a_publish_that_matches_nobody_is_deferred_untouched() {
+        let b = broker();
+        let (_reported, outcome) = route_late(&b, &message("nobody/here", QoS::AtLeastOnce, "p"));
+        assert_eq!(
+            outcome,
+            RouteOutcome {
+                matched: 0,
+                needs_flush: false,
+                not_stored: None,
+                deferred: true
+            }
+        );
     }
 }

@@ -509,6 +509,7 @@ async fn attach(
         problem_information: c.properties.request_problem_information != Some(0),
         acked: 0,
         holds_slot: false,
+        input_order: None,
     })
 }
 

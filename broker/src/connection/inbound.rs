@@ -5,11 +5,13 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::{taken_over, Close, Connection, DisconnectReason};
+use crate::broker::RouteOutcome;
 use crate::codec::{
     reason as rc, Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
 use crate::events::{access, raise, EventBody, EventKind};
+use crate::input_order::LateRead;
 use crate::message::Message;
 use crate::session::{HeldWakes, InflightState, Subscription};
 use crate::storage_refusal::{self, NotStored};
@@ -21,6 +23,17 @@ pub(super) enum After {
     /// Flush storage, then send the packet (an acknowledgement that promises durability).
     /// Boxed so the waiting state of an idle connection stays small.
     FlushThenSend(Option<Box<Packet>>),
+    /// Wait until the input that reached the node before this PUBLISH is handled, then
+    /// route it (see [`crate::broker::Broker::route_holding_wakes`]).
+    RouteInOrder(Box<DeferredPublish>),
+}
+
+/// A PUBLISH that waits for earlier input before it is routed and acknowledged.
+pub(super) struct DeferredPublish {
+    message: Arc<Message>,
+    qos: QoS,
+    packet_id: u16,
+    qos2_stored: bool,
 }
 
 impl Connection {
@@ -161,7 +174,7 @@ impl Connection {
                     storage_refusal::write_failed("store an incoming QoS 2 id", client, &e);
                     let refusal = NotStored::of(&e);
                     storage_refusal::publish_refused(refusal, &topic, store.health());
-                    return self.refuse_unstored(&p, refusal);
+                    return self.refuse_unstored(p.qos, p.packet_id, refusal);
                 }
             }
             st.incoming_qos2.insert(p.packet_id);
@@ -185,24 +198,82 @@ impl Connection {
                 packet_id: p.packet_id,
             },
         );
-        let outcome = self.broker.route_holding_wakes(message, Some(held));
-        if let (Some(refusal), false) = (outcome.not_stored, p.qos == QoS::AtMostOnce) {
-            if p.qos == QoS::ExactlyOnce {
-                self.forget_incoming_qos2(p.packet_id, qos2_stored);
+        let deferred = |message| {
+            After::RouteInOrder(Box::new(DeferredPublish {
+                message,
+                qos: p.qos,
+                packet_id: p.packet_id,
+                qos2_stored,
+            }))
+        };
+        let outcome = match self.publish_order() {
+            None => self.broker.route_holding_wakes(message, Some(held), None),
+            // See `Broker::route_holding_wakes` for why a retained publish waits.
+            Some(_) if p.retain || !self.broker.input_order.may_route_late(self.id) => {
+                return Ok(deferred(message))
             }
-            return self.refuse_unstored(&p, refusal);
+            Some(position) => {
+                let read = LateRead {
+                    connection: self.id,
+                    position,
+                };
+                let outcome =
+                    self.broker
+                        .route_holding_wakes(message.clone(), Some(held), Some(read));
+                if outcome.deferred {
+                    return Ok(deferred(message));
+                }
+                outcome
+            }
+        };
+        self.answer_routed(&outcome, p.qos, p.packet_id, qos2_stored)
+    }
+
+    /// Routes a PUBLISH that waited for the input before it, and answers it.
+    pub(super) fn route_deferred(&mut self, d: DeferredPublish) -> Result<After, Close> {
+        let outcome = self.broker.route_or_refuse(d.message);
+        self.answer_routed(&outcome, d.qos, d.packet_id, d.qos2_stored)
+    }
+
+    /// Acknowledges a routed PUBLISH, or refuses it when what it needed on disk was not
+    /// stored.
+    fn answer_routed(
+        &mut self,
+        outcome: &RouteOutcome,
+        qos: QoS,
+        packet_id: u16,
+        qos2_stored: bool,
+    ) -> Result<After, Close> {
+        if let (Some(refusal), false) = (outcome.not_stored, qos == QoS::AtMostOnce) {
+            if qos == QoS::ExactlyOnce {
+                self.forget_incoming_qos2(packet_id, qos2_stored);
+            }
+            return self.refuse_unstored(qos, packet_id, refusal);
         }
+        Ok(self.acknowledge_routed(outcome, qos, packet_id, qos2_stored))
+    }
+
+    fn acknowledge_routed(
+        &mut self,
+        outcome: &RouteOutcome,
+        qos: QoS,
+        packet_id: u16,
+        qos2_stored: bool,
+    ) -> After {
         let code = if outcome.matched == 0 && self.protocol.is_v5() {
             rc::NO_MATCHING_SUBSCRIBERS
         } else {
             rc::SUCCESS
         };
-        if (outcome.needs_flush || qos2_stored) && p.qos != QoS::AtMostOnce {
+        let ack = publish_ack(qos, packet_id, code);
+        if (outcome.needs_flush || qos2_stored) && qos != QoS::AtMostOnce {
             // Acknowledged only once it is on disk.
-            return Ok(After::FlushThenSend(publish_ack(&p, code).map(Box::new)));
+            return After::FlushThenSend(ack.map(Box::new));
         }
-        self.ack_publish(&p, code);
-        Ok(After::Nothing)
+        if let Some(ack) = ack {
+            self.send(&ack);
+        }
+        After::Nothing
     }
 
     /// Flushes storage before a durability-promising acknowledgement goes out.
@@ -217,7 +288,12 @@ impl Connection {
     /// gets a failure PUBACK/PUBREC (0x83, and the reason as Reason String unless it asked
     /// for no problem information); a 3.x acknowledgement cannot say no, so the connection
     /// closes without one and the client sends the message again when it reconnects.
-    fn refuse_unstored(&mut self, p: &Publish, refusal: NotStored) -> Result<After, Close> {
+    fn refuse_unstored(
+        &mut self,
+        qos: QoS,
+        packet_id: u16,
+        refusal: NotStored,
+    ) -> Result<After, Close> {
         if !self.protocol.is_v5() {
             return Err(Close::internal(refusal.message()));
         }
@@ -228,11 +304,11 @@ impl Connection {
                 .then(|| refusal.message().to_owned()),
             ..Properties::default()
         };
-        let Some(mut ack) = publish_ack_with(p, code, explained) else {
+        let Some(mut ack) = publish_ack_with(qos, packet_id, code, explained) else {
             return Ok(After::Nothing);
         };
         if crate::codec::encoded_len(&ack, self.protocol) > self.client_max_packet_size as usize {
-            if let Some(bare) = publish_ack(p, code) {
+            if let Some(bare) = publish_ack(qos, packet_id, code) {
                 ack = bare;
             }
         }
@@ -273,7 +349,7 @@ impl Connection {
     }
 
     fn ack_publish(&mut self, p: &Publish, code: u8) {
-        if let Some(ack) = publish_ack(p, code) {
+        if let Some(ack) = publish_ack(p.qos, p.packet_id, code) {
             self.send(&ack);
         }
     }
@@ -507,6 +583,10 @@ impl Connection {
         }
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        // Publishes that reached the node after this SUBSCRIBE but were routed before it
+        // was handled, queued for its subscriptions (see `Broker::deliver_late`).
+        let mut late = Vec::new();
+        let reported_at = self.input_ticket_position();
         for (filter, options) in &s.filters {
             let Ok((group, inner)) = topic::parse_subscription(filter) else {
                 codes.push(invalid);
@@ -543,7 +623,18 @@ impl Connection {
                 options,
                 subscription_id,
             };
-            let existed = self.broker.subscribe(&self.session, filter, sub.clone());
+            let subscribed = self.broker.subscribe(&self.session, filter, sub.clone());
+            if let Some(position) = reported_at {
+                self.broker.deliver_late(
+                    &self.session,
+                    filter,
+                    &sub,
+                    &subscribed,
+                    position,
+                    &mut late,
+                );
+            }
+            let existed = subscribed.existed;
             raise::raise(
                 &self.broker.events,
                 &self.info,
@@ -659,17 +750,17 @@ impl Connection {
 }
 
 /// PUBACK or PUBREC for an incoming PUBLISH; None for QoS 0.
-fn publish_ack(p: &Publish, code: u8) -> Option<Packet> {
-    publish_ack_with(p, code, Properties::default())
+fn publish_ack(qos: QoS, packet_id: u16, code: u8) -> Option<Packet> {
+    publish_ack_with(qos, packet_id, code, Properties::default())
 }
 
-fn publish_ack_with(p: &Publish, code: u8, properties: Properties) -> Option<Packet> {
+fn publish_ack_with(qos: QoS, packet_id: u16, code: u8, properties: Properties) -> Option<Packet> {
     let ack = Ack {
-        packet_id: p.packet_id,
+        packet_id,
         reason: code,
         properties,
     };
-    match p.qos {
+    match qos {
         QoS::AtMostOnce => None,
         QoS::AtLeastOnce => Some(Packet::PubAck(ack)),
         QoS::ExactlyOnce => Some(Packet::PubRec(ack)),

@@ -1,17 +1,25 @@
 //! Parking idle connections. A connection that has had nothing to do for `park_idle_ms`
 //! gives up its tokio task and its tokio I/O registration (together most of what an idle
-//! connection costs) and waits in one shared epoll set instead, owned by a parker thread.
-//! Input on its socket, a wake-up or kick on its signal, or its keepalive deadline resumes
-//! it in a new task, which carries on exactly where the old one stopped.
+//! connection costs) and waits in one shared epoll set instead. Input on its socket, a
+//! wake-up or kick on its signal, or its keepalive deadline resumes it in a new task,
+//! which carries on exactly where the old one stopped.
+//!
+//! The epoll set of parked sockets is itself one descriptor in tokio's reactor, watched
+//! by a task: input on a parked socket is reported by the same reactor, in the same
+//! order, as input on a running connection, and stamped in the node's input order
+//! (see [`crate::input_order`]) before any input that reached the node after it. The
+//! parker thread keeps the deadlines and hands freed memory back.
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::Context;
 use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -19,6 +27,7 @@ use tracing::Instrument;
 use super::deadlines::{compact_if_stale, Deadlines};
 use super::paged_slab::{Key, PagedSlab};
 use super::Connection;
+use crate::input_order::{InputOrder, StampingWaker, Ticket};
 use crate::session::{Unpark, Unparker};
 
 const WAKER: Token = Token(usize::MAX);
@@ -66,10 +75,15 @@ struct Shared {
     /// What connections' signals resume parked connections through; holds the parker
     /// weakly (it is held by the parker).
     unparker: Unparker,
+    order: Arc<InputOrder>,
+    /// Tells the task watching parked sockets to end.
+    stop_watching: tokio::sync::Notify,
 }
 
 struct Started {
+    /// Where parked sockets are registered (the set the watching task polls).
     registry: mio::Registry,
+    /// Wakes the parker thread (a deadline came closer, or the parker stops).
     waker: Waker,
     /// The runtime resumed connections are spawned on (the one the first parker ran on).
     runtime: tokio::runtime::Handle,
@@ -98,7 +112,11 @@ struct Parked {
 
 impl Parker {
     /// `park_after`: how long a connection is idle before it parks (None: never).
-    pub fn new(park_after: Option<Duration>, tracker: TaskTracker) -> Parker {
+    pub fn new(
+        park_after: Option<Duration>,
+        tracker: TaskTracker,
+        order: Arc<InputOrder>,
+    ) -> Parker {
         Parker {
             shared: Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
                 park_after,
@@ -110,6 +128,8 @@ impl Parker {
                 stopped: AtomicBool::new(false),
                 parks: metrics::counter!(crate::metrics::CONNECTION_PARKS),
                 unparker: Unparker::new(weak.clone()),
+                order,
+                stop_watching: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -126,6 +146,8 @@ impl Drop for Parker {
         self.shared.stopped.store(true, Ordering::Release);
         if let Some(started) = self.shared.started.get() {
             let _ = started.waker.wake();
+            // A permit: the task ends even if it is not waiting right now.
+            self.shared.stop_watching.notify_one();
         }
     }
 }
@@ -233,7 +255,7 @@ impl ParkerHandle {
         tracing::debug!(key, "parked");
         // A wake-up or kick sent before the key was visible found nobody to resume.
         if signal.needs_attention() {
-            shared.unpark(key, "signalled while parking");
+            shared.unpark(key, "signalled while parking", None);
         }
         Ok(())
     }
@@ -243,13 +265,22 @@ impl Unpark for Weak<Shared> {
     fn unpark(&self, key: u64, why: &'static str) {
         // Gone only once nothing is parked any more (the parked connections hold it).
         if let Some(shared) = self.upgrade() {
-            shared.unpark(key, why);
+            shared.unpark(key, why, None);
         }
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// Puts the parked sockets' epoll set into tokio's reactor (the current runtime's).
+#[allow(unsafe_code)]
+fn watch_in_reactor(sockets: Poll) -> io::Result<AsyncFd<Poll>> {
+    // SAFETY: the AsyncFd owns the Poll, and with it the epoll descriptor: it stays open
+    // and the same until the AsyncFd is dropped, which deregisters it first.
+    unsafe { AsyncFd::register_with_interest(sockets, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
 }
 
 impl Shared {
@@ -271,20 +302,87 @@ impl Shared {
         if let Some(started) = self.started.get() {
             return Ok(started);
         }
-        let poll = Poll::new()?;
+        let sockets = Poll::new()?;
+        let timers = Poll::new()?;
         let started = Started {
-            registry: poll.registry().try_clone()?,
-            waker: Waker::new(poll.registry(), WAKER)?,
-            runtime,
+            registry: sockets.registry().try_clone()?,
+            waker: Waker::new(timers.registry(), WAKER)?,
+            runtime: runtime.clone(),
+        };
+        let watched = {
+            let _runtime = runtime.enter();
+            watch_in_reactor(sockets)?
         };
         let shared = self.clone();
         std::thread::Builder::new()
             .name("skein-parker".into())
-            .spawn(move || shared.run(poll))?;
+            .spawn(move || shared.run(timers))?;
+        runtime.spawn(self.clone().watch_sockets(watched));
         Ok(self.started.get_or_init(|| started))
     }
 
-    fn unpark(&self, key: u64, why: &'static str) {
+    /// Resumes the connections whose parked socket has input, as tokio's reactor reports
+    /// the parked sockets' epoll set readable. Their input is stamped in the node's input
+    /// order at that report (one ticket for all of them, held until the last has handled
+    /// what it read), so a publish that reached the node later waits for it.
+    async fn watch_sockets(self: Arc<Self>, mut watched: AsyncFd<Poll>) {
+        let task = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
+        let (stamper, waker) = StampingWaker::new(self.order.clone(), &task);
+        let mut events = Events::with_capacity(256);
+        loop {
+            // The stamping waker is left with the reactor only here; the guard taken below
+            // finds the readiness set and registers nothing.
+            let readable = std::future::poll_fn(|cx| {
+                // With the budget used up, tokio wakes the waker at once (a forced
+                // yield): that must not stamp (see `Connection::stamping_waker`).
+                let ready = if tokio::task::coop::has_budget_remaining() {
+                    watched.poll_read_ready(&mut Context::from_waker(&waker))
+                } else {
+                    watched.poll_read_ready(cx)
+                };
+                ready.map_ok(drop)
+            });
+            let ready = tokio::select! {
+                ready = readable => ready,
+                _ = self.stop_watching.notified() => break,
+            };
+            let ready = match ready {
+                Ok(()) => watched.readable_mut().await,
+                Err(e) => Err(e),
+            };
+            let mut ready = match ready {
+                Ok(ready) => ready,
+                Err(e) => {
+                    tracing::error!(error = %e, "parked sockets cannot be watched; parked connections resume only by their deadline");
+                    break;
+                }
+            };
+            // Readiness found without a wake-up was not stamped: it is placed now.
+            let ticket = stamper.take().unwrap_or_else(|| self.order.ticket());
+            loop {
+                let sockets = ready.get_inner_mut();
+                if let Err(e) = sockets.poll(&mut events, Some(Duration::ZERO)) {
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    tracing::error!(error = %e, "parker poll failed");
+                    break;
+                }
+                if events.is_empty() {
+                    // Drained; input reported after this poll has a newer readiness tick
+                    // and is not cleared.
+                    ready.clear_ready();
+                    break;
+                }
+                for event in events.iter() {
+                    self.unpark(event.token().0 as u64, "socket", Some(&ticket));
+                }
+            }
+        }
+        stamper.retire();
+    }
+
+    fn unpark(&self, key: u64, why: &'static str, ticket: Option<&Ticket>) {
         // Nothing is parked before the thread started.
         let Some(started) = self.started.get() else {
             return;
@@ -307,14 +405,11 @@ impl Shared {
             ..
         } = parked;
         tracing::debug!(connection = conn.id, client_id = %conn.info.client_id, key, why, "resuming");
+        let ticket = ticket.map(Ticket::share);
         let span = super::connection_span(conn.id, conn.info.peer, Some(&conn.info.client_id));
         self.tracker.spawn_on(
             async move {
-                match tokio::net::TcpStream::from_std(stream) {
-                    Ok(s) => conn.socket.put_stream(s),
-                    // The connection then ends as closed on its first read.
-                    Err(e) => tracing::warn!(error = %e, "cannot resume a parked socket"),
-                }
+                conn.resume_socket(stream, ticket);
                 super::drive(conn).await;
             }
             .instrument(span),
@@ -324,11 +419,10 @@ impl Shared {
         drop(_tracked);
     }
 
-    /// The parker thread: resumes connections whose socket reports something or whose
-    /// deadline passed.
+    /// The parker thread: resumes connections whose deadline passed. `poll` holds only
+    /// the waker (sockets are watched by `watch_sockets`).
     fn run(self: Arc<Self>, mut poll: Poll) {
-        let mut events = Events::with_capacity(256);
-        let mut resume: Vec<(u64, &'static str)> = Vec::new();
+        let mut events = Events::with_capacity(4);
         let mut due: Vec<Key> = Vec::new();
         let mut last_trim = Instant::now();
         loop {
@@ -350,21 +444,14 @@ impl Shared {
             if self.stopped.load(Ordering::Acquire) {
                 return;
             }
-            resume.extend(
-                events
-                    .iter()
-                    .filter(|e| e.token() != WAKER)
-                    .map(|e| (e.token().0 as u64, "socket")),
-            );
             {
                 let mut st = self.state();
                 let now = self.ms(Instant::now());
                 // Keys of connections resumed since find nothing in `unpark`.
                 st.due.take_due(now, &mut due);
             }
-            resume.extend(due.drain(..).map(|key| (key, "deadline")));
-            for (key, why) in resume.drain(..) {
-                self.unpark(key, why);
+            for key in due.drain(..) {
+                self.unpark(key, "deadline", None);
             }
             if self.trim_due(last_trim) {
                 last_trim = Instant::now();

@@ -19,6 +19,8 @@ const READ_CHUNK: usize = 4096;
 const FIRST_READ: usize = 992;
 /// A write buffer larger than this is freed once it has been flushed.
 const IDLE_WRITE_CAPACITY: usize = 1024;
+/// At most this much is read from a parked socket before it is registered again.
+const RESUME_READ_MAX: usize = 64 * 1024;
 /// How long, and how much input, a closing connection drains before it is dropped.
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_MAX_BYTES: usize = 64 * 1024;
@@ -96,6 +98,49 @@ impl Socket {
     /// Gives the socket its stream back (when the connection is resumed).
     pub(super) fn put_stream(&mut self, stream: TcpStream) {
         self.stream = Some(stream);
+    }
+
+    /// Gives a parked socket back to the connection, reading first what input it has: a
+    /// socket registered anew with tokio reads nothing until the reactor has reported it
+    /// readable (a turn later), and the parker already knows there is input. Ok(true)
+    /// when something was read.
+    pub(super) fn resume(
+        &mut self,
+        stream: std::net::TcpStream,
+        counters: &HotCounters,
+    ) -> io::Result<bool> {
+        let read = self.read_parked(&stream);
+        counters.bytes_in(read);
+        self.stream = Some(TcpStream::from_std(stream)?);
+        Ok(read > 0)
+    }
+
+    /// Reads what a parked (non-blocking) socket has, up to `RESUME_READ_MAX`. An error or
+    /// end of stream is left for the connection's own next read to find.
+    fn read_parked(&mut self, stream: &std::net::TcpStream) -> usize {
+        use std::io::Read;
+        let rbuf = &mut self.buffers().read;
+        let mut total = 0;
+        while total < RESUME_READ_MAX {
+            let len = rbuf.len();
+            rbuf.resize(len + FIRST_READ, 0);
+            match (&*stream).read(&mut rbuf[len..]) {
+                Ok(n) => {
+                    rbuf.truncate(len + n);
+                    total += n;
+                    if n < FIRST_READ {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    rbuf.truncate(len);
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        break;
+                    }
+                }
+            }
+        }
+        total
     }
 
     /// Ready when the socket has input, an error or end of stream to report. Needs no

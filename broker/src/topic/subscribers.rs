@@ -25,6 +25,14 @@ impl<K, V> Subscribers<K, V> {
         self.direct.is_empty() && self.shared.is_empty()
     }
 
+    /// Members of the shared group `name` here.
+    pub(super) fn group_size(&self, name: &str) -> usize {
+        self.shared
+            .iter()
+            .find(|g| &*g.name == name)
+            .map_or(0, |g| g.members.len())
+    }
+
     /// Every subscription here as (group, key, value).
     pub(super) fn entries(&self) -> impl Iterator<Item = (Option<&str>, &K, &V)> {
         let direct = self.direct.iter().map(|(k, v)| (None, k, v));

@@ -95,6 +95,12 @@ impl<K: Eq + Hash + Clone, V> TopicTree<K, V> {
         self.len == 0
     }
 
+    /// Members of the shared group `group` on (inner) `filter`.
+    #[must_use]
+    pub fn group_size(&self, filter: &str, group: &str) -> usize {
+        self.slot(filter).map_or(0, |s| s.group_size(group))
+    }
+
     /// Whether any subscription could match a topic starting with `$` (MQTT-4.7.2-1:
     /// filters starting with a wildcard never do).
     #[must_use]
@@ -159,6 +165,18 @@ impl<K: Eq + Hash + Clone, V> TopicTree<K, V> {
             };
         }
         &mut node.subs
+    }
+
+    fn slot(&self, filter: &str) -> Option<&Subscribers<K, V>> {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            node = match level {
+                "#" => return node.multi.as_deref(),
+                "+" => node.plus.as_deref()?,
+                literal => node.literal.get(literal)?,
+            };
+        }
+        Some(&node.subs)
     }
 
     fn slot_mut(&mut self, filter: &str) -> Option<&mut Subscribers<K, V>> {
@@ -284,6 +302,23 @@ mod tests {
         assert!(tree.has_dollar_filters());
         tree.unsubscribe("$EVENT.CONNECT", Some("g"), &2);
         assert!(!tree.has_dollar_filters());
+    }
+
+    #[test]
+    fn group_size_counts_the_members_of_one_group_on_one_filter() {
+        let mut tree = TopicTree::new();
+        assert_eq!(tree.group_size("a/+", "g"), 0);
+        tree.subscribe("a/+", Some("g"), 1, "x");
+        tree.subscribe("a/+", Some("g"), 2, "x");
+        tree.subscribe("a/+", Some("h"), 3, "x");
+        tree.subscribe("a/+", None, 4, "x");
+        tree.subscribe("#", Some("g"), 5, "x");
+        assert_eq!(tree.group_size("a/+", "g"), 2);
+        assert_eq!(tree.group_size("a/+", "h"), 1);
+        assert_eq!(tree.group_size("#", "g"), 1);
+        assert_eq!(tree.group_size("a/b", "g"), 0);
+        tree.unsubscribe("a/+", Some("g"), &1);
+        assert_eq!(tree.group_size("a/+", "g"), 1);
     }
 
     #[test]

@@ -107,7 +107,7 @@ fn scrape_time_gauges_sum_over_sessions() {
 
     let recorder = local_recorder();
     let handle = recorder.handle();
-    let parker = Parker::new(None, TaskTracker::new());
+    let parker = Parker::new(None, TaskTracker::new(), broker.input_order.clone());
     metrics::with_local_recorder(&recorder, || record_state(&broker, &parker.handle()));
     let text = handle.render();
     for (series, want) in [
@@ -146,7 +146,7 @@ async fn install_is_idempotent_and_the_endpoint_serves_text_format() {
     assert!(first.render().contains("skein_messages_acked_total"));
 
     let broker = test_broker();
-    let parker = Parker::new(None, TaskTracker::new());
+    let parker = Parker::new(None, TaskTracker::new(), broker.input_order.clone());
     let routes = crate::http::compose(vec![router(handle, broker, parker.handle())]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
