@@ -47,6 +47,8 @@ mod error;
 mod events;
 mod health;
 mod keys;
+#[cfg(test)]
+mod kill_9;
 mod raft_log;
 mod store;
 mod types;

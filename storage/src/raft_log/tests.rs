@@ -380,58 +380,24 @@ fn snapshot_slot_replaces_and_keeps_only_the_current_snapshot() {
     });
 }
 
-const KILL_CHILD_DIR_ENV: &str = "SKEIN_RAFT_LOG_KILL_CHILD_DIR";
-const KILL_CHILD_READY: &str = "skein-raft-log-child: appended";
-
-/// The child half of `appended_entries_and_vote_survive_kill_9` (the same test re-run in a
-/// child process): appends, saves a vote, says so once both returned, and waits to be killed
-/// without dropping anything.
-fn kill_child(dir: &std::ffi::OsStr) -> ! {
-    let store = Store::open(Path::new(dir)).unwrap();
-    rt().block_on(async {
-        let mut log: Log = store.raft_log().unwrap();
-        log.blocking_append((1..=50).map(|i| set(4, i, "k", &i.to_string())))
-            .await
-            .unwrap();
-        log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
-    });
-    println!("{KILL_CHILD_READY}");
-    std::thread::sleep(Duration::from_secs(60));
-    std::process::exit(1)
-}
-
 #[cfg(unix)]
 #[test]
 fn appended_entries_and_vote_survive_kill_9() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
-    if let Some(dir) = std::env::var_os(KILL_CHILD_DIR_ENV) {
-        kill_child(&dir);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "raft_log::tests::appended_entries_and_vote_survive_kill_9",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(KILL_CHILD_DIR_ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let ready = stdout
-        .lines()
-        .map_while(|l| l.ok())
-        .any(|l| l.contains(KILL_CHILD_READY));
-    // Child::kill sends SIGKILL on Unix: sled gets no chance to flush on drop.
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(ready, "child exited before appending");
-
+    // The child appends, saves a vote, and is killed once both returned.
+    let dir = crate::kill_9::write_then_kill_9(
+        "raft_log::tests::appended_entries_and_vote_survive_kill_9",
+        |dir| {
+            let store = Store::open(dir).unwrap();
+            rt().block_on(async {
+                let mut log: Log = store.raft_log().unwrap();
+                log.blocking_append((1..=50).map(|i| set(4, i, "k", &i.to_string())))
+                    .await
+                    .unwrap();
+                log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
+            });
+            std::mem::forget(store);
+        },
+    );
     let store = reopen(dir.path());
     rt().block_on(async {
         let mut log: Log = store.raft_log().unwrap();

@@ -432,57 +432,21 @@ fn clones_share_the_database() {
     assert_eq!(format!("{store:?}"), "Store { .. }");
 }
 
-const KILL_CHILD_DIR_ENV: &str = "SKEIN_STORAGE_KILL_CHILD_DIR";
-const KILL_CHILD_READY: &str = "skein-storage-child: flushed";
-
-/// The child half of `survives_kill_9_after_flush` (the same test re-run in a child
-/// process with the directory in the environment): writes, flushes, says so, and waits
-/// to be killed without dropping the store.
-fn kill_child(dir: &std::ffi::OsStr) -> ! {
-    let store = Store::open(std::path::Path::new(dir)).unwrap();
-    populate(&store, "a");
-    store.retained_put(&msg("r", b"kept")).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(store.flush()).unwrap();
-    println!("{KILL_CHILD_READY}");
-    std::thread::sleep(std::time::Duration::from_secs(60));
-    std::process::exit(1)
-}
-
 #[cfg(unix)]
 #[test]
 fn survives_kill_9_after_flush() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
-    if let Some(dir) = std::env::var_os(KILL_CHILD_DIR_ENV) {
-        kill_child(&dir);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "store::tests::survives_kill_9_after_flush",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(KILL_CHILD_DIR_ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let ready = stdout
-        .lines()
-        .map_while(|l| l.ok())
-        .any(|l| l.contains(KILL_CHILD_READY));
-    // Child::kill sends SIGKILL on Unix.
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(ready, "child exited before flushing");
-
+    // The child writes, flushes, and is killed once the flush returned.
+    let dir =
+        crate::kill_9::write_then_kill_9("store::tests::survives_kill_9_after_flush", |dir| {
+            let store = Store::open(dir).unwrap();
+            populate(&store, "a");
+            store.retained_put(&msg("r", b"kept")).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(store.flush()).unwrap();
+            std::mem::forget(store);
+        });
     let store = reopen(dir.path());
     assert_populated(&store, "a");
     assert_eq!(store.retained_load().unwrap(), vec![msg("r", b"kept")]);
