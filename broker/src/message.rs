@@ -10,16 +10,9 @@ use skein_storage::StoredMessage;
 use crate::codec::{Properties, Publish, QoS};
 use skein_seam::ClientId;
 
-/// The MQTT 5 properties that travel with a message from publisher to subscribers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MessageProperties {
-    pub payload_format_indicator: Option<u8>,
-    pub message_expiry_interval: Option<u32>,
-    pub content_type: Option<String>,
-    pub response_topic: Option<String>,
-    pub correlation_data: Option<Bytes>,
-    pub user_properties: Vec<(String, String)>,
-}
+/// The MQTT 5 properties that travel with a message from publisher to subscribers: the
+/// seam's type, so a forwarded publish carries them as they are.
+pub use skein_seam::PublishProperties as MessageProperties;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {

@@ -11,7 +11,7 @@ use skein_seam::{
 
 use super::Broker;
 use crate::codec::QoS;
-use crate::message::{Message, MessageProperties};
+use crate::message::Message;
 use crate::session::Kick;
 use crate::storage_refusal::{self, NotStored};
 use crate::topic;
@@ -93,20 +93,12 @@ fn forwarded_message(p: ForwardedPublish) -> Result<Message, BrokerHandleError> 
             p.topic
         )));
     }
-    let props = p.properties;
     Ok(Message {
         topic: Arc::from(p.topic),
         payload: p.payload,
         qos,
         retain: p.retain,
-        properties: MessageProperties {
-            payload_format_indicator: props.payload_format_indicator,
-            message_expiry_interval: props.message_expiry_interval,
-            content_type: props.content_type,
-            response_topic: props.response_topic,
-            correlation_data: props.correlation_data,
-            user_properties: props.user_properties,
-        },
+        properties: p.properties,
         received_at_ms: p.received_at_ms,
         publisher: p.publisher,
         publisher_username: p.publisher_username.map(Arc::from),
