@@ -165,6 +165,17 @@ pub(crate) fn is_busy(e: &ClusterError) -> bool {
     }
 }
 
+/// The membership this node has applied or appended last.
+fn current_membership(shared: &Shared) -> Membership {
+    shared
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone()
+}
+
 /// On the leader: makes `id` a voter with record `node` (see the module docs).
 pub(crate) async fn admit(
     shared: &Shared,
@@ -175,12 +186,7 @@ pub(crate) async fn admit(
         return Ok(Err(elsewhere));
     }
     let raft = &shared.raft;
-    let membership = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone();
+    let membership = current_membership(shared);
     let is_voter = membership.voter_ids().any(|v| v == id);
     let record = membership.get_node(&id);
     if is_voter {
@@ -230,12 +236,7 @@ pub(crate) async fn dismiss(
         return Ok(Err(elsewhere));
     }
     let raft = &shared.raft;
-    let membership = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone();
+    let membership = current_membership(shared);
     let change = if membership.voter_ids().any(|v| v == id) {
         ChangeMembers::RemoveVoters(BTreeSet::from([id]))
     } else if membership.get_node(&id).is_some() {

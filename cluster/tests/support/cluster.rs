@@ -35,6 +35,22 @@ pub struct Member {
 }
 
 impl Member {
+    fn running(
+        id: NodeId,
+        addr: SocketAddr,
+        dir: TempDir,
+        node: ClusterNode,
+        store: Store,
+    ) -> Member {
+        Member {
+            id,
+            addr,
+            dir,
+            node: Some(Arc::new(node)),
+            store: Some(store),
+        }
+    }
+
     pub fn node(&self) -> &Arc<ClusterNode> {
         self.node.as_ref().expect("member is running")
     }
@@ -111,16 +127,9 @@ impl TestCluster {
             let node = ClusterNode::start(cluster.config(id, addr, None), &store, listener)
                 .await
                 .unwrap();
-            cluster.members.insert(
-                id,
-                Member {
-                    id,
-                    addr,
-                    dir,
-                    node: Some(Arc::new(node)),
-                    store: Some(store),
-                },
-            );
+            cluster
+                .members
+                .insert(id, Member::running(id, addr, dir, node, store));
         }
         cluster
     }
@@ -152,16 +161,8 @@ impl TestCluster {
         let mut config = self.config(id, addr, join);
         config.node.grpc = format!("localhost:{}", addr.port());
         let node = ClusterNode::start(config, &store, listener).await.unwrap();
-        self.members.insert(
-            id,
-            Member {
-                id,
-                addr,
-                dir,
-                node: Some(Arc::new(node)),
-                store: Some(store),
-            },
-        );
+        self.members
+            .insert(id, Member::running(id, addr, dir, node, store));
     }
 
     /// Starts member `id` with neither peers nor a join address: a cluster of one.
@@ -173,16 +174,8 @@ impl TestCluster {
         let node = ClusterNode::start(self.config(id, addr, None), &store, listener)
             .await
             .unwrap();
-        self.members.insert(
-            id,
-            Member {
-                id,
-                addr,
-                dir,
-                node: Some(Arc::new(node)),
-                store: Some(store),
-            },
-        );
+        self.members
+            .insert(id, Member::running(id, addr, dir, node, store));
     }
 
     pub fn node(&self, id: NodeId) -> &Arc<ClusterNode> {
