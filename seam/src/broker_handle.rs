@@ -26,6 +26,19 @@ pub struct ForwardedPublish {
     pub publisher: Option<ClientId>,
     /// The publisher's username, for the events that name it.
     pub publisher_username: Option<String>,
+    /// Deliver to the receiver's ordinary (non-shared) subscriptions that match.
+    pub to_subscribers: bool,
+    /// Shared subscription groups the sender picked the receiver for: one member of each
+    /// on the receiving node gets the message.
+    pub shared: Vec<SharedTarget>,
+}
+
+/// A shared subscription group (`$share/{group}/{filter}`) a forwarded publish is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SharedTarget {
+    pub group: String,
+    /// The filter after `$share/{group}/`.
+    pub filter: String,
 }
 
 /// The MQTT 5 properties that travel with a message from publisher to subscribers.
@@ -101,6 +114,23 @@ pub trait BrokerHandle: Send + Sync {
     /// Tells the connection of `client_id` on this node to go away for `reason`; its
     /// session stays. False when no connection of that client is attached here.
     fn kick(&self, client_id: &ClientId, reason: KickReason) -> bool;
+
+    /// The registration `epoch` of `client_id`, which this node held (online or as an
+    /// offline session), was replaced by one on node `by` (another node; a takeover on this
+    /// node is the broker's own). Called once per takeover, on the node that held it, as
+    /// the registry change applies here: the connection with that epoch, if still attached,
+    /// ends as taken over (the disconnect event names `by`), and the session's subscriptions
+    /// leave this node's index (they are `by`'s now). Messages queued for the session stay
+    /// stored here.
+    fn taken_over(&self, client_id: &ClientId, epoch: u64, by: NodeId);
+
+    /// Node `node` (never this one) now has `subscribers` sessions subscribed to `filter`
+    /// (the full filter, with any `$share/group/` prefix); 0: none any more.
+    fn interest_changed(&self, filter: &str, node: NodeId, subscribers: u32);
+
+    /// Replaces the whole interest index of other nodes (after a snapshot was installed or
+    /// the change stream lagged): `(filter, node, subscribers)` for every other node.
+    fn interest_reset(&self, interest: Vec<(String, NodeId, u32)>);
 
     /// Hands the session of `client_id` over to the node taking it: its state, which this
     /// node then forgets. None when this node has no such session.

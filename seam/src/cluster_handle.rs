@@ -3,48 +3,198 @@
 //! behind the same trait.
 
 use crate::box_future::BoxFuture;
+use crate::broker_handle::{ForwardedPublish, HandedOverSubscription};
 use crate::ids::{ClientId, NodeId};
 
 /// The outcome of claiming a client id cluster-wide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
-    /// Increases with every registration of this client id, so a late unregister of an
-    /// older connection can't remove a newer one.
+    /// Increases with every registration of this client id, so a late command of an older
+    /// connection can't change a newer one's state. Every later call for this connection
+    /// passes it back.
     pub epoch: u64,
-    /// The node that held the client id before, if any.
-    pub previous_owner: Option<NodeId>,
+    /// MQTT Session Present, from the replicated registry: a session of this client id
+    /// existed (on any node) and the CONNECT did not ask for a clean start.
+    pub session_present: bool,
+    /// Who held the client id before, if anyone.
+    pub previous: Option<PreviousOwner>,
+    /// The session's subscriptions as the registry holds them (empty without a session
+    /// present): what a node that did not hold the session rebuilds it from.
+    pub subscriptions: Vec<HandedOverSubscription>,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// The connection (or offline session) a registration replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviousOwner {
+    pub node: NodeId,
+    pub epoch: u64,
+    /// A connection held it; false: an offline session.
+    pub online: bool,
+}
+
+/// Where a client id is, cluster-wide, as the registry on this node has applied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLocation {
+    pub client_id: ClientId,
+    pub node: NodeId,
+    pub epoch: u64,
+    pub online: bool,
+    pub clean_start: bool,
+    pub session_expiry_secs: u32,
+    /// When the owning connection registered, ms since the Unix epoch.
+    pub connected_at_ms: u64,
+    /// Since when no connection holds it, ms since the Unix epoch.
+    pub offline_since_ms: Option<u64>,
+    pub subscriptions: usize,
+}
+
+/// A member's record: how other nodes and events name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub name: String,
+    /// The gRPC address members dial (`host:port`).
+    pub grpc: String,
+    /// The advertised MQTT address (`ip:port`): the `node` field of events.
+    pub mqtt: String,
+}
+
+/// The cluster as the admin API shows it (`GET /api/v1/cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterOverview {
+    pub node_id: NodeId,
+    pub node_name: String,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub members: Vec<MemberOverview>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberOverview {
+    pub record: NodeRecord,
+    /// A voter (false: a learner).
+    pub voter: bool,
+    pub reachable: bool,
+    /// Since the leader last heard from it; None when unknown.
+    pub last_contact_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ClusterError {
+    /// No quorum, no leader, or a timeout: MQTT's Server Unavailable (0x88, return code 3).
     #[error("the cluster is unavailable: {0}")]
     Unavailable(String),
+    /// The connection's registration was replaced (taken over) before the command applied.
+    #[error("the client id is owned by a newer connection")]
+    NotOwner,
+    /// The cluster refused the request as invalid.
+    #[error("refused by the cluster: {0}")]
+    Invalid(String),
+    /// No such member, or no such client.
+    #[error("not found: {0}")]
+    NotFound(String),
 }
 
-/// Implemented by the cluster (and, for a single node, by the broker's `LocalCluster`);
-/// called by the broker.
+/// Why a forwarded publish was not accepted by the peer.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ForwardError {
+    /// The peer's bounded queue was full: the message was dropped (and counted).
+    #[error("the forward queue to node {0} is full")]
+    QueueFull(NodeId),
+    /// The peer answered that it could not take it (its storage refused).
+    #[error("node {node} refused the message: {detail}")]
+    Refused { node: NodeId, detail: String },
+    /// The node is not a member, or this node is shutting down.
+    #[error("node {node} cannot be reached: {detail}")]
+    Unavailable { node: NodeId, detail: String },
+}
+
+/// Implemented by the cluster (and, for unit tests, by a one-node double); called by the
+/// broker.
 ///
 /// Contract:
 /// - One owner: after `register_client` returns, at most one live connection holds the
 ///   client id cluster-wide; a previous owner on another node is told through that node's
-///   [`crate::BrokerHandle::kick`] ([`crate::KickReason::TakenOver`]).
+///   [`crate::BrokerHandle::taken_over`].
 /// - Input order: a SUBSCRIBE whose bytes reached a node before another client's PUBLISH
 ///   reached it is in force for that PUBLISH (on one node, the broker's `input_order`
 ///   module does this).
 /// - A SUBACK means the subscription is in force for every publish any node accepts
-///   after it was sent; a PUBACK/PUBREC means every target (local sessions, each peer node with
-///   interest, the offline queue on disk) has the message.
+///   after it was sent: `subscribe` returns only once every reachable member's broker has
+///   folded it into its interest index. A PUBACK/PUBREC means every target (local
+///   sessions, each peer node with interest, the offline queue on disk) has the message:
+///   the broker awaits `forward` before acknowledging.
 pub trait ClusterHandle: Send + Sync {
     fn node_id(&self) -> NodeId;
-    /// Claims `client_id` for a connection on this node.
+
+    /// Claims `client_id` for a connection on this node (CONNECT): committed cluster-wide
+    /// before it returns.
     fn register_client<'a>(
         &'a self,
         client_id: &'a ClientId,
+        clean_start: bool,
+        session_expiry_secs: u32,
     ) -> BoxFuture<'a, Result<Registration, ClusterError>>;
-    /// Releases the claim taken with `epoch`; a no-op if a newer claim exists.
+
+    /// Releases the claim taken with `epoch` (the connection ended); with `session_ended`
+    /// the session is forgotten, otherwise it stays on this node, offline. A no-op (Ok) if
+    /// a newer claim exists.
     fn unregister_client<'a>(
         &'a self,
         client_id: &'a ClientId,
         epoch: u64,
+        session_ended: bool,
     ) -> BoxFuture<'a, Result<(), ClusterError>>;
+
+    /// Adds or replaces subscriptions of connection `epoch`; returns once they are in force
+    /// cluster-wide (see the contract above).
+    fn subscribe<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        epoch: u64,
+        subscriptions: Vec<HandedOverSubscription>,
+    ) -> BoxFuture<'a, Result<(), ClusterError>>;
+
+    /// Removes subscriptions (full filters, with any `$share/group/` prefix) of connection
+    /// `epoch`.
+    fn unsubscribe<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        epoch: u64,
+        filters: Vec<String>,
+    ) -> BoxFuture<'a, Result<(), ClusterError>>;
+
+    /// Sends `publish` one hop to `node`. The message is queued before this returns, so the
+    /// order of calls is the order the peer sees; the future resolves once the peer
+    /// accepted it (delivered to its sessions, written where an offline session needs it).
+    /// Dropping the future does not withdraw the message.
+    fn forward(
+        &self,
+        node: NodeId,
+        publish: ForwardedPublish,
+    ) -> BoxFuture<'static, Result<(), ForwardError>>;
+
+    /// A member's record (for the `node` fields of events), if `node` is a member.
+    fn node_record(&self, node: NodeId) -> Option<NodeRecord>;
+
+    /// Where `client_id` is, cluster-wide.
+    fn locate_client(&self, client_id: &ClientId) -> Option<ClientLocation>;
+
+    /// Registered clients, cluster-wide, in client id order after `after`, at most `limit`.
+    fn clients(&self, after: Option<&str>, limit: usize) -> Vec<ClientLocation>;
+
+    /// Ends the connection of `client_id` on `node` (another member) as an administrative
+    /// kick; false when that node had no such connection.
+    fn kick_remote<'a>(
+        &'a self,
+        node: NodeId,
+        client_id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<bool, ClusterError>>;
+
+    /// The cluster's members, leader and progress (member reachability from the leader).
+    fn overview(&self) -> BoxFuture<'_, Result<ClusterOverview, ClusterError>>;
+
+    /// Removes member `node` from the cluster.
+    fn remove_member(&self, node: NodeId) -> BoxFuture<'_, Result<(), ClusterError>>;
 }

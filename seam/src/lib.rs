@@ -6,12 +6,12 @@
 //! The crate's modules in layer order. Direction: each module imports only modules listed
 //! below it.
 //!
-//! - `broker_handle`: [`BrokerHandle`], what the cluster asks of the local broker (deliver
-//!   a forwarded publish, kick a connection, hand a session over); implemented by the
-//!   broker.
 //! - `cluster_handle`: [`ClusterHandle`], what the broker asks of the cluster (claim a
-//!   client id, release it), with the contract the cluster keeps; implemented by the
-//!   cluster.
+//!   client id, release it, subscribe, forward a publish, admin reads), with the contract
+//!   the cluster keeps; implemented by the cluster.
+//! - `broker_handle`: [`BrokerHandle`], what the cluster asks of the local broker (deliver
+//!   a forwarded publish, kick a connection, end a taken-over one, fold other nodes'
+//!   interest); implemented by the broker.
 //! - `ids`: [`ClientId`] and [`NodeId`], the newtypes every layer names clients and nodes by.
 //! - `box_future`: [`BoxFuture`], what the traits' asynchronous methods return.
 
@@ -23,7 +23,10 @@ pub mod ids;
 pub use box_future::BoxFuture;
 pub use broker_handle::{
     BrokerHandle, BrokerHandleError, ForwardedPublish, HandedOverSubscription, KickReason,
-    PublishProperties, SessionHandover,
+    PublishProperties, SessionHandover, SharedTarget,
 };
-pub use cluster_handle::{ClusterError, ClusterHandle, Registration};
+pub use cluster_handle::{
+    ClientLocation, ClusterError, ClusterHandle, ClusterOverview, ForwardError, MemberOverview,
+    NodeRecord, PreviousOwner, Registration,
+};
 pub use ids::{ClientId, NodeId};

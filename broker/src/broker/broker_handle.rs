@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use skein_seam::{
-    BoxFuture, BrokerHandle, BrokerHandleError, ClientId, ForwardedPublish, KickReason,
+    BoxFuture, BrokerHandle, BrokerHandleError, ClientId, ForwardedPublish, KickReason, NodeId,
     SessionHandover,
 };
 
@@ -69,6 +69,25 @@ impl BrokerHandle for Broker {
                     .is_some_and(|a| a.kick.send(Kick::TakenOver))
             }
         }
+    }
+
+    fn taken_over(&self, client_id: &ClientId, epoch: u64, by: NodeId) {
+        tracing::debug!(%client_id, epoch, taken_by = %by, "registration replaced by another node");
+        if let Some(session) = self.find_session(client_id) {
+            let st = session.state();
+            if let Some(a) = st.attachment.as_ref() {
+                a.kick.send(Kick::TakenOver);
+            }
+        }
+    }
+
+    // Not folded yet: the routing to other nodes comes with the interest index.
+    fn interest_changed(&self, filter: &str, node: NodeId, subscribers: u32) {
+        tracing::debug!(filter, %node, subscribers, "interest of another node");
+    }
+
+    fn interest_reset(&self, interest: Vec<(String, NodeId, u32)>) {
+        tracing::debug!(filters = interest.len(), "interest of other nodes reset");
     }
 
     fn hand_over_session<'a>(

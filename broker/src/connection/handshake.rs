@@ -348,7 +348,11 @@ async fn attach(
     let requested = requested_expiry(&c);
     let expiry = requested.min(broker.config.max_session_expiry_interval);
 
-    let registration = match broker.cluster.register_client(&client_id).await {
+    let registration = match broker
+        .cluster
+        .register_client(&client_id, c.clean_start, expiry)
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             let r = Refusal::connack(
@@ -606,6 +610,6 @@ pub(super) async fn detach(
     }
     let _ = broker
         .cluster
-        .unregister_client(&session.client_id, epoch)
+        .unregister_client(&session.client_id, epoch, expiry == 0)
         .await;
 }
