@@ -23,12 +23,14 @@
 //! - `peers`: one cached lazy gRPC channel per member, and when each was last heard from.
 //! - `registry`: the replicated state and its deterministic `apply`; snapshot format;
 //!   change events.
+//! - `broker_slot`: where the local broker is attached, for what peers ask of this node.
 //! - `convert`: openraft records ⇄ protobuf messages.
 //! - `settings`: [`RaftSettings`] (timeouts, batching, compaction).
 //! - `epoch`: connection epochs stamped by the proposer.
 //! - `error`: [`ClusterError`].
 //! - `types`: the openraft type config, [`Node`], the protobuf app-data wrapper.
 
+mod broker_slot;
 mod commands;
 mod convert;
 mod epoch;

@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::broker_slot::BrokerSlot;
 use crate::epoch::EpochClock;
 use crate::error::{ClusterError, Result};
 use crate::log_store::{CommitIndex, LogStore};
@@ -114,6 +115,7 @@ impl ClusterNode {
             view,
             commit,
             settings: config.raft.clone(),
+            broker: Arc::new(BrokerSlot::default()),
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -177,6 +179,13 @@ impl ClusterNode {
 
     pub fn id(&self) -> NodeId {
         self.shared.id
+    }
+
+    /// Attaches the local broker: what peers send this node (forwarded publishes, kicks)
+    /// and what applying the log means for local connections go to it. Once; false if a
+    /// broker was attached already.
+    pub fn attach_broker(&self, broker: Arc<dyn skein_seam::BrokerHandle>) -> bool {
+        self.shared.broker.set(broker)
     }
 
     /// This node's record as it publishes it.

@@ -1,8 +1,10 @@
 //! [`Shared`]: what a running member's parts (server, proposer, membership upkeep, status)
-//! share: its identity, its Raft, its peers' channels and its applied registry.
+//! share: its identity, its Raft, its peers' channels, its applied registry and the local
+//! broker.
 
 use std::sync::Arc;
 
+use crate::broker_slot::BrokerSlot;
 use crate::log_store::CommitIndex;
 use crate::peers::Peers;
 use crate::settings::RaftSettings;
@@ -18,4 +20,6 @@ pub(crate) struct Shared {
     pub(crate) view: RegistryView,
     pub(crate) commit: Arc<CommitIndex>,
     pub(crate) settings: RaftSettings,
+    /// The local broker, for what peers ask of this node and what applying the log tells it.
+    pub(crate) broker: Arc<BrokerSlot>,
 }
