@@ -18,6 +18,9 @@ pub enum Scenario {
     Pairs,
     /// Open C connections at bounded concurrency, hold them idle, measure the broker's RSS.
     Connect,
+    /// A client id connects on --port, then again on --sub-port: time until the first
+    /// connection is closed (a takeover across nodes when the ports are two nodes').
+    Takeover,
 }
 
 impl Scenario {
@@ -27,6 +30,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Pairs => "pairs",
             Scenario::Connect => "connect",
+            Scenario::Takeover => "takeover",
         }
     }
 }
@@ -43,6 +47,14 @@ pub struct Cli {
     pub host: String,
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    /// Where subscribers connect (fanin, fanout, pairs), or the second connection of each
+    /// takeover, when not --port: another node of a cluster.
+    #[arg(long)]
+    pub sub_port: Option<u16>,
+    /// connect: spread the connections round-robin over --port and these ports (the nodes
+    /// of a cluster); the broker's RSS is then not measured.
+    #[arg(long, value_delimiter = ',', value_name = "PORT,...")]
+    pub spread_ports: Vec<u16>,
     /// QoS of publishes and subscriptions.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
@@ -100,6 +112,11 @@ pub struct Cli {
 pub struct Settings {
     pub scenario: Scenario,
     pub addr: SocketAddr,
+    /// Subscribers' (or a takeover's second connection's) address: `addr` unless
+    /// --sub-port.
+    pub sub_addr: SocketAddr,
+    /// connect: the addresses connections go to, round-robin.
+    pub connect_addrs: Vec<SocketAddr>,
     pub qos: u8,
     pub payload: usize,
     pub inflight: u32,
@@ -160,6 +177,14 @@ fn broker_name(cli: &Cli) -> String {
 impl Cli {
     pub fn settings(&self) -> anyhow::Result<Settings> {
         let addr = loopback_addr(&self.host, self.port)?;
+        let sub_addr = match self.sub_port {
+            Some(port) => loopback_addr(&self.host, port)?,
+            None => addr,
+        };
+        let mut connect_addrs = vec![addr];
+        for &port in &self.spread_ports {
+            connect_addrs.push(loopback_addr(&self.host, port)?);
+        }
         if self.payload < HEADER_LEN {
             bail!(
                 "--payload must be at least {HEADER_LEN} bytes (the header every message carries)"
@@ -220,9 +245,19 @@ impl Cli {
             "connect",
         )?;
         only(
-            self.rate.is_some() && s == Scenario::Connect,
+            self.rate.is_some() && matches!(s, Scenario::Connect | Scenario::Takeover),
             "--rate",
             "fanin, fanout, pairs",
+        )?;
+        only(
+            !self.spread_ports.is_empty() && s != Scenario::Connect,
+            "--spread-ports",
+            "connect",
+        )?;
+        only(
+            self.sub_port.is_some() && s == Scenario::Connect,
+            "--sub-port",
+            "fanin, fanout, pairs, takeover",
         )?;
         let (publishers, subscribers) = match s {
             Scenario::Fanin => (positive(self.publishers.unwrap_or(4), "--publishers")?, 1),
@@ -234,16 +269,18 @@ impl Cli {
                 let n = positive(self.pairs.unwrap_or(100), "--pairs")?;
                 (n, n)
             }
-            Scenario::Connect => (0, 0),
+            Scenario::Connect | Scenario::Takeover => (0, 0),
         };
         let connections = positive(self.connections.unwrap_or(1000), "--connections")?;
         let concurrency = positive(self.concurrency.unwrap_or(100), "--concurrency")?;
-        if s == Scenario::Connect && self.broker_pid.is_none() {
+        if s == Scenario::Connect && self.broker_pid.is_none() && self.spread_ports.is_empty() {
             bail!("connect needs --broker-pid PID to measure the broker's RSS");
         }
         Ok(Settings {
             scenario: s,
             addr,
+            sub_addr,
+            connect_addrs,
             qos: self.qos,
             payload: self.payload,
             inflight: self.inflight,
@@ -315,5 +352,31 @@ mod tests {
         assert!(parse(&["fanin", "--inflight", "0"]).is_err());
         assert!(parse(&["fanin", "--rate", "0"]).is_err());
         assert!(parse(&["fanin", "--host", "10.1.1.1"]).is_err());
+        assert!(parse(&["fanin", "--spread-ports", "1,2"]).is_err());
+        assert!(parse(&["connect", "--broker-pid", "1", "--sub-port", "2"]).is_err());
+        assert!(parse(&["takeover", "--rate", "5"]).is_err());
+    }
+
+    #[test]
+    fn cluster_ports() {
+        let s = parse(&["fanin", "--port", "1883", "--sub-port", "1884"]).unwrap();
+        assert_eq!((s.addr.port(), s.sub_addr.port()), (1883, 1884));
+        let s = parse(&["pairs"]).unwrap();
+        assert_eq!(s.sub_addr, s.addr);
+        // Spread over a cluster, a connect run needs no pid: RSS is not measured.
+        let s = parse(&["connect", "--port", "1883", "--spread-ports", "1884,1885"]).unwrap();
+        let ports: Vec<u16> = s.connect_addrs.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, [1883, 1884, 1885]);
+        let s = parse(&[
+            "takeover",
+            "--port",
+            "1883",
+            "--sub-port",
+            "1884",
+            "--count",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!((s.count, s.sub_addr.port()), (9, 1884));
     }
 }

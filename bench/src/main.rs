@@ -77,6 +77,10 @@ async fn run(s: &Settings) -> anyhow::Result<(String, String, bool)> {
             let r = scenarios::connect::run(s).await?;
             (r.human(), r.json(), r.complete())
         }
+        Scenario::Takeover => {
+            let r = scenarios::takeover::run(s).await?;
+            (r.human(), r.json(), r.complete())
+        }
         Scenario::Fanin | Scenario::Fanout | Scenario::Pairs => {
             let r = scenarios::throughput::run(s).await?;
             (r.human(), r.json(), r.complete())

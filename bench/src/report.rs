@@ -236,6 +236,72 @@ impl ConnectReport {
     }
 }
 
+/// Result of a takeover run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TakeoverReport {
+    pub broker: String,
+    /// Takeovers asked for.
+    pub count: u64,
+    /// Takeovers attempted before the run ended.
+    pub done: u64,
+    pub failed: u64,
+    /// Second CONNECT sent -> first connection closed by the broker.
+    pub close_latency: LatencySummary,
+    /// Second CONNECT sent -> its CONNACK (TCP handshake included).
+    pub connack_latency: LatencySummary,
+    pub timed_out: bool,
+}
+
+impl TakeoverReport {
+    pub fn complete(&self) -> bool {
+        !self.timed_out && self.failed == 0 && self.done == self.count
+    }
+
+    pub fn json(&self) -> String {
+        let (c, a) = (&self.close_latency, &self.connack_latency);
+        json_line(&[
+            ("scenario", "takeover".into()),
+            ("broker", self.broker.as_str().into()),
+            ("count", self.count.into()),
+            ("done", self.done.into()),
+            ("failed", self.failed.into()),
+            ("p50_us", num(round(c.p50_us, 1))),
+            ("p99_us", num(round(c.p99_us, 1))),
+            ("max_us", num(round(c.max_us, 1))),
+            ("connack_p50_us", num(round(a.p50_us, 1))),
+            ("connack_p99_us", num(round(a.p99_us, 1))),
+            ("complete", self.complete().into()),
+            ("timed_out", self.timed_out.into()),
+        ])
+    }
+
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "takeover against {}: {} of {} done, {} failed",
+            self.broker, self.done, self.count, self.failed
+        );
+        for (what, l) in [
+            ("old closed (us)", &self.close_latency),
+            ("new CONNACK (us)", &self.connack_latency),
+        ] {
+            let _ = writeln!(
+                s,
+                "  {what:<17} p50 {:.1}  p99 {:.1}  max {:.1}",
+                l.p50_us, l.p99_us, l.max_us
+            );
+        }
+        let verdict = if self.complete() {
+            "complete"
+        } else {
+            "INCOMPLETE"
+        };
+        let _ = writeln!(s, "  {verdict}");
+        s
+    }
+}
+
 fn round(v: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (v * f).round() / f

@@ -56,8 +56,12 @@ struct Worker {
 
 pub async fn run(s: &Settings) -> anyhow::Result<ConnectReport> {
     let deadline = Instant::now() + s.timeout;
-    let pid = s.broker_pid.context("connect needs --broker-pid")?;
-    let rss_before = settled_rss_kib(pid).await?;
+    // Spread over a cluster's nodes, one process's RSS says nothing per connection.
+    let pid = s.broker_pid.filter(|_| s.connect_addrs.len() == 1);
+    let rss_before = match pid {
+        Some(pid) => Some(settled_rss_kib(pid).await?),
+        None => None,
+    };
     let nonce = format!(
         "{}-{}",
         std::process::id(),
@@ -76,7 +80,12 @@ pub async fn run(s: &Settings) -> anyhow::Result<ConnectReport> {
         let (next, failed, dropped) = (next.clone(), failed.clone(), dropped.clone());
         let (stop_rx, held_tx, first_error) =
             (stop_rx.clone(), held_tx.clone(), first_error.clone());
-        let (addr, keepalive, total, nonce) = (s.addr, s.keepalive, s.connections, nonce.clone());
+        let (addrs, keepalive, total, nonce) = (
+            s.connect_addrs.clone(),
+            s.keepalive,
+            s.connections,
+            nonce.clone(),
+        );
         let holder_spawner = tokio::runtime::Handle::current();
         workers.spawn(async move {
             let mut w = Worker {
@@ -93,6 +102,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<ConnectReport> {
                 let t0 = Instant::now();
                 w.first_attempt.get_or_insert(t0);
                 let id = format!("sb-{nonce}-c{i}");
+                let addr = addrs[i as usize % addrs.len()];
                 match Conn::open(addr, &id, keepalive, true).await {
                     Ok(mut conn) => {
                         let t1 = Instant::now();
@@ -153,7 +163,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<ConnectReport> {
         let hold_until = (Instant::now() + s.hold).min(deadline);
         tokio::time::sleep_until(hold_until.into()).await;
     }
-    let rss_after = vm_rss_kib(pid).ok();
+    let rss_after = pid.and_then(|pid| vm_rss_kib(pid).ok());
     let _ = stop_tx.send(true);
     workers.abort_all();
     let closing = async { while holders.join_next().await.is_some() {} };
@@ -196,7 +206,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<ConnectReport> {
         failed: failed.load(Ordering::Relaxed),
         elapsed_s,
         latency: latency.summary(),
-        rss_before_kib: Some(rss_before),
+        rss_before_kib: rss_before,
         rss_after_kib: rss_after,
         timed_out,
     })

@@ -49,7 +49,7 @@ pub fn topology(scenario: Scenario, prefix: &str, publishers: u32, subscribers: 
                 subscribers: vec![(topic, vec![0]); subscribers as usize],
             }
         }
-        Scenario::Pairs | Scenario::Connect => {
+        Scenario::Pairs | Scenario::Connect | Scenario::Takeover => {
             let topics: Vec<String> = (0..publishers)
                 .map(|i| format!("{prefix}/pairs/{i}"))
                 .collect();
@@ -111,12 +111,12 @@ pub async fn run(s: &Settings) -> anyhow::Result<ThroughputReport> {
     let progress = Arc::new(DeliveryProgress::default());
 
     let setup = async {
-        let (addr, ka, qos) = (s.addr, s.keepalive, s.qos);
+        let (addr, sub_addr, ka, qos) = (s.addr, s.sub_addr, s.keepalive, s.qos);
         let filters: Vec<String> = topo.subscribers.iter().map(|(f, _)| f.clone()).collect();
         let subs = open_all(filters.len(), |i| {
             let (id, filter) = (format!("sb-{nonce}-s{i}"), filters[i].clone());
             async move {
-                let mut c = Conn::open(addr, &id, ka, true).await?;
+                let mut c = Conn::open(sub_addr, &id, ka, true).await?;
                 c.subscribe(&filter, qos).await?;
                 Ok(c)
             }

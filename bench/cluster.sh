@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# The cluster's cost, measured against the same binary as a single node, on this machine
+# over loopback: publishers on node 1 and subscribers on node 2 against both on one node,
+# connects spread over the cluster's nodes, CONNACK latency, and takeover latency (the same
+# client id connecting on node 2 while it is connected on node 1: new CONNECT sent -> old
+# connection closed). Writes its table into BENCHMARKS.md between its own markers, which
+# bench/compare.sh keeps when it regenerates the file.
+#
+#   bench/cluster.sh                   # RUNS=3 per topology and scenario
+#   QUICK=1 RUNS=1 bench/cluster.sh    # smoke test: 10x smaller counts
+#
+# Environment: RUNS (default 3), QUICK (0/1), NODES (default 3), TIMEOUT (seconds per bench
+# run, default 60), PORT_BASE (default 24883: MQTT from there, HTTP from +100, gRPC from
+# +200), OUT (default BENCHMARKS.md), SKEIN_WORKER_THREADS (passed on when set).
+# A fresh single node or cluster (empty data dirs) is started for every run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+RUNS="${RUNS:-3}"
+QUICK="${QUICK:-0}"
+NODES="${NODES:-3}"
+TIMEOUT="${TIMEOUT:-60}"
+PORT_BASE="${PORT_BASE:-24883}"
+OUT="${OUT:-BENCHMARKS.md}"
+INFLIGHT=1000
+QUEUED=1000000
+
+say() { printf '[cluster-bench] %s\n' "$*" >&2; }
+
+listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q LISTEN; }
+for i in $(seq 1 "$NODES"); do
+  for p in $((PORT_BASE + i)) $((PORT_BASE + 100 + i)) $((PORT_BASE + 200 + i)); do
+    if listening "$p"; then
+      say "port $p is in use: set PORT_BASE to a free range"
+      exit 2
+    fi
+  done
+done
+mqtt_port() { echo $((PORT_BASE + $1)); }
+http_port() { echo $((PORT_BASE + 100 + $1)); }
+grpc_port() { echo $((PORT_BASE + 200 + $1)); }
+
+WORK="$ROOT/target/bench-cluster"
+rm -rf "$WORK"
+mkdir -p "$WORK/logs"
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+
+say "building release skein and skein-bench"
+cargo build --release -p skein-broker --bin skein
+cargo build --release -p skein-bench --bin skein-bench
+SKEIN_BIN="$ROOT/target/release/skein"
+BENCH_BIN="$ROOT/target/release/skein-bench"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+SKEIN_ENV=(SKEIN_MAX_INFLIGHT=$INFLIGHT SKEIN_MAX_QUEUED_MESSAGES=$QUEUED SKEIN_LOG=warn)
+[ -n "${SKEIN_WORKER_THREADS:-}" ] && SKEIN_ENV+=("SKEIN_WORKER_THREADS=$SKEIN_WORKER_THREADS")
+
+PIDS=()
+stop_all() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  PIDS=()
+}
+trap 'stop_all' EXIT
+trap 'stop_all; exit 130' INT TERM
+
+# cluster_ready N: every node's /api/v1/cluster names a leader and N members.
+cluster_ready() {
+  local n="$1" i body
+  for i in $(seq 1 "$n"); do
+    body="$(curl -fsS --max-time 1 "http://127.0.0.1:$(http_port "$i")/api/v1/cluster" 2>/dev/null)" || return 1
+    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); n=int(sys.argv[2]);
+sys.exit(0 if d.get("leader_id") is not None and len(d.get("members",[]))==n else 1)' "$body" "$n" || return 1
+  done
+}
+
+# start_nodes N: N fresh nodes forming one cluster (N=1: a single node, no --peers).
+start_nodes() {
+  local n="$1" i peers=""
+  if [ "$n" -gt 1 ]; then
+    for i in $(seq 1 "$n"); do peers="${peers:+$peers,}$i@127.0.0.1:$(grpc_port "$i")"; done
+  fi
+  for i in $(seq 1 "$n"); do
+    rm -rf "$WORK/node-$i"
+    local args=(--node-id "$i" --mqtt "127.0.0.1:$(mqtt_port "$i")" --http "127.0.0.1:$(http_port "$i")"
+      --grpc "127.0.0.1:$(grpc_port "$i")" --data-dir "$WORK/node-$i")
+    [ -n "$peers" ] && args+=(--peers "$peers")
+    env "${SKEIN_ENV[@]}" "$SKEIN_BIN" "${args[@]}" >>"$WORK/logs/node-$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for _ in $(seq 1 300); do
+    if cluster_ready "$n"; then return 0; fi
+    sleep 0.1
+  done
+  say "the $n-node cluster did not get a leader and $n members within 30 s (see $WORK/logs)"
+  stop_all
+  return 1
+}
+
+if [ "$QUICK" = 1 ]; then S=1; else S=10; fi
+# id | title | arguments on one node | arguments on the cluster (node 1 = port, node 2 = sub-port)
+P1="--port $(mqtt_port 1)"
+SCENARIOS=(
+  "fanin-q0|fan-in 4 pubs x $((5000 * S)) -> 1 sub, QoS 0|fanin --publishers 4 --count $((5000 * S)) --qos 0 $P1|fanin --publishers 4 --count $((5000 * S)) --qos 0 $P1 --sub-port $(mqtt_port 2)"
+  "fanin-q1|fan-in 4 pubs x $((5000 * S)) -> 1 sub, QoS 1 (window 100)|fanin --publishers 4 --count $((5000 * S)) --qos 1 --inflight 100 $P1|fanin --publishers 4 --count $((5000 * S)) --qos 1 --inflight 100 $P1 --sub-port $(mqtt_port 2)"
+  "pairs-q0|100 pairs x $((200 * S)), QoS 0|pairs --pairs 100 --count $((200 * S)) --qos 0 $P1|pairs --pairs 100 --count $((200 * S)) --qos 0 $P1 --sub-port $(mqtt_port 2)"
+  "pairs-q1|100 pairs x $((200 * S)), QoS 1 (window 100)|pairs --pairs 100 --count $((200 * S)) --qos 1 --inflight 100 $P1|pairs --pairs 100 --count $((200 * S)) --qos 1 --inflight 100 $P1 --sub-port $(mqtt_port 2)"
+  "connect|connect $((1000 * S)) connections, 100 at a time (cluster: spread over the nodes)|connect --connections $((1000 * S)) --concurrency 100 --hold 1 $P1|connect --connections $((1000 * S)) --concurrency 100 --hold 1 $P1 --spread-ports $(seq -s, "$(mqtt_port 2)" "$(mqtt_port "$NODES")")"
+  "takeover|$((30 * S)) takeovers, one at a time (cluster: node 1 -> node 2)|takeover --count $((30 * S)) $P1|takeover --count $((30 * S)) $P1 --sub-port $(mqtt_port 2)"
+)
+
+START_TIME=$(date +%s)
+run_one() { # run_one SCENARIO_ID TOPOLOGY RUN ARGS...
+  local id="$1" topo="$2" run="$3"; shift 3
+  local n=1
+  [ "$topo" = cluster ] && n="$NODES"
+  if ! start_nodes "$n"; then
+    printf '%s\t%s\t%s\tNOSTART\n' "$id" "$topo" "$run" >>"$RESULTS"
+    return 0
+  fi
+  local extra=()
+  [ "$id" = connect ] && [ "$topo" = single ] && extra=(--broker-pid "${PIDS[0]}")
+  local line rc=0
+  # shellcheck disable=SC2068
+  line=$("$BENCH_BIN" $@ "${extra[@]}" --broker "skein-$topo" --timeout "$TIMEOUT" --json \
+    2>>"$WORK/logs/bench-stderr.log") || rc=$?
+  stop_all
+  line=$(printf '%s\n' "$line" | grep '^{' | tail -n1 || true)
+  if [ -z "$line" ]; then
+    say "$id $topo run $run: no result (exit $rc)"
+    printf '%s\t%s\t%s\tFAILED\n' "$id" "$topo" "$run" >>"$RESULTS"
+    return 0
+  fi
+  say "$id $topo run $run (exit $rc): $line"
+  printf '%s\t%s\t%s\t%s\n' "$id" "$topo" "$run" "$line" >>"$RESULTS"
+}
+
+for entry in "${SCENARIOS[@]}"; do
+  IFS='|' read -r id title single_args cluster_args <<<"$entry"
+  for run in $(seq 1 "$RUNS"); do
+    # Alternate which topology goes first, run by run.
+    if (( run % 2 )); then order=(single cluster); else order=(cluster single); fi
+    for topo in "${order[@]}"; do
+      if [ "$topo" = single ]; then args="$single_args"; else args="$cluster_args"; fi
+      # shellcheck disable=SC2086
+      run_one "$id" "$topo" "$run" $args
+    done
+  done
+done
+elapsed=$(( $(date +%s) - START_TIME ))
+
+# ---------------------------------------------------------------- report
+median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.stdin.read().split()]; print(statistics.median(v) if v else "")'; }
+values() { # values SCENARIO TOPOLOGY FIELD: the field of every completed run
+  awk -F'\t' -v s="$1" -v t="$2" '$1==s && $2==t && substr($4,1,1)=="{" {print $4}' "$RESULTS" |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    d=json.loads(line)
+    if d.get("complete") and d.get(sys.argv[1]) is not None: print(d[sys.argv[1]])' "$3"
+}
+cell() { local m; m="$(values "$1" "$2" "$3" | median)"; [ -n "$m" ] && printf '%.0f' "$m" || echo "n/a"; }
+ratio() { python3 -c 'import sys
+a,b=sys.argv[1],sys.argv[2]
+try: print("%.2f" % (float(a)/float(b)))
+except (ValueError, ZeroDivisionError): print("n/a")' "$1" "$2"; }
+completed() { awk -F'\t' -v s="$1" -v t="$2" '$1==s && $2==t && substr($4,1,1)=="{"' "$RESULTS" | grep -c '"complete":true' || true; }
+
+BEGIN_MARK='<!-- bench/cluster.sh: begin -->'
+END_MARK='<!-- bench/cluster.sh: end -->'
+TABLE="$WORK/table.md"
+{
+  echo "$BEGIN_MARK"
+  echo "## Cluster ($NODES nodes) against a single node, same binary"
+  echo
+  echo "Generated by \`bench/cluster.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC') in ${elapsed} s (RUNS=$RUNS,"
+  echo "QUICK=$QUICK), skein $(git describe --always --dirty 2>/dev/null || echo unknown); load average at the end"
+  echo "$(cut -d' ' -f1-3 /proc/loadavg). Medians of completed runs. Every node runs on this"
+  echo "machine's $(nproc) cores with the load generator, so a cluster run has $NODES brokers (and their"
+  echo "Raft) sharing the cores one broker has in a single-node run. Single: everything on one"
+  echo "node. Cluster: publishers on node 1, subscribers on node 2 (throughput); connections"
+  echo "round-robin over all nodes (connect); the second connection of each takeover on node 2."
+  [ "$QUICK" = 1 ] && echo "**QUICK mode: counts are 10x smaller; a smoke test, not a result.**"
+  echo
+  echo "| scenario | metric | single node | cluster | cluster/single | completed runs (single, cluster) |"
+  echo "|---|---|---:|---:|---:|---|"
+  for entry in "${SCENARIOS[@]}"; do
+    IFS='|' read -r id title _ _ <<<"$entry"
+    runs="$(completed "$id" single) / $RUNS, $(completed "$id" cluster) / $RUNS"
+    case "$id" in
+      connect)
+        metrics=("connects/s:connects_per_sec" "CONNACK p50 us:p50_us" "CONNACK p99 us:p99_us") ;;
+      takeover)
+        metrics=("old closed p50 us:p50_us" "old closed p99 us:p99_us" "new CONNACK p99 us:connack_p99_us") ;;
+      *)
+        metrics=("msgs/s:msgs_per_sec" "p50 us:p50_us" "p99 us:p99_us") ;;
+    esac
+    first=1
+    for m in "${metrics[@]}"; do
+      label="${m%%:*}" field="${m#*:}"
+      s="$(cell "$id" single "$field")" c="$(cell "$id" cluster "$field")"
+      if [ "$first" = 1 ]; then
+        echo "| $title | $label | $s | $c | $(ratio "$c" "$s") | $runs |"
+        first=0
+      else
+        echo "|  | $label | $s | $c | $(ratio "$c" "$s") | |"
+      fi
+    done
+  done
+  echo
+  echo "Commands: \`target/release/skein-bench ARGS --broker skein-TOPOLOGY --timeout $TIMEOUT --json\`, with"
+  echo
+  echo "| scenario | single node | cluster |"
+  echo "|---|---|---|"
+  for entry in "${SCENARIOS[@]}"; do
+    IFS='|' read -r id _ single_args cluster_args <<<"$entry"
+    echo "| $id | \`$single_args\` | \`$cluster_args\` |"
+  done
+  echo
+  echo "Nodes: \`SKEIN_MAX_INFLIGHT=$INFLIGHT SKEIN_MAX_QUEUED_MESSAGES=$QUEUED SKEIN_LOG=warn skein --node-id I"
+  echo "--mqtt 127.0.0.1:$(mqtt_port 1)+I-1 --http ... --grpc 127.0.0.1:$(grpc_port 1)+I-1 --peers 1@127.0.0.1:$(grpc_port 1),...\`"
+  echo "(a single node: no \`--peers\`, a cluster of one)."
+  echo "$END_MARK"
+} >"$TABLE"
+
+if [ -f "$OUT" ] && grep -qF "$BEGIN_MARK" "$OUT"; then
+  python3 - "$OUT" "$TABLE" "$BEGIN_MARK" "$END_MARK" <<'EOF'
+import sys
+out, table, begin, end = sys.argv[1:5]
+text = open(out).read()
+a = text.index(begin)
+b = text.index(end, a) + len(end)
+open(out, "w").write(text[:a] + open(table).read().rstrip("\n") + text[b:])
+EOF
+else
+  { echo; cat "$TABLE"; } >>"$OUT"
+fi
+say "wrote the cluster table into $OUT"
+cat "$TABLE"
