@@ -249,6 +249,7 @@ impl Broker {
             self.publish_will(client_id, will);
         }
         self.end_session(&session, SessionEnd::Discarded);
+        self.release_ended_session(client_id).await;
         true
     }
 
@@ -505,7 +506,7 @@ impl Broker {
                 _ = tokio::time::sleep(delay) => {}
                 _ = broker.shutdown.cancelled() => return,
             }
-            let _lifecycle = session.lifecycle.lock(&broker.lifecycle_waiters).await;
+            let lifecycle = session.lifecycle.lock(&broker.lifecycle_waiters).await;
             let (still_offline, will) = {
                 let mut st = session.state();
                 let same = st.generation == generation && !st.is_online() && !st.removed;
@@ -517,6 +518,8 @@ impl Broker {
                     broker.publish_will(&session.client_id, will);
                 }
                 broker.end_session(&session, SessionEnd::Expired);
+                drop(lifecycle);
+                broker.release_ended_session(&session.client_id).await;
             }
         });
     }

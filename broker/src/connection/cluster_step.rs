@@ -74,7 +74,7 @@ impl Connection {
                     self.broker.deliver_retained(&self.session, &filter, &sub);
                 }
             }
-            Err(ClusterError::NotOwner) => return Err(self.kicked(Kick::TakenOver)),
+            Err(ClusterError::NotOwner) => return Err(self.taken_over_elsewhere()),
             Err(e) => {
                 crate::metrics::cluster_refused("subscribe");
                 tracing::info!(client_id = %self.info.client_id, error = %e, "SUBSCRIBE refused: the cluster did not take it");
@@ -114,7 +114,7 @@ impl Connection {
         let mut properties = Properties::default();
         match committed {
             Ok(()) => {}
-            Err(ClusterError::NotOwner) => return Err(self.kicked(Kick::TakenOver)),
+            Err(ClusterError::NotOwner) => return Err(self.taken_over_elsewhere()),
             Err(e) => {
                 crate::metrics::cluster_refused("unsubscribe");
                 tracing::info!(client_id = %self.info.client_id, error = %e, "UNSUBSCRIBE refused: the cluster did not take it");
@@ -137,6 +137,23 @@ impl Connection {
             reason_codes: codes,
             properties,
         }))
+    }
+
+    /// The cluster refused a command of this connection's epoch: a newer registration
+    /// took the client id. Noted as its node's takeover (as the registry fold would, should
+    /// it come later) so the disconnect event names it and the session moves there.
+    fn taken_over_elsewhere(&self) -> Close {
+        let me = self.broker.cluster.node_id();
+        if let Some(owner) = self
+            .broker
+            .cluster
+            .locate_client(&self.info.client_id)
+            .filter(|o| o.node != me)
+        {
+            self.broker.note_remote_taker(self.id, owner.node);
+            self.kick_rx.send(Kick::TakenOver);
+        }
+        super::taken_over()
     }
 
     /// The Reason String of a refusal, unless the client asked for none (MQTT 5 only).
