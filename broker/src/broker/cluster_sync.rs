@@ -46,14 +46,24 @@ impl Broker {
     }
 
     /// An offline session of this node ended (it expired, or an operator discarded it):
-    /// the registry forgets it too, or a later CONNECT would be told it is present. A
-    /// no-op when the registry names another owner or a connection holds the id.
-    pub async fn release_ended_session(&self, client_id: &skein_seam::ClientId) {
+    /// the registry forgets it too, or a later CONNECT would be told it is present.
+    /// `offline_since_ms`: when its last connection ended here. A registration made after
+    /// that (epochs are this node's clock in microseconds) is a new connection's and is
+    /// left alone, as is one of another node.
+    pub async fn release_ended_session(
+        &self,
+        client_id: &skein_seam::ClientId,
+        offline_since_ms: Option<u64>,
+    ) {
         let me = self.cluster.node_id();
         let Some(owner) = self.cluster.locate_client(client_id) else {
             return;
         };
-        if owner.node != me || owner.online {
+        let older = match offline_since_ms {
+            Some(ms) => owner.epoch <= ms.saturating_mul(1000),
+            None => !owner.online,
+        };
+        if owner.node != me || !older {
             return;
         }
         if let Err(e) = self

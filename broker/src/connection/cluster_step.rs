@@ -14,11 +14,14 @@
 //! sends the UNSUBSCRIBE again once reconnected. A connection whose client id was taken
 //! over meanwhile ends as taken over.
 
+use std::sync::Arc;
+
 use skein_seam::{ClusterError, HandedOverSubscription};
 
 use super::inbound::{ClusterStep, Granted};
 use super::{Close, Connection};
 use crate::codec::{reason as rc, Packet, Properties, SubAck, UnsubAck};
+use crate::message::Message;
 use crate::session::{Kick, Subscription};
 
 impl Connection {
@@ -55,7 +58,7 @@ impl Connection {
         packet_id: u16,
         mut codes: Vec<u8>,
         granted: Vec<Granted>,
-        retained: Vec<(String, Subscription, usize)>,
+        retained: Vec<(Vec<Arc<Message>>, Subscription)>,
     ) -> Result<Packet, Close> {
         let subscriptions = granted
             .iter()
@@ -70,8 +73,9 @@ impl Connection {
         match committed {
             Ok(()) => {
                 // Queued now, written by the next pump: after the SUBACK.
-                for (filter, sub, _) in retained {
-                    self.broker.deliver_retained(&self.session, &filter, &sub);
+                for (messages, sub) in retained {
+                    self.broker
+                        .deliver_retained_messages(&self.session, messages, &sub);
                 }
             }
             Err(ClusterError::NotOwner) => return Err(self.taken_over_elsewhere()),
