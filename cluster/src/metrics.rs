@@ -37,7 +37,8 @@ pub const CLUSTER_REGISTRY_CLIENTS: &str = "skein_cluster_registry_clients";
 /// Change-stream events a slow receiver missed (it then re-reads the registry).
 pub const CLUSTER_CHANGES_LAGGED: &str = "skein_cluster_changes_lagged_total";
 
-/// Members a SUBACK did not wait for (unreachable, or not folded within the bound).
+/// Members a SUBACK or a takeover's CONNACK did not wait for (unreachable, or not folded
+/// within the bound).
 pub const CLUSTER_IN_FORCE_SKIPPED: &str = "skein_cluster_in_force_skipped_total";
 
 /// Every metric of this crate with its HELP text, for the recorder the broker installs.
@@ -56,7 +57,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     (CLUSTER_MEMBERS, "Cluster members by role (voter, learner) and reachable (true, false, unknown: only the leader knows)."),
     (CLUSTER_REGISTRY_CLIENTS, "Client ids in the replicated registry (online and offline sessions)."),
     (CLUSTER_CHANGES_LAGGED, "Registry changes a slow receiver missed (it then read the registry anew)."),
-    (CLUSTER_IN_FORCE_SKIPPED, "Members a SUBACK did not wait for: unreachable, or the subscription not folded within the bound."),
+    (CLUSTER_IN_FORCE_SKIPPED, "Members a SUBACK (or a takeover's CONNACK) did not wait for: unreachable, or the entry not folded within the bound."),
 ];
 
 /// Sends this crate's HELP texts to the installed recorder (the broker calls it when it
