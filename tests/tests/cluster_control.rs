@@ -267,7 +267,7 @@ async fn a_node_restarted_after_its_session_moved_keeps_no_subscription_of_it() 
     c.expect_disconnect(0x8B, RECV_TIMEOUT).await;
 
     // The session moves to node 2 while node 1 is down.
-    let (mut c, present, _) = RawClient::connect_ok(cluster.node(2).mqtt_addr(), &persistent).await;
+    let (c, present, _) = RawClient::connect_ok(cluster.node(2).mqtt_addr(), &persistent).await;
     assert!(present);
     c.disconnect().await;
 
