@@ -295,3 +295,23 @@ async fn a_node_restarted_after_its_session_moved_keeps_no_subscription_of_it() 
     p.publish(&Publish::new("move/1", 0, b"home")).await;
     assert_eq!(c.expect_publish(RECV_TIMEOUT).await.payload, b"home");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_at_runtime_and_takes_part_in_takeovers() {
+    let mut cluster = TestCluster::start(3).await;
+    let joined = cluster.join(2).await;
+    assert_eq!(joined, 4);
+    let view = cluster.overview(4).await.unwrap();
+    assert_eq!(view["node_id"], 4);
+    assert_eq!(view["members"].as_array().unwrap().len(), 4);
+
+    // It holds the registry: a session made on another node moves to it, and the node
+    // that held the connection ends it.
+    let id = unique_id("joiner");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut c, _, _) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), &persistent).await;
+    assert_eq!(c.subscribe(1, &[SubFilter::new("join/#", 1)]).await, [1]);
+    let (_c, present, _) = RawClient::connect_ok(cluster.node(4).mqtt_addr(), &persistent).await;
+    assert!(present);
+    c.expect_disconnect(0x8E, RECV_TIMEOUT).await;
+}
