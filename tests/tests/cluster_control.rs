@@ -315,3 +315,78 @@ async fn a_node_joins_at_runtime_and_takes_part_in_takeovers() {
     assert!(present);
     c.expect_disconnect(0x8E, RECV_TIMEOUT).await;
 }
+
+/// How long a SUBSCRIBE may wait for a cluster that lost its quorum: the proposal timeout
+/// (5 s) and a margin for a loaded machine.
+const REFUSAL_BOUND: Duration = Duration::from_secs(12);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_subscribe_and_unsubscribe_are_refused_and_undone_here() {
+    let mut cluster = TestCluster::start(3).await;
+    let addr = cluster.node(1).mqtt_addr();
+    let mut v5 = RawClient::v5(addr, &unique_id("v5")).await;
+    let mut v3 = RawClient::v311(addr, &unique_id("v3")).await;
+    for c in [&mut v5, &mut v3] {
+        assert_eq!(c.subscribe(1, &[SubFilter::new("kept/#", 0)]).await, [0]);
+    }
+    // Connected while it can: without quorum no CONNECT is accepted.
+    let mut p = RawClient::v5(addr, &unique_id("pub")).await;
+    cluster.kill9(2);
+    cluster.kill9(3);
+
+    // SUBSCRIBE: every filter refused (0x80 in both dialects), nothing left in force here.
+    for c in [&mut v5, &mut v3] {
+        let proto = c.proto;
+        c.send(&skein_tests::codec::subscribe(
+            proto,
+            2,
+            &[SubFilter::new("new/#", 1)],
+            &skein_tests::Props::new(),
+        ))
+        .await;
+        let started = Instant::now();
+        match c
+            .recv_matching(REFUSAL_BOUND, |p| matches!(p, Packet::SubAck { .. }))
+            .await
+        {
+            Packet::SubAck { pkid, codes, .. } => {
+                assert_eq!((pkid, codes), (2, vec![0x80]), "{proto:?}");
+            }
+            _ => unreachable!(),
+        }
+        eprintln!("{proto:?}: SUBACK 0x80 after {:?}", started.elapsed());
+    }
+    p.publish(&Publish::new("new/1", 0, b"not for them")).await;
+    v5.expect_no_publish(QUIET).await;
+    v3.expect_no_publish(QUIET).await;
+
+    // UNSUBSCRIBE: MQTT 5 is told 0x80 and keeps the subscription; MQTT 3.1.1 cannot be
+    // told, its connection closes (the subscription intact for its next connection).
+    v5.send(&skein_tests::codec::unsubscribe(Proto::V5, 3, &["kept/#"]))
+        .await;
+    match v5
+        .recv_matching(REFUSAL_BOUND, |p| matches!(p, Packet::UnsubAck { .. }))
+        .await
+    {
+        Packet::UnsubAck { pkid, codes, .. } => assert_eq!((pkid, codes), (3, vec![0x80])),
+        _ => unreachable!(),
+    }
+    p.publish(&Publish::new("kept/1", 0, b"still subscribed"))
+        .await;
+    assert_eq!(
+        v5.expect_publish(RECV_TIMEOUT).await.payload,
+        b"still subscribed"
+    );
+    // The v3 client got the same publish before it unsubscribes.
+    assert_eq!(
+        v3.expect_publish(RECV_TIMEOUT).await.payload,
+        b"still subscribed"
+    );
+    v3.send(&skein_tests::codec::unsubscribe(
+        Proto::V311,
+        3,
+        &["kept/#"],
+    ))
+    .await;
+    v3.expect_closed(REFUSAL_BOUND).await;
+}
