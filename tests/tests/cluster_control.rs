@@ -390,3 +390,44 @@ async fn without_quorum_subscribe_and_unsubscribe_are_refused_and_undone_here() 
     .await;
     v3.expect_closed(REFUSAL_BOUND).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connects_racing_on_two_nodes_leave_exactly_one_owner() {
+    let cluster = TestCluster::start(3).await;
+    let (a, b) = (cluster.node(1).mqtt_addr(), cluster.node(2).mqtt_addr());
+    for trial in 0..20 {
+        let id = unique_id("race");
+        let connect = Connect::v5(&id);
+        let (first, second) = tokio::join!(
+            RawClient::try_connect_ok(a, &connect),
+            RawClient::try_connect_ok(b, &connect)
+        );
+        let mut alive = Vec::new();
+        for (node, c) in [(1, first), (2, second)] {
+            // A connection may even be refused outright when it lost before its CONNACK.
+            let Ok(mut c) = c else { continue };
+            // The loser is told 0x8E (by its node, once the winner's registration applied).
+            match c.recv(QUIET).await {
+                Ok(Packet::Disconnect { reason, .. }) => {
+                    assert_eq!(reason, 0x8E, "trial {trial}: node {node}")
+                }
+                Err(skein_tests::RecvError::Timeout) => alive.push((node, c)),
+                other => panic!("trial {trial}: node {node}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            alive.len(),
+            1,
+            "trial {trial}: survivors on nodes {:?}",
+            alive.iter().map(|(n, _)| *n).collect::<Vec<_>>()
+        );
+        // The survivor owns the client id: a registry command of its epoch commits.
+        let (node, mut survivor) = alive.pop().unwrap();
+        assert_eq!(
+            survivor.subscribe(1, &[SubFilter::new("race/#", 0)]).await,
+            [0],
+            "trial {trial}: node {node}"
+        );
+        survivor.disconnect().await;
+    }
+}
