@@ -185,6 +185,7 @@ pub(crate) async fn admit(
     if let Some(elsewhere) = not_leader(shared) {
         return Ok(Err(elsewhere));
     }
+    let _one_at_a_time = shared.membership_changes.lock().await;
     let raft = &shared.raft;
     let membership = current_membership(shared);
     let is_voter = membership.voter_ids().any(|v| v == id);
@@ -235,6 +236,7 @@ pub(crate) async fn dismiss(
     if let Some(elsewhere) = not_leader(shared) {
         return Ok(Err(elsewhere));
     }
+    let _one_at_a_time = shared.membership_changes.lock().await;
     let raft = &shared.raft;
     let membership = current_membership(shared);
     let change = if membership.voter_ids().any(|v| v == id) {

@@ -117,6 +117,7 @@ impl ClusterNode {
             settings: config.raft.clone(),
             broker: Arc::new(BrokerSlot::default()),
             folded: watch::channel(None).0,
+            membership_changes: tokio::sync::Mutex::new(()),
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();

@@ -27,4 +27,8 @@ pub(crate) struct Shared {
     /// The last log index whose changes the local broker has folded (None: nothing yet, or
     /// no broker attached): what `Cluster.AwaitFolded` waits on.
     pub(crate) folded: watch::Sender<Option<u64>>,
+    /// Membership changes made on this node (as the leader) wait for each other here
+    /// rather than be refused by openraft as concurrent (members publishing their records
+    /// at once when a cluster starts).
+    pub(crate) membership_changes: tokio::sync::Mutex<()>,
 }
