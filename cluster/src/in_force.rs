@@ -20,8 +20,10 @@
 //! bound (`RaftSettings::fold_wait_ms`), is skipped so that one dead member cannot stall
 //! every SUBSCRIBE; it is counted (`skein_cluster_in_force_skipped_total`) and logged at
 //! debug. Until that member folds the entry (it will, in log order, once it catches up), a
-//! publish it accepts may miss the subscriber. Members joining later read the registry
-//! whole when their broker attaches, so they start with the subscription.
+//! publish it accepts may miss the subscriber. A member whose broker is not attached yet
+//! (it is starting) answers at once and is counted the same way; its broker reads the
+//! registry whole when it is attached, as do members joining later, so they start with
+//! the subscription.
 
 use std::time::Duration;
 

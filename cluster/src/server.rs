@@ -173,7 +173,13 @@ impl Cluster for ClusterService {
         request: Request<pb::AwaitFoldedRequest>,
     ) -> Result<Response<pb::AwaitFoldedResponse>, Status> {
         let request = request.into_inner();
-        let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_FOLD_WAIT);
+        // No broker yet (the node is starting): nothing to wait for here. Its broker reads
+        // the whole registry when it is attached.
+        let wait = if self.shared.broker.get().is_some() {
+            Duration::from_millis(u64::from(request.wait_ms)).min(MAX_FOLD_WAIT)
+        } else {
+            Duration::ZERO
+        };
         let mut folded = self.shared.folded.subscribe();
         let reached = tokio::time::timeout(
             wait,
