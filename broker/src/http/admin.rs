@@ -61,6 +61,9 @@ pub enum ApiError {
     /// storage failure.
     #[error("{}", .0.message())]
     NotStored(crate::storage_refusal::NotStored),
+    /// Another node with subscribers did not take the message (503).
+    #[error("not delivered cluster-wide: {0}")]
+    NotForwarded(skein_seam::ForwardError),
 }
 
 impl ApiError {
@@ -77,6 +80,7 @@ impl ApiError {
             ApiError::NotStored(crate::storage_refusal::NotStored::Failed) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::NotForwarded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
