@@ -14,6 +14,11 @@
 //! the same instant may leave different members with different last messages. A node that
 //! was down while retained messages changed, or that joins later, does not get them yet.
 
+#[cfg(test)]
+pub(crate) mod peers_double;
+#[cfg(test)]
+mod tests;
+
 use skein_seam::{BoxFuture, ForwardError, ForwardedPublish, NodeId, SharedTarget};
 
 use super::{Broker, SessionRef, SubEntry};
