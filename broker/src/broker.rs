@@ -26,6 +26,7 @@ use skein_seam::ClientId;
 use skein_seam::ClusterHandle;
 
 mod broker_handle;
+mod cluster_sync;
 mod forwarding;
 mod routing;
 mod storage_monitor;
@@ -116,6 +117,11 @@ pub struct Broker {
     parker: std::sync::OnceLock<crate::session::Unparker>,
     /// Where tasks wait for a session's lifecycle lock.
     pub lifecycle_waiters: crate::lifecycle_lock::LifecycleWaiters,
+    /// Connections told to end because another node took their session over, by
+    /// connection id: the taker, for the disconnect event (see `cluster_sync.rs`).
+    remote_takers: Mutex<HashMap<u64, skein_seam::NodeId>>,
+    /// This broker, for the tasks its synchronous seam callbacks start.
+    me: std::sync::Weak<Broker>,
 }
 
 impl Broker {
@@ -133,7 +139,9 @@ impl Broker {
             metrics::counter!(crate::metrics::PUBLISH_ORDER_WAITS),
             metrics::counter!(crate::metrics::PUBLISH_ORDER_LATE_DELIVERIES),
         ));
-        let broker = Arc::new(Broker {
+        let broker = Arc::new_cyclic(|me| Broker {
+            me: me.clone(),
+            remote_takers: Mutex::new(HashMap::default()),
             connection_slots,
             config,
             store,
@@ -250,12 +258,14 @@ impl Broker {
                 return true;
             }
             st.will_due_ms = OptionalMs::NONE;
-            st.will.take()
+            (st.will.take(), st.disconnected_at_ms.get())
         };
+        let (will, offline_since) = will;
         if let Some(will) = will {
             self.publish_will(client_id, will);
         }
         self.end_session(&session, SessionEnd::Discarded);
+        self.release_ended_session(client_id, offline_since).await;
         true
     }
 
@@ -512,11 +522,12 @@ impl Broker {
                 _ = tokio::time::sleep(delay) => {}
                 _ = broker.shutdown.cancelled() => return,
             }
-            let _lifecycle = session.lifecycle.lock(&broker.lifecycle_waiters).await;
-            let (still_offline, will) = {
+            let lifecycle = session.lifecycle.lock(&broker.lifecycle_waiters).await;
+            let (still_offline, will, offline_since) = {
                 let mut st = session.state();
                 let same = st.generation == generation && !st.is_online() && !st.removed;
-                (same, if same { st.will.take() } else { None })
+                let will = if same { st.will.take() } else { None };
+                (same, will, st.disconnected_at_ms.get())
             };
             if still_offline {
                 tracing::debug!(client_id = %session.client_id, "session expired");
@@ -524,6 +535,10 @@ impl Broker {
                     broker.publish_will(&session.client_id, will);
                 }
                 broker.end_session(&session, SessionEnd::Expired);
+                drop(lifecycle);
+                broker
+                    .release_ended_session(&session.client_id, offline_since)
+                    .await;
             }
         });
     }
@@ -618,6 +633,7 @@ pub(crate) mod tests {
         s.state().attach(
             Attachment {
                 connection_id: 1,
+                epoch: 0,
                 kick: tx,
             },
             Arc::new(crate::events::ClientInfo {

@@ -1,5 +1,6 @@
 //! One task per client connection: read → session → write, keepalive, limits.
 
+mod cluster_step;
 mod deadlines;
 mod handshake;
 mod inbound;
@@ -106,6 +107,8 @@ enum Batch {
     FlushThenSend(Option<Box<Packet>>),
     /// A PUBLISH waits for the input that reached the node before it.
     RouteInOrder(Box<inbound::DeferredPublish>),
+    /// A SUBSCRIBE or UNSUBSCRIBE is committed in the cluster before its answer.
+    Cluster(Box<inbound::ClusterStep>),
 }
 
 /// Serves one accepted TCP connection to its end. `permit` is None when the node is at its
@@ -209,13 +212,13 @@ impl Drop for Connection {
         }
         tracing::error!(connection = self.id, client_id = %self.info.client_id, "connection task panicked");
         let close = Close::internal("internal error");
-        crate::events::raise::disconnected(&self.broker.events, &self.info, &close);
+        crate::events::raise::disconnected(&self.broker.events, &self.info, &close, None);
         let (broker, session) = (self.broker.clone(), self.session.clone());
         let (id, epoch) = (self.id, self.epoch);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let close = Close::internal("internal error");
-                handshake::detach(&broker, &session, id, epoch, &close, false).await;
+                handshake::detach(&broker, &session, (id, epoch), &close, false, false).await;
             });
         }
     }
@@ -437,6 +440,13 @@ impl Connection {
                         return Ok(true);
                     }
                 }
+                Batch::Cluster(step) => {
+                    // Boxed: rare next to publishes, and its state would stay in every
+                    // connection task.
+                    if Box::pin(self.cluster_then_send(*step)).await? {
+                        return Ok(true);
+                    }
+                }
             }
         }
     }
@@ -477,6 +487,7 @@ impl Connection {
             match self.handle(packet, &mut held)? {
                 inbound::After::Nothing => {}
                 inbound::After::FlushThenSend(ack) => return Ok(Batch::FlushThenSend(ack)),
+                inbound::After::Cluster(step) => return Ok(Batch::Cluster(step)),
                 inbound::After::RouteInOrder(deferred) => {
                     self.count_acked();
                     return Ok(Batch::RouteInOrder(deferred));
@@ -516,6 +527,12 @@ impl Connection {
     /// Ends the connection: tells a v5 client why, then detaches from the session.
     async fn finish(mut self, close: Close) {
         self.count_acked();
+        // Another node took the session over (noted with the kick): the event names it,
+        // and the session is that node's now. Looked at only after a takeover kick.
+        let taken_by = (self.kick_rx.try_recv() == Some(Kick::TakenOver))
+            .then(|| self.broker.take_remote_taker(self.id))
+            .flatten()
+            .map(|by| self.broker.node_address(by));
         let level = match close.reason {
             DisconnectReason::Normal | DisconnectReason::TcpClosed | DisconnectReason::GoAway => {
                 tracing::Level::DEBUG
@@ -528,7 +545,12 @@ impl Connection {
             tracing::debug!(reason = close.reason.as_str(), detail = %close.detail, "connection closed");
         }
         self.broker.hot.disconnected(close.reason);
-        crate::events::raise::disconnected(&self.broker.events, &self.info, &close);
+        crate::events::raise::disconnected(
+            &self.broker.events,
+            &self.info,
+            &close,
+            taken_by.as_deref(),
+        );
         if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
             let mut packet = Packet::Disconnect(Disconnect {
                 reason: code,
@@ -554,10 +576,10 @@ impl Connection {
         handshake::detach(
             &self.broker,
             &self.session,
-            self.id,
-            self.epoch,
+            (self.id, self.epoch),
             &close,
             self.will_on_disconnect,
+            taken_by.is_some(),
         )
         .await;
         // The linger protects what the broker said last from a reset by input it did not

@@ -7,12 +7,15 @@
 //!
 //! The crate's modules in layer order: each imports only modules listed below it.
 //!
+//! - `handle`: [`ClusterNode`] as the seam's `ClusterHandle`, what the broker holds.
 //! - `commands`: the registry commands the broker proposes (register, unregister,
 //!   subscribe, unsubscribe).
 //! - `data_plane`: what the broker asks of the data plane: forward a publish to a member,
 //!   kick a connection on another member, the members to forward retained messages to.
 //! - `node`: [`ClusterNode`], a running member: start, reads, status, removal, shutdown;
-//!   [`ChangeStream`].
+//!   [`ChangeStream`]; attaching the broker.
+//! - `in_force`: a SUBACK waits until every other member has folded the subscription.
+//! - `fold`: the registry fold, applied changes told to the local broker.
 //! - `server`: the gRPC server (`Raft`, `Cluster`, `Forward` and `Session` services).
 //! - `session_service`: the `Session` service: kicks from other members.
 //! - `forward`: the data plane: one bounded queue and batched stream per peer, and the
@@ -31,6 +34,7 @@
 //! - `broker_slot`: where the local broker is attached, for what peers ask of this node.
 //! - `convert`: openraft records ⇄ protobuf messages.
 //! - `settings`: [`RaftSettings`] (timeouts, batching, compaction).
+//! - `join`: awaiting several futures at once on the caller's task.
 //! - `epoch`: connection epochs stamped by the proposer.
 //! - `error`: [`ClusterError`].
 //! - `types`: the openraft type config, [`Node`], the protobuf app-data wrapper.
@@ -42,6 +46,10 @@ mod data_plane;
 mod epoch;
 mod error;
 mod forward;
+mod fold;
+mod handle;
+mod in_force;
+mod join;
 mod log_store;
 mod membership;
 pub mod metrics;

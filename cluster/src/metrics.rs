@@ -122,6 +122,13 @@ pub(crate) fn forward_received_dropped(peer: NodeId, reason: &'static str, messa
         .increment(messages as u64);
 }
 
+/// Members a SUBACK did not wait for (unreachable, or not folded within the bound).
+pub const CLUSTER_IN_FORCE_SKIPPED: &str = "skein_cluster_in_force_skipped_total";
+
+pub(crate) fn in_force_skipped() {
+    metrics::counter!(CLUSTER_IN_FORCE_SKIPPED).increment(1);
+}
+
 pub(crate) fn registry_size(clients: usize) {
     metrics::gauge!(CLUSTER_REGISTRY_CLIENTS).set(clients as f64);
 }

@@ -2,12 +2,14 @@
 //! retained messages, and publishing as the broker. JSON in and out; every error is a
 //! JSON body `{"error": ...}` with a meaningful status (see [`ApiError`]).
 //!
-//! The API sees this node only: the sessions it holds and the retained messages it stores.
+//! The API sees this node only (the sessions it holds and the retained messages it
+//! stores), except `/api/v1/cluster`, the cluster's members and leader.
 //! With `api_token` set, every route here wants `Authorization: Bearer <token>`
 //! ([`protect`]); the probes and `/metrics` live in other routers and stay open.
 
 mod auth;
 mod clients;
+mod cluster;
 mod params;
 mod publish;
 mod retained;
@@ -38,6 +40,7 @@ pub fn router(broker: Arc<Broker>, token: Option<String>) -> Router {
         .route("/api/v1/subscriptions", get(subscriptions::list))
         .route("/api/v1/topics/retained", get(retained::list))
         .route("/api/v1/publish", post(publish::publish))
+        .route("/api/v1/cluster", get(cluster::overview))
         .with_state(broker);
     protect(api, token)
 }
@@ -61,6 +64,9 @@ pub enum ApiError {
     /// storage failure.
     #[error("{}", .0.message())]
     NotStored(crate::storage_refusal::NotStored),
+    /// The cluster could not answer (no leader, say).
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
     /// Another node with subscribers did not take the message (503).
     #[error("not delivered cluster-wide: {0}")]
     NotForwarded(skein_seam::ForwardError),
@@ -80,6 +86,7 @@ impl ApiError {
             ApiError::NotStored(crate::storage_refusal::NotStored::Failed) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotForwarded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
