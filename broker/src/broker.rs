@@ -21,6 +21,8 @@ use crate::retained::RetainedStore;
 use crate::session::{OptionalMs, Session, Subscription};
 use crate::topic::{self, RemoteInterest, TopicTree};
 
+#[cfg(test)]
+pub(crate) use forwarding::peers_double as forwarding_test_support;
 pub use forwarding::Forwards;
 use skein_seam::ClientId;
 use skein_seam::ClusterHandle;
@@ -608,7 +610,7 @@ pub(crate) mod tests {
     use bytes::Bytes;
     use skein_seam::NodeId;
 
-    pub(super) fn test_events() -> EventBus {
+    pub(crate) fn test_events() -> EventBus {
         EventBus::new(crate::events::NodeInfo {
             node: "127.0.0.1:1883".into(),
             node_ip: "127.0.0.1".into(),

@@ -34,9 +34,10 @@ impl ClusterNode {
         use skein_seam::ClusterError as E;
         Box::pin(async move {
             if node.0 == self.id() {
-                let broker = self.shared.broker.get().ok_or_else(|| {
-                    E::Unavailable("the node's broker is not running yet".into())
-                })?;
+                let broker =
+                    self.shared.broker.get().ok_or_else(|| {
+                        E::Unavailable("the node's broker is not running yet".into())
+                    })?;
                 return Ok(broker.kick(client_id, KickReason::Administrative));
             }
             let record = self

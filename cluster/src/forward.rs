@@ -133,9 +133,17 @@ impl Forwarder {
         let this = self.clone();
         let task_queue = queue.clone();
         self.tasks.spawn(async move {
-            sender::run(task_queue.clone(), this.shared.clone(), this.shutdown.clone()).await;
+            sender::run(
+                task_queue.clone(),
+                this.shared.clone(),
+                this.shutdown.clone(),
+            )
+            .await;
             let mut queues = this.queues.write().unwrap_or_else(|e| e.into_inner());
-            if queues.get(&node).is_some_and(|q| Arc::ptr_eq(q, &task_queue)) {
+            if queues
+                .get(&node)
+                .is_some_and(|q| Arc::ptr_eq(q, &task_queue))
+            {
                 queues.remove(&node);
             }
         });

@@ -64,7 +64,10 @@ impl BrokerHandle for Recorder {
     }
 
     fn kick(&self, client_id: &ClientId, reason: KickReason) -> bool {
-        self.kicked.lock().unwrap().push((client_id.clone(), reason));
+        self.kicked
+            .lock()
+            .unwrap()
+            .push((client_id.clone(), reason));
         client_id.as_str() == "online"
     }
 
@@ -164,9 +167,15 @@ async fn forwards_arrive_in_call_order_in_batches_and_are_acknowledged() {
 
     // Not to itself, not to a stranger.
     let to_self = sender.forward(NodeId(1), publish("x")).await.unwrap_err();
-    assert!(matches!(to_self, ForwardError::Unavailable { .. }), "{to_self}");
+    assert!(
+        matches!(to_self, ForwardError::Unavailable { .. }),
+        "{to_self}"
+    );
     let stranger = sender.forward(NodeId(9), publish("x")).await.unwrap_err();
-    assert!(matches!(stranger, ForwardError::Unavailable { .. }), "{stranger}");
+    assert!(
+        matches!(stranger, ForwardError::Unavailable { .. }),
+        "{stranger}"
+    );
     cluster.shutdown().await;
 }
 
@@ -187,7 +196,11 @@ async fn a_peer_that_restarts_gets_what_was_queued_for_it_exactly_once() {
     }
     cluster.stop(2).await;
     let waiting: Vec<_> = (0..200)
-        .map(|i| cluster.node(1).forward(NodeId(2), publish(&format!("during/{i}"))))
+        .map(|i| {
+            cluster
+                .node(1)
+                .forward(NodeId(2), publish(&format!("during/{i}")))
+        })
         .collect();
     // The callers are not held up while the peer is away; the messages stay queued.
     for answer in waiting {
@@ -202,12 +215,18 @@ async fn a_peer_that_restarts_gets_what_was_queued_for_it_exactly_once() {
     cluster.restart(2).await;
     let again = Arc::new(Recorder::default());
     assert!(cluster.node(2).attach_broker(again.clone()));
-    wait_for(WITHIN, "the queued messages reach the restarted peer", || async {
-        (again.topics().len() >= 200).then_some(())
-    })
+    wait_for(
+        WITHIN,
+        "the queued messages reach the restarted peer",
+        || async { (again.topics().len() >= 200).then_some(()) },
+    )
     .await;
     let want: Vec<String> = (0..200).map(|i| format!("during/{i}")).collect();
-    assert_eq!(again.topics(), want, "each once, in order, none from before");
+    assert_eq!(
+        again.topics(),
+        want,
+        "each once, in order, none from before"
+    );
     assert_eq!(two.topics().len(), 50);
     // The next forward is answered as usual.
     cluster
@@ -233,7 +252,11 @@ async fn a_batch_the_peer_refuses_for_now_is_sent_again_without_duplicates() {
     two.slow.lock().unwrap().insert("m/0".into());
     two.refuse_once.lock().unwrap().insert("m/5".into());
     let answers: Vec<_> = (0..10)
-        .map(|i| cluster.node(1).forward(NodeId(2), publish(&format!("m/{i}"))))
+        .map(|i| {
+            cluster
+                .node(1)
+                .forward(NodeId(2), publish(&format!("m/{i}")))
+        })
         .collect();
     let mut refused = 0;
     for answer in answers {
@@ -247,9 +270,11 @@ async fn a_batch_the_peer_refuses_for_now_is_sent_again_without_duplicates() {
         }
     }
     assert!(refused >= 1, "the refused message's caller is told at once");
-    wait_for(WITHIN, "the refused message is delivered on the retry", || async {
-        two.topics().contains(&"m/5".to_owned()).then_some(())
-    })
+    wait_for(
+        WITHIN,
+        "the refused message is delivered on the retry",
+        || async { two.topics().contains(&"m/5".to_owned()).then_some(()) },
+    )
     .await;
     let mut topics = two.topics();
     topics.sort();
@@ -317,7 +342,10 @@ async fn a_full_queue_refuses_and_counts_and_a_removed_peer_fails_what_waits() {
             "{e:?}"
         );
     }
-    let e = node.forward(NodeId(gone), publish("late")).await.unwrap_err();
+    let e = node
+        .forward(NodeId(gone), publish("late"))
+        .await
+        .unwrap_err();
     assert!(matches!(e, ForwardError::Unavailable { .. }), "{e}");
     cluster.shutdown().await;
 }
@@ -344,7 +372,10 @@ async fn a_kick_reaches_the_broker_of_the_node_that_holds_the_client() {
         ]
     );
     let stranger = node.kick_remote(NodeId(7), &ClientId::new("x")).await;
-    assert!(matches!(stranger, Err(skein_seam::ClusterError::NotFound(_))));
+    assert!(matches!(
+        stranger,
+        Err(skein_seam::ClusterError::NotFound(_))
+    ));
     assert_eq!(node.other_members(), [NodeId(2)]);
     cluster.shutdown().await;
 }

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use skein_tests::clients::{v3, v5};
 use skein_tests::cli::{mosquitto_pub, Sub};
+use skein_tests::clients::{v3, v5};
 use skein_tests::{
     unique_id, Connect, Packet, Proto, Publish, RawClient, SubFilter, TestCluster, QUIET,
     RECV_TIMEOUT,
@@ -87,7 +87,14 @@ async fn mosquitto_clients_talk_across_nodes() {
     for q in ["0", "1", "2"] {
         mosquitto_pub(
             cluster.node(1).mqtt_addr(),
-            &["-t", &format!("m/{q}"), "-q", q, "-m", &format!("hello-{q}")],
+            &[
+                "-t",
+                &format!("m/{q}"),
+                "-q",
+                q,
+                "-m",
+                &format!("hello-{q}"),
+            ],
         );
     }
     let (msgs, ok) = tokio::task::spawn_blocking(move || sub.finish(Duration::from_secs(25)))
@@ -120,7 +127,10 @@ async fn retained_messages_are_found_on_every_node() {
         let mut sub = v5::Client::connect(cluster.node(id).mqtt_addr(), &unique_id("late")).await;
         sub.subscribe("r/#", v5::QoS::AtLeastOnce).await;
         let p = sub.recv().await;
-        assert_eq!((v5::topic(&p), text(&p), p.retain), ("r/1".into(), "kept".into(), true));
+        assert_eq!(
+            (v5::topic(&p), text(&p), p.retain),
+            ("r/1".into(), "kept".into(), true)
+        );
     }
     // Deleted on another node: gone everywhere once its PUBACK came.
     let mut deleter = v5::Client::connect(cluster.node(2).mqtt_addr(), &unique_id("del")).await;
@@ -146,7 +156,12 @@ async fn a_shared_group_gets_each_message_once_cluster_wide() {
     const N: usize = 60;
     for i in 0..N {
         publisher
-            .publish(&format!("jobs/{i}"), v5::QoS::AtLeastOnce, false, i.to_string())
+            .publish(
+                &format!("jobs/{i}"),
+                v5::QoS::AtLeastOnce,
+                false,
+                i.to_string(),
+            )
             .await;
     }
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
@@ -159,7 +174,11 @@ async fn a_shared_group_gets_each_message_once_cluster_wide() {
         }
     }
     let all: BTreeSet<String> = (0..N).map(|i| i.to_string()).collect();
-    assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), all, "each one once");
+    assert_eq!(
+        seen.keys().cloned().collect::<BTreeSet<_>>(),
+        all,
+        "each one once"
+    );
     // One member per node: a third each (a weighted round robin over the members).
     assert_eq!(per_node, BTreeMap::from([(1, 20), (2, 20), (3, 20)]));
 }

@@ -547,7 +547,6 @@ async fn attach(
         acked: 0,
         holds_slot: false,
         input_order: None,
-        pending_acks: None,
     })
 }
 

@@ -4,7 +4,7 @@ use bytes::Buf;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::pending_acks::PendingAck;
+use super::pending_acks::{Acks, PendingAck, PendingAcks};
 use super::{taken_over, Close, Connection, DisconnectReason};
 use crate::broker::RouteOutcome;
 use crate::codec::{
@@ -76,10 +76,15 @@ impl Connection {
     /// as [`After`] (keeps this off the connection future's inline state). Subscribers of
     /// what it publishes are woken when `held` is released (or another batch's holder
     /// that held them first).
-    pub(super) fn handle(&mut self, packet: Packet, held: &mut HeldWakes) -> Result<After, Close> {
+    pub(super) fn handle(
+        &mut self,
+        packet: Packet,
+        held: &mut HeldWakes,
+        acks: &mut Acks,
+    ) -> Result<After, Close> {
         self.ensure_attached()?;
         match packet {
-            Packet::Publish(p) => self.on_publish(p, held),
+            Packet::Publish(p) => self.on_publish(p, held, acks),
             Packet::PubAck(a) => {
                 self.on_outgoing_done(a.packet_id, false, a.reason >= 0x80)?;
                 Ok(After::Nothing)
@@ -140,7 +145,12 @@ impl Connection {
         Some(self.on_outgoing_done(u16::from_be_bytes([high, low]), is_pubcomp, false))
     }
 
-    fn on_publish(&mut self, mut p: Publish, held: &mut HeldWakes) -> Result<After, Close> {
+    fn on_publish(
+        &mut self,
+        mut p: Publish,
+        held: &mut HeldWakes,
+        acks: &mut Acks,
+    ) -> Result<After, Close> {
         self.broker.hot.received(p.qos);
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Close::protocol(
@@ -155,7 +165,7 @@ impl Connection {
             ));
         }
         if crate::events::access::is_event_filter(&topic) {
-            return Ok(self.refuse_event_publish(&p));
+            return Ok(self.refuse_event_publish(&p, acks));
         }
         let invalid_payload = p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err();
@@ -172,7 +182,8 @@ impl Connection {
                 // a persistent session: the first copy may have been handled by a connection
                 // that was taken over before its flush.)
                 let persistent = self.session.state().is_persistent();
-                return Ok(self.answer_publish(Packet::PubRec(Ack::new(p.packet_id)), persistent));
+                let dup = Packet::PubRec(Ack::new(p.packet_id));
+                return Ok(self.answer_publish(acks, dup, persistent));
             }
             if full {
                 return Err(Close::with_code(
@@ -188,7 +199,7 @@ impl Connection {
                     "payload is not UTF-8",
                 ));
             }
-            self.ack_publish(&p, rc::PAYLOAD_FORMAT_INVALID);
+            self.ack_publish(&p, rc::PAYLOAD_FORMAT_INVALID, acks);
             return Ok(After::Nothing);
         }
         // A QoS 2 id is remembered (and stored) before routing, so a resend after a crash
@@ -210,7 +221,7 @@ impl Connection {
                     storage_refusal::write_failed("store an incoming QoS 2 id", client, &e);
                     let refusal = NotStored::of(&e);
                     storage_refusal::publish_refused(refusal, &topic, store.health());
-                    return self.refuse_unstored(p.qos, p.packet_id, refusal);
+                    return self.refuse_unstored(p.qos, p.packet_id, refusal, acks);
                 }
             }
             st.incoming_qos2.insert(p.packet_id);
@@ -262,31 +273,36 @@ impl Connection {
                 outcome
             }
         };
-        self.answer_routed(outcome, p.qos, p.packet_id, qos2_stored)
+        self.answer_routed(outcome, (p.qos, p.packet_id, qos2_stored), acks)
     }
 
     /// Routes a PUBLISH that waited for the input before it, and answers it.
-    pub(super) fn route_deferred(&mut self, d: DeferredPublish) -> Result<After, Close> {
+    pub(super) fn route_deferred(
+        &mut self,
+        d: DeferredPublish,
+        acks: &mut Acks,
+    ) -> Result<After, Close> {
         let outcome = self.broker.route_or_refuse(d.message);
-        self.answer_routed(outcome, d.qos, d.packet_id, d.qos2_stored)
+        self.answer_routed(outcome, (d.qos, d.packet_id, d.qos2_stored), acks)
     }
 
     /// Acknowledges a routed PUBLISH, or refuses it when what it needed on disk was not
     /// stored.
+    /// `(qos, packet_id, qos2_stored)`: the publish's QoS and id, and whether its QoS 2 id
+    /// was stored.
     fn answer_routed(
         &mut self,
         outcome: RouteOutcome,
-        qos: QoS,
-        packet_id: u16,
-        qos2_stored: bool,
+        (qos, packet_id, qos2_stored): (QoS, u16, bool),
+        acks: &mut Acks,
     ) -> Result<After, Close> {
         if let (Some(refusal), false) = (outcome.not_stored, qos == QoS::AtMostOnce) {
             if qos == QoS::ExactlyOnce {
                 self.forget_incoming_qos2(packet_id, qos2_stored);
             }
-            return self.refuse_unstored(qos, packet_id, refusal);
+            return self.refuse_unstored(qos, packet_id, refusal, acks);
         }
-        Ok(self.acknowledge_routed(outcome, qos, packet_id, qos2_stored))
+        Ok(self.acknowledge_routed(outcome, (qos, packet_id, qos2_stored), acks))
     }
 
     /// Acknowledges a routed publish: at once, after a storage flush, or (forwarded to
@@ -295,9 +311,8 @@ impl Connection {
     fn acknowledge_routed(
         &mut self,
         outcome: RouteOutcome,
-        qos: QoS,
-        packet_id: u16,
-        qos2_stored: bool,
+        (qos, packet_id, qos2_stored): (QoS, u16, bool),
+        acks: &mut Acks,
     ) -> After {
         let nobody = outcome.matched == 0 && outcome.remote == 0;
         let code = if nobody && self.protocol.is_v5() {
@@ -311,18 +326,21 @@ impl Connection {
         // Acknowledged only once it is on disk.
         let needs_flush = outcome.needs_flush || qos2_stored;
         if !outcome.forwards.is_empty() {
-            self.await_forwards(PendingAck::Forwarded {
-                qos,
-                packet_id,
-                code,
-                needs_flush: outcome.needs_flush,
-                qos2_stored,
-                forwards: outcome.forwards,
-            });
+            PendingAcks::park(
+                acks,
+                PendingAck::Forwarded {
+                    qos,
+                    packet_id,
+                    code,
+                    needs_flush: outcome.needs_flush,
+                    qos2_stored,
+                    forwards: outcome.forwards,
+                },
+            );
             return After::Nothing;
         }
         match publish_ack(qos, packet_id, code) {
-            Some(ack) => self.answer_publish(ack, needs_flush),
+            Some(ack) => self.answer_publish(acks, ack, needs_flush),
             None => After::Nothing,
         }
     }
@@ -344,13 +362,14 @@ impl Connection {
         qos: QoS,
         packet_id: u16,
         refusal: NotStored,
+        acks: &mut Acks,
     ) -> Result<After, Close> {
         if !self.protocol.is_v5() {
             return Err(Close::internal(refusal.message()));
         }
         let code = rc::IMPLEMENTATION_SPECIFIC_ERROR;
         match self.refusal_ack(qos, packet_id, code, refusal.message()) {
-            Some(ack) => Ok(self.answer_publish(ack, false)),
+            Some(ack) => Ok(self.answer_publish(acks, ack, false)),
             None => Ok(After::Nothing),
         }
     }
@@ -393,24 +412,24 @@ impl Connection {
     /// Only the node publishes on event topics: a client publish there would forge events.
     /// MQTT 5 clients get "not authorized"; 3.x acknowledgements can't say no, so the
     /// message is acknowledged and dropped.
-    fn refuse_event_publish(&mut self, p: &Publish) -> After {
+    fn refuse_event_publish(&mut self, p: &Publish, acks: &mut Acks) -> After {
         crate::metrics::message_dropped("not_authorized");
         tracing::info!(client_id = %self.info.client_id, topic = %p.topic, "refused a client publish to an event topic");
         if self.protocol.is_v5() {
             // A PUBREC >= 0x80 ends the QoS 2 flow: no id to remember.
-            self.ack_publish(p, rc::NOT_AUTHORIZED);
+            self.ack_publish(p, rc::NOT_AUTHORIZED, acks);
         } else {
             if p.qos == QoS::ExactlyOnce {
                 self.session.state().incoming_qos2.insert(p.packet_id);
             }
-            self.ack_publish(p, rc::SUCCESS);
+            self.ack_publish(p, rc::SUCCESS, acks);
         }
         After::Nothing
     }
 
-    fn ack_publish(&mut self, p: &Publish, code: u8) {
+    fn ack_publish(&mut self, p: &Publish, code: u8, acks: &mut Acks) {
         if let Some(ack) = publish_ack(p.qos, p.packet_id, code) {
-            self.answer_publish(ack, false);
+            self.answer_publish(acks, ack, false);
         }
     }
 

@@ -24,13 +24,21 @@ use crate::broker::Forwards;
 use crate::codec::{reason as rc, Packet, QoS};
 use crate::log_limit::LogLimit;
 
+#[cfg(test)]
+mod tests;
+
 static NOT_FORWARDED: LogLimit = LogLimit::new(Duration::from_secs(10));
 
-/// The acknowledgements of one connection waiting, in PUBLISH order. In a mutex only to
-/// be `Sync` as the connection must be (the forwards' futures are `Send` only); it is
-/// reached through `&mut` alone, never locked.
+/// The acknowledgements of one read batch left waiting, in PUBLISH order. Owned by the
+/// batch's handling, not the connection: every connection would carry the pointer, and
+/// they are settled before the connection reads again. In a mutex only to be `Sync`, as
+/// what a connection's task holds across an await must be (the forwards' futures are
+/// `Send` only); it is reached through `&mut` alone, never locked.
 #[derive(Default)]
 pub(super) struct PendingAcks(Mutex<VecDeque<PendingAck>>);
+
+/// Where a read batch parks acknowledgements: None until one waits.
+pub(super) type Acks = Option<Box<PendingAcks>>;
 
 impl PendingAcks {
     fn push(&mut self, ack: PendingAck) {
@@ -38,6 +46,11 @@ impl PendingAcks {
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(ack);
+    }
+
+    /// Queues `ack` (a publish whose forwards are in flight) behind those waiting.
+    pub(super) fn park(acks: &mut Acks, ack: PendingAck) {
+        acks.get_or_insert_default().push(ack);
     }
 
     fn into_inner(self) -> VecDeque<PendingAck> {
@@ -74,9 +87,14 @@ enum Answer {
 impl Connection {
     /// Sends a publish's acknowledgement (after a flush when `needs_flush`), or queues it
     /// behind acknowledgements that wait for other nodes.
-    pub(super) fn answer_publish(&mut self, ack: Packet, needs_flush: bool) -> super::inbound::After {
+    pub(super) fn answer_publish(
+        &mut self,
+        acks: &mut Acks,
+        ack: Packet,
+        needs_flush: bool,
+    ) -> super::inbound::After {
         use super::inbound::After;
-        if let Some(pending) = self.pending_acks.as_mut() {
+        if let Some(pending) = acks.as_mut() {
             pending.push(PendingAck::Ready { ack, needs_flush });
             return After::Nothing;
         }
@@ -87,17 +105,9 @@ impl Connection {
         After::Nothing
     }
 
-    /// Queues the acknowledgement of a publish until its forwards are answered.
-    pub(super) fn await_forwards(&mut self, ack: PendingAck) {
-        self.pending_acks.get_or_insert_default().push(ack);
-    }
-
     /// Waits for the forwards of every queued acknowledgement, flushes storage once if any
     /// needs it, and sends the acknowledgements in order.
-    pub(super) async fn settle_acks(&mut self) -> Result<(), Close> {
-        let Some(pending) = self.pending_acks.take() else {
-            return Ok(());
-        };
+    pub(super) async fn settle_acks(&mut self, pending: Box<PendingAcks>) -> Result<(), Close> {
         // What was handled is in force; waiting for peers must not hold publishes back.
         self.set_input_aside();
         let pending = pending.into_inner();

@@ -270,7 +270,12 @@ impl PeerQueue {
         self.metrics.depth(0);
         if dropped > 0 {
             self.metrics.dropped(why.reason(), dropped);
-            tracing::warn!(peer = self.peer, messages = dropped, reason = why.reason(), "forwards to a peer dropped");
+            tracing::warn!(
+                peer = self.peer,
+                messages = dropped,
+                reason = why.reason(),
+                "forwards to a peer dropped"
+            );
         }
         let waiters = waiting
             .into_iter()
@@ -331,7 +336,10 @@ mod tests {
         let second = q.next_batch(1).unwrap();
         assert!(q.next_batch(1).is_none(), "window of two batches");
         assert_eq!((first.sequence, second.sequence), (1, 2));
-        assert_eq!((first.from_node, first.to_node, first.stream_id), (1, 2, 99));
+        assert_eq!(
+            (first.from_node, first.to_node, first.stream_id),
+            (1, 2, 99)
+        );
         let topics: Vec<&str> = first
             .publishes
             .iter()
@@ -376,13 +384,21 @@ mod tests {
         let b = q.push(publish("b", 1)).unwrap();
         let batch = q.next_batch(1).unwrap();
         q.refused(batch.sequence, "disk full");
-        assert!(matches!(a.await.unwrap(), Err(ForwardError::Refused { detail, .. }) if detail == "disk full"));
-        assert!(matches!(b.await.unwrap(), Err(ForwardError::Refused { .. })));
+        assert!(
+            matches!(a.await.unwrap(), Err(ForwardError::Refused { detail, .. }) if detail == "disk full")
+        );
+        assert!(matches!(
+            b.await.unwrap(),
+            Err(ForwardError::Refused { .. })
+        ));
         assert_eq!(q.resend(1).len(), 1, "still held for another try");
 
         let c = q.push(publish("c", 1)).unwrap();
         q.close(Closed::Removed);
-        assert!(matches!(c.await.unwrap(), Err(ForwardError::Unavailable { .. })));
+        assert!(matches!(
+            c.await.unwrap(),
+            Err(ForwardError::Unavailable { .. })
+        ));
         assert_eq!(q.held(), 0);
         assert!(matches!(
             q.push(publish("d", 1)),

@@ -123,7 +123,13 @@ impl Handler {
         if let Some(record) = map.get(&from) {
             return record.clone();
         }
-        let membership = self.shared.raft.metrics().borrow().membership_config.clone();
+        let membership = self
+            .shared
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
         map.retain(|id, _| membership.membership().get_node(id).is_some());
         map.entry(from).or_default().clone()
     }

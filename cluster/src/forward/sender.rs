@@ -24,7 +24,10 @@ enum Ended {
     Closed(Closed),
     /// Try again after a pause. `progressed`: the peer acknowledged something on it (the
     /// backoff starts over).
-    Failed { why: String, progressed: bool },
+    Failed {
+        why: String,
+        progressed: bool,
+    },
 }
 
 /// The gRPC address of member `peer`; None when it is not a member.

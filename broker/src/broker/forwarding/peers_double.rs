@@ -62,7 +62,8 @@ impl ClusterHandle for PeersDouble {
         epoch: u64,
         session_ended: bool,
     ) -> BoxFuture<'a, Result<(), ClusterError>> {
-        self.local.unregister_client(client_id, epoch, session_ended)
+        self.local
+            .unregister_client(client_id, epoch, session_ended)
     }
 
     fn subscribe<'a>(
@@ -88,11 +89,17 @@ impl ClusterHandle for PeersDouble {
         node: NodeId,
         publish: ForwardedPublish,
     ) -> BoxFuture<'static, Result<(), ForwardError>> {
-        assert!(self.peers.contains(&node), "forwarded to {node}, not a peer");
+        assert!(
+            self.peers.contains(&node),
+            "forwarded to {node}, not a peer"
+        );
         self.forwarded.lock().unwrap().push((node, publish));
         let (error, after) = self.answer.lock().unwrap().clone();
+        // The peer answers in its own time, as the real forward's does, however late the
+        // caller polls.
+        let answered_at = tokio::time::Instant::now() + after;
         Box::pin(async move {
-            tokio::time::sleep(after).await;
+            tokio::time::sleep_until(answered_at).await;
             error.map_or(Ok(()), Err)
         })
     }
