@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{Key, Label, Level, Metadata, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::codec::{ProtocolVersion, QoS};
 use crate::disconnect::DisconnectReason;
@@ -111,6 +111,25 @@ pub const HTTP_TIMEOUTS: &str = "skein_http_timeouts_total";
 pub const HTTP_BODIES_TOO_LARGE: &str = "skein_http_bodies_too_large_total";
 
 // Cluster (Raft): constants go here, with their rows in `CLUSTER` below.
+
+// The data plane between nodes: recorded by the cluster crate (under its constants of the
+// same names, which a test holds these to); described here.
+/// Gauge {peer}: messages held for a peer node, waiting or unacknowledged.
+pub const FORWARD_QUEUE_DEPTH: &str = "skein_cluster_forward_queue_depth";
+/// Counter {peer}: messages a peer node acknowledged.
+pub const FORWARD_SENT: &str = "skein_cluster_forward_sent_total";
+/// Counter {peer}: forwarded messages sent again on a new stream.
+pub const FORWARD_RETRIED: &str = "skein_cluster_forward_retried_total";
+/// Counter {peer, reason}: messages not forwarded.
+pub const FORWARD_DROPPED: &str = "skein_cluster_forward_dropped_total";
+/// Histogram: messages per forwarded batch.
+pub const FORWARD_BATCH_MESSAGES: &str = "skein_cluster_forward_batch_messages";
+/// Counter {peer}: messages received from a peer node and delivered.
+pub const FORWARD_RECEIVED: &str = "skein_cluster_forward_received_total";
+/// Counter {peer}: messages a peer node sent again, delivered once.
+pub const FORWARD_RECEIVED_DUPLICATES: &str = "skein_cluster_forward_received_duplicates_total";
+/// Counter {peer, reason}: messages received from a peer node and dropped.
+pub const FORWARD_RECEIVED_DROPPED: &str = "skein_cluster_forward_received_dropped_total";
 
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,7 +274,7 @@ const MESSAGES: &[Desc] = &[
         Counter,
         Unit::Count,
         &["reason"],
-        "QoS 1/2 publishes refused because the disk could not take them (storage_low_space, storage_error).",
+        "QoS 1/2 publishes refused: the disk could not take them (storage_low_space, storage_error), or another node with subscribers did not (forward_queue_full, forward_failed).",
     ),
     desc(
         INFLIGHT_MESSAGES,
@@ -443,6 +462,68 @@ const HTTP_SERVER: &[Desc] = &[
 /// rows go here, e.g. `skein_raft_leader_changes_total`.
 const CLUSTER: &[Desc] = &[];
 
+/// The data plane between nodes.
+const CLUSTER_DATA_PLANE: &[Desc] = {
+    &[
+        desc(
+            FORWARD_QUEUE_DEPTH,
+            Gauge,
+            Unit::Count,
+            &["peer"],
+            "Messages held for a peer node: waiting to be forwarded, or sent and not acknowledged yet.",
+        ),
+        desc(
+            FORWARD_SENT,
+            Counter,
+            Unit::Count,
+            &["peer"],
+            "Messages forwarded to a peer node and acknowledged by it.",
+        ),
+        desc(
+            FORWARD_RETRIED,
+            Counter,
+            Unit::Count,
+            &["peer"],
+            "Forwarded messages sent again on a new stream (after a broken stream or the peer's retry-later answer).",
+        ),
+        desc(
+            FORWARD_DROPPED,
+            Counter,
+            Unit::Count,
+            &["peer", "reason"],
+            "Messages not forwarded to a peer node, by reason (queue_full, peer_removed, shutting_down).",
+        ),
+        desc(
+            FORWARD_BATCH_MESSAGES,
+            Histogram,
+            Unit::Count,
+            &[],
+            "Messages per batch forwarded to a peer node.",
+        ),
+        desc(
+            FORWARD_RECEIVED,
+            Counter,
+            Unit::Count,
+            &["peer"],
+            "Messages a peer node forwarded to this one and this one delivered.",
+        ),
+        desc(
+            FORWARD_RECEIVED_DUPLICATES,
+            Counter,
+            Unit::Count,
+            &["peer"],
+            "Messages a peer node sent again that this node had delivered already: acknowledged, not delivered twice.",
+        ),
+        desc(
+            FORWARD_RECEIVED_DROPPED,
+            Counter,
+            Unit::Count,
+            &["peer", "reason"],
+            "Messages a peer node forwarded that this node dropped, by reason (invalid).",
+        ),
+    ]
+};
+
 /// Every metric this node exports.
 pub const ALL: &[&[Desc]] = &[
     CONNECTIONS_AND_SESSIONS,
@@ -452,6 +533,7 @@ pub const ALL: &[&[Desc]] = &[
     RUNTIME,
     HTTP_SERVER,
     CLUSTER,
+    CLUSTER_DATA_PLANE,
 ];
 
 /// Every metric, flattened.
@@ -463,6 +545,9 @@ pub fn descriptions() -> impl Iterator<Item = &'static Desc> {
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Histogram buckets of a count per batch (messages per forwarded batch).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0];
 
 /// How often histogram samples are folded in when nobody scrapes, so they don't pile up.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -476,6 +561,12 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(FORWARD_BATCH_MESSAGES.into()),
+                        BATCH_BUCKETS,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();

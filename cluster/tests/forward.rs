@@ -154,10 +154,11 @@ async fn forwards_arrive_in_call_order_in_batches_and_are_acknowledged() {
     }
     let want: Vec<String> = (0..3000).map(|i| format!("t/{i}")).collect();
     assert_eq!(two.topics(), want, "delivered once each, in call order");
-    let delivered = two.delivered.lock().unwrap();
-    assert_eq!(delivered[7].payload, Bytes::from("t/7"));
-    assert_eq!(delivered[7].publisher, Some(ClientId::new("publisher")));
-    drop(delivered);
+    {
+        let delivered = two.delivered.lock().unwrap();
+        assert_eq!(delivered[7].payload, Bytes::from("t/7"));
+        assert_eq!(delivered[7].publisher, Some(ClientId::new("publisher")));
+    }
     let batches = series("skein_cluster_forward_batch_messages_count", "") - batches_before;
     assert!(
         (1.0..3000.0).contains(&batches),

@@ -60,7 +60,7 @@ impl PendingAcks {
 
 pub(super) enum PendingAck {
     /// Decided already; sent after a storage flush when `needs_flush`.
-    Ready { ack: Packet, needs_flush: bool },
+    Ready { ack: Box<Packet>, needs_flush: bool },
     /// A routed publish whose forwards are in flight.
     Forwarded {
         qos: QoS,
@@ -75,7 +75,7 @@ pub(super) enum PendingAck {
 
 /// What settling decided for one publish.
 enum Answer {
-    Send(Packet),
+    Send(Box<Packet>),
     NotForwarded {
         qos: QoS,
         packet_id: u16,
@@ -95,7 +95,10 @@ impl Connection {
     ) -> super::inbound::After {
         use super::inbound::After;
         if let Some(pending) = acks.as_mut() {
-            pending.push(PendingAck::Ready { ack, needs_flush });
+            pending.push(PendingAck::Ready {
+                ack: Box::new(ack),
+                needs_flush,
+            });
             return After::Nothing;
         }
         if needs_flush {
@@ -131,7 +134,7 @@ impl Connection {
                     Ok(()) => {
                         flush |= needs_flush || qos2_stored;
                         if let Some(ack) = super::inbound::publish_ack(qos, packet_id, code) {
-                            answers.push(Answer::Send(ack));
+                            answers.push(Answer::Send(Box::new(ack)));
                         }
                     }
                     Err(error) => answers.push(Answer::NotForwarded {
