@@ -32,40 +32,45 @@ impl ClusterNode {
         client_id: &'a ClientId,
     ) -> BoxFuture<'a, Result<bool, skein_seam::ClusterError>> {
         use skein_seam::ClusterError as E;
-        Box::pin(async move {
-            if node.0 == self.id() {
-                let broker =
-                    self.shared.broker.get().ok_or_else(|| {
+        use tracing::Instrument;
+        let span =
+            tracing::info_span!("kick_remote", node = self.id(), target = node.0, %client_id);
+        Box::pin(
+            async move {
+                if node.0 == self.id() {
+                    let broker = self.shared.broker.get().ok_or_else(|| {
                         E::Unavailable("the node's broker is not running yet".into())
                     })?;
-                return Ok(broker.kick(client_id, KickReason::Administrative));
+                    return Ok(broker.kick(client_id, KickReason::Administrative));
+                }
+                let record = self
+                    .member(node.0)
+                    .ok_or_else(|| E::NotFound(format!("node {node} is not a member")))?;
+                let channel = self
+                    .shared
+                    .peers
+                    .channel(node.0, &record.grpc)
+                    .map_err(|e| E::Unavailable(e.to_string()))?;
+                let request = pb::KickRequest {
+                    client_id: client_id.as_str().to_owned(),
+                    epoch: None,
+                    reason: pb::KickReason::Administrative as i32,
+                    taking_node_id: 0,
+                    taking_node: None,
+                };
+                let mut client = SessionClient::new(channel);
+                match tokio::time::timeout(KICK_TIMEOUT, client.kick(request)).await {
+                    Ok(Ok(answer)) => Ok(answer.into_inner().kicked),
+                    Ok(Err(status)) => Err(E::Unavailable(format!(
+                        "kicking {client_id} on node {node}: {status}"
+                    ))),
+                    Err(_) => Err(E::Unavailable(format!(
+                        "node {node} did not answer a kick within {KICK_TIMEOUT:?}"
+                    ))),
+                }
             }
-            let record = self
-                .member(node.0)
-                .ok_or_else(|| E::NotFound(format!("node {node} is not a member")))?;
-            let channel = self
-                .shared
-                .peers
-                .channel(node.0, &record.grpc)
-                .map_err(|e| E::Unavailable(e.to_string()))?;
-            let request = pb::KickRequest {
-                client_id: client_id.as_str().to_owned(),
-                epoch: None,
-                reason: pb::KickReason::Administrative as i32,
-                taking_node_id: 0,
-                taking_node: None,
-            };
-            let mut client = SessionClient::new(channel);
-            match tokio::time::timeout(KICK_TIMEOUT, client.kick(request)).await {
-                Ok(Ok(answer)) => Ok(answer.into_inner().kicked),
-                Ok(Err(status)) => Err(E::Unavailable(format!(
-                    "kicking {client_id} on node {node}: {status}"
-                ))),
-                Err(_) => Err(E::Unavailable(format!(
-                    "node {node} did not answer a kick within {KICK_TIMEOUT:?}"
-                ))),
-            }
-        })
+            .instrument(span),
+        )
     }
 
     /// The other members (voters and learners), as this node knows the membership: where

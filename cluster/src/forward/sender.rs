@@ -28,6 +28,9 @@ enum Ended {
         why: String,
         progressed: bool,
     },
+    /// Another node answers at the peer's address: dial afresh once the membership has the
+    /// peer's current one.
+    WrongNode(String),
 }
 
 /// The gRPC address of member `peer`; None when it is not a member.
@@ -66,36 +69,34 @@ pub(super) async fn run(queue: Arc<PeerQueue>, shared: Arc<Shared>, shutdown: Ca
                 progressed: false,
             },
         };
-        match ended {
+        let (why, progressed) = match ended {
             Ended::Closed(why) => {
                 queue.close(why);
                 return;
             }
-            Ended::Failed { why, progressed } => {
-                if progressed {
-                    backoff = Duration::from_millis(settings.retry_min_ms);
-                }
-                if !down {
-                    down = true;
-                    tracing::warn!(peer = queue.peer, %address, error = %why, held = queue.held(), "forward stream to a peer failed; retrying");
-                } else {
-                    tracing::debug!(peer = queue.peer, %address, error = %why, "forward stream to a peer failed again");
-                }
-                if why.contains("WRONG_NODE") {
-                    // Another node answers at that address: dial afresh once the
-                    // membership has the peer's current one.
-                    channel = None;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => {
-                        queue.close(Closed::ShuttingDown);
-                        return;
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_millis(settings.retry_max_ms));
+            Ended::WrongNode(why) => {
+                channel = None;
+                (why, false)
+            }
+            Ended::Failed { why, progressed } => (why, progressed),
+        };
+        if progressed {
+            backoff = Duration::from_millis(settings.retry_min_ms);
+        }
+        if !down {
+            down = true;
+            tracing::warn!(peer = queue.peer, %address, error = %why, held = queue.held(), "forward stream to a peer failed; retrying");
+        } else {
+            tracing::debug!(peer = queue.peer, %address, error = %why, "forward stream to a peer failed again");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => {
+                queue.close(Closed::ShuttingDown);
+                return;
             }
         }
+        backoff = (backoff * 2).min(Duration::from_millis(settings.retry_max_ms));
     }
 }
 
@@ -163,7 +164,7 @@ async fn stream(
                         return failed(format!("the peer refused batch {} for now: {}", ack.sequence, ack.detail), progressed);
                     }
                     Ok(pb::AckStatus::WrongNode) => {
-                        return failed(format!("WRONG_NODE: {}", ack.detail), progressed);
+                        return Ended::WrongNode(format!("another node answered: {}", ack.detail));
                     }
                     _ => return failed(format!("unknown acknowledgement status {}", ack.status), progressed),
                 }
