@@ -105,7 +105,7 @@ enum Batch {
     /// A PUBLISH waits for the input that reached the node before it.
     RouteInOrder(Box<inbound::DeferredPublish>),
     /// A SUBSCRIBE or UNSUBSCRIBE is committed in the cluster before its answer.
-    Cluster(Box<inbound::ClusterStep>),
+    Cluster(Box<cluster_step::ClusterStep>),
 }
 
 /// Serves one accepted TCP connection to its end. `permit` is None when the node is at its

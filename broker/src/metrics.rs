@@ -112,25 +112,6 @@ pub const HTTP_BODIES_TOO_LARGE: &str = "skein_http_bodies_too_large_total";
 
 // Cluster (Raft): constants go here, with their rows in `CLUSTER` below.
 
-// The data plane between nodes: recorded by the cluster crate (under its constants of the
-// same names, which a test holds these to); described here.
-/// Gauge {peer}: messages held for a peer node, waiting or unacknowledged.
-pub const FORWARD_QUEUE_DEPTH: &str = "skein_cluster_forward_queue_depth";
-/// Counter {peer}: messages a peer node acknowledged.
-pub const FORWARD_SENT: &str = "skein_cluster_forward_sent_total";
-/// Counter {peer}: forwarded messages sent again on a new stream.
-pub const FORWARD_RETRIED: &str = "skein_cluster_forward_retried_total";
-/// Counter {peer, reason}: messages not forwarded.
-pub const FORWARD_DROPPED: &str = "skein_cluster_forward_dropped_total";
-/// Histogram: messages per forwarded batch.
-pub const FORWARD_BATCH_MESSAGES: &str = "skein_cluster_forward_batch_messages";
-/// Counter {peer}: messages received from a peer node and delivered.
-pub const FORWARD_RECEIVED: &str = "skein_cluster_forward_received_total";
-/// Counter {peer}: messages a peer node sent again, delivered once.
-pub const FORWARD_RECEIVED_DUPLICATES: &str = "skein_cluster_forward_received_duplicates_total";
-/// Counter {peer, reason}: messages received from a peer node and dropped.
-pub const FORWARD_RECEIVED_DROPPED: &str = "skein_cluster_forward_received_dropped_total";
-
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -462,68 +443,6 @@ const HTTP_SERVER: &[Desc] = &[
 /// rows go here, e.g. `skein_raft_leader_changes_total`.
 const CLUSTER: &[Desc] = &[];
 
-/// The data plane between nodes.
-const CLUSTER_DATA_PLANE: &[Desc] = {
-    &[
-        desc(
-            FORWARD_QUEUE_DEPTH,
-            Gauge,
-            Unit::Count,
-            &["peer"],
-            "Messages held for a peer node: waiting to be forwarded, or sent and not acknowledged yet.",
-        ),
-        desc(
-            FORWARD_SENT,
-            Counter,
-            Unit::Count,
-            &["peer"],
-            "Messages forwarded to a peer node and acknowledged by it.",
-        ),
-        desc(
-            FORWARD_RETRIED,
-            Counter,
-            Unit::Count,
-            &["peer"],
-            "Forwarded messages sent again on a new stream (after a broken stream or the peer's retry-later answer).",
-        ),
-        desc(
-            FORWARD_DROPPED,
-            Counter,
-            Unit::Count,
-            &["peer", "reason"],
-            "Messages not forwarded to a peer node, by reason (queue_full, peer_removed, shutting_down).",
-        ),
-        desc(
-            FORWARD_BATCH_MESSAGES,
-            Histogram,
-            Unit::Count,
-            &[],
-            "Messages per batch forwarded to a peer node.",
-        ),
-        desc(
-            FORWARD_RECEIVED,
-            Counter,
-            Unit::Count,
-            &["peer"],
-            "Messages a peer node forwarded to this one and this one delivered.",
-        ),
-        desc(
-            FORWARD_RECEIVED_DUPLICATES,
-            Counter,
-            Unit::Count,
-            &["peer"],
-            "Messages a peer node sent again that this node had delivered already: acknowledged, not delivered twice.",
-        ),
-        desc(
-            FORWARD_RECEIVED_DROPPED,
-            Counter,
-            Unit::Count,
-            &["peer", "reason"],
-            "Messages a peer node forwarded that this node dropped, by reason (invalid).",
-        ),
-    ]
-};
-
 /// Every metric this node exports.
 pub const ALL: &[&[Desc]] = &[
     CONNECTIONS_AND_SESSIONS,
@@ -533,7 +452,6 @@ pub const ALL: &[&[Desc]] = &[
     RUNTIME,
     HTTP_SERVER,
     CLUSTER,
-    CLUSTER_DATA_PLANE,
 ];
 
 /// Every metric, flattened.
@@ -563,7 +481,7 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets(BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(
-                        Matcher::Full(FORWARD_BATCH_MESSAGES.into()),
+                        Matcher::Full(skein_cluster::metrics::FORWARD_BATCH_MESSAGES.into()),
                         BATCH_BUCKETS,
                     )
                 })
@@ -585,7 +503,7 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Sends every HELP text and unit to the current recorder.
+/// Sends every HELP text and unit to the current recorder, the cluster's included.
 pub fn describe() {
     for d in descriptions() {
         match d.kind {
@@ -594,6 +512,7 @@ pub fn describe() {
             Kind::Histogram => metrics::describe_histogram!(d.name, d.unit, d.help),
         }
     }
+    skein_cluster::metrics::describe();
 }
 
 /// Creates the series a dashboard expects to see at zero before the first event.

@@ -21,6 +21,8 @@ pub struct Registration {
     /// Who held the id before: that connection is being disconnected on its node (which
     /// learns it from its change stream), or that offline session moved here.
     pub previous: Option<PreviousOwner>,
+    /// The index of the log entry that holds the registration.
+    pub log_index: u64,
 }
 
 impl ClusterNode {
@@ -34,7 +36,7 @@ impl ClusterNode {
         session_expiry_secs: u32,
     ) -> Result<Registration> {
         let epoch = self.epochs.next();
-        let (answer, _) = self
+        let (answer, log_index) = self
             .propose(Command::Register(pb::RegisterClient {
                 client_id: client_id.to_owned(),
                 node_id: self.id(),
@@ -55,6 +57,7 @@ impl ClusterNode {
                     },
                     online: p.online,
                 }),
+                log_index,
             }),
             other => Err(unexpected("register", &other)),
         }

@@ -108,6 +108,11 @@ impl ClusterHandle for ClusterNode {
             )
             .await
             .map_err(to_seam)?;
+            // A connection of this client id on another node: CONNACK once that node has
+            // been told (one owner when this returns; see `in_force.rs`).
+            if let Some(previous) = r.previous.filter(|p| p.online && p.owner.node != self.id()) {
+                in_force::await_member(&self.shared, previous.owner.node, r.log_index).await;
+            }
             let me = Owner {
                 node: self.id(),
                 epoch: r.epoch,

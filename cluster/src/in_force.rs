@@ -13,6 +13,9 @@
 //! own trie had the subscription before the proposal was made. On B itself the local add
 //! precedes the proposal.
 //!
+//! The same wait makes a takeover's CONNACK follow the old node's `taken_over` (see
+//! [`await_member`]): one owner once `register_client` returns.
+//!
 //! What is not covered: a member that cannot be reached, or does not answer within the
 //! bound (`RaftSettings::fold_wait_ms`), is skipped so that one dead member cannot stall
 //! every SUBSCRIBE; it is counted (`skein_cluster_in_force_skipped_total`) and logged at
@@ -55,6 +58,31 @@ pub(crate) async fn await_members(shared: &Shared, index: u64) {
             metrics::in_force_skipped();
             tracing::debug!(member = id, %addr, index, %why, "a member did not confirm a subscription in time; SUBACK without it");
         }
+    }
+}
+
+/// Waits (bounded) until member `id`'s broker has folded log index `index`: a takeover's
+/// CONNACK waits for the node that held the client id, so that its connection has been
+/// told to end (its `taken_over`) by then. Skipped and counted as in
+/// [`await_members`] when it does not answer in time.
+#[tracing::instrument(level = "debug", skip(shared), fields(node = shared.id))]
+pub(crate) async fn await_member(shared: &Shared, id: NodeId, index: u64) {
+    let addr = shared
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.grpc.clone());
+    let Some(addr) = addr else {
+        // Not a member any more: nothing of it to wait for.
+        return;
+    };
+    let bound = Duration::from_millis(shared.settings.fold_wait_ms);
+    if let Err(why) = ask(shared, id, &addr, index, bound).await {
+        metrics::in_force_skipped();
+        tracing::debug!(member = id, %addr, index, %why, "the previous owner did not confirm a takeover in time; CONNACK without it");
     }
 }
 

@@ -4,6 +4,7 @@
 //! `--peers` can list every member before any starts) and MQTT/HTTP on port 0 (read from
 //! the listening lines). [`TestCluster::start`] returns once every node's
 //! `GET /api/v1/cluster` shows a leader and all n members with their records.
+//! [`TestCluster::join`] adds a node at runtime (`--join`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -77,6 +78,34 @@ impl TestCluster {
         };
         cluster.wait_formed(n, FORMATION_DEADLINE).await;
         cluster
+    }
+
+    /// Starts one more node (the next id) that joins the running cluster at runtime
+    /// through node `via` (`--join`), and waits until every running node shows it as a
+    /// voter with its record. Returns its id.
+    pub async fn join(&mut self, via: u64) -> u64 {
+        self.join_with(via, |_, builder| builder).await
+    }
+
+    /// [`TestCluster::join`] with extra settings for the new node.
+    pub async fn join_with(
+        &mut self,
+        via: u64,
+        configure: impl Fn(u64, NodeBuilder) -> NodeBuilder,
+    ) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let port = free_ports(1)[0];
+        let builder = Node::builder()
+            .arg("--node-id")
+            .arg(id)
+            .arg("--join")
+            .arg(self.node(via).grpc_addr())
+            .grpc(format!("127.0.0.1:{port}"));
+        self.nodes.push(configure(id, builder).start());
+        self.down.push(false);
+        let members = self.nodes.len();
+        self.wait_formed(members, FORMATION_DEADLINE).await;
+        id
     }
 
     /// The node with id `id` (1-based).

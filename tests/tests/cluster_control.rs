@@ -73,7 +73,9 @@ async fn a_takeover_across_nodes_ends_the_old_connection_with_one_event_from_the
         .await;
     on_old.expect_none(QUIET, "$EVENT.CLOSE", about_id).await;
     let forwarded = on_new
-        .wait("$events/client_disconnected", |v| v["clientid"] == id.as_str())
+        .wait("$events/client_disconnected", |v| {
+            v["clientid"] == id.as_str()
+        })
         .await;
     assert_eq!(forwarded, e, "the old node's event, as it raised it");
     let forwarded = on_new
@@ -262,4 +264,141 @@ async fn a_node_without_quorum_refuses_connect_as_server_unavailable_in_bounded_
         assert!(took < bound, "{proto:?}: refused after {took:?}");
         eprintln!("{proto:?}: refused with {expected:#x} after {took:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_its_session_moved_keeps_no_subscription_of_it() {
+    let mut cluster = TestCluster::start(3).await;
+    let id = unique_id("mover");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut c, _, _) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), &persistent).await;
+    assert_eq!(c.subscribe(1, &[SubFilter::new("move/#", 1)]).await, [1]);
+    // Still connected when its node stops: a graceful stop drains it and exits 0.
+    let status = cluster.terminate(1);
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    c.expect_disconnect(0x8B, RECV_TIMEOUT).await;
+
+    // The session moves to node 2 while node 1 is down.
+    let (c, present, _) = RawClient::connect_ok(cluster.node(2).mqtt_addr(), &persistent).await;
+    assert!(present);
+    c.disconnect().await;
+
+    cluster.restart(1);
+    cluster.wait_formed(3, ELECTION_DEADLINE).await;
+    let node1 = cluster.node(1).http_addr();
+    let path = format!("/api/v1/subscriptions?clientid={id}");
+    let deadline = Instant::now() + ELECTION_DEADLINE;
+    loop {
+        let (status, body) = skein_tests::http_get(node1, &path).await.unwrap();
+        assert_eq!(status, 200);
+        if !body.contains("move/") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 still indexes the moved session's subscription: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Back on node 1, it is the registry's session again, subscriptions included.
+    let (mut c, present, _) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), &persistent).await;
+    assert!(present);
+    let mut p = RawClient::v5(cluster.node(1).mqtt_addr(), &unique_id("pub")).await;
+    p.publish(&Publish::new("move/1", 0, b"home")).await;
+    assert_eq!(c.expect_publish(RECV_TIMEOUT).await.payload, b"home");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_at_runtime_and_takes_part_in_takeovers() {
+    let mut cluster = TestCluster::start(3).await;
+    let joined = cluster.join(2).await;
+    assert_eq!(joined, 4);
+    let view = cluster.overview(4).await.unwrap();
+    assert_eq!(view["node_id"], 4);
+    assert_eq!(view["members"].as_array().unwrap().len(), 4);
+
+    // It holds the registry: a session made on another node moves to it, and the node
+    // that held the connection ends it.
+    let id = unique_id("joiner");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut c, _, _) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), &persistent).await;
+    assert_eq!(c.subscribe(1, &[SubFilter::new("join/#", 1)]).await, [1]);
+    let (_c, present, _) = RawClient::connect_ok(cluster.node(4).mqtt_addr(), &persistent).await;
+    assert!(present);
+    c.expect_disconnect(0x8E, RECV_TIMEOUT).await;
+}
+
+/// How long a SUBSCRIBE may wait for a cluster that lost its quorum: the proposal timeout
+/// (5 s) and a margin for a loaded machine.
+const REFUSAL_BOUND: Duration = Duration::from_secs(12);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_subscribe_and_unsubscribe_are_refused_and_undone_here() {
+    let mut cluster = TestCluster::start(3).await;
+    let addr = cluster.node(1).mqtt_addr();
+    let mut v5 = RawClient::v5(addr, &unique_id("v5")).await;
+    let mut v3 = RawClient::v311(addr, &unique_id("v3")).await;
+    for c in [&mut v5, &mut v3] {
+        assert_eq!(c.subscribe(1, &[SubFilter::new("kept/#", 0)]).await, [0]);
+    }
+    // Connected while it can: without quorum no CONNECT is accepted.
+    let mut p = RawClient::v5(addr, &unique_id("pub")).await;
+    cluster.kill9(2);
+    cluster.kill9(3);
+
+    // SUBSCRIBE: every filter refused (0x80 in both dialects), nothing left in force here.
+    for c in [&mut v5, &mut v3] {
+        let proto = c.proto;
+        c.send(&skein_tests::codec::subscribe(
+            proto,
+            2,
+            &[SubFilter::new("new/#", 1)],
+            &skein_tests::Props::new(),
+        ))
+        .await;
+        let started = Instant::now();
+        match c
+            .recv_matching(REFUSAL_BOUND, |p| matches!(p, Packet::SubAck { .. }))
+            .await
+        {
+            Packet::SubAck { pkid, codes, .. } => {
+                assert_eq!((pkid, codes), (2, vec![0x80]), "{proto:?}");
+            }
+            _ => unreachable!(),
+        }
+        eprintln!("{proto:?}: SUBACK 0x80 after {:?}", started.elapsed());
+    }
+    p.publish(&Publish::new("new/1", 0, b"not for them")).await;
+    v5.expect_no_publish(QUIET).await;
+    v3.expect_no_publish(QUIET).await;
+
+    // UNSUBSCRIBE: MQTT 5 is told 0x80 and keeps the subscription; MQTT 3.1.1 cannot be
+    // told, its connection closes (the subscription intact for its next connection).
+    v5.send(&skein_tests::codec::unsubscribe(Proto::V5, 3, &["kept/#"]))
+        .await;
+    match v5
+        .recv_matching(REFUSAL_BOUND, |p| matches!(p, Packet::UnsubAck { .. }))
+        .await
+    {
+        Packet::UnsubAck { pkid, codes, .. } => assert_eq!((pkid, codes), (3, vec![0x80])),
+        _ => unreachable!(),
+    }
+    p.publish(&Publish::new("kept/1", 0, b"still subscribed"))
+        .await;
+    assert_eq!(
+        v5.expect_publish(RECV_TIMEOUT).await.payload,
+        b"still subscribed"
+    );
+    // The v3 client got the same publish before it unsubscribes.
+    assert_eq!(
+        v3.expect_publish(RECV_TIMEOUT).await.payload,
+        b"still subscribed"
+    );
+    v3.send(&skein_tests::codec::unsubscribe(
+        Proto::V311,
+        3,
+        &["kept/#"],
+    ))
+    .await;
+    v3.expect_closed(REFUSAL_BOUND).await;
 }

@@ -18,11 +18,41 @@ use std::sync::Arc;
 
 use skein_seam::{ClusterError, HandedOverSubscription};
 
-use super::inbound::{ClusterStep, Granted};
 use super::{Close, Connection};
 use crate::codec::{reason as rc, Packet, Properties, SubAck, UnsubAck};
 use crate::message::Message;
 use crate::session::{Kick, Subscription};
+
+/// What a SUBSCRIBE or UNSUBSCRIBE changed locally, to be committed in the cluster before
+/// its acknowledgement goes out (or undone when that fails).
+pub(super) enum ClusterStep {
+    Subscribe {
+        packet_id: u16,
+        /// The SUBACK's reason codes, in filter order (granted ones may still fail).
+        codes: Vec<u8>,
+        /// The filters added here, with their place in `codes` and the subscription each
+        /// replaced (to undo).
+        granted: Vec<Granted>,
+        /// The retained messages to send once the subscriptions are in force, as they
+        /// were when the SUBSCRIBE was handled (a publish that reached the node after it
+        /// reaches the subscriber by routing, not as retained): messages, subscription.
+        retained: Vec<(Vec<Arc<Message>>, Subscription)>,
+    },
+    Unsubscribe {
+        packet_id: u16,
+        codes: Vec<u8>,
+        /// The subscriptions removed here, with their place in `codes` (to undo).
+        removed: Vec<(usize, String, Subscription)>,
+    },
+}
+
+/// A filter a SUBSCRIBE added on this node.
+pub(super) struct Granted {
+    pub(super) index: usize,
+    pub(super) filter: String,
+    pub(super) subscription: Subscription,
+    pub(super) replaced: Option<Subscription>,
+}
 
 impl Connection {
     /// Commits `step` in the cluster, then sends its acknowledgement (after a storage flush

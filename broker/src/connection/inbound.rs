@@ -4,6 +4,7 @@ use bytes::Buf;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::cluster_step::{ClusterStep, Granted};
 use super::pending_acks::{Acks, PendingAck, PendingAcks};
 use super::{taken_over, Close, Connection, DisconnectReason};
 use crate::broker::RouteOutcome;
@@ -30,37 +31,6 @@ pub(super) enum After {
     /// Commit a SUBSCRIBE's or UNSUBSCRIBE's change in the cluster, then answer it (see
     /// `cluster_step.rs`).
     Cluster(Box<ClusterStep>),
-}
-
-/// What a SUBSCRIBE or UNSUBSCRIBE changed locally, to be committed in the cluster before
-/// its acknowledgement goes out (or undone when that fails).
-pub(super) enum ClusterStep {
-    Subscribe {
-        packet_id: u16,
-        /// The SUBACK's reason codes, in filter order (granted ones may still fail).
-        codes: Vec<u8>,
-        /// The filters added here, with their place in `codes` and the subscription each
-        /// replaced (to undo).
-        granted: Vec<Granted>,
-        /// The retained messages to send once the subscriptions are in force, as they
-        /// were when the SUBSCRIBE was handled (a publish that reached the node after it
-        /// reaches the subscriber by routing, not as retained): messages, subscription.
-        retained: Vec<(Vec<Arc<Message>>, Subscription)>,
-    },
-    Unsubscribe {
-        packet_id: u16,
-        codes: Vec<u8>,
-        /// The subscriptions removed here, with their place in `codes` (to undo).
-        removed: Vec<(usize, String, Subscription)>,
-    },
-}
-
-/// A filter a SUBSCRIBE added on this node.
-pub(super) struct Granted {
-    pub(super) index: usize,
-    pub(super) filter: String,
-    pub(super) subscription: Subscription,
-    pub(super) replaced: Option<Subscription>,
 }
 
 /// A PUBLISH that waits for earlier input before it is routed and acknowledged.

@@ -77,23 +77,6 @@ fn every_name_follows_prometheus_conventions() {
     }
 }
 
-/// The data plane's series are recorded by the cluster crate under these names.
-#[test]
-fn the_data_plane_names_are_the_cluster_crates() {
-    use skein_cluster::metrics as cluster;
-    assert_eq!(FORWARD_QUEUE_DEPTH, cluster::FORWARD_QUEUE_DEPTH);
-    assert_eq!(FORWARD_SENT, cluster::FORWARD_SENT);
-    assert_eq!(FORWARD_RETRIED, cluster::FORWARD_RETRIED);
-    assert_eq!(FORWARD_DROPPED, cluster::FORWARD_DROPPED);
-    assert_eq!(FORWARD_BATCH_MESSAGES, cluster::FORWARD_BATCH_MESSAGES);
-    assert_eq!(FORWARD_RECEIVED, cluster::FORWARD_RECEIVED);
-    assert_eq!(
-        FORWARD_RECEIVED_DUPLICATES,
-        cluster::FORWARD_RECEIVED_DUPLICATES
-    );
-    assert_eq!(FORWARD_RECEIVED_DROPPED, cluster::FORWARD_RECEIVED_DROPPED);
-}
-
 /// A name constant without a description would export without HELP text.
 #[test]
 fn every_name_constant_is_described() {
