@@ -8,7 +8,7 @@ mod order;
 mod outbound;
 mod paged_slab;
 pub mod park;
-mod pending_acks;
+mod publish_acks;
 mod socket;
 
 use std::net::SocketAddr;
@@ -469,8 +469,8 @@ impl Connection {
     /// a packet needs storage flushed first. Synchronous, so the subscribers' wake-ups it
     /// holds are released (dropped) before anything waits, on every return.
     /// Publishes answered once other nodes confirm leave their acknowledgements in `acks`
-    /// (see `pending_acks`), whatever this returns.
-    fn handle_batch(&mut self, acks: &mut pending_acks::Acks) -> Result<Batch, Close> {
+    /// (see `publish_acks`), whatever this returns.
+    fn handle_batch(&mut self, acks: &mut publish_acks::Acks) -> Result<Batch, Close> {
         let mut held = HeldWakes::default();
         loop {
             if let Some(handled) = self.handle_short_ack() {

@@ -122,8 +122,6 @@ pub(crate) fn forward_received_dropped(peer: NodeId, reason: &'static str, messa
         .increment(messages as u64);
 }
 
-/// Members a SUBACK did not wait for (unreachable, or not folded within the bound).
-
 /// Members a SUBACK or a takeover's CONNACK did not wait for (unreachable, or not folded
 /// within the bound).
 pub const CLUSTER_IN_FORCE_SKIPPED: &str = "skein_cluster_in_force_skipped_total";
