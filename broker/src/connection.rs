@@ -8,6 +8,7 @@ mod order;
 mod outbound;
 mod paged_slab;
 pub mod park;
+mod publish_acks;
 mod socket;
 
 use std::net::SocketAddr;
@@ -412,14 +413,26 @@ impl Connection {
     /// shutdown) and calls again before reading more.
     async fn process_input(&mut self) -> Result<bool, Close> {
         loop {
-            match self.handle_batch()? {
+            let mut acks = None;
+            let batch = self.handle_batch(&mut acks);
+            // The batch's forwards were in flight together; what was acknowledged before a
+            // failure still goes out.
+            if let Some(acks) = acks {
+                Box::pin(self.settle_acks(acks)).await?;
+            }
+            match batch? {
                 Batch::Drained => return Ok(false),
                 Batch::OutputFull => return Ok(true),
                 Batch::RouteInOrder(deferred) => {
                     // Boxed: waiting is the rare case, and its state would stay in every
                     // connection task.
                     Box::pin(self.wait_for_earlier_input()).await;
-                    if let inbound::After::FlushThenSend(ack) = self.route_deferred(*deferred)? {
+                    let mut acks = None;
+                    let after = self.route_deferred(*deferred, &mut acks)?;
+                    if let Some(acks) = acks {
+                        Box::pin(self.settle_acks(acks)).await?;
+                    }
+                    if let inbound::After::FlushThenSend(ack) = after {
                         if self.flush_then_send(ack).await? {
                             return Ok(true);
                         }
@@ -455,7 +468,9 @@ impl Connection {
     /// Handles packets from the read buffer until it is drained, output fills a batch, or
     /// a packet needs storage flushed first. Synchronous, so the subscribers' wake-ups it
     /// holds are released (dropped) before anything waits, on every return.
-    fn handle_batch(&mut self) -> Result<Batch, Close> {
+    /// Publishes answered once other nodes confirm leave their acknowledgements in `acks`
+    /// (see `publish_acks`), whatever this returns.
+    fn handle_batch(&mut self, acks: &mut publish_acks::Acks) -> Result<Batch, Close> {
         let mut held = HeldWakes::default();
         loop {
             if let Some(handled) = self.handle_short_ack() {
@@ -474,7 +489,7 @@ impl Connection {
                     return Err(Close::with_code(e.reason_code(), e.to_string()));
                 }
             };
-            match self.handle(packet, &mut held)? {
+            match self.handle(packet, &mut held, acks)? {
                 inbound::After::Nothing => {}
                 inbound::After::FlushThenSend(ack) => return Ok(Batch::FlushThenSend(ack)),
                 inbound::After::Cluster(step) => return Ok(Batch::Cluster(step)),

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{Key, Label, Level, Metadata, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::codec::{ProtocolVersion, QoS};
 use crate::disconnect::DisconnectReason;
@@ -255,7 +255,7 @@ const MESSAGES: &[Desc] = &[
         Counter,
         Unit::Count,
         &["reason"],
-        "QoS 1/2 publishes refused because the disk could not take them (storage_low_space, storage_error).",
+        "QoS 1/2 publishes refused: the disk could not take them (storage_low_space, storage_error), or another node with subscribers did not (forward_queue_full, forward_failed).",
     ),
     desc(
         INFLIGHT_MESSAGES,
@@ -464,6 +464,9 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Histogram buckets of a count per batch (messages per forwarded batch).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0];
+
 /// How often histogram samples are folded in when nobody scrapes, so they don't pile up.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -476,6 +479,12 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(skein_cluster::metrics::FORWARD_BATCH_MESSAGES.into()),
+                        BATCH_BUCKETS,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();

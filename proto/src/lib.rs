@@ -12,7 +12,7 @@
 //!     (what a SUBACK waits for on every member) and `Propose`,
 //!     the way a follower's proposer reaches the leader.
 //!   - `dataplane.proto`: `Forward` (batched publish streams between nodes) and `Session`
-//!     (kick a connection), whose servers come with the broker's cluster wiring.
+//!     (kick a connection; hand a session over, not served yet).
 //!
 //! Messages are versioned the protobuf way: field numbers are append-only and never reused.
 //! Those stored in the Raft log and snapshots (`registry.proto`) must also give a new field

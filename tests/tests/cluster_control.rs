@@ -63,13 +63,25 @@ async fn a_takeover_across_nodes_ends_the_old_connection_with_one_event_from_the
     assert_eq!(c["nodeIp"], "127.0.0.1");
     assert_eq!(c["takeoverNode"], new_addr.as_str());
 
-    // Exactly one per dialect: no second one on the old node, none on the taker's.
+    // Exactly one per dialect: no second one on the old node. A watcher on the taker's
+    // node gets that same event, forwarded (events are publishes routed like any other),
+    // and no event of the taker's own.
     let about_id =
         |v: &serde_json::Value| v["clientid"] == id.as_str() || v["clientId"] == id.as_str();
     on_old
         .expect_none(QUIET, "$events/client_disconnected", about_id)
         .await;
     on_old.expect_none(QUIET, "$EVENT.CLOSE", about_id).await;
+    let forwarded = on_new
+        .wait("$events/client_disconnected", |v| {
+            v["clientid"] == id.as_str()
+        })
+        .await;
+    assert_eq!(forwarded, e, "the old node's event, as it raised it");
+    let forwarded = on_new
+        .wait("$EVENT.CLOSE", |v| v["clientId"] == id.as_str())
+        .await;
+    assert_eq!(forwarded, c);
     on_new
         .expect_none(QUIET, "$events/client_disconnected", about_id)
         .await;

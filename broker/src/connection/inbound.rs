@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::cluster_step::{ClusterStep, Granted};
+use super::publish_acks::{publish_ack, Acks};
 use super::{taken_over, Close, Connection, DisconnectReason};
-use crate::broker::RouteOutcome;
 use crate::codec::{
     reason as rc, Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
@@ -45,10 +45,15 @@ impl Connection {
     /// as [`After`] (keeps this off the connection future's inline state). Subscribers of
     /// what it publishes are woken when `held` is released (or another batch's holder
     /// that held them first).
-    pub(super) fn handle(&mut self, packet: Packet, held: &mut HeldWakes) -> Result<After, Close> {
+    pub(super) fn handle(
+        &mut self,
+        packet: Packet,
+        held: &mut HeldWakes,
+        acks: &mut Acks,
+    ) -> Result<After, Close> {
         self.ensure_attached()?;
         match packet {
-            Packet::Publish(p) => self.on_publish(p, held),
+            Packet::Publish(p) => self.on_publish(p, held, acks),
             Packet::PubAck(a) => {
                 self.on_outgoing_done(a.packet_id, false, a.reason >= 0x80)?;
                 Ok(After::Nothing)
@@ -109,7 +114,12 @@ impl Connection {
         Some(self.on_outgoing_done(u16::from_be_bytes([high, low]), is_pubcomp, false))
     }
 
-    fn on_publish(&mut self, mut p: Publish, held: &mut HeldWakes) -> Result<After, Close> {
+    fn on_publish(
+        &mut self,
+        mut p: Publish,
+        held: &mut HeldWakes,
+        acks: &mut Acks,
+    ) -> Result<After, Close> {
         self.broker.hot.received(p.qos);
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Close::protocol(
@@ -124,7 +134,7 @@ impl Connection {
             ));
         }
         if crate::events::access::is_event_filter(&topic) {
-            return Ok(self.refuse_event_publish(&p));
+            return Ok(self.refuse_event_publish(&p, acks));
         }
         let invalid_payload = p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err();
@@ -140,7 +150,9 @@ impl Connection {
                 // Already routed once; the client did not get our PUBREC. (Flushed first for
                 // a persistent session: the first copy may have been handled by a connection
                 // that was taken over before its flush.)
-                return Ok(self.after_durable(Packet::PubRec(Ack::new(p.packet_id))));
+                let persistent = self.session.state().is_persistent();
+                let dup = Packet::PubRec(Ack::new(p.packet_id));
+                return Ok(self.answer_publish(acks, dup, persistent));
             }
             if full {
                 return Err(Close::with_code(
@@ -156,7 +168,7 @@ impl Connection {
                     "payload is not UTF-8",
                 ));
             }
-            self.ack_publish(&p, rc::PAYLOAD_FORMAT_INVALID);
+            self.ack_publish(&p, rc::PAYLOAD_FORMAT_INVALID, acks);
             return Ok(After::Nothing);
         }
         // A QoS 2 id is remembered (and stored) before routing, so a resend after a crash
@@ -178,7 +190,7 @@ impl Connection {
                     storage_refusal::write_failed("store an incoming QoS 2 id", client, &e);
                     let refusal = NotStored::of(&e);
                     storage_refusal::publish_refused(refusal, &topic, store.health());
-                    return self.refuse_unstored(p.qos, p.packet_id, refusal);
+                    return self.refuse_unstored(p.qos, p.packet_id, refusal, acks);
                 }
             }
             st.incoming_qos2.insert(p.packet_id);
@@ -230,131 +242,40 @@ impl Connection {
                 outcome
             }
         };
-        self.answer_routed(&outcome, p.qos, p.packet_id, qos2_stored)
+        self.answer_routed(outcome, (p.qos, p.packet_id, qos2_stored), acks)
     }
 
     /// Routes a PUBLISH that waited for the input before it, and answers it.
-    pub(super) fn route_deferred(&mut self, d: DeferredPublish) -> Result<After, Close> {
+    pub(super) fn route_deferred(
+        &mut self,
+        d: DeferredPublish,
+        acks: &mut Acks,
+    ) -> Result<After, Close> {
         let outcome = self.broker.route_or_refuse(d.message);
-        self.answer_routed(&outcome, d.qos, d.packet_id, d.qos2_stored)
-    }
-
-    /// Acknowledges a routed PUBLISH, or refuses it when what it needed on disk was not
-    /// stored.
-    fn answer_routed(
-        &mut self,
-        outcome: &RouteOutcome,
-        qos: QoS,
-        packet_id: u16,
-        qos2_stored: bool,
-    ) -> Result<After, Close> {
-        if let (Some(refusal), false) = (outcome.not_stored, qos == QoS::AtMostOnce) {
-            if qos == QoS::ExactlyOnce {
-                self.forget_incoming_qos2(packet_id, qos2_stored);
-            }
-            return self.refuse_unstored(qos, packet_id, refusal);
-        }
-        Ok(self.acknowledge_routed(outcome, qos, packet_id, qos2_stored))
-    }
-
-    fn acknowledge_routed(
-        &mut self,
-        outcome: &RouteOutcome,
-        qos: QoS,
-        packet_id: u16,
-        qos2_stored: bool,
-    ) -> After {
-        let code = if outcome.matched == 0 && self.protocol.is_v5() {
-            rc::NO_MATCHING_SUBSCRIBERS
-        } else {
-            rc::SUCCESS
-        };
-        let ack = publish_ack(qos, packet_id, code);
-        if (outcome.needs_flush || qos2_stored) && qos != QoS::AtMostOnce {
-            // Acknowledged only once it is on disk.
-            return After::FlushThenSend(ack.map(Box::new));
-        }
-        if let Some(ack) = ack {
-            self.send(&ack);
-        }
-        After::Nothing
-    }
-
-    /// Flushes storage before a durability-promising acknowledgement goes out.
-    pub(super) async fn flush_storage(&self) -> Result<(), Close> {
-        self.broker.flush_storage().await.map_err(|e| {
-            storage_refusal::write_failed("flush", self.info.client_id.as_str(), &e);
-            Close::internal("storage failure")
-        })
-    }
-
-    /// A QoS 1/2 publish whose message was not stored where it had to be: an MQTT 5 client
-    /// gets a failure PUBACK/PUBREC (0x83, and the reason as Reason String unless it asked
-    /// for no problem information); a 3.x acknowledgement cannot say no, so the connection
-    /// closes without one and the client sends the message again when it reconnects.
-    fn refuse_unstored(
-        &mut self,
-        qos: QoS,
-        packet_id: u16,
-        refusal: NotStored,
-    ) -> Result<After, Close> {
-        if !self.protocol.is_v5() {
-            return Err(Close::internal(refusal.message()));
-        }
-        let code = rc::IMPLEMENTATION_SPECIFIC_ERROR;
-        let explained = Properties {
-            reason_string: self
-                .problem_information
-                .then(|| refusal.message().to_owned()),
-            ..Properties::default()
-        };
-        let Some(mut ack) = publish_ack_with(qos, packet_id, code, explained) else {
-            return Ok(After::Nothing);
-        };
-        if crate::codec::encoded_len(&ack, self.protocol) > self.client_max_packet_size as usize {
-            if let Some(bare) = publish_ack(qos, packet_id, code) {
-                ack = bare;
-            }
-        }
-        self.send(&ack);
-        Ok(After::Nothing)
-    }
-
-    /// Forgets the id of a QoS 2 publish that was refused (the refusal ends its flow), in
-    /// storage too: a stale stored id would take the client's resend for a duplicate.
-    fn forget_incoming_qos2(&mut self, packet_id: u16, stored: bool) {
-        if let Some(ids) = self.session.state().incoming_qos2.get_mut() {
-            ids.remove(&packet_id);
-        }
-        if stored {
-            let client = self.info.client_id.as_str();
-            if let Err(e) = self.broker.store.incoming_remove(client, packet_id) {
-                storage_refusal::write_failed("forget a refused QoS 2 id", client, &e);
-            }
-        }
+        self.answer_routed(outcome, (d.qos, d.packet_id, d.qos2_stored), acks)
     }
 
     /// Only the node publishes on event topics: a client publish there would forge events.
     /// MQTT 5 clients get "not authorized"; 3.x acknowledgements can't say no, so the
     /// message is acknowledged and dropped.
-    fn refuse_event_publish(&mut self, p: &Publish) -> After {
+    fn refuse_event_publish(&mut self, p: &Publish, acks: &mut Acks) -> After {
         crate::metrics::message_dropped("not_authorized");
         tracing::info!(client_id = %self.info.client_id, topic = %p.topic, "refused a client publish to an event topic");
         if self.protocol.is_v5() {
             // A PUBREC >= 0x80 ends the QoS 2 flow: no id to remember.
-            self.ack_publish(p, rc::NOT_AUTHORIZED);
+            self.ack_publish(p, rc::NOT_AUTHORIZED, acks);
         } else {
             if p.qos == QoS::ExactlyOnce {
                 self.session.state().incoming_qos2.insert(p.packet_id);
             }
-            self.ack_publish(p, rc::SUCCESS);
+            self.ack_publish(p, rc::SUCCESS, acks);
         }
         After::Nothing
     }
 
-    fn ack_publish(&mut self, p: &Publish, code: u8) {
+    fn ack_publish(&mut self, p: &Publish, code: u8, acks: &mut Acks) {
         if let Some(ack) = publish_ack(p.qos, p.packet_id, code) {
-            self.send(&ack);
+            self.answer_publish(acks, ack, false);
         }
     }
 
@@ -779,23 +700,5 @@ impl Connection {
             other => format!("DISCONNECT reason 0x{other:02x}").into(),
         };
         Close::silent(DisconnectReason::Normal, detail)
-    }
-}
-
-/// PUBACK or PUBREC for an incoming PUBLISH; None for QoS 0.
-fn publish_ack(qos: QoS, packet_id: u16, code: u8) -> Option<Packet> {
-    publish_ack_with(qos, packet_id, code, Properties::default())
-}
-
-fn publish_ack_with(qos: QoS, packet_id: u16, code: u8, properties: Properties) -> Option<Packet> {
-    let ack = Ack {
-        packet_id,
-        reason: code,
-        properties,
-    };
-    match qos {
-        QoS::AtMostOnce => None,
-        QoS::AtLeastOnce => Some(Packet::PubAck(ack)),
-        QoS::ExactlyOnce => Some(Packet::PubRec(ack)),
     }
 }
