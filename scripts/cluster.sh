@@ -19,7 +19,7 @@ commands:
   status      each node's pid, ports and the leader it sees; the members and their roles
   kill I      SIGKILL node I
   stop I      SIGTERM node I and wait for it to exit
-  start I     start node I again (with its data) and wait until it sees a leader
+  start I     start node I again (with its data) and wait until it serves
   restart I   stop node I (if running), then start it
   logs I      print node I's log (stdout and stderr)
 
@@ -100,7 +100,7 @@ node_pid() {
   [[ $pid =~ ^[0-9]+$ ]] || return 0
   kill -0 "$pid" 2>/dev/null || return 0
   # A zombie has no command line; another program that got the pid has a different one.
-  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+  cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" || true)
   if [[ $cmdline == *"--data-dir $(data_dir "$1") "* ]]; then echo "$pid"; fi
 }
 
@@ -181,14 +181,15 @@ member_field() {
     sed -n '1{s/^[^:]*://;s/"//g;p}'
 }
 
-# Whether node I sees a leader and (with N) exactly N members.
+# Whether node I answers its HTTP API and, when N is given, sees a leader and N members.
 node_ready() {
   local json leader
   json=$(cluster_json "$1")
   [[ -n $json ]] || return 1
+  [[ -n ${2:-} ]] || return 0
   leader=$(json_number "$json" leader_id)
   [[ $leader =~ ^[0-9]+$ ]] || return 1
-  [[ -z ${2:-} ]] || (($(json_members "$json" | grep -c '"role"') == $2))
+  (($(json_members "$json" | grep -c '"role"') == $2))
 }
 
 log_tail() {
@@ -197,8 +198,9 @@ log_tail() {
   tail -n 20 "$(log_file "$i")" >&2 2>/dev/null || echo "(no log)" >&2
 }
 
-# Waits until each of NODES (a list) runs and sees a leader and N members; dies otherwise.
-wait_ready() {
+# Waits until each node I... runs and is ready (see node_ready; N may be empty); else says
+# why, with the log tails, and returns 1.
+wait_nodes() {
   local n=$1
   shift
   local deadline=$((SECONDS + WAIT_SECS)) i pending
@@ -207,15 +209,20 @@ wait_ready() {
     for i in "$@"; do
       if [[ -z $(node_pid "$i") ]]; then
         log_tail "$i"
-        die "node $i exited while starting (log: $(log_file "$i"))"
+        echo "cluster.sh: node $i exited while starting (log: $(log_file "$i"))" >&2
+        return 1
       fi
       node_ready "$i" "$n" || pending+=("$i")
     done
     ((${#pending[@]} == 0)) && return 0
     if ((SECONDS >= deadline)); then
       for i in "${pending[@]}"; do log_tail "$i"; done
-      die "after ${WAIT_SECS}s, node(s) ${pending[*]} see no leader or not all $n members;" \
-        "the nodes are left running for a look (scripts/cluster.sh status; down stops them)"
+      if [[ -n $n ]]; then
+        echo "cluster.sh: after ${WAIT_SECS}s, node(s) ${pending[*]} see no leader or not all $n members" >&2
+      else
+        echo "cluster.sh: after ${WAIT_SECS}s, node(s) ${pending[*]} do not answer on HTTP" >&2
+      fi
+      return 1
     fi
     sleep 0.2
   done
@@ -245,7 +252,12 @@ cmd_up() {
   echo "$n" >"$DIR/size"
   for ((i = 1; i <= n; i++)); do launch "$i" "$n" "$bin"; done
   echo "starting $n node(s) from $bin in $DIR"
-  wait_ready "$n" $(seq 1 "$n")
+  # shellcheck disable=SC2046 # a list of node numbers
+  if ! wait_nodes "$n" $(seq 1 "$n"); then
+    # shellcheck disable=SC2046
+    stop_nodes $(seq 1 "$n")
+    die "the cluster did not come up; its nodes are stopped (their logs: scripts/cluster.sh logs I)"
+  fi
   for ((i = 1; i <= n; i++)); do print_ports "$i"; done
   local leader
   leader=$(json_number "$(cluster_json 1)" leader_id)
@@ -326,10 +338,16 @@ cmd_start() {
   [[ -z $pid ]] || die "node $i is already running (pid $pid)"
   check_ports "$i"
   launch "$i" "$n" "$(skein_bin)"
-  # It sees a leader once it is back in the cluster; the membership is what it was.
-  wait_ready "" "$i"
+  # Serving is enough: a node started alone waits for others to have a quorum.
+  if ! wait_nodes "" "$i"; then
+    stop_nodes "$i"
+    die "node $i did not start; its log: scripts/cluster.sh logs $i"
+  fi
   print_ports "$i"
-  echo "node $i is running (pid $(node_pid "$i")) and sees a leader"
+  local leader
+  leader=$(json_number "$(cluster_json "$i")" leader_id)
+  [[ $leader =~ ^[0-9]+$ ]] && leader="node $leader" || leader="none yet"
+  echo "node $i is running (pid $(node_pid "$i")); the leader it sees: $leader"
 }
 
 cmd_restart() {
