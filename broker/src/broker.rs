@@ -23,6 +23,7 @@ use skein_seam::ClientId;
 use skein_seam::ClusterHandle;
 
 mod broker_handle;
+mod cluster_sync;
 mod routing;
 mod storage_monitor;
 
@@ -102,6 +103,11 @@ pub struct Broker {
     parker: std::sync::OnceLock<crate::session::Unparker>,
     /// Where tasks wait for a session's lifecycle lock.
     pub lifecycle_waiters: crate::lifecycle_lock::LifecycleWaiters,
+    /// Connections told to end because another node took their session over, by
+    /// connection id: the taker, for the disconnect event (see `cluster_sync.rs`).
+    remote_takers: Mutex<HashMap<u64, skein_seam::NodeId>>,
+    /// This broker, for the tasks its synchronous seam callbacks start.
+    me: std::sync::Weak<Broker>,
 }
 
 impl Broker {
@@ -119,7 +125,9 @@ impl Broker {
             metrics::counter!(crate::metrics::PUBLISH_ORDER_WAITS),
             metrics::counter!(crate::metrics::PUBLISH_ORDER_LATE_DELIVERIES),
         ));
-        let broker = Arc::new(Broker {
+        let broker = Arc::new_cyclic(|me| Broker {
+            me: me.clone(),
+            remote_takers: Mutex::new(HashMap::default()),
             connection_slots,
             config,
             store,
@@ -603,6 +611,7 @@ pub(crate) mod tests {
         s.state().attach(
             Attachment {
                 connection_id: 1,
+                epoch: 0,
                 kick: tx,
             },
             Arc::new(crate::events::ClientInfo {

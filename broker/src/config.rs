@@ -84,6 +84,21 @@ pub struct Config {
     /// The MQTT address clients and events name this node by (`node`, `nodeIp`); empty: the
     /// MQTT listener's address, or the first non-loopback interface when it listens on all.
     pub advertise_addr: String,
+    /// The cluster's gRPC listener address (Raft, proposals, membership).
+    pub grpc: SocketAddr,
+    /// The gRPC address other members dial (`host:port`); empty: this node's `peers` entry,
+    /// else the gRPC listener's address.
+    pub grpc_advertise: String,
+    /// The cluster's static members, `1@host:7070,2@host:7071` (this node included); empty:
+    /// a cluster of one, or a node that joins through `join`.
+    pub peers: String,
+    /// Any member's gRPC address (`host:port`): this node joins the cluster through it.
+    pub join: String,
+    /// How often the Raft leader sends heartbeats, in milliseconds.
+    pub raft_heartbeat_ms: u64,
+    /// A follower that hears nothing from the leader for between this and twice this many
+    /// milliseconds starts an election (at least twice `raft_heartbeat_ms`).
+    pub raft_election_timeout_ms: u64,
     /// Maximum concurrent client connections (at least 1).
     pub max_connections: usize,
     /// Largest MQTT packet accepted, in bytes (16..=268435455).
@@ -190,6 +205,13 @@ impl Default for Config {
             http_body_timeout_ms: 30_000,
             http_max_body_bytes: 1_048_576,
             advertise_addr: String::new(),
+            grpc: SocketAddr::from(([0, 0, 0, 0], 7070)),
+            grpc_advertise: String::new(),
+            peers: String::new(),
+            join: String::new(),
+            // See skein_cluster::RaftSettings: calm on a busy 2-core machine.
+            raft_heartbeat_ms: 250,
+            raft_election_timeout_ms: 1000,
             max_connections: 100_000,
             max_packet_size: 1_048_576,
             max_inflight: 128,
@@ -234,6 +256,12 @@ impl Default for Config {
             redis_stream_maxlen: 0,
         }
     }
+}
+
+/// `host:port` with a non-empty host and a valid port (the host may be a DNS name).
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 fn default_node_name(node_id: u64) -> String {
@@ -310,6 +338,7 @@ impl Config {
             config.node_name = default_node_name(config.node_id);
         }
         resolve_auth(&mut config, &origins)?;
+        check_cluster(&config, &origins)?;
         Ok(config)
     }
 
@@ -487,6 +516,44 @@ fn resolve_auth(
     Ok(())
 }
 
+/// The cluster settings that depend on each other: the election timeout leaves room for
+/// heartbeats, and a static peer list names this node.
+fn check_cluster(
+    config: &Config,
+    origins: &HashMap<&'static str, Origin>,
+) -> Result<(), ConfigError> {
+    // The defaults agree with each other: a violation has an origin.
+    let origin = origins
+        .get("raft_election_timeout_ms")
+        .or_else(|| origins.get("raft_heartbeat_ms"));
+    if let (true, Some(origin)) = (
+        config.raft_election_timeout_ms < 2 * config.raft_heartbeat_ms,
+        origin,
+    ) {
+        return Err(ConfigError::Invalid {
+            setting: "raft_election_timeout_ms",
+            value: config.raft_election_timeout_ms.to_string(),
+            expected: format!(
+                "at least twice raft_heartbeat_ms ({} ms), or followers start elections between heartbeats",
+                config.raft_heartbeat_ms
+            ),
+            origin: origin.clone(),
+        });
+    }
+    if let (false, Some(origin)) = (config.peers.is_empty(), origins.get("peers")) {
+        let peers = skein_cluster::parse_peers(&config.peers).unwrap_or_default();
+        if !peers.iter().any(|p| p.id == config.node_id) {
+            return Err(ConfigError::Invalid {
+                setting: "peers",
+                value: format!("{:?}", config.peers),
+                expected: format!("an entry for this node's id {}", config.node_id),
+                origin: origin.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn read_toml(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -540,6 +607,12 @@ struct Cli {
     mqtt: Option<String>,
     #[arg(long, value_name = "ADDR", help = flag_help("http"))]
     http: Option<String>,
+    #[arg(long, value_name = "ADDR", help = flag_help("grpc"))]
+    grpc: Option<String>,
+    #[arg(long, value_name = "ID@HOST:PORT,...", help = flag_help("peers"))]
+    peers: Option<String>,
+    #[arg(long, value_name = "HOST:PORT", help = flag_help("join"))]
+    join: Option<String>,
 }
 
 impl Cli {
@@ -551,6 +624,9 @@ impl Cli {
             "data_dir" => &self.data_dir,
             "mqtt" => &self.mqtt,
             "http" => &self.http,
+            "grpc" => &self.grpc,
+            "peers" => &self.peers,
+            "join" => &self.join,
             _ => return None,
         };
         value.as_deref()
@@ -700,6 +776,27 @@ settings! {
         check: |s| s.parse::<SocketAddr>().is_ok(),
     },
         "Address events name this node by (node/nodeIp; the pod IP on Kubernetes)", default = "empty (the MQTT listener's address)";
+    grpc: Addr,
+        "Cluster gRPC listener address (Raft, proposals, membership)";
+    grpc_advertise: Checked {
+        expected: "a HOST:PORT address",
+        check: is_host_port,
+    },
+        "gRPC address other members dial (a DNS name on Kubernetes)", default = "empty (this node's peers entry, else the gRPC listener's address)";
+    peers: Checked {
+        expected: "ID@HOST:PORT entries separated by commas, such as 1@host-a:7070,2@host-b:7070",
+        check: |s| skein_cluster::parse_peers(s).is_ok(),
+    },
+        "Static cluster members, this node included; the lowest id initializes the cluster on its first start", default = "empty (a cluster of one)";
+    join: Checked {
+        expected: "a HOST:PORT address",
+        check: is_host_port,
+    },
+        "Any member's gRPC address: join the cluster through it (as a learner, then a voter)", default = "empty (none)";
+    raft_heartbeat_ms: Int { min: 10, max: 60_000 },
+        "Raft heartbeat interval, in milliseconds";
+    raft_election_timeout_ms: Int { min: 20, max: MAX_TIMEOUT_MS },
+        "Raft election timeout, in milliseconds (an election starts after between this and twice this without a leader); at least twice raft_heartbeat_ms";
     max_connections: Int { min: 1, max: usize::MAX },
         "Maximum concurrent client connections";
     max_packet_size: Int { min: 16, max: 268_435_455 },

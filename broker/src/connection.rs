@@ -1,5 +1,6 @@
 //! One task per client connection: read → session → write, keepalive, limits.
 
+mod cluster_step;
 mod deadlines;
 mod handshake;
 mod inbound;
@@ -102,6 +103,8 @@ enum Batch {
     FlushThenSend(Option<Box<Packet>>),
     /// A PUBLISH waits for the input that reached the node before it.
     RouteInOrder(Box<inbound::DeferredPublish>),
+    /// A SUBSCRIBE or UNSUBSCRIBE is committed in the cluster before its answer.
+    Cluster(Box<inbound::ClusterStep>),
 }
 
 /// Serves one accepted TCP connection to its end. `permit` is None when the node is at its
@@ -257,7 +260,7 @@ impl Connection {
                 tokio::select! {
                     biased;
                     _ = self.kick_rx.notified() => match self.kick_rx.try_recv() {
-                        Some(kick) => return Outcome::Closed(kicked(kick)),
+                        Some(kick) => return Outcome::Closed(self.kicked(kick)),
                         None => break Wake::Queued,
                     },
                     ready = std::future::poll_fn(|cx| this.poll_input(cx)) => match ready {
@@ -396,7 +399,7 @@ impl Connection {
         let write_deadline = self.keepalive_deadline();
         let flushed = tokio::select! {
             r = self.socket.flush(&self.broker.hot) => r,
-            kick = self.kick_rx.recv() => return Err(kicked(kick)),
+            kick = self.kick_rx.recv() => return Err(self.kicked(kick)),
             _ = tokio::time::sleep_until(write_deadline.unwrap_or_else(far_future)), if write_deadline.is_some() => {
                 return Err(Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "client stopped reading"));
             }
@@ -424,6 +427,13 @@ impl Connection {
                 }
                 Batch::FlushThenSend(ack) => {
                     if self.flush_then_send(ack).await? {
+                        return Ok(true);
+                    }
+                }
+                Batch::Cluster(step) => {
+                    // Boxed: rare next to publishes, and its state would stay in every
+                    // connection task.
+                    if Box::pin(self.cluster_then_send(*step)).await? {
                         return Ok(true);
                     }
                 }
@@ -467,6 +477,7 @@ impl Connection {
             match self.handle(packet, &mut held)? {
                 inbound::After::Nothing => {}
                 inbound::After::FlushThenSend(ack) => return Ok(Batch::FlushThenSend(ack)),
+                inbound::After::Cluster(step) => return Ok(Batch::Cluster(step)),
                 inbound::After::RouteInOrder(deferred) => {
                     self.count_acked();
                     return Ok(Batch::RouteInOrder(deferred));
@@ -503,9 +514,21 @@ impl Connection {
         codec::encode(packet, self.protocol, self.socket.wbuf());
     }
 
+    /// Why a kick ends this connection; a takeover names the node that took it over.
+    fn kicked(&self, kick: Kick) -> Close {
+        match (kick, self.broker.take_remote_taker(self.id)) {
+            (Kick::TakenOver, Some(by)) => taken_over().by_node(self.broker.node_address(by)),
+            (kick, _) => kicked(kick),
+        }
+    }
+
     /// Ends the connection: tells a v5 client why, then detaches from the session.
     async fn finish(mut self, close: Close) {
         self.count_acked();
+        if close.takeover_node.is_none() && self.kick_rx.try_recv() == Some(Kick::TakenOver) {
+            // Told to go as taken over while it was ending for another reason.
+            self.broker.take_remote_taker(self.id);
+        }
         let level = match close.reason {
             DisconnectReason::Normal | DisconnectReason::TcpClosed | DisconnectReason::GoAway => {
                 tracing::Level::DEBUG

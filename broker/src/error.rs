@@ -17,6 +17,10 @@ pub enum BrokerError {
          so the node stopped: start it again (with room on the disk)"
     )]
     StorageFailed(String),
+    /// The node could not take part in its cluster (a bad peer list or setting, its Raft
+    /// state unreadable).
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("{context}: {cause}")]
     Io {
         context: String,

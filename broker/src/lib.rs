@@ -19,7 +19,9 @@
 //! - `auth`: the CONNECT policy: anonymous clients, the password file's users.
 //! - `broker`: the node's state: session registry, subscription index, routing; implements
 //!   the seam's `BrokerHandle`.
-//! - `local_cluster`: the cluster of one, the seam's `ClusterHandle` for a single node.
+//! - `local_cluster`: a one-node registry in this process, the seam's `ClusterHandle` as
+//!   the broker's unit tests' double (a node always runs a Raft group, of one member when
+//!   it has no peers).
 //! - `input_order`: the node-wide input order: tickets stamped when the reactor reports
 //!   input, publishes held until earlier input is handled, the late log that hands a
 //!   SUBSCRIBE the publishes that overtook it.
@@ -61,6 +63,7 @@ pub mod http;
 pub mod input_order;
 pub mod lazy_box;
 pub mod lifecycle_lock;
+#[cfg(test)]
 pub mod local_cluster;
 pub mod log_limit;
 pub mod log_writer;
@@ -83,8 +86,7 @@ pub use broker::Broker;
 pub use config::Config;
 pub use error::BrokerError;
 
-use local_cluster::LocalCluster;
-use skein_seam::NodeId;
+use skein_cluster::{ClusterConfig, ClusterNode, RaftSettings};
 
 /// How long a shutdown waits for the event dialects to publish what is queued.
 const EVENTS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -136,11 +138,65 @@ fn first_local_ipv4(trie: &str) -> Option<std::net::IpAddr> {
 /// Runs a node until `shutdown` fires: [`open`], then [`OpenNode::serve`].
 pub async fn run(
     config: Config,
-    mqtt: TcpListener,
-    http: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
-    open(config, mqtt, http, shutdown).await?.serve().await
+    open(config, listeners, shutdown).await?.serve().await
+}
+
+/// The node's listeners, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    pub mqtt: TcpListener,
+    pub http: TcpListener,
+    /// The cluster's gRPC (Raft, proposals, membership).
+    pub grpc: TcpListener,
+}
+
+/// Starts this node's cluster member on `store`: a one-member Raft group without peers
+/// (the same code path as a cluster of many). Its record names the advertised MQTT
+/// address, as events do.
+async fn start_cluster(
+    config: &Config,
+    store: &skein_storage::Store,
+    grpc: TcpListener,
+    node: &events::NodeInfo,
+) -> Result<Arc<ClusterNode>, BrokerError> {
+    let cluster_error = |e: skein_cluster::ClusterError| BrokerError::Cluster(e.to_string());
+    let peers = skein_cluster::parse_peers(&config.peers).map_err(cluster_error)?;
+    let grpc_addr = grpc.local_addr().map_err(|cause| BrokerError::Io {
+        context: "gRPC listener address".into(),
+        cause,
+    })?;
+    // Empty: this node's `--peers` entry names it (the cluster fills it in); otherwise
+    // the listener's address, on the advertised IP when it listens on every interface.
+    let advertised_grpc = if !config.grpc_advertise.is_empty() {
+        config.grpc_advertise.clone()
+    } else if peers.iter().any(|p| p.id == config.node_id) {
+        String::new()
+    } else if grpc_addr.ip().is_unspecified() {
+        format!("{}:{}", node.node_ip, grpc_addr.port())
+    } else {
+        grpc_addr.to_string()
+    };
+    let cluster_config = ClusterConfig {
+        node_id: config.node_id,
+        node: skein_cluster::Node {
+            name: config.node_name.clone(),
+            grpc: advertised_grpc,
+            mqtt: node.node.clone(),
+        },
+        peers,
+        join: (!config.join.is_empty()).then(|| config.join.clone()),
+        raft: RaftSettings {
+            heartbeat_ms: config.raft_heartbeat_ms,
+            election_timeout_ms: config.raft_election_timeout_ms,
+            ..RaftSettings::default()
+        },
+    };
+    let member = ClusterNode::start(cluster_config, store, grpc)
+        .await
+        .map_err(cluster_error)?;
+    Ok(Arc::new(member))
 }
 
 /// A node whose storage is open and whose state is loaded, not serving yet. What can
@@ -149,6 +205,7 @@ pub async fn run(
 /// says it is listening only once this exists.
 pub struct OpenNode {
     broker: Arc<Broker>,
+    cluster: Arc<ClusterNode>,
     mqtt: TcpListener,
     http: TcpListener,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
@@ -160,14 +217,15 @@ pub struct OpenNode {
     http_limits: http::Limits,
 }
 
-/// Opens storage and loads the node's state (sessions, retained messages) with the
-/// listeners already bound; serves nothing yet.
+/// Opens storage, starts the node's cluster member (its gRPC server serves from here on)
+/// and loads the node's state (sessions, retained messages) with the listeners already
+/// bound; serves no MQTT or HTTP yet.
 pub async fn open(
     config: Config,
-    mqtt: TcpListener,
-    http: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<OpenNode, BrokerError> {
+    let Listeners { mqtt, http, grpc } = listeners;
     // Before anything records: what is counted earlier is lost.
     let prometheus = metrics::install();
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
@@ -180,21 +238,32 @@ pub async fn open(
             context: "opening the store".into(),
             cause: std::io::Error::other(e),
         })??;
-    let cluster = Arc::new(LocalCluster::new(NodeId(config.node_id)));
     let mqtt_addr = mqtt.local_addr().map_err(|cause| BrokerError::Io {
         context: "MQTT listener address".into(),
         cause,
     })?;
-    let mut events = events::EventBus::new(node_info(&config, mqtt_addr));
+    let info = node_info(&config, mqtt_addr);
+    let cluster = start_cluster(&config, &store, grpc, &info).await?;
+    let mut events = events::EventBus::new(info);
     let mqtt_dialects = events::mqtt_dialects::register_mqtt_dialects(&mut events, &config);
     let webhook = events::webhook::register(&mut events, &config);
     let stream = events::stream::register(&mut events, &config, &store);
     let redis = events::redis::register(&mut events, &config);
     let api_token = config.api_token.expose().to_owned();
     let http_limits = http::Limits::from_config(&config);
-    let broker = Broker::new(config, store, cluster, events, shutdown)?;
+    let broker = match Broker::new(config, store, cluster.clone(), events, shutdown) {
+        Ok(broker) => broker,
+        Err(e) => {
+            cluster.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    // From here on the registry's changes reach the broker (takeovers by other nodes,
+    // their interest).
+    cluster.attach_broker(broker.clone());
     Ok(OpenNode {
         broker,
+        cluster,
         mqtt,
         http,
         prometheus,
@@ -218,11 +287,17 @@ impl OpenNode {
         self.http.local_addr()
     }
 
+    /// The address the cluster's gRPC server listens on.
+    pub fn grpc_addr(&self) -> std::net::SocketAddr {
+        self.cluster.grpc_addr()
+    }
+
     /// Serves MQTT and HTTP until the shutdown token given to [`open`] fires, then drains
     /// connections and flushes storage.
     pub async fn serve(self) -> Result<(), BrokerError> {
         let OpenNode {
             broker,
+            cluster,
             mqtt,
             http,
             prometheus,
@@ -235,6 +310,11 @@ impl OpenNode {
         } = self;
         let shutdown = broker.shutdown.clone();
         broker.spawn_retained_sweeper(std::time::Duration::from_secs(30));
+        // What the registry still says of this node's previous run.
+        let member = cluster.clone();
+        broker.spawn_registry_reconcile(async move {
+            member.caught_up(std::time::Duration::from_secs(60)).await
+        });
         broker.spawn_storage_monitor();
         let mqtt_dialects = mqtt_dialects.start(&broker);
         let stream_api = stream.api();
@@ -288,6 +368,9 @@ impl OpenNode {
         mqtt_dialects.drain(EVENTS_DRAIN).await;
         broker.tasks.close();
         broker.tasks.wait().await;
+        // Connections are drained and have released their client ids: the member leaves
+        // off before storage is flushed.
+        cluster.shutdown().await;
         // Every connection has ended: the sinks hand on the last events (and the stream
         // writes them) before storage is flushed.
         let finishing: Vec<_> = sinks

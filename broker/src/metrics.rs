@@ -716,6 +716,14 @@ pub fn packet_decode_error() {
     counter(&DECODE_ERRORS).increment(1);
 }
 
+/// A SUBSCRIBE or UNSUBSCRIBE (`request`) the cluster did not take: its filters were
+/// refused.
+pub const CLUSTER_REFUSED: &str = "skein_cluster_refused_total";
+
+pub fn cluster_refused(request: &'static str) {
+    metrics::counter!(CLUSTER_REFUSED, "request" => request).increment(1);
+}
+
 /// A connection was refused before a session was attached.
 pub fn connect_refused(reason: &'static str) {
     metrics::counter!(CONNECTS_REFUSED, "reason" => reason).increment(1);

@@ -60,6 +60,9 @@ pub struct Inflight {
 pub struct Attachment {
     pub connection_id: u64,
     pub kick: Arc<KickSignal>,
+    /// The connection's registration epoch in the cluster: a takeover applied elsewhere
+    /// names the epoch it replaced, and ends this connection only if it is this one.
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -649,6 +652,7 @@ mod tests {
         for (s, kick) in [&a, &b].into_iter().zip(&kicks) {
             s.state().attachment = Some(Attachment {
                 connection_id: 1,
+                epoch: 0,
                 kick: kick.clone(),
             });
         }

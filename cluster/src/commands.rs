@@ -34,7 +34,7 @@ impl ClusterNode {
         session_expiry_secs: u32,
     ) -> Result<Registration> {
         let epoch = self.epochs.next();
-        let answer = self
+        let (answer, _) = self
             .propose(Command::Register(pb::RegisterClient {
                 client_id: client_id.to_owned(),
                 node_id: self.id(),
@@ -70,7 +70,7 @@ impl ClusterNode {
         epoch: u64,
         session_ended: bool,
     ) -> Result<bool> {
-        let answer = self
+        let (answer, _) = self
             .propose(Command::Unregister(pb::UnregisterClient {
                 client_id: client_id.to_owned(),
                 node_id: self.id(),
@@ -85,8 +85,9 @@ impl ClusterNode {
         }
     }
 
-    /// Adds (or replaces) a subscription of connection `epoch`: in force cluster-wide once
-    /// this returns, so SUBACK can follow. Returns whether it replaced one.
+    /// Adds (or replaces) a subscription of connection `epoch`: committed, and applied on
+    /// this node, once this returns (the broker's `ClusterHandle::subscribe` also waits
+    /// for the other members to fold it before SUBACK). Returns whether it replaced one.
     #[tracing::instrument(level = "debug", skip(self, options), fields(node = self.id()))]
     pub async fn subscribe(
         &self,
@@ -96,7 +97,21 @@ impl ClusterNode {
         options: SubscriptionOptions,
         subscription_id: Option<u32>,
     ) -> Result<bool> {
-        let answer = self
+        self.subscribe_at(client_id, epoch, filter, options, subscription_id)
+            .await
+            .map(|(replaced, _)| replaced)
+    }
+
+    /// [`ClusterNode::subscribe`], also returning the index of the entry that holds it.
+    pub(crate) async fn subscribe_at(
+        &self,
+        client_id: &str,
+        epoch: u64,
+        filter: &str,
+        options: SubscriptionOptions,
+        subscription_id: Option<u32>,
+    ) -> Result<(bool, u64)> {
+        let (answer, index) = self
             .propose(Command::Subscribe(pb::Subscribe {
                 client_id: client_id.to_owned(),
                 node_id: self.id(),
@@ -112,7 +127,7 @@ impl ClusterNode {
             }))
             .await?;
         match answer {
-            Answer::Subscribed(s) => Ok(s.replaced),
+            Answer::Subscribed(s) => Ok((s.replaced, index)),
             other => Err(unexpected("subscribe", &other)),
         }
     }
@@ -120,7 +135,7 @@ impl ClusterNode {
     /// Removes a subscription of connection `epoch`; returns whether it existed.
     #[tracing::instrument(level = "debug", skip(self), fields(node = self.id()))]
     pub async fn unsubscribe(&self, client_id: &str, epoch: u64, filter: &str) -> Result<bool> {
-        let answer = self
+        let (answer, _) = self
             .propose(Command::Unsubscribe(pb::Unsubscribe {
                 client_id: client_id.to_owned(),
                 node_id: self.id(),
@@ -134,9 +149,10 @@ impl ClusterNode {
         }
     }
 
-    /// Proposes one command and returns its answer; a rejection is an error.
-    async fn propose(&self, command: Command) -> Result<Answer> {
-        let result = self
+    /// Proposes one command and returns its answer and its entry's index; a rejection is
+    /// an error.
+    async fn propose(&self, command: Command) -> Result<(Answer, u64)> {
+        let (result, index) = self
             .proposer
             .propose(pb::Command {
                 command: Some(command),
@@ -147,7 +163,7 @@ impl ClusterNode {
                 not_owner: r.reason() == pb::RejectReason::NotOwner,
                 detail: r.detail,
             }),
-            Some(answer) => Ok(answer),
+            Some(answer) => Ok((answer, index)),
             None => Err(ClusterError::Proposal(
                 "the command's result is empty".into(),
             )),

@@ -7,10 +7,13 @@
 //!
 //! The crate's modules in layer order: each imports only modules listed below it.
 //!
+//! - `handle`: [`ClusterNode`] as the seam's `ClusterHandle`, what the broker holds.
 //! - `commands`: the registry commands the broker proposes (register, unregister,
 //!   subscribe, unsubscribe).
 //! - `node`: [`ClusterNode`], a running member: start, reads, status, removal, shutdown;
-//!   [`ChangeStream`].
+//!   [`ChangeStream`]; attaching the broker.
+//! - `in_force`: a SUBACK waits until every other member has folded the subscription.
+//! - `fold`: the registry fold, applied changes told to the local broker.
 //! - `server`: the gRPC server (`Raft` and `Cluster` services).
 //! - `proposer`: batches concurrent commands into one log entry; forwards to the leader.
 //! - `membership`: `--peers` bootstrap, join through any member, member records, removal.
@@ -26,6 +29,7 @@
 //! - `broker_slot`: where the local broker is attached, for what peers ask of this node.
 //! - `convert`: openraft records ⇄ protobuf messages.
 //! - `settings`: [`RaftSettings`] (timeouts, batching, compaction).
+//! - `join`: awaiting several futures at once on the caller's task.
 //! - `epoch`: connection epochs stamped by the proposer.
 //! - `error`: [`ClusterError`].
 //! - `types`: the openraft type config, [`Node`], the protobuf app-data wrapper.
@@ -35,6 +39,10 @@ mod commands;
 mod convert;
 mod epoch;
 mod error;
+mod fold;
+mod handle;
+mod in_force;
+mod join;
 mod log_store;
 mod membership;
 pub mod metrics;

@@ -386,6 +386,30 @@ pub(crate) async fn keep_record(
             (true, Some(leader)) => Some(leader),
             _ => join.clone(),
         };
+        if record.is_some() && m.current_leader == Some(shared.id) {
+            // This node leads (a cluster of one restarted on another address, say): update
+            // its own record here rather than dial the stale address the record holds.
+            match admit(&shared, shared.id, shared.node.clone()).await {
+                Ok(Ok(_)) => {
+                    // Committed: wait (briefly) for this node to see the new membership.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        changed = metrics.changed() => if changed.is_err() { return },
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+                Ok(Err(_)) => {}
+                Err(e) => {
+                    tracing::info!(node = shared.id, error = %e, "updating this node's record failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            continue;
+        }
         let Some(addr) = target else {
             // Not a member and nowhere to ask: wait to be added (or for a leader to appear).
             tokio::select! {

@@ -37,6 +37,13 @@ pub const CLUSTER_REGISTRY_CLIENTS: &str = "skein_cluster_registry_clients";
 /// Change-stream events a slow receiver missed (it then re-reads the registry).
 pub const CLUSTER_CHANGES_LAGGED: &str = "skein_cluster_changes_lagged_total";
 
+/// Members a SUBACK did not wait for (unreachable, or not folded within the bound).
+pub const CLUSTER_IN_FORCE_SKIPPED: &str = "skein_cluster_in_force_skipped_total";
+
+pub(crate) fn in_force_skipped() {
+    metrics::counter!(CLUSTER_IN_FORCE_SKIPPED).increment(1);
+}
+
 pub(crate) fn registry_size(clients: usize) {
     metrics::gauge!(CLUSTER_REGISTRY_CLIENTS).set(clients as f64);
 }

@@ -26,7 +26,7 @@ use crate::shared::Shared;
 use crate::state_machine::{RegistryView, StateMachine};
 use crate::status::ClusterStatus;
 use crate::types::{Membership, Node, NodeId, Raft};
-use crate::{metrics, server};
+use crate::{fold, metrics, server};
 
 /// How long open gRPC calls and the node's tasks get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -116,6 +116,7 @@ impl ClusterNode {
             commit,
             settings: config.raft.clone(),
             broker: Arc::new(BrokerSlot::default()),
+            folded: watch::channel(None).0,
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -182,10 +183,27 @@ impl ClusterNode {
     }
 
     /// Attaches the local broker: what peers send this node (forwarded publishes, kicks)
-    /// and what applying the log means for local connections go to it. Once; false if a
-    /// broker was attached already.
+    /// and what applying the log means for local connections go to it, through the
+    /// registry fold (see `fold.rs`), which starts now. Once; false if a broker was
+    /// attached already.
     pub fn attach_broker(&self, broker: Arc<dyn skein_seam::BrokerHandle>) -> bool {
-        self.shared.broker.set(broker)
+        // Subscribed before the fold reads the registry: no change falls in between.
+        let changes = self.changes.subscribe();
+        if !self.shared.broker.set(broker.clone()) {
+            return false;
+        }
+        self.tasks.spawn(fold::run(
+            self.shared.clone(),
+            broker,
+            changes,
+            self.shutdown.clone(),
+        ));
+        true
+    }
+
+    /// The last log index whose changes the attached broker has folded.
+    pub fn folded_index(&self) -> Option<u64> {
+        *self.shared.folded.borrow()
     }
 
     /// This node's record as it publishes it.
@@ -240,6 +258,31 @@ impl ClusterNode {
     /// when it leads, otherwise asked of the leader over gRPC.
     pub async fn leader_status(&self) -> Result<ClusterStatus> {
         self.shared.leader_status().await
+    }
+
+    /// Waits until a leader is known and this node has applied what the leader had
+    /// committed when asked (its registry is then as current as the cluster's was); false
+    /// if that did not happen within `timeout`.
+    pub async fn caught_up(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(status) = self.leader_status().await {
+                if let Some(commit) = status.commit_index {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    return self
+                        .shared
+                        .raft
+                        .wait(Some(left))
+                        .applied_index_at_least(Some(commit), "caught up with the leader")
+                        .await
+                        .is_ok();
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Removes member `id` (voter or learner) through the leader; returns the membership

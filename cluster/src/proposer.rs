@@ -33,9 +33,12 @@ use crate::peers::cluster_client;
 use crate::shared::Shared;
 use crate::types::{LogId, Proto};
 
+/// A command's result and the index of the log entry that holds it.
+pub(crate) type Committed = (pb::CommandResult, u64);
+
 struct Pending {
     command: pb::Command,
-    reply: oneshot::Sender<Result<pb::CommandResult>>,
+    reply: oneshot::Sender<Result<Committed>>,
     submitted: Instant,
 }
 
@@ -63,8 +66,8 @@ impl Proposer {
         (proposer, run(shared, rx, shutdown))
     }
 
-    /// Commits `command` and returns what applying it answered.
-    pub(crate) async fn propose(&self, command: pb::Command) -> Result<pb::CommandResult> {
+    /// Commits `command` and returns what applying it answered, with its entry's index.
+    pub(crate) async fn propose(&self, command: pb::Command) -> Result<Committed> {
         let (reply, answer) = oneshot::channel();
         let submitted = Instant::now();
         let pending = Pending {
@@ -127,12 +130,12 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>, shutdown: Can
             outcome = commit(&shared, pb::CommandBatch { commands }, deadline) => outcome,
         };
         match outcome {
-            Ok(results) if results.len() == count => {
+            Ok((results, index)) if results.len() == count => {
                 for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
+                    let _ = reply.send(Ok((result, index)));
                 }
             }
-            Ok(results) => {
+            Ok((results, _)) => {
                 let e = format!("{} results for {count} commands", results.len());
                 tracing::error!(error = %e, "the leader answered a batch with the wrong number of results");
                 for reply in replies {
@@ -163,13 +166,14 @@ fn failure_reason(e: &ClusterError) -> &'static str {
     }
 }
 
-/// Commits one batch through whoever leads, retrying until `deadline` (see the module docs).
+/// Commits one batch through whoever leads, retrying until `deadline` (see the module docs):
+/// the results and the index of the entry.
 #[tracing::instrument(level = "debug", skip_all, fields(node = shared.id, commands = batch.commands.len()))]
 async fn commit(
     shared: &Shared,
     batch: pb::CommandBatch,
     deadline: Instant,
-) -> Result<Vec<pb::CommandResult>> {
+) -> Result<(Vec<pb::CommandResult>, u64)> {
     let mut metrics = shared.raft.metrics();
     let mut backoff = Duration::from_millis(20);
     let mut ever_had_leader = false;
@@ -214,7 +218,7 @@ async fn commit(
 }
 
 enum Attempt {
-    Done(Result<Vec<pb::CommandResult>>),
+    Done(Result<(Vec<pb::CommandResult>, u64)>),
     /// Not committed (or not known to be): try again, with the leader read anew.
     Retry(String),
 }
@@ -225,7 +229,7 @@ async fn write_here(shared: &Shared, batch: pb::CommandBatch, deadline: Instant)
         Err(_) => Attempt::Done(Err(ClusterError::Timeout(
             shared.settings.proposal_timeout(),
         ))),
-        Ok(Ok(response)) => Attempt::Done(Ok(response.data.0.results)),
+        Ok(Ok(response)) => Attempt::Done(Ok((response.data.0.results, response.log_id.index))),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
             Attempt::Retry(format!("leadership moved to {:?}", f.leader_id))
         }
@@ -291,7 +295,10 @@ async fn forward(
         .applied_index_at_least(Some(log_id.index), "the forwarded batch is applied here")
         .await;
     match applied {
-        Ok(_) => Attempt::Done(Ok(results.map(|r| r.results).unwrap_or_default())),
+        Ok(_) => Attempt::Done(Ok((
+            results.map(|r| r.results).unwrap_or_default(),
+            log_id.index,
+        ))),
         Err(_) => Attempt::Done(Err(ClusterError::Timeout(
             shared.settings.proposal_timeout(),
         ))),

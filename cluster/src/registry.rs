@@ -8,7 +8,8 @@
 //!
 //! Rules, in log order:
 //! - register: the id now belongs to (node, epoch), whoever held it. Without clean start the
-//!   session's subscriptions carry over (moving to the new node); with it they are dropped.
+//!   session's subscriptions carry over (moving to the new node); with it, or when the
+//!   replaced session's expiry was 0 (it ended with its connection), they are dropped.
 //!   Registering the owner again (a retried proposal) changes nothing.
 //! - unregister, subscribe, unsubscribe: only for the current owner (node, epoch); a late
 //!   command of a connection that was taken over is rejected with `NOT_OWNER`.
@@ -92,6 +93,16 @@ impl Registry {
         self.clients.iter()
     }
 
+    /// The clients whose ids sort after `after` (all of them for None), in id order.
+    pub fn clients_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a Arc<str>, &'a ClientEntry)> + 'a {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.clients.range::<str, _>((start, Bound::Unbounded))
+    }
+
     pub fn client_count(&self) -> usize {
         self.clients.len()
     }
@@ -137,7 +148,12 @@ impl Registry {
             }
             other => other,
         };
-        let session_present = previous.is_some() && !c.clean_start;
+        // A session with expiry 0 ends with its connection: taking that connection over
+        // finds no session (as on a single node), so nothing carries over.
+        let resumes = previous
+            .as_ref()
+            .is_some_and(|old| old.session_expiry_secs > 0 && !c.clean_start);
+        let session_present = resumes;
         let replaced = previous.as_ref().map(|old| PreviousOwner {
             owner: old.owner,
             online: old.is_online(),
@@ -154,7 +170,7 @@ impl Registry {
             for filter in old.subscriptions.keys() {
                 self.add_interest(filter, old.owner.node, -1, changes);
             }
-            if !c.clean_start {
+            if resumes {
                 for filter in old.subscriptions.keys() {
                     self.add_interest(filter, owner.node, 1, changes);
                 }

@@ -2,6 +2,7 @@
 //! service (join, remove, status, and proposals from followers), on one listener.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use skein_proto::v1 as pb;
@@ -18,6 +19,9 @@ use crate::membership;
 use crate::peers::MAX_MESSAGE_BYTES;
 use crate::shared::Shared;
 use crate::types::{NodeId, Proto};
+
+/// The longest `AwaitFolded` wait a caller may ask for.
+const MAX_FOLD_WAIT: Duration = Duration::from_secs(10);
 
 /// Serves both services on `listener` until `shutdown` is cancelled.
 pub(crate) async fn serve(
@@ -161,6 +165,26 @@ impl Cluster for ClusterService {
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(self.shared.status()))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.shared.id, index = request.get_ref().index))]
+    async fn await_folded(
+        &self,
+        request: Request<pb::AwaitFoldedRequest>,
+    ) -> Result<Response<pb::AwaitFoldedResponse>, Status> {
+        let request = request.into_inner();
+        let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_FOLD_WAIT);
+        let mut folded = self.shared.folded.subscribe();
+        let reached = tokio::time::timeout(
+            wait,
+            folded.wait_for(|f| f.is_some_and(|f| f >= request.index)),
+        )
+        .await;
+        let folded_index = *self.shared.folded.borrow();
+        Ok(Response::new(pb::AwaitFoldedResponse {
+            folded: matches!(reached, Ok(Ok(_))),
+            folded_index,
+        }))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.shared.id, commands = request.get_ref().batch.as_ref().map_or(0, |b| b.commands.len())))]

@@ -41,6 +41,9 @@ pub struct RaftSettings {
     pub change_stream_capacity: usize,
     /// Timeout of dialling a peer (ms); an unreachable peer fails fast and is retried later.
     pub connect_timeout_ms: u64,
+    /// How long a SUBACK waits for each other member to fold the subscription (ms); a
+    /// member that has not by then is skipped and counted (see `in_force.rs`).
+    pub fold_wait_ms: u64,
 }
 
 impl Default for RaftSettings {
@@ -55,6 +58,7 @@ impl Default for RaftSettings {
             proposal_timeout_ms: 5000,
             change_stream_capacity: 4096,
             connect_timeout_ms: 1000,
+            fold_wait_ms: 2000,
         }
     }
 }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use crate::broker_slot::BrokerSlot;
 use crate::log_store::CommitIndex;
 use crate::peers::Peers;
@@ -22,4 +24,7 @@ pub(crate) struct Shared {
     pub(crate) settings: RaftSettings,
     /// The local broker, for what peers ask of this node and what applying the log tells it.
     pub(crate) broker: Arc<BrokerSlot>,
+    /// The last log index whose changes the local broker has folded (None: nothing yet, or
+    /// no broker attached): what `Cluster.AwaitFolded` waits on.
+    pub(crate) folded: watch::Sender<Option<u64>>,
 }

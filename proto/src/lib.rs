@@ -8,7 +8,8 @@
 //!     records it carries (log ids, votes, entries, memberships, snapshot metadata).
 //!   - `registry.proto`: the client registry's commands (the Raft log's application data),
 //!     their results, and the state machine's snapshot.
-//!   - `cluster.proto`: the `Cluster` admin service (Join, Remove, Status) and `Propose`,
+//!   - `cluster.proto`: the `Cluster` admin service (Join, Remove, Status), `AwaitFolded`
+//!     (what a SUBACK waits for on every member) and `Propose`,
 //!     the way a follower's proposer reaches the leader.
 //!   - `dataplane.proto`: `Forward` (batched publish streams between nodes) and `Session`
 //!     (kick a connection), whose servers come with the broker's cluster wiring.

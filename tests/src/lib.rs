@@ -14,6 +14,7 @@
 //! The crate's modules in layer order. Direction: each module imports only modules listed
 //! below it.
 //!
+//! - `cluster`: several real `skein` processes as one cluster ([`cluster::TestCluster`]).
 //! - `node`: spawning and controlling real `skein` processes.
 //! - `clients`: rumqttc clients whose events tests wait for with deadlines.
 //! - `raw`: the raw-socket MQTT client.
@@ -24,6 +25,7 @@
 
 pub mod cli;
 pub mod clients;
+pub mod cluster;
 pub mod codec;
 pub mod layering;
 pub mod node;
@@ -32,6 +34,7 @@ pub mod wait;
 
 use std::net::SocketAddr;
 
+pub use cluster::TestCluster;
 pub use codec::{prop, Connect, Packet, PropValue, Props, Proto, Publish, SubFilter, Will};
 pub use node::{Node, NodeBuilder};
 pub use raw::{RawClient, RecvError};

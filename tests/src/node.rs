@@ -43,6 +43,7 @@ pub struct NodeBuilder {
     args: Vec<String>,
     data_dir: Option<PathBuf>,
     mqtt_port: Option<u16>,
+    grpc: Option<String>,
     stderr_path: Option<PathBuf>,
 }
 
@@ -65,6 +66,12 @@ impl NodeBuilder {
     /// Fixed MQTT port (default 0 = ephemeral).
     pub fn mqtt_port(mut self, p: u16) -> Self {
         self.mqtt_port = Some(p);
+        self
+    }
+    /// The cluster gRPC listener address (`--grpc`; default `127.0.0.1:0`, so parallel
+    /// tests never collide on the default 7070).
+    pub fn grpc(mut self, addr: impl ToString) -> Self {
+        self.grpc = Some(addr.to_string());
         self
     }
     /// Sends the node's stderr to this file (opened for writing, e.g. `/dev/full`)
@@ -139,6 +146,8 @@ impl NodeBuilder {
             .arg(format!("127.0.0.1:{mqtt_port}"))
             .arg("--http")
             .arg("127.0.0.1:0")
+            .arg("--grpc")
+            .arg(self.grpc.as_deref().unwrap_or("127.0.0.1:0"))
             .arg("--data-dir")
             .arg(data_dir)
             .args(&self.args)
@@ -191,6 +200,8 @@ struct Proc {
     child: Child,
     mqtt_addr: SocketAddr,
     http_addr: SocketAddr,
+    /// From the `grpc listening on` line (printed before the other two).
+    grpc_addr: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
 }
@@ -229,7 +240,7 @@ fn spawn_and_wait(b: &NodeBuilder, data_dir: &Path, port: u16) -> Result<Proc, S
         });
     }
     let deadline = Instant::now() + STARTUP_DEADLINE;
-    let (mut mqtt, mut http) = (None, None);
+    let (mut mqtt, mut http, mut grpc) = (None, None, None);
     while mqtt.is_none() || http.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
@@ -240,6 +251,8 @@ fn spawn_and_wait(b: &NodeBuilder, data_dir: &Path, port: u16) -> Result<Proc, S
                             .parse::<SocketAddr>()
                             .map_err(|e| format!("bad address in {line:?}: {e}"))?,
                     );
+                } else if let Some(a) = line.trim().strip_prefix("grpc listening on ") {
+                    grpc = a.trim().parse::<SocketAddr>().ok();
                 } else if let Some(a) = line.trim().strip_prefix("http listening on ") {
                     http = Some(
                         a.trim()
@@ -265,6 +278,7 @@ fn spawn_and_wait(b: &NodeBuilder, data_dir: &Path, port: u16) -> Result<Proc, S
         child,
         mqtt_addr: mqtt.unwrap(),
         http_addr: http.unwrap(),
+        grpc_addr: grpc,
         stderr,
         stdout,
     })
@@ -301,6 +315,13 @@ impl Node {
     pub fn http_addr(&self) -> SocketAddr {
         self.proc().http_addr
     }
+    /// The cluster gRPC address, as the node printed it.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.proc()
+            .grpc_addr
+            .expect("the node printed no grpc listening line")
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

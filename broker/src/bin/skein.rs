@@ -64,14 +64,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let http = TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
+    let grpc = TcpListener::bind(config.grpc)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", config.grpc))?;
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(node_id = config.node_id, node_name = %config.node_name, data_dir = %config.data_dir.display(), workers, "starting skein");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let node = skein_broker::open(config, mqtt, http, shutdown).await?;
-    // Tests and scripts read these two lines to find ports bound as 0. Printed once the
-    // node can serve: a node that fails to start never claims to listen.
+    let listeners = skein_broker::Listeners { mqtt, http, grpc };
+    let node = skein_broker::open(config, listeners, shutdown).await?;
+    // Tests and scripts read these lines to find ports bound as 0. Printed once the node
+    // can serve: a node that fails to start never claims to listen. gRPC first: a harness
+    // that waits for the other two has it by then.
     let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "grpc listening on {}", node.grpc_addr());
     let _ = writeln!(stdout, "mqtt listening on {}", node.mqtt_addr()?);
     let _ = writeln!(stdout, "http listening on {}", node.http_addr()?);
     drop(stdout);

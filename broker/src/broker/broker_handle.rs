@@ -52,9 +52,8 @@ impl BrokerHandle for Broker {
     }
 
     /// An administrative kick is the admin API's (`kicked`, 0x98). A takeover ends the
-    /// connection as a takeover on this node does (`takeovered`, 0x8E); its
-    /// `client.disconnected` event names this node as the taker until the cluster knows
-    /// the other nodes' addresses.
+    /// connection as a takeover does (`takeovered`, 0x8E), its `client.disconnected` event
+    /// naming node `by`'s MQTT address.
     fn kick(&self, client_id: &ClientId, reason: KickReason) -> bool {
         match reason {
             KickReason::Administrative => Broker::kick(self, client_id),
@@ -64,21 +63,33 @@ impl BrokerHandle for Broker {
                     return false;
                 };
                 let st = session.state();
-                st.attachment
-                    .as_ref()
-                    .is_some_and(|a| a.kick.send(Kick::TakenOver))
+                let Some(a) = st.attachment.as_ref() else {
+                    return false;
+                };
+                self.note_remote_taker(a.connection_id, by);
+                a.kick.send(Kick::TakenOver)
             }
         }
     }
 
+    /// Ends the attached connection only if it is the one whose registration was
+    /// replaced (a newer one here is left alone), and only this node does: one
+    /// `client.disconnected` event per takeover, cluster-wide. The session's subscriptions
+    /// leave this node's index (in a task, under the session's lifecycle lock); its stored
+    /// queue stays.
     fn taken_over(&self, client_id: &ClientId, epoch: u64, by: NodeId) {
         tracing::debug!(%client_id, epoch, taken_by = %by, "registration replaced by another node");
-        if let Some(session) = self.find_session(client_id) {
+        let Some(session) = self.find_session(client_id) else {
+            return;
+        };
+        {
             let st = session.state();
-            if let Some(a) = st.attachment.as_ref() {
+            if let Some(a) = st.attachment.as_ref().filter(|a| a.epoch == epoch) {
+                self.note_remote_taker(a.connection_id, by);
                 a.kick.send(Kick::TakenOver);
             }
         }
+        self.spawn_session_moved(session);
     }
 
     // Not folded yet: the routing to other nodes comes with the interest index.

@@ -76,6 +76,12 @@ fn toml_file_sets_everything() {
         http_body_timeout_ms = 24
         http_max_body_bytes = 25
         advertise_addr = "192.0.2.7:1883"
+        grpc = "127.0.0.1:7171"
+        grpc_advertise = "edge-a.skein:7171"
+        peers = "7@edge-a.skein:7171,8@edge-b.skein:7171"
+        join = "edge-b.skein:7171"
+        raft_heartbeat_ms = 100
+        raft_election_timeout_ms = 600
         max_connections = 50
         max_packet_size = 4096
         max_inflight = 10
@@ -132,6 +138,12 @@ fn toml_file_sets_everything() {
             http_body_timeout_ms: 24,
             http_max_body_bytes: 25,
             advertise_addr: "192.0.2.7:1883".into(),
+            grpc: "127.0.0.1:7171".parse().unwrap(),
+            grpc_advertise: "edge-a.skein:7171".into(),
+            peers: "7@edge-a.skein:7171,8@edge-b.skein:7171".into(),
+            join: "edge-b.skein:7171".into(),
+            raft_heartbeat_ms: 100,
+            raft_election_timeout_ms: 600,
             max_connections: 50,
             max_packet_size: 4096,
             max_inflight: 10,
@@ -203,6 +215,12 @@ fn env_sets_everything() {
         ("SKEIN_HTTP_BODY_TIMEOUT_MS", "24"),
         ("SKEIN_HTTP_MAX_BODY_BYTES", "25"),
         ("SKEIN_ADVERTISE_ADDR", "10.0.0.1:1883"),
+        ("SKEIN_GRPC", "10.0.0.1:7072"),
+        ("SKEIN_GRPC_ADVERTISE", "node-9:7072"),
+        ("SKEIN_PEERS", "9@node-9:7072"),
+        ("SKEIN_JOIN", "node-1:7070"),
+        ("SKEIN_RAFT_HEARTBEAT_MS", "200"),
+        ("SKEIN_RAFT_ELECTION_TIMEOUT_MS", "900"),
         ("SKEIN_MAX_CONNECTIONS", "2"),
         ("SKEIN_MAX_PACKET_SIZE", "16"),
         ("SKEIN_MAX_INFLIGHT", "3"),
@@ -264,6 +282,12 @@ fn env_sets_everything() {
             http_body_timeout_ms: 24,
             http_max_body_bytes: 25,
             advertise_addr: "10.0.0.1:1883".into(),
+            grpc: "10.0.0.1:7072".parse().unwrap(),
+            grpc_advertise: "node-9:7072".into(),
+            peers: "9@node-9:7072".into(),
+            join: "node-1:7070".into(),
+            raft_heartbeat_ms: 200,
+            raft_election_timeout_ms: 900,
             max_connections: 2,
             max_packet_size: 16,
             max_inflight: 3,
@@ -805,4 +829,30 @@ fn webhook_stream_and_redis_values_are_checked() {
         (config.webhook_urls.as_str(), config.redis_url.as_str()),
         ("", "")
     );
+}
+
+#[test]
+fn cluster_settings_that_contradict_each_other_are_refused() {
+    let e = load(
+        &["--raft-election-timeout-ms", "300"],
+        &[("SKEIN_RAFT_HEARTBEAT_MS", "200")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("raft_election_timeout_ms") && e.contains("twice"),
+        "{e}"
+    );
+    let e = load(&["--node-id", "4", "--peers", "1@a:7070,2@b:7070"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("peers") && e.contains("this node's id 4"), "{e}");
+    let e = load(&["--peers", "1@a"], &[]).unwrap_err().to_string();
+    assert!(e.contains("--peers") && e.contains("ID@HOST:PORT"), "{e}");
+    let ok = load(
+        &["--grpc", "127.0.0.1:0", "--peers", "1@127.0.0.1:7070"],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.grpc, "127.0.0.1:0".parse().unwrap());
 }

@@ -348,6 +348,8 @@ async fn attach(
     let requested = requested_expiry(&c);
     let expiry = requested.min(broker.config.max_session_expiry_interval);
 
+    // Committed cluster-wide before CONNACK: a connection of this client id elsewhere is
+    // ended by its node as this applies there.
     let registration = match broker
         .cluster
         .register_client(&client_id, c.clean_start, expiry)
@@ -355,6 +357,7 @@ async fn attach(
     {
         Ok(r) => r,
         Err(e) => {
+            // No quorum, no leader, a timeout: come back later (0x88 / return code 3).
             let r = Refusal::connack(
                 protocol,
                 rc::SERVER_UNAVAILABLE,
@@ -370,8 +373,18 @@ async fn attach(
         None => KickSignal::new(),
     };
 
+    let me = broker.cluster.node_id();
+    // Session Present is the registry's answer: a session of this client id existed on
+    // some node (with an expiry above 0) and this CONNECT did not start clean. Where it
+    // was held here, the local session holds its state (queue, in-flight messages,
+    // subscriptions). Where it was held by another node (or the local one was lost), the
+    // local session is rebuilt from the registry's subscriptions; its queued messages stay
+    // on the node that held it.
+    let session_present = registration.session_present;
+    let held_elsewhere = registration.previous.is_some_and(|p| p.node != me);
+
     // Look the session up until we hold the lifecycle lock of one still in the registry.
-    let (session, session_present) = loop {
+    let session = loop {
         let session = broker.get_or_create_session(&client_id);
         let Ok(guard) = tokio::time::timeout(
             LIFECYCLE_WAIT,
@@ -388,19 +401,19 @@ async fn attach(
             );
             return Err((socket, r));
         };
-        let (old_attachment, pending_will, present) = {
+        let (old_attachment, pending_will, rebuild) = {
             let mut st = session.state();
             if st.removed {
                 drop(st);
                 drop(guard);
                 continue;
             }
-            // Only a persistent session outlives its connection; a new one has expiry 0.
-            let present = st.is_persistent() && !c.clean_start;
             st.cancel_timers();
             st.will_due_ms = OptionalMs::NONE;
-            (st.attachment.take(), st.will.take(), present)
+            let rebuild = session_present && (held_elsewhere || !st.is_persistent());
+            (st.attachment.take(), st.will.take(), rebuild)
         };
+        let present = session_present;
         if let Some(old) = old_attachment {
             tracing::info!(
                 client_id = %client_id,
@@ -431,6 +444,7 @@ async fn attach(
                 Attachment {
                     connection_id: id,
                     kick: kick.clone(),
+                    epoch: registration.epoch,
                 },
                 info.clone(),
             );
@@ -441,8 +455,27 @@ async fn attach(
                 broker.forget_stored_session(&session);
             }
         }
+        // A registration elsewhere may have applied here between ours and the attach
+        // above; its takeover found no connection with our epoch to end. Read after the
+        // attach: if the registry still names us here, a later takeover finds this
+        // connection attached.
+        match broker.cluster.locate_client(&client_id) {
+            Some(owner) if owner.node == me && owner.epoch == registration.epoch => {
+                if rebuild {
+                    broker.replace_subscriptions(&session, &registration.subscriptions);
+                }
+            }
+            owner => {
+                let by = owner.map_or(me, |o| o.node);
+                tracing::info!(%client_id, taken_by = %by, "taken over before its CONNACK");
+                if by != me {
+                    broker.note_remote_taker(id, by);
+                }
+                kick.send(Kick::TakenOver);
+            }
+        }
         drop(guard);
-        break (session, present);
+        break session;
     };
     // The shutdown sweep may have run before this attachment existed.
     if broker.shutdown.is_cancelled() {
@@ -564,6 +597,17 @@ pub(super) async fn detach(
     close: &Close,
     will_on_disconnect: bool,
 ) {
+    // Taken over by another node: the session lives on there. Its registration is that
+    // node's now (nothing to release), its expiry runs there, and its queued messages
+    // stay stored here.
+    let moved = close.takeover_node.is_some();
+    // Whether the taker resumed the session (its will then waits for nothing here: the
+    // session did not end), as a takeover on this node decides.
+    let resumed_elsewhere = moved
+        && broker
+            .cluster
+            .locate_client(&session.client_id)
+            .is_some_and(|o| o.node != broker.cluster.node_id() && !o.clean_start);
     let _guard = session.lifecycle.lock(&broker.lifecycle_waiters).await;
     let now = now_ms();
     let (generation, expiry, will_now, will_delay_ms) = {
@@ -585,6 +629,11 @@ pub(super) async fn detach(
             .as_ref()
             .map(|w| w.properties.will_delay_interval.unwrap_or(0).min(expiry));
         let (will_now, will_delay_ms) = match delay_s {
+            Some(_) if moved && resumed_elsewhere && expiry > 0 => {
+                st.will = None;
+                (None, None)
+            }
+            Some(_) if moved => (st.will.take(), None),
             Some(0) => (st.will.take(), None),
             Some(d) => {
                 st.will_due_ms = OptionalMs::at(now + d as u64 * 1000);
@@ -605,11 +654,19 @@ pub(super) async fn detach(
     }
     if expiry == 0 {
         broker.end_session(session, SessionEnd::ConnectionEnded(close.reason));
-    } else {
+    } else if !moved {
         broker.schedule_expiry(session, generation, expiry, 0);
     }
-    let _ = broker
+    if moved {
+        return;
+    }
+    if let Err(e) = broker
         .cluster
         .unregister_client(&session.client_id, epoch, expiry == 0)
-        .await;
+        .await
+    {
+        // The registry keeps naming this node (online) until the next registration of
+        // the client id, or this node's restart, releases it.
+        tracing::info!(client_id = %session.client_id, error = %e, "could not release the client id in the cluster");
+    }
 }

@@ -26,6 +26,39 @@ pub(super) enum After {
     /// Wait until the input that reached the node before this PUBLISH is handled, then
     /// route it (see [`crate::broker::Broker::route_holding_wakes`]).
     RouteInOrder(Box<DeferredPublish>),
+    /// Commit a SUBSCRIBE's or UNSUBSCRIBE's change in the cluster, then answer it (see
+    /// `cluster_step.rs`).
+    Cluster(Box<ClusterStep>),
+}
+
+/// What a SUBSCRIBE or UNSUBSCRIBE changed locally, to be committed in the cluster before
+/// its acknowledgement goes out (or undone when that fails).
+pub(super) enum ClusterStep {
+    Subscribe {
+        packet_id: u16,
+        /// The SUBACK's reason codes, in filter order (granted ones may still fail).
+        codes: Vec<u8>,
+        /// The filters added here, with their place in `codes` and the subscription each
+        /// replaced (to undo).
+        granted: Vec<Granted>,
+        /// The retained messages to send once the subscriptions are in force: filter
+        /// (without a share prefix), subscription, place in `codes`.
+        retained: Vec<(String, Subscription, usize)>,
+    },
+    Unsubscribe {
+        packet_id: u16,
+        codes: Vec<u8>,
+        /// The subscriptions removed here, with their place in `codes` (to undo).
+        removed: Vec<(usize, String, Subscription)>,
+    },
+}
+
+/// A filter a SUBSCRIBE added on this node.
+pub(super) struct Granted {
+    pub(super) index: usize,
+    pub(super) filter: String,
+    pub(super) subscription: Subscription,
+    pub(super) replaced: Option<Subscription>,
 }
 
 /// A PUBLISH that waits for earlier input before it is routed and acknowledged.
@@ -583,6 +616,7 @@ impl Connection {
         }
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        let mut granted = Vec::new();
         // Publishes that reached the node after this SUBSCRIBE but were routed before it
         // was handled, queued for its subscriptions (see `Broker::deliver_late`).
         let mut late = Vec::new();
@@ -623,7 +657,14 @@ impl Connection {
                 options,
                 subscription_id,
             };
+            let replaced = self.session.state().subscriptions.get(filter).cloned();
             let subscribed = self.broker.subscribe(&self.session, filter, sub.clone());
+            granted.push(Granted {
+                index: codes.len(),
+                filter: filter.clone(),
+                subscription: sub.clone(),
+                replaced,
+            });
             if let Some(position) = reported_at {
                 self.broker.deliver_late(
                     &self.session,
@@ -652,23 +693,27 @@ impl Connection {
                 _ => false,
             };
             if group.is_none() && wants_retained {
-                retained.push((inner.to_owned(), sub));
+                retained.push((inner.to_owned(), sub, codes.len() - 1));
             }
         }
-        // Retained messages are queued now but written by the next pump, after the SUBACK.
-        for (filter, sub) in retained {
-            self.broker.deliver_retained(&self.session, &filter, &sub);
+        if granted.is_empty() {
+            let suback = Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                reason_codes: codes,
+                properties: Properties::default(),
+            });
+            return Ok(self.after_durable(suback));
         }
-        let suback = Packet::SubAck(SubAck {
+        Ok(After::Cluster(Box::new(ClusterStep::Subscribe {
             packet_id: s.packet_id,
-            reason_codes: codes,
-            properties: Properties::default(),
-        });
-        Ok(self.after_durable(suback))
+            codes,
+            granted,
+            retained,
+        })))
     }
 
     /// Sends `ack` now, or after a storage flush when the session is persistent.
-    fn after_durable(&mut self, ack: Packet) -> After {
+    pub(super) fn after_durable(&mut self, ack: Packet) -> After {
         if self.session.state().is_persistent() {
             After::FlushThenSend(Some(Box::new(ack)))
         } else {
@@ -690,35 +735,46 @@ impl Connection {
                 },
             );
         }
-        let codes = u
-            .filters
-            .iter()
-            .map(|filter| {
-                if topic::parse_subscription(filter).is_err() {
-                    return rc::TOPIC_FILTER_INVALID;
-                }
-                let Some(qos) = self.broker.unsubscribe(&self.session, filter) else {
-                    return rc::NO_SUBSCRIPTION_EXISTED;
-                };
-                raise::raise(
-                    &self.broker.events,
-                    &self.info,
-                    EventKind::SessionUnsubscribed,
-                    || EventBody::Unsubscribed {
-                        filter: filter.clone(),
-                        packet_id: u.packet_id,
-                        qos,
-                    },
-                );
-                rc::SUCCESS
-            })
-            .collect();
-        let unsuback = Packet::UnsubAck(UnsubAck {
+        let mut removed = Vec::new();
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            if topic::parse_subscription(filter).is_err() {
+                codes.push(rc::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let held = self.session.state().subscriptions.get(filter).cloned();
+            let Some(qos) = self.broker.unsubscribe(&self.session, filter) else {
+                codes.push(rc::NO_SUBSCRIPTION_EXISTED);
+                continue;
+            };
+            raise::raise(
+                &self.broker.events,
+                &self.info,
+                EventKind::SessionUnsubscribed,
+                || EventBody::Unsubscribed {
+                    filter: filter.clone(),
+                    packet_id: u.packet_id,
+                    qos,
+                },
+            );
+            if let Some(held) = held {
+                removed.push((codes.len(), filter.clone(), held));
+            }
+            codes.push(rc::SUCCESS);
+        }
+        if removed.is_empty() {
+            let unsuback = Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reason_codes: codes,
+                properties: Properties::default(),
+            });
+            return Ok(self.after_durable(unsuback));
+        }
+        Ok(After::Cluster(Box::new(ClusterStep::Unsubscribe {
             packet_id: u.packet_id,
-            reason_codes: codes,
-            properties: Properties::default(),
-        });
-        Ok(self.after_durable(unsuback))
+            codes,
+            removed,
+        })))
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Close {

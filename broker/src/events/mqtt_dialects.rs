@@ -175,6 +175,7 @@ mod tests {
         s.state().attach(
             Attachment {
                 connection_id: 1,
+                epoch: 0,
                 kick: tx,
             },
             Arc::new(ClientInfo::unknown(

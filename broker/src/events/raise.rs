@@ -122,9 +122,13 @@ pub fn disconnected(bus: &EventBus, client: &Arc<ClientInfo>, close: &Close) {
         EventBody::Disconnected {
             reason: close.reason,
             disconnected_at_ms: now_ms(),
-            // One node for now: every takeover is by a connection on this node.
-            takeover_node: (close.reason == DisconnectReason::Takeovered)
-                .then(|| bus.node().node.clone()),
+            // Another node's address when it took the session over, else this node's.
+            takeover_node: (close.reason == DisconnectReason::Takeovered).then(|| {
+                close
+                    .takeover_node
+                    .clone()
+                    .unwrap_or_else(|| bus.node().node.clone())
+            }),
             by_disconnect_packet: close.reason == DisconnectReason::Normal,
             had_session: true,
         }

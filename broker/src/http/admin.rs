@@ -4,14 +4,15 @@
 //! [`ApiError`]).
 //!
 //! Clients are cluster-wide: any node lists and kicks every client, wherever it is
-//! connected (the cluster's registry says where). Subscriptions and retained messages are
-//! this node's.
+//! connected (the cluster's registry says where); `/api/v1/cluster` shows the members and
+//! the leader. Subscriptions and retained messages are this node's.
+//!
 //! With `api_token` set, every route here wants `Authorization: Bearer <token>`
 //! ([`protect`]); the probes and `/metrics` live in other routers and stay open.
 
 mod auth;
 mod clients;
-mod cluster_view;
+mod cluster;
 mod members;
 mod params;
 mod publish;
@@ -44,6 +45,7 @@ pub fn router(broker: Arc<Broker>, token: Option<String>) -> Router {
         .route("/api/v1/subscriptions", get(subscriptions::list))
         .route("/api/v1/topics/retained", get(retained::list))
         .route("/api/v1/publish", post(publish::publish))
+        .route("/api/v1/cluster", get(cluster::overview))
         .route("/api/v1/cluster/members/{id}", delete(members::remove))
         .with_state(broker);
     protect(api, token)
@@ -62,9 +64,6 @@ pub enum ApiError {
     /// The request contradicts the cluster's state (a session held by another node).
     #[error("{0}")]
     Conflict(String),
-    /// The cluster cannot answer now (no leader, no quorum, a member unreachable).
-    #[error("{0}")]
-    Unavailable(String),
     /// The body could not be read (too large, say): the extractor's own status.
     #[error("{1}")]
     Body(StatusCode, String),
@@ -74,6 +73,9 @@ pub enum ApiError {
     /// storage failure.
     #[error("{}", .0.message())]
     NotStored(crate::storage_refusal::NotStored),
+    /// The cluster could not answer (no leader, no quorum, a member unreachable).
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -83,7 +85,6 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Body(status, _) => *status,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotStored(crate::storage_refusal::NotStored::LowSpace) => {
@@ -92,6 +93,7 @@ impl ApiError {
             ApiError::NotStored(crate::storage_refusal::NotStored::Failed) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -100,7 +102,7 @@ impl From<skein_seam::ClusterError> for ApiError {
     fn from(e: skein_seam::ClusterError) -> Self {
         use skein_seam::ClusterError;
         match e {
-            ClusterError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            ClusterError::Unavailable(detail) => ApiError::Unavailable(detail),
             ClusterError::NotFound(_) => ApiError::NotFound(e.to_string().into()),
             ClusterError::NotOwner => ApiError::Conflict(e.to_string()),
             ClusterError::Invalid(_) => ApiError::BadRequest(e.to_string()),

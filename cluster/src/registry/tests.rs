@@ -298,3 +298,24 @@ proptest! {
         prop_assert_eq!(Registry::from_snapshot(&one.to_snapshot()).unwrap(), one);
     }
 }
+
+#[test]
+fn taking_over_a_session_with_expiry_0_finds_no_session() {
+    let mut r = Registry::default();
+    apply(&mut r, register("c", 1, 1, false, 0));
+    apply(&mut r, subscribe("c", 1, 1, "x", 0));
+    let (result, _) = apply(&mut r, register("c", 2, 2, false, 60));
+    let pb::command_result::Result::Registered(reg) = result else {
+        panic!("{result:?}")
+    };
+    assert!(!reg.session_present);
+    assert_eq!(reg.previous.map(|p| p.node_id), Some(1));
+    assert!(r.client("c").unwrap().subscriptions.is_empty());
+    assert!(r.interest().is_empty());
+    let after: Vec<_> = r
+        .clients_after(Some("b"))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    assert_eq!(after, ["c"]);
+    assert_eq!(r.clients_after(Some("c")).count(), 0);
+}

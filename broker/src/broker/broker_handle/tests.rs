@@ -46,6 +46,7 @@ fn subscriber(
         s.state().attach(
             Attachment {
                 connection_id: 1,
+                epoch: 0,
                 kick: signal.clone(),
             },
             Arc::new(ClientInfo::unknown(ClientId::new(id), ProtocolVersion::V5)),

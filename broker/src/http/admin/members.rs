@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use skein_seam::{ClusterOverview, NodeId};
 
-use super::cluster_view::ClusterView;
+use super::cluster::ClusterView;
 use super::ApiError;
 use crate::broker::Broker;
 

@@ -57,6 +57,7 @@ fn online(b: &Broker, id: &str, username: Option<&str>) -> (Arc<Session>, Arc<Ki
     st.attach(
         Attachment {
             connection_id: 1,
+            epoch: 0,
             kick: tx,
         },
         Arc::new(ClientInfo {

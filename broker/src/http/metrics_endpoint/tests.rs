@@ -40,6 +40,7 @@ fn attach(session: &Session, id: &str) {
     session.state().attach(
         Attachment {
             connection_id: 1,
+            epoch: 0,
             kick,
         },
         Arc::new(ClientInfo {

@@ -1,0 +1,201 @@
+//! The broker's local state kept in step with the cluster's registry: a session another
+//! node took over leaves this node's index, a session that moved here is rebuilt from the
+//! registry's subscriptions, and a restart releases what the previous run still held.
+//!
+//! A session taken over by another node stays here offline, without subscriptions or
+//! timers, with its stored queue: the messages that waited for it are not lost, and the
+//! next issue moves them to the owner. Its expiry runs on the node that holds it now.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skein_seam::{HandedOverSubscription, NodeId};
+
+use super::Broker;
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::session::{Session, Subscription};
+
+/// The longest the restart reconciliation waits for the registry to catch up.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+
+impl Broker {
+    /// Notes that connection `connection_id` is told to end because node `by` took its
+    /// session over (read back when it closes, for its disconnect event).
+    pub fn note_remote_taker(&self, connection_id: u64, by: NodeId) {
+        self.remote_takers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(connection_id, by);
+    }
+
+    /// The node noted as the taker of connection `connection_id`, forgotten as it is read.
+    pub fn take_remote_taker(&self, connection_id: u64) -> Option<NodeId> {
+        self.remote_takers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&connection_id)
+    }
+
+    /// How events name node `node`: its advertised MQTT address from its member record.
+    pub fn node_address(&self, node: NodeId) -> String {
+        self.cluster
+            .node_record(node)
+            .map(|r| r.mqtt)
+            .filter(|mqtt| !mqtt.is_empty())
+            .unwrap_or_else(|| format!("node {node}"))
+    }
+
+    /// Starts [`Broker::session_moved`] for `session` as a task of the broker.
+    pub(super) fn spawn_session_moved(&self, session: Arc<Session>) {
+        let Some(broker) = self.me.upgrade() else {
+            return;
+        };
+        let tasks = broker.tasks.clone();
+        tasks.spawn(async move { broker.session_moved(&session).await });
+    }
+
+    /// The registry names another node as the owner of `session` (or the client is gone
+    /// from it): its subscriptions leave this node's index and its timers stop (see the
+    /// module docs). A registration on this node since then (the client came back) keeps
+    /// it as it is.
+    pub async fn session_moved(&self, session: &Arc<Session>) {
+        let _lifecycle = session.lifecycle.lock(&self.lifecycle_waiters).await;
+        let me = self.cluster.node_id();
+        if self
+            .cluster
+            .locate_client(&session.client_id)
+            .is_some_and(|owner| owner.node == me)
+        {
+            return;
+        }
+        let filters: Vec<String> = {
+            let mut st = session.state();
+            if st.removed {
+                return;
+            }
+            // The expiry and will timers armed here check the generation.
+            st.generation = st.generation.wrapping_add(1);
+            st.cancel_timers();
+            let filters = st.subscriptions.drain().map(|(filter, _)| filter).collect();
+            if st.is_persistent() {
+                self.persist_session_locked(session, &st);
+            }
+            filters
+        };
+        for filter in &filters {
+            self.unindex_subscription(session, filter);
+        }
+        tracing::debug!(client_id = %session.client_id, subscriptions = filters.len(), "session moved to another node");
+    }
+
+    /// Makes `session`'s subscriptions the registry's `subscriptions` (a session that was
+    /// held by another node, or lost here): those it lacks are added to the index, those
+    /// the registry does not have are removed. The caller holds its lifecycle lock.
+    pub fn replace_subscriptions(
+        &self,
+        session: &Arc<Session>,
+        subscriptions: &[HandedOverSubscription],
+    ) {
+        let wanted: Vec<(&str, Subscription)> = subscriptions
+            .iter()
+            .filter_map(|s| {
+                let options = SubscriptionOptions {
+                    qos: QoS::from_u8(s.qos)?,
+                    no_local: s.no_local,
+                    retain_as_published: s.retain_as_published,
+                    retain_handling: s.retain_handling,
+                };
+                Some((
+                    s.filter.as_str(),
+                    Subscription {
+                        options,
+                        subscription_id: s.subscription_id,
+                    },
+                ))
+            })
+            .collect();
+        let stale: Vec<String> = session
+            .state()
+            .subscriptions
+            .keys()
+            .filter(|f| !wanted.iter().any(|(w, _)| w == f))
+            .cloned()
+            .collect();
+        for filter in &stale {
+            self.unsubscribe(session, filter);
+        }
+        for (filter, sub) in wanted {
+            self.subscribe(session, filter, sub);
+        }
+    }
+
+    /// Once the registry has caught up (`caught_up` resolves), releases what it still says
+    /// of this node's previous run: registrations of connections that no longer exist are
+    /// unregistered (the session kept offline if it is persistent here, else ended), and
+    /// restored sessions the registry gives to another node move (see
+    /// [`Broker::session_moved`]).
+    pub fn spawn_registry_reconcile(
+        self: &Arc<Self>,
+        caught_up: impl std::future::Future<Output = bool> + Send + 'static,
+    ) {
+        // Epochs are the proposer's clock in microseconds: lower ones are from before.
+        let started_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let broker = self.clone();
+        self.tasks.spawn(async move {
+            let caught_up = tokio::select! {
+                _ = broker.shutdown.cancelled() => return,
+                caught = tokio::time::timeout(CATCH_UP_WAIT, caught_up) => caught.unwrap_or(false),
+            };
+            if !caught_up {
+                tracing::warn!("the registry did not catch up; what the previous run registered stays until those clients connect again");
+                return;
+            }
+            broker.reconcile_with_registry(started_us).await;
+        });
+    }
+
+    async fn reconcile_with_registry(&self, started_us: u64) {
+        let me = self.cluster.node_id();
+        let mut after: Option<String> = None;
+        let (mut released, mut moved) = (0usize, 0usize);
+        loop {
+            let page = self.cluster.clients(after.as_deref(), 1000);
+            let Some(last) = page.last() else { break };
+            after = Some(last.client_id.to_string());
+            for stale in page
+                .into_iter()
+                .filter(|l| l.node == me && l.online && l.epoch < started_us)
+            {
+                let kept = self
+                    .find_session(&stale.client_id)
+                    .is_some_and(|s| s.state().is_persistent());
+                let released_now = self
+                    .cluster
+                    .unregister_client(&stale.client_id, stale.epoch, !kept)
+                    .await;
+                if let Err(e) = released_now {
+                    tracing::info!(client_id = %stale.client_id, error = %e, "could not release a registration of the previous run");
+                } else {
+                    released += 1;
+                }
+            }
+        }
+        for session in self.sessions_snapshot() {
+            let elsewhere = self
+                .cluster
+                .locate_client(&session.client_id)
+                .is_some_and(|owner| owner.node != me);
+            if elsewhere && !session.state().is_online() {
+                self.session_moved(&session).await;
+                moved += 1;
+            }
+        }
+        tracing::info!(
+            released,
+            moved,
+            "reconciled the sessions of the previous run with the registry"
+        );
+    }
+}

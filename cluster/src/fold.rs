@@ -1,0 +1,182 @@
+//! The registry fold: what applying the log means for the local broker, told to it through
+//! the seam's [`BrokerHandle`] by one task that reads the change stream (so `apply` itself
+//! stays deterministic and calls nothing).
+//!
+//! - A registration on another node that replaced one of this node's (online or an offline
+//!   session): `taken_over(client, old epoch, taker)`, once per takeover cluster-wide, as
+//!   only the node that held it folds it so. A takeover on this node is the broker's own
+//!   (its CONNECT handling ends the old connection) and is not told.
+//! - Other nodes' interest (filter → subscribers per node): `interest_changed`, never for
+//!   this node's own (the broker's trie has those).
+//! - At attach, after a snapshot was installed, and when the stream lagged: the whole
+//!   interest of other nodes again (`interest_reset`), and `taken_over` for every client
+//!   this node owned before and the registry now names another node for (the takeover
+//!   events may be among what was missed).
+//!
+//! The fold remembers which client ids this node owns (with their epochs) for that last
+//! rule, and the last log index it folded, which [`crate::in_force`] waits on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use skein_seam::{BrokerHandle, ClientId, NodeId as SeamNodeId};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
+use crate::registry::{AppliedChanges, Change, ChangeEvent};
+use crate::shared::Shared;
+use crate::types::NodeId;
+
+/// Folds the change stream into `broker` until `shutdown`.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    broker: Arc<dyn BrokerHandle>,
+    mut changes: broadcast::Receiver<ChangeEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut fold = Fold {
+        shared,
+        broker,
+        owned: HashMap::new(),
+        folded: None,
+    };
+    fold.resync("the broker was attached");
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = changes.recv() => event,
+        };
+        match event {
+            Ok(ChangeEvent::Applied(applied)) => fold.apply(&applied),
+            Ok(ChangeEvent::Reset { .. }) => fold.resync("a snapshot was installed"),
+            // Not sent on the broadcast channel itself; a receiver reports it.
+            Ok(ChangeEvent::Lagged { .. }) => fold.resync("the change stream lagged"),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                metrics::changes_lagged(missed);
+                tracing::warn!(
+                    missed,
+                    "the registry fold fell behind the change stream; re-reading the registry"
+                );
+                fold.resync("the change stream lagged");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+struct Fold {
+    shared: Arc<Shared>,
+    broker: Arc<dyn BrokerHandle>,
+    /// The client ids this node owns, as far as the fold has seen, with their epochs. The
+    /// keys are the registry's own shared strings.
+    owned: HashMap<Arc<str>, u64>,
+    folded: Option<u64>,
+}
+
+impl Fold {
+    fn apply(&mut self, applied: &AppliedChanges) {
+        // Already in what the last resync read.
+        if self.folded.is_some_and(|f| applied.log_index <= f) {
+            return;
+        }
+        let me = self.shared.id;
+        for change in &applied.changes {
+            match change {
+                Change::Registered {
+                    client_id,
+                    owner,
+                    previous,
+                    ..
+                } => {
+                    if owner.node == me {
+                        self.owned.insert(client_id.clone(), owner.epoch);
+                        continue;
+                    }
+                    self.owned.remove(client_id);
+                    if let Some(previous) = previous.filter(|p| p.owner.node == me) {
+                        self.broker.taken_over(
+                            &ClientId::new(client_id),
+                            previous.owner.epoch,
+                            SeamNodeId(owner.node),
+                        );
+                    }
+                }
+                Change::Unregistered {
+                    client_id,
+                    owner,
+                    session_ended: true,
+                } if owner.node == me => {
+                    if self.owned.get(client_id) == Some(&owner.epoch) {
+                        self.owned.remove(client_id);
+                    }
+                }
+                Change::Interest {
+                    filter,
+                    node,
+                    subscribers,
+                } if *node != me => {
+                    self.broker
+                        .interest_changed(filter, SeamNodeId(*node), *subscribers);
+                }
+                _ => {}
+            }
+        }
+        self.advance(Some(applied.log_index));
+    }
+
+    /// Reads the registry anew and tells the broker what it may have missed (see the module
+    /// docs).
+    fn resync(&mut self, why: &'static str) {
+        let me = self.shared.id;
+        let previously = &self.owned;
+        let (owned, interest, lost, last_applied) =
+            self.shared.view.read_applied(|registry, last_applied| {
+                let owned: HashMap<Arc<str>, u64> = registry
+                    .clients()
+                    .filter(|(_, entry)| entry.owner.node == me)
+                    .map(|(id, entry)| (id.clone(), entry.owner.epoch))
+                    .collect();
+                let interest: Vec<(String, SeamNodeId, u32)> = registry
+                    .interest()
+                    .iter()
+                    .flat_map(|(filter, nodes)| {
+                        nodes
+                            .iter()
+                            .filter(|(node, _)| **node != me)
+                            .map(|(node, n)| (filter.to_string(), SeamNodeId(*node), *n))
+                    })
+                    .collect();
+                let lost: Vec<(Arc<str>, u64, NodeId)> = previously
+                    .iter()
+                    .filter_map(|(id, epoch)| {
+                        let entry = registry.client(id)?;
+                        (entry.owner.node != me).then(|| (id.clone(), *epoch, entry.owner.node))
+                    })
+                    .collect();
+                (owned, interest, lost, last_applied)
+            });
+        tracing::info!(
+            why,
+            owned = owned.len(),
+            filters = interest.len(),
+            taken_over = lost.len(),
+            ?last_applied,
+            "folding the registry anew"
+        );
+        for (client_id, epoch, by) in lost {
+            self.broker
+                .taken_over(&ClientId::new(&client_id), epoch, SeamNodeId(by));
+        }
+        self.broker.interest_reset(interest);
+        self.owned = owned;
+        self.advance(last_applied);
+    }
+
+    fn advance(&mut self, index: Option<u64>) {
+        if index > self.folded {
+            self.folded = index;
+            self.shared.folded.send_replace(index);
+        }
+    }
+}

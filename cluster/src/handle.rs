@@ -1,0 +1,355 @@
+//! [`ClusterNode`] as the broker's [`ClusterHandle`]: the seam's calls mapped onto the
+//! member's registry commands, registry reads and status.
+//!
+//! Errors as the broker needs them: the cluster cannot take the request now (no leader, a
+//! timeout, overloaded, shutting down, a failed call) is `Unavailable` (CONNACK 0x88 /
+//! return code 3); a command of a connection that was taken over is `NotOwner`; a malformed
+//! one is `Invalid`.
+
+use skein_seam::{
+    BoxFuture, ClientId, ClientLocation, ClusterError as SeamError, ClusterHandle, ClusterOverview,
+    ForwardError, ForwardedPublish, HandedOverSubscription, MemberOverview, NodeId as SeamNodeId,
+    NodeRecord, PreviousOwner, Registration,
+};
+
+use crate::error::ClusterError;
+use crate::in_force;
+use crate::join::join_all;
+use crate::node::ClusterNode;
+use crate::registry::{ClientEntry, Owner, SubscriptionOptions};
+use crate::status::{MemberStatus, Role};
+use crate::types::NodeId;
+
+/// The seam's error for a cluster error (see the module docs).
+fn to_seam(e: ClusterError) -> SeamError {
+    match e {
+        ClusterError::Rejected {
+            not_owner: true, ..
+        } => SeamError::NotOwner,
+        ClusterError::Rejected { detail, .. } => SeamError::Invalid(detail),
+        ClusterError::Membership(detail) => SeamError::Invalid(detail),
+        // Everything else means "not now": storage trouble and odd answers included, as
+        // the client can only be told to come back.
+        other => SeamError::Unavailable(other.to_string()),
+    }
+}
+
+fn location(client_id: &str, entry: &ClientEntry) -> ClientLocation {
+    ClientLocation {
+        client_id: ClientId::new(client_id),
+        node: SeamNodeId(entry.owner.node),
+        epoch: entry.owner.epoch,
+        online: entry.is_online(),
+        clean_start: entry.clean_start,
+        session_expiry_secs: entry.session_expiry_secs,
+        connected_at_ms: entry.connected_at_ms,
+        offline_since_ms: entry.offline_since_ms,
+        subscriptions: entry.subscriptions.len(),
+    }
+}
+
+fn handed_over(entry: &ClientEntry) -> Vec<HandedOverSubscription> {
+    entry
+        .subscriptions
+        .iter()
+        .map(|(filter, s)| HandedOverSubscription {
+            filter: filter.to_string(),
+            qos: s.options.qos,
+            no_local: s.options.no_local,
+            retain_as_published: s.options.retain_as_published,
+            retain_handling: s.options.retain_handling,
+            subscription_id: s.subscription_id,
+        })
+        .collect()
+}
+
+fn member_overview(m: MemberStatus) -> MemberOverview {
+    MemberOverview {
+        record: NodeRecord {
+            id: SeamNodeId(m.id),
+            name: m.node.name,
+            grpc: m.node.grpc,
+            mqtt: m.node.mqtt,
+        },
+        voter: m.role == Role::Voter,
+        reachable: m.reachable.unwrap_or(false),
+        last_contact_ms: m.last_contact_ms,
+    }
+}
+
+/// The most urgent of several proposals' errors: a takeover ends the connection, so it
+/// wins over unavailability, which wins over a refusal.
+fn worst(errors: impl IntoIterator<Item = SeamError>) -> Option<SeamError> {
+    errors.into_iter().min_by_key(|e| match e {
+        SeamError::NotOwner => 0,
+        SeamError::Unavailable(_) => 1,
+        SeamError::Invalid(_) => 2,
+        SeamError::NotFound(_) => 3,
+    })
+}
+
+impl ClusterHandle for ClusterNode {
+    fn node_id(&self) -> SeamNodeId {
+        SeamNodeId(self.id())
+    }
+
+    fn register_client<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        clean_start: bool,
+        session_expiry_secs: u32,
+    ) -> BoxFuture<'a, Result<Registration, SeamError>> {
+        Box::pin(async move {
+            let r = ClusterNode::register_client(
+                self,
+                client_id.as_str(),
+                clean_start,
+                session_expiry_secs,
+            )
+            .await
+            .map_err(to_seam)?;
+            let me = Owner {
+                node: self.id(),
+                epoch: r.epoch,
+            };
+            // Read after the registration applied here. Should a newer registration have
+            // applied meanwhile, the entry is not this connection's: no subscriptions, and
+            // the broker finds it no longer owns the id once attached.
+            let subscriptions = if r.session_present {
+                self.registry().read(|reg| {
+                    reg.client(client_id.as_str())
+                        .filter(|e| e.owner == me)
+                        .map(handed_over)
+                        .unwrap_or_default()
+                })
+            } else {
+                Vec::new()
+            };
+            Ok(Registration {
+                epoch: r.epoch,
+                session_present: r.session_present,
+                previous: r.previous.map(|p| PreviousOwner {
+                    node: SeamNodeId(p.owner.node),
+                    epoch: p.owner.epoch,
+                    online: p.online,
+                }),
+                subscriptions,
+            })
+        })
+    }
+
+    fn unregister_client<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        epoch: u64,
+        session_ended: bool,
+    ) -> BoxFuture<'a, Result<(), SeamError>> {
+        Box::pin(async move {
+            match ClusterNode::unregister_client(self, client_id.as_str(), epoch, session_ended)
+                .await
+            {
+                Ok(_) => Ok(()),
+                // A newer connection holds the id: nothing of this one to release.
+                Err(ClusterError::Rejected {
+                    not_owner: true, ..
+                }) => Ok(()),
+                Err(e) => Err(to_seam(e)),
+            }
+        })
+    }
+
+    /// Proposes every filter at once (the proposer puts concurrent commands in one log
+    /// entry), then waits until every other member has folded that entry (see
+    /// `in_force.rs` for why that makes the SUBACK true cluster-wide, and for what a
+    /// member that does not answer in time means).
+    fn subscribe<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        epoch: u64,
+        subscriptions: Vec<HandedOverSubscription>,
+    ) -> BoxFuture<'a, Result<(), SeamError>> {
+        Box::pin(async move {
+            let proposals = subscriptions.iter().map(|s| {
+                let options = SubscriptionOptions {
+                    qos: s.qos,
+                    no_local: s.no_local,
+                    retain_as_published: s.retain_as_published,
+                    retain_handling: s.retain_handling,
+                };
+                self.subscribe_at(
+                    client_id.as_str(),
+                    epoch,
+                    &s.filter,
+                    options,
+                    s.subscription_id,
+                )
+            });
+            let mut last_index = None;
+            let mut errors = Vec::new();
+            for outcome in join_all(proposals).await {
+                match outcome {
+                    Ok((_, index)) => last_index = last_index.max(Some(index)),
+                    Err(e) => errors.push(to_seam(e)),
+                }
+            }
+            if let Some(e) = worst(errors) {
+                return Err(e);
+            }
+            if let Some(index) = last_index {
+                in_force::await_members(&self.shared, index).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn unsubscribe<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        epoch: u64,
+        filters: Vec<String>,
+    ) -> BoxFuture<'a, Result<(), SeamError>> {
+        Box::pin(async move {
+            let proposals = filters
+                .iter()
+                .map(|f| ClusterNode::unsubscribe(self, client_id.as_str(), epoch, f));
+            let errors = join_all(proposals)
+                .await
+                .into_iter()
+                .filter_map(|r| r.err().map(to_seam));
+            match worst(errors) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn node_record(&self, node: SeamNodeId) -> Option<NodeRecord> {
+        let record = if node.0 == self.id() {
+            self.node().clone()
+        } else {
+            self.member(node.0)?
+        };
+        Some(NodeRecord {
+            id: node,
+            name: record.name,
+            grpc: record.grpc,
+            mqtt: record.mqtt,
+        })
+    }
+
+    fn locate_client(&self, client_id: &ClientId) -> Option<ClientLocation> {
+        self.registry().read(|reg| {
+            reg.client(client_id.as_str())
+                .map(|e| location(client_id.as_str(), e))
+        })
+    }
+
+    fn clients(&self, after: Option<&str>, limit: usize) -> Vec<ClientLocation> {
+        self.registry().read(|reg| {
+            reg.clients_after(after)
+                .take(limit)
+                .map(|(id, e)| location(id, e))
+                .collect()
+        })
+    }
+
+    // ---- Data plane: H2's part, swapped in at merge. ----
+
+    fn forward(
+        &self,
+        node: SeamNodeId,
+        _publish: ForwardedPublish,
+    ) -> BoxFuture<'static, Result<(), ForwardError>> {
+        Box::pin(async move {
+            Err(ForwardError::Unavailable {
+                node,
+                detail: "data plane not wired".into(),
+            })
+        })
+    }
+
+    fn kick_remote<'a>(
+        &'a self,
+        _node: SeamNodeId,
+        _client_id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<bool, SeamError>> {
+        Box::pin(async { Err(SeamError::Unavailable("data plane not wired".into())) })
+    }
+
+    // ---- Admin. ----
+
+    /// This node's view (its id, term, commit index), with the members as the leader sees
+    /// them (their reachability is known there) when the leader answers, else as known
+    /// here.
+    fn overview(&self) -> BoxFuture<'_, Result<ClusterOverview, SeamError>> {
+        Box::pin(async move {
+            let local = self.status();
+            let members = match self.leader_status().await {
+                Ok(leader) => leader.members,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no leader status; showing this node's view of the members");
+                    local.members.clone()
+                }
+            };
+            Ok(ClusterOverview {
+                node_id: SeamNodeId(local.node_id),
+                node_name: local.node_name,
+                leader_id: local.leader_id.map(SeamNodeId),
+                term: local.term,
+                commit_index: local.commit_index.unwrap_or(0),
+                members: members.into_iter().map(member_overview).collect(),
+            })
+        })
+    }
+
+    fn remove_member(&self, node: SeamNodeId) -> BoxFuture<'_, Result<(), SeamError>> {
+        Box::pin(async move {
+            let id: NodeId = node.0;
+            if self.member(id).is_none() {
+                return Err(SeamError::NotFound(format!("node {id} is not a member")));
+            }
+            ClusterNode::remove_member(self, id)
+                .await
+                .map(|_| ())
+                .map_err(to_seam)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_what_the_broker_answers() {
+        assert_eq!(
+            to_seam(ClusterError::Rejected {
+                not_owner: true,
+                detail: "x".into()
+            }),
+            SeamError::NotOwner
+        );
+        assert!(matches!(
+            to_seam(ClusterError::Rejected {
+                not_owner: false,
+                detail: "empty filter".into()
+            }),
+            SeamError::Invalid(d) if d == "empty filter"
+        ));
+        for unavailable in [
+            ClusterError::NoLeader(std::time::Duration::from_secs(1)),
+            ClusterError::Timeout(std::time::Duration::from_secs(1)),
+            ClusterError::ShuttingDown,
+            ClusterError::Overloaded(8),
+        ] {
+            assert!(matches!(to_seam(unavailable), SeamError::Unavailable(_)));
+        }
+        let worst_of = worst([
+            SeamError::Invalid("a".into()),
+            SeamError::Unavailable("b".into()),
+            SeamError::NotOwner,
+        ]);
+        assert_eq!(worst_of, Some(SeamError::NotOwner));
+        assert_eq!(worst(Vec::new()), None);
+    }
+}

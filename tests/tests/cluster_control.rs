@@ -1,0 +1,255 @@
+//! The cluster's control plane with real processes: client ids owned once cluster-wide
+//! (a takeover across nodes, its one event), sessions found again on another node, leader
+//! loss, a follower catching up, and a node without quorum refusing CONNECT.
+//!
+//! Publishes cross no node boundary here (the data plane is tested elsewhere): every
+//! delivery checked is on the node the subscriber is connected to, and event watchers sit
+//! on the node that emits the event.
+
+use std::time::{Duration, Instant};
+
+use skein_tests::{
+    unique_id, Connect, Packet, Proto, Publish, RawClient, SubFilter, TestCluster, QUIET,
+    RECV_TIMEOUT,
+};
+
+#[path = "events_mqtt/watcher.rs"]
+#[allow(dead_code)]
+mod watcher;
+
+use watcher::Watcher;
+
+/// How long a new leader may take after the old one died (election timeout 1-2 s, on a
+/// loaded machine).
+const ELECTION_DEADLINE: Duration = Duration::from_secs(20);
+
+async fn three_nodes_with_both_dialects() -> TestCluster {
+    TestCluster::start_with(3, |_, b| b.env("SKEIN_EVENTS_DOLLAR_EVENT", "1")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_across_nodes_ends_the_old_connection_with_one_event_from_the_old_node() {
+    let cluster = three_nodes_with_both_dialects().await;
+    let (old_node, new_node) = (cluster.node(1), cluster.node(2));
+    let old_addr = old_node.mqtt_addr().to_string();
+    let new_addr = new_node.mqtt_addr().to_string();
+    let mut on_old = Watcher::everything(old_node).await;
+    let mut on_new = Watcher::everything(new_node).await;
+
+    let id = unique_id("roamer");
+    let mut old = RawClient::v5(old_node.mqtt_addr(), &id).await;
+    let started = Instant::now();
+    let new = RawClient::v5(new_node.mqtt_addr(), &id).await;
+    old.expect_disconnect(0x8E, RECV_TIMEOUT).await;
+    eprintln!(
+        "takeover across nodes: CONNECT on node 2 to DISCONNECT on node 1 in {:?}",
+        started.elapsed()
+    );
+
+    let e = on_old
+        .wait("$events/client_disconnected", |v| {
+            v["clientid"] == id.as_str() && v["reason"] == "takeovered"
+        })
+        .await;
+    assert_eq!(e["event"], "client.disconnected");
+    assert_eq!(e["node"], old_addr.as_str());
+    assert_eq!(e["node_name"], "skein-1");
+    assert_eq!(e["takeover_node"], new_addr.as_str());
+    let c = on_old
+        .wait("$EVENT.CLOSE", |v| {
+            v["clientId"] == id.as_str() && v["reason"] == "other_kicked"
+        })
+        .await;
+    assert_eq!(c["nodeIp"], "127.0.0.1");
+    assert_eq!(c["takeoverNode"], new_addr.as_str());
+
+    // Exactly one per dialect: no second one on the old node, none on the taker's.
+    let about_id =
+        |v: &serde_json::Value| v["clientid"] == id.as_str() || v["clientId"] == id.as_str();
+    on_old
+        .expect_none(QUIET, "$events/client_disconnected", about_id)
+        .await;
+    on_old.expect_none(QUIET, "$EVENT.CLOSE", about_id).await;
+    on_new
+        .expect_none(QUIET, "$events/client_disconnected", about_id)
+        .await;
+    on_new.expect_none(QUIET, "$EVENT.CLOSE", about_id).await;
+
+    // The new connection is untouched and owns the id: it subscribes (a registry command
+    // only its epoch may make) and gets what is published on its node.
+    let mut new = new;
+    assert_eq!(new.subscribe(1, &[SubFilter::new("roam/#", 1)]).await, [1]);
+    let mut publisher = RawClient::v5(new_node.mqtt_addr(), &unique_id("pub")).await;
+    publisher
+        .publish(&Publish::new("roam/1", 0, b"still here"))
+        .await;
+    assert_eq!(
+        new.expect_publish(RECV_TIMEOUT).await.payload,
+        b"still here"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_reconnecting_on_another_node_finds_its_subscriptions() {
+    let cluster = TestCluster::start(3).await;
+    let (first, second) = (cluster.node(1), cluster.node(3));
+    let id = unique_id("sensor");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+
+    let (mut c, present, _) = RawClient::connect_ok(first.mqtt_addr(), &persistent).await;
+    assert!(!present);
+    assert_eq!(
+        c.subscribe(
+            1,
+            &[
+                SubFilter::new("plant/+/temp", 1),
+                SubFilter::new("plant/alarm", 0)
+            ]
+        )
+        .await,
+        [1, 0]
+    );
+    c.disconnect().await;
+
+    let (mut c, present, _) = RawClient::connect_ok(second.mqtt_addr(), &persistent).await;
+    assert!(
+        present,
+        "Session Present=1 for a session held by another node"
+    );
+    let mut publisher = RawClient::v5(second.mqtt_addr(), &unique_id("pub")).await;
+    publisher
+        .publish(&Publish::new("plant/7/temp", 1, b"21.5"))
+        .await;
+    let got = c.expect_publish(RECV_TIMEOUT).await;
+    assert_eq!((got.topic.as_str(), got.qos), ("plant/7/temp", 1));
+    publisher
+        .publish(&Publish::new("plant/alarm", 0, b"!"))
+        .await;
+    assert_eq!(c.expect_publish(RECV_TIMEOUT).await.topic, "plant/alarm");
+
+    // The node that held it keeps no subscription of the session in its index.
+    let listed = skein_tests::http_get(
+        first.http_addr(),
+        &format!("/api/v1/subscriptions?clientid={id}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed.0, 200);
+    assert!(!listed.1.contains("plant/"), "{}", listed.1);
+
+    // A clean start elsewhere finds nothing.
+    c.disconnect().await;
+    let clean = Connect::v5(&id).clean(true);
+    let (_c, present, _) = RawClient::connect_ok(first.mqtt_addr(), &clean).await;
+    assert!(!present);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_leader_is_killed_a_new_one_is_elected_and_clients_connect_and_subscribe() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader(&cluster.ids(), RECV_TIMEOUT).await;
+    cluster.kill9(leader);
+    let survivors = cluster.running();
+    let started = Instant::now();
+    let new_leader = cluster.leader(&survivors, ELECTION_DEADLINE).await;
+    assert_ne!(new_leader, leader);
+    eprintln!("new leader {new_leader} after {:?}", started.elapsed());
+
+    for id in &survivors {
+        let node = cluster.node(*id);
+        let client = unique_id("after");
+        let (mut c, _, _) = RawClient::connect_ok(node.mqtt_addr(), &Connect::v5(&client)).await;
+        assert_eq!(c.subscribe(1, &[SubFilter::new("after/#", 1)]).await, [1]);
+        let mut p = RawClient::v5(node.mqtt_addr(), &unique_id("pub")).await;
+        p.publish(&Publish::new("after/x", 0, b"ok")).await;
+        assert_eq!(c.expect_publish(RECV_TIMEOUT).await.payload, b"ok");
+    }
+    // A takeover between the survivors still works.
+    let (a, b) = (survivors[0], survivors[1]);
+    let id = unique_id("twin");
+    let mut old = RawClient::v5(cluster.node(a).mqtt_addr(), &id).await;
+    let _new = RawClient::v5(cluster.node(b).mqtt_addr(), &id).await;
+    old.expect_disconnect(0x8E, RECV_TIMEOUT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_catches_up_with_what_was_committed_while_it_was_down() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader(&cluster.ids(), RECV_TIMEOUT).await;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let other = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader && *id != follower)
+        .unwrap();
+    cluster.kill9(follower);
+
+    // Committed by the two others while the follower is down.
+    let id = unique_id("late");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut c, _, _) = RawClient::connect_ok(cluster.node(other).mqtt_addr(), &persistent).await;
+    assert_eq!(c.subscribe(1, &[SubFilter::new("late/#", 1)]).await, [1]);
+    c.disconnect().await;
+    for _ in 0..20 {
+        let (c, _, _) = RawClient::connect_ok(
+            cluster.node(leader).mqtt_addr(),
+            &Connect::v5(&unique_id("churn")),
+        )
+        .await;
+        c.disconnect().await;
+    }
+
+    cluster.restart(follower);
+    cluster.wait_formed(3, ELECTION_DEADLINE).await;
+    // Its commit index reaches the leader's.
+    let target = cluster.overview(leader).await.unwrap()["commit_index"]
+        .as_u64()
+        .unwrap();
+    let deadline = Instant::now() + ELECTION_DEADLINE;
+    loop {
+        let seen = cluster
+            .overview(follower)
+            .await
+            .and_then(|v| v["commit_index"].as_u64());
+        if seen.is_some_and(|s| s >= target) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower at {seen:?}, leader at {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What it applied is what it rebuilds a session from: the subscription made while it
+    // was down is found there.
+    let (mut c, present, _) =
+        RawClient::connect_ok(cluster.node(follower).mqtt_addr(), &persistent).await;
+    assert!(present);
+    let mut p = RawClient::v5(cluster.node(follower).mqtt_addr(), &unique_id("pub")).await;
+    p.publish(&Publish::new("late/1", 0, b"caught up")).await;
+    assert_eq!(c.expect_publish(RECV_TIMEOUT).await.payload, b"caught up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_quorum_refuses_connect_as_server_unavailable_in_bounded_time() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.kill9(2);
+    cluster.kill9(3);
+    let lonely = cluster.node(1).mqtt_addr();
+    // The proposal timeout (5 s) bounds the wait; the margin covers a loaded machine.
+    let bound = Duration::from_secs(12);
+
+    for (proto, expected) in [(Proto::V5, 0x88), (Proto::V311, 3)] {
+        let started = Instant::now();
+        let mut c = RawClient::tcp(lonely, proto).await;
+        c.send(&Connect::new(proto, &unique_id("minority")).encode())
+            .await;
+        match c.recv(bound).await {
+            Ok(Packet::ConnAck { code, .. }) => assert_eq!(code, expected, "{proto:?}"),
+            other => panic!("{proto:?}: expected a refusing CONNACK, got {other:?}"),
+        }
+        let took = started.elapsed();
+        assert!(took < bound, "{proto:?}: refused after {took:?}");
+        eprintln!("{proto:?}: refused with {expected:#x} after {took:?}");
+    }
+}
