@@ -154,7 +154,14 @@ launch() {
     --peers "$(peers "$n")" \
     --data-dir "$(data_dir "$i")" \
     </dev/null >>"$(log_file "$i")" 2>&1 &
-  echo $! >"$(pid_file "$i")"
+  local pid=$!
+  echo "$pid" >"$(pid_file "$i")"
+  # Until the child has exec'd the binary, its command line is this script's: wait for
+  # that (or for its end), so that node_pid does not take a starting node for a dead one.
+  local deadline=$((SECONDS + 10))
+  while [[ -z $(node_pid "$i") ]] && kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+    sleep 0.05
+  done
 }
 
 # GET /api/v1/cluster of node I (the JSON), or nothing when it does not answer 200.
@@ -181,7 +188,8 @@ member_field() {
     sed -n '1{s/^[^:]*://;s/"//g;p}'
 }
 
-# Whether node I answers its HTTP API and, when N is given, sees a leader and N members.
+# Whether node I answers its HTTP API and, when N is given, sees a leader and N members
+# with their records.
 node_ready() {
   local json leader
   json=$(cluster_json "$1")
@@ -189,7 +197,9 @@ node_ready() {
   [[ -n ${2:-} ]] || return 0
   leader=$(json_number "$json" leader_id)
   [[ $leader =~ ^[0-9]+$ ]] || return 1
-  (($(json_members "$json" | grep -c '"role"') == $2))
+  (($(json_members "$json" | grep -c '"role"') == $2)) || return 1
+  # Every member's record (name, MQTT address) has reached this node.
+  [[ $json != *'"name":""'* ]]
 }
 
 log_tail() {
