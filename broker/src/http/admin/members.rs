@@ -14,6 +14,9 @@ use super::cluster::ClusterView;
 use super::ApiError;
 use crate::broker::Broker;
 
+/// A removal that has not committed by then is answered 503: the cluster lacks a quorum,
+/// or it is busy with another change.
+const REMOVAL_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the answer waits for this node's view to show the committed removal (a
 /// follower applies it a moment after the leader); the removal itself is done by then.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -32,7 +35,14 @@ pub async fn remove(
     if !is_member(&cluster.overview().await?, id) {
         return Err(ApiError::NotFound(format!("no member with id {id}").into()));
     }
-    cluster.remove_member(id).await?;
+    match tokio::time::timeout(REMOVAL_DEADLINE, cluster.remove_member(id)).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(ApiError::Unavailable(format!(
+                "removing member {id} did not finish within {REMOVAL_DEADLINE:?} (it may still)"
+            )))
+        }
+    }
     tracing::info!("member removed by an operator");
     let deadline = tokio::time::Instant::now() + SETTLE;
     loop {
