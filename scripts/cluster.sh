@@ -123,7 +123,9 @@ skein_bin() {
   fi
   local root target bin
   root=$(repo_root)
-  target=${CARGO_TARGET_DIR:-$root/target}
+  target=${CARGO_TARGET_DIR:-target}
+  # cargo takes a relative target directory from the workspace root.
+  [[ $target == /* ]] || target=$root/$target
   bin=$target/release/skein
   if [[ ! -x $bin ]]; then
     echo "building $bin (cargo build --release -p skein-broker --bin skein)" >&2
