@@ -243,12 +243,14 @@ impl Broker {
                 return true;
             }
             st.will_due_ms = OptionalMs::NONE;
-            st.will.take()
+            (st.will.take(), st.disconnected_at_ms.get())
         };
+        let (will, offline_since) = will;
         if let Some(will) = will {
             self.publish_will(client_id, will);
         }
         self.end_session(&session, SessionEnd::Discarded);
+        self.release_ended_session(client_id, offline_since).await;
         true
     }
 
@@ -505,11 +507,12 @@ impl Broker {
                 _ = tokio::time::sleep(delay) => {}
                 _ = broker.shutdown.cancelled() => return,
             }
-            let _lifecycle = session.lifecycle.lock(&broker.lifecycle_waiters).await;
-            let (still_offline, will) = {
+            let lifecycle = session.lifecycle.lock(&broker.lifecycle_waiters).await;
+            let (still_offline, will, offline_since) = {
                 let mut st = session.state();
                 let same = st.generation == generation && !st.is_online() && !st.removed;
-                (same, if same { st.will.take() } else { None })
+                let will = if same { st.will.take() } else { None };
+                (same, will, st.disconnected_at_ms.get())
             };
             if still_offline {
                 tracing::debug!(client_id = %session.client_id, "session expired");
@@ -517,6 +520,10 @@ impl Broker {
                     broker.publish_will(&session.client_id, will);
                 }
                 broker.end_session(&session, SessionEnd::Expired);
+                drop(lifecycle);
+                broker
+                    .release_ended_session(&session.client_id, offline_since)
+                    .await;
             }
         });
     }

@@ -208,13 +208,13 @@ impl Drop for Connection {
         }
         tracing::error!(connection = self.id, client_id = %self.info.client_id, "connection task panicked");
         let close = Close::internal("internal error");
-        crate::events::raise::disconnected(&self.broker.events, &self.info, &close);
+        crate::events::raise::disconnected(&self.broker.events, &self.info, &close, None);
         let (broker, session) = (self.broker.clone(), self.session.clone());
         let (id, epoch) = (self.id, self.epoch);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let close = Close::internal("internal error");
-                handshake::detach(&broker, &session, id, epoch, &close, false).await;
+                handshake::detach(&broker, &session, (id, epoch), &close, false, false).await;
             });
         }
     }
@@ -260,7 +260,7 @@ impl Connection {
                 tokio::select! {
                     biased;
                     _ = self.kick_rx.notified() => match self.kick_rx.try_recv() {
-                        Some(kick) => return Outcome::Closed(self.kicked(kick)),
+                        Some(kick) => return Outcome::Closed(kicked(kick)),
                         None => break Wake::Queued,
                     },
                     ready = std::future::poll_fn(|cx| this.poll_input(cx)) => match ready {
@@ -399,7 +399,7 @@ impl Connection {
         let write_deadline = self.keepalive_deadline();
         let flushed = tokio::select! {
             r = self.socket.flush(&self.broker.hot) => r,
-            kick = self.kick_rx.recv() => return Err(self.kicked(kick)),
+            kick = self.kick_rx.recv() => return Err(kicked(kick)),
             _ = tokio::time::sleep_until(write_deadline.unwrap_or_else(far_future)), if write_deadline.is_some() => {
                 return Err(Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "client stopped reading"));
             }
@@ -514,21 +514,15 @@ impl Connection {
         codec::encode(packet, self.protocol, self.socket.wbuf());
     }
 
-    /// Why a kick ends this connection; a takeover names the node that took it over.
-    fn kicked(&self, kick: Kick) -> Close {
-        match (kick, self.broker.take_remote_taker(self.id)) {
-            (Kick::TakenOver, Some(by)) => taken_over().by_node(self.broker.node_address(by)),
-            (kick, _) => kicked(kick),
-        }
-    }
-
     /// Ends the connection: tells a v5 client why, then detaches from the session.
     async fn finish(mut self, close: Close) {
         self.count_acked();
-        if close.takeover_node.is_none() && self.kick_rx.try_recv() == Some(Kick::TakenOver) {
-            // Told to go as taken over while it was ending for another reason.
-            self.broker.take_remote_taker(self.id);
-        }
+        // Another node took the session over (noted with the kick): the event names it,
+        // and the session is that node's now. Looked at only after a takeover kick.
+        let taken_by = (self.kick_rx.try_recv() == Some(Kick::TakenOver))
+            .then(|| self.broker.take_remote_taker(self.id))
+            .flatten()
+            .map(|by| self.broker.node_address(by));
         let level = match close.reason {
             DisconnectReason::Normal | DisconnectReason::TcpClosed | DisconnectReason::GoAway => {
                 tracing::Level::DEBUG
@@ -541,7 +535,12 @@ impl Connection {
             tracing::debug!(reason = close.reason.as_str(), detail = %close.detail, "connection closed");
         }
         self.broker.hot.disconnected(close.reason);
-        crate::events::raise::disconnected(&self.broker.events, &self.info, &close);
+        crate::events::raise::disconnected(
+            &self.broker.events,
+            &self.info,
+            &close,
+            taken_by.as_deref(),
+        );
         if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
             let mut packet = Packet::Disconnect(Disconnect {
                 reason: code,
@@ -567,10 +566,10 @@ impl Connection {
         handshake::detach(
             &self.broker,
             &self.session,
-            self.id,
-            self.epoch,
+            (self.id, self.epoch),
             &close,
             self.will_on_disconnect,
+            taken_by.is_some(),
         )
         .await;
         // The linger protects what the broker said last from a reset by input it did not

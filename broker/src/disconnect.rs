@@ -81,18 +81,9 @@ pub struct Close {
     /// For logs and v5 reason strings; static where it can be (no allocation on the
     /// common ends of a connection).
     pub detail: Cow<'static, str>,
-    /// A takeover by another node: that node's advertised MQTT address (the event's
-    /// `takeover_node`). None: this node took it over, or no takeover.
-    pub takeover_node: Option<String>,
 }
 
 impl Close {
-    /// The same close, naming the node that took the session over.
-    pub fn by_node(mut self, takeover_node: String) -> Close {
-        self.takeover_node = Some(takeover_node);
-        self
-    }
-
     pub fn new(
         reason: DisconnectReason,
         code: Option<u8>,
@@ -102,7 +93,6 @@ impl Close {
             reason,
             code,
             detail: detail.into(),
-            takeover_node: None,
         }
     }
 

@@ -29,6 +29,9 @@ pub const CONNECTION_PARKS: &str = "skein_connection_parks_total";
 pub const CONNECTS: &str = "skein_connects_total";
 /// Counter {reason}: connections refused before a session was attached.
 pub const CONNECTS_REFUSED: &str = "skein_connects_refused_total";
+/// Counter {request}: SUBSCRIBEs / UNSUBSCRIBEs the cluster did not take (their filters
+/// were refused).
+pub const CLUSTER_REFUSED: &str = "skein_cluster_refused_total";
 /// Counter {reason}: connections ended after a successful CONNECT.
 pub const DISCONNECTS: &str = "skein_disconnects_total";
 /// Gauge {state="online"|"offline"}: sessions on this node.
@@ -180,6 +183,13 @@ const CONNECTIONS_AND_SESSIONS: &[Desc] = &[
         Unit::Count,
         &["reason"],
         "Connections refused before a session was attached, by reason.",
+    ),
+    desc(
+        CLUSTER_REFUSED,
+        Counter,
+        Unit::Count,
+        &["request"],
+        "SUBSCRIBEs and UNSUBSCRIBEs the cluster did not take (no quorum, a timeout): their filters were refused, by request.",
     ),
     desc(
         DISCONNECTS,
@@ -715,10 +725,6 @@ pub fn bytes_sent(n: usize) {
 pub fn packet_decode_error() {
     counter(&DECODE_ERRORS).increment(1);
 }
-
-/// A SUBSCRIBE or UNSUBSCRIBE (`request`) the cluster did not take: its filters were
-/// refused.
-pub const CLUSTER_REFUSED: &str = "skein_cluster_refused_total";
 
 pub fn cluster_refused(request: &'static str) {
     metrics::counter!(CLUSTER_REFUSED, "request" => request).increment(1);

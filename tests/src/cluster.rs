@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::http_get;
+use crate::http::http_get;
 use crate::node::{Node, NodeBuilder};
 
 /// How long a cluster may take to elect a leader and show every member.

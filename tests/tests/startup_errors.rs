@@ -101,3 +101,46 @@ fn a_data_dir_on_a_read_only_file_system_stops_the_node_with_one_message() {
         assert_failed_once(&out, "Read-only file system");
     }
 }
+
+#[test]
+fn a_grpc_port_in_use_stops_the_node_with_one_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = Node::builder().grpc(addr).run_to_exit(EXIT_DEADLINE);
+    assert_failed_once(&out, "Address already in use");
+    assert!(
+        out.stderr
+            .contains(&format!("cannot listen for gRPC on {addr}")),
+        "the message names the gRPC address:\n{}",
+        out.stderr
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+}
+
+#[test]
+fn a_bad_peer_list_is_a_configuration_error_naming_the_setting() {
+    for peers in ["1@host", "one@host:7070", "2@a:7070,3@b:7070"] {
+        let out = Node::builder()
+            .arg("--peers")
+            .arg(peers)
+            .run_to_exit(EXIT_DEADLINE);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{peers}: stderr:\n{}",
+            out.stderr
+        );
+        assert!(!out.stdout.contains("listening"), "{peers}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("--peers"),
+            "{peers}: the message names the flag:\n{}",
+            out.stderr
+        );
+        assert_eq!(
+            out.stderr.lines().count(),
+            1,
+            "{peers}: one line:\n{}",
+            out.stderr
+        );
+    }
+}

@@ -45,6 +45,36 @@ impl Broker {
             .unwrap_or_else(|| format!("node {node}"))
     }
 
+    /// An offline session of this node ended (it expired, or an operator discarded it):
+    /// the registry forgets it too, or a later CONNECT would be told it is present.
+    /// `offline_since_ms`: when its last connection ended here. A registration made after
+    /// that (epochs are this node's clock in microseconds) is a new connection's and is
+    /// left alone, as is one of another node.
+    pub async fn release_ended_session(
+        &self,
+        client_id: &skein_seam::ClientId,
+        offline_since_ms: Option<u64>,
+    ) {
+        let me = self.cluster.node_id();
+        let Some(owner) = self.cluster.locate_client(client_id) else {
+            return;
+        };
+        let older = match offline_since_ms {
+            Some(ms) => owner.epoch <= ms.saturating_mul(1000),
+            None => !owner.online,
+        };
+        if owner.node != me || !older {
+            return;
+        }
+        if let Err(e) = self
+            .cluster
+            .unregister_client(client_id, owner.epoch, true)
+            .await
+        {
+            tracing::info!(%client_id, error = %e, "could not release an ended session in the cluster");
+        }
+    }
+
     /// Starts [`Broker::session_moved`] for `session` as a task of the broker.
     pub(super) fn spawn_session_moved(&self, session: Arc<Session>) {
         let Some(broker) = self.me.upgrade() else {
@@ -164,10 +194,14 @@ impl Broker {
             let page = self.cluster.clients(after.as_deref(), 1000);
             let Some(last) = page.last() else { break };
             after = Some(last.client_id.to_string());
-            for stale in page
-                .into_iter()
-                .filter(|l| l.node == me && l.online && l.epoch < started_us)
-            {
+            // Online registrations of the previous run, and offline sessions that ended
+            // here while the node was down (expired) or before their end reached the
+            // registry.
+            for stale in page.into_iter().filter(|l| {
+                l.node == me
+                    && l.epoch < started_us
+                    && (l.online || self.find_session(&l.client_id).is_none())
+            }) {
                 let kept = self
                     .find_session(&stale.client_id)
                     .is_some_and(|s| s.state().is_persistent());

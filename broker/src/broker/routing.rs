@@ -337,10 +337,22 @@ impl Broker {
     /// storage takes no new data, a persistent session gets no QoS 1/2 copies (they are
     /// counted as dropped); it has them once it subscribes again with room on the disk.
     pub fn deliver_retained(&self, session: &Arc<Session>, filter: &str, sub: &Subscription) {
+        let retained = self.retained.matching(filter, now_ms());
+        self.deliver_retained_messages(session, retained, sub);
+    }
+
+    /// Queues `retained` (matched earlier, see [`RetainedStore::matching`]) for `session`
+    /// as retained messages of subscription `sub`.
+    pub fn deliver_retained_messages(
+        &self,
+        session: &Arc<Session>,
+        retained: Vec<Arc<Message>>,
+        sub: &Subscription,
+    ) {
         let now = now_ms();
         let refusal = NotStored::of_store(self.store.health())
             .filter(|_| session.state().is_persistent() && sub.options.qos != QoS::AtMostOnce);
-        for message in self.retained.matching(filter, now) {
+        for message in retained {
             let for_event = self
                 .events
                 .wants(crate::events::EventKind::MessageDropped)

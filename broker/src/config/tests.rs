@@ -834,8 +834,11 @@ fn webhook_stream_and_redis_values_are_checked() {
 #[test]
 fn cluster_settings_that_contradict_each_other_are_refused() {
     let e = load(
-        &["--raft-election-timeout-ms", "300"],
-        &[("SKEIN_RAFT_HEARTBEAT_MS", "200")],
+        &[],
+        &[
+            ("SKEIN_RAFT_ELECTION_TIMEOUT_MS", "300"),
+            ("SKEIN_RAFT_HEARTBEAT_MS", "200"),
+        ],
     )
     .unwrap_err()
     .to_string();

@@ -14,11 +14,14 @@
 //! sends the UNSUBSCRIBE again once reconnected. A connection whose client id was taken
 //! over meanwhile ends as taken over.
 
+use std::sync::Arc;
+
 use skein_seam::{ClusterError, HandedOverSubscription};
 
 use super::inbound::{ClusterStep, Granted};
 use super::{Close, Connection};
 use crate::codec::{reason as rc, Packet, Properties, SubAck, UnsubAck};
+use crate::message::Message;
 use crate::session::{Kick, Subscription};
 
 impl Connection {
@@ -55,7 +58,7 @@ impl Connection {
         packet_id: u16,
         mut codes: Vec<u8>,
         granted: Vec<Granted>,
-        retained: Vec<(String, Subscription, usize)>,
+        retained: Vec<(Vec<Arc<Message>>, Subscription)>,
     ) -> Result<Packet, Close> {
         let subscriptions = granted
             .iter()
@@ -70,11 +73,12 @@ impl Connection {
         match committed {
             Ok(()) => {
                 // Queued now, written by the next pump: after the SUBACK.
-                for (filter, sub, _) in retained {
-                    self.broker.deliver_retained(&self.session, &filter, &sub);
+                for (messages, sub) in retained {
+                    self.broker
+                        .deliver_retained_messages(&self.session, messages, &sub);
                 }
             }
-            Err(ClusterError::NotOwner) => return Err(self.kicked(Kick::TakenOver)),
+            Err(ClusterError::NotOwner) => return Err(self.taken_over_elsewhere()),
             Err(e) => {
                 crate::metrics::cluster_refused("subscribe");
                 tracing::info!(client_id = %self.info.client_id, error = %e, "SUBSCRIBE refused: the cluster did not take it");
@@ -114,7 +118,7 @@ impl Connection {
         let mut properties = Properties::default();
         match committed {
             Ok(()) => {}
-            Err(ClusterError::NotOwner) => return Err(self.kicked(Kick::TakenOver)),
+            Err(ClusterError::NotOwner) => return Err(self.taken_over_elsewhere()),
             Err(e) => {
                 crate::metrics::cluster_refused("unsubscribe");
                 tracing::info!(client_id = %self.info.client_id, error = %e, "UNSUBSCRIBE refused: the cluster did not take it");
@@ -137,6 +141,23 @@ impl Connection {
             reason_codes: codes,
             properties,
         }))
+    }
+
+    /// The cluster refused a command of this connection's epoch: a newer registration
+    /// took the client id. Noted as its node's takeover (as the registry fold would, should
+    /// it come later) so the disconnect event names it and the session moves there.
+    fn taken_over_elsewhere(&self) -> Close {
+        let me = self.broker.cluster.node_id();
+        if let Some(owner) = self
+            .broker
+            .cluster
+            .locate_client(&self.info.client_id)
+            .filter(|o| o.node != me)
+        {
+            self.broker.note_remote_taker(self.id, owner.node);
+            self.kick_rx.send(Kick::TakenOver);
+        }
+        super::taken_over()
     }
 
     /// The Reason String of a refusal, unless the client asked for none (MQTT 5 only).

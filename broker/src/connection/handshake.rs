@@ -588,19 +588,17 @@ fn client_info(
 }
 
 /// Detaches a finished connection from its session (if it is still the attached one):
-/// publishes or schedules the will, ends or keeps the session.
+/// publishes or schedules the will, ends or keeps the session. `moved`: another node took
+/// the session over; it lives on there (its registration is that node's, nothing to
+/// release; its expiry runs there; its queued messages stay stored here).
 pub(super) async fn detach(
     broker: &Arc<Broker>,
     session: &Arc<Session>,
-    connection_id: u64,
-    epoch: u64,
+    (connection_id, epoch): (u64, u64),
     close: &Close,
     will_on_disconnect: bool,
+    moved: bool,
 ) {
-    // Taken over by another node: the session lives on there. Its registration is that
-    // node's now (nothing to release), its expiry runs there, and its queued messages
-    // stay stored here.
-    let moved = close.takeover_node.is_some();
     // Whether the taker resumed the session (its will then waits for nothing here: the
     // session did not end), as a takeover on this node decides.
     let resumed_elsewhere = moved

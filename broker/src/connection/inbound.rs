@@ -41,9 +41,10 @@ pub(super) enum ClusterStep {
         /// The filters added here, with their place in `codes` and the subscription each
         /// replaced (to undo).
         granted: Vec<Granted>,
-        /// The retained messages to send once the subscriptions are in force: filter
-        /// (without a share prefix), subscription, place in `codes`.
-        retained: Vec<(String, Subscription, usize)>,
+        /// The retained messages to send once the subscriptions are in force, as they
+        /// were when the SUBSCRIBE was handled (a publish that reached the node after it
+        /// reaches the subscriber by routing, not as retained): messages, subscription.
+        retained: Vec<(Vec<Arc<Message>>, Subscription)>,
     },
     Unsubscribe {
         packet_id: u16,
@@ -693,7 +694,13 @@ impl Connection {
                 _ => false,
             };
             if group.is_none() && wants_retained {
-                retained.push((inner.to_owned(), sub, codes.len() - 1));
+                let matching = self
+                    .broker
+                    .retained
+                    .matching(inner, crate::message::now_ms());
+                if !matching.is_empty() {
+                    retained.push((matching, sub));
+                }
             }
         }
         if granted.is_empty() {

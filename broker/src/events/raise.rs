@@ -116,19 +116,22 @@ pub fn raise_message(
     }
 }
 
-/// `client.disconnected` for a connection that ended with `close`.
-pub fn disconnected(bus: &EventBus, client: &Arc<ClientInfo>, close: &Close) {
+/// `client.disconnected` for a connection that ended with `close`; `taken_by` is the
+/// advertised MQTT address of the node that took the session over, when that was another
+/// node.
+pub fn disconnected(
+    bus: &EventBus,
+    client: &Arc<ClientInfo>,
+    close: &Close,
+    taken_by: Option<&str>,
+) {
     raise(bus, client, EventKind::ClientDisconnected, || {
         EventBody::Disconnected {
             reason: close.reason,
             disconnected_at_ms: now_ms(),
             // Another node's address when it took the session over, else this node's.
-            takeover_node: (close.reason == DisconnectReason::Takeovered).then(|| {
-                close
-                    .takeover_node
-                    .clone()
-                    .unwrap_or_else(|| bus.node().node.clone())
-            }),
+            takeover_node: (close.reason == DisconnectReason::Takeovered)
+                .then(|| taken_by.unwrap_or(&bus.node().node).to_owned()),
             by_disconnect_packet: close.reason == DisconnectReason::Normal,
             had_session: true,
         }
