@@ -11,6 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(FILES, ["proto"])?;
     tonic_prost_build::configure()
+        // A forwarded publish's payload moves between the broker and the wire without a copy.
+        .bytes(".skein.cluster.v1.ForwardedPublish.payload")
+        .bytes(".skein.cluster.v1.ForwardedPublish.correlation_data")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -1,5 +1,6 @@
-//! The node's shared state: the session registry, the subscription index, retained
-//! messages, and the routing of a publish to every matching session.
+//! The node's shared state: the session registry, the subscription index, other nodes'
+//! interest, retained messages, and the routing of a publish to every matching session
+//! here and every other node with interest.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +19,15 @@ use crate::input_order::{InputOrder, LateCutoff};
 use crate::message::{now_ms, Message};
 use crate::retained::RetainedStore;
 use crate::session::{OptionalMs, Session, Subscription};
-use crate::topic::{self, TopicTree};
+use crate::topic::{self, RemoteInterest, TopicTree};
+
+pub use forwarding::Forwards;
 use skein_seam::ClientId;
 use skein_seam::ClusterHandle;
 
 mod broker_handle;
 mod cluster_sync;
+mod forwarding;
 mod routing;
 mod storage_monitor;
 
@@ -50,9 +54,13 @@ pub struct SubEntry {
 }
 
 /// What routing a publish did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct RouteOutcome {
+    /// Sessions on this node that got it.
     pub matched: usize,
+    /// Other nodes it was forwarded to for their subscribers (a retained message also goes
+    /// to the nodes without: those are not counted here).
+    pub remote: usize,
     /// Something was written to storage: flush before acknowledging the publisher.
     pub needs_flush: bool,
     /// Something the message needed on disk (a persistent session's copy, the retained
@@ -63,6 +71,9 @@ pub struct RouteOutcome {
     /// Not routed: it matched nobody while input reported before it was unhandled (see
     /// [`Broker::route_holding_wakes`]).
     pub deferred: bool,
+    /// The forwards to other nodes: a QoS 1/2 publisher is acknowledged once they all
+    /// succeed (dropping them withdraws nothing: a QoS 0 publish does not wait).
+    pub forwards: Forwards,
 }
 
 /// What adding a subscription found.
@@ -85,6 +96,9 @@ pub struct Broker {
     pub hot: Arc<crate::metrics::HotCounters>,
     sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
     subscriptions: RwLock<TopicTree<SessionRef, SubEntry>>,
+    /// Other nodes' subscriptions, as the cluster reports them: where publishes go beyond
+    /// this node.
+    pub remote_interest: RemoteInterest,
     pub retained: RetainedStore,
     next_connection_id: AtomicU64,
     next_assigned_id: AtomicU64,
@@ -136,6 +150,7 @@ impl Broker {
             hot: Arc::new(crate::metrics::HotCounters::register()),
             sessions: Mutex::new(HashMap::default()),
             subscriptions: RwLock::new(TopicTree::new()),
+            remote_interest: RemoteInterest::new(),
             retained,
             next_connection_id: AtomicU64::new(1),
             next_assigned_id: AtomicU64::new(1),

@@ -8,6 +8,7 @@ mod order;
 mod outbound;
 mod paged_slab;
 pub mod park;
+mod pending_acks;
 mod socket;
 
 use std::net::SocketAddr;
@@ -66,6 +67,9 @@ pub struct Connection {
     holds_slot: bool,
     /// Its place in the node's input order while it has a task (see `order`).
     input_order: Option<Box<order::InputOrderState>>,
+    /// Acknowledgements waiting for other nodes, in PUBLISH order (see `pending_acks`);
+    /// None between read batches.
+    pending_acks: Option<Box<pending_acks::PendingAcks>>,
 }
 
 /// How `run` ended.
@@ -412,7 +416,13 @@ impl Connection {
     /// shutdown) and calls again before reading more.
     async fn process_input(&mut self) -> Result<bool, Close> {
         loop {
-            match self.handle_batch()? {
+            let batch = self.handle_batch();
+            // The batch's forwards were in flight together; what was acknowledged before a
+            // failure still goes out.
+            if self.pending_acks.is_some() {
+                Box::pin(self.settle_acks()).await?;
+            }
+            match batch? {
                 Batch::Drained => return Ok(false),
                 Batch::OutputFull => return Ok(true),
                 Batch::RouteInOrder(deferred) => {

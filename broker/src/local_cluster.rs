@@ -175,6 +175,10 @@ impl ClusterHandle for LocalCluster {
         })
     }
 
+    fn other_members(&self) -> Vec<NodeId> {
+        Vec::new()
+    }
+
     fn node_record(&self, node: NodeId) -> Option<NodeRecord> {
         (node == self.node).then(|| NodeRecord {
             id: node,

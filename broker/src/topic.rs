@@ -1,9 +1,11 @@
-//! MQTT topics: name/filter validation, shared-subscription parsing, and the
-//! subscription index that routes every PUBLISH to its subscribers.
+//! MQTT topics: name/filter validation, shared-subscription parsing, the subscription
+//! index that routes every PUBLISH to its subscribers, and the index of other nodes'
+//! interest that says where it goes beyond this node.
 
 mod error;
 mod filter_match;
 mod node;
+mod remote_interest;
 mod shared;
 mod subscribers;
 mod tree;
@@ -15,5 +17,7 @@ mod proptests;
 
 pub use error::TopicError;
 pub use filter_match::matches;
+pub use remote_interest::{NodeTarget, RemoteInterest, RemoteTargets};
 pub use tree::TopicTree;
+pub use walk::{Group, GroupMembers};
 pub use validate::{parse_subscription, valid_topic_filter, valid_topic_name, MAX_TOPIC_LEN};

@@ -11,7 +11,6 @@ pub(crate) struct BrokerSlot(OnceLock<Arc<dyn BrokerHandle>>);
 
 impl BrokerSlot {
     /// The broker; None until [`crate::ClusterNode::attach_broker`] was called.
-    #[allow(dead_code)] // read by the forward server and the registry fold, wired next
     pub(crate) fn get(&self) -> Option<&Arc<dyn BrokerHandle>> {
         self.0.get()
     }

@@ -253,27 +253,26 @@ impl ClusterHandle for ClusterNode {
         })
     }
 
-    // ---- Data plane: H2's part, swapped in at merge. ----
+    // ---- Data plane (`data_plane.rs`). ----
 
     fn forward(
         &self,
         node: SeamNodeId,
-        _publish: ForwardedPublish,
+        publish: ForwardedPublish,
     ) -> BoxFuture<'static, Result<(), ForwardError>> {
-        Box::pin(async move {
-            Err(ForwardError::Unavailable {
-                node,
-                detail: "data plane not wired".into(),
-            })
-        })
+        ClusterNode::forward(self, node, publish)
     }
 
     fn kick_remote<'a>(
         &'a self,
-        _node: SeamNodeId,
-        _client_id: &'a ClientId,
+        node: SeamNodeId,
+        client_id: &'a ClientId,
     ) -> BoxFuture<'a, Result<bool, SeamError>> {
-        Box::pin(async { Err(SeamError::Unavailable("data plane not wired".into())) })
+        ClusterNode::kick_remote(self, node, client_id)
+    }
+
+    fn other_members(&self) -> Vec<SeamNodeId> {
+        ClusterNode::other_members(self)
     }
 
     // ---- Admin. ----

@@ -10,11 +10,16 @@
 //! - `handle`: [`ClusterNode`] as the seam's `ClusterHandle`, what the broker holds.
 //! - `commands`: the registry commands the broker proposes (register, unregister,
 //!   subscribe, unsubscribe).
+//! - `data_plane`: what the broker asks of the data plane: forward a publish to a member,
+//!   kick a connection on another member, the members to forward retained messages to.
 //! - `node`: [`ClusterNode`], a running member: start, reads, status, removal, shutdown;
 //!   [`ChangeStream`]; attaching the broker.
 //! - `in_force`: a SUBACK waits until every other member has folded the subscription.
 //! - `fold`: the registry fold, applied changes told to the local broker.
-//! - `server`: the gRPC server (`Raft` and `Cluster` services).
+//! - `server`: the gRPC server (`Raft`, `Cluster`, `Forward` and `Session` services).
+//! - `session_service`: the `Session` service: kicks from other members.
+//! - `forward`: the data plane: one bounded queue and batched stream per peer, and the
+//!   `Forward` service that delivers what peers send to the local broker.
 //! - `proposer`: batches concurrent commands into one log entry; forwards to the leader.
 //! - `membership`: `--peers` bootstrap, join through any member, member records, removal.
 //! - `status`: [`ClusterStatus`], this node's or the leader's.
@@ -37,8 +42,10 @@
 mod broker_slot;
 mod commands;
 mod convert;
+mod data_plane;
 mod epoch;
 mod error;
+mod forward;
 mod fold;
 mod handle;
 mod in_force;
@@ -52,6 +59,7 @@ mod peers;
 mod proposer;
 mod registry;
 mod server;
+mod session_service;
 mod settings;
 mod shared;
 mod state_machine;
@@ -66,7 +74,7 @@ pub use registry::{
     AppliedChanges, Change, ChangeEvent, ClientEntry, Owner, PreviousOwner, Registry, Subscription,
     SubscriptionOptions, SNAPSHOT_FORMAT,
 };
-pub use settings::{RaftSettings, MAX_ENTRIES_PER_APPEND, PURGE_BATCH_ENTRIES};
+pub use settings::{ForwardSettings, RaftSettings, MAX_ENTRIES_PER_APPEND, PURGE_BATCH_ENTRIES};
 pub use state_machine::RegistryView;
 pub use status::{ClusterStatus, MemberStatus, Role};
 pub use types::{Membership, Node, NodeId};

@@ -3,7 +3,9 @@
 //!
 //! Fixed by issue 13: `skein_raft_term`, `skein_raft_is_leader`, `skein_raft_commit_index`,
 //! `skein_raft_applied_index`, `skein_raft_leader_changes_total`, `skein_raft_proposal_seconds`,
-//! `skein_cluster_members` (by role and reachability). The rest are this crate's own.
+//! `skein_cluster_members` (by role and reachability), and per peer the forward queue's depth
+//! and what was sent, retried and dropped (`skein_cluster_forward_*`). The rest are this
+//! crate's own.
 
 use std::time::Duration;
 
@@ -36,6 +38,89 @@ pub const CLUSTER_MEMBERS: &str = "skein_cluster_members";
 pub const CLUSTER_REGISTRY_CLIENTS: &str = "skein_cluster_registry_clients";
 /// Change-stream events a slow receiver missed (it then re-reads the registry).
 pub const CLUSTER_CHANGES_LAGGED: &str = "skein_cluster_changes_lagged_total";
+
+/// Gauge {peer}: messages held for a peer: waiting, or sent and not acknowledged yet.
+pub const FORWARD_QUEUE_DEPTH: &str = "skein_cluster_forward_queue_depth";
+/// Counter {peer}: forwarded messages the peer acknowledged.
+pub const FORWARD_SENT: &str = "skein_cluster_forward_sent_total";
+/// Counter {peer}: forwarded messages sent again on a new stream (after a broken stream or
+/// the peer's RETRY_LATER).
+pub const FORWARD_RETRIED: &str = "skein_cluster_forward_retried_total";
+/// Counter {peer, reason}: messages not forwarded: `queue_full` (refused by the bounded
+/// queue), `peer_removed`, `shutting_down`.
+pub const FORWARD_DROPPED: &str = "skein_cluster_forward_dropped_total";
+/// Histogram: messages per batch sent to a peer.
+pub const FORWARD_BATCH_MESSAGES: &str = "skein_cluster_forward_batch_messages";
+/// Counter {peer}: forwarded messages this node received from a peer and delivered.
+pub const FORWARD_RECEIVED: &str = "skein_cluster_forward_received_total";
+/// Counter {peer}: messages a peer sent again that this node had delivered already:
+/// acknowledged, not delivered twice.
+pub const FORWARD_RECEIVED_DUPLICATES: &str = "skein_cluster_forward_received_duplicates_total";
+/// Counter {peer, reason}: forwarded messages this node could not deliver and dropped
+/// (`invalid`: no MQTT publish could carry it).
+pub const FORWARD_RECEIVED_DROPPED: &str = "skein_cluster_forward_received_dropped_total";
+
+/// One peer's forward series, registered once per queue (the hot path only bumps them).
+pub(crate) struct PeerForwardMetrics {
+    depth: metrics::Gauge,
+    sent: metrics::Counter,
+    retried: metrics::Counter,
+    batch: metrics::Histogram,
+    peer: String,
+}
+
+impl PeerForwardMetrics {
+    pub(crate) fn new(peer: NodeId) -> Self {
+        let peer = peer.to_string();
+        PeerForwardMetrics {
+            depth: metrics::gauge!(FORWARD_QUEUE_DEPTH, "peer" => peer.clone()),
+            sent: metrics::counter!(FORWARD_SENT, "peer" => peer.clone()),
+            retried: metrics::counter!(FORWARD_RETRIED, "peer" => peer.clone()),
+            batch: metrics::histogram!(FORWARD_BATCH_MESSAGES),
+            peer,
+        }
+    }
+
+    pub(crate) fn depth(&self, held: usize) {
+        self.depth.set(held as f64);
+    }
+
+    pub(crate) fn sent(&self, messages: usize) {
+        self.sent.increment(messages as u64);
+    }
+
+    pub(crate) fn retried(&self, messages: usize) {
+        if messages > 0 {
+            self.retried.increment(messages as u64);
+        }
+    }
+
+    pub(crate) fn batch(&self, messages: usize) {
+        self.batch.record(messages as f64);
+    }
+
+    /// Rare (a full queue, a peer removed): the series is looked up when it happens.
+    pub(crate) fn dropped(&self, reason: &'static str, messages: usize) {
+        metrics::counter!(FORWARD_DROPPED, "peer" => self.peer.clone(), "reason" => reason)
+            .increment(messages as u64);
+    }
+}
+
+/// What this node received from peer `peer`: delivered, duplicates, dropped.
+pub(crate) fn forward_received(peer: NodeId, delivered: usize, duplicates: usize) {
+    let peer = peer.to_string();
+    if delivered > 0 {
+        metrics::counter!(FORWARD_RECEIVED, "peer" => peer.clone()).increment(delivered as u64);
+    }
+    if duplicates > 0 {
+        metrics::counter!(FORWARD_RECEIVED_DUPLICATES, "peer" => peer).increment(duplicates as u64);
+    }
+}
+
+pub(crate) fn forward_received_dropped(peer: NodeId, reason: &'static str, messages: usize) {
+    metrics::counter!(FORWARD_RECEIVED_DROPPED, "peer" => peer.to_string(), "reason" => reason)
+        .increment(messages as u64);
+}
 
 /// Members a SUBACK did not wait for (unreachable, or not folded within the bound).
 pub const CLUSTER_IN_FORCE_SKIPPED: &str = "skein_cluster_in_force_skipped_total";

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker_slot::BrokerSlot;
 use crate::epoch::EpochClock;
 use crate::error::{ClusterError, Result};
+use crate::forward::Forwarder;
 use crate::log_store::{CommitIndex, LogStore};
 use crate::membership::{self, Peer};
 use crate::network::Network;
@@ -53,6 +54,8 @@ pub struct ClusterNode {
     pub(crate) shared: Arc<Shared>,
     pub(crate) proposer: Proposer,
     pub(crate) epochs: EpochClock,
+    /// The data plane's per-peer queues and streams.
+    pub(crate) forwarder: Arc<Forwarder>,
     changes: broadcast::Sender<ChangeEvent>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -166,10 +169,12 @@ impl ClusterNode {
             shutdown.clone(),
         ));
         tracing::info!(%grpc_addr, record = %shared.node, "cluster node started");
+        let forwarder = Forwarder::new(shared.clone(), shutdown.clone(), tasks.clone());
         Ok(ClusterNode {
             shared,
             proposer,
             epochs: EpochClock::default(),
+            forwarder,
             changes,
             shutdown,
             tasks,

@@ -1,5 +1,6 @@
-//! The gRPC server of a member: the `Raft` service (into openraft) and the `Cluster` admin
-//! service (join, remove, status, and proposals from followers), on one listener.
+//! The gRPC server of a member: the `Raft` service (into openraft), the `Cluster` admin
+//! service (join, remove, status, and proposals from followers), and the data plane's
+//! `Forward` and `Session` services, on one listener.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use skein_proto::v1 as pb;
 use skein_proto::v1::cluster_server::{Cluster, ClusterServer};
+use skein_proto::v1::forward_server::ForwardServer;
+use skein_proto::v1::session_server::SessionServer;
 use skein_proto::v1::raft_server::{Raft as RaftRpc, RaftServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -15,15 +18,17 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{FromPb, InstallSnapshotOutcome, ToPb};
 use crate::error::{ClusterError, Result};
+use crate::forward::ForwardService;
 use crate::membership;
 use crate::peers::MAX_MESSAGE_BYTES;
+use crate::session_service::SessionService;
 use crate::shared::Shared;
 use crate::types::{NodeId, Proto};
 
 /// The longest `AwaitFolded` wait a caller may ask for.
 const MAX_FOLD_WAIT: Duration = Duration::from_secs(10);
 
-/// Serves both services on `listener` until `shutdown` is cancelled.
+/// Serves the services on `listener` until `shutdown` is cancelled.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -34,6 +39,10 @@ pub(crate) async fn serve(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let forward = ForwardServer::new(ForwardService::new(shared.clone(), shutdown.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let session = SessionServer::new(SessionService::new(shared.clone()));
     let cluster = ClusterServer::new(ClusterService { shared })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -41,6 +50,8 @@ pub(crate) async fn serve(
         .tcp_nodelay(true)
         .add_service(raft)
         .add_service(cluster)
+        .add_service(forward)
+        .add_service(session)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.cancelled_owned(),

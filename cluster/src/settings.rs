@@ -1,5 +1,5 @@
-//! [`RaftSettings`]: the Raft timing, batching and compaction knobs, with defaults that hold
-//! on a busy 2-core machine.
+//! [`RaftSettings`]: the Raft timing, batching and compaction knobs, and the data plane's
+//! [`ForwardSettings`], with defaults that hold on a busy 2-core machine.
 
 use std::time::Duration;
 
@@ -44,6 +44,86 @@ pub struct RaftSettings {
     /// How long a SUBACK waits for each other member to fold the subscription (ms); a
     /// member that has not by then is skipped and counted (see `in_force.rs`).
     pub fold_wait_ms: u64,
+    /// The data plane: publishes forwarded to other members.
+    pub forward: ForwardSettings,
+}
+
+/// The per-peer forward queues and streams (see `forward.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSettings {
+    /// Messages held for one peer (queued and sent but not acknowledged); a forward that
+    /// would exceed it is refused (`QueueFull`) and counted as dropped.
+    pub queue_messages: usize,
+    /// Encoded bytes held for one peer, bounded like `queue_messages`.
+    pub queue_bytes: usize,
+    /// The most messages in one batch.
+    pub batch_messages: usize,
+    /// A batch is closed once it holds this many encoded bytes (one larger message still
+    /// travels alone).
+    pub batch_bytes: usize,
+    /// Batches sent to a peer and not acknowledged yet: while the peer delivers one, the
+    /// next ones are on their way.
+    pub window_batches: usize,
+    /// How long a forward's caller waits for the peer's acknowledgement before it is told
+    /// the peer is unavailable (ms). The message stays queued and is delivered once the
+    /// peer is back: a publisher is never held up longer than this by a peer that is down.
+    pub ack_timeout_ms: u64,
+    /// The first pause before reconnecting to a peer after a failed stream (ms); doubled
+    /// after each failure up to `retry_max_ms`.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for ForwardSettings {
+    fn default() -> Self {
+        ForwardSettings {
+            queue_messages: 100_000,
+            queue_bytes: 64 * 1024 * 1024,
+            batch_messages: 1024,
+            batch_bytes: 1024 * 1024,
+            window_batches: 4,
+            ack_timeout_ms: 5000,
+            retry_min_ms: 50,
+            retry_max_ms: 2000,
+        }
+    }
+}
+
+impl ForwardSettings {
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    fn check(&self) -> Result<()> {
+        let invalid = |name, reason: String| ClusterError::InvalidSetting { name, reason };
+        for (name, value) in [
+            ("forward.queue_messages", self.queue_messages),
+            ("forward.queue_bytes", self.queue_bytes),
+            ("forward.batch_messages", self.batch_messages),
+            ("forward.batch_bytes", self.batch_bytes),
+            ("forward.window_batches", self.window_batches),
+        ] {
+            if value == 0 {
+                return Err(invalid(name, "must be above 0".into()));
+            }
+        }
+        if self.ack_timeout_ms == 0 || self.retry_min_ms == 0 {
+            return Err(invalid(
+                "forward",
+                "ack_timeout_ms and retry_min_ms must be above 0".into(),
+            ));
+        }
+        if self.retry_max_ms < self.retry_min_ms {
+            return Err(invalid(
+                "forward.retry_max_ms",
+                format!(
+                    "{} ms is below retry_min_ms ({} ms)",
+                    self.retry_max_ms, self.retry_min_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for RaftSettings {
@@ -58,6 +138,7 @@ impl Default for RaftSettings {
             proposal_timeout_ms: 5000,
             change_stream_capacity: 4096,
             connect_timeout_ms: 1000,
+            forward: ForwardSettings::default(),
             fold_wait_ms: 2000,
         }
     }
@@ -100,6 +181,7 @@ impl RaftSettings {
         if self.snapshot_every_entries == 0 {
             return Err(invalid("snapshot_every_entries", "must be above 0".into()));
         }
+        self.forward.check()?;
         let config = openraft::Config {
             cluster_name: "skein".into(),
             heartbeat_interval: self.heartbeat_ms,
@@ -153,5 +235,14 @@ mod tests {
             ..Default::default()
         };
         assert!(zero.openraft_config().is_err());
+        let no_window = RaftSettings {
+            forward: ForwardSettings {
+                window_batches: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = no_window.openraft_config().unwrap_err().to_string();
+        assert!(e.contains("forward.window_batches"), "{e}");
     }
 }

@@ -106,6 +106,9 @@ pub trait BrokerHandle: Send + Sync {
     /// only to them: a forwarded publish is never forwarded again (one hop). Completes once
     /// every local target has it (written to disk where an offline session needs it), so
     /// the publishing node may acknowledge. Returns how many local sessions it matched.
+    /// Routing happens when the future is first polled, only the wait for storage after:
+    /// a caller that polls several in turn has them routed in that order while their
+    /// storage waits overlap.
     fn deliver_forwarded(
         &self,
         publish: ForwardedPublish,

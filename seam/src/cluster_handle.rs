@@ -175,6 +175,10 @@ pub trait ClusterHandle: Send + Sync {
         publish: ForwardedPublish,
     ) -> BoxFuture<'static, Result<(), ForwardError>>;
 
+    /// The other members (voters and learners), as this node knows the membership: where
+    /// a retained message is forwarded, whether or not they have interest.
+    fn other_members(&self) -> Vec<NodeId>;
+
     /// A member's record (for the `node` fields of events), if `node` is a member.
     fn node_record(&self, node: NodeId) -> Option<NodeRecord>;
 

@@ -1,6 +1,7 @@
 //! The broker's side of the cluster seam: [`BrokerHandle`], what other nodes ask of this
-//! one, mapped onto the broker's own operations (routing and storage refusals as for the
-//! admin API's publish, the admin API's kick).
+//! one, mapped onto the broker's own operations (routing to local sessions only, with
+//! storage refusals as for the admin API's publish; the admin API's kick; other nodes'
+//! interest folded into the remote interest index).
 
 use std::sync::Arc;
 
@@ -19,9 +20,13 @@ use crate::topic;
 impl BrokerHandle for Broker {
     fn deliver_forwarded(
         &self,
-        publish: ForwardedPublish,
+        mut publish: ForwardedPublish,
     ) -> BoxFuture<'_, Result<usize, BrokerHandleError>> {
+        // Routed in the future's first poll, before its first wait (the seam's contract):
+        // a receiver polling several in turn has them routed in that order.
         Box::pin(async move {
+            let to_subscribers = publish.to_subscribers;
+            let shared = std::mem::take(&mut publish.shared);
             let message = forwarded_message(publish)?;
             // The publishing node waits for this answer to acknowledge its publisher, as
             // the admin API's caller does: what needs the disk while storage takes no new
@@ -32,10 +37,8 @@ impl BrokerHandle for Broker {
                     return Err(BrokerHandleError::Storage(refusal.message().into()));
                 }
             }
-            // `route_or_refuse` reaches this node's sessions only: a single node has no
-            // peer to forward to. Once routing forwards to peers, this must take its local
-            // part alone, as a forwarded publish is never forwarded again.
-            let outcome = self.route_or_refuse(Arc::new(message));
+            // This node's sessions only: a forwarded publish is never forwarded again.
+            let outcome = self.route_forwarded(Arc::new(message), to_subscribers, &shared);
             if let Some(refusal) = outcome.not_stored {
                 return Err(BrokerHandleError::Storage(refusal.message().into()));
             }
@@ -92,13 +95,14 @@ impl BrokerHandle for Broker {
         self.spawn_session_moved(session);
     }
 
-    // Not folded yet: the routing to other nodes comes with the interest index.
     fn interest_changed(&self, filter: &str, node: NodeId, subscribers: u32) {
-        tracing::debug!(filter, %node, subscribers, "interest of another node");
+        tracing::trace!(filter, %node, subscribers, "interest of another node");
+        self.remote_interest.changed(filter, node, subscribers);
     }
 
     fn interest_reset(&self, interest: Vec<(String, NodeId, u32)>) {
         tracing::debug!(filters = interest.len(), "interest of other nodes reset");
+        self.remote_interest.reset(interest);
     }
 
     fn hand_over_session<'a>(

@@ -1,8 +1,9 @@
-//! Routing: a publish to every matching session of this node, and retained messages to a
-//! new subscription.
+//! Routing: a publish to every matching session of this node and one hop to each other
+//! node with interest (see `forwarding.rs`), and retained messages to a new subscription.
 
 use std::sync::Arc;
 
+use super::forwarding::Scope;
 use super::{Broker, RouteOutcome, SessionRef, SubEntry, Subscribed};
 use crate::codec::QoS;
 use crate::events::raise;
@@ -10,7 +11,7 @@ use crate::input_order::LateRead;
 use crate::message::{now_ms, Message};
 use crate::session::{Delivery, EnqueueOutcome, HeldWakes, Session, Subscription};
 use crate::storage_refusal::{self, NotStored};
-use crate::topic;
+use crate::topic::{self, Group, RemoteTargets};
 
 /// Merges the non-shared deliveries of one session into one (highest QoS, every
 /// subscription id): overlapping subscriptions deliver one copy. Sorting beats hashing here:
@@ -70,14 +71,36 @@ impl Broker {
     /// matching session on this node; never blocks. While storage takes no new data the
     /// copies that need the disk are dropped and counted, the others delivered.
     pub fn route(&self, message: Arc<Message>) -> RouteOutcome {
-        self.route_with(message, None, None, WhenNotStored::DeliverTheRest)
+        self.route_with(
+            message,
+            None,
+            None,
+            WhenNotStored::DeliverTheRest,
+            Scope::Cluster,
+        )
     }
 
     /// Routes a publish whose publisher waits for the answer (the admin API): with
     /// storage taking no new data, a QoS 1/2 message that needs the disk is refused whole
     /// (`not_stored`, `matched` 0).
     pub fn route_or_refuse(&self, message: Arc<Message>) -> RouteOutcome {
-        self.route_with(message, None, None, WhenNotStored::RefuseWhole)
+        self.route_with(message, None, None, WhenNotStored::RefuseWhole, Scope::Cluster)
+    }
+
+    /// Routes a publish another node forwarded to this node's sessions only, as that node
+    /// chose (see [`Scope::Forwarded`]); refused whole like [`Self::route_or_refuse`] when
+    /// it needs the disk while storage takes no new data.
+    pub(crate) fn route_forwarded(
+        &self,
+        message: Arc<Message>,
+        to_subscribers: bool,
+        shared: &[skein_seam::SharedTarget],
+    ) -> RouteOutcome {
+        let scope = Scope::Forwarded {
+            to_subscribers,
+            shared,
+        };
+        self.route_with(message, None, None, WhenNotStored::RefuseWhole, scope)
     }
 
     /// [`Broker::route_or_refuse`] for a client's PUBLISH, with the subscribers' wake-ups
@@ -97,7 +120,7 @@ impl Broker {
         held: Option<&mut HeldWakes>,
         late: Option<LateRead>,
     ) -> RouteOutcome {
-        self.route_with(message, held, late, WhenNotStored::RefuseWhole)
+        self.route_with(message, held, late, WhenNotStored::RefuseWhole, Scope::Cluster)
     }
 
     fn route_with(
@@ -106,6 +129,7 @@ impl Broker {
         mut held: Option<&mut HeldWakes>,
         late: Option<LateRead>,
         when_not_stored: WhenNotStored,
+        scope: Scope<'_>,
     ) -> RouteOutcome {
         debug_assert!(late.is_none() || !message.retain);
         // One atomic load while storage is fine. Otherwise the decision is taken here,
@@ -114,12 +138,19 @@ impl Broker {
         let not_storing = NotStored::of_store(self.store.health());
         // (session, delivery, shared): non-shared matches of one session are merged below.
         let mut targets: Vec<(Arc<Session>, Delivery, bool)> = Vec::new();
+        let mut remote = RemoteTargets::default();
         let refused = {
             let tree = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
-            tree.matches(
+            if let Scope::Cluster = scope {
+                remote = self.remote_targets(&message.topic, &tree);
+            }
+            tree.matches_grouped(
                 &message.topic,
                 |k: &SessionRef| k.0.state().is_online(),
-                |k: &SessionRef, v: &SubEntry, shared: Option<&str>| {
+                |k: &SessionRef, v: &SubEntry, shared: Option<Group<'_>>| {
+                    if !scope.delivers(shared, &remote) {
+                        return;
+                    }
                     let is_publisher = message
                         .publisher
                         .as_ref()
@@ -190,13 +221,21 @@ impl Broker {
             let wake = held.as_deref_mut();
             self.enqueue(&to, &session, &message, delivery, wake, &mut outcome);
         }
+        outcome.remote = remote.nodes.len();
+        if let Scope::Cluster = scope {
+            if !remote.is_empty() || message.retain {
+                outcome.forwards = self.forward(&message, remote);
+            }
+        }
         let answered = when_not_stored == WhenNotStored::RefuseWhole;
         if let (Some(refusal), true) = (outcome.not_stored, answered) {
             if message.qos != QoS::AtMostOnce {
                 storage_refusal::publish_refused(refusal, &message.topic, self.store.health());
             }
         }
-        if outcome.matched == 0 && outcome.not_stored.is_none() {
+        // The publishing node alone says a publish reached nobody.
+        let origin = matches!(scope, Scope::Cluster);
+        if outcome.matched == 0 && outcome.remote == 0 && outcome.not_stored.is_none() && origin {
             crate::metrics::message_dropped("no_subscribers");
             raise::unrouted(&self.events, &message, |publisher| {
                 Some(self.find_session(publisher)?.event_client().0)
@@ -664,9 +703,11 @@ mod late_tests {
             outcome,
             RouteOutcome {
                 matched: 0,
+                remote: 0,
                 needs_flush: false,
                 not_stored: None,
-                deferred: true
+                deferred: true,
+                forwards: Default::default(),
             }
         );
     }

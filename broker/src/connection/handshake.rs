@@ -547,6 +547,7 @@ async fn attach(
         acked: 0,
         holds_slot: false,
         input_order: None,
+        pending_acks: None,
     })
 }
 

@@ -4,6 +4,7 @@ use bytes::Buf;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::pending_acks::PendingAck;
 use super::{taken_over, Close, Connection, DisconnectReason};
 use crate::broker::RouteOutcome;
 use crate::codec::{
@@ -170,7 +171,8 @@ impl Connection {
                 // Already routed once; the client did not get our PUBREC. (Flushed first for
                 // a persistent session: the first copy may have been handled by a connection
                 // that was taken over before its flush.)
-                return Ok(self.after_durable(Packet::PubRec(Ack::new(p.packet_id))));
+                let persistent = self.session.state().is_persistent();
+                return Ok(self.answer_publish(Packet::PubRec(Ack::new(p.packet_id)), persistent));
             }
             if full {
                 return Err(Close::with_code(
@@ -260,20 +262,20 @@ impl Connection {
                 outcome
             }
         };
-        self.answer_routed(&outcome, p.qos, p.packet_id, qos2_stored)
+        self.answer_routed(outcome, p.qos, p.packet_id, qos2_stored)
     }
 
     /// Routes a PUBLISH that waited for the input before it, and answers it.
     pub(super) fn route_deferred(&mut self, d: DeferredPublish) -> Result<After, Close> {
         let outcome = self.broker.route_or_refuse(d.message);
-        self.answer_routed(&outcome, d.qos, d.packet_id, d.qos2_stored)
+        self.answer_routed(outcome, d.qos, d.packet_id, d.qos2_stored)
     }
 
     /// Acknowledges a routed PUBLISH, or refuses it when what it needed on disk was not
     /// stored.
     fn answer_routed(
         &mut self,
-        outcome: &RouteOutcome,
+        outcome: RouteOutcome,
         qos: QoS,
         packet_id: u16,
         qos2_stored: bool,
@@ -287,27 +289,42 @@ impl Connection {
         Ok(self.acknowledge_routed(outcome, qos, packet_id, qos2_stored))
     }
 
+    /// Acknowledges a routed publish: at once, after a storage flush, or (forwarded to
+    /// other nodes) once they took it (see `pending_acks`). A QoS 0 publish's forwards are
+    /// not waited for.
     fn acknowledge_routed(
         &mut self,
-        outcome: &RouteOutcome,
+        outcome: RouteOutcome,
         qos: QoS,
         packet_id: u16,
         qos2_stored: bool,
     ) -> After {
-        let code = if outcome.matched == 0 && self.protocol.is_v5() {
+        let nobody = outcome.matched == 0 && outcome.remote == 0;
+        let code = if nobody && self.protocol.is_v5() {
             rc::NO_MATCHING_SUBSCRIBERS
         } else {
             rc::SUCCESS
         };
-        let ack = publish_ack(qos, packet_id, code);
-        if (outcome.needs_flush || qos2_stored) && qos != QoS::AtMostOnce {
-            // Acknowledged only once it is on disk.
-            return After::FlushThenSend(ack.map(Box::new));
+        if qos == QoS::AtMostOnce {
+            return After::Nothing;
         }
-        if let Some(ack) = ack {
-            self.send(&ack);
+        // Acknowledged only once it is on disk.
+        let needs_flush = outcome.needs_flush || qos2_stored;
+        if !outcome.forwards.is_empty() {
+            self.await_forwards(PendingAck::Forwarded {
+                qos,
+                packet_id,
+                code,
+                needs_flush: outcome.needs_flush,
+                qos2_stored,
+                forwards: outcome.forwards,
+            });
+            return After::Nothing;
         }
-        After::Nothing
+        match publish_ack(qos, packet_id, code) {
+            Some(ack) => self.answer_publish(ack, needs_flush),
+            None => After::Nothing,
+        }
     }
 
     /// Flushes storage before a durability-promising acknowledgement goes out.
@@ -332,27 +349,36 @@ impl Connection {
             return Err(Close::internal(refusal.message()));
         }
         let code = rc::IMPLEMENTATION_SPECIFIC_ERROR;
+        match self.refusal_ack(qos, packet_id, code, refusal.message()) {
+            Some(ack) => Ok(self.answer_publish(ack, false)),
+            None => Ok(After::Nothing),
+        }
+    }
+
+    /// An MQTT 5 failure PUBACK/PUBREC with `reason` as Reason String (unless the client
+    /// asked for no problem information, or it would not fit the client's packet size).
+    fn refusal_ack(&self, qos: QoS, packet_id: u16, code: u8, reason: &str) -> Option<Packet> {
         let explained = Properties {
-            reason_string: self
-                .problem_information
-                .then(|| refusal.message().to_owned()),
+            reason_string: self.problem_information.then(|| reason.to_owned()),
             ..Properties::default()
         };
-        let Some(mut ack) = publish_ack_with(qos, packet_id, code, explained) else {
-            return Ok(After::Nothing);
-        };
+        let ack = publish_ack_with(qos, packet_id, code, explained)?;
         if crate::codec::encoded_len(&ack, self.protocol) > self.client_max_packet_size as usize {
-            if let Some(bare) = publish_ack(qos, packet_id, code) {
-                ack = bare;
-            }
+            return publish_ack(qos, packet_id, code);
         }
-        self.send(&ack);
-        Ok(After::Nothing)
+        Some(ack)
+    }
+
+    /// Sends an MQTT 5 failure acknowledgement now (its turn has come).
+    pub(super) fn send_refusal(&mut self, qos: QoS, packet_id: u16, code: u8, reason: &str) {
+        if let Some(ack) = self.refusal_ack(qos, packet_id, code, reason) {
+            self.send(&ack);
+        }
     }
 
     /// Forgets the id of a QoS 2 publish that was refused (the refusal ends its flow), in
     /// storage too: a stale stored id would take the client's resend for a duplicate.
-    fn forget_incoming_qos2(&mut self, packet_id: u16, stored: bool) {
+    pub(super) fn forget_incoming_qos2(&mut self, packet_id: u16, stored: bool) {
         if let Some(ids) = self.session.state().incoming_qos2.get_mut() {
             ids.remove(&packet_id);
         }
@@ -384,7 +410,7 @@ impl Connection {
 
     fn ack_publish(&mut self, p: &Publish, code: u8) {
         if let Some(ack) = publish_ack(p.qos, p.packet_id, code) {
-            self.send(&ack);
+            self.answer_publish(ack, false);
         }
     }
 
@@ -813,7 +839,7 @@ impl Connection {
 }
 
 /// PUBACK or PUBREC for an incoming PUBLISH; None for QoS 0.
-fn publish_ack(qos: QoS, packet_id: u16, code: u8) -> Option<Packet> {
+pub(super) fn publish_ack(qos: QoS, packet_id: u16, code: u8) -> Option<Packet> {
     publish_ack_with(qos, packet_id, code, Properties::default())
 }
 

@@ -76,6 +76,9 @@ pub enum ApiError {
     /// The cluster could not answer (no leader, no quorum, a member unreachable).
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
+    /// Another node with subscribers did not take the message (503).
+    #[error("not delivered cluster-wide: {0}")]
+    NotForwarded(skein_seam::ForwardError),
 }
 
 impl ApiError {
@@ -94,6 +97,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotForwarded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

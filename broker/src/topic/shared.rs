@@ -4,16 +4,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub(super) struct SharedGroup<K, V> {
     pub(super) name: Box<str>,
+    /// The filter after `$share/{name}/`: with the name, what tells this group from one of
+    /// the same name on another filter.
+    pub(super) filter: Box<str>,
     /// A Vec keeps round-robin order stable; groups are small enough that linear key lookup wins.
     pub(super) members: Vec<(K, V)>,
     /// Atomic so that matching can run under a shared borrow (e.g. a read lock).
-    cursor: AtomicUsize,
+    pub(super) cursor: AtomicUsize,
 }
 
 impl<K: Eq, V> SharedGroup<K, V> {
-    pub(super) fn new(name: &str) -> Self {
+    pub(super) fn new(name: &str, filter: &str) -> Self {
         Self {
             name: name.into(),
+            filter: filter.into(),
             members: Vec::new(),
             cursor: AtomicUsize::new(0),
         }
@@ -67,7 +71,7 @@ mod tests {
     use super::*;
 
     fn group(keys: &[u32]) -> SharedGroup<u32, ()> {
-        let mut g = SharedGroup::new("g");
+        let mut g = SharedGroup::new("g", "t");
         for &k in keys {
             g.insert(k, ());
         }
@@ -100,7 +104,7 @@ mod tests {
 
     #[test]
     fn replace_keeps_position_and_remove_keeps_order() {
-        let mut g: SharedGroup<u32, &str> = SharedGroup::new("g");
+        let mut g: SharedGroup<u32, &str> = SharedGroup::new("g", "t");
         assert_eq!(g.insert(1, "a"), None);
         assert_eq!(g.insert(2, "b"), None);
         assert_eq!(g.insert(3, "c"), None);
@@ -112,7 +116,7 @@ mod tests {
 
     #[test]
     fn empty_group_picks_nothing() {
-        let g: SharedGroup<u32, ()> = SharedGroup::new("g");
+        let g: SharedGroup<u32, ()> = SharedGroup::new("g", "t");
         assert!(g.pick(&|_: &u32| true).is_none());
     }
 }

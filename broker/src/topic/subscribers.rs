@@ -4,6 +4,7 @@ use std::hash::Hash;
 
 use super::node::shrink_if_sparse;
 use super::shared::SharedGroup;
+use super::walk::{Group, GroupMembers};
 
 use crate::hash::HashMap;
 
@@ -45,14 +46,22 @@ impl<K, V> Subscribers<K, V> {
 }
 
 impl<K: Eq + Hash, V> Subscribers<K, V> {
-    pub(super) fn insert(&mut self, group: Option<&str>, key: K, value: V) -> Option<V> {
+    /// Adds `key` as a plain subscriber, or as a member of shared group `group` on
+    /// `filter` (the filter of this slot).
+    pub(super) fn insert(
+        &mut self,
+        group: Option<&str>,
+        filter: &str,
+        key: K,
+        value: V,
+    ) -> Option<V> {
         let Some(name) = group else {
             return self.direct.insert(key, value);
         };
         if let Some(g) = self.shared.iter_mut().find(|g| &*g.name == name) {
             return g.insert(key, value);
         }
-        let mut g = SharedGroup::new(name);
+        let mut g = SharedGroup::new(name, filter);
         g.insert(key, value);
         self.shared.push(g);
         None
@@ -78,15 +87,40 @@ impl<K: Eq + Hash, V> Subscribers<K, V> {
     pub(super) fn visit<E, F>(&self, eligible: &E, visit: &mut F)
     where
         E: Fn(&K) -> bool,
-        F: FnMut(&K, &V, Option<&str>),
+        F: FnMut(&K, &V, Option<Group<'_>>),
     {
         for (k, v) in &self.direct {
             visit(k, v, None);
         }
         for g in &self.shared {
             if let Some((k, v)) = g.pick(eligible) {
-                visit(k, v, Some(&g.name));
+                let group = Group {
+                    name: &g.name,
+                    filter: &g.filter,
+                };
+                visit(k, v, Some(group));
             }
+        }
+    }
+
+    /// Every plain subscriber, and every shared group whole (its members and cursor).
+    pub(super) fn visit_all<P, G>(&self, plain: &mut P, group: &mut G)
+    where
+        P: FnMut(&K, &V),
+        G: FnMut(GroupMembers<'_, K, V>),
+    {
+        for (k, v) in &self.direct {
+            plain(k, v);
+        }
+        for g in &self.shared {
+            group(GroupMembers {
+                group: Group {
+                    name: &g.name,
+                    filter: &g.filter,
+                },
+                members: &g.members,
+                cursor: &g.cursor,
+            });
         }
     }
 }

@@ -59,7 +59,9 @@ impl<K: Eq + Hash + Clone, V> TopicTree<K, V> {
         if !acceptable(filter, share_group) {
             return None;
         }
-        let previous = self.slot_or_insert(filter).insert(share_group, key, value);
+        let previous = self
+            .slot_or_insert(filter)
+            .insert(share_group, filter, key, value);
         if previous.is_none() {
             self.len += 1;
             self.dollar_len += usize::from(filter.starts_with('$'));

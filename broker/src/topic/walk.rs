@@ -1,9 +1,27 @@
 //! Publish-path matching: walks the trie along a topic without allocating.
+//! [`Group`] names a shared group as matching reports it.
 
 use std::hash::Hash;
+use std::sync::atomic::AtomicUsize;
 
 use super::node::Node;
+use super::subscribers::Subscribers;
 use super::tree::TopicTree;
+
+/// A shared subscription group as matching reports it: `$share/{name}/{filter}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group<'a> {
+    pub name: &'a str,
+    pub filter: &'a str,
+}
+
+/// A matching shared group whole: every member, and the group's round-robin cursor for a
+/// caller that picks among them itself.
+pub struct GroupMembers<'a, K, V> {
+    pub group: Group<'a>,
+    pub members: &'a [(K, V)],
+    pub cursor: &'a AtomicUsize,
+}
 
 impl<K: Eq + Hash + Clone, V> TopicTree<K, V> {
     /// Calls `visit(key, value, None)` once per matching non-shared subscription, and
@@ -17,6 +35,34 @@ impl<K: Eq + Hash + Clone, V> TopicTree<K, V> {
         E: Fn(&K) -> bool,
         F: FnMut(&K, &V, Option<&str>),
     {
+        self.matches_grouped(topic, eligible, |k, v, g| visit(k, v, g.map(|g| g.name)));
+    }
+
+    /// [`Self::matches`], naming each shared group by its name and its filter.
+    pub fn matches_grouped<E, F>(&self, topic: &str, eligible: E, mut visit: F)
+    where
+        E: Fn(&K) -> bool,
+        F: FnMut(&K, &V, Option<Group<'_>>),
+    {
+        self.walk(topic, |slot| slot.visit(&eligible, &mut visit));
+    }
+
+    /// Calls `plain(key, value)` once per matching non-shared subscription and `group`
+    /// once per matching shared group, with all its members: for an index whose caller
+    /// picks the member itself (the cluster's, weighing nodes by their subscribers).
+    pub fn matches_all<P, G>(&self, topic: &str, mut plain: P, mut group: G)
+    where
+        P: FnMut(&K, &V),
+        G: FnMut(GroupMembers<'_, K, V>),
+    {
+        self.walk(topic, |slot| slot.visit_all(&mut plain, &mut group));
+    }
+
+    /// Calls `at` with every subscriber slot whose filter matches `topic`.
+    fn walk<'n, A>(&'n self, topic: &str, mut at: A)
+    where
+        A: FnMut(&'n Subscribers<K, V>),
+    {
         let mut pending = Pending::new();
         pending.push((&self.root, Some(topic)));
         let mut at_root = true;
@@ -25,10 +71,10 @@ impl<K: Eq + Hash + Clone, V> TopicTree<K, V> {
         while let Some((mut node, mut rest)) = pending.pop() {
             loop {
                 let Some(remaining) = rest else {
-                    node.subs.visit(&eligible, &mut visit);
+                    at(&node.subs);
                     // "sport/#" also matches "sport".
                     if let Some(multi) = node.multi.as_deref() {
-                        multi.visit(&eligible, &mut visit);
+                        at(multi);
                     }
                     break;
                 };
@@ -38,7 +84,7 @@ impl<K: Eq + Hash + Clone, V> TopicTree<K, V> {
                 at_root = false;
                 if wildcards {
                     if let Some(multi) = node.multi.as_deref() {
-                        multi.visit(&eligible, &mut visit);
+                        at(multi);
                     }
                 }
                 let plus = node.plus.as_deref().filter(|_| wildcards);
@@ -266,6 +312,42 @@ mod tests {
         }
         assert_eq!(g1, [1, 2, 1, 2]);
         assert_eq!(g2, [3, 4, 3, 4]);
+    }
+
+    #[test]
+    fn groups_are_named_by_name_and_filter_and_can_be_had_whole() {
+        let mut tree = TopicTree::new();
+        tree.subscribe("a/+", Some("g"), 1, "x");
+        tree.subscribe("a/#", Some("g"), 2, "y");
+        tree.subscribe("a/#", Some("g"), 3, "z");
+        tree.subscribe("a/b", None, 4, "p");
+        let mut picked = Vec::new();
+        tree.matches_grouped(
+            "a/b",
+            |_| true,
+            |k, _, g| picked.push((*k, g.map(|g| (g.name.to_owned(), g.filter.to_owned())))),
+        );
+        picked.sort();
+        assert_eq!(picked.len(), 3, "{picked:?}");
+        assert_eq!(picked[0], (1, Some(("g".into(), "a/+".into()))));
+        assert_eq!(picked[2], (4, None));
+
+        let mut plain = Vec::new();
+        let mut groups = Vec::new();
+        tree.matches_all(
+            "a/b",
+            |k, _| plain.push(*k),
+            |g| {
+                let keys: Vec<u32> = g.members.iter().map(|(k, _)| *k).collect();
+                groups.push((g.group.filter.to_owned(), keys));
+            },
+        );
+        groups.sort();
+        assert_eq!(plain, [4]);
+        assert_eq!(
+            groups,
+            [("a/#".to_owned(), vec![2, 3]), ("a/+".to_owned(), vec![1])]
+        );
     }
 
     #[test]

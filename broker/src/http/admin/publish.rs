@@ -110,6 +110,7 @@ pub async fn publish(
             return Err(ApiError::NotStored(refusal));
         }
     }
+    let qos = message.qos;
     let outcome = broker.route_or_refuse(Arc::new(message));
     if let Some(refusal) = outcome.not_stored {
         return Err(ApiError::NotStored(refusal));
@@ -119,6 +120,14 @@ pub async fn publish(
             storage_refusal::write_failed("flush", "", &e);
             return Err(ApiError::NotStored(NotStored::Failed));
         }
+    }
+    // Answered like a QoS 1/2 client: once every node with subscribers took it.
+    if qos != QoS::AtMostOnce {
+        outcome
+            .forwards
+            .settle()
+            .await
+            .map_err(ApiError::NotForwarded)?;
     }
     tracing::debug!(matched = outcome.matched, "published through the admin API");
     Ok(Json(PublishAnswer {

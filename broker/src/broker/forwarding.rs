@@ -1,0 +1,155 @@
+//! The cluster's part of routing: where a publish accepted on this node goes beyond it,
+//! the forwards sent through the cluster handle, and [`Forwards`], what a publisher's
+//! acknowledgement waits for. A forwarded publish is routed to this node's sessions only
+//! ([`Scope::Forwarded`]), never forwarded again.
+//!
+//! Retained messages ride the data plane, not Raft: a retained publish (a new message or a
+//! delete) is forwarded one hop to every other member, with or without interest there, and
+//! each node stores it in its own retained store, so a subscription on any node finds it
+//! locally. Raft would order retained updates cluster-wide, but it would put every
+//! retained publish (payload included) through the leader, the log, an fsync on a majority
+//! and the snapshots, for messages that are state only in the weak MQTT sense (the last
+//! one on a topic wins). The data plane keeps the publish path's cost and order: per
+//! publishing node the order is kept, as for any publish; two nodes updating one topic at
+//! the same instant may leave different members with different last messages. A node that
+//! was down while retained messages changed, or that joins later, does not get them yet.
+
+#[cfg(test)]
+pub(crate) mod peers_double;
+#[cfg(test)]
+mod tests;
+
+use skein_seam::{BoxFuture, ForwardError, ForwardedPublish, NodeId, SharedTarget};
+
+use super::{Broker, SessionRef, SubEntry};
+use crate::message::Message;
+use crate::topic::{Group, NodeTarget, RemoteTargets, TopicTree};
+
+/// How far a publish is routed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scope<'a> {
+    /// Accepted on this node: its sessions, and one hop to each node with interest.
+    Cluster,
+    /// Forwarded by another node: this node's sessions only, as that node chose: the
+    /// ordinary subscribers if `to_subscribers`, and one member of each group in `shared`.
+    Forwarded {
+        to_subscribers: bool,
+        shared: &'a [SharedTarget],
+    },
+}
+
+impl Scope<'_> {
+    /// Whether a matching subscription gets the publish here: `group` for a shared one
+    /// (`remote`: the groups a member on another node gets this time).
+    pub(super) fn delivers(&self, group: Option<Group<'_>>, remote: &RemoteTargets) -> bool {
+        match (self, group) {
+            (Scope::Cluster, None) => true,
+            (Scope::Cluster, Some(g)) => !remote.takes(g),
+            (Scope::Forwarded { to_subscribers, .. }, None) => *to_subscribers,
+            (Scope::Forwarded { shared, .. }, Some(g)) => shared
+                .iter()
+                .any(|t| t.group == g.name && t.filter == g.filter),
+        }
+    }
+}
+
+/// The forwards of one publish, each resolving once its node accepted the message.
+#[derive(Default)]
+pub struct Forwards(Vec<(NodeId, BoxFuture<'static, Result<(), ForwardError>>)>);
+
+impl Forwards {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The nodes forwarded to.
+    pub fn nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.0.iter().map(|(node, _)| *node)
+    }
+
+    /// Waits until every node answered; the first failure, if any. Every forward is
+    /// waited for: each is queued for its node whatever the others answer.
+    pub async fn settle(self) -> Result<(), ForwardError> {
+        let mut failed = None;
+        for (_, answer) in self.0 {
+            if let Err(e) = answer.await {
+                failed.get_or_insert(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+impl std::fmt::Debug for Forwards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Forwards")
+            .field(&self.nodes().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Equal when sent to the same nodes.
+impl PartialEq for Forwards {
+    fn eq(&self, other: &Self) -> bool {
+        self.nodes().eq(other.nodes())
+    }
+}
+impl Eq for Forwards {}
+
+impl Broker {
+    /// Where a publish on `topic` goes beyond this node. Taken under the local index's read
+    /// lock (`local`), so that a shared group's pick weighs this node's members as the
+    /// local match then finds them. Costs one atomic load while no other node has interest.
+    pub(super) fn remote_targets(
+        &self,
+        topic: &str,
+        local: &TopicTree<SessionRef, SubEntry>,
+    ) -> RemoteTargets {
+        if self.remote_interest.is_empty() {
+            return RemoteTargets::default();
+        }
+        self.remote_interest
+            .targets(topic, |g| local.group_size(g.filter, g.name))
+    }
+
+    /// Sends `message` one hop to each node of `targets` and, when it is retained, to every
+    /// other member (see the module docs).
+    pub(super) fn forward(&self, message: &Message, targets: RemoteTargets) -> Forwards {
+        let mut nodes = targets.nodes;
+        if message.retain {
+            for node in self.cluster.other_members() {
+                if !nodes.iter().any(|t| t.node == node) {
+                    nodes.push(NodeTarget {
+                        node,
+                        to_subscribers: false,
+                        shared: Vec::new(),
+                    });
+                }
+            }
+        }
+        Forwards(
+            nodes
+                .into_iter()
+                .map(|t| {
+                    let publish = forwarded(message, t.to_subscribers, t.shared);
+                    (t.node, self.cluster.forward(t.node, publish))
+                })
+                .collect(),
+        )
+    }
+}
+
+fn forwarded(message: &Message, to_subscribers: bool, shared: Vec<SharedTarget>) -> ForwardedPublish {
+    ForwardedPublish {
+        topic: message.topic.to_string(),
+        payload: message.payload.clone(),
+        qos: message.qos as u8,
+        retain: message.retain,
+        properties: message.properties.clone(),
+        received_at_ms: message.received_at_ms,
+        publisher: message.publisher.clone(),
+        publisher_username: message.publisher_username.as_deref().map(str::to_owned),
+        to_subscribers,
+        shared,
+    }
+}

@@ -1,0 +1,175 @@
+//! Routing with other nodes' interest, against a real broker (temporary store, sessions
+//! without sockets) and [`PeersDouble`] for the cluster.
+
+use std::sync::Arc;
+
+use skein_seam::{BrokerHandle, NodeId, SharedTarget};
+use skein_storage::Store;
+use tokio_util::sync::CancellationToken;
+
+use super::super::tests::{message, online, sub, test_events};
+use super::peers_double::PeersDouble;
+use crate::broker::Broker;
+use crate::codec::QoS;
+use crate::config::Config;
+
+fn node_with_peers() -> (Arc<Broker>, Arc<PeersDouble>) {
+    let cluster = Arc::new(PeersDouble::new(1, &[2, 3]));
+    let broker = Broker::new(
+        Config::default(),
+        Store::open_temporary().unwrap(),
+        cluster.clone(),
+        test_events(),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    (broker, cluster)
+}
+
+fn target(group: &str, filter: &str) -> SharedTarget {
+    SharedTarget {
+        group: group.into(),
+        filter: filter.into(),
+    }
+}
+
+#[test]
+fn a_publish_reaches_local_sessions_and_each_interested_node_once() {
+    let (b, cluster) = node_with_peers();
+    let here = online(&b, "here");
+    b.subscribe(&here, "a/b", sub(QoS::AtLeastOnce, None, false));
+    b.interest_changed("a/#", NodeId(2), 1);
+    b.interest_changed("a/+", NodeId(2), 2);
+    b.interest_changed("b", NodeId(3), 1);
+
+    let out = b.route(message("a/b", QoS::AtLeastOnce, "p"));
+    assert_eq!((out.matched, out.remote), (1, 1));
+    assert_eq!(out.forwards.nodes().collect::<Vec<_>>(), [NodeId(2)]);
+    let sent = cluster.take();
+    assert_eq!(sent.len(), 1);
+    let (node, p) = &sent[0];
+    assert_eq!(*node, NodeId(2));
+    assert_eq!((p.topic.as_str(), p.qos, p.retain), ("a/b", 1, false));
+    assert!(p.to_subscribers && p.shared.is_empty());
+    assert_eq!(p.publisher.as_ref().map(|c| c.as_str()), Some("p"));
+
+    let out = b.route(message("b", QoS::AtMostOnce, "p"));
+    assert_eq!((out.matched, out.remote), (0, 1));
+    assert_eq!(cluster.take()[0].0, NodeId(3));
+
+    // Nobody anywhere: nothing forwarded.
+    let out = b.route(message("c", QoS::AtLeastOnce, "p"));
+    assert_eq!((out.matched, out.remote), (0, 0));
+    assert!(out.forwards.is_empty() && cluster.take().is_empty());
+
+    // Interest gone, or reset away.
+    b.interest_changed("b", NodeId(3), 0);
+    assert_eq!(b.route(message("b", QoS::AtMostOnce, "p")).remote, 0);
+    b.interest_reset(vec![("x/#".into(), NodeId(3), 4)]);
+    assert_eq!(b.route(message("a/b", QoS::AtMostOnce, "p")).remote, 0);
+    assert_eq!(b.route(message("x/y", QoS::AtMostOnce, "p")).remote, 1);
+}
+
+#[test]
+fn a_shared_group_gets_each_message_once_across_nodes() {
+    let (b, cluster) = node_with_peers();
+    let member = online(&b, "member");
+    let plain = online(&b, "plain");
+    b.subscribe(&member, "$share/g/t/+", sub(QoS::AtLeastOnce, None, false));
+    b.subscribe(&plain, "t/1", sub(QoS::AtLeastOnce, None, false));
+    // One member here, three on node 2: a quarter of the messages stay here.
+    b.interest_changed("$share/g/t/+", NodeId(2), 3);
+    for _ in 0..40 {
+        b.route(message("t/1", QoS::AtLeastOnce, "p"));
+    }
+    let sent = cluster.take();
+    assert_eq!(member.state().queue.len(), 10);
+    assert_eq!(plain.state().queue.len(), 40, "a plain subscriber gets every one");
+    assert_eq!(sent.len(), 30);
+    for (node, p) in &sent {
+        assert_eq!(*node, NodeId(2));
+        assert!(!p.to_subscribers, "node 2 has no plain subscribers");
+        assert_eq!(p.shared, [target("g", "t/+")]);
+    }
+    // Same group name on another filter: another group, picked on its own.
+    b.interest_changed("$share/g/t/#", NodeId(3), 1);
+    b.route(message("t/1", QoS::AtLeastOnce, "p"));
+    let to_three: Vec<_> = cluster
+        .take()
+        .into_iter()
+        .filter(|(n, _)| *n == NodeId(3))
+        .collect();
+    assert_eq!(to_three.len(), 1, "node 3 is the only member of g on t/#");
+    assert_eq!(to_three[0].1.shared, [target("g", "t/#")]);
+}
+
+#[test]
+fn a_retained_publish_goes_to_every_member() {
+    let (b, cluster) = node_with_peers();
+    b.interest_changed("r/#", NodeId(2), 1);
+    let mut m = (*message("r/1", QoS::AtLeastOnce, "p")).clone();
+    m.retain = true;
+    let out = b.route(Arc::new(m.clone()));
+    assert_eq!(out.remote, 1, "only node 2 has subscribers");
+    let mut sent = cluster.take();
+    sent.sort_by_key(|(n, _)| *n);
+    let seen: Vec<(NodeId, bool, bool)> = sent
+        .iter()
+        .map(|(n, p)| (*n, p.to_subscribers, p.retain))
+        .collect();
+    assert_eq!(seen, [(NodeId(2), true, true), (NodeId(3), false, true)]);
+    // A delete too.
+    m.payload = bytes::Bytes::new();
+    b.route(Arc::new(m));
+    assert_eq!(cluster.take().len(), 2);
+}
+
+#[tokio::test]
+async fn a_forwarded_publish_reaches_only_the_local_sessions_the_sender_chose() {
+    let (b, cluster) = node_with_peers();
+    let member = online(&b, "member");
+    let plain = online(&b, "plain");
+    b.subscribe(&member, "$share/g/t", sub(QoS::AtLeastOnce, None, false));
+    b.subscribe(&plain, "t", sub(QoS::AtLeastOnce, None, false));
+    // Other nodes' interest is no reason to forward again.
+    b.interest_changed("t", NodeId(2), 1);
+    b.interest_changed("$share/g/t", NodeId(3), 5);
+    let forwarded = |to_subscribers, shared: Vec<SharedTarget>| skein_seam::ForwardedPublish {
+        topic: "t".into(),
+        payload: bytes::Bytes::from_static(b"x"),
+        qos: 1,
+        retain: false,
+        properties: Default::default(),
+        received_at_ms: crate::message::now_ms(),
+        publisher: None,
+        publisher_username: None,
+        to_subscribers,
+        shared,
+    };
+    let matched = b
+        .deliver_forwarded(forwarded(false, vec![target("g", "t")]))
+        .await
+        .unwrap();
+    assert_eq!(matched, 1);
+    assert_eq!(
+        (member.state().queue.len(), plain.state().queue.len()),
+        (1, 0)
+    );
+    let matched = b.deliver_forwarded(forwarded(true, vec![])).await.unwrap();
+    assert_eq!(matched, 1);
+    assert_eq!(
+        (member.state().queue.len(), plain.state().queue.len()),
+        (1, 1)
+    );
+    assert!(cluster.take().is_empty(), "never forwarded again");
+}
+
+#[test]
+fn a_single_node_forwards_nothing() {
+    let b = super::super::tests::broker();
+    let s = online(&b, "s");
+    b.subscribe(&s, "#", sub(QoS::AtLeastOnce, None, false));
+    let out = b.route(message("a", QoS::AtLeastOnce, "p"));
+    assert!(out.forwards.is_empty());
+    assert_eq!((out.matched, out.remote), (1, 0));
+}

@@ -1,0 +1,83 @@
+//! What the broker asks of the data plane: forward a publish one hop to a member, kick a
+//! connection on the member that holds it, and which members there are to forward to.
+
+use std::time::Duration;
+
+use skein_proto::v1 as pb;
+use skein_proto::v1::session_client::SessionClient;
+use skein_seam::{BoxFuture, ClientId, ForwardError, ForwardedPublish, KickReason};
+
+use crate::node::ClusterNode;
+
+/// How long a kick on another member may take.
+const KICK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl ClusterNode {
+    /// Sends `publish` one hop to member `node` (see the seam's `ClusterHandle::forward`):
+    /// queued before this returns, so calls reach the peer in call order; the future
+    /// resolves with the peer's acknowledgement. Dropping it does not withdraw the message.
+    pub fn forward(
+        &self,
+        node: skein_seam::NodeId,
+        publish: ForwardedPublish,
+    ) -> BoxFuture<'static, Result<(), ForwardError>> {
+        self.forwarder.forward(node.0, publish)
+    }
+
+    /// Ends the connection of `client_id` on member `node` as an administrative kick; false
+    /// when that node had no such connection.
+    pub fn kick_remote<'a>(
+        &'a self,
+        node: skein_seam::NodeId,
+        client_id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<bool, skein_seam::ClusterError>> {
+        use skein_seam::ClusterError as E;
+        Box::pin(async move {
+            if node.0 == self.id() {
+                let broker = self.shared.broker.get().ok_or_else(|| {
+                    E::Unavailable("the node's broker is not running yet".into())
+                })?;
+                return Ok(broker.kick(client_id, KickReason::Administrative));
+            }
+            let record = self
+                .member(node.0)
+                .ok_or_else(|| E::NotFound(format!("node {node} is not a member")))?;
+            let channel = self
+                .shared
+                .peers
+                .channel(node.0, &record.grpc)
+                .map_err(|e| E::Unavailable(e.to_string()))?;
+            let request = pb::KickRequest {
+                client_id: client_id.as_str().to_owned(),
+                epoch: None,
+                reason: pb::KickReason::Administrative as i32,
+                taking_node_id: 0,
+                taking_node: None,
+            };
+            let mut client = SessionClient::new(channel);
+            match tokio::time::timeout(KICK_TIMEOUT, client.kick(request)).await {
+                Ok(Ok(answer)) => Ok(answer.into_inner().kicked),
+                Ok(Err(status)) => Err(E::Unavailable(format!(
+                    "kicking {client_id} on node {node}: {status}"
+                ))),
+                Err(_) => Err(E::Unavailable(format!(
+                    "node {node} did not answer a kick within {KICK_TIMEOUT:?}"
+                ))),
+            }
+        })
+    }
+
+    /// The other members (voters and learners), as this node knows the membership: where
+    /// a retained message goes.
+    pub fn other_members(&self) -> Vec<skein_seam::NodeId> {
+        let metrics = self.shared.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.id())
+            .map(skein_seam::NodeId)
+            .collect()
+    }
+}

@@ -1,0 +1,148 @@
+//! The data plane's sending side: [`Forwarder`], one bounded queue and one long-lived
+//! `Forward.Publish` stream per peer this node forwards to, and the receiving side
+//! (`receiver`, the `Forward` service).
+//!
+//! - `forward` queues the message synchronously, so the order of calls is the order the
+//!   peer delivers in, and returns a future that resolves with the peer's acknowledgement
+//!   (or, after `ack_timeout_ms`, tells the caller the peer is unavailable while the message
+//!   stays queued for it).
+//! - The queue holds what waits and what was sent but not acknowledged, bounded in
+//!   messages and bytes; only a forward that would exceed a bound is refused
+//!   (`QueueFull`) and counted. A broken stream, or a peer answering RETRY_LATER, costs a
+//!   reconnect with backoff, not a message: the unacknowledged batches are sent again and
+//!   the peer, which remembers how far each sender's stream was delivered, acknowledges
+//!   what it has without delivering it twice.
+//! - Batches carry as many waiting messages as fit (up to `batch_messages` /
+//!   `batch_bytes`), and up to `window_batches` are in flight: while the peer delivers one
+//!   batch, the messages that arrive meanwhile form the next. That is where cross-node
+//!   throughput comes from.
+//! - A peer that leaves the membership has its queue closed: the waiting callers are told
+//!   it is unavailable.
+//! - The stream runs on a connection of its own, not the Raft channel, so a busy data
+//!   plane does not delay heartbeats.
+
+mod queue;
+mod receiver;
+mod sender;
+mod wire;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, RwLock};
+
+use skein_seam::{BoxFuture, ForwardError, ForwardedPublish};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::shared::Shared;
+use crate::types::NodeId;
+use queue::PeerQueue;
+
+pub(crate) use receiver::ForwardService;
+
+/// The per-peer queues of a member, created as peers are first forwarded to.
+pub(crate) struct Forwarder {
+    shared: Arc<Shared>,
+    queues: RwLock<HashMap<NodeId, Arc<PeerQueue>>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Forwarder {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Arc<Forwarder> {
+        Arc::new(Forwarder {
+            shared,
+            queues: RwLock::new(HashMap::new()),
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// See [`crate::ClusterNode::forward`].
+    pub(crate) fn forward(
+        self: &Arc<Self>,
+        node: NodeId,
+        publish: ForwardedPublish,
+    ) -> BoxFuture<'static, Result<(), ForwardError>> {
+        let queued = self
+            .queue(node)
+            .and_then(|queue| queue.push(wire::to_pb(publish)));
+        let ack_timeout = self.shared.settings.forward.ack_timeout();
+        // From the call, not from the first poll: a caller waiting for many forwards in
+        // turn waits the timeout once, not once per forward.
+        let deadline = tokio::time::Instant::now() + ack_timeout;
+        Box::pin(async move {
+            let answer = queued?;
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => Err(ForwardError::Unavailable {
+                    node: skein_seam::NodeId(node),
+                    detail: "its forward queue was closed".into(),
+                }),
+                Err(_) => Err(ForwardError::Unavailable {
+                    node: skein_seam::NodeId(node),
+                    detail: format!(
+                        "no acknowledgement within {ack_timeout:?}; the message stays queued for it"
+                    ),
+                }),
+            }
+        })
+    }
+
+    /// The queue of `node`, made (with its sender task) on first use.
+    fn queue(self: &Arc<Self>, node: NodeId) -> Result<Arc<PeerQueue>, ForwardError> {
+        let unavailable = |detail: &str| ForwardError::Unavailable {
+            node: skein_seam::NodeId(node),
+            detail: detail.into(),
+        };
+        if let Some(queue) = self.read().get(&node) {
+            return Ok(queue.clone());
+        }
+        if node == self.shared.id {
+            return Err(unavailable("a node does not forward to itself"));
+        }
+        if self.shutdown.is_cancelled() {
+            return Err(unavailable("this node is shutting down"));
+        }
+        let member = {
+            let metrics = self.shared.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config.membership().get_node(&node).is_some()
+        };
+        if !member {
+            return Err(unavailable("it is not a member of the cluster"));
+        }
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = queues.get(&node) {
+            return Ok(queue.clone());
+        }
+        // Random, and never 0 (a receiver's "no stream yet").
+        let stream_id = RandomState::new().hash_one((self.shared.id, node)) | 1;
+        let queue = Arc::new(PeerQueue::new(
+            node,
+            stream_id,
+            self.shared.settings.forward.clone(),
+        ));
+        queues.insert(node, queue.clone());
+        drop(queues);
+        tracing::debug!(peer = node, stream_id, "forward queue created");
+        let this = self.clone();
+        let task_queue = queue.clone();
+        self.tasks.spawn(async move {
+            sender::run(task_queue.clone(), this.shared.clone(), this.shutdown.clone()).await;
+            let mut queues = this.queues.write().unwrap_or_else(|e| e.into_inner());
+            if queues.get(&node).is_some_and(|q| Arc::ptr_eq(q, &task_queue)) {
+                queues.remove(&node);
+            }
+        });
+        Ok(queue)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Arc<PeerQueue>>> {
+        self.queues.read().unwrap_or_else(|e| e.into_inner())
+    }
+}

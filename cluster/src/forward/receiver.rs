@@ -1,0 +1,221 @@
+//! The `Forward` service: what peers forward to this node, delivered to the local broker
+//! (and only to it: a forwarded publish is never forwarded again).
+//!
+//! Each stream is handled by one task, batch after batch; a batch is acknowledged ACCEPTED
+//! once every message in it was delivered (or dropped as invalid, which is counted and
+//! logged and never blocks the stream). A storage refusal is answered RETRY_LATER with the
+//! broker's reason and ends the stream; the sender sends the batch again later. What was
+//! delivered is remembered per sending node (its latest stream id, the last batch delivered
+//! whole, and which messages of a partly delivered one got through), so a batch sent again
+//! is acknowledged without delivering anything twice. That memory is in this process only:
+//! a batch delivered just before this node stopped, and not acknowledged, is delivered
+//! again after it restarts (at least once).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures_util::Stream;
+use skein_proto::v1 as pb;
+use skein_seam::{BrokerHandle, BrokerHandleError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::wire;
+use crate::metrics;
+use crate::shared::Shared;
+use crate::types::NodeId;
+
+/// How far one sending node's stream was delivered.
+#[derive(Debug, Default)]
+struct Delivered {
+    stream_id: u64,
+    /// Every batch up to this sequence was delivered whole.
+    through: u64,
+    /// A batch delivered in part (a storage refusal stopped it): which messages got through.
+    partial: Option<(u64, Vec<bool>)>,
+}
+
+pub(crate) struct ForwardService {
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    /// Per sending node; its lock is held while one of its batches is delivered, so a batch
+    /// resent on a new stream waits for the old stream's delivery of it to finish.
+    delivered: Arc<Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Delivered>>>>>,
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<pb::BatchAck, Status>> + Send>>;
+
+impl ForwardService {
+    pub(crate) fn new(shared: Arc<Shared>, shutdown: CancellationToken) -> Self {
+        ForwardService {
+            shared,
+            shutdown,
+            delivered: Arc::default(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::forward_server::Forward for ForwardService {
+    type PublishStream = AckStream;
+
+    #[tracing::instrument(level = "debug", skip_all, fields(node = self.shared.id))]
+    async fn publish(
+        &self,
+        request: Request<Streaming<pb::PublishBatch>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let mut batches = request.into_inner();
+        let (tx, mut rx) = mpsc::channel::<Result<pb::BatchAck, Status>>(4);
+        let handler = Handler {
+            shared: self.shared.clone(),
+            delivered: self.delivered.clone(),
+        };
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    batch = batches.message() => batch,
+                    _ = shutdown.cancelled() => return,
+                };
+                let batch = match batch {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(error = %status, "a forward stream from a peer broke");
+                        return;
+                    }
+                };
+                let ack = tokio::select! {
+                    ack = handler.batch(batch) => ack,
+                    _ = shutdown.cancelled() => return,
+                };
+                let last = ack.status != pb::AckStatus::Accepted as i32;
+                if tx.send(Ok(ack)).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        let acks = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(acks)))
+    }
+}
+
+struct Handler {
+    shared: Arc<Shared>,
+    delivered: Arc<Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Delivered>>>>>,
+}
+
+fn ack(sequence: u64, status: pb::AckStatus, detail: impl Into<String>) -> pb::BatchAck {
+    pb::BatchAck {
+        sequence,
+        status: status as i32,
+        detail: detail.into(),
+    }
+}
+
+impl Handler {
+    /// The delivery record of `from`. Records of nodes that left the membership are
+    /// forgotten whenever a new sender appears, so the map holds at most one per member.
+    fn record(&self, from: NodeId) -> Arc<tokio::sync::Mutex<Delivered>> {
+        let mut map = self.delivered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(record) = map.get(&from) {
+            return record.clone();
+        }
+        let membership = self.shared.raft.metrics().borrow().membership_config.clone();
+        map.retain(|id, _| membership.membership().get_node(id).is_some());
+        map.entry(from).or_default().clone()
+    }
+
+    #[tracing::instrument(level = "trace", skip_all, fields(from = batch.from_node, sequence = batch.sequence, messages = batch.publishes.len()))]
+    async fn batch(&self, batch: pb::PublishBatch) -> pb::BatchAck {
+        use pb::AckStatus::{Accepted, RetryLater, WrongNode};
+        let sequence = batch.sequence;
+        if batch.to_node != self.shared.id {
+            return ack(
+                sequence,
+                WrongNode,
+                format!("this is node {}, not {}", self.shared.id, batch.to_node),
+            );
+        }
+        let Some(broker) = self.shared.broker.get() else {
+            return ack(sequence, RetryLater, "the node's broker is not running yet");
+        };
+        let from = batch.from_node;
+        let record = self.record(from);
+        let mut record = record.lock().await;
+        if record.stream_id != batch.stream_id || sequence > record.through + 1 {
+            // A sender's new queue (or one this process never heard of): nothing of it
+            // was delivered here.
+            *record = Delivered {
+                stream_id: batch.stream_id,
+                through: sequence.saturating_sub(1),
+                partial: None,
+            };
+        }
+        if sequence <= record.through {
+            metrics::forward_received(from, 0, batch.publishes.len());
+            return ack(sequence, Accepted, "");
+        }
+        let mut done = match record.partial.take() {
+            Some((s, done)) if s == sequence && done.len() == batch.publishes.len() => done,
+            _ => vec![false; batch.publishes.len()],
+        };
+        let duplicates = done.iter().filter(|d| **d).count();
+        let outcomes = deliver(broker.as_ref(), batch.publishes, &done).await;
+        let (mut delivered, mut invalid, mut refusal) = (0, 0, None);
+        for (i, outcome) in outcomes {
+            match outcome {
+                Ok(()) => {
+                    delivered += 1;
+                    done[i] = true;
+                }
+                Err(BrokerHandleError::Storage(detail)) => {
+                    refusal.get_or_insert(detail);
+                }
+                Err(e) => {
+                    invalid += 1;
+                    done[i] = true;
+                    tracing::warn!(from, sequence, error = %e, "dropped a forwarded message that cannot be delivered");
+                }
+            }
+        }
+        metrics::forward_received(from, delivered, duplicates);
+        if invalid > 0 {
+            metrics::forward_received_dropped(from, "invalid", invalid);
+        }
+        match refusal {
+            Some(detail) => {
+                record.partial = Some((sequence, done));
+                ack(sequence, RetryLater, detail)
+            }
+            None => {
+                record.through = sequence;
+                ack(sequence, Accepted, "")
+            }
+        }
+    }
+}
+
+/// Delivers the messages not `done` yet. The broker routes a forwarded publish when its
+/// future is first polled (see `BrokerHandle::deliver_forwarded`), and `join_all` polls
+/// them in turn: they are routed in batch order, and only their waits for storage overlap.
+async fn deliver(
+    broker: &dyn BrokerHandle,
+    publishes: Vec<pb::ForwardedPublish>,
+    done: &[bool],
+) -> Vec<(usize, Result<(), BrokerHandleError>)> {
+    let pending = publishes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !done.get(*i).copied().unwrap_or(false))
+        .map(|(i, publish)| async move {
+            let outcome = match wire::from_pb(publish) {
+                Ok(publish) => broker.deliver_forwarded(publish).await.map(|_| ()),
+                Err(e) => Err(BrokerHandleError::Invalid(e)),
+            };
+            (i, outcome)
+        });
+    futures_util::future::join_all(pending).await
+}
