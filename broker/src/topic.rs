@@ -19,5 +19,5 @@ pub use error::TopicError;
 pub use filter_match::matches;
 pub use remote_interest::{NodeTarget, RemoteInterest, RemoteTargets};
 pub use tree::TopicTree;
-pub use walk::{Group, GroupMembers};
 pub use validate::{parse_subscription, valid_topic_filter, valid_topic_name, MAX_TOPIC_LEN};
+pub use walk::{Group, GroupMembers};

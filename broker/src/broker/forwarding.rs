@@ -139,7 +139,11 @@ impl Broker {
     }
 }
 
-fn forwarded(message: &Message, to_subscribers: bool, shared: Vec<SharedTarget>) -> ForwardedPublish {
+fn forwarded(
+    message: &Message,
+    to_subscribers: bool,
+    shared: Vec<SharedTarget>,
+) -> ForwardedPublish {
     ForwardedPublish {
         topic: message.topic.to_string(),
         payload: message.payload.clone(),

@@ -84,7 +84,13 @@ impl Broker {
     /// storage taking no new data, a QoS 1/2 message that needs the disk is refused whole
     /// (`not_stored`, `matched` 0).
     pub fn route_or_refuse(&self, message: Arc<Message>) -> RouteOutcome {
-        self.route_with(message, None, None, WhenNotStored::RefuseWhole, Scope::Cluster)
+        self.route_with(
+            message,
+            None,
+            None,
+            WhenNotStored::RefuseWhole,
+            Scope::Cluster,
+        )
     }
 
     /// Routes a publish another node forwarded to this node's sessions only, as that node
@@ -120,7 +126,13 @@ impl Broker {
         held: Option<&mut HeldWakes>,
         late: Option<LateRead>,
     ) -> RouteOutcome {
-        self.route_with(message, held, late, WhenNotStored::RefuseWhole, Scope::Cluster)
+        self.route_with(
+            message,
+            held,
+            late,
+            WhenNotStored::RefuseWhole,
+            Scope::Cluster,
+        )
     }
 
     fn route_with(

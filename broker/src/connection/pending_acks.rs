@@ -74,7 +74,11 @@ enum Answer {
 impl Connection {
     /// Sends a publish's acknowledgement (after a flush when `needs_flush`), or queues it
     /// behind acknowledgements that wait for other nodes.
-    pub(super) fn answer_publish(&mut self, ack: Packet, needs_flush: bool) -> super::inbound::After {
+    pub(super) fn answer_publish(
+        &mut self,
+        ack: Packet,
+        needs_flush: bool,
+    ) -> super::inbound::After {
         use super::inbound::After;
         if let Some(pending) = self.pending_acks.as_mut() {
             pending.push(PendingAck::Ready { ack, needs_flush });

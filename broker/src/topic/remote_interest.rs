@@ -127,7 +127,11 @@ impl RemoteInterest {
 
     /// Where a publish on `topic` goes beyond this node. `local_members(group)` is how many
     /// members this node has in a shared group (0 if none), for the weighted pick.
-    pub fn targets(&self, topic: &str, local_members: impl Fn(Group<'_>) -> usize) -> RemoteTargets {
+    pub fn targets(
+        &self,
+        topic: &str,
+        local_members: impl Fn(Group<'_>) -> usize,
+    ) -> RemoteTargets {
         let mut out = RemoteTargets::default();
         if self.is_empty() {
             return out;
@@ -196,7 +200,8 @@ mod tests {
         assert!(!r.is_empty());
         let mut t = r.targets("a/b", |_| 0);
         t.nodes.sort_by_key(|t| t.node);
-        let nodes: Vec<(NodeId, bool)> = t.nodes.iter().map(|t| (t.node, t.to_subscribers)).collect();
+        let nodes: Vec<(NodeId, bool)> =
+            t.nodes.iter().map(|t| (t.node, t.to_subscribers)).collect();
         assert_eq!(nodes, [(n(2), true), (n(3), true)]);
         r.changed("a/#", n(2), 0);
         r.changed("a/+", n(2), 0);
@@ -227,7 +232,10 @@ mod tests {
                 [one] => {
                     assert!(!one.to_subscribers);
                     assert_eq!(one.shared, t.taken);
-                    assert!(t.takes(Group { name: "g", filter: "s/+" }));
+                    assert!(t.takes(Group {
+                        name: "g",
+                        filter: "s/+"
+                    }));
                     *counts.entry(Some(one.node)).or_default() += 1;
                 }
                 more => panic!("one member per message, got {more:?}"),
@@ -250,10 +258,14 @@ mod tests {
     fn filter() -> impl Strategy<Value = String> {
         let level = prop::sample::select(vec!["a", "b", "$x", "+", "#"]);
         let plain = prop::collection::vec(level, 1..=3).prop_map(|l| l.join("/"));
-        (plain, prop::option::of(prop::sample::select(vec!["g", "h"]))).prop_map(|(f, g)| match g {
-            Some(g) => format!("$share/{g}/{f}"),
-            None => f,
-        })
+        (
+            plain,
+            prop::option::of(prop::sample::select(vec!["g", "h"])),
+        )
+            .prop_map(|(f, g)| match g {
+                Some(g) => format!("$share/{g}/{f}"),
+                None => f,
+            })
     }
 
     fn topic() -> impl Strategy<Value = String> {

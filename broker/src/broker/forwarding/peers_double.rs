@@ -62,7 +62,8 @@ impl ClusterHandle for PeersDouble {
         epoch: u64,
         session_ended: bool,
     ) -> BoxFuture<'a, Result<(), ClusterError>> {
-        self.local.unregister_client(client_id, epoch, session_ended)
+        self.local
+            .unregister_client(client_id, epoch, session_ended)
     }
 
     fn subscribe<'a>(
@@ -88,7 +89,10 @@ impl ClusterHandle for PeersDouble {
         node: NodeId,
         publish: ForwardedPublish,
     ) -> BoxFuture<'static, Result<(), ForwardError>> {
-        assert!(self.peers.contains(&node), "forwarded to {node}, not a peer");
+        assert!(
+            self.peers.contains(&node),
+            "forwarded to {node}, not a peer"
+        );
         self.forwarded.lock().unwrap().push((node, publish));
         let (error, after) = self.answer.lock().unwrap().clone();
         Box::pin(async move {

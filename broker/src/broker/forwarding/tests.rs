@@ -84,7 +84,11 @@ fn a_shared_group_gets_each_message_once_across_nodes() {
     }
     let sent = cluster.take();
     assert_eq!(member.state().queue.len(), 10);
-    assert_eq!(plain.state().queue.len(), 40, "a plain subscriber gets every one");
+    assert_eq!(
+        plain.state().queue.len(),
+        40,
+        "a plain subscriber gets every one"
+    );
     assert_eq!(sent.len(), 30);
     for (node, p) in &sent {
         assert_eq!(*node, NodeId(2));

@@ -143,6 +143,12 @@ impl ClusterHandle for OtherNodes {
         self.local.forward(node, publish)
     }
 
+    fn other_members(&self) -> Vec<NodeId> {
+        let st = self.state();
+        let ids = st.members.iter().map(|m| m.record.id);
+        ids.filter(|id| *id != self.node_id()).collect()
+    }
+
     fn node_record(&self, node: NodeId) -> Option<NodeRecord> {
         let st = self.state();
         let member = st.members.iter().find(|m| m.record.id == node);
