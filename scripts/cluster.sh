@@ -166,12 +166,36 @@ launch() {
   done
 }
 
-# GET /api/v1/cluster of node I (the JSON), or nothing when it does not answer 200.
-cluster_json() {
+# GET /api/v1/cluster of node I: prints the HTTP status (000: no answer), a newline and
+# the body.
+cluster_get() {
   local auth=()
   [[ -n ${SKEIN_API_TOKEN:-} ]] && auth=(-H "Authorization: Bearer $SKEIN_API_TOKEN")
-  curl -fsS --max-time 2 "${auth[@]}" "http://127.0.0.1:$(http_port "$1")/api/v1/cluster" \
-    2>/dev/null || true
+  local body status
+  body=$(mktemp)
+  status=$(curl -sS --max-time 2 -o "$body" -w '%{http_code}' "${auth[@]}" \
+    "http://127.0.0.1:$(http_port "$1")/api/v1/cluster" 2>/dev/null || true)
+  printf '%s\n' "${status:-000}"
+  cat "$body"
+  rm -f "$body"
+}
+
+# GET /api/v1/cluster of node I (the JSON), or nothing when it does not answer 200.
+cluster_json() {
+  local answer
+  answer=$(cluster_get "$1")
+  if [[ ${answer%%$'\n'*} == 200 ]]; then printf '%s\n' "${answer#*$'\n'}"; fi
+}
+
+# Why node I's GET /api/v1/cluster gives no JSON, in a few words.
+no_answer_reason() {
+  local status
+  status=$(cluster_get "$1" | head -n1)
+  case $status in
+    000) echo "no answer" ;;
+    401) echo "HTTP 401: set SKEIN_API_TOKEN" ;;
+    *) echo "HTTP $status" ;;
+  esac
 }
 
 # A top-level number of the cluster JSON (`leader_id`, `term`); `null` or nothing if absent.
@@ -229,6 +253,9 @@ wait_nodes() {
     ((${#pending[@]} == 0)) && return 0
     if ((SECONDS >= deadline)); then
       for i in "${pending[@]}"; do log_tail "$i"; done
+      for i in "${pending[@]}"; do
+        [[ -n $(cluster_json "$i") ]] || echo "cluster.sh: node $i: $(no_answer_reason "$i")" >&2
+      done
       if [[ -n $n ]]; then
         echo "cluster.sh: after ${WAIT_SECS}s, node(s) ${pending[*]} see no leader or not all $n members" >&2
       else
@@ -273,7 +300,7 @@ cmd_up() {
   for ((i = 1; i <= n; i++)); do print_ports "$i"; done
   local leader
   leader=$(json_number "$(cluster_json 1)" leader_id)
-  echo "the cluster is up: $n members, leader node $leader"
+  echo "the cluster is up: $n member(s), leader node $leader"
 }
 
 # Sends SIG to the running nodes among I... and waits up to SECS for them to exit;
@@ -392,7 +419,7 @@ cmd_status() {
         term=$(json_number "$json" term)
         [[ $leader =~ ^[0-9]+$ ]] && leader="node $leader (term $term)" || leader=none
       else
-        leader="(no answer)"
+        leader="($(no_answer_reason "$i"))"
       fi
     fi
     printf '%-5s %-8s %-8s %-16s %-16s %-16s %s\n' "$i" "${pid:--}" \

@@ -187,7 +187,7 @@ async fn the_cluster_script_starts_inspects_and_stops_a_local_cluster() {
     drop(squatter);
 
     let up = cluster.ok(&["up", "3"]).await;
-    assert!(up.contains("the cluster is up: 3 members"), "{up}");
+    assert!(up.contains("the cluster is up: 3 member(s)"), "{up}");
     for i in 1..=NODES {
         let ports = format!(
             "node {i}: mqtt 127.0.0.1:{}  http 127.0.0.1:{}  grpc 127.0.0.1:{}",
