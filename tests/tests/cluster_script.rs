@@ -50,15 +50,23 @@ struct Cluster {
 
 impl Cluster {
     fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new("bash");
-        c.arg(script())
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("SKEIN_BIN", skein_bin())
+        let mut c = std::process::Command::new("bash");
+        c.arg(script()).args(args).current_dir(self.dir.path());
+        // The nodes' settings come from the test only (the script hands SKEIN_* on to
+        // them), as for the harness's nodes: not from the developer's shell.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SKEIN_") {
+                c.env_remove(&k);
+            }
+        }
+        c.env("SKEIN_BIN", skein_bin())
             .env("SKEIN_CLUSTER_WAIT_SECS", "180")
-            .env_remove("SKEIN_CLUSTER_DIR")
-            .env_remove("SKEIN_API_TOKEN")
-            .kill_on_drop(true);
+            .env("NO_COLOR", "1");
+        if let Some(ms) = std::env::var_os("SKEIN_TEST_PARK_IDLE_MS") {
+            c.env("SKEIN_PARK_IDLE_MS", ms);
+        }
+        let mut c = tokio::process::Command::from(c);
+        c.kill_on_drop(true);
         c
     }
 
@@ -113,12 +121,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.path("size").exists() {
-            let _ = std::process::Command::new("bash")
-                .arg(script())
-                .arg("down")
-                .current_dir(self.dir.path())
-                .env_remove("SKEIN_CLUSTER_DIR")
-                .status();
+            let _ = self.command(&["down"]).as_std_mut().status();
         }
     }
 }
