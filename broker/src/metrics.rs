@@ -494,7 +494,7 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Sends every HELP text and unit to the current recorder.
+/// Sends every HELP text and unit to the current recorder, the cluster's included.
 pub fn describe() {
     for d in descriptions() {
         match d.kind {
@@ -503,6 +503,7 @@ pub fn describe() {
             Kind::Histogram => metrics::describe_histogram!(d.name, d.unit, d.help),
         }
     }
+    skein_cluster::metrics::describe();
 }
 
 /// Creates the series a dashboard expects to see at zero before the first event.

@@ -106,10 +106,8 @@ impl Fold {
                     client_id,
                     owner,
                     session_ended: true,
-                } if owner.node == me => {
-                    if self.owned.get(client_id) == Some(&owner.epoch) {
-                        self.owned.remove(client_id);
-                    }
+                } if owner.node == me && self.owned.get(client_id) == Some(&owner.epoch) => {
+                    self.owned.remove(client_id);
                 }
                 Change::Interest {
                     filter,

@@ -125,6 +125,39 @@ pub(crate) fn forward_received_dropped(peer: NodeId, reason: &'static str, messa
 /// Members a SUBACK did not wait for (unreachable, or not folded within the bound).
 pub const CLUSTER_IN_FORCE_SKIPPED: &str = "skein_cluster_in_force_skipped_total";
 
+/// Every metric of this crate with its HELP text, for the recorder the broker installs.
+const DESCRIPTIONS: &[(&str, &str)] = &[
+    (RAFT_TERM, "The Raft term this node is in."),
+    (RAFT_IS_LEADER, "1 while this node leads the Raft group, else 0."),
+    (RAFT_COMMIT_INDEX, "The last log index this node knows committed."),
+    (RAFT_APPLIED_INDEX, "The last log index this node applied to its registry."),
+    (RAFT_LEADER_CHANGES, "Times this node saw a new leader."),
+    (RAFT_PROPOSAL_SECONDS, "From a registry command's submission to its result (committed and applied here), in seconds."),
+    (RAFT_PROPOSAL_BATCH_COMMANDS, "Registry commands per log entry the proposer wrote."),
+    (RAFT_PROPOSALS_FAILED, "Registry commands that failed, by reason (queue_full, timeout, no_leader, stopped, error)."),
+    (RAFT_LOG_ENTRIES, "Log entries held (bounded by snapshot compaction)."),
+    (RAFT_SNAPSHOTS_BUILT, "Registry snapshots built."),
+    (RAFT_SNAPSHOT_BYTES, "Size of the last registry snapshot, in bytes."),
+    (CLUSTER_MEMBERS, "Cluster members by role (voter, learner) and reachable (true, false, unknown: only the leader knows)."),
+    (CLUSTER_REGISTRY_CLIENTS, "Client ids in the replicated registry (online and offline sessions)."),
+    (CLUSTER_CHANGES_LAGGED, "Registry changes a slow receiver missed (it then read the registry anew)."),
+    (CLUSTER_IN_FORCE_SKIPPED, "Members a SUBACK did not wait for: unreachable, or the subscription not folded within the bound."),
+];
+
+/// Sends this crate's HELP texts to the installed recorder (the broker calls it when it
+/// installs one).
+pub fn describe() {
+    for (name, help) in DESCRIPTIONS {
+        if name.ends_with("_total") {
+            metrics::describe_counter!(*name, *help);
+        } else if *name == RAFT_PROPOSAL_SECONDS || *name == RAFT_PROPOSAL_BATCH_COMMANDS {
+            metrics::describe_histogram!(*name, *help);
+        } else {
+            metrics::describe_gauge!(*name, *help);
+        }
+    }
+}
+
 pub(crate) fn in_force_skipped() {
     metrics::counter!(CLUSTER_IN_FORCE_SKIPPED).increment(1);
 }
@@ -229,6 +262,29 @@ fn publish_members(m: &RaftMetrics<NodeId, Node>, peers: &Peers, heartbeat: Dura
         for (u, reachable) in REACHABILITY.into_iter().enumerate() {
             metrics::gauge!(CLUSTER_MEMBERS, "role" => role, "reachable" => reachable)
                 .set(f64::from(counts[r][u]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name constant without a description would export without HELP text.
+    #[test]
+    fn every_name_constant_is_described() {
+        let source = include_str!("metrics.rs");
+        let names: Vec<&str> = source
+            .lines()
+            .filter(|l| l.starts_with("pub const "))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert!(names.len() >= 15, "{names:?}");
+        for name in names {
+            assert!(
+                DESCRIPTIONS.iter().any(|(n, _)| *n == name),
+                "{name} has no description"
+            );
         }
     }
 }

@@ -253,3 +253,45 @@ async fn a_node_without_quorum_refuses_connect_as_server_unavailable_in_bounded_
         eprintln!("{proto:?}: refused with {expected:#x} after {took:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_its_session_moved_keeps_no_subscription_of_it() {
+    let mut cluster = TestCluster::start(3).await;
+    let id = unique_id("mover");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut c, _, _) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), &persistent).await;
+    assert_eq!(c.subscribe(1, &[SubFilter::new("move/#", 1)]).await, [1]);
+    // Still connected when its node stops: a graceful stop drains it and exits 0.
+    let status = cluster.terminate(1);
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    c.expect_disconnect(0x8B, RECV_TIMEOUT).await;
+
+    // The session moves to node 2 while node 1 is down.
+    let (mut c, present, _) = RawClient::connect_ok(cluster.node(2).mqtt_addr(), &persistent).await;
+    assert!(present);
+    c.disconnect().await;
+
+    cluster.restart(1);
+    cluster.wait_formed(3, ELECTION_DEADLINE).await;
+    let node1 = cluster.node(1).http_addr();
+    let path = format!("/api/v1/subscriptions?clientid={id}");
+    let deadline = Instant::now() + ELECTION_DEADLINE;
+    loop {
+        let (status, body) = skein_tests::http_get(node1, &path).await.unwrap();
+        assert_eq!(status, 200);
+        if !body.contains("move/") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 still indexes the moved session's subscription: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Back on node 1, it is the registry's session again, subscriptions included.
+    let (mut c, present, _) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), &persistent).await;
+    assert!(present);
+    let mut p = RawClient::v5(cluster.node(1).mqtt_addr(), &unique_id("pub")).await;
+    p.publish(&Publish::new("move/1", 0, b"home")).await;
+    assert_eq!(c.expect_publish(RECV_TIMEOUT).await.payload, b"home");
+}
