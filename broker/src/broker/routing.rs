@@ -114,8 +114,8 @@ impl Broker {
     ///
     /// `late`: the publish was read (there) while input reported before it was still
     /// unhandled. It is routed all the same and written to the late log, for a SUBSCRIBE
-    /// in that input (see [`Self::deliver_late`]); unless it matches nobody: then nothing
-    /// is done (`deferred`), and the caller routes it again once the earlier input is
+    /// in that input (see [`Self::deliver_late`]); unless it matches nobody, here or on
+    /// another node: then nothing is done (`deferred`), and the caller routes it again once the earlier input is
     /// handled, so that a subscription in it is in force. Not for a retained publish: a
     /// subscription added meanwhile would get it twice (routed, and as a retained
     /// message), so that one waits for the earlier input instead. A publish refused whole
@@ -184,7 +184,9 @@ impl Broker {
                     ));
                 },
             );
-            if late.is_some() && targets.is_empty() {
+            // Forwarded, it is not unrouted: routed now (and logged as late) like a
+            // publish with local targets.
+            if late.is_some() && targets.is_empty() && remote.is_empty() {
                 return RouteOutcome {
                     deferred: true,
                     ..RouteOutcome::default()
@@ -329,7 +331,13 @@ impl Broker {
         let Ok((group, inner)) = topic::parse_subscription(filter) else {
             return;
         };
-        if subscribed.existed || (group.is_some() && !subscribed.alone_in_group) {
+        // A group with members elsewhere had a member when those publishes were routed.
+        let group_elsewhere =
+            group.is_some_and(|g| self.remote_interest.has_group(inner, g));
+        if subscribed.existed
+            || (group.is_some() && !subscribed.alone_in_group)
+            || group_elsewhere
+        {
             return;
         }
         let missed = self

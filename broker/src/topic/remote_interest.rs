@@ -125,6 +125,17 @@ impl RemoteInterest {
         self.any.store(!tree.is_empty(), Ordering::Release);
     }
 
+    /// Whether another node has members in shared group `group` on (inner) `filter`.
+    pub fn has_group(&self, filter: &str, group: &str) -> bool {
+        !self.is_empty()
+            && self
+                .tree
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .group_size(filter, group)
+                > 0
+    }
+
     /// Where a publish on `topic` goes beyond this node. `local_members(group)` is how many
     /// members this node has in a shared group (0 if none), for the weighted pick.
     pub fn targets(
@@ -218,6 +229,8 @@ mod tests {
         let r = RemoteInterest::new();
         r.changed("$share/g/s/+", n(2), 2);
         r.changed("$share/g/s/+", n(3), 1);
+        assert!(r.has_group("s/+", "g"));
+        assert!(!r.has_group("s/+", "h") && !r.has_group("s/#", "g"));
         let mut counts: BTreeMap<Option<NodeId>, usize> = BTreeMap::new();
         for _ in 0..400 {
             let t = r.targets("s/1", |g| {
