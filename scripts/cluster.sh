@@ -28,8 +28,8 @@ Node i listens on 127.0.0.1: MQTT 1882+i, HTTP 8079+i, gRPC 7069+i (node 1: 1883
 directory across stop/start and down/up; remove the directory for a fresh cluster.
 
 environment:
-  SKEIN_BIN                   the skein binary (default: target/release/skein, built with
-                              cargo when missing)
+  SKEIN_BIN                   the skein binary (default: target/release/skein, brought
+                              up to date with cargo build --release first)
   SKEIN_CLUSTER_DIR           the cluster directory (default: ./.cluster)
   SKEIN_CLUSTER_WAIT_SECS     how long up/start wait for the cluster (default 60)
   SKEIN_CLUSTER_STOP_SECS     how long stop/down wait before SIGKILL (default 15)
@@ -127,10 +127,15 @@ skein_bin() {
   # cargo takes a relative target directory from the workspace root.
   [[ $target == /* ]] || target=$root/$target
   bin=$target/release/skein
-  if [[ ! -x $bin ]]; then
-    echo "building $bin (cargo build --release -p skein-broker --bin skein)" >&2
+  # cargo rebuilds only what changed, so a binary left from older sources is not run.
+  if command -v cargo >/dev/null 2>&1; then
+    echo "cargo build --release -p skein-broker --bin skein" >&2
     (cd "$root" && cargo build --release -p skein-broker --bin skein) >&2 ||
       die "the release build failed"
+  elif [[ -x $bin ]]; then
+    echo "cargo not found: running $bin as it is" >&2
+  else
+    die "no $bin and no cargo to build it (or set SKEIN_BIN)"
   fi
   echo "$bin"
 }
