@@ -8,7 +8,8 @@
 //! * [`clients::v3::Client`] / [`clients::v5::Client`] wrap rumqttc clients.
 //! * [`cli`] runs `mosquitto_pub` / `mosquitto_sub` for interop tests.
 //! * [`wait_until`] polls a condition with a deadline.
-//! * [`http_get`] / [`http_request`] / [`metric_sum`] talk to the HTTP listener.
+//! * [`http_get`] / [`http_request`] / [`http_request_within`] / [`metric_sum`] talk to
+//!   the HTTP listener.
 //! * [`layering`] checks that no crate's top-level modules import each other in a cycle.
 //!
 //! The crate's modules in layer order. Direction: each module imports only modules listed
@@ -36,7 +37,7 @@ pub mod wait;
 
 pub use cluster::TestCluster;
 pub use codec::{prop, Connect, Packet, PropValue, Props, Proto, Publish, SubFilter, Will};
-pub use http::{http_get, http_request, metric_sum};
+pub use http::{http_get, http_request, http_request_within, metric_sum};
 pub use node::{Node, NodeBuilder};
 pub use raw::{RawClient, RecvError};
 pub use wait::{wait_until, wait_until_blocking, QUIET, RECV_TIMEOUT};

@@ -1,15 +1,19 @@
 //! The HTTP admin API under `/api/v1`: clients (list, detail, kick), subscriptions,
-//! retained messages, and publishing as the broker. JSON in and out; every error is a
-//! JSON body `{"error": ...}` with a meaningful status (see [`ApiError`]).
+//! retained messages, publishing as the broker, and removing cluster members. JSON in and
+//! out; every error is a JSON body `{"error": ...}` with a meaningful status (see
+//! [`ApiError`]).
 //!
-//! The API sees this node only (the sessions it holds and the retained messages it
-//! stores), except `/api/v1/cluster`, the cluster's members and leader.
+//! Clients are cluster-wide: any node lists and kicks every client, wherever it is
+//! connected (the cluster's registry says where); `/api/v1/cluster` shows the members and
+//! the leader. Subscriptions and retained messages are this node's.
+//!
 //! With `api_token` set, every route here wants `Authorization: Bearer <token>`
 //! ([`protect`]); the probes and `/metrics` live in other routers and stay open.
 
 mod auth;
 mod clients;
 mod cluster;
+mod members;
 mod params;
 mod publish;
 mod retained;
@@ -17,11 +21,12 @@ mod subscriptions;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::broker::Broker;
@@ -41,6 +46,7 @@ pub fn router(broker: Arc<Broker>, token: Option<String>) -> Router {
         .route("/api/v1/topics/retained", get(retained::list))
         .route("/api/v1/publish", post(publish::publish))
         .route("/api/v1/cluster", get(cluster::overview))
+        .route("/api/v1/cluster/members/{id}", delete(members::remove))
         .with_state(broker);
     protect(api, token)
 }
@@ -54,7 +60,10 @@ pub enum ApiError {
     #[error("missing or invalid bearer token")]
     Unauthorized,
     #[error("{0}")]
-    NotFound(&'static str),
+    NotFound(Cow<'static, str>),
+    /// The request contradicts the cluster's state (a session held by another node).
+    #[error("{0}")]
+    Conflict(String),
     /// The body could not be read (too large, say): the extractor's own status.
     #[error("{1}")]
     Body(StatusCode, String),
@@ -64,7 +73,7 @@ pub enum ApiError {
     /// storage failure.
     #[error("{}", .0.message())]
     NotStored(crate::storage_refusal::NotStored),
-    /// The cluster could not answer (no leader, say).
+    /// The cluster could not answer (no leader, no quorum, a member unreachable).
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
     /// Another node with subscribers did not take the message (503).
@@ -78,6 +87,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Body(status, _) => *status,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotStored(crate::storage_refusal::NotStored::LowSpace) => {
@@ -88,6 +98,18 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotForwarded(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<skein_seam::ClusterError> for ApiError {
+    fn from(e: skein_seam::ClusterError) -> Self {
+        use skein_seam::ClusterError;
+        match e {
+            ClusterError::Unavailable(detail) => ApiError::Unavailable(detail),
+            ClusterError::NotFound(_) => ApiError::NotFound(e.to_string().into()),
+            ClusterError::NotOwner => ApiError::Conflict(e.to_string()),
+            ClusterError::Invalid(_) => ApiError::BadRequest(e.to_string()),
         }
     }
 }

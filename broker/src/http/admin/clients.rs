@@ -1,8 +1,15 @@
-//! `GET /api/v1/clients`, `GET /api/v1/clients/{id}`, `DELETE /api/v1/clients/{id}`.
+//! `GET /api/v1/clients`, `GET /api/v1/clients/{id}`, `DELETE /api/v1/clients/{id}`,
+//! cluster-wide: every node lists, shows and kicks every client, wherever it is connected.
 //!
-//! A client here is a session on this node: connected, or an offline persistent session
-//! (`connected: false`). What only a live connection knows (username, peer, keepalive,
-//! clean start, connect time) is `null` for an offline session.
+//! A client here is a session: connected, or an offline persistent session (`connected:
+//! false`), with the node that holds it (`node`, `node_id`, `node_ip`). What only a live
+//! connection knows (username, peer, keepalive, clean start, connect time) is `null` for an
+//! offline session. A client held by another node shows what the cluster's registry knows
+//! (connected, since when, clean start, expiry, how many subscriptions); what only its node
+//! knows (username, peer, keepalive, protocol version, in-flight and queued counts, the
+//! subscriptions themselves) is `null` there: that node's API has it.
+
+mod rows;
 
 use std::sync::Arc;
 
@@ -16,25 +23,28 @@ use super::params::{Listing, Params, RawQuery};
 use super::subscriptions::SubscriptionView;
 use super::ApiError;
 use crate::broker::Broker;
-use crate::events::{ClientInfo, NodeInfo};
-use crate::session::Session;
+use rows::{Nodes, Row};
 use skein_seam::ClientId;
 
 const LIST_PARAMS: &[&str] = &["page", "limit", "node", "username", "connected"];
 const KICK_PARAMS: &[&str] = &["clear_session"];
 
-/// One client as the API shows it.
+/// One client as the API shows it; `null` marks what the answering node cannot know (see
+/// the module's doc).
 #[derive(Debug, Serialize)]
 pub struct ClientView {
     pub clientid: String,
     pub username: Option<String>,
-    /// This node's name.
-    pub node: String,
-    pub node_ip: String,
+    /// The name of the node that holds the session (null: a node the cluster no longer
+    /// has a record of).
+    pub node: Option<String>,
+    pub node_id: u64,
+    /// The IP that node advertises.
+    pub node_ip: Option<String>,
     /// The client's address, `ip:port`.
     pub peername: Option<String>,
     /// 3 (MQTT 3.1), 4 (3.1.1) or 5.
-    pub proto_ver: u8,
+    pub proto_ver: Option<u8>,
     pub keepalive: Option<u16>,
     pub clean_start: Option<bool>,
     pub connected: bool,
@@ -45,78 +55,14 @@ pub struct ClientView {
     /// Session Expiry Interval, seconds (0: the session ends with the connection).
     pub expiry_interval: u32,
     /// QoS 1/2 messages sent and not yet acknowledged.
-    pub inflight_cnt: usize,
+    pub inflight_cnt: Option<usize>,
     /// Messages waiting to be sent.
-    pub mqueue_len: usize,
-    pub mqueue_max: usize,
+    pub mqueue_len: Option<usize>,
+    pub mqueue_max: Option<usize>,
     pub subscriptions_cnt: usize,
-    /// In the detail answer only.
+    /// In the detail answer of a client on this node only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscriptions: Option<Vec<SubscriptionView>>,
-}
-
-/// What a session looks like at one instant, taken under its state lock.
-struct Row {
-    client_id: ClientId,
-    info: Option<Arc<ClientInfo>>,
-    protocol_level: u8,
-    expiry_interval: u32,
-    disconnected_at_ms: Option<u64>,
-    inflight: usize,
-    queued: usize,
-    subscriptions: usize,
-}
-
-impl Row {
-    /// None for a session that was just removed.
-    fn capture(session: &Session) -> Option<Row> {
-        let st = session.state();
-        if st.removed {
-            return None;
-        }
-        Some(Row {
-            client_id: session.client_id.clone(),
-            info: st.attached_info().cloned(),
-            protocol_level: st.protocol_level,
-            expiry_interval: st.expiry_interval,
-            disconnected_at_ms: st.disconnected_at_ms.get(),
-            inflight: st.inflight.len(),
-            queued: st.queue.len(),
-            subscriptions: st.subscriptions.len(),
-        })
-    }
-
-    fn view(self, node: &NodeInfo, broker: &Broker) -> ClientView {
-        let info = self.info.as_deref();
-        ClientView {
-            clientid: self.client_id.as_str().to_owned(),
-            username: info.and_then(|i| i.username.as_deref().map(str::to_owned)),
-            node: node.node_name.clone(),
-            node_ip: node.node_ip.clone(),
-            peername: info.map(|i| i.peer.to_string()),
-            proto_ver: info.map_or(self.protocol_level, |i| i.protocol.level()),
-            keepalive: info.map(|i| i.keepalive),
-            clean_start: info.map(|i| i.clean_start),
-            connected: info.is_some(),
-            connected_at: info.map(|i| i.connected_at_ms),
-            disconnected_at: if info.is_some() {
-                None
-            } else {
-                self.disconnected_at_ms
-            },
-            expiry_interval: self.expiry_interval,
-            inflight_cnt: self.inflight,
-            mqueue_len: self.queued,
-            mqueue_max: broker.config.max_queued_messages,
-            subscriptions_cnt: self.subscriptions,
-            subscriptions: None,
-        }
-    }
-}
-
-/// Whether `wanted` names this node: its name, its advertised `ip:port`, or its IP.
-pub fn is_this_node(wanted: &str, node: &NodeInfo) -> bool {
-    wanted == node.node_name || wanted == node.node || wanted == node.node_ip
 }
 
 #[tracing::instrument(name = "admin_list_clients", skip_all)]
@@ -128,27 +74,19 @@ pub async fn list(
     let paging = params.paging()?;
     let connected = params.flag("connected")?;
     let username = params.get("username");
-    let node = broker.events.node();
-    let here = params.get("node").is_none_or(|n| is_this_node(n, node));
-    let mut rows: Vec<Row> = if here {
-        broker
-            .sessions_snapshot()
-            .iter()
-            .filter_map(|s| Row::capture(s))
-            .filter(|r| connected.is_none_or(|c| c == r.info.is_some()))
-            .filter(|r| {
-                username.is_none_or(|u| {
-                    r.info
-                        .as_ref()
-                        .is_some_and(|i| i.username.as_deref() == Some(u))
-                })
+    let node = params.get("node");
+    let mut nodes = Nodes::new(&broker);
+    let mut rows = rows::gather(&broker);
+    rows.retain(|r| {
+        connected.is_none_or(|c| c == r.connected())
+            && username.is_none_or(|u| r.username() == Some(u))
+            && node.is_none_or(|n| {
+                let id = r.node(&nodes);
+                nodes.name(id).matches(n)
             })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    rows.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
-    Ok(Json(paging.apply(rows, |r| r.view(node, &broker))))
+    });
+    rows.sort_unstable_by(|a, b| a.client_id().cmp(b.client_id()));
+    Ok(Json(paging.apply(rows, |r| r.view(&mut nodes, &broker))))
 }
 
 #[tracing::instrument(name = "admin_client_detail", skip_all, fields(client_id))]
@@ -158,19 +96,27 @@ pub async fn detail(
 ) -> Result<Json<ClientView>, ApiError> {
     let id = client_id(path)?;
     tracing::Span::current().record("client_id", id.as_str());
-    let not_found = || ApiError::NotFound("client not found");
-    let session = broker.find_session(&id).ok_or_else(not_found)?;
-    let row = Row::capture(&session).ok_or_else(not_found)?;
-    let subscriptions = SubscriptionView::of_session(&session);
-    let mut view = row.view(broker.events.node(), &broker);
-    // Read under a second lock: count what is shown, so the two always agree.
-    view.subscriptions_cnt = subscriptions.len();
-    view.subscriptions = Some(subscriptions);
+    let row = rows::find(&broker, &id).ok_or(ApiError::NotFound("client not found".into()))?;
+    let mut nodes = Nodes::new(&broker);
+    let local = matches!(row, Row::Local(_));
+    let mut view = row.view(&mut nodes, &broker);
+    if local {
+        // Read under a second lock: count what is shown, so the two always agree. A
+        // session removed meanwhile shows none.
+        let subscriptions = broker
+            .find_session(&id)
+            .map(|s| SubscriptionView::of_session(&s))
+            .unwrap_or_default();
+        view.subscriptions_cnt = subscriptions.len();
+        view.subscriptions = Some(subscriptions);
+    }
     Ok(Json(view))
 }
 
-/// Kicks the client's connection (DISCONNECT 0x98 to MQTT 5 clients, reason `kicked`). The
-/// session stays unless `?clear_session=true`, which also ends it (offline or not).
+/// Kicks the client's connection wherever it is (DISCONNECT 0x98 to MQTT 5 clients, reason
+/// `kicked`, the event from the node that held it). The session stays unless
+/// `?clear_session=true`, which also ends it (offline or not); that one is for the node
+/// that holds the session: 409 from another.
 #[tracing::instrument(name = "admin_kick_client", skip_all, fields(client_id))]
 pub async fn kick(
     State(broker): State<Arc<Broker>>,
@@ -180,14 +126,30 @@ pub async fn kick(
     let id = client_id(path)?;
     tracing::Span::current().record("client_id", id.as_str());
     let params = Params::parse(query, KICK_PARAMS)?;
-    if params.flag("clear_session")?.unwrap_or(false) {
+    let clear_session = params.flag("clear_session")?.unwrap_or(false);
+    if let Some(owner) = rows::remote_owner(&broker, &id) {
+        let name = Nodes::new(&broker).name(owner.node).name.clone();
+        let node = match name {
+            Some(name) => format!("node {} ({name})", owner.node),
+            None => format!("node {}", owner.node),
+        };
+        if clear_session {
+            return Err(ApiError::Conflict(format!(
+                "the session is held by {node}: end it through that node's API"
+            )));
+        }
+        if !owner.online || !broker.cluster.kick_remote(owner.node, &id).await? {
+            return Err(ApiError::NotFound("client not connected".into()));
+        }
+        tracing::info!(node = %owner.node, "client kicked on another node by an operator");
+    } else if clear_session {
         if !broker.discard_session(&id).await {
-            return Err(ApiError::NotFound("no session for this client id"));
+            return Err(ApiError::NotFound("no session for this client id".into()));
         }
         tracing::info!("session discarded by an operator");
     } else {
         if !broker.kick(&id) {
-            return Err(ApiError::NotFound("client not connected"));
+            return Err(ApiError::NotFound("client not connected".into()));
         }
         tracing::info!("client kicked by an operator");
     }

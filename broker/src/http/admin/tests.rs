@@ -1,6 +1,8 @@
 //! The admin router served over real HTTP, against a real broker (temporary storage) whose
 //! sessions are attached by hand, so kicks can be observed on their channel.
 
+mod cluster;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +24,14 @@ use crate::http::{compose, health_routes, serve, HealthState};
 use crate::local_cluster::LocalCluster;
 use crate::message::{now_ms, Message, MessageProperties};
 use crate::session::{Attachment, Kick, KickSignal, Session, Subscription};
-use skein_seam::{ClientId, NodeId};
+use skein_seam::{ClientId, ClusterHandle, NodeId};
 
 fn broker() -> Arc<Broker> {
+    broker_in(Arc::new(LocalCluster::new(NodeId(1))))
+}
+
+/// A broker (node 1, "test-node") whose cluster is `cluster`.
+fn broker_in(cluster: Arc<dyn ClusterHandle>) -> Arc<Broker> {
     let events = EventBus::new(NodeInfo {
         node: "127.0.0.1:1883".into(),
         node_ip: "127.0.0.1".into(),
@@ -33,7 +40,7 @@ fn broker() -> Arc<Broker> {
     Broker::new(
         Config::default(),
         Store::open_temporary().unwrap(),
-        Arc::new(LocalCluster::new(NodeId(1))),
+        cluster,
         events,
         CancellationToken::new(),
     )
@@ -252,6 +259,7 @@ async fn client_detail_has_every_field_and_ids_are_percent_decoded() {
     assert_eq!(v["clientid"], json!("dev/1 é"));
     assert_eq!(v["username"], json!("alice"));
     assert_eq!(v["node"], json!("test-node"));
+    assert_eq!(v["node_id"], json!(1));
     assert_eq!(v["node_ip"], json!("127.0.0.1"));
     assert_eq!(v["peername"], json!("10.1.2.3:4567"));
     assert_eq!(v["proto_ver"], json!(5));
