@@ -162,6 +162,7 @@ async fn forwards_arrive_in_call_order_in_batches_and_are_acknowledged() {
     let (cluster, _, two) = two_members(ForwardSettings::default()).await;
     let sender = cluster.node(1);
     let batches_before = series("skein_cluster_forward_batch_messages_count", "");
+    let started = std::time::Instant::now();
     let answers: Vec<_> = (0..3000)
         .map(|i| sender.forward(NodeId(2), publish(&format!("t/{i}"))))
         .collect();
@@ -176,6 +177,10 @@ async fn forwards_arrive_in_call_order_in_batches_and_are_acknowledged() {
         assert_eq!(delivered[7].publisher, Some(ClientId::new("publisher")));
     }
     let batches = series("skein_cluster_forward_batch_messages_count", "") - batches_before;
+    eprintln!(
+        "3000 forwards acknowledged in {:?}, in {batches} batches",
+        started.elapsed()
+    );
     assert!(
         (1.0..3000.0).contains(&batches),
         "3000 messages queued at once travel in far fewer batches, got {batches}"
