@@ -17,8 +17,9 @@
 //! - `connection`: one task per client: CONNECT, read -> session -> write, keepalive,
 //!   limits, parking when idle.
 //! - `auth`: the CONNECT policy: anonymous clients, the password file's users.
-//! - `broker`: the node's state: session registry, subscription index, routing; implements
-//!   the seam's `BrokerHandle`.
+//! - `broker`: the node's state: session registry, subscription index, routing (to local
+//!   sessions and one hop to other nodes with interest); implements the seam's
+//!   `BrokerHandle`.
 //! - `local_cluster`: a one-node registry in this process, the seam's `ClusterHandle` as
 //!   the broker's unit tests' double (a node always runs a Raft group, of one member when
 //!   it has no peers).
@@ -36,7 +37,7 @@
 //! - `events`: system events: the model, the bus, raising them, the dialects.
 //! - `metrics`: metric names, the Prometheus recorder, the counters the hot path bumps.
 //! - `message`: an application message as routing carries it.
-//! - `topic`: topic names and filters, the subscription trie.
+//! - `topic`: topic names and filters, the subscription trie, other nodes' interest.
 //! - `disconnect`: why a connection ended, as events, metrics and logs name it.
 //! - `codec`: MQTT packets to and from bytes (3.1, 3.1.1, 5.0).
 //! - `log_writer`: log output that drops what it cannot write instead of stopping the node.

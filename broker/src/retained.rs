@@ -44,6 +44,22 @@ impl RetainedStore {
     }
 
     /// Unexpired retained messages whose topic matches `filter` (a filter without `$share`).
+    /// Stores `message` (fetched from another node) unless a message as new or newer is
+    /// held for its topic; true when stored.
+    pub fn restore(&self, message: &Arc<Message>) -> Result<bool, skein_storage::StorageError> {
+        let mut map = self.messages.write().unwrap_or_else(|e| e.into_inner());
+        let newer_held = map
+            .get(&message.topic)
+            .is_some_and(|held| held.received_at_ms >= message.received_at_ms);
+        if newer_held || message.payload.is_empty() {
+            return Ok(false);
+        }
+        self.store.health().admit()?;
+        self.store.retained_put(&message.to_stored(&[]))?;
+        map.insert(message.topic.clone(), message.clone());
+        Ok(true)
+    }
+
     pub fn matching(&self, filter: &str, now_ms: u64) -> Vec<Arc<Message>> {
         let map = self.messages.read().unwrap_or_else(|e| e.into_inner());
         map.values()

@@ -20,9 +20,12 @@
 //!   it is unavailable.
 //! - The stream runs on a connection of its own, not the Raft channel, so a busy data
 //!   plane does not delay heartbeats.
+//! - Retained messages: a node that starts or joins fetches the set one member holds
+//!   (`retained_sync`).
 
 mod queue;
 mod receiver;
+mod retained_sync;
 mod sender;
 mod wire;
 
@@ -39,6 +42,7 @@ use crate::types::NodeId;
 use queue::PeerQueue;
 
 pub(crate) use receiver::ForwardService;
+pub(crate) use retained_sync::run as fetch_retained;
 
 /// The per-peer queues of a member, created as peers are first forwarded to.
 pub(crate) struct Forwarder {

@@ -200,8 +200,13 @@ impl ClusterNode {
         }
         self.tasks.spawn(fold::run(
             self.shared.clone(),
-            broker,
+            broker.clone(),
             changes,
+            self.shutdown.clone(),
+        ));
+        self.tasks.spawn(crate::forward::fetch_retained(
+            self.shared.clone(),
+            broker,
             self.shutdown.clone(),
         ));
         true

@@ -95,6 +95,17 @@ impl BrokerHandle for Recorder {
         self.0.lock().unwrap().push(Told::Reset(all));
     }
 
+    fn retained_messages(&self) -> Vec<ForwardedPublish> {
+        Vec::new()
+    }
+
+    fn restore_retained(
+        &self,
+        _messages: Vec<ForwardedPublish>,
+    ) -> BoxFuture<'_, Result<usize, BrokerHandleError>> {
+        Box::pin(async { Ok(0) })
+    }
+
     fn hand_over_session<'a>(
         &'a self,
         _client_id: &'a ClientId,

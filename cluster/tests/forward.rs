@@ -30,6 +30,9 @@ struct Recorder {
     refuse_once: Mutex<HashSet<String>>,
     /// Topics whose delivery takes a while (the peer's acknowledgement waits for it).
     slow: Mutex<HashSet<String>>,
+    /// What it answers when asked for its retained messages, and what it was given.
+    retained: Mutex<Vec<ForwardedPublish>>,
+    restored: Mutex<Vec<ForwardedPublish>>,
 }
 
 impl Recorder {
@@ -74,6 +77,19 @@ impl BrokerHandle for Recorder {
     fn taken_over(&self, _client_id: &ClientId, _epoch: u64, _by: NodeId) {}
     fn interest_changed(&self, _filter: &str, _node: NodeId, _subscribers: u32) {}
     fn interest_reset(&self, _interest: Vec<(String, NodeId, u32)>) {}
+    fn retained_messages(&self) -> Vec<ForwardedPublish> {
+        self.retained.lock().unwrap().clone()
+    }
+
+    fn restore_retained(
+        &self,
+        messages: Vec<ForwardedPublish>,
+    ) -> BoxFuture<'_, Result<usize, BrokerHandleError>> {
+        let n = messages.len();
+        self.restored.lock().unwrap().extend(messages);
+        Box::pin(async move { Ok(n) })
+    }
+
     fn hand_over_session<'a>(
         &'a self,
         _client_id: &'a ClientId,
@@ -146,6 +162,7 @@ async fn forwards_arrive_in_call_order_in_batches_and_are_acknowledged() {
     let (cluster, _, two) = two_members(ForwardSettings::default()).await;
     let sender = cluster.node(1);
     let batches_before = series("skein_cluster_forward_batch_messages_count", "");
+    let started = std::time::Instant::now();
     let answers: Vec<_> = (0..3000)
         .map(|i| sender.forward(NodeId(2), publish(&format!("t/{i}"))))
         .collect();
@@ -160,6 +177,10 @@ async fn forwards_arrive_in_call_order_in_batches_and_are_acknowledged() {
         assert_eq!(delivered[7].publisher, Some(ClientId::new("publisher")));
     }
     let batches = series("skein_cluster_forward_batch_messages_count", "") - batches_before;
+    eprintln!(
+        "3000 forwards acknowledged in {:?}, in {batches} batches",
+        started.elapsed()
+    );
     assert!(
         (1.0..3000.0).contains(&batches),
         "3000 messages queued at once travel in far fewer batches, got {batches}"
@@ -378,5 +399,31 @@ async fn a_kick_reaches_the_broker_of_the_node_that_holds_the_client() {
         Err(skein_seam::ClusterError::NotFound(_))
     ));
     assert_eq!(node.other_members(), [NodeId(2)]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_fetches_the_retained_messages_of_a_member_when_its_broker_attaches() {
+    init_tracing();
+    let cluster = TestCluster::start(&[1, 2], settings(ForwardSettings::default())).await;
+    cluster.leader(WITHIN).await;
+    let holder = Arc::new(Recorder::default());
+    let mut kept = publish("r/kept");
+    kept.retain = true;
+    kept.to_subscribers = false;
+    holder.retained.lock().unwrap().push(kept.clone());
+    assert!(cluster.node(2).attach_broker(holder));
+    let newcomer = Arc::new(Recorder::default());
+    assert!(cluster.node(1).attach_broker(newcomer.clone()));
+    let restored = wait_for(
+        WITHIN,
+        "node 1 fetched node 2's retained messages",
+        || async {
+            let restored = newcomer.restored.lock().unwrap().clone();
+            (!restored.is_empty()).then_some(restored)
+        },
+    )
+    .await;
+    assert_eq!(restored, [kept]);
     cluster.shutdown().await;
 }

@@ -135,6 +135,18 @@ pub trait BrokerHandle: Send + Sync {
     /// the change stream lagged): `(filter, node, subscribers)` for every other node.
     fn interest_reset(&self, interest: Vec<(String, NodeId, u32)>);
 
+    /// This node's retained messages (unexpired), each as a forwarded publish with `retain`
+    /// set and no subscribers to deliver to: what a node that starts or joins fetches.
+    fn retained_messages(&self) -> Vec<ForwardedPublish>;
+
+    /// Stores retained messages another member holds (fetched when this node started or
+    /// joined): each one for whose topic this node holds none or an older one (by
+    /// `received_at_ms`); nothing is delivered to sessions. Returns how many were stored.
+    fn restore_retained(
+        &self,
+        messages: Vec<ForwardedPublish>,
+    ) -> BoxFuture<'_, Result<usize, BrokerHandleError>>;
+
     /// Hands the session of `client_id` over to the node taking it: its state, which this
     /// node then forgets. None when this node has no such session.
     fn hand_over_session<'a>(

@@ -1,8 +1,9 @@
 //! The cluster's data plane with real processes: a publish accepted on one node reaches
 //! subscribers on the others (QoS 0/1/2, rumqttc and mosquitto clients), retained messages
 //! are found on every node, a shared group gets each message once cluster-wide, a SUBACK on
-//! one node is in force for a publish on another at once, and forwards queued for a node
-//! killed with SIGKILL are delivered once it is back.
+//! one node is in force for a publish on another at once, forwards queued for a node
+//! killed with SIGKILL are delivered once it is back, and a node that joins at runtime
+//! takes part (the retained messages published before it joined included).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -257,4 +258,56 @@ async fn forwards_queued_for_a_killed_node_are_delivered_once_it_is_back() {
     }
     let want: Vec<String> = (1..=N).map(|i| format!("m{i}")).collect();
     assert_eq!(got, want, "every queued publish, once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_at_runtime_sends_and_gets_publishes() {
+    let mut cluster = TestCluster::start(2).await;
+    let mut early = v5::Client::connect(cluster.node(1).mqtt_addr(), &unique_id("early")).await;
+    early
+        .publish("j/kept", v5::QoS::AtLeastOnce, true, "before the join")
+        .await;
+    let joined = cluster.join(1).await;
+    // It fetched the retained messages of a member once it joined (in the background).
+    let fetched = wait_until_retained(cluster.node(joined).mqtt_addr(), "j/kept").await;
+    assert_eq!(fetched, "before the join");
+
+    let mut on_new =
+        v5::Client::connect(cluster.node(joined).mqtt_addr(), &unique_id("sub-new")).await;
+    on_new.subscribe("j/live/#", v5::QoS::AtLeastOnce).await;
+    let mut on_old = v5::Client::connect(cluster.node(2).mqtt_addr(), &unique_id("sub-old")).await;
+    on_old.subscribe("j/live/#", v5::QoS::AtLeastOnce).await;
+
+    let mut publisher = v5::Client::connect(cluster.node(1).mqtt_addr(), &unique_id("pub")).await;
+    publisher
+        .publish("j/live/from-1", v5::QoS::AtLeastOnce, false, "a")
+        .await;
+    let mut from_new =
+        v5::Client::connect(cluster.node(joined).mqtt_addr(), &unique_id("pub-new")).await;
+    from_new
+        .publish("j/live/from-new", v5::QoS::AtLeastOnce, false, "b")
+        .await;
+    for sub in [&mut on_new, &mut on_old] {
+        let topics: Vec<String> = sub.recv_n(2).await.iter().map(v5::topic).collect();
+        assert_eq!(topics, ["j/live/from-1", "j/live/from-new"]);
+    }
+}
+
+/// Subscribes to `topic` on `addr` until a retained message comes (its payload), within
+/// `BACK_DEADLINE`.
+async fn wait_until_retained(addr: std::net::SocketAddr, topic: &str) -> String {
+    let deadline = std::time::Instant::now() + BACK_DEADLINE;
+    loop {
+        let mut sub = v5::Client::connect(addr, &unique_id("retained")).await;
+        sub.subscribe(topic, v5::QoS::AtLeastOnce).await;
+        if let Some(p) = sub.try_recv_within(QUIET).await {
+            assert!(p.retain);
+            return text(&p);
+        }
+        sub.disconnect().await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retained message on {topic} at {addr} within {BACK_DEADLINE:?}"
+        );
+    }
 }

@@ -105,6 +105,53 @@ impl BrokerHandle for Broker {
         self.remote_interest.reset(interest);
     }
 
+    fn retained_messages(&self) -> Vec<ForwardedPublish> {
+        self.retained
+            .snapshot(crate::message::now_ms())
+            .iter()
+            .map(|m| super::forwarding::forwarded(m, false, Vec::new()))
+            .collect()
+    }
+
+    /// Stores what is newer than what this node holds, then flushes once.
+    fn restore_retained(
+        &self,
+        messages: Vec<ForwardedPublish>,
+    ) -> BoxFuture<'_, Result<usize, BrokerHandleError>> {
+        Box::pin(async move {
+            let mut stored = 0;
+            for publish in messages {
+                let message = match forwarded_message(publish) {
+                    Ok(m) if m.retain => Arc::new(m),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignored an invalid retained message from another node");
+                        continue;
+                    }
+                };
+                match self.retained.restore(&message) {
+                    Ok(true) => stored += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        storage_refusal::write_failed("store a retained message", "", &e);
+                        return Err(BrokerHandleError::Storage(
+                            NotStored::of(&e).message().into(),
+                        ));
+                    }
+                }
+            }
+            if stored > 0 {
+                if let Err(e) = self.flush_storage().await {
+                    storage_refusal::write_failed("flush", "", &e);
+                    return Err(BrokerHandleError::Storage(
+                        NotStored::Failed.message().into(),
+                    ));
+                }
+            }
+            Ok(stored)
+        })
+    }
+
     fn hand_over_session<'a>(
         &'a self,
         _client_id: &'a ClientId,

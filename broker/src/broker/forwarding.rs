@@ -12,7 +12,8 @@
 //! one on a topic wins). The data plane keeps the publish path's cost and order: per
 //! publishing node the order is kept, as for any publish; two nodes updating one topic at
 //! the same instant may leave different members with different last messages. A node that
-//! was down while retained messages changed, or that joins later, does not get them yet.
+//! starts or joins fetches the set one member holds and keeps what is newer than its own
+//! (`BrokerHandle::restore_retained`); a delete it missed while away is not learned.
 
 #[cfg(test)]
 pub(crate) mod peers_double;
@@ -139,7 +140,8 @@ impl Broker {
     }
 }
 
-fn forwarded(
+/// `message` as it travels to another node.
+pub(super) fn forwarded(
     message: &Message,
     to_subscribers: bool,
     shared: Vec<SharedTarget>,

@@ -46,6 +46,10 @@ pub(crate) struct ForwardService {
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::BatchAck, Status>> + Send>>;
+type RetainedStream = Pin<Box<dyn Stream<Item = Result<pb::RetainedBatch, Status>> + Send>>;
+
+/// Retained messages per batch of the `Retained` answer.
+const RETAINED_PER_BATCH: usize = 256;
 
 impl ForwardService {
     pub(crate) fn new(shared: Arc<Shared>, shutdown: CancellationToken) -> Self {
@@ -60,6 +64,31 @@ impl ForwardService {
 #[tonic::async_trait]
 impl pb::forward_server::Forward for ForwardService {
     type PublishStream = AckStream;
+    type RetainedStream = RetainedStream;
+
+    #[tracing::instrument(level = "info", skip_all, fields(node = self.shared.id, from = request.get_ref().from_node))]
+    async fn retained(
+        &self,
+        request: Request<pb::RetainedRequest>,
+    ) -> Result<Response<RetainedStream>, Status> {
+        drop(request);
+        let Some(broker) = self.shared.broker.get() else {
+            return Err(Status::unavailable("the node's broker is not running yet"));
+        };
+        let mut all: Vec<pb::ForwardedPublish> = broker
+            .retained_messages()
+            .into_iter()
+            .map(wire::to_pb)
+            .collect();
+        tracing::debug!(messages = all.len(), "retained messages asked for");
+        let mut batches = Vec::with_capacity(all.len().div_ceil(RETAINED_PER_BATCH));
+        while !all.is_empty() {
+            let rest = all.split_off(all.len().min(RETAINED_PER_BATCH));
+            batches.push(Ok(pb::RetainedBatch { retained: all }));
+            all = rest;
+        }
+        Ok(Response::new(Box::pin(futures_util::stream::iter(batches))))
+    }
 
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.shared.id))]
     async fn publish(

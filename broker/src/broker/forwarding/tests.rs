@@ -177,3 +177,41 @@ fn a_single_node_forwards_nothing() {
     assert!(out.forwards.is_empty());
     assert_eq!((out.matched, out.remote), (1, 0));
 }
+
+#[tokio::test]
+async fn retained_messages_fetched_from_a_member_keep_the_newer_of_each_topic() {
+    let (b, _) = node_with_peers();
+    let retained = |topic: &str, payload: &'static [u8], at: u64| {
+        let mut m = (*message(topic, QoS::AtLeastOnce, "p")).clone();
+        m.retain = true;
+        m.payload = bytes::Bytes::from_static(payload);
+        m.received_at_ms = at;
+        m
+    };
+    b.route(Arc::new(retained("held/newer", b"mine", 2_000)));
+    b.route(Arc::new(retained("held/older", b"mine", 1_000)));
+    let offered: Vec<_> = [
+        retained("held/newer", b"theirs", 1_500),
+        retained("held/older", b"theirs", 1_500),
+        retained("new", b"theirs", 1_500),
+    ]
+    .iter()
+    .map(|m| super::forwarded(m, false, Vec::new()))
+    .collect();
+    assert_eq!(b.restore_retained(offered).await.unwrap(), 2);
+    let payload = |topic: &str| b.retained.matching(topic, 0)[0].payload.clone();
+    assert_eq!(&payload("held/newer")[..], b"mine");
+    assert_eq!(&payload("held/older")[..], b"theirs");
+    assert_eq!(&payload("new")[..], b"theirs");
+    assert_eq!(
+        b.store.retained_load().unwrap().len(),
+        3,
+        "stored on disk too"
+    );
+    // What this node offers another: all three, as retained publishes for nobody.
+    let mut mine = b.retained_messages();
+    mine.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let topics: Vec<&str> = mine.iter().map(|p| p.topic.as_str()).collect();
+    assert_eq!(topics, ["held/newer", "held/older", "new"]);
+    assert!(mine.iter().all(|p| p.retain && !p.to_subscribers));
+}
