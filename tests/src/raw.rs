@@ -115,6 +115,13 @@ impl RawClient {
         RawClient::connect_ok(addr, &Connect::v5(client_id)).await.0
     }
 
+    /// The client's end of the connection (what the server reports as its peer).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream
+            .local_addr()
+            .expect("local address of a connected socket")
+    }
+
     /// Writes bytes; panics if the socket is already broken.
     pub async fn send(&mut self, bytes: &[u8]) {
         if let Err(e) = self.try_send(bytes).await {

@@ -3,8 +3,8 @@
 //! loss, a follower catching up, and a node without quorum refusing CONNECT.
 //!
 //! Publishes cross no node boundary here (the data plane is tested elsewhere): every
-//! delivery checked is on the node the subscriber is connected to, and event watchers sit
-//! on the node that emits the event.
+//! delivery checked is on the node the subscriber is connected to. Event watchers sit on
+//! every node, the one that emits the event among them: events are routed like publishes.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,8 @@ use skein_tests::{
 #[allow(dead_code)]
 mod watcher;
 
-use watcher::Watcher;
+use serde_json::json;
+use watcher::{assert_recent_ms, Watcher};
 
 /// How long a new leader may take after the old one died (election timeout 1-2 s, on a
 /// loaded machine).
@@ -28,16 +29,20 @@ async fn three_nodes_with_both_dialects() -> TestCluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_takeover_across_nodes_ends_the_old_connection_with_one_event_from_the_old_node() {
+async fn a_takeover_across_nodes_ends_the_old_connection_with_one_event_seen_on_every_node() {
     let cluster = three_nodes_with_both_dialects().await;
     let (old_node, new_node) = (cluster.node(1), cluster.node(2));
     let old_addr = old_node.mqtt_addr().to_string();
     let new_addr = new_node.mqtt_addr().to_string();
     let mut on_old = Watcher::everything(old_node).await;
     let mut on_new = Watcher::everything(new_node).await;
+    // A node that takes no part in the takeover: it sees the events only because they are
+    // routed to its subscriber like any publish.
+    let mut on_third = Watcher::everything(cluster.node(3)).await;
 
     let id = unique_id("roamer");
     let mut old = RawClient::v5(old_node.mqtt_addr(), &id).await;
+    let old_peer = old.local_addr().to_string();
     let started = Instant::now();
     let new = RawClient::v5(new_node.mqtt_addr(), &id).await;
     old.expect_disconnect(0x8E, RECV_TIMEOUT).await;
@@ -86,6 +91,102 @@ async fn a_takeover_across_nodes_ends_the_old_connection_with_one_event_from_the
         .expect_none(QUIET, "$events/client_disconnected", about_id)
         .await;
     on_new.expect_none(QUIET, "$EVENT.CLOSE", about_id).await;
+
+    // The third node: the one disconnect per dialect, checked field by field (the whole
+    // object, so no field more or less), and the new connection's connected events once.
+    let seen = on_third
+        .wait("$events/client_disconnected", |v| {
+            v["clientid"] == id.as_str()
+        })
+        .await;
+    assert_recent_ms(&seen["disconnected_at"]);
+    assert_eq!(
+        seen,
+        json!({
+            "clientid": id,
+            "username": null,
+            "event": "client.disconnected",
+            "reason": "takeovered",
+            "peername": old_peer,
+            "sockname": old_addr,
+            "disconnected_at": seen["disconnected_at"],
+            "node": old_addr,
+            "node_name": "skein-1",
+            "takeover_node": new_addr,
+        })
+    );
+    assert_eq!(seen, e, "the old node's event, as it raised it");
+    let seen = on_third
+        .wait("$EVENT.CLOSE", |v| v["clientId"] == id.as_str())
+        .await;
+    assert_recent_ms(&seen["timestamp"]);
+    assert_eq!(
+        seen,
+        json!({
+            "protocol": "MQTT",
+            "messageId": null,
+            "reason": "other_kicked",
+            "takeoverNode": new_addr,
+            "clientId": id,
+            "clientIp": "127.0.0.1",
+            "nodeIp": "127.0.0.1",
+            "nodeName": "skein-1",
+            "timestamp": seen["timestamp"],
+        })
+    );
+    assert_eq!(seen, c);
+
+    // Both connections' connected events reach node 3: the old one's from node 1, the new
+    // one's from node 2, each once.
+    for (name, addr) in [("skein-1", &old_addr), ("skein-2", &new_addr)] {
+        let connected = on_third
+            .wait("$events/client_connected", |v| {
+                v["clientid"] == id.as_str() && v["node_name"] == name
+            })
+            .await;
+        assert_recent_ms(&connected["connected_at"]);
+        assert_recent_ms(&connected["timestamp"]);
+        assert_eq!(
+            connected,
+            json!({
+                "clientid": id,
+                "username": null,
+                "event": "client.connected",
+                "clean_start": true,
+                "connected_at": connected["connected_at"],
+                "keepalive": 60,
+                "proto_ver": 5,
+                "timestamp": connected["timestamp"],
+                "node": addr,
+                "node_name": name,
+            })
+        );
+        let connect = on_third
+            .wait("$EVENT.CONNECT", |v| {
+                v["clientId"] == id.as_str() && v["nodeName"] == name
+            })
+            .await;
+        assert_eq!(connect["version"], "MQTT_5");
+        assert_eq!(connect["cleanSession"], true);
+        assert_eq!(connect["clientIp"], "127.0.0.1");
+    }
+    on_third.read_for(QUIET).await;
+    let left: Vec<&String> = on_third
+        .seen
+        .iter()
+        .filter(|(topic, v, _)| {
+            about_id(v)
+                && [
+                    "$events/client_connected",
+                    "$events/client_disconnected",
+                    "$EVENT.CONNECT",
+                    "$EVENT.CLOSE",
+                ]
+                .contains(&topic.as_str())
+        })
+        .map(|(_, _, raw)| raw)
+        .collect();
+    assert!(left.is_empty(), "node 3 saw more than once: {left:#?}");
 
     // The new connection is untouched and owns the id: it subscribes (a registry command
     // only its epoch may make) and gets what is published on its node.
