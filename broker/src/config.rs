@@ -227,7 +227,7 @@ impl Default for Config {
             max_session_expiry_interval: u32::MAX,
             retain_available: true,
             shutdown_timeout_ms: 5000,
-            log: String::from("info"),
+            log: String::from("info,openraft=warn"),
             events_dollar_events: true,
             events_dollar_events_kinds: dollar_events_slash_topics::default_kinds(),
             events_dollar_event: false,

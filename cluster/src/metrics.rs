@@ -221,6 +221,14 @@ pub(crate) async fn publish(
         let m = raft_metrics.borrow_and_update().clone();
         if m.current_leader.is_some() && m.current_leader != leader {
             metrics::counter!(RAFT_LEADER_CHANGES).increment(1);
+            // openraft's own election logs are at warn and below by default (the broker's
+            // filter): this line is what an operator reads at info.
+            tracing::info!(
+                leader = ?m.current_leader,
+                term = m.current_term,
+                previous = ?leader,
+                "cluster leader"
+            );
         }
         leader = m.current_leader;
         metrics::gauge!(RAFT_TERM).set(m.current_term as f64);

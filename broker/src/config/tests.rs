@@ -55,7 +55,7 @@ fn defaults() {
     assert_eq!(config.max_topic_alias, 65_535);
     assert_eq!(config.max_session_expiry_interval, u32::MAX);
     assert!(config.retain_available);
-    assert_eq!(config.log, "info");
+    assert_eq!(config.log, "info,openraft=warn");
     assert_eq!(config.connect_timeout(), Duration::from_secs(10));
     assert_eq!(config.shutdown_timeout(), Duration::from_secs(5));
 }
