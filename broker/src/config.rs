@@ -99,6 +99,10 @@ pub struct Config {
     /// A follower that hears nothing from the leader for between this and twice this many
     /// milliseconds starts an election (at least twice `raft_heartbeat_ms`).
     pub raft_election_timeout_ms: u64,
+    /// Messages held for one peer node (waiting to be forwarded, or sent and not
+    /// acknowledged yet). A QoS 0 publisher waits for room once half are held; past the
+    /// bound forwards are refused (QoS 1/2: 0x97) and counted.
+    pub forward_queue_messages: usize,
     /// Maximum concurrent client connections (at least 1).
     pub max_connections: usize,
     /// Largest MQTT packet accepted, in bytes (16..=268435455).
@@ -212,6 +216,7 @@ impl Default for Config {
             // See skein_cluster::RaftSettings: calm on a busy 2-core machine.
             raft_heartbeat_ms: 250,
             raft_election_timeout_ms: 1000,
+            forward_queue_messages: 100_000,
             max_connections: 100_000,
             max_packet_size: 1_048_576,
             max_inflight: 128,
@@ -797,6 +802,8 @@ settings! {
         "Raft heartbeat interval, in milliseconds";
     raft_election_timeout_ms: Int { min: 20, max: MAX_TIMEOUT_MS },
         "Raft election timeout, in milliseconds (an election starts after between this and twice this without a leader); at least twice raft_heartbeat_ms";
+    forward_queue_messages: Int { min: 2, max: usize::MAX },
+        "Messages held per peer node for forwarding; a QoS 0 publisher waits for room once half are held, past the bound forwards are refused and counted";
     max_connections: Int { min: 1, max: usize::MAX },
         "Maximum concurrent client connections";
     max_packet_size: Int { min: 16, max: 268_435_455 },

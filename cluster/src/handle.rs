@@ -268,6 +268,10 @@ impl ClusterHandle for ClusterNode {
         ClusterNode::forward(self, node, publish)
     }
 
+    fn forward_room(&self, node: SeamNodeId) -> Option<BoxFuture<'static, bool>> {
+        ClusterNode::forward_room(self, node)
+    }
+
     fn kick_remote<'a>(
         &'a self,
         node: SeamNodeId,

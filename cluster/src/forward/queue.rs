@@ -27,7 +27,11 @@ struct Waiting {
 /// stream if this one breaks first.
 struct Sent {
     sequence: u64,
-    publishes: Vec<pb::ForwardedPublish>,
+    /// The batch as sent, encoded: one buffer instead of a copy of every message's
+    /// strings (decoded again only if the stream breaks).
+    encoded: Vec<u8>,
+    /// Messages in it.
+    count: usize,
     /// None once told (a RETRY_LATER answered the callers; the batch is still retried).
     waiters: Vec<Option<Waiter>>,
     bytes: usize,
@@ -80,6 +84,9 @@ pub(crate) struct PeerQueue {
     state: Mutex<State>,
     /// Wakes the sender task when a message arrives in an empty queue.
     pub(crate) wake: Notify,
+    /// Wakes publishers waiting for room (see [`Self::has_room`]) when acknowledgements
+    /// bring the queue back under half its bounds, or the queue closes.
+    room: Notify,
     settings: ForwardSettings,
     pub(crate) metrics: PeerForwardMetrics,
 }
@@ -91,6 +98,7 @@ impl PeerQueue {
             stream_id,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            room: Notify::new(),
             settings,
             metrics: PeerForwardMetrics::new(peer),
         }
@@ -144,6 +152,33 @@ impl PeerQueue {
         Ok(answer)
     }
 
+    /// Whether a publisher may go on without waiting: the queue holds at most half of
+    /// either bound (the other half absorbs what publishers read before they look again),
+    /// or it is closed (forwards fail at once then; waiting would not help).
+    pub(crate) fn has_room(&self) -> bool {
+        let st = self.state();
+        st.closed.is_some() || self.under_half(&st)
+    }
+
+    fn under_half(&self, st: &State) -> bool {
+        st.held_messages <= self.settings.queue_messages / 2
+            && st.held_bytes <= self.settings.queue_bytes / 2
+    }
+
+    /// Resolves once [`Self::has_room`] holds.
+    pub(crate) async fn room(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so an acknowledgement in between is not missed.
+            notified.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Whether another batch may be sent before an acknowledgement comes back.
     pub(crate) fn window_open(&self) -> bool {
         self.state().unacked.len() < self.settings.window_batches
@@ -151,13 +186,15 @@ impl PeerQueue {
 
     /// The next batch to send (as many waiting messages as fit, up to the batch bounds),
     /// kept as unacknowledged; None when nothing waits or the window is full.
+    /// Only the sender task calls it (and `resend`, `accepted`, `close`), so the batch is
+    /// encoded outside the lock and recorded after.
     pub(crate) fn next_batch(&self, from_node: NodeId) -> Option<pb::PublishBatch> {
         let mut st = self.state();
         if st.waiting.is_empty() || st.unacked.len() >= self.settings.window_batches {
             return None;
         }
-        let mut publishes = Vec::new();
-        let mut waiters = Vec::new();
+        let mut publishes = Vec::with_capacity(st.waiting.len().min(self.settings.batch_messages));
+        let mut waiters = Vec::with_capacity(publishes.capacity());
         let mut bytes = 0;
         while let Some(next) = st.waiting.front() {
             let full = publishes.len() >= self.settings.batch_messages
@@ -174,17 +211,21 @@ impl PeerQueue {
         }
         st.last_sequence += 1;
         let sequence = st.last_sequence;
+        drop(st);
+        let count = publishes.len();
         let batch = pb::PublishBatch {
             sequence,
             from_node,
             to_node: self.peer,
-            publishes: publishes.clone(),
+            publishes,
             stream_id: self.stream_id,
         };
-        self.metrics.batch(publishes.len());
-        st.unacked.push_back(Sent {
+        let encoded = batch.encode_to_vec();
+        self.metrics.batch(count);
+        self.state().unacked.push_back(Sent {
             sequence,
-            publishes,
+            encoded,
+            count,
             waiters,
             bytes,
         });
@@ -193,17 +234,18 @@ impl PeerQueue {
 
     /// Every unacknowledged batch again, oldest first, for a new stream (counted as
     /// retried).
-    pub(crate) fn resend(&self, from_node: NodeId) -> Vec<pb::PublishBatch> {
+    pub(crate) fn resend(&self) -> Vec<pb::PublishBatch> {
         let st = self.state();
         let batches: Vec<pb::PublishBatch> = st
             .unacked
             .iter()
-            .map(|sent| pb::PublishBatch {
-                sequence: sent.sequence,
-                from_node,
-                to_node: self.peer,
-                publishes: sent.publishes.clone(),
-                stream_id: self.stream_id,
+            .filter_map(|sent| match pb::PublishBatch::decode(sent.encoded.as_slice()) {
+                Ok(batch) => Some(batch),
+                Err(e) => {
+                    // It was encoded by this process: only a bug gets here.
+                    tracing::error!(peer = self.peer, sequence = sent.sequence, error = %e, "an unacknowledged batch could not be decoded again");
+                    None
+                }
             })
             .collect();
         let messages: usize = batches.iter().map(|b| b.publishes.len()).sum();
@@ -228,11 +270,15 @@ impl PeerQueue {
         let Some(sent) = sent else {
             return Err("no batch to acknowledge".into());
         };
-        st.held_messages -= sent.publishes.len();
+        st.held_messages -= sent.count;
         st.held_bytes -= sent.bytes;
         self.metrics.depth(st.held_messages);
+        let room = self.under_half(&st);
         drop(st);
-        self.metrics.sent(sent.publishes.len());
+        if room {
+            self.room.notify_waiters();
+        }
+        self.metrics.sent(sent.count);
         for waiter in sent.waiters.into_iter().flatten() {
             let _ = waiter.send(Ok(()));
         }
@@ -267,6 +313,7 @@ impl PeerQueue {
         st.held_messages = 0;
         st.held_bytes = 0;
         drop(st);
+        self.room.notify_waiters();
         self.metrics.depth(0);
         if dropped > 0 {
             self.metrics.dropped(why.reason(), dropped);
@@ -356,7 +403,7 @@ mod tests {
             assert_eq!(answers.next().unwrap().await.unwrap(), Ok(()));
         }
         // A new stream gets the unacknowledged batch again, same sequence.
-        let again = q.resend(1);
+        let again = q.resend();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0], second);
         q.accepted(2).unwrap();
@@ -391,7 +438,7 @@ mod tests {
             b.await.unwrap(),
             Err(ForwardError::Refused { .. })
         ));
-        assert_eq!(q.resend(1).len(), 1, "still held for another try");
+        assert_eq!(q.resend().len(), 1, "still held for another try");
 
         let c = q.push(publish("c", 1)).unwrap();
         q.close(Closed::Removed);

@@ -114,7 +114,7 @@ async fn stream(
     // Never more than the window of batches is unacknowledged, so never more than that
     // waits in the channel.
     let (tx, mut rx) = mpsc::channel::<pb::PublishBatch>(window);
-    for batch in queue.resend(shared.id) {
+    for batch in queue.resend() {
         if tx.try_send(batch).is_err() {
             return failed("more unacknowledged batches than the window".into(), false);
         }
