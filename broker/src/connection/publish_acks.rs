@@ -64,6 +64,11 @@ impl PendingAcks {
         self.parked().acks.push_back(ack);
     }
 
+    /// Whether the batch must wait for room at a peer before handling more input.
+    pub(super) fn waits_for_room(acks: &mut Acks) -> bool {
+        acks.as_mut().is_some_and(|p| !p.parked().room.is_empty())
+    }
+
     /// Whether the batch waits for room at `node` already.
     fn waits_for(acks: &mut Acks, node: NodeId) -> bool {
         acks.as_mut()

@@ -3,6 +3,7 @@
 //! Only the sender task takes messages out; any task puts them in.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use prost::Message as _;
@@ -87,6 +88,9 @@ pub(crate) struct PeerQueue {
     /// Wakes publishers waiting for room (see [`Self::has_room`]) when acknowledgements
     /// bring the queue back under half its bounds, or the queue closes.
     room: Notify,
+    /// Whether more than half of a bound is held: what publishers look at after each
+    /// forward, without the lock.
+    over_half: AtomicBool,
     settings: ForwardSettings,
     pub(crate) metrics: PeerForwardMetrics,
 }
@@ -99,6 +103,7 @@ impl PeerQueue {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             room: Notify::new(),
+            over_half: AtomicBool::new(false),
             settings,
             metrics: PeerForwardMetrics::new(peer),
         }
@@ -143,6 +148,9 @@ impl PeerQueue {
         st.held_messages += 1;
         st.held_bytes += bytes;
         self.metrics.depth(st.held_messages);
+        if !self.under_half(&st) {
+            self.over_half.store(true, Ordering::Release);
+        }
         drop(st);
         // The sender drains the whole queue (or fills its window) each time it looks: a
         // queue that was not empty has a wake-up pending or is waiting for room.
@@ -156,8 +164,7 @@ impl PeerQueue {
     /// either bound (the other half absorbs what publishers read before they look again),
     /// or it is closed (forwards fail at once then; waiting would not help).
     pub(crate) fn has_room(&self) -> bool {
-        let st = self.state();
-        st.closed.is_some() || self.under_half(&st)
+        !self.over_half.load(Ordering::Acquire)
     }
 
     fn under_half(&self, st: &State) -> bool {
@@ -274,6 +281,9 @@ impl PeerQueue {
         st.held_bytes -= sent.bytes;
         self.metrics.depth(st.held_messages);
         let room = self.under_half(&st);
+        if room {
+            self.over_half.store(false, Ordering::Release);
+        }
         drop(st);
         if room {
             self.room.notify_waiters();
@@ -312,6 +322,7 @@ impl PeerQueue {
         let dropped = st.held_messages;
         st.held_messages = 0;
         st.held_bytes = 0;
+        self.over_half.store(false, Ordering::Release);
         drop(st);
         self.room.notify_waiters();
         self.metrics.depth(0);
@@ -344,6 +355,8 @@ impl PeerQueue {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use prost::bytes::Bytes;
 
     use super::*;
@@ -408,6 +421,42 @@ mod tests {
         assert_eq!(again[0], second);
         q.accepted(2).unwrap();
         assert_eq!(q.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn publishers_wait_for_room_above_half_the_bound_until_acks_free_it() {
+        let q = PeerQueue::new(2, 1, settings());
+        for i in 0..3 {
+            q.push(publish(&format!("t/{i}"), 1)).unwrap();
+        }
+        assert!(!q.has_room(), "3 of 4 held: over half");
+        let first = q.next_batch(1).unwrap();
+        let short = std::time::Duration::from_millis(50);
+        assert!(tokio::time::timeout(short, q.room()).await.is_err());
+        let waiting = tokio::spawn({
+            let q = Arc::new(q);
+            let waiter = q.clone();
+            let sequence = first.sequence;
+            async move {
+                let room = tokio::spawn(async move { waiter.room().await });
+                tokio::task::yield_now().await;
+                q.accepted(sequence).unwrap();
+                room.await.unwrap();
+                q
+            }
+        });
+        let q = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("room once the batch was acknowledged")
+            .unwrap();
+        assert!(q.has_room());
+        // A closed queue never keeps a publisher waiting.
+        for i in 0..2 {
+            q.push(publish(&format!("u/{i}"), 1)).unwrap();
+        }
+        assert!(!q.has_room());
+        q.close(Closed::ShuttingDown);
+        assert!(q.has_room());
     }
 
     #[test]
