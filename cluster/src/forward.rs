@@ -113,6 +113,15 @@ impl Forwarder {
         }))
     }
 
+    /// See [`crate::ClusterNode::forward_unanswered`].
+    pub(crate) fn forward_unanswered(
+        self: &Arc<Self>,
+        node: NodeId,
+        publish: ForwardedPublish,
+    ) -> Result<(), ForwardError> {
+        self.queue(node)?.push_unanswered(wire::to_pb(publish))
+    }
+
     /// The queue of `node`, made (with its sender task) on first use.
     fn queue(self: &Arc<Self>, node: NodeId) -> Result<Arc<PeerQueue>, ForwardError> {
         let unavailable = |detail: &str| ForwardError::Unavailable {

@@ -175,6 +175,18 @@ pub trait ClusterHandle: Send + Sync {
         publish: ForwardedPublish,
     ) -> BoxFuture<'static, Result<(), ForwardError>>;
 
+    /// [`Self::forward`] for a publish nobody waits on (QoS 0): queued the same way, in the
+    /// same order, but the peer's answer is not kept for anyone. Err only when the queue
+    /// refused it at once (full, or the peer is not a member), which is counted.
+    fn forward_unanswered(
+        &self,
+        node: NodeId,
+        publish: ForwardedPublish,
+    ) -> Result<(), ForwardError> {
+        drop(self.forward(node, publish));
+        Ok(())
+    }
+
     /// Backpressure for publishers whose forwards nobody waits for (QoS 0): None while the
     /// queue to `node` has room; otherwise a future that resolves once it has room again
     /// (true) or after a bound (false: forwards beyond the queue's bound are then dropped

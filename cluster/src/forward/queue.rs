@@ -21,7 +21,8 @@ pub(crate) type Waiter = oneshot::Sender<Result<(), ForwardError>>;
 struct Waiting {
     publish: pb::ForwardedPublish,
     bytes: usize,
-    waiter: Waiter,
+    /// None: nobody waits for the answer (QoS 0).
+    waiter: Option<Waiter>,
 }
 
 /// A batch on its way: kept until the peer acknowledges it, to be sent again on the next
@@ -123,6 +124,24 @@ impl PeerQueue {
         &self,
         publish: pb::ForwardedPublish,
     ) -> Result<oneshot::Receiver<Result<(), ForwardError>>, ForwardError> {
+        let (waiter, answer) = oneshot::channel();
+        self.put(publish, Some(waiter))?;
+        Ok(answer)
+    }
+
+    /// [`Self::push`] with nobody waiting for the answer.
+    pub(crate) fn push_unanswered(
+        &self,
+        publish: pb::ForwardedPublish,
+    ) -> Result<(), ForwardError> {
+        self.put(publish, None)
+    }
+
+    fn put(
+        &self,
+        publish: pb::ForwardedPublish,
+        waiter: Option<Waiter>,
+    ) -> Result<(), ForwardError> {
         let bytes = publish.encoded_len();
         let mut st = self.state();
         if let Some(closed) = st.closed {
@@ -138,7 +157,6 @@ impl PeerQueue {
             self.metrics.dropped("queue_full", 1);
             return Err(ForwardError::QueueFull(self.node()));
         }
-        let (waiter, answer) = oneshot::channel();
         let was_empty = st.waiting.is_empty();
         st.waiting.push_back(Waiting {
             publish,
@@ -157,7 +175,7 @@ impl PeerQueue {
         if was_empty {
             self.wake.notify_one();
         }
-        Ok(answer)
+        Ok(())
     }
 
     /// Whether a publisher may go on without waiting: the queue holds at most half of
@@ -214,7 +232,7 @@ impl PeerQueue {
             };
             bytes += w.bytes;
             publishes.push(w.publish);
-            waiters.push(Some(w.waiter));
+            waiters.push(w.waiter);
         }
         st.last_sequence += 1;
         let sequence = st.last_sequence;
@@ -337,7 +355,7 @@ impl PeerQueue {
         }
         let waiters = waiting
             .into_iter()
-            .map(|w| Some(w.waiter))
+            .map(|w| w.waiter)
             .chain(unacked.into_iter().flat_map(|s| s.waiters));
         for waiter in waiters.flatten() {
             let _ = waiter.send(Err(ForwardError::Unavailable {
