@@ -55,13 +55,11 @@ impl BrokerHandle for Broker {
                 }
                 held.release();
             }
-            if !to_flush.is_empty() {
-                if self.flush_forwarded().await.is_err() {
-                    for i in to_flush {
-                        outcomes[i] = Err(BrokerHandleError::Storage(
-                            NotStored::Failed.message().into(),
-                        ));
-                    }
+            if !to_flush.is_empty() && self.flush_forwarded().await.is_err() {
+                for i in to_flush {
+                    outcomes[i] = Err(BrokerHandleError::Storage(
+                        NotStored::Failed.message().into(),
+                    ));
                 }
             }
             outcomes

@@ -15,6 +15,12 @@
 //! sends the message again when it reconnects. This node's own sessions have the message
 //! by then, and the forward stays queued for its peer: a publisher that sends it again may
 //! cause duplicates (at least once), never a loss.
+//!
+//! Backpressure: a QoS 0 publish has no acknowledgement to hold back, so a fast publisher
+//! could fill a peer's forward queue and lose what overflows. When a QoS 0 publish is
+//! forwarded to a peer whose queue is over half full, the read batch stops there and the
+//! connection waits for room (at most the forward timeout) before it handles more input;
+//! only past the queue's bound is a forward dropped (and counted).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
