@@ -26,6 +26,7 @@
 //! - Retained messages: a node that starts or joins fetches the set one member holds
 //!   (`retained_sync`).
 
+mod encoded;
 mod queue;
 mod receiver;
 mod retained_sync;

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use prost::bytes::Bytes;
 use prost::Message as _;
 use skein_proto::v1 as pb;
 use skein_seam::ForwardError;
@@ -29,9 +30,9 @@ struct Waiting {
 /// stream if this one breaks first.
 struct Sent {
     sequence: u64,
-    /// The batch as sent, encoded: one buffer instead of a copy of every message's
-    /// strings (decoded again only if the stream breaks).
-    encoded: Vec<u8>,
+    /// The batch as sent, encoded once: the stream sends this buffer, and sends it again
+    /// if the stream breaks.
+    encoded: Bytes,
     /// Messages in it.
     count: usize,
     /// None once told (a RETRY_LATER answered the callers; the batch is still retried).
@@ -213,7 +214,7 @@ impl PeerQueue {
     /// kept as unacknowledged; None when nothing waits or the window is full.
     /// Only the sender task calls it (and `resend`, `accepted`, `close`), so the batch is
     /// encoded outside the lock and recorded after.
-    pub(crate) fn next_batch(&self, from_node: NodeId) -> Option<pb::PublishBatch> {
+    pub(crate) fn next_batch(&self, from_node: NodeId) -> Option<Bytes> {
         let mut st = self.state();
         if st.waiting.is_empty() || st.unacked.len() >= self.settings.window_batches {
             return None;
@@ -245,35 +246,24 @@ impl PeerQueue {
             publishes,
             stream_id: self.stream_id,
         };
-        let encoded = batch.encode_to_vec();
+        let encoded = Bytes::from(batch.encode_to_vec());
         self.metrics.batch(count);
         self.state().unacked.push_back(Sent {
             sequence,
-            encoded,
+            encoded: encoded.clone(),
             count,
             waiters,
             bytes,
         });
-        Some(batch)
+        Some(encoded)
     }
 
     /// Every unacknowledged batch again, oldest first, for a new stream (counted as
     /// retried).
-    pub(crate) fn resend(&self) -> Vec<pb::PublishBatch> {
+    pub(crate) fn resend(&self) -> Vec<Bytes> {
         let st = self.state();
-        let batches: Vec<pb::PublishBatch> = st
-            .unacked
-            .iter()
-            .filter_map(|sent| match pb::PublishBatch::decode(sent.encoded.as_slice()) {
-                Ok(batch) => Some(batch),
-                Err(e) => {
-                    // It was encoded by this process: only a bug gets here.
-                    tracing::error!(peer = self.peer, sequence = sent.sequence, error = %e, "an unacknowledged batch could not be decoded again");
-                    None
-                }
-            })
-            .collect();
-        let messages: usize = batches.iter().map(|b| b.publishes.len()).sum();
+        let batches: Vec<Bytes> = st.unacked.iter().map(|s| s.encoded.clone()).collect();
+        let messages: usize = st.unacked.iter().map(|s| s.count).sum();
         drop(st);
         self.metrics.retried(messages);
         batches
@@ -375,9 +365,11 @@ impl PeerQueue {
 mod tests {
     use std::sync::Arc;
 
-    use prost::bytes::Bytes;
-
     use super::*;
+
+    fn decoded(batch: Option<Bytes>) -> pb::PublishBatch {
+        pb::PublishBatch::decode(batch.expect("a batch")).unwrap()
+    }
 
     fn publish(topic: &str, payload: usize) -> pb::ForwardedPublish {
         pb::ForwardedPublish {
@@ -410,8 +402,8 @@ mod tests {
             q.push(publish("t/4", 10)).unwrap_err(),
             ForwardError::QueueFull(skein_seam::NodeId(2))
         );
-        let first = q.next_batch(1).unwrap();
-        let second = q.next_batch(1).unwrap();
+        let first = decoded(q.next_batch(1));
+        let second = decoded(q.next_batch(1));
         assert!(q.next_batch(1).is_none(), "window of two batches");
         assert_eq!((first.sequence, second.sequence), (1, 2));
         assert_eq!(
@@ -436,7 +428,7 @@ mod tests {
         // A new stream gets the unacknowledged batch again, same sequence.
         let again = q.resend();
         assert_eq!(again.len(), 1);
-        assert_eq!(again[0], second);
+        assert_eq!(decoded(Some(again[0].clone())), second);
         q.accepted(2).unwrap();
         assert_eq!(q.held(), 0);
     }
@@ -448,7 +440,7 @@ mod tests {
             q.push(publish(&format!("t/{i}"), 1)).unwrap();
         }
         assert!(!q.has_room(), "3 of 4 held: over half");
-        let first = q.next_batch(1).unwrap();
+        let first = decoded(q.next_batch(1));
         let short = std::time::Duration::from_millis(50);
         assert!(tokio::time::timeout(short, q.room()).await.is_err());
         let waiting = tokio::spawn({
@@ -482,8 +474,8 @@ mod tests {
         let q = PeerQueue::new(2, 1, settings());
         q.push(publish("a", 200)).unwrap();
         q.push(publish("b", 200)).unwrap();
-        assert_eq!(q.next_batch(1).unwrap().publishes.len(), 1);
-        assert_eq!(q.next_batch(1).unwrap().publishes.len(), 1);
+        assert_eq!(decoded(q.next_batch(1)).publishes.len(), 1);
+        assert_eq!(decoded(q.next_batch(1)).publishes.len(), 1);
         // Larger than the whole byte bound: refused, never queued.
         assert!(matches!(
             q.push(publish("huge", 2000)),
@@ -496,7 +488,7 @@ mod tests {
         let q = PeerQueue::new(3, 1, settings());
         let a = q.push(publish("a", 1)).unwrap();
         let b = q.push(publish("b", 1)).unwrap();
-        let batch = q.next_batch(1).unwrap();
+        let batch = decoded(q.next_batch(1));
         q.refused(batch.sequence, "disk full");
         assert!(
             matches!(a.await.unwrap(), Err(ForwardError::Refused { detail, .. }) if detail == "disk full")
