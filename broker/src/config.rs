@@ -100,6 +100,10 @@ pub struct Config {
     /// A follower that hears nothing from the leader for between this and twice this many
     /// milliseconds starts an election (at least twice `raft_heartbeat_ms`).
     pub raft_election_timeout_ms: u64,
+    /// Messages held for one peer node (waiting to be forwarded, or sent and not
+    /// acknowledged yet). A QoS 0 publisher waits for room once half are held; past the
+    /// bound forwards are refused (QoS 1/2: 0x97) and counted.
+    pub forward_queue_messages: usize,
     /// Maximum concurrent client connections (at least 1).
     pub max_connections: usize,
     /// Largest MQTT packet accepted, in bytes (16..=268435455).
@@ -213,6 +217,7 @@ impl Default for Config {
             // See skein_cluster::RaftSettings: calm on a busy 2-core machine.
             raft_heartbeat_ms: 250,
             raft_election_timeout_ms: 1000,
+            forward_queue_messages: 100_000,
             max_connections: 100_000,
             max_packet_size: 1_048_576,
             max_inflight: 128,

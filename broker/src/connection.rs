@@ -106,6 +106,9 @@ enum Batch {
     RouteInOrder(Box<inbound::DeferredPublish>),
     /// A SUBSCRIBE or UNSUBSCRIBE is committed in the cluster before its answer.
     Cluster(Box<cluster_step::ClusterStep>),
+    /// A peer's forward queue is over half full: wait for room before handling more of
+    /// the read buffer (see `publish_acks.rs`).
+    WaitForRoom,
 }
 
 /// Serves one accepted TCP connection to its end. `permit` is None when the node is at its
@@ -423,6 +426,8 @@ impl Connection {
             match batch? {
                 Batch::Drained => return Ok(false),
                 Batch::OutputFull => return Ok(true),
+                // Waited above, with the batch's acknowledgements.
+                Batch::WaitForRoom => {}
                 Batch::RouteInOrder(deferred) => {
                     // Boxed: waiting is the rare case, and its state would stay in every
                     // connection task.
@@ -500,6 +505,10 @@ impl Connection {
             }
             if self.output_batch_full() {
                 return Ok(Batch::OutputFull);
+            }
+            if publish_acks::PendingAcks::waits_for_room(acks) {
+                self.count_acked();
+                return Ok(Batch::WaitForRoom);
             }
         }
     }

@@ -24,6 +24,23 @@ impl ClusterNode {
         self.forwarder.forward(node.0, publish)
     }
 
+    /// [`Self::forward`] with nobody waiting for the answer (QoS 0): no channel, no timer.
+    pub fn forward_unanswered(
+        &self,
+        node: skein_seam::NodeId,
+        publish: ForwardedPublish,
+    ) -> Result<(), ForwardError> {
+        self.forwarder.forward_unanswered(node.0, publish)
+    }
+
+    /// Backpressure for forwards nobody waits for (see the seam's
+    /// `ClusterHandle::forward_room`): None while the queue to `node` has room (or there is
+    /// none yet); otherwise a future that resolves once it has room (true) or after the
+    /// forward timeout (false).
+    pub fn forward_room(&self, node: skein_seam::NodeId) -> Option<BoxFuture<'static, bool>> {
+        self.forwarder.room(node.0)
+    }
+
     /// Ends the connection of `client_id` on member `node` as an administrative kick; false
     /// when that node had no such connection.
     pub fn kick_remote<'a>(

@@ -16,6 +16,9 @@
 //!   `batch_bytes`), and up to `window_batches` are in flight: while the peer delivers one
 //!   batch, the messages that arrive meanwhile form the next. That is where cross-node
 //!   throughput comes from.
+//! - Backpressure: a publisher whose forwards nobody waits for (QoS 0) asks `room` after
+//!   each read batch and, while the peer's queue holds more than half its bounds, waits
+//!   (up to `ack_timeout_ms`) before reading more; only past the bound are forwards dropped.
 //! - A peer that leaves the membership has its queue closed: the waiting callers are told
 //!   it is unavailable.
 //! - The stream runs on a connection of its own, not the Raft channel, so a busy data
@@ -23,6 +26,7 @@
 //! - Retained messages: a node that starts or joins fetches the set one member holds
 //!   (`retained_sync`).
 
+mod encoded;
 mod queue;
 mod receiver;
 mod retained_sync;
@@ -95,6 +99,28 @@ impl Forwarder {
                 }),
             }
         })
+    }
+
+    /// See [`crate::ClusterNode::forward_room`].
+    pub(crate) fn room(&self, node: NodeId) -> Option<BoxFuture<'static, bool>> {
+        let queue = self.read().get(&node)?.clone();
+        if queue.has_room() {
+            return None;
+        }
+        queue.metrics.waited_for_room();
+        let bound = self.shared.settings.forward.ack_timeout();
+        Some(Box::pin(async move {
+            tokio::time::timeout(bound, queue.room()).await.is_ok()
+        }))
+    }
+
+    /// See [`crate::ClusterNode::forward_unanswered`].
+    pub(crate) fn forward_unanswered(
+        self: &Arc<Self>,
+        node: NodeId,
+        publish: ForwardedPublish,
+    ) -> Result<(), ForwardError> {
+        self.queue(node)?.push_unanswered(wire::to_pb(publish))
     }
 
     /// The queue of `node`, made (with its sender task) on first use.

@@ -268,6 +268,18 @@ impl ClusterHandle for ClusterNode {
         ClusterNode::forward(self, node, publish)
     }
 
+    fn forward_unanswered(
+        &self,
+        node: SeamNodeId,
+        publish: ForwardedPublish,
+    ) -> Result<(), ForwardError> {
+        ClusterNode::forward_unanswered(self, node, publish)
+    }
+
+    fn forward_room(&self, node: SeamNodeId) -> Option<BoxFuture<'static, bool>> {
+        ClusterNode::forward_room(self, node)
+    }
+
     fn kick_remote<'a>(
         &'a self,
         node: SeamNodeId,

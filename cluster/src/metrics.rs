@@ -49,6 +49,9 @@ pub const FORWARD_RETRIED: &str = "skein_cluster_forward_retried_total";
 /// Counter {peer, reason}: messages not forwarded: `queue_full` (refused by the bounded
 /// queue), `peer_removed`, `shutting_down`.
 pub const FORWARD_DROPPED: &str = "skein_cluster_forward_dropped_total";
+/// Counter {peer}: times a publisher stopped reading to wait for room in the peer's
+/// queue (backpressure, instead of dropping its QoS 0 forwards).
+pub const FORWARD_WAITED_FOR_ROOM: &str = "skein_cluster_forward_waited_for_room_total";
 /// Histogram: messages per batch sent to a peer.
 pub const FORWARD_BATCH_MESSAGES: &str = "skein_cluster_forward_batch_messages";
 /// Counter {peer}: forwarded messages this node received from a peer and delivered.
@@ -65,6 +68,7 @@ pub(crate) struct PeerForwardMetrics {
     depth: metrics::Gauge,
     sent: metrics::Counter,
     retried: metrics::Counter,
+    waited: metrics::Counter,
     batch: metrics::Histogram,
     peer: String,
 }
@@ -76,6 +80,7 @@ impl PeerForwardMetrics {
             depth: metrics::gauge!(FORWARD_QUEUE_DEPTH, "peer" => peer.clone()),
             sent: metrics::counter!(FORWARD_SENT, "peer" => peer.clone()),
             retried: metrics::counter!(FORWARD_RETRIED, "peer" => peer.clone()),
+            waited: metrics::counter!(FORWARD_WAITED_FOR_ROOM, "peer" => peer.clone()),
             batch: metrics::histogram!(FORWARD_BATCH_MESSAGES),
             peer,
         }
@@ -93,6 +98,10 @@ impl PeerForwardMetrics {
         if messages > 0 {
             self.retried.increment(messages as u64);
         }
+    }
+
+    pub(crate) fn waited_for_room(&self) {
+        self.waited.increment(1);
     }
 
     pub(crate) fn batch(&self, messages: usize) {
@@ -147,6 +156,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     (FORWARD_SENT, "Messages forwarded to a peer node and acknowledged by it."),
     (FORWARD_RETRIED, "Forwarded messages sent again on a new stream (after a broken stream or the peer's retry-later answer)."),
     (FORWARD_DROPPED, "Messages not forwarded to a peer node, by reason (queue_full, peer_removed, shutting_down)."),
+    (FORWARD_WAITED_FOR_ROOM, "Times a publisher stopped reading until the forward queue to a peer node had room again (backpressure)."),
     (FORWARD_BATCH_MESSAGES, "Messages per batch forwarded to a peer node."),
     (FORWARD_RECEIVED, "Messages a peer node forwarded to this one and this one delivered."),
     (FORWARD_RECEIVED_DUPLICATES, "Messages a peer node sent again that this node had delivered already: acknowledged, not delivered twice."),

@@ -114,6 +114,24 @@ pub trait BrokerHandle: Send + Sync {
         publish: ForwardedPublish,
     ) -> BoxFuture<'_, Result<usize, BrokerHandleError>>;
 
+    /// Delivers a batch of forwarded publishes, in order, each as
+    /// [`Self::deliver_forwarded`] would; one outcome per publish, in the same order.
+    /// Completes once every local target of every publish has it. The broker's own
+    /// implementation routes them all in one go, wakes their subscribers once and flushes
+    /// storage once; this default delivers them one after another.
+    fn deliver_forwarded_batch(
+        &self,
+        publishes: Vec<ForwardedPublish>,
+    ) -> BoxFuture<'_, Vec<Result<usize, BrokerHandleError>>> {
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(publishes.len());
+            for publish in publishes {
+                outcomes.push(self.deliver_forwarded(publish).await);
+            }
+            outcomes
+        })
+    }
+
     /// Tells the connection of `client_id` on this node to go away for `reason`; its
     /// session stays. False when no connection of that client is attached here.
     fn kick(&self, client_id: &ClientId, reason: KickReason) -> bool;

@@ -175,6 +175,28 @@ pub trait ClusterHandle: Send + Sync {
         publish: ForwardedPublish,
     ) -> BoxFuture<'static, Result<(), ForwardError>>;
 
+    /// [`Self::forward`] for a publish nobody waits on (QoS 0): queued the same way, in the
+    /// same order, but the peer's answer is not kept for anyone. Err only when the queue
+    /// refused it at once (full, or the peer is not a member), which is counted.
+    fn forward_unanswered(
+        &self,
+        node: NodeId,
+        publish: ForwardedPublish,
+    ) -> Result<(), ForwardError> {
+        drop(self.forward(node, publish));
+        Ok(())
+    }
+
+    /// Backpressure for publishers whose forwards nobody waits for (QoS 0): None while the
+    /// queue to `node` has room; otherwise a future that resolves once it has room again
+    /// (true) or after a bound (false: forwards beyond the queue's bound are then dropped
+    /// and counted). A connection awaits it before reading more, so a fast publisher slows
+    /// to the peer's pace instead of losing messages.
+    fn forward_room(&self, node: NodeId) -> Option<BoxFuture<'static, bool>> {
+        let _ = node;
+        None
+    }
+
     /// The other members (voters and learners), as this node knows the membership: where
     /// a retained message is forwarded, whether or not they have interest.
     fn other_members(&self) -> Vec<NodeId>;

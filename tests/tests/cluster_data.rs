@@ -11,8 +11,8 @@ use std::time::Duration;
 use skein_tests::cli::{mosquitto_pub, Sub};
 use skein_tests::clients::{v3, v5};
 use skein_tests::{
-    unique_id, Connect, Packet, Proto, Publish, RawClient, SubFilter, TestCluster, QUIET,
-    RECV_TIMEOUT,
+    metric_sum, unique_id, Connect, Packet, Proto, Publish, RawClient, SubFilter, TestCluster,
+    QUIET, RECV_TIMEOUT,
 };
 
 /// How long a node that was killed may take to come back and get what was queued for it.
@@ -310,4 +310,54 @@ async fn wait_until_retained(addr: std::net::SocketAddr, topic: &str) -> String 
             "no retained message on {topic} at {addr} within {BACK_DEADLINE:?}"
         );
     }
+}
+
+/// Backpressure: a QoS 0 burst many times the forward queue's bound arrives whole, in
+/// order, on the other node. The publisher's node stops reading while the queue to node 2
+/// is over half full instead of dropping what does not fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_burst_bigger_than_the_forward_queue_arrives_whole() {
+    const QUEUE: usize = 200;
+    const N: usize = 20_000;
+    const PER_WRITE: usize = 500;
+    let cluster = TestCluster::start_with(2, |_, builder| {
+        builder
+            .env("SKEIN_FORWARD_QUEUE_MESSAGES", QUEUE)
+            .env("SKEIN_MAX_QUEUED_MESSAGES", 2 * N)
+    })
+    .await;
+    let mut sub = RawClient::v5(cluster.node(2).mqtt_addr(), &unique_id("sub")).await;
+    assert_eq!(sub.subscribe(1, &[SubFilter::new("burst/#", 0)]).await, [0]);
+    let mut publisher = RawClient::v5(cluster.node(1).mqtt_addr(), &unique_id("pub")).await;
+    let receiving = tokio::spawn(async move {
+        let mut got = Vec::with_capacity(N);
+        while got.len() < N {
+            match sub.recv(Duration::from_secs(15)).await {
+                Ok(Packet::Publish(p)) => {
+                    got.push(String::from_utf8_lossy(&p.payload).into_owned())
+                }
+                Ok(_) => {}
+                Err(e) => panic!("after {} of {N} messages: {e:?}", got.len()),
+            }
+        }
+        sub.expect_no_publish(QUIET).await;
+        got
+    });
+    for first in (0..N).step_by(PER_WRITE) {
+        let writes: Vec<u8> = (first..first + PER_WRITE)
+            .flat_map(|i| Publish::new("burst/x", 0, format!("m{i}").as_bytes()).encode(Proto::V5))
+            .collect();
+        publisher.send(&writes).await;
+    }
+    let got = receiving.await.expect("the subscriber got the burst");
+    let want: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+    assert!(got == want, "every message once, in order");
+    let http = cluster.node(1).http_addr();
+    let dropped = metric_sum(http, "skein_cluster_forward_dropped_total", &[]).await;
+    assert_eq!(dropped, 0.0, "nothing dropped at the forward queue");
+    let waited = metric_sum(http, "skein_cluster_forward_waited_for_room_total", &[]).await;
+    assert!(
+        waited > 0.0,
+        "the publisher waited for room (the burst is {N}, the queue {QUEUE})"
+    );
 }

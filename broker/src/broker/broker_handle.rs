@@ -13,44 +13,56 @@ use skein_seam::{
 use super::Broker;
 use crate::codec::QoS;
 use crate::message::Message;
-use crate::session::Kick;
+use crate::session::{HeldWakes, Kick};
 use crate::storage_refusal::{self, NotStored};
 use crate::topic;
 
 impl BrokerHandle for Broker {
     fn deliver_forwarded(
         &self,
-        mut publish: ForwardedPublish,
+        publish: ForwardedPublish,
     ) -> BoxFuture<'_, Result<usize, BrokerHandleError>> {
         // Routed in the future's first poll, before its first wait (the seam's contract):
         // a receiver polling several in turn has them routed in that order.
         Box::pin(async move {
-            let to_subscribers = publish.to_subscribers;
-            let shared = std::mem::take(&mut publish.shared);
-            let message = forwarded_message(publish)?;
-            // The publishing node waits for this answer to acknowledge its publisher, as
-            // the admin API's caller does: what needs the disk while storage takes no new
-            // data is refused whole, and a retained message needs it at any QoS.
-            if message.retain && !message.payload.is_empty() {
-                if let Some(refusal) = NotStored::of_store(self.store.health()) {
-                    storage_refusal::publish_refused(refusal, &message.topic, self.store.health());
-                    return Err(BrokerHandleError::Storage(refusal.message().into()));
+            let (matched, needs_flush) = self.route_one_forwarded(publish, None)?;
+            if needs_flush {
+                self.flush_forwarded().await?;
+            }
+            Ok(matched)
+        })
+    }
+
+    /// Routes the whole batch at once, in order, with the subscribers' wake-ups held until
+    /// it is routed (a subscriber is woken once per batch, not per message), then flushes
+    /// storage once if any message needs it: a batch costs one future, not one per message.
+    fn deliver_forwarded_batch(
+        &self,
+        publishes: Vec<ForwardedPublish>,
+    ) -> BoxFuture<'_, Vec<Result<usize, BrokerHandleError>>> {
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(publishes.len());
+            // The messages whose acknowledgement waits for the flush.
+            let mut to_flush = Vec::new();
+            {
+                let mut held = HeldWakes::default();
+                for publish in publishes {
+                    let outcome = self.route_one_forwarded(publish, Some(&mut held));
+                    if let Ok((_, true)) = outcome {
+                        to_flush.push(outcomes.len());
+                    }
+                    outcomes.push(outcome.map(|(matched, _)| matched));
                 }
+                held.release();
             }
-            // This node's sessions only: a forwarded publish is never forwarded again.
-            let outcome = self.route_forwarded(Arc::new(message), to_subscribers, &shared);
-            if let Some(refusal) = outcome.not_stored {
-                return Err(BrokerHandleError::Storage(refusal.message().into()));
-            }
-            if outcome.needs_flush {
-                if let Err(e) = self.flush_storage().await {
-                    storage_refusal::write_failed("flush", "", &e);
-                    return Err(BrokerHandleError::Storage(
+            if !to_flush.is_empty() && self.flush_forwarded().await.is_err() {
+                for i in to_flush {
+                    outcomes[i] = Err(BrokerHandleError::Storage(
                         NotStored::Failed.message().into(),
                     ));
                 }
             }
-            Ok(outcome.matched)
+            outcomes
         })
     }
 
@@ -160,6 +172,42 @@ impl BrokerHandle for Broker {
             Err(BrokerHandleError::NotSupported(
                 "handing a session over to another node",
             ))
+        })
+    }
+}
+
+impl Broker {
+    /// Routes a forwarded publish to this node's sessions only (a forwarded publish is
+    /// never forwarded again): how many it matched, and whether storage must be flushed
+    /// before the peer is told.
+    fn route_one_forwarded(
+        &self,
+        mut publish: ForwardedPublish,
+        held: Option<&mut HeldWakes>,
+    ) -> Result<(usize, bool), BrokerHandleError> {
+        let to_subscribers = publish.to_subscribers;
+        let shared = std::mem::take(&mut publish.shared);
+        let message = forwarded_message(publish)?;
+        // The publishing node waits for this answer to acknowledge its publisher, as
+        // the admin API's caller does: what needs the disk while storage takes no new
+        // data is refused whole, and a retained message needs it at any QoS.
+        if message.retain && !message.payload.is_empty() {
+            if let Some(refusal) = NotStored::of_store(self.store.health()) {
+                storage_refusal::publish_refused(refusal, &message.topic, self.store.health());
+                return Err(BrokerHandleError::Storage(refusal.message().into()));
+            }
+        }
+        let outcome = self.route_forwarded(Arc::new(message), to_subscribers, &shared, held);
+        if let Some(refusal) = outcome.not_stored {
+            return Err(BrokerHandleError::Storage(refusal.message().into()));
+        }
+        Ok((outcome.matched, outcome.needs_flush))
+    }
+
+    async fn flush_forwarded(&self) -> Result<(), BrokerHandleError> {
+        self.flush_storage().await.map_err(|e| {
+            storage_refusal::write_failed("flush", "", &e);
+            BrokerHandleError::Storage(NotStored::Failed.message().into())
         })
     }
 }

@@ -23,6 +23,7 @@ mod tests;
 use skein_seam::{BoxFuture, ForwardError, ForwardedPublish, NodeId, SharedTarget};
 
 use super::{Broker, SessionRef, SubEntry};
+use crate::codec::QoS;
 use crate::message::Message;
 use crate::topic::{Group, NodeTarget, RemoteTargets, TopicTree};
 
@@ -54,9 +55,16 @@ impl Scope<'_> {
     }
 }
 
-/// The forwards of one publish, each resolving once its node accepted the message.
+/// The forwards of one publish, each resolving once its node accepted the message; a QoS 0
+/// publish's forwards carry no answer (nobody waits for one).
 #[derive(Default)]
-pub struct Forwards(Vec<(NodeId, BoxFuture<'static, Result<(), ForwardError>>)>);
+pub struct Forwards(Vec<(NodeId, Answer)>);
+
+enum Answer {
+    Waited(BoxFuture<'static, Result<(), ForwardError>>),
+    /// Queued (or refused at once) without an answer to wait for.
+    Unanswered(Result<(), ForwardError>),
+}
 
 impl Forwards {
     pub fn is_empty(&self) -> bool {
@@ -73,7 +81,11 @@ impl Forwards {
     pub async fn settle(self) -> Result<(), ForwardError> {
         let mut failed = None;
         for (_, answer) in self.0 {
-            if let Err(e) = answer.await {
+            let outcome = match answer {
+                Answer::Waited(answer) => answer.await,
+                Answer::Unanswered(outcome) => outcome,
+            };
+            if let Err(e) = outcome {
                 failed.get_or_insert(e);
             }
         }
@@ -133,7 +145,12 @@ impl Broker {
                 .into_iter()
                 .map(|t| {
                     let publish = forwarded(message, t.to_subscribers, t.shared);
-                    (t.node, self.cluster.forward(t.node, publish))
+                    let answer = if message.qos == QoS::AtMostOnce {
+                        Answer::Unanswered(self.cluster.forward_unanswered(t.node, publish))
+                    } else {
+                        Answer::Waited(self.cluster.forward(t.node, publish))
+                    };
+                    (t.node, answer)
                 })
                 .collect(),
         )

@@ -96,17 +96,19 @@ impl Broker {
     /// Routes a publish another node forwarded to this node's sessions only, as that node
     /// chose (see [`Scope::Forwarded`]); refused whole like [`Self::route_or_refuse`] when
     /// it needs the disk while storage takes no new data.
+    /// Subscribers' wake-ups are held in `held` (None wakes them at once).
     pub(crate) fn route_forwarded(
         &self,
         message: Arc<Message>,
         to_subscribers: bool,
         shared: &[skein_seam::SharedTarget],
+        held: Option<&mut HeldWakes>,
     ) -> RouteOutcome {
         let scope = Scope::Forwarded {
             to_subscribers,
             shared,
         };
-        self.route_with(message, None, None, WhenNotStored::RefuseWhole, scope)
+        self.route_with(message, held, None, WhenNotStored::RefuseWhole, scope)
     }
 
     /// [`Broker::route_or_refuse`] for a client's PUBLISH, with the subscribers' wake-ups

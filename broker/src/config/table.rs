@@ -136,6 +136,8 @@ settings! {
         "Raft heartbeat interval, in milliseconds";
     raft_election_timeout_ms: Int { min: 20, max: MAX_TIMEOUT_MS },
         "Raft election timeout, in milliseconds (an election starts after between this and twice this without a leader); at least twice raft_heartbeat_ms";
+    forward_queue_messages: Int { min: 2, max: usize::MAX },
+        "Messages held per peer node for forwarding; a QoS 0 publisher waits for room once half are held, past the bound forwards are refused and counted";
     max_connections: Int { min: 1, max: usize::MAX },
         "Maximum concurrent client connections";
     max_packet_size: Int { min: 16, max: 268_435_455 },

@@ -82,6 +82,7 @@ fn toml_file_sets_everything() {
         join = "edge-b.skein:7171"
         raft_heartbeat_ms = 100
         raft_election_timeout_ms = 600
+        forward_queue_messages = 5000
         max_connections = 50
         max_packet_size = 4096
         max_inflight = 10
@@ -144,6 +145,7 @@ fn toml_file_sets_everything() {
             join: "edge-b.skein:7171".into(),
             raft_heartbeat_ms: 100,
             raft_election_timeout_ms: 600,
+            forward_queue_messages: 5000,
             max_connections: 50,
             max_packet_size: 4096,
             max_inflight: 10,
@@ -221,6 +223,7 @@ fn env_sets_everything() {
         ("SKEIN_JOIN", "node-1:7070"),
         ("SKEIN_RAFT_HEARTBEAT_MS", "200"),
         ("SKEIN_RAFT_ELECTION_TIMEOUT_MS", "900"),
+        ("SKEIN_FORWARD_QUEUE_MESSAGES", "6000"),
         ("SKEIN_MAX_CONNECTIONS", "2"),
         ("SKEIN_MAX_PACKET_SIZE", "16"),
         ("SKEIN_MAX_INFLIGHT", "3"),
@@ -288,6 +291,7 @@ fn env_sets_everything() {
             join: "node-1:7070".into(),
             raft_heartbeat_ms: 200,
             raft_election_timeout_ms: 900,
+            forward_queue_messages: 6000,
             max_connections: 2,
             max_packet_size: 16,
             max_inflight: 3,

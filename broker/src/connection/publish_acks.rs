@@ -15,12 +15,18 @@
 //! sends the message again when it reconnects. This node's own sessions have the message
 //! by then, and the forward stays queued for its peer: a publisher that sends it again may
 //! cause duplicates (at least once), never a loss.
+//!
+//! Backpressure: a QoS 0 publish has no acknowledgement to hold back, so a fast publisher
+//! could fill a peer's forward queue and lose what overflows. When a QoS 0 publish is
+//! forwarded to a peer whose queue is over half full, the read batch stops there and the
+//! connection waits for room (at most the forward timeout) before it handles more input;
+//! only past the queue's bound is a forward dropped (and counted).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use skein_seam::ForwardError;
+use skein_seam::{BoxFuture, ForwardError, NodeId};
 
 use super::inbound::After;
 use super::{Close, Connection};
@@ -40,17 +46,39 @@ static NOT_FORWARDED: LogLimit = LogLimit::new(Duration::from_secs(10));
 /// what a connection's task holds across an await must be (the forwards' futures are
 /// `Send` only); it is reached through `&mut` alone, never locked.
 #[derive(Default)]
-pub(super) struct PendingAcks(Mutex<VecDeque<PendingAck>>);
+pub(super) struct PendingAcks(Mutex<Parked>);
+
+#[derive(Default)]
+struct Parked {
+    acks: VecDeque<PendingAck>,
+    /// Peers whose forward queue was more than half full when a QoS 0 publish of the batch
+    /// was forwarded to them, each with its wait for room (once per peer per batch): the
+    /// connection reads no more until they have room, or the bound passed (backpressure:
+    /// see `ClusterHandle::forward_room`).
+    room: Vec<(NodeId, BoxFuture<'static, bool>)>,
+}
 
 /// Where a read batch parks acknowledgements: None until one waits.
 pub(super) type Acks = Option<Box<PendingAcks>>;
 
 impl PendingAcks {
+    fn parked(&mut self) -> &mut Parked {
+        self.0.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn push(&mut self, ack: PendingAck) {
-        self.0
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(ack);
+        self.parked().acks.push_back(ack);
+    }
+
+    /// Whether the batch must wait for room at a peer before handling more input.
+    pub(super) fn waits_for_room(acks: &mut Acks) -> bool {
+        acks.as_mut().is_some_and(|p| !p.parked().room.is_empty())
+    }
+
+    /// Whether the batch waits for room at `node` already.
+    fn waits_for(acks: &mut Acks, node: NodeId) -> bool {
+        acks.as_mut()
+            .is_some_and(|p| p.parked().room.iter().any(|(n, _)| *n == node))
     }
 
     /// Queues `ack` (a publish whose forwards are in flight) behind those waiting.
@@ -58,7 +86,7 @@ impl PendingAcks {
         acks.get_or_insert_default().push(ack);
     }
 
-    fn into_inner(self) -> VecDeque<PendingAck> {
+    fn into_inner(self) -> Parked {
         self.0.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -117,7 +145,15 @@ impl Connection {
     pub(super) async fn settle_acks(&mut self, pending: Box<PendingAcks>) -> Result<(), Close> {
         // What was handled is in force; waiting for peers must not hold publishes back.
         self.set_input_aside();
-        let pending = pending.into_inner();
+        let Parked {
+            acks: pending,
+            room,
+        } = pending.into_inner();
+        for (node, wait) in room {
+            if !wait.await {
+                tracing::debug!(client_id = %self.info.client_id, %node, "no room in the forward queue to a peer within the bound; reading on");
+            }
+        }
         let mut answers = Vec::with_capacity(pending.len());
         let mut flush = false;
         // Every forward is in flight already: waiting for them in turn costs the slowest.
@@ -202,6 +238,7 @@ impl Connection {
             rc::SUCCESS
         };
         if qos == QoS::AtMostOnce {
+            self.wait_for_forward_room(&outcome.forwards, acks);
             return After::Nothing;
         }
         // Acknowledged only once it is on disk.
@@ -223,6 +260,23 @@ impl Connection {
         match publish_ack(qos, packet_id, code) {
             Some(ack) => self.answer_publish(acks, ack, needs_flush),
             None => After::Nothing,
+        }
+    }
+
+    /// Backpressure for a QoS 0 publish, whose forwards nobody waits for: the read batch
+    /// waits, before the connection reads more, for room at each node whose queue is more
+    /// than half full.
+    fn wait_for_forward_room(&self, forwards: &Forwards, acks: &mut Acks) {
+        for node in forwards.nodes() {
+            if PendingAcks::waits_for(acks, node) {
+                continue;
+            }
+            if let Some(wait) = self.broker.cluster.forward_room(node) {
+                acks.get_or_insert_default()
+                    .parked()
+                    .room
+                    .push((node, wait));
+            }
         }
     }
 

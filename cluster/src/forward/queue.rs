@@ -3,8 +3,10 @@
 //! Only the sender task takes messages out; any task puts them in.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use prost::bytes::Bytes;
 use prost::Message as _;
 use skein_proto::v1 as pb;
 use skein_seam::ForwardError;
@@ -20,14 +22,19 @@ pub(crate) type Waiter = oneshot::Sender<Result<(), ForwardError>>;
 struct Waiting {
     publish: pb::ForwardedPublish,
     bytes: usize,
-    waiter: Waiter,
+    /// None: nobody waits for the answer (QoS 0).
+    waiter: Option<Waiter>,
 }
 
 /// A batch on its way: kept until the peer acknowledges it, to be sent again on the next
 /// stream if this one breaks first.
 struct Sent {
     sequence: u64,
-    publishes: Vec<pb::ForwardedPublish>,
+    /// The batch as sent, encoded once: the stream sends this buffer, and sends it again
+    /// if the stream breaks.
+    encoded: Bytes,
+    /// Messages in it.
+    count: usize,
     /// None once told (a RETRY_LATER answered the callers; the batch is still retried).
     waiters: Vec<Option<Waiter>>,
     bytes: usize,
@@ -80,6 +87,12 @@ pub(crate) struct PeerQueue {
     state: Mutex<State>,
     /// Wakes the sender task when a message arrives in an empty queue.
     pub(crate) wake: Notify,
+    /// Wakes publishers waiting for room (see [`Self::has_room`]) when acknowledgements
+    /// bring the queue back under half its bounds, or the queue closes.
+    room: Notify,
+    /// Whether more than half of a bound is held: what publishers look at after each
+    /// forward, without the lock.
+    over_half: AtomicBool,
     settings: ForwardSettings,
     pub(crate) metrics: PeerForwardMetrics,
 }
@@ -91,6 +104,8 @@ impl PeerQueue {
             stream_id,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            room: Notify::new(),
+            over_half: AtomicBool::new(false),
             settings,
             metrics: PeerForwardMetrics::new(peer),
         }
@@ -110,6 +125,24 @@ impl PeerQueue {
         &self,
         publish: pb::ForwardedPublish,
     ) -> Result<oneshot::Receiver<Result<(), ForwardError>>, ForwardError> {
+        let (waiter, answer) = oneshot::channel();
+        self.put(publish, Some(waiter))?;
+        Ok(answer)
+    }
+
+    /// [`Self::push`] with nobody waiting for the answer.
+    pub(crate) fn push_unanswered(
+        &self,
+        publish: pb::ForwardedPublish,
+    ) -> Result<(), ForwardError> {
+        self.put(publish, None)
+    }
+
+    fn put(
+        &self,
+        publish: pb::ForwardedPublish,
+        waiter: Option<Waiter>,
+    ) -> Result<(), ForwardError> {
         let bytes = publish.encoded_len();
         let mut st = self.state();
         if let Some(closed) = st.closed {
@@ -125,7 +158,6 @@ impl PeerQueue {
             self.metrics.dropped("queue_full", 1);
             return Err(ForwardError::QueueFull(self.node()));
         }
-        let (waiter, answer) = oneshot::channel();
         let was_empty = st.waiting.is_empty();
         st.waiting.push_back(Waiting {
             publish,
@@ -135,13 +167,42 @@ impl PeerQueue {
         st.held_messages += 1;
         st.held_bytes += bytes;
         self.metrics.depth(st.held_messages);
+        if !self.under_half(&st) {
+            self.over_half.store(true, Ordering::Release);
+        }
         drop(st);
         // The sender drains the whole queue (or fills its window) each time it looks: a
         // queue that was not empty has a wake-up pending or is waiting for room.
         if was_empty {
             self.wake.notify_one();
         }
-        Ok(answer)
+        Ok(())
+    }
+
+    /// Whether a publisher may go on without waiting: the queue holds at most half of
+    /// either bound (the other half absorbs what publishers read before they look again),
+    /// or it is closed (forwards fail at once then; waiting would not help).
+    pub(crate) fn has_room(&self) -> bool {
+        !self.over_half.load(Ordering::Acquire)
+    }
+
+    fn under_half(&self, st: &State) -> bool {
+        st.held_messages <= self.settings.queue_messages / 2
+            && st.held_bytes <= self.settings.queue_bytes / 2
+    }
+
+    /// Resolves once [`Self::has_room`] holds.
+    pub(crate) async fn room(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so an acknowledgement in between is not missed.
+            notified.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether another batch may be sent before an acknowledgement comes back.
@@ -151,13 +212,15 @@ impl PeerQueue {
 
     /// The next batch to send (as many waiting messages as fit, up to the batch bounds),
     /// kept as unacknowledged; None when nothing waits or the window is full.
-    pub(crate) fn next_batch(&self, from_node: NodeId) -> Option<pb::PublishBatch> {
+    /// Only the sender task calls it (and `resend`, `accepted`, `close`), so the batch is
+    /// encoded outside the lock and recorded after.
+    pub(crate) fn next_batch(&self, from_node: NodeId) -> Option<Bytes> {
         let mut st = self.state();
         if st.waiting.is_empty() || st.unacked.len() >= self.settings.window_batches {
             return None;
         }
-        let mut publishes = Vec::new();
-        let mut waiters = Vec::new();
+        let mut publishes = Vec::with_capacity(st.waiting.len().min(self.settings.batch_messages));
+        let mut waiters = Vec::with_capacity(publishes.capacity());
         let mut bytes = 0;
         while let Some(next) = st.waiting.front() {
             let full = publishes.len() >= self.settings.batch_messages
@@ -170,43 +233,37 @@ impl PeerQueue {
             };
             bytes += w.bytes;
             publishes.push(w.publish);
-            waiters.push(Some(w.waiter));
+            waiters.push(w.waiter);
         }
         st.last_sequence += 1;
         let sequence = st.last_sequence;
+        drop(st);
+        let count = publishes.len();
         let batch = pb::PublishBatch {
             sequence,
             from_node,
             to_node: self.peer,
-            publishes: publishes.clone(),
+            publishes,
             stream_id: self.stream_id,
         };
-        self.metrics.batch(publishes.len());
-        st.unacked.push_back(Sent {
+        let encoded = Bytes::from(batch.encode_to_vec());
+        self.metrics.batch(count);
+        self.state().unacked.push_back(Sent {
             sequence,
-            publishes,
+            encoded: encoded.clone(),
+            count,
             waiters,
             bytes,
         });
-        Some(batch)
+        Some(encoded)
     }
 
     /// Every unacknowledged batch again, oldest first, for a new stream (counted as
     /// retried).
-    pub(crate) fn resend(&self, from_node: NodeId) -> Vec<pb::PublishBatch> {
+    pub(crate) fn resend(&self) -> Vec<Bytes> {
         let st = self.state();
-        let batches: Vec<pb::PublishBatch> = st
-            .unacked
-            .iter()
-            .map(|sent| pb::PublishBatch {
-                sequence: sent.sequence,
-                from_node,
-                to_node: self.peer,
-                publishes: sent.publishes.clone(),
-                stream_id: self.stream_id,
-            })
-            .collect();
-        let messages: usize = batches.iter().map(|b| b.publishes.len()).sum();
+        let batches: Vec<Bytes> = st.unacked.iter().map(|s| s.encoded.clone()).collect();
+        let messages: usize = st.unacked.iter().map(|s| s.count).sum();
         drop(st);
         self.metrics.retried(messages);
         batches
@@ -228,11 +285,18 @@ impl PeerQueue {
         let Some(sent) = sent else {
             return Err("no batch to acknowledge".into());
         };
-        st.held_messages -= sent.publishes.len();
+        st.held_messages -= sent.count;
         st.held_bytes -= sent.bytes;
         self.metrics.depth(st.held_messages);
+        let room = self.under_half(&st);
+        if room {
+            self.over_half.store(false, Ordering::Release);
+        }
         drop(st);
-        self.metrics.sent(sent.publishes.len());
+        if room {
+            self.room.notify_waiters();
+        }
+        self.metrics.sent(sent.count);
         for waiter in sent.waiters.into_iter().flatten() {
             let _ = waiter.send(Ok(()));
         }
@@ -266,7 +330,9 @@ impl PeerQueue {
         let dropped = st.held_messages;
         st.held_messages = 0;
         st.held_bytes = 0;
+        self.over_half.store(false, Ordering::Release);
         drop(st);
+        self.room.notify_waiters();
         self.metrics.depth(0);
         if dropped > 0 {
             self.metrics.dropped(why.reason(), dropped);
@@ -279,7 +345,7 @@ impl PeerQueue {
         }
         let waiters = waiting
             .into_iter()
-            .map(|w| Some(w.waiter))
+            .map(|w| w.waiter)
             .chain(unacked.into_iter().flat_map(|s| s.waiters));
         for waiter in waiters.flatten() {
             let _ = waiter.send(Err(ForwardError::Unavailable {
@@ -297,9 +363,13 @@ impl PeerQueue {
 
 #[cfg(test)]
 mod tests {
-    use prost::bytes::Bytes;
+    use std::sync::Arc;
 
     use super::*;
+
+    fn decoded(batch: Option<Bytes>) -> pb::PublishBatch {
+        pb::PublishBatch::decode(batch.expect("a batch")).unwrap()
+    }
 
     fn publish(topic: &str, payload: usize) -> pb::ForwardedPublish {
         pb::ForwardedPublish {
@@ -332,8 +402,8 @@ mod tests {
             q.push(publish("t/4", 10)).unwrap_err(),
             ForwardError::QueueFull(skein_seam::NodeId(2))
         );
-        let first = q.next_batch(1).unwrap();
-        let second = q.next_batch(1).unwrap();
+        let first = decoded(q.next_batch(1));
+        let second = decoded(q.next_batch(1));
         assert!(q.next_batch(1).is_none(), "window of two batches");
         assert_eq!((first.sequence, second.sequence), (1, 2));
         assert_eq!(
@@ -356,11 +426,47 @@ mod tests {
             assert_eq!(answers.next().unwrap().await.unwrap(), Ok(()));
         }
         // A new stream gets the unacknowledged batch again, same sequence.
-        let again = q.resend(1);
+        let again = q.resend();
         assert_eq!(again.len(), 1);
-        assert_eq!(again[0], second);
+        assert_eq!(decoded(Some(again[0].clone())), second);
         q.accepted(2).unwrap();
         assert_eq!(q.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn publishers_wait_for_room_above_half_the_bound_until_acks_free_it() {
+        let q = PeerQueue::new(2, 1, settings());
+        for i in 0..3 {
+            q.push(publish(&format!("t/{i}"), 1)).unwrap();
+        }
+        assert!(!q.has_room(), "3 of 4 held: over half");
+        let first = decoded(q.next_batch(1));
+        let short = std::time::Duration::from_millis(50);
+        assert!(tokio::time::timeout(short, q.room()).await.is_err());
+        let waiting = tokio::spawn({
+            let q = Arc::new(q);
+            let waiter = q.clone();
+            let sequence = first.sequence;
+            async move {
+                let room = tokio::spawn(async move { waiter.room().await });
+                tokio::task::yield_now().await;
+                q.accepted(sequence).unwrap();
+                room.await.unwrap();
+                q
+            }
+        });
+        let q = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("room once the batch was acknowledged")
+            .unwrap();
+        assert!(q.has_room());
+        // A closed queue never keeps a publisher waiting.
+        for i in 0..2 {
+            q.push(publish(&format!("u/{i}"), 1)).unwrap();
+        }
+        assert!(!q.has_room());
+        q.close(Closed::ShuttingDown);
+        assert!(q.has_room());
     }
 
     #[test]
@@ -368,8 +474,8 @@ mod tests {
         let q = PeerQueue::new(2, 1, settings());
         q.push(publish("a", 200)).unwrap();
         q.push(publish("b", 200)).unwrap();
-        assert_eq!(q.next_batch(1).unwrap().publishes.len(), 1);
-        assert_eq!(q.next_batch(1).unwrap().publishes.len(), 1);
+        assert_eq!(decoded(q.next_batch(1)).publishes.len(), 1);
+        assert_eq!(decoded(q.next_batch(1)).publishes.len(), 1);
         // Larger than the whole byte bound: refused, never queued.
         assert!(matches!(
             q.push(publish("huge", 2000)),
@@ -382,7 +488,7 @@ mod tests {
         let q = PeerQueue::new(3, 1, settings());
         let a = q.push(publish("a", 1)).unwrap();
         let b = q.push(publish("b", 1)).unwrap();
-        let batch = q.next_batch(1).unwrap();
+        let batch = decoded(q.next_batch(1));
         q.refused(batch.sequence, "disk full");
         assert!(
             matches!(a.await.unwrap(), Err(ForwardError::Refused { detail, .. }) if detail == "disk full")
@@ -391,7 +497,7 @@ mod tests {
             b.await.unwrap(),
             Err(ForwardError::Refused { .. })
         ));
-        assert_eq!(q.resend(1).len(), 1, "still held for another try");
+        assert_eq!(q.resend().len(), 1, "still held for another try");
 
         let c = q.push(publish("c", 1)).unwrap();
         q.close(Closed::Removed);

@@ -233,24 +233,37 @@ impl Handler {
     }
 }
 
-/// Delivers the messages not `done` yet. The broker routes a forwarded publish when its
-/// future is first polled (see `BrokerHandle::deliver_forwarded`), and `join_all` polls
-/// them in turn: they are routed in batch order, and only their waits for storage overlap.
+/// Delivers the messages not `done` yet, in batch order, through one call for the batch
+/// (see `BrokerHandle::deliver_forwarded_batch`); what no publish could carry is refused
+/// here and never reaches the broker.
 async fn deliver(
     broker: &dyn BrokerHandle,
     publishes: Vec<pb::ForwardedPublish>,
     done: &[bool],
 ) -> Vec<(usize, Result<(), BrokerHandleError>)> {
-    let pending = publishes
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !done.get(*i).copied().unwrap_or(false))
-        .map(|(i, publish)| async move {
-            let outcome = match wire::from_pb(publish) {
-                Ok(publish) => broker.deliver_forwarded(publish).await.map(|_| ()),
-                Err(e) => Err(BrokerHandleError::Invalid(e)),
-            };
-            (i, outcome)
-        });
-    futures_util::future::join_all(pending).await
+    let mut outcomes = Vec::with_capacity(publishes.len());
+    let mut indexes = Vec::with_capacity(publishes.len());
+    let mut valid = Vec::with_capacity(publishes.len());
+    for (i, publish) in publishes.into_iter().enumerate() {
+        if done.get(i).copied().unwrap_or(false) {
+            continue;
+        }
+        match wire::from_pb(publish) {
+            Ok(publish) => {
+                indexes.push(i);
+                valid.push(publish);
+            }
+            Err(e) => outcomes.push((i, Err(BrokerHandleError::Invalid(e)))),
+        }
+    }
+    if !valid.is_empty() {
+        let delivered = broker.deliver_forwarded_batch(valid).await;
+        outcomes.extend(
+            indexes
+                .into_iter()
+                .zip(delivered)
+                .map(|(i, outcome)| (i, outcome.map(|_| ()))),
+        );
+    }
+    outcomes
 }

@@ -7,15 +7,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::bytes::Bytes;
+
 use openraft::RaftMetrics;
 use skein_proto::v1 as pb;
-use skein_proto::v1::forward_client::ForwardClient;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use super::encoded;
 use super::queue::{Closed, PeerQueue};
-use crate::peers::MAX_MESSAGE_BYTES;
 use crate::shared::Shared;
 use crate::types::{Node, NodeId};
 
@@ -113,22 +114,19 @@ async fn stream(
     let window = shared.settings.forward.window_batches;
     // Never more than the window of batches is unacknowledged, so never more than that
     // waits in the channel.
-    let (tx, mut rx) = mpsc::channel::<pb::PublishBatch>(window);
-    for batch in queue.resend(shared.id) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(window);
+    for batch in queue.resend() {
         if tx.try_send(batch).is_err() {
             return failed("more unacknowledged batches than the window".into(), false);
         }
     }
     let requests = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let mut client = ForwardClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let opened = tokio::select! {
-        opened = client.publish(requests) => opened,
+        opened = encoded::publish(channel, requests) => opened,
         _ = shutdown.cancelled() => return Ended::Closed(Closed::ShuttingDown),
     };
     let mut acks = match opened {
-        Ok(response) => response.into_inner(),
+        Ok(acks) => acks,
         Err(status) => return failed(format!("opening the stream: {status}"), false),
     };
     let mut progressed = false;

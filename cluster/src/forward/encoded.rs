@@ -1,0 +1,72 @@
+//! The `Forward.Publish` call with batches the queue encoded already: the codec writes
+//! their bytes as they are, so a batch is encoded once (kept for a resend and sent from the
+//! same buffer) instead of once for the queue and again for the wire.
+
+use prost::bytes::{BufMut, Bytes};
+use prost::Message as _;
+use skein_proto::v1 as pb;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+
+use crate::peers::MAX_MESSAGE_BYTES;
+
+/// Sends encoded `PublishBatch`es, reads `BatchAck`s.
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodedCodec;
+
+impl Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = pb::BatchAck;
+    type Encoder = EncodedCodec;
+    type Decoder = EncodedCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        EncodedCodec
+    }
+}
+
+impl Encoder for EncodedCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for EncodedCodec {
+    type Item = pb::BatchAck;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<pb::BatchAck>, Status> {
+        pb::BatchAck::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// Opens a `Forward.Publish` stream sending `batches` (each an encoded `PublishBatch`).
+pub(super) async fn publish(
+    channel: Channel,
+    batches: impl futures_util::Stream<Item = Bytes> + Send + 'static,
+) -> Result<Streaming<pb::BatchAck>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("the peer's channel is not ready: {e}")))?;
+    let path = PathAndQuery::from_static("/skein.cluster.v1.Forward/Publish");
+    let request = tonic::Request::new(batches);
+    Ok(grpc
+        .streaming(request, path, EncodedCodec)
+        .await?
+        .into_inner())
+}
