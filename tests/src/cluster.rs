@@ -37,6 +37,39 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// Starts nodes on `n` gRPC ports picked free, as `start` does with them. The ports are
+/// released before the nodes bind them (`--peers` must name them first), so a test running
+/// beside this one may take one in between: then every node of the attempt is stopped and
+/// the attempt is made again on other ports. Any other failure panics with its cause.
+fn with_free_ports(
+    n: usize,
+    mut start: impl FnMut(&[u16]) -> Vec<Result<Node, String>>,
+) -> Vec<Node> {
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        let ports = free_ports(n);
+        let started = start(&ports);
+        if started.iter().all(Result::is_ok) {
+            return started.into_iter().map(Result::unwrap).collect();
+        }
+        let taken = started.iter().any(|r| {
+            r.as_ref()
+                .err()
+                .is_some_and(|e| e.contains("Address already in use"))
+        });
+        // Dropping the nodes that did start stops them.
+        let failure = started
+            .into_iter()
+            .find_map(Result::err)
+            .unwrap_or_default();
+        if !taken || attempt == ATTEMPTS {
+            panic!("{failure}");
+        }
+        eprintln!("a picked gRPC port was taken before a node bound it; attempt {attempt} of {ATTEMPTS} again on other ports");
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
 impl TestCluster {
     /// Starts `n` nodes with default settings and waits until the cluster has formed.
     pub async fn start(n: usize) -> TestCluster {
@@ -51,27 +84,28 @@ impl TestCluster {
         configure: impl Fn(u64, NodeBuilder) -> NodeBuilder,
     ) -> TestCluster {
         assert!(n >= 1, "a cluster has at least one node");
-        let ports = free_ports(n);
-        let peers = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let nodes: Vec<Node> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                let id = i as u64 + 1;
-                let builder = Node::builder()
-                    .arg("--node-id")
-                    .arg(id)
-                    .arg("--peers")
-                    .arg(&peers)
-                    .grpc(format!("127.0.0.1:{port}"));
-                configure(id, builder).start()
-            })
-            .collect();
+        let nodes = with_free_ports(n, |ports| {
+            let peers = ports
+                .iter()
+                .enumerate()
+                .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
+                .collect::<Vec<_>>()
+                .join(",");
+            ports
+                .iter()
+                .enumerate()
+                .map(|(i, port)| {
+                    let id = i as u64 + 1;
+                    let builder = Node::builder()
+                        .arg("--node-id")
+                        .arg(id)
+                        .arg("--peers")
+                        .arg(&peers)
+                        .grpc(format!("127.0.0.1:{port}"));
+                    configure(id, builder).try_start()
+                })
+                .collect()
+        });
         let cluster = TestCluster {
             down: vec![false; nodes.len()],
             nodes,
@@ -94,14 +128,17 @@ impl TestCluster {
         configure: impl Fn(u64, NodeBuilder) -> NodeBuilder,
     ) -> u64 {
         let id = self.nodes.len() as u64 + 1;
-        let port = free_ports(1)[0];
-        let builder = Node::builder()
-            .arg("--node-id")
-            .arg(id)
-            .arg("--join")
-            .arg(self.node(via).grpc_addr())
-            .grpc(format!("127.0.0.1:{port}"));
-        self.nodes.push(configure(id, builder).start());
+        let via_addr = self.node(via).grpc_addr();
+        let mut node = with_free_ports(1, |ports| {
+            let builder = Node::builder()
+                .arg("--node-id")
+                .arg(id)
+                .arg("--join")
+                .arg(via_addr)
+                .grpc(format!("127.0.0.1:{}", ports[0]));
+            vec![configure(id, builder).try_start()]
+        });
+        self.nodes.push(node.remove(0));
         self.down.push(false);
         let members = self.nodes.len();
         self.wait_formed(members, FORMATION_DEADLINE).await;

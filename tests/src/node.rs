@@ -84,6 +84,12 @@ impl NodeBuilder {
     /// Spawns the node and waits for both listening lines; panics (with the
     /// node's stderr) on failure.
     pub fn start(self) -> Node {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`NodeBuilder::start`], answering why the node did not start instead of panicking
+    /// (a port picked free and taken by another test before the node bound it, say).
+    pub fn try_start(self) -> Result<Node, String> {
         let tmp = match &self.data_dir {
             Some(_) => None,
             None => Some(tempfile::tempdir().expect("tempdir")),
@@ -93,13 +99,13 @@ impl NodeBuilder {
             .clone()
             .unwrap_or_else(|| tmp.as_ref().unwrap().path().to_path_buf());
         let port = self.mqtt_port.unwrap_or(0);
-        let proc = spawn_and_wait(&self, &data_dir, port).unwrap_or_else(|e| panic!("{e}"));
-        Node {
+        let proc = spawn_and_wait(&self, &data_dir, port)?;
+        Ok(Node {
             builder: self,
             proc: Some(proc),
             data_dir,
             _tmp: tmp,
-        }
+        })
     }
 
     /// Runs the binary with this configuration expecting it to exit by itself
