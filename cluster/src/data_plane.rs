@@ -93,14 +93,10 @@ impl ClusterNode {
     /// The other members (voters and learners), as this node knows the membership: where
     /// a retained message goes.
     pub fn other_members(&self) -> Vec<skein_seam::NodeId> {
-        let metrics = self.shared.raft.metrics();
-        let m = metrics.borrow();
-        m.membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .filter(|id| *id != self.id())
-            .map(skein_seam::NodeId)
+        self.shared
+            .other_members()
+            .into_iter()
+            .map(|(id, _)| skein_seam::NodeId(id))
             .collect()
     }
 }

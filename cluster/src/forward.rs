@@ -138,12 +138,7 @@ impl Forwarder {
         if self.shutdown.is_cancelled() {
             return Err(unavailable("this node is shutting down"));
         }
-        let member = {
-            let metrics = self.shared.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config.membership().get_node(&node).is_some()
-        };
-        if !member {
+        if !self.shared.is_member(node) {
             return Err(unavailable("it is not a member of the cluster"));
         }
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());

@@ -38,16 +38,7 @@ use crate::types::NodeId;
 /// Waits (bounded) until every other member's broker has folded log index `index`.
 #[tracing::instrument(level = "debug", skip(shared), fields(node = shared.id))]
 pub(crate) async fn await_members(shared: &Shared, index: u64) {
-    let others: Vec<(NodeId, String)> = {
-        let metrics = shared.raft.metrics();
-        let m = metrics.borrow();
-        m.membership_config
-            .membership()
-            .nodes()
-            .filter(|(id, _)| **id != shared.id)
-            .map(|(id, node)| (*id, node.grpc.clone()))
-            .collect()
-    };
+    let others = shared.other_members();
     if others.is_empty() {
         return;
     }
@@ -69,14 +60,7 @@ pub(crate) async fn await_members(shared: &Shared, index: u64) {
 /// [`await_members`] when it does not answer in time.
 #[tracing::instrument(level = "debug", skip(shared), fields(node = shared.id))]
 pub(crate) async fn await_member(shared: &Shared, id: NodeId, index: u64) {
-    let addr = shared
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .get_node(&id)
-        .map(|n| n.grpc.clone());
+    let addr = shared.member_grpc(id);
     let Some(addr) = addr else {
         // Not a member any more: nothing of it to wait for.
         return;

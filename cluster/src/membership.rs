@@ -165,17 +165,6 @@ pub(crate) fn is_busy(e: &ClusterError) -> bool {
     }
 }
 
-/// The membership this node has applied or appended last.
-fn current_membership(shared: &Shared) -> Membership {
-    shared
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone()
-}
-
 /// On the leader: makes `id` a voter with record `node` (see the module docs).
 pub(crate) async fn admit(
     shared: &Shared,
@@ -187,7 +176,7 @@ pub(crate) async fn admit(
     }
     let _one_at_a_time = shared.membership_changes.lock().await;
     let raft = &shared.raft;
-    let membership = current_membership(shared);
+    let membership = shared.membership();
     let is_voter = membership.voter_ids().any(|v| v == id);
     let record = membership.get_node(&id);
     if is_voter {
@@ -238,7 +227,7 @@ pub(crate) async fn dismiss(
     }
     let _one_at_a_time = shared.membership_changes.lock().await;
     let raft = &shared.raft;
-    let membership = current_membership(shared);
+    let membership = shared.membership();
     let change = if membership.voter_ids().any(|v| v == id) {
         ChangeMembers::RemoveVoters(BTreeSet::from([id]))
     } else if membership.get_node(&id).is_some() {

@@ -246,13 +246,7 @@ impl ClusterNode {
 
     /// The current membership as this node knows it.
     pub fn membership(&self) -> Membership {
-        self.shared
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone()
+        self.shared.membership()
     }
 
     /// The record of member `id`, if it is one.

@@ -11,7 +11,7 @@ use crate::log_store::CommitIndex;
 use crate::peers::Peers;
 use crate::settings::RaftSettings;
 use crate::state_machine::RegistryView;
-use crate::types::{Node, NodeId, Raft};
+use crate::types::{Membership, Node, NodeId, Raft};
 
 /// What the server, proposer and membership tasks share.
 pub(crate) struct Shared {
@@ -31,4 +31,52 @@ pub(crate) struct Shared {
     /// rather than be refused by openraft as concurrent (members publishing their records
     /// at once when a cluster starts).
     pub(crate) membership_changes: tokio::sync::Mutex<()>,
+}
+
+/// The membership as this node knows it (applied or appended last), read in one place.
+impl Shared {
+    pub(crate) fn membership(&self) -> Membership {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone()
+    }
+
+    /// Whether `id` is a member (voter or learner); reads without copying the membership.
+    pub(crate) fn is_member(&self, id: NodeId) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+    }
+
+    /// Member `id`'s gRPC address; None when it is not a member.
+    pub(crate) fn member_grpc(&self, id: NodeId) -> Option<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.grpc.clone())
+    }
+
+    /// Every other member (voters and learners) with its gRPC address (empty when not
+    /// known yet).
+    pub(crate) fn other_members(&self) -> Vec<(NodeId, String)> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, node)| (*id, node.grpc.clone()))
+            .collect()
+    }
 }

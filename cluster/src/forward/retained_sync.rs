@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use super::wire;
 use crate::peers::MAX_MESSAGE_BYTES;
 use crate::shared::Shared;
-use crate::types::NodeId;
 
 /// How long this node waits to learn of another member (a joining node learns the
 /// membership once it has joined).
@@ -24,18 +23,6 @@ const MEMBERS_WAIT: Duration = Duration::from_secs(30);
 
 /// How long one member may take to send its retained messages.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The other members and their gRPC addresses.
-fn other_members(shared: &Shared) -> Vec<(NodeId, String)> {
-    let metrics = shared.raft.metrics();
-    let m = metrics.borrow();
-    m.membership_config
-        .membership()
-        .nodes()
-        .filter(|(id, node)| **id != shared.id && !node.grpc.is_empty())
-        .map(|(id, node)| (*id, node.grpc.clone()))
-        .collect()
-}
 
 /// Fetches the retained set from the first member that answers and hands it to `broker`.
 pub(crate) async fn run(
@@ -46,7 +33,8 @@ pub(crate) async fn run(
     let mut metrics = shared.raft.metrics();
     let deadline = tokio::time::Instant::now() + MEMBERS_WAIT;
     let members = loop {
-        let members = other_members(&shared);
+        let mut members = shared.other_members();
+        members.retain(|(_, grpc)| !grpc.is_empty());
         if !members.is_empty() {
             break members;
         }
