@@ -58,6 +58,17 @@ impl LocalCluster {
     }
 }
 
+/// The entry of `client_id` if connection `epoch` still holds it.
+fn owned<'r>(
+    reg: &'r mut HashMap<ClientId, Entry>,
+    client_id: &ClientId,
+    epoch: u64,
+) -> Result<&'r mut Entry, ClusterError> {
+    reg.get_mut(client_id)
+        .filter(|e| e.epoch == epoch)
+        .ok_or(ClusterError::NotOwner)
+}
+
 impl ClusterHandle for LocalCluster {
     fn node_id(&self) -> NodeId {
         self.node
@@ -133,10 +144,7 @@ impl ClusterHandle for LocalCluster {
     ) -> BoxFuture<'a, Result<(), ClusterError>> {
         Box::pin(async move {
             let mut reg = self.registry();
-            let e = reg
-                .get_mut(client_id)
-                .filter(|e| e.epoch == epoch)
-                .ok_or(ClusterError::NotOwner)?;
+            let e = owned(&mut reg, client_id, epoch)?;
             for s in subscriptions {
                 e.subscriptions.retain(|old| old.filter != s.filter);
                 e.subscriptions.push(s);
@@ -153,10 +161,7 @@ impl ClusterHandle for LocalCluster {
     ) -> BoxFuture<'a, Result<(), ClusterError>> {
         Box::pin(async move {
             let mut reg = self.registry();
-            let e = reg
-                .get_mut(client_id)
-                .filter(|e| e.epoch == epoch)
-                .ok_or(ClusterError::NotOwner)?;
+            let e = owned(&mut reg, client_id, epoch)?;
             e.subscriptions.retain(|s| !filters.contains(&s.filter));
             Ok(())
         })
