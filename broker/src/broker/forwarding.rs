@@ -164,14 +164,14 @@ pub(super) fn forwarded(
     shared: Vec<SharedTarget>,
 ) -> ForwardedPublish {
     ForwardedPublish {
-        topic: message.topic.to_string(),
+        topic: message.topic.clone(),
         payload: message.payload.clone(),
         qos: message.qos as u8,
         retain: message.retain,
         properties: message.properties.clone(),
         received_at_ms: message.received_at_ms,
         publisher: message.publisher.clone(),
-        publisher_username: message.publisher_username.as_deref().map(str::to_owned),
+        publisher_username: message.publisher_username.clone(),
         to_subscribers,
         shared,
     }
