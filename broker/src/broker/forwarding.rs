@@ -21,6 +21,7 @@ pub(crate) mod peers_double;
 mod tests;
 
 use skein_seam::{BoxFuture, ForwardError, ForwardedPublish, NodeId, SharedTarget};
+use smallvec::SmallVec;
 
 use super::{Broker, SessionRef, SubEntry};
 use crate::codec::QoS;
@@ -58,7 +59,7 @@ impl Scope<'_> {
 /// The forwards of one publish, each resolving once its node accepted the message; a QoS 0
 /// publish's forwards carry no answer (nobody waits for one).
 #[derive(Default)]
-pub struct Forwards(Vec<(NodeId, Answer)>);
+pub struct Forwards(SmallVec<[(NodeId, Answer); 1]>);
 
 enum Answer {
     Waited(BoxFuture<'static, Result<(), ForwardError>>),
