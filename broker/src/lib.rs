@@ -337,7 +337,10 @@ impl OpenNode {
             broker.connections.clone(),
             broker.input_order.clone(),
         );
-        let health = http::HealthState::new().watching_storage(broker.store.health().clone());
+        let member = cluster.clone();
+        let health = http::HealthState::new()
+            .watching_storage(broker.store.health().clone())
+            .watching_cluster(move || member.readiness());
         let routes = http::compose(vec![
             http::health_routes(health.clone()),
             http::metrics_endpoint::router(prometheus, broker.clone(), parker.handle()),

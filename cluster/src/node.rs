@@ -43,7 +43,8 @@ pub struct ClusterConfig {
     /// Static members (`--peers`), this node included. Empty: a cluster of one, or a node
     /// that joins through `join`.
     pub peers: Vec<Peer>,
-    /// Any member's gRPC address (`--join`): become a member through it.
+    /// Any member's gRPC address (`--join`): become a member through it. Ignored by a node
+    /// among `peers`.
     pub join: Option<String>,
     pub raft: RaftSettings,
 }
@@ -88,7 +89,11 @@ impl ClusterNode {
                 None => grpc_addr.to_string(),
             };
         }
-        if !config.peers.is_empty() && !config.peers.iter().any(|p| p.id == config.node_id) {
+        let in_peers = config.peers.iter().any(|p| p.id == config.node_id);
+        // One template for every pod of a StatefulSet: a node among the peers starts from
+        // them and ignores `join`; one past them (scaled up) joins through `join`.
+        let join = if in_peers { None } else { config.join.clone() };
+        if !config.peers.is_empty() && !in_peers && join.is_none() {
             return Err(ClusterError::InvalidPeers {
                 spec: format!("{:?}", config.peers),
                 reason: format!("this node's id {} is not among the peers", config.node_id),
@@ -145,7 +150,7 @@ impl ClusterNode {
         ));
 
         // A node told to join never initializes a group of its own.
-        if config.join.is_none() {
+        if join.is_none() {
             let bootstrapped = membership::bootstrap(
                 &shared.raft,
                 &mut log,
@@ -166,7 +171,7 @@ impl ClusterNode {
         }
         tasks.spawn(membership::keep_record(
             shared.clone(),
-            config.join.clone(),
+            join,
             shutdown.clone(),
         ));
         tracing::info!(%grpc_addr, record = %shared.node, "cluster node started");
@@ -242,6 +247,25 @@ impl ClusterNode {
     /// openraft's metrics of this node (leader, term, log and membership), as they change.
     pub fn raft_metrics(&self) -> watch::Receiver<RaftMetrics<NodeId, Node>> {
         self.shared.raft.metrics()
+    }
+
+    /// Whether this node should take clients: `Err` with the reason (`not_a_member`,
+    /// `no_leader`) unless it is in the membership (voter or learner) and knows a leader,
+    /// without which no CONNECT can commit.
+    pub fn readiness(&self) -> std::result::Result<(), &'static str> {
+        let metrics = self.shared.raft.metrics();
+        let m = metrics.borrow();
+        if m.membership_config
+            .membership()
+            .get_node(&self.shared.id)
+            .is_none()
+        {
+            return Err("not_a_member");
+        }
+        match m.current_leader {
+            Some(_) => Ok(()),
+            None => Err("no_leader"),
+        }
     }
 
     /// The current membership as this node knows it.
