@@ -128,6 +128,7 @@ fn toml_file_sets_everything() {
         config,
         Config {
             node_id: 7,
+            node_id_from_hostname: false,
             node_name: "edge-a".into(),
             data_dir: "/var/lib/skein".into(),
             storage_min_free_bytes: MinFree::Bytes(1_048_576),
@@ -206,6 +207,7 @@ fn env_sets_everything() {
     let passwords = toml_file("u:plain:p\n");
     let env = [
         ("SKEIN_NODE_ID", "9"),
+        ("SKEIN_NODE_ID_FROM_HOSTNAME", "false"),
         ("SKEIN_NODE_NAME", "env-node"),
         ("SKEIN_DATA_DIR", "/data"),
         ("SKEIN_STORAGE_MIN_FREE_BYTES", "2.5%"),
@@ -274,6 +276,8 @@ fn env_sets_everything() {
         load(&[], &env).unwrap(),
         Config {
             node_id: 9,
+            // true with node_id set is refused (see node_id_from_hostname_*).
+            node_id_from_hostname: false,
             node_name: "env-node".into(),
             data_dir: "/data".into(),
             storage_min_free_bytes: MinFree::Percent { hundredths: 250 },
