@@ -350,12 +350,14 @@ pub struct DockerPods {
     network: String,
     subnet_base: String,
     image: String,
-    started: Vec<bool>,
+    /// Pods this may run: the StatefulSet's replicas and more (a scale-up).
+    count: usize,
 }
 
 impl DockerPods {
-    /// Builds the image from `binary` with `scripts/docker-image.sh` and makes the network.
-    pub fn new(spec: PodSpec, prefix: &str) -> DockerPods {
+    /// Builds the image from the test's binary with `scripts/docker-image.sh` and makes the
+    /// network, for up to `count` pods.
+    pub fn new(spec: PodSpec, prefix: &str, count: usize) -> DockerPods {
         let image = spec.image.clone();
         run(Command::new(repo_root().join("scripts/docker-image.sh"))
             .arg(&image)
@@ -383,14 +385,13 @@ impl DockerPods {
             }
         }
         let subnet_base = subnet_base.expect("no free /24 for the test's Docker network");
-        let started = vec![false; spec.replicas];
         DockerPods {
             spec,
             prefix: prefix.to_owned(),
             network,
             subnet_base,
             image,
-            started,
+            count,
         }
     }
 
@@ -452,7 +453,6 @@ impl Pods for DockerPods {
             .args(rest)
             .args(&spec.args);
         run(&mut cmd);
-        self.started[ordinal] = true;
     }
 
     fn remove(&mut self, ordinal: usize) {
@@ -515,7 +515,7 @@ impl Drop for DockerPods {
                 .stderr(Stdio::null())
                 .status();
         };
-        for ordinal in 0..self.spec.replicas {
+        for ordinal in 0..self.count {
             quiet(&["rm", "--force", "--volumes", &self.container(ordinal)]);
             for index in 0..self.spec.persistent.len() {
                 quiet(&["volume", "rm", "--force", &self.volume(ordinal, index)]);
@@ -537,10 +537,11 @@ pub struct LocalPods {
 }
 
 impl LocalPods {
-    pub fn new(spec: PodSpec) -> LocalPods {
+    /// Up to `count` pods (the StatefulSet's replicas and more, for a scale-up).
+    pub fn new(spec: PodSpec, count: usize) -> LocalPods {
         // Held together, then released, so that no two pods get the same port.
         let mut held = Vec::new();
-        let ports = (0..spec.replicas)
+        let ports = (0..count)
             .map(|_| {
                 spec.ports
                     .values()
@@ -554,7 +555,7 @@ impl LocalPods {
             })
             .collect();
         drop(held);
-        let children = (0..spec.replicas).map(|_| None).collect();
+        let children = (0..count).map(|_| None).collect();
         LocalPods {
             spec,
             dir: tempfile::tempdir().expect("temp dir"),
@@ -578,7 +579,7 @@ impl LocalPods {
         let target = if host == "0.0.0.0" || host == "127.0.0.1" {
             Some(ordinal)
         } else {
-            (0..self.spec.replicas).find(|&j| self.spec.pod_host(j) == host)
+            (0..self.ports.len()).find(|&j| self.spec.pod_host(j) == host)
         };
         match target.and_then(|j| self.ports[j].get(&port)) {
             Some(local) => format!("{id}127.0.0.1:{local}"),

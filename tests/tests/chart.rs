@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use skein_tests::chart::{self, DockerPods, LocalPods, PodSpec, Pods};
 use skein_tests::clients::v3::{Client, QoS};
-use skein_tests::http_get;
 use skein_tests::node::skein_bin;
+use skein_tests::{http_get, http_request};
 
 const NAMESPACE: &str = "skein-test";
 /// Forming a cluster of debug builds on a busy 2-core machine, containers starting too.
@@ -63,14 +63,14 @@ async fn the_chart_fits_the_binary() {
     // SKEIN_CHART_PODS=local runs the fallback on a machine with Docker too.
     let local = std::env::var("SKEIN_CHART_PODS").is_ok_and(|v| v == "local");
     let mut pods: Box<dyn Pods> = if !local && chart::docker_available() {
-        Box::new(DockerPods::new(spec.clone(), &prefix))
+        Box::new(DockerPods::new(spec.clone(), &prefix, 4))
     } else {
         if !local {
             println!(
                 "no Docker engine answers: running the chart's pods as three local processes instead"
             );
         }
-        Box::new(LocalPods::new(spec.clone()))
+        Box::new(LocalPods::new(spec.clone(), 4))
     };
     println!("pods as {}", pods.kind());
     for ordinal in 0..3 {
@@ -93,6 +93,26 @@ async fn the_chart_fits_the_binary() {
     check_cluster(pods.as_mut(), &spec, &[0, 1, 2]).await;
     publish_across(pods.as_ref(), 1, 0, "back").await;
     publish_across(pods.as_ref(), 2, 1, "to the restarted pod").await;
+
+    // Scaled up: pod 3 (node 4) is past the peers list and joins through pod 0 with the
+    // same template. Scaled down as the chart's README says: its member removed, then it.
+    pods.start(3);
+    wait_ready(pods.as_mut(), 3).await;
+    check_cluster(pods.as_mut(), &spec, &[0, 1, 2, 3]).await;
+    publish_across(pods.as_ref(), 3, 1, "from the added pod").await;
+    let (status, body) = http_request(
+        pods.addr(2, "http"),
+        "DELETE",
+        "/api/v1/cluster/members/4",
+        &[],
+        "",
+    )
+    .await
+    .expect("DELETE the added member");
+    assert_eq!(status, 200, "{body}");
+    pods.remove(3);
+    check_cluster(pods.as_mut(), &spec, &[0, 1, 2]).await;
+    publish_across(pods.as_ref(), 0, 1, "after the scale-down").await;
 }
 
 /// Waits for pod `ordinal`'s `/readyz` to answer 200; fails at once with its output if it
@@ -119,7 +139,7 @@ async fn wait_ready(pods: &mut dyn Pods, ordinal: usize) {
     }
 }
 
-/// Every pod in `ordinals` sees the same leader and all three members as voters, each
+/// Every pod in `ordinals` sees the same leader and just those members as voters, each
 /// named by its pod and dialled at its headless name (its local address for processes),
 /// node id = ordinal + 1; the leader
 /// reaches every member. Returns the leader's id.
@@ -131,7 +151,7 @@ async fn check_cluster(pods: &mut dyn Pods, spec: &PodSpec, ordinals: &[usize]) 
         for &ordinal in ordinals {
             match overview(pods, ordinal).await {
                 Some(v) => {
-                    if let Err(p) = member_check(&v, spec, pods, ordinal) {
+                    if let Err(p) = member_check(&v, spec, pods, ordinal, ordinals) {
                         problem = Some(p);
                     }
                     leaders.push(v["leader_id"].as_u64());
@@ -171,15 +191,21 @@ async fn overview(pods: &mut dyn Pods, ordinal: usize) -> Option<Value> {
     }
 }
 
-fn member_check(v: &Value, spec: &PodSpec, pods: &dyn Pods, ordinal: usize) -> Result<(), String> {
+fn member_check(
+    v: &Value,
+    spec: &PodSpec,
+    pods: &dyn Pods,
+    ordinal: usize,
+    ordinals: &[usize],
+) -> Result<(), String> {
     if v["node_id"] != (ordinal + 1) as u64 || v["node_name"] != spec.pod_name(ordinal) {
         return Err(format!("pod {ordinal} is not node {}: {v}", ordinal + 1));
     }
     let members = v["members"].as_array().cloned().unwrap_or_default();
-    if members.len() != 3 {
+    if members.len() != ordinals.len() {
         return Err(format!("pod {ordinal} sees {} members: {v}", members.len()));
     }
-    for j in 0..3 {
+    for &j in ordinals {
         let grpc = pods.grpc_name(j);
         let found = members.iter().any(|m| {
             m["id"] == (j + 1) as u64
