@@ -358,7 +358,9 @@ impl Config {
         }
 
         let hostname = if config.node_id_from_hostname {
-            let hostname = hostname_env.unwrap_or_else(system_hostname);
+            let hostname = hostname_env
+                .filter(|name| !name.trim().is_empty())
+                .unwrap_or_else(system_hostname);
             Some(id_from_hostname(&mut config, &hostname, &origins)?)
         } else {
             None

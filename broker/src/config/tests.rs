@@ -907,7 +907,6 @@ fn node_id_from_hostname_refuses_names_without_an_ordinal_and_a_second_id() {
         "skein-",
         "skein-x1",
         "skein-18446744073709551615",
-        "",
         "a-1b",
     ] {
         let e = error(&[], &[on, ("HOSTNAME", host)], "node_id_from_hostname");
