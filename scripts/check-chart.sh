@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Checks the Helm chart short of a Kubernetes API server: `helm lint --strict`, `helm
-# template` with the default values and with ci/all-on-values.yaml (every optional part on),
+# Checks the Helm chart short of a Kubernetes API server: `helm lint --strict` (which also
+# checks values against values.schema.json), `helm template` with the default values and
+# with ci/all-on-values.yaml (every optional part on),
 # the rendered manifests against the Kubernetes schemas of two versions
 # (`kubernetes-validate --strict`), the values the chart must refuse, and the README's
 # values table against values.yaml. Needs helm, kubernetes-validate and python3 with PyYAML
@@ -126,10 +127,12 @@ refused "config key not a setting name" "lower case" \
   helm template skein "$chart" --set config.MaxConnections=1
 refused "no initial members" "initialMembers" \
   helm template skein "$chart" --set cluster.initialMembers=0
-refused "unknown service type" "service.mqtt.type" \
+refused "unknown service type" "/service/mqtt/type" \
   helm template skein "$chart" --set service.mqtt.type=ExternalName
 refused "unknown anti-affinity" "podAntiAffinity" \
   helm template skein "$chart" --set podAntiAffinity=maybe
+refused "a value the chart does not have (values.schema.json)" "additional properties 'replicas'" \
+  helm template skein "$chart" --set replicas=5
 
 echo "chart: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
