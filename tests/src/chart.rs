@@ -51,6 +51,14 @@ pub fn docker_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Builds the image `name` from the test's binary with `scripts/docker-image.sh` (no
+/// registry needed).
+pub fn build_image(name: &str) {
+    run(Command::new(repo_root().join("scripts/docker-image.sh"))
+        .arg(name)
+        .env("SKEIN_BIN", skein_bin()));
+}
+
 /// Runs a command to completion; its stdout, or a panic naming it with its stderr.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -359,9 +367,7 @@ impl DockerPods {
     /// network, for up to `count` pods.
     pub fn new(spec: PodSpec, prefix: &str, count: usize) -> DockerPods {
         let image = spec.image.clone();
-        run(Command::new(repo_root().join("scripts/docker-image.sh"))
-            .arg(&image)
-            .env("SKEIN_BIN", skein_bin()));
+        build_image(&image);
         let network = format!("{prefix}-net");
         // A subnet of our own, so that each pod's IP (the downward API's status.podIP) is
         // known before it starts; another network may hold a candidate already.
