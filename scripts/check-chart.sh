@@ -109,6 +109,16 @@ assert not missing and not extra, f"README values table: missing {missing}, not 
 PY
 }
 
+# appVersion is the crate version the image is built from.
+app_version() {
+  local crate chart_app
+  crate=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n 1)
+  chart_app=$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$chart/Chart.yaml")
+  [ -n "$crate" ] && [ "$crate" = "$chart_app" ] || { echo "appVersion '$chart_app' is not the crate version '$crate'"; return 1; }
+  grep -q '^apiVersion: v2$' "$chart/Chart.yaml" || { echo "Chart.yaml is not apiVersion v2"; return 1; }
+}
+
+check "Chart.yaml: apiVersion v2, appVersion = the crate version" app_version
 check "helm lint --strict (defaults)" helm lint --strict "$chart"
 check "helm lint --strict (all on)" helm lint --strict "$chart" -f "$chart/ci/all-on-values.yaml"
 check "helm template (defaults)" \
