@@ -125,6 +125,9 @@ check "helm template (defaults)" \
   sh -c 'helm template skein "$1" --namespace skein >"$2"' _ "$chart" "$work/default.yaml"
 check "helm template (all on)" \
   sh -c 'helm template skein "$1" --namespace skein -f "$1/ci/all-on-values.yaml" >"$2"' _ "$chart" "$work/all-on.yaml"
+# The README's install, short of a cluster: renders everything, NOTES.txt included.
+check "helm install --dry-run=client (as the README documents it)" \
+  sh -c 'helm install skein "$1" --namespace mqtt --dry-run=client | grep -q "^NOTES:"' _ "$chart"
 check "validate defaults ($versions)" validate "$work/default.yaml"
 check "validate all on ($versions)" validate "$work/all-on.yaml"
 check "ServiceMonitor (all on)" service_monitor "$work/all-on.yaml"
