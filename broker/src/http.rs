@@ -31,9 +31,12 @@ pub struct HealthState {
     cluster: Option<ClusterCheck>,
 }
 
-/// Asks the cluster member whether it can take clients: `Err` names why not.
+/// Asks the cluster member whether it can take clients: `Err` says why not, as a reason
+/// name and a line for an operator.
+type NotReady = (&'static str, &'static str);
+
 #[derive(Clone)]
-struct ClusterCheck(Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>);
+struct ClusterCheck(Arc<dyn Fn() -> Result<(), NotReady> + Send + Sync>);
 
 impl std::fmt::Debug for ClusterCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,11 +58,11 @@ impl HealthState {
     }
 
     /// Also reports not ready while `check` says the node cannot take clients (not a
-    /// member, no leader known), with its reason prefixed `cluster_`: a CONNECT there
-    /// could not commit, so a load balancer should send clients elsewhere.
+    /// member, no leader known), with its reason (prefixed `cluster_`) and detail: a
+    /// CONNECT there could not commit, so a load balancer should send clients elsewhere.
     pub fn watching_cluster(
         mut self,
-        check: impl Fn() -> Result<(), &'static str> + Send + Sync + 'static,
+        check: impl Fn() -> Result<(), NotReady> + Send + Sync + 'static,
     ) -> Self {
         self.cluster = Some(ClusterCheck(Arc::new(check)));
         self
@@ -122,12 +125,7 @@ async fn readyz(State(health): State<HealthState>) -> Response {
     if let Some((state, detail)) = storage.and_then(|s| Some((s.availability(), s.describe()?))) {
         return not_ready(format!("storage_{}", state.as_str()), detail);
     }
-    if let Some(Err(reason)) = health.cluster.as_ref().map(|check| (check.0)()) {
-        let detail = match reason {
-            "not_a_member" => "this node is not a member of the cluster (yet)",
-            "no_leader" => "no leader is known: a CONNECT could not commit",
-            _ => "the cluster cannot take clients on this node",
-        };
+    if let Some(Err((reason, detail))) = health.cluster.as_ref().map(|check| (check.0)()) {
         return not_ready(format!("cluster_{reason}"), detail.to_owned());
     }
     probe(StatusCode::OK, "ready")
@@ -301,8 +299,8 @@ mod tests {
         let seen = cluster.clone();
         let state =
             HealthState::new().watching_cluster(move || match seen.load(Ordering::SeqCst) {
-                0 => Err("not_a_member"),
-                1 => Err("no_leader"),
+                0 => Err(("not_a_member", "not a member")),
+                1 => Err(("no_leader", "no leader")),
                 _ => Ok(()),
             });
         state.set_ready(true);
@@ -313,10 +311,12 @@ mod tests {
             let body = json_body(&body);
             assert_eq!((status, &body["reason"]), (503, &json!(reason)), "{body}");
             assert_eq!(body["status"], "not_ready");
-            assert!(
-                body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-                "{body}"
-            );
+            let detail = if step == 0 {
+                "not a member"
+            } else {
+                "no leader"
+            };
+            assert_eq!(body["detail"], detail, "{body}");
         }
         cluster.store(2, Ordering::SeqCst);
         let (status, _, body) = request(server.addr, "GET", "/readyz").await;

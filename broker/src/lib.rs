@@ -340,7 +340,11 @@ impl OpenNode {
         let member = cluster.clone();
         let health = http::HealthState::new()
             .watching_storage(broker.store.health().clone())
-            .watching_cluster(move || member.readiness());
+            .watching_cluster(move || {
+                member
+                    .readiness()
+                    .map_err(|why| (why.as_str(), why.describe()))
+            });
         let routes = http::compose(vec![
             http::health_routes(health.clone()),
             http::metrics_endpoint::router(prometheus, broker.clone(), parker.handle()),

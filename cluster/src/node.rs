@@ -249,10 +249,9 @@ impl ClusterNode {
         self.shared.raft.metrics()
     }
 
-    /// Whether this node should take clients: `Err` with the reason (`not_a_member`,
-    /// `no_leader`) unless it is in the membership (voter or learner) and knows a leader,
-    /// without which no CONNECT can commit.
-    pub fn readiness(&self) -> std::result::Result<(), &'static str> {
+    /// Whether this node should take clients: only while it is in the membership (voter
+    /// or learner) and knows a leader, without which no CONNECT can commit.
+    pub fn readiness(&self) -> std::result::Result<(), NotReady> {
         let metrics = self.shared.raft.metrics();
         let m = metrics.borrow();
         if m.membership_config
@@ -260,11 +259,11 @@ impl ClusterNode {
             .get_node(&self.shared.id)
             .is_none()
         {
-            return Err("not_a_member");
+            return Err(NotReady::NotAMember);
         }
         match m.current_leader {
             Some(_) => Ok(()),
-            None => Err("no_leader"),
+            None => Err(NotReady::NoLeader),
         }
     }
 
@@ -366,6 +365,33 @@ impl ClusterNode {
         }
         if let Err(e) = self.shared.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft did not stop cleanly");
+        }
+    }
+}
+
+/// Why a member should not take clients now (see [`ClusterNode::readiness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    /// Not in the membership (yet): a joining node not added, or a removed one.
+    NotAMember,
+    /// No leader known: no majority, or an election under way.
+    NoLeader,
+}
+
+impl NotReady {
+    /// A name for probes and logs (`not_a_member`, `no_leader`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReady::NotAMember => "not_a_member",
+            NotReady::NoLeader => "no_leader",
+        }
+    }
+
+    /// One line for an operator.
+    pub fn describe(self) -> &'static str {
+        match self {
+            NotReady::NotAMember => "this node is not a member of the cluster (yet)",
+            NotReady::NoLeader => "no leader is known: a CONNECT could not commit",
         }
     }
 }
