@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -138,6 +139,8 @@ pub struct PodSpec {
     /// Mount paths of emptyDir volumes.
     pub scratch: Vec<String>,
     pub run_as: Option<(u64, u64)>,
+    /// How long the kubelet waits after SIGTERM (`terminationGracePeriodSeconds`).
+    pub termination_grace: Duration,
     pub read_only_root: bool,
     pub drop_all_capabilities: bool,
     pub no_privilege_escalation: bool,
@@ -232,6 +235,10 @@ impl PodSpec {
             persistent,
             scratch,
             run_as: uid.map(|u| (u, gid.unwrap_or(u))),
+            // Kubernetes' default when the spec leaves it out.
+            termination_grace: Duration::from_secs(
+                pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30),
+            ),
             read_only_root: sc["readOnlyRootFilesystem"] == true,
             drop_all_capabilities: sc["capabilities"]["drop"]
                 .as_array()
@@ -339,6 +346,9 @@ pub trait Pods {
     fn start(&mut self, ordinal: usize);
     /// Removes pod `ordinal` at once (SIGKILL); its persistent data stays.
     fn remove(&mut self, ordinal: usize);
+    /// Stops pod `ordinal` as Kubernetes does (SIGTERM, then SIGKILL after `grace`) and
+    /// removes it; its persistent data stays. Returns how it exited.
+    fn stop(&mut self, ordinal: usize, grace: Duration) -> String;
     /// Where the test reaches pod `ordinal`'s container port `name` (on 127.0.0.1).
     fn addr(&self, ordinal: usize, name: &str) -> SocketAddr;
     /// The gRPC address the other members dial pod `ordinal` at: its headless name in
@@ -463,6 +473,24 @@ impl Pods for DockerPods {
 
     fn remove(&mut self, ordinal: usize) {
         run(Command::new("docker").args(["rm", "--force", &self.container(ordinal)]));
+    }
+
+    fn stop(&mut self, ordinal: usize, grace: Duration) -> String {
+        let container = self.container(ordinal);
+        run(Command::new("docker").args([
+            "stop",
+            "--time",
+            &grace.as_secs().to_string(),
+            &container,
+        ]));
+        let code = run(Command::new("docker").args([
+            "inspect",
+            "--format",
+            "{{.State.ExitCode}}",
+            &container,
+        ]));
+        run(Command::new("docker").args(["rm", &container]));
+        format!("exit code {}", code.trim())
     }
 
     fn addr(&self, ordinal: usize, name: &str) -> SocketAddr {
@@ -642,6 +670,28 @@ impl Pods for LocalPods {
         if let Some(mut child) = self.children[ordinal].take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    fn stop(&mut self, ordinal: usize, grace: Duration) -> String {
+        let Some(mut child) = self.children[ordinal].take() else {
+            return String::from("not running");
+        };
+        run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        let end = Instant::now() + grace;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return match status.code() {
+                    Some(code) => format!("exit code {code}"),
+                    None => status.to_string(),
+                };
+            }
+            if Instant::now() >= end {
+                let _ = child.kill();
+                let _ = child.wait();
+                return String::from("killed after the grace period");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

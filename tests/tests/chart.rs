@@ -84,9 +84,15 @@ async fn the_chart_fits_the_binary() {
     println!("formed: leader node {leader}");
     publish_across(pods.as_ref(), 0, 2, "first").await;
 
-    // A rolling restart of one pod: removed, the other two carry on, added back with its
-    // volume, and it rejoins.
-    pods.remove(1);
+    // A rolling restart of one pod: stopped as the kubelet stops it (SIGTERM to the
+    // binary as PID 1: a clean exit), the other two carry on, it comes back with its
+    // volume and rejoins.
+    assert_eq!(
+        pods.stop(1, spec.termination_grace),
+        "exit code 0",
+        "{}",
+        pods.logs(1)
+    );
     publish_across(pods.as_ref(), 2, 0, "one away").await;
     pods.start(1);
     wait_ready(pods.as_mut(), 1).await;
@@ -110,9 +116,22 @@ async fn the_chart_fits_the_binary() {
     .await
     .expect("DELETE the added member");
     assert_eq!(status, 200, "{body}");
-    pods.remove(3);
+    assert_eq!(
+        pods.stop(3, spec.termination_grace),
+        "exit code 0",
+        "{}",
+        pods.logs(3)
+    );
     check_cluster(pods.as_mut(), &spec, &[0, 1, 2]).await;
     publish_across(pods.as_ref(), 0, 1, "after the scale-down").await;
+
+    // A pod lost at once (SIGKILL), replaced with its volume: the cluster heals again.
+    pods.remove(2);
+    publish_across(pods.as_ref(), 0, 1, "two left").await;
+    pods.start(2);
+    wait_ready(pods.as_mut(), 2).await;
+    check_cluster(pods.as_mut(), &spec, &[0, 1, 2]).await;
+    publish_across(pods.as_ref(), 1, 2, "after the crash").await;
 }
 
 /// Waits for pod `ordinal`'s `/readyz` to answer 200; fails at once with its output if it
