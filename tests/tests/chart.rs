@@ -3,9 +3,10 @@
 //! under the headless Service's names; local processes when no Docker engine answers),
 //! with exactly the command, arguments and environment the chart gives them. They form
 //! one cluster with a leader, `/readyz` turns ready, a publish on one pod reaches a
-//! subscriber on another, and after one pod is removed and added back (a rolling
-//! restart, its volume kept) the cluster heals. A setting the binary refuses stops its
-//! pod and fails the test with the pod's output.
+//! subscriber on another, and after one pod is stopped and added back (a rolling restart,
+//! its volume kept) the cluster heals; a fourth pod (a scale-up) joins with the same
+//! template and leaves as the chart's README says; a pod killed and replaced heals too.
+//! A setting the binary refuses stops its pod and fails the test with the pod's output.
 //!
 //! `SKEIN_CHART_PODS=local` runs the local processes even where Docker answers.
 //! Needs helm and python3 with PyYAML (`.ci/run` installs both); without them it prints
