@@ -354,6 +354,9 @@ pub trait Pods {
     /// The gRPC address the other members dial pod `ordinal` at: its headless name in
     /// containers, its mapped local address for processes.
     fn grpc_name(&self, ordinal: usize) -> String;
+    /// The MQTT address pod `ordinal`'s events and member record name it by: the pod IP
+    /// (downward API) and the MQTT port, mapped for processes.
+    fn advertised_mqtt(&self, ordinal: usize) -> String;
     /// Whether pod `ordinal` has exited (with its exit code when known).
     fn exited(&mut self, ordinal: usize) -> Option<String>;
     /// What pod `ordinal` printed.
@@ -507,6 +510,10 @@ impl Pods for DockerPods {
 
     fn grpc_name(&self, ordinal: usize) -> String {
         format!("{}:{}", self.spec.pod_host(ordinal), self.spec.port("grpc"))
+    }
+
+    fn advertised_mqtt(&self, ordinal: usize) -> String {
+        format!("{}:{}", self.ip(ordinal), self.spec.port("mqtt"))
     }
 
     fn exited(&mut self, ordinal: usize) -> Option<String> {
@@ -703,6 +710,10 @@ impl Pods for LocalPods {
     fn grpc_name(&self, ordinal: usize) -> String {
         let grpc = format!("{}:{}", self.spec.pod_host(ordinal), self.spec.port("grpc"));
         self.localize(ordinal, &grpc)
+    }
+
+    fn advertised_mqtt(&self, ordinal: usize) -> String {
+        self.localize(ordinal, &format!("127.0.0.1:{}", self.spec.port("mqtt")))
     }
 
     fn exited(&mut self, ordinal: usize) -> Option<String> {

@@ -160,8 +160,8 @@ async fn wait_ready(pods: &mut dyn Pods, ordinal: usize) {
 }
 
 /// Every pod in `ordinals` sees the same leader and just those members as voters, each
-/// named by its pod and dialled at its headless name (its local address for processes),
-/// node id = ordinal + 1; the leader
+/// named by its pod, dialled at its headless name and advertising its pod IP (local
+/// addresses for processes), node id = ordinal + 1; the leader
 /// reaches every member. Returns the leader's id.
 async fn check_cluster(pods: &mut dyn Pods, spec: &PodSpec, ordinals: &[usize]) -> u64 {
     let end = Instant::now() + FORM_DEADLINE;
@@ -226,15 +226,20 @@ fn member_check(
         return Err(format!("pod {ordinal} sees {} members: {v}", members.len()));
     }
     for &j in ordinals {
-        let grpc = pods.grpc_name(j);
+        let (grpc, mqtt) = (pods.grpc_name(j), pods.advertised_mqtt(j));
         let found = members.iter().any(|m| {
             m["id"] == (j + 1) as u64
                 && m["name"] == spec.pod_name(j)
                 && m["grpc"] == grpc.as_str()
+                && m["mqtt"] == mqtt.as_str()
                 && m["role"] == "voter"
         });
         if !found {
-            return Err(format!("pod {ordinal}: no voter {} at {grpc}: {v}", j + 1));
+            return Err(format!(
+                "pod {ordinal}: no voter {} named {} at {grpc}, MQTT {mqtt}: {v}",
+                j + 1,
+                spec.pod_name(j)
+            ));
         }
     }
     Ok(())
