@@ -1,0 +1,141 @@
+//! Every MQTT connection the persistent subscribers opened, as the client side saw it: when
+//! it was superseded (a CONNECT with its client id was sent on another connection while it
+//! was open), how it ended and whether its node was still the same process then. From this
+//! come the takeovers the harness caused and the client-side view of double owners.
+
+use std::collections::BTreeMap;
+
+use crate::cluster::{NodeState, Topology};
+
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub node: usize,
+    /// The node's incarnation when the connection was accepted.
+    pub incarnation: u64,
+    /// A CONNECT for the same client id went out on another connection while this was open.
+    pub superseded: bool,
+    pub closed: Option<Close>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Close {
+    /// The harness closed it (DISCONNECT sent); anything else is the server or the network.
+    pub by_us: bool,
+    /// The reason code of the server's DISCONNECT, if one came.
+    pub reason: Option<u8>,
+    /// The node's incarnation when the end was seen (moved on: the node was SIGKILLed).
+    pub incarnation: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Conns {
+    next: u64,
+    /// Connection number → (client id, record).
+    all: BTreeMap<u64, (String, Conn)>,
+}
+
+/// Takeovers as the client side saw them.
+#[derive(Debug, Default, Clone)]
+pub struct Takeovers {
+    /// Per client id: superseded connections the server closed while their node lived on.
+    pub caused: BTreeMap<String, u64>,
+    /// Superseded connections whose node was SIGKILLed before they ended: the takeover
+    /// event may or may not have been emitted first.
+    pub voided: BTreeMap<String, u64>,
+    /// Connections the server closed with 0x8E (session taken over) although no CONNECT
+    /// for their id had been sent elsewhere meanwhile.
+    pub unexpected: u64,
+    /// Superseded connections the server closed with another reason than 0x8E.
+    pub wrong_reason: u64,
+}
+
+const SESSION_TAKEN_OVER: u8 = 0x8E;
+
+impl Conns {
+    /// A CONNECT for `client` is about to be sent: every connection of it still open is
+    /// superseded.
+    pub fn connecting(&mut self, client: &str) {
+        for (id, conn) in self.all.values_mut() {
+            if id == client && conn.closed.is_none() {
+                conn.superseded = true;
+            }
+        }
+    }
+
+    /// A CONNACK accepted a new connection; its number.
+    pub fn opened(&mut self, client: &str, node: usize, incarnation: u64) -> u64 {
+        self.next += 1;
+        self.all.insert(
+            self.next,
+            (
+                client.to_owned(),
+                Conn {
+                    node,
+                    incarnation,
+                    superseded: false,
+                    closed: None,
+                },
+            ),
+        );
+        self.next
+    }
+
+    pub fn closed(&mut self, conn: u64, by_us: bool, reason: Option<u8>, topology: &Topology) {
+        if let Some((_, c)) = self.all.get_mut(&conn) {
+            if c.closed.is_none() {
+                c.closed = Some(Close {
+                    by_us,
+                    reason,
+                    incarnation: topology.incarnation(c.node),
+                });
+            }
+        }
+    }
+
+    /// Client ids with two or more open connections on nodes that run (not stopped: a
+    /// stopped node cannot close anything until it resumes).
+    pub fn double_owners(&self, topology: &Topology) -> BTreeMap<String, Vec<usize>> {
+        let mut open: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (id, c) in self.all.values() {
+            if c.closed.is_none() && topology.state(c.node) == NodeState::Running {
+                open.entry(id.clone()).or_default().push(c.node);
+            }
+        }
+        open.retain(|_, nodes| nodes.len() > 1);
+        open
+    }
+
+    /// Whether `client` has an open connection on a running node.
+    pub fn connected(&self, client: &str, topology: &Topology) -> bool {
+        self.all.values().any(|(id, c)| {
+            id == client && c.closed.is_none() && topology.state(c.node) == NodeState::Running
+        })
+    }
+
+    pub fn takeovers(&self) -> Takeovers {
+        let mut t = Takeovers::default();
+        for (id, c) in self.all.values() {
+            let Some(close) = &c.closed else { continue };
+            if close.by_us {
+                continue;
+            }
+            if c.superseded {
+                if close.incarnation == c.incarnation {
+                    *t.caused.entry(id.clone()).or_default() += 1;
+                    if close.reason != Some(SESSION_TAKEN_OVER) {
+                        t.wrong_reason += 1;
+                    }
+                } else {
+                    *t.voided.entry(id.clone()).or_default() += 1;
+                }
+            } else if close.reason == Some(SESSION_TAKEN_OVER) {
+                t.unexpected += 1;
+            }
+        }
+        t
+    }
+
+    pub fn count(&self) -> u64 {
+        self.all.len() as u64
+    }
+}

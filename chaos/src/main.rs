@@ -1,0 +1,97 @@
+//! `skein-chaos`: the chaos suite of issue 14 (see chaos/README.md). Starts its own
+//! cluster of real `skein` processes, breaks it for `--rounds` rounds under QoS 1 traffic
+//! to persistent sessions, checks the invariants, prints one line per invariant and a
+//! JSON line last. Exit 0 only when every invariant holds; 1 when one does not; 2 when
+//! the run itself could not be made (the cluster did not start, bad options).
+
+mod admin;
+mod cluster;
+mod conns;
+mod events;
+mod faults;
+mod findings;
+mod http;
+mod ledger;
+mod mqtt;
+mod options;
+mod publisher;
+mod report;
+mod rng;
+mod run;
+mod shared;
+mod subscriber;
+mod watcher;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use options::Options;
+
+fn main() -> ExitCode {
+    let opts = Options::parse();
+    if opts.partition {
+        println!(
+            "SKIP partition: --partition mode is not implemented yet (see chaos/README.md); nothing was run"
+        );
+        return ExitCode::from(3);
+    }
+    let binary = match binary(&opts) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("skein-chaos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("skein-chaos: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run::run(&opts, binary)) {
+        Ok(outcome) => {
+            for line in &outcome.verdict.lines {
+                println!("{line}");
+            }
+            if let Some(dir) = &outcome.kept {
+                eprintln!("run directory kept (node logs, report.txt): {}", dir.display());
+            }
+            println!("{}", outcome.verdict.json);
+            if outcome.verdict.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("skein-chaos: the run failed: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `--binary`, else `$SKEIN_BIN`, else `skein` beside this executable (cargo puts both in
+/// the same `target/<profile>/`).
+fn binary(opts: &Options) -> Result<PathBuf, String> {
+    let path = match (&opts.binary, std::env::var_os("SKEIN_BIN")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => {
+            let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+            exe.with_file_name(format!("skein{}", std::env::consts::EXE_SUFFIX))
+        }
+    };
+    if !path.is_file() {
+        return Err(format!(
+            "no skein binary at {} (build it: cargo build --release -p skein-broker --bin skein; or pass --binary PATH)",
+            path.display()
+        ));
+    }
+    Ok(path)
+}

@@ -1,0 +1,300 @@
+//! A whole process-mode run: start the cluster, the watchers, the subscribers and the
+//! publishers; the fault rounds; drain; the final checks; the verdict.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::cluster::{self, Cluster};
+use crate::conns::Takeovers;
+use crate::events;
+use crate::faults::{self, Clients, Round};
+use crate::findings::Findings;
+use crate::options::Options;
+use crate::report::{self, Inputs, Verdict};
+use crate::rng::Rng;
+use crate::shared::Shared;
+use crate::{publisher, subscriber, watcher};
+
+const START_DEADLINE: Duration = Duration::from_secs(60);
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// Drain: how long to wait for the subscribers to receive every acknowledged message, and
+/// how long without any new copy ends the wait early.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+const DRAIN_QUIET: Duration = Duration::from_secs(10);
+const REGISTRY_DEADLINE: Duration = Duration::from_secs(20);
+const EVENTS_QUIET: Duration = Duration::from_secs(2);
+const EVENTS_DEADLINE: Duration = Duration::from_secs(10);
+/// Stream ids of the seeded random streams.
+const FAULT_STREAM: u64 = 1;
+const SUBSCRIBER_STREAM: u64 = 1000;
+const PUBLISHER_STREAM: u64 = 2000;
+
+pub struct Outcome {
+    pub verdict: Verdict,
+    /// The run directory, when kept (a failure, or --keep).
+    pub kept: Option<PathBuf>,
+}
+
+pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
+    let base = opts.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix("skein-chaos-")
+        .tempdir_in(&base)
+        .with_context(|| format!("making a run directory in {}", base.display()))?;
+    let mut findings = Findings::new();
+    findings.note(format!(
+        "run directory {}; binary {}; {} nodes, {} subscribers, {} publishers at {}/s, {} rounds, seed {}",
+        dir.path().display(),
+        binary.display(),
+        opts.nodes,
+        opts.subscribers,
+        opts.publishers,
+        opts.rate,
+        opts.rounds,
+        opts.seed
+    ));
+    let n = opts.nodes as usize;
+    let ports = cluster::ports(n, opts.base_port)?;
+    let envs = vec![
+        ("SKEIN_EVENTS_DOLLAR_EVENT".into(), "true".into()),
+        ("SKEIN_EVENTS_QOS".into(), "1".into()),
+        // Far above what a run queues: an overflow drop would look like a loss.
+        ("SKEIN_MAX_QUEUED_MESSAGES".into(), "1000000".into()),
+        // A shared machine's disk must not refuse publishes mid-run.
+        ("SKEIN_STORAGE_MIN_FREE_BYTES".into(), "0".into()),
+        (
+            "SKEIN_RAFT_ELECTION_TIMEOUT_MS".into(),
+            opts.election_timeout_ms.to_string(),
+        ),
+    ];
+    let mut cluster = Cluster::new(binary, dir.path(), &ports, envs);
+    cluster
+        .start_all(START_DEADLINE)
+        .await
+        .context("starting the cluster")?;
+    findings.note(format!("cluster formed on ports {ports:?} (MQTT, HTTP, gRPC per node)"));
+
+    let shared = Arc::new(Shared::new(cluster.topology(), opts.subscribers));
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let mut ready = Vec::new();
+    for node in 0..n {
+        let (tx, rx) = oneshot::channel();
+        tasks.push(tokio::spawn(watcher::run(node, shared.clone(), tx)));
+        ready.push(rx);
+    }
+    let mut subscribers = Vec::new();
+    for s in 0..opts.subscribers {
+        let (tx, rx) = oneshot::channel();
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let rng = Rng::fork(opts.seed, SUBSCRIBER_STREAM + u64::from(s));
+        let first = s as usize % n;
+        tasks.push(tokio::spawn(subscriber::run(
+            s,
+            shared.clone(),
+            rng,
+            first,
+            cmd_rx,
+            tx,
+        )));
+        subscribers.push(cmd_tx);
+        ready.push(rx);
+    }
+    for rx in ready {
+        tokio::time::timeout(READY_DEADLINE, rx)
+            .await
+            .map_err(|_| anyhow!("watchers and subscribers not ready within {READY_DEADLINE:?}"))?
+            .map_err(|_| anyhow!("a watcher or subscriber ended before it was ready"))?;
+    }
+    findings.note("watchers and persistent subscribers connected and subscribed");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut publishers = Vec::new();
+    let mut publisher_tasks = Vec::new();
+    for p in 0..opts.publishers {
+        let (tx, rx) = mpsc::channel(16);
+        let rng = Rng::fork(opts.seed, PUBLISHER_STREAM + u64::from(p));
+        publisher_tasks.push(tokio::spawn(publisher::run(
+            p,
+            shared.clone(),
+            rng,
+            opts.rate,
+            rx,
+            stop_rx.clone(),
+        )));
+        publishers.push(tx);
+    }
+    let clients = Clients {
+        subscribers,
+        publishers,
+    };
+
+    let mut rng = Rng::fork(opts.seed, FAULT_STREAM);
+    for number in 1..=opts.rounds {
+        Round {
+            number,
+            of: opts.rounds,
+            cluster: &mut cluster,
+            clients: &clients,
+            shared: &shared,
+            rng: &mut rng,
+            election_timeout_ms: opts.election_timeout_ms,
+            findings: &mut findings,
+        }
+        .run()
+        .await;
+    }
+    shared.round.store(opts.rounds + 1, Ordering::Relaxed);
+
+    let _ = stop_tx.send(true);
+    for t in publisher_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+    }
+    findings.note(format!(
+        "publishers stopped: {} acknowledged; draining",
+        shared.ledger().acked_count()
+    ));
+    drain(&shared, &mut findings).await;
+    faults::settle(&mut cluster, &shared, &mut findings, "final").await;
+    let registries = registries(&cluster, &mut findings).await;
+    let events = settled_events(&shared).await;
+
+    let takeovers: Takeovers = shared.conns().takeovers();
+    let ledger = shared.ledger();
+    let loss = ledger.loss();
+    if !loss.examples.is_empty() {
+        findings.note(format!(
+            "lost, first examples (subscriber, (publisher, sequence)): {:?}",
+            loss.examples
+        ));
+    }
+    let verdict = report::verdict(&Inputs {
+        rounds: opts.rounds,
+        seed: opts.seed,
+        subscribers: opts.subscribers,
+        acked: ledger.acked_count(),
+        unacked: ledger.unacked,
+        received: ledger.total_received(),
+        loss: &loss,
+        duplicates: ledger.duplicates(),
+        findings: &findings,
+        registries,
+        takeovers: &takeovers,
+        events: &events,
+        sessions_lost: shared.sessions_lost.load(Ordering::Relaxed),
+    });
+    if !ledger.refused.is_empty() {
+        findings.note(format!(
+            "PUBACK refusals by reason code: {:?}",
+            ledger.refused
+        ));
+    }
+    findings.note(format!(
+        "{} subscriber connections opened in all",
+        shared.conns().count()
+    ));
+    drop(ledger);
+
+    drop(clients);
+    for t in tasks {
+        t.abort();
+    }
+    cluster.shutdown();
+    let kept = if !verdict.ok || opts.keep {
+        let mut text = findings.log.join("\n");
+        text.push('\n');
+        for line in verdict.lines.iter().chain(std::iter::once(&verdict.json)) {
+            text.push_str(line);
+            text.push('\n');
+        }
+        std::fs::write(dir.path().join("report.txt"), text)?;
+        Some(dir.keep())
+    } else {
+        None
+    };
+    Ok(Outcome { verdict, kept })
+}
+
+/// Waits until every subscriber has every acknowledged message, or nothing new arrived
+/// for a while, or the deadline.
+async fn drain(shared: &Shared, findings: &mut Findings) {
+    let start = Instant::now();
+    let mut last = shared.ledger().total_received();
+    let mut last_change = Instant::now();
+    loop {
+        let (missing, received) = {
+            let l = shared.ledger();
+            let missing: u64 = (0..l.subscribers()).map(|s| l.missing(s)).sum();
+            (missing, l.total_received())
+        };
+        if missing == 0 {
+            findings.note(format!(
+                "drained in {:.1}s: every subscriber has every acknowledged message",
+                start.elapsed().as_secs_f64()
+            ));
+            return;
+        }
+        if received != last {
+            last = received;
+            last_change = Instant::now();
+        }
+        if last_change.elapsed() >= DRAIN_QUIET || start.elapsed() >= DRAIN_DEADLINE {
+            findings.note(format!(
+                "drain ended after {:.1}s with {missing} (subscriber, message) pairs missing",
+                start.elapsed().as_secs_f64()
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// None once every node's registry and cluster view agree (retried until the deadline);
+/// otherwise the last difference seen.
+async fn registries(cluster: &Cluster, findings: &mut Findings) -> Option<String> {
+    let topology = cluster.topology();
+    let end = Instant::now() + REGISTRY_DEADLINE;
+    loop {
+        let last = match admin::compare(&topology).await {
+            Ok(None) => return None,
+            Ok(Some(diff)) => diff,
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= end {
+            findings.note(format!("registries differ: {last}"));
+            for node in 0..topology.len() {
+                if let Ok(rows) = admin::clients(&topology, node).await {
+                    findings.note(format!(
+                        "node {} lists: {}",
+                        node + 1,
+                        admin::rows_text(&rows)
+                    ));
+                }
+            }
+            return Some(last);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The takeover events once no new disconnect event arrived for a moment.
+async fn settled_events(shared: &Shared) -> events::TakeoverEvents {
+    let end = Instant::now() + EVENTS_DEADLINE;
+    let mut last = shared.events().len();
+    let mut since = Instant::now();
+    while Instant::now() < end && since.elapsed() < EVENTS_QUIET {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = shared.events().len();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+    events::takeovers(&shared.events())
+}

@@ -1,0 +1,63 @@
+//! What the clients, the watchers and the fault loop share during a run.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::cluster::Topology;
+use crate::conns::Conns;
+use crate::ledger::Ledger;
+
+/// The filter every persistent subscriber holds; publisher i publishes on `chaos/p<i>`.
+pub const FILTER: &str = "chaos/#";
+/// Session Expiry Interval of the persistent subscribers: far longer than any run.
+pub const SESSION_EXPIRY_SECS: u32 = 3600;
+
+pub fn subscriber_id(index: u32) -> String {
+    format!("chaos-sub-{index}")
+}
+
+pub fn publisher_id(index: u32) -> String {
+    format!("chaos-pub-{index}")
+}
+
+pub struct Shared {
+    pub topology: Arc<Topology>,
+    pub ledger: Mutex<Ledger>,
+    pub conns: Mutex<Conns>,
+    /// Disconnect events seen by the watchers: (topic, payload), so that the copy each
+    /// watcher gets of one event counts once.
+    pub events: Mutex<HashSet<(String, Bytes)>>,
+    /// Reconnects of a persistent subscriber answered with Session Present = 0.
+    pub sessions_lost: AtomicU64,
+    /// The fault round now running (0 before the first), stamped on acknowledgements.
+    pub round: AtomicU32,
+}
+
+impl Shared {
+    pub fn new(topology: Arc<Topology>, subscribers: u32) -> Shared {
+        Shared {
+            topology,
+            ledger: Mutex::new(Ledger::new(subscribers)),
+            conns: Mutex::new(Conns::default()),
+            events: Mutex::new(HashSet::new()),
+            sessions_lost: AtomicU64::new(0),
+            round: AtomicU32::new(0),
+        }
+    }
+
+    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // A panicking client task must not hide what the others recorded.
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn conns(&self) -> MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn events(&self) -> MutexGuard<'_, HashSet<(String, Bytes)>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
