@@ -4,12 +4,15 @@
 //! come the takeovers the harness caused and the client-side view of double owners.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use crate::cluster::{NodeState, Topology};
 
 #[derive(Debug, Clone)]
 pub struct Conn {
     pub node: usize,
+    /// Seconds since the run started, when the CONNACK came.
+    pub opened_at: f64,
     /// The node's incarnation when the connection was accepted.
     pub incarnation: u64,
     /// A CONNECT for the same client id went out on another connection while this was open.
@@ -19,6 +22,8 @@ pub struct Conn {
 
 #[derive(Debug, Clone)]
 pub struct Close {
+    /// Seconds since the run started.
+    pub at: f64,
     /// The harness closed it (DISCONNECT sent); anything else is the server or the network.
     pub by_us: bool,
     /// The reason code of the server's DISCONNECT, if one came.
@@ -27,8 +32,9 @@ pub struct Close {
     pub incarnation: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Conns {
+    started: Instant,
     next: u64,
     /// Connection number → (client id, record).
     all: BTreeMap<u64, (String, Conn)>,
@@ -52,6 +58,14 @@ pub struct Takeovers {
 const SESSION_TAKEN_OVER: u8 = 0x8E;
 
 impl Conns {
+    pub fn new(started: Instant) -> Conns {
+        Conns {
+            started,
+            next: 0,
+            all: BTreeMap::new(),
+        }
+    }
+
     /// A CONNECT for `client` is about to be sent: every connection of it still open is
     /// superseded.
     pub fn connecting(&mut self, client: &str) {
@@ -71,6 +85,7 @@ impl Conns {
                 client.to_owned(),
                 Conn {
                     node,
+                    opened_at: self.started.elapsed().as_secs_f64(),
                     incarnation,
                     superseded: false,
                     closed: None,
@@ -81,9 +96,11 @@ impl Conns {
     }
 
     pub fn closed(&mut self, conn: u64, by_us: bool, reason: Option<u8>, topology: &Topology) {
+        let at = self.started.elapsed().as_secs_f64();
         if let Some((_, c)) = self.all.get_mut(&conn) {
             if c.closed.is_none() {
                 c.closed = Some(Close {
+                    at,
                     by_us,
                     reason,
                     incarnation: topology.incarnation(c.node),
@@ -133,6 +150,39 @@ impl Conns {
             }
         }
         t
+    }
+
+    /// Every connection of `client`, one line each, for the report file.
+    pub fn history(&self, client: &str) -> Vec<String> {
+        self.all
+            .iter()
+            .filter(|(_, (id, _))| id == client)
+            .map(|(n, (_, c))| {
+                let end = match &c.closed {
+                    None => "open".to_owned(),
+                    Some(close) => format!(
+                        "closed at {:.1}s by {}{}{}",
+                        close.at,
+                        if close.by_us { "the harness" } else { "the server/network" },
+                        close
+                            .reason
+                            .map(|r| format!(", DISCONNECT 0x{r:02X}"))
+                            .unwrap_or_default(),
+                        if close.incarnation != c.incarnation {
+                            ", node killed meanwhile"
+                        } else {
+                            ""
+                        }
+                    ),
+                };
+                format!(
+                    "conn {n}: node {} from {:.1}s{}, {end}",
+                    c.node + 1,
+                    c.opened_at,
+                    if c.superseded { ", superseded" } else { "" }
+                )
+            })
+            .collect()
     }
 
     pub fn count(&self) -> u64 {

@@ -12,7 +12,7 @@ use crate::admin;
 use crate::cluster::Cluster;
 use crate::findings::Findings;
 use crate::rng::Rng;
-use crate::shared::{subscriber_id, Shared};
+use crate::shared::{publisher_id, subscriber_id, Shared};
 use crate::subscriber::Command;
 
 /// How long the cluster may take to re-form after a fault.
@@ -101,9 +101,21 @@ impl Round<'_> {
             tokio::time::sleep_until((start + at).into()).await;
             match action {
                 Action::Subscriber(s, cmd) => {
+                    let Command::Move { node, takeover } = cmd;
+                    findings.note(format!(
+                        "  {} moves to node {}{}",
+                        subscriber_id(s as u32),
+                        node + 1,
+                        if takeover {
+                            " while still connected (takeover)"
+                        } else {
+                            " (disconnects first)"
+                        }
+                    ));
                     let _ = clients.subscribers[s].try_send(cmd);
                 }
                 Action::Publisher(p, node) => {
+                    findings.note(format!("  {} moves to node {}", publisher_id(p as u32), node + 1));
                     let _ = clients.publishers[p].try_send(node);
                 }
             }

@@ -29,6 +29,10 @@ impl Findings {
         }
     }
 
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     pub fn note(&mut self, line: impl Into<String>) {
         let line = format!(
             "[{:7.1}s] {}",

@@ -6,6 +6,7 @@
 //! copy at a subscriber comes from the broker.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
 
 /// A message: (publisher, sequence).
 pub type MessageId = (u32, u64);
@@ -18,10 +19,12 @@ struct Copy {
     dup: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ledger {
-    /// Acknowledged (PUBACK 0x00 or 0x10) messages and the round they were acknowledged in.
-    acked: HashMap<MessageId, u32>,
+    started: Instant,
+    /// Acknowledged (PUBACK 0x00 or 0x10) messages: the round they were acknowledged in
+    /// and when (seconds since the run started).
+    acked: HashMap<MessageId, (u32, f64)>,
     /// PUBLISHes sent without a success PUBACK (timed out, refused, connection lost).
     pub unacked: u64,
     /// Refusals by reason code (e.g. 0x80, 0x97), for the report.
@@ -67,20 +70,25 @@ pub struct Loss {
     pub messages: u64,
     pub by_subscriber: BTreeMap<u32, u64>,
     pub by_round: BTreeMap<u32, u64>,
-    /// A few examples, for the report file.
-    pub examples: Vec<(u32, MessageId)>,
+    /// A few examples (subscriber, message, seconds when acknowledged), for the report.
+    pub examples: Vec<(u32, MessageId, f64)>,
 }
 
 impl Ledger {
-    pub fn new(subscribers: u32) -> Ledger {
+    pub fn new(subscribers: u32, started: Instant) -> Ledger {
         Ledger {
+            started,
+            acked: HashMap::new(),
+            unacked: 0,
+            refused: BTreeMap::new(),
             received: (0..subscribers).map(|_| HashMap::new()).collect(),
-            ..Ledger::default()
+            malformed: 0,
         }
     }
 
     pub fn acked(&mut self, id: MessageId, round: u32) {
-        self.acked.insert(id, round);
+        let at = self.started.elapsed().as_secs_f64();
+        self.acked.insert(id, (round, at));
     }
 
     pub fn subscribers(&self) -> u32 {
@@ -118,17 +126,17 @@ impl Ledger {
     pub fn loss(&self) -> Loss {
         let mut loss = Loss::default();
         let mut missed: HashSet<MessageId> = HashSet::new();
-        let mut acked: Vec<(&MessageId, &u32)> = self.acked.iter().collect();
-        acked.sort();
+        let mut acked: Vec<(&MessageId, &(u32, f64))> = self.acked.iter().collect();
+        acked.sort_by_key(|(id, _)| **id);
         for (s, got) in self.received.iter().enumerate() {
-            for (id, round) in &acked {
+            for (id, (round, at)) in &acked {
                 if !got.contains_key(id) {
                     loss.pairs += 1;
                     missed.insert(**id);
                     *loss.by_subscriber.entry(s as u32).or_default() += 1;
-                    *loss.by_round.entry(**round).or_default() += 1;
-                    if loss.examples.len() < 20 {
-                        loss.examples.push((s as u32, **id));
+                    *loss.by_round.entry(*round).or_default() += 1;
+                    if loss.examples.len() < 40 {
+                        loss.examples.push((s as u32, **id, *at));
                     }
                 }
             }
@@ -166,7 +174,7 @@ mod tests {
 
     #[test]
     fn loss_counts_acknowledged_messages_a_subscriber_never_got() {
-        let mut l = Ledger::new(2);
+        let mut l = Ledger::new(2, Instant::now());
         l.acked((0, 1), 0);
         l.acked((0, 2), 1);
         l.received(0, 1, b"p0:1", false);
@@ -184,7 +192,7 @@ mod tests {
 
     #[test]
     fn duplicates_allow_one_dup_flagged_copy_per_new_connection() {
-        let mut l = Ledger::new(1);
+        let mut l = Ledger::new(1, Instant::now());
         l.received(0, 1, b"p0:1", false);
         l.received(0, 2, b"p0:1", true); // allowed
         l.received(0, 2, b"p0:1", true); // same connection

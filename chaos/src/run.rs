@@ -19,7 +19,7 @@ use crate::findings::Findings;
 use crate::options::Options;
 use crate::report::{self, Inputs, Verdict};
 use crate::rng::Rng;
-use crate::shared::Shared;
+use crate::shared::{subscriber_id, Shared};
 use crate::{publisher, subscriber, watcher};
 
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -81,7 +81,11 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
         .context("starting the cluster")?;
     findings.note(format!("cluster formed on ports {ports:?} (MQTT, HTTP, gRPC per node)"));
 
-    let shared = Arc::new(Shared::new(cluster.topology(), opts.subscribers));
+    let shared = Arc::new(Shared::new(
+        cluster.topology(),
+        opts.subscribers,
+        findings.started(),
+    ));
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let mut ready = Vec::new();
     for node in 0..n {
@@ -169,10 +173,19 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
     let ledger = shared.ledger();
     let loss = ledger.loss();
     if !loss.examples.is_empty() {
-        findings.note(format!(
-            "lost, first examples (subscriber, (publisher, sequence)): {:?}",
-            loss.examples
-        ));
+        let lines: Vec<String> = loss
+            .examples
+            .iter()
+            .map(|(s, (p, seq), at)| format!("{} missed p{p}:{seq} (acknowledged at {at:.1}s)", subscriber_id(*s)))
+            .collect();
+        findings.note(format!("lost, first examples:\n  {}", lines.join("\n  ")));
+        let mut subs: Vec<u32> = loss.by_subscriber.keys().copied().collect();
+        subs.dedup();
+        for s in subs {
+            let id = subscriber_id(s);
+            let history = shared.conns().history(&id);
+            findings.note(format!("{id}'s connections:\n  {}", history.join("\n  ")));
+        }
     }
     let verdict = report::verdict(&Inputs {
         rounds: opts.rounds,

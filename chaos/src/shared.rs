@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -37,11 +38,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(topology: Arc<Topology>, subscribers: u32) -> Shared {
+    pub fn new(topology: Arc<Topology>, subscribers: u32, started: Instant) -> Shared {
         Shared {
             topology,
-            ledger: Mutex::new(Ledger::new(subscribers)),
-            conns: Mutex::new(Conns::default()),
+            ledger: Mutex::new(Ledger::new(subscribers, started)),
+            conns: Mutex::new(Conns::new(started)),
             events: Mutex::new(HashSet::new()),
             sessions_lost: AtomicU64::new(0),
             round: AtomicU32::new(0),
