@@ -5,7 +5,7 @@
 //! failed PUBACK wait it moves on to the next sequence on a new connection), so any second
 //! copy at a subscriber comes from the broker.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 /// A message: (publisher, sequence).
@@ -45,8 +45,12 @@ fn parse(payload: &[u8]) -> Option<MessageId> {
 }
 
 /// Duplicates by kind (see chaos/README.md, "Duplicates").
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Duplicates {
+    /// A few violations: subscriber, message and every copy as (connection, DUP).
+    pub examples: Vec<String>,
+    /// Subscribers with a violation.
+    pub subscribers: BTreeSet<u32>,
     /// A second copy on the connection that already had one.
     pub same_connection: u64,
     /// A copy on a later connection without the DUP flag: the broker sent it as new.
@@ -150,8 +154,9 @@ impl Ledger {
     /// PUBACK it may not have had, once per new connection of the session, flagged DUP.
     pub fn duplicates(&self) -> Duplicates {
         let mut d = Duplicates::default();
-        for got in &self.received {
-            for copies in got.values() {
+        for (s, got) in self.received.iter().enumerate() {
+            for (id, copies) in got {
+                let before_violations = d.violations();
                 for pair in copies.windows(2) {
                     let (before, after) = (pair[0], pair[1]);
                     if after.conn == before.conn {
@@ -161,6 +166,22 @@ impl Ledger {
                     } else {
                         d.allowed += 1;
                     }
+                }
+                if d.violations() > before_violations {
+                    d.subscribers.insert(s as u32);
+                }
+                if d.violations() > before_violations && d.examples.len() < 20 {
+                    let list: Vec<String> = copies
+                        .iter()
+                        .map(|c| format!("conn {}{}", c.conn, if c.dup { " DUP" } else { "" }))
+                        .collect();
+                    d.examples.push(format!(
+                        "subscriber {s} got p{}:{} {} times: {}",
+                        id.0,
+                        id.1,
+                        copies.len(),
+                        list.join(", ")
+                    ));
                 }
             }
         }
@@ -200,13 +221,10 @@ mod tests {
         l.received(0, 3, b"junk", false);
         let d = l.duplicates();
         assert_eq!(
-            d,
-            Duplicates {
-                same_connection: 1,
-                without_dup: 1,
-                allowed: 1
-            }
+            (d.same_connection, d.without_dup, d.allowed),
+            (1, 1, 1)
         );
+        assert_eq!(d.examples.len(), 1, "{:?}", d.examples);
         assert_eq!(d.violations(), 2);
         assert_eq!(l.malformed, 1);
     }

@@ -1,6 +1,7 @@
 //! A whole process-mode run: start the cluster, the watchers, the subscribers and the
 //! publishers; the fault rounds; drain; the final checks; the verdict.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::shared::{subscriber_id, Shared};
 use crate::{publisher, subscriber, watcher};
 
 const START_DEADLINE: Duration = Duration::from_secs(60);
+const WARM_UP: Duration = Duration::from_secs(2);
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// Drain: how long to wait for the subscribers to receive every acknowledged message, and
 /// how long without any new copy ends the wait early.
@@ -139,6 +141,8 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
         publishers,
     };
 
+    // Traffic on a healthy cluster first, so that even a run without rounds checks some.
+    tokio::time::sleep(WARM_UP).await;
     let mut rng = Rng::fork(opts.seed, FAULT_STREAM);
     for number in 1..=opts.rounds {
         Round {
@@ -179,13 +183,24 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
             .map(|(s, (p, seq), at)| format!("{} missed p{p}:{seq} (acknowledged at {at:.1}s)", subscriber_id(*s)))
             .collect();
         findings.note(format!("lost, first examples:\n  {}", lines.join("\n  ")));
-        let mut subs: Vec<u32> = loss.by_subscriber.keys().copied().collect();
-        subs.dedup();
-        for s in subs {
-            let id = subscriber_id(s);
-            let history = shared.conns().history(&id);
-            findings.note(format!("{id}'s connections:\n  {}", history.join("\n  ")));
-        }
+    }
+    let duplicates = ledger.duplicates();
+    if !duplicates.examples.is_empty() {
+        findings.note(format!(
+            "duplicates beyond QoS 1 rules, examples:\n  {}",
+            duplicates.examples.join("\n  ")
+        ));
+    }
+    let troubled: BTreeSet<u32> = loss
+        .by_subscriber
+        .keys()
+        .chain(duplicates.subscribers.iter())
+        .copied()
+        .collect();
+    for s in troubled {
+        let id = subscriber_id(s);
+        let history = shared.conns().history(&id);
+        findings.note(format!("{id}'s connections:\n  {}", history.join("\n  ")));
     }
     let verdict = report::verdict(&Inputs {
         rounds: opts.rounds,
@@ -195,7 +210,7 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
         unacked: ledger.unacked,
         received: ledger.total_received(),
         loss: &loss,
-        duplicates: ledger.duplicates(),
+        duplicates,
         findings: &findings,
         registries,
         takeovers: &takeovers,
