@@ -17,6 +17,8 @@ pub struct Conn {
     pub incarnation: u64,
     /// A CONNECT for the same client id went out on another connection while this was open.
     pub superseded: bool,
+    /// Seconds since the run started, when the last PUBLISH arrived on it.
+    pub last_message_at: Option<f64>,
     pub closed: Option<Close>,
 }
 
@@ -88,11 +90,45 @@ impl Conns {
                     opened_at: self.started.elapsed().as_secs_f64(),
                     incarnation,
                     superseded: false,
+                    last_message_at: None,
                     closed: None,
                 },
             ),
         );
         self.next
+    }
+
+    /// A PUBLISH arrived on connection `conn`: it is live now.
+    pub fn message(&mut self, conn: u64) {
+        let at = self.started.elapsed().as_secs_f64();
+        if let Some((_, c)) = self.all.get_mut(&conn) {
+            c.last_message_at = Some(at);
+        }
+    }
+
+    /// Client ids whose older connection still got a PUBLISH more than `grace` seconds
+    /// after a newer one of theirs was accepted, while the newer one was open: two live
+    /// connections at once. (The old node learns of the new registration through Raft, a
+    /// heartbeat and an apply later: the grace covers that.)
+    pub fn overlaps(&self, grace: f64) -> BTreeMap<String, String> {
+        let mut found = BTreeMap::new();
+        for (n_old, (id, old)) in &self.all {
+            let Some(last) = old.last_message_at else { continue };
+            for (n_new, (id_new, new)) in self.all.range(n_old + 1..) {
+                let open_then = new.closed.as_ref().is_none_or(|c| c.at >= last);
+                if id_new == id && last > new.opened_at + grace && open_then {
+                    found.entry(id.clone()).or_insert_with(|| {
+                        format!(
+                            "conn {n_old} on node {} still got a message at {last:.1}s, {:.1}s after conn {n_new} on node {} was accepted",
+                            old.node + 1,
+                            last - new.opened_at,
+                            new.node + 1
+                        )
+                    });
+                }
+            }
+        }
+        found
     }
 
     pub fn closed(&mut self, conn: u64, by_us: bool, reason: Option<u8>, topology: &Topology) {
@@ -187,5 +223,43 @@ impl Conns {
 
     pub fn count(&self) -> u64 {
         self.all.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(c: &mut Conns, n: u64, opened: f64, last: Option<f64>, closed: Option<f64>) {
+        let conn = &mut c.all.get_mut(&n).expect("conn").1;
+        conn.opened_at = opened;
+        conn.last_message_at = last;
+        conn.closed = closed.map(|at| Close {
+            at,
+            by_us: false,
+            reason: Some(SESSION_TAKEN_OVER),
+            incarnation: 0,
+        });
+    }
+
+    #[test]
+    fn an_old_connection_delivering_after_the_new_one_was_accepted_is_a_double_owner() {
+        let mut c = Conns::new(Instant::now());
+        let a = c.opened("x", 0, 0);
+        let b = c.opened("x", 1, 0);
+        // Within the grace: the old node had not applied the new registration yet.
+        set(&mut c, a, 0.0, Some(5.5), Some(5.6));
+        set(&mut c, b, 5.0, None, None);
+        assert!(c.overlaps(1.0).is_empty());
+        // 1.6 s later, with the new one still open.
+        set(&mut c, a, 0.0, Some(6.6), Some(6.7));
+        assert!(c.overlaps(1.0).contains_key("x"));
+        // The new one had ended by then: one live connection at a time.
+        set(&mut c, b, 5.0, None, Some(6.0));
+        assert!(c.overlaps(1.0).is_empty());
+        // Another client's connection is no overlap.
+        let other = c.opened("y", 1, 0);
+        set(&mut c, other, 1.0, None, None);
+        assert!(c.overlaps(1.0).is_empty());
     }
 }

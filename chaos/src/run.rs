@@ -31,6 +31,9 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 const DRAIN_QUIET: Duration = Duration::from_secs(10);
 const REGISTRY_DEADLINE: Duration = Duration::from_secs(20);
+/// How long after a new connection's CONNACK the old one may still deliver (see
+/// `Conns::overlaps`).
+const OVERLAP_GRACE_SECS: f64 = 1.0;
 const EVENTS_QUIET: Duration = Duration::from_secs(2);
 const EVENTS_DEADLINE: Duration = Duration::from_secs(10);
 /// Stream ids of the seeded random streams.
@@ -173,6 +176,10 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
     let registries = registries(&cluster, &mut findings).await;
     let events = settled_events(&shared).await;
 
+    for (id, what) in shared.conns().overlaps(OVERLAP_GRACE_SECS) {
+        findings.note(format!("double owner {id}: {what}"));
+        findings.double_owners.entry(id).or_insert(what);
+    }
     let takeovers: Takeovers = shared.conns().takeovers();
     let ledger = shared.ledger();
     let loss = ledger.loss();

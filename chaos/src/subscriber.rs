@@ -147,7 +147,8 @@ async fn open(index: u32, id: &str, node: usize, shared: &Arc<Shared>, first: bo
             let error = loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        shared.ledger().received(index, conn, &p.payload, p.dup)
+                        shared.ledger().received(index, conn, &p.payload, p.dup);
+                        shared.conns().message(conn);
                     }
                     Ok(_) => {}
                     Err(e) => break e,
@@ -155,6 +156,7 @@ async fn open(index: u32, id: &str, node: usize, shared: &Arc<Shared>, first: bo
             };
             for p in mqtt::drain_publishes(&mut events) {
                 shared.ledger().received(index, conn, &p.payload, p.dup);
+                shared.conns().message(conn);
             }
             let reason = mqtt::server_disconnect(&error);
             shared.conns().closed(
