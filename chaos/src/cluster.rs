@@ -3,7 +3,7 @@
 //! SIGCONTed and restarted (same data, same ports) by the fault loop.
 
 use std::fs::OpenOptions;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -15,6 +15,7 @@ use rustix::process::{kill_process, Pid, Signal};
 use serde_json::Value;
 
 use crate::http::get_json;
+use crate::netns::Netns;
 
 /// How long a started node may take to answer on HTTP.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -76,12 +77,37 @@ pub struct Cluster {
     topology: Arc<Topology>,
     children: Vec<Option<Child>>,
     envs: Vec<(String, String)>,
+    /// Partition mode's network (dropped after the nodes: see `Drop`).
+    netns: Option<Netns>,
 }
 
-/// Ports for `n` nodes: from `base` (MQTT, HTTP, gRPC per node), or picked free (bound and
-/// released; a process taking one meanwhile makes that node's start fail, which says so).
-pub fn ports(n: usize, base: Option<u16>) -> Result<Vec<[u16; 3]>> {
-    match base {
+/// Each node's MQTT, HTTP and gRPC addresses. On 127.0.0.1: ports from `base` (three per
+/// node), or picked free (bound and released; a process taking one meanwhile makes that
+/// node's start fail, which says so). In partition mode every node has an address of its
+/// own and the same ports (from `base`, default 1883, 8080, 7070).
+pub fn addresses(
+    n: usize,
+    base: Option<u16>,
+    netns: Option<&Netns>,
+) -> Result<Vec<[SocketAddr; 3]>> {
+    if let Some(net) = netns {
+        let [m, h, g] = match base {
+            Some(b) if b <= u16::MAX - 2 => [b, b + 1, b + 2],
+            Some(b) => bail!("--base-port {b} leaves no room for three ports"),
+            None => [1883, 8080, 7070],
+        };
+        return Ok((0..n)
+            .map(|i| {
+                let ip = IpAddr::V4(net.node_ip(i));
+                [
+                    SocketAddr::new(ip, m),
+                    SocketAddr::new(ip, h),
+                    SocketAddr::new(ip, g),
+                ]
+            })
+            .collect());
+    }
+    let ports: Vec<[u16; 3]> = match base {
         Some(base) => (0..n)
             .map(|i| {
                 let first = usize::from(base) + 3 * i;
@@ -91,7 +117,7 @@ pub fn ports(n: usize, base: Option<u16>) -> Result<Vec<[u16; 3]>> {
                 let first = first as u16;
                 Ok([first, first + 1, first + 2])
             })
-            .collect(),
+            .collect::<Result<_>>()?,
         None => {
             let listeners = (0..3 * n)
                 .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
@@ -101,35 +127,41 @@ pub fn ports(n: usize, base: Option<u16>) -> Result<Vec<[u16; 3]>> {
                 .iter()
                 .map(|l| l.local_addr().map(|a| a.port()))
                 .collect::<std::io::Result<_>>()?;
-            Ok(picked.chunks(3).map(|c| [c[0], c[1], c[2]]).collect())
+            picked.chunks(3).map(|c| [c[0], c[1], c[2]]).collect()
         }
-    }
+    };
+    let local = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    Ok(ports
+        .iter()
+        .map(|p| [local(p[0]), local(p[1]), local(p[2])])
+        .collect())
 }
 
 impl Cluster {
     pub fn new(
         binary: PathBuf,
         dir: &Path,
-        ports: &[[u16; 3]],
+        addresses: &[[SocketAddr; 3]],
         envs: Vec<(String, String)>,
+        netns: Option<Netns>,
     ) -> Cluster {
-        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let topology = Topology {
-            mqtt: ports.iter().map(|p| addr(p[0])).collect(),
-            http: ports.iter().map(|p| addr(p[1])).collect(),
-            grpc: ports.iter().map(|p| addr(p[2])).collect(),
-            states: ports
+            mqtt: addresses.iter().map(|a| a[0]).collect(),
+            http: addresses.iter().map(|a| a[1]).collect(),
+            grpc: addresses.iter().map(|a| a[2]).collect(),
+            states: addresses
                 .iter()
                 .map(|_| AtomicU8::new(NodeState::Down as u8))
                 .collect(),
-            incarnations: ports.iter().map(|_| AtomicU64::new(0)).collect(),
+            incarnations: addresses.iter().map(|_| AtomicU64::new(0)).collect(),
         };
         Cluster {
             binary,
             dir: dir.to_path_buf(),
-            children: ports.iter().map(|_| None).collect(),
+            children: addresses.iter().map(|_| None).collect(),
             topology: Arc::new(topology),
             envs,
+            netns,
         }
     }
 
@@ -174,7 +206,17 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(self.log_path(index))?;
-        let child = Command::new(&self.binary)
+        let mut command = match &self.netns {
+            Some(net) => {
+                // `ip netns exec` execs the binary: the child's pid is the node's.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.namespace(index)])
+                    .arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .arg("--node-id")
             .arg((index + 1).to_string())
             .arg("--mqtt")
@@ -314,6 +356,21 @@ impl Cluster {
             .ok_or_else(|| anyhow!("node {} is not running", index + 1))?;
         kill_process(Pid::from_child(child), signal)
             .with_context(|| format!("signalling node {}", index + 1))
+    }
+
+    /// Partition mode: drops all traffic between node `index` and the others.
+    pub fn cut(&mut self, index: usize) -> Result<()> {
+        self.netns
+            .as_ref()
+            .ok_or_else(|| anyhow!("no partition network"))?
+            .cut(index)
+    }
+
+    pub fn heal(&mut self, index: usize) -> Result<()> {
+        self.netns
+            .as_ref()
+            .ok_or_else(|| anyhow!("no partition network"))?
+            .heal(index)
     }
 
     /// Starts a killed node again with its data and waits until it serves HTTP.

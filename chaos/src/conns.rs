@@ -113,7 +113,9 @@ impl Conns {
     pub fn overlaps(&self, grace: f64) -> BTreeMap<String, String> {
         let mut found = BTreeMap::new();
         for (n_old, (id, old)) in &self.all {
-            let Some(last) = old.last_message_at else { continue };
+            let Some(last) = old.last_message_at else {
+                continue;
+            };
             for (n_new, (id_new, new)) in self.all.range(n_old + 1..) {
                 let open_then = new.closed.as_ref().is_none_or(|c| c.at >= last);
                 if id_new == id && last > new.opened_at + grace && open_then {
@@ -199,7 +201,11 @@ impl Conns {
                     Some(close) => format!(
                         "closed at {:.1}s by {}{}{}",
                         close.at,
-                        if close.by_us { "the harness" } else { "the server/network" },
+                        if close.by_us {
+                            "the harness"
+                        } else {
+                            "the server/network"
+                        },
                         close
                             .reason
                             .map(|r| format!(", DISCONNECT 0x{r:02X}"))

@@ -65,8 +65,14 @@ mod tests {
             DOLLAR_EVENTS,
             r#"{"clientid":"a","reason":"takeovered","disconnected_at":2}"#,
         ));
-        seen.insert(ev(DOLLAR_EVENTS, r#"{"clientid":"b","reason":"tcp_closed"}"#));
-        seen.insert(ev(DOLLAR_EVENT, r#"{"clientId":"a","reason":"other_kicked"}"#));
+        seen.insert(ev(
+            DOLLAR_EVENTS,
+            r#"{"clientid":"b","reason":"tcp_closed"}"#,
+        ));
+        seen.insert(ev(
+            DOLLAR_EVENT,
+            r#"{"clientId":"a","reason":"other_kicked"}"#,
+        ));
         seen.insert(ev(DOLLAR_EVENT, "not json"));
         let t = takeovers(&seen);
         assert_eq!(t.dollar_events.get("a"), Some(&2));

@@ -38,7 +38,17 @@ pub struct Round<'a> {
     pub shared: &'a Shared,
     pub rng: &'a mut Rng,
     pub election_timeout_ms: u64,
+    /// Cut the target off the other nodes instead of signalling it.
+    pub partition: bool,
     pub findings: &'a mut Findings,
+}
+
+#[derive(Clone, Copy)]
+enum Fault {
+    Kill,
+    Stop,
+    /// Partition mode: the node runs on, cut off from the other nodes (clients still reach it).
+    Cut,
 }
 
 enum Action {
@@ -56,6 +66,7 @@ impl Round<'_> {
             shared,
             rng,
             election_timeout_ms,
+            partition,
             findings,
         } = self;
         shared.round.store(number, Ordering::Relaxed);
@@ -67,12 +78,18 @@ impl Round<'_> {
             Some(l) if on_leader => l,
             _ => rng.below(n) as usize,
         };
-        let kill = rng.chance(50);
-        let window = if kill {
-            Duration::from_millis(rng.between(1000, 3000))
+        let fault = if partition {
+            Fault::Cut
+        } else if rng.chance(50) {
+            Fault::Kill
         } else {
+            Fault::Stop
+        };
+        let window = match fault {
+            Fault::Kill => Duration::from_millis(rng.between(1000, 3000)),
             // Longer than an election takes to start without it.
-            Duration::from_millis(2 * election_timeout_ms + rng.between(500, 2500))
+            Fault::Stop => Duration::from_millis(2 * election_timeout_ms + rng.between(500, 2500)),
+            Fault::Cut => Duration::from_millis(2 * election_timeout_ms + rng.between(1000, 3000)),
         };
         let actions = plan(rng, clients, n as usize, window);
         let role = if Some(target) == leader {
@@ -82,18 +99,22 @@ impl Round<'_> {
         };
         findings.note(format!(
             "round {number}/{of}: {} node {} ({role}{}) for {:.1}s; {} client moves",
-            if kill { "SIGKILL" } else { "SIGSTOP" },
+            match fault {
+                Fault::Kill => "SIGKILL",
+                Fault::Stop => "SIGSTOP",
+                Fault::Cut => "cut off",
+            },
             target + 1,
             if on_leader { ", chosen as leader" } else { "" },
             window.as_secs_f64(),
             actions.len()
         ));
-        let fault = if kill {
-            cluster.kill(target)
-        } else {
-            cluster.stop(target)
+        let applied = match fault {
+            Fault::Kill => cluster.kill(target),
+            Fault::Stop => cluster.stop(target),
+            Fault::Cut => cluster.cut(target),
         };
-        if let Err(e) = fault {
+        if let Err(e) = applied {
             findings.note(format!("round {number}: the fault failed: {e:#}"));
         }
         let start = Instant::now();
@@ -115,16 +136,20 @@ impl Round<'_> {
                     let _ = clients.subscribers[s].try_send(cmd);
                 }
                 Action::Publisher(p, node) => {
-                    findings.note(format!("  {} moves to node {}", publisher_id(p as u32), node + 1));
+                    findings.note(format!(
+                        "  {} moves to node {}",
+                        publisher_id(p as u32),
+                        node + 1
+                    ));
                     let _ = clients.publishers[p].try_send(node);
                 }
             }
         }
         tokio::time::sleep_until((start + window).into()).await;
-        let restored = if kill {
-            cluster.restart(target).await
-        } else {
-            cluster.resume(target)
+        let restored = match fault {
+            Fault::Kill => cluster.restart(target).await,
+            Fault::Stop => cluster.resume(target),
+            Fault::Cut => cluster.heal(target),
         };
         if let Err(e) = restored {
             findings.note(format!(
@@ -139,7 +164,12 @@ impl Round<'_> {
 /// The client moves of one round: at random instants within the fault window, a few
 /// subscribers go to random nodes (half of them while still connected: takeovers), and
 /// sometimes a publisher does.
-fn plan(rng: &mut Rng, clients: &Clients, nodes: usize, window: Duration) -> Vec<(Duration, Action)> {
+fn plan(
+    rng: &mut Rng,
+    clients: &Clients,
+    nodes: usize,
+    window: Duration,
+) -> Vec<(Duration, Action)> {
     let subs = clients.subscribers.len() as u64;
     let pubs = clients.publishers.len() as u64;
     let window_ms = window.as_millis() as u64;
@@ -169,7 +199,10 @@ fn plan(rng: &mut Rng, clients: &Clients, nodes: usize, window: Duration) -> Vec
 pub async fn settle(cluster: &mut Cluster, shared: &Shared, findings: &mut Findings, label: &str) {
     for (node, status) in cluster.crashed() {
         let line = format!("{label}: node {} exited by itself ({status})", node + 1);
-        findings.note(format!("{line}; last log lines:\n{}", cluster.log_tail(node)));
+        findings.note(format!(
+            "{line}; last log lines:\n{}",
+            cluster.log_tail(node)
+        ));
         findings.crashes.push(line);
         let _ = cluster.kill(node);
         if let Err(e) = cluster.restart(node).await {

@@ -220,10 +220,7 @@ mod tests {
         l.received(0, 3, b"p0:1", false); // new connection, not DUP
         l.received(0, 3, b"junk", false);
         let d = l.duplicates();
-        assert_eq!(
-            (d.same_connection, d.without_dup, d.allowed),
-            (1, 1, 1)
-        );
+        assert_eq!((d.same_connection, d.without_dup, d.allowed), (1, 1, 1));
         assert_eq!(d.examples.len(), 1, "{:?}", d.examples);
         assert_eq!(d.violations(), 2);
         assert_eq!(l.malformed, 1);

@@ -13,6 +13,7 @@ mod findings;
 mod http;
 mod ledger;
 mod mqtt;
+mod netns;
 mod options;
 mod publisher;
 mod report;
@@ -32,10 +33,10 @@ use options::Options;
 fn main() -> ExitCode {
     let opts = Options::parse();
     if opts.partition {
-        println!(
-            "SKIP partition: --partition mode is not implemented yet (see chaos/README.md); nothing was run"
-        );
-        return ExitCode::from(3);
+        if let Some(why) = netns::unavailable() {
+            println!("SKIP partition: {why}; nothing was run");
+            return ExitCode::from(3);
+        }
     }
     let binary = match binary(&opts) {
         Ok(b) => b,
@@ -60,7 +61,10 @@ fn main() -> ExitCode {
                 println!("{line}");
             }
             if let Some(dir) = &outcome.kept {
-                eprintln!("run directory kept (node logs, report.txt): {}", dir.display());
+                eprintln!(
+                    "run directory kept (node logs, report.txt): {}",
+                    dir.display()
+                );
             }
             println!("{}", outcome.verdict.json);
             if outcome.verdict.ok {

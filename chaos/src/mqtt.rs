@@ -22,6 +22,9 @@ pub struct Session {
     pub clean_start: bool,
     /// Session Expiry Interval (seconds) for a persistent session.
     pub expiry: Option<u32>,
+    /// Username and password (the watchers: event topics need a verified username
+    /// off loopback).
+    pub credentials: Option<(String, String)>,
 }
 
 pub struct Established {
@@ -37,6 +40,9 @@ pub async fn connect(addr: SocketAddr, session: &Session) -> Result<Established>
         .set_clean_start(session.clean_start)
         .set_session_expiry_interval(session.expiry)
         .set_connection_timeout(CONNECT_TIMEOUT_SECS);
+    if let Some((user, password)) = &session.credentials {
+        options.set_credentials(user, password);
+    }
     let (client, mut events) = AsyncClient::new(options, 64);
     let deadline = Duration::from_secs(CONNECT_TIMEOUT_SECS + 1);
     let connack = tokio::time::timeout(deadline, async {

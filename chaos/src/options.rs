@@ -20,14 +20,16 @@ pub struct Options {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub nodes: u32,
     /// First port: node i (1-based) listens MQTT on P+3(i-1), HTTP on P+3(i-1)+1 and gRPC on
-    /// P+3(i-1)+2. Without it, ports are picked free.
+    /// P+3(i-1)+2 on 127.0.0.1. Without it, ports are picked free. In partition mode every
+    /// node uses P, P+1, P+2 on its own IP (default 1883, 8080, 7070).
     #[arg(long)]
     pub base_port: Option<u16>,
     /// The skein binary (default: target/release/skein of the workspace, or $SKEIN_BIN).
     #[arg(long)]
     pub binary: Option<PathBuf>,
-    /// Cut a minority node off the others' network and heal it, instead of signals
-    /// (needs root for network namespaces and nftables; skipped with a message otherwise).
+    /// Cut one node (a minority) off the other nodes and heal it, instead of signals: every
+    /// node in a network namespace of its own with its own IP, the cut an nftables table in
+    /// its namespace (needs root, iproute2 and nftables; skipped with exit 3 otherwise).
     #[arg(long)]
     pub partition: bool,
     /// Persistent subscribers (each subscribes to every publisher's topic).

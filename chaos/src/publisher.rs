@@ -58,6 +58,7 @@ pub async fn run(
                 client_id: id.clone(),
                 clean_start: true,
                 expiry: None,
+                credentials: None,
             };
             match mqtt::connect(shared.topology.mqtt[node], &session).await {
                 Ok(est) => current = Some(est),

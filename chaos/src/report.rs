@@ -73,7 +73,7 @@ pub fn verdict(i: &Inputs) -> Verdict {
         i.findings.double_owners.is_empty(),
         "double_owners",
         format!(
-            "{} client ids held by two live connections after the cluster settled: {:?}",
+            "{} client ids held by two live connections at once (at a settle check, or a superseded connection still delivering over 1 s after its successor was accepted): {:?}",
             i.findings.double_owners.len(),
             i.findings.double_owners
         ),

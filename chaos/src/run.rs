@@ -17,6 +17,7 @@ use crate::conns::Takeovers;
 use crate::events;
 use crate::faults::{self, Clients, Round};
 use crate::findings::Findings;
+use crate::netns::Netns;
 use crate::options::Options;
 use crate::report::{self, Inputs, Verdict};
 use crate::rng::Rng;
@@ -66,8 +67,33 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
         opts.seed
     ));
     let n = opts.nodes as usize;
-    let ports = cluster::ports(n, opts.base_port)?;
+    let netns = if opts.partition {
+        Some(Netns::create(n)?)
+    } else {
+        None
+    };
+    let addresses = cluster::addresses(n, opts.base_port, netns.as_ref())?;
+    // Event topics are open to loopback clients and to verified usernames listed in
+    // events_subscribe_usernames: partition mode's clients are not on loopback.
+    let password = dir
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "chaos".into());
+    let password_file = dir.path().join("passwd");
+    std::fs::write(
+        &password_file,
+        format!("{}:plain:{password}\n", watcher::USERNAME),
+    )?;
     let envs = vec![
+        (
+            "SKEIN_PASSWORD_FILE".into(),
+            password_file.to_string_lossy().into_owned(),
+        ),
+        (
+            "SKEIN_EVENTS_SUBSCRIBE_USERNAMES".into(),
+            watcher::USERNAME.into(),
+        ),
         ("SKEIN_EVENTS_DOLLAR_EVENT".into(), "true".into()),
         ("SKEIN_EVENTS_QOS".into(), "1".into()),
         // Far above what a run queues: an overflow drop would look like a loss.
@@ -79,12 +105,14 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
             opts.election_timeout_ms.to_string(),
         ),
     ];
-    let mut cluster = Cluster::new(binary, dir.path(), &ports, envs);
+    let mut cluster = Cluster::new(binary, dir.path(), &addresses, envs, netns);
     cluster
         .start_all(START_DEADLINE)
         .await
         .context("starting the cluster")?;
-    findings.note(format!("cluster formed on ports {ports:?} (MQTT, HTTP, gRPC per node)"));
+    findings.note(format!(
+        "cluster formed on {addresses:?} (MQTT, HTTP, gRPC per node)"
+    ));
 
     let shared = Arc::new(Shared::new(
         cluster.topology(),
@@ -95,7 +123,12 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
     let mut ready = Vec::new();
     for node in 0..n {
         let (tx, rx) = oneshot::channel();
-        tasks.push(tokio::spawn(watcher::run(node, shared.clone(), tx)));
+        tasks.push(tokio::spawn(watcher::run(
+            node,
+            shared.clone(),
+            password.clone(),
+            tx,
+        )));
         ready.push(rx);
     }
     let mut subscribers = Vec::new();
@@ -156,6 +189,7 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
             shared: &shared,
             rng: &mut rng,
             election_timeout_ms: opts.election_timeout_ms,
+            partition: opts.partition,
             findings: &mut findings,
         }
         .run()
@@ -187,7 +221,12 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
         let lines: Vec<String> = loss
             .examples
             .iter()
-            .map(|(s, (p, seq), at)| format!("{} missed p{p}:{seq} (acknowledged at {at:.1}s)", subscriber_id(*s)))
+            .map(|(s, (p, seq), at)| {
+                format!(
+                    "{} missed p{p}:{seq} (acknowledged at {at:.1}s)",
+                    subscriber_id(*s)
+                )
+            })
             .collect();
         findings.note(format!("lost, first examples:\n  {}", lines.join("\n  ")));
     }

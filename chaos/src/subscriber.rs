@@ -50,7 +50,9 @@ pub async fn run(
     let mut target = Some(first_node);
     loop {
         if current.is_none() {
-            let node = target.take().unwrap_or_else(|| random_node(&shared, &mut rng));
+            let node = target
+                .take()
+                .unwrap_or_else(|| random_node(&shared, &mut rng));
             match open(index, &id, node, &shared, ready.is_some()).await {
                 Ok(live) => {
                     current = Some(live);
@@ -112,7 +114,13 @@ fn random_node(shared: &Shared, rng: &mut Rng) -> usize {
 }
 
 /// Connects to `node`; on the first connection (or a lost session) also subscribes.
-async fn open(index: u32, id: &str, node: usize, shared: &Arc<Shared>, first: bool) -> Result<Live> {
+async fn open(
+    index: u32,
+    id: &str,
+    node: usize,
+    shared: &Arc<Shared>,
+    first: bool,
+) -> Result<Live> {
     let topology = &shared.topology;
     shared.conns().connecting(id);
     let incarnation = topology.incarnation(node);
@@ -120,6 +128,7 @@ async fn open(index: u32, id: &str, node: usize, shared: &Arc<Shared>, first: bo
         client_id: id.to_owned(),
         clean_start: false,
         expiry: Some(SESSION_EXPIRY_SECS),
+        credentials: None,
     };
     let mut est = mqtt::connect(topology.mqtt[node], &session).await?;
     let conn = shared.conns().opened(id, node, incarnation);
@@ -159,12 +168,9 @@ async fn open(index: u32, id: &str, node: usize, shared: &Arc<Shared>, first: bo
                 shared.conns().message(conn);
             }
             let reason = mqtt::server_disconnect(&error);
-            shared.conns().closed(
-                conn,
-                by_us.load(Ordering::SeqCst),
-                reason,
-                &shared.topology,
-            );
+            shared
+                .conns()
+                .closed(conn, by_us.load(Ordering::SeqCst), reason, &shared.topology);
             let _ = closed_tx.send(true);
         })
     };

@@ -19,12 +19,16 @@ pub const DOLLAR_EVENT: &str = "$EVENT.CLOSE";
 
 const RETRY: Duration = Duration::from_millis(200);
 
-pub async fn run(node: usize, shared: Arc<Shared>, ready: oneshot::Sender<()>) {
+/// The watchers' username, the one `events_subscribe_usernames` names.
+pub const USERNAME: &str = "chaos-watch";
+
+pub async fn run(node: usize, shared: Arc<Shared>, password: String, ready: oneshot::Sender<()>) {
     let mut ready = Some(ready);
     let session = Session {
         client_id: format!("chaos-watch-{}", node + 1),
         clean_start: true,
         expiry: None,
+        credentials: Some((USERNAME.to_owned(), password)),
     };
     loop {
         if shared.topology.state(node) != NodeState::Running {
