@@ -423,3 +423,25 @@ fn formed(v: &Value, members: usize) -> bool {
                 && m["role"] == "voter"
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::addresses;
+
+    #[test]
+    fn a_base_port_gives_each_node_three_consecutive_ports() {
+        let a = addresses(2, Some(33000), None).unwrap();
+        let ports: Vec<[u16; 3]> = a
+            .iter()
+            .map(|n| [n[0].port(), n[1].port(), n[2].port()])
+            .collect();
+        assert_eq!(ports, vec![[33000, 33001, 33002], [33003, 33004, 33005]]);
+        assert!(a.iter().flatten().all(|s| s.ip().is_loopback()));
+        assert!(addresses(3, Some(65530), None).is_err());
+        let free = addresses(3, None, None).unwrap();
+        let mut all: Vec<u16> = free.iter().flatten().map(|s| s.port()).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 9, "free ports are distinct");
+    }
+}

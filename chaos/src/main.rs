@@ -55,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run::run(&opts, binary)) {
+    match runtime.block_on(interruptible(run::run(&opts, binary))) {
         Ok(outcome) => {
             for line in &outcome.verdict.lines {
                 println!("{line}");
@@ -77,6 +77,20 @@ fn main() -> ExitCode {
             eprintln!("skein-chaos: the run failed: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Runs `run` unless SIGINT or SIGTERM comes first: then the run is dropped, which stops
+/// its nodes and removes its network namespaces (a default signal death would leave them).
+async fn interruptible(
+    run: impl std::future::Future<Output = anyhow::Result<run::Outcome>>,
+) -> anyhow::Result<run::Outcome> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        outcome = run => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (SIGINT)")),
+        _ = term.recv() => Err(anyhow::anyhow!("interrupted (SIGTERM)")),
     }
 }
 
