@@ -53,6 +53,8 @@ pub struct Takeovers {
     /// Connections the server closed with 0x8E (session taken over) although no CONNECT
     /// for their id had been sent elsewhere meanwhile.
     pub unexpected: u64,
+    /// Which, for the report file.
+    pub unexpected_examples: Vec<String>,
     /// Superseded connections the server closed with another reason than 0x8E.
     pub wrong_reason: u64,
 }
@@ -185,6 +187,12 @@ impl Conns {
                 }
             } else if close.reason == Some(SESSION_TAKEN_OVER) {
                 t.unexpected += 1;
+                t.unexpected_examples.push(format!(
+                    "{id}: the connection on node {} (from {:.1}s) got 0x8E at {:.1}s",
+                    c.node + 1,
+                    c.opened_at,
+                    close.at
+                ));
             }
         }
         t

@@ -215,6 +215,12 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
         findings.double_owners.entry(id).or_insert(what);
     }
     let takeovers: Takeovers = shared.conns().takeovers();
+    for example in &takeovers.unexpected_examples {
+        findings.note(format!("unexpected takeover kick: {example}"));
+        let id = example.split(':').next().unwrap_or_default();
+        let history = shared.conns().history(id);
+        findings.note(format!("{id}'s connections:\n  {}", history.join("\n  ")));
+    }
     let ledger = shared.ledger();
     let loss = ledger.loss();
     if !loss.examples.is_empty() {
