@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
 use rumqttc::v5::mqttbytes::QoS;
@@ -34,14 +33,16 @@ pub async fn run(
     let id = publisher_id(index);
     let topic = format!("chaos/p{index}");
     let interval = Duration::from_secs(1) / rate.max(1);
-    let mut current: Option<Established> = None;
+    // The connection and its number in the connection record (publishers are recorded
+    // too: a CONNECT of theirs that a stopped node reads late can take one over).
+    let mut current: Option<(Established, u64)> = None;
     let mut target: Option<usize> = None;
     let mut seq = 0u64;
     while !*stop.borrow() {
         let started = Instant::now();
         while let Ok(node) = moves.try_recv() {
-            if let Some(est) = current.take() {
-                disconnect(est).await;
+            if let Some((est, conn)) = current.take() {
+                disconnect(est, conn, &shared).await;
             }
             target = Some(node);
         }
@@ -60,8 +61,13 @@ pub async fn run(
                 expiry: None,
                 credentials: None,
             };
+            shared.conns().connecting(&id);
+            let incarnation = shared.topology.incarnation(node);
             match mqtt::connect(shared.topology.mqtt[node], &session).await {
-                Ok(est) => current = Some(est),
+                Ok(est) => {
+                    let conn = shared.conns().opened(&id, node, incarnation);
+                    current = Some((est, conn));
+                }
                 Err(_) => {
                     tokio::time::sleep(RETRY).await;
                     continue;
@@ -69,7 +75,8 @@ pub async fn run(
             }
         }
         seq += 1;
-        let est = current.as_mut().expect("connected");
+        let (est, conn) = current.as_mut().expect("connected");
+        let conn = *conn;
         let body = Bytes::from(payload(index, seq));
         match publish_one(est, &topic, body).await {
             Ok(code) if code == 0x00 || code == 0x10 => {
@@ -81,8 +88,15 @@ pub async fn run(
                 ledger.unacked += 1;
                 *ledger.refused.entry(code).or_default() += 1;
             }
-            Err(_) => {
+            Err(failure) => {
                 shared.ledger().unacked += 1;
+                // A timeout: the harness gives the connection up; else the server or the
+                // network ended it.
+                let (by_us, reason) = match failure {
+                    Failure::Timeout => (true, None),
+                    Failure::Ended(reason) => (false, reason),
+                };
+                shared.conns().closed(conn, by_us, reason, &shared.topology);
                 current = None;
             }
         }
@@ -90,26 +104,40 @@ pub async fn run(
             tokio::time::sleep(rest).await;
         }
     }
-    if let Some(est) = current.take() {
-        disconnect(est).await;
+    if let Some((est, conn)) = current.take() {
+        disconnect(est, conn, &shared).await;
     }
 }
 
+enum Failure {
+    /// No PUBACK in time.
+    Timeout,
+    /// The connection ended, with the server's DISCONNECT reason if one came.
+    Ended(Option<u8>),
+}
+
 /// Publishes at QoS 1 and waits for the PUBACK; its reason code.
-async fn publish_one(est: &mut Established, topic: &str, body: Bytes) -> Result<u8> {
-    est.client
+async fn publish_one(est: &mut Established, topic: &str, body: Bytes) -> Result<u8, Failure> {
+    if est
+        .client
         .publish(topic, QoS::AtLeastOnce, false, body)
-        .await?;
+        .await
+        .is_err()
+    {
+        return Err(Failure::Ended(None));
+    }
     let events = &mut est.events;
     tokio::time::timeout(PUBACK_TIMEOUT, async {
         loop {
-            if let Event::Incoming(Packet::PubAck(ack)) = events.poll().await? {
-                return Ok(reason_code(&ack.reason));
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(ack))) => return Ok(reason_code(&ack.reason)),
+                Ok(_) => {}
+                Err(e) => return Err(Failure::Ended(mqtt::server_disconnect(&e))),
             }
         }
     })
     .await
-    .map_err(|_| anyhow!("no PUBACK within {PUBACK_TIMEOUT:?}"))?
+    .map_err(|_| Failure::Timeout)?
 }
 
 fn reason_code(reason: &PubAckReason) -> u8 {
@@ -126,10 +154,11 @@ fn reason_code(reason: &PubAckReason) -> u8 {
     }
 }
 
-async fn disconnect(mut est: Established) {
+async fn disconnect(mut est: Established, conn: u64, shared: &Shared) {
     let _ = est.client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while est.events.poll().await.is_ok() {}
     })
     .await;
+    shared.conns().closed(conn, true, None, &shared.topology);
 }

@@ -91,7 +91,7 @@ pub fn verdict(i: &Inputs) -> Verdict {
         matched,
         "takeover_events",
         format!(
-            "$events takeovered {}, $EVENT other_kicked {}, takeovers the harness caused {} (+{} whose old node was SIGKILLed before the old connection ended, either way allowed); {} unexpected 0x8E kicks, {} superseded connections closed without 0x8E; mismatches {:?}",
+            "$events takeovered {}, $EVENT other_kicked {}, takeovers the harness caused {} (+{} whose old node was SIGKILLed before the old connection ended, either way allowed), of which {} were 0x8E kicks of a connection no later CONNECT superseded (an earlier CONNECT a node read late); {} superseded connections closed without 0x8E; mismatches {:?}",
             i.events.total_dollar_events(),
             i.events.total_dollar_event(),
             i.takeovers.caused.values().sum::<u64>(),
