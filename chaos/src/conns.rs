@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::cluster::{NodeState, Topology};
+use crate::shared::Cut;
 
 #[derive(Debug, Clone)]
 pub struct Conn {
@@ -113,28 +114,46 @@ impl Conns {
     /// Client ids whose older connection still got a PUBLISH more than `grace` seconds
     /// after a newer one of theirs was accepted, while the newer one was open: two live
     /// connections at once. (The old node learns of the new registration through Raft, a
-    /// heartbeat and an apply later: the grace covers that.)
-    pub fn overlaps(&self, grace: f64) -> BTreeMap<String, String> {
+    /// heartbeat and an apply later: the grace covers that.) While the old node is cut off
+    /// from the others it cannot learn it, and issue 14 wants its existing connections to
+    /// keep serving local traffic: the grace then runs from the heal; the deliveries of
+    /// such cut-off connections are counted apart (second map).
+    pub fn overlaps(
+        &self,
+        grace: f64,
+        cuts: &[Cut],
+    ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
         let mut found = BTreeMap::new();
+        let mut while_cut = BTreeMap::new();
         for (n_old, (id, old)) in &self.all {
             let Some(last) = old.last_message_at else {
                 continue;
             };
             for (n_new, (id_new, new)) in self.all.range(n_old + 1..) {
                 let open_then = new.closed.as_ref().is_none_or(|c| c.at >= last);
-                if id_new == id && last > new.opened_at + grace && open_then {
-                    found.entry(id.clone()).or_insert_with(|| {
-                        format!(
-                            "conn {n_old} on node {} still got a message at {last:.1}s, {:.1}s after conn {n_new} on node {} was accepted",
-                            old.node + 1,
-                            last - new.opened_at,
-                            new.node + 1
-                        )
-                    });
+                if id_new != id || !open_then || last <= new.opened_at + grace {
+                    continue;
+                }
+                // The end of the latest cut of the old node that began before `last`.
+                let healed = cuts
+                    .iter()
+                    .filter(|c| c.node == old.node && c.from <= last)
+                    .map(|c| c.until.unwrap_or(f64::INFINITY))
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let text = format!(
+                    "conn {n_old} on node {} still got a message at {last:.1}s, {:.1}s after conn {n_new} on node {} was accepted",
+                    old.node + 1,
+                    last - new.opened_at,
+                    new.node + 1
+                );
+                if last > healed.max(new.opened_at) + grace {
+                    found.entry(id.clone()).or_insert(text);
+                } else {
+                    while_cut.entry(id.clone()).or_insert(text);
                 }
             }
         }
-        found
+        (found, while_cut)
     }
 
     pub fn closed(&mut self, conn: u64, by_us: bool, reason: Option<u8>, topology: &Topology) {
@@ -269,17 +288,32 @@ mod tests {
         // Within the grace: the old node had not applied the new registration yet.
         set(&mut c, a, 0.0, Some(5.5), Some(5.6));
         set(&mut c, b, 5.0, None, None);
-        assert!(c.overlaps(1.0).is_empty());
+        assert!(c.overlaps(1.0, &[]).0.is_empty());
         // 1.6 s later, with the new one still open.
         set(&mut c, a, 0.0, Some(6.6), Some(6.7));
-        assert!(c.overlaps(1.0).contains_key("x"));
+        assert!(c.overlaps(1.0, &[]).0.contains_key("x"));
+        // The old node was cut off until 6.0 s: excused, counted apart.
+        let cut = Cut {
+            node: 0,
+            from: 4.0,
+            until: Some(6.0),
+        };
+        let (found, while_cut) = c.overlaps(1.0, &[cut]);
+        assert!(found.is_empty());
+        assert!(while_cut.contains_key("x"));
+        // Healed at 5.0 s: 1.6 s later is a double owner again.
+        let cut = Cut {
+            until: Some(5.0),
+            ..cut
+        };
+        assert!(c.overlaps(1.0, &[cut]).0.contains_key("x"));
         // The new one had ended by then: one live connection at a time.
         set(&mut c, b, 5.0, None, Some(6.0));
-        assert!(c.overlaps(1.0).is_empty());
+        assert!(c.overlaps(1.0, &[]).0.is_empty());
         // Another client's connection is no overlap.
         let other = c.opened("y", 1, 0);
         set(&mut c, other, 1.0, None, None);
-        assert!(c.overlaps(1.0).is_empty());
+        assert!(c.overlaps(1.0, &[]).0.is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::admin;
 use crate::cluster::Cluster;
 use crate::findings::Findings;
 use crate::rng::Rng;
-use crate::shared::{publisher_id, subscriber_id, Shared};
+use crate::shared::{publisher_id, subscriber_id, Cut, Shared};
 use crate::subscriber::Command;
 
 /// How long the cluster may take to re-form after a fault.
@@ -112,7 +112,15 @@ impl Round<'_> {
         let applied = match fault {
             Fault::Kill => cluster.kill(target),
             Fault::Stop => cluster.stop(target),
-            Fault::Cut => cluster.cut(target),
+            Fault::Cut => {
+                let from = shared.now();
+                shared.cuts().push(Cut {
+                    node: target,
+                    from,
+                    until: None,
+                });
+                cluster.cut(target)
+            }
         };
         if let Err(e) = applied {
             findings.note(format!("round {number}: the fault failed: {e:#}"));
@@ -149,7 +157,14 @@ impl Round<'_> {
         let restored = match fault {
             Fault::Kill => cluster.restart(target).await,
             Fault::Stop => cluster.resume(target),
-            Fault::Cut => cluster.heal(target),
+            Fault::Cut => {
+                let healed = cluster.heal(target);
+                let now = shared.now();
+                if let Some(cut) = shared.cuts().last_mut() {
+                    cut.until = Some(now);
+                }
+                healed
+            }
         };
         if let Err(e) = restored {
             findings.note(format!(

@@ -210,9 +210,16 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
     let registries = registries(&cluster, &mut findings).await;
     let events = settled_events(&shared).await;
 
-    for (id, what) in shared.conns().overlaps(OVERLAP_GRACE_SECS) {
+    let cuts = shared.cuts().clone();
+    let (overlaps, while_cut) = shared.conns().overlaps(OVERLAP_GRACE_SECS, &cuts);
+    for (id, what) in overlaps {
         findings.note(format!("double owner {id}: {what}"));
         findings.double_owners.entry(id).or_insert(what);
+    }
+    for (id, what) in while_cut {
+        findings.note(format!(
+            "allowed while cut off (existing connections keep serving local traffic): {id}: {what}"
+        ));
     }
     let takeovers: Takeovers = shared.conns().takeovers();
     for example in &takeovers.unexpected_examples {

@@ -35,6 +35,16 @@ pub struct Shared {
     pub sessions_lost: AtomicU64,
     /// The fault round now running (0 before the first), stamped on acknowledgements.
     pub round: AtomicU32,
+    pub started: Instant,
+    /// Partition mode: (node, cut at, healed at) in seconds since the run started.
+    pub cuts: Mutex<Vec<Cut>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Cut {
+    pub node: usize,
+    pub from: f64,
+    pub until: Option<f64>,
 }
 
 impl Shared {
@@ -46,6 +56,8 @@ impl Shared {
             events: Mutex::new(HashSet::new()),
             sessions_lost: AtomicU64::new(0),
             round: AtomicU32::new(0),
+            started,
+            cuts: Mutex::new(Vec::new()),
         }
     }
 
@@ -56,6 +68,14 @@ impl Shared {
 
     pub fn conns(&self) -> MutexGuard<'_, Conns> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    pub fn cuts(&self) -> MutexGuard<'_, Vec<Cut>> {
+        self.cuts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn events(&self) -> MutexGuard<'_, HashSet<(String, Bytes)>> {
