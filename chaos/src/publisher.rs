@@ -68,7 +68,8 @@ pub async fn run(
                     let conn = shared.conns().opened(&id, node, incarnation);
                     current = Some((est, conn));
                 }
-                Err(_) => {
+                Err(e) => {
+                    shared.connect_failed(&e);
                     tokio::time::sleep(RETRY).await;
                     continue;
                 }

@@ -283,7 +283,14 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
         ));
     }
     findings.note(format!(
-        "{} subscriber connections opened in all",
+        "failed connection attempts by kind: {:?}",
+        shared
+            .connect_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    ));
+    findings.note(format!(
+        "{} client connections opened in all",
         shared.conns().count()
     ));
     drop(ledger);

@@ -1,6 +1,6 @@
 //! What the clients, the watchers and the fault loop share during a run.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -38,6 +38,8 @@ pub struct Shared {
     pub started: Instant,
     /// Partition mode: (node, cut at, healed at) in seconds since the run started.
     pub cuts: Mutex<Vec<Cut>>,
+    /// Failed connection attempts by kind (for the report: what a client saw meanwhile).
+    pub connect_failures: Mutex<BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +60,7 @@ impl Shared {
             round: AtomicU32::new(0),
             started,
             cuts: Mutex::new(Vec::new()),
+            connect_failures: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -72,6 +75,25 @@ impl Shared {
 
     pub fn now(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
+    }
+
+    /// Counts a failed connection attempt by the kind of its error.
+    pub fn connect_failed(&self, error: &anyhow::Error) {
+        let text = format!("{error:#}");
+        let kind = if text.starts_with("no CONNACK") || text.contains("Timeout") {
+            "no CONNACK within the connect timeout".to_owned()
+        } else if let Some(code) = text.strip_prefix("Connection refused, return code: ") {
+            format!("CONNACK refused: {}", code.trim_matches('`'))
+        } else if text.contains("Connection refused") {
+            "TCP connection refused (node down)".to_owned()
+        } else {
+            text
+        };
+        let mut failures = self
+            .connect_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *failures.entry(kind).or_default() += 1;
     }
 
     pub fn cuts(&self) -> MutexGuard<'_, Vec<Cut>> {

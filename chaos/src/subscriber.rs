@@ -130,7 +130,13 @@ async fn open(
         expiry: Some(SESSION_EXPIRY_SECS),
         credentials: None,
     };
-    let mut est = mqtt::connect(topology.mqtt[node], &session).await?;
+    let mut est = match mqtt::connect(topology.mqtt[node], &session).await {
+        Ok(est) => est,
+        Err(e) => {
+            shared.connect_failed(&e);
+            return Err(e);
+        }
+    };
     let conn = shared.conns().opened(id, node, incarnation);
     let present = est.connack.session_present;
     if !present && !first {
