@@ -16,6 +16,8 @@ pub struct TakeoverEvents {
     pub dollar_event: BTreeMap<String, u64>,
     /// Disconnect events whose payload was not the expected JSON.
     pub unreadable: u64,
+    /// Per client id, its `$events` takeover events as received (for the report file).
+    pub payloads: BTreeMap<String, Vec<String>>,
 }
 
 impl TakeoverEvents {
@@ -43,6 +45,12 @@ pub fn takeovers(seen: &HashSet<(String, Bytes)>) -> TakeoverEvents {
         if v["reason"] == reason {
             if let Some(id) = v[id_field].as_str() {
                 *counts.entry(id.to_owned()).or_default() += 1;
+                if topic == DOLLAR_EVENTS {
+                    t.payloads
+                        .entry(id.to_owned())
+                        .or_default()
+                        .push(String::from_utf8_lossy(payload).into_owned());
+                }
             }
         }
     }

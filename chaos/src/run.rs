@@ -228,6 +228,19 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
         let history = shared.conns().history(id);
         findings.note(format!("{id}'s connections:\n  {}", history.join("\n  ")));
     }
+    for (id, caused) in &takeovers.caused {
+        let seen = events.dollar_events.get(id).copied().unwrap_or(0);
+        if seen != *caused {
+            let history = shared.conns().history(id);
+            let mut payloads = events.payloads.get(id).cloned().unwrap_or_default();
+            payloads.sort();
+            findings.note(format!(
+                "{id}: {caused} takeovers caused, {seen} $events takeover events:\n  {}\n  events:\n  {}",
+                history.join("\n  "),
+                payloads.join("\n  ")
+            ));
+        }
+    }
     let ledger = shared.ledger();
     let loss = ledger.loss();
     if !loss.examples.is_empty() {
