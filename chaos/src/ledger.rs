@@ -74,8 +74,9 @@ pub struct Loss {
     pub messages: u64,
     pub by_subscriber: BTreeMap<u32, u64>,
     pub by_round: BTreeMap<u32, u64>,
-    /// A few examples (subscriber, message, seconds when acknowledged), for the report.
-    pub examples: Vec<(u32, MessageId, f64)>,
+    /// What each subscriber missed, as runs of consecutive sequences of one publisher:
+    /// (subscriber, publisher, first, last sequence, acknowledged from, until seconds).
+    pub runs: Vec<(u32, u32, u64, u64, f64, f64)>,
 }
 
 impl Ledger {
@@ -133,15 +134,22 @@ impl Ledger {
         let mut acked: Vec<(&MessageId, &(u32, f64))> = self.acked.iter().collect();
         acked.sort_by_key(|(id, _)| **id);
         for (s, got) in self.received.iter().enumerate() {
+            let s = s as u32;
             for (id, (round, at)) in &acked {
-                if !got.contains_key(id) {
-                    loss.pairs += 1;
-                    missed.insert(**id);
-                    *loss.by_subscriber.entry(s as u32).or_default() += 1;
-                    *loss.by_round.entry(*round).or_default() += 1;
-                    if loss.examples.len() < 40 {
-                        loss.examples.push((s as u32, **id, *at));
+                if got.contains_key(id) {
+                    continue;
+                }
+                loss.pairs += 1;
+                missed.insert(**id);
+                *loss.by_subscriber.entry(s).or_default() += 1;
+                *loss.by_round.entry(*round).or_default() += 1;
+                let (p, seq) = **id;
+                match loss.runs.last_mut() {
+                    Some(run) if run.0 == s && run.1 == p && run.3 + 1 == seq => {
+                        run.3 = seq;
+                        run.5 = *at;
                     }
+                    _ => loss.runs.push((s, p, seq, seq, *at, *at)),
                 }
             }
         }
@@ -208,6 +216,9 @@ mod tests {
         assert_eq!(loss.messages, 1);
         assert_eq!(loss.by_round.get(&1), Some(&1));
         assert_eq!(l.missing(1), 1);
+        assert_eq!(loss.runs.len(), 1);
+        assert_eq!(loss.runs[0].0, 1);
+        assert_eq!((loss.runs[0].2, loss.runs[0].3), (2, 2));
         assert_eq!(l.missing(0), 0);
     }
 

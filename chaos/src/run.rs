@@ -21,7 +21,7 @@ use crate::netns::Netns;
 use crate::options::Options;
 use crate::report::{self, Inputs, Verdict};
 use crate::rng::Rng;
-use crate::shared::{subscriber_id, Shared};
+use crate::shared::{publisher_id, subscriber_id, Shared};
 use crate::{publisher, subscriber, watcher};
 
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -243,18 +243,25 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
     }
     let ledger = shared.ledger();
     let loss = ledger.loss();
-    if !loss.examples.is_empty() {
+    if !loss.runs.is_empty() {
         let lines: Vec<String> = loss
-            .examples
+            .runs
             .iter()
-            .map(|(s, (p, seq), at)| {
+            .take(200)
+            .map(|(s, p, first, last, from, until)| {
                 format!(
-                    "{} missed p{p}:{seq} (acknowledged at {at:.1}s)",
-                    subscriber_id(*s)
+                    "{} missed p{p}:{first}..={last} ({} messages, acknowledged {from:.1}s..{until:.1}s)",
+                    subscriber_id(*s),
+                    last - first + 1
                 )
             })
             .collect();
-        findings.note(format!("lost, first examples:\n  {}", lines.join("\n  ")));
+        findings.note(format!("lost:\n  {}", lines.join("\n  ")));
+        for p in 0..opts.publishers {
+            let id = publisher_id(p);
+            let history = shared.conns().history(&id);
+            findings.note(format!("{id}'s connections:\n  {}", history.join("\n  ")));
+        }
     }
     let duplicates = ledger.duplicates();
     if !duplicates.examples.is_empty() {
