@@ -26,6 +26,7 @@ use crate::{publisher, subscriber, watcher};
 
 const START_DEADLINE: Duration = Duration::from_secs(60);
 const WARM_UP: Duration = Duration::from_secs(2);
+const PORT_ATTEMPTS: u32 = 5;
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// Drain: how long to wait for the subscribers to receive every acknowledged message, and
 /// how long without any new copy ends the wait early.
@@ -72,7 +73,6 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
     } else {
         None
     };
-    let addresses = cluster::addresses(n, opts.base_port, netns.as_ref())?;
     // Event topics are open to loopback clients and to verified usernames listed in
     // events_subscribe_usernames: partition mode's clients are not on loopback.
     let password = dir
@@ -105,14 +105,44 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
             opts.election_timeout_ms.to_string(),
         ),
     ];
-    let mut cluster = Cluster::new(binary, dir.path(), &addresses, envs, netns);
-    cluster
-        .start_all(START_DEADLINE)
-        .await
-        .context("starting the cluster")?;
-    findings.note(format!(
-        "cluster formed on {addresses:?} (MQTT, HTTP, gRPC per node)"
-    ));
+    // Ports picked free are released before the nodes bind them (`--peers` names them
+    // first): a test running beside this one may take one in between. Then the attempt's
+    // nodes are stopped and their directories removed, and it starts again on other ports.
+    let retry_ports = opts.base_port.is_none() && netns.is_none();
+    let mut netns = netns;
+    let mut attempt = 1;
+    let mut cluster = loop {
+        let addresses = cluster::addresses(n, opts.base_port, netns.as_ref())?;
+        let mut cluster = Cluster::new(
+            binary.clone(),
+            dir.path(),
+            &addresses,
+            envs.clone(),
+            netns.take(),
+        );
+        match cluster.start_all(START_DEADLINE).await {
+            Ok(()) => {
+                findings.note(format!(
+                    "cluster formed on {addresses:?} (MQTT, HTTP, gRPC per node)"
+                ));
+                break cluster;
+            }
+            Err(e)
+                if retry_ports
+                    && attempt < PORT_ATTEMPTS
+                    && format!("{e:#}").contains("Address already in use") =>
+            {
+                findings.note(format!(
+                    "attempt {attempt}: a picked port was taken before a node bound it; again on other ports"
+                ));
+                cluster.shutdown();
+                drop(cluster);
+                remove_node_files(dir.path())?;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.context("starting the cluster")),
+        }
+    };
 
     let shared = Arc::new(Shared::new(
         cluster.topology(),
@@ -333,6 +363,22 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
         None
     };
     Ok(Outcome { verdict, kept })
+}
+
+/// Removes the nodes' data directories and logs of a failed start.
+fn remove_node_files(dir: &std::path::Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("node-") {
+            let path = entry.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits until every subscriber has every acknowledged message, or nothing new arrived
