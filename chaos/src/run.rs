@@ -1,5 +1,5 @@
-//! A whole process-mode run: start the cluster, the watchers, the subscribers and the
-//! publishers; the fault rounds; drain; the final checks; the verdict.
+//! A whole run (process or partition mode): start the cluster, the watchers, the
+//! subscribers and the publishers; the fault rounds; drain; the final checks; the verdict.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
