@@ -20,6 +20,15 @@ use crate::netns::Netns;
 /// How long a started node may take to answer on HTTP.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Partition mode: node `node` cut off the others at `from` and healed at `until`, in
+/// seconds since the run started.
+#[derive(Debug, Clone, Copy)]
+pub struct Cut {
+    pub node: usize,
+    pub from: f64,
+    pub until: Option<f64>,
+}
+
 /// What the fault loop did to a node last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

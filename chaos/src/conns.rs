@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::cluster::{NodeState, Topology};
-use crate::shared::Cut;
+use crate::cluster::{Cut, NodeState, Topology};
 
 #[derive(Debug, Clone)]
 pub struct Conn {

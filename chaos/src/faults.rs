@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::admin;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Cut};
 use crate::findings::Findings;
 use crate::rng::Rng;
-use crate::shared::{publisher_id, subscriber_id, Cut, Shared};
+use crate::shared::{publisher_id, subscriber_id, Shared};
 use crate::subscriber::Command;
 
 /// How long the cluster may take to re-form after a fault.

@@ -3,6 +3,29 @@
 //! to persistent sessions, checks the invariants, prints one line per invariant and a
 //! JSON line last. Exit 0 only when every invariant holds; 1 when one does not; 2 when
 //! the run itself could not be made (the cluster did not start, bad options).
+//!
+//! The crate's modules in layer order. Direction: each module imports only modules listed
+//! below it.
+//!
+//! - `run`: a whole run: cluster, watchers, subscribers, publishers, fault rounds, drain,
+//!   checks, verdict.
+//! - `report`: the verdict, one line per invariant and the JSON line last.
+//! - `events`: the takeover events among the disconnect events the watchers saw.
+//! - `faults`: one fault round (SIGKILL, SIGSTOP or a cut) and the clients moved meanwhile.
+//! - `publisher`: a QoS 1 publisher, one message in flight.
+//! - `subscriber`: a persistent subscriber moved between nodes by the fault loop.
+//! - `watcher`: one watcher of the disconnect events per node.
+//! - `shared`: what the clients, the watchers and the fault loop share.
+//! - `conns`: every connection of the persistent subscribers, as the client side saw it.
+//! - `admin`: the cluster as each node's admin API shows it.
+//! - `cluster`: the `skein` processes under test, their faults and restarts.
+//! - `http`: a minimal HTTP/1.1 GET for the admin API.
+//! - `netns`: partition mode's network namespaces and nftables cuts.
+//! - `findings`: what the run found along the way, and its log.
+//! - `ledger`: what was acknowledged and what was received: loss and duplicates.
+//! - `mqtt`: one rumqttc v5 connection opened by hand.
+//! - `rng`: the run's seeded random numbers.
+//! - `options`: the command line.
 
 mod admin;
 mod cluster;

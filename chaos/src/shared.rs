@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::cluster::Topology;
+use crate::cluster::{Cut, Topology};
 use crate::conns::Conns;
 use crate::ledger::Ledger;
 
@@ -40,13 +40,6 @@ pub struct Shared {
     pub cuts: Mutex<Vec<Cut>>,
     /// Failed connection attempts by kind (for the report: what a client saw meanwhile).
     pub connect_failures: Mutex<BTreeMap<String, u64>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Cut {
-    pub node: usize,
-    pub from: f64,
-    pub until: Option<f64>,
 }
 
 impl Shared {
