@@ -121,6 +121,15 @@ pub struct SessionState {
     /// Set when the session has been removed from the registry; a connection that finds
     /// this after taking the lifecycle lock must look the client id up again.
     pub removed: bool,
+    /// Another node took the client over: the session takes no new messages here (the
+    /// owner gets them) and keeps what it holds until the owner has fetched it (see
+    /// `broker/handover_holder.rs`). Cleared when a connection attaches here again.
+    pub moved: bool,
+    /// Older messages of this session may still be on this node, held there under this
+    /// registration epoch: a takeover here did not fetch everything from it (the holder
+    /// was unreachable, or the client moved on before the fetch). A node that takes the
+    /// session from this one is told to fetch from there too.
+    pub pending_from: Option<(skein_seam::NodeId, u64)>,
     /// A wake-up of the attached connection is held in some [`HeldWakes`], which wakes it
     /// when its batch is routed: later enqueues need not wake it themselves.
     wake_held: bool,
@@ -148,6 +157,8 @@ pub enum EnqueueOutcome {
     },
     /// Queued (in memory) for an offline session.
     QueuedOffline,
+    /// Not queued: the session moved to another node, which gets the message itself.
+    Moved,
     Dropped(DropReason),
 }
 
@@ -198,6 +209,8 @@ impl SessionState {
             next_packet_id: 1,
             next_seq: 1,
             removed: false,
+            moved: false,
+            pending_from: None,
             wake_held: false,
             last_info: None,
         }
@@ -264,6 +277,21 @@ impl SessionState {
         s
     }
 
+    /// Sets `n` sequence numbers aside (the first is returned) for messages that go before
+    /// everything queued from now on: a session's messages fetched from the node that
+    /// held it, while new ones already arrive here.
+    pub fn reserve_seqs(&mut self, n: u64) -> u64 {
+        let first = self.next_seq;
+        self.next_seq = self.next_seq.saturating_add(n);
+        first
+    }
+
+    /// Queues `q` in sequence order (before the messages with higher sequences).
+    pub fn insert_queued(&mut self, q: Queued) {
+        let at = self.queue.partition_point(|other| other.seq < q.seq);
+        self.queue.insert(at, q);
+    }
+
     /// A packet id not used by any in-flight message; None when all 65535 are taken.
     pub fn allocate_packet_id(&mut self) -> Option<u16> {
         if self.inflight.len() >= u16::MAX as usize {
@@ -278,7 +306,7 @@ impl SessionState {
         }
     }
 
-    fn id_in_use(&self, id: u16) -> bool {
+    pub fn id_in_use(&self, id: u16) -> bool {
         match &self.ids_in_use {
             Some(bits) => bits[id as usize / 64] & (1 << (id % 64)) != 0,
             None => self.inflight.iter().any(|f| f.packet_id == id),
@@ -504,6 +532,9 @@ impl Session {
         let mut st = self.state();
         if st.removed {
             return EnqueueOutcome::Dropped(DropReason::Expired);
+        }
+        if st.moved {
+            return EnqueueOutcome::Moved;
         }
         let online = st.is_online();
         if !online && delivery.qos == QoS::AtMostOnce {

@@ -81,6 +81,10 @@ impl Fold {
             return;
         }
         let me = self.shared.id;
+        // Told after the entry's interest changes: until then this node routes its own
+        // publishes to the session it held (and keeps them for the taker, which fetches
+        // them); from then on to the taker only.
+        let mut taken = Vec::new();
         for change in &applied.changes {
             match change {
                 Change::Registered {
@@ -95,11 +99,7 @@ impl Fold {
                     }
                     self.owned.remove(client_id);
                     if let Some(previous) = previous.filter(|p| p.owner.node == me) {
-                        self.broker.taken_over(
-                            &ClientId::new(client_id),
-                            previous.owner.epoch,
-                            SeamNodeId(owner.node),
-                        );
+                        taken.push((client_id, previous.owner.epoch, owner.node));
                     }
                 }
                 Change::Unregistered {
@@ -119,6 +119,10 @@ impl Fold {
                 }
                 _ => {}
             }
+        }
+        for (client_id, epoch, by) in taken {
+            self.broker
+                .taken_over(&ClientId::new(client_id), epoch, SeamNodeId(by));
         }
         self.advance(Some(applied.log_index));
     }

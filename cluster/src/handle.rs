@@ -109,9 +109,18 @@ impl ClusterHandle for ClusterNode {
             .await
             .map_err(to_seam)?;
             // A connection of this client id on another node: CONNACK once that node has
-            // been told (one owner when this returns; see `in_force.rs`).
-            if let Some(previous) = r.previous.filter(|p| p.online && p.owner.node != self.id()) {
-                in_force::await_member(&self.shared, previous.owner.node, r.log_index).await;
+            // been told (one owner when this returns; see `in_force.rs`). A session taken
+            // from another node waits for every member instead: the broker then fetches
+            // its messages from that node, and from now on no member routes new ones
+            // there (they come here).
+            match r.previous.filter(|p| p.owner.node != self.id()) {
+                Some(_) if r.session_present => {
+                    in_force::await_members(&self.shared, r.log_index).await;
+                }
+                Some(previous) if previous.online => {
+                    in_force::await_member(&self.shared, previous.owner.node, r.log_index).await;
+                }
+                _ => {}
             }
             let me = Owner {
                 node: self.id(),
@@ -290,6 +299,29 @@ impl ClusterHandle for ClusterNode {
 
     fn other_members(&self) -> Vec<SeamNodeId> {
         ClusterNode::other_members(self)
+    }
+
+    // ---- Sessions handed over (`handover.rs`). ----
+
+    fn fetch_session<'a>(
+        &'a self,
+        holder: SeamNodeId,
+        client_id: &'a ClientId,
+        holder_epoch: u64,
+        after: u64,
+        max: u32,
+    ) -> BoxFuture<'a, Result<skein_seam::SessionHandover, SeamError>> {
+        ClusterNode::fetch_session(self, holder, client_id, holder_epoch, after, max)
+    }
+
+    fn release_session<'a>(
+        &'a self,
+        holder: SeamNodeId,
+        client_id: &'a ClientId,
+        holder_epoch: u64,
+        up_to: u64,
+    ) -> BoxFuture<'a, Result<(), SeamError>> {
+        ClusterNode::release_session(self, holder, client_id, holder_epoch, up_to)
     }
 
     // ---- Admin. ----

@@ -3,7 +3,7 @@
 //! behind the same trait.
 
 use crate::box_future::BoxFuture;
-use crate::broker_handle::{ForwardedPublish, HandedOverSubscription};
+use crate::broker_handle::{ForwardedPublish, HandedOverSubscription, SessionHandover};
 use crate::ids::{ClientId, NodeId};
 
 /// The outcome of claiming a client id cluster-wide.
@@ -217,6 +217,45 @@ pub trait ClusterHandle: Send + Sync {
         node: NodeId,
         client_id: &'a ClientId,
     ) -> BoxFuture<'a, Result<bool, ClusterError>>;
+
+    /// Asks member `holder`, which held `client_id`'s session under registration
+    /// `holder_epoch` before this node took the client over, for one page of its messages
+    /// (see [`crate::BrokerHandle::hand_over_session`]). `Unavailable`: ask again later
+    /// (the holder has not applied the takeover yet, or cannot be reached); `NotOwner`: the
+    /// registry names another node as the owner now.
+    fn fetch_session<'a>(
+        &'a self,
+        holder: NodeId,
+        client_id: &'a ClientId,
+        holder_epoch: u64,
+        after: u64,
+        max: u32,
+    ) -> BoxFuture<'a, Result<SessionHandover, ClusterError>> {
+        let _ = (holder, client_id, holder_epoch, after, max);
+        Box::pin(async {
+            Err(ClusterError::Unavailable(
+                "sessions are not handed over between nodes here".into(),
+            ))
+        })
+    }
+
+    /// Tells member `holder` that this node has written the messages of `client_id`'s
+    /// session up to `up_to` (the holder's `seq`): it deletes them (see
+    /// [`crate::BrokerHandle::release_session`]).
+    fn release_session<'a>(
+        &'a self,
+        holder: NodeId,
+        client_id: &'a ClientId,
+        holder_epoch: u64,
+        up_to: u64,
+    ) -> BoxFuture<'a, Result<(), ClusterError>> {
+        let _ = (holder, client_id, holder_epoch, up_to);
+        Box::pin(async {
+            Err(ClusterError::Unavailable(
+                "sessions are not handed over between nodes here".into(),
+            ))
+        })
+    }
 
     /// The cluster's members, leader and progress (member reachability from the leader).
     fn overview(&self) -> BoxFuture<'_, Result<ClusterOverview, ClusterError>>;

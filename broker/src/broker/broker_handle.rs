@@ -98,10 +98,18 @@ impl BrokerHandle for Broker {
             return;
         };
         {
-            let st = session.state();
-            if let Some(a) = st.attachment.as_ref().filter(|a| a.epoch == epoch) {
-                self.note_remote_taker(a.connection_id, by);
-                a.kick.send(Kick::TakenOver);
+            let mut st = session.state();
+            match st.attachment.as_ref() {
+                Some(a) if a.epoch == epoch => {
+                    self.note_remote_taker(a.connection_id, by);
+                    a.kick.send(Kick::TakenOver);
+                    st.moved = true;
+                }
+                // A newer connection here (the client came back): it keeps the session.
+                Some(_) => {}
+                // At once, not in the task below: from now on the taker gets what is
+                // routed to the client (this node's interest index names it already).
+                None => st.moved = true,
             }
         }
         self.spawn_session_moved(session);
@@ -166,13 +174,21 @@ impl BrokerHandle for Broker {
 
     fn hand_over_session<'a>(
         &'a self,
-        _client_id: &'a ClientId,
-    ) -> BoxFuture<'a, Result<Option<SessionHandover>, BrokerHandleError>> {
-        Box::pin(async {
-            Err(BrokerHandleError::NotSupported(
-                "handing a session over to another node",
-            ))
-        })
+        client_id: &'a ClientId,
+        taker: NodeId,
+        after: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<SessionHandover, BrokerHandleError>> {
+        Box::pin(self.hand_over_page(client_id, taker, after, max))
+    }
+
+    fn release_session<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        taker: NodeId,
+        up_to: u64,
+    ) -> BoxFuture<'a, Result<bool, BrokerHandleError>> {
+        Box::pin(self.release_handed_over(client_id, taker, up_to))
     }
 }
 
@@ -213,7 +229,7 @@ impl Broker {
 }
 
 /// The message a forwarded publish carries, refused if no valid publish could carry it.
-fn forwarded_message(p: ForwardedPublish) -> Result<Message, BrokerHandleError> {
+pub(super) fn forwarded_message(p: ForwardedPublish) -> Result<Message, BrokerHandleError> {
     let qos =
         QoS::from_u8(p.qos).ok_or_else(|| BrokerHandleError::Invalid(format!("QoS {}", p.qos)))?;
     if p.topic.is_empty() || !topic::valid_topic_name(&p.topic) {

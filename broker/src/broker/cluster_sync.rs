@@ -3,8 +3,9 @@
 //! registry's subscriptions, and a restart releases what the previous run still held.
 //!
 //! A session taken over by another node stays here offline, without subscriptions or
-//! timers, with its stored queue: the messages that waited for it are not lost, and the
-//! next issue moves them to the owner. Its expiry runs on the node that holds it now.
+//! timers, with its stored messages, until the owner has fetched them (see
+//! `handover_holder.rs` and `handover_taker.rs`). Its expiry runs on the node that holds it
+//! now.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,16 +99,26 @@ impl Broker {
         {
             return;
         }
+        let filters = self.seal_moved(session);
+        tracing::debug!(client_id = %session.client_id, subscriptions = filters, "session moved to another node");
+    }
+
+    /// Marks `session` as moved to another node (it takes no new messages here), leaves
+    /// its subscriptions out of this node's index and stops its timers; its messages stay
+    /// until the owner fetches them. Again: nothing changes. The caller holds its
+    /// lifecycle lock. Returns how many subscriptions left the index.
+    pub(super) fn seal_moved(&self, session: &Arc<Session>) -> usize {
         let filters: Vec<String> = {
             let mut st = session.state();
             if st.removed {
-                return;
+                return 0;
             }
+            st.moved = true;
             // The expiry and will timers armed here check the generation.
             st.generation = st.generation.wrapping_add(1);
             st.cancel_timers();
-            let filters = st.subscriptions.drain().map(|(filter, _)| filter).collect();
-            if st.is_persistent() {
+            let filters: Vec<String> = st.subscriptions.drain().map(|(filter, _)| filter).collect();
+            if st.is_persistent() && !filters.is_empty() {
                 self.persist_session_locked(session, &st);
             }
             filters
@@ -115,7 +126,7 @@ impl Broker {
         for filter in &filters {
             self.unindex_subscription(session, filter);
         }
-        tracing::debug!(client_id = %session.client_id, subscriptions = filters.len(), "session moved to another node");
+        filters.len()
     }
 
     /// Makes `session`'s subscriptions the registry's `subscriptions` (a session that was

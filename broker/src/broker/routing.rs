@@ -289,6 +289,8 @@ impl Broker {
         }
         match session.enqueue_holding_wake(delivery, to.max, &self.store, to.now, held) {
             EnqueueOutcome::Queued => {}
+            // The owner the session moved to gets it (see `handover_holder.rs`).
+            EnqueueOutcome::Moved => crate::metrics::handover_skipped_delivery(),
             EnqueueOutcome::QueuedOffline => {
                 raise::offline(&self.events, || session.event_client(), message, qos)
             }

@@ -378,8 +378,9 @@ async fn attach(
     // some node (with an expiry above 0) and this CONNECT did not start clean. Where it
     // was held here, the local session holds its state (queue, in-flight messages,
     // subscriptions). Where it was held by another node (or the local one was lost), the
-    // local session is rebuilt from the registry's subscriptions; its queued messages stay
-    // on the node that held it.
+    // local session is rebuilt from the registry's subscriptions, and its in-flight and
+    // queued messages are fetched from that node before the CONNACK (see
+    // `broker/handover_taker.rs`).
     let session_present = registration.session_present;
     let held_elsewhere = registration.previous.is_some_and(|p| p.node != me);
 
@@ -440,6 +441,7 @@ async fn attach(
             st.will = c.will.take().map(Box::new);
             st.generation = st.generation.wrapping_add(1);
             st.disconnected_at_ms = OptionalMs::NONE;
+            st.moved = false;
             st.attach(
                 Attachment {
                     connection_id: id,
@@ -461,11 +463,32 @@ async fn attach(
         // connection attached.
         match broker.cluster.locate_client(&client_id) {
             Some(owner) if owner.node == me && owner.epoch == registration.epoch => {
+                // Set aside before the subscriptions route anything here: the messages
+                // fetched from the node that held the session go first.
+                let handover = registration
+                    .previous
+                    .filter(|p| rebuild && p.node != me)
+                    .map(|p| {
+                        (
+                            p,
+                            session.state().reserve_seqs(crate::broker::HANDOVER_SEQS),
+                        )
+                    });
                 if rebuild {
                     broker.replace_subscriptions(&session, &registration.subscriptions);
                 }
+                if let Some((previous, first_seq)) = handover {
+                    broker
+                        .take_session_over(&session, previous.node, previous.epoch, first_seq)
+                        .await;
+                }
             }
             owner => {
+                // The session's messages were not fetched: whoever takes it from here is
+                // told where they are.
+                if let Some(p) = registration.previous.filter(|p| rebuild && p.node != me) {
+                    session.state().pending_from = Some((p.node, p.epoch));
+                }
                 let by = owner.map_or(me, |o| o.node);
                 tracing::info!(%client_id, taken_by = %by, "taken over before its CONNACK");
                 if by != me {
@@ -590,7 +613,7 @@ fn client_info(
 /// Detaches a finished connection from its session (if it is still the attached one):
 /// publishes or schedules the will, ends or keeps the session. `moved`: another node took
 /// the session over; it lives on there (its registration is that node's, nothing to
-/// release; its expiry runs there; its queued messages stay stored here).
+/// release; its expiry runs there; its messages stay stored here until the owner fetches them).
 pub(super) async fn detach(
     broker: &Arc<Broker>,
     session: &Arc<Session>,

@@ -1,0 +1,357 @@
+//! The taking side of moving a session between nodes: a CONNECT here resumed a persistent
+//! session another node held. Before the CONNACK, this node fetches that node's in-flight
+//! and queued messages for the client page by page, writes each page to its own store
+//! (flushed), and only then tells the holder to delete them; the holder's side is
+//! `handover_holder.rs`.
+//!
+//! Order: the session's sequence numbers from the attach on are set aside
+//! ([`HANDOVER_SEQS`]) before its subscriptions go into this node's index, so the fetched
+//! messages sort before whatever is routed here meanwhile, in storage too. Fetched
+//! in-flight messages keep the packet ids the client saw and are resent with DUP; one whose
+//! id is taken here already (a leftover of an earlier stay) is queued instead.
+//!
+//! Bounded: the whole hand-over gives up after [`HANDOVER_WAIT`] (the holder is down, or
+//! slow); the CONNACK goes out all the same, and what was not fetched stays stored on the
+//! holder (counted in `skein_session_handover_failures_total`). A page that was written
+//! here but whose release did not reach the holder is fetched again only by a later
+//! hand-over; the holder keeps it until then.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skein_seam::{BoxFuture, ClientId, ClusterError, HandedOverMessage, NodeId, SessionHandover};
+use skein_storage::StoredInflight;
+
+use super::Broker;
+use crate::codec::QoS;
+use crate::session::{to_stored_delivery, Delivery, Inflight, InflightState, Queued, Session};
+
+/// Sequence numbers set aside for fetched messages: more than a session can hold.
+pub const HANDOVER_SEQS: u64 = 1 << 32;
+
+/// The longest a CONNACK waits for a session's messages from the node that held it.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// Messages asked for per page (the holder may send fewer).
+const PAGE_MESSAGES: u32 = 256;
+
+/// How many earlier holders a hand-over follows (each one a node that took the client
+/// over and lost it again before it had fetched everything).
+const MAX_CHAIN: u8 = 4;
+
+/// Why a hand-over stopped before the holder had handed everything over.
+#[derive(Debug)]
+enum Stop {
+    /// The holder did not answer, or kept asking to wait, until the deadline.
+    Unreachable(String),
+    /// Another node owns the client now: it fetches the session.
+    NotOwner,
+    /// The holder's answer could not be used.
+    Invalid(String),
+    /// This node's store did not take the messages.
+    Storage(String),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Unreachable(detail) => {
+                write!(f, "the holder did not hand over in time: {detail}")
+            }
+            Stop::NotOwner => f.write_str("another node owns the client now"),
+            Stop::Invalid(detail) => write!(f, "unusable answer: {detail}"),
+            Stop::Storage(detail) => write!(f, "this node's store failed: {detail}"),
+        }
+    }
+}
+
+impl Stop {
+    fn reason(&self) -> &'static str {
+        match self {
+            Stop::Unreachable(_) => "unreachable",
+            Stop::NotOwner => "not_owner",
+            Stop::Invalid(_) => "invalid",
+            Stop::Storage(_) => "storage",
+        }
+    }
+}
+
+impl Broker {
+    /// Fetches the messages node `holder` held for `session` under registration
+    /// `holder_epoch` (and, first, what it says an earlier holder may still have), into the
+    /// sequence numbers set aside from `first_seq` (see the module docs). The caller holds
+    /// the session's lifecycle lock. Returns how many messages came.
+    pub async fn take_session_over(
+        &self,
+        session: &Arc<Session>,
+        holder: NodeId,
+        holder_epoch: u64,
+        first_seq: u64,
+    ) -> usize {
+        let client_id = &session.client_id;
+        let started = Instant::now();
+        let mut taken = Taken {
+            next_seq: first_seq,
+            messages: 0,
+            deadline: started + HANDOVER_WAIT,
+            failure: None,
+        };
+        self.take_from(session, holder, holder_epoch, &mut taken, MAX_CHAIN)
+            .await;
+        let failure = taken.failure.take();
+        session.state().pending_from = failure.as_ref().map(|(node, epoch, _)| (*node, *epoch));
+        match failure {
+            None => tracing::info!(
+                %client_id,
+                %holder,
+                messages = taken.messages,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "took the session's messages over from the node that held it"
+            ),
+            Some((node, _, stop)) => {
+                crate::metrics::handover_failed(stop.reason());
+                tracing::warn!(
+                    %client_id,
+                    %holder,
+                    stopped_at = %node,
+                    messages = taken.messages,
+                    why = %stop,
+                    "the session's hand-over stopped; what was not fetched stays on the node that held it"
+                );
+            }
+        }
+        taken.messages
+    }
+
+    /// Takes every page of `holder`'s, after what an earlier holder it names still has
+    /// (up to `depth` such links). Where it stopped is noted in `taken`: this holder's
+    /// pages stop at their own failure, not at an earlier holder's.
+    fn take_from<'a>(
+        &'a self,
+        session: &'a Arc<Session>,
+        holder: NodeId,
+        holder_epoch: u64,
+        taken: &'a mut Taken,
+        depth: u8,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(stop) = self
+                .fetch_all(session, holder, holder_epoch, taken, depth)
+                .await
+            {
+                // Over an earlier holder's failure: this holder still has messages, and
+                // names the earlier one itself.
+                taken.failure = Some((holder, holder_epoch, stop));
+            }
+        })
+    }
+
+    async fn fetch_all(
+        &self,
+        session: &Arc<Session>,
+        holder: NodeId,
+        holder_epoch: u64,
+        taken: &mut Taken,
+        depth: u8,
+    ) -> Result<(), Stop> {
+        let client_id = &session.client_id;
+        let me = self.cluster.node_id();
+        let deadline = taken.deadline;
+        let mut after = 0;
+        loop {
+            let page = self
+                .until_deadline(deadline, || {
+                    self.cluster.fetch_session(
+                        holder,
+                        client_id,
+                        holder_epoch,
+                        after,
+                        PAGE_MESSAGES,
+                    )
+                })
+                .await?;
+            if after == 0 {
+                self.adopt_incoming(session, &page.incoming_qos2)?;
+                // Older than this holder's: fetched first. One this node held is here.
+                if let Some((earlier, epoch)) =
+                    page.earlier.filter(|(n, _)| *n != me && *n != holder)
+                {
+                    if depth == 0 {
+                        taken.failure.get_or_insert((
+                            earlier,
+                            epoch,
+                            Stop::Invalid("too many earlier holders".into()),
+                        ));
+                    } else {
+                        self.take_from(session, earlier, epoch, taken, depth - 1)
+                            .await;
+                    }
+                }
+            }
+            let Some(last) = page.messages.last().map(|m| m.seq) else {
+                return Ok(());
+            };
+            if last <= after {
+                return Err(Stop::Invalid(format!(
+                    "a page ending at {last}, asked for after {after}"
+                )));
+            }
+            let complete = page.complete;
+            let n = self.adopt_page(session, page, taken)?;
+            // Written (and flushed) here before the holder deletes anything.
+            if n > 0 {
+                self.flush_storage()
+                    .await
+                    .map_err(|e| Stop::Storage(e.to_string()))?;
+            }
+            crate::metrics::handover_messages("taken", n);
+            taken.messages += n;
+            self.until_deadline(deadline, || {
+                self.cluster
+                    .release_session(holder, client_id, holder_epoch, last)
+            })
+            .await?;
+            after = last;
+            if complete {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Calls `call` until it succeeds or says something other than "not now", waiting a
+    /// little longer each time, until `deadline`.
+    async fn until_deadline<T, F, Fut>(&self, deadline: Instant, mut call: F) -> Result<T, Stop>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClusterError>>,
+    {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match call().await {
+                Ok(answer) => return Ok(answer),
+                Err(ClusterError::NotOwner) => return Err(Stop::NotOwner),
+                Err(ClusterError::Invalid(detail)) => return Err(Stop::Invalid(detail)),
+                Err(e @ (ClusterError::Unavailable(_) | ClusterError::NotFound(_))) => {
+                    if Instant::now() + pause >= deadline || self.shutdown.is_cancelled() {
+                        return Err(Stop::Unreachable(e.to_string()));
+                    }
+                    tracing::debug!(error = %e, "the node that held the session asks to wait");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// The client's QoS 2 publishes the holder acknowledged with PUBREC: a resend here is
+    /// recognised as a duplicate, and its PUBREL answered.
+    fn adopt_incoming(&self, session: &Session, ids: &[u16]) -> Result<(), Stop> {
+        let mut st = session.state();
+        let persistent = st.is_persistent();
+        for id in ids {
+            if st.incoming_qos2.insert(*id) && persistent {
+                self.store
+                    .incoming_put(session.client_id.as_str(), *id)
+                    .map_err(|e| Stop::Storage(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a page's messages into the session, in order, and writes them to storage if
+    /// the session is persistent. Returns how many it took.
+    fn adopt_page(
+        &self,
+        session: &Session,
+        page: SessionHandover,
+        taken: &mut Taken,
+    ) -> Result<usize, Stop> {
+        let id = session.client_id.as_str();
+        let mut st = session.state();
+        let persistent = st.is_persistent();
+        let mut n = 0;
+        for handed in page.messages {
+            let Some(delivery) = delivery_of(&session.client_id, &handed) else {
+                continue;
+            };
+            let seq = taken.next_seq;
+            taken.next_seq += 1;
+            n += 1;
+            match handed.packet_id {
+                Some(packet_id) if !st.id_in_use(packet_id) => {
+                    if persistent {
+                        let record = StoredInflight {
+                            packet_id,
+                            seq,
+                            message: to_stored_delivery(&delivery),
+                            released: handed.released,
+                        };
+                        self.store
+                            .inflight_put(id, &record)
+                            .map_err(|e| Stop::Storage(e.to_string()))?;
+                    }
+                    st.push_inflight(Inflight {
+                        seq,
+                        packet_id,
+                        delivery,
+                        state: if handed.released {
+                            InflightState::Released
+                        } else {
+                            InflightState::Sent
+                        },
+                    });
+                }
+                // The client has the message; only PUBCOMP was missing, under an id taken
+                // here by another message: nothing left to deliver.
+                Some(packet_id) if handed.released => {
+                    tracing::debug!(
+                        client_id = id,
+                        packet_id,
+                        "a released QoS 2 message's id is in use here; its PUBCOMP is not awaited"
+                    );
+                }
+                _ => {
+                    if persistent && delivery.qos != QoS::AtMostOnce {
+                        self.store
+                            .queue_push(id, seq, &to_stored_delivery(&delivery))
+                            .map_err(|e| Stop::Storage(e.to_string()))?;
+                    }
+                    st.insert_queued(Queued { seq, delivery });
+                }
+            }
+        }
+        if let Some(a) = &st.attachment {
+            a.kick.wake();
+        }
+        Ok(n)
+    }
+}
+
+/// Where the fetched messages go in the session's sequence, how many came, until when
+/// to try, and where the hand-over first stopped (the node, its epoch, why).
+struct Taken {
+    next_seq: u64,
+    messages: usize,
+    deadline: Instant,
+    failure: Option<(NodeId, u64, Stop)>,
+}
+
+/// The delivery a handed-over message describes; None (logged) when no publish could
+/// carry it.
+fn delivery_of(client_id: &ClientId, handed: &HandedOverMessage) -> Option<Delivery> {
+    let message = match super::broker_handle::forwarded_message(handed.message.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(%client_id, error = %e, "ignored an invalid handed-over message");
+            return None;
+        }
+    };
+    let qos = message.qos;
+    let retain = message.retain;
+    Some(Delivery {
+        message: Arc::new(message),
+        qos,
+        retain,
+        subscription_ids: handed.subscription_ids.clone(),
+    })
+}

@@ -1,0 +1,325 @@
+//! Persistent sessions moving between nodes with real processes: a client that resumes
+//! its session on another node gets the messages queued and in flight for it on the old
+//! node, exactly once and in order, and the old node keeps none of them; racing CONNECTs
+//! of one persistent client leave one owner with every message.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use skein_tests::codec::{puback, pubcomp, pubrec};
+use skein_tests::{
+    metric_sum, unique_id, Connect, Packet, Publish, RawClient, SubFilter, TestCluster, QUIET,
+    RECV_TIMEOUT,
+};
+
+/// How long the counters and gauges of a node may take to show what happened.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Publishes at QoS 1 and waits for the PUBACK: the message is stored for every offline
+/// persistent subscriber once this returns.
+async fn publish_acked(p: &mut RawClient, topic: &str, payload: &[u8], pkid: u16) {
+    p.publish(&Publish::new(topic, 1, payload).pkid(pkid)).await;
+    let ack = p
+        .recv_matching(
+            RECV_TIMEOUT,
+            |x| matches!(x, Packet::PubAck { pkid: id, .. } if *id == pkid),
+        )
+        .await;
+    assert!(
+        matches!(ack, Packet::PubAck { reason: 0, .. }),
+        "PUBACK {ack:?}"
+    );
+}
+
+fn payload(i: usize) -> Vec<u8> {
+    format!("m{i}").into_bytes()
+}
+
+/// Waits until `name` (summed over the series with `labels`) on the node at `http` is
+/// `expected`; panics with the last value seen.
+async fn wait_metric(http: SocketAddr, name: &str, labels: &[&str], expected: f64) {
+    let end = Instant::now() + SETTLE;
+    loop {
+        let seen = metric_sum(http, name, labels).await;
+        if seen == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{name}{labels:?} is {seen}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_messages_move_to_the_node_that_takes_the_session_over_once_and_in_order() {
+    const N: usize = 300;
+    let mut cluster = TestCluster::start(3).await;
+    let id = unique_id("mover");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut c, _, _) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), &persistent).await;
+    assert_eq!(c.subscribe(1, &[SubFilter::new("hand/#", 1)]).await, [1]);
+    c.disconnect().await;
+
+    // Queued on node 1's disk, published on node 3 (forwarded to node 1).
+    let mut publisher = RawClient::v5(cluster.node(3).mqtt_addr(), &unique_id("pub")).await;
+    for i in 1..=N {
+        publish_acked(&mut publisher, "hand/x", &payload(i), i as u16).await;
+    }
+    let old_http = cluster.node(1).http_addr();
+    wait_metric(old_http, "skein_queued_messages", &[], N as f64).await;
+
+    let started = Instant::now();
+    let (mut c, present, _) = RawClient::connect_ok(cluster.node(2).mqtt_addr(), &persistent).await;
+    eprintln!(
+        "CONNACK after taking {N} messages over in {:?}",
+        started.elapsed()
+    );
+    assert!(present, "Session Present = 1 on the taking node");
+    for i in 1..=N {
+        let m = c.expect_publish(RECV_TIMEOUT).await;
+        assert_eq!(
+            String::from_utf8_lossy(&m.payload),
+            format!("m{i}"),
+            "message {i} in order"
+        );
+        assert!(!m.dup, "message {i} was queued, never sent: no DUP");
+        assert_eq!(m.qos, 1);
+        c.send(&puback(m.pkid)).await;
+    }
+    c.expect_no_publish(QUIET).await;
+
+    // The old node deleted what it handed over, the new one counted what it took.
+    wait_metric(old_http, "skein_queued_messages", &[], 0.0).await;
+    wait_metric(
+        old_http,
+        "skein_session_handover_messages_total",
+        &["role=\"released\""],
+        N as f64,
+    )
+    .await;
+    let new_http = cluster.node(2).http_addr();
+    wait_metric(
+        new_http,
+        "skein_session_handover_messages_total",
+        &["role=\"taken\""],
+        N as f64,
+    )
+    .await;
+    assert_eq!(
+        metric_sum(new_http, "skein_session_handover_failures_total", &[]).await,
+        0.0
+    );
+
+    // The subscription works on the new node.
+    publish_acked(&mut publisher, "hand/y", b"after", 1).await;
+    assert_eq!(c.expect_publish(RECV_TIMEOUT).await.payload, b"after");
+
+    // Nothing comes back from node 1's disk when it restarts.
+    let status = cluster.terminate(1);
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    cluster.restart(1);
+    cluster.wait_formed(3, Duration::from_secs(30)).await;
+    let restarted = cluster.node(1).http_addr();
+    assert_eq!(
+        metric_sum(restarted, "skein_queued_messages", &[]).await,
+        0.0
+    );
+    assert_eq!(
+        metric_sum(restarted, "skein_inflight_messages", &[]).await,
+        0.0
+    );
+    c.expect_no_publish(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_messages_are_resent_with_dup_under_their_packet_ids_on_the_new_node() {
+    let cluster = TestCluster::start(3).await;
+    let (old, new) = (cluster.node(1), cluster.node(2));
+    let id = unique_id("inflight");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut c, _, _) = RawClient::connect_ok(old.mqtt_addr(), &persistent).await;
+    assert_eq!(c.subscribe(1, &[SubFilter::new("inf/#", 2)]).await, [2]);
+
+    let mut publisher = RawClient::v5(old.mqtt_addr(), &unique_id("pub")).await;
+    publish_acked(&mut publisher, "inf/a", b"a", 1).await;
+    let a = c.expect_publish(RECV_TIMEOUT).await;
+    // QoS 2: PUBREC sent, PUBREL received, PUBCOMP never sent.
+    publisher
+        .publish(&Publish::new("inf/b", 2, b"b").pkid(2))
+        .await;
+    let b = c.expect_publish(RECV_TIMEOUT).await;
+    c.send(&pubrec(b.pkid)).await;
+    let rel = c
+        .recv_matching(RECV_TIMEOUT, |p| matches!(p, Packet::PubRel { .. }))
+        .await;
+    assert!(matches!(rel, Packet::PubRel { pkid, .. } if pkid == b.pkid));
+    // QoS 2 received, not acknowledged at all.
+    publisher
+        .publish(&Publish::new("inf/c", 2, b"c").pkid(3))
+        .await;
+    let c2 = c.expect_publish(RECV_TIMEOUT).await;
+    // QoS 1 acknowledged: done, not handed over.
+    publish_acked(&mut publisher, "inf/d", b"d", 4).await;
+    let d = c.expect_publish(RECV_TIMEOUT).await;
+    c.send(&puback(d.pkid)).await;
+    assert_eq!(
+        [
+            &a.payload[..],
+            &b.payload[..],
+            &c2.payload[..],
+            &d.payload[..]
+        ],
+        [b"a", b"b", b"c", b"d"]
+    );
+    wait_metric(old.http_addr(), "skein_inflight_messages", &[], 3.0).await;
+    // The connection is lost (no DISCONNECT) and one more message is queued meanwhile
+    // (or, if node 1 has not noticed yet, sent to the dead socket: in flight).
+    c.drop_connection();
+    publish_acked(&mut publisher, "inf/e", b"e", 5).await;
+
+    let (mut c, present, _) = RawClient::connect_ok(new.mqtt_addr(), &persistent).await;
+    assert!(present);
+    // In the order they were first sent: a again (DUP, same id), b's PUBREL, c again.
+    let again = c.expect(RECV_TIMEOUT).await;
+    let Packet::Publish(a2) = again else {
+        panic!("expected a's resend, got {again:?}")
+    };
+    assert_eq!(
+        (a2.payload.as_slice(), a2.pkid, a2.dup),
+        (&b"a"[..], a.pkid, true)
+    );
+    let rel = c.expect(RECV_TIMEOUT).await;
+    assert!(
+        matches!(rel, Packet::PubRel { pkid, .. } if pkid == b.pkid),
+        "expected b's PUBREL, got {rel:?}"
+    );
+    let again = c.expect(RECV_TIMEOUT).await;
+    let Packet::Publish(c3) = again else {
+        panic!("expected c's resend, got {again:?}")
+    };
+    assert_eq!(
+        (c3.payload.as_slice(), c3.pkid, c3.dup),
+        (&b"c"[..], c2.pkid, true)
+    );
+    let e = c.expect_publish(RECV_TIMEOUT).await;
+    assert_eq!(e.payload, b"e");
+    // Every flow completes on the new node.
+    c.send(&puback(a2.pkid)).await;
+    c.send(&pubcomp(b.pkid)).await;
+    c.send(&pubrec(c3.pkid)).await;
+    let rel = c
+        .recv_matching(RECV_TIMEOUT, |p| matches!(p, Packet::PubRel { .. }))
+        .await;
+    assert!(matches!(rel, Packet::PubRel { pkid, .. } if pkid == c3.pkid));
+    c.send(&pubcomp(c3.pkid)).await;
+    if e.qos == 1 {
+        c.send(&puback(e.pkid)).await;
+    }
+    c.expect_no_publish(QUIET).await;
+    wait_metric(new.http_addr(), "skein_inflight_messages", &[], 0.0).await;
+    wait_metric(old.http_addr(), "skein_inflight_messages", &[], 0.0).await;
+    wait_metric(old.http_addr(), "skein_queued_messages", &[], 0.0).await;
+}
+
+/// What one racing connection saw before it was told to go (or until it was quiet).
+struct Racer {
+    node: u64,
+    client: RawClient,
+    publishes: Vec<Publish>,
+    kicked: bool,
+}
+
+async fn watch(node: u64, mut client: RawClient) -> Racer {
+    let mut publishes = Vec::new();
+    let kicked = loop {
+        match client.recv(QUIET).await {
+            Ok(Packet::Publish(p)) => publishes.push(p),
+            Ok(Packet::Disconnect { reason, .. }) => {
+                assert_eq!(reason, 0x8E, "node {node}: the loser is taken over");
+                break true;
+            }
+            Ok(other) => panic!("node {node}: {other:?}"),
+            Err(skein_tests::RecvError::Timeout) => break false,
+            Err(e) => panic!("node {node}: {e:?}"),
+        }
+    };
+    Racer {
+        node,
+        client,
+        publishes,
+        kicked,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_connects_of_a_persistent_session_leave_one_owner_with_every_message() {
+    const QUEUED: usize = 20;
+    let cluster = TestCluster::start(3).await;
+    let (a, b) = (cluster.node(1).mqtt_addr(), cluster.node(2).mqtt_addr());
+    let mut publisher = RawClient::v5(cluster.node(3).mqtt_addr(), &unique_id("pub")).await;
+    for trial in 0..10 {
+        let id = unique_id("prace");
+        let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+        // The session lives on node 3 with messages queued for it there.
+        let (mut c, _, _) = RawClient::connect_ok(cluster.node(3).mqtt_addr(), &persistent).await;
+        let filter = format!("prace/{trial}");
+        assert_eq!(c.subscribe(1, &[SubFilter::new(&filter, 1)]).await, [1]);
+        c.disconnect().await;
+        for i in 1..=QUEUED {
+            publish_acked(&mut publisher, &filter, &payload(i), i as u16).await;
+        }
+
+        let (first, second) = tokio::join!(
+            RawClient::try_connect_ok(a, &persistent),
+            RawClient::try_connect_ok(b, &persistent)
+        );
+        let mut racers = Vec::new();
+        for (node, c) in [(1, first), (2, second)] {
+            // A connection may even be refused outright when it lost before its CONNACK.
+            if let Ok(c) = c {
+                racers.push(watch(node, c).await);
+            }
+        }
+        let alive: Vec<&Racer> = racers.iter().filter(|r| !r.kicked).collect();
+        assert_eq!(
+            alive.len(),
+            1,
+            "trial {trial}: survivors on nodes {:?}",
+            alive.iter().map(|r| r.node).collect::<Vec<_>>()
+        );
+        let mut survivor = racers.into_iter().find(|r| !r.kicked).unwrap();
+        // Every queued message reaches the survivor, in order; what the loser was sent
+        // and did not acknowledge comes again with DUP (QoS 1 allows it), nothing else
+        // twice.
+        let mut got = std::mem::take(&mut survivor.publishes);
+        while got.len() < QUEUED {
+            got.push(survivor.client.expect_publish(RECV_TIMEOUT).await);
+        }
+        for p in &got {
+            survivor.client.send(&puback(p.pkid)).await;
+        }
+        let payloads: Vec<String> = got
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect();
+        let expected: Vec<String> = (1..=QUEUED).map(|i| format!("m{i}")).collect();
+        assert_eq!(
+            payloads, expected,
+            "trial {trial}: node {} got them in order",
+            survivor.node
+        );
+        survivor.client.expect_no_publish(QUIET).await;
+        // The survivor owns the client id: a registry command of its epoch commits.
+        assert_eq!(
+            survivor
+                .client
+                .subscribe(2, &[SubFilter::new("prace/extra", 0)])
+                .await,
+            [0],
+            "trial {trial}"
+        );
+        survivor.client.disconnect().await;
+    }
+}
