@@ -208,6 +208,27 @@ const CONNECTIONS_AND_SESSIONS: &[Desc] = &[
         "Connections ended after a successful CONNECT, by reason.",
     ),
     desc(
+        SESSION_HANDOVER_MESSAGES,
+        Counter,
+        Unit::Count,
+        &["role"],
+        "Messages of persistent sessions moved between nodes: taken (written here for a client this node took over) or released (deleted here once the new node had them).",
+    ),
+    desc(
+        SESSION_HANDOVER_FAILURES,
+        Counter,
+        Unit::Count,
+        &["reason"],
+        "Session hand-overs this node could not finish, by reason; what was not fetched stays on the node that held the session.",
+    ),
+    desc(
+        SESSION_HANDOVER_SKIPPED,
+        Counter,
+        Unit::Count,
+        &[],
+        "Deliveries not queued for a session that moved to another node (that node gets the message itself).",
+    ),
+    desc(
         SESSIONS,
         Gauge,
         Unit::Count,

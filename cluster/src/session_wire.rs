@@ -74,7 +74,7 @@ mod tests {
             seq,
             message: ForwardedPublish {
                 topic: "a/b".into(),
-                payload: bytes::Bytes::from_static(b"p"),
+                payload: b"p".to_vec().into(),
                 qos: 2,
                 retain: false,
                 properties: PublishProperties::default(),

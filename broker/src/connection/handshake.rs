@@ -478,9 +478,14 @@ async fn attach(
                     broker.replace_subscriptions(&session, &registration.subscriptions);
                 }
                 if let Some((previous, first_seq)) = handover {
-                    broker
-                        .take_session_over(&session, previous.node, previous.epoch, first_seq)
-                        .await;
+                    // Boxed: the hand-over's state inline would grow every handshake.
+                    Box::pin(broker.take_session_over(
+                        &session,
+                        previous.node,
+                        previous.epoch,
+                        first_seq,
+                    ))
+                    .await;
                 }
             }
             owner => {
