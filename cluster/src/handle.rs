@@ -82,7 +82,7 @@ fn member_overview(m: MemberStatus) -> MemberOverview {
 fn worst(errors: impl IntoIterator<Item = SeamError>) -> Option<SeamError> {
     errors.into_iter().min_by_key(|e| match e {
         SeamError::NotOwner => 0,
-        SeamError::Unavailable(_) => 1,
+        SeamError::Unavailable(_) | SeamError::Busy(_) => 1,
         SeamError::Invalid(_) => 2,
         SeamError::NotFound(_) => 3,
     })

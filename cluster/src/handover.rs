@@ -122,12 +122,14 @@ fn timed_out(holder: SeamNodeId) -> SeamError {
     ))
 }
 
-/// FAILED_PRECONDITION is the holder saying another node owns the client now; everything
-/// else is "not now".
+/// FAILED_PRECONDITION is the holder saying another node owns the client now, ABORTED that
+/// it is busy with the session (ask again); everything else is "not now" (a holder that
+/// cannot be reached among it).
 fn from_status(holder: SeamNodeId, status: &tonic::Status) -> SeamError {
     let detail = format!("node {holder}: {}", status.message());
     match status.code() {
         Code::FailedPrecondition => SeamError::NotOwner,
+        Code::Aborted => SeamError::Busy(detail),
         Code::InvalidArgument => SeamError::Invalid(detail),
         _ => SeamError::Unavailable(detail),
     }

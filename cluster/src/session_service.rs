@@ -130,14 +130,14 @@ impl SessionService {
 }
 
 /// The status the taker reads: FAILED_PRECONDITION means it is not the owner (it stops),
-/// UNAVAILABLE means later (it asks again).
+/// ABORTED that this node is busy with the session (it asks again shortly), UNAVAILABLE
+/// that this node cannot serve it now.
 fn to_status(e: BrokerHandleError) -> Status {
     match e {
         BrokerHandleError::NotOwner(detail) => Status::failed_precondition(detail),
         BrokerHandleError::Invalid(detail) => Status::invalid_argument(detail),
-        BrokerHandleError::NotYet(detail) | BrokerHandleError::Storage(detail) => {
-            Status::unavailable(detail)
-        }
+        BrokerHandleError::NotYet(detail) => Status::aborted(detail),
+        BrokerHandleError::Storage(detail) => Status::unavailable(detail),
         BrokerHandleError::NotSupported(what) => Status::unimplemented(what),
     }
 }

@@ -94,6 +94,10 @@ pub enum ClusterError {
     /// No such member, or no such client.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The peer answered, and asks to be asked again shortly (it is busy with the
+    /// request's subject: a session still closing, a registration it has not applied).
+    #[error("busy, ask again: {0}")]
+    Busy(String),
 }
 
 /// Why a forwarded publish was not accepted by the peer.
@@ -220,9 +224,10 @@ pub trait ClusterHandle: Send + Sync {
 
     /// Asks member `holder`, which held `client_id`'s session under registration
     /// `holder_epoch` before this node took the client over, for one page of its messages
-    /// (see [`crate::BrokerHandle::hand_over_session`]). `Unavailable`: ask again later
-    /// (the holder has not applied the takeover yet, or cannot be reached); `NotOwner`: the
-    /// registry names another node as the owner now.
+    /// (see [`crate::BrokerHandle::hand_over_session`]). `Busy`: ask again shortly (the
+    /// holder has not applied the takeover yet, its connection is still closing);
+    /// `Unavailable`: the holder cannot be reached; `NotOwner`: the registry names another
+    /// node as the owner now.
     fn fetch_session<'a>(
         &'a self,
         holder: NodeId,

@@ -10,8 +10,9 @@
 //! in-flight messages keep the packet ids the client saw and are resent with DUP; one whose
 //! id is taken here already (a leftover of an earlier stay) is queued instead.
 //!
-//! Bounded: the whole hand-over gives up after [`HANDOVER_WAIT`] (the holder is down, or
-//! slow); the CONNACK goes out all the same, and what was not fetched stays stored on the
+//! Bounded: the whole hand-over gives up after [`HANDOVER_WAIT`] (the holder is slow), or
+//! after [`UNREACHABLE_WAIT`] of a holder that cannot be reached (it is down); the
+//! CONNACK goes out all the same, and what was not fetched stays stored on the
 //! holder (counted in `skein_session_handover_failures_total`). A page that was written
 //! here but whose release did not reach the holder is fetched again only by a later
 //! hand-over; the holder keeps it until then.
@@ -30,7 +31,10 @@ use crate::session::{to_stored_delivery, Delivery, Inflight, InflightState, Queu
 pub const HANDOVER_SEQS: u64 = 1 << 32;
 
 /// The longest a CONNACK waits for a session's messages from the node that held it.
-const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+
+/// The longest a hand-over keeps trying a holder that cannot be reached.
+const UNREACHABLE_WAIT: Duration = Duration::from_secs(1);
 
 /// Messages asked for per page (the holder may send fewer).
 const PAGE_MESSAGES: u32 = 256;
@@ -219,27 +223,37 @@ impl Broker {
     }
 
     /// Calls `call` until it succeeds or says something other than "not now", waiting a
-    /// little longer each time, until `deadline`.
+    /// little longer each time: while the holder answers that it is busy, until
+    /// `deadline`; while it cannot be reached, for [`UNREACHABLE_WAIT`] at most (a node
+    /// that is down should not hold every CONNECT of its sessions for long).
     async fn until_deadline<T, F, Fut>(&self, deadline: Instant, mut call: F) -> Result<T, Stop>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ClusterError>>,
     {
         let mut pause = Duration::from_millis(10);
+        let mut unreachable_since: Option<Instant> = None;
         loop {
-            match call().await {
+            let give_up_at = match call().await {
                 Ok(answer) => return Ok(answer),
                 Err(ClusterError::NotOwner) => return Err(Stop::NotOwner),
                 Err(ClusterError::Invalid(detail)) => return Err(Stop::Invalid(detail)),
-                Err(e @ (ClusterError::Unavailable(_) | ClusterError::NotFound(_))) => {
-                    if Instant::now() + pause >= deadline || self.shutdown.is_cancelled() {
-                        return Err(Stop::Unreachable(e.to_string()));
-                    }
-                    tracing::debug!(error = %e, "the node that held the session asks to wait");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
+                Err(ClusterError::Busy(detail)) => {
+                    unreachable_since = None;
+                    (deadline, detail)
                 }
+                Err(e @ (ClusterError::Unavailable(_) | ClusterError::NotFound(_))) => {
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    ((since + UNREACHABLE_WAIT).min(deadline), e.to_string())
+                }
+            };
+            let (until, detail) = give_up_at;
+            if Instant::now() + pause >= until || self.shutdown.is_cancelled() {
+                return Err(Stop::Unreachable(detail));
             }
+            tracing::debug!(%detail, "the node that held the session asks to wait");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 
