@@ -125,6 +125,10 @@ pub struct Broker {
     /// Connections told to end because another node took their session over, by
     /// connection id: the taker, for the disconnect event (see `cluster_sync.rs`).
     remote_takers: Mutex<HashMap<u64, skein_seam::NodeId>>,
+    /// Hand-overs whose last release did not reach the holder: (client, holder) → the
+    /// holder's sequence written here up to. Sent again before anything else is fetched
+    /// from that holder for that client, so what is here already is not fetched twice.
+    unreleased: Mutex<HashMap<(ClientId, skein_seam::NodeId), u64>>,
     /// This broker, for the tasks its synchronous seam callbacks start.
     me: std::sync::Weak<Broker>,
 }
@@ -147,6 +151,7 @@ impl Broker {
         let broker = Arc::new_cyclic(|me| Broker {
             me: me.clone(),
             remote_takers: Mutex::new(HashMap::default()),
+            unreleased: Mutex::new(HashMap::default()),
             connection_slots,
             config,
             store,

@@ -314,6 +314,14 @@ impl ClusterHandle for ClusterNode {
         ClusterNode::fetch_session(self, holder, client_id, holder_epoch, after, max)
     }
 
+    fn offer_session<'a>(
+        &'a self,
+        owner: SeamNodeId,
+        client_id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<usize, SeamError>> {
+        ClusterNode::offer_session(self, owner, client_id)
+    }
+
     fn release_session<'a>(
         &'a self,
         holder: SeamNodeId,

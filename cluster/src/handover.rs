@@ -21,6 +21,9 @@ use crate::session_wire;
 /// generous); the broker bounds the whole hand-over on top.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long an offer may take: the owner's whole fetch, which it bounds itself.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl ClusterNode {
     /// One page of `client_id`'s session from member `holder` (see the seam's
     /// `ClusterHandle::fetch_session`).
@@ -93,6 +96,42 @@ impl ClusterNode {
                     .map_err(|_| timed_out(holder))?
                     .map_err(|status| from_status(holder, &status))?;
                 Ok(())
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Tells member `owner` this node holds messages of `client_id`'s session (see the
+    /// seam's `ClusterHandle::offer_session`). Its fetch is bounded by the owner; the call
+    /// waits for it a little longer.
+    pub fn offer_session<'a>(
+        &'a self,
+        owner: SeamNodeId,
+        client_id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<usize, SeamError>> {
+        let span = tracing::info_span!(
+            "offer_session",
+            node = self.id(),
+            owner = owner.0,
+            %client_id
+        );
+        Box::pin(
+            async move {
+                let mut client = self.session_client(owner)?;
+                let mut request = tonic::Request::new(pb::OfferRequest {
+                    client_id: client_id.as_str().to_owned(),
+                    holder_node_id: self.id(),
+                });
+                request.set_timeout(OFFER_TIMEOUT);
+                let answer = tokio::time::timeout(OFFER_TIMEOUT, client.offer(request))
+                    .await
+                    .map_err(|_| {
+                        SeamError::Unavailable(format!(
+                            "node {owner} did not answer an offer within {OFFER_TIMEOUT:?}"
+                        ))
+                    })?
+                    .map_err(|status| from_status(owner, &status))?;
+                Ok(usize::try_from(answer.into_inner().taken).unwrap_or(usize::MAX))
             }
             .instrument(span),
         )

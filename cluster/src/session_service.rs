@@ -114,6 +114,33 @@ impl pb::session_server::Session for SessionService {
             .map_err(to_status)?;
         Ok(Response::new(pb::ReleaseResponse { released }))
     }
+
+    /// A member holds messages of a session this node owns: fetch them.
+    #[tracing::instrument(level = "info", skip_all, fields(
+        node = self.shared.id,
+        client_id = %request.get_ref().client_id,
+        holder = request.get_ref().holder_node_id,
+    ))]
+    async fn offer(
+        &self,
+        request: Request<pb::OfferRequest>,
+    ) -> Result<Response<pb::OfferResponse>, Status> {
+        let request = request.into_inner();
+        if request.client_id.is_empty() {
+            return Err(Status::invalid_argument("offer without a client id"));
+        }
+        let taken = self
+            .broker()?
+            .adopt_offered(
+                &ClientId::new(&request.client_id),
+                NodeId(request.holder_node_id),
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::OfferResponse {
+            taken: taken as u64,
+        }))
+    }
 }
 
 /// The most messages one `HandOver` answer carries, whatever the taker asks: pages stay

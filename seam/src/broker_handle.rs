@@ -221,6 +221,18 @@ pub trait BrokerHandle: Send + Sync {
         let _ = (client_id, taker, up_to);
         Box::pin(async { Err(BrokerHandleError::NotSupported("handing sessions over")) })
     }
+
+    /// Node `holder` holds messages of the session of `client_id`, which this node owns:
+    /// fetch them as a takeover does (see [`Self::hand_over_session`]). Returns how many
+    /// came. `NotOwner` when this node does not own the client (or holds no session of it).
+    fn adopt_offered<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        holder: NodeId,
+    ) -> BoxFuture<'a, Result<usize, BrokerHandleError>> {
+        let _ = (client_id, holder);
+        Box::pin(async { Err(BrokerHandleError::NotSupported("handing sessions over")) })
+    }
 }
 
 // The cluster holds the broker as a trait object: keep the trait object-safe.

@@ -262,6 +262,22 @@ pub trait ClusterHandle: Send + Sync {
         })
     }
 
+    /// Tells member `owner`, which owns `client_id`, that this node holds messages of its
+    /// session (see [`crate::BrokerHandle::adopt_offered`]): it fetches them. Returns how
+    /// many it took.
+    fn offer_session<'a>(
+        &'a self,
+        owner: NodeId,
+        client_id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<usize, ClusterError>> {
+        let _ = (owner, client_id);
+        Box::pin(async {
+            Err(ClusterError::Unavailable(
+                "sessions are not handed over between nodes here".into(),
+            ))
+        })
+    }
+
     /// The cluster's members, leader and progress (member reachability from the leader).
     fn overview(&self) -> BoxFuture<'_, Result<ClusterOverview, ClusterError>>;
 

@@ -323,3 +323,109 @@ async fn racing_connects_of_a_persistent_session_leave_one_owner_with_every_mess
         survivor.client.disconnect().await;
     }
 }
+
+/// Publishes `n` QoS 1 messages `m1`..`mn` of `size` bytes (a number, then padding) to
+/// `topic`, a window at a time, each window waiting for its PUBACKs.
+async fn publish_many(p: &mut RawClient, topic: &str, n: usize, size: usize) {
+    const WINDOW: usize = 50;
+    let mut i = 1;
+    while i <= n {
+        let last = (i + WINDOW - 1).min(n);
+        for j in i..=last {
+            let mut body = payload(j);
+            body.push(b' ');
+            body.resize(size.max(body.len()), b'.');
+            p.publish(&Publish::new(topic, 1, &body).pkid(j as u16))
+                .await;
+        }
+        for j in i..=last {
+            let ack = p
+                .recv_matching(
+                    RECV_TIMEOUT,
+                    |x| matches!(x, Packet::PubAck { pkid, .. } if usize::from(*pkid) == j),
+                )
+                .await;
+            assert!(matches!(ack, Packet::PubAck { reason: 0, .. }), "{ack:?}");
+        }
+        i = last + 1;
+    }
+}
+
+/// The number a message of [`publish_many`] carries.
+fn number(p: &Publish) -> usize {
+    let text = String::from_utf8_lossy(&p.payload);
+    text.trim_start_matches('m')
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a numbered message: {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_mid_hand_over_loses_nothing_and_hands_the_rest_over_when_back() {
+    // Under the default queue bound (1000); about four pages of 1 MiB.
+    const N: usize = 900;
+    let mut cluster = TestCluster::start(3).await;
+    // Holder and taker are followers: the registration survives the kill.
+    let leader = cluster.leader(&cluster.ids(), RECV_TIMEOUT).await;
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
+    let (holder, taker) = (others[0], others[1]);
+    let id = unique_id("killed");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut c, _, _) = RawClient::connect_ok(cluster.node(holder).mqtt_addr(), &persistent).await;
+    assert_eq!(c.subscribe(1, &[SubFilter::new("kill/#", 1)]).await, [1]);
+    c.disconnect().await;
+    let mut publisher = RawClient::v5(cluster.node(leader).mqtt_addr(), &unique_id("pub")).await;
+    publish_many(&mut publisher, "kill/x", N, 4096).await;
+    wait_metric(
+        cluster.node(holder).http_addr(),
+        "skein_queued_messages",
+        &[],
+        N as f64,
+    )
+    .await;
+
+    // The holder dies while the taker fetches its pages.
+    let taker_addr = cluster.node(taker).mqtt_addr();
+    let connect = tokio::spawn({
+        let persistent = persistent.clone();
+        async move { RawClient::connect_ok(taker_addr, &persistent).await }
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    cluster.kill9(holder);
+    let (mut c, present, _) = connect.await.unwrap();
+    assert!(present);
+    let mut got = Vec::new();
+    while let Ok(Packet::Publish(p)) = c.recv(Duration::from_secs(2)).await {
+        c.send(&puback(p.pkid)).await;
+        got.push(number(&p));
+    }
+    let before_restart = got.len();
+    eprintln!("{before_restart} of {N} messages reached the taker before the holder came back");
+
+    // Back, the holder hands the rest over to the owner (deleting what the taker had
+    // written already before the kill, not sending it twice).
+    cluster.restart(holder);
+    let end = Instant::now() + Duration::from_secs(60);
+    while got.len() < N {
+        let left = end.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{} of {N} messages arrived", got.len());
+        match c.recv(left).await {
+            Ok(Packet::Publish(p)) => {
+                c.send(&puback(p.pkid)).await;
+                got.push(number(&p));
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => panic!("{} of {N} messages arrived: {e:?}", got.len()),
+        }
+    }
+    c.expect_no_publish(QUIET).await;
+    assert_eq!(got, (1..=N).collect::<Vec<_>>(), "each once, in order");
+    wait_metric(
+        cluster.node(holder).http_addr(),
+        "skein_queued_messages",
+        &[],
+        0.0,
+    )
+    .await;
+}

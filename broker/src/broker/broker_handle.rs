@@ -190,6 +190,14 @@ impl BrokerHandle for Broker {
     ) -> BoxFuture<'a, Result<bool, BrokerHandleError>> {
         Box::pin(self.release_handed_over(client_id, taker, up_to))
     }
+
+    fn adopt_offered<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        holder: NodeId,
+    ) -> BoxFuture<'a, Result<usize, BrokerHandleError>> {
+        Box::pin(self.adopt_offered_session(client_id, holder))
+    }
 }
 
 impl Broker {

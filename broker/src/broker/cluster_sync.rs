@@ -194,6 +194,9 @@ impl Broker {
                 return;
             }
             broker.reconcile_with_registry(started_us).await;
+            // What this node held of sessions that moved away while it was down goes to
+            // their owners (see `handover_holder.rs`).
+            broker.offer_stranded_every_while().await;
         });
     }
 

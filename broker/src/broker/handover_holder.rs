@@ -22,6 +22,9 @@ use crate::session::{Delivery, InflightState, Session};
 /// CONNECT here) before the taker is told to ask again.
 const LIFECYCLE_WAIT: Duration = Duration::from_secs(2);
 
+/// How often a node offers the owners what it still holds of sessions that moved away.
+const OFFER_EVERY: Duration = Duration::from_secs(15);
+
 /// A page stops growing past this many bytes of topics and payloads (it has at least one
 /// message, whatever its size).
 const PAGE_BYTES: usize = 1024 * 1024;
@@ -203,6 +206,63 @@ impl Broker {
         }
         self.forget_stored_session(session);
     }
+}
+
+impl Broker {
+    /// Every [`OFFER_EVERY`], until shutdown: [`Broker::offer_stranded`].
+    pub(super) async fn offer_stranded_every_while(&self) {
+        loop {
+            self.offer_stranded().await;
+            tokio::select! {
+                _ = tokio::time::sleep(OFFER_EVERY) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Offers the owners of sessions that moved away what this node still holds of them:
+    /// what it stored while it was down, or what a hand-over that stopped left here. The
+    /// messages of a session that ended, or started clean, since go.
+    pub(super) async fn offer_stranded(&self) {
+        let me = self.cluster.node_id();
+        for session in self.sessions_snapshot() {
+            if !is_stranded(&session) {
+                continue;
+            }
+            let client_id = &session.client_id;
+            match self.cluster.locate_client(client_id) {
+                Some(owner) if owner.node == me => {}
+                Some(owner) if !owner.clean_start => {
+                    match self.cluster.offer_session(owner.node, client_id).await {
+                        Ok(taken) => {
+                            tracing::info!(%client_id, owner = %owner.node, taken, "the owner took what this node held of its session")
+                        }
+                        Err(e) => {
+                            tracing::info!(%client_id, owner = %owner.node, error = %e, "the owner did not take what this node holds of its session; offered again later")
+                        }
+                    }
+                }
+                _ => {
+                    let _lifecycle = session.lifecycle.lock(&self.lifecycle_waiters).await;
+                    let owner = self.cluster.locate_client(client_id);
+                    let obsolete = owner.is_none_or(|o| o.node != me && o.clean_start);
+                    if obsolete && is_stranded(&session) {
+                        tracing::info!(%client_id, "the session this node held messages of ended or started clean elsewhere; its messages go");
+                        self.forget_handed_over(&session);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A session that moved away but still holds messages here.
+fn is_stranded(session: &Session) -> bool {
+    let st = session.state();
+    st.moved
+        && !st.removed
+        && st.attachment.is_none()
+        && (!st.queue.is_empty() || !st.inflight.is_empty())
 }
 
 fn storage_error(

@@ -20,7 +20,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use skein_seam::{BoxFuture, ClientId, ClusterError, HandedOverMessage, NodeId, SessionHandover};
+use skein_seam::{
+    BoxFuture, BrokerHandleError, ClientId, ClusterError, HandedOverMessage, NodeId,
+    SessionHandover,
+};
 use skein_storage::StoredInflight;
 
 use super::Broker;
@@ -32,6 +35,9 @@ pub const HANDOVER_SEQS: u64 = 1 << 32;
 
 /// The longest a CONNACK waits for a session's messages from the node that held it.
 const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+
+/// How long an offered hand-over waits for the session's lifecycle lock.
+const OFFER_LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// The longest a hand-over keeps trying a holder that cannot be reached.
 const UNREACHABLE_WAIT: Duration = Duration::from_secs(1);
@@ -103,7 +109,16 @@ impl Broker {
         self.take_from(session, holder, holder_epoch, &mut taken, MAX_CHAIN)
             .await;
         let failure = taken.failure.take();
-        session.state().pending_from = failure.as_ref().map(|(node, epoch, _)| (*node, *epoch));
+        {
+            let mut st = session.state();
+            match &failure {
+                Some((node, epoch, _)) => st.pending_from = Some((*node, *epoch)),
+                None if st.pending_from.is_some_and(|(node, _)| node == holder) => {
+                    st.pending_from = None;
+                }
+                None => {}
+            }
+        }
         match failure {
             None => tracing::info!(
                 %client_id,
@@ -161,6 +176,18 @@ impl Broker {
         let client_id = &session.client_id;
         let me = self.cluster.node_id();
         let deadline = taken.deadline;
+        let key = (client_id.clone(), holder);
+        let unreleased = self.unreleased_lock().get(&key).copied();
+        if let Some(up_to) = unreleased {
+            // Written here by an earlier hand-over whose release was lost: the holder
+            // deletes it before anything is fetched again.
+            self.until_deadline(deadline, || {
+                self.cluster
+                    .release_session(holder, client_id, holder_epoch, up_to)
+            })
+            .await?;
+            self.unreleased_lock().remove(&key);
+        }
         let mut after = 0;
         loop {
             let page = self
@@ -210,16 +237,75 @@ impl Broker {
             }
             crate::metrics::handover_messages("taken", n);
             taken.messages += n;
-            self.until_deadline(deadline, || {
-                self.cluster
-                    .release_session(holder, client_id, holder_epoch, last)
-            })
-            .await?;
+            let released = self
+                .until_deadline(deadline, || {
+                    self.cluster
+                        .release_session(holder, client_id, holder_epoch, last)
+                })
+                .await;
+            if let Err(stop) = released {
+                self.unreleased_lock().insert(key, last);
+                return Err(stop);
+            }
             after = last;
             if complete {
                 return Ok(());
             }
         }
+    }
+
+    /// Node `holder` holds messages of the session of `client_id`, which this node owns
+    /// (stored there while it was down, or left by a hand-over that stopped): they are
+    /// fetched as at a takeover, after what the session holds here already.
+    pub(super) async fn adopt_offered_session(
+        &self,
+        client_id: &ClientId,
+        holder: NodeId,
+    ) -> Result<usize, BrokerHandleError> {
+        let me = self.cluster.node_id();
+        let owned = |b: &Broker| {
+            b.cluster
+                .locate_client(client_id)
+                .filter(|owner| owner.node == me)
+        };
+        let Some(owner) = owned(self) else {
+            return Err(BrokerHandleError::NotOwner(
+                "this node does not own the client".into(),
+            ));
+        };
+        if owner.clean_start {
+            return Err(BrokerHandleError::Invalid(
+                "the client's session started clean here: older messages are not its".into(),
+            ));
+        }
+        let Some(session) = self.find_session(client_id) else {
+            return Err(BrokerHandleError::NotOwner(
+                "this node holds no session of the client".into(),
+            ));
+        };
+        let _lifecycle = tokio::time::timeout(
+            OFFER_LOCK_WAIT,
+            session.lifecycle.lock(&self.lifecycle_waiters),
+        )
+        .await
+        .map_err(|_| BrokerHandleError::NotYet("the session is busy".into()))?;
+        let first_seq = {
+            let mut st = session.state();
+            if st.removed || st.moved || owned(self).is_none() {
+                return Err(BrokerHandleError::NotOwner(
+                    "the session left this node".into(),
+                ));
+            }
+            st.reserve_seqs(HANDOVER_SEQS)
+        };
+        tracing::info!(%client_id, %holder, "a node offers messages of a session owned here");
+        Ok(self.take_session_over(&session, holder, 0, first_seq).await)
+    }
+
+    fn unreleased_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::hash::HashMap<(ClientId, NodeId), u64>> {
+        self.unreleased.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Calls `call` until it succeeds or says something other than "not now", waiting a
