@@ -121,8 +121,9 @@ pub struct SessionState {
     /// Set when the session has been removed from the registry; a connection that finds
     /// this after taking the lifecycle lock must look the client id up again.
     pub removed: bool,
-    /// Another node took the client over: the session takes no new messages here (the
-    /// owner gets them) and keeps what it holds until the owner has fetched it (see
+    /// Sealed: another node took the client over and started fetching the session (or
+    /// the client stayed away long enough): the session takes no new messages here and
+    /// keeps what it holds until the owner has fetched it (see
     /// `broker/handover_holder.rs`). Cleared when a connection attaches here again.
     pub moved: bool,
     /// Older messages of this session may still be on this node, held there under this
@@ -144,6 +145,11 @@ pub struct Session {
     state: Mutex<SessionState>,
     /// Whether storage may hold a record of this session (so ending it must delete one).
     stored: std::sync::atomic::AtomicBool,
+    /// Another node took the client over and this node's interest index sends the
+    /// client's messages there: publishes accepted here skip the session; forwarded ones
+    /// (their sender may not know yet) are still queued, for the owner to fetch, until the
+    /// session is sealed (`SessionState::moved`). Read per delivery, hence an atomic.
+    moving: std::sync::atomic::AtomicBool,
 }
 
 /// What `Session::enqueue` did with a delivery.
@@ -396,12 +402,22 @@ impl Session {
             lifecycle: Default::default(),
             state: Mutex::new(SessionState::new()),
             stored: std::sync::atomic::AtomicBool::new(false),
+            moving: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     pub fn mark_stored(&self) {
         self.stored
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn set_moving(&self, moving: bool) {
+        self.moving
+            .store(moving, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_moving(&self) -> bool {
+        self.moving.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Clears the stored mark; true if it was set.

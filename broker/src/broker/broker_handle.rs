@@ -89,9 +89,10 @@ impl BrokerHandle for Broker {
 
     /// Ends the attached connection only if it is the one whose registration was
     /// replaced (a newer one here is left alone), and only this node does: one
-    /// `client.disconnected` event per takeover, cluster-wide. The session's subscriptions
-    /// leave this node's index (in a task, under the session's lifecycle lock); its stored
-    /// queue stays.
+    /// `client.disconnected` event per takeover, cluster-wide. The session is moving: it
+    /// takes only forwarded messages until the taker fetches it, or a while passes (see
+    /// `cluster_sync.rs`); then it is sealed and its subscriptions leave this node's
+    /// index.
     fn taken_over(&self, client_id: &ClientId, epoch: u64, by: NodeId) {
         tracing::debug!(%client_id, epoch, taken_by = %by, "registration replaced by another node");
         let Some(session) = self.find_session(client_id) else {
@@ -103,14 +104,17 @@ impl BrokerHandle for Broker {
                 Some(a) if a.epoch == epoch => {
                     self.note_remote_taker(a.connection_id, by);
                     a.kick.send(Kick::TakenOver);
-                    st.moved = true;
                 }
                 // A newer connection here (the client came back): it keeps the session.
-                Some(_) => {}
-                // At once, not in the task below: from now on the taker gets what is
-                // routed to the client (this node's interest index names it already).
-                None => st.moved = true,
+                Some(_) => return,
+                None => {}
             }
+            // At once, not in the task below: from now on the taker gets what is routed
+            // to the client here (this node's interest index names it already), and no
+            // timer of the session ends it here.
+            session.set_moving(true);
+            st.generation = st.generation.wrapping_add(1);
+            st.cancel_timers();
         }
         self.spawn_session_moved(session);
     }

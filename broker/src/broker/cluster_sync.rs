@@ -16,6 +16,11 @@ use super::Broker;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::session::{Session, Subscription};
 
+/// How long a session another node took over keeps taking forwarded messages (their
+/// senders may route by an older registry) before it is sealed, unless the taker fetches
+/// it sooner: longer than a hand-over takes.
+const SEAL_AFTER: Duration = Duration::from_secs(5);
+
 /// The longest the restart reconciliation waits for the registry to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 
@@ -82,7 +87,15 @@ impl Broker {
             return;
         };
         let tasks = broker.tasks.clone();
-        tasks.spawn(async move { broker.session_moved(&session).await });
+        tasks.spawn(async move {
+            // The taker seals it when it fetches it, at once; this is for a taker that
+            // fetches nothing (a clean start) or could not.
+            tokio::select! {
+                _ = tokio::time::sleep(SEAL_AFTER) => {}
+                _ = broker.shutdown.cancelled() => return,
+            }
+            broker.session_moved(&session).await
+        });
     }
 
     /// The registry names another node as the owner of `session` (or the client is gone

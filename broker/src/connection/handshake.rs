@@ -442,6 +442,7 @@ async fn attach(
             st.generation = st.generation.wrapping_add(1);
             st.disconnected_at_ms = OptionalMs::NONE;
             st.moved = false;
+            session.set_moving(false);
             st.attach(
                 Attachment {
                     connection_id: id,
