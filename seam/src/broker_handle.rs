@@ -177,6 +177,16 @@ pub trait BrokerHandle: Send + Sync {
     /// (the full filter, with any `$share/group/` prefix); 0: none any more.
     fn interest_changed(&self, filter: &str, node: NodeId, subscribers: u32);
 
+    /// Several [`Self::interest_changed`] at once, in order: a publish routed meanwhile
+    /// sees all of them or none (a takeover moves a session's interest from one node to
+    /// another: in between, a publish would find no node with interest, or two). The
+    /// broker's own does them under one lock; this default, one after another.
+    fn interest_changed_many(&self, changes: Vec<(String, NodeId, u32)>) {
+        for (filter, node, subscribers) in changes {
+            self.interest_changed(&filter, node, subscribers);
+        }
+    }
+
     /// Replaces the whole interest index of other nodes (after a snapshot was installed or
     /// the change stream lagged): `(filter, node, subscribers)` for every other node.
     fn interest_reset(&self, interest: Vec<(String, NodeId, u32)>);

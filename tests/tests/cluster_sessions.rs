@@ -429,3 +429,92 @@ async fn a_holder_killed_mid_hand_over_loses_nothing_and_hands_the_rest_over_whe
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_flowing_during_a_takeover_are_neither_lost_nor_doubled() {
+    const M: usize = 400;
+    let cluster = TestCluster::start(3).await;
+    let id = unique_id("flow");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut old, _, _) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), &persistent).await;
+    assert_eq!(old.subscribe(1, &[SubFilter::new("flow/#", 1)]).await, [1]);
+
+    // Published on a third node, one after the other, each acknowledged.
+    let publisher_addr = cluster.node(3).mqtt_addr();
+    let publishing = tokio::spawn(async move {
+        let mut p = RawClient::v5(publisher_addr, &unique_id("pub")).await;
+        for i in 1..=M {
+            publish_acked(&mut p, "flow/x", &payload(i), (i % 60_000) as u16 + 1).await;
+        }
+    });
+    let mut got = Vec::new();
+    while got.len() < M / 4 {
+        let p = old.expect_publish(RECV_TIMEOUT).await;
+        old.send(&puback(p.pkid)).await;
+        got.push((number(&p), p.dup));
+    }
+    // Taken over on node 2 while messages keep coming.
+    let (mut new, present, _) =
+        RawClient::connect_ok(cluster.node(2).mqtt_addr(), &persistent).await;
+    assert!(present);
+    // What reached the old connection before it was told to go (not acknowledged: it
+    // comes again, with DUP).
+    loop {
+        match old.recv(RECV_TIMEOUT).await {
+            Ok(Packet::Publish(p)) => got.push((number(&p), p.dup)),
+            Ok(Packet::Disconnect { reason, .. }) => {
+                assert_eq!(reason, 0x8E);
+                break;
+            }
+            other => panic!("old connection: {other:?}"),
+        }
+    }
+    let on_old = got.len();
+    let mut on_new = Vec::new();
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have: std::collections::BTreeSet<usize> =
+            got.iter().chain(&on_new).map(|(n, _)| *n).collect();
+        if have.len() == M && publishing.is_finished() {
+            break;
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "lost: {:?}",
+            (1..=M).filter(|n| !have.contains(n)).collect::<Vec<_>>()
+        );
+        match new.recv(left.min(Duration::from_secs(5))).await {
+            Ok(Packet::Publish(p)) => {
+                new.send(&puback(p.pkid)).await;
+                on_new.push((number(&p), p.dup));
+            }
+            Ok(other) => panic!("new connection: {other:?}"),
+            Err(e) => panic!(
+                "new connection: {e:?}; missing {:?}",
+                (1..=M).filter(|n| !have.contains(n)).collect::<Vec<_>>()
+            ),
+        }
+    }
+    publishing.await.unwrap();
+    new.expect_no_publish(QUIET).await;
+    // In order on the new connection; a message comes twice only as the DUP resend of
+    // one the old connection was sent and did not acknowledge.
+    let numbers: Vec<usize> = on_new.iter().map(|(n, _)| *n).collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "out of order on the new node: {numbers:?}"
+    );
+    let unacked_on_old: Vec<usize> = got[M / 4..].iter().map(|(n, _)| *n).collect();
+    for (n, dup) in &on_new {
+        let seen_before = got.iter().any(|(m, _)| m == n);
+        assert!(
+            !seen_before || (*dup && unacked_on_old.contains(n)),
+            "message {n} came twice without being a DUP resend"
+        );
+    }
+    eprintln!(
+        "{on_old} messages on the old connection, {} on the new",
+        on_new.len()
+    );
+}

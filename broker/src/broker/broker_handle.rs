@@ -124,6 +124,12 @@ impl BrokerHandle for Broker {
         self.remote_interest.changed(filter, node, subscribers);
     }
 
+    fn interest_changed_many(&self, changes: Vec<(String, NodeId, u32)>) {
+        tracing::trace!(changes = changes.len(), "interest of other nodes");
+        self.remote_interest
+            .changed_many(changes.iter().map(|(f, node, n)| (f.as_str(), *node, *n)));
+    }
+
     fn interest_reset(&self, interest: Vec<(String, NodeId, u32)>) {
         tracing::debug!(filters = interest.len(), "interest of other nodes reset");
         self.remote_interest.reset(interest);
