@@ -131,6 +131,10 @@ pub struct SessionState {
     /// was unreachable, or the client moved on before the fetch). A node that takes the
     /// session from this one is told to fetch from there too.
     pub pending_from: Option<(skein_seam::NodeId, u64)>,
+    /// Sequence numbers set aside (the first) for messages fetched from the node that
+    /// held the session, by a CONNECT that indexed its subscriptions before registering:
+    /// the attach uses them (see `Broker::preindex_resumed`).
+    pub reserved_seqs: Option<u64>,
     /// A wake-up of the attached connection is held in some [`HeldWakes`], which wakes it
     /// when its batch is routed: later enqueues need not wake it themselves.
     wake_held: bool,
@@ -217,6 +221,7 @@ impl SessionState {
             removed: false,
             moved: false,
             pending_from: None,
+            reserved_seqs: None,
             wake_held: false,
             last_info: None,
         }

@@ -258,6 +258,16 @@ impl ClusterHandle for ClusterNode {
         })
     }
 
+    fn session_subscriptions(
+        &self,
+        client_id: &ClientId,
+    ) -> Option<(SeamNodeId, Vec<HandedOverSubscription>)> {
+        self.registry().read(|reg| {
+            reg.client(client_id.as_str())
+                .map(|e| (SeamNodeId(e.owner.node), handed_over(e)))
+        })
+    }
+
     fn clients(&self, after: Option<&str>, limit: usize) -> Vec<ClientLocation> {
         self.registry().read(|reg| {
             reg.clients_after(after)

@@ -211,6 +211,17 @@ pub trait ClusterHandle: Send + Sync {
     /// Where `client_id` is, cluster-wide.
     fn locate_client(&self, client_id: &ClientId) -> Option<ClientLocation>;
 
+    /// The node that owns `client_id` and its session's subscriptions, as the registry on
+    /// this node has applied it (None: no such client): what a CONNECT that resumes the
+    /// session here subscribes to before its registration makes other nodes route here.
+    fn session_subscriptions(
+        &self,
+        client_id: &ClientId,
+    ) -> Option<(NodeId, Vec<HandedOverSubscription>)> {
+        let _ = client_id;
+        None
+    }
+
     /// Registered clients, cluster-wide, in client id order after `after`, at most `limit`.
     fn clients(&self, after: Option<&str>, limit: usize) -> Vec<ClientLocation>;
 

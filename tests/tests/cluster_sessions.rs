@@ -475,7 +475,7 @@ async fn publishes_flowing_during_a_takeover_are_neither_lost_nor_doubled() {
     loop {
         let have: std::collections::BTreeSet<usize> =
             got.iter().chain(&on_new).map(|(n, _)| *n).collect();
-        if have.len() == M && publishing.is_finished() {
+        if have.len() == M {
             break;
         }
         let left = end.saturating_duration_since(Instant::now());
@@ -496,7 +496,10 @@ async fn publishes_flowing_during_a_takeover_are_neither_lost_nor_doubled() {
             ),
         }
     }
-    publishing.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), publishing)
+        .await
+        .expect("the publisher got every PUBACK")
+        .expect("the publisher got every PUBACK");
     new.expect_no_publish(QUIET).await;
     // In order on the new connection; a message comes twice only as the DUP resend of
     // one the old connection was sent and did not acknowledge.

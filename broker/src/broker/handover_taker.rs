@@ -254,6 +254,58 @@ impl Broker {
         }
     }
 
+    /// Before a CONNECT that resumes a session another node owns is registered: the
+    /// session's subscriptions (as the registry has them now) go into this node's index,
+    /// so that what other nodes route here once the registration applies there finds it.
+    /// Until the connection attaches, only forwarded messages are queued for it (this
+    /// node's own publishes still go to the owner). The session, when there was one to
+    /// index; [`Broker::undo_preindex`] if the registration fails.
+    pub async fn preindex_resumed(&self, client_id: &ClientId) -> Option<Arc<Session>> {
+        let (owner, subscriptions) = self.cluster.session_subscriptions(client_id)?;
+        if owner == self.cluster.node_id() || subscriptions.is_empty() {
+            return None;
+        }
+        let session = self.get_or_create_session(client_id);
+        let indexed = {
+            let _lifecycle = tokio::time::timeout(
+                OFFER_LOCK_WAIT,
+                session.lifecycle.lock(&self.lifecycle_waiters),
+            )
+            .await
+            .ok()?;
+            let free = {
+                let mut st = session.state();
+                let free = !st.removed && st.attachment.is_none();
+                if free {
+                    st.moved = false;
+                    session.set_moving(true);
+                    // Before the index routes anything here: fetched messages go first.
+                    let first = st.reserve_seqs(HANDOVER_SEQS);
+                    st.reserved_seqs = Some(first);
+                }
+                free
+            };
+            if free {
+                self.replace_subscriptions(&session, &subscriptions);
+            }
+            free
+        };
+        indexed.then_some(session)
+    }
+
+    /// The registration [`Broker::preindex_resumed`] prepared for did not happen: the
+    /// session leaves the index again (unless a connection attached to it meanwhile).
+    pub async fn undo_preindex(&self, session: &Arc<Session>) {
+        let _lifecycle = session.lifecycle.lock(&self.lifecycle_waiters).await;
+        let unattached = {
+            let st = session.state();
+            !st.removed && st.attachment.is_none()
+        };
+        if unattached {
+            self.seal_moved(session);
+        }
+    }
+
     /// Node `holder` holds messages of the session of `client_id`, which this node owns
     /// (stored there while it was down, or left by a hand-over that stopped): they are
     /// fetched as at a takeover, after what the session holds here already.

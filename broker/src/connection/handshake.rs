@@ -348,6 +348,13 @@ async fn attach(
     let requested = requested_expiry(&c);
     let expiry = requested.min(broker.config.max_session_expiry_interval);
 
+    // A session resumed from another node is in this node's index before other nodes
+    // route its messages here (as the registration applies there).
+    let preindexed = if c.clean_start {
+        None
+    } else {
+        Box::pin(broker.preindex_resumed(&client_id)).await
+    };
     // Committed cluster-wide before CONNACK: a connection of this client id elsewhere is
     // ended by its node as this applies there.
     let registration = match broker
@@ -357,6 +364,9 @@ async fn attach(
     {
         Ok(r) => r,
         Err(e) => {
+            if let Some(session) = preindexed {
+                Box::pin(broker.undo_preindex(&session)).await;
+            }
             // No quorum, no leader, a timeout: come back later (0x88 / return code 3).
             let r = Refusal::connack(
                 protocol,
@@ -434,6 +444,9 @@ async fn attach(
         if !present {
             broker.clear_session(&session);
         }
+        // Set aside by `preindex_resumed`, for the messages fetched from the node that
+        // held the session.
+        let reserved_seqs;
         {
             let mut st = session.state();
             st.protocol_level = protocol.level();
@@ -443,6 +456,7 @@ async fn attach(
             st.disconnected_at_ms = OptionalMs::NONE;
             st.moved = false;
             session.set_moving(false);
+            reserved_seqs = st.reserved_seqs.take();
             st.attach(
                 Attachment {
                     connection_id: id,
@@ -470,10 +484,10 @@ async fn attach(
                     .previous
                     .filter(|p| rebuild && p.node != me)
                     .map(|p| {
-                        (
-                            p,
-                            session.state().reserve_seqs(crate::broker::HANDOVER_SEQS),
-                        )
+                        let mut st = session.state();
+                        let first = reserved_seqs
+                            .unwrap_or_else(|| st.reserve_seqs(crate::broker::HANDOVER_SEQS));
+                        (p, first)
                     });
                 if rebuild {
                     broker.replace_subscriptions(&session, &registration.subscriptions);
