@@ -24,7 +24,6 @@ use crate::topic::{self, RemoteInterest, TopicTree};
 #[cfg(test)]
 pub(crate) use forwarding::peers_double as forwarding_test_support;
 pub use forwarding::Forwards;
-pub use handover_taker::HANDOVER_SEQS;
 use skein_seam::ClientId;
 use skein_seam::ClusterHandle;
 

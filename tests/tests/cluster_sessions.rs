@@ -259,7 +259,7 @@ async fn racing_connects_of_a_persistent_session_leave_one_owner_with_every_mess
     let cluster = TestCluster::start(3).await;
     let (a, b) = (cluster.node(1).mqtt_addr(), cluster.node(2).mqtt_addr());
     let mut publisher = RawClient::v5(cluster.node(3).mqtt_addr(), &unique_id("pub")).await;
-    for trial in 0..10 {
+    for trial in 0..20 {
         let id = unique_id("prace");
         let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
         // The session lives on node 3 with messages queued for it there.

@@ -281,11 +281,15 @@ fn nothing_here() -> SessionHandover {
     }
 }
 
+/// A message of the session: its sequence, delivery, and (in flight) packet id and
+/// whether its PUBREL was sent.
+type Waiting<'a> = (u64, &'a Delivery, Option<(u16, bool)>);
+
 /// The session's messages after `after`, oldest first (in-flight and queued ones share
 /// one sequence), at most `max` and about [`PAGE_BYTES`].
 fn page(session: &Session, after: u64, max: usize) -> SessionHandover {
     let st = session.state();
-    let mut waiting: Vec<(u64, &Delivery, Option<(u16, bool)>)> = st
+    let mut waiting: Vec<Waiting<'_>> = st
         .inflight
         .iter()
         .map(|f| {

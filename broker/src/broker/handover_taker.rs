@@ -31,7 +31,7 @@ use crate::codec::QoS;
 use crate::session::{to_stored_delivery, Delivery, Inflight, InflightState, Queued, Session};
 
 /// Sequence numbers set aside for fetched messages: more than a session can hold.
-pub const HANDOVER_SEQS: u64 = 1 << 32;
+const HANDOVER_SEQS: u64 = 1 << 32;
 
 /// The longest a CONNACK waits for a session's messages from the node that held it.
 const HANDOVER_WAIT: Duration = Duration::from_secs(3);
@@ -254,55 +254,79 @@ impl Broker {
         }
     }
 
+    /// A CONNECT here resumed `session`, which another node held or this one lost
+    /// (`registration` says which): its subscriptions become the registry's, and what the
+    /// node that held it has is fetched (into the sequence numbers `reserved` set aside,
+    /// else into ones set aside now, before the subscriptions route anything here). The
+    /// caller holds the session's lifecycle lock.
+    pub async fn resume_here(
+        &self,
+        session: &Arc<Session>,
+        registration: &skein_seam::Registration,
+        reserved: Option<u64>,
+    ) {
+        let me = self.cluster.node_id();
+        let handover = registration.previous.filter(|p| p.node != me).map(|p| {
+            let first = reserved.unwrap_or_else(|| session.state().reserve_seqs(HANDOVER_SEQS));
+            (p, first)
+        });
+        self.replace_subscriptions(session, &registration.subscriptions);
+        if let Some((previous, first_seq)) = handover {
+            self.take_session_over(session, previous.node, previous.epoch, first_seq)
+                .await;
+        }
+    }
+
     /// Before a CONNECT that resumes a session another node owns is registered: the
     /// session's subscriptions (as the registry has them now) go into this node's index,
     /// so that what other nodes route here once the registration applies there finds it.
     /// Until the connection attaches, only forwarded messages are queued for it (this
-    /// node's own publishes still go to the owner). The session, when there was one to
-    /// index; [`Broker::undo_preindex`] if the registration fails.
-    pub async fn preindex_resumed(&self, client_id: &ClientId) -> Option<Arc<Session>> {
-        let (owner, subscriptions) = self.cluster.session_subscriptions(client_id)?;
+    /// node's own publishes still go to the owner). True when there was a session to index;
+    /// [`Broker::undo_preindex`] if the registration fails.
+    pub async fn preindex_resumed(&self, client_id: &ClientId) -> bool {
+        let Some((owner, subscriptions)) = self.cluster.session_subscriptions(client_id) else {
+            return false;
+        };
         if owner == self.cluster.node_id() || subscriptions.is_empty() {
-            return None;
+            return false;
         }
         let session = self.get_or_create_session(client_id);
-        let indexed = {
-            let _lifecycle = tokio::time::timeout(
-                OFFER_LOCK_WAIT,
-                session.lifecycle.lock(&self.lifecycle_waiters),
-            )
-            .await
-            .ok()?;
-            let free = {
-                let mut st = session.state();
-                let free = !st.removed && st.attachment.is_none();
-                if free {
-                    st.moved = false;
-                    session.set_moving(true);
-                    // Before the index routes anything here: fetched messages go first.
-                    let first = st.reserve_seqs(HANDOVER_SEQS);
-                    st.reserved_seqs = Some(first);
-                }
-                free
-            };
-            if free {
-                self.replace_subscriptions(&session, &subscriptions);
-            }
-            free
+        let Ok(_lifecycle) = tokio::time::timeout(
+            OFFER_LOCK_WAIT,
+            session.lifecycle.lock(&self.lifecycle_waiters),
+        )
+        .await
+        else {
+            return false;
         };
-        indexed.then_some(session)
+        {
+            let mut st = session.state();
+            if st.removed || st.attachment.is_some() {
+                return false;
+            }
+            st.moved = false;
+            session.set_moving(true);
+            // Before the index routes anything here: fetched messages go first.
+            let first = st.reserve_seqs(HANDOVER_SEQS);
+            st.reserved_seqs = Some(first);
+        }
+        self.replace_subscriptions(&session, &subscriptions);
+        true
     }
 
     /// The registration [`Broker::preindex_resumed`] prepared for did not happen: the
     /// session leaves the index again (unless a connection attached to it meanwhile).
-    pub async fn undo_preindex(&self, session: &Arc<Session>) {
-        let _lifecycle = session.lifecycle.lock(&self.lifecycle_waiters).await;
-        let unattached = {
-            let st = session.state();
-            !st.removed && st.attachment.is_none()
+    pub async fn undo_preindex(&self, client_id: &ClientId) {
+        let Some(session) = self.find_session(client_id) else {
+            return;
         };
-        if unattached {
-            self.seal_moved(session);
+        let _lifecycle = session.lifecycle.lock(&self.lifecycle_waiters).await;
+        let prepared = {
+            let mut st = session.state();
+            !st.removed && st.attachment.is_none() && st.reserved_seqs.take().is_some()
+        };
+        if prepared {
+            self.seal_moved(&session);
         }
     }
 

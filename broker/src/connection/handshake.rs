@@ -350,11 +350,7 @@ async fn attach(
 
     // A session resumed from another node is in this node's index before other nodes
     // route its messages here (as the registration applies there).
-    let preindexed = if c.clean_start {
-        None
-    } else {
-        Box::pin(broker.preindex_resumed(&client_id)).await
-    };
+    let preindexed = !c.clean_start && Box::pin(broker.preindex_resumed(&client_id)).await;
     // Committed cluster-wide before CONNACK: a connection of this client id elsewhere is
     // ended by its node as this applies there.
     let registration = match broker
@@ -364,8 +360,11 @@ async fn attach(
     {
         Ok(r) => r,
         Err(e) => {
-            if let Some(session) = preindexed {
-                Box::pin(broker.undo_preindex(&session)).await;
+            if preindexed {
+                let (b, id) = (broker.clone(), client_id.clone());
+                broker
+                    .tasks
+                    .spawn(async move { b.undo_preindex(&id).await });
             }
             // No quorum, no leader, a timeout: come back later (0x88 / return code 3).
             let r = Refusal::connack(
@@ -478,29 +477,9 @@ async fn attach(
         // connection attached.
         match broker.cluster.locate_client(&client_id) {
             Some(owner) if owner.node == me && owner.epoch == registration.epoch => {
-                // Set aside before the subscriptions route anything here: the messages
-                // fetched from the node that held the session go first.
-                let handover = registration
-                    .previous
-                    .filter(|p| rebuild && p.node != me)
-                    .map(|p| {
-                        let mut st = session.state();
-                        let first = reserved_seqs
-                            .unwrap_or_else(|| st.reserve_seqs(crate::broker::HANDOVER_SEQS));
-                        (p, first)
-                    });
                 if rebuild {
-                    broker.replace_subscriptions(&session, &registration.subscriptions);
-                }
-                if let Some((previous, first_seq)) = handover {
                     // Boxed: the hand-over's state inline would grow every handshake.
-                    Box::pin(broker.take_session_over(
-                        &session,
-                        previous.node,
-                        previous.epoch,
-                        first_seq,
-                    ))
-                    .await;
+                    Box::pin(broker.resume_here(&session, &registration, reserved_seqs)).await;
                 }
             }
             owner => {
