@@ -47,6 +47,10 @@ rm -rf "$WORK"
 mkdir -p "$WORK/logs"
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
+# CPU time (user + system) each broker process spent during a run: id, topology, run, ms per node.
+CPU="$WORK/cpu.tsv"
+: >"$CPU"
+CLK_TCK="$(getconf CLK_TCK)"
 
 say "building release skein and skein-bench"
 cargo build --release -p skein-broker --bin skein
@@ -117,6 +121,15 @@ SCENARIOS=(
   "takeover|$((30 * S)) takeovers, one at a time (cluster: node 1 -> node 2)|takeover --count $((30 * S)) $P1|takeover --count $((30 * S)) $P1 --sub-port $(mqtt_port 2)"
 )
 
+# cpu_ticks: user + system clock ticks of every running node, in node order.
+cpu_ticks() {
+  local pid out=""
+  for pid in "${PIDS[@]}"; do
+    out="$out $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)"
+  done
+  echo "$out"
+}
+
 START_TIME=$(date +%s)
 run_one() { # run_one SCENARIO_ID TOPOLOGY RUN ARGS...
   local id="$1" topo="$2" run="$3"; shift 3
@@ -128,10 +141,15 @@ run_one() { # run_one SCENARIO_ID TOPOLOGY RUN ARGS...
   fi
   local extra=()
   [ "$id" = connect ] && [ "$topo" = single ] && extra=(--broker-pid "${PIDS[0]}")
-  local line rc=0
+  local line rc=0 before after
+  before="$(cpu_ticks)"
   # shellcheck disable=SC2068
   line=$("$BENCH_BIN" $@ "${extra[@]}" --broker "skein-$topo" --timeout "$TIMEOUT" --json \
     2>>"$WORK/logs/bench-stderr.log") || rc=$?
+  after="$(cpu_ticks)"
+  printf '%s\t%s\t%s\t%s\n' "$id" "$topo" "$run" "$(python3 -c 'import sys
+b, a, hz = sys.argv[1].split(), sys.argv[2].split(), int(sys.argv[3])
+print(" ".join(str((int(y) - int(x)) * 1000 // hz) for x, y in zip(b, a)))' "$before" "$after" "$CLK_TCK")" >>"$CPU"
   stop_all
   line=$(printf '%s\n' "$line" | grep '^{' | tail -n1 || true)
   if [ -z "$line" ]; then
@@ -171,7 +189,30 @@ ratio() { python3 -c 'import sys
 a,b=sys.argv[1],sys.argv[2]
 try: print("%.2f" % (float(a)/float(b)))
 except (ValueError, ZeroDivisionError): print("n/a")' "$1" "$2"; }
+# cpu_cell SCENARIO TOPOLOGY WHICH: median over runs of the busiest node's CPU ms (WHICH=max)
+# or of node N's (WHICH=N).
+cpu_cell() {
+  awk -F'\t' -v s="$1" -v t="$2" '$1==s && $2==t {print $4}' "$CPU" | python3 -c 'import statistics,sys
+which = sys.argv[1]
+v = []
+for line in sys.stdin:
+    ms = [int(x) for x in line.split()]
+    if not ms: continue
+    if which == "max": v.append(max(ms))
+    elif int(which) <= len(ms): v.append(ms[int(which) - 1])
+print("%.0f" % statistics.median(v) if v else "n/a")' "$3"
+}
 completed() { awk -F'\t' -v s="$1" -v t="$2" '$1==s && $2==t && substr($4,1,1)=="{"' "$RESULTS" | grep -c '"complete":true' || true; }
+
+# busiest_node SCENARIO: which cluster node spent the most CPU (median run's pick).
+busiest_node() {
+  awk -F'\t' -v s="$1" '$1==s && $2=="cluster" {print $4}' "$CPU" | python3 -c 'import collections,sys
+c = collections.Counter()
+for line in sys.stdin:
+    ms = [int(x) for x in line.split()]
+    if ms: c[ms.index(max(ms)) + 1] += 1
+print(c.most_common(1)[0][0] if c else "?")'
+}
 
 BEGIN_MARK='<!-- bench/cluster.sh: begin -->'
 END_MARK='<!-- bench/cluster.sh: end -->'
@@ -187,6 +228,9 @@ TABLE="$WORK/table.md"
   echo "Raft) sharing the cores one broker has in a single-node run. Single: everything on one"
   echo "node. Cluster: publishers on node 1, subscribers on node 2 (throughput); connections"
   echo "round-robin over all nodes (connect); the second connection of each takeover on node 2."
+  echo "CPU ms: user + system time a broker process spent during the run (from /proc), median"
+  echo "over runs; on hosts of their own each node has its cores to itself, so the busiest"
+  echo "node's CPU per message bounds the cluster's throughput, whatever this machine's sharing."
   [ "$QUICK" = 1 ] && echo "**QUICK mode: counts are 10x smaller; a smoke test, not a result.**"
   echo
   echo "| scenario | metric | single node | cluster | cluster/single | completed runs (single, cluster) |"
@@ -213,6 +257,13 @@ TABLE="$WORK/table.md"
         echo "|  | $label | $s | $c | $(ratio "$c" "$s") | |"
       fi
     done
+    case "$id" in
+      connect|takeover) ;;
+      *)
+        s="$(cpu_cell "$id" single max)" c="$(cpu_cell "$id" cluster max)"
+        echo "|  | busiest broker's CPU ms (cluster: node $(busiest_node "$id")) | $s | $c | $(ratio "$c" "$s") | |"
+        echo "|  | per-host throughput bound (single CPU / busiest CPU) | | | $(ratio "$s" "$c") | |" ;;
+    esac
   done
   echo
   echo "Commands: \`target/release/skein-bench ARGS --broker skein-TOPOLOGY --timeout $TIMEOUT --json\`, with"

@@ -5,7 +5,9 @@
 //! - `forward` queues the message synchronously, so the order of calls is the order the
 //!   peer delivers in, and returns a future that resolves with the peer's acknowledgement
 //!   (or, after `ack_timeout_ms`, tells the caller the peer is unavailable while the message
-//!   stays queued for it).
+//!   stays queued for it). The timeout is the queue's: a task per queue answers the
+//!   callers that waited too long, a few times per timeout, so a forward costs no timer
+//!   of its own.
 //! - The queue holds what waits and what was sent but not acknowledged, bounded in
 //!   messages and bytes; only a forward that would exceed a bound is refused
 //!   (`QueueFull`) and counted. A broken stream, or a peer answering RETRY_LATER, costs a
@@ -36,6 +38,7 @@ pub(crate) mod wire;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use skein_seam::{BoxFuture, ForwardError, ForwardedPublish};
 use tokio_util::sync::CancellationToken;
@@ -76,26 +79,15 @@ impl Forwarder {
         node: NodeId,
         publish: ForwardedPublish,
     ) -> BoxFuture<'static, Result<(), ForwardError>> {
-        let queued = self
-            .queue(node)
-            .and_then(|queue| queue.push(wire::to_pb(publish)));
-        let ack_timeout = self.shared.settings.forward.ack_timeout();
-        // From the call, not from the first poll: a caller waiting for many forwards in
-        // turn waits the timeout once, not once per forward.
-        let deadline = tokio::time::Instant::now() + ack_timeout;
+        // The timeout counts from here, not from the first poll (the queue notes when):
+        // a caller waiting for many forwards in turn waits it once, not once per forward.
+        let queued = self.queue(node).and_then(|queue| queue.push(&publish));
         Box::pin(async move {
-            let answer = queued?;
-            match tokio::time::timeout_at(deadline, answer).await {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(_)) => Err(ForwardError::Unavailable {
-                    node: skein_seam::NodeId(node),
-                    detail: "its forward queue was closed".into(),
-                }),
+            match queued?.await {
+                Ok(outcome) => outcome,
                 Err(_) => Err(ForwardError::Unavailable {
                     node: skein_seam::NodeId(node),
-                    detail: format!(
-                        "no acknowledgement within {ack_timeout:?}; the message stays queued for it"
-                    ),
+                    detail: "its forward queue was closed".into(),
                 }),
             }
         })
@@ -120,7 +112,7 @@ impl Forwarder {
         node: NodeId,
         publish: ForwardedPublish,
     ) -> Result<(), ForwardError> {
-        self.queue(node)?.push_unanswered(wire::to_pb(publish))
+        self.queue(node)?.push_unanswered(&publish)
     }
 
     /// The queue of `node`, made (with its sender task) on first use.
@@ -155,6 +147,24 @@ impl Forwarder {
         queues.insert(node, queue.clone());
         drop(queues);
         tracing::debug!(peer = node, stream_id, "forward queue created");
+        let expiring = queue.clone();
+        let ack_timeout = self.shared.settings.forward.ack_timeout();
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            // Answers land between the timeout and a tenth of it later.
+            let mut tick = tokio::time::interval((ack_timeout / 10).max(Duration::from_millis(1)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if expiring.expire(tokio::time::Instant::now(), ack_timeout) {
+                            return;
+                        }
+                    }
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
         let this = self.clone();
         let task_queue = queue.clone();
         self.tasks.spawn(async move {

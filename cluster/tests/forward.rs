@@ -41,7 +41,7 @@ impl Recorder {
             .lock()
             .unwrap()
             .iter()
-            .map(|p| p.topic.clone())
+            .map(|p| p.topic.to_string())
             .collect()
     }
 }
@@ -52,11 +52,11 @@ impl BrokerHandle for Recorder {
         publish: ForwardedPublish,
     ) -> BoxFuture<'_, Result<usize, BrokerHandleError>> {
         // Decided in the first poll, as the broker routes there.
-        let refused = self.refuse_once.lock().unwrap().remove(&publish.topic);
+        let refused = self.refuse_once.lock().unwrap().remove(&*publish.topic);
         if refused {
             return Box::pin(async { Err(BrokerHandleError::Storage("disk full".into())) });
         }
-        let slow = self.slow.lock().unwrap().contains(&publish.topic);
+        let slow = self.slow.lock().unwrap().contains(&*publish.topic);
         self.delivered.lock().unwrap().push(publish);
         Box::pin(async move {
             if slow {

@@ -3,6 +3,8 @@
 //! Only plain values cross here (no broker types), so that the cluster never needs the
 //! broker crate.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::box_future::BoxFuture;
@@ -12,8 +14,9 @@ use crate::ids::{ClientId, NodeId};
 /// subscriptions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardedPublish {
-    /// A topic name (no wildcards).
-    pub topic: String,
+    /// A topic name (no wildcards). Shared, as the broker holds it: forwarding a message
+    /// to several nodes copies no topic.
+    pub topic: Arc<str>,
     pub payload: Bytes,
     /// 0, 1 or 2, as on the wire.
     pub qos: u8,
@@ -25,7 +28,7 @@ pub struct ForwardedPublish {
     /// The publishing client; None for a message a node published itself (events).
     pub publisher: Option<ClientId>,
     /// The publisher's username, for the events that name it.
-    pub publisher_username: Option<String>,
+    pub publisher_username: Option<Arc<str>>,
     /// Deliver to the receiver's ordinary (non-shared) subscriptions that match.
     pub to_subscribers: bool,
     /// Shared subscription groups the sender picked the receiver for: one member of each

@@ -257,14 +257,14 @@ pub(super) fn forwarded_message(p: ForwardedPublish) -> Result<Message, BrokerHa
         )));
     }
     Ok(Message {
-        topic: Arc::from(p.topic),
+        topic: p.topic,
         payload: p.payload,
         qos,
         retain: p.retain,
         properties: p.properties,
         received_at_ms: p.received_at_ms,
         publisher: p.publisher,
-        publisher_username: p.publisher_username.map(Arc::from),
+        publisher_username: p.publisher_username,
     })
 }
 

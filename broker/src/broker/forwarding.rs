@@ -21,6 +21,7 @@ pub(crate) mod peers_double;
 mod tests;
 
 use skein_seam::{BoxFuture, ForwardError, ForwardedPublish, NodeId, SharedTarget};
+use smallvec::SmallVec;
 
 use super::{Broker, SessionRef, SubEntry};
 use crate::codec::QoS;
@@ -58,7 +59,7 @@ impl Scope<'_> {
 /// The forwards of one publish, each resolving once its node accepted the message; a QoS 0
 /// publish's forwards carry no answer (nobody waits for one).
 #[derive(Default)]
-pub struct Forwards(Vec<(NodeId, Answer)>);
+pub struct Forwards(SmallVec<[(NodeId, Answer); 1]>);
 
 enum Answer {
     Waited(BoxFuture<'static, Result<(), ForwardError>>),
@@ -164,14 +165,14 @@ pub(super) fn forwarded(
     shared: Vec<SharedTarget>,
 ) -> ForwardedPublish {
     ForwardedPublish {
-        topic: message.topic.to_string(),
+        topic: message.topic.clone(),
         payload: message.payload.clone(),
         qos: message.qos as u8,
         retain: message.retain,
         properties: message.properties.clone(),
         received_at_ms: message.received_at_ms,
         publisher: message.publisher.clone(),
-        publisher_username: message.publisher_username.as_deref().map(str::to_owned),
+        publisher_username: message.publisher_username.clone(),
         to_subscribers,
         shared,
     }

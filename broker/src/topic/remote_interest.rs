@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 use skein_seam::{NodeId, SharedTarget};
+use smallvec::SmallVec;
 
 use super::tree::TopicTree;
 use super::validate::parse_subscription;
@@ -33,7 +34,8 @@ pub struct RemoteInterest {
 /// Where a publish goes beyond this node, one entry per node.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RemoteTargets {
-    pub nodes: Vec<NodeTarget>,
+    /// Inline for one node, the usual case: no allocation per publish.
+    pub nodes: SmallVec<[NodeTarget; 1]>,
     /// Shared groups that a member on another node gets this time: this node's members
     /// of them must not.
     pub taken: Vec<SharedTarget>,

@@ -1,6 +1,6 @@
 //! The `Forward.Publish` call with batches the queue encoded already: the codec writes
 //! their bytes as they are, so a batch is encoded once (kept for a resend and sent from the
-//! same buffer) instead of once for the queue and again for the wire.
+//! same buffers) instead of once for the queue and again for the wire.
 
 use prost::bytes::{BufMut, Bytes};
 use prost::Message as _;
@@ -12,12 +12,27 @@ use tonic::{Status, Streaming};
 
 use crate::peers::MAX_MESSAGE_BYTES;
 
+/// An encoded `PublishBatch`: its own fields, then its publishes (written into the queue's
+/// buffer as they were queued).
+#[derive(Debug, Clone)]
+pub(crate) struct EncodedBatch {
+    pub(crate) header: Bytes,
+    pub(crate) publishes: Bytes,
+}
+
+impl EncodedBatch {
+    #[cfg(test)]
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        [&self.header[..], &self.publishes[..]].concat()
+    }
+}
+
 /// Sends encoded `PublishBatch`es, reads `BatchAck`s.
 #[derive(Debug, Clone, Copy, Default)]
 struct EncodedCodec;
 
 impl Codec for EncodedCodec {
-    type Encode = Bytes;
+    type Encode = EncodedBatch;
     type Decode = pb::BatchAck;
     type Encoder = EncodedCodec;
     type Decoder = EncodedCodec;
@@ -32,11 +47,12 @@ impl Codec for EncodedCodec {
 }
 
 impl Encoder for EncodedCodec {
-    type Item = Bytes;
+    type Item = EncodedBatch;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        buf.put_slice(&item);
+    fn encode(&mut self, item: EncodedBatch, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.put_slice(&item.header);
+        buf.put_slice(&item.publishes);
         Ok(())
     }
 }
@@ -55,7 +71,7 @@ impl Decoder for EncodedCodec {
 /// Opens a `Forward.Publish` stream sending `batches` (each an encoded `PublishBatch`).
 pub(super) async fn publish(
     channel: Channel,
-    batches: impl futures_util::Stream<Item = Bytes> + Send + 'static,
+    batches: impl futures_util::Stream<Item = EncodedBatch> + Send + 'static,
 ) -> Result<Streaming<pb::BatchAck>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

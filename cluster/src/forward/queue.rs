@@ -1,48 +1,71 @@
 //! [`PeerQueue`]: what this node holds for one peer: messages waiting to be sent and
 //! batches sent but not acknowledged yet, bounded together in messages and in bytes.
 //! Only the sender task takes messages out; any task puts them in.
+//!
+//! A message is written in its wire form as it is queued, into one buffer the waiting
+//! messages share: a batch is then the front of that buffer behind a few bytes of header,
+//! taken without copying or encoding anything again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use prost::bytes::Bytes;
-use prost::Message as _;
-use skein_proto::v1 as pb;
-use skein_seam::ForwardError;
+use prost::bytes::BytesMut;
+use skein_seam::{ForwardError, ForwardedPublish};
 use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
 
+use super::encoded::EncodedBatch;
+use super::wire;
 use crate::metrics::PeerForwardMetrics;
 use crate::settings::ForwardSettings;
 use crate::types::NodeId;
 
+/// How much the waiting messages' buffer grows by at least: one allocation per many
+/// messages.
+const PENDING_CHUNK: usize = 64 * 1024;
+
+/// The depth gauge is set at least every this many queued messages.
+const DEPTH_EVERY: usize = 256;
+
 /// Where a forward's caller learns the peer's answer.
 pub(crate) type Waiter = oneshot::Sender<Result<(), ForwardError>>;
 
+/// A caller waiting for the peer's answer, since when: past the forward timeout it is told
+/// the peer is unavailable (see [`PeerQueue::expire`]) while the message stays queued.
+struct Answer {
+    since: Instant,
+    to: Waiter,
+}
+
+/// A message in `State::pending`.
 struct Waiting {
-    publish: pb::ForwardedPublish,
+    /// Its bytes there.
     bytes: usize,
     /// None: nobody waits for the answer (QoS 0).
-    waiter: Option<Waiter>,
+    waiter: Option<Answer>,
 }
 
 /// A batch on its way: kept until the peer acknowledges it, to be sent again on the next
 /// stream if this one breaks first.
 struct Sent {
     sequence: u64,
-    /// The batch as sent, encoded once: the stream sends this buffer, and sends it again
-    /// if the stream breaks.
-    encoded: Bytes,
+    /// The batch as sent, encoded once: the stream sends these buffers, and sends them
+    /// again if the stream breaks.
+    encoded: EncodedBatch,
     /// Messages in it.
     count: usize,
-    /// None once told (a RETRY_LATER answered the callers; the batch is still retried).
-    waiters: Vec<Option<Waiter>>,
+    /// None once told (a RETRY_LATER or the timeout answered the caller; the batch is
+    /// still retried).
+    waiters: Vec<Option<Answer>>,
     bytes: usize,
 }
 
 #[derive(Default)]
 struct State {
     waiting: VecDeque<Waiting>,
+    /// The waiting messages, written one after the other as `PublishBatch.publishes`.
+    pending: BytesMut,
     unacked: VecDeque<Sent>,
     /// Messages in `waiting` and `unacked`, and their encoded bytes: what the bounds limit.
     held_messages: usize,
@@ -123,27 +146,21 @@ impl PeerQueue {
     /// closed or the message would take it past either bound (counted as dropped).
     pub(crate) fn push(
         &self,
-        publish: pb::ForwardedPublish,
+        publish: &ForwardedPublish,
     ) -> Result<oneshot::Receiver<Result<(), ForwardError>>, ForwardError> {
-        let (waiter, answer) = oneshot::channel();
-        self.put(publish, Some(waiter))?;
+        let (to, answer) = oneshot::channel();
+        self.put(publish, Some(to))?;
         Ok(answer)
     }
 
     /// [`Self::push`] with nobody waiting for the answer.
-    pub(crate) fn push_unanswered(
-        &self,
-        publish: pb::ForwardedPublish,
-    ) -> Result<(), ForwardError> {
+    pub(crate) fn push_unanswered(&self, publish: &ForwardedPublish) -> Result<(), ForwardError> {
         self.put(publish, None)
     }
 
-    fn put(
-        &self,
-        publish: pb::ForwardedPublish,
-        waiter: Option<Waiter>,
-    ) -> Result<(), ForwardError> {
-        let bytes = publish.encoded_len();
+    fn put(&self, publish: &ForwardedPublish, waiter: Option<Waiter>) -> Result<(), ForwardError> {
+        let len = wire::encoded_len(publish);
+        let bytes = wire::batch_entry_len(len);
         let mut st = self.state();
         if let Some(closed) = st.closed {
             return Err(ForwardError::Unavailable {
@@ -158,15 +175,26 @@ impl PeerQueue {
             self.metrics.dropped("queue_full", 1);
             return Err(ForwardError::QueueFull(self.node()));
         }
-        let was_empty = st.waiting.is_empty();
-        st.waiting.push_back(Waiting {
-            publish,
-            bytes,
-            waiter,
+        let waiter = waiter.map(|to| Answer {
+            // Under the lock: the waiting callers are in the order of their `since`.
+            since: Instant::now(),
+            to,
         });
+        let was_empty = st.waiting.is_empty();
+        if st.pending.capacity() - st.pending.len() < bytes {
+            // Room for many messages at once: while sent batches still share the old
+            // buffer, growing it means a new one.
+            st.pending.reserve(bytes.max(PENDING_CHUNK));
+        }
+        wire::put_batch_entry(publish, len, &mut st.pending);
+        st.waiting.push_back(Waiting { bytes, waiter });
         st.held_messages += 1;
         st.held_bytes += bytes;
-        self.metrics.depth(st.held_messages);
+        // The gauge is also set per batch and per acknowledgement; here only often enough
+        // to show a queue that grows while nothing is sent.
+        if was_empty || st.held_messages.is_multiple_of(DEPTH_EVERY) {
+            self.metrics.depth(st.held_messages);
+        }
         if !self.under_half(&st) {
             self.over_half.store(true, Ordering::Release);
         }
@@ -211,20 +239,18 @@ impl PeerQueue {
     }
 
     /// The next batch to send (as many waiting messages as fit, up to the batch bounds),
-    /// kept as unacknowledged; None when nothing waits or the window is full.
-    /// Only the sender task calls it (and `resend`, `accepted`, `close`), so the batch is
-    /// encoded outside the lock and recorded after.
-    pub(crate) fn next_batch(&self, from_node: NodeId) -> Option<Bytes> {
+    /// kept as unacknowledged; None when nothing waits or the window is full. Only the
+    /// sender task calls it (and `resend`, `accepted`).
+    pub(crate) fn next_batch(&self, from_node: NodeId) -> Option<EncodedBatch> {
         let mut st = self.state();
         if st.waiting.is_empty() || st.unacked.len() >= self.settings.window_batches {
             return None;
         }
-        let mut publishes = Vec::with_capacity(st.waiting.len().min(self.settings.batch_messages));
-        let mut waiters = Vec::with_capacity(publishes.capacity());
+        let mut waiters = Vec::with_capacity(st.waiting.len().min(self.settings.batch_messages));
         let mut bytes = 0;
         while let Some(next) = st.waiting.front() {
-            let full = publishes.len() >= self.settings.batch_messages
-                || (!publishes.is_empty() && bytes + next.bytes > self.settings.batch_bytes);
+            let full = waiters.len() >= self.settings.batch_messages
+                || (!waiters.is_empty() && bytes + next.bytes > self.settings.batch_bytes);
             if full {
                 break;
             }
@@ -232,37 +258,34 @@ impl PeerQueue {
                 break;
             };
             bytes += w.bytes;
-            publishes.push(w.publish);
             waiters.push(w.waiter);
         }
+        let publishes = st.pending.split_to(bytes).freeze();
         st.last_sequence += 1;
         let sequence = st.last_sequence;
-        drop(st);
-        let count = publishes.len();
-        let batch = pb::PublishBatch {
-            sequence,
-            from_node,
-            to_node: self.peer,
+        let count = waiters.len();
+        let encoded = EncodedBatch {
+            header: wire::batch_header(sequence, from_node, self.peer, self.stream_id),
             publishes,
-            stream_id: self.stream_id,
         };
-        let encoded = Bytes::from(batch.encode_to_vec());
-        self.metrics.batch(count);
-        self.state().unacked.push_back(Sent {
+        st.unacked.push_back(Sent {
             sequence,
             encoded: encoded.clone(),
             count,
             waiters,
             bytes,
         });
+        self.metrics.depth(st.held_messages);
+        drop(st);
+        self.metrics.batch(count);
         Some(encoded)
     }
 
     /// Every unacknowledged batch again, oldest first, for a new stream (counted as
     /// retried).
-    pub(crate) fn resend(&self) -> Vec<Bytes> {
+    pub(crate) fn resend(&self) -> Vec<EncodedBatch> {
         let st = self.state();
-        let batches: Vec<Bytes> = st.unacked.iter().map(|s| s.encoded.clone()).collect();
+        let batches: Vec<EncodedBatch> = st.unacked.iter().map(|s| s.encoded.clone()).collect();
         let messages: usize = st.unacked.iter().map(|s| s.count).sum();
         drop(st);
         self.metrics.retried(messages);
@@ -298,7 +321,7 @@ impl PeerQueue {
         }
         self.metrics.sent(sent.count);
         for waiter in sent.waiters.into_iter().flatten() {
-            let _ = waiter.send(Ok(()));
+            let _ = waiter.to.send(Ok(()));
         }
         Ok(())
     }
@@ -311,10 +334,10 @@ impl PeerQueue {
         let Some(sent) = st.unacked.iter_mut().find(|s| s.sequence == sequence) else {
             return;
         };
-        let waiters: Vec<Waiter> = sent.waiters.iter_mut().filter_map(Option::take).collect();
+        let waiters: Vec<Answer> = sent.waiters.iter_mut().filter_map(Option::take).collect();
         drop(st);
         for waiter in waiters {
-            let _ = waiter.send(Err(ForwardError::Refused {
+            let _ = waiter.to.send(Err(ForwardError::Refused {
                 node: self.node(),
                 detail: detail.to_owned(),
             }));
@@ -327,6 +350,7 @@ impl PeerQueue {
         st.closed = Some(why);
         let waiting = std::mem::take(&mut st.waiting);
         let unacked = std::mem::take(&mut st.unacked);
+        st.pending = BytesMut::new();
         let dropped = st.held_messages;
         st.held_messages = 0;
         st.held_bytes = 0;
@@ -348,11 +372,49 @@ impl PeerQueue {
             .map(|w| w.waiter)
             .chain(unacked.into_iter().flat_map(|s| s.waiters));
         for waiter in waiters.flatten() {
-            let _ = waiter.send(Err(ForwardError::Unavailable {
+            let _ = waiter.to.send(Err(ForwardError::Unavailable {
                 node: self.node(),
                 detail: why.detail().into(),
             }));
         }
+    }
+
+    /// Tells the callers that have waited `timeout` or longer (at `now`) that the peer did
+    /// not answer in time; their messages stay queued and are still sent. One scan per
+    /// tick of the queue's expiry task instead of one timer per forward. Returns whether
+    /// the queue is closed (the task ends then).
+    pub(crate) fn expire(&self, now: Instant, timeout: std::time::Duration) -> bool {
+        let mut st = self.state();
+        if st.closed.is_some() {
+            return true;
+        }
+        let mut expired = Vec::new();
+        let st = &mut *st;
+        let answers = st
+            .unacked
+            .iter_mut()
+            .flat_map(|s| s.waiters.iter_mut())
+            .chain(st.waiting.iter_mut().map(|w| &mut w.waiter));
+        for slot in answers {
+            match slot {
+                // Oldest first: the first caller still in time ends the scan.
+                Some(a) if now.saturating_duration_since(a.since) < timeout => break,
+                Some(_) => expired.extend(slot.take()),
+                None => {}
+            }
+        }
+        if expired.is_empty() {
+            return false;
+        }
+        for waiter in expired {
+            let _ = waiter.to.send(Err(ForwardError::Unavailable {
+                node: self.node(),
+                detail: format!(
+                    "no acknowledgement within {timeout:?}; the message stays queued for it"
+                ),
+            }));
+        }
+        false
     }
 
     /// Messages held (waiting and unacknowledged).
@@ -367,17 +429,27 @@ mod tests {
 
     use super::*;
 
-    fn decoded(batch: Option<Bytes>) -> pb::PublishBatch {
-        pb::PublishBatch::decode(batch.expect("a batch")).unwrap()
+    use prost::bytes::Bytes;
+    use prost::Message as _;
+    use skein_proto::v1 as pb;
+    use skein_seam::PublishProperties;
+
+    fn decoded(batch: Option<EncodedBatch>) -> pb::PublishBatch {
+        pb::PublishBatch::decode(&batch.expect("a batch").to_vec()[..]).unwrap()
     }
 
-    fn publish(topic: &str, payload: usize) -> pb::ForwardedPublish {
-        pb::ForwardedPublish {
+    fn publish(topic: &str, payload: usize) -> ForwardedPublish {
+        ForwardedPublish {
             topic: topic.into(),
             payload: Bytes::from(vec![7u8; payload]),
             qos: 1,
+            retain: false,
+            properties: PublishProperties::default(),
+            received_at_ms: 0,
+            publisher: None,
+            publisher_username: None,
             to_subscribers: true,
-            ..Default::default()
+            shared: Vec::new(),
         }
     }
 
@@ -396,10 +468,10 @@ mod tests {
     async fn batches_keep_order_fill_the_window_and_acks_free_room() {
         let q = PeerQueue::new(2, 99, settings());
         let answers: Vec<_> = (0..4)
-            .map(|i| q.push(publish(&format!("t/{i}"), 10)).unwrap())
+            .map(|i| q.push(&publish(&format!("t/{i}"), 10)).unwrap())
             .collect();
         assert_eq!(
-            q.push(publish("t/4", 10)).unwrap_err(),
+            q.push(&publish("t/4", 10)).unwrap_err(),
             ForwardError::QueueFull(skein_seam::NodeId(2))
         );
         let first = decoded(q.next_batch(1));
@@ -437,7 +509,7 @@ mod tests {
     async fn publishers_wait_for_room_above_half_the_bound_until_acks_free_it() {
         let q = PeerQueue::new(2, 1, settings());
         for i in 0..3 {
-            q.push(publish(&format!("t/{i}"), 1)).unwrap();
+            q.push(&publish(&format!("t/{i}"), 1)).unwrap();
         }
         assert!(!q.has_room(), "3 of 4 held: over half");
         let first = decoded(q.next_batch(1));
@@ -462,23 +534,55 @@ mod tests {
         assert!(q.has_room());
         // A closed queue never keeps a publisher waiting.
         for i in 0..2 {
-            q.push(publish(&format!("u/{i}"), 1)).unwrap();
+            q.push(&publish(&format!("u/{i}"), 1)).unwrap();
         }
         assert!(!q.has_room());
         q.close(Closed::ShuttingDown);
         assert!(q.has_room());
     }
 
+    #[tokio::test]
+    async fn callers_past_the_timeout_are_told_but_their_messages_stay_queued() {
+        let q = PeerQueue::new(2, 1, settings());
+        let timeout = std::time::Duration::from_secs(5);
+        let old = q.push(&publish("old", 1)).unwrap();
+        let sent = decoded(q.next_batch(1));
+        // A moment strictly between the two callers' `since`.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let between = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        q.push_unanswered(&publish("nobody waits", 1)).unwrap();
+        let mut young = q.push(&publish("young", 1)).unwrap();
+        assert!(!q.expire(between + timeout, timeout));
+        assert!(matches!(
+            old.await.unwrap(),
+            Err(ForwardError::Unavailable { detail, .. }) if detail.contains("stays queued")
+        ));
+        assert!(young.try_recv().is_err(), "still within the timeout");
+        // Still sent, still answered when acknowledged (to nobody, for the expired one).
+        assert_eq!(q.held(), 3);
+        q.accepted(sent.sequence).unwrap();
+        let rest = decoded(q.next_batch(1));
+        assert_eq!(rest.publishes.len(), 2);
+        q.accepted(rest.sequence).unwrap();
+        assert_eq!(young.await.unwrap(), Ok(()));
+        q.close(Closed::Removed);
+        assert!(
+            q.expire(Instant::now(), timeout),
+            "a closed queue ends its task"
+        );
+    }
+
     #[test]
     fn a_batch_closes_at_its_byte_bound_but_a_large_message_travels_alone() {
         let q = PeerQueue::new(2, 1, settings());
-        q.push(publish("a", 200)).unwrap();
-        q.push(publish("b", 200)).unwrap();
+        q.push(&publish("a", 200)).unwrap();
+        q.push(&publish("b", 200)).unwrap();
         assert_eq!(decoded(q.next_batch(1)).publishes.len(), 1);
         assert_eq!(decoded(q.next_batch(1)).publishes.len(), 1);
         // Larger than the whole byte bound: refused, never queued.
         assert!(matches!(
-            q.push(publish("huge", 2000)),
+            q.push(&publish("huge", 2000)),
             Err(ForwardError::QueueFull(_))
         ));
     }
@@ -486,8 +590,8 @@ mod tests {
     #[tokio::test]
     async fn closing_fails_every_caller_and_refusals_answer_but_keep_the_batch() {
         let q = PeerQueue::new(3, 1, settings());
-        let a = q.push(publish("a", 1)).unwrap();
-        let b = q.push(publish("b", 1)).unwrap();
+        let a = q.push(&publish("a", 1)).unwrap();
+        let b = q.push(&publish("b", 1)).unwrap();
         let batch = decoded(q.next_batch(1));
         q.refused(batch.sequence, "disk full");
         assert!(
@@ -499,7 +603,7 @@ mod tests {
         ));
         assert_eq!(q.resend().len(), 1, "still held for another try");
 
-        let c = q.push(publish("c", 1)).unwrap();
+        let c = q.push(&publish("c", 1)).unwrap();
         q.close(Closed::Removed);
         assert!(matches!(
             c.await.unwrap(),
@@ -507,7 +611,7 @@ mod tests {
         ));
         assert_eq!(q.held(), 0);
         assert!(matches!(
-            q.push(publish("d", 1)),
+            q.push(&publish("d", 1)),
             Err(ForwardError::Unavailable { .. })
         ));
     }

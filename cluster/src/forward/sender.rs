@@ -7,15 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::bytes::Bytes;
-
 use openraft::RaftMetrics;
 use skein_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::encoded;
+use super::encoded::{self, EncodedBatch};
 use super::queue::{Closed, PeerQueue};
 use crate::shared::Shared;
 use crate::types::{Node, NodeId};
@@ -114,7 +112,7 @@ async fn stream(
     let window = shared.settings.forward.window_batches;
     // Never more than the window of batches is unacknowledged, so never more than that
     // waits in the channel.
-    let (tx, mut rx) = mpsc::channel::<Bytes>(window);
+    let (tx, mut rx) = mpsc::channel::<EncodedBatch>(window);
     for batch in queue.resend() {
         if tx.try_send(batch).is_err() {
             return failed("more unacknowledged batches than the window".into(), false);

@@ -49,7 +49,7 @@ fn a_publish_reaches_local_sessions_and_each_interested_node_once() {
     assert_eq!(sent.len(), 1);
     let (node, p) = &sent[0];
     assert_eq!(*node, NodeId(2));
-    assert_eq!((p.topic.as_str(), p.qos, p.retain), ("a/b", 1, false));
+    assert_eq!((&*p.topic, p.qos, p.retain), ("a/b", 1, false));
     assert!(p.to_subscribers && p.shared.is_empty());
     assert_eq!(p.publisher.as_ref().map(|c| c.as_str()), Some("p"));
 
@@ -211,7 +211,7 @@ async fn retained_messages_fetched_from_a_member_keep_the_newer_of_each_topic() 
     // What this node offers another: all three, as retained publishes for nobody.
     let mut mine = b.retained_messages();
     mine.sort_by(|a, b| a.topic.cmp(&b.topic));
-    let topics: Vec<&str> = mine.iter().map(|p| p.topic.as_str()).collect();
+    let topics: Vec<&str> = mine.iter().map(|p| &*p.topic).collect();
     assert_eq!(topics, ["held/newer", "held/older", "new"]);
     assert!(mine.iter().all(|p| p.retain && !p.to_subscribers));
 }

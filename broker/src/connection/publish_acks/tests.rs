@@ -157,7 +157,12 @@ async fn acknowledgements_wait_for_the_peer_and_keep_publish_order() {
         "{:?}",
         started.elapsed()
     );
-    let sent: Vec<String> = n.cluster.take().into_iter().map(|(_, p)| p.topic).collect();
+    let sent: Vec<String> = n
+        .cluster
+        .take()
+        .into_iter()
+        .map(|(_, p)| p.topic.to_string())
+        .collect();
     assert_eq!(sent, ["remote/a", "remote/c", "remote/d"]);
     c.send(&[Packet::PubRel(Ack::new(3))]).await;
     assert!(matches!(c.next().await, Some(Packet::PubComp(a)) if a.packet_id == 3));
