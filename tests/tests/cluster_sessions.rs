@@ -521,3 +521,37 @@ async fn publishes_flowing_during_a_takeover_are_neither_lost_nor_doubled() {
         on_new.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publish_awaiting_pubrel_is_known_on_the_new_node_and_not_delivered_twice() {
+    let cluster = TestCluster::start(3).await;
+    let mut subscriber =
+        RawClient::v5(cluster.node(3).mqtt_addr(), &unique_id("watcher")).await;
+    assert_eq!(
+        subscriber.subscribe(1, &[SubFilter::new("q2/#", 2)]).await,
+        [2]
+    );
+    let id = unique_id("q2pub");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut p, _, _) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), &persistent).await;
+    p.publish(&Publish::new("q2/x", 2, b"once").pkid(7)).await;
+    let rec = p.expect(RECV_TIMEOUT).await;
+    assert!(matches!(rec, Packet::PubRec { pkid: 7, reason: 0, .. }), "{rec:?}");
+    let got = subscriber.expect_publish(RECV_TIMEOUT).await;
+    assert_eq!(got.payload, b"once");
+    subscriber.send(&pubrec(got.pkid)).await;
+    // Gone before its PUBREL; back on another node.
+    p.drop_connection();
+    let (mut p, present, _) = RawClient::connect_ok(cluster.node(2).mqtt_addr(), &persistent).await;
+    assert!(present);
+    // A resend of the PUBLISH is recognised: acknowledged, not delivered again.
+    p.publish(&Publish::new("q2/x", 2, b"once").pkid(7).dup(true))
+        .await;
+    let rec = p.expect(RECV_TIMEOUT).await;
+    assert!(matches!(rec, Packet::PubRec { pkid: 7, reason: 0, .. }), "{rec:?}");
+    subscriber.expect_no_publish(QUIET).await;
+    // Its PUBREL finds the id (MQTT 5 would say 0x92 Packet Identifier not found).
+    p.send(&skein_tests::codec::pubrel(7)).await;
+    let comp = p.expect(RECV_TIMEOUT).await;
+    assert!(matches!(comp, Packet::PubComp { pkid: 7, reason: 0, .. }), "{comp:?}");
+}
