@@ -525,8 +525,7 @@ async fn publishes_flowing_during_a_takeover_are_neither_lost_nor_doubled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qos2_publish_awaiting_pubrel_is_known_on_the_new_node_and_not_delivered_twice() {
     let cluster = TestCluster::start(3).await;
-    let mut subscriber =
-        RawClient::v5(cluster.node(3).mqtt_addr(), &unique_id("watcher")).await;
+    let mut subscriber = RawClient::v5(cluster.node(3).mqtt_addr(), &unique_id("watcher")).await;
     assert_eq!(
         subscriber.subscribe(1, &[SubFilter::new("q2/#", 2)]).await,
         [2]
@@ -536,7 +535,17 @@ async fn a_qos2_publish_awaiting_pubrel_is_known_on_the_new_node_and_not_deliver
     let (mut p, _, _) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), &persistent).await;
     p.publish(&Publish::new("q2/x", 2, b"once").pkid(7)).await;
     let rec = p.expect(RECV_TIMEOUT).await;
-    assert!(matches!(rec, Packet::PubRec { pkid: 7, reason: 0, .. }), "{rec:?}");
+    assert!(
+        matches!(
+            rec,
+            Packet::PubRec {
+                pkid: 7,
+                reason: 0,
+                ..
+            }
+        ),
+        "{rec:?}"
+    );
     let got = subscriber.expect_publish(RECV_TIMEOUT).await;
     assert_eq!(got.payload, b"once");
     subscriber.send(&pubrec(got.pkid)).await;
@@ -548,10 +557,30 @@ async fn a_qos2_publish_awaiting_pubrel_is_known_on_the_new_node_and_not_deliver
     p.publish(&Publish::new("q2/x", 2, b"once").pkid(7).dup(true))
         .await;
     let rec = p.expect(RECV_TIMEOUT).await;
-    assert!(matches!(rec, Packet::PubRec { pkid: 7, reason: 0, .. }), "{rec:?}");
+    assert!(
+        matches!(
+            rec,
+            Packet::PubRec {
+                pkid: 7,
+                reason: 0,
+                ..
+            }
+        ),
+        "{rec:?}"
+    );
     subscriber.expect_no_publish(QUIET).await;
     // Its PUBREL finds the id (MQTT 5 would say 0x92 Packet Identifier not found).
     p.send(&skein_tests::codec::pubrel(7)).await;
     let comp = p.expect(RECV_TIMEOUT).await;
-    assert!(matches!(comp, Packet::PubComp { pkid: 7, reason: 0, .. }), "{comp:?}");
+    assert!(
+        matches!(
+            comp,
+            Packet::PubComp {
+                pkid: 7,
+                reason: 0,
+                ..
+            }
+        ),
+        "{comp:?}"
+    );
 }

@@ -14,8 +14,9 @@
 //! after [`UNREACHABLE_WAIT`] of a holder that cannot be reached (it is down); the
 //! CONNACK goes out all the same, and what was not fetched stays stored on the
 //! holder (counted in `skein_session_handover_failures_total`). A page that was written
-//! here but whose release did not reach the holder is fetched again only by a later
-//! hand-over; the holder keeps it until then.
+//! here but whose release did not reach the holder stays there until the next fetch from
+//! it, which first has it deleted (the cursor is stored with the page, so this holds
+//! across restarts of either node).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,7 +187,7 @@ impl Broker {
                     .release_session(holder, client_id, holder_epoch, up_to)
             })
             .await?;
-            self.unreleased_lock().remove(&key);
+            self.released(&key);
         }
         let mut after = 0;
         loop {
@@ -229,24 +230,26 @@ impl Broker {
             }
             let complete = page.complete;
             let n = self.adopt_page(session, page, taken)?;
-            // Written (and flushed) here before the holder deletes anything.
-            if n > 0 {
+            // Written (and flushed) here, with how far, before the holder deletes
+            // anything: should the release not reach it, the next fetch from it (after a
+            // restart of either node too) has it deleted first.
+            self.unreleased_lock().insert(key.clone(), last);
+            if session.state().is_persistent() {
+                self.store
+                    .handover_put(client_id.as_str(), holder.0, last)
+                    .map_err(|e| Stop::Storage(e.to_string()))?;
                 self.flush_storage()
                     .await
                     .map_err(|e| Stop::Storage(e.to_string()))?;
             }
             crate::metrics::handover_messages("taken", n);
             taken.messages += n;
-            let released = self
-                .until_deadline(deadline, || {
-                    self.cluster
-                        .release_session(holder, client_id, holder_epoch, last)
-                })
-                .await;
-            if let Err(stop) = released {
-                self.unreleased_lock().insert(key, last);
-                return Err(stop);
-            }
+            self.until_deadline(deadline, || {
+                self.cluster
+                    .release_session(holder, client_id, holder_epoch, last)
+            })
+            .await?;
+            self.released(&key);
             after = last;
             if complete {
                 return Ok(());
@@ -376,6 +379,43 @@ impl Broker {
         };
         tracing::info!(%client_id, %holder, "a node offers messages of a session owned here");
         Ok(self.take_session_over(&session, holder, 0, first_seq).await)
+    }
+
+    /// The holder deleted what this node wrote up to the cursor of `key`: it goes.
+    fn released(&self, key: &(ClientId, NodeId)) {
+        if self.unreleased_lock().remove(key).is_none() {
+            return;
+        }
+        if let Err(e) = self.store.handover_remove(key.0.as_str(), key.1 .0) {
+            // Kept, it only has the holder delete again what it deleted already.
+            tracing::debug!(client_id = %key.0, holder = %key.1, error = %e, "could not remove a hand-over cursor");
+        }
+    }
+
+    /// The session of `client_id` here ended or started clean: the cursors of what other
+    /// nodes held of the old one go (a later session there counts its messages anew).
+    pub(super) fn forget_cursors(&self, client_id: &ClientId) {
+        {
+            let mut unreleased = self.unreleased_lock();
+            let before = unreleased.len();
+            unreleased.retain(|(c, _), _| c != client_id);
+            if unreleased.len() == before {
+                return;
+            }
+        }
+        if let Err(e) = self.store.handover_forget(client_id.as_str()) {
+            tracing::info!(%client_id, error = %e, "could not remove the hand-over cursors of an ended session");
+        }
+    }
+
+    /// The hand-over cursors stored by an earlier run.
+    pub(super) fn load_unreleased(&self) -> Result<(), skein_storage::StorageError> {
+        let cursors = self.store.handover_load()?;
+        let mut unreleased = self.unreleased_lock();
+        for (client_id, holder, up_to) in cursors {
+            unreleased.insert((ClientId::new(&client_id), NodeId(holder)), up_to);
+        }
+        Ok(())
     }
 
     fn unreleased_lock(
