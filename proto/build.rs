@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A forwarded publish's payload moves between the broker and the wire without a copy.
         .bytes(".skein.cluster.v1.ForwardedPublish.payload")
         .bytes(".skein.cluster.v1.ForwardedPublish.correlation_data")
+        // A received batch's publishes are slices of the received buffer (no copy).
+        .bytes(".skein.cluster.v1.PublishBatchFrames.publishes")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

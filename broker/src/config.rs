@@ -46,6 +46,10 @@ pub const ENV_PREFIX: &str = "SKEIN_";
 /// deployments mount the file and can't always edit the container's arguments.
 pub const CONFIG_ENV: &str = "SKEIN_CONFIG";
 
+/// Environment variable `node_id_from_hostname` reads the host name from before asking the
+/// system (container runtimes and Kubernetes set it to the container's host name).
+pub const HOSTNAME_ENV: &str = "HOSTNAME";
+
 /// Exit status for configuration errors (the same one clap uses for usage errors).
 pub const EXIT_CODE: i32 = 2;
 
@@ -59,7 +63,11 @@ const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 pub struct Config {
     /// Numeric identity of this node, unique within a cluster.
     pub node_id: u64,
-    /// Human-readable node name; defaults to `skein-<node_id>`.
+    /// Take `node_id` from the ordinal that ends the host name (`skein-2` → 3): one
+    /// StatefulSet template for every pod. The host name is `HOSTNAME`, else the system's.
+    pub node_id_from_hostname: bool,
+    /// Human-readable node name; defaults to `skein-<node_id>` (the host name's first label
+    /// with `node_id_from_hostname`).
     pub node_name: String,
     /// Directory for persistent state.
     pub data_dir: PathBuf,
@@ -199,6 +207,7 @@ impl Default for Config {
         const NODE_ID: u64 = 1;
         Self {
             node_id: NODE_ID,
+            node_id_from_hostname: false,
             node_name: default_node_name(NODE_ID),
             data_dir: PathBuf::from("./data"),
             storage_min_free_bytes: skein_storage::MinFree::DEFAULT,
@@ -286,9 +295,18 @@ impl Config {
     {
         // Parse flags first so --help and --version work even when the rest is broken.
         let cli = Cli::try_parse_from(args).map_err(ConfigError::Clap)?;
+        // HOSTNAME is read for node_id_from_hostname (Kubernetes sets it to the pod name).
+        let mut hostname_env = None;
         let env: HashMap<String, String> = env
             .into_iter()
-            .filter(|(key, _)| key.starts_with(ENV_PREFIX))
+            .filter_map(|(key, value)| {
+                if key == HOSTNAME_ENV {
+                    hostname_env = Some(value);
+                    None
+                } else {
+                    key.starts_with(ENV_PREFIX).then_some((key, value))
+                }
+            })
             .collect();
 
         let mut config = Config::default();
@@ -339,9 +357,17 @@ impl Config {
             }
         }
 
+        let hostname = if config.node_id_from_hostname {
+            let hostname = hostname_env
+                .filter(|name| !name.trim().is_empty())
+                .unwrap_or_else(system_hostname);
+            Some(id_from_hostname(&mut config, &hostname, &origins)?)
+        } else {
+            None
+        };
         // The default name follows the *resolved* id, so `--node-id 3` alone yields skein-3.
         if !node_name_given {
-            config.node_name = default_node_name(config.node_id);
+            config.node_name = hostname.unwrap_or_else(|| default_node_name(config.node_id));
         }
         resolve_auth(&mut config, &origins)?;
         check_cluster(&config, &origins)?;
@@ -522,6 +548,57 @@ fn resolve_auth(
     Ok(())
 }
 
+/// The node id the ordinal ending `hostname`'s first label gives (`skein-2` → 3, as a
+/// StatefulSet's pod 2 is its third), set on `config`; returns that label, the default node
+/// name. A node id set as well is refused: one of the two would be ignored.
+fn id_from_hostname(
+    config: &mut Config,
+    hostname: &str,
+    origins: &HashMap<&'static str, Origin>,
+) -> Result<String, ConfigError> {
+    let origin = origins
+        .get("node_id_from_hostname")
+        .cloned()
+        .unwrap_or_else(|| Origin::Env(env_var_name("node_id_from_hostname")));
+    if let Some(node_id_origin) = origins.get("node_id") {
+        return Err(ConfigError::Invalid {
+            setting: "node_id",
+            value: config.node_id.to_string(),
+            expected: String::from("no node_id when node_id_from_hostname is true"),
+            origin: node_id_origin.clone(),
+        });
+    }
+    let label = hostname.trim().split('.').next().unwrap_or_default();
+    let ordinal = label
+        .rsplit_once('-')
+        .map(|(_, digits)| digits)
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse::<u64>().ok())
+        .and_then(|ordinal| ordinal.checked_add(1));
+    match ordinal {
+        Some(id) => {
+            config.node_id = id;
+            Ok(label.to_owned())
+        }
+        None => Err(ConfigError::Invalid {
+            setting: "node_id_from_hostname",
+            value: String::from("true"),
+            expected: format!(
+                "a host name ending in -ORDINAL, such as skein-2 (node 3); this host is {:?}",
+                one_line(hostname)
+            ),
+            origin,
+        }),
+    }
+}
+
+/// The kernel's host name (Linux), for `node_id_from_hostname` without `HOSTNAME`.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// The cluster settings that depend on each other: the election timeout leaves room for
 /// heartbeats, and a static peer list names this node.
 fn check_cluster(
@@ -546,13 +623,22 @@ fn check_cluster(
             origin: origin.clone(),
         });
     }
-    if let (false, Some(origin)) = (config.peers.is_empty(), origins.get("peers")) {
+    // A node that is not among the peers may join through `join` instead (a StatefulSet
+    // scaled up past the replicas its peers list names).
+    if let (false, true, Some(origin)) = (
+        config.peers.is_empty(),
+        config.join.is_empty(),
+        origins.get("peers"),
+    ) {
         let peers = skein_cluster::parse_peers(&config.peers).unwrap_or_default();
         if !peers.iter().any(|p| p.id == config.node_id) {
             return Err(ConfigError::Invalid {
                 setting: "peers",
                 value: format!("{:?}", config.peers),
-                expected: format!("an entry for this node's id {}", config.node_id),
+                expected: format!(
+                    "an entry for this node's id {} (or join, to join through it instead)",
+                    config.node_id
+                ),
                 origin: origin.clone(),
             });
         }

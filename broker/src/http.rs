@@ -22,11 +22,26 @@ use serde_json::json;
 
 /// What the HTTP server reports; the broker flips `ready` once it is accepting MQTT
 /// connections and clears it on shutdown. A node whose storage takes no new data (see
-/// [`HealthState::watching_storage`]) is not ready either.
+/// [`HealthState::watching_storage`]) or that is not a cluster member with a known leader
+/// (see [`HealthState::watching_cluster`]) is not ready either.
 #[derive(Clone, Default, Debug)]
 pub struct HealthState {
     ready: Arc<AtomicBool>,
     storage: Option<Arc<skein_storage::StorageHealth>>,
+    cluster: Option<ClusterCheck>,
+}
+
+/// Asks the cluster member whether it can take clients: `Err` says why not, as a reason
+/// name and a line for an operator.
+type NotReady = (&'static str, &'static str);
+
+#[derive(Clone)]
+struct ClusterCheck(Arc<dyn Fn() -> Result<(), NotReady> + Send + Sync>);
+
+impl std::fmt::Debug for ClusterCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterCheck")
+    }
 }
 
 impl HealthState {
@@ -39,6 +54,17 @@ impl HealthState {
     /// guard, or a storage failure), with the reason.
     pub fn watching_storage(mut self, storage: Arc<skein_storage::StorageHealth>) -> Self {
         self.storage = Some(storage);
+        self
+    }
+
+    /// Also reports not ready while `check` says the node cannot take clients (not a
+    /// member, no leader known), with its reason (prefixed `cluster_`) and detail: a
+    /// CONNECT there could not commit, so a load balancer should send clients elsewhere.
+    pub fn watching_cluster(
+        mut self,
+        check: impl Fn() -> Result<(), NotReady> + Send + Sync + 'static,
+    ) -> Self {
+        self.cluster = Some(ClusterCheck(Arc::new(check)));
         self
     }
 
@@ -96,20 +122,27 @@ async fn readyz(State(health): State<HealthState>) -> Response {
         return probe(StatusCode::SERVICE_UNAVAILABLE, "not_ready");
     }
     let storage = health.storage.as_deref();
-    match storage.and_then(|s| Some((s.availability(), s.describe()?))) {
-        None => probe(StatusCode::OK, "ready"),
-        Some((state, detail)) => no_store(
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({
-                    "status": "not_ready",
-                    "reason": format!("storage_{}", state.as_str()),
-                    "detail": detail,
-                })),
-            )
-                .into_response(),
-        ),
+    if let Some((state, detail)) = storage.and_then(|s| Some((s.availability(), s.describe()?))) {
+        return not_ready(format!("storage_{}", state.as_str()), detail);
     }
+    if let Some(Err((reason, detail))) = health.cluster.as_ref().map(|check| (check.0)()) {
+        return not_ready(format!("cluster_{reason}"), detail.to_owned());
+    }
+    probe(StatusCode::OK, "ready")
+}
+
+fn not_ready(reason: String, detail: String) -> Response {
+    no_store(
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "not_ready",
+                "reason": reason,
+                "detail": detail,
+            })),
+        )
+            .into_response(),
+    )
 }
 
 fn probe(status: StatusCode, text: &str) -> Response {
@@ -256,6 +289,48 @@ mod tests {
         storage.check().unwrap();
         let (status, _, _) = request(server.addr, "GET", "/readyz").await;
         assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_until_the_node_is_a_member_with_a_leader() {
+        use std::sync::atomic::AtomicU8;
+        // 0: not a member, 1: a member without a leader, 2: a member with one.
+        let cluster = Arc::new(AtomicU8::new(0));
+        let seen = cluster.clone();
+        let state =
+            HealthState::new().watching_cluster(move || match seen.load(Ordering::SeqCst) {
+                0 => Err(("not_a_member", "not a member")),
+                1 => Err(("no_leader", "no leader")),
+                _ => Ok(()),
+            });
+        state.set_ready(true);
+        let server = start(state.clone()).await;
+        for (step, reason) in [(0, "cluster_not_a_member"), (1, "cluster_no_leader")] {
+            cluster.store(step, Ordering::SeqCst);
+            let (status, _, body) = request(server.addr, "GET", "/readyz").await;
+            let body = json_body(&body);
+            assert_eq!((status, &body["reason"]), (503, &json!(reason)), "{body}");
+            assert_eq!(body["status"], "not_ready");
+            let detail = if step == 0 {
+                "not a member"
+            } else {
+                "no leader"
+            };
+            assert_eq!(body["detail"], detail, "{body}");
+        }
+        cluster.store(2, Ordering::SeqCst);
+        let (status, _, body) = request(server.addr, "GET", "/readyz").await;
+        assert_eq!(
+            (status, json_body(&body)),
+            (200, json!({ "status": "ready" }))
+        );
+        // Shutting down wins over a healthy cluster.
+        state.set_ready(false);
+        let (status, _, body) = request(server.addr, "GET", "/readyz").await;
+        assert_eq!(
+            (status, json_body(&body)),
+            (503, json!({ "status": "not_ready" }))
+        );
     }
 
     #[tokio::test]

@@ -337,7 +337,14 @@ impl OpenNode {
             broker.connections.clone(),
             broker.input_order.clone(),
         );
-        let health = http::HealthState::new().watching_storage(broker.store.health().clone());
+        let member = cluster.clone();
+        let health = http::HealthState::new()
+            .watching_storage(broker.store.health().clone())
+            .watching_cluster(move || {
+                member
+                    .readiness()
+                    .map_err(|why| (why.as_str(), why.describe()))
+            });
         let routes = http::compose(vec![
             http::health_routes(health.clone()),
             http::metrics_endpoint::router(prometheus, broker.clone(), parker.handle()),

@@ -5,9 +5,9 @@
 //! - `forward` queues the message synchronously, so the order of calls is the order the
 //!   peer delivers in, and returns a future that resolves with the peer's acknowledgement
 //!   (or, after `ack_timeout_ms`, tells the caller the peer is unavailable while the message
-//!   stays queued for it). The timeout is the queue's: a task per queue answers the
-//!   callers that waited too long, a few times per timeout, so a forward costs no timer
-//!   of its own.
+//!   stays queued for it). The timeout is the queue's: a task per queue ticks ten times
+//!   per timeout and answers the callers that waited too long, so a forward costs neither
+//!   a timer nor a clock read of its own.
 //! - The queue holds what waits and what was sent but not acknowledged, bounded in
 //!   messages and bytes; only a forward that would exceed a bound is refused
 //!   (`QueueFull`) and counted. A broken stream, or a peer answering RETRY_LATER, costs a
@@ -151,13 +151,13 @@ impl Forwarder {
         let ack_timeout = self.shared.settings.forward.ack_timeout();
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
-            // Answers land between the timeout and a tenth of it later.
-            let mut tick = tokio::time::interval((ack_timeout / 10).max(Duration::from_millis(1)));
+            let every = (ack_timeout / queue::TICKS_PER_TIMEOUT).max(Duration::from_millis(1));
+            let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        if expiring.expire(tokio::time::Instant::now(), ack_timeout) {
+                        if expiring.tick(ack_timeout) {
                             return;
                         }
                     }

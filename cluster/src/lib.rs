@@ -75,7 +75,7 @@ mod types;
 pub use commands::Registration;
 pub use error::{ClusterError, Result};
 pub use membership::{parse_peers, Peer};
-pub use node::{ChangeStream, ClusterConfig, ClusterNode};
+pub use node::{ChangeStream, ClusterConfig, ClusterNode, NotReady};
 pub use registry::{
     AppliedChanges, Change, ChangeEvent, ClientEntry, Owner, PreviousOwner, Registry, Subscription,
     SubscriptionOptions, SNAPSHOT_FORMAT,

@@ -43,7 +43,8 @@ pub struct ClusterConfig {
     /// Static members (`--peers`), this node included. Empty: a cluster of one, or a node
     /// that joins through `join`.
     pub peers: Vec<Peer>,
-    /// Any member's gRPC address (`--join`): become a member through it.
+    /// Any member's gRPC address (`--join`): become a member through it. Ignored by a node
+    /// among `peers`.
     pub join: Option<String>,
     pub raft: RaftSettings,
 }
@@ -88,7 +89,11 @@ impl ClusterNode {
                 None => grpc_addr.to_string(),
             };
         }
-        if !config.peers.is_empty() && !config.peers.iter().any(|p| p.id == config.node_id) {
+        let in_peers = config.peers.iter().any(|p| p.id == config.node_id);
+        // One template for every pod of a StatefulSet: a node among the peers starts from
+        // them and ignores `join`; one past them (scaled up) joins through `join`.
+        let join = if in_peers { None } else { config.join.clone() };
+        if !config.peers.is_empty() && !in_peers && join.is_none() {
             return Err(ClusterError::InvalidPeers {
                 spec: format!("{:?}", config.peers),
                 reason: format!("this node's id {} is not among the peers", config.node_id),
@@ -145,7 +150,7 @@ impl ClusterNode {
         ));
 
         // A node told to join never initializes a group of its own.
-        if config.join.is_none() {
+        if join.is_none() {
             let bootstrapped = membership::bootstrap(
                 &shared.raft,
                 &mut log,
@@ -166,7 +171,7 @@ impl ClusterNode {
         }
         tasks.spawn(membership::keep_record(
             shared.clone(),
-            config.join.clone(),
+            join,
             shutdown.clone(),
         ));
         tracing::info!(%grpc_addr, record = %shared.node, "cluster node started");
@@ -242,6 +247,24 @@ impl ClusterNode {
     /// openraft's metrics of this node (leader, term, log and membership), as they change.
     pub fn raft_metrics(&self) -> watch::Receiver<RaftMetrics<NodeId, Node>> {
         self.shared.raft.metrics()
+    }
+
+    /// Whether this node should take clients: only while it is in the membership (voter
+    /// or learner) and knows a leader, without which no CONNECT can commit.
+    pub fn readiness(&self) -> std::result::Result<(), NotReady> {
+        let metrics = self.shared.raft.metrics();
+        let m = metrics.borrow();
+        if m.membership_config
+            .membership()
+            .get_node(&self.shared.id)
+            .is_none()
+        {
+            return Err(NotReady::NotAMember);
+        }
+        match m.current_leader {
+            Some(_) => Ok(()),
+            None => Err(NotReady::NoLeader),
+        }
     }
 
     /// The current membership as this node knows it.
@@ -342,6 +365,33 @@ impl ClusterNode {
         }
         if let Err(e) = self.shared.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft did not stop cleanly");
+        }
+    }
+}
+
+/// Why a member should not take clients now (see [`ClusterNode::readiness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    /// Not in the membership (yet): a joining node not added, or a removed one.
+    NotAMember,
+    /// No leader known: no majority, or an election under way.
+    NoLeader,
+}
+
+impl NotReady {
+    /// A name for probes and logs (`not_a_member`, `no_leader`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReady::NotAMember => "not_a_member",
+            NotReady::NoLeader => "no_leader",
+        }
+    }
+
+    /// One line for an operator.
+    pub fn describe(self) -> &'static str {
+        match self {
+            NotReady::NotAMember => "this node is not a member of the cluster (yet)",
+            NotReady::NoLeader => "no leader is known: a CONNECT could not commit",
         }
     }
 }

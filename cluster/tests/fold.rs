@@ -247,6 +247,10 @@ async fn a_broker_attached_late_starts_from_the_whole_interest() {
     )
     .await
     .unwrap();
+    // Node 2 has no broker yet, so the SUBSCRIBE did not wait for it (see `in_force`): it
+    // is attached once node 2 applied the subscription, as a broker starting late is.
+    let committed = cluster.node(1).status().commit_index.unwrap_or(0);
+    cluster.applied_everywhere(committed, WITHIN).await;
     let recorder = Arc::new(Recorder::default());
     cluster.node(2).attach_broker(recorder.clone());
     wait_for(WITHIN, "the reset arrives", || async {

@@ -15,6 +15,8 @@
 //! The crate's modules in layer order. Direction: each module imports only modules listed
 //! below it.
 //!
+//! - `chart`: the Helm chart's StatefulSet rendered and run as pods (Docker containers of
+//!   the image, or local processes).
 //! - `cluster`: several real `skein` processes as one cluster ([`cluster::TestCluster`]).
 //! - `node`: spawning and controlling real `skein` processes.
 //! - `clients`: rumqttc clients whose events tests wait for with deadlines.
@@ -25,6 +27,7 @@
 //! - `codec`: the permissive MQTT codec of the raw client.
 //! - `wait`: the default timeouts and waiting on a condition with a deadline.
 
+pub mod chart;
 pub mod cli;
 pub mod clients;
 pub mod cluster;

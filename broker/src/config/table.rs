@@ -90,8 +90,10 @@ macro_rules! settings {
 settings! {
     node_id: Int { min: 0, max: u64::MAX },
         "Numeric node id, unique within a cluster";
+    node_id_from_hostname: Bool,
+        "Take node_id from the ordinal ending the host name (HOSTNAME, else the system's): skein-2 is node 3";
     node_name: Text,
-        "Human-readable node name", default = "skein-<node_id>";
+        "Human-readable node name", default = "skein-<node_id> (the host name with node_id_from_hostname)";
     data_dir: PathKind,
         "Directory for persistent state";
     storage_min_free_bytes: MinFreeKind,

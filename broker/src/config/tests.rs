@@ -128,6 +128,7 @@ fn toml_file_sets_everything() {
         config,
         Config {
             node_id: 7,
+            node_id_from_hostname: false,
             node_name: "edge-a".into(),
             data_dir: "/var/lib/skein".into(),
             storage_min_free_bytes: MinFree::Bytes(1_048_576),
@@ -206,6 +207,7 @@ fn env_sets_everything() {
     let passwords = toml_file("u:plain:p\n");
     let env = [
         ("SKEIN_NODE_ID", "9"),
+        ("SKEIN_NODE_ID_FROM_HOSTNAME", "false"),
         ("SKEIN_NODE_NAME", "env-node"),
         ("SKEIN_DATA_DIR", "/data"),
         ("SKEIN_STORAGE_MIN_FREE_BYTES", "2.5%"),
@@ -274,6 +276,8 @@ fn env_sets_everything() {
         load(&[], &env).unwrap(),
         Config {
             node_id: 9,
+            // true with node_id set is refused (see node_id_from_hostname_*).
+            node_id_from_hostname: false,
             node_name: "env-node".into(),
             data_dir: "/data".into(),
             storage_min_free_bytes: MinFree::Percent { hundredths: 250 },
@@ -862,4 +866,62 @@ fn cluster_settings_that_contradict_each_other_are_refused() {
     )
     .unwrap();
     assert_eq!(ok.grpc, "127.0.0.1:0".parse().unwrap());
+}
+
+#[test]
+fn node_id_from_hostname_takes_the_pod_ordinal() {
+    let on = ("SKEIN_NODE_ID_FROM_HOSTNAME", "true");
+    let config = load(&[], &[on, ("HOSTNAME", "skein-2")]).unwrap();
+    assert_eq!((config.node_id, config.node_name.as_str()), (3, "skein-2"));
+    // A release name with dashes, a fully qualified name, a name given as well.
+    let host = (
+        "HOSTNAME",
+        "my-skein-0.my-skein-headless.mqtt.svc.cluster.local",
+    );
+    let config = load(&[], &[on, host]).unwrap();
+    assert_eq!(
+        (config.node_id, config.node_name.as_str()),
+        (1, "my-skein-0")
+    );
+    let config = load(&["--node-name", "n"], &[on, ("HOSTNAME", "skein-11")]).unwrap();
+    assert_eq!((config.node_id, config.node_name.as_str()), (12, "n"));
+    // The id enters the peers check: pod 3 of a 3-pod peers list joins instead.
+    let peers = ("SKEIN_PEERS", "1@a:7070,2@b:7070,3@c:7070");
+    let e = error(&[], &[on, peers, ("HOSTNAME", "skein-3")], "peers");
+    assert!(e.contains("this node's id 4"), "{e}");
+    let joins = ("SKEIN_JOIN", "a:7070");
+    let config = load(&[], &[on, peers, joins, ("HOSTNAME", "skein-3")]).unwrap();
+    assert_eq!(config.node_id, 4);
+    // Off by default: HOSTNAME alone changes nothing.
+    assert_eq!(
+        load(&[], &[("HOSTNAME", "skein-2")]).unwrap(),
+        Config::default()
+    );
+}
+
+#[test]
+fn node_id_from_hostname_refuses_names_without_an_ordinal_and_a_second_id() {
+    let on = ("SKEIN_NODE_ID_FROM_HOSTNAME", "true");
+    for host in [
+        "skein",
+        "skein-",
+        "skein-x1",
+        "skein-18446744073709551615",
+        "a-1b",
+    ] {
+        let e = error(&[], &[on, ("HOSTNAME", host)], "node_id_from_hostname");
+        assert!(
+            e.contains("-ORDINAL") && e.contains("SKEIN_NODE_ID_FROM_HOSTNAME"),
+            "{host}: {e}"
+        );
+    }
+    let e = error(
+        &["--node-id", "2"],
+        &[on, ("HOSTNAME", "skein-1")],
+        "node_id",
+    );
+    assert!(
+        e.contains("node_id_from_hostname") && e.contains("--node-id"),
+        "{e}"
+    );
 }

@@ -7,13 +7,12 @@
 //! taken without copying or encoding anything again.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use prost::bytes::BytesMut;
 use skein_seam::{ForwardError, ForwardedPublish};
 use tokio::sync::{oneshot, Notify};
-use tokio::time::Instant;
 
 use super::encoded::EncodedBatch;
 use super::wire;
@@ -31,10 +30,14 @@ const DEPTH_EVERY: usize = 256;
 /// Where a forward's caller learns the peer's answer.
 pub(crate) type Waiter = oneshot::Sender<Result<(), ForwardError>>;
 
-/// A caller waiting for the peer's answer, since when: past the forward timeout it is told
-/// the peer is unavailable (see [`PeerQueue::expire`]) while the message stays queued.
+/// The queue's clock ticks this many times per forward timeout (see [`PeerQueue::tick`]).
+pub(crate) const TICKS_PER_TIMEOUT: u32 = 10;
+
+/// A caller waiting for the peer's answer, since which tick of the queue's clock: past the
+/// forward timeout it is told the peer is unavailable (see [`PeerQueue::tick`]) while the
+/// message stays queued.
 struct Answer {
-    since: Instant,
+    since: u64,
     to: Waiter,
 }
 
@@ -116,6 +119,9 @@ pub(crate) struct PeerQueue {
     /// Whether more than half of a bound is held: what publishers look at after each
     /// forward, without the lock.
     over_half: AtomicBool,
+    /// Ticks of the expiry task: a forward notes the tick it was queued in, not the time
+    /// (no clock read per message).
+    clock: AtomicU64,
     settings: ForwardSettings,
     pub(crate) metrics: PeerForwardMetrics,
 }
@@ -129,6 +135,7 @@ impl PeerQueue {
             wake: Notify::new(),
             room: Notify::new(),
             over_half: AtomicBool::new(false),
+            clock: AtomicU64::new(0),
             settings,
             metrics: PeerForwardMetrics::new(peer),
         }
@@ -177,7 +184,7 @@ impl PeerQueue {
         }
         let waiter = waiter.map(|to| Answer {
             // Under the lock: the waiting callers are in the order of their `since`.
-            since: Instant::now(),
+            since: self.clock.load(Ordering::Relaxed),
             to,
         });
         let was_empty = st.waiting.is_empty();
@@ -379,15 +386,18 @@ impl PeerQueue {
         }
     }
 
-    /// Tells the callers that have waited `timeout` or longer (at `now`) that the peer did
-    /// not answer in time; their messages stay queued and are still sent. One scan per
-    /// tick of the queue's expiry task instead of one timer per forward. Returns whether
-    /// the queue is closed (the task ends then).
-    pub(crate) fn expire(&self, now: Instant, timeout: std::time::Duration) -> bool {
+    /// Advances the queue's clock by one tick (the expiry task calls it
+    /// [`TICKS_PER_TIMEOUT`] times per `timeout`) and tells the callers that have waited the
+    /// timeout that the peer did not answer in time; their messages stay queued and are
+    /// still sent. One scan per tick instead of one timer per forward. A caller queued
+    /// during tick `t` is told at tick `t + TICKS_PER_TIMEOUT + 1`: after at least the
+    /// timeout, at most a fifth more. Returns whether the queue is closed (the task ends).
+    pub(crate) fn tick(&self, timeout: std::time::Duration) -> bool {
         let mut st = self.state();
         if st.closed.is_some() {
             return true;
         }
+        let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
         let mut expired = Vec::new();
         let st = &mut *st;
         let answers = st
@@ -398,7 +408,7 @@ impl PeerQueue {
         for slot in answers {
             match slot {
                 // Oldest first: the first caller still in time ends the scan.
-                Some(a) if now.saturating_duration_since(a.since) < timeout => break,
+                Some(a) if now - a.since <= u64::from(TICKS_PER_TIMEOUT) => break,
                 Some(_) => expired.extend(slot.take()),
                 None => {}
             }
@@ -547,13 +557,20 @@ mod tests {
         let timeout = std::time::Duration::from_secs(5);
         let old = q.push(&publish("old", 1)).unwrap();
         let sent = decoded(q.next_batch(1));
-        // A moment strictly between the two callers' `since`.
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let between = Instant::now();
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        for _ in 0..5 {
+            assert!(!q.tick(timeout));
+        }
         q.push_unanswered(&publish("nobody waits", 1)).unwrap();
         let mut young = q.push(&publish("young", 1)).unwrap();
-        assert!(!q.expire(between + timeout, timeout));
+        for _ in 5..TICKS_PER_TIMEOUT {
+            assert!(!q.tick(timeout));
+        }
+        let mut old = old;
+        assert!(
+            old.try_recv().is_err(),
+            "a timeout of ticks, but maybe queued late in its tick"
+        );
+        assert!(!q.tick(timeout));
         assert!(matches!(
             old.await.unwrap(),
             Err(ForwardError::Unavailable { detail, .. }) if detail.contains("stays queued")
@@ -567,10 +584,7 @@ mod tests {
         q.accepted(rest.sequence).unwrap();
         assert_eq!(young.await.unwrap(), Ok(()));
         q.close(Closed::Removed);
-        assert!(
-            q.expire(Instant::now(), timeout),
-            "a closed queue ends its task"
-        );
+        assert!(q.tick(timeout), "a closed queue ends its task");
     }
 
     #[test]

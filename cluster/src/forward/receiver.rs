@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use futures_util::Stream;
+use prost::bytes::Bytes;
 use skein_proto::v1 as pb;
 use skein_seam::{BrokerHandle, BrokerHandleError};
 use tokio::sync::mpsc;
@@ -93,7 +94,7 @@ impl pb::forward_server::Forward for ForwardService {
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.shared.id))]
     async fn publish(
         &self,
-        request: Request<Streaming<pb::PublishBatch>>,
+        request: Request<Streaming<pb::PublishBatchFrames>>,
     ) -> Result<Response<AckStream>, Status> {
         let mut batches = request.into_inner();
         let (tx, mut rx) = mpsc::channel::<Result<pb::BatchAck, Status>>(4);
@@ -164,7 +165,7 @@ impl Handler {
     }
 
     #[tracing::instrument(level = "trace", skip_all, fields(from = batch.from_node, sequence = batch.sequence, messages = batch.publishes.len()))]
-    async fn batch(&self, batch: pb::PublishBatch) -> pb::BatchAck {
+    async fn batch(&self, batch: pb::PublishBatchFrames) -> pb::BatchAck {
         use pb::AckStatus::{Accepted, RetryLater, WrongNode};
         let sequence = batch.sequence;
         if batch.to_node != self.shared.id {
@@ -238,7 +239,7 @@ impl Handler {
 /// here and never reaches the broker.
 async fn deliver(
     broker: &dyn BrokerHandle,
-    publishes: Vec<pb::ForwardedPublish>,
+    publishes: Vec<Bytes>,
     done: &[bool],
 ) -> Vec<(usize, Result<(), BrokerHandleError>)> {
     let mut outcomes = Vec::with_capacity(publishes.len());
@@ -248,7 +249,7 @@ async fn deliver(
         if done.get(i).copied().unwrap_or(false) {
             continue;
         }
-        match wire::from_pb(publish) {
+        match wire::read_publish(publish) {
             Ok(publish) => {
                 indexes.push(i);
                 valid.push(publish);

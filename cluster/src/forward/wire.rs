@@ -1,14 +1,22 @@
 //! A forwarded publish on the wire: written straight from the seam's type into a batch's
 //! buffer (the sending path: no protobuf struct, no copy of the topic or the client id
-//! before the bytes that go out), and read back from the protobuf message the receiver
-//! decodes. The payload moves as `Bytes` on the receiving side.
+//! before the bytes that go out), and read straight from its slice of the received batch
+//! into the seam's type (the receiving path: the payload stays a slice of that buffer; the
+//! topic and the client id are allocated once, as what the broker keeps).
 //!
 //! The writer produces exactly what prost would for `pb::ForwardedPublish` (fields in
-//! number order, proto3 defaults left out, `optional` fields written when present); a test
-//! holds it to that, byte for byte.
+//! number order, proto3 defaults left out, `optional` fields written when present); the
+//! reader takes what prost would (any field order, unknown fields skipped, a repeated
+//! scalar's last value winning). Tests hold both to prost's own encoding. The protobuf
+//! messages (`to_pb`, `from_pb`) remain for the `Retained` answer.
 
-use prost::bytes::{BufMut, Bytes, BytesMut};
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+use std::sync::Arc;
+
+use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::encoding::{
+    decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len, skip_field,
+    DecodeContext, WireType,
+};
 use skein_proto::v1 as pb;
 use skein_seam::{ClientId, ForwardedPublish, PublishProperties, SharedTarget};
 
@@ -178,6 +186,108 @@ pub(crate) fn batch_header(sequence: u64, from_node: u64, to_node: u64, stream_i
     buf.freeze()
 }
 
+/// A length-delimited field's bytes (after its key), as a slice of `buf`.
+fn length_delimited(buf: &mut Bytes) -> Result<Bytes, String> {
+    let len = decode_varint(buf).map_err(|e| e.to_string())?;
+    if len > buf.remaining() as u64 {
+        return Err(format!(
+            "a field of {len} bytes where {} remain",
+            buf.remaining()
+        ));
+    }
+    Ok(buf.split_to(len as usize))
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(bytes).map_err(|_| "a string that is not UTF-8".to_owned())
+}
+
+/// A message of two strings (`UserProperty`, `SharedTarget`).
+fn read_pair(mut buf: Bytes) -> Result<(String, String), String> {
+    let (mut a, mut b) = (String::new(), String::new());
+    while buf.has_remaining() {
+        let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+        match (tag, wire_type) {
+            (1, WireType::LengthDelimited) => a = utf8(&length_delimited(&mut buf)?)?.to_owned(),
+            (2, WireType::LengthDelimited) => b = utf8(&length_delimited(&mut buf)?)?.to_owned(),
+            (1 | 2, other) => return Err(format!("field {tag} as {other:?}")),
+            _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())
+                .map_err(|e| e.to_string())?,
+        }
+    }
+    Ok((a, b))
+}
+
+/// Reads one encoded `ForwardedPublish` (a slice of a received batch) into the seam's
+/// type, or says why it is not one, or why no MQTT publish could carry it (as
+/// [`from_pb`]; the broker checks the topic itself).
+pub(crate) fn read_publish(mut buf: Bytes) -> Result<ForwardedPublish, String> {
+    let mut p = ForwardedPublish {
+        topic: Arc::from(""),
+        payload: Bytes::new(),
+        qos: 0,
+        retain: false,
+        properties: PublishProperties::default(),
+        received_at_ms: 0,
+        publisher: None,
+        publisher_username: None,
+        to_subscribers: false,
+        shared: Vec::new(),
+    };
+    let (mut qos, mut format) = (0u32, None::<u32>);
+    let props = &mut p.properties;
+    while buf.has_remaining() {
+        let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+        let varint = wire_type == WireType::Varint;
+        let delimited = wire_type == WireType::LengthDelimited;
+        let int = |buf: &mut Bytes| decode_varint(buf).map_err(|e| e.to_string());
+        // uint32 fields keep the low 32 bits of a longer varint, as prost does.
+        match tag {
+            1 if delimited => p.topic = Arc::from(utf8(&length_delimited(&mut buf)?)?),
+            2 if delimited => p.payload = length_delimited(&mut buf)?,
+            3 if varint => qos = int(&mut buf)? as u32,
+            4 if varint => p.retain = int(&mut buf)? != 0,
+            5 if varint => format = Some(int(&mut buf)? as u32),
+            6 if varint => props.message_expiry_interval = Some(int(&mut buf)? as u32),
+            7 if delimited => {
+                props.content_type = Some(utf8(&length_delimited(&mut buf)?)?.to_owned())
+            }
+            8 if delimited => {
+                props.response_topic = Some(utf8(&length_delimited(&mut buf)?)?.to_owned())
+            }
+            9 if delimited => props.correlation_data = Some(length_delimited(&mut buf)?),
+            10 if delimited => props
+                .user_properties
+                .push(read_pair(length_delimited(&mut buf)?)?),
+            11 if delimited => {
+                p.publisher = Some(ClientId::new(utf8(&length_delimited(&mut buf)?)?))
+            }
+            12 if varint => p.received_at_ms = int(&mut buf)?,
+            13 if varint => p.to_subscribers = int(&mut buf)? != 0,
+            14 if delimited => {
+                let (group, filter) = read_pair(length_delimited(&mut buf)?)?;
+                p.shared.push(SharedTarget { group, filter });
+            }
+            15 if delimited => {
+                p.publisher_username = Some(Arc::from(utf8(&length_delimited(&mut buf)?)?))
+            }
+            1..=15 => return Err(format!("field {tag} as {wire_type:?}")),
+            _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())
+                .map_err(|e| e.to_string())?,
+        }
+    }
+    p.qos = u8::try_from(qos)
+        .ok()
+        .filter(|q| *q <= 2)
+        .ok_or_else(|| format!("QoS {qos}"))?;
+    props.payload_format_indicator = match format {
+        None => None,
+        Some(v @ 0..=1) => Some(v as u8),
+        Some(other) => return Err(format!("payload format indicator {other}")),
+    };
+    Ok(p)
+}
+
 /// The protobuf message of `p`, for the `Retained` answer (a node's retained set, once per
 /// joining node: not worth a writer of its own).
 pub(crate) fn to_pb(p: ForwardedPublish) -> pb::ForwardedPublish {
@@ -333,6 +443,28 @@ mod tests {
     }
 
     proptest! {
+        /// The reader takes what prost writes, and what the writer writes, as the
+        /// publish it was.
+        #[test]
+        fn the_reader_reads_what_prost_writes(p in publishes()) {
+            let by_prost = Bytes::from(to_pb(p.clone()).encode_to_vec());
+            let mut ours = BytesMut::new();
+            put(&p, &mut ours);
+            prop_assert_eq!(&ours[..], &by_prost[..]);
+            prop_assert_eq!(read_publish(by_prost), from_pb(to_pb(p.clone())));
+            prop_assert_eq!(read_publish(ours.freeze()), Ok(p));
+        }
+
+        /// Whatever the bytes, the reader answers (a publish or why not) without a panic,
+        /// and agrees with prost on whether they are a message at all.
+        #[test]
+        fn the_reader_survives_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let ours = read_publish(Bytes::from(bytes.clone()));
+            if pb::ForwardedPublish::decode(&bytes[..]).is_err() {
+                prop_assert!(ours.is_err());
+            }
+        }
+
         /// The writer is held to prost's encoding of the same message, byte for byte, and
         /// a batch of header and entries decodes as the batch prost would have sent.
         #[test]
@@ -402,6 +534,32 @@ mod tests {
     }
 
     #[test]
+    fn the_reader_skips_unknown_fields_and_refuses_wrong_wire_types() {
+        let p = pb::ForwardedPublish {
+            topic: "t".into(),
+            qos: 1,
+            ..Default::default()
+        };
+        let mut bytes = p.encode_to_vec();
+        // Field 99, a varint, from a newer sender.
+        encode_key(99, WireType::Varint, &mut bytes);
+        encode_varint(7, &mut bytes);
+        let read = read_publish(Bytes::from(bytes)).unwrap();
+        assert_eq!((&*read.topic, read.qos), ("t", 1));
+        // The topic as a varint.
+        let mut wrong = Vec::new();
+        encode_key(1, WireType::Varint, &mut wrong);
+        encode_varint(7, &mut wrong);
+        assert!(read_publish(Bytes::from(wrong)).is_err());
+        // A length past the end.
+        let mut short = Vec::new();
+        encode_key(1, WireType::LengthDelimited, &mut short);
+        encode_varint(10, &mut short);
+        short.extend_from_slice(b"abc");
+        assert!(read_publish(Bytes::from(short)).is_err());
+    }
+
+    #[test]
     fn what_no_publish_could_carry_is_refused() {
         let mut p = to_pb(ForwardedPublish {
             topic: "t".into(),
@@ -417,8 +575,11 @@ mod tests {
         });
         p.qos = 3;
         assert_eq!(from_pb(p.clone()).unwrap_err(), "QoS 3");
+        let read = |p: &pb::ForwardedPublish| read_publish(Bytes::from(p.encode_to_vec()));
+        assert_eq!(read(&p).unwrap_err(), "QoS 3");
         p.qos = 1;
         p.payload_format_indicator = Some(2);
+        assert!(read(&p).unwrap_err().contains("payload format"));
         assert!(from_pb(p).unwrap_err().contains("payload format"));
     }
 }
