@@ -34,8 +34,9 @@ pub const CONNECTS_REFUSED: &str = "skein_connects_refused_total";
 pub const CLUSTER_REFUSED: &str = "skein_cluster_refused_total";
 /// Counter {reason}: connections ended after a successful CONNECT.
 pub const DISCONNECTS: &str = "skein_disconnects_total";
-/// Counter {role="taken"|"released"}: messages of sessions moved between nodes: written
-/// here for a client this node took over, or deleted here once its new node had them.
+/// Counter {role="taken"|"released"|"duplicate"}: messages of sessions moved between
+/// nodes: written here for a client this node took over, deleted here once its new node
+/// had them, or left out here as they had reached this node too.
 pub const SESSION_HANDOVER_MESSAGES: &str = "skein_session_handover_messages_total";
 /// Counter {reason}: session hand-overs this node could not finish (what was not fetched
 /// stays on the node that held it).
@@ -212,7 +213,7 @@ const CONNECTIONS_AND_SESSIONS: &[Desc] = &[
         Counter,
         Unit::Count,
         &["role"],
-        "Messages of persistent sessions moved between nodes: taken (written here for a client this node took over) or released (deleted here once the new node had them).",
+        "Messages of persistent sessions moved between nodes: taken (written here for a client this node took over), released (deleted here once the new node had them) or duplicate (handed over but left out here, as they had reached this node too).",
     ),
     desc(
         SESSION_HANDOVER_FAILURES,

@@ -29,6 +29,7 @@ use skein_storage::StoredInflight;
 
 use super::Broker;
 use crate::codec::QoS;
+use crate::message::Message;
 use crate::session::{to_stored_delivery, Delivery, Inflight, InflightState, Queued, Session};
 
 /// Sequence numbers set aside for fetched messages: more than a session can hold.
@@ -103,6 +104,7 @@ impl Broker {
         let started = Instant::now();
         let mut taken = Taken {
             next_seq: first_seq,
+            arrivals_from: first_seq.saturating_add(HANDOVER_SEQS),
             messages: 0,
             deadline: started + HANDOVER_WAIT,
             failure: None,
@@ -486,10 +488,26 @@ impl Broker {
         let mut st = session.state();
         let persistent = st.is_persistent();
         let mut n = 0;
+        let mut doubles = 0;
+        // What was routed here since the sequence numbers were set aside: a message another
+        // node forwarded both here and (for the session, while it was moving there) to the
+        // holder must not come twice.
+        let arrived: Vec<Arc<Message>> = st
+            .queue
+            .iter()
+            .map(|q| (q.seq, &q.delivery))
+            .chain(st.inflight.iter().map(|f| (f.seq, &f.delivery)))
+            .filter(|(seq, _)| *seq >= taken.arrivals_from)
+            .map(|(_, d)| d.message.clone())
+            .collect();
         for handed in page.messages {
             let Some(delivery) = delivery_of(&session.client_id, &handed) else {
                 continue;
             };
+            if arrived.iter().any(|m| same_publish(m, &delivery.message)) {
+                doubles += 1;
+                continue;
+            }
             let seq = taken.next_seq;
             taken.next_seq += 1;
             n += 1;
@@ -539,6 +557,14 @@ impl Broker {
         if let Some(a) = &st.attachment {
             a.kick.wake();
         }
+        if doubles > 0 {
+            crate::metrics::handover_messages("duplicate", doubles);
+            tracing::debug!(
+                client_id = id,
+                doubles,
+                "handed-over messages that had reached this node too were left out"
+            );
+        }
         Ok(n)
     }
 }
@@ -547,9 +573,22 @@ impl Broker {
 /// to try, and where the hand-over first stopped (the node, its epoch, why).
 struct Taken {
     next_seq: u64,
+    /// The first sequence after those set aside: what the session got since then arrived
+    /// during the hand-over.
+    arrivals_from: u64,
     messages: usize,
     deadline: Instant,
     failure: Option<(NodeId, u64, Stop)>,
+}
+
+/// One publish routed twice (it left its publisher's node once, with that node's
+/// reception time): the same publisher, reception time, topic and payload. Two publishes
+/// alike in all of these within one millisecond would be taken for one.
+fn same_publish(a: &Message, b: &Message) -> bool {
+    a.received_at_ms == b.received_at_ms
+        && a.publisher == b.publisher
+        && a.topic == b.topic
+        && a.payload == b.payload
 }
 
 /// The delivery a handed-over message describes; None (logged) when no publish could
