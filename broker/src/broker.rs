@@ -30,6 +30,8 @@ use skein_seam::ClusterHandle;
 mod broker_handle;
 mod cluster_sync;
 mod forwarding;
+mod handover_holder;
+mod handover_taker;
 mod routing;
 mod storage_monitor;
 
@@ -122,6 +124,11 @@ pub struct Broker {
     /// Connections told to end because another node took their session over, by
     /// connection id: the taker, for the disconnect event (see `cluster_sync.rs`).
     remote_takers: Mutex<HashMap<u64, skein_seam::NodeId>>,
+    /// Hand-overs whose last release may not have reached the holder: (client, holder) →
+    /// the holder's sequence written here up to (also stored, see
+    /// `skein_storage::Store::handover_put`). Sent again before anything else is fetched
+    /// from that holder for that client, so what is here already is not fetched twice.
+    unreleased: Mutex<HashMap<(ClientId, skein_seam::NodeId), u64>>,
     /// This broker, for the tasks its synchronous seam callbacks start.
     me: std::sync::Weak<Broker>,
 }
@@ -144,6 +151,7 @@ impl Broker {
         let broker = Arc::new_cyclic(|me| Broker {
             me: me.clone(),
             remote_takers: Mutex::new(HashMap::default()),
+            unreleased: Mutex::new(HashMap::default()),
             connection_slots,
             config,
             store,
@@ -165,6 +173,7 @@ impl Broker {
         });
         broker.configure_storage_guard();
         broker.restore_sessions()?;
+        broker.load_unreleased()?;
         Ok(broker)
     }
 
@@ -431,6 +440,7 @@ impl Broker {
     /// Ends a session: its subscriptions, queue and stored state are removed, and
     /// `session.terminated` is raised (once). The caller holds the session's lifecycle lock.
     pub fn end_session(&self, session: &Arc<Session>, why: SessionEnd) {
+        self.forget_cursors(&session.client_id);
         if !session.state().removed {
             // Before the state is cleared: the event names the session's last connection.
             raise::session_terminated(&self.events, || session.event_client(), why);
@@ -461,6 +471,7 @@ impl Broker {
     /// Clean Start on an existing session: drops its subscriptions, queue and stored state
     /// but keeps the session object (the caller holds its lifecycle lock).
     pub fn clear_session(&self, session: &Arc<Session>) {
+        self.forget_cursors(&session.client_id);
         let filters: Vec<String> = {
             let mut st = session.state();
             let filters = st.subscriptions.keys().cloned().collect();

@@ -34,6 +34,16 @@ pub const CONNECTS_REFUSED: &str = "skein_connects_refused_total";
 pub const CLUSTER_REFUSED: &str = "skein_cluster_refused_total";
 /// Counter {reason}: connections ended after a successful CONNECT.
 pub const DISCONNECTS: &str = "skein_disconnects_total";
+/// Counter {role="taken"|"released"|"duplicate"}: messages of sessions moved between
+/// nodes: written here for a client this node took over, deleted here once its new node
+/// had them, or left out here as they had reached this node too.
+pub const SESSION_HANDOVER_MESSAGES: &str = "skein_session_handover_messages_total";
+/// Counter {reason}: session hand-overs this node could not finish (what was not fetched
+/// stays on the node that held it).
+pub const SESSION_HANDOVER_FAILURES: &str = "skein_session_handover_failures_total";
+/// Counter: deliveries not queued for a session because it moved to another node, which
+/// gets the message itself.
+pub const SESSION_HANDOVER_SKIPPED: &str = "skein_session_handover_skipped_deliveries_total";
 /// Gauge {state="online"|"offline"}: sessions on this node.
 pub const SESSIONS: &str = "skein_sessions";
 /// Gauge: subscriptions of all sessions on this node.
@@ -197,6 +207,27 @@ const CONNECTIONS_AND_SESSIONS: &[Desc] = &[
         Unit::Count,
         &["reason"],
         "Connections ended after a successful CONNECT, by reason.",
+    ),
+    desc(
+        SESSION_HANDOVER_MESSAGES,
+        Counter,
+        Unit::Count,
+        &["role"],
+        "Messages of persistent sessions moved between nodes: taken (written here for a client this node took over), released (deleted here once the new node had them) or duplicate (handed over but left out here, as they had reached this node too).",
+    ),
+    desc(
+        SESSION_HANDOVER_FAILURES,
+        Counter,
+        Unit::Count,
+        &["reason"],
+        "Session hand-overs this node could not finish, by reason; what was not fetched stays on the node that held the session.",
+    ),
+    desc(
+        SESSION_HANDOVER_SKIPPED,
+        Counter,
+        Unit::Count,
+        &[],
+        "Deliveries not queued for a session that moved to another node (that node gets the message itself).",
     ),
     desc(
         SESSIONS,
@@ -738,6 +769,21 @@ pub fn packet_decode_error() {
 
 pub fn cluster_refused(request: &'static str) {
     metrics::counter!(CLUSTER_REFUSED, "request" => request).increment(1);
+}
+
+/// `n` messages of a moved session were written here (`taken`) or deleted here once the
+/// new node had them (`released`).
+pub fn handover_messages(role: &'static str, n: usize) {
+    metrics::counter!(SESSION_HANDOVER_MESSAGES, "role" => role).increment(n as u64);
+}
+
+/// A session hand-over stopped before the holder had handed everything over.
+pub fn handover_failed(reason: &'static str) {
+    metrics::counter!(SESSION_HANDOVER_FAILURES, "reason" => reason).increment(1);
+}
+
+pub fn handover_skipped_delivery() {
+    metrics::counter!(SESSION_HANDOVER_SKIPPED).increment(1);
 }
 
 /// A connection was refused before a session was attached.

@@ -121,6 +121,20 @@ pub struct SessionState {
     /// Set when the session has been removed from the registry; a connection that finds
     /// this after taking the lifecycle lock must look the client id up again.
     pub removed: bool,
+    /// Sealed: another node took the client over and started fetching the session (or
+    /// the client stayed away long enough): the session takes no new messages here and
+    /// keeps what it holds until the owner has fetched it (see
+    /// `broker/handover_holder.rs`). Cleared when a connection attaches here again.
+    pub moved: bool,
+    /// Older messages of this session may still be on this node, held there under this
+    /// registration epoch: a takeover here did not fetch everything from it (the holder
+    /// was unreachable, or the client moved on before the fetch). A node that takes the
+    /// session from this one is told to fetch from there too.
+    pub pending_from: Option<(skein_seam::NodeId, u64)>,
+    /// Sequence numbers set aside (the first) for messages fetched from the node that
+    /// held the session, by a CONNECT that indexed its subscriptions before registering:
+    /// the attach uses them (see `Broker::preindex_resumed`).
+    pub reserved_seqs: Option<u64>,
     /// A wake-up of the attached connection is held in some [`HeldWakes`], which wakes it
     /// when its batch is routed: later enqueues need not wake it themselves.
     wake_held: bool,
@@ -135,6 +149,11 @@ pub struct Session {
     state: Mutex<SessionState>,
     /// Whether storage may hold a record of this session (so ending it must delete one).
     stored: std::sync::atomic::AtomicBool,
+    /// Another node took the client over and this node's interest index sends the
+    /// client's messages there: publishes accepted here skip the session; forwarded ones
+    /// (their sender may not know yet) are still queued, for the owner to fetch, until the
+    /// session is sealed (`SessionState::moved`). Read per delivery, hence an atomic.
+    moving: std::sync::atomic::AtomicBool,
 }
 
 /// What `Session::enqueue` did with a delivery.
@@ -148,6 +167,8 @@ pub enum EnqueueOutcome {
     },
     /// Queued (in memory) for an offline session.
     QueuedOffline,
+    /// Not queued: the session moved to another node, which gets the message itself.
+    Moved,
     Dropped(DropReason),
 }
 
@@ -198,6 +219,9 @@ impl SessionState {
             next_packet_id: 1,
             next_seq: 1,
             removed: false,
+            moved: false,
+            pending_from: None,
+            reserved_seqs: None,
             wake_held: false,
             last_info: None,
         }
@@ -264,6 +288,21 @@ impl SessionState {
         s
     }
 
+    /// Sets `n` sequence numbers aside (the first is returned) for messages that go before
+    /// everything queued from now on: a session's messages fetched from the node that
+    /// held it, while new ones already arrive here.
+    pub fn reserve_seqs(&mut self, n: u64) -> u64 {
+        let first = self.next_seq;
+        self.next_seq = self.next_seq.saturating_add(n);
+        first
+    }
+
+    /// Queues `q` in sequence order (before the messages with higher sequences).
+    pub fn insert_queued(&mut self, q: Queued) {
+        let at = self.queue.partition_point(|other| other.seq < q.seq);
+        self.queue.insert(at, q);
+    }
+
     /// A packet id not used by any in-flight message; None when all 65535 are taken.
     pub fn allocate_packet_id(&mut self) -> Option<u16> {
         if self.inflight.len() >= u16::MAX as usize {
@@ -278,7 +317,7 @@ impl SessionState {
         }
     }
 
-    fn id_in_use(&self, id: u16) -> bool {
+    pub fn id_in_use(&self, id: u16) -> bool {
         match &self.ids_in_use {
             Some(bits) => bits[id as usize / 64] & (1 << (id % 64)) != 0,
             None => self.inflight.iter().any(|f| f.packet_id == id),
@@ -368,12 +407,22 @@ impl Session {
             lifecycle: Default::default(),
             state: Mutex::new(SessionState::new()),
             stored: std::sync::atomic::AtomicBool::new(false),
+            moving: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     pub fn mark_stored(&self) {
         self.stored
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn set_moving(&self, moving: bool) {
+        self.moving
+            .store(moving, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_moving(&self) -> bool {
+        self.moving.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Clears the stored mark; true if it was set.
@@ -504,6 +553,9 @@ impl Session {
         let mut st = self.state();
         if st.removed {
             return EnqueueOutcome::Dropped(DropReason::Expired);
+        }
+        if st.moved {
+            return EnqueueOutcome::Moved;
         }
         let online = st.is_online();
         if !online && delivery.qos == QoS::AtMostOnce {

@@ -6,8 +6,9 @@
 //!   session): `taken_over(client, old epoch, taker)`, once per takeover cluster-wide, as
 //!   only the node that held it folds it so. A takeover on this node is the broker's own
 //!   (its CONNECT handling ends the old connection) and is not told.
-//! - Other nodes' interest (filter → subscribers per node): `interest_changed`, never for
-//!   this node's own (the broker's trie has those).
+//! - Other nodes' interest (filter → subscribers per node): `interest_changed_many`, all
+//!   of an applied entry's at once, never for this node's own (the broker's trie has
+//!   those).
 //! - At attach, after a snapshot was installed, and when the stream lagged: the whole
 //!   interest of other nodes again (`interest_reset`), and `taken_over` for every client
 //!   this node owned before and the registry now names another node for (the takeover
@@ -81,6 +82,11 @@ impl Fold {
             return;
         }
         let me = self.shared.id;
+        // Told after the entry's interest changes: until then this node routes its own
+        // publishes to the session it held (and keeps them for the taker, which fetches
+        // them); from then on to the taker only.
+        let mut taken = Vec::new();
+        let mut interest = Vec::new();
         for change in &applied.changes {
             match change {
                 Change::Registered {
@@ -95,11 +101,7 @@ impl Fold {
                     }
                     self.owned.remove(client_id);
                     if let Some(previous) = previous.filter(|p| p.owner.node == me) {
-                        self.broker.taken_over(
-                            &ClientId::new(client_id),
-                            previous.owner.epoch,
-                            SeamNodeId(owner.node),
-                        );
+                        taken.push((client_id, previous.owner.epoch, owner.node));
                     }
                 }
                 Change::Unregistered {
@@ -114,11 +116,19 @@ impl Fold {
                     node,
                     subscribers,
                 } if *node != me => {
-                    self.broker
-                        .interest_changed(filter, SeamNodeId(*node), *subscribers);
+                    interest.push((filter.to_string(), SeamNodeId(*node), *subscribers));
                 }
                 _ => {}
             }
+        }
+        // At once: a takeover moves the session's interest from one node to another,
+        // and a publish routed in between would find neither or both.
+        if !interest.is_empty() {
+            self.broker.interest_changed_many(interest);
+        }
+        for (client_id, epoch, by) in taken {
+            self.broker
+                .taken_over(&ClientId::new(client_id), epoch, SeamNodeId(by));
         }
         self.advance(Some(applied.log_index));
     }

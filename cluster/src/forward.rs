@@ -33,7 +33,7 @@ mod queue;
 mod receiver;
 mod retained_sync;
 mod sender;
-mod wire;
+pub(crate) mod wire;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};

@@ -82,7 +82,7 @@ fn member_overview(m: MemberStatus) -> MemberOverview {
 fn worst(errors: impl IntoIterator<Item = SeamError>) -> Option<SeamError> {
     errors.into_iter().min_by_key(|e| match e {
         SeamError::NotOwner => 0,
-        SeamError::Unavailable(_) => 1,
+        SeamError::Unavailable(_) | SeamError::Busy(_) => 1,
         SeamError::Invalid(_) => 2,
         SeamError::NotFound(_) => 3,
     })
@@ -109,9 +109,18 @@ impl ClusterHandle for ClusterNode {
             .await
             .map_err(to_seam)?;
             // A connection of this client id on another node: CONNACK once that node has
-            // been told (one owner when this returns; see `in_force.rs`).
-            if let Some(previous) = r.previous.filter(|p| p.online && p.owner.node != self.id()) {
-                in_force::await_member(&self.shared, previous.owner.node, r.log_index).await;
+            // been told (one owner when this returns; see `in_force.rs`). A session taken
+            // from another node waits for every member instead: the broker then fetches
+            // its messages from that node, and from now on no member routes new ones
+            // there (they come here).
+            match r.previous.filter(|p| p.owner.node != self.id()) {
+                Some(_) if r.session_present => {
+                    in_force::await_members(&self.shared, r.log_index).await;
+                }
+                Some(previous) if previous.online => {
+                    in_force::await_member(&self.shared, previous.owner.node, r.log_index).await;
+                }
+                _ => {}
             }
             let me = Owner {
                 node: self.id(),
@@ -249,6 +258,16 @@ impl ClusterHandle for ClusterNode {
         })
     }
 
+    fn session_subscriptions(
+        &self,
+        client_id: &ClientId,
+    ) -> Option<(SeamNodeId, Vec<HandedOverSubscription>)> {
+        self.registry().read(|reg| {
+            reg.client(client_id.as_str())
+                .map(|e| (SeamNodeId(e.owner.node), handed_over(e)))
+        })
+    }
+
     fn clients(&self, after: Option<&str>, limit: usize) -> Vec<ClientLocation> {
         self.registry().read(|reg| {
             reg.clients_after(after)
@@ -290,6 +309,37 @@ impl ClusterHandle for ClusterNode {
 
     fn other_members(&self) -> Vec<SeamNodeId> {
         ClusterNode::other_members(self)
+    }
+
+    // ---- Sessions handed over (`handover.rs`). ----
+
+    fn fetch_session<'a>(
+        &'a self,
+        holder: SeamNodeId,
+        client_id: &'a ClientId,
+        holder_epoch: u64,
+        after: u64,
+        max: u32,
+    ) -> BoxFuture<'a, Result<skein_seam::SessionHandover, SeamError>> {
+        ClusterNode::fetch_session(self, holder, client_id, holder_epoch, after, max)
+    }
+
+    fn offer_session<'a>(
+        &'a self,
+        owner: SeamNodeId,
+        client_id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<usize, SeamError>> {
+        ClusterNode::offer_session(self, owner, client_id)
+    }
+
+    fn release_session<'a>(
+        &'a self,
+        holder: SeamNodeId,
+        client_id: &'a ClientId,
+        holder_epoch: u64,
+        up_to: u64,
+    ) -> BoxFuture<'a, Result<(), SeamError>> {
+        ClusterNode::release_session(self, holder, client_id, holder_epoch, up_to)
     }
 
     // ---- Admin. ----

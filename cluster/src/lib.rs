@@ -12,12 +12,16 @@
 //!   subscribe, unsubscribe).
 //! - `data_plane`: what the broker asks of the data plane: forward a publish to a member,
 //!   kick a connection on another member, the members to forward retained messages to.
+//! - `handover`: the calls a member that took a client over makes to the one that held
+//!   its session (`HandOver`, `Release`).
 //! - `node`: [`ClusterNode`], a running member: start, reads, status, removal, shutdown;
 //!   [`ChangeStream`]; attaching the broker.
 //! - `in_force`: a SUBACK waits until every other member has folded the subscription.
 //! - `fold`: the registry fold, applied changes told to the local broker.
 //! - `server`: the gRPC server (`Raft`, `Cluster`, `Forward` and `Session` services).
-//! - `session_service`: the `Session` service: kicks from other members.
+//! - `session_service`: the `Session` service: kicks from other members, sessions handed
+//!   over to the member that took their client.
+//! - `session_wire`: a handed-over session page between the seam and protobuf.
 //! - `forward`: the data plane: one bounded queue and batched stream per peer, and the
 //!   `Forward` service that delivers what peers send to the local broker.
 //! - `proposer`: batches concurrent commands into one log entry; forwards to the leader.
@@ -48,6 +52,7 @@ mod error;
 mod fold;
 mod forward;
 mod handle;
+mod handover;
 mod in_force;
 mod join;
 mod log_store;
@@ -60,6 +65,7 @@ mod proposer;
 mod registry;
 mod server;
 mod session_service;
+mod session_wire;
 mod settings;
 mod shared;
 mod state_machine;

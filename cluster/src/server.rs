@@ -42,7 +42,9 @@ pub(crate) async fn serve(
     let forward = ForwardServer::new(ForwardService::new(shared.clone(), shutdown.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let session = SessionServer::new(SessionService::new(shared.clone()));
+    let session = SessionServer::new(SessionService::new(shared.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let cluster = ClusterServer::new(ClusterService { shared })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

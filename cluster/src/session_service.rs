@@ -1,11 +1,11 @@
 //! The `Session` service: a peer asks this node to end a local client's connection
-//! (`Kick`). Handing a session over to another node (`HandOver`, `Release`) comes with
-//! moving sessions between nodes (issue 14): answered UNIMPLEMENTED until then.
+//! (`Kick`), or, having taken a client over, for the messages of the session this node
+//! held (`HandOver`, page by page) and then to delete them (`Release`).
 
 use std::sync::Arc;
 
 use skein_proto::v1 as pb;
-use skein_seam::{ClientId, KickReason};
+use skein_seam::{BrokerHandle, BrokerHandleError, ClientId, KickReason, NodeId};
 use tonic::{Request, Response, Status};
 
 use crate::shared::Shared;
@@ -52,21 +52,119 @@ impl pb::session_server::Session for SessionService {
         Ok(Response::new(pb::KickResponse { kicked }))
     }
 
+    /// One page of a session this node held, for the node that took its client over.
+    #[tracing::instrument(level = "info", skip_all, fields(
+        node = self.shared.id,
+        client_id = %request.get_ref().client_id,
+        taker = request.get_ref().taking_node_id,
+        after = request.get_ref().after,
+    ))]
     async fn hand_over(
         &self,
-        _request: Request<pb::HandOverRequest>,
+        request: Request<pb::HandOverRequest>,
     ) -> Result<Response<pb::SessionHandover>, Status> {
-        Err(Status::unimplemented(
-            "handing a session over between nodes is not supported yet",
-        ))
+        let request = request.into_inner();
+        if request.client_id.is_empty() {
+            return Err(Status::invalid_argument("hand over without a client id"));
+        }
+        let max = usize::try_from(request.max_messages)
+            .unwrap_or(MAX_PAGE_MESSAGES)
+            .clamp(1, MAX_PAGE_MESSAGES);
+        let page = self
+            .broker()?
+            .hand_over_session(
+                &ClientId::new(&request.client_id),
+                NodeId(request.taking_node_id),
+                request.after,
+                max,
+            )
+            .await
+            .map_err(to_status)?;
+        tracing::debug!(
+            messages = page.messages.len(),
+            complete = page.complete,
+            "handed over a page of a session"
+        );
+        Ok(Response::new(crate::session_wire::to_pb(page)))
     }
 
+    /// The taker has written what it was handed up to `up_to_seq`: delete it here.
+    #[tracing::instrument(level = "info", skip_all, fields(
+        node = self.shared.id,
+        client_id = %request.get_ref().client_id,
+        taker = request.get_ref().taking_node_id,
+        up_to = request.get_ref().up_to_seq,
+    ))]
     async fn release(
         &self,
-        _request: Request<pb::ReleaseRequest>,
+        request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        Err(Status::unimplemented(
-            "handing a session over between nodes is not supported yet",
-        ))
+        let request = request.into_inner();
+        if request.client_id.is_empty() {
+            return Err(Status::invalid_argument("release without a client id"));
+        }
+        let released = self
+            .broker()?
+            .release_session(
+                &ClientId::new(&request.client_id),
+                NodeId(request.taking_node_id),
+                request.up_to_seq,
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ReleaseResponse { released }))
+    }
+
+    /// A member holds messages of a session this node owns: fetch them.
+    #[tracing::instrument(level = "info", skip_all, fields(
+        node = self.shared.id,
+        client_id = %request.get_ref().client_id,
+        holder = request.get_ref().holder_node_id,
+    ))]
+    async fn offer(
+        &self,
+        request: Request<pb::OfferRequest>,
+    ) -> Result<Response<pb::OfferResponse>, Status> {
+        let request = request.into_inner();
+        if request.client_id.is_empty() {
+            return Err(Status::invalid_argument("offer without a client id"));
+        }
+        let taken = self
+            .broker()?
+            .adopt_offered(
+                &ClientId::new(&request.client_id),
+                NodeId(request.holder_node_id),
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::OfferResponse {
+            taken: taken as u64,
+        }))
+    }
+}
+
+/// The most messages one `HandOver` answer carries, whatever the taker asks: pages stay
+/// well under gRPC's 4 MiB default message size for ordinary payloads.
+const MAX_PAGE_MESSAGES: usize = 256;
+
+impl SessionService {
+    fn broker(&self) -> Result<&std::sync::Arc<dyn BrokerHandle>, Status> {
+        self.shared
+            .broker
+            .get()
+            .ok_or_else(|| Status::unavailable("the node's broker is not running yet"))
+    }
+}
+
+/// The status the taker reads: FAILED_PRECONDITION means it is not the owner (it stops),
+/// ABORTED that this node is busy with the session (it asks again shortly), UNAVAILABLE
+/// that this node cannot serve it now.
+fn to_status(e: BrokerHandleError) -> Status {
+    match e {
+        BrokerHandleError::NotOwner(detail) => Status::failed_precondition(detail),
+        BrokerHandleError::Invalid(detail) => Status::invalid_argument(detail),
+        BrokerHandleError::NotYet(detail) => Status::aborted(detail),
+        BrokerHandleError::Storage(detail) => Status::unavailable(detail),
+        BrokerHandleError::NotSupported(what) => Status::unimplemented(what),
     }
 }

@@ -16,7 +16,7 @@ use common::{init_tracing, test_settings, wait_for, TestCluster};
 use skein_cluster::NodeId;
 use skein_seam::{
     BoxFuture, BrokerHandle, BrokerHandleError, ClientId, ClusterError, ClusterHandle,
-    ForwardedPublish, HandedOverSubscription, KickReason, NodeId as SeamNodeId, SessionHandover,
+    ForwardedPublish, HandedOverSubscription, KickReason, NodeId as SeamNodeId,
 };
 
 const WITHIN: Duration = Duration::from_secs(15);
@@ -104,13 +104,6 @@ impl BrokerHandle for Recorder {
         _messages: Vec<ForwardedPublish>,
     ) -> BoxFuture<'_, Result<usize, BrokerHandleError>> {
         Box::pin(async { Ok(0) })
-    }
-
-    fn hand_over_session<'a>(
-        &'a self,
-        _client_id: &'a ClientId,
-    ) -> BoxFuture<'a, Result<Option<SessionHandover>, BrokerHandleError>> {
-        Box::pin(async { Ok(None) })
     }
 }
 

@@ -16,7 +16,7 @@ use prost::bytes::Bytes;
 use skein_cluster::{ForwardSettings, RaftSettings};
 use skein_seam::{
     BoxFuture, BrokerHandle, BrokerHandleError, ClientId, ForwardError, ForwardedPublish,
-    KickReason, NodeId, PublishProperties, SessionHandover,
+    KickReason, NodeId, PublishProperties,
 };
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -88,13 +88,6 @@ impl BrokerHandle for Recorder {
         let n = messages.len();
         self.restored.lock().unwrap().extend(messages);
         Box::pin(async move { Ok(n) })
-    }
-
-    fn hand_over_session<'a>(
-        &'a self,
-        _client_id: &'a ClientId,
-    ) -> BoxFuture<'a, Result<Option<SessionHandover>, BrokerHandleError>> {
-        Box::pin(async { Ok(None) })
     }
 }
 

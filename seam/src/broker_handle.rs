@@ -64,15 +64,36 @@ pub enum KickReason {
     Administrative,
 }
 
-/// A session's state as its node hands it to the node taking it over: what a client
-/// expects to find again (its subscriptions, the messages waiting for it).
+/// One page of a session's messages, as the node that held it hands them to the node
+/// that took the client over (the subscriptions come from the registry).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionHandover {
-    /// Seconds the session outlives its connection.
+    /// Seconds the session outlives its connection, as the holder had it.
     pub expiry_interval: u32,
-    pub subscriptions: Vec<HandedOverSubscription>,
-    /// Messages waiting for the client, oldest first.
-    pub queued: Vec<ForwardedPublish>,
+    /// In-flight and queued messages after the requested cursor, oldest first.
+    pub messages: Vec<HandedOverMessage>,
+    /// Nothing follows the last message of this page.
+    pub complete: bool,
+    /// QoS 2 packet ids the client published that await its PUBREL (first page only).
+    pub incoming_qos2: Vec<u16>,
+    /// Older messages of the session may still be on this node, held under this
+    /// registration epoch: the holder took the client over from it without fetching
+    /// everything (first page only). The taker fetches from there first.
+    pub earlier: Option<(NodeId, u64)>,
+}
+
+/// One message of a handed-over session, as the holder's session held it for its client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedOverMessage {
+    /// The holder's order: the cursor of the next page, what a release deletes up to.
+    pub seq: u64,
+    /// `qos` and `retain` as the subscriber gets them.
+    pub message: ForwardedPublish,
+    pub subscription_ids: Vec<u32>,
+    /// In flight: the packet id the client was sent it under (resent with DUP).
+    pub packet_id: Option<u16>,
+    /// QoS 2 in flight with PUBREL sent: only the PUBCOMP is missing.
+    pub released: bool,
 }
 
 /// One subscription of a handed-over session.
@@ -101,6 +122,13 @@ pub enum BrokerHandleError {
     /// This broker cannot do it yet.
     #[error("not supported yet: {0}")]
     NotSupported(&'static str),
+    /// Not now (the takeover has not applied here yet, the old connection is still
+    /// detaching): ask again.
+    #[error("not yet: {0}")]
+    NotYet(String),
+    /// The asking node is not the one the registry names as the client's owner.
+    #[error("not the owner: {0}")]
+    NotOwner(String),
 }
 
 /// Implemented by the broker; called by the cluster.
@@ -152,6 +180,16 @@ pub trait BrokerHandle: Send + Sync {
     /// (the full filter, with any `$share/group/` prefix); 0: none any more.
     fn interest_changed(&self, filter: &str, node: NodeId, subscribers: u32);
 
+    /// Several [`Self::interest_changed`] at once, in order: a publish routed meanwhile
+    /// sees all of them or none (a takeover moves a session's interest from one node to
+    /// another: in between, a publish would find no node with interest, or two). The
+    /// broker's own does them under one lock; this default, one after another.
+    fn interest_changed_many(&self, changes: Vec<(String, NodeId, u32)>) {
+        for (filter, node, subscribers) in changes {
+            self.interest_changed(&filter, node, subscribers);
+        }
+    }
+
     /// Replaces the whole interest index of other nodes (after a snapshot was installed or
     /// the change stream lagged): `(filter, node, subscribers)` for every other node.
     fn interest_reset(&self, interest: Vec<(String, NodeId, u32)>);
@@ -168,12 +206,46 @@ pub trait BrokerHandle: Send + Sync {
         messages: Vec<ForwardedPublish>,
     ) -> BoxFuture<'_, Result<usize, BrokerHandleError>>;
 
-    /// Hands the session of `client_id` over to the node taking it: its state, which this
-    /// node then forgets. None when this node has no such session.
+    /// One page of the session of `client_id` for node `taker`, which the registry names
+    /// as its owner now: up to `max` in-flight and queued messages after the holder's
+    /// `after` (its `seq`), oldest first. From the first call on the session here takes no
+    /// new messages (they go to the owner); what this returns stays stored here until
+    /// [`Self::release_session`]. Complete and empty when this node holds no such session.
     fn hand_over_session<'a>(
         &'a self,
         client_id: &'a ClientId,
-    ) -> BoxFuture<'a, Result<Option<SessionHandover>, BrokerHandleError>>;
+        taker: NodeId,
+        after: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<SessionHandover, BrokerHandleError>> {
+        let _ = (client_id, taker, after, max);
+        Box::pin(async { Err(BrokerHandleError::NotSupported("handing sessions over")) })
+    }
+
+    /// Node `taker` has written the handed-over messages up to `up_to` (the holder's
+    /// `seq`) to its own store: they are deleted here (again: nothing happens); once none
+    /// is left the session is forgotten here. False when this node holds no such session.
+    fn release_session<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        taker: NodeId,
+        up_to: u64,
+    ) -> BoxFuture<'a, Result<bool, BrokerHandleError>> {
+        let _ = (client_id, taker, up_to);
+        Box::pin(async { Err(BrokerHandleError::NotSupported("handing sessions over")) })
+    }
+
+    /// Node `holder` holds messages of the session of `client_id`, which this node owns:
+    /// fetch them as a takeover does (see [`Self::hand_over_session`]). Returns how many
+    /// came. `NotOwner` when this node does not own the client (or holds no session of it).
+    fn adopt_offered<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        holder: NodeId,
+    ) -> BoxFuture<'a, Result<usize, BrokerHandleError>> {
+        let _ = (client_id, holder);
+        Box::pin(async { Err(BrokerHandleError::NotSupported("handing sessions over")) })
+    }
 }
 
 // The cluster holds the broker as a trait object: keep the trait object-safe.

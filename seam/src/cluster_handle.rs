@@ -3,7 +3,7 @@
 //! behind the same trait.
 
 use crate::box_future::BoxFuture;
-use crate::broker_handle::{ForwardedPublish, HandedOverSubscription};
+use crate::broker_handle::{ForwardedPublish, HandedOverSubscription, SessionHandover};
 use crate::ids::{ClientId, NodeId};
 
 /// The outcome of claiming a client id cluster-wide.
@@ -94,6 +94,10 @@ pub enum ClusterError {
     /// No such member, or no such client.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The peer answered, and asks to be asked again shortly (it is busy with the
+    /// request's subject: a session still closing, a registration it has not applied).
+    #[error("busy, ask again: {0}")]
+    Busy(String),
 }
 
 /// Why a forwarded publish was not accepted by the peer.
@@ -207,6 +211,17 @@ pub trait ClusterHandle: Send + Sync {
     /// Where `client_id` is, cluster-wide.
     fn locate_client(&self, client_id: &ClientId) -> Option<ClientLocation>;
 
+    /// The node that owns `client_id` and its session's subscriptions, as the registry on
+    /// this node has applied it (None: no such client): what a CONNECT that resumes the
+    /// session here subscribes to before its registration makes other nodes route here.
+    fn session_subscriptions(
+        &self,
+        client_id: &ClientId,
+    ) -> Option<(NodeId, Vec<HandedOverSubscription>)> {
+        let _ = client_id;
+        None
+    }
+
     /// Registered clients, cluster-wide, in client id order after `after`, at most `limit`.
     fn clients(&self, after: Option<&str>, limit: usize) -> Vec<ClientLocation>;
 
@@ -217,6 +232,62 @@ pub trait ClusterHandle: Send + Sync {
         node: NodeId,
         client_id: &'a ClientId,
     ) -> BoxFuture<'a, Result<bool, ClusterError>>;
+
+    /// Asks member `holder`, which held `client_id`'s session under registration
+    /// `holder_epoch` before this node took the client over, for one page of its messages
+    /// (see [`crate::BrokerHandle::hand_over_session`]). `Busy`: ask again shortly (the
+    /// holder has not applied the takeover yet, its connection is still closing);
+    /// `Unavailable`: the holder cannot be reached; `NotOwner`: the registry names another
+    /// node as the owner now.
+    fn fetch_session<'a>(
+        &'a self,
+        holder: NodeId,
+        client_id: &'a ClientId,
+        holder_epoch: u64,
+        after: u64,
+        max: u32,
+    ) -> BoxFuture<'a, Result<SessionHandover, ClusterError>> {
+        let _ = (holder, client_id, holder_epoch, after, max);
+        Box::pin(async {
+            Err(ClusterError::Unavailable(
+                "sessions are not handed over between nodes here".into(),
+            ))
+        })
+    }
+
+    /// Tells member `holder` that this node has written the messages of `client_id`'s
+    /// session up to `up_to` (the holder's `seq`): it deletes them (see
+    /// [`crate::BrokerHandle::release_session`]).
+    fn release_session<'a>(
+        &'a self,
+        holder: NodeId,
+        client_id: &'a ClientId,
+        holder_epoch: u64,
+        up_to: u64,
+    ) -> BoxFuture<'a, Result<(), ClusterError>> {
+        let _ = (holder, client_id, holder_epoch, up_to);
+        Box::pin(async {
+            Err(ClusterError::Unavailable(
+                "sessions are not handed over between nodes here".into(),
+            ))
+        })
+    }
+
+    /// Tells member `owner`, which owns `client_id`, that this node holds messages of its
+    /// session (see [`crate::BrokerHandle::adopt_offered`]): it fetches them. Returns how
+    /// many it took.
+    fn offer_session<'a>(
+        &'a self,
+        owner: NodeId,
+        client_id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<usize, ClusterError>> {
+        let _ = (owner, client_id);
+        Box::pin(async {
+            Err(ClusterError::Unavailable(
+                "sessions are not handed over between nodes here".into(),
+            ))
+        })
+    }
 
     /// The cluster's members, leader and progress (member reachability from the leader).
     fn overview(&self) -> BoxFuture<'_, Result<ClusterOverview, ClusterError>>;

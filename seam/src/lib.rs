@@ -22,8 +22,8 @@ pub mod ids;
 
 pub use box_future::BoxFuture;
 pub use broker_handle::{
-    BrokerHandle, BrokerHandleError, ForwardedPublish, HandedOverSubscription, KickReason,
-    PublishProperties, SessionHandover, SharedTarget,
+    BrokerHandle, BrokerHandleError, ForwardedPublish, HandedOverMessage, HandedOverSubscription,
+    KickReason, PublishProperties, SessionHandover, SharedTarget,
 };
 pub use cluster_handle::{
     ClientLocation, ClusterError, ClusterHandle, ClusterOverview, ForwardError, MemberOverview,

@@ -20,6 +20,7 @@ const TREE_QUEUE: &str = "queue";
 const TREE_INFLIGHT: &str = "inflight";
 const TREE_INCOMING: &str = "incoming";
 const TREE_RETAINED: &str = "retained";
+const TREE_HANDOVER: &str = "handover";
 
 /// Version of the whole store layout (trees, keys and value formats).
 /// Bumped when an older build could misread what a newer one writes.
@@ -36,6 +37,9 @@ pub struct Store {
     inflight: Tree,
     incoming: Tree,
     retained: Tree,
+    /// Session hand-overs between nodes: how far this node wrote what another node holds
+    /// (see `store/handover.rs`).
+    handover: Tree,
     events: EventLog,
     flushes: std::sync::Arc<FlushGate>,
     health: std::sync::Arc<StorageHealth>,
@@ -110,6 +114,7 @@ impl Store {
             inflight: db.open_tree(TREE_INFLIGHT)?,
             incoming: db.open_tree(TREE_INCOMING)?,
             retained: db.open_tree(TREE_RETAINED)?,
+            handover: db.open_tree(TREE_HANDOVER)?,
             events: open_events(&db)?,
             flushes: Default::default(),
             health: std::sync::Arc::new(StorageHealth::new(dir.map(Path::to_owned))),
@@ -460,5 +465,6 @@ fn elapsed_us(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
+mod handover;
 #[cfg(test)]
 mod tests;

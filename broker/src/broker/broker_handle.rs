@@ -89,20 +89,32 @@ impl BrokerHandle for Broker {
 
     /// Ends the attached connection only if it is the one whose registration was
     /// replaced (a newer one here is left alone), and only this node does: one
-    /// `client.disconnected` event per takeover, cluster-wide. The session's subscriptions
-    /// leave this node's index (in a task, under the session's lifecycle lock); its stored
-    /// queue stays.
+    /// `client.disconnected` event per takeover, cluster-wide. The session is moving: it
+    /// takes only forwarded messages until the taker fetches it, or a while passes (see
+    /// `cluster_sync.rs`); then it is sealed and its subscriptions leave this node's
+    /// index.
     fn taken_over(&self, client_id: &ClientId, epoch: u64, by: NodeId) {
         tracing::debug!(%client_id, epoch, taken_by = %by, "registration replaced by another node");
         let Some(session) = self.find_session(client_id) else {
             return;
         };
         {
-            let st = session.state();
-            if let Some(a) = st.attachment.as_ref().filter(|a| a.epoch == epoch) {
-                self.note_remote_taker(a.connection_id, by);
-                a.kick.send(Kick::TakenOver);
+            let mut st = session.state();
+            match st.attachment.as_ref() {
+                Some(a) if a.epoch == epoch => {
+                    self.note_remote_taker(a.connection_id, by);
+                    a.kick.send(Kick::TakenOver);
+                }
+                // A newer connection here (the client came back): it keeps the session.
+                Some(_) => return,
+                None => {}
             }
+            // At once, not in the task below: from now on the taker gets what is routed
+            // to the client here (this node's interest index names it already), and no
+            // timer of the session ends it here.
+            session.set_moving(true);
+            st.generation = st.generation.wrapping_add(1);
+            st.cancel_timers();
         }
         self.spawn_session_moved(session);
     }
@@ -110,6 +122,12 @@ impl BrokerHandle for Broker {
     fn interest_changed(&self, filter: &str, node: NodeId, subscribers: u32) {
         tracing::trace!(filter, %node, subscribers, "interest of another node");
         self.remote_interest.changed(filter, node, subscribers);
+    }
+
+    fn interest_changed_many(&self, changes: Vec<(String, NodeId, u32)>) {
+        tracing::trace!(changes = changes.len(), "interest of other nodes");
+        self.remote_interest
+            .changed_many(changes.iter().map(|(f, node, n)| (f.as_str(), *node, *n)));
     }
 
     fn interest_reset(&self, interest: Vec<(String, NodeId, u32)>) {
@@ -166,13 +184,29 @@ impl BrokerHandle for Broker {
 
     fn hand_over_session<'a>(
         &'a self,
-        _client_id: &'a ClientId,
-    ) -> BoxFuture<'a, Result<Option<SessionHandover>, BrokerHandleError>> {
-        Box::pin(async {
-            Err(BrokerHandleError::NotSupported(
-                "handing a session over to another node",
-            ))
-        })
+        client_id: &'a ClientId,
+        taker: NodeId,
+        after: u64,
+        max: usize,
+    ) -> BoxFuture<'a, Result<SessionHandover, BrokerHandleError>> {
+        Box::pin(self.hand_over_page(client_id, taker, after, max))
+    }
+
+    fn release_session<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        taker: NodeId,
+        up_to: u64,
+    ) -> BoxFuture<'a, Result<bool, BrokerHandleError>> {
+        Box::pin(self.release_handed_over(client_id, taker, up_to))
+    }
+
+    fn adopt_offered<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        holder: NodeId,
+    ) -> BoxFuture<'a, Result<usize, BrokerHandleError>> {
+        Box::pin(self.adopt_offered_session(client_id, holder))
     }
 }
 
@@ -213,7 +247,7 @@ impl Broker {
 }
 
 /// The message a forwarded publish carries, refused if no valid publish could carry it.
-fn forwarded_message(p: ForwardedPublish) -> Result<Message, BrokerHandleError> {
+pub(super) fn forwarded_message(p: ForwardedPublish) -> Result<Message, BrokerHandleError> {
     let qos =
         QoS::from_u8(p.qos).ok_or_else(|| BrokerHandleError::Invalid(format!("QoS {}", p.qos)))?;
     if p.topic.is_empty() || !topic::valid_topic_name(&p.topic) {

@@ -3,8 +3,9 @@
 //! registry's subscriptions, and a restart releases what the previous run still held.
 //!
 //! A session taken over by another node stays here offline, without subscriptions or
-//! timers, with its stored queue: the messages that waited for it are not lost, and the
-//! next issue moves them to the owner. Its expiry runs on the node that holds it now.
+//! timers, with its stored messages, until the owner has fetched them (see
+//! `handover_holder.rs` and `handover_taker.rs`). Its expiry runs on the node that holds it
+//! now.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,11 @@ use skein_seam::{HandedOverSubscription, NodeId};
 use super::Broker;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::session::{Session, Subscription};
+
+/// How long a session another node took over keeps taking forwarded messages (their
+/// senders may route by an older registry) before it is sealed, unless the taker fetches
+/// it sooner: longer than a hand-over takes.
+const SEAL_AFTER: Duration = Duration::from_secs(5);
 
 /// The longest the restart reconciliation waits for the registry to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
@@ -81,7 +87,15 @@ impl Broker {
             return;
         };
         let tasks = broker.tasks.clone();
-        tasks.spawn(async move { broker.session_moved(&session).await });
+        tasks.spawn(async move {
+            // The taker seals it when it fetches it, at once; this is for a taker that
+            // fetches nothing (a clean start) or could not.
+            tokio::select! {
+                _ = tokio::time::sleep(SEAL_AFTER) => {}
+                _ = broker.shutdown.cancelled() => return,
+            }
+            broker.session_moved(&session).await
+        });
     }
 
     /// The registry names another node as the owner of `session` (or the client is gone
@@ -98,16 +112,26 @@ impl Broker {
         {
             return;
         }
+        let filters = self.seal_moved(session);
+        tracing::debug!(client_id = %session.client_id, subscriptions = filters, "session moved to another node");
+    }
+
+    /// Marks `session` as moved to another node (it takes no new messages here), leaves
+    /// its subscriptions out of this node's index and stops its timers; its messages stay
+    /// until the owner fetches them. Again: nothing changes. The caller holds its
+    /// lifecycle lock. Returns how many subscriptions left the index.
+    pub(super) fn seal_moved(&self, session: &Arc<Session>) -> usize {
         let filters: Vec<String> = {
             let mut st = session.state();
             if st.removed {
-                return;
+                return 0;
             }
+            st.moved = true;
             // The expiry and will timers armed here check the generation.
             st.generation = st.generation.wrapping_add(1);
             st.cancel_timers();
-            let filters = st.subscriptions.drain().map(|(filter, _)| filter).collect();
-            if st.is_persistent() {
+            let filters: Vec<String> = st.subscriptions.drain().map(|(filter, _)| filter).collect();
+            if st.is_persistent() && !filters.is_empty() {
                 self.persist_session_locked(session, &st);
             }
             filters
@@ -115,7 +139,7 @@ impl Broker {
         for filter in &filters {
             self.unindex_subscription(session, filter);
         }
-        tracing::debug!(client_id = %session.client_id, subscriptions = filters.len(), "session moved to another node");
+        filters.len()
     }
 
     /// Makes `session`'s subscriptions the registry's `subscriptions` (a session that was
@@ -183,6 +207,9 @@ impl Broker {
                 return;
             }
             broker.reconcile_with_registry(started_us).await;
+            // What this node held of sessions that moved away while it was down goes to
+            // their owners (see `handover_holder.rs`).
+            broker.offer_stranded_every_while().await;
         });
     }
 

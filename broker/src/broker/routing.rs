@@ -62,6 +62,8 @@ enum WhenNotStored {
 struct Enqueue {
     now: u64,
     max: usize,
+    /// Forwarded by another node (which may route by an older registry than this node).
+    forwarded: bool,
     /// Storage takes no new data: copies that need the disk are dropped.
     not_storing: Option<NotStored>,
 }
@@ -231,6 +233,7 @@ impl Broker {
         let to = Enqueue {
             now: now_ms(),
             max: self.config.max_queued_messages,
+            forwarded: matches!(scope, Scope::Forwarded { .. }),
             not_storing,
         };
         for (session, delivery, _) in targets {
@@ -274,6 +277,12 @@ impl Broker {
         outcome: &mut RouteOutcome,
     ) {
         let qos = delivery.qos;
+        // Routed here by this node's registry, which sends it to the new owner too (see
+        // `Session::is_moving`).
+        if !to.forwarded && session.is_moving() {
+            crate::metrics::handover_skipped_delivery();
+            return;
+        }
         if let Some(refusal) = to.not_storing {
             if qos != QoS::AtMostOnce && session.state().is_persistent() {
                 crate::metrics::message_dropped(refusal.reason());
@@ -289,6 +298,8 @@ impl Broker {
         }
         match session.enqueue_holding_wake(delivery, to.max, &self.store, to.now, held) {
             EnqueueOutcome::Queued => {}
+            // The owner the session moved to gets it (see `handover_holder.rs`).
+            EnqueueOutcome::Moved => crate::metrics::handover_skipped_delivery(),
             EnqueueOutcome::QueuedOffline => {
                 raise::offline(&self.events, || session.event_client(), message, qos)
             }
@@ -359,6 +370,7 @@ impl Broker {
         let to = Enqueue {
             now: now_ms(),
             max: self.config.max_queued_messages,
+            forwarded: false,
             not_storing: NotStored::of_store(self.store.health()),
         };
         let mut outcome = RouteOutcome::default();

@@ -348,6 +348,9 @@ async fn attach(
     let requested = requested_expiry(&c);
     let expiry = requested.min(broker.config.max_session_expiry_interval);
 
+    // A session resumed from another node is in this node's index before other nodes
+    // route its messages here (as the registration applies there).
+    let preindexed = !c.clean_start && Box::pin(broker.preindex_resumed(&client_id)).await;
     // Committed cluster-wide before CONNACK: a connection of this client id elsewhere is
     // ended by its node as this applies there.
     let registration = match broker
@@ -357,6 +360,12 @@ async fn attach(
     {
         Ok(r) => r,
         Err(e) => {
+            if preindexed {
+                let (b, id) = (broker.clone(), client_id.clone());
+                broker
+                    .tasks
+                    .spawn(async move { b.undo_preindex(&id).await });
+            }
             // No quorum, no leader, a timeout: come back later (0x88 / return code 3).
             let r = Refusal::connack(
                 protocol,
@@ -378,8 +387,9 @@ async fn attach(
     // some node (with an expiry above 0) and this CONNECT did not start clean. Where it
     // was held here, the local session holds its state (queue, in-flight messages,
     // subscriptions). Where it was held by another node (or the local one was lost), the
-    // local session is rebuilt from the registry's subscriptions; its queued messages stay
-    // on the node that held it.
+    // local session is rebuilt from the registry's subscriptions, and its in-flight and
+    // queued messages are fetched from that node before the CONNACK (see
+    // `broker/handover_taker.rs`).
     let session_present = registration.session_present;
     let held_elsewhere = registration.previous.is_some_and(|p| p.node != me);
 
@@ -433,6 +443,9 @@ async fn attach(
         if !present {
             broker.clear_session(&session);
         }
+        // Set aside by `preindex_resumed`, for the messages fetched from the node that
+        // held the session.
+        let reserved_seqs;
         {
             let mut st = session.state();
             st.protocol_level = protocol.level();
@@ -440,6 +453,9 @@ async fn attach(
             st.will = c.will.take().map(Box::new);
             st.generation = st.generation.wrapping_add(1);
             st.disconnected_at_ms = OptionalMs::NONE;
+            st.moved = false;
+            session.set_moving(false);
+            reserved_seqs = st.reserved_seqs.take();
             st.attach(
                 Attachment {
                     connection_id: id,
@@ -462,10 +478,16 @@ async fn attach(
         match broker.cluster.locate_client(&client_id) {
             Some(owner) if owner.node == me && owner.epoch == registration.epoch => {
                 if rebuild {
-                    broker.replace_subscriptions(&session, &registration.subscriptions);
+                    // Boxed: the hand-over's state inline would grow every handshake.
+                    Box::pin(broker.resume_here(&session, &registration, reserved_seqs)).await;
                 }
             }
             owner => {
+                // The session's messages were not fetched: whoever takes it from here is
+                // told where they are.
+                if let Some(p) = registration.previous.filter(|p| rebuild && p.node != me) {
+                    session.state().pending_from = Some((p.node, p.epoch));
+                }
                 let by = owner.map_or(me, |o| o.node);
                 tracing::info!(%client_id, taken_by = %by, "taken over before its CONNACK");
                 if by != me {
@@ -590,7 +612,7 @@ fn client_info(
 /// Detaches a finished connection from its session (if it is still the attached one):
 /// publishes or schedules the will, ends or keeps the session. `moved`: another node took
 /// the session over; it lives on there (its registration is that node's, nothing to
-/// release; its expiry runs there; its queued messages stay stored here).
+/// release; its expiry runs there; its messages stay stored here until the owner fetches them).
 pub(super) async fn detach(
     broker: &Arc<Broker>,
     session: &Arc<Session>,

@@ -106,7 +106,9 @@ impl From<skein_seam::ClusterError> for ApiError {
     fn from(e: skein_seam::ClusterError) -> Self {
         use skein_seam::ClusterError;
         match e {
-            ClusterError::Unavailable(detail) => ApiError::Unavailable(detail),
+            ClusterError::Unavailable(detail) | ClusterError::Busy(detail) => {
+                ApiError::Unavailable(detail)
+            }
             ClusterError::NotFound(_) => ApiError::NotFound(e.to_string().into()),
             ClusterError::NotOwner => ApiError::Conflict(e.to_string()),
             ClusterError::Invalid(_) => ApiError::BadRequest(e.to_string()),

@@ -97,15 +97,23 @@ impl RemoteInterest {
     /// with any `$share/{group}/` prefix); 0 removes it. A filter no session could have
     /// subscribed is ignored (and logged).
     pub fn changed(&self, filter: &str, node: NodeId, subscribers: u32) {
-        let Ok((group, inner)) = parse_subscription(filter) else {
-            tracing::warn!(filter, %node, "ignored interest in an invalid filter");
-            return;
-        };
+        self.changed_many([(filter, node, subscribers)]);
+    }
+
+    /// Several [`Self::changed`] in order under one lock: a publish routed meanwhile sees
+    /// all of them or none.
+    pub fn changed_many<'a>(&self, changes: impl IntoIterator<Item = (&'a str, NodeId, u32)>) {
         let mut tree = self.write();
-        if subscribers == 0 {
-            tree.unsubscribe(inner, group, &node);
-        } else {
-            tree.subscribe(inner, group, node, subscribers);
+        for (filter, node, subscribers) in changes {
+            let Ok((group, inner)) = parse_subscription(filter) else {
+                tracing::warn!(filter, %node, "ignored interest in an invalid filter");
+                continue;
+            };
+            if subscribers == 0 {
+                tree.unsubscribe(inner, group, &node);
+            } else {
+                tree.subscribe(inner, group, node, subscribers);
+            }
         }
         self.any.store(!tree.is_empty(), Ordering::Release);
     }

@@ -154,12 +154,46 @@ async fn kicks_reach_the_attached_connection_with_their_reason() {
 }
 
 #[tokio::test]
-async fn handing_a_session_over_is_not_supported_yet() {
+async fn a_session_is_handed_over_only_to_the_node_the_registry_names() {
     let b = broker();
-    subscriber(&b, "s", "a", true);
-    let result = b.hand_over_session(&ClientId::new("s")).await;
-    assert!(matches!(result, Err(BrokerHandleError::NotSupported(_))));
-    assert!(b.find_session(&ClientId::new("s")).is_some(), "kept");
+    let taker = NodeId(2);
+    // Nothing held here: an empty, complete page, and nothing to release.
+    let page = b
+        .hand_over_session(&ClientId::new("none"), taker, 0, 10)
+        .await
+        .unwrap();
+    assert!(page.complete && page.messages.is_empty());
+    assert!(!b
+        .release_session(&ClientId::new("none"), taker, 5)
+        .await
+        .unwrap());
+
+    // Held here, and the registry has no owner for it: nobody may take it.
+    let (s, _) = subscriber(&b, "s", "a", true);
+    b.route(crate::broker::tests::message("a", QoS::AtLeastOnce, "p"));
+    let refused = b.hand_over_session(&ClientId::new("s"), taker, 0, 10).await;
+    assert!(
+        matches!(refused, Err(BrokerHandleError::NotOwner(_))),
+        "{refused:?}"
+    );
+    // Registered on this node (it has not applied a takeover): ask again later.
+    b.cluster
+        .register_client(&ClientId::new("s"), false, 60)
+        .await
+        .unwrap();
+    let later = b.hand_over_session(&ClientId::new("s"), taker, 0, 10).await;
+    assert!(
+        matches!(later, Err(BrokerHandleError::NotYet(_))),
+        "{later:?}"
+    );
+    // Never handed over: a release deletes nothing.
+    let release = b.release_session(&ClientId::new("s"), taker, 5).await;
+    assert_eq!(release, Ok(false));
+    // Nothing was sealed or deleted.
+    let st = s.state();
+    assert!(!st.moved);
+    assert_eq!(st.queue.len(), 1);
+    assert_eq!(b.store.queue_load("s").unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -1,0 +1,612 @@
+//! The taking side of moving a session between nodes: a CONNECT here resumed a persistent
+//! session another node held. Before the CONNACK, this node fetches that node's in-flight
+//! and queued messages for the client page by page, writes each page to its own store
+//! (flushed), and only then tells the holder to delete them; the holder's side is
+//! `handover_holder.rs`.
+//!
+//! Order: the session's sequence numbers from the attach on are set aside
+//! ([`HANDOVER_SEQS`]) before its subscriptions go into this node's index, so the fetched
+//! messages sort before whatever is routed here meanwhile, in storage too. Fetched
+//! in-flight messages keep the packet ids the client saw and are resent with DUP; one whose
+//! id is taken here already (a leftover of an earlier stay) is queued instead.
+//!
+//! Bounded: the whole hand-over gives up after [`HANDOVER_WAIT`] (the holder is slow), or
+//! after [`UNREACHABLE_WAIT`] of a holder that cannot be reached (it is down); the
+//! CONNACK goes out all the same, and what was not fetched stays stored on the
+//! holder (counted in `skein_session_handover_failures_total`). A page that was written
+//! here but whose release did not reach the holder stays there until the next fetch from
+//! it, which first has it deleted (the cursor is stored with the page, so this holds
+//! across restarts of either node).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skein_seam::{
+    BoxFuture, BrokerHandleError, ClientId, ClusterError, HandedOverMessage, NodeId,
+    SessionHandover,
+};
+use skein_storage::StoredInflight;
+
+use super::Broker;
+use crate::codec::QoS;
+use crate::message::Message;
+use crate::session::{to_stored_delivery, Delivery, Inflight, InflightState, Queued, Session};
+
+/// Sequence numbers set aside for fetched messages: more than a session can hold.
+const HANDOVER_SEQS: u64 = 1 << 32;
+
+/// The longest a CONNACK waits for a session's messages from the node that held it.
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+
+/// How long an offered hand-over waits for the session's lifecycle lock.
+const OFFER_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// The longest a hand-over keeps trying a holder that cannot be reached.
+const UNREACHABLE_WAIT: Duration = Duration::from_secs(1);
+
+/// Messages asked for per page (the holder may send fewer).
+const PAGE_MESSAGES: u32 = 256;
+
+/// How many earlier holders a hand-over follows (each one a node that took the client
+/// over and lost it again before it had fetched everything).
+const MAX_CHAIN: u8 = 4;
+
+/// Why a hand-over stopped before the holder had handed everything over.
+#[derive(Debug)]
+enum Stop {
+    /// The holder did not answer, or kept asking to wait, until the deadline.
+    Unreachable(String),
+    /// Another node owns the client now: it fetches the session.
+    NotOwner,
+    /// The holder's answer could not be used.
+    Invalid(String),
+    /// This node's store did not take the messages.
+    Storage(String),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Unreachable(detail) => {
+                write!(f, "the holder did not hand over in time: {detail}")
+            }
+            Stop::NotOwner => f.write_str("another node owns the client now"),
+            Stop::Invalid(detail) => write!(f, "unusable answer: {detail}"),
+            Stop::Storage(detail) => write!(f, "this node's store failed: {detail}"),
+        }
+    }
+}
+
+impl Stop {
+    fn reason(&self) -> &'static str {
+        match self {
+            Stop::Unreachable(_) => "unreachable",
+            Stop::NotOwner => "not_owner",
+            Stop::Invalid(_) => "invalid",
+            Stop::Storage(_) => "storage",
+        }
+    }
+}
+
+impl Broker {
+    /// Fetches the messages node `holder` held for `session` under registration
+    /// `holder_epoch` (and, first, what it says an earlier holder may still have), into the
+    /// sequence numbers set aside from `first_seq` (see the module docs). The caller holds
+    /// the session's lifecycle lock. Returns how many messages came.
+    pub async fn take_session_over(
+        &self,
+        session: &Arc<Session>,
+        holder: NodeId,
+        holder_epoch: u64,
+        first_seq: u64,
+    ) -> usize {
+        let client_id = &session.client_id;
+        let started = Instant::now();
+        let mut taken = Taken {
+            next_seq: first_seq,
+            arrivals_from: first_seq.saturating_add(HANDOVER_SEQS),
+            messages: 0,
+            deadline: started + HANDOVER_WAIT,
+            failure: None,
+        };
+        self.take_from(session, holder, holder_epoch, &mut taken, MAX_CHAIN)
+            .await;
+        let failure = taken.failure.take();
+        {
+            let mut st = session.state();
+            match &failure {
+                Some((node, epoch, _)) => st.pending_from = Some((*node, *epoch)),
+                None if st.pending_from.is_some_and(|(node, _)| node == holder) => {
+                    st.pending_from = None;
+                }
+                None => {}
+            }
+        }
+        match failure {
+            None => tracing::info!(
+                %client_id,
+                %holder,
+                messages = taken.messages,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "took the session's messages over from the node that held it"
+            ),
+            Some((node, _, stop)) => {
+                crate::metrics::handover_failed(stop.reason());
+                tracing::warn!(
+                    %client_id,
+                    %holder,
+                    stopped_at = %node,
+                    messages = taken.messages,
+                    why = %stop,
+                    "the session's hand-over stopped; what was not fetched stays on the node that held it"
+                );
+            }
+        }
+        taken.messages
+    }
+
+    /// Takes every page of `holder`'s, after what an earlier holder it names still has
+    /// (up to `depth` such links). Where it stopped is noted in `taken`: this holder's
+    /// pages stop at their own failure, not at an earlier holder's.
+    fn take_from<'a>(
+        &'a self,
+        session: &'a Arc<Session>,
+        holder: NodeId,
+        holder_epoch: u64,
+        taken: &'a mut Taken,
+        depth: u8,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(stop) = self
+                .fetch_all(session, holder, holder_epoch, taken, depth)
+                .await
+            {
+                // Over an earlier holder's failure: this holder still has messages, and
+                // names the earlier one itself.
+                taken.failure = Some((holder, holder_epoch, stop));
+            }
+        })
+    }
+
+    async fn fetch_all(
+        &self,
+        session: &Arc<Session>,
+        holder: NodeId,
+        holder_epoch: u64,
+        taken: &mut Taken,
+        depth: u8,
+    ) -> Result<(), Stop> {
+        let client_id = &session.client_id;
+        let me = self.cluster.node_id();
+        let deadline = taken.deadline;
+        let key = (client_id.clone(), holder);
+        let unreleased = self.unreleased_lock().get(&key).copied();
+        if let Some(up_to) = unreleased {
+            // Written here by an earlier hand-over whose release was lost: the holder
+            // deletes it before anything is fetched again.
+            self.until_deadline(deadline, || {
+                self.cluster
+                    .release_session(holder, client_id, holder_epoch, up_to)
+            })
+            .await?;
+            self.released(&key);
+        }
+        let mut after = 0;
+        loop {
+            let page = self
+                .until_deadline(deadline, || {
+                    self.cluster.fetch_session(
+                        holder,
+                        client_id,
+                        holder_epoch,
+                        after,
+                        PAGE_MESSAGES,
+                    )
+                })
+                .await?;
+            if after == 0 {
+                self.adopt_incoming(session, &page.incoming_qos2)?;
+                // Older than this holder's: fetched first. One this node held is here.
+                if let Some((earlier, epoch)) =
+                    page.earlier.filter(|(n, _)| *n != me && *n != holder)
+                {
+                    if depth == 0 {
+                        taken.failure.get_or_insert((
+                            earlier,
+                            epoch,
+                            Stop::Invalid("too many earlier holders".into()),
+                        ));
+                    } else {
+                        self.take_from(session, earlier, epoch, taken, depth - 1)
+                            .await;
+                    }
+                }
+            }
+            let Some(last) = page.messages.last().map(|m| m.seq) else {
+                return Ok(());
+            };
+            if last <= after {
+                return Err(Stop::Invalid(format!(
+                    "a page ending at {last}, asked for after {after}"
+                )));
+            }
+            let complete = page.complete;
+            let n = self.adopt_page(session, page, taken)?;
+            // Written (and flushed) here, with how far, before the holder deletes
+            // anything: should the release not reach it, the next fetch from it (after a
+            // restart of either node too) has it deleted first.
+            self.unreleased_lock().insert(key.clone(), last);
+            if session.state().is_persistent() {
+                self.store
+                    .handover_put(client_id.as_str(), holder.0, last)
+                    .map_err(|e| Stop::Storage(e.to_string()))?;
+                self.flush_storage()
+                    .await
+                    .map_err(|e| Stop::Storage(e.to_string()))?;
+            }
+            crate::metrics::handover_messages("taken", n);
+            taken.messages += n;
+            self.until_deadline(deadline, || {
+                self.cluster
+                    .release_session(holder, client_id, holder_epoch, last)
+            })
+            .await?;
+            self.released(&key);
+            after = last;
+            if complete {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A CONNECT here resumed `session`, which another node held or this one lost
+    /// (`registration` says which): its subscriptions become the registry's, and what the
+    /// node that held it has is fetched (into the sequence numbers `reserved` set aside,
+    /// else into ones set aside now, before the subscriptions route anything here). The
+    /// caller holds the session's lifecycle lock.
+    pub async fn resume_here(
+        &self,
+        session: &Arc<Session>,
+        registration: &skein_seam::Registration,
+        reserved: Option<u64>,
+    ) {
+        let me = self.cluster.node_id();
+        let handover = registration.previous.filter(|p| p.node != me).map(|p| {
+            let first = reserved.unwrap_or_else(|| session.state().reserve_seqs(HANDOVER_SEQS));
+            (p, first)
+        });
+        self.replace_subscriptions(session, &registration.subscriptions);
+        if let Some((previous, first_seq)) = handover {
+            self.take_session_over(session, previous.node, previous.epoch, first_seq)
+                .await;
+        }
+    }
+
+    /// Before a CONNECT that resumes a session another node owns is registered: the
+    /// session's subscriptions (as the registry has them now) go into this node's index,
+    /// so that what other nodes route here once the registration applies there finds it.
+    /// Until the connection attaches, only forwarded messages are queued for it (this
+    /// node's own publishes still go to the owner). True when there was a session to index;
+    /// [`Broker::undo_preindex`] if the registration fails.
+    pub async fn preindex_resumed(&self, client_id: &ClientId) -> bool {
+        let Some((owner, subscriptions)) = self.cluster.session_subscriptions(client_id) else {
+            return false;
+        };
+        if owner == self.cluster.node_id() || subscriptions.is_empty() {
+            return false;
+        }
+        let session = self.get_or_create_session(client_id);
+        let Ok(_lifecycle) = tokio::time::timeout(
+            OFFER_LOCK_WAIT,
+            session.lifecycle.lock(&self.lifecycle_waiters),
+        )
+        .await
+        else {
+            return false;
+        };
+        {
+            let mut st = session.state();
+            if st.removed || st.attachment.is_some() {
+                return false;
+            }
+            st.moved = false;
+            session.set_moving(true);
+            // Before the index routes anything here: fetched messages go first.
+            let first = st.reserve_seqs(HANDOVER_SEQS);
+            st.reserved_seqs = Some(first);
+        }
+        self.replace_subscriptions(&session, &subscriptions);
+        true
+    }
+
+    /// The registration [`Broker::preindex_resumed`] prepared for did not happen: the
+    /// session leaves the index again (unless a connection attached to it meanwhile).
+    pub async fn undo_preindex(&self, client_id: &ClientId) {
+        let Some(session) = self.find_session(client_id) else {
+            return;
+        };
+        let _lifecycle = session.lifecycle.lock(&self.lifecycle_waiters).await;
+        let prepared = {
+            let mut st = session.state();
+            !st.removed && st.attachment.is_none() && st.reserved_seqs.take().is_some()
+        };
+        if prepared {
+            self.seal_moved(&session);
+        }
+    }
+
+    /// Node `holder` holds messages of the session of `client_id`, which this node owns
+    /// (stored there while it was down, or left by a hand-over that stopped): they are
+    /// fetched as at a takeover, after what the session holds here already.
+    pub(super) async fn adopt_offered_session(
+        &self,
+        client_id: &ClientId,
+        holder: NodeId,
+    ) -> Result<usize, BrokerHandleError> {
+        let me = self.cluster.node_id();
+        let owned = |b: &Broker| {
+            b.cluster
+                .locate_client(client_id)
+                .filter(|owner| owner.node == me)
+        };
+        let Some(owner) = owned(self) else {
+            return Err(BrokerHandleError::NotOwner(
+                "this node does not own the client".into(),
+            ));
+        };
+        if owner.clean_start {
+            return Err(BrokerHandleError::Invalid(
+                "the client's session started clean here: older messages are not its".into(),
+            ));
+        }
+        let Some(session) = self.find_session(client_id) else {
+            return Err(BrokerHandleError::NotOwner(
+                "this node holds no session of the client".into(),
+            ));
+        };
+        let _lifecycle = tokio::time::timeout(
+            OFFER_LOCK_WAIT,
+            session.lifecycle.lock(&self.lifecycle_waiters),
+        )
+        .await
+        .map_err(|_| BrokerHandleError::NotYet("the session is busy".into()))?;
+        let first_seq = {
+            let mut st = session.state();
+            if st.removed || st.moved || owned(self).is_none() {
+                return Err(BrokerHandleError::NotOwner(
+                    "the session left this node".into(),
+                ));
+            }
+            st.reserve_seqs(HANDOVER_SEQS)
+        };
+        tracing::info!(%client_id, %holder, "a node offers messages of a session owned here");
+        Ok(self.take_session_over(&session, holder, 0, first_seq).await)
+    }
+
+    /// The holder deleted what this node wrote up to the cursor of `key`: it goes.
+    fn released(&self, key: &(ClientId, NodeId)) {
+        if self.unreleased_lock().remove(key).is_none() {
+            return;
+        }
+        if let Err(e) = self.store.handover_remove(key.0.as_str(), key.1 .0) {
+            // Kept, it only has the holder delete again what it deleted already.
+            tracing::debug!(client_id = %key.0, holder = %key.1, error = %e, "could not remove a hand-over cursor");
+        }
+    }
+
+    /// The session of `client_id` here ended or started clean: the cursors of what other
+    /// nodes held of the old one go (a later session there counts its messages anew).
+    pub(super) fn forget_cursors(&self, client_id: &ClientId) {
+        {
+            let mut unreleased = self.unreleased_lock();
+            let before = unreleased.len();
+            unreleased.retain(|(c, _), _| c != client_id);
+            if unreleased.len() == before {
+                return;
+            }
+        }
+        if let Err(e) = self.store.handover_forget(client_id.as_str()) {
+            tracing::info!(%client_id, error = %e, "could not remove the hand-over cursors of an ended session");
+        }
+    }
+
+    /// The hand-over cursors stored by an earlier run.
+    pub(super) fn load_unreleased(&self) -> Result<(), skein_storage::StorageError> {
+        let cursors = self.store.handover_load()?;
+        let mut unreleased = self.unreleased_lock();
+        for (client_id, holder, up_to) in cursors {
+            unreleased.insert((ClientId::new(&client_id), NodeId(holder)), up_to);
+        }
+        Ok(())
+    }
+
+    fn unreleased_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::hash::HashMap<(ClientId, NodeId), u64>> {
+        self.unreleased.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls `call` until it succeeds or says something other than "not now", waiting a
+    /// little longer each time: while the holder answers that it is busy, until
+    /// `deadline`; while it cannot be reached, for [`UNREACHABLE_WAIT`] at most (a node
+    /// that is down should not hold every CONNECT of its sessions for long).
+    async fn until_deadline<T, F, Fut>(&self, deadline: Instant, mut call: F) -> Result<T, Stop>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClusterError>>,
+    {
+        let mut pause = Duration::from_millis(10);
+        let mut unreachable_since: Option<Instant> = None;
+        loop {
+            let give_up_at = match call().await {
+                Ok(answer) => return Ok(answer),
+                Err(ClusterError::NotOwner) => return Err(Stop::NotOwner),
+                Err(ClusterError::Invalid(detail)) => return Err(Stop::Invalid(detail)),
+                Err(ClusterError::Busy(detail)) => {
+                    unreachable_since = None;
+                    (deadline, detail)
+                }
+                Err(e @ (ClusterError::Unavailable(_) | ClusterError::NotFound(_))) => {
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    ((since + UNREACHABLE_WAIT).min(deadline), e.to_string())
+                }
+            };
+            let (until, detail) = give_up_at;
+            if Instant::now() + pause >= until || self.shutdown.is_cancelled() {
+                return Err(Stop::Unreachable(detail));
+            }
+            tracing::debug!(%detail, "the node that held the session asks to wait");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// The client's QoS 2 publishes the holder acknowledged with PUBREC: a resend here is
+    /// recognised as a duplicate, and its PUBREL answered.
+    fn adopt_incoming(&self, session: &Session, ids: &[u16]) -> Result<(), Stop> {
+        let mut st = session.state();
+        let persistent = st.is_persistent();
+        for id in ids {
+            if st.incoming_qos2.insert(*id) && persistent {
+                self.store
+                    .incoming_put(session.client_id.as_str(), *id)
+                    .map_err(|e| Stop::Storage(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a page's messages into the session, in order, and writes them to storage if
+    /// the session is persistent. Returns how many it took.
+    fn adopt_page(
+        &self,
+        session: &Session,
+        page: SessionHandover,
+        taken: &mut Taken,
+    ) -> Result<usize, Stop> {
+        let id = session.client_id.as_str();
+        let mut st = session.state();
+        let persistent = st.is_persistent();
+        let mut n = 0;
+        let mut doubles = 0;
+        // What was routed here since the sequence numbers were set aside: a message another
+        // node forwarded both here and (for the session, while it was moving there) to the
+        // holder must not come twice.
+        let arrived: Vec<Arc<Message>> = st
+            .queue
+            .iter()
+            .map(|q| (q.seq, &q.delivery))
+            .chain(st.inflight.iter().map(|f| (f.seq, &f.delivery)))
+            .filter(|(seq, _)| *seq >= taken.arrivals_from)
+            .map(|(_, d)| d.message.clone())
+            .collect();
+        for handed in page.messages {
+            let Some(delivery) = delivery_of(&session.client_id, &handed) else {
+                continue;
+            };
+            if arrived.iter().any(|m| same_publish(m, &delivery.message)) {
+                doubles += 1;
+                continue;
+            }
+            let seq = taken.next_seq;
+            taken.next_seq += 1;
+            n += 1;
+            match handed.packet_id {
+                Some(packet_id) if !st.id_in_use(packet_id) => {
+                    if persistent {
+                        let record = StoredInflight {
+                            packet_id,
+                            seq,
+                            message: to_stored_delivery(&delivery),
+                            released: handed.released,
+                        };
+                        self.store
+                            .inflight_put(id, &record)
+                            .map_err(|e| Stop::Storage(e.to_string()))?;
+                    }
+                    st.push_inflight(Inflight {
+                        seq,
+                        packet_id,
+                        delivery,
+                        state: if handed.released {
+                            InflightState::Released
+                        } else {
+                            InflightState::Sent
+                        },
+                    });
+                }
+                // The client has the message; only PUBCOMP was missing, under an id taken
+                // here by another message: nothing left to deliver.
+                Some(packet_id) if handed.released => {
+                    tracing::debug!(
+                        client_id = id,
+                        packet_id,
+                        "a released QoS 2 message's id is in use here; its PUBCOMP is not awaited"
+                    );
+                }
+                _ => {
+                    if persistent && delivery.qos != QoS::AtMostOnce {
+                        self.store
+                            .queue_push(id, seq, &to_stored_delivery(&delivery))
+                            .map_err(|e| Stop::Storage(e.to_string()))?;
+                    }
+                    st.insert_queued(Queued { seq, delivery });
+                }
+            }
+        }
+        if let Some(a) = &st.attachment {
+            a.kick.wake();
+        }
+        if doubles > 0 {
+            crate::metrics::handover_messages("duplicate", doubles);
+            tracing::debug!(
+                client_id = id,
+                doubles,
+                "handed-over messages that had reached this node too were left out"
+            );
+        }
+        Ok(n)
+    }
+}
+
+/// Where the fetched messages go in the session's sequence, how many came, until when
+/// to try, and where the hand-over first stopped (the node, its epoch, why).
+struct Taken {
+    next_seq: u64,
+    /// The first sequence after those set aside: what the session got since then arrived
+    /// during the hand-over.
+    arrivals_from: u64,
+    messages: usize,
+    deadline: Instant,
+    failure: Option<(NodeId, u64, Stop)>,
+}
+
+/// One publish routed twice (it left its publisher's node once, with that node's
+/// reception time): the same publisher, reception time, topic and payload. Two publishes
+/// alike in all of these within one millisecond would be taken for one.
+fn same_publish(a: &Message, b: &Message) -> bool {
+    a.received_at_ms == b.received_at_ms
+        && a.publisher == b.publisher
+        && a.topic == b.topic
+        && a.payload == b.payload
+}
+
+/// The delivery a handed-over message describes; None (logged) when no publish could
+/// carry it.
+fn delivery_of(client_id: &ClientId, handed: &HandedOverMessage) -> Option<Delivery> {
+    let message = match super::broker_handle::forwarded_message(handed.message.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(%client_id, error = %e, "ignored an invalid handed-over message");
+            return None;
+        }
+    };
+    let qos = message.qos;
+    let retain = message.retain;
+    Some(Delivery {
+        message: Arc::new(message),
+        qos,
+        retain,
+        subscription_ids: handed.subscription_ids.clone(),
+    })
+}
