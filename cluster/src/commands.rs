@@ -2,6 +2,7 @@
 //! unsubscribe. Each returns once the command is committed and applied on this node; the
 //! proposer stamps the epoch and the time (see `epoch.rs`, `proposer.rs`).
 
+use arcstr::ArcStr;
 use skein_proto::v1 as pb;
 use skein_proto::v1::command::Command;
 use skein_proto::v1::command_result::Result as Answer;
@@ -28,17 +29,31 @@ pub struct Registration {
 impl ClusterNode {
     /// Claims `client_id` for a new connection on this node (MQTT CONNECT): committed
     /// cluster-wide before this returns, so CONNACK can follow.
-    #[tracing::instrument(level = "debug", skip(self), fields(node = self.id()))]
     pub async fn register_client(
         &self,
         client_id: &str,
         clean_start: bool,
         session_expiry_secs: u32,
     ) -> Result<Registration> {
+        self.register_shared(&ArcStr::from(client_id), clean_start, session_expiry_secs)
+            .await
+    }
+
+    /// [`ClusterNode::register_client`] with the broker's own string for the id: the
+    /// registry's entry shares it rather than holding a copy (see `registry/client_ids.rs`).
+    #[tracing::instrument(level = "debug", skip(self), fields(node = self.id()))]
+    pub async fn register_shared(
+        &self,
+        client_id: &ArcStr,
+        clean_start: bool,
+        session_expiry_secs: u32,
+    ) -> Result<Registration> {
+        // Lent until this returns: by then the entry is applied here, or the proposal failed.
+        let _lent = self.client_ids.offer(client_id);
         let epoch = self.epochs.next();
         let (answer, log_index) = self
             .propose(Command::Register(pb::RegisterClient {
-                client_id: client_id.to_owned(),
+                client_id: client_id.to_string(),
                 node_id: self.id(),
                 epoch,
                 clean_start,

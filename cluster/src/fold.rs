@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arcstr::ArcStr;
 use skein_seam::{BrokerHandle, ClientId, NodeId as SeamNodeId};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -71,7 +72,7 @@ struct Fold {
     broker: Arc<dyn BrokerHandle>,
     /// The client ids this node owns, as far as the fold has seen, with their epochs. The
     /// keys are the registry's own shared strings.
-    owned: HashMap<Arc<str>, u64>,
+    owned: HashMap<ArcStr, u64>,
     folded: Option<u64>,
 }
 
@@ -140,7 +141,7 @@ impl Fold {
         let previously = &self.owned;
         let (owned, interest, lost, last_applied) =
             self.shared.view.read_applied(|registry, last_applied| {
-                let owned: HashMap<Arc<str>, u64> = registry
+                let owned: HashMap<ArcStr, u64> = registry
                     .clients()
                     .filter(|(_, entry)| entry.owner.node == me)
                     .map(|(id, entry)| (id.clone(), entry.owner.epoch))
@@ -155,7 +156,7 @@ impl Fold {
                             .map(|(node, n)| (filter.to_string(), SeamNodeId(*node), *n))
                     })
                     .collect();
-                let lost: Vec<(Arc<str>, u64, NodeId)> = previously
+                let lost: Vec<(ArcStr, u64, NodeId)> = previously
                     .iter()
                     .filter_map(|(id, epoch)| {
                         let entry = registry.client(id)?;

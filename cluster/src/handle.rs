@@ -43,7 +43,7 @@ fn location(client_id: &str, entry: &ClientEntry) -> ClientLocation {
         clean_start: entry.clean_start,
         session_expiry_secs: entry.session_expiry_secs,
         connected_at_ms: entry.connected_at_ms,
-        offline_since_ms: entry.offline_since_ms,
+        offline_since_ms: entry.offline_since_ms(),
         subscriptions: entry.subscriptions.len(),
     }
 }
@@ -100,9 +100,9 @@ impl ClusterHandle for ClusterNode {
         session_expiry_secs: u32,
     ) -> BoxFuture<'a, Result<Registration, SeamError>> {
         Box::pin(async move {
-            let r = ClusterNode::register_client(
+            let r = ClusterNode::register_shared(
                 self,
-                client_id.as_str(),
+                client_id.shared(),
                 clean_start,
                 session_expiry_secs,
             )

@@ -77,8 +77,8 @@ pub use error::{ClusterError, Result};
 pub use membership::{parse_peers, Peer};
 pub use node::{ChangeStream, ClusterConfig, ClusterNode, NotReady};
 pub use registry::{
-    AppliedChanges, Change, ChangeEvent, ClientEntry, Owner, PreviousOwner, Registry, Subscription,
-    SubscriptionOptions, SNAPSHOT_FORMAT,
+    AppliedChanges, Change, ChangeEvent, ClientEntry, ClientIds, Owner, PreviousOwner, Registry,
+    Subscription, SubscriptionOptions, Subscriptions, SNAPSHOT_FORMAT,
 };
 pub use settings::{ForwardSettings, RaftSettings, MAX_ENTRIES_PER_APPEND, PURGE_BATCH_ENTRIES};
 pub use state_machine::RegistryView;

@@ -21,7 +21,7 @@ use crate::membership::{self, Peer};
 use crate::network::Network;
 use crate::peers::Peers;
 use crate::proposer::Proposer;
-use crate::registry::ChangeEvent;
+use crate::registry::{ChangeEvent, ClientIds};
 use crate::settings::RaftSettings;
 use crate::shared::Shared;
 use crate::state_machine::{RegistryView, StateMachine};
@@ -55,6 +55,8 @@ pub struct ClusterNode {
     pub(crate) shared: Arc<Shared>,
     pub(crate) proposer: Proposer,
     pub(crate) epochs: EpochClock,
+    /// Client ids lent to the registry while their registrations commit.
+    pub(crate) client_ids: Arc<ClientIds>,
     /// The data plane's per-peer queues and streams.
     pub(crate) forwarder: Arc<Forwarder>,
     changes: broadcast::Sender<ChangeEvent>,
@@ -103,7 +105,12 @@ impl ClusterNode {
         let commit = CommitIndex::new();
         let mut log = LogStore::new(store.raft_log()?, commit.clone());
         let (changes, _) = broadcast::channel(config.raft.change_stream_capacity);
-        let state_machine = StateMachine::open(store.raft_snapshot_slot()?, changes.clone())?;
+        let client_ids = Arc::new(ClientIds::default());
+        let state_machine = StateMachine::open(
+            store.raft_snapshot_slot()?,
+            changes.clone(),
+            client_ids.clone(),
+        )?;
         let view = state_machine.view();
         let peers = Arc::new(Peers::new(config.raft.connect_timeout()));
         let raft = Raft::new(
@@ -180,6 +187,7 @@ impl ClusterNode {
             shared,
             proposer,
             epochs: EpochClock::default(),
+            client_ids,
             forwarder,
             changes,
             shutdown,

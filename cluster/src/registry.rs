@@ -16,6 +16,8 @@
 //! - a session ends on an unregister that says so, or at once when its expiry is 0.
 
 mod change;
+mod client_ids;
+mod entry;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -23,9 +25,12 @@ mod tests;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arcstr::ArcStr;
 use skein_proto::v1 as pb;
 
 pub use change::{AppliedChanges, Change, ChangeEvent, PreviousOwner};
+pub use client_ids::ClientIds;
+pub use entry::{ClientEntry, Subscriptions};
 pub use snapshot::SNAPSHOT_FORMAT;
 
 use crate::types::NodeId;
@@ -56,29 +61,10 @@ pub struct Subscription {
     pub subscription_id: Option<u32>,
 }
 
-/// A client id's entry in the registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientEntry {
-    pub owner: Owner,
-    pub clean_start: bool,
-    pub session_expiry_secs: u32,
-    /// When the owning connection registered (proposer's clock, ms since the Unix epoch).
-    pub connected_at_ms: u64,
-    /// `None` while a connection holds the id.
-    pub offline_since_ms: Option<u64>,
-    pub subscriptions: BTreeMap<Arc<str>, Subscription>,
-}
-
-impl ClientEntry {
-    pub fn is_online(&self) -> bool {
-        self.offline_since_ms.is_none()
-    }
-}
-
 /// Clients, their subscriptions, and which nodes have interest in which filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
-    clients: BTreeMap<Arc<str>, ClientEntry>,
+    clients: BTreeMap<ArcStr, ClientEntry>,
     /// filter → node → how many of that node's clients subscribe to it. Derived from
     /// `clients`; never stored.
     interest: BTreeMap<Arc<str>, BTreeMap<NodeId, u32>>,
@@ -89,7 +75,7 @@ impl Registry {
         self.clients.get(client_id)
     }
 
-    pub fn clients(&self) -> impl Iterator<Item = (&Arc<str>, &ClientEntry)> {
+    pub fn clients(&self) -> impl Iterator<Item = (&ArcStr, &ClientEntry)> {
         self.clients.iter()
     }
 
@@ -97,7 +83,7 @@ impl Registry {
     pub fn clients_after<'a>(
         &'a self,
         after: Option<&'a str>,
-    ) -> impl Iterator<Item = (&'a Arc<str>, &'a ClientEntry)> + 'a {
+    ) -> impl Iterator<Item = (&'a ArcStr, &'a ClientEntry)> + 'a {
         use std::ops::Bound;
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.clients.range::<str, _>((start, Bound::Unbounded))
@@ -114,9 +100,20 @@ impl Registry {
 
     /// Applies one command: its result, with the changes it made appended to `changes`.
     pub fn apply(&mut self, command: &pb::Command, changes: &mut Vec<Change>) -> pb::CommandResult {
+        self.apply_sharing(command, &ClientIds::default(), changes)
+    }
+
+    /// [`Registry::apply`], keying a new entry by the string `ids` offers for its client id
+    /// (the local broker's) when there is one.
+    pub fn apply_sharing(
+        &mut self,
+        command: &pb::Command,
+        ids: &ClientIds,
+        changes: &mut Vec<Change>,
+    ) -> pb::CommandResult {
         use pb::command::Command;
         let result = match &command.command {
-            Some(Command::Register(c)) => self.register(c, changes),
+            Some(Command::Register(c)) => self.register(c, ids, changes),
             Some(Command::Unregister(c)) => self.unregister(c, changes),
             Some(Command::Subscribe(c)) => self.subscribe(c, changes),
             Some(Command::Unsubscribe(c)) => self.unsubscribe(c, changes),
@@ -131,6 +128,7 @@ impl Registry {
     fn register(
         &mut self,
         c: &pb::RegisterClient,
+        ids: &ClientIds,
         changes: &mut Vec<Change>,
     ) -> Result<pb::command_result::Result, pb::Rejected> {
         check_client_id(&c.client_id)?;
@@ -138,15 +136,16 @@ impl Registry {
             node: c.node_id,
             epoch: c.epoch,
         };
-        let client_id: Arc<str> = Arc::from(c.client_id.as_str());
-        let previous = match self.clients.remove(&client_id) {
-            Some(existing) if existing.owner == owner => {
+        let (client_id, previous) = match self.clients.remove_entry(c.client_id.as_str()) {
+            Some((key, existing)) if existing.owner == owner => {
                 // A retried proposal of the registration that already holds the id.
                 let session_present = !existing.clean_start;
-                self.clients.insert(client_id, existing);
+                self.clients.insert(key, existing);
                 return Ok(registered(session_present, None));
             }
-            other => other,
+            // The new connection's string when it is here, so the old one's can go.
+            Some((key, existing)) => (ids.get(&c.client_id).unwrap_or(key), Some(existing)),
+            None => (ids.shared(&c.client_id), None),
         };
         // A session with expiry 0 ends with its connection: taking that connection over
         // finds no session (as on a single node), so nothing carries over.
@@ -165,7 +164,8 @@ impl Registry {
             previous: replaced,
             session_present,
         });
-        let mut subscriptions = BTreeMap::new();
+        let mut entry =
+            ClientEntry::online(owner, c.clean_start, c.session_expiry_secs, c.stamped_at_ms);
         if let Some(old) = previous {
             for filter in old.subscriptions.keys() {
                 self.add_interest(filter, old.owner.node, -1, changes);
@@ -174,20 +174,10 @@ impl Registry {
                 for filter in old.subscriptions.keys() {
                     self.add_interest(filter, owner.node, 1, changes);
                 }
-                subscriptions = old.subscriptions;
+                entry.subscriptions = old.subscriptions;
             }
         }
-        self.clients.insert(
-            client_id,
-            ClientEntry {
-                owner,
-                clean_start: c.clean_start,
-                session_expiry_secs: c.session_expiry_secs,
-                connected_at_ms: c.stamped_at_ms,
-                offline_since_ms: None,
-                subscriptions,
-            },
-        );
+        self.clients.insert(client_id, entry);
         Ok(registered(session_present, replaced))
     }
 
@@ -209,7 +199,7 @@ impl Registry {
                 }
             }
         } else {
-            entry.offline_since_ms = Some(c.stamped_at_ms);
+            entry.set_offline_since(Some(c.stamped_at_ms));
         }
         changes.push(Change::Unregistered {
             client_id,
@@ -295,7 +285,7 @@ impl Registry {
         &mut self,
         client_id: &str,
         owner: Owner,
-    ) -> Result<(Arc<str>, &mut ClientEntry), pb::Rejected> {
+    ) -> Result<(ArcStr, &mut ClientEntry), pb::Rejected> {
         let key = match self.clients.get_key_value(client_id) {
             Some((key, entry)) if entry.owner == owner => key.clone(),
             _ => return Err(not_owner(client_id)),

@@ -22,7 +22,7 @@ use skein_storage::RaftSnapshotSlot;
 use tokio::sync::broadcast;
 
 use crate::metrics;
-use crate::registry::{AppliedChanges, ChangeEvent, Registry};
+use crate::registry::{AppliedChanges, ChangeEvent, ClientIds, Registry};
 use crate::types::{Entry, LogId, Node, NodeId, Proto, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -69,6 +69,8 @@ pub(crate) struct StateMachine {
     applied: Arc<RwLock<Applied>>,
     slot: RaftSnapshotSlot<TypeConfig>,
     changes: broadcast::Sender<ChangeEvent>,
+    /// The local broker's strings for client ids being registered here.
+    client_ids: Arc<ClientIds>,
     /// Makes snapshot ids unique among snapshots of the same log position.
     snapshots_built: u64,
 }
@@ -79,6 +81,7 @@ impl StateMachine {
     pub(crate) fn open(
         slot: RaftSnapshotSlot<TypeConfig>,
         changes: broadcast::Sender<ChangeEvent>,
+        client_ids: Arc<ClientIds>,
     ) -> StorageResult<Self> {
         let applied = match slot.load()? {
             Some(stored) => restore(&stored.meta, &stored.data)?,
@@ -88,6 +91,7 @@ impl StateMachine {
             applied: Arc::new(RwLock::new(applied)),
             slot,
             changes,
+            client_ids,
             snapshots_built: 0,
         })
     }
@@ -146,7 +150,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let mut changes = Vec::new();
                         results.reserve(batch.commands.len());
                         for command in &batch.commands {
-                            results.push(applied.registry.apply(command, &mut changes));
+                            results.push(applied.registry.apply_sharing(
+                                command,
+                                &self.client_ids,
+                                &mut changes,
+                            ));
                         }
                         if !changes.is_empty() {
                             events.push(AppliedChanges {

@@ -16,6 +16,12 @@ impl ClientId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The shared string itself, for a holder that keeps the id as long as the broker
+    /// does (the cluster registry's entry for a local client) without a copy.
+    pub fn shared(&self) -> &ArcStr {
+        &self.0
+    }
 }
 
 impl fmt::Display for ClientId {

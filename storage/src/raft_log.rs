@@ -31,6 +31,7 @@
 #![allow(clippy::result_large_err)]
 
 mod codec;
+mod garbage;
 mod snapshot;
 
 #[cfg(test)]
@@ -332,7 +333,12 @@ where
             .apply_batch(batch)
             .map_err(|e| raft_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // ...and durable only after this flush, which is what the callback reports.
-        match self.store.flush().await {
+        let flushed = self.store.flush().await;
+        // What the batch replaced (tree nodes, a sealed log buffer) waits in the bags of the
+        // threads that wrote: this thread's goes to the collector now, and what expired
+        // (other threads' bags handed over earlier, sled's own) is freed.
+        garbage::release_deferred();
+        match flushed {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 tracing::trace!(elapsed_us = elapsed_us(start), "appended");

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use arcstr::ArcStr;
+
 use crate::registry::{Owner, SubscriptionOptions};
 use crate::types::NodeId;
 
@@ -19,7 +21,7 @@ pub enum Change {
     /// `client_id` now belongs to `owner`. When `previous` was another connection, the node
     /// holding it disconnects it (taken over by `owner.node`).
     Registered {
-        client_id: Arc<str>,
+        client_id: ArcStr,
         owner: Owner,
         /// Who held the id before (online or as an offline session).
         previous: Option<PreviousOwner>,
@@ -28,13 +30,13 @@ pub enum Change {
     /// The connection `owner` ended; with `session_ended` the client is forgotten, otherwise
     /// its session stays on `owner.node`, offline.
     Unregistered {
-        client_id: Arc<str>,
+        client_id: ArcStr,
         owner: Owner,
         session_ended: bool,
     },
     /// A client's subscription was added or replaced.
     Subscribed {
-        client_id: Arc<str>,
+        client_id: ArcStr,
         node: NodeId,
         filter: Arc<str>,
         options: SubscriptionOptions,
@@ -43,7 +45,7 @@ pub enum Change {
     /// A client's subscription was removed by an UNSUBSCRIBE (subscriptions dropped with a
     /// session are not listed one by one: see [`Change::Interest`]).
     Unsubscribed {
-        client_id: Arc<str>,
+        client_id: ArcStr,
         node: NodeId,
         filter: Arc<str>,
     },

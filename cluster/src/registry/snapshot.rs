@@ -4,9 +4,9 @@
 //! give equal bytes. The interest index is not stored: loading rebuilds it from the clients.
 //! A format byte this build does not know is an error naming it, never a guess.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arcstr::ArcStr;
 use prost::Message;
 use skein_proto::v1 as pb;
 
@@ -67,7 +67,7 @@ fn client_record(id: &str, entry: &ClientEntry) -> pb::ClientRecord {
         clean_start: entry.clean_start,
         session_expiry_secs: entry.session_expiry_secs,
         connected_at_ms: entry.connected_at_ms,
-        offline_since_ms: entry.offline_since_ms,
+        offline_since_ms: entry.offline_since_ms(),
         subscriptions: entry
             .subscriptions
             .iter()
@@ -85,8 +85,18 @@ fn client_record(id: &str, entry: &ClientEntry) -> pb::ClientRecord {
     }
 }
 
-fn client_entry(record: pb::ClientRecord) -> Result<(Arc<str>, ClientEntry), ClusterError> {
-    let mut subscriptions = BTreeMap::new();
+fn client_entry(record: pb::ClientRecord) -> Result<(ArcStr, ClientEntry), ClusterError> {
+    let owner = Owner {
+        node: record.node_id,
+        epoch: record.epoch,
+    };
+    let mut entry = ClientEntry::online(
+        owner,
+        record.clean_start,
+        record.session_expiry_secs,
+        record.connected_at_ms,
+    );
+    entry.set_offline_since(record.offline_since_ms);
     for s in record.subscriptions {
         let options = check_options(s.options.as_ref()).map_err(|r| {
             ClusterError::Snapshot(format!(
@@ -98,18 +108,9 @@ fn client_entry(record: pb::ClientRecord) -> Result<(Arc<str>, ClientEntry), Clu
             options,
             subscription_id: s.subscription_id,
         };
-        subscriptions.insert(Arc::from(s.filter), subscription);
+        entry
+            .subscriptions
+            .insert(Arc::from(s.filter), subscription);
     }
-    let entry = ClientEntry {
-        owner: Owner {
-            node: record.node_id,
-            epoch: record.epoch,
-        },
-        clean_start: record.clean_start,
-        session_expiry_secs: record.session_expiry_secs,
-        connected_at_ms: record.connected_at_ms,
-        offline_since_ms: record.offline_since_ms,
-        subscriptions,
-    };
-    Ok((Arc::from(record.client_id), entry))
+    Ok((ArcStr::from(record.client_id), entry))
 }

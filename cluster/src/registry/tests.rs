@@ -141,7 +141,7 @@ fn unregister_keeps_a_persistent_session_offline_and_ends_the_others() {
 
     apply(&mut r, unregister("keep", 1, 1, false));
     let kept = r.client("keep").unwrap();
-    assert_eq!(kept.offline_since_ms, Some(2_001));
+    assert_eq!(kept.offline_since_ms(), Some(2_001));
     assert_eq!(
         interest_of(&r, "k"),
         [(1, 1)],
@@ -318,4 +318,32 @@ fn taking_over_a_session_with_expiry_0_finds_no_session() {
         .collect();
     assert_eq!(after, ["c"]);
     assert_eq!(r.clients_after(Some("c")).count(), 0);
+}
+
+#[test]
+fn a_registration_keys_its_entry_by_the_offered_string() {
+    let ids = std::sync::Arc::new(ClientIds::default());
+    let mut r = Registry::default();
+    let mut changes = Vec::new();
+    let broker_copy = ArcStr::from("c");
+    let offer = ids.offer(&broker_copy);
+    r.apply_sharing(&register("c", 1, 1, true, 0), &ids, &mut changes);
+    let (key, _) = r.clients().next().unwrap();
+    assert!(ArcStr::ptr_eq(key, &broker_copy));
+    match &changes[0] {
+        Change::Registered { client_id, .. } => assert!(ArcStr::ptr_eq(client_id, &broker_copy)),
+        other => panic!("{other:?}"),
+    }
+    // A takeover by a connection elsewhere (nothing offered): the entry keeps its key.
+    drop(offer);
+    r.apply_sharing(&register("c", 2, 5, false, 60), &ids, &mut changes);
+    let (key, entry) = r.clients().next().unwrap();
+    assert!(ArcStr::ptr_eq(key, &broker_copy));
+    assert_eq!(entry.owner, Owner { node: 2, epoch: 5 });
+    // The same log applied without offers gives an equal registry.
+    let mut plain = Registry::default();
+    plain.apply(&register("c", 1, 1, true, 0), &mut Vec::new());
+    plain.apply(&register("c", 2, 5, false, 60), &mut Vec::new());
+    assert_eq!(plain, r);
+    assert_eq!(plain.to_snapshot(), r.to_snapshot());
 }
