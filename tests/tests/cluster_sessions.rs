@@ -52,6 +52,31 @@ async fn wait_metric(http: SocketAddr, name: &str, labels: &[&str], expected: f6
     }
 }
 
+/// A session with nothing queued or in flight leaves the node it moved away from at once:
+/// no release follows an empty hand-over, and a roaming client must not leave a session
+/// behind on every node it visited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_nothing_to_hand_over_is_forgotten_by_the_node_it_left() {
+    let cluster = TestCluster::start(3).await;
+    let persistent = Connect::v5(&unique_id("roamer"))
+        .clean(false)
+        .session_expiry(3600);
+    let old_http = cluster.node(1).http_addr();
+    let (mut c, _, _) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), &persistent).await;
+    assert_eq!(c.subscribe(1, &[SubFilter::new("roam/#", 1)]).await, [1]);
+    c.disconnect().await;
+    wait_metric(old_http, "skein_sessions", &["state=\"offline\""], 1.0).await;
+
+    let (mut c, present, _) = RawClient::connect_ok(cluster.node(2).mqtt_addr(), &persistent).await;
+    assert!(present, "Session Present = 1 on the taking node");
+    wait_metric(old_http, "skein_sessions", &[], 0.0).await;
+    // The subscription came along (from the registry): a publish on node 1 reaches it.
+    let mut publisher = RawClient::v5(cluster.node(1).mqtt_addr(), &unique_id("pub")).await;
+    publish_acked(&mut publisher, "roam/x", b"here", 1).await;
+    let m = c.expect_publish(RECV_TIMEOUT).await;
+    assert_eq!(m.payload, b"here");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_messages_move_to_the_node_that_takes_the_session_over_once_and_in_order() {
     const N: usize = 300;

@@ -67,7 +67,20 @@ impl Broker {
                 "handing the session over to the node that took its client over"
             );
         }
-        Ok(page(&session, after, max))
+        let page = page(&session, after, max);
+        let nothing_to_hand_over = after == 0
+            && page.complete
+            && page.messages.is_empty()
+            && page.incoming_qos2.is_empty()
+            && page.earlier.is_none();
+        if nothing_to_hand_over {
+            // No release will come for an empty page: the session ends here now (sealed,
+            // so out of the index; its subscriptions live on in the registry), instead of
+            // staying in memory and on disk for every client that roams.
+            self.forget_handed_over(&session);
+            tracing::debug!(%client_id, %taker, "a session with nothing to hand over forgotten here");
+        }
+        Ok(page)
     }
 
     /// Deletes the messages up to `up_to` that node `taker` now has; once none is left the
