@@ -332,11 +332,15 @@ where
         self.log
             .apply_batch(batch)
             .map_err(|e| raft_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        // ...and durable only after this flush, which is what the callback reports.
+        // What the batch replaced (tree nodes, a sealed log buffer) waits in the bag of the
+        // thread that wrote: handed to the collector here, before the await below may move
+        // this task to another worker thread...
+        garbage::release_deferred();
+        // ...readable from here on; durable only after this flush, which is what the
+        // callback reports.
         let flushed = self.store.flush().await;
-        // What the batch replaced (tree nodes, a sealed log buffer) waits in the bags of the
-        // threads that wrote: this thread's goes to the collector now, and what expired
-        // (other threads' bags handed over earlier, sled's own) is freed.
+        // ...and again on the thread that resumed (the flush's own frees, and what expired
+        // meanwhile: other threads' bags handed over earlier, sled's own).
         garbage::release_deferred();
         match flushed {
             Ok(()) => {
