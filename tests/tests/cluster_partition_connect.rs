@@ -4,6 +4,9 @@
 //!   (v5 0x88, 3.1.1 return code 3) after `connect_commit_timeout_ms`, counts it, and keeps
 //!   serving its existing connections; a registration that commits after the refusal is
 //!   released again (no ghost owner in the registry).
+//! - A CONNECT a client sent to a paused node and then gave up on (it closed the socket)
+//!   is not registered when the node resumes: the client's newer connection on another
+//!   node is not taken over.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,7 +14,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::{json, Value};
 use skein_tests::{
-    http_request, metric_sum, unique_id, Connect, Packet, Publish, RawClient, SubFilter,
+    http_request, metric_sum, unique_id, Connect, Packet, Publish, RawClient, RecvError, SubFilter,
     TestCluster, RECV_TIMEOUT,
 };
 
@@ -211,5 +214,68 @@ async fn a_node_without_quorum_refuses_connects_in_time_and_keeps_local_traffic(
         )
         .await;
         assert_eq!(v["node_id"], json!(1), "{v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_abandoned_on_a_paused_node_does_not_take_the_live_one_over() {
+    let cluster = TestCluster::start(3).await;
+    let (one, two) = (cluster.node(1), cluster.node(2));
+    let id = unique_id("abandoned");
+    let abandoned_before = metric_sum(one.http_addr(), "skein_connects_abandoned_total", &[]).await;
+
+    let mut paused = Paused::stop(&[one.pid()]);
+    // The kernel accepts the connection into node 1's backlog; nobody reads it yet.
+    let mut stale = RawClient::tcp(one.mqtt_addr(), Connect::v5(&id).proto).await;
+    stale.send(&Connect::v5(&id).encode()).await;
+    // The client gives up on the silent node and connects to another one.
+    stale.drop_connection();
+    let deadline = Instant::now() + HEAL_DEADLINE;
+    let mut live = loop {
+        match RawClient::try_connect_ok(two.mqtt_addr(), &Connect::v5(&id)).await {
+            Ok(c) => break c,
+            // Node 1 may have led: nodes 2 and 3 elect a new leader first.
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no CONNECT on node 2: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    paused.resume();
+    // Until node 1 has read the stale CONNECT, the live connection must hear nothing (a
+    // takeover would be a DISCONNECT 0x8E here).
+    let abandoned = loop {
+        let n = metric_sum(one.http_addr(), "skein_connects_abandoned_total", &[]).await;
+        if n > abandoned_before {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never dropped the abandoned CONNECT"
+        );
+        match live.recv(Duration::from_millis(100)).await {
+            Err(RecvError::Timeout) => {}
+            other => panic!("the live connection on node 2 got {other:?}"),
+        }
+    };
+    assert_eq!(abandoned - abandoned_before, 1.0);
+
+    // The live connection is not taken over: nothing arrives, and it still answers.
+    match live.recv(Duration::from_secs(3)).await {
+        Err(RecvError::Timeout) => {}
+        other => panic!("the live connection on node 2 got {other:?}"),
+    }
+    live.ping().await;
+    let path = format!("/api/v1/clients/{id}");
+    for node in cluster.ids() {
+        let v = get_until(
+            cluster.node(node).http_addr(),
+            &path,
+            HEAL_DEADLINE,
+            |s, v| s == 200 && v["connected"] == true,
+        )
+        .await;
+        assert_eq!(v["node_id"], json!(2), "registry on node {node}: {v}");
     }
 }

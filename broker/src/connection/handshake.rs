@@ -71,6 +71,15 @@ pub(super) async fn accept(
         refuse(&broker, &mut socket, refusal, Some(&info)).await;
         return None;
     }
+    // A CONNECT read long after it was sent (this node was paused) may have been given up
+    // by its client, which may be connected elsewhere by now: registering it would take
+    // that live connection over for a socket nobody reads.
+    if socket.peer_closed() {
+        tracing::debug!(client_id = %info.client_id, %peer, "CONNECT abandoned: the client closed the socket before it was read; not registered");
+        crate::metrics::connect_abandoned();
+        raise::refused(&broker.events, &info, None, DisconnectReason::TcpClosed);
+        return None;
+    }
     match attach(&broker, socket, id, info.clone(), connect).await {
         Ok(conn) => Some(conn),
         Err((mut socket, refusal)) => {
