@@ -132,6 +132,7 @@ async fn a_node_without_quorum_refuses_connects_in_time_and_keeps_local_traffic(
     let v5_id = unique_id("refused-v5");
     let (code, took) = connack(mqtt, &Connect::v5(&v5_id)).await;
     assert_eq!(code, 0x88, "v5 CONNECT without quorum (after {took:?})");
+    eprintln!("v5 refused after {took:?}");
     assert!(
         took >= Duration::from_millis(900) && took <= Duration::from_secs(3),
         "v5 refused after {took:?}, not after about connect_commit_timeout_ms (1 s)"
@@ -142,6 +143,19 @@ async fn a_node_without_quorum_refuses_connects_in_time_and_keeps_local_traffic(
     assert!(
         took >= Duration::from_millis(900) && took <= Duration::from_secs(3),
         "3.1.1 refused after {took:?}"
+    );
+    eprintln!("3.1.1 refused after {took:?}");
+    // One warning for both (rate-limited), saying why.
+    let stderr = one.stderr();
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("CONNECT refused with Server Unavailable"))
+        .unwrap_or_else(|| panic!("no warning on node 1:\n{stderr}"));
+    eprintln!("{warning}");
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("not committed within 1000 ms"),
+        "the warning says why: {warning}"
     );
     let refused = metric_sum(
         http,

@@ -79,7 +79,7 @@ pub(super) async fn register(
         let state = cluster_state(broker).await;
         tracing::warn!(
             %client_id,
-            cluster = state,
+            cluster = %state,
             detail = %detail,
             held_back,
             "CONNECT refused with Server Unavailable: its client registration did not commit"
@@ -89,11 +89,14 @@ pub(super) async fn register(
 }
 
 /// Why the cluster cannot commit, as far as this node can tell quickly.
-async fn cluster_state(broker: &Broker) -> &'static str {
+async fn cluster_state(broker: &Broker) -> String {
     match tokio::time::timeout(OVERVIEW_WAIT, broker.cluster.overview()).await {
-        Ok(Ok(overview)) if overview.leader_id.is_none() => "no leader known",
-        Ok(Ok(_)) => "a leader is known but no quorum acknowledged in time",
-        _ => "no leader reachable",
+        Ok(Ok(overview)) => match overview.leader_id {
+            None => "no leader known".to_owned(),
+            // This node's view: a leader cut off with it, or one it lost touch with.
+            Some(leader) => format!("leader {} known here, no quorum acknowledged", leader.0),
+        },
+        _ => "no leader reachable".to_owned(),
     }
 }
 
