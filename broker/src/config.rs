@@ -127,6 +127,9 @@ pub struct Config {
     pub max_keepalive: u16,
     /// A socket that sends no CONNECT within this many milliseconds is closed.
     pub connect_timeout_ms: u64,
+    /// A CONNECT whose client registration has not committed through Raft within this many
+    /// milliseconds is refused with Server Unavailable (no leader, no quorum).
+    pub connect_commit_timeout_ms: u64,
     /// A connection with nothing to do for this many milliseconds gives up its task and
     /// waits in the shared parker until its socket, session or keepalive needs it; 0: never.
     pub park_idle_ms: u64,
@@ -234,6 +237,7 @@ impl Default for Config {
             max_subscriptions_per_session: 10_000,
             max_keepalive: u16::MAX,
             connect_timeout_ms: 10_000,
+            connect_commit_timeout_ms: 5_000,
             park_idle_ms: 2_000,
             worker_threads: 0,
             max_client_id_len: 65_535,
@@ -406,6 +410,10 @@ impl Config {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn connect_commit_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_commit_timeout_ms)
     }
 
     /// How long a connection idles before it parks (None: never).

@@ -9,6 +9,7 @@ mod outbound;
 mod paged_slab;
 pub mod park;
 mod publish_acks;
+mod registration;
 mod socket;
 
 use std::net::SocketAddr;

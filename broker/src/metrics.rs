@@ -29,6 +29,11 @@ pub const CONNECTION_PARKS: &str = "skein_connection_parks_total";
 pub const CONNECTS: &str = "skein_connects_total";
 /// Counter {reason}: connections refused before a session was attached.
 pub const CONNECTS_REFUSED: &str = "skein_connects_refused_total";
+/// Counter: CONNECTs whose client had closed its socket before the node read them.
+pub const CONNECTS_ABANDONED: &str = "skein_connects_abandoned_total";
+/// Counter: client registrations that committed after their CONNECT was refused (or its
+/// connection ended), released again.
+pub const CONNECT_REGISTRATIONS_RELEASED: &str = "skein_connect_registrations_released_total";
 /// Counter {request}: SUBSCRIBEs / UNSUBSCRIBEs the cluster did not take (their filters
 /// were refused).
 pub const CLUSTER_REFUSED: &str = "skein_cluster_refused_total";
@@ -193,6 +198,20 @@ const CONNECTIONS_AND_SESSIONS: &[Desc] = &[
         Unit::Count,
         &["reason"],
         "Connections refused before a session was attached, by reason.",
+    ),
+    desc(
+        CONNECTS_ABANDONED,
+        Counter,
+        Unit::Count,
+        &[],
+        "CONNECTs not registered because their client had already closed the socket.",
+    ),
+    desc(
+        CONNECT_REGISTRATIONS_RELEASED,
+        Counter,
+        Unit::Count,
+        &[],
+        "Client registrations that committed after their CONNECT was refused, released again.",
     ),
     desc(
         CLUSTER_REFUSED,
@@ -789,6 +808,16 @@ pub fn handover_skipped_delivery() {
 /// A connection was refused before a session was attached.
 pub fn connect_refused(reason: &'static str) {
     metrics::counter!(CONNECTS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// A CONNECT was dropped unregistered: its client had closed the socket.
+pub fn connect_abandoned() {
+    metrics::counter!(CONNECTS_ABANDONED).increment(1);
+}
+
+/// A registration that committed after its CONNECT was refused is being released.
+pub fn late_registration_released() {
+    metrics::counter!(CONNECT_REGISTRATIONS_RELEASED).increment(1);
 }
 
 fn gauge(key: &Key) -> metrics::Gauge {

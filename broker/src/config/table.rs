@@ -154,6 +154,8 @@ settings! {
         "Longest keep-alive granted, in seconds (v5 clients asking for more get Server Keep Alive)";
     connect_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
         "Close sockets that send no CONNECT within this many milliseconds";
+    connect_commit_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
+        "Refuse a CONNECT (Server Unavailable) whose client registration has not committed through Raft within this many milliseconds";
     park_idle_ms: Int { min: 0, max: MAX_TIMEOUT_MS },
         "Park connections idle this many milliseconds (no task until input, a message or keepalive); 0: never";
     worker_threads: Int { min: 0, max: 1024 },

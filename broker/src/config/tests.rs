@@ -57,6 +57,7 @@ fn defaults() {
     assert!(config.retain_available);
     assert_eq!(config.log, "info,openraft=warn");
     assert_eq!(config.connect_timeout(), Duration::from_secs(10));
+    assert_eq!(config.connect_commit_timeout(), Duration::from_secs(5));
     assert_eq!(config.shutdown_timeout(), Duration::from_secs(5));
 }
 
@@ -89,6 +90,7 @@ fn toml_file_sets_everything() {
         max_queued_messages = 20
         max_keepalive = 300
         connect_timeout_ms = 2500
+        connect_commit_timeout_ms = 1500
         park_idle_ms = 0
         worker_threads = 3
         max_client_id_len = 23
@@ -154,6 +156,7 @@ fn toml_file_sets_everything() {
             max_subscriptions_per_session: 10_000,
             max_keepalive: 300,
             connect_timeout_ms: 2500,
+            connect_commit_timeout_ms: 1500,
             park_idle_ms: 0,
             worker_threads: 3,
             max_client_id_len: 23,
@@ -198,6 +201,7 @@ fn toml_file_sets_everything() {
         }
     );
     assert_eq!(config.connect_timeout(), Duration::from_millis(2500));
+    assert_eq!(config.connect_commit_timeout(), Duration::from_millis(1500));
     assert_eq!(config.shutdown_timeout(), Duration::ZERO);
 }
 
@@ -233,6 +237,7 @@ fn env_sets_everything() {
         ("SKEIN_MAX_SUBSCRIPTIONS_PER_SESSION", "5"),
         ("SKEIN_MAX_KEEPALIVE", "60"),
         ("SKEIN_CONNECT_TIMEOUT_MS", "5"),
+        ("SKEIN_CONNECT_COMMIT_TIMEOUT_MS", "6"),
         ("SKEIN_PARK_IDLE_MS", "9"),
         ("SKEIN_WORKER_THREADS", "10"),
         ("SKEIN_MAX_CLIENT_ID_LEN", "6"),
@@ -303,6 +308,7 @@ fn env_sets_everything() {
             max_subscriptions_per_session: 5,
             max_keepalive: 60,
             connect_timeout_ms: 5,
+            connect_commit_timeout_ms: 6,
             park_idle_ms: 9,
             worker_threads: 10,
             max_client_id_len: 6,
@@ -498,6 +504,11 @@ fn out_of_range() {
         &[],
         &[("SKEIN_CONNECT_TIMEOUT_MS", "0")],
         "connect_timeout_ms",
+    );
+    error(
+        &[],
+        &[("SKEIN_CONNECT_COMMIT_TIMEOUT_MS", "0")],
+        "connect_commit_timeout_ms",
     );
     error(&[], &[("SKEIN_NODE_ID", "-1")], "node_id");
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::registration::{self, Claim};
 use super::{Close, Connection, DisconnectReason, Socket};
 use crate::broker::Broker;
 use crate::codec::{
@@ -70,6 +71,15 @@ pub(super) async fn accept(
         refuse(&broker, &mut socket, refusal, Some(&info)).await;
         return None;
     }
+    // A CONNECT read long after it was sent (this node was paused) may have been given up
+    // by its client, which may be connected elsewhere by now: registering it would take
+    // that live connection over for a socket nobody reads.
+    if socket.peer_closed() {
+        tracing::debug!(client_id = %info.client_id, %peer, "CONNECT abandoned: the client closed the socket before it was read; not registered");
+        crate::metrics::connect_abandoned();
+        raise::refused(&broker.events, &info, None, DisconnectReason::TcpClosed);
+        return None;
+    }
     match attach(&broker, socket, id, info.clone(), connect).await {
         Ok(conn) => Some(conn),
         Err((mut socket, refusal)) => {
@@ -85,6 +95,10 @@ struct Refusal {
     /// The CONNACK to send, if any (with the protocol to encode it in).
     connack: Option<(ProtocolVersion, u8)>,
     detail: String,
+    /// The registration did not commit: counted as `cluster_unavailable` (events say
+    /// `reason`), and said by a rate-limited warning (see `registration.rs`). A flag, not
+    /// a label: the refusal is held in every handshake's future.
+    cluster_unavailable: bool,
 }
 
 impl Refusal {
@@ -100,6 +114,22 @@ impl Refusal {
             reason,
             connack: Some((protocol, code)),
             detail: detail.to_owned(),
+            cluster_unavailable: false,
+        }
+    }
+
+    /// The registration did not commit (no leader, no quorum, not within
+    /// `connect_commit_timeout_ms`): Server Unavailable, 0x88 / return code 3.
+    fn cluster_unavailable(protocol: ProtocolVersion, detail: &str) -> Refusal {
+        Refusal {
+            cluster_unavailable: true,
+            ..Refusal::connack(
+                protocol,
+                rc::SERVER_UNAVAILABLE,
+                connack_v3::SERVER_UNAVAILABLE,
+                DisconnectReason::ServerInternalError,
+                &format!("cluster unavailable: {detail}"),
+            )
         }
     }
 
@@ -108,6 +138,7 @@ impl Refusal {
             reason,
             connack: None,
             detail: detail.into(),
+            cluster_unavailable: false,
         }
     }
 }
@@ -124,14 +155,25 @@ async fn refuse(
     refusal: Refusal,
     client: Option<&Arc<ClientInfo>>,
 ) {
-    tracing::info!(
-        client_id = client.map(|c| c.client_id.as_str()),
-        peer = client.map(|c| tracing::field::display(c.peer)),
-        reason = refusal.reason.as_str(),
-        detail = %refusal.detail,
-        "connection refused"
-    );
-    count_refusal(refusal.reason);
+    if refusal.cluster_unavailable {
+        let counted_as = "cluster_unavailable";
+        tracing::debug!(
+            client_id = client.map(|c| c.client_id.as_str()),
+            reason = counted_as,
+            detail = %refusal.detail,
+            "connection refused"
+        );
+        crate::metrics::connect_refused(counted_as);
+    } else {
+        tracing::info!(
+            client_id = client.map(|c| c.client_id.as_str()),
+            peer = client.map(|c| tracing::field::display(c.peer)),
+            reason = refusal.reason.as_str(),
+            detail = %refusal.detail,
+            "connection refused"
+        );
+        count_refusal(refusal.reason);
+    }
     if let Some(client) = client {
         let code = refusal.connack.map(|(_, code)| code);
         raise::refused(&broker.events, client, code, refusal.reason);
@@ -353,29 +395,15 @@ async fn attach(
     let preindexed = !c.clean_start && Box::pin(broker.preindex_resumed(&client_id)).await;
     // Committed cluster-wide before CONNACK: a connection of this client id elsewhere is
     // ended by its node as this applies there.
-    let registration = match broker
-        .cluster
-        .register_client(&client_id, c.clean_start, expiry)
-        .await
-    {
+    let claim = Claim {
+        clean_start: c.clean_start,
+        expiry,
+        preindexed,
+    };
+    // Boxed: its timer and channel inline would grow every handshake past 1000 B.
+    let registration = match Box::pin(registration::register(broker, &client_id, claim)).await {
         Ok(r) => r,
-        Err(e) => {
-            if preindexed {
-                let (b, id) = (broker.clone(), client_id.clone());
-                broker
-                    .tasks
-                    .spawn(async move { b.undo_preindex(&id).await });
-            }
-            // No quorum, no leader, a timeout: come back later (0x88 / return code 3).
-            let r = Refusal::connack(
-                protocol,
-                rc::SERVER_UNAVAILABLE,
-                connack_v3::SERVER_UNAVAILABLE,
-                DisconnectReason::ServerInternalError,
-                &e.to_string(),
-            );
-            return Err((socket, r));
-        }
+        Err(detail) => return Err((socket, Refusal::cluster_unavailable(protocol, &detail))),
     };
     let kick = match broker.parker() {
         Some(parker) => KickSignal::with_parker(parker.clone()),

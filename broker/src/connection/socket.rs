@@ -72,6 +72,24 @@ impl Socket {
         &mut self.buffers().write
     }
 
+    /// Whether the client has closed the socket (or reset it) with nothing after what was
+    /// read: its end of stream is already in the kernel. Looks without reading or waiting;
+    /// false when unsure (parked, more input pending, any other error).
+    pub(super) fn peer_closed(&self) -> bool {
+        let Some(stream) = &self.stream else {
+            return false;
+        };
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+        // The stream is non-blocking (tokio's): no input yet is WouldBlock, not a wait.
+        match socket2::SockRef::from(stream).peek(&mut byte) {
+            Ok(n) => n == 0,
+            Err(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            ),
+        }
+    }
+
     /// Whether bytes were read that are not decoded yet.
     pub(super) fn has_unread_input(&self) -> bool {
         self.buffers.as_ref().is_some_and(|b| !b.read.is_empty())

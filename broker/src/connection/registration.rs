@@ -1,0 +1,128 @@
+//! A CONNECT's client registration, bounded by `connect_commit_timeout_ms`.
+//!
+//! The registration is proposed from its own task so that the handshake can stop waiting
+//! (a node cut off from the majority: no leader, no quorum) while the proposal is still in
+//! flight. A proposal that commits after the handshake gave up (it refused the client, or
+//! its connection went away) would leave the registry naming this node as the owner of a
+//! connection that does not exist; the task then releases that registration again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::broker::Broker;
+use crate::log_limit::LogLimit;
+use skein_seam::{ClientId, Registration};
+
+/// One warning per interval for refusals while the cluster is unavailable (a CONNECT storm
+/// against a node cut off from the majority would otherwise write one line per CONNECT).
+static UNAVAILABLE: LogLimit = LogLimit::new(Duration::from_secs(10));
+
+/// How long the warning's look at the cluster's state (whether a leader is known) may take.
+const OVERVIEW_WAIT: Duration = Duration::from_millis(200);
+
+/// What a CONNECT registers.
+#[derive(Clone, Copy)]
+pub(super) struct Claim {
+    pub clean_start: bool,
+    pub expiry: u32,
+    /// [`Broker::preindex_resumed`] prepared for this registration.
+    pub preindexed: bool,
+}
+
+/// Registers `client_id` for a new connection on this node, waiting at most the configured
+/// commit timeout. Err: why the cluster could not commit it (the client gets Server
+/// Unavailable); whatever the registration prepared or committed later is undone.
+pub(super) async fn register(
+    broker: &Arc<Broker>,
+    client_id: &ClientId,
+    claim: Claim,
+) -> Result<Registration, String> {
+    let (tx, mut rx) = oneshot::channel();
+    let (b, id) = (broker.clone(), client_id.clone());
+    broker.tasks.spawn(async move {
+        let result = b
+            .cluster
+            .register_client(&id, claim.clean_start, claim.expiry)
+            .await;
+        // The handshake gave up (timed out, or its connection ended): nobody attaches.
+        if let Err(result) = tx.send(result) {
+            undo(&b, &id, claim, result.ok()).await;
+        }
+    });
+    let limit = broker.config.connect_commit_timeout();
+    let detail = match tokio::time::timeout(limit, &mut rx).await {
+        Ok(Ok(Ok(registration))) => return Ok(registration),
+        Ok(Ok(Err(e))) => {
+            if claim.preindexed {
+                let (b, id) = (broker.clone(), client_id.clone());
+                broker
+                    .tasks
+                    .spawn(async move { b.undo_preindex(&id).await });
+            }
+            e.to_string()
+        }
+        // The task was dropped: the runtime is shutting down.
+        Ok(Err(_)) => "the node is shutting down".to_owned(),
+        Err(_) => {
+            // Closed first, so that a result sent from now on goes to the undo above,
+            // and one sent just before is still read here (and used: it committed).
+            rx.close();
+            if let Ok(Ok(registration)) = rx.try_recv() {
+                return Ok(registration);
+            }
+            format!("not committed within {} ms", limit.as_millis())
+        }
+    };
+    if let Some(held_back) = UNAVAILABLE.allow() {
+        let state = cluster_state(broker).await;
+        tracing::warn!(
+            %client_id,
+            cluster = %state,
+            detail = %detail,
+            held_back,
+            "CONNECT refused with Server Unavailable: its client registration did not commit"
+        );
+    }
+    Err(detail)
+}
+
+/// Why the cluster cannot commit, as far as this node can tell quickly.
+async fn cluster_state(broker: &Broker) -> String {
+    match tokio::time::timeout(OVERVIEW_WAIT, broker.cluster.overview()).await {
+        Ok(Ok(overview)) => match overview.leader_id {
+            None => "no leader known".to_owned(),
+            // This node's view: a leader cut off with it, or one it lost touch with.
+            Some(leader) => format!("leader {} known here, no quorum acknowledged", leader.0),
+        },
+        _ => "no leader reachable".to_owned(),
+    }
+}
+
+/// Releases what a registration nobody waits for any more prepared or committed.
+async fn undo(
+    broker: &Broker,
+    client_id: &ClientId,
+    claim: Claim,
+    committed: Option<Registration>,
+) {
+    if let Some(registration) = committed {
+        crate::metrics::late_registration_released();
+        tracing::info!(
+            %client_id,
+            epoch = registration.epoch,
+            "a registration committed after its CONNECT was refused: releasing it"
+        );
+        if let Err(e) = broker
+            .cluster
+            .unregister_client(client_id, registration.epoch, claim.expiry == 0)
+            .await
+        {
+            tracing::warn!(%client_id, error = %e, "could not release a registration committed after its CONNECT was refused");
+        }
+    }
+    if claim.preindexed {
+        broker.undo_preindex(client_id).await;
+    }
+}
