@@ -87,6 +87,7 @@ impl Fold {
         // publishes to the session it held (and keeps them for the taker, which fetches
         // them); from then on to the taker only.
         let mut taken = Vec::new();
+        let mut arrived = Vec::new();
         let mut interest = Vec::new();
         for change in &applied.changes {
             match change {
@@ -98,6 +99,9 @@ impl Fold {
                 } => {
                     if owner.node == me {
                         self.owned.insert(client_id.clone(), owner.epoch);
+                        if previous.is_some_and(|p| p.owner.node != me) {
+                            arrived.push(client_id);
+                        }
                         continue;
                     }
                     self.owned.remove(client_id);
@@ -121,6 +125,11 @@ impl Fold {
                 }
                 _ => {}
             }
+        }
+        // Before the interest moves: a publish routed in between reaches both the session
+        // here and the node that held it (the hand-over keeps it once), never neither.
+        for client_id in arrived {
+            self.broker.registered_here(&ClientId::new(client_id));
         }
         // At once: a takeover moves the session's interest from one node to another,
         // and a publish routed in between would find neither or both.
@@ -176,6 +185,10 @@ impl Fold {
         for (client_id, epoch, by) in lost {
             self.broker
                 .taken_over(&ClientId::new(&client_id), epoch, SeamNodeId(by));
+        }
+        // Registered here since the last fold (as `apply` does, before the interest).
+        for client_id in owned.keys().filter(|id| !previously.contains_key(*id)) {
+            self.broker.registered_here(&ClientId::new(client_id));
         }
         self.broker.interest_reset(interest);
         self.owned = owned;

@@ -176,6 +176,15 @@ pub trait BrokerHandle: Send + Sync {
     /// stored here.
     fn taken_over(&self, client_id: &ClientId, epoch: u64, by: NodeId);
 
+    /// A registration of `client_id` on this node replaced one on another node, and applies
+    /// here now; called as the fold takes the entry, just before the entry's interest
+    /// changes: from then on this node's own publishes no longer go to that node for the
+    /// client, so a session prepared here for it must take them (see the broker's
+    /// `preindex_resumed`).
+    fn registered_here(&self, client_id: &ClientId) {
+        let _ = client_id;
+    }
+
     /// Node `node` (never this one) now has `subscribers` sessions subscribed to `filter`
     /// (the full filter, with any `$share/group/` prefix); 0: none any more.
     fn interest_changed(&self, filter: &str, node: NodeId, subscribers: u32);

@@ -457,6 +457,19 @@ async fn a_holder_killed_mid_hand_over_loses_nothing_and_hands_the_rest_over_whe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_flowing_during_a_takeover_are_neither_lost_nor_doubled() {
+    publishes_flowing_during_a_takeover(3).await;
+}
+
+/// Published on the node that takes the session over: its own publishes must reach the
+/// session while the hand-over runs, before the connection attaches there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_on_the_taking_node_during_a_takeover_are_neither_lost_nor_doubled() {
+    publishes_flowing_during_a_takeover(2).await;
+}
+
+/// A subscriber on node 1 taken over on node 2 while a publisher on `publisher_node`
+/// publishes QoS 1 messages one after the other.
+async fn publishes_flowing_during_a_takeover(publisher_node: u64) {
     const M: usize = 400;
     let cluster = TestCluster::start(3).await;
     let id = unique_id("flow");
@@ -464,8 +477,8 @@ async fn publishes_flowing_during_a_takeover_are_neither_lost_nor_doubled() {
     let (mut old, _, _) = RawClient::connect_ok(cluster.node(1).mqtt_addr(), &persistent).await;
     assert_eq!(old.subscribe(1, &[SubFilter::new("flow/#", 1)]).await, [1]);
 
-    // Published on a third node, one after the other, each acknowledged.
-    let publisher_addr = cluster.node(3).mqtt_addr();
+    // One after the other, each acknowledged.
+    let publisher_addr = cluster.node(publisher_node).mqtt_addr();
     let publishing = tokio::spawn(async move {
         let mut p = RawClient::v5(publisher_addr, &unique_id("pub")).await;
         for i in 1..=M {

@@ -119,6 +119,15 @@ impl BrokerHandle for Broker {
         self.spawn_session_moved(session);
     }
 
+    /// The session `preindex_resumed` prepared takes this node's own publishes from now on
+    /// (they no longer go to the node that held it); until now they went there and come
+    /// back with the hand-over.
+    fn registered_here(&self, client_id: &ClientId) {
+        if let Some(session) = self.find_session(client_id) {
+            session.set_moving(false);
+        }
+    }
+
     fn interest_changed(&self, filter: &str, node: NodeId, subscribers: u32) {
         tracing::trace!(filter, %node, subscribers, "interest of another node");
         self.remote_interest.changed(filter, node, subscribers);
