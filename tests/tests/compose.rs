@@ -115,14 +115,27 @@ async fn the_compose_file_starts_a_three_node_cluster() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let (status, body) = http_get(http(1), "/api/v1/cluster").await.expect("cluster");
-    let v: Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(status, 200, "{body}");
-    let members = v["members"].as_array().expect("members");
-    let names: Vec<&str> = members.iter().filter_map(|m| m["name"].as_str()).collect();
-    assert_eq!(names, ["skein-1", "skein-2", "skein-3"], "{body}");
-    assert!(members.iter().all(|m| m["role"] == "voter"), "{body}");
-    assert!(v["leader_id"].as_u64().is_some(), "{body}");
+    // Each node's own record (name, MQTT address) is a membership change it commits after
+    // it joined: ready does not wait for the others' to reach node 2.
+    loop {
+        let (status, body) = http_get(http(1), "/api/v1/cluster").await.expect("cluster");
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("JSON");
+        let members = v["members"].as_array().expect("members");
+        let names: Vec<&str> = members.iter().filter_map(|m| m["name"].as_str()).collect();
+        let formed = names == ["skein-1", "skein-2", "skein-3"]
+            && members.iter().all(|m| m["role"] == "voter")
+            && v["leader_id"].as_u64().is_some();
+        if formed {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no leader and three named voters: {body}\n{}",
+            project.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let mut subscriber = Client::connect(mqtt(2), "compose-sub").await;
     subscriber.subscribe("compose/t", QoS::AtLeastOnce).await;
