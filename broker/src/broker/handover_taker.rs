@@ -99,10 +99,12 @@ impl Broker {
         holder: NodeId,
         holder_epoch: u64,
         first_seq: u64,
+        live: bool,
     ) -> usize {
         let client_id = &session.client_id;
         let started = Instant::now();
         let mut taken = Taken {
+            live,
             next_seq: first_seq,
             arrivals_from: first_seq.saturating_add(HANDOVER_SEQS),
             messages: 0,
@@ -277,7 +279,8 @@ impl Broker {
         });
         self.replace_subscriptions(session, &registration.subscriptions);
         if let Some((previous, first_seq)) = handover {
-            self.take_session_over(session, previous.node, previous.epoch, first_seq)
+            // Before the connection starts: it resends what is in flight.
+            self.take_session_over(session, previous.node, previous.epoch, first_seq, false)
                 .await;
         }
     }
@@ -370,17 +373,19 @@ impl Broker {
         )
         .await
         .map_err(|_| BrokerHandleError::NotYet("the session is busy".into()))?;
-        let first_seq = {
+        let (first_seq, live) = {
             let mut st = session.state();
             if st.removed || st.moved || owned(self).is_none() {
                 return Err(BrokerHandleError::NotOwner(
                     "the session left this node".into(),
                 ));
             }
-            st.reserve_seqs(HANDOVER_SEQS)
+            (st.reserve_seqs(HANDOVER_SEQS), st.attachment.is_some())
         };
-        tracing::info!(%client_id, %holder, "a node offers messages of a session owned here");
-        Ok(self.take_session_over(&session, holder, 0, first_seq).await)
+        tracing::info!(%client_id, %holder, live, "a node offers messages of a session owned here");
+        Ok(self
+            .take_session_over(&session, holder, 0, first_seq, live)
+            .await)
     }
 
     /// The holder deleted what this node wrote up to the cursor of `key`: it goes.
@@ -512,7 +517,7 @@ impl Broker {
             taken.next_seq += 1;
             n += 1;
             match handed.packet_id {
-                Some(packet_id) if !st.id_in_use(packet_id) => {
+                Some(packet_id) if !taken.live && !st.id_in_use(packet_id) => {
                     if persistent {
                         let record = StoredInflight {
                             packet_id,
@@ -536,12 +541,14 @@ impl Broker {
                     });
                 }
                 // The client has the message; only PUBCOMP was missing, under an id taken
-                // here by another message: nothing left to deliver.
+                // here by another message or on a running connection: nothing left to
+                // deliver.
                 Some(packet_id) if handed.released => {
                     tracing::debug!(
                         client_id = id,
                         packet_id,
-                        "a released QoS 2 message's id is in use here; its PUBCOMP is not awaited"
+                        live = taken.live,
+                        "a released QoS 2 message's id is not free here; its PUBCOMP is not awaited"
                     );
                 }
                 _ => {
@@ -572,6 +579,10 @@ impl Broker {
 /// Where the fetched messages go in the session's sequence, how many came, until when
 /// to try, and where the hand-over first stopped (the node, its epoch, why).
 struct Taken {
+    /// A connection is attached and running: it never resends in-flight messages under
+    /// ids it did not send, so what was in flight elsewhere is queued anew (QoS 1/2 allow
+    /// the redelivery) and a released QoS 2 message, whose PUBCOMP it cannot await, ends.
+    live: bool,
     next_seq: u64,
     /// The first sequence after those set aside: what the session got since then arrived
     /// during the hand-over.
