@@ -49,14 +49,14 @@ fn a_healthy_cluster_holds_every_invariant() {
 
 /// The CI short form of issue 14: three fault rounds.
 ///
-/// Ignored until session handover lands: today it FAILS `lost` every time (seed 1, round
-/// 1: a persistent subscriber that disconnects from node 1 and reconnects to node 2 finds
-/// its session there, but what node 1 queued for it meanwhile stays on node 1's disk), and
-/// sometimes `duplicates` / `double_owners` (a node resumed from SIGSTOP that still
-/// delivers to the taken-over connection). See chaos/README.md, "Latest results". Run it
-/// with `cargo test -p skein-chaos --test short -- --ignored`.
+/// Ignored until node-down adoption lands (issue 14): session handover did land, and seed
+/// 1 now loses 4 acknowledged messages instead of about 27, all after a SIGKILL: publishes
+/// for sessions registered on the killed node wait for it and are queued on its disk, and
+/// the clients reconnect elsewhere without them. It also shows one duplicate without DUP (a
+/// forward retried after a peer restart). See chaos/README.md, "Latest results". Run it with
+/// `cargo test -p skein-chaos --test short -- --ignored`.
 #[test]
-#[ignore = "fails `lost` until queued messages move with a session (issue 14 handover); see chaos/README.md"]
+#[ignore = "fails `lost` after SIGKILLs until node-down adoption (issue 14); see chaos/README.md"]
 fn three_fault_rounds_hold_every_invariant() {
     let (out, json) = chaos(&["--rounds", "3", "--seed", "1"]);
     assert_ok(&out, &json);

@@ -11,8 +11,9 @@ use crate::box_future::BoxFuture;
 use crate::ids::{ClientId, NodeId};
 
 /// A publish that another node accepted and forwards to this one, which has matching
-/// subscriptions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// subscriptions. The default is an empty QoS 0 publish on topic "" for no one, what a
+/// decoder starts from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForwardedPublish {
     /// A topic name (no wildcards). Shared, as the broker holds it: forwarding a message
     /// to several nodes copies no topic.

@@ -222,18 +222,7 @@ fn read_pair(mut buf: Bytes) -> Result<(String, String), String> {
 /// type, or says why it is not one, or why no MQTT publish could carry it (as
 /// [`from_pb`]; the broker checks the topic itself).
 pub(crate) fn read_publish(mut buf: Bytes) -> Result<ForwardedPublish, String> {
-    let mut p = ForwardedPublish {
-        topic: Arc::from(""),
-        payload: Bytes::new(),
-        qos: 0,
-        retain: false,
-        properties: PublishProperties::default(),
-        received_at_ms: 0,
-        publisher: None,
-        publisher_username: None,
-        to_subscribers: false,
-        shared: Vec::new(),
-    };
+    let mut p = ForwardedPublish::default();
     let (mut qos, mut format) = (0u32, None::<u32>);
     let props = &mut p.properties;
     while buf.has_remaining() {
@@ -520,15 +509,7 @@ mod tests {
         assert_eq!(from_pb(to_pb(publish.clone())), Ok(publish));
         let bare = ForwardedPublish {
             topic: "t".into(),
-            payload: Bytes::new(),
-            qos: 0,
-            retain: false,
-            properties: PublishProperties::default(),
-            received_at_ms: 0,
-            publisher: None,
-            publisher_username: None,
-            to_subscribers: false,
-            shared: Vec::new(),
+            ..ForwardedPublish::default()
         };
         assert_eq!(from_pb(to_pb(bare.clone())), Ok(bare));
     }
