@@ -11,6 +11,7 @@ use crate::epoch::unix_millis;
 use crate::error::{ClusterError, Result};
 use crate::node::ClusterNode;
 use crate::registry::{Owner, PreviousOwner, SubscriptionOptions};
+use crate::withdraw;
 
 /// What claiming a client id answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +52,7 @@ impl ClusterNode {
         // Lent until this returns: by then the entry is applied here, or the proposal failed.
         let _lent = self.client_ids.offer(client_id);
         let epoch = self.epochs.next();
-        let (answer, log_index) = self
+        let proposed = self
             .propose(Command::Register(pb::RegisterClient {
                 client_id: client_id.to_string(),
                 node_id: self.id(),
@@ -60,7 +61,22 @@ impl ClusterNode {
                 session_expiry_secs,
                 stamped_at_ms: unix_millis(),
             }))
-            .await?;
+            .await;
+        let (answer, log_index) = match proposed {
+            Ok(committed) => committed,
+            Err(e) => {
+                if withdraw::outcome_unknown(&e) {
+                    self.spawn(withdraw::withdraw(
+                        self.proposer.clone(),
+                        self.shutdown_token(),
+                        client_id.to_string(),
+                        self.id(),
+                        epoch,
+                    ));
+                }
+                return Err(e);
+            }
+        };
         match answer {
             Answer::Registered(r) => Ok(Registration {
                 epoch,

@@ -71,6 +71,7 @@ mod shared;
 mod state_machine;
 mod status;
 mod types;
+mod withdraw;
 
 pub use commands::Registration;
 pub use error::{ClusterError, Result};

@@ -135,6 +135,10 @@ pub(crate) fn forward_received_dropped(peer: NodeId, reason: &'static str, messa
 /// within the bound).
 pub const CLUSTER_IN_FORCE_SKIPPED: &str = "skein_cluster_in_force_skipped_total";
 
+/// Counter {outcome}: registrations whose proposal failed with an unknown outcome and were
+/// withdrawn: `released` (it had committed after all), `not_committed`, `gave_up`.
+pub const CLUSTER_REGISTRATIONS_WITHDRAWN: &str = "skein_cluster_registrations_withdrawn_total";
+
 /// Every metric of this crate with its HELP text, for the recorder the broker installs.
 const DESCRIPTIONS: &[(&str, &str)] = &[
     (RAFT_TERM, "The Raft term this node is in."),
@@ -151,6 +155,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     (CLUSTER_MEMBERS, "Cluster members by role (voter, learner) and reachable (true, false, unknown: only the leader knows)."),
     (CLUSTER_REGISTRY_CLIENTS, "Client ids in the replicated registry (online and offline sessions)."),
     (CLUSTER_CHANGES_LAGGED, "Registry changes a slow receiver missed (it then read the registry anew)."),
+    (CLUSTER_REGISTRATIONS_WITHDRAWN, "Registrations whose proposal failed with an unknown outcome (timeout, leader lost) and that this node withdrew, by outcome: released (it had committed after all), not_committed, gave_up."),
     (CLUSTER_IN_FORCE_SKIPPED, "Members a SUBACK (or a takeover's CONNACK) did not wait for: unreachable, or the entry not folded within the bound."),
     (FORWARD_QUEUE_DEPTH, "Messages held for a peer node: waiting to be forwarded, or sent and not acknowledged yet."),
     (FORWARD_SENT, "Messages forwarded to a peer node and acknowledged by it."),
@@ -206,6 +211,10 @@ pub(crate) fn proposal_batch(commands: usize) {
 
 pub(crate) fn proposal_failed(reason: &'static str, count: usize) {
     metrics::counter!(RAFT_PROPOSALS_FAILED, "reason" => reason).increment(count as u64);
+}
+
+pub(crate) fn registration_withdrawn(outcome: &'static str) {
+    metrics::counter!(CLUSTER_REGISTRATIONS_WITHDRAWN, "outcome" => outcome).increment(1);
 }
 
 pub(crate) fn changes_lagged(missed: u64) {

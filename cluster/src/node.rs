@@ -361,6 +361,19 @@ impl ClusterNode {
     /// (waiting callers get [`ClusterError::ShuttingDown`]), then Raft. The store is the
     /// caller's to flush afterwards.
     #[tracing::instrument(level = "info", skip_all, fields(node = self.shared.id))]
+    /// Runs `task` as one of the node's own tasks: waited for (within the grace) at shutdown.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    /// Cancelled when the node shuts down.
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tasks.close();

@@ -197,3 +197,43 @@ async fn a_member_joins_at_runtime_and_another_is_removed() {
     cluster.node(4).remove_member(99).await.unwrap();
     cluster.shutdown().await;
 }
+
+/// A registration whose proposal failed (no quorum) can still commit later, when its entry
+/// sits in the log of the member that leads again: the node withdraws it, so the registry
+/// never keeps a live owner for a connection that was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_that_failed_but_commits_later_is_withdrawn() {
+    init_tracing();
+    let settings = skein_cluster::RaftSettings {
+        proposal_timeout_ms: 2_000,
+        ..test_settings()
+    };
+    let mut cluster = TestCluster::start(&[1, 2, 3], settings).await;
+    let leader = cluster.leader(WITHIN).await;
+    let others: Vec<_> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    for id in &others {
+        cluster.stop(*id).await;
+    }
+    // Appended to the leader's log only: without a quorum the proposal times out.
+    let failed = cluster
+        .node(leader)
+        .register_client("refused", false, 60)
+        .await;
+    assert!(failed.is_err(), "no quorum, yet committed: {failed:?}");
+
+    // The member that comes back lacks the entry, so it cannot lead: the old leader is
+    // elected again and commits the registration after all, then its withdrawal.
+    let back = others[0];
+    cluster.restart(back).await;
+    for id in [leader, back] {
+        wait_for(WITHIN, "the late registration withdrawn", || async {
+            let online = cluster
+                .node(id)
+                .registry()
+                .read(|r| r.client("refused").map(|e| e.is_online()));
+            (online == Some(false)).then_some(())
+        })
+        .await;
+    }
+    cluster.shutdown().await;
+}
