@@ -52,6 +52,8 @@ impl ClusterNode {
         // Lent until this returns: by then the entry is applied here, or the proposal failed.
         let _lent = self.client_ids.offer(client_id);
         let epoch = self.epochs.next();
+        let stamped_at_ms = unix_millis();
+        let deadline = self.shared.settings.registration_deadline_ms;
         let proposed = self
             .propose(Command::Register(pb::RegisterClient {
                 client_id: client_id.to_string(),
@@ -59,7 +61,12 @@ impl ClusterNode {
                 epoch,
                 clean_start,
                 session_expiry_secs,
-                stamped_at_ms: unix_millis(),
+                stamped_at_ms,
+                commit_by_ms: if deadline == 0 {
+                    0
+                } else {
+                    stamped_at_ms.saturating_add(deadline)
+                },
             }))
             .await;
         let (answer, log_index) = match proposed {

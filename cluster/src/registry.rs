@@ -143,6 +143,15 @@ impl Registry {
                 self.clients.insert(key, existing);
                 return Ok(registered(session_present, None));
             }
+            // Refused by its node long ago (its clock, against the newer connection's):
+            // the client is on that newer connection now.
+            Some((key, existing))
+                if c.commit_by_ms != 0 && existing.connected_at_ms > c.commit_by_ms =>
+            {
+                let newer_at = existing.connected_at_ms;
+                self.clients.insert(key, existing);
+                return Err(too_late(&c.client_id, c.commit_by_ms, newer_at));
+            }
             // The new connection's string when it is here, so the old one's can go.
             Some((key, existing)) => (ids.get(&c.client_id).unwrap_or(key), Some(existing)),
             None => (ids.shared(&c.client_id), None),
@@ -394,6 +403,15 @@ fn invalid(detail: impl Into<String>) -> pb::Rejected {
     pb::Rejected {
         reason: pb::RejectReason::Invalid as i32,
         detail: detail.into(),
+    }
+}
+
+fn too_late(client_id: &str, commit_by_ms: u64, newer_at_ms: u64) -> pb::Rejected {
+    pb::Rejected {
+        reason: pb::RejectReason::TooLate as i32,
+        detail: format!(
+            "the registration of client id {client_id:?} was due by {commit_by_ms} ms; a newer connection registered at {newer_at_ms} ms"
+        ),
     }
 }
 

@@ -37,6 +37,11 @@ pub struct RaftSettings {
     pub proposal_queue: usize,
     /// How long a proposal may wait for a leader and a commit before it fails.
     pub proposal_timeout_ms: u64,
+    /// How long the broker waits for a CONNECT's registration before it refuses the client
+    /// (ms; its `connect_commit_timeout_ms`; 0: it waits for the proposal's own outcome).
+    /// Stamped into the registration: one that commits later than a newer connection of
+    /// the client id loses to it (see `RegisterClient.commit_by_ms`).
+    pub registration_deadline_ms: u64,
     /// Applied-change events kept for slow receivers of the change stream.
     pub change_stream_capacity: usize,
     /// Timeout of dialling a peer (ms); an unreachable peer fails fast and is retried later.
@@ -136,6 +141,7 @@ impl Default for RaftSettings {
             max_commands_per_entry: 1024,
             proposal_queue: 8192,
             proposal_timeout_ms: 5000,
+            registration_deadline_ms: 0,
             change_stream_capacity: 4096,
             connect_timeout_ms: 1000,
             forward: ForwardSettings::default(),

@@ -15,6 +15,22 @@ fn register(client: &str, node: u64, epoch: u64, clean_start: bool, expiry: u32)
             clean_start,
             session_expiry_secs: expiry,
             stamped_at_ms: 1_000 + epoch,
+            commit_by_ms: 0,
+        })),
+    }
+}
+
+/// A registration stamped at `at_ms` that its node waits for until `commit_by_ms`.
+fn register_due(client: &str, node: u64, epoch: u64, at_ms: u64, commit_by_ms: u64) -> pb::Command {
+    pb::Command {
+        command: Some(C::Register(pb::RegisterClient {
+            client_id: client.into(),
+            node_id: node,
+            epoch,
+            clean_start: false,
+            session_expiry_secs: 3600,
+            stamped_at_ms: at_ms,
+            commit_by_ms,
         })),
     }
 }
@@ -76,6 +92,34 @@ fn interest_of(r: &Registry, filter: &str) -> Vec<(u64, u32)> {
         .get(filter)
         .map(|nodes| nodes.iter().map(|(n, c)| (*n, *c)).collect())
         .unwrap_or_default()
+}
+
+#[test]
+fn a_registration_committed_past_its_deadline_leaves_a_newer_connection_alone() {
+    let mut r = Registry::default();
+    // Node 2 proposed at 1 000 ms and refused its CONNECT at 6 000 ms; the client then
+    // connected on node 1 at 7 000 ms, which committed first.
+    apply(&mut r, register_due("c", 1, 10, 7_000, 12_000));
+    let (result, changes) = apply(&mut r, register_due("c", 2, 20, 1_000, 6_000));
+    assert_eq!(rejected(&result), Some(pb::RejectReason::TooLate));
+    assert!(changes.is_empty());
+    assert_eq!(r.client("c").unwrap().owner, Owner { node: 1, epoch: 10 });
+    assert!(r.client("c").unwrap().is_online());
+
+    // Still within its deadline when the other connection registered: the Raft order
+    // decides, the later entry takes the client over.
+    let (result, _) = apply(&mut r, register_due("c", 3, 30, 6_500, 11_500));
+    assert!(
+        matches!(result, pb::command_result::Result::Registered(_)),
+        "{result:?}"
+    );
+    assert_eq!(r.client("c").unwrap().owner, Owner { node: 3, epoch: 30 });
+    // No deadline (0): always in time.
+    let (result, _) = apply(&mut r, register_due("c", 2, 21, 1_000, 0));
+    assert!(
+        matches!(result, pb::command_result::Result::Registered(_)),
+        "{result:?}"
+    );
 }
 
 #[test]
