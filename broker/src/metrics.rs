@@ -18,6 +18,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::codec::{ProtocolVersion, QoS};
 use crate::disconnect::DisconnectReason;
 
+mod transport;
+pub use transport::{
+    handshake_failed, listener_accepted, tls_reload, HANDSHAKE_FAILURES, LISTENER_CONNECTIONS,
+    TLS_RELOADS,
+};
+
 // Connections and sessions.
 /// Gauge {protocol}: open MQTT connections past a successful CONNECT.
 pub const CONNECTIONS: &str = "skein_connections";
@@ -501,6 +507,7 @@ pub const ALL: &[&[Desc]] = &[
     STORAGE,
     RUNTIME,
     HTTP_SERVER,
+    transport::TRANSPORTS,
     CLUSTER,
 ];
 
