@@ -10,6 +10,9 @@
 //! `session::Unpark`). The cluster seam (ids, `ClusterHandle`, `BrokerHandle`) is the
 //! `skein-seam` crate.
 //!
+//! - `transport`: the listeners beside plain MQTT: MQTT over TLS, WebSocket and secure
+//!   WebSocket (handshakes under a deadline, certificate reloads); their connections are
+//!   served like plain ones.
 //! - `server`: the MQTT listener: accept loop, connection limit, owns the parker, drains
 //!   connections at shutdown.
 //! - `http`: the HTTP server: probes, `/metrics`, the admin API, the event stream's API.
