@@ -627,6 +627,9 @@ impl Connection {
             DisconnectReason::TcpClosed | DisconnectReason::Normal
         ) {
             self.socket.close_gracefully(&self.broker.hot).await;
+        } else {
+            // TLS says close_notify, WebSocket answers the client's close frame.
+            self.socket.end_layer().await;
         }
     }
 }

@@ -379,6 +379,14 @@ impl Socket {
         .await;
     }
 
+    /// Ends a TLS or WebSocket layer's side of the stream (close_notify, the close frame),
+    /// bounded; nothing for plain TCP.
+    pub(super) async fn end_layer(&mut self) {
+        if let Some(Stream::Wrapped(w)) = &mut self.stream {
+            let _ = tokio::time::timeout(LINGER, w.shutdown()).await;
+        }
+    }
+
     /// Writes the buffer out. Cancel-safe: what was written is consumed from the buffer, so
     /// an interrupted flush resumes where it stopped.
     pub(super) async fn flush(&mut self, counters: &HotCounters) -> io::Result<()> {

@@ -184,6 +184,12 @@ impl Wrapped {
         }
     }
 
+    /// Ends the layer's side of the stream (TLS close_notify, WebSocket close frame).
+    pub(super) async fn shutdown(&mut self) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.io.shutdown().await
+    }
+
     /// Ends the layer's side of the stream (TLS close_notify, WebSocket close frame), then
     /// reads and discards what the client still sends, both bounded by the caller.
     pub(super) async fn shutdown_and_drain(&mut self, max_bytes: usize) {
