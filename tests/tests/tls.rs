@@ -428,3 +428,65 @@ async fn the_certificate_common_name_is_the_username_and_no_password_is_needed()
     let v = w.about("$events/client_connected", &id).await;
     assert_eq!(v["username"], cn.as_str(), "{v}");
 }
+
+/// A TLS 1.3 client may send its CONNECT in the same flight as its handshake's end: the
+/// node reads it along with the handshake and must not wait for the socket to be readable
+/// again (it never is). The client here holds its Finished back and writes it together
+/// with the CONNECT, in one write.
+#[test]
+fn a_connect_sent_with_the_handshake_s_last_flight_is_answered() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use tokio_rustls::rustls::{self, ClientConfig, ClientConnection, RootCertStore};
+
+    let ca = TestCa::new("Skein Test CA");
+    let files = TlsFiles::new(&ca, "device-8");
+    let node = tls_node(&files, "none", &[]);
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&files.ca).unwrap())
+        .unwrap();
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let mut tls =
+        ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut tcp = std::net::TcpStream::connect(mqtts(&node)).unwrap();
+    tcp.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+    tls.write_tls(&mut tcp).unwrap();
+    // Read the server's flight until the handshake is done on this side; its Finished is
+    // then queued, not sent.
+    while tls.is_handshaking() {
+        tls.read_tls(&mut tcp).unwrap();
+        tls.process_new_packets().unwrap();
+    }
+    tls.writer()
+        .write_all(&Connect::v311(&unique_id("eager")).encode())
+        .unwrap();
+    let mut flight = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut flight).unwrap();
+    }
+    tcp.write_all(&flight).unwrap();
+    let mut connack = Vec::new();
+    while connack.len() < 4 {
+        let n = tls.read_tls(&mut tcp).expect("CONNACK within the deadline");
+        assert!(n > 0, "closed before CONNACK");
+        tls.process_new_packets().unwrap();
+        let mut buf = [0u8; 64];
+        match tls.reader().read(&mut buf) {
+            Ok(n) => connack.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(connack[..4], [0x20, 2, 0, 0]);
+}

@@ -63,7 +63,14 @@ fn paho(host: &str, port: u16, ca: Option<&str>, ids: (&str, &str), topic: &str)
     std::fs::write(&script, PAHO_SCRIPT).unwrap();
     let out = Command::new("python3")
         .arg(&script)
-        .args([host, &port.to_string(), ca.unwrap_or("-"), ids.0, ids.1, topic])
+        .args([
+            host,
+            &port.to_string(),
+            ca.unwrap_or("-"),
+            ids.0,
+            ids.1,
+            topic,
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("python3 (with paho-mqtt: apt-get install python3-paho-mqtt)");
@@ -118,13 +125,20 @@ async fn paho_over_ws_and_wss_with_events_saying_ws() {
         .unwrap();
         assert!(out.contains("OK [5, 200000]"), "{listener}: {out}");
         for id in [&sub_id, &pub_id] {
-            let v = w.wait("$EVENT.CONNECT", |v| v["clientId"] == id.as_str()).await;
+            let v = w
+                .wait("$EVENT.CONNECT", |v| v["clientId"] == id.as_str())
+                .await;
             assert_eq!(v["protocol"], "WS", "{listener}: {v}");
             w.about("$events/client_connected", id).await;
         }
         let label = format!("listener=\"{listener}\"");
         assert!(
-            metric_sum(node.http_addr(), "skein_listener_connections_total", &[&label]).await
+            metric_sum(
+                node.http_addr(),
+                "skein_listener_connections_total",
+                &[&label]
+            )
+            .await
                 >= 2.0
         );
     }
@@ -132,7 +146,9 @@ async fn paho_over_ws_and_wss_with_events_saying_ws() {
     let plain = unique_id("plain");
     let (_c, _, _) =
         skein_tests::RawClient::connect_ok(node.mqtt_addr(), &Connect::v311(&plain)).await;
-    let v = w.wait("$EVENT.CONNECT", |v| v["clientId"] == plain.as_str()).await;
+    let v = w
+        .wait("$EVENT.CONNECT", |v| v["clientId"] == plain.as_str())
+        .await;
     assert_eq!(v["protocol"], "MQTT");
 }
 
@@ -153,6 +169,16 @@ const PONG: u8 = 0xa;
 
 /// The upgrade request for `path` offering `protocols`; the server's status line and head.
 async fn upgrade(addr: SocketAddr, path: &str, protocols: Option<&str>) -> (TcpStream, String) {
+    upgrade_then(addr, path, protocols, &[]).await
+}
+
+/// [`upgrade`], with `then` (frames) sent in the same write as the request.
+async fn upgrade_then(
+    addr: SocketAddr,
+    path: &str,
+    protocols: Option<&str>,
+    then: &[u8],
+) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -162,7 +188,9 @@ async fn upgrade(addr: SocketAddr, path: &str, protocols: Option<&str>) -> (TcpS
         request.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(then);
+    stream.write_all(&bytes).await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -178,12 +206,33 @@ async fn upgrade(addr: SocketAddr, path: &str, protocols: Option<&str>) -> (TcpS
     (stream, String::from_utf8_lossy(&head).into_owned())
 }
 
+/// One masked frame (as a client must send them).
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
 impl RawWs {
     async fn open(addr: SocketAddr) -> RawWs {
         let (stream, head) = upgrade(addr, "/mqtt", Some("mqtt")).await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         assert!(
-            head.to_ascii_lowercase().contains("sec-websocket-protocol: mqtt\r\n"),
+            head.to_ascii_lowercase()
+                .contains("sec-websocket-protocol: mqtt\r\n"),
             "{head}"
         );
         RawWs {
@@ -194,22 +243,10 @@ impl RawWs {
 
     /// Sends one masked frame (as a client must).
     async fn send(&mut self, opcode: u8, payload: &[u8]) {
-        let mut out = vec![0x80 | opcode];
-        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&out).await.unwrap();
+        self.stream
+            .write_all(&masked(opcode, payload))
+            .await
+            .unwrap();
     }
 
     /// The next frame from the server; None when the socket closed.
@@ -238,7 +275,10 @@ impl RawWs {
         assert_eq!(b[1] & 0x80, 0, "server frames are not masked");
         let (len, start) = match b[1] & 0x7f {
             126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            127 if b.len() >= 10 => (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             126 | 127 => return None,
             n => (n as usize, 2),
         };
@@ -311,7 +351,8 @@ async fn pings_are_answered_and_a_close_is_answered_and_ends_the_connection() {
     let node = ws_node();
     let mut ws = RawWs::open(node.listener_addr("ws")).await;
     let mut mqtt = BytesMut::new();
-    ws.send(BINARY, &Connect::v311(&unique_id("ping")).encode()).await;
+    ws.send(BINARY, &Connect::v311(&unique_id("ping")).encode())
+        .await;
     assert!(matches!(ws.packet(&mut mqtt).await, Packet::ConnAck { .. }));
     ws.send(PING, b"are you there").await;
     assert_eq!(ws.recv().await, Some((PONG, b"are you there".to_vec())));
@@ -334,7 +375,8 @@ async fn a_text_message_or_a_message_over_the_size_limit_closes_the_connection()
     let addr = node.listener_addr("ws");
     let mut ws = RawWs::open(addr).await;
     let mut mqtt = BytesMut::new();
-    ws.send(BINARY, &Connect::v311(&unique_id("text")).encode()).await;
+    ws.send(BINARY, &Connect::v311(&unique_id("text")).encode())
+        .await;
     assert!(matches!(ws.packet(&mut mqtt).await, Packet::ConnAck { .. }));
     ws.send(TEXT, b"MQTT is binary").await;
     let closed = loop {
@@ -376,4 +418,24 @@ async fn upgrades_to_another_path_or_without_an_mqtt_subprotocol_are_refused() {
     assert!(metric_reaches(http, "skein_handshake_failures_total", &path, 1.0).await);
     let sub = ["listener=\"ws\"", "reason=\"ws_subprotocol\""];
     assert!(metric_reaches(http, "skein_handshake_failures_total", &sub, 2.0).await);
+}
+
+/// A client may send its first frames right behind the upgrade request: the node has read
+/// them with the request and must not wait for the socket to be readable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_sent_with_the_upgrade_request_is_answered() {
+    let node = ws_node();
+    let connect = masked(BINARY, &Connect::v311(&unique_id("eager")).encode());
+    let (stream, head) =
+        upgrade_then(node.listener_addr("ws"), "/mqtt", Some("mqtt"), &connect).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut ws = RawWs {
+        stream,
+        buf: BytesMut::new(),
+    };
+    let mut mqtt = BytesMut::new();
+    assert!(matches!(
+        ws.packet(&mut mqtt).await,
+        Packet::ConnAck { code: 0, .. }
+    ));
 }

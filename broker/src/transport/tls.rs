@@ -67,6 +67,9 @@ pub struct TlsContext {
     files: Files,
     /// The files as last loaded (or tried).
     stamps: Mutex<Vec<Option<Stamp>>>,
+    /// SIGHUP's stream, installed when the files are first loaded: before the node says it
+    /// listens, a SIGHUP must already reload rather than kill it (the default action).
+    hangup: Mutex<Option<tokio::signal::unix::Signal>>,
 }
 
 impl TlsContext {
@@ -81,10 +84,19 @@ impl TlsContext {
         };
         let stamps = files.stamps();
         let built = build(&files).map_err(BrokerError::Tls)?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; TLS certificates reload on file changes only");
+                None
+            }
+        };
         Ok(Arc::new(TlsContext {
             current: RwLock::new(built),
             files,
             stamps: Mutex::new(stamps),
+            hangup: Mutex::new(hangup),
         }))
     }
 
@@ -124,14 +136,7 @@ impl TlsContext {
     /// Watches the files every `interval` and reloads on a change or on SIGHUP, until
     /// `shutdown`.
     pub fn spawn_watch(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGHUP; TLS certificates reload on file changes only");
-                None
-            }
-        };
+        let mut hangup = self.hangup.lock().unwrap_or_else(|e| e.into_inner()).take();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

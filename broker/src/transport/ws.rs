@@ -54,6 +54,8 @@ pub type UpgradeFailure = &'static str;
 
 /// Answers the HTTP upgrade on `stream`; messages and frames are bounded by
 /// `max_message` (the node's `max_packet_size`).
+// The callback's Result is tungstenite's `Callback` signature, large error and all.
+#[allow(clippy::result_large_err)]
 pub async fn accept<S: OverTcp>(
     stream: S,
     max_message: usize,
@@ -86,6 +88,7 @@ pub async fn accept<S: OverTcp>(
 }
 
 /// Checks the path and picks the subprotocol.
+#[allow(clippy::result_large_err)]
 fn upgrade(
     request: &Request,
     mut response: Response,

@@ -58,7 +58,9 @@ impl Wrapped {
             io,
             transport,
             identity,
-            more_input: false,
+            // The handshake may have read input past its own end (a TLS 1.3 client's
+            // CONNECT in the same flight as its Finished): look in the layer first.
+            more_input: true,
             ended: false,
             unflushed: false,
         }
