@@ -61,7 +61,7 @@ async fn metric_reaches(http: SocketAddr, name: &str, labels: &[&str], at_least:
     }
 }
 
-fn with_cert<'a>(files: &'a TlsFiles) -> [&'a str; 4] {
+fn with_cert(files: &TlsFiles) -> [&str; 4] {
     [
         "--cert",
         s(&files.client_cert),

@@ -42,8 +42,10 @@ pub(super) async fn accept(
             return None;
         }
         Ok(Err(refusal)) => {
-            let info = raise::reported_before_connect(refusal.reason)
-                .then(|| raise::before_connect(peer, sockname, refusal.connack.map(|(p, _)| p)));
+            let info = raise::reported_before_connect(refusal.reason).then(|| {
+                let protocol = refusal.connack.map(|(p, _)| p);
+                raise::before_connect((peer, sockname), socket.transport(), protocol)
+            });
             refuse(&broker, &mut socket, refusal, info.as_ref()).await;
             return None;
         }
