@@ -3,14 +3,7 @@
 
 use metrics::Unit;
 
-use super::{desc, Desc, Kind::Counter};
-
-/// Counter {listener}: sockets accepted, by listener (mqtt, mqtts, ws, wss).
-pub const LISTENER_CONNECTIONS: &str = "skein_listener_connections_total";
-/// Counter {listener, reason}: TLS or WebSocket handshakes that failed.
-pub const HANDSHAKE_FAILURES: &str = "skein_handshake_failures_total";
-/// Counter {outcome}: reloads of the TLS certificate files.
-pub const TLS_RELOADS: &str = "skein_tls_reloads_total";
+use super::{desc, Desc, Kind::Counter, HANDSHAKE_FAILURES, LISTENER_CONNECTIONS, TLS_RELOADS};
 
 pub(super) const TRANSPORTS: &[Desc] = &[
     desc(
