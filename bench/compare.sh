@@ -7,7 +7,8 @@
 #
 # Environment: RUNS (default 3), QUICK (0/1), TIMEOUT (seconds per bench run, default 60),
 # BUDGET (seconds for all runs, default 1320: what is left is skipped and said so),
-# PORT_BASE (default 21883; three ports from there), OUT (default BENCHMARKS.md),
+# PORT_BASE (default 21883; five ports from there: MQTT for each broker, then TLS for Skein
+# and Mosquitto), OUT (default BENCHMARKS.md),
 # SKEIN_WORKER_THREADS (passed on to skein when set).
 # Every broker is started fresh for every run (a clean process: RSS and queues start
 # empty) and stopped after it.
@@ -32,16 +33,19 @@ listening() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
   fi
 }
-# Three free ports in a row from PORT_BASE (other work on this machine may hold some).
+# Five free ports in a row from PORT_BASE (other work on this machine may hold some).
 for _ in $(seq 1 50); do
-  if ! listening "$PORT_BASE" && ! listening $((PORT_BASE + 1)) && ! listening $((PORT_BASE + 2)); then
-    break
-  fi
+  busy=0
+  for k in 0 1 2 3 4; do listening $((PORT_BASE + k)) && busy=1; done
+  [ "$busy" = 0 ] && break
   PORT_BASE=$((PORT_BASE + 10))
 done
 SKEIN_PORT=$PORT_BASE
 MOSQ_PORT=$((PORT_BASE + 1))
 RUMQ_PORT=$((PORT_BASE + 2))
+# The TLS listeners of the "-tls" scenarios (rumqttd is not run in those).
+SKEIN_TLS_PORT=$((PORT_BASE + 3))
+MOSQ_TLS_PORT=$((PORT_BASE + 4))
 
 WORK="$ROOT/target/bench-compare"
 rm -rf "$WORK"
@@ -81,6 +85,19 @@ BROKERS=(skein mosquitto)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ---------------------------------------------------------------- configs
+# A CA and a server certificate for localhost (P-256 ECDSA), made for this run only.
+TLS_DIR="$WORK/tls"
+mkdir -p "$TLS_DIR"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj "/CN=skein bench CA" -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
+  -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$TLS_DIR/server.ext"
+openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+  -CAcreateserial -days 2 -extfile "$TLS_DIR/server.ext" -out "$TLS_DIR/server.pem" 2>/dev/null
+# Mosquitto runs as its own user when started as root: let it read the key.
+chmod 644 "$TLS_DIR/server.key"
+
 MOSQ_CONF="$WORK/mosquitto.conf"
 cat >"$MOSQ_CONF" <<EOF
 listener $MOSQ_PORT 127.0.0.1
@@ -89,6 +106,10 @@ max_queued_messages $QUEUED
 max_inflight_messages $INFLIGHT
 log_type error
 log_type warning
+
+listener $MOSQ_TLS_PORT 127.0.0.1
+certfile $TLS_DIR/server.pem
+keyfile $TLS_DIR/server.key
 EOF
 
 RUMQ_CONF="$WORK/rumqttd.toml"
@@ -113,14 +134,18 @@ next_connection_delay_ms = 0
 EOF
 
 SKEIN_ENV="SKEIN_MAX_INFLIGHT=$INFLIGHT SKEIN_MAX_QUEUED_MESSAGES=$QUEUED SKEIN_LOG=warn"
+SKEIN_ENV="$SKEIN_ENV SKEIN_TLS_CERT_FILE=$TLS_DIR/server.pem SKEIN_TLS_KEY_FILE=$TLS_DIR/server.key"
 # Passed on when set (the README's worker_threads): the written command line shows it.
 [ -n "${SKEIN_WORKER_THREADS:-}" ] && SKEIN_ENV="$SKEIN_ENV SKEIN_WORKER_THREADS=$SKEIN_WORKER_THREADS"
-skein_cmd() { echo "$SKEIN_BIN --mqtt 127.0.0.1:$SKEIN_PORT --http 127.0.0.1:0 --data-dir $WORK/skein-data"; }
+skein_cmd() { echo "$SKEIN_BIN --mqtt 127.0.0.1:$SKEIN_PORT --mqtts 127.0.0.1:$SKEIN_TLS_PORT --http 127.0.0.1:0 --data-dir $WORK/skein-data"; }
 mosq_cmd() { echo "$MOSQ_BIN -c $MOSQ_CONF"; }
 rumq_cmd() { echo "$RUMQ_BIN -q -c $RUMQ_CONF"; }
 
 port_of() {
   case "$1" in skein) echo "$SKEIN_PORT" ;; mosquitto) echo "$MOSQ_PORT" ;; rumqttd) echo "$RUMQ_PORT" ;; esac
+}
+tls_port_of() {
+  case "$1" in skein) echo "$SKEIN_TLS_PORT" ;; mosquitto) echo "$MOSQ_TLS_PORT" ;; esac
 }
 
 BROKER_PID=""
@@ -182,6 +207,8 @@ SCENARIOS=(
   "rate-q1|100 pairs x $((200 * S)) at 10k msg/s total, QoS 1|pairs --pairs 100 --count $((200 * S)) --qos 1 --rate 10000"
   "rate-q1-pinned|the same, broker pinned to CPU 0 and the load generator to CPU 1|pairs --pairs 100 --count $((200 * S)) --qos 1 --rate 10000"
   "connect|connect $((1000 * S)) connections, 100 at a time, held 5 s|connect --connections $((1000 * S)) --concurrency 100 --hold 5"
+  "pairs-q1-tls|100 pairs x $((200 * S)) over TLS, QoS 1 (window 100)|pairs --pairs 100 --count $((200 * S)) --qos 1 --inflight 100"
+  "connect-tls|connect $((1000 * S)) connections over TLS, 100 at a time, held 5 s|connect --connections $((1000 * S)) --concurrency 100 --hold 5"
 )
 
 json_field() { # json_field NAME < line
@@ -208,11 +235,16 @@ run_one() { # run_one SCENARIO_ID BROKER RUN ARGS...
     printf '%s\t%s\t%s\tNOSTART\n' "$id" "$b" "$run" >>"$RESULTS"
     return 0
   fi
-  local extra=()
-  [ "$id" = connect ] && extra=(--broker-pid "$BROKER_PID")
+  local extra=() port
+  port="$(port_of "$b")"
+  [[ "$id" == connect* ]] && extra=(--broker-pid "$BROKER_PID")
+  if [[ "$id" == *-tls ]]; then
+    port="$(tls_port_of "$b")"
+    extra+=(--tls-ca "$TLS_DIR/ca.pem")
+  fi
   local line rc=0
   # shellcheck disable=SC2086
-  line=$($BENCH_WRAP "$BENCH_BIN" "$@" "${extra[@]}" --port "$(port_of "$b")" --broker "$b" \
+  line=$($BENCH_WRAP "$BENCH_BIN" "$@" "${extra[@]}" --port "$port" --broker "$b" \
     --timeout "$TIMEOUT" --json 2>>"$WORK/logs/bench-stderr.log") || rc=$?
   stop_broker
   line=$(printf '%s\n' "$line" | grep '^{' | tail -n1 || true)
@@ -232,6 +264,8 @@ for entry in "${SCENARIOS[@]}"; do
     n=${#BROKERS[@]}
     for k in $(seq 0 $((n - 1))); do
       b=${BROKERS[$(((k + run - 1) % n))]}
+      # rumqttd gets no TLS listener here: the TLS rows compare Skein with Mosquitto.
+      [[ "$id" == *-tls && "$b" == rumqttd ]] && continue
       # shellcheck disable=SC2086
       run_one "$id" "$b" "$run" $args
     done
@@ -300,7 +334,7 @@ fi
   echo
   echo '```sh'
   echo "$SKEIN_ENV \\"
-  echo "  target/release/skein --mqtt 127.0.0.1:$SKEIN_PORT --http 127.0.0.1:0 --data-dir target/bench-compare/skein-data"
+  echo "  target/release/skein --mqtt 127.0.0.1:$SKEIN_PORT --mqtts 127.0.0.1:$SKEIN_TLS_PORT --http 127.0.0.1:0 --data-dir target/bench-compare/skein-data"
   echo '```'
   echo
   echo "Mosquitto: \`mosquitto -c mosquitto.conf\` with"
@@ -327,7 +361,9 @@ fi
   echo "## Commands"
   echo
   echo "Each run: \`target/release/skein-bench ARGS --port PORT --broker NAME --timeout $TIMEOUT --json\`"
-  echo "(connect adds \`--broker-pid PID\`). Defaults: 64-byte payloads, keep alive 60 s."
+  echo "(connect adds \`--broker-pid PID\`; the \"over TLS\" rows use the TLS port and add"
+  echo "\`--tls-ca target/bench-compare/tls/ca.pem\`: TLS 1.3, a P-256 certificate made by the run;"
+  echo "rumqttd is not run in them). Defaults: 64-byte payloads, keep alive 60 s."
   echo
   echo "| scenario | ARGS |"
   echo "|---|---|"
@@ -365,7 +401,7 @@ fi
   for entry in "${SCENARIOS[@]}"; do
     IFS='|' read -r id title args <<<"$entry"
     case "$id" in
-      connect)
+      connect*)
         row "$title" "connects/s" connects_per_sec 0 "$id"
         row "" "RSS bytes per idle connection" rss_per_conn_bytes 0 "$id"
         ;;
@@ -395,7 +431,7 @@ fi
     for b in "${BROKERS[@]}"; do
       total=$(awk -F'\t' -v s="$id" -v b="$b" '$1==s && $2==b' "$RESULTS" | wc -l)
       failed=$(awk -F'\t' -v s="$id" -v b="$b" '$1==s && $2==b && substr($4,1,1)!="{"' "$RESULTS" | wc -l)
-      if [ "$id" = connect ]; then lost=$(sum_field "$id" "$b" failed); dups="-"; else
+      if [[ "$id" == connect* ]]; then lost=$(sum_field "$id" "$b" failed); dups="-"; else
         lost=$(sum_field "$id" "$b" lost); dups=$(sum_field "$id" "$b" duplicates); fi
       echo "| $id | $b | $total | $lost | $dups | $(incomplete "$id" "$b") | $failed |"
     done

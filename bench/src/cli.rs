@@ -105,6 +105,10 @@ pub struct Cli {
     /// seconds.
     #[arg(long, default_value_t = 2.0)]
     pub hold: f64,
+    /// Connect over TLS, trusting the CA certificates in this PEM file; the broker's
+    /// certificate must name `localhost`.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Validated settings of a run.

@@ -1,22 +1,107 @@
-//! One MQTT connection: a TCP stream with a reusable read buffer and a reusable write
-//! buffer. Packets are encoded into `wbuf` and written together by `flush`; incoming bytes
-//! accumulate in `rbuf` and are parsed in place.
+//! One MQTT connection: a TCP (or TLS) stream with a reusable read buffer and a reusable
+//! write buffer. Packets are encoded into `wbuf` and written together by `flush`; incoming
+//! bytes accumulate in `rbuf` and are parsed in place.
 
+use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
 
 use crate::mqtt::{self, Packet};
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Set by `--tls-ca`: every connection of the run is made over TLS.
+static TLS: OnceLock<TlsConnector> = OnceLock::new();
+
+/// Makes every connection of this run TLS, trusting the CAs in `ca` (PEM).
+pub fn use_tls(ca: &Path) -> anyhow::Result<()> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    // ring, as the broker: no C build for the load generator either.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let _ = TLS.set(TlsConnector::from(Arc::new(config)));
+    Ok(())
+}
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
 }
@@ -33,6 +118,17 @@ impl Conn {
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
+        let stream = match TLS.get() {
+            None => Stream::Tcp(stream),
+            Some(tls) => {
+                let name = ServerName::try_from("localhost").expect("a valid DNS name");
+                let tls = tls
+                    .connect(name, stream)
+                    .await
+                    .with_context(|| format!("TLS handshake with {addr}"))?;
+                Stream::Tls(Box::new(tls))
+            }
+        };
         let mut conn = Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -67,6 +163,7 @@ impl Conn {
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await?;
             self.wbuf.clear();
         }
         Ok(())
@@ -85,6 +182,28 @@ impl Conn {
             ));
         }
         Ok(n)
+    }
+
+    /// Reads what the stream has without waiting (WouldBlock when nothing is there).
+    pub fn try_read(&mut self) -> io::Result<usize> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s.try_read_buf(&mut self.rbuf),
+            Stream::Tls(s) => {
+                const CHUNK: usize = 16 * 1024;
+                let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+                let len = self.rbuf.len();
+                self.rbuf.resize(len + CHUNK, 0);
+                let mut buf = ReadBuf::new(&mut self.rbuf[len..]);
+                let polled = Pin::new(s.as_mut()).poll_read(&mut cx, &mut buf);
+                let n = buf.filled().len();
+                self.rbuf.truncate(len + n);
+                match polled {
+                    Poll::Ready(Ok(())) => Ok(n),
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+        }
     }
 
     /// Makes sure the read buffer can hold a whole packet of `total` bytes.
@@ -152,7 +271,7 @@ impl Conn {
         let _ = tokio::time::timeout(Duration::from_millis(500), self.flush()).await;
         // Deprecated because a non-zero linger blocks in close(); zero does not.
         #[allow(deprecated)]
-        let _ = self.stream.set_linger(Some(Duration::ZERO));
+        let _ = self.stream.tcp().set_linger(Some(Duration::ZERO));
     }
 
     pub async fn close(mut self) {

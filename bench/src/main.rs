@@ -7,7 +7,8 @@
 //! - `cli`: the command line: one scenario and the options that shape it.
 //! - `report`: results: a human summary and exactly one JSON line.
 //! - `stats`: payload headers, loss and duplicate accounting, latency histograms.
-//! - `conn`: one MQTT connection with reusable read and write buffers.
+//! - `conn`: one MQTT connection (TCP, or TLS with `--tls-ca`) with reusable read and write
+//!   buffers.
 //! - `mqtt`: a minimal MQTT 3.1.1 codec, just the packets the load generator uses.
 
 mod cli;
@@ -37,6 +38,12 @@ fn main() -> ExitCode {
             return ExitCode::from(FAILED);
         }
     };
+    if let Some(ca) = &cli.tls_ca {
+        if let Err(e) = conn::use_tls(ca) {
+            eprintln!("skein-bench: --tls-ca {}: {e:#}", ca.display());
+            return ExitCode::from(FAILED);
+        }
+    }
     // Fix the timestamp epoch before any connection exists.
     let _ = stats::epoch();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -35,9 +35,11 @@ mod kinds;
 mod table;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 pub use kinds::Secret;
 use table::{env_var_name, find_setting, Raw, Setting, SETTINGS};
+pub use tls::ClientCertMode;
 
 /// Prefix of every environment variable the broker reads.
 pub const ENV_PREFIX: &str = "SKEIN_";
@@ -203,6 +205,28 @@ pub struct Config {
     pub redis_stream_prefix: String,
     /// XADD trims the Redis stream to about this many entries (`MAXLEN ~`); 0: no limit.
     pub redis_stream_maxlen: u64,
+    /// MQTT over TLS listener address; None: off.
+    pub mqtts: Option<SocketAddr>,
+    /// MQTT over WebSocket listener address (path `/mqtt`); None: off.
+    pub ws: Option<SocketAddr>,
+    /// MQTT over secure WebSocket listener address (path `/mqtt`); None: off.
+    pub wss: Option<SocketAddr>,
+    /// The server's certificate chain (PEM) for `mqtts` and `wss`.
+    pub tls_cert_file: PathBuf,
+    /// The server's private key (PEM) for `mqtts` and `wss`.
+    pub tls_key_file: PathBuf,
+    /// The CAs (PEM) that client certificates must chain to; empty: none.
+    pub tls_client_ca_file: PathBuf,
+    /// Whether TLS clients are asked for a certificate, and whether they must have one.
+    pub tls_client_cert: ClientCertMode,
+    /// A TLS or WebSocket handshake must finish within this many milliseconds.
+    pub tls_handshake_timeout_ms: u64,
+    /// How often the certificate files are looked at for changes, in milliseconds.
+    pub tls_reload_interval_ms: u64,
+    /// A TLS client's username is its certificate's common name (no password checked).
+    pub use_identity_as_username: bool,
+    /// A TLS client's client id is its certificate's common name.
+    pub use_identity_as_client_id: bool,
 }
 
 impl Default for Config {
@@ -273,6 +297,17 @@ impl Default for Config {
             redis_url: String::new(),
             redis_stream_prefix: String::from("skein"),
             redis_stream_maxlen: 0,
+            mqtts: None,
+            ws: None,
+            wss: None,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            tls_client_ca_file: PathBuf::new(),
+            tls_client_cert: ClientCertMode::None,
+            tls_handshake_timeout_ms: 10_000,
+            tls_reload_interval_ms: 2_000,
+            use_identity_as_username: false,
+            use_identity_as_client_id: false,
         }
     }
 }
@@ -375,6 +410,7 @@ impl Config {
         }
         resolve_auth(&mut config, &origins)?;
         check_cluster(&config, &origins)?;
+        tls::check(&config, &origins)?;
         Ok(config)
     }
 
@@ -707,6 +743,12 @@ struct Cli {
     mqtt: Option<String>,
     #[arg(long, value_name = "ADDR", help = flag_help("http"))]
     http: Option<String>,
+    #[arg(long, value_name = "ADDR", help = flag_help("mqtts"))]
+    mqtts: Option<String>,
+    #[arg(long, value_name = "ADDR", help = flag_help("ws"))]
+    ws: Option<String>,
+    #[arg(long, value_name = "ADDR", help = flag_help("wss"))]
+    wss: Option<String>,
     #[arg(long, value_name = "ADDR", help = flag_help("grpc"))]
     grpc: Option<String>,
     #[arg(long, value_name = "ID@HOST:PORT,...", help = flag_help("peers"))]
@@ -724,6 +766,9 @@ impl Cli {
             "data_dir" => &self.data_dir,
             "mqtt" => &self.mqtt,
             "http" => &self.http,
+            "mqtts" => &self.mqtts,
+            "ws" => &self.ws,
+            "wss" => &self.wss,
             "grpc" => &self.grpc,
             "peers" => &self.peers,
             "join" => &self.join,

@@ -3,6 +3,7 @@
 mod cluster_step;
 mod deadlines;
 mod handshake;
+mod identity;
 mod inbound;
 mod order;
 mod outbound;
@@ -29,7 +30,7 @@ use crate::hash::HashMap;
 use crate::session::{HeldWakes, Kick, Session};
 use park::ParkerHandle;
 use skein_seam::ClientId;
-pub use socket::Socket;
+pub use socket::{PeerIdentity, Socket, StreamIo, Wrapped};
 
 /// Writes are flushed to the socket once this much is buffered, even mid-batch.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
@@ -120,12 +121,30 @@ enum Batch {
 pub fn serve(
     broker: Arc<Broker>,
     stream: TcpStream,
+    addresses: (SocketAddr, Arc<SocketAddr>),
+    permit: Option<OwnedSemaphorePermit>,
+) -> impl std::future::Future<Output = ()> + Send {
+    serve_socket(broker, Socket::new(stream), addresses, permit)
+}
+
+/// [`serve`] for a stream behind TLS or WebSocket framing, its layer's handshake done.
+pub fn serve_wrapped(
+    broker: Arc<Broker>,
+    stream: socket::Wrapped,
+    addresses: (SocketAddr, Arc<SocketAddr>),
+    permit: Option<OwnedSemaphorePermit>,
+) -> impl std::future::Future<Output = ()> + Send {
+    serve_socket(broker, Socket::wrapped(stream), addresses, permit)
+}
+
+fn serve_socket(
+    broker: Arc<Broker>,
+    socket: Socket,
     (peer, sockname): (SocketAddr, Arc<SocketAddr>),
     permit: Option<OwnedSemaphorePermit>,
 ) -> impl std::future::Future<Output = ()> + Send {
     let connection_id = broker.next_connection_id();
     let span = connection_span(connection_id, peer, None);
-    let socket = Socket::new(stream);
     // Boxed, like `finish` below: the handshake's state is freed once it is done.
     let handshake = Box::pin(handshake::accept(
         broker,
@@ -236,8 +255,11 @@ impl Connection {
     /// timer (keepalive, parking). A task's size is fixed at spawn by its largest state,
     /// so the rare large states (a blocked write, the handshake, closing) are boxed.
     async fn run(&mut self) -> Outcome {
-        // The parker was made with the same setting (lib.rs).
-        let park_after = self.broker.config.park_idle();
+        // The parker was made with the same setting (lib.rs). A TLS or WebSocket stream
+        // never parks: its layer's state lives in this task (see socket/wrapped.rs).
+        let park_after = (!self.socket.is_wrapped())
+            .then(|| self.broker.config.park_idle())
+            .flatten();
         self.stamp_input().await;
         // Before anything is written (a CONNACK, say): input the client sends in answer
         // is stamped when it arrives.
@@ -354,7 +376,7 @@ impl Connection {
             if let Err(e) = self.socket.try_flush(&self.broker.hot) {
                 return Err(Close::write_failed(&e));
             }
-            if self.socket.pending_out() > 0 {
+            if self.socket.output_pending() {
                 // A client that does not read must not hold publishes back.
                 self.set_input_aside();
                 // Boxed: a full socket buffer is the rare case, and its select is large.
@@ -605,6 +627,9 @@ impl Connection {
             DisconnectReason::TcpClosed | DisconnectReason::Normal
         ) {
             self.socket.close_gracefully(&self.broker.hot).await;
+        } else {
+            // TLS says close_notify, WebSocket answers the client's close frame.
+            self.socket.end_layer().await;
         }
     }
 }

@@ -21,6 +21,9 @@ pub enum BrokerError {
     /// state unreadable).
     #[error("cluster: {0}")]
     Cluster(String),
+    /// The TLS certificate, key or CA files could not be used.
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("{context}: {cause}")]
     Io {
         context: String,

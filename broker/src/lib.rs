@@ -10,6 +10,9 @@
 //! `session::Unpark`). The cluster seam (ids, `ClusterHandle`, `BrokerHandle`) is the
 //! `skein-seam` crate.
 //!
+//! - `transport`: the listeners beside plain MQTT: MQTT over TLS, WebSocket and secure
+//!   WebSocket (handshakes under a deadline, certificate reloads); their connections are
+//!   served like plain ones.
 //! - `server`: the MQTT listener: accept loop, connection limit, owns the parker, drains
 //!   connections at shutdown.
 //! - `http`: the HTTP server: probes, `/metrics`, the admin API, the event stream's API.
@@ -77,6 +80,7 @@ mod server;
 pub mod session;
 pub mod storage_refusal;
 pub mod topic;
+pub mod transport;
 
 use std::sync::Arc;
 
@@ -151,6 +155,30 @@ pub struct Listeners {
     pub http: TcpListener,
     /// The cluster's gRPC (Raft, proposals, membership).
     pub grpc: TcpListener,
+    /// The listeners that are off unless configured: MQTT over TLS, WebSocket, secure
+    /// WebSocket.
+    pub extra: ExtraListeners,
+}
+
+/// MQTT over TLS (`mqtts`), over WebSocket (`ws`) and secure WebSocket (`wss`); None: off.
+#[derive(Default)]
+pub struct ExtraListeners {
+    pub mqtts: Option<TcpListener>,
+    pub ws: Option<TcpListener>,
+    pub wss: Option<TcpListener>,
+}
+
+impl ExtraListeners {
+    /// Each listener that is on, with its name.
+    fn each(&self) -> impl Iterator<Item = (transport::Listener, &TcpListener)> {
+        [
+            (transport::Listener::Mqtts, self.mqtts.as_ref()),
+            (transport::Listener::Ws, self.ws.as_ref()),
+            (transport::Listener::Wss, self.wss.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, l)| Some((kind, l?)))
+    }
 }
 
 /// Starts this node's cluster member on `store`: a one-member Raft group without peers
@@ -214,6 +242,9 @@ pub struct OpenNode {
     cluster: Arc<ClusterNode>,
     mqtt: TcpListener,
     http: TcpListener,
+    extra: ExtraListeners,
+    /// The TLS configuration of `mqtts` and `wss` (None when both are off).
+    tls: Option<Arc<transport::tls::TlsContext>>,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     mqtt_dialects: events::mqtt_dialects::MqttDialects,
     webhook: Option<events::webhook::WebhookDialect>,
@@ -231,7 +262,18 @@ pub async fn open(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<OpenNode, BrokerError> {
-    let Listeners { mqtt, http, grpc } = listeners;
+    let Listeners {
+        mqtt,
+        http,
+        grpc,
+        extra,
+    } = listeners;
+    // Before storage is opened: a bad certificate or key stops the node at once.
+    let tls = if config.tls_enabled() {
+        Some(transport::tls::TlsContext::load(&config)?)
+    } else {
+        None
+    };
     // Before anything records: what is counted earlier is lost.
     let prometheus = metrics::install();
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
@@ -272,6 +314,8 @@ pub async fn open(
         cluster,
         mqtt,
         http,
+        extra,
+        tls,
         prometheus,
         mqtt_dialects,
         webhook,
@@ -286,6 +330,14 @@ impl OpenNode {
     /// The address MQTT clients connect to.
     pub fn mqtt_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.mqtt.local_addr()
+    }
+
+    /// The addresses of the listeners beside plain MQTT that are on (`mqtts`, `ws`, `wss`).
+    pub fn extra_addrs(&self) -> std::io::Result<Vec<(&'static str, std::net::SocketAddr)>> {
+        self.extra
+            .each()
+            .map(|(kind, l)| Ok((kind.name(), l.local_addr()?)))
+            .collect()
     }
 
     /// The address of the HTTP server (probes, metrics, admin API).
@@ -306,6 +358,8 @@ impl OpenNode {
             cluster,
             mqtt,
             http,
+            extra,
+            tls,
             prometheus,
             mqtt_dialects,
             webhook,
@@ -369,6 +423,26 @@ impl OpenNode {
         // outlives them, and parking would leave holes (1.8 instead of 0.86 kB per idle
         // connection); the binary's allocator (aligned_pool) keeps task cells in chunks
         // of their own.
+        if let Some(tls) = &tls {
+            let interval = std::time::Duration::from_millis(broker.config.tls_reload_interval_ms);
+            tls.clone().spawn_watch(interval, shutdown.clone());
+        }
+        let ExtraListeners { mqtts, ws, wss } = extra;
+        for (kind, listener) in [
+            (transport::Listener::Mqtts, mqtts),
+            (transport::Listener::Ws, ws),
+            (transport::Listener::Wss, wss),
+        ] {
+            if let Some(listener) = listener {
+                // Ends on shutdown; its connections are drained with the MQTT server's.
+                tokio::spawn(transport::listener::serve(
+                    broker.clone(),
+                    kind,
+                    listener,
+                    tls.clone(),
+                ));
+            }
+        }
         let listener = tokio::spawn(server::serve_mqtt(broker.clone(), parker, mqtt)).await;
         if let Err(e) = &listener {
             // A panic in the accept loop: stop the node as a shutdown would, connections

@@ -18,6 +18,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::codec::{ProtocolVersion, QoS};
 use crate::disconnect::DisconnectReason;
 
+mod transport;
+pub use transport::{handshake_failed, listener_accepted, tls_reload};
+
 // Connections and sessions.
 /// Gauge {protocol}: open MQTT connections past a successful CONNECT.
 pub const CONNECTIONS: &str = "skein_connections";
@@ -124,6 +127,14 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "skein_http_connections_refused_total
 pub const HTTP_TIMEOUTS: &str = "skein_http_timeouts_total";
 /// Counter: HTTP requests answered 413 (body over `http_max_body_bytes`).
 pub const HTTP_BODIES_TOO_LARGE: &str = "skein_http_bodies_too_large_total";
+
+// Listeners (rows and updates in metrics/transport.rs).
+/// Counter {listener}: sockets accepted, by listener (mqtt, mqtts, ws, wss).
+pub const LISTENER_CONNECTIONS: &str = "skein_listener_connections_total";
+/// Counter {listener, reason}: TLS or WebSocket handshakes that failed.
+pub const HANDSHAKE_FAILURES: &str = "skein_handshake_failures_total";
+/// Counter {outcome}: reloads of the TLS certificate files.
+pub const TLS_RELOADS: &str = "skein_tls_reloads_total";
 
 // Cluster (Raft): constants go here, with their rows in `CLUSTER` below.
 
@@ -501,6 +512,7 @@ pub const ALL: &[&[Desc]] = &[
     STORAGE,
     RUNTIME,
     HTTP_SERVER,
+    transport::TRANSPORTS,
     CLUSTER,
 ];
 

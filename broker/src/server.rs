@@ -26,6 +26,7 @@ pub async fn serve_mqtt(broker: Arc<Broker>, parker: Parker, listener: TcpListen
         .filter(|a| !a.ip().is_unspecified())
         .map(Arc::new);
     let mut nodelay = Nodelay::new(&listener);
+    let accepted_total = crate::metrics::listener_accepted("mqtt");
     let mut backoff = AcceptBackoff::new("mqtt");
     loop {
         let accepted = tokio::select! {
@@ -41,6 +42,7 @@ pub async fn serve_mqtt(broker: Arc<Broker>, parker: Parker, listener: TcpListen
         };
         backoff.succeeded();
         nodelay.ensure(&stream);
+        accepted_total.increment(1);
         let permit = broker.connection_slots.clone().try_acquire_owned().ok();
         let sockname = match &fixed_sockname {
             Some(addr) => addr.clone(),
@@ -82,14 +84,14 @@ pub(crate) async fn close_connections(broker: &Broker) {
 /// the listener, Linux hands it down to every accepted socket; whether that happened is
 /// looked at once, on the first socket, and where it did not every socket gets its own
 /// setsockopt as before.
-struct Nodelay {
+pub(crate) struct Nodelay {
     /// Whether accepted sockets have it already; None until the first is looked at (false
     /// from the start when it could not be set on the listener).
     inherited: Option<bool>,
 }
 
 impl Nodelay {
-    fn new(listener: &TcpListener) -> Nodelay {
+    pub(crate) fn new(listener: &TcpListener) -> Nodelay {
         let on_listener = socket2::SockRef::from(listener)
             .set_tcp_nodelay(true)
             .is_ok();
@@ -98,7 +100,7 @@ impl Nodelay {
         }
     }
 
-    fn ensure(&mut self, stream: &TcpStream) {
+    pub(crate) fn ensure(&mut self, stream: &TcpStream) {
         let inherited = *self
             .inherited
             .get_or_insert_with(|| stream.nodelay().unwrap_or(false));

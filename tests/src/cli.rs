@@ -22,6 +22,20 @@ fn require(tool: &str) {
 /// Runs `mosquitto_pub -h <ip> -p <port> <args..>` to completion (10 s
 /// deadline) and asserts it succeeded.
 pub fn mosquitto_pub(addr: SocketAddr, args: &[&str]) -> Output {
+    let out = try_mosquitto_pub(addr, args);
+    assert!(
+        out.status.success(),
+        "mosquitto_pub {args:?} failed: {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `mosquitto_pub -h <ip> -p <port> <args..>` to completion (10 s deadline), whether
+/// it succeeds or not (a TLS handshake the broker refuses, say).
+pub fn try_mosquitto_pub(addr: SocketAddr, args: &[&str]) -> Output {
     require("mosquitto_pub");
     let child = Command::new("mosquitto_pub")
         .arg("-h")
@@ -34,15 +48,7 @@ pub fn mosquitto_pub(addr: SocketAddr, args: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn mosquitto_pub");
-    let out = wait_output(child, Duration::from_secs(10));
-    assert!(
-        out.status.success(),
-        "mosquitto_pub {args:?} failed: {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    wait_output(child, Duration::from_secs(10))
 }
 
 /// One message printed by [`Sub`].

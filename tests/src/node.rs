@@ -321,6 +321,16 @@ impl Node {
     pub fn http_addr(&self) -> SocketAddr {
         self.proc().http_addr
     }
+    /// The address of an optional listener (`mqtts`, `ws`, `wss`) from its `<name> listening
+    /// on` line (printed before the mqtt line, so it is there once the node started).
+    pub fn listener_addr(&self, name: &str) -> SocketAddr {
+        let prefix = format!("{name} listening on ");
+        self.stdout()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&prefix)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the node printed no {prefix:?} line"))
+    }
+
     /// The cluster gRPC address, as the node printed it.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.proc()

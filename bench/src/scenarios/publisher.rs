@@ -133,7 +133,7 @@ pub async fn run(
                 _ = schedule.tick.notified() => continue,
             }
         } else {
-            match conn.stream.try_read_buf(&mut conn.rbuf) {
+            match conn.try_read() {
                 Ok(0) => bail!("broker closed the connection"),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,

@@ -67,22 +67,50 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let grpc = TcpListener::bind(config.grpc)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc))?;
+    let extra = skein_broker::ExtraListeners {
+        mqtts: bind_optional(config.mqtts, "MQTT over TLS").await?,
+        ws: bind_optional(config.ws, "MQTT over WebSocket").await?,
+        wss: bind_optional(config.wss, "MQTT over secure WebSocket").await?,
+    };
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(node_id = config.node_id, node_name = %config.node_name, data_dir = %config.data_dir.display(), workers, "starting skein");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let listeners = skein_broker::Listeners { mqtt, http, grpc };
+    let listeners = skein_broker::Listeners {
+        mqtt,
+        http,
+        grpc,
+        extra,
+    };
     let node = skein_broker::open(config, listeners, shutdown).await?;
     // Tests and scripts read these lines to find ports bound as 0. Printed once the node
     // can serve: a node that fails to start never claims to listen. gRPC first: a harness
     // that waits for the other two has it by then.
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "grpc listening on {}", node.grpc_addr());
+    // Before the mqtt line too: harnesses that wait for mqtt and http have these by then.
+    for (name, addr) in node.extra_addrs()? {
+        let _ = writeln!(stdout, "{name} listening on {addr}");
+    }
     let _ = writeln!(stdout, "mqtt listening on {}", node.mqtt_addr()?);
     let _ = writeln!(stdout, "http listening on {}", node.http_addr()?);
     drop(stdout);
     node.serve().await?;
     Ok(())
+}
+
+async fn bind_optional(
+    addr: Option<std::net::SocketAddr>,
+    what: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        None => Ok(None),
+        Some(addr) => {
+            Ok(Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen for {what} on {addr}")
+            })?))
+        }
+    }
 }
 
 /// Writes one line to stderr, ignoring a failure: `eprintln!` would panic (exit 101) when

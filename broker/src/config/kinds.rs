@@ -373,3 +373,50 @@ impl Kind for Filter {
         value.clone()
     }
 }
+
+/// An `IP:port` socket address, or empty for none (a listener that is off).
+pub(super) struct OptionalAddr;
+
+impl Kind for OptionalAddr {
+    type Value = Option<SocketAddr>;
+    fn describe(&self) -> String {
+        String::from("an IP:port socket address such as 0.0.0.0:8883, or empty (off)")
+    }
+    fn parse_text(&self, text: &str) -> Option<Option<SocketAddr>> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Some(None);
+        }
+        text.parse().ok().map(Some)
+    }
+    fn parse_toml(&self, value: &toml::Value) -> Option<Option<SocketAddr>> {
+        self.parse_text(value.as_str()?)
+    }
+    fn show(&self, value: &Option<SocketAddr>) -> String {
+        value.map(|a| a.to_string()).unwrap_or_default()
+    }
+}
+
+/// `none`, `optional` or `required`.
+pub(super) struct ClientCertKind;
+
+impl Kind for ClientCertKind {
+    type Value = ClientCertMode;
+    fn describe(&self) -> String {
+        String::from("none, optional or required")
+    }
+    fn parse_text(&self, text: &str) -> Option<ClientCertMode> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "none" => Some(ClientCertMode::None),
+            "optional" => Some(ClientCertMode::Optional),
+            "required" => Some(ClientCertMode::Required),
+            _ => None,
+        }
+    }
+    fn parse_toml(&self, value: &toml::Value) -> Option<ClientCertMode> {
+        self.parse_text(value.as_str()?)
+    }
+    fn show(&self, value: &ClientCertMode) -> String {
+        value.as_str().to_owned()
+    }
+}

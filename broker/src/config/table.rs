@@ -233,4 +233,26 @@ settings! {
         "Redis stream name prefix: entries go to <prefix>.mqtt";
     redis_stream_maxlen: Int { min: 0, max: u64::MAX },
         "Trim the Redis stream to about this many entries on every XADD (MAXLEN ~; 0: no limit)";
+    mqtts: OptionalAddr,
+        "MQTT over TLS listener address (needs tls_cert_file and tls_key_file)", default = "empty (off)";
+    ws: OptionalAddr,
+        "MQTT over WebSocket listener address (path /mqtt, subprotocol mqtt or mqttv3.1)", default = "empty (off)";
+    wss: OptionalAddr,
+        "MQTT over secure WebSocket listener address (path /mqtt; the TLS settings of mqtts)", default = "empty (off)";
+    tls_cert_file: OptionalPath,
+        "Server certificate chain (PEM) for mqtts and wss; reloaded when it changes or on SIGHUP", default = "empty (none)";
+    tls_key_file: OptionalPath,
+        "Server private key (PEM: PKCS#8, PKCS#1 or SEC1) for mqtts and wss; reloaded with the certificate", default = "empty (none)";
+    tls_client_ca_file: OptionalPath,
+        "CA certificates (PEM) client certificates must chain to (needed unless tls_client_cert is none)", default = "empty (none)";
+    tls_client_cert: ClientCertKind,
+        "Client certificates on mqtts and wss: none (not asked for), optional (verified if sent) or required";
+    tls_handshake_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
+        "Close TLS and WebSocket connections whose handshake takes longer than this many milliseconds";
+    tls_reload_interval_ms: Int { min: 100, max: MAX_TIMEOUT_MS },
+        "How often the certificate, key and CA files are checked for changes, in milliseconds";
+    use_identity_as_username: Bool,
+        "A TLS client's username is its certificate's common name, and no password is checked (Mosquitto's option); a TLS client without one is refused";
+    use_identity_as_client_id: Bool,
+        "A TLS client's client id is its certificate's common name; a TLS client without one is refused";
 }

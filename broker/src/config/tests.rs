@@ -123,6 +123,17 @@ fn toml_file_sets_everything() {
         events_subscribe_usernames = ["ops", "audit"]
         events_qos = 1
         api_token = "t0k"
+        mqtts = "127.0.0.1:8883"
+        ws = "127.0.0.1:8083"
+        wss = "[::1]:8084"
+        tls_cert_file = "/etc/skein/server.pem"
+        tls_key_file = "/etc/skein/server.key"
+        tls_client_ca_file = "/etc/skein/ca.pem"
+        tls_client_cert = "required"
+        tls_handshake_timeout_ms = 3000
+        tls_reload_interval_ms = 500
+        use_identity_as_username = true
+        use_identity_as_client_id = true
         "#,
     );
     let config = load(&["--config", path_of(&file)], &[]).unwrap();
@@ -198,6 +209,17 @@ fn toml_file_sets_everything() {
             allow_anonymous: true,
             password_file: PathBuf::new(),
             passwords: None,
+            mqtts: Some("127.0.0.1:8883".parse().unwrap()),
+            ws: Some("127.0.0.1:8083".parse().unwrap()),
+            wss: Some("[::1]:8084".parse().unwrap()),
+            tls_cert_file: "/etc/skein/server.pem".into(),
+            tls_key_file: "/etc/skein/server.key".into(),
+            tls_client_ca_file: "/etc/skein/ca.pem".into(),
+            tls_client_cert: ClientCertMode::Required,
+            tls_handshake_timeout_ms: 3000,
+            tls_reload_interval_ms: 500,
+            use_identity_as_username: true,
+            use_identity_as_client_id: true,
         }
     );
     assert_eq!(config.connect_timeout(), Duration::from_millis(2500));
@@ -275,6 +297,17 @@ fn env_sets_everything() {
         ("SKEIN_API_TOKEN", " s3cret\n"),
         ("SKEIN_ALLOW_ANONYMOUS", "false"),
         ("SKEIN_PASSWORD_FILE", path_of(&passwords)),
+        ("SKEIN_MQTTS", "10.0.0.1:8883"),
+        ("SKEIN_WS", ""),
+        ("SKEIN_WSS", "10.0.0.1:8084"),
+        ("SKEIN_TLS_CERT_FILE", "/c.pem"),
+        ("SKEIN_TLS_KEY_FILE", "/k.pem"),
+        ("SKEIN_TLS_CLIENT_CA_FILE", ""),
+        ("SKEIN_TLS_CLIENT_CERT", "none"),
+        ("SKEIN_TLS_HANDSHAKE_TIMEOUT_MS", "26"),
+        ("SKEIN_TLS_RELOAD_INTERVAL_MS", "270"),
+        ("SKEIN_USE_IDENTITY_AS_USERNAME", "1"),
+        ("SKEIN_USE_IDENTITY_AS_CLIENT_ID", "0"),
     ];
     assert_eq!(env.len(), SETTINGS.len());
     assert_eq!(
@@ -344,6 +377,17 @@ fn env_sets_everything() {
             allow_anonymous: false,
             password_file: passwords.path().to_path_buf(),
             passwords: Some(Arc::new(Passwords::parse("u:plain:p\n").unwrap())),
+            mqtts: Some("10.0.0.1:8883".parse().unwrap()),
+            ws: None,
+            wss: Some("10.0.0.1:8084".parse().unwrap()),
+            tls_cert_file: "/c.pem".into(),
+            tls_key_file: "/k.pem".into(),
+            tls_client_ca_file: PathBuf::new(),
+            tls_client_cert: ClientCertMode::None,
+            tls_handshake_timeout_ms: 26,
+            tls_reload_interval_ms: 270,
+            use_identity_as_username: true,
+            use_identity_as_client_id: false,
         }
     );
 }
@@ -935,4 +979,33 @@ fn node_id_from_hostname_refuses_names_without_an_ordinal_and_a_second_id() {
         e.contains("node_id_from_hostname") && e.contains("--node-id"),
         "{e}"
     );
+}
+
+#[test]
+fn tls_listeners_need_their_files() {
+    let message = error(&["--mqtts", "0.0.0.0:8883"], &[], "tls_cert_file");
+    assert!(message.contains("from --mqtts"), "{message}");
+    let message = error(
+        &["--wss", "0.0.0.0:8084"],
+        &[("SKEIN_TLS_CERT_FILE", "/c.pem")],
+        "tls_key_file",
+    );
+    assert!(message.contains("as wss is on"), "{message}");
+    let files = [
+        ("SKEIN_TLS_CERT_FILE", "/c.pem"),
+        ("SKEIN_TLS_KEY_FILE", "/k.pem"),
+        ("SKEIN_TLS_CLIENT_CERT", "optional"),
+    ];
+    let message = error(&["--mqtts", "0.0.0.0:8883"], &files, "tls_client_ca_file");
+    assert!(message.contains("tls_client_cert is optional"), "{message}");
+    // Without a TLS listener nothing is needed; the WebSocket listener needs no files.
+    let config = load(&["--ws", "127.0.0.1:8083"], &[]).unwrap();
+    assert_eq!(config.ws, Some("127.0.0.1:8083".parse().unwrap()));
+    assert!(!config.tls_enabled());
+    error(
+        &[],
+        &[("SKEIN_TLS_CLIENT_CERT", "sometimes")],
+        "tls_client_cert",
+    );
+    error(&["--mqtts", "localhost:8883"], &[], "mqtts");
 }

@@ -42,24 +42,42 @@ pub(super) async fn accept(
             return None;
         }
         Ok(Err(refusal)) => {
-            let info = raise::reported_before_connect(refusal.reason)
-                .then(|| raise::before_connect(peer, sockname, refusal.connack.map(|(p, _)| p)));
+            let info = raise::reported_before_connect(refusal.reason).then(|| {
+                let protocol = refusal.connack.map(|(p, _)| p);
+                raise::before_connect((peer, sockname), socket.transport(), protocol)
+            });
             refuse(&broker, &mut socket, refusal, info.as_ref()).await;
             return None;
         }
         Ok(Ok(connect)) => connect,
     };
+    let mut connect = connect;
     let protocol = connect.protocol;
+    let certified = super::identity::apply(&broker.config, socket.identity(), &mut connect);
     // The client id as sent (empty when the broker is to assign one).
     let info = Arc::new(client_info(
         &connect,
-        peer,
-        sockname,
+        (peer, sockname),
+        socket.transport(),
         broker.config.max_keepalive,
     ));
     raise::raise(&broker.events, &info, EventKind::ClientConnect, || {
         EventBody::Connect
     });
+    let certified = match certified {
+        Ok(certified) => certified,
+        Err(why) => {
+            let refusal = Refusal::connack(
+                protocol,
+                rc::NOT_AUTHORIZED,
+                connack_v3::NOT_AUTHORIZED,
+                DisconnectReason::NotAuthorized,
+                why,
+            );
+            refuse(&broker, &mut socket, refusal, Some(&info)).await;
+            return None;
+        }
+    };
     if !has_capacity {
         let refusal = Refusal::connack(
             protocol,
@@ -80,7 +98,7 @@ pub(super) async fn accept(
         raise::refused(&broker.events, &info, None, DisconnectReason::TcpClosed);
         return None;
     }
-    match attach(&broker, socket, id, info.clone(), connect).await {
+    match attach(&broker, socket, id, info.clone(), connect, certified).await {
         Ok(conn) => Some(conn),
         Err((mut socket, refusal)) => {
             refuse(&broker, &mut socket, refusal, Some(&info)).await;
@@ -270,7 +288,8 @@ async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>
 }
 
 /// The checks on CONNECT that need no session.
-fn validate(broker: &Broker, c: &Connect) -> Result<(), Refusal> {
+/// `certified`: a verified client certificate named the user (no password to check).
+fn validate(broker: &Broker, c: &Connect, certified: bool) -> Result<(), Refusal> {
     let p = c.protocol;
     if c.properties.authentication_method.is_some() {
         return Err(Refusal::connack(
@@ -282,7 +301,12 @@ fn validate(broker: &Broker, c: &Connect) -> Result<(), Refusal> {
         ));
     }
     let credentials = (c.username.as_deref(), c.password.as_deref());
-    if let Err(denied) = crate::auth::authenticate(&broker.config, credentials.0, credentials.1) {
+    let authenticated = if certified {
+        Ok(())
+    } else {
+        crate::auth::authenticate(&broker.config, credentials.0, credentials.1)
+    };
+    if let Err(denied) = authenticated {
         return Err(Refusal::connack(
             p,
             denied.v5_code(),
@@ -363,8 +387,9 @@ async fn attach(
     id: u64,
     connect_info: Arc<ClientInfo>,
     mut c: Box<Connect>,
+    certified: bool,
 ) -> Result<Connection, (Socket, Refusal)> {
-    if let Err(r) = validate(broker, &c) {
+    if let Err(r) = validate(broker, &c, certified) {
         return Err((socket, r));
     }
     let protocol = c.protocol;
@@ -612,8 +637,8 @@ fn server_keep_alive(c: &Connect, max_keepalive: u16) -> Option<u16> {
 /// one in force.
 fn client_info(
     c: &Connect,
-    peer: SocketAddr,
-    sockname: Arc<SocketAddr>,
+    (peer, sockname): (SocketAddr, Arc<SocketAddr>),
+    transport: Transport,
     max_keepalive: u16,
 ) -> ClientInfo {
     ClientInfo {
@@ -622,7 +647,7 @@ fn client_info(
         peer,
         sockname,
         protocol: c.protocol,
-        transport: Transport::Tcp,
+        transport,
         keepalive: server_keep_alive(c, max_keepalive).unwrap_or(c.keep_alive),
         clean_start: c.clean_start,
         connected_at_ms: now_ms(),

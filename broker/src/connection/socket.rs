@@ -8,7 +8,11 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
+use crate::events::Transport;
 use crate::metrics::HotCounters;
+
+mod wrapped;
+pub use wrapped::{PeerIdentity, StreamIo, Wrapped};
 
 /// What a connection that streams reads at once.
 const READ_CHUNK: usize = 4096;
@@ -28,10 +32,17 @@ const LINGER_MAX_BYTES: usize = 64 * 1024;
 /// The socket of a connection and what has been read from and is to be written to it.
 /// The stream is absent only while the connection is parked (the parker holds it then).
 pub struct Socket {
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     /// Boxed and created on demand, freed when the connection parks: a parked connection
     /// holds no buffers, not even their 64 bytes of empty headers.
     buffers: Option<Box<Buffers>>,
+}
+
+/// Plain TCP, read and written with the socket's own non-blocking calls; or a layer in
+/// user space over TCP (TLS, WebSocket), boxed: most connections are plain.
+enum Stream {
+    Tcp(TcpStream),
+    Wrapped(Box<Wrapped>),
 }
 
 #[derive(Default)]
@@ -53,9 +64,38 @@ impl Socket {
     /// Wraps an accepted stream; the listener has made sure it has TCP_NODELAY.
     pub(super) fn new(stream: TcpStream) -> Socket {
         Socket {
-            stream: Some(stream),
+            stream: Some(Stream::Tcp(stream)),
             buffers: None,
         }
+    }
+
+    /// Wraps a stream with a layer in user space (TLS, WebSocket) over its TCP socket.
+    pub(crate) fn wrapped(stream: Wrapped) -> Socket {
+        Socket {
+            stream: Some(Stream::Wrapped(Box::new(stream))),
+            buffers: None,
+        }
+    }
+
+    /// How the client's MQTT reaches the node (what events call `protocol`).
+    pub(super) fn transport(&self) -> Transport {
+        match &self.stream {
+            Some(Stream::Wrapped(w)) => w.transport(),
+            _ => Transport::Tcp,
+        }
+    }
+
+    /// What TLS learnt of the client (its certificate's common name).
+    pub(super) fn identity(&self) -> &PeerIdentity {
+        match &self.stream {
+            Some(Stream::Wrapped(w)) => w.identity(),
+            _ => &PeerIdentity::NotTls,
+        }
+    }
+
+    /// Whether the stream is TLS-or-WebSocket wrapped (never parked).
+    pub(super) fn is_wrapped(&self) -> bool {
+        matches!(self.stream, Some(Stream::Wrapped(_)))
     }
 
     fn buffers(&mut self) -> &mut Buffers {
@@ -76,7 +116,8 @@ impl Socket {
     /// read: its end of stream is already in the kernel. Looks without reading or waiting;
     /// false when unsure (parked, more input pending, any other error).
     pub(super) fn peer_closed(&self) -> bool {
-        let Some(stream) = &self.stream else {
+        // A layer over TCP may hold input of its own: unsure.
+        let Some(Stream::Tcp(stream)) = &self.stream else {
             return false;
         };
         let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
@@ -100,22 +141,27 @@ impl Socket {
         self.buffers.as_ref().map_or(0, |b| b.write.len())
     }
 
-    fn io(&self) -> io::Result<&TcpStream> {
-        self.stream.as_ref().ok_or_else(parked)
+    /// Whether anything is still to be written: in the buffer, or inside a TLS or
+    /// WebSocket layer that the TCP socket did not take yet.
+    pub(super) fn output_pending(&self) -> bool {
+        self.pending_out() > 0 || matches!(&self.stream, Some(Stream::Wrapped(w)) if w.unflushed())
     }
 
-    fn io_mut(&mut self) -> io::Result<&mut TcpStream> {
-        self.stream.as_mut().ok_or_else(parked)
-    }
-
-    /// Hands the stream over (to park the connection), leaving the socket without one.
+    /// Hands a plain TCP stream over (to park the connection), leaving the socket without
+    /// one. None for a wrapped stream: its layer's state can't wait in the parker.
     pub(super) fn take_stream(&mut self) -> Option<TcpStream> {
-        self.stream.take()
+        match self.stream.take() {
+            Some(Stream::Tcp(stream)) => Some(stream),
+            other => {
+                self.stream = other;
+                None
+            }
+        }
     }
 
     /// Gives the socket its stream back (when the connection is resumed).
     pub(super) fn put_stream(&mut self, stream: TcpStream) {
-        self.stream = Some(stream);
+        self.stream = Some(Stream::Tcp(stream));
     }
 
     /// Gives a parked socket back to the connection, reading first what input it has: a
@@ -129,7 +175,7 @@ impl Socket {
     ) -> io::Result<bool> {
         let read = self.read_parked(&stream);
         counters.bytes_in(read);
-        self.stream = Some(TcpStream::from_std(stream)?);
+        self.stream = Some(Stream::Tcp(TcpStream::from_std(stream)?));
         Ok(read > 0)
     }
 
@@ -165,7 +211,8 @@ impl Socket {
     /// state of its own, so waiting on it costs an idle connection nothing.
     pub(super) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &self.stream {
-            Some(stream) => stream.poll_read_ready(cx),
+            Some(Stream::Tcp(stream)) => stream.poll_read_ready(cx),
+            Some(Stream::Wrapped(w)) => w.poll_read_ready(cx),
             None => Poll::Ready(Err(parked())),
         }
     }
@@ -174,10 +221,17 @@ impl Socket {
     /// Ok(None) when nothing is there. The read buffer is only grown when a read is tried,
     /// and given back when that finds nothing, so an idle connection holds no buffer.
     pub(super) fn try_fill(&mut self, counters: &HotCounters) -> io::Result<Option<bool>> {
-        let Some(stream) = &self.stream else {
-            return Err(parked());
-        };
         let buffers = self.buffers.get_or_insert_with(Box::default);
+        let stream = match &mut self.stream {
+            Some(Stream::Tcp(stream)) => stream,
+            Some(Stream::Wrapped(w)) => {
+                let read = w.try_fill(&mut buffers.read, counters);
+                buffers.busy |=
+                    matches!(read, Ok(Some(true))) && buffers.read.len() >= READ_CHUNK / 2;
+                return read;
+            }
+            None => return Err(parked()),
+        };
         let rbuf = &mut buffers.read;
         let want = if buffers.streaming {
             READ_CHUNK
@@ -222,7 +276,13 @@ impl Socket {
     /// Waits for and reads more bytes; Ok(false) on end of stream. Cancel-safe.
     pub(super) async fn fill(&mut self, counters: &HotCounters) -> io::Result<bool> {
         loop {
-            self.io()?.readable().await?;
+            match &self.stream {
+                Some(Stream::Tcp(stream)) => stream.readable().await?,
+                Some(Stream::Wrapped(w)) => {
+                    std::future::poll_fn(|cx| w.poll_read_ready(cx)).await?
+                }
+                None => return Err(parked()),
+            }
             if let Some(more) = self.try_fill(counters)? {
                 return Ok(more);
             }
@@ -234,8 +294,13 @@ impl Socket {
         let Some(buffers) = self.buffers.as_deref_mut() else {
             return Ok(());
         };
+        let stream = match &mut self.stream {
+            Some(Stream::Tcp(stream)) => stream,
+            Some(Stream::Wrapped(w)) => return w.try_flush(&mut buffers.write, counters),
+            None if buffers.write.is_empty() => return Ok(()),
+            None => return Err(parked()),
+        };
         while !buffers.write.is_empty() {
-            let stream = self.stream.as_ref().ok_or_else(parked)?;
             match stream.try_write(&buffers.write) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
@@ -292,7 +357,14 @@ impl Socket {
     /// client still writing would lose our last packet (a DISCONNECT or CONNACK) with it.
     pub(super) async fn close_gracefully(&mut self, counters: &HotCounters) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.flush(counters)).await;
-        let Ok(stream) = self.io_mut() else { return };
+        let stream = match &mut self.stream {
+            Some(Stream::Tcp(stream)) => stream,
+            Some(Stream::Wrapped(w)) => {
+                let _ = tokio::time::timeout(LINGER, w.shutdown_and_drain(LINGER_MAX_BYTES)).await;
+                return;
+            }
+            None => return,
+        };
         let _ = stream.shutdown().await;
         let mut sink = [0u8; 1024];
         let _ = tokio::time::timeout(LINGER, async {
@@ -307,15 +379,30 @@ impl Socket {
         .await;
     }
 
+    /// Ends a TLS or WebSocket layer's side of the stream (close_notify, the close frame),
+    /// bounded; nothing for plain TCP.
+    pub(super) async fn end_layer(&mut self) {
+        if let Some(Stream::Wrapped(w)) = &mut self.stream {
+            let _ = tokio::time::timeout(LINGER, w.shutdown()).await;
+        }
+    }
+
     /// Writes the buffer out. Cancel-safe: what was written is consumed from the buffer, so
     /// an interrupted flush resumes where it stopped.
     pub(super) async fn flush(&mut self, counters: &HotCounters) -> io::Result<()> {
         loop {
             self.try_flush(counters)?;
-            if self.pending_out() == 0 {
+            if !self.output_pending() {
                 return Ok(());
             }
-            self.io()?.writable().await?;
+            match &mut self.stream {
+                Some(Stream::Tcp(stream)) => stream.writable().await?,
+                Some(Stream::Wrapped(w)) => {
+                    let wbuf = &mut self.buffers.get_or_insert_with(Box::default).write;
+                    std::future::poll_fn(|cx| w.poll_write_out(wbuf, counters, cx)).await?;
+                }
+                None => return Err(parked()),
+            }
         }
     }
 }

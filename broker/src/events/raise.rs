@@ -180,16 +180,19 @@ pub fn reported_before_connect(reason: DisconnectReason) -> bool {
 
 /// The ClientInfo of a socket refused before a valid CONNECT.
 pub fn before_connect(
-    peer: SocketAddr,
-    sockname: Arc<SocketAddr>,
+    (peer, sockname): (SocketAddr, Arc<SocketAddr>),
+    transport: super::Transport,
     protocol: Option<ProtocolVersion>,
 ) -> Arc<ClientInfo> {
-    Arc::new(ClientInfo::before_connect(
-        peer,
-        sockname,
-        protocol.unwrap_or(ProtocolVersion::V311),
-        now_ms(),
-    ))
+    Arc::new(ClientInfo {
+        transport,
+        ..ClientInfo::before_connect(
+            peer,
+            sockname,
+            protocol.unwrap_or(ProtocolVersion::V311),
+            now_ms(),
+        )
+    })
 }
 
 /// `message.offline` when `message` was queued for a session while it is offline;
