@@ -281,16 +281,6 @@ fn validate(broker: &Broker, c: &Connect) -> Result<(), Refusal> {
             "enhanced authentication is not supported",
         ));
     }
-    let credentials = (c.username.as_deref(), c.password.as_deref());
-    if let Err(denied) = crate::auth::authenticate(&broker.config, credentials.0, credentials.1) {
-        return Err(Refusal::connack(
-            p,
-            denied.v5_code(),
-            denied.v3_code(),
-            denied.reason(),
-            denied.detail(),
-        ));
-    }
     if c.client_id.len() > broker.config.max_client_id_len {
         return Err(Refusal::connack(
             p,
@@ -367,6 +357,11 @@ async fn attach(
     if let Err(r) = validate(broker, &c) {
         return Err((socket, r));
     }
+    // Boxed: the HTTP authenticator's request inline would grow every handshake.
+    let verdict = match Box::pin(authenticate(broker, &c, &connect_info)).await {
+        Ok(verdict) => verdict,
+        Err(r) => return Err((socket, r)),
+    };
     let protocol = c.protocol;
     let assigned = c.client_id.is_empty();
     if assigned {
@@ -387,6 +382,19 @@ async fn attach(
     } else {
         connect_info
     };
+    let token_expiry = verdict.token.as_ref().and_then(|t| t.exp);
+    let username_verified = verdict.verified;
+    let mut authz = authz_of(broker, &c, &info, verdict);
+    if let (Some(will), Some(authz)) = (&c.will, authz.as_mut()) {
+        if !authz.may_publish(&will.topic) {
+            // Checked now, with the rules of the CONNECT: a will is published when the
+            // client is gone, with nobody to tell.
+            tracing::info!(client_id = %client_id, topic = %will.topic, "will refused by the ACL: it will not be published");
+            crate::metrics::authz_denied("will");
+            crate::metrics::message_dropped("not_authorized");
+            c.will = None;
+        }
+    }
     let requested = requested_expiry(&c);
     let expiry = requested.min(broker.config.max_session_expiry_interval);
 
@@ -531,6 +539,9 @@ async fn attach(
     if broker.shutdown.is_cancelled() {
         kick.send(Kick::ShuttingDown);
     }
+    if let Some(exp) = token_expiry {
+        expire_at(broker, &kick, exp);
+    }
 
     let config = &broker.config;
     let mut props = Properties {
@@ -597,7 +608,88 @@ async fn attach(
         acked: 0,
         holds_slot: false,
         input_order: None,
+        authz,
+        username_verified,
     })
+}
+
+/// Authenticates the CONNECT `c` (see `auth.rs`).
+async fn authenticate(
+    broker: &Broker,
+    c: &Connect,
+    info: &ClientInfo,
+) -> Result<crate::auth::Verdict, Refusal> {
+    let credentials = crate::auth::Credentials {
+        client_id: &c.client_id,
+        username: c.username.as_deref(),
+        password: c.password.as_deref(),
+    };
+    let origin = crate::auth::Origin {
+        peer: info.peer.ip(),
+        listener: match info.transport {
+            Transport::Tcp => "mqtt",
+            Transport::WebSocket => "ws",
+        },
+        // TLS client certificates are not read yet: the TLS listener fills this in.
+        cert_common_name: None,
+        protocol_level: c.protocol.level(),
+    };
+    crate::auth::authenticate_connect(broker, credentials, origin)
+        .await
+        .map_err(|denied| {
+            Refusal::connack(
+                c.protocol,
+                denied.v5_code(),
+                denied.v3_code(),
+                denied.reason(),
+                denied.detail(),
+            )
+        })
+}
+
+/// What the connection may do (None: nothing beyond the event topics' default).
+fn authz_of(
+    broker: &Broker,
+    c: &Connect,
+    info: &ClientInfo,
+    verdict: crate::auth::Verdict,
+) -> Option<Box<crate::auth::authz::Authz>> {
+    let verified = verdict.verified;
+    let subject = crate::auth::authz::Subject {
+        client_id: info.client_id.as_str(),
+        username: c.username.as_deref(),
+        peer: info.peer.ip(),
+        verified,
+        superuser: verdict.superuser,
+        token_acl: verdict.token.and_then(|t| t.acl),
+    };
+    crate::auth::authz::Authz::new(
+        subject,
+        broker.acl.as_ref(),
+        &broker.config.events_subscribe_usernames,
+    )
+}
+
+/// Ends the connection of `kick` when its token expires (`exp`, seconds since the
+/// epoch), with the `authentication_expired` reason.
+fn expire_at(broker: &Arc<Broker>, kick: &Arc<KickSignal>, exp: u64) {
+    let now_ms = now_ms();
+    let left = Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms));
+    // Weak: a connection that ended does not stay allocated until its token's expiry.
+    let kick = Arc::downgrade(kick);
+    let shutdown = broker.shutdown.clone();
+    broker.tasks.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(left) => {
+                if let Some(kick) = kick.upgrade() {
+                    if kick.send(Kick::AuthExpired) {
+                        tracing::info!("token expired: disconnecting its client");
+                    }
+                }
+            }
+            _ = shutdown.cancelled() => {}
+        }
+    });
 }
 
 /// The Server Keep Alive an MQTT 5 client is told when it asked for more than the cap
