@@ -357,11 +357,6 @@ async fn attach(
     if let Err(r) = validate(broker, &c) {
         return Err((socket, r));
     }
-    // Boxed: the HTTP authenticator's request inline would grow every handshake.
-    let verdict = match Box::pin(authenticate(broker, &c, &connect_info)).await {
-        Ok(verdict) => verdict,
-        Err(r) => return Err((socket, r)),
-    };
     let protocol = c.protocol;
     let assigned = c.client_id.is_empty();
     if assigned {
@@ -373,7 +368,6 @@ async fn attach(
     } else {
         connect_info.client_id.clone()
     };
-    let peer = connect_info.peer;
     let info = if assigned {
         Arc::new(ClientInfo {
             client_id: client_id.clone(),
@@ -382,10 +376,14 @@ async fn attach(
     } else {
         connect_info
     };
-    let token_expiry = verdict.token.as_ref().and_then(|t| t.exp);
-    let username_verified = verdict.verified;
-    let mut authz = authz_of(broker, &c, &info, verdict);
-    if let (Some(will), Some(authz)) = (&c.will, authz.as_mut()) {
+    // Boxed, and only what the connection keeps comes back: the HTTP authenticator's
+    // request and a token's claims inline would grow every handshake.
+    let admitted = match Box::pin(admit(broker, &c, &info)).await {
+        Ok(admitted) => admitted,
+        Err(r) => return Err((socket, r)),
+    };
+    let mut admitted = admitted;
+    if let (Some(will), Some(authz)) = (&c.will, admitted.authz.as_mut()) {
         if !authz.may_publish(&will.topic) {
             // Checked now, with the rules of the CONNECT: a will is published when the
             // client is gone, with nobody to tell.
@@ -539,7 +537,7 @@ async fn attach(
     if broker.shutdown.is_cancelled() {
         kick.send(Kick::ShuttingDown);
     }
-    if let Some(exp) = token_expiry {
+    if let Some(exp) = admitted.token_expiry {
         expire_at(broker, &kick, exp);
     }
 
@@ -584,7 +582,7 @@ async fn attach(
     });
     broker.hot.connect_accepted(protocol);
     broker.hot.connection_opened(protocol);
-    tracing::debug!(%peer, session_present, keep_alive, "client connected");
+    tracing::debug!(peer = %info.peer, session_present, keep_alive, "client connected");
 
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
     Ok(Connection {
@@ -608,9 +606,27 @@ async fn attach(
         acked: 0,
         holds_slot: false,
         input_order: None,
-        authz,
-        username_verified,
+        authz: admitted.authz,
+        username_verified: admitted.username_verified,
     })
+}
+
+/// What a connection keeps of its authentication.
+struct Admitted {
+    authz: Option<Box<crate::auth::authz::Authz>>,
+    /// When its token expires (seconds since the epoch).
+    token_expiry: Option<u64>,
+    username_verified: bool,
+}
+
+/// Authenticates the CONNECT `c` and works out what it may do.
+async fn admit(broker: &Broker, c: &Connect, info: &ClientInfo) -> Result<Box<Admitted>, Refusal> {
+    let verdict = authenticate(broker, c, info).await?;
+    Ok(Box::new(Admitted {
+        token_expiry: verdict.token.as_ref().and_then(|t| t.exp),
+        username_verified: verdict.verified,
+        authz: authz_of(broker, c, info, verdict),
+    }))
 }
 
 /// Authenticates the CONNECT `c` (see `auth.rs`).
@@ -620,7 +636,7 @@ async fn authenticate(
     info: &ClientInfo,
 ) -> Result<crate::auth::Verdict, Refusal> {
     let credentials = crate::auth::Credentials {
-        client_id: &c.client_id,
+        client_id: info.client_id.as_str(),
         username: c.username.as_deref(),
         password: c.password.as_deref(),
     };
@@ -655,6 +671,7 @@ fn authz_of(
     verdict: crate::auth::Verdict,
 ) -> Option<Box<crate::auth::authz::Authz>> {
     let verified = verdict.verified;
+    // The client id in force (an assigned one for an empty CONNECT client id).
     let subject = crate::auth::authz::Subject {
         client_id: info.client_id.as_str(),
         username: c.username.as_deref(),
