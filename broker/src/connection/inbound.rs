@@ -293,22 +293,24 @@ impl Connection {
     ) -> After {
         tracing::debug!(client_id = %self.info.client_id, %topic, "publish refused by the ACL");
         let after = self.refuse_event_publish_quietly(&p, acks);
-        let message = Arc::new(Message::from_publish(
-            &p,
-            topic,
-            Some(self.info.client_id.clone()),
-            raise::publisher_username(&self.broker.events, &self.info),
-        ));
-        raise::raise_message(
-            &self.broker.events,
-            &self.info,
-            &message,
-            EventKind::MessageDropped,
-            || EventBody::Dropped {
-                message: message.clone(),
-                reason: "not_authorized",
-            },
-        );
+        if self.broker.events.wants(EventKind::MessageDropped) {
+            let message = Arc::new(Message::from_publish(
+                &p,
+                topic,
+                Some(self.info.client_id.clone()),
+                raise::publisher_username(&self.broker.events, &self.info),
+            ));
+            raise::raise_message(
+                &self.broker.events,
+                &self.info,
+                &message,
+                EventKind::MessageDropped,
+                || EventBody::Dropped {
+                    message: message.clone(),
+                    reason: "not_authorized",
+                },
+            );
+        }
         after
     }
 
