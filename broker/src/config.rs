@@ -172,7 +172,8 @@ pub struct Config {
     pub events_qos: u8,
     /// Bearer token the HTTP admin API (`/api/v1/...`) requires; empty: no authentication.
     pub api_token: Secret,
-    /// Whether clients without a username may connect (false needs `password_file`).
+    /// Whether clients without a username may connect (false needs `password_file`, a JWT
+    /// key or `auth_http_url`).
     pub allow_anonymous: bool,
     /// The password file (`username:sha256:<hash>:<salt>` lines); empty: none.
     pub password_file: PathBuf,

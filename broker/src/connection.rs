@@ -1,5 +1,6 @@
 //! One task per client connection: read → session → write, keepalive, limits.
 
+mod admission;
 mod cluster_step;
 mod deadlines;
 mod handshake;

@@ -195,7 +195,7 @@ settings! {
     api_token: SecretKind,
         "Bearer token required by the HTTP admin API (/api/v1)", default = "empty (no authentication)";
     allow_anonymous: Bool,
-        "Whether clients without a username may connect (false needs password_file)";
+        "Whether clients without a username may connect (false needs password_file, jwt_secret, jwt_public_key_file or auth_http_url)";
     password_file: OptionalPath,
         "Password file: one username:sha256:<hash>:<salt> (or username:plain:<password>) line per user", default = "empty (none)";
     acl_file: OptionalPath,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::admission;
 use super::registration::{self, Claim};
 use super::{Close, Connection, DisconnectReason, Socket};
 use crate::broker::Broker;
@@ -90,7 +91,7 @@ pub(super) async fn accept(
 }
 
 /// Why a connection is refused before a session exists.
-struct Refusal {
+pub(super) struct Refusal {
     reason: DisconnectReason,
     /// The CONNACK to send, if any (with the protocol to encode it in).
     connack: Option<(ProtocolVersion, u8)>,
@@ -102,7 +103,7 @@ struct Refusal {
 }
 
 impl Refusal {
-    fn connack(
+    pub(super) fn connack(
         protocol: ProtocolVersion,
         v5: u8,
         v3: u8,
@@ -378,11 +379,10 @@ async fn attach(
     };
     // Boxed, and only what the connection keeps comes back: the HTTP authenticator's
     // request and a token's claims inline would grow every handshake.
-    let admitted = match Box::pin(admit(broker, &c, &info)).await {
+    let mut admitted = match Box::pin(admission::admit(broker, &c, &info)).await {
         Ok(admitted) => admitted,
         Err(r) => return Err((socket, r)),
     };
-    let mut admitted = admitted;
     if let (Some(will), Some(authz)) = (&c.will, admitted.authz.as_mut()) {
         if !authz.may_publish(&will.topic) {
             // Checked now, with the rules of the CONNECT: a will is published when the
@@ -538,7 +538,7 @@ async fn attach(
         kick.send(Kick::ShuttingDown);
     }
     if let Some(exp) = admitted.token_expiry {
-        expire_at(broker, &kick, exp);
+        admission::expire_at(broker, &kick, exp);
     }
 
     let config = &broker.config;
@@ -609,104 +609,6 @@ async fn attach(
         authz: admitted.authz,
         username_verified: admitted.username_verified,
     })
-}
-
-/// What a connection keeps of its authentication.
-struct Admitted {
-    authz: Option<Box<crate::auth::authz::Authz>>,
-    /// When its token expires (seconds since the epoch).
-    token_expiry: Option<u64>,
-    username_verified: bool,
-}
-
-/// Authenticates the CONNECT `c` and works out what it may do.
-async fn admit(broker: &Broker, c: &Connect, info: &ClientInfo) -> Result<Box<Admitted>, Refusal> {
-    let verdict = authenticate(broker, c, info).await?;
-    Ok(Box::new(Admitted {
-        token_expiry: verdict.token.as_ref().and_then(|t| t.exp),
-        username_verified: verdict.verified,
-        authz: authz_of(broker, c, info, verdict),
-    }))
-}
-
-/// Authenticates the CONNECT `c` (see `auth.rs`).
-async fn authenticate(
-    broker: &Broker,
-    c: &Connect,
-    info: &ClientInfo,
-) -> Result<crate::auth::Verdict, Refusal> {
-    let credentials = crate::auth::Credentials {
-        client_id: info.client_id.as_str(),
-        username: c.username.as_deref(),
-        password: c.password.as_deref(),
-    };
-    let origin = crate::auth::Origin {
-        peer: info.peer.ip(),
-        listener: match info.transport {
-            Transport::Tcp => "mqtt",
-            Transport::WebSocket => "ws",
-        },
-        // TLS client certificates are not read yet: the TLS listener fills this in.
-        cert_common_name: None,
-        protocol_level: c.protocol.level(),
-    };
-    crate::auth::authenticate_connect(broker, credentials, origin)
-        .await
-        .map_err(|denied| {
-            Refusal::connack(
-                c.protocol,
-                denied.v5_code(),
-                denied.v3_code(),
-                denied.reason(),
-                denied.detail(),
-            )
-        })
-}
-
-/// What the connection may do (None: nothing beyond the event topics' default).
-fn authz_of(
-    broker: &Broker,
-    c: &Connect,
-    info: &ClientInfo,
-    verdict: crate::auth::Verdict,
-) -> Option<Box<crate::auth::authz::Authz>> {
-    let verified = verdict.verified;
-    // The client id in force (an assigned one for an empty CONNECT client id).
-    let subject = crate::auth::authz::Subject {
-        client_id: info.client_id.as_str(),
-        username: c.username.as_deref(),
-        peer: info.peer.ip(),
-        verified,
-        superuser: verdict.superuser,
-        token_acl: verdict.token.and_then(|t| t.acl),
-    };
-    crate::auth::authz::Authz::new(
-        subject,
-        broker.acl.as_ref(),
-        &broker.config.events_subscribe_usernames,
-    )
-}
-
-/// Ends the connection of `kick` when its token expires (`exp`, seconds since the
-/// epoch), with the `authentication_expired` reason.
-fn expire_at(broker: &Arc<Broker>, kick: &Arc<KickSignal>, exp: u64) {
-    let now_ms = now_ms();
-    let left = Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms));
-    // Weak: a connection that ended does not stay allocated until its token's expiry.
-    let kick = Arc::downgrade(kick);
-    let shutdown = broker.shutdown.clone();
-    broker.tasks.spawn(async move {
-        tokio::select! {
-            _ = tokio::time::sleep(left) => {
-                if let Some(kick) = kick.upgrade() {
-                    if kick.send(Kick::AuthExpired) {
-                        tracing::info!("token expired: disconnecting its client");
-                    }
-                }
-            }
-            _ = shutdown.cancelled() => {}
-        }
-    });
 }
 
 /// The Server Keep Alive an MQTT 5 client is told when it asked for more than the cap
