@@ -131,6 +131,10 @@ pub struct Broker {
     unreleased: Mutex<HashMap<(ClientId, skein_seam::NodeId), u64>>,
     /// This broker, for the tasks its synchronous seam callbacks start.
     me: std::sync::Weak<Broker>,
+    /// The ACL file's rules in force (`acl_file`); None: no ACL.
+    pub acl: Option<Arc<crate::acl::AclState>>,
+    /// The HTTP authenticator (`auth_http_url`); None: off.
+    pub auth_http: Option<Arc<crate::auth_http::HttpAuth>>,
 }
 
 impl Broker {
@@ -148,8 +152,15 @@ impl Broker {
             metrics::counter!(crate::metrics::PUBLISH_ORDER_WAITS),
             metrics::counter!(crate::metrics::PUBLISH_ORDER_LATE_DELIVERIES),
         ));
+        let acl = config
+            .acl
+            .clone()
+            .map(|rules| crate::acl::AclState::new(config.acl_file.clone(), rules));
+        let auth_http = crate::auth_http::HttpAuth::from_config(&config);
         let broker = Arc::new_cyclic(|me| Broker {
             me: me.clone(),
+            acl,
+            auth_http,
             remote_takers: Mutex::new(HashMap::default()),
             unreleased: Mutex::new(HashMap::default()),
             connection_slots,
@@ -175,6 +186,16 @@ impl Broker {
         broker.restore_sessions()?;
         broker.load_unreleased()?;
         Ok(broker)
+    }
+
+    /// Watches the ACL file for changes (and SIGHUP) until shutdown.
+    pub fn spawn_acl_watch(&self) {
+        if let Some(acl) = &self.acl {
+            let poll = (self.config.acl_poll_ms > 0)
+                .then(|| Duration::from_millis(self.config.acl_poll_ms));
+            self.tasks
+                .spawn(acl.clone().watch(poll, self.shutdown.clone()));
+        }
     }
 
     /// Registers the MQTT server's parker (once; a second call changes nothing).

@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::acl::AclRules;
 use crate::events::{dollar_event_dot_topics, dollar_events_slash_topics, KindSet};
+use crate::jwt::JwtVerifier;
 use crate::password_file::Passwords;
 
 mod event_settings;
@@ -172,12 +174,40 @@ pub struct Config {
     pub events_qos: u8,
     /// Bearer token the HTTP admin API (`/api/v1/...`) requires; empty: no authentication.
     pub api_token: Secret,
-    /// Whether clients without a username may connect (false needs `password_file`).
+    /// Whether clients without a username may connect (false needs `password_file`, a JWT
+    /// key or `auth_http_url`).
     pub allow_anonymous: bool,
     /// The password file (`username:sha256:<hash>:<salt>` lines); empty: none.
     pub password_file: PathBuf,
     /// The users of `password_file`, read when the configuration is loaded (not a setting).
     pub passwords: Option<Arc<Passwords>>,
+    /// The ACL file (Mosquitto's format); empty: no ACL (everything allowed but the
+    /// event topics' rule).
+    pub acl_file: PathBuf,
+    /// The rules of `acl_file`, read when the configuration is loaded (not a setting).
+    pub acl: Option<Arc<AclRules>>,
+    /// How often the ACL file is checked for changes, in milliseconds; 0: on SIGHUP only.
+    pub acl_poll_ms: u64,
+    /// HTTP authentication URL (`http://` only); empty: off.
+    pub auth_http_url: String,
+    /// Bound on one HTTP authentication request, in milliseconds.
+    pub auth_http_timeout_ms: u64,
+    /// How long an HTTP authentication answer is reused for the same credentials, in
+    /// milliseconds; 0: not cached.
+    pub auth_http_cache_ms: u64,
+    /// HTTP authentication requests in flight at most; a CONNECT finding none free within
+    /// the timeout gets the `auth_http_on_error` outcome.
+    pub auth_http_concurrency: usize,
+    /// The outcome when the authentication server can't be reached, times out or answers
+    /// nonsense: `deny` or `allow`.
+    pub auth_http_on_error: String,
+    /// HMAC secret of JWT passwords (HS256/384/512); empty: none.
+    pub jwt_secret: Secret,
+    /// PEM public key (RSA or EC) of JWT passwords (RS256/384/512, ES256/384); empty: none.
+    pub jwt_public_key_file: PathBuf,
+    /// The verifier of `jwt_secret` / `jwt_public_key_file`, built when the configuration
+    /// is loaded (not a setting).
+    pub jwt: Option<Arc<JwtVerifier>>,
     /// Webhook URLs (`http://` only), comma-separated; empty: the webhook is off.
     pub webhook_urls: String,
     /// Webhook rules as a JSON array (`[{"action": "on_message_publish", "topic": "foo/#"}]`);
@@ -284,6 +314,17 @@ impl Default for Config {
             allow_anonymous: true,
             password_file: PathBuf::new(),
             passwords: None,
+            acl_file: PathBuf::new(),
+            acl: None,
+            acl_poll_ms: 2000,
+            auth_http_url: String::new(),
+            auth_http_timeout_ms: 5000,
+            auth_http_cache_ms: 60_000,
+            auth_http_concurrency: 64,
+            auth_http_on_error: String::from("deny"),
+            jwt_secret: Secret::default(),
+            jwt_public_key_file: PathBuf::new(),
+            jwt: None,
             webhook_urls: String::new(),
             webhook_rules: String::new(),
             webhook_timeout_ms: 5000,
@@ -510,6 +551,20 @@ pub enum ConfigError {
         source: crate::password_file::PasswordFileError,
         origin: Origin,
     },
+    /// The ACL file can't be read or has a bad line (named by number).
+    #[error("config error: acl_file: {}: {source} (from {origin})", one_line(path.display()))]
+    AclFile {
+        path: PathBuf,
+        source: crate::acl::AclFileError,
+        origin: Origin,
+    },
+    /// The JWT public key file can't be read or holds no usable key.
+    #[error("config error: jwt_public_key_file: {}: {message} (from {origin})", one_line(path.display()))]
+    JwtKey {
+        path: PathBuf,
+        message: String,
+        origin: Origin,
+    },
     /// A value has the wrong type, doesn't parse, or is out of range.
     #[error("config error: {setting}: invalid value {value} (expected {expected}) from {origin}")]
     Invalid {
@@ -565,6 +620,8 @@ fn resolve_auth(
     config: &mut Config,
     origins: &HashMap<&'static str, Origin>,
 ) -> Result<(), ConfigError> {
+    resolve_acl(config, origins)?;
+    resolve_jwt(config, origins)?;
     config.passwords = None;
     match origins.get("password_file") {
         Some(origin) if !config.password_file.as_os_str().is_empty() => {
@@ -578,17 +635,87 @@ fn resolve_auth(
             config.passwords = Some(Arc::new(passwords));
         }
         _ => {
-            if let (false, Some(origin)) = (config.allow_anonymous, origins.get("allow_anonymous"))
-            {
+            // A token or the HTTP authenticator can vouch for a client too.
+            let other_source = config.jwt.is_some() || !config.auth_http_url.is_empty();
+            if let (false, false, Some(origin)) = (
+                config.allow_anonymous,
+                other_source,
+                origins.get("allow_anonymous"),
+            ) {
                 return Err(ConfigError::Invalid {
                     setting: "allow_anonymous",
                     value: String::from("false"),
-                    expected: String::from("true when no password_file is set"),
+                    expected: String::from(
+                        "true when no password_file, jwt_secret, jwt_public_key_file or auth_http_url is set",
+                    ),
                     origin: origin.clone(),
                 });
             }
         }
     }
+    Ok(())
+}
+
+/// Reads the ACL file now: a bad one stops the node at startup, naming the line.
+fn resolve_acl(
+    config: &mut Config,
+    origins: &HashMap<&'static str, Origin>,
+) -> Result<(), ConfigError> {
+    config.acl = None;
+    if let (Some(origin), false) = (
+        origins.get("acl_file"),
+        config.acl_file.as_os_str().is_empty(),
+    ) {
+        let rules = AclRules::load(&config.acl_file).map_err(|source| ConfigError::AclFile {
+            path: config.acl_file.clone(),
+            source,
+            origin: origin.clone(),
+        })?;
+        config.acl = Some(Arc::new(rules));
+    }
+    Ok(())
+}
+
+/// Builds the JWT verifier now: an unreadable or unusable key file stops the node.
+fn resolve_jwt(
+    config: &mut Config,
+    origins: &HashMap<&'static str, Origin>,
+) -> Result<(), ConfigError> {
+    config.jwt = None;
+    let key_origin = origins.get("jwt_public_key_file");
+    let pem = match key_origin {
+        Some(origin) if !config.jwt_public_key_file.as_os_str().is_empty() => {
+            let pem =
+                std::fs::read(&config.jwt_public_key_file).map_err(|e| ConfigError::JwtKey {
+                    path: config.jwt_public_key_file.clone(),
+                    message: format!("cannot read: {e}"),
+                    origin: origin.clone(),
+                })?;
+            Some((pem, origin.clone()))
+        }
+        _ => None,
+    };
+    let verifier = JwtVerifier::new(
+        config.jwt_secret.expose(),
+        pem.as_ref().map(|(p, _)| p.as_slice()),
+    )
+    .map_err(|message| match &pem {
+        Some((_, origin)) => ConfigError::JwtKey {
+            path: config.jwt_public_key_file.clone(),
+            message,
+            origin: origin.clone(),
+        },
+        None => ConfigError::Invalid {
+            setting: "jwt_secret",
+            value: String::from("(hidden)"),
+            expected: message,
+            origin: origins
+                .get("jwt_secret")
+                .cloned()
+                .unwrap_or_else(|| Origin::Env(env_var_name("jwt_secret"))),
+        },
+    })?;
+    config.jwt = verifier.map(Arc::new);
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! One task per client connection: read → session → write, keepalive, limits.
 
+mod admission;
 mod cluster_step;
 mod deadlines;
 mod handshake;
@@ -69,6 +70,11 @@ pub struct Connection {
     holds_slot: bool,
     /// Its place in the node's input order while it has a task (see `order`).
     input_order: Option<Box<order::InputOrderState>>,
+    /// What it may publish, subscribe to and receive, when anything restricts it beyond
+    /// the event topics' default (an ACL file, a token's claims, a superuser).
+    authz: Option<Box<crate::auth::authz::Authz>>,
+    /// An authentication source vouched for its username (see `events_subscribe_usernames`).
+    username_verified: bool,
 }
 
 /// How `run` ended.
@@ -670,6 +676,11 @@ fn kicked(kick: Kick) -> Close {
             "kicked by an operator",
         ),
         Kick::TakenOver => taken_over(),
+        Kick::AuthExpired => Close::new(
+            DisconnectReason::AuthenticationExpired,
+            Some(rc::NOT_AUTHORIZED),
+            "authentication expired",
+        ),
     }
 }
 

@@ -19,7 +19,8 @@
 //! - `accept_backoff`: backing off when accepting fails, on either port.
 //! - `connection`: one task per client: CONNECT, read -> session -> write, keepalive,
 //!   limits, parking when idle.
-//! - `auth`: the CONNECT policy: anonymous clients, the password file's users.
+//! - `auth`: authentication at CONNECT (password file, JWT, the HTTP authenticator, the
+//!   anonymous-client policy) and what a connection may publish, subscribe to, receive.
 //! - `broker`: the node's state: session registry, subscription index, routing (to local
 //!   sessions and one hop to other nodes with interest); implements the seam's
 //!   `BrokerHandle`.
@@ -34,9 +35,12 @@
 //! - `retained`: retained messages, in memory and in storage.
 //! - `storage_refusal`: what a publish that needed the disk is told while storage takes no
 //!   new data, counted and logged.
+//! - `auth_http`: the HTTP authenticator: its requests, answers, cache and bound.
 //! - `config`: settings: defaults, TOML/environment/flags, checks, `--help`; hands the
 //!   events their settings.
 //! - `password_file`: the password file's format and its users.
+//! - `jwt`: verifying JWT passwords and reading their claims.
+//! - `acl`: the ACL file (Mosquitto's format), one client's view of it, reloads.
 //! - `events`: system events: the model, the bus, raising them, the dialects.
 //! - `metrics`: metric names, the Prometheus recorder, the counters the hot path bumps.
 //! - `message`: an application message as routing carries it.
@@ -53,8 +57,10 @@
 //! - `error`: [`BrokerError`], the crate's error type.
 
 pub mod accept_backoff;
+pub mod acl;
 pub mod aligned_pool;
 pub mod auth;
+pub mod auth_http;
 pub mod broker;
 pub mod codec;
 pub mod config;
@@ -65,6 +71,7 @@ pub mod events;
 pub mod hash;
 pub mod http;
 pub mod input_order;
+pub mod jwt;
 pub mod lazy_box;
 pub mod lifecycle_lock;
 #[cfg(test)]
@@ -370,6 +377,7 @@ impl OpenNode {
         } = self;
         let shutdown = broker.shutdown.clone();
         broker.spawn_retained_sweeper(std::time::Duration::from_secs(30));
+        broker.spawn_acl_watch();
         // What the registry still says of this node's previous run.
         let member = cluster.clone();
         broker.spawn_registry_reconcile(async move {

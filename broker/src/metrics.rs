@@ -98,6 +98,24 @@ pub const WEBHOOK_REQUEST_DURATION: &str = "skein_webhook_request_duration_secon
 /// Counter {outcome}: XADDs to Redis (recorded by the stream dialect).
 pub const REDIS_XADD: &str = "skein_redis_xadd_total";
 
+// Authentication and authorization.
+/// Counter {outcome="success"|"error"}: ACL file (re)loads after startup.
+pub const ACL_RELOADS: &str = "skein_acl_reloads_total";
+/// Gauge: rules (`topic` and `pattern` lines) of the ACL file in force.
+pub const ACL_RULES: &str = "skein_acl_rules";
+/// Counter {action="subscribe"|"publish"|"deliver"|"will"}: what the ACL (or a token's
+/// claims) refused.
+pub const AUTHZ_DENIED: &str = "skein_authz_denied_total";
+/// Counter {outcome}: HTTP authentication requests and their answers (allow, deny,
+/// ignore, superuser, timeout, connect_error, http_error, bad_response, busy).
+pub const AUTH_HTTP_REQUESTS: &str = "skein_auth_http_requests_total";
+/// Counter: CONNECTs answered from the HTTP authentication cache.
+pub const AUTH_HTTP_CACHE_HITS: &str = "skein_auth_http_cache_hits_total";
+/// Gauge: HTTP authentication requests in flight.
+pub const AUTH_HTTP_IN_FLIGHT: &str = "skein_auth_http_in_flight";
+/// Counter {outcome}: JWT checks (accepted, expired, bad_signature, invalid, claims_mismatch).
+pub const AUTH_JWT: &str = "skein_auth_jwt_total";
+
 // Storage.
 /// Histogram: time to flush storage to disk.
 pub const STORAGE_FLUSH_DURATION: &str = "skein_storage_flush_duration_seconds";
@@ -504,6 +522,58 @@ const HTTP_SERVER: &[Desc] = &[
 /// rows go here, e.g. `skein_raft_leader_changes_total`.
 const CLUSTER: &[Desc] = &[];
 
+const SECURITY: &[Desc] = &[
+    desc(
+        ACL_RELOADS,
+        Counter,
+        Unit::Count,
+        &["outcome"],
+        "ACL file reloads (on change or SIGHUP), by outcome; a failed one keeps the old rules.",
+    ),
+    desc(
+        ACL_RULES,
+        Gauge,
+        Unit::Count,
+        &[],
+        "Rules (topic and pattern lines) of the ACL file in force.",
+    ),
+    desc(
+        AUTHZ_DENIED,
+        Counter,
+        Unit::Count,
+        &["action"],
+        "Subscriptions, publishes, deliveries and wills the ACL or a token's claims refused.",
+    ),
+    desc(
+        AUTH_HTTP_REQUESTS,
+        Counter,
+        Unit::Count,
+        &["outcome"],
+        "HTTP authentication requests, by outcome.",
+    ),
+    desc(
+        AUTH_HTTP_CACHE_HITS,
+        Counter,
+        Unit::Count,
+        &[],
+        "CONNECTs answered from the HTTP authentication cache.",
+    ),
+    desc(
+        AUTH_HTTP_IN_FLIGHT,
+        Gauge,
+        Unit::Count,
+        &[],
+        "HTTP authentication requests in flight.",
+    ),
+    desc(
+        AUTH_JWT,
+        Counter,
+        Unit::Count,
+        &["outcome"],
+        "JWT checks at CONNECT, by outcome.",
+    ),
+];
+
 /// Every metric this node exports.
 pub const ALL: &[&[Desc]] = &[
     CONNECTIONS_AND_SESSIONS,
@@ -514,6 +584,7 @@ pub const ALL: &[&[Desc]] = &[
     HTTP_SERVER,
     transport::TRANSPORTS,
     CLUSTER,
+    SECURITY,
 ];
 
 /// Every metric, flattened.
@@ -775,6 +846,11 @@ pub fn message_dropped(reason: &'static str) {
         Some(key) => counter(key).increment(1),
         None => metrics::counter!(MESSAGES_DROPPED, "reason" => reason).increment(1),
     }
+}
+
+/// The ACL (or a token's claims) refused `action` (subscribe, publish, deliver, will).
+pub fn authz_denied(action: &'static str) {
+    metrics::counter!(AUTHZ_DENIED, "action" => action).increment(1);
 }
 
 /// A QoS 1/2 publish was refused for `reason` (`NotStored::reason`): storage could not

@@ -105,6 +105,12 @@ impl Passwords {
         self.users.is_empty()
     }
 
+    /// Whether the file lists `username` (other authentication sources decide for those
+    /// it doesn't).
+    pub fn contains(&self, username: &str) -> bool {
+        self.users.contains_key(username)
+    }
+
     /// Whether `password` is `username`'s, compared in constant time.
     pub fn verify(&self, username: &str, password: &[u8]) -> bool {
         let unknown = UNKNOWN;

@@ -195,9 +195,33 @@ settings! {
     api_token: SecretKind,
         "Bearer token required by the HTTP admin API (/api/v1)", default = "empty (no authentication)";
     allow_anonymous: Bool,
-        "Whether clients without a username may connect (false needs password_file)";
+        "Whether clients without a username may connect (false needs password_file, jwt_secret, jwt_public_key_file or auth_http_url)";
     password_file: OptionalPath,
         "Password file: one username:sha256:<hash>:<salt> (or username:plain:<password>) line per user", default = "empty (none)";
+    acl_file: OptionalPath,
+        "ACL file in Mosquitto's format (user, topic [read|write|readwrite|deny] FILTER, pattern with %c/%u); reloaded on change and on SIGHUP", default = "empty (none)";
+    acl_poll_ms: Int { min: 0, max: MAX_TIMEOUT_MS },
+        "How often the ACL file is checked for changes, in milliseconds (0: on SIGHUP only)";
+    auth_http_url: Checked {
+        expected: "one http:// URL",
+        check: |s| crate::events::webhook::parse_urls(s).is_ok_and(|u| u.len() <= 1),
+    },
+        "HTTP authentication: POST each CONNECT's credentials (JSON) here; the answer allows, denies or marks a superuser", default = "empty (off)";
+    auth_http_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
+        "Bound on one HTTP authentication request, in milliseconds (then auth_http_on_error)";
+    auth_http_cache_ms: Int { min: 0, max: MAX_TIMEOUT_MS },
+        "How long an HTTP authentication answer is reused for the same credentials, in milliseconds (0: not cached)";
+    auth_http_concurrency: Int { min: 1, max: 100_000 },
+        "HTTP authentication requests in flight at most; CONNECTs beyond wait (within the timeout)";
+    auth_http_on_error: Checked {
+        expected: "deny or allow",
+        check: |s| s == "deny" || s == "allow",
+    },
+        "Outcome of a CONNECT whose authentication server is unreachable, times out or answers nonsense: deny or allow";
+    jwt_secret: SecretKind,
+        "HMAC secret of JWT passwords (HS256/384/512)", default = "empty (none)";
+    jwt_public_key_file: OptionalPath,
+        "PEM public key of JWT passwords: RSA (RS256/384/512) or EC (ES256/384)", default = "empty (none)";
     webhook_urls: Checked {
         expected: "comma-separated http:// URLs",
         check: |s| crate::events::webhook::parse_urls(s).is_ok(),

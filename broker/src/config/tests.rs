@@ -220,6 +220,7 @@ fn toml_file_sets_everything() {
             tls_reload_interval_ms: 500,
             use_identity_as_username: true,
             use_identity_as_client_id: true,
+            ..Config::default()
         }
     );
     assert_eq!(config.connect_timeout(), Duration::from_millis(2500));
@@ -231,7 +232,18 @@ fn toml_file_sets_everything() {
 #[test]
 fn env_sets_everything() {
     let passwords = toml_file("u:plain:p\n");
+    let acl = toml_file("topic read a/#\n");
+    let key = toml_file(EC_PUBLIC_KEY);
     let env = [
+        ("SKEIN_ACL_FILE", path_of(&acl)),
+        ("SKEIN_ACL_POLL_MS", "26"),
+        ("SKEIN_AUTH_HTTP_URL", "http://auth:27/x"),
+        ("SKEIN_AUTH_HTTP_TIMEOUT_MS", "28"),
+        ("SKEIN_AUTH_HTTP_CACHE_MS", "29"),
+        ("SKEIN_AUTH_HTTP_CONCURRENCY", "30"),
+        ("SKEIN_AUTH_HTTP_ON_ERROR", "allow"),
+        ("SKEIN_JWT_SECRET", "jwt-s3cret"),
+        ("SKEIN_JWT_PUBLIC_KEY_FILE", path_of(&key)),
         ("SKEIN_NODE_ID", "9"),
         ("SKEIN_NODE_ID_FROM_HOSTNAME", "false"),
         ("SKEIN_NODE_NAME", "env-node"),
@@ -388,8 +400,57 @@ fn env_sets_everything() {
             tls_reload_interval_ms: 270,
             use_identity_as_username: true,
             use_identity_as_client_id: false,
+            acl_file: acl.path().to_path_buf(),
+            acl: Some(Arc::new(
+                crate::acl::AclRules::parse("topic read a/#\n").unwrap()
+            )),
+            acl_poll_ms: 26,
+            auth_http_url: "http://auth:27/x".into(),
+            auth_http_timeout_ms: 28,
+            auth_http_cache_ms: 29,
+            auth_http_concurrency: 30,
+            auth_http_on_error: "allow".into(),
+            jwt_secret: Secret::new("jwt-s3cret"),
+            jwt_public_key_file: key.path().to_path_buf(),
+            jwt: crate::jwt::JwtVerifier::new("jwt-s3cret", Some(EC_PUBLIC_KEY.as_bytes()))
+                .unwrap()
+                .map(Arc::new),
         }
     );
+}
+
+/// A P-256 public key (its private key was never kept).
+const EC_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEOUi7OkJdeY7jGQunugjqGkufPEPe
+x/GF700XlMFdghGoOJwrxRpVHyo0Ri/UUYd6LeStP2Oomp3OKgGsx+fYhQ==
+-----END PUBLIC KEY-----
+";
+
+#[test]
+fn a_bad_acl_file_names_the_line_and_jwt_keys_are_checked() {
+    let bad = toml_file("topic read a\nuser\n");
+    let message = error(&[], &[("SKEIN_ACL_FILE", path_of(&bad))], "acl_file");
+    assert!(message.contains("line 2: user without a name"), "{message}");
+    let bad = toml_file("not a key");
+    let message = error(
+        &[],
+        &[("SKEIN_JWT_PUBLIC_KEY_FILE", path_of(&bad))],
+        "jwt_public_key_file",
+    );
+    assert!(
+        message.contains("not a PEM RSA or EC public key"),
+        "{message}"
+    );
+    // Anonymous clients may be refused when a token or the HTTP authenticator vouches.
+    let config = load(
+        &[],
+        &[
+            ("SKEIN_ALLOW_ANONYMOUS", "false"),
+            ("SKEIN_JWT_SECRET", "s"),
+        ],
+    )
+    .unwrap();
+    assert!(config.jwt.is_some() && !config.allow_anonymous);
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::admission;
 use super::registration::{self, Claim};
 use super::{Close, Connection, DisconnectReason, Socket};
 use crate::broker::Broker;
@@ -108,7 +109,7 @@ pub(super) async fn accept(
 }
 
 /// Why a connection is refused before a session exists.
-struct Refusal {
+pub(super) struct Refusal {
     reason: DisconnectReason,
     /// The CONNACK to send, if any (with the protocol to encode it in).
     connack: Option<(ProtocolVersion, u8)>,
@@ -120,7 +121,7 @@ struct Refusal {
 }
 
 impl Refusal {
-    fn connack(
+    pub(super) fn connack(
         protocol: ProtocolVersion,
         v5: u8,
         v3: u8,
@@ -287,9 +288,8 @@ async fn read_first(broker: &Broker, socket: &mut Socket) -> Result<Box<Connect>
     }
 }
 
-/// The checks on CONNECT that need no session.
-/// `certified`: a verified client certificate named the user (no password to check).
-fn validate(broker: &Broker, c: &Connect, certified: bool) -> Result<(), Refusal> {
+/// The checks on CONNECT that need no session (authentication is `admission.rs`'s).
+fn validate(broker: &Broker, c: &Connect) -> Result<(), Refusal> {
     let p = c.protocol;
     if c.properties.authentication_method.is_some() {
         return Err(Refusal::connack(
@@ -298,21 +298,6 @@ fn validate(broker: &Broker, c: &Connect, certified: bool) -> Result<(), Refusal
             connack_v3::NOT_AUTHORIZED,
             DisconnectReason::NotAuthenticated,
             "enhanced authentication is not supported",
-        ));
-    }
-    let credentials = (c.username.as_deref(), c.password.as_deref());
-    let authenticated = if certified {
-        Ok(())
-    } else {
-        crate::auth::authenticate(&broker.config, credentials.0, credentials.1)
-    };
-    if let Err(denied) = authenticated {
-        return Err(Refusal::connack(
-            p,
-            denied.v5_code(),
-            denied.v3_code(),
-            denied.reason(),
-            denied.detail(),
         ));
     }
     if c.client_id.len() > broker.config.max_client_id_len {
@@ -389,7 +374,7 @@ async fn attach(
     mut c: Box<Connect>,
     certified: bool,
 ) -> Result<Connection, (Socket, Refusal)> {
-    if let Err(r) = validate(broker, &c, certified) {
+    if let Err(r) = validate(broker, &c) {
         return Err((socket, r));
     }
     let protocol = c.protocol;
@@ -403,7 +388,6 @@ async fn attach(
     } else {
         connect_info.client_id.clone()
     };
-    let peer = connect_info.peer;
     let info = if assigned {
         Arc::new(ClientInfo {
             client_id: client_id.clone(),
@@ -412,6 +396,23 @@ async fn attach(
     } else {
         connect_info
     };
+    // Boxed, and only what the connection keeps comes back: the HTTP authenticator's
+    // request and a token's claims inline would grow every handshake.
+    let presented = admission::Presented::of(&socket, certified);
+    let mut admitted = match Box::pin(admission::admit(broker, &c, &info, presented)).await {
+        Ok(admitted) => admitted,
+        Err(r) => return Err((socket, r)),
+    };
+    if let (Some(will), Some(authz)) = (&c.will, admitted.authz.as_mut()) {
+        if !authz.may_publish(&will.topic) {
+            // Checked now, with the rules of the CONNECT: a will is published when the
+            // client is gone, with nobody to tell.
+            tracing::info!(client_id = %client_id, topic = %will.topic, "will refused by the ACL: it will not be published");
+            crate::metrics::authz_denied("will");
+            crate::metrics::message_dropped("not_authorized");
+            c.will = None;
+        }
+    }
     let requested = requested_expiry(&c);
     let expiry = requested.min(broker.config.max_session_expiry_interval);
 
@@ -556,6 +557,9 @@ async fn attach(
     if broker.shutdown.is_cancelled() {
         kick.send(Kick::ShuttingDown);
     }
+    if let Some(exp) = admitted.token_expiry {
+        admission::expire_at(broker, &kick, exp);
+    }
 
     let config = &broker.config;
     let mut props = Properties {
@@ -598,7 +602,7 @@ async fn attach(
     });
     broker.hot.connect_accepted(protocol);
     broker.hot.connection_opened(protocol);
-    tracing::debug!(%peer, session_present, keep_alive, "client connected");
+    tracing::debug!(peer = %info.peer, session_present, keep_alive, "client connected");
 
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
     Ok(Connection {
@@ -622,6 +626,8 @@ async fn attach(
         acked: 0,
         holds_slot: false,
         input_order: None,
+        authz: admitted.authz,
+        username_verified: admitted.username_verified,
     })
 }
 

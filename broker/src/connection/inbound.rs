@@ -136,6 +136,10 @@ impl Connection {
         if crate::events::access::is_event_filter(&topic) {
             return Ok(self.refuse_event_publish(&p, acks));
         }
+        if self.authz.as_mut().is_some_and(|a| !a.may_publish(&topic)) {
+            crate::metrics::authz_denied("publish");
+            return Ok(self.refuse_unauthorized_publish(p, topic, acks));
+        }
         let invalid_payload = p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err();
         if p.qos == QoS::ExactlyOnce {
@@ -259,8 +263,14 @@ impl Connection {
     /// MQTT 5 clients get "not authorized"; 3.x acknowledgements can't say no, so the
     /// message is acknowledged and dropped.
     fn refuse_event_publish(&mut self, p: &Publish, acks: &mut Acks) -> After {
-        crate::metrics::message_dropped("not_authorized");
         tracing::info!(client_id = %self.info.client_id, topic = %p.topic, "refused a client publish to an event topic");
+        self.refuse_event_publish_quietly(p, acks)
+    }
+
+    /// Counts the refused publish `p` and answers it: MQTT 5 "not authorized", 3.x
+    /// acknowledged (its acknowledgements can't say no) and dropped.
+    fn refuse_event_publish_quietly(&mut self, p: &Publish, acks: &mut Acks) -> After {
+        crate::metrics::message_dropped("not_authorized");
         if self.protocol.is_v5() {
             // A PUBREC >= 0x80 ends the QoS 2 flow: no id to remember.
             self.ack_publish(p, rc::NOT_AUTHORIZED, acks);
@@ -271,6 +281,37 @@ impl Connection {
             self.ack_publish(p, rc::SUCCESS, acks);
         }
         After::Nothing
+    }
+
+    /// A PUBLISH the ACL refuses: answered like one to an event topic (see
+    /// `refuse_event_publish`), and raised as `message.dropped` (`not_authorized`).
+    fn refuse_unauthorized_publish(
+        &mut self,
+        p: Publish,
+        topic: Arc<str>,
+        acks: &mut Acks,
+    ) -> After {
+        tracing::debug!(client_id = %self.info.client_id, %topic, "publish refused by the ACL");
+        let after = self.refuse_event_publish_quietly(&p, acks);
+        if self.broker.events.wants(EventKind::MessageDropped) {
+            let message = Arc::new(Message::from_publish(
+                &p,
+                topic,
+                Some(self.info.client_id.clone()),
+                raise::publisher_username(&self.broker.events, &self.info),
+            ));
+            raise::raise_message(
+                &self.broker.events,
+                &self.info,
+                &message,
+                EventKind::MessageDropped,
+                || EventBody::Dropped {
+                    message: message.clone(),
+                    reason: "not_authorized",
+                },
+            );
+        }
+        after
     }
 
     fn ack_publish(&mut self, p: &Publish, code: u8, acks: &mut Acks) {
@@ -521,16 +562,21 @@ impl Connection {
             if group.is_some() && options.no_local {
                 return Err(Close::protocol("No Local on a shared subscription"));
             }
-            let events_allowed = || {
-                let info = &self.info;
-                let allowed = &self.broker.config.events_subscribe_usernames;
-                // A username only counts when it was checked against the password file:
-                // anyone can claim one otherwise.
-                let verified = self.broker.config.passwords.is_some();
-                let username = info.username.as_deref().filter(|_| verified);
-                access::may_subscribe(info.peer.ip(), username, allowed)
+            let allowed = match self.authz.as_mut() {
+                Some(authz) => authz.may_subscribe(inner),
+                None if access::is_event_filter(inner) => {
+                    let info = &self.info;
+                    let allowed = &self.broker.config.events_subscribe_usernames;
+                    // A username only counts when a source (password file, token, HTTP
+                    // authenticator) vouched for it: anyone can claim one otherwise.
+                    let username = info.username.as_deref().filter(|_| self.username_verified);
+                    access::may_subscribe(info.peer.ip(), username, allowed)
+                }
+                None => true,
             };
-            if access::is_event_filter(inner) && !events_allowed() {
+            if !allowed {
+                tracing::debug!(client_id = %self.info.client_id, %filter, "subscription refused by the ACL");
+                crate::metrics::authz_denied("subscribe");
                 codes.push(if v5 { rc::NOT_AUTHORIZED } else { 0x80 });
                 continue;
             }

@@ -117,6 +117,15 @@ impl Connection {
                 self.drop_queued(&q, stored, "expired");
                 continue;
             }
+            // Read rules again at delivery: a deny inside a broader subscription, and
+            // rules reloaded since the SUBSCRIBE, apply to every message.
+            if let Some(authz) = self.authz.as_mut() {
+                if !authz.may_receive(&q.delivery.message.topic) {
+                    crate::metrics::authz_denied("deliver");
+                    self.drop_queued(&q, stored, "not_authorized");
+                    continue;
+                }
+            }
             let packet_id = if q.delivery.qos == QoS::AtMostOnce {
                 0
             } else {

@@ -42,9 +42,11 @@ pub fn close_reason(reason: DisconnectReason) -> &'static str {
         R::TcpClosed | R::PingWithoutConnect => "normal",
         R::Takeovered => "other_kicked",
         R::KeepaliveTimeout => "timeout",
-        R::NotAuthenticated | R::NotAuthorized | R::ClientIdTooLong | R::ClientIdRequired => {
-            "not_authorized"
-        }
+        R::NotAuthenticated
+        | R::NotAuthorized
+        | R::ClientIdTooLong
+        | R::ClientIdRequired
+        | R::AuthenticationExpired => "not_authorized",
         R::Kicked
         | R::TooManyConnection
         | R::GoAway

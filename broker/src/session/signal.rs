@@ -18,6 +18,8 @@ pub enum Kick {
     Administrative = 1,
     /// The node is shutting down.
     ShuttingDown = 2,
+    /// The token the client authenticated with has expired.
+    AuthExpired = 3,
 }
 
 /// Resumes a parked connection: implemented by the server's parker
@@ -174,6 +176,7 @@ impl KickSignal {
             1 => Some(Kick::TakenOver),
             2 => Some(Kick::Administrative),
             3 => Some(Kick::ShuttingDown),
+            4 => Some(Kick::AuthExpired),
             _ => None,
         }
     }

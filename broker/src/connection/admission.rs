@@ -1,0 +1,154 @@
+//! Authentication at CONNECT as the handshake runs it: the sources (`auth.rs`), what the
+//! connection may then do, and the disconnect when its token expires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::handshake::Refusal;
+use super::socket::Socket;
+use super::PeerIdentity;
+use crate::broker::Broker;
+use crate::codec::Connect;
+use crate::events::{ClientInfo, Transport};
+use crate::message::now_ms;
+use crate::session::{Kick, KickSignal};
+
+/// What a connection keeps of its authentication.
+pub(super) struct Admitted {
+    pub(super) authz: Option<Box<crate::auth::authz::Authz>>,
+    /// When its token expires (seconds since the epoch).
+    pub(super) token_expiry: Option<u64>,
+    pub(super) username_verified: bool,
+}
+
+/// What the connection's transport tells of the client besides its CONNECT.
+pub(super) struct Presented {
+    /// The listener it came through (`mqtt`, `mqtts`, `ws`, `wss`).
+    listener: &'static str,
+    /// Its verified client certificate's subject common name.
+    cert_common_name: Option<Box<str>>,
+    /// The certificate named the user (`use_identity_as_username`): no password to check,
+    /// as with Mosquitto.
+    certified: bool,
+}
+
+impl Presented {
+    pub(super) fn of(socket: &Socket, certified: bool) -> Presented {
+        let (tls, cert_common_name) = match socket.identity() {
+            PeerIdentity::NotTls => (false, None),
+            PeerIdentity::NoCertificate => (true, None),
+            PeerIdentity::Certificate { common_name } => (true, common_name.clone()),
+        };
+        let listener = match (socket.transport(), tls) {
+            (Transport::Tcp, false) => "mqtt",
+            (Transport::Tcp, true) => "mqtts",
+            (Transport::WebSocket, false) => "ws",
+            (Transport::WebSocket, true) => "wss",
+        };
+        Presented {
+            listener,
+            cert_common_name,
+            certified,
+        }
+    }
+}
+
+/// Authenticates the CONNECT `c` and works out what it may do.
+pub(super) async fn admit(
+    broker: &Broker,
+    c: &Connect,
+    info: &ClientInfo,
+    presented: Presented,
+) -> Result<Box<Admitted>, Refusal> {
+    let verdict = if presented.certified {
+        crate::auth::Verdict {
+            verified: true,
+            superuser: false,
+            token: None,
+        }
+    } else {
+        authenticate(broker, c, info, &presented).await?
+    };
+    Ok(Box::new(Admitted {
+        token_expiry: verdict.token.as_ref().and_then(|t| t.exp),
+        username_verified: verdict.verified,
+        authz: authz_of(broker, c, info, verdict),
+    }))
+}
+
+/// Authenticates the CONNECT `c` (see `auth.rs`).
+async fn authenticate(
+    broker: &Broker,
+    c: &Connect,
+    info: &ClientInfo,
+    presented: &Presented,
+) -> Result<crate::auth::Verdict, Refusal> {
+    let credentials = crate::auth::Credentials {
+        client_id: info.client_id.as_str(),
+        username: c.username.as_deref(),
+        password: c.password.as_deref(),
+    };
+    let origin = crate::auth::Origin {
+        peer: info.peer.ip(),
+        listener: presented.listener,
+        cert_common_name: presented.cert_common_name.as_deref(),
+        protocol_level: c.protocol.level(),
+    };
+    crate::auth::authenticate_connect(broker, credentials, origin)
+        .await
+        .map_err(|denied| {
+            Refusal::connack(
+                c.protocol,
+                denied.v5_code(),
+                denied.v3_code(),
+                denied.reason(),
+                denied.detail(),
+            )
+        })
+}
+
+/// What the connection may do (None: nothing beyond the event topics' default).
+fn authz_of(
+    broker: &Broker,
+    c: &Connect,
+    info: &ClientInfo,
+    verdict: crate::auth::Verdict,
+) -> Option<Box<crate::auth::authz::Authz>> {
+    let verified = verdict.verified;
+    // The client id in force (an assigned one for an empty CONNECT client id).
+    let subject = crate::auth::authz::Subject {
+        client_id: info.client_id.as_str(),
+        username: c.username.as_deref(),
+        peer: info.peer.ip(),
+        verified,
+        superuser: verdict.superuser,
+        token_acl: verdict.token.and_then(|t| t.acl),
+    };
+    crate::auth::authz::Authz::new(
+        subject,
+        broker.acl.as_ref(),
+        &broker.config.events_subscribe_usernames,
+    )
+}
+
+/// Ends the connection of `kick` when its token expires (`exp`, seconds since the
+/// epoch), with the `authentication_expired` reason.
+pub(super) fn expire_at(broker: &Arc<Broker>, kick: &Arc<KickSignal>, exp: u64) {
+    let now_ms = now_ms();
+    let left = Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms));
+    // Weak: a connection that ended does not stay allocated until its token's expiry.
+    let kick = Arc::downgrade(kick);
+    let shutdown = broker.shutdown.clone();
+    broker.tasks.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(left) => {
+                if let Some(kick) = kick.upgrade() {
+                    if kick.send(Kick::AuthExpired) {
+                        tracing::info!("token expired: disconnecting its client");
+                    }
+                }
+            }
+            _ = shutdown.cancelled() => {}
+        }
+    });
+}
