@@ -154,11 +154,20 @@ impl Round<'_> {
                 healed
             }
         };
-        if let Err(e) = restored {
-            findings.note(format!(
+        match restored {
+            Ok(()) => findings.note(format!(
+                "round {number}: node {} {}",
+                target + 1,
+                match fault {
+                    FaultKind::Kill => "restarted",
+                    FaultKind::Stop => "resumed",
+                    FaultKind::Cut => "healed",
+                }
+            )),
+            Err(e) => findings.note(format!(
                 "round {number}: node {} did not come back: {e:#}",
                 target + 1
-            ));
+            )),
         }
         settle(cluster, shared, findings, &format!("round {number}")).await;
     }
