@@ -533,7 +533,7 @@ fn formed(v: &Value, members: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::addresses;
+    use super::{addresses, Net};
 
     #[test]
     fn a_base_port_gives_each_node_three_consecutive_ports() {

@@ -288,3 +288,31 @@ pub async fn settle(cluster: &mut Cluster, shared: &Shared, findings: &mut Findi
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_pair_draws_as_the_old_coin_and_one_kind_draws_nothing() {
+        let both = [FaultKind::Kill, FaultKind::Stop];
+        let (mut a, mut b) = (Rng::new(42), Rng::new(42));
+        for _ in 0..200 {
+            let coin = if a.chance(50) {
+                FaultKind::Kill
+            } else {
+                FaultKind::Stop
+            };
+            assert_eq!(pick_fault(&mut b, &both), coin);
+        }
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        assert_eq!(pick_fault(&mut a, &[FaultKind::Cut]), FaultKind::Cut);
+        assert_eq!(a.next_u64(), b.next_u64(), "a single kind drew a number");
+        let all = [FaultKind::Kill, FaultKind::Stop, FaultKind::Cut];
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            seen.insert(pick_fault(&mut a, &all) as u8);
+        }
+        assert_eq!(seen.len(), 3);
+    }
+}
