@@ -479,11 +479,11 @@ async fn node_ips(cluster: &Cluster, shared: &Shared, findings: &mut Findings) -
     let names = match node_ip::expected(&topology).await {
         Ok(n) => n,
         Err(e) => {
-            let mut out = NodeIps::default();
-            out.wrong = 1;
-            out.examples
-                .push(format!("no node named its members: {e:#}"));
-            return out;
+            return NodeIps {
+                wrong: 1,
+                examples: vec![format!("no node named its members: {e:#}")],
+                ..NodeIps::default()
+            };
         }
     };
     findings.note(format!("node addresses by name: {names:?}"));
