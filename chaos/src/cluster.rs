@@ -1,6 +1,8 @@
-//! The cluster under test: real `skein` processes on 127.0.0.1, each with its own data
-//! directory and log file under the run directory, started, SIGKILLed, SIGSTOPped,
-//! SIGCONTed and restarted (same data, same ports) by the fault loop.
+//! The cluster under test: real `skein` processes on 127.0.0.1 (or each in a network
+//! namespace of its own), each with its own data directory and log file under the run
+//! directory, or containers of the node's image on the run's Docker networks; started,
+//! SIGKILLed, SIGSTOPped, SIGCONTed, cut off and restarted (same data, same addresses) by
+//! the fault loop.
 
 use std::fs::OpenOptions;
 use std::net::{IpAddr, SocketAddr};
@@ -14,8 +16,30 @@ use anyhow::{anyhow, bail, Context, Result};
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::Value;
 
+use crate::docker::{self, Docker};
 use crate::http::get_json;
 use crate::netns::Netns;
+use crate::options::FaultKind;
+
+/// Where the nodes run.
+pub enum Net {
+    /// Processes on 127.0.0.1.
+    Local,
+    /// Processes, each in a network namespace of its own (partition mode as root).
+    Netns(Netns),
+    /// Containers on the run's Docker networks (partition mode).
+    Docker(Docker),
+}
+
+impl Net {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Net::Local => "processes on 127.0.0.1",
+            Net::Netns(_) => "processes in network namespaces (nftables cuts)",
+            Net::Docker(_) => "Docker containers on the run's private networks",
+        }
+    }
+}
 
 /// How long a started node may take to answer on HTTP.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -86,35 +110,41 @@ pub struct Cluster {
     topology: Arc<Topology>,
     children: Vec<Option<Child>>,
     envs: Vec<(String, String)>,
-    /// Partition mode's network (dropped after the nodes: see `Drop`).
-    netns: Option<Netns>,
+    /// Partition mode's network or containers (dropped after the nodes: see `Drop`).
+    net: Net,
 }
 
 /// Each node's MQTT, HTTP and gRPC addresses. On 127.0.0.1: ports from `base` (three per
 /// node), or picked free (bound and released; a process taking one meanwhile makes that
 /// node's start fail, which says so). In partition mode every node has an address of its
-/// own and the same ports (from `base`, default 1883, 8080, 7070).
-pub fn addresses(
-    n: usize,
-    base: Option<u16>,
-    netns: Option<&Netns>,
-) -> Result<Vec<[SocketAddr; 3]>> {
-    if let Some(net) = netns {
+/// own and the same ports (from `base`, default 1883, 8080, 7070); a container's gRPC
+/// address is on the peers network, the others on the clients network.
+pub fn addresses(n: usize, base: Option<u16>, net: &Net) -> Result<Vec<[SocketAddr; 3]>> {
+    let own_ips = |ips: &dyn Fn(usize) -> (IpAddr, IpAddr)| -> Result<Vec<[SocketAddr; 3]>> {
         let [m, h, g] = match base {
             Some(b) if b <= u16::MAX - 2 => [b, b + 1, b + 2],
             Some(b) => bail!("--base-port {b} leaves no room for three ports"),
             None => [1883, 8080, 7070],
         };
-        return Ok((0..n)
+        Ok((0..n)
             .map(|i| {
-                let ip = IpAddr::V4(net.node_ip(i));
+                let (ip, grpc_ip) = ips(i);
                 [
                     SocketAddr::new(ip, m),
                     SocketAddr::new(ip, h),
-                    SocketAddr::new(ip, g),
+                    SocketAddr::new(grpc_ip, g),
                 ]
             })
-            .collect());
+            .collect())
+    };
+    match net {
+        Net::Netns(ns) => {
+            return own_ips(&|i| (IpAddr::V4(ns.node_ip(i)), IpAddr::V4(ns.node_ip(i))));
+        }
+        Net::Docker(d) => {
+            return own_ips(&|i| (IpAddr::V4(d.node_ip(i)), IpAddr::V4(d.peer_ip(i))));
+        }
+        Net::Local => {}
     }
     let ports: Vec<[u16; 3]> = match base {
         Some(base) => (0..n)
@@ -152,7 +182,7 @@ impl Cluster {
         dir: &Path,
         addresses: &[[SocketAddr; 3]],
         envs: Vec<(String, String)>,
-        netns: Option<Netns>,
+        net: Net,
     ) -> Cluster {
         let topology = Topology {
             mqtt: addresses.iter().map(|a| a[0]).collect(),
@@ -170,7 +200,19 @@ impl Cluster {
             children: addresses.iter().map(|_| None).collect(),
             topology: Arc::new(topology),
             envs,
-            netns,
+            net,
+        }
+    }
+
+    /// How `fault` is done to a node here (for the run's log).
+    pub fn fault_name(&self, fault: FaultKind) -> &'static str {
+        match (&self.net, fault) {
+            (Net::Docker(_), FaultKind::Kill) => "docker kill",
+            (Net::Docker(_), FaultKind::Stop) => "docker pause",
+            (Net::Docker(_), FaultKind::Cut) => "docker network disconnect (peers) of",
+            (_, FaultKind::Kill) => "SIGKILL",
+            (_, FaultKind::Stop) => "SIGSTOP",
+            (_, FaultKind::Cut) => "cut off",
         }
     }
 
@@ -207,37 +249,53 @@ impl Cluster {
         self.wait_formed(deadline).await.map(|_| ())
     }
 
-    fn spawn(&mut self, index: usize) -> Result<()> {
+    /// The node's command line after the binary (its data directory as the node sees it).
+    fn args(&self, index: usize, data: &Path) -> Vec<String> {
         let t = &self.topology;
+        vec![
+            "--node-id".into(),
+            (index + 1).to_string(),
+            "--mqtt".into(),
+            t.mqtt[index].to_string(),
+            "--http".into(),
+            t.http[index].to_string(),
+            "--grpc".into(),
+            t.grpc[index].to_string(),
+            "--peers".into(),
+            self.peers(),
+            "--data-dir".into(),
+            data.to_string_lossy().into_owned(),
+        ]
+    }
+
+    fn spawn(&mut self, index: usize) -> Result<()> {
+        let in_container = matches!(self.net, Net::Docker(_))
+            .then(|| self.args(index, Path::new(docker::DATA_DIR)));
+        if let (Net::Docker(d), Some(args)) = (&mut self.net, in_container) {
+            d.start(index, &args, &self.envs)
+                .with_context(|| format!("starting node {}'s container", index + 1))?;
+            self.topology.set_state(index, NodeState::Running);
+            return Ok(());
+        }
         let data = self.dir.join(format!("node-{}", index + 1));
         std::fs::create_dir_all(&data)?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path(index))?;
-        let mut command = match &self.netns {
-            Some(net) => {
+        let mut command = match &self.net {
+            Net::Netns(net) => {
                 // `ip netns exec` execs the binary: the child's pid is the node's.
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", &net.namespace(index)])
                     .arg(&self.binary);
                 c
             }
-            None => Command::new(&self.binary),
+            _ => Command::new(&self.binary),
         };
+        let t = &self.topology;
         let child = command
-            .arg("--node-id")
-            .arg((index + 1).to_string())
-            .arg("--mqtt")
-            .arg(t.mqtt[index].to_string())
-            .arg("--http")
-            .arg(t.http[index].to_string())
-            .arg("--grpc")
-            .arg(t.grpc[index].to_string())
-            .arg("--peers")
-            .arg(self.peers())
-            .arg("--data-dir")
-            .arg(&data)
+            .args(self.args(index, &data))
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -253,15 +311,13 @@ impl Cluster {
     async fn wait_serving(&mut self, index: usize) -> Result<()> {
         let end = Instant::now() + START_DEADLINE;
         loop {
-            if let Some(child) = self.children[index].as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "node {} exited while starting ({status}); its log {}:\n{}",
-                        index + 1,
-                        self.log_path(index).display(),
-                        self.log_tail(index)
-                    );
-                }
+            if let Some(status) = self.exit_status(index) {
+                bail!(
+                    "node {} exited while starting ({status}); its log {}:\n{}",
+                    index + 1,
+                    self.log_where(index),
+                    self.log_tail(index)
+                );
             }
             if get_json(self.topology.http[index], "/api/v1/cluster")
                 .await
@@ -279,7 +335,30 @@ impl Cluster {
         }
     }
 
+    /// How node `index` ended, if it did (None while it runs, is stopped, or was never
+    /// started).
+    fn exit_status(&mut self, index: usize) -> Option<String> {
+        if let Net::Docker(d) = &self.net {
+            return d.exited(index);
+        }
+        let child = self.children[index].as_mut()?;
+        match child.try_wait() {
+            Ok(status) => status.map(|s| s.to_string()),
+            Err(e) => Some(format!("unknown ({e})")),
+        }
+    }
+
+    fn log_where(&self, index: usize) -> String {
+        match &self.net {
+            Net::Docker(d) => format!("docker logs {}", d.container(index)),
+            _ => self.log_path(index).display().to_string(),
+        }
+    }
+
     pub fn log_tail(&self, index: usize) -> String {
+        if let Net::Docker(d) = &self.net {
+            return d.logs(index, Some(15));
+        }
         let text = std::fs::read_to_string(self.log_path(index)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
@@ -340,6 +419,13 @@ impl Cluster {
     pub fn kill(&mut self, index: usize) -> Result<()> {
         self.topology.incarnations[index].fetch_add(1, Ordering::SeqCst);
         self.topology.set_state(index, NodeState::Down);
+        if let Net::Docker(d) = &self.net {
+            // An already-exited container (a crash) refuses the kill: it is down either way.
+            if d.exited(index).is_none() {
+                d.kill(index)?;
+            }
+            return Ok(());
+        }
         if let Some(mut child) = self.children[index].take() {
             child.kill()?;
             child.wait()?;
@@ -347,14 +433,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGSTOP (Docker: `docker pause`, which freezes the container's processes).
     pub fn stop(&mut self, index: usize) -> Result<()> {
-        self.signal(index, Signal::STOP)?;
+        match &self.net {
+            Net::Docker(d) => d.pause(index)?,
+            _ => self.signal(index, Signal::STOP)?,
+        }
         self.topology.set_state(index, NodeState::Stopped);
         Ok(())
     }
 
     pub fn resume(&mut self, index: usize) -> Result<()> {
-        self.signal(index, Signal::CONT)?;
+        match &self.net {
+            Net::Docker(d) => d.unpause(index)?,
+            _ => self.signal(index, Signal::CONT)?,
+        }
         self.topology.set_state(index, NodeState::Running);
         Ok(())
     }
@@ -369,17 +462,19 @@ impl Cluster {
 
     /// Partition mode: drops all traffic between node `index` and the others.
     pub fn cut(&mut self, index: usize) -> Result<()> {
-        self.netns
-            .as_ref()
-            .ok_or_else(|| anyhow!("no partition network"))?
-            .cut(index)
+        match &self.net {
+            Net::Netns(n) => n.cut(index),
+            Net::Docker(d) => d.cut(index),
+            Net::Local => bail!("no partition network"),
+        }
     }
 
     pub fn heal(&mut self, index: usize) -> Result<()> {
-        self.netns
-            .as_ref()
-            .ok_or_else(|| anyhow!("no partition network"))?
-            .heal(index)
+        match &self.net {
+            Net::Netns(n) => n.heal(index),
+            Net::Docker(d) => d.heal(index),
+            Net::Local => bail!("no partition network"),
+        }
     }
 
     /// Starts a killed node again with its data and waits until it serves HTTP.
@@ -390,19 +485,22 @@ impl Cluster {
 
     /// Nodes that exited by themselves (a crash the harness did not cause).
     pub fn crashed(&mut self) -> Vec<(usize, String)> {
-        let mut out = Vec::new();
-        for (i, child) in self.children.iter_mut().enumerate() {
-            if let Some(c) = child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    out.push((i, status.to_string()));
-                }
-            }
-        }
-        out
+        let alive: Vec<usize> = (0..self.len())
+            .filter(|i| self.topology.state(*i) != NodeState::Down)
+            .collect();
+        alive
+            .into_iter()
+            .filter_map(|i| self.exit_status(i).map(|status| (i, status)))
+            .collect()
     }
 
     /// Ends every node (SIGCONT first for a stopped one, so it can die).
+    /// Containers are removed, their output first copied to `node-I.log`.
     pub fn shutdown(&mut self) {
+        if let Net::Docker(d) = &mut self.net {
+            let dir = self.dir.clone();
+            d.remove_nodes(|i| dir.join(format!("node-{}.log", i + 1)));
+        }
         for i in 0..self.len() {
             if let Some(mut child) = self.children[i].take() {
                 let _ = kill_process(Pid::from_child(&child), Signal::CONT);
@@ -435,19 +533,19 @@ fn formed(v: &Value, members: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::addresses;
+    use super::{addresses, Net};
 
     #[test]
     fn a_base_port_gives_each_node_three_consecutive_ports() {
-        let a = addresses(2, Some(33000), None).unwrap();
+        let a = addresses(2, Some(33000), &Net::Local).unwrap();
         let ports: Vec<[u16; 3]> = a
             .iter()
             .map(|n| [n[0].port(), n[1].port(), n[2].port()])
             .collect();
         assert_eq!(ports, vec![[33000, 33001, 33002], [33003, 33004, 33005]]);
         assert!(a.iter().flatten().all(|s| s.ip().is_loopback()));
-        assert!(addresses(3, Some(65530), None).is_err());
-        let free = addresses(3, None, None).unwrap();
+        assert!(addresses(3, Some(65530), &Net::Local).is_err());
+        let free = addresses(3, None, &Net::Local).unwrap();
         let mut all: Vec<u16> = free.iter().flatten().map(|s| s.port()).collect();
         all.sort_unstable();
         all.dedup();

@@ -1,7 +1,8 @@
-//! One fault round: some traffic, then SIGKILL or SIGSTOP of one node (the leader on
-//! purpose in a share of rounds), clients moved between nodes while it is down, the node
-//! restarted or resumed, and the cluster waited for (with deadlines) and checked for
-//! double owners.
+//! One fault round: some traffic, then SIGKILL, SIGSTOP or a cut of one node (the leader
+//! on purpose in a share of rounds; as containers: `docker kill`, `docker pause`, `docker
+//! network disconnect`), clients moved between nodes while it lasts, the node restarted,
+//! resumed or healed, and the cluster waited for (with deadlines) and checked for double
+//! owners.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::admin;
 use crate::cluster::{Cluster, Cut};
 use crate::findings::Findings;
+use crate::options::FaultKind;
 use crate::rng::Rng;
 use crate::shared::{publisher_id, subscriber_id, Shared};
 use crate::subscriber::Command;
@@ -38,17 +40,9 @@ pub struct Round<'a> {
     pub shared: &'a Shared,
     pub rng: &'a mut Rng,
     pub election_timeout_ms: u64,
-    /// Cut the target off the other nodes instead of signalling it.
-    pub partition: bool,
+    /// The fault kinds to pick from (never empty).
+    pub kinds: &'a [FaultKind],
     pub findings: &'a mut Findings,
-}
-
-#[derive(Clone, Copy)]
-enum Fault {
-    Kill,
-    Stop,
-    /// Partition mode: the node runs on, cut off from the other nodes (clients still reach it).
-    Cut,
 }
 
 enum Action {
@@ -66,7 +60,7 @@ impl Round<'_> {
             shared,
             rng,
             election_timeout_ms,
-            partition,
+            kinds,
             findings,
         } = self;
         shared.round.store(number, Ordering::Relaxed);
@@ -78,18 +72,16 @@ impl Round<'_> {
             Some(l) if on_leader => l,
             _ => rng.below(n) as usize,
         };
-        let fault = if partition {
-            Fault::Cut
-        } else if rng.chance(50) {
-            Fault::Kill
-        } else {
-            Fault::Stop
-        };
+        let fault = pick_fault(rng, kinds);
         let window = match fault {
-            Fault::Kill => Duration::from_millis(rng.between(1000, 3000)),
+            FaultKind::Kill => Duration::from_millis(rng.between(1000, 3000)),
             // Longer than an election takes to start without it.
-            Fault::Stop => Duration::from_millis(2 * election_timeout_ms + rng.between(500, 2500)),
-            Fault::Cut => Duration::from_millis(2 * election_timeout_ms + rng.between(1000, 3000)),
+            FaultKind::Stop => {
+                Duration::from_millis(2 * election_timeout_ms + rng.between(500, 2500))
+            }
+            FaultKind::Cut => {
+                Duration::from_millis(2 * election_timeout_ms + rng.between(1000, 3000))
+            }
         };
         let actions = plan(rng, clients, n as usize, window);
         let role = if Some(target) == leader {
@@ -99,20 +91,16 @@ impl Round<'_> {
         };
         findings.note(format!(
             "round {number}/{of}: {} node {} ({role}{}) for {:.1}s; {} client moves",
-            match fault {
-                Fault::Kill => "SIGKILL",
-                Fault::Stop => "SIGSTOP",
-                Fault::Cut => "cut off",
-            },
+            cluster.fault_name(fault),
             target + 1,
             if on_leader { ", chosen as leader" } else { "" },
             window.as_secs_f64(),
             actions.len()
         ));
         let applied = match fault {
-            Fault::Kill => cluster.kill(target),
-            Fault::Stop => cluster.stop(target),
-            Fault::Cut => {
+            FaultKind::Kill => cluster.kill(target),
+            FaultKind::Stop => cluster.stop(target),
+            FaultKind::Cut => {
                 let from = shared.now();
                 shared.cuts().push(Cut {
                     node: target,
@@ -155,9 +143,9 @@ impl Round<'_> {
         }
         tokio::time::sleep_until((start + window).into()).await;
         let restored = match fault {
-            Fault::Kill => cluster.restart(target).await,
-            Fault::Stop => cluster.resume(target),
-            Fault::Cut => {
+            FaultKind::Kill => cluster.restart(target).await,
+            FaultKind::Stop => cluster.resume(target),
+            FaultKind::Cut => {
                 let healed = cluster.heal(target);
                 let now = shared.now();
                 if let Some(cut) = shared.cuts().last_mut() {
@@ -166,14 +154,34 @@ impl Round<'_> {
                 healed
             }
         };
-        if let Err(e) = restored {
-            findings.note(format!(
+        match restored {
+            Ok(()) => findings.note(format!(
+                "round {number}: node {} {}",
+                target + 1,
+                match fault {
+                    FaultKind::Kill => "restarted",
+                    FaultKind::Stop => "resumed",
+                    FaultKind::Cut => "healed",
+                }
+            )),
+            Err(e) => findings.note(format!(
                 "round {number}: node {} did not come back: {e:#}",
                 target + 1
-            ));
+            )),
         }
         settle(cluster, shared, findings, &format!("round {number}")).await;
     }
+}
+
+/// One kind, drawn as a percentage so that the default pair (kill, stop) draws exactly as
+/// the 50 % coin of earlier versions did (a seed keeps its faults); a single kind draws
+/// nothing.
+fn pick_fault(rng: &mut Rng, kinds: &[FaultKind]) -> FaultKind {
+    if kinds.len() <= 1 {
+        return kinds.first().copied().unwrap_or(FaultKind::Kill);
+    }
+    let at = rng.below(100) as usize * kinds.len() / 100;
+    kinds[at]
 }
 
 /// The client moves of one round: at random instants within the fault window, a few
@@ -278,5 +286,33 @@ pub async fn settle(cluster: &mut Cluster, shared: &Shared, findings: &mut Findi
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_pair_draws_as_the_old_coin_and_one_kind_draws_nothing() {
+        let both = [FaultKind::Kill, FaultKind::Stop];
+        let (mut a, mut b) = (Rng::new(42), Rng::new(42));
+        for _ in 0..200 {
+            let coin = if a.chance(50) {
+                FaultKind::Kill
+            } else {
+                FaultKind::Stop
+            };
+            assert_eq!(pick_fault(&mut b, &both), coin);
+        }
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        assert_eq!(pick_fault(&mut a, &[FaultKind::Cut]), FaultKind::Cut);
+        assert_eq!(a.next_u64(), b.next_u64(), "a single kind drew a number");
+        let all = [FaultKind::Kill, FaultKind::Stop, FaultKind::Cut];
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            seen.insert(pick_fault(&mut a, &all) as u8);
+        }
+        assert_eq!(seen.len(), 3);
     }
 }

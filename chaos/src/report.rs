@@ -7,6 +7,7 @@ use crate::conns::Takeovers;
 use crate::events::TakeoverEvents;
 use crate::findings::Findings;
 use crate::ledger::{Duplicates, Loss};
+use crate::node_ip::NodeIps;
 
 pub struct Inputs<'a> {
     pub rounds: u32,
@@ -23,6 +24,7 @@ pub struct Inputs<'a> {
     pub takeovers: &'a Takeovers,
     pub events: &'a TakeoverEvents,
     pub sessions_lost: u64,
+    pub node_ips: &'a NodeIps,
 }
 
 pub struct Verdict {
@@ -102,6 +104,18 @@ pub fn verdict(i: &Inputs) -> Verdict {
         ),
     );
     check(
+        i.node_ips.wrong == 0,
+        "node_ip",
+        format!(
+            "{} disconnect events (node, nodeIp) and {} registry rows (node_ip) checked against {} distinct node addresses; {} named a node by another address: {:?}",
+            i.node_ips.events,
+            i.node_ips.rows,
+            i.node_ips.distinct,
+            i.node_ips.wrong,
+            i.node_ips.examples
+        ),
+    );
+    check(
         i.sessions_lost == 0,
         "session_present",
         format!(
@@ -119,7 +133,7 @@ pub fn verdict(i: &Inputs) -> Verdict {
     );
 
     let json = format!(
-        "{{\"rounds\":{},\"seed\":{},\"published_acked\":{},\"lost\":{},\"duplicates\":{},\"double_owners\":{},\"registries_equal\":{},\"takeover_events\":{},\"takeovers\":{},\"ok\":{}}}",
+        "{{\"rounds\":{},\"seed\":{},\"published_acked\":{},\"lost\":{},\"duplicates\":{},\"double_owners\":{},\"registries_equal\":{},\"takeover_events\":{},\"takeovers\":{},\"node_ip_events\":{},\"node_ip_wrong\":{},\"ok\":{}}}",
         i.rounds,
         i.seed,
         i.acked,
@@ -129,6 +143,8 @@ pub fn verdict(i: &Inputs) -> Verdict {
         i.registries.is_none(),
         i.events.total_dollar_events(),
         i.takeovers.caused.values().sum::<u64>(),
+        i.node_ips.events,
+        i.node_ips.wrong,
         ok
     );
     Verdict { lines, json, ok }

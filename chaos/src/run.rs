@@ -12,13 +12,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin;
-use crate::cluster::{self, Cluster};
+use crate::cluster::{self, Cluster, Net};
 use crate::conns::Takeovers;
+use crate::docker::{self, Docker};
 use crate::events;
 use crate::faults::{self, Clients, Round};
 use crate::findings::Findings;
 use crate::netns::Netns;
-use crate::options::Options;
+use crate::node_ip::{self, NodeIps};
+use crate::options::{FaultKind, Options, PartitionNet};
 use crate::report::{self, Inputs, Verdict};
 use crate::rng::Rng;
 use crate::shared::{publisher_id, subscriber_id, Shared};
@@ -49,7 +51,14 @@ pub struct Outcome {
     pub kept: Option<PathBuf>,
 }
 
-pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
+/// `partition`: where partition mode runs its nodes (Docker or Netns), None in process
+/// mode; `kinds`: the fault kinds the rounds pick from.
+pub async fn run(
+    opts: &Options,
+    binary: PathBuf,
+    partition: Option<PartitionNet>,
+    kinds: &[FaultKind],
+) -> Result<Outcome> {
     let base = opts.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::Builder::new()
         .prefix("skein-chaos-")
@@ -68,11 +77,6 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
         opts.seed
     ));
     let n = opts.nodes as usize;
-    let netns = if opts.partition {
-        Some(Netns::create(n)?)
-    } else {
-        None
-    };
     // Event topics are open to loopback clients and to verified usernames listed in
     // events_subscribe_usernames: partition mode's clients are not on loopback.
     let password = dir
@@ -85,11 +89,33 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
         &password_file,
         format!("{}:plain:{password}\n", watcher::USERNAME),
     )?;
+    let net = match partition {
+        None => Net::Local,
+        Some(PartitionNet::Docker) => {
+            let (binary, password_file) = (binary.clone(), password_file.clone());
+            // Off the runtime's thread: a Ctrl-C meanwhile is still heard, and a Docker
+            // value finished after the run was dropped cleans up after itself.
+            let made =
+                tokio::task::spawn_blocking(move || Docker::create(n, &binary, &password_file))
+                    .await??;
+            findings.note(format!(
+                "Docker: image {}, networks {}-clients (MQTT, HTTP) and {}-peers (gRPC), containers {}-nodeI",
+                made.image(),
+                made.prefix(),
+                made.prefix(),
+                made.prefix()
+            ));
+            Net::Docker(made)
+        }
+        Some(_) => Net::Netns(Netns::create(n)?),
+    };
+    findings.note(format!("nodes as {}", net.describe()));
+    let password_path = match net {
+        Net::Docker(_) => docker::PASSWORD_PATH.to_owned(),
+        _ => password_file.to_string_lossy().into_owned(),
+    };
     let envs = vec![
-        (
-            "SKEIN_PASSWORD_FILE".into(),
-            password_file.to_string_lossy().into_owned(),
-        ),
+        ("SKEIN_PASSWORD_FILE".into(), password_path),
         (
             "SKEIN_EVENTS_SUBSCRIBE_USERNAMES".into(),
             watcher::USERNAME.into(),
@@ -108,17 +134,18 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
     // Ports picked free are released before the nodes bind them (`--peers` names them
     // first): a test running beside this one may take one in between. Then the attempt's
     // nodes are stopped and their directories removed, and it starts again on other ports.
-    let retry_ports = opts.base_port.is_none() && netns.is_none();
-    let mut netns = netns;
+    let retry_ports = opts.base_port.is_none() && matches!(net, Net::Local);
+    let mut net = Some(net);
     let mut attempt = 1;
     let mut cluster = loop {
-        let addresses = cluster::addresses(n, opts.base_port, netns.as_ref())?;
+        let this_net = net.take().unwrap_or(Net::Local);
+        let addresses = cluster::addresses(n, opts.base_port, &this_net)?;
         let mut cluster = Cluster::new(
             binary.clone(),
             dir.path(),
             &addresses,
             envs.clone(),
-            netns.take(),
+            this_net,
         );
         match cluster.start_all(START_DEADLINE).await {
             Ok(()) => {
@@ -219,7 +246,7 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
             shared: &shared,
             rng: &mut rng,
             election_timeout_ms: opts.election_timeout_ms,
-            partition: opts.partition,
+            kinds,
             findings: &mut findings,
         }
         .run()
@@ -239,6 +266,7 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
     faults::settle(&mut cluster, &shared, &mut findings, "final").await;
     let registries = registries(&cluster, &mut findings).await;
     let events = settled_events(&shared).await;
+    let node_ips = node_ips(&cluster, &shared, &mut findings).await;
 
     let cuts = shared.cuts().clone();
     let (overlaps, while_cut) = shared.conns().overlaps(OVERLAP_GRACE_SECS, &cuts);
@@ -325,6 +353,7 @@ pub async fn run(opts: &Options, binary: PathBuf) -> Result<Outcome> {
         takeovers: &takeovers,
         events: &events,
         sessions_lost: shared.sessions_lost.load(Ordering::Relaxed),
+        node_ips: &node_ips,
     });
     if !ledger.refused.is_empty() {
         findings.note(format!(
@@ -441,6 +470,30 @@ async fn registries(cluster: &Cluster, findings: &mut Findings) -> Option<String
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The `node_ip` check: the watchers' events and every node's registry rows against the
+/// addresses the harness gave the nodes.
+async fn node_ips(cluster: &Cluster, shared: &Shared, findings: &mut Findings) -> NodeIps {
+    let topology = cluster.topology();
+    let names = match node_ip::expected(&topology).await {
+        Ok(n) => n,
+        Err(e) => {
+            return NodeIps {
+                wrong: 1,
+                examples: vec![format!("no node named its members: {e:#}")],
+                ..NodeIps::default()
+            };
+        }
+    };
+    findings.note(format!("node addresses by name: {names:?}"));
+    let mut out = node_ip::check_events(&shared.events(), &names);
+    if let Err(e) = node_ip::check_rows(&topology, &names, &mut out).await {
+        findings.note(format!("node_ip: reading the registries: {e:#}"));
+        out.wrong += 1;
+        out.examples.push(format!("reading the registries: {e:#}"));
+    }
+    out
 }
 
 /// The takeover events once no new disconnect event arrived for a moment.
