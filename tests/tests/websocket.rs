@@ -420,22 +420,23 @@ async fn upgrades_to_another_path_or_without_an_mqtt_subprotocol_are_refused() {
     assert!(metric_reaches(http, "skein_handshake_failures_total", &sub, 2.0).await);
 }
 
-/// A client may send its first frames right behind the upgrade request: the node has read
-/// them with the request and must not wait for the socket to be readable again.
+/// A client must wait for the 101 before it sends frames (RFC 6455, 4.1): bytes behind the
+/// upgrade request are refused and counted, not taken as MQTT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connect_sent_with_the_upgrade_request_is_answered() {
+async fn frames_sent_before_the_upgrade_is_answered_are_refused() {
     let node = ws_node();
     let connect = masked(BINARY, &Connect::v311(&unique_id("eager")).encode());
-    let (stream, head) =
+    let (_stream, head) =
         upgrade_then(node.listener_addr("ws"), "/mqtt", Some("mqtt"), &connect).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let mut ws = RawWs {
-        stream,
-        buf: BytesMut::new(),
-    };
-    let mut mqtt = BytesMut::new();
-    assert!(matches!(
-        ws.packet(&mut mqtt).await,
-        Packet::ConnAck { code: 0, .. }
-    ));
+    assert!(!head.starts_with("HTTP/1.1 101"), "{head}");
+    let labels = ["listener=\"ws\"", "reason=\"ws_upgrade\""];
+    assert!(
+        metric_reaches(
+            node.http_addr(),
+            "skein_handshake_failures_total",
+            &labels,
+            1.0
+        )
+        .await
+    );
 }

@@ -431,6 +431,15 @@ mod tests {
         sizes
     }
 
+    #[test]
+    fn the_tls_and_websocket_variant_costs_plain_connections_no_byte() {
+        // Every connection holds a Socket, parked or not: the enum's tag fits in a niche.
+        assert_eq!(
+            std::mem::size_of::<Socket>(),
+            std::mem::size_of::<Option<TcpStream>>() + std::mem::size_of::<Option<Box<Buffers>>>()
+        );
+    }
+
     #[tokio::test]
     async fn a_packet_at_a_time_is_read_into_a_small_buffer() {
         let (mut client, mut socket) = pair().await;

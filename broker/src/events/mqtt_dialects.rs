@@ -48,7 +48,7 @@ pub fn register_mqtt_dialects(
         if !idle.is_empty() {
             tracing::warn!(
                 kinds = %idle.join(","),
-                "events_dollar_events_kinds: nothing raises certificate events yet (no device certificate registry), these kinds publish nothing"
+                "events_dollar_events_kinds: nothing raises certificate events yet (TLS client certificates are not registered yet), these kinds publish nothing"
             );
         }
         let render: Renderer = Box::new(move |e| {
