@@ -490,3 +490,39 @@ fn a_connect_sent_with_the_handshake_s_last_flight_is_answered() {
     }
     assert_eq!(connack[..4], [0x20, 2, 0, 0]);
 }
+
+#[test]
+fn a_certificate_that_cannot_be_used_stops_the_node_at_startup() {
+    let ca = TestCa::new("Skein Test CA");
+    let files = TlsFiles::new(&ca, "device-9");
+    // Another key than the certificate's.
+    let (_, other_key) = ca.client("someone else");
+    let wrong_key = files.extra("wrong.key", &other_key);
+    let out = Node::builder()
+        .arg("--mqtts")
+        .arg("127.0.0.1:0")
+        .env("SKEIN_TLS_CERT_FILE", s(&files.server_cert))
+        .env("SKEIN_TLS_KEY_FILE", s(&wrong_key))
+        .run_to_exit(Duration::from_secs(20));
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("tls: tls_cert_file") && out.stderr.contains("tls_key_file"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("listening"), "{}", out.stdout);
+}
+
+#[test]
+fn the_connection_limit_is_shared_by_every_listener() {
+    let ca = TestCa::new("Skein Test CA");
+    let files = TlsFiles::new(&ca, "device-10");
+    let node = tls_node(&files, "none", &[("SKEIN_MAX_CONNECTIONS", "1")]);
+    // One plain subscriber holds the only slot...
+    let topic = unique_id("tls/limit");
+    let _plain = Sub::start(node.mqtt_addr(), &["-t", &topic, "-W", "20"]);
+    // ...so a TLS client is refused at CONNECT (server unavailable, 3.1.1 return code 3).
+    let (ok, err) = publish_tls(mqtts(&node), s(&files.ca), &topic, &[]);
+    assert!(!ok, "a TLS client got past the node's connection limit");
+    assert!(err.to_lowercase().contains("unavailable"), "{err}");
+}
