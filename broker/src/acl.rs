@@ -100,17 +100,27 @@ impl AclState {
         *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) != now
     }
 
-    /// Reloads on SIGHUP, and every `poll` when the file changed (None: SIGHUP only),
-    /// until `shutdown`.
-    pub async fn watch(self: Arc<Self>, poll: Option<Duration>, shutdown: CancellationToken) {
+    /// SIGHUP's handler, installed now: before it is, a SIGHUP ends the process. Called
+    /// before the node says it listens; None (and a warning) when it can't be installed.
+    pub fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut hangup = match signal(SignalKind::hangup()) {
+        match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch SIGHUP: the ACL file reloads on change only");
                 None
             }
-        };
+        }
+    }
+
+    /// Reloads on `hangup` (see [`AclState::hangup_signal`]), and every `poll` when the
+    /// file changed (None: SIGHUP only), until `shutdown`.
+    pub async fn watch(
+        self: Arc<Self>,
+        mut hangup: Option<tokio::signal::unix::Signal>,
+        poll: Option<Duration>,
+        shutdown: CancellationToken,
+    ) {
         let mut tick = poll.map(|every| {
             let mut t = tokio::time::interval(every);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

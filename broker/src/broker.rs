@@ -188,13 +188,13 @@ impl Broker {
         Ok(broker)
     }
 
-    /// Watches the ACL file for changes (and SIGHUP) until shutdown.
-    pub fn spawn_acl_watch(&self) {
+    /// Watches the ACL file for changes (and `hangup`, SIGHUP) until shutdown.
+    pub fn spawn_acl_watch(&self, hangup: Option<tokio::signal::unix::Signal>) {
         if let Some(acl) = &self.acl {
             let poll = (self.config.acl_poll_ms > 0)
                 .then(|| Duration::from_millis(self.config.acl_poll_ms));
             self.tasks
-                .spawn(acl.clone().watch(poll, self.shutdown.clone()));
+                .spawn(acl.clone().watch(hangup, poll, self.shutdown.clone()));
         }
     }
 

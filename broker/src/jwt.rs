@@ -6,7 +6,7 @@
 //! refused, and a client connected with it is disconnected when it expires),
 //! `clientid` and `username` (when present they must equal the CONNECT's), and `acl`, the
 //! topics the client may use, in EMQX's shape: `{"pub": [FILTER..], "sub": [FILTER..],
-//! "all": [FILTER..]}`. An `acl` claim narrows what the ACL file allows (both must
+//! "all": [FILTER..]}`, where `%c` / `%u` stand for the client id / username. An `acl` claim narrows what the ACL file allows (both must
 //! allow), it never widens it.
 
 use std::collections::HashSet;
@@ -76,6 +76,22 @@ pub struct TokenAcl {
 }
 
 impl TokenAcl {
+    /// The claim with `%c` / `%u` filled in for this client (as ACL file patterns are;
+    /// a filter that can't apply to it is left out).
+    pub fn for_client(self, client_id: &str, username: Option<&str>) -> TokenAcl {
+        let fill = |filters: Vec<String>| {
+            filters
+                .iter()
+                .filter_map(|f| crate::acl::rules::substitute(f, client_id, username))
+                .collect()
+        };
+        TokenAcl {
+            publish: fill(self.publish),
+            subscribe: fill(self.subscribe),
+            all: fill(self.all),
+        }
+    }
+
     pub fn may_publish(&self, topic: &str) -> bool {
         self.publish
             .iter()

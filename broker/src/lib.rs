@@ -259,6 +259,8 @@ pub struct OpenNode {
     redis: Option<events::redis::RedisDialect>,
     api_token: String,
     http_limits: http::Limits,
+    /// SIGHUP's handler for ACL reloads, installed before the node says it listens.
+    acl_hangup: Option<tokio::signal::unix::Signal>,
 }
 
 /// Opens storage, starts the node's cluster member (its gRPC server serves from here on)
@@ -316,6 +318,10 @@ pub async fn open(
     // From here on the registry's changes reach the broker (takeovers by other nodes,
     // their interest).
     cluster.attach_broker(broker.clone());
+    let acl_hangup = broker
+        .acl
+        .as_ref()
+        .and_then(|_| acl::AclState::hangup_signal());
     Ok(OpenNode {
         broker,
         cluster,
@@ -330,6 +336,7 @@ pub async fn open(
         redis,
         api_token,
         http_limits,
+        acl_hangup,
     })
 }
 
@@ -374,10 +381,11 @@ impl OpenNode {
             redis,
             api_token,
             http_limits,
+            acl_hangup,
         } = self;
         let shutdown = broker.shutdown.clone();
         broker.spawn_retained_sweeper(std::time::Duration::from_secs(30));
-        broker.spawn_acl_watch();
+        broker.spawn_acl_watch(acl_hangup);
         // What the registry still says of this node's previous run.
         let member = cluster.clone();
         broker.spawn_registry_reconcile(async move {

@@ -440,11 +440,15 @@ async fn sighup_reloads_the_rules() {
     // Polling off: only SIGHUP reloads.
     let n = node_with("topic read a/#\n", &[("SKEIN_ACL_POLL_MS", "0")]);
     let node = &n.node;
+    let pid = Pid::from_raw(node.pid() as i32).unwrap();
+    // At once after it says it listens: the handler is already there (a SIGHUP before it
+    // would end the process).
+    kill_process(pid, Signal::HUP).unwrap();
+    wait_for_code(node, "a/x", 0).await;
     n.write_acl("topic read b/#\n");
     wait_for_code(node, "b/x", 0x87).await;
     tokio::time::sleep(QUIET).await;
     wait_for_code(node, "b/x", 0x87).await;
-    let pid = Pid::from_raw(node.pid() as i32).unwrap();
     kill_process(pid, Signal::HUP).unwrap();
     wait_for_code(node, "b/x", 0).await;
     wait_for_code(node, "a/x", 0x87).await;

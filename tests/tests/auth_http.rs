@@ -19,6 +19,18 @@ use skein_tests::{metric_sum, unique_id, Connect, Node, Packet, Proto, RawClient
 struct AuthServer {
     requests: Arc<AtomicUsize>,
     bodies: Arc<Mutex<Vec<Value>>>,
+    /// Slow requests being answered now, and the most there ever were at once.
+    slow_now: Arc<AtomicUsize>,
+    slow_most: Arc<AtomicUsize>,
+}
+
+/// Counts a slow request as in progress until dropped (the node may hang up first).
+struct InProgress(Arc<AtomicUsize>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl AuthServer {
@@ -45,6 +57,9 @@ impl AuthServer {
                         "forbidden" => (StatusCode::FORBIDDEN, String::new()),
                         "passer" => (StatusCode::OK, json!({"result": "ignore"}).to_string()),
                         "slow" => {
+                            let now = keep.slow_now.fetch_add(1, Ordering::SeqCst) + 1;
+                            keep.slow_most.fetch_max(now, Ordering::SeqCst);
+                            let _in_progress = InProgress(keep.slow_now.clone());
                             tokio::time::sleep(Duration::from_secs(3)).await;
                             (StatusCode::OK, json!({"result": "allow"}).to_string())
                         }
@@ -285,5 +300,45 @@ async fn an_unreachable_server_has_the_configured_outcome() {
     assert_eq!(
         c.subscribe(1, &[SubFilter::new("secret/#", 0)]).await,
         [0x87]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_bounded_and_the_overflow_counted() {
+    let (server, addr) = AuthServer::start().await;
+    let n = node(
+        &format!("http://{addr}/auth"),
+        &[("SKEIN_AUTH_HTTP_CONCURRENCY", "1")],
+    );
+    let mqtt = n.node.mqtt_addr();
+    // Three slow CONNECTs at once: one request at a time goes out; each CONNECT is
+    // refused when its timeout passes, waiting for its answer or for a request slot.
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(async move {
+                let (_c, p) = RawClient::connect(mqtt, &login(Proto::V5, "slow", "x")).await;
+                p
+            })
+        })
+        .collect();
+    for t in tasks {
+        let p = t.await.unwrap();
+        assert!(matches!(p, Packet::ConnAck { code: 0x88, .. }), "{p:?}");
+    }
+    assert_eq!(
+        server.slow_most.load(Ordering::SeqCst),
+        1,
+        "one request in flight at most"
+    );
+    let http = n.node.http_addr();
+    let mut failed = 0.0;
+    for outcome in ["timeout", "busy"] {
+        let label = format!("outcome=\"{outcome}\"");
+        failed += metric_sum(http, "skein_auth_http_requests_total", &[&label]).await;
+    }
+    assert_eq!(failed, 3.0);
+    assert_eq!(
+        metric_sum(http, "skein_auth_http_in_flight", &[]).await,
+        0.0
     );
 }

@@ -101,7 +101,7 @@ async fn the_acl_claim_narrows_what_the_client_may_do() {
     let id = unique_id("narrow");
     let token = hs256(
         SECRET,
-        &json!({"acl": {"pub": ["up/+"], "sub": ["down/#"], "all": ["both/x"]}}),
+        &json!({"acl": {"pub": ["up/+"], "sub": ["down/%c/#"], "all": ["both/x"]}}),
     );
     let (mut c, code) = connack(&node, &with_token(Proto::V5, &id, &token)).await;
     assert_eq!(code, 0);
@@ -109,14 +109,15 @@ async fn the_acl_claim_narrows_what_the_client_may_do() {
         .subscribe(
             1,
             &[
-                SubFilter::new("down/a/b", 1),
+                SubFilter::new(&format!("down/{id}/b"), 1),
                 SubFilter::new("up/x", 1),
                 SubFilter::new("both/x", 1),
                 SubFilter::new("#", 1),
+                SubFilter::new("down/other/b", 1),
             ],
         )
         .await;
-    assert_eq!(codes, [1, 0x87, 1, 0x87]);
+    assert_eq!(codes, [1, 0x87, 1, 0x87, 0x87]);
     // Allowed: 0x10 (no matching subscribers) or 0 (it is its own subscriber of both/x).
     for (topic, expected) in [
         ("up/x", 0x10u8),

@@ -75,7 +75,7 @@ impl ClientRules {
 }
 
 /// `filter` with `%c` and `%u` filled in; None when it can't apply to this client.
-fn substitute(filter: &str, client_id: &str, username: Option<&str>) -> Option<String> {
+pub fn substitute(filter: &str, client_id: &str, username: Option<&str>) -> Option<String> {
     let unsafe_value = |v: &str| v.contains(['/', '+', '#']);
     let mut out = filter.to_owned();
     if out.contains("%c") {

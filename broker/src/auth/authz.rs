@@ -59,9 +59,12 @@ impl Authz {
             return None;
         }
         let username = subject.username.filter(|_| subject.verified);
+        let token_acl = subject
+            .token_acl
+            .map(|t| t.for_client(subject.client_id, subject.username));
         Some(Box::new(Authz {
             superuser: subject.superuser,
-            token_acl: subject.token_acl,
+            token_acl,
             acl: acl.cloned(),
             rules: None,
             events_default: access::may_subscribe(subject.peer, username, events_usernames),
@@ -200,7 +203,7 @@ mod tests {
         let acl = state("pattern readwrite devices/%c/#\n");
         let mut s = subject("10.0.0.1", None);
         s.token_acl = Some(TokenAcl {
-            publish: vec!["devices/c1/up".into()],
+            publish: vec!["devices/%c/up".into()],
             subscribe: vec![],
             all: vec![],
         });

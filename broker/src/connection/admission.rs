@@ -134,21 +134,30 @@ fn authz_of(
 /// Ends the connection of `kick` when its token expires (`exp`, seconds since the
 /// epoch), with the `authentication_expired` reason.
 pub(super) fn expire_at(broker: &Arc<Broker>, kick: &Arc<KickSignal>, exp: u64) {
-    let now_ms = now_ms();
-    let left = Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms));
-    // Weak: a connection that ended does not stay allocated until its token's expiry.
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms()));
+    // Weak, and looked at every EXPIRY_CHECK: a connection that ended (its session
+    // dropped the signal) ends its watch within that, not at its token's expiry, so
+    // clients that come and go with long-lived tokens do not pile up sleeping tasks.
     let kick = Arc::downgrade(kick);
     let shutdown = broker.shutdown.clone();
     broker.tasks.spawn(async move {
-        tokio::select! {
-            _ = tokio::time::sleep(left) => {
-                if let Some(kick) = kick.upgrade() {
-                    if kick.send(Kick::AuthExpired) {
-                        tracing::info!("token expired: disconnecting its client");
-                    }
-                }
+        loop {
+            let wake = deadline.min(tokio::time::Instant::now() + EXPIRY_CHECK);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = shutdown.cancelled() => return,
             }
-            _ = shutdown.cancelled() => {}
+            let Some(kick) = kick.upgrade() else { return };
+            if tokio::time::Instant::now() >= deadline {
+                if kick.send(Kick::AuthExpired) {
+                    tracing::info!("token expired: disconnecting its client");
+                }
+                return;
+            }
         }
     });
 }
+
+/// How often a token's watch looks whether its connection is still there.
+const EXPIRY_CHECK: Duration = Duration::from_secs(30);
