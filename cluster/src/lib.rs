@@ -24,6 +24,8 @@
 //! - `session_wire`: a handed-over session page between the seam and protobuf.
 //! - `forward`: the data plane: one bounded queue and batched stream per peer, and the
 //!   `Forward` service that delivers what peers send to the local broker.
+//! - `withdraw`: a registration whose proposal failed with an unknown outcome is
+//!   unregistered again, so a late commit leaves no ghost owner.
 //! - `proposer`: batches concurrent commands into one log entry; forwards to the leader.
 //! - `membership`: `--peers` bootstrap, join through any member, member records, removal.
 //! - `status`: [`ClusterStatus`], this node's or the leader's.
