@@ -32,6 +32,7 @@ mod cluster_sync;
 mod forwarding;
 mod handover_holder;
 mod handover_taker;
+mod node_down;
 mod routing;
 mod storage_monitor;
 

@@ -24,10 +24,12 @@ pub enum DisconnectReason {
     BadWillMessage,
     ProtocolError,
     ServerInternalError,
+    /// Its node died: the cluster marked it down (announced by the adopting node).
+    NodeDown,
 }
 
 impl DisconnectReason {
-    pub const ALL: [DisconnectReason; 15] = [
+    pub const ALL: [DisconnectReason; 16] = [
         DisconnectReason::Normal,
         DisconnectReason::TcpClosed,
         DisconnectReason::Kicked,
@@ -43,6 +45,7 @@ impl DisconnectReason {
         DisconnectReason::BadWillMessage,
         DisconnectReason::ProtocolError,
         DisconnectReason::ServerInternalError,
+        DisconnectReason::NodeDown,
     ];
 
     /// Its position in [`DisconnectReason::ALL`].
@@ -68,6 +71,7 @@ impl DisconnectReason {
             DisconnectReason::BadWillMessage => "bad_will_message",
             DisconnectReason::ProtocolError => "protocol_error",
             DisconnectReason::ServerInternalError => "server_internal_error",
+            DisconnectReason::NodeDown => "node_down",
         }
     }
 }

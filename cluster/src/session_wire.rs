@@ -1,9 +1,11 @@
-//! A handed-over session page between the seam's type and its protobuf message.
+//! A handed-over session page between the seam's type and its protobuf message, and a
+//! registry entry's subscriptions as the seam hands them to the broker.
 
 use skein_proto::v1 as pb;
-use skein_seam::{HandedOverMessage, NodeId, SessionHandover};
+use skein_seam::{HandedOverMessage, HandedOverSubscription, NodeId, SessionHandover};
 
 use crate::forward::wire;
+use crate::registry::ClientEntry;
 
 pub(crate) fn to_pb(page: SessionHandover) -> pb::SessionHandover {
     pb::SessionHandover {
@@ -83,6 +85,7 @@ mod tests {
                 publisher_username: None,
                 to_subscribers: false,
                 shared: Vec::new(),
+                adopted_from: None,
             },
             subscription_ids: vec![3],
             packet_id,
@@ -119,4 +122,20 @@ mod tests {
         page.messages[0].message = None;
         assert!(from_pb(page).is_err());
     }
+}
+
+/// The subscriptions of a registry entry, as the seam hands them over.
+pub(crate) fn handed_over(entry: &ClientEntry) -> Vec<HandedOverSubscription> {
+    entry
+        .subscriptions
+        .iter()
+        .map(|(filter, s)| HandedOverSubscription {
+            filter: filter.to_string(),
+            qos: s.options.qos,
+            no_local: s.options.no_local,
+            retain_as_published: s.options.retain_as_published,
+            retain_handling: s.options.retain_handling,
+            subscription_id: s.subscription_id,
+        })
+        .collect()
 }

@@ -128,6 +128,10 @@ impl BrokerHandle for Broker {
         }
     }
 
+    fn node_down(&self, node: NodeId, clients: Vec<skein_seam::DownClient>) {
+        self.on_node_down(node, clients);
+    }
+
     fn interest_changed(&self, filter: &str, node: NodeId, subscribers: u32) {
         tracing::trace!(filter, %node, subscribers, "interest of another node");
         self.remote_interest.changed(filter, node, subscribers);
@@ -229,6 +233,7 @@ impl Broker {
         held: Option<&mut HeldWakes>,
     ) -> Result<(usize, bool), BrokerHandleError> {
         let to_subscribers = publish.to_subscribers;
+        let adopted_from = publish.adopted_from;
         let shared = std::mem::take(&mut publish.shared);
         let message = forwarded_message(publish)?;
         // The publishing node waits for this answer to acknowledge its publisher, as
@@ -240,7 +245,13 @@ impl Broker {
                 return Err(BrokerHandleError::Storage(refusal.message().into()));
             }
         }
-        let outcome = self.route_forwarded(Arc::new(message), to_subscribers, &shared, held);
+        let outcome = self.route_forwarded(
+            Arc::new(message),
+            to_subscribers,
+            &shared,
+            adopted_from,
+            held,
+        );
         if let Some(refusal) = outcome.not_stored {
             return Err(BrokerHandleError::Storage(refusal.message().into()));
         }

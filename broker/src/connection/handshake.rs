@@ -667,7 +667,10 @@ pub(super) async fn detach(
         st.generation = st.generation.wrapping_add(1);
         st.release_idle_memory();
         st.disconnected_at_ms = OptionalMs::at(now);
-        if close.reason == DisconnectReason::Normal && !will_on_disconnect {
+        // Marked down: the client's end (and will) are the adopting node's, not this one's.
+        if (close.reason == DisconnectReason::Normal && !will_on_disconnect)
+            || close.reason == DisconnectReason::NodeDown
+        {
             st.will = None;
         }
         let expiry = st.expiry_interval;

@@ -18,6 +18,9 @@ pub enum Kick {
     Administrative = 1,
     /// The node is shutting down.
     ShuttingDown = 2,
+    /// The cluster marked this node down meanwhile (it was paused or cut off): the client
+    /// went offline cluster-wide and its session is another node's now.
+    NodeDown = 3,
 }
 
 /// Resumes a parked connection: implemented by the server's parker
@@ -174,6 +177,7 @@ impl KickSignal {
             1 => Some(Kick::TakenOver),
             2 => Some(Kick::Administrative),
             3 => Some(Kick::ShuttingDown),
+            4 => Some(Kick::NodeDown),
             _ => None,
         }
     }

@@ -2,7 +2,9 @@
 //!
 //! Clients are written in id order and subscriptions in filter order, so equal registries
 //! give equal bytes. The interest index is not stored: loading rebuilds it from the clients.
-//! A format byte this build does not know is an error naming it, never a guess.
+//! A format byte this build does not know is an error naming it, never a guess. Fields
+//! added since (the nodes marked down) are protobuf additions within format 1: an older
+//! snapshot reads as having none.
 
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ impl Registry {
                 .iter()
                 .map(|(id, entry)| client_record(id, entry))
                 .collect(),
+            down_nodes: self.down_nodes.iter().copied().collect(),
         };
         let mut bytes = Vec::with_capacity(1 + message.encoded_len());
         bytes.push(SNAPSHOT_FORMAT);
@@ -54,6 +57,7 @@ impl Registry {
                 return Err(ClusterError::Snapshot(format!("client {id:?} twice")));
             }
         }
+        registry.down_nodes = message.down_nodes.into_iter().collect();
         registry.rebuild_interest();
         Ok(registry)
     }

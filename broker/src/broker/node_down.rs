@@ -1,0 +1,193 @@
+//! A node the cluster marked down (see the cluster's `registry/node_down.rs`), as this
+//! node takes it:
+//!
+//! - As an adopter: each adopted session is made here, offline, with the registry's
+//!   subscriptions and expiry, indexed at once (before other nodes' interest moves here
+//!   in the fold), stored, and its expiry timer armed from when it went offline. It is
+//!   marked as adopted from the dead node, so what other nodes still held for that node
+//!   reaches it (and only it) here. A CONNECT on any node later takes it over like any
+//!   offline session.
+//! - As the announcer: one `client.disconnected` event per client that was online, reason
+//!   `node_down`, naming the dead node (`node`, `nodeIp`), in every dialect enabled here.
+//! - As the node marked down itself (it was paused or cut off and catches up): the
+//!   connections of its former clients end without an event (the announcer had it), their
+//!   wills are not published here, and what their sessions hold stays stored, sealed, for
+//!   the new owners, who are offered it (see `handover_holder.rs`).
+
+use std::sync::Arc;
+
+use skein_seam::{AdoptedSession, DownClient, NodeId};
+
+use super::Broker;
+use crate::codec::ProtocolVersion;
+use crate::disconnect::DisconnectReason;
+use crate::events::{raise, ClientInfo, EventBody, EventKind, NodeInfo};
+use crate::message::now_ms;
+use crate::session::{Kick, OptionalMs, Session};
+
+impl Broker {
+    /// See the module docs.
+    pub(super) fn on_node_down(&self, node: NodeId, clients: Vec<DownClient>) {
+        let me = self.cluster.node_id();
+        if node == me {
+            self.marked_down_here(clients);
+            return;
+        }
+        let dead = self.node_info(node);
+        let (mut adopted, mut announced) = (0usize, 0usize);
+        for client in &clients {
+            if let Some(session) = &client.adopted {
+                if self.adopt(client, session, node) {
+                    adopted += 1;
+                }
+            }
+            if client.announce {
+                self.announce_node_down(client, &dead);
+                announced += 1;
+            }
+        }
+        tracing::info!(
+            %node,
+            adopted,
+            announced,
+            "a node was marked down: adopted its sessions and announced its clients' end"
+        );
+    }
+
+    /// Makes the adopted session here (see the module docs). False when a connection here
+    /// holds the client already (a CONNECT that raced the adoption keeps it).
+    fn adopt(&self, client: &DownClient, adopted: &AdoptedSession, from: NodeId) -> bool {
+        let session = self.get_or_create_session(&client.client_id);
+        let generation = {
+            let mut st = session.state();
+            if st.attachment.is_some() {
+                return false;
+            }
+            // A session this node held before (sealed when the client left) comes back
+            // to life with what it still stores.
+            st.removed = false;
+            st.moved = false;
+            st.expiry_interval = adopted.expiry_interval;
+            st.disconnected_at_ms = OptionalMs::at(client.offline_since_ms);
+            st.adopted_from = Some(from);
+            st.generation = st.generation.wrapping_add(1);
+            st.cancel_timers();
+            st.generation
+        };
+        session.set_moving(false);
+        {
+            let mut registry = self.registry();
+            let here = registry
+                .get(&client.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, &session));
+            if !here {
+                registry.insert(client.client_id.clone(), session.clone());
+            }
+        }
+        self.replace_subscriptions(&session, &adopted.subscriptions);
+        {
+            let st = session.state();
+            if st.is_persistent() {
+                self.persist_session_locked(&session, &st);
+            }
+        }
+        if let Some(broker) = self.me.upgrade() {
+            let elapsed = now_ms().saturating_sub(client.offline_since_ms);
+            broker.schedule_expiry(&session, generation, adopted.expiry_interval, elapsed);
+        }
+        tracing::debug!(client_id = %client.client_id, %from, subscriptions = adopted.subscriptions.len(), "adopted the session of a node marked down");
+        true
+    }
+
+    /// The one `client.disconnected` event of a client whose node died.
+    fn announce_node_down(&self, client: &DownClient, dead: &NodeInfo) {
+        let info = Arc::new(ClientInfo {
+            clean_start: client.clean_start,
+            connected_at_ms: client.connected_at_ms,
+            ..ClientInfo::unknown(client.client_id.clone(), ProtocolVersion::V311)
+        });
+        raise::raise(&self.events, &info, EventKind::ClientDisconnected, || {
+            EventBody::Disconnected {
+                reason: DisconnectReason::NodeDown,
+                disconnected_at_ms: client.offline_since_ms,
+                takeover_node: None,
+                by_disconnect_packet: false,
+                had_session: true,
+                on_node: Some(Box::new(dead.clone())),
+            }
+        });
+    }
+
+    /// How events name node `node`: its member record's MQTT address and name.
+    fn node_info(&self, node: NodeId) -> NodeInfo {
+        let record = self.cluster.node_record(node);
+        let address = self.node_address(node);
+        let node_ip = address
+            .rsplit_once(':')
+            .map_or(address.as_str(), |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        NodeInfo {
+            node_ip,
+            node_name: record.map(|r| r.name).unwrap_or_default(),
+            node: address,
+        }
+    }
+
+    /// This node was marked down: see the module docs.
+    fn marked_down_here(&self, clients: Vec<DownClient>) {
+        let mut closed = 0usize;
+        let mut moving = Vec::new();
+        for client in &clients {
+            let Some(session) = self.find_session(&client.client_id) else {
+                continue;
+            };
+            {
+                let mut st = session.state();
+                match st.attachment.as_ref() {
+                    Some(a) if a.epoch == client.epoch => {
+                        if a.kick.send(Kick::NodeDown) {
+                            closed += 1;
+                        }
+                    }
+                    // A newer connection here: its registration is newer than the mark.
+                    Some(_) => continue,
+                    None => {}
+                }
+                session.set_moving(true);
+                st.generation = st.generation.wrapping_add(1);
+                st.cancel_timers();
+            }
+            moving.push(session);
+        }
+        self.spawn_sealed_and_offered(moving);
+        tracing::warn!(
+            clients = clients.len(),
+            closed,
+            "this node was marked down while it was away: closed the connections of the clients it no longer owns (their node_down events came from the adopters)"
+        );
+    }
+
+    /// Seals `sessions` once their connections are gone (see `cluster_sync.rs`), then
+    /// offers the new owners what they hold, without waiting for the periodic offer.
+    fn spawn_sealed_and_offered(&self, sessions: Vec<Arc<Session>>) {
+        if sessions.is_empty() {
+            return;
+        }
+        let Some(broker) = self.me.upgrade() else {
+            return;
+        };
+        let tasks = broker.tasks.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(super::cluster_sync::SEAL_AFTER) => {}
+                _ = broker.shutdown.cancelled() => return,
+            }
+            for session in &sessions {
+                broker.session_moved(session).await;
+            }
+            broker.offer_stranded().await;
+        });
+    }
+}
