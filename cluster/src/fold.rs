@@ -283,6 +283,12 @@ impl NodesDown {
             clean_start: d.clean_start,
             connected_at_ms: d.connected_at_ms,
             offline_since_ms: d.offline_since_ms,
+            // Published by the adopter, or for a session that ended, by the announcer.
+            will: d
+                .will
+                .as_ref()
+                .filter(|_| adopted.is_some() || (announce && d.adopter.is_none()))
+                .map(|w| crate::session_wire::will_from_pb(&d.client_id, w)),
             adopted,
         });
     }

@@ -85,12 +85,23 @@ impl ClusterHandle for ClusterNode {
         clean_start: bool,
         session_expiry_secs: u32,
     ) -> BoxFuture<'a, Result<Registration, SeamError>> {
+        self.register_client_with_will(client_id, clean_start, session_expiry_secs, None)
+    }
+
+    fn register_client_with_will<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        clean_start: bool,
+        session_expiry_secs: u32,
+        will: Option<skein_seam::RegisteredWill>,
+    ) -> BoxFuture<'a, Result<Registration, SeamError>> {
         Box::pin(async move {
             let r = ClusterNode::register_shared(
                 self,
                 client_id.shared(),
                 clean_start,
                 session_expiry_secs,
+                will.map(crate::session_wire::will_to_pb),
             )
             .await
             .map_err(to_seam)?;

@@ -68,7 +68,7 @@ pub struct Subscription {
 }
 
 /// Clients, their subscriptions, and which nodes have interest in which filter.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Registry {
     clients: BTreeMap<ArcStr, ClientEntry>,
     /// filter → node → how many of that node's clients subscribe to it. Derived from
@@ -76,6 +76,9 @@ pub struct Registry {
     interest: BTreeMap<Arc<str>, BTreeMap<NodeId, u32>>,
     /// Nodes marked down (see `node_down.rs`): not picked as adopters, not marked again.
     down_nodes: BTreeSet<NodeId>,
+    /// The wills of online connections that have one, kept apart from the entries (most
+    /// clients have none): published by the adopter should their node die.
+    wills: BTreeMap<ArcStr, pb::RegisteredWill>,
 }
 
 impl Registry {
@@ -99,6 +102,11 @@ impl Registry {
 
     pub fn client_count(&self) -> usize {
         self.clients.len()
+    }
+
+    /// The will of the connection that holds `client_id`, if it registered one.
+    pub fn will(&self, client_id: &str) -> Option<&pb::RegisteredWill> {
+        self.wills.get(client_id)
     }
 
     /// The nodes marked down, in id order.
@@ -194,6 +202,14 @@ impl Registry {
                 entry.subscriptions = old.subscriptions;
             }
         }
+        match &c.will {
+            Some(will) => {
+                self.wills.insert(client_id.clone(), will.clone());
+            }
+            None => {
+                self.wills.remove(&client_id);
+            }
+        }
         self.clients.insert(client_id, entry);
         Ok(registered(session_present, replaced))
     }
@@ -218,6 +234,8 @@ impl Registry {
         } else {
             entry.set_offline_since(Some(c.stamped_at_ms));
         }
+        // The connection ended on its node, which saw to its will.
+        self.wills.remove(&client_id);
         changes.push(Change::Unregistered {
             client_id,
             owner,

@@ -139,3 +139,56 @@ pub(crate) fn handed_over(entry: &ClientEntry) -> Vec<HandedOverSubscription> {
         })
         .collect()
 }
+
+/// A will as the seam gives it, for the registry.
+pub(crate) fn will_to_pb(w: skein_seam::RegisteredWill) -> pb::RegisteredWill {
+    let m = w.message;
+    let p = m.properties;
+    pb::RegisteredWill {
+        topic: m.topic.to_string(),
+        payload: m.payload.to_vec(),
+        qos: u32::from(m.qos),
+        retain: m.retain,
+        delay_secs: w.delay_secs,
+        payload_format_indicator: p.payload_format_indicator.map(u32::from),
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data.map(|b| b.to_vec()),
+        user_properties: p
+            .user_properties
+            .into_iter()
+            .map(|(key, value)| pb::WillProperty { key, value })
+            .collect(),
+    }
+}
+
+/// A registered will for the broker; `client_id` is its publisher.
+pub(crate) fn will_from_pb(client_id: &str, w: &pb::RegisteredWill) -> skein_seam::RegisteredWill {
+    skein_seam::RegisteredWill {
+        message: skein_seam::ForwardedPublish {
+            topic: w.topic.as_str().into(),
+            payload: w.payload.clone().into(),
+            // Out of range only if written by something else: the broker refuses it then.
+            qos: u8::try_from(w.qos).unwrap_or(u8::MAX),
+            retain: w.retain,
+            properties: skein_seam::PublishProperties {
+                payload_format_indicator: w
+                    .payload_format_indicator
+                    .and_then(|v| u8::try_from(v).ok()),
+                message_expiry_interval: w.message_expiry_interval,
+                content_type: w.content_type.clone(),
+                response_topic: w.response_topic.clone(),
+                correlation_data: w.correlation_data.clone().map(Into::into),
+                user_properties: w
+                    .user_properties
+                    .iter()
+                    .map(|p| (p.key.clone(), p.value.clone()))
+                    .collect(),
+            },
+            publisher: Some(skein_seam::ClientId::new(client_id)),
+            ..skein_seam::ForwardedPublish::default()
+        },
+        delay_secs: w.delay_secs,
+    }
+}

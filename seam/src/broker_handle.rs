@@ -133,6 +133,21 @@ pub struct DownClient {
     pub offline_since_ms: u64,
     /// This node adopted the session: it holds it, offline, from now on.
     pub adopted: Option<AdoptedSession>,
+    /// The will of the connection that was online (given to the node that publishes it:
+    /// the adopter, after its delay unless the client returns first; for a session that
+    /// ended, the announcer, at once).
+    pub will: Option<RegisteredWill>,
+}
+
+/// A connection's will as the cluster keeps it while the connection is online, for the
+/// node that adopts its client should its node die.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredWill {
+    /// Topic, payload, QoS, retain and properties as the will's message carries them
+    /// (`publisher` is the client; the other fields are unused).
+    pub message: ForwardedPublish,
+    /// MQTT 5 Will Delay Interval, seconds.
+    pub delay_secs: u32,
 }
 
 /// A session this node adopted from a node marked down.

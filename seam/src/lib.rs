@@ -23,8 +23,8 @@ pub mod ids;
 pub use box_future::BoxFuture;
 pub use broker_handle::{
     AdoptedSession, BrokerHandle, BrokerHandleError, DownClient, ForwardedPublish,
-    HandedOverMessage, HandedOverSubscription, KickReason, PublishProperties, SessionHandover,
-    SharedTarget,
+    HandedOverMessage, HandedOverSubscription, KickReason, PublishProperties, RegisteredWill,
+    SessionHandover, SharedTarget,
 };
 pub use cluster_handle::{
     ClientLocation, ClusterError, ClusterHandle, ClusterOverview, ForwardError, MemberOverview,

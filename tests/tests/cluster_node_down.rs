@@ -3,7 +3,8 @@
 //! `client.disconnected` event each (reason `node_down`, in `$events` and `$EVENT`, naming
 //! the dead node), its clean sessions end, and its persistent sessions are adopted by live
 //! nodes, which queue what is published for them meanwhile; the clients resume them on any
-//! node. The node that comes back hands what it had on disk to the adopters, once. A node
+//! node. Their connections' wills are published once, by the adopters. The node that
+//! comes back hands what it had on disk to the adopters, once. A node
 //! that was only paused closes, when it resumes, the connections it no longer owns, without
 //! a second event.
 
@@ -20,7 +21,7 @@ use rustix::process::{kill_process, Pid, Signal};
 use skein_tests::codec::puback;
 use skein_tests::{
     metric_sum, unique_id, Connect, Packet, Publish, RawClient, RecvError, SubFilter, TestCluster,
-    RECV_TIMEOUT,
+    Will, RECV_TIMEOUT,
 };
 use watcher::Watcher;
 
@@ -120,13 +121,31 @@ async fn a_killed_nodes_clients_go_offline_once_and_its_sessions_are_adopted() {
 
     // On node 3: a persistent subscriber online, a clean client online, and a persistent
     // session offline with messages queued on node 3's disk.
+    // Both online clients have wills, which the adopters publish once.
+    let (mut wills, _, _) = RawClient::connect_ok(
+        cluster.node(1).mqtt_addr(),
+        &Connect::v5(&unique_id("wills")),
+    )
+    .await;
+    assert_eq!(
+        wills.subscribe(1, &[SubFilter::new("nd/will/#", 1)]).await,
+        [1]
+    );
     let sub_id = unique_id("sub");
     let sub = Connect::v5(&sub_id).clean(false).session_expiry(3600);
-    let (mut s, _, _) = RawClient::connect_ok(cluster.node(3).mqtt_addr(), &sub).await;
+    let (mut s, _, _) = RawClient::connect_ok(
+        cluster.node(3).mqtt_addr(),
+        &sub.clone()
+            .will(Will::new("nd/will/sub", b"sub gone").qos(1).delay(0)),
+    )
+    .await;
     assert_eq!(s.subscribe(1, &[SubFilter::new("nd/live/#", 1)]).await, [1]);
     let clean_id = unique_id("clean");
-    let (_clean, _, _) =
-        RawClient::connect_ok(cluster.node(3).mqtt_addr(), &Connect::v5(&clean_id)).await;
+    let (_clean, _, _) = RawClient::connect_ok(
+        cluster.node(3).mqtt_addr(),
+        &Connect::v5(&clean_id).will(Will::new("nd/will/clean", b"clean gone").qos(1)),
+    )
+    .await;
     let away_id = unique_id("away");
     let away = Connect::v5(&away_id).clean(false).session_expiry(3600);
     let (mut a, _, _) = RawClient::connect_ok(cluster.node(3).mqtt_addr(), &away).await;
@@ -167,6 +186,11 @@ async fn a_killed_nodes_clients_go_offline_once_and_its_sessions_are_adopted() {
         ours(&v["clientId"]) && v["reason"] == "node_down"
     })
     .await;
+
+    let mut got = receive(&mut wills, 2).await;
+    got.sort();
+    assert_eq!(got, ["clean gone", "sub gone"], "each will once");
+    wills.expect_no_publish(Duration::from_secs(1)).await;
 
     // Both persistent sessions have an adopter that queues for them; the clean one ended.
     let adopted = metric_sum(

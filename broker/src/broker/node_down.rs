@@ -7,8 +7,11 @@
 //!   marked as adopted from the dead node, so what other nodes still held for that node
 //!   reaches it (and only it) here. A CONNECT on any node later takes it over like any
 //!   offline session.
+//!   The will of its connection (kept in the registry) is due after its delay (at most the
+//!   session's expiry) from when it went offline, unless the client is back first.
 //! - As the announcer: one `client.disconnected` event per client that was online, reason
-//!   `node_down`, naming the dead node (`node`, `nodeIp`), in every dialect enabled here.
+//!   `node_down`, naming the dead node (`node`, `nodeIp`), in every dialect enabled here;
+//!   for a session that ended with its node, its will, at once.
 //! - As the node marked down itself (it was paused or cut off and catches up): the
 //!   connections of its former clients end without an event (the announcer had it), their
 //!   wills are not published here, and what their sessions hold stays stored, sealed, for
@@ -16,14 +19,15 @@
 
 use std::sync::Arc;
 
-use skein_seam::{AdoptedSession, DownClient, NodeId};
+use skein_seam::{AdoptedSession, DownClient, NodeId, RegisteredWill};
 
 use super::Broker;
-use crate::codec::ProtocolVersion;
+use crate::codec::{Properties, ProtocolVersion, QoS, Will};
 use crate::disconnect::DisconnectReason;
 use crate::events::{raise, ClientInfo, EventBody, EventKind, NodeInfo};
 use crate::message::now_ms;
 use crate::session::{Kick, OptionalMs, Session};
+use crate::topic;
 
 impl Broker {
     /// See the module docs.
@@ -35,6 +39,7 @@ impl Broker {
         }
         let dead = self.node_info(node);
         let (mut adopted, mut announced) = (0usize, 0usize);
+        let mut wills = 0usize;
         for client in &clients {
             if let Some(session) = &client.adopted {
                 if self.adopt(client, session, node) {
@@ -45,11 +50,19 @@ impl Broker {
                 self.announce_node_down(client, &dead);
                 announced += 1;
             }
+            // A session that ended: its will goes out now, from here (the announcer).
+            if let (None, Some(will)) = (&client.adopted, &client.will) {
+                if let Some(will) = codec_will(&client.client_id, will) {
+                    self.publish_will(&client.client_id, Box::new(will));
+                    wills += 1;
+                }
+            }
         }
         tracing::info!(
             %node,
             adopted,
             announced,
+            wills,
             "a node was marked down: adopted its sessions and announced its clients' end"
         );
     }
@@ -72,6 +85,20 @@ impl Broker {
             st.adopted_from = Some(from);
             st.generation = st.generation.wrapping_add(1);
             st.cancel_timers();
+            // Its connection's will: due after its delay (at most the session's expiry)
+            // from when it went offline, unless the client is back first.
+            st.will = client
+                .will
+                .as_ref()
+                .and_then(|w| codec_will(&client.client_id, w))
+                .map(Box::new);
+            st.will_due_ms = match &client.will {
+                Some(w) if st.will.is_some() => OptionalMs::at(
+                    client.offline_since_ms
+                        + u64::from(w.delay_secs.min(adopted.expiry_interval)) * 1000,
+                ),
+                _ => OptionalMs::NONE,
+            };
             st.generation
         };
         session.set_moving(false);
@@ -92,7 +119,12 @@ impl Broker {
             }
         }
         if let Some(broker) = self.me.upgrade() {
-            let elapsed = now_ms().saturating_sub(client.offline_since_ms);
+            let now = now_ms();
+            let due = session.state().will_due_ms.get();
+            if let Some(due) = due {
+                broker.schedule_will(&session, generation, due.saturating_sub(now));
+            }
+            let elapsed = now.saturating_sub(client.offline_since_ms);
             broker.schedule_expiry(&session, generation, adopted.expiry_interval, elapsed);
         }
         tracing::debug!(client_id = %client.client_id, %from, subscriptions = adopted.subscriptions.len(), "adopted the session of a node marked down");
@@ -190,4 +222,31 @@ impl Broker {
             broker.offer_stranded().await;
         });
     }
+}
+
+/// The will a registered will describes; None (logged) when no will could be it.
+fn codec_will(client_id: &skein_seam::ClientId, w: &RegisteredWill) -> Option<Will> {
+    let m = &w.message;
+    let valid = QoS::from_u8(m.qos).filter(|_| topic::valid_topic_name(&m.topic));
+    let Some(qos) = valid else {
+        tracing::warn!(%client_id, topic = %m.topic, qos = m.qos, "ignored an invalid will from the registry");
+        return None;
+    };
+    let p = &m.properties;
+    Some(Will {
+        topic: m.topic.to_string(),
+        payload: m.payload.clone(),
+        qos,
+        retain: m.retain,
+        properties: Properties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type.clone(),
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            will_delay_interval: Some(w.delay_secs),
+            ..Properties::default()
+        },
+    })
 }

@@ -401,7 +401,12 @@ async fn attach(
         preindexed,
     };
     // Boxed: its timer and channel inline would grow every handshake past 1000 B.
-    let registration = match Box::pin(registration::register(broker, &client_id, claim)).await {
+    let will = c
+        .will
+        .as_ref()
+        .map(|w| registration::registered_will(w, &client_id));
+    let registration = match Box::pin(registration::register(broker, &client_id, claim, will)).await
+    {
         Ok(r) => r,
         Err(detail) => return Err((socket, Refusal::cluster_unavailable(protocol, &detail))),
     };

@@ -8,7 +8,7 @@ use crate::registry::{Owner, SubscriptionOptions};
 use crate::types::NodeId;
 
 /// The changes one log entry made, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AppliedChanges {
     /// The index of the entry that made them.
     pub log_index: u64,
@@ -16,7 +16,7 @@ pub struct AppliedChanges {
 }
 
 /// One change to the replicated registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// `client_id` now belongs to `owner`. When `previous` was another connection, the node
     /// holding it disconnects it (taken over by `owner.node`).
@@ -68,7 +68,7 @@ pub enum Change {
 }
 
 /// A client of a node marked down: its session ended (no `adopter`) or was adopted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DownClient {
     pub client_id: ArcStr,
     /// Its registration on the node that went down.
@@ -87,6 +87,9 @@ pub struct DownClient {
     pub connected_at_ms: u64,
     /// Since when it is offline (the node-down stamp, or its earlier disconnect).
     pub offline_since_ms: u64,
+    /// The will of its connection (online ones only): the adopter, or for a session that
+    /// ended the announcer, publishes it.
+    pub will: Option<skein_proto::v1::RegisteredWill>,
 }
 
 /// The owner a registration replaced.

@@ -58,6 +58,8 @@ impl Registry {
             };
             let previous = entry.owner;
             let was_online = entry.is_online();
+            // Only an online connection's will is still due; the adopter publishes it.
+            let will = self.wills.remove(&client_id).filter(|_| was_online);
             let offline_since_ms = entry.offline_since_ms().unwrap_or(c.stamped_at_ms);
             let chosen = pick(&candidates, &client_id);
             let adopter = chosen
@@ -111,6 +113,7 @@ impl Registry {
                 clean_start,
                 connected_at_ms,
                 offline_since_ms,
+                will,
             }));
         }
         marked(true, adopted, ended)

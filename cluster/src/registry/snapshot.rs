@@ -26,7 +26,11 @@ impl Registry {
             clients: self
                 .clients
                 .iter()
-                .map(|(id, entry)| client_record(id, entry))
+                .map(|(id, entry)| {
+                    let mut record = client_record(id, entry);
+                    record.will = self.wills.get(id).cloned();
+                    record
+                })
                 .collect(),
             down_nodes: self.down_nodes.iter().copied().collect(),
         };
@@ -51,8 +55,12 @@ impl Registry {
         let message = pb::RegistrySnapshot::decode(body)
             .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
         let mut registry = Registry::default();
-        for record in message.clients {
+        for mut record in message.clients {
+            let will = record.will.take();
             let (id, entry) = client_entry(record)?;
+            if let Some(will) = will {
+                registry.wills.insert(id.clone(), will);
+            }
             if registry.clients.insert(id.clone(), entry).is_some() {
                 return Err(ClusterError::Snapshot(format!("client {id:?} twice")));
             }
@@ -86,6 +94,7 @@ fn client_record(id: &str, entry: &ClientEntry) -> pb::ClientRecord {
                 subscription_id: s.subscription_id,
             })
             .collect(),
+        will: None,
     }
 }
 

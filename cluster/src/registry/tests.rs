@@ -21,6 +21,7 @@ pub(super) fn register(
             clean_start,
             session_expiry_secs: expiry,
             stamped_at_ms: 1_000 + epoch,
+            will: None,
         })),
     }
 }
