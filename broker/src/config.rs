@@ -234,7 +234,7 @@ impl Default for Config {
             // See skein_cluster::RaftSettings: calm on a busy 2-core machine.
             raft_heartbeat_ms: 250,
             raft_election_timeout_ms: 1000,
-            node_down_after_ms: 5_000,
+            node_down_after_ms: 3_000,
             forward_queue_messages: 100_000,
             max_connections: 100_000,
             max_packet_size: 1_048_576,

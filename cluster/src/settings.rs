@@ -47,7 +47,8 @@ pub struct RaftSettings {
     /// How long the leader goes without hearing from a member before it marks it down
     /// (ms): its clients go offline and its persistent sessions are adopted by live nodes
     /// (see `node_watch.rs`). Above the election timeout, so a leader's own death is
-    /// settled by an election first.
+    /// settled by an election first; below the forward timeout (5 s) with some room, so
+    /// the publishers of forwards held for the dead node get the adopters' answer.
     pub node_down_after_ms: u64,
     /// The data plane: publishes forwarded to other members.
     pub forward: ForwardSettings,
@@ -145,7 +146,7 @@ impl Default for RaftSettings {
             connect_timeout_ms: 1000,
             forward: ForwardSettings::default(),
             fold_wait_ms: 2000,
-            node_down_after_ms: 5000,
+            node_down_after_ms: 3000,
         }
     }
 }

@@ -154,3 +154,50 @@ fn marks_survive_a_snapshot() {
         .down_nodes()
         .is_empty());
 }
+
+fn with_will(mut command: pb::Command, topic: &str) -> pb::Command {
+    if let Some(pb::command::Command::Register(r)) = &mut command.command {
+        r.will = Some(pb::RegisteredWill {
+            topic: topic.into(),
+            payload: b"gone".to_vec(),
+            qos: 1,
+            delay_secs: 5,
+            ..Default::default()
+        });
+    }
+    command
+}
+
+#[test]
+fn an_online_clients_will_goes_to_its_adopter_and_only_then() {
+    let mut r = Registry::default();
+    apply(&mut r, with_will(register("on", 3, 1, false, 60), "w/on"));
+    apply(&mut r, with_will(register("off", 3, 2, false, 60), "w/off"));
+    apply(&mut r, with_will(register("bye", 3, 3, true, 0), "w/bye"));
+    // A connection that ended took its will with it (its node saw to it).
+    apply(&mut r, unregister("off", 3, 2, false));
+    assert!(r.will("off").is_none());
+    assert_eq!(r.will("on").map(|w| w.topic.as_str()), Some("w/on"));
+    // Wills travel in snapshots.
+    assert_eq!(Registry::from_snapshot(&r.to_snapshot()).unwrap(), r);
+    let (_, changes) = apply(&mut r, node_down(3, 9_000, vec![1, 2]));
+    let wills: Vec<(&str, Option<&str>)> = down_clients(&changes)
+        .iter()
+        .map(|d| {
+            (
+                d.client_id.as_str(),
+                d.will.as_ref().map(|w| w.topic.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        wills,
+        [("bye", Some("w/bye")), ("off", None), ("on", Some("w/on"))]
+    );
+    // Handed out once: the registry keeps none of them.
+    assert!(r.will("on").is_none() && r.will("bye").is_none());
+    // A newer registration replaces the will, or drops it when it has none.
+    apply(&mut r, with_will(register("x", 1, 5, true, 0), "w/x1"));
+    apply(&mut r, register("x", 2, 6, true, 0));
+    assert!(r.will("x").is_none());
+}
