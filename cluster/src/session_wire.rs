@@ -66,64 +66,6 @@ pub(crate) fn from_pb(page: pb::SessionHandover) -> Result<SessionHandover, Stri
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use skein_seam::{ClientId, ForwardedPublish, PublishProperties};
-
-    fn message(seq: u64, packet_id: Option<u16>) -> HandedOverMessage {
-        HandedOverMessage {
-            seq,
-            message: ForwardedPublish {
-                topic: "a/b".into(),
-                payload: b"p".to_vec().into(),
-                qos: 2,
-                retain: false,
-                properties: PublishProperties::default(),
-                received_at_ms: 7,
-                publisher: Some(ClientId::new("pub")),
-                publisher_username: None,
-                to_subscribers: false,
-                shared: Vec::new(),
-                adopted_from: None,
-            },
-            subscription_ids: vec![3],
-            packet_id,
-            released: packet_id.is_some(),
-        }
-    }
-
-    #[test]
-    fn a_page_round_trips() {
-        let page = SessionHandover {
-            expiry_interval: 60,
-            messages: vec![message(4, Some(9)), message(5, None)],
-            complete: true,
-            incoming_qos2: vec![1, 65535],
-            earlier: Some((NodeId(3), 77)),
-        };
-        assert_eq!(from_pb(to_pb(page.clone())), Ok(page));
-    }
-
-    #[test]
-    fn a_page_with_impossible_packet_ids_is_refused() {
-        let mut page = to_pb(SessionHandover {
-            messages: vec![message(1, Some(1))],
-            ..SessionHandover::default()
-        });
-        page.messages[0].packet_id = Some(70_000);
-        assert!(from_pb(page.clone()).is_err());
-        page.messages[0].packet_id = Some(0);
-        assert!(from_pb(page.clone()).is_err());
-        page.messages[0].packet_id = None;
-        page.incoming_qos2 = vec![0];
-        assert!(from_pb(page.clone()).is_err());
-        page.incoming_qos2.clear();
-        page.messages[0].message = None;
-        assert!(from_pb(page).is_err());
-    }
-}
-
 /// The subscriptions of a registry entry, as the seam hands them over.
 pub(crate) fn handed_over(entry: &ClientEntry) -> Vec<HandedOverSubscription> {
     entry
@@ -190,5 +132,63 @@ pub(crate) fn will_from_pb(client_id: &str, w: &pb::RegisteredWill) -> skein_sea
             ..skein_seam::ForwardedPublish::default()
         },
         delay_secs: w.delay_secs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_seam::{ClientId, ForwardedPublish, PublishProperties};
+
+    fn message(seq: u64, packet_id: Option<u16>) -> HandedOverMessage {
+        HandedOverMessage {
+            seq,
+            message: ForwardedPublish {
+                topic: "a/b".into(),
+                payload: b"p".to_vec().into(),
+                qos: 2,
+                retain: false,
+                properties: PublishProperties::default(),
+                received_at_ms: 7,
+                publisher: Some(ClientId::new("pub")),
+                publisher_username: None,
+                to_subscribers: false,
+                shared: Vec::new(),
+                adopted_from: None,
+            },
+            subscription_ids: vec![3],
+            packet_id,
+            released: packet_id.is_some(),
+        }
+    }
+
+    #[test]
+    fn a_page_round_trips() {
+        let page = SessionHandover {
+            expiry_interval: 60,
+            messages: vec![message(4, Some(9)), message(5, None)],
+            complete: true,
+            incoming_qos2: vec![1, 65535],
+            earlier: Some((NodeId(3), 77)),
+        };
+        assert_eq!(from_pb(to_pb(page.clone())), Ok(page));
+    }
+
+    #[test]
+    fn a_page_with_impossible_packet_ids_is_refused() {
+        let mut page = to_pb(SessionHandover {
+            messages: vec![message(1, Some(1))],
+            ..SessionHandover::default()
+        });
+        page.messages[0].packet_id = Some(70_000);
+        assert!(from_pb(page.clone()).is_err());
+        page.messages[0].packet_id = Some(0);
+        assert!(from_pb(page.clone()).is_err());
+        page.messages[0].packet_id = None;
+        page.incoming_qos2 = vec![0];
+        assert!(from_pb(page.clone()).is_err());
+        page.incoming_qos2.clear();
+        page.messages[0].message = None;
+        assert!(from_pb(page).is_err());
     }
 }

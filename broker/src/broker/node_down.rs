@@ -179,9 +179,7 @@ impl Broker {
                 let mut st = session.state();
                 match st.attachment.as_ref() {
                     Some(a) if a.epoch == client.epoch => {
-                        if a.kick.send(Kick::NodeDown) {
-                            closed += 1;
-                        }
+                        closed += usize::from(a.kick.send(Kick::NodeDown));
                     }
                     // A newer connection here: its registration is newer than the mark.
                     Some(_) => continue,

@@ -56,8 +56,9 @@ pub enum Change {
         down: bool,
         at_ms: u64,
     },
-    /// A client of a node marked down went offline with it (see [`DownClient`]).
-    NodeDownClient(DownClient),
+    /// A client of a node marked down went offline with it (see [`DownClient`]; boxed: the
+    /// other changes are far smaller and far more common).
+    NodeDownClient(Box<DownClient>),
     /// How many clients of `node` subscribe to `filter` changed; 0 means none do any more.
     /// The interest index (filter → nodes) is the sum of these.
     Interest {

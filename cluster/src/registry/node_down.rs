@@ -103,7 +103,7 @@ impl Registry {
                 }
                 None => ended += 1,
             }
-            changes.push(Change::NodeDownClient(DownClient {
+            changes.push(Change::NodeDownClient(Box::new(DownClient {
                 client_id,
                 previous,
                 was_online,
@@ -114,7 +114,7 @@ impl Registry {
                 connected_at_ms,
                 offline_since_ms,
                 will,
-            }));
+            })));
         }
         marked(true, adopted, ended)
     }

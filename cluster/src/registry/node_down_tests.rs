@@ -18,7 +18,7 @@ fn down_clients(changes: &[Change]) -> Vec<&DownClient> {
     changes
         .iter()
         .filter_map(|c| match c {
-            Change::NodeDownClient(d) => Some(d),
+            Change::NodeDownClient(d) => Some(&**d),
             _ => None,
         })
         .collect()
