@@ -7,6 +7,12 @@
 //! counts silence only from when it became leader, so a new leader gives every member the
 //! whole detection time again before it marks one down. A member already marked down (the
 //! registry says so; a new leader reads the same) is not proposed again.
+//!
+//! The silence must be the member's, not the leader's own: a leader that was paused
+//! (SIGSTOP, a stalled VM) finds every contact old when it resumes, while it may still
+//! lead (no election happened in the meantime). So it marks nobody down unless it hears
+//! from a majority of the voters (itself included) within the detection time, and a gap in
+//! its own ticks (it did not run) starts the count again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,13 +41,18 @@ pub(crate) async fn run(shared: Arc<Shared>, proposer: Proposer, shutdown: Cance
     let every = (after / 5).clamp(Duration::from_millis(20), Duration::from_secs(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Since when this node leads (in the current term).
+    // Since when this node leads (in the current term), or ran again after a stall.
     let mut leading: Option<(u64, Instant)> = None;
+    let mut last_tick = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
+        // Ticks far apart: this process did not run (paused, starved); what it missed
+        // meanwhile is no member's fault.
+        let stalled = last_tick.elapsed() > every * 3 + Duration::from_millis(500);
+        last_tick = Instant::now();
         let (state, term) = {
             let m = shared.raft.metrics();
             let m = m.borrow();
@@ -52,7 +63,7 @@ pub(crate) async fn run(shared: Arc<Shared>, proposer: Proposer, shutdown: Cance
             continue;
         }
         let since = match leading {
-            Some((t, since)) if t == term => since,
+            Some((t, since)) if t == term && !stalled => since,
             _ => {
                 let now = Instant::now();
                 leading = Some((term, now));
@@ -115,6 +126,12 @@ fn verdicts(
         .filter(|n| *n == shared.id || silent_for(*n) <= after)
         .collect();
     alive.sort_unstable();
+    let voters: Vec<NodeId> = shared.membership().voter_ids().collect();
+    let alive_voters = voters.iter().filter(|v| alive.contains(v)).count();
+    if alive_voters * 2 <= voters.len() {
+        // No majority heard from: this node cannot tell who is down (see the module docs).
+        return Vec::new();
+    }
     let down = shared
         .view
         .read(|r| r.down_nodes().iter().copied().collect::<Vec<_>>());
