@@ -15,7 +15,7 @@
 //! - As the node marked down itself (it was paused or cut off and catches up): the
 //!   connections of its former clients end without an event (the announcer had it), their
 //!   wills are not published here, and what their sessions hold stays stored, sealed, for
-//!   the new owners, who are offered it (see `handover_holder.rs`).
+//!   the new owners, who are offered it periodically (see `handover_holder.rs`).
 
 use std::sync::Arc;
 
@@ -191,7 +191,7 @@ impl Broker {
             }
             moving.push(session);
         }
-        self.spawn_sealed_and_offered(moving);
+        self.spawn_sealed(moving);
         tracing::warn!(
             clients = clients.len(),
             closed,
@@ -199,9 +199,11 @@ impl Broker {
         );
     }
 
-    /// Seals `sessions` once their connections are gone (see `cluster_sync.rs`), then
-    /// offers the new owners what they hold, without waiting for the periodic offer.
-    fn spawn_sealed_and_offered(&self, sessions: Vec<Arc<Session>>) {
+    /// Seals `sessions` once their connections are gone (see `cluster_sync.rs`); what they
+    /// hold goes to the new owners with the periodic offer (`handover_holder.rs`). Not
+    /// offered at once: an owner that meanwhile fetched part of it by a takeover would get
+    /// again what its client has acknowledged since (a copy on the same connection).
+    fn spawn_sealed(&self, sessions: Vec<Arc<Session>>) {
         if sessions.is_empty() {
             return;
         }
@@ -217,7 +219,6 @@ impl Broker {
             for session in &sessions {
                 broker.session_moved(session).await;
             }
-            broker.offer_stranded().await;
         });
     }
 }
