@@ -32,6 +32,7 @@ mod cluster_sync;
 mod forwarding;
 mod handover_holder;
 mod handover_taker;
+mod node_down;
 mod routing;
 mod storage_monitor;
 
@@ -376,7 +377,9 @@ impl Broker {
             )
             .is_some();
         // Under the index's lock: set before the SUBACK, never behind a later change.
-        self.events.set_dollar_receivers(tree.has_dollar_filters());
+        self.events.set_dollar_receivers(
+            tree.has_dollar_filters() || self.remote_interest.has_dollar_filters(),
+        );
         Subscribed {
             existed,
             // Under the index's write lock: publishes are logged under its read lock.
@@ -395,7 +398,9 @@ impl Broker {
         let removed = tree
             .unsubscribe(inner, group, &SessionRef(session.clone()))
             .map(|entry| entry.options.qos);
-        self.events.set_dollar_receivers(tree.has_dollar_filters());
+        self.events.set_dollar_receivers(
+            tree.has_dollar_filters() || self.remote_interest.has_dollar_filters(),
+        );
         removed
     }
 

@@ -112,6 +112,11 @@ pub struct Config {
     /// A follower that hears nothing from the leader for between this and twice this many
     /// milliseconds starts an election (at least twice `raft_heartbeat_ms`).
     pub raft_election_timeout_ms: u64,
+    /// The Raft leader marks a member down after this many milliseconds without contact:
+    /// its clients go offline (one `client.disconnected` event each, reason `node_down`)
+    /// and its persistent sessions are adopted by live nodes. Above
+    /// `raft_election_timeout_ms`.
+    pub node_down_after_ms: u64,
     /// Messages held for one peer node (waiting to be forwarded, or sent and not
     /// acknowledged yet). A QoS 0 publisher waits for room once half are held; past the
     /// bound forwards are refused (QoS 1/2: 0x97) and counted.
@@ -283,6 +288,7 @@ impl Default for Config {
             // See skein_cluster::RaftSettings: calm on a busy 2-core machine.
             raft_heartbeat_ms: 250,
             raft_election_timeout_ms: 1000,
+            node_down_after_ms: 3_000,
             forward_queue_messages: 100_000,
             max_connections: 100_000,
             max_packet_size: 1_048_576,
@@ -790,6 +796,23 @@ fn check_cluster(
             expected: format!(
                 "at least twice raft_heartbeat_ms ({} ms), or followers start elections between heartbeats",
                 config.raft_heartbeat_ms
+            ),
+            origin: origin.clone(),
+        });
+    }
+    let origin = origins
+        .get("node_down_after_ms")
+        .or_else(|| origins.get("raft_election_timeout_ms"));
+    if let (true, Some(origin)) = (
+        config.node_down_after_ms <= config.raft_election_timeout_ms,
+        origin,
+    ) {
+        return Err(ConfigError::Invalid {
+            setting: "node_down_after_ms",
+            value: config.node_down_after_ms.to_string(),
+            expected: format!(
+                "above raft_election_timeout_ms ({} ms): a dead leader is replaced by an election before its clients are marked offline",
+                config.raft_election_timeout_ms
             ),
             origin: origin.clone(),
         });

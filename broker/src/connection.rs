@@ -588,12 +588,16 @@ impl Connection {
             tracing::debug!(reason = close.reason.as_str(), detail = %close.detail, "connection closed");
         }
         self.broker.hot.disconnected(close.reason);
-        crate::events::raise::disconnected(
-            &self.broker.events,
-            &self.info,
-            &close,
-            taken_by.as_deref(),
-        );
+        // Marked down: the node that adopted the client announced its end, once.
+        let node_down = close.reason == DisconnectReason::NodeDown;
+        if !node_down {
+            crate::events::raise::disconnected(
+                &self.broker.events,
+                &self.info,
+                &close,
+                taken_by.as_deref(),
+            );
+        }
         if let (Some(code), true) = (close.code, self.protocol.is_v5()) {
             let mut packet = Packet::Disconnect(Disconnect {
                 reason: code,
@@ -622,7 +626,7 @@ impl Connection {
             (self.id, self.epoch),
             &close,
             self.will_on_disconnect,
-            taken_by.is_some(),
+            taken_by.is_some() || node_down,
         )
         .await;
         // The linger protects what the broker said last from a reset by input it did not
@@ -680,6 +684,13 @@ fn kicked(kick: Kick) -> Close {
             DisconnectReason::AuthenticationExpired,
             Some(rc::NOT_AUTHORIZED),
             "authentication expired",
+        ),
+        // The adopting node announced the end (reason node_down); a v5 client is told to
+        // use another server (its session lives on another node now).
+        Kick::NodeDown => Close::new(
+            DisconnectReason::NodeDown,
+            Some(rc::USE_ANOTHER_SERVER),
+            "this node was marked down by the cluster",
         ),
     }
 }

@@ -26,6 +26,8 @@ pub enum DisconnectReason {
     ServerInternalError,
     /// The token the client authenticated with expired.
     AuthenticationExpired,
+    /// Its node died: the cluster marked it down (announced by the adopting node).
+    NodeDown,
 }
 
 impl DisconnectReason {
@@ -46,6 +48,7 @@ impl DisconnectReason {
         DisconnectReason::ProtocolError,
         DisconnectReason::ServerInternalError,
         DisconnectReason::AuthenticationExpired,
+        DisconnectReason::NodeDown,
     ];
 
     /// Its position in [`DisconnectReason::ALL`].
@@ -72,6 +75,7 @@ impl DisconnectReason {
             DisconnectReason::ProtocolError => "protocol_error",
             DisconnectReason::ServerInternalError => "server_internal_error",
             DisconnectReason::AuthenticationExpired => "authentication_expired",
+            DisconnectReason::NodeDown => "node_down",
         }
     }
 }

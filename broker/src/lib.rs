@@ -227,6 +227,7 @@ async fn start_cluster(
             heartbeat_ms: config.raft_heartbeat_ms,
             election_timeout_ms: config.raft_election_timeout_ms,
             registration_deadline_ms: config.connect_commit_timeout_ms,
+            node_down_after_ms: config.node_down_after_ms,
             forward: skein_cluster::ForwardSettings {
                 queue_messages: config.forward_queue_messages,
                 ..skein_cluster::ForwardSettings::default()

@@ -135,6 +135,10 @@ pub struct SessionState {
     /// held the session, by a CONNECT that indexed its subscriptions before registering:
     /// the attach uses them (see `Broker::preindex_resumed`).
     pub reserved_seqs: Option<u64>,
+    /// Adopted from this node when the cluster marked it down, until a connection
+    /// attaches: what that node's peers still held for it is delivered to the sessions
+    /// adopted from it only (see `broker/node_down.rs`).
+    pub adopted_from: Option<skein_seam::NodeId>,
     /// A wake-up of the attached connection is held in some [`HeldWakes`], which wakes it
     /// when its batch is routed: later enqueues need not wake it themselves.
     wake_held: bool,
@@ -222,6 +226,7 @@ impl SessionState {
             moved: false,
             pending_from: None,
             reserved_seqs: None,
+            adopted_from: None,
             wake_held: false,
             last_info: None,
         }
@@ -235,6 +240,7 @@ impl SessionState {
     pub fn attach(&mut self, attachment: Attachment, info: Arc<ClientInfo>) {
         self.attachment = Some(attachment);
         self.last_info = Some(info);
+        self.adopted_from = None;
     }
 
     /// The attached connection's client.

@@ -36,18 +36,24 @@ impl ClusterNode {
         clean_start: bool,
         session_expiry_secs: u32,
     ) -> Result<Registration> {
-        self.register_shared(&ArcStr::from(client_id), clean_start, session_expiry_secs)
-            .await
+        self.register_shared(
+            &ArcStr::from(client_id),
+            clean_start,
+            session_expiry_secs,
+            None,
+        )
+        .await
     }
 
     /// [`ClusterNode::register_client`] with the broker's own string for the id: the
     /// registry's entry shares it rather than holding a copy (see `registry/client_ids.rs`).
-    #[tracing::instrument(level = "debug", skip(self), fields(node = self.id()))]
+    #[tracing::instrument(level = "debug", skip(self, will), fields(node = self.id()))]
     pub async fn register_shared(
         &self,
         client_id: &ArcStr,
         clean_start: bool,
         session_expiry_secs: u32,
+        will: Option<pb::RegisteredWill>,
     ) -> Result<Registration> {
         // Lent until this returns: by then the entry is applied here, or the proposal failed.
         let _lent = self.client_ids.offer(client_id);
@@ -67,6 +73,7 @@ impl ClusterNode {
                 } else {
                     stamped_at_ms.saturating_add(deadline)
                 },
+                will,
             }))
             .await;
         let (answer, log_index) = match proposed {

@@ -17,16 +17,17 @@
 //! The fold remembers which client ids this node owns (with their epochs) for that last
 //! rule, and the last log index it folded, which [`crate::in_force`] waits on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arcstr::ArcStr;
-use skein_seam::{BrokerHandle, ClientId, NodeId as SeamNodeId};
+use skein_seam::{AdoptedSession, BrokerHandle, ClientId, DownClient, NodeId as SeamNodeId};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::forward::Forwarder;
 use crate::metrics;
-use crate::registry::{AppliedChanges, Change, ChangeEvent};
+use crate::registry::{self, AppliedChanges, Change, ChangeEvent};
 use crate::shared::Shared;
 use crate::types::NodeId;
 
@@ -34,12 +35,14 @@ use crate::types::NodeId;
 pub(crate) async fn run(
     shared: Arc<Shared>,
     broker: Arc<dyn BrokerHandle>,
+    forwarder: Arc<Forwarder>,
     mut changes: broadcast::Receiver<ChangeEvent>,
     shutdown: CancellationToken,
 ) {
     let mut fold = Fold {
         shared,
         broker,
+        forwarder,
         owned: HashMap::new(),
         folded: None,
     };
@@ -70,6 +73,7 @@ pub(crate) async fn run(
 struct Fold {
     shared: Arc<Shared>,
     broker: Arc<dyn BrokerHandle>,
+    forwarder: Arc<Forwarder>,
     /// The client ids this node owns, as far as the fold has seen, with their epochs. The
     /// keys are the registry's own shared strings.
     owned: HashMap<ArcStr, u64>,
@@ -89,8 +93,24 @@ impl Fold {
         let mut taken = Vec::new();
         let mut arrived = Vec::new();
         let mut interest = Vec::new();
+        let mut down = NodesDown::default();
         for change in &applied.changes {
             match change {
+                Change::NodeMarked {
+                    node,
+                    down: true,
+                    at_ms,
+                } => {
+                    down.marked(*node, *at_ms, me);
+                }
+                Change::NodeDownClient(d) => {
+                    if d.previous.node == me {
+                        self.owned.remove(&d.client_id);
+                    } else if let Some(owner) = d.adopter.filter(|o| o.node == me) {
+                        self.owned.insert(d.client_id.clone(), owner.epoch);
+                    }
+                    down.client(d, me, &self.shared);
+                }
                 Change::Registered {
                     client_id,
                     owner,
@@ -131,6 +151,9 @@ impl Fold {
         for client_id in arrived {
             self.broker.registered_here(&ClientId::new(client_id));
         }
+        // Before the interest moves here too (as a registration here): the adopted
+        // sessions are in this node's index when the adopters' interest is folded.
+        down.tell(&*self.broker);
         // At once: a takeover moves the session's interest from one node to another,
         // and a publish routed in between would find neither or both.
         if !interest.is_empty() {
@@ -139,6 +162,12 @@ impl Fold {
         for (client_id, epoch, by) in taken {
             self.broker
                 .taken_over(&ClientId::new(client_id), epoch, SeamNodeId(by));
+        }
+        // After the interest moved: what this node still held for a node marked down goes
+        // to the adopters, and new publishes go there too.
+        for (dead, adopters) in down.adopters {
+            self.forwarder
+                .redirect(dead, adopters.into_iter().collect(), self.broker.clone());
         }
         self.advance(Some(applied.log_index));
     }
@@ -199,6 +228,80 @@ impl Fold {
         if index > self.folded {
             self.folded = index;
             self.shared.folded.send_replace(index);
+        }
+    }
+}
+
+/// What one applied entry's node-down changes mean here, gathered as the fold reads them.
+#[derive(Default)]
+struct NodesDown {
+    /// Per node marked down: the nodes that adopted its sessions (where its queue goes).
+    adopters: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    /// Per node marked down: its clients this node adopts or announces (all of them when
+    /// it is this node).
+    clients: BTreeMap<NodeId, Vec<DownClient>>,
+}
+
+impl NodesDown {
+    fn marked(&mut self, node: NodeId, at_ms: u64, me: NodeId) {
+        if node == me {
+            tracing::warn!(
+                at_ms,
+                "the cluster marked this node down (it was paused or cut off): its clients went offline and its sessions moved to other nodes"
+            );
+        }
+        self.adopters.entry(node).or_default();
+        self.clients.entry(node).or_default();
+    }
+
+    fn client(&mut self, d: &registry::DownClient, me: NodeId, shared: &Shared) {
+        let dead = d.previous.node;
+        if let Some(owner) = d.adopter {
+            self.adopters.entry(dead).or_default().insert(owner.node);
+        }
+        let adopted_here = d.adopter.filter(|o| o.node == me);
+        let announce = d.was_online && d.announcer == me;
+        if dead != me && adopted_here.is_none() && !announce {
+            return;
+        }
+        let adopted = adopted_here.map(|owner| AdoptedSession {
+            epoch: owner.epoch,
+            expiry_interval: d.session_expiry_secs,
+            subscriptions: shared.view.read(|r| {
+                r.client(&d.client_id)
+                    .filter(|e| e.owner == owner)
+                    .map(crate::session_wire::handed_over)
+                    .unwrap_or_default()
+            }),
+        });
+        self.clients.entry(dead).or_default().push(DownClient {
+            client_id: ClientId::new(&d.client_id),
+            node: SeamNodeId(dead),
+            epoch: d.previous.epoch,
+            was_online: d.was_online,
+            announce,
+            clean_start: d.clean_start,
+            connected_at_ms: d.connected_at_ms,
+            offline_since_ms: d.offline_since_ms,
+            // Published by the adopter, or for a session that ended, by the announcer.
+            will: d
+                .will
+                .as_ref()
+                .filter(|_| adopted.is_some() || (announce && d.adopter.is_none()))
+                .map(|w| crate::session_wire::will_from_pb(&d.client_id, w)),
+            adopted,
+        });
+    }
+
+    fn tell(&mut self, broker: &dyn BrokerHandle) {
+        for (dead, clients) in std::mem::take(&mut self.clients) {
+            let adopted = clients.iter().filter(|c| c.adopted.is_some()).count();
+            if adopted > 0 {
+                metrics::sessions_adopted(adopted);
+            }
+            if !clients.is_empty() {
+                broker.node_down(SeamNodeId(dead), clients);
+            }
         }
     }
 }

@@ -25,12 +25,15 @@
 //!   it is unavailable.
 //! - The stream runs on a connection of its own, not the Raft channel, so a busy data
 //!   plane does not delay heartbeats.
+//! - A peer marked down has what its queue held sent to the adopters of its sessions
+//!   (`redirect`).
 //! - Retained messages: a node that starts or joins fetches the set one member holds
 //!   (`retained_sync`).
 
 mod encoded;
 mod queue;
 mod receiver;
+mod redirect;
 mod retained_sync;
 mod sender;
 pub(crate) mod wire;

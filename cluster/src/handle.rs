@@ -17,6 +17,7 @@ use crate::in_force;
 use crate::join::join_all;
 use crate::node::ClusterNode;
 use crate::registry::{ClientEntry, Owner, SubscriptionOptions};
+use crate::session_wire::handed_over;
 use crate::status::{MemberStatus, Role};
 use crate::types::NodeId;
 
@@ -46,21 +47,6 @@ fn location(client_id: &str, entry: &ClientEntry) -> ClientLocation {
         offline_since_ms: entry.offline_since_ms(),
         subscriptions: entry.subscriptions.len(),
     }
-}
-
-fn handed_over(entry: &ClientEntry) -> Vec<HandedOverSubscription> {
-    entry
-        .subscriptions
-        .iter()
-        .map(|(filter, s)| HandedOverSubscription {
-            filter: filter.to_string(),
-            qos: s.options.qos,
-            no_local: s.options.no_local,
-            retain_as_published: s.options.retain_as_published,
-            retain_handling: s.options.retain_handling,
-            subscription_id: s.subscription_id,
-        })
-        .collect()
 }
 
 fn member_overview(m: MemberStatus) -> MemberOverview {
@@ -99,12 +85,23 @@ impl ClusterHandle for ClusterNode {
         clean_start: bool,
         session_expiry_secs: u32,
     ) -> BoxFuture<'a, Result<Registration, SeamError>> {
+        self.register_client_with_will(client_id, clean_start, session_expiry_secs, None)
+    }
+
+    fn register_client_with_will<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        clean_start: bool,
+        session_expiry_secs: u32,
+        will: Option<skein_seam::RegisteredWill>,
+    ) -> BoxFuture<'a, Result<Registration, SeamError>> {
         Box::pin(async move {
             let r = ClusterNode::register_shared(
                 self,
                 client_id.shared(),
                 clean_start,
                 session_expiry_secs,
+                will.map(crate::session_wire::will_to_pb),
             )
             .await
             .map_err(to_seam)?;

@@ -24,6 +24,7 @@
 //! - `session_wire`: a handed-over session page between the seam and protobuf.
 //! - `forward`: the data plane: one bounded queue and batched stream per peer, and the
 //!   `Forward` service that delivers what peers send to the local broker.
+//! - `node_watch`: the leader marks members it has not heard from down, and up again.
 //! - `withdraw`: a registration whose proposal failed with an unknown outcome is
 //!   unregistered again, so a late commit leaves no ghost owner.
 //! - `proposer`: batches concurrent commands into one log entry; forwards to the leader.
@@ -62,6 +63,7 @@ mod membership;
 pub mod metrics;
 mod network;
 pub mod node;
+mod node_watch;
 mod peers;
 mod proposer;
 mod registry;
@@ -80,8 +82,8 @@ pub use error::{ClusterError, Result};
 pub use membership::{parse_peers, Peer};
 pub use node::{ChangeStream, ClusterConfig, ClusterNode, NotReady};
 pub use registry::{
-    AppliedChanges, Change, ChangeEvent, ClientEntry, ClientIds, Owner, PreviousOwner, Registry,
-    Subscription, SubscriptionOptions, Subscriptions, SNAPSHOT_FORMAT,
+    AppliedChanges, Change, ChangeEvent, ClientEntry, ClientIds, DownClient, Owner, PreviousOwner,
+    Registry, Subscription, SubscriptionOptions, Subscriptions, SNAPSHOT_FORMAT,
 };
 pub use settings::{ForwardSettings, RaftSettings, MAX_ENTRIES_PER_APPEND, PURGE_BATCH_ENTRIES};
 pub use state_machine::RegistryView;

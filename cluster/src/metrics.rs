@@ -39,6 +39,15 @@ pub const CLUSTER_REGISTRY_CLIENTS: &str = "skein_cluster_registry_clients";
 /// Change-stream events a slow receiver missed (it then re-reads the registry).
 pub const CLUSTER_CHANGES_LAGGED: &str = "skein_cluster_changes_lagged_total";
 
+/// Counter: members this node, as the leader, marked down (no contact for
+/// `node_down_after_ms`).
+pub const NODES_MARKED_DOWN: &str = "skein_nodes_marked_down_total";
+/// Counter: sessions of a node marked down that this node adopted.
+pub const SESSIONS_ADOPTED: &str = "skein_sessions_adopted_total";
+/// Counter {outcome}: messages held for a peer marked down, taken from its queue and sent
+/// to the adopters of its sessions (`redirected`), or dropped (`no_adopter`, `invalid`).
+pub const FORWARDS_REDIRECTED: &str = "skein_cluster_forwards_redirected_total";
+
 /// Gauge {peer}: messages held for a peer: waiting, or sent and not acknowledged yet.
 pub const FORWARD_QUEUE_DEPTH: &str = "skein_cluster_forward_queue_depth";
 /// Counter {peer}: forwarded messages the peer acknowledged.
@@ -166,6 +175,9 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     (FORWARD_RECEIVED, "Messages a peer node forwarded to this one and this one delivered."),
     (FORWARD_RECEIVED_DUPLICATES, "Messages a peer node sent again that this node had delivered already: acknowledged, not delivered twice."),
     (FORWARD_RECEIVED_DROPPED, "Messages a peer node forwarded that this node dropped, by reason (invalid)."),
+    (NODES_MARKED_DOWN, "Members this node, as the Raft leader, marked down after node_down_after_ms without contact."),
+    (SESSIONS_ADOPTED, "Persistent sessions of a node marked down that this node adopted."),
+    (FORWARDS_REDIRECTED, "Messages held for a peer marked down, sent on to the adopters of its sessions (redirected) or dropped (no_adopter, invalid)."),
 ];
 
 /// Sends this crate's HELP texts to the installed recorder (the broker calls it when it
@@ -215,6 +227,20 @@ pub(crate) fn proposal_failed(reason: &'static str, count: usize) {
 
 pub(crate) fn registration_withdrawn(outcome: &'static str) {
     metrics::counter!(CLUSTER_REGISTRATIONS_WITHDRAWN, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn node_marked(down: bool) {
+    if down {
+        metrics::counter!(NODES_MARKED_DOWN).increment(1);
+    }
+}
+
+pub(crate) fn sessions_adopted(n: usize) {
+    metrics::counter!(SESSIONS_ADOPTED).increment(n as u64);
+}
+
+pub(crate) fn forwards_redirected(outcome: &'static str, n: usize) {
+    metrics::counter!(FORWARDS_REDIRECTED, "outcome" => outcome).increment(n as u64);
 }
 
 pub(crate) fn changes_lagged(missed: u64) {

@@ -148,6 +148,11 @@ impl ClusterNode {
         };
         let (proposer, run_proposer) = Proposer::new(shared.clone(), shutdown.clone());
         tasks.spawn(run_proposer);
+        tasks.spawn(crate::node_watch::run(
+            shared.clone(),
+            proposer.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(metrics::publish(
             shared.raft.metrics(),
             shared.commit.clone(),
@@ -214,6 +219,7 @@ impl ClusterNode {
         self.tasks.spawn(fold::run(
             self.shared.clone(),
             broker.clone(),
+            self.forwarder.clone(),
             changes,
             self.shutdown.clone(),
         ));

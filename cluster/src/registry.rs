@@ -14,21 +14,27 @@
 //! - unregister, subscribe, unsubscribe: only for the current owner (node, epoch); a late
 //!   command of a connection that was taken over is rejected with `NOT_OWNER`.
 //! - a session ends on an unregister that says so, or at once when its expiry is 0.
+//! - node down: the node's clients go offline; sessions with expiry 0 end, the others are
+//!   adopted by live nodes (see `node_down.rs`). Node up, or a registration by the node:
+//!   it is no longer marked down.
 
 mod change;
 mod client_ids;
 mod entry;
+mod node_down;
+#[cfg(test)]
+mod node_down_tests;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arcstr::ArcStr;
 use skein_proto::v1 as pb;
 
-pub use change::{AppliedChanges, Change, ChangeEvent, PreviousOwner};
+pub use change::{AppliedChanges, Change, ChangeEvent, DownClient, PreviousOwner};
 pub use client_ids::ClientIds;
 pub use entry::{ClientEntry, Subscriptions};
 pub use snapshot::SNAPSHOT_FORMAT;
@@ -62,12 +68,17 @@ pub struct Subscription {
 }
 
 /// Clients, their subscriptions, and which nodes have interest in which filter.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Registry {
     clients: BTreeMap<ArcStr, ClientEntry>,
     /// filter → node → how many of that node's clients subscribe to it. Derived from
     /// `clients`; never stored.
     interest: BTreeMap<Arc<str>, BTreeMap<NodeId, u32>>,
+    /// Nodes marked down (see `node_down.rs`): not picked as adopters, not marked again.
+    down_nodes: BTreeSet<NodeId>,
+    /// The wills of online connections that have one, kept apart from the entries (most
+    /// clients have none): published by the adopter should their node die.
+    wills: BTreeMap<ArcStr, pb::RegisteredWill>,
 }
 
 impl Registry {
@@ -91,6 +102,16 @@ impl Registry {
 
     pub fn client_count(&self) -> usize {
         self.clients.len()
+    }
+
+    /// The will of the connection that holds `client_id`, if it registered one.
+    pub fn will(&self, client_id: &str) -> Option<&pb::RegisteredWill> {
+        self.wills.get(client_id)
+    }
+
+    /// The nodes marked down, in id order.
+    pub fn down_nodes(&self) -> &BTreeSet<NodeId> {
+        &self.down_nodes
     }
 
     /// Every filter with subscribers, and how many each node has.
@@ -117,6 +138,8 @@ impl Registry {
             Some(Command::Unregister(c)) => self.unregister(c, changes),
             Some(Command::Subscribe(c)) => self.subscribe(c, changes),
             Some(Command::Unsubscribe(c)) => self.unsubscribe(c, changes),
+            Some(Command::NodeDown(c)) => Ok(self.node_down(c, changes)),
+            Some(Command::NodeUp(c)) => Ok(self.node_up(c.node_id, changes)),
             None => Err(invalid("no command (written by a newer Skein?)")),
         };
         let result = result.unwrap_or_else(pb::command_result::Result::Rejected);
@@ -132,6 +155,8 @@ impl Registry {
         changes: &mut Vec<Change>,
     ) -> Result<pb::command_result::Result, pb::Rejected> {
         check_client_id(&c.client_id)?;
+        // A node that registers a client is alive, whatever was decided about it before.
+        self.node_up(c.node_id, changes);
         let owner = Owner {
             node: c.node_id,
             epoch: c.epoch,
@@ -186,6 +211,14 @@ impl Registry {
                 entry.subscriptions = old.subscriptions;
             }
         }
+        match &c.will {
+            Some(will) => {
+                self.wills.insert(client_id.clone(), will.clone());
+            }
+            None => {
+                self.wills.remove(&client_id);
+            }
+        }
         self.clients.insert(client_id, entry);
         Ok(registered(session_present, replaced))
     }
@@ -210,6 +243,8 @@ impl Registry {
         } else {
             entry.set_offline_since(Some(c.stamped_at_ms));
         }
+        // The connection ended on its node, which saw to its will.
+        self.wills.remove(&client_id);
         changes.push(Change::Unregistered {
             client_id,
             owner,

@@ -1,9 +1,11 @@
-//! A handed-over session page between the seam's type and its protobuf message.
+//! A handed-over session page between the seam's type and its protobuf message, and a
+//! registry entry's subscriptions as the seam hands them to the broker.
 
 use skein_proto::v1 as pb;
-use skein_seam::{HandedOverMessage, NodeId, SessionHandover};
+use skein_seam::{HandedOverMessage, HandedOverSubscription, NodeId, SessionHandover};
 
 use crate::forward::wire;
+use crate::registry::ClientEntry;
 
 pub(crate) fn to_pb(page: SessionHandover) -> pb::SessionHandover {
     pb::SessionHandover {
@@ -64,6 +66,75 @@ pub(crate) fn from_pb(page: pb::SessionHandover) -> Result<SessionHandover, Stri
     })
 }
 
+/// The subscriptions of a registry entry, as the seam hands them over.
+pub(crate) fn handed_over(entry: &ClientEntry) -> Vec<HandedOverSubscription> {
+    entry
+        .subscriptions
+        .iter()
+        .map(|(filter, s)| HandedOverSubscription {
+            filter: filter.to_string(),
+            qos: s.options.qos,
+            no_local: s.options.no_local,
+            retain_as_published: s.options.retain_as_published,
+            retain_handling: s.options.retain_handling,
+            subscription_id: s.subscription_id,
+        })
+        .collect()
+}
+
+/// A will as the seam gives it, for the registry.
+pub(crate) fn will_to_pb(w: skein_seam::RegisteredWill) -> pb::RegisteredWill {
+    let m = w.message;
+    let p = m.properties;
+    pb::RegisteredWill {
+        topic: m.topic.to_string(),
+        payload: m.payload.to_vec(),
+        qos: u32::from(m.qos),
+        retain: m.retain,
+        delay_secs: w.delay_secs,
+        payload_format_indicator: p.payload_format_indicator.map(u32::from),
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data.map(|b| b.to_vec()),
+        user_properties: p
+            .user_properties
+            .into_iter()
+            .map(|(key, value)| pb::WillProperty { key, value })
+            .collect(),
+    }
+}
+
+/// A registered will for the broker; `client_id` is its publisher.
+pub(crate) fn will_from_pb(client_id: &str, w: &pb::RegisteredWill) -> skein_seam::RegisteredWill {
+    skein_seam::RegisteredWill {
+        message: skein_seam::ForwardedPublish {
+            topic: w.topic.as_str().into(),
+            payload: w.payload.clone().into(),
+            // Out of range only if written by something else: the broker refuses it then.
+            qos: u8::try_from(w.qos).unwrap_or(u8::MAX),
+            retain: w.retain,
+            properties: skein_seam::PublishProperties {
+                payload_format_indicator: w
+                    .payload_format_indicator
+                    .and_then(|v| u8::try_from(v).ok()),
+                message_expiry_interval: w.message_expiry_interval,
+                content_type: w.content_type.clone(),
+                response_topic: w.response_topic.clone(),
+                correlation_data: w.correlation_data.clone().map(Into::into),
+                user_properties: w
+                    .user_properties
+                    .iter()
+                    .map(|p| (p.key.clone(), p.value.clone()))
+                    .collect(),
+            },
+            publisher: Some(skein_seam::ClientId::new(client_id)),
+            ..skein_seam::ForwardedPublish::default()
+        },
+        delay_secs: w.delay_secs,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +154,7 @@ mod tests {
                 publisher_username: None,
                 to_subscribers: false,
                 shared: Vec::new(),
+                adopted_from: None,
             },
             subscription_ids: vec![3],
             packet_id,

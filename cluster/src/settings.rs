@@ -49,6 +49,12 @@ pub struct RaftSettings {
     /// How long a SUBACK waits for each other member to fold the subscription (ms); a
     /// member that has not by then is skipped and counted (see `in_force.rs`).
     pub fold_wait_ms: u64,
+    /// How long the leader goes without hearing from a member before it marks it down
+    /// (ms): its clients go offline and its persistent sessions are adopted by live nodes
+    /// (see `node_watch.rs`). Above the election timeout, so a leader's own death is
+    /// settled by an election first; below the forward timeout (5 s) with some room, so
+    /// the publishers of forwards held for the dead node get the adopters' answer.
+    pub node_down_after_ms: u64,
     /// The data plane: publishes forwarded to other members.
     pub forward: ForwardSettings,
 }
@@ -146,6 +152,7 @@ impl Default for RaftSettings {
             connect_timeout_ms: 1000,
             forward: ForwardSettings::default(),
             fold_wait_ms: 2000,
+            node_down_after_ms: 3000,
         }
     }
 }
@@ -153,6 +160,10 @@ impl Default for RaftSettings {
 impl RaftSettings {
     pub fn proposal_timeout(&self) -> Duration {
         Duration::from_millis(self.proposal_timeout_ms)
+    }
+
+    pub fn node_down_after(&self) -> Duration {
+        Duration::from_millis(self.node_down_after_ms)
     }
 
     pub fn connect_timeout(&self) -> Duration {
@@ -183,6 +194,16 @@ impl RaftSettings {
             if value == 0 {
                 return Err(invalid(name, "must be above 0".into()));
             }
+        }
+        if self.node_down_after_ms <= self.election_timeout_ms {
+            return Err(invalid(
+                "node_down_after_ms",
+                format!(
+                    "{} ms must be above raft_election_timeout_ms ({} ms): a dead leader is \
+                     replaced by an election before its clients are marked offline",
+                    self.node_down_after_ms, self.election_timeout_ms
+                ),
+            ));
         }
         if self.snapshot_every_entries == 0 {
             return Err(invalid("snapshot_every_entries", "must be above 0".into()));
@@ -250,5 +271,11 @@ mod tests {
         };
         let e = no_window.openraft_config().unwrap_err().to_string();
         assert!(e.contains("forward.window_batches"), "{e}");
+        let hasty = RaftSettings {
+            node_down_after_ms: 1000,
+            ..Default::default()
+        };
+        let e = hasty.openraft_config().unwrap_err().to_string();
+        assert!(e.contains("node_down_after_ms"), "{e}");
     }
 }

@@ -129,6 +129,7 @@ mod tests {
                     epoch: 77,
                     clean_start: true,
                     session_expiry_secs: 60,
+                    will: None,
                     stamped_at_ms: 1_700_000_000_000,
                     commit_by_ms: 1_700_000_005_000,
                 })),

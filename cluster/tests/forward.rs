@@ -103,6 +103,7 @@ fn publish(topic: &str) -> ForwardedPublish {
         publisher_username: None,
         to_subscribers: true,
         shared: Vec::new(),
+        adopted_from: None,
     }
 }
 

@@ -35,6 +35,10 @@ pub struct ForwardedPublish {
     /// Shared subscription groups the sender picked the receiver for: one member of each
     /// on the receiving node gets the message.
     pub shared: Vec<SharedTarget>,
+    /// Redirected from the forward queue of node `adopted_from`, which was marked down
+    /// before it took the message: deliver only to the sessions this node adopted from it
+    /// (ignoring `to_subscribers` and `shared`: this node's own subscribers had their copy).
+    pub adopted_from: Option<NodeId>,
 }
 
 /// A shared subscription group (`$share/{group}/{filter}`) a forwarded publish is for.
@@ -111,6 +115,51 @@ pub struct HandedOverSubscription {
     pub subscription_id: Option<u32>,
 }
 
+/// A client of a node the cluster marked down (it died, or was paused or cut off for
+/// longer than the detection time), as far as it concerns the node told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownClient {
+    pub client_id: ClientId,
+    /// The node marked down, and the client's registration epoch there.
+    pub node: NodeId,
+    pub epoch: u64,
+    /// A connection held it: one `client.disconnected` event (reason `node_down`) is due.
+    pub was_online: bool,
+    /// This node emits that event (exactly one node does, cluster-wide).
+    pub announce: bool,
+    pub clean_start: bool,
+    /// When its connection registered, and since when it is offline (ms since the epoch).
+    pub connected_at_ms: u64,
+    pub offline_since_ms: u64,
+    /// This node adopted the session: it holds it, offline, from now on.
+    pub adopted: Option<AdoptedSession>,
+    /// The will of the connection that was online (given to the node that publishes it:
+    /// the adopter, after its delay unless the client returns first; for a session that
+    /// ended, the announcer, at once).
+    pub will: Option<RegisteredWill>,
+}
+
+/// A connection's will as the cluster keeps it while the connection is online, for the
+/// node that adopts its client should its node die.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredWill {
+    /// Topic, payload, QoS, retain and properties as the will's message carries them
+    /// (`publisher` is the client; the other fields are unused).
+    pub message: ForwardedPublish,
+    /// MQTT 5 Will Delay Interval, seconds.
+    pub delay_secs: u32,
+}
+
+/// A session this node adopted from a node marked down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoptedSession {
+    /// Its registration here (offline): a later CONNECT elsewhere takes it over from it.
+    pub epoch: u64,
+    pub expiry_interval: u32,
+    /// Its subscriptions, as the registry holds them.
+    pub subscriptions: Vec<HandedOverSubscription>,
+}
+
 /// Why the broker could not do what the cluster asked.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BrokerHandleError {
@@ -184,6 +233,16 @@ pub trait BrokerHandle: Send + Sync {
     /// `preindex_resumed`).
     fn registered_here(&self, client_id: &ClientId) {
         let _ = client_id;
+    }
+
+    /// Node `node` was marked down; `clients` are those of its clients this node has to do
+    /// with (it adopts them, or announces their end), or all of them when `node` is this
+    /// node (it was paused or cut off, and learns it on catching up: their connections
+    /// here end without a second event; what is stored here for them stays, for the new
+    /// owners to fetch). Called as the fold takes the entry, before its interest changes:
+    /// an adopted session is indexed here before other nodes' publishes are routed to it.
+    fn node_down(&self, node: NodeId, clients: Vec<DownClient>) {
+        let _ = (node, clients);
     }
 
     /// Node `node` (never this one) now has `subscribers` sessions subscribed to `filter`

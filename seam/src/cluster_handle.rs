@@ -3,7 +3,9 @@
 //! behind the same trait.
 
 use crate::box_future::BoxFuture;
-use crate::broker_handle::{ForwardedPublish, HandedOverSubscription, SessionHandover};
+use crate::broker_handle::{
+    ForwardedPublish, HandedOverSubscription, RegisteredWill, SessionHandover,
+};
 use crate::ids::{ClientId, NodeId};
 
 /// The outcome of claiming a client id cluster-wide.
@@ -140,6 +142,20 @@ pub trait ClusterHandle: Send + Sync {
         clean_start: bool,
         session_expiry_secs: u32,
     ) -> BoxFuture<'a, Result<Registration, ClusterError>>;
+
+    /// [`Self::register_client`] for a connection with a will: the cluster keeps it while
+    /// the connection is online, for the node that adopts the client should this node die
+    /// (it publishes the will then). Without a cluster there is nobody to give it to.
+    fn register_client_with_will<'a>(
+        &'a self,
+        client_id: &'a ClientId,
+        clean_start: bool,
+        session_expiry_secs: u32,
+        will: Option<RegisteredWill>,
+    ) -> BoxFuture<'a, Result<Registration, ClusterError>> {
+        let _ = will;
+        self.register_client(client_id, clean_start, session_expiry_secs)
+    }
 
     /// Releases the claim taken with `epoch` (the connection ended); with `session_ended`
     /// the session is forgotten, otherwise it stays on this node, offline. A no-op (Ok) if

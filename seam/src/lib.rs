@@ -22,8 +22,9 @@ pub mod ids;
 
 pub use box_future::BoxFuture;
 pub use broker_handle::{
-    BrokerHandle, BrokerHandleError, ForwardedPublish, HandedOverMessage, HandedOverSubscription,
-    KickReason, PublishProperties, SessionHandover, SharedTarget,
+    AdoptedSession, BrokerHandle, BrokerHandleError, DownClient, ForwardedPublish,
+    HandedOverMessage, HandedOverSubscription, KickReason, PublishProperties, RegisteredWill,
+    SessionHandover, SharedTarget,
 };
 pub use cluster_handle::{
     ClientLocation, ClusterError, ClusterHandle, ClusterOverview, ForwardError, MemberOverview,

@@ -128,20 +128,27 @@ impl BrokerHandle for Broker {
         }
     }
 
+    fn node_down(&self, node: NodeId, clients: Vec<skein_seam::DownClient>) {
+        self.on_node_down(node, clients);
+    }
+
     fn interest_changed(&self, filter: &str, node: NodeId, subscribers: u32) {
         tracing::trace!(filter, %node, subscribers, "interest of another node");
         self.remote_interest.changed(filter, node, subscribers);
+        self.refresh_dollar_receivers();
     }
 
     fn interest_changed_many(&self, changes: Vec<(String, NodeId, u32)>) {
         tracing::trace!(changes = changes.len(), "interest of other nodes");
         self.remote_interest
             .changed_many(changes.iter().map(|(f, node, n)| (f.as_str(), *node, *n)));
+        self.refresh_dollar_receivers();
     }
 
     fn interest_reset(&self, interest: Vec<(String, NodeId, u32)>) {
         tracing::debug!(filters = interest.len(), "interest of other nodes reset");
         self.remote_interest.reset(interest);
+        self.refresh_dollar_receivers();
     }
 
     fn retained_messages(&self) -> Vec<ForwardedPublish> {
@@ -220,6 +227,15 @@ impl BrokerHandle for Broker {
 }
 
 impl Broker {
+    /// Events go out as messages routed like any other: a `$` subscription on another
+    /// node (an event watcher there) is a receiver of this node's event dialects too.
+    fn refresh_dollar_receivers(&self) {
+        let tree = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+        self.events.set_dollar_receivers(
+            tree.has_dollar_filters() || self.remote_interest.has_dollar_filters(),
+        );
+    }
+
     /// Routes a forwarded publish to this node's sessions only (a forwarded publish is
     /// never forwarded again): how many it matched, and whether storage must be flushed
     /// before the peer is told.
@@ -229,6 +245,7 @@ impl Broker {
         held: Option<&mut HeldWakes>,
     ) -> Result<(usize, bool), BrokerHandleError> {
         let to_subscribers = publish.to_subscribers;
+        let adopted_from = publish.adopted_from;
         let shared = std::mem::take(&mut publish.shared);
         let message = forwarded_message(publish)?;
         // The publishing node waits for this answer to acknowledge its publisher, as
@@ -240,7 +257,13 @@ impl Broker {
                 return Err(BrokerHandleError::Storage(refusal.message().into()));
             }
         }
-        let outcome = self.route_forwarded(Arc::new(message), to_subscribers, &shared, held);
+        let outcome = self.route_forwarded(
+            Arc::new(message),
+            to_subscribers,
+            &shared,
+            adopted_from,
+            held,
+        );
         if let Some(refusal) = outcome.not_stored {
             return Err(BrokerHandleError::Storage(refusal.message().into()));
         }

@@ -19,7 +19,7 @@ use crate::session::{Session, Subscription};
 /// How long a session another node took over keeps taking forwarded messages (their
 /// senders may route by an older registry) before it is sealed, unless the taker fetches
 /// it sooner: longer than a hand-over takes.
-const SEAL_AFTER: Duration = Duration::from_secs(5);
+pub(super) const SEAL_AFTER: Duration = Duration::from_secs(5);
 
 /// The longest the restart reconciliation waits for the registry to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);

@@ -39,6 +39,9 @@ pub(crate) enum Scope<'a> {
         to_subscribers: bool,
         shared: &'a [SharedTarget],
     },
+    /// Redirected from the queue of a node marked down: only to the sessions this node
+    /// adopted from it, through any of their subscriptions.
+    Adopted(NodeId),
 }
 
 impl Scope<'_> {
@@ -52,6 +55,7 @@ impl Scope<'_> {
             (Scope::Forwarded { shared, .. }, Some(g)) => shared
                 .iter()
                 .any(|t| t.group == g.name && t.filter == g.filter),
+            (Scope::Adopted(_), _) => true,
         }
     }
 }
@@ -175,5 +179,6 @@ pub(super) fn forwarded(
         publisher_username: message.publisher_username.clone(),
         to_subscribers,
         shared,
+        adopted_from: None,
     }
 }

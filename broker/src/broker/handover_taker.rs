@@ -100,13 +100,22 @@ impl Broker {
         holder_epoch: u64,
         first_seq: u64,
         live: bool,
+        offered: bool,
     ) -> usize {
         let client_id = &session.client_id;
         let started = Instant::now();
         let mut taken = Taken {
             live,
             next_seq: first_seq,
-            arrivals_from: first_seq.saturating_add(HANDOVER_SEQS),
+            // Offered by a node that held the session while it lived here (this node
+            // adopted it when that node was marked down, say): what it holds may have
+            // reached this node by another way meanwhile (its forwards, redirected here),
+            // so everything here is compared, not only what arrived during the fetch.
+            arrivals_from: if offered {
+                0
+            } else {
+                first_seq.saturating_add(HANDOVER_SEQS)
+            },
             messages: 0,
             deadline: started + HANDOVER_WAIT,
             failure: None,
@@ -280,8 +289,15 @@ impl Broker {
         self.replace_subscriptions(session, &registration.subscriptions);
         if let Some((previous, first_seq)) = handover {
             // Before the connection starts: it resends what is in flight.
-            self.take_session_over(session, previous.node, previous.epoch, first_seq, false)
-                .await;
+            self.take_session_over(
+                session,
+                previous.node,
+                previous.epoch,
+                first_seq,
+                false,
+                false,
+            )
+            .await;
         }
     }
 
@@ -384,7 +400,7 @@ impl Broker {
         };
         tracing::info!(%client_id, %holder, live, "a node offers messages of a session owned here");
         Ok(self
-            .take_session_over(&session, holder, 0, first_seq, live)
+            .take_session_over(&session, holder, 0, first_seq, live, true)
             .await)
     }
 
@@ -585,7 +601,7 @@ struct Taken {
     live: bool,
     next_seq: u64,
     /// The first sequence after those set aside: what the session got since then arrived
-    /// during the hand-over.
+    /// during the hand-over (0 for an offer: everything the session holds counts).
     arrivals_from: u64,
     messages: usize,
     deadline: Instant,

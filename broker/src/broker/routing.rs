@@ -104,11 +104,15 @@ impl Broker {
         message: Arc<Message>,
         to_subscribers: bool,
         shared: &[skein_seam::SharedTarget],
+        adopted_from: Option<skein_seam::NodeId>,
         held: Option<&mut HeldWakes>,
     ) -> RouteOutcome {
-        let scope = Scope::Forwarded {
-            to_subscribers,
-            shared,
+        let scope = match adopted_from {
+            Some(node) => Scope::Adopted(node),
+            None => Scope::Forwarded {
+                to_subscribers,
+                shared,
+            },
         };
         self.route_with(message, held, None, WhenNotStored::RefuseWhole, scope)
     }
@@ -166,6 +170,11 @@ impl Broker {
                 |k: &SessionRef, v: &SubEntry, shared: Option<Group<'_>>| {
                     if !scope.delivers(shared, &remote) {
                         return;
+                    }
+                    if let Scope::Adopted(from) = scope {
+                        if k.0.state().adopted_from != Some(from) {
+                            return;
+                        }
                     }
                     let is_publisher = message
                         .publisher
@@ -233,7 +242,7 @@ impl Broker {
         let to = Enqueue {
             now: now_ms(),
             max: self.config.max_queued_messages,
-            forwarded: matches!(scope, Scope::Forwarded { .. }),
+            forwarded: !matches!(scope, Scope::Cluster),
             not_storing,
         };
         for (session, delivery, _) in targets {

@@ -138,6 +138,8 @@ settings! {
         "Raft heartbeat interval, in milliseconds";
     raft_election_timeout_ms: Int { min: 20, max: MAX_TIMEOUT_MS },
         "Raft election timeout, in milliseconds (an election starts after between this and twice this without a leader); at least twice raft_heartbeat_ms";
+    node_down_after_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
+        "The Raft leader marks a member down after this many milliseconds without contact: its clients go offline (event reason node_down) and its persistent sessions are adopted by live nodes; above raft_election_timeout_ms";
     forward_queue_messages: Int { min: 2, max: usize::MAX },
         "Messages held per peer node for forwarding; a QoS 0 publisher waits for room once half are held, past the bound forwards are refused and counted";
     max_connections: Int { min: 1, max: usize::MAX },

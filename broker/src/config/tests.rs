@@ -83,6 +83,7 @@ fn toml_file_sets_everything() {
         join = "edge-b.skein:7171"
         raft_heartbeat_ms = 100
         raft_election_timeout_ms = 600
+        node_down_after_ms = 2500
         forward_queue_messages = 5000
         max_connections = 50
         max_packet_size = 4096
@@ -159,6 +160,7 @@ fn toml_file_sets_everything() {
             join: "edge-b.skein:7171".into(),
             raft_heartbeat_ms: 100,
             raft_election_timeout_ms: 600,
+            node_down_after_ms: 2500,
             forward_queue_messages: 5000,
             max_connections: 50,
             max_packet_size: 4096,
@@ -263,6 +265,7 @@ fn env_sets_everything() {
         ("SKEIN_JOIN", "node-1:7070"),
         ("SKEIN_RAFT_HEARTBEAT_MS", "200"),
         ("SKEIN_RAFT_ELECTION_TIMEOUT_MS", "900"),
+        ("SKEIN_NODE_DOWN_AFTER_MS", "5000"),
         ("SKEIN_FORWARD_QUEUE_MESSAGES", "6000"),
         ("SKEIN_MAX_CONNECTIONS", "2"),
         ("SKEIN_MAX_PACKET_SIZE", "16"),
@@ -345,6 +348,7 @@ fn env_sets_everything() {
             join: "node-1:7070".into(),
             raft_heartbeat_ms: 200,
             raft_election_timeout_ms: 900,
+            node_down_after_ms: 5000,
             forward_queue_messages: 6000,
             max_connections: 2,
             max_packet_size: 16,
@@ -616,6 +620,11 @@ fn out_of_range() {
         "connect_commit_timeout_ms",
     );
     error(&[], &[("SKEIN_NODE_ID", "-1")], "node_id");
+    error(
+        &[],
+        &[("SKEIN_NODE_DOWN_AFTER_MS", "900")],
+        "node_down_after_ms",
+    );
 
     let file = toml_file("max_keepalive = 70000\n");
     let message = error(&["--config", path_of(&file)], &[], "max_keepalive");

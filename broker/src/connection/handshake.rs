@@ -427,7 +427,12 @@ async fn attach(
         preindexed,
     };
     // Boxed: its timer and channel inline would grow every handshake past 1000 B.
-    let registration = match Box::pin(registration::register(broker, &client_id, claim)).await {
+    let will = c
+        .will
+        .as_ref()
+        .map(|w| registration::registered_will(w, &client_id));
+    let registration = match Box::pin(registration::register(broker, &client_id, claim, will)).await
+    {
         Ok(r) => r,
         Err(detail) => return Err((socket, Refusal::cluster_unavailable(protocol, &detail))),
     };
@@ -698,7 +703,10 @@ pub(super) async fn detach(
         st.generation = st.generation.wrapping_add(1);
         st.release_idle_memory();
         st.disconnected_at_ms = OptionalMs::at(now);
-        if close.reason == DisconnectReason::Normal && !will_on_disconnect {
+        // Marked down: the client's end (and will) are the adopting node's, not this one's.
+        if (close.reason == DisconnectReason::Normal && !will_on_disconnect)
+            || close.reason == DisconnectReason::NodeDown
+        {
             st.will = None;
         }
         let expiry = st.expiry_interval;

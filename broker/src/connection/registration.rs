@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::broker::Broker;
 use crate::log_limit::LogLimit;
-use skein_seam::{ClientId, Registration};
+use skein_seam::{ClientId, ForwardedPublish, PublishProperties, RegisteredWill, Registration};
 
 /// One warning per interval for refusals while the cluster is unavailable (a CONNECT storm
 /// against a node cut off from the majority would otherwise write one line per CONNECT).
@@ -38,13 +38,14 @@ pub(super) async fn register(
     broker: &Arc<Broker>,
     client_id: &ClientId,
     claim: Claim,
+    will: Option<RegisteredWill>,
 ) -> Result<Registration, String> {
     let (tx, mut rx) = oneshot::channel();
     let (b, id) = (broker.clone(), client_id.clone());
     broker.tasks.spawn(async move {
         let result = b
             .cluster
-            .register_client(&id, claim.clean_start, claim.expiry)
+            .register_client_with_will(&id, claim.clean_start, claim.expiry, will)
             .await;
         // The handshake gave up (timed out, or its connection ended): nobody attaches.
         if let Err(result) = tx.send(result) {
@@ -86,6 +87,31 @@ pub(super) async fn register(
         );
     }
     Err(detail)
+}
+
+/// A CONNECT's will as the cluster keeps it (for the node that adopts the client should
+/// this node die).
+pub(super) fn registered_will(w: &crate::codec::Will, client_id: &ClientId) -> RegisteredWill {
+    let p = &w.properties;
+    RegisteredWill {
+        message: ForwardedPublish {
+            topic: w.topic.as_str().into(),
+            payload: w.payload.clone(),
+            qos: w.qos as u8,
+            retain: w.retain,
+            properties: PublishProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: p.message_expiry_interval,
+                content_type: p.content_type.clone(),
+                response_topic: p.response_topic.clone(),
+                correlation_data: p.correlation_data.clone(),
+                user_properties: p.user_properties.clone(),
+            },
+            publisher: Some(client_id.clone()),
+            ..ForwardedPublish::default()
+        },
+        delay_secs: p.will_delay_interval.unwrap_or(0),
+    }
 }
 
 /// Why the cluster cannot commit, as far as this node can tell quickly.

@@ -41,6 +41,7 @@ pub fn close_reason(reason: DisconnectReason) -> &'static str {
         R::Normal => "disconnect",
         R::TcpClosed | R::PingWithoutConnect => "normal",
         R::Takeovered => "other_kicked",
+        R::NodeDown => "node_down",
         R::KeepaliveTimeout => "timeout",
         R::NotAuthenticated
         | R::NotAuthorized
@@ -58,6 +59,7 @@ pub fn close_reason(reason: DisconnectReason) -> &'static str {
 
 /// The messages for `event`: one, or for a DISCONNECT packet two (DISCONNECT, then CLOSE).
 pub fn render(event: &Event, node: &NodeInfo) -> Vec<Outgoing> {
+    let node = held_on(event).unwrap_or(node);
     let c = &event.client;
     let ts = event.timestamp_ms;
     let mut out = Vec::new();
@@ -171,6 +173,17 @@ pub fn render(event: &Event, node: &NodeInfo) -> Vec<Outgoing> {
             Outgoing::json(topic, &v)
         })
         .collect()
+}
+
+/// The node that held the connection, when the event comes from another one (a
+/// `node_down` end, announced by the adopter).
+pub(super) fn held_on(event: &Event) -> Option<&NodeInfo> {
+    match &event.body {
+        EventBody::Disconnected {
+            on_node: Some(n), ..
+        } => Some(n),
+        _ => None,
+    }
 }
 
 /// The fields every `$EVENT` message has.
@@ -485,6 +498,7 @@ mod tests {
                 takeover_node: None,
                 by_disconnect_packet: true,
                 had_session: true,
+                on_node: None,
             },
         );
         assert_eq!(all.len(), 2);
@@ -519,6 +533,7 @@ mod tests {
             takeover_node: Some("192.168.0.2:1883".into()),
             by_disconnect_packet: false,
             had_session: true,
+            on_node: None,
         });
         assert_eq!(topic, "$EVENT.CLOSE");
         assert_eq!(v["reason"], "other_kicked");

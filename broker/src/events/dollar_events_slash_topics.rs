@@ -46,6 +46,7 @@ pub fn never_raised(kinds: KindSet) -> Vec<&'static str> {
 
 /// The message for `event`, if this dialect has a topic for it.
 pub fn render(event: &Event, node: &NodeInfo) -> Option<Outgoing> {
+    let node = super::dollar_event_dot_topics::held_on(event).unwrap_or(node);
     let c = &event.client;
     let (topic, mut fields) = match &event.body {
         EventBody::Connected => (
@@ -196,6 +197,7 @@ mod tests {
                 takeover_node: None,
                 by_disconnect_packet: false,
                 had_session: true,
+                on_node: None,
             },
             Some("sample-user"),
         );
@@ -228,6 +230,7 @@ mod tests {
                 takeover_node: Some("10.0.0.2:1883".into()),
                 by_disconnect_packet: false,
                 had_session: true,
+                on_node: None,
             },
             None,
         );

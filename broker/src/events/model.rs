@@ -220,6 +220,10 @@ pub enum EventBody {
         /// The connection had gone live (raised `client.connected`); false for one refused
         /// before it had a session, which raises `client.disconnected` too.
         had_session: bool,
+        /// The node that held the connection when it is not this one (a `node_down` end,
+        /// announced by the node that adopted the session): renderings name it in `node`
+        /// and `nodeIp`. Boxed: None costs one word.
+        on_node: Option<Box<NodeInfo>>,
     },
     Ping,
     Subscribed {

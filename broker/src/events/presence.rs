@@ -185,6 +185,7 @@ mod tests {
             takeover_node: None,
             by_disconnect_packet: false,
             had_session: true,
+            on_node: None,
         }
     }
 

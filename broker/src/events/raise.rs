@@ -134,6 +134,7 @@ pub fn disconnected(
                 .then(|| taken_by.unwrap_or(&bus.node().node).to_owned()),
             by_disconnect_packet: close.reason == DisconnectReason::Normal,
             had_session: true,
+            on_node: None,
         }
     });
 }
@@ -161,6 +162,7 @@ pub fn refused(
             takeover_node: None,
             by_disconnect_packet: false,
             had_session: false,
+            on_node: None,
         }
     });
 }

@@ -20,6 +20,9 @@ pub enum Kick {
     ShuttingDown = 2,
     /// The token the client authenticated with has expired.
     AuthExpired = 3,
+    /// The cluster marked this node down meanwhile (it was paused or cut off): the client
+    /// went offline cluster-wide and its session is another node's now.
+    NodeDown = 4,
 }
 
 /// Resumes a parked connection: implemented by the server's parker
@@ -177,6 +180,7 @@ impl KickSignal {
             2 => Some(Kick::Administrative),
             3 => Some(Kick::ShuttingDown),
             4 => Some(Kick::AuthExpired),
+            5 => Some(Kick::NodeDown),
             _ => None,
         }
     }

@@ -29,6 +29,9 @@ pub struct RemoteInterest {
     tree: RwLock<TopicTree<NodeId, u32>>,
     /// Whether `tree` holds anything: while it does not, the publish path pays one load.
     any: AtomicBool,
+    /// Whether `tree` holds a filter starting with `$` (another node's event watcher):
+    /// this node's event dialects then have a receiver.
+    dollar: AtomicBool,
 }
 
 /// Where a publish goes beyond this node, one entry per node.
@@ -116,6 +119,13 @@ impl RemoteInterest {
             }
         }
         self.any.store(!tree.is_empty(), Ordering::Release);
+        self.dollar
+            .store(tree.has_dollar_filters(), Ordering::Release);
+    }
+
+    /// Whether another node has a subscription to a filter starting with `$`.
+    pub fn has_dollar_filters(&self) -> bool {
+        self.dollar.load(Ordering::Acquire)
     }
 
     /// Replaces the whole index: `(filter, node, subscribers)` for every other node.
@@ -133,6 +143,8 @@ impl RemoteInterest {
         let mut tree = self.write();
         *tree = fresh;
         self.any.store(!tree.is_empty(), Ordering::Release);
+        self.dollar
+            .store(tree.has_dollar_filters(), Ordering::Release);
     }
 
     /// Whether another node has members in shared group `group` on (inner) `filter`.

@@ -79,6 +79,13 @@ struct State {
     closed: Option<Closed>,
 }
 
+/// Messages a queue held, as [`PeerQueue::take_all`] hands them over: their batch entries,
+/// and per message the caller waiting for its answer (None: nobody, or told already).
+pub(crate) struct HeldEntries {
+    pub(crate) entries: prost::bytes::Bytes,
+    pub(crate) waiters: Vec<Option<Waiter>>,
+}
+
 /// Why a queue stopped taking forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Closed {
@@ -86,6 +93,8 @@ pub(crate) enum Closed {
     Removed,
     /// This node is shutting down.
     ShuttingDown,
+    /// The peer was marked down: what it held went to the adopters of its sessions.
+    MarkedDown,
 }
 
 impl Closed {
@@ -94,6 +103,7 @@ impl Closed {
         match self {
             Closed::Removed => "peer_removed",
             Closed::ShuttingDown => "shutting_down",
+            Closed::MarkedDown => "peer_down",
         }
     }
 
@@ -101,6 +111,7 @@ impl Closed {
         match self {
             Closed::Removed => "it is no longer a member of the cluster",
             Closed::ShuttingDown => "this node is shutting down",
+            Closed::MarkedDown => "it was marked down",
         }
     }
 }
@@ -386,6 +397,38 @@ impl PeerQueue {
         }
     }
 
+    /// Stops taking forwards (as [`Self::close`]) and hands over everything held, oldest
+    /// first: runs of batch entries (see `wire::read_batch_entries`), each with one slot
+    /// per message for the caller still waiting for its answer. Nothing is counted as
+    /// dropped: the caller sends it on.
+    pub(crate) fn take_all(&self, why: Closed) -> Vec<HeldEntries> {
+        let mut st = self.state();
+        st.closed = Some(why);
+        let waiting = std::mem::take(&mut st.waiting);
+        let unacked = std::mem::take(&mut st.unacked);
+        let mut pending = std::mem::take(&mut st.pending).freeze();
+        st.held_messages = 0;
+        st.held_bytes = 0;
+        self.over_half.store(false, Ordering::Release);
+        drop(st);
+        self.room.notify_waiters();
+        // The sender looks again, finds the queue closed and ends.
+        self.wake.notify_one();
+        self.metrics.depth(0);
+        let sent = unacked.into_iter().map(|s| HeldEntries {
+            entries: s.encoded.publishes,
+            waiters: s.waiters.into_iter().map(|w| w.map(|a| a.to)).collect(),
+        });
+        let queued: Vec<HeldEntries> = waiting
+            .into_iter()
+            .map(|w| HeldEntries {
+                entries: pending.split_to(w.bytes),
+                waiters: vec![w.waiter.map(|a| a.to)],
+            })
+            .collect();
+        sent.chain(queued).collect()
+    }
+
     /// Advances the queue's clock by one tick (the expiry task calls it
     /// [`TICKS_PER_TIMEOUT`] times per `timeout`) and tells the callers that have waited the
     /// timeout that the peer did not answer in time; their messages stay queued and are
@@ -427,6 +470,10 @@ impl PeerQueue {
         false
     }
 
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state().closed.is_some()
+    }
+
     /// Messages held (waiting and unacknowledged).
     pub(crate) fn held(&self) -> usize {
         self.state().held_messages
@@ -460,6 +507,7 @@ mod tests {
             publisher_username: None,
             to_subscribers: true,
             shared: Vec::new(),
+            adopted_from: None,
         }
     }
 

@@ -50,6 +50,10 @@ pub(super) async fn run(queue: Arc<PeerQueue>, shared: Arc<Shared>, shutdown: Ca
     // Whether the peer was reported unreachable: one warning per outage, not per retry.
     let mut down = false;
     loop {
+        // Closed by another task (the peer was marked down, its messages sent elsewhere).
+        if queue.is_closed() {
+            return;
+        }
         let address = member_address(&membership.borrow_and_update(), queue.peer);
         let Some(address) = address.filter(|a| !a.is_empty()) else {
             queue.close(Closed::Removed);
@@ -129,6 +133,9 @@ async fn stream(
     };
     let mut progressed = false;
     loop {
+        if queue.is_closed() {
+            return failed("the queue was closed".into(), progressed);
+        }
         while let Some(batch) = queue.next_batch(shared.id) {
             if tx.try_send(batch).is_err() {
                 return failed("the stream stopped taking batches".into(), progressed);

@@ -108,6 +108,7 @@ pub(crate) fn encoded_len(p: &ForwardedPublish) -> usize {
             .map(|t| bytes_field_len(14, pair_len(&t.group, &t.filter)))
             .sum::<usize>()
         + some_bytes(15, p.publisher_username.as_ref().map(|u| u.len()))
+        + some_varint(20, p.adopted_from.map(|n| n.0))
 }
 
 /// Writes `p` as a `ForwardedPublish` (its [`encoded_len`] bytes).
@@ -158,6 +159,9 @@ fn put(p: &ForwardedPublish, buf: &mut impl BufMut) {
     if let Some(u) = &p.publisher_username {
         put_bytes_field(15, u.as_bytes(), buf);
     }
+    if let Some(n) = p.adopted_from {
+        put_varint_field(20, n.0, buf);
+    }
 }
 
 /// The bytes `p` takes in a batch (as one of `PublishBatch.publishes`), given its
@@ -172,6 +176,29 @@ pub(crate) fn put_batch_entry(p: &ForwardedPublish, encoded_len: usize, buf: &mu
     encode_key(BATCH_PUBLISHES, WireType::LengthDelimited, buf);
     encode_varint(encoded_len as u64, buf);
     put(p, buf);
+}
+
+/// The publishes of entries [`put_batch_entry`] wrote one after the other, each read
+/// back (what a queue held for a peer that was marked down, to send elsewhere).
+pub(crate) fn read_batch_entries(mut buf: Bytes) -> Vec<Result<ForwardedPublish, String>> {
+    let mut out = Vec::new();
+    while buf.has_remaining() {
+        let entry = decode_key(&mut buf)
+            .map_err(|e| e.to_string())
+            .and_then(|key| match key {
+                (BATCH_PUBLISHES, WireType::LengthDelimited) => length_delimited(&mut buf),
+                (tag, wire_type) => Err(format!("field {tag} as {wire_type:?} in a batch")),
+            });
+        match entry {
+            Ok(bytes) => out.push(read_publish(bytes)),
+            // The rest cannot be delimited: our own writer's bytes, never seen to happen.
+            Err(e) => {
+                out.push(Err(e));
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// A `PublishBatch` without its publishes: what goes before the entries
@@ -260,7 +287,8 @@ pub(crate) fn read_publish(mut buf: Bytes) -> Result<ForwardedPublish, String> {
             15 if delimited => {
                 p.publisher_username = Some(Arc::from(utf8(&length_delimited(&mut buf)?)?))
             }
-            1..=15 => return Err(format!("field {tag} as {wire_type:?}")),
+            20 if varint => p.adopted_from = Some(skein_seam::NodeId(int(&mut buf)?)),
+            1..=15 | 20 => return Err(format!("field {tag} as {wire_type:?}")),
             _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())
                 .map_err(|e| e.to_string())?,
         }
@@ -308,6 +336,7 @@ pub(crate) fn to_pb(p: ForwardedPublish) -> pb::ForwardedPublish {
             })
             .collect(),
         publisher_username: p.publisher_username.map(|u| u.to_string()),
+        adopted_from: p.adopted_from.map(|n| n.0),
     }
 }
 
@@ -352,6 +381,7 @@ pub(crate) fn from_pb(p: pb::ForwardedPublish) -> Result<ForwardedPublish, Strin
                 filter: t.filter,
             })
             .collect(),
+        adopted_from: p.adopted_from.map(skein_seam::NodeId),
     })
 }
 
@@ -426,6 +456,7 @@ mod tests {
                             .into_iter()
                             .map(|(group, filter)| SharedTarget { group, filter })
                             .collect(),
+                        adopted_from: to.then_some(skein_seam::NodeId(at)),
                     }
                 },
             )
@@ -483,6 +514,31 @@ mod tests {
     }
 
     #[test]
+    fn batch_entries_read_back_in_order() {
+        let publishes: Vec<ForwardedPublish> = ["a", "b/c", "d"]
+            .iter()
+            .map(|t| ForwardedPublish {
+                topic: (*t).into(),
+                qos: 1,
+                adopted_from: Some(skein_seam::NodeId(2)),
+                ..ForwardedPublish::default()
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        for p in &publishes {
+            put_batch_entry(p, encoded_len(p), &mut buf);
+        }
+        let back: Vec<ForwardedPublish> = read_batch_entries(buf.freeze())
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(back, publishes);
+        let garbage = read_batch_entries(Bytes::from_static(&[0x08, 0x01]));
+        assert_eq!(garbage.len(), 1);
+        assert!(garbage[0].is_err());
+    }
+
+    #[test]
     fn a_publish_survives_the_wire_field_for_field() {
         let publish = ForwardedPublish {
             topic: "a/b".into(),
@@ -505,6 +561,7 @@ mod tests {
                 group: "g".into(),
                 filter: "a/+".into(),
             }],
+            adopted_from: Some(skein_seam::NodeId(3)),
         };
         assert_eq!(from_pb(to_pb(publish.clone())), Ok(publish));
         let bare = ForwardedPublish {
@@ -553,6 +610,7 @@ mod tests {
             publisher_username: None,
             to_subscribers: true,
             shared: Vec::new(),
+            adopted_from: None,
         });
         p.qos = 3;
         assert_eq!(from_pb(p.clone()).unwrap_err(), "QoS 3");

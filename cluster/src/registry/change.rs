@@ -8,7 +8,7 @@ use crate::registry::{Owner, SubscriptionOptions};
 use crate::types::NodeId;
 
 /// The changes one log entry made, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AppliedChanges {
     /// The index of the entry that made them.
     pub log_index: u64,
@@ -16,7 +16,7 @@ pub struct AppliedChanges {
 }
 
 /// One change to the replicated registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// `client_id` now belongs to `owner`. When `previous` was another connection, the node
     /// holding it disconnects it (taken over by `owner.node`).
@@ -49,6 +49,16 @@ pub enum Change {
         node: NodeId,
         filter: Arc<str>,
     },
+    /// Node `node` was marked down at `at_ms` (`down`), or no longer is. When marked down,
+    /// a [`Change::NodeDownClient`] follows for each client it owned.
+    NodeMarked {
+        node: NodeId,
+        down: bool,
+        at_ms: u64,
+    },
+    /// A client of a node marked down went offline with it (see [`DownClient`]; boxed: the
+    /// other changes are far smaller and far more common).
+    NodeDownClient(Box<DownClient>),
     /// How many clients of `node` subscribe to `filter` changed; 0 means none do any more.
     /// The interest index (filter → nodes) is the sum of these.
     Interest {
@@ -56,6 +66,31 @@ pub enum Change {
         node: NodeId,
         subscribers: u32,
     },
+}
+
+/// A client of a node marked down: its session ended (no `adopter`) or was adopted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DownClient {
+    pub client_id: ArcStr,
+    /// Its registration on the node that went down.
+    pub previous: Owner,
+    /// A connection held it then (false: an offline session): one `client.disconnected`
+    /// event (reason `node_down`) is due, from `announcer`.
+    pub was_online: bool,
+    /// The live node that emits the event: the adopter, or for a session that ended, the
+    /// node the same pick names.
+    pub announcer: NodeId,
+    /// The session's new registration (offline) on the node that adopted it; None: the
+    /// session ended (expiry 0).
+    pub adopter: Option<Owner>,
+    pub session_expiry_secs: u32,
+    pub clean_start: bool,
+    pub connected_at_ms: u64,
+    /// Since when it is offline (the node-down stamp, or its earlier disconnect).
+    pub offline_since_ms: u64,
+    /// The will of its connection (online ones only): the adopter, or for a session that
+    /// ended the announcer, publishes it.
+    pub will: Option<skein_proto::v1::RegisteredWill>,
 }
 
 /// The owner a registration replaced.

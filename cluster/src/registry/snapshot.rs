@@ -2,7 +2,9 @@
 //!
 //! Clients are written in id order and subscriptions in filter order, so equal registries
 //! give equal bytes. The interest index is not stored: loading rebuilds it from the clients.
-//! A format byte this build does not know is an error naming it, never a guess.
+//! A format byte this build does not know is an error naming it, never a guess. Fields
+//! added since (the nodes marked down) are protobuf additions within format 1: an older
+//! snapshot reads as having none.
 
 use std::sync::Arc;
 
@@ -24,8 +26,13 @@ impl Registry {
             clients: self
                 .clients
                 .iter()
-                .map(|(id, entry)| client_record(id, entry))
+                .map(|(id, entry)| {
+                    let mut record = client_record(id, entry);
+                    record.will = self.wills.get(id).cloned();
+                    record
+                })
                 .collect(),
+            down_nodes: self.down_nodes.iter().copied().collect(),
         };
         let mut bytes = Vec::with_capacity(1 + message.encoded_len());
         bytes.push(SNAPSHOT_FORMAT);
@@ -48,12 +55,17 @@ impl Registry {
         let message = pb::RegistrySnapshot::decode(body)
             .map_err(|e| ClusterError::Snapshot(e.to_string()))?;
         let mut registry = Registry::default();
-        for record in message.clients {
+        for mut record in message.clients {
+            let will = record.will.take();
             let (id, entry) = client_entry(record)?;
+            if let Some(will) = will {
+                registry.wills.insert(id.clone(), will);
+            }
             if registry.clients.insert(id.clone(), entry).is_some() {
                 return Err(ClusterError::Snapshot(format!("client {id:?} twice")));
             }
         }
+        registry.down_nodes = message.down_nodes.into_iter().collect();
         registry.rebuild_interest();
         Ok(registry)
     }
@@ -82,6 +94,7 @@ fn client_record(id: &str, entry: &ClientEntry) -> pb::ClientRecord {
                 subscription_id: s.subscription_id,
             })
             .collect(),
+        will: None,
     }
 }
 

@@ -6,7 +6,13 @@ use skein_proto::v1::command::Command as C;
 
 use super::*;
 
-fn register(client: &str, node: u64, epoch: u64, clean_start: bool, expiry: u32) -> pb::Command {
+pub(super) fn register(
+    client: &str,
+    node: u64,
+    epoch: u64,
+    clean_start: bool,
+    expiry: u32,
+) -> pb::Command {
     pb::Command {
         command: Some(C::Register(pb::RegisterClient {
             client_id: client.into(),
@@ -16,6 +22,7 @@ fn register(client: &str, node: u64, epoch: u64, clean_start: bool, expiry: u32)
             session_expiry_secs: expiry,
             stamped_at_ms: 1_000 + epoch,
             commit_by_ms: 0,
+            will: None,
         })),
     }
 }
@@ -31,11 +38,12 @@ fn register_due(client: &str, node: u64, epoch: u64, at_ms: u64, commit_by_ms: u
             session_expiry_secs: 3600,
             stamped_at_ms: at_ms,
             commit_by_ms,
+            will: None,
         })),
     }
 }
 
-fn unregister(client: &str, node: u64, epoch: u64, session_ended: bool) -> pb::Command {
+pub(super) fn unregister(client: &str, node: u64, epoch: u64, session_ended: bool) -> pb::Command {
     pb::Command {
         command: Some(C::Unregister(pb::UnregisterClient {
             client_id: client.into(),
@@ -47,7 +55,13 @@ fn unregister(client: &str, node: u64, epoch: u64, session_ended: bool) -> pb::C
     }
 }
 
-fn subscribe(client: &str, node: u64, epoch: u64, filter: &str, qos: u32) -> pb::Command {
+pub(super) fn subscribe(
+    client: &str,
+    node: u64,
+    epoch: u64,
+    filter: &str,
+    qos: u32,
+) -> pb::Command {
     pb::Command {
         command: Some(C::Subscribe(pb::Subscribe {
             client_id: client.into(),
@@ -74,7 +88,23 @@ fn unsubscribe(client: &str, node: u64, epoch: u64, filter: &str) -> pb::Command
     }
 }
 
-fn apply(r: &mut Registry, c: pb::Command) -> (pb::command_result::Result, Vec<Change>) {
+pub(super) fn node_down(node: u64, at_ms: u64, adopters: Vec<u64>) -> pb::Command {
+    pb::Command {
+        command: Some(C::NodeDown(pb::NodeDown {
+            node_id: node,
+            stamped_at_ms: at_ms,
+            adopters,
+        })),
+    }
+}
+
+pub(super) fn node_up(node: u64) -> pb::Command {
+    pb::Command {
+        command: Some(C::NodeUp(pb::NodeUp { node_id: node })),
+    }
+}
+
+pub(super) fn apply(r: &mut Registry, c: pb::Command) -> (pb::command_result::Result, Vec<Change>) {
     let mut changes = Vec::new();
     let result = r.apply(&c, &mut changes).result.unwrap();
     (result, changes)
@@ -87,7 +117,7 @@ fn rejected(result: &pb::command_result::Result) -> Option<pb::RejectReason> {
     }
 }
 
-fn interest_of(r: &Registry, filter: &str) -> Vec<(u64, u32)> {
+pub(super) fn interest_of(r: &Registry, filter: &str) -> Vec<(u64, u32)> {
     r.interest()
         .get(filter)
         .map(|nodes| nodes.iter().map(|(n, c)| (*n, *c)).collect())
@@ -316,7 +346,10 @@ fn command_strategy() -> impl Strategy<Value = pb::Command> {
             0u32..4
         )
             .prop_map(|(c, n, e, f, q)| subscribe(c, n, e, f, q)),
-        (client, node, epoch, filter).prop_map(|(c, n, e, f)| unsubscribe(c, n, e, f)),
+        (client, node.clone(), epoch, filter).prop_map(|(c, n, e, f)| unsubscribe(c, n, e, f)),
+        (node.clone(), prop::collection::vec(1u64..5, 0..4))
+            .prop_map(|(n, adopters)| node_down(n, 5_000, adopters)),
+        node.prop_map(node_up),
         Just(pb::Command { command: None }),
     ]
 }

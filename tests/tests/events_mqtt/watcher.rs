@@ -73,7 +73,7 @@ impl Watcher {
         self.wait_within(RECV_TIMEOUT, topic, pred).await
     }
 
-    async fn wait_within(
+    pub async fn wait_within(
         &mut self,
         timeout: Duration,
         topic: &str,

@@ -82,6 +82,7 @@ fn forwarded(topic: &str, qos: u8) -> ForwardedPublish {
         publisher_username: None,
         to_subscribers: true,
         shared: Vec::new(),
+        adopted_from: None,
     }
 }
 

@@ -96,6 +96,7 @@ fn ended(c: &Arc<ClientInfo>, at_ms: u64, had_session: bool) -> Event {
             takeover_node: None,
             by_disconnect_packet: false,
             had_session,
+            on_node: None,
         },
     )
 }

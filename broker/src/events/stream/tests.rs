@@ -35,6 +35,7 @@ pub(crate) fn disconnected(c: &Arc<ClientInfo>, at_ms: u64) -> Event {
             takeover_node: None,
             by_disconnect_packet: true,
             had_session: true,
+            on_node: None,
         },
     )
 }
@@ -66,6 +67,7 @@ fn entries_pair_connects_with_disconnects() {
             takeover_node: None,
             by_disconnect_packet: false,
             had_session: false,
+            on_node: None,
         },
     );
     assert!(entry(&refused, "n").is_none());

@@ -14,6 +14,7 @@ const UNDEFINED: &str = "undefined";
 /// The bodies `event` renders to under `rules`: one per wanted action (at most one today;
 /// a list so an event may feed several actions).
 pub fn render(event: &Event, node: &NodeInfo, rules: &Rules) -> Vec<(Action, Value)> {
+    let node = crate::events::dollar_event_dot_topics::held_on(event).unwrap_or(node);
     let c = &*event.client;
     let mut out = Vec::new();
     let mut add = |action: Action, topic: Option<&str>, fields: &dyn Fn() -> Value| {
@@ -322,6 +323,7 @@ mod tests {
                 takeover_node: None,
                 by_disconnect_packet: false,
                 had_session: true,
+                on_node: None,
             },
         );
         let expected = json!({

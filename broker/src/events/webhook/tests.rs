@@ -127,6 +127,7 @@ fn disconnected(client: &Arc<ClientInfo>) -> Event {
             takeover_node: None,
             by_disconnect_packet: false,
             had_session: true,
+            on_node: None,
         },
     )
 }
