@@ -31,7 +31,7 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
-    pub const ALL: [DisconnectReason; 16] = [
+    pub const ALL: [DisconnectReason; 17] = [
         DisconnectReason::Normal,
         DisconnectReason::TcpClosed,
         DisconnectReason::Kicked,
