@@ -686,6 +686,7 @@ pub(crate) mod tests {
             received_at_ms: now_ms(),
             publisher: Some(ClientId::new(publisher)),
             publisher_username: None,
+            publish_id: None,
         })
     }
 

@@ -19,7 +19,9 @@ use crate::message::Message;
 use crate::storage_refusal::{self, NotStored};
 use skein_seam::ClientId;
 
+mod arrivals;
 mod signal;
+pub use arrivals::{publish_key, Arrivals};
 pub use signal::{HeldWakes, Kick, KickSignal, Unpark, Unparker};
 
 /// A message on its way to one subscriber.
@@ -135,6 +137,11 @@ pub struct SessionState {
     /// held the session, by a CONNECT that indexed its subscriptions before registering:
     /// the attach uses them (see `Broker::preindex_resumed`).
     pub reserved_seqs: Option<u64>,
+    /// While messages of this session may still be handed over from another node (from
+    /// the sequence numbers set aside for a takeover until every holder handed over):
+    /// what reached it here directly, so that the holder's copies are left out (see
+    /// `session/arrivals.rs`).
+    pub arrivals: Option<Box<Arrivals>>,
     /// A wake-up of the attached connection is held in some [`HeldWakes`], which wakes it
     /// when its batch is routed: later enqueues need not wake it themselves.
     wake_held: bool,
@@ -222,6 +229,7 @@ impl SessionState {
             moved: false,
             pending_from: None,
             reserved_seqs: None,
+            arrivals: None,
             wake_held: false,
             last_info: None,
         }
@@ -292,6 +300,8 @@ impl SessionState {
     /// everything queued from now on: a session's messages fetched from the node that
     /// held it, while new ones already arrive here.
     pub fn reserve_seqs(&mut self, n: u64) -> u64 {
+        // What arrives from now on may also come with the hand-over.
+        self.arrivals.get_or_insert_with(Box::default);
         let first = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(n);
         first
@@ -578,6 +588,9 @@ impl Session {
                 return EnqueueOutcome::Dropped(DropReason::Storage);
             }
         }
+        if let Some(arrivals) = st.arrivals.as_mut() {
+            arrivals.note(&delivery.message);
+        }
         st.queue.push_back(Queued { seq, delivery });
         if let Some(attached) = &st.attachment {
             match held {
@@ -662,6 +675,7 @@ mod tests {
                 received_at_ms: 0,
                 publisher: None,
                 publisher_username: None,
+                publish_id: None,
             }),
             qos,
             retain: false,

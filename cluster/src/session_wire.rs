@@ -81,6 +81,7 @@ mod tests {
                 received_at_ms: 7,
                 publisher: Some(ClientId::new("pub")),
                 publisher_username: None,
+                publish_id: None,
                 to_subscribers: false,
                 shared: Vec::new(),
             },

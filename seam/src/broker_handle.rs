@@ -30,6 +30,9 @@ pub struct ForwardedPublish {
     pub publisher: Option<ClientId>,
     /// The publisher's username, for the events that name it.
     pub publisher_username: Option<Arc<str>>,
+    /// The id the origin node gave the publish (None from a node that gives none): one
+    /// publish routed to two nodes has one id, two alike publishes have two.
+    pub publish_id: Option<u64>,
     /// Deliver to the receiver's ordinary (non-shared) subscriptions that match.
     pub to_subscribers: bool,
     /// Shared subscription groups the sender picked the receiver for: one member of each

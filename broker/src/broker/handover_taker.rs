@@ -25,12 +25,17 @@ use skein_seam::{
     BoxFuture, BrokerHandleError, ClientId, ClusterError, HandedOverMessage, NodeId,
     SessionHandover,
 };
-use skein_storage::StoredInflight;
+use skein_storage::{PageWrite, StoredInflight};
 
 use super::Broker;
 use crate::codec::QoS;
-use crate::message::Message;
-use crate::session::{to_stored_delivery, Delivery, Inflight, InflightState, Queued, Session};
+use crate::hash::HashMap;
+use crate::session::{
+    publish_key, to_stored_delivery, Delivery, Inflight, InflightState, Queued, Session,
+    SessionState,
+};
+
+type HashSet<T> = std::collections::HashSet<T, crate::hash::RandomState>;
 
 /// Sequence numbers set aside for fetched messages: more than a session can hold.
 const HANDOVER_SEQS: u64 = 1 << 32;
@@ -122,6 +127,11 @@ impl Broker {
                     st.pending_from = None;
                 }
                 None => {}
+            }
+            // Every holder handed over (sealed, they take no more): no copy can come
+            // later, so what arrived directly need not be remembered any longer.
+            if failure.is_none() && st.pending_from.is_none() {
+                st.arrivals = None;
             }
         }
         match failure {
@@ -233,15 +243,12 @@ impl Broker {
                 )));
             }
             let complete = page.complete;
-            let n = self.adopt_page(session, page, taken)?;
-            // Written (and flushed) here, with how far, before the holder deletes
-            // anything: should the release not reach it, the next fetch from it (after a
-            // restart of either node too) has it deleted first.
+            // Written (and flushed) here, with how far (one transaction), before the
+            // holder deletes anything: should the release not reach it, the next fetch
+            // from it (after a restart of either node too) has it deleted first.
+            let n = self.adopt_page(session, page, holder, last, taken)?;
             self.unreleased_lock().insert(key.clone(), last);
             if session.state().is_persistent() {
-                self.store
-                    .handover_put(client_id.as_str(), holder.0, last)
-                    .map_err(|e| Stop::Storage(e.to_string()))?;
                 self.flush_storage()
                     .await
                     .map_err(|e| Stop::Storage(e.to_string()))?;
@@ -331,7 +338,12 @@ impl Broker {
         let _lifecycle = session.lifecycle.lock(&self.lifecycle_waiters).await;
         let prepared = {
             let mut st = session.state();
-            !st.removed && st.attachment.is_none() && st.reserved_seqs.take().is_some()
+            let prepared =
+                !st.removed && st.attachment.is_none() && st.reserved_seqs.take().is_some();
+            if prepared {
+                st.arrivals = None;
+            }
+            prepared
         };
         if prepared {
             self.seal_moved(&session);
@@ -481,98 +493,153 @@ impl Broker {
         Ok(())
     }
 
-    /// Puts a page's messages into the session, in order, and writes them to storage if
-    /// the session is persistent. Returns how many it took.
+    /// Puts a page's messages into the session, in order, and (a persistent session)
+    /// writes them with the cursor `up_to` of `holder` in one transaction. Nothing changes
+    /// in memory unless the write succeeded. Returns how many it took.
+    ///
+    /// A handed-over message that reached this node directly too (see
+    /// `session/arrivals.rs`) is kept once: the handed-over copy when it was in flight to
+    /// the client and the direct one is still queued here (it is resent with DUP under
+    /// the id the client saw), else the direct one.
     fn adopt_page(
         &self,
         session: &Session,
         page: SessionHandover,
+        holder: NodeId,
+        up_to: u64,
         taken: &mut Taken,
     ) -> Result<usize, Stop> {
         let id = session.client_id.as_str();
         let mut st = session.state();
         let persistent = st.is_persistent();
-        let mut n = 0;
+        let direct = Direct::of(&st, taken.arrivals_from);
+        let mut write = PageWrite::default();
+        let mut inflight = Vec::new();
+        let mut queued = Vec::new();
+        let mut unqueued = Vec::new();
         let mut doubles = 0;
-        // What was routed here since the sequence numbers were set aside: a message another
-        // node forwarded both here and (for the session, while it was moving there) to the
-        // holder must not come twice.
-        let arrived: Vec<Arc<Message>> = st
-            .queue
-            .iter()
-            .map(|q| (q.seq, &q.delivery))
-            .chain(st.inflight.iter().map(|f| (f.seq, &f.delivery)))
-            .filter(|(seq, _)| *seq >= taken.arrivals_from)
-            .map(|(_, d)| d.message.clone())
-            .collect();
+        let mut next_seq = taken.next_seq;
         for handed in page.messages {
             let Some(delivery) = delivery_of(&session.client_id, &handed) else {
                 continue;
             };
-            if arrived.iter().any(|m| same_publish(m, &delivery.message)) {
-                doubles += 1;
-                continue;
+            let key = publish_key(&delivery.message);
+            let resend = handed.packet_id.filter(|p| {
+                !taken.live
+                    && !st.id_in_use(*p)
+                    && !inflight.iter().any(|f: &Inflight| f.packet_id == *p)
+            });
+            match (direct.seen.contains(&key), direct.queued.get(&key)) {
+                // Sent to the client from the holder: this copy goes, the direct one stays
+                // out of the queue.
+                (_, Some(seq)) if resend.is_some() => unqueued.push(*seq),
+                (true, _) => {
+                    doubles += 1;
+                    continue;
+                }
+                _ => {}
             }
-            let seq = taken.next_seq;
-            taken.next_seq += 1;
-            n += 1;
-            match handed.packet_id {
-                Some(packet_id) if !taken.live && !st.id_in_use(packet_id) => {
+            let seq = next_seq;
+            next_seq += 1;
+            match resend {
+                Some(packet_id) => {
+                    let state = if handed.released {
+                        InflightState::Released
+                    } else {
+                        InflightState::Sent
+                    };
                     if persistent {
-                        let record = StoredInflight {
+                        write.inflight.push(StoredInflight {
                             packet_id,
                             seq,
                             message: to_stored_delivery(&delivery),
                             released: handed.released,
-                        };
-                        self.store
-                            .inflight_put(id, &record)
-                            .map_err(|e| Stop::Storage(e.to_string()))?;
+                        });
                     }
-                    st.push_inflight(Inflight {
+                    inflight.push(Inflight {
                         seq,
                         packet_id,
                         delivery,
-                        state: if handed.released {
-                            InflightState::Released
-                        } else {
-                            InflightState::Sent
-                        },
+                        state,
                     });
                 }
                 // The client has the message; only PUBCOMP was missing, under an id taken
                 // here by another message or on a running connection: nothing left to
                 // deliver.
-                Some(packet_id) if handed.released => {
+                None if handed.packet_id.is_some() && handed.released => {
                     tracing::debug!(
                         client_id = id,
-                        packet_id,
                         live = taken.live,
                         "a released QoS 2 message's id is not free here; its PUBCOMP is not awaited"
                     );
                 }
-                _ => {
+                None => {
                     if persistent && delivery.qos != QoS::AtMostOnce {
-                        self.store
-                            .queue_push(id, seq, &to_stored_delivery(&delivery))
-                            .map_err(|e| Stop::Storage(e.to_string()))?;
+                        write.queued.push((seq, to_stored_delivery(&delivery)));
                     }
-                    st.insert_queued(Queued { seq, delivery });
+                    queued.push(Queued { seq, delivery });
                 }
             }
+        }
+        if persistent {
+            write.unqueued.clone_from(&unqueued);
+            self.store
+                .handover_write_page(id, holder.0, up_to, &write)
+                .map_err(|e| Stop::Storage(e.to_string()))?;
+        }
+        taken.next_seq = next_seq;
+        let n = inflight.len() + queued.len();
+        if !unqueued.is_empty() {
+            st.queue.retain(|q| !unqueued.contains(&q.seq));
+        }
+        for f in inflight {
+            st.push_inflight(f);
+        }
+        for q in queued {
+            st.insert_queued(q);
         }
         if let Some(a) = &st.attachment {
             a.kick.wake();
         }
+        let doubles = doubles + unqueued.len();
         if doubles > 0 {
             crate::metrics::handover_messages("duplicate", doubles);
             tracing::debug!(
                 client_id = id,
                 doubles,
-                "handed-over messages that had reached this node too were left out"
+                "messages that reached this node both directly and with the hand-over kept once"
             );
         }
         Ok(n)
+    }
+}
+
+/// What reached a session being taken over directly (not with the hand-over), by
+/// [`publish_key`]: every arrival the session noted, plus what is queued or in flight
+/// from the sequence `arrivals_from` on; and of those, the ones still queued (their
+/// sequences), which a handed-over in-flight copy may replace.
+struct Direct {
+    seen: HashSet<u64>,
+    queued: HashMap<u64, u64>,
+}
+
+impl Direct {
+    fn of(st: &SessionState, arrivals_from: u64) -> Direct {
+        let mut seen: HashSet<u64> = st
+            .arrivals
+            .as_ref()
+            .map(|a| a.keys().collect())
+            .unwrap_or_default();
+        let mut queued = HashMap::default();
+        for q in st.queue.iter().filter(|q| q.seq >= arrivals_from) {
+            let key = publish_key(&q.delivery.message);
+            seen.insert(key);
+            queued.insert(key, q.seq);
+        }
+        for f in st.inflight.iter().filter(|f| f.seq >= arrivals_from) {
+            seen.insert(publish_key(&f.delivery.message));
+        }
+        Direct { seen, queued }
     }
 }
 
@@ -590,16 +657,6 @@ struct Taken {
     messages: usize,
     deadline: Instant,
     failure: Option<(NodeId, u64, Stop)>,
-}
-
-/// One publish routed twice (it left its publisher's node once, with that node's
-/// reception time): the same publisher, reception time, topic and payload. Two publishes
-/// alike in all of these within one millisecond would be taken for one.
-fn same_publish(a: &Message, b: &Message) -> bool {
-    a.received_at_ms == b.received_at_ms
-        && a.publisher == b.publisher
-        && a.topic == b.topic
-        && a.payload == b.payload
 }
 
 /// The delivery a handed-over message describes; None (logged) when no publish could
