@@ -21,7 +21,7 @@ use skein_seam::ClientId;
 
 mod arrivals;
 mod signal;
-pub use arrivals::{publish_key, Arrivals};
+pub use arrivals::{publish_key, Arrivals, Delivered};
 pub use signal::{HeldWakes, Kick, KickSignal, Unpark, Unparker};
 
 /// A message on its way to one subscriber.
@@ -142,6 +142,9 @@ pub struct SessionState {
     /// what reached it here directly, so that the holder's copies are left out (see
     /// `session/arrivals.rs`).
     pub arrivals: Option<Box<Arrivals>>,
+    /// A persistent session's last acknowledged publish ids, for a node that takes its
+    /// client over (see `session/arrivals.rs`).
+    pub delivered: Option<Box<Delivered>>,
     /// A wake-up of the attached connection is held in some [`HeldWakes`], which wakes it
     /// when its batch is routed: later enqueues need not wake it themselves.
     wake_held: bool,
@@ -230,6 +233,7 @@ impl SessionState {
             pending_from: None,
             reserved_seqs: None,
             arrivals: None,
+            delivered: None,
             wake_held: false,
             last_info: None,
         }

@@ -24,6 +24,7 @@ pub(crate) fn to_pb(page: SessionHandover) -> pb::SessionHandover {
         incoming_qos2: page.incoming_qos2.into_iter().map(u32::from).collect(),
         earlier_node: page.earlier.map(|(node, _)| node.0),
         earlier_epoch: page.earlier.map_or(0, |(_, epoch)| epoch),
+        delivered_publish_ids: page.delivered,
     }
 }
 
@@ -61,6 +62,7 @@ pub(crate) fn from_pb(page: pb::SessionHandover) -> Result<SessionHandover, Stri
         earlier: page
             .earlier_node
             .map(|node| (NodeId(node), page.earlier_epoch)),
+        delivered: page.delivered_publish_ids,
     })
 }
 
@@ -99,6 +101,7 @@ mod tests {
             complete: true,
             incoming_qos2: vec![1, 65535],
             earlier: Some((NodeId(3), 77)),
+            delivered: vec![0, u64::MAX],
         };
         assert_eq!(from_pb(to_pb(page.clone())), Ok(page));
     }

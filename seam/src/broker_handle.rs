@@ -84,6 +84,9 @@ pub struct SessionHandover {
     /// registration epoch: the holder took the client over from it without fetching
     /// everything (first page only). The taker fetches from there first.
     pub earlier: Option<(NodeId, u64)>,
+    /// The publish ids of the last messages the client acknowledged on the holder (first
+    /// page only): the taker leaves out the copies of them it got directly.
+    pub delivered: Vec<u64>,
 }
 
 /// One message of a handed-over session, as the holder's session held it for its client.

@@ -368,6 +368,10 @@ fn page(session: &Session, after: u64, max: usize) -> SessionHandover {
             Vec::new()
         },
         earlier: st.pending_from.filter(|_| after == 0),
+        delivered: match (&st.delivered, after) {
+            (Some(d), 0) => d.ids(),
+            _ => Vec::new(),
+        },
         messages,
     }
 }

@@ -218,6 +218,9 @@ impl Broker {
                 .await?;
             if after == 0 {
                 self.adopt_incoming(session, &page.incoming_qos2)?;
+                if !taken.live {
+                    self.drop_delivered_there(session, &page.delivered, taken)?;
+                }
                 // Older than this holder's: fetched first. One this node held is here.
                 if let Some((earlier, epoch)) =
                     page.earlier.filter(|(n, _)| *n != me && *n != holder)
@@ -490,6 +493,54 @@ impl Broker {
                     .map_err(|e| Stop::Storage(e.to_string()))?;
             }
         }
+        Ok(())
+    }
+
+    /// The client acknowledged the publishes `delivered` on the holder: the copies of them
+    /// that reached this node directly while the client moved (queued from the sequence
+    /// that starts the arrivals on, not sent yet: the connection has not started) go.
+    fn drop_delivered_there(
+        &self,
+        session: &Session,
+        delivered: &[u64],
+        taken: &Taken,
+    ) -> Result<(), Stop> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let delivered: HashSet<u64> = delivered.iter().copied().collect();
+        let mut st = session.state();
+        let persistent = st.is_persistent();
+        let gone: Vec<u64> = st
+            .queue
+            .iter()
+            .filter(|q| q.seq >= taken.arrivals_from)
+            .filter(|q| {
+                q.delivery
+                    .message
+                    .publish_id
+                    .is_some_and(|id| delivered.contains(&id))
+            })
+            .map(|q| q.seq)
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        if persistent {
+            for seq in &gone {
+                self.store
+                    .queue_remove(session.client_id.as_str(), *seq)
+                    .map_err(|e| Stop::Storage(e.to_string()))?;
+            }
+        }
+        st.queue.retain(|q| !gone.contains(&q.seq));
+        drop(st);
+        crate::metrics::handover_messages("duplicate", gone.len());
+        tracing::debug!(
+            client_id = %session.client_id,
+            dropped = gone.len(),
+            "copies of messages the client acknowledged on the node that held it left out"
+        );
         Ok(())
     }
 

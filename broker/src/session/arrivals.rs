@@ -21,6 +21,32 @@ use crate::message::Message;
 /// How many arrivals a session remembers while a holder may still hand copies over.
 pub const MAX_NOTED: usize = 8192;
 
+/// How many acknowledged publish ids a persistent session remembers for a taker.
+pub const MAX_DELIVERED: usize = 512;
+
+/// The publish ids of the last messages a persistent session's client acknowledged
+/// here, oldest first. A node that takes the client over got copies of the publishes
+/// routed here since it indexed the session (before its registration applied here, the
+/// connection here still received them): with these it leaves out the ones the client
+/// has. Bounded by [`MAX_DELIVERED`] (4 KiB), allocated at the first acknowledgement.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    ids: VecDeque<u64>,
+}
+
+impl Delivered {
+    pub fn note(&mut self, publish_id: u64) {
+        if self.ids.len() >= MAX_DELIVERED {
+            self.ids.pop_front();
+        }
+        self.ids.push_back(publish_id);
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.ids.iter().copied().collect()
+    }
+}
+
 /// The keys of the latest arrivals, oldest first.
 #[derive(Debug, Default)]
 pub struct Arrivals {
@@ -112,6 +138,18 @@ mod tests {
             publish_key(&message(b"a", 1, None)),
             publish_key(&message(b"a", 2, None))
         );
+    }
+
+    #[test]
+    fn only_the_latest_acknowledgements_are_kept() {
+        let mut d = Delivered::default();
+        for id in 0..(MAX_DELIVERED as u64 + 3) {
+            d.note(id);
+        }
+        let ids = d.ids();
+        assert_eq!(ids.len(), MAX_DELIVERED);
+        assert_eq!(ids[0], 3);
+        assert_eq!(ids.last(), Some(&(MAX_DELIVERED as u64 + 2)));
     }
 
     #[test]
