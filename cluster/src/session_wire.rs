@@ -25,6 +25,7 @@ pub(crate) fn to_pb(page: SessionHandover) -> pb::SessionHandover {
         earlier_node: page.earlier.map(|(node, _)| node.0),
         earlier_epoch: page.earlier.map_or(0, |(_, epoch)| epoch),
         delivered_publish_ids: page.delivered,
+        earlier_released_up_to: page.earlier_released_up_to,
     }
 }
 
@@ -63,6 +64,7 @@ pub(crate) fn from_pb(page: pb::SessionHandover) -> Result<SessionHandover, Stri
             .earlier_node
             .map(|node| (NodeId(node), page.earlier_epoch)),
         delivered: page.delivered_publish_ids,
+        earlier_released_up_to: page.earlier_released_up_to,
     })
 }
 
@@ -102,6 +104,7 @@ mod tests {
             incoming_qos2: vec![1, 65535],
             earlier: Some((NodeId(3), 77)),
             delivered: vec![0, u64::MAX],
+            earlier_released_up_to: 41,
         };
         assert_eq!(from_pb(to_pb(page.clone())), Ok(page));
     }

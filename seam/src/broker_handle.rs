@@ -87,6 +87,9 @@ pub struct SessionHandover {
     /// The publish ids of the last messages the client acknowledged on the holder (first
     /// page only): the taker leaves out the copies of them it got directly.
     pub delivered: Vec<u64>,
+    /// How far the holder wrote what `earlier` holds, unconfirmed (0: nothing): the
+    /// taker has the earlier node delete that before fetching from it (first page only).
+    pub earlier_released_up_to: u64,
 }
 
 /// One message of a handed-over session, as the holder's session held it for its client.

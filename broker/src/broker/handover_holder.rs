@@ -67,7 +67,13 @@ impl Broker {
                 "handing the session over to the node that took its client over"
             );
         }
-        let page = page(&session, after, max);
+        let mut page = page(&session, after, max);
+        if let Some((earlier, _)) = page.earlier {
+            // Written here, its release unconfirmed: the taker gets those messages from
+            // this node, so the earlier node must not hand them over again.
+            let key = (client_id.clone(), earlier);
+            page.earlier_released_up_to = self.unreleased_lock().get(&key).copied().unwrap_or(0);
+        }
         let nothing_to_hand_over = after == 0
             && page.complete
             && page.messages.is_empty()
@@ -372,6 +378,8 @@ fn page(session: &Session, after: u64, max: usize) -> SessionHandover {
             (Some(d), 0) => d.ids(),
             _ => Vec::new(),
         },
+        // Filled in by the caller, which knows this node's cursors.
+        earlier_released_up_to: 0,
         messages,
     }
 }

@@ -116,7 +116,7 @@ impl Broker {
             deadline: started + HANDOVER_WAIT,
             failure: None,
         };
-        self.take_from(session, holder, holder_epoch, &mut taken, MAX_CHAIN)
+        self.take_from(session, holder, holder_epoch, 0, &mut taken, MAX_CHAIN)
             .await;
         let failure = taken.failure.take();
         {
@@ -158,19 +158,30 @@ impl Broker {
     }
 
     /// Takes every page of `holder`'s, after what an earlier holder it names still has
-    /// (up to `depth` such links). Where it stopped is noted in `taken`: this holder's
-    /// pages stop at their own failure, not at an earlier holder's.
+    /// (up to `depth` such links). `written_elsewhere`: how far the node that named
+    /// `holder` wrote its messages without a confirmed release (0: nothing); they come
+    /// from that node, and `holder` deletes them first. Where it stopped is noted in
+    /// `taken`: this holder's pages stop at their own failure, not at an earlier
+    /// holder's.
     fn take_from<'a>(
         &'a self,
         session: &'a Arc<Session>,
         holder: NodeId,
         holder_epoch: u64,
+        written_elsewhere: u64,
         taken: &'a mut Taken,
         depth: u8,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if let Err(stop) = self
-                .fetch_all(session, holder, holder_epoch, taken, depth)
+                .fetch_all(
+                    session,
+                    holder,
+                    holder_epoch,
+                    written_elsewhere,
+                    taken,
+                    depth,
+                )
                 .await
             {
                 // Over an earlier holder's failure: this holder still has messages, and
@@ -185,6 +196,7 @@ impl Broker {
         session: &Arc<Session>,
         holder: NodeId,
         holder_epoch: u64,
+        written_elsewhere: u64,
         taken: &mut Taken,
         depth: u8,
     ) -> Result<(), Stop> {
@@ -192,9 +204,14 @@ impl Broker {
         let me = self.cluster.node_id();
         let deadline = taken.deadline;
         let key = (client_id.clone(), holder);
-        let unreleased = self.unreleased_lock().get(&key).copied();
+        let here = self.unreleased_lock().get(&key).copied();
+        let unreleased = match (here, written_elsewhere) {
+            (here, 0) => here,
+            (here, there) => Some(here.unwrap_or(0).max(there)),
+        };
         if let Some(up_to) = unreleased {
-            // Written here by an earlier hand-over whose release was lost: the holder
+            // Written (here, or by the node that named this holder, whose messages come
+            // to this node) by an earlier hand-over whose release was lost: the holder
             // deletes it before anything is fetched again.
             self.until_deadline(deadline, || {
                 self.cluster
@@ -232,7 +249,8 @@ impl Broker {
                             Stop::Invalid("too many earlier holders".into()),
                         ));
                     } else {
-                        self.take_from(session, earlier, epoch, taken, depth - 1)
+                        let written = page.earlier_released_up_to;
+                        self.take_from(session, earlier, epoch, written, taken, depth - 1)
                             .await;
                     }
                 }
@@ -341,12 +359,36 @@ impl Broker {
         let _lifecycle = session.lifecycle.lock(&self.lifecycle_waiters).await;
         let prepared = {
             let mut st = session.state();
-            let prepared =
-                !st.removed && st.attachment.is_none() && st.reserved_seqs.take().is_some();
-            if prepared {
+            let reserved = st
+                .reserved_seqs
+                .take()
+                .filter(|_| !st.removed && st.attachment.is_none());
+            if let Some(first) = reserved {
                 st.arrivals = None;
+                // What the index routed here for the registration that did not happen:
+                // the node that still owns the session got each of these itself. Kept,
+                // they would be offered to it later and come twice.
+                let routed_here: Vec<u64> = st
+                    .queue
+                    .iter()
+                    .map(|q| q.seq)
+                    .filter(|seq| *seq >= first)
+                    .collect();
+                if !routed_here.is_empty() {
+                    st.queue.retain(|q| q.seq < first);
+                    if st.is_persistent() {
+                        for seq in &routed_here {
+                            if let Err(e) = self.store.queue_remove(client_id.as_str(), *seq) {
+                                // Left on disk, it comes back as a stranded message after a
+                                // restart: offered to the owner, which may deliver it twice.
+                                tracing::warn!(%client_id, error = %e, "could not delete a message routed for a CONNECT that was not registered");
+                            }
+                        }
+                    }
+                    tracing::debug!(%client_id, dropped = routed_here.len(), "messages routed for a CONNECT that was not registered left to the owner");
+                }
             }
-            prepared
+            reserved.is_some()
         };
         if prepared {
             self.seal_moved(&session);
@@ -440,7 +482,7 @@ impl Broker {
         Ok(())
     }
 
-    fn unreleased_lock(
+    pub(super) fn unreleased_lock(
         &self,
     ) -> std::sync::MutexGuard<'_, crate::hash::HashMap<(ClientId, NodeId), u64>> {
         self.unreleased.lock().unwrap_or_else(|e| e.into_inner())
