@@ -145,6 +145,10 @@ pub struct SessionState {
     /// A persistent session's last acknowledged publish ids, for a node that takes its
     /// client over (see `session/arrivals.rs`).
     pub delivered: Option<Box<Delivered>>,
+    /// Queued messages (their sequences) that were in flight to the client on another
+    /// node, handed over where their packet ids could not be kept: sent with DUP, as
+    /// the client may have them. In memory only.
+    pub redeliver: Option<Box<BTreeSet<u64>>>,
     /// A wake-up of the attached connection is held in some [`HeldWakes`], which wakes it
     /// when its batch is routed: later enqueues need not wake it themselves.
     wake_held: bool,
@@ -234,6 +238,7 @@ impl SessionState {
             reserved_seqs: None,
             arrivals: None,
             delivered: None,
+            redeliver: None,
             wake_held: false,
             last_info: None,
         }

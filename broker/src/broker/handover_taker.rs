@@ -610,6 +610,7 @@ impl Broker {
         let mut inflight = Vec::new();
         let mut queued = Vec::new();
         let mut unqueued = Vec::new();
+        let mut redeliver = Vec::new();
         let mut doubles = 0;
         let mut next_seq = taken.next_seq;
         for handed in page.messages {
@@ -670,6 +671,9 @@ impl Broker {
                     if persistent && delivery.qos != QoS::AtMostOnce {
                         write.queued.push((seq, to_stored_delivery(&delivery)));
                     }
+                    if handed.packet_id.is_some() {
+                        redeliver.push(seq);
+                    }
                     queued.push(Queued { seq, delivery });
                 }
             }
@@ -690,6 +694,11 @@ impl Broker {
         }
         for q in queued {
             st.insert_queued(q);
+        }
+        if !redeliver.is_empty() {
+            st.redeliver
+                .get_or_insert_with(Box::default)
+                .extend(redeliver);
         }
         if let Some(a) = &st.attachment {
             a.kick.wake();
