@@ -712,6 +712,7 @@ pub(crate) mod tests {
             received_at_ms: now_ms(),
             publisher: Some(ClientId::new(publisher)),
             publisher_username: None,
+            publish_id: None,
         })
     }
 

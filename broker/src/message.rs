@@ -27,6 +27,27 @@ pub struct Message {
     /// The publisher's username, for events that name it (`from_username`). Set only while
     /// a dialect renders message events; not stored, so lost across a restart.
     pub publisher_username: Option<Arc<str>>,
+    /// Given once by the node that accepted the publish ([`new_publish_id`]) and kept
+    /// wherever the message goes (forwards, hand-overs, storage): tells one publish routed
+    /// twice from two alike ones. None for what a node or a store that had none sent.
+    pub publish_id: Option<u64>,
+}
+
+/// A publish id no other publish in the cluster has (in practice): this process's random
+/// start plus a counter, so a restarted node does not hand out its earlier ids again.
+pub fn new_publish_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(now_ms());
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 pub fn now_ms() -> u64 {
@@ -62,6 +83,7 @@ impl Message {
             received_at_ms: now_ms(),
             publisher,
             publisher_username,
+            publish_id: Some(new_publish_id()),
         }
     }
 
@@ -119,6 +141,7 @@ impl Message {
                 .as_ref()
                 .map(|c| c.as_str().to_owned())
                 .unwrap_or_default(),
+            publish_id: self.publish_id,
         }
     }
 
@@ -143,6 +166,7 @@ impl Message {
                 Some(ClientId::new(&s.publisher))
             },
             publisher_username: None,
+            publish_id: s.publish_id,
         }
     }
 }
@@ -170,6 +194,7 @@ impl Message {
             received_at_ms: now_ms(),
             publisher: Some(publisher),
             publisher_username,
+            publish_id: Some(new_publish_id()),
         }
     }
 }
@@ -192,6 +217,7 @@ mod tests {
             received_at_ms: 1_000,
             publisher: None,
             publisher_username: None,
+            publish_id: None,
         };
         assert_eq!(m.remaining_expiry(1_000), Some(10));
         assert_eq!(m.remaining_expiry(4_500), Some(7));
@@ -220,6 +246,7 @@ mod tests {
             received_at_ms: 42,
             publisher: Some(ClientId::new("pub")),
             publisher_username: None,
+            publish_id: Some(new_publish_id()),
         };
         assert_eq!(Message::from_stored(m.to_stored(&[3])), m);
     }

@@ -126,6 +126,7 @@ mod tests {
             received_at_ms: 1_000,
             publisher: None,
             publisher_username: None,
+            publish_id: None,
         })
     }
 

@@ -19,7 +19,9 @@ use crate::message::Message;
 use crate::storage_refusal::{self, NotStored};
 use skein_seam::ClientId;
 
+mod arrivals;
 mod signal;
+pub use arrivals::{publish_key, Arrivals, Delivered};
 pub use signal::{HeldWakes, Kick, KickSignal, Unpark, Unparker};
 
 /// A message on its way to one subscriber.
@@ -139,6 +141,18 @@ pub struct SessionState {
     /// attaches: what that node's peers still held for it is delivered to the sessions
     /// adopted from it only (see `broker/node_down.rs`).
     pub adopted_from: Option<skein_seam::NodeId>,
+    /// While messages of this session may still be handed over from another node (from
+    /// the sequence numbers set aside for a takeover until every holder handed over):
+    /// what reached it here directly, so that the holder's copies are left out (see
+    /// `session/arrivals.rs`).
+    pub arrivals: Option<Box<Arrivals>>,
+    /// A persistent session's last acknowledged publish ids, for a node that takes its
+    /// client over (see `session/arrivals.rs`).
+    pub delivered: Option<Box<Delivered>>,
+    /// Queued messages (their sequences) that were in flight to the client on another
+    /// node, handed over where their packet ids could not be kept: sent with DUP, as
+    /// the client may have them. In memory only.
+    pub redeliver: Option<Box<BTreeSet<u64>>>,
     /// A wake-up of the attached connection is held in some [`HeldWakes`], which wakes it
     /// when its batch is routed: later enqueues need not wake it themselves.
     wake_held: bool,
@@ -227,6 +241,9 @@ impl SessionState {
             pending_from: None,
             reserved_seqs: None,
             adopted_from: None,
+            arrivals: None,
+            delivered: None,
+            redeliver: None,
             wake_held: false,
             last_info: None,
         }
@@ -298,6 +315,8 @@ impl SessionState {
     /// everything queued from now on: a session's messages fetched from the node that
     /// held it, while new ones already arrive here.
     pub fn reserve_seqs(&mut self, n: u64) -> u64 {
+        // What arrives from now on may also come with the hand-over.
+        self.arrivals.get_or_insert_with(Box::default);
         let first = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(n);
         first
@@ -584,6 +603,9 @@ impl Session {
                 return EnqueueOutcome::Dropped(DropReason::Storage);
             }
         }
+        if let Some(arrivals) = st.arrivals.as_mut() {
+            arrivals.note(&delivery.message);
+        }
         st.queue.push_back(Queued { seq, delivery });
         if let Some(attached) = &st.attachment {
             match held {
@@ -668,6 +690,7 @@ mod tests {
                 received_at_ms: 0,
                 publisher: None,
                 publisher_username: None,
+                publish_id: None,
             }),
             qos,
             retain: false,

@@ -26,6 +26,8 @@ pub(crate) fn to_pb(page: SessionHandover) -> pb::SessionHandover {
         incoming_qos2: page.incoming_qos2.into_iter().map(u32::from).collect(),
         earlier_node: page.earlier.map(|(node, _)| node.0),
         earlier_epoch: page.earlier.map_or(0, |(_, epoch)| epoch),
+        delivered_publish_ids: page.delivered,
+        earlier_released_up_to: page.earlier_released_up_to,
     }
 }
 
@@ -63,6 +65,8 @@ pub(crate) fn from_pb(page: pb::SessionHandover) -> Result<SessionHandover, Stri
         earlier: page
             .earlier_node
             .map(|node| (NodeId(node), page.earlier_epoch)),
+        delivered: page.delivered_publish_ids,
+        earlier_released_up_to: page.earlier_released_up_to,
     })
 }
 
@@ -152,6 +156,7 @@ mod tests {
                 received_at_ms: 7,
                 publisher: Some(ClientId::new("pub")),
                 publisher_username: None,
+                publish_id: None,
                 to_subscribers: false,
                 shared: Vec::new(),
                 adopted_from: None,
@@ -170,6 +175,8 @@ mod tests {
             complete: true,
             incoming_qos2: vec![1, 65535],
             earlier: Some((NodeId(3), 77)),
+            delivered: vec![0, u64::MAX],
+            earlier_released_up_to: 41,
         };
         assert_eq!(from_pb(to_pb(page.clone())), Ok(page));
     }

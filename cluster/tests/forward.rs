@@ -101,6 +101,7 @@ fn publish(topic: &str) -> ForwardedPublish {
         received_at_ms: 1,
         publisher: Some(ClientId::new("publisher")),
         publisher_username: None,
+        publish_id: Some(1),
         to_subscribers: true,
         shared: Vec::new(),
         adopted_from: None,

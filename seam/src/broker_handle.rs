@@ -30,6 +30,9 @@ pub struct ForwardedPublish {
     pub publisher: Option<ClientId>,
     /// The publisher's username, for the events that name it.
     pub publisher_username: Option<Arc<str>>,
+    /// The id the origin node gave the publish (None from a node that gives none): one
+    /// publish routed to two nodes has one id, two alike publishes have two.
+    pub publish_id: Option<u64>,
     /// Deliver to the receiver's ordinary (non-shared) subscriptions that match.
     pub to_subscribers: bool,
     /// Shared subscription groups the sender picked the receiver for: one member of each
@@ -85,6 +88,12 @@ pub struct SessionHandover {
     /// registration epoch: the holder took the client over from it without fetching
     /// everything (first page only). The taker fetches from there first.
     pub earlier: Option<(NodeId, u64)>,
+    /// The publish ids of the last messages the client acknowledged on the holder (first
+    /// page only): the taker leaves out the copies of them it got directly.
+    pub delivered: Vec<u64>,
+    /// How far the holder wrote what `earlier` holds, unconfirmed (0: nothing): the
+    /// taker has the earlier node delete that before fetching from it (first page only).
+    pub earlier_released_up_to: u64,
 }
 
 /// One message of a handed-over session, as the holder's session held it for its client.

@@ -3,7 +3,7 @@
 //! Payloads and correlation data are arbitrary bytes, so a text format such as
 //! JSON would bloat and escape them; this format copies them verbatim.
 //!
-//! # Layout (format version 1)
+//! # Layout (format version 2; version 1 lacks `publish_id`)
 //!
 //! Every value starts with a format version byte. Then, per record:
 //!
@@ -12,7 +12,8 @@
 //!   opt `message_expiry_interval` u32, opt `payload_format_indicator` u8,
 //!   opt `content_type` str, opt `response_topic` str,
 //!   opt `correlation_data` bytes, `user_properties` (count, then str pairs),
-//!   `subscription_identifiers` (count, then u32s), `publisher` str.
+//!   `subscription_identifiers` (count, then u32s), `publisher` str,
+//!   opt `publish_id` u64 (version 2).
 //! - session: `client_id` str, `protocol_level` u8,
 //!   `session_expiry_interval` u32, opt `disconnected_at_ms` u64,
 //!   subscriptions (count, then each: `filter` str, `qos` u8, flags u8
@@ -45,7 +46,10 @@ use crate::error::StorageError;
 use crate::types::{StoredInflight, StoredMessage, StoredSession, StoredSubscription};
 
 /// Current version byte written at the start of every value.
-pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 2;
+
+/// The oldest version still read (a message without its publish id).
+const OLDEST_VERSION: u8 = 1;
 
 const MSG_FLAG_RETAIN: u8 = 0b0000_0001;
 const SUB_FLAG_NO_LOCAL: u8 = 0b0000_0001;
@@ -258,6 +262,7 @@ impl Writer {
             self.u32(*id);
         }
         self.str(&m.publisher);
+        self.opt(m.publish_id, Writer::u64);
     }
 }
 
@@ -265,13 +270,18 @@ impl Writer {
 
 struct Reader<'a> {
     buf: &'a [u8],
+    /// The record's format version: what its messages end with.
+    version: u8,
 }
 
 impl<'a> Reader<'a> {
     fn with_version(buf: &'a [u8]) -> DecodeResult<Self> {
-        let mut r = Reader { buf };
+        let mut r = Reader { buf, version: 0 };
         match r.u8() {
-            Ok(FORMAT_VERSION) => Ok(r),
+            Ok(v @ OLDEST_VERSION..=FORMAT_VERSION) => {
+                r.version = v;
+                Ok(r)
+            }
             Ok(v) => err(format!("unsupported format version {v}")),
             Err(_) => err("empty value"),
         }
@@ -405,6 +415,11 @@ impl<'a> Reader<'a> {
             subscription_identifiers.push(self.u32()?);
         }
         let publisher = self.string()?;
+        let publish_id = if self.version >= 2 {
+            self.opt(Reader::u64)?
+        } else {
+            None
+        };
         Ok(StoredMessage {
             topic,
             payload,
@@ -419,6 +434,7 @@ impl<'a> Reader<'a> {
             user_properties,
             subscription_identifiers,
             publisher,
+            publish_id,
         })
     }
 }

@@ -466,5 +466,6 @@ fn elapsed_us(start: Instant) -> u64 {
 }
 
 mod handover;
+pub use handover::PageWrite;
 #[cfg(test)]
 mod tests;

@@ -21,6 +21,9 @@ pub struct StoredMessage {
     pub subscription_identifiers: Vec<u32>,
     /// Client id of the publisher (for No Local and events); empty if unknown.
     pub publisher: String,
+    /// The cluster-wide id the accepting node gave the publish (None: unknown), so that a
+    /// copy handed over after a restart is still recognised.
+    pub publish_id: Option<u64>,
 }
 
 /// One subscription of a persistent session.

@@ -297,6 +297,7 @@ pub(super) fn forwarded_message(p: ForwardedPublish) -> Result<Message, BrokerHa
         received_at_ms: p.received_at_ms,
         publisher: p.publisher,
         publisher_username: p.publisher_username,
+        publish_id: p.publish_id,
     })
 }
 

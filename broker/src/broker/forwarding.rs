@@ -177,6 +177,7 @@ pub(super) fn forwarded(
         received_at_ms: message.received_at_ms,
         publisher: message.publisher.clone(),
         publisher_username: message.publisher_username.clone(),
+        publish_id: message.publish_id,
         to_subscribers,
         shared,
         adopted_from: None,

@@ -67,7 +67,13 @@ impl Broker {
                 "handing the session over to the node that took its client over"
             );
         }
-        let page = page(&session, after, max);
+        let mut page = page(&session, after, max);
+        if let Some((earlier, _)) = page.earlier {
+            // Written here, its release unconfirmed: the taker gets those messages from
+            // this node, so the earlier node must not hand them over again.
+            let key = (client_id.clone(), earlier);
+            page.earlier_released_up_to = self.unreleased_lock().get(&key).copied().unwrap_or(0);
+        }
         let nothing_to_hand_over = after == 0
             && page.complete
             && page.messages.is_empty()
@@ -299,48 +305,202 @@ fn nothing_here() -> SessionHandover {
 type Waiting<'a> = (u64, &'a Delivery, Option<(u16, bool)>);
 
 /// The session's messages after `after`, oldest first (in-flight and queued ones share
-/// one sequence), at most `max` and about [`PAGE_BYTES`].
+/// one sequence), at most `max` and about [`PAGE_BYTES`] (see [`page_bytes`]).
+///
+/// Per page, only what goes into it is looked at, besides the in-flight messages (at
+/// most the client's Receive Maximum): the queue is kept in sequence order, so the first
+/// queued message after `after` is found by bisection, not by sorting the whole session
+/// again for every page.
 fn page(session: &Session, after: u64, max: usize) -> SessionHandover {
     let st = session.state();
-    let mut waiting: Vec<Waiting<'_>> = st
+    let mut inflight: Vec<Waiting<'_>> = st
         .inflight
         .iter()
+        .filter(|f| f.seq > after)
         .map(|f| {
             let released = f.state == InflightState::Released;
             (f.seq, &f.delivery, Some((f.packet_id, released)))
         })
-        .chain(st.queue.iter().map(|q| (q.seq, &q.delivery, None)))
-        .filter(|(seq, _, _)| *seq > after)
         .collect();
-    waiting.sort_by_key(|(seq, _, _)| *seq);
+    inflight.sort_unstable_by_key(|(seq, _, _)| *seq);
+    let from = st.queue.partition_point(|q| q.seq <= after);
+    let mut queued = st
+        .queue
+        .range(from..)
+        .map(|q| (q.seq, &q.delivery, None))
+        .peekable();
+    let mut inflight = inflight.into_iter().peekable();
     let mut messages = Vec::new();
     let mut bytes = 0;
-    for (seq, delivery, inflight) in &waiting {
+    loop {
+        // The lower sequence of the two fronts goes next.
+        let next = match (inflight.peek(), queued.peek()) {
+            (None, None) => break,
+            (Some(f), Some(q)) if q.0 < f.0 => queued.peek(),
+            (Some(_), _) => inflight.peek(),
+            (None, Some(_)) => queued.peek(),
+        };
+        let Some(&(seq, delivery, sent)) = next else {
+            break;
+        };
         if messages.len() >= max || (bytes >= PAGE_BYTES && !messages.is_empty()) {
             break;
         }
+        if sent.is_some() {
+            inflight.next();
+        } else {
+            queued.next();
+        }
+        bytes += page_bytes(delivery);
         let m = &delivery.message;
-        bytes += m.topic.len() + m.payload.len();
         let mut message = super::forwarding::forwarded(m, false, Vec::new());
         message.qos = delivery.qos as u8;
         message.retain = delivery.retain;
         messages.push(HandedOverMessage {
-            seq: *seq,
+            seq,
             message,
             subscription_ids: delivery.subscription_ids.clone(),
-            packet_id: inflight.map(|(id, _)| id),
-            released: inflight.is_some_and(|(_, released)| released),
+            packet_id: sent.map(|(id, _)| id),
+            released: sent.is_some_and(|(_, released)| released),
         });
     }
+    let complete = inflight.peek().is_none() && queued.peek().is_none();
     SessionHandover {
         expiry_interval: st.expiry_interval,
-        complete: messages.len() == waiting.len(),
+        complete,
         incoming_qos2: if after == 0 {
             st.incoming_qos2.iter().copied().collect()
         } else {
             Vec::new()
         },
         earlier: st.pending_from.filter(|_| after == 0),
+        delivered: match (&st.delivered, after) {
+            (Some(d), 0) => d.ids(),
+            _ => Vec::new(),
+        },
+        // Filled in by the caller, which knows this node's cursors.
+        earlier_released_up_to: 0,
         messages,
+    }
+}
+
+/// What a message adds to a page, near enough: its topic, payload, properties (user
+/// properties, correlation data and the strings can be as large as the payload) and
+/// subscription ids, and a few bytes for the fixed fields.
+fn page_bytes(d: &Delivery) -> usize {
+    let m = &d.message;
+    let p = &m.properties;
+    let strings = p.content_type.as_ref().map_or(0, String::len)
+        + p.response_topic.as_ref().map_or(0, String::len)
+        + p.correlation_data.as_ref().map_or(0, |c| c.len())
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>();
+    let publisher = m.publisher.as_ref().map_or(0, |c| c.as_str().len());
+    m.topic.len() + m.payload.len() + strings + publisher + 4 * d.subscription_ids.len() + 32
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use skein_seam::ClientId;
+
+    use super::*;
+    use crate::codec::QoS;
+    use crate::message::Message;
+    use crate::session::{Inflight, Queued};
+
+    fn delivery(payload: usize, user_properties: usize) -> Delivery {
+        let mut properties = crate::message::MessageProperties::default();
+        if user_properties > 0 {
+            properties.user_properties = vec![("k".into(), "v".repeat(user_properties))];
+        }
+        Delivery {
+            message: Arc::new(Message {
+                topic: Arc::from("t"),
+                payload: Bytes::from(vec![0u8; payload]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties,
+                received_at_ms: 0,
+                publisher: None,
+                publisher_username: None,
+                publish_id: None,
+            }),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+        }
+    }
+
+    /// In-flight messages (in send order, not sequence order) and queued ones come out
+    /// merged by sequence, page after page, each message once.
+    #[test]
+    fn pages_merge_in_flight_and_queued_messages_in_sequence_order() {
+        let session = Session::new(ClientId::new("c"));
+        {
+            let mut st = session.state();
+            for (seq, packet_id) in [(5, 1), (2, 2), (9, 3)] {
+                st.push_inflight(Inflight {
+                    seq,
+                    packet_id,
+                    delivery: delivery(1, 0),
+                    state: InflightState::Sent,
+                });
+            }
+            for seq in [1, 3, 4, 6, 7, 8, 10, 11] {
+                st.insert_queued(Queued {
+                    seq,
+                    delivery: delivery(1, 0),
+                });
+            }
+        }
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let p = page(&session, after, 3);
+            assert!(p.messages.len() <= 3);
+            seen.extend(p.messages.iter().map(|m| (m.seq, m.packet_id)));
+            if p.complete {
+                break;
+            }
+            after = p.messages.last().unwrap().seq;
+        }
+        let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
+        assert_eq!(seen[1], (2, Some(2)));
+        assert_eq!(seen[8], (9, Some(3)));
+        assert_eq!(seen[0], (1, None));
+    }
+
+    /// The 1 MiB bound counts properties: messages whose weight is in their user
+    /// properties fill a page as heavy payloads do.
+    #[test]
+    fn a_page_stops_at_about_a_mebibyte_properties_included() {
+        let session = Session::new(ClientId::new("c"));
+        {
+            let mut st = session.state();
+            for seq in 1..=10 {
+                st.insert_queued(Queued {
+                    seq,
+                    delivery: delivery(0, 300 * 1024),
+                });
+            }
+        }
+        let p = page(&session, 0, 256);
+        assert_eq!(p.messages.len(), 4, "stops once past 1 MiB");
+        assert!(!p.complete);
+        // One message is sent whatever its size.
+        let big = Session::new(ClientId::new("d"));
+        big.state().insert_queued(Queued {
+            seq: 1,
+            delivery: delivery(0, 2 * 1024 * 1024),
+        });
+        let p = page(&big, 0, 256);
+        assert_eq!(p.messages.len(), 1);
+        assert!(p.complete);
     }
 }

@@ -25,12 +25,17 @@ use skein_seam::{
     BoxFuture, BrokerHandleError, ClientId, ClusterError, HandedOverMessage, NodeId,
     SessionHandover,
 };
-use skein_storage::StoredInflight;
+use skein_storage::{PageWrite, StoredInflight};
 
 use super::Broker;
 use crate::codec::QoS;
-use crate::message::Message;
-use crate::session::{to_stored_delivery, Delivery, Inflight, InflightState, Queued, Session};
+use crate::hash::HashMap;
+use crate::session::{
+    publish_key, to_stored_delivery, Delivery, Inflight, InflightState, Queued, Session,
+    SessionState,
+};
+
+type HashSet<T> = std::collections::HashSet<T, crate::hash::RandomState>;
 
 /// Sequence numbers set aside for fetched messages: more than a session can hold.
 const HANDOVER_SEQS: u64 = 1 << 32;
@@ -120,7 +125,7 @@ impl Broker {
             deadline: started + HANDOVER_WAIT,
             failure: None,
         };
-        self.take_from(session, holder, holder_epoch, &mut taken, MAX_CHAIN)
+        self.take_from(session, holder, holder_epoch, 0, &mut taken, MAX_CHAIN)
             .await;
         let failure = taken.failure.take();
         {
@@ -131,6 +136,11 @@ impl Broker {
                     st.pending_from = None;
                 }
                 None => {}
+            }
+            // Every holder handed over (sealed, they take no more): no copy can come
+            // later, so what arrived directly need not be remembered any longer.
+            if failure.is_none() && st.pending_from.is_none() {
+                st.arrivals = None;
             }
         }
         match failure {
@@ -157,19 +167,30 @@ impl Broker {
     }
 
     /// Takes every page of `holder`'s, after what an earlier holder it names still has
-    /// (up to `depth` such links). Where it stopped is noted in `taken`: this holder's
-    /// pages stop at their own failure, not at an earlier holder's.
+    /// (up to `depth` such links). `written_elsewhere`: how far the node that named
+    /// `holder` wrote its messages without a confirmed release (0: nothing); they come
+    /// from that node, and `holder` deletes them first. Where it stopped is noted in
+    /// `taken`: this holder's pages stop at their own failure, not at an earlier
+    /// holder's.
     fn take_from<'a>(
         &'a self,
         session: &'a Arc<Session>,
         holder: NodeId,
         holder_epoch: u64,
+        written_elsewhere: u64,
         taken: &'a mut Taken,
         depth: u8,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if let Err(stop) = self
-                .fetch_all(session, holder, holder_epoch, taken, depth)
+                .fetch_all(
+                    session,
+                    holder,
+                    holder_epoch,
+                    written_elsewhere,
+                    taken,
+                    depth,
+                )
                 .await
             {
                 // Over an earlier holder's failure: this holder still has messages, and
@@ -184,6 +205,7 @@ impl Broker {
         session: &Arc<Session>,
         holder: NodeId,
         holder_epoch: u64,
+        written_elsewhere: u64,
         taken: &mut Taken,
         depth: u8,
     ) -> Result<(), Stop> {
@@ -191,9 +213,14 @@ impl Broker {
         let me = self.cluster.node_id();
         let deadline = taken.deadline;
         let key = (client_id.clone(), holder);
-        let unreleased = self.unreleased_lock().get(&key).copied();
+        let here = self.unreleased_lock().get(&key).copied();
+        let unreleased = match (here, written_elsewhere) {
+            (here, 0) => here,
+            (here, there) => Some(here.unwrap_or(0).max(there)),
+        };
         if let Some(up_to) = unreleased {
-            // Written here by an earlier hand-over whose release was lost: the holder
+            // Written (here, or by the node that named this holder, whose messages come
+            // to this node) by an earlier hand-over whose release was lost: the holder
             // deletes it before anything is fetched again.
             self.until_deadline(deadline, || {
                 self.cluster
@@ -217,6 +244,9 @@ impl Broker {
                 .await?;
             if after == 0 {
                 self.adopt_incoming(session, &page.incoming_qos2)?;
+                if !taken.live {
+                    self.drop_delivered_there(session, &page.delivered, taken)?;
+                }
                 // Older than this holder's: fetched first. One this node held is here.
                 if let Some((earlier, epoch)) =
                     page.earlier.filter(|(n, _)| *n != me && *n != holder)
@@ -228,7 +258,8 @@ impl Broker {
                             Stop::Invalid("too many earlier holders".into()),
                         ));
                     } else {
-                        self.take_from(session, earlier, epoch, taken, depth - 1)
+                        let written = page.earlier_released_up_to;
+                        self.take_from(session, earlier, epoch, written, taken, depth - 1)
                             .await;
                     }
                 }
@@ -242,15 +273,12 @@ impl Broker {
                 )));
             }
             let complete = page.complete;
-            let n = self.adopt_page(session, page, taken)?;
-            // Written (and flushed) here, with how far, before the holder deletes
-            // anything: should the release not reach it, the next fetch from it (after a
-            // restart of either node too) has it deleted first.
+            // Written (and flushed) here, with how far (one transaction), before the
+            // holder deletes anything: should the release not reach it, the next fetch
+            // from it (after a restart of either node too) has it deleted first.
+            let n = self.adopt_page(session, page, holder, last, taken)?;
             self.unreleased_lock().insert(key.clone(), last);
             if session.state().is_persistent() {
-                self.store
-                    .handover_put(client_id.as_str(), holder.0, last)
-                    .map_err(|e| Stop::Storage(e.to_string()))?;
                 self.flush_storage()
                     .await
                     .map_err(|e| Stop::Storage(e.to_string()))?;
@@ -347,7 +375,36 @@ impl Broker {
         let _lifecycle = session.lifecycle.lock(&self.lifecycle_waiters).await;
         let prepared = {
             let mut st = session.state();
-            !st.removed && st.attachment.is_none() && st.reserved_seqs.take().is_some()
+            let reserved = st
+                .reserved_seqs
+                .take()
+                .filter(|_| !st.removed && st.attachment.is_none());
+            if let Some(first) = reserved {
+                st.arrivals = None;
+                // What the index routed here for the registration that did not happen:
+                // the node that still owns the session got each of these itself. Kept,
+                // they would be offered to it later and come twice.
+                let routed_here: Vec<u64> = st
+                    .queue
+                    .iter()
+                    .map(|q| q.seq)
+                    .filter(|seq| *seq >= first)
+                    .collect();
+                if !routed_here.is_empty() {
+                    st.queue.retain(|q| q.seq < first);
+                    if st.is_persistent() {
+                        for seq in &routed_here {
+                            if let Err(e) = self.store.queue_remove(client_id.as_str(), *seq) {
+                                // Left on disk, it comes back as a stranded message after a
+                                // restart: offered to the owner, which may deliver it twice.
+                                tracing::warn!(%client_id, error = %e, "could not delete a message routed for a CONNECT that was not registered");
+                            }
+                        }
+                    }
+                    tracing::debug!(%client_id, dropped = routed_here.len(), "messages routed for a CONNECT that was not registered left to the owner");
+                }
+            }
+            reserved.is_some()
         };
         if prepared {
             self.seal_moved(&session);
@@ -441,7 +498,7 @@ impl Broker {
         Ok(())
     }
 
-    fn unreleased_lock(
+    pub(super) fn unreleased_lock(
         &self,
     ) -> std::sync::MutexGuard<'_, crate::hash::HashMap<(ClientId, NodeId), u64>> {
         self.unreleased.lock().unwrap_or_else(|e| e.into_inner())
@@ -497,98 +554,210 @@ impl Broker {
         Ok(())
     }
 
-    /// Puts a page's messages into the session, in order, and writes them to storage if
-    /// the session is persistent. Returns how many it took.
+    /// The client acknowledged the publishes `delivered` on the holder: the copies of them
+    /// that reached this node directly while the client moved (queued from the sequence
+    /// that starts the arrivals on, not sent yet: the connection has not started) go.
+    fn drop_delivered_there(
+        &self,
+        session: &Session,
+        delivered: &[u64],
+        taken: &Taken,
+    ) -> Result<(), Stop> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let delivered: HashSet<u64> = delivered.iter().copied().collect();
+        let mut st = session.state();
+        let persistent = st.is_persistent();
+        let gone: Vec<u64> = st
+            .queue
+            .iter()
+            .filter(|q| q.seq >= taken.arrivals_from)
+            .filter(|q| {
+                q.delivery
+                    .message
+                    .publish_id
+                    .is_some_and(|id| delivered.contains(&id))
+            })
+            .map(|q| q.seq)
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        if persistent {
+            for seq in &gone {
+                self.store
+                    .queue_remove(session.client_id.as_str(), *seq)
+                    .map_err(|e| Stop::Storage(e.to_string()))?;
+            }
+        }
+        st.queue.retain(|q| !gone.contains(&q.seq));
+        drop(st);
+        crate::metrics::handover_messages("duplicate", gone.len());
+        tracing::debug!(
+            client_id = %session.client_id,
+            dropped = gone.len(),
+            "copies of messages the client acknowledged on the node that held it left out"
+        );
+        Ok(())
+    }
+
+    /// Puts a page's messages into the session, in order, and (a persistent session)
+    /// writes them with the cursor `up_to` of `holder` in one transaction. Nothing changes
+    /// in memory unless the write succeeded. Returns how many it took.
+    ///
+    /// A handed-over message that reached this node directly too (see
+    /// `session/arrivals.rs`) is kept once: the handed-over copy when it was in flight to
+    /// the client and the direct one is still queued here (it is resent with DUP under
+    /// the id the client saw), else the direct one.
     fn adopt_page(
         &self,
         session: &Session,
         page: SessionHandover,
+        holder: NodeId,
+        up_to: u64,
         taken: &mut Taken,
     ) -> Result<usize, Stop> {
         let id = session.client_id.as_str();
         let mut st = session.state();
         let persistent = st.is_persistent();
-        let mut n = 0;
+        let direct = Direct::of(&st, taken.arrivals_from);
+        let mut write = PageWrite::default();
+        let mut inflight = Vec::new();
+        let mut queued = Vec::new();
+        let mut unqueued = Vec::new();
+        let mut redeliver = Vec::new();
         let mut doubles = 0;
-        // What was routed here since the sequence numbers were set aside: a message another
-        // node forwarded both here and (for the session, while it was moving there) to the
-        // holder must not come twice.
-        let arrived: Vec<Arc<Message>> = st
-            .queue
-            .iter()
-            .map(|q| (q.seq, &q.delivery))
-            .chain(st.inflight.iter().map(|f| (f.seq, &f.delivery)))
-            .filter(|(seq, _)| *seq >= taken.arrivals_from)
-            .map(|(_, d)| d.message.clone())
-            .collect();
+        let mut next_seq = taken.next_seq;
         for handed in page.messages {
             let Some(delivery) = delivery_of(&session.client_id, &handed) else {
                 continue;
             };
-            if arrived.iter().any(|m| same_publish(m, &delivery.message)) {
-                doubles += 1;
-                continue;
+            let key = publish_key(&delivery.message);
+            let resend = handed.packet_id.filter(|p| {
+                !taken.live
+                    && !st.id_in_use(*p)
+                    && !inflight.iter().any(|f: &Inflight| f.packet_id == *p)
+            });
+            match (direct.seen.contains(&key), direct.queued.get(&key)) {
+                // Sent to the client from the holder: this copy goes, the direct one stays
+                // out of the queue.
+                (_, Some(seq)) if resend.is_some() => unqueued.push(*seq),
+                (true, _) => {
+                    doubles += 1;
+                    continue;
+                }
+                _ => {}
             }
-            let seq = taken.next_seq;
-            taken.next_seq += 1;
-            n += 1;
-            match handed.packet_id {
-                Some(packet_id) if !taken.live && !st.id_in_use(packet_id) => {
+            let seq = next_seq;
+            next_seq += 1;
+            match resend {
+                Some(packet_id) => {
+                    let state = if handed.released {
+                        InflightState::Released
+                    } else {
+                        InflightState::Sent
+                    };
                     if persistent {
-                        let record = StoredInflight {
+                        write.inflight.push(StoredInflight {
                             packet_id,
                             seq,
                             message: to_stored_delivery(&delivery),
                             released: handed.released,
-                        };
-                        self.store
-                            .inflight_put(id, &record)
-                            .map_err(|e| Stop::Storage(e.to_string()))?;
+                        });
                     }
-                    st.push_inflight(Inflight {
+                    inflight.push(Inflight {
                         seq,
                         packet_id,
                         delivery,
-                        state: if handed.released {
-                            InflightState::Released
-                        } else {
-                            InflightState::Sent
-                        },
+                        state,
                     });
                 }
                 // The client has the message; only PUBCOMP was missing, under an id taken
                 // here by another message or on a running connection: nothing left to
                 // deliver.
-                Some(packet_id) if handed.released => {
+                None if handed.packet_id.is_some() && handed.released => {
                     tracing::debug!(
                         client_id = id,
-                        packet_id,
                         live = taken.live,
                         "a released QoS 2 message's id is not free here; its PUBCOMP is not awaited"
                     );
                 }
-                _ => {
+                None => {
                     if persistent && delivery.qos != QoS::AtMostOnce {
-                        self.store
-                            .queue_push(id, seq, &to_stored_delivery(&delivery))
-                            .map_err(|e| Stop::Storage(e.to_string()))?;
+                        write.queued.push((seq, to_stored_delivery(&delivery)));
                     }
-                    st.insert_queued(Queued { seq, delivery });
+                    if handed.packet_id.is_some() {
+                        redeliver.push(seq);
+                    }
+                    queued.push(Queued { seq, delivery });
                 }
             }
+        }
+        if persistent {
+            write.unqueued.clone_from(&unqueued);
+            self.store
+                .handover_write_page(id, holder.0, up_to, &write)
+                .map_err(|e| Stop::Storage(e.to_string()))?;
+        }
+        taken.next_seq = next_seq;
+        let n = inflight.len() + queued.len();
+        if !unqueued.is_empty() {
+            st.queue.retain(|q| !unqueued.contains(&q.seq));
+        }
+        for f in inflight {
+            st.push_inflight(f);
+        }
+        for q in queued {
+            st.insert_queued(q);
+        }
+        if !redeliver.is_empty() {
+            st.redeliver
+                .get_or_insert_with(Box::default)
+                .extend(redeliver);
         }
         if let Some(a) = &st.attachment {
             a.kick.wake();
         }
+        let doubles = doubles + unqueued.len();
         if doubles > 0 {
             crate::metrics::handover_messages("duplicate", doubles);
             tracing::debug!(
                 client_id = id,
                 doubles,
-                "handed-over messages that had reached this node too were left out"
+                "messages that reached this node both directly and with the hand-over kept once"
             );
         }
         Ok(n)
+    }
+}
+
+/// What reached a session being taken over directly (not with the hand-over), by
+/// [`publish_key`]: every arrival the session noted, plus what is queued or in flight
+/// from the sequence `arrivals_from` on; and of those, the ones still queued (their
+/// sequences), which a handed-over in-flight copy may replace.
+struct Direct {
+    seen: HashSet<u64>,
+    queued: HashMap<u64, u64>,
+}
+
+impl Direct {
+    fn of(st: &SessionState, arrivals_from: u64) -> Direct {
+        let mut seen: HashSet<u64> = st
+            .arrivals
+            .as_ref()
+            .map(|a| a.keys().collect())
+            .unwrap_or_default();
+        let mut queued = HashMap::default();
+        for q in st.queue.iter().filter(|q| q.seq >= arrivals_from) {
+            let key = publish_key(&q.delivery.message);
+            seen.insert(key);
+            queued.insert(key, q.seq);
+        }
+        for f in st.inflight.iter().filter(|f| f.seq >= arrivals_from) {
+            seen.insert(publish_key(&f.delivery.message));
+        }
+        Direct { seen, queued }
     }
 }
 
@@ -606,16 +775,6 @@ struct Taken {
     messages: usize,
     deadline: Instant,
     failure: Option<(NodeId, u64, Stop)>,
-}
-
-/// One publish routed twice (it left its publisher's node once, with that node's
-/// reception time): the same publisher, reception time, topic and payload. Two publishes
-/// alike in all of these within one millisecond would be taken for one.
-fn same_publish(a: &Message, b: &Message) -> bool {
-    a.received_at_ms == b.received_at_ms
-        && a.publisher == b.publisher
-        && a.topic == b.topic
-        && a.payload == b.payload
 }
 
 /// The delivery a handed-over message describes; None (logged) when no publish could

@@ -493,6 +493,11 @@ impl Connection {
         }
         let persistent = st.is_persistent();
         let done = st.remove_inflight(pos);
+        if let Some(id) = done.as_ref().and_then(|f| f.delivery.message.publish_id) {
+            if persistent && !refused {
+                st.delivered.get_or_insert_with(Box::default).note(id);
+            }
+        }
         drop(st);
         if let Some(f) = done {
             let m = &f.delivery.message;

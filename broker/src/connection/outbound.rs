@@ -138,7 +138,8 @@ impl Connection {
                 }
             };
             let q_qos = q.delivery.qos;
-            if !self.write_publish(&q.delivery, packet_id, false, now) {
+            let dup = q_qos != QoS::AtMostOnce && was_in_flight_elsewhere(&mut st, q.seq);
+            if !self.write_publish(&q.delivery, packet_id, dup, now) {
                 // Too big for the client: discarded as if delivered (MQTT-3.1.2-25).
                 self.drop_queued(&q, stored, "too_large_for_client");
                 continue;
@@ -300,4 +301,17 @@ fn publish_ref<'a>(
         payload: &d.message.payload,
         properties,
     }
+}
+
+/// Whether the queued message `seq` was in flight to the client on another node (see
+/// `SessionState::redeliver`); the mark is used up.
+fn was_in_flight_elsewhere(st: &mut crate::session::SessionState, seq: u64) -> bool {
+    let Some(marks) = st.redeliver.as_mut() else {
+        return false;
+    };
+    let marked = marks.remove(&seq);
+    if marks.is_empty() {
+        st.redeliver = None;
+    }
+    marked
 }

@@ -284,6 +284,7 @@ mod tests {
             received_at_ms: 0,
             publisher: Some(ClientId::new("dev1212313")),
             publisher_username: None,
+            publish_id: None,
         })
     }
 

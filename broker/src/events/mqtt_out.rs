@@ -133,6 +133,7 @@ fn publish(d: &mut Dialect, broker: &Weak<dyn Publisher>, qos: QoS, event: &Even
             received_at_ms: now_ms(),
             publisher: None,
             publisher_username: None,
+            publish_id: Some(crate::message::new_publish_id()),
         }));
     }
 }

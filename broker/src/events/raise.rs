@@ -313,6 +313,7 @@ mod tests {
             received_at_ms: 0,
             publisher: publisher.map(ClientId::new),
             publisher_username: None,
+            publish_id: None,
         })
     }
 

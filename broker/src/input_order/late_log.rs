@@ -179,6 +179,7 @@ mod tests {
             received_at_ms: 0,
             publisher: None,
             publisher_username: None,
+            publish_id: None,
         })
     }
 

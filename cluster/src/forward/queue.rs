@@ -505,6 +505,7 @@ mod tests {
             received_at_ms: 0,
             publisher: None,
             publisher_username: None,
+            publish_id: None,
             to_subscribers: true,
             shared: Vec::new(),
             adopted_from: None,

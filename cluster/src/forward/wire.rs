@@ -108,6 +108,7 @@ pub(crate) fn encoded_len(p: &ForwardedPublish) -> usize {
             .map(|t| bytes_field_len(14, pair_len(&t.group, &t.filter)))
             .sum::<usize>()
         + some_bytes(15, p.publisher_username.as_ref().map(|u| u.len()))
+        + some_varint(16, p.publish_id)
         + some_varint(20, p.adopted_from.map(|n| n.0))
 }
 
@@ -158,6 +159,9 @@ fn put(p: &ForwardedPublish, buf: &mut impl BufMut) {
     }
     if let Some(u) = &p.publisher_username {
         put_bytes_field(15, u.as_bytes(), buf);
+    }
+    if let Some(id) = p.publish_id {
+        put_varint_field(16, id, buf);
     }
     if let Some(n) = p.adopted_from {
         put_varint_field(20, n.0, buf);
@@ -288,7 +292,8 @@ pub(crate) fn read_publish(mut buf: Bytes) -> Result<ForwardedPublish, String> {
                 p.publisher_username = Some(Arc::from(utf8(&length_delimited(&mut buf)?)?))
             }
             20 if varint => p.adopted_from = Some(skein_seam::NodeId(int(&mut buf)?)),
-            1..=15 | 20 => return Err(format!("field {tag} as {wire_type:?}")),
+            16 if varint => p.publish_id = Some(int(&mut buf)?),
+            1..=16 | 20 => return Err(format!("field {tag} as {wire_type:?}")),
             _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())
                 .map_err(|e| e.to_string())?,
         }
@@ -337,6 +342,7 @@ pub(crate) fn to_pb(p: ForwardedPublish) -> pb::ForwardedPublish {
             .collect(),
         publisher_username: p.publisher_username.map(|u| u.to_string()),
         adopted_from: p.adopted_from.map(|n| n.0),
+        publish_id: p.publish_id,
     }
 }
 
@@ -372,6 +378,7 @@ pub(crate) fn from_pb(p: pb::ForwardedPublish) -> Result<ForwardedPublish, Strin
         received_at_ms: p.received_at_ms,
         publisher: p.publisher_client_id.as_deref().map(ClientId::new),
         publisher_username: p.publisher_username.map(Into::into),
+        publish_id: p.publish_id,
         to_subscribers: p.to_subscribers,
         shared: p
             .shared
@@ -439,9 +446,15 @@ mod tests {
                 any::<bool>(),
                 proptest::collection::vec((text(), text()), 0..3),
             ),
+            proptest::option::of(any::<u64>()),
         )
             .prop_map(
-                |((topic, payload, qos, retain), properties, (at, publisher, user, to, shared))| {
+                |(
+                    (topic, payload, qos, retain),
+                    properties,
+                    (at, publisher, user, to, shared),
+                    publish_id,
+                )| {
                     ForwardedPublish {
                         topic: topic.into(),
                         payload: Bytes::from(payload),
@@ -451,6 +464,7 @@ mod tests {
                         received_at_ms: at,
                         publisher: publisher.as_deref().map(ClientId::new),
                         publisher_username: user.map(Into::into),
+                        publish_id,
                         to_subscribers: to,
                         shared: shared
                             .into_iter()
@@ -556,6 +570,7 @@ mod tests {
             received_at_ms: 1_700_000_000_123,
             publisher: Some(ClientId::new("pub")),
             publisher_username: Some("alice".into()),
+            publish_id: Some(u64::MAX),
             to_subscribers: true,
             shared: vec![SharedTarget {
                 group: "g".into(),
@@ -608,6 +623,7 @@ mod tests {
             received_at_ms: 0,
             publisher: None,
             publisher_username: None,
+            publish_id: None,
             to_subscribers: true,
             shared: Vec::new(),
             adopted_from: None,

@@ -80,6 +80,7 @@ fn forwarded(topic: &str, qos: u8) -> ForwardedPublish {
         received_at_ms: now_ms(),
         publisher: Some(ClientId::new("elsewhere")),
         publisher_username: None,
+        publish_id: None,
         to_subscribers: true,
         shared: Vec::new(),
         adopted_from: None,

@@ -147,6 +147,7 @@ async fn a_forwarded_publish_reaches_only_the_local_sessions_the_sender_chose() 
         received_at_ms: crate::message::now_ms(),
         publisher: None,
         publisher_username: None,
+        publish_id: None,
         to_subscribers,
         shared,
         adopted_from: None,

@@ -246,6 +246,7 @@ mod tests {
             received_at_ms: 1_700_000_300_000,
             publisher: Some(ClientId::new("pub-1")),
             publisher_username: Some(Arc::from("bob")),
+            publish_id: None,
         })
     }
 

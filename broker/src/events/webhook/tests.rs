@@ -112,6 +112,7 @@ fn publish(client: &Arc<ClientInfo>, topic: &str) -> Event {
                 received_at_ms: 1_700_000_002_000,
                 publisher: Some(client.client_id.clone()),
                 publisher_username: None,
+                publish_id: None,
             }),
             packet_id: 1,
         },

@@ -198,6 +198,7 @@ fn to_message(request: PublishRequest, broker: &Broker) -> Result<Message, ApiEr
         received_at_ms: now_ms(),
         publisher: None,
         publisher_username: None,
+        publish_id: Some(crate::message::new_publish_id()),
     })
 }
 

@@ -430,6 +430,7 @@ fn retained(topic: &str, payload: &'static [u8], publisher: Option<&str>) -> Arc
         received_at_ms: now_ms(),
         publisher: publisher.map(ClientId::new),
         publisher_username: None,
+        publish_id: None,
     })
 }
 

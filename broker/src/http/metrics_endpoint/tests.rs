@@ -78,6 +78,7 @@ fn message(topic: &str, retain: bool) -> Arc<Message> {
         received_at_ms: now_ms(),
         publisher: Some(ClientId::new("p")),
         publisher_username: None,
+        publish_id: None,
     })
 }
 
