@@ -15,8 +15,7 @@
 //!   command of a connection that was taken over is rejected with `NOT_OWNER`.
 //! - a session ends on an unregister that says so, or at once when its expiry is 0.
 //! - node down: the node's clients go offline; sessions with expiry 0 end, the others are
-//!   adopted by live nodes (see `node_down.rs`). Node up, or a registration by the node:
-//!   it is no longer marked down.
+//!   adopted by live nodes (see `node_down.rs`). Node up: it is no longer marked down.
 
 mod change;
 mod client_ids;
@@ -155,8 +154,6 @@ impl Registry {
         changes: &mut Vec<Change>,
     ) -> Result<pb::command_result::Result, pb::Rejected> {
         check_client_id(&c.client_id)?;
-        // A node that registers a client is alive, whatever was decided about it before.
-        self.node_up(c.node_id, changes);
         let owner = Owner {
             node: c.node_id,
             epoch: c.epoch,

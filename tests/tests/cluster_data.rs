@@ -212,7 +212,10 @@ async fn a_suback_on_one_node_is_in_force_for_a_publish_on_another_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_queued_for_a_killed_node_are_delivered_once_it_is_back() {
-    let mut cluster = TestCluster::start(3).await;
+    // Node 2 is back before the cluster marks it down: the forwards wait for it (with the
+    // default node_down_after_ms they go to the adopter instead: see cluster_node_down).
+    let mut cluster =
+        TestCluster::start_with(3, |_, b| b.env("SKEIN_NODE_DOWN_AFTER_MS", 600_000)).await;
     let sub_id = unique_id("durable");
     let durable = Connect::v5(&sub_id).persistent(3600);
     let (mut sub, _, _) = RawClient::connect_ok(cluster.node(2).mqtt_addr(), &durable).await;
