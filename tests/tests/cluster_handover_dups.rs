@@ -117,7 +117,10 @@ async fn a_stopped_holders_offer_while_the_client_is_connected_sends_nothing_twi
     // Published while it is stopped: they reach the taker directly, and wait in the
     // publisher's node for the holder.
     const N: usize = 40;
-    let cluster = TestCluster::start(3).await;
+    // The holder stays stopped for seconds: not marked down meanwhile (node-down adoption
+    // has tests of its own), so what it offers afterwards is the path under test.
+    let cluster =
+        TestCluster::start_with(3, |_, b| b.env("SKEIN_NODE_DOWN_AFTER_MS", 600_000)).await;
     let leader = cluster.leader(&cluster.ids(), RECV_TIMEOUT).await;
     let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
     let (holder, taker) = (others[0], others[1]);
