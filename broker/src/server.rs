@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::accept_backoff::AcceptBackoff;
 use crate::broker::Broker;
@@ -16,7 +17,27 @@ use crate::connection::park::Parker;
 /// once every connection has ended.
 pub async fn serve_mqtt(broker: Arc<Broker>, parker: Parker, listener: TcpListener) {
     broker.set_parker(parker.handle().unparker());
-    let connections = &broker.connections;
+    accept_until_shutdown(&broker, &listener, "mqtt", |stream, addresses, permit| {
+        broker
+            .connections
+            .spawn(connection::serve(broker.clone(), stream, addresses, permit));
+    })
+    .await;
+    drop(listener);
+    close_connections(&broker).await;
+    drop(parker);
+}
+
+/// The accept loop every listener shares: accepts on `listener` until the broker's
+/// shutdown token fires, counts each socket under `name`, backs off after failed accepts,
+/// and hands each stream with its (peer, local) addresses and connection slot (None: the
+/// node is full) to `spawn`.
+pub(crate) async fn accept_until_shutdown(
+    broker: &Broker,
+    listener: &TcpListener,
+    name: &'static str,
+    mut spawn: impl FnMut(TcpStream, (SocketAddr, Arc<SocketAddr>), Option<OwnedSemaphorePermit>),
+) {
     let mut socknames = SocknameCache::default();
     // Bound to one address, every connection's local address is that one: no
     // getsockname per accept. On a wildcard address it depends on the interface.
@@ -25,9 +46,9 @@ pub async fn serve_mqtt(broker: Arc<Broker>, parker: Parker, listener: TcpListen
         .ok()
         .filter(|a| !a.ip().is_unspecified())
         .map(Arc::new);
-    let mut nodelay = Nodelay::new(&listener);
-    let accepted_total = crate::metrics::listener_accepted("mqtt");
-    let mut backoff = AcceptBackoff::new("mqtt");
+    let mut nodelay = Nodelay::new(listener);
+    let accepted_total = crate::metrics::listener_accepted(name);
+    let mut backoff = AcceptBackoff::new(name);
     loop {
         let accepted = tokio::select! {
             _ = broker.shutdown.cancelled() => break,
@@ -48,16 +69,8 @@ pub async fn serve_mqtt(broker: Arc<Broker>, parker: Parker, listener: TcpListen
             Some(addr) => addr.clone(),
             None => socknames.get(stream.local_addr().unwrap_or(peer)),
         };
-        connections.spawn(connection::serve(
-            broker.clone(),
-            stream,
-            (peer, sockname),
-            permit,
-        ));
+        spawn(stream, (peer, sockname), permit);
     }
-    drop(listener);
-    close_connections(&broker).await;
-    drop(parker);
 }
 
 /// Tells every connection the node is going away and waits (bounded) for them to end. Also

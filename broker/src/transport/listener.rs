@@ -14,7 +14,6 @@ use tokio_rustls::rustls;
 
 use super::tls::TlsContext;
 use super::{certificate, ws, Listener};
-use crate::accept_backoff::AcceptBackoff;
 use crate::broker::Broker;
 use crate::connection::{self, PeerIdentity, Wrapped};
 use crate::events::Transport;
@@ -39,44 +38,17 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<TlsContext>>,
 ) {
-    let fixed_sockname = listener
-        .local_addr()
-        .ok()
-        .filter(|a| !a.ip().is_unspecified())
-        .map(Arc::new);
-    let mut nodelay = crate::server::Nodelay::new(&listener);
-    let accepted_total = crate::metrics::listener_accepted(kind.name());
-    let mut backoff = AcceptBackoff::new(kind.name());
-    loop {
-        let accepted = tokio::select! {
-            _ = broker.shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                backoff.failed(&e, &broker.shutdown).await;
-                continue;
-            }
-        };
-        backoff.succeeded();
-        nodelay.ensure(&stream);
-        accepted_total.increment(1);
-        let permit = broker.connection_slots.clone().try_acquire_owned().ok();
-        let sockname = match &fixed_sockname {
-            Some(addr) => addr.clone(),
-            None => Arc::new(stream.local_addr().unwrap_or(peer)),
-        };
-        let task = handshake_then_serve(
-            broker.clone(),
-            kind,
-            stream,
-            (peer, sockname),
-            permit,
-            tls.clone(),
-        );
-        broker.connections.spawn(task);
-    }
+    crate::server::accept_until_shutdown(
+        &broker,
+        &listener,
+        kind.name(),
+        |stream, addresses, permit| {
+            let task =
+                handshake_then_serve(broker.clone(), kind, stream, addresses, permit, tls.clone());
+            broker.connections.spawn(task);
+        },
+    )
+    .await;
 }
 
 /// A failed handshake: the metric's reason and what to log.
