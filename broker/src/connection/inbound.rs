@@ -202,12 +202,7 @@ impl Connection {
         } else {
             false
         };
-        let message = Arc::new(Message::from_publish(
-            &p,
-            topic,
-            Some(self.info.client_id.clone()),
-            raise::publisher_username(&self.broker.events, &self.info),
-        ));
+        let message = self.message_of(&p, topic);
         raise::raise_message(
             &self.broker.events,
             &self.info,
@@ -283,6 +278,16 @@ impl Connection {
         After::Nothing
     }
 
+    /// The message a PUBLISH of this client carries, as sessions and events take it.
+    fn message_of(&self, p: &Publish, topic: Arc<str>) -> Arc<Message> {
+        Arc::new(Message::from_publish(
+            p,
+            topic,
+            Some(self.info.client_id.clone()),
+            raise::publisher_username(&self.broker.events, &self.info),
+        ))
+    }
+
     /// A PUBLISH the ACL refuses: answered like one to an event topic (see
     /// `refuse_event_publish`), and raised as `message.dropped` (`not_authorized`).
     fn refuse_unauthorized_publish(
@@ -294,12 +299,7 @@ impl Connection {
         tracing::debug!(client_id = %self.info.client_id, %topic, "publish refused by the ACL");
         let after = self.refuse_event_publish_quietly(&p, acks);
         if self.broker.events.wants(EventKind::MessageDropped) {
-            let message = Arc::new(Message::from_publish(
-                &p,
-                topic,
-                Some(self.info.client_id.clone()),
-                raise::publisher_username(&self.broker.events, &self.info),
-            ));
+            let message = self.message_of(&p, topic);
             raise::raise_message(
                 &self.broker.events,
                 &self.info,
