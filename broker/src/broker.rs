@@ -28,6 +28,7 @@ use skein_seam::ClientId;
 use skein_seam::ClusterHandle;
 
 mod broker_handle;
+mod certificate_users;
 mod cluster_sync;
 mod forwarding;
 mod handover_holder;
@@ -136,6 +137,8 @@ pub struct Broker {
     pub acl: Option<Arc<crate::acl::AclState>>,
     /// The HTTP authenticator (`auth_http_url`); None: off.
     pub auth_http: Option<Arc<crate::auth_http::HttpAuth>>,
+    /// The connections that use a device certificate, ended when it stops being active.
+    pub certificate_users: certificate_users::CertificateUsers,
 }
 
 impl Broker {
@@ -162,6 +165,7 @@ impl Broker {
             me: me.clone(),
             acl,
             auth_http,
+            certificate_users: certificate_users::CertificateUsers::default(),
             remote_takers: Mutex::new(HashMap::default()),
             unreleased: Mutex::new(HashMap::default()),
             connection_slots,

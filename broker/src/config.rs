@@ -262,6 +262,9 @@ pub struct Config {
     pub use_identity_as_username: bool,
     /// A TLS client's client id is its certificate's common name.
     pub use_identity_as_client_id: bool,
+    /// A client certificate seen for the first time is registered active (false: pending
+    /// activation, refused until an operator activates it).
+    pub certificate_auto_activate: bool,
 }
 
 impl Default for Config {
@@ -355,6 +358,7 @@ impl Default for Config {
             tls_reload_interval_ms: 2_000,
             use_identity_as_username: false,
             use_identity_as_client_id: false,
+            certificate_auto_activate: true,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One task per client connection: read → session → write, keepalive, limits.
 
 mod admission;
+mod certificate_check;
 mod cluster_step;
 mod deadlines;
 mod handshake;
@@ -293,7 +294,7 @@ impl Connection {
                 tokio::select! {
                     biased;
                     _ = self.kick_rx.notified() => match self.kick_rx.try_recv() {
-                        Some(kick) => return Outcome::Closed(kicked(kick)),
+                        Some(kick) => return Outcome::Closed(kicked(kick, &self.broker, self.id)),
                         None => break Wake::Queued,
                     },
                     ready = std::future::poll_fn(|cx| this.poll_input(cx)) => match ready {
@@ -432,7 +433,7 @@ impl Connection {
         let write_deadline = self.keepalive_deadline();
         let flushed = tokio::select! {
             r = self.socket.flush(&self.broker.hot) => r,
-            kick = self.kick_rx.recv() => return Err(kicked(kick)),
+            kick = self.kick_rx.recv() => return Err(kicked(kick, &self.broker, self.id)),
             _ = tokio::time::sleep_until(write_deadline.unwrap_or_else(far_future)), if write_deadline.is_some() => {
                 return Err(Close::new(DisconnectReason::KeepaliveTimeout, Some(rc::KEEP_ALIVE_TIMEOUT), "client stopped reading"));
             }
@@ -671,8 +672,18 @@ fn go_away() -> Close {
     )
 }
 
-fn kicked(kick: Kick) -> Close {
+/// How a kick ends connection `id`.
+fn kicked(kick: Kick, broker: &Broker, id: u64) -> Close {
     match kick {
+        // The reason string names the certificate and its status.
+        Kick::CertificateDisabled => Close::new(
+            DisconnectReason::Kicked,
+            Some(rc::ADMINISTRATIVE_ACTION),
+            broker
+                .certificate_users
+                .why_disabled(id)
+                .unwrap_or_else(|| "certificate no longer active".to_owned()),
+        ),
         Kick::ShuttingDown => go_away(),
         Kick::Administrative => Close::new(
             DisconnectReason::Kicked,

@@ -19,7 +19,10 @@ use crate::codec::{ProtocolVersion, QoS};
 use crate::disconnect::DisconnectReason;
 
 mod transport;
-pub use transport::{handshake_failed, listener_accepted, tls_reload};
+pub use transport::{
+    certificate_kicks, certificate_registered, certificate_registration_failed,
+    certificate_rejected, handshake_failed, listener_accepted, tls_reload,
+};
 
 // Connections and sessions.
 /// Gauge {protocol}: open MQTT connections past a successful CONNECT.

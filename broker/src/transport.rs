@@ -4,6 +4,7 @@
 //! events and metrics).
 
 mod certificate;
+mod chain;
 pub mod listener;
 pub mod tls;
 mod ws;

@@ -199,7 +199,7 @@ impl ClusterNode {
 
     /// Proposes one command and returns its answer and its entry's index; a rejection is
     /// an error.
-    async fn propose(&self, command: Command) -> Result<(Answer, u64)> {
+    pub(crate) async fn propose(&self, command: Command) -> Result<(Answer, u64)> {
         let (result, index) = self
             .proposer
             .propose(pb::Command {

@@ -7,7 +7,8 @@
 //! one is `Invalid`.
 
 use skein_seam::{
-    BoxFuture, ClientId, ClientLocation, ClusterError as SeamError, ClusterHandle, ClusterOverview,
+    BoxFuture, CertificateRecord, CertificateRegistration, CertificateStatus, SeenCertificate,
+    ClientId, ClientLocation, ClusterError as SeamError, ClusterHandle, ClusterOverview,
     ForwardError, ForwardedPublish, HandedOverSubscription, MemberOverview, NodeId as SeamNodeId,
     NodeRecord, PreviousOwner, Registration,
 };
@@ -375,6 +376,42 @@ impl ClusterHandle for ClusterNode {
                 .await
                 .map(|_| ())
                 .map_err(to_seam)
+        })
+    }
+
+    // ---- Device certificates (`certificates.rs`). ----
+
+    fn register_certificate(
+        &self,
+        seen: SeenCertificate,
+        status: CertificateStatus,
+    ) -> BoxFuture<'_, Result<CertificateRegistration, SeamError>> {
+        Box::pin(async move {
+            let (record, created) = ClusterNode::register_certificate(self, &seen, status)
+                .await
+                .map_err(to_seam)?;
+            Ok(CertificateRegistration { record, created })
+        })
+    }
+
+    fn certificate(&self, sn: &str) -> Option<CertificateRecord> {
+        ClusterNode::certificate(self, sn)
+    }
+
+    fn certificates(&self) -> Vec<CertificateRecord> {
+        ClusterNode::certificates(self)
+    }
+
+    fn set_certificate_status<'a>(
+        &'a self,
+        sn: &'a str,
+        status: CertificateStatus,
+    ) -> BoxFuture<'a, Result<CertificateRecord, SeamError>> {
+        Box::pin(async move {
+            ClusterNode::set_certificate_status(self, sn, status)
+                .await
+                .map_err(to_seam)?
+                .ok_or_else(|| SeamError::NotFound(format!("no certificate with serial number {sn}")))
         })
     }
 }

@@ -8,6 +8,8 @@
 //! The crate's modules in layer order: each imports only modules listed below it.
 //!
 //! - `handle`: [`ClusterNode`] as the seam's `ClusterHandle`, what the broker holds.
+//! - `certificates`: the device certificate commands (register on first sight, set a
+//!   status) and their records as the seam names them.
 //! - `commands`: the registry commands the broker proposes (register, unregister,
 //!   subscribe, unsubscribe).
 //! - `data_plane`: what the broker asks of the data plane: forward a publish to a member,
@@ -18,6 +20,7 @@
 //!   [`ChangeStream`]; attaching the broker.
 //! - `in_force`: a SUBACK waits until every other member has folded the subscription.
 //! - `fold`: the registry fold, applied changes told to the local broker.
+//! - `cert_fold`: certificates that stopped being active, told to the local broker.
 //! - `server`: the gRPC server (`Raft`, `Cluster`, `Forward` and `Session` services).
 //! - `session_service`: the `Session` service: kicks from other members, sessions handed
 //!   over to the member that took their client.
@@ -47,6 +50,8 @@
 //! - `types`: the openraft type config, [`Node`], the protobuf app-data wrapper.
 
 mod broker_slot;
+mod cert_fold;
+mod certificates;
 mod commands;
 mod convert;
 mod data_plane;

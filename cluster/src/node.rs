@@ -223,6 +223,12 @@ impl ClusterNode {
             changes,
             self.shutdown.clone(),
         ));
+        // Its own receiver, subscribed before the broker could see any connection.
+        self.tasks.spawn(crate::cert_fold::run(
+            broker.clone(),
+            self.changes.subscribe(),
+            self.shutdown.clone(),
+        ));
         self.tasks.spawn(crate::forward::fetch_retained(
             self.shared.clone(),
             broker,

@@ -16,7 +16,12 @@
 //! - a session ends on an unregister that says so, or at once when its expiry is 0.
 //! - node down: the node's clients go offline; sessions with expiry 0 end, the others are
 //!   adopted by live nodes (see `node_down.rs`). Node up: it is no longer marked down.
+//! - device certificates: registered on first sight, their status set by operators (see
+//!   `certificates.rs`).
 
+mod certificates;
+#[cfg(test)]
+mod certificates_tests;
 mod change;
 mod client_ids;
 mod entry;
@@ -33,6 +38,7 @@ use std::sync::Arc;
 use arcstr::ArcStr;
 use skein_proto::v1 as pb;
 
+pub use certificates::{status_from_pb, status_to_pb};
 pub use change::{AppliedChanges, Change, ChangeEvent, DownClient, PreviousOwner};
 pub use client_ids::ClientIds;
 pub use entry::{ClientEntry, Subscriptions};
@@ -78,6 +84,8 @@ pub struct Registry {
     /// The wills of online connections that have one, kept apart from the entries (most
     /// clients have none): published by the adopter should their node die.
     wills: BTreeMap<ArcStr, pb::RegisteredWill>,
+    /// Device certificates by serial number (see `certificates.rs`).
+    certificates: BTreeMap<String, pb::CertificateRecord>,
 }
 
 impl Registry {
@@ -139,6 +147,8 @@ impl Registry {
             Some(Command::Unsubscribe(c)) => self.unsubscribe(c, changes),
             Some(Command::NodeDown(c)) => Ok(self.node_down(c, changes)),
             Some(Command::NodeUp(c)) => Ok(self.node_up(c.node_id, changes)),
+            Some(Command::RegisterCertificate(c)) => self.register_certificate(c, changes),
+            Some(Command::SetCertificateStatus(c)) => self.set_certificate_status(c, changes),
             None => Err(invalid("no command (written by a newer Skein?)")),
         };
         let result = result.unwrap_or_else(pb::command_result::Result::Rejected);

@@ -324,7 +324,15 @@ pub trait BrokerHandle: Send + Sync {
         let _ = (client_id, holder);
         Box::pin(async { Err(BrokerHandleError::NotSupported("handing sessions over")) })
     }
-}
 
-// The cluster holds the broker as a trait object: keep the trait object-safe.
-const _: Option<&dyn BrokerHandle> = None;
+    /// Device certificate `sn` now has `status`, other than active (the registry change
+    /// applied here): the connections on this node that use it end (reason `kicked`).
+    fn certificate_disabled(&self, sn: &str, status: crate::CertificateStatus) {
+        let _ = (sn, status);
+    }
+
+    /// The certificate changes may have been missed (a snapshot was installed, the change
+    /// stream lagged): the broker looks up the status of every certificate its connections
+    /// use and ends those not active.
+    fn certificates_recheck(&self) {}
+}

@@ -3,6 +3,9 @@
 //! behind the same trait.
 
 use crate::box_future::BoxFuture;
+use crate::certificate::{
+    CertificateRecord, CertificateRegistration, CertificateStatus, SeenCertificate,
+};
 use crate::broker_handle::{
     ForwardedPublish, HandedOverSubscription, RegisteredWill, SessionHandover,
 };
@@ -310,4 +313,49 @@ pub trait ClusterHandle: Send + Sync {
 
     /// Removes member `node` from the cluster.
     fn remove_member(&self, node: NodeId) -> BoxFuture<'_, Result<(), ClusterError>>;
+
+    // ---- Device certificates (issue 16): replicated like the client registry. ----
+
+    /// Registers `seen` with `status` unless the registry has it already; committed
+    /// cluster-wide before it returns. Of several nodes registering one certificate at
+    /// once, the log order picks the one that gets `created: true`.
+    fn register_certificate(
+        &self,
+        seen: SeenCertificate,
+        status: CertificateStatus,
+    ) -> BoxFuture<'_, Result<CertificateRegistration, ClusterError>> {
+        let _ = (seen, status);
+        Box::pin(async {
+            Err(ClusterError::Unavailable(
+                "this cluster keeps no certificate registry".into(),
+            ))
+        })
+    }
+
+    /// The certificate with serial number `sn`, as the registry on this node has applied it.
+    fn certificate(&self, sn: &str) -> Option<CertificateRecord> {
+        let _ = sn;
+        None
+    }
+
+    /// Every registered certificate, in serial number order.
+    fn certificates(&self) -> Vec<CertificateRecord> {
+        Vec::new()
+    }
+
+    /// Sets the status of certificate `sn`; committed cluster-wide before it returns.
+    /// `NotFound` for an unknown serial number. Every node ends its connections that use a
+    /// certificate whose status is not active (see [`crate::BrokerHandle`]).
+    fn set_certificate_status<'a>(
+        &'a self,
+        sn: &'a str,
+        status: CertificateStatus,
+    ) -> BoxFuture<'a, Result<CertificateRecord, ClusterError>> {
+        let _ = (sn, status);
+        Box::pin(async {
+            Err(ClusterError::Unavailable(
+                "this cluster keeps no certificate registry".into(),
+            ))
+        })
+    }
 }

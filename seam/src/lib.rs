@@ -12,11 +12,13 @@
 //! - `broker_handle`: [`BrokerHandle`], what the cluster asks of the local broker (deliver
 //!   a forwarded publish, kick a connection, end a taken-over one, fold other nodes'
 //!   interest); implemented by the broker.
+//! - `certificate`: device certificates (status, record) as both sides name them.
 //! - `ids`: [`ClientId`] and [`NodeId`], the newtypes every layer names clients and nodes by.
 //! - `box_future`: [`BoxFuture`], what the traits' asynchronous methods return.
 
 mod box_future;
 mod broker_handle;
+mod certificate;
 mod cluster_handle;
 pub mod ids;
 
@@ -25,6 +27,9 @@ pub use broker_handle::{
     AdoptedSession, BrokerHandle, BrokerHandleError, DownClient, ForwardedPublish,
     HandedOverMessage, HandedOverSubscription, KickReason, PublishProperties, RegisteredWill,
     SessionHandover, SharedTarget,
+};
+pub use certificate::{
+    CertificateRecord, CertificateRegistration, CertificateStatus, SeenCertificate,
 };
 pub use cluster_handle::{
     ClientLocation, ClusterError, ClusterHandle, ClusterOverview, ForwardError, MemberOverview,

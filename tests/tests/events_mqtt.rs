@@ -682,35 +682,3 @@ async fn malformed_wills_are_bad_will_message() {
     raw.expect_closed(RECV_TIMEOUT).await;
     expect_end(&mut w, "", "protocol_error", "kicked").await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificate_kinds_warn_that_nothing_raises_them() {
-    let node = node_with_both_dialects(&[(
-        "SKEIN_EVENTS_DOLLAR_EVENTS_KINDS",
-        "client.connected,certificate.registered",
-    )]);
-    let found = skein_tests::wait_until(RECV_TIMEOUT, || {
-        node.stderr().contains("certificate.registered")
-    })
-    .await;
-    let log = node.stderr();
-    assert!(found, "no warning about certificate kinds:\n{log}");
-    let line = log
-        .lines()
-        .find(|l| l.contains("certificate.registered"))
-        .unwrap();
-    assert!(line.contains("WARN"), "{line}");
-    assert!(line.contains("TLS"), "{line}");
-
-    // The default names no certificate kind: no warning.
-    let quiet = node_with_both_dialects(&[]);
-    RawClient::v5(quiet.mqtt_addr(), &unique_id("probe"))
-        .await
-        .disconnect()
-        .await;
-    assert!(
-        !quiet.stderr().contains("certificate."),
-        "{}",
-        quiet.stderr()
-    );
-}

@@ -224,6 +224,21 @@ impl BrokerHandle for Broker {
     ) -> BoxFuture<'a, Result<usize, BrokerHandleError>> {
         Box::pin(self.adopt_offered_session(client_id, holder))
     }
+
+    fn certificate_disabled(&self, sn: &str, status: skein_seam::CertificateStatus) {
+        self.certificate_users.disable(sn, status);
+    }
+
+    fn certificates_recheck(&self) {
+        for sn in self.certificate_users.in_use() {
+            match self.cluster.certificate(&sn) {
+                Some(record) if record.status != skein_seam::CertificateStatus::Active => {
+                    self.certificate_users.disable(&sn, record.status);
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 impl Broker {

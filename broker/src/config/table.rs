@@ -281,4 +281,6 @@ settings! {
         "A TLS client's username is its certificate's common name, and no password is checked (Mosquitto's option); a TLS client without one is refused";
     use_identity_as_client_id: Bool,
         "A TLS client's client id is its certificate's common name; a TLS client without one is refused";
+    certificate_auto_activate: Bool,
+        "A client certificate seen for the first time is registered active (false: pending_activation, refused until activated through the admin API)";
 }

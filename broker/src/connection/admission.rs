@@ -37,7 +37,7 @@ impl Presented {
         let (tls, cert_common_name) = match socket.identity() {
             PeerIdentity::NotTls => (false, None),
             PeerIdentity::NoCertificate => (true, None),
-            PeerIdentity::Certificate { common_name } => (true, common_name.clone()),
+            PeerIdentity::Certificate { common_name, .. } => (true, common_name.clone()),
         };
         let listener = match (socket.transport(), tls) {
             (Transport::Tcp, false) => "mqtt",

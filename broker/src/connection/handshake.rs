@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::admission;
+use super::certificate_check;
 use super::registration::{self, Claim};
 use super::{Close, Connection, DisconnectReason, Socket};
 use crate::broker::Broker;
@@ -139,7 +140,7 @@ impl Refusal {
 
     /// The registration did not commit (no leader, no quorum, not within
     /// `connect_commit_timeout_ms`): Server Unavailable, 0x88 / return code 3.
-    fn cluster_unavailable(protocol: ProtocolVersion, detail: &str) -> Refusal {
+    pub(super) fn cluster_unavailable(protocol: ProtocolVersion, detail: &str) -> Refusal {
         Refusal {
             cluster_unavailable: true,
             ..Refusal::connack(
@@ -403,6 +404,13 @@ async fn attach(
         Ok(admitted) => admitted,
         Err(r) => return Err((socket, r)),
     };
+    // After authentication (a client refused there registers nothing), before the client
+    // id is claimed.
+    let certificate =
+        match Box::pin(certificate_check::check(broker, socket.identity(), &info, protocol)).await {
+            Ok(sn) => sn,
+            Err(r) => return Err((socket, r)),
+        };
     if let (Some(will), Some(authz)) = (&c.will, admitted.authz.as_mut()) {
         if !authz.may_publish(&will.topic) {
             // Checked now, with the rules of the CONNECT: a will is published when the
@@ -558,6 +566,16 @@ async fn attach(
         drop(guard);
         break session;
     };
+    if let Some(sn) = certificate {
+        // Tracked first, then looked up: a status change applied in between is seen by
+        // one or the other.
+        broker.certificate_users.track(id, sn.clone(), &kick);
+        if let Some(record) = broker.cluster.certificate(&sn) {
+            if record.status != skein_seam::CertificateStatus::Active {
+                broker.certificate_users.disable(&sn, record.status);
+            }
+        }
+    }
     // The shutdown sweep may have run before this attachment existed.
     if broker.shutdown.is_cancelled() {
         kick.send(Kick::ShuttingDown);

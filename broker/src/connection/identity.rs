@@ -25,11 +25,14 @@ pub(super) fn apply(
     let common_name = match identity {
         PeerIdentity::NotTls => return Ok(false),
         PeerIdentity::NoCertificate => return Err("no client certificate"),
-        PeerIdentity::Certificate { common_name: None } => {
+        PeerIdentity::Certificate {
+            common_name: None, ..
+        } => {
             return Err("client certificate without a common name")
         }
         PeerIdentity::Certificate {
             common_name: Some(cn),
+            ..
         } => cn,
     };
     if as_username {
@@ -62,6 +65,7 @@ mod tests {
     fn certificate(cn: Option<&str>) -> PeerIdentity {
         PeerIdentity::Certificate {
             common_name: cn.map(Into::into),
+            device: None,
         }
     }
 

@@ -1,47 +1,34 @@
 //! Dialect `$events` (seed 001): `$events/client_connected`, `$events/client_disconnected`,
 //! `$events/session_subscribed`, `$events/session_unsubscribed` with the seed's snake_case
-//! fields. Each message carries exactly the fields of the seed's table for its topic, plus
-//! `node_name` (EVENTS.md) and, on a takeover, `takeover_node`. `username` is `null` when
-//! the client sent none, and so is an address that is unknown.
+//! fields, and `$events/certificate_registered`, `$events/certificate_rejected` with the
+//! seed's camelCase ones (`peerName`, `caSn`, `sn`, `commonName`, `status`,
+//! `certificateChainSn`). Each message carries exactly the fields of the seed's table for
+//! its topic, plus `node_name` (EVENTS.md) and, on a takeover, `takeover_node`. `username`
+//! is `null` when the client sent none, and so is an address that is unknown.
 
 use serde_json::{json, Map, Value};
 
 use super::mqtt_out::Outgoing;
-use super::{ClientInfo, Event, EventBody, EventKind, KindSet, NodeInfo};
+use super::{CertificateEvent, ClientInfo, Event, EventBody, EventKind, KindSet, NodeInfo};
 
 pub const DIALECT: &str = "$events";
 
-/// The canonical kinds this dialect renders. The certificate kinds are accepted in the
-/// config so a config can name them already; nothing raises them until TLS exists (see
-/// [`never_raised`]).
+/// The canonical kinds this dialect renders.
 pub fn renders() -> KindSet {
-    default_kinds().union(KindSet::of(&[
-        EventKind::CertificateRegistered,
-        EventKind::CertificateRejected,
-    ]))
+    default_kinds()
 }
 
-/// The kinds published by default: those something raises.
+/// The kinds published by default: all of the seed's topics (the certificate ones are
+/// raised only by TLS clients with a certificate).
 pub fn default_kinds() -> KindSet {
     KindSet::of(&[
         EventKind::ClientConnected,
         EventKind::ClientDisconnected,
         EventKind::SessionSubscribed,
         EventKind::SessionUnsubscribed,
-    ])
-}
-
-/// The names of the kinds in `kinds` that nothing raises yet: the certificate kinds,
-/// until the broker terminates TLS. Configuring them is allowed but publishes nothing.
-pub fn never_raised(kinds: KindSet) -> Vec<&'static str> {
-    [
         EventKind::CertificateRegistered,
         EventKind::CertificateRejected,
-    ]
-    .into_iter()
-    .filter(|k| kinds.contains(*k))
-    .map(EventKind::as_str)
-    .collect()
+    ])
 }
 
 /// The message for `event`, if this dialect has a topic for it.
@@ -105,12 +92,34 @@ pub fn render(event: &Event, node: &NodeInfo) -> Option<Outgoing> {
                 "topic": filter,
             }),
         ),
+        EventBody::CertificateRegistered(cert) => (
+            "$events/certificate_registered",
+            certificate(event, cert, "certificate.registered"),
+        ),
+        EventBody::CertificateRejected(cert) => (
+            "$events/certificate_rejected",
+            certificate(event, cert, "certificate.rejected"),
+        ),
         _ => return None,
     };
     let map: &mut Map<String, Value> = fields.as_object_mut()?;
     map.insert("node".into(), Value::from(node.node.as_str()));
     map.insert("node_name".into(), Value::from(node.node_name.as_str()));
     Some(Outgoing::json(topic, &fields))
+}
+
+/// The seed's certificate fields (the same for both topics).
+fn certificate(event: &Event, cert: &CertificateEvent, name: &str) -> Value {
+    json!({
+        "event": name,
+        "timestamp": event.timestamp_ms,
+        "peerName": peername(&event.client),
+        "caSn": cert.seen.ca_sn,
+        "sn": cert.seen.sn,
+        "commonName": cert.seen.common_name,
+        "status": cert.status.as_str(),
+        "certificateChainSn": cert.seen.chain_sn,
+    })
 }
 
 /// The client's `ip:port`, or null when unknown (a session restored after a restart).
@@ -296,22 +305,57 @@ mod tests {
     }
 
     #[test]
-    fn certificate_kinds_are_accepted_but_not_default_and_reported_as_never_raised() {
-        assert!(renders().contains(EventKind::CertificateRegistered));
-        assert!(!default_kinds().contains(EventKind::CertificateRegistered));
-        assert!(!default_kinds().contains(EventKind::CertificateRejected));
-        assert!(never_raised(default_kinds()).is_empty());
-        assert_eq!(
-            never_raised(renders()),
-            ["certificate.registered", "certificate.rejected"]
-        );
-        assert_eq!(
-            never_raised(KindSet::of(&[
-                EventKind::ClientConnected,
-                EventKind::CertificateRejected
-            ])),
-            ["certificate.rejected"]
-        );
+    fn certificate_events_have_the_seed_fields() {
+        let cert = CertificateEvent {
+            seen: skein_seam::SeenCertificate {
+                sn: "1bf2f708389ad1397628ab3c6c33b1636b7e49f5".into(),
+                ca_sn: "7439e17052ff2edbeda4f5db379a69fd8c5f48a5".into(),
+                common_name: "VIN-1234-5678".into(),
+                chain_sn: "1bf2f708389ad1397628ab3c6c33b1636b7e49f5,7439e17052ff2edbeda4f5db379a69fd8c5f48a5".into(),
+            },
+            status: skein_seam::CertificateStatus::PendingActivation,
+        };
+        for (body, topic, name) in [
+            (
+                EventBody::CertificateRegistered(Box::new(cert.clone())),
+                "$events/certificate_registered",
+                "certificate.registered",
+            ),
+            (
+                EventBody::CertificateRejected(Box::new(cert.clone())),
+                "$events/certificate_rejected",
+                "certificate.rejected",
+            ),
+        ] {
+            let (t, v) = render_json(body, None);
+            assert_eq!(t, topic);
+            assert_eq!(
+                keys(&v),
+                [
+                    "caSn",
+                    "certificateChainSn",
+                    "commonName",
+                    "event",
+                    "node",
+                    "node_name",
+                    "peerName",
+                    "sn",
+                    "status",
+                    "timestamp"
+                ]
+            );
+            assert_eq!(v["event"], name);
+            assert_eq!(v["timestamp"], 1_717_651_184_900u64);
+            assert_eq!(v["node"], "10.0.0.1:1883");
+            assert_eq!(v["peerName"], "10.0.0.9:5768");
+            assert_eq!(v["caSn"], "7439e17052ff2edbeda4f5db379a69fd8c5f48a5");
+            assert_eq!(v["sn"], "1bf2f708389ad1397628ab3c6c33b1636b7e49f5");
+            assert_eq!(v["commonName"], "VIN-1234-5678");
+            assert_eq!(v["status"], "pending_activation");
+            assert_eq!(v["certificateChainSn"], cert.seen.chain_sn.as_str());
+        }
+        assert!(default_kinds().contains(EventKind::CertificateRegistered));
+        assert!(default_kinds().contains(EventKind::CertificateRejected));
     }
 
     #[test]

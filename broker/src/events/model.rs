@@ -280,6 +280,18 @@ pub enum EventBody {
     SessionTerminated {
         reason: SessionEnd,
     },
+    /// `client`'s TLS certificate was seen for the first time, cluster-wide, and this node
+    /// registered it (boxed: rare, and larger than the common bodies).
+    CertificateRegistered(Box<CertificateEvent>),
+    /// `client`'s TLS certificate is not active: the connection was refused.
+    CertificateRejected(Box<CertificateEvent>),
+}
+
+/// A device certificate as its events show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateEvent {
+    pub seen: skein_seam::SeenCertificate,
+    pub status: skein_seam::CertificateStatus,
 }
 
 /// Why a session ended.
@@ -333,6 +345,8 @@ impl Event {
             EventBody::SubscribeRequest { .. } => EventKind::ClientSubscribe,
             EventBody::UnsubscribeRequest { .. } => EventKind::ClientUnsubscribe,
             EventBody::SessionTerminated { .. } => EventKind::SessionTerminated,
+            EventBody::CertificateRegistered(_) => EventKind::CertificateRegistered,
+            EventBody::CertificateRejected(_) => EventKind::CertificateRejected,
         }
     }
 }

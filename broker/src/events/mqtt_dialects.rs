@@ -44,13 +44,6 @@ pub fn register_mqtt_dialects(
         let kinds = KindSet(
             settings.events_dollar_events_kinds.0 & dollar_events_slash_topics::renders().0,
         );
-        let idle = dollar_events_slash_topics::never_raised(kinds);
-        if !idle.is_empty() {
-            tracing::warn!(
-                kinds = %idle.join(","),
-                "events_dollar_events_kinds: nothing raises certificate events yet (TLS client certificates are not registered yet), these kinds publish nothing"
-            );
-        }
         let render: Renderer = Box::new(move |e| {
             dollar_events_slash_topics::render(e, &node)
                 .into_iter()

@@ -1,5 +1,6 @@
 //! The HTTP admin API under `/api/v1`: clients (list, detail, kick), subscriptions,
-//! retained messages, publishing as the broker, and removing cluster members. JSON in and
+//! retained messages, publishing as the broker, removing cluster members, and device
+//! certificates (list, detail, set status). JSON in and
 //! out; every error is a JSON body `{"error": ...}` with a meaningful status (see
 //! [`ApiError`]).
 //!
@@ -11,6 +12,7 @@
 //! ([`protect`]); the probes and `/metrics` live in other routers and stay open.
 
 mod auth;
+mod certificates;
 mod clients;
 mod cluster;
 mod members;
@@ -47,6 +49,11 @@ pub fn router(broker: Arc<Broker>, token: Option<String>) -> Router {
         .route("/api/v1/publish", post(publish::publish))
         .route("/api/v1/cluster", get(cluster::overview))
         .route("/api/v1/cluster/members/{id}", delete(members::remove))
+        .route("/api/v1/certificates", get(certificates::list))
+        .route(
+            "/api/v1/certificates/{sn}",
+            get(certificates::detail).put(certificates::update),
+        )
         .with_state(broker);
     protect(api, token)
 }

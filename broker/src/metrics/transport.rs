@@ -1,5 +1,6 @@
 //! The listeners' metrics: connections accepted by listener, failed TLS and WebSocket
-//! handshakes by listener and reason, certificate reloads.
+//! handshakes by listener and reason, certificate reloads; device certificates registered,
+//! rejected and the connections ended when one stops being active.
 
 use metrics::Unit;
 
@@ -21,6 +22,34 @@ pub(super) const TRANSPORTS: &[Desc] = &[
         "TLS and WebSocket handshakes that failed, by listener and reason (timeout, no_certificate, bad_certificate, alert_received, incompatible, protocol, closed, ws_path, ws_subprotocol, ws_upgrade).",
     ),
     desc(
+        CERTIFICATES_REGISTERED,
+        Counter,
+        Unit::Count,
+        &["status"],
+        "Device certificates this node registered (first sight of a TLS client certificate), by the status given (active, pending_activation).",
+    ),
+    desc(
+        CERTIFICATES_REJECTED,
+        Counter,
+        Unit::Count,
+        &["status"],
+        "Connections refused because their client certificate is not active, by its status (pending_activation, inactive, revoked).",
+    ),
+    desc(
+        CERTIFICATE_KICKS,
+        Counter,
+        Unit::Count,
+        &["status"],
+        "Connections ended because their client certificate stopped being active (an operator set this status).",
+    ),
+    desc(
+        CERTIFICATE_REGISTRATIONS_FAILED,
+        Counter,
+        Unit::Count,
+        &[],
+        "Registrations of a new client certificate that did not commit (the cluster was unavailable): the connection was refused with server unavailable.",
+    ),
+    desc(
         TLS_RELOADS,
         Counter,
         Unit::Count,
@@ -36,6 +65,32 @@ pub fn listener_accepted(listener: &'static str) -> metrics::Counter {
 
 pub fn handshake_failed(listener: &'static str, reason: &'static str) {
     metrics::counter!(HANDSHAKE_FAILURES, "listener" => listener, "reason" => reason).increment(1);
+}
+
+/// Counter {status}: device certificates this node registered.
+pub const CERTIFICATES_REGISTERED: &str = "skein_certificates_registered_total";
+/// Counter {status}: connections refused for a certificate that is not active.
+pub const CERTIFICATES_REJECTED: &str = "skein_certificates_rejected_total";
+/// Counter {status}: connections ended as their certificate stopped being active.
+pub const CERTIFICATE_KICKS: &str = "skein_certificate_kicks_total";
+/// Counter: certificate registrations that did not commit.
+pub const CERTIFICATE_REGISTRATIONS_FAILED: &str =
+    "skein_certificate_registrations_failed_total";
+
+pub fn certificate_registered(status: &'static str) {
+    metrics::counter!(CERTIFICATES_REGISTERED, "status" => status).increment(1);
+}
+
+pub fn certificate_rejected(status: &'static str) {
+    metrics::counter!(CERTIFICATES_REJECTED, "status" => status).increment(1);
+}
+
+pub fn certificate_kicks(status: &'static str, connections: u64) {
+    metrics::counter!(CERTIFICATE_KICKS, "status" => status).increment(connections);
+}
+
+pub fn certificate_registration_failed() {
+    metrics::counter!(CERTIFICATE_REGISTRATIONS_FAILED).increment(1);
 }
 
 pub fn tls_reload(outcome: &'static str) {

@@ -23,6 +23,9 @@ pub enum Kick {
     /// The cluster marked this node down meanwhile (it was paused or cut off): the client
     /// went offline cluster-wide and its session is another node's now.
     NodeDown = 4,
+    /// The client's certificate stopped being active (an operator revoked or deactivated
+    /// it, on any node).
+    CertificateDisabled = 5,
 }
 
 /// Resumes a parked connection: implemented by the server's parker
@@ -181,6 +184,7 @@ impl KickSignal {
             3 => Some(Kick::ShuttingDown),
             4 => Some(Kick::AuthExpired),
             5 => Some(Kick::NodeDown),
+            6 => Some(Kick::CertificateDisabled),
             _ => None,
         }
     }

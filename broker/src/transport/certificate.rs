@@ -1,6 +1,8 @@
-//! The subject common name of a client certificate, read from its DER encoding: the one
-//! field the broker needs (as a username or client id) does not justify a full X.509
-//! parser. The certificate has been verified by rustls before this reads it.
+//! What the broker reads of a client certificate, from its DER encoding: the subject common
+//! name (a username or client id), the serial number, and the issuer and subject names
+//! (to find the certificate that signed it, for the device certificate registry). A few
+//! fields do not justify a full X.509 parser. The certificate has been verified by rustls
+//! before this reads it.
 
 /// One DER element: its tag, its contents and what follows it.
 fn element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -32,9 +34,40 @@ const VERSION: u8 = 0xa0;
 /// 2.5.4.3, id-at-commonName.
 const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 
-/// The first common name of the certificate's subject, if it has one in a string type
-/// (UTF8String, PrintableString, IA5String, TeletexString).
-pub fn common_name(der: &[u8]) -> Option<String> {
+const INTEGER: u8 = 0x02;
+
+/// The fields of a certificate the registry needs, borrowed from its DER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields<'a> {
+    /// The serial number's content octets (big-endian, as encoded).
+    serial: &'a [u8],
+    /// The issuer and subject names, whole DER elements (compared byte for byte: a CA
+    /// writes its subject into the certificates it issues as it is).
+    pub issuer: &'a [u8],
+    pub subject: &'a [u8],
+}
+
+impl Fields<'_> {
+    /// The serial number in lower-case hex, one pair of digits per octet, without the
+    /// leading zero octet DER adds to keep a number positive (as `openssl x509 -serial`
+    /// shows it, in lower case).
+    pub fn serial_hex(&self) -> String {
+        let mut serial = self.serial;
+        while serial.len() > 1 && serial[0] == 0 {
+            serial = &serial[1..];
+        }
+        serial.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A whole DER element (tag and length included) and what follows it.
+fn whole(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (_, _, rest) = element(der)?;
+    Some((&der[..der.len() - rest.len()], rest))
+}
+
+/// The serial number, issuer and subject of a certificate.
+pub fn fields(der: &[u8]) -> Option<Fields<'_>> {
     let (SEQUENCE, certificate, _) = element(der)? else {
         return None;
     };
@@ -46,11 +79,29 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     if tag == VERSION {
         fields = rest;
     }
-    // serialNumber, signature, issuer, validity, then subject.
-    for _ in 0..4 {
-        fields = element(fields)?.2;
+    let (INTEGER, serial, rest) = element(fields)? else {
+        return None;
+    };
+    if serial.is_empty() {
+        return None;
     }
-    let (SEQUENCE, mut names, _) = element(fields)? else {
+    // signature, then issuer, validity, subject.
+    let rest = element(rest)?.2;
+    let (issuer, rest) = whole(rest)?;
+    let rest = element(rest)?.2;
+    let (subject, _) = whole(rest)?;
+    Some(Fields {
+        serial,
+        issuer,
+        subject,
+    })
+}
+
+/// The first common name of the certificate's subject, if it has one in a string type
+/// (UTF8String, PrintableString, IA5String, TeletexString).
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let subject = fields(der)?.subject;
+    let (SEQUENCE, mut names, _) = element(subject)? else {
         return None;
     };
     while let Some((tag, set, rest)) = element(names) {
@@ -135,6 +186,33 @@ mod tests {
             common_name(&certificate(subject, 300)).as_deref(),
             Some("VIN-1234-5678")
         );
+    }
+
+    #[test]
+    fn serial_issuer_and_subject_are_read() {
+        let subject = name(&[(COMMON_NAME, 0x0c, "VIN-1234-5678")]);
+        let der = certificate(subject.clone(), 4);
+        let f = fields(&der).expect("fields");
+        assert_eq!(f.serial_hex(), "1bf2");
+        assert_eq!(f.subject, subject.as_slice());
+        assert_eq!(f.issuer, name(&[(COMMON_NAME, 0x0c, "Issuing CA")]).as_slice());
+        // DER's sign octet is not part of the number; a zero serial stays one pair.
+        let positive = Fields {
+            serial: &[0x00, 0x80, 0x01],
+            issuer: &[],
+            subject: &[],
+        };
+        assert_eq!(positive.serial_hex(), "8001");
+        let zero = Fields {
+            serial: &[0x00],
+            issuer: &[],
+            subject: &[],
+        };
+        assert_eq!(zero.serial_hex(), "00");
+        for cut in 0..der.len() {
+            // Truncated input never panics.
+            let _ = fields(&der[..cut]);
+        }
     }
 
     #[test]

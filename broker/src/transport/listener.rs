@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::rustls;
 
 use super::tls::TlsContext;
-use super::{certificate, ws, Listener};
+use super::{certificate, chain, ws, Listener};
 use crate::broker::Broker;
 use crate::connection::{self, PeerIdentity, Wrapped};
 use crate::events::Transport;
@@ -138,8 +138,9 @@ async fn open(
         detail: e.to_string(),
     })?;
     let identity = match stream.get_ref().1.peer_certificates() {
-        Some([end_entity, ..]) => PeerIdentity::Certificate {
+        Some(presented @ [end_entity, ..]) => PeerIdentity::Certificate {
             common_name: certificate::common_name(end_entity).map(String::into_boxed_str),
+            device: chain::seen(presented, &tls.client_cas()).map(Box::new),
         },
         _ => PeerIdentity::NoCertificate,
     };

@@ -15,6 +15,7 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::chain::CaCert;
 use crate::config::{ClientCertMode, Config};
 use crate::error::BrokerError;
 
@@ -64,6 +65,9 @@ impl Stamp {
 /// The current TLS configuration of the node's TLS listeners.
 pub struct TlsContext {
     current: RwLock<Arc<ServerConfig>>,
+    /// The certificates of `tls_client_ca_file` in force, for naming a client
+    /// certificate's signer and chain (see `chain.rs`); empty without client certificates.
+    client_cas: RwLock<Arc<[CaCert]>>,
     files: Files,
     /// The files as last loaded (or tried).
     stamps: Mutex<Vec<Option<Stamp>>>,
@@ -83,7 +87,7 @@ impl TlsContext {
             mode: config.tls_client_cert,
         };
         let stamps = files.stamps();
-        let built = build(&files).map_err(BrokerError::Tls)?;
+        let (built, client_cas) = build(&files).map_err(BrokerError::Tls)?;
         use tokio::signal::unix::{signal, SignalKind};
         let hangup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -94,6 +98,7 @@ impl TlsContext {
         };
         Ok(Arc::new(TlsContext {
             current: RwLock::new(built),
+            client_cas: RwLock::new(client_cas),
             files,
             stamps: Mutex::new(stamps),
             hangup: Mutex::new(hangup),
@@ -107,11 +112,21 @@ impl TlsContext {
         TlsAcceptor::from(current.clone())
     }
 
+    /// The CA file's certificates in force (a handshake that began before a reload
+    /// finds the new ones: a signer missing from them is named as unknown).
+    pub fn client_cas(&self) -> Arc<[CaCert]> {
+        self.client_cas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Rebuilds the configuration from the files; Err(why) keeps the one in force.
     pub fn reload(&self) -> Result<(), String> {
         *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = self.files.stamps();
-        let built = build(&self.files)?;
+        let (built, client_cas) = build(&self.files)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = built;
+        *self.client_cas.write().unwrap_or_else(|e| e.into_inner()) = client_cas;
         Ok(())
     }
 
@@ -173,8 +188,9 @@ fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, S
     Ok(certs)
 }
 
-/// TLS 1.3 and 1.2 with the ring provider; client certificates as `files.mode` says.
-fn build(files: &Files) -> Result<Arc<ServerConfig>, String> {
+/// TLS 1.3 and 1.2 with the ring provider; client certificates as `files.mode` says. Also
+/// returns the CA file's certificates (empty without client certificates).
+fn build(files: &Files) -> Result<(Arc<ServerConfig>, Arc<[CaCert]>), String> {
     // ring rather than aws-lc-rs (a C build adding most of a minute to clean builds);
     // rustls deprecated ring's provider only for its lack of post-quantum key exchange.
     #[allow(deprecated)]
@@ -185,10 +201,12 @@ fn build(files: &Files) -> Result<Arc<ServerConfig>, String> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
+    let mut client_cas = Vec::new();
     let builder = match (&files.client_ca, files.mode) {
         (Some(ca), ClientCertMode::Optional | ClientCertMode::Required) => {
             let mut roots = RootCertStore::empty();
             for cert in read_certs(ca, "tls_client_ca_file")? {
+                client_cas.extend(CaCert::of(&cert));
                 roots
                     .add(cert)
                     .map_err(|e| format!("tls_client_ca_file {}: {e}", ca.display()))?;
@@ -213,5 +231,5 @@ fn build(files: &Files) -> Result<Arc<ServerConfig>, String> {
             files.key.display()
         )
     })?;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), client_cas.into()))
 }

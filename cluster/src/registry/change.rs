@@ -66,6 +66,12 @@ pub enum Change {
         node: NodeId,
         subscribers: u32,
     },
+    /// Device certificate `sn` was registered with, or set to, `status`. Every node ends
+    /// its connections that use a certificate whose status is not active.
+    CertificateStatus {
+        sn: String,
+        status: skein_proto::v1::CertificateStatus,
+    },
 }
 
 /// A client of a node marked down: its session ended (no `adopter`) or was adopted.

@@ -35,8 +35,13 @@ pub enum PeerIdentity {
     NotTls,
     /// TLS without a client certificate.
     NoCertificate,
-    /// A verified client certificate, with its subject's common name if it has one.
-    Certificate { common_name: Option<Box<str>> },
+    /// A verified client certificate, with its subject's common name if it has one, and
+    /// its serial numbers as the device certificate registry names them (None when they
+    /// could not be read).
+    Certificate {
+        common_name: Option<Box<str>>,
+        device: Option<Box<skein_seam::SeenCertificate>>,
+    },
 }
 
 /// A wrapped stream and what its layer holds that the TCP socket's readiness cannot tell.
