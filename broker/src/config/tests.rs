@@ -135,6 +135,7 @@ fn toml_file_sets_everything() {
         tls_reload_interval_ms = 500
         use_identity_as_username = true
         use_identity_as_client_id = true
+        certificate_auto_activate = false
         "#,
     );
     let config = load(&["--config", path_of(&file)], &[]).unwrap();
@@ -222,6 +223,7 @@ fn toml_file_sets_everything() {
             tls_reload_interval_ms: 500,
             use_identity_as_username: true,
             use_identity_as_client_id: true,
+            certificate_auto_activate: false,
             ..Config::default()
         }
     );
@@ -323,6 +325,7 @@ fn env_sets_everything() {
         ("SKEIN_TLS_RELOAD_INTERVAL_MS", "270"),
         ("SKEIN_USE_IDENTITY_AS_USERNAME", "1"),
         ("SKEIN_USE_IDENTITY_AS_CLIENT_ID", "0"),
+        ("SKEIN_CERTIFICATE_AUTO_ACTIVATE", "false"),
     ];
     assert_eq!(env.len(), SETTINGS.len());
     assert_eq!(
@@ -404,6 +407,7 @@ fn env_sets_everything() {
             tls_reload_interval_ms: 270,
             use_identity_as_username: true,
             use_identity_as_client_id: false,
+            certificate_auto_activate: false,
             acl_file: acl.path().to_path_buf(),
             acl: Some(Arc::new(
                 crate::acl::AclRules::parse("topic read a/#\n").unwrap()

@@ -97,7 +97,11 @@ pub fn render(event: &Event, node: &NodeInfo, rules: &Rules) -> Vec<(Action, Val
                 v
             })
         }
-        EventBody::Ping | EventBody::Offline { .. } => {}
+        // Seed 004 has no action for these.
+        EventBody::Ping
+        | EventBody::Offline { .. }
+        | EventBody::CertificateRegistered(_)
+        | EventBody::CertificateRejected(_) => {}
     }
     out
 }
