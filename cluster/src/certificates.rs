@@ -58,7 +58,9 @@ impl ClusterNode {
             }))
             .await?;
         match answer {
-            Answer::CertificateStatusSet(set) => set.record.as_ref().map(record_from_pb).transpose(),
+            Answer::CertificateStatusSet(set) => {
+                set.record.as_ref().map(record_from_pb).transpose()
+            }
             other => Err(unexpected("set_certificate_status", &other)),
         }
     }
@@ -72,8 +74,9 @@ impl ClusterNode {
 
     /// Every certificate, in serial number order.
     pub fn certificates(&self) -> Vec<CertificateRecord> {
-        let records: Vec<pb::CertificateRecord> =
-            self.registry().read(|r| r.certificates().cloned().collect());
+        let records: Vec<pb::CertificateRecord> = self
+            .registry()
+            .read(|r| r.certificates().cloned().collect());
         records
             .iter()
             .filter_map(|r| record_from_pb(r).ok())

@@ -7,10 +7,10 @@
 //! one is `Invalid`.
 
 use skein_seam::{
-    BoxFuture, CertificateRecord, CertificateRegistration, CertificateStatus, SeenCertificate,
-    ClientId, ClientLocation, ClusterError as SeamError, ClusterHandle, ClusterOverview,
-    ForwardError, ForwardedPublish, HandedOverSubscription, MemberOverview, NodeId as SeamNodeId,
-    NodeRecord, PreviousOwner, Registration,
+    BoxFuture, CertificateRecord, CertificateRegistration, CertificateStatus, ClientId,
+    ClientLocation, ClusterError as SeamError, ClusterHandle, ClusterOverview, ForwardError,
+    ForwardedPublish, HandedOverSubscription, MemberOverview, NodeId as SeamNodeId, NodeRecord,
+    PreviousOwner, Registration, SeenCertificate,
 };
 
 use crate::error::ClusterError;
@@ -411,7 +411,9 @@ impl ClusterHandle for ClusterNode {
             ClusterNode::set_certificate_status(self, sn, status)
                 .await
                 .map_err(to_seam)?
-                .ok_or_else(|| SeamError::NotFound(format!("no certificate with serial number {sn}")))
+                .ok_or_else(|| {
+                    SeamError::NotFound(format!("no certificate with serial number {sn}"))
+                })
         })
     }
 }

@@ -3,11 +3,11 @@
 //! behind the same trait.
 
 use crate::box_future::BoxFuture;
-use crate::certificate::{
-    CertificateRecord, CertificateRegistration, CertificateStatus, SeenCertificate,
-};
 use crate::broker_handle::{
     ForwardedPublish, HandedOverSubscription, RegisteredWill, SessionHandover,
+};
+use crate::certificate::{
+    CertificateRecord, CertificateRegistration, CertificateStatus, SeenCertificate,
 };
 use crate::ids::{ClientId, NodeId};
 

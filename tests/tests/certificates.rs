@@ -136,7 +136,12 @@ async fn status_becomes(addr: SocketAddr, path: &str, status: &str) -> bool {
 }
 
 fn keys(v: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = v.as_object().expect("an object").keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     keys
 }
@@ -182,21 +187,39 @@ async fn first_sight_registers_a_certificate_once_with_the_seed_fields() {
     let mut w = Watcher::start(&node, &["$events/#"]).await;
 
     let (ok, err) = publish_with_cert(addr, &files, &[]);
-    assert!(ok, "the first connection with a new certificate is accepted: {err}");
+    assert!(
+        ok,
+        "the first connection with a new certificate is accepted: {err}"
+    );
     let v = w
         .wait("$events/certificate_registered", |v| v["sn"] == sn.as_str())
         .await;
-    assert_certificate_event(&v, "certificate.registered", &files, "VIN-1234-5678", "active");
+    assert_certificate_event(
+        &v,
+        "certificate.registered",
+        &files,
+        "VIN-1234-5678",
+        "active",
+    );
 
     // Seen again: registered already, accepted, no second event.
     let (ok, err) = publish_with_cert(addr, &files, &["-V", "5"]);
     assert!(ok, "{err}");
-    w.expect_none(Duration::from_millis(500), "$events/certificate_registered", |_| true)
-        .await;
+    w.expect_none(
+        Duration::from_millis(500),
+        "$events/certificate_registered",
+        |_| true,
+    )
+    .await;
     w.expect_none(Duration::ZERO, "$events/certificate_rejected", |_| true)
         .await;
     assert_eq!(
-        metric_sum(http, "skein_certificates_registered_total", &["status=\"active\""]).await,
+        metric_sum(
+            http,
+            "skein_certificates_registered_total",
+            &["status=\"active\""]
+        )
+        .await,
         1.0
     );
 
@@ -222,7 +245,12 @@ async fn first_sight_registers_a_certificate_once_with_the_seed_fields() {
         ("GET", "/api/v1/certificates/abcdef01", "", 404),
         ("GET", "/api/v1/certificates/not-hex", "", 400),
         ("GET", "/api/v1/certificates?status=gone", "", 400),
-        ("PUT", "/api/v1/certificates/abcdef01", r#"{"status":"revoked"}"#, 404),
+        (
+            "PUT",
+            "/api/v1/certificates/abcdef01",
+            r#"{"status":"revoked"}"#,
+            404,
+        ),
         ("PUT", path.as_str(), r#"{"status":"deleted"}"#, 400),
         ("PUT", path.as_str(), r#"{"state":"revoked"}"#, 400),
         ("PUT", path.as_str(), "not json", 400),
@@ -250,11 +278,23 @@ async fn a_pending_certificate_is_refused_until_an_operator_activates_it() {
     let v = w
         .wait("$events/certificate_registered", |v| v["sn"] == sn.as_str())
         .await;
-    assert_certificate_event(&v, "certificate.registered", &files, "VIN-pending", "pending_activation");
+    assert_certificate_event(
+        &v,
+        "certificate.registered",
+        &files,
+        "VIN-pending",
+        "pending_activation",
+    );
     let v = w
         .wait("$events/certificate_rejected", |v| v["sn"] == sn.as_str())
         .await;
-    assert_certificate_event(&v, "certificate.rejected", &files, "VIN-pending", "pending_activation");
+    assert_certificate_event(
+        &v,
+        "certificate.rejected",
+        &files,
+        "VIN-pending",
+        "pending_activation",
+    );
     let (ok, err) = publish_with_cert(addr, &files, &["-V", "5"]);
     assert!(!ok, "a pending certificate is refused over MQTT 5 too");
     assert!(err.to_lowercase().contains("not authori"), "{err}");
@@ -279,7 +319,10 @@ async fn a_pending_certificate_is_refused_until_an_operator_activates_it() {
     let (status, body) = api(http, "PUT", &path, r#"{"status":"active"}"#).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "active");
-    assert!(body["updated_at"].as_u64() >= body["registered_at"].as_u64(), "{body}");
+    assert!(
+        body["updated_at"].as_u64() >= body["registered_at"].as_u64(),
+        "{body}"
+    );
     let (ok, err) = publish_with_cert(addr, &files, &["-V", "5"]);
     assert!(ok, "an activated certificate connects: {err}");
 }
@@ -311,7 +354,12 @@ async fn revoking_a_certificate_kicks_its_live_client_and_refuses_it_after() {
     assert!(logged, "{}", node.stderr());
     assert!(node.stderr().contains(&sn), "{}", node.stderr());
     assert_eq!(
-        metric_sum(http, "skein_certificate_kicks_total", &["status=\"revoked\""]).await,
+        metric_sum(
+            http,
+            "skein_certificate_kicks_total",
+            &["status=\"revoked\""]
+        )
+        .await,
         1.0
     );
     // Its reconnection (mosquitto_sub retries) and any new connection are refused.
@@ -355,9 +403,19 @@ async fn the_registry_is_cluster_wide_one_registration_and_revocation_from_any_n
     let v = w
         .wait("$events/certificate_registered", |v| v["sn"] == sn.as_str())
         .await;
-    assert_certificate_event(&v, "certificate.registered", &files, "VIN-cluster", "active");
-    w.expect_none(Duration::from_secs(1), "$events/certificate_registered", |_| true)
-        .await;
+    assert_certificate_event(
+        &v,
+        "certificate.registered",
+        &files,
+        "VIN-cluster",
+        "active",
+    );
+    w.expect_none(
+        Duration::from_secs(1),
+        "$events/certificate_registered",
+        |_| true,
+    )
+    .await;
     let registered = metric_sum(one.http_addr(), "skein_certificates_registered_total", &[]).await
         + metric_sum(two.http_addr(), "skein_certificates_registered_total", &[]).await;
     assert_eq!(registered, 1.0, "one registration cluster-wide");
@@ -376,7 +434,10 @@ async fn the_registry_is_cluster_wide_one_registration_and_revocation_from_any_n
     assert_eq!(status, 200, "{body}");
     let v = w.about("$events/client_disconnected", &id).await;
     assert_eq!(v["reason"], "kicked", "{v}");
-    assert_eq!(v["node"], connected["node"], "ended by the node that held it: {v}");
+    assert_eq!(
+        v["node"], connected["node"],
+        "ended by the node that held it: {v}"
+    );
     let seen_revoked = status_becomes(one.http_addr(), &path, "revoked").await;
     assert!(seen_revoked, "node 1 shows the certificate revoked");
     let (ok, _) = publish_with_cert(one.listener_addr("mqtts"), &files, &[]);

@@ -72,7 +72,11 @@ async fn register(
     } else {
         CertificateStatus::PendingActivation
     };
-    let registration = match broker.cluster.register_certificate(seen.clone(), status).await {
+    let registration = match broker
+        .cluster
+        .register_certificate(seen.clone(), status)
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             crate::metrics::certificate_registration_failed();
@@ -86,12 +90,17 @@ async fn register(
     if registration.created {
         crate::metrics::certificate_registered(record.status.as_str());
         tracing::info!(sn = %seen.sn, common_name = %seen.common_name, status = %record.status, "device certificate registered");
-        raise::raise(&broker.events, info, EventKind::CertificateRegistered, || {
-            EventBody::CertificateRegistered(Box::new(CertificateEvent {
-                seen: record.seen.clone(),
-                status: record.status,
-            }))
-        });
+        raise::raise(
+            &broker.events,
+            info,
+            EventKind::CertificateRegistered,
+            || {
+                EventBody::CertificateRegistered(Box::new(CertificateEvent {
+                    seen: record.seen.clone(),
+                    status: record.status,
+                }))
+            },
+        );
     }
     Ok(record.status)
 }

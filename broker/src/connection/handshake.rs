@@ -406,11 +406,17 @@ async fn attach(
     };
     // After authentication (a client refused there registers nothing), before the client
     // id is claimed.
-    let certificate =
-        match Box::pin(certificate_check::check(broker, socket.identity(), &info, protocol)).await {
-            Ok(sn) => sn,
-            Err(r) => return Err((socket, r)),
-        };
+    let certificate = match Box::pin(certificate_check::check(
+        broker,
+        socket.identity(),
+        &info,
+        protocol,
+    ))
+    .await
+    {
+        Ok(sn) => sn,
+        Err(r) => return Err((socket, r)),
+    };
     if let (Some(will), Some(authz)) = (&c.will, admitted.authz.as_mut()) {
         if !authz.may_publish(&will.topic) {
             // Checked now, with the rules of the CONNECT: a will is published when the

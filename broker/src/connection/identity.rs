@@ -27,9 +27,7 @@ pub(super) fn apply(
         PeerIdentity::NoCertificate => return Err("no client certificate"),
         PeerIdentity::Certificate {
             common_name: None, ..
-        } => {
-            return Err("client certificate without a common name")
-        }
+        } => return Err("client certificate without a common name"),
         PeerIdentity::Certificate {
             common_name: Some(cn),
             ..

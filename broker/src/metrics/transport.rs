@@ -74,8 +74,7 @@ pub const CERTIFICATES_REJECTED: &str = "skein_certificates_rejected_total";
 /// Counter {status}: connections ended as their certificate stopped being active.
 pub const CERTIFICATE_KICKS: &str = "skein_certificate_kicks_total";
 /// Counter: certificate registrations that did not commit.
-pub const CERTIFICATE_REGISTRATIONS_FAILED: &str =
-    "skein_certificate_registrations_failed_total";
+pub const CERTIFICATE_REGISTRATIONS_FAILED: &str = "skein_certificate_registrations_failed_total";
 
 pub fn certificate_registered(status: &'static str) {
     metrics::counter!(CERTIFICATES_REGISTERED, "status" => status).increment(1);

@@ -195,7 +195,10 @@ mod tests {
         let f = fields(&der).expect("fields");
         assert_eq!(f.serial_hex(), "1bf2");
         assert_eq!(f.subject, subject.as_slice());
-        assert_eq!(f.issuer, name(&[(COMMON_NAME, 0x0c, "Issuing CA")]).as_slice());
+        assert_eq!(
+            f.issuer,
+            name(&[(COMMON_NAME, 0x0c, "Issuing CA")]).as_slice()
+        );
         // DER's sign octet is not part of the number; a zero serial stays one pair.
         let positive = Fields {
             serial: &[0x00, 0x80, 0x01],

@@ -57,9 +57,13 @@ pub fn seen(presented: &[CertificateDer<'_>], cas: &[CaCert]) -> Option<SeenCert
                 (f.serial_hex(), f.issuer.to_vec(), f.issuer == f.subject)
             })
             .or_else(|| {
-                cas.iter()
-                    .find(|ca| ca.subject == issuer)
-                    .map(|ca| (ca.serial_hex.clone(), ca.issuer.clone(), ca.issuer == ca.subject))
+                cas.iter().find(|ca| ca.subject == issuer).map(|ca| {
+                    (
+                        ca.serial_hex.clone(),
+                        ca.issuer.clone(),
+                        ca.issuer == ca.subject,
+                    )
+                })
             });
         let Some((serial, next_issuer, anchor)) = next else {
             break;
@@ -103,7 +107,9 @@ mod tests {
         let mid = mid_params.signed_by(&mid_key, &root_issuer).unwrap();
         let mid_issuer = rcgen::Issuer::new(mid_params, &mid_key);
         let mut device = CertificateParams::new(Vec::<String>::new()).unwrap();
-        device.distinguished_name.push(DnType::CommonName, "VIN-1234-5678");
+        device
+            .distinguished_name
+            .push(DnType::CommonName, "VIN-1234-5678");
         device.serial_number = Some(vec![0x00, 0x9b, 0xf2].into());
         let device_key = KeyPair::generate().unwrap();
         let via_mid = device.clone().signed_by(&device_key, &mid_issuer).unwrap();

@@ -122,7 +122,9 @@ impl Registry {
 /// The registry's status for the seam's.
 pub fn status_to_pb(status: skein_seam::CertificateStatus) -> pb::CertificateStatus {
     match status {
-        skein_seam::CertificateStatus::PendingActivation => pb::CertificateStatus::PendingActivation,
+        skein_seam::CertificateStatus::PendingActivation => {
+            pb::CertificateStatus::PendingActivation
+        }
         skein_seam::CertificateStatus::Active => pb::CertificateStatus::Active,
         skein_seam::CertificateStatus::Inactive => pb::CertificateStatus::Inactive,
         skein_seam::CertificateStatus::Revoked => pb::CertificateStatus::Revoked,
@@ -134,7 +136,9 @@ pub fn status_to_pb(status: skein_seam::CertificateStatus) -> pb::CertificateSta
 pub fn status_from_pb(status: pb::CertificateStatus) -> Option<skein_seam::CertificateStatus> {
     match status {
         pb::CertificateStatus::Unspecified => None,
-        pb::CertificateStatus::PendingActivation => Some(skein_seam::CertificateStatus::PendingActivation),
+        pb::CertificateStatus::PendingActivation => {
+            Some(skein_seam::CertificateStatus::PendingActivation)
+        }
         pb::CertificateStatus::Active => Some(skein_seam::CertificateStatus::Active),
         pb::CertificateStatus::Inactive => Some(skein_seam::CertificateStatus::Inactive),
         pb::CertificateStatus::Revoked => Some(skein_seam::CertificateStatus::Revoked),

@@ -83,7 +83,10 @@ fn statuses_are_set_with_the_proposer_s_time_and_unknown_serials_change_nothing(
         &mut r,
         &register_cert("ab", 1, pb::CertificateStatus::PendingActivation, 100),
     );
-    let (set, changes) = apply(&mut r, &set_status("ab", pb::CertificateStatus::Revoked, 200));
+    let (set, changes) = apply(
+        &mut r,
+        &set_status("ab", pb::CertificateStatus::Revoked, 200),
+    );
     let R::CertificateStatusSet(set) = set else {
         panic!("{set:?}")
     };
@@ -100,14 +103,20 @@ fn statuses_are_set_with_the_proposer_s_time_and_unknown_serials_change_nothing(
         }]
     );
     // The same status again: no change, the time stays.
-    let (again, changes) = apply(&mut r, &set_status("ab", pb::CertificateStatus::Revoked, 300));
+    let (again, changes) = apply(
+        &mut r,
+        &set_status("ab", pb::CertificateStatus::Revoked, 300),
+    );
     let R::CertificateStatusSet(again) = again else {
         panic!("{again:?}")
     };
     assert!(!again.changed);
     assert_eq!(again.record.expect("record").updated_at_ms, 200);
     assert!(changes.is_empty());
-    let (unknown, changes) = apply(&mut r, &set_status("cd", pb::CertificateStatus::Active, 400));
+    let (unknown, changes) = apply(
+        &mut r,
+        &set_status("cd", pb::CertificateStatus::Active, 400),
+    );
     assert_eq!(
         unknown,
         R::CertificateStatusSet(pb::CertificateStatusSet {
@@ -151,12 +160,18 @@ fn malformed_certificate_commands_are_rejected_and_change_nothing() {
 #[test]
 fn certificates_survive_a_snapshot_and_an_older_snapshot_has_none() {
     let mut r = Registry::default();
-    apply(&mut r, &register_cert("02", 1, pb::CertificateStatus::Active, 10));
+    apply(
+        &mut r,
+        &register_cert("02", 1, pb::CertificateStatus::Active, 10),
+    );
     apply(
         &mut r,
         &register_cert("01", 2, pb::CertificateStatus::PendingActivation, 11),
     );
-    apply(&mut r, &set_status("02", pb::CertificateStatus::Inactive, 12));
+    apply(
+        &mut r,
+        &set_status("02", pb::CertificateStatus::Inactive, 12),
+    );
     let bytes = r.to_snapshot();
     let back = Registry::from_snapshot(&bytes).unwrap();
     assert_eq!(back, r);
@@ -165,7 +180,13 @@ fn certificates_survive_a_snapshot_and_an_older_snapshot_has_none() {
     assert_eq!(sns, ["01", "02"]);
     // A snapshot written before the certificate registry (no field 20) reads as none.
     let empty = Registry::default().to_snapshot();
-    assert_eq!(Registry::from_snapshot(&empty).unwrap().certificates().count(), 0);
+    assert_eq!(
+        Registry::from_snapshot(&empty)
+            .unwrap()
+            .certificates()
+            .count(),
+        0
+    );
     // A damaged record (an unknown status) is an error naming it, not a guess.
     let mut message = pb::RegistrySnapshot::default();
     message.certificates.push(pb::CertificateRecord {
