@@ -156,6 +156,14 @@ pub const LISTENER_CONNECTIONS: &str = "skein_listener_connections_total";
 pub const HANDSHAKE_FAILURES: &str = "skein_handshake_failures_total";
 /// Counter {outcome}: reloads of the TLS certificate files.
 pub const TLS_RELOADS: &str = "skein_tls_reloads_total";
+/// Counter {status}: device certificates this node registered.
+pub const CERTIFICATES_REGISTERED: &str = "skein_certificates_registered_total";
+/// Counter {status}: connections refused for a certificate that is not active.
+pub const CERTIFICATES_REJECTED: &str = "skein_certificates_rejected_total";
+/// Counter {status}: connections ended as their certificate stopped being active.
+pub const CERTIFICATE_KICKS: &str = "skein_certificate_kicks_total";
+/// Counter: certificate registrations that did not commit.
+pub const CERT_REGISTRATIONS_FAILED: &str = "skein_certificate_registrations_failed_total";
 
 // Cluster (Raft): constants go here, with their rows in `CLUSTER` below.
 

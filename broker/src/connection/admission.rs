@@ -19,6 +19,9 @@ pub(super) struct Admitted {
     /// When its token expires (seconds since the epoch).
     pub(super) token_expiry: Option<u64>,
     pub(super) username_verified: bool,
+    /// The serial number of the device certificate the connection uses (see
+    /// `certificate_check.rs`); kept here, boxed, rather than in the handshake's future.
+    pub(super) certificate: Option<Arc<str>>,
 }
 
 /// What the connection's transport tells of the client besides its CONNECT.
@@ -73,6 +76,7 @@ pub(super) async fn admit(
         token_expiry: verdict.token.as_ref().and_then(|t| t.exp),
         username_verified: verdict.verified,
         authz: authz_of(broker, c, info, verdict),
+        certificate: None,
     }))
 }
 

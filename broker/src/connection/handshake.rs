@@ -406,7 +406,7 @@ async fn attach(
     };
     // After authentication (a client refused there registers nothing), before the client
     // id is claimed.
-    let certificate = match Box::pin(certificate_check::check(
+    admitted.certificate = match Box::pin(certificate_check::check(
         broker,
         socket.identity(),
         &info,
@@ -572,7 +572,7 @@ async fn attach(
         drop(guard);
         break session;
     };
-    if let Some(sn) = certificate {
+    if let Some(sn) = admitted.certificate.take() {
         // Tracked first, then looked up: a status change applied in between is seen by
         // one or the other.
         broker.certificate_users.track(id, sn.clone(), &kick);

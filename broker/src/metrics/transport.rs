@@ -4,7 +4,10 @@
 
 use metrics::Unit;
 
-use super::{desc, Desc, Kind::Counter, HANDSHAKE_FAILURES, LISTENER_CONNECTIONS, TLS_RELOADS};
+use super::{
+    desc, Desc, Kind::Counter, CERTIFICATES_REGISTERED, CERTIFICATES_REJECTED, CERTIFICATE_KICKS,
+    CERT_REGISTRATIONS_FAILED, HANDSHAKE_FAILURES, LISTENER_CONNECTIONS, TLS_RELOADS,
+};
 
 pub(super) const TRANSPORTS: &[Desc] = &[
     desc(
@@ -43,7 +46,7 @@ pub(super) const TRANSPORTS: &[Desc] = &[
         "Connections ended because their client certificate stopped being active (an operator set this status).",
     ),
     desc(
-        CERTIFICATE_REGISTRATIONS_FAILED,
+        CERT_REGISTRATIONS_FAILED,
         Counter,
         Unit::Count,
         &[],
@@ -67,15 +70,6 @@ pub fn handshake_failed(listener: &'static str, reason: &'static str) {
     metrics::counter!(HANDSHAKE_FAILURES, "listener" => listener, "reason" => reason).increment(1);
 }
 
-/// Counter {status}: device certificates this node registered.
-pub const CERTIFICATES_REGISTERED: &str = "skein_certificates_registered_total";
-/// Counter {status}: connections refused for a certificate that is not active.
-pub const CERTIFICATES_REJECTED: &str = "skein_certificates_rejected_total";
-/// Counter {status}: connections ended as their certificate stopped being active.
-pub const CERTIFICATE_KICKS: &str = "skein_certificate_kicks_total";
-/// Counter: certificate registrations that did not commit.
-pub const CERTIFICATE_REGISTRATIONS_FAILED: &str = "skein_certificate_registrations_failed_total";
-
 pub fn certificate_registered(status: &'static str) {
     metrics::counter!(CERTIFICATES_REGISTERED, "status" => status).increment(1);
 }
@@ -89,7 +83,7 @@ pub fn certificate_kicks(status: &'static str, connections: u64) {
 }
 
 pub fn certificate_registration_failed() {
-    metrics::counter!(CERTIFICATE_REGISTRATIONS_FAILED).increment(1);
+    metrics::counter!(CERT_REGISTRATIONS_FAILED).increment(1);
 }
 
 pub fn tls_reload(outcome: &'static str) {
