@@ -136,6 +136,8 @@ pub struct Broker {
     pub acl: Option<Arc<crate::acl::AclState>>,
     /// The HTTP authenticator (`auth_http_url`); None: off.
     pub auth_http: Option<Arc<crate::auth_http::HttpAuth>>,
+    /// The HTTP authorizer (`auth_http_acl_url`); None: off.
+    pub authz_http: Option<Arc<crate::auth_http::authz::HttpAuthz>>,
 }
 
 impl Broker {
@@ -158,10 +160,12 @@ impl Broker {
             .clone()
             .map(|rules| crate::acl::AclState::new(config.acl_file.clone(), rules));
         let auth_http = crate::auth_http::HttpAuth::from_config(&config);
+        let authz_http = crate::auth_http::authz::HttpAuthz::from_config(&config);
         let broker = Arc::new_cyclic(|me| Broker {
             me: me.clone(),
             acl,
             auth_http,
+            authz_http,
             remote_takers: Mutex::new(HashMap::default()),
             unreleased: Mutex::new(HashMap::default()),
             connection_slots,
