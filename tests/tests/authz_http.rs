@@ -89,6 +89,13 @@ impl AuthzServer {
         let bodies = self.bodies.lock().unwrap();
         bodies.iter().filter(|v| v["topic"] == topic).count()
     }
+
+    /// Requests of client `id` about `topic` so far.
+    fn asked_by(&self, id: &str, topic: &str) -> usize {
+        let bodies = self.bodies.lock().unwrap();
+        let asked = |v: &&Value| v["clientid"] == id && v["topic"] == topic;
+        bodies.iter().filter(asked).count()
+    }
 }
 
 struct AuthzNode {
@@ -96,12 +103,13 @@ struct AuthzNode {
     _dir: tempfile::TempDir,
 }
 
-/// A node asking `url`, whose ACL file grants `ignore/ok/#` only (and `#` to spies).
-fn node(url: &str, extra: &[(&str, &str)]) -> AuthzNode {
+/// A node asking `url`, whose ACL file grants `ignore/ok/#` to everyone, and reading
+/// everything to the user `spy` (deliveries are checked against the file's read rules).
+fn start_node(url: &str, extra: &[(&str, &str)]) -> AuthzNode {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("acl"),
-        "topic readwrite ignore/ok/#\npattern readwrite spy/%c\n",
+        "pattern readwrite ignore/ok/#\nuser spy\ntopic read #\n",
     )
     .unwrap();
     let mut b = Node::builder()
@@ -123,18 +131,26 @@ async fn connect(node: &Node, c: &Connect) -> RawClient {
 
 /// A client allowed everything by the server, subscribed to `#`.
 async fn spy(node: &Node) -> RawClient {
-    let mut spy = connect(node, &Connect::v5(&unique_id("spy"))).await;
+    let mut c = Connect::v5(&unique_id("spy"));
+    c.username = Some("spy".into());
+    let mut spy = connect(node, &c).await;
     assert_eq!(spy.subscribe(1, &[SubFilter::new("#", 1)]).await, [1]);
     spy
 }
 
-/// Publishes at `qos` and returns the acknowledgement's reason (PUBACK or PUBREC).
+/// Publishes at `qos` and returns the acknowledgement's reason (PUBACK or PUBREC), with
+/// MQTT 5's "no matching subscribers" (0x10, a success) as 0.
 async fn publish_ack(c: &mut RawClient, topic: &str, qos: u8) -> u8 {
     c.publish(&Publish::new(topic, qos, b"payload")).await;
-    match c.recv(RECV_TIMEOUT).await {
+    let reason = match c.recv(RECV_TIMEOUT).await {
         Ok(Packet::PubAck { reason, .. }) if qos == 1 => reason,
         Ok(Packet::PubRec { reason, .. }) if qos == 2 => reason,
         other => panic!("publish to {topic} at QoS {qos}: {other:?}"),
+    };
+    if reason == 0x10 {
+        0
+    } else {
+        reason
     }
 }
 
@@ -158,7 +174,7 @@ async fn metric(node: &Node, name: &str, labels: &[&str]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_deny_and_ignore_for_subscribe_and_publish_in_both_protocols() {
     let (server, addr) = AuthzServer::start().await;
-    let n = node(&format!("http://{addr}/acl"), &[]);
+    let n = start_node(&format!("http://{addr}/acl"), &[]);
     let node = &n.node;
     let mut spy = spy(node).await;
     for (proto, denied) in [(Proto::V5, 0x87u8), (Proto::V311, 0x80)] {
@@ -179,11 +195,7 @@ async fn allow_deny_and_ignore_for_subscribe_and_publish_in_both_protocols() {
                 ],
             )
             .await;
-        assert_eq!(
-            codes,
-            [1, denied, denied, 1, denied, 1],
-            "{proto:?} SUBACK"
-        );
+        assert_eq!(codes, [1, denied, denied, 1, denied, 1], "{proto:?} SUBACK");
 
         // Denied: 5.0 PUBACK/PUBREC 0x87; 3.1.1 acknowledged (0) and dropped.
         let refused = if proto == Proto::V5 { 0x87 } else { 0 };
@@ -203,7 +215,9 @@ async fn allow_deny_and_ignore_for_subscribe_and_publish_in_both_protocols() {
         assert_eq!(publish_ack(&mut client, "allow/a", 1).await, 0);
         assert!(next_on(&mut spy, "allow/a", RECV_TIMEOUT).await.is_some());
         assert_eq!(publish_ack(&mut client, "ignore/ok/a", 1).await, 0);
-        assert!(next_on(&mut spy, "ignore/ok/a", RECV_TIMEOUT).await.is_some());
+        assert!(next_on(&mut spy, "ignore/ok/a", RECV_TIMEOUT)
+            .await
+            .is_some());
         for dropped in ["deny/a", "forbid/a", "deny/q0", "ignore/no/a"] {
             assert!(
                 next_on(&mut spy, dropped, QUIET).await.is_none(),
@@ -231,11 +245,12 @@ async fn allow_deny_and_ignore_for_subscribe_and_publish_in_both_protocols() {
             .lock()
             .unwrap()
             .iter()
-            .find(|v| v["clientid"] == id.as_str() && v["action"] == "subscribe")
+            .find(|v| v["clientid"] == id.as_str() && v["topic"] == "ignore/ok/x")
             .cloned()
             .expect("a request about a subscription");
-        assert_eq!(body["topic"], "allow/x");
+        assert_eq!(body["action"], "subscribe");
         assert_eq!(body["qos"], 1);
+        assert_eq!(body["retain"], false);
     }
     // The shared subscription was asked about without its `$share/g/`.
     assert!(server.asked_about("allow/+") >= 2);
@@ -260,7 +275,7 @@ async fn allow_deny_and_ignore_for_subscribe_and_publish_in_both_protocols() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superuser_is_not_asked_and_a_refused_will_is_not_published() {
     let (server, addr) = AuthzServer::start().await;
-    let n = node(
+    let n = start_node(
         &format!("http://{addr}/acl"),
         &[("SKEIN_AUTH_HTTP_URL", &format!("http://{addr}/auth"))],
     );
@@ -275,7 +290,12 @@ async fn a_superuser_is_not_asked_and_a_refused_will_is_not_published() {
         assert_eq!(root.subscribe(1, &[SubFilter::new("deny/#", 1)]).await, [1]);
         assert_eq!(publish_ack(&mut root, "deny/root", 1).await, 0);
         assert!(next_on(&mut spy, "deny/root", RECV_TIMEOUT).await.is_some());
-        let asked = server.bodies.lock().unwrap().iter().any(|v| v["clientid"] == id.as_str());
+        let asked = server
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|v| v["clientid"] == id.as_str());
         assert!(!asked, "{proto:?}: the superuser was asked about");
     }
     // A will on a topic the server refuses is dropped at CONNECT; an allowed one is
@@ -287,15 +307,22 @@ async fn a_superuser_is_not_asked_and_a_refused_will_is_not_published() {
         let client = connect(node, &c).await;
         drop(client);
         let within = if published { RECV_TIMEOUT } else { QUIET };
-        assert_eq!(next_on(&mut spy, topic, within).await.is_some(), published, "{topic}");
+        assert_eq!(
+            next_on(&mut spy, topic, within).await.is_some(),
+            published,
+            "{topic}"
+        );
     }
-    assert_eq!(metric(node, "skein_authz_denied_total", &["action=\"will\""]).await, 1.0);
+    assert_eq!(
+        metric(node, "skein_authz_denied_total", &["action=\"will\""]).await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_are_cached_for_the_same_request() {
     let (server, addr) = AuthzServer::start().await;
-    let n = node(
+    let n = start_node(
         &format!("http://{addr}/acl"),
         &[("SKEIN_AUTH_HTTP_ACL_CACHE_MS", "60000")],
     );
@@ -306,7 +333,11 @@ async fn answers_are_cached_for_the_same_request() {
         assert_eq!(publish_ack(&mut client, "deny/cached", 1).await, 0x87);
     }
     assert_eq!(server.asked_about("allow/cached"), 1);
-    assert_eq!(server.asked_about("deny/cached"), 1, "a refusal is cached too");
+    assert_eq!(
+        server.asked_about("deny/cached"),
+        1,
+        "a refusal is cached too"
+    );
     assert_eq!(
         metric(node, "skein_authz_http_cache_hits_total", &[]).await,
         4.0
@@ -316,11 +347,11 @@ async fn answers_are_cached_for_the_same_request() {
     assert_eq!(server.asked_about("allow/cached"), 2);
 
     // Not cached: every PUBLISH asks.
-    let n = node(
+    let uncached = start_node(
         &format!("http://{addr}/acl"),
         &[("SKEIN_AUTH_HTTP_ACL_CACHE_MS", "0")],
     );
-    let mut client = connect(&n.node, &Connect::v5("uncached-client")).await;
+    let mut client = connect(&uncached.node, &Connect::v5("uncached-client")).await;
     for _ in 0..2 {
         assert_eq!(publish_ack(&mut client, "allow/uncached", 1).await, 0);
     }
@@ -332,7 +363,7 @@ async fn a_timeout_and_an_unreachable_server_have_the_configured_outcome() {
     let (_server, addr) = AuthzServer::start().await;
     let url = format!("http://{addr}/acl");
     // No answer within the node's 500 ms: denied by default.
-    let deny = node(&url, &[]);
+    let deny = start_node(&url, &[]);
     let mut client = connect(&deny.node, &Connect::v5(&unique_id("waiting"))).await;
     let started = Instant::now();
     assert_eq!(publish_ack(&mut client, "slow/a", 1).await, 0x87);
@@ -354,7 +385,7 @@ async fn a_timeout_and_an_unreachable_server_have_the_configured_outcome() {
         .await,
         2.0
     );
-    let allow = node(&url, &[("SKEIN_AUTH_HTTP_ACL_ON_ERROR", "allow")]);
+    let allow = start_node(&url, &[("SKEIN_AUTH_HTTP_ACL_ON_ERROR", "allow")]);
     let mut client = connect(&allow.node, &Connect::v5(&unique_id("waiting"))).await;
     assert_eq!(publish_ack(&mut client, "slow/a", 1).await, 0);
 
@@ -364,11 +395,14 @@ async fn a_timeout_and_an_unreachable_server_have_the_configured_outcome() {
         l.local_addr().unwrap()
     };
     let url = format!("http://{closed}/acl");
-    let deny = node(&url, &[]);
+    let deny = start_node(&url, &[]);
     let mut v5 = connect(&deny.node, &Connect::v5(&unique_id("unreached"))).await;
     assert_eq!(publish_ack(&mut v5, "allow/a", 1).await, 0x87);
     let mut v3 = connect(&deny.node, &Connect::v311(&unique_id("unreached"))).await;
-    assert_eq!(v3.subscribe(1, &[SubFilter::new("allow/a", 1)]).await, [0x80]);
+    assert_eq!(
+        v3.subscribe(1, &[SubFilter::new("allow/a", 1)]).await,
+        [0x80]
+    );
     assert_eq!(
         metric(
             &deny.node,
@@ -379,13 +413,16 @@ async fn a_timeout_and_an_unreachable_server_have_the_configured_outcome() {
         2.0
     );
     // `ignore`: the ACL file decides, as after an `ignore` answer.
-    let ignore = node(&url, &[("SKEIN_AUTH_HTTP_ACL_ON_ERROR", "ignore")]);
+    let ignore = start_node(&url, &[("SKEIN_AUTH_HTTP_ACL_ON_ERROR", "ignore")]);
     let mut client = connect(&ignore.node, &Connect::v5(&unique_id("unreached"))).await;
     assert_eq!(publish_ack(&mut client, "ignore/ok/a", 1).await, 0);
     assert_eq!(publish_ack(&mut client, "allow/a", 1).await, 0x87);
-    let allow = node(&url, &[("SKEIN_AUTH_HTTP_ACL_ON_ERROR", "allow")]);
+    let allow = start_node(&url, &[("SKEIN_AUTH_HTTP_ACL_ON_ERROR", "allow")]);
     let mut client = connect(&allow.node, &Connect::v311(&unique_id("unreached"))).await;
-    assert_eq!(client.subscribe(1, &[SubFilter::new("deny/a", 1)]).await, [1]);
+    assert_eq!(
+        client.subscribe(1, &[SubFilter::new("deny/a", 1)]).await,
+        [1]
+    );
 }
 
 /// Packets `c` receives until it has `n` of them (publishes, acknowledgements).
@@ -400,7 +437,7 @@ async fn packets(c: &mut RawClient, n: usize) -> Vec<Packet> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_answer_holds_back_its_own_connection_in_order_and_no_other() {
     let (server, addr) = AuthzServer::start().await;
-    let n = node(
+    let n = start_node(
         &format!("http://{addr}/acl"),
         &[("SKEIN_AUTH_HTTP_ACL_TIMEOUT_MS", "30000")],
     );
@@ -408,7 +445,8 @@ async fn a_slow_answer_holds_back_its_own_connection_in_order_and_no_other() {
     for proto in [Proto::V5, Proto::V311] {
         server.gate.send_replace(false);
         let mut spy = spy(node).await;
-        let mut waiting = connect(node, &Connect::new(proto, &unique_id("waiting"))).await;
+        let waiting_id = unique_id("waiting");
+        let mut waiting = connect(node, &Connect::new(proto, &waiting_id)).await;
         // One write: a PUBLISH whose answer waits for the gate, then a SUBSCRIBE and
         // publishes the server would answer at once.
         let gated = format!("gate/{proto:?}");
@@ -424,20 +462,26 @@ async fn a_slow_answer_holds_back_its_own_connection_in_order_and_no_other() {
         waiting.send(&burst).await;
         let deadline = Instant::now() + RECV_TIMEOUT;
         while server.asked_about(&gated) < 1 {
-            assert!(Instant::now() < deadline, "the gated publish was never asked about");
+            assert!(
+                Instant::now() < deadline,
+                "the gated publish was never asked about"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
 
         // Meanwhile another connection is answered and routed at once.
         let mut other = connect(node, &Connect::new(proto, &unique_id("other"))).await;
         assert_eq!(publish_ack(&mut other, "allow/other", 1).await, 0);
-        assert!(next_on(&mut spy, "allow/other", RECV_TIMEOUT).await.is_some());
+        assert!(next_on(&mut spy, "allow/other", RECV_TIMEOUT)
+            .await
+            .is_some());
         // And the waiting connection's later packets did not overtake its first.
         assert!(
             waiting.recv(QUIET).await.is_err(),
             "{proto:?}: answered before the gated publish"
         );
-        assert_eq!(server.asked_about("allow/second"), 0, "{proto:?}");
+        assert_eq!(server.asked_by(&waiting_id, "allow/sub"), 0, "{proto:?}");
+        assert_eq!(server.asked_by(&waiting_id, "allow/second"), 0, "{proto:?}");
 
         server.gate.send_replace(true);
         let answers = packets(&mut waiting, 3).await;
@@ -445,9 +489,17 @@ async fn a_slow_answer_holds_back_its_own_connection_in_order_and_no_other() {
             matches!(
                 answers.as_slice(),
                 [
-                    Packet::PubAck { pkid: 1, reason: 0, .. },
+                    Packet::PubAck {
+                        pkid: 1,
+                        reason: 0,
+                        ..
+                    },
                     Packet::SubAck { pkid: 5, .. },
-                    Packet::PubAck { pkid: 2, reason: 0, .. },
+                    Packet::PubAck {
+                        pkid: 2,
+                        reason: 0,
+                        ..
+                    },
                 ]
             ),
             "{proto:?}: {answers:?}"

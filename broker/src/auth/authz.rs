@@ -90,7 +90,10 @@ impl Authz {
         if self.superuser {
             return Some(true);
         }
-        let refused = self.token_acl.as_ref().is_some_and(|t| !t.may_publish(topic));
+        let refused = self
+            .token_acl
+            .as_ref()
+            .is_some_and(|t| !t.may_publish(topic));
         refused.then_some(false)
     }
 

@@ -173,10 +173,9 @@ pub(super) fn will_allowed(admitted: &mut Admitted, topic: &str, http: Option<De
     match http {
         Some(Decision::Allow) => true,
         Some(Decision::Deny) => false,
-        Some(Decision::Ignore) | None => admitted
-            .authz
-            .as_mut()
-            .is_none_or(|a| a.may_publish(topic)),
+        Some(Decision::Ignore) | None => {
+            admitted.authz.as_mut().is_none_or(|a| a.may_publish(topic))
+        }
     }
 }
 

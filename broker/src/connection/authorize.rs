@@ -120,9 +120,12 @@ impl Connection {
             return Ok((s, decisions));
         }
         for (i, (filter, options)) in s.filters.iter().enumerate() {
-            let inner = topic::parse_subscription(filter).ok().map(|(_, inner)| inner);
-            let lookup = inner
-                .and_then(|inner| self.http_lookup(Action::Subscribe, inner, options.qos as u8, false));
+            let inner = topic::parse_subscription(filter)
+                .ok()
+                .map(|(_, inner)| inner);
+            let lookup = inner.and_then(|inner| {
+                self.http_lookup(Action::Subscribe, inner, options.qos as u8, false)
+            });
             decisions.push(match lookup {
                 None => None,
                 Some(Lookup::Known(decision)) => Some(decision),

@@ -405,7 +405,10 @@ async fn attach(
     };
     if let Some(will) = &c.will {
         let listener = admission::listener_of(&socket);
-        let http = Box::pin(admission::will_decision(broker, &info, listener, will, &admitted)).await;
+        let http = Box::pin(admission::will_decision(
+            broker, &info, listener, will, &admitted,
+        ))
+        .await;
         if !admission::will_allowed(&mut admitted, &will.topic, http) {
             // Checked now, with the rules of the CONNECT: a will is published when the
             // client is gone, with nobody to tell.

@@ -8,11 +8,11 @@ use super::authorize::{Authorization, Pending};
 use super::cluster_step::{ClusterStep, Granted};
 use super::publish_acks::{publish_ack, Acks};
 use super::{taken_over, Close, Connection, DisconnectReason};
+use crate::auth_http::authz::Decision;
 use crate::codec::{
     reason as rc, Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
-use crate::auth_http::authz::Decision;
 use crate::events::{raise, EventBody, EventKind};
 use crate::input_order::LateRead;
 use crate::message::Message;
