@@ -109,7 +109,6 @@ impl Connection {
 
     /// The authorizer's decisions on the filters of `s` (None for a filter it is not
     /// asked about), or the SUBSCRIBE as a pending packet when some must be asked.
-    #[allow(clippy::type_complexity)]
     pub(super) fn subscribe_authorization(
         &self,
         s: Subscribe,
