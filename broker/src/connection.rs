@@ -510,7 +510,13 @@ impl Connection {
         &mut self,
         pending: authorize::Pending,
     ) -> Result<Option<Batch>, Close> {
-        let answered = self.ask_authorizer(pending).await;
+        // A kick (takeover, operator, shutdown) ends the wait at once: the answer may be
+        // up to `auth_http_acl_timeout_ms` away.
+        let kick_rx = self.kick_rx.clone();
+        let answered = tokio::select! {
+            answered = self.ask_authorizer(pending) => answered,
+            kick = kick_rx.recv() => return Err(kicked(kick)),
+        };
         let mut acks = None;
         let after = self.resume_authorized(answered, &mut acks);
         if let Some(acks) = acks {

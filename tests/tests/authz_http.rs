@@ -2,8 +2,8 @@
 //! test starts: allow, deny (JSON and 403), ignore (the ACL file decides) for SUBSCRIBE
 //! and PUBLISH in MQTT 3.1.1 and 5.0, the request's fields, a superuser from the
 //! authenticator skipping it, the cache (seen as the server's request count), a timeout
-//! and an unreachable server with their configured outcomes, and a slow answer holding
-//! back only its own connection, whose packets keep their order.
+//! and an unreachable server with their configured outcomes, a slow answer holding back
+//! only its own connection, whose packets keep their order, and a kick not waiting for it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -517,4 +517,33 @@ async fn a_slow_answer_holds_back_its_own_connection_in_order_and_no_other() {
             "{proto:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_ends_a_connection_waiting_for_an_answer() {
+    let (server, addr) = AuthzServer::start().await;
+    let n = start_node(
+        &format!("http://{addr}/acl"),
+        &[("SKEIN_AUTH_HTTP_ACL_TIMEOUT_MS", "30000")],
+    );
+    let node = &n.node;
+    let id = unique_id("kicked");
+    let mut waiting = connect(node, &Connect::v5(&id)).await;
+    waiting.publish(&Publish::new("gate/kick", 1, b"1")).await;
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    while server.asked_by(&id, "gate/kick") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the gated publish was never asked about"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The gate stays shut: the operator's kick does not wait for the answer.
+    let path = format!("/api/v1/clients/{id}");
+    let (status, body) = skein_tests::http_request(node.http_addr(), "DELETE", &path, &[], "")
+        .await
+        .expect("DELETE");
+    assert_eq!(status, 204, "{body}");
+    waiting.expect_disconnect(0x98, RECV_TIMEOUT).await;
+    server.gate.send_replace(true);
 }

@@ -11,7 +11,8 @@
 //! meanwhile holds other connections' publishes back, as for a storage flush), waits for
 //! the answer in its own task, and then handles the packet, and only then the packets
 //! read after it. So a PUBLISH waiting for its answer neither overtakes nor is overtaken
-//! by the same connection's other packets, and other connections never wait for it.
+//! by the same connection's other packets, and other connections never wait for it. A kick
+//! ends the wait (see `Connection::authorize_then_handle`).
 
 use std::sync::Arc;
 
