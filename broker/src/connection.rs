@@ -504,33 +504,6 @@ impl Connection {
         }
     }
 
-    /// Asks the HTTP authorizer about `pending`, then handles it; what that leaves to
-    /// do comes back as a batch's end (None: nothing).
-    async fn authorize_then_handle(
-        &mut self,
-        pending: authorize::Pending,
-    ) -> Result<Option<Batch>, Close> {
-        // A kick (takeover, operator, shutdown) ends the wait at once: the answer may be
-        // up to `auth_http_acl_timeout_ms` away.
-        let kick_rx = self.kick_rx.clone();
-        let answered = tokio::select! {
-            answered = self.ask_authorizer(pending) => answered,
-            kick = kick_rx.recv() => return Err(kicked(kick)),
-        };
-        let mut acks = None;
-        let after = self.resume_authorized(answered, &mut acks);
-        if let Some(acks) = acks {
-            Box::pin(self.settle_acks(acks)).await?;
-        }
-        Ok(match after? {
-            inbound::After::Nothing => None,
-            inbound::After::FlushThenSend(ack) => Some(Batch::FlushThenSend(ack)),
-            inbound::After::RouteInOrder(deferred) => Some(Batch::RouteInOrder(deferred)),
-            inbound::After::Cluster(step) => Some(Batch::Cluster(step)),
-            inbound::After::Authorize(pending) => Some(Batch::Authorize(pending)),
-        })
-    }
-
     /// Flushes storage, then sends `ack`; Ok(true) when a batch of output is waiting.
     async fn flush_then_send(&mut self, ack: Option<Box<Packet>>) -> Result<bool, Close> {
         // What was handled so far is in force; a flush must not hold publishes back.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use super::inbound::After;
 use super::publish_acks::Acks;
-use super::{admission, Close, Connection};
+use super::{admission, kicked, Batch, Close, Connection};
 use crate::auth_http::authz::{Action, AuthzRequest, Decision, Lookup, Question};
 use crate::codec::{Publish, Subscribe};
 use crate::events::access;
@@ -220,6 +220,33 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Asks the HTTP authorizer about `pending`, then handles it; what that leaves to
+    /// do comes back as a batch's end (None: nothing).
+    pub(super) async fn authorize_then_handle(
+        &mut self,
+        pending: Pending,
+    ) -> Result<Option<Batch>, Close> {
+        // A kick (takeover, operator, shutdown) ends the wait at once: the answer may be
+        // up to `auth_http_acl_timeout_ms` away.
+        let kick_rx = self.kick_rx.clone();
+        let answered = tokio::select! {
+            answered = self.ask_authorizer(pending) => answered,
+            kick = kick_rx.recv() => return Err(kicked(kick)),
+        };
+        let mut acks = None;
+        let after = self.resume_authorized(answered, &mut acks);
+        if let Some(acks) = acks {
+            Box::pin(self.settle_acks(acks)).await?;
+        }
+        Ok(match after? {
+            After::Nothing => None,
+            After::FlushThenSend(ack) => Some(Batch::FlushThenSend(ack)),
+            After::RouteInOrder(deferred) => Some(Batch::RouteInOrder(deferred)),
+            After::Cluster(step) => Some(Batch::Cluster(step)),
+            After::Authorize(pending) => Some(Batch::Authorize(pending)),
+        })
     }
 
     /// Handles a packet once the authorizer answered, as if it had been handled at once.
