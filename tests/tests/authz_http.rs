@@ -3,7 +3,8 @@
 //! and PUBLISH in MQTT 3.1.1 and 5.0, the request's fields, a superuser from the
 //! authenticator skipping it, the cache (seen as the server's request count), a timeout
 //! and an unreachable server with their configured outcomes, a slow answer holding back
-//! only its own connection, whose packets keep their order, and a kick not waiting for it.
+//! only its own connection, whose packets keep their order, a kick not waiting for it, and
+//! mosquitto_pub over TLS asked about as listener `mqtts`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -546,4 +547,49 @@ async fn a_kick_ends_a_connection_waiting_for_an_answer() {
     assert_eq!(status, 204, "{body}");
     waiting.expect_disconnect(0x98, RECV_TIMEOUT).await;
     server.gate.send_replace(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_over_tls_is_asked_about_as_mqtts() {
+    use skein_tests::certs::{s, TestCa, TlsFiles};
+    let (server, addr) = AuthzServer::start().await;
+    let ca = TestCa::new("authz-ca");
+    let files = TlsFiles::new(&ca, "device-1");
+    let node = Node::builder()
+        .arg("--mqtts")
+        .arg("127.0.0.1:0")
+        .env("SKEIN_TLS_CERT_FILE", s(&files.server_cert))
+        .env("SKEIN_TLS_KEY_FILE", s(&files.server_key))
+        .env("SKEIN_AUTH_HTTP_ACL_URL", format!("http://{addr}/acl"))
+        .start();
+    let mut spy = spy(&node).await;
+    let mqtts = node.listener_addr("mqtts");
+    let ca_file = s(&files.ca).to_string();
+    let id = unique_id("tls-device");
+    for topic in ["deny/tls", "allow/tls"] {
+        let args = [
+            "--cafile", &ca_file, "-i", &id, "-t", topic, "-m", "over-tls", "-q", "1",
+        ]
+        .map(String::from);
+        // 3.1.1: a refused publish is acknowledged (and dropped), so both succeed.
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            skein_tests::cli::mosquitto_pub(mqtts, &args);
+        })
+        .await
+        .unwrap();
+    }
+    assert!(next_on(&mut spy, "allow/tls", RECV_TIMEOUT).await.is_some());
+    assert!(next_on(&mut spy, "deny/tls", QUIET).await.is_none());
+    let bodies = server.bodies.lock().unwrap().clone();
+    let asked: Vec<_> = bodies
+        .iter()
+        .filter(|v| v["clientid"] == id.as_str())
+        .collect();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    for body in asked {
+        assert_eq!(body["listener"], "mqtts");
+        assert_eq!(body["action"], "publish");
+        assert_eq!(body["qos"], 1);
+    }
 }
