@@ -144,6 +144,14 @@ refused "unknown service type" "/service/mqtt/type" \
   helm template skein "$chart" --set service.mqtt.type=ExternalName
 refused "unknown anti-affinity" "podAntiAffinity" \
   helm template skein "$chart" --set podAntiAffinity=maybe
+refused "a TLS listener without a certificate" "need tls.existingSecret" \
+  helm template skein "$chart" --set ports.mqtts=8883
+refused "client certificates without a CA" "needs tls.clientCaKey" \
+  helm template skein "$chart" --set ports.wss=8084 --set tls.existingSecret=t --set tls.clientCert=required
+refused "a listener on the MQTT Service's port" "serves both on one port" \
+  helm template skein "$chart" --set ports.ws=1883
+refused "ignore as the authenticator's error outcome" "ignore is for auth.httpAcl" \
+  helm template skein "$chart" --set auth.http.onError=ignore
 refused "a value the chart does not have (values.schema.json)" "additional properties 'replicas'" \
   helm template skein "$chart" --set replicas=5
 

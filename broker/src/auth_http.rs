@@ -18,29 +18,15 @@
 //! flight; a CONNECT waiting for one gets the error outcome when the timeout passes. The
 //! CONNECT that asks waits (its own task); no other connection does.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+pub mod authz;
+mod endpoint;
 
-use axum::http::{header, Request as HttpRequest, StatusCode, Uri};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
-use tokio::time::Instant;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::metrics::{AUTH_HTTP_CACHE_HITS, AUTH_HTTP_IN_FLIGHT, AUTH_HTTP_REQUESTS};
-
-/// Cached answers at most; past it, answers are not cached until entries expire.
-const MAX_CACHED: usize = 100_000;
-/// Largest answer body read.
-const MAX_ANSWER_BYTES: usize = 16 * 1024;
+use endpoint::{Endpoint, EndpointMetrics, EndpointSettings};
 
 /// What the authenticator said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,42 +89,28 @@ impl AuthRequest<'_> {
     }
 }
 
-#[derive(Deserialize)]
-struct Reply {
-    result: String,
-    #[serde(default)]
-    is_superuser: bool,
-}
-
 /// The HTTP authenticator.
 pub struct HttpAuth {
-    uri: Uri,
-    client: Client<HttpConnector, Full<Bytes>>,
-    timeout: Duration,
-    cache_ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], (Instant, Answer)>>,
-    permits: Semaphore,
+    endpoint: Endpoint,
     on_error_allow: bool,
 }
 
 impl HttpAuth {
     /// The authenticator `auth_http_url` configures; None when it is off.
     pub fn from_config(config: &Config) -> Option<Arc<HttpAuth>> {
-        let uri = crate::events::webhook::parse_urls(&config.auth_http_url)
-            .ok()?
-            .into_iter()
-            .next()?;
-        let timeout = Duration::from_millis(config.auth_http_timeout_ms);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
+        let endpoint = Endpoint::new(EndpointSettings {
+            url: &config.auth_http_url,
+            timeout_ms: config.auth_http_timeout_ms,
+            cache_ms: config.auth_http_cache_ms,
+            concurrency: config.auth_http_concurrency,
+            metrics: EndpointMetrics {
+                requests: AUTH_HTTP_REQUESTS,
+                cache_hits: AUTH_HTTP_CACHE_HITS,
+                in_flight: AUTH_HTTP_IN_FLIGHT,
+            },
+        })?;
         Some(Arc::new(HttpAuth {
-            uri,
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            timeout,
-            cache_ttl: Duration::from_millis(config.auth_http_cache_ms),
-            cache: Mutex::new(HashMap::new()),
-            permits: Semaphore::new(config.auth_http_concurrency.max(1)),
+            endpoint,
             on_error_allow: config.auth_http_on_error == "allow",
         }))
     }
@@ -151,97 +123,11 @@ impl HttpAuth {
     /// Asks about `request` (or finds the answer in the cache).
     pub async fn ask(&self, request: &AuthRequest<'_>) -> Result<Answer, Failure> {
         let body = request.body();
-        let key: [u8; 32] = Sha256::digest(&body).into();
-        if let Some(answer) = self.cached(&key) {
-            metrics::counter!(AUTH_HTTP_CACHE_HITS).increment(1);
+        let key = Endpoint::key(&body);
+        if let Some(answer) = self.endpoint.cached(&key) {
             return Ok(answer);
         }
-        let deadline = Instant::now() + self.timeout;
-        let outcome = match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
-            Ok(Ok(_permit)) => {
-                let gauge = metrics::gauge!(AUTH_HTTP_IN_FLIGHT);
-                gauge.increment(1.0);
-                let outcome = tokio::time::timeout_at(deadline, self.post(Bytes::from(body)))
-                    .await
-                    .unwrap_or(Err(Failure::Timeout));
-                gauge.decrement(1.0);
-                outcome
-            }
-            _ => Err(Failure::Busy),
-        };
-        let label = match outcome {
-            Ok(Answer::Allow { superuser: true }) => "superuser",
-            Ok(Answer::Allow { .. }) => "allow",
-            Ok(Answer::Deny) => "deny",
-            Ok(Answer::Ignore) => "ignore",
-            Err(f) => f.label(),
-        };
-        metrics::counter!(AUTH_HTTP_REQUESTS, "outcome" => label).increment(1);
-        if let Ok(answer) = outcome {
-            self.remember(key, answer);
-        }
-        outcome
-    }
-
-    fn cached(&self, key: &[u8; 32]) -> Option<Answer> {
-        if self.cache_ttl.is_zero() {
-            return None;
-        }
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .get(key)
-            .filter(|(until, _)| *until > Instant::now())
-            .map(|(_, answer)| *answer)
-    }
-
-    fn remember(&self, key: [u8; 32], answer: Answer) {
-        if self.cache_ttl.is_zero() {
-            return;
-        }
-        let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MAX_CACHED {
-            cache.retain(|_, (until, _)| *until > now);
-            if cache.len() >= MAX_CACHED {
-                return;
-            }
-        }
-        cache.insert(key, (now + self.cache_ttl, answer));
-    }
-
-    async fn post(&self, body: Bytes) -> Result<Answer, Failure> {
-        let request = HttpRequest::post(self.uri.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|_| Failure::ConnectError)?;
-        let response = self.client.request(request).await.map_err(|e| {
-            tracing::debug!(error = %e, "authentication request failed");
-            Failure::ConnectError
-        })?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|_| Failure::BadResponse)?
-            .to_bytes();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Ok(Answer::Deny);
-        }
-        if !status.is_success() {
-            return Err(Failure::HttpError(status.as_u16()));
-        }
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Answer::Allow { superuser: false });
-        }
-        let reply: Reply = serde_json::from_slice(&body).map_err(|_| Failure::BadResponse)?;
-        match reply.result.as_str() {
-            "allow" => Ok(Answer::Allow {
-                superuser: reply.is_superuser,
-            }),
-            "deny" => Ok(Answer::Deny),
-            "ignore" => Ok(Answer::Ignore),
-            _ => Err(Failure::BadResponse),
-        }
+        self.endpoint.ask(key, body).await
     }
 }
 
@@ -271,6 +157,6 @@ mod tests {
             password: Some(b"other"),
             ..r
         };
-        assert_ne!(Sha256::digest(r.body()), Sha256::digest(other.body()));
+        assert_ne!(Endpoint::key(&r.body()), Endpoint::key(&other.body()));
     }
 }

@@ -139,6 +139,8 @@ pub struct Broker {
     pub auth_http: Option<Arc<crate::auth_http::HttpAuth>>,
     /// The connections that use a device certificate, ended when it stops being active.
     pub certificate_users: certificate_users::CertificateUsers,
+    /// The HTTP authorizer (`auth_http_acl_url`); None: off.
+    pub authz_http: Option<Arc<crate::auth_http::authz::HttpAuthz>>,
 }
 
 impl Broker {
@@ -161,11 +163,13 @@ impl Broker {
             .clone()
             .map(|rules| crate::acl::AclState::new(config.acl_file.clone(), rules));
         let auth_http = crate::auth_http::HttpAuth::from_config(&config);
+        let authz_http = crate::auth_http::authz::HttpAuthz::from_config(&config);
         let broker = Arc::new_cyclic(|me| Broker {
             me: me.clone(),
             acl,
             auth_http,
             certificate_users: certificate_users::CertificateUsers::default(),
+            authz_http,
             remote_takers: Mutex::new(HashMap::default()),
             unreleased: Mutex::new(HashMap::default()),
             connection_slots,

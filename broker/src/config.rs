@@ -206,6 +206,19 @@ pub struct Config {
     /// The outcome when the authentication server can't be reached, times out or answers
     /// nonsense: `deny` or `allow`.
     pub auth_http_on_error: String,
+    /// HTTP authorization URL (`http://` only): asked about each PUBLISH and SUBSCRIBE
+    /// filter; empty: off.
+    pub auth_http_acl_url: String,
+    /// Bound on one HTTP authorization request, in milliseconds.
+    pub auth_http_acl_timeout_ms: u64,
+    /// How long an HTTP authorization answer is reused for the same request, in
+    /// milliseconds; 0: not cached.
+    pub auth_http_acl_cache_ms: u64,
+    /// HTTP authorization requests in flight at most.
+    pub auth_http_acl_concurrency: usize,
+    /// The decision when the authorization server can't be reached, times out or answers
+    /// nonsense: `deny`, `allow` or `ignore` (the ACL file decides).
+    pub auth_http_acl_on_error: String,
     /// HMAC secret of JWT passwords (HS256/384/512); empty: none.
     pub jwt_secret: Secret,
     /// PEM public key (RSA or EC) of JWT passwords (RS256/384/512, ES256/384); empty: none.
@@ -331,6 +344,11 @@ impl Default for Config {
             auth_http_cache_ms: 60_000,
             auth_http_concurrency: 64,
             auth_http_on_error: String::from("deny"),
+            auth_http_acl_url: String::new(),
+            auth_http_acl_timeout_ms: 5000,
+            auth_http_acl_cache_ms: 60_000,
+            auth_http_acl_concurrency: 64,
+            auth_http_acl_on_error: String::from("deny"),
             jwt_secret: Secret::default(),
             jwt_public_key_file: PathBuf::new(),
             jwt: None,

@@ -1,6 +1,7 @@
 //! One task per client connection: read → session → write, keepalive, limits.
 
 mod admission;
+mod authorize;
 mod certificate_check;
 mod cluster_step;
 mod deadlines;
@@ -118,6 +119,8 @@ enum Batch {
     /// A peer's forward queue is over half full: wait for room before handling more of
     /// the read buffer (see `publish_acks.rs`).
     WaitForRoom,
+    /// A PUBLISH or SUBSCRIBE waits for the HTTP authorizer (see `authorize.rs`).
+    Authorize(Box<authorize::Pending>),
 }
 
 /// Serves one accepted TCP connection to its end. `permit` is None when the node is at its
@@ -453,10 +456,21 @@ impl Connection {
             if let Some(acks) = acks {
                 Box::pin(self.settle_acks(acks)).await?;
             }
-            match batch? {
+            let mut batch = batch?;
+            while let Batch::Authorize(pending) = batch {
+                // Boxed: rare, and its state would stay in every connection task.
+                batch = match Box::pin(self.authorize_then_handle(*pending)).await? {
+                    Some(next) => next,
+                    None if self.output_batch_full() => Batch::OutputFull,
+                    // Back to the read buffer.
+                    None => Batch::WaitForRoom,
+                };
+            }
+            match batch {
                 Batch::Drained => return Ok(false),
                 Batch::OutputFull => return Ok(true),
-                // Waited above, with the batch's acknowledgements.
+                // Waited above, with the batch's acknowledgements (or a packet waited for
+                // the authorizer and was handled): back to the read buffer.
                 Batch::WaitForRoom => {}
                 Batch::RouteInOrder(deferred) => {
                     // Boxed: waiting is the rare case, and its state would stay in every
@@ -485,6 +499,8 @@ impl Connection {
                         return Ok(true);
                     }
                 }
+                // Answered above.
+                Batch::Authorize(_) => {}
             }
         }
     }
@@ -531,6 +547,10 @@ impl Connection {
                 inbound::After::RouteInOrder(deferred) => {
                     self.count_acked();
                     return Ok(Batch::RouteInOrder(deferred));
+                }
+                inbound::After::Authorize(pending) => {
+                    self.count_acked();
+                    return Ok(Batch::Authorize(pending));
                 }
             }
             if self.output_batch_full() {

@@ -35,7 +35,8 @@
 //! - `retained`: retained messages, in memory and in storage.
 //! - `storage_refusal`: what a publish that needed the disk is told while storage takes no
 //!   new data, counted and logged.
-//! - `auth_http`: the HTTP authenticator: its requests, answers, cache and bound.
+//! - `auth_http`: the HTTP authenticator and authorizer (`auth_http/authz.rs`): their
+//!   requests, answers, cache and bound (`auth_http/endpoint.rs`, shared).
 //! - `config`: settings: defaults, TOML/environment/flags, checks, `--help`; hands the
 //!   events their settings.
 //! - `password_file`: the password file's format and its users.

@@ -116,6 +116,13 @@ pub const AUTH_HTTP_REQUESTS: &str = "skein_auth_http_requests_total";
 pub const AUTH_HTTP_CACHE_HITS: &str = "skein_auth_http_cache_hits_total";
 /// Gauge: HTTP authentication requests in flight.
 pub const AUTH_HTTP_IN_FLIGHT: &str = "skein_auth_http_in_flight";
+/// Counter {outcome}: HTTP authorization requests and their answers (allow, deny,
+/// ignore, timeout, connect_error, http_error, bad_response, busy).
+pub const AUTHZ_HTTP_REQUESTS: &str = "skein_authz_http_requests_total";
+/// Counter: PUBLISHes and SUBSCRIBE filters decided from the HTTP authorization cache.
+pub const AUTHZ_HTTP_CACHE_HITS: &str = "skein_authz_http_cache_hits_total";
+/// Gauge: HTTP authorization requests in flight.
+pub const AUTHZ_HTTP_IN_FLIGHT: &str = "skein_authz_http_in_flight";
 /// Counter {outcome}: JWT checks (accepted, expired, bad_signature, invalid, claims_mismatch).
 pub const AUTH_JWT: &str = "skein_auth_jwt_total";
 
@@ -575,6 +582,27 @@ const SECURITY: &[Desc] = &[
         Unit::Count,
         &[],
         "HTTP authentication requests in flight.",
+    ),
+    desc(
+        AUTHZ_HTTP_REQUESTS,
+        Counter,
+        Unit::Count,
+        &["outcome"],
+        "HTTP authorization requests, by outcome.",
+    ),
+    desc(
+        AUTHZ_HTTP_CACHE_HITS,
+        Counter,
+        Unit::Count,
+        &[],
+        "PUBLISHes and SUBSCRIBE filters decided from the HTTP authorization cache.",
+    ),
+    desc(
+        AUTHZ_HTTP_IN_FLIGHT,
+        Gauge,
+        Unit::Count,
+        &[],
+        "HTTP authorization requests in flight.",
     ),
     desc(
         AUTH_JWT,

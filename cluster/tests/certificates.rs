@@ -111,7 +111,10 @@ async fn certificates_are_registered_once_and_disabled_on_every_member() {
         })
         .await;
         assert_eq!(record, first.record);
-        assert_eq!(handle(id).certificates(), std::slice::from_ref(&first.record));
+        assert_eq!(
+            handle(id).certificates(),
+            std::slice::from_ref(&first.record)
+        );
     }
     // Registered active: no broker is told anything.
     assert!(recorders.iter().all(|r| r.disabled().is_empty()));

@@ -84,6 +84,31 @@ impl Authz {
         self.rules.as_ref().map(|(_, r)| r)
     }
 
+    /// What is decided about publishing to `topic` before the HTTP authorizer is asked:
+    /// Some(true) for a superuser, Some(false) when the token's claim refuses it.
+    pub fn publish_settled(&self, topic: &str) -> Option<bool> {
+        if self.superuser {
+            return Some(true);
+        }
+        let refused = self
+            .token_acl
+            .as_ref()
+            .is_some_and(|t| !t.may_publish(topic));
+        refused.then_some(false)
+    }
+
+    /// As [`Self::publish_settled`], for subscribing to `filter`.
+    pub fn subscribe_settled(&self, filter: &str) -> Option<bool> {
+        if self.superuser {
+            return Some(true);
+        }
+        let refused = self
+            .token_acl
+            .as_ref()
+            .is_some_and(|t| !t.may_subscribe(filter));
+        refused.then_some(false)
+    }
+
     /// Whether the client may subscribe to `filter` (without `$share/{group}/`).
     pub fn may_subscribe(&mut self, filter: &str) -> bool {
         if self.superuser {

@@ -220,6 +220,22 @@ settings! {
         check: |s| s == "deny" || s == "allow",
     },
         "Outcome of a CONNECT whose authentication server is unreachable, times out or answers nonsense: deny or allow";
+    auth_http_acl_url: Checked {
+        expected: "one http:// URL",
+        check: |s| crate::events::webhook::parse_urls(s).is_ok_and(|u| u.len() <= 1),
+    },
+        "HTTP authorization: POST each PUBLISH and SUBSCRIBE filter (JSON) here; the answer allows, denies or leaves it to the ACL file (ignore)", default = "empty (off)";
+    auth_http_acl_timeout_ms: Int { min: 1, max: MAX_TIMEOUT_MS },
+        "Bound on one HTTP authorization request, in milliseconds (then auth_http_acl_on_error)";
+    auth_http_acl_cache_ms: Int { min: 0, max: MAX_TIMEOUT_MS },
+        "How long an HTTP authorization answer is reused for the same request, in milliseconds (0: not cached)";
+    auth_http_acl_concurrency: Int { min: 1, max: 100_000 },
+        "HTTP authorization requests in flight at most; packets beyond wait (within the timeout)";
+    auth_http_acl_on_error: Checked {
+        expected: "deny, allow or ignore",
+        check: |s| s == "deny" || s == "allow" || s == "ignore",
+    },
+        "Decision on a PUBLISH or SUBSCRIBE whose authorization server is unreachable, times out or answers nonsense: deny, allow or ignore (the ACL file decides)";
     jwt_secret: SecretKind,
         "HMAC secret of JWT passwords (HS256/384/512)", default = "empty (none)";
     jwt_public_key_file: OptionalPath,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::handshake::Refusal;
 use super::socket::Socket;
 use super::PeerIdentity;
+use crate::auth_http::authz::{Action, AuthzRequest, Decision, Lookup};
 use crate::broker::Broker;
 use crate::codec::Connect;
 use crate::events::{ClientInfo, Transport};
@@ -37,22 +38,26 @@ pub(super) struct Presented {
 
 impl Presented {
     pub(super) fn of(socket: &Socket, certified: bool) -> Presented {
-        let (tls, cert_common_name) = match socket.identity() {
-            PeerIdentity::NotTls => (false, None),
-            PeerIdentity::NoCertificate => (true, None),
-            PeerIdentity::Certificate { common_name, .. } => (true, common_name.clone()),
-        };
-        let listener = match (socket.transport(), tls) {
-            (Transport::Tcp, false) => "mqtt",
-            (Transport::Tcp, true) => "mqtts",
-            (Transport::WebSocket, false) => "ws",
-            (Transport::WebSocket, true) => "wss",
+        let cert_common_name = match socket.identity() {
+            PeerIdentity::Certificate { common_name, .. } => common_name.clone(),
+            PeerIdentity::NotTls | PeerIdentity::NoCertificate => None,
         };
         Presented {
-            listener,
+            listener: listener_of(socket),
             cert_common_name,
             certified,
         }
+    }
+}
+
+/// The listener a socket came through: `mqtt`, `mqtts`, `ws` or `wss`.
+pub(super) fn listener_of(socket: &Socket) -> &'static str {
+    let tls = !matches!(socket.identity(), PeerIdentity::NotTls);
+    match (socket.transport(), tls) {
+        (Transport::Tcp, false) => "mqtt",
+        (Transport::Tcp, true) => "mqtts",
+        (Transport::WebSocket, false) => "ws",
+        (Transport::WebSocket, true) => "wss",
     }
 }
 
@@ -133,6 +138,49 @@ fn authz_of(
         broker.acl.as_ref(),
         &broker.config.events_subscribe_usernames,
     )
+}
+
+/// The HTTP authorizer's decision on publishing `will` (None: not asked: off, or the
+/// client is a superuser or its token refuses the topic). Asked at CONNECT, as the ACL
+/// checks it: the will is published when the client is gone, with nobody to tell.
+pub(super) async fn will_decision(
+    broker: &Broker,
+    info: &ClientInfo,
+    listener: &str,
+    will: &crate::codec::Will,
+    admitted: &Admitted,
+) -> Option<Decision> {
+    let http = broker.authz_http.as_deref()?;
+    if let Some(authz) = admitted.authz.as_deref() {
+        if authz.publish_settled(&will.topic).is_some() {
+            return None;
+        }
+    }
+    let request = AuthzRequest {
+        client_id: info.client_id.as_str(),
+        username: info.username.as_deref(),
+        peer: info.peer.ip(),
+        listener,
+        action: Action::Publish,
+        topic: &will.topic,
+        qos: will.qos as u8,
+        retain: will.retain,
+    };
+    match http.lookup(&request) {
+        Lookup::Known(decision) => Some(decision),
+        Lookup::Ask(question) => Some(http.ask(question).await),
+    }
+}
+
+/// Whether the will on `topic` may be published, given the authorizer's decision.
+pub(super) fn will_allowed(admitted: &mut Admitted, topic: &str, http: Option<Decision>) -> bool {
+    match http {
+        Some(Decision::Allow) => true,
+        Some(Decision::Deny) => false,
+        Some(Decision::Ignore) | None => {
+            admitted.authz.as_mut().is_none_or(|a| a.may_publish(topic))
+        }
+    }
 }
 
 /// Ends the connection of `kick` when its token expires (`exp`, seconds since the

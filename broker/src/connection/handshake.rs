@@ -417,8 +417,13 @@ async fn attach(
         Ok(sn) => sn,
         Err(r) => return Err((socket, r)),
     };
-    if let (Some(will), Some(authz)) = (&c.will, admitted.authz.as_mut()) {
-        if !authz.may_publish(&will.topic) {
+    if let Some(will) = &c.will {
+        let listener = admission::listener_of(&socket);
+        let http = Box::pin(admission::will_decision(
+            broker, &info, listener, will, &admitted,
+        ))
+        .await;
+        if !admission::will_allowed(&mut admitted, &will.topic, http) {
             // Checked now, with the rules of the CONNECT: a will is published when the
             // client is gone, with nobody to tell.
             tracing::info!(client_id = %client_id, topic = %will.topic, "will refused by the ACL: it will not be published");

@@ -4,14 +4,16 @@ use bytes::Buf;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::authorize::{Authorization, Pending};
 use super::cluster_step::{ClusterStep, Granted};
 use super::publish_acks::{publish_ack, Acks};
 use super::{taken_over, Close, Connection, DisconnectReason};
+use crate::auth_http::authz::Decision;
 use crate::codec::{
     reason as rc, Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
-use crate::events::{access, raise, EventBody, EventKind};
+use crate::events::{raise, EventBody, EventKind};
 use crate::input_order::LateRead;
 use crate::message::Message;
 use crate::session::{HeldWakes, InflightState, Subscription};
@@ -30,6 +32,8 @@ pub(super) enum After {
     /// Commit a SUBSCRIBE's or UNSUBSCRIBE's change in the cluster, then answer it (see
     /// `cluster_step.rs`).
     Cluster(Box<ClusterStep>),
+    /// Ask the HTTP authorizer, then handle the packet (see `authorize.rs`).
+    Authorize(Box<Pending>),
 }
 
 /// A PUBLISH that waits for earlier input before it is routed and acknowledged.
@@ -87,7 +91,7 @@ impl Connection {
     }
 
     /// Taken over: nothing more from this connection may touch the session.
-    fn ensure_attached(&self) -> Result<(), Close> {
+    pub(super) fn ensure_attached(&self) -> Result<(), Close> {
         if self.session.state().is_attached_to(self.id) {
             Ok(())
         } else {
@@ -136,10 +140,28 @@ impl Connection {
         if crate::events::access::is_event_filter(&topic) {
             return Ok(self.refuse_event_publish(&p, acks));
         }
-        if self.authz.as_mut().is_some_and(|a| !a.may_publish(&topic)) {
-            crate::metrics::authz_denied("publish");
-            return Ok(self.refuse_unauthorized_publish(p, topic, acks));
+        match self.publish_authorization(&topic, &p) {
+            Authorization::Decided(true) => self.publish_authorized(p, topic, held, acks),
+            Authorization::Decided(false) => {
+                crate::metrics::authz_denied("publish");
+                Ok(self.refuse_unauthorized_publish(p, topic, acks))
+            }
+            Authorization::Ask(question) => Ok(After::Authorize(Box::new(Pending::Publish {
+                publish: p,
+                topic,
+                question,
+            }))),
         }
+    }
+
+    /// Handles a PUBLISH its client may send.
+    pub(super) fn publish_authorized(
+        &mut self,
+        p: Publish,
+        topic: Arc<str>,
+        held: &mut HeldWakes,
+        acks: &mut Acks,
+    ) -> Result<After, Close> {
         let invalid_payload = p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err();
         if p.qos == QoS::ExactlyOnce {
@@ -290,7 +312,7 @@ impl Connection {
 
     /// A PUBLISH the ACL refuses: answered like one to an event topic (see
     /// `refuse_event_publish`), and raised as `message.dropped` (`not_authorized`).
-    fn refuse_unauthorized_publish(
+    pub(super) fn refuse_unauthorized_publish(
         &mut self,
         p: Publish,
         topic: Arc<str>,
@@ -536,9 +558,6 @@ impl Connection {
     }
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<After, Close> {
-        let v5 = self.protocol.is_v5();
-        let invalid = if v5 { rc::TOPIC_FILTER_INVALID } else { 0x80 };
-        let subscription_id = s.properties.subscription_identifiers.first().copied();
         for (filter, options) in &s.filters {
             // At receipt, before any check: refused filters are reported too.
             raise::raise(
@@ -552,6 +571,22 @@ impl Connection {
                 },
             );
         }
+        match self.subscribe_authorization(s) {
+            Ok((s, decisions)) => self.subscribe_decided(s, &decisions),
+            Err(pending) => Ok(After::Authorize(pending)),
+        }
+    }
+
+    /// Handles a SUBSCRIBE whose HTTP authorization decisions are known, one per filter
+    /// (None: not asked).
+    pub(super) fn subscribe_decided(
+        &mut self,
+        s: Subscribe,
+        decisions: &[Option<Decision>],
+    ) -> Result<After, Close> {
+        let v5 = self.protocol.is_v5();
+        let invalid = if v5 { rc::TOPIC_FILTER_INVALID } else { 0x80 };
+        let subscription_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         let mut granted = Vec::new();
@@ -559,7 +594,7 @@ impl Connection {
         // was handled, queued for its subscriptions (see `Broker::deliver_late`).
         let mut late = Vec::new();
         let reported_at = self.input_ticket_position();
-        for (filter, options) in &s.filters {
+        for (i, (filter, options)) in s.filters.iter().enumerate() {
             let Ok((group, inner)) = topic::parse_subscription(filter) else {
                 codes.push(invalid);
                 continue;
@@ -567,19 +602,7 @@ impl Connection {
             if group.is_some() && options.no_local {
                 return Err(Close::protocol("No Local on a shared subscription"));
             }
-            let allowed = match self.authz.as_mut() {
-                Some(authz) => authz.may_subscribe(inner),
-                None if access::is_event_filter(inner) => {
-                    let info = &self.info;
-                    let allowed = &self.broker.config.events_subscribe_usernames;
-                    // A username only counts when a source (password file, token, HTTP
-                    // authenticator) vouched for it: anyone can claim one otherwise.
-                    let username = info.username.as_deref().filter(|_| self.username_verified);
-                    access::may_subscribe(info.peer.ip(), username, allowed)
-                }
-                None => true,
-            };
-            if !allowed {
+            if !self.subscribe_allowed(inner, decisions.get(i).copied().flatten()) {
                 tracing::debug!(client_id = %self.info.client_id, %filter, "subscription refused by the ACL");
                 crate::metrics::authz_denied("subscribe");
                 codes.push(if v5 { rc::NOT_AUTHORIZED } else { 0x80 });

@@ -79,7 +79,7 @@ app.kubernetes.io/component: broker
 
 {{/* Settings the chart sets itself: `config` may not name them. */}}
 {{- define "skein.reservedSettings" -}}
-node_id node_id_from_hostname node_name advertise_addr data_dir mqtt http grpc grpc_advertise peers join api_token password_file
+node_id node_id_from_hostname node_name advertise_addr data_dir mqtt http grpc grpc_advertise peers join api_token password_file mqtts ws wss tls_cert_file tls_key_file tls_client_ca_file tls_client_cert acl_file jwt_secret jwt_public_key_file auth_http_url auth_http_timeout_ms auth_http_cache_ms auth_http_concurrency auth_http_on_error auth_http_acl_url auth_http_acl_timeout_ms auth_http_acl_cache_ms auth_http_acl_concurrency auth_http_acl_on_error
 {{- end -}}
 
 {{/*
