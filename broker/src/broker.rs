@@ -32,6 +32,8 @@ mod cluster_sync;
 mod forwarding;
 mod handover_holder;
 mod handover_taker;
+mod marks_applied;
+mod moved_away;
 mod node_down;
 mod routing;
 mod storage_monitor;
@@ -130,6 +132,12 @@ pub struct Broker {
     /// `skein_storage::Store::handover_put`). Sent again before anything else is fetched
     /// from that holder for that client, so what is here already is not fetched twice.
     unreleased: Mutex<HashMap<(ClientId, skein_seam::NodeId), u64>>,
+    /// Persistent sessions sealed here lately (moved to another node), by their filters:
+    /// a forward routed here by an older registry goes on to the owner (`moved_away.rs`).
+    moved_away: moved_away::MovedAway,
+    /// Nodes whose down mark was applied here: a message redirected here as to an
+    /// adopter waits for it (`marks_applied.rs`).
+    marks_applied: marks_applied::MarksApplied,
     /// This broker, for the tasks its synchronous seam callbacks start.
     me: std::sync::Weak<Broker>,
     /// The ACL file's rules in force (`acl_file`); None: no ACL.
@@ -164,6 +172,8 @@ impl Broker {
             auth_http,
             remote_takers: Mutex::new(HashMap::default()),
             unreleased: Mutex::new(HashMap::default()),
+            moved_away: Default::default(),
+            marks_applied: Default::default(),
             connection_slots,
             config,
             store,

@@ -121,7 +121,7 @@ impl Broker {
     /// until the owner fetches them. Again: nothing changes. The caller holds its
     /// lifecycle lock. Returns how many subscriptions left the index.
     pub(super) fn seal_moved(&self, session: &Arc<Session>) -> usize {
-        let filters: Vec<String> = {
+        let (filters, persistent) = {
             let mut st = session.state();
             if st.removed {
                 return 0;
@@ -134,10 +134,22 @@ impl Broker {
             if st.is_persistent() && !filters.is_empty() {
                 self.persist_session_locked(session, &st);
             }
-            filters
+            (filters, st.is_persistent())
         };
         for filter in &filters {
             self.unindex_subscription(session, filter);
+        }
+        if persistent {
+            // A forward routed here by an older registry still reaches the session
+            // (`moved_away.rs`): through the filters it had here and those the registry
+            // gives it (a session restored sealed, after a second restart, has none
+            // here). Asked outside the session's lock.
+            let mut remembered = filters.clone();
+            if let Some((_, subscriptions)) = self.cluster.session_subscriptions(&session.client_id)
+            {
+                remembered.extend(subscriptions.into_iter().map(|s| s.filter));
+            }
+            self.moved_away.note(&session.client_id, &remembered);
         }
         filters.len()
     }

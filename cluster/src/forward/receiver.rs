@@ -207,7 +207,10 @@ impl Handler {
                     delivered += 1;
                     done[i] = true;
                 }
-                Err(BrokerHandleError::Storage(detail)) => {
+                // Storage refused, or a redirect to the owner of a session that moved away
+                // from here was not taken (see the broker's `moved_away`): nothing may be
+                // acknowledged; the sender sends the batch again.
+                Err(BrokerHandleError::Storage(detail) | BrokerHandleError::NotYet(detail)) => {
                     refusal.get_or_insert(detail);
                 }
                 Err(e) => {
