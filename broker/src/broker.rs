@@ -138,6 +138,11 @@ pub struct Broker {
     /// Nodes whose down mark was applied here: a message redirected here as to an
     /// adopter waits for it (`marks_applied.rs`).
     marks_applied: marks_applied::MarksApplied,
+    /// False from a start that restored sessions until they were reconciled with the
+    /// registry (`cluster_sync.rs`): forwarded publishes wait for it, so that one meant
+    /// for a session that moved away while this node was down is not taken here for
+    /// nobody (a session sealed before the restart comes back without subscriptions).
+    reconciled: tokio::sync::watch::Sender<bool>,
     /// This broker, for the tasks its synchronous seam callbacks start.
     me: std::sync::Weak<Broker>,
     /// The ACL file's rules in force (`acl_file`); None: no ACL.
@@ -174,6 +179,7 @@ impl Broker {
             unreleased: Mutex::new(HashMap::default()),
             moved_away: Default::default(),
             marks_applied: Default::default(),
+            reconciled: tokio::sync::watch::Sender::new(true),
             connection_slots,
             config,
             store,
@@ -315,6 +321,8 @@ impl Broker {
     fn restore_sessions(self: &Arc<Self>) -> Result<(), skein_storage::StorageError> {
         let now = now_ms();
         for stored in self.store.sessions()? {
+            // Some may have moved away while this node was down (see `reconciled`).
+            self.reconciled.send_replace(false);
             let id = stored.client_id.clone();
             let session = Session::restore(
                 &stored,

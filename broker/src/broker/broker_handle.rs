@@ -25,6 +25,7 @@ impl BrokerHandle for Broker {
         // Routed in the future's first poll, before its first wait (the seam's contract):
         // a receiver polling several in turn has them routed in that order.
         Box::pin(async move {
+            self.wait_reconciled().await;
             self.wait_for_marks(publish.adopted_from).await;
             let (matched, needs_flush, redirects) = self.route_one_forwarded(publish, None)?;
             if needs_flush {
@@ -43,6 +44,7 @@ impl BrokerHandle for Broker {
         publishes: Vec<ForwardedPublish>,
     ) -> BoxFuture<'_, Vec<Result<usize, BrokerHandleError>>> {
         Box::pin(async move {
+            self.wait_reconciled().await;
             for dead in publishes.iter().filter_map(|p| p.adopted_from) {
                 self.wait_for_marks(Some(dead)).await;
             }
