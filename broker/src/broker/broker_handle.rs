@@ -23,7 +23,9 @@ impl BrokerHandle for Broker {
         publish: ForwardedPublish,
     ) -> BoxFuture<'_, Result<usize, BrokerHandleError>> {
         // Routed in the future's first poll, before its first wait (the seam's contract):
-        // a receiver polling several in turn has them routed in that order.
+        // a receiver polling several in turn has them routed in that order. (Only right
+        // after a restart, or for a message redirected from a node marked down that came
+        // before the mark, does it wait first: see `wait_reconciled`, `wait_for_marks`.)
         Box::pin(async move {
             self.wait_reconciled().await;
             self.wait_for_marks(publish.adopted_from).await;
@@ -325,8 +327,9 @@ impl Broker {
 }
 
 /// Waits for the forwards sent on to owners of sessions that moved away: one that was not
-/// taken means the peer must send the message again (`NotYet`: its batch is answered
-/// RETRY_LATER), not that it was delivered.
+/// taken is not acknowledged (`NotYet`: the peer's batch is answered RETRY_LATER, its
+/// publisher told the message was not taken), while the copy stays queued here for the
+/// owner.
 async fn settle_redirects(redirects: Forwards) -> Result<(), BrokerHandleError> {
     if redirects.is_empty() {
         return Ok(());
