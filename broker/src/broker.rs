@@ -33,6 +33,8 @@ mod cluster_sync;
 mod forwarding;
 mod handover_holder;
 mod handover_taker;
+mod marks_applied;
+mod moved_away;
 mod node_down;
 mod routing;
 mod storage_monitor;
@@ -131,6 +133,17 @@ pub struct Broker {
     /// `skein_storage::Store::handover_put`). Sent again before anything else is fetched
     /// from that holder for that client, so what is here already is not fetched twice.
     unreleased: Mutex<HashMap<(ClientId, skein_seam::NodeId), u64>>,
+    /// Persistent sessions sealed here lately (moved to another node), by their filters:
+    /// a forward routed here by an older registry goes on to the owner (`moved_away.rs`).
+    moved_away: moved_away::MovedAway,
+    /// Nodes whose down mark was applied here: a message redirected here as to an
+    /// adopter waits for it (`marks_applied.rs`).
+    marks_applied: marks_applied::MarksApplied,
+    /// False from a start that restored sessions until they were reconciled with the
+    /// registry (`cluster_sync.rs`): forwarded publishes wait for it, so that one meant
+    /// for a session that moved away while this node was down is not taken here for
+    /// nobody (a session sealed before the restart comes back without subscriptions).
+    reconciled: tokio::sync::watch::Sender<bool>,
     /// This broker, for the tasks its synchronous seam callbacks start.
     me: std::sync::Weak<Broker>,
     /// The ACL file's rules in force (`acl_file`); None: no ACL.
@@ -172,6 +185,9 @@ impl Broker {
             authz_http,
             remote_takers: Mutex::new(HashMap::default()),
             unreleased: Mutex::new(HashMap::default()),
+            moved_away: Default::default(),
+            marks_applied: Default::default(),
+            reconciled: tokio::sync::watch::Sender::new(true),
             connection_slots,
             config,
             store,
@@ -313,6 +329,8 @@ impl Broker {
     fn restore_sessions(self: &Arc<Self>) -> Result<(), skein_storage::StorageError> {
         let now = now_ms();
         for stored in self.store.sessions()? {
+            // Some may have moved away while this node was down (see `reconciled`).
+            self.reconciled.send_replace(false);
             let id = stored.client_id.clone();
             let session = Session::restore(
                 &stored,

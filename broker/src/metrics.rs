@@ -55,6 +55,10 @@ pub const SESSION_HANDOVER_FAILURES: &str = "skein_session_handover_failures_tot
 /// Counter: deliveries not queued for a session because it moved to another node, which
 /// gets the message itself.
 pub const SESSION_HANDOVER_SKIPPED: &str = "skein_session_handover_skipped_deliveries_total";
+/// Counter {outcome="sent"|"failed"|"delivered"|"duplicate"|"no_session"}: forwards for a session
+/// that had moved away from the receiving node, sent on to its owner (on the node it
+/// moved away from), and what the owner did with them.
+pub const SESSION_MOVED_AWAY_REDIRECTS: &str = "skein_session_moved_away_redirects_total";
 /// Gauge {state="online"|"offline"}: sessions on this node.
 pub const SESSIONS: &str = "skein_sessions";
 /// Gauge: subscriptions of all sessions on this node.
@@ -294,6 +298,13 @@ const CONNECTIONS_AND_SESSIONS: &[Desc] = &[
         Unit::Count,
         &[],
         "Deliveries not queued for a session that moved to another node (that node gets the message itself).",
+    ),
+    desc(
+        SESSION_MOVED_AWAY_REDIRECTS,
+        Counter,
+        Unit::Count,
+        &["outcome"],
+        "Forwards that reached a node after the session they were for had moved away from it: sent on to the owner (sent; failed: the owner did not take it, the sender is asked to send it again), and on the owner delivered, left out as a copy the session had (duplicate) or for a session it no longer holds (no_session).",
     ),
     desc(
         SESSIONS,
@@ -926,6 +937,10 @@ pub fn handover_messages(role: &'static str, n: usize) {
 /// A session hand-over stopped before the holder had handed everything over.
 pub fn handover_failed(reason: &'static str) {
     metrics::counter!(SESSION_HANDOVER_FAILURES, "reason" => reason).increment(1);
+}
+
+pub fn moved_away_redirect(outcome: &'static str) {
+    metrics::counter!(SESSION_MOVED_AWAY_REDIRECTS, "outcome" => outcome).increment(1);
 }
 
 pub fn handover_skipped_delivery() {

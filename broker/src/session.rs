@@ -20,8 +20,10 @@ use crate::storage_refusal::{self, NotStored};
 use skein_seam::ClientId;
 
 mod arrivals;
+mod redirected;
 mod signal;
 pub use arrivals::{publish_key, Arrivals, Delivered};
+pub use redirected::Redirected;
 pub use signal::{HeldWakes, Kick, KickSignal, Unpark, Unparker};
 
 /// A message on its way to one subscriber.
@@ -153,6 +155,9 @@ pub struct SessionState {
     /// node, handed over where their packet ids could not be kept: sent with DUP, as
     /// the client may have them. In memory only.
     pub redeliver: Option<Box<BTreeSet<u64>>>,
+    /// Publishes redirected here from a node the session moved away from: a direct copy
+    /// that comes later is left out (see `session/redirected.rs`). In memory only.
+    pub redirected: Option<Box<Redirected>>,
     /// A wake-up of the attached connection is held in some [`HeldWakes`], which wakes it
     /// when its batch is routed: later enqueues need not wake it themselves.
     wake_held: bool,
@@ -187,6 +192,9 @@ pub enum EnqueueOutcome {
     QueuedOffline,
     /// Not queued: the session moved to another node, which gets the message itself.
     Moved,
+    /// Not queued: the same publish reached the session already, redirected from a node
+    /// it moved away from.
+    Redirected,
     Dropped(DropReason),
 }
 
@@ -244,6 +252,7 @@ impl SessionState {
             arrivals: None,
             delivered: None,
             redeliver: None,
+            redirected: None,
             wake_held: false,
             last_info: None,
         }
@@ -581,6 +590,13 @@ impl Session {
         }
         if st.moved {
             return EnqueueOutcome::Moved;
+        }
+        if st
+            .redirected
+            .as_ref()
+            .is_some_and(|r| r.contains(publish_key(&delivery.message)))
+        {
+            return EnqueueOutcome::Redirected;
         }
         let online = st.is_online();
         if !online && delivery.qos == QoS::AtMostOnce {

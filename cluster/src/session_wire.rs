@@ -160,6 +160,7 @@ mod tests {
                 to_subscribers: false,
                 shared: Vec::new(),
                 adopted_from: None,
+                for_client: None,
             },
             subscription_ids: vec![3],
             packet_id,

@@ -105,6 +105,7 @@ fn publish(topic: &str) -> ForwardedPublish {
         to_subscribers: true,
         shared: Vec::new(),
         adopted_from: None,
+        for_client: None,
     }
 }
 

@@ -42,6 +42,11 @@ pub struct ForwardedPublish {
     /// before it took the message: deliver only to the sessions this node adopted from it
     /// (ignoring `to_subscribers` and `shared`: this node's own subscribers had their copy).
     pub adopted_from: Option<NodeId>,
+    /// Redirected by a node that client `for_client`'s session moved away from (the
+    /// sender routed it there by a registry older than the move): deliver only to that
+    /// session, through its own subscriptions, unless it has the publish already. Comes
+    /// before `adopted_from`, `to_subscribers` and `shared`.
+    pub for_client: Option<ClientId>,
 }
 
 /// A shared subscription group (`$share/{group}/{filter}`) a forwarded publish is for.
@@ -193,12 +198,16 @@ pub enum BrokerHandleError {
 /// Implemented by the broker; called by the cluster.
 pub trait BrokerHandle: Send + Sync {
     /// Delivers a publish another node accepted to this node's matching sessions, and
-    /// only to them: a forwarded publish is never forwarded again (one hop). Completes once
-    /// every local target has it (written to disk where an offline session needs it), so
-    /// the publishing node may acknowledge. Returns how many local sessions it matched.
-    /// Routing happens when the future is first polled, only the wait for storage after:
-    /// a caller that polls several in turn has them routed in that order while their
-    /// storage waits overlap.
+    /// only to them: a forwarded publish is not forwarded again, except once to the owner
+    /// of a persistent session that moved away from this node (the sender routed it by an
+    /// older registry), marked `for_client`. Completes once every local target has it
+    /// (written to disk where an offline session needs it) and such an owner took it, so
+    /// the publishing node may acknowledge (`NotYet`: the owner did not; send it again).
+    /// Returns how many local sessions it matched. Routing happens when the future is
+    /// first polled, only the waits for storage and owners after (a message redirected
+    /// from a node marked down first waits, a bounded time, until this node applied the
+    /// mark): a caller that polls several in turn has them routed in that order while
+    /// their storage waits overlap.
     fn deliver_forwarded(
         &self,
         publish: ForwardedPublish,

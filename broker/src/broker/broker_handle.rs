@@ -10,7 +10,7 @@ use skein_seam::{
     SessionHandover,
 };
 
-use super::Broker;
+use super::{Broker, Forwards};
 use crate::codec::QoS;
 use crate::message::Message;
 use crate::session::{HeldWakes, Kick};
@@ -23,12 +23,17 @@ impl BrokerHandle for Broker {
         publish: ForwardedPublish,
     ) -> BoxFuture<'_, Result<usize, BrokerHandleError>> {
         // Routed in the future's first poll, before its first wait (the seam's contract):
-        // a receiver polling several in turn has them routed in that order.
+        // a receiver polling several in turn has them routed in that order. (Only right
+        // after a restart, or for a message redirected from a node marked down that came
+        // before the mark, does it wait first: see `wait_reconciled`, `wait_for_marks`.)
         Box::pin(async move {
-            let (matched, needs_flush) = self.route_one_forwarded(publish, None)?;
+            self.wait_reconciled().await;
+            self.wait_for_marks(publish.adopted_from).await;
+            let (matched, needs_flush, redirects) = self.route_one_forwarded(publish, None)?;
             if needs_flush {
                 self.flush_forwarded().await?;
             }
+            settle_redirects(redirects).await?;
             Ok(matched)
         })
     }
@@ -41,17 +46,29 @@ impl BrokerHandle for Broker {
         publishes: Vec<ForwardedPublish>,
     ) -> BoxFuture<'_, Vec<Result<usize, BrokerHandleError>>> {
         Box::pin(async move {
+            self.wait_reconciled().await;
+            for dead in publishes.iter().filter_map(|p| p.adopted_from) {
+                self.wait_for_marks(Some(dead)).await;
+            }
             let mut outcomes = Vec::with_capacity(publishes.len());
             // The messages whose acknowledgement waits for the flush.
             let mut to_flush = Vec::new();
+            // The messages sent on to the owners of sessions that moved away from here.
+            let mut redirected = Vec::new();
             {
                 let mut held = HeldWakes::default();
                 for publish in publishes {
                     let outcome = self.route_one_forwarded(publish, Some(&mut held));
-                    if let Ok((_, true)) = outcome {
-                        to_flush.push(outcomes.len());
-                    }
-                    outcomes.push(outcome.map(|(matched, _)| matched));
+                    let outcome = outcome.map(|(matched, needs_flush, redirects)| {
+                        if needs_flush {
+                            to_flush.push(outcomes.len());
+                        }
+                        if !redirects.is_empty() {
+                            redirected.push((outcomes.len(), redirects));
+                        }
+                        matched
+                    });
+                    outcomes.push(outcome);
                 }
                 held.release();
             }
@@ -60,6 +77,14 @@ impl BrokerHandle for Broker {
                     outcomes[i] = Err(BrokerHandleError::Storage(
                         NotStored::Failed.message().into(),
                     ));
+                }
+            }
+            // All queued already; waited for in order.
+            for (i, redirects) in redirected {
+                if let Err(e) = settle_redirects(redirects).await {
+                    if outcomes[i].is_ok() {
+                        outcomes[i] = Err(e);
+                    }
                 }
             }
             outcomes
@@ -254,11 +279,19 @@ impl Broker {
     /// Routes a forwarded publish to this node's sessions only (a forwarded publish is
     /// never forwarded again): how many it matched, and whether storage must be flushed
     /// before the peer is told.
+    ///
+    /// Also the forwards sent on to the owners of sessions that moved away from here, for
+    /// an ordinary forward (see `moved_away.rs`): the peer is answered once they have it.
     fn route_one_forwarded(
         &self,
         mut publish: ForwardedPublish,
         held: Option<&mut HeldWakes>,
-    ) -> Result<(usize, bool), BrokerHandleError> {
+    ) -> Result<(usize, bool, Forwards), BrokerHandleError> {
+        if let Some(client_id) = publish.for_client.take() {
+            let message = forwarded_message(publish)?;
+            let (matched, needs_flush) = self.route_redirected(&client_id, Arc::new(message))?;
+            return Ok((matched, needs_flush, Forwards::default()));
+        }
         let to_subscribers = publish.to_subscribers;
         let adopted_from = publish.adopted_from;
         let shared = std::mem::take(&mut publish.shared);
@@ -272,17 +305,32 @@ impl Broker {
                 return Err(BrokerHandleError::Storage(refusal.message().into()));
             }
         }
-        let outcome = self.route_forwarded(
-            Arc::new(message),
-            to_subscribers,
-            &shared,
-            adopted_from,
-            held,
-        );
+        let message = Arc::new(message);
+        let outcome =
+            self.route_forwarded(message.clone(), to_subscribers, &shared, adopted_from, held);
         if let Some(refusal) = outcome.not_stored {
             return Err(BrokerHandleError::Storage(refusal.message().into()));
         }
-        Ok((outcome.matched, outcome.needs_flush))
+        let redirects = if to_subscribers && adopted_from.is_none() {
+            self.redirect_to_moved(&message)
+        } else {
+            Forwards::default()
+        };
+        Ok((outcome.matched, outcome.needs_flush, redirects))
+    }
+
+    /// A message redirected from the queue of node `adopted_from` (marked down) waits,
+    /// a bounded time, until this node has applied that mark: before, no session here is
+    /// adopted from it (see `marks_applied.rs`).
+    async fn wait_for_marks(&self, adopted_from: Option<NodeId>) {
+        let Some(dead) = adopted_from else { return };
+        if !self
+            .marks_applied
+            .wait_for(dead, super::marks_applied::MARK_WAIT)
+            .await
+        {
+            tracing::info!(%dead, "a message redirected from a node marked down came before this node applied the mark; routed without it");
+        }
     }
 
     async fn flush_forwarded(&self) -> Result<(), BrokerHandleError> {
@@ -291,6 +339,23 @@ impl Broker {
             BrokerHandleError::Storage(NotStored::Failed.message().into())
         })
     }
+}
+
+/// Waits for the forwards sent on to owners of sessions that moved away: one that was not
+/// taken is not acknowledged (`NotYet`: the peer's batch is answered RETRY_LATER, its
+/// publisher told the message was not taken), while the copy stays queued here for the
+/// owner.
+async fn settle_redirects(redirects: Forwards) -> Result<(), BrokerHandleError> {
+    if redirects.is_empty() {
+        return Ok(());
+    }
+    redirects.settle().await.map_err(|e| {
+        crate::metrics::moved_away_redirect("failed");
+        tracing::info!(error = %e, "a forward for a session that moved away was not taken by its owner; the sender is asked to send it again");
+        BrokerHandleError::NotYet(format!(
+            "a session it was for moved away, and its owner did not take it: {e}"
+        ))
+    })
 }
 
 /// The message a forwarded publish carries, refused if no valid publish could carry it.

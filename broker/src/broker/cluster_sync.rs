@@ -24,6 +24,10 @@ pub(super) const SEAL_AFTER: Duration = Duration::from_secs(5);
 /// The longest the restart reconciliation waits for the registry to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 
+/// The longest a forwarded publish waits for the restart's reconciliation (after that it
+/// is routed by what the node restored).
+const RECONCILE_WAIT: Duration = Duration::from_secs(10);
+
 impl Broker {
     /// Notes that connection `connection_id` is told to end because node `by` took its
     /// session over (read back when it closes, for its disconnect event).
@@ -121,7 +125,7 @@ impl Broker {
     /// until the owner fetches them. Again: nothing changes. The caller holds its
     /// lifecycle lock. Returns how many subscriptions left the index.
     pub(super) fn seal_moved(&self, session: &Arc<Session>) -> usize {
-        let filters: Vec<String> = {
+        let (filters, persistent) = {
             let mut st = session.state();
             if st.removed {
                 return 0;
@@ -134,10 +138,22 @@ impl Broker {
             if st.is_persistent() && !filters.is_empty() {
                 self.persist_session_locked(session, &st);
             }
-            filters
+            (filters, st.is_persistent())
         };
         for filter in &filters {
             self.unindex_subscription(session, filter);
+        }
+        if persistent {
+            // A forward routed here by an older registry still reaches the session
+            // (`moved_away.rs`): through the filters it had here and those the registry
+            // gives it (a session restored sealed, after a second restart, has none
+            // here). Asked outside the session's lock.
+            let mut remembered = filters.clone();
+            if let Some((_, subscriptions)) = self.cluster.session_subscriptions(&session.client_id)
+            {
+                remembered.extend(subscriptions.into_iter().map(|s| s.filter));
+            }
+            self.moved_away.note(&session.client_id, &remembered);
         }
         filters.len()
     }
@@ -204,13 +220,30 @@ impl Broker {
             };
             if !caught_up {
                 tracing::warn!("the registry did not catch up; what the previous run registered stays until those clients connect again");
+                broker.reconciled.send_replace(true);
                 return;
             }
             broker.reconcile_with_registry(started_us).await;
+            broker.reconciled.send_replace(true);
             // What this node held of sessions that moved away while it was down goes to
             // their owners (see `handover_holder.rs`).
             broker.offer_stranded_every_while().await;
         });
+    }
+
+    /// Until the sessions restored at start were reconciled with the registry (at most
+    /// [`RECONCILE_WAIT`]): a forwarded publish routed before would find a session that
+    /// moved away while this node was down still indexed here, or, sealed before the
+    /// restart, not at all (and not yet remembered as moved away, `moved_away.rs`).
+    pub(super) async fn wait_reconciled(&self) {
+        let mut reconciled = self.reconciled.subscribe();
+        if *reconciled.borrow() {
+            return;
+        }
+        let waited = tokio::time::timeout(RECONCILE_WAIT, reconciled.wait_for(|done| *done));
+        if waited.await.is_err() {
+            tracing::info!("a forwarded publish waited for the restart's reconciliation with the registry in vain; routed by what this node restored");
+        }
     }
 
     async fn reconcile_with_registry(&self, started_us: u64) {

@@ -72,6 +72,15 @@ enum Answer {
 }
 
 impl Forwards {
+    /// Adds a forward to `node` whose answer is waited for.
+    pub(super) fn push_waited(
+        &mut self,
+        node: NodeId,
+        answer: BoxFuture<'static, Result<(), ForwardError>>,
+    ) {
+        self.0.push((node, Answer::Waited(answer)));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -181,5 +190,6 @@ pub(super) fn forwarded(
         to_subscribers,
         shared,
         adopted_from: None,
+        for_client: None,
     }
 }

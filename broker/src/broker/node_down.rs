@@ -65,6 +65,9 @@ impl Broker {
             wills,
             "a node was marked down: adopted its sessions and announced its clients' end"
         );
+        // After the adoptions: what other nodes redirect here from the dead node's queue
+        // may be routed now.
+        self.marks_applied.applied(node);
     }
 
     /// Makes the adopted session here (see the module docs). False when a connection here

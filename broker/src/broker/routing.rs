@@ -59,13 +59,13 @@ enum WhenNotStored {
 }
 
 /// When and how much [`Broker::enqueue`] may queue: taken once per routed message.
-struct Enqueue {
-    now: u64,
-    max: usize,
+pub(super) struct Enqueue {
+    pub(super) now: u64,
+    pub(super) max: usize,
     /// Forwarded by another node (which may route by an older registry than this node).
-    forwarded: bool,
+    pub(super) forwarded: bool,
     /// Storage takes no new data: copies that need the disk are dropped.
-    not_storing: Option<NotStored>,
+    pub(super) not_storing: Option<NotStored>,
 }
 
 impl Broker {
@@ -276,7 +276,7 @@ impl Broker {
     /// (flush before acknowledging the publisher) and what needed the disk but was not
     /// stored. While storage takes no new data a copy that needs the disk (QoS 1/2 for a
     /// persistent session) is dropped and counted instead.
-    fn enqueue(
+    pub(super) fn enqueue(
         &self,
         to: &Enqueue,
         session: &Arc<Session>,
@@ -309,6 +309,7 @@ impl Broker {
             EnqueueOutcome::Queued => {}
             // The owner the session moved to gets it (see `handover_holder.rs`).
             EnqueueOutcome::Moved => crate::metrics::handover_skipped_delivery(),
+            EnqueueOutcome::Redirected => crate::metrics::moved_away_redirect("duplicate"),
             EnqueueOutcome::QueuedOffline => {
                 raise::offline(&self.events, || session.event_client(), message, qos)
             }

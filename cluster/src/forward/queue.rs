@@ -509,6 +509,7 @@ mod tests {
             to_subscribers: true,
             shared: Vec::new(),
             adopted_from: None,
+            for_client: None,
         }
     }
 

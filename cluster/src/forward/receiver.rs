@@ -207,7 +207,17 @@ impl Handler {
                     delivered += 1;
                     done[i] = true;
                 }
+                // Storage refused: nothing may be acknowledged; the sender sends the batch
+                // again.
                 Err(BrokerHandleError::Storage(detail)) => {
+                    refusal.get_or_insert(detail);
+                }
+                // Delivered here, but the owner of a session that moved away from here did
+                // not take its copy in time (see the broker's `moved_away.rs`): not
+                // acknowledged (the publisher is told so), yet not delivered here again
+                // when the batch comes back; the copy stays queued for the owner here.
+                Err(BrokerHandleError::NotYet(detail)) => {
+                    done[i] = true;
                     refusal.get_or_insert(detail);
                 }
                 Err(e) => {

@@ -110,6 +110,7 @@ pub(crate) fn encoded_len(p: &ForwardedPublish) -> usize {
         + some_bytes(15, p.publisher_username.as_ref().map(|u| u.len()))
         + some_varint(16, p.publish_id)
         + some_varint(20, p.adopted_from.map(|n| n.0))
+        + some_bytes(21, p.for_client.as_ref().map(|c| c.as_str().len()))
 }
 
 /// Writes `p` as a `ForwardedPublish` (its [`encoded_len`] bytes).
@@ -165,6 +166,9 @@ fn put(p: &ForwardedPublish, buf: &mut impl BufMut) {
     }
     if let Some(n) = p.adopted_from {
         put_varint_field(20, n.0, buf);
+    }
+    if let Some(c) = &p.for_client {
+        put_bytes_field(21, c.as_str().as_bytes(), buf);
     }
 }
 
@@ -293,7 +297,10 @@ pub(crate) fn read_publish(mut buf: Bytes) -> Result<ForwardedPublish, String> {
             }
             20 if varint => p.adopted_from = Some(skein_seam::NodeId(int(&mut buf)?)),
             16 if varint => p.publish_id = Some(int(&mut buf)?),
-            1..=16 | 20 => return Err(format!("field {tag} as {wire_type:?}")),
+            21 if delimited => {
+                p.for_client = Some(ClientId::new(utf8(&length_delimited(&mut buf)?)?))
+            }
+            1..=16 | 20 | 21 => return Err(format!("field {tag} as {wire_type:?}")),
             _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())
                 .map_err(|e| e.to_string())?,
         }
@@ -343,6 +350,7 @@ pub(crate) fn to_pb(p: ForwardedPublish) -> pb::ForwardedPublish {
         publisher_username: p.publisher_username.map(|u| u.to_string()),
         adopted_from: p.adopted_from.map(|n| n.0),
         publish_id: p.publish_id,
+        for_client: p.for_client.map(|c| c.as_str().to_owned()),
     }
 }
 
@@ -389,6 +397,7 @@ pub(crate) fn from_pb(p: pb::ForwardedPublish) -> Result<ForwardedPublish, Strin
             })
             .collect(),
         adopted_from: p.adopted_from.map(skein_seam::NodeId),
+        for_client: p.for_client.as_deref().map(ClientId::new),
     })
 }
 
@@ -471,6 +480,7 @@ mod tests {
                             .map(|(group, filter)| SharedTarget { group, filter })
                             .collect(),
                         adopted_from: to.then_some(skein_seam::NodeId(at)),
+                        for_client: publisher.as_deref().filter(|_| retain).map(ClientId::new),
                     }
                 },
             )
@@ -577,6 +587,7 @@ mod tests {
                 filter: "a/+".into(),
             }],
             adopted_from: Some(skein_seam::NodeId(3)),
+            for_client: Some(ClientId::new("sub")),
         };
         assert_eq!(from_pb(to_pb(publish.clone())), Ok(publish));
         let bare = ForwardedPublish {
@@ -627,6 +638,7 @@ mod tests {
             to_subscribers: true,
             shared: Vec::new(),
             adopted_from: None,
+            for_client: None,
         });
         p.qos = 3;
         assert_eq!(from_pb(p.clone()).unwrap_err(), "QoS 3");

@@ -84,6 +84,7 @@ fn forwarded(topic: &str, qos: u8) -> ForwardedPublish {
         to_subscribers: true,
         shared: Vec::new(),
         adopted_from: None,
+        for_client: None,
     }
 }
 
@@ -240,4 +241,39 @@ async fn below_the_storage_guard_what_needs_the_disk_is_refused_and_nothing_queu
     assert_eq!(health.check().unwrap(), Availability::Available);
     assert_eq!(b.deliver_forwarded(forwarded("t/2", 1)).await, Ok(1));
     assert_eq!(b.store.queue_load("off").unwrap().len(), 1);
+}
+
+/// A publish redirected from a node the session moved away from (`for_client`) reaches
+/// that session only, through its own subscriptions, and once: the same publish again,
+/// redirected or direct, is left out for it.
+#[tokio::test]
+async fn a_redirected_publish_reaches_its_session_only_and_once() {
+    let b = broker();
+    let (target, _) = subscriber(&b, "moved", "t/#", true);
+    let (other, _signal) = subscriber(&b, "other", "t/#", false);
+    let mut p = forwarded("t/1", 1);
+    p.publish_id = Some(42);
+    p.for_client = Some(ClientId::new("moved"));
+    assert_eq!(b.deliver_forwarded(p.clone()).await, Ok(1));
+    assert_eq!(target.state().queue.len(), 1);
+    assert!(other.state().queue.is_empty(), "for the one session only");
+    assert_eq!(
+        b.store.queue_load("moved").unwrap().len(),
+        1,
+        "stored first"
+    );
+    assert_eq!(b.deliver_forwarded(p.clone()).await, Ok(0));
+    let mut direct = p.clone();
+    direct.for_client = None;
+    b.deliver_forwarded(direct).await.unwrap();
+    assert_eq!(target.state().queue.len(), 1, "the direct copy is left out");
+    assert_eq!(other.state().queue.len(), 1);
+    // A filter the session does not have, and a session this node does not hold.
+    let mut elsewhere = forwarded("u/1", 1);
+    elsewhere.for_client = Some(ClientId::new("moved"));
+    assert_eq!(b.deliver_forwarded(elsewhere).await, Ok(0));
+    p.for_client = Some(ClientId::new("nobody"));
+    p.publish_id = Some(43);
+    assert_eq!(b.deliver_forwarded(p).await, Ok(0));
+    assert_eq!(target.state().queue.len(), 1);
 }

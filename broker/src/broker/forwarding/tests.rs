@@ -151,6 +151,7 @@ async fn a_forwarded_publish_reaches_only_the_local_sessions_the_sender_chose() 
         to_subscribers,
         shared,
         adopted_from: None,
+        for_client: None,
     };
     let matched = b
         .deliver_forwarded(forwarded(false, vec![target("g", "t")]))
