@@ -124,6 +124,14 @@ impl Broker {
             messages: 0,
             deadline: started + HANDOVER_WAIT,
             failure: None,
+            // What the client acknowledged here already (on this connection or an
+            // earlier one): a holder's copy of it would come a second time.
+            delivered: session
+                .state()
+                .delivered
+                .as_ref()
+                .map(|d| d.ids().into_iter().collect())
+                .unwrap_or_default(),
         };
         self.take_from(session, holder, holder_epoch, 0, &mut taken, MAX_CHAIN)
             .await;
@@ -247,6 +255,9 @@ impl Broker {
                 if !taken.live {
                     self.drop_delivered_there(session, &page.delivered, taken)?;
                 }
+                // Acknowledged on this holder: an earlier holder's copies of them (fetched
+                // next) are left out too, along the whole chain.
+                taken.delivered.extend(page.delivered.iter().copied());
                 // Older than this holder's: fetched first. One this node held is here.
                 if let Some((earlier, epoch)) =
                     page.earlier.filter(|(n, _)| *n != me && *n != holder)
@@ -628,11 +639,21 @@ impl Broker {
         let mut unqueued = Vec::new();
         let mut redeliver = Vec::new();
         let mut doubles = 0;
+        let mut acknowledged = 0;
         let mut next_seq = taken.next_seq;
         for handed in page.messages {
             let Some(delivery) = delivery_of(&session.client_id, &handed) else {
                 continue;
             };
+            // The client acknowledged it already, here or on a holder of the chain.
+            if delivery
+                .message
+                .publish_id
+                .is_some_and(|id| taken.delivered.contains(&id))
+            {
+                acknowledged += 1;
+                continue;
+            }
             let key = publish_key(&delivery.message);
             let resend = handed.packet_id.filter(|p| {
                 !taken.live
@@ -719,7 +740,14 @@ impl Broker {
         if let Some(a) = &st.attachment {
             a.kick.wake();
         }
-        let doubles = doubles + unqueued.len();
+        let doubles = doubles + unqueued.len() + acknowledged;
+        if acknowledged > 0 {
+            tracing::debug!(
+                client_id = id,
+                acknowledged,
+                "handed-over copies of messages the client acknowledged already left out"
+            );
+        }
         if doubles > 0 {
             crate::metrics::handover_messages("duplicate", doubles);
             tracing::debug!(
@@ -775,6 +803,10 @@ struct Taken {
     messages: usize,
     deadline: Instant,
     failure: Option<(NodeId, u64, Stop)>,
+    /// Publish ids the client acknowledged: on this node (its session's last ones) and
+    /// on each holder whose first page came (`SessionHandover.delivered`). A handed-over
+    /// copy of one is left out.
+    delivered: HashSet<u64>,
 }
 
 /// The delivery a handed-over message describes; None (logged) when no publish could
