@@ -57,6 +57,9 @@ pub struct Duplicates {
     pub without_dup: u64,
     /// Allowed redeliveries (DUP set, on a later connection): not violations.
     pub allowed: u64,
+    /// Every violation, counted by subscriber and the connections of the copy before and
+    /// of the copy (equal: a second copy on one connection): where to look in the logs.
+    pub by_connections: BTreeMap<(u32, u64, u64), u64>,
 }
 
 impl Duplicates {
@@ -173,7 +176,11 @@ impl Ledger {
                         d.without_dup += 1;
                     } else {
                         d.allowed += 1;
+                        continue;
                     }
+                    *d.by_connections
+                        .entry((s as u32, before.conn, after.conn))
+                        .or_default() += 1;
                 }
                 if d.violations() > before_violations {
                     d.subscribers.insert(s as u32);

@@ -105,22 +105,12 @@ impl Broker {
         holder_epoch: u64,
         first_seq: u64,
         live: bool,
-        offered: bool,
     ) -> usize {
         let client_id = &session.client_id;
         let started = Instant::now();
         let mut taken = Taken {
             live,
             next_seq: first_seq,
-            // Offered by a node that held the session while it lived here (this node
-            // adopted it when that node was marked down, say): what it holds may have
-            // reached this node by another way meanwhile (its forwards, redirected here),
-            // so everything here is compared, not only what arrived during the fetch.
-            arrivals_from: if offered {
-                0
-            } else {
-                first_seq.saturating_add(HANDOVER_SEQS)
-            },
             messages: 0,
             deadline: started + HANDOVER_WAIT,
             failure: None,
@@ -253,7 +243,7 @@ impl Broker {
             if after == 0 {
                 self.adopt_incoming(session, &page.incoming_qos2)?;
                 if !taken.live {
-                    self.drop_delivered_there(session, &page.delivered, taken)?;
+                    self.drop_delivered_there(session, &page.delivered)?;
                 }
                 // Acknowledged on this holder: an earlier holder's copies of them (fetched
                 // next) are left out too, along the whole chain.
@@ -328,16 +318,21 @@ impl Broker {
         self.replace_subscriptions(session, &registration.subscriptions);
         if let Some((previous, first_seq)) = handover {
             // Before the connection starts: it resends what is in flight.
-            self.take_session_over(
-                session,
-                previous.node,
-                previous.epoch,
-                first_seq,
-                false,
-                false,
-            )
-            .await;
+            self.take_session_over(session, previous.node, previous.epoch, first_seq, false)
+                .await;
         }
+    }
+
+    /// A connection attaches here to a session this node adopted from node `dead` (marked
+    /// down), which may still hold messages of it: a node that was only paused may even
+    /// have delivered some to its old connection before it learned of the mark, and
+    /// knows which ones the client acknowledged there. Fetched before the CONNACK, as at a
+    /// takeover (bounded alike: a node that is really down costs [`UNREACHABLE_WAIT`]);
+    /// the copies the client has are left out. The caller holds the lifecycle lock.
+    pub async fn fetch_from_dead_holder(&self, session: &Arc<Session>, dead: NodeId, epoch: u64) {
+        let first_seq = session.state().reserve_seqs(HANDOVER_SEQS);
+        self.take_session_over(session, dead, epoch, first_seq, false)
+            .await;
     }
 
     /// Before a CONNECT that resumes a session another node owns is registered: the
@@ -468,7 +463,7 @@ impl Broker {
         };
         tracing::info!(%client_id, %holder, live, "a node offers messages of a session owned here");
         Ok(self
-            .take_session_over(&session, holder, 0, first_seq, live, true)
+            .take_session_over(&session, holder, 0, first_seq, live)
             .await)
     }
 
@@ -566,14 +561,9 @@ impl Broker {
     }
 
     /// The client acknowledged the publishes `delivered` on the holder: the copies of them
-    /// that reached this node directly while the client moved (queued from the sequence
-    /// that starts the arrivals on, not sent yet: the connection has not started) go.
-    fn drop_delivered_there(
-        &self,
-        session: &Session,
-        delivered: &[u64],
-        taken: &Taken,
-    ) -> Result<(), Stop> {
+    /// queued here (they reached this node directly while the client moved, or were
+    /// queued here before; not sent yet: the connection has not started) go.
+    fn drop_delivered_there(&self, session: &Session, delivered: &[u64]) -> Result<(), Stop> {
         if delivered.is_empty() {
             return Ok(());
         }
@@ -583,7 +573,6 @@ impl Broker {
         let gone: Vec<u64> = st
             .queue
             .iter()
-            .filter(|q| q.seq >= taken.arrivals_from)
             .filter(|q| {
                 q.delivery
                     .message
@@ -632,7 +621,7 @@ impl Broker {
         let id = session.client_id.as_str();
         let mut st = session.state();
         let persistent = st.is_persistent();
-        let direct = Direct::of(&st, taken.arrivals_from);
+        let direct = Direct::of(&st);
         let mut write = PageWrite::default();
         let mut inflight = Vec::new();
         let mut queued = Vec::new();
@@ -760,29 +749,30 @@ impl Broker {
     }
 }
 
-/// What reached a session being taken over directly (not with the hand-over), by
-/// [`publish_key`]: every arrival the session noted, plus what is queued or in flight
-/// from the sequence `arrivals_from` on; and of those, the ones still queued (their
-/// sequences), which a handed-over in-flight copy may replace.
+/// What the session here has already, by [`publish_key`]: every arrival it noted while
+/// a holder could still hand copies over, plus everything queued or in flight (what
+/// reached it directly during the hand-over, and what it kept from an earlier stay here:
+/// a copy of the same publish is a duplicate either way); and of those, the ones still
+/// queued (their sequences), which a handed-over in-flight copy may replace.
 struct Direct {
     seen: HashSet<u64>,
     queued: HashMap<u64, u64>,
 }
 
 impl Direct {
-    fn of(st: &SessionState, arrivals_from: u64) -> Direct {
+    fn of(st: &SessionState) -> Direct {
         let mut seen: HashSet<u64> = st
             .arrivals
             .as_ref()
             .map(|a| a.keys().collect())
             .unwrap_or_default();
         let mut queued = HashMap::default();
-        for q in st.queue.iter().filter(|q| q.seq >= arrivals_from) {
+        for q in st.queue.iter() {
             let key = publish_key(&q.delivery.message);
             seen.insert(key);
             queued.insert(key, q.seq);
         }
-        for f in st.inflight.iter().filter(|f| f.seq >= arrivals_from) {
+        for f in st.inflight.iter() {
             seen.insert(publish_key(&f.delivery.message));
         }
         Direct { seen, queued }
@@ -797,9 +787,6 @@ struct Taken {
     /// the redelivery) and a released QoS 2 message, whose PUBCOMP it cannot await, ends.
     live: bool,
     next_seq: u64,
-    /// The first sequence after those set aside: what the session got since then arrived
-    /// during the hand-over (0 for an offer: everything the session holds counts).
-    arrivals_from: u64,
     messages: usize,
     deadline: Instant,
     failure: Option<(NodeId, u64, Stop)>,

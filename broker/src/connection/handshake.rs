@@ -480,8 +480,14 @@ async fn attach(
             st.cancel_timers();
             st.will_due_ms = OptionalMs::NONE;
             let rebuild = session_present && (held_elsewhere || !st.is_persistent());
-            (st.attachment.take(), st.will.take(), rebuild)
+            // Adopted here from a node marked down that may still hold part of it.
+            let adopted = st.adopted_from;
+            let from_dead = st
+                .pending_from
+                .filter(|(node, _)| session_present && !rebuild && adopted == Some(*node));
+            (st.attachment.take(), st.will.take(), (rebuild, from_dead))
         };
+        let (rebuild, from_dead) = rebuild;
         let present = session_present;
         if let Some(old) = old_attachment {
             tracing::info!(
@@ -539,6 +545,8 @@ async fn attach(
                 if rebuild {
                     // Boxed: the hand-over's state inline would grow every handshake.
                     Box::pin(broker.resume_here(&session, &registration, reserved_seqs)).await;
+                } else if let Some((dead, epoch)) = from_dead {
+                    Box::pin(broker.fetch_from_dead_holder(&session, dead, epoch)).await;
                 }
             }
             owner => {
