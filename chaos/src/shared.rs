@@ -71,6 +71,13 @@ impl Shared {
     }
 
     /// Counts a failed connection attempt by the kind of its error.
+    /// Whether a failed connection attempt never reached a server (TCP refused: the
+    /// node is down), so its CONNECT superseded nothing.
+    pub fn never_sent(error: &anyhow::Error) -> bool {
+        let text = format!("{error:#}");
+        text.contains("Connection refused") && !text.starts_with("Connection refused, return code")
+    }
+
     pub fn connect_failed(&self, error: &anyhow::Error) {
         let text = format!("{error:#}");
         let kind = if text.starts_with("no CONNACK") || text.contains("Timeout") {
