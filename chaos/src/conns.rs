@@ -85,8 +85,8 @@ impl Conns {
         marked
     }
 
-    /// The CONNECT that marked `marked` never reached a server (its TCP connection was
-    /// refused: the node was down): nothing can have superseded them.
+    /// The CONNECT that marked `marked` failed without being known to have superseded
+    /// them (see `Shared::superseded_nothing`).
     pub fn not_sent(&mut self, marked: &[u64]) {
         for number in marked {
             if let Some((_, conn)) = self.all.get_mut(number) {

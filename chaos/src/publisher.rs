@@ -69,7 +69,7 @@ pub async fn run(
                     current = Some((est, conn));
                 }
                 Err(e) => {
-                    if Shared::never_sent(&e) {
+                    if Shared::superseded_nothing(&e) {
                         shared.conns().not_sent(&superseding);
                     }
                     shared.connect_failed(&e);

@@ -133,7 +133,7 @@ async fn open(
     let mut est = match mqtt::connect(topology.mqtt[node], &session).await {
         Ok(est) => est,
         Err(e) => {
-            if Shared::never_sent(&e) {
+            if Shared::superseded_nothing(&e) {
                 shared.conns().not_sent(&superseding);
             }
             shared.connect_failed(&e);
