@@ -122,6 +122,7 @@ impl Broker {
                 .as_ref()
                 .map(|d| d.ids().into_iter().collect())
                 .unwrap_or_default(),
+            visited: Vec::new(),
         };
         self.take_from(session, holder, holder_epoch, 0, &mut taken, MAX_CHAIN)
             .await;
@@ -246,11 +247,26 @@ impl Broker {
                     self.drop_delivered_there(session, &page.delivered)?;
                 }
                 // Acknowledged on this holder: an earlier holder's copies of them (fetched
-                // next) are left out too, along the whole chain.
+                // next) are left out too, along the whole chain; and the session keeps
+                // them for the node that takes it from here (the holders it names may
+                // still offer copies of them later).
                 taken.delivered.extend(page.delivered.iter().copied());
-                // Older than this holder's: fetched first. One this node held is here.
-                if let Some((earlier, epoch)) =
-                    page.earlier.filter(|(n, _)| *n != me && *n != holder)
+                if !page.delivered.is_empty() {
+                    let mut st = session.state();
+                    if st.is_persistent() {
+                        let kept = st.delivered.get_or_insert_with(Box::default);
+                        for id in &page.delivered {
+                            kept.note(*id);
+                        }
+                    }
+                }
+                taken.visited.push(holder);
+                // Older than this holder's: fetched first. One this node held is here, and
+                // one this hand-over fetched from already is not asked again (two holders
+                // can name each other after a node was marked down and came back).
+                if let Some((earlier, epoch)) = page
+                    .earlier
+                    .filter(|(n, _)| *n != me && *n != holder && !taken.visited.contains(n))
                 {
                     if depth == 0 {
                         taken.failure.get_or_insert((
@@ -794,6 +810,8 @@ struct Taken {
     /// on each holder whose first page came (`SessionHandover.delivered`). A handed-over
     /// copy of one is left out.
     delivered: HashSet<u64>,
+    /// The holders whose first page came, in order.
+    visited: Vec<NodeId>,
 }
 
 /// The delivery a handed-over message describes; None (logged) when no publish could
