@@ -339,14 +339,38 @@ impl Broker {
         }
     }
 
-    /// A connection attaches here to a session this node adopted from node `dead` (marked
-    /// down), which may still hold messages of it: a node that was only paused may even
+    /// A CONNECT here attached to a resumed session: `rebuild` (it was held elsewhere, or
+    /// lost here), see [`Broker::resume_here`]; else see [`Broker::fetch_from_dead_holder`].
+    pub async fn resume_attached(
+        &self,
+        session: &Arc<Session>,
+        registration: &skein_seam::Registration,
+        reserved: Option<u64>,
+        rebuild: bool,
+    ) {
+        if rebuild {
+            self.resume_here(session, registration, reserved).await;
+        } else {
+            self.fetch_from_dead_holder(session).await;
+        }
+    }
+
+    /// A connection attaches here to a session this node adopted from a node marked down
+    /// (its `pending_from` still names that node), which may still hold messages of it: a node that was only paused may even
     /// have delivered some to its old connection before it learned of the mark, and
     /// knows which ones the client acknowledged there. Fetched before the CONNACK, as at a
     /// takeover (bounded alike: a node that is really down costs [`UNREACHABLE_WAIT`]);
-    /// the copies the client has are left out. The caller holds the lifecycle lock.
-    pub async fn fetch_from_dead_holder(&self, session: &Arc<Session>, dead: NodeId, epoch: u64) {
-        let first_seq = session.state().reserve_seqs(HANDOVER_SEQS);
+    /// the copies the client has are left out. Nothing when the session was not adopted,
+    /// or that node handed everything over already. The caller holds the lifecycle lock.
+    pub async fn fetch_from_dead_holder(&self, session: &Arc<Session>) {
+        let (dead, epoch, first_seq) = {
+            let mut st = session.state();
+            let adopted = st.adopted_from;
+            let Some((dead, epoch)) = st.pending_from.filter(|(n, _)| adopted == Some(*n)) else {
+                return;
+            };
+            (dead, epoch, st.reserve_seqs(HANDOVER_SEQS))
+        };
         self.take_session_over(session, dead, epoch, first_seq, false)
             .await;
     }

@@ -480,14 +480,8 @@ async fn attach(
             st.cancel_timers();
             st.will_due_ms = OptionalMs::NONE;
             let rebuild = session_present && (held_elsewhere || !st.is_persistent());
-            // Adopted here from a node marked down that may still hold part of it.
-            let adopted = st.adopted_from;
-            let from_dead = st
-                .pending_from
-                .filter(|(node, _)| session_present && !rebuild && adopted == Some(*node));
-            (st.attachment.take(), st.will.take(), (rebuild, from_dead))
+            (st.attachment.take(), st.will.take(), rebuild)
         };
-        let (rebuild, from_dead) = rebuild;
         let present = session_present;
         if let Some(old) = old_attachment {
             tracing::info!(
@@ -542,11 +536,15 @@ async fn attach(
         // connection attached.
         match broker.cluster.locate_client(&client_id) {
             Some(owner) if owner.node == me && owner.epoch == registration.epoch => {
-                if rebuild {
+                if rebuild || session_present {
                     // Boxed: the hand-over's state inline would grow every handshake.
-                    Box::pin(broker.resume_here(&session, &registration, reserved_seqs)).await;
-                } else if let Some((dead, epoch)) = from_dead {
-                    Box::pin(broker.fetch_from_dead_holder(&session, dead, epoch)).await;
+                    Box::pin(broker.resume_attached(
+                        &session,
+                        &registration,
+                        reserved_seqs,
+                        rebuild,
+                    ))
+                    .await;
                 }
             }
             owner => {
