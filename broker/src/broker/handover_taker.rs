@@ -340,7 +340,7 @@ impl Broker {
     }
 
     /// A CONNECT here attached to a resumed session: `rebuild` (it was held elsewhere, or
-    /// lost here), see [`Broker::resume_here`]; else see [`Broker::fetch_from_dead_holder`].
+    /// lost here), see [`Broker::resume_here`]; else see [`Broker::fetch_pending`].
     pub async fn resume_attached(
         &self,
         session: &Arc<Session>,
@@ -351,22 +351,23 @@ impl Broker {
         if rebuild {
             self.resume_here(session, registration, reserved).await;
         } else {
-            self.fetch_from_dead_holder(session).await;
+            self.fetch_pending(session).await;
         }
     }
 
-    /// A connection attaches here to a session this node adopted from a node marked down
-    /// (its `pending_from` still names that node), which may still hold messages of it: a node that was only paused may even
-    /// have delivered some to its old connection before it learned of the mark, and
-    /// knows which ones the client acknowledged there. Fetched before the CONNACK, as at a
-    /// takeover (bounded alike: a node that is really down costs [`UNREACHABLE_WAIT`]);
-    /// the copies the client has are left out. Nothing when the session was not adopted,
-    /// or that node handed everything over already. The caller holds the lifecycle lock.
-    pub async fn fetch_from_dead_holder(&self, session: &Arc<Session>) {
+    /// A connection attaches here to a session whose older messages may still be on
+    /// another node (`pending_from`): the node it was adopted from when that node was
+    /// marked down (a node that was only paused may even have delivered some to its old
+    /// connection before it learned of the mark, and knows which ones the client
+    /// acknowledged there), or a holder an earlier hand-over could not reach. Fetched
+    /// before the CONNACK, as at a takeover (bounded alike: a node that is really down
+    /// costs [`UNREACHABLE_WAIT`]); the copies the client has are left out. Nothing when
+    /// no node is pending. The caller holds the lifecycle lock.
+    pub async fn fetch_pending(&self, session: &Arc<Session>) {
         let (dead, epoch, first_seq) = {
             let mut st = session.state();
-            let adopted = st.adopted_from;
-            let Some((dead, epoch)) = st.pending_from.filter(|(n, _)| adopted == Some(*n)) else {
+            let me = self.cluster.node_id();
+            let Some((dead, epoch)) = st.pending_from.filter(|(n, _)| *n != me) else {
                 return;
             };
             (dead, epoch, st.reserve_seqs(HANDOVER_SEQS))
