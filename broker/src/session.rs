@@ -21,7 +21,7 @@ use skein_seam::ClientId;
 
 mod arrivals;
 mod signal;
-pub use arrivals::{publish_key, Arrivals, Delivered};
+pub use arrivals::{publish_key, Arrivals, Delivered, GRACE_MS as ARRIVALS_GRACE_MS};
 pub use signal::{HeldWakes, Kick, KickSignal, Unpark, Unparker};
 
 /// A message on its way to one subscriber.
@@ -187,6 +187,9 @@ pub enum EnqueueOutcome {
     QueuedOffline,
     /// Not queued: the session moved to another node, which gets the message itself.
     Moved,
+    /// Not queued: the session has this publish already (it came with a hand-over, or
+    /// reached it another way; see `session/arrivals.rs`).
+    Duplicate,
     Dropped(DropReason),
 }
 
@@ -581,6 +584,18 @@ impl Session {
         }
         if st.moved {
             return EnqueueOutcome::Moved;
+        }
+        if st.arrivals.as_ref().is_some_and(|a| a.expired(now_ms)) {
+            st.arrivals = None;
+        }
+        // A retained message sent for a SUBSCRIBE is due whatever came before.
+        let noted = !delivery.retain
+            && st
+                .arrivals
+                .as_ref()
+                .is_some_and(|a| a.contains(publish_key(&delivery.message)));
+        if noted {
+            return EnqueueOutcome::Duplicate;
         }
         let online = st.is_online();
         if !online && delivery.qos == QoS::AtMostOnce {

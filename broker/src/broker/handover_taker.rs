@@ -32,7 +32,7 @@ use crate::codec::QoS;
 use crate::hash::HashMap;
 use crate::session::{
     publish_key, to_stored_delivery, Delivery, Inflight, InflightState, Queued, Session,
-    SessionState,
+    SessionState, ARRIVALS_GRACE_MS,
 };
 
 type HashSet<T> = std::collections::HashSet<T, crate::hash::RandomState>;
@@ -136,10 +136,13 @@ impl Broker {
                 }
                 None => {}
             }
-            // Every holder handed over (sealed, they take no more): no copy can come
-            // later, so what arrived directly need not be remembered any longer.
+            // Every holder handed over (sealed, they take no more): only forwards held
+            // back for this node a while can still bring a copy (see
+            // `session/arrivals.rs`).
             if failure.is_none() && st.pending_from.is_none() {
-                st.arrivals = None;
+                if let Some(a) = st.arrivals.as_mut() {
+                    a.keep_until(crate::message::now_ms() + ARRIVALS_GRACE_MS);
+                }
             }
         }
         match failure {
@@ -755,6 +758,18 @@ impl Broker {
         let n = inflight.len() + queued.len();
         if !unqueued.is_empty() {
             st.queue.retain(|q| !unqueued.contains(&q.seq));
+        }
+        // What the hand-over brought is noted too: a direct copy coming later is not
+        // queued again.
+        if let Some(a) = st.arrivals.as_mut() {
+            for key in inflight
+                .iter()
+                .map(|f| &f.delivery)
+                .chain(queued.iter().map(|q| &q.delivery))
+                .map(|d| publish_key(&d.message))
+            {
+                a.note_key(key);
+            }
         }
         for f in inflight {
             st.push_inflight(f);
