@@ -22,7 +22,7 @@ use skein_seam::ClientId;
 mod arrivals;
 mod redirected;
 mod signal;
-pub use arrivals::{publish_key, Arrivals, Delivered};
+pub use arrivals::{publish_key, Arrivals, Delivered, GRACE_MS as ARRIVALS_GRACE_MS};
 pub use redirected::Redirected;
 pub use signal::{HeldWakes, Kick, KickSignal, Unpark, Unparker};
 
@@ -195,6 +195,9 @@ pub enum EnqueueOutcome {
     /// Not queued: the same publish reached the session already, redirected from a node
     /// it moved away from.
     Redirected,
+    /// Not queued: the session has this publish already (it came with a hand-over, or
+    /// reached it another way; see `session/arrivals.rs`).
+    Duplicate,
     Dropped(DropReason),
 }
 
@@ -597,6 +600,18 @@ impl Session {
             .is_some_and(|r| r.contains(publish_key(&delivery.message)))
         {
             return EnqueueOutcome::Redirected;
+        }
+        if st.arrivals.as_ref().is_some_and(|a| a.expired(now_ms)) {
+            st.arrivals = None;
+        }
+        // A retained message sent for a SUBSCRIBE is due whatever came before.
+        let noted = !delivery.retain
+            && st
+                .arrivals
+                .as_ref()
+                .is_some_and(|a| a.contains(publish_key(&delivery.message)));
+        if noted {
+            return EnqueueOutcome::Duplicate;
         }
         let online = st.is_online();
         if !online && delivery.qos == QoS::AtMostOnce {

@@ -73,11 +73,24 @@ impl Conns {
     }
 
     /// A CONNECT for `client` is about to be sent: every connection of it still open is
-    /// superseded.
-    pub fn connecting(&mut self, client: &str) {
-        for (id, conn) in self.all.values_mut() {
-            if id == client && conn.closed.is_none() {
+    /// superseded. Returns the connections this marked, for [`Conns::not_sent`].
+    pub fn connecting(&mut self, client: &str) -> Vec<u64> {
+        let mut marked = Vec::new();
+        for (number, (id, conn)) in self.all.iter_mut() {
+            if id == client && conn.closed.is_none() && !conn.superseded {
                 conn.superseded = true;
+                marked.push(*number);
+            }
+        }
+        marked
+    }
+
+    /// The CONNECT that marked `marked` failed without being known to have superseded
+    /// them (see `Shared::superseded_nothing`).
+    pub fn not_sent(&mut self, marked: &[u64]) {
+        for number in marked {
+            if let Some((_, conn)) = self.all.get_mut(number) {
+                conn.superseded = false;
             }
         }
     }
@@ -320,7 +333,7 @@ mod tests {
         let mut c = Conns::new(Instant::now());
         // A moves to B while open: A superseded, kicked with 0x8E by the same node process.
         let a = c.opened("x", 0, 0);
-        c.connecting("x");
+        assert_eq!(c.connecting("x"), [a]);
         let b = c.opened("x", 1, 0);
         set(&mut c, a, 0.0, None, Some(2.0));
         // B kicked with 0x8E with no CONNECT after it: an older CONNECT read late.
@@ -328,6 +341,11 @@ mod tests {
         // C superseded, but its node was killed before it ended: uncertain.
         let d = c.opened("y", 0, 0);
         c.connecting("y");
+        // A CONNECT whose TCP connection was refused supersedes nothing.
+        let refused = c.opened("w", 0, 0);
+        let marked = c.connecting("w");
+        c.not_sent(&marked);
+        assert!(!c.all[&refused].1.superseded);
         c.all.get_mut(&d).unwrap().1.closed = Some(Close {
             at: 4.0,
             by_us: false,

@@ -57,6 +57,9 @@ pub struct Duplicates {
     pub without_dup: u64,
     /// Allowed redeliveries (DUP set, on a later connection): not violations.
     pub allowed: u64,
+    /// Every violation, counted by subscriber and the connections of the copy before and
+    /// of the copy (equal: a second copy on one connection): where to look in the logs.
+    pub by_connections: BTreeMap<(u32, u64, u64), u64>,
 }
 
 impl Duplicates {
@@ -160,10 +163,18 @@ impl Ledger {
     /// Every copy after the first is allowed only when it carries DUP and came on a later
     /// connection than the copy before it: QoS 1 lets the broker resend a message whose
     /// PUBACK it may not have had, once per new connection of the session, flagged DUP.
+    /// Copies are taken in connection order (in arrival order within one connection): a
+    /// message in flight on a connection that is taken over is resent with DUP on the new
+    /// one, and the harness's reader of the old connection may note its copy after the
+    /// new one's. An old connection that is sent a message after its successor got it is
+    /// the double_owners check's.
     pub fn duplicates(&self) -> Duplicates {
         let mut d = Duplicates::default();
         for (s, got) in self.received.iter().enumerate() {
             for (id, copies) in got {
+                let mut copies = copies.clone();
+                copies.sort_by_key(|c| c.conn);
+                let copies = &copies;
                 let before_violations = d.violations();
                 for pair in copies.windows(2) {
                     let (before, after) = (pair[0], pair[1]);
@@ -173,7 +184,11 @@ impl Ledger {
                         d.without_dup += 1;
                     } else {
                         d.allowed += 1;
+                        continue;
                     }
+                    *d.by_connections
+                        .entry((s as u32, before.conn, after.conn))
+                        .or_default() += 1;
                 }
                 if d.violations() > before_violations {
                     d.subscribers.insert(s as u32);
@@ -230,8 +245,11 @@ mod tests {
         l.received(0, 2, b"p0:1", true); // same connection
         l.received(0, 3, b"p0:1", false); // new connection, not DUP
         l.received(0, 3, b"junk", false);
+        // Noted by the old connection's reader after the new one's DUP copy: in order.
+        l.received(0, 5, b"p0:2", true);
+        l.received(0, 4, b"p0:2", false);
         let d = l.duplicates();
-        assert_eq!((d.same_connection, d.without_dup, d.allowed), (1, 1, 1));
+        assert_eq!((d.same_connection, d.without_dup, d.allowed), (1, 1, 2));
         assert_eq!(d.examples.len(), 1, "{:?}", d.examples);
         assert_eq!(d.violations(), 2);
         assert_eq!(l.malformed, 1);

@@ -61,7 +61,7 @@ pub async fn run(
                 expiry: None,
                 credentials: None,
             };
-            shared.conns().connecting(&id);
+            let superseding = shared.conns().connecting(&id);
             let incarnation = shared.topology.incarnation(node);
             match mqtt::connect(shared.topology.mqtt[node], &session).await {
                 Ok(est) => {
@@ -69,6 +69,9 @@ pub async fn run(
                     current = Some((est, conn));
                 }
                 Err(e) => {
+                    if Shared::superseded_nothing(&e) {
+                        shared.conns().not_sent(&superseding);
+                    }
                     shared.connect_failed(&e);
                     tokio::time::sleep(RETRY).await;
                     continue;

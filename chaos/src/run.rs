@@ -327,6 +327,17 @@ pub async fn run(
             "duplicates beyond QoS 1 rules, examples:\n  {}",
             duplicates.examples.join("\n  ")
         ));
+        let counts: Vec<String> = duplicates
+            .by_connections
+            .iter()
+            .map(|((s, before, after), n)| {
+                format!("subscriber {s}: {n} after a copy on conn {before}, on conn {after}")
+            })
+            .collect();
+        findings.note(format!(
+            "duplicates by subscriber and connections:\n  {}",
+            counts.join("\n  ")
+        ));
     }
     let troubled: BTreeSet<u32> = loss
         .by_subscriber

@@ -70,6 +70,19 @@ impl Shared {
         self.started.elapsed().as_secs_f64()
     }
 
+    /// Whether a failed connection attempt is not known to have superseded anything: its
+    /// TCP connection was refused (the node is down: the CONNECT never reached a server),
+    /// or no CONNACK came in time (the harness closed the socket; a stopped node reads the
+    /// CONNECT late, if at all, and abandons it when it finds the socket closed). Such a
+    /// CONNECT that a node did register late kicks the older connection with 0x8E, which
+    /// counts as a takeover the harness caused all the same (`Takeovers::unexpected`).
+    pub fn superseded_nothing(error: &anyhow::Error) -> bool {
+        let text = format!("{error:#}");
+        let refused = text.contains("Connection refused")
+            && !text.starts_with("Connection refused, return code");
+        refused || text.starts_with("no CONNACK") || text.contains("Timeout")
+    }
+
     /// Counts a failed connection attempt by the kind of its error.
     pub fn connect_failed(&self, error: &anyhow::Error) {
         let text = format!("{error:#}");

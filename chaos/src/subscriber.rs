@@ -122,7 +122,7 @@ async fn open(
     first: bool,
 ) -> Result<Live> {
     let topology = &shared.topology;
-    shared.conns().connecting(id);
+    let superseding = shared.conns().connecting(id);
     let incarnation = topology.incarnation(node);
     let session = Session {
         client_id: id.to_owned(),
@@ -133,6 +133,9 @@ async fn open(
     let mut est = match mqtt::connect(topology.mqtt[node], &session).await {
         Ok(est) => est,
         Err(e) => {
+            if Shared::superseded_nothing(&e) {
+                shared.conns().not_sent(&superseding);
+            }
             shared.connect_failed(&e);
             return Err(e);
         }

@@ -47,15 +47,12 @@ fn a_healthy_cluster_holds_every_invariant() {
     assert_eq!(json["registries_equal"], true);
 }
 
-/// The CI short form of issue 14: three fault rounds.
-///
-/// Still ignored with node-down adoption: seed 1 loses the few messages acknowledged right
-/// after a SIGKILLed node's restart (that node accepts retried forwards as new for sessions
-/// that moved meanwhile), and shows duplicates on a live connection from the periodic offer
-/// of a session's pieces left along a takeover chain. See chaos/README.md, "Latest
-/// results". Run it with `cargo test -p skein-chaos --test short -- --ignored`.
+/// The CI short form of issue 14: three fault rounds (SIGSTOPs of a follower, then of the
+/// leader twice, each long enough for a mark down, a subscriber's CONNECT waiting on the
+/// first stopped node; client moves and takeovers), every invariant holding. Seed 1's
+/// fourth round (a SIGKILL and restart) still loses messages (see chaos/README.md,
+/// "Latest results"): not part of it.
 #[test]
-#[ignore = "fails `lost` (forwards accepted twice by a restarted node) and `duplicates` (offers of a session left along a takeover chain) with node-down adoption; see chaos/README.md"]
 fn three_fault_rounds_hold_every_invariant() {
     let (out, json) = chaos(&["--rounds", "3", "--seed", "1"]);
     assert_ok(&out, &json);

@@ -70,19 +70,22 @@ pub(crate) async fn run(shared: Arc<Shared>, proposer: Proposer, shutdown: Cance
                 now
             }
         };
-        for (node, verdict, alive) in verdicts(&shared, since.elapsed(), after) {
+        for (node, verdict, alive, silent) in verdicts(&shared, since.elapsed(), after) {
             let command = match verdict {
                 Verdict::Down => {
                     tracing::warn!(
                         node,
                         after_ms = after.as_millis() as u64,
+                        silent_ms = silent.as_millis() as u64,
                         adopters = ?alive,
                         "no contact with a member for node_down_after_ms: marking it down"
                     );
+                    let now = unix_millis();
                     Command::NodeDown(pb::NodeDown {
                         node_id: node,
-                        stamped_at_ms: unix_millis(),
+                        stamped_at_ms: now,
                         adopters: alive,
+                        registered_after_ms: registered_after(now, silent, after),
                     })
                 }
                 Verdict::Up => {
@@ -106,13 +109,29 @@ pub(crate) async fn run(shared: Arc<Shared>, proposer: Proposer, shutdown: Cance
     }
 }
 
+/// A `NodeDown`'s `registered_after_ms` (see `registry/node_down.rs`): the clients the node
+/// registered after this (its clock) stay its own. When this node last heard from it
+/// (`silent` before `now_ms`), plus half the detection time: a registration the node
+/// proposed just before its last answer here, or stamped by a clock running a little
+/// ahead, is still taken; one made after a pause of at least the detection time (the
+/// node resumed and read a waiting CONNECT) is not.
+fn registered_after(now_ms: u64, silent: Duration, after: Duration) -> u64 {
+    let silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX);
+    let margin_ms = u64::try_from((after / 2).as_millis()).unwrap_or(u64::MAX);
+    now_ms
+        .saturating_sub(silent_ms)
+        .saturating_add(margin_ms)
+        .max(1)
+}
+
 /// The members to mark down or up now, each with the members alive (sorted, this node
-/// included): the adopters a `NodeDown` names. `leading_for`: how long this node leads.
+/// included): the adopters a `NodeDown` names; and how long it has been silent.
+/// `leading_for`: how long this node leads.
 fn verdicts(
     shared: &Shared,
     leading_for: Duration,
     after: Duration,
-) -> Vec<(NodeId, Verdict, Vec<NodeId>)> {
+) -> Vec<(NodeId, Verdict, Vec<NodeId>, Duration)> {
     let members: Vec<NodeId> = shared.membership().nodes().map(|(id, _)| *id).collect();
     let silent_for = |node: NodeId| {
         shared
@@ -140,11 +159,32 @@ fn verdicts(
         let silent = silent_for(node);
         let marked = down.contains(&node);
         if !marked && silent > after {
-            out.push((node, Verdict::Down, alive.clone()));
+            out.push((node, Verdict::Down, alive.clone(), silent));
         } else if marked && silent <= after / 2 {
             // Heard from well within the detection time: back, not flapping at its edge.
-            out.push((node, Verdict::Up, Vec::new()));
+            out.push((node, Verdict::Up, Vec::new(), silent));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_after_the_last_contact_and_half_the_detection_time_stay() {
+        let after = Duration::from_millis(3000);
+        // Last heard from 3.2 s before the mark at 10 000 ms: 6 800 + 1 500.
+        assert_eq!(
+            registered_after(10_000, Duration::from_millis(3200), after),
+            8_300
+        );
+        // Never 0 (that would mean "take every client"), whatever the clocks say.
+        assert_eq!(registered_after(100, Duration::from_secs(60), after), 1_500);
+        assert_eq!(
+            registered_after(0, Duration::from_secs(60), Duration::ZERO),
+            1
+        );
+    }
 }

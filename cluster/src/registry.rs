@@ -10,7 +10,9 @@
 //! - register: the id now belongs to (node, epoch), whoever held it. Without clean start the
 //!   session's subscriptions carry over (moving to the new node); with it, or when the
 //!   replaced session's expiry was 0 (it ended with its connection), they are dropped.
-//!   Registering the owner again (a retried proposal) changes nothing.
+//!   Registering the owner again (a retried proposal) changes nothing. A registration
+//!   whose deadline (`commit_by_ms`) the log has passed is rejected (`TOO_LATE`): its node
+//!   refused the CONNECT by then (see [`Registry::clock_ms`]).
 //! - unregister, subscribe, unsubscribe: only for the current owner (node, epoch); a late
 //!   command of a connection that was taken over is rejected with `NOT_OWNER`.
 //! - a session ends on an unregister that says so, or at once when its expiry is 0.
@@ -86,6 +88,8 @@ pub struct Registry {
     wills: BTreeMap<ArcStr, pb::RegisteredWill>,
     /// Device certificates by serial number (see `certificates.rs`).
     certificates: BTreeMap<String, pb::CertificateRecord>,
+    /// The log's clock: the largest proposer stamp applied (see [`Registry::clock_ms`]).
+    clock_ms: u64,
 }
 
 impl Registry {
@@ -121,6 +125,18 @@ impl Registry {
         &self.down_nodes
     }
 
+    /// The largest proposer stamp (`stamped_at_ms` of a registration, an unregistration or
+    /// a node-down mark) applied so far (rejected commands do not count): the log has certainly reached that time on its
+    /// proposer's clock. A registration committed after the log passed its
+    /// `commit_by_ms` was given up by its node (the CONNECT refused, its client maybe
+    /// connected again elsewhere), whether or not a newer connection of the id committed
+    /// first: it must not take anything over. Read from the log only, so every member
+    /// judges alike; clocks differing between nodes only make a registration near its
+    /// deadline refused (the client connects again), never a given-up one accepted.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
     /// Every filter with subscribers, and how many each node has.
     pub fn interest(&self) -> &BTreeMap<Arc<str>, BTreeMap<NodeId, u32>> {
         &self.interest
@@ -151,6 +167,11 @@ impl Registry {
             Some(Command::SetCertificateStatus(c)) => self.set_certificate_status(c, changes),
             None => Err(invalid("no command (written by a newer Skein?)")),
         };
+        // After the command (a registration is judged by the clock before it), and only
+        // when it applied: a rejected command changes nothing.
+        if result.is_ok() {
+            self.clock_ms = self.clock_ms.max(stamp_of(command));
+        }
         let result = result.unwrap_or_else(pb::command_result::Result::Rejected);
         pb::CommandResult {
             result: Some(result),
@@ -183,6 +204,22 @@ impl Registry {
                 let newer_at = existing.connected_at_ms;
                 self.clients.insert(key, existing);
                 return Err(too_late(&c.client_id, c.commit_by_ms, newer_at));
+            }
+            // The log has passed its deadline: its node refused the CONNECT by now.
+            Some((key, existing)) if c.commit_by_ms != 0 && self.clock_ms > c.commit_by_ms => {
+                self.clients.insert(key, existing);
+                return Err(too_late_for_log(
+                    &c.client_id,
+                    c.commit_by_ms,
+                    self.clock_ms,
+                ));
+            }
+            None if c.commit_by_ms != 0 && self.clock_ms > c.commit_by_ms => {
+                return Err(too_late_for_log(
+                    &c.client_id,
+                    c.commit_by_ms,
+                    self.clock_ms,
+                ));
             }
             // The new connection's string when it is here, so the old one's can go.
             Some((key, existing)) => (ids.get(&c.client_id).unwrap_or(key), Some(existing)),
@@ -454,6 +491,26 @@ fn too_late(client_id: &str, commit_by_ms: u64, newer_at_ms: u64) -> pb::Rejecte
         detail: format!(
             "the registration of client id {client_id:?} was due by {commit_by_ms} ms; a newer connection registered at {newer_at_ms} ms"
         ),
+    }
+}
+
+fn too_late_for_log(client_id: &str, commit_by_ms: u64, clock_ms: u64) -> pb::Rejected {
+    pb::Rejected {
+        reason: pb::RejectReason::TooLate as i32,
+        detail: format!(
+            "the registration of client id {client_id:?} was due by {commit_by_ms} ms; the log had reached {clock_ms} ms"
+        ),
+    }
+}
+
+/// The proposer's stamp a command carries (0: none).
+fn stamp_of(command: &pb::Command) -> u64 {
+    use pb::command::Command;
+    match &command.command {
+        Some(Command::Register(c)) => c.stamped_at_ms,
+        Some(Command::Unregister(c)) => c.stamped_at_ms,
+        Some(Command::NodeDown(c)) => c.stamped_at_ms,
+        _ => 0,
     }
 }
 

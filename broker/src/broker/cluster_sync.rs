@@ -131,6 +131,10 @@ impl Broker {
                 return 0;
             }
             st.moved = true;
+            // What reached it here no longer tells what the session has: it is handed
+            // over, and a later takeover back here would take the notes for copies it
+            // holds (see `session/arrivals.rs`).
+            st.arrivals = None;
             // The expiry and will timers armed here check the generation.
             st.generation = st.generation.wrapping_add(1);
             st.cancel_timers();

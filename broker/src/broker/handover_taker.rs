@@ -21,19 +21,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use skein_seam::{
-    BoxFuture, BrokerHandleError, ClientId, ClusterError, HandedOverMessage, NodeId,
-    SessionHandover,
-};
-use skein_storage::{PageWrite, StoredInflight};
+use skein_seam::{BoxFuture, BrokerHandleError, ClientId, ClusterError, NodeId};
 
 use super::Broker;
-use crate::codec::QoS;
-use crate::hash::HashMap;
-use crate::session::{
-    publish_key, to_stored_delivery, Delivery, Inflight, InflightState, Queued, Session,
-    SessionState,
-};
+use crate::session::{Session, ARRIVALS_GRACE_MS};
+
+mod page;
 
 type HashSet<T> = std::collections::HashSet<T, crate::hash::RandomState>;
 
@@ -105,25 +98,24 @@ impl Broker {
         holder_epoch: u64,
         first_seq: u64,
         live: bool,
-        offered: bool,
     ) -> usize {
         let client_id = &session.client_id;
         let started = Instant::now();
         let mut taken = Taken {
             live,
             next_seq: first_seq,
-            // Offered by a node that held the session while it lived here (this node
-            // adopted it when that node was marked down, say): what it holds may have
-            // reached this node by another way meanwhile (its forwards, redirected here),
-            // so everything here is compared, not only what arrived during the fetch.
-            arrivals_from: if offered {
-                0
-            } else {
-                first_seq.saturating_add(HANDOVER_SEQS)
-            },
             messages: 0,
             deadline: started + HANDOVER_WAIT,
             failure: None,
+            // What the client acknowledged here already (on this connection or an
+            // earlier one): a holder's copy of it would come a second time.
+            delivered: session
+                .state()
+                .delivered
+                .as_ref()
+                .map(|d| d.ids().into_iter().collect())
+                .unwrap_or_default(),
+            visited: Vec::new(),
         };
         self.take_from(session, holder, holder_epoch, 0, &mut taken, MAX_CHAIN)
             .await;
@@ -137,10 +129,13 @@ impl Broker {
                 }
                 None => {}
             }
-            // Every holder handed over (sealed, they take no more): no copy can come
-            // later, so what arrived directly need not be remembered any longer.
+            // Every holder handed over (sealed, they take no more): only forwards held
+            // back for this node a while can still bring a copy (see
+            // `session/arrivals.rs`).
             if failure.is_none() && st.pending_from.is_none() {
-                st.arrivals = None;
+                if let Some(a) = st.arrivals.as_mut() {
+                    a.keep_until(crate::message::now_ms() + ARRIVALS_GRACE_MS);
+                }
             }
         }
         match failure {
@@ -245,11 +240,29 @@ impl Broker {
             if after == 0 {
                 self.adopt_incoming(session, &page.incoming_qos2)?;
                 if !taken.live {
-                    self.drop_delivered_there(session, &page.delivered, taken)?;
+                    self.drop_delivered_there(session, &page.delivered)?;
                 }
-                // Older than this holder's: fetched first. One this node held is here.
-                if let Some((earlier, epoch)) =
-                    page.earlier.filter(|(n, _)| *n != me && *n != holder)
+                // Acknowledged on this holder: an earlier holder's copies of them (fetched
+                // next) are left out too, along the whole chain; and the session keeps
+                // them for the node that takes it from here (the holders it names may
+                // still offer copies of them later).
+                taken.delivered.extend(page.delivered.iter().copied());
+                if !page.delivered.is_empty() {
+                    let mut st = session.state();
+                    if st.is_persistent() {
+                        let kept = st.delivered.get_or_insert_with(Box::default);
+                        for id in &page.delivered {
+                            kept.note(*id);
+                        }
+                    }
+                }
+                taken.visited.push(holder);
+                // Older than this holder's: fetched first. One this node held is here, and
+                // one this hand-over fetched from already is not asked again (two holders
+                // can name each other after a node was marked down and came back).
+                if let Some((earlier, epoch)) = page
+                    .earlier
+                    .filter(|(n, _)| *n != me && *n != holder && !taken.visited.contains(n))
                 {
                     if depth == 0 {
                         taken.failure.get_or_insert((
@@ -317,16 +330,46 @@ impl Broker {
         self.replace_subscriptions(session, &registration.subscriptions);
         if let Some((previous, first_seq)) = handover {
             // Before the connection starts: it resends what is in flight.
-            self.take_session_over(
-                session,
-                previous.node,
-                previous.epoch,
-                first_seq,
-                false,
-                false,
-            )
-            .await;
+            self.take_session_over(session, previous.node, previous.epoch, first_seq, false)
+                .await;
         }
+    }
+
+    /// A CONNECT here attached to a resumed session: `rebuild` (it was held elsewhere, or
+    /// lost here), see [`Broker::resume_here`]; else see [`Broker::fetch_pending`].
+    pub async fn resume_attached(
+        &self,
+        session: &Arc<Session>,
+        registration: &skein_seam::Registration,
+        reserved: Option<u64>,
+        rebuild: bool,
+    ) {
+        if rebuild {
+            self.resume_here(session, registration, reserved).await;
+        } else {
+            self.fetch_pending(session).await;
+        }
+    }
+
+    /// A connection attaches here to a session whose older messages may still be on
+    /// another node (`pending_from`): the node it was adopted from when that node was
+    /// marked down (a node that was only paused may even have delivered some to its old
+    /// connection before it learned of the mark, and knows which ones the client
+    /// acknowledged there), or a holder an earlier hand-over could not reach. Fetched
+    /// before the CONNACK, as at a takeover (bounded alike: a node that is really down
+    /// costs [`UNREACHABLE_WAIT`]); the copies the client has are left out. Nothing when
+    /// no node is pending. The caller holds the lifecycle lock.
+    pub async fn fetch_pending(&self, session: &Arc<Session>) {
+        let (dead, epoch, first_seq) = {
+            let mut st = session.state();
+            let me = self.cluster.node_id();
+            let Some((dead, epoch)) = st.pending_from.filter(|(n, _)| *n != me) else {
+                return;
+            };
+            (dead, epoch, st.reserve_seqs(HANDOVER_SEQS))
+        };
+        self.take_session_over(session, dead, epoch, first_seq, false)
+            .await;
     }
 
     /// Before a CONNECT that resumes a session another node owns is registered: the
@@ -457,7 +500,7 @@ impl Broker {
         };
         tracing::info!(%client_id, %holder, live, "a node offers messages of a session owned here");
         Ok(self
-            .take_session_over(&session, holder, 0, first_seq, live, true)
+            .take_session_over(&session, holder, 0, first_seq, live)
             .await)
     }
 
@@ -555,14 +598,9 @@ impl Broker {
     }
 
     /// The client acknowledged the publishes `delivered` on the holder: the copies of them
-    /// that reached this node directly while the client moved (queued from the sequence
-    /// that starts the arrivals on, not sent yet: the connection has not started) go.
-    fn drop_delivered_there(
-        &self,
-        session: &Session,
-        delivered: &[u64],
-        taken: &Taken,
-    ) -> Result<(), Stop> {
+    /// queued here (they reached this node directly while the client moved, or were
+    /// queued here before; not sent yet: the connection has not started) go.
+    fn drop_delivered_there(&self, session: &Session, delivered: &[u64]) -> Result<(), Stop> {
         if delivered.is_empty() {
             return Ok(());
         }
@@ -572,7 +610,6 @@ impl Broker {
         let gone: Vec<u64> = st
             .queue
             .iter()
-            .filter(|q| q.seq >= taken.arrivals_from)
             .filter(|q| {
                 q.delivery
                     .message
@@ -601,164 +638,6 @@ impl Broker {
         );
         Ok(())
     }
-
-    /// Puts a page's messages into the session, in order, and (a persistent session)
-    /// writes them with the cursor `up_to` of `holder` in one transaction. Nothing changes
-    /// in memory unless the write succeeded. Returns how many it took.
-    ///
-    /// A handed-over message that reached this node directly too (see
-    /// `session/arrivals.rs`) is kept once: the handed-over copy when it was in flight to
-    /// the client and the direct one is still queued here (it is resent with DUP under
-    /// the id the client saw), else the direct one.
-    fn adopt_page(
-        &self,
-        session: &Session,
-        page: SessionHandover,
-        holder: NodeId,
-        up_to: u64,
-        taken: &mut Taken,
-    ) -> Result<usize, Stop> {
-        let id = session.client_id.as_str();
-        let mut st = session.state();
-        let persistent = st.is_persistent();
-        let direct = Direct::of(&st, taken.arrivals_from);
-        let mut write = PageWrite::default();
-        let mut inflight = Vec::new();
-        let mut queued = Vec::new();
-        let mut unqueued = Vec::new();
-        let mut redeliver = Vec::new();
-        let mut doubles = 0;
-        let mut next_seq = taken.next_seq;
-        for handed in page.messages {
-            let Some(delivery) = delivery_of(&session.client_id, &handed) else {
-                continue;
-            };
-            let key = publish_key(&delivery.message);
-            let resend = handed.packet_id.filter(|p| {
-                !taken.live
-                    && !st.id_in_use(*p)
-                    && !inflight.iter().any(|f: &Inflight| f.packet_id == *p)
-            });
-            match (direct.seen.contains(&key), direct.queued.get(&key)) {
-                // Sent to the client from the holder: this copy goes, the direct one stays
-                // out of the queue.
-                (_, Some(seq)) if resend.is_some() => unqueued.push(*seq),
-                (true, _) => {
-                    doubles += 1;
-                    continue;
-                }
-                _ => {}
-            }
-            let seq = next_seq;
-            next_seq += 1;
-            match resend {
-                Some(packet_id) => {
-                    let state = if handed.released {
-                        InflightState::Released
-                    } else {
-                        InflightState::Sent
-                    };
-                    if persistent {
-                        write.inflight.push(StoredInflight {
-                            packet_id,
-                            seq,
-                            message: to_stored_delivery(&delivery),
-                            released: handed.released,
-                        });
-                    }
-                    inflight.push(Inflight {
-                        seq,
-                        packet_id,
-                        delivery,
-                        state,
-                    });
-                }
-                // The client has the message; only PUBCOMP was missing, under an id taken
-                // here by another message or on a running connection: nothing left to
-                // deliver.
-                None if handed.packet_id.is_some() && handed.released => {
-                    tracing::debug!(
-                        client_id = id,
-                        live = taken.live,
-                        "a released QoS 2 message's id is not free here; its PUBCOMP is not awaited"
-                    );
-                }
-                None => {
-                    if persistent && delivery.qos != QoS::AtMostOnce {
-                        write.queued.push((seq, to_stored_delivery(&delivery)));
-                    }
-                    if handed.packet_id.is_some() {
-                        redeliver.push(seq);
-                    }
-                    queued.push(Queued { seq, delivery });
-                }
-            }
-        }
-        if persistent {
-            write.unqueued.clone_from(&unqueued);
-            self.store
-                .handover_write_page(id, holder.0, up_to, &write)
-                .map_err(|e| Stop::Storage(e.to_string()))?;
-        }
-        taken.next_seq = next_seq;
-        let n = inflight.len() + queued.len();
-        if !unqueued.is_empty() {
-            st.queue.retain(|q| !unqueued.contains(&q.seq));
-        }
-        for f in inflight {
-            st.push_inflight(f);
-        }
-        for q in queued {
-            st.insert_queued(q);
-        }
-        if !redeliver.is_empty() {
-            st.redeliver
-                .get_or_insert_with(Box::default)
-                .extend(redeliver);
-        }
-        if let Some(a) = &st.attachment {
-            a.kick.wake();
-        }
-        let doubles = doubles + unqueued.len();
-        if doubles > 0 {
-            crate::metrics::handover_messages("duplicate", doubles);
-            tracing::debug!(
-                client_id = id,
-                doubles,
-                "messages that reached this node both directly and with the hand-over kept once"
-            );
-        }
-        Ok(n)
-    }
-}
-
-/// What reached a session being taken over directly (not with the hand-over), by
-/// [`publish_key`]: every arrival the session noted, plus what is queued or in flight
-/// from the sequence `arrivals_from` on; and of those, the ones still queued (their
-/// sequences), which a handed-over in-flight copy may replace.
-struct Direct {
-    seen: HashSet<u64>,
-    queued: HashMap<u64, u64>,
-}
-
-impl Direct {
-    fn of(st: &SessionState, arrivals_from: u64) -> Direct {
-        let mut seen: HashSet<u64> = st
-            .arrivals
-            .as_ref()
-            .map(|a| a.keys().collect())
-            .unwrap_or_default();
-        let mut queued = HashMap::default();
-        for q in st.queue.iter().filter(|q| q.seq >= arrivals_from) {
-            let key = publish_key(&q.delivery.message);
-            seen.insert(key);
-            queued.insert(key, q.seq);
-        }
-        for f in st.inflight.iter().filter(|f| f.seq >= arrivals_from) {
-            seen.insert(publish_key(&f.delivery.message));
-        }
-        Direct { seen, queued }
-    }
 }
 
 /// Where the fetched messages go in the session's sequence, how many came, until when
@@ -769,30 +648,13 @@ struct Taken {
     /// the redelivery) and a released QoS 2 message, whose PUBCOMP it cannot await, ends.
     live: bool,
     next_seq: u64,
-    /// The first sequence after those set aside: what the session got since then arrived
-    /// during the hand-over (0 for an offer: everything the session holds counts).
-    arrivals_from: u64,
     messages: usize,
     deadline: Instant,
     failure: Option<(NodeId, u64, Stop)>,
-}
-
-/// The delivery a handed-over message describes; None (logged) when no publish could
-/// carry it.
-fn delivery_of(client_id: &ClientId, handed: &HandedOverMessage) -> Option<Delivery> {
-    let message = match super::broker_handle::forwarded_message(handed.message.clone()) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(%client_id, error = %e, "ignored an invalid handed-over message");
-            return None;
-        }
-    };
-    let qos = message.qos;
-    let retain = message.retain;
-    Some(Delivery {
-        message: Arc::new(message),
-        qos,
-        retain,
-        subscription_ids: handed.subscription_ids.clone(),
-    })
+    /// Publish ids the client acknowledged: on this node (its session's last ones) and
+    /// on each holder whose first page came (`SessionHandover.delivered`). A handed-over
+    /// copy of one is left out.
+    delivered: HashSet<u64>,
+    /// The holders whose first page came, in order.
+    visited: Vec<NodeId>,
 }

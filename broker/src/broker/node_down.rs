@@ -86,6 +86,14 @@ impl Broker {
             st.expiry_interval = adopted.expiry_interval;
             st.disconnected_at_ms = OptionalMs::at(client.offline_since_ms);
             st.adopted_from = Some(from);
+            // The dead node may still hold messages of the session (and know which ones
+            // its client acknowledged there): a connection attaching here, or a node that
+            // takes the client over from here, fetches from it, and whatever it offers
+            // later is compared with what reached the session here since now (its
+            // forwards were redirected here, and a node that was only paused delivers to
+            // its old connection until it learns of the mark).
+            st.pending_from = Some((from, client.epoch));
+            st.arrivals.get_or_insert_with(Box::default);
             st.generation = st.generation.wrapping_add(1);
             st.cancel_timers();
             // Its connection's will: due after its delay (at most the session's expiry)

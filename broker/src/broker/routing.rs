@@ -310,6 +310,8 @@ impl Broker {
             // The owner the session moved to gets it (see `handover_holder.rs`).
             EnqueueOutcome::Moved => crate::metrics::handover_skipped_delivery(),
             EnqueueOutcome::Redirected => crate::metrics::moved_away_redirect("duplicate"),
+            // The session has it (a hand-over brought it, or it came another way).
+            EnqueueOutcome::Duplicate => crate::metrics::handover_messages("duplicate", 1),
             EnqueueOutcome::QueuedOffline => {
                 raise::offline(&self.events, || session.event_client(), message, qos)
             }

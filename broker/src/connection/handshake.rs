@@ -555,9 +555,15 @@ async fn attach(
         // connection attached.
         match broker.cluster.locate_client(&client_id) {
             Some(owner) if owner.node == me && owner.epoch == registration.epoch => {
-                if rebuild {
+                if rebuild || session_present {
                     // Boxed: the hand-over's state inline would grow every handshake.
-                    Box::pin(broker.resume_here(&session, &registration, reserved_seqs)).await;
+                    Box::pin(broker.resume_attached(
+                        &session,
+                        &registration,
+                        reserved_seqs,
+                        rebuild,
+                    ))
+                    .await;
                 }
             }
             owner => {

@@ -10,16 +10,24 @@
 //! the same connection. So, from the moment sequence numbers are set aside for a hand-over
 //! until every holder handed over, the session notes each arrival's [`publish_key`].
 //!
-//! Bounded: the last [`MAX_NOTED`] arrivals (8 bytes each); older ones are forgotten (a
-//! holder that comes back after that many messages may still send a copy again).
+//! Bounded: the last [`MAX_NOTED`] arrivals; older ones are forgotten (a holder that comes
+//! back after that many messages may still send a copy again).
+//!
+//! Once every holder handed over, the notes (with the keys of what the hand-over brought)
+//! stay for [`GRACE_MS`] more and a publish noted already is not queued again: a node that
+//! was stopped takes, on resuming, the forwards held for it, and one meant for another
+//! subscriber there reaches this session too, after the hand-over brought its copy.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 
 use crate::message::Message;
 
 /// How many arrivals a session remembers while a holder may still hand copies over.
 pub const MAX_NOTED: usize = 8192;
+
+/// How long the notes stay once every holder handed over (ms).
+pub const GRACE_MS: u64 = 10_000;
 
 /// How many acknowledged publish ids a persistent session remembers for a taker.
 pub const MAX_DELIVERED: usize = 512;
@@ -47,19 +55,47 @@ impl Delivered {
     }
 }
 
-/// The keys of the latest arrivals, oldest first.
+/// The keys of the latest arrivals, oldest first, and until when they are kept (None:
+/// while a holder may still hand copies over).
 #[derive(Debug, Default)]
 pub struct Arrivals {
     keys: VecDeque<u64>,
+    set: HashSet<u64>,
+    until_ms: Option<u64>,
 }
 
 impl Arrivals {
     /// Notes that `message` reached the session here.
     pub fn note(&mut self, message: &Message) {
-        if self.keys.len() >= MAX_NOTED {
-            self.keys.pop_front();
+        self.note_key(publish_key(message));
+    }
+
+    /// Notes the publish of key `key` (see [`publish_key`]).
+    pub fn note_key(&mut self, key: u64) {
+        if !self.set.insert(key) {
+            return;
         }
-        self.keys.push_back(publish_key(message));
+        if self.keys.len() >= MAX_NOTED {
+            if let Some(old) = self.keys.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.keys.push_back(key);
+    }
+
+    /// Whether the publish of key `key` was noted.
+    pub fn contains(&self, key: u64) -> bool {
+        self.set.contains(&key)
+    }
+
+    /// Every holder handed over: the notes are kept until `until_ms` only.
+    pub fn keep_until(&mut self, until_ms: u64) {
+        self.until_ms = Some(until_ms);
+    }
+
+    /// Whether the notes are no longer needed at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.until_ms.is_some_and(|until| now_ms > until)
     }
 
     /// The keys noted, for a lookup set.
@@ -150,6 +186,28 @@ mod tests {
         assert_eq!(ids.len(), MAX_DELIVERED);
         assert_eq!(ids[0], 3);
         assert_eq!(ids.last(), Some(&(MAX_DELIVERED as u64 + 2)));
+    }
+
+    #[test]
+    fn noted_publishes_are_known_until_the_grace_ends() {
+        let mut a = Arrivals::default();
+        let m = message(b"x", 1, Some(7));
+        assert!(!a.contains(publish_key(&m)));
+        a.note(&m);
+        a.note(&m);
+        assert_eq!(a.len(), 1, "one note per publish");
+        assert!(a.contains(publish_key(&message(b"y", 2, Some(7)))));
+        // Kept while a holder may still hand copies over, then for the grace only.
+        assert!(!a.expired(u64::MAX));
+        a.keep_until(100);
+        assert!(!a.expired(100));
+        assert!(a.expired(101));
+        // Forgotten with the oldest notes.
+        for i in 0..MAX_NOTED as u64 {
+            a.note(&message(b"z", i, Some(1000 + i)));
+        }
+        assert!(!a.contains(publish_key(&m)));
+        assert_eq!(a.len(), MAX_NOTED);
     }
 
     #[test]

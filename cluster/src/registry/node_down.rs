@@ -4,8 +4,14 @@
 //! voters it saw alive; applying reads only those, the registry and the set of nodes
 //! already marked down. Clients are visited in id order.
 //!
-//! - Every client of the down node goes offline at the stamp (one already offline keeps
-//!   its own time).
+//! - A client the node registered after the proposer last heard from it
+//!   (`registered_after_ms`, by the registration's stamp) is left as it is: the node ran
+//!   then. A paused node that resumes reads the CONNECTs that waited for it and may commit
+//!   their registrations just before the mark the leader had decided on; taken, such a
+//!   connection would be accepted and at once closed by its own node, and its session's
+//!   messages left behind on the node that held it before.
+//! - Every other client of the down node goes offline at the stamp (one already offline
+//!   keeps its own time).
 //! - A session with expiry 0 ends with its connection, as on any disconnect: the entry and
 //!   its interest go.
 //! - Any other session is adopted: a live node picked by [`pick`] (hash of the client id
@@ -46,10 +52,12 @@ impl Registry {
             .collect();
         candidates.sort_unstable();
         candidates.dedup();
+        let alive_after = c.registered_after_ms;
         let owned: Vec<_> = self
             .clients
             .iter()
             .filter(|(_, e)| e.owner.node == dead)
+            .filter(|(_, e)| alive_after == 0 || e.connected_at_ms <= alive_after)
             .map(|(id, _)| id.clone())
             .collect();
         let (mut adopted, mut ended) = (0u32, 0u32);

@@ -4,7 +4,10 @@
 use skein_proto::v1 as pb;
 
 use super::node_down::pick;
-use super::tests::{apply, interest_of, node_down, node_up, register, subscribe, unregister};
+use super::tests::{
+    apply, interest_of, node_down, node_down_heard, node_up, register, register_due, subscribe,
+    unregister,
+};
 use super::*;
 
 fn marked(result: &pb::command_result::Result) -> (bool, u32, u32) {
@@ -200,4 +203,32 @@ fn an_online_clients_will_goes_to_its_adopter_and_only_then() {
     apply(&mut r, with_will(register("x", 1, 5, true, 0), "w/x1"));
     apply(&mut r, register("x", 2, 6, true, 0));
     assert!(r.will("x").is_none());
+}
+
+/// Node 3 was paused; on resuming it read a CONNECT that waited for it and registered the
+/// client (stamped 8 500 ms) just before the leader's mark (decided at 9 000 ms, last heard
+/// from node 3 at 5 000 ms, margin 1 500 ms) committed: that client stays node 3's, online,
+/// with its interest, and is not announced; the others are taken as before.
+#[test]
+fn a_client_the_node_registered_after_it_was_last_heard_from_stays_its_own() {
+    let mut r = three_nodes();
+    apply(&mut r, register_due("resumed", 3, 20, 8_500, 13_500));
+    apply(&mut r, subscribe("resumed", 3, 20, "r/#", 1));
+    let (result, changes) = apply(&mut r, node_down_heard(3, 9_000, vec![1, 2, 3], 6_500));
+    assert_eq!(marked(&result), (true, 2, 1));
+    let ids: Vec<&str> = down_clients(&changes)
+        .iter()
+        .map(|d| d.client_id.as_str())
+        .collect();
+    assert_eq!(ids, ["away", "clean", "sub"]);
+    let entry = r.client("resumed").unwrap();
+    assert_eq!(entry.owner, Owner { node: 3, epoch: 20 });
+    assert!(entry.is_online());
+    assert_eq!(interest_of(&r, "r/#"), [(3, 1)]);
+    // Registered exactly at the bound: taken (the bound is the last moment still counted
+    // as silence).
+    let mut r = three_nodes();
+    apply(&mut r, register_due("resumed", 3, 20, 6_500, 11_500));
+    apply(&mut r, node_down_heard(3, 9_000, vec![1, 2, 3], 6_500));
+    assert_ne!(r.client("resumed").unwrap().owner.node, 3);
 }

@@ -3,8 +3,8 @@
 //! Clients are written in id order and subscriptions in filter order, so equal registries
 //! give equal bytes. The interest index is not stored: loading rebuilds it from the clients.
 //! A format byte this build does not know is an error naming it, never a guess. Fields
-//! added since (the nodes marked down, the device certificates) are protobuf additions
-//! within format 1: an older snapshot reads as having none.
+//! added since (the nodes marked down, the device certificates, the log's clock) are
+//! protobuf additions within format 1: an older snapshot reads as having none (clock 0).
 
 use std::sync::Arc;
 
@@ -34,6 +34,7 @@ impl Registry {
                 .collect(),
             down_nodes: self.down_nodes.iter().copied().collect(),
             certificates: self.certificate_records(),
+            clock_ms: self.clock_ms,
         };
         let mut bytes = Vec::with_capacity(1 + message.encoded_len());
         bytes.push(SNAPSHOT_FORMAT);
@@ -70,6 +71,7 @@ impl Registry {
         registry
             .load_certificates(message.certificates)
             .map_err(ClusterError::Snapshot)?;
+        registry.clock_ms = message.clock_ms;
         registry.rebuild_interest();
         Ok(registry)
     }

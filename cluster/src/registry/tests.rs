@@ -28,7 +28,13 @@ pub(super) fn register(
 }
 
 /// A registration stamped at `at_ms` that its node waits for until `commit_by_ms`.
-fn register_due(client: &str, node: u64, epoch: u64, at_ms: u64, commit_by_ms: u64) -> pb::Command {
+pub(super) fn register_due(
+    client: &str,
+    node: u64,
+    epoch: u64,
+    at_ms: u64,
+    commit_by_ms: u64,
+) -> pb::Command {
     pb::Command {
         command: Some(C::Register(pb::RegisterClient {
             client_id: client.into(),
@@ -89,11 +95,23 @@ fn unsubscribe(client: &str, node: u64, epoch: u64, filter: &str) -> pb::Command
 }
 
 pub(super) fn node_down(node: u64, at_ms: u64, adopters: Vec<u64>) -> pb::Command {
+    node_down_heard(node, at_ms, adopters, 0)
+}
+
+/// A mark whose proposer leaves the node the clients it registered after
+/// `registered_after_ms`.
+pub(super) fn node_down_heard(
+    node: u64,
+    at_ms: u64,
+    adopters: Vec<u64>,
+    registered_after_ms: u64,
+) -> pb::Command {
     pb::Command {
         command: Some(C::NodeDown(pb::NodeDown {
             node_id: node,
             stamped_at_ms: at_ms,
             adopters,
+            registered_after_ms,
         })),
     }
 }
@@ -150,6 +168,52 @@ fn a_registration_committed_past_its_deadline_leaves_a_newer_connection_alone() 
         matches!(result, pb::command_result::Result::Registered(_)),
         "{result:?}"
     );
+}
+
+#[test]
+fn a_registration_committed_after_the_log_passed_its_deadline_is_rejected() {
+    let mut r = Registry::default();
+    // The client's session is offline on node 1 (its connection stamped at 500 ms).
+    apply(&mut r, register_due("c", 1, 10, 500, 5_500));
+    apply(&mut r, unregister("c", 1, 10, false));
+    assert_eq!(r.clock_ms(), 2_010);
+    // Node 2 proposed at 1 000 ms and gave up at 6 000 ms; meanwhile the log applied a
+    // command stamped at 6 500 ms (another client's registration, on node 3).
+    apply(&mut r, register_due("other", 3, 30, 6_500, 11_500));
+    assert_eq!(r.clock_ms(), 6_500);
+    let (result, changes) = apply(&mut r, register_due("c", 2, 20, 1_000, 6_000));
+    assert_eq!(rejected(&result), Some(pb::RejectReason::TooLate));
+    assert!(changes.is_empty(), "{changes:?}");
+    let entry = r.client("c").unwrap();
+    assert_eq!(entry.owner, Owner { node: 1, epoch: 10 });
+    assert!(!entry.is_online());
+    // A new client id is refused alike: nobody waits for that connection.
+    let (result, changes) = apply(&mut r, register_due("new", 2, 21, 1_000, 6_000));
+    assert_eq!(rejected(&result), Some(pb::RejectReason::TooLate));
+    assert!(changes.is_empty(), "{changes:?}");
+    assert!(r.client("new").is_none());
+    // A node-down mark's stamp moves the clock too.
+    apply(&mut r, node_down(3, 9_000, vec![1, 2]));
+    assert_eq!(r.clock_ms(), 9_000);
+    let (result, _) = apply(&mut r, register_due("c", 2, 22, 3_500, 8_500));
+    assert_eq!(rejected(&result), Some(pb::RejectReason::TooLate));
+    // Due exactly now, or later: in time. A retried proposal of the owner is answered as
+    // before, whatever the clock says.
+    let (result, _) = apply(&mut r, register_due("c", 2, 23, 4_000, 9_000));
+    assert!(
+        matches!(result, pb::command_result::Result::Registered(_)),
+        "{result:?}"
+    );
+    apply(&mut r, node_down(4, 20_000, vec![1, 2]));
+    let (result, _) = apply(&mut r, register_due("c", 2, 23, 4_000, 9_000));
+    assert!(
+        matches!(result, pb::command_result::Result::Registered(_)),
+        "{result:?}"
+    );
+    // The clock survives a snapshot: a member restored from it judges alike.
+    let back = Registry::from_snapshot(&r.to_snapshot()).unwrap();
+    assert_eq!(back.clock_ms(), 20_000);
+    assert_eq!(back, r);
 }
 
 #[test]
@@ -319,7 +383,9 @@ fn snapshots_round_trip_and_refuse_unknown_formats() {
     let e = Registry::from_snapshot(&newer).unwrap_err();
     assert!(e.to_string().contains("format 9"), "{e}");
     assert!(Registry::from_snapshot(&[]).is_err());
-    assert!(Registry::from_snapshot(&bytes[..bytes.len() - 3]).is_err());
+    // Cut inside the last client record (the log's clock, 2 001 ms, is the last 3 bytes).
+    assert_eq!(back.clock_ms(), 2_001);
+    assert!(Registry::from_snapshot(&bytes[..bytes.len() - 5]).is_err());
 }
 
 fn command_strategy() -> impl Strategy<Value = pb::Command> {
@@ -336,6 +402,21 @@ fn command_strategy() -> impl Strategy<Value = pb::Command> {
             prop::sample::select(vec![0u32, 60])
         )
             .prop_map(|(c, n, e, clean, exp)| register(c, n, e, clean, exp)),
+        // Registrations with deadlines, some of which the clock has passed.
+        (
+            client.clone(),
+            node.clone(),
+            epoch.clone(),
+            0u64..10_000,
+            prop::sample::select(vec![0u64, 1_000, 5_000])
+        )
+            .prop_map(|(c, n, e, at, wait)| register_due(
+                c,
+                n,
+                e,
+                at,
+                if wait == 0 { 0 } else { at + wait }
+            )),
         (client.clone(), node.clone(), epoch.clone(), any::<bool>())
             .prop_map(|(c, n, e, end)| unregister(c, n, e, end)),
         (
@@ -349,6 +430,12 @@ fn command_strategy() -> impl Strategy<Value = pb::Command> {
         (client, node.clone(), epoch, filter).prop_map(|(c, n, e, f)| unsubscribe(c, n, e, f)),
         (node.clone(), prop::collection::vec(1u64..5, 0..4))
             .prop_map(|(n, adopters)| node_down(n, 5_000, adopters)),
+        (node.clone(), 0u64..12_000, 0u64..12_000).prop_map(|(n, at, heard)| node_down_heard(
+            n,
+            at,
+            vec![1, 2, 3],
+            heard
+        )),
         node.prop_map(node_up),
         Just(pb::Command { command: None }),
     ]
