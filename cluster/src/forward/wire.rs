@@ -673,4 +673,29 @@ mod tests {
         assert!(read(&p).unwrap_err().contains("payload format"));
         assert!(from_pb(p).unwrap_err().contains("payload format"));
     }
+
+    #[test]
+    fn a_message_like_the_previous_one_shares_its_strings() {
+        let publish = |topic: &str, id: &str| ForwardedPublish {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"x"),
+            qos: 1,
+            publisher: Some(ClientId::new(id)),
+            publisher_username: Some("alice".into()),
+            ..ForwardedPublish::default()
+        };
+        let bytes = |p: &ForwardedPublish| Bytes::from(to_pb(p.clone()).encode_to_vec());
+        let first = read_publish(bytes(&publish("a/b", "pub"))).unwrap();
+        let same = read_publish_after(bytes(&publish("a/b", "pub")), Some(&first)).unwrap();
+        assert_eq!(same, publish("a/b", "pub"));
+        assert!(Arc::ptr_eq(&first.topic, &same.topic));
+        let (a, b) = (first.publisher.as_ref(), same.publisher.as_ref());
+        assert!(std::ptr::eq(a.unwrap().as_str(), b.unwrap().as_str()));
+        let (a, b) = (&first.publisher_username, &same.publisher_username);
+        assert!(Arc::ptr_eq(a.as_ref().unwrap(), b.as_ref().unwrap()));
+        // Different strings are read as they are, not taken from the previous message.
+        let other = read_publish_after(bytes(&publish("a/c", "other")), Some(&first)).unwrap();
+        assert_eq!(other, publish("a/c", "other"));
+        assert!(!Arc::ptr_eq(&first.topic, &other.topic));
+    }
 }
