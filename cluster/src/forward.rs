@@ -98,10 +98,16 @@ impl Forwarder {
 
     /// See [`crate::ClusterNode::forward_room`].
     pub(crate) fn room(&self, node: NodeId) -> Option<BoxFuture<'static, bool>> {
-        let queue = self.read().get(&node)?.clone();
-        if queue.has_room() {
-            return None;
-        }
+        // Asked after every QoS 0 forward: looked at under the read lock, the queue's
+        // `Arc` cloned only when the caller has to wait.
+        let queue = {
+            let queues = self.read();
+            let queue = queues.get(&node)?;
+            if queue.has_room() {
+                return None;
+            }
+            queue.clone()
+        };
         queue.metrics.waited_for_room();
         let bound = self.shared.settings.forward.ack_timeout();
         Some(Box::pin(async move {

@@ -240,7 +240,9 @@ impl Broker {
             }
         }
         let to = Enqueue {
-            now: now_ms(),
+            // Only the local copies need it: no clock read for a publish that only goes on
+            // to other nodes.
+            now: if targets.is_empty() { 0 } else { now_ms() },
             max: self.config.max_queued_messages,
             forwarded: !matches!(scope, Scope::Cluster),
             not_storing,

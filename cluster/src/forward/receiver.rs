@@ -259,7 +259,7 @@ async fn deliver(
         if done.get(i).copied().unwrap_or(false) {
             continue;
         }
-        match wire::read_publish(publish) {
+        match wire::read_publish_after(publish, valid.last()) {
             Ok(publish) => {
                 indexes.push(i);
                 valid.push(publish);
