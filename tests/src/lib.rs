@@ -38,6 +38,7 @@ pub mod http;
 pub mod layering;
 pub mod node;
 pub mod raw;
+pub mod session_faults;
 pub mod wait;
 
 pub use cluster::TestCluster;

@@ -10,17 +10,16 @@
 //!   not sent again, as new messages, on the new connection.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process, Pid, Signal};
 use skein_tests::codec::puback;
+use skein_tests::session_faults::{connect_within, number, publish_unacked, wait_owner, Paused};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use skein_tests::{
-    http_request, metric_sum, unique_id, Connect, Packet, Publish, RawClient, SubFilter,
-    TestCluster, QUIET, RECV_TIMEOUT,
+    metric_sum, unique_id, Connect, Packet, Publish, RawClient, SubFilter, TestCluster, QUIET,
+    RECV_TIMEOUT,
 };
 
 /// How long a stopped holder may take, once resumed, to offer what it holds (it seals
@@ -29,85 +28,6 @@ const OFFER_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How long a CONNECT may wait for its registration while a leader is elected.
 const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
-
-/// SIGSTOPs a process; SIGCONTs it when resumed or dropped (a failing test too), so no
-/// node stays stopped behind a panic.
-struct Paused(Option<Pid>);
-
-impl Paused {
-    fn stop(pid: u32) -> Paused {
-        let pid = Pid::from_raw(pid as i32).expect("a node's pid is positive");
-        kill_process(pid, Signal::STOP).unwrap_or_else(|e| panic!("SIGSTOP {pid:?}: {e}"));
-        Paused(Some(pid))
-    }
-
-    fn resume(&mut self) {
-        if let Some(pid) = self.0.take() {
-            let _ = kill_process(pid, Signal::CONT);
-        }
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        self.resume();
-    }
-}
-
-fn number(p: &Publish) -> usize {
-    let text = String::from_utf8_lossy(&p.payload);
-    text.trim_start_matches('m')
-        .parse()
-        .unwrap_or_else(|_| panic!("not a numbered message: {text:?}"))
-}
-
-/// Sends QoS 1 publishes `from..=to` without waiting for their PUBACKs (a forward to a
-/// stopped node holds them back).
-async fn publish_unacked(p: &mut RawClient, topic: &str, from: usize, to: usize) {
-    for i in from..=to {
-        let payload = format!("m{i}");
-        p.publish(&Publish::new(topic, 1, payload.as_bytes()).pkid(i as u16))
-            .await;
-    }
-}
-
-/// Connects with a CONNACK deadline of `deadline` (a registration may wait for an
-/// election); returns the client and Session Present.
-async fn connect_within(
-    addr: SocketAddr,
-    connect: &Connect,
-    deadline: Duration,
-) -> (RawClient, bool) {
-    let mut c = RawClient::tcp(addr, connect.proto).await;
-    c.send(&connect.encode()).await;
-    match c.recv(deadline).await {
-        Ok(Packet::ConnAck {
-            session_present,
-            code: 0,
-            ..
-        }) => (c, session_present),
-        other => panic!("CONNECT of {:?}: {other:?}", connect.client_id),
-    }
-}
-
-/// Waits until the node at `http` places `client_id` on node `owner`.
-async fn wait_owner(http: SocketAddr, client_id: &str, owner: u64) {
-    let path = format!("/api/v1/clients/{client_id}");
-    let end = Instant::now() + ELECTION_DEADLINE;
-    loop {
-        if let Ok((200, text)) = http_request(http, "GET", &path, &[], "").await {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            if v["node_id"] == owner {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < end,
-            "{client_id} never placed on node {owner}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Review finding 4 and the chaos suite's "second copy on the same connection".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +77,13 @@ async fn a_stopped_holders_offer_while_the_client_is_connected_sends_nothing_twi
     .await;
     assert!(present);
     // The publisher's node routes the client's messages to the taker from now on.
-    wait_owner(cluster.node(leader).http_addr(), &id, taker).await;
+    wait_owner(
+        cluster.node(leader).http_addr(),
+        &id,
+        taker,
+        ELECTION_DEADLINE,
+    )
+    .await;
     publish_unacked(&mut publisher, "offered/x", K + 1, K + N).await;
     // Each once, on the running connection, acknowledged.
     let mut copies: BTreeMap<usize, usize> = BTreeMap::new();

@@ -11,13 +11,12 @@
 //! publisher could get PUBACK 0 for a message the subscriber never got.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use skein_tests::codec::puback;
+use skein_tests::session_faults::{connect_within, wait_owner};
 use skein_tests::{
-    http_request, metric_sum, unique_id, Connect, Packet, Publish, RawClient, SubFilter,
-    TestCluster,
+    metric_sum, unique_id, Connect, Packet, Publish, RawClient, SubFilter, TestCluster,
 };
 
 /// A CONNECT to a node whose previous holder is dead waits for the hand-over (1 s for an
@@ -27,43 +26,6 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the redirected messages may take to reach the subscriber: the restart, the
 /// registry's catch-up, the sender's reconnect backoff (up to 2 s), the redirect.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(40);
-
-/// Connects within `deadline`; returns the client and Session Present.
-async fn connect_within(
-    addr: SocketAddr,
-    connect: &Connect,
-    deadline: Duration,
-) -> (RawClient, bool) {
-    let mut c = RawClient::tcp(addr, connect.proto).await;
-    c.send(&connect.encode()).await;
-    match c.recv(deadline).await {
-        Ok(Packet::ConnAck {
-            session_present,
-            code: 0,
-            ..
-        }) => (c, session_present),
-        other => panic!("CONNECT of {:?}: {other:?}", connect.client_id),
-    }
-}
-
-/// Waits until the node at `http` places `client_id` on node `owner`.
-async fn wait_owner(http: SocketAddr, client_id: &str, owner: u64) {
-    let path = format!("/api/v1/clients/{client_id}");
-    let end = Instant::now() + CONNECT_DEADLINE;
-    loop {
-        if let Ok((200, text)) = http_request(http, "GET", &path, &[], "").await {
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            if v["node_id"] == owner {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < end,
-            "{client_id} never placed on node {owner} by {http}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Reads what `c` receives until every payload of `want` came or `deadline` passed,
 /// acknowledging each QoS 1 publish; returns the payloads that came.
@@ -110,7 +72,13 @@ async fn a_forward_resent_to_a_restarted_node_reaches_the_session_that_moved_awa
     let (mut old, _, _) =
         RawClient::connect_ok(cluster.node(holder).mqtt_addr(), &persistent).await;
     assert_eq!(old.subscribe(1, &[SubFilter::new("moved/#", 1)]).await, [1]);
-    wait_owner(cluster.node(publisher_node).http_addr(), &id, holder).await;
+    wait_owner(
+        cluster.node(publisher_node).http_addr(),
+        &id,
+        holder,
+        CONNECT_DEADLINE,
+    )
+    .await;
     let mut publisher =
         RawClient::v5(cluster.node(publisher_node).mqtt_addr(), &unique_id("pub")).await;
 
@@ -133,7 +101,13 @@ async fn a_forward_resent_to_a_restarted_node_reaches_the_session_that_moved_awa
     )
     .await;
     assert!(present, "the session is kept in the registry");
-    wait_owner(cluster.node(publisher_node).http_addr(), &id, taker).await;
+    wait_owner(
+        cluster.node(publisher_node).http_addr(),
+        &id,
+        taker,
+        CONNECT_DEADLINE,
+    )
+    .await;
     // The holder comes back with the session on its disk; the queued forwards are sent
     // to it again.
     cluster.restart(holder);

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process, Pid, Signal};
 use skein_tests::codec::puback;
+use skein_tests::session_faults::{number, publish_unacked, Paused};
 use skein_tests::{
     http_request, metric_sum, unique_id, Connect, Packet, Publish, RawClient, SubFilter,
     TestCluster, QUIET, RECV_TIMEOUT,
@@ -27,36 +27,6 @@ const CONNACK_WITHIN: Duration = Duration::from_secs(30);
 /// Until every node holds nothing queued any more (what a node kept is offered every
 /// 15 s, sealed 5 s after the move), with a margin.
 const SETTLED_WITHIN: Duration = Duration::from_secs(60);
-
-/// SIGSTOPs a process; SIGCONTs it when resumed or dropped (a failing test too).
-struct Paused(Option<Pid>);
-
-impl Paused {
-    fn stop(pid: u32) -> Paused {
-        let pid = Pid::from_raw(pid as i32).expect("a node's pid is positive");
-        kill_process(pid, Signal::STOP).unwrap_or_else(|e| panic!("SIGSTOP {pid:?}: {e}"));
-        Paused(Some(pid))
-    }
-
-    fn resume(&mut self) {
-        if let Some(pid) = self.0.take() {
-            let _ = kill_process(pid, Signal::CONT);
-        }
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        self.resume();
-    }
-}
-
-fn number(p: &Publish) -> usize {
-    let text = String::from_utf8_lossy(&p.payload);
-    text.trim_start_matches('m')
-        .parse()
-        .unwrap_or_else(|_| panic!("not a numbered message: {text:?}"))
-}
 
 /// Publishes `from..=to` at QoS 1, each acknowledged with reason 0 before the next.
 async fn publish_acked(p: &mut RawClient, topic: &str, from: usize, to: usize) {
@@ -74,15 +44,6 @@ async fn publish_acked(p: &mut RawClient, topic: &str, from: usize, to: usize) {
             matches!(ack, Packet::PubAck { reason: 0, .. }),
             "PUBACK of m{i}: {ack:?}"
         );
-    }
-}
-
-/// Publishes `from..=to` at QoS 1 without waiting (a forward to a paused node holds their
-/// PUBACKs back).
-async fn publish_unacked(p: &mut RawClient, topic: &str, from: usize, to: usize) {
-    for i in from..=to {
-        p.publish(&Publish::new(topic, 1, format!("m{i}").as_bytes()).pkid(i as u16))
-            .await;
     }
 }
 
