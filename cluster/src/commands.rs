@@ -41,19 +41,23 @@ impl ClusterNode {
             clean_start,
             session_expiry_secs,
             None,
+            None,
         )
         .await
     }
 
     /// [`ClusterNode::register_client`] with the broker's own string for the id: the
     /// registry's entry shares it rather than holding a copy (see `registry/client_ids.rs`).
-    #[tracing::instrument(level = "debug", skip(self, will), fields(node = self.id()))]
+    /// The registry keeps `will` and `connection` while the connection is online, for the
+    /// node that adopts or announces the client should this node die.
+    #[tracing::instrument(level = "debug", skip(self, will, connection), fields(node = self.id()))]
     pub async fn register_shared(
         &self,
         client_id: &ArcStr,
         clean_start: bool,
         session_expiry_secs: u32,
         will: Option<pb::RegisteredWill>,
+        connection: Option<pb::RegisteredConnection>,
     ) -> Result<Registration> {
         // Lent until this returns: by then the entry is applied here, or the proposal failed.
         let _lent = self.client_ids.offer(client_id);
@@ -74,6 +78,7 @@ impl ClusterNode {
                     stamped_at_ms.saturating_add(deadline)
                 },
                 will,
+                connection,
             }))
             .await;
         let (answer, log_index) = match proposed {

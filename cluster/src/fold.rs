@@ -12,7 +12,13 @@
 //! - At attach, after a snapshot was installed, and when the stream lagged: the whole
 //!   interest of other nodes again (`interest_reset`), and `taken_over` for every client
 //!   this node owned before and the registry now names another node for (the takeover
-//!   events may be among what was missed).
+//!   events may be among what was missed). Unless what was missed holds a down mark of
+//!   this node (a paused node that resumed and caught up through a snapshot): then those
+//!   clients, and those the registry no longer names at all (their sessions ended with
+//!   the mark), end as the mark ends them, through `node_down` for this node, as when the
+//!   mark is applied from the log (same DISCONNECT, no second event: the announcer had
+//!   it). A client taken over by a CONNECT elsewhere before that mark is counted with
+//!   them: the snapshot does not tell the two apart.
 //!
 //! The fold remembers which client ids this node owns (with their epochs) for that last
 //! rule, and the last log index it folded, which [`crate::in_force`] waits on.
@@ -45,6 +51,7 @@ pub(crate) async fn run(
         forwarder,
         owned: HashMap::new(),
         folded: None,
+        own_mark_ms: None,
     };
     fold.resync("the broker was attached");
     loop {
@@ -78,6 +85,9 @@ struct Fold {
     /// keys are the registry's own shared strings.
     owned: HashMap<ArcStr, u64>,
     folded: Option<u64>,
+    /// The stamp of the latest down mark of this node the fold has taken (applied, or
+    /// found in the registry at a resync).
+    own_mark_ms: Option<u64>,
 }
 
 impl Fold {
@@ -101,6 +111,9 @@ impl Fold {
                     down: true,
                     at_ms,
                 } => {
+                    if *node == me {
+                        self.own_mark_ms = Some(*at_ms);
+                    }
                     down.marked(*node, *at_ms, me);
                 }
                 Change::NodeDownClient(d) => {
@@ -177,7 +190,8 @@ impl Fold {
     fn resync(&mut self, why: &'static str) {
         let me = self.shared.id;
         let previously = &self.owned;
-        let (owned, interest, lost, last_applied) =
+        let own_mark_ms = self.own_mark_ms;
+        let (owned, interest, (lost, marked, mark), last_applied) =
             self.shared.view.read_applied(|registry, last_applied| {
                 let owned: HashMap<ArcStr, u64> = registry
                     .clients()
@@ -194,13 +208,7 @@ impl Fold {
                             .map(|(node, n)| (filter.to_string(), SeamNodeId(*node), *n))
                     })
                     .collect();
-                let lost: Vec<(ArcStr, u64, NodeId)> = previously
-                    .iter()
-                    .filter_map(|(id, epoch)| {
-                        let entry = registry.client(id)?;
-                        (entry.owner.node != me).then(|| (id.clone(), *epoch, entry.owner.node))
-                    })
-                    .collect();
+                let lost = lost_connections(registry, me, previously, own_mark_ms);
                 (owned, interest, lost, last_applied)
             });
         tracing::info!(
@@ -208,9 +216,23 @@ impl Fold {
             owned = owned.len(),
             filters = interest.len(),
             taken_over = lost.len(),
+            lost_to_a_mark = marked.len(),
             ?last_applied,
             "folding the registry anew"
         );
+        self.own_mark_ms = self.own_mark_ms.max(mark);
+        if !marked.is_empty() {
+            tracing::warn!(
+                clients = marked.len(),
+                at_ms = mark,
+                "the cluster marked this node down (it was paused or cut off) in what the fold missed (a snapshot installed, or the change stream lagged): ending the connections of the clients it lost as the mark does"
+            );
+            let clients = marked
+                .into_iter()
+                .map(|(client_id, epoch)| lost_to_mark(&client_id, epoch, me))
+                .collect();
+            self.broker.node_down(SeamNodeId(me), clients);
+        }
         for (client_id, epoch, by) in lost {
             self.broker
                 .taken_over(&ClientId::new(&client_id), epoch, SeamNodeId(by));
@@ -229,6 +251,53 @@ impl Fold {
             self.folded = index;
             self.shared.folded.send_replace(index);
         }
+    }
+}
+
+/// The connections this node held (`previously`: client id → epoch) that `registry` no
+/// longer names it the owner of, and how they end: taken over by the node named now, or,
+/// when the registry holds a down mark of this node newer than `own_mark_ms` (the last
+/// one the fold took), lost to that mark, named or not. Also that mark's stamp.
+#[allow(clippy::type_complexity)]
+fn lost_connections(
+    registry: &registry::Registry,
+    me: NodeId,
+    previously: &HashMap<ArcStr, u64>,
+    own_mark_ms: Option<u64>,
+) -> (Vec<(ArcStr, u64, NodeId)>, Vec<(ArcStr, u64)>, Option<u64>) {
+    let mark = registry.last_marked_down_ms(me);
+    let missed_mark = mark > own_mark_ms;
+    let (mut taken, mut marked) = (Vec::new(), Vec::new());
+    for (id, epoch) in previously {
+        match registry.client(id) {
+            Some(entry) if entry.owner.node == me => {}
+            _ if missed_mark => marked.push((id.clone(), *epoch)),
+            Some(entry) => taken.push((id.clone(), *epoch, entry.owner.node)),
+            None => {}
+        }
+    }
+    // In id order, as the log's changes come (`previously` is a hash map).
+    taken.sort_unstable();
+    marked.sort_unstable();
+    (taken, marked, mark)
+}
+
+/// A client this node lost to a down mark it learned from a snapshot, as `node_down` for
+/// this node takes it: only the id and the epoch of its connection here count (the
+/// announcer, the adopter and the will were the business of other nodes, long done).
+fn lost_to_mark(client_id: &str, epoch: u64, me: NodeId) -> DownClient {
+    DownClient {
+        client_id: ClientId::new(client_id),
+        node: SeamNodeId(me),
+        epoch,
+        was_online: true,
+        announce: false,
+        clean_start: false,
+        connected_at_ms: 0,
+        offline_since_ms: 0,
+        adopted: None,
+        will: None,
+        connection: None,
     }
 }
 
@@ -289,6 +358,12 @@ impl NodesDown {
                 .as_ref()
                 .filter(|_| adopted.is_some() || (announce && d.adopter.is_none()))
                 .map(|w| crate::session_wire::will_from_pb(&d.client_id, w)),
+            // For the announcer's event only.
+            connection: d
+                .connection
+                .as_ref()
+                .filter(|_| announce)
+                .map(crate::session_wire::connection_from_pb),
             adopted,
         });
     }
@@ -303,5 +378,87 @@ impl NodesDown {
                 broker.node_down(SeamNodeId(dead), clients);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_proto::v1 as pb;
+    use skein_proto::v1::command::Command;
+
+    fn register(r: &mut registry::Registry, client: &str, node: NodeId, epoch: u64, expiry: u32) {
+        apply(
+            r,
+            Command::Register(pb::RegisterClient {
+                client_id: client.into(),
+                node_id: node,
+                epoch,
+                clean_start: false,
+                session_expiry_secs: expiry,
+                stamped_at_ms: 1_000 + epoch,
+                ..Default::default()
+            }),
+        );
+    }
+
+    fn apply(r: &mut registry::Registry, command: Command) {
+        let command = pb::Command {
+            command: Some(command),
+        };
+        r.apply(&command, &mut Vec::new());
+    }
+
+    fn node_down(r: &mut registry::Registry, node: NodeId, at_ms: u64) {
+        apply(
+            r,
+            Command::NodeDown(pb::NodeDown {
+                node_id: node,
+                stamped_at_ms: at_ms,
+                adopters: vec![1, 2, 3],
+                registered_after_ms: 0,
+            }),
+        );
+    }
+
+    /// Node 3 held `kept`, `adopted` (a persistent session), `ended` (expiry 0) and
+    /// `roamer`, which a CONNECT on node 1 took over. Folded anew without a mark of node
+    /// 3 in between: the takeover is one; with a mark it has not taken: the mark's.
+    #[test]
+    fn connections_lost_to_a_mark_the_fold_missed_end_as_the_mark_ends_them() {
+        let mut r = registry::Registry::default();
+        register(&mut r, "kept", 3, 1, 60);
+        register(&mut r, "adopted", 3, 2, 60);
+        register(&mut r, "ended", 3, 3, 0);
+        register(&mut r, "roamer", 3, 4, 60);
+        let previously: HashMap<ArcStr, u64> = [("kept", 1), ("adopted", 2), ("ended", 3), ("roamer", 4)]
+            .into_iter()
+            .map(|(id, epoch)| (ArcStr::from(id), epoch))
+            .collect();
+        register(&mut r, "roamer", 1, 10, 60);
+        let (taken, marked, mark) = lost_connections(&r, 3, &previously, None);
+        assert_eq!(taken, [(ArcStr::from("roamer"), 4, 1)]);
+        assert!(marked.is_empty() && mark.is_none());
+
+        node_down(&mut r, 3, 9_000);
+        // A registration of node 3 after the mark (a CONNECT it took when it resumed).
+        register(&mut r, "kept", 3, 20, 60);
+        let mut previously = previously;
+        previously.insert(ArcStr::from("kept"), 20);
+        let (taken, marked, mark) = lost_connections(&r, 3, &previously, None);
+        assert!(taken.is_empty(), "{taken:?}");
+        let ids: Vec<(&str, u64)> = marked.iter().map(|(id, e)| (id.as_str(), *e)).collect();
+        assert_eq!(ids, [("adopted", 2), ("ended", 3), ("roamer", 4)]);
+        assert_eq!(mark, Some(9_000));
+        // The fold applied that mark from the log: later losses are takeovers again.
+        register(&mut r, "kept", 2, 30, 60);
+        let (taken, marked, _) = lost_connections(&r, 3, &previously, Some(9_000));
+        assert!(marked.is_empty());
+        let ids: Vec<&str> = taken.iter().map(|(id, _, _)| id.as_str()).collect();
+        assert_eq!(ids, ["adopted", "kept", "roamer"]);
+        // Marked up again before the snapshot was taken: the mark still counts.
+        apply(&mut r, Command::NodeUp(pb::NodeUp { node_id: 3 }));
+        let (_, marked, _) = lost_connections(&r, 3, &previously, Some(8_000));
+        assert_eq!(marked.len(), 4);
     }
 }

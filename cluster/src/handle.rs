@@ -86,15 +86,16 @@ impl ClusterHandle for ClusterNode {
         clean_start: bool,
         session_expiry_secs: u32,
     ) -> BoxFuture<'a, Result<Registration, SeamError>> {
-        self.register_client_with_will(client_id, clean_start, session_expiry_secs, None)
+        self.register_connection(client_id, clean_start, session_expiry_secs, None, None)
     }
 
-    fn register_client_with_will<'a>(
+    fn register_connection<'a>(
         &'a self,
         client_id: &'a ClientId,
         clean_start: bool,
         session_expiry_secs: u32,
         will: Option<skein_seam::RegisteredWill>,
+        connection: Option<skein_seam::RegisteredConnection>,
     ) -> BoxFuture<'a, Result<Registration, SeamError>> {
         Box::pin(async move {
             let r = ClusterNode::register_shared(
@@ -103,6 +104,7 @@ impl ClusterHandle for ClusterNode {
                 clean_start,
                 session_expiry_secs,
                 will.map(crate::session_wire::will_to_pb),
+                connection.map(crate::session_wire::connection_to_pb),
             )
             .await
             .map_err(to_seam)?;

@@ -26,6 +26,7 @@ mod certificates;
 mod certificates_tests;
 mod change;
 mod client_ids;
+mod connection;
 mod entry;
 mod node_down;
 #[cfg(test)]
@@ -43,6 +44,7 @@ use skein_proto::v1 as pb;
 pub use certificates::{status_from_pb, status_to_pb};
 pub use change::{AppliedChanges, Change, ChangeEvent, DownClient, PreviousOwner};
 pub use client_ids::ClientIds;
+use connection::ConnectionBytes;
 pub use entry::{ClientEntry, Subscriptions};
 pub use snapshot::SNAPSHOT_FORMAT;
 
@@ -83,9 +85,16 @@ pub struct Registry {
     interest: BTreeMap<Arc<str>, BTreeMap<NodeId, u32>>,
     /// Nodes marked down (see `node_down.rs`): not picked as adopters, not marked again.
     down_nodes: BTreeSet<NodeId>,
+    /// The stamp of each node's latest down mark, kept after it is marked up again (see
+    /// [`Registry::last_marked_down_ms`]).
+    marks: BTreeMap<NodeId, u64>,
     /// The wills of online connections that have one, kept apart from the entries (most
     /// clients have none): published by the adopter should their node die.
     wills: BTreeMap<ArcStr, pb::RegisteredWill>,
+    /// What the events of online connections say about them (username, addresses,
+    /// protocol), apart from the entries like the wills (an offline session has none):
+    /// announced by the adopter should their node die (see `connection.rs`).
+    connections: BTreeMap<ArcStr, ConnectionBytes>,
     /// Device certificates by serial number (see `certificates.rs`).
     certificates: BTreeMap<String, pb::CertificateRecord>,
     /// The log's clock: the largest proposer stamp applied (see [`Registry::clock_ms`]).
@@ -118,6 +127,19 @@ impl Registry {
     /// The will of the connection that holds `client_id`, if it registered one.
     pub fn will(&self, client_id: &str) -> Option<&pb::RegisteredWill> {
         self.wills.get(client_id)
+    }
+
+    /// What the events of the online connection that holds `client_id` say about it, if
+    /// its registration carried that.
+    pub fn connection(&self, client_id: &str) -> Option<pb::RegisteredConnection> {
+        self.connections.get(client_id).map(ConnectionBytes::decode)
+    }
+
+    /// The stamp of the latest down mark of `node` (None: never marked down), whether or
+    /// not it is marked up again since: a member that missed a mark of itself (it learned
+    /// it through a snapshot) ends the connections it lost as the mark does.
+    pub fn last_marked_down_ms(&self, node: NodeId) -> Option<u64> {
+        self.marks.get(&node).copied()
     }
 
     /// The nodes marked down, in id order.
@@ -263,6 +285,15 @@ impl Registry {
                 self.wills.remove(&client_id);
             }
         }
+        match &c.connection {
+            Some(connection) => {
+                self.connections
+                    .insert(client_id.clone(), ConnectionBytes::encode(connection));
+            }
+            None => {
+                self.connections.remove(&client_id);
+            }
+        }
         self.clients.insert(client_id, entry);
         Ok(registered(session_present, replaced))
     }
@@ -287,8 +318,9 @@ impl Registry {
         } else {
             entry.set_offline_since(Some(c.stamped_at_ms));
         }
-        // The connection ended on its node, which saw to its will.
+        // The connection ended on its node, which saw to its will and announced its end.
         self.wills.remove(&client_id);
+        self.connections.remove(&client_id);
         changes.push(Change::Unregistered {
             client_id,
             owner,

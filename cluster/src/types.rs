@@ -130,6 +130,7 @@ mod tests {
                     clean_start: true,
                     session_expiry_secs: 60,
                     will: None,
+                    connection: None,
                     stamped_at_ms: 1_700_000_000_000,
                     commit_by_ms: 1_700_000_005_000,
                 })),

@@ -151,6 +151,24 @@ pub struct DownClient {
     /// the adopter, after its delay unless the client returns first; for a session that
     /// ended, the announcer, at once).
     pub will: Option<RegisteredWill>,
+    /// What the events of its connection said about it (given to the announcer, for the
+    /// `node_down` event); None when the registration did not carry it (an older build).
+    pub connection: Option<RegisteredConnection>,
+}
+
+/// A connection as its events describe it, kept by the cluster while it is online for the
+/// node that announces its end should its node die. Never holds the password.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RegisteredConnection {
+    pub username: Option<String>,
+    /// The client's address (None: unknown).
+    pub peer: Option<std::net::SocketAddr>,
+    /// The listener address it connected to (None: unknown).
+    pub sockname: Option<std::net::SocketAddr>,
+    /// The MQTT protocol level: 3, 4 or 5 (0: unknown).
+    pub protocol_level: u8,
+    pub websocket: bool,
+    pub keepalive: u16,
 }
 
 /// A connection's will as the cluster keeps it while the connection is online, for the

@@ -4,7 +4,7 @@
 
 use crate::box_future::BoxFuture;
 use crate::broker_handle::{
-    ForwardedPublish, HandedOverSubscription, RegisteredWill, SessionHandover,
+    ForwardedPublish, HandedOverSubscription, RegisteredConnection, RegisteredWill, SessionHandover,
 };
 use crate::certificate::{
     CertificateRecord, CertificateRegistration, CertificateStatus, SeenCertificate,
@@ -146,17 +146,19 @@ pub trait ClusterHandle: Send + Sync {
         session_expiry_secs: u32,
     ) -> BoxFuture<'a, Result<Registration, ClusterError>>;
 
-    /// [`Self::register_client`] for a connection with a will: the cluster keeps it while
-    /// the connection is online, for the node that adopts the client should this node die
-    /// (it publishes the will then). Without a cluster there is nobody to give it to.
-    fn register_client_with_will<'a>(
+    /// [`Self::register_client`] for a connection with a will and what its events say
+    /// about it: the cluster keeps both while the connection is online, for the node that
+    /// adopts or announces the client should this node die (it publishes the will and the
+    /// `node_down` event then). Without a cluster there is nobody to give them to.
+    fn register_connection<'a>(
         &'a self,
         client_id: &'a ClientId,
         clean_start: bool,
         session_expiry_secs: u32,
         will: Option<RegisteredWill>,
+        connection: Option<RegisteredConnection>,
     ) -> BoxFuture<'a, Result<Registration, ClusterError>> {
-        let _ = will;
+        let _ = (will, connection);
         self.register_client(client_id, clean_start, session_expiry_secs)
     }
 

@@ -25,8 +25,8 @@ pub mod ids;
 pub use box_future::BoxFuture;
 pub use broker_handle::{
     AdoptedSession, BrokerHandle, BrokerHandleError, DownClient, ForwardedPublish,
-    HandedOverMessage, HandedOverSubscription, KickReason, PublishProperties, RegisteredWill,
-    SessionHandover, SharedTarget,
+    HandedOverMessage, HandedOverSubscription, KickReason, PublishProperties, RegisteredConnection,
+    RegisteredWill, SessionHandover, SharedTarget,
 };
 pub use certificate::{
     CertificateRecord, CertificateRegistration, CertificateStatus, SeenCertificate,

@@ -15,6 +15,7 @@ mod watcher;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
@@ -72,8 +73,13 @@ async fn wait_metric(http: SocketAddr, name: &str, expected: f64) {
     }
 }
 
-/// Both renderings of the node_down end of `id`, each naming node `dead_mqtt`.
-async fn expect_node_down_events(w: &mut Watcher, id: &str, dead_mqtt: &str) {
+/// Both renderings of the node_down end of `id`, each naming node `dead_mqtt`: the
+/// `$events` one and the `$EVENT` one.
+async fn expect_node_down_events(
+    w: &mut Watcher,
+    id: &str,
+    dead_mqtt: &str,
+) -> (serde_json::Value, serde_json::Value) {
     let v = w
         .wait_within(MARKED_DOWN_WITHIN, "$events/client_disconnected", |v| {
             v["clientid"] == id
@@ -81,12 +87,13 @@ async fn expect_node_down_events(w: &mut Watcher, id: &str, dead_mqtt: &str) {
         .await;
     assert_eq!(v["reason"], "node_down", "{v}");
     assert_eq!(v["node"], dead_mqtt, "names the dead node: {v}");
-    let v = w
+    let close = w
         .wait_within(RECV_TIMEOUT, "$EVENT.CLOSE", |v| v["clientId"] == id)
         .await;
-    assert_eq!(v["reason"], "node_down", "{v}");
+    assert_eq!(close["reason"], "node_down", "{close}");
     let dead_ip = dead_mqtt.rsplit_once(':').unwrap().0;
-    assert_eq!(v["nodeIp"], dead_ip, "{v}");
+    assert_eq!(close["nodeIp"], dead_ip, "{close}");
+    (v, close)
 }
 
 /// Receives `n` publishes, acknowledging each, and returns their payloads.
@@ -139,6 +146,7 @@ async fn a_killed_nodes_clients_go_offline_once_and_its_sessions_are_adopted() {
             .will(Will::new("nd/will/sub", b"sub gone").qos(1).delay(0)),
     )
     .await;
+    let sub_peer = s.local_addr().to_string();
     assert_eq!(s.subscribe(1, &[SubFilter::new("nd/live/#", 1)]).await, [1]);
     let clean_id = unique_id("clean");
     let (_clean, _, _) = RawClient::connect_ok(
@@ -173,7 +181,11 @@ async fn a_killed_nodes_clients_go_offline_once_and_its_sessions_are_adopted() {
     cluster.kill9(3);
     // One event per client that was online, from the adopters: none for the session
     // that was offline already.
-    expect_node_down_events(&mut w, &sub_id, &dead_mqtt).await;
+    let (v, close) = expect_node_down_events(&mut w, &sub_id, &dead_mqtt).await;
+    // The connection's own address and protocol, as its registration kept them.
+    assert_eq!(v["peername"], sub_peer.as_str(), "{v}");
+    assert_eq!(v["sockname"], dead_mqtt.as_str(), "{v}");
+    assert_eq!((&close["clientIp"], &close["protocol"]), (&"127.0.0.1".into(), &"MQTT".into()), "{close}");
     expect_node_down_events(&mut w, &clean_id, &dead_mqtt).await;
     eprintln!("node_down events {:?} after the kill", killed.elapsed());
     // (The watcher saw `away` leave normally before the kill.)
@@ -276,25 +288,162 @@ impl Drop for Paused {
     }
 }
 
+/// A web server on 127.0.0.1 that keeps every JSON body POSTed to `/hook` (the webhook
+/// dialect of every node posts there).
+#[derive(Clone, Default)]
+struct Hook(Arc<Mutex<Vec<serde_json::Value>>>);
+
+impl Hook {
+    async fn start() -> (Hook, SocketAddr) {
+        let hook = Hook::default();
+        let keep = hook.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: String| {
+                let keep = keep.clone();
+                async move {
+                    let v = serde_json::from_str(&body)
+                        .unwrap_or_else(|e| panic!("webhook body is not JSON ({e}): {body}"));
+                    keep.0.lock().unwrap().push(v);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (hook, addr)
+    }
+
+    /// The `client_disconnected` bodies of `id` so far.
+    fn disconnected(&self, id: &str) -> Vec<serde_json::Value> {
+        let bodies = self.0.lock().unwrap();
+        bodies
+            .iter()
+            .filter(|v| v["action"] == "client_disconnected" && v["clientid"] == id)
+            .cloned()
+            .collect()
+    }
+
+    async fn wait_disconnected(&self, id: &str, reason: &str) -> serde_json::Value {
+        let end = Instant::now() + MARKED_DOWN_WITHIN;
+        loop {
+            if let Some(v) = self.disconnected(id).into_iter().find(|v| v["reason"] == reason) {
+                return v;
+            }
+            assert!(
+                Instant::now() < end,
+                "no client_disconnected of {id} ({reason}): {:?}",
+                self.disconnected(id)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    let mut keys: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+/// The fields a node_down end names about the connection itself, against the same event of
+/// an ordinary end of a connection alike (`reference`, same node, same username and
+/// protocol): the same keys, none of them null where the ordinary one has a value, the same
+/// values where they are the node's or the user's, and the client's own address.
+fn same_fields_as(
+    down: &serde_json::Value,
+    reference: &serde_json::Value,
+    differ: &[&str],
+    peer: &str,
+) {
+    assert_eq!(keys(down), keys(reference), "{down}\nagainst {reference}");
+    for key in keys(reference) {
+        let (d, r) = (&down[&key], &reference[&key]);
+        assert_eq!(d.is_null(), r.is_null(), "{key}: {down}\nagainst {reference}");
+        if differ.contains(&key.as_str()) {
+            continue;
+        }
+        match key.as_str() {
+            "peername" => assert_eq!(d, peer, "{key}: {down}"),
+            "clientIp" | "ipaddress" => {
+                assert_eq!(d, peer.rsplit_once(':').unwrap().0, "{key}: {down}")
+            }
+            _ => assert_eq!(d, r, "{key}: {down}\nagainst {reference}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_marked_down_closes_the_connections_it_lost_without_a_second_event() {
-    let cluster = cluster().await;
+    let (hook, hook_addr) = Hook::start().await;
+    let cluster = TestCluster::start_with(3, |_, b| {
+        b.env("SKEIN_NODE_DOWN_AFTER_MS", NODE_DOWN_AFTER_MS)
+            .env("SKEIN_EVENTS_DOLLAR_EVENT", "1")
+            .env("SKEIN_WEBHOOK_URLS", format!("http://{hook_addr}/hook"))
+            .env("SKEIN_EVENTS_PRESENCE_TOPIC", "nd/presence/{username}/{clientid}")
+    })
+    .await;
     let paused_mqtt = cluster.node(3).mqtt_addr().to_string();
     let mut w = Watcher::start(
         cluster.node(1),
-        &["$events/client_disconnected", "$EVENT.CLOSE"],
+        &["$events/client_disconnected", "$EVENT.CLOSE", "nd/presence/#"],
     )
     .await;
-    let id = unique_id("stale");
-    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let user = || {
+        let mut c = Connect::v5(&unique_id("nd-user")).keep_alive(30);
+        c.username = Some("nd-user".into());
+        c
+    };
+    // An ordinary end of a connection like the one node 3 will lose (same user, protocol
+    // and node, its socket closed): what each dialect says of it.
+    let ordinary = user();
+    let (o, _, _) = RawClient::connect_ok(cluster.node(3).mqtt_addr(), &ordinary).await;
+    let ordinary_peer = o.local_addr().to_string();
+    drop(o);
+    let ordinary_id = ordinary.client_id.clone();
+    let ref_events = w
+        .wait("$events/client_disconnected", |v| v["clientid"] == *ordinary_id)
+        .await;
+    assert_eq!(ref_events["peername"], *ordinary_peer, "{ref_events}");
+    let ref_close = w
+        .wait("$EVENT.CLOSE", |v| v["clientId"] == *ordinary_id)
+        .await;
+    let ref_hook = hook.wait_disconnected(&ordinary_id, "tcp_closed").await;
+
+    let connect = user();
+    let id = connect.client_id.clone();
+    let persistent = connect.clean(false).session_expiry(3600);
     let (mut c, _, _) = RawClient::connect_ok(cluster.node(3).mqtt_addr(), &persistent).await;
+    let peer = c.local_addr().to_string();
     assert_eq!(
         c.subscribe(1, &[SubFilter::new("nd/paused/#", 1)]).await,
         [1]
     );
+    let presence = format!("nd/presence/nd-user/{id}");
+    w.wait(&presence, |v| v["online"] == true).await;
 
     let mut paused = Paused::stop(cluster.node(3).pid());
-    expect_node_down_events(&mut w, &id, &paused_mqtt).await;
+    let (down, close) = expect_node_down_events(&mut w, &id, &paused_mqtt).await;
+    // Field by field, each dialect as for the ordinary end (which was not a node_down:
+    // its reason and times differ).
+    same_fields_as(
+        &down,
+        &ref_events,
+        &["clientid", "reason", "disconnected_at"],
+        &peer,
+    );
+    assert_eq!(down["username"], "nd-user");
+    assert_eq!(down["sockname"], paused_mqtt.as_str(), "{down}");
+    same_fields_as(&close, &ref_close, &["clientId", "reason", "timestamp"], &peer);
+    assert_eq!(close["protocol"], "MQTT");
+    let body = hook.wait_disconnected(&id, "node_down").await;
+    same_fields_as(&body, &ref_hook, &["clientid", "reason"], &peer);
+    assert_eq!(body["username"], "nd-user");
+    assert_eq!(body["node"], paused_mqtt.as_str());
+    // Presence: offline, once, from the announcer.
+    w.wait_within(RECV_TIMEOUT, &presence, |v| v["online"] == false)
+        .await;
     let mut publisher = RawClient::v5(cluster.node(1).mqtt_addr(), &unique_id("pub")).await;
     publish_acked(&mut publisher, "nd/paused/x", "while paused", 1).await;
 
@@ -320,6 +469,9 @@ async fn a_paused_node_marked_down_closes_the_connections_it_lost_without_a_seco
     .await;
     w.expect_none(Duration::ZERO, "$EVENT.CLOSE", |v| v["clientId"] == id)
         .await;
+    w.expect_none(Duration::ZERO, &presence, |v| v["online"] == false)
+        .await;
+    assert_eq!(hook.disconnected(&id).len(), 1, "{:?}", hook.disconnected(&id));
 
     // The client resumes elsewhere with what was published while node 3 was away.
     let (mut c, present, _) = RawClient::connect_ok(cluster.node(2).mqtt_addr(), &persistent).await;

@@ -24,7 +24,7 @@ use skein_seam::{AdoptedSession, DownClient, NodeId, RegisteredWill};
 use super::Broker;
 use crate::codec::{Properties, ProtocolVersion, QoS, Will};
 use crate::disconnect::DisconnectReason;
-use crate::events::{raise, ClientInfo, EventBody, EventKind, NodeInfo};
+use crate::events::{raise, ClientInfo, EventBody, EventKind, NodeInfo, Transport};
 use crate::message::now_ms;
 use crate::session::{Kick, OptionalMs, Session};
 use crate::topic;
@@ -144,11 +144,7 @@ impl Broker {
 
     /// The one `client.disconnected` event of a client whose node died.
     fn announce_node_down(&self, client: &DownClient, dead: &NodeInfo) {
-        let info = Arc::new(ClientInfo {
-            clean_start: client.clean_start,
-            connected_at_ms: client.connected_at_ms,
-            ..ClientInfo::unknown(client.client_id.clone(), ProtocolVersion::V311)
-        });
+        let info = Arc::new(down_client_info(client));
         raise::raise(&self.events, &info, EventKind::ClientDisconnected, || {
             EventBody::Disconnected {
                 reason: DisconnectReason::NodeDown,
@@ -231,6 +227,39 @@ impl Broker {
                 broker.session_moved(session).await;
             }
         });
+    }
+}
+
+/// The client of a node marked down as its events describe it: as the connection's own
+/// events did, from what its registration kept (see the cluster's `RegisteredConnection`);
+/// what a registration of an older build did not keep reads as unknown.
+fn down_client_info(client: &DownClient) -> ClientInfo {
+    let unknown = ClientInfo::unknown(client.client_id.clone(), ProtocolVersion::V311);
+    let base = ClientInfo {
+        clean_start: client.clean_start,
+        connected_at_ms: client.connected_at_ms,
+        ..unknown
+    };
+    let Some(c) = &client.connection else {
+        return base;
+    };
+    let protocol = match c.protocol_level {
+        3 => ProtocolVersion::V31,
+        5 => ProtocolVersion::V5,
+        _ => ProtocolVersion::V311,
+    };
+    ClientInfo {
+        username: c.username.as_deref().map(Arc::from),
+        peer: c.peer.unwrap_or(base.peer),
+        sockname: c.sockname.map_or(base.sockname.clone(), Arc::new),
+        protocol,
+        transport: if c.websocket {
+            Transport::WebSocket
+        } else {
+            Transport::Tcp
+        },
+        keepalive: c.keepalive,
+        ..base
     }
 }
 

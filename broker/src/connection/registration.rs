@@ -13,7 +13,11 @@ use tokio::sync::oneshot;
 
 use crate::broker::Broker;
 use crate::log_limit::LogLimit;
-use skein_seam::{ClientId, ForwardedPublish, PublishProperties, RegisteredWill, Registration};
+use crate::events::{ClientInfo, Transport};
+use skein_seam::{
+    ClientId, ForwardedPublish, PublishProperties, RegisteredConnection, RegisteredWill,
+    Registration,
+};
 
 /// One warning per interval for refusals while the cluster is unavailable (a CONNECT storm
 /// against a node cut off from the majority would otherwise write one line per CONNECT).
@@ -39,13 +43,21 @@ pub(super) async fn register(
     client_id: &ClientId,
     claim: Claim,
     will: Option<RegisteredWill>,
+    info: &ClientInfo,
 ) -> Result<Registration, String> {
     let (tx, mut rx) = oneshot::channel();
     let (b, id) = (broker.clone(), client_id.clone());
+    let connection = registered_connection(info);
     broker.tasks.spawn(async move {
         let result = b
             .cluster
-            .register_client_with_will(&id, claim.clean_start, claim.expiry, will)
+            .register_connection(
+                &id,
+                claim.clean_start,
+                claim.expiry,
+                will,
+                Some(connection),
+            )
             .await;
         // The handshake gave up (timed out, or its connection ended): nobody attaches.
         if let Err(result) = tx.send(result) {
@@ -87,6 +99,19 @@ pub(super) async fn register(
         );
     }
     Err(detail)
+}
+
+/// What the events of a connection say about it, as the cluster keeps it (for the node
+/// that announces its end should this node die: its `node_down` event says the same).
+fn registered_connection(info: &ClientInfo) -> RegisteredConnection {
+    RegisteredConnection {
+        username: info.username.as_deref().map(str::to_owned),
+        peer: info.peer_known().then_some(info.peer),
+        sockname: (info.sockname.port() != 0).then_some(*info.sockname),
+        protocol_level: info.protocol.level(),
+        websocket: info.transport == Transport::WebSocket,
+        keepalive: info.keepalive,
+    }
 }
 
 /// A CONNECT's will as the cluster keeps it (for the node that adopts the client should

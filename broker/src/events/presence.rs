@@ -7,7 +7,10 @@
 //! Offline is published only for the connection the last online was published for, and
 //! never for a `takeovered` end (on another node of a cluster, the taker's online may not
 //! even pass through this node). A connection that was refused was never online: no
-//! offline either. A template naming `{username}` skips clients without one.
+//! offline either. A template naming `{username}` skips clients without one. A client of
+//! a node marked down (reason `node_down`) is said offline by the node that announces its
+//! end (its event names the dead node, and so does `{node}`), with the username its
+//! registration kept.
 
 use std::sync::{Arc, Weak};
 
@@ -120,6 +123,8 @@ impl Presence {
     }
 
     pub fn render(&mut self, event: &Event, node: &NodeInfo) -> Option<Outgoing> {
+        // `{node}` is where the connection was, as in its online's topic.
+        let node = super::dollar_event_dot_topics::held_on(event).unwrap_or(node);
         let c = &event.client;
         let online = match &event.body {
             EventBody::Connected => {
@@ -131,10 +136,15 @@ impl Presence {
                     .online
                     .get(&c.client_id)
                     .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(c)));
-                if !current {
+                // A client of a node marked down: its node published its online and
+                // cannot say offline; the one node that announces its end does.
+                let announced = *reason == DisconnectReason::NodeDown;
+                if !current && !announced {
                     return None;
                 }
-                self.online.remove(&c.client_id);
+                if current {
+                    self.online.remove(&c.client_id);
+                }
                 if *reason == DisconnectReason::Takeovered {
                     return None;
                 }
@@ -274,6 +284,44 @@ mod tests {
             .is_some());
         assert!(p
             .render(&event(&lone, gone(DisconnectReason::Takeovered)), &node())
+            .is_none());
+    }
+
+    #[test]
+    fn a_client_of_a_node_marked_down_is_said_offline_by_its_announcer() {
+        let mut p = Presence::new(Template::parse("open/K/{username}/{node}").unwrap(), true);
+        let dead = NodeInfo {
+            node: "10.0.0.3:1883".into(),
+            node_ip: "10.0.0.3".into(),
+            node_name: "edge-3".into(),
+        };
+        let body = |on_node: Option<NodeInfo>| EventBody::Disconnected {
+            reason: DisconnectReason::NodeDown,
+            disconnected_at_ms: 2,
+            takeover_node: None,
+            by_disconnect_packet: false,
+            had_session: true,
+            on_node: on_node.map(Box::new),
+        };
+        // Its online was published by the dead node: the topic names that node.
+        let off = p
+            .render(
+                &event(&client("dev", Some("DU_1")), body(Some(dead))),
+                &node(),
+            )
+            .unwrap();
+        assert_eq!(off.topic, "open/K/DU_1/10.0.0.3:1883");
+        assert_eq!(&off.payload[..], br#"{"online":false}"#);
+        // Without the username (a registration of an older build) there is no topic.
+        assert!(p
+            .render(&event(&client("dev", None), body(None)), &node())
+            .is_none());
+        // Another end of a connection this node never said online stays silent.
+        assert!(p
+            .render(
+                &event(&client("dev", Some("DU_1")), gone(DisconnectReason::Normal)),
+                &node()
+            )
             .is_none());
     }
 

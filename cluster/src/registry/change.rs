@@ -97,6 +97,9 @@ pub struct DownClient {
     /// The will of its connection (online ones only): the adopter, or for a session that
     /// ended the announcer, publishes it.
     pub will: Option<skein_proto::v1::RegisteredWill>,
+    /// What the events of its connection (online ones only) say about it, for the
+    /// announcer's event; None when its registration did not carry it (an older build).
+    pub connection: Option<skein_proto::v1::RegisteredConnection>,
 }
 
 /// The owner a registration replaced.

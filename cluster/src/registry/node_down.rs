@@ -39,6 +39,7 @@ impl Registry {
         if !self.down_nodes.insert(dead) {
             return marked(false, 0, 0);
         }
+        self.marks.insert(dead, c.stamped_at_ms);
         changes.push(Change::NodeMarked {
             node: dead,
             down: true,
@@ -69,6 +70,12 @@ impl Registry {
             let was_online = entry.is_online();
             // Only an online connection's will is still due; the adopter publishes it.
             let will = self.wills.remove(&client_id).filter(|_| was_online);
+            // And its description, for the announcer's event.
+            let connection = self
+                .connections
+                .remove(&client_id)
+                .filter(|_| was_online)
+                .map(|c| c.decode());
             let offline_since_ms = entry.offline_since_ms().unwrap_or(c.stamped_at_ms);
             let chosen = pick(&candidates, &client_id);
             let adopter = chosen
@@ -123,6 +130,7 @@ impl Registry {
                 connected_at_ms,
                 offline_since_ms,
                 will,
+                connection,
             })));
         }
         marked(true, adopted, ended)

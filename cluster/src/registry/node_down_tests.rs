@@ -150,12 +150,18 @@ fn marks_survive_a_snapshot() {
     let restored = Registry::from_snapshot(&bytes).unwrap();
     assert_eq!(restored, r);
     assert!(restored.down_nodes().contains(&3));
-    // Up again: the mark leaves the snapshot too.
+    assert_eq!(restored.last_marked_down_ms(3), Some(9_000));
+    // Up again: the mark leaves the snapshot too, its stamp stays (a member that missed
+    // it learns from it how the connections it lost ended).
     apply(&mut r, node_up(3));
-    assert!(Registry::from_snapshot(&r.to_snapshot())
-        .unwrap()
-        .down_nodes()
-        .is_empty());
+    let restored = Registry::from_snapshot(&r.to_snapshot()).unwrap();
+    assert!(restored.down_nodes().is_empty());
+    assert_eq!(restored.last_marked_down_ms(3), Some(9_000));
+    assert_eq!(restored.last_marked_down_ms(2), None);
+    // A mark while marked already keeps the first stamp; the next one replaces it.
+    apply(&mut r, node_down(3, 12_000, vec![1, 2]));
+    apply(&mut r, node_down(3, 13_000, vec![1, 2]));
+    assert_eq!(r.last_marked_down_ms(3), Some(12_000));
 }
 
 fn with_will(mut command: pb::Command, topic: &str) -> pb::Command {
@@ -203,6 +209,63 @@ fn an_online_clients_will_goes_to_its_adopter_and_only_then() {
     apply(&mut r, with_will(register("x", 1, 5, true, 0), "w/x1"));
     apply(&mut r, register("x", 2, 6, true, 0));
     assert!(r.will("x").is_none());
+}
+
+pub(super) fn with_connection(mut command: pb::Command, username: &str) -> pb::Command {
+    if let Some(pb::command::Command::Register(r)) = &mut command.command {
+        r.connection = Some(pb::RegisteredConnection {
+            username: Some(username.into()),
+            peer: "10.0.0.9:5768".into(),
+            sockname: "10.0.0.3:1883".into(),
+            protocol_level: 5,
+            websocket: false,
+            keepalive: 30,
+        });
+    }
+    command
+}
+
+/// What the announcer's event needs of a connection is kept while it is online, travels in
+/// snapshots, goes with the node-down to the announcer once, and only for online clients.
+#[test]
+fn an_online_clients_connection_goes_to_its_announcer_and_only_then() {
+    let mut r = Registry::default();
+    apply(&mut r, with_connection(register("on", 3, 1, false, 60), "u-on"));
+    apply(&mut r, with_connection(register("off", 3, 2, false, 60), "u-off"));
+    apply(&mut r, with_connection(register("bye", 3, 3, true, 0), "u-bye"));
+    // A registration of an older build carries none.
+    apply(&mut r, register("old", 3, 4, false, 60));
+    apply(&mut r, unregister("off", 3, 2, false));
+    assert!(r.connection("off").is_none() && r.connection("old").is_none());
+    let on = r.connection("on").unwrap();
+    assert_eq!(on.username.as_deref(), Some("u-on"));
+    assert_eq!((on.peer.as_str(), on.protocol_level), ("10.0.0.9:5768", 5));
+    assert_eq!(Registry::from_snapshot(&r.to_snapshot()).unwrap(), r);
+    let (_, changes) = apply(&mut r, node_down(3, 9_000, vec![1, 2]));
+    let connections: Vec<(&str, bool, Option<&str>)> = down_clients(&changes)
+        .iter()
+        .map(|d| {
+            (
+                d.client_id.as_str(),
+                d.was_online,
+                d.connection.as_ref().and_then(|c| c.username.as_deref()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        connections,
+        [
+            ("bye", true, Some("u-bye")),
+            ("off", false, None),
+            ("old", true, None),
+            ("on", true, Some("u-on")),
+        ]
+    );
+    assert!(r.connection("on").is_none() && r.connection("bye").is_none());
+    // A newer registration replaces it, or drops it when it has none.
+    apply(&mut r, with_connection(register("x", 1, 5, true, 0), "u-x"));
+    apply(&mut r, register("x", 2, 6, true, 0));
+    assert!(r.connection("x").is_none());
 }
 
 /// Node 3 was paused; on resuming it read a CONNECT that waited for it and registered the

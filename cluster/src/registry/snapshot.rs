@@ -3,8 +3,9 @@
 //! Clients are written in id order and subscriptions in filter order, so equal registries
 //! give equal bytes. The interest index is not stored: loading rebuilds it from the clients.
 //! A format byte this build does not know is an error naming it, never a guess. Fields
-//! added since (the nodes marked down, the device certificates, the log's clock) are
-//! protobuf additions within format 1: an older snapshot reads as having none (clock 0).
+//! added since (the nodes marked down, the device certificates, the log's clock, the online
+//! connections' descriptions, the nodes' latest marks) are protobuf additions within format 1: an older snapshot
+//! reads as having none (clock 0).
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use arcstr::ArcStr;
 use prost::Message;
 use skein_proto::v1 as pb;
 
-use super::{check_options, ClientEntry, Owner, Registry, Subscription};
+use super::{check_options, ClientEntry, ConnectionBytes, Owner, Registry, Subscription};
 
 /// The format byte of the snapshots this build writes (and the only one it reads).
 pub const SNAPSHOT_FORMAT: u8 = 1;
@@ -29,12 +30,21 @@ impl Registry {
                 .map(|(id, entry)| {
                     let mut record = client_record(id, entry);
                     record.will = self.wills.get(id).cloned();
+                    record.connection = self.connections.get(id).map(|c| c.decode());
                     record
                 })
                 .collect(),
             down_nodes: self.down_nodes.iter().copied().collect(),
             certificates: self.certificate_records(),
             clock_ms: self.clock_ms,
+            marks: self
+                .marks
+                .iter()
+                .map(|(node, at)| pb::NodeMark {
+                    node_id: *node,
+                    stamped_at_ms: *at,
+                })
+                .collect(),
         };
         let mut bytes = Vec::with_capacity(1 + message.encoded_len());
         bytes.push(SNAPSHOT_FORMAT);
@@ -59,9 +69,15 @@ impl Registry {
         let mut registry = Registry::default();
         for mut record in message.clients {
             let will = record.will.take();
+            let connection = record.connection.take();
             let (id, entry) = client_entry(record)?;
             if let Some(will) = will {
                 registry.wills.insert(id.clone(), will);
+            }
+            if let Some(connection) = connection {
+                registry
+                    .connections
+                    .insert(id.clone(), ConnectionBytes::encode(&connection));
             }
             if registry.clients.insert(id.clone(), entry).is_some() {
                 return Err(ClusterError::Snapshot(format!("client {id:?} twice")));
@@ -72,6 +88,11 @@ impl Registry {
             .load_certificates(message.certificates)
             .map_err(ClusterError::Snapshot)?;
         registry.clock_ms = message.clock_ms;
+        registry.marks = message
+            .marks
+            .into_iter()
+            .map(|m| (m.node_id, m.stamped_at_ms))
+            .collect();
         registry.rebuild_interest();
         Ok(registry)
     }
@@ -101,6 +122,7 @@ fn client_record(id: &str, entry: &ClientEntry) -> pb::ClientRecord {
             })
             .collect(),
         will: None,
+        connection: None,
     }
 }
 

@@ -23,6 +23,7 @@ pub(super) fn register(
             stamped_at_ms: 1_000 + epoch,
             commit_by_ms: 0,
             will: None,
+            connection: None,
         })),
     }
 }
@@ -45,6 +46,7 @@ pub(super) fn register_due(
             stamped_at_ms: at_ms,
             commit_by_ms,
             will: None,
+            connection: None,
         })),
     }
 }
@@ -388,6 +390,40 @@ fn snapshots_round_trip_and_refuse_unknown_formats() {
     assert!(Registry::from_snapshot(&bytes[..bytes.len() - 5]).is_err());
 }
 
+/// A snapshot written by a build before the connections' descriptions (no
+/// `ClientRecord.connection`) reads as one whose clients have none; everything else is as
+/// it was.
+#[test]
+fn a_snapshot_without_connection_descriptions_reads_as_having_none() {
+    use prost::Message;
+    let mut r = Registry::default();
+    apply(
+        &mut r,
+        super::node_down_tests::with_connection(register("a", 1, 1, false, 60), "u-a"),
+    );
+    apply(&mut r, subscribe("a", 1, 1, "t/#", 1));
+    apply(&mut r, register("b", 2, 1, true, 0));
+    let bytes = r.to_snapshot();
+    let mut older = pb::RegistrySnapshot::decode(&bytes[1..]).unwrap();
+    assert!(older.clients[0].connection.is_some());
+    for record in &mut older.clients {
+        record.connection = None;
+    }
+    let mut old_bytes = vec![SNAPSHOT_FORMAT];
+    older.encode(&mut old_bytes).unwrap();
+    let back = Registry::from_snapshot(&old_bytes).unwrap();
+    assert!(back.connection("a").is_none());
+    assert_eq!(back.client("a"), r.client("a"));
+    assert_eq!(back.client("b"), r.client("b"));
+    assert_eq!(back.interest(), r.interest());
+    assert_eq!(back.clock_ms(), r.clock_ms());
+    // The same registry without the description: equal, down to the bytes.
+    let mut without = r.clone();
+    without.connections.clear();
+    assert_eq!(back, without);
+    assert_eq!(back.to_snapshot(), old_bytes);
+}
+
 fn command_strategy() -> impl Strategy<Value = pb::Command> {
     let client = prop::sample::select(vec!["a", "b", "c", "d"]);
     let node = 1u64..4;
@@ -402,6 +438,17 @@ fn command_strategy() -> impl Strategy<Value = pb::Command> {
             prop::sample::select(vec![0u32, 60])
         )
             .prop_map(|(c, n, e, clean, exp)| register(c, n, e, clean, exp)),
+        // Registrations that keep what their events say (of builds since).
+        (
+            client.clone(),
+            node.clone(),
+            epoch.clone(),
+            prop::sample::select(vec!["u1", "u2"])
+        )
+            .prop_map(|(c, n, e, u)| super::node_down_tests::with_connection(
+                register(c, n, e, false, 60),
+                u
+            )),
         // Registrations with deadlines, some of which the clock has passed.
         (
             client.clone(),
