@@ -431,10 +431,11 @@ mod tests {
         register(&mut r, "adopted", 3, 2, 60);
         register(&mut r, "ended", 3, 3, 0);
         register(&mut r, "roamer", 3, 4, 60);
-        let previously: HashMap<ArcStr, u64> = [("kept", 1), ("adopted", 2), ("ended", 3), ("roamer", 4)]
-            .into_iter()
-            .map(|(id, epoch)| (ArcStr::from(id), epoch))
-            .collect();
+        let previously: HashMap<ArcStr, u64> =
+            [("kept", 1), ("adopted", 2), ("ended", 3), ("roamer", 4)]
+                .into_iter()
+                .map(|(id, epoch)| (ArcStr::from(id), epoch))
+                .collect();
         register(&mut r, "roamer", 1, 10, 60);
         let (taken, marked, mark) = lost_connections(&r, 3, &previously, None);
         assert_eq!(taken, [(ArcStr::from("roamer"), 4, 1)]);

@@ -139,6 +139,32 @@ pub(crate) fn will_from_pb(client_id: &str, w: &pb::RegisteredWill) -> skein_sea
     }
 }
 
+/// A connection's description as the seam gives it, for the registry.
+pub(crate) fn connection_to_pb(c: skein_seam::RegisteredConnection) -> pb::RegisteredConnection {
+    let address = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    pb::RegisteredConnection {
+        username: c.username,
+        peer: address(c.peer),
+        sockname: address(c.sockname),
+        protocol_level: u32::from(c.protocol_level),
+        websocket: c.websocket,
+        keepalive: u32::from(c.keepalive),
+    }
+}
+
+/// A registered connection's description for the broker. What does not parse (written by
+/// something else) reads as unknown: it only fills in an event.
+pub(crate) fn connection_from_pb(c: &pb::RegisteredConnection) -> skein_seam::RegisteredConnection {
+    skein_seam::RegisteredConnection {
+        username: c.username.clone(),
+        peer: c.peer.parse().ok(),
+        sockname: c.sockname.parse().ok(),
+        protocol_level: u8::try_from(c.protocol_level).unwrap_or(0),
+        websocket: c.websocket,
+        keepalive: u16::try_from(c.keepalive).unwrap_or(u16::MAX),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,31 +224,5 @@ mod tests {
         page.incoming_qos2.clear();
         page.messages[0].message = None;
         assert!(from_pb(page).is_err());
-    }
-}
-
-/// A connection's description as the seam gives it, for the registry.
-pub(crate) fn connection_to_pb(c: skein_seam::RegisteredConnection) -> pb::RegisteredConnection {
-    let address = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-    pb::RegisteredConnection {
-        username: c.username,
-        peer: address(c.peer),
-        sockname: address(c.sockname),
-        protocol_level: u32::from(c.protocol_level),
-        websocket: c.websocket,
-        keepalive: u32::from(c.keepalive),
-    }
-}
-
-/// A registered connection's description for the broker. What does not parse (written by
-/// something else) reads as unknown: it only fills in an event.
-pub(crate) fn connection_from_pb(c: &pb::RegisteredConnection) -> skein_seam::RegisteredConnection {
-    skein_seam::RegisteredConnection {
-        username: c.username.clone(),
-        peer: c.peer.parse().ok(),
-        sockname: c.sockname.parse().ok(),
-        protocol_level: u8::try_from(c.protocol_level).unwrap_or(0),
-        websocket: c.websocket,
-        keepalive: u16::try_from(c.keepalive).unwrap_or(u16::MAX),
     }
 }

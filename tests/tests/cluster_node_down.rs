@@ -185,7 +185,11 @@ async fn a_killed_nodes_clients_go_offline_once_and_its_sessions_are_adopted() {
     // The connection's own address and protocol, as its registration kept them.
     assert_eq!(v["peername"], sub_peer.as_str(), "{v}");
     assert_eq!(v["sockname"], dead_mqtt.as_str(), "{v}");
-    assert_eq!((&close["clientIp"], &close["protocol"]), (&"127.0.0.1".into(), &"MQTT".into()), "{close}");
+    assert_eq!(
+        (&close["clientIp"], &close["protocol"]),
+        (&"127.0.0.1".into(), &"MQTT".into()),
+        "{close}"
+    );
     expect_node_down_events(&mut w, &clean_id, &dead_mqtt).await;
     eprintln!("node_down events {:?} after the kill", killed.elapsed());
     // (The watcher saw `away` leave normally before the kill.)
@@ -328,7 +332,11 @@ impl Hook {
     async fn wait_disconnected(&self, id: &str, reason: &str) -> serde_json::Value {
         let end = Instant::now() + MARKED_DOWN_WITHIN;
         loop {
-            if let Some(v) = self.disconnected(id).into_iter().find(|v| v["reason"] == reason) {
+            if let Some(v) = self
+                .disconnected(id)
+                .into_iter()
+                .find(|v| v["reason"] == reason)
+            {
                 return v;
             }
             assert!(
@@ -360,7 +368,11 @@ fn same_fields_as(
     assert_eq!(keys(down), keys(reference), "{down}\nagainst {reference}");
     for key in keys(reference) {
         let (d, r) = (&down[&key], &reference[&key]);
-        assert_eq!(d.is_null(), r.is_null(), "{key}: {down}\nagainst {reference}");
+        assert_eq!(
+            d.is_null(),
+            r.is_null(),
+            "{key}: {down}\nagainst {reference}"
+        );
         if differ.contains(&key.as_str()) {
             continue;
         }
@@ -381,13 +393,20 @@ async fn a_paused_node_marked_down_closes_the_connections_it_lost_without_a_seco
         b.env("SKEIN_NODE_DOWN_AFTER_MS", NODE_DOWN_AFTER_MS)
             .env("SKEIN_EVENTS_DOLLAR_EVENT", "1")
             .env("SKEIN_WEBHOOK_URLS", format!("http://{hook_addr}/hook"))
-            .env("SKEIN_EVENTS_PRESENCE_TOPIC", "nd/presence/{username}/{clientid}")
+            .env(
+                "SKEIN_EVENTS_PRESENCE_TOPIC",
+                "nd/presence/{username}/{clientid}",
+            )
     })
     .await;
     let paused_mqtt = cluster.node(3).mqtt_addr().to_string();
     let mut w = Watcher::start(
         cluster.node(1),
-        &["$events/client_disconnected", "$EVENT.CLOSE", "nd/presence/#"],
+        &[
+            "$events/client_disconnected",
+            "$EVENT.CLOSE",
+            "nd/presence/#",
+        ],
     )
     .await;
     let user = || {
@@ -403,7 +422,9 @@ async fn a_paused_node_marked_down_closes_the_connections_it_lost_without_a_seco
     drop(o);
     let ordinary_id = ordinary.client_id.clone();
     let ref_events = w
-        .wait("$events/client_disconnected", |v| v["clientid"] == *ordinary_id)
+        .wait("$events/client_disconnected", |v| {
+            v["clientid"] == *ordinary_id
+        })
         .await;
     assert_eq!(ref_events["peername"], *ordinary_peer, "{ref_events}");
     let ref_close = w
@@ -435,7 +456,12 @@ async fn a_paused_node_marked_down_closes_the_connections_it_lost_without_a_seco
     );
     assert_eq!(down["username"], "nd-user");
     assert_eq!(down["sockname"], paused_mqtt.as_str(), "{down}");
-    same_fields_as(&close, &ref_close, &["clientId", "reason", "timestamp"], &peer);
+    same_fields_as(
+        &close,
+        &ref_close,
+        &["clientId", "reason", "timestamp"],
+        &peer,
+    );
     assert_eq!(close["protocol"], "MQTT");
     let body = hook.wait_disconnected(&id, "node_down").await;
     same_fields_as(&body, &ref_hook, &["clientid", "reason"], &peer);
@@ -471,7 +497,12 @@ async fn a_paused_node_marked_down_closes_the_connections_it_lost_without_a_seco
         .await;
     w.expect_none(Duration::ZERO, &presence, |v| v["online"] == false)
         .await;
-    assert_eq!(hook.disconnected(&id).len(), 1, "{:?}", hook.disconnected(&id));
+    assert_eq!(
+        hook.disconnected(&id).len(),
+        1,
+        "{:?}",
+        hook.disconnected(&id)
+    );
 
     // The client resumes elsewhere with what was published while node 3 was away.
     let (mut c, present, _) = RawClient::connect_ok(cluster.node(2).mqtt_addr(), &persistent).await;

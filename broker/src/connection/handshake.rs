@@ -450,8 +450,11 @@ async fn attach(
         .will
         .as_ref()
         .map(|w| registration::registered_will(w, &client_id));
-    let registration =
-        match Box::pin(registration::register(broker, &client_id, claim, will, &info)).await {
+    let registration = match Box::pin(registration::register(
+        broker, &client_id, claim, will, &info,
+    ))
+    .await
+    {
         Ok(r) => r,
         Err(detail) => return Err((socket, Refusal::cluster_unavailable(protocol, &detail))),
     };

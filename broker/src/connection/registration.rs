@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::broker::Broker;
-use crate::log_limit::LogLimit;
 use crate::events::{ClientInfo, Transport};
+use crate::log_limit::LogLimit;
 use skein_seam::{
     ClientId, ForwardedPublish, PublishProperties, RegisteredConnection, RegisteredWill,
     Registration,
@@ -51,13 +51,7 @@ pub(super) async fn register(
     broker.tasks.spawn(async move {
         let result = b
             .cluster
-            .register_connection(
-                &id,
-                claim.clean_start,
-                claim.expiry,
-                will,
-                Some(connection),
-            )
+            .register_connection(&id, claim.clean_start, claim.expiry, will, Some(connection))
             .await;
         // The handshake gave up (timed out, or its connection ended): nobody attaches.
         if let Err(result) = tx.send(result) {

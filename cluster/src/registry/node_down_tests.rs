@@ -230,9 +230,18 @@ pub(super) fn with_connection(mut command: pb::Command, username: &str) -> pb::C
 #[test]
 fn an_online_clients_connection_goes_to_its_announcer_and_only_then() {
     let mut r = Registry::default();
-    apply(&mut r, with_connection(register("on", 3, 1, false, 60), "u-on"));
-    apply(&mut r, with_connection(register("off", 3, 2, false, 60), "u-off"));
-    apply(&mut r, with_connection(register("bye", 3, 3, true, 0), "u-bye"));
+    apply(
+        &mut r,
+        with_connection(register("on", 3, 1, false, 60), "u-on"),
+    );
+    apply(
+        &mut r,
+        with_connection(register("off", 3, 2, false, 60), "u-off"),
+    );
+    apply(
+        &mut r,
+        with_connection(register("bye", 3, 3, true, 0), "u-bye"),
+    );
     // A registration of an older build carries none.
     apply(&mut r, register("old", 3, 4, false, 60));
     apply(&mut r, unregister("off", 3, 2, false));
