@@ -299,9 +299,10 @@ impl NodesDown {
             if adopted > 0 {
                 metrics::sessions_adopted(adopted);
             }
-            if !clients.is_empty() {
-                broker.node_down(SeamNodeId(dead), clients);
-            }
+            // Also with no client here: the broker notes the mark as applied, and a
+            // message redirected from the dead node's queue waits for that (every member
+            // gets them, not only the adopters: see `forward/redirect.rs`).
+            broker.node_down(SeamNodeId(dead), clients);
         }
     }
 }

@@ -141,3 +141,83 @@ async fn a_forward_resent_to_a_restarted_node_reaches_the_session_that_moved_awa
         "missing on the session's new node: {missing:?} (got {got:?}; redirected by the holder: {redirected})"
     );
 }
+
+/// The same move, but the dead holder stays dead until the cluster marks it down (the
+/// chaos suite's seed 42, 100 rounds: every subscriber that left a SIGKILLed node before
+/// its mark lost what was held for that node). The mark empties the publisher's node's
+/// queue for the dead node into forwards to the adopters of its sessions, and this session
+/// is nobody's adoptee (its client had connected elsewhere): before, the messages went to
+/// no node and were acknowledged. Now every live member gets them, for the sessions that
+/// came from the dead node (adopted, or taken over while it could not hand them over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_held_for_a_node_marked_down_reach_a_session_that_left_it_before_the_mark() {
+    const N: usize = 5;
+    // Long enough for the takeover to register before the mark (the hand-over waits 1 s
+    // for the unreachable holder), short enough for the test.
+    const NODE_DOWN_AFTER_MS: u64 = 4000;
+    let mut cluster = TestCluster::start_with(3, |_, b| {
+        b.env("SKEIN_NODE_DOWN_AFTER_MS", NODE_DOWN_AFTER_MS)
+    })
+    .await;
+    let leader = cluster.leader(&cluster.ids(), CONNECT_DEADLINE).await;
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
+    let (holder, taker, publisher_node) = (others[0], others[1], leader);
+
+    let id = unique_id("marked");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut old, _, _) =
+        RawClient::connect_ok(cluster.node(holder).mqtt_addr(), &persistent).await;
+    assert_eq!(
+        old.subscribe(1, &[SubFilter::new("marked/#", 1)]).await,
+        [1]
+    );
+    wait_owner(
+        cluster.node(publisher_node).http_addr(),
+        &id,
+        holder,
+        CONNECT_DEADLINE,
+    )
+    .await;
+    let mut publisher =
+        RawClient::v5(cluster.node(publisher_node).mqtt_addr(), &unique_id("pub")).await;
+
+    cluster.kill9(holder);
+    drop(old);
+    // Routed to the dead holder: held in the publisher's node's queue for it.
+    let want: BTreeSet<String> = (1..=N).map(|i| format!("m{i}")).collect();
+    for i in 1..=N {
+        let payload = format!("m{i}");
+        publisher
+            .publish(&Publish::new("marked/x", 1, payload.as_bytes()).pkid(i as u16))
+            .await;
+    }
+    // The client resumes its session on the taker before the mark: not adopted.
+    let (mut new, present) = connect_within(
+        cluster.node(taker).mqtt_addr(),
+        &persistent,
+        CONNECT_DEADLINE,
+    )
+    .await;
+    assert!(present, "the session is kept in the registry");
+    wait_owner(
+        cluster.node(publisher_node).http_addr(),
+        &id,
+        taker,
+        CONNECT_DEADLINE,
+    )
+    .await;
+
+    // The holder never comes back: only the mark's redirect can bring them.
+    let got = receive_until(&mut new, &want, DELIVERY_DEADLINE).await;
+    let redirected = metric_sum(
+        cluster.node(publisher_node).http_addr(),
+        "skein_cluster_forwards_redirected_total",
+        &[],
+    )
+    .await;
+    let missing: Vec<&String> = want.difference(&got).collect();
+    assert!(
+        missing.is_empty(),
+        "missing on the session's new node: {missing:?} (got {got:?}; redirected from the dead node's queue: {redirected})"
+    );
+}
