@@ -164,7 +164,8 @@ impl Fold {
                 .taken_over(&ClientId::new(client_id), epoch, SeamNodeId(by));
         }
         // After the interest moved: what this node still held for a node marked down goes
-        // to the adopters, and new publishes go there too.
+        // to the live members (for the sessions that came from it), and new publishes go
+        // to the adopters.
         for (dead, adopters) in down.adopters {
             self.forwarder
                 .redirect(dead, adopters.into_iter().collect(), self.broker.clone());

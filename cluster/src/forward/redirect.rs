@@ -62,7 +62,7 @@ impl Forwarder {
             }
         }
         let redirected = sends.len();
-        let outcome = if adopters.is_empty() {
+        let outcome = if receivers.is_empty() {
             "no_adopter"
         } else {
             "redirected"
