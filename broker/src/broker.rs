@@ -209,6 +209,7 @@ impl Broker {
         });
         broker.configure_storage_guard();
         broker.restore_sessions()?;
+        broker.restore_moved_away();
         broker.load_unreleased()?;
         Ok(broker)
     }

@@ -261,6 +261,15 @@ impl SessionState {
         }
     }
 
+    /// Whether this session came here from node `node` with messages possibly still held
+    /// for it there: adopted from it when it was marked down, or taken over from it while
+    /// it could not hand the session over (`pending_from`). What other nodes still held
+    /// for `node` when it was marked down may have been routed there for this session
+    /// (before its takeover here applied on them), so such a message reaches it here.
+    pub fn came_from(&self, node: skein_seam::NodeId) -> bool {
+        self.adopted_from == Some(node) || self.pending_from.is_some_and(|(n, _)| n == node)
+    }
+
     pub fn is_persistent(&self) -> bool {
         self.expiry_interval > 0
     }

@@ -50,13 +50,8 @@ fn a_healthy_cluster_holds_every_invariant() {
 /// The CI short form of issue 14: three fault rounds (SIGSTOPs of a follower, then of the
 /// leader twice, each long enough for a mark down, a subscriber's CONNECT waiting on the
 /// first stopped node; client moves and takeovers), every invariant holding. Seed 1's
-/// fourth round (a SIGKILL and restart) still loses messages (see chaos/README.md,
-/// "Latest results"): not part of it. Ignored again: on merged main it passed 8 runs in a
-/// row, then a fresh-clone CI run lost one message (`lost` 1, acknowledged in round 1): a
-/// red CI on a rare loss helps nobody; un-ignore it when the remaining losses are fixed.
-/// Run it with `cargo test -p skein-chaos --test short -- --ignored`.
+/// fourth round (a SIGKILL and restart) is not part of it.
 #[test]
-#[ignore = "lost 1 in about 1 of 9 runs on merged main (see chaos/README.md, Latest results); un-ignore when the remaining losses are fixed"]
 fn three_fault_rounds_hold_every_invariant() {
     let (out, json) = chaos(&["--rounds", "3", "--seed", "1"]);
     assert_ok(&out, &json);

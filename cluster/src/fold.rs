@@ -177,7 +177,8 @@ impl Fold {
                 .taken_over(&ClientId::new(client_id), epoch, SeamNodeId(by));
         }
         // After the interest moved: what this node still held for a node marked down goes
-        // to the adopters, and new publishes go there too.
+        // to the live members (for the sessions that came from it), and new publishes go
+        // to the adopters.
         for (dead, adopters) in down.adopters {
             self.forwarder
                 .redirect(dead, adopters.into_iter().collect(), self.broker.clone());
@@ -374,9 +375,10 @@ impl NodesDown {
             if adopted > 0 {
                 metrics::sessions_adopted(adopted);
             }
-            if !clients.is_empty() {
-                broker.node_down(SeamNodeId(dead), clients);
-            }
+            // Also with no client here: the broker notes the mark as applied, and a
+            // message redirected from the dead node's queue waits for that (every member
+            // gets them, not only the adopters: see `forward/redirect.rs`).
+            broker.node_down(SeamNodeId(dead), clients);
         }
     }
 }

@@ -25,8 +25,9 @@
 //!   it is unavailable.
 //! - The stream runs on a connection of its own, not the Raft channel, so a busy data
 //!   plane does not delay heartbeats.
-//! - A peer marked down has what its queue held sent to the adopters of its sessions
-//!   (`redirect`).
+//! - A peer marked down has what its queue held sent to every live member, for the
+//!   sessions that came from it there (adopted, or taken over while it was away:
+//!   `redirect`).
 //! - Retained messages: a node that starts or joins fetches the set one member holds
 //!   (`retained_sync`).
 

@@ -45,7 +45,8 @@ pub const NODES_MARKED_DOWN: &str = "skein_nodes_marked_down_total";
 /// Counter: sessions of a node marked down that this node adopted.
 pub const SESSIONS_ADOPTED: &str = "skein_sessions_adopted_total";
 /// Counter {outcome}: messages held for a peer marked down, taken from its queue and sent
-/// to the adopters of its sessions (`redirected`), or dropped (`no_adopter`, `invalid`).
+/// to the live members for the sessions that came from it (`redirected`), or dropped
+/// (`no_adopter`: no member left; `invalid`).
 pub const FORWARDS_REDIRECTED: &str = "skein_cluster_forwards_redirected_total";
 
 /// Gauge {peer}: messages held for a peer: waiting, or sent and not acknowledged yet.
@@ -177,7 +178,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     (FORWARD_RECEIVED_DROPPED, "Messages a peer node forwarded that this node dropped, by reason (invalid)."),
     (NODES_MARKED_DOWN, "Members this node, as the Raft leader, marked down after node_down_after_ms without contact."),
     (SESSIONS_ADOPTED, "Persistent sessions of a node marked down that this node adopted."),
-    (FORWARDS_REDIRECTED, "Messages held for a peer marked down, sent on to the adopters of its sessions (redirected) or dropped (no_adopter, invalid)."),
+    (FORWARDS_REDIRECTED, "Messages held for a peer marked down, sent on to the live members for the sessions that came from it (redirected) or dropped (no_adopter: no member left; invalid)."),
 ];
 
 /// Sends this crate's HELP texts to the installed recorder (the broker calls it when it

@@ -21,6 +21,7 @@ const TREE_INFLIGHT: &str = "inflight";
 const TREE_INCOMING: &str = "incoming";
 const TREE_RETAINED: &str = "retained";
 const TREE_HANDOVER: &str = "handover";
+const TREE_MOVED_AWAY: &str = "moved_away";
 
 /// Version of the whole store layout (trees, keys and value formats).
 /// Bumped when an older build could misread what a newer one writes.
@@ -40,6 +41,9 @@ pub struct Store {
     /// Session hand-overs between nodes: how far this node wrote what another node holds
     /// (see `store/handover.rs`).
     handover: Tree,
+    /// Sessions sealed here because they moved to another node (see
+    /// `store/moved_away.rs`).
+    moved_away: Tree,
     events: EventLog,
     flushes: std::sync::Arc<FlushGate>,
     health: std::sync::Arc<StorageHealth>,
@@ -115,6 +119,7 @@ impl Store {
             incoming: db.open_tree(TREE_INCOMING)?,
             retained: db.open_tree(TREE_RETAINED)?,
             handover: db.open_tree(TREE_HANDOVER)?,
+            moved_away: db.open_tree(TREE_MOVED_AWAY)?,
             events: open_events(&db)?,
             flushes: Default::default(),
             health: std::sync::Arc::new(StorageHealth::new(dir.map(Path::to_owned))),
@@ -466,6 +471,8 @@ fn elapsed_us(start: Instant) -> u64 {
 }
 
 mod handover;
+mod moved_away;
 pub use handover::PageWrite;
+pub use moved_away::MovedAwayRecord;
 #[cfg(test)]
 mod tests;

@@ -157,7 +157,7 @@ impl Broker {
             {
                 remembered.extend(subscriptions.into_iter().map(|s| s.filter));
             }
-            self.moved_away.note(&session.client_id, &remembered);
+            self.remember_moved_away(&session.client_id, &remembered);
         }
         filters.len()
     }

@@ -39,8 +39,9 @@ pub(crate) enum Scope<'a> {
         to_subscribers: bool,
         shared: &'a [SharedTarget],
     },
-    /// Redirected from the queue of a node marked down: only to the sessions this node
-    /// adopted from it, through any of their subscriptions.
+    /// Redirected from the queue of a node marked down: only to the sessions here that
+    /// came from it (adopted from it, or taken over from it while it could not hand them
+    /// over: see `SessionState::came_from`), through any of their subscriptions.
     Adopted(NodeId),
 }
 

@@ -1,8 +1,8 @@
 //! Which nodes' down marks this node has applied, so that a message redirected to it as an
 //! adopter waits for the mark (and so for the adopted sessions) before it is routed.
 //!
-//! A node that applies a mark sends what it held for the dead node to the adopters at
-//! once, marked `adopted_from`; the leader applies the mark first and its followers a
+//! A node that applies a mark sends what it held for the dead node to the live members
+//! (the adopters among them) at once, marked `adopted_from`; the leader applies the mark first and its followers a
 //! heartbeat later. A redirected message that reached an adopter in between found no
 //! session adopted from that node and was acknowledged as delivered to nobody (the
 //! "adoption race" of issue 14). It now waits here, a bounded time, for the mark.

@@ -18,6 +18,11 @@
 //! in flight, noted as arrived during a hand-over, or among the last acknowledged ids).
 //! The peer's batch is acknowledged only once the owner has it (written to its disk), so
 //! the publisher's PUBACK still means every subscriber's node has the message.
+//!
+//! The memory is stored too (`Store::moved_away_put`) and read back at start: a peer's
+//! forward can be held for this node across two restarts of it, and the sessions it was
+//! for may have been handed over and deleted here in between (nothing of them is left to
+//! seal again at the second start).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,38 +70,50 @@ struct Remembered {
 }
 
 impl MovedAway {
-    /// Remembers the filters of `client_id`'s session, sealed here now.
-    pub(super) fn note(&self, client_id: &ClientId, filters: &[String]) {
+    /// Remembers the filters of `client_id`'s session, sealed `age` ago (now: zero).
+    /// Returns the filters remembered (None: none to remember) and the clients forgotten
+    /// meanwhile (expired, or the oldest past the bound).
+    fn note(
+        &self,
+        client_id: &ClientId,
+        filters: &[String],
+        age: Duration,
+    ) -> (Option<Vec<String>>, Vec<ClientId>) {
         let filters: Vec<String> = filters
             .iter()
             .filter(|f| !f.starts_with("$share/"))
             .cloned()
             .collect();
         if filters.is_empty() {
-            return;
+            return (None, Vec::new());
         }
         let now = Instant::now();
+        let at = now.checked_sub(age).unwrap_or(now);
         let mut inner = self.lock();
-        inner.filters.insert(client_id.clone(), (now, filters));
-        inner.order.push_back((now, client_id.clone()));
-        inner.prune(now);
+        inner
+            .filters
+            .insert(client_id.clone(), (at, filters.clone()));
+        inner.order.push_back((at, client_id.clone()));
+        let forgotten = inner.prune(now);
         self.len.store(inner.filters.len(), Ordering::Relaxed);
+        (Some(filters), forgotten)
     }
 
-    /// The clients whose remembered filters match `topic`.
-    fn matching(&self, topic_name: &str) -> Vec<ClientId> {
+    /// The clients whose remembered filters match `topic`, and those forgotten meanwhile.
+    fn matching(&self, topic_name: &str) -> (Vec<ClientId>, Vec<ClientId>) {
         if self.len.load(Ordering::Relaxed) == 0 {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         let mut inner = self.lock();
-        inner.prune(Instant::now());
+        let forgotten = inner.prune(Instant::now());
         self.len.store(inner.filters.len(), Ordering::Relaxed);
-        inner
+        let matching = inner
             .filters
             .iter()
             .filter(|(_, (_, filters))| filters.iter().any(|f| topic::matches(f, topic_name)))
             .map(|(client_id, _)| client_id.clone())
-            .collect()
+            .collect();
+        (matching, forgotten)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Remembered> {
@@ -105,7 +122,9 @@ impl MovedAway {
 }
 
 impl Remembered {
-    fn prune(&mut self, now: Instant) {
+    /// Forgets the expired and the oldest past the bound; returns them.
+    fn prune(&mut self, now: Instant) -> Vec<ClientId> {
+        let mut forgotten = Vec::new();
         while let Some((at, client_id)) = self.order.front() {
             let expired = now.duration_since(*at) > KEEP_FOR;
             if !expired && self.order.len() <= MAX_REMEMBERED {
@@ -113,13 +132,79 @@ impl Remembered {
             }
             if self.filters.get(client_id).is_some_and(|(t, _)| t == at) {
                 self.filters.remove(client_id);
+                forgotten.push(client_id.clone());
             }
             self.order.pop_front();
         }
+        forgotten
     }
 }
 
 impl Broker {
+    /// Remembers that the session of `client_id`, with `filters`, was sealed here now
+    /// (see the module docs), in memory and in the store.
+    pub(super) fn remember_moved_away(&self, client_id: &ClientId, filters: &[String]) {
+        let (kept, forgotten) = self.moved_away.note(client_id, filters, Duration::ZERO);
+        if let Some(filters) = kept {
+            if let Err(e) = self
+                .store
+                .moved_away_put(client_id.as_str(), now_ms(), &filters)
+            {
+                // Kept in memory all the same: only a restart forgets it.
+                tracing::warn!(%client_id, error = %e, "could not store a session that moved away");
+            }
+        }
+        self.forget_moved_away(forgotten);
+    }
+
+    /// Reads back what the previous runs remembered (see the module docs); what is older
+    /// than [`KEEP_FOR`] goes. Unreadable, it is forgotten (a warning): the memory only
+    /// narrows a window, and the node starts without it as it did before.
+    pub(super) fn restore_moved_away(&self) {
+        let mut records = match self.store.moved_away_load() {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the sessions that moved away before the restart");
+                return;
+            }
+        };
+        records.sort_by_key(|(_, at_ms, _)| *at_ms);
+        let now = now_ms();
+        let mut forgotten = Vec::new();
+        let mut restored = 0usize;
+        for (client_id, at_ms, filters) in records {
+            let client_id = ClientId::new(&client_id);
+            let age = Duration::from_millis(now.saturating_sub(at_ms));
+            if age > KEEP_FOR {
+                forgotten.push(client_id);
+                continue;
+            }
+            let (kept, dropped) = self.moved_away.note(&client_id, &filters, age);
+            restored += usize::from(kept.is_some());
+            forgotten.extend(dropped);
+        }
+        if restored > 0 {
+            tracing::info!(
+                sessions = restored,
+                "remembered sessions that moved away before the restart"
+            );
+        }
+        self.forget_moved_away(forgotten);
+    }
+
+    fn forget_moved_away(&self, forgotten: Vec<ClientId>) {
+        if forgotten.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .moved_away_remove(forgotten.iter().map(|c| c.as_str()))
+        {
+            // Left stored, it is read back and dropped at the next start.
+            tracing::debug!(error = %e, "could not forget sessions that moved away");
+        }
+    }
+
     /// The forwards of `message` (forwarded here for this node's subscribers) to the
     /// owners of sessions that moved away from here and may have been meant (see the
     /// module docs); empty for QoS 0 and when nothing moved away.
@@ -129,7 +214,9 @@ impl Broker {
             return forwards;
         }
         let me = self.cluster.node_id();
-        for client_id in self.moved_away.matching(&message.topic) {
+        let (matching, forgotten) = self.moved_away.matching(&message.topic);
+        self.forget_moved_away(forgotten);
+        for client_id in matching {
             let Some(owner) = self.cluster.locate_client(&client_id) else {
                 continue;
             };
@@ -230,5 +317,64 @@ impl Broker {
         }
         crate::metrics::moved_away_redirect("delivered");
         Ok((1, outcome.needs_flush))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use skein_seam::NodeId;
+    use skein_storage::Store;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::events::{EventBus, NodeInfo};
+    use crate::local_cluster::LocalCluster;
+
+    fn broker(store: Store) -> Arc<Broker> {
+        let events = EventBus::new(NodeInfo {
+            node: "127.0.0.1:1883".into(),
+            node_ip: "127.0.0.1".into(),
+            node_name: "test".into(),
+        });
+        Broker::new(
+            Config::default(),
+            store,
+            Arc::new(LocalCluster::new(NodeId(1))),
+            events,
+            CancellationToken::new(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_restarted_node_remembers_the_sessions_that_moved_away_and_forgets_old_ones() {
+        let store = Store::open_temporary().unwrap();
+        let before = broker(store.clone());
+        let moved = ClientId::new("moved");
+        before.remember_moved_away(&moved, &["t/#".into(), "$share/g/t/#".into()]);
+        // Remembered by an earlier run longer ago than it is kept.
+        store
+            .moved_away_put(
+                "old",
+                now_ms() - KEEP_FOR.as_millis() as u64 - 1000,
+                &["t/#".into()],
+            )
+            .unwrap();
+        drop(before);
+
+        let after = broker(store.clone());
+        let (matching, _) = after.moved_away.matching("t/1");
+        assert_eq!(matching, [moved]);
+        assert!(after.moved_away.matching("u/1").0.is_empty());
+        // The old one is gone from the store too; the shared filter was never kept.
+        let stored = store.moved_away_load().unwrap();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        assert_eq!(
+            (stored[0].0.as_str(), &stored[0].2[..]),
+            ("moved", &["t/#".to_owned()][..])
+        );
     }
 }

@@ -172,7 +172,7 @@ impl Broker {
                         return;
                     }
                     if let Scope::Adopted(from) = scope {
-                        if k.0.state().adopted_from != Some(from) {
+                        if !k.0.state().came_from(from) {
                             return;
                         }
                     }
