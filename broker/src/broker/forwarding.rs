@@ -217,7 +217,10 @@ impl Broker {
                         Answer::Unanswered(self.cluster.forward_unanswered(t.node, publish))
                     }
                     Some((tally, ticket)) => {
-                        match self.cluster.forward_tallied(t.node, publish, tally, *ticket) {
+                        match self
+                            .cluster
+                            .forward_tallied(t.node, publish, tally, *ticket)
+                        {
                             Ok(()) => Answer::Tallied(*ticket),
                             Err(e) => Answer::Unanswered(Err(e)),
                         }

@@ -658,7 +658,10 @@ mod late_tests {
             connection: 7,
             position: b.input_order.now(),
         };
-        (reported, b.route_holding_wakes(m.clone(), None, Some(read), None))
+        (
+            reported,
+            b.route_holding_wakes(m.clone(), None, Some(read), None),
+        )
     }
 
     fn queued(s: &Session) -> usize {

@@ -412,10 +412,7 @@ impl PeerQueue {
                 "forwards to a peer dropped"
             );
         }
-        let runs = unacked
-            .into_iter()
-            .flat_map(|s| s.runs)
-            .chain(waiting_runs);
+        let runs = unacked.into_iter().flat_map(|s| s.runs).chain(waiting_runs);
         for run in runs {
             run.fail(ForwardError::Unavailable {
                 node: self.node(),
@@ -510,7 +507,6 @@ impl PeerQueue {
         self.state().held_messages
     }
 }
-
 
 /// Per message from position `first` on (`count` of them), its caller's ticket from `runs`
 /// (None: nobody waits, or was told already).

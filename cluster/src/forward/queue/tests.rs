@@ -87,7 +87,11 @@ async fn batches_keep_order_fill_the_window_and_acks_free_room() {
     assert!(q.accepted(2).is_err(), "acks come in order");
     q.accepted(1).unwrap();
     assert_eq!(q.held(), 2);
-    assert_eq!(tally.outstanding(), 2, "one acknowledgement answers its batch");
+    assert_eq!(
+        tally.outstanding(),
+        2,
+        "one acknowledgement answers its batch"
+    );
     // A new stream gets the unacknowledged batch again, same sequence.
     let again = q.resend();
     assert_eq!(again.len(), 1);
