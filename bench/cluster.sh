@@ -8,10 +8,24 @@
 #
 #   bench/cluster.sh                   # RUNS=3 per topology and scenario
 #   QUICK=1 RUNS=1 bench/cluster.sh    # smoke test: 10x smaller counts
+#   CPU_LIMIT=0.5 bench/cluster.sh     # and again with each broker on a host of 0.5 CPU
+#
+# CPU_LIMIT (a number of CPUs, e.g. 0.5): after the usual pass, every scenario runs again
+# with each broker process (the single node, and each cluster node) in a cgroup of its own
+# (cgroup v1 cpu controller, /sys/fs/cgroup/cpu/skein-bench-PID/node-I) with the same CFS
+# quota, so that "cluster/single" compares equal-sized hosts, as production nodes are,
+# instead of three brokers sharing the cores one broker has. A second table gives that
+# pass, with the quota and the load generator's CPU (it is not limited: it must not be the
+# bottleneck). Where the cgroups cannot be made (not root, no cgroup v1 cpu controller),
+# the limited pass is skipped and the table says so. The cgroups are removed afterwards.
+# CPU_PERIOD_US (default 10000) is the CFS period: a short one spreads the quota finely (a
+# node throttled for the rest of a long period stalls its peers' round trips, which a
+# smaller host would not), like a slower CPU rather than one that stops and starts.
 #
 # Environment: RUNS (default 3), QUICK (0/1), NODES (default 3), TIMEOUT (seconds per bench
-# run, default 60), PORT_BASE (default 24883: MQTT from there, HTTP from +100, gRPC from
-# +200), OUT (default BENCHMARKS.md), SKEIN_WORKER_THREADS (passed on when set).
+# run, default 60), CPU_LIMIT (unset: no limited pass), PORT_BASE (default 24883: MQTT from there, HTTP from +100, gRPC from
+# +200), OUT (default BENCHMARKS.md), SKEIN_WORKER_THREADS (passed on when set), SKEIN_BIN
+# and BENCH_BIN (binaries to run instead of building target/release's, e.g. for an A/B).
 # A fresh single node or cluster (empty data dirs) is started for every run.
 set -euo pipefail
 
@@ -24,6 +38,8 @@ NODES="${NODES:-3}"
 TIMEOUT="${TIMEOUT:-60}"
 PORT_BASE="${PORT_BASE:-24883}"
 OUT="${OUT:-BENCHMARKS.md}"
+CPU_LIMIT="${CPU_LIMIT:-}"
+CFS_PERIOD_US="${CPU_PERIOD_US:-10000}"
 INFLIGHT=1000
 QUEUED=1000000
 
@@ -50,17 +66,67 @@ RESULTS="$WORK/results.tsv"
 # CPU time (user + system) each broker process spent during a run: id, topology, run, ms per node.
 CPU="$WORK/cpu.tsv"
 : >"$CPU"
+# The load generator's CPU ms and wall ms per run: id, topology, run, cpu ms, wall ms.
+LOADGEN="$WORK/loadgen.tsv"
+: >"$LOADGEN"
 CLK_TCK="$(getconf CLK_TCK)"
 
-say "building release skein and skein-bench"
-cargo build --release -p skein-broker --bin skein
-cargo build --release -p skein-bench --bin skein-bench
-SKEIN_BIN="$ROOT/target/release/skein"
-BENCH_BIN="$ROOT/target/release/skein-bench"
+if [ -n "${SKEIN_BIN:-}${BENCH_BIN:-}" ]; then
+  say "using SKEIN_BIN=${SKEIN_BIN:-} BENCH_BIN=${BENCH_BIN:-} (nothing built)"
+else
+  say "building release skein and skein-bench"
+  cargo build --release -p skein-broker --bin skein
+  cargo build --release -p skein-bench --bin skein-bench
+fi
+SKEIN_BIN="${SKEIN_BIN:-$ROOT/target/release/skein}"
+BENCH_BIN="${BENCH_BIN:-$ROOT/target/release/skein-bench}"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 SKEIN_ENV=(SKEIN_MAX_INFLIGHT=$INFLIGHT SKEIN_MAX_QUEUED_MESSAGES=$QUEUED SKEIN_LOG=warn)
 [ -n "${SKEIN_WORKER_THREADS:-}" ] && SKEIN_ENV+=("SKEIN_WORKER_THREADS=$SKEIN_WORKER_THREADS")
+
+# ---------------------------------------------------------------- CPU_LIMIT cgroups
+CG_ROOT="/sys/fs/cgroup/cpu/skein-bench-$$"
+CG_QUOTA_US=""
+LIMITED=0        # whether the nodes being started go into their cgroups
+CG_SKIPPED=""    # why the limited pass was skipped
+if [ -n "$CPU_LIMIT" ]; then
+  CG_QUOTA_US="$(python3 -c 'import sys; q=float(sys.argv[1]); print(int(q*int(sys.argv[2])) if q > 0 else "")' "$CPU_LIMIT" "$CFS_PERIOD_US" 2>/dev/null || true)"
+  if [ -z "$CG_QUOTA_US" ]; then
+    say "CPU_LIMIT=$CPU_LIMIT is not a positive number of CPUs"
+    exit 2
+  fi
+  if [ ! -w /sys/fs/cgroup/cpu ] || [ ! -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ] || ! mkdir "$CG_ROOT" 2>/dev/null; then
+    CG_SKIPPED="cgroup v1's cpu controller is not writable here (/sys/fs/cgroup/cpu)"
+    say "CPU_LIMIT=$CPU_LIMIT: $CG_SKIPPED; the limited pass is skipped"
+  fi
+fi
+# Weight of each cgroup of ours against the machine's other work (a plain task has 1024): on
+# a shared machine the quota, not other processes, should be what limits a broker.
+CG_SHARES=8192
+# cg_place I PID: node I's cgroup, with the quota, holds PID (every thread of it).
+cg_place() {
+  local dir="$CG_ROOT/node-$1"
+  mkdir -p "$dir"
+  echo "$CG_SHARES" >"$dir/cpu.shares"
+  echo "$CFS_PERIOD_US" >"$dir/cpu.cfs_period_us"
+  echo "$CG_QUOTA_US" >"$dir/cpu.cfs_quota_us"
+  echo "$2" >"$dir/cgroup.procs"
+}
+# This shell, and so the load generator it starts, in a cgroup of the same weight and no
+# quota (brokers start there too, and are moved to their own at once).
+cg_enter() {
+  mkdir -p "$CG_ROOT/loadgen"
+  echo "$CG_SHARES" >"$CG_ROOT/loadgen/cpu.shares"
+  echo $$ >"$CG_ROOT/loadgen/cgroup.procs"
+}
+cg_remove() {
+  [ -d "$CG_ROOT" ] || return 0
+  echo $$ >/sys/fs/cgroup/cpu/cgroup.procs 2>/dev/null || true
+  local dir
+  for dir in "$CG_ROOT"/*/; do [ -d "$dir" ] && rmdir "$dir" 2>/dev/null; done
+  rmdir "$CG_ROOT" 2>/dev/null || say "could not remove $CG_ROOT (a process still in it?)"
+}
 
 PIDS=()
 stop_all() {
@@ -73,8 +139,8 @@ stop_all() {
   done
   PIDS=()
 }
-trap 'stop_all' EXIT
-trap 'stop_all; exit 130' INT TERM
+trap 'stop_all; cg_remove' EXIT
+trap 'stop_all; cg_remove; exit 130' INT TERM
 
 # cluster_ready N: every node's /api/v1/cluster names a leader and N members.
 cluster_ready() {
@@ -99,6 +165,11 @@ start_nodes() {
     [ -n "$peers" ] && args+=(--peers "$peers")
     env "${SKEIN_ENV[@]}" "$SKEIN_BIN" "${args[@]}" >>"$WORK/logs/node-$i.log" 2>&1 &
     PIDS+=($!)
+    if [ "$LIMITED" = 1 ] && ! cg_place "$i" "$!"; then
+      say "could not put node $i into its cgroup under $CG_ROOT"
+      stop_all
+      return 1
+    fi
   done
   for _ in $(seq 1 300); do
     if cluster_ready "$n"; then return 0; fi
@@ -130,6 +201,8 @@ cpu_ticks() {
   echo "$out"
 }
 
+SKEIN_VERSION="$(git describe --always --dirty 2>/dev/null || echo unknown)"
+[ "$SKEIN_BIN" != "$ROOT/target/release/skein" ] && SKEIN_VERSION="$SKEIN_BIN (SKEIN_BIN)"
 START_TIME=$(date +%s)
 run_one() { # run_one SCENARIO_ID TOPOLOGY RUN ARGS...
   local id="$1" topo="$2" run="$3"; shift 3
@@ -141,12 +214,20 @@ run_one() { # run_one SCENARIO_ID TOPOLOGY RUN ARGS...
   fi
   local extra=()
   [ "$id" = connect ] && [ "$topo" = single ] && extra=(--broker-pid "${PIDS[0]}")
-  local line rc=0 before after
+  local line rc=0 before after gen_before gen_after wall_before wall_after
   before="$(cpu_ticks)"
+  # The load generator's CPU: this shell's waited-for children's ticks (cutime + cstime)
+  # around the run, which only the bench's subshell adds to in between.
+  gen_before="$(awk '{print $16 + $17}' "/proc/$$/stat")"
+  wall_before="$(date +%s%N)"
   # shellcheck disable=SC2068
   line=$("$BENCH_BIN" $@ "${extra[@]}" --broker "skein-$topo" --timeout "$TIMEOUT" --json \
     2>>"$WORK/logs/bench-stderr.log") || rc=$?
+  wall_after="$(date +%s%N)"
+  gen_after="$(awk '{print $16 + $17}' "/proc/$$/stat")"
   after="$(cpu_ticks)"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$id" "$topo" "$run" \
+    "$(( (gen_after - gen_before) * 1000 / CLK_TCK ))" "$(( (wall_after - wall_before) / 1000000 ))" >>"$LOADGEN"
   printf '%s\t%s\t%s\t%s\n' "$id" "$topo" "$run" "$(python3 -c 'import sys
 b, a, hz = sys.argv[1].split(), sys.argv[2].split(), int(sys.argv[3])
 print(" ".join(str((int(y) - int(x)) * 1000 // hz) for x, y in zip(b, a)))' "$before" "$after" "$CLK_TCK")" >>"$CPU"
@@ -161,19 +242,39 @@ print(" ".join(str((int(y) - int(x)) * 1000 // hz) for x, y in zip(b, a)))' "$be
   printf '%s\t%s\t%s\t%s\n' "$id" "$topo" "$run" "$line" >>"$RESULTS"
 }
 
-for entry in "${SCENARIOS[@]}"; do
-  IFS='|' read -r id title single_args cluster_args <<<"$entry"
-  for run in $(seq 1 "$RUNS"); do
-    # Alternate which topology goes first, run by run.
-    if (( run % 2 )); then order=(single cluster); else order=(cluster single); fi
-    for topo in "${order[@]}"; do
-      if [ "$topo" = single ]; then args="$single_args"; else args="$cluster_args"; fi
-      # shellcheck disable=SC2086
-      run_one "$id" "$topo" "$run" $args
+run_pass() {
+  local entry id title single_args cluster_args run topo args order
+  for entry in "${SCENARIOS[@]}"; do
+    IFS='|' read -r id title single_args cluster_args <<<"$entry"
+    for run in $(seq 1 "$RUNS"); do
+      # Alternate which topology goes first, run by run.
+      if (( run % 2 )); then order=(single cluster); else order=(cluster single); fi
+      for topo in "${order[@]}"; do
+        if [ "$topo" = single ]; then args="$single_args"; else args="$cluster_args"; fi
+        # shellcheck disable=SC2086
+        run_one "$id" "$topo" "$run" $args
+      done
     done
   done
-done
+}
+run_pass
 elapsed=$(( $(date +%s) - START_TIME ))
+UNLIMITED=("$RESULTS" "$CPU" "$LOADGEN")
+limited_elapsed=""
+if [ -n "$CPU_LIMIT" ] && [ -z "$CG_SKIPPED" ]; then
+  say "again with each broker in a cgroup of $CPU_LIMIT CPU (quota $CG_QUOTA_US us per $CFS_PERIOD_US us)"
+  RESULTS="$WORK/results-limited.tsv" CPU="$WORK/cpu-limited.tsv" LOADGEN="$WORK/loadgen-limited.tsv"
+  : >"$RESULTS"; : >"$CPU"; : >"$LOADGEN"
+  LIMITED=1
+  cg_enter
+  started=$(date +%s)
+  run_pass
+  limited_elapsed=$(( $(date +%s) - started ))
+  LIMITED=0
+  LIMITED_FILES=("$RESULTS" "$CPU" "$LOADGEN")
+  cg_remove
+fi
+RESULTS="${UNLIMITED[0]}" CPU="${UNLIMITED[1]}" LOADGEN="${UNLIMITED[2]}"
 
 # ---------------------------------------------------------------- report
 median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.stdin.read().split()]; print(statistics.median(v) if v else "")'; }
@@ -214,25 +315,17 @@ for line in sys.stdin:
 print(c.most_common(1)[0][0] if c else "?")'
 }
 
-BEGIN_MARK='<!-- bench/cluster.sh: begin -->'
-END_MARK='<!-- bench/cluster.sh: end -->'
-TABLE="$WORK/table.md"
-{
-  echo "$BEGIN_MARK"
-  echo "## Cluster ($NODES nodes) against a single node, same binary"
-  echo
-  echo "Generated by \`bench/cluster.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC') in ${elapsed} s (RUNS=$RUNS,"
-  echo "QUICK=$QUICK), skein $(git describe --always --dirty 2>/dev/null || echo unknown); load average at the end"
-  echo "$(cut -d' ' -f1-3 /proc/loadavg). Medians of completed runs. Every node runs on this"
-  echo "machine's $(nproc) cores with the load generator, so a cluster run has $NODES brokers (and their"
-  echo "Raft) sharing the cores one broker has in a single-node run. Single: everything on one"
-  echo "node. Cluster: publishers on node 1, subscribers on node 2 (throughput); connections"
-  echo "round-robin over all nodes (connect); the second connection of each takeover on node 2."
-  echo "CPU ms: user + system time a broker process spent during the run (from /proc), median"
-  echo "over runs; on hosts of their own each node has its cores to itself, so the busiest"
-  echo "node's CPU per message bounds the cluster's throughput, whatever this machine's sharing."
-  [ "$QUICK" = 1 ] && echo "**QUICK mode: counts are 10x smaller; a smoke test, not a result.**"
-  echo
+# loadgen_cell SCENARIO TOPOLOGY: median over runs of the load generator's cores used
+# (CPU ms / wall ms) and CPU ms.
+loadgen_cell() {
+  awk -F'\t' -v s="$1" -v t="$2" '$1==s && $2==t {print $4, $5}' "$LOADGEN" | python3 -c 'import statistics,sys
+rows = [tuple(int(x) for x in l.split()) for l in sys.stdin if l.strip()]
+rows = [(c, w) for c, w in rows if w > 0]
+print("%.2f (%.0f ms)" % (statistics.median(c / w for c, w in rows), statistics.median(c for c, _ in rows)) if rows else "n/a")'
+}
+
+# rows [limited]: the table of the runs in $RESULTS, $CPU and $LOADGEN.
+rows() {
   echo "| scenario | metric | single node | cluster | cluster/single | completed runs (single, cluster) |"
   echo "|---|---|---:|---:|---:|---|"
   for entry in "${SCENARIOS[@]}"; do
@@ -262,9 +355,54 @@ TABLE="$WORK/table.md"
       *)
         s="$(cpu_cell "$id" single max)" c="$(cpu_cell "$id" cluster max)"
         echo "|  | busiest broker's CPU ms (cluster: node $(busiest_node "$id")) | $s | $c | $(ratio "$c" "$s") | |"
-        echo "|  | per-host throughput bound (single CPU / busiest CPU) | | | $(ratio "$s" "$c") | |" ;;
+        if [ "${1:-}" = limited ]; then
+          echo "|  | load generator: cores used (CPU ms) | $(loadgen_cell "$id" single) | $(loadgen_cell "$id" cluster) | | |"
+        else
+          echo "|  | per-host throughput bound (single CPU / busiest CPU) | | | $(ratio "$s" "$c") | |"
+        fi ;;
     esac
   done
+}
+
+BEGIN_MARK='<!-- bench/cluster.sh: begin -->'
+END_MARK='<!-- bench/cluster.sh: end -->'
+TABLE="$WORK/table.md"
+{
+  echo "$BEGIN_MARK"
+  echo "## Cluster ($NODES nodes) against a single node, same binary"
+  echo
+  echo "Generated by \`bench/cluster.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC') in ${elapsed} s (RUNS=$RUNS,"
+  echo "QUICK=$QUICK), skein $SKEIN_VERSION; load average at the end"
+  echo "$(cut -d' ' -f1-3 /proc/loadavg). Medians of completed runs. Every node runs on this"
+  echo "machine's $(nproc) cores with the load generator, so a cluster run has $NODES brokers (and their"
+  echo "Raft) sharing the cores one broker has in a single-node run. Single: everything on one"
+  echo "node. Cluster: publishers on node 1, subscribers on node 2 (throughput); connections"
+  echo "round-robin over all nodes (connect); the second connection of each takeover on node 2."
+  echo "CPU ms: user + system time a broker process spent during the run (from /proc), median"
+  echo "over runs; on hosts of their own each node has its cores to itself, so the busiest"
+  echo "node's CPU per message bounds the cluster's throughput, whatever this machine's sharing."
+  [ "$QUICK" = 1 ] && echo "**QUICK mode: counts are 10x smaller; a smoke test, not a result.**"
+  echo
+  rows
+  if [ -n "$CPU_LIMIT" ]; then
+    echo
+    echo "### Equal-sized hosts: each broker limited to $CPU_LIMIT CPU"
+    echo
+    if [ -n "$CG_SKIPPED" ]; then
+      echo "Not run: $CG_SKIPPED."
+    else
+      echo "The same scenarios again (in ${limited_elapsed} s), each broker process (the single node, and each"
+      echo "cluster node) in a cgroup of its own with the same CFS quota: \`cpu.cfs_quota_us\` $CG_QUOTA_US per"
+      echo "\`cpu.cfs_period_us\` $CFS_PERIOD_US ($CPU_LIMIT CPU), so a cluster node has what the single node has,"
+      echo "as on hosts of equal size. The load generator is not limited; its CPU (cores used: CPU"
+      echo "time over the run's wall time) shows whether it, or this machine's $(nproc) cores shared"
+      echo "by $NODES limited brokers and it, could be the bottleneck instead of the quota. Each of"
+      echo "these cgroups (the load generator's too) has \`cpu.shares\` $CG_SHARES (a plain task: 1024), so"
+      echo "that other work on the machine takes less from them than the quota leaves."
+      echo
+      RESULTS="${LIMITED_FILES[0]}" CPU="${LIMITED_FILES[1]}" LOADGEN="${LIMITED_FILES[2]}" rows limited
+    fi
+  fi
   echo
   echo "Commands: \`target/release/skein-bench ARGS --broker skein-TOPOLOGY --timeout $TIMEOUT --json\`, with"
   echo

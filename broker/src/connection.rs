@@ -449,11 +449,11 @@ impl Connection {
     /// shutdown) and calls again before reading more.
     async fn process_input(&mut self) -> Result<bool, Close> {
         loop {
-            let mut acks = None;
+            let mut acks = publish_acks::Acks::default();
             let batch = self.handle_batch(&mut acks);
             // The batch's forwards were in flight together; what was acknowledged before a
             // failure still goes out.
-            if let Some(acks) = acks {
+            if let Some(acks) = acks.into_pending() {
                 Box::pin(self.settle_acks(acks)).await?;
             }
             let mut batch = batch?;
@@ -476,9 +476,9 @@ impl Connection {
                     // Boxed: waiting is the rare case, and its state would stay in every
                     // connection task.
                     Box::pin(self.wait_for_earlier_input()).await;
-                    let mut acks = None;
+                    let mut acks = publish_acks::Acks::default();
                     let after = self.route_deferred(*deferred, &mut acks)?;
-                    if let Some(acks) = acks {
+                    if let Some(acks) = acks.into_pending() {
                         Box::pin(self.settle_acks(acks)).await?;
                     }
                     if let inbound::After::FlushThenSend(ack) = after {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use skein_proto::v1 as pb;
 use skein_proto::v1::session_client::SessionClient;
-use skein_seam::{BoxFuture, ClientId, ForwardError, ForwardedPublish, KickReason};
+use std::sync::Arc;
+
+use skein_seam::{BoxFuture, ClientId, ForwardError, ForwardTally, ForwardedPublish, KickReason};
 
 use crate::node::ClusterNode;
 
@@ -22,6 +24,19 @@ impl ClusterNode {
         publish: ForwardedPublish,
     ) -> BoxFuture<'static, Result<(), ForwardError>> {
         self.forwarder.forward(node.0, publish)
+    }
+
+    /// [`Self::forward`] answered through `tally` as `ticket` (see the seam's
+    /// `ClusterHandle::forward_tallied`): no channel, future or timer per message.
+    pub fn forward_tallied(
+        &self,
+        node: skein_seam::NodeId,
+        publish: ForwardedPublish,
+        tally: &Arc<ForwardTally>,
+        ticket: u32,
+    ) -> Result<(), ForwardError> {
+        self.forwarder
+            .forward_tallied(node.0, publish, tally, ticket)
     }
 
     /// [`Self::forward`] with nobody waiting for the answer (QoS 0): no channel, no timer.

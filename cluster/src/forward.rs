@@ -2,12 +2,14 @@
 //! `Forward.Publish` stream per peer this node forwards to, and the receiving side
 //! (`receiver`, the `Forward` service).
 //!
-//! - `forward` queues the message synchronously, so the order of calls is the order the
-//!   peer delivers in, and returns a future that resolves with the peer's acknowledgement
-//!   (or, after `ack_timeout_ms`, tells the caller the peer is unavailable while the message
-//!   stays queued for it). The timeout is the queue's: a task per queue ticks ten times
-//!   per timeout and answers the callers that waited too long, so a forward costs neither
-//!   a timer nor a clock read of its own.
+//! - `forward_tallied` queues the message synchronously, so the order of calls is the
+//!   order the peer delivers in, and counts it in the caller's tally (see the seam's
+//!   `ForwardTally`): the peer's acknowledgement of a batch answers the runs of tickets in
+//!   it together (`runs`), or, after `ack_timeout_ms`, tells the caller the peer is
+//!   unavailable while the message stays queued for it. The timeout is the queue's: a task
+//!   per queue ticks ten times per timeout and answers the runs that waited too long, so a
+//!   forward costs neither a timer, a channel nor a clock read of its own. `forward` is
+//!   the same with a tally of its own and a future.
 //! - The queue holds what waits and what was sent but not acknowledged, bounded in
 //!   messages and bytes; only a forward that would exceed a bound is refused
 //!   (`QueueFull`) and counted. A broken stream, or a peer answering RETRY_LATER, costs a
@@ -36,6 +38,7 @@ mod queue;
 mod receiver;
 mod redirect;
 mod retained_sync;
+mod runs;
 mod sender;
 pub(crate) mod wire;
 
@@ -44,7 +47,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use skein_seam::{BoxFuture, ForwardError, ForwardedPublish};
+use skein_seam::{BoxFuture, ForwardError, ForwardTally, ForwardedPublish};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -85,16 +88,24 @@ impl Forwarder {
     ) -> BoxFuture<'static, Result<(), ForwardError>> {
         // The timeout counts from here, not from the first poll (the queue notes when):
         // a caller waiting for many forwards in turn waits it once, not once per forward.
-        let queued = self.queue(node).and_then(|queue| queue.push(&publish));
+        let tally = ForwardTally::new();
+        let queued = self.forward_tallied(node, publish, &tally, 0);
         Box::pin(async move {
-            match queued?.await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(ForwardError::Unavailable {
-                    node: skein_seam::NodeId(node),
-                    detail: "its forward queue was closed".into(),
-                }),
-            }
+            queued?;
+            tally.settled().await;
+            tally.outcome(0)
         })
+    }
+
+    /// See [`crate::ClusterNode::forward_tallied`].
+    pub(crate) fn forward_tallied(
+        self: &Arc<Self>,
+        node: NodeId,
+        publish: ForwardedPublish,
+        tally: &Arc<ForwardTally>,
+        ticket: u32,
+    ) -> Result<(), ForwardError> {
+        self.queue(node)?.push(&publish, tally, ticket)
     }
 
     /// See [`crate::ClusterNode::forward_room`].

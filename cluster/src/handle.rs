@@ -287,6 +287,16 @@ impl ClusterHandle for ClusterNode {
         ClusterNode::forward(self, node, publish)
     }
 
+    fn forward_tallied(
+        &self,
+        node: SeamNodeId,
+        publish: ForwardedPublish,
+        tally: &std::sync::Arc<skein_seam::ForwardTally>,
+        ticket: u32,
+    ) -> Result<(), ForwardError> {
+        ClusterNode::forward_tallied(self, node, publish, tally, ticket)
+    }
+
     fn forward_unanswered(
         &self,
         node: SeamNodeId,

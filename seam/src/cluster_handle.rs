@@ -2,6 +2,8 @@
 //! talks to the cluster through [`ClusterHandle`]; a single node is a one-member cluster
 //! behind the same trait.
 
+use std::sync::Arc;
+
 use crate::box_future::BoxFuture;
 use crate::broker_handle::{
     ForwardedPublish, HandedOverSubscription, RegisteredConnection, RegisteredWill, SessionHandover,
@@ -9,6 +11,7 @@ use crate::broker_handle::{
 use crate::certificate::{
     CertificateRecord, CertificateRegistration, CertificateStatus, SeenCertificate,
 };
+use crate::forward_tally::{ForwardError, ForwardTally};
 use crate::ids::{ClientId, NodeId};
 
 /// The outcome of claiming a client id cluster-wide.
@@ -105,20 +108,6 @@ pub enum ClusterError {
     Busy(String),
 }
 
-/// Why a forwarded publish was not accepted by the peer.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum ForwardError {
-    /// The peer's bounded queue was full: the message was dropped (and counted).
-    #[error("the forward queue to node {0} is full")]
-    QueueFull(NodeId),
-    /// The peer answered that it could not take it (its storage refused).
-    #[error("node {node} refused the message: {detail}")]
-    Refused { node: NodeId, detail: String },
-    /// The node is not a member, or this node is shutting down.
-    #[error("node {node} cannot be reached: {detail}")]
-    Unavailable { node: NodeId, detail: String },
-}
-
 /// Implemented by the cluster (and, for unit tests, by a one-node double); called by the
 /// broker.
 ///
@@ -133,7 +122,7 @@ pub enum ForwardError {
 ///   after it was sent: `subscribe` returns only once every reachable member's broker has
 ///   folded it into its interest index. A PUBACK/PUBREC means every target (local
 ///   sessions, each peer node with interest, the offline queue on disk) has the message:
-///   the broker awaits `forward` before acknowledging.
+///   the broker awaits `forward` (or the tally of `forward_tallied`) before acknowledging.
 pub trait ClusterHandle: Send + Sync {
     fn node_id(&self) -> NodeId;
 
@@ -199,6 +188,23 @@ pub trait ClusterHandle: Send + Sync {
         node: NodeId,
         publish: ForwardedPublish,
     ) -> BoxFuture<'static, Result<(), ForwardError>>;
+
+    /// [`Self::forward`] answered through `tally` instead of a future of its own (see
+    /// [`ForwardTally`]): the forward of publish `ticket` of a read batch. On Ok it was
+    /// queued, in call order as `forward`'s, and counted in `tally` as outstanding until
+    /// the peer's answer (or the forward timeout) settles it; Err when it was refused at
+    /// once, and then `tally` does not count it. A batch the peer accepts answers all its
+    /// forwards together. The default answers it with [`Self::forward`]'s future.
+    fn forward_tallied(
+        &self,
+        node: NodeId,
+        publish: ForwardedPublish,
+        tally: &Arc<ForwardTally>,
+        ticket: u32,
+    ) -> Result<(), ForwardError> {
+        tally.attach(ticket, self.forward(node, publish));
+        Ok(())
+    }
 
     /// [`Self::forward`] for a publish nobody waits on (QoS 0): queued the same way, in the
     /// same order, but the peer's answer is not kept for anyone. Err only when the queue

@@ -13,6 +13,8 @@
 //!   a forwarded publish, kick a connection, end a taken-over one, fold other nodes'
 //!   interest); implemented by the broker.
 //! - `certificate`: device certificates (status, record) as both sides name them.
+//! - `forward_tally`: [`ForwardTally`], where the forwards of a read batch are answered
+//!   together, and [`ForwardError`].
 //! - `ids`: [`ClientId`] and [`NodeId`], the newtypes every layer names clients and nodes by.
 //! - `box_future`: [`BoxFuture`], what the traits' asynchronous methods return.
 
@@ -20,6 +22,7 @@ mod box_future;
 mod broker_handle;
 mod certificate;
 mod cluster_handle;
+mod forward_tally;
 pub mod ids;
 
 pub use box_future::BoxFuture;
@@ -32,7 +35,8 @@ pub use certificate::{
     CertificateRecord, CertificateRegistration, CertificateStatus, SeenCertificate,
 };
 pub use cluster_handle::{
-    ClientLocation, ClusterError, ClusterHandle, ClusterOverview, ForwardError, MemberOverview,
-    NodeRecord, PreviousOwner, Registration,
+    ClientLocation, ClusterError, ClusterHandle, ClusterOverview, MemberOverview, NodeRecord,
+    PreviousOwner, Registration,
 };
+pub use forward_tally::{ForwardError, ForwardTally, Settled};
 pub use ids::{ClientId, NodeId};

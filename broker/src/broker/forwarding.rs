@@ -20,7 +20,9 @@ pub(crate) mod peers_double;
 #[cfg(test)]
 mod tests;
 
-use skein_seam::{BoxFuture, ForwardError, ForwardedPublish, NodeId, SharedTarget};
+use std::sync::Arc;
+
+use skein_seam::{BoxFuture, ForwardError, ForwardTally, ForwardedPublish, NodeId, SharedTarget};
 use smallvec::SmallVec;
 
 use super::{Broker, SessionRef, SubEntry};
@@ -64,12 +66,43 @@ impl Scope<'_> {
 /// The forwards of one publish, each resolving once its node accepted the message; a QoS 0
 /// publish's forwards carry no answer (nobody waits for one).
 #[derive(Default)]
-pub struct Forwards(SmallVec<[(NodeId, Answer); 1]>);
+pub struct Forwards {
+    answers: SmallVec<[(NodeId, Answer); 1]>,
+    /// Where the `Tallied` answers come (see [`ForwardTickets`]).
+    tally: Option<Arc<ForwardTally>>,
+}
 
 enum Answer {
     Waited(BoxFuture<'static, Result<(), ForwardError>>),
+    /// Answered in the tally of the publisher's read batch, as this ticket.
+    Tallied(u32),
     /// Queued (or refused at once) without an answer to wait for.
     Unanswered(Result<(), ForwardError>),
+}
+
+/// What a connection hands routing so that the QoS 1/2 forwards of one read batch are
+/// answered together: one [`ForwardTally`] (made at the first forward) and a ticket per
+/// publish. The cluster answers a batch of the peer's with one count per run of tickets
+/// instead of a channel and a future per message. A fresh value per read batch: a tally
+/// is never reused (see the seam's `forward_tally`).
+#[derive(Default)]
+pub struct ForwardTickets {
+    tally: Option<Arc<ForwardTally>>,
+    next: u32,
+}
+
+impl ForwardTickets {
+    /// The tally and the ticket for the next publish.
+    fn next(&mut self) -> (Arc<ForwardTally>, u32) {
+        if self.next == u32::MAX {
+            // Never in practice (a read batch is far smaller): a new tally, not a wrap.
+            *self = ForwardTickets::default();
+        }
+        let ticket = self.next;
+        self.next += 1;
+        let tally = self.tally.get_or_insert_with(ForwardTally::new).clone();
+        (tally, ticket)
+    }
 }
 
 impl Forwards {
@@ -79,25 +112,34 @@ impl Forwards {
         node: NodeId,
         answer: BoxFuture<'static, Result<(), ForwardError>>,
     ) {
-        self.0.push((node, Answer::Waited(answer)));
+        self.answers.push((node, Answer::Waited(answer)));
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.answers.is_empty()
     }
 
     /// The nodes forwarded to.
     pub fn nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.0.iter().map(|(node, _)| *node)
+        self.answers.iter().map(|(node, _)| *node)
     }
 
     /// Waits until every node answered; the first failure, if any. Every forward is
-    /// waited for: each is queued for its node whatever the others answer.
+    /// waited for: each is queued for its node whatever the others answer. Forwards
+    /// answered in a tally wait for the whole tally (the read batch's other forwards were
+    /// sent with them: they come back in the same batches).
     pub async fn settle(self) -> Result<(), ForwardError> {
         let mut failed = None;
-        for (_, answer) in self.0 {
+        if let Some(tally) = &self.tally {
+            tally.settled().await;
+        }
+        for (_, answer) in self.answers {
             let outcome = match answer {
                 Answer::Waited(answer) => answer.await,
+                Answer::Tallied(ticket) => match &self.tally {
+                    Some(tally) => tally.outcome(ticket),
+                    None => Ok(()),
+                },
                 Answer::Unanswered(outcome) => outcome,
             };
             if let Err(e) = outcome {
@@ -141,8 +183,14 @@ impl Broker {
     }
 
     /// Sends `message` one hop to each node of `targets` and, when it is retained, to every
-    /// other member (see the module docs).
-    pub(super) fn forward(&self, message: &Message, targets: RemoteTargets) -> Forwards {
+    /// other member (see the module docs). A QoS 1/2 message is answered in the tally of
+    /// `tickets` when given, otherwise through a future per forward.
+    pub(super) fn forward(
+        &self,
+        message: &Message,
+        targets: RemoteTargets,
+        tickets: Option<&mut ForwardTickets>,
+    ) -> Forwards {
         let mut nodes = targets.nodes;
         if message.retain {
             for node in self.cluster.other_members() {
@@ -155,20 +203,38 @@ impl Broker {
                 }
             }
         }
-        Forwards(
-            nodes
-                .into_iter()
-                .map(|t| {
-                    let publish = forwarded(message, t.to_subscribers, t.shared);
-                    let answer = if message.qos == QoS::AtMostOnce {
+        let tally = match tickets {
+            Some(tickets) if message.qos != QoS::AtMostOnce && !nodes.is_empty() => {
+                Some(tickets.next())
+            }
+            _ => None,
+        };
+        let answers = nodes
+            .into_iter()
+            .map(|t| {
+                let publish = forwarded(message, t.to_subscribers, t.shared);
+                let answer = match &tally {
+                    _ if message.qos == QoS::AtMostOnce => {
                         Answer::Unanswered(self.cluster.forward_unanswered(t.node, publish))
-                    } else {
-                        Answer::Waited(self.cluster.forward(t.node, publish))
-                    };
-                    (t.node, answer)
-                })
-                .collect(),
-        )
+                    }
+                    Some((tally, ticket)) => {
+                        match self
+                            .cluster
+                            .forward_tallied(t.node, publish, tally, *ticket)
+                        {
+                            Ok(()) => Answer::Tallied(*ticket),
+                            Err(e) => Answer::Unanswered(Err(e)),
+                        }
+                    }
+                    None => Answer::Waited(self.cluster.forward(t.node, publish)),
+                };
+                (t.node, answer)
+            })
+            .collect();
+        Forwards {
+            answers,
+            tally: tally.map(|(tally, _)| tally),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::forwarding::Scope;
+use super::forwarding::{ForwardTickets, Scope};
 use super::{Broker, RouteOutcome, SessionRef, SubEntry, Subscribed};
 use crate::codec::QoS;
 use crate::events::raise;
@@ -77,6 +77,7 @@ impl Broker {
             message,
             None,
             None,
+            None,
             WhenNotStored::DeliverTheRest,
             Scope::Cluster,
         )
@@ -88,6 +89,7 @@ impl Broker {
     pub fn route_or_refuse(&self, message: Arc<Message>) -> RouteOutcome {
         self.route_with(
             message,
+            None,
             None,
             None,
             WhenNotStored::RefuseWhole,
@@ -114,11 +116,12 @@ impl Broker {
                 shared,
             },
         };
-        self.route_with(message, held, None, WhenNotStored::RefuseWhole, scope)
+        self.route_with(message, held, None, None, WhenNotStored::RefuseWhole, scope)
     }
 
     /// [`Broker::route_or_refuse`] for a client's PUBLISH, with the subscribers' wake-ups
-    /// held in `held` (see [`HeldWakes`]); None wakes them at once.
+    /// held in `held` (see [`HeldWakes`]); None wakes them at once. Its QoS 1/2 forwards
+    /// are answered in the tally of `tickets`, the read batch's (see [`ForwardTickets`]).
     ///
     /// `late`: the publish was read (there) while input reported before it was still
     /// unhandled. It is routed all the same and written to the late log, for a SUBSCRIBE
@@ -133,11 +136,13 @@ impl Broker {
         message: Arc<Message>,
         held: Option<&mut HeldWakes>,
         late: Option<LateRead>,
+        tickets: Option<&mut ForwardTickets>,
     ) -> RouteOutcome {
         self.route_with(
             message,
             held,
             late,
+            tickets,
             WhenNotStored::RefuseWhole,
             Scope::Cluster,
         )
@@ -148,6 +153,7 @@ impl Broker {
         message: Arc<Message>,
         mut held: Option<&mut HeldWakes>,
         late: Option<LateRead>,
+        tickets: Option<&mut ForwardTickets>,
         when_not_stored: WhenNotStored,
         scope: Scope<'_>,
     ) -> RouteOutcome {
@@ -254,7 +260,7 @@ impl Broker {
         outcome.remote = remote.nodes.len();
         if let Scope::Cluster = scope {
             if !remote.is_empty() || message.retain {
-                outcome.forwards = self.forward(&message, remote);
+                outcome.forwards = self.forward(&message, remote, tickets);
             }
         }
         let answered = when_not_stored == WhenNotStored::RefuseWhole;
@@ -652,7 +658,10 @@ mod late_tests {
             connection: 7,
             position: b.input_order.now(),
         };
-        (reported, b.route_holding_wakes(m.clone(), None, Some(read)))
+        (
+            reported,
+            b.route_holding_wakes(m.clone(), None, Some(read), None),
+        )
     }
 
     fn queued(s: &Session) -> usize {

@@ -235,9 +235,9 @@ impl Connection {
             answered = self.ask_authorizer(pending) => answered,
             kick = kick_rx.recv() => return Err(kicked(kick, &self.broker, self.id)),
         };
-        let mut acks = None;
+        let mut acks = Acks::default();
         let after = self.resume_authorized(answered, &mut acks);
-        if let Some(acks) = acks {
+        if let Some(acks) = acks.into_pending() {
             Box::pin(self.settle_acks(acks)).await?;
         }
         Ok(match after? {

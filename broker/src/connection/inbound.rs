@@ -244,7 +244,10 @@ impl Connection {
             }))
         };
         let outcome = match self.publish_order() {
-            None => self.broker.route_holding_wakes(message, Some(held), None),
+            None => {
+                self.broker
+                    .route_holding_wakes(message, Some(held), None, Some(&mut acks.tickets))
+            }
             // See `Broker::route_holding_wakes` for why a retained publish waits.
             Some(_) if p.retain || !self.broker.input_order.may_route_late(self.id) => {
                 return Ok(deferred(message))
@@ -254,9 +257,12 @@ impl Connection {
                     connection: self.id,
                     position,
                 };
-                let outcome =
-                    self.broker
-                        .route_holding_wakes(message.clone(), Some(held), Some(read));
+                let outcome = self.broker.route_holding_wakes(
+                    message.clone(),
+                    Some(held),
+                    Some(read),
+                    Some(&mut acks.tickets),
+                );
                 if outcome.deferred {
                     return Ok(deferred(message));
                 }

@@ -7,6 +7,9 @@
 //! one waits, every later one queues behind it. The connection goes on handling the rest
 //! of its read batch meanwhile, so the forwards of one batch are in flight together, and
 //! settles them all when the batch is handled: one round trip per batch, not per message.
+//! The batch's forwards are answered in one tally (`Acks::tickets`, see the seam's
+//! `ForwardTally`): the peer's answer to a batch of its queue is counted once per run of
+//! this connection's publishes in it, not sent through a channel per message.
 //!
 //! A forward that fails (the peer's queue full, the peer refusing it, the peer unreachable
 //! within the forward timeout): an MQTT 5 publisher gets a failure PUBACK/PUBREC, 0x97
@@ -30,7 +33,7 @@ use skein_seam::{BoxFuture, ForwardError, NodeId};
 
 use super::inbound::After;
 use super::{Close, Connection};
-use crate::broker::{Forwards, RouteOutcome};
+use crate::broker::{ForwardTickets, Forwards, RouteOutcome};
 use crate::codec::{reason as rc, Ack, Packet, Properties, QoS};
 use crate::log_limit::LogLimit;
 use crate::storage_refusal::{self, NotStored};
@@ -58,8 +61,28 @@ struct Parked {
     room: Vec<(NodeId, BoxFuture<'static, bool>)>,
 }
 
-/// Where a read batch parks acknowledgements: None until one waits.
-pub(super) type Acks = Option<Box<PendingAcks>>;
+/// Where a read batch parks acknowledgements (None until one waits), and the tickets its
+/// QoS 1/2 forwards are answered by (see [`ForwardTickets`]): one per read batch.
+#[derive(Default)]
+pub(super) struct Acks {
+    pending: Option<Box<PendingAcks>>,
+    pub(super) tickets: ForwardTickets,
+}
+
+impl Acks {
+    /// What waits to be settled, if anything.
+    pub(super) fn into_pending(self) -> Option<Box<PendingAcks>> {
+        self.pending
+    }
+
+    fn as_mut(&mut self) -> Option<&mut Box<PendingAcks>> {
+        self.pending.as_mut()
+    }
+
+    fn get_or_insert_default(&mut self) -> &mut Box<PendingAcks> {
+        self.pending.get_or_insert_default()
+    }
+}
 
 impl PendingAcks {
     fn parked(&mut self) -> &mut Parked {

@@ -5,16 +5,21 @@
 //! A message is written in its wire form as it is queued, into one buffer the waiting
 //! messages share: a batch is then the front of that buffer behind a few bytes of header,
 //! taken without copying or encoding anything again.
+//!
+//! A publisher waiting for the peer's answer is not a channel per message but a place in a
+//! [`Run`] of its read batch's tally (see `runs`): a batch accepted answers its runs, one
+//! subtraction each.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prost::bytes::BytesMut;
-use skein_seam::{ForwardError, ForwardedPublish};
-use tokio::sync::{oneshot, Notify};
+use skein_seam::{ForwardError, ForwardTally, ForwardedPublish};
+use tokio::sync::Notify;
 
 use super::encoded::EncodedBatch;
+use super::runs::{Run, Ticket};
 use super::wire;
 use crate::metrics::PeerForwardMetrics;
 use crate::settings::ForwardSettings;
@@ -27,26 +32,12 @@ const PENDING_CHUNK: usize = 64 * 1024;
 /// The depth gauge is set at least every this many queued messages.
 const DEPTH_EVERY: usize = 256;
 
-/// Where a forward's caller learns the peer's answer.
-pub(crate) type Waiter = oneshot::Sender<Result<(), ForwardError>>;
-
 /// The queue's clock ticks this many times per forward timeout (see [`PeerQueue::tick`]).
 pub(crate) const TICKS_PER_TIMEOUT: u32 = 10;
 
-/// A caller waiting for the peer's answer, since which tick of the queue's clock: past the
-/// forward timeout it is told the peer is unavailable (see [`PeerQueue::tick`]) while the
-/// message stays queued.
-struct Answer {
-    since: u64,
-    to: Waiter,
-}
-
-/// A message in `State::pending`.
+/// A message in `State::pending`: its bytes there.
 struct Waiting {
-    /// Its bytes there.
     bytes: usize,
-    /// None: nobody waits for the answer (QoS 0).
-    waiter: Option<Answer>,
 }
 
 /// A batch on its way: kept until the peer acknowledges it, to be sent again on the next
@@ -58,15 +49,22 @@ struct Sent {
     encoded: EncodedBatch,
     /// Messages in it.
     count: usize,
-    /// None once told (a RETRY_LATER or the timeout answered the caller; the batch is
-    /// still retried).
-    waiters: Vec<Option<Answer>>,
+    /// The queue position of its first message.
+    first_msg: u64,
+    /// The callers waiting for its messages' answers, in order; a run leaves once told (a
+    /// RETRY_LATER or the timeout answered it; the batch is still retried).
+    runs: Vec<Run>,
     bytes: usize,
 }
 
 #[derive(Default)]
 struct State {
     waiting: VecDeque<Waiting>,
+    /// The callers waiting for answers to messages in `waiting`, in order (a caller past the
+    /// timeout is told and leaves).
+    waiting_runs: VecDeque<Run>,
+    /// Messages ever queued: the position of the next one.
+    queued: u64,
     /// The waiting messages, written one after the other as `PublishBatch.publishes`.
     pending: BytesMut,
     unacked: VecDeque<Sent>,
@@ -83,7 +81,7 @@ struct State {
 /// and per message the caller waiting for its answer (None: nobody, or told already).
 pub(crate) struct HeldEntries {
     pub(crate) entries: prost::bytes::Bytes,
-    pub(crate) waiters: Vec<Option<Waiter>>,
+    pub(crate) waiters: Vec<Option<Ticket>>,
 }
 
 /// Why a queue stopped taking forwards.
@@ -160,15 +158,17 @@ impl PeerQueue {
         skein_seam::NodeId(self.peer)
     }
 
-    /// Queues `publish`; the receiver gets the peer's answer. Refused when the queue is
-    /// closed or the message would take it past either bound (counted as dropped).
+    /// Queues `publish`, answered through `tally` as `ticket` (counted there as outstanding
+    /// until the peer's answer or the timeout). Refused when the queue is closed or the
+    /// message would take it past either bound (counted as dropped; `tally` does not count
+    /// it then).
     pub(crate) fn push(
         &self,
         publish: &ForwardedPublish,
-    ) -> Result<oneshot::Receiver<Result<(), ForwardError>>, ForwardError> {
-        let (to, answer) = oneshot::channel();
-        self.put(publish, Some(to))?;
-        Ok(answer)
+        tally: &Arc<ForwardTally>,
+        ticket: u32,
+    ) -> Result<(), ForwardError> {
+        self.put(publish, Some((tally, ticket)))
     }
 
     /// [`Self::push`] with nobody waiting for the answer.
@@ -176,7 +176,11 @@ impl PeerQueue {
         self.put(publish, None)
     }
 
-    fn put(&self, publish: &ForwardedPublish, waiter: Option<Waiter>) -> Result<(), ForwardError> {
+    fn put(
+        &self,
+        publish: &ForwardedPublish,
+        answer: Option<(&Arc<ForwardTally>, u32)>,
+    ) -> Result<(), ForwardError> {
         let len = wire::encoded_len(publish);
         let bytes = wire::batch_entry_len(len);
         let mut st = self.state();
@@ -193,11 +197,20 @@ impl PeerQueue {
             self.metrics.dropped("queue_full", 1);
             return Err(ForwardError::QueueFull(self.node()));
         }
-        let waiter = waiter.map(|to| Answer {
-            // Under the lock: the waiting callers are in the order of their `since`.
-            since: self.clock.load(Ordering::Relaxed),
-            to,
-        });
+        let at = st.queued;
+        st.queued += 1;
+        if let Some((tally, ticket)) = answer {
+            // Under the lock: the runs are in the order of their `since`.
+            let since = self.clock.load(Ordering::Relaxed);
+            let extended = st
+                .waiting_runs
+                .back_mut()
+                .is_some_and(|run| run.extend(tally, ticket, at, since));
+            if !extended {
+                let run = Run::new(tally, ticket, self.peer, at, since);
+                st.waiting_runs.push_back(run);
+            }
+        }
         let was_empty = st.waiting.is_empty();
         if st.pending.capacity() - st.pending.len() < bytes {
             // Room for many messages at once: while sent batches still share the old
@@ -205,7 +218,7 @@ impl PeerQueue {
             st.pending.reserve(bytes.max(PENDING_CHUNK));
         }
         wire::put_batch_entry(publish, len, &mut st.pending);
-        st.waiting.push_back(Waiting { bytes, waiter });
+        st.waiting.push_back(Waiting { bytes });
         st.held_messages += 1;
         st.held_bytes += bytes;
         // The gauge is also set per batch and per acknowledgement; here only often enough
@@ -264,24 +277,36 @@ impl PeerQueue {
         if st.waiting.is_empty() || st.unacked.len() >= self.settings.window_batches {
             return None;
         }
-        let mut waiters = Vec::with_capacity(st.waiting.len().min(self.settings.batch_messages));
+        let first_msg = st.queued - st.waiting.len() as u64;
+        let mut count = 0;
         let mut bytes = 0;
         while let Some(next) = st.waiting.front() {
-            let full = waiters.len() >= self.settings.batch_messages
-                || (!waiters.is_empty() && bytes + next.bytes > self.settings.batch_bytes);
+            let full = count >= self.settings.batch_messages
+                || (count > 0 && bytes + next.bytes > self.settings.batch_bytes);
             if full {
                 break;
             }
-            let Some(w) = st.waiting.pop_front() else {
+            bytes += next.bytes;
+            count += 1;
+            st.waiting.pop_front();
+        }
+        // The runs of the messages taken go with the batch, the last one split where the
+        // batch ends.
+        let end = first_msg + count as u64;
+        let mut runs = Vec::new();
+        while let Some(run) = st.waiting_runs.front_mut() {
+            if run.first_msg >= end {
                 break;
-            };
-            bytes += w.bytes;
-            waiters.push(w.waiter);
+            }
+            if run.end_msg() > end {
+                runs.push(run.split_front((end - run.first_msg) as u32));
+                break;
+            }
+            runs.extend(st.waiting_runs.pop_front());
         }
         let publishes = st.pending.split_to(bytes).freeze();
         st.last_sequence += 1;
         let sequence = st.last_sequence;
-        let count = waiters.len();
         let encoded = EncodedBatch {
             header: wire::batch_header(sequence, from_node, self.peer, self.stream_id),
             publishes,
@@ -290,7 +315,8 @@ impl PeerQueue {
             sequence,
             encoded: encoded.clone(),
             count,
-            waiters,
+            first_msg,
+            runs,
             bytes,
         });
         self.metrics.depth(st.held_messages);
@@ -338,8 +364,8 @@ impl PeerQueue {
             self.room.notify_waiters();
         }
         self.metrics.sent(sent.count);
-        for waiter in sent.waiters.into_iter().flatten() {
-            let _ = waiter.to.send(Ok(()));
+        for run in sent.runs {
+            run.accept();
         }
         Ok(())
     }
@@ -352,13 +378,13 @@ impl PeerQueue {
         let Some(sent) = st.unacked.iter_mut().find(|s| s.sequence == sequence) else {
             return;
         };
-        let waiters: Vec<Answer> = sent.waiters.iter_mut().filter_map(Option::take).collect();
+        let runs = std::mem::take(&mut sent.runs);
         drop(st);
-        for waiter in waiters {
-            let _ = waiter.to.send(Err(ForwardError::Refused {
+        for run in runs {
+            run.fail(ForwardError::Refused {
                 node: self.node(),
                 detail: detail.to_owned(),
-            }));
+            });
         }
     }
 
@@ -366,7 +392,8 @@ impl PeerQueue {
     pub(crate) fn close(&self, why: Closed) {
         let mut st = self.state();
         st.closed = Some(why);
-        let waiting = std::mem::take(&mut st.waiting);
+        st.waiting.clear();
+        let waiting_runs = std::mem::take(&mut st.waiting_runs);
         let unacked = std::mem::take(&mut st.unacked);
         st.pending = BytesMut::new();
         let dropped = st.held_messages;
@@ -385,15 +412,12 @@ impl PeerQueue {
                 "forwards to a peer dropped"
             );
         }
-        let waiters = waiting
-            .into_iter()
-            .map(|w| w.waiter)
-            .chain(unacked.into_iter().flat_map(|s| s.waiters));
-        for waiter in waiters.flatten() {
-            let _ = waiter.to.send(Err(ForwardError::Unavailable {
+        let runs = unacked.into_iter().flat_map(|s| s.runs).chain(waiting_runs);
+        for run in runs {
+            run.fail(ForwardError::Unavailable {
                 node: self.node(),
                 detail: why.detail().into(),
-            }));
+            });
         }
     }
 
@@ -405,6 +429,8 @@ impl PeerQueue {
         let mut st = self.state();
         st.closed = Some(why);
         let waiting = std::mem::take(&mut st.waiting);
+        let waiting_first = st.queued - waiting.len() as u64;
+        let waiting_runs = std::mem::take(&mut st.waiting_runs);
         let unacked = std::mem::take(&mut st.unacked);
         let mut pending = std::mem::take(&mut st.pending).freeze();
         st.held_messages = 0;
@@ -417,13 +443,14 @@ impl PeerQueue {
         self.metrics.depth(0);
         let sent = unacked.into_iter().map(|s| HeldEntries {
             entries: s.encoded.publishes,
-            waiters: s.waiters.into_iter().map(|w| w.map(|a| a.to)).collect(),
+            waiters: tickets(s.first_msg, s.count, s.runs),
         });
+        let mut queued_tickets = tickets(waiting_first, waiting.len(), waiting_runs).into_iter();
         let queued: Vec<HeldEntries> = waiting
             .into_iter()
             .map(|w| HeldEntries {
                 entries: pending.split_to(w.bytes),
-                waiters: vec![w.waiter.map(|a| a.to)],
+                waiters: vec![queued_tickets.next().flatten()],
             })
             .collect();
         sent.chain(queued).collect()
@@ -441,31 +468,32 @@ impl PeerQueue {
             return true;
         }
         let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        let late = |run: &Run| now - run.since > u64::from(TICKS_PER_TIMEOUT);
         let mut expired = Vec::new();
         let st = &mut *st;
-        let answers = st
-            .unacked
-            .iter_mut()
-            .flat_map(|s| s.waiters.iter_mut())
-            .chain(st.waiting.iter_mut().map(|w| &mut w.waiter));
-        for slot in answers {
-            match slot {
-                // Oldest first: the first caller still in time ends the scan.
-                Some(a) if now - a.since <= u64::from(TICKS_PER_TIMEOUT) => break,
-                Some(_) => expired.extend(slot.take()),
-                None => {}
+        // Oldest first: the first run still in time ends the scan.
+        let mut in_time = false;
+        for sent in &mut st.unacked {
+            let n = sent.runs.iter().take_while(|r| late(r)).count();
+            expired.extend(sent.runs.drain(..n));
+            if !sent.runs.is_empty() {
+                in_time = true;
+                break;
             }
+        }
+        while !in_time && st.waiting_runs.front().is_some_and(late) {
+            expired.extend(st.waiting_runs.pop_front());
         }
         if expired.is_empty() {
             return false;
         }
-        for waiter in expired {
-            let _ = waiter.to.send(Err(ForwardError::Unavailable {
+        for run in expired {
+            run.fail(ForwardError::Unavailable {
                 node: self.node(),
                 detail: format!(
                     "no acknowledgement within {timeout:?}; the message stays queued for it"
                 ),
-            }));
+            });
         }
         false
     }
@@ -480,203 +508,18 @@ impl PeerQueue {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-
-    use prost::bytes::Bytes;
-    use prost::Message as _;
-    use skein_proto::v1 as pb;
-    use skein_seam::PublishProperties;
-
-    fn decoded(batch: Option<EncodedBatch>) -> pb::PublishBatch {
-        pb::PublishBatch::decode(&batch.expect("a batch").to_vec()[..]).unwrap()
-    }
-
-    fn publish(topic: &str, payload: usize) -> ForwardedPublish {
-        ForwardedPublish {
-            topic: topic.into(),
-            payload: Bytes::from(vec![7u8; payload]),
-            qos: 1,
-            retain: false,
-            properties: PublishProperties::default(),
-            received_at_ms: 0,
-            publisher: None,
-            publisher_username: None,
-            publish_id: None,
-            to_subscribers: true,
-            shared: Vec::new(),
-            adopted_from: None,
-            for_client: None,
+/// Per message from position `first` on (`count` of them), its caller's ticket from `runs`
+/// (None: nobody waits, or was told already).
+fn tickets(first: u64, count: usize, runs: impl IntoIterator<Item = Run>) -> Vec<Option<Ticket>> {
+    let mut slots: Vec<Option<Ticket>> = std::iter::repeat_with(|| None).take(count).collect();
+    for run in runs {
+        let at = run.first_msg.saturating_sub(first) as usize;
+        for (slot, ticket) in slots.iter_mut().skip(at).zip(run.into_tickets()) {
+            *slot = Some(ticket);
         }
     }
-
-    fn settings() -> ForwardSettings {
-        ForwardSettings {
-            queue_messages: 4,
-            queue_bytes: 1000,
-            batch_messages: 2,
-            batch_bytes: 300,
-            window_batches: 2,
-            ..Default::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn batches_keep_order_fill_the_window_and_acks_free_room() {
-        let q = PeerQueue::new(2, 99, settings());
-        let answers: Vec<_> = (0..4)
-            .map(|i| q.push(&publish(&format!("t/{i}"), 10)).unwrap())
-            .collect();
-        assert_eq!(
-            q.push(&publish("t/4", 10)).unwrap_err(),
-            ForwardError::QueueFull(skein_seam::NodeId(2))
-        );
-        let first = decoded(q.next_batch(1));
-        let second = decoded(q.next_batch(1));
-        assert!(q.next_batch(1).is_none(), "window of two batches");
-        assert_eq!((first.sequence, second.sequence), (1, 2));
-        assert_eq!(
-            (first.from_node, first.to_node, first.stream_id),
-            (1, 2, 99)
-        );
-        let topics: Vec<&str> = first
-            .publishes
-            .iter()
-            .chain(&second.publishes)
-            .map(|p| p.topic.as_str())
-            .collect();
-        assert_eq!(topics, ["t/0", "t/1", "t/2", "t/3"]);
-
-        assert!(q.accepted(2).is_err(), "acks come in order");
-        q.accepted(1).unwrap();
-        assert_eq!(q.held(), 2);
-        let mut answers = answers.into_iter();
-        for _ in 0..2 {
-            assert_eq!(answers.next().unwrap().await.unwrap(), Ok(()));
-        }
-        // A new stream gets the unacknowledged batch again, same sequence.
-        let again = q.resend();
-        assert_eq!(again.len(), 1);
-        assert_eq!(decoded(Some(again[0].clone())), second);
-        q.accepted(2).unwrap();
-        assert_eq!(q.held(), 0);
-    }
-
-    #[tokio::test]
-    async fn publishers_wait_for_room_above_half_the_bound_until_acks_free_it() {
-        let q = PeerQueue::new(2, 1, settings());
-        for i in 0..3 {
-            q.push(&publish(&format!("t/{i}"), 1)).unwrap();
-        }
-        assert!(!q.has_room(), "3 of 4 held: over half");
-        let first = decoded(q.next_batch(1));
-        let short = std::time::Duration::from_millis(50);
-        assert!(tokio::time::timeout(short, q.room()).await.is_err());
-        let waiting = tokio::spawn({
-            let q = Arc::new(q);
-            let waiter = q.clone();
-            let sequence = first.sequence;
-            async move {
-                let room = tokio::spawn(async move { waiter.room().await });
-                tokio::task::yield_now().await;
-                q.accepted(sequence).unwrap();
-                room.await.unwrap();
-                q
-            }
-        });
-        let q = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
-            .await
-            .expect("room once the batch was acknowledged")
-            .unwrap();
-        assert!(q.has_room());
-        // A closed queue never keeps a publisher waiting.
-        for i in 0..2 {
-            q.push(&publish(&format!("u/{i}"), 1)).unwrap();
-        }
-        assert!(!q.has_room());
-        q.close(Closed::ShuttingDown);
-        assert!(q.has_room());
-    }
-
-    #[tokio::test]
-    async fn callers_past_the_timeout_are_told_but_their_messages_stay_queued() {
-        let q = PeerQueue::new(2, 1, settings());
-        let timeout = std::time::Duration::from_secs(5);
-        let old = q.push(&publish("old", 1)).unwrap();
-        let sent = decoded(q.next_batch(1));
-        for _ in 0..5 {
-            assert!(!q.tick(timeout));
-        }
-        q.push_unanswered(&publish("nobody waits", 1)).unwrap();
-        let mut young = q.push(&publish("young", 1)).unwrap();
-        for _ in 5..TICKS_PER_TIMEOUT {
-            assert!(!q.tick(timeout));
-        }
-        let mut old = old;
-        assert!(
-            old.try_recv().is_err(),
-            "a timeout of ticks, but maybe queued late in its tick"
-        );
-        assert!(!q.tick(timeout));
-        assert!(matches!(
-            old.await.unwrap(),
-            Err(ForwardError::Unavailable { detail, .. }) if detail.contains("stays queued")
-        ));
-        assert!(young.try_recv().is_err(), "still within the timeout");
-        // Still sent, still answered when acknowledged (to nobody, for the expired one).
-        assert_eq!(q.held(), 3);
-        q.accepted(sent.sequence).unwrap();
-        let rest = decoded(q.next_batch(1));
-        assert_eq!(rest.publishes.len(), 2);
-        q.accepted(rest.sequence).unwrap();
-        assert_eq!(young.await.unwrap(), Ok(()));
-        q.close(Closed::Removed);
-        assert!(q.tick(timeout), "a closed queue ends its task");
-    }
-
-    #[test]
-    fn a_batch_closes_at_its_byte_bound_but_a_large_message_travels_alone() {
-        let q = PeerQueue::new(2, 1, settings());
-        q.push(&publish("a", 200)).unwrap();
-        q.push(&publish("b", 200)).unwrap();
-        assert_eq!(decoded(q.next_batch(1)).publishes.len(), 1);
-        assert_eq!(decoded(q.next_batch(1)).publishes.len(), 1);
-        // Larger than the whole byte bound: refused, never queued.
-        assert!(matches!(
-            q.push(&publish("huge", 2000)),
-            Err(ForwardError::QueueFull(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn closing_fails_every_caller_and_refusals_answer_but_keep_the_batch() {
-        let q = PeerQueue::new(3, 1, settings());
-        let a = q.push(&publish("a", 1)).unwrap();
-        let b = q.push(&publish("b", 1)).unwrap();
-        let batch = decoded(q.next_batch(1));
-        q.refused(batch.sequence, "disk full");
-        assert!(
-            matches!(a.await.unwrap(), Err(ForwardError::Refused { detail, .. }) if detail == "disk full")
-        );
-        assert!(matches!(
-            b.await.unwrap(),
-            Err(ForwardError::Refused { .. })
-        ));
-        assert_eq!(q.resend().len(), 1, "still held for another try");
-
-        let c = q.push(&publish("c", 1)).unwrap();
-        q.close(Closed::Removed);
-        assert!(matches!(
-            c.await.unwrap(),
-            Err(ForwardError::Unavailable { .. })
-        ));
-        assert_eq!(q.held(), 0);
-        assert!(matches!(
-            q.push(&publish("d", 1)),
-            Err(ForwardError::Unavailable { .. })
-        ));
-    }
+    slots
 }
+
+#[cfg(test)]
+mod tests;

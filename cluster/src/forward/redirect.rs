@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use skein_seam::{BoxFuture, BrokerHandle, ForwardError, ForwardedPublish, NodeId as SeamNodeId};
 
-use super::queue::{Closed, HeldEntries, Waiter};
+use super::queue::{Closed, HeldEntries};
+use super::runs::Ticket;
 use super::{wire, Forwarder};
 use crate::metrics;
 use crate::types::NodeId;
@@ -146,9 +147,9 @@ impl Forwarder {
 
 type Answer = BoxFuture<'static, Result<(), ForwardError>>;
 
-fn answer(waiter: Option<Waiter>, outcome: Result<(), ForwardError>) {
-    if let Some(to) = waiter {
-        let _ = to.send(outcome);
+fn answer(waiter: Option<Ticket>, outcome: Result<(), ForwardError>) {
+    if let Some(ticket) = waiter {
+        ticket.answer(outcome);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use skein_seam::{BrokerHandle, NodeId, SharedTarget};
+use skein_seam::{BrokerHandle, ForwardError, NodeId, SharedTarget};
 use skein_storage::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -217,4 +217,44 @@ async fn retained_messages_fetched_from_a_member_keep_the_newer_of_each_topic() 
     let topics: Vec<&str> = mine.iter().map(|p| &*p.topic).collect();
     assert_eq!(topics, ["held/newer", "held/older", "new"]);
     assert!(mine.iter().all(|p| p.retain && !p.to_subscribers));
+}
+
+#[tokio::test]
+async fn a_read_batchs_forwards_share_a_tally_and_each_publish_gets_its_own_answer() {
+    let (b, cluster) = node_with_peers();
+    b.interest_changed("a", NodeId(2), 1);
+    b.interest_changed("b", NodeId(3), 1);
+    let mut tickets = super::ForwardTickets::default();
+    let mut route = |topic: &str, qos| {
+        b.route_holding_wakes(message(topic, qos, "p"), None, None, Some(&mut tickets))
+    };
+    let accepted = route("a", QoS::AtLeastOnce);
+    // QoS 0 and a publish nobody elsewhere wants take no ticket.
+    let qos0 = route("a", QoS::AtMostOnce);
+    let nowhere = route("c", QoS::AtLeastOnce);
+    cluster.answer(
+        Some(ForwardError::Refused {
+            node: NodeId(3),
+            detail: "disk full".into(),
+        }),
+        std::time::Duration::from_millis(20),
+    );
+    let refused = route("b", QoS::ExactlyOnce);
+    assert_eq!(cluster.take().len(), 3);
+    let tally = accepted.forwards.tally.clone().expect("a tally");
+    assert!(refused
+        .forwards
+        .tally
+        .as_ref()
+        .is_some_and(|t| Arc::ptr_eq(t, &tally)));
+    assert!(qos0.forwards.tally.is_none() && nowhere.forwards.is_empty());
+    assert_eq!(tally.outstanding(), 2);
+    // Settled out of order: the later publish first.
+    assert!(matches!(
+        refused.forwards.settle().await,
+        Err(ForwardError::Refused { .. })
+    ));
+    assert_eq!(accepted.forwards.settle().await, Ok(()));
+    assert_eq!(qos0.forwards.settle().await, Ok(()));
+    assert_eq!(tally.outstanding(), 0);
 }

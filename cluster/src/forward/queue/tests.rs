@@ -1,0 +1,341 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+use prost::bytes::Bytes;
+use prost::Message as _;
+use skein_proto::v1 as pb;
+use skein_seam::PublishProperties;
+
+fn decoded(batch: Option<EncodedBatch>) -> pb::PublishBatch {
+    pb::PublishBatch::decode(&batch.expect("a batch").to_vec()[..]).unwrap()
+}
+
+fn publish(topic: &str, payload: usize) -> ForwardedPublish {
+    ForwardedPublish {
+        topic: topic.into(),
+        payload: Bytes::from(vec![7u8; payload]),
+        qos: 1,
+        retain: false,
+        properties: PublishProperties::default(),
+        received_at_ms: 0,
+        publisher: None,
+        publisher_username: None,
+        publish_id: None,
+        to_subscribers: true,
+        shared: Vec::new(),
+        adopted_from: None,
+        for_client: None,
+    }
+}
+
+fn settings() -> ForwardSettings {
+    ForwardSettings {
+        queue_messages: 4,
+        queue_bytes: 1000,
+        batch_messages: 2,
+        batch_bytes: 300,
+        window_batches: 2,
+        ..Default::default()
+    }
+}
+
+/// Waits (bounded) until every forward of `tally` is answered; each ticket's outcome.
+async fn outcomes(tally: &ForwardTally, tickets: u32) -> Vec<Result<(), ForwardError>> {
+    tokio::time::timeout(Duration::from_secs(5), tally.settled())
+        .await
+        .expect("the tally settles");
+    (0..tickets).map(|t| tally.outcome(t)).collect()
+}
+
+fn refused(node: u64, detail: &str) -> ForwardError {
+    ForwardError::Refused {
+        node: skein_seam::NodeId(node),
+        detail: detail.into(),
+    }
+}
+
+#[tokio::test]
+async fn batches_keep_order_fill_the_window_and_acks_free_room() {
+    let q = PeerQueue::new(2, 99, settings());
+    let tally = ForwardTally::new();
+    for i in 0..4 {
+        q.push(&publish(&format!("t/{i}"), 10), &tally, i).unwrap();
+    }
+    assert_eq!(
+        q.push(&publish("t/4", 10), &tally, 4).unwrap_err(),
+        ForwardError::QueueFull(skein_seam::NodeId(2))
+    );
+    assert_eq!(tally.outstanding(), 4, "a refused forward is not counted");
+    let first = decoded(q.next_batch(1));
+    let second = decoded(q.next_batch(1));
+    assert!(q.next_batch(1).is_none(), "window of two batches");
+    assert_eq!((first.sequence, second.sequence), (1, 2));
+    assert_eq!(
+        (first.from_node, first.to_node, first.stream_id),
+        (1, 2, 99)
+    );
+    let topics: Vec<&str> = first
+        .publishes
+        .iter()
+        .chain(&second.publishes)
+        .map(|p| p.topic.as_str())
+        .collect();
+    assert_eq!(topics, ["t/0", "t/1", "t/2", "t/3"]);
+
+    assert!(q.accepted(2).is_err(), "acks come in order");
+    q.accepted(1).unwrap();
+    assert_eq!(q.held(), 2);
+    assert_eq!(
+        tally.outstanding(),
+        2,
+        "one acknowledgement answers its batch"
+    );
+    // A new stream gets the unacknowledged batch again, same sequence.
+    let again = q.resend();
+    assert_eq!(again.len(), 1);
+    assert_eq!(decoded(Some(again[0].clone())), second);
+    q.accepted(2).unwrap();
+    assert_eq!(q.held(), 0);
+    assert_eq!(outcomes(&tally, 4).await, vec![Ok(()); 4]);
+}
+
+#[tokio::test]
+async fn a_run_split_between_batches_is_answered_batch_by_batch() {
+    let q = PeerQueue::new(2, 1, settings());
+    let tally = ForwardTally::new();
+    for i in 0..3 {
+        q.push(&publish(&format!("t/{i}"), 1), &tally, i).unwrap();
+    }
+    let first = decoded(q.next_batch(1));
+    let second = decoded(q.next_batch(1));
+    assert_eq!((first.publishes.len(), second.publishes.len()), (2, 1));
+    // The second batch's answer first: it is refused (the batch stays for a retry), then
+    // the first is accepted.
+    q.refused(second.sequence, "disk full");
+    assert_eq!(tally.outstanding(), 2);
+    q.accepted(first.sequence).unwrap();
+    assert_eq!(
+        outcomes(&tally, 3).await,
+        [Ok(()), Ok(()), Err(refused(2, "disk full"))]
+    );
+    // Retried and accepted later: the ticket was answered already and is not again.
+    assert_eq!(q.resend().len(), 1);
+    q.accepted(second.sequence).unwrap();
+    assert_eq!(tally.outstanding(), 0);
+    assert_eq!(q.held(), 0);
+}
+
+#[tokio::test]
+async fn runs_follow_publishers_tickets_and_ticks_and_answer_out_of_order() {
+    let settings = ForwardSettings {
+        queue_messages: 100,
+        batch_messages: 100,
+        window_batches: 4,
+        ..settings()
+    };
+    let to_2 = PeerQueue::new(2, 1, settings.clone());
+    let to_3 = PeerQueue::new(3, 1, settings);
+    let a = ForwardTally::new();
+    let b = ForwardTally::new();
+    // Publisher a's tickets 0 and 1 go to both peers, 2 to node 2 only; publisher b's
+    // forwards come in between (another run), and a's ticket 4 skips one (another run).
+    for (q, tally, ticket) in [
+        (&to_2, &a, 0),
+        (&to_3, &a, 0),
+        (&to_2, &b, 0),
+        (&to_2, &a, 1),
+        (&to_3, &a, 1),
+        (&to_2, &a, 2),
+        (&to_2, &a, 4),
+    ] {
+        q.push(&publish("t", 1), tally, ticket).unwrap();
+    }
+    assert!(!to_2.tick(Duration::from_secs(5)));
+    to_2.push(&publish("t", 1), &a, 5).unwrap();
+    assert_eq!((a.outstanding(), b.outstanding()), (7, 1));
+    let to_2_batch = decoded(to_2.next_batch(1));
+    let to_3_batch = decoded(to_3.next_batch(1));
+    assert_eq!(to_2_batch.publishes.len(), 6);
+    // Node 3 answers first (refused), then node 2 (accepted): a publish is not taken when
+    // any node it went to did not take it.
+    to_3.refused(to_3_batch.sequence, "busy");
+    to_2.accepted(to_2_batch.sequence).unwrap();
+    assert_eq!(
+        outcomes(&a, 6).await,
+        [
+            Err(refused(3, "busy")),
+            Err(refused(3, "busy")),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+        ]
+    );
+    assert_eq!(outcomes(&b, 1).await, [Ok(())]);
+}
+
+#[tokio::test]
+async fn publishers_wait_for_room_above_half_the_bound_until_acks_free_it() {
+    let q = PeerQueue::new(2, 1, settings());
+    let tally = ForwardTally::new();
+    for i in 0..3 {
+        q.push(&publish(&format!("t/{i}"), 1), &tally, i).unwrap();
+    }
+    assert!(!q.has_room(), "3 of 4 held: over half");
+    let first = decoded(q.next_batch(1));
+    let short = std::time::Duration::from_millis(50);
+    assert!(tokio::time::timeout(short, q.room()).await.is_err());
+    let waiting = tokio::spawn({
+        let q = Arc::new(q);
+        let waiter = q.clone();
+        let sequence = first.sequence;
+        async move {
+            let room = tokio::spawn(async move { waiter.room().await });
+            tokio::task::yield_now().await;
+            q.accepted(sequence).unwrap();
+            room.await.unwrap();
+            q
+        }
+    });
+    let q = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("room once the batch was acknowledged")
+        .unwrap();
+    assert!(q.has_room());
+    // A closed queue never keeps a publisher waiting.
+    for i in 0..2 {
+        q.push_unanswered(&publish(&format!("u/{i}"), 1)).unwrap();
+    }
+    assert!(!q.has_room());
+    q.close(Closed::ShuttingDown);
+    assert!(q.has_room());
+}
+
+#[tokio::test]
+async fn callers_past_the_timeout_are_told_but_their_messages_stay_queued() {
+    let q = PeerQueue::new(2, 1, settings());
+    let timeout = std::time::Duration::from_secs(5);
+    let old = ForwardTally::new();
+    q.push(&publish("old", 1), &old, 0).unwrap();
+    let sent = decoded(q.next_batch(1));
+    for _ in 0..5 {
+        assert!(!q.tick(timeout));
+    }
+    q.push_unanswered(&publish("nobody waits", 1)).unwrap();
+    let young = ForwardTally::new();
+    q.push(&publish("young", 1), &young, 0).unwrap();
+    for _ in 5..TICKS_PER_TIMEOUT {
+        assert!(!q.tick(timeout));
+    }
+    assert_eq!(
+        old.outstanding(),
+        1,
+        "a timeout of ticks, but maybe queued late in its tick"
+    );
+    assert!(!q.tick(timeout));
+    assert!(matches!(
+        &outcomes(&old, 1).await[0],
+        Err(ForwardError::Unavailable { detail, .. }) if detail.contains("stays queued")
+    ));
+    assert_eq!(young.outstanding(), 1, "still within the timeout");
+    // Still sent, still answered when acknowledged (to nobody, for the expired one).
+    assert_eq!(q.held(), 3);
+    q.accepted(sent.sequence).unwrap();
+    let rest = decoded(q.next_batch(1));
+    assert_eq!(rest.publishes.len(), 2);
+    q.accepted(rest.sequence).unwrap();
+    assert_eq!(outcomes(&young, 1).await, [Ok(())]);
+    q.close(Closed::Removed);
+    assert!(q.tick(timeout), "a closed queue ends its task");
+}
+
+#[test]
+fn a_batch_closes_at_its_byte_bound_but_a_large_message_travels_alone() {
+    let q = PeerQueue::new(2, 1, settings());
+    q.push_unanswered(&publish("a", 200)).unwrap();
+    q.push_unanswered(&publish("b", 200)).unwrap();
+    assert_eq!(decoded(q.next_batch(1)).publishes.len(), 1);
+    assert_eq!(decoded(q.next_batch(1)).publishes.len(), 1);
+    // Larger than the whole byte bound: refused, never queued.
+    assert!(matches!(
+        q.push_unanswered(&publish("huge", 2000)),
+        Err(ForwardError::QueueFull(_))
+    ));
+}
+
+#[tokio::test]
+async fn closing_fails_every_caller_and_refusals_answer_but_keep_the_batch() {
+    let settings = ForwardSettings {
+        queue_messages: 100,
+        ..settings()
+    };
+    let q = PeerQueue::new(3, 1, settings);
+    let tally = ForwardTally::new();
+    q.push(&publish("a", 1), &tally, 0).unwrap();
+    q.push(&publish("b", 1), &tally, 1).unwrap();
+    let batch = decoded(q.next_batch(1));
+    q.refused(batch.sequence, "disk full");
+    assert_eq!(
+        outcomes(&tally, 2).await,
+        vec![Err(refused(3, "disk full")); 2]
+    );
+    assert_eq!(q.resend().len(), 1, "still held for another try");
+
+    // Peer loss: whatever is held, sent or waiting, is answered as unavailable.
+    let lost = ForwardTally::new();
+    q.push(&publish("c", 1), &lost, 0).unwrap();
+    q.push(&publish("d", 1), &lost, 1).unwrap();
+    assert!(q.next_batch(1).is_some());
+    q.push(&publish("e", 1), &lost, 2).unwrap();
+    q.close(Closed::Removed);
+    for outcome in outcomes(&lost, 3).await {
+        assert!(matches!(outcome, Err(ForwardError::Unavailable { .. })));
+    }
+    assert_eq!(q.held(), 0);
+    assert!(matches!(
+        q.push(&publish("f", 1), &lost, 3),
+        Err(ForwardError::Unavailable { .. })
+    ));
+    assert_eq!(lost.outstanding(), 0);
+}
+
+#[tokio::test]
+async fn a_queue_emptied_for_a_redirect_hands_each_message_its_ticket() {
+    let settings = ForwardSettings {
+        queue_messages: 100,
+        ..settings()
+    };
+    let q = PeerQueue::new(2, 1, settings);
+    let tally = ForwardTally::new();
+    q.push(&publish("0", 1), &tally, 0).unwrap();
+    q.push_unanswered(&publish("qos0", 1)).unwrap();
+    q.push(&publish("1", 1), &tally, 1).unwrap();
+    q.push(&publish("2", 1), &tally, 2).unwrap();
+    q.push(&publish("3", 1), &tally, 3).unwrap();
+    // Sent: [0, qos0], [1, 2]; waiting: [3].
+    assert!(q.next_batch(1).is_some());
+    assert!(q.next_batch(1).is_some());
+    let held = q.take_all(Closed::MarkedDown);
+    let shape: Vec<Vec<bool>> = held
+        .iter()
+        .map(|h| h.waiters.iter().map(Option::is_some).collect())
+        .collect();
+    assert_eq!(shape, [vec![true, false], vec![true, true], vec![true]]);
+    assert_eq!(tally.outstanding(), 4, "nobody answered yet");
+    let mut tickets = held.into_iter().flat_map(|h| h.waiters).flatten();
+    tickets.next().unwrap().answer(Ok(()));
+    tickets
+        .next()
+        .unwrap()
+        .answer(Err(refused(4, "the adopter refused")));
+    // Tickets dropped unanswered (a redirect that lost them) still answer: as failed.
+    drop(tickets);
+    let outcomes = outcomes(&tally, 4).await;
+    assert_eq!(outcomes[0], Ok(()));
+    assert_eq!(outcomes[1], Err(refused(4, "the adopter refused")));
+    for outcome in &outcomes[2..] {
+        assert!(matches!(outcome, Err(ForwardError::Unavailable { .. })));
+    }
+}
