@@ -106,6 +106,7 @@ fn publish(topic: &str) -> ForwardedPublish {
         shared: Vec::new(),
         adopted_from: None,
         for_client: None,
+        possibly_delivered: false,
     }
 }
 

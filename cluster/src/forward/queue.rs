@@ -84,6 +84,8 @@ struct State {
 pub(crate) struct HeldEntries {
     pub(crate) entries: prost::bytes::Bytes,
     pub(crate) waiters: Vec<Option<Waiter>>,
+    /// Sent to the peer, unacknowledged: it may have delivered them.
+    pub(crate) sent: bool,
 }
 
 /// Why a queue stopped taking forwards.
@@ -300,10 +302,18 @@ impl PeerQueue {
     }
 
     /// Every unacknowledged batch again, oldest first, for a new stream (counted as
-    /// retried).
+    /// retried), marked `resent`: the peer may have delivered it before a restart, which
+    /// its own record of delivered batches does not survive.
     pub(crate) fn resend(&self) -> Vec<EncodedBatch> {
         let st = self.state();
-        let batches: Vec<EncodedBatch> = st.unacked.iter().map(|s| s.encoded.clone()).collect();
+        let batches: Vec<EncodedBatch> = st
+            .unacked
+            .iter()
+            .map(|s| EncodedBatch {
+                header: wire::resent_header(&s.encoded.header),
+                publishes: s.encoded.publishes.clone(),
+            })
+            .collect();
         let messages: usize = st.unacked.iter().map(|s| s.count).sum();
         drop(st);
         self.metrics.retried(messages);
@@ -418,12 +428,14 @@ impl PeerQueue {
         let sent = unacked.into_iter().map(|s| HeldEntries {
             entries: s.encoded.publishes,
             waiters: s.waiters.into_iter().map(|w| w.map(|a| a.to)).collect(),
+            sent: true,
         });
         let queued: Vec<HeldEntries> = waiting
             .into_iter()
             .map(|w| HeldEntries {
                 entries: pending.split_to(w.bytes),
                 waiters: vec![w.waiter.map(|a| a.to)],
+                sent: false,
             })
             .collect();
         sent.chain(queued).collect()
@@ -510,6 +522,7 @@ mod tests {
             shared: Vec::new(),
             adopted_from: None,
             for_client: None,
+            possibly_delivered: false,
         }
     }
 
