@@ -268,9 +268,10 @@ impl SessionState {
         self.expiry_interval > 0
     }
 
-    /// Whether the publish with this [`publish_key`] is queued or in flight here. A scan:
-    /// for the rare publish that may be a copy.
-    pub fn holds_publish(&self, key: u64) -> bool {
+    /// Whether `message` is queued or in flight here, or among the last ones the client
+    /// acknowledged here. A scan: for the rare publish that may be a copy.
+    pub fn has_publish(&self, message: &Message) -> bool {
+        let key = publish_key(message);
         self.queue
             .iter()
             .any(|q| publish_key(&q.delivery.message) == key)
@@ -278,6 +279,9 @@ impl SessionState {
                 .inflight
                 .iter()
                 .any(|f| publish_key(&f.delivery.message) == key)
+            || message
+                .publish_id
+                .is_some_and(|id| self.delivered.as_ref().is_some_and(|d| d.contains(id)))
     }
 
     /// Attaches the connection described by `info`.
@@ -624,7 +628,8 @@ impl Session {
 
     /// Like `enqueue_holding_wake`; `possibly_sent`: the client may have this publish
     /// already (a forward resent after this node restarted): a QoS 1/2 copy goes out with
-    /// DUP, and none is queued when the session holds the publish (restored from disk).
+    /// DUP, and none is queued when the session has the publish (restored from disk, or
+    /// acknowledged here since: see `SessionState::has_publish`).
     pub fn enqueue_with(
         self: &Arc<Self>,
         delivery: Delivery,
@@ -661,7 +666,7 @@ impl Session {
             return EnqueueOutcome::Duplicate;
         }
         let possibly_sent = possibly_sent && delivery.qos != QoS::AtMostOnce;
-        if possibly_sent && st.holds_publish(publish_key(&delivery.message)) {
+        if possibly_sent && st.has_publish(&delivery.message) {
             return EnqueueOutcome::Duplicate;
         }
         let online = st.is_online();

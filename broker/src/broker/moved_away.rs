@@ -196,22 +196,12 @@ impl Broker {
                 return Ok((0, false));
             };
             let key = publish_key(&message);
-            let has_it = st
-                .queue
-                .iter()
-                .any(|q| publish_key(&q.delivery.message) == key)
-                || st
-                    .inflight
-                    .iter()
-                    .any(|f| publish_key(&f.delivery.message) == key)
+            let has_it = st.has_publish(&message)
                 || st
                     .arrivals
                     .as_ref()
                     .is_some_and(|a| a.keys().any(|k| k == key))
-                || st.redirected.as_ref().is_some_and(|r| r.contains(key))
-                || message
-                    .publish_id
-                    .is_some_and(|id| st.delivered.as_ref().is_some_and(|d| d.ids().contains(&id)));
+                || st.redirected.as_ref().is_some_and(|r| r.contains(key));
             if has_it {
                 crate::metrics::moved_away_redirect("duplicate");
                 return Ok((0, false));
