@@ -892,6 +892,13 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    /// Ends `b`'s timers (they hold the broker, and so the store) and drops it.
+    async fn stop(b: Arc<Broker>) {
+        b.shutdown.cancel();
+        b.tasks.close();
+        b.tasks.wait().await;
+    }
+
     /// After a stop without the clean mark, every queued QoS 1/2 message is one the client
     /// may have had (its delivery's records may not have been flushed): marked for DUP.
     /// After a clean stop, none is; nor after one that knew of such marks.
@@ -914,13 +921,14 @@ pub(crate) mod tests {
             b.route(message("q/1", QoS::AtLeastOnce, "p"));
             b.route(message("q/2", QoS::AtLeastOnce, "p"));
             b.store.flush().await.unwrap();
+            stop(b).await;
         }
         let b = restart(dir.path()).await;
         assert_eq!(b.store.last_stop(), skein_storage::LastStop::Unclean);
         assert_eq!(marks(&b), vec![1, 2]);
         assert_eq!(b.stored_redelivery_marks(), 2);
         // What `OpenNode::serve` does at its end: no clean mark while marks are pending.
-        drop(b);
+        stop(b).await;
         let b = restart(dir.path()).await;
         assert_eq!(marks(&b), vec![1, 2]);
         {
@@ -929,7 +937,7 @@ pub(crate) mod tests {
         }
         assert_eq!(b.stored_redelivery_marks(), 0);
         b.store.mark_clean_stop().await.unwrap();
-        drop(b);
+        stop(b).await;
         let b = restart(dir.path()).await;
         assert_eq!(b.store.last_stop(), skein_storage::LastStop::Clean);
         assert!(marks(&b).is_empty());

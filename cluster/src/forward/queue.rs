@@ -570,10 +570,16 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(answers.next().unwrap().await.unwrap(), Ok(()));
         }
-        // A new stream gets the unacknowledged batch again, same sequence.
+        // A new stream gets the unacknowledged batch again, same sequence, marked resent.
         let again = q.resend();
         assert_eq!(again.len(), 1);
-        assert_eq!(decoded(Some(again[0].clone())), second);
+        assert_eq!(
+            decoded(Some(again[0].clone())),
+            pb::PublishBatch {
+                resent: true,
+                ..second
+            }
+        );
         q.accepted(2).unwrap();
         assert_eq!(q.held(), 0);
     }
