@@ -269,6 +269,22 @@ impl Broker {
         self.registry().values().cloned().collect()
     }
 
+    /// How many stored queued messages are marked as ones their client may have already
+    /// (`SessionState::redeliver`, in memory only). While there are any, a stop is not
+    /// recorded as clean: the next start then sends everything queued with DUP.
+    pub fn stored_redelivery_marks(&self) -> usize {
+        self.sessions_snapshot()
+            .iter()
+            .map(|s| {
+                let st = s.state();
+                match &st.redeliver {
+                    Some(marks) if st.is_persistent() && !st.removed => marks.len(),
+                    _ => 0,
+                }
+            })
+            .sum()
+    }
+
     /// Tells the connection attached to `client_id` to go away (DISCONNECT 0x98, reason
     /// `kicked`); the session stays. False if no connection is attached.
     pub fn kick(&self, client_id: &ClientId) -> bool {
@@ -329,6 +345,8 @@ impl Broker {
 
     fn restore_sessions(self: &Arc<Self>) -> Result<(), skein_storage::StorageError> {
         let now = now_ms();
+        let unclean = self.store.last_stop() == skein_storage::LastStop::Unclean;
+        let mut possibly_sent = 0;
         for stored in self.store.sessions()? {
             // Some may have moved away while this node was down (see `reconciled`).
             self.reconciled.send_replace(false);
@@ -339,6 +357,7 @@ impl Broker {
                 self.store.inflight_load(&id)?,
                 self.store.incoming_load(&id)?,
                 now,
+                unclean,
             );
             let subs: Vec<(String, Subscription)> = session
                 .state()
@@ -364,6 +383,7 @@ impl Broker {
             }
             let (generation, will_due) = {
                 let st = session.state();
+                possibly_sent += st.redeliver.as_ref().map_or(0, |r| r.len());
                 (st.generation, st.will.as_ref().and(st.will_due_ms.get()))
             };
             if let Some(due) = will_due {
@@ -375,6 +395,13 @@ impl Broker {
             sessions = self.session_count(),
             "restored persistent sessions"
         );
+        if unclean {
+            crate::metrics::marked_dup("unclean_restart", possibly_sent);
+            tracing::warn!(
+                messages = possibly_sent,
+                "unclean shutdown: {possibly_sent} queued messages will be sent with DUP"
+            );
+        }
         Ok(())
     }
 
@@ -843,5 +870,77 @@ pub(crate) mod tests {
         let s = b.find_session(&ClientId::new("dev")).expect("restored");
         assert_eq!(s.state().queue.len(), 1);
         assert_eq!(b.subscription_count(), 1);
+    }
+
+    /// Reopens the store in `dir` (sled releases its lock from a background thread just
+    /// after a drop) and restores a broker from it.
+    async fn restart(dir: &std::path::Path) -> Arc<Broker> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        Broker::new(
+            Config::default(),
+            store,
+            Arc::new(LocalCluster::new(NodeId(1))),
+            test_events(),
+            CancellationToken::new(),
+        )
+        .unwrap()
+    }
+
+    /// Ends `b`'s timers (they hold the broker, and so the store) and drops it.
+    async fn stop(b: Arc<Broker>) {
+        b.shutdown.cancel();
+        b.tasks.close();
+        b.tasks.wait().await;
+    }
+
+    /// After a stop without the clean mark, every queued QoS 1/2 message is one the client
+    /// may have had (its delivery's records may not have been flushed): marked for DUP.
+    /// After a clean stop, none is; nor after one that knew of such marks.
+    #[tokio::test]
+    async fn queued_messages_restored_after_an_unclean_stop_go_out_with_dup() {
+        let dir = tempfile::tempdir().unwrap();
+        let marks = |b: &Broker| {
+            let s = b.find_session(&ClientId::new("dev")).expect("restored");
+            let st = s.state();
+            st.redeliver
+                .as_ref()
+                .map(|r| r.iter().copied().collect::<Vec<u64>>())
+                .unwrap_or_default()
+        };
+        {
+            let b = restart(dir.path()).await;
+            let s = b.get_or_create_session(&ClientId::new("dev"));
+            s.state().expiry_interval = 3600;
+            b.subscribe(&s, "q/#", sub(QoS::AtLeastOnce, None, false));
+            b.route(message("q/1", QoS::AtLeastOnce, "p"));
+            b.route(message("q/2", QoS::AtLeastOnce, "p"));
+            b.store.flush().await.unwrap();
+            stop(b).await;
+        }
+        let b = restart(dir.path()).await;
+        assert_eq!(b.store.last_stop(), skein_storage::LastStop::Unclean);
+        assert_eq!(marks(&b), vec![1, 2]);
+        assert_eq!(b.stored_redelivery_marks(), 2);
+        // What `OpenNode::serve` does at its end: no clean mark while marks are pending.
+        stop(b).await;
+        let b = restart(dir.path()).await;
+        assert_eq!(marks(&b), vec![1, 2]);
+        {
+            let s = b.find_session(&ClientId::new("dev")).unwrap();
+            s.state().redeliver = None;
+        }
+        assert_eq!(b.stored_redelivery_marks(), 0);
+        b.store.mark_clean_stop().await.unwrap();
+        stop(b).await;
+        let b = restart(dir.path()).await;
+        assert_eq!(b.store.last_stop(), skein_storage::LastStop::Clean);
+        assert!(marks(&b).is_empty());
     }
 }

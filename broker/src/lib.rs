@@ -502,6 +502,20 @@ impl OpenNode {
         if let Some(cause) = broker.store.health().failure() {
             return Err(BrokerError::StorageFailed(cause));
         }
+        // Last: everything sent was recorded and flushed above, so the next start may take
+        // what is queued on disk as not sent yet (no mark: sent with DUP, see
+        // `Session::restore`). Unless some queued messages are known to be possible
+        // redeliveries: that knowledge is not stored, so the next start must assume it of
+        // all of them.
+        let marked = broker.stored_redelivery_marks();
+        if marked > 0 {
+            tracing::info!(
+                messages = marked,
+                "queued messages the clients may have already: the stop is not recorded as clean, the next start sends what is queued with DUP"
+            );
+        } else if let Err(e) = broker.store.mark_clean_stop().await {
+            tracing::warn!(error = %e, "could not record the orderly stop; the next start takes it for a crash");
+        }
         tracing::info!("node stopped");
         listener.map_err(|e| BrokerError::Io {
             context: "MQTT listener".into(),

@@ -59,6 +59,9 @@ pub const SESSION_HANDOVER_SKIPPED: &str = "skein_session_handover_skipped_deliv
 /// that had moved away from the receiving node, sent on to its owner (on the node it
 /// moved away from), and what the owner did with them.
 pub const SESSION_MOVED_AWAY_REDIRECTS: &str = "skein_session_moved_away_redirects_total";
+/// Counter {cause}: queued QoS 1/2 messages marked to go out with DUP, as their client
+/// may have them already.
+pub const MESSAGES_MARKED_DUP: &str = "skein_messages_marked_dup_total";
 /// Gauge {state="online"|"offline"}: sessions on this node.
 pub const SESSIONS: &str = "skein_sessions";
 /// Gauge: subscriptions of all sessions on this node.
@@ -305,6 +308,13 @@ const CONNECTIONS_AND_SESSIONS: &[Desc] = &[
         Unit::Count,
         &["outcome"],
         "Forwards that reached a node after the session they were for had moved away from it: sent on to the owner (sent; failed: the owner did not take it, the sender is asked to send it again), and on the owner delivered, left out as a copy the session had (duplicate) or for a session it no longer holds (no_session).",
+    ),
+    desc(
+        MESSAGES_MARKED_DUP,
+        Counter,
+        Unit::Count,
+        &["cause"],
+        "Queued QoS 1/2 messages marked to go out with DUP as their client may have them already, by cause: unclean_restart (queued on disk when the node stopped without an orderly shutdown), resent_forward (a forward sent again to a node that may have delivered it before it restarted, redirected from such a node, or from a node marked down).",
     ),
     desc(
         SESSIONS,
@@ -941,6 +951,11 @@ pub fn handover_failed(reason: &'static str) {
 
 pub fn moved_away_redirect(outcome: &'static str) {
     metrics::counter!(SESSION_MOVED_AWAY_REDIRECTS, "outcome" => outcome).increment(1);
+}
+
+/// `n` queued messages marked to go out with DUP (see [`MESSAGES_MARKED_DUP`]).
+pub fn marked_dup(cause: &'static str, n: usize) {
+    metrics::counter!(MESSAGES_MARKED_DUP, "cause" => cause).increment(n as u64);
 }
 
 pub fn handover_skipped_delivery() {

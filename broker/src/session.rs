@@ -151,9 +151,12 @@ pub struct SessionState {
     /// A persistent session's last acknowledged publish ids, for a node that takes its
     /// client over (see `session/arrivals.rs`).
     pub delivered: Option<Box<Delivered>>,
-    /// Queued messages (their sequences) that were in flight to the client on another
-    /// node, handed over where their packet ids could not be kept: sent with DUP, as
-    /// the client may have them. In memory only.
+    /// Queued messages (their sequences) the client may have already: in flight to it on
+    /// another node and handed over where their packet ids could not be kept, handed over
+    /// as possibly sent by a node that crashed, queued here before this node's own crash
+    /// (see `Session::restore`), or put back from flight for a smaller receive window.
+    /// Sent with DUP. In memory only: the start after a crash, or after a stop that left
+    /// any, takes every queued message as possibly sent (see `OpenNode::serve`).
     pub redeliver: Option<Box<BTreeSet<u64>>>,
     /// Publishes redirected here from a node the session moved away from: a direct copy
     /// that comes later is left out (see `session/redirected.rs`). In memory only.
@@ -272,6 +275,22 @@ impl SessionState {
 
     pub fn is_persistent(&self) -> bool {
         self.expiry_interval > 0
+    }
+
+    /// Whether `message` is queued or in flight here, or among the last ones the client
+    /// acknowledged here. A scan: for the rare publish that may be a copy.
+    pub fn has_publish(&self, message: &Message) -> bool {
+        let key = publish_key(message);
+        self.queue
+            .iter()
+            .any(|q| publish_key(&q.delivery.message) == key)
+            || self
+                .inflight
+                .iter()
+                .any(|f| publish_key(&f.delivery.message) == key)
+            || message
+                .publish_id
+                .is_some_and(|id| self.delivered.as_ref().is_some_and(|d| d.contains(id)))
     }
 
     /// Attaches the connection described by `info`.
@@ -500,12 +519,18 @@ impl Session {
     }
 
     /// Rebuilds a persistent session from storage after a restart (offline).
+    ///
+    /// `possibly_sent`: the node did not stop in order, so a queued QoS 1/2 message may
+    /// have reached the client already (its PUBACK's deletion, or a hand-over's release,
+    /// was lost with the writes sled had not flushed): each goes out with DUP, here or
+    /// from the node it is handed over to.
     pub fn restore(
         stored: &StoredSession,
         queue: Vec<(u64, skein_storage::StoredMessage)>,
         inflight: Vec<StoredInflight>,
         incoming: Vec<u16>,
         now_ms: u64,
+        possibly_sent: bool,
     ) -> Arc<Session> {
         let session = Session::new(ClientId::new(&stored.client_id));
         session.mark_stored();
@@ -565,6 +590,17 @@ impl Session {
                     },
                 });
             }
+            if possibly_sent {
+                let marks: BTreeSet<u64> = st
+                    .queue
+                    .iter()
+                    .filter(|q| q.delivery.qos != QoS::AtMostOnce)
+                    .map(|q| q.seq)
+                    .collect();
+                if !marks.is_empty() {
+                    st.redeliver = Some(Box::new(marks));
+                }
+            }
             st.next_seq = max_seq + 1;
             st.incoming_qos2 = incoming.into_iter().collect::<BTreeSet<u16>>().into();
             if let Some((will, due)) = &stored.pending_will {
@@ -596,6 +632,22 @@ impl Session {
         now_ms: u64,
         held: Option<&mut HeldWakes>,
     ) -> EnqueueOutcome {
+        self.enqueue_with(delivery, max_queued, store, now_ms, held, false)
+    }
+
+    /// Like `enqueue_holding_wake`; `possibly_sent`: the client may have this publish
+    /// already (a forward resent after this node restarted): a QoS 1/2 copy goes out with
+    /// DUP, and none is queued when the session has the publish (restored from disk, or
+    /// acknowledged here since: see `SessionState::has_publish`).
+    pub fn enqueue_with(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        max_queued: usize,
+        store: &Store,
+        now_ms: u64,
+        held: Option<&mut HeldWakes>,
+        possibly_sent: bool,
+    ) -> EnqueueOutcome {
         let mut st = self.state();
         if st.removed {
             return EnqueueOutcome::Dropped(DropReason::Expired);
@@ -620,6 +672,10 @@ impl Session {
                 .as_ref()
                 .is_some_and(|a| a.contains(publish_key(&delivery.message)));
         if noted {
+            return EnqueueOutcome::Duplicate;
+        }
+        let possibly_sent = possibly_sent && delivery.qos != QoS::AtMostOnce;
+        if possibly_sent && st.has_publish(&delivery.message) {
             return EnqueueOutcome::Duplicate;
         }
         let online = st.is_online();
@@ -647,6 +703,9 @@ impl Session {
             arrivals.note(&delivery.message);
         }
         st.queue.push_back(Queued { seq, delivery });
+        if possibly_sent {
+            st.redeliver.get_or_insert_with(Box::default).insert(seq);
+        }
         if let Some(attached) = &st.attachment {
             match held {
                 None => attached.kick.wake(),

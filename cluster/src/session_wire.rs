@@ -20,6 +20,7 @@ pub(crate) fn to_pb(page: SessionHandover) -> pb::SessionHandover {
                 subscription_ids: m.subscription_ids,
                 packet_id: m.packet_id.map(u32::from),
                 released: m.released,
+                possibly_sent: m.possibly_sent,
             })
             .collect(),
         complete: page.complete,
@@ -50,6 +51,7 @@ pub(crate) fn from_pb(page: pb::SessionHandover) -> Result<SessionHandover, Stri
                 subscription_ids: m.subscription_ids,
                 packet_id: m.packet_id.map(packet_id).transpose()?,
                 released: m.released,
+                possibly_sent: m.possibly_sent,
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -187,10 +189,12 @@ mod tests {
                 shared: Vec::new(),
                 adopted_from: None,
                 for_client: None,
+                possibly_delivered: false,
             },
             subscription_ids: vec![3],
             packet_id,
             released: packet_id.is_some(),
+            possibly_sent: packet_id.is_none() && seq % 2 == 1,
         }
     }
 

@@ -106,6 +106,7 @@ fn publish(topic: &str) -> ForwardedPublish {
         shared: Vec::new(),
         adopted_from: None,
         for_client: None,
+        possibly_delivered: false,
     }
 }
 
@@ -253,6 +254,50 @@ async fn a_peer_that_restarts_gets_what_was_queued_for_it_exactly_once() {
         .await
         .unwrap();
     assert_eq!(again.topics().last().map(String::as_str), Some("after"));
+    cluster.shutdown().await;
+}
+
+/// A batch the peer delivered but had not acknowledged when it stopped comes to its next
+/// run again (its record of delivered batches died with it), marked as possibly delivered:
+/// the broker sends it with DUP. What was never sent to it is not marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_delivered_just_before_the_peer_stopped_comes_again_marked_possibly_delivered() {
+    init_tracing();
+    let (mut cluster, _, two) = two_members(ForwardSettings {
+        ack_timeout_ms: 500,
+        ..ForwardSettings::default()
+    })
+    .await;
+    two.slow.lock().unwrap().insert("first".into());
+    let sender = cluster.node(1).clone();
+    let first = tokio::spawn(async move { sender.forward(NodeId(2), publish("first")).await });
+    wait_for(WITHIN, "the peer delivers the first message", || async {
+        (!two.topics().is_empty()).then_some(())
+    })
+    .await;
+    // Delivered, its acknowledgement still waiting for the slow delivery: the peer stops.
+    cluster.stop(2).await;
+    assert!(first.await.unwrap().is_err(), "never acknowledged");
+    cluster.restart(2).await;
+    let again = Arc::new(Recorder::default());
+    assert!(cluster.node(2).attach_broker(again.clone()));
+    cluster
+        .node(1)
+        .forward(NodeId(2), publish("after"))
+        .await
+        .unwrap();
+    let delivered: Vec<(String, bool)> = again
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| (p.topic.to_string(), p.possibly_delivered))
+        .collect();
+    assert_eq!(
+        delivered,
+        [("first".to_owned(), true), ("after".to_owned(), false)]
+    );
+    assert!(!two.delivered.lock().unwrap()[0].possibly_delivered);
     cluster.shutdown().await;
 }
 

@@ -47,6 +47,10 @@ pub struct ForwardedPublish {
     /// session, through its own subscriptions, unless it has the publish already. Comes
     /// before `adopted_from`, `to_subscribers` and `shared`.
     pub for_client: Option<ClientId>,
+    /// The subscribers may have it already (a forward resent to a node that restarted
+    /// since it may have delivered it, or redirected from such a node or from one marked
+    /// down): sent with DUP, and left out for a session that holds the publish.
+    pub possibly_delivered: bool,
 }
 
 /// A shared subscription group (`$share/{group}/{filter}`) a forwarded publish is for.
@@ -113,6 +117,9 @@ pub struct HandedOverMessage {
     pub packet_id: Option<u16>,
     /// QoS 2 in flight with PUBREL sent: only the PUBCOMP is missing.
     pub released: bool,
+    /// Queued (no packet id), yet the client may have it already (the holder restarted
+    /// after a crash, or got it in flight from a node before): the taker sends it with DUP.
+    pub possibly_sent: bool,
 }
 
 /// One subscription of a handed-over session.

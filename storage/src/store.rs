@@ -45,6 +45,8 @@ pub struct Store {
     /// `store/moved_away.rs`).
     moved_away: Tree,
     events: EventLog,
+    /// How the previous user of this store stopped (see `store/last_stop.rs`).
+    last_stop: LastStop,
     flushes: std::sync::Arc<FlushGate>,
     health: std::sync::Arc<StorageHealth>,
 }
@@ -111,7 +113,8 @@ impl Store {
         open_events: impl FnOnce(&Db) -> Result<EventLog>,
     ) -> Result<Store> {
         let meta = db.open_tree(TREE_META)?;
-        check_schema(&meta)?;
+        let created = check_schema(&meta)?;
+        let last_stop = last_stop::begin_run(&db, &meta, created)?;
         Ok(Store {
             sessions: db.open_tree(TREE_SESSIONS)?,
             queue: db.open_tree(TREE_QUEUE)?,
@@ -121,6 +124,7 @@ impl Store {
             handover: db.open_tree(TREE_HANDOVER)?,
             moved_away: db.open_tree(TREE_MOVED_AWAY)?,
             events: open_events(&db)?,
+            last_stop,
             flushes: Default::default(),
             health: std::sync::Arc::new(StorageHealth::new(dir.map(Path::to_owned))),
             db,
@@ -416,12 +420,13 @@ impl Store {
     }
 }
 
-/// Writes the schema version into a new store, or checks an existing one.
-fn check_schema(meta: &Tree) -> Result<()> {
+/// Writes the schema version into a new store (true: it was new), or checks an existing
+/// one.
+fn check_schema(meta: &Tree) -> Result<bool> {
     match meta.get(SCHEMA_VERSION_KEY)? {
         None => {
             meta.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-            Ok(())
+            Ok(true)
         }
         Some(v) => {
             let found = <[u8; 4]>::try_from(v.as_ref())
@@ -433,7 +438,7 @@ fn check_schema(meta: &Tree) -> Result<()> {
                     )
                 })?;
             match found {
-                SCHEMA_VERSION => Ok(()),
+                SCHEMA_VERSION => Ok(false),
                 0 => Err(corrupt(TREE_META, "schema version 0")),
                 // Older layouts would be migrated here once there are any.
                 found => Err(StorageError::SchemaTooNew {
@@ -471,8 +476,10 @@ fn elapsed_us(start: Instant) -> u64 {
 }
 
 mod handover;
+mod last_stop;
 mod moved_away;
 pub use handover::PageWrite;
+pub use last_stop::LastStop;
 pub use moved_away::MovedAwayRecord;
 #[cfg(test)]
 mod tests;

@@ -287,9 +287,11 @@ impl Broker {
         mut publish: ForwardedPublish,
         held: Option<&mut HeldWakes>,
     ) -> Result<(usize, bool, Forwards), BrokerHandleError> {
+        let possibly_delivered = publish.possibly_delivered;
         if let Some(client_id) = publish.for_client.take() {
             let message = forwarded_message(publish)?;
-            let (matched, needs_flush) = self.route_redirected(&client_id, Arc::new(message))?;
+            let (matched, needs_flush) =
+                self.route_redirected(&client_id, Arc::new(message), possibly_delivered)?;
             return Ok((matched, needs_flush, Forwards::default()));
         }
         let to_subscribers = publish.to_subscribers;
@@ -306,13 +308,19 @@ impl Broker {
             }
         }
         let message = Arc::new(message);
-        let outcome =
-            self.route_forwarded(message.clone(), to_subscribers, &shared, adopted_from, held);
+        let outcome = self.route_forwarded(
+            message.clone(),
+            to_subscribers,
+            &shared,
+            adopted_from,
+            possibly_delivered,
+            held,
+        );
         if let Some(refusal) = outcome.not_stored {
             return Err(BrokerHandleError::Storage(refusal.message().into()));
         }
         let redirects = if to_subscribers && adopted_from.is_none() {
-            self.redirect_to_moved(&message)
+            self.redirect_to_moved(&message, possibly_delivered)
         } else {
             Forwards::default()
         };

@@ -258,5 +258,6 @@ pub(super) fn forwarded(
         shared,
         adopted_from: None,
         for_client: None,
+        possibly_delivered: false,
     }
 }

@@ -195,6 +195,12 @@ impl Broker {
             .filter(|seq| *seq <= up_to)
             .collect();
         st.queue.retain(|q| q.seq > up_to);
+        if let Some(marks) = st.redeliver.as_mut() {
+            marks.retain(|seq| *seq > up_to);
+            if marks.is_empty() {
+                st.redeliver = None;
+            }
+        }
         released += gone.len();
         if persistent {
             for seq in gone {
@@ -362,6 +368,10 @@ fn page(session: &Session, after: u64, max: usize) -> SessionHandover {
             subscription_ids: delivery.subscription_ids.clone(),
             packet_id: sent.map(|(id, _)| id),
             released: sent.is_some_and(|(_, released)| released),
+            // Queued here, but marked as one the client may have (see
+            // `SessionState::redeliver`): the taker sends it with DUP too.
+            possibly_sent: sent.is_none()
+                && st.redeliver.as_ref().is_some_and(|r| r.contains(&seq)),
         });
     }
     let complete = inflight.peek().is_none() && queued.peek().is_none();
@@ -474,6 +484,30 @@ mod tests {
         assert_eq!(seen[1], (2, Some(2)));
         assert_eq!(seen[8], (9, Some(3)));
         assert_eq!(seen[0], (1, None));
+    }
+
+    /// A queued message marked as one the client may have (after a crash here) is handed
+    /// over as possibly sent, so the taker sends it with DUP; an unmarked one is not.
+    #[test]
+    fn queued_messages_marked_for_redelivery_are_handed_over_as_possibly_sent() {
+        let session = Session::new(ClientId::new("c"));
+        {
+            let mut st = session.state();
+            for seq in 1..=3 {
+                st.insert_queued(Queued {
+                    seq,
+                    delivery: delivery(1, 0),
+                });
+            }
+            st.redeliver = Some(Box::new([1, 3].into_iter().collect()));
+        }
+        let p = page(&session, 0, 10);
+        let flags: Vec<(u64, bool, Option<u16>)> = p
+            .messages
+            .iter()
+            .map(|m| (m.seq, m.possibly_sent, m.packet_id))
+            .collect();
+        assert_eq!(flags, [(1, true, None), (2, false, None), (3, true, None)]);
     }
 
     /// The 1 MiB bound counts properties: messages whose weight is in their user

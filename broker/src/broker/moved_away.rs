@@ -208,7 +208,12 @@ impl Broker {
     /// The forwards of `message` (forwarded here for this node's subscribers) to the
     /// owners of sessions that moved away from here and may have been meant (see the
     /// module docs); empty for QoS 0 and when nothing moved away.
-    pub(super) fn redirect_to_moved(&self, message: &Message) -> Forwards {
+    /// `possibly_delivered` goes with them (see `ForwardedPublish::possibly_delivered`).
+    pub(super) fn redirect_to_moved(
+        &self,
+        message: &Message,
+        possibly_delivered: bool,
+    ) -> Forwards {
         let mut forwards = Forwards::default();
         if message.qos == QoS::AtMostOnce {
             return forwards;
@@ -226,6 +231,7 @@ impl Broker {
             }
             let mut publish = forwarded(message, false, Vec::new());
             publish.for_client = Some(client_id.clone());
+            publish.possibly_delivered = possibly_delivered;
             tracing::debug!(%client_id, owner = %owner.node, topic = %message.topic, "a forward for a session that moved away goes on to its owner");
             crate::metrics::moved_away_redirect("sent");
             forwards.push_waited(owner.node, self.cluster.forward(owner.node, publish));
@@ -235,11 +241,13 @@ impl Broker {
 
     /// Delivers `message`, redirected by a node `client_id`'s session moved away from, to
     /// that session only (see the module docs): how many sessions got it (0 or 1) and
-    /// whether storage must be flushed first.
+    /// whether storage must be flushed first. `possibly_delivered`: the client may have it
+    /// from the node that redirected it (sent with DUP).
     pub(super) fn route_redirected(
         &self,
         client_id: &ClientId,
         message: Arc<Message>,
+        possibly_delivered: bool,
     ) -> Result<(usize, bool), BrokerHandleError> {
         let Some(session) = self.find_session(client_id) else {
             crate::metrics::moved_away_redirect("no_session");
@@ -275,22 +283,12 @@ impl Broker {
                 return Ok((0, false));
             };
             let key = publish_key(&message);
-            let has_it = st
-                .queue
-                .iter()
-                .any(|q| publish_key(&q.delivery.message) == key)
-                || st
-                    .inflight
-                    .iter()
-                    .any(|f| publish_key(&f.delivery.message) == key)
+            let has_it = st.has_publish(&message)
                 || st
                     .arrivals
                     .as_ref()
                     .is_some_and(|a| a.keys().any(|k| k == key))
-                || st.redirected.as_ref().is_some_and(|r| r.contains(key))
-                || message
-                    .publish_id
-                    .is_some_and(|id| st.delivered.as_ref().is_some_and(|d| d.ids().contains(&id)));
+                || st.redirected.as_ref().is_some_and(|r| r.contains(key));
             if has_it {
                 crate::metrics::moved_away_redirect("duplicate");
                 return Ok((0, false));
@@ -302,6 +300,7 @@ impl Broker {
             max: self.config.max_queued_messages,
             forwarded: true,
             not_storing: crate::storage_refusal::NotStored::of_store(self.store.health()),
+            possibly_delivered,
         };
         let mut outcome = RouteOutcome::default();
         self.enqueue(&to, &session, &message, delivery, None, &mut outcome);

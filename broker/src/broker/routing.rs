@@ -66,6 +66,8 @@ pub(super) struct Enqueue {
     pub(super) forwarded: bool,
     /// Storage takes no new data: copies that need the disk are dropped.
     pub(super) not_storing: Option<NotStored>,
+    /// The subscribers may have it already (see `ForwardedPublish::possibly_delivered`).
+    pub(super) possibly_delivered: bool,
 }
 
 impl Broker {
@@ -80,6 +82,7 @@ impl Broker {
             None,
             WhenNotStored::DeliverTheRest,
             Scope::Cluster,
+            false,
         )
     }
 
@@ -94,6 +97,7 @@ impl Broker {
             None,
             WhenNotStored::RefuseWhole,
             Scope::Cluster,
+            false,
         )
     }
 
@@ -101,12 +105,16 @@ impl Broker {
     /// chose (see [`Scope::Forwarded`]); refused whole like [`Self::route_or_refuse`] when
     /// it needs the disk while storage takes no new data.
     /// Subscribers' wake-ups are held in `held` (None wakes them at once).
+    ///
+    /// `possibly_delivered`: this node may have delivered it before it restarted (see
+    /// `ForwardedPublish::possibly_delivered`).
     pub(crate) fn route_forwarded(
         &self,
         message: Arc<Message>,
         to_subscribers: bool,
         shared: &[skein_seam::SharedTarget],
         adopted_from: Option<skein_seam::NodeId>,
+        possibly_delivered: bool,
         held: Option<&mut HeldWakes>,
     ) -> RouteOutcome {
         let scope = match adopted_from {
@@ -116,7 +124,15 @@ impl Broker {
                 shared,
             },
         };
-        self.route_with(message, held, None, None, WhenNotStored::RefuseWhole, scope)
+        self.route_with(
+            message,
+            held,
+            None,
+            None,
+            WhenNotStored::RefuseWhole,
+            scope,
+            possibly_delivered,
+        )
     }
 
     /// [`Broker::route_or_refuse`] for a client's PUBLISH, with the subscribers' wake-ups
@@ -145,6 +161,7 @@ impl Broker {
             tickets,
             WhenNotStored::RefuseWhole,
             Scope::Cluster,
+            false,
         )
     }
 
@@ -156,6 +173,7 @@ impl Broker {
         tickets: Option<&mut ForwardTickets>,
         when_not_stored: WhenNotStored,
         scope: Scope<'_>,
+        possibly_delivered: bool,
     ) -> RouteOutcome {
         debug_assert!(late.is_none() || !message.retain);
         // One atomic load while storage is fine. Otherwise the decision is taken here,
@@ -252,6 +270,7 @@ impl Broker {
             max: self.config.max_queued_messages,
             forwarded: !matches!(scope, Scope::Cluster),
             not_storing,
+            possibly_delivered,
         };
         for (session, delivery, _) in targets {
             let wake = held.as_deref_mut();
@@ -313,7 +332,22 @@ impl Broker {
                 return;
             }
         }
-        match session.enqueue_holding_wake(delivery, to.max, &self.store, to.now, held) {
+        let enqueued = session.enqueue_with(
+            delivery,
+            to.max,
+            &self.store,
+            to.now,
+            held,
+            to.possibly_delivered,
+        );
+        let queued = matches!(
+            enqueued,
+            EnqueueOutcome::Queued | EnqueueOutcome::QueuedOffline | EnqueueOutcome::Stored { .. }
+        );
+        if to.possibly_delivered && queued && qos != QoS::AtMostOnce {
+            crate::metrics::marked_dup("resent_forward", 1);
+        }
+        match enqueued {
             EnqueueOutcome::Queued => {}
             // The owner the session moved to gets it (see `handover_holder.rs`).
             EnqueueOutcome::Moved => crate::metrics::handover_skipped_delivery(),
@@ -392,6 +426,7 @@ impl Broker {
             max: self.config.max_queued_messages,
             forwarded: false,
             not_storing: NotStored::of_store(self.store.health()),
+            possibly_delivered: false,
         };
         let mut outcome = RouteOutcome::default();
         for message in missed {

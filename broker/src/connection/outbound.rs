@@ -69,6 +69,12 @@ impl Connection {
             }
             st.push_inflight(f);
         }
+        if !requeue.is_empty() {
+            // Sent before under another packet id: it goes out again as a redelivery.
+            st.redeliver
+                .get_or_insert_with(Box::default)
+                .extend(requeue.iter().map(|q| q.seq));
+        }
         for q in requeue.into_iter().rev() {
             st.queue.push_front(q);
         }

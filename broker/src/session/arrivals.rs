@@ -53,6 +53,10 @@ impl Delivered {
     pub fn ids(&self) -> Vec<u64> {
         self.ids.iter().copied().collect()
     }
+
+    pub fn contains(&self, publish_id: u64) -> bool {
+        self.ids.contains(&publish_id)
+    }
 }
 
 /// The keys of the latest arrivals, oldest first, and until when they are kept (None:

@@ -82,6 +82,8 @@ struct State {
 pub(crate) struct HeldEntries {
     pub(crate) entries: prost::bytes::Bytes,
     pub(crate) waiters: Vec<Option<Ticket>>,
+    /// Sent to the peer, unacknowledged: it may have delivered them.
+    pub(crate) sent: bool,
 }
 
 /// Why a queue stopped taking forwards.
@@ -326,10 +328,18 @@ impl PeerQueue {
     }
 
     /// Every unacknowledged batch again, oldest first, for a new stream (counted as
-    /// retried).
+    /// retried), marked `resent`: the peer may have delivered it before a restart, which
+    /// its own record of delivered batches does not survive.
     pub(crate) fn resend(&self) -> Vec<EncodedBatch> {
         let st = self.state();
-        let batches: Vec<EncodedBatch> = st.unacked.iter().map(|s| s.encoded.clone()).collect();
+        let batches: Vec<EncodedBatch> = st
+            .unacked
+            .iter()
+            .map(|s| EncodedBatch {
+                header: wire::resent_header(&s.encoded.header),
+                publishes: s.encoded.publishes.clone(),
+            })
+            .collect();
         let messages: usize = st.unacked.iter().map(|s| s.count).sum();
         drop(st);
         self.metrics.retried(messages);
@@ -444,6 +454,7 @@ impl PeerQueue {
         let sent = unacked.into_iter().map(|s| HeldEntries {
             entries: s.encoded.publishes,
             waiters: tickets(s.first_msg, s.count, s.runs),
+            sent: true,
         });
         let mut queued_tickets = tickets(waiting_first, waiting.len(), waiting_runs).into_iter();
         let queued: Vec<HeldEntries> = waiting
@@ -451,6 +462,7 @@ impl PeerQueue {
             .map(|w| HeldEntries {
                 entries: pending.split_to(w.bytes),
                 waiters: vec![queued_tickets.next().flatten()],
+                sent: false,
             })
             .collect();
         sent.chain(queued).collect()

@@ -9,7 +9,10 @@
 //! whole, and which messages of a partly delivered one got through), so a batch sent again
 //! is acknowledged without delivering anything twice. That memory is in this process only:
 //! a batch delivered just before this node stopped, and not acknowledged, is delivered
-//! again after it restarts (at least once).
+//! again after it restarts (at least once). The sender marks a batch it sends again
+//! `resent`, and what this node delivers of one is flagged `possibly_delivered`: its
+//! subscribers get it with DUP, and a session that holds the publish already (restored
+//! from disk) does not take it again.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -199,7 +202,7 @@ impl Handler {
             _ => vec![false; batch.publishes.len()],
         };
         let duplicates = done.iter().filter(|d| **d).count();
-        let outcomes = deliver(broker.as_ref(), batch.publishes, &done).await;
+        let outcomes = deliver(broker.as_ref(), batch.publishes, &done, batch.resent).await;
         let (mut delivered, mut invalid, mut refusal) = (0, 0, None);
         for (i, outcome) in outcomes {
             match outcome {
@@ -246,11 +249,14 @@ impl Handler {
 
 /// Delivers the messages not `done` yet, in batch order, through one call for the batch
 /// (see `BrokerHandle::deliver_forwarded_batch`); what no publish could carry is refused
-/// here and never reaches the broker.
+/// here and never reaches the broker. A `resent` batch's messages may have been delivered
+/// here before this process started (the record above does not survive a restart): they
+/// go out as possible redeliveries.
 async fn deliver(
     broker: &dyn BrokerHandle,
     publishes: Vec<Bytes>,
     done: &[bool],
+    resent: bool,
 ) -> Vec<(usize, Result<(), BrokerHandleError>)> {
     let mut outcomes = Vec::with_capacity(publishes.len());
     let mut indexes = Vec::with_capacity(publishes.len());
@@ -260,7 +266,8 @@ async fn deliver(
             continue;
         }
         match wire::read_publish_after(publish, valid.last()) {
-            Ok(publish) => {
+            Ok(mut publish) => {
+                publish.possibly_delivered |= resent;
                 indexes.push(i);
                 valid.push(publish);
             }

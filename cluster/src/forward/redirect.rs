@@ -44,12 +44,21 @@ impl Forwarder {
         // awaited; the local deliveries are then made in the same order.
         let mut sends = Vec::new();
         let mut unusable = 0usize;
-        for HeldEntries { entries, waiters } in held {
+        for HeldEntries {
+            entries,
+            waiters,
+            sent,
+        } in held
+        {
             let mut waiters = waiters.into_iter();
             for publish in wire::read_batch_entries(entries) {
                 let waiter = waiters.next().flatten();
                 match publish {
-                    Ok(p) => sends.push((waiter, self.send_to_receivers(dead, &receivers, p))),
+                    Ok(mut p) => {
+                        // The dead node may have delivered what it was sent before it went.
+                        p.possibly_delivered |= sent;
+                        sends.push((waiter, self.send_to_receivers(dead, &receivers, p)))
+                    }
                     Err(e) => {
                         unusable += 1;
                         tracing::warn!(peer = dead, error = %e, "a message held for a peer marked down could not be read back; dropped");

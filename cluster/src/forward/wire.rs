@@ -22,6 +22,8 @@ use skein_seam::{ClientId, ForwardedPublish, PublishProperties, SharedTarget};
 
 /// `PublishBatch.publishes`.
 const BATCH_PUBLISHES: u32 = 4;
+/// `PublishBatch.resent`.
+const BATCH_RESENT: u32 = 6;
 
 fn varint_field_len(tag: u32, value: u64) -> usize {
     key_len(tag) + encoded_len_varint(value)
@@ -111,6 +113,7 @@ pub(crate) fn encoded_len(p: &ForwardedPublish) -> usize {
         + some_varint(16, p.publish_id)
         + some_varint(20, p.adopted_from.map(|n| n.0))
         + some_bytes(21, p.for_client.as_ref().map(|c| c.as_str().len()))
+        + flag(22, p.possibly_delivered)
 }
 
 /// Writes `p` as a `ForwardedPublish` (its [`encoded_len`] bytes).
@@ -170,6 +173,9 @@ fn put(p: &ForwardedPublish, buf: &mut impl BufMut) {
     if let Some(c) = &p.for_client {
         put_bytes_field(21, c.as_str().as_bytes(), buf);
     }
+    if p.possibly_delivered {
+        put_varint_field(22, 1, buf);
+    }
 }
 
 /// The bytes `p` takes in a batch (as one of `PublishBatch.publishes`), given its
@@ -225,6 +231,14 @@ pub(crate) fn batch_header(sequence: u64, from_node: u64, to_node: u64, stream_i
             put_varint_field(tag, value, &mut buf);
         }
     }
+    buf.freeze()
+}
+
+/// `header` (a [`batch_header`]) with `PublishBatch.resent` set, for a batch sent again.
+pub(crate) fn resent_header(header: &Bytes) -> Bytes {
+    let mut buf = BytesMut::with_capacity(header.len() + 2);
+    buf.extend_from_slice(header);
+    put_varint_field(BATCH_RESENT, 1, &mut buf);
     buf.freeze()
 }
 
@@ -336,7 +350,8 @@ pub(crate) fn read_publish_after(
             21 if delimited => {
                 p.for_client = Some(ClientId::new(utf8(&length_delimited(&mut buf)?)?))
             }
-            1..=16 | 20 | 21 => return Err(format!("field {tag} as {wire_type:?}")),
+            22 if varint => p.possibly_delivered = int(&mut buf)? != 0,
+            1..=16 | 20..=22 => return Err(format!("field {tag} as {wire_type:?}")),
             _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())
                 .map_err(|e| e.to_string())?,
         }
@@ -387,6 +402,7 @@ pub(crate) fn to_pb(p: ForwardedPublish) -> pb::ForwardedPublish {
         adopted_from: p.adopted_from.map(|n| n.0),
         publish_id: p.publish_id,
         for_client: p.for_client.map(|c| c.as_str().to_owned()),
+        possibly_delivered: p.possibly_delivered,
     }
 }
 
@@ -434,6 +450,7 @@ pub(crate) fn from_pb(p: pb::ForwardedPublish) -> Result<ForwardedPublish, Strin
             .collect(),
         adopted_from: p.adopted_from.map(skein_seam::NodeId),
         for_client: p.for_client.as_deref().map(ClientId::new),
+        possibly_delivered: p.possibly_delivered,
     })
 }
 
@@ -517,6 +534,7 @@ mod tests {
                             .collect(),
                         adopted_from: to.then_some(skein_seam::NodeId(at)),
                         for_client: publisher.as_deref().filter(|_| retain).map(ClientId::new),
+                        possibly_delivered: qos == 2 || (retain && !to),
                     }
                 },
             )
@@ -551,8 +569,10 @@ mod tests {
         fn the_writer_writes_what_prost_writes(
             batch in proptest::collection::vec(publishes(), 0..4),
             (sequence, from, to, stream) in (any::<u64>(), 0u64..9, 0u64..9, any::<u64>()),
+            resent in any::<bool>(),
         ) {
-            let mut ours = batch_header(sequence, from, to, stream).to_vec();
+            let header = batch_header(sequence, from, to, stream);
+            let mut ours = if resent { resent_header(&header) } else { header }.to_vec();
             for p in &batch {
                 let entry = written(p);
                 let alone = pb::PublishBatch {
@@ -568,6 +588,7 @@ mod tests {
                 to_node: to,
                 publishes: batch.into_iter().map(to_pb).collect(),
                 stream_id: stream,
+                resent,
             };
             prop_assert_eq!(pb::PublishBatch::decode(&ours[..]).unwrap(), expected);
         }
@@ -624,6 +645,7 @@ mod tests {
             }],
             adopted_from: Some(skein_seam::NodeId(3)),
             for_client: Some(ClientId::new("sub")),
+            possibly_delivered: true,
         };
         assert_eq!(from_pb(to_pb(publish.clone())), Ok(publish));
         let bare = ForwardedPublish {
@@ -675,6 +697,7 @@ mod tests {
             shared: Vec::new(),
             adopted_from: None,
             for_client: None,
+            possibly_delivered: false,
         });
         p.qos = 3;
         assert_eq!(from_pb(p.clone()).unwrap_err(), "QoS 3");

@@ -529,3 +529,59 @@ fn flush_blocking_flushes_sled_even_when_the_event_log_cannot_sync() {
     );
     assert_eq!(store.db.flush().unwrap(), 0, "sled was left unflushed");
 }
+
+#[test]
+fn a_new_store_is_clean_and_a_reopened_one_unclean_unless_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.last_stop(), LastStop::Clean, "a new store");
+        assert_eq!(
+            Store::open_temporary().unwrap().last_stop(),
+            LastStop::Clean
+        );
+        store.flush_blocking().unwrap();
+    }
+    {
+        let store = reopen(dir.path());
+        assert_eq!(
+            store.last_stop(),
+            LastStop::Unclean,
+            "dropped without the mark"
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(store.mark_clean_stop()).unwrap();
+    }
+    assert_eq!(reopen(dir.path()).last_stop(), LastStop::Clean);
+    // The opening took the mark: the run after it did not stop in order.
+    assert_eq!(reopen(dir.path()).last_stop(), LastStop::Unclean);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_run_killed_after_a_clean_stop_is_unclean() {
+    // The child stops one run in order, opens the store again (taking the mark) and is
+    // killed: the mark must not come back with sled's recovery.
+    let dir = crate::kill_9::write_then_kill_9(
+        "store::tests::a_run_killed_after_a_clean_stop_is_unclean",
+        |dir| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            {
+                let store = Store::open(dir).unwrap();
+                populate(&store, "a");
+                rt.block_on(store.flush()).unwrap();
+                rt.block_on(store.mark_clean_stop()).unwrap();
+            }
+            let store = reopen(dir);
+            assert_eq!(store.last_stop(), LastStop::Clean);
+            std::mem::forget(store);
+        },
+    );
+    let store = reopen(dir.path());
+    assert_eq!(store.last_stop(), LastStop::Unclean);
+    assert_populated(&store, "a");
+}

@@ -85,6 +85,7 @@ fn forwarded(topic: &str, qos: u8) -> ForwardedPublish {
         shared: Vec::new(),
         adopted_from: None,
         for_client: None,
+        possibly_delivered: false,
     }
 }
 

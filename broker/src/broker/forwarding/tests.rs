@@ -152,6 +152,7 @@ async fn a_forwarded_publish_reaches_only_the_local_sessions_the_sender_chose() 
         shared,
         adopted_from: None,
         for_client: None,
+        possibly_delivered: false,
     };
     let matched = b
         .deliver_forwarded(forwarded(false, vec![target("g", "t")]))

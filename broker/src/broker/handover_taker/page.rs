@@ -23,7 +23,9 @@ impl Broker {
     /// A handed-over message that reached this node directly too (see
     /// `session/arrivals.rs`) is kept once: the handed-over copy when it was in flight to
     /// the client and the direct one is still queued here (it is resent with DUP under
-    /// the id the client saw), else the direct one.
+    /// the id the client saw), else the direct one. A message the holder may have sent
+    /// (in flight there, or `possibly_sent`) goes out from here with DUP, whichever copy
+    /// is kept.
     pub(super) fn adopt_page(
         &self,
         session: &Session,
@@ -67,7 +69,12 @@ impl Broker {
                 // Sent to the client from the holder: this copy goes, the direct one stays
                 // out of the queue.
                 (_, Some(seq)) if resend.is_some() => unqueued.push(*seq),
-                (true, _) => {
+                (true, queued) => {
+                    // The client may have it from the holder: the copy queued here goes
+                    // with DUP.
+                    if handed.packet_id.is_some() || handed.possibly_sent {
+                        redeliver.extend(queued.copied());
+                    }
                     doubles += 1;
                     continue;
                 }
@@ -111,7 +118,7 @@ impl Broker {
                     if persistent && delivery.qos != QoS::AtMostOnce {
                         write.queued.push((seq, to_stored_delivery(&delivery)));
                     }
-                    if handed.packet_id.is_some() {
+                    if handed.packet_id.is_some() || handed.possibly_sent {
                         redeliver.push(seq);
                     }
                     queued.push(Queued { seq, delivery });

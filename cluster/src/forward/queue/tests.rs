@@ -27,6 +27,7 @@ fn publish(topic: &str, payload: usize) -> ForwardedPublish {
         shared: Vec::new(),
         adopted_from: None,
         for_client: None,
+        possibly_delivered: false,
     }
 }
 
@@ -92,10 +93,16 @@ async fn batches_keep_order_fill_the_window_and_acks_free_room() {
         2,
         "one acknowledgement answers its batch"
     );
-    // A new stream gets the unacknowledged batch again, same sequence.
+    // A new stream gets the unacknowledged batch again, same sequence, marked resent.
     let again = q.resend();
     assert_eq!(again.len(), 1);
-    assert_eq!(decoded(Some(again[0].clone())), second);
+    assert_eq!(
+        decoded(Some(again[0].clone())),
+        pb::PublishBatch {
+            resent: true,
+            ..second
+        }
+    );
     q.accepted(2).unwrap();
     assert_eq!(q.held(), 0);
     assert_eq!(outcomes(&tally, 4).await, vec![Ok(()); 4]);
