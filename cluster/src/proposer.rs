@@ -224,7 +224,8 @@ enum Attempt {
 }
 
 async fn write_here(shared: &Shared, batch: pb::CommandBatch, deadline: Instant) -> Attempt {
-    let written = tokio::time::timeout_at(deadline, shared.raft.client_write(leader_stamped(batch))).await;
+    let written =
+        tokio::time::timeout_at(deadline, shared.raft.client_write(leader_stamped(batch))).await;
     match written {
         Err(_) => Attempt::Done(Err(ClusterError::Timeout(
             shared.settings.proposal_timeout(),
