@@ -24,6 +24,7 @@ use crate::topic::{self, RemoteInterest, TopicTree};
 #[cfg(test)]
 pub(crate) use forwarding::peers_double as forwarding_test_support;
 pub use forwarding::{ForwardTickets, Forwards};
+pub use handover_taker::PreindexOutcome;
 use skein_seam::ClientId;
 use skein_seam::ClusterHandle;
 

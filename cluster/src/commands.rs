@@ -2,10 +2,13 @@
 //! unsubscribe. Each returns once the command is committed and applied on this node; the
 //! proposer stamps the epoch and the time (see `epoch.rs`, `proposer.rs`).
 
+use std::time::Duration;
+
 use arcstr::ArcStr;
 use skein_proto::v1 as pb;
 use skein_proto::v1::command::Command;
 use skein_proto::v1::command_result::Result as Answer;
+use tokio::time::Instant;
 
 use crate::epoch::unix_millis;
 use crate::error::{ClusterError, Result};
@@ -64,23 +67,50 @@ impl ClusterNode {
         let epoch = self.epochs.next();
         let stamped_at_ms = unix_millis();
         let deadline = self.shared.settings.registration_deadline_ms;
-        let proposed = self
-            .propose(Command::Register(pb::RegisterClient {
-                client_id: client_id.to_string(),
-                node_id: self.id(),
-                epoch,
-                clean_start,
-                session_expiry_secs,
-                stamped_at_ms,
-                commit_by_ms: if deadline == 0 {
-                    0
-                } else {
-                    stamped_at_ms.saturating_add(deadline)
-                },
-                will,
-                connection,
-            }))
-            .await;
+        let command = Command::Register(pb::RegisterClient {
+            client_id: client_id.to_string(),
+            node_id: self.id(),
+            epoch,
+            clean_start,
+            session_expiry_secs,
+            stamped_at_ms,
+            commit_by_ms: if deadline == 0 {
+                0
+            } else {
+                stamped_at_ms.saturating_add(deadline)
+            },
+            will,
+            connection,
+        });
+        // Rejected because this node is still marked down: a node that was paused or cut
+        // off and reads the CONNECTs that waited for it proposes before the leader has
+        // heard from it and marked it up (which it does within a tick). Asked again, with
+        // the same stamps, until the deadline.
+        let retry_until = Instant::now()
+            + if deadline == 0 {
+                self.shared.settings.proposal_timeout()
+            } else {
+                Duration::from_millis(deadline)
+            };
+        let mut backoff = Duration::from_millis(50);
+        let proposed = loop {
+            let raw = self
+                .proposer
+                .propose(pb::Command {
+                    command: Some(command.clone()),
+                })
+                .await;
+            let marked_down = raw.as_ref().is_ok_and(|(result, _)| {
+                matches!(&result.result, Some(Answer::Rejected(r)) if r.reason() == pb::RejectReason::NodeDown)
+            });
+            if marked_down && Instant::now() + backoff < retry_until {
+                tracing::debug!(%client_id, "registration rejected while this node is marked down; asking again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(400));
+                continue;
+            }
+            break answer(raw);
+        };
         let (answer, log_index) = match proposed {
             Ok(committed) => committed,
             Err(e) => {
@@ -205,22 +235,28 @@ impl ClusterNode {
     /// Proposes one command and returns its answer and its entry's index; a rejection is
     /// an error.
     pub(crate) async fn propose(&self, command: Command) -> Result<(Answer, u64)> {
-        let (result, index) = self
+        let proposed = self
             .proposer
             .propose(pb::Command {
                 command: Some(command),
             })
-            .await?;
-        match result.result {
-            Some(Answer::Rejected(r)) => Err(ClusterError::Rejected {
-                not_owner: r.reason() == pb::RejectReason::NotOwner,
-                detail: r.detail,
-            }),
-            Some(answer) => Ok((answer, index)),
-            None => Err(ClusterError::Proposal(
-                "the command's result is empty".into(),
-            )),
-        }
+            .await;
+        answer(proposed)
+    }
+}
+
+/// A proposal's answer and its entry's index; a rejection is an error.
+fn answer(proposed: Result<(pb::CommandResult, u64)>) -> Result<(Answer, u64)> {
+    let (result, index) = proposed?;
+    match result.result {
+        Some(Answer::Rejected(r)) => Err(ClusterError::Rejected {
+            not_owner: r.reason() == pb::RejectReason::NotOwner,
+            detail: r.detail,
+        }),
+        Some(answer) => Ok((answer, index)),
+        None => Err(ClusterError::Proposal(
+            "the command's result is empty".into(),
+        )),
     }
 }
 

@@ -436,6 +436,7 @@ mod tests {
                     filter: "t".into(),
                 })),
             }],
+            leader_stamped_ms: 1_700_000_000_500,
         };
         let request = AppendEntriesRequest::<TypeConfig> {
             vote: Vote::new_committed(5, 2),

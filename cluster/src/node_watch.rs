@@ -2,7 +2,8 @@
 //! `node_down_after_ms` is marked down (`NodeDown`, see `registry/node_down.rs`), and one
 //! marked down that it hears from again is marked up (`NodeUp`).
 //!
-//! Only the leader proposes, never for itself, one command at a time (it awaits each).
+//! Only the leader proposes, one command at a time (it awaits each); never a mark down for
+//! itself, and a mark up for itself only when it finds itself marked down.
 //! Contact is what [`crate::peers::Peers`] notes (a Raft answer from the member); a leader
 //! counts silence only from when it became leader, so a new leader gives every member the
 //! whole detection time again before it marks one down. A member already marked down (the
@@ -155,6 +156,11 @@ fn verdicts(
         .view
         .read(|r| r.down_nodes().iter().copied().collect::<Vec<_>>());
     let mut out = Vec::new();
+    // A member marked down that leads now (it was cut off, then elected) is certainly up:
+    // until marked up it could register no client (see `registry.rs`).
+    if down.contains(&shared.id) {
+        out.push((shared.id, Verdict::Up, Vec::new(), Duration::ZERO));
+    }
     for node in members.iter().copied().filter(|n| *n != shared.id) {
         let silent = silent_for(node);
         let marked = down.contains(&node);

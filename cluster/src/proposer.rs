@@ -127,7 +127,7 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>, shutdown: Can
         metrics::proposal_batch(count);
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => Err(ClusterError::ShuttingDown),
-            outcome = commit(&shared, pb::CommandBatch { commands }, deadline) => outcome,
+            outcome = commit(&shared, pb::CommandBatch { commands, leader_stamped_ms: 0 }, deadline) => outcome,
         };
         match outcome {
             Ok((results, index)) if results.len() == count => {
@@ -224,7 +224,8 @@ enum Attempt {
 }
 
 async fn write_here(shared: &Shared, batch: pb::CommandBatch, deadline: Instant) -> Attempt {
-    let written = tokio::time::timeout_at(deadline, shared.raft.client_write(Proto(batch))).await;
+    let written =
+        tokio::time::timeout_at(deadline, shared.raft.client_write(leader_stamped(batch))).await;
     match written {
         Err(_) => Attempt::Done(Err(ClusterError::Timeout(
             shared.settings.proposal_timeout(),
@@ -238,6 +239,14 @@ async fn write_here(shared: &Shared, batch: pb::CommandBatch, deadline: Instant)
         }
         Ok(Err(RaftError::Fatal(e))) => Attempt::Done(Err(e.into())),
     }
+}
+
+/// `batch` as the leader writes it into its log: stamped with the leader's clock now (see
+/// `CommandBatch.leader_stamped_ms`). A follower's stamp would not do: the batch may wait
+/// in a request a cut-off network delivers much later.
+pub(crate) fn leader_stamped(mut batch: pb::CommandBatch) -> Proto<pb::CommandBatch> {
+    batch.leader_stamped_ms = crate::epoch::unix_millis();
+    Proto(batch)
 }
 
 async fn forward(

@@ -12,7 +12,12 @@
 //!   replaced session's expiry was 0 (it ended with its connection), they are dropped.
 //!   Registering the owner again (a retried proposal) changes nothing. A registration
 //!   whose deadline (`commit_by_ms`) the log has passed is rejected (`TOO_LATE`): its node
-//!   refused the CONNECT by then (see [`Registry::clock_ms`]).
+//!   refused the CONNECT by then (see [`Registry::clock_ms`]; the leader's stamp on the
+//!   entry counts too). A registration by a node marked down is rejected (`NODE_DOWN`):
+//!   the cluster took its clients away because it could not reach it, so its proposal
+//!   came through a partition that may still hold the answer back from it (it refuses the
+//!   CONNECT by its deadline, and the client's live connection elsewhere would be taken
+//!   over for nothing); it registers again once the leader marks it up.
 //! - unregister, subscribe, unsubscribe: only for the current owner (node, epoch); a late
 //!   command of a connection that was taken over is rejected with `NOT_OWNER`.
 //! - a session ends on an unregister that says so, or at once when its expiry is 0.
@@ -159,6 +164,15 @@ impl Registry {
         self.clock_ms
     }
 
+    /// Raises the log's clock to the stamp the leader put on the entry being applied (when
+    /// it wrote it into its log; 0: none), before the entry's commands: a registration the
+    /// leader received after its `commit_by_ms` is then rejected like one behind a later
+    /// stamp. A proposal can reach the leader long after its node gave up: held in a
+    /// connection a partition stalled, or by a leader that was paused.
+    pub fn observe_leader_stamp(&mut self, leader_stamped_ms: u64) {
+        self.clock_ms = self.clock_ms.max(leader_stamped_ms);
+    }
+
     /// Every filter with subscribers, and how many each node has.
     pub fn interest(&self) -> &BTreeMap<Arc<str>, BTreeMap<NodeId, u32>> {
         &self.interest
@@ -211,6 +225,13 @@ impl Registry {
             node: c.node_id,
             epoch: c.epoch,
         };
+        let retried = self
+            .clients
+            .get(c.client_id.as_str())
+            .is_some_and(|existing| existing.owner == owner);
+        if !retried && self.down_nodes.contains(&c.node_id) {
+            return Err(node_marked_down(&c.client_id, c.node_id));
+        }
         let (client_id, previous) = match self.clients.remove_entry(c.client_id.as_str()) {
             Some((key, existing)) if existing.owner == owner => {
                 // A retried proposal of the registration that already holds the id.
@@ -522,6 +543,15 @@ fn too_late(client_id: &str, commit_by_ms: u64, newer_at_ms: u64) -> pb::Rejecte
         reason: pb::RejectReason::TooLate as i32,
         detail: format!(
             "the registration of client id {client_id:?} was due by {commit_by_ms} ms; a newer connection registered at {newer_at_ms} ms"
+        ),
+    }
+}
+
+fn node_marked_down(client_id: &str, node: NodeId) -> pb::Rejected {
+    pb::Rejected {
+        reason: pb::RejectReason::NodeDown as i32,
+        detail: format!(
+            "the registration of client id {client_id:?} is by node {node}, which the cluster marked down: it registers clients again once marked up"
         ),
     }
 }

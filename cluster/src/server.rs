@@ -23,7 +23,7 @@ use crate::membership;
 use crate::peers::MAX_MESSAGE_BYTES;
 use crate::session_service::SessionService;
 use crate::shared::Shared;
-use crate::types::{NodeId, Proto};
+use crate::types::NodeId;
 
 /// The longest `AwaitFolded` wait a caller may ask for.
 const MAX_FOLD_WAIT: Duration = Duration::from_secs(10);
@@ -216,7 +216,12 @@ impl Cluster for ClusterService {
             .into_inner()
             .batch
             .ok_or_else(|| Status::invalid_argument("proposal without a batch"))?;
-        let outcome = match self.shared.raft.client_write(Proto(batch)).await {
+        let written = self
+            .shared
+            .raft
+            .client_write(crate::proposer::leader_stamped(batch))
+            .await;
+        let outcome = match written {
             Ok(written) => Outcome::Committed(pb::Committed {
                 log_id: Some(written.log_id.to_pb()),
                 results: Some(written.data.0),

@@ -148,6 +148,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Blank => {}
                     EntryPayload::Normal(Proto(batch)) => {
                         let mut changes = Vec::new();
+                        applied
+                            .registry
+                            .observe_leader_stamp(batch.leader_stamped_ms);
                         results.reserve(batch.commands.len());
                         for command in &batch.commands {
                             results.push(applied.registry.apply_sharing(

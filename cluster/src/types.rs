@@ -135,6 +135,7 @@ mod tests {
                     commit_by_ms: 1_700_000_005_000,
                 })),
             }],
+            leader_stamped_ms: 1_700_000_000_100,
         }
     }
 

@@ -52,6 +52,7 @@ mod tests {
         bytes.extend_from_slice(&unknown_command);
         v1::CommandBatch {
             commands: vec![known.clone()],
+            leader_stamped_ms: 0,
         }
         .encode(&mut bytes)
         .unwrap();

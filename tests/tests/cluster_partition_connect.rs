@@ -7,6 +7,10 @@
 //! - A CONNECT a client sent to a paused node and then gave up on (it closed the socket)
 //!   is not registered when the node resumes: the client's newer connection on another
 //!   node is not taken over.
+//! - A registration the leader receives only after its deadline (its node refused the
+//!   CONNECT by then) is rejected: the client's live connection is not taken over, and the
+//!   messages published for it afterwards all reach it (the partition chaos suite's "lost
+//!   after a CONNECT to the cut-off node commits at the heal").
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -291,5 +295,123 @@ async fn a_connect_abandoned_on_a_paused_node_does_not_take_the_live_one_over() 
         )
         .await;
         assert_eq!(v["node_id"], json!(2), "registry on node {node}: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_the_leader_reads_after_its_connect_was_refused_takes_nothing_over() {
+    // Short, so that the leader, paused, reads the proposal after it (and the refusal)
+    // while the proposal itself (5 s) is still waiting for the answer.
+    let commit_ms = 1500;
+    let cluster = TestCluster::start_with(3, |_, builder| {
+        builder.env("SKEIN_CONNECT_COMMIT_TIMEOUT_MS", commit_ms)
+    })
+    .await;
+    let ids = cluster.ids();
+    let leader = cluster.leader(&ids, HEAL_DEADLINE).await;
+    let others: Vec<u64> = ids.iter().copied().filter(|n| *n != leader).collect();
+    let (proposer, follower) = (others[0], others[1]);
+    let lead = cluster.node(leader);
+
+    // A persistent session, live on the leader, subscribed (in force on every node, so
+    // the proposer prepares the session's index for the CONNECT below).
+    let id = unique_id("late-commit");
+    let topic = unique_id("late-commit/t");
+    let persistent = Connect::v5(&id).persistent(3600);
+    let (mut live, _, _) = RawClient::connect_ok(lead.mqtt_addr(), &persistent).await;
+    assert_eq!(live.subscribe(1, &[SubFilter::new(&topic, 1)]).await, [1]);
+    let mut publisher = RawClient::v311(lead.mqtt_addr(), &unique_id("late-commit-pub")).await;
+
+    // The proposer is left alone: its Propose waits in the paused leader's socket.
+    let mut paused = Paused::stop(&[lead.pid(), cluster.node(follower).pid()]);
+    let connected_at = Instant::now();
+    let (code, took) = connack(cluster.node(proposer).mqtt_addr(), &persistent).await;
+    assert_eq!(code, 0x88, "CONNECT on the lone node (after {took:?})");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        connected_at.elapsed() < Duration::from_secs(4),
+        "the machine is too slow for this test: the proposal must still be in flight"
+    );
+    paused.resume();
+
+    // Until the proposal has settled for good, the live connection hears nothing (a
+    // takeover would be a DISCONNECT 0x8E).
+    let mut kicked = None;
+    while connected_at.elapsed() < PROPOSAL_SETTLED {
+        match live.recv(Duration::from_millis(100)).await {
+            Err(RecvError::Timeout) => {}
+            other => {
+                kicked = Some(format!("{other:?}"));
+                break;
+            }
+        }
+    }
+    tokio::time::sleep_until((connected_at + PROPOSAL_SETTLED).into()).await;
+
+    // Published now, acknowledged: each must reach the client, on its live connection
+    // or (taken over) on a new one resuming the session.
+    let count = 20u16;
+    for n in 1..=count {
+        publisher
+            .publish(&Publish::new(&topic, 1, format!("m{n}").as_bytes()).pkid(n))
+            .await;
+        let ack = publisher
+            .recv_matching(
+                RECV_TIMEOUT,
+                |p| matches!(p, Packet::PubAck { pkid, .. } if *pkid == n),
+            )
+            .await;
+        assert!(
+            matches!(ack, Packet::PubAck { reason: 0, .. }),
+            "message {n}: {ack:?}"
+        );
+    }
+    if kicked.is_some() {
+        let deadline = Instant::now() + HEAL_DEADLINE;
+        live = loop {
+            match RawClient::try_connect_ok(lead.mqtt_addr(), &persistent).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no CONNECT after the takeover: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+    }
+    let mut got = std::collections::BTreeSet::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while got.len() < usize::from(count) && Instant::now() < until {
+        match live.recv(Duration::from_millis(200)).await {
+            Ok(Packet::Publish(p)) => {
+                if p.qos == 1 {
+                    live.send(&skein_tests::codec::puback(p.pkid)).await;
+                }
+                got.insert(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+            Ok(_) | Err(RecvError::Timeout) => {}
+            Err(e) => panic!("the client's connection: {e:?} (kicked before: {kicked:?})"),
+        }
+    }
+    let missing: Vec<u16> = (1..=count)
+        .filter(|n| !got.contains(&format!("m{n}")))
+        .collect();
+    assert!(
+        kicked.is_none() && missing.is_empty(),
+        "the refused CONNECT's registration took the live connection over: {kicked:?}; \
+         acknowledged messages never received: {missing:?}"
+    );
+    let path = format!("/api/v1/clients/{id}");
+    for node in cluster.ids() {
+        let v = get_until(
+            cluster.node(node).http_addr(),
+            &path,
+            HEAL_DEADLINE,
+            |s, v| s == 200 && v["connected"] == true,
+        )
+        .await;
+        assert_eq!(v["node_id"], json!(leader), "registry on node {node}: {v}");
     }
 }

@@ -49,6 +49,16 @@ const PAGE_MESSAGES: u32 = 256;
 /// over and lost it again before it had fetched everything).
 const MAX_CHAIN: u8 = 4;
 
+/// What became of a refused CONNECT's registration, for [`Broker::undo_preindex`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreindexOutcome {
+    /// The registry answered: it did not commit.
+    NotCommitted,
+    /// It committed after the CONNECT was refused, or it may have (the proposal's outcome
+    /// is unknown: a node cut off from the leader learns of a commit late, or never).
+    MayHaveCommitted,
+}
+
 /// Why a hand-over stopped before the holder had handed everything over.
 #[derive(Debug)]
 enum Stop {
@@ -409,20 +419,44 @@ impl Broker {
         true
     }
 
-    /// The registration [`Broker::preindex_resumed`] prepared for did not happen: the
-    /// session leaves the index again (unless a connection attached to it meanwhile).
-    pub async fn undo_preindex(&self, client_id: &ClientId) {
+    /// The CONNECT [`Broker::preindex_resumed`] prepared for was refused. Unless a
+    /// connection attached to the session meanwhile:
+    /// - the registry here names this node as the owner (the registration committed after
+    ///   all, and was released to an offline session here): the session stays, indexed,
+    ///   as this node's offline session, with what was routed to it;
+    /// - `outcome` says the registration did not commit: the session leaves the index,
+    ///   and what the index routed here meanwhile is deleted (the owner got each itself);
+    /// - it may have committed (the proposal's outcome is unknown): the session leaves
+    ///   the index, and what was routed here stays with it. Deleted, it would be lost when
+    ///   the registration did commit (the node cut off from the leader learns of it too
+    ///   late): the other nodes routed those messages here, to the new owner, and to
+    ///   nobody else. Kept, they go to the owner with the rest of the session (offered
+    ///   or fetched as at a takeover), as a copy at worst.
+    pub async fn undo_preindex(&self, client_id: &ClientId, outcome: PreindexOutcome) {
         let Some(session) = self.find_session(client_id) else {
             return;
         };
         let _lifecycle = session.lifecycle.lock(&self.lifecycle_waiters).await;
+        let me = self.cluster.node_id();
+        let owned_here = self
+            .cluster
+            .locate_client(client_id)
+            .is_some_and(|owner| owner.node == me);
         let prepared = {
             let mut st = session.state();
             let reserved = st
                 .reserved_seqs
                 .take()
                 .filter(|_| !st.removed && st.attachment.is_none());
-            if let Some(first) = reserved {
+            if let (Some(_), true) = (reserved, owned_here) {
+                session.set_moving(false);
+                if st.is_persistent() {
+                    self.persist_session_locked(&session, &st);
+                }
+                tracing::info!(%client_id, queued = st.queue.len(), "the registration of a refused CONNECT committed: its session stays here, offline");
+                return;
+            }
+            if let (Some(first), PreindexOutcome::NotCommitted) = (reserved, outcome) {
                 st.arrivals = None;
                 // What the index routed here for the registration that did not happen:
                 // the node that still owns the session got each of these itself. Kept,

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, PreindexOutcome};
 use crate::events::{ClientInfo, Transport};
 use crate::log_limit::LogLimit;
 use skein_seam::{
-    ClientId, ForwardedPublish, PublishProperties, RegisteredConnection, RegisteredWill,
-    Registration,
+    ClientId, ClusterError, ForwardedPublish, PublishProperties, RegisteredConnection,
+    RegisteredWill, Registration,
 };
 
 /// One warning per interval for refusals while the cluster is unavailable (a CONNECT storm
@@ -55,7 +55,7 @@ pub(super) async fn register(
             .await;
         // The handshake gave up (timed out, or its connection ended): nobody attaches.
         if let Err(result) = tx.send(result) {
-            undo(&b, &id, claim, result.ok()).await;
+            undo(&b, &id, claim, result).await;
         }
     });
     let limit = broker.config.connect_commit_timeout();
@@ -64,9 +64,10 @@ pub(super) async fn register(
         Ok(Ok(Err(e))) => {
             if claim.preindexed {
                 let (b, id) = (broker.clone(), client_id.clone());
+                let outcome = preindex_outcome(&e);
                 broker
                     .tasks
-                    .spawn(async move { b.undo_preindex(&id).await });
+                    .spawn(async move { b.undo_preindex(&id, outcome).await });
             }
             e.to_string()
         }
@@ -145,14 +146,27 @@ async fn cluster_state(broker: &Broker) -> String {
     }
 }
 
+/// Whether a registration that failed with `e` may have committed all the same: only an
+/// answer of the registry (the command was rejected) says it did not.
+fn preindex_outcome(e: &ClusterError) -> PreindexOutcome {
+    match e {
+        ClusterError::NotOwner | ClusterError::Invalid(_) => PreindexOutcome::NotCommitted,
+        _ => PreindexOutcome::MayHaveCommitted,
+    }
+}
+
 /// Releases what a registration nobody waits for any more prepared or committed.
 async fn undo(
     broker: &Broker,
     client_id: &ClientId,
     claim: Claim,
-    committed: Option<Registration>,
+    result: Result<Registration, ClusterError>,
 ) {
-    if let Some(registration) = committed {
+    let outcome = match &result {
+        Ok(_) => PreindexOutcome::MayHaveCommitted,
+        Err(e) => preindex_outcome(e),
+    };
+    if let Ok(registration) = result {
         crate::metrics::late_registration_released();
         tracing::info!(
             %client_id,
@@ -168,6 +182,6 @@ async fn undo(
         }
     }
     if claim.preindexed {
-        broker.undo_preindex(client_id).await;
+        broker.undo_preindex(client_id, outcome).await;
     }
 }

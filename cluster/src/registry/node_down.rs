@@ -20,8 +20,8 @@
 //!   adopter, which queues them. A CONNECT anywhere later takes it over from the adopter
 //!   like any offline session.
 //! - The node itself stays marked down (not picked, not marked again) until the leader
-//!   hears from it again (`NodeUp`). Not on a registration of its own: the leader, which
-//!   may not have heard from it yet, would mark it down again and take that client too.
+//!   hears from it again (`NodeUp`; a leader marked down marks itself up). Its
+//!   registrations meanwhile are rejected (`NODE_DOWN`, see `registry.rs`).
 
 use skein_proto::v1 as pb;
 

@@ -93,16 +93,31 @@ fn a_node_is_marked_down_once_and_up_again_by_node_up_only() {
     );
     apply(&mut r, node_down(2, 10_000, vec![1, 2, 3]));
     assert!(r.down_nodes().contains(&2));
-    // A registration by a node marked down leaves the mark (only NodeUp lifts it): the
-    // leader, which has not heard from it yet, must not mark it down again.
-    let (_, changes) = apply(&mut r, register("new", 2, 20, true, 0));
+    // A registration by a node marked down is rejected and leaves the mark (only NodeUp
+    // lifts it): its proposal came through a partition that may hold the answer back, and
+    // the client's connection elsewhere must not be taken over for a CONNECT its node
+    // refuses.
+    apply(&mut r, register("new", 1, 19, false, 60));
+    let (result, changes) = apply(&mut r, register("new", 2, 20, true, 0));
+    match result {
+        pb::command_result::Result::Rejected(r) => {
+            assert_eq!(r.reason(), pb::RejectReason::NodeDown, "{}", r.detail)
+        }
+        other => panic!("a registration by a node marked down: {other:?}"),
+    }
+    assert!(changes.is_empty(), "{changes:?}");
     assert!(r.down_nodes().contains(&2));
-    assert!(!changes
-        .iter()
-        .any(|c| matches!(c, Change::NodeMarked { .. })));
+    assert_eq!(r.client("new").unwrap().owner, Owner { node: 1, epoch: 19 });
     let (again, _) = apply(&mut r, node_down(2, 11_000, vec![1, 3]));
     assert_eq!(marked(&again), (false, 0, 0));
-    assert_eq!(r.client("new").unwrap().owner.node, 2);
+    // Marked up, it registers again.
+    apply(&mut r, node_up(2));
+    let (result, _) = apply(&mut r, register("new", 2, 21, true, 0));
+    assert!(
+        matches!(result, pb::command_result::Result::Registered(_)),
+        "{result:?}"
+    );
+    assert_eq!(r.client("new").unwrap().owner, Owner { node: 2, epoch: 21 });
 }
 
 #[test]

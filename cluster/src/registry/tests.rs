@@ -218,6 +218,32 @@ fn a_registration_committed_after_the_log_passed_its_deadline_is_rejected() {
     assert_eq!(back, r);
 }
 
+/// A proposal that reached the leader only after its deadline (held in a stalled
+/// connection, or by a paused leader) is rejected by the leader's stamp on its entry, with
+/// no later command applied before it: the live connection it would take over stays.
+#[test]
+fn a_registration_the_leader_received_after_its_deadline_is_rejected() {
+    let mut r = Registry::default();
+    apply(&mut r, register_due("c", 1, 10, 500, 5_500));
+    // Node 2 proposed at 1 000 ms (due by 6 000 ms); the leader wrote it at 6 200 ms.
+    r.observe_leader_stamp(6_200);
+    let (result, changes) = apply(&mut r, register_due("c", 2, 20, 1_000, 6_000));
+    assert_eq!(rejected(&result), Some(pb::RejectReason::TooLate));
+    assert!(changes.is_empty(), "{changes:?}");
+    let entry = r.client("c").unwrap();
+    assert_eq!(entry.owner, Owner { node: 1, epoch: 10 });
+    assert!(entry.is_online());
+    // Written by the leader in time: taken. An unstamped entry (an older leader's) leaves
+    // the clock alone.
+    r.observe_leader_stamp(0);
+    assert_eq!(r.clock_ms(), 6_200);
+    let (result, _) = apply(&mut r, register_due("c", 2, 21, 2_000, 7_000));
+    assert!(
+        matches!(result, pb::command_result::Result::Registered(_)),
+        "{result:?}"
+    );
+}
+
 #[test]
 fn a_takeover_moves_the_session_and_its_interest_to_the_new_node() {
     let mut r = Registry::default();
