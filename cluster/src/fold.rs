@@ -159,6 +159,10 @@ impl Fold {
                 _ => {}
             }
         }
+        // Before the broker hears of any of it: a forward batch built from here on may hold
+        // a publish routed by these changes, and names this index for its receiver to fold
+        // first.
+        self.shared.folding(applied.log_index);
         // Before the interest moves: a publish routed in between reaches both the session
         // here and the node that held it (the hand-over keeps it once), never neither.
         for client_id in arrived {
@@ -222,6 +226,8 @@ impl Fold {
             "folding the registry anew"
         );
         self.own_mark_ms = self.own_mark_ms.max(mark);
+        // As in `apply`, before the broker hears of it.
+        self.shared.folding(last_applied.unwrap_or(0));
         if !marked.is_empty() {
             tracing::warn!(
                 clients = marked.len(),

@@ -72,6 +72,12 @@ pub const FORWARD_RECEIVED_DUPLICATES: &str = "skein_cluster_forward_received_du
 /// Counter {peer, reason}: forwarded messages this node could not deliver and dropped
 /// (`invalid`: no MQTT publish could carry it).
 pub const FORWARD_RECEIVED_DROPPED: &str = "skein_cluster_forward_received_dropped_total";
+/// Counter {outcome}: forwarded batches that waited for this node to fold the registry
+/// index their sender had routed at: `folded` (it did), `timed_out` (delivered anyway after
+/// the bound).
+pub const FORWARD_FOLD_WAITS: &str = "skein_cluster_forward_fold_waits_total";
+/// Histogram: how long those batches waited, in seconds.
+pub const FORWARD_FOLD_WAIT_SECONDS: &str = "skein_cluster_forward_fold_wait_seconds";
 
 /// One peer's forward series, registered once per queue (the hot path only bumps them).
 pub(crate) struct PeerForwardMetrics {
@@ -141,6 +147,12 @@ pub(crate) fn forward_received_dropped(peer: NodeId, reason: &'static str, messa
         .increment(messages as u64);
 }
 
+/// A forwarded batch waited `waited` for this node's fold and it ended as `outcome`.
+pub(crate) fn forward_fold_wait(outcome: &'static str, waited: Duration) {
+    metrics::counter!(FORWARD_FOLD_WAITS, "outcome" => outcome).increment(1);
+    metrics::histogram!(FORWARD_FOLD_WAIT_SECONDS).record(waited.as_secs_f64());
+}
+
 /// Members a SUBACK or a takeover's CONNACK did not wait for (unreachable, or not folded
 /// within the bound).
 pub const CLUSTER_IN_FORCE_SKIPPED: &str = "skein_cluster_in_force_skipped_total";
@@ -176,6 +188,8 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     (FORWARD_RECEIVED, "Messages a peer node forwarded to this one and this one delivered."),
     (FORWARD_RECEIVED_DUPLICATES, "Messages a peer node sent again that this node had delivered already: acknowledged, not delivered twice."),
     (FORWARD_RECEIVED_DROPPED, "Messages a peer node forwarded that this node dropped, by reason (invalid)."),
+    (FORWARD_FOLD_WAITS, "Forwarded batches that waited for this node to fold the registry index their sender routed them at, by outcome (folded; timed_out: delivered anyway after 2 s)."),
+    (FORWARD_FOLD_WAIT_SECONDS, "How long forwarded batches waited for this node to fold their sender's registry index, in seconds."),
     (NODES_MARKED_DOWN, "Members this node, as the Raft leader, marked down after node_down_after_ms without contact."),
     (SESSIONS_ADOPTED, "Persistent sessions of a node marked down that this node adopted."),
     (FORWARDS_REDIRECTED, "Messages held for a peer marked down, sent on to the live members for the sessions that came from it (redirected) or dropped (no_adopter: no member left; invalid)."),
@@ -191,6 +205,7 @@ pub fn describe() {
             RAFT_PROPOSAL_SECONDS,
             RAFT_PROPOSAL_BATCH_COMMANDS,
             FORWARD_BATCH_MESSAGES,
+            FORWARD_FOLD_WAIT_SECONDS,
         ]
         .contains(name)
         {

@@ -132,6 +132,7 @@ impl ClusterNode {
             settings: config.raft.clone(),
             broker: Arc::new(BrokerSlot::default()),
             folded: watch::channel(None).0,
+            folding: Default::default(),
             membership_changes: tokio::sync::Mutex::new(()),
         });
         let shutdown = CancellationToken::new();

@@ -2,6 +2,7 @@
 //! share: its identity, its Raft, its peers' channels, its applied registry and the local
 //! broker.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -27,6 +28,11 @@ pub(crate) struct Shared {
     /// The last log index whose changes the local broker has folded (None: nothing yet, or
     /// no broker attached): what `Cluster.AwaitFolded` waits on.
     pub(crate) folded: watch::Sender<Option<u64>>,
+    /// The last log index whose changes the fold has begun telling the broker (0: none):
+    /// at least `folded`, and at least the index any routing decision of the broker was
+    /// made at, which `folded` is not while the broker is being told. Stamped on forward
+    /// batches (see [`Self::routed_up_to`]).
+    pub(crate) folding: AtomicU64,
     /// Membership changes made on this node (as the leader) wait for each other here
     /// rather than be refused by openraft as concurrent (members publishing their records
     /// at once when a cluster starts).
@@ -35,6 +41,17 @@ pub(crate) struct Shared {
 
 /// The membership as this node knows it (applied or appended last), read in one place.
 impl Shared {
+    /// The fold is about to tell the broker the changes of log index `index`.
+    pub(crate) fn folding(&self, index: u64) {
+        self.folding.fetch_max(index, Ordering::Release);
+    }
+
+    /// A log index at least as high as the one any route this node's broker has taken so
+    /// far was folded at (0: none): what a forward batch carries as `folded_index`.
+    pub(crate) fn routed_up_to(&self) -> u64 {
+        self.folding.load(Ordering::Acquire)
+    }
+
     pub(crate) fn membership(&self) -> Membership {
         self.raft
             .metrics()

@@ -273,8 +273,9 @@ impl PeerQueue {
 
     /// The next batch to send (as many waiting messages as fit, up to the batch bounds),
     /// kept as unacknowledged; None when nothing waits or the window is full. Only the
-    /// sender task calls it (and `resend`, `accepted`).
-    pub(crate) fn next_batch(&self, from_node: NodeId) -> Option<EncodedBatch> {
+    /// sender task calls it (and `resend`, `accepted`). `folded_index` goes in the batch
+    /// (see `dataplane.proto`).
+    pub(crate) fn next_batch(&self, from_node: NodeId, folded_index: u64) -> Option<EncodedBatch> {
         let mut st = self.state();
         if st.waiting.is_empty() || st.unacked.len() >= self.settings.window_batches {
             return None;
@@ -310,7 +311,13 @@ impl PeerQueue {
         st.last_sequence += 1;
         let sequence = st.last_sequence;
         let encoded = EncodedBatch {
-            header: wire::batch_header(sequence, from_node, self.peer, self.stream_id),
+            header: wire::batch_header(
+                sequence,
+                from_node,
+                self.peer,
+                self.stream_id,
+                folded_index,
+            ),
             publishes,
         };
         st.unacked.push_back(Sent {

@@ -136,7 +136,7 @@ async fn stream(
         if queue.is_closed() {
             return failed("the queue was closed".into(), progressed);
         }
-        while let Some(batch) = queue.next_batch(shared.id) {
+        while let Some(batch) = queue.next_batch(shared.id, shared.routed_up_to()) {
             if tx.try_send(batch).is_err() {
                 return failed("the stream stopped taking batches".into(), progressed);
             }

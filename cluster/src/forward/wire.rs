@@ -224,9 +224,22 @@ pub(crate) fn read_batch_entries(mut buf: Bytes) -> Vec<Result<ForwardedPublish,
 
 /// A `PublishBatch` without its publishes: what goes before the entries
 /// [`put_batch_entry`] wrote (protobuf takes fields in any order).
-pub(crate) fn batch_header(sequence: u64, from_node: u64, to_node: u64, stream_id: u64) -> Bytes {
-    let mut buf = BytesMut::with_capacity(4 * 11);
-    for (tag, value) in [(1, sequence), (2, from_node), (3, to_node), (5, stream_id)] {
+pub(crate) fn batch_header(
+    sequence: u64,
+    from_node: u64,
+    to_node: u64,
+    stream_id: u64,
+    folded_index: u64,
+) -> Bytes {
+    let mut buf = BytesMut::with_capacity(5 * 11);
+    let fields = [
+        (1, sequence),
+        (2, from_node),
+        (3, to_node),
+        (5, stream_id),
+        (7, folded_index),
+    ];
+    for (tag, value) in fields {
         if value != 0 {
             put_varint_field(tag, value, &mut buf);
         }
@@ -568,10 +581,11 @@ mod tests {
         #[test]
         fn the_writer_writes_what_prost_writes(
             batch in proptest::collection::vec(publishes(), 0..4),
-            (sequence, from, to, stream) in (any::<u64>(), 0u64..9, 0u64..9, any::<u64>()),
+            (sequence, from, to, stream, folded) in
+                (any::<u64>(), 0u64..9, 0u64..9, any::<u64>(), any::<u64>()),
             resent in any::<bool>(),
         ) {
-            let header = batch_header(sequence, from, to, stream);
+            let header = batch_header(sequence, from, to, stream, folded);
             let mut ours = if resent { resent_header(&header) } else { header }.to_vec();
             for p in &batch {
                 let entry = written(p);
@@ -589,6 +603,7 @@ mod tests {
                 publishes: batch.into_iter().map(to_pb).collect(),
                 stream_id: stream,
                 resent,
+                folded_index: folded,
             };
             prop_assert_eq!(pb::PublishBatch::decode(&ours[..]).unwrap(), expected);
         }

@@ -69,13 +69,18 @@ async fn batches_keep_order_fill_the_window_and_acks_free_room() {
         ForwardError::QueueFull(skein_seam::NodeId(2))
     );
     assert_eq!(tally.outstanding(), 4, "a refused forward is not counted");
-    let first = decoded(q.next_batch(1));
-    let second = decoded(q.next_batch(1));
-    assert!(q.next_batch(1).is_none(), "window of two batches");
+    let first = decoded(q.next_batch(1, 7));
+    let second = decoded(q.next_batch(1, 0));
+    assert!(q.next_batch(1, 0).is_none(), "window of two batches");
     assert_eq!((first.sequence, second.sequence), (1, 2));
     assert_eq!(
-        (first.from_node, first.to_node, first.stream_id),
-        (1, 2, 99)
+        (
+            first.from_node,
+            first.to_node,
+            first.stream_id,
+            first.folded_index
+        ),
+        (1, 2, 99, 7)
     );
     let topics: Vec<&str> = first
         .publishes
@@ -115,8 +120,8 @@ async fn a_run_split_between_batches_is_answered_batch_by_batch() {
     for i in 0..3 {
         q.push(&publish(&format!("t/{i}"), 1), &tally, i).unwrap();
     }
-    let first = decoded(q.next_batch(1));
-    let second = decoded(q.next_batch(1));
+    let first = decoded(q.next_batch(1, 0));
+    let second = decoded(q.next_batch(1, 0));
     assert_eq!((first.publishes.len(), second.publishes.len()), (2, 1));
     // The second batch's answer first: it is refused (the batch stays for a retry), then
     // the first is accepted.
@@ -162,8 +167,8 @@ async fn runs_follow_publishers_tickets_and_ticks_and_answer_out_of_order() {
     assert!(!to_2.tick(Duration::from_secs(5)));
     to_2.push(&publish("t", 1), &a, 5).unwrap();
     assert_eq!((a.outstanding(), b.outstanding()), (7, 1));
-    let to_2_batch = decoded(to_2.next_batch(1));
-    let to_3_batch = decoded(to_3.next_batch(1));
+    let to_2_batch = decoded(to_2.next_batch(1, 0));
+    let to_3_batch = decoded(to_3.next_batch(1, 0));
     assert_eq!(to_2_batch.publishes.len(), 6);
     // Node 3 answers first (refused), then node 2 (accepted): a publish is not taken when
     // any node it went to did not take it.
@@ -191,7 +196,7 @@ async fn publishers_wait_for_room_above_half_the_bound_until_acks_free_it() {
         q.push(&publish(&format!("t/{i}"), 1), &tally, i).unwrap();
     }
     assert!(!q.has_room(), "3 of 4 held: over half");
-    let first = decoded(q.next_batch(1));
+    let first = decoded(q.next_batch(1, 0));
     let short = std::time::Duration::from_millis(50);
     assert!(tokio::time::timeout(short, q.room()).await.is_err());
     let waiting = tokio::spawn({
@@ -226,7 +231,7 @@ async fn callers_past_the_timeout_are_told_but_their_messages_stay_queued() {
     let timeout = std::time::Duration::from_secs(5);
     let old = ForwardTally::new();
     q.push(&publish("old", 1), &old, 0).unwrap();
-    let sent = decoded(q.next_batch(1));
+    let sent = decoded(q.next_batch(1, 0));
     for _ in 0..5 {
         assert!(!q.tick(timeout));
     }
@@ -250,7 +255,7 @@ async fn callers_past_the_timeout_are_told_but_their_messages_stay_queued() {
     // Still sent, still answered when acknowledged (to nobody, for the expired one).
     assert_eq!(q.held(), 3);
     q.accepted(sent.sequence).unwrap();
-    let rest = decoded(q.next_batch(1));
+    let rest = decoded(q.next_batch(1, 0));
     assert_eq!(rest.publishes.len(), 2);
     q.accepted(rest.sequence).unwrap();
     assert_eq!(outcomes(&young, 1).await, [Ok(())]);
@@ -263,8 +268,8 @@ fn a_batch_closes_at_its_byte_bound_but_a_large_message_travels_alone() {
     let q = PeerQueue::new(2, 1, settings());
     q.push_unanswered(&publish("a", 200)).unwrap();
     q.push_unanswered(&publish("b", 200)).unwrap();
-    assert_eq!(decoded(q.next_batch(1)).publishes.len(), 1);
-    assert_eq!(decoded(q.next_batch(1)).publishes.len(), 1);
+    assert_eq!(decoded(q.next_batch(1, 0)).publishes.len(), 1);
+    assert_eq!(decoded(q.next_batch(1, 0)).publishes.len(), 1);
     // Larger than the whole byte bound: refused, never queued.
     assert!(matches!(
         q.push_unanswered(&publish("huge", 2000)),
@@ -282,7 +287,7 @@ async fn closing_fails_every_caller_and_refusals_answer_but_keep_the_batch() {
     let tally = ForwardTally::new();
     q.push(&publish("a", 1), &tally, 0).unwrap();
     q.push(&publish("b", 1), &tally, 1).unwrap();
-    let batch = decoded(q.next_batch(1));
+    let batch = decoded(q.next_batch(1, 0));
     q.refused(batch.sequence, "disk full");
     assert_eq!(
         outcomes(&tally, 2).await,
@@ -294,7 +299,7 @@ async fn closing_fails_every_caller_and_refusals_answer_but_keep_the_batch() {
     let lost = ForwardTally::new();
     q.push(&publish("c", 1), &lost, 0).unwrap();
     q.push(&publish("d", 1), &lost, 1).unwrap();
-    assert!(q.next_batch(1).is_some());
+    assert!(q.next_batch(1, 0).is_some());
     q.push(&publish("e", 1), &lost, 2).unwrap();
     q.close(Closed::Removed);
     for outcome in outcomes(&lost, 3).await {
@@ -322,8 +327,8 @@ async fn a_queue_emptied_for_a_redirect_hands_each_message_its_ticket() {
     q.push(&publish("2", 1), &tally, 2).unwrap();
     q.push(&publish("3", 1), &tally, 3).unwrap();
     // Sent: [0, qos0], [1, 2]; waiting: [3].
-    assert!(q.next_batch(1).is_some());
-    assert!(q.next_batch(1).is_some());
+    assert!(q.next_batch(1, 0).is_some());
+    assert!(q.next_batch(1, 0).is_some());
     let held = q.take_all(Closed::MarkedDown);
     let shape: Vec<Vec<bool>> = held
         .iter()
