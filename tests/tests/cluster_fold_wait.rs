@@ -126,7 +126,7 @@ async fn a_publish_routed_to_an_adopter_that_has_not_applied_the_mark_yet_is_not
         .await;
     assert!(
         matches!(ack, Packet::PubAck { reason: 0, .. }),
-        "the adopter had the session when it took the message: {ack:?}"
+        "PUBACK of the message: {ack:?}"
     );
 
     // The client resumes its session on the adopter and gets the message.
