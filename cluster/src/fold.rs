@@ -450,7 +450,9 @@ mod tests {
         assert!(marked.is_empty() && mark.is_none());
 
         node_down(&mut r, 3, 9_000);
-        // A registration of node 3 after the mark (a CONNECT it took when it resumed).
+        // A registration of node 3 after the mark (a CONNECT it took when it resumed, once
+        // marked up: the registry refuses registrations of a node marked down).
+        apply(&mut r, Command::NodeUp(pb::NodeUp { node_id: 3 }));
         register(&mut r, "kept", 3, 20, 60);
         let mut previously = previously;
         previously.insert(ArcStr::from("kept"), 20);
