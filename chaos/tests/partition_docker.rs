@@ -7,9 +7,10 @@
 //! It asserts what holds today: the cluster forms and settles after every heal, traffic
 //! flows, the cut and the heal happen, no client id has two live connections, the
 //! registries agree, events and registries name each node by its own container IP, and
-//! the run leaves no container, network, volume or image tag behind. `lost` and
-//! `duplicates` are printed with the whole verdict but not asserted: node-down adoption
-//! and the bounded CONNECT refusal of a cut-off node are not there yet (chaos/README.md,
+//! the run leaves no container, network, volume or image tag behind, and no acknowledged
+//! message is lost (`lost` 0: the 10-round form has lost none since registrations of a
+//! node marked down are refused). `duplicates` is printed with the whole verdict but not
+//! asserted: one same-connection copy was seen in 1 of 3 ten-round runs (chaos/README.md,
 //! "Latest results").
 
 use std::process::{Command, Stdio};
@@ -64,11 +65,13 @@ fn two_cuts_on_docker_heal_with_no_double_owner_and_real_node_ips() {
     assert_eq!(json["rounds"], 2, "{context}");
     assert!(json["published_acked"].as_u64() > Some(0), "{context}");
     assert_eq!(json["double_owners"], 0, "{context}");
+    assert_eq!(json["lost"], 0, "{context}");
     assert_eq!(json["registries_equal"], true, "{context}");
     assert!(json["node_ip_events"].as_u64() > Some(0), "{context}");
     assert_eq!(json["node_ip_wrong"], 0, "{context}");
     for invariant in [
         "traffic",
+        "lost",
         "double_owners",
         "registries_equal",
         "node_ip",
