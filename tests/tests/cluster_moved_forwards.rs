@@ -55,23 +55,29 @@ async fn receive_until(
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forward_resent_to_a_restarted_node_reaches_the_session_that_moved_away() {
-    const N: usize = 5;
-    // Not marked down while it is away (the chaos suite's kill was 2.5 s, under the
-    // 3 s default): node-down adoption has tests of its own.
-    let mut cluster =
-        TestCluster::start_with(3, |_, b| b.env("SKEIN_NODE_DOWN_AFTER_MS", 600_000)).await;
-    // The killed node is not the leader: the takeover's registration needs no election.
-    let leader = cluster.leader(&cluster.ids(), CONNECT_DEADLINE).await;
-    let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
-    let (holder, taker, publisher_node) = (others[0], others[1], leader);
+/// A persistent subscriber on `holder` (filter `{topic}/#`), SIGKILLed with its node, and
+/// `n` QoS 1 publishes `m1`..`mn` to `{topic}/x` on `publisher_node` routed to the dead
+/// holder (held in the publisher's node's forward queue, PUBACKs pending).
+struct HeldForDeadHolder {
+    persistent: Connect,
+    id: String,
+    publisher: RawClient,
+    want: BTreeSet<String>,
+}
 
-    let id = unique_id("moved");
+async fn hold_forwards_for_a_dead_holder(
+    cluster: &mut TestCluster,
+    holder: u64,
+    publisher_node: u64,
+    topic: &str,
+    n: usize,
+) -> HeldForDeadHolder {
+    let id = unique_id(topic);
     let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
     let (mut old, _, _) =
         RawClient::connect_ok(cluster.node(holder).mqtt_addr(), &persistent).await;
-    assert_eq!(old.subscribe(1, &[SubFilter::new("moved/#", 1)]).await, [1]);
+    let filter = format!("{topic}/#");
+    assert_eq!(old.subscribe(1, &[SubFilter::new(&filter, 1)]).await, [1]);
     wait_owner(
         cluster.node(publisher_node).http_addr(),
         &id,
@@ -84,30 +90,68 @@ async fn a_forward_resent_to_a_restarted_node_reaches_the_session_that_moved_awa
 
     cluster.kill9(holder);
     drop(old);
-    // Routed to the dead holder (the registry still places the client there): they wait
-    // in the publisher's node's forward queue, PUBACKs pending.
-    let want: BTreeSet<String> = (1..=N).map(|i| format!("m{i}")).collect();
-    for i in 1..=N {
+    let want: BTreeSet<String> = (1..=n).map(|i| format!("m{i}")).collect();
+    let to = format!("{topic}/x");
+    for i in 1..=n {
         let payload = format!("m{i}");
         publisher
-            .publish(&Publish::new("moved/x", 1, payload.as_bytes()).pkid(i as u16))
+            .publish(&Publish::new(&to, 1, payload.as_bytes()).pkid(i as u16))
             .await;
     }
-    // The client resumes its session on the taker; the dead holder hands nothing over.
-    let (mut new, present) = connect_within(
+    HeldForDeadHolder {
+        persistent,
+        id,
+        publisher,
+        want,
+    }
+}
+
+/// The client resumes its session on `taker` (Session Present) and `observer`'s registry
+/// says so.
+async fn resume_on(
+    cluster: &TestCluster,
+    taker: u64,
+    observer: u64,
+    held: &HeldForDeadHolder,
+) -> RawClient {
+    let (new, present) = connect_within(
         cluster.node(taker).mqtt_addr(),
-        &persistent,
+        &held.persistent,
         CONNECT_DEADLINE,
     )
     .await;
     assert!(present, "the session is kept in the registry");
     wait_owner(
-        cluster.node(publisher_node).http_addr(),
-        &id,
+        cluster.node(observer).http_addr(),
+        &held.id,
         taker,
         CONNECT_DEADLINE,
     )
     .await;
+    new
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_resent_to_a_restarted_node_reaches_the_session_that_moved_away() {
+    const N: usize = 5;
+    // Not marked down while it is away (the chaos suite's kill was 2.5 s, under the
+    // 3 s default): node-down adoption has tests of its own.
+    let mut cluster =
+        TestCluster::start_with(3, |_, b| b.env("SKEIN_NODE_DOWN_AFTER_MS", 600_000)).await;
+    // The killed node is not the leader: the takeover's registration needs no election.
+    let leader = cluster.leader(&cluster.ids(), CONNECT_DEADLINE).await;
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
+    let (holder, taker, publisher_node) = (others[0], others[1], leader);
+
+    let held =
+        hold_forwards_for_a_dead_holder(&mut cluster, holder, publisher_node, "moved", N).await;
+    // The client resumes its session on the taker; the dead holder hands nothing over.
+    let mut new = resume_on(&cluster, taker, publisher_node, &held).await;
+    let HeldForDeadHolder {
+        mut publisher,
+        want,
+        ..
+    } = held;
     // The holder comes back with the session on its disk; the queued forwards are sent
     // to it again.
     cluster.restart(holder);
@@ -163,49 +207,12 @@ async fn forwards_held_for_a_node_marked_down_reach_a_session_that_left_it_befor
     let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
     let (holder, taker, publisher_node) = (others[0], others[1], leader);
 
-    let id = unique_id("marked");
-    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
-    let (mut old, _, _) =
-        RawClient::connect_ok(cluster.node(holder).mqtt_addr(), &persistent).await;
-    assert_eq!(
-        old.subscribe(1, &[SubFilter::new("marked/#", 1)]).await,
-        [1]
-    );
-    wait_owner(
-        cluster.node(publisher_node).http_addr(),
-        &id,
-        holder,
-        CONNECT_DEADLINE,
-    )
-    .await;
-    let mut publisher =
-        RawClient::v5(cluster.node(publisher_node).mqtt_addr(), &unique_id("pub")).await;
-
-    cluster.kill9(holder);
-    drop(old);
     // Routed to the dead holder: held in the publisher's node's queue for it.
-    let want: BTreeSet<String> = (1..=N).map(|i| format!("m{i}")).collect();
-    for i in 1..=N {
-        let payload = format!("m{i}");
-        publisher
-            .publish(&Publish::new("marked/x", 1, payload.as_bytes()).pkid(i as u16))
-            .await;
-    }
+    let held =
+        hold_forwards_for_a_dead_holder(&mut cluster, holder, publisher_node, "marked", N).await;
     // The client resumes its session on the taker before the mark: not adopted.
-    let (mut new, present) = connect_within(
-        cluster.node(taker).mqtt_addr(),
-        &persistent,
-        CONNECT_DEADLINE,
-    )
-    .await;
-    assert!(present, "the session is kept in the registry");
-    wait_owner(
-        cluster.node(publisher_node).http_addr(),
-        &id,
-        taker,
-        CONNECT_DEADLINE,
-    )
-    .await;
+    let mut new = resume_on(&cluster, taker, publisher_node, &held).await;
+    let want = held.want;
 
     // The holder never comes back: only the mark's redirect can bring them.
     let got = receive_until(&mut new, &want, DELIVERY_DEADLINE).await;
@@ -242,52 +249,23 @@ async fn a_forward_held_across_two_restarts_reaches_the_session_that_moved_away_
     let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
     let (holder, publisher_node, taker) = (others[0], others[1], leader);
 
-    let id = unique_id("twice");
-    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
-    let (mut old, _, _) =
-        RawClient::connect_ok(cluster.node(holder).mqtt_addr(), &persistent).await;
-    assert_eq!(old.subscribe(1, &[SubFilter::new("twice/#", 1)]).await, [1]);
-    wait_owner(
-        cluster.node(publisher_node).http_addr(),
-        &id,
-        holder,
-        CONNECT_DEADLINE,
-    )
-    .await;
-    let mut publisher =
-        RawClient::v5(cluster.node(publisher_node).mqtt_addr(), &unique_id("pub")).await;
-
-    cluster.kill9(holder);
-    drop(old);
-    let want: BTreeSet<String> = (1..=N).map(|i| format!("m{i}")).collect();
-    for i in 1..=N {
-        let payload = format!("m{i}");
-        publisher
-            .publish(&Publish::new("twice/x", 1, payload.as_bytes()).pkid(i as u16))
-            .await;
-    }
-    // Routed (to the dead holder) before the publisher's node stops.
+    let held =
+        hold_forwards_for_a_dead_holder(&mut cluster, holder, publisher_node, "twice", N).await;
+    // Routed (to the dead holder) before the publisher's node stops. The forward queue's
+    // depth gauge shows what is held for a peer only as its stream retries (1 here, not
+    // N), so this is a margin, not a condition.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut paused = Paused::stop(cluster.node(publisher_node).pid());
 
     // The holder's second process; the client resumes on the taker, which fetches the
     // session whole from it (the holder seals and deletes its copy).
     cluster.restart(holder);
-    let (mut new, present) = connect_within(
-        cluster.node(taker).mqtt_addr(),
-        &persistent,
-        CONNECT_DEADLINE,
-    )
-    .await;
-    assert!(present, "the session is kept in the registry");
-    wait_owner(
-        cluster.node(holder).http_addr(),
-        &id,
-        taker,
-        CONNECT_DEADLINE,
-    )
-    .await;
-    // The third process; then the held forwards are sent to it.
+    let mut new = resume_on(&cluster, taker, holder, &held).await;
+    let want = held.want;
+    // The third process; then the held forwards are sent to it. The second process wrote
+    // its memory of the move to sled, durable with sled's next background flush (every
+    // 500 ms): nothing outside the process shows when that happened, so this one wait is
+    // a margin of three flush intervals, not a condition.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.kill9(holder);
     cluster.restart(holder);
