@@ -171,6 +171,32 @@ const CERTIFICATE_EVENT_KEYS: [&str; 10] = [
     "timestamp",
 ];
 
+/// One node requiring client certificates from a fresh test CA, a client certificate for
+/// `cn`, and a watcher of `$events/#` on it.
+struct OneNode {
+    files: TlsFiles,
+    node: Node,
+    addr: SocketAddr,
+    http: SocketAddr,
+    /// The client certificate's serial, as `openssl x509 -serial` prints it.
+    sn: String,
+    w: Watcher,
+}
+
+async fn one_node(cn: &str, extra: &[(&str, &str)]) -> OneNode {
+    let files = TlsFiles::new(&TestCa::new("Skein Device CA"), cn);
+    let node = tls_node(&files, extra);
+    let w = Watcher::start(&node, &["$events/#"]).await;
+    OneNode {
+        addr: node.listener_addr("mqtts"),
+        http: node.http_addr(),
+        sn: openssl_serial(&files.client_cert),
+        files,
+        node,
+        w,
+    }
+}
+
 /// Checks a certificate event field by field.
 fn assert_certificate_event(v: &Value, event: &str, files: &TlsFiles, cn: &str, status: &str) {
     let sn = openssl_serial(&files.client_cert);
@@ -190,13 +216,14 @@ fn assert_certificate_event(v: &Value, event: &str, files: &TlsFiles, cn: &str, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_sight_registers_a_certificate_once_with_the_seed_fields() {
-    let ca = TestCa::new("Skein Device CA");
-    let files = TlsFiles::new(&ca, "VIN-1234-5678");
-    let node = tls_node(&files, &[]);
-    let addr = node.listener_addr("mqtts");
-    let http = node.http_addr();
-    let sn = openssl_serial(&files.client_cert);
-    let mut w = Watcher::start(&node, &["$events/#"]).await;
+    let OneNode {
+        files,
+        node: _node,
+        addr,
+        http,
+        sn,
+        mut w,
+    } = one_node("VIN-1234-5678", &[]).await;
 
     let (ok, err) = publish_with_cert(addr, &files, &[]);
     assert!(
@@ -275,13 +302,18 @@ async fn first_sight_registers_a_certificate_once_with_the_seed_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_certificate_is_refused_until_an_operator_activates_it() {
-    let ca = TestCa::new("Skein Device CA");
-    let files = TlsFiles::new(&ca, "VIN-pending");
-    let node = tls_node(&files, &[("SKEIN_CERTIFICATE_AUTO_ACTIVATE", "false")]);
-    let addr = node.listener_addr("mqtts");
-    let http = node.http_addr();
-    let sn = openssl_serial(&files.client_cert);
-    let mut w = Watcher::start(&node, &["$events/#"]).await;
+    let OneNode {
+        files,
+        node: _node,
+        addr,
+        http,
+        sn,
+        mut w,
+    } = one_node(
+        "VIN-pending",
+        &[("SKEIN_CERTIFICATE_AUTO_ACTIVATE", "false")],
+    )
+    .await;
 
     // MQTT 3.1.1: return code 5; MQTT 5: reason code 0x87.
     let (ok, err) = publish_with_cert(addr, &files, &["-V", "311"]);
@@ -341,13 +373,14 @@ async fn a_pending_certificate_is_refused_until_an_operator_activates_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_certificate_kicks_its_live_client_and_refuses_it_after() {
-    let ca = TestCa::new("Skein Device CA");
-    let files = TlsFiles::new(&ca, "VIN-revoked");
-    let node = tls_node(&files, &[]);
-    let addr = node.listener_addr("mqtts");
-    let http = node.http_addr();
-    let sn = openssl_serial(&files.client_cert);
-    let mut w = Watcher::start(&node, &["$events/#"]).await;
+    let OneNode {
+        files,
+        node,
+        addr,
+        http,
+        sn,
+        mut w,
+    } = one_node("VIN-revoked", &[]).await;
     let id = unique_id("device");
     let sub = subscriber_with_cert(addr, &files, &id);
     w.about("$events/client_connected", &id).await;

@@ -55,6 +55,25 @@ async fn receive_until(
     got
 }
 
+/// Every payload of `want` reaches `new` within [`DELIVERY_DEADLINE`]; when some do not,
+/// the failure names them with the count of redirects `metric` (a node's counter, labels)
+/// saw, as `what`.
+async fn assert_all_arrive(
+    new: &mut RawClient,
+    want: &BTreeSet<String>,
+    metric: (std::net::SocketAddr, &str, &[&str]),
+    what: &str,
+) {
+    let got = receive_until(new, want, DELIVERY_DEADLINE).await;
+    let (addr, name, labels) = metric;
+    let redirected = metric_sum(addr, name, labels).await;
+    let missing: Vec<&String> = want.difference(&got).collect();
+    assert!(
+        missing.is_empty(),
+        "missing on the session's new node: {missing:?} (got {got:?}; {what}: {redirected})"
+    );
+}
+
 /// A persistent subscriber on `holder` (filter `{topic}/#`), SIGKILLed with its node, and
 /// `n` QoS 1 publishes `m1`..`mn` to `{topic}/x` on `publisher_node` routed to the dead
 /// holder (held in the publisher's node's forward queue, PUBACKs pending).
@@ -172,18 +191,17 @@ async fn a_forward_resent_to_a_restarted_node_reaches_the_session_that_moved_awa
     // Whatever the PUBACKs said (a publisher is told 0x80 after 5 s, its message still
     // queued), every message reaches the subscriber: none is acknowledged by the
     // restarted holder for a session that is not there any more.
-    let got = receive_until(&mut new, &want, DELIVERY_DEADLINE).await;
-    let redirected = metric_sum(
-        cluster.node(holder).http_addr(),
-        "skein_session_moved_away_redirects_total",
-        &["outcome=\"sent\""],
+    assert_all_arrive(
+        &mut new,
+        &want,
+        (
+            cluster.node(holder).http_addr(),
+            "skein_session_moved_away_redirects_total",
+            &["outcome=\"sent\""],
+        ),
+        "redirected by the holder",
     )
     .await;
-    let missing: Vec<&String> = want.difference(&got).collect();
-    assert!(
-        missing.is_empty(),
-        "missing on the session's new node: {missing:?} (got {got:?}; redirected by the holder: {redirected})"
-    );
 }
 
 /// The same move, but the dead holder stays dead until the cluster marks it down (the
@@ -215,18 +233,17 @@ async fn forwards_held_for_a_node_marked_down_reach_a_session_that_left_it_befor
     let want = held.want;
 
     // The holder never comes back: only the mark's redirect can bring them.
-    let got = receive_until(&mut new, &want, DELIVERY_DEADLINE).await;
-    let redirected = metric_sum(
-        cluster.node(publisher_node).http_addr(),
-        "skein_cluster_forwards_redirected_total",
-        &[],
+    assert_all_arrive(
+        &mut new,
+        &want,
+        (
+            cluster.node(publisher_node).http_addr(),
+            "skein_cluster_forwards_redirected_total",
+            &[],
+        ),
+        "redirected from the dead node's queue",
     )
     .await;
-    let missing: Vec<&String> = want.difference(&got).collect();
-    assert!(
-        missing.is_empty(),
-        "missing on the session's new node: {missing:?} (got {got:?}; redirected from the dead node's queue: {redirected})"
-    );
 }
 
 /// A forward held for a node across two restarts of it (the chaos suite's seed 42, 100
@@ -271,16 +288,15 @@ async fn a_forward_held_across_two_restarts_reaches_the_session_that_moved_away_
     cluster.restart(holder);
     paused.resume();
 
-    let got = receive_until(&mut new, &want, DELIVERY_DEADLINE).await;
-    let redirected = metric_sum(
-        cluster.node(holder).http_addr(),
-        "skein_session_moved_away_redirects_total",
-        &["outcome=\"sent\""],
+    assert_all_arrive(
+        &mut new,
+        &want,
+        (
+            cluster.node(holder).http_addr(),
+            "skein_session_moved_away_redirects_total",
+            &["outcome=\"sent\""],
+        ),
+        "redirected by the holder's third process",
     )
     .await;
-    let missing: Vec<&String> = want.difference(&got).collect();
-    assert!(
-        missing.is_empty(),
-        "missing on the session's new node: {missing:?} (got {got:?}; redirected by the holder's third process: {redirected})"
-    );
 }
