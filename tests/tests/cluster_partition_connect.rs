@@ -103,6 +103,22 @@ async fn connack(addr: SocketAddr, connect: &Connect) -> (u8, Duration) {
     }
 }
 
+/// Every node's registry lists `id` as connected (waiting up to [`HEAL_DEADLINE`] on each),
+/// and on node `owner`.
+async fn every_registry_has_it_connected_on(cluster: &TestCluster, id: &str, owner: u64) {
+    let path = format!("/api/v1/clients/{id}");
+    for node in cluster.ids() {
+        let v = get_until(
+            cluster.node(node).http_addr(),
+            &path,
+            HEAL_DEADLINE,
+            |s, v| s == 200 && v["connected"] == true,
+        )
+        .await;
+        assert_eq!(v["node_id"], json!(owner), "registry on node {node}: {v}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_quorum_refuses_connects_in_time_and_keeps_local_traffic() {
     let cluster = TestCluster::start_with(3, |id, builder| {
@@ -222,17 +238,7 @@ async fn a_node_without_quorum_refuses_connects_in_time_and_keeps_local_traffic(
         }
     }
     // And the registry agrees with the live connection made after healing.
-    let path = format!("/api/v1/clients/{fresh}");
-    for node in cluster.ids() {
-        let v = get_until(
-            cluster.node(node).http_addr(),
-            &path,
-            HEAL_DEADLINE,
-            |s, v| s == 200 && v["connected"] == true,
-        )
-        .await;
-        assert_eq!(v["node_id"], json!(1), "{v}");
-    }
+    every_registry_has_it_connected_on(&cluster, &fresh, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,17 +291,7 @@ async fn a_connect_abandoned_on_a_paused_node_does_not_take_the_live_one_over() 
         other => panic!("the live connection on node 2 got {other:?}"),
     }
     live.ping().await;
-    let path = format!("/api/v1/clients/{id}");
-    for node in cluster.ids() {
-        let v = get_until(
-            cluster.node(node).http_addr(),
-            &path,
-            HEAL_DEADLINE,
-            |s, v| s == 200 && v["connected"] == true,
-        )
-        .await;
-        assert_eq!(v["node_id"], json!(2), "registry on node {node}: {v}");
-    }
+    every_registry_has_it_connected_on(&cluster, &id, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,15 +399,5 @@ async fn a_registration_the_leader_reads_after_its_connect_was_refused_takes_not
         "the refused CONNECT's registration took the live connection over: {kicked:?}; \
          acknowledged messages never received: {missing:?}"
     );
-    let path = format!("/api/v1/clients/{id}");
-    for node in cluster.ids() {
-        let v = get_until(
-            cluster.node(node).http_addr(),
-            &path,
-            HEAL_DEADLINE,
-            |s, v| s == 200 && v["connected"] == true,
-        )
-        .await;
-        assert_eq!(v["node_id"], json!(leader), "registry on node {node}: {v}");
-    }
+    every_registry_has_it_connected_on(&cluster, &id, leader).await;
 }
