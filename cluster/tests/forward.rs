@@ -16,7 +16,7 @@ use prost::bytes::Bytes;
 use skein_cluster::{ForwardSettings, RaftSettings};
 use skein_seam::{
     BoxFuture, BrokerHandle, BrokerHandleError, ClientId, ForwardError, ForwardedPublish,
-    KickReason, NodeId, PublishProperties,
+    KickReason, NodeId,
 };
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -96,17 +96,11 @@ fn publish(topic: &str) -> ForwardedPublish {
         topic: topic.into(),
         payload: Bytes::from(topic.to_owned()),
         qos: 1,
-        retain: false,
-        properties: PublishProperties::default(),
         received_at_ms: 1,
         publisher: Some(ClientId::new("publisher")),
-        publisher_username: None,
         publish_id: Some(1),
         to_subscribers: true,
-        shared: Vec::new(),
-        adopted_from: None,
-        for_client: None,
-        possibly_delivered: false,
+        ..Default::default()
     }
 }
 

@@ -702,17 +702,8 @@ mod tests {
             topic: "t".into(),
             payload: Bytes::new(),
             qos: 1,
-            retain: false,
-            properties: PublishProperties::default(),
-            received_at_ms: 0,
-            publisher: None,
-            publisher_username: None,
-            publish_id: None,
             to_subscribers: true,
-            shared: Vec::new(),
-            adopted_from: None,
-            for_client: None,
-            possibly_delivered: false,
+            ..Default::default()
         });
         p.qos = 3;
         assert_eq!(from_pb(p.clone()).unwrap_err(), "QoS 3");

@@ -72,20 +72,14 @@ fn forwarded(topic: &str, qos: u8) -> ForwardedPublish {
         topic: topic.into(),
         payload: Bytes::from_static(b"hello"),
         qos,
-        retain: false,
         properties: PublishProperties {
             content_type: Some("text/plain".into()),
             ..Default::default()
         },
         received_at_ms: now_ms(),
         publisher: Some(ClientId::new("elsewhere")),
-        publisher_username: None,
-        publish_id: None,
         to_subscribers: true,
-        shared: Vec::new(),
-        adopted_from: None,
-        for_client: None,
-        possibly_delivered: false,
+        ..Default::default()
     }
 }
 

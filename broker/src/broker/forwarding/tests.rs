@@ -142,17 +142,10 @@ async fn a_forwarded_publish_reaches_only_the_local_sessions_the_sender_chose() 
         topic: "t".into(),
         payload: bytes::Bytes::from_static(b"x"),
         qos: 1,
-        retain: false,
-        properties: Default::default(),
         received_at_ms: crate::message::now_ms(),
-        publisher: None,
-        publisher_username: None,
-        publish_id: None,
         to_subscribers,
         shared,
-        adopted_from: None,
-        for_client: None,
-        possibly_delivered: false,
+        ..Default::default()
     };
     let matched = b
         .deliver_forwarded(forwarded(false, vec![target("g", "t")]))

@@ -6,7 +6,6 @@ use super::*;
 use prost::bytes::Bytes;
 use prost::Message as _;
 use skein_proto::v1 as pb;
-use skein_seam::PublishProperties;
 
 fn decoded(batch: Option<EncodedBatch>) -> pb::PublishBatch {
     pb::PublishBatch::decode(&batch.expect("a batch").to_vec()[..]).unwrap()
@@ -17,17 +16,8 @@ fn publish(topic: &str, payload: usize) -> ForwardedPublish {
         topic: topic.into(),
         payload: Bytes::from(vec![7u8; payload]),
         qos: 1,
-        retain: false,
-        properties: PublishProperties::default(),
-        received_at_ms: 0,
-        publisher: None,
-        publisher_username: None,
-        publish_id: None,
         to_subscribers: true,
-        shared: Vec::new(),
-        adopted_from: None,
-        for_client: None,
-        possibly_delivered: false,
+        ..Default::default()
     }
 }
 
