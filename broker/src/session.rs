@@ -280,14 +280,16 @@ impl SessionState {
     /// Whether `message` is queued or in flight here, or among the last ones the client
     /// acknowledged here. A scan: for the rare publish that may be a copy.
     pub fn has_publish(&self, message: &Message) -> bool {
-        let key = publish_key(message);
-        self.queue
-            .iter()
-            .any(|q| publish_key(&q.delivery.message) == key)
-            || self
-                .inflight
-                .iter()
-                .any(|f| publish_key(&f.delivery.message) == key)
+        // A publish id names a publish cluster-wide: compared directly, without hashing
+        // every queued message's topic and payload into its `publish_key`.
+        let key = message.publish_id.is_none().then(|| publish_key(message));
+        let same = |m: &Message| match (message.publish_id, m.publish_id) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => key == Some(publish_key(m)),
+            _ => false,
+        };
+        self.queue.iter().any(|q| same(&q.delivery.message))
+            || self.inflight.iter().any(|f| same(&f.delivery.message))
             || message
                 .publish_id
                 .is_some_and(|id| self.delivered.as_ref().is_some_and(|d| d.contains(id)))

@@ -284,10 +284,7 @@ impl Broker {
             };
             let key = publish_key(&message);
             let has_it = st.has_publish(&message)
-                || st
-                    .arrivals
-                    .as_ref()
-                    .is_some_and(|a| a.keys().any(|k| k == key))
+                || st.arrivals.as_ref().is_some_and(|a| a.contains(key))
                 || st.redirected.as_ref().is_some_and(|r| r.contains(key));
             if has_it {
                 crate::metrics::moved_away_redirect("duplicate");
