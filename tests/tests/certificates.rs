@@ -61,20 +61,8 @@ fn openssl_serial(pem: &Path) -> String {
 /// arguments); whether it worked, and its stderr.
 fn publish_with_cert(addr: SocketAddr, files: &TlsFiles, extra: &[&str]) -> (bool, String) {
     let topic = unique_id("certs/t");
-    let mut args = vec![
-        "--cafile",
-        s(&files.ca),
-        "--cert",
-        s(&files.client_cert),
-        "--key",
-        s(&files.client_key),
-        "-t",
-        &topic,
-        "-m",
-        "hello",
-        "-q",
-        "1",
-    ];
+    let mut args = cert_args(files).to_vec();
+    args.extend_from_slice(&["-t", &topic, "-m", "hello", "-q", "1"]);
     args.extend_from_slice(extra);
     let out = try_mosquitto_pub(addr, &args);
     (
@@ -86,25 +74,22 @@ fn publish_with_cert(addr: SocketAddr, files: &TlsFiles, extra: &[&str]) -> (boo
 /// A long-lived mosquitto_sub over TLS with the client certificate of `files`, as client
 /// `id` (MQTT 5).
 fn subscriber_with_cert(addr: SocketAddr, files: &TlsFiles, id: &str) -> Sub {
-    Sub::start(
-        addr,
-        &[
-            "--cafile",
-            s(&files.ca),
-            "--cert",
-            s(&files.client_cert),
-            "--key",
-            s(&files.client_key),
-            "-V",
-            "5",
-            "-i",
-            id,
-            "-t",
-            &unique_id("certs/live"),
-            "-W",
-            "30",
-        ],
-    )
+    let topic = unique_id("certs/live");
+    let mut args = cert_args(files).to_vec();
+    args.extend_from_slice(&["-V", "5", "-i", id, "-t", &topic, "-W", "30"]);
+    Sub::start(addr, &args)
+}
+
+/// The mosquitto client arguments that trust `files.ca` and present its client certificate.
+fn cert_args(files: &TlsFiles) -> [&str; 6] {
+    [
+        "--cafile",
+        s(&files.ca),
+        "--cert",
+        s(&files.client_cert),
+        "--key",
+        s(&files.client_key),
+    ]
 }
 
 async fn api(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
