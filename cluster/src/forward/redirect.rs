@@ -3,8 +3,9 @@
 //! member that is not marked down (this node's broker included) marked `adopted_from`, so
 //! that only the sessions that came from the dead node get it there (each node's own
 //! subscribers had their copy when it was published). Those are the sessions adopted from
-//! it at the mark, and those whose clients connected elsewhere while it was dead (their
-//! hand-over from it could not be made): a message routed to the dead node before such a
+//! it at the mark, and those whose clients connected elsewhere shortly before (their
+//! hand-over from it failed, still waits for it, or was made while this queue still held
+//! forwards for it): a message routed to the dead node before such a
 //! takeover applied here is theirs too, and the adopters alone do not hold them (the
 //! chaos suite's seed 42 lost messages for every subscriber that left a SIGKILLed node
 //! before its mark: held for it, redirected to no adopter, acknowledged). A publisher
