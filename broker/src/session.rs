@@ -309,14 +309,14 @@ impl SessionState {
         published_at_ms: u64,
     ) -> bool {
         self.adopted_from != Some(node)
-            && !self.pending_from.is_some_and(|(n, _)| n == node)
+            && self.pending_from.is_none_or(|(n, _)| n != node)
             && self.came_from(node, published_at_ms)
     }
 
     /// Notes that this session comes here from `node` now (see `arrived_from`); a note of
     /// the same node is kept with its earlier time.
     pub fn note_arrival_from(&mut self, node: skein_seam::NodeId, now_ms: u64) {
-        if !self.arrived_from.is_some_and(|(n, _)| n == node) {
+        if self.arrived_from.is_none_or(|(n, _)| n != node) {
             self.arrived_from = Some((node, now_ms));
         }
     }
