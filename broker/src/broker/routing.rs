@@ -68,6 +68,8 @@ pub(super) struct Enqueue {
     pub(super) not_storing: Option<NotStored>,
     /// The subscribers may have it already (see `ForwardedPublish::possibly_delivered`).
     pub(super) possibly_delivered: bool,
+    /// Redirected from the queue of this node, marked down (see [`Scope::Adopted`]).
+    pub(super) redirected_from: Option<skein_seam::NodeId>,
 }
 
 impl Broker {
@@ -199,7 +201,7 @@ impl Broker {
                         return;
                     }
                     if let Scope::Adopted(from) = scope {
-                        if !k.0.state().came_from(from) {
+                        if !k.0.state().came_from(from, message.received_at_ms) {
                             return;
                         }
                     }
@@ -274,6 +276,10 @@ impl Broker {
             forwarded: !matches!(scope, Scope::Cluster),
             not_storing,
             possibly_delivered,
+            redirected_from: match scope {
+                Scope::Adopted(from) => Some(from),
+                _ => None,
+            },
         };
         for (session, delivery, _) in targets {
             let wake = held.as_deref_mut();
@@ -335,19 +341,28 @@ impl Broker {
                 return;
             }
         }
+        // Redirected from a dead node's queue to a session that was taken over from it
+        // (not adopted, no hand-over pending): its client may have had the publish
+        // routed to it here directly, past the hand-over's notes of what arrived.
+        let possibly_delivered = to.possibly_delivered
+            || to.redirected_from.is_some_and(|dead| {
+                session
+                    .state()
+                    .came_from_by_takeover_only(dead, message.received_at_ms)
+            });
         let enqueued = session.enqueue_with(
             delivery,
             to.max,
             &self.store,
             to.now,
             held,
-            to.possibly_delivered,
+            possibly_delivered,
         );
         let queued = matches!(
             enqueued,
             EnqueueOutcome::Queued | EnqueueOutcome::QueuedOffline | EnqueueOutcome::Stored { .. }
         );
-        if to.possibly_delivered && queued && qos != QoS::AtMostOnce {
+        if possibly_delivered && queued && qos != QoS::AtMostOnce {
             crate::metrics::marked_dup("resent_forward", 1);
         }
         match enqueued {
@@ -430,6 +445,7 @@ impl Broker {
             forwarded: false,
             not_storing: NotStored::of_store(self.store.health()),
             possibly_delivered: false,
+            redirected_from: None,
         };
         let mut outcome = RouteOutcome::default();
         for message in missed {
