@@ -416,7 +416,14 @@ async fn forwards_held_for_a_paused_holder_reach_a_taker_whose_hand_over_still_w
 /// node has not folded): with b707800's release binary 1 run of 2 lost all 5, with its
 /// debug binary none of 3 did (the node took them before its mark). With the fix every
 /// run in the scenario gets all of them.
+///
+/// Not in the default run: whether the scenario happens at all is up to the machine's
+/// timing (on main's merged tree, with the suite's other binaries building beside it, 8
+/// attempts in a row had the leader hear from the node first). Run it with `cargo test -p
+/// skein-tests --test cluster_moved_forwards -- --ignored`; the chaos suite's 100-round
+/// runs (chaos/README.md) cover the same path under real faults.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing-dependent scenario (the leader must mark the node down before it hears from it again); run with --ignored"]
 async fn forwards_held_for_a_node_marked_down_reach_the_session_it_registered_after_its_last_contact(
 ) {
     const NODE_DOWN_AFTER_MS: u64 = 2000;
