@@ -290,6 +290,13 @@ pub(crate) async fn publish(
                 previous = ?leader,
                 "cluster leader"
             );
+        } else if m.current_leader.is_none() && leader.is_some() {
+            // The start of a leaderless time: with the line above, how long it lasted.
+            tracing::info!(
+                term = m.current_term,
+                previous = ?leader,
+                "no cluster leader known"
+            );
         }
         leader = m.current_leader;
         metrics::gauge!(RAFT_TERM).set(m.current_term as f64);

@@ -170,7 +170,7 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = closed.local_addr().unwrap().to_string();
         drop(closed);
-        let peers = Arc::new(Peers::new(Duration::from_secs(1)));
+        let peers = Arc::new(Peers::new(Duration::from_secs(1), Duration::from_secs(1)));
         let node = Node {
             grpc: addr,
             ..Node::default()

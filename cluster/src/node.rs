@@ -112,7 +112,10 @@ impl ClusterNode {
             client_ids.clone(),
         )?;
         let view = state_machine.view();
-        let peers = Arc::new(Peers::new(config.raft.connect_timeout()));
+        let peers = Arc::new(Peers::new(
+            config.raft.connect_timeout(),
+            config.raft.peer_keepalive(),
+        ));
         let raft = Raft::new(
             config.node_id,
             raft_config,

@@ -6,6 +6,14 @@
 //! name (a Kubernetes headless service) is found once its name resolves, and a broken
 //! connection is re-established on the next call. A member whose address changes in the
 //! membership gets a new channel.
+//!
+//! A connection that goes silent is dropped within two keepalive periods (see
+//! [`RaftSettings::peer_keepalive`](crate::RaftSettings::peer_keepalive)): after a network
+//! cut heals, a TCP connection that had bytes in flight stays stuck until the kernel's next
+//! retransmission, which backs off exponentially (0.2 s, 0.4 s, ... 6.4 s, 12.8 s), so it can
+//! carry nothing for many seconds after the link is back. Every call on it times out, and
+//! a call's timeout does not close the connection; the keepalive does, and the next call
+//! dials a fresh connection, which works at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,23 +30,23 @@ use crate::types::NodeId;
 /// chunk (openraft sends 3 MiB chunks), with room to spare.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Keeps idle connections alive through NATs and notices dead peers between heartbeats.
-const KEEPALIVE: Duration = Duration::from_secs(10);
-
 pub(crate) struct Peers {
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
     /// When this node last heard from each peer: a Raft response from it, or (on a
     /// follower) a request from the leader. openraft 0.9's metrics have no such time.
     contacts: Mutex<HashMap<NodeId, Instant>>,
     connect_timeout: Duration,
+    /// A connection silent this long is pinged; a ping unanswered this long closes it.
+    keepalive: Duration,
 }
 
 impl Peers {
-    pub(crate) fn new(connect_timeout: Duration) -> Self {
+    pub(crate) fn new(connect_timeout: Duration, keepalive: Duration) -> Self {
         Peers {
             channels: Mutex::new(HashMap::new()),
             contacts: Mutex::new(HashMap::new()),
             connect_timeout,
+            keepalive,
         }
     }
 
@@ -90,8 +98,8 @@ impl Peers {
         Ok(endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(KEEPALIVE)
+            .http2_keep_alive_interval(self.keepalive)
+            .keep_alive_timeout(self.keepalive)
             .keep_alive_while_idle(true))
     }
 }
@@ -107,3 +115,6 @@ pub(crate) fn cluster_client(channel: Channel) -> ClusterClient<Channel> {
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
+
+#[cfg(test)]
+mod tests;

@@ -170,6 +170,17 @@ impl RaftSettings {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
+    /// The HTTP/2 keepalive of the connections to peers: one silent this long (no frame
+    /// from the peer) is pinged, and closed when the ping goes unanswered as long again.
+    /// The election timeout: a connection left stuck by a network cut (see `peers.rs`) is
+    /// replaced within two election timeouts, so a healed node hears the leader and takes
+    /// part in elections again at once, instead of after the TCP retransmission backoff
+    /// (over 10 s once a cut lasted a few seconds). On a live link the Raft heartbeats
+    /// keep the leader's connections busy; an idle one costs a ping per period.
+    pub fn peer_keepalive(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_ms)
+    }
+
     /// The openraft configuration these settings stand for, checked.
     pub fn openraft_config(&self) -> Result<openraft::Config> {
         let invalid = |name, reason: String| ClusterError::InvalidSetting { name, reason };
