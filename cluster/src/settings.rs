@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::error::{ClusterError, Result};
 
+/// The floor of [`RaftSettings::peer_keepalive`].
+const MIN_PEER_KEEPALIVE: Duration = Duration::from_secs(1);
+
 /// Purged log entries are removed in runs of at least this many.
 pub const PURGE_BATCH_ENTRIES: u64 = 64;
 
@@ -177,8 +180,11 @@ impl RaftSettings {
     /// part in elections again at once, instead of after the TCP retransmission backoff
     /// (over 10 s once a cut lasted a few seconds). On a live link the Raft heartbeats
     /// keep the leader's connections busy; an idle one costs a ping per period.
+    /// Never below one second: a ping unanswered that long closes every stream on the
+    /// connection, and a busy peer on a loaded host (or a debug build under a test suite)
+    /// can take a few hundred milliseconds to answer.
     pub fn peer_keepalive(&self) -> Duration {
-        Duration::from_millis(self.election_timeout_ms)
+        Duration::from_millis(self.election_timeout_ms).max(MIN_PEER_KEEPALIVE)
     }
 
     /// The openraft configuration these settings stand for, checked.
