@@ -143,6 +143,13 @@ pub struct SessionState {
     /// attaches: what that node's peers still held for it is delivered to the sessions
     /// adopted from it only (see `broker/node_down.rs`).
     pub adopted_from: Option<skein_seam::NodeId>,
+    /// The node this session last came here from and when (this node's clock, ms): the
+    /// owner it is taken over from (from the moment the CONNECT indexed it here, before
+    /// the registration and the hand-over), or the node it was adopted from at its mark.
+    /// Kept after the hand-over and the attach: a publish routed to that node before the
+    /// move applied at its sender, held there for it and redirected when it was marked
+    /// down, is this session's too (see [`SessionState::came_from`]).
+    pub arrived_from: Option<(skein_seam::NodeId, u64)>,
     /// While messages of this session may still be handed over from another node (from
     /// the sequence numbers set aside for a takeover until every holder handed over):
     /// what reached it here directly, so that the holder's copies are left out (see
@@ -268,6 +275,13 @@ impl DropReason {
 /// From this many messages in flight on, packet ids are tracked in a bitmap (8 KiB).
 const ID_BITMAP_FROM: usize = 32;
 
+/// A publish its origin accepted up to this long after a session moved to a new owner may
+/// have been routed by a registry that did not know the move yet (the origin applies it a
+/// heartbeat and an apply later; a node that was stopped or cut off, later still). Later
+/// publishes went to the owner directly. A wider window only costs redirects the owner
+/// recognises as copies.
+pub const STALE_ROUTE_MS: u64 = 10_000;
+
 impl SessionState {
     fn new() -> SessionState {
         SessionState {
@@ -291,6 +305,7 @@ impl SessionState {
             pending_from: None,
             reserved_seqs: None,
             adopted_from: None,
+            arrived_from: None,
             arrivals: None,
             delivered: None,
             redeliver: None,
@@ -306,8 +321,41 @@ impl SessionState {
     /// it could not hand the session over (`pending_from`). What other nodes still held
     /// for `node` when it was marked down may have been routed there for this session
     /// (before its takeover here applied on them), so such a message reaches it here.
-    pub fn came_from(&self, node: skein_seam::NodeId) -> bool {
-        self.adopted_from == Some(node) || self.pending_from.is_some_and(|(n, _)| n == node)
+    ///
+    /// Also a session taken over from `node` whatever its hand-over did (not begun, still
+    /// waiting for a paused holder, or done) when the publish, accepted at
+    /// `published_at_ms`, may have been routed by a registry that did not know of the
+    /// move yet ([`STALE_ROUTE_MS`] after it began here): such a publish was held for
+    /// `node`, never reached it, and no hand-over brings it. Without this, a takeover
+    /// whose hand-over still waited for a paused holder when the holder was marked down
+    /// lost what the holder's peers had queued for it (issue 14, chaos seed 42), as did
+    /// one whose holder handed over and stopped with forwards for it still queued.
+    pub fn came_from(&self, node: skein_seam::NodeId, published_at_ms: u64) -> bool {
+        self.adopted_from == Some(node)
+            || self.pending_from.is_some_and(|(n, _)| n == node)
+            || self.arrived_from.is_some_and(|(n, at)| {
+                n == node && published_at_ms < at.saturating_add(STALE_ROUTE_MS)
+            })
+    }
+
+    /// Only by the takeover (see [`SessionState::came_from`]): the publish may also have
+    /// reached the session directly.
+    pub fn came_from_by_takeover_only(
+        &self,
+        node: skein_seam::NodeId,
+        published_at_ms: u64,
+    ) -> bool {
+        self.adopted_from != Some(node)
+            && self.pending_from.is_none_or(|(n, _)| n != node)
+            && self.came_from(node, published_at_ms)
+    }
+
+    /// Notes that this session comes here from `node` now (see `arrived_from`); a note of
+    /// the same node is kept with its earlier time.
+    pub fn note_arrival_from(&mut self, node: skein_seam::NodeId, now_ms: u64) {
+        if self.arrived_from.is_none_or(|(n, _)| n != node) {
+            self.arrived_from = Some((node, now_ms));
+        }
     }
 
     pub fn is_persistent(&self) -> bool {

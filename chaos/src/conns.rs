@@ -1,12 +1,18 @@
-//! Every MQTT connection the persistent subscribers opened, as the client side saw it: when
-//! it was superseded (a CONNECT with its client id was sent on another connection while it
-//! was open), how it ended and whether its node was still the same process then. From this
-//! come the takeovers the harness caused and the client-side view of double owners.
+//! Every MQTT connection the clients opened and every CONNECT they sent, as the client side
+//! saw them: which connections a CONNECT for the same client id superseded (for certain:
+//! it was accepted; or perhaps: it got no success CONNACK, and the server may have
+//! registered it all the same), how each connection ended and whether its node was still
+//! the same process then. From this come the takeovers the harness caused (`takeovers`)
+//! and the client-side view of double owners.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::cluster::{Cut, NodeState, Topology};
+
+mod takeovers;
+
+pub use takeovers::Takeovers;
 
 #[derive(Debug, Clone)]
 pub struct Conn {
@@ -15,11 +21,26 @@ pub struct Conn {
     pub opened_at: f64,
     /// The node's incarnation when the connection was accepted.
     pub incarnation: u64,
-    /// A CONNECT for the same client id went out on another connection while this was open.
-    pub superseded: bool,
+    /// Whether a CONNECT for the same client id, sent on another connection while this one
+    /// was open, took it over.
+    pub superseded: Superseded,
     /// Seconds since the run started, when the last PUBLISH arrived on it.
     pub last_message_at: Option<f64>,
     pub closed: Option<Close>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Superseded {
+    No,
+    /// A CONNECT for its client id was sent while it was open and got no success CONNACK
+    /// (yet): refused (0x88 when its registration did not commit in time), unanswered, or
+    /// its connection failed. Its registration may still have committed (a late commit
+    /// takes the session over before the node releases it again), or not.
+    Maybe,
+    /// A CONNECT for its client id sent while it was open was accepted: that registration
+    /// committed after this connection's, so this one was taken over, unless the cluster
+    /// had ended it first (its node marked down, 0x9C).
+    Yes,
 }
 
 #[derive(Debug, Clone)]
@@ -34,34 +55,43 @@ pub struct Close {
     pub incarnation: u64,
 }
 
+/// One CONNECT a client sent, and what came of it.
+#[derive(Debug, Clone)]
+struct Attempt {
+    client: String,
+    node: usize,
+    /// Seconds since the run started.
+    sent_at: f64,
+    /// The connections of the client open when it was sent (not yet certainly superseded),
+    /// each with whether it was marked `Maybe` before.
+    open: Vec<(u64, Superseded)>,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    Pending,
+    /// A success CONNACK: the connection with this number.
+    Accepted(u64),
+    /// No success CONNACK, for this reason (the server may have registered it).
+    Failed(String),
+    /// The TCP connection was refused: no server read it.
+    NeverRead,
+}
+
+/// A CONNECT on its way, as [`Conns::connecting`] recorded it.
+#[derive(Debug)]
+pub struct Connecting(usize);
+
 #[derive(Debug)]
 pub struct Conns {
     started: Instant,
     next: u64,
     /// Connection number → (client id, record).
     all: BTreeMap<u64, (String, Conn)>,
+    /// Every CONNECT, in the order sent.
+    attempts: Vec<Attempt>,
 }
-
-/// Takeovers as the client side saw them.
-#[derive(Debug, Default, Clone)]
-pub struct Takeovers {
-    /// Per client id: superseded connections the server closed while their node lived on,
-    /// and connections the server closed with 0x8E although nothing superseded them.
-    pub caused: BTreeMap<String, u64>,
-    /// Superseded connections whose node was SIGKILLed before they ended: the takeover
-    /// event may or may not have been emitted first.
-    pub voided: BTreeMap<String, u64>,
-    /// Connections the server closed with 0x8E (session taken over) although no CONNECT
-    /// for their id had been sent since they were accepted: taken over by an older CONNECT
-    /// that a node processed late (counted in `caused` too).
-    pub unexpected: u64,
-    /// Which, for the report file.
-    pub unexpected_examples: Vec<String>,
-    /// Superseded connections the server closed with another reason than 0x8E.
-    pub wrong_reason: u64,
-}
-
-const SESSION_TAKEN_OVER: u8 = 0x8E;
 
 impl Conns {
     pub fn new(started: Instant) -> Conns {
@@ -69,34 +99,68 @@ impl Conns {
             started,
             next: 0,
             all: BTreeMap::new(),
+            attempts: Vec::new(),
         }
     }
 
-    /// A CONNECT for `client` is about to be sent: every connection of it still open is
-    /// superseded. Returns the connections this marked, for [`Conns::not_sent`].
-    pub fn connecting(&mut self, client: &str) -> Vec<u64> {
-        let mut marked = Vec::new();
+    /// A CONNECT for `client` to `node` is about to be sent: every connection of it still
+    /// open may be superseded by it from now on.
+    pub fn connecting(&mut self, client: &str, node: usize) -> Connecting {
+        let mut open = Vec::new();
         for (number, (id, conn)) in self.all.iter_mut() {
-            if id == client && conn.closed.is_none() && !conn.superseded {
-                conn.superseded = true;
-                marked.push(*number);
+            if id == client && conn.closed.is_none() && conn.superseded != Superseded::Yes {
+                open.push((*number, conn.superseded));
+                conn.superseded = Superseded::Maybe;
             }
         }
-        marked
+        self.attempts.push(Attempt {
+            client: client.to_owned(),
+            node,
+            sent_at: self.started.elapsed().as_secs_f64(),
+            open,
+            outcome: Outcome::Pending,
+        });
+        Connecting(self.attempts.len() - 1)
     }
 
-    /// The CONNECT that marked `marked` failed without being known to have superseded
-    /// them (see `Shared::superseded_nothing`).
-    pub fn not_sent(&mut self, marked: &[u64]) {
-        for number in marked {
-            if let Some((_, conn)) = self.all.get_mut(number) {
-                conn.superseded = false;
+    /// The CONNECT got a success CONNACK: a new connection, whose number this returns; the
+    /// connections open when it was sent were taken over (see [`Superseded::Yes`]).
+    pub fn accepted(&mut self, attempt: Connecting, incarnation: u64) -> u64 {
+        let (client, node) = {
+            let a = &self.attempts[attempt.0];
+            (a.client.clone(), a.node)
+        };
+        let number = self.opened(&client, node, incarnation);
+        let a = &mut self.attempts[attempt.0];
+        a.outcome = Outcome::Accepted(number);
+        for (conn, _) in &a.open {
+            if let Some((_, c)) = self.all.get_mut(conn) {
+                c.superseded = Superseded::Yes;
             }
+        }
+        number
+    }
+
+    /// The CONNECT got no success CONNACK (`why`). `never_read`: its TCP connection was
+    /// refused (the node is down), so no server read it and it superseded nothing;
+    /// otherwise the connections it marked stay `Maybe`.
+    pub fn failed(&mut self, attempt: Connecting, why: String, never_read: bool) {
+        let a = &mut self.attempts[attempt.0];
+        if never_read {
+            a.outcome = Outcome::NeverRead;
+            for (conn, before) in &a.open {
+                if let Some((_, c)) = self.all.get_mut(conn) {
+                    if c.superseded == Superseded::Maybe {
+                        c.superseded = *before;
+                    }
+                }
+            }
+        } else {
+            a.outcome = Outcome::Failed(why);
         }
     }
 
-    /// A CONNACK accepted a new connection; its number.
-    pub fn opened(&mut self, client: &str, node: usize, incarnation: u64) -> u64 {
+    fn opened(&mut self, client: &str, node: usize, incarnation: u64) -> u64 {
         self.next += 1;
         self.all.insert(
             self.next,
@@ -106,7 +170,7 @@ impl Conns {
                     node,
                     opened_at: self.started.elapsed().as_secs_f64(),
                     incarnation,
-                    superseded: false,
+                    superseded: Superseded::No,
                     last_message_at: None,
                     closed: None,
                 },
@@ -202,41 +266,11 @@ impl Conns {
         })
     }
 
-    pub fn takeovers(&self) -> Takeovers {
-        let mut t = Takeovers::default();
-        for (id, c) in self.all.values() {
-            let Some(close) = &c.closed else { continue };
-            if close.by_us {
-                continue;
-            }
-            if c.superseded {
-                if close.incarnation == c.incarnation {
-                    *t.caused.entry(id.clone()).or_default() += 1;
-                    if close.reason != Some(SESSION_TAKEN_OVER) {
-                        t.wrong_reason += 1;
-                    }
-                } else {
-                    *t.voided.entry(id.clone()).or_default() += 1;
-                }
-            } else if close.reason == Some(SESSION_TAKEN_OVER) {
-                // Still a takeover the harness caused, by a CONNECT it sent earlier (one a
-                // node read late, after the client had given up on it): it owes an event.
-                *t.caused.entry(id.clone()).or_default() += 1;
-                t.unexpected += 1;
-                t.unexpected_examples.push(format!(
-                    "{id}: the connection on node {} (from {:.1}s) got 0x8E at {:.1}s",
-                    c.node + 1,
-                    c.opened_at,
-                    close.at
-                ));
-            }
-        }
-        t
-    }
-
-    /// Every connection of `client`, one line each, for the report file.
+    /// Every connection of `client` and every CONNECT it sent, in time order, one line
+    /// each, for the report file.
     pub fn history(&self, client: &str) -> Vec<String> {
-        self.all
+        let mut lines: Vec<(f64, String)> = self
+            .all
             .iter()
             .filter(|(_, (id, _))| id == client)
             .map(|(n, (_, c))| {
@@ -261,14 +295,44 @@ impl Conns {
                         }
                     ),
                 };
-                format!(
-                    "conn {n}: node {} from {:.1}s{}, {end}",
-                    c.node + 1,
+                let superseded = match c.superseded {
+                    Superseded::No => "",
+                    Superseded::Maybe => ", perhaps superseded",
+                    Superseded::Yes => ", superseded",
+                };
+                (
                     c.opened_at,
-                    if c.superseded { ", superseded" } else { "" }
+                    format!(
+                        "conn {n}: node {} from {:.1}s{superseded}, {end}",
+                        c.node + 1,
+                        c.opened_at
+                    ),
                 )
             })
-            .collect()
+            .collect();
+        lines.extend(
+            self.attempts
+                .iter()
+                .filter(|a| a.client == client && !matches!(a.outcome, Outcome::Accepted(_)))
+                .map(|a| {
+                    let what = match &a.outcome {
+                        Outcome::Pending => "no answer yet".to_owned(),
+                        Outcome::Failed(why) => why.clone(),
+                        Outcome::NeverRead => "TCP connection refused".to_owned(),
+                        Outcome::Accepted(_) => unreachable!("filtered"),
+                    };
+                    (
+                        a.sent_at,
+                        format!(
+                            "CONNECT to node {} at {:.1}s: {what}",
+                            a.node + 1,
+                            a.sent_at
+                        ),
+                    )
+                }),
+        );
+        lines.sort_by(|a, b| a.0.total_cmp(&b.0));
+        lines.into_iter().map(|(_, l)| l).collect()
     }
 
     pub fn count(&self) -> u64 {
@@ -287,7 +351,7 @@ mod tests {
         conn.closed = closed.map(|at| Close {
             at,
             by_us: false,
-            reason: Some(SESSION_TAKEN_OVER),
+            reason: Some(0x8E),
             incarnation: 0,
         });
     }
@@ -326,47 +390,5 @@ mod tests {
         let other = c.opened("y", 1, 0);
         set(&mut c, other, 1.0, None, None);
         assert!(c.overlaps(1.0, &[]).0.is_empty());
-    }
-
-    #[test]
-    fn takeovers_count_server_kicks_of_superseded_and_of_ghost_taken_connections() {
-        let mut c = Conns::new(Instant::now());
-        // A moves to B while open: A superseded, kicked with 0x8E by the same node process.
-        let a = c.opened("x", 0, 0);
-        assert_eq!(c.connecting("x"), [a]);
-        let b = c.opened("x", 1, 0);
-        set(&mut c, a, 0.0, None, Some(2.0));
-        // B kicked with 0x8E with no CONNECT after it: an older CONNECT read late.
-        set(&mut c, b, 1.0, None, Some(3.0));
-        // C superseded, but its node was killed before it ended: uncertain.
-        let d = c.opened("y", 0, 0);
-        c.connecting("y");
-        // A CONNECT whose TCP connection was refused supersedes nothing.
-        let refused = c.opened("w", 0, 0);
-        let marked = c.connecting("w");
-        c.not_sent(&marked);
-        assert!(!c.all[&refused].1.superseded);
-        c.all.get_mut(&d).unwrap().1.closed = Some(Close {
-            at: 4.0,
-            by_us: false,
-            reason: None,
-            incarnation: 1,
-        });
-        // Closed by the harness: never a takeover.
-        let e = c.opened("z", 0, 0);
-        c.connecting("z");
-        c.all.get_mut(&e).unwrap().1.closed = Some(Close {
-            at: 4.0,
-            by_us: true,
-            reason: None,
-            incarnation: 0,
-        });
-        let t = c.takeovers();
-        assert_eq!(t.caused.get("x"), Some(&2));
-        assert_eq!(t.unexpected, 1);
-        assert_eq!(t.voided.get("y"), Some(&1));
-        assert_eq!(t.caused.get("y"), None);
-        assert_eq!(t.caused.get("z"), None);
-        assert_eq!(t.wrong_reason, 0);
     }
 }

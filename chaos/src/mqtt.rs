@@ -10,8 +10,15 @@ use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
 
-/// CONNECT → CONNACK bound (a stopped node accepts the TCP connection and never answers).
-pub const CONNECT_TIMEOUT_SECS: u64 = 3;
+/// CONNECT → CONNACK bound, as long as real clients wait (paho's default): longer than a
+/// node can take to answer. A stopped node accepts the TCP connection and reads the
+/// CONNECT only once resumed (a stop lasts at most 2 x the election timeout + 2.5 s); then
+/// the registration takes up to `connect_commit_timeout_ms` (5 s by default; Server
+/// Unavailable after it) and the session's hand-over up to 3 s more. A client that gave up
+/// sooner would not know whether its CONNECT took the session over: a node that read it
+/// before the socket closed registers it, and its commit ends the client's other
+/// connection (0x8E) even if the client has moved on.
+pub const CONNECT_TIMEOUT_SECS: u64 = 30;
 /// Long enough that no client gives up on a node stopped for a few seconds: a stopped
 /// node's connections must be ended by the node (or its death), not by the client.
 const KEEP_ALIVE: Duration = Duration::from_secs(60);

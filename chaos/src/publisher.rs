@@ -61,18 +61,15 @@ pub async fn run(
                 expiry: None,
                 credentials: None,
             };
-            let superseding = shared.conns().connecting(&id);
+            let attempt = shared.conns().connecting(&id, node);
             let incarnation = shared.topology.incarnation(node);
             match mqtt::connect(shared.topology.mqtt[node], &session).await {
                 Ok(est) => {
-                    let conn = shared.conns().opened(&id, node, incarnation);
+                    let conn = shared.conns().accepted(attempt, incarnation);
                     current = Some((est, conn));
                 }
                 Err(e) => {
-                    if Shared::superseded_nothing(&e) {
-                        shared.conns().not_sent(&superseding);
-                    }
-                    shared.connect_failed(&e);
+                    shared.connect_failed(attempt, &e);
                     tokio::time::sleep(RETRY).await;
                     continue;
                 }

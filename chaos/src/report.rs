@@ -89,17 +89,20 @@ pub fn verdict(i: &Inputs) -> Verdict {
         },
     );
     let (matched, mismatches) = takeover_match(i.takeovers, i.events);
+    let t = i.takeovers;
     check(
-        matched,
+        matched && t.spurious == 0 && t.wrong_reason == 0,
         "takeover_events",
         format!(
-            "$events takeovered {}, $EVENT other_kicked {}, takeovers the harness caused {} (+{} whose old node was SIGKILLed before the old connection ended, either way allowed), of which {} were 0x8E kicks of a connection no later CONNECT superseded (an earlier CONNECT a node read late); {} superseded connections closed without 0x8E; mismatches {:?}",
+            "$events takeovered {}, $EVENT other_kicked {}, takeovers the harness caused (0x8E kicks) {} (+{} whose node was SIGKILLed before the end was seen, either way allowed), of which {} came from a CONNECT that got no success CONNACK and was registered after all, and {} no CONNECT explains (must be 0); {} superseded connections ended by their node's down mark first (0x9C, no takeover); {} superseded connections closed otherwise without 0x8E (must be 0); mismatches {:?}",
             i.events.total_dollar_events(),
             i.events.total_dollar_event(),
-            i.takeovers.caused.values().sum::<u64>(),
-            i.takeovers.voided.values().sum::<u64>(),
-            i.takeovers.unexpected,
-            i.takeovers.wrong_reason,
+            t.caused_total(),
+            t.voided_total(),
+            t.late,
+            t.spurious,
+            t.marked_first,
+            t.wrong_reason,
             mismatches
         ),
     );
@@ -142,7 +145,7 @@ pub fn verdict(i: &Inputs) -> Verdict {
         i.findings.double_owners.len(),
         i.registries.is_none(),
         i.events.total_dollar_events(),
-        i.takeovers.caused.values().sum::<u64>(),
+        i.takeovers.caused_total(),
         i.node_ips.events,
         i.node_ips.wrong,
         ok

@@ -280,20 +280,32 @@ pub async fn run(
         ));
     }
     let takeovers: Takeovers = shared.conns().takeovers();
-    for example in &takeovers.unexpected_examples {
-        findings.note(format!("unexpected takeover kick: {example}"));
-        let id = example.split(':').next().unwrap_or_default();
-        let history = shared.conns().history(id);
-        findings.note(format!("{id}'s connections:\n  {}", history.join("\n  ")));
+    let mut explained = BTreeSet::new();
+    for (id, what) in &takeovers.examples {
+        findings.note(format!("takeover accounting: {id}: {what}"));
+        if explained.insert(id.clone()) {
+            let history = shared.conns().history(id);
+            findings.note(format!(
+                "{id}'s connections and failed CONNECTs:\n  {}",
+                history.join("\n  ")
+            ));
+        }
     }
-    for (id, caused) in &takeovers.caused {
+    let ids: BTreeSet<&String> = takeovers
+        .caused
+        .keys()
+        .chain(events.dollar_events.keys())
+        .collect();
+    for id in ids {
+        let caused = takeovers.caused.get(id).copied().unwrap_or(0);
         let seen = events.dollar_events.get(id).copied().unwrap_or(0);
-        if seen != *caused {
+        if seen != caused {
             let history = shared.conns().history(id);
             let mut payloads = events.payloads.get(id).cloned().unwrap_or_default();
             payloads.sort();
             findings.note(format!(
-                "{id}: {caused} takeovers caused, {seen} $events takeover events:\n  {}\n  events:\n  {}",
+                "{id}: {caused} takeovers caused (+{} uncertain), {seen} $events takeover events:\n  {}\n  events:\n  {}",
+                takeovers.voided.get(id).copied().unwrap_or(0),
                 history.join("\n  "),
                 payloads.join("\n  ")
             ));

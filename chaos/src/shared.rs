@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::cluster::{Cut, Topology};
-use crate::conns::Conns;
+use crate::conns::{Connecting, Conns};
 use crate::ledger::Ledger;
 
 /// The filter every persistent subscriber holds; publisher i publishes on `chaos/p<i>`.
@@ -70,31 +70,26 @@ impl Shared {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Whether a failed connection attempt is not known to have superseded anything: its
-    /// TCP connection was refused (the node is down: the CONNECT never reached a server),
-    /// or no CONNACK came in time (the harness closed the socket; a stopped node reads the
-    /// CONNECT late, if at all, and abandons it when it finds the socket closed). Such a
-    /// CONNECT that a node did register late kicks the older connection with 0x8E, which
-    /// counts as a takeover the harness caused all the same (`Takeovers::unexpected`).
-    pub fn superseded_nothing(error: &anyhow::Error) -> bool {
+    /// Records a failed CONNECT (see [`Conns::failed`]) and counts it by the kind of its
+    /// error. Only a refused TCP connection (the node is down) means no server read the
+    /// CONNECT; one refused with a CONNACK code (0x88 when its registration did not commit
+    /// within `connect_commit_timeout_ms`), unanswered, or whose connection failed may
+    /// still have been registered (its late commit takes the session over before the node
+    /// releases it again).
+    pub fn connect_failed(&self, attempt: Connecting, error: &anyhow::Error) {
         let text = format!("{error:#}");
-        let refused = text.contains("Connection refused")
+        let tcp_refused = text.contains("Connection refused")
             && !text.starts_with("Connection refused, return code");
-        refused || text.starts_with("no CONNACK") || text.contains("Timeout")
-    }
-
-    /// Counts a failed connection attempt by the kind of its error.
-    pub fn connect_failed(&self, error: &anyhow::Error) {
-        let text = format!("{error:#}");
         let kind = if text.starts_with("no CONNACK") || text.contains("Timeout") {
             "no CONNACK within the connect timeout".to_owned()
         } else if let Some(code) = text.strip_prefix("Connection refused, return code: ") {
             format!("CONNACK refused: {}", code.trim_matches('`'))
-        } else if text.contains("Connection refused") {
+        } else if tcp_refused {
             "TCP connection refused (node down)".to_owned()
         } else {
             text
         };
+        self.conns().failed(attempt, kind.clone(), tcp_refused);
         let mut failures = self
             .connect_failures
             .lock()

@@ -122,7 +122,7 @@ async fn open(
     first: bool,
 ) -> Result<Live> {
     let topology = &shared.topology;
-    let superseding = shared.conns().connecting(id);
+    let attempt = shared.conns().connecting(id, node);
     let incarnation = topology.incarnation(node);
     let session = Session {
         client_id: id.to_owned(),
@@ -133,14 +133,11 @@ async fn open(
     let mut est = match mqtt::connect(topology.mqtt[node], &session).await {
         Ok(est) => est,
         Err(e) => {
-            if Shared::superseded_nothing(&e) {
-                shared.conns().not_sent(&superseding);
-            }
-            shared.connect_failed(&e);
+            shared.connect_failed(attempt, &e);
             return Err(e);
         }
     };
-    let conn = shared.conns().opened(id, node, incarnation);
+    let conn = shared.conns().accepted(attempt, incarnation);
     let present = est.connack.session_present;
     if !present && !first {
         shared.sessions_lost.fetch_add(1, Ordering::Relaxed);
@@ -177,9 +174,11 @@ async fn open(
                 shared.conns().message(conn);
             }
             let reason = mqtt::server_disconnect(&error);
-            shared
-                .conns()
-                .closed(conn, by_us.load(Ordering::SeqCst), reason, &shared.topology);
+            // The server never answers the client's DISCONNECT with one of its own: a
+            // DISCONNECT from it means it ended the connection first (a takeover kick
+            // racing the harness's move), and owes that end its event.
+            let by_us = by_us.load(Ordering::SeqCst) && reason.is_none();
+            shared.conns().closed(conn, by_us, reason, &shared.topology);
             let _ = closed_tx.send(true);
         })
     };

@@ -134,41 +134,75 @@ fn verdicts(
     after: Duration,
 ) -> Vec<(NodeId, Verdict, Vec<NodeId>, Duration)> {
     let members: Vec<NodeId> = shared.membership().nodes().map(|(id, _)| *id).collect();
-    let silent_for = |node: NodeId| {
-        shared
-            .peers
-            .since_contact(node)
-            .map_or(leading_for, |d| d.min(leading_for))
-    };
-    let mut alive: Vec<NodeId> = members
-        .iter()
-        .copied()
-        .filter(|n| *n == shared.id || silent_for(*n) <= after)
-        .collect();
-    alive.sort_unstable();
     let voters: Vec<NodeId> = shared.membership().voter_ids().collect();
-    let alive_voters = voters.iter().filter(|v| alive.contains(v)).count();
-    if alive_voters * 2 <= voters.len() {
-        // No majority heard from: this node cannot tell who is down (see the module docs).
-        return Vec::new();
-    }
     let down = shared
         .view
         .read(|r| r.down_nodes().iter().copied().collect::<Vec<_>>());
+    decide(
+        &Members {
+            this: shared.id,
+            all: &members,
+            voters: &voters,
+            down: &down,
+        },
+        |node| shared.peers.since_contact(node),
+        leading_for,
+        after,
+    )
+}
+
+/// What [`decide`] reads of the cluster.
+struct Members<'a> {
+    this: NodeId,
+    all: &'a [NodeId],
+    voters: &'a [NodeId],
+    /// Marked down in the registry.
+    down: &'a [NodeId],
+}
+
+/// [`verdicts`] on plain values. `since_contact`: how long ago a member last answered
+/// (`None`: not since this process started).
+fn decide(
+    members: &Members<'_>,
+    since_contact: impl Fn(NodeId) -> Option<Duration>,
+    leading_for: Duration,
+    after: Duration,
+) -> Vec<(NodeId, Verdict, Vec<NodeId>, Duration)> {
+    // Silence counts from when this node leads at the latest: a new leader (or one that
+    // ran again after a stall) gives every member the whole detection time.
+    let silent_for = |node: NodeId| since_contact(node).map_or(leading_for, |d| d.min(leading_for));
+    let mut alive: Vec<NodeId> = members
+        .all
+        .iter()
+        .copied()
+        .filter(|n| *n == members.this || silent_for(*n) <= after)
+        .collect();
+    alive.sort_unstable();
+    let alive_voters = members.voters.iter().filter(|v| alive.contains(v)).count();
+    if alive_voters * 2 <= members.voters.len() {
+        // No majority heard from: this node cannot tell who is down (see the module docs).
+        return Vec::new();
+    }
     let mut out = Vec::new();
     // A member marked down that leads now (it was cut off, then elected) is certainly up:
     // until marked up it could register no client (see `registry.rs`).
-    if down.contains(&shared.id) {
-        out.push((shared.id, Verdict::Up, Vec::new(), Duration::ZERO));
+    if members.down.contains(&members.this) {
+        out.push((members.this, Verdict::Up, Vec::new(), Duration::ZERO));
     }
-    for node in members.iter().copied().filter(|n| *n != shared.id) {
-        let silent = silent_for(node);
-        let marked = down.contains(&node);
-        if !marked && silent > after {
-            out.push((node, Verdict::Down, alive.clone(), silent));
-        } else if marked && silent <= after / 2 {
-            // Heard from well within the detection time: back, not flapping at its edge.
-            out.push((node, Verdict::Up, Vec::new(), silent));
+    for node in members.all.iter().copied().filter(|n| *n != members.this) {
+        let marked = members.down.contains(&node);
+        if !marked {
+            let silent = silent_for(node);
+            if silent > after {
+                out.push((node, Verdict::Down, alive.clone(), silent));
+            }
+            continue;
+        }
+        // Marked up only on an answer heard well within the detection time (back, not
+        // flapping at its edge). Not on the capped silence above: that is short after this
+        // node's leadership (re)started, and says nothing of a member that is still dead.
+        if let Some(heard) = since_contact(node).filter(|d| *d <= after / 2) {
+            out.push((node, Verdict::Up, Vec::new(), heard));
         }
     }
     out
@@ -177,6 +211,108 @@ fn verdicts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const AFTER: Duration = Duration::from_millis(3000);
+
+    fn members<'a>(all: &'a [NodeId], down: &'a [NodeId]) -> Members<'a> {
+        Members {
+            this: 1,
+            all,
+            voters: all,
+            down,
+        }
+    }
+
+    #[test]
+    fn a_dead_member_marked_down_stays_down_when_leadership_restarts() {
+        // Node 3 was marked down and has not answered since (its last answer is 10 s
+        // old); this leader's count just started again (a new term, or a stall).
+        let contact = |n: NodeId| match n {
+            2 => Some(Duration::from_millis(50)),
+            3 => Some(Duration::from_secs(10)),
+            _ => None,
+        };
+        let out = decide(
+            &members(&[1, 2, 3], &[3]),
+            contact,
+            Duration::from_millis(100),
+            AFTER,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        // Never heard from since this process started: not up either.
+        let out = decide(
+            &members(&[1, 2, 3], &[3]),
+            |n| (n == 2).then_some(Duration::ZERO),
+            Duration::ZERO,
+            AFTER,
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_member_marked_down_that_answers_again_is_marked_up() {
+        let contact = |n: NodeId| Some(Duration::from_millis(if n == 3 { 200 } else { 50 }));
+        let out = decide(
+            &members(&[1, 2, 3], &[3]),
+            contact,
+            Duration::from_secs(60),
+            AFTER,
+        );
+        assert_eq!(
+            out,
+            vec![(3, Verdict::Up, vec![], Duration::from_millis(200))]
+        );
+        // An answer near the edge of the detection time is not enough.
+        let contact = |n: NodeId| Some(Duration::from_millis(if n == 3 { 2000 } else { 50 }));
+        let out = decide(
+            &members(&[1, 2, 3], &[3]),
+            contact,
+            Duration::from_secs(60),
+            AFTER,
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn silence_counts_from_when_this_node_leads() {
+        // Node 3 silent for 10 s, but this node leads for 1 s only: not yet.
+        let contact = |n: NodeId| {
+            Some(if n == 3 {
+                Duration::from_secs(10)
+            } else {
+                Duration::ZERO
+            })
+        };
+        let out = decide(
+            &members(&[1, 2, 3], &[]),
+            contact,
+            Duration::from_secs(1),
+            AFTER,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        let out = decide(
+            &members(&[1, 2, 3], &[]),
+            contact,
+            Duration::from_secs(4),
+            AFTER,
+        );
+        assert_eq!(
+            out,
+            vec![(3, Verdict::Down, vec![1, 2], Duration::from_secs(4))]
+        );
+    }
+
+    #[test]
+    fn nobody_is_marked_down_without_a_majority_heard_from() {
+        let contact = |_: NodeId| Some(Duration::from_secs(10));
+        let out = decide(
+            &members(&[1, 2, 3], &[]),
+            contact,
+            Duration::from_secs(60),
+            AFTER,
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
 
     #[test]
     fn registrations_after_the_last_contact_and_half_the_detection_time_stay() {

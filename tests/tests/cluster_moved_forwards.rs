@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use skein_tests::codec::puback;
-use skein_tests::session_faults::{connect_within, wait_owner, Paused};
+use skein_tests::session_faults::{connect_within, publish_unacked, wait_owner, Paused};
 use skein_tests::{
     metric_sum, unique_id, Connect, Packet, Publish, RawClient, SubFilter, TestCluster,
 };
@@ -299,4 +299,248 @@ async fn a_forward_held_across_two_restarts_reaches_the_session_that_moved_away_
         "redirected by the holder's third process",
     )
     .await;
+}
+
+/// The same move from a holder that is paused (SIGSTOP), not dead: the chaos suite's seed
+/// 42, 100 rounds on b707800 lost `p0:1427` for `chaos-sub-5` this way. The client left
+/// its SIGSTOPped node for another, whose registration committed at once, while its
+/// hand-over still waited for the paused holder (a call to a stopped process waits for
+/// its timeout); the leader then marked the holder down and sent what it held for it
+/// (the message, routed there before the takeover applied) to every live member for the
+/// sessions that came from it. On the taker the session was neither adopted from the
+/// holder nor yet known to have missed its hand-over (that is noted when the hand-over
+/// gives up), so the message reached nobody there, and the publisher got PUBACK 0; the
+/// holder, resumed, had nothing to hand over. Now a session counts as come from the node
+/// it is taken over from, from the moment the CONNECT indexes it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_held_for_a_paused_holder_reach_a_taker_whose_hand_over_still_waits_at_the_mark() {
+    const N: usize = 5;
+    // Well inside the 3 s a hand-over call waits for the paused holder (above the 1 s
+    // election timeout, as required).
+    const NODE_DOWN_AFTER_MS: u64 = 1500;
+    let cluster = TestCluster::start_with(3, |_, b| {
+        b.env("SKEIN_NODE_DOWN_AFTER_MS", NODE_DOWN_AFTER_MS)
+    })
+    .await;
+    let leader = cluster.leader(&cluster.ids(), CONNECT_DEADLINE).await;
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
+    let (holder, taker, publisher_node) = (others[0], others[1], leader);
+
+    let id = unique_id("waiting");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut old, _, _) =
+        RawClient::connect_ok(cluster.node(holder).mqtt_addr(), &persistent).await;
+    assert_eq!(
+        old.subscribe(1, &[SubFilter::new("waiting/#", 1)]).await,
+        [1]
+    );
+    let publisher_http = cluster.node(publisher_node).http_addr();
+    wait_owner(publisher_http, &id, holder, CONNECT_DEADLINE).await;
+    // A subscriber on the publisher's node: once it has every message, each was routed
+    // there, and so queued for the holder before the takeover below can apply there.
+    let mut witness = RawClient::v5(
+        cluster.node(publisher_node).mqtt_addr(),
+        &unique_id("witness"),
+    )
+    .await;
+    assert_eq!(
+        witness
+            .subscribe(1, &[SubFilter::new("waiting/#", 0)])
+            .await,
+        [0]
+    );
+    let mut publisher =
+        RawClient::v5(cluster.node(publisher_node).mqtt_addr(), &unique_id("pub")).await;
+
+    let mut paused = Paused::stop(cluster.node(holder).pid());
+    publish_unacked(&mut publisher, "waiting/x", 1, N).await;
+    let want: BTreeSet<String> = (1..=N).map(|i| format!("m{i}")).collect();
+    let routed = receive_until(&mut witness, &want, CONNECT_DEADLINE).await;
+    assert_eq!(routed, want, "routed on the publisher's node");
+
+    // The client moves to the taker: registered at once (the leader and the taker are a
+    // majority), CONNACK once the hand-over from the paused holder gives up; the mark
+    // comes in between.
+    let (mut new, present) = connect_within(
+        cluster.node(taker).mqtt_addr(),
+        &persistent,
+        CONNECT_DEADLINE,
+    )
+    .await;
+    assert!(present, "the session is kept in the registry");
+    drop(old);
+    let mut acks = Vec::new();
+    while acks.len() < N {
+        match publisher.recv(CONNECT_DEADLINE).await {
+            Ok(Packet::PubAck { pkid, reason, .. }) => acks.push((pkid, reason)),
+            Ok(_) => {}
+            Err(e) => panic!("PUBACKs {acks:?} of {N} came ({e:?})"),
+        }
+    }
+    eprintln!("PUBACKs (packet id, reason): {acks:?}");
+    let marked = metric_sum(publisher_http, "skein_nodes_marked_down_total", &[]).await;
+    assert!(marked >= 1.0, "the holder was marked down while paused");
+
+    // The holder stays paused: only the mark's redirect can bring them.
+    assert_all_arrive(
+        &mut new,
+        &want,
+        (
+            publisher_http,
+            "skein_cluster_forwards_redirected_total",
+            &[],
+        ),
+        "redirected from the paused holder's queue",
+    )
+    .await;
+    paused.resume();
+}
+
+/// Forwards held for a node whose mark leaves it a session of its own (the chaos suite's
+/// seed 42, 100 rounds: node 1, resumed from a 3.0 s SIGSTOP, read a waiting CONNECT of
+/// `chaos-sub-4` and registered it; the leader, which had not heard from it since before
+/// the pause, marked it down 0.3 s later; a registration after the last contact stays with
+/// its node, so no member adopted the session). The publisher's node held messages for
+/// that session in its queue for the node (its stream's window full of batches the
+/// resumed node had not folded yet); the mark sent them to the live members for the
+/// sessions that came from the node, none of which was this one, and they were
+/// acknowledged. Now they are queued for the node again, and acknowledged once it has
+/// them.
+///
+/// Timing: the node is resumed just before the leader's detection time (it registers the
+/// client after the leader last heard from it), and the leader, its replication to the
+/// node backing off after the pause, marks it down before it hears from it again (about
+/// one attempt in two). An attempt where the leader heard from it first proves nothing;
+/// it is said so and made again. Even in the scenario, the held messages must still be
+/// unsent at the mark for b707800 to lose them (the window full of batches the resumed
+/// node has not folded): with b707800's release binary 1 run of 2 lost all 5, with its
+/// debug binary none of 3 did (the node took them before its mark). With the fix every
+/// run in the scenario gets all of them.
+///
+/// Not in the default run: whether the scenario happens at all is up to the machine's
+/// timing (on main's merged tree, with the suite's other binaries building beside it, 8
+/// attempts in a row had the leader hear from the node first). Run it with `cargo test -p
+/// skein-tests --test cluster_moved_forwards -- --ignored`; the chaos suite's 100-round
+/// runs (chaos/README.md) cover the same path under real faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing-dependent scenario (the leader must mark the node down before it hears from it again); run with --ignored"]
+async fn forwards_held_for_a_node_marked_down_reach_the_session_it_registered_after_its_last_contact(
+) {
+    const NODE_DOWN_AFTER_MS: u64 = 2000;
+    const ATTEMPTS: usize = 8;
+    for attempt in 1..=ATTEMPTS {
+        if kept_session_gets_what_was_held(NODE_DOWN_AFTER_MS).await {
+            return;
+        }
+        eprintln!(
+            "attempt {attempt}: the leader heard from the resumed node before its mark; again"
+        );
+    }
+    panic!("in {ATTEMPTS} attempts the leader never marked the resumed node down in time");
+}
+
+/// One attempt (see above): false when the mark did not come, or came only after the
+/// leader heard from the node again (the scenario did not happen).
+async fn kept_session_gets_what_was_held(node_down_after_ms: u64) -> bool {
+    const HELD: usize = 5;
+    // The forward stream's window (`forward.window_batches`, 4 by default).
+    const WINDOW: usize = 4;
+    let cluster = TestCluster::start_with(3, |_, b| {
+        b.env("SKEIN_NODE_DOWN_AFTER_MS", node_down_after_ms)
+    })
+    .await;
+    let leader = cluster.leader(&cluster.ids(), CONNECT_DEADLINE).await;
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
+    let (paused_node, publisher_node) = (others[0], others[1]);
+    let paused_mqtt = cluster.node(paused_node).mqtt_addr();
+    let publisher_http = cluster.node(publisher_node).http_addr();
+    let leader_http = cluster.node(leader).http_addr();
+
+    // A subscriber on the node to pause: what is published is forwarded there.
+    let mut anchor = RawClient::v5(paused_mqtt, &unique_id("anchor")).await;
+    assert_eq!(
+        anchor.subscribe(1, &[SubFilter::new("kept/#", 0)]).await,
+        [0]
+    );
+    // The client's session, offline on the publisher's node.
+    let id = unique_id("kept");
+    let persistent = Connect::v5(&id).clean(false).session_expiry(3600);
+    let (mut c, _, _) =
+        RawClient::connect_ok(cluster.node(publisher_node).mqtt_addr(), &persistent).await;
+    assert_eq!(c.subscribe(1, &[SubFilter::new("kept/#", 1)]).await, [1]);
+    c.disconnect().await;
+    wait_owner(leader_http, &id, publisher_node, CONNECT_DEADLINE).await;
+    let mut publisher =
+        RawClient::v5(cluster.node(publisher_node).mqtt_addr(), &unique_id("pub")).await;
+
+    let paused_at = Instant::now();
+    let mut paused = Paused::stop(cluster.node(paused_node).pid());
+    // The registry moves on without the paused node, and what the publisher's node
+    // forwards to it from now on names that index: resumed, it folds before it takes
+    // those batches, and they fill the stream's window meanwhile.
+    drop(RawClient::v5(cluster.node(leader).mqtt_addr(), &unique_id("churn")).await);
+    let churned = metric_sum(publisher_http, "skein_raft_applied_index", &[]).await;
+    // One batch each (the stream is idle in between: paced, not waited on), until the
+    // window of unacknowledged batches is full; the rest wait in the queue.
+    for i in 1..=WINDOW {
+        publish_unacked(&mut publisher, "kept/x", i, i).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publish_unacked(&mut publisher, "kept/x", WINDOW + 1, 20).await;
+    // The client's CONNECT waits in the paused node's socket.
+    let mut client = RawClient::tcp(paused_mqtt, persistent.proto).await;
+    client.send(&persistent.encode()).await;
+    let resume_at = paused_at + Duration::from_millis(node_down_after_ms - 100);
+    tokio::time::sleep_until(resume_at.into()).await;
+    paused.resume();
+    // Registered by the resumed node (after the leader last heard from it), as the
+    // publisher's node sees it: what is published now is routed there for the client.
+    wait_owner(publisher_http, &id, paused_node, CONNECT_DEADLINE).await;
+    publish_unacked(&mut publisher, "kept/x", 21, 20 + HELD).await;
+    let mut acks = Vec::new();
+    while acks.len() < 20 + HELD {
+        match publisher.recv(CONNECT_DEADLINE).await {
+            Ok(Packet::PubAck { pkid, reason, .. }) => acks.push((pkid, reason)),
+            Ok(_) => {}
+            Err(e) => panic!("PUBACKs {acks:?} of {} came ({e:?})", 20 + HELD),
+        }
+    }
+    let marked = metric_sum(leader_http, "skein_nodes_marked_down_total", &[]).await;
+    let adopted = metric_sum(leader_http, "skein_sessions_adopted_total", &[]).await
+        + metric_sum(publisher_http, "skein_sessions_adopted_total", &[]).await;
+    eprintln!("churned to index {churned}; marked down {marked}, sessions adopted {adopted}; PUBACKs (packet id, reason): {acks:?}");
+    let owner_now = {
+        let path = format!("/api/v1/clients/{id}");
+        let (_, text) = skein_tests::http_request(leader_http, "GET", &path, &[], "")
+            .await
+            .expect("GET the client");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v["node_id"].as_u64()
+    };
+    if marked < 1.0 || owner_now != Some(paused_node) {
+        eprintln!("not the scenario: marked {marked}, owner now {owner_now:?}");
+        return false;
+    }
+    let want: BTreeSet<String> = acks
+        .iter()
+        .filter(|(pkid, reason)| *pkid as usize > 20 && *reason == 0)
+        .map(|(pkid, _)| format!("m{pkid}"))
+        .collect();
+    match client.recv(CONNECT_DEADLINE).await {
+        Ok(Packet::ConnAck { code: 0, .. }) => {}
+        other => panic!("the waiting CONNECT was answered {other:?}"),
+    }
+    assert_all_arrive(
+        &mut client,
+        &want,
+        (
+            publisher_http,
+            "skein_cluster_forwards_redirected_total",
+            &[],
+        ),
+        "redirected from the marked node's queue",
+    )
+    .await;
+    drop(anchor);
+    true
 }

@@ -42,8 +42,8 @@ pub(crate) enum Scope<'a> {
         shared: &'a [SharedTarget],
     },
     /// Redirected from the queue of a node marked down: only to the sessions here that
-    /// came from it (adopted from it, or taken over from it while it could not hand them
-    /// over: see `SessionState::came_from`), through any of their subscriptions.
+    /// came from it (adopted from it, or taken over from it: see
+    /// `SessionState::came_from`), through any of their subscriptions.
     Adopted(NodeId),
 }
 

@@ -334,7 +334,9 @@ impl Broker {
     ) {
         let me = self.cluster.node_id();
         let handover = registration.previous.filter(|p| p.node != me).map(|p| {
-            let first = reserved.unwrap_or_else(|| session.state().reserve_seqs(HANDOVER_SEQS));
+            let mut st = session.state();
+            st.note_arrival_from(p.node, crate::message::now_ms());
+            let first = reserved.unwrap_or_else(|| st.reserve_seqs(HANDOVER_SEQS));
             (p, first)
         });
         self.replace_subscriptions(session, &registration.subscriptions);
@@ -414,6 +416,9 @@ impl Broker {
             // Before the index routes anything here: fetched messages go first.
             let first = st.reserve_seqs(HANDOVER_SEQS);
             st.reserved_seqs = Some(first);
+            // What the owner's peers hold for it now, should it be marked down before it
+            // hands the session over, is redirected here for this session too.
+            st.note_arrival_from(owner, crate::message::now_ms());
         }
         self.replace_subscriptions(&session, &subscriptions);
         true

@@ -42,7 +42,7 @@ use super::{Broker, RouteOutcome};
 use crate::codec::QoS;
 use crate::hash::HashMap;
 use crate::message::{now_ms, Message};
-use crate::session::{publish_key, Delivery, MayHave};
+use crate::session::{publish_key, Delivery, MayHave, STALE_ROUTE_MS};
 use crate::topic;
 
 /// How long a session's filters are remembered after it was sealed here: longer than a
@@ -51,13 +51,6 @@ const KEEP_FOR: Duration = Duration::from_secs(120);
 
 /// At most this many sessions remembered (the oldest go first).
 const MAX_REMEMBERED: usize = 65_536;
-
-/// A publish its origin accepted up to this long after the new owner registered may have
-/// been routed by a registry that did not know the move yet (the origin applies it a
-/// heartbeat and an apply later; a node that was stopped or cut off, later still). Later
-/// publishes went to the owner directly. A wider window only costs redirects the owner
-/// recognises as copies.
-const STALE_ROUTE_MS: u64 = 10_000;
 
 /// Client id → the non-shared filters its session had when it was sealed here.
 #[derive(Default)]
@@ -310,6 +303,7 @@ impl Broker {
                 routed_index: 0,
                 redirect: true,
             },
+            redirected_from: None,
         };
         let mut outcome = RouteOutcome::default();
         self.enqueue(&to, &session, &message, delivery, None, &mut outcome);

@@ -86,6 +86,9 @@ impl Broker {
             st.expiry_interval = adopted.expiry_interval;
             st.disconnected_at_ms = OptionalMs::at(client.offline_since_ms);
             st.adopted_from = Some(from);
+            // Kept past the attach (which ends `adopted_from`): a member that applies the
+            // mark later redirects what it held for the dead node later.
+            st.arrived_from = Some((from, now_ms()));
             // The dead node may still hold messages of the session (and know which ones
             // its client acknowledged there): a connection attaching here, or a node that
             // takes the client over from here, fetches from it, and whatever it offers

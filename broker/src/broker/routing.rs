@@ -68,6 +68,8 @@ pub(super) struct Enqueue {
     pub(super) not_storing: Option<NotStored>,
     /// Whether the subscribers may have it already (see [`MayHave`]).
     pub(super) may_have: MayHave,
+    /// Redirected from the queue of this node, marked down (see [`Scope::Adopted`]).
+    pub(super) redirected_from: Option<skein_seam::NodeId>,
 }
 
 impl Broker {
@@ -200,7 +202,7 @@ impl Broker {
                         return;
                     }
                     if let Scope::Adopted(from) = scope {
-                        if !k.0.state().came_from(from) {
+                        if !k.0.state().came_from(from, message.received_at_ms) {
                             return;
                         }
                     }
@@ -275,6 +277,10 @@ impl Broker {
             forwarded: !matches!(scope, Scope::Cluster),
             not_storing,
             may_have,
+            redirected_from: match scope {
+                Scope::Adopted(from) => Some(from),
+                _ => None,
+            },
         };
         for (session, delivery, _) in targets {
             let wake = held.as_deref_mut();
@@ -336,13 +342,24 @@ impl Broker {
                 return;
             }
         }
-        let enqueued =
-            session.enqueue_with(delivery, to.max, &self.store, to.now, held, to.may_have);
+        // Redirected from a dead node's queue to a session that was taken over from it
+        // (not adopted, no hand-over pending): its client may have had the publish
+        // routed to it here directly, past the hand-over's notes of what arrived.
+        let may_have = MayHave {
+            possibly_sent: to.may_have.possibly_sent
+                || to.redirected_from.is_some_and(|dead| {
+                    session
+                        .state()
+                        .came_from_by_takeover_only(dead, message.received_at_ms)
+                }),
+            ..to.may_have
+        };
+        let enqueued = session.enqueue_with(delivery, to.max, &self.store, to.now, held, may_have);
         let queued = matches!(
             enqueued,
             EnqueueOutcome::Queued | EnqueueOutcome::QueuedOffline | EnqueueOutcome::Stored { .. }
         );
-        if to.may_have.possibly_sent && queued && qos != QoS::AtMostOnce {
+        if may_have.possibly_sent && queued && qos != QoS::AtMostOnce {
             crate::metrics::marked_dup("resent_forward", 1);
         }
         match enqueued {
@@ -425,6 +442,7 @@ impl Broker {
             forwarded: false,
             not_storing: NotStored::of_store(self.store.health()),
             may_have: MayHave::default(),
+            redirected_from: None,
         };
         let mut outcome = RouteOutcome::default();
         for message in missed {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::codec::{ProtocolVersion, QoS};
 use std::collections::HashSet;
 
 /// Base units only, spelled out as Prometheus wants them.

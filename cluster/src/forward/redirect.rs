@@ -3,13 +3,16 @@
 //! member that is not marked down (this node's broker included) marked `adopted_from`, so
 //! that only the sessions that came from the dead node get it there (each node's own
 //! subscribers had their copy when it was published). Those are the sessions adopted from
-//! it at the mark, and those whose clients connected elsewhere while it was dead (their
-//! hand-over from it could not be made): a message routed to the dead node before such a
+//! it at the mark, and those whose clients connected elsewhere shortly before (their
+//! hand-over from it failed, still waits for it, or was made while this queue still held
+//! forwards for it): a message routed to the dead node before such a
 //! takeover applied here is theirs too, and the adopters alone do not hold them (the
 //! chaos suite's seed 42 lost messages for every subscriber that left a SIGKILLed node
 //! before its mark: held for it, redirected to no adopter, acknowledged). A publisher
 //! still waiting for its answer gets the receivers' answer: acknowledged once they wrote
-//! it.
+//! it. When the mark left the dead node sessions of its own (registered there after the
+//! leader last heard from it), each held message is also queued for the dead node again,
+//! and the answer waits for it too (see [`Forwarder::keeps_sessions`]).
 
 use std::sync::Arc;
 
@@ -40,6 +43,7 @@ impl Forwarder {
         };
         let held = queue.take_all(Closed::MarkedDown);
         let receivers = self.receivers(dead, &adopters);
+        let kept = self.keeps_sessions(dead);
         // Every message is queued to the remote receivers, in order, before anything is
         // awaited; the local deliveries are then made in the same order.
         let mut sends = Vec::new();
@@ -57,7 +61,9 @@ impl Forwarder {
                     Ok(mut p) => {
                         // The dead node may have delivered what it was sent before it went.
                         p.possibly_delivered |= sent;
-                        sends.push((waiter, self.send_to_receivers(dead, &receivers, p)))
+                        let again = kept.then(|| self.forward(dead, p.clone()));
+                        let redirected = self.send_to_receivers(dead, &receivers, p);
+                        sends.push((waiter, redirected, again))
                     }
                     Err(e) => {
                         unusable += 1;
@@ -84,11 +90,12 @@ impl Forwarder {
             messages = redirected,
             ?adopters,
             ?receivers,
+            sent_again_to_it = kept,
             "forwards held for a peer marked down go to the adopters of its sessions"
         );
         let me = self.shared.id;
         self.tasks.spawn(async move {
-            for (waiter, (remote, local)) in sends {
+            for (waiter, (remote, local), again) in sends {
                 let mut failed = None;
                 if let Some(publish) = local {
                     if let Err(e) = broker.deliver_forwarded(publish).await {
@@ -98,7 +105,7 @@ impl Forwarder {
                         });
                     }
                 }
-                for answer in remote {
+                for answer in remote.into_iter().chain(again) {
                     if let Err(e) = answer.await {
                         failed.get_or_insert(e);
                     }
@@ -106,6 +113,24 @@ impl Forwarder {
                 answer(waiter, failed.map_or(Ok(()), Err));
             }
         });
+    }
+
+    /// Whether the mark left `dead` owning persistent sessions with subscriptions: those
+    /// it registered after the leader last heard from it (it ran then, see the registry's
+    /// `node_down.rs`), or with no live member to adopt them. A message held for it may be
+    /// theirs, and no other node holds them: it is queued for `dead` again (it gets it
+    /// when it answers, as it gets what is routed to them from now on), and its
+    /// publisher's answer waits for that too. Without this, such a message went only to
+    /// the members for the sessions that came from `dead`, reached none of the ones it
+    /// kept, and was acknowledged (the chaos suite's seed 42: a node resumed from a 3 s
+    /// SIGSTOP read a waiting CONNECT, registered it, and was marked down 0.3 s later
+    /// with three messages for that client still in a peer's queue for it).
+    fn keeps_sessions(&self, dead: NodeId) -> bool {
+        self.shared.view.read(|r| {
+            r.clients().any(|(_, e)| {
+                e.owner.node == dead && e.session_expiry_secs > 0 && !e.subscriptions.is_empty()
+            })
+        })
     }
 
     /// The nodes a message held for `dead` is redirected to: its adopters, and every
