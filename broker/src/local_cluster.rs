@@ -113,6 +113,8 @@ impl ClusterHandle for LocalCluster {
                     online: p.online,
                 }),
                 subscriptions,
+                // One node: no other node routes anything here.
+                log_index: 0,
             })
         })
     }

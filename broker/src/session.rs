@@ -168,6 +168,15 @@ pub struct SessionState {
     /// Publishes redirected here from a node the session moved away from: a direct copy
     /// that comes later is left out (see `session/redirected.rs`). In memory only.
     pub redirected: Option<Box<Redirected>>,
+    /// The registry log index of the registration that brought this session here from
+    /// another node (None: it did not come from another node, or this process does not
+    /// know). A forward its sender routed by an older registry was routed while the
+    /// session was held elsewhere: the node that held it got that publish for it, and
+    /// may have delivered it to the client, or handed it over, or redirected it here. A
+    /// copy that reaches the session here through this node's own interest (the sender
+    /// forwards to every node with a matching subscriber) is a possible redelivery (see
+    /// [`MayHave`]). In memory only.
+    pub came_at_index: Option<u64>,
     /// A wake-up of the attached connection is held in some [`HeldWakes`], which wakes it
     /// when its batch is routed: later enqueues need not wake it themselves.
     wake_held: bool,
@@ -187,6 +196,33 @@ pub struct Session {
     /// (their sender may not know yet) are still queued, for the owner to fetch, until the
     /// session is sealed (`SessionState::moved`). Read per delivery, hence an atomic.
     moving: std::sync::atomic::AtomicBool,
+}
+
+/// What the router knows of whether a session's client may have a publish already.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MayHave {
+    /// It may have been delivered before (see `ForwardedPublish::possibly_delivered`).
+    pub possibly_sent: bool,
+    /// A forward's bound of the registry log index its sender routed it by (see
+    /// `ForwardedPublish::routed_index`; 0: not forwarded, or unknown). Below a session's
+    /// [`SessionState::came_at_index`] the publish may have reached the client on the
+    /// node that held the session then.
+    pub routed_index: u64,
+    /// Redirected by a node the session moved away from: noted (under the lock that
+    /// queues it) so that a direct copy coming later is left out (see `redirected.rs`).
+    pub redirect: bool,
+}
+
+impl MayHave {
+    /// Whether a QoS 1/2 copy for a session in state `st` goes out as a possible
+    /// redelivery: with DUP, and not at all when the session has the publish.
+    pub fn possibly_sent(self, st: &SessionState) -> bool {
+        self.possibly_sent
+            || (self.routed_index != 0
+                && st
+                    .came_at_index
+                    .is_some_and(|came| self.routed_index < came))
+    }
 }
 
 /// What `Session::enqueue` did with a delivery.
@@ -274,6 +310,7 @@ impl SessionState {
             delivered: None,
             redeliver: None,
             redirected: None,
+            came_at_index: None,
             wake_held: false,
             last_info: None,
         }
@@ -682,12 +719,20 @@ impl Session {
         now_ms: u64,
         held: Option<&mut HeldWakes>,
     ) -> EnqueueOutcome {
-        self.enqueue_with(delivery, max_queued, store, now_ms, held, false)
+        self.enqueue_with(
+            delivery,
+            max_queued,
+            store,
+            now_ms,
+            held,
+            MayHave::default(),
+        )
     }
 
-    /// Like `enqueue_holding_wake`; `possibly_sent`: the client may have this publish
-    /// already (a forward resent after this node restarted): a QoS 1/2 copy goes out with
-    /// DUP, and none is queued when the session has the publish (restored from disk, or
+    /// Like `enqueue_holding_wake`; `may_have`: whether the client may have this publish
+    /// already (a forward resent after this node restarted, or routed while the session
+    /// was held by another node: see [`MayHave`]): then a QoS 1/2 copy goes out with DUP,
+    /// and none is queued when the session has the publish (restored from disk, or
     /// acknowledged here since: see `SessionState::has_publish`).
     pub fn enqueue_with(
         self: &Arc<Self>,
@@ -696,7 +741,7 @@ impl Session {
         store: &Store,
         now_ms: u64,
         held: Option<&mut HeldWakes>,
-        possibly_sent: bool,
+        may_have: MayHave,
     ) -> EnqueueOutcome {
         let mut st = self.state();
         if st.removed {
@@ -705,7 +750,14 @@ impl Session {
         if st.moved {
             return EnqueueOutcome::Moved;
         }
-        if st
+        if may_have.redirect {
+            // Noted first: a direct copy routed on another stream right after this one is
+            // queued must find it (noted after the lock was let go, it came twice on one
+            // connection in the chaos suite).
+            st.redirected
+                .get_or_insert_with(Box::default)
+                .note(publish_key(&delivery.message));
+        } else if st
             .redirected
             .as_ref()
             .is_some_and(|r| r.contains(publish_key(&delivery.message)))
@@ -724,7 +776,12 @@ impl Session {
         if noted {
             return EnqueueOutcome::Duplicate;
         }
-        let possibly_sent = possibly_sent && delivery.qos != QoS::AtMostOnce;
+        // Taken over by another node, which gets the same publishes itself: a forward queued
+        // here for it to fetch may reach the client there first (not a session prepared
+        // here for a takeover, `reserved_seqs`: its copies are compared with the holder's).
+        let given_away = self.is_moving() && st.reserved_seqs.is_none();
+        let possibly_sent =
+            (may_have.possibly_sent(&st) || given_away) && delivery.qos != QoS::AtMostOnce;
         if possibly_sent && st.has_publish(&delivery.message) {
             return EnqueueOutcome::Duplicate;
         }
@@ -845,6 +902,34 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
         }
+    }
+
+    /// A forward queued for a session another node took over (for it to fetch) may reach
+    /// the client there first: a possible redelivery. One queued for a session prepared
+    /// here for a takeover is not.
+    #[test]
+    fn forwards_queued_for_a_session_given_away_are_possible_redeliveries() {
+        let store = Store::open_temporary().unwrap();
+        let given = Session::new(ClientId::new("given"));
+        given.set_moving(true);
+        let coming = Session::new(ClientId::new("coming"));
+        coming.set_moving(true);
+        coming.state().reserved_seqs = Some(1 << 32);
+        for s in [&given, &coming] {
+            s.state().expiry_interval = 60;
+            let outcome = s.enqueue_with(
+                delivery(QoS::AtLeastOnce),
+                10,
+                &store,
+                0,
+                None,
+                MayHave::default(),
+            );
+            assert_eq!(outcome, EnqueueOutcome::Stored { online: false });
+        }
+        let marked = |s: &Session| s.state().redeliver.as_ref().is_some_and(|r| !r.is_empty());
+        assert!(marked(&given));
+        assert!(!marked(&coming));
     }
 
     #[test]

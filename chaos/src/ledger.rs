@@ -17,6 +17,8 @@ struct Copy {
     /// The connection (harness-wide number) it arrived on.
     conn: u64,
     dup: bool,
+    /// When the harness read it (seconds since the run started).
+    at: f64,
 }
 
 #[derive(Debug)]
@@ -43,6 +45,10 @@ fn parse(payload: &[u8]) -> Option<MessageId> {
     let (p, s) = text.strip_prefix('p')?.split_once(':')?;
     Some((p.parse().ok()?, s.parse().ok()?))
 }
+
+/// How many duplicate examples the report lists (each with its copies' times: where to
+/// look in the node logs).
+const MAX_EXAMPLES: usize = 100;
 
 /// Duplicates by kind (see chaos/README.md, "Duplicates").
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -115,7 +121,11 @@ impl Ledger {
         self.received[subscriber as usize]
             .entry(id)
             .or_default()
-            .push(Copy { conn, dup });
+            .push(Copy {
+                conn,
+                dup,
+                at: self.started.elapsed().as_secs_f64(),
+            });
     }
 
     /// Acknowledged messages subscriber `s` has not received yet.
@@ -193,13 +203,20 @@ impl Ledger {
                 if d.violations() > before_violations {
                     d.subscribers.insert(s as u32);
                 }
-                if d.violations() > before_violations && d.examples.len() < 20 {
+                if d.violations() > before_violations && d.examples.len() < MAX_EXAMPLES {
                     let list: Vec<String> = copies
                         .iter()
-                        .map(|c| format!("conn {}{}", c.conn, if c.dup { " DUP" } else { "" }))
+                        .map(|c| {
+                            let dup = if c.dup { " DUP" } else { "" };
+                            format!("conn {}{dup} at {:.1}s", c.conn, c.at)
+                        })
                         .collect();
+                    let acked = match self.acked.get(id) {
+                        Some((_, at)) => format!("acknowledged at {at:.1}s"),
+                        None => "not acknowledged".to_owned(),
+                    };
                     d.examples.push(format!(
-                        "subscriber {s} got p{}:{} {} times: {}",
+                        "subscriber {s} got p{}:{} ({acked}) {} times: {}",
                         id.0,
                         id.1,
                         copies.len(),

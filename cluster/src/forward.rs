@@ -105,7 +105,9 @@ impl Forwarder {
         tally: &Arc<ForwardTally>,
         ticket: u32,
     ) -> Result<(), ForwardError> {
-        self.queue(node)?.push(&publish, tally, ticket)
+        let routed = self.shared.routed_up_to();
+        self.queue(node)?
+            .push_routed(&publish, tally, ticket, routed)
     }
 
     /// See [`crate::ClusterNode::forward_room`].
@@ -133,7 +135,8 @@ impl Forwarder {
         node: NodeId,
         publish: ForwardedPublish,
     ) -> Result<(), ForwardError> {
-        self.queue(node)?.push_unanswered(&publish)
+        let routed = self.shared.routed_up_to();
+        self.queue(node)?.push_unanswered_routed(&publish, routed)
     }
 
     /// The queue of `node`, made (with its sender task) on first use.

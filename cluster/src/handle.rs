@@ -148,6 +148,7 @@ impl ClusterHandle for ClusterNode {
                     online: p.online,
                 }),
                 subscriptions,
+                log_index: r.log_index,
             })
         })
     }

@@ -190,6 +190,7 @@ mod tests {
                 adopted_from: None,
                 for_client: None,
                 possibly_delivered: false,
+                routed_index: 0,
             },
             subscription_ids: vec![3],
             packet_id,

@@ -51,6 +51,13 @@ pub struct ForwardedPublish {
     /// since it may have delivered it, or redirected from such a node or from one marked
     /// down): sent with DUP, and left out for a session that holds the publish.
     pub possibly_delivered: bool,
+    /// The registry log index the sending node had folded at most when it routed the
+    /// message (its batch's `folded_index`; 0: unknown). A session that came to the
+    /// receiver from another node by a registration at a higher index was elsewhere in
+    /// the sender's routing: the node that held it then got the message for it (and may
+    /// have delivered it), so the receiver's copy goes to it as a possible redelivery.
+    /// Set by the receiving node; never on the wire.
+    pub routed_index: u64,
 }
 
 /// A shared subscription group (`$share/{group}/{filter}`) a forwarded publish is for.

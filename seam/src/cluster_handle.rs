@@ -29,6 +29,8 @@ pub struct Registration {
     /// The session's subscriptions as the registry holds them (empty without a session
     /// present): what a node that did not hold the session rebuilds it from.
     pub subscriptions: Vec<HandedOverSubscription>,
+    /// The registry log index of the registration (0: unknown, e.g. a single node's).
+    pub log_index: u64,
 }
 
 /// The connection (or offline session) a registration replaced.

@@ -13,7 +13,7 @@ use skein_seam::{
 use super::{Broker, Forwards};
 use crate::codec::QoS;
 use crate::message::Message;
-use crate::session::{HeldWakes, Kick};
+use crate::session::{HeldWakes, Kick, MayHave};
 use crate::storage_refusal::{self, NotStored};
 use crate::topic;
 
@@ -290,12 +290,22 @@ impl Broker {
         let possibly_delivered = publish.possibly_delivered;
         if let Some(client_id) = publish.for_client.take() {
             let message = forwarded_message(publish)?;
-            let (matched, needs_flush) =
-                self.route_redirected(&client_id, Arc::new(message), possibly_delivered)?;
+            let (matched, needs_flush) = self.route_redirected(&client_id, Arc::new(message))?;
             return Ok((matched, needs_flush, Forwards::default()));
         }
         let to_subscribers = publish.to_subscribers;
         let adopted_from = publish.adopted_from;
+        // Redirected from a node marked down, it is for the sessions that came from
+        // there, whatever their registrations' indexes.
+        let may_have = MayHave {
+            possibly_sent: possibly_delivered,
+            routed_index: if adopted_from.is_none() {
+                publish.routed_index
+            } else {
+                0
+            },
+            redirect: false,
+        };
         let shared = std::mem::take(&mut publish.shared);
         let message = forwarded_message(publish)?;
         // The publishing node waits for this answer to acknowledge its publisher, as
@@ -313,7 +323,7 @@ impl Broker {
             to_subscribers,
             &shared,
             adopted_from,
-            possibly_delivered,
+            may_have,
             held,
         );
         if let Some(refusal) = outcome.not_stored {

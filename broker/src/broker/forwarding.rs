@@ -259,5 +259,6 @@ pub(super) fn forwarded(
         adopted_from: None,
         for_client: None,
         possibly_delivered: false,
+        routed_index: 0,
     }
 }

@@ -15,7 +15,12 @@
 //! move ([`STALE_ROUTE_MS`] after the new owner registered), is forwarded once more to
 //! the owner, marked `for_client`. The owner delivers it to that session only, through
 //! the session's own subscriptions, unless the session has the publish already (queued,
-//! in flight, noted as arrived during a hand-over, or among the last acknowledged ids).
+//! in flight, noted as arrived during a hand-over, or among the last acknowledged ids),
+//! and always with DUP: it was routed while the session was elsewhere, and not
+//! necessarily on the redirecting node (a session that left it long ago, and moved on
+//! since, was on another node then), where its client may have had it already and
+//! acknowledged it on a node that could not hand the session over since (killed, or
+//! stopped). The chaos suite's "copy on a later connection without DUP".
 //! The peer's batch is acknowledged only once the owner has it (written to its disk), so
 //! the publisher's PUBACK still means every subscriber's node has the message.
 //!
@@ -37,7 +42,7 @@ use super::{Broker, RouteOutcome};
 use crate::codec::QoS;
 use crate::hash::HashMap;
 use crate::message::{now_ms, Message};
-use crate::session::{publish_key, Delivery, STALE_ROUTE_MS};
+use crate::session::{publish_key, Delivery, MayHave, STALE_ROUTE_MS};
 use crate::topic;
 
 /// How long a session's filters are remembered after it was sealed here: longer than a
@@ -234,13 +239,12 @@ impl Broker {
 
     /// Delivers `message`, redirected by a node `client_id`'s session moved away from, to
     /// that session only (see the module docs): how many sessions got it (0 or 1) and
-    /// whether storage must be flushed first. `possibly_delivered`: the client may have it
-    /// from the node that redirected it (sent with DUP).
+    /// whether storage must be flushed first. Always as a possible redelivery (sent with
+    /// DUP; see the module docs).
     pub(super) fn route_redirected(
         &self,
         client_id: &ClientId,
         message: Arc<Message>,
-        possibly_delivered: bool,
     ) -> Result<(usize, bool), BrokerHandleError> {
         let Some(session) = self.find_session(client_id) else {
             crate::metrics::moved_away_redirect("no_session");
@@ -290,18 +294,19 @@ impl Broker {
             max: self.config.max_queued_messages,
             forwarded: true,
             not_storing: crate::storage_refusal::NotStored::of_store(self.store.health()),
-            possibly_delivered,
+            // Whatever the sender says: routed to a node the session had left, it was
+            // routed while the session was elsewhere (possibly on the node that sent it,
+            // or on a node it stayed on after leaving the redirecting one), where it may
+            // have reached the client already.
+            may_have: MayHave {
+                possibly_sent: true,
+                routed_index: 0,
+                redirect: true,
+            },
             redirected_from: None,
         };
         let mut outcome = RouteOutcome::default();
         self.enqueue(&to, &session, &message, delivery, None, &mut outcome);
-        // After the enqueue (which would leave it out otherwise): a direct copy that
-        // comes later is a copy.
-        session
-            .state()
-            .redirected
-            .get_or_insert_with(Box::default)
-            .note(publish_key(&message));
         if let Some(refusal) = outcome.not_stored {
             return Err(BrokerHandleError::Storage(refusal.message().into()));
         }
@@ -366,5 +371,24 @@ mod tests {
             (stored[0].0.as_str(), &stored[0].2[..]),
             ("moved", &["t/#".to_owned()][..])
         );
+    }
+
+    /// A redirected forward was routed while the session was on another node, maybe one
+    /// where its client got it: queued as a possible redelivery (with DUP), or not at all
+    /// when the session has it.
+    #[tokio::test]
+    async fn a_redirected_publish_goes_out_as_a_possible_redelivery() {
+        use crate::broker::tests::{message, online, sub};
+        let b = broker(Store::open_temporary().unwrap());
+        let id = ClientId::new("c");
+        let s = online(&b, "c");
+        b.subscribe(&s, "t/#", sub(QoS::AtLeastOnce, None, false));
+        let m = message("t/1", QoS::AtLeastOnce, "p");
+        assert_eq!(b.route_redirected(&id, m.clone()).unwrap().0, 1);
+        assert_eq!(b.route_redirected(&id, m).unwrap().0, 0, "once");
+        let st = s.state();
+        assert_eq!(st.queue.len(), 1);
+        let seq = st.queue[0].seq;
+        assert!(st.redeliver.as_ref().is_some_and(|r| r.contains(&seq)));
     }
 }

@@ -9,7 +9,7 @@ use crate::codec::QoS;
 use crate::events::raise;
 use crate::input_order::LateRead;
 use crate::message::{now_ms, Message};
-use crate::session::{Delivery, EnqueueOutcome, HeldWakes, Session, Subscription};
+use crate::session::{Delivery, EnqueueOutcome, HeldWakes, MayHave, Session, Subscription};
 use crate::storage_refusal::{self, NotStored};
 use crate::topic::{self, Group, RemoteTargets};
 
@@ -66,8 +66,8 @@ pub(super) struct Enqueue {
     pub(super) forwarded: bool,
     /// Storage takes no new data: copies that need the disk are dropped.
     pub(super) not_storing: Option<NotStored>,
-    /// The subscribers may have it already (see `ForwardedPublish::possibly_delivered`).
-    pub(super) possibly_delivered: bool,
+    /// Whether the subscribers may have it already (see [`MayHave`]).
+    pub(super) may_have: MayHave,
     /// Redirected from the queue of this node, marked down (see [`Scope::Adopted`]).
     pub(super) redirected_from: Option<skein_seam::NodeId>,
 }
@@ -84,7 +84,7 @@ impl Broker {
             None,
             WhenNotStored::DeliverTheRest,
             Scope::Cluster,
-            false,
+            MayHave::default(),
         )
     }
 
@@ -99,7 +99,7 @@ impl Broker {
             None,
             WhenNotStored::RefuseWhole,
             Scope::Cluster,
-            false,
+            MayHave::default(),
         )
     }
 
@@ -108,15 +108,16 @@ impl Broker {
     /// it needs the disk while storage takes no new data.
     /// Subscribers' wake-ups are held in `held` (None wakes them at once).
     ///
-    /// `possibly_delivered`: this node may have delivered it before it restarted (see
-    /// `ForwardedPublish::possibly_delivered`).
+    /// `may_have`: this node may have delivered it before it restarted (see
+    /// `ForwardedPublish::possibly_delivered`), or a session here may have had it on the
+    /// node that held it when the sender routed it (see [`MayHave`]).
     pub(crate) fn route_forwarded(
         &self,
         message: Arc<Message>,
         to_subscribers: bool,
         shared: &[skein_seam::SharedTarget],
         adopted_from: Option<skein_seam::NodeId>,
-        possibly_delivered: bool,
+        may_have: MayHave,
         held: Option<&mut HeldWakes>,
     ) -> RouteOutcome {
         let scope = match adopted_from {
@@ -133,7 +134,7 @@ impl Broker {
             None,
             WhenNotStored::RefuseWhole,
             scope,
-            possibly_delivered,
+            may_have,
         )
     }
 
@@ -163,7 +164,7 @@ impl Broker {
             tickets,
             WhenNotStored::RefuseWhole,
             Scope::Cluster,
-            false,
+            MayHave::default(),
         )
     }
 
@@ -178,7 +179,7 @@ impl Broker {
         tickets: Option<&mut ForwardTickets>,
         when_not_stored: WhenNotStored,
         scope: Scope<'_>,
-        possibly_delivered: bool,
+        may_have: MayHave,
     ) -> RouteOutcome {
         debug_assert!(late.is_none() || !message.retain);
         // One atomic load while storage is fine. Otherwise the decision is taken here,
@@ -275,7 +276,7 @@ impl Broker {
             max: self.config.max_queued_messages,
             forwarded: !matches!(scope, Scope::Cluster),
             not_storing,
-            possibly_delivered,
+            may_have,
             redirected_from: match scope {
                 Scope::Adopted(from) => Some(from),
                 _ => None,
@@ -344,25 +345,21 @@ impl Broker {
         // Redirected from a dead node's queue to a session that was taken over from it
         // (not adopted, no hand-over pending): its client may have had the publish
         // routed to it here directly, past the hand-over's notes of what arrived.
-        let possibly_delivered = to.possibly_delivered
-            || to.redirected_from.is_some_and(|dead| {
-                session
-                    .state()
-                    .came_from_by_takeover_only(dead, message.received_at_ms)
-            });
-        let enqueued = session.enqueue_with(
-            delivery,
-            to.max,
-            &self.store,
-            to.now,
-            held,
-            possibly_delivered,
-        );
+        let may_have = MayHave {
+            possibly_sent: to.may_have.possibly_sent
+                || to.redirected_from.is_some_and(|dead| {
+                    session
+                        .state()
+                        .came_from_by_takeover_only(dead, message.received_at_ms)
+                }),
+            ..to.may_have
+        };
+        let enqueued = session.enqueue_with(delivery, to.max, &self.store, to.now, held, may_have);
         let queued = matches!(
             enqueued,
             EnqueueOutcome::Queued | EnqueueOutcome::QueuedOffline | EnqueueOutcome::Stored { .. }
         );
-        if possibly_delivered && queued && qos != QoS::AtMostOnce {
+        if may_have.possibly_sent && queued && qos != QoS::AtMostOnce {
             crate::metrics::marked_dup("resent_forward", 1);
         }
         match enqueued {
@@ -444,7 +441,7 @@ impl Broker {
             max: self.config.max_queued_messages,
             forwarded: false,
             not_storing: NotStored::of_store(self.store.health()),
-            possibly_delivered: false,
+            may_have: MayHave::default(),
             redirected_from: None,
         };
         let mut outcome = RouteOutcome::default();
@@ -695,6 +692,62 @@ mod tests {
         assert_eq!(out.not_stored, None);
         assert!(b.retained.is_empty());
         assert!(b.store.retained_load().unwrap().is_empty());
+    }
+
+    /// A forward routed (by its batch's bound) before the registration that brought the
+    /// session here from another node may have reached the client there: it goes out as
+    /// a redelivery, and not at all when the client acknowledged it (the hand-over's
+    /// list); one routed since is an ordinary delivery. A publish of this node's own is
+    /// never one.
+    #[test]
+    fn a_forward_routed_before_the_session_came_here_is_a_possible_redelivery() {
+        let b = super::super::tests::broker();
+        let s = online(&b, "c");
+        b.subscribe(&s, "t/#", sub(QoS::AtLeastOnce, None, false));
+        s.state().came_at_index = Some(100);
+        let acknowledged = Arc::new(Message {
+            publish_id: Some(7),
+            ..(*message("t/1", QoS::AtLeastOnce, "p")).clone()
+        });
+        s.state().delivered.get_or_insert_with(Box::default).note(7);
+        let forwarded = |m: &Arc<Message>, routed_index: u64| {
+            b.route_forwarded(
+                m.clone(),
+                true,
+                &[],
+                None,
+                MayHave {
+                    routed_index,
+                    ..MayHave::default()
+                },
+                None,
+            )
+        };
+        assert_eq!(forwarded(&acknowledged, 99).matched, 1);
+        assert_eq!(s.state().queue.len(), 0, "acknowledged on the old node");
+        let before = message("t/2", QoS::AtLeastOnce, "p");
+        forwarded(&before, 99);
+        let after = message("t/3", QoS::AtLeastOnce, "p");
+        forwarded(&after, 100);
+        let unknown = message("t/4", QoS::AtLeastOnce, "p");
+        forwarded(&unknown, 0);
+        b.route(message("t/5", QoS::AtLeastOnce, "p"));
+        let st = s.state();
+        let queued: Vec<(String, bool)> = st
+            .queue
+            .iter()
+            .map(|q| {
+                let redelivery = st.redeliver.as_ref().is_some_and(|r| r.contains(&q.seq));
+                (q.delivery.message.topic.to_string(), redelivery)
+            })
+            .collect();
+        let expected = [
+            ("t/2", true),
+            ("t/3", false),
+            ("t/4", false),
+            ("t/5", false),
+        ];
+        assert_eq!(queued, expected.map(|(t, r)| (t.to_owned(), r)).to_vec());
     }
 }
 

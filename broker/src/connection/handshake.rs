@@ -537,6 +537,11 @@ async fn attach(
             st.moved = false;
             session.set_moving(false);
             reserved_seqs = st.reserved_seqs.take();
+            if held_elsewhere {
+                // Forwards routed before this registration were the other node's to
+                // deliver (see `SessionState::came_at_index`).
+                st.came_at_index = Some(registration.log_index).filter(|i| *i > 0);
+            }
             st.attach(
                 Attachment {
                     connection_id: id,

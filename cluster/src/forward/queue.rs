@@ -35,9 +35,11 @@ const DEPTH_EVERY: usize = 256;
 /// The queue's clock ticks this many times per forward timeout (see [`PeerQueue::tick`]).
 pub(crate) const TICKS_PER_TIMEOUT: u32 = 10;
 
-/// A message in `State::pending`: its bytes there.
+/// A message in `State::pending`: its bytes there, and the registry log index its route
+/// was folded at most (`Shared::routed_up_to` when it was queued; 0: not known).
 struct Waiting {
     bytes: usize,
+    routed_up_to: u64,
 }
 
 /// A batch on its way: kept until the peer acknowledges it, to be sent again on the next
@@ -164,24 +166,48 @@ impl PeerQueue {
     /// until the peer's answer or the timeout). Refused when the queue is closed or the
     /// message would take it past either bound (counted as dropped; `tally` does not count
     /// it then).
+    #[cfg(test)]
     pub(crate) fn push(
         &self,
         publish: &ForwardedPublish,
         tally: &Arc<ForwardTally>,
         ticket: u32,
     ) -> Result<(), ForwardError> {
-        self.put(publish, Some((tally, ticket)))
+        self.put(publish, Some((tally, ticket)), 0)
+    }
+
+    /// [`Self::push`], routed by the registry folded up to `routed_up_to` at most (see
+    /// [`Self::next_batch`]).
+    pub(crate) fn push_routed(
+        &self,
+        publish: &ForwardedPublish,
+        tally: &Arc<ForwardTally>,
+        ticket: u32,
+        routed_up_to: u64,
+    ) -> Result<(), ForwardError> {
+        self.put(publish, Some((tally, ticket)), routed_up_to)
     }
 
     /// [`Self::push`] with nobody waiting for the answer.
+    #[cfg(test)]
     pub(crate) fn push_unanswered(&self, publish: &ForwardedPublish) -> Result<(), ForwardError> {
-        self.put(publish, None)
+        self.put(publish, None, 0)
+    }
+
+    /// [`Self::push_unanswered`], routed as [`Self::push_routed`] says.
+    pub(crate) fn push_unanswered_routed(
+        &self,
+        publish: &ForwardedPublish,
+        routed_up_to: u64,
+    ) -> Result<(), ForwardError> {
+        self.put(publish, None, routed_up_to)
     }
 
     fn put(
         &self,
         publish: &ForwardedPublish,
         answer: Option<(&Arc<ForwardTally>, u32)>,
+        routed_up_to: u64,
     ) -> Result<(), ForwardError> {
         let len = wire::encoded_len(publish);
         let bytes = wire::batch_entry_len(len);
@@ -220,7 +246,10 @@ impl PeerQueue {
             st.pending.reserve(bytes.max(PENDING_CHUNK));
         }
         wire::put_batch_entry(publish, len, &mut st.pending);
-        st.waiting.push_back(Waiting { bytes });
+        st.waiting.push_back(Waiting {
+            bytes,
+            routed_up_to,
+        });
         st.held_messages += 1;
         st.held_bytes += bytes;
         // The gauge is also set per batch and per acknowledgement; here only often enough
@@ -273,8 +302,12 @@ impl PeerQueue {
 
     /// The next batch to send (as many waiting messages as fit, up to the batch bounds),
     /// kept as unacknowledged; None when nothing waits or the window is full. Only the
-    /// sender task calls it (and `resend`, `accepted`). `folded_index` goes in the batch
-    /// (see `dataplane.proto`).
+    /// sender task calls it (and `resend`, `accepted`). `folded_index` (the sender's
+    /// `routed_up_to` now) goes in the batch (see `dataplane.proto`), lowered to the
+    /// highest index its messages were queued at when each of them says so: the receiver
+    /// takes it as a bound of the registry they were routed by (a session that came to it
+    /// by a later registration was elsewhere then), and a batch built long after its
+    /// messages were routed (they waited for the window) would overstate it.
     pub(crate) fn next_batch(&self, from_node: NodeId, folded_index: u64) -> Option<EncodedBatch> {
         let mut st = self.state();
         if st.waiting.is_empty() || st.unacked.len() >= self.settings.window_batches {
@@ -283,6 +316,8 @@ impl PeerQueue {
         let first_msg = st.queued - st.waiting.len() as u64;
         let mut count = 0;
         let mut bytes = 0;
+        // The highest index the batch's messages were queued at, None once one is unknown.
+        let mut routed: Option<u64> = Some(0);
         while let Some(next) = st.waiting.front() {
             let full = count >= self.settings.batch_messages
                 || (count > 0 && bytes + next.bytes > self.settings.batch_bytes);
@@ -291,6 +326,9 @@ impl PeerQueue {
             }
             bytes += next.bytes;
             count += 1;
+            routed = routed
+                .filter(|_| next.routed_up_to != 0)
+                .map(|r| r.max(next.routed_up_to));
             st.waiting.pop_front();
         }
         // The runs of the messages taken go with the batch, the last one split where the
@@ -316,7 +354,7 @@ impl PeerQueue {
                 from_node,
                 self.peer,
                 self.stream_id,
-                folded_index,
+                routed.map_or(folded_index, |r| r.min(folded_index)),
             ),
             publishes,
         };

@@ -299,7 +299,14 @@ impl Handler {
             _ => vec![false; batch.publishes.len()],
         };
         let duplicates = done.iter().filter(|d| **d).count();
-        let outcomes = deliver(broker.as_ref(), batch.publishes, &done, batch.resent).await;
+        let outcomes = deliver(
+            broker.as_ref(),
+            batch.publishes,
+            &done,
+            batch.resent,
+            batch.folded_index,
+        )
+        .await;
         let (mut delivered, mut invalid, mut refusal) = (0, 0, None);
         for (i, outcome) in outcomes {
             match outcome {
@@ -348,12 +355,15 @@ impl Handler {
 /// (see `BrokerHandle::deliver_forwarded_batch`); what no publish could carry is refused
 /// here and never reaches the broker. A `resent` batch's messages may have been delivered
 /// here before this process started (the record above does not survive a restart): they
-/// go out as possible redeliveries.
+/// go out as possible redeliveries. Each message is marked with the batch's
+/// `folded_index`, a bound of the registry its sender routed it by (see
+/// `ForwardedPublish::routed_index`).
 async fn deliver(
     broker: &dyn BrokerHandle,
     publishes: Vec<Bytes>,
     done: &[bool],
     resent: bool,
+    folded_index: u64,
 ) -> Vec<(usize, Result<(), BrokerHandleError>)> {
     let mut outcomes = Vec::with_capacity(publishes.len());
     let mut indexes = Vec::with_capacity(publishes.len());
@@ -365,6 +375,7 @@ async fn deliver(
         match wire::read_publish_after(publish, valid.last()) {
             Ok(mut publish) => {
                 publish.possibly_delivered |= resent;
+                publish.routed_index = folded_index;
                 indexes.push(i);
                 valid.push(publish);
             }

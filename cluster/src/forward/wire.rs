@@ -464,6 +464,8 @@ pub(crate) fn from_pb(p: pb::ForwardedPublish) -> Result<ForwardedPublish, Strin
         adopted_from: p.adopted_from.map(skein_seam::NodeId),
         for_client: p.for_client.as_deref().map(ClientId::new),
         possibly_delivered: p.possibly_delivered,
+        // Not on the wire: the receiver sets it from the batch.
+        routed_index: 0,
     })
 }
 
@@ -548,6 +550,7 @@ mod tests {
                         adopted_from: to.then_some(skein_seam::NodeId(at)),
                         for_client: publisher.as_deref().filter(|_| retain).map(ClientId::new),
                         possibly_delivered: qos == 2 || (retain && !to),
+                        routed_index: 0,
                     }
                 },
             )
@@ -661,6 +664,7 @@ mod tests {
             adopted_from: Some(skein_seam::NodeId(3)),
             for_client: Some(ClientId::new("sub")),
             possibly_delivered: true,
+            routed_index: 0,
         };
         assert_eq!(from_pb(to_pb(publish.clone())), Ok(publish));
         let bare = ForwardedPublish {

@@ -341,3 +341,19 @@ async fn a_queue_emptied_for_a_redirect_hands_each_message_its_ticket() {
         assert!(matches!(outcome, Err(ForwardError::Unavailable { .. })));
     }
 }
+
+/// A batch names the highest index its messages were queued at, not the sender's index
+/// when it is built (they may have waited for the window meanwhile): the receiver takes
+/// it as a bound of the registry they were routed by. Unknown for one message, the
+/// sender's index goes.
+#[tokio::test]
+async fn a_batch_names_the_index_its_messages_were_routed_at() {
+    let q = PeerQueue::new(2, 1, settings());
+    let tally = ForwardTally::new();
+    q.push_routed(&publish("t/1", 1), &tally, 0, 5).unwrap();
+    q.push_routed(&publish("t/2", 1), &tally, 1, 6).unwrap();
+    assert_eq!(decoded(q.next_batch(1, 40)).folded_index, 6);
+    q.push_routed(&publish("t/3", 1), &tally, 2, 7).unwrap();
+    q.push(&publish("t/4", 1), &tally, 3).unwrap();
+    assert_eq!(decoded(q.next_batch(1, 40)).folded_index, 40);
+}
