@@ -27,6 +27,20 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
 /// registry's catch-up, the sender's reconnect backoff (up to 2 s), the redirect.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(40);
 
+/// The next `n` PUBACKs `publisher` gets (packet id, reason), each within
+/// `CONNECT_DEADLINE`: a publisher is told 0x80 after 5 s when a forward is not taken.
+async fn pubacks(publisher: &mut RawClient, n: usize) -> Vec<(u16, u8)> {
+    let mut acks = Vec::new();
+    while acks.len() < n {
+        match publisher.recv(CONNECT_DEADLINE).await {
+            Ok(Packet::PubAck { pkid, reason, .. }) => acks.push((pkid, reason)),
+            Ok(_) => {}
+            Err(e) => panic!("PUBACKs {acks:?} of {n} came ({e:?})"),
+        }
+    }
+    acks
+}
+
 /// Reads what `c` receives until every payload of `want` came or `deadline` passed,
 /// acknowledging each QoS 1 publish; returns the payloads that came.
 async fn receive_until(
@@ -175,18 +189,8 @@ async fn a_forward_resent_to_a_restarted_node_reaches_the_session_that_moved_awa
     // to it again.
     cluster.restart(holder);
 
-    let mut acked = BTreeSet::new();
-    let end = Instant::now() + CONNECT_DEADLINE;
-    while acked.len() < N {
-        let left = end.saturating_duration_since(Instant::now());
-        match publisher.recv(left).await {
-            Ok(Packet::PubAck { pkid, reason, .. }) => {
-                eprintln!("PUBACK m{pkid}: reason {reason:#x}");
-                acked.insert(pkid);
-            }
-            Ok(_) => {}
-            Err(e) => panic!("PUBACKs {acked:?} of {N} came ({e:?})"),
-        }
+    for (pkid, reason) in pubacks(&mut publisher, N).await {
+        eprintln!("PUBACK m{pkid}: reason {reason:#x}");
     }
     // Whatever the PUBACKs said (a publisher is told 0x80 after 5 s, its message still
     // queued), every message reaches the subscriber: none is acknowledged by the
@@ -369,14 +373,7 @@ async fn forwards_held_for_a_paused_holder_reach_a_taker_whose_hand_over_still_w
     .await;
     assert!(present, "the session is kept in the registry");
     drop(old);
-    let mut acks = Vec::new();
-    while acks.len() < N {
-        match publisher.recv(CONNECT_DEADLINE).await {
-            Ok(Packet::PubAck { pkid, reason, .. }) => acks.push((pkid, reason)),
-            Ok(_) => {}
-            Err(e) => panic!("PUBACKs {acks:?} of {N} came ({e:?})"),
-        }
-    }
+    let acks = pubacks(&mut publisher, N).await;
     eprintln!("PUBACKs (packet id, reason): {acks:?}");
     let marked = metric_sum(publisher_http, "skein_nodes_marked_down_total", &[]).await;
     assert!(marked >= 1.0, "the holder was marked down while paused");
@@ -497,14 +494,7 @@ async fn kept_session_gets_what_was_held(node_down_after_ms: u64) -> bool {
     // publisher's node sees it: what is published now is routed there for the client.
     wait_owner(publisher_http, &id, paused_node, CONNECT_DEADLINE).await;
     publish_unacked(&mut publisher, "kept/x", 21, 20 + HELD).await;
-    let mut acks = Vec::new();
-    while acks.len() < 20 + HELD {
-        match publisher.recv(CONNECT_DEADLINE).await {
-            Ok(Packet::PubAck { pkid, reason, .. }) => acks.push((pkid, reason)),
-            Ok(_) => {}
-            Err(e) => panic!("PUBACKs {acks:?} of {} came ({e:?})", 20 + HELD),
-        }
-    }
+    let acks = pubacks(&mut publisher, 20 + HELD).await;
     let marked = metric_sum(leader_http, "skein_nodes_marked_down_total", &[]).await;
     let adopted = metric_sum(leader_http, "skein_sessions_adopted_total", &[]).await
         + metric_sum(publisher_http, "skein_sessions_adopted_total", &[]).await;
