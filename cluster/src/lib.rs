@@ -55,6 +55,7 @@ mod certificates;
 mod commands;
 mod convert;
 mod data_plane;
+mod election_gate;
 mod epoch;
 mod error;
 mod fold;

@@ -153,6 +153,10 @@ pub(crate) fn forward_fold_wait(outcome: &'static str, waited: Duration) {
     metrics::histogram!(FORWARD_FOLD_WAIT_SECONDS).record(waited.as_secs_f64());
 }
 
+/// Times this node noticed it had not run for a while (stopped or starved) and held its
+/// elections back until it hears from the leader (see `election_gate.rs`).
+pub const RAFT_STALLS: &str = "skein_raft_stalls_total";
+
 /// Members a SUBACK or a takeover's CONNACK did not wait for (unreachable, or not folded
 /// within the bound).
 pub const CLUSTER_IN_FORCE_SKIPPED: &str = "skein_cluster_in_force_skipped_total";
@@ -168,6 +172,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     (RAFT_COMMIT_INDEX, "The last log index this node knows committed."),
     (RAFT_APPLIED_INDEX, "The last log index this node applied to its registry."),
     (RAFT_LEADER_CHANGES, "Times this node saw a new leader."),
+    (RAFT_STALLS, "Times this node noticed it had not run for half an election timeout or more (stopped or starved): it starts no election before it hears from the leader or runs an election timeout without."),
     (RAFT_PROPOSAL_SECONDS, "From a registry command's submission to its result (committed and applied here), in seconds."),
     (RAFT_PROPOSAL_BATCH_COMMANDS, "Registry commands per log entry the proposer wrote."),
     (RAFT_PROPOSALS_FAILED, "Registry commands that failed, by reason (queue_full, timeout, no_leader, stopped, error)."),
@@ -214,6 +219,10 @@ pub fn describe() {
             metrics::describe_gauge!(*name, *help);
         }
     }
+}
+
+pub(crate) fn raft_stall() {
+    metrics::counter!(RAFT_STALLS).increment(1);
 }
 
 pub(crate) fn in_force_skipped() {

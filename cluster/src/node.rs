@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker_slot::BrokerSlot;
+use crate::election_gate::ElectionGate;
 use crate::epoch::EpochClock;
 use crate::error::{ClusterError, Result};
 use crate::forward::Forwarder;
@@ -137,6 +138,9 @@ impl ClusterNode {
             folded: watch::channel(None).0,
             folding: Default::default(),
             membership_changes: tokio::sync::Mutex::new(()),
+            election_gate: ElectionGate::new(Duration::from_millis(
+                config.raft.election_timeout_ms,
+            )),
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -157,6 +161,14 @@ impl ClusterNode {
             proposer.clone(),
             shutdown.clone(),
         ));
+        {
+            let (shared, shutdown) = (shared.clone(), shutdown.clone());
+            let heartbeat = Duration::from_millis(config.raft.heartbeat_ms);
+            tasks.spawn(async move {
+                let raft = shared.raft.clone();
+                shared.election_gate.run(raft, heartbeat, shutdown).await;
+            });
+        }
         tasks.spawn(metrics::publish(
             shared.raft.metrics(),
             shared.commit.clone(),

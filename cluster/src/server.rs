@@ -95,7 +95,17 @@ impl RaftRpc for RaftService {
         let response = self.shared.raft.append_entries(rpc).await;
         self.shared.peers.heard_from(leader);
         match response {
-            Ok(response) => Ok(Response::new(response.to_pb())),
+            Ok(response) => {
+                // Refused for a higher vote here: a deposed leader, no reason to wait.
+                if !matches!(
+                    response,
+                    openraft::raft::AppendEntriesResponse::HigherVote(_)
+                ) {
+                    let gate = &self.shared.election_gate;
+                    gate.heard_from_leader(&self.shared.raft);
+                }
+                Ok(Response::new(response.to_pb()))
+            }
             Err(RaftError::Fatal(e)) => Err(fatal(e)),
             Err(RaftError::APIError(never)) => match never {},
         }
@@ -120,8 +130,16 @@ impl RaftRpc for RaftService {
         request: Request<pb::InstallSnapshotRequest>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
         let rpc = request.into_inner().into_raft().map_err(malformed)?;
+        let vote = rpc.vote;
         let outcome: InstallSnapshotOutcome = match self.shared.raft.install_snapshot(rpc).await {
-            Ok(response) => Ok(response),
+            Ok(response) => {
+                // Answered with the sender's vote: taken from the current leader.
+                if response.vote == vote {
+                    let gate = &self.shared.election_gate;
+                    gate.heard_from_leader(&self.shared.raft);
+                }
+                Ok(response)
+            }
             Err(RaftError::APIError(e)) => Err(e),
             Err(RaftError::Fatal(e)) => return Err(fatal(e)),
         };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::broker_slot::BrokerSlot;
+use crate::election_gate::ElectionGate;
 use crate::log_store::CommitIndex;
 use crate::peers::Peers;
 use crate::settings::RaftSettings;
@@ -37,6 +38,8 @@ pub(crate) struct Shared {
     /// rather than be refused by openraft as concurrent (members publishing their records
     /// at once when a cluster starts).
     pub(crate) membership_changes: tokio::sync::Mutex<()>,
+    /// Whether this node may start an election (not right after it was stopped).
+    pub(crate) election_gate: ElectionGate,
 }
 
 /// The membership as this node knows it (applied or appended last), read in one place.
