@@ -186,22 +186,19 @@ mod tests {
             }
         );
         assert_eq!(quiet, resumed);
-        let d = gate.decide(resumed, resumed + ms(950), &mut quiet);
-        assert_eq!(
-            d,
-            Decision {
-                stalled: false,
-                open: false
+        // Ticks every 50 ms from the resume: closed until an election timeout later.
+        let mut prev = resumed;
+        let mut opened_at = None;
+        for i in 1..=20 {
+            let now = resumed + ms(50 * i);
+            let d = gate.decide(prev, now, &mut quiet);
+            assert!(!d.stalled);
+            if d.open && opened_at.is_none() {
+                opened_at = Some(now - resumed);
             }
-        );
-        let d = gate.decide(resumed + ms(950), resumed + ms(1000), &mut quiet);
-        assert_eq!(
-            d,
-            Decision {
-                stalled: false,
-                open: true
-            }
-        );
+            prev = now;
+        }
+        assert_eq!(opened_at, Some(ms(1000)));
         // A tick late by less than half an election timeout is no stall.
         let later = resumed + ms(1400);
         let d = gate.decide(resumed + ms(1000), later, &mut quiet);
