@@ -360,10 +360,6 @@ impl Broker {
                 now,
                 unclean,
             );
-            {
-                let st = session.state();
-                tracing::info!(target: "diag", client_id = %id, queued = st.queue.len(), "DIAG restored session");
-            }
             let subs: Vec<(String, Subscription)> = session
                 .state()
                 .subscriptions

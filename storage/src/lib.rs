@@ -57,5 +57,5 @@ pub use error::{Result, StorageError};
 pub use events::EventLog;
 pub use health::{Availability, MinFree, Space, StorageHealth};
 pub use raft_log::{RaftLogStore, RaftSnapshotSlot, StoredSnapshot};
-pub use store::{diag_payload, LastStop, MovedAwayRecord, PageWrite, Store};
+pub use store::{LastStop, MovedAwayRecord, PageWrite, Store};
 pub use types::{StoredInflight, StoredMessage, StoredSession, StoredSubscription};

@@ -155,11 +155,11 @@ impl Store {
             self.note_written(bytes);
             gate.performed.fetch_add(1, Ordering::Relaxed);
             gate.completed.fetch_max(covers, Ordering::AcqRel);
-            tracing::info!(target: "diag",
+            tracing::debug!(
                 bytes,
                 elapsed_us = elapsed_us(start),
                 covers,
-                "DIAG flushed store"
+                "flushed store"
             );
             Ok(())
         })
@@ -262,7 +262,6 @@ impl Store {
     /// may survive it (transactions cannot scan, so the keys are collected
     /// first): callers must not write to a client they are deleting.
     pub fn delete_session(&self, client_id: &str) -> Result<()> {
-        tracing::info!(target: "diag", client_id, "DIAG delete_session");
         let prefix = keys::client_prefix(client_id)?;
         // Transactions cannot scan, so collect the keys first.
         let queue = removal_batch(&self.queue, &prefix)?;
@@ -287,7 +286,6 @@ impl Store {
     // ------------------------------------------------------- offline queue
 
     pub fn queue_push(&self, client_id: &str, seq: u64, msg: &StoredMessage) -> Result<()> {
-        tracing::info!(target: "diag", client_id, seq, payload = %diag_payload(&msg.payload), "DIAG queue_push");
         let key = keys::seq_key(client_id, seq)?;
         let value = codec::encode_message(msg);
         self.note_written(key.len() + value.len());
@@ -296,7 +294,6 @@ impl Store {
     }
 
     pub fn queue_remove(&self, client_id: &str, seq: u64) -> Result<()> {
-        tracing::info!(target: "diag", client_id, seq, "DIAG queue_remove");
         let key = keys::seq_key(client_id, seq)?;
         self.written(self.queue.remove(key))?;
         Ok(())
@@ -317,7 +314,6 @@ impl Store {
     }
 
     pub fn queue_clear(&self, client_id: &str) -> Result<()> {
-        tracing::info!(target: "diag", client_id, "DIAG queue_clear");
         let prefix = keys::client_prefix(client_id)?;
         let batch = removal_batch(&self.queue, &prefix)?;
         self.written(self.queue.apply_batch(batch))?;
@@ -327,7 +323,6 @@ impl Store {
     // ---------------------------------------------------- outgoing inflight
 
     pub fn inflight_put(&self, client_id: &str, f: &StoredInflight) -> Result<()> {
-        tracing::info!(target: "diag", client_id, seq = f.seq, packet_id = f.packet_id, payload = %diag_payload(&f.message.payload), "DIAG inflight_put");
         let key = keys::packet_key(client_id, f.packet_id)?;
         let value = codec::encode_inflight(f);
         self.note_written(key.len() + value.len());
@@ -336,7 +331,6 @@ impl Store {
     }
 
     pub fn inflight_remove(&self, client_id: &str, packet_id: u16) -> Result<()> {
-        tracing::info!(target: "diag", client_id, packet_id, "DIAG inflight_remove");
         let key = keys::packet_key(client_id, packet_id)?;
         self.written(self.inflight.remove(key))?;
         Ok(())
@@ -489,8 +483,3 @@ pub use last_stop::LastStop;
 pub use moved_away::MovedAwayRecord;
 #[cfg(test)]
 mod tests;
-
-/// Throwaway diagnostics: a payload's first bytes as text.
-pub fn diag_payload(p: &[u8]) -> String {
-    String::from_utf8_lossy(&p[..p.len().min(24)]).into_owned()
-}

@@ -58,12 +58,7 @@ impl BrokerHandle for Broker {
             {
                 let mut held = HeldWakes::default();
                 for publish in publishes {
-                    let diag = skein_storage::diag_payload(&publish.payload);
-                    let diag_for = publish.for_client.clone();
-                    let diag_pd = publish.possibly_delivered;
-                    let diag_adopted = publish.adopted_from;
                     let outcome = self.route_one_forwarded(publish, Some(&mut held));
-                    tracing::info!(target: "diag", payload = %diag, for_client = ?diag_for, possibly_delivered = diag_pd, adopted_from = ?diag_adopted, outcome = ?outcome.as_ref().map(|o| (o.0, o.1, !o.2.is_empty())), "DIAG forwarded routed");
                     let outcome = outcome.map(|(matched, needs_flush, redirects)| {
                         if needs_flush {
                             to_flush.push(outcomes.len());

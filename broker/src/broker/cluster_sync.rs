@@ -125,7 +125,6 @@ impl Broker {
     /// until the owner fetches them. Again: nothing changes. The caller holds its
     /// lifecycle lock. Returns how many subscriptions left the index.
     pub(super) fn seal_moved(&self, session: &Arc<Session>) -> usize {
-        tracing::info!(target: "diag", client_id = %session.client_id, "DIAG seal_moved");
         let (filters, persistent) = {
             let mut st = session.state();
             if st.removed {

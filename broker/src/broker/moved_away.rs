@@ -224,7 +224,6 @@ impl Broker {
                 continue;
             };
             let stale = message.received_at_ms < owner.connected_at_ms + STALE_ROUTE_MS;
-            tracing::info!(target: "diag", %client_id, owner = %owner.node, stale, clean = owner.clean_start, payload = %skein_storage::diag_payload(&message.payload), "DIAG redirect_to_moved candidate");
             if owner.node == me || owner.clean_start || !stale {
                 continue;
             }

@@ -288,9 +288,6 @@ impl Broker {
         }
         outcome.remote = remote.nodes.len();
         if let Scope::Cluster = scope {
-            tracing::info!(target: "diag", remote = ?remote.nodes, local = outcome.matched, payload = %skein_storage::diag_payload(&message.payload), "DIAG route origin");
-        }
-        if let Scope::Cluster = scope {
             if !remote.is_empty() || message.retain {
                 outcome.forwards = self.forward(&message, remote, tickets);
             }
@@ -329,7 +326,6 @@ impl Broker {
         // Routed here by this node's registry, which sends it to the new owner too (see
         // `Session::is_moving`).
         if !to.forwarded && session.is_moving() {
-            tracing::info!(target: "diag", client_id = %session.client_id, payload = %skein_storage::diag_payload(&message.payload), "DIAG enqueue skipped: moving");
             crate::metrics::handover_skipped_delivery();
             return;
         }
@@ -359,7 +355,6 @@ impl Broker {
             ..to.may_have
         };
         let enqueued = session.enqueue_with(delivery, to.max, &self.store, to.now, held, may_have);
-        tracing::info!(target: "diag", client_id = %session.client_id, ?enqueued, forwarded = to.forwarded, possibly_sent = may_have.possibly_sent, redirect = may_have.redirect, redirected_from = ?to.redirected_from, payload = %skein_storage::diag_payload(&message.payload), "DIAG enqueue");
         let queued = matches!(
             enqueued,
             EnqueueOutcome::Queued | EnqueueOutcome::QueuedOffline | EnqueueOutcome::Stored { .. }

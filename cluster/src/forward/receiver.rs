@@ -273,7 +273,6 @@ impl Handler {
             );
         }
         let Some(broker) = self.shared.broker.get() else {
-            tracing::info!(target: "diag", sequence, "DIAG forward batch: broker not running yet");
             return ack(sequence, RetryLater, "the node's broker is not running yet");
         };
         let from = batch.from_node;
@@ -292,7 +291,6 @@ impl Handler {
             };
         }
         if sequence <= record.through {
-            tracing::info!(target: "diag", from, sequence, stream_id = batch.stream_id, "DIAG forward batch acked as already delivered");
             metrics::forward_received(from, 0, batch.publishes.len());
             return ack(sequence, Accepted, "");
         }
@@ -340,7 +338,6 @@ impl Handler {
         if invalid > 0 {
             metrics::forward_received_dropped(from, "invalid", invalid);
         }
-        tracing::info!(target: "diag", from, sequence, stream_id = batch.stream_id, resent = batch.resent, delivered, invalid, refused = ?refusal, "DIAG forward batch handled");
         match refusal {
             Some(detail) => {
                 record.partial = Some((sequence, done));

@@ -50,15 +50,6 @@ impl Store {
         up_to: u64,
         page: &PageWrite,
     ) -> Result<()> {
-        for (seq, m) in &page.queued {
-            tracing::info!(target: "diag", client_id, holder, seq, payload = %super::diag_payload(&m.payload), "DIAG page queued");
-        }
-        for f in &page.inflight {
-            tracing::info!(target: "diag", client_id, holder, seq = f.seq, packet_id = f.packet_id, payload = %super::diag_payload(&f.message.payload), "DIAG page inflight");
-        }
-        for seq in &page.unqueued {
-            tracing::info!(target: "diag", client_id, holder, seq, "DIAG page unqueued");
-        }
         let cursor_key = keys::seq_key(client_id, holder)?;
         let mut cursor = [0u8; 9];
         cursor[0] = FORMAT;
