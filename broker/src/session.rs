@@ -180,6 +180,9 @@ pub struct SessionState {
     /// A wake-up of the attached connection is held in some [`HeldWakes`], which wakes it
     /// when its batch is routed: later enqueues need not wake it themselves.
     wake_held: bool,
+    /// Made persistent by `Broker::preindex_resumed` for the CONNECT it prepared for (the
+    /// session was new here): a refused CONNECT's undo forgets its stored record again.
+    pub stored_for_connect: bool,
     /// The client of the attached connection, else of the last one, for the events of
     /// an offline session (None after a restart).
     pub last_info: Option<Arc<ClientInfo>>,
@@ -312,6 +315,7 @@ impl SessionState {
             redirected: None,
             came_at_index: None,
             wake_held: false,
+            stored_for_connect: false,
             last_info: None,
         }
     }

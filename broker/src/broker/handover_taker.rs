@@ -390,7 +390,14 @@ impl Broker {
     /// Until the connection attaches, only forwarded messages are queued for it (this
     /// node's own publishes still go to the owner). True when there was a session to index;
     /// [`Broker::undo_preindex`] if the registration fails.
-    pub async fn preindex_resumed(&self, client_id: &ClientId) -> bool {
+    ///
+    /// With the CONNECT's session `expiry` above 0 the session is persistent from here on
+    /// (its record stored, with the subscriptions): a forward routed to it is acknowledged
+    /// to its sender, and so to its publisher, only once written and flushed, as for any
+    /// persistent session. A new session here used to stay non-persistent until the
+    /// connection attached: what it took meanwhile was acknowledged from memory only, and
+    /// a SIGKILL before its delivery lost it (issue 14, chaos seed 7: `p0:996`).
+    pub async fn preindex_resumed(&self, client_id: &ClientId, expiry: u32) -> bool {
         let Some((owner, subscriptions)) = self.cluster.session_subscriptions(client_id) else {
             return false;
         };
@@ -419,8 +426,18 @@ impl Broker {
             // What the owner's peers hold for it now, should it be marked down before it
             // hands the session over, is redirected here for this session too.
             st.note_arrival_from(owner, crate::message::now_ms());
+            if expiry > 0 && !st.is_persistent() {
+                st.expiry_interval = expiry;
+                st.stored_for_connect = true;
+            }
         }
         self.replace_subscriptions(&session, &subscriptions);
+        let st = session.state();
+        if st.is_persistent() {
+            // Stored before the registration is proposed, so before anything is routed
+            // here: a restart finds the session, and the messages stored for it, here.
+            self.persist_session_locked(&session, &st);
+        }
         true
     }
 
@@ -453,6 +470,7 @@ impl Broker {
                 .reserved_seqs
                 .take()
                 .filter(|_| !st.removed && st.attachment.is_none());
+            let stored_for_connect = std::mem::take(&mut st.stored_for_connect);
             if let (Some(_), true) = (reserved, owned_here) {
                 session.set_moving(false);
                 if st.is_persistent() {
@@ -484,6 +502,16 @@ impl Broker {
                         }
                     }
                     tracing::debug!(%client_id, dropped = routed_here.len(), "messages routed for a CONNECT that was not registered left to the owner");
+                }
+                // Stored only for that CONNECT, and holding nothing now: as if it had
+                // never been prepared here (a record left behind would be restored as an
+                // offline session of a client this node does not own).
+                if stored_for_connect && st.queue.is_empty() && st.inflight.is_empty() {
+                    st.expiry_interval = 0;
+                    drop(st);
+                    self.forget_stored_session(&session);
+                    self.seal_moved(&session);
+                    return;
                 }
             }
             reserved.is_some()

@@ -437,7 +437,7 @@ async fn attach(
 
     // A session resumed from another node is in this node's index before other nodes
     // route its messages here (as the registration applies there).
-    let preindexed = !c.clean_start && Box::pin(broker.preindex_resumed(&client_id)).await;
+    let preindexed = !c.clean_start && Box::pin(broker.preindex_resumed(&client_id, expiry)).await;
     // Committed cluster-wide before CONNACK: a connection of this client id elsewhere is
     // ended by its node as this applies there.
     let claim = Claim {
@@ -537,6 +537,7 @@ async fn attach(
             st.moved = false;
             session.set_moving(false);
             reserved_seqs = st.reserved_seqs.take();
+            st.stored_for_connect = false;
             if held_elsewhere {
                 // Forwards routed before this registration were the other node's to
                 // deliver (see `SessionState::came_at_index`).
