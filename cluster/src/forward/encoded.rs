@@ -55,6 +55,10 @@ impl Encoder for EncodedCodec {
     type Error = Status;
 
     fn encode(&mut self, item: EncodedBatch, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // Reserved at once: grown part by part, the buffer would be reallocated (and what
+        // it held copied) once per chunk the batch spans.
+        let len = item.header.len() + item.publishes.iter().map(Bytes::len).sum::<usize>();
+        buf.reserve(len);
         buf.put_slice(&item.header);
         for part in &item.publishes {
             buf.put_slice(part);
