@@ -258,6 +258,9 @@ mod peer_queues_tests {
         assert!(Arc::ptr_eq(queues.get(2).unwrap(), &again), "replaced");
         assert!(Arc::ptr_eq(&queues.remove(3).unwrap(), &three));
         assert!(queues.get(3).is_none() && queues.remove(3).is_none());
-        assert!(Arc::ptr_eq(queues.get(2).unwrap(), &again), "the others stay");
+        assert!(
+            Arc::ptr_eq(queues.get(2).unwrap(), &again),
+            "the others stay"
+        );
     }
 }

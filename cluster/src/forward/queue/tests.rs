@@ -390,7 +390,10 @@ fn a_deep_queue_seals_chunks_instead_of_growing_one_buffer() {
     assert!(st.sealed.len() >= 2, "{} sealed chunks", st.sealed.len());
     let waiting: usize = st.waiting.iter().map(|w| w.bytes).sum();
     let chunked: usize = st.sealed.iter().map(Bytes::len).sum::<usize>() + st.pending.len();
-    assert_eq!(chunked, waiting, "every waiting byte is in exactly one chunk");
+    assert_eq!(
+        chunked, waiting,
+        "every waiting byte is in exactly one chunk"
+    );
 }
 
 /// Batches spanning chunk boundaries carry every message once, in order, each whole; a
@@ -398,7 +401,13 @@ fn a_deep_queue_seals_chunks_instead_of_growing_one_buffer() {
 #[test]
 fn batches_across_chunks_keep_every_message_whole_and_in_order() {
     let q = PeerQueue::new(2, 1, deep_settings());
-    let payload = |i: usize| if i == 700 { PENDING_CHUNK + 10 } else { 90 + i % 40 };
+    let payload = |i: usize| {
+        if i == 700 {
+            PENDING_CHUNK + 10
+        } else {
+            90 + i % 40
+        }
+    };
     for i in 0..1500 {
         q.push_unanswered(&publish(&format!("t/{i}"), payload(i)))
             .unwrap();
@@ -413,7 +422,8 @@ fn batches_across_chunks_keep_every_message_whole_and_in_order() {
         }
         q.accepted(sequence).unwrap();
     }
-    let expected: Vec<(String, usize)> = (0..1500).map(|i| (format!("t/{i}"), payload(i))).collect();
+    let expected: Vec<(String, usize)> =
+        (0..1500).map(|i| (format!("t/{i}"), payload(i))).collect();
     assert_eq!(seen, expected);
     assert!(spanning > 0, "some batch spans chunks");
     assert_eq!(q.held(), 0);
@@ -431,7 +441,10 @@ async fn a_queue_emptied_across_chunks_hands_over_every_message() {
     assert!(q.next_batch(1, 0).is_some_and(|b| b.publishes.len() > 1));
     assert!(q.next_batch(1, 0).is_some());
     let held = q.take_all(Closed::MarkedDown);
-    assert_eq!((held[0].sent, held[1].sent, held[2].sent), (true, true, false));
+    assert_eq!(
+        (held[0].sent, held[1].sent, held[2].sent),
+        (true, true, false)
+    );
     let topics: Vec<String> = held
         .into_iter()
         .flat_map(|h| wire::read_batch_entries(h.entries))
