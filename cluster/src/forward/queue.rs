@@ -7,8 +7,8 @@
 //! taken without copying or encoding anything again. A full chunk is sealed and a new one
 //! started, never grown: growing a buffer that sent batches still share means a new one
 //! with a copy of everything still waiting, and behind a slow peer (the queue held at half
-//! its bound by backpressure, megabytes) that copy, made every few hundred messages, was
-//! most of the sending node's CPU.
+//! its bound by backpressure, megabytes) that copy, made every few hundred messages into
+//! freshly mapped pages, cost the sending node about a fifth of its CPU.
 //!
 //! A publisher waiting for the peer's answer is not a channel per message but a place in a
 //! [`Run`] of its read batch's tally (see `runs`): a batch accepted answers its runs, one
@@ -40,8 +40,8 @@ const DEPTH_EVERY: usize = 256;
 /// The queue's clock ticks this many times per forward timeout (see [`PeerQueue::tick`]).
 pub(crate) const TICKS_PER_TIMEOUT: u32 = 10;
 
-/// A message in `State::sealed` and `pending`: its bytes there, and the registry log index its route
-/// was folded at most (`Shared::routed_up_to` when it was queued; 0: not known).
+/// A message in `State::sealed` or `pending`: its bytes there, and the registry log index
+/// its route was folded at most (`Shared::routed_up_to` when it was queued; 0: not known).
 struct Waiting {
     bytes: usize,
     routed_up_to: u64,
