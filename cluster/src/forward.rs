@@ -42,7 +42,6 @@ mod runs;
 mod sender;
 pub(crate) mod wire;
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -61,7 +60,7 @@ pub(crate) use retained_sync::run as fetch_retained;
 /// The per-peer queues of a member, created as peers are first forwarded to.
 pub(crate) struct Forwarder {
     shared: Arc<Shared>,
-    queues: RwLock<HashMap<NodeId, Arc<PeerQueue>>>,
+    queues: RwLock<PeerQueues>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -74,7 +73,7 @@ impl Forwarder {
     ) -> Arc<Forwarder> {
         Arc::new(Forwarder {
             shared,
-            queues: RwLock::new(HashMap::new()),
+            queues: RwLock::new(PeerQueues::default()),
             shutdown,
             tasks,
         })
@@ -116,7 +115,7 @@ impl Forwarder {
         // `Arc` cloned only when the caller has to wait.
         let queue = {
             let queues = self.read();
-            let queue = queues.get(&node)?;
+            let queue = queues.get(node)?;
             if queue.has_room() {
                 return None;
             }
@@ -145,7 +144,7 @@ impl Forwarder {
             node: skein_seam::NodeId(node),
             detail: detail.into(),
         };
-        if let Some(queue) = self.read().get(&node) {
+        if let Some(queue) = self.read().get(node) {
             return Ok(queue.clone());
         }
         if node == self.shared.id {
@@ -158,7 +157,7 @@ impl Forwarder {
             return Err(unavailable("it is not a member of the cluster"));
         }
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(queue) = queues.get(&node) {
+        if let Some(queue) = queues.get(node) {
             return Ok(queue.clone());
         }
         // Random, and never 0 (a receiver's "no stream yet").
@@ -200,16 +199,68 @@ impl Forwarder {
             .await;
             let mut queues = this.queues.write().unwrap_or_else(|e| e.into_inner());
             if queues
-                .get(&node)
+                .get(node)
                 .is_some_and(|q| Arc::ptr_eq(q, &task_queue))
             {
-                queues.remove(&node);
+                queues.remove(node);
             }
         });
         Ok(queue)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Arc<PeerQueue>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, PeerQueues> {
         self.queues.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The queues by peer: a few members, so a list scanned in place of a map. Looked up twice
+/// per forwarded publish (the forward, then the QoS 0 room check): std's SipHash of the
+/// node id was about 300 instructions of each forward, the scan is a few compares.
+#[derive(Default)]
+pub(crate) struct PeerQueues(Vec<(NodeId, Arc<PeerQueue>)>);
+
+impl PeerQueues {
+    fn get(&self, node: NodeId) -> Option<&Arc<PeerQueue>> {
+        self.0.iter().find(|(n, _)| *n == node).map(|(_, q)| q)
+    }
+
+    /// Adds the queue of `node`, replacing any it had.
+    fn insert(&mut self, node: NodeId, queue: Arc<PeerQueue>) {
+        self.remove(node);
+        self.0.push((node, queue));
+    }
+
+    pub(crate) fn remove(&mut self, node: NodeId) -> Option<Arc<PeerQueue>> {
+        let at = self.0.iter().position(|(n, _)| *n == node)?;
+        Some(self.0.swap_remove(at).1)
+    }
+}
+
+#[cfg(test)]
+mod peer_queues_tests {
+    use super::*;
+    use crate::settings::ForwardSettings;
+
+    fn queue(peer: NodeId) -> Arc<PeerQueue> {
+        Arc::new(PeerQueue::new(peer, 1, ForwardSettings::default()))
+    }
+
+    #[test]
+    fn queues_are_found_replaced_and_removed_by_peer() {
+        let mut queues = PeerQueues::default();
+        assert!(queues.get(2).is_none());
+        let (two, three, again) = (queue(2), queue(3), queue(2));
+        queues.insert(2, two.clone());
+        queues.insert(3, three.clone());
+        assert!(Arc::ptr_eq(queues.get(2).unwrap(), &two));
+        assert!(Arc::ptr_eq(queues.get(3).unwrap(), &three));
+        queues.insert(2, again.clone());
+        assert!(Arc::ptr_eq(queues.get(2).unwrap(), &again), "replaced");
+        assert!(Arc::ptr_eq(&queues.remove(3).unwrap(), &three));
+        assert!(queues.get(3).is_none() && queues.remove(3).is_none());
+        assert!(
+            Arc::ptr_eq(queues.get(2).unwrap(), &again),
+            "the others stay"
+        );
     }
 }

@@ -13,17 +13,21 @@ use tonic::{Status, Streaming};
 use crate::peers::MAX_MESSAGE_BYTES;
 
 /// An encoded `PublishBatch`: its own fields, then its publishes (written into the queue's
-/// buffer as they were queued).
+/// chunks as they were queued: one slice per chunk the batch spans, each of whole entries).
 #[derive(Debug, Clone)]
 pub(crate) struct EncodedBatch {
     pub(crate) header: Bytes,
-    pub(crate) publishes: Bytes,
+    pub(crate) publishes: Vec<Bytes>,
 }
 
 impl EncodedBatch {
     #[cfg(test)]
     pub(crate) fn to_vec(&self) -> Vec<u8> {
-        [&self.header[..], &self.publishes[..]].concat()
+        let mut out = self.header.to_vec();
+        for part in &self.publishes {
+            out.extend_from_slice(part);
+        }
+        out
     }
 }
 
@@ -51,8 +55,14 @@ impl Encoder for EncodedCodec {
     type Error = Status;
 
     fn encode(&mut self, item: EncodedBatch, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // Reserved at once: grown part by part, the buffer would be reallocated (and what
+        // it held copied) once per chunk the batch spans.
+        let len = item.header.len() + item.publishes.iter().map(Bytes::len).sum::<usize>();
+        buf.reserve(len);
         buf.put_slice(&item.header);
-        buf.put_slice(&item.publishes);
+        for part in &item.publishes {
+            buf.put_slice(part);
+        }
         Ok(())
     }
 }

@@ -2,9 +2,13 @@
 //! batches sent but not acknowledged yet, bounded together in messages and in bytes.
 //! Only the sender task takes messages out; any task puts them in.
 //!
-//! A message is written in its wire form as it is queued, into one buffer the waiting
-//! messages share: a batch is then the front of that buffer behind a few bytes of header,
-//! taken without copying or encoding anything again.
+//! A message is written in its wire form as it is queued, into chunks of buffer the waiting
+//! messages share: a batch is then the front of those chunks behind a few bytes of header,
+//! taken without copying or encoding anything again. A full chunk is sealed and a new one
+//! started, never grown: growing a buffer that sent batches still share means a new one
+//! with a copy of everything still waiting, and behind a slow peer (the queue held at half
+//! its bound by backpressure, megabytes) that copy, made every few hundred messages into
+//! freshly mapped pages, cost the sending node about a fifth of its CPU.
 //!
 //! A publisher waiting for the peer's answer is not a channel per message but a place in a
 //! [`Run`] of its read batch's tally (see `runs`): a batch accepted answers its runs, one
@@ -14,7 +18,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prost::bytes::BytesMut;
+use prost::bytes::{Bytes, BytesMut};
 use skein_seam::{ForwardError, ForwardTally, ForwardedPublish};
 use tokio::sync::Notify;
 
@@ -25,8 +29,9 @@ use crate::metrics::PeerForwardMetrics;
 use crate::settings::ForwardSettings;
 use crate::types::NodeId;
 
-/// How much the waiting messages' buffer grows by at least: one allocation per many
-/// messages.
+/// The size of a chunk of waiting messages (a larger message gets a chunk of its own
+/// size): one allocation per many messages, under glibc's mmap threshold so that chunks
+/// freed by acknowledgements are reused rather than mapped afresh.
 const PENDING_CHUNK: usize = 64 * 1024;
 
 /// The depth gauge is set at least every this many queued messages.
@@ -35,8 +40,8 @@ const DEPTH_EVERY: usize = 256;
 /// The queue's clock ticks this many times per forward timeout (see [`PeerQueue::tick`]).
 pub(crate) const TICKS_PER_TIMEOUT: u32 = 10;
 
-/// A message in `State::pending`: its bytes there, and the registry log index its route
-/// was folded at most (`Shared::routed_up_to` when it was queued; 0: not known).
+/// A message in `State::sealed` or `pending`: its bytes there, and the registry log index
+/// its route was folded at most (`Shared::routed_up_to` when it was queued; 0: not known).
 struct Waiting {
     bytes: usize,
     routed_up_to: u64,
@@ -67,7 +72,9 @@ struct State {
     waiting_runs: VecDeque<Run>,
     /// Messages ever queued: the position of the next one.
     queued: u64,
-    /// The waiting messages, written one after the other as `PublishBatch.publishes`.
+    /// The waiting messages, written one after the other as `PublishBatch.publishes`:
+    /// full chunks, oldest first (each message wholly in one), then the chunk being written.
+    sealed: VecDeque<Bytes>,
     pending: BytesMut,
     unacked: VecDeque<Sent>,
     /// Messages in `waiting` and `unacked`, and their encoded bytes: what the bounds limit.
@@ -82,7 +89,7 @@ struct State {
 /// Messages a queue held, as [`PeerQueue::take_all`] hands them over: their batch entries,
 /// and per message the caller waiting for its answer (None: nobody, or told already).
 pub(crate) struct HeldEntries {
-    pub(crate) entries: prost::bytes::Bytes,
+    pub(crate) entries: Bytes,
     pub(crate) waiters: Vec<Option<Ticket>>,
     /// Sent to the peer, unacknowledged: it may have delivered them.
     pub(crate) sent: bool,
@@ -240,11 +247,7 @@ impl PeerQueue {
             }
         }
         let was_empty = st.waiting.is_empty();
-        if st.pending.capacity() - st.pending.len() < bytes {
-            // Room for many messages at once: while sent batches still share the old
-            // buffer, growing it means a new one.
-            st.pending.reserve(bytes.max(PENDING_CHUNK));
-        }
+        st.make_room(bytes);
         wire::put_batch_entry(publish, len, &mut st.pending);
         st.waiting.push_back(Waiting {
             bytes,
@@ -345,7 +348,7 @@ impl PeerQueue {
             }
             runs.extend(st.waiting_runs.pop_front());
         }
-        let publishes = st.pending.split_to(bytes).freeze();
+        let publishes = st.take_front(bytes);
         st.last_sequence += 1;
         let sequence = st.last_sequence;
         let encoded = EncodedBatch {
@@ -450,6 +453,7 @@ impl PeerQueue {
         st.waiting.clear();
         let waiting_runs = std::mem::take(&mut st.waiting_runs);
         let unacked = std::mem::take(&mut st.unacked);
+        st.sealed.clear();
         st.pending = BytesMut::new();
         let dropped = st.held_messages;
         st.held_messages = 0;
@@ -487,7 +491,12 @@ impl PeerQueue {
         let waiting_first = st.queued - waiting.len() as u64;
         let waiting_runs = std::mem::take(&mut st.waiting_runs);
         let unacked = std::mem::take(&mut st.unacked);
-        let mut pending = std::mem::take(&mut st.pending).freeze();
+        let queued_entries: Vec<Bytes> = waiting
+            .iter()
+            .map(|w| concat(st.take_front(w.bytes)))
+            .collect();
+        st.sealed.clear();
+        st.pending = BytesMut::new();
         st.held_messages = 0;
         st.held_bytes = 0;
         self.over_half.store(false, Ordering::Release);
@@ -497,15 +506,15 @@ impl PeerQueue {
         self.wake.notify_one();
         self.metrics.depth(0);
         let sent = unacked.into_iter().map(|s| HeldEntries {
-            entries: s.encoded.publishes,
+            entries: concat(s.encoded.publishes),
             waiters: tickets(s.first_msg, s.count, s.runs),
             sent: true,
         });
         let mut queued_tickets = tickets(waiting_first, waiting.len(), waiting_runs).into_iter();
-        let queued: Vec<HeldEntries> = waiting
+        let queued: Vec<HeldEntries> = queued_entries
             .into_iter()
-            .map(|w| HeldEntries {
-                entries: pending.split_to(w.bytes),
+            .map(|entries| HeldEntries {
+                entries,
                 waiters: vec![queued_tickets.next().flatten()],
                 sent: false,
             })
@@ -563,6 +572,51 @@ impl PeerQueue {
     pub(crate) fn held(&self) -> usize {
         self.state().held_messages
     }
+}
+
+impl State {
+    /// Makes room in `pending` for an entry of `bytes`: a chunk without room for it is
+    /// sealed as it is and a new one started (see the module docs).
+    fn make_room(&mut self, bytes: usize) {
+        if self.pending.capacity() - self.pending.len() >= bytes {
+            return;
+        }
+        if !self.pending.is_empty() {
+            let full = self.pending.split().freeze();
+            self.sealed.push_back(full);
+        }
+        // Empty now: nothing is copied. Reclaimed in place when no sent batch shares it
+        // any more, otherwise a new chunk.
+        self.pending.reserve(bytes.max(PENDING_CHUNK));
+    }
+
+    /// The first `bytes` of the waiting messages' entries (whole entries: the callers
+    /// count them from `waiting`), one slice per chunk they lie in.
+    fn take_front(&mut self, mut bytes: usize) -> Vec<Bytes> {
+        let mut parts = Vec::with_capacity(1 + self.sealed.len().min(2));
+        while bytes > 0 {
+            let Some(front) = self.sealed.front_mut() else {
+                parts.push(self.pending.split_to(bytes).freeze());
+                break;
+            };
+            if front.len() > bytes {
+                parts.push(front.split_to(bytes));
+                break;
+            }
+            bytes -= front.len();
+            parts.extend(self.sealed.pop_front());
+        }
+        parts
+    }
+}
+
+/// `parts` as one buffer: copied only when there are several (a batch that spans chunks,
+/// handed over when its peer is marked down: rare).
+fn concat(mut parts: Vec<Bytes>) -> Bytes {
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    parts.concat().into()
 }
 
 /// Per message from position `first` on (`count` of them), its caller's ticket from `runs`

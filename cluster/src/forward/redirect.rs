@@ -37,7 +37,7 @@ impl Forwarder {
             .queues
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&dead);
+            .remove(dead);
         let Some(queue) = queue else {
             return;
         };

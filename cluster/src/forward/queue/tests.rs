@@ -357,3 +357,99 @@ async fn a_batch_names_the_index_its_messages_were_routed_at() {
     q.push(&publish("t/4", 1), &tally, 3).unwrap();
     assert_eq!(decoded(q.next_batch(1, 40)).folded_index, 40);
 }
+
+/// Bounds large enough that many chunks of waiting messages pile up, as behind a slow peer.
+fn deep_settings() -> ForwardSettings {
+    ForwardSettings {
+        queue_messages: 10_000,
+        queue_bytes: 64 * 1024 * 1024,
+        batch_messages: 1024,
+        batch_bytes: 1024 * 1024,
+        window_batches: 4,
+        ..Default::default()
+    }
+}
+
+/// Waiting messages fill chunks that are sealed, not one buffer grown (and copied) as the
+/// queue deepens: however many wait, the chunk being written stays one chunk's size.
+#[test]
+fn a_deep_queue_seals_chunks_instead_of_growing_one_buffer() {
+    let q = PeerQueue::new(2, 1, deep_settings());
+    // A batch sent and unacknowledged shares the first chunk, as under load.
+    q.push_unanswered(&publish("first", 100)).unwrap();
+    assert!(q.next_batch(1, 0).is_some());
+    for i in 0..2000 {
+        q.push_unanswered(&publish(&format!("t/{i}"), 100)).unwrap();
+    }
+    let st = q.state();
+    assert!(
+        st.pending.capacity() <= PENDING_CHUNK,
+        "the chunk being written grew to {} bytes",
+        st.pending.capacity()
+    );
+    assert!(st.sealed.len() >= 2, "{} sealed chunks", st.sealed.len());
+    let waiting: usize = st.waiting.iter().map(|w| w.bytes).sum();
+    let chunked: usize = st.sealed.iter().map(Bytes::len).sum::<usize>() + st.pending.len();
+    assert_eq!(
+        chunked, waiting,
+        "every waiting byte is in exactly one chunk"
+    );
+}
+
+/// Batches spanning chunk boundaries carry every message once, in order, each whole; a
+/// message larger than a chunk gets one of its own.
+#[test]
+fn batches_across_chunks_keep_every_message_whole_and_in_order() {
+    let q = PeerQueue::new(2, 1, deep_settings());
+    let payload = |i: usize| {
+        if i == 700 {
+            PENDING_CHUNK + 10
+        } else {
+            90 + i % 40
+        }
+    };
+    for i in 0..1500 {
+        q.push_unanswered(&publish(&format!("t/{i}"), payload(i)))
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut spanning = 0;
+    while let Some(batch) = q.next_batch(1, 0) {
+        spanning += usize::from(batch.publishes.len() > 1);
+        let sequence = decoded(Some(batch.clone())).sequence;
+        for p in decoded(Some(batch)).publishes {
+            seen.push((p.topic, p.payload.len()));
+        }
+        q.accepted(sequence).unwrap();
+    }
+    let expected: Vec<(String, usize)> =
+        (0..1500).map(|i| (format!("t/{i}"), payload(i))).collect();
+    assert_eq!(seen, expected);
+    assert!(spanning > 0, "some batch spans chunks");
+    assert_eq!(q.held(), 0);
+}
+
+/// A queue handed over for a redirect gives back every message, the sent batches' and the
+/// waiting ones', across chunk boundaries, each readable on its own.
+#[tokio::test]
+async fn a_queue_emptied_across_chunks_hands_over_every_message() {
+    let q = PeerQueue::new(2, 1, deep_settings());
+    for i in 0..3000 {
+        q.push_unanswered(&publish(&format!("t/{i}"), 100)).unwrap();
+    }
+    // Two batches sent (spanning chunks), the rest waiting in sealed chunks and the last.
+    assert!(q.next_batch(1, 0).is_some_and(|b| b.publishes.len() > 1));
+    assert!(q.next_batch(1, 0).is_some());
+    let held = q.take_all(Closed::MarkedDown);
+    assert_eq!(
+        (held[0].sent, held[1].sent, held[2].sent),
+        (true, true, false)
+    );
+    let topics: Vec<String> = held
+        .into_iter()
+        .flat_map(|h| wire::read_batch_entries(h.entries))
+        .map(|p| p.expect("a whole entry").topic.to_string())
+        .collect();
+    let expected: Vec<String> = (0..3000).map(|i| format!("t/{i}")).collect();
+    assert_eq!(topics, expected);
+}
