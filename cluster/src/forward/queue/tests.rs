@@ -342,20 +342,51 @@ async fn a_queue_emptied_for_a_redirect_hands_each_message_its_ticket() {
     }
 }
 
-/// A batch names the highest index its messages were queued at, not the sender's index
-/// when it is built (they may have waited for the window meanwhile): the receiver takes
-/// it as a bound of the registry they were routed by. Unknown for one message, the
-/// sender's index goes.
+/// A batch names the index its messages were queued at, not the sender's index when it
+/// is built (they may have waited for the window meanwhile), and holds only messages
+/// queued at one index: the receiver takes the batch's index as each message's bound of
+/// the registry it was routed by, so one routed before a session came there must not go
+/// under a later message's index. Unknown (0), the sender's index goes.
 #[tokio::test]
-async fn a_batch_names_the_index_its_messages_were_routed_at() {
-    let q = PeerQueue::new(2, 1, settings());
+async fn a_batch_holds_messages_routed_at_one_index_and_names_it() {
+    let q = PeerQueue::new(
+        2,
+        1,
+        ForwardSettings {
+            queue_messages: 8,
+            batch_messages: 8,
+            batch_bytes: 1000,
+            window_batches: 8,
+            ..settings()
+        },
+    );
     let tally = ForwardTally::new();
     q.push_routed(&publish("t/1", 1), &tally, 0, 5).unwrap();
-    q.push_routed(&publish("t/2", 1), &tally, 1, 6).unwrap();
-    assert_eq!(decoded(q.next_batch(1, 40)).folded_index, 6);
-    q.push_routed(&publish("t/3", 1), &tally, 2, 7).unwrap();
-    q.push(&publish("t/4", 1), &tally, 3).unwrap();
-    assert_eq!(decoded(q.next_batch(1, 40)).folded_index, 40);
+    q.push_routed(&publish("t/2", 1), &tally, 1, 5).unwrap();
+    q.push_routed(&publish("t/3", 1), &tally, 2, 6).unwrap();
+    q.push_routed(&publish("t/4", 1), &tally, 3, 7).unwrap();
+    q.push(&publish("t/5", 1), &tally, 4).unwrap();
+    q.push(&publish("t/6", 1), &tally, 5).unwrap();
+    let batches: Vec<(u64, Vec<String>)> = std::iter::from_fn(|| q.next_batch(1, 40))
+        .map(|b| {
+            let b = decoded(Some(b));
+            let topics = b.publishes.iter().map(|p| p.topic.clone()).collect();
+            (b.folded_index, topics)
+        })
+        .collect();
+    let topics = |ts: &[&str]| ts.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        batches,
+        vec![
+            (5, topics(&["t/1", "t/2"])),
+            (6, topics(&["t/3"])),
+            (7, topics(&["t/4"])),
+            (40, topics(&["t/5", "t/6"])),
+        ]
+    );
+    // Never above the sender's index now.
+    q.push_routed(&publish("t/7", 1), &tally, 6, 50).unwrap();
+    assert_eq!(decoded(q.next_batch(1, 45)).folded_index, 45);
 }
 
 /// Bounds large enough that many chunks of waiting messages pile up, as behind a slow peer.
