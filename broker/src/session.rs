@@ -177,6 +177,13 @@ pub struct SessionState {
     /// forwards to every node with a matching subscriber) is a possible redelivery (see
     /// [`MayHave`]). In memory only.
     pub came_at_index: Option<u64>,
+    /// Copies queued while this session was prepared for a CONNECT taking it over from
+    /// another node (`reserved_seqs`), as (sequence, the forward's routed index): the
+    /// registration's index, which says whether a forward was routed while the session was
+    /// still held elsewhere, is known only once it applies; [`SessionState::came_at`]
+    /// then marks those routed below it as possible redeliveries. At most one per queued
+    /// message (the queue is bounded). In memory only.
+    pub routed_while_prepared: Option<Box<Vec<(u64, u64)>>>,
     /// A wake-up of the attached connection is held in some [`HeldWakes`], which wakes it
     /// when its batch is routed: later enqueues need not wake it themselves.
     wake_held: bool,
@@ -314,9 +321,44 @@ impl SessionState {
             redeliver: None,
             redirected: None,
             came_at_index: None,
+            routed_while_prepared: None,
             wake_held: false,
             stored_for_connect: false,
             last_info: None,
+        }
+    }
+
+    /// The registration at log index `index` brought this session here from another node
+    /// (0: unknown). A forward routed below it was routed while another node held the
+    /// session, and may have reached the client there (see [`MayHave`]); those queued
+    /// while the session was prepared for this CONNECT, before the index was known, go
+    /// out as possible redeliveries (with DUP) too: a forward that reached this node
+    /// late (its stream held up by a stopped or dying node) was otherwise sent as new.
+    pub fn came_at(&mut self, index: u64) {
+        self.came_at_index = Some(index).filter(|i| *i > 0);
+        let prepared = self.routed_while_prepared.take();
+        let (Some(prepared), Some(came)) = (prepared, self.came_at_index) else {
+            return;
+        };
+        let below: std::collections::HashSet<u64> = prepared
+            .into_iter()
+            .filter(|(_, routed)| *routed < came)
+            .map(|(seq, _)| seq)
+            .collect();
+        if below.is_empty() {
+            return;
+        }
+        // Only those still queued (some may have been sent or dropped meanwhile).
+        let queued: Vec<u64> = self
+            .queue
+            .iter()
+            .map(|q| q.seq)
+            .filter(|seq| below.contains(seq))
+            .collect();
+        if !queued.is_empty() {
+            self.redeliver
+                .get_or_insert_with(Box::default)
+                .extend(queued);
         }
     }
 
@@ -813,9 +855,15 @@ impl Session {
         if let Some(arrivals) = st.arrivals.as_mut() {
             arrivals.note(&delivery.message);
         }
+        let qos = delivery.qos;
         st.queue.push_back(Queued { seq, delivery });
         if possibly_sent {
             st.redeliver.get_or_insert_with(Box::default).insert(seq);
+        } else if st.reserved_seqs.is_some() && may_have.routed_index != 0 && qos != QoS::AtMostOnce
+        {
+            st.routed_while_prepared
+                .get_or_insert_with(Box::default)
+                .push((seq, may_have.routed_index));
         }
         if let Some(attached) = &st.attachment {
             match held {
@@ -934,6 +982,38 @@ mod tests {
         let marked = |s: &Session| s.state().redeliver.as_ref().is_some_and(|r| !r.is_empty());
         assert!(marked(&given));
         assert!(!marked(&coming));
+    }
+
+    /// Forwards queued while a session is prepared for a CONNECT from another node carry
+    /// their routed index; once the registration's index is known, those routed below it
+    /// (routed while the other node held the session) go out with DUP, the others as new.
+    #[test]
+    fn forwards_queued_while_prepared_routed_before_the_registration_go_out_as_possible_redeliveries(
+    ) {
+        let store = Store::open_temporary().unwrap();
+        let s = Session::new(ClientId::new("prepared"));
+        s.set_moving(true);
+        s.state().expiry_interval = 60;
+        s.state().reserved_seqs = Some(1);
+        let mut seqs = Vec::new();
+        for routed in [40, 49, 50, 0] {
+            let may_have = MayHave {
+                routed_index: routed,
+                ..MayHave::default()
+            };
+            let outcome = s.enqueue_with(delivery(QoS::AtLeastOnce), 10, &store, 0, None, may_have);
+            assert_eq!(outcome, EnqueueOutcome::Stored { online: false });
+            seqs.push(s.state().queue.back().unwrap().seq);
+        }
+        // Not yet: the registration's index is unknown while the CONNECT waits.
+        assert!(s.state().redeliver.is_none());
+        let mut st = s.state();
+        st.reserved_seqs = None;
+        st.came_at(50);
+        let marked: Vec<u64> = st.redeliver.as_ref().unwrap().iter().copied().collect();
+        assert_eq!(marked, vec![seqs[0], seqs[1]]);
+        assert!(st.routed_while_prepared.is_none());
+        assert_eq!(st.came_at_index, Some(50));
     }
 
     #[test]

@@ -471,6 +471,7 @@ impl Broker {
                 .take()
                 .filter(|_| !st.removed && st.attachment.is_none());
             let stored_for_connect = std::mem::take(&mut st.stored_for_connect);
+            st.routed_while_prepared = None;
             if let (Some(_), true) = (reserved, owned_here) {
                 session.set_moving(false);
                 if st.is_persistent() {

@@ -541,7 +541,9 @@ async fn attach(
             if held_elsewhere {
                 // Forwards routed before this registration were the other node's to
                 // deliver (see `SessionState::came_at_index`).
-                st.came_at_index = Some(registration.log_index).filter(|i| *i > 0);
+                st.came_at(registration.log_index);
+            } else {
+                st.routed_while_prepared = None;
             }
             st.attach(
                 Attachment {
