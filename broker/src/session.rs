@@ -906,6 +906,34 @@ mod tests {
         assert!(Arc::ptr_eq(&info, &last));
     }
 
+    /// A session taken over from node 3, whose hand-over named node 1 as an earlier
+    /// holder: a publish redirected at node 1's mark is this session's while it may have
+    /// been routed before the moves applied, as a possible redelivery (the client may
+    /// have had it directly); not long after, and never from a node never named.
+    #[test]
+    fn a_session_comes_from_the_earlier_holder_its_hand_over_named() {
+        let (earlier, holder, other) = (
+            skein_seam::NodeId(1),
+            skein_seam::NodeId(3),
+            skein_seam::NodeId(4),
+        );
+        let mut st = SessionState::new();
+        st.note_arrival_from(holder, 50_000);
+        assert!(!st.came_from(earlier, 49_000));
+        st.note_earlier_from(earlier, 52_000);
+        st.note_earlier_from(earlier, 53_000);
+        assert_eq!(
+            st.earlier_from,
+            Some((earlier, 52_000)),
+            "the first note is kept"
+        );
+        assert!(st.came_from(earlier, 49_000));
+        assert!(st.came_from_by_takeover_only(earlier, 49_000));
+        assert!(st.came_from(holder, 49_000), "the holder's note stays");
+        assert!(!st.came_from(earlier, 52_000 + STALE_ROUTE_MS));
+        assert!(!st.came_from(other, 49_000));
+    }
+
     fn delivery(qos: QoS) -> Delivery {
         Delivery {
             message: Arc::new(Message {

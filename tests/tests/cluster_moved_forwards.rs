@@ -544,15 +544,21 @@ async fn kept_session_gets_what_was_held(node_down_after_ms: u64) -> bool {
 /// second. Now the third node's session counts as come from every holder its hand-over
 /// is told of.
 ///
-/// Timing: the first taker's CONNACK comes when its hand-over from the paused holder
-/// gives up (3 s after the pause); the second taker then waits for the holder up to 3 s
-/// more. The mark (4 s after the pause) falls in that wait, before the publisher's
-/// node gives up on its forwards to the paused node (5 s).
+/// Timing (measured on the shared 2-core machine): the first taker's CONNACK comes about
+/// 6 s after the pause (its registration, then its hand-over from the paused holder gives
+/// up), the second's about 4.5 s later (its hand-over fetches from the first taker, then
+/// waits for the holder). The mark, 8 s after the last contact, falls in that wait. The
+/// publisher's node gives up on its forwards to the paused node after 5 s, so the
+/// publisher may be told 0x80; the messages are still held for the node, and must reach
+/// the session all the same. With the hand-over's note left out, 2 runs of 2 lost all 5;
+/// with it, every run got them. A mark that comes before the first CONNACK (a slower
+/// machine) takes the path `forwards_held_for_a_paused_holder_reach_a_taker_whose_hand_over_still_waits_at_the_mark`
+/// covers, and passes without proving this one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_held_for_a_paused_holder_reach_a_second_taker_whose_hand_over_still_waits_at_the_mark(
 ) {
     const N: usize = 5;
-    const NODE_DOWN_AFTER_MS: u64 = 4000;
+    const NODE_DOWN_AFTER_MS: u64 = 8000;
     let cluster = TestCluster::start_with(3, |_, b| {
         b.env("SKEIN_NODE_DOWN_AFTER_MS", NODE_DOWN_AFTER_MS)
     })
