@@ -550,7 +550,7 @@ async fn kept_session_gets_what_was_held(node_down_after_ms: u64) -> bool {
 /// waits for the holder). The mark, 8 s after the last contact, falls in that wait. The
 /// publisher's node gives up on its forwards to the paused node after 5 s, so the
 /// publisher may be told 0x80; the messages are still held for the node, and must reach
-/// the session all the same. With the hand-over's note left out, 2 runs of 2 lost all 5;
+/// the session all the same. With the hand-over's note left out, 3 runs of 3 lost all 5;
 /// with it, every run got them. A mark that comes before the first CONNACK (a slower
 /// machine) takes the path `forwards_held_for_a_paused_holder_reach_a_taker_whose_hand_over_still_waits_at_the_mark`
 /// covers, and passes without proving this one.
