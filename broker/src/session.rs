@@ -150,6 +150,13 @@ pub struct SessionState {
     /// move applied at its sender, held there for it and redirected when it was marked
     /// down, is this session's too (see [`SessionState::came_from`]).
     pub arrived_from: Option<(skein_seam::NodeId, u64)>,
+    /// A node the session was on before the one it was taken over from here, and when
+    /// this node learned of it (its clock, ms): the holder's hand-over named it as a node
+    /// it could not fetch everything from itself (its `pending_from`). A publish routed
+    /// to that node for this session before the moves applied at its sender, held there
+    /// and redirected when it was marked down, is this session's too; the holder, sealed
+    /// by the hand-over, no longer takes it (see [`SessionState::came_from`]).
+    pub earlier_from: Option<(skein_seam::NodeId, u64)>,
     /// While messages of this session may still be handed over from another node (from
     /// the sequence numbers set aside for a takeover until every holder handed over):
     /// what reached it here directly, so that the holder's copies are left out (see
@@ -316,6 +323,7 @@ impl SessionState {
             reserved_seqs: None,
             adopted_from: None,
             arrived_from: None,
+            earlier_from: None,
             arrivals: None,
             delivered: None,
             redeliver: None,
@@ -379,9 +387,10 @@ impl SessionState {
     pub fn came_from(&self, node: skein_seam::NodeId, published_at_ms: u64) -> bool {
         self.adopted_from == Some(node)
             || self.pending_from.is_some_and(|(n, _)| n == node)
-            || self.arrived_from.is_some_and(|(n, at)| {
-                n == node && published_at_ms < at.saturating_add(STALE_ROUTE_MS)
-            })
+            || [self.arrived_from, self.earlier_from]
+                .into_iter()
+                .flatten()
+                .any(|(n, at)| n == node && published_at_ms < at.saturating_add(STALE_ROUTE_MS))
     }
 
     /// Only by the takeover (see [`SessionState::came_from`]): the publish may also have
@@ -401,6 +410,14 @@ impl SessionState {
     pub fn note_arrival_from(&mut self, node: skein_seam::NodeId, now_ms: u64) {
         if self.arrived_from.is_none_or(|(n, _)| n != node) {
             self.arrived_from = Some((node, now_ms));
+        }
+    }
+
+    /// Notes that a hand-over here named `node` as an earlier holder (see
+    /// `earlier_from`); a note of the same node is kept with its earlier time.
+    pub fn note_earlier_from(&mut self, node: skein_seam::NodeId, now_ms: u64) {
+        if self.earlier_from.is_none_or(|(n, _)| n != node) {
+            self.earlier_from = Some((node, now_ms));
         }
     }
 
@@ -935,6 +952,34 @@ mod tests {
         let (info, online) = session.event_client();
         assert!(!online);
         assert!(Arc::ptr_eq(&info, &last));
+    }
+
+    /// A session taken over from node 3, whose hand-over named node 1 as an earlier
+    /// holder: a publish redirected at node 1's mark is this session's while it may have
+    /// been routed before the moves applied, as a possible redelivery (the client may
+    /// have had it directly); not long after, and never from a node never named.
+    #[test]
+    fn a_session_comes_from_the_earlier_holder_its_hand_over_named() {
+        let (earlier, holder, other) = (
+            skein_seam::NodeId(1),
+            skein_seam::NodeId(3),
+            skein_seam::NodeId(4),
+        );
+        let mut st = SessionState::new();
+        st.note_arrival_from(holder, 50_000);
+        assert!(!st.came_from(earlier, 49_000));
+        st.note_earlier_from(earlier, 52_000);
+        st.note_earlier_from(earlier, 53_000);
+        assert_eq!(
+            st.earlier_from,
+            Some((earlier, 52_000)),
+            "the first note is kept"
+        );
+        assert!(st.came_from(earlier, 49_000));
+        assert!(st.came_from_by_takeover_only(earlier, 49_000));
+        assert!(st.came_from(holder, 49_000), "the holder's note stays");
+        assert!(!st.came_from(earlier, 52_000 + STALE_ROUTE_MS));
+        assert!(!st.came_from(other, 49_000));
     }
 
     fn delivery(qos: QoS) -> Delivery {

@@ -267,6 +267,17 @@ impl Broker {
                     }
                 }
                 taken.visited.push(holder);
+                // Noted before the earlier holder is asked (that can take seconds when it
+                // is down): what its peers still hold for it may be redirected here at its
+                // mark meanwhile, and the holder that named it is sealed now. Issue 14,
+                // chaos seed 7 (`p2:874`): a client left a killed node for a node whose
+                // hand-over from it gave up, then moved on; the mark's redirect reached
+                // neither node's session.
+                if let Some((earlier, _)) = page.earlier.filter(|(n, _)| *n != me) {
+                    session
+                        .state()
+                        .note_earlier_from(earlier, crate::message::now_ms());
+                }
                 // Older than this holder's: fetched first. One this node held is here, and
                 // one this hand-over fetched from already is not asked again (two holders
                 // can name each other after a node was marked down and came back).
