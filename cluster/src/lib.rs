@@ -34,6 +34,8 @@
 //! - `membership`: `--peers` bootstrap, join through any member, member records, removal.
 //! - `status`: [`ClusterStatus`], this node's or the leader's.
 //! - `shared`: what a member's parts share (identity, Raft, peers, registry view).
+//! - `election_gate`: a member that did not run for a while (stopped, starved) campaigns
+//!   only after running an election timeout without hearing from a leader.
 //! - `network`: the Raft RPC client (openraft's network traits over gRPC).
 //! - `state_machine`: openraft's state machine over the registry; snapshots in the store.
 //! - `metrics`: metric names and the task that keeps the Raft gauges current.
