@@ -88,6 +88,33 @@ async fn assert_all_arrive(
     );
 }
 
+/// The paused holder's tests end alike: the publisher's `n` PUBACKs are collected, the
+/// holder was marked down, and every payload of `want` reaches `client` although the holder
+/// stays paused (only the mark's redirect can bring them).
+async fn assert_redirected_from_paused_holder(
+    publisher: &mut RawClient,
+    publisher_http: std::net::SocketAddr,
+    client: &mut RawClient,
+    want: &BTreeSet<String>,
+    n: usize,
+) {
+    let acks = pubacks(publisher, n).await;
+    eprintln!("PUBACKs (packet id, reason): {acks:?}");
+    let marked = metric_sum(publisher_http, "skein_nodes_marked_down_total", &[]).await;
+    assert!(marked >= 1.0, "the holder was marked down while paused");
+    assert_all_arrive(
+        client,
+        want,
+        (
+            publisher_http,
+            "skein_cluster_forwards_redirected_total",
+            &[],
+        ),
+        "redirected from the paused holder's queue",
+    )
+    .await;
+}
+
 /// A persistent subscriber on `holder` (filter `{topic}/#`), SIGKILLed with its node, and
 /// `n` QoS 1 publishes `m1`..`mn` to `{topic}/x` on `publisher_node` routed to the dead
 /// holder (held in the publisher's node's forward queue, PUBACKs pending).
@@ -373,23 +400,7 @@ async fn forwards_held_for_a_paused_holder_reach_a_taker_whose_hand_over_still_w
     .await;
     assert!(present, "the session is kept in the registry");
     drop(old);
-    let acks = pubacks(&mut publisher, N).await;
-    eprintln!("PUBACKs (packet id, reason): {acks:?}");
-    let marked = metric_sum(publisher_http, "skein_nodes_marked_down_total", &[]).await;
-    assert!(marked >= 1.0, "the holder was marked down while paused");
-
-    // The holder stays paused: only the mark's redirect can bring them.
-    assert_all_arrive(
-        &mut new,
-        &want,
-        (
-            publisher_http,
-            "skein_cluster_forwards_redirected_total",
-            &[],
-        ),
-        "redirected from the paused holder's queue",
-    )
-    .await;
+    assert_redirected_from_paused_holder(&mut publisher, publisher_http, &mut new, &want, N).await;
     paused.resume();
 }
 
@@ -614,22 +625,7 @@ async fn forwards_held_for_a_paused_holder_reach_a_second_taker_whose_hand_over_
     .await;
     assert!(present, "the session is kept in the registry");
     drop((old, first));
-    let acks = pubacks(&mut publisher, N).await;
-    eprintln!("PUBACKs (packet id, reason): {acks:?}");
-    let marked = metric_sum(publisher_http, "skein_nodes_marked_down_total", &[]).await;
-    assert!(marked >= 1.0, "the holder was marked down while paused");
-
-    // The holder stays paused: only the mark's redirect can bring them.
-    assert_all_arrive(
-        &mut second,
-        &want,
-        (
-            publisher_http,
-            "skein_cluster_forwards_redirected_total",
-            &[],
-        ),
-        "redirected from the paused holder's queue",
-    )
-    .await;
+    assert_redirected_from_paused_holder(&mut publisher, publisher_http, &mut second, &want, N)
+        .await;
     paused.resume();
 }
